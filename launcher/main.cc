@@ -1,0 +1,52 @@
+// The tessera binary: one entry point, a subcommand per job.
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "launcher/comm_bench.h"
+#include "launcher/process.h"
+
+namespace {
+
+struct Subcommand {
+  const char* name;
+  const char* summary;
+  int (*run)(const std::vector<std::string>& args, int* argc, char*** argv);
+};
+
+constexpr Subcommand kSubcommands[] = {
+    {"comm-bench", "collective bandwidth over MPI or NCCL, as nccl-tests (run under mpirun)",
+     tessera::launcher::RunCommBench},
+};
+
+void PrintUsage(FILE* out) {
+  std::fprintf(out,
+               "usage: tessera <command> [flags]\n\n"
+               "Tessera serves and fine-tunes transformer language models across GPUs and "
+               "nodes.\n\ncommands:\n");
+  for (const Subcommand& sub : kSubcommands) {
+    std::fprintf(out, "  %-14s %s\n", sub.name, sub.summary);
+  }
+  std::fprintf(out, "\nRun 'tessera <command> --help' for the flags of a command.\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0 ||
+      std::strcmp(argv[1], "help") == 0) {
+    PrintUsage(argc < 2 ? stderr : stdout);
+    return argc < 2 ? tessera::launcher::kExitUsage : tessera::launcher::kExitOk;
+  }
+  for (const Subcommand& sub : kSubcommands) {
+    if (std::strcmp(argv[1], sub.name) == 0) {
+      std::vector<std::string> args(argv + 2, argv + argc);
+      return sub.run(args, &argc, &argv);
+    }
+  }
+  std::fprintf(stderr, "tessera: unknown command '%s'\n\n", argv[1]);
+  PrintUsage(stderr);
+  return tessera::launcher::kExitUsage;
+}

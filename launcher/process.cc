@@ -1,0 +1,33 @@
+#include "launcher/process.h"
+
+#include <cstdio>
+
+#include "absl/strings/str_cat.h"
+#include "runtime/core/check.h"
+
+namespace tessera::launcher {
+
+std::optional<int> ParseOrExit(FlagSet& flags, const std::vector<std::string>& args) {
+  bool help = false;
+  absl::Status parsed = flags.Parse(args, &help);
+  if (help) {
+    std::fputs(flags.Usage().c_str(), stdout);
+    return kExitOk;
+  }
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(parsed.message()).c_str());
+    return kExitUsage;
+  }
+  return std::nullopt;
+}
+
+int ReportExit(const absl::Status& status) {
+  if (status.ok()) return kExitOk;
+  ProcessIdentity id = GetProcessIdentity();
+  std::string where = id.rank >= 0 ? absl::StrCat(" (rank ", id.rank, " on ", id.host, ")") : "";
+  std::fprintf(stderr, "tessera: error%s: %s\n", where.c_str(), status.ToString().c_str());
+  std::fflush(stderr);
+  return kExitFailure;
+}
+
+}  // namespace tessera::launcher

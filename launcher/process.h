@@ -1,0 +1,30 @@
+#ifndef TESSERA_LAUNCHER_PROCESS_H_
+#define TESSERA_LAUNCHER_PROCESS_H_
+
+// How a subcommand turns its flags and its final status into an exit code.
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "launcher/flags.h"
+
+namespace tessera::launcher {
+
+// Exit codes of the tessera binary.
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailure = 1;  // the job failed (message on stderr)
+inline constexpr int kExitUsage = 2;    // bad command line
+
+// Parses flags. Returns an exit code when the subcommand should stop now: kExitOk after
+// printing --help, kExitUsage after printing a parse error. nullopt to go on.
+std::optional<int> ParseOrExit(FlagSet& flags, const std::vector<std::string>& args);
+
+// Prints a failed status as "tessera: error (rank R on H): ..." on stderr and returns
+// kExitFailure; returns kExitOk for OK.
+int ReportExit(const absl::Status& status);
+
+}  // namespace tessera::launcher
+
+#endif  // TESSERA_LAUNCHER_PROCESS_H_
