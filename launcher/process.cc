@@ -2,7 +2,10 @@
 
 #include <cstdio>
 
+#include <mpi.h>
+
 #include "absl/strings/str_cat.h"
+#include "comm/mpi/mpi_runtime.h"
 #include "runtime/core/check.h"
 
 namespace tessera::launcher {
@@ -27,6 +30,7 @@ int ReportExit(const absl::Status& status) {
   std::string where = id.rank >= 0 ? absl::StrCat(" (rank ", id.rank, " on ", id.host, ")") : "";
   std::fprintf(stderr, "tessera: error%s: %s\n", where.c_str(), status.ToString().c_str());
   std::fflush(stderr);
+  if (comm::AnyCommunicatorFailed()) MPI_Abort(MPI_COMM_WORLD, kExitFailure);
   return kExitFailure;
 }
 

@@ -23,6 +23,10 @@ std::optional<int> ParseOrExit(FlagSet& flags, const std::vector<std::string>& a
 
 // Prints a failed status as "tessera: error (rank R on H): ..." on stderr and returns
 // kExitFailure; returns kExitOk for OK.
+//
+// When a communicator has failed (a deadline passed, a peer died), the job is torn down
+// with MPI_Abort after the message is out: the group has lost a member, and a peer that is
+// stalled outside any collective would otherwise linger. mpirun then exits non-zero.
 int ReportExit(const absl::Status& status);
 
 }  // namespace tessera::launcher

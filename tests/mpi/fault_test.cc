@@ -1,0 +1,89 @@
+// Faults across real processes: runs fault_probe under mpirun and checks that the surviving
+// ranks fail within the collective deadline, with a message that names the collective, its
+// sequence number, the group and the rank that did not arrive, and that mpirun exits
+// non-zero. TESSERA_MPIRUN_COMMAND and TESSERA_FAULT_PROBE come from CMake.
+
+#include <sys/wait.h>
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+
+namespace {
+
+struct Outcome {
+  int exit_code = -1;
+  std::string output;
+  double seconds = 0;
+};
+
+Outcome RunProbe(const std::string& scenario, int ranks, const std::string& mpirun_flags) {
+  std::string command = absl::StrCat(TESSERA_MPIRUN_COMMAND, " ", mpirun_flags, " -np ", ranks,
+                                     " env TESSERA_COMM_TIMEOUT=2 ", TESSERA_FAULT_PROBE, " ",
+                                     scenario, " 2>&1");
+  Outcome outcome;
+  auto start = std::chrono::steady_clock::now();
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return outcome;
+  char chunk[4096];
+  size_t n;
+  while ((n = fread(chunk, 1, sizeof(chunk), pipe)) > 0) outcome.output.append(chunk, n);
+  int status = pclose(pipe);
+  outcome.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  outcome.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return outcome;
+}
+
+// mpirun normally tears the whole job down the moment a rank exits abnormally, before any
+// deadline could pass. This flag keeps the survivors running, as Slurm does by default, so
+// that Tessera's own deadline is what stops them.
+constexpr char kKeepSurvivors[] = "--mca orte_abort_on_non_zero_status 0";
+
+constexpr char kTimedOut[] =
+    "DEADLINE_EXCEEDED: AllReduce(f32 x1024, sum) #3 in group world timed out after 2s";
+constexpr char kRankOneMissing[] = "rank 1 (world 1, ";
+constexpr char kNoAnswer[] = "did not arrive (no answer: dead, or stalled outside a collective)";
+
+TEST(Faults, RankThatExitsMakesSurvivorsFailWithinTheDeadline) {
+  Outcome outcome = RunProbe("exit", 4, kKeepSurvivors);
+  EXPECT_NE(outcome.exit_code, 0) << outcome.output;
+  EXPECT_NE(outcome.output.find(kTimedOut), std::string::npos) << outcome.output;
+  EXPECT_NE(outcome.output.find(absl::StrCat(kRankOneMissing)), std::string::npos)
+      << outcome.output;
+  EXPECT_NE(outcome.output.find(kNoAnswer), std::string::npos) << outcome.output;
+  EXPECT_NE(outcome.output.find("arrived: rank 0 (world 0, "), std::string::npos)
+      << outcome.output;
+  EXPECT_GE(outcome.seconds, 1.9) << "failed before the deadline";
+  EXPECT_LT(outcome.seconds, 30) << outcome.output;
+}
+
+TEST(Faults, RankThatStallsMakesSurvivorsFailWithinTheDeadline) {
+  for (int ranks : {2, 4}) {
+    Outcome outcome = RunProbe("stall", ranks, "");
+    EXPECT_NE(outcome.exit_code, 0) << outcome.output;
+    EXPECT_NE(outcome.output.find(kTimedOut), std::string::npos) << outcome.output;
+    EXPECT_NE(outcome.output.find(kRankOneMissing), std::string::npos) << outcome.output;
+    EXPECT_NE(outcome.output.find(kNoAnswer), std::string::npos) << outcome.output;
+    // The stalled rank sleeps for ten minutes: the job ends because of the deadline.
+    EXPECT_GE(outcome.seconds, 1.9);
+    EXPECT_LT(outcome.seconds, 30) << outcome.output;
+  }
+}
+
+TEST(Faults, MismatchedCollectiveIsReportedInValidationMode) {
+  Outcome outcome = RunProbe("mismatch", 2, "");
+  EXPECT_NE(outcome.exit_code, 0) << outcome.output;
+  EXPECT_NE(outcome.output.find("FAILED_PRECONDITION: collective mismatch at #3 in group world: "
+                                "rank 0 called AllReduce(f32 x1024, sum) but rank 1 called "
+                                "AllGather(f32 x8)"),
+            std::string::npos)
+      << outcome.output;
+  EXPECT_LT(outcome.seconds, 30) << outcome.output;
+}
+
+}  // namespace
