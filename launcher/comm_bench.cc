@@ -115,10 +115,6 @@ class Bench {
     TESSERA_ASSIGN_OR_RETURN(kind_, ParseOp(config_.op));
     TESSERA_ASSIGN_OR_RETURN(dtype_, ParseDType(config_.dtype));
     TESSERA_ASSIGN_OR_RETURN(reduce_, comm::ParseReduceOp(config_.reduce));
-    if (config_.min_bytes < 1 || config_.max_bytes < config_.min_bytes || config_.factor < 2) {
-      return absl::InvalidArgumentError(
-          "need 1 <= -b <= -e and -f >= 2 (sizes go -b, -b*f, ... up to -e)");
-    }
     raw_ = config_.backend == "mpi";
     TESSERA_ASSIGN_OR_RETURN(stream_, Stream::Create(comm_.device()));
     PrintHeader();
@@ -263,11 +259,31 @@ class Bench {
   int64_t total_wrong_ = 0;
 };
 
-absl::Status RunBench(const BenchConfig& config, int* argc, char*** argv) {
+// Flag values that need no MPI to check, checked before MPI starts.
+absl::Status CheckConfig(const BenchConfig& config) {
   if (config.backend != "mpi" && config.backend != "nccl") {
     return absl::InvalidArgumentError(
         absl::StrCat("--backend: unknown backend '", config.backend, "' (expected mpi or nccl)"));
   }
+  TESSERA_RETURN_IF_ERROR(ParseOp(config.op).status());
+  absl::StatusOr<DType> dtype = ParseDType(config.dtype);
+  if (!dtype.ok()) return absl::InvalidArgumentError(absl::StrCat("--dtype: ", dtype.status().message()));
+  if (*dtype == DType::kI4) {
+    return absl::InvalidArgumentError("--dtype: collectives do not support packed int4");
+  }
+  absl::StatusOr<comm::ReduceOp> reduce = comm::ParseReduceOp(config.reduce);
+  if (!reduce.ok()) return absl::InvalidArgumentError(absl::StrCat("--reduce: ", reduce.status().message()));
+  if (config.min_bytes < 1 || config.max_bytes < config.min_bytes || config.factor < 2) {
+    return absl::InvalidArgumentError(
+        "need 1 <= -b <= -e and -f >= 2 (sizes go -b, -b*f, ... up to -e)");
+  }
+  if (config.iters < 0 || config.warmup < 0 || config.rounds < 1) {
+    return absl::InvalidArgumentError("--iters and --warmup must be >= 0, --rounds >= 1");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RunBench(const BenchConfig& config, int* argc, char*** argv) {
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<comm::MpiRuntime> mpi,
                            comm::MpiRuntime::Initialize(argc, argv));
   TESSERA_ASSIGN_OR_RETURN(comm::CommOptions options, comm::CommOptions::FromEnvironment());
@@ -315,6 +331,10 @@ int RunCommBench(const std::vector<std::string>& args, int* argc, char*** argv) 
   flags.Bool("validate", &config.validate,
              "ranks cross-check every collective (also TESSERA_COMM_VALIDATE=1)");
   if (std::optional<int> done = ParseOrExit(flags, args)) return *done;
+  if (absl::Status invalid = CheckConfig(config); !invalid.ok()) {
+    std::fprintf(stderr, "tessera comm-bench: %s\n", std::string(invalid.message()).c_str());
+    return kExitUsage;
+  }
   return ReportExit(RunBench(config, argc, argv));
 }
 

@@ -155,11 +155,11 @@ std::shared_ptr<WorldDirectory>& Directory() {
   return *directory;
 }
 
-// Tags of the all-reduce algorithms' messages on the data communicator: one per sequence
-// number (modulo the span), so that concurrent all-reduces of a batch never match each
+// Tags of the collective algorithms' messages on the data communicator: one per sequence
+// number (modulo the span), so that concurrent collectives of a batch never match each
 // other's messages.
-constexpr int kAllReduceTagBase = 1024;
-constexpr int kAllReduceTagSpan = 16384;
+constexpr int kCollectiveTagBase = 1024;
+constexpr int kCollectiveTagSpan = 16384;
 }  // namespace
 
 MpiCommunicator::MpiCommunicator(MPI_Comm comm, MPI_Comm control, std::string name,
@@ -283,34 +283,38 @@ absl::StatusOr<std::unique_ptr<MpiOperation>> MpiCommunicator::Post(const Collec
   // MPI reads const input through non-const pointers in its C API.
   void* input = const_cast<void*>(op.input.data());
   MPI_Request request = MPI_REQUEST_NULL;
+  int tag = kCollectiveTagBase + static_cast<int>(sequence % kCollectiveTagSpan);
+  std::unique_ptr<SteppedOperation> stepped;
   switch (op.kind) {
     case CollectiveKind::kAllReduce: {
       auto algorithm = HostAllReduce::Choose(op.input.nbytes(), size_);
       ScratchBuffer* scratch = work.AddScratch(AcquireScratch());
       TESSERA_RETURN_IF_ERROR(
           scratch->Reserve(HostAllReduce::ScratchBytes(algorithm, count, dtype, size_)));
-      int tag = kAllReduceTagBase + static_cast<int>(sequence % kAllReduceTagSpan);
-      auto all_reduce = std::make_unique<HostAllReduce>(algorithm, input, count, dtype,
-                                                        op.reduce_op, comm_, tag, scratch);
-      TESSERA_RETURN_IF_ERROR(all_reduce->Begin());
-      return std::unique_ptr<MpiOperation>(std::move(all_reduce));
+      stepped = std::make_unique<HostAllReduce>(algorithm, input, count, dtype, op.reduce_op,
+                                                comm_, tag, scratch);
+      break;
     }
     case CollectiveKind::kAllGather:
-      TESSERA_MPI_CHECK(MPI_Iallgather(input, count, type, const_cast<void*>(op.output.data()),
-                                       count, type, comm_, &request));
+      stepped = std::make_unique<HostAllGather>(input, const_cast<void*>(op.output.data()), count,
+                                                dtype, comm_, tag);
       break;
-    case CollectiveKind::kReduceScatter:
-      TESSERA_MPI_CHECK(MPI_Ireduce_scatter_block(
-          input, const_cast<void*>(op.output.data()), static_cast<int>(op.output.numel()), type,
-          MpiOpOf(op.reduce_op, dtype), comm_, &request));
+    case CollectiveKind::kReduceScatter: {
+      int64_t slice = op.output.numel();
+      ScratchBuffer* scratch = work.AddScratch(AcquireScratch());
+      TESSERA_RETURN_IF_ERROR(scratch->Reserve(HostReduceScatter::ScratchBytes(slice, dtype)));
+      stepped = std::make_unique<HostReduceScatter>(input, const_cast<void*>(op.output.data()), slice, dtype,
+                                                    op.reduce_op, comm_, tag, scratch);
       break;
+    }
     case CollectiveKind::kBroadcast:
       TESSERA_MPI_CHECK(MPI_Ibcast(input, count, type, op.root, comm_, &request));
-      break;
+      return std::unique_ptr<MpiOperation>(std::make_unique<RequestOperation>(request));
     default:
       return absl::InternalError(absl::StrCat("not a batch collective: ", op.Describe()));
   }
-  return std::unique_ptr<MpiOperation>(std::make_unique<RequestOperation>(request));
+  TESSERA_RETURN_IF_ERROR(stepped->Begin());
+  return std::unique_ptr<MpiOperation>(std::move(stepped));
 }
 
 absl::Status MpiCommunicator::ExchangeSignatures(const std::vector<OpSignature>& signatures) {
@@ -374,7 +378,6 @@ absl::StatusOr<bool> MpiCommunicator::Progress(Pending& pending, bool once) {
   }
   const Pending* outer = waiting_;
   waiting_ = &pending;
-  Clock::time_point next_answer = Clock::now() + kAnswerInterval;
   absl::StatusOr<bool> result = false;
   while (true) {
     bool done = true;
@@ -399,9 +402,9 @@ absl::StatusOr<bool> MpiCommunicator::Progress(Pending& pending, bool once) {
       break;
     }
     Clock::time_point now = Clock::now();
-    if (now >= next_answer) {
+    if (now >= next_answer_) {
       AnswerArrivalQueries();
-      next_answer = now + kAnswerInterval;
+      next_answer_ = now + kAnswerInterval;
     }
     if (now >= pending.check_arrivals_at || now >= pending.deadline) {
       absl::Status timed_out = TimeOut(pending);
@@ -452,12 +455,13 @@ absl::Status MpiCommunicator::TimeOut(Pending& pending) {
   if (!pending.queries_sent) {
     pending.queries_sent = true;
     pending.answers.assign(size_, std::nullopt);
-    static ArrivalQuery query;  // outlives the sends, which are never waited for
-    query.sequence = pending.signature.sequence;
+    // Deliberately leaked: the sends to dead peers are never waited for, so the buffer must
+    // outlive this communicator. One small allocation per failing collective.
+    auto* query = new ArrivalQuery{pending.signature.sequence};
     for (int r = 0; r < size_; ++r) {
       if (r == rank_) continue;
       MPI_Request request;
-      if (MPI_Isend(&query, sizeof(query), MPI_BYTE, r, kArrivalQueryTag, control_, &request) ==
+      if (MPI_Isend(query, sizeof(*query), MPI_BYTE, r, kArrivalQueryTag, control_, &request) ==
           MPI_SUCCESS) {
         MPI_Request_free(&request);
       }

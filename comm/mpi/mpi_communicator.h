@@ -3,6 +3,7 @@
 
 #include <mpi.h>
 
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
@@ -78,6 +79,7 @@ class MpiCommunicator final : public Communicator {
   std::vector<int> world_ranks_;
   uint64_t next_sequence_ = 0;
   const Pending* waiting_ = nullptr;  // set while polling, read when answering queries
+  std::chrono::steady_clock::time_point next_answer_;  // next look for arrival queries
   absl::Status failure_;              // sticky once set
   std::vector<std::unique_ptr<ScratchBuffer>> free_scratch_;
 };

@@ -1,6 +1,7 @@
 #include "comm/mpi/mpi_operation.h"
 
 #include <cstdlib>
+#include <cstring>
 #include <string_view>
 
 #include "absl/strings/str_cat.h"
@@ -41,6 +42,55 @@ absl::Status ScratchBuffer::Reserve(size_t bytes) {
   return absl::OkStatus();
 }
 
+SteppedOperation::SteppedOperation(MPI_Comm comm, int tag, DType dtype)
+    : comm_(comm), tag_(tag), dtype_(dtype), element_bytes_(StorageBytes(dtype, 1)) {
+  MPI_Comm_rank(comm_, &rank_);
+  MPI_Comm_size(comm_, &size_);
+}
+
+bool SteppedOperation::posted() const {
+  return requests_[0] != MPI_REQUEST_NULL || requests_[1] != MPI_REQUEST_NULL;
+}
+
+absl::Status SteppedOperation::Exchange(int send_to, const void* send, int64_t send_count,
+                                        int recv_from, void* recv, int64_t recv_count) {
+  MPI_Datatype type = MpiDatatypeOf(dtype_);
+  if (recv_from >= 0) {
+    TESSERA_MPI_CHECK(MPI_Irecv(recv, static_cast<int>(recv_count), type, recv_from, tag_, comm_,
+                                &requests_[0]));
+  }
+  if (send_to >= 0) {
+    TESSERA_MPI_CHECK(MPI_Isend(send, static_cast<int>(send_count), type, send_to, tag_, comm_,
+                                &requests_[1]));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SteppedOperation::Begin() {
+  step_ = 0;
+  // Steps that involve no message on this rank are skipped at once.
+  while (!done_) {
+    TESSERA_RETURN_IF_ERROR(PostStep());
+    if (done_ || posted()) break;
+    ++step_;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> SteppedOperation::Advance() {
+  while (!done_) {
+    int flag = 0;
+    TESSERA_MPI_CHECK(MPI_Testall(2, requests_, &flag, MPI_STATUSES_IGNORE));
+    if (!flag) return false;
+    TESSERA_RETURN_IF_ERROR(CompleteStep());
+    do {
+      ++step_;
+      TESSERA_RETURN_IF_ERROR(PostStep());
+    } while (!done_ && !posted());
+  }
+  return true;
+}
+
 HostAllReduce::Algorithm HostAllReduce::Choose(size_t bytes, int group_size) {
   (void)group_size;
   // TESSERA_ALLREDUCE_ALGORITHM=ring|recursive_doubling forces one (for measurement).
@@ -60,139 +110,154 @@ size_t HostAllReduce::ScratchBytes(Algorithm algorithm, int64_t count, DType dty
 
 HostAllReduce::HostAllReduce(Algorithm algorithm, void* buffer, int64_t count, DType dtype,
                              ReduceOp op, MPI_Comm comm, int tag, ScratchBuffer* scratch)
-    : algorithm_(algorithm),
-      buffer_(static_cast<char*>(buffer)),
+    : SteppedOperation(comm, tag, dtype),
+      algorithm_(algorithm),
+      buffer_(buffer),
       count_(count),
-      dtype_(dtype),
       op_(op),
-      comm_(comm),
-      tag_(tag),
-      scratch_(scratch),
-      element_bytes_(StorageBytes(dtype, 1)) {
-  MPI_Comm_rank(comm_, &rank_);
-  MPI_Comm_size(comm_, &size_);
-  while (pof2_ * 2 <= size_) pof2_ *= 2;
-  extra_ = size_ - pof2_;
-  if (rank_ < 2 * extra_) {
-    virtual_rank_ = rank_ % 2 == 1 ? rank_ / 2 : -1;
+      scratch_(scratch) {
+  while (pof2_ * 2 <= size()) pof2_ *= 2;
+  extra_ = size() - pof2_;
+  if (rank() < 2 * extra_) {
+    virtual_rank_ = rank() % 2 == 1 ? rank() / 2 : -1;
   } else {
-    virtual_rank_ = rank_ - extra_;
+    virtual_rank_ = rank() - extra_;
   }
-}
-
-char* HostAllReduce::At(int64_t element) const {
-  return buffer_ + element * static_cast<int64_t>(element_bytes_);
 }
 
 int64_t HostAllReduce::ChunkCount(int chunk) const {
-  return count_ / size_ + (chunk < count_ % size_ ? 1 : 0);
+  return count_ / size() + (chunk < count_ % size() ? 1 : 0);
 }
 
 int64_t HostAllReduce::ChunkOffset(int chunk) const {
-  return chunk * (count_ / size_) + std::min<int64_t>(chunk, count_ % size_);
+  return chunk * (count_ / size()) + std::min<int64_t>(chunk, count_ % size());
 }
 
-absl::Status HostAllReduce::Exchange(int send_to, const void* send, int64_t send_count,
-                                     int recv_from, void* recv, int64_t recv_count) {
-  MPI_Datatype type = MpiDatatypeOf(dtype_);
-  if (recv_from >= 0) {
-    TESSERA_MPI_CHECK(MPI_Irecv(recv, static_cast<int>(recv_count), type, recv_from, tag_, comm_,
-                                &requests_[0]));
-  }
-  if (send_to >= 0) {
-    TESSERA_MPI_CHECK(MPI_Isend(send, static_cast<int>(send_count), type, send_to, tag_, comm_,
-                                &requests_[1]));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status HostAllReduce::Reduce(void* into, int64_t count) {
-  return kernels::ReduceInto(into, scratch_->data(), count, dtype_, ToReduction(op_));
-}
-
-// Steps: 0 folds the extra ranks in, 1..log2(pof2) exchange with partners at doubling
-// distance, the last sends the result back to the folded ranks.
-absl::Status HostAllReduce::PostRecursiveDoublingStep() {
-  int rounds = 0;
-  while ((1 << rounds) < pof2_) ++rounds;
-  while (true) {
-    if (step_ == 0) {
-      if (rank_ < 2 * extra_) {
-        if (rank_ % 2 == 0) return Exchange(rank_ + 1, buffer_, count_, -1, nullptr, 0);
-        reduce_into_ = buffer_;
-        reduce_count_ = count_;
-        return Exchange(-1, nullptr, 0, rank_ - 1, scratch_->data(), count_);
-      }
-    } else if (step_ <= rounds) {
-      if (virtual_rank_ >= 0) {
-        int partner_virtual = virtual_rank_ ^ (1 << (step_ - 1));
-        int partner = partner_virtual < extra_ ? partner_virtual * 2 + 1 : partner_virtual + extra_;
-        reduce_into_ = buffer_;
-        reduce_count_ = count_;
-        return Exchange(partner, buffer_, count_, partner, scratch_->data(), count_);
-      }
-    } else if (step_ == rounds + 1) {
-      if (rank_ < 2 * extra_) {
-        if (rank_ % 2 == 1) return Exchange(rank_ - 1, buffer_, count_, -1, nullptr, 0);
-        return Exchange(-1, nullptr, 0, rank_ + 1, buffer_, count_);
-      }
-    } else {
-      done_ = true;
-      return absl::OkStatus();
-    }
-    ++step_;  // nothing for this rank in this step
-  }
-}
-
-// Steps 0..n-2 reduce-scatter: send chunk (r-k), receive chunk (r-k-1) and reduce it.
-// Steps n-1..2n-3 all-gather: send chunk (r+1-k), receive chunk (r-k) in place.
-absl::Status HostAllReduce::PostRingStep() {
-  int n = size_;
-  int right = (rank_ + 1) % n;
-  int left = (rank_ + n - 1) % n;
-  if (step_ >= 2 * (n - 1)) {
-    done_ = true;
-    return absl::OkStatus();
-  }
-  if (step_ < n - 1) {
-    int k = step_;
-    int send = ((rank_ - k) % n + n) % n;
-    int recv = ((rank_ - k - 1) % n + n) % n;
-    reduce_into_ = At(ChunkOffset(recv));
-    reduce_count_ = ChunkCount(recv);
-    return Exchange(right, At(ChunkOffset(send)), ChunkCount(send), left, scratch_->data(),
-                    ChunkCount(recv));
-  }
-  int k = step_ - (n - 1);
-  int send = ((rank_ + 1 - k) % n + n) % n;
-  int recv = ((rank_ - k) % n + n) % n;
-  return Exchange(right, At(ChunkOffset(send)), ChunkCount(send), left, At(ChunkOffset(recv)),
-                  ChunkCount(recv));
-}
-
-absl::Status HostAllReduce::Begin() {
-  step_ = 0;
-  if (size_ == 1 || count_ == 0) {
-    done_ = true;
+absl::Status HostAllReduce::PostStep() {
+  reduce_into_ = nullptr;
+  if (size() == 1 || count_ == 0) {
+    Finish();
     return absl::OkStatus();
   }
   return algorithm_ == Algorithm::kRing ? PostRingStep() : PostRecursiveDoublingStep();
 }
 
-absl::StatusOr<bool> HostAllReduce::Advance() {
-  while (!done_) {
-    int flag = 0;
-    TESSERA_MPI_CHECK(MPI_Testall(2, requests_, &flag, MPI_STATUSES_IGNORE));
-    if (!flag) return false;
-    if (reduce_into_ != nullptr) {
-      TESSERA_RETURN_IF_ERROR(Reduce(reduce_into_, reduce_count_));
-      reduce_into_ = nullptr;
-    }
-    ++step_;
-    TESSERA_RETURN_IF_ERROR(algorithm_ == Algorithm::kRing ? PostRingStep()
-                                                           : PostRecursiveDoublingStep());
+absl::Status HostAllReduce::CompleteStep() {
+  if (reduce_into_ == nullptr) return absl::OkStatus();
+  return kernels::ReduceInto(reduce_into_, scratch_->data(), reduce_count_, dtype(),
+                             ToReduction(op_));
+}
+
+// Steps: 0 folds the extra ranks in, 1..log2(pof2) exchange with partners at doubling
+// distance, the last sends the result back to the folded ranks. A step with nothing for
+// this rank posts nothing.
+absl::Status HostAllReduce::PostRecursiveDoublingStep() {
+  int rounds = 0;
+  while ((1 << rounds) < pof2_) ++rounds;
+  int r = rank();
+  if (step() == 0) {
+    if (r >= 2 * extra_) return absl::OkStatus();
+    if (r % 2 == 0) return Exchange(r + 1, buffer_, count_, -1, nullptr, 0);
+    reduce_into_ = buffer_;
+    reduce_count_ = count_;
+    return Exchange(-1, nullptr, 0, r - 1, scratch_->data(), count_);
   }
-  return true;
+  if (step() <= rounds) {
+    if (virtual_rank_ < 0) return absl::OkStatus();
+    int partner_virtual = virtual_rank_ ^ (1 << (step() - 1));
+    int partner = partner_virtual < extra_ ? partner_virtual * 2 + 1 : partner_virtual + extra_;
+    reduce_into_ = buffer_;
+    reduce_count_ = count_;
+    return Exchange(partner, buffer_, count_, partner, scratch_->data(), count_);
+  }
+  if (step() == rounds + 1) {
+    if (r >= 2 * extra_) return absl::OkStatus();
+    if (r % 2 == 1) return Exchange(r - 1, buffer_, count_, -1, nullptr, 0);
+    return Exchange(-1, nullptr, 0, r + 1, buffer_, count_);
+  }
+  Finish();
+  return absl::OkStatus();
+}
+
+// Steps 0..n-2 reduce-scatter: send chunk (r-k), receive chunk (r-k-1) and reduce it.
+// Steps n-1..2n-3 all-gather: send chunk (r+1-k), receive chunk (r-k) in place.
+absl::Status HostAllReduce::PostRingStep() {
+  int n = size();
+  int r = rank();
+  int right = (r + 1) % n;
+  int left = (r + n - 1) % n;
+  auto chunk = [n](int c) { return (c % n + n) % n; };
+  if (step() >= 2 * (n - 1)) {
+    Finish();
+    return absl::OkStatus();
+  }
+  if (step() < n - 1) {
+    int k = step();
+    int send = chunk(r - k);
+    int recv = chunk(r - k - 1);
+    reduce_into_ = Element(buffer_, ChunkOffset(recv));
+    reduce_count_ = ChunkCount(recv);
+    return Exchange(right, Element(buffer_, ChunkOffset(send)), ChunkCount(send), left,
+                    scratch_->data(), ChunkCount(recv));
+  }
+  int k = step() - (n - 1);
+  int send = chunk(r + 1 - k);
+  int recv = chunk(r - k);
+  return Exchange(right, Element(buffer_, ChunkOffset(send)), ChunkCount(send), left,
+                  Element(buffer_, ChunkOffset(recv)), ChunkCount(recv));
+}
+
+size_t HostReduceScatter::ScratchBytes(int64_t count, DType dtype) {
+  return 2 * StorageBytes(dtype, count);
+}
+
+HostReduceScatter::HostReduceScatter(const void* input, void* output, int64_t count, DType dtype,
+                                     ReduceOp op, MPI_Comm comm, int tag, ScratchBuffer* scratch)
+    : SteppedOperation(comm, tag, dtype),
+      input_(input),
+      output_(output),
+      count_(count),
+      op_(op),
+      arriving_(scratch->data()),
+      running_(Element(scratch->data(), count)) {}
+
+absl::Status HostReduceScatter::PostStep() {
+  int n = size();
+  if (count_ == 0 || step() >= n - 1) {
+    if (n == 1 && count_ > 0 && step() == 0) {
+      std::memcpy(output_, input_, StorageBytes(dtype(), count_));
+    }
+    Finish();
+    return absl::OkStatus();
+  }
+  int k = step();
+  const void* send = k == 0 ? Element(input_, Slice(-1) * count_) : running_;
+  return Exchange((rank() + 1) % n, send, count_, (rank() + n - 1) % n, arriving_, count_);
+}
+
+absl::Status HostReduceScatter::CompleteStep() {
+  int k = step();
+  void* into = k == size() - 2 ? output_ : running_;
+  return kernels::Reduce(into, Element(input_, Slice(-k - 2) * count_), arriving_, count_,
+                         dtype(), ToReduction(op_));
+}
+
+HostAllGather::HostAllGather(const void* input, void* output, int64_t count, DType dtype,
+                             MPI_Comm comm, int tag)
+    : SteppedOperation(comm, tag, dtype), input_(input), output_(output), count_(count) {}
+
+absl::Status HostAllGather::PostStep() {
+  int n = size();
+  if (step() == 0 && count_ > 0) {
+    std::memcpy(Element(output_, rank() * count_), input_, StorageBytes(dtype(), count_));
+  }
+  if (count_ == 0 || step() >= n - 1) {
+    Finish();
+    return absl::OkStatus();
+  }
+  int k = step();
+  return Exchange((rank() + 1) % n, Element(output_, Slice(-k) * count_), count_,
+                  (rank() + n - 1) % n, Element(output_, Slice(-k - 1) * count_), count_);
 }
 
 }  // namespace tessera::comm

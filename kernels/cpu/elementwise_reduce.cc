@@ -20,41 +20,48 @@ struct Min {
   T operator()(T a, T b) const { return std::min(a, b); }
 };
 
-// acc is (count), in is (count). Plain loops: the compiler vectorizes them at -O2/-O3.
+// out, a and b are (count). Element-wise, so out may alias a or b. Plain loops: the
+// compiler vectorizes them (the library is built with -O3).
 template <typename T, typename Op>
-void Combine(T* __restrict acc, const T* __restrict in, int64_t count, Op op) {
-  for (int64_t i = 0; i < count; ++i) acc[i] = op(acc[i], in[i]);
+void Combine(T* out, const T* a, const T* b, int64_t count, Op op) {
+  for (int64_t i = 0; i < count; ++i) out[i] = op(a[i], b[i]);
 }
 
 // 16-bit floats: widen to f32, combine, round back.
 template <typename H, typename Op>
-void CombineHalf(H* __restrict acc, const H* __restrict in, int64_t count, Op op) {
-  for (int64_t i = 0; i < count; ++i) {
-    acc[i] = H::FromFloat(op(acc[i].ToFloat(), in[i].ToFloat()));
-  }
+void CombineHalf(H* out, const H* a, const H* b, int64_t count, Op op) {
+  for (int64_t i = 0; i < count; ++i) out[i] = H::FromFloat(op(a[i].ToFloat(), b[i].ToFloat()));
+}
+
+template <typename T, typename Op>
+void CombineAs(void* out, const void* a, const void* b, int64_t count, Op op) {
+  Combine(static_cast<T*>(out), static_cast<const T*>(a), static_cast<const T*>(b), count, op);
 }
 
 template <typename Op>
-absl::Status Dispatch(void* acc, const void* in, int64_t count, DType dtype, Op op) {
+absl::Status Dispatch(void* out, const void* a, const void* b, int64_t count, DType dtype,
+                      Op op) {
   switch (dtype) {
     case DType::kF32:
-      Combine(static_cast<float*>(acc), static_cast<const float*>(in), count, op);
+      CombineAs<float>(out, a, b, count, op);
       return absl::OkStatus();
     case DType::kBF16:
-      CombineHalf(static_cast<BFloat16*>(acc), static_cast<const BFloat16*>(in), count, op);
+      CombineHalf(static_cast<BFloat16*>(out), static_cast<const BFloat16*>(a),
+                  static_cast<const BFloat16*>(b), count, op);
       return absl::OkStatus();
     case DType::kF16:
-      CombineHalf(static_cast<Half*>(acc), static_cast<const Half*>(in), count, op);
+      CombineHalf(static_cast<Half*>(out), static_cast<const Half*>(a),
+                  static_cast<const Half*>(b), count, op);
       return absl::OkStatus();
     case DType::kI8:
-      Combine(static_cast<int8_t*>(acc), static_cast<const int8_t*>(in), count,
-              [op](int8_t a, int8_t b) { return static_cast<int8_t>(op(int{a}, int{b})); });
+      CombineAs<int8_t>(out, a, b, count,
+                        [op](int8_t x, int8_t y) { return static_cast<int8_t>(op(int{x}, int{y})); });
       return absl::OkStatus();
     case DType::kI32:
-      Combine(static_cast<int32_t*>(acc), static_cast<const int32_t*>(in), count, op);
+      CombineAs<int32_t>(out, a, b, count, op);
       return absl::OkStatus();
     case DType::kI64:
-      Combine(static_cast<int64_t*>(acc), static_cast<const int64_t*>(in), count, op);
+      CombineAs<int64_t>(out, a, b, count, op);
       return absl::OkStatus();
     case DType::kI4:
       break;
@@ -65,14 +72,19 @@ absl::Status Dispatch(void* acc, const void* in, int64_t count, DType dtype, Op 
 
 }  // namespace
 
-absl::Status ReduceInto(void* accumulator, const void* input, int64_t count, DType dtype,
-                        Reduction reduction) {
+absl::Status Reduce(void* output, const void* a, const void* b, int64_t count, DType dtype,
+                    Reduction reduction) {
   switch (reduction) {
-    case Reduction::kSum: return Dispatch(accumulator, input, count, dtype, Sum{});
-    case Reduction::kMax: return Dispatch(accumulator, input, count, dtype, Max{});
-    case Reduction::kMin: return Dispatch(accumulator, input, count, dtype, Min{});
+    case Reduction::kSum: return Dispatch(output, a, b, count, dtype, Sum{});
+    case Reduction::kMax: return Dispatch(output, a, b, count, dtype, Max{});
+    case Reduction::kMin: return Dispatch(output, a, b, count, dtype, Min{});
   }
   return absl::InvalidArgumentError("unknown reduction");
+}
+
+absl::Status ReduceInto(void* accumulator, const void* input, int64_t count, DType dtype,
+                        Reduction reduction) {
+  return Reduce(accumulator, accumulator, input, count, dtype, reduction);
 }
 
 }  // namespace tessera::kernels

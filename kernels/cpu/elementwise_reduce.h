@@ -16,6 +16,10 @@ enum class Reduction { kSum, kMax, kMin };
 absl::Status ReduceInto(void* accumulator, const void* input, int64_t count, DType dtype,
                         Reduction reduction);
 
+// output[i] = reduction(a[i], b[i]) for i in [0, count). output may alias a or b.
+absl::Status Reduce(void* output, const void* a, const void* b, int64_t count, DType dtype,
+                    Reduction reduction);
+
 }  // namespace tessera::kernels
 
 #endif  // TESSERA_KERNELS_CPU_ELEMENTWISE_REDUCE_H_
