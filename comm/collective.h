@@ -38,7 +38,8 @@ struct CollectiveOp {
   Tensor output;  // AllGather and ReduceScatter only
   int root = 0;   // Broadcast only
 
-  // "AllReduce(f32 x1024, sum)", "AllGather(bf16 x8 -> x32)", "Broadcast(i32 x3, root 1)".
+  // "AllReduce(f32 x1024, sum)", "AllGather(bf16 x8)", "Broadcast(i32 x3, root 1)": the
+  // kind, the dtype and element count of the (input) buffer, and the op or root.
   std::string Describe() const;
 };
 

@@ -1,5 +1,6 @@
 #include "comm/comm_options.h"
 
+#include <cmath>
 #include <cstdlib>
 
 #include "absl/strings/numbers.h"
@@ -11,10 +12,16 @@ absl::StatusOr<absl::Duration> ParseTimeout(absl::string_view text) {
   absl::Duration duration;
   double seconds = 0;
   if (absl::SimpleAtod(text, &seconds)) {
+    if (!std::isfinite(seconds)) {
+      return absl::InvalidArgumentError(absl::StrCat("timeout '", text, "' must be finite"));
+    }
     duration = absl::Seconds(seconds);
   } else if (!absl::ParseDuration(text, &duration)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "timeout '", text, "' is not a duration (examples: 30, 30s, 5m, 250ms)"));
+  }
+  if (duration == absl::InfiniteDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat("timeout '", text, "' must be finite"));
   }
   if (duration <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError(absl::StrCat("timeout '", text, "' must be positive"));

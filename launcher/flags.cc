@@ -54,10 +54,12 @@ void FlagSet::Int(std::string name, int* target, std::string help, char short_na
   std::string flag = name;
   Add({std::move(name), short_name, std::move(help), absl::StrCat(*target), false,
        [target, flag](absl::string_view v) {
-         if (!absl::SimpleAtoi(v, target)) {
+         int value = 0;
+         if (!absl::SimpleAtoi(v, &value)) {
            return absl::InvalidArgumentError(
                absl::StrCat("--", flag, ": '", v, "' is not an integer"));
          }
+         *target = value;
          return absl::OkStatus();
        }});
 }
@@ -101,9 +103,11 @@ void FlagSet::Bytes(std::string name, int64_t* target, std::string help, char sh
        }});
 }
 
-const FlagSet::Flag* FlagSet::Find(absl::string_view name) const {
+const FlagSet::Flag* FlagSet::Find(absl::string_view name, bool is_long) const {
   for (const Flag& flag : flags_) {
-    if (flag.name == name || (name.size() == 1 && flag.short_name == name[0])) return &flag;
+    if (is_long ? flag.name == name : (name.size() == 1 && flag.short_name == name[0])) {
+      return &flag;
+    }
   }
   return nullptr;
 }
@@ -130,9 +134,9 @@ absl::Status FlagSet::Parse(const std::vector<std::string>& args, bool* help_req
       value = name.substr(eq + 1);
       name = name.substr(0, eq);
     }
-    const Flag* flag = Find(name);
+    const Flag* flag = Find(name, is_long);
     if (flag == nullptr && is_long && name.substr(0, 3) == "no-" && !value) {
-      const Flag* negated = Find(name.substr(3));
+      const Flag* negated = Find(name.substr(3), /*is_long=*/true);
       if (negated != nullptr && negated->is_bool) {
         if (absl::Status s = negated->set("false"); !s.ok()) return s;
         continue;

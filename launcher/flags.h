@@ -46,7 +46,7 @@ class FlagSet {
     std::function<absl::Status(absl::string_view)> set;
   };
   void Add(Flag flag);
-  const Flag* Find(absl::string_view name) const;
+  const Flag* Find(absl::string_view name, bool is_long) const;
 
   std::string command_;
   std::string summary_;

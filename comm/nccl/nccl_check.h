@@ -20,7 +20,6 @@ namespace tessera {
 
 struct NcclCall {
   using Code = ncclResult_t;
-  static constexpr const char* kLibrary = "NCCL";
   static bool Ok(Code code) { return code == ncclSuccess; }
   // "ncclRemoteError: remote process exited or there was a network error: <last error>".
   // ncclGetLastError is process-wide (its argument is unused), so the detail it adds may
@@ -34,23 +33,35 @@ struct NcclCall {
   static absl::StatusCode StatusCode(Code code) {
     switch (code) {
       case ncclInvalidArgument:
-      case ncclInvalidUsage: return absl::StatusCode::kInvalidArgument;
+      case ncclInvalidUsage:
+        return absl::StatusCode::kInvalidArgument;
       case ncclRemoteError:
-      case ncclSystemError: return absl::StatusCode::kUnavailable;
-      default: return absl::StatusCode::kInternal;
+      case ncclSystemError:
+        return absl::StatusCode::kUnavailable;
+      default:
+        return absl::StatusCode::kInternal;
     }
   }
   static const char* Name(Code code) {
     switch (code) {
-      case ncclSuccess: return "ncclSuccess";
-      case ncclUnhandledCudaError: return "ncclUnhandledCudaError";
-      case ncclSystemError: return "ncclSystemError";
-      case ncclInternalError: return "ncclInternalError";
-      case ncclInvalidArgument: return "ncclInvalidArgument";
-      case ncclInvalidUsage: return "ncclInvalidUsage";
-      case ncclRemoteError: return "ncclRemoteError";
-      case ncclInProgress: return "ncclInProgress";
-      default: return "ncclResult";
+      case ncclSuccess:
+        return "ncclSuccess";
+      case ncclUnhandledCudaError:
+        return "ncclUnhandledCudaError";
+      case ncclSystemError:
+        return "ncclSystemError";
+      case ncclInternalError:
+        return "ncclInternalError";
+      case ncclInvalidArgument:
+        return "ncclInvalidArgument";
+      case ncclInvalidUsage:
+        return "ncclInvalidUsage";
+      case ncclRemoteError:
+        return "ncclRemoteError";
+      case ncclInProgress:
+        return "ncclInProgress";
+      default:
+        return "ncclResult";
     }
   }
 };
@@ -58,8 +69,8 @@ struct NcclCall {
 // The status of a call on a non-blocking communicator: OK for ncclSuccess and for
 // ncclInProgress, which also sets *in_progress (the caller then polls ncclCommGetAsyncError);
 // the call's error otherwise.
-inline absl::Status NcclAsyncStatus(ncclResult_t code, const char* call, const char* file,
-                                    int line, bool* in_progress) {
+inline absl::Status NcclAsyncStatus(ncclResult_t code, const char* call, const char* file, int line,
+                                    bool* in_progress) {
   if (code == ncclInProgress) {
     *in_progress = true;
     return absl::OkStatus();

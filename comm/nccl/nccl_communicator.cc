@@ -48,13 +48,20 @@ class Backoff {
 
 ncclDataType_t NcclTypeOf(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return ncclFloat32;
-    case DType::kBF16: return ncclBfloat16;
-    case DType::kF16: return ncclFloat16;
-    case DType::kI8: return ncclInt8;
-    case DType::kI32: return ncclInt32;
-    case DType::kI64: return ncclInt64;
-    case DType::kI4: break;
+    case DType::kF32:
+      return ncclFloat32;
+    case DType::kBF16:
+      return ncclBfloat16;
+    case DType::kF16:
+      return ncclFloat16;
+    case DType::kI8:
+      return ncclInt8;
+    case DType::kI32:
+      return ncclInt32;
+    case DType::kI64:
+      return ncclInt64;
+    case DType::kI4:
+      break;
   }
   TESSERA_CHECK(false, "int4 reached NCCL past ValidateOp");
   return ncclInt8;
@@ -62,9 +69,12 @@ ncclDataType_t NcclTypeOf(DType dtype) {
 
 ncclRedOp_t NcclOpOf(ReduceOp op) {
   switch (op) {
-    case ReduceOp::kSum: return ncclSum;
-    case ReduceOp::kMax: return ncclMax;
-    case ReduceOp::kMin: return ncclMin;
+    case ReduceOp::kSum:
+      return ncclSum;
+    case ReduceOp::kMax:
+      return ncclMax;
+    case ReduceOp::kMin:
+      return ncclMin;
   }
   return ncclSum;
 }
@@ -91,9 +101,10 @@ absl::Status WithContext(const absl::Status& status, absl::string_view context) 
 
 // An error NCCL reported through ncclCommGetAsyncError rather than as a call's result.
 absl::Status AsyncError(ncclResult_t state, absl::string_view what) {
-  return absl::Status(NcclCall::StatusCode(state),
-                      WithCallSite(absl::StrCat(what, ": NCCL reported ", NcclCall::Describe(state)),
-                                   __FILE__, __LINE__));
+  return absl::Status(
+      NcclCall::StatusCode(state),
+      WithCallSite(absl::StrCat(what, ": NCCL reported ", NcclCall::Describe(state)), __FILE__,
+                   __LINE__));
 }
 
 // Polls a communicator no other thread can reach yet (being created) until it leaves
@@ -111,8 +122,8 @@ absl::StatusOr<bool> AwaitUnshared(ncclComm_t comm, Clock::time_point deadline,
   }
 }
 
-absl::Status IssueOne(const CollectiveOp& op, size_t count, ncclComm_t comm,
-                      cudaStream_t stream, bool* in_progress) {
+absl::Status IssueOne(const CollectiveOp& op, size_t count, ncclComm_t comm, cudaStream_t stream,
+                      bool* in_progress) {
   ncclDataType_t type = NcclTypeOf(op.input.dtype());
   void* buffer = Mutable(op.input);
   switch (op.kind) {
@@ -124,10 +135,9 @@ absl::Status IssueOne(const CollectiveOp& op, size_t count, ncclComm_t comm,
       return TESSERA_NCCL_ASYNC_STATUS(
           ncclAllGather(buffer, Mutable(op.output), count, type, comm, stream), in_progress);
     case CollectiveKind::kReduceScatter:
-      return TESSERA_NCCL_ASYNC_STATUS(
-          ncclReduceScatter(buffer, Mutable(op.output), count, type, NcclOpOf(op.reduce_op),
-                            comm, stream),
-          in_progress);
+      return TESSERA_NCCL_ASYNC_STATUS(ncclReduceScatter(buffer, Mutable(op.output), count, type,
+                                                         NcclOpOf(op.reduce_op), comm, stream),
+                                       in_progress);
     case CollectiveKind::kBroadcast:
       return TESSERA_NCCL_ASYNC_STATUS(
           ncclBroadcast(buffer, buffer, count, type, op.root, comm, stream), in_progress);
@@ -249,17 +259,19 @@ NcclCommunicator::~NcclCommunicator() {
   free_events_.clear();
 }
 
-absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(
-    Communicator& bootstrap, Device device, CommOptions options, std::string name) {
+absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(Communicator& bootstrap,
+                                                                           Device device,
+                                                                           CommOptions options,
+                                                                           std::string name) {
   std::string what = absl::StrCat("creating the NCCL communicator of group ", name);
   if (!device.is_cuda()) {
     return absl::InvalidArgumentError(
         absl::StrCat(what, ": it needs a CUDA device, not ", device.ToString()));
   }
   if (!bootstrap.device().is_cpu()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, ": the bootstrap must be a host communicator, not one on ",
-        bootstrap.device().ToString()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": the bootstrap must be a host communicator, not one on ",
+                     bootstrap.device().ToString()));
   }
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> host,
                            bootstrap.Split(0, bootstrap.rank(), name));
@@ -305,17 +317,15 @@ absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(
   bool in_progress = false;
   Clock::time_point deadline = Clock::now() + ToClock(options.timeout);
   absl::Status started = TESSERA_NCCL_ASYNC_STATUS(
-      ncclCommInitRankConfig(&comm, host->size(), all[0].id, host->rank(), &config),
-      &in_progress);
-  absl::StatusOr<bool> ready =
-      started.ok() ? AwaitUnshared(comm, deadline, "ncclCommInitRankConfig")
-                   : absl::StatusOr<bool>(started);
+      ncclCommInitRankConfig(&comm, host->size(), all[0].id, host->rank(), &config), &in_progress);
+  absl::StatusOr<bool> ready = started.ok()
+                                   ? AwaitUnshared(comm, deadline, "ncclCommInitRankConfig")
+                                   : absl::StatusOr<bool>(started);
   if (!ready.ok() || !*ready) {
     if (comm != nullptr) (void)ncclCommAbort(comm);
     if (!ready.ok()) return WithContext(ready.status(), what);
     return absl::DeadlineExceededError(absl::StrCat(
-        what, " (", host->size(), " ranks) timed out after ",
-        absl::FormatDuration(options.timeout),
+        what, " (", host->size(), " ranks) timed out after ", absl::FormatDuration(options.timeout),
         ": not every rank finished ncclCommInitRankConfig, and NCCL does not report which rank "
         "is missing"));
   }
@@ -346,10 +356,10 @@ absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::CreateForLoc
     }
   }
   if (!problems.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "the NCCL backend needs one GPU per rank: ", absl::StrJoin(problems, "; "),
-        " (start at most as many ranks on a host as it has GPUs, and check "
-        "CUDA_VISIBLE_DEVICES)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("the NCCL backend needs one GPU per rank: ", absl::StrJoin(problems, "; "),
+                     " (start at most as many ranks on a host as it has GPUs, and check "
+                     "CUDA_VISIBLE_DEVICES)"));
   }
   int gpu = topology.rank(world.rank()).gpu;
   return Create(world, Device::Cuda(gpu), world.options(), "world");
@@ -358,8 +368,8 @@ absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::CreateForLoc
 absl::Status NcclCommunicator::CheckUsable() const {
   absl::MutexLock lock(&mu_);
   if (failure_.ok()) return absl::OkStatus();
-  return absl::Status(failure_.code(), absl::StrCat("communicator ", name_, " failed earlier: ",
-                                                    failure_.message()));
+  return absl::Status(failure_.code(), absl::StrCat("communicator ", name_,
+                                                    " failed earlier: ", failure_.message()));
 }
 
 absl::Status NcclCommunicator::AbortedStatus() const {
@@ -389,9 +399,9 @@ void NcclCommunicator::Abort() {
 
 absl::Status NcclCommunicator::CheckStream(const Stream& stream, const char* what) const {
   if (stream.device() != device_ || stream.native_handle() == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, " in group ", name_, ": the NCCL communicator runs on CUDA streams of ",
-        device_.ToString(), ", not on a stream of ", stream.device().ToString()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " in group ", name_, ": the NCCL communicator runs on CUDA streams of ",
+                     device_.ToString(), ", not on a stream of ", stream.device().ToString()));
   }
   return absl::OkStatus();
 }
@@ -411,8 +421,7 @@ absl::Status NcclCommunicator::Run(CollectiveBatch batch, Stream& stream) {
 absl::Status NcclCommunicator::Send(const Tensor& buffer, int peer, Stream& stream) {
   TESSERA_ASSIGN_OR_RETURN(
       std::unique_ptr<NcclWork> work,
-      EnqueuePointToPoint({CollectiveKind::kSend, ReduceOp::kSum, buffer, Tensor(), peer},
-                          stream));
+      EnqueuePointToPoint({CollectiveKind::kSend, ReduceOp::kSum, buffer, Tensor(), peer}, stream));
   Track(std::move(work));
   return absl::OkStatus();
 }
@@ -420,8 +429,7 @@ absl::Status NcclCommunicator::Send(const Tensor& buffer, int peer, Stream& stre
 absl::Status NcclCommunicator::Recv(Tensor& buffer, int peer, Stream& stream) {
   TESSERA_ASSIGN_OR_RETURN(
       std::unique_ptr<NcclWork> work,
-      EnqueuePointToPoint({CollectiveKind::kRecv, ReduceOp::kSum, buffer, Tensor(), peer},
-                          stream));
+      EnqueuePointToPoint({CollectiveKind::kRecv, ReduceOp::kSum, buffer, Tensor(), peer}, stream));
   Track(std::move(work));
   return absl::OkStatus();
 }
@@ -453,28 +461,28 @@ absl::StatusOr<std::unique_ptr<NcclWork>> NcclCommunicator::Enqueue(CollectiveBa
     }
     TESSERA_RETURN_IF_ERROR(ExchangeSignatures(signatures));
   }
-  auto work = std::make_unique<NcclWork>(this, NcclWork::Kind::kCollectives, std::move(batch),
-                                         first);
+  auto work =
+      std::make_unique<NcclWork>(this, NcclWork::Kind::kCollectives, std::move(batch), first);
   TESSERA_RETURN_IF_ERROR(Launch(*work, stream));
   return work;
 }
 
-absl::StatusOr<std::unique_ptr<NcclWork>> NcclCommunicator::EnqueuePointToPoint(
-    CollectiveOp op, Stream& stream) {
+absl::StatusOr<std::unique_ptr<NcclWork>> NcclCommunicator::EnqueuePointToPoint(CollectiveOp op,
+                                                                                Stream& stream) {
   TESSERA_RETURN_IF_ERROR(CheckUsable());
   bool send = op.kind == CollectiveKind::kSend;
   int peer = op.root;
   if (peer < 0 || peer >= size_ || peer == rank_) {
-    return absl::InvalidArgumentError(absl::StrCat(send ? "Send to rank " : "Recv from rank ",
-                                                   peer, " in group ", name_, " of ", size_,
+    return absl::InvalidArgumentError(absl::StrCat(send ? "Send to rank " : "Recv from rank ", peer,
+                                                   " in group ", name_, " of ", size_,
                                                    " ranks (self is ", rank_, ")"));
   }
   TESSERA_RETURN_IF_ERROR(CheckStream(stream, send ? "Send" : "Recv"));
   TESSERA_RETURN_IF_ERROR(ValidateOp(op, size_, device_));
   CollectiveBatch batch;
   batch.mutable_ops().push_back(std::move(op));
-  auto work = std::make_unique<NcclWork>(
-      this, send ? NcclWork::Kind::kSend : NcclWork::Kind::kRecv, std::move(batch), 0);
+  auto work = std::make_unique<NcclWork>(this, send ? NcclWork::Kind::kSend : NcclWork::Kind::kRecv,
+                                         std::move(batch), 0);
   TESSERA_RETURN_IF_ERROR(Launch(*work, stream));
   return work;
 }
@@ -590,10 +598,10 @@ absl::Status NcclCommunicator::ExchangeSignatures(const std::vector<OpSignature>
   if (!compared.ok()) return Fail(compared);
   for (int r = 1; r < size_; ++r) {
     if (all[r].batch_size != all[0].batch_size) {
-      return Fail(absl::FailedPreconditionError(absl::StrCat(
-          "collective mismatch at #", signatures[0].sequence, " in group ", name_,
-          ": rank 0 issued a batch of ", all[0].batch_size, " collectives but rank ", r,
-          " issued ", all[r].batch_size)));
+      return Fail(absl::FailedPreconditionError(
+          absl::StrCat("collective mismatch at #", signatures[0].sequence, " in group ", name_,
+                       ": rank 0 issued a batch of ", all[0].batch_size, " collectives but rank ",
+                       r, " issued ", all[r].batch_size)));
     }
   }
   if (signatures.size() == 1) return absl::OkStatus();
@@ -639,9 +647,9 @@ absl::Status NcclCommunicator::CheckAsyncError(const NcclWork& work) {
   if (aborted) return AbortedStatus();
   std::string where = absl::StrCat(work.Describe(), " in group ", name_);
   if (queried != ncclSuccess) {
-    return Fail(WithContext(CheckCall<NcclCall>(queried, "ncclCommGetAsyncError(comm_, &state)",
-                                                __FILE__, __LINE__),
-                            where));
+    return Fail(WithContext(
+        CheckCall<NcclCall>(queried, "ncclCommGetAsyncError(comm_, &state)", __FILE__, __LINE__),
+        where));
   }
   // ncclInProgress: another launch on this communicator is still being set up.
   if (state == ncclSuccess || state == ncclInProgress) return absl::OkStatus();
@@ -656,9 +664,9 @@ absl::StatusOr<bool> NcclCommunicator::QueryEvent(NcclWork& work) {
   }
   if (result == cudaErrorNotReady) return false;
   (void)cudaGetLastError();  // clear it unless sticky
-  return Fail(WithContext(
-      CheckCall<CudaCall>(result, "cudaEventQuery(work.event_)", __FILE__, __LINE__),
-      absl::StrCat("waiting for ", work.Describe(), " in group ", name_)));
+  return Fail(
+      WithContext(CheckCall<CudaCall>(result, "cudaEventQuery(work.event_)", __FILE__, __LINE__),
+                  absl::StrCat("waiting for ", work.Describe(), " in group ", name_)));
 }
 
 std::string NcclCommunicator::TimeoutMessage(const NcclWork& work, bool launching) const {
@@ -780,8 +788,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Split(int color,
   // its initialization thread).
   ncclComm_t child = nullptr;
   Backoff backoff;
-  while ((child = std::atomic_ref<ncclComm_t>(*slot).load(std::memory_order_acquire)) ==
-         nullptr) {
+  while ((child = std::atomic_ref<ncclComm_t>(*slot).load(std::memory_order_acquire)) == nullptr) {
     if (Clock::now() >= deadline) return give_up(absl::DeadlineExceededError(late));
     backoff.Pause();
   }

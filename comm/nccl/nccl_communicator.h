@@ -68,9 +68,9 @@ class NcclCommunicator final : public Communicator {
   // every rank reaches NCCL's initialization within options.timeout; the NCCL or CUDA error
   // otherwise.
   static absl::StatusOr<std::unique_ptr<NcclCommunicator>> Create(Communicator& bootstrap,
-                                                                   Device device,
-                                                                   CommOptions options,
-                                                                   std::string name);
+                                                                  Device device,
+                                                                  CommOptions options,
+                                                                  std::string name);
   // The world group on this rank's GPU as topology discovery assigns it (RankPlacement::gpu),
   // with world's options. Collective over `world`. FAILED_PRECONDITION naming the ranks when
   // any rank has no GPU or two ranks of a host would share one.

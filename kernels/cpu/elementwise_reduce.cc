@@ -1,15 +1,25 @@
 #include "kernels/cpu/elementwise_reduce.h"
 
 #include <algorithm>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 
 namespace tessera::kernels {
 namespace {
 
+// Integer sums wrap around (two's complement), as NCCL's and MPI's do; computed in the
+// unsigned type because signed overflow is undefined in C++.
 struct Sum {
   template <typename T>
-  T operator()(T a, T b) const { return a + b; }
+  T operator()(T a, T b) const {
+    if constexpr (std::is_integral_v<T>) {
+      using U = std::make_unsigned_t<T>;
+      return static_cast<T>(static_cast<U>(a) + static_cast<U>(b));
+    } else {
+      return a + b;
+    }
+  }
 };
 struct Max {
   template <typename T>

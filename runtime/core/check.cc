@@ -24,12 +24,16 @@ ProcessIdentity& IdentityLocked() {
 
 // Source paths are reported from the project root ("comm/mpi/x.cc"), not as absolute paths.
 absl::string_view RelativeSourcePath(absl::string_view file) {
+  // The top-level folder nearest the file name wins, whatever the checkout's own path holds.
+  size_t best = absl::string_view::npos;
   for (absl::string_view root : {"/runtime/", "/comm/", "/kernels/", "/launcher/", "/tests/",
                                 "/proto/"}) {
     size_t at = file.rfind(root);
-    if (at != absl::string_view::npos) return file.substr(at + 1);
+    if (at != absl::string_view::npos && (best == absl::string_view::npos || at > best)) {
+      best = at;
+    }
   }
-  return file;
+  return best == absl::string_view::npos ? file : file.substr(best + 1);
 }
 
 }  // namespace

@@ -7,10 +7,9 @@
 //   INTERNAL: MPI_Iallreduce(...) failed: MPI_ERR_COUNT: invalid count argument
 //   [comm/mpi/mpi_communicator.cc:120, host node-a, rank 3]
 //
-// Each library provides a traits struct:
+// Each library provides a traits struct in namespace tessera:
 //   struct XCall {
 //     using Code = <the library's result type>;
-//     static constexpr const char* kLibrary = "X";
 //     static bool Ok(Code);
 //     static std::string Describe(Code);
 //     static absl::StatusCode StatusCode(Code);

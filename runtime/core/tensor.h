@@ -38,9 +38,14 @@ class Tensor {
   static absl::StatusOr<Tensor> Zeros(DType dtype, Shape shape, Device device = Device::Cpu());
   // A view of memory owned elsewhere.
   static Tensor Wrap(void* data, DType dtype, Shape shape, Device device = Device::Cpu());
-  // A host tensor holding a copy of `values`, shaped [values.size()] unless `shape` is given.
+  // A host tensor holding a copy of `values`, shaped `shape` (Shape{} makes a scalar of one
+  // value) or [values.size()].
   template <typename T>
-  static absl::StatusOr<Tensor> FromValues(absl::Span<const T> values, Shape shape = {});
+  static absl::StatusOr<Tensor> FromValues(absl::Span<const T> values, Shape shape);
+  template <typename T>
+  static absl::StatusOr<Tensor> FromValues(absl::Span<const T> values) {
+    return FromValues(values, Shape{static_cast<int64_t>(values.size())});
+  }
 
   DType dtype() const { return dtype_; }
   const Shape& shape() const { return shape_; }
@@ -49,7 +54,8 @@ class Tensor {
   int64_t numel() const { return numel_; }
   size_t nbytes() const { return StorageBytes(dtype_, numel_); }
   Device device() const { return device_; }
-  bool defined() const { return data_ != nullptr || numel_ == 0; }
+  // False only for a default-constructed Tensor.
+  bool defined() const { return data_ != nullptr || is_view_; }
   // True when this tensor shares memory it did not allocate (Wrap, Reshape, Slice).
   bool is_view() const { return is_view_; }
 
@@ -112,7 +118,6 @@ class Tensor {
 
 template <typename T>
 absl::StatusOr<Tensor> Tensor::FromValues(absl::Span<const T> values, Shape shape) {
-  if (shape.empty()) shape = {static_cast<int64_t>(values.size())};
   if (NumElements(shape) != static_cast<int64_t>(values.size())) {
     return absl::InvalidArgumentError("FromValues: shape " + ShapeToString(shape) + " holds " +
                                       std::to_string(NumElements(shape)) + " elements, given " +

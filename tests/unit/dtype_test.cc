@@ -182,10 +182,10 @@ TEST(HalfTest, ExactValues) {
   EXPECT_EQ(HalfBits(1.0f), 0x3C00);
   EXPECT_EQ(HalfBits(-2.0f), 0xC000);
   EXPECT_EQ(HalfBits(0.5f), 0x3800);
-  EXPECT_EQ(HalfBits(65504.0f), 0x7BFF);  // largest finite half
-  EXPECT_EQ(HalfBits(0x1p-14f), 0x0400);  // smallest normal half
-  EXPECT_EQ(HalfBits(0x1p-24f), 0x0001);  // smallest subnormal half
-  EXPECT_EQ(HalfBits(0x1p-15f), 0x0200);  // a subnormal power of two
+  EXPECT_EQ(HalfBits(65504.0f), 0x7BFF);         // largest finite half
+  EXPECT_EQ(HalfBits(0x1p-14f), 0x0400);         // smallest normal half
+  EXPECT_EQ(HalfBits(0x1p-24f), 0x0001);         // smallest subnormal half
+  EXPECT_EQ(HalfBits(0x1p-15f), 0x0200);         // a subnormal power of two
   EXPECT_EQ(HalfBits(1023 * 0x1p-24f), 0x03FF);  // largest subnormal
 }
 

@@ -15,17 +15,9 @@
 #define TESSERA_TEST_CONCAT_INNER_(a, b) a##b
 #define TESSERA_TEST_CONCAT_(a, b) TESSERA_TEST_CONCAT_INNER_(a, b)
 
-#define EXPECT_OK(expr)                                             \
-  do {                                                              \
-    const ::absl::Status tessera_test_status_ = (expr);             \
-    EXPECT_TRUE(tessera_test_status_.ok()) << tessera_test_status_; \
-  } while (0)
-
-#define ASSERT_OK(expr)                                             \
-  do {                                                              \
-    const ::absl::Status tessera_test_status_ = (expr);             \
-    ASSERT_TRUE(tessera_test_status_.ok()) << tessera_test_status_; \
-  } while (0)
+// Both stream extra context: EXPECT_OK(s) << "while ...".
+#define EXPECT_OK(expr) EXPECT_TRUE(::tessera::testing::IsOk(expr))
+#define ASSERT_OK(expr) ASSERT_TRUE(::tessera::testing::IsOk(expr))
 
 // `lhs = *expr` for an OK absl::StatusOr; a fatal test failure otherwise.
 #define ASSERT_OK_AND_ASSIGN(lhs, expr) \
@@ -41,6 +33,14 @@ inline const absl::Status& StatusOf(const absl::Status& status) { return status;
 template <typename T>
 const absl::Status& StatusOf(const absl::StatusOr<T>& status_or) {
   return status_or.status();
+}
+
+// Whether `status` (an absl::Status or absl::StatusOr) is OK.
+template <typename S>
+::testing::AssertionResult IsOk(const S& status_or_value) {
+  const absl::Status& status = StatusOf(status_or_value);
+  if (status.ok()) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << status;
 }
 
 // Whether `text` contains `part`, for EXPECT_TRUE with a readable failure.

@@ -53,6 +53,16 @@ TEST(TensorTest, DefaultTensorHasNoStorage) {
   EXPECT_EQ(tensor.nbytes(), 0u);
   EXPECT_EQ(tensor.data(), nullptr);
   EXPECT_TRUE(tensor.device().is_cpu());
+  EXPECT_FALSE(tensor.defined());
+}
+
+TEST(TensorTest, FromValuesMakesAScalarFromAnEmptyShape) {
+  const float value[] = {2.5f};
+  ASSERT_OK_AND_ASSIGN(Tensor scalar, Tensor::FromValues(absl::Span<const float>(value), Shape{}));
+  EXPECT_EQ(scalar.rank(), 0);
+  EXPECT_EQ(scalar.numel(), 1);
+  EXPECT_EQ(scalar.span<float>()[0], 2.5f);
+  EXPECT_TRUE(scalar.defined());
 }
 
 TEST(TensorTest, EmptyHasShapeSizeAndDevice) {
@@ -145,7 +155,7 @@ TEST(TensorTest, FromValuesCopiesValues) {
 TEST(TensorTest, FromValuesWithShape) {
   const int32_t values[] = {1, 2, 3, 4, 5, 6};
   ASSERT_OK_AND_ASSIGN(Tensor tensor,
-                       Tensor::FromValues(absl::Span<const int32_t>(values), {2, 3}));
+                       Tensor::FromValues(absl::Span<const int32_t>(values), Shape{2, 3}));
   EXPECT_EQ(tensor.dtype(), DType::kI32);
   EXPECT_EQ(tensor.shape(), (Shape{2, 3}));
   EXPECT_EQ(tensor.data<int32_t>()[5], 6);
@@ -158,7 +168,7 @@ TEST(TensorTest, FromValuesWithShape) {
 
 TEST(TensorTest, FromValuesRejectsWrongShape) {
   const int64_t values[] = {1, 2, 3, 4};
-  EXPECT_TRUE(IsError(Tensor::FromValues(absl::Span<const int64_t>(values), {3}),
+  EXPECT_TRUE(IsError(Tensor::FromValues(absl::Span<const int64_t>(values), Shape{3}),
                       absl::StatusCode::kInvalidArgument, {"[3]", "given 4"}));
 }
 
@@ -219,8 +229,7 @@ TEST(TensorTest, ReshapeRejectsWrongElementCount) {
 TEST(TensorTest, SliceIsViewOfRows) {
   std::vector<float> values(12);
   for (int i = 0; i < 12; ++i) values[i] = static_cast<float>(i);
-  ASSERT_OK_AND_ASSIGN(Tensor tensor,
-                       Tensor::FromValues(absl::Span<const float>(values), {4, 3}));
+  ASSERT_OK_AND_ASSIGN(Tensor tensor, Tensor::FromValues(absl::Span<const float>(values), Shape{4, 3}));
   ASSERT_OK_AND_ASSIGN(Tensor rows, tensor.Slice(1, 3));
   EXPECT_EQ(rows.shape(), (Shape{2, 3}));
   EXPECT_TRUE(rows.is_view());
@@ -241,8 +250,8 @@ TEST(TensorTest, SliceIsViewOfRows) {
 
 TEST(TensorTest, SliceOutOfRange) {
   ASSERT_OK_AND_ASSIGN(Tensor tensor, Tensor::Zeros(DType::kI32, {4, 2}));
-  EXPECT_TRUE(IsError(tensor.Slice(0, 5), absl::StatusCode::kOutOfRange,
-                      {"slice [0, 5)", "i32[4,2]"}));
+  EXPECT_TRUE(
+      IsError(tensor.Slice(0, 5), absl::StatusCode::kOutOfRange, {"slice [0, 5)", "i32[4,2]"}));
   EXPECT_TRUE(IsError(tensor.Slice(-1, 2), absl::StatusCode::kOutOfRange));
   EXPECT_TRUE(IsError(tensor.Slice(3, 2), absl::StatusCode::kOutOfRange));
   EXPECT_TRUE(IsError(tensor.Slice(5, 5), absl::StatusCode::kOutOfRange));
@@ -257,8 +266,7 @@ TEST(TensorTest, Int4SliceMustStartOnByte) {
   ASSERT_OK_AND_ASSIGN(Tensor tensor, Tensor::Zeros(DType::kI4, {4, 3}));
   FillWith(tensor, [](int64_t i) { return static_cast<double>(i % 16 - 8); });
   // Row 1 starts at element 3, the high nibble of byte 1.
-  EXPECT_TRUE(IsError(tensor.Slice(1, 2), absl::StatusCode::kInvalidArgument,
-                      {"byte boundary"}));
+  EXPECT_TRUE(IsError(tensor.Slice(1, 2), absl::StatusCode::kInvalidArgument, {"byte boundary"}));
   EXPECT_TRUE(IsError(tensor.Slice(3, 4), absl::StatusCode::kInvalidArgument));
   // Row 2 starts at element 6, byte 3.
   ASSERT_OK_AND_ASSIGN(Tensor rows, tensor.Slice(2, 4));
@@ -361,8 +369,7 @@ TEST(TensorTest, CopyFromRejectsMismatch) {
 
 TEST(TensorTest, ToCpuMakesIndependentCopy) {
   const int8_t values[] = {-1, 2, -3, 4};
-  ASSERT_OK_AND_ASSIGN(Tensor src,
-                       Tensor::FromValues(absl::Span<const int8_t>(values), {2, 2}));
+  ASSERT_OK_AND_ASSIGN(Tensor src, Tensor::FromValues(absl::Span<const int8_t>(values), Shape{2, 2}));
   Stream stream = Stream::Cpu();
   ASSERT_OK_AND_ASSIGN(Tensor copy, src.To(Device::Cpu(), stream));
   EXPECT_EQ(copy.shape(), (Shape{2, 2}));
@@ -429,17 +436,17 @@ TEST(NoCudaTest, CudaRequestsFailWithFailedPrecondition) {
                       absl::StatusCode::kFailedPrecondition, {"cuda:0", "no CUDA support"}));
   EXPECT_TRUE(IsError(Tensor::Zeros(DType::kBF16, {2, 2}, Device::Cuda(1)),
                       absl::StatusCode::kFailedPrecondition, {"cuda:1"}));
-  EXPECT_TRUE(IsError(Stream::Create(Device::Cuda(0)), absl::StatusCode::kFailedPrecondition,
-                      {"cuda:0"}));
+  EXPECT_TRUE(
+      IsError(Stream::Create(Device::Cuda(0)), absl::StatusCode::kFailedPrecondition, {"cuda:0"}));
   ASSERT_OK_AND_ASSIGN(Tensor host, Tensor::Zeros(DType::kF32, {4}));
   Stream stream = Stream::Cpu();
   EXPECT_TRUE(IsError(host.To(Device::Cuda(0), stream), absl::StatusCode::kFailedPrecondition));
   float device_buffer[4] = {};
   Tensor on_gpu = Tensor::Wrap(device_buffer, DType::kF32, {4}, Device::Cuda(2));
-  EXPECT_TRUE(IsError(on_gpu.CopyFrom(host, stream), absl::StatusCode::kFailedPrecondition,
-                      {"cuda:2"}));
-  EXPECT_TRUE(IsError(host.CopyFrom(on_gpu, stream), absl::StatusCode::kFailedPrecondition,
-                      {"cuda:2"}));
+  EXPECT_TRUE(
+      IsError(on_gpu.CopyFrom(host, stream), absl::StatusCode::kFailedPrecondition, {"cuda:2"}));
+  EXPECT_TRUE(
+      IsError(host.CopyFrom(on_gpu, stream), absl::StatusCode::kFailedPrecondition, {"cuda:2"}));
 }
 
 // ---- tensor_values.h ------------------------------------------------------------------
@@ -486,14 +493,14 @@ TEST(TensorValuesTest, StoresInTheDTypeLayout) {
 
 TEST(TensorValuesTest, SixteenBitFloatsRoundToNearestEven) {
   ASSERT_OK_AND_ASSIGN(Tensor bf16, Tensor::Zeros(DType::kBF16, {2}));
-  SetElement(bf16, 0, 1.0 + 0x1p-8);  // tie: stays on 1
+  SetElement(bf16, 0, 1.0 + 0x1p-8);      // tie: stays on 1
   SetElement(bf16, 1, 1.0 + 3 * 0x1p-8);  // tie: up to 1 + 2^-6
   EXPECT_EQ(ElementAsDouble(bf16, 0), 1.0);
   EXPECT_EQ(ElementAsDouble(bf16, 1), 1.015625);
 
   ASSERT_OK_AND_ASSIGN(Tensor f16, Tensor::Zeros(DType::kF16, {3}));
   SetElement(f16, 0, 1.0 + 0x1p-11);
-  SetElement(f16, 1, 2049.0);  // between 2048 and 2050: tie to 2048
+  SetElement(f16, 1, 2049.0);   // between 2048 and 2050: tie to 2048
   SetElement(f16, 2, 65520.0);  // overflows to infinity
   EXPECT_EQ(ElementAsDouble(f16, 0), 1.0);
   EXPECT_EQ(ElementAsDouble(f16, 1), 2048.0);

@@ -1,0 +1,249 @@
+// Tests of launcher/flags.h: FlagSet parsing of every flag kind and spelling, its errors,
+// and the byte-count helpers.
+
+#include "launcher/flags.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "gtest/gtest.h"
+#include "tests/unit/status_test_util.h"
+
+namespace tessera::launcher {
+namespace {
+
+using ::tessera::testing::Contains;
+using ::tessera::testing::IsError;
+
+// A FlagSet over one flag of each kind, with their defaults.
+class FlagSetTest : public ::testing::Test {
+ protected:
+  FlagSetTest() : flags_("tessera comm-bench", "Measures collectives.") {
+    flags_.String("model", &model_, "model name", 'm');
+    flags_.Int("steps", &steps_, "number of steps", 'n');
+    flags_.Bool("verbose", &verbose_, "print more");
+    flags_.Bool("validate", &validate_, "check results");
+    flags_.Duration("timeout", &timeout_, "collective timeout");
+    flags_.Bytes("bytes", &bytes_, "message size", 'b');
+  }
+
+  absl::Status Parse(const std::vector<std::string>& args) {
+    return flags_.Parse(args, &help_requested_);
+  }
+
+  FlagSet flags_;
+  std::string model_ = "tiny";
+  int steps_ = 10;
+  bool verbose_ = false;
+  bool validate_ = true;
+  absl::Duration timeout_ = absl::Seconds(30);
+  int64_t bytes_ = 1 << 20;
+  bool help_requested_ = true;  // Parse must reset it
+};
+
+TEST_F(FlagSetTest, NoArgumentsKeepDefaults) {
+  ASSERT_OK(Parse({}));
+  EXPECT_FALSE(help_requested_);
+  EXPECT_EQ(model_, "tiny");
+  EXPECT_EQ(steps_, 10);
+  EXPECT_FALSE(verbose_);
+  EXPECT_TRUE(validate_);
+  EXPECT_EQ(timeout_, absl::Seconds(30));
+  EXPECT_EQ(bytes_, 1 << 20);
+}
+
+TEST_F(FlagSetTest, NameSpaceValue) {
+  ASSERT_OK(Parse({"--model", "llama", "--steps", "12", "--timeout", "250ms", "--bytes", "64K"}));
+  EXPECT_EQ(model_, "llama");
+  EXPECT_EQ(steps_, 12);
+  EXPECT_EQ(timeout_, absl::Milliseconds(250));
+  EXPECT_EQ(bytes_, 65536);
+  EXPECT_FALSE(help_requested_);
+}
+
+TEST_F(FlagSetTest, NameEqualsValue) {
+  ASSERT_OK(Parse({"--model=a=b", "--steps=-3", "--timeout=5m", "--bytes=256M", "--model="}));
+  EXPECT_EQ(model_, "");  // the last occurrence wins
+  EXPECT_EQ(steps_, -3);
+  EXPECT_EQ(timeout_, absl::Minutes(5));
+  EXPECT_EQ(bytes_, int64_t{256} << 20);
+  ASSERT_OK(Parse({"--model=a=b"}));
+  EXPECT_EQ(model_, "a=b");  // only the first '=' separates
+}
+
+TEST_F(FlagSetTest, ShortNames) {
+  ASSERT_OK(Parse({"-b", "8", "-n", "7", "-m", "gpt"}));
+  EXPECT_EQ(bytes_, 8);
+  EXPECT_EQ(steps_, 7);
+  EXPECT_EQ(model_, "gpt");
+}
+
+TEST_F(FlagSetTest, ValueMayLookLikeAFlag) {
+  ASSERT_OK(Parse({"--steps", "-4", "--model", "--verbose"}));
+  EXPECT_EQ(steps_, -4);
+  EXPECT_EQ(model_, "--verbose");
+  EXPECT_FALSE(verbose_);
+}
+
+TEST_F(FlagSetTest, Booleans) {
+  ASSERT_OK(Parse({"--verbose", "--no-validate"}));
+  EXPECT_TRUE(verbose_);
+  EXPECT_FALSE(validate_);
+  ASSERT_OK(Parse({"--no-verbose", "--validate"}));
+  EXPECT_FALSE(verbose_);
+  EXPECT_TRUE(validate_);
+  ASSERT_OK(Parse({"--verbose=true", "--validate=0"}));
+  EXPECT_TRUE(verbose_);
+  EXPECT_FALSE(validate_);
+  ASSERT_OK(Parse({"--verbose=false", "--validate=1"}));
+  EXPECT_FALSE(verbose_);
+  EXPECT_TRUE(validate_);
+}
+
+TEST_F(FlagSetTest, BooleanDoesNotTakeNextArgument) {
+  // "--verbose false" is the flag followed by a stray argument.
+  EXPECT_TRUE(IsError(Parse({"--verbose", "false"}), absl::StatusCode::kInvalidArgument,
+                      {"unexpected argument 'false'"}));
+}
+
+TEST_F(FlagSetTest, BadBooleanValue) {
+  EXPECT_TRUE(IsError(Parse({"--verbose=yes"}), absl::StatusCode::kInvalidArgument,
+                      {"--verbose", "'yes'"}));
+}
+
+TEST_F(FlagSetTest, HelpSetsHelpRequestedAndParsesNothing) {
+  ASSERT_OK(Parse({"--model", "big", "--help", "--steps", "notanumber"}));
+  EXPECT_TRUE(help_requested_);
+  EXPECT_EQ(model_, "tiny");
+  EXPECT_EQ(steps_, 10);
+  ASSERT_OK(Parse({"-h"}));
+  EXPECT_TRUE(help_requested_);
+  ASSERT_OK(Parse({"--unknown", "--help"}));
+  EXPECT_TRUE(help_requested_);
+  ASSERT_OK(Parse({"--steps=3"}));
+  EXPECT_FALSE(help_requested_);
+}
+
+TEST_F(FlagSetTest, UnknownFlagIsNamed) {
+  EXPECT_TRUE(IsError(Parse({"--steps", "3", "--colour", "red"}),
+                      absl::StatusCode::kInvalidArgument,
+                      {"tessera comm-bench", "unknown flag '--colour'"}));
+  EXPECT_TRUE(IsError(Parse({"-x"}), absl::StatusCode::kInvalidArgument, {"unknown flag '-x'"}));
+  // --no- only negates booleans.
+  EXPECT_TRUE(IsError(Parse({"--no-model"}), absl::StatusCode::kInvalidArgument,
+                      {"unknown flag '--no-model'"}));
+  EXPECT_TRUE(
+      IsError(Parse({"--no-verbose=true"}), absl::StatusCode::kInvalidArgument, {"unknown flag"}));
+}
+
+TEST_F(FlagSetTest, MissingValue) {
+  EXPECT_TRUE(IsError(Parse({"--steps"}), absl::StatusCode::kInvalidArgument,
+                      {"tessera comm-bench", "flag '--steps' needs a value"}));
+  EXPECT_TRUE(IsError(Parse({"--model", "x", "-b"}), absl::StatusCode::kInvalidArgument,
+                      {"flag '-b' needs a value"}));
+}
+
+TEST_F(FlagSetTest, BadInt) {
+  for (const char* bad : {"abc", "1.5", "", "12x", "99999999999"}) {
+    EXPECT_TRUE(
+        IsError(Parse({"--steps", bad}), absl::StatusCode::kInvalidArgument,
+                {"tessera comm-bench: --steps", absl::StrCat("'", bad, "'"), "not an integer"}))
+        << bad;
+    EXPECT_EQ(steps_, 10) << "a rejected value must leave the flag unchanged: " << bad;
+  }
+}
+
+TEST_F(FlagSetTest, LongSpellingOfAShortNameIsUnknown) {
+  EXPECT_TRUE(IsError(Parse({"--b", "8"}), absl::StatusCode::kInvalidArgument,
+                      {"unknown flag '--b'"}));
+}
+
+TEST_F(FlagSetTest, BadDurationAndBytes) {
+  EXPECT_TRUE(IsError(Parse({"--timeout=0"}), absl::StatusCode::kInvalidArgument,
+                      {"--timeout", "must be positive"}));
+  EXPECT_TRUE(IsError(Parse({"--timeout", "soon"}), absl::StatusCode::kInvalidArgument,
+                      {"--timeout", "'soon'"}));
+  EXPECT_TRUE(
+      IsError(Parse({"-b", "64Q"}), absl::StatusCode::kInvalidArgument, {"--bytes", "'64Q'"}));
+}
+
+TEST_F(FlagSetTest, PositionalArgumentRejected) {
+  EXPECT_TRUE(IsError(Parse({"extra"}), absl::StatusCode::kInvalidArgument,
+                      {"unexpected argument 'extra'"}));
+  EXPECT_TRUE(
+      IsError(Parse({"-"}), absl::StatusCode::kInvalidArgument, {"unexpected argument '-'"}));
+}
+
+TEST_F(FlagSetTest, UsageListsFlagsWithDefaults) {
+  std::string usage = flags_.Usage();
+  EXPECT_TRUE(Contains(usage, "usage: tessera comm-bench [flags]"));
+  EXPECT_TRUE(Contains(usage, "Measures collectives."));
+  EXPECT_TRUE(Contains(usage, "-m, --model"));
+  EXPECT_TRUE(Contains(usage, "model name (default: tiny)"));
+  EXPECT_TRUE(Contains(usage, "number of steps (default: 10)"));
+  EXPECT_TRUE(Contains(usage, "print more (default: false)"));
+  EXPECT_TRUE(Contains(usage, "check results (default: true)"));
+  EXPECT_TRUE(Contains(usage, "collective timeout (default: 30s)"));
+  EXPECT_TRUE(Contains(usage, "message size (default: 1M)"));
+  EXPECT_TRUE(Contains(usage, "--help"));
+  EXPECT_EQ(flags_.command(), "tessera comm-bench");
+}
+
+TEST(ParseBytesTest, PlainAndSuffixed) {
+  const struct {
+    const char* text;
+    int64_t expected;
+  } cases[] = {{"0", 0},
+               {"8", 8},
+               {"64K", 65536},
+               {"64k", 65536},
+               {"256M", int64_t{256} << 20},
+               {"1G", int64_t{1} << 30},
+               {"3g", int64_t{3} << 30},
+               {"1048576G", int64_t{1} << 50}};
+  for (const auto& c : cases) {
+    int64_t bytes = -1;
+    ASSERT_OK(ParseBytes(c.text, &bytes)) << c.text;
+    EXPECT_EQ(bytes, c.expected) << c.text;
+  }
+}
+
+TEST(ParseBytesTest, RejectsMalformed) {
+  for (const char* bad : {"", "K", "1.5M", "-1", "-1K", "12X", "1T", "8KB", "0x10", "1048577G"}) {
+    int64_t bytes = 77;
+    EXPECT_TRUE(IsError(ParseBytes(bad, &bytes), absl::StatusCode::kInvalidArgument,
+                        {absl::StrCat("'", bad, "'"), "not a byte count"}))
+        << bad;
+    EXPECT_EQ(bytes, 77) << "output written on failure for '" << bad << "'";
+  }
+}
+
+TEST(FormatBytesTest, ExactMultiplesUseSuffix) {
+  EXPECT_EQ(FormatBytes(0), "0");
+  EXPECT_EQ(FormatBytes(8), "8");
+  EXPECT_EQ(FormatBytes(1000), "1000");
+  EXPECT_EQ(FormatBytes(1024), "1K");
+  EXPECT_EQ(FormatBytes(1536), "1536");
+  EXPECT_EQ(FormatBytes(65536), "64K");
+  EXPECT_EQ(FormatBytes(int64_t{3} << 19), "1536K");  // 1.5M
+  EXPECT_EQ(FormatBytes(int64_t{256} << 20), "256M");
+  EXPECT_EQ(FormatBytes(int64_t{1} << 30), "1G");
+  EXPECT_EQ(FormatBytes(int64_t{3} << 30), "3G");
+  EXPECT_EQ(FormatBytes((int64_t{1} << 30) + (int64_t{1} << 20)), "1025M");
+}
+
+TEST(FormatBytesTest, RoundTripsThroughParseBytes) {
+  for (int64_t bytes : {int64_t{0}, int64_t{7}, int64_t{4096}, int64_t{1} << 25, int64_t{5} << 30,
+                        int64_t{1234567}}) {
+    int64_t parsed = -1;
+    ASSERT_OK(ParseBytes(FormatBytes(bytes), &parsed)) << bytes;
+    EXPECT_EQ(parsed, bytes);
+  }
+}
+
+}  // namespace
+}  // namespace tessera::launcher
