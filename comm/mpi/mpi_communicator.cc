@@ -71,11 +71,6 @@ absl::Status CheckCount(const CollectiveOp& op) {
   return absl::OkStatus();
 }
 
-// Host names of all world ranks, exchanged once when the world communicator is made.
-struct WorldDirectory {
-  std::vector<std::string> hosts;
-};
-
 }  // namespace
 
 struct MpiCommunicator::Pending {
@@ -150,11 +145,6 @@ class MpiWork final : public Work {
 };
 
 namespace {
-std::shared_ptr<WorldDirectory>& Directory() {
-  static auto* directory = new std::shared_ptr<WorldDirectory>(std::make_shared<WorldDirectory>());
-  return *directory;
-}
-
 // Tags of the collective algorithms' messages on the data communicator: one per sequence
 // number (modulo the span), so that concurrent collectives of a batch never match each
 // other's messages.
@@ -205,10 +195,10 @@ absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::CreateWorld(
   Tensor local = Tensor::Wrap(mine.data(), DType::kI8, {kHostBytes});
   Stream cpu = Stream::Cpu();
   TESSERA_RETURN_IF_ERROR(world->AllGather(local, all, cpu));
-  auto directory = std::make_shared<WorldDirectory>();
+  auto hosts = std::make_shared<std::vector<std::string>>();
   const char* names = static_cast<const char*>(all.data());
-  for (int r = 0; r < world->size(); ++r) directory->hosts.emplace_back(names + r * kHostBytes);
-  Directory() = std::move(directory);
+  for (int r = 0; r < world->size(); ++r) hosts->emplace_back(names + r * kHostBytes);
+  world->world_hosts_ = std::move(hosts);
   return world;
 }
 
@@ -443,13 +433,10 @@ void MpiCommunicator::AnswerArrivalQueries() {
 absl::Status MpiCommunicator::TimeOut(Pending& pending) {
   if (pending.point_to_point) {
     if (Clock::now() < pending.deadline) return absl::OkStatus();
-    const std::vector<std::string>& hosts = Directory()->hosts;
-    int world = world_ranks_[pending.peer];
-    std::string host = world < static_cast<int>(hosts.size()) ? hosts[world] : "?";
     return Fail(absl::DeadlineExceededError(absl::StrCat(
         pending.Describe(), " in group ", name_, " timed out after ",
-        absl::FormatDuration(options_.timeout), ": rank ", pending.peer, " (world ", world, ", ",
-        host, ") did not post the matching call")));
+        absl::FormatDuration(options_.timeout), ": ", RankLabel(pending.peer),
+        " did not post the matching call")));
   }
   // Phase 1, before the deadline: ask every peer where it is.
   if (!pending.queries_sent) {
@@ -486,19 +473,20 @@ absl::Status MpiCommunicator::TimeOut(Pending& pending) {
   if (Clock::now() < pending.deadline) return absl::OkStatus();
 
   // Phase 2, at the deadline: report.
-  const std::vector<std::string>& hosts = Directory()->hosts;
   std::vector<std::string> labels;
-  for (int r = 0; r < size_; ++r) {
-    int world = world_ranks_[r];
-    labels.push_back(absl::StrCat("rank ", r, " (world ", world, ", ",
-                                  world < static_cast<int>(hosts.size()) ? hosts[world] : "?",
-                                  ")"));
-  }
+  for (int r = 0; r < size_; ++r) labels.push_back(RankLabel(r));
   TimedOutCall call{pending.Describe(), pending.signature.sequence, name_, options_.timeout,
                     rank_};
   std::vector<int> missing;
   return Fail(absl::DeadlineExceededError(
       DescribeTimeout(call, pending.answers, labels, &missing)));
+}
+
+std::string MpiCommunicator::RankLabel(int rank) const {
+  int world = world_ranks_[rank];
+  bool known = world_hosts_ != nullptr && world < static_cast<int>(world_hosts_->size());
+  return absl::StrCat("rank ", rank, " (world ", world, ", ",
+                      known ? (*world_hosts_)[world] : "unknown host", ")");
 }
 
 absl::Status MpiCommunicator::Send(const Tensor& buffer, int peer, Stream& stream) {
@@ -581,8 +569,10 @@ absl::StatusOr<std::unique_ptr<Communicator>> MpiCommunicator::Split(int color, 
   if (comm == MPI_COMM_NULL) return std::unique_ptr<Communicator>();
   MPI_Comm control = MPI_COMM_NULL;
   TESSERA_MPI_CHECK(MPI_Comm_dup(comm, &control));
-  return std::unique_ptr<Communicator>(
+  auto child = std::unique_ptr<MpiCommunicator>(
       new MpiCommunicator(comm, control, std::move(name), options_));
+  child->world_hosts_ = world_hosts_;
+  return std::unique_ptr<Communicator>(std::move(child));
 }
 
 }  // namespace tessera::comm

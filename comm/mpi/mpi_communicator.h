@@ -69,6 +69,8 @@ class MpiCommunicator final : public Communicator {
   void AnswerArrivalQueries();
   absl::Status TimeOut(Pending& pending);
   absl::Status Fail(absl::Status status);
+  // "rank 1 (world 3, node-b)".
+  std::string RankLabel(int rank) const;
 
   MPI_Comm comm_;
   MPI_Comm control_;
@@ -77,6 +79,8 @@ class MpiCommunicator final : public Communicator {
   int rank_ = 0;
   int size_ = 1;
   std::vector<int> world_ranks_;
+  // Host of every world rank, learnt when the world communicator is made; shared by splits.
+  std::shared_ptr<const std::vector<std::string>> world_hosts_;
   uint64_t next_sequence_ = 0;
   const Pending* waiting_ = nullptr;  // set while polling, read when answering queries
   std::chrono::steady_clock::time_point next_answer_;  // next look for arrival queries

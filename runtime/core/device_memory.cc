@@ -9,7 +9,7 @@
 namespace tessera {
 namespace {
 
-absl::Status NoCuda(Device device) {
+[[maybe_unused]] absl::Status NoCuda(Device device) {
   return absl::FailedPreconditionError(absl::StrCat(
       "device ", device.ToString(), " requested, but this build of Tessera has no CUDA support "
       "(configure with TESSERA_CUDA=ON on a machine with the CUDA toolkit and NCCL)"));

@@ -3,6 +3,8 @@
 //   fault_probe stall    rank 1 stalls for ten minutes before collective #3
 //   fault_probe mismatch rank 1 calls AllGather where the others call AllReduce (#3),
 //                        with validation on
+//   fault_probe stall-tp the world splits into groups of two (tp0, tp1, ...); rank 1
+//                        stalls before AllReduce #2 of group tp0
 // The other ranks call AllReduce(f32 x1024, sum) #3 and must fail within the deadline
 // (TESSERA_COMM_TIMEOUT), printing the error; the process exit code is 1 then, and 0 only
 // if the collective unexpectedly succeeded.
@@ -13,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "absl/strings/str_cat.h"
 #include "comm/mpi/mpi_communicator.h"
 #include "comm/mpi/mpi_runtime.h"
 #include "launcher/process.h"
@@ -40,6 +43,19 @@ int Run(const char* scenario, int* argc, char*** argv) {
   }
 
   absl::Status status;
+  if (std::strcmp(scenario, "stall-tp") == 0) {
+    auto pair = comm.Split(comm.rank() / 2, comm.rank(), absl::StrCat("tp", comm.rank() / 2));
+    if (!pair.ok()) return launcher::ReportExit(pair.status());
+    // #0 and #1 of the pair succeed (#0 inside Split's own exchange is on the parent).
+    for (int i = 0; i < 2; ++i) {
+      status = (*pair)->AllReduce(*buffer, ReduceOp::kSum, cpu);
+      if (!status.ok()) return launcher::ReportExit(status);
+    }
+    if (comm.rank() == 1) sleep(600);
+    status = (*pair)->AllReduce(*buffer, ReduceOp::kSum, cpu);
+    if (status.ok()) return 0;  // the pairs without the stalled rank finish normally
+    return launcher::ReportExit(status);
+  }
   if (comm.rank() == 1 && std::strcmp(scenario, "exit") == 0) {
     std::_Exit(3);
   } else if (comm.rank() == 1 && std::strcmp(scenario, "stall") == 0) {

@@ -75,6 +75,17 @@ TEST(Faults, RankThatStallsMakesSurvivorsFailWithinTheDeadline) {
   }
 }
 
+TEST(Faults, StalledRankIsNamedInItsTensorParallelGroup) {
+  Outcome outcome = RunProbe("stall-tp", 4, "");
+  EXPECT_NE(outcome.exit_code, 0) << outcome.output;
+  EXPECT_NE(outcome.output.find("DEADLINE_EXCEEDED: AllReduce(f32 x1024, sum) #2 in group tp0 "
+                                "timed out after 2s: rank 1 (world 1, "),
+            std::string::npos)
+      << outcome.output;
+  EXPECT_NE(outcome.output.find(kNoAnswer), std::string::npos) << outcome.output;
+  EXPECT_LT(outcome.seconds, 30) << outcome.output;
+}
+
 TEST(Faults, MismatchedCollectiveIsReportedInValidationMode) {
   Outcome outcome = RunProbe("mismatch", 2, "");
   EXPECT_NE(outcome.exit_code, 0) << outcome.output;
