@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
+#include <vector>
 #include <functional>
 
 #include "absl/strings/str_cat.h"
@@ -121,6 +123,7 @@ class Bench {
     for (int64_t bytes = config_.min_bytes; bytes <= config_.max_bytes; bytes *= config_.factor) {
       TESSERA_RETURN_IF_ERROR(RunSize(bytes));
     }
+    if (raw_) PrintMemoryLimit();
     if (comm_.rank() == 0) {
       std::printf("# out of bounds values: %lld %s\n", static_cast<long long>(total_wrong_),
                   total_wrong_ == 0 ? "OK" : "FAILED");
@@ -154,6 +157,28 @@ class Bench {
     if (raw_) std::printf(" %11s %9s %10s", "raw-mpi(us)", "ours/raw", "ours-raw");
     std::printf("\n");
     std::fflush(stdout);
+  }
+
+  // On one host the MPI backend moves data through shared memory, so the limit it works
+  // against is how fast a core copies memory. Rank 0 measures it while the others wait.
+  void PrintMemoryLimit() {
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (comm_.rank() == 0) {
+      constexpr size_t kBytes = size_t{64} << 20;
+      std::vector<char> from(kBytes, 1), to(kBytes, 0);
+      double best = 1e30;
+      for (int i = 0; i < 5; ++i) {
+        auto start = std::chrono::steady_clock::now();
+        std::memcpy(to.data(), from.data(), kBytes);
+        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() -
+                                                           start).count());
+      }
+      double copy = kBytes / best / 1e9;
+      std::printf("# limit: one core copies host memory at %.2f GB/s (memcpy of 64 MB); peak "
+                  "busbw above %.2f GB/s = %.2f of it\n",
+                  copy, peak_busbw_, peak_busbw_ / copy);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
   }
 
   absl::Status RunSize(int64_t bytes) {
@@ -220,6 +245,7 @@ class Bench {
     }
     if (comm_.rank() == 0) {
       double algbw = static_cast<double>(per_rank * element * (scattered ? n : 1)) / best / 1e9;
+      peak_busbw_ = std::max(peak_busbw_, algbw * BusFactor(kind_, n));
       std::printf("%12lld %12lld %6s %6s %11.2f %11.3f %11.3f %8lld",
                   static_cast<long long>(per_rank * element * (scattered ? n : 1)),
                   static_cast<long long>(scattered ? big : per_rank), config_.dtype.c_str(),
@@ -257,6 +283,7 @@ class Bench {
   bool raw_ = false;
   std::unique_ptr<Stream> stream_;
   int64_t total_wrong_ = 0;
+  double peak_busbw_ = 0;  // rank 0 only
 };
 
 // Flag values that need no MPI to check, checked before MPI starts.
