@@ -6,22 +6,32 @@ namespace tessera::comm {
 
 absl::string_view NameOf(ReduceOp op) {
   switch (op) {
-    case ReduceOp::kSum: return "sum";
-    case ReduceOp::kMax: return "max";
-    case ReduceOp::kMin: return "min";
+    case ReduceOp::kSum:
+      return "sum";
+    case ReduceOp::kMax:
+      return "max";
+    case ReduceOp::kMin:
+      return "min";
   }
   return "?";
 }
 
 absl::string_view NameOf(CollectiveKind kind) {
   switch (kind) {
-    case CollectiveKind::kAllReduce: return "AllReduce";
-    case CollectiveKind::kAllGather: return "AllGather";
-    case CollectiveKind::kReduceScatter: return "ReduceScatter";
-    case CollectiveKind::kBroadcast: return "Broadcast";
-    case CollectiveKind::kBarrier: return "Barrier";
-    case CollectiveKind::kSend: return "Send";
-    case CollectiveKind::kRecv: return "Recv";
+    case CollectiveKind::kAllReduce:
+      return "AllReduce";
+    case CollectiveKind::kAllGather:
+      return "AllGather";
+    case CollectiveKind::kReduceScatter:
+      return "ReduceScatter";
+    case CollectiveKind::kBroadcast:
+      return "Broadcast";
+    case CollectiveKind::kBarrier:
+      return "Barrier";
+    case CollectiveKind::kSend:
+      return "Send";
+    case CollectiveKind::kRecv:
+      return "Recv";
   }
   return "?";
 }
@@ -34,9 +44,7 @@ absl::StatusOr<ReduceOp> ParseReduceOp(absl::string_view name) {
       absl::StrCat("unknown reduce op '", name, "' (expected sum, max or min)"));
 }
 
-std::string CollectiveOp::Describe() const {
-  return OpSignature::Of(*this, 0).Describe();
-}
+std::string CollectiveOp::Describe() const { return OpSignature::Of(*this, 0).Describe(); }
 
 CollectiveBatch& CollectiveBatch::AllReduce(Tensor buffer, ReduceOp op) {
   ops_.push_back({CollectiveKind::kAllReduce, op, std::move(buffer), Tensor(), 0});
@@ -44,7 +52,8 @@ CollectiveBatch& CollectiveBatch::AllReduce(Tensor buffer, ReduceOp op) {
 }
 
 CollectiveBatch& CollectiveBatch::AllGather(Tensor input, Tensor output) {
-  ops_.push_back({CollectiveKind::kAllGather, ReduceOp::kSum, std::move(input), std::move(output), 0});
+  ops_.push_back(
+      {CollectiveKind::kAllGather, ReduceOp::kSum, std::move(input), std::move(output), 0});
   return *this;
 }
 
@@ -148,15 +157,14 @@ absl::Status CompareSignatures(const std::vector<OpSignature>& signatures,
   for (size_t r = 1; r < signatures.size(); ++r) {
     if (signatures[r] == signatures[0]) continue;
     if (signatures[r].sequence != signatures[0].sequence) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "collective mismatch in group ", group, ": rank 0 is at collective #",
-          signatures[0].sequence, " (", signatures[0].Describe(), ") but rank ", r,
-          " is at #", signatures[r].sequence, " (", signatures[r].Describe(), ")"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("collective mismatch in group ", group, ": rank 0 is at collective #",
+                       signatures[0].sequence, " (", signatures[0].Describe(), ") but rank ", r,
+                       " is at #", signatures[r].sequence, " (", signatures[r].Describe(), ")"));
     }
     return absl::FailedPreconditionError(absl::StrCat(
-        "collective mismatch at #", signatures[0].sequence, " in group ", group,
-        ": rank 0 called ", signatures[0].Describe(), " but rank ", r, " called ",
-        signatures[r].Describe()));
+        "collective mismatch at #", signatures[0].sequence, " in group ", group, ": rank 0 called ",
+        signatures[0].Describe(), " but rank ", r, " called ", signatures[r].Describe()));
   }
   return absl::OkStatus();
 }

@@ -7,22 +7,28 @@
 
 #include <cstdint>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "runtime/core/tensor.h"
 
 namespace tessera::comm {
 
 enum class ReduceOp : int32_t { kSum, kMax, kMin };
 enum class CollectiveKind : int32_t {
-  kAllReduce, kAllGather, kReduceScatter, kBroadcast, kBarrier, kSend, kRecv
+  kAllReduce,
+  kAllGather,
+  kReduceScatter,
+  kBroadcast,
+  kBarrier,
+  kSend,
+  kRecv
 };
 
-absl::string_view NameOf(ReduceOp op);             // "sum", "max", "min"
-absl::string_view NameOf(CollectiveKind kind);     // "AllReduce", ...
+absl::string_view NameOf(ReduceOp op);          // "sum", "max", "min"
+absl::string_view NameOf(CollectiveKind kind);  // "AllReduce", ...
 absl::StatusOr<ReduceOp> ParseReduceOp(absl::string_view name);
 
 // One operation of a batch. Tensors are handles: the memory is the caller's and must stay
@@ -88,8 +94,7 @@ static_assert(sizeof(OpSignature) == 32, "OpSignature is exchanged as raw bytes"
 // both sides of the first mismatch, e.g.
 //   collective mismatch at #12 in group tp0: rank 0 called AllReduce(f32 x16, sum) but
 //   rank 1 called AllGather(f32 x8)
-absl::Status CompareSignatures(const std::vector<OpSignature>& signatures,
-                               absl::string_view group);
+absl::Status CompareSignatures(const std::vector<OpSignature>& signatures, absl::string_view group);
 
 }  // namespace tessera::comm
 

@@ -10,9 +10,12 @@ namespace {
 double Reduced(ReduceOp op, int size, int64_t index) {
   double unit = index % 3 + 1;
   switch (op) {
-    case ReduceOp::kSum: return unit * size * (size + 1) / 2;
-    case ReduceOp::kMax: return unit * size;
-    case ReduceOp::kMin: return unit;
+    case ReduceOp::kSum:
+      return unit * size * (size + 1) / 2;
+    case ReduceOp::kMax:
+      return unit * size;
+    case ReduceOp::kMin:
+      return unit;
   }
   return 0;
 }
@@ -27,9 +30,12 @@ double Representable(DType dtype, double exact) {
     return static_cast<double>(v);
   };
   switch (dtype) {
-    case DType::kI8: return wrap(8);
-    case DType::kI32: return wrap(32);
-    default: return exact;
+    case DType::kI8:
+      return wrap(8);
+    case DType::kI32:
+      return wrap(32);
+    default:
+      return exact;
   }
 }
 
@@ -42,7 +48,9 @@ bool Matches(DType dtype, double got, double exact, int size) {
 
 }  // namespace
 
-double PatternValue(int rank, int64_t index) { return (rank + 1) * static_cast<double>(index % 3 + 1); }
+double PatternValue(int rank, int64_t index) {
+  return (rank + 1) * static_cast<double>(index % 3 + 1);
+}
 
 void FillPattern(CollectiveOp& op, int rank) {
   if (op.kind == CollectiveKind::kBroadcast && rank != op.root) {
@@ -66,8 +74,8 @@ int64_t CountWrong(const CollectiveOp& op, int rank, int size) {
       break;
     case CollectiveKind::kBroadcast:
       for (int64_t i = 0; i < op.input.numel(); ++i) {
-        wrong += !Matches(op.input.dtype(), ElementAsDouble(op.input, i),
-                          PatternValue(op.root, i), size);
+        wrong += !Matches(op.input.dtype(), ElementAsDouble(op.input, i), PatternValue(op.root, i),
+                          size);
       }
       break;
     case CollectiveKind::kAllGather: {

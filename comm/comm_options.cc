@@ -17,8 +17,8 @@ absl::StatusOr<absl::Duration> ParseTimeout(absl::string_view text) {
     }
     duration = absl::Seconds(seconds);
   } else if (!absl::ParseDuration(text, &duration)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "timeout '", text, "' is not a duration (examples: 30, 30s, 5m, 250ms)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("timeout '", text, "' is not a duration (examples: 30, 30s, 5m, 250ms)"));
   }
   if (duration == absl::InfiniteDuration()) {
     return absl::InvalidArgumentError(absl::StrCat("timeout '", text, "' must be finite"));
@@ -46,8 +46,8 @@ absl::StatusOr<CommOptions> CommOptions::FromEnvironment() {
     } else if (v == "0" || v == "false" || v == "off") {
       options.validate = false;
     } else {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "TESSERA_COMM_VALIDATE: expected 1/0, true/false or on/off, not '", v, "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("TESSERA_COMM_VALIDATE: expected 1/0, true/false or on/off, not '", v, "'"));
     }
   }
   return options;

@@ -15,8 +15,8 @@ absl::StatusOr<std::vector<GridPosition>> PlaceRanks(const Topology& topology,
     return absl::InvalidArgumentError(absl::StrCat("--tp must be at least 1, not ", options.tp));
   }
   if (world % options.tp != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("--tp ", options.tp,
-                                                   " does not divide the world size ", world));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tp ", options.tp, " does not divide the world size ", world));
   }
   // Ranks ordered by (node, local rank): each node's ranks are one contiguous run.
   std::vector<int> order;

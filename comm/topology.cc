@@ -21,8 +21,8 @@ int CurrentCpuNumaNode() {
   if (cpu < 0) return -1;
   for (int node = 0; node < 64; ++node) {
     // sysfs links each CPU under the node it belongs to.
-    std::ifstream link(absl::StrCat("/sys/devices/system/node/node", node, "/cpu", cpu,
-                                    "/topology/core_id"));
+    std::ifstream link(
+        absl::StrCat("/sys/devices/system/node/node", node, "/cpu", cpu, "/topology/core_id"));
     if (link.good()) return node;
   }
   std::ifstream single("/sys/devices/system/node/node0/cpulist");
@@ -79,7 +79,8 @@ absl::StatusOr<Topology> Topology::Discover(Communicator& world) {
   std::vector<v1::RankTopology> reports(world.size());
   const char* base = static_cast<const char*>(all.data());
   for (int r = 0; r < world.size(); ++r) {
-    if (!reports[r].ParseFromArray(base + r * longest, static_cast<int>(lengths.span<int64_t>()[r]))) {
+    if (!reports[r].ParseFromArray(base + r * longest,
+                                   static_cast<int>(lengths.span<int64_t>()[r]))) {
       return absl::DataLossError(absl::StrCat("topology report of rank ", r, " is corrupt"));
     }
   }
@@ -101,9 +102,9 @@ absl::StatusOr<Topology> Topology::FromReports(std::vector<v1::RankTopology> rep
     }
     size_t gpus = static_cast<size_t>(report.visible_gpus_size());
     if (static_cast<size_t>(report.peer_access_size()) != gpus * gpus) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "rank ", r, " reported ", report.peer_access_size(), " peer-access entries for ", gpus,
-          " GPUs"));
+      return absl::InvalidArgumentError(absl::StrCat("rank ", r, " reported ",
+                                                     report.peer_access_size(),
+                                                     " peer-access entries for ", gpus, " GPUs"));
     }
     auto [it, inserted] = node_of_host.emplace(report.host(), topology.hosts_.size());
     if (inserted) {

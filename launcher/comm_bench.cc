@@ -6,8 +6,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <vector>
 #include <functional>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -51,19 +51,22 @@ absl::StatusOr<CollectiveKind> ParseOp(absl::string_view name) {
   if (name == "allgather") return CollectiveKind::kAllGather;
   if (name == "reducescatter") return CollectiveKind::kReduceScatter;
   if (name == "broadcast") return CollectiveKind::kBroadcast;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "--op: unknown collective '", name,
-      "' (expected allreduce, allgather, reducescatter or broadcast)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("--op: unknown collective '", name,
+                   "' (expected allreduce, allgather, reducescatter or broadcast)"));
 }
 
 // Bus-bandwidth factor (nccl-tests): how much of the data each rank must move per byte of
 // the collective's size.
 double BusFactor(CollectiveKind kind, int n) {
   switch (kind) {
-    case CollectiveKind::kAllReduce: return 2.0 * (n - 1) / n;
+    case CollectiveKind::kAllReduce:
+      return 2.0 * (n - 1) / n;
     case CollectiveKind::kAllGather:
-    case CollectiveKind::kReduceScatter: return static_cast<double>(n - 1) / n;
-    default: return 1.0;
+    case CollectiveKind::kReduceScatter:
+      return static_cast<double>(n - 1) / n;
+    default:
+      return 1.0;
   }
 }
 
@@ -71,8 +74,8 @@ double BusFactor(CollectiveKind kind, int n) {
 // rank since it depends on the size alone.
 int IterationsFor(int64_t bytes, int requested) {
   if (requested > 0) return requested;
-  return static_cast<int>(std::clamp<int64_t>((int64_t{64} << 20) / std::max<int64_t>(bytes, 1),
-                                              5, 1000));
+  return static_cast<int>(
+      std::clamp<int64_t>((int64_t{64} << 20) / std::max<int64_t>(bytes, 1), 5, 1000));
 }
 
 // Seconds for `iters` calls of `body`, the slowest rank's.
@@ -139,19 +142,19 @@ class Bench {
   void PrintHeader() {
     if (comm_.rank() != 0) return;
     std::printf("# tessera comm-bench: %s, backend %s, %d ranks, %s%s, timeout %s%s\n",
-                config_.op.c_str(), config_.backend.c_str(), comm_.size(),
-                config_.dtype.c_str(),
+                config_.op.c_str(), config_.backend.c_str(), comm_.size(), config_.dtype.c_str(),
                 (kind_ == CollectiveKind::kAllReduce || kind_ == CollectiveKind::kReduceScatter)
                     ? absl::StrCat(", ", config_.reduce).c_str()
                     : "",
                 absl::FormatDuration(config_.timeout).c_str(),
                 config_.validate ? ", validation on" : "");
-    std::printf("# time: best of %d rounds, the slowest rank's average per call; "
-                "busbw = algbw x %s\n",
-                config_.rounds,
-                kind_ == CollectiveKind::kAllReduce   ? "2(n-1)/n"
-                : kind_ == CollectiveKind::kBroadcast ? "1"
-                                                      : "(n-1)/n");
+    std::printf(
+        "# time: best of %d rounds, the slowest rank's average per call; "
+        "busbw = algbw x %s\n",
+        config_.rounds,
+        kind_ == CollectiveKind::kAllReduce   ? "2(n-1)/n"
+        : kind_ == CollectiveKind::kBroadcast ? "1"
+                                              : "(n-1)/n");
     std::printf("%12s %12s %6s %6s %11s %11s %11s %8s", "size(B)", "count", "type", "redop",
                 "time(us)", "algbw(GB/s)", "busbw(GB/s)", "#wrong");
     if (raw_) std::printf(" %11s %9s %10s", "raw-mpi(us)", "ours/raw", "ours-raw");
@@ -170,13 +173,14 @@ class Bench {
       for (int i = 0; i < 5; ++i) {
         auto start = std::chrono::steady_clock::now();
         std::memcpy(to.data(), from.data(), kBytes);
-        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() -
-                                                           start).count());
+        best = std::min(
+            best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
       }
       double copy = kBytes / best / 1e9;
-      std::printf("# limit: one core copies host memory at %.2f GB/s (memcpy of 64 MB); peak "
-                  "busbw above %.2f GB/s = %.2f of it\n",
-                  copy, peak_busbw_, peak_busbw_ / copy);
+      std::printf(
+          "# limit: one core copies host memory at %.2f GB/s (memcpy of 64 MB); peak "
+          "busbw above %.2f GB/s = %.2f of it\n",
+          copy, peak_busbw_, peak_busbw_ / copy);
     }
     MPI_Barrier(MPI_COMM_WORLD);
   }
@@ -195,8 +199,9 @@ class Bench {
     Shape in_shape{kind_ == CollectiveKind::kReduceScatter ? big : per_rank};
     TESSERA_ASSIGN_OR_RETURN(host_op.input, Tensor::Empty(dtype_, in_shape, host));
     if (scattered) {
-      TESSERA_ASSIGN_OR_RETURN(host_op.output,
-                               Tensor::Empty(dtype_, {kind_ == CollectiveKind::kAllGather ? big : per_rank}, host));
+      TESSERA_ASSIGN_OR_RETURN(
+          host_op.output,
+          Tensor::Empty(dtype_, {kind_ == CollectiveKind::kAllGather ? big : per_rank}, host));
     }
     CollectiveOp op = host_op;
     if (!comm_.device().is_cpu()) {
@@ -294,12 +299,14 @@ absl::Status CheckConfig(const BenchConfig& config) {
   }
   TESSERA_RETURN_IF_ERROR(ParseOp(config.op).status());
   absl::StatusOr<DType> dtype = ParseDType(config.dtype);
-  if (!dtype.ok()) return absl::InvalidArgumentError(absl::StrCat("--dtype: ", dtype.status().message()));
+  if (!dtype.ok())
+    return absl::InvalidArgumentError(absl::StrCat("--dtype: ", dtype.status().message()));
   if (*dtype == DType::kI4) {
     return absl::InvalidArgumentError("--dtype: collectives do not support packed int4");
   }
   absl::StatusOr<comm::ReduceOp> reduce = comm::ParseReduceOp(config.reduce);
-  if (!reduce.ok()) return absl::InvalidArgumentError(absl::StrCat("--reduce: ", reduce.status().message()));
+  if (!reduce.ok())
+    return absl::InvalidArgumentError(absl::StrCat("--reduce: ", reduce.status().message()));
   if (config.min_bytes < 1 || config.max_bytes < config.min_bytes || config.factor < 2) {
     return absl::InvalidArgumentError(
         "need 1 <= -b <= -e and -f >= 2 (sizes go -b, -b*f, ... up to -e)");

@@ -14,10 +14,20 @@ absl::Status ParseBytes(absl::string_view text, int64_t* bytes) {
   absl::string_view digits = text;
   if (!digits.empty()) {
     switch (digits.back()) {
-      case 'K': case 'k': scale = int64_t{1} << 10; break;
-      case 'M': case 'm': scale = int64_t{1} << 20; break;
-      case 'G': case 'g': scale = int64_t{1} << 30; break;
-      default: break;
+      case 'K':
+      case 'k':
+        scale = int64_t{1} << 10;
+        break;
+      case 'M':
+      case 'm':
+        scale = int64_t{1} << 20;
+        break;
+      case 'G':
+      case 'g':
+        scale = int64_t{1} << 30;
+        break;
+      default:
+        break;
     }
     if (scale != 1) digits.remove_suffix(1);
   }
@@ -31,9 +41,12 @@ absl::Status ParseBytes(absl::string_view text, int64_t* bytes) {
 }
 
 std::string FormatBytes(int64_t bytes) {
-  if (bytes >= (int64_t{1} << 30) && bytes % (int64_t{1} << 30) == 0) return absl::StrCat(bytes >> 30, "G");
-  if (bytes >= (int64_t{1} << 20) && bytes % (int64_t{1} << 20) == 0) return absl::StrCat(bytes >> 20, "M");
-  if (bytes >= (int64_t{1} << 10) && bytes % (int64_t{1} << 10) == 0) return absl::StrCat(bytes >> 10, "K");
+  if (bytes >= (int64_t{1} << 30) && bytes % (int64_t{1} << 30) == 0)
+    return absl::StrCat(bytes >> 30, "G");
+  if (bytes >= (int64_t{1} << 20) && bytes % (int64_t{1} << 20) == 0)
+    return absl::StrCat(bytes >> 20, "M");
+  if (bytes >= (int64_t{1} << 10) && bytes % (int64_t{1} << 10) == 0)
+    return absl::StrCat(bytes >> 10, "K");
   return absl::StrCat(bytes);
 }
 
@@ -43,8 +56,7 @@ FlagSet::FlagSet(std::string command, std::string summary)
 void FlagSet::Add(Flag flag) { flags_.push_back(std::move(flag)); }
 
 void FlagSet::String(std::string name, std::string* target, std::string help, char short_name) {
-  Add({std::move(name), short_name, std::move(help), *target, false,
-       [target](absl::string_view v) {
+  Add({std::move(name), short_name, std::move(help), *target, false, [target](absl::string_view v) {
          *target = std::string(v);
          return absl::OkStatus();
        }});
@@ -86,7 +98,8 @@ void FlagSet::Duration(std::string name, absl::Duration* target, std::string hel
        [target, flag](absl::string_view v) {
          absl::StatusOr<absl::Duration> parsed = comm::ParseTimeout(v);
          if (!parsed.ok()) {
-           return absl::InvalidArgumentError(absl::StrCat("--", flag, ": ", parsed.status().message()));
+           return absl::InvalidArgumentError(
+               absl::StrCat("--", flag, ": ", parsed.status().message()));
          }
          *target = *parsed;
          return absl::OkStatus();
@@ -98,7 +111,8 @@ void FlagSet::Bytes(std::string name, int64_t* target, std::string help, char sh
   Add({std::move(name), short_name, std::move(help), FormatBytes(*target), false,
        [target, flag](absl::string_view v) {
          absl::Status s = ParseBytes(v, target);
-         if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("--", flag, ": ", s.message()));
+         if (!s.ok())
+           return absl::InvalidArgumentError(absl::StrCat("--", flag, ": ", s.message()));
          return absl::OkStatus();
        }});
 }
@@ -166,8 +180,9 @@ absl::Status FlagSet::Parse(const std::vector<std::string>& args, bool* help_req
 std::string FlagSet::Usage() const {
   std::string out = absl::StrCat("usage: ", command_, " [flags]\n\n", summary_, "\n\nflags:\n");
   for (const Flag& flag : flags_) {
-    std::string names = flag.short_name ? absl::StrCat("-", std::string(1, flag.short_name), ", --", flag.name)
-                                        : absl::StrCat("    --", flag.name);
+    std::string names = flag.short_name
+                            ? absl::StrCat("-", std::string(1, flag.short_name), ", --", flag.name)
+                            : absl::StrCat("    --", flag.name);
     absl::StrAppendFormat(&out, "  %-24s %s (default: %s)\n", names, flag.help,
                           flag.default_text.empty() ? "\"\"" : flag.default_text);
   }

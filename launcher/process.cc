@@ -1,8 +1,8 @@
 #include "launcher/process.h"
 
-#include <cstdio>
-
 #include <mpi.h>
+
+#include <cstdio>
 
 #include "absl/strings/str_cat.h"
 #include "comm/mpi/mpi_runtime.h"

@@ -19,7 +19,8 @@ struct MpiCall {
   static std::string Describe(Code code) {
     char text[MPI_MAX_ERROR_STRING] = {};
     int length = 0;
-    if (MPI_Error_string(code, text, &length) != MPI_SUCCESS) return "MPI error " + std::to_string(code);
+    if (MPI_Error_string(code, text, &length) != MPI_SUCCESS)
+      return "MPI error " + std::to_string(code);
     return std::string(text, static_cast<size_t>(length));
   }
   static absl::StatusCode StatusCode(Code code) {
@@ -32,9 +33,12 @@ struct MpiCall {
       case MPI_ERR_RANK:
       case MPI_ERR_ARG:
       case MPI_ERR_OP:
-      case MPI_ERR_TRUNCATE: return absl::StatusCode::kInvalidArgument;
-      case MPI_ERR_NO_MEM: return absl::StatusCode::kResourceExhausted;
-      default: return absl::StatusCode::kInternal;
+      case MPI_ERR_TRUNCATE:
+        return absl::StatusCode::kInvalidArgument;
+      case MPI_ERR_NO_MEM:
+        return absl::StatusCode::kResourceExhausted;
+      default:
+        return absl::StatusCode::kInternal;
     }
   }
 };

@@ -64,9 +64,9 @@ std::string DescribeBatch(const CollectiveBatch& batch) {
 absl::Status CheckCount(const CollectiveOp& op) {
   int64_t count = std::max(op.input.numel(), op.output.numel());
   if (count > INT_MAX) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        op.Describe(), ": ", count, " elements exceed the MPI limit of ", INT_MAX,
-        " per call; split the buffer"));
+    return absl::InvalidArgumentError(absl::StrCat(op.Describe(), ": ", count,
+                                                   " elements exceed the MPI limit of ", INT_MAX,
+                                                   " per call; split the buffer"));
   }
   return absl::OkStatus();
 }
@@ -97,9 +97,9 @@ struct MpiCommunicator::Pending {
   std::string Describe() const {
     std::string what = batch != nullptr ? DescribeBatch(*batch) : signature.Describe();
     if (point_to_point) {
-      absl::StrAppend(&what, signature.kind == static_cast<int32_t>(CollectiveKind::kSend)
-                                 ? " to rank "
-                                 : " from rank ",
+      absl::StrAppend(&what,
+                      signature.kind == static_cast<int32_t>(CollectiveKind::kSend) ? " to rank "
+                                                                                    : " from rank ",
                       peer);
     }
     return absl::StrCat(purpose, what);
@@ -114,8 +114,10 @@ class MpiWork final : public Work {
     // deadline). A failed communicator keeps its scratch; its requests may never complete.
     if (!complete_) complete_ = Wait().ok();
     for (auto& scratch : scratch_) {
-      if (complete_) comm_->ReleaseScratch(std::move(scratch));
-      else (void)scratch.release();
+      if (complete_)
+        comm_->ReleaseScratch(std::move(scratch));
+      else
+        (void)scratch.release();
     }
   }
   absl::Status Wait() override {
@@ -178,13 +180,11 @@ MpiCommunicator::~MpiCommunicator() {
   MPI_Comm_free(&comm_);
 }
 
-absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::CreateWorld(
-    CommOptions options) {
+absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::CreateWorld(CommOptions options) {
   MPI_Comm comm = MPI_COMM_NULL, control = MPI_COMM_NULL;
   TESSERA_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &comm));
   TESSERA_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &control));
-  std::unique_ptr<MpiCommunicator> world(
-      new MpiCommunicator(comm, control, "world", options));
+  std::unique_ptr<MpiCommunicator> world(new MpiCommunicator(comm, control, "world", options));
 
   // Learn every rank's host (for messages) with the deadline already in force.
   constexpr int kHostBytes = 64;
@@ -204,9 +204,8 @@ absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::CreateWorld(
 
 absl::Status MpiCommunicator::CheckUsable() const {
   if (!failure_.ok()) {
-    return absl::Status(failure_.code(),
-                        absl::StrCat("communicator ", name_, " failed earlier: ",
-                                     failure_.message()));
+    return absl::Status(failure_.code(), absl::StrCat("communicator ", name_,
+                                                      " failed earlier: ", failure_.message()));
   }
   return absl::OkStatus();
 }
@@ -281,8 +280,8 @@ absl::StatusOr<std::unique_ptr<MpiOperation>> MpiCommunicator::Post(const Collec
       ScratchBuffer* scratch = work.AddScratch(AcquireScratch());
       TESSERA_RETURN_IF_ERROR(
           scratch->Reserve(HostAllReduce::ScratchBytes(algorithm, count, dtype, size_)));
-      stepped = std::make_unique<HostAllReduce>(algorithm, input, count, dtype, op.reduce_op,
-                                                comm_, tag, scratch);
+      stepped = std::make_unique<HostAllReduce>(algorithm, input, count, dtype, op.reduce_op, comm_,
+                                                tag, scratch);
       break;
     }
     case CollectiveKind::kAllGather:
@@ -293,8 +292,9 @@ absl::StatusOr<std::unique_ptr<MpiOperation>> MpiCommunicator::Post(const Collec
       int64_t slice = op.output.numel();
       ScratchBuffer* scratch = work.AddScratch(AcquireScratch());
       TESSERA_RETURN_IF_ERROR(scratch->Reserve(HostReduceScatter::ScratchBytes(slice, dtype)));
-      stepped = std::make_unique<HostReduceScatter>(input, const_cast<void*>(op.output.data()), slice, dtype,
-                                                    op.reduce_op, comm_, tag, scratch);
+      stepped =
+          std::make_unique<HostReduceScatter>(input, const_cast<void*>(op.output.data()), slice,
+                                              dtype, op.reduce_op, comm_, tag, scratch);
       break;
     }
     case CollectiveKind::kBroadcast:
@@ -331,10 +331,10 @@ absl::Status MpiCommunicator::ExchangeSignatures(const std::vector<OpSignature>&
   if (!compared.ok()) return Fail(compared);
   for (int r = 1; r < size_; ++r) {
     if (all[r].batch_size != all[0].batch_size) {
-      return Fail(absl::FailedPreconditionError(absl::StrCat(
-          "collective mismatch at #", signatures[0].sequence, " in group ", name_,
-          ": rank 0 issued a batch of ", all[0].batch_size, " collectives but rank ", r,
-          " issued ", all[r].batch_size)));
+      return Fail(absl::FailedPreconditionError(
+          absl::StrCat("collective mismatch at #", signatures[0].sequence, " in group ", name_,
+                       ": rank 0 issued a batch of ", all[0].batch_size, " collectives but rank ",
+                       r, " issued ", all[r].batch_size)));
     }
   }
   if (signatures.size() == 1) return absl::OkStatus();
@@ -347,8 +347,8 @@ absl::Status MpiCommunicator::ExchangeSignatures(const std::vector<OpSignature>&
   rest_pending.purpose = "validation of ";
   rest_pending.started = Clock::now();
   int bytes = static_cast<int>(rest * sizeof(OpSignature));
-  TESSERA_MPI_CHECK(MPI_Iallgather(signatures.data() + 1, bytes, MPI_BYTE, gathered.data(),
-                                   bytes, MPI_BYTE, control_, &request));
+  TESSERA_MPI_CHECK(MPI_Iallgather(signatures.data() + 1, bytes, MPI_BYTE, gathered.data(), bytes,
+                                   MPI_BYTE, control_, &request));
   rest_pending.AddRequest(request);
   TESSERA_RETURN_IF_ERROR(Progress(rest_pending, /*once=*/false).status());
   for (size_t i = 0; i < rest; ++i) {
@@ -433,10 +433,10 @@ void MpiCommunicator::AnswerArrivalQueries() {
 absl::Status MpiCommunicator::TimeOut(Pending& pending) {
   if (pending.point_to_point) {
     if (Clock::now() < pending.deadline) return absl::OkStatus();
-    return Fail(absl::DeadlineExceededError(absl::StrCat(
-        pending.Describe(), " in group ", name_, " timed out after ",
-        absl::FormatDuration(options_.timeout), ": ", RankLabel(pending.peer),
-        " did not post the matching call")));
+    return Fail(absl::DeadlineExceededError(
+        absl::StrCat(pending.Describe(), " in group ", name_, " timed out after ",
+                     absl::FormatDuration(options_.timeout), ": ", RankLabel(pending.peer),
+                     " did not post the matching call")));
   }
   // Phase 1, before the deadline: ask every peer where it is.
   if (!pending.queries_sent) {
@@ -475,11 +475,10 @@ absl::Status MpiCommunicator::TimeOut(Pending& pending) {
   // Phase 2, at the deadline: report.
   std::vector<std::string> labels;
   for (int r = 0; r < size_; ++r) labels.push_back(RankLabel(r));
-  TimedOutCall call{pending.Describe(), pending.signature.sequence, name_, options_.timeout,
-                    rank_};
+  TimedOutCall call{pending.Describe(), pending.signature.sequence, name_, options_.timeout, rank_};
   std::vector<int> missing;
-  return Fail(absl::DeadlineExceededError(
-      DescribeTimeout(call, pending.answers, labels, &missing)));
+  return Fail(
+      absl::DeadlineExceededError(DescribeTimeout(call, pending.answers, labels, &missing)));
 }
 
 std::string MpiCommunicator::RankLabel(int rank) const {

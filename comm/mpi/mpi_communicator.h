@@ -22,11 +22,11 @@ class MpiWork;
 // Every operation is non-blocking underneath and waited for by polling, which is what gives
 // it a deadline. All-reduce runs Tessera's own algorithms over point-to-point messages
 // (mpi_operation.h), which keep pace with MPI's blocking MPI_Allreduce where its
-// non-blocking MPI_Iallreduce does not; the other collectives use MPI's non-blocking calls. Each communicator holds two MPI communicators: the data one and
-// a control one for validation signatures and for the arrival check that runs when a
-// deadline nears: the waiting rank asks every peer which collective it is in; peers answer
-// while they wait in a collective of their own; the ranks that do not answer, or are
-// elsewhere, are the ones named in the error.
+// non-blocking MPI_Iallreduce does not; the other collectives use MPI's non-blocking calls. Each
+// communicator holds two MPI communicators: the data one and a control one for validation
+// signatures and for the arrival check that runs when a deadline nears: the waiting rank asks every
+// peer which collective it is in; peers answer while they wait in a collective of their own; the
+// ranks that do not answer, or are elsewhere, are the ones named in the error.
 class MpiCommunicator final : public Communicator {
  public:
   // The world group, over a duplicate of MPI_COMM_WORLD. MPI must be initialized
@@ -84,7 +84,7 @@ class MpiCommunicator final : public Communicator {
   uint64_t next_sequence_ = 0;
   const Pending* waiting_ = nullptr;  // set while polling, read when answering queries
   std::chrono::steady_clock::time_point next_answer_;  // next look for arrival queries
-  absl::Status failure_;              // sticky once set
+  absl::Status failure_;                               // sticky once set
   std::vector<std::unique_ptr<ScratchBuffer>> free_scratch_;
 };
 

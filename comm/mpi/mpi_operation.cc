@@ -16,9 +16,12 @@ namespace {
 
 kernels::Reduction ToReduction(ReduceOp op) {
   switch (op) {
-    case ReduceOp::kSum: return kernels::Reduction::kSum;
-    case ReduceOp::kMax: return kernels::Reduction::kMax;
-    case ReduceOp::kMin: return kernels::Reduction::kMin;
+    case ReduceOp::kSum:
+      return kernels::Reduction::kSum;
+    case ReduceOp::kMax:
+      return kernels::Reduction::kMax;
+    case ReduceOp::kMin:
+      return kernels::Reduction::kMin;
   }
   return kernels::Reduction::kSum;
 }
@@ -56,12 +59,12 @@ absl::Status SteppedOperation::Exchange(int send_to, const void* send, int64_t s
                                         int recv_from, void* recv, int64_t recv_count) {
   MPI_Datatype type = MpiDatatypeOf(dtype_);
   if (recv_from >= 0) {
-    TESSERA_MPI_CHECK(MPI_Irecv(recv, static_cast<int>(recv_count), type, recv_from, tag_, comm_,
-                                &requests_[0]));
+    TESSERA_MPI_CHECK(
+        MPI_Irecv(recv, static_cast<int>(recv_count), type, recv_from, tag_, comm_, &requests_[0]));
   }
   if (send_to >= 0) {
-    TESSERA_MPI_CHECK(MPI_Isend(send, static_cast<int>(send_count), type, send_to, tag_, comm_,
-                                &requests_[1]));
+    TESSERA_MPI_CHECK(
+        MPI_Isend(send, static_cast<int>(send_count), type, send_to, tag_, comm_, &requests_[1]));
   }
   return absl::OkStatus();
 }
@@ -238,8 +241,8 @@ absl::Status HostReduceScatter::PostStep() {
 absl::Status HostReduceScatter::CompleteStep() {
   int k = step();
   void* into = k == size() - 2 ? output_ : running_;
-  return kernels::Reduce(into, Element(input_, Slice(-k - 2) * count_), arriving_, count_,
-                         dtype(), ToReduction(op_));
+  return kernels::Reduce(into, Element(input_, Slice(-k - 2) * count_), arriving_, count_, dtype(),
+                         ToReduction(op_));
 }
 
 HostAllGather::HostAllGather(const void* input, void* output, int64_t count, DType dtype,

@@ -123,9 +123,9 @@ class HostAllReduce final : public SteppedOperation {
   int64_t count_;
   ReduceOp op_;
   ScratchBuffer* scratch_;
-  int pof2_ = 1;           // largest power of two <= size
-  int extra_ = 0;          // size - pof2_: ranks folded into a neighbour
-  int virtual_rank_ = -1;  // rank among the pof2_ participants; -1 when folded out
+  int pof2_ = 1;                 // largest power of two <= size
+  int extra_ = 0;                // size - pof2_: ranks folded into a neighbour
+  int virtual_rank_ = -1;        // rank among the pof2_ participants; -1 when folded out
   void* reduce_into_ = nullptr;  // where the step in flight's data is reduced, if anywhere
   int64_t reduce_count_ = 0;
 };

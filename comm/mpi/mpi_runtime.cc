@@ -34,9 +34,9 @@ absl::StatusOr<std::unique_ptr<MpiRuntime>> MpiRuntime::Initialize(int* argc, ch
   SetProcessIdentity(LocalHostName(), rank);
   if (provided < MPI_THREAD_SERIALIZED) {
     MPI_Finalize();
-    return absl::FailedPreconditionError(absl::StrCat(
-        "the MPI library provides thread level ", provided,
-        "; Tessera needs at least MPI_THREAD_SERIALIZED"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("the MPI library provides thread level ", provided,
+                     "; Tessera needs at least MPI_THREAD_SERIALIZED"));
   }
   if (absl::Status s = CreateMpiTypes(); !s.ok()) {
     MPI_Finalize();

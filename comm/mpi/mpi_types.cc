@@ -14,9 +14,12 @@ MPI_Op half_ops[2][3] = {{MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL},
 
 constexpr kernels::Reduction ToReduction(ReduceOp op) {
   switch (op) {
-    case ReduceOp::kSum: return kernels::Reduction::kSum;
-    case ReduceOp::kMax: return kernels::Reduction::kMax;
-    case ReduceOp::kMin: return kernels::Reduction::kMin;
+    case ReduceOp::kSum:
+      return kernels::Reduction::kSum;
+    case ReduceOp::kMax:
+      return kernels::Reduction::kMax;
+    case ReduceOp::kMin:
+      return kernels::Reduction::kMin;
   }
   return kernels::Reduction::kSum;
 }
@@ -59,13 +62,20 @@ void FreeMpiTypes() {
 
 MPI_Datatype MpiDatatypeOf(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return MPI_FLOAT;
-    case DType::kBF16: return bf16_type;
-    case DType::kF16: return f16_type;
-    case DType::kI8: return MPI_INT8_T;
-    case DType::kI32: return MPI_INT32_T;
-    case DType::kI64: return MPI_INT64_T;
-    case DType::kI4: break;
+    case DType::kF32:
+      return MPI_FLOAT;
+    case DType::kBF16:
+      return bf16_type;
+    case DType::kF16:
+      return f16_type;
+    case DType::kI8:
+      return MPI_INT8_T;
+    case DType::kI32:
+      return MPI_INT32_T;
+    case DType::kI64:
+      return MPI_INT64_T;
+    case DType::kI4:
+      break;
   }
   return MPI_DATATYPE_NULL;
 }
@@ -74,9 +84,12 @@ MPI_Op MpiOpOf(ReduceOp op, DType dtype) {
   if (dtype == DType::kBF16) return half_ops[0][static_cast<int>(op)];
   if (dtype == DType::kF16) return half_ops[1][static_cast<int>(op)];
   switch (op) {
-    case ReduceOp::kSum: return MPI_SUM;
-    case ReduceOp::kMax: return MPI_MAX;
-    case ReduceOp::kMin: return MPI_MIN;
+    case ReduceOp::kSum:
+      return MPI_SUM;
+    case ReduceOp::kMax:
+      return MPI_MAX;
+    case ReduceOp::kMin:
+      return MPI_MIN;
   }
   return MPI_OP_NULL;
 }

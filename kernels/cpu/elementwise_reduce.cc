@@ -23,11 +23,15 @@ struct Sum {
 };
 struct Max {
   template <typename T>
-  T operator()(T a, T b) const { return std::max(a, b); }
+  T operator()(T a, T b) const {
+    return std::max(a, b);
+  }
 };
 struct Min {
   template <typename T>
-  T operator()(T a, T b) const { return std::min(a, b); }
+  T operator()(T a, T b) const {
+    return std::min(a, b);
+  }
 };
 
 // out, a and b are (count). Element-wise, so out may alias a or b. Plain loops: the
@@ -49,8 +53,7 @@ void CombineAs(void* out, const void* a, const void* b, int64_t count, Op op) {
 }
 
 template <typename Op>
-absl::Status Dispatch(void* out, const void* a, const void* b, int64_t count, DType dtype,
-                      Op op) {
+absl::Status Dispatch(void* out, const void* a, const void* b, int64_t count, DType dtype, Op op) {
   switch (dtype) {
     case DType::kF32:
       CombineAs<float>(out, a, b, count, op);
@@ -60,12 +63,13 @@ absl::Status Dispatch(void* out, const void* a, const void* b, int64_t count, DT
                   static_cast<const BFloat16*>(b), count, op);
       return absl::OkStatus();
     case DType::kF16:
-      CombineHalf(static_cast<Half*>(out), static_cast<const Half*>(a),
-                  static_cast<const Half*>(b), count, op);
+      CombineHalf(static_cast<Half*>(out), static_cast<const Half*>(a), static_cast<const Half*>(b),
+                  count, op);
       return absl::OkStatus();
     case DType::kI8:
-      CombineAs<int8_t>(out, a, b, count,
-                        [op](int8_t x, int8_t y) { return static_cast<int8_t>(op(int{x}, int{y})); });
+      CombineAs<int8_t>(out, a, b, count, [op](int8_t x, int8_t y) {
+        return static_cast<int8_t>(op(int{x}, int{y}));
+      });
       return absl::OkStatus();
     case DType::kI32:
       CombineAs<int32_t>(out, a, b, count, op);
@@ -85,9 +89,12 @@ absl::Status Dispatch(void* out, const void* a, const void* b, int64_t count, DT
 absl::Status Reduce(void* output, const void* a, const void* b, int64_t count, DType dtype,
                     Reduction reduction) {
   switch (reduction) {
-    case Reduction::kSum: return Dispatch(output, a, b, count, dtype, Sum{});
-    case Reduction::kMax: return Dispatch(output, a, b, count, dtype, Max{});
-    case Reduction::kMin: return Dispatch(output, a, b, count, dtype, Min{});
+    case Reduction::kSum:
+      return Dispatch(output, a, b, count, dtype, Sum{});
+    case Reduction::kMax:
+      return Dispatch(output, a, b, count, dtype, Max{});
+    case Reduction::kMin:
+      return Dispatch(output, a, b, count, dtype, Min{});
   }
   return absl::InvalidArgumentError("unknown reduction");
 }

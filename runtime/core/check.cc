@@ -26,8 +26,8 @@ ProcessIdentity& IdentityLocked() {
 absl::string_view RelativeSourcePath(absl::string_view file) {
   // The top-level folder nearest the file name wins, whatever the checkout's own path holds.
   size_t best = absl::string_view::npos;
-  for (absl::string_view root : {"/runtime/", "/comm/", "/kernels/", "/launcher/", "/tests/",
-                                "/proto/"}) {
+  for (absl::string_view root :
+       {"/runtime/", "/comm/", "/kernels/", "/launcher/", "/tests/", "/proto/"}) {
     size_t at = file.rfind(root);
     if (at != absl::string_view::npos && (best == absl::string_view::npos || at > best)) {
       best = at;
@@ -57,14 +57,12 @@ std::string WithCallSite(absl::string_view message, const char* file, int line) 
 
 absl::Status LibraryCallError(absl::StatusCode code, absl::string_view call,
                               absl::string_view description, const char* file, int line) {
-  return absl::Status(code,
-                      WithCallSite(absl::StrCat(call, " failed: ", description), file, line));
+  return absl::Status(code, WithCallSite(absl::StrCat(call, " failed: ", description), file, line));
 }
 
-void FailInvariant(const char* condition, absl::string_view message, const char* file,
-                   int line) {
-  std::string text = WithCallSite(absl::StrCat("check failed: ", condition, ": ", message),
-                                  file, line);
+void FailInvariant(const char* condition, absl::string_view message, const char* file, int line) {
+  std::string text =
+      WithCallSite(absl::StrCat("check failed: ", condition, ": ", message), file, line);
   std::fprintf(stderr, "tessera: %s\n", text.c_str());
   std::fflush(stderr);
   std::abort();

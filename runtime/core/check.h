@@ -17,9 +17,9 @@
 // and a one-line macro, e.g. #define TESSERA_MPI_CHECK(expr) TESSERA_CALL_CHECK(MpiCall, expr).
 
 #include <string>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 
 namespace tessera {
 
@@ -40,16 +40,15 @@ absl::Status LibraryCallError(absl::StatusCode code, absl::string_view call,
                               absl::string_view description, const char* file, int line);
 
 template <typename Traits>
-absl::Status CheckCall(typename Traits::Code code, const char* call, const char* file,
-                       int line) {
+absl::Status CheckCall(typename Traits::Code code, const char* call, const char* file, int line) {
   if (Traits::Ok(code)) return absl::OkStatus();
   return LibraryCallError(Traits::StatusCode(code), call, Traits::Describe(code), file, line);
 }
 
 // Prints `message` with the call site and aborts. For broken invariants inside Tessera
 // (programming errors), never for bad input.
-[[noreturn]] void FailInvariant(const char* condition, absl::string_view message,
-                                const char* file, int line);
+[[noreturn]] void FailInvariant(const char* condition, absl::string_view message, const char* file,
+                                int line);
 
 }  // namespace tessera
 
@@ -58,15 +57,15 @@ absl::Status CheckCall(typename Traits::Code code, const char* call, const char*
   (::tessera::CheckCall<::tessera::Traits>((expr), #expr, __FILE__, __LINE__))
 
 // Returns the failure of a library call to the caller.
-#define TESSERA_CALL_CHECK(Traits, expr)                                  \
-  do {                                                                    \
+#define TESSERA_CALL_CHECK(Traits, expr)                                     \
+  do {                                                                       \
     ::absl::Status tessera_call_status_ = TESSERA_CALL_STATUS(Traits, expr); \
-    if (!tessera_call_status_.ok()) return tessera_call_status_;          \
+    if (!tessera_call_status_.ok()) return tessera_call_status_;             \
   } while (0)
 
 // Invariant check: aborts with a message when `cond` is false.
-#define TESSERA_CHECK(cond, message)                                       \
-  do {                                                                     \
+#define TESSERA_CHECK(cond, message)                                             \
+  do {                                                                           \
     if (!(cond)) ::tessera::FailInvariant(#cond, (message), __FILE__, __LINE__); \
   } while (0)
 

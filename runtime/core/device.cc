@@ -1,14 +1,12 @@
 #include "runtime/core/device.h"
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/match.h"
 
 namespace tessera {
 
-std::string Device::ToString() const {
-  return is_cpu() ? "cpu" : absl::StrCat("cuda:", index);
-}
+std::string Device::ToString() const { return is_cpu() ? "cpu" : absl::StrCat("cuda:", index); }
 
 absl::StatusOr<Device> ParseDevice(absl::string_view text) {
   if (text == "cpu") return Device::Cpu();

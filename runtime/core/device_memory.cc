@@ -10,9 +10,10 @@ namespace tessera {
 namespace {
 
 [[maybe_unused]] absl::Status NoCuda(Device device) {
-  return absl::FailedPreconditionError(absl::StrCat(
-      "device ", device.ToString(), " requested, but this build of Tessera has no CUDA support "
-      "(configure with TESSERA_CUDA=ON on a machine with the CUDA toolkit and NCCL)"));
+  return absl::FailedPreconditionError(
+      absl::StrCat("device ", device.ToString(),
+                   " requested, but this build of Tessera has no CUDA support "
+                   "(configure with TESSERA_CUDA=ON on a machine with the CUDA toolkit and NCCL)"));
 }
 
 }  // namespace

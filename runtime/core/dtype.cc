@@ -7,13 +7,20 @@ namespace tessera {
 
 int BitsOf(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return 32;
-    case DType::kBF16: return 16;
-    case DType::kF16: return 16;
-    case DType::kI8: return 8;
-    case DType::kI32: return 32;
-    case DType::kI64: return 64;
-    case DType::kI4: return 4;
+    case DType::kF32:
+      return 32;
+    case DType::kBF16:
+      return 16;
+    case DType::kF16:
+      return 16;
+    case DType::kI8:
+      return 8;
+    case DType::kI32:
+      return 32;
+    case DType::kI64:
+      return 64;
+    case DType::kI4:
+      return 4;
   }
   return 0;
 }
@@ -24,13 +31,20 @@ size_t StorageBytes(DType dtype, int64_t numel) {
 
 absl::string_view NameOf(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return "f32";
-    case DType::kBF16: return "bf16";
-    case DType::kF16: return "f16";
-    case DType::kI8: return "i8";
-    case DType::kI32: return "i32";
-    case DType::kI64: return "i64";
-    case DType::kI4: return "i4";
+    case DType::kF32:
+      return "f32";
+    case DType::kBF16:
+      return "bf16";
+    case DType::kF16:
+      return "f16";
+    case DType::kI8:
+      return "i8";
+    case DType::kI32:
+      return "i32";
+    case DType::kI64:
+      return "i64";
+    case DType::kI4:
+      return "i4";
   }
   return "?";
 }

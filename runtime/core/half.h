@@ -39,7 +39,9 @@ inline BFloat16 BFloat16::FromFloat(float value) {
   return FromBits(static_cast<uint16_t>((f + round_to_even) >> 16));
 }
 
-inline float BFloat16::ToFloat() const { return std::bit_cast<float>(static_cast<uint32_t>(bits) << 16); }
+inline float BFloat16::ToFloat() const {
+  return std::bit_cast<float>(static_cast<uint32_t>(bits) << 16);
+}
 
 inline Half Half::FromFloat(float value) {
   uint32_t f = std::bit_cast<uint32_t>(value);
@@ -53,7 +55,7 @@ inline Half Half::FromFloat(float value) {
   if (magnitude >= 0x477ff000u) {  // rounds to beyond 65504: infinity
     return FromBits(sign | 0x7c00u);
   }
-  if (magnitude < 0x38800000u) {  // below 2^-14: subnormal half or zero
+  if (magnitude < 0x38800000u) {                         // below 2^-14: subnormal half or zero
     if (magnitude < 0x33000000u) return FromBits(sign);  // below half the smallest subnormal
     // Value = mantissa * 2^(exp-150); a half subnormal step is 2^-24.
     uint32_t exponent = magnitude >> 23;

@@ -5,10 +5,10 @@
 #include "absl/status/statusor.h"
 
 // Propagates a non-OK absl::Status from `expr` to the caller.
-#define TESSERA_RETURN_IF_ERROR(expr)                         \
-  do {                                                        \
-    ::absl::Status tessera_status_ = (expr);                  \
-    if (!tessera_status_.ok()) return tessera_status_;        \
+#define TESSERA_RETURN_IF_ERROR(expr)                  \
+  do {                                                 \
+    ::absl::Status tessera_status_ = (expr);           \
+    if (!tessera_status_.ok()) return tessera_status_; \
   } while (0)
 
 #define TESSERA_CONCAT_INNER_(a, b) a##b

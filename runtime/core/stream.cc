@@ -12,8 +12,8 @@ absl::StatusOr<std::unique_ptr<Stream>> Stream::Create(Device device) {
   if (!handle.ok()) return handle.status();
   return std::unique_ptr<Stream>(new Stream(device, *handle));
 #else
-  return absl::FailedPreconditionError(absl::StrCat(
-      "cannot create a stream on ", device.ToString(), ": this build has no CUDA support"));
+  return absl::FailedPreconditionError(absl::StrCat("cannot create a stream on ", device.ToString(),
+                                                    ": this build has no CUDA support"));
 #endif
 }
 

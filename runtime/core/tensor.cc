@@ -68,8 +68,8 @@ Tensor Tensor::Wrap(void* data, DType dtype, Shape shape, Device device) {
 absl::StatusOr<Tensor> Tensor::Reshape(Shape shape) const {
   if (absl::Status s = CheckShape(shape); !s.ok()) return s;
   if (NumElements(shape) != numel_) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot reshape ", DebugString(), " to ",
-                                                   ShapeToString(shape), ": element counts differ"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cannot reshape ", DebugString(), " to ", ShapeToString(shape), ": element counts differ"));
   }
   return Tensor(owner_, data_, dtype_, std::move(shape), device_, /*is_view=*/true);
 }
@@ -79,8 +79,8 @@ absl::StatusOr<Tensor> Tensor::Slice(int64_t begin, int64_t end) const {
     return absl::InvalidArgumentError(absl::StrCat("cannot slice scalar ", DebugString()));
   }
   if (begin < 0 || end < begin || end > shape_[0]) {
-    return absl::OutOfRangeError(absl::StrCat("slice [", begin, ", ", end, ") is outside dimension 0 of ",
-                                              DebugString()));
+    return absl::OutOfRangeError(
+        absl::StrCat("slice [", begin, ", ", end, ") is outside dimension 0 of ", DebugString()));
   }
   int64_t row = NumElements(Shape(shape_.begin() + 1, shape_.end()));
   int64_t first = begin * row;
@@ -118,8 +118,8 @@ std::string Tensor::DebugString() const {
 }
 
 void Tensor::CheckElementType(DType expected) const {
-  TESSERA_CHECK(expected == dtype_, absl::StrCat("typed access as ", NameOf(expected), " to ",
-                                                 DebugString()));
+  TESSERA_CHECK(expected == dtype_,
+                absl::StrCat("typed access as ", NameOf(expected), " to ", DebugString()));
 }
 
 void Tensor::CheckHost() const {

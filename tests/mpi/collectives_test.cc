@@ -92,8 +92,8 @@ TEST(Collectives, ReduceScatterEveryDTypeAndOp) {
   for (DType dtype : kCollectiveDTypes) {
     for (ReduceOp reduce : kReduceOps) {
       for (int64_t count : {0, 1, 7, 1000}) {
-        CollectiveOp op{CollectiveKind::kReduceScatter, reduce,
-                        Make(dtype, count * World().size()), Make(dtype, count)};
+        CollectiveOp op{CollectiveKind::kReduceScatter, reduce, Make(dtype, count * World().size()),
+                        Make(dtype, count)};
         FillPattern(op, World().rank());
         ASSERT_TRUE(World().ReduceScatter(op.input, op.output, reduce, cpu).ok()) << Label(op);
         EXPECT_EQ(CountWrong(op, World().rank(), World().size()), 0) << Label(op);
@@ -107,8 +107,8 @@ TEST(Collectives, BroadcastFromEveryRoot) {
   for (DType dtype : kCollectiveDTypes) {
     for (int root = 0; root < World().size(); ++root) {
       for (int64_t count : {0, 1, 7, 100000}) {
-        CollectiveOp op{CollectiveKind::kBroadcast, ReduceOp::kSum, Make(dtype, count),
-                        Tensor(), root};
+        CollectiveOp op{CollectiveKind::kBroadcast, ReduceOp::kSum, Make(dtype, count), Tensor(),
+                        root};
         FillPattern(op, World().rank());
         ASSERT_TRUE(World().Broadcast(op.input, root, cpu).ok()) << Label(op);
         EXPECT_EQ(CountWrong(op, World().rank(), World().size()), 0) << Label(op);
@@ -145,8 +145,10 @@ TEST(Collectives, BatchCompletesAsynchronouslyWhileTheCallerComputes) {
   std::vector<CollectiveOp> ops = {
       {CollectiveKind::kAllReduce, ReduceOp::kSum, Make(DType::kF32, 200000)},
       {CollectiveKind::kAllReduce, ReduceOp::kMax, Make(DType::kBF16, 33)},
-      {CollectiveKind::kAllGather, ReduceOp::kSum, Make(DType::kI32, 50), Make(DType::kI32, 50 * n)},
-      {CollectiveKind::kReduceScatter, ReduceOp::kMin, Make(DType::kF16, 9 * n), Make(DType::kF16, 9)},
+      {CollectiveKind::kAllGather, ReduceOp::kSum, Make(DType::kI32, 50),
+       Make(DType::kI32, 50 * n)},
+      {CollectiveKind::kReduceScatter, ReduceOp::kMin, Make(DType::kF16, 9 * n),
+       Make(DType::kF16, 9)},
       {CollectiveKind::kBroadcast, ReduceOp::kSum, Make(DType::kI64, 17), Tensor(), n - 1},
   };
   CollectiveBatch batch;
@@ -179,8 +181,8 @@ TEST(Collectives, SeveralBatchesInFlightCompleteInAnyWaitOrder) {
   for (int i = 0; i < 4; ++i) {
     ops.push_back({CollectiveKind::kAllReduce, ReduceOp::kSum, Make(DType::kF32, 5000 * (i + 1))});
     FillPattern(ops.back(), World().rank());
-    absl::StatusOr<std::unique_ptr<Work>> work =
-        World().Start(std::move(CollectiveBatch().AllReduce(ops.back().input, ReduceOp::kSum)), cpu);
+    absl::StatusOr<std::unique_ptr<Work>> work = World().Start(
+        std::move(CollectiveBatch().AllReduce(ops.back().input, ReduceOp::kSum)), cpu);
     ASSERT_TRUE(work.ok()) << work.status();
     works.push_back(std::move(*work));
   }

@@ -3,9 +3,8 @@
 // sequence number, the group and the rank that did not arrive, and that mpirun exits
 // non-zero. TESSERA_MPIRUN_COMMAND and TESSERA_FAULT_PROBE come from CMake.
 
-#include <sys/wait.h>
-
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 
 #include <chrono>
 #include <cstdio>
@@ -22,9 +21,9 @@ struct Outcome {
 };
 
 Outcome RunProbe(const std::string& scenario, int ranks, const std::string& mpirun_flags) {
-  std::string command = absl::StrCat(TESSERA_MPIRUN_COMMAND, " ", mpirun_flags, " -np ", ranks,
-                                     " env TESSERA_COMM_TIMEOUT=2 ", TESSERA_FAULT_PROBE, " ",
-                                     scenario, " 2>&1");
+  std::string command =
+      absl::StrCat(TESSERA_MPIRUN_COMMAND, " ", mpirun_flags, " -np ", ranks,
+                   " env TESSERA_COMM_TIMEOUT=2 ", TESSERA_FAULT_PROBE, " ", scenario, " 2>&1");
   Outcome outcome;
   auto start = std::chrono::steady_clock::now();
   FILE* pipe = popen(command.c_str(), "r");
@@ -33,8 +32,7 @@ Outcome RunProbe(const std::string& scenario, int ranks, const std::string& mpir
   size_t n;
   while ((n = fread(chunk, 1, sizeof(chunk), pipe)) > 0) outcome.output.append(chunk, n);
   int status = pclose(pipe);
-  outcome.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  outcome.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   outcome.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return outcome;
 }
@@ -56,8 +54,7 @@ TEST(Faults, RankThatExitsMakesSurvivorsFailWithinTheDeadline) {
   EXPECT_NE(outcome.output.find(absl::StrCat(kRankOneMissing)), std::string::npos)
       << outcome.output;
   EXPECT_NE(outcome.output.find(kNoAnswer), std::string::npos) << outcome.output;
-  EXPECT_NE(outcome.output.find("arrived: rank 0 (world 0, "), std::string::npos)
-      << outcome.output;
+  EXPECT_NE(outcome.output.find("arrived: rank 0 (world 0, "), std::string::npos) << outcome.output;
   EXPECT_GE(outcome.seconds, 1.9) << "failed before the deadline";
   EXPECT_LT(outcome.seconds, 30) << outcome.output;
 }

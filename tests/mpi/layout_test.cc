@@ -2,12 +2,13 @@
 // one host, and 2 simulated nodes x 2 ranks (mpirun MPMD with TESSERA_HOSTNAME=node-a/node-b;
 // TESSERA_TEST_NODES tells the test which).
 
+#include "comm/layout.h"
+
 #include <gtest/gtest.h>
 
 #include <cstdlib>
 
 #include "comm/host_name.h"
-#include "comm/layout.h"
 #include "comm/topology.h"
 #include "tests/mpi/mpi_test_environment.h"
 
@@ -85,8 +86,7 @@ TEST(Layout, RefusesTensorParallelGroupsThatSpanNodes) {
   ASSERT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(refused.status().message().find("span nodes"), absl::string_view::npos)
       << refused.status();
-  EXPECT_NE(refused.status().message().find("node-a"), absl::string_view::npos)
-      << refused.status();
+  EXPECT_NE(refused.status().message().find("node-a"), absl::string_view::npos) << refused.status();
 
   // Allowed explicitly, the same request gives one group over both nodes.
   absl::StatusOr<Layout> allowed = Layout::Create(

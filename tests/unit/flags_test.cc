@@ -158,8 +158,8 @@ TEST_F(FlagSetTest, BadInt) {
 }
 
 TEST_F(FlagSetTest, LongSpellingOfAShortNameIsUnknown) {
-  EXPECT_TRUE(IsError(Parse({"--b", "8"}), absl::StatusCode::kInvalidArgument,
-                      {"unknown flag '--b'"}));
+  EXPECT_TRUE(
+      IsError(Parse({"--b", "8"}), absl::StatusCode::kInvalidArgument, {"unknown flag '--b'"}));
 }
 
 TEST_F(FlagSetTest, BadDurationAndBytes) {

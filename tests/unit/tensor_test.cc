@@ -229,7 +229,8 @@ TEST(TensorTest, ReshapeRejectsWrongElementCount) {
 TEST(TensorTest, SliceIsViewOfRows) {
   std::vector<float> values(12);
   for (int i = 0; i < 12; ++i) values[i] = static_cast<float>(i);
-  ASSERT_OK_AND_ASSIGN(Tensor tensor, Tensor::FromValues(absl::Span<const float>(values), Shape{4, 3}));
+  ASSERT_OK_AND_ASSIGN(Tensor tensor,
+                       Tensor::FromValues(absl::Span<const float>(values), Shape{4, 3}));
   ASSERT_OK_AND_ASSIGN(Tensor rows, tensor.Slice(1, 3));
   EXPECT_EQ(rows.shape(), (Shape{2, 3}));
   EXPECT_TRUE(rows.is_view());
@@ -369,7 +370,8 @@ TEST(TensorTest, CopyFromRejectsMismatch) {
 
 TEST(TensorTest, ToCpuMakesIndependentCopy) {
   const int8_t values[] = {-1, 2, -3, 4};
-  ASSERT_OK_AND_ASSIGN(Tensor src, Tensor::FromValues(absl::Span<const int8_t>(values), Shape{2, 2}));
+  ASSERT_OK_AND_ASSIGN(Tensor src,
+                       Tensor::FromValues(absl::Span<const int8_t>(values), Shape{2, 2}));
   Stream stream = Stream::Cpu();
   ASSERT_OK_AND_ASSIGN(Tensor copy, src.To(Device::Cpu(), stream));
   EXPECT_EQ(copy.shape(), (Shape{2, 2}));

@@ -21,12 +21,16 @@ struct CudaCall {
   }
   static absl::StatusCode StatusCode(Code code) {
     switch (code) {
-      case cudaErrorMemoryAllocation: return absl::StatusCode::kResourceExhausted;
+      case cudaErrorMemoryAllocation:
+        return absl::StatusCode::kResourceExhausted;
       case cudaErrorInvalidValue:
-      case cudaErrorInvalidDevice: return absl::StatusCode::kInvalidArgument;
+      case cudaErrorInvalidDevice:
+        return absl::StatusCode::kInvalidArgument;
       case cudaErrorNoDevice:
-      case cudaErrorInsufficientDriver: return absl::StatusCode::kFailedPrecondition;
-      default: return absl::StatusCode::kInternal;
+      case cudaErrorInsufficientDriver:
+        return absl::StatusCode::kFailedPrecondition;
+      default:
+        return absl::StatusCode::kInternal;
     }
   }
 };
@@ -39,11 +43,15 @@ struct CublasCall {
   }
   static absl::StatusCode StatusCode(Code code) {
     switch (code) {
-      case CUBLAS_STATUS_ALLOC_FAILED: return absl::StatusCode::kResourceExhausted;
-      case CUBLAS_STATUS_INVALID_VALUE: return absl::StatusCode::kInvalidArgument;
+      case CUBLAS_STATUS_ALLOC_FAILED:
+        return absl::StatusCode::kResourceExhausted;
+      case CUBLAS_STATUS_INVALID_VALUE:
+        return absl::StatusCode::kInvalidArgument;
       case CUBLAS_STATUS_NOT_SUPPORTED:
-      case CUBLAS_STATUS_ARCH_MISMATCH: return absl::StatusCode::kUnimplemented;
-      default: return absl::StatusCode::kInternal;
+      case CUBLAS_STATUS_ARCH_MISMATCH:
+        return absl::StatusCode::kUnimplemented;
+      default:
+        return absl::StatusCode::kInternal;
     }
   }
 };

@@ -21,8 +21,9 @@ absl::StatusOr<void*> CudaAllocate(int ordinal, size_t bytes) {
   void* ptr = nullptr;
   absl::Status status = TESSERA_CALL_STATUS(CudaCall, cudaMalloc(&ptr, bytes == 0 ? 1 : bytes));
   if (!status.ok()) {
-    return absl::Status(status.code(), absl::StrCat("allocating ", bytes, " bytes on cuda:",
-                                                    ordinal, ": ", status.message()));
+    return absl::Status(
+        status.code(),
+        absl::StrCat("allocating ", bytes, " bytes on cuda:", ordinal, ": ", status.message()));
   }
   return ptr;
 }
