@@ -1,6 +1,7 @@
 #include "comm/collective.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace tessera::comm {
 
@@ -65,6 +66,13 @@ CollectiveBatch& CollectiveBatch::ReduceScatter(Tensor input, Tensor output, Red
 CollectiveBatch& CollectiveBatch::Broadcast(Tensor buffer, int root) {
   ops_.push_back({CollectiveKind::kBroadcast, ReduceOp::kSum, std::move(buffer), Tensor(), root});
   return *this;
+}
+
+std::string CollectiveBatch::Describe() const {
+  if (ops_.size() == 1) return ops_[0].Describe();
+  std::vector<std::string> parts;
+  for (const CollectiveOp& op : ops_) parts.push_back(op.Describe());
+  return absl::StrCat("batch of ", ops_.size(), " [", absl::StrJoin(parts, ", "), "]");
 }
 
 absl::Status ValidateOp(const CollectiveOp& op, int comm_size, Device device) {
@@ -165,6 +173,45 @@ absl::Status CompareSignatures(const std::vector<OpSignature>& signatures,
     return absl::FailedPreconditionError(absl::StrCat(
         "collective mismatch at #", signatures[0].sequence, " in group ", group, ": rank 0 called ",
         signatures[0].Describe(), " but rank ", r, " called ", signatures[r].Describe()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckSignaturesAcrossRanks(const std::vector<OpSignature>& signatures, int group_size,
+                                        absl::string_view group, GatherBytes gather) {
+  // Round 1: the first signature and the batch length from every rank.
+  struct Header {
+    OpSignature first;
+    int64_t batch_size;
+  };
+  Header mine{signatures[0], static_cast<int64_t>(signatures.size())};
+  std::vector<Header> all(group_size);
+  absl::Status gathered = gather(&mine, sizeof(Header), all.data());
+  if (!gathered.ok()) return gathered;
+  std::vector<OpSignature> firsts;
+  for (const Header& h : all) firsts.push_back(h.first);
+  absl::Status compared = CompareSignatures(firsts, group);
+  if (!compared.ok()) return compared;
+  for (int r = 1; r < group_size; ++r) {
+    if (all[r].batch_size != all[0].batch_size) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("collective mismatch at #", signatures[0].sequence, " in group ", group,
+                       ": rank 0 issued a batch of ", all[0].batch_size, " collectives but rank ",
+                       r, " issued ", all[r].batch_size));
+    }
+  }
+  if (signatures.size() == 1) return absl::OkStatus();
+
+  // Round 2: the rest of the batch, compared operation by operation.
+  size_t rest = signatures.size() - 1;
+  std::vector<OpSignature> others(rest * group_size);
+  gathered = gather(signatures.data() + 1, rest * sizeof(OpSignature), others.data());
+  if (!gathered.ok()) return gathered;
+  for (size_t i = 0; i < rest; ++i) {
+    std::vector<OpSignature> column;
+    for (int r = 0; r < group_size; ++r) column.push_back(others[r * rest + i]);
+    compared = CompareSignatures(column, group);
+    if (!compared.ok()) return compared;
   }
   return absl::OkStatus();
 }

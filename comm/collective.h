@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -59,6 +60,8 @@ class CollectiveBatch {
   CollectiveBatch& Broadcast(Tensor buffer, int root);
 
   const std::vector<CollectiveOp>& ops() const { return ops_; }
+  // "AllReduce(f32 x16, sum)" for one operation, "batch of 2 [..., ...]" for more.
+  std::string Describe() const;
   std::vector<CollectiveOp>& mutable_ops() { return ops_; }
   bool empty() const { return ops_.empty(); }
   size_t size() const { return ops_.size(); }
@@ -95,6 +98,17 @@ static_assert(sizeof(OpSignature) == 32, "OpSignature is exchanged as raw bytes"
 //   collective mismatch at #12 in group tp0: rank 0 called AllReduce(f32 x16, sum) but
 //   rank 1 called AllGather(f32 x8)
 absl::Status CompareSignatures(const std::vector<OpSignature>& signatures, absl::string_view group);
+
+// Gathers `bytes` bytes from every rank of the group into `all` (rank-major), with the
+// group's deadline: the transport a backend lends to CheckSignaturesAcrossRanks.
+using GatherBytes = absl::FunctionRef<absl::Status(const void* mine, size_t bytes, void* all)>;
+
+// Validation mode, for one batch: gathers every rank's signatures (the first with the batch
+// length, then the rest) and compares them. A gather failure is returned as it is; a
+// mismatch is FAILED_PRECONDITION naming both sides (see CompareSignatures), or the two
+// batch lengths.
+absl::Status CheckSignaturesAcrossRanks(const std::vector<OpSignature>& signatures, int group_size,
+                                        absl::string_view group, GatherBytes gather);
 
 }  // namespace tessera::comm
 

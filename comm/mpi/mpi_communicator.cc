@@ -54,13 +54,6 @@ absl::Duration ArrivalCheckLead(absl::Duration timeout) {
   return std::min(timeout / 10, absl::Seconds(1));
 }
 
-std::string DescribeBatch(const CollectiveBatch& batch) {
-  if (batch.size() == 1) return batch.ops()[0].Describe();
-  std::vector<std::string> parts;
-  for (const CollectiveOp& op : batch.ops()) parts.push_back(op.Describe());
-  return absl::StrCat("batch of ", batch.size(), " [", absl::StrJoin(parts, ", "), "]");
-}
-
 absl::Status CheckCount(const CollectiveOp& op) {
   int64_t count = std::max(op.input.numel(), op.output.numel());
   if (count > INT_MAX) {
@@ -95,7 +88,7 @@ struct MpiCommunicator::Pending {
 
   // Built only when a message needs it: strings are too slow for every call.
   std::string Describe() const {
-    std::string what = batch != nullptr ? DescribeBatch(*batch) : signature.Describe();
+    std::string what = batch != nullptr ? batch->Describe() : signature.Describe();
     if (point_to_point) {
       absl::StrAppend(&what,
                       signature.kind == static_cast<int32_t>(CollectiveKind::kSend) ? " to rank "
@@ -308,56 +301,22 @@ absl::StatusOr<std::unique_ptr<MpiOperation>> MpiCommunicator::Post(const Collec
 }
 
 absl::Status MpiCommunicator::ExchangeSignatures(const std::vector<OpSignature>& signatures) {
-  // Round 1: the first signature and the batch length from every rank.
-  struct Header {
-    OpSignature first;
-    int64_t batch_size;
+  auto gather = [&](const void* mine, size_t bytes, void* all) -> absl::Status {
+    Pending pending;
+    pending.signature = signatures[0];
+    pending.purpose = "validation of ";
+    pending.started = Clock::now();
+    MPI_Request request = MPI_REQUEST_NULL;
+    int count = static_cast<int>(bytes);
+    TESSERA_MPI_CHECK(
+        MPI_Iallgather(mine, count, MPI_BYTE, all, count, MPI_BYTE, control_, &request));
+    pending.AddRequest(request);
+    return Progress(pending, /*once=*/false).status();
   };
-  Header mine{signatures[0], static_cast<int64_t>(signatures.size())};
-  std::vector<Header> all(size_);
-  Pending pending;
-  pending.signature = signatures[0];
-  pending.purpose = "validation of ";
-  pending.started = Clock::now();
-  MPI_Request request = MPI_REQUEST_NULL;
-  TESSERA_MPI_CHECK(MPI_Iallgather(&mine, sizeof(Header), MPI_BYTE, all.data(), sizeof(Header),
-                                   MPI_BYTE, control_, &request));
-  pending.AddRequest(request);
-  TESSERA_RETURN_IF_ERROR(Progress(pending, /*once=*/false).status());
-
-  std::vector<OpSignature> firsts;
-  for (const Header& h : all) firsts.push_back(h.first);
-  absl::Status compared = CompareSignatures(firsts, name_);
-  if (!compared.ok()) return Fail(compared);
-  for (int r = 1; r < size_; ++r) {
-    if (all[r].batch_size != all[0].batch_size) {
-      return Fail(absl::FailedPreconditionError(
-          absl::StrCat("collective mismatch at #", signatures[0].sequence, " in group ", name_,
-                       ": rank 0 issued a batch of ", all[0].batch_size, " collectives but rank ",
-                       r, " issued ", all[r].batch_size)));
-    }
-  }
-  if (signatures.size() == 1) return absl::OkStatus();
-
-  // Round 2: the rest of the batch.
-  size_t rest = signatures.size() - 1;
-  std::vector<OpSignature> gathered(rest * size_);
-  Pending rest_pending;
-  rest_pending.signature = signatures[1];
-  rest_pending.purpose = "validation of ";
-  rest_pending.started = Clock::now();
-  int bytes = static_cast<int>(rest * sizeof(OpSignature));
-  TESSERA_MPI_CHECK(MPI_Iallgather(signatures.data() + 1, bytes, MPI_BYTE, gathered.data(), bytes,
-                                   MPI_BYTE, control_, &request));
-  rest_pending.AddRequest(request);
-  TESSERA_RETURN_IF_ERROR(Progress(rest_pending, /*once=*/false).status());
-  for (size_t i = 0; i < rest; ++i) {
-    std::vector<OpSignature> column;
-    for (int r = 0; r < size_; ++r) column.push_back(gathered[r * rest + i]);
-    compared = CompareSignatures(column, name_);
-    if (!compared.ok()) return Fail(compared);
-  }
-  return absl::OkStatus();
+  absl::Status checked = CheckSignaturesAcrossRanks(signatures, size_, name_, gather);
+  // A gather that failed has failed the communicator already; a mismatch fails it now.
+  if (!checked.ok() && CheckUsable().ok()) return Fail(checked);
+  return checked;
 }
 
 absl::StatusOr<bool> MpiCommunicator::Progress(Pending& pending, bool once) {
@@ -489,36 +448,25 @@ std::string MpiCommunicator::RankLabel(int rank) const {
 }
 
 absl::Status MpiCommunicator::Send(const Tensor& buffer, int peer, Stream& stream) {
-  TESSERA_RETURN_IF_ERROR(CheckUsable());
-  CollectiveOp op{CollectiveKind::kSend, ReduceOp::kSum, buffer, Tensor(), peer};
-  if (peer < 0 || peer >= size_ || peer == rank_) {
-    return absl::InvalidArgumentError(absl::StrCat("Send to rank ", peer, " in group ", name_,
-                                                   " of ", size_, " ranks (self is ", rank_, ")"));
-  }
-  if (!stream.device().is_cpu()) return absl::InvalidArgumentError("Send: not a CPU stream");
-  TESSERA_RETURN_IF_ERROR(ValidateOp(op, size_, Device::Cpu()));
-  TESSERA_RETURN_IF_ERROR(CheckCount(op));
-  Pending pending;
-  pending.point_to_point = true;
-  pending.peer = peer;
-  pending.signature = OpSignature::Of(op, 0);
-  pending.started = Clock::now();
-  MPI_Request request = MPI_REQUEST_NULL;
-  TESSERA_MPI_CHECK(MPI_Isend(buffer.data(), static_cast<int>(buffer.numel()),
-                              MpiDatatypeOf(buffer.dtype()), peer, kPointToPointTag, comm_,
-                              &request));
-  pending.AddRequest(request);
-  return Progress(pending, /*once=*/false).status();
+  return PointToPoint(CollectiveKind::kSend, buffer, peer, stream);
 }
 
 absl::Status MpiCommunicator::Recv(Tensor& buffer, int peer, Stream& stream) {
+  return PointToPoint(CollectiveKind::kRecv, buffer, peer, stream);
+}
+
+absl::Status MpiCommunicator::PointToPoint(CollectiveKind kind, const Tensor& buffer, int peer,
+                                           Stream& stream) {
   TESSERA_RETURN_IF_ERROR(CheckUsable());
-  CollectiveOp op{CollectiveKind::kRecv, ReduceOp::kSum, buffer, Tensor(), peer};
+  CollectiveOp op{kind, ReduceOp::kSum, buffer, Tensor(), peer};
   if (peer < 0 || peer >= size_ || peer == rank_) {
-    return absl::InvalidArgumentError(absl::StrCat("Recv from rank ", peer, " in group ", name_,
-                                                   " of ", size_, " ranks (self is ", rank_, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(kind == CollectiveKind::kSend ? "Send to rank " : "Recv from rank ", peer,
+                     " in group ", name_, " of ", size_, " ranks (self is ", rank_, ")"));
   }
-  if (!stream.device().is_cpu()) return absl::InvalidArgumentError("Recv: not a CPU stream");
+  if (!stream.device().is_cpu()) {
+    return absl::InvalidArgumentError(absl::StrCat(NameOf(kind), ": not a CPU stream"));
+  }
   TESSERA_RETURN_IF_ERROR(ValidateOp(op, size_, Device::Cpu()));
   TESSERA_RETURN_IF_ERROR(CheckCount(op));
   Pending pending;
@@ -527,9 +475,15 @@ absl::Status MpiCommunicator::Recv(Tensor& buffer, int peer, Stream& stream) {
   pending.signature = OpSignature::Of(op, 0);
   pending.started = Clock::now();
   MPI_Request request = MPI_REQUEST_NULL;
-  TESSERA_MPI_CHECK(MPI_Irecv(buffer.data(), static_cast<int>(buffer.numel()),
-                              MpiDatatypeOf(buffer.dtype()), peer, kPointToPointTag, comm_,
-                              &request));
+  int count = static_cast<int>(buffer.numel());
+  MPI_Datatype type = MpiDatatypeOf(buffer.dtype());
+  // MPI's C API takes a non-const receive buffer; a Recv's tensor is the caller's to write.
+  void* data = const_cast<void*>(buffer.data());
+  if (kind == CollectiveKind::kSend) {
+    TESSERA_MPI_CHECK(MPI_Isend(data, count, type, peer, kPointToPointTag, comm_, &request));
+  } else {
+    TESSERA_MPI_CHECK(MPI_Irecv(data, count, type, peer, kPointToPointTag, comm_, &request));
+  }
   pending.AddRequest(request);
   return Progress(pending, /*once=*/false).status();
 }

@@ -58,6 +58,7 @@ class MpiCommunicator final : public Communicator {
   MpiCommunicator(MPI_Comm comm, MPI_Comm control, std::string name, CommOptions options);
 
   absl::Status CheckUsable() const;
+  absl::Status PointToPoint(CollectiveKind kind, const Tensor& buffer, int peer, Stream& stream);
   absl::Status ExchangeSignatures(const std::vector<OpSignature>& signatures);
   absl::StatusOr<std::unique_ptr<MpiOperation>> Post(const CollectiveOp& op, uint64_t sequence,
                                                      MpiWork& work);

@@ -12,21 +12,6 @@
 #include "runtime/core/status_macros.h"
 
 namespace tessera::comm {
-namespace {
-
-kernels::Reduction ToReduction(ReduceOp op) {
-  switch (op) {
-    case ReduceOp::kSum:
-      return kernels::Reduction::kSum;
-    case ReduceOp::kMax:
-      return kernels::Reduction::kMax;
-    case ReduceOp::kMin:
-      return kernels::Reduction::kMin;
-  }
-  return kernels::Reduction::kSum;
-}
-
-}  // namespace
 
 absl::StatusOr<bool> RequestOperation::Advance() {
   int done = 0;

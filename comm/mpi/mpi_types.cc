@@ -12,18 +12,6 @@ MPI_Datatype f16_type = MPI_DATATYPE_NULL;
 MPI_Op half_ops[2][3] = {{MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL},
                          {MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL}};
 
-constexpr kernels::Reduction ToReduction(ReduceOp op) {
-  switch (op) {
-    case ReduceOp::kSum:
-      return kernels::Reduction::kSum;
-    case ReduceOp::kMax:
-      return kernels::Reduction::kMax;
-    case ReduceOp::kMin:
-      return kernels::Reduction::kMin;
-  }
-  return kernels::Reduction::kSum;
-}
-
 // MPI user function: inout[i] = op(inout[i], in[i]).
 template <DType kDType, ReduceOp kOp>
 void HalfReduce(void* in, void* inout, int* length, MPI_Datatype* /*datatype*/) {
@@ -92,6 +80,18 @@ MPI_Op MpiOpOf(ReduceOp op, DType dtype) {
       return MPI_MIN;
   }
   return MPI_OP_NULL;
+}
+
+kernels::Reduction ToReduction(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum:
+      return kernels::Reduction::kSum;
+    case ReduceOp::kMax:
+      return kernels::Reduction::kMax;
+    case ReduceOp::kMin:
+      return kernels::Reduction::kMin;
+  }
+  return kernels::Reduction::kSum;
 }
 
 }  // namespace tessera::comm

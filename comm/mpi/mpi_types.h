@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "comm/collective.h"
+#include "kernels/cpu/elementwise_reduce.h"
 #include "runtime/core/dtype.h"
 
 namespace tessera::comm {
@@ -22,6 +23,9 @@ void FreeMpiTypes();
 MPI_Datatype MpiDatatypeOf(DType dtype);
 // The MPI reduction operator for `op` on elements of `dtype`.
 MPI_Op MpiOpOf(ReduceOp op, DType dtype);
+
+// The host kernel's name for a reduce op.
+kernels::Reduction ToReduction(ReduceOp op);
 
 }  // namespace tessera::comm
 

@@ -79,13 +79,6 @@ ncclRedOp_t NcclOpOf(ReduceOp op) {
   return ncclSum;
 }
 
-std::string DescribeBatch(const CollectiveBatch& batch) {
-  if (batch.size() == 1) return batch.ops()[0].Describe();
-  std::vector<std::string> parts;
-  for (const CollectiveOp& op : batch.ops()) parts.push_back(op.Describe());
-  return absl::StrCat("batch of ", batch.size(), " [", absl::StrJoin(parts, ", "), "]");
-}
-
 // Elements NCCL is told about: the per-rank count (the output's for ReduceScatter).
 size_t CountOf(const CollectiveOp& op) {
   return static_cast<size_t>(op.kind == CollectiveKind::kReduceScatter ? op.output.numel()
@@ -198,7 +191,7 @@ class NcclWork final : public Work {
       case Kind::kCollectives:
         break;
     }
-    return absl::StrCat(DescribeBatch(batch_), " #", sequence_);
+    return absl::StrCat(batch_.Describe(), " #", sequence_);
   }
 
  private:
@@ -584,40 +577,12 @@ absl::Status NcclCommunicator::GatherBytes(const void* mine, size_t bytes, void*
 }
 
 absl::Status NcclCommunicator::ExchangeSignatures(const std::vector<OpSignature>& signatures) {
-  // Round 1: the first signature and the batch length from every rank.
-  struct Header {
-    OpSignature first;
-    int64_t batch_size;
+  auto gather = [&](const void* mine, size_t bytes, void* all) {
+    return GatherBytes(mine, bytes, all, signatures[0]);
   };
-  Header mine{signatures[0], static_cast<int64_t>(signatures.size())};
-  std::vector<Header> all(size_);
-  TESSERA_RETURN_IF_ERROR(GatherBytes(&mine, sizeof(Header), all.data(), signatures[0]));
-  std::vector<OpSignature> firsts;
-  for (const Header& h : all) firsts.push_back(h.first);
-  absl::Status compared = CompareSignatures(firsts, name_);
-  if (!compared.ok()) return Fail(compared);
-  for (int r = 1; r < size_; ++r) {
-    if (all[r].batch_size != all[0].batch_size) {
-      return Fail(absl::FailedPreconditionError(
-          absl::StrCat("collective mismatch at #", signatures[0].sequence, " in group ", name_,
-                       ": rank 0 issued a batch of ", all[0].batch_size, " collectives but rank ",
-                       r, " issued ", all[r].batch_size)));
-    }
-  }
-  if (signatures.size() == 1) return absl::OkStatus();
-
-  // Round 2: the rest of the batch.
-  size_t rest = signatures.size() - 1;
-  std::vector<OpSignature> gathered(rest * size_);
-  TESSERA_RETURN_IF_ERROR(GatherBytes(signatures.data() + 1, rest * sizeof(OpSignature),
-                                      gathered.data(), signatures[1]));
-  for (size_t i = 0; i < rest; ++i) {
-    std::vector<OpSignature> column;
-    for (int r = 0; r < size_; ++r) column.push_back(gathered[r * rest + i]);
-    compared = CompareSignatures(column, name_);
-    if (!compared.ok()) return Fail(compared);
-  }
-  return absl::OkStatus();
+  absl::Status checked = CheckSignaturesAcrossRanks(signatures, size_, name_, gather);
+  if (!checked.ok() && CheckUsable().ok()) return Fail(checked);
+  return checked;
 }
 
 absl::StatusOr<bool> NcclCommunicator::Progress(NcclWork& work) {
