@@ -134,6 +134,12 @@ OpSignature OpSignature::Of(const CollectiveOp& op, uint64_t sequence) {
   return s;
 }
 
+std::vector<OpSignature> OpSignature::OfBatch(const CollectiveBatch& batch, uint64_t first) {
+  std::vector<OpSignature> signatures;
+  for (size_t i = 0; i < batch.size(); ++i) signatures.push_back(Of(batch.ops()[i], first + i));
+  return signatures;
+}
+
 OpSignature OpSignature::OfBarrier(uint64_t sequence) {
   OpSignature s;
   s.sequence = sequence;

@@ -86,6 +86,8 @@ struct OpSignature {
   int64_t count = 0;      // elements of the (input) buffer on this rank
 
   static OpSignature Of(const CollectiveOp& op, uint64_t sequence);
+  // The signatures of a batch whose first operation has sequence number `first`.
+  static std::vector<OpSignature> OfBatch(const CollectiveBatch& batch, uint64_t first);
   static OpSignature OfBarrier(uint64_t sequence);
   std::string Describe() const;  // as CollectiveOp::Describe, from the signature alone
   friend bool operator==(const OpSignature&, const OpSignature&) = default;

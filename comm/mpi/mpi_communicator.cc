@@ -224,11 +224,7 @@ absl::StatusOr<std::unique_ptr<Work>> MpiCommunicator::Start(CollectiveBatch bat
   uint64_t first = next_sequence_;
   next_sequence_ += batch.size();
   if (options_.validate) {
-    std::vector<OpSignature> signatures;
-    for (size_t i = 0; i < batch.size(); ++i) {
-      signatures.push_back(OpSignature::Of(batch.ops()[i], first + i));
-    }
-    TESSERA_RETURN_IF_ERROR(ExchangeSignatures(signatures));
+    TESSERA_RETURN_IF_ERROR(ExchangeSignatures(OpSignature::OfBatch(batch, first)));
   }
 
   auto work = std::make_unique<MpiWork>(this, std::move(batch));

@@ -448,11 +448,7 @@ absl::StatusOr<std::unique_ptr<NcclWork>> NcclCommunicator::Enqueue(CollectiveBa
   uint64_t first = next_sequence_;
   next_sequence_ += batch.size();
   if (options_.validate) {
-    std::vector<OpSignature> signatures;
-    for (size_t i = 0; i < batch.size(); ++i) {
-      signatures.push_back(OpSignature::Of(batch.ops()[i], first + i));
-    }
-    TESSERA_RETURN_IF_ERROR(ExchangeSignatures(signatures));
+    TESSERA_RETURN_IF_ERROR(ExchangeSignatures(OpSignature::OfBatch(batch, first)));
   }
   auto work =
       std::make_unique<NcclWork>(this, NcclWork::Kind::kCollectives, std::move(batch), first);
@@ -536,25 +532,22 @@ absl::Status NcclCommunicator::IssueGroup(const NcclWork& work, cudaStream_t str
   return issued.ok() ? ended : issued;
 }
 
+absl::StatusOr<ncclResult_t> NcclCommunicator::QueryAsyncState() {
+  ncclResult_t state = ncclInProgress;
+  {
+    absl::MutexLock lock(&nccl_mu_);
+    if (!aborted_) {
+      TESSERA_NCCL_CHECK(ncclCommGetAsyncError(comm_, &state));
+      return state;
+    }
+  }
+  return AbortedStatus();
+}
+
 absl::StatusOr<bool> NcclCommunicator::AwaitReady(Clock::time_point deadline) {
   Backoff backoff;
   while (true) {
-    ncclResult_t state = ncclInProgress;
-    ncclResult_t queried = ncclSuccess;
-    bool aborted = false;
-    {
-      absl::MutexLock lock(&nccl_mu_);
-      if (aborted_) {
-        aborted = true;
-      } else {
-        queried = ncclCommGetAsyncError(comm_, &state);
-      }
-    }
-    if (aborted) return AbortedStatus();
-    if (queried != ncclSuccess) {
-      return CheckCall<NcclCall>(queried, "ncclCommGetAsyncError(comm_, &state)", __FILE__,
-                                 __LINE__);
-    }
+    TESSERA_ASSIGN_OR_RETURN(ncclResult_t state, QueryAsyncState());
     if (state == ncclSuccess) return true;
     if (state != ncclInProgress) return AsyncError(state, absl::StrCat("group ", name_));
     if (Clock::now() >= deadline) return false;
@@ -598,24 +591,14 @@ absl::StatusOr<bool> NcclCommunicator::Progress(NcclWork& work) {
 }
 
 absl::Status NcclCommunicator::CheckAsyncError(const NcclWork& work) {
-  ncclResult_t state = ncclSuccess;
-  ncclResult_t queried = ncclSuccess;
-  bool aborted = false;
-  {
-    absl::MutexLock lock(&nccl_mu_);
-    if (aborted_) {
-      aborted = true;
-    } else {
-      queried = ncclCommGetAsyncError(comm_, &state);
-    }
-  }
-  if (aborted) return AbortedStatus();
+  absl::StatusOr<ncclResult_t> queried = QueryAsyncState();
   std::string where = absl::StrCat(work.Describe(), " in group ", name_);
-  if (queried != ncclSuccess) {
-    return Fail(WithContext(
-        CheckCall<NcclCall>(queried, "ncclCommGetAsyncError(comm_, &state)", __FILE__, __LINE__),
-        where));
+  if (!queried.ok()) {
+    // An aborted communicator has recorded its failure already.
+    if (!CheckUsable().ok()) return queried.status();
+    return Fail(WithContext(queried.status(), where));
   }
+  ncclResult_t state = *queried;
   // ncclInProgress: another launch on this communicator is still being set up.
   if (state == ncclSuccess || state == ncclInProgress) return absl::OkStatus();
   return Fail(AsyncError(state, absl::StrCat(where, " failed; the communicator was aborted")));

@@ -133,6 +133,8 @@ class NcclCommunicator final : public Communicator {
   // Polls ncclCommGetAsyncError until the communicator leaves ncclInProgress: true when
   // ready, false at the deadline, the NCCL error otherwise.
   absl::StatusOr<bool> AwaitReady(std::chrono::steady_clock::time_point deadline);
+  // ncclCommGetAsyncError under nccl_mu_; the recorded failure once aborted.
+  absl::StatusOr<ncclResult_t> QueryAsyncState();
   absl::Status ExchangeSignatures(const std::vector<OpSignature>& signatures);
   absl::Status GatherBytes(const void* mine, size_t bytes, void* all, const OpSignature& what);
 
