@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Makes tiny random-weight checkpoints of each supported architecture with Hugging Face
+transformers, and records what transformers computes for them: the logits of every
+position of a fixed prompt and a greedy continuation. Tessera's golden tests compare its
+own forward pass against these files at every tensor-parallel degree.
+
+How it was run (outputs are committed; the tests need no Python):
+  Debian 12's python3-torch (torch 1.13) and transformers 4.46.3 from PyPI in a venv with
+  system site packages:
+    python3 -m venv --system-site-packages VENV && VENV/bin/pip install transformers==4.46.3
+    VENV/bin/python tests/golden/models/generate.py tests/golden/models
+Eager attention, f32 (and one bf16 checkpoint), CPU. Greedy continuations are computed
+with one full forward pass per token and argmax over the last position's logits.
+"""
+
+import json
+import os
+import sys
+
+import torch
+import transformers
+from transformers import (GenerationConfig, GlmConfig, GlmForCausalLM, LlamaConfig,
+                          LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM)
+
+# Small enough to commit, shaped so that tensor parallelism at 1, 2 and 4 divides the heads,
+# the MLP and the vocabulary, and so that 4 ranks must replicate the 2 KV heads.
+COMMON = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+              rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, attn_implementation="eager")
+
+PROMPT = [1, 17, 200, 35, 99, 4, 250, 63, 128, 7, 42, 3]
+NEW_TOKENS = 12
+
+
+def models():
+    yield "llama", LlamaForCausalLM, LlamaConfig(
+        **COMMON, rope_theta=500000.0, tie_word_embeddings=False,
+        rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                          high_freq_factor=4.0, original_max_position_embeddings=16)), torch.float32
+    yield "llama_tied_linear", LlamaForCausalLM, LlamaConfig(
+        **COMMON, rope_theta=10000.0, tie_word_embeddings=True,
+        rope_scaling=dict(rope_type="linear", factor=2.0)), torch.float32
+    yield "llama_bf16", LlamaForCausalLM, LlamaConfig(
+        **COMMON, rope_theta=10000.0, tie_word_embeddings=False), torch.bfloat16
+    yield "mistral", MistralForCausalLM, MistralConfig(
+        **COMMON, rope_theta=10000.0, sliding_window=5, tie_word_embeddings=False), torch.float32
+    yield "qwen2", Qwen2ForCausalLM, Qwen2Config(
+        **COMMON, rope_theta=1000000.0, tie_word_embeddings=False,
+        use_sliding_window=False), torch.float32
+    glm = dict(COMMON)
+    glm["head_dim"] = 16
+    yield "glm", GlmForCausalLM, GlmConfig(
+        **glm, partial_rotary_factor=0.5, attention_bias=True, rope_theta=10000.0,
+        tie_word_embeddings=False, pad_token_id=0), torch.float32
+
+
+def main(out_dir):
+    torch.manual_seed(0)
+    summary = {"transformers": transformers.__version__, "torch": torch.__version__}
+    for name, cls, config, dtype in models():
+        model = cls(config).eval()
+        # Random weights well away from zero-mean-only init, so that every term matters.
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0.0, 0.08)
+            for n, p in model.named_parameters():
+                if "norm" in n:
+                    p.normal_(1.0, 0.1)
+        model = model.to(dtype)
+        path = os.path.join(out_dir, name)
+        model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2,
+                                                   do_sample=False)
+        model.save_pretrained(path, safe_serialization=True)
+        ids = torch.tensor([PROMPT])
+        with torch.no_grad():
+            logits = model(ids).logits[0].float()
+            # Greedy decoding, one full forward per token (what generate(do_sample=False)
+            # computes; generate itself fails to import with torch 1.13 on Python 3.11).
+            sequence = ids
+            for _ in range(NEW_TOKENS):
+                next_token = model(sequence).logits[0, -1].float().argmax()
+                sequence = torch.cat([sequence, next_token.view(1, 1)], dim=1)
+            generated = sequence[0, len(PROMPT):]
+        golden = {
+            "architecture": config.architectures[0] if config.architectures else cls.__name__,
+            "dtype": str(dtype).replace("torch.", ""),
+            "prompt": PROMPT,
+            "logits": [[round(float(x), 7) for x in row] for row in logits],
+            "greedy": [int(t) for t in generated],
+        }
+        with open(os.path.join(path, "golden.json"), "w") as f:
+            json.dump(golden, f)
+        summary[name] = {"architecture": golden["architecture"], "dtype": golden["dtype"],
+                         "greedy": golden["greedy"]}
+        print(name, golden["greedy"])
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.abspath(__file__)))
