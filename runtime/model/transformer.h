@@ -1,0 +1,122 @@
+#ifndef TESSERA_RUNTIME_MODEL_TRANSFORMER_H_
+#define TESSERA_RUNTIME_MODEL_TRANSFORMER_H_
+
+// One tensor-parallel rank's shard of a decoder-only transformer (Llama, Mistral, Qwen2, GLM)
+// and its forward pass on the CPU (MPI communicator).
+//
+// Megatron split: Q, K, V and gate/up are column-parallel, o_proj and down_proj
+// row-parallel with one all-reduce after each, the embedding and LM head vocab-parallel
+// (weight_plan.h). Every rank runs the same forward on its shard; collectives keep them in
+// step, so every call below is collective over the tensor-parallel group.
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "comm/communicator.h"
+#include "kernels/cpu/rotary.h"
+#include "kernels/cpu/sampling.h"
+#include "runtime/core/tensor.h"
+#include "runtime/model/model_config.h"
+#include "runtime/model/weight_loader.h"
+#include "runtime/model/weight_plan.h"
+
+namespace tessera::model {
+
+// Keys and values of every layer for this rank's KV heads, in fixed-size blocks:
+// k[l], v[l] are (num_blocks, block_size, kv_heads_local, head_dim) f32.
+struct KvCache {
+  int num_blocks = 0;
+  int block_size = 16;
+  std::vector<Tensor> k;
+  std::vector<Tensor> v;
+
+  int64_t capacity_tokens() const { return int64_t{num_blocks} * block_size; }
+};
+
+// The new tokens of a batch of sequences, back to back (see kernels/cpu/attention.h).
+// Sequence s owns rows [query_starts[s], query_starts[s+1]) and has context_lens[s] tokens
+// in the cache once they are written; block_tables is (S, max_blocks) and slot_mapping
+// gives each new token's cache slot (block * block_size + offset).
+struct ForwardBatch {
+  std::vector<int32_t> tokens;
+  std::vector<int32_t> positions;
+  std::vector<int32_t> query_starts;
+  std::vector<int32_t> context_lens;
+  std::vector<int32_t> block_tables;
+  int max_blocks = 0;
+  std::vector<int64_t> slot_mapping;
+
+  int num_sequences() const { return static_cast<int>(context_lens.size()); }
+};
+
+class Transformer {
+ public:
+  // Loads this rank's shard from a Hugging Face model directory (config.json,
+  // generation_config.json, safetensors). The rank and degree come from `tp`. Collective
+  // only in that every rank must load. Errors name the file, tensor or option at fault.
+  static absl::StatusOr<std::unique_ptr<Transformer>> Load(const std::string& dir,
+                                                           comm::Communicator& tp,
+                                                           const LoadOptions& options = {});
+
+  const ModelConfig& config() const { return config_; }
+  const WeightPlan& plan() const { return plan_; }
+  uint64_t weight_bytes() const { return weight_bytes_; }
+
+  // A cache of `num_blocks` blocks of `block_size` tokens for this rank's KV heads.
+  absl::StatusOr<KvCache> AllocateKvCache(int num_blocks, int block_size) const;
+  // Bytes of cache one token takes on this rank: 2 * layers * kv_heads_local * head_dim * 4.
+  int64_t KvBytesPerToken() const;
+
+  // Runs the batch through the model, writing its keys and values into `cache`. Returns this
+  // rank's logits shard, (rows, padded vocab shard) f32: one row per new token with
+  // `all_positions`, else one per sequence (its last token). Columns past the vocabulary's
+  // end (padding) hold -inf.
+  absl::StatusOr<Tensor> Forward(const ForwardBatch& batch, KvCache& cache, bool all_positions);
+
+  // The full logits (rows, vocab_size), gathered from every rank's shard.
+  absl::StatusOr<Tensor> GatherLogits(const Tensor& shard);
+  // The next token of each row under `params`, the same on every rank and at every degree:
+  // greedy rows need only each shard's maximum; sampled rows gather the full logits.
+  // draws[r] numbers row r's draw (its generated-token index) for the seeded generator.
+  absl::StatusOr<std::vector<int64_t>> NextTokens(const Tensor& shard,
+                                                  const kernels::SamplingParams& params,
+                                                  const std::vector<uint64_t>& draws);
+
+ private:
+  struct Layer {
+    Tensor input_norm, post_attention_norm;
+    Tensor post_self_attn_norm, post_mlp_norm;  // Glm4's extra norms, else undefined
+    Tensor q, k, v;                             // (rows of this rank's heads, hidden)
+    Tensor q_bias, k_bias, v_bias;              // or undefined
+    Tensor o;                                   // (hidden, q rows)
+    Tensor o_bias;                              // replicated, or undefined
+    Tensor gate_up;                             // (2 * intermediate shard, hidden)
+    Tensor down;                                // (hidden, intermediate shard)
+  };
+
+  Transformer(ModelConfig config, WeightPlan plan, comm::Communicator& tp)
+      : config_(std::move(config)), plan_(std::move(plan)), tp_(tp) {}
+  absl::Status TakeWeights(RankWeights weights);
+  absl::Status SumOverGroup(Tensor& partial);
+  absl::Status Attention(int layer, const Tensor& normed, const ForwardBatch& batch,
+                         const Tensor& positions, KvCache& cache, Tensor& out);
+
+  ModelConfig config_;
+  WeightPlan plan_;
+  comm::Communicator& tp_;
+  kernels::RotaryConfig rotary_;
+  std::vector<float> inv_freq_;
+  Tensor embed_;    // (padded vocab shard, hidden)
+  Tensor lm_head_;  // same shape; the embedding itself when tied
+  Tensor final_norm_;
+  std::vector<Layer> layers_;
+  uint64_t weight_bytes_ = 0;
+};
+
+}  // namespace tessera::model
+
+#endif  // TESSERA_RUNTIME_MODEL_TRANSFORMER_H_
