@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "launcher/comm_bench.h"
+#include "launcher/generate.h"
 #include "launcher/process.h"
 
 namespace {
@@ -17,6 +18,8 @@ struct Subcommand {
 };
 
 constexpr Subcommand kSubcommands[] = {
+    {"generate", "text from a Hugging Face model, tensor-parallel across MPI ranks",
+     tessera::launcher::RunGenerate},
     {"comm-bench", "collective bandwidth over MPI or NCCL, as nccl-tests (run under mpirun)",
      tessera::launcher::RunCommBench},
 };

@@ -1,0 +1,251 @@
+#include "launcher/generate.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "comm/layout.h"
+#include "comm/mpi/mpi_communicator.h"
+#include "comm/mpi/mpi_runtime.h"
+#include "comm/topology.h"
+#include "launcher/flags.h"
+#include "launcher/process.h"
+#include "runtime/core/status_macros.h"
+#include "runtime/model/default_model.h"
+#include "runtime/model/transformer.h"
+#include "runtime/tokenizer/tokenizer.h"
+
+namespace tessera::launcher {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct GenerateConfig {
+  std::string model;  // empty: the built-in default
+  int tp = 0;         // 0: every rank in one group
+  bool allow_cross_node_tp = false;
+  std::string prompt = "Hello";
+  std::string prompts_file;
+  int max_tokens = 64;
+  float temperature = 0.0f;
+  int top_k = 0;
+  float top_p = 1.0f;
+  int seed = 0;
+  bool ignore_eos = false;
+  std::string dtype = "auto";
+  absl::Duration timeout = absl::Minutes(5);
+  bool validate = false;
+};
+
+absl::StatusOr<std::vector<std::string>> ReadPrompts(const GenerateConfig& config) {
+  if (config.prompts_file.empty()) return std::vector<std::string>{config.prompt};
+  std::ifstream file(config.prompts_file);
+  if (!file) {
+    return absl::NotFoundError(absl::StrCat("--prompts: cannot read ", config.prompts_file));
+  }
+  std::vector<std::string> prompts;
+  for (std::string line; std::getline(file, line);) {
+    if (!line.empty()) prompts.push_back(line);
+  }
+  if (prompts.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--prompts: ", config.prompts_file, " holds no prompt (one per line)"));
+  }
+  return prompts;
+}
+
+// Statistics of one run, for the report on stderr.
+struct Throughput {
+  int64_t prefill_tokens = 0;
+  double prefill_seconds = 0;
+  int64_t decode_tokens = 0;
+  double decode_seconds = 0;
+};
+
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+// Generates for one prompt on this replica's group; its TP rank 0 writes the text as it
+// comes (to stdout when `stream`, else into *text).
+absl::Status GenerateOne(model::Transformer& model, const tokenizer::Tokenizer& tok,
+                         const GenerateConfig& config, const std::string& prompt, bool leader,
+                         bool stream, std::string* text, Throughput* stats) {
+  TESSERA_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, tok.Encode(prompt, true));
+  if (tokens.empty()) return absl::InvalidArgumentError("the prompt encodes to no tokens");
+  const model::ModelConfig& mc = model.config();
+  int64_t total = static_cast<int64_t>(tokens.size()) + config.max_tokens;
+  if (mc.max_position_embeddings > 0 && total > mc.max_position_embeddings) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("prompt (", tokens.size(), " tokens) + --max-tokens ", config.max_tokens,
+                     " exceeds the model's context of ", mc.max_position_embeddings, " tokens"));
+  }
+  constexpr int kBlock = 16;
+  int blocks = static_cast<int>((total + kBlock - 1) / kBlock);
+  TESSERA_ASSIGN_OR_RETURN(model::KvCache cache, model.AllocateKvCache(blocks, kBlock));
+  auto step = [&](int begin, int end) {
+    model::ForwardBatch batch;
+    batch.max_blocks = blocks;
+    for (int p = begin; p < end; ++p) {
+      batch.tokens.push_back(tokens[p]);
+      batch.positions.push_back(p);
+      batch.slot_mapping.push_back(p);
+    }
+    batch.query_starts = {0, end - begin};
+    batch.context_lens = {end};
+    for (int b = 0; b < blocks; ++b) batch.block_tables.push_back(b);
+    return model.Forward(batch, cache, /*all_positions=*/false);
+  };
+  kernels::SamplingParams sampling{config.temperature, config.top_k, config.top_p,
+                                   static_cast<uint64_t>(config.seed)};
+  std::vector<int64_t> stop = mc.generation.eos_token_ids;
+  if (stop.empty()) stop = mc.eos_token_ids;
+
+  tokenizer::StreamingDecoder decoder(tok, /*skip_special_tokens=*/true);
+  auto emit = [&](const std::string& piece) {
+    if (!leader || piece.empty()) return;
+    if (stream) {
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+      std::fflush(stdout);
+    } else {
+      text->append(piece);
+    }
+  };
+  auto start = Clock::now();
+  int prompt_length = static_cast<int>(tokens.size());
+  TESSERA_ASSIGN_OR_RETURN(Tensor logits, step(0, prompt_length));
+  stats->prefill_seconds += Seconds(start);
+  stats->prefill_tokens += prompt_length;
+  start = Clock::now();
+  for (int i = 0; i < config.max_tokens; ++i) {
+    TESSERA_ASSIGN_OR_RETURN(std::vector<int64_t> next,
+                             model.NextTokens(logits, sampling, {static_cast<uint64_t>(i)}));
+    int32_t token = static_cast<int32_t>(next[0]);
+    ++stats->decode_tokens;
+    if (!config.ignore_eos && std::find(stop.begin(), stop.end(), token) != stop.end()) break;
+    TESSERA_ASSIGN_OR_RETURN(std::string piece, decoder.Add(token));
+    emit(piece);
+    tokens.push_back(token);
+    if (i + 1 == config.max_tokens) break;
+    int length = static_cast<int>(tokens.size());
+    TESSERA_ASSIGN_OR_RETURN(logits, step(length - 1, length));
+  }
+  emit(decoder.Flush());
+  stats->decode_seconds += Seconds(start);
+  return absl::OkStatus();
+}
+
+absl::Status Generate(const GenerateConfig& config, int* argc, char*** argv) {
+  TESSERA_ASSIGN_OR_RETURN(std::vector<std::string> prompts, ReadPrompts(config));
+  std::optional<DType> dtype;
+  if (config.dtype == "f32") {
+    dtype = DType::kF32;
+  } else if (config.dtype == "bf16") {
+    dtype = DType::kBF16;
+  } else if (config.dtype != "auto") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--dtype: '", config.dtype, "' is not auto, f32 or bf16"));
+  }
+  TESSERA_RETURN_IF_ERROR(
+      kernels::ValidateSamplingParams({config.temperature, config.top_k, config.top_p, 0}));
+  if (config.max_tokens < 1) return absl::InvalidArgumentError("--max-tokens must be >= 1");
+
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<comm::MpiRuntime> mpi,
+                           comm::MpiRuntime::Initialize(argc, argv));
+  TESSERA_ASSIGN_OR_RETURN(comm::CommOptions options, comm::CommOptions::FromEnvironment());
+  options.timeout = config.timeout;
+  options.validate = options.validate || config.validate;
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<comm::MpiCommunicator> world,
+                           comm::MpiCommunicator::CreateWorld(options));
+  TESSERA_ASSIGN_OR_RETURN(comm::Topology topology, comm::Topology::Discover(*world));
+  comm::LayoutOptions layout_options{config.tp == 0 ? world->size() : config.tp,
+                                     config.allow_cross_node_tp};
+  TESSERA_ASSIGN_OR_RETURN(comm::Layout layout,
+                           comm::Layout::Create(*world, topology, layout_options));
+
+  std::string dir = config.model;
+  if (dir.empty()) {
+    TESSERA_ASSIGN_OR_RETURN(dir, model::EnsureDefaultModel());
+    if (world->rank() == 0) {
+      std::fprintf(stderr,
+                   "tessera: no --model given: using the built-in default %s (tiny, RANDOM "
+                   "weights: the text is meaningless) at %s\n",
+                   model::kDefaultModelName, dir.c_str());
+    }
+  }
+  bool leader = layout.tp_rank() == 0;
+  model::LoadOptions load;
+  load.dtype = dtype;
+  if (world->rank() == 0 && isatty(fileno(stderr))) {
+    load.progress = model::TerminalProgress(stderr, "loading");
+  }
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<model::Transformer> model,
+                           model::Transformer::Load(dir, layout.tp(), load));
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<tokenizer::Tokenizer> tok,
+                           tokenizer::Tokenizer::FromFile(dir + "/tokenizer.json"));
+
+  // Replicas take the prompts round robin; one replica streams, several print whole answers.
+  bool stream = layout.dp_size() == 1 && prompts.size() == 1;
+  Throughput stats;
+  for (size_t i = layout.dp_rank(); i < prompts.size(); i += layout.dp_size()) {
+    std::string text;
+    TESSERA_RETURN_IF_ERROR(
+        GenerateOne(*model, *tok, config, prompts[i], leader, stream, &text, &stats));
+    if (leader && stream) std::printf("\n");
+    if (leader && !stream) std::printf("[%zu] %s\n", i, text.c_str());
+    std::fflush(stdout);
+  }
+  if (world->rank() == 0) {
+    std::fprintf(stderr,
+                 "tessera: tp %d x dp %d; prefill %lld tokens at %.1f tokens/s, decode %lld "
+                 "tokens at %.1f tokens/s (replica 0)\n",
+                 layout.tp_size(), layout.dp_size(), static_cast<long long>(stats.prefill_tokens),
+                 stats.prefill_tokens / std::max(stats.prefill_seconds, 1e-9),
+                 static_cast<long long>(stats.decode_tokens),
+                 stats.decode_tokens / std::max(stats.decode_seconds, 1e-9));
+  }
+  return world->Barrier();
+}
+
+}  // namespace
+
+int RunGenerate(const std::vector<std::string>& args, int* argc, char*** argv) {
+  GenerateConfig config;
+  FlagSet flags("tessera generate",
+                "Generates text with a Hugging Face model directory (Llama, Mistral, Qwen2, GLM), "
+                "tensor-parallel across the ranks:\n  mpirun -np 2 tessera generate --tp 2 "
+                "--prompt \"Hello\"\nWithout --model it uses a built-in tiny model with random "
+                "weights. Greedy unless --temperature > 0.");
+  flags.String("model", &config.model, "Hugging Face model directory (default: built-in)");
+  flags.Int("tp", &config.tp, "tensor-parallel degree (0: all ranks in one group)");
+  flags.Bool("allow-cross-node-tp", &config.allow_cross_node_tp,
+             "let a tensor-parallel group span nodes");
+  flags.String("prompt", &config.prompt, "the prompt");
+  flags.String("prompts", &config.prompts_file, "a file of prompts, one per line");
+  flags.Int("max-tokens", &config.max_tokens, "tokens to generate per prompt");
+  flags.String("dtype", &config.dtype, "weights in memory: auto (as stored), f32 or bf16");
+  flags.Duration("timeout", &config.timeout, "deadline of each collective");
+  flags.Bool("validate", &config.validate, "ranks cross-check every collective");
+  flags.Bool("ignore-eos", &config.ignore_eos, "keep generating past end-of-sequence tokens");
+  flags.Int("top-k", &config.top_k, "sample among the k most likely tokens (0: all)");
+  flags.Int("seed", &config.seed, "seed of the sampler");
+  double temperature = 0, top_p = 1;
+  std::string temperature_text = "0", top_p_text = "1";
+  flags.String("temperature", &temperature_text, "sampling temperature (0: greedy)");
+  flags.String("top-p", &top_p_text, "nucleus sampling mass in (0, 1]");
+  if (std::optional<int> done = ParseOrExit(flags, args)) return *done;
+  if (!absl::SimpleAtod(temperature_text, &temperature) || !absl::SimpleAtod(top_p_text, &top_p)) {
+    std::fprintf(stderr, "tessera generate: --temperature and --top-p take numbers\n");
+    return kExitUsage;
+  }
+  config.temperature = static_cast<float>(temperature);
+  config.top_p = static_cast<float>(top_p);
+  return ReportExit(Generate(config, argc, argv));
+}
+
+}  // namespace tessera::launcher

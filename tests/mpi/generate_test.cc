@@ -1,0 +1,115 @@
+// `tessera generate` as a user runs it, under mpirun: the built-in default model is made on
+// first use (by every rank at once), greedy and seeded sampling give the same text at
+// TP 1, 2 and 4, replicas share a prompt file, and bad input fails with a message.
+// TESSERA_MPIRUN_COMMAND and TESSERA_BINARY come from CMake.
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+
+namespace {
+
+struct Outcome {
+  int exit_code = -1;
+  std::string out;  // stdout
+  std::string all;  // stdout and stderr
+};
+
+class Generate : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    char pattern[] = "/tmp/tessera-generate-test-XXXXXX";
+    cache_ = mkdtemp(pattern);
+  }
+  static void TearDownTestSuite() { std::filesystem::remove_all(cache_); }
+
+  static Outcome Run(int ranks, const std::string& flags) {
+    std::string base =
+        absl::StrCat(TESSERA_MPIRUN_COMMAND, " -np ", ranks, " env TESSERA_CACHE_DIR=", cache_, " ",
+                     TESSERA_BINARY, " generate ", flags);
+    Outcome outcome;
+    outcome.out = Capture(base + " 2>/dev/null", &outcome.exit_code);
+    int ignored = 0;
+    outcome.all = Capture(base + " 2>&1", &ignored);
+    return outcome;
+  }
+
+  static std::string Capture(const std::string& command, int* exit_code) {
+    std::string text;
+    FILE* pipe = popen(command.c_str(), "r");
+    if (pipe == nullptr) return text;
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof(chunk), pipe)) > 0) text.append(chunk, n);
+    int status = pclose(pipe);
+    *exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return text;
+  }
+
+  static std::string cache_;
+};
+
+std::string Generate::cache_;
+
+TEST_F(Generate, GreedyTextIsTheSameAtEveryTensorParallelDegree) {
+  Outcome one = Run(1, "--prompt 'The capital of France is' --max-tokens 24");
+  ASSERT_EQ(one.exit_code, 0) << one.all;
+  EXPECT_NE(one.all.find("RANDOM weights"), std::string::npos) << one.all;
+  EXPECT_NE(one.all.find("decode 24 tokens"), std::string::npos) << one.all;
+  EXPECT_GT(one.out.size(), 1u);
+  for (int ranks : {2, 4}) {
+    Outcome many = Run(ranks, absl::StrCat("--tp ", ranks,
+                                           " --prompt 'The capital of France is' --max-tokens 24"));
+    ASSERT_EQ(many.exit_code, 0) << many.all;
+    EXPECT_EQ(many.out, one.out) << "tp " << ranks;
+  }
+}
+
+TEST_F(Generate, SeededSamplingIsTheSameAtEveryDegreeAndDiffersFromGreedy) {
+  std::string flags =
+      "--prompt hi --max-tokens 24 --temperature 0.9 --top-k 40 --top-p 0.95 --seed 3";
+  Outcome one = Run(1, flags);
+  ASSERT_EQ(one.exit_code, 0) << one.all;
+  Outcome four = Run(4, flags);
+  ASSERT_EQ(four.exit_code, 0) << four.all;
+  EXPECT_EQ(four.out, one.out);
+  Outcome greedy = Run(1, "--prompt hi --max-tokens 24");
+  EXPECT_NE(greedy.out, one.out);
+}
+
+TEST_F(Generate, ReplicasShareAPromptFile) {
+  std::string path = cache_ + "/prompts.txt";
+  std::ofstream(path) << "first\nsecond\nthird\n";
+  Outcome outcome = Run(4, "--tp 2 --max-tokens 4 --prompts " + path);
+  ASSERT_EQ(outcome.exit_code, 0) << outcome.all;
+  for (const char* tag : {"[0] ", "[1] ", "[2] "}) {
+    EXPECT_NE(outcome.out.find(tag), std::string::npos) << tag << "\n" << outcome.out;
+  }
+  EXPECT_NE(outcome.all.find("tp 2 x dp 2"), std::string::npos) << outcome.all;
+}
+
+TEST_F(Generate, BadInputFailsWithAMessage) {
+  Outcome missing = Run(2, "--model /nonexistent-model-dir");
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_NE(missing.all.find("/nonexistent-model-dir/config.json"), std::string::npos)
+      << missing.all;
+  Outcome tp = Run(2, "--tp 3");
+  EXPECT_NE(tp.exit_code, 0);
+  EXPECT_NE(tp.all.find("does not divide"), std::string::npos) << tp.all;
+  Outcome sampling = Run(1, "--temperature -1");
+  EXPECT_NE(sampling.exit_code, 0);
+  EXPECT_NE(sampling.all.find("temperature"), std::string::npos) << sampling.all;
+  Outcome long_request = Run(1, "--max-tokens 100000");
+  EXPECT_NE(long_request.exit_code, 0);
+  EXPECT_NE(long_request.all.find("exceeds the model's context"), std::string::npos)
+      << long_request.all;
+}
+
+}  // namespace
