@@ -318,13 +318,8 @@ absl::Status CheckConfig(const BenchConfig& config) {
 }
 
 absl::Status RunBench(const BenchConfig& config, int* argc, char*** argv) {
-  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<comm::MpiRuntime> mpi,
-                           comm::MpiRuntime::Initialize(argc, argv));
-  TESSERA_ASSIGN_OR_RETURN(comm::CommOptions options, comm::CommOptions::FromEnvironment());
-  options.timeout = config.timeout;
-  options.validate = options.validate || config.validate;
-  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<comm::MpiCommunicator> world,
-                           comm::MpiCommunicator::CreateWorld(options));
+  TESSERA_ASSIGN_OR_RETURN(MpiJob job, StartMpiJob(argc, argv, config.timeout, config.validate));
+  std::unique_ptr<comm::MpiCommunicator>& world = job.world;
   std::unique_ptr<Communicator> device_comm;
   if (config.backend == "nccl") {
 #if TESSERA_HAVE_CUDA

@@ -155,13 +155,8 @@ absl::Status Generate(const GenerateConfig& config, int* argc, char*** argv) {
       kernels::ValidateSamplingParams({config.temperature, config.top_k, config.top_p, 0}));
   if (config.max_tokens < 1) return absl::InvalidArgumentError("--max-tokens must be >= 1");
 
-  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<comm::MpiRuntime> mpi,
-                           comm::MpiRuntime::Initialize(argc, argv));
-  TESSERA_ASSIGN_OR_RETURN(comm::CommOptions options, comm::CommOptions::FromEnvironment());
-  options.timeout = config.timeout;
-  options.validate = options.validate || config.validate;
-  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<comm::MpiCommunicator> world,
-                           comm::MpiCommunicator::CreateWorld(options));
+  TESSERA_ASSIGN_OR_RETURN(MpiJob job, StartMpiJob(argc, argv, config.timeout, config.validate));
+  std::unique_ptr<comm::MpiCommunicator>& world = job.world;
   TESSERA_ASSIGN_OR_RETURN(comm::Topology topology, comm::Topology::Discover(*world));
   comm::LayoutOptions layout_options{config.tp == 0 ? world->size() : config.tp,
                                      config.allow_cross_node_tp};

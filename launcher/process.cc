@@ -7,8 +7,19 @@
 #include "absl/strings/str_cat.h"
 #include "comm/mpi/mpi_runtime.h"
 #include "runtime/core/check.h"
+#include "runtime/core/status_macros.h"
 
 namespace tessera::launcher {
+
+absl::StatusOr<MpiJob> StartMpiJob(int* argc, char*** argv, absl::Duration timeout, bool validate) {
+  MpiJob job;
+  TESSERA_ASSIGN_OR_RETURN(job.runtime, comm::MpiRuntime::Initialize(argc, argv));
+  TESSERA_ASSIGN_OR_RETURN(comm::CommOptions options, comm::CommOptions::FromEnvironment());
+  options.timeout = timeout;
+  options.validate = options.validate || validate;
+  TESSERA_ASSIGN_OR_RETURN(job.world, comm::MpiCommunicator::CreateWorld(options));
+  return job;
+}
 
 std::optional<int> ParseOrExit(FlagSet& flags, const std::vector<std::string>& args) {
   bool help = false;

@@ -3,11 +3,16 @@
 
 // How a subcommand turns its flags and its final status into an exit code.
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "comm/mpi/mpi_communicator.h"
+#include "comm/mpi/mpi_runtime.h"
 #include "launcher/flags.h"
 
 namespace tessera::launcher {
@@ -16,6 +21,17 @@ namespace tessera::launcher {
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitFailure = 1;  // the job failed (message on stderr)
 inline constexpr int kExitUsage = 2;    // bad command line
+
+// MPI and the world communicator for one subcommand's run. Members are destroyed in reverse
+// order: the world communicator before MPI itself.
+struct MpiJob {
+  std::unique_ptr<comm::MpiRuntime> runtime;
+  std::unique_ptr<comm::MpiCommunicator> world;
+};
+
+// Starts MPI and the world communicator with the environment's communicator settings,
+// overridden by the --timeout and --validate flags (validation is on if either asks).
+absl::StatusOr<MpiJob> StartMpiJob(int* argc, char*** argv, absl::Duration timeout, bool validate);
 
 // Parses flags. Returns an exit code when the subcommand should stop now: kExitOk after
 // printing --help, kExitUsage after printing a parse error. nullopt to go on.

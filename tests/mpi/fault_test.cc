@@ -4,37 +4,22 @@
 // non-zero. TESSERA_MPIRUN_COMMAND and TESSERA_FAULT_PROBE come from CMake.
 
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
-#include <chrono>
-#include <cstdio>
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "tests/mpi/process_runner.h"
 
 namespace {
 
-struct Outcome {
-  int exit_code = -1;
-  std::string output;
-  double seconds = 0;
-};
+using ::tessera::testing::ProcessOutcome;
+using ::tessera::testing::RunCommand;
+using Outcome = ProcessOutcome;
 
 Outcome RunProbe(const std::string& scenario, int ranks, const std::string& mpirun_flags) {
-  std::string command =
-      absl::StrCat(TESSERA_MPIRUN_COMMAND, " ", mpirun_flags, " -np ", ranks,
-                   " env TESSERA_COMM_TIMEOUT=2 ", TESSERA_FAULT_PROBE, " ", scenario, " 2>&1");
-  Outcome outcome;
-  auto start = std::chrono::steady_clock::now();
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return outcome;
-  char chunk[4096];
-  size_t n;
-  while ((n = fread(chunk, 1, sizeof(chunk), pipe)) > 0) outcome.output.append(chunk, n);
-  int status = pclose(pipe);
-  outcome.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  outcome.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return outcome;
+  return RunCommand(absl::StrCat(TESSERA_MPIRUN_COMMAND, " ", mpirun_flags, " -np ", ranks,
+                                 " env TESSERA_COMM_TIMEOUT=2 ", TESSERA_FAULT_PROBE, " ", scenario,
+                                 " 2>&1"));
 }
 
 // mpirun normally tears the whole job down the moment a rank exits abnormally, before any

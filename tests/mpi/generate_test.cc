@@ -5,7 +5,6 @@
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
-#include <sys/wait.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -13,8 +12,11 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "tests/mpi/process_runner.h"
 
 namespace {
+
+using ::tessera::testing::RunCommand;
 
 struct Outcome {
   int exit_code = -1;
@@ -35,22 +37,11 @@ class Generate : public ::testing::Test {
         absl::StrCat(TESSERA_MPIRUN_COMMAND, " -np ", ranks, " env TESSERA_CACHE_DIR=", cache_, " ",
                      TESSERA_BINARY, " generate ", flags);
     Outcome outcome;
-    outcome.out = Capture(base + " 2>/dev/null", &outcome.exit_code);
-    int ignored = 0;
-    outcome.all = Capture(base + " 2>&1", &ignored);
+    tessera::testing::ProcessOutcome quiet = RunCommand(base + " 2>/dev/null");
+    outcome.exit_code = quiet.exit_code;
+    outcome.out = quiet.output;
+    outcome.all = RunCommand(base + " 2>&1").output;
     return outcome;
-  }
-
-  static std::string Capture(const std::string& command, int* exit_code) {
-    std::string text;
-    FILE* pipe = popen(command.c_str(), "r");
-    if (pipe == nullptr) return text;
-    char chunk[4096];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof(chunk), pipe)) > 0) text.append(chunk, n);
-    int status = pclose(pipe);
-    *exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    return text;
   }
 
   static std::string cache_;
