@@ -9,9 +9,11 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
 #include "tests/mpi/process_runner.h"
 
 namespace {
@@ -84,6 +86,26 @@ TEST_F(Generate, ReplicasShareAPromptFile) {
     EXPECT_NE(outcome.out.find(tag), std::string::npos) << tag << "\n" << outcome.out;
   }
   EXPECT_NE(outcome.all.find("tp 2 x dp 2"), std::string::npos) << outcome.all;
+}
+
+// Published-style checkpoint directories (Qwen2 and GLM, each with its tokenizer.json) work
+// as they are: the text equals what transformers' greedy decoding and tokenizer produce.
+TEST_F(Generate, HuggingFaceModelDirectoriesGiveTransformersText) {
+  for (const char* name : {"qwen2_chat", "glm_chat"}) {
+    std::string dir = std::string(TESSERA_GOLDEN_MODELS) + "/" + name;
+    std::ifstream file(dir + "/golden_text.json");
+    std::stringstream text;
+    text << file.rdbuf();
+    nlohmann::json golden = nlohmann::json::parse(text.str());
+    std::string expected = golden["text"].get<std::string>() + "\n";
+    for (int ranks : {1, 2, 4}) {
+      Outcome outcome = Run(ranks, absl::StrCat("--model ", dir, " --tp ", ranks, " --prompt '",
+                                                golden["prompt_text"].get<std::string>(),
+                                                "' --max-tokens 12 --ignore-eos"));
+      ASSERT_EQ(outcome.exit_code, 0) << outcome.all;
+      EXPECT_EQ(outcome.out, expected) << name << " at tp " << ranks;
+    }
+  }
 }
 
 TEST_F(Generate, BadInputFailsWithAMessage) {

@@ -9,7 +9,9 @@ How it was run (outputs are committed; the tests need no Python):
   system site packages:
     python3 -m venv --system-site-packages VENV && VENV/bin/pip install transformers==4.46.3
     VENV/bin/python tests/golden/models/generate.py tests/golden/models
-Eager attention, f32 (and one bf16 checkpoint), CPU. Greedy continuations are computed
+Eager attention, f32 (and one bf16 checkpoint), CPU. qwen2_chat and glm_chat are complete
+model directories with the tokenizer.json of tests/golden/tokenizer and the greedy text
+that transformers' tokenizer decodes, for `tessera generate` end to end. Greedy continuations are computed
 with one full forward pass per token and argmax over the last position's logits.
 """
 
@@ -20,8 +22,8 @@ import sys
 import torch
 import transformers
 from transformers import (GenerationConfig, GlmConfig, GlmForCausalLM, LlamaConfig,
-                          LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
-                          Qwen2ForCausalLM)
+                          LlamaForCausalLM, MistralConfig, MistralForCausalLM,
+                          PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM)
 
 # Small enough to commit, shaped so that tensor parallelism at 1, 2 and 4 divides the heads,
 # the MLP and the vocabulary, and so that 4 ranks must replicate the 2 KV heads.
@@ -53,6 +55,55 @@ def models():
     yield "glm", GlmForCausalLM, GlmConfig(
         **glm, partial_rotary_factor=0.5, attention_bias=True, rope_theta=10000.0,
         tie_word_embeddings=False, pad_token_id=0), torch.float32
+
+
+TOKENIZERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tokenizer")
+TEXT_PROMPT = "The capital of France is"
+
+
+def tokenized_models():
+    """Complete model directories with a tokenizer.json, as published checkpoints come: the
+    vocabulary is the tokenizer's (1785 and 1777 tokens, which 4 ranks do not divide)."""
+    for name, cls, config_cls, extra, tokenizer in [
+            ("qwen2_chat", Qwen2ForCausalLM, Qwen2Config,
+             dict(rope_theta=1000000.0, use_sliding_window=False), "qwen2"),
+            ("glm_chat", GlmForCausalLM, GlmConfig,
+             dict(head_dim=16, partial_rotary_factor=0.5, attention_bias=True,
+                  rope_theta=10000.0, pad_token_id=0), "glm4")]:
+        path = os.path.join(TOKENIZERS, tokenizer + ".tokenizer.json")
+        tok = PreTrainedTokenizerFast(tokenizer_file=path)
+        common = dict(COMMON)
+        common["vocab_size"] = len(tok)
+        yield name, cls, config_cls(**common, **extra, tie_word_embeddings=False), tok, path
+
+
+def make_tokenized(out_dir, summary):
+    for name, cls, config, tok, tokenizer_path in tokenized_models():
+        model = cls(config).eval()
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.normal_(1.0, 0.1) if "norm" in n else p.normal_(0.0, 0.08)
+        path = os.path.join(out_dir, name)
+        model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2,
+                                                   do_sample=False)
+        model.save_pretrained(path, safe_serialization=True)
+        with open(tokenizer_path) as f, open(os.path.join(path, "tokenizer.json"), "w") as g:
+            g.write(f.read())
+        prompt = tok.encode(TEXT_PROMPT)
+        sequence = torch.tensor([prompt])
+        with torch.no_grad():
+            for _ in range(NEW_TOKENS):
+                next_token = model(sequence).logits[0, -1].argmax()
+                sequence = torch.cat([sequence, next_token.view(1, 1)], dim=1)
+        generated = [int(t) for t in sequence[0, len(prompt):]]
+        golden = {"architecture": type(model).__name__, "dtype": "float32",
+                  "prompt_text": TEXT_PROMPT, "prompt": prompt, "greedy": generated,
+                  "text": tok.decode(generated, skip_special_tokens=True)}
+        with open(os.path.join(path, "golden_text.json"), "w") as f:
+            json.dump(golden, f, ensure_ascii=False)
+        summary[name] = {"architecture": golden["architecture"], "greedy": generated,
+                         "text": golden["text"]}
+        print(name, generated, repr(golden["text"]))
 
 
 def main(out_dir):
@@ -94,6 +145,7 @@ def main(out_dir):
         summary[name] = {"architecture": golden["architecture"], "dtype": golden["dtype"],
                          "greedy": golden["greedy"]}
         print(name, golden["greedy"])
+    make_tokenized(out_dir, summary)
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
 
