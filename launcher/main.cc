@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "launcher/bench.h"
 #include "launcher/comm_bench.h"
 #include "launcher/generate.h"
 #include "launcher/process.h"
@@ -20,6 +21,8 @@ struct Subcommand {
 constexpr Subcommand kSubcommands[] = {
     {"generate", "text from a Hugging Face model, tensor-parallel across MPI ranks",
      tessera::launcher::RunGenerate},
+    {"bench", "throughput benchmarks: bench generate (prefill and decode at batch 1)",
+     tessera::launcher::RunBench},
     {"comm-bench", "collective bandwidth over MPI or NCCL, as nccl-tests (run under mpirun)",
      tessera::launcher::RunCommBench},
 };

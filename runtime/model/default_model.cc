@@ -18,14 +18,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Shape: divisible by tensor-parallel degrees up to 8 (heads, KV heads, MLP); the vocabulary
-// (256 bytes + 2 special tokens) is padded per rank like any other.
-constexpr int kHidden = 128;
-constexpr int kLayers = 4;
-constexpr int kHeads = 8;
-constexpr int kKvHeads = 4;
-constexpr int kIntermediate = 352;
-constexpr int kVocab = 258;
 constexpr int kBeginOfText = 256;
 constexpr int kEndOfText = 257;
 
@@ -105,15 +97,15 @@ nlohmann::json TokenizerJson() {
             {"merges", nlohmann::json::array()}}}};
 }
 
-nlohmann::json ConfigJson() {
+nlohmann::json ConfigJson(const RandomLlamaShape& shape) {
   return {{"architectures", {"LlamaForCausalLM"}},
           {"model_type", "llama"},
-          {"vocab_size", kVocab},
-          {"hidden_size", kHidden},
-          {"intermediate_size", kIntermediate},
-          {"num_hidden_layers", kLayers},
-          {"num_attention_heads", kHeads},
-          {"num_key_value_heads", kKvHeads},
+          {"vocab_size", shape.vocab},
+          {"hidden_size", shape.hidden},
+          {"intermediate_size", shape.intermediate},
+          {"num_hidden_layers", shape.layers},
+          {"num_attention_heads", shape.heads},
+          {"num_key_value_heads", shape.kv_heads},
           {"hidden_act", "silu"},
           {"max_position_embeddings", 4096},
           {"rms_norm_eps", 1e-5},
@@ -121,7 +113,7 @@ nlohmann::json ConfigJson() {
           {"rope_scaling", nullptr},
           {"attention_bias", false},
           {"tie_word_embeddings", false},
-          {"torch_dtype", "float32"},
+          {"torch_dtype", shape.dtype == DType::kBF16 ? "bfloat16" : "float32"},
           {"bos_token_id", kBeginOfText},
           {"eos_token_id", kEndOfText}};
 }
@@ -142,9 +134,14 @@ class WeightSource {
   uint64_t state_ = 20261121;
 };
 
-absl::StatusOr<Tensor> Filled(WeightSource& source, Shape shape, float center, float scale) {
-  TESSERA_ASSIGN_OR_RETURN(Tensor t, Tensor::Empty(DType::kF32, std::move(shape)));
-  for (float& v : t.span<float>()) v = center + source.Next(scale);
+absl::StatusOr<Tensor> Filled(WeightSource& source, DType dtype, Shape shape, float center,
+                              float scale) {
+  TESSERA_ASSIGN_OR_RETURN(Tensor t, Tensor::Empty(dtype, std::move(shape)));
+  if (dtype == DType::kBF16) {
+    for (BFloat16& v : t.span<BFloat16>()) v = BFloat16::FromFloat(center + source.Next(scale));
+  } else {
+    for (float& v : t.span<float>()) v = center + source.Next(scale);
+  }
   return t;
 }
 
@@ -167,15 +164,17 @@ std::string DefaultCacheDirectory() {
   return (fs::path(home && *home ? home : "/tmp") / ".cache" / "tessera").string();
 }
 
-absl::Status WriteDefaultModel(const std::string& dir) {
+absl::Status WriteRandomLlama(const std::string& dir, const RandomLlamaShape& shape) {
   fs::path root(dir);
   WeightSource source;
   std::vector<std::pair<std::string, Tensor>> tensors;
-  auto add = [&](std::string name, Shape shape, float center, float scale) -> absl::Status {
-    TESSERA_ASSIGN_OR_RETURN(Tensor t, Filled(source, std::move(shape), center, scale));
+  auto add = [&](std::string name, Shape dims, float center, float scale) -> absl::Status {
+    TESSERA_ASSIGN_OR_RETURN(Tensor t, Filled(source, shape.dtype, std::move(dims), center, scale));
     tensors.emplace_back(std::move(name), std::move(t));
     return absl::OkStatus();
   };
+  const int kHidden = shape.hidden, kHeads = shape.heads, kKvHeads = shape.kv_heads;
+  const int kIntermediate = shape.intermediate, kVocab = shape.vocab, kLayers = shape.layers;
   int head_dim = kHidden / kHeads;
   // Uniform(-a, a) with a = sqrt(3 / fan_in): unit-variance activations through each layer.
   float in_scale = std::sqrt(3.0f / kHidden), down_scale = std::sqrt(3.0f / kIntermediate);
@@ -203,10 +202,32 @@ absl::Status WriteDefaultModel(const std::string& dir) {
   TESSERA_RETURN_IF_ERROR(add("lm_head.weight", {kVocab, kHidden}, 0.0f, in_scale * 4));
   TESSERA_RETURN_IF_ERROR(WriteSafetensors((root / "model.safetensors").string(), tensors,
                                            {{"format", "pt"}, {"tessera", "random weights"}}));
-  TESSERA_RETURN_IF_ERROR(WriteText(root / "config.json", ConfigJson().dump(2)));
+  TESSERA_RETURN_IF_ERROR(WriteText(root / "config.json", ConfigJson(shape).dump(2)));
   nlohmann::json generation = {
       {"bos_token_id", kBeginOfText}, {"eos_token_id", kEndOfText}, {"do_sample", false}};
   TESSERA_RETURN_IF_ERROR(WriteText(root / "generation_config.json", generation.dump(2)));
+  return WriteText(root / "README.md",
+                   "A Llama-architecture checkpoint with RANDOM weights, generated "
+                   "deterministically by Tessera. Its output is meaningless.\n");
+}
+
+RandomLlamaShape DefaultModelShape() { return RandomLlamaShape{}; }
+
+RandomLlamaShape BenchModelShape() {
+  RandomLlamaShape shape;
+  shape.hidden = 1024;
+  shape.layers = 24;
+  shape.heads = 16;
+  shape.kv_heads = 8;
+  shape.intermediate = 4096;
+  shape.vocab = 32000;
+  shape.dtype = DType::kBF16;
+  return shape;
+}
+
+absl::Status WriteDefaultModel(const std::string& dir) {
+  fs::path root(dir);
+  TESSERA_RETURN_IF_ERROR(WriteRandomLlama(dir, DefaultModelShape()));
   TESSERA_RETURN_IF_ERROR(WriteText(root / "tokenizer.json", TokenizerJson().dump()));
   nlohmann::json tokenizer_config = {{"bos_token", "<|begin_of_text|>"},
                                      {"eos_token", "<|end_of_text|>"},
@@ -220,7 +241,12 @@ absl::Status WriteDefaultModel(const std::string& dir) {
 }
 
 absl::StatusOr<std::string> EnsureDefaultModel() {
-  fs::path dir = fs::path(DefaultCacheDirectory()) / kDefaultModelName;
+  return EnsureCachedModel(kDefaultModelName, WriteDefaultModel);
+}
+
+absl::StatusOr<std::string> EnsureCachedModel(
+    const std::string& name, const std::function<absl::Status(const std::string&)>& write) {
+  fs::path dir = fs::path(DefaultCacheDirectory()) / name;
   std::error_code error;
   if (fs::exists(dir / "model.safetensors", error)) return dir.string();
   fs::create_directories(dir.parent_path(), error);
@@ -229,14 +255,14 @@ absl::StatusOr<std::string> EnsureDefaultModel() {
                                                     dir.parent_path().string(), ": ",
                                                     error.message(), " (set TESSERA_CACHE_DIR)"));
   }
-  fs::path staging = dir.parent_path() / absl::StrCat(".", kDefaultModelName, ".", getpid());
+  fs::path staging = dir.parent_path() / absl::StrCat(".", name, ".", getpid());
   fs::remove_all(staging, error);
   fs::create_directories(staging, error);
   if (error) {
     return absl::PermissionDeniedError(
         absl::StrCat("cannot create ", staging.string(), ": ", error.message()));
   }
-  absl::Status written = WriteDefaultModel(staging.string());
+  absl::Status written = write(staging.string());
   if (!written.ok()) {
     fs::remove_all(staging, error);
     return written;

@@ -8,9 +8,11 @@
 // (config.json, generation_config.json, model.safetensors, tokenizer.json,
 // tokenizer_config.json) and loads through the same code as any published checkpoint.
 
+#include <functional>
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "runtime/core/dtype.h"
 
 namespace tessera::model {
 
@@ -28,6 +30,30 @@ absl::StatusOr<std::string> EnsureDefaultModel();
 
 // Writes the default model's files into `dir` (which must exist).
 absl::Status WriteDefaultModel(const std::string& dir);
+
+// The shape of a random Llama-architecture checkpoint. The defaults are the built-in default
+// model's: divisible by tensor-parallel degrees up to 8 (heads, KV heads, MLP); its
+// vocabulary (256 bytes + 2 special tokens) is padded per rank like any other.
+struct RandomLlamaShape {
+  int hidden = 128;
+  int layers = 4;
+  int heads = 8;
+  int kv_heads = 4;
+  int intermediate = 352;
+  int vocab = 258;
+  DType dtype = DType::kF32;
+};
+RandomLlamaShape DefaultModelShape();
+// About half a billion parameters in bf16 (hidden 1024, 24 layers, MLP 4096, vocab 32000),
+// for throughput benchmarks; no tokenizer.
+RandomLlamaShape BenchModelShape();
+
+// config.json, generation_config.json and model.safetensors of a random Llama of `shape`.
+absl::Status WriteRandomLlama(const std::string& dir, const RandomLlamaShape& shape);
+
+// `name`'s folder in the cache, made with `write` first when absent (see EnsureDefaultModel).
+absl::StatusOr<std::string> EnsureCachedModel(
+    const std::string& name, const std::function<absl::Status(const std::string&)>& write);
 
 }  // namespace tessera::model
 

@@ -1,0 +1,212 @@
+// `tessera bench generate`: prefill and decode tokens/s at batch 1, beside the memory-
+// bandwidth limit of decode (the weight bytes every token must read, over the bandwidth
+// measured on this machine).
+
+#include <mpi.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "comm/layout.h"
+#include "comm/topology.h"
+#include "launcher/bench.h"
+#include "launcher/flags.h"
+#include "launcher/process.h"
+#include "runtime/core/status_macros.h"
+#include "runtime/model/default_model.h"
+#include "runtime/model/transformer.h"
+
+namespace tessera::launcher {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct BenchGenerateConfig {
+  std::string model;  // empty: the built-in default and the ~0.5B random Llama
+  int tp = 0;
+  int prompt_tokens = 128;
+  int decode_tokens = 32;
+  absl::Duration timeout = absl::Minutes(5);
+};
+
+double Since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Read bandwidth of this node's memory, bytes/s: `threads` threads on every rank of the node
+// each sum their own 256 MB buffer at once; the node's figure is the sum over its ranks
+// (here all ranks, since the benchmark runs on one node). Best of three.
+absl::StatusOr<double> MeasureReadBandwidth(int threads) {
+  constexpr size_t kFloats = (size_t{256} << 20) / sizeof(float);
+  std::vector<std::vector<float>> buffers(threads, std::vector<float>(kFloats, 1.0f));
+  double best = 0;
+  for (int round = 0; round < 3; ++round) {
+    MPI_Barrier(MPI_COMM_WORLD);
+    auto start = Clock::now();
+    std::vector<std::thread> readers;
+    std::vector<float> sums(threads);
+    for (int t = 0; t < threads; ++t) {
+      readers.emplace_back([&, t] {
+        float partial[16] = {};
+        const float* data = buffers[t].data();
+        for (size_t i = 0; i < kFloats; i += 16) {
+          for (int j = 0; j < 16; ++j) partial[j] += data[i + j];
+        }
+        for (float p : partial) sums[t] += p;
+      });
+    }
+    for (std::thread& r : readers) r.join();
+    double mine = static_cast<double>(threads) * kFloats * sizeof(float) / Since(start);
+    if (sums[0] < 0) mine = 0;  // keeps the reads from being optimized away
+    double node = 0;
+    MPI_Allreduce(&mine, &node, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    best = std::max(best, node);
+  }
+  return best;
+}
+
+struct Row {
+  std::string name;
+  double parameters_billion = 0;
+  double weight_bytes = 0;  // all ranks
+  double prefill_tps = 0;
+  double decode_tps = 0;
+};
+
+absl::StatusOr<Row> BenchOne(const std::string& name, const std::string& dir,
+                             const BenchGenerateConfig& config, comm::Communicator& tp) {
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<model::Transformer> model,
+                           model::Transformer::Load(dir, tp));
+  const model::ModelConfig& mc = model->config();
+  int total = config.prompt_tokens + config.decode_tokens;
+  constexpr int kBlock = 16;
+  int blocks = (total + kBlock - 1) / kBlock;
+  TESSERA_ASSIGN_OR_RETURN(model::KvCache cache, model->AllocateKvCache(blocks, kBlock));
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < config.prompt_tokens; ++i) {
+    tokens.push_back(static_cast<int32_t>((i * 7919 + 13) % mc.vocab_size));
+  }
+  auto step = [&](int begin, int end) {
+    model::ForwardBatch batch;
+    batch.max_blocks = blocks;
+    for (int p = begin; p < end; ++p) {
+      batch.tokens.push_back(tokens[p]);
+      batch.positions.push_back(p);
+      batch.slot_mapping.push_back(p);
+    }
+    batch.query_starts = {0, end - begin};
+    batch.context_lens = {end};
+    for (int b = 0; b < blocks; ++b) batch.block_tables.push_back(b);
+    return model->Forward(batch, cache, false);
+  };
+  MPI_Barrier(MPI_COMM_WORLD);
+  auto start = Clock::now();
+  TESSERA_ASSIGN_OR_RETURN(Tensor logits, step(0, config.prompt_tokens));
+  double prefill = Since(start);
+  start = Clock::now();
+  for (int i = 0; i < config.decode_tokens; ++i) {
+    TESSERA_ASSIGN_OR_RETURN(std::vector<int64_t> next, model->NextTokens(logits, {}, {0}));
+    tokens.push_back(static_cast<int32_t>(next[0]));
+    int length = static_cast<int>(tokens.size());
+    TESSERA_ASSIGN_OR_RETURN(logits, step(length - 1, length));
+  }
+  double decode = Since(start);
+  double mine = static_cast<double>(model->weight_bytes()), all = 0;
+  MPI_Allreduce(&mine, &all, 1, MPI_DOUBLE, MPI_SUM,
+                tp.size() == 1 ? MPI_COMM_SELF : MPI_COMM_WORLD);
+  Row row;
+  row.name = name;
+  int64_t per_layer = 2 * mc.hidden_size * mc.q_size() + 2 * mc.hidden_size * mc.kv_size() +
+                      3 * mc.hidden_size * mc.intermediate_size;
+  row.parameters_billion =
+      (mc.num_hidden_layers * per_layer + 2 * mc.vocab_size * mc.hidden_size) / 1e9;
+  row.weight_bytes = all;
+  row.prefill_tps = config.prompt_tokens / prefill;
+  row.decode_tps = config.decode_tokens / decode;
+  return row;
+}
+
+absl::Status BenchGenerate(const BenchGenerateConfig& config, int* argc, char*** argv) {
+  if (config.prompt_tokens < 1 || config.decode_tokens < 1) {
+    return absl::InvalidArgumentError("--prompt-tokens and --decode-tokens must be >= 1");
+  }
+  TESSERA_ASSIGN_OR_RETURN(MpiJob job, StartMpiJob(argc, argv, config.timeout, false));
+  comm::MpiCommunicator& world = *job.world;
+  TESSERA_ASSIGN_OR_RETURN(comm::Topology topology, comm::Topology::Discover(world));
+  if (topology.hosts().size() != 1) {
+    return absl::FailedPreconditionError("bench generate measures one node; run it on one host");
+  }
+  TESSERA_ASSIGN_OR_RETURN(
+      comm::Layout layout,
+      comm::Layout::Create(world, topology, {config.tp == 0 ? world.size() : config.tp, false}));
+  if (layout.dp_size() != 1) {
+    return absl::InvalidArgumentError("bench generate runs one replica: give --tp the rank count");
+  }
+  std::vector<std::pair<std::string, std::string>> models;
+  if (!config.model.empty()) {
+    models.emplace_back(config.model, config.model);
+  } else {
+    TESSERA_ASSIGN_OR_RETURN(std::string tiny, model::EnsureDefaultModel());
+    models.emplace_back("default (random, f32)", tiny);
+    if (world.rank() == 0) std::fprintf(stderr, "preparing the ~0.5B random Llama (bf16)...\n");
+    TESSERA_ASSIGN_OR_RETURN(
+        std::string big,
+        model::EnsureCachedModel("tessera-llama-0.5b-random-v1", [](const std::string& dir) {
+          return model::WriteRandomLlama(dir, model::BenchModelShape());
+        }));
+    models.emplace_back("llama-0.5b (random, bf16)", big);
+  }
+  int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  int threads = std::max(1, cores / world.size());
+  TESSERA_ASSIGN_OR_RETURN(double bandwidth, MeasureReadBandwidth(threads));
+  if (world.rank() == 0) {
+    std::printf("# tessera bench generate: batch 1, tp %d, %d prompt tokens, %d decoded\n",
+                layout.tp_size(), config.prompt_tokens, config.decode_tokens);
+    std::printf(
+        "# limit: decode reads every weight once per token; memory read bandwidth "
+        "%.2f GB/s (%d threads over %d ranks)\n",
+        bandwidth / 1e9, threads * world.size(), world.size());
+    std::printf("%-28s %8s %10s %12s %12s %12s %8s\n", "model", "params", "weights", "prefill t/s",
+                "decode t/s", "limit t/s", "ratio");
+  }
+  for (const auto& [name, dir] : models) {
+    TESSERA_ASSIGN_OR_RETURN(Row row, BenchOne(name, dir, config, layout.tp()));
+    if (world.rank() == 0) {
+      double limit = bandwidth / row.weight_bytes;
+      std::printf("%-28s %7.3fB %8.1fMB %12.1f %12.2f %12.2f %8.2f\n", row.name.c_str(),
+                  row.parameters_billion, row.weight_bytes / 1e6, row.prefill_tps, row.decode_tps,
+                  limit, row.decode_tps / limit);
+      std::fflush(stdout);
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int RunBench(const std::vector<std::string>& args, int* argc, char*** argv) {
+  if (args.empty() || args[0] != "generate") {
+    std::fprintf(stderr,
+                 "usage: tessera bench generate [flags]   (tessera bench generate --help)\n");
+    return args.size() == 1 && (args[0] == "--help" || args[0] == "-h") ? kExitOk : kExitUsage;
+  }
+  BenchGenerateConfig config;
+  FlagSet flags("tessera bench generate",
+                "Prefill and decode tokens/s at batch 1, beside the memory-bandwidth limit of "
+                "decode.\nWithout --model: the built-in default and a ~0.5B-parameter random "
+                "Llama in bf16 (made and cached on first use, about 1 GB).");
+  flags.String("model", &config.model, "a Hugging Face model directory");
+  flags.Int("tp", &config.tp, "tensor-parallel degree (0: all ranks)");
+  flags.Int("prompt-tokens", &config.prompt_tokens, "prompt length");
+  flags.Int("decode-tokens", &config.decode_tokens, "tokens decoded");
+  flags.Duration("timeout", &config.timeout, "deadline of each collective");
+  std::vector<std::string> rest(args.begin() + 1, args.end());
+  if (std::optional<int> done = ParseOrExit(flags, rest)) return *done;
+  return ReportExit(BenchGenerate(config, argc, argv));
+}
+
+}  // namespace tessera::launcher
