@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 
 #include "absl/strings/numbers.h"
@@ -17,6 +18,7 @@
 #include "launcher/process.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/model/default_model.h"
+#include "runtime/model/resident_memory.h"
 #include "runtime/model/transformer.h"
 #include "runtime/tokenizer/tokenizer.h"
 
@@ -140,6 +142,26 @@ absl::Status GenerateOne(model::Transformer& model, const tokenizer::Tokenizer& 
   return absl::OkStatus();
 }
 
+// Prints, on rank 0, every rank's peak resident memory beside the weights it holds: the
+// loader reads only a rank's slices, so the peak should stay near that share.
+absl::Status ReportPeakMemory(comm::MpiCommunicator& world, uint64_t weight_bytes) {
+  TESSERA_ASSIGN_OR_RETURN(model::ResidentMemory memory, model::ReadResidentMemory());
+  int64_t mine[2] = {static_cast<int64_t>(memory.peak_rss_bytes),
+                     static_cast<int64_t>(weight_bytes)};
+  TESSERA_ASSIGN_OR_RETURN(Tensor all, Tensor::Empty(DType::kI64, {2 * world.size()}));
+  Tensor local = Tensor::Wrap(mine, DType::kI64, {2});
+  Stream cpu = Stream::Cpu();
+  TESSERA_RETURN_IF_ERROR(world.AllGather(local, all, cpu));
+  if (world.rank() != 0) return absl::OkStatus();
+  for (int r = 0; r < world.size(); ++r) {
+    const int64_t* entry = all.data<int64_t>() + 2 * r;
+    std::fprintf(stderr, "tessera: rank %d peak resident memory %s (its weights: %s)\n", r,
+                 model::FormatBytes(static_cast<uint64_t>(entry[0])).c_str(),
+                 model::FormatBytes(static_cast<uint64_t>(entry[1])).c_str());
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Generate(const GenerateConfig& config, int* argc, char*** argv) {
   TESSERA_ASSIGN_OR_RETURN(std::vector<std::string> prompts, ReadPrompts(config));
   std::optional<DType> dtype;
@@ -179,10 +201,14 @@ absl::Status Generate(const GenerateConfig& config, int* argc, char*** argv) {
   if (world->rank() == 0 && isatty(fileno(stderr))) {
     load.progress = model::TerminalProgress(stderr, "loading");
   }
-  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<model::Transformer> model,
-                           model::Transformer::Load(dir, layout.tp(), load));
+  if (!std::filesystem::is_directory(dir)) {
+    return absl::NotFoundError(absl::StrCat("--model: ", dir, " is not a directory"));
+  }
+  // The tokenizer first: it is quick to read and a missing one should not wait for weights.
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<tokenizer::Tokenizer> tok,
                            tokenizer::Tokenizer::FromFile(dir + "/tokenizer.json"));
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<model::Transformer> model,
+                           model::Transformer::Load(dir, layout.tp(), load));
 
   // Replicas take the prompts round robin; one replica streams, several print whole answers.
   bool stream = layout.dp_size() == 1 && prompts.size() == 1;
@@ -195,6 +221,7 @@ absl::Status Generate(const GenerateConfig& config, int* argc, char*** argv) {
     if (leader && !stream) std::printf("[%zu] %s\n", i, text.c_str());
     std::fflush(stdout);
   }
+  TESSERA_RETURN_IF_ERROR(ReportPeakMemory(*world, model->weight_bytes()));
   if (world->rank() == 0) {
     std::fprintf(stderr,
                  "tessera: tp %d x dp %d; prefill %lld tokens at %.1f tokens/s, decode %lld "
