@@ -91,17 +91,8 @@ absl::StatusOr<Row> BenchOne(const std::string& name, const std::string& dir,
     tokens.push_back(static_cast<int32_t>((i * 7919 + 13) % mc.vocab_size));
   }
   auto step = [&](int begin, int end) {
-    model::ForwardBatch batch;
-    batch.max_blocks = blocks;
-    for (int p = begin; p < end; ++p) {
-      batch.tokens.push_back(tokens[p]);
-      batch.positions.push_back(p);
-      batch.slot_mapping.push_back(p);
-    }
-    batch.query_starts = {0, end - begin};
-    batch.context_lens = {end};
-    for (int b = 0; b < blocks; ++b) batch.block_tables.push_back(b);
-    return model->Forward(batch, cache, false);
+    return model->Forward(model::ForwardBatch::SingleSequence(tokens, begin, end, blocks), cache,
+                          /*all_positions=*/false);
   };
   MPI_Barrier(MPI_COMM_WORLD);
   auto start = Clock::now();

@@ -91,17 +91,8 @@ absl::Status GenerateOne(model::Transformer& model, const tokenizer::Tokenizer& 
   int blocks = static_cast<int>((total + kBlock - 1) / kBlock);
   TESSERA_ASSIGN_OR_RETURN(model::KvCache cache, model.AllocateKvCache(blocks, kBlock));
   auto step = [&](int begin, int end) {
-    model::ForwardBatch batch;
-    batch.max_blocks = blocks;
-    for (int p = begin; p < end; ++p) {
-      batch.tokens.push_back(tokens[p]);
-      batch.positions.push_back(p);
-      batch.slot_mapping.push_back(p);
-    }
-    batch.query_starts = {0, end - begin};
-    batch.context_lens = {end};
-    for (int b = 0; b < blocks; ++b) batch.block_tables.push_back(b);
-    return model.Forward(batch, cache, /*all_positions=*/false);
+    return model.Forward(model::ForwardBatch::SingleSequence(tokens, begin, end, blocks), cache,
+                         /*all_positions=*/false);
   };
   kernels::SamplingParams sampling{config.temperature, config.top_k, config.top_p,
                                    static_cast<uint64_t>(config.seed)};

@@ -60,6 +60,21 @@ absl::StatusOr<Tensor> StackRows(const Tensor& a, const Tensor& b) {
 
 }  // namespace
 
+ForwardBatch ForwardBatch::SingleSequence(const std::vector<int32_t>& tokens, int begin, int end,
+                                          int num_blocks) {
+  ForwardBatch batch;
+  batch.max_blocks = num_blocks;
+  for (int p = begin; p < end; ++p) {
+    batch.tokens.push_back(tokens[p]);
+    batch.positions.push_back(p);
+    batch.slot_mapping.push_back(p);  // blocks in order: slot = position
+  }
+  batch.query_starts = {0, end - begin};
+  batch.context_lens = {end};
+  for (int b = 0; b < num_blocks; ++b) batch.block_tables.push_back(b);
+  return batch;
+}
+
 absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Load(const std::string& dir,
                                                                comm::Communicator& tp,
                                                                const LoadOptions& options) {

@@ -51,6 +51,11 @@ struct ForwardBatch {
   std::vector<int64_t> slot_mapping;
 
   int num_sequences() const { return static_cast<int>(context_lens.size()); }
+
+  // One sequence, tokens[begin, end) new, in a cache of `num_blocks` blocks that it owns in
+  // order (token p in block p / block_size): single-request generation and benchmarks.
+  static ForwardBatch SingleSequence(const std::vector<int32_t>& tokens, int begin, int end,
+                                     int num_blocks);
 };
 
 class Transformer {

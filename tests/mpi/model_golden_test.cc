@@ -39,20 +39,9 @@ Golden ReadGolden(const std::string& dir) {
   return golden;
 }
 
-// One sequence whose tokens [begin, end) are new, in a cache whose blocks are 0, 1, 2, ...
 ForwardBatch SequenceStep(const std::vector<int32_t>& tokens, int begin, int end,
                           const KvCache& cache) {
-  ForwardBatch batch;
-  batch.max_blocks = cache.num_blocks;
-  for (int p = begin; p < end; ++p) {
-    batch.tokens.push_back(tokens[p]);
-    batch.positions.push_back(p);
-    batch.slot_mapping.push_back(p);  // block p / size, offset p % size, blocks in order
-  }
-  batch.query_starts = {0, end - begin};
-  batch.context_lens = {end};
-  for (int b = 0; b < cache.num_blocks; ++b) batch.block_tables.push_back(b);
-  return batch;
+  return ForwardBatch::SingleSequence(tokens, begin, end, cache.num_blocks);
 }
 
 class ModelGolden : public ::testing::TestWithParam<std::string> {};
