@@ -1,5 +1,6 @@
 #include "runtime/model/transformer.h"
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <limits>
@@ -340,43 +341,112 @@ absl::StatusOr<Tensor> Transformer::GatherLogits(const Tensor& shard) {
 absl::StatusOr<std::vector<int64_t>> Transformer::NextTokens(const Tensor& shard,
                                                              const kernels::SamplingParams& params,
                                                              const std::vector<uint64_t>& draws) {
-  TESSERA_RETURN_IF_ERROR(kernels::ValidateSamplingParams(params));
-  int64_t rows = shard.dim(0);
-  std::vector<int64_t> next(rows);
-  if (params.temperature > 0.0f) {
+  std::vector<RowSampling> rows(shard.dim(0));
+  for (size_t i = 0; i < rows.size(); ++i) {
+    rows[i].params = params;
+    rows[i].draw = i < draws.size() ? draws[i] : 0;
+  }
+  TESSERA_ASSIGN_OR_RETURN(std::vector<SampledToken> sampled, SampleRows(shard, rows));
+  std::vector<int64_t> next(sampled.size());
+  for (size_t i = 0; i < sampled.size(); ++i) next[i] = sampled[i].token;
+  return next;
+}
+
+namespace {
+
+// log(sum(exp(row))) over a full row, or over a shard (combined across shards by
+// CombineLogSumExp).
+double LogSumExp(const float* row, int64_t n) {
+  float max = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) max = std::max(max, row[i]);
+  if (max == -std::numeric_limits<float>::infinity()) return max;
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(row[i]) - max);
+  return max + std::log(sum);
+}
+
+double CombineLogSumExp(const std::vector<double>& parts) {
+  double max = -std::numeric_limits<double>::infinity();
+  for (double p : parts) max = std::max(max, p);
+  if (max == -std::numeric_limits<double>::infinity()) return max;
+  double sum = 0;
+  for (double p : parts) sum += std::exp(p - max);
+  return max + std::log(sum);
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<Transformer::SampledToken>> Transformer::SampleRows(
+    const Tensor& shard, const std::vector<RowSampling>& rows) {
+  int64_t count = shard.dim(0);
+  if (static_cast<int64_t>(rows.size()) != count) {
+    return absl::InvalidArgumentError(absl::StrCat("SampleRows: ", rows.size(),
+                                                   " sampling choices for ", count, " rows"));
+  }
+  bool any_sampled = false, any_logprob = false;
+  for (const RowSampling& row : rows) {
+    TESSERA_RETURN_IF_ERROR(kernels::ValidateSamplingParams(row.params));
+    any_sampled |= row.params.temperature > 0.0f;
+    any_logprob |= row.logprob;
+  }
+  std::vector<SampledToken> out(count);
+  int64_t vocab = config_.vocab_size;
+  if (any_sampled) {
+    // Sampling needs the whole row; greedy rows take the full row's argmax, which is the
+    // shard-wise choice below (lowest index on ties).
     TESSERA_ASSIGN_OR_RETURN(Tensor full, GatherLogits(shard));
-    for (int64_t i = 0; i < rows; ++i) {
-      absl::Span<const float> row(full.data<float>() + i * config_.vocab_size,
-                                  static_cast<size_t>(config_.vocab_size));
-      next[i] =
-          kernels::SampleToken(row, params, i < static_cast<int64_t>(draws.size()) ? draws[i] : 0);
+    for (int64_t i = 0; i < count; ++i) {
+      const float* row = full.data<float>() + i * vocab;
+      const RowSampling& choice = rows[i];
+      if (choice.params.temperature > 0.0f) {
+        out[i].token = kernels::SampleToken(absl::Span<const float>(row, vocab), choice.params,
+                                            choice.draw);
+      } else {
+        std::vector<kernels::ArgmaxResult> best;
+        Tensor view = Tensor::Wrap(const_cast<float*>(row), DType::kF32, {1, vocab});
+        TESSERA_RETURN_IF_ERROR(kernels::ShardArgmax(view, 0, &best));
+        out[i].token = best[0].index;
+      }
+      if (choice.logprob) {
+        out[i].logprob = static_cast<float>(row[out[i].token] - LogSumExp(row, vocab));
+      }
     }
-    return next;
+    return out;
   }
   std::vector<kernels::ArgmaxResult> local;
   TESSERA_RETURN_IF_ERROR(kernels::ShardArgmax(shard, plan_.vocab.begin, &local));
-  // Each row's (value, index) from every rank; the value travels as its bits.
-  TESSERA_ASSIGN_OR_RETURN(Tensor mine, Tensor::Empty(DType::kI64, {rows * 2}));
-  for (int64_t i = 0; i < rows; ++i) {
-    mine.data<int64_t>()[2 * i] = std::bit_cast<int32_t>(local[i].value);
-    mine.data<int64_t>()[2 * i + 1] = local[i].index;
+  // Each row's (value, index[, log-sum-exp]) from every rank; floats travel as their bits.
+  const int64_t width = any_logprob ? 3 : 2;
+  TESSERA_ASSIGN_OR_RETURN(Tensor mine, Tensor::Empty(DType::kI64, {count * width}));
+  int64_t valid = plan_.vocab.end - plan_.vocab.begin;
+  for (int64_t i = 0; i < count; ++i) {
+    int64_t* entry = mine.data<int64_t>() + width * i;
+    entry[0] = std::bit_cast<int32_t>(local[i].value);
+    entry[1] = local[i].index;
+    if (any_logprob) {
+      entry[2] = std::bit_cast<int64_t>(
+          rows[i].logprob ? LogSumExp(shard.data<float>() + i * shard.dim(1), valid) : 0.0);
+    }
   }
   Tensor all = mine;
   if (tp_.size() > 1) {
-    TESSERA_ASSIGN_OR_RETURN(all, Tensor::Empty(DType::kI64, {tp_.size() * rows * 2}));
+    TESSERA_ASSIGN_OR_RETURN(all, Tensor::Empty(DType::kI64, {tp_.size() * count * width}));
     Stream cpu = Stream::Cpu();
     TESSERA_RETURN_IF_ERROR(tp_.AllGather(mine, all, cpu));
   }
-  for (int64_t i = 0; i < rows; ++i) {
+  for (int64_t i = 0; i < count; ++i) {
     kernels::ArgmaxResult best;
+    std::vector<double> sums;
     for (int r = 0; r < tp_.size(); ++r) {
-      const int64_t* pair = all.data<int64_t>() + (r * rows + i) * 2;
-      best = kernels::CombineArgmax(best,
-                                    {std::bit_cast<float>(static_cast<int32_t>(pair[0])), pair[1]});
+      const int64_t* entry = all.data<int64_t>() + (r * count + i) * width;
+      best = kernels::CombineArgmax(
+          best, {std::bit_cast<float>(static_cast<int32_t>(entry[0])), entry[1]});
+      if (any_logprob) sums.push_back(std::bit_cast<double>(entry[2]));
     }
-    next[i] = best.index;
+    out[i].token = best.index;
+    if (rows[i].logprob) out[i].logprob = static_cast<float>(best.value - CombineLogSumExp(sums));
   }
-  return next;
+  return out;
 }
 
 }  // namespace tessera::model

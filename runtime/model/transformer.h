@@ -91,6 +91,22 @@ class Transformer {
                                                   const kernels::SamplingParams& params,
                                                   const std::vector<uint64_t>& draws);
 
+  // How one row of logits chooses its token.
+  struct RowSampling {
+    kernels::SamplingParams params;
+    uint64_t draw = 0;     // the request's generated-token index
+    bool logprob = false;  // also compute log softmax(logits)[token]
+  };
+  struct SampledToken {
+    int64_t token = -1;
+    float logprob = 0.0f;  // 0 unless asked for
+  };
+  // NextTokens with a choice per row (rows.size() == shard.dim(0)), as the serving engine
+  // needs: the same tokens on every rank and at every degree. Log-probabilities are of the
+  // model's distribution before temperature, top-k and top-p.
+  absl::StatusOr<std::vector<SampledToken>> SampleRows(const Tensor& shard,
+                                                       const std::vector<RowSampling>& rows);
+
  private:
   struct Layer {
     Tensor input_norm, post_attention_norm;

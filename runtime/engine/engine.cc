@@ -1,0 +1,559 @@
+#include "runtime/engine/engine.h"
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+#include <optional>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "kernels/cpu/sampling.h"
+#include "runtime/core/status_macros.h"
+#include "runtime/core/stream.h"
+#include "runtime/engine/block_pool.h"
+#include "runtime/engine/scheduler.h"
+#include "runtime/engine/step_executor.h"
+#include "tessera/v1/step_plan.pb.h"
+
+namespace tessera::engine {
+namespace {
+
+using tessera::v1::StepPlan;
+
+// A plan travels in one broadcast of this many bytes (an 8-byte length, then the message),
+// plus a second one for the rest when it is longer: decode steps fit in the first.
+constexpr int64_t kInlinePlanBytes = 4096;
+
+// Which window the recent output rate is measured over.
+constexpr absl::Duration kRateWindow = absl::Seconds(5);
+
+absl::Status BroadcastPlan(comm::Communicator& tp, StepPlan& plan) {
+  if (tp.size() == 1) return absl::OkStatus();
+  const bool root = tp.rank() == 0;
+  Stream cpu = Stream::Cpu();
+  std::string bytes;
+  if (root) plan.SerializeToString(&bytes);
+  std::vector<char> inline_buffer(kInlinePlanBytes);
+  int64_t size = static_cast<int64_t>(bytes.size());
+  std::memcpy(inline_buffer.data(), &size, sizeof(size));
+  const int64_t inline_capacity = kInlinePlanBytes - sizeof(size);
+  if (root) std::memcpy(inline_buffer.data() + sizeof(size), bytes.data(),
+                        std::min(size, inline_capacity));
+  Tensor head = Tensor::Wrap(inline_buffer.data(), DType::kI8, {kInlinePlanBytes});
+  TESSERA_RETURN_IF_ERROR(tp.Broadcast(head, 0, cpu));
+  if (root) {
+    if (size > inline_capacity) {
+      Tensor rest = Tensor::Wrap(bytes.data() + inline_capacity, DType::kI8,
+                                 {size - inline_capacity});
+      TESSERA_RETURN_IF_ERROR(tp.Broadcast(rest, 0, cpu));
+    }
+    return absl::OkStatus();
+  }
+  std::memcpy(&size, inline_buffer.data(), sizeof(size));
+  if (size < 0) return absl::DataLossError(absl::StrCat("step plan of ", size, " bytes"));
+  bytes.resize(size);
+  std::memcpy(bytes.data(), inline_buffer.data() + sizeof(size), std::min(size, inline_capacity));
+  if (size > inline_capacity) {
+    Tensor rest = Tensor::Wrap(bytes.data() + inline_capacity, DType::kI8,
+                               {size - inline_capacity});
+    TESSERA_RETURN_IF_ERROR(tp.Broadcast(rest, 0, cpu));
+  }
+  if (!plan.ParseFromString(bytes)) {
+    return absl::DataLossError(absl::StrCat("a step plan of ", size, " bytes does not parse"));
+  }
+  return absl::OkStatus();
+}
+
+uint64_t MixSeed(uint64_t base, uint64_t id) {
+  uint64_t z = base + id * 0x9e3779b97f4a7c15ULL;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+// The length of the longest suffix of `text` that begins some stop string (text that must
+// be held back while streaming, as it may yet turn into a stop string).
+size_t HeldBackForStops(absl::string_view text, const std::vector<std::string>& stops) {
+  size_t held = 0;
+  for (const std::string& stop : stops) {
+    for (size_t n = std::min(stop.size() - 1, text.size()); n > held; --n) {
+      if (text.substr(text.size() - n) == absl::string_view(stop).substr(0, n)) {
+        held = n;
+        break;
+      }
+    }
+  }
+  return held;
+}
+
+}  // namespace
+
+// A request the leader is serving.
+struct Engine::Live {
+  uint64_t id = 0;
+  std::shared_ptr<RequestStream> stream;
+  SamplingOptions sampling;
+  tessera::v1::SamplingPlan plan;
+  std::vector<int32_t> prompt;
+  std::optional<tokenizer::StreamingDecoder> decoder;
+  std::string text;     // decoded so far (cut at a stop string)
+  size_t emitted = 0;   // bytes of `text` already sent
+  int generated = 0;
+  absl::Time submitted;
+  std::optional<absl::Time> scheduled;
+  std::optional<absl::Time> first_token;
+};
+
+// What the thread in Run() owns.
+class Engine::Loop {
+ public:
+  Loop(Engine& engine, model::KvCache cache)
+      : engine_(engine),
+        cache_(std::move(cache)),
+        pool_(cache_.num_blocks, engine.options_.prefix_caching),
+        scheduler_(pool_, {engine.options_.block_size, engine.options_.max_running,
+                           engine.options_.max_step_tokens}),
+        executor_(engine.model_, cache_) {}
+
+  absl::Status RunLeader();
+  absl::Status RunFollower();
+
+ private:
+  // Moves submitted requests into the scheduler and applies cancellations.
+  void TakeInbox(bool* shutdown, bool* stop_when_idle);
+  absl::Status Step(StepPlan& plan);
+  void ProcessToken(Live& live, const SampledToken& sampled);
+  void End(uint64_t id, FinishReason reason, absl::Status status = absl::OkStatus());
+  void EndAll(FinishReason reason, const absl::Status& status);
+  void PublishStats(double step_seconds, const StepPlan* plan);
+  absl::Status SendShutdown();
+
+  Engine& engine_;
+  model::KvCache cache_;
+  BlockPool pool_;
+  Scheduler scheduler_;
+  StepExecutor executor_;
+  absl::flat_hash_map<uint64_t, std::unique_ptr<Live>> live_;
+  std::deque<std::pair<absl::Time, int64_t>> recent_outputs_;
+  uint64_t steps_sent_ = 0;
+};
+
+void Engine::Loop::TakeInbox(bool* shutdown, bool* stop_when_idle) {
+  std::vector<std::unique_ptr<Live>> added;
+  std::vector<uint64_t> cancels;
+  {
+    absl::MutexLock lock(&engine_.mutex_);
+    added.swap(engine_.inbox_);
+    cancels.swap(engine_.cancels_);
+    *shutdown = engine_.shutdown_;
+    *stop_when_idle = engine_.stop_when_idle_;
+  }
+  for (std::unique_ptr<Live>& live : added) {
+    scheduler_.Add(live->id, live->prompt, live->plan);
+    live_[live->id] = std::move(live);
+  }
+  for (uint64_t id : cancels) {
+    if (live_.contains(id)) End(id, FinishReason::kCancelled);
+  }
+}
+
+void Engine::Loop::End(uint64_t id, FinishReason reason, absl::Status status) {
+  auto it = live_.find(id);
+  if (it == live_.end()) return;
+  Live& live = *it->second;
+  TokenEvent event;
+  event.final = true;
+  event.finish_reason = reason;
+  event.status = std::move(status);
+  if (live.decoder.has_value() && reason != FinishReason::kStop) {
+    live.text += live.decoder->Flush();
+  }
+  if (live.emitted < live.text.size()) event.text = live.text.substr(live.emitted);
+  RequestUsage& usage = event.usage;
+  usage.prompt_tokens = static_cast<int>(live.prompt.size());
+  usage.completion_tokens = live.generated;
+  usage.cached_tokens = scheduler_.cached_prompt_tokens(id);
+  usage.preemptions = scheduler_.preemptions(id);
+  absl::Time now = absl::Now();
+  usage.queue_time = live.scheduled.value_or(now) - live.submitted;
+  usage.time_to_first_token = live.first_token.value_or(now) - live.submitted;
+  usage.total_time = now - live.submitted;
+  live.stream->Push(std::move(event));
+  scheduler_.Remove(id);
+  live_.erase(it);
+  absl::MutexLock lock(&engine_.mutex_);
+  ++engine_.stats_.requests_finished;
+}
+
+void Engine::Loop::EndAll(FinishReason reason, const absl::Status& status) {
+  std::vector<uint64_t> ids;
+  for (const auto& [id, live] : live_) ids.push_back(id);
+  std::sort(ids.begin(), ids.end());
+  for (uint64_t id : ids) End(id, reason, status);
+  absl::MutexLock lock(&engine_.mutex_);
+  engine_.stopped_ = true;
+  for (std::unique_ptr<Live>& live : engine_.inbox_) {
+    TokenEvent event;
+    event.final = true;
+    event.finish_reason = reason;
+    event.status = status;
+    event.usage.prompt_tokens = static_cast<int>(live->prompt.size());
+    live->stream->Push(std::move(event));
+  }
+  engine_.inbox_.clear();
+}
+
+void Engine::Loop::ProcessToken(Live& live, const SampledToken& sampled) {
+  const SamplingOptions& options = live.sampling;
+  ++live.generated;
+  if (!live.first_token.has_value()) live.first_token = absl::Now();
+  TokenEvent event;
+  event.token = sampled.token;
+  event.logprob = sampled.logprob;
+
+  FinishReason finish = FinishReason::kNone;
+  const std::vector<int64_t>& eos = engine_.model_.config().eos_token_ids;
+  if (!options.ignore_eos && std::find(eos.begin(), eos.end(), sampled.token) != eos.end()) {
+    finish = FinishReason::kEos;
+  } else if (std::find(options.stop_token_ids.begin(), options.stop_token_ids.end(),
+                       sampled.token) != options.stop_token_ids.end()) {
+    finish = FinishReason::kStop;
+  }
+  if (live.decoder.has_value()) {
+    absl::StatusOr<std::string> piece = live.decoder->Add(sampled.token);
+    if (piece.ok()) {
+      const size_t before = live.text.size();
+      live.text += *piece;
+      // A stop string ends the text where it begins; search only where it can newly appear.
+      for (const std::string& stop : options.stop) {
+        size_t from = before >= stop.size() ? before - stop.size() + 1 : 0;
+        size_t at = live.text.find(stop, from);
+        if (at != std::string::npos) {
+          live.text.resize(at);
+          finish = FinishReason::kStop;
+        }
+      }
+    }
+  }
+  if (finish == FinishReason::kNone &&
+      (live.generated >= options.max_tokens ||
+       static_cast<int64_t>(scheduler_.tokens(live.id).size()) >=
+           engine_.max_model_length())) {
+    finish = FinishReason::kLength;
+  }
+  if (finish == FinishReason::kNone) {
+    size_t ready = live.text.size() - HeldBackForStops(live.text, options.stop);
+    if (ready > live.emitted) {
+      event.text = live.text.substr(live.emitted, ready - live.emitted);
+      live.emitted = ready;
+    }
+    live.stream->Push(std::move(event));
+    return;
+  }
+  // The last token's event, then the final one carrying the rest of the text.
+  live.stream->Push(std::move(event));
+  End(live.id, finish);
+}
+
+void Engine::Loop::PublishStats(double step_seconds, const StepPlan* plan) {
+  absl::Time now = absl::Now();
+  SchedulerCounts counts = scheduler_.counts();
+  absl::MutexLock lock(&engine_.mutex_);
+  EngineStats& stats = engine_.stats_;
+  if (plan != nullptr && plan->chunks_size() > 0) {
+    ++stats.steps;
+    stats.step_tokens += executor_.last_step_tokens();
+    stats.step_sequences += plan->chunks_size();
+    stats.busy_seconds += step_seconds;
+    int64_t outputs = 0;
+    for (const auto& chunk : plan->chunks()) {
+      if (chunk.sample()) ++outputs;
+    }
+    stats.output_tokens += outputs;
+    stats.prompt_tokens += executor_.last_step_tokens() - outputs;
+    recent_outputs_.emplace_back(now, outputs);
+  }
+  while (!recent_outputs_.empty() && now - recent_outputs_.front().first > kRateWindow) {
+    recent_outputs_.pop_front();
+  }
+  int64_t recent = 0;
+  for (const auto& [time, outputs] : recent_outputs_) recent += outputs;
+  double window = recent_outputs_.empty()
+                      ? 0.0
+                      : absl::ToDoubleSeconds(now - recent_outputs_.front().first);
+  stats.output_tokens_per_second = window > 0 ? recent / window : 0.0;
+  stats.queued = counts.waiting + static_cast<int>(engine_.inbox_.size());
+  stats.running = counts.running;
+  stats.preemptions = counts.preemptions;
+  stats.kv_blocks_total = pool_.num_blocks();
+  stats.kv_blocks_used = pool_.num_held();
+  stats.kv_blocks_cached = pool_.num_cached();
+  stats.block_size = engine_.options_.block_size;
+  stats.prefix_lookups = pool_.stats().lookups;
+  stats.prefix_hits = pool_.stats().hits;
+  engine_.waiting_in_scheduler_ = counts.waiting;
+  engine_.cached_hashes_ = pool_.CachedHashes();
+}
+
+absl::Status Engine::Loop::Step(StepPlan& plan) {
+  absl::Time start = absl::Now();
+  ++steps_sent_;
+  TESSERA_RETURN_IF_ERROR(BroadcastPlan(engine_.tp_, plan));
+  TESSERA_ASSIGN_OR_RETURN(std::vector<SampledToken> sampled, executor_.Execute(plan));
+  scheduler_.Completed(plan, sampled);
+  for (const auto& chunk : plan.chunks()) {
+    auto it = live_.find(chunk.id());
+    if (it != live_.end() && !it->second->scheduled.has_value()) it->second->scheduled = start;
+  }
+  for (const SampledToken& token : sampled) {
+    auto it = live_.find(token.id);
+    if (it != live_.end()) ProcessToken(*it->second, token);
+  }
+  PublishStats(absl::ToDoubleSeconds(absl::Now() - start), &plan);
+  if (plan.chunks_size() > 0 && engine_.step_observer_) {
+    engine_.step_observer_(engine_.Stats());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Engine::Loop::SendShutdown() {
+  StepPlan plan;
+  plan.set_version(tessera::v1::STEP_PLAN_VERSION_1);
+  plan.set_step(++steps_sent_);
+  plan.set_shutdown(true);
+  return BroadcastPlan(engine_.tp_, plan);
+}
+
+absl::Status Engine::Loop::RunLeader() {
+  while (true) {
+    bool shutdown = false, stop_when_idle = false;
+    TakeInbox(&shutdown, &stop_when_idle);
+    if (shutdown) {
+      EndAll(FinishReason::kCancelled, absl::CancelledError("the engine shut down"));
+      return SendShutdown();
+    }
+    if (!scheduler_.has_work() && !scheduler_.has_pending_removals()) {
+      PublishStats(0, nullptr);
+      if (stop_when_idle) {
+        absl::MutexLock lock(&engine_.mutex_);
+        if (engine_.inbox_.empty()) {
+          engine_.stopped_ = true;
+          break;
+        }
+        continue;
+      }
+      bool woken;
+      {
+        absl::MutexLock lock(&engine_.mutex_);
+        auto has_news = [](Engine* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e->mutex_) {
+          return !e->inbox_.empty() || !e->cancels_.empty() || e->shutdown_ || e->stop_when_idle_;
+        };
+        woken = engine_.mutex_.AwaitWithTimeout(absl::Condition(+has_news, &engine_),
+                                                engine_.options_.idle_interval);
+      }
+      if (!woken && engine_.tp_.size() > 1) {
+        // Tell the peers the leader is alive before their deadline runs out.
+        StepPlan keepalive = scheduler_.NextPlan();
+        absl::Status status = Step(keepalive);
+        if (!status.ok()) {
+          EndAll(FinishReason::kError, status);
+          return status;
+        }
+      }
+      continue;
+    }
+    StepPlan plan = scheduler_.NextPlan();
+    absl::Status status = Step(plan);
+    if (!status.ok()) {
+      EndAll(FinishReason::kError, status);
+      return status;
+    }
+  }
+  return SendShutdown();
+}
+
+absl::Status Engine::Loop::RunFollower() {
+  while (true) {
+    StepPlan plan;
+    TESSERA_RETURN_IF_ERROR(BroadcastPlan(engine_.tp_, plan));
+    if (plan.shutdown()) return absl::OkStatus();
+    TESSERA_RETURN_IF_ERROR(executor_.Execute(plan).status());
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(model::Transformer& model,
+                                                       comm::Communicator& tp,
+                                                       const tokenizer::Tokenizer* tokenizer,
+                                                       const EngineOptions& options) {
+  if (options.block_size < 1 || options.max_running < 1 || options.max_step_tokens < 1 ||
+      options.max_queued < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "engine options: block_size (", options.block_size, "), max_running (",
+        options.max_running, ") and max_step_tokens (", options.max_step_tokens,
+        ") must be at least 1"));
+  }
+  const int64_t block_bytes = int64_t{options.block_size} * model.KvBytesPerToken();
+  int64_t blocks = options.num_blocks > 0 ? options.num_blocks
+                                          : options.kv_cache_bytes / block_bytes;
+  blocks = std::min<int64_t>(blocks, std::numeric_limits<int32_t>::max());
+  // Every rank must hold the same blocks: the smallest count any rank can afford.
+  if (tp.size() > 1) {
+    Tensor count = Tensor::Wrap(&blocks, DType::kI64, {1});
+    Stream cpu = Stream::Cpu();
+    TESSERA_RETURN_IF_ERROR(tp.AllReduce(count, comm::ReduceOp::kMin, cpu));
+  }
+  if (blocks < 1) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "a KV cache of ", options.kv_cache_bytes, " bytes holds no block of ", options.block_size,
+        " tokens (", block_bytes, " bytes a block on this rank)"));
+  }
+  TESSERA_ASSIGN_OR_RETURN(model::KvCache cache,
+                           model.AllocateKvCache(static_cast<int>(blocks), options.block_size));
+  return std::unique_ptr<Engine>(new Engine(model, tp, tokenizer, options, std::move(cache)));
+}
+
+Engine::Engine(model::Transformer& model, comm::Communicator& tp,
+               const tokenizer::Tokenizer* tokenizer, const EngineOptions& options,
+               model::KvCache cache)
+    : model_(model),
+      tp_(tp),
+      tokenizer_(tokenizer),
+      options_(options),
+      num_blocks_(cache.num_blocks),
+      seed_base_(std::random_device()()) {
+  loop_ = std::make_unique<Loop>(*this, std::move(cache));
+  stats_.kv_blocks_total = num_blocks_;
+  stats_.block_size = options_.block_size;
+}
+
+Engine::~Engine() = default;
+
+absl::Status Engine::ValidateRequest(const GenerationRequest& request,
+                                     const std::vector<int32_t>& tokens) const {
+  const SamplingOptions& sampling = request.sampling;
+  if (tokens.empty()) return absl::InvalidArgumentError("prompt: empty (no tokens)");
+  const int64_t vocab = model_.config().vocab_size;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= vocab) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt_tokens[", i, "]: id ", tokens[i],
+                                                     " is outside the vocabulary of ", vocab));
+    }
+  }
+  TESSERA_RETURN_IF_ERROR(kernels::ValidateSamplingParams(
+      {sampling.temperature, sampling.top_k, sampling.top_p, sampling.seed.value_or(0)}));
+  if (sampling.max_tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_tokens: must be at least 1, not ", sampling.max_tokens));
+  }
+  for (size_t i = 0; i < sampling.stop.size(); ++i) {
+    if (sampling.stop[i].empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("stop[", i, "]: empty string"));
+    }
+  }
+  if (!sampling.stop.empty() && tokenizer_ == nullptr) {
+    return absl::InvalidArgumentError("stop: stop strings need the model's tokenizer");
+  }
+  const int64_t total = static_cast<int64_t>(tokens.size()) + sampling.max_tokens;
+  if (total > max_model_length()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_tokens: the prompt (", tokens.size(), " tokens) plus max_tokens (",
+        sampling.max_tokens, ") exceeds the model's context of ", max_model_length(), " tokens"));
+  }
+  const int64_t blocks = (total - 1 + options_.block_size - 1) / options_.block_size;
+  if (blocks > num_blocks_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_tokens: the prompt (", tokens.size(), " tokens) plus max_tokens (",
+        sampling.max_tokens, ") needs ", blocks, " KV blocks but the whole cache holds ",
+        num_blocks_, " (", capacity_tokens(), " tokens)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(GenerationRequest request) {
+  if (!is_leader()) {
+    return absl::FailedPreconditionError("Submit: only the group leader (TP rank 0) schedules");
+  }
+  std::vector<int32_t> tokens = std::move(request.prompt_tokens);
+  if (tokens.empty() && !request.prompt.empty()) {
+    if (tokenizer_ == nullptr) {
+      return absl::InvalidArgumentError("prompt: text needs the model's tokenizer; send token ids");
+    }
+    absl::StatusOr<std::vector<int32_t>> encoded =
+        tokenizer_->Encode(request.prompt, /*add_special_tokens=*/true);
+    if (!encoded.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt: ", encoded.status().message()));
+    }
+    tokens = *std::move(encoded);
+  }
+  TESSERA_RETURN_IF_ERROR(ValidateRequest(request, tokens));
+
+  auto live = std::make_unique<Live>();
+  live->sampling = std::move(request.sampling);
+  live->prompt = std::move(tokens);
+  live->submitted = absl::Now();
+  if (tokenizer_ != nullptr) live->decoder.emplace(*tokenizer_, /*skip_special_tokens=*/true);
+  tessera::v1::SamplingPlan& plan = live->plan;
+  plan.set_temperature(live->sampling.temperature);
+  plan.set_top_k(live->sampling.top_k);
+  plan.set_top_p(live->sampling.top_p);
+  plan.set_logprobs(live->sampling.logprobs);
+
+  absl::MutexLock lock(&mutex_);
+  if (stopped_ || shutdown_) {
+    return absl::UnavailableError("the engine has stopped and takes no more requests");
+  }
+  if (static_cast<int>(inbox_.size()) + waiting_in_scheduler_ >= options_.max_queued) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the engine's queue is full (", options_.max_queued, " requests waiting)"));
+  }
+  live->id = next_id_++;
+  plan.set_seed(live->sampling.seed.value_or(MixSeed(seed_base_, live->id)));
+  live->stream = std::make_shared<RequestStream>(
+      live->id, request.id.empty() ? absl::StrCat(live->id) : request.id);
+  std::shared_ptr<RequestStream> stream = live->stream;
+  inbox_.push_back(std::move(live));
+  return stream;
+}
+
+void Engine::Cancel(uint64_t id) {
+  absl::MutexLock lock(&mutex_);
+  for (auto it = inbox_.begin(); it != inbox_.end(); ++it) {
+    if ((*it)->id == id) {
+      TokenEvent event;
+      event.final = true;
+      event.finish_reason = FinishReason::kCancelled;
+      event.usage.prompt_tokens = static_cast<int>((*it)->prompt.size());
+      (*it)->stream->Push(std::move(event));
+      inbox_.erase(it);
+      return;
+    }
+  }
+  cancels_.push_back(id);
+}
+
+EngineStats Engine::Stats() const {
+  absl::MutexLock lock(&mutex_);
+  return stats_;
+}
+
+std::vector<uint64_t> Engine::CachedBlockHashes() const {
+  absl::MutexLock lock(&mutex_);
+  return cached_hashes_;
+}
+
+void Engine::StopWhenIdle() {
+  absl::MutexLock lock(&mutex_);
+  stop_when_idle_ = true;
+}
+
+void Engine::Shutdown() {
+  absl::MutexLock lock(&mutex_);
+  shutdown_ = true;
+}
+
+absl::Status Engine::Run() {
+  return is_leader() ? loop_->RunLeader() : loop_->RunFollower();
+}
+
+}  // namespace tessera::engine

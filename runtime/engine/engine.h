@@ -1,0 +1,150 @@
+#ifndef TESSERA_RUNTIME_ENGINE_ENGINE_H_
+#define TESSERA_RUNTIME_ENGINE_ENGINE_H_
+
+// The serving engine of one tensor-parallel group: continuous batching over a paged KV cache
+// with prefix reuse and chunked prefill.
+//
+// Every rank of the group creates an Engine over its shard and calls Run(). On the leader
+// (TP rank 0) Run() is the step loop: it takes submitted requests, schedules a step
+// (scheduler.h), broadcasts its StepPlan, executes it like every rank does
+// (step_executor.h), and turns the sampled tokens into each request's stream of events. On
+// the other ranks Run() executes the plans it receives until the leader shuts down.
+//
+// Thread safety: Submit, Cancel, Stats, CachedBlockHashes, StopWhenIdle and Shutdown may be
+// called from any thread of the leader's process while Run() loops on another. Only the
+// thread in Run() touches the communicator.
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "comm/communicator.h"
+#include "runtime/engine/request.h"
+#include "runtime/engine/request_stream.h"
+#include "runtime/model/transformer.h"
+#include "runtime/tokenizer/tokenizer.h"
+
+namespace tessera::engine {
+
+struct EngineOptions {
+  int block_size = 16;                       // tokens per KV block
+  int64_t kv_cache_bytes = int64_t{1} << 30;  // per rank; sets the number of blocks
+  int num_blocks = 0;                        // > 0: exactly this many (overrides the bytes)
+  int max_running = 64;                      // sequences in one step at most
+  int max_step_tokens = 512;                 // tokens through the model in one step at most
+  bool prefix_caching = true;
+  int max_queued = 4096;                     // waiting requests before Submit refuses
+  // How long an idle leader waits before telling its peers it is alive (an empty plan);
+  // well under the communicator's deadline.
+  absl::Duration idle_interval = absl::Milliseconds(100);
+};
+
+struct EngineStats {
+  int queued = 0;   // submitted, not yet admitted (including preempted ones)
+  int running = 0;  // admitted and holding KV blocks
+  int kv_blocks_total = 0;
+  int kv_blocks_used = 0;   // held by running sequences
+  int kv_blocks_cached = 0; // holding a known prefix (held or reusable)
+  int block_size = 0;
+  int64_t prefix_lookups = 0;  // full prompt blocks looked up at admission
+  int64_t prefix_hits = 0;     // ... found in the cache
+  int64_t preemptions = 0;
+  int64_t requests_finished = 0;
+  int64_t steps = 0;            // steps that ran the model
+  int64_t step_tokens = 0;      // tokens through the model (prompt chunks and decodes)
+  int64_t step_sequences = 0;   // sum over steps of the sequences in them (mean batch size)
+  int64_t prompt_tokens = 0;    // prompt tokens computed (cache hits excluded)
+  int64_t output_tokens = 0;    // tokens generated
+  double busy_seconds = 0;      // time spent in steps that ran the model
+  double output_tokens_per_second = 0;  // over the last few seconds
+};
+
+class Engine {
+ public:
+  // Sizes the KV cache from `options` (the same on every rank: the smallest any rank can
+  // hold) and allocates it. Collective over `tp`, which must be `model`'s group. `tokenizer`
+  // (for text prompts, output text and stop strings) may be null on ranks other than the
+  // leader, and on the leader when requests carry token ids and nobody reads text.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(model::Transformer& model,
+                                                        comm::Communicator& tp,
+                                                        const tokenizer::Tokenizer* tokenizer,
+                                                        const EngineOptions& options);
+  ~Engine();
+
+  bool is_leader() const { return tp_.rank() == 0; }
+  int num_blocks() const { return num_blocks_; }
+  int block_size() const { return options_.block_size; }
+  // Tokens the cache holds at once, and its bytes per token on this rank.
+  int64_t capacity_tokens() const { return int64_t{num_blocks_} * options_.block_size; }
+  int64_t kv_bytes_per_token() const { return model_.KvBytesPerToken(); }
+  int64_t max_model_length() const { return model_.config().max_position_embeddings; }
+
+  // Leader only. Queues a request and returns its stream of events. Refused at once:
+  // INVALID_ARGUMENT naming the field (an empty prompt, a token outside the vocabulary, bad
+  // sampling options, or a request that can never fit: prompt + max_tokens beyond the
+  // model's context or the whole cache), RESOURCE_EXHAUSTED when the queue is full,
+  // UNAVAILABLE once the engine has stopped or failed.
+  absl::StatusOr<std::shared_ptr<RequestStream>> Submit(GenerationRequest request);
+  // Ends a request (finish reason cancelled) at the next step boundary, releasing its
+  // blocks. Unknown or finished ids are ignored.
+  void Cancel(uint64_t id);
+  EngineStats Stats() const;
+  // Prefix hashes (prefix_hash.h) of the blocks the cache holds.
+  std::vector<uint64_t> CachedBlockHashes() const;
+
+  // The step loop (see above). Returns when shut down, or with the error that stopped the
+  // group (a failed collective, a plan a rank refused); every unfinished request then ends
+  // with finish reason error and that status.
+  absl::Status Run();
+  // Leader: Run() returns once nothing is queued or running (offline use).
+  void StopWhenIdle();
+  // Leader: Run() ends unfinished requests as cancelled and returns at the next step
+  // boundary; the peers' Run() returns too.
+  void Shutdown();
+
+  // Called on the leader's loop after every step that ran the model (progress display).
+  void SetStepObserver(std::function<void(const EngineStats&)> observer) {
+    step_observer_ = std::move(observer);
+  }
+
+ private:
+  struct Live;
+  class Loop;
+
+  Engine(model::Transformer& model, comm::Communicator& tp, const tokenizer::Tokenizer* tokenizer,
+         const EngineOptions& options, model::KvCache cache);
+  absl::Status ValidateRequest(const GenerationRequest& request,
+                               const std::vector<int32_t>& tokens) const;
+
+  model::Transformer& model_;
+  comm::Communicator& tp_;
+  const tokenizer::Tokenizer* tokenizer_;
+  const EngineOptions options_;
+  const int num_blocks_;
+  const uint64_t seed_base_;  // for requests that name no seed
+  std::unique_ptr<Loop> loop_;
+  std::function<void(const EngineStats&)> step_observer_;
+
+  // Between the callers' threads and the loop.
+  mutable absl::Mutex mutex_;
+  std::vector<std::unique_ptr<Live>> inbox_ ABSL_GUARDED_BY(mutex_);
+  std::vector<uint64_t> cancels_ ABSL_GUARDED_BY(mutex_);
+  int waiting_in_scheduler_ ABSL_GUARDED_BY(mutex_) = 0;  // as of the last step
+  uint64_t next_id_ ABSL_GUARDED_BY(mutex_) = 1;
+  bool stop_when_idle_ ABSL_GUARDED_BY(mutex_) = false;
+  bool shutdown_ ABSL_GUARDED_BY(mutex_) = false;
+  bool stopped_ ABSL_GUARDED_BY(mutex_) = false;
+  EngineStats stats_ ABSL_GUARDED_BY(mutex_);
+  std::vector<uint64_t> cached_hashes_ ABSL_GUARDED_BY(mutex_);
+};
+
+}  // namespace tessera::engine
+
+#endif  // TESSERA_RUNTIME_ENGINE_ENGINE_H_

@@ -1,0 +1,27 @@
+#ifndef TESSERA_RUNTIME_ENGINE_PREFIX_HASH_H_
+#define TESSERA_RUNTIME_ENGINE_PREFIX_HASH_H_
+
+// The identity of a full KV block for prefix caching: a hash of the block's tokens and of the
+// hash of the block before it, so equal hashes mean equal prefixes (up to 64-bit collisions).
+// The function is fixed (FNV-1a over the little-endian bytes, then a SplitMix64 finish) so
+// that every process computes the same value: the coordinator hashes a prompt to find the
+// worker group that holds its prefix.
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/types/span.h"
+
+namespace tessera::engine {
+
+// Seed of the chain: the "parent" of a sequence's first block.
+inline constexpr uint64_t kPrefixHashRoot = 0x7465737365726131ULL;
+
+uint64_t BlockHash(uint64_t parent, absl::Span<const int32_t> block_tokens);
+
+// The hashes of the full blocks of `tokens`, in order: tokens.size() / block_size of them.
+std::vector<uint64_t> PrefixBlockHashes(absl::Span<const int32_t> tokens, int block_size);
+
+}  // namespace tessera::engine
+
+#endif  // TESSERA_RUNTIME_ENGINE_PREFIX_HASH_H_

@@ -1,0 +1,69 @@
+#ifndef TESSERA_RUNTIME_ENGINE_REQUEST_H_
+#define TESSERA_RUNTIME_ENGINE_REQUEST_H_
+
+// What a caller of the serving engine hands in for one request and what comes back.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+
+namespace tessera::engine {
+
+struct SamplingOptions {
+  float temperature = 0.0f;             // 0: greedy
+  int top_k = 0;                        // 0: no limit
+  float top_p = 1.0f;                   // 1: no limit
+  std::optional<uint64_t> seed;         // unset: the engine picks one
+  int max_tokens = 16;                  // tokens to generate at most
+  std::vector<int32_t> stop_token_ids;  // generation ends after any of these (finish: stop)
+  std::vector<std::string> stop;        // ... or once the text contains one (not returned)
+  bool ignore_eos = false;              // keep going past the model's end-of-sequence tokens
+  bool logprobs = false;                // report the log-probability of each chosen token
+};
+
+struct GenerationRequest {
+  std::string id;                      // the caller's name for it; empty: the engine's number
+  std::string prompt;                  // text, tokenized by the engine...
+  std::vector<int32_t> prompt_tokens;  // ... unless token ids are given
+  SamplingOptions sampling;
+};
+
+enum class FinishReason {
+  kNone,       // still running
+  kLength,     // max_tokens, or the model's context
+  kStop,       // a stop token id or stop string
+  kEos,        // the model's end-of-sequence token
+  kCancelled,  // Cancel(), or the engine shutting down
+  kError,      // the step failed; see the status
+};
+
+const char* FinishReasonName(FinishReason reason);
+
+struct RequestUsage {
+  int prompt_tokens = 0;
+  int completion_tokens = 0;
+  int cached_tokens = 0;       // prompt tokens whose KV came from the prefix cache
+  int preemptions = 0;         // times the request was pushed out and computed again
+  absl::Duration queue_time;   // submit -> first scheduled
+  absl::Duration time_to_first_token;
+  absl::Duration total_time;
+};
+
+// One event of a request's stream: a generated token, or the end.
+struct TokenEvent {
+  int32_t token = -1;  // -1 in the final event
+  float logprob = 0.0f;
+  std::string text;    // the text this token completes (may be empty mid-character)
+  bool final = false;
+  FinishReason finish_reason = FinishReason::kNone;  // set in the final event
+  absl::Status status;                               // the error behind kError
+  RequestUsage usage;                                // complete in the final event
+};
+
+}  // namespace tessera::engine
+
+#endif  // TESSERA_RUNTIME_ENGINE_REQUEST_H_

@@ -1,0 +1,379 @@
+// The serving engine on the built-in default model, at whatever TP degree mpirun gives
+// (ctest runs 1, 2 and 4 ranks). The reference for every request is that request generated
+// alone, one token per step, straight through the transformer: the engine's batching,
+// chunked prefill, prefix reuse and preemption must not change a single token.
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <thread>
+
+#include "runtime/engine/engine.h"
+#include "runtime/model/default_model.h"
+#include "runtime/model/transformer.h"
+#include "runtime/tokenizer/tokenizer.h"
+#include "tests/mpi/mpi_test_environment.h"
+
+namespace tessera::engine {
+namespace {
+
+using ::tessera::testing::World;
+
+class EngineTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    absl::StatusOr<std::string> dir = model::EnsureDefaultModel();
+    ASSERT_TRUE(dir.ok()) << dir.status();
+    absl::StatusOr<std::unique_ptr<model::Transformer>> loaded =
+        model::Transformer::Load(*dir, World());
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    model_ = loaded->release();
+    absl::StatusOr<std::unique_ptr<tokenizer::Tokenizer>> tok =
+        tokenizer::Tokenizer::FromFile(*dir + "/tokenizer.json");
+    ASSERT_TRUE(tok.ok()) << tok.status();
+    tokenizer_ = tok->release();
+  }
+  static void TearDownTestSuite() {
+    delete model_;
+    delete tokenizer_;
+  }
+
+  struct Generated {
+    std::vector<int32_t> tokens;
+    std::vector<float> logprobs;
+  };
+
+  // The request alone: prefill, then one token per step.
+  static Generated Reference(const std::vector<int32_t>& prompt, const SamplingOptions& options) {
+    model::Transformer& m = *model_;
+    const int block_size = 16;
+    int blocks = static_cast<int>(prompt.size() + options.max_tokens) / block_size + 1;
+    absl::StatusOr<model::KvCache> cache = m.AllocateKvCache(blocks, block_size);
+    EXPECT_TRUE(cache.ok()) << cache.status();
+    std::vector<int32_t> tokens = prompt;
+    Generated out;
+    model::Transformer::RowSampling choice;
+    choice.params = {options.temperature, options.top_k, options.top_p, options.seed.value_or(0)};
+    choice.logprob = true;
+    int begin = 0;
+    for (int i = 0; i < options.max_tokens; ++i) {
+      int end = static_cast<int>(tokens.size());
+      absl::StatusOr<Tensor> shard = m.Forward(
+          model::ForwardBatch::SingleSequence(tokens, begin, end, blocks), *cache, false);
+      EXPECT_TRUE(shard.ok()) << shard.status();
+      choice.draw = i;
+      auto next = m.SampleRows(*shard, {choice});
+      EXPECT_TRUE(next.ok()) << next.status();
+      tokens.push_back(static_cast<int32_t>((*next)[0].token));
+      out.tokens.push_back(tokens.back());
+      out.logprobs.push_back((*next)[0].logprob);
+      begin = end;
+    }
+    return out;
+  }
+
+  // Collective: every rank computes every reference.
+  static std::vector<Generated> References(const std::vector<GenerationRequest>& requests) {
+    std::vector<Generated> references;
+    for (const GenerationRequest& request : requests) {
+      references.push_back(Reference(request.prompt_tokens, request.sampling));
+    }
+    return references;
+  }
+
+  struct Finished {
+    std::vector<int32_t> tokens;
+    std::vector<float> logprobs;
+    std::string text;
+    TokenEvent final;
+  };
+
+  static Finished Drain(RequestStream& stream) {
+    Finished out;
+    TokenEvent event;
+    while (stream.Next(&event)) {
+      out.text += event.text;
+      if (event.final) {
+        out.final = event;
+        break;
+      }
+      out.tokens.push_back(event.token);
+      out.logprobs.push_back(event.logprob);
+    }
+    return out;
+  }
+
+  // Runs `requests` through a new engine on every rank (the leader submits them all, then
+  // runs until idle) and returns the leader's results in order, and its final statistics.
+  static std::vector<Finished> RunEngine(const EngineOptions& options,
+                                         const std::vector<GenerationRequest>& requests,
+                                         EngineStats* stats = nullptr) {
+    absl::StatusOr<std::unique_ptr<Engine>> engine =
+        Engine::Create(*model_, World(), tokenizer_, options);
+    EXPECT_TRUE(engine.ok()) << engine.status();
+    if (!engine.ok()) return {};
+    std::vector<std::shared_ptr<RequestStream>> streams;
+    if ((*engine)->is_leader()) {
+      for (const GenerationRequest& request : requests) {
+        auto stream = (*engine)->Submit(request);
+        EXPECT_TRUE(stream.ok()) << stream.status();
+        if (stream.ok()) streams.push_back(*stream);
+      }
+      (*engine)->StopWhenIdle();
+    }
+    absl::Status run = (*engine)->Run();
+    EXPECT_TRUE(run.ok()) << run;
+    std::vector<Finished> results;
+    for (auto& stream : streams) results.push_back(Drain(*stream));
+    if (stats != nullptr) *stats = (*engine)->Stats();
+    return results;
+  }
+
+  // Prompts of mixed lengths; every third shares a 40-token prefix.
+  static std::vector<GenerationRequest> MixedRequests(int count, uint32_t seed) {
+    std::mt19937 random(seed);
+    auto token = [&]() { return static_cast<int32_t>(random() % 256); };
+    std::vector<int32_t> shared(40);
+    for (int32_t& t : shared) t = token();
+    std::vector<GenerationRequest> requests(count);
+    for (int i = 0; i < count; ++i) {
+      GenerationRequest& request = requests[i];
+      if (i % 3 == 0) request.prompt_tokens = shared;
+      int length = 1 + static_cast<int>(random() % 50);
+      for (int j = 0; j < length; ++j) request.prompt_tokens.push_back(token());
+      request.sampling.max_tokens = 1 + static_cast<int>(random() % 20);
+      request.sampling.ignore_eos = true;
+    }
+    return requests;
+  }
+
+  static model::Transformer* model_;
+  static tokenizer::Tokenizer* tokenizer_;
+};
+
+model::Transformer* EngineTest::model_ = nullptr;
+tokenizer::Tokenizer* EngineTest::tokenizer_ = nullptr;
+
+class BatchingInvariance : public EngineTest, public ::testing::WithParamInterface<int> {};
+
+TEST_P(BatchingInvariance, GreedyOutputsEqualEachRequestAlone) {
+  const int concurrency = GetParam();
+  std::vector<GenerationRequest> requests = MixedRequests(64, 7);
+  EngineOptions options;
+  options.max_running = concurrency;
+  options.max_step_tokens = 48;  // prompts of up to 90 tokens arrive in chunks
+  options.num_blocks = 512;
+  EngineStats stats;
+  std::vector<Finished> results = RunEngine(options, requests, &stats);
+  std::vector<Generated> references = References(requests);
+  if (World().rank() != 0) return;
+  ASSERT_EQ(results.size(), requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const Generated& expected = references[i];
+    EXPECT_EQ(results[i].tokens, expected.tokens) << "request " << i << " at concurrency "
+                                                  << concurrency << ", tp " << World().size();
+    EXPECT_EQ(results[i].final.finish_reason, FinishReason::kLength);
+    EXPECT_EQ(results[i].final.usage.completion_tokens, requests[i].sampling.max_tokens);
+  }
+  if (concurrency > 1) {
+    // Several sequences shared steps, and the shared prefix was reused.
+    EXPECT_GT(stats.step_sequences, stats.steps);
+    EXPECT_GT(stats.prefix_hits, 0);
+  }
+  EXPECT_EQ(stats.kv_blocks_used, 0);
+  EXPECT_EQ(stats.requests_finished, 64);
+}
+
+INSTANTIATE_TEST_SUITE_P(Concurrency, BatchingInvariance, ::testing::Values(1, 8, 64));
+
+TEST_F(EngineTest, SeededSamplingEqualsEachRequestAlone) {
+  std::vector<GenerationRequest> requests = MixedRequests(12, 11);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    requests[i].sampling.temperature = 0.8f;
+    requests[i].sampling.top_k = i % 2 ? 20 : 0;
+    requests[i].sampling.top_p = 0.9f;
+    requests[i].sampling.seed = 1000 + i;
+    requests[i].sampling.logprobs = true;
+  }
+  std::vector<Finished> results = RunEngine({}, requests);
+  std::vector<Generated> references = References(requests);
+  if (World().rank() != 0) return;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const Generated& expected = references[i];
+    EXPECT_EQ(results[i].tokens, expected.tokens) << "request " << i;
+    ASSERT_EQ(results[i].logprobs.size(), expected.logprobs.size());
+    for (size_t t = 0; t < expected.logprobs.size(); ++t) {
+      EXPECT_LE(results[i].logprobs[t], 0.0f);
+      EXPECT_NEAR(results[i].logprobs[t], expected.logprobs[t], 1e-4) << "request " << i;
+    }
+  }
+}
+
+TEST_F(EngineTest, SmallCachePreemptsAndEveryRequestStillCompletes) {
+  std::vector<GenerationRequest> requests = MixedRequests(10, 23);
+  EngineOptions options;
+  options.block_size = 4;
+  // Room for about two of these requests at once: the others wait, or push one out.
+  options.num_blocks = 40;
+  options.max_step_tokens = 64;
+  for (GenerationRequest& request : requests) request.sampling.max_tokens = 30;
+  EngineStats stats;
+  std::vector<Finished> results = RunEngine(options, requests, &stats);
+  std::vector<Generated> references = References(requests);
+  if (World().rank() != 0) return;
+  ASSERT_EQ(results.size(), requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const Generated& expected = references[i];
+    EXPECT_EQ(results[i].tokens, expected.tokens) << "request " << i;
+    EXPECT_EQ(results[i].final.finish_reason, FinishReason::kLength);
+  }
+  EXPECT_GT(stats.preemptions, 0);
+  EXPECT_EQ(stats.kv_blocks_used, 0);
+}
+
+TEST_F(EngineTest, SharedPrefixHitsTheCacheAndChangesNothing) {
+  std::mt19937 random(5);
+  std::vector<int32_t> prefix(96);
+  for (int32_t& t : prefix) t = static_cast<int32_t>(random() % 256);
+  std::vector<GenerationRequest> requests(8);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    requests[i].prompt_tokens = prefix;
+    for (int j = 0; j < 5; ++j) requests[i].prompt_tokens.push_back((i * 7 + j) % 256);
+    requests[i].sampling.max_tokens = 8;
+    requests[i].sampling.ignore_eos = true;
+  }
+  EngineOptions options;
+  options.max_step_tokens = 128;
+  EngineStats with_cache, without_cache;
+  std::vector<Finished> cached = RunEngine(options, requests, &with_cache);
+  options.prefix_caching = false;
+  std::vector<Finished> uncached = RunEngine(options, requests, &without_cache);
+  if (World().rank() != 0) return;
+  int cached_tokens = 0;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    EXPECT_EQ(cached[i].tokens, uncached[i].tokens) << "request " << i;
+    cached_tokens += cached[i].final.usage.cached_tokens;
+    EXPECT_EQ(uncached[i].final.usage.cached_tokens, 0);
+  }
+  // All but the first request or two find the 96-token prefix (6 blocks) in the cache.
+  EXPECT_GE(cached_tokens, 6 * 96);
+  EXPECT_GT(with_cache.prefix_hits, 0);
+  EXPECT_EQ(without_cache.prefix_hits, 0);
+  EXPECT_LT(with_cache.prompt_tokens, without_cache.prompt_tokens);
+}
+
+TEST_F(EngineTest, CancelledRequestsReturnTheirBlocks) {
+  absl::StatusOr<std::unique_ptr<Engine>> created = Engine::Create(*model_, World(), tokenizer_, {});
+  ASSERT_TRUE(created.ok()) << created.status();
+  Engine& engine = **created;
+  std::thread canceller;
+  std::shared_ptr<RequestStream> running, queued;
+  Finished running_result, queued_result;
+  if (engine.is_leader()) {
+    GenerationRequest request;
+    request.prompt = "A request that will not finish";
+    request.sampling.max_tokens = 2000;
+    request.sampling.ignore_eos = true;
+    running = *engine.Submit(request);
+    queued = *engine.Submit(request);
+    canceller = std::thread([&] {
+      engine.Cancel(queued->id());
+      TokenEvent first;
+      ASSERT_TRUE(running->Next(&first));
+      engine.Cancel(running->id());
+      running_result = Drain(*running);
+      queued_result = Drain(*queued);
+      engine.StopWhenIdle();
+    });
+  }
+  absl::Status run = engine.Run();
+  ASSERT_TRUE(run.ok()) << run;
+  if (!engine.is_leader()) return;
+  canceller.join();
+  EXPECT_EQ(running_result.final.finish_reason, FinishReason::kCancelled);
+  EXPECT_LT(running_result.final.usage.completion_tokens, 2000);
+  EXPECT_EQ(queued_result.final.finish_reason, FinishReason::kCancelled);
+  EngineStats stats = engine.Stats();
+  EXPECT_EQ(stats.kv_blocks_used, 0);
+  EXPECT_EQ(stats.running, 0);
+}
+
+TEST_F(EngineTest, StopsAtStopStringsStopTokensAndLength) {
+  GenerationRequest base;
+  base.prompt = "Once upon a time";
+  base.sampling.max_tokens = 24;
+  base.sampling.ignore_eos = true;
+  std::vector<Finished> plain = RunEngine({}, {base});
+  std::vector<GenerationRequest> requests;
+  if (World().rank() == 0) {
+    ASSERT_EQ(plain[0].final.finish_reason, FinishReason::kLength);
+    ASSERT_EQ(plain[0].tokens.size(), 24u);
+  }
+  // Every rank builds the same requests; only the leader's text matters.
+  std::string text = World().rank() == 0 ? plain[0].text : std::string(24, 'x');
+  GenerationRequest by_string = base;
+  std::string stop = text.substr(10, 3);
+  by_string.sampling.stop = {stop};
+  GenerationRequest by_token = base;
+  int32_t stop_token = World().rank() == 0 ? plain[0].tokens[5] : 0;
+  by_token.sampling.stop_token_ids = {stop_token};
+  GenerationRequest short_one = base;
+  short_one.sampling.max_tokens = 3;
+  std::vector<Finished> results = RunEngine({}, {by_string, by_token, short_one});
+  if (World().rank() != 0) return;
+  EXPECT_EQ(results[0].final.finish_reason, FinishReason::kStop);
+  EXPECT_EQ(results[0].text, text.substr(0, text.find(stop)));
+  EXPECT_EQ(results[1].final.finish_reason, FinishReason::kStop);
+  size_t first = std::find(plain[0].tokens.begin(), plain[0].tokens.end(), stop_token) -
+                 plain[0].tokens.begin();
+  EXPECT_EQ(results[1].tokens,
+            std::vector<int32_t>(plain[0].tokens.begin(), plain[0].tokens.begin() + first + 1));
+  EXPECT_EQ(results[2].final.finish_reason, FinishReason::kLength);
+  EXPECT_EQ(results[2].tokens,
+            std::vector<int32_t>(plain[0].tokens.begin(), plain[0].tokens.begin() + 3));
+}
+
+TEST_F(EngineTest, RefusesRequestsThatCanNeverRun) {
+  EngineOptions options;
+  options.num_blocks = 4;  // 64 tokens
+  absl::StatusOr<std::unique_ptr<Engine>> created =
+      Engine::Create(*model_, World(), tokenizer_, options);
+  ASSERT_TRUE(created.ok()) << created.status();
+  Engine& engine = **created;
+  if (engine.is_leader()) {
+    auto expect_invalid = [&](GenerationRequest request, const std::string& field) {
+      absl::StatusOr<std::shared_ptr<RequestStream>> stream = engine.Submit(std::move(request));
+      ASSERT_FALSE(stream.ok());
+      EXPECT_EQ(stream.status().code(), absl::StatusCode::kInvalidArgument) << stream.status();
+      EXPECT_NE(stream.status().message().find(field), std::string::npos) << stream.status();
+    };
+    GenerationRequest request;
+    request.prompt_tokens = {1, 2, 3};
+    GenerationRequest empty;
+    expect_invalid(empty, "prompt");
+    GenerationRequest bad_token = request;
+    bad_token.prompt_tokens[1] = 100000;
+    expect_invalid(bad_token, "prompt_tokens[1]");
+    GenerationRequest bad_top_p = request;
+    bad_top_p.sampling.top_p = 1.5f;
+    expect_invalid(bad_top_p, "top_p");
+    GenerationRequest no_tokens = request;
+    no_tokens.sampling.max_tokens = 0;
+    expect_invalid(no_tokens, "max_tokens");
+    GenerationRequest too_big = request;
+    too_big.sampling.max_tokens = 100;
+    expect_invalid(too_big, "whole cache holds 4");
+    GenerationRequest too_long = request;
+    too_long.sampling.max_tokens = static_cast<int>(engine.max_model_length());
+    expect_invalid(too_long, "context");
+    engine.Shutdown();
+    EXPECT_EQ(engine.Submit(request).status().code(), absl::StatusCode::kUnavailable);
+  }
+  absl::Status run = engine.Run();
+  EXPECT_TRUE(run.ok()) << run;
+}
+
+}  // namespace
+}  // namespace tessera::engine
