@@ -7,8 +7,10 @@
 namespace tessera::launcher {
 
 // `tessera bench <what>`: throughput benchmarks that print the figure, the limit it is
-// measured against and the ratio. Today: `generate` (prefill and decode at batch 1).
+// measured against and the ratio: `generate` (prefill and decode at batch 1) and `engine`
+// (offline throughput of the serving engine).
 int RunBench(const std::vector<std::string>& args, int* argc, char*** argv);
+int RunBenchEngine(const std::vector<std::string>& args, int* argc, char*** argv);
 
 }  // namespace tessera::launcher
 

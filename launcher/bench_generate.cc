@@ -180,9 +180,13 @@ absl::Status BenchGenerate(const BenchGenerateConfig& config, int* argc, char***
 }  // namespace
 
 int RunBench(const std::vector<std::string>& args, int* argc, char*** argv) {
+  if (!args.empty() && args[0] == "engine") {
+    return RunBenchEngine(std::vector<std::string>(args.begin() + 1, args.end()), argc, argv);
+  }
   if (args.empty() || args[0] != "generate") {
     std::fprintf(stderr,
-                 "usage: tessera bench generate [flags]   (tessera bench generate --help)\n");
+                 "usage: tessera bench generate|engine [flags]   (tessera bench engine "
+                 "--help)\n");
     return args.size() == 1 && (args[0] == "--help" || args[0] == "-h") ? kExitOk : kExitUsage;
   }
   BenchGenerateConfig config;

@@ -14,7 +14,9 @@
 #include "comm/mpi/mpi_communicator.h"
 #include "comm/mpi/mpi_runtime.h"
 #include "comm/topology.h"
+#include "launcher/engine_flags.h"
 #include "launcher/flags.h"
+#include "launcher/offline_generate.h"
 #include "launcher/process.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/model/default_model.h"
@@ -42,6 +44,9 @@ struct GenerateConfig {
   std::string dtype = "auto";
   absl::Duration timeout = absl::Minutes(5);
   bool validate = false;
+  std::string requests_file;  // set: offline generation through the engine
+  std::string output_file;
+  engine::EngineOptions engine;
 };
 
 absl::StatusOr<std::vector<std::string>> ReadPrompts(const GenerateConfig& config) {
@@ -154,7 +159,12 @@ absl::Status ReportPeakMemory(comm::MpiCommunicator& world, uint64_t weight_byte
 }
 
 absl::Status Generate(const GenerateConfig& config, int* argc, char*** argv) {
-  TESSERA_ASSIGN_OR_RETURN(std::vector<std::string> prompts, ReadPrompts(config));
+  std::vector<std::string> prompts;
+  if (config.requests_file.empty()) {
+    TESSERA_ASSIGN_OR_RETURN(prompts, ReadPrompts(config));
+  } else if (!config.prompts_file.empty()) {
+    return absl::InvalidArgumentError("--requests and --prompts: give one of them");
+  }
   std::optional<DType> dtype;
   if (config.dtype == "f32") {
     dtype = DType::kF32;
@@ -201,6 +211,14 @@ absl::Status Generate(const GenerateConfig& config, int* argc, char*** argv) {
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<model::Transformer> model,
                            model::Transformer::Load(dir, layout.tp(), load));
 
+  if (!config.requests_file.empty()) {
+    OfflineJob offline{config.requests_file, config.output_file, config.engine};
+    // Rank 0 alone learns whether some requests failed; everyone still meets at the end.
+    absl::Status ran = RunOfflineJob(offline, *world, layout, *model, *tok);
+    absl::Status met = world->Barrier();
+    return ran.ok() ? met : ran;
+  }
+
   // Replicas take the prompts round robin; one replica streams, several print whole answers.
   bool stream = layout.dp_size() == 1 && prompts.size() == 1;
   Throughput stats;
@@ -240,6 +258,12 @@ int RunGenerate(const std::vector<std::string>& args, int* argc, char*** argv) {
              "let a tensor-parallel group span nodes");
   flags.String("prompt", &config.prompt, "the prompt");
   flags.String("prompts", &config.prompts_file, "a file of prompts, one per line");
+  flags.String("requests", &config.requests_file,
+               "a JSON Lines file of requests, run through the serving engine (continuous "
+               "batching); results in --output");
+  flags.String("output", &config.output_file, "where --requests writes results (default: stdout)");
+  config.engine.kv_cache_bytes = int64_t{512} << 20;
+  AddEngineFlags(flags, &config.engine);
   flags.Int("max-tokens", &config.max_tokens, "tokens to generate per prompt");
   flags.String("dtype", &config.dtype, "weights in memory: auto (as stored), f32 or bf16");
   flags.Duration("timeout", &config.timeout, "deadline of each collective");

@@ -21,7 +21,7 @@ struct Subcommand {
 constexpr Subcommand kSubcommands[] = {
     {"generate", "text from a Hugging Face model, tensor-parallel across MPI ranks",
      tessera::launcher::RunGenerate},
-    {"bench", "throughput benchmarks: bench generate (prefill and decode at batch 1)",
+    {"bench", "benchmarks: bench generate (batch 1), bench engine (continuous batching)",
      tessera::launcher::RunBench},
     {"comm-bench", "collective bandwidth over MPI or NCCL, as nccl-tests (run under mpirun)",
      tessera::launcher::RunCommBench},

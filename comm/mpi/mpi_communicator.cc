@@ -6,6 +6,7 @@
 #include <climits>
 #include <cstring>
 #include <optional>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -39,10 +40,14 @@ struct ArrivalAnswer {
   int32_t padding = 0;
 };
 
-// How often a waiting rank looks for arrival queries, and how long after polling starts it
-// begins yielding the core (ranks often outnumber cores on small machines).
+// How often a waiting rank looks for arrival queries, how long after polling starts it
+// begins yielding the core (ranks often outnumber cores on small machines), and after how
+// long it naps between polls: a rank that waits that long is idle (an engine peer between
+// requests), and a nap of a few tens of microseconds costs such a wait nothing.
 constexpr auto kAnswerInterval = std::chrono::milliseconds(1);
 constexpr auto kSpinBeforeYield = std::chrono::microseconds(50);
+constexpr auto kYieldBeforeNap = std::chrono::milliseconds(2);
+constexpr auto kNap = std::chrono::microseconds(50);
 
 Clock::duration ToClock(absl::Duration d) {
   return std::chrono::duration_cast<Clock::duration>(absl::ToChronoNanoseconds(d));
@@ -359,7 +364,12 @@ absl::StatusOr<bool> MpiCommunicator::Progress(Pending& pending, bool once) {
       }
     }
     if (once) break;
-    if (now - pending.started > kSpinBeforeYield) sched_yield();
+    const Clock::duration waited = now - pending.started;
+    if (waited > kYieldBeforeNap) {
+      std::this_thread::sleep_for(kNap);
+    } else if (waited > kSpinBeforeYield) {
+      sched_yield();
+    }
   }
   waiting_ = outer;
   return result;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "kernels/cpu/check_shapes.h"
+#include "kernels/cpu/parallel.h"
 #include "runtime/core/status_macros.h"
 
 namespace tessera::kernels {
@@ -20,6 +21,85 @@ absl::Status CheckCache(const char* kernel, const Tensor& k_cache, const Tensor&
   TESSERA_RETURN_IF_ERROR(ExpectRank(kernel, "k_cache", k_cache, 4));
   TESSERA_RETURN_IF_ERROR(ExpectDType(kernel, "v_cache", v_cache, {DType::kF32}));
   return ExpectShape(kernel, "v_cache", v_cache, k_cache.shape());
+}
+
+// q . k over head_dim with eight partial sums in a fixed order: the compiler keeps them in
+// one vector register without reassociating, and every call sums alike.
+inline float Dot(const float* __restrict a, const float* __restrict b, int64_t n) {
+  float partial[8] = {};
+  int64_t d = 0;
+  for (; d + 8 <= n; d += 8) {
+    for (int t = 0; t < 8; ++t) partial[t] += a[d + t] * b[d + t];
+  }
+  float tail = 0.0f;
+  for (; d < n; ++d) tail += a[d] * b[d];
+  // A pairwise tree (8 -> 4 -> 2 -> 1): shuffles and adds rather than eight dependent adds.
+  float four[4], two[2];
+  for (int t = 0; t < 4; ++t) four[t] = partial[t] + partial[t + 4];
+  for (int t = 0; t < 2; ++t) two[t] = four[t] + four[t + 2];
+  return (two[0] + two[1]) + tail;
+}
+
+// Where one sequence's cached keys and values are.
+struct SequenceCache {
+  const float* k;
+  const float* v;
+  const int32_t* table;  // the sequence's block table
+  int64_t block_size;
+  int64_t kv_row;        // floats per cached token: kv_heads * head_dim
+};
+
+// One query position against cached positions [first, last], every head at once:
+//   q (heads, head_dim), out (heads, head_dim), scores scratch (heads, last - first + 1);
+// query head h reads kv head h / group. Cached rows (kv_heads * head_dim floats) are read
+// whole and in order, a block (block_size rows) at a time, so the walk streams through
+// memory. Built for AVX2 and for the baseline; the loader picks one per machine, so results
+// never depend on the batch.
+__attribute__((target_clones("avx2", "default"))) void AttendQuery(
+    const SequenceCache& cache, int64_t kv_heads, int64_t group, int64_t head_dim, int64_t first,
+    int64_t last, const float* q, float scale, float* scores, float* out) {
+  const int64_t span = last - first + 1;
+  const int64_t heads = kv_heads * group;
+  for (int64_t p = first, j = 0; p <= last;) {
+    const int64_t block = cache.table[p / cache.block_size];
+    const int64_t offset = p % cache.block_size;
+    const int64_t run = std::min(cache.block_size - offset, last - p + 1);
+    const float* key = cache.k + (block * cache.block_size + offset) * cache.kv_row;
+    for (int64_t r = 0; r < run; ++r, ++j, key += cache.kv_row) {
+      for (int64_t h = 0; h < heads; ++h) {
+        scores[h * span + j] = Dot(q + h * head_dim, key + (h / group) * head_dim, head_dim) * scale;
+      }
+    }
+    p += run;
+  }
+  for (int64_t h = 0; h < heads; ++h) {
+    float* row = scores + h * span;
+    float max = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < span; ++j) max = std::max(max, row[j]);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < span; ++j) {
+      row[j] = std::exp(row[j] - max);
+      sum += row[j];
+    }
+    const float inverse = 1.0f / sum;
+    for (int64_t j = 0; j < span; ++j) row[j] *= inverse;
+  }
+  std::fill(out, out + heads * head_dim, 0.0f);
+  for (int64_t p = first, j = 0; p <= last;) {
+    const int64_t block = cache.table[p / cache.block_size];
+    const int64_t offset = p % cache.block_size;
+    const int64_t run = std::min(cache.block_size - offset, last - p + 1);
+    const float* value = cache.v + (block * cache.block_size + offset) * cache.kv_row;
+    for (int64_t r = 0; r < run; ++r, ++j, value += cache.kv_row) {
+      for (int64_t h = 0; h < heads; ++h) {
+        const float weight = scores[h * span + j];
+        const float* v = value + (h / group) * head_dim;
+        float* o = out + h * head_dim;
+        for (int64_t d = 0; d < head_dim; ++d) o[d] += weight * v[d];
+      }
+    }
+    p += run;
+  }
 }
 
 }  // namespace
@@ -91,11 +171,12 @@ absl::Status PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor
         absl::StrCat(kKernel, ": query_starts must run from 0 to the ", tokens, " query rows"));
   }
 
-  int64_t group = heads / kv_heads;
-  int64_t kv_row = kv_heads * head_dim;
-  const float* k_data = k_cache.data<float>();
-  const float* v_data = v_cache.data<float>();
-  std::vector<float> scores;
+  const int64_t group = heads / kv_heads;
+  const int64_t kv_row = kv_heads * head_dim;
+  // Each query row's sequence and position, and the work of the whole call.
+  std::vector<int32_t> row_sequence(tokens);
+  std::vector<int64_t> row_position(tokens);
+  int64_t work = 0;
   for (int64_t s = 0; s < sequences; ++s) {
     int64_t new_tokens = starts[s + 1] - starts[s];
     int64_t context = lens[s];
@@ -112,44 +193,36 @@ absl::Status PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor
                                                   " cache blocks"));
       }
     }
-    auto key_row = [&](const float* cache, int64_t position, int64_t kv_head) {
-      int64_t slot = table[position / block_size] * block_size + position % block_size;
-      return cache + slot * kv_row + kv_head * head_dim;
-    };
     for (int64_t i = 0; i < new_tokens; ++i) {
-      int64_t row = starts[s] + i;
-      int64_t position = context - new_tokens + i;
-      int64_t first = 0;
-      if (params.sliding_window > 0)
-        first = std::max<int64_t>(0, position - params.sliding_window + 1);
-      int64_t span = position - first + 1;
-      scores.resize(span);
-      for (int64_t h = 0; h < heads; ++h) {
-        const float* query = q.data<float>() + (row * heads + h) * head_dim;
-        int64_t kv_head = h / group;
-        float max = -std::numeric_limits<float>::infinity();
-        for (int64_t j = 0; j < span; ++j) {
-          const float* key = key_row(k_data, first + j, kv_head);
-          float dot = 0.0f;
-          for (int64_t d = 0; d < head_dim; ++d) dot += query[d] * key[d];
-          scores[j] = dot * params.scale;
-          max = std::max(max, scores[j]);
-        }
-        float sum = 0.0f;
-        for (int64_t j = 0; j < span; ++j) {
-          scores[j] = std::exp(scores[j] - max);
-          sum += scores[j];
-        }
-        float* o = out.data<float>() + (row * heads + h) * head_dim;
-        std::fill(o, o + head_dim, 0.0f);
-        for (int64_t j = 0; j < span; ++j) {
-          const float* value = key_row(v_data, first + j, kv_head);
-          float weight = scores[j] / sum;
-          for (int64_t d = 0; d < head_dim; ++d) o[d] += weight * value[d];
-        }
-      }
+      row_sequence[starts[s] + i] = static_cast<int32_t>(s);
+      row_position[starts[s] + i] = context - new_tokens + i;
+      work += context - new_tokens + i + 1;
     }
   }
+  work *= heads * head_dim;
+
+  // Items are query rows; below about 1M multiply-adds threads do not pay.
+  constexpr int64_t kParallelWork = int64_t{1} << 20;
+  const float* k_data = k_cache.data<float>();
+  const float* v_data = v_cache.data<float>();
+  const float* q_data = q.data<float>();
+  float* out_data = out.data<float>();
+  ParallelFor(tokens, work < kParallelWork ? tokens : 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores;
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t s = row_sequence[row];
+      const int64_t position = row_position[row];
+      int64_t first = 0;
+      if (params.sliding_window > 0) {
+        first = std::max<int64_t>(0, position - params.sliding_window + 1);
+      }
+      scores.resize(heads * (position - first + 1));
+      SequenceCache cache{k_data, v_data, tables + s * max_blocks, block_size, kv_row};
+      const int64_t offset = row * heads * head_dim;
+      AttendQuery(cache, kv_heads, group, head_dim, first, position, q_data + offset,
+                  params.scale, scores.data(), out_data + offset);
+    }
+  });
   return absl::OkStatus();
 }
 

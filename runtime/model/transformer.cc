@@ -177,6 +177,8 @@ absl::StatusOr<KvCache> Transformer::AllocateKvCache(int num_blocks, int block_s
   cache.block_size = block_size;
   Shape shape{num_blocks, block_size, plan_.attention.num_kv_heads, config_.head_dim};
   for (int l = 0; l < config_.num_hidden_layers; ++l) {
+    // Zeroed, which also makes the whole cache resident now rather than page by page in
+    // the middle of serving.
     TESSERA_ASSIGN_OR_RETURN(Tensor k, Tensor::Zeros(DType::kF32, shape));
     TESSERA_ASSIGN_OR_RETURN(Tensor v, Tensor::Zeros(DType::kF32, shape));
     cache.k.push_back(std::move(k));

@@ -107,9 +107,10 @@ class EngineTest : public ::testing::Test {
 
   // Runs `requests` through a new engine on every rank (the leader submits them all, then
   // runs until idle) and returns the leader's results in order, and its final statistics.
-  static std::vector<Finished> RunEngine(const EngineOptions& options,
+  static std::vector<Finished> RunEngine(EngineOptions options,
                                          const std::vector<GenerationRequest>& requests,
                                          EngineStats* stats = nullptr) {
+    if (options.num_blocks == 0) options.num_blocks = 1024;  // not the default gigabyte
     absl::StatusOr<std::unique_ptr<Engine>> engine =
         Engine::Create(*model_, World(), tokenizer_, options);
     EXPECT_TRUE(engine.ok()) << engine.status();
@@ -265,7 +266,10 @@ TEST_F(EngineTest, SharedPrefixHitsTheCacheAndChangesNothing) {
 }
 
 TEST_F(EngineTest, CancelledRequestsReturnTheirBlocks) {
-  absl::StatusOr<std::unique_ptr<Engine>> created = Engine::Create(*model_, World(), tokenizer_, {});
+  EngineOptions options;
+  options.num_blocks = 1024;
+  absl::StatusOr<std::unique_ptr<Engine>> created =
+      Engine::Create(*model_, World(), tokenizer_, options);
   ASSERT_TRUE(created.ok()) << created.status();
   Engine& engine = **created;
   std::thread canceller;

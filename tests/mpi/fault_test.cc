@@ -32,6 +32,25 @@ constexpr char kTimedOut[] =
 constexpr char kRankOneMissing[] = "rank 1 (world 1, ";
 constexpr char kNoAnswer[] = "did not arrive (no answer: dead, or stalled outside a collective)";
 
+// The serving engine: a peer that dies or stalls mid-generation makes the leader's step
+// fail within the deadline; every request ends with finish reason error and the reason.
+TEST(Faults, EnginePeerFailureEndsEveryRequestWithTheError) {
+  for (const char* scenario : {"exit", "stall"}) {
+    Outcome outcome = RunCommand(absl::StrCat(TESSERA_MPIRUN_COMMAND, " ", kKeepSurvivors,
+                                              " -np 2 env TESSERA_COMM_TIMEOUT=2 ",
+                                              TESSERA_ENGINE_FAULT_PROBE, " ", scenario, " 2>&1"));
+    EXPECT_NE(outcome.exit_code, 0) << outcome.output;
+    for (int id = 1; id <= 4; ++id) {
+      EXPECT_NE(outcome.output.find(absl::StrCat("request ", id, ": finish=error")),
+                std::string::npos)
+          << scenario << "\n" << outcome.output;
+    }
+    EXPECT_NE(outcome.output.find("DEADLINE_EXCEEDED"), std::string::npos) << outcome.output;
+    EXPECT_NE(outcome.output.find(kRankOneMissing), std::string::npos) << outcome.output;
+    EXPECT_LT(outcome.seconds, 60) << outcome.output;
+  }
+}
+
 TEST(Faults, RankThatExitsMakesSurvivorsFailWithinTheDeadline) {
   Outcome outcome = RunProbe("exit", 4, kKeepSurvivors);
   EXPECT_NE(outcome.exit_code, 0) << outcome.output;

@@ -109,6 +109,59 @@ TEST_F(Generate, HuggingFaceModelDirectoriesGiveTransformersText) {
   }
 }
 
+// A file of requests through the serving engine: results come back in input order, equal at
+// every layout (TP 2, and 2 replicas of TP 1) and equal to one-prompt generation; bad lines
+// get their own error and the rest still run.
+TEST_F(Generate, RequestFileRunsThroughTheEngine) {
+  std::string requests = cache_ + "/requests.jsonl";
+  std::ofstream(requests)
+      << R"({"id": "france", "prompt": "The capital of France is", "max_tokens": 24})" << "\n"
+      << R"({"id": "ids", "prompt_token_ids": [72, 105, 33], "max_tokens": 10, "ignore_eos": true})"
+      << "\n\n"
+      << R"({"id": "bad", "prompt": "x", "top_p": 2})" << "\n"
+      << "not json\n"
+      << R"({"id": "seeded", "prompt": "hi", "max_tokens": 8, "temperature": 0.9, "seed": 5,)"
+      << R"( "logprobs": true})" << "\n";
+  auto read_lines = [](const std::string& path) {
+    std::vector<nlohmann::json> lines;
+    std::ifstream file(path);
+    for (std::string line; std::getline(file, line);) lines.push_back(nlohmann::json::parse(line));
+    return lines;
+  };
+  std::vector<std::vector<nlohmann::json>> runs;
+  for (const char* layout : {"-np 1 --tp 1", "-np 2 --tp 2", "-np 2 --tp 1"}) {
+    std::string output = cache_ + "/out.jsonl";
+    std::filesystem::remove(output);
+    int ranks = layout[4] - '0';
+    Outcome outcome =
+        Run(ranks, absl::StrCat(layout + 6, " --requests ", requests, " --output ", output));
+    EXPECT_EQ(outcome.exit_code, 1) << outcome.all;  // two requests failed
+    EXPECT_NE(outcome.all.find("2 of 5 requests failed"), std::string::npos) << outcome.all;
+    EXPECT_NE(outcome.all.find("KV cache: "), std::string::npos) << outcome.all;
+    std::vector<nlohmann::json> lines = read_lines(output);
+    ASSERT_EQ(lines.size(), 5u) << layout;
+    EXPECT_EQ(lines[0]["id"], "france");
+    EXPECT_EQ(lines[0]["finish_reason"], "length");
+    EXPECT_EQ(lines[0]["usage"]["completion_tokens"], 24);
+    EXPECT_EQ(lines[1]["token_ids"].size(), 10u);
+    EXPECT_NE(lines[2]["error"].get<std::string>().find("line 4: top_p"), std::string::npos)
+        << lines[2];
+    EXPECT_NE(lines[3]["error"].get<std::string>().find("line 5: request: not valid JSON"),
+              std::string::npos)
+        << lines[3];
+    EXPECT_EQ(lines[4]["logprobs"].size(), lines[4]["token_ids"].size());
+    runs.push_back(lines);
+  }
+  for (size_t r = 1; r < runs.size(); ++r) {
+    for (size_t i : {0, 1, 4}) {
+      EXPECT_EQ(runs[r][i]["token_ids"], runs[0][i]["token_ids"]) << "layout " << r << " line " << i;
+    }
+  }
+  Outcome single = Run(1, "--prompt 'The capital of France is' --max-tokens 24");
+  ASSERT_EQ(single.exit_code, 0) << single.all;
+  EXPECT_EQ(runs[0][0]["text"].get<std::string>() + "\n", single.out);
+}
+
 TEST_F(Generate, BadInputFailsWithAMessage) {
   Outcome missing = Run(2, "--model /nonexistent-model-dir");
   EXPECT_NE(missing.exit_code, 0);

@@ -1,0 +1,26 @@
+#ifndef TESSERA_KERNELS_CPU_PARALLEL_H_
+#define TESSERA_KERNELS_CPU_PARALLEL_H_
+
+// A small pool of threads for CPU kernels whose work splits into independent items
+// (attention over sequences and heads). Every item is computed by exactly one thread with
+// the same code, so results do not depend on how many threads there are.
+//
+// Threads per process: TESSERA_CPU_THREADS when set, else the machine's cores divided by
+// the MPI ranks on this node (OMPI_COMM_WORLD_LOCAL_SIZE), at least one.
+
+#include <cstdint>
+#include <functional>
+
+namespace tessera::kernels {
+
+int CpuKernelThreads();
+
+// Calls fn(begin, end) on contiguous ranges covering [0, items) from the pool and the
+// calling thread, and returns when all are done. Runs inline when there are fewer than
+// 2 * min_items_per_thread items (waking threads costs more than small work).
+void ParallelFor(int64_t items, int64_t min_items_per_thread,
+                 const std::function<void(int64_t begin, int64_t end)>& fn);
+
+}  // namespace tessera::kernels
+
+#endif  // TESSERA_KERNELS_CPU_PARALLEL_H_

@@ -1,0 +1,32 @@
+#include "launcher/engine_flags.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "runtime/model/resident_memory.h"
+
+namespace tessera::launcher {
+
+void AddEngineFlags(FlagSet& flags, engine::EngineOptions* options) {
+  flags.Int("block-size", &options->block_size, "tokens per KV-cache block");
+  flags.Bytes("kv-cache-memory", &options->kv_cache_bytes,
+              "KV-cache memory per rank (K, M, G suffixes); sets the number of blocks");
+  flags.Int("max-running", &options->max_running, "sequences batched in one step at most");
+  flags.Int("max-step-tokens", &options->max_step_tokens,
+            "tokens through the model per step at most (long prompts go in chunks)");
+  flags.Bool("prefix-cache", &options->prefix_caching,
+             "reuse the KV blocks of shared prompt prefixes (--no-prefix-cache to turn off)");
+  flags.Int("max-queued", &options->max_queued, "waiting requests before new ones are refused");
+}
+
+std::string DescribeKvCache(const engine::Engine& engine, const model::Transformer& model) {
+  const model::ModelConfig& config = model.config();
+  const int64_t per_token = engine.kv_bytes_per_token();
+  return absl::StrFormat(
+      "KV cache: %d blocks of %d tokens = %d tokens fit; %s per rank, %d bytes per token on "
+      "this rank (2 x %d layers x %d KV heads x %d head dim x 4 bytes)",
+      engine.num_blocks(), engine.block_size(), engine.capacity_tokens(),
+      model::FormatBytes(static_cast<uint64_t>(per_token * engine.capacity_tokens())), per_token,
+      config.num_hidden_layers, model.plan().attention.num_kv_heads, config.head_dim);
+}
+
+}  // namespace tessera::launcher

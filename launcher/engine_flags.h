@@ -1,0 +1,25 @@
+#ifndef TESSERA_LAUNCHER_ENGINE_FLAGS_H_
+#define TESSERA_LAUNCHER_ENGINE_FLAGS_H_
+
+// The serving engine's flags, shared by every subcommand that runs an engine.
+
+#include <cstdint>
+#include <string>
+
+#include "launcher/flags.h"
+#include "runtime/engine/engine.h"
+
+namespace tessera::launcher {
+
+// Declares --block-size, --kv-cache-memory, --max-running, --max-step-tokens,
+// --prefix-cache and --max-queued, writing into `options` (whose values are the defaults:
+// set them first).
+void AddEngineFlags(FlagSet& flags, engine::EngineOptions* options);
+
+// "KV cache: 4096 blocks of 16 tokens = 65536 tokens, 24.0 KiB per token on this rank
+// (2 x 24 layers x 2 KV heads x 64 x 4 bytes)" for the start-up report.
+std::string DescribeKvCache(const engine::Engine& engine, const model::Transformer& model);
+
+}  // namespace tessera::launcher
+
+#endif  // TESSERA_LAUNCHER_ENGINE_FLAGS_H_
