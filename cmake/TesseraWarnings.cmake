@@ -5,6 +5,11 @@ function(tessera_target_defaults target)
     $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wpedantic -Werror -Wshadow -Wnon-virtual-dtor
                               -Wno-missing-field-initializers>
     $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings -Xcompiler=-Wall,-Wextra,-Werror>)
+  # GCC 12 reports -Wrestrict inside libstdc++'s std::string at -O3 (GCC bug 105329): a
+  # Release build would fail on code that is fine.
+  if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU" AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS 13)
+    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Wno-restrict>)
+  endif()
   if(TESSERA_HAVE_CUDA)
     target_compile_definitions(${target} PUBLIC TESSERA_HAVE_CUDA=1)
   endif()

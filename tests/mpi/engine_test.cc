@@ -304,6 +304,51 @@ TEST_F(EngineTest, CancelledRequestsReturnTheirBlocks) {
   EXPECT_EQ(stats.running, 0);
 }
 
+// The serving layer's use: many threads submit and read while the loop runs.
+TEST_F(EngineTest, ThreadsSubmitAndReadWhileTheLoopRuns) {
+  std::vector<GenerationRequest> requests = MixedRequests(24, 31);
+  std::vector<Generated> references = References(requests);
+  EngineOptions options;
+  options.num_blocks = 1024;
+  absl::StatusOr<std::unique_ptr<Engine>> created =
+      Engine::Create(*model_, World(), tokenizer_, options);
+  ASSERT_TRUE(created.ok()) << created.status();
+  Engine& engine = **created;
+  constexpr int kThreads = 4;
+  std::vector<std::vector<Finished>> results(kThreads);
+  std::vector<std::thread> clients;
+  std::thread closer;
+  if (engine.is_leader()) {
+    for (int t = 0; t < kThreads; ++t) {
+      clients.emplace_back([&, t] {
+        // Thread t submits requests t, t + 4, ... one after another and reads each fully.
+        for (size_t i = t; i < requests.size(); i += kThreads) {
+          absl::StatusOr<std::shared_ptr<RequestStream>> stream = engine.Submit(requests[i]);
+          ASSERT_TRUE(stream.ok()) << stream.status();
+          results[t].push_back(Drain(**stream));
+          EngineStats stats = engine.Stats();  // safe from any thread
+          EXPECT_LE(stats.kv_blocks_used, stats.kv_blocks_total);
+        }
+      });
+    }
+    closer = std::thread([&] {
+      for (std::thread& client : clients) client.join();
+      engine.StopWhenIdle();
+    });
+  }
+  absl::Status run = engine.Run();
+  ASSERT_TRUE(run.ok()) << run;
+  if (!engine.is_leader()) return;
+  closer.join();
+  for (int t = 0; t < kThreads; ++t) {
+    for (size_t k = 0; k < results[t].size(); ++k) {
+      size_t i = t + k * kThreads;
+      EXPECT_EQ(results[t][k].tokens, references[i].tokens) << "request " << i;
+    }
+  }
+  EXPECT_EQ(engine.Stats().requests_finished, 24);
+}
+
 TEST_F(EngineTest, StopsAtStopStringsStopTokensAndLength) {
   GenerationRequest base;
   base.prompt = "Once upon a time";
