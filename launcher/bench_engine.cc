@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -130,7 +131,9 @@ absl::Status BenchEngine(const BenchEngineConfig& config, int* argc, char*** arg
   }
   std::vector<std::pair<std::string, std::string>> models;
   if (!config.model.empty()) {
-    models.emplace_back(config.model, config.model);
+    std::string name = std::filesystem::path(config.model).lexically_normal().filename();
+    if (name.empty()) name = std::filesystem::path(config.model).parent_path().filename();
+    models.emplace_back(name, config.model);
   } else {
     TESSERA_ASSIGN_OR_RETURN(std::string tiny, model::EnsureDefaultModel());
     models.emplace_back("default (random, f32)", tiny);
