@@ -7,7 +7,6 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "kernels/cpu/sampling.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/core/stream.h"
@@ -126,7 +125,7 @@ class Engine::Loop {
   void ProcessToken(Live& live, const SampledToken& sampled);
   void End(uint64_t id, FinishReason reason, absl::Status status = absl::OkStatus());
   void EndAll(FinishReason reason, const absl::Status& status);
-  void PublishStats(double step_seconds, const StepPlan* plan);
+  void PublishStats(double step_seconds, const StepPlan* plan, int64_t prompt_tokens);
   absl::Status SendShutdown();
 
   Engine& engine_;
@@ -136,7 +135,6 @@ class Engine::Loop {
   StepExecutor executor_;
   absl::flat_hash_map<uint64_t, std::unique_ptr<Live>> live_;
   std::deque<std::pair<absl::Time, int64_t>> recent_outputs_;
-  uint64_t steps_sent_ = 0;
 };
 
 void Engine::Loop::TakeInbox(bool* shutdown, bool* stop_when_idle) {
@@ -256,7 +254,8 @@ void Engine::Loop::ProcessToken(Live& live, const SampledToken& sampled) {
   End(live.id, finish);
 }
 
-void Engine::Loop::PublishStats(double step_seconds, const StepPlan* plan) {
+void Engine::Loop::PublishStats(double step_seconds, const StepPlan* plan,
+                                int64_t prompt_tokens) {
   absl::Time now = absl::Now();
   SchedulerCounts counts = scheduler_.counts();
   absl::MutexLock lock(&engine_.mutex_);
@@ -271,7 +270,7 @@ void Engine::Loop::PublishStats(double step_seconds, const StepPlan* plan) {
       if (chunk.sample()) ++outputs;
     }
     stats.output_tokens += outputs;
-    stats.prompt_tokens += executor_.last_step_tokens() - outputs;
+    stats.prompt_tokens += prompt_tokens;
     recent_outputs_.emplace_back(now, outputs);
   }
   while (!recent_outputs_.empty() && now - recent_outputs_.front().first > kRateWindow) {
@@ -298,19 +297,23 @@ void Engine::Loop::PublishStats(double step_seconds, const StepPlan* plan) {
 
 absl::Status Engine::Loop::Step(StepPlan& plan) {
   absl::Time start = absl::Now();
-  ++steps_sent_;
   TESSERA_RETURN_IF_ERROR(BroadcastPlan(engine_.tp_, plan));
   TESSERA_ASSIGN_OR_RETURN(std::vector<SampledToken> sampled, executor_.Execute(plan));
   scheduler_.Completed(plan, sampled);
+  int64_t prompt_tokens = 0;  // rows of this step inside their sequence's prompt
   for (const auto& chunk : plan.chunks()) {
     auto it = live_.find(chunk.id());
-    if (it != live_.end() && !it->second->scheduled.has_value()) it->second->scheduled = start;
+    if (it == live_.end()) continue;
+    if (!it->second->scheduled.has_value()) it->second->scheduled = start;
+    const int64_t prompt_end =
+        std::min<int64_t>(chunk.start() + chunk.count(), it->second->prompt.size());
+    prompt_tokens += std::max<int64_t>(0, prompt_end - chunk.start());
   }
   for (const SampledToken& token : sampled) {
     auto it = live_.find(token.id);
     if (it != live_.end()) ProcessToken(*it->second, token);
   }
-  PublishStats(absl::ToDoubleSeconds(absl::Now() - start), &plan);
+  PublishStats(absl::ToDoubleSeconds(absl::Now() - start), &plan, prompt_tokens);
   if (plan.chunks_size() > 0 && engine_.step_observer_) {
     engine_.step_observer_(engine_.Stats());
   }
@@ -318,10 +321,7 @@ absl::Status Engine::Loop::Step(StepPlan& plan) {
 }
 
 absl::Status Engine::Loop::SendShutdown() {
-  StepPlan plan;
-  plan.set_version(tessera::v1::STEP_PLAN_VERSION_1);
-  plan.set_step(++steps_sent_);
-  plan.set_shutdown(true);
+  StepPlan plan = scheduler_.ShutdownPlan();
   return BroadcastPlan(engine_.tp_, plan);
 }
 
@@ -334,7 +334,7 @@ absl::Status Engine::Loop::RunLeader() {
       return SendShutdown();
     }
     if (!scheduler_.has_work() && !scheduler_.has_pending_removals()) {
-      PublishStats(0, nullptr);
+      PublishStats(0, nullptr, 0);
       if (stop_when_idle) {
         absl::MutexLock lock(&engine_.mutex_);
         if (engine_.inbox_.empty()) {

@@ -188,6 +188,14 @@ tessera::v1::StepPlan Scheduler::NextPlan() {
   return plan;
 }
 
+tessera::v1::StepPlan Scheduler::ShutdownPlan() {
+  tessera::v1::StepPlan plan;
+  plan.set_version(tessera::v1::STEP_PLAN_VERSION_1);
+  plan.set_step(++step_);
+  plan.set_shutdown(true);
+  return plan;
+}
+
 void Scheduler::Completed(const tessera::v1::StepPlan& plan,
                           absl::Span<const SampledToken> sampled) {
   for (const tessera::v1::ScheduledChunk& chunk : plan.chunks()) {

@@ -53,6 +53,8 @@ class Scheduler {
   // The next step. May be empty of chunks (nothing to run, or nothing fits yet); pending
   // removals travel in it anyway.
   tessera::v1::StepPlan NextPlan();
+  // The last plan: the ranks leave their step loop.
+  tessera::v1::StepPlan ShutdownPlan();
   // After the ranks executed `plan`: advances what each chunk computed, appends the sampled
   // tokens, and records the blocks that became full in the prefix cache.
   void Completed(const tessera::v1::StepPlan& plan, absl::Span<const SampledToken> sampled);
@@ -67,7 +69,6 @@ class Scheduler {
   int prompt_length(uint64_t id) const { return sequences_.at(id)->prompt_length; }
   int cached_prompt_tokens(uint64_t id) const { return sequences_.at(id)->cached_prompt_tokens; }
   int preemptions(uint64_t id) const { return sequences_.at(id)->preemptions; }
-  bool admitted(uint64_t id) const { return sequences_.at(id)->known_to_ranks; }
 
  private:
   struct Sequence {

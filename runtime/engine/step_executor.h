@@ -34,8 +34,6 @@ class StepExecutor {
   // a failed collective is returned as it came.
   absl::StatusOr<std::vector<SampledToken>> Execute(const tessera::v1::StepPlan& plan);
 
-  // Sequences this rank holds.
-  int num_sequences() const { return static_cast<int>(sequences_.size()); }
   // Rows that went through the model in the last step.
   int64_t last_step_tokens() const { return last_step_tokens_; }
 
