@@ -1,5 +1,7 @@
 #include "comm/communicator.h"
 
+#include <chrono>
+
 namespace tessera::comm {
 
 absl::Status Communicator::Run(CollectiveBatch batch, Stream& stream) {
@@ -9,7 +11,15 @@ absl::Status Communicator::Run(CollectiveBatch batch, Stream& stream) {
 }
 
 absl::Status Communicator::AllReduce(Tensor& buffer, ReduceOp op, Stream& stream) {
-  return Run(std::move(CollectiveBatch().AllReduce(buffer, op)), stream);
+  if (!allreduce_observer_) return Run(std::move(CollectiveBatch().AllReduce(buffer, op)), stream);
+  auto start = std::chrono::steady_clock::now();
+  absl::Status status = Run(std::move(CollectiveBatch().AllReduce(buffer, op)), stream);
+  if (status.ok()) {
+    allreduce_observer_(
+        static_cast<int64_t>(buffer.nbytes()),
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  return status;
 }
 
 absl::Status Communicator::AllGather(const Tensor& input, Tensor& output, Stream& stream) {

@@ -1,6 +1,7 @@
 #ifndef TESSERA_COMM_COMMUNICATOR_H_
 #define TESSERA_COMM_COMMUNICATOR_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -59,6 +60,13 @@ class Communicator {
 
   // Single collectives (see CollectiveOp for shapes), each a batch of one.
   absl::Status AllReduce(Tensor& buffer, ReduceOp op, Stream& stream);
+  // Called after every successful AllReduce with its size and the time the call took (host
+  // backends: the whole collective; device backends: until it was enqueued). For the
+  // per-rank latency histograms of a serving process; set before use, not while in use.
+  using AllReduceObserver = std::function<void(int64_t bytes, double seconds)>;
+  void set_allreduce_observer(AllReduceObserver observer) {
+    allreduce_observer_ = std::move(observer);
+  }
   absl::Status AllGather(const Tensor& input, Tensor& output, Stream& stream);
   absl::Status ReduceScatter(const Tensor& input, Tensor& output, ReduceOp op, Stream& stream);
   absl::Status Broadcast(Tensor& buffer, int root, Stream& stream);
@@ -75,6 +83,9 @@ class Communicator {
   static constexpr int kNoColor = -1;
   virtual absl::StatusOr<std::unique_ptr<Communicator>> Split(int color, int key,
                                                               std::string name) = 0;
+
+ private:
+  AllReduceObserver allreduce_observer_;
 };
 
 }  // namespace tessera::comm

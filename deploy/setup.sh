@@ -11,6 +11,7 @@ packages=(
   libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
   libabsl-dev libgtest-dev libgmock-dev
   nlohmann-json3-dev libpcre2-dev libicu-dev libopenblas-dev
+  libcpp-httplib-dev
 )
 
 missing=()

@@ -1,11 +1,9 @@
 #include "launcher/generate.h"
 
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <filesystem>
 #include <fstream>
 
 #include "absl/strings/numbers.h"
@@ -16,10 +14,10 @@
 #include "comm/topology.h"
 #include "launcher/engine_flags.h"
 #include "launcher/flags.h"
+#include "launcher/model_job.h"
 #include "launcher/offline_generate.h"
 #include "launcher/process.h"
 #include "runtime/core/status_macros.h"
-#include "runtime/model/default_model.h"
 #include "runtime/model/resident_memory.h"
 #include "runtime/model/transformer.h"
 #include "runtime/tokenizer/tokenizer.h"
@@ -165,51 +163,18 @@ absl::Status Generate(const GenerateConfig& config, int* argc, char*** argv) {
   } else if (!config.prompts_file.empty()) {
     return absl::InvalidArgumentError("--requests and --prompts: give one of them");
   }
-  std::optional<DType> dtype;
-  if (config.dtype == "f32") {
-    dtype = DType::kF32;
-  } else if (config.dtype == "bf16") {
-    dtype = DType::kBF16;
-  } else if (config.dtype != "auto") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--dtype: '", config.dtype, "' is not auto, f32 or bf16"));
-  }
   TESSERA_RETURN_IF_ERROR(
       kernels::ValidateSamplingParams({config.temperature, config.top_k, config.top_p, 0}));
   if (config.max_tokens < 1) return absl::InvalidArgumentError("--max-tokens must be >= 1");
 
-  TESSERA_ASSIGN_OR_RETURN(MpiJob job, StartMpiJob(argc, argv, config.timeout, config.validate));
-  std::unique_ptr<comm::MpiCommunicator>& world = job.world;
-  TESSERA_ASSIGN_OR_RETURN(comm::Topology topology, comm::Topology::Discover(*world));
-  comm::LayoutOptions layout_options{config.tp == 0 ? world->size() : config.tp,
-                                     config.allow_cross_node_tp};
-  TESSERA_ASSIGN_OR_RETURN(comm::Layout layout,
-                           comm::Layout::Create(*world, topology, layout_options));
-
-  std::string dir = config.model;
-  if (dir.empty()) {
-    TESSERA_ASSIGN_OR_RETURN(dir, model::EnsureDefaultModel());
-    if (world->rank() == 0) {
-      std::fprintf(stderr,
-                   "tessera: no --model given: using the built-in default %s (tiny, RANDOM "
-                   "weights: the text is meaningless) at %s\n",
-                   model::kDefaultModelName, dir.c_str());
-    }
-  }
+  ModelJobOptions options{config.model, config.dtype, config.tp, config.allow_cross_node_tp,
+                          config.timeout, config.validate};
+  TESSERA_ASSIGN_OR_RETURN(ModelJob job, StartModelJob(options, argc, argv));
+  comm::MpiCommunicator* world = job.mpi.world.get();
+  comm::Layout& layout = *job.layout;
+  tokenizer::Tokenizer* tok = job.tokenizer.get();
+  model::Transformer* model = job.model.get();
   bool leader = layout.tp_rank() == 0;
-  model::LoadOptions load;
-  load.dtype = dtype;
-  if (world->rank() == 0 && isatty(fileno(stderr))) {
-    load.progress = model::TerminalProgress(stderr, "loading");
-  }
-  if (!std::filesystem::is_directory(dir)) {
-    return absl::NotFoundError(absl::StrCat("--model: ", dir, " is not a directory"));
-  }
-  // The tokenizer first: it is quick to read and a missing one should not wait for weights.
-  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<tokenizer::Tokenizer> tok,
-                           tokenizer::Tokenizer::FromFile(dir + "/tokenizer.json"));
-  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<model::Transformer> model,
-                           model::Transformer::Load(dir, layout.tp(), load));
 
   if (!config.requests_file.empty()) {
     OfflineJob offline{config.requests_file, config.output_file, config.engine};

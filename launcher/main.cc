@@ -6,9 +6,13 @@
 #include <vector>
 
 #include "launcher/bench.h"
+#include "launcher/client.h"
 #include "launcher/comm_bench.h"
 #include "launcher/generate.h"
+#include "launcher/launch.h"
 #include "launcher/process.h"
+#include "launcher/serve.h"
+#include "launcher/worker.h"
 
 namespace {
 
@@ -23,6 +27,17 @@ constexpr Subcommand kSubcommands[] = {
      tessera::launcher::RunGenerate},
     {"bench", "benchmarks: bench generate (batch 1), bench engine (continuous batching)",
      tessera::launcher::RunBench},
+    {"serve", "serve a model on this machine: coordinator plus mpirun workers (Ctrl-C stops)",
+     tessera::launcher::RunServe},
+    {"coordinator", "the gRPC coordinator that worker groups register with",
+     tessera::launcher::RunCoordinator},
+    {"client", "client health|generate|batch against a coordinator",
+     tessera::launcher::RunClient},
+    {"worker", "a serving worker under mpirun: engine per TP group, leader registers with the "
+               "coordinator",
+     tessera::launcher::RunWorker},
+    {"launch", "a serving job on many nodes: the coordinator here, workers by mpirun",
+     tessera::launcher::RunLaunch},
     {"comm-bench", "collective bandwidth over MPI or NCCL, as nccl-tests (run under mpirun)",
      tessera::launcher::RunCommBench},
 };

@@ -35,6 +35,12 @@ absl::StatusOr<MpiJob> StartMpiJob(int* argc, char*** argv, absl::Duration timeo
 
 // Parses flags. Returns an exit code when the subcommand should stop now: kExitOk after
 // printing --help, kExitUsage after printing a parse error. nullopt to go on.
+//
+// Parse-only mode: when the environment variable TESSERA_PARSE_ONLY is 1, a command line
+// that parses prints "tessera: command line parses" on stdout and returns kExitOk, so that
+// every subcommand stops before it does any work. Deployment files are checked this way
+// (tests/e2e/deploy_commands_test.cc). Checks that a subcommand makes after parsing (flag
+// combinations, files) are not run.
 std::optional<int> ParseOrExit(FlagSet& flags, const std::vector<std::string>& args);
 
 // Prints a failed status as "tessera: error (rank R on H): ..." on stderr and returns

@@ -1,0 +1,219 @@
+#include "launcher/client.h"
+
+#include <cstdio>
+#include <fstream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "launcher/flags.h"
+#include "launcher/process.h"
+#include "runtime/core/status_macros.h"
+#include "runtime/serve/request_convert.h"
+#include "tessera/v1/inference.grpc.pb.h"
+
+namespace tessera::launcher {
+namespace {
+
+struct ClientConfig {
+  std::string target = "127.0.0.1:50051";
+  std::string service;  // health: the service to ask about ("" = the server)
+  std::string model;    // empty: the first the coordinator lists
+  std::string version;
+  std::string prompt = "Hello";
+  std::string prompts_file;
+  std::string tenant;
+  std::string session;
+  int max_tokens = 32;
+  std::string temperature = "0";
+  int top_k = 0;
+  std::string top_p = "1";
+  int seed = -1;
+  bool ignore_eos = false;
+  absl::Duration timeout = absl::Minutes(5);
+};
+
+std::shared_ptr<grpc::Channel> Connect(const ClientConfig& config) {
+  return grpc::CreateChannel(config.target, grpc::InsecureChannelCredentials());
+}
+
+void SetDeadline(grpc::ClientContext& context, absl::Duration timeout) {
+  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+}
+
+absl::Status Health(const ClientConfig& config) {
+  auto stub = grpc::health::v1::Health::NewStub(Connect(config));
+  grpc::ClientContext context;
+  SetDeadline(context, std::min(config.timeout, absl::Seconds(10)));
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(config.service);
+  grpc::health::v1::HealthCheckResponse response;
+  TESSERA_RETURN_IF_ERROR(serve::FromGrpcStatus(stub->Check(&context, request, &response)));
+  std::printf("%s\n", grpc::health::v1::HealthCheckResponse::ServingStatus_Name(
+                          response.status()).c_str());
+  if (response.status() != grpc::health::v1::HealthCheckResponse::SERVING) {
+    return absl::UnavailableError(absl::StrCat(config.target, " is not serving"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::GenerateRequest> MakeRequest(const ClientConfig& config,
+                                                v1::Inference::Stub& stub,
+                                                const std::string& prompt) {
+  v1::GenerateRequest request;
+  std::string model = config.model;
+  if (model.empty()) {
+    grpc::ClientContext context;
+    SetDeadline(context, absl::Seconds(10));
+    v1::ListModelsResponse models;
+    TESSERA_RETURN_IF_ERROR(
+        serve::FromGrpcStatus(stub.ListModels(&context, v1::ListModelsRequest(), &models)));
+    if (models.models_size() == 0) {
+      return absl::UnavailableError("the coordinator lists no model (no worker group yet)");
+    }
+    model = models.models(0).name();
+  }
+  request.set_model(model);
+  request.set_version(config.version);
+  request.set_prompt(prompt);
+  request.set_tenant(config.tenant);
+  request.set_session_id(config.session);
+  v1::SamplingParams& sampling = *request.mutable_sampling();
+  double temperature = 0, top_p = 1;
+  if (!absl::SimpleAtod(config.temperature, &temperature)) {
+    return absl::InvalidArgumentError("--temperature: not a number");
+  }
+  if (!absl::SimpleAtod(config.top_p, &top_p)) {
+    return absl::InvalidArgumentError("--top-p: not a number");
+  }
+  sampling.set_temperature(static_cast<float>(temperature));
+  sampling.set_top_p(static_cast<float>(top_p));
+  sampling.set_top_k(config.top_k);
+  if (config.seed >= 0) sampling.set_seed(static_cast<uint64_t>(config.seed));
+  sampling.set_max_tokens(config.max_tokens);
+  sampling.set_ignore_eos(config.ignore_eos);
+  return request;
+}
+
+void PrintSummary(const std::string& finish, const v1::Usage& usage, const v1::Timings& timings,
+                  const v1::Placement& placement) {
+  std::fprintf(stderr,
+               "finish %s; %d prompt tokens (%d cached), %d generated; first token after "
+               "%.1f ms, %.1f ms in all; model %s %s on group %s\n",
+               finish.c_str(), usage.prompt_tokens(), usage.cached_tokens(),
+               usage.completion_tokens(), 1e3 * timings.time_to_first_token_seconds(),
+               1e3 * timings.total_seconds(), placement.model().c_str(),
+               placement.version().c_str(), placement.group().c_str());
+}
+
+absl::Status Generate(const ClientConfig& config) {
+  auto stub = v1::Inference::NewStub(Connect(config));
+  TESSERA_ASSIGN_OR_RETURN(v1::GenerateRequest request,
+                           MakeRequest(config, *stub, config.prompt));
+  grpc::ClientContext context;
+  SetDeadline(context, config.timeout);
+  auto reader = stub->GenerateStream(&context, request);
+  v1::GenerateStreamResponse message;
+  v1::Placement placement;
+  while (reader->Read(&message)) {
+    if (message.has_placement()) placement = message.placement();
+    std::fwrite(message.text().data(), 1, message.text().size(), stdout);
+    std::fflush(stdout);
+    if (message.final()) {
+      std::printf("\n");
+      PrintSummary(v1::FinishReason_Name(message.finish_reason()), message.usage(),
+                   message.timings(), placement);
+    }
+  }
+  return serve::FromGrpcStatus(reader->Finish());
+}
+
+absl::Status Batch(const ClientConfig& config) {
+  if (config.prompts_file.empty()) {
+    return absl::InvalidArgumentError("--prompts: required (a file of prompts, one per line)");
+  }
+  std::ifstream file(config.prompts_file);
+  if (!file) return absl::NotFoundError(absl::StrCat("--prompts: cannot read ", config.prompts_file));
+  auto stub = v1::Inference::NewStub(Connect(config));
+  v1::GenerateBatchRequest batch;
+  for (std::string line; std::getline(file, line);) {
+    if (line.empty()) continue;
+    TESSERA_ASSIGN_OR_RETURN(*batch.add_requests(), MakeRequest(config, *stub, line));
+  }
+  grpc::ClientContext context;
+  SetDeadline(context, config.timeout);
+  v1::GenerateBatchResponse response;
+  TESSERA_RETURN_IF_ERROR(serve::FromGrpcStatus(stub->GenerateBatch(&context, batch, &response)));
+  int failed = 0;
+  for (int i = 0; i < response.results_size(); ++i) {
+    const v1::BatchResult& result = response.results(i);
+    if (result.error_code() != 0) {
+      ++failed;
+      std::printf("[%d] error: %s\n", i, result.error_message().c_str());
+    } else {
+      std::printf("[%d] %s\n", i, result.response().text().c_str());
+    }
+  }
+  if (failed > 0) {
+    return absl::UnknownError(absl::StrCat(failed, " of ", response.results_size(),
+                                           " requests failed"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int RunClient(const std::vector<std::string>& args, int* /*argc*/, char*** /*argv*/) {
+  const std::string usage =
+      "usage: tessera client health|generate|batch [flags]  (--help after the action for its "
+      "flags)";
+  if (args.empty() || (args[0] != "health" && args[0] != "generate" && args[0] != "batch")) {
+    bool help = !args.empty() && (args[0] == "--help" || args[0] == "-h");
+    std::fprintf(help ? stdout : stderr, "%s\n", usage.c_str());
+    return help ? kExitOk : kExitUsage;
+  }
+  const std::string action = args[0];
+  ClientConfig config;
+  FlagSet flags("tessera client " + action,
+                action == "health"     ? "Asks a coordinator or worker whether it is serving "
+                                         "(gRPC health checking); exit 0 when it is."
+                : action == "generate" ? "Streams one completion to the terminal."
+                                       : "Runs a file of prompts (one per line) as one "
+                                         "GenerateBatch; results in order.");
+  flags.String("target", &config.target, "host:port of the coordinator");
+  flags.Duration("timeout", &config.timeout, "deadline of the call");
+  if (action == "health") {
+    flags.String("service", &config.service, "the service to ask about (default: the server)");
+  } else {
+    flags.String("model", &config.model, "model name (default: the first listed)");
+    flags.String("version", &config.version, "model version (default: the coordinator's pick)");
+    flags.String("tenant", &config.tenant, "tenant the tokens are charged to");
+    flags.String("session", &config.session, "session id (keeps one model version)");
+    flags.Int("max-tokens", &config.max_tokens, "tokens to generate at most");
+    flags.String("temperature", &config.temperature, "sampling temperature (0: greedy)");
+    flags.Int("top-k", &config.top_k, "sample among the k most likely tokens (0: all)");
+    flags.String("top-p", &config.top_p, "nucleus sampling mass in (0, 1]");
+    flags.Int("seed", &config.seed, "sampler seed (-1: the engine's choice)");
+    flags.Bool("ignore-eos", &config.ignore_eos, "keep going past end-of-sequence tokens");
+    if (action == "generate") {
+      flags.String("prompt", &config.prompt, "the prompt");
+    } else {
+      flags.String("prompts", &config.prompts_file, "a file of prompts, one per line");
+    }
+  }
+  std::vector<std::string> rest(args.begin() + 1, args.end());
+  if (std::optional<int> done = ParseOrExit(flags, rest)) return *done;
+  absl::Status status = action == "health"     ? Health(config)
+                        : action == "generate" ? Generate(config)
+                                               : Batch(config);
+  if (!status.ok()) {
+    std::fprintf(stderr, "tessera client %s: %s\n", action.c_str(), status.ToString().c_str());
+    return kExitFailure;
+  }
+  return kExitOk;
+}
+
+}  // namespace tessera::launcher

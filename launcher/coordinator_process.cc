@@ -1,0 +1,95 @@
+#include "launcher/coordinator_process.h"
+
+#include <cstdio>
+
+#include "absl/strings/str_cat.h"
+#include "runtime/core/status_macros.h"
+#include "runtime/serve/log.h"
+
+namespace tessera::launcher {
+
+void AddCoordinatorFlags(FlagSet& flags, CoordinatorConfig* config) {
+  flags.String("listen", &config->listen, "host:port of the gRPC API (Inference, WorkerRegistry)");
+  flags.String("metrics-listen", &config->metrics_listen,
+               "host:port of the Prometheus endpoint (/metrics, /healthz); 'off' for none");
+  flags.String("policy", &config->policy,
+               "routing: combined (load, prefix and topology in one score), least-load, "
+               "prefix or topology");
+  flags.String("versions", &config->versions,
+               "weights of model versions for requests that name none, e.g. "
+               "\"tiny=v1:95,v2:5\" (models separated by ';'); default: equal shares");
+  flags.String("tenants", &config->tenants_file,
+               "a JSON file of tenants: priority class and token-rate quota");
+  flags.String("tenant-quotas", &config->tenant_quotas,
+               "tenants on the command line: NAME=PRIORITY:TOKENS_PER_SECOND:BURST,...");
+  flags.Int("max-queue", &config->max_queue,
+            "requests in flight at once; beyond it RESOURCE_EXHAUSTED (low priority first)");
+  flags.Duration("heartbeat-interval", &config->heartbeat_interval,
+                 "how often groups report; a group that misses 3 is dead");
+  flags.Bytes("max-message-bytes", &config->max_message_bytes,
+              "largest request message accepted (RESOURCE_EXHAUSTED beyond it)");
+}
+
+RunningCoordinator::~RunningCoordinator() {
+  if (metrics_server != nullptr) metrics_server->Stop();
+  if (grpc.server != nullptr) {
+    grpc.server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  }
+}
+
+absl::StatusOr<std::unique_ptr<RunningCoordinator>> StartCoordinator(
+    const CoordinatorConfig& config) {
+  serve::CoordinatorOptions options;
+  TESSERA_ASSIGN_OR_RETURN(options.router.policy, serve::ParseRoutingPolicy(config.policy));
+  absl::StatusOr<serve::ModelVersionWeights> weights =
+      serve::ParseVersionWeights(config.versions);
+  if (!weights.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--versions: ", weights.status().message()));
+  }
+  options.version_weights = *std::move(weights);
+  if (!config.tenants_file.empty()) {
+    absl::StatusOr<serve::TenantQuotaConfig> tenants =
+        serve::LoadTenantQuotaConfigFile(config.tenants_file);
+    if (!tenants.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--tenants: ", tenants.status().message()));
+    }
+    options.tenants = *std::move(tenants);
+  }
+  if (!config.tenant_quotas.empty()) {
+    absl::Status added = serve::AddTenantQuotasFromFlag(config.tenant_quotas, &options.tenants);
+    if (!added.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--tenant-quotas: ", added.message()));
+    }
+  }
+  if (config.max_queue < 1) return absl::InvalidArgumentError("--max-queue: must be >= 1");
+  if (config.heartbeat_interval <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--heartbeat-interval: must be > 0");
+  }
+  if (config.max_message_bytes < 1024 || config.max_message_bytes > (int64_t{1} << 30)) {
+    return absl::InvalidArgumentError("--max-message-bytes: must be between 1K and 1G");
+  }
+  options.max_queue = config.max_queue;
+  options.registry.heartbeat_interval = config.heartbeat_interval;
+
+  auto running = std::make_unique<RunningCoordinator>();
+  running->metrics = std::make_unique<serve::MetricsRegistry>();
+  running->coordinator = std::make_unique<serve::Coordinator>(options, *running->metrics);
+  serve::GrpcServerOptions grpc_options;
+  grpc_options.address = config.listen;
+  grpc_options.max_message_bytes = static_cast<int>(config.max_message_bytes);
+  TESSERA_ASSIGN_OR_RETURN(
+      running->grpc, serve::StartGrpcServer(grpc_options,
+                                            {running->coordinator->inference_service(),
+                                             running->coordinator->registry_service()}));
+  running->coordinator->AttachHealth(running->grpc.server.get());
+  if (config.metrics_listen != "off") {
+    serve::Coordinator* coordinator = running->coordinator.get();
+    TESSERA_ASSIGN_OR_RETURN(
+        running->metrics_server,
+        serve::MetricsServer::Start(config.metrics_listen, running->metrics.get(),
+                                    [coordinator] { return coordinator->Healthy(); }));
+  }
+  return running;
+}
+
+}  // namespace tessera::launcher

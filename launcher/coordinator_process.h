@@ -1,0 +1,53 @@
+#ifndef TESSERA_LAUNCHER_COORDINATOR_PROCESS_H_
+#define TESSERA_LAUNCHER_COORDINATOR_PROCESS_H_
+
+// The coordinator's flags and start-up, shared by `tessera coordinator` and `tessera serve`
+// (which runs one in its own process beside the workers it launches).
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "launcher/flags.h"
+#include "runtime/serve/coordinator.h"
+#include "runtime/serve/grpc_server.h"
+#include "runtime/serve/metrics.h"
+#include "runtime/serve/metrics_http.h"
+
+namespace tessera::launcher {
+
+struct CoordinatorConfig {
+  std::string listen = "0.0.0.0:50051";
+  std::string metrics_listen = "0.0.0.0:9400";
+  std::string policy = "combined";
+  std::string versions;       // "MODEL=VER:WEIGHT,VER:WEIGHT;MODEL2=..."
+  std::string tenants_file;   // JSON (tenant_quota.h)
+  std::string tenant_quotas;  // "acme=high:5000:20000,..."
+  int max_queue = 1024;
+  absl::Duration heartbeat_interval = absl::Seconds(1);
+  int64_t max_message_bytes = 4 << 20;
+};
+
+// Declares the coordinator's flags, writing into `config` (whose values are the defaults).
+void AddCoordinatorFlags(FlagSet& flags, CoordinatorConfig* config);
+
+struct RunningCoordinator {
+  std::unique_ptr<serve::MetricsRegistry> metrics;
+  std::unique_ptr<serve::Coordinator> coordinator;
+  serve::RunningGrpcServer grpc;
+  std::unique_ptr<serve::MetricsServer> metrics_server;
+
+  ~RunningCoordinator();  // stops the servers before the coordinator goes
+  RunningCoordinator() = default;
+  RunningCoordinator(RunningCoordinator&&) = default;
+};
+
+// Checks the flags (INVALID_ARGUMENT naming the flag) and starts serving.
+absl::StatusOr<std::unique_ptr<RunningCoordinator>> StartCoordinator(
+    const CoordinatorConfig& config);
+
+}  // namespace tessera::launcher
+
+#endif  // TESSERA_LAUNCHER_COORDINATOR_PROCESS_H_

@@ -1,0 +1,101 @@
+#ifndef TESSERA_LAUNCHER_LAUNCH_H_
+#define TESSERA_LAUNCHER_LAUNCH_H_
+
+// `tessera launch`: a serving job on many nodes from one Open MPI hostfile. It starts the
+// coordinator on this machine and the workers with mpirun, one rank per GPU, laid out so
+// that no tensor-parallel group spans two nodes. The command lines are built by a pure
+// function (BuildLaunchCommands) so that their mapping from flags can be tested.
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+namespace tessera::launcher {
+
+// One host of an Open MPI hostfile ("node-a slots=8").
+struct HostSlots {
+  std::string host;
+  int slots = 0;
+  int line = 0;  // 1-based line of the hostfile where the host first appears
+};
+
+// Parses the text of an Open MPI hostfile: one "HOST slots=N [max_slots=M]" per line, '#'
+// comments and blank lines ignored; a host listed twice has its slots added, as mpirun does.
+// Every host must give slots=N (the launcher lays ranks out by it). INVALID_ARGUMENT naming
+// `file_name` and the line otherwise.
+absl::StatusOr<std::vector<HostSlots>> ParseHostfile(absl::string_view text,
+                                                     absl::string_view file_name);
+
+// Everything `tessera launch` needs to know. Each field is the flag of the same name.
+struct LaunchConfig {
+  // Open MPI hostfile, read and validated.
+  std::string hostfile;
+  // Worker ranks; 0: every slot (or ranks_per_node x hosts).
+  int np = 0;
+  // Ranks on each node; 0: fill each host's slots in hostfile order.
+  int ranks_per_node = 0;
+  // Tensor-parallel degree; must divide every node's rank count.
+  int tp = 1;
+  // core, numa or none.
+  std::string bind_to = "numa";
+  // With bind_to "core": cores reserved for each rank (PE=k).
+  int cores_per_rank = 1;
+  // cpu or nccl: which communicator settings go to the ranks.
+  std::string backend = "nccl";
+  // "NAME=VALUE" set on every rank, or "NAME" to forward this process's value.
+  std::vector<std::string> env;
+  // HOST:PORT the workers register with; empty: local_host:50051.
+  std::string coordinator;
+  // False when a coordinator already runs at `coordinator`.
+  bool start_coordinator = true;
+  // The coordinator's --policy and --metrics-listen; empty: its defaults.
+  std::string policy;
+  std::string coordinator_metrics_listen;
+  // Worker flags; empty: not passed (the model: the built-in default).
+  std::string model;
+  std::string model_name;
+  std::string version;
+  std::string zone;
+  std::string mpirun = "mpirun";
+  // The tessera binary on the nodes, and here (which runs the coordinator).
+  std::string tessera;
+  std::string coordinator_binary;
+  // Appended to the worker command (the arguments after "--").
+  std::vector<std::string> worker_args;
+
+  // From the launching process, not flags: this host's name (the default coordinator
+  // host) and the names of the environment variables set here (the NCCL_* and Tessera
+  // settings among them are forwarded to the ranks).
+  std::string local_host;
+  std::vector<std::string> environment_names;
+};
+
+// The two command lines of a launch, as argument vectors.
+struct LaunchCommands {
+  // `tessera coordinator --listen 0.0.0.0:PORT ...`, run on this machine; empty when
+  // start_coordinator is false.
+  std::vector<std::string> coordinator;
+  // `mpirun --hostfile ... tessera worker --coordinator HOST:PORT --tp T ...`.
+  std::vector<std::string> workers;
+  int coordinator_port = 0;
+  int np = 0;  // worker ranks
+};
+
+// Validates `config` (reading its hostfile) and builds both command lines. Every error is
+// INVALID_ARGUMENT naming the flag at fault (and the hostfile line, for the hostfile).
+absl::StatusOr<LaunchCommands> BuildLaunchCommands(const LaunchConfig& config);
+
+// `args` as one shell line: each argument single-quoted when it holds anything but
+// letters, digits and -_./:=@%+,.
+std::string ShellJoin(const std::vector<std::string>& args);
+
+// `tessera launch`. Returns the process exit code: 0 when mpirun and the coordinator both
+// ended well; non-zero when either failed, and 128+N after signal N stopped them.
+int RunLaunch(const std::vector<std::string>& args, int* argc, char*** argv);
+
+}  // namespace tessera::launcher
+
+#endif  // TESSERA_LAUNCHER_LAUNCH_H_

@@ -1,0 +1,648 @@
+#include "runtime/serve/coordinator.h"
+
+#include <chrono>
+#include <functional>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "runtime/serve/grpc_server.h"
+#include "runtime/serve/log.h"
+#include "runtime/serve/request_convert.h"
+
+namespace tessera::serve {
+namespace {
+
+constexpr char kComponent[] = "coordinator";
+
+GroupInfo FromWire(const v1::RegisterRequest& request) {
+  GroupInfo info;
+  info.name = request.name();
+  info.endpoint = request.endpoint();
+  info.metrics_endpoint = request.metrics_endpoint();
+  info.model = request.model();
+  info.version = request.version();
+  const v1::GroupTopology& topology = request.topology();
+  info.topology.hosts.assign(topology.hosts().begin(), topology.hosts().end());
+  info.topology.tp = topology.tp();
+  info.topology.zone = topology.zone();
+  info.topology.interconnect = static_cast<Interconnect>(topology.interconnect());
+  info.topology.allreduce_latency_seconds = topology.allreduce_latency_seconds();
+  info.kv.block_size = request.kv().block_size();
+  info.kv.blocks = request.kv().blocks();
+  info.kv.bytes_per_token = request.kv().bytes_per_token();
+  info.max_model_length = request.max_model_length();
+  info.max_running = request.max_running();
+  return info;
+}
+
+GroupLoad FromWire(const v1::GroupLoad& wire) {
+  GroupLoad load;
+  load.running = wire.running();
+  load.queued = wire.queued();
+  load.kv_blocks_free = wire.kv_blocks_free();
+  load.kv_blocks_total = wire.kv_blocks_total();
+  load.outstanding_tokens = wire.outstanding_tokens();
+  load.output_tokens_per_second = wire.output_tokens_per_second();
+  load.cached_block_hashes.insert(wire.cached_block_hashes().begin(),
+                                  wire.cached_block_hashes().end());
+  return load;
+}
+
+std::string TokenizerKey(const std::string& model, const std::string& version) {
+  return absl::StrCat(model, "\n", version);
+}
+
+bool ClientGone(grpc::ServerContext* context) {
+  return context != nullptr && context->IsCancelled();
+}
+
+grpc::Status ClientEndStatus(grpc::ServerContext* context) {
+  if (context->deadline() <= std::chrono::system_clock::now()) {
+    return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "deadline exceeded");
+  }
+  return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
+}
+
+}  // namespace
+
+// One registered group's channel and the calls the coordinator has open on it.
+struct Coordinator::GroupLink {
+  std::string id;
+  std::string model;
+  std::string version;
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<v1::Worker::Stub> stub;
+  absl::Mutex mutex;
+  absl::flat_hash_set<grpc::ClientContext*> calls ABSL_GUARDED_BY(mutex);
+  bool gone ABSL_GUARDED_BY(mutex) = false;
+  std::string why_gone ABSL_GUARDED_BY(mutex);
+};
+
+class Coordinator::InferenceImpl final : public v1::Inference::Service {
+ public:
+  explicit InferenceImpl(Coordinator& coordinator) : c_(coordinator) {}
+
+  grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
+                        v1::GenerateResponse* response) override {
+    RequestRecord record;
+    grpc::Status status = c_.RunRequest(
+        context, *request,
+        [response](const v1::GenerateStreamResponse& message) {
+          AppendToResponse(message, response);
+          return true;
+        },
+        &record);
+    return status;
+  }
+
+  grpc::Status GenerateStream(grpc::ServerContext* context, const v1::GenerateRequest* request,
+                              grpc::ServerWriter<v1::GenerateStreamResponse>* writer) override {
+    RequestRecord record;
+    return c_.RunRequest(
+        context, *request,
+        [writer](const v1::GenerateStreamResponse& message) { return writer->Write(message); },
+        &record);
+  }
+
+  grpc::Status GenerateBatch(grpc::ServerContext* context, const v1::GenerateBatchRequest* batch,
+                             v1::GenerateBatchResponse* response) override {
+    const int n = batch->requests_size();
+    for (int i = 0; i < n; ++i) response->add_results();
+    // Every request runs at once on a thread of its own; the router spreads them over the
+    // groups and each group's engine batches what it gets.
+    std::vector<std::thread> threads;
+    threads.reserve(n);
+    for (int i = 0; i < n; ++i) {
+      threads.emplace_back([this, context, batch, response, i] {
+        v1::BatchResult* result = response->mutable_results(i);
+        RequestRecord record;
+        v1::GenerateResponse* out = result->mutable_response();
+        grpc::Status status = c_.RunRequest(
+            context, batch->requests(i),
+            [out](const v1::GenerateStreamResponse& message) {
+              AppendToResponse(message, out);
+              return true;
+            },
+            &record);
+        if (!status.ok()) {
+          result->set_error_code(status.error_code());
+          result->set_error_message(absl::StrCat("requests[", i, "]: ", status.error_message()));
+        }
+      });
+    }
+    for (std::thread& thread : threads) thread.join();
+    if (ClientGone(context)) return ClientEndStatus(context);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Tokenize(grpc::ServerContext* /*context*/, const v1::TokenizeRequest* request,
+                        v1::TokenizeResponse* response) override {
+    if (request->model().empty()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "model: required");
+    }
+    std::string version = request->version();
+    if (version.empty()) {
+      std::vector<std::string> versions =
+          c_.registry_.HealthyVersions(request->model(), absl::Now());
+      if (!versions.empty()) version = versions.front();
+    }
+    absl::StatusOr<std::shared_ptr<const tokenizer::Tokenizer>> tokenizer =
+        c_.TokenizerFor(request->model(), version);
+    if (!tokenizer.ok()) return ToGrpcStatus(tokenizer.status());
+    absl::StatusOr<std::vector<int32_t>> tokens =
+        (*tokenizer)->Encode(request->text(), request->add_special_tokens());
+    if (!tokens.ok()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          absl::StrCat("text: ", tokens.status().message()));
+    }
+    response->mutable_tokens()->Add(tokens->begin(), tokens->end());
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ListModels(grpc::ServerContext* /*context*/, const v1::ListModelsRequest*,
+                          v1::ListModelsResponse* response) override {
+    absl::Time now = absl::Now();
+    for (const ModelSummary& model : c_.registry_.Models(now)) {
+      v1::ModelInfo* info = response->add_models();
+      info->set_name(model.model);
+      std::vector<std::string> healthy = c_.registry_.HealthyVersions(model.model, now);
+      std::map<std::string, double> shares = c_.router_.VersionShares(model.model, healthy);
+      for (const VersionSummary& version : model.versions) {
+        v1::ModelVersion* out = info->add_versions();
+        out->set_version(version.version);
+        auto share = shares.find(version.version);
+        out->set_weight(share == shares.end() ? 0.0 : share->second);
+        out->set_groups(version.groups);
+        out->set_healthy_groups(version.healthy_groups);
+        out->set_max_model_length(version.max_model_length);
+      }
+    }
+    return grpc::Status::OK;
+  }
+
+ private:
+  Coordinator& c_;
+};
+
+class Coordinator::RegistryImpl final : public v1::WorkerRegistry::Service {
+ public:
+  explicit RegistryImpl(Coordinator& coordinator) : c_(coordinator) {}
+
+  grpc::Status Register(grpc::ServerContext* /*context*/, const v1::RegisterRequest* request,
+                        v1::RegisterResponse* response) override {
+    // The tokenizer first: a group whose tokenizer cannot be read is not routable.
+    std::shared_ptr<const tokenizer::Tokenizer> tokenizer;
+    {
+      size_t key = std::hash<std::string>()(request->tokenizer_json());
+      absl::MutexLock lock(&c_.mutex_);
+      auto found = c_.parsed_.find(key);
+      if (found != c_.parsed_.end()) tokenizer = found->second;
+    }
+    if (tokenizer == nullptr) {
+      if (request->tokenizer_json().empty()) {
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            "tokenizer_json: required (the model's tokenizer.json)");
+      }
+      absl::StatusOr<std::unique_ptr<tokenizer::Tokenizer>> parsed =
+          tokenizer::Tokenizer::FromJson(request->tokenizer_json(), "tokenizer_json");
+      if (!parsed.ok()) {
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            std::string(parsed.status().message()));
+      }
+      tokenizer = std::move(*parsed);
+    }
+    absl::StatusOr<std::string> id = c_.registry_.Register(FromWire(*request), absl::Now());
+    if (!id.ok()) return ToGrpcStatus(id.status());
+
+    auto link = std::make_shared<GroupLink>();
+    link->id = *id;
+    link->model = request->model();
+    link->version = request->version();
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(-1);
+    link->channel = grpc::CreateCustomChannel(request->endpoint(),
+                                              grpc::InsecureChannelCredentials(), args);
+    link->stub = v1::Worker::NewStub(link->channel);
+    {
+      absl::MutexLock lock(&c_.mutex_);
+      c_.links_[*id] = link;
+      c_.parsed_[std::hash<std::string>()(request->tokenizer_json())] = tokenizer;
+      c_.tokenizers_[TokenizerKey(request->model(), request->version())] = tokenizer;
+    }
+    response->set_group_id(*id);
+    response->set_heartbeat_interval_seconds(
+        absl::ToDoubleSeconds(c_.registry_.options().heartbeat_interval));
+    LogEvent(kComponent, {{"event", "group_registered"},
+                          {"group", *id},
+                          {"name", request->name()},
+                          {"model", request->model()},
+                          {"version", request->version()},
+                          {"endpoint", request->endpoint()},
+                          {"tp", absl::StrCat(request->topology().tp())},
+                          {"kv_blocks", absl::StrCat(request->kv().blocks())}});
+    c_.CollectGauges();
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Heartbeat(grpc::ServerContext* /*context*/, const v1::HeartbeatRequest* request,
+                         v1::HeartbeatResponse* response) override {
+    bool known = c_.registry_.Heartbeat(request->group_id(), FromWire(request->load()),
+                                        absl::Now());
+    response->set_registered(known);
+    if (known) c_.CollectGauges();
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Deregister(grpc::ServerContext* /*context*/, const v1::DeregisterRequest* request,
+                          v1::DeregisterResponse* /*response*/) override {
+    if (c_.registry_.Deregister(request->group_id())) {
+      c_.OnGroupGone(request->group_id(), "it deregistered (shutting down)");
+    }
+    return grpc::Status::OK;
+  }
+
+ private:
+  Coordinator& c_;
+};
+
+Coordinator::Coordinator(CoordinatorOptions options, MetricsRegistry& metrics)
+    : options_(std::move(options)),
+      registry_(options_.registry),
+      router_(options_.router),
+      quotas_(options_.tenants),
+      request_metrics_(metrics),
+      inference_(std::make_unique<InferenceImpl>(*this)),
+      registry_service_(std::make_unique<RegistryImpl>(*this)) {
+  absl::Status weights = router_.SetAllVersionWeights(options_.version_weights);
+  if (!weights.ok()) LogEvent(kComponent, {{"event", "bad_weights"}, {"error", weights.ToString()}});
+  queue_depth_ = *metrics.AddGauge("tessera_queue_depth",
+                                   "Requests admitted and not finished, at the coordinator.", {});
+  groups_gauge_ = *metrics.AddGauge("tessera_groups", "Registered worker groups, by health.",
+                                    {"state"});
+  group_running_ = *metrics.AddGauge("tessera_group_running_sequences",
+                                     "Sequences running on each group (last heartbeat).",
+                                     {"group", "model", "version"});
+  group_outstanding_ = *metrics.AddGauge(
+      "tessera_group_outstanding_tokens",
+      "Tokens each group has still to compute (its load), as the coordinator estimates it.",
+      {"group", "model", "version"});
+  group_kv_blocks_ = *metrics.AddGauge("tessera_group_kv_blocks",
+                                       "KV blocks of each group (last heartbeat), used or free.",
+                                       {"group", "state"});
+  redispatches_ = *metrics.AddCounter(
+      "tessera_redispatches_total",
+      "Requests sent again to another group after theirs failed before streaming.", {});
+  metrics.AddCollector([this] { CollectGauges(); });
+  reaper_ = std::thread([this] { ReapLoop(); });
+}
+
+Coordinator::~Coordinator() {
+  stop_.Notify();
+  reaper_.join();
+}
+
+grpc::Service* Coordinator::inference_service() { return inference_.get(); }
+grpc::Service* Coordinator::registry_service() { return registry_service_.get(); }
+
+void Coordinator::AttachHealth(grpc::Server* server) {
+  absl::MutexLock lock(&mutex_);
+  health_server_ = server;
+  SetServing(*server, {"tessera.v1.Inference"}, healthy_);
+}
+
+bool Coordinator::Healthy() const {
+  absl::MutexLock lock(&mutex_);
+  return healthy_;
+}
+
+int Coordinator::HealthyGroupCount() const {
+  int healthy = 0;
+  for (const GroupSnapshot& group : registry_.Groups(absl::Now())) healthy += group.healthy;
+  return healthy;
+}
+
+void Coordinator::CollectGauges() {
+  absl::Time now = absl::Now();
+  std::vector<GroupSnapshot> groups = registry_.Groups(now);
+  int healthy = 0;
+  for (const GroupSnapshot& group : groups) {
+    healthy += group.healthy ? 1 : 0;
+    group_running_->WithLabels({group.id, group.info.model, group.info.version})
+        .Set(group.load->running);
+    group_outstanding_->WithLabels({group.id, group.info.model, group.info.version})
+        .Set(static_cast<double>(group.EstimatedOutstandingTokens()));
+    group_kv_blocks_->WithLabels({group.id, "free"}).Set(group.load->kv_blocks_free);
+    group_kv_blocks_->WithLabels({group.id, "used"})
+        .Set(group.load->kv_blocks_total - group.load->kv_blocks_free);
+  }
+  groups_gauge_->WithLabels({"healthy"}).Set(healthy);
+  groups_gauge_->WithLabels({"unhealthy"}).Set(static_cast<double>(groups.size()) - healthy);
+  queue_depth_->WithLabels({}).Set(in_flight_.load());
+  absl::MutexLock lock(&mutex_);
+  bool now_healthy = healthy > 0;
+  if (now_healthy != healthy_) {
+    healthy_ = now_healthy;
+    LogEvent(kComponent, {{"event", now_healthy ? "serving" : "not_serving"},
+                          {"healthy_groups", absl::StrCat(healthy)}});
+    if (health_server_ != nullptr) {
+      SetServing(*health_server_, {"tessera.v1.Inference"}, healthy_);
+    }
+  }
+}
+
+void Coordinator::ReapLoop() {
+  absl::Duration tick = options_.registry.heartbeat_interval / 4;
+  while (!stop_.WaitForNotificationWithTimeout(tick)) {
+    for (const std::string& id : registry_.ExpireDead(absl::Now())) {
+      OnGroupGone(id, "it missed 3 heartbeats");
+    }
+    CollectGauges();
+  }
+}
+
+void Coordinator::OnGroupGone(const std::string& id, const std::string& why) {
+  std::shared_ptr<GroupLink> link;
+  {
+    absl::MutexLock lock(&mutex_);
+    auto found = links_.find(id);
+    if (found == links_.end()) return;
+    link = found->second;
+    links_.erase(found);
+  }
+  int cancelled = 0;
+  {
+    absl::MutexLock lock(&link->mutex);
+    link->gone = true;
+    link->why_gone = why;
+    for (grpc::ClientContext* call : link->calls) {
+      call->TryCancel();
+      ++cancelled;
+    }
+  }
+  for (absl::string_view state : {"free", "used"}) group_kv_blocks_->Remove({id, state});
+  group_running_->Remove({id, link->model, link->version});
+  group_outstanding_->Remove({id, link->model, link->version});
+  LogEvent(kComponent, {{"event", "group_gone"},
+                        {"group", id},
+                        {"why", why},
+                        {"open_requests", absl::StrCat(cancelled)}});
+  CollectGauges();
+}
+
+absl::StatusOr<std::shared_ptr<const tokenizer::Tokenizer>> Coordinator::TokenizerFor(
+    const std::string& model, const std::string& version) const {
+  absl::MutexLock lock(&mutex_);
+  auto found = tokenizers_.find(TokenizerKey(model, version));
+  if (found == tokenizers_.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("model: no group serves ", model, version.empty() ? "" : " version ",
+                     version));
+  }
+  return found->second;
+}
+
+absl::Status Coordinator::AdmitToQueue(TenantPriority priority) {
+  double share = priority == TenantPriority::kHigh     ? 1.0
+                 : priority == TenantPriority::kNormal ? 0.9
+                                                       : 0.7;
+  int limit = std::max(1, static_cast<int>(options_.max_queue * share));
+  int before = in_flight_.fetch_add(1);
+  if (before >= limit) {
+    in_flight_.fetch_sub(1);
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "queue full: ", before, " requests in flight (limit ", limit, " for priority ",
+        TenantPriorityName(priority), "); retry later"));
+  }
+  return absl::OkStatus();
+}
+
+grpc::Status Coordinator::RunRequest(grpc::ServerContext* context,
+                                     const v1::GenerateRequest& request, const Sink& sink,
+                                     RequestRecord* record) {
+  absl::Time start = absl::Now();
+  v1::GenerateRequest forwarded = request;
+  if (forwarded.request_id().empty()) {
+    forwarded.set_request_id(absl::StrCat("r-", next_request_.fetch_add(1)));
+  }
+  if (forwarded.tenant().empty()) forwarded.set_tenant("default");
+  record->request_id = forwarded.request_id();
+  record->tenant = forwarded.tenant();
+
+  grpc::Status status = [&]() -> grpc::Status {
+    if (absl::Status valid = ValidateGenerateRequest(forwarded); !valid.ok()) {
+      return ToGrpcStatus(valid);
+    }
+    TenantPriority priority = quotas_.PriorityOf(forwarded.tenant());
+    if (absl::Status queued = AdmitToQueue(priority); !queued.ok()) return ToGrpcStatus(queued);
+    struct Leave {
+      std::atomic<int>& count;
+      ~Leave() { count.fetch_sub(1); }
+    } leave{in_flight_};
+
+    // The version, then the tokens (the version's tokenizer).
+    absl::Time now = absl::Now();
+    std::vector<std::string> healthy = registry_.HealthyVersions(forwarded.model(), now);
+    if (healthy.empty()) {
+      bool known = false;
+      for (const ModelSummary& model : registry_.Models(now)) known |= model.model == forwarded.model();
+      return known ? grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                  absl::StrCat("no healthy worker group serves model ",
+                                               forwarded.model()))
+                   : grpc::Status(grpc::StatusCode::NOT_FOUND,
+                                  absl::StrCat("model: no worker group serves '",
+                                               forwarded.model(), "'"));
+    }
+    absl::StatusOr<std::string> version = router_.ChooseVersion(
+        forwarded.model(), forwarded.version(), forwarded.session_id(), healthy);
+    if (!version.ok()) return ToGrpcStatus(version.status());
+    forwarded.set_version(*version);
+    absl::StatusOr<std::shared_ptr<const tokenizer::Tokenizer>> tokenizer =
+        TokenizerFor(forwarded.model(), *version);
+    if (!tokenizer.ok()) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                          absl::StrCat("version: model ", forwarded.model(), " has no version '",
+                                       *version, "'"));
+    }
+    std::vector<int32_t> prompt(forwarded.prompt_tokens().begin(),
+                                forwarded.prompt_tokens().end());
+    if (prompt.empty()) {
+      absl::StatusOr<std::vector<int32_t>> encoded =
+          (*tokenizer)->Encode(forwarded.prompt(), /*add_special_tokens=*/true);
+      if (!encoded.ok()) {
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            absl::StrCat("prompt: ", encoded.status().message()));
+      }
+      prompt = *std::move(encoded);
+      forwarded.clear_prompt();
+      forwarded.mutable_prompt_tokens()->Add(prompt.begin(), prompt.end());
+    }
+    int max_tokens = forwarded.sampling().max_tokens() == 0 ? kDefaultMaxTokens
+                                                            : forwarded.sampling().max_tokens();
+    const int64_t asked = static_cast<int64_t>(prompt.size()) + max_tokens;
+    if (absl::Status admitted = quotas_.Admit(forwarded.tenant(), asked, now); !admitted.ok()) {
+      return ToGrpcStatus(admitted);
+    }
+    grpc::Status dispatched = Dispatch(context, forwarded, prompt, sink, record);
+    // The quota pays for what the request used, not what it could have.
+    quotas_.Refund(forwarded.tenant(),
+                   asked - static_cast<int64_t>(prompt.size()) - record->completion_tokens,
+                   absl::Now());
+    return dispatched;
+  }();
+
+  record->code = static_cast<absl::StatusCode>(status.error_code());
+  record->total_seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  if (record->code != absl::StatusCode::kOk && record->finish_reason.empty()) {
+    record->finish_reason = "error";
+  }
+  quotas_.Charge(record->tenant, record->prompt_tokens, record->completion_tokens);
+  request_metrics_.Record(*record);
+  if (!status.ok() || LogEnabled(LogLevel::kDebug)) {
+    Log(status.ok() ? LogLevel::kDebug : LogLevel::kInfo, kComponent,
+        {{"event", "request_done"},
+         {"request_id", record->request_id},
+         {"tenant", record->tenant},
+         {"group", record->group},
+         {"code", StatusCodeName(record->code)},
+         {"message", status.error_message()},
+         {"completion_tokens", absl::StrCat(record->completion_tokens)}});
+  }
+  return status;
+}
+
+grpc::Status Coordinator::Dispatch(grpc::ServerContext* context,
+                                   const v1::GenerateRequest& forwarded,
+                                   const std::vector<int32_t>& prompt, const Sink& sink,
+                                   RequestRecord* record) {
+  absl::Time start = absl::Now();
+  absl::Time last_message = start;
+  int64_t streamed_tokens = 0;
+  bool streamed = false;
+  absl::flat_hash_set<std::string> failed;
+  std::string last_failure;
+  for (int attempt = 0; attempt < options_.max_dispatch_attempts; ++attempt) {
+    absl::Time now = absl::Now();
+    std::vector<GroupSnapshot> candidates;
+    for (GroupSnapshot& group :
+         registry_.HealthyGroups(forwarded.model(), forwarded.version(), now)) {
+      if (!failed.contains(group.id)) candidates.push_back(std::move(group));
+    }
+    if (candidates.empty()) {
+      return grpc::Status(
+          grpc::StatusCode::UNAVAILABLE,
+          absl::StrCat("no healthy worker group serves model ", forwarded.model(), " version ",
+                       forwarded.version(),
+                       last_failure.empty() ? "" : absl::StrCat(" (", last_failure, ")")));
+    }
+    RouteRequest route;
+    route.model = forwarded.model();
+    route.version = forwarded.version();
+    route.max_tokens = forwarded.sampling().max_tokens() == 0 ? kDefaultMaxTokens
+                                                              : forwarded.sampling().max_tokens();
+    route.locality = {forwarded.locality().zone(), forwarded.locality().node()};
+    route.session_id = forwarded.session_id();
+    route.HashPrompt(prompt, candidates);
+    absl::StatusOr<RouteDecision> decision = router_.Route(route, candidates);
+    if (!decision.ok()) return ToGrpcStatus(decision.status());
+    if (LogEnabled(LogLevel::kDebug)) {
+      Log(LogLevel::kDebug, kComponent,
+          {{"event", "route"}, {"request_id", forwarded.request_id()},
+           {"decision", decision->Explain()}});
+    }
+    std::shared_ptr<GroupLink> link;
+    {
+      absl::MutexLock lock(&mutex_);
+      auto found = links_.find(decision->group_id);
+      if (found != links_.end()) link = found->second;
+    }
+    if (link == nullptr) {  // gone between the snapshot and now
+      failed.insert(decision->group_id);
+      continue;
+    }
+    record->group = link->id;
+    registry_.Dispatched(link->id, forwarded.request_id(),
+                         {static_cast<int64_t>(prompt.size()), route.max_tokens});
+
+    std::unique_ptr<grpc::ClientContext> call =
+        context != nullptr ? grpc::ClientContext::FromServerContext(*context)
+                           : std::make_unique<grpc::ClientContext>();
+    {
+      absl::MutexLock lock(&link->mutex);
+      if (link->gone) {
+        registry_.Completed(link->id, forwarded.request_id());
+        failed.insert(link->id);
+        continue;
+      }
+      link->calls.insert(call.get());
+    }
+    std::unique_ptr<grpc::ClientReader<v1::GenerateStreamResponse>> reader =
+        link->stub->Submit(call.get(), forwarded);
+    v1::GenerateStreamResponse message;
+    bool client_left = false;
+    while (reader->Read(&message)) {
+      absl::Time at = absl::Now();
+      if (!streamed) {
+        record->time_to_first_token_seconds = absl::ToDoubleSeconds(at - start);
+      } else {
+        record->inter_token_seconds.push_back(absl::ToDoubleSeconds(at - last_message));
+      }
+      last_message = at;
+      streamed = true;
+      streamed_tokens += message.tokens_size();
+      if (message.final()) {
+        record->finish_reason = absl::AsciiStrToLower(absl::StripPrefix(
+            v1::FinishReason_Name(message.finish_reason()), "FINISH_REASON_"));
+        record->prompt_tokens = message.usage().prompt_tokens();
+        record->completion_tokens = message.usage().completion_tokens();
+        record->cached_tokens = message.usage().cached_tokens();
+      }
+      if (!sink(message)) {
+        client_left = true;
+        call->TryCancel();
+        break;
+      }
+    }
+    grpc::Status status = reader->Finish();
+    bool gone;
+    std::string why_gone;
+    {
+      absl::MutexLock lock(&link->mutex);
+      link->calls.erase(call.get());
+      gone = link->gone;
+      why_gone = link->why_gone;
+    }
+    registry_.Completed(link->id, forwarded.request_id());
+    if (client_left || ClientGone(context)) {
+      return context != nullptr ? ClientEndStatus(context)
+                                : grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
+    }
+    if (status.ok()) return status;
+    // The group failed, left, or refused the request.
+    bool group_failed = gone || status.error_code() == grpc::StatusCode::UNAVAILABLE;
+    if (!group_failed) return status;
+    std::string what = gone ? absl::StrCat("group ", link->id, " went away: ", why_gone)
+                            : absl::StrCat("group ", link->id, ": ", status.error_message());
+    if (streamed) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                          absl::StrCat(what, "; the request had streamed ", streamed_tokens,
+                                       " tokens and cannot be resumed"));
+    }
+    LogEvent(kComponent, {{"event", "redispatch"},
+                          {"request_id", forwarded.request_id()},
+                          {"failed_group", link->id},
+                          {"why", what}});
+    redispatches_->WithLabels({}).Inc();
+    failed.insert(link->id);
+    last_failure = what;
+  }
+  return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                      absl::StrCat("the request failed on ", options_.max_dispatch_attempts,
+                                   " groups; last: ", last_failure));
+}
+
+}  // namespace tessera::serve

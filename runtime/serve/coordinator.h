@@ -1,0 +1,114 @@
+#ifndef TESSERA_RUNTIME_SERVE_COORDINATOR_H_
+#define TESSERA_RUNTIME_SERVE_COORDINATOR_H_
+
+// The coordinator: the client API (tessera.v1.Inference) in front of the worker groups that
+// register with it (tessera.v1.WorkerRegistry). It tokenizes each prompt with the model's
+// tokenizer (sent at registration), picks a version (weighted, sticky per session) and a
+// group (router.h), and relays the group's stream to the client.
+//
+// Failure handling: a group that misses 3 heartbeats, deregisters, or whose stream fails is
+// out; its requests that had streamed nothing are dispatched again to another group, the
+// others end with UNAVAILABLE saying what happened. A client's cancellation or deadline
+// reaches the group (the propagated call is cancelled), which frees the request's KV blocks.
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "grpcpp/server.h"
+#include "runtime/serve/group_registry.h"
+#include "runtime/serve/metrics.h"
+#include "runtime/serve/router.h"
+#include "runtime/serve/serve_metrics.h"
+#include "runtime/serve/tenant_quota.h"
+#include "runtime/tokenizer/tokenizer.h"
+#include "tessera/v1/inference.grpc.pb.h"
+#include "tessera/v1/worker.grpc.pb.h"
+
+namespace tessera::serve {
+
+struct CoordinatorOptions {
+  RouterOptions router;
+  GroupRegistryOptions registry;
+  ModelVersionWeights version_weights;
+  TenantQuotaConfig tenants;
+  // Requests in flight at once (admitted, not finished). Past a share of it, lower
+  // priority classes are refused first (RESOURCE_EXHAUSTED): low at 70%, normal at 90%.
+  int max_queue = 1024;
+  // Groups one request is tried on before it fails (when each fails before streaming).
+  int max_dispatch_attempts = 3;
+};
+
+class Coordinator {
+ public:
+  // Adds its metrics to `metrics` (which must outlive it) and starts the thread that expires
+  // dead groups.
+  Coordinator(CoordinatorOptions options, MetricsRegistry& metrics);
+  ~Coordinator();
+
+  grpc::Service* inference_service();
+  grpc::Service* registry_service();
+  // Health of `server` follows the groups: SERVING while some group is healthy.
+  void AttachHealth(grpc::Server* server);
+  // Some group is healthy.
+  bool Healthy() const;
+  int HealthyGroupCount() const;
+
+ private:
+  class InferenceImpl;
+  class RegistryImpl;
+  struct GroupLink;
+  // Where a relayed message goes; false when the client is gone.
+  using Sink = std::function<bool(const v1::GenerateStreamResponse&)>;
+
+  grpc::Status RunRequest(grpc::ServerContext* context, const v1::GenerateRequest& request,
+                          const Sink& sink, RequestRecord* record);
+  grpc::Status Dispatch(grpc::ServerContext* context, const v1::GenerateRequest& forwarded,
+                        const std::vector<int32_t>& prompt, const Sink& sink,
+                        RequestRecord* record);
+  absl::StatusOr<std::shared_ptr<const tokenizer::Tokenizer>> TokenizerFor(
+      const std::string& model, const std::string& version) const;
+  absl::Status AdmitToQueue(TenantPriority priority);
+  void ReapLoop();
+  void OnGroupGone(const std::string& id, const std::string& why);
+  void CollectGauges();
+
+  const CoordinatorOptions options_;
+  GroupRegistry registry_;
+  Router router_;
+  TenantQuotas quotas_;
+  RequestMetrics request_metrics_;
+  GaugeFamily* queue_depth_;
+  GaugeFamily* groups_gauge_;
+  GaugeFamily* group_running_;
+  GaugeFamily* group_outstanding_;
+  GaugeFamily* group_kv_blocks_;
+  CounterFamily* redispatches_;
+  std::unique_ptr<InferenceImpl> inference_;
+  std::unique_ptr<RegistryImpl> registry_service_;
+  std::atomic<int> in_flight_{0};
+  std::atomic<uint64_t> next_request_{1};
+
+  mutable absl::Mutex mutex_;
+  absl::flat_hash_map<std::string, std::shared_ptr<GroupLink>> links_ ABSL_GUARDED_BY(mutex_);
+  // Tokenizers by model and version, and by the tokenizer.json they came from (shared).
+  absl::flat_hash_map<std::string, std::shared_ptr<const tokenizer::Tokenizer>> tokenizers_
+      ABSL_GUARDED_BY(mutex_);
+  absl::flat_hash_map<size_t, std::shared_ptr<const tokenizer::Tokenizer>> parsed_
+      ABSL_GUARDED_BY(mutex_);
+  grpc::Server* health_server_ ABSL_GUARDED_BY(mutex_) = nullptr;
+  bool healthy_ ABSL_GUARDED_BY(mutex_) = false;
+
+  absl::Notification stop_;
+  std::thread reaper_;
+};
+
+}  // namespace tessera::serve
+
+#endif  // TESSERA_RUNTIME_SERVE_COORDINATOR_H_

@@ -1,0 +1,292 @@
+#include "runtime/serve/group_registry.h"
+
+#include <algorithm>
+#include <map>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace tessera::serve {
+namespace {
+
+bool BySequence(const GroupSnapshot& a, const GroupSnapshot& b) { return a.sequence < b.sequence; }
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+absl::string_view InterconnectName(Interconnect interconnect) {
+  switch (interconnect) {
+    case Interconnect::kUnspecified:
+      return "unspecified";
+    case Interconnect::kSingleDevice:
+      return "single-device";
+    case Interconnect::kNvlink:
+      return "nvlink";
+    case Interconnect::kPcie:
+      return "pcie";
+    case Interconnect::kHostMemory:
+      return "host-memory";
+    case Interconnect::kMultiNode:
+      return "multi-node";
+  }
+  return "unknown";
+}
+
+int64_t GroupSnapshot::EstimatedOutstandingTokens() const {
+  return load->outstanding_tokens + unreported_tokens;
+}
+
+int64_t GroupSnapshot::EstimatedFreeBlocks() const {
+  return std::max<int64_t>(0, load->kv_blocks_free - unreported_blocks);
+}
+
+int64_t GroupSnapshot::TotalBlocks() const {
+  return load->kv_blocks_total > 0 ? load->kv_blocks_total : info.kv.blocks;
+}
+
+int64_t GroupSnapshot::KvTokenCapacity() const {
+  return std::max<int64_t>(1, TotalBlocks() * std::max(info.kv.block_size, 1));
+}
+
+bool GroupSnapshot::MultiNode() const {
+  if (info.topology.interconnect == Interconnect::kMultiNode) return true;
+  const std::vector<std::string>& hosts = info.topology.hosts;
+  return std::any_of(hosts.begin(), hosts.end(),
+                     [&](const std::string& host) { return host != hosts.front(); });
+}
+
+absl::string_view GroupSnapshot::LeaderHost() const {
+  return info.topology.hosts.empty() ? absl::string_view() : info.topology.hosts.front();
+}
+
+GroupRegistry::GroupRegistry(GroupRegistryOptions options) : options_(options) {}
+
+absl::StatusOr<std::string> GroupRegistry::Register(GroupInfo info, absl::Time now) {
+  if (info.model.empty()) return absl::InvalidArgumentError("register: model is empty");
+  if (info.endpoint.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("register: endpoint is empty (model ", info.model, ")"));
+  }
+  if (info.kv.block_size <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("register: kv.block_size must be positive, got ",
+                                                   info.kv.block_size, " (", info.endpoint, ")"));
+  }
+  if (info.kv.blocks < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("register: kv.blocks must not be negative, got ",
+                                                   info.kv.blocks, " (", info.endpoint, ")"));
+  }
+  absl::MutexLock lock(&mutex_);
+  for (auto it = groups_.begin(); it != groups_.end();) {
+    if (it->second.info.endpoint == info.endpoint) {
+      replaced_.push_back(it->first);
+      groups_.erase(it++);
+    } else {
+      ++it;
+    }
+  }
+  Group group;
+  group.sequence = next_sequence_++;
+  group.id = absl::StrCat("g", group.sequence);
+  auto load = std::make_shared<GroupLoad>();
+  load->kv_blocks_free = info.kv.blocks;
+  load->kv_blocks_total = info.kv.blocks;
+  group.load = std::move(load);
+  group.info = std::move(info);
+  group.registered_at = now;
+  group.last_heartbeat = now;
+  std::string id = group.id;
+  groups_.emplace(id, std::move(group));
+  return id;
+}
+
+bool GroupRegistry::Heartbeat(absl::string_view id, GroupLoad load, absl::Time now) {
+  auto shared = std::make_shared<const GroupLoad>(std::move(load));
+  absl::MutexLock lock(&mutex_);
+  auto it = groups_.find(id);
+  if (it == groups_.end()) return false;
+  Group& group = it->second;
+  group.load = std::move(shared);
+  group.last_heartbeat = std::max(group.last_heartbeat, now);
+  group.heartbeat_received = true;
+  ++group.heartbeats;
+  group.unreported_tokens = 0;
+  group.unreported_blocks = 0;
+  return true;
+}
+
+bool GroupRegistry::Deregister(absl::string_view id) {
+  absl::MutexLock lock(&mutex_);
+  return groups_.erase(id) > 0;
+}
+
+std::vector<std::string> GroupRegistry::ExpireDead(absl::Time now) {
+  const absl::Duration dead_after = options_.heartbeat_interval * options_.dead_after_intervals;
+  absl::MutexLock lock(&mutex_);
+  std::vector<std::string> dead = std::move(replaced_);
+  replaced_.clear();
+  std::vector<std::pair<uint64_t, std::string>> expired;
+  for (const auto& [id, group] : groups_) {
+    if (now - group.last_heartbeat > dead_after) expired.emplace_back(group.sequence, id);
+  }
+  std::sort(expired.begin(), expired.end());
+  for (auto& [sequence, id] : expired) {
+    groups_.erase(id);
+    dead.push_back(std::move(id));
+  }
+  return dead;
+}
+
+void GroupRegistry::Forget(Group& group, const Group::Inflight& request) {
+  const int64_t tokens = request.cost.prompt_tokens + request.cost.max_tokens;
+  group.inflight_tokens -= tokens;
+  if (request.heartbeats_before == group.heartbeats) {
+    // No heartbeat since the dispatch: the request is still counted as unreported.
+    group.unreported_tokens = std::max<int64_t>(0, group.unreported_tokens - tokens);
+    group.unreported_blocks = std::max<int64_t>(0, group.unreported_blocks - request.blocks);
+  }
+}
+
+bool GroupRegistry::Dispatched(absl::string_view id, absl::string_view request_id,
+                               RequestCost cost) {
+  absl::MutexLock lock(&mutex_);
+  auto it = groups_.find(id);
+  if (it == groups_.end()) return false;
+  Group& group = it->second;
+  Group::Inflight request;
+  request.cost.prompt_tokens = std::max<int64_t>(0, cost.prompt_tokens);
+  request.cost.max_tokens = std::max<int64_t>(0, cost.max_tokens);
+  request.blocks = CeilDiv(request.cost.prompt_tokens + 1, group.info.kv.block_size);
+  request.heartbeats_before = group.heartbeats;
+  auto [slot, inserted] = group.inflight.try_emplace(request_id);
+  if (!inserted) Forget(group, slot->second);
+  slot->second = request;
+  const int64_t tokens = request.cost.prompt_tokens + request.cost.max_tokens;
+  group.inflight_tokens += tokens;
+  group.unreported_tokens += tokens;
+  group.unreported_blocks += request.blocks;
+  return true;
+}
+
+bool GroupRegistry::Completed(absl::string_view id, absl::string_view request_id) {
+  absl::MutexLock lock(&mutex_);
+  auto it = groups_.find(id);
+  if (it == groups_.end()) return false;
+  Group& group = it->second;
+  auto request = group.inflight.find(request_id);
+  if (request == group.inflight.end()) return false;
+  Forget(group, request->second);
+  group.inflight.erase(request);
+  return true;
+}
+
+bool GroupRegistry::Healthy(const Group& group, absl::Time now) const {
+  return now - group.last_heartbeat <=
+         options_.heartbeat_interval * options_.unhealthy_after_intervals;
+}
+
+GroupSnapshot GroupRegistry::SnapshotOf(const Group& group, absl::Time now) const {
+  GroupSnapshot snapshot;
+  snapshot.id = group.id;
+  snapshot.sequence = group.sequence;
+  snapshot.info = group.info;
+  snapshot.load = group.load;
+  snapshot.registered_at = group.registered_at;
+  snapshot.last_heartbeat = group.last_heartbeat;
+  snapshot.heartbeat_received = group.heartbeat_received;
+  snapshot.healthy = Healthy(group, now);
+  snapshot.inflight_requests = static_cast<int64_t>(group.inflight.size());
+  snapshot.inflight_tokens = group.inflight_tokens;
+  snapshot.unreported_tokens = group.unreported_tokens;
+  snapshot.unreported_blocks = group.unreported_blocks;
+  return snapshot;
+}
+
+std::optional<GroupSnapshot> GroupRegistry::Get(absl::string_view id, absl::Time now) const {
+  absl::MutexLock lock(&mutex_);
+  auto it = groups_.find(id);
+  if (it == groups_.end()) return std::nullopt;
+  return SnapshotOf(it->second, now);
+}
+
+std::vector<GroupSnapshot> GroupRegistry::Groups(absl::Time now) const {
+  std::vector<GroupSnapshot> result;
+  {
+    absl::MutexLock lock(&mutex_);
+    result.reserve(groups_.size());
+    for (const auto& [id, group] : groups_) result.push_back(SnapshotOf(group, now));
+  }
+  std::sort(result.begin(), result.end(), BySequence);
+  return result;
+}
+
+std::vector<GroupSnapshot> GroupRegistry::HealthyGroups(absl::string_view model,
+                                                        absl::string_view version,
+                                                        absl::Time now) const {
+  std::vector<GroupSnapshot> result;
+  {
+    absl::MutexLock lock(&mutex_);
+    for (const auto& [id, group] : groups_) {
+      if (group.info.model != model) continue;
+      if (!version.empty() && group.info.version != version) continue;
+      if (!Healthy(group, now)) continue;
+      result.push_back(SnapshotOf(group, now));
+    }
+  }
+  std::sort(result.begin(), result.end(), BySequence);
+  return result;
+}
+
+std::vector<std::string> GroupRegistry::HealthyVersions(absl::string_view model,
+                                                        absl::Time now) const {
+  std::vector<std::string> versions;
+  {
+    absl::MutexLock lock(&mutex_);
+    for (const auto& [id, group] : groups_) {
+      if (group.info.model == model && Healthy(group, now)) versions.push_back(group.info.version);
+    }
+  }
+  std::sort(versions.begin(), versions.end());
+  versions.erase(std::unique(versions.begin(), versions.end()), versions.end());
+  return versions;
+}
+
+std::vector<ModelSummary> GroupRegistry::Models(absl::Time now) const {
+  struct Tally {
+    VersionSummary summary;
+    int64_t healthy_length = 0;  // smallest known max_model_length among healthy groups
+    int64_t any_length = 0;      // ... among all groups
+  };
+  auto smaller_known = [](int64_t current, int64_t length) {
+    if (length <= 0) return current;
+    return current <= 0 ? length : std::min(current, length);
+  };
+  std::map<std::string, std::map<std::string, Tally>> models;
+  {
+    absl::MutexLock lock(&mutex_);
+    for (const auto& [id, group] : groups_) {
+      Tally& tally = models[group.info.model][group.info.version];
+      ++tally.summary.groups;
+      tally.any_length = smaller_known(tally.any_length, group.info.max_model_length);
+      if (Healthy(group, now)) {
+        ++tally.summary.healthy_groups;
+        tally.healthy_length = smaller_known(tally.healthy_length, group.info.max_model_length);
+      }
+    }
+  }
+  std::vector<ModelSummary> result;
+  for (auto& [model, versions] : models) {
+    ModelSummary& summary = result.emplace_back();
+    summary.model = model;
+    for (auto& [version, tally] : versions) {
+      tally.summary.version = version;
+      tally.summary.max_model_length =
+          tally.summary.healthy_groups > 0 ? tally.healthy_length : tally.any_length;
+      summary.versions.push_back(std::move(tally.summary));
+    }
+  }
+  return result;
+}
+
+}  // namespace tessera::serve

@@ -1,0 +1,224 @@
+#ifndef TESSERA_RUNTIME_SERVE_GROUP_REGISTRY_H_
+#define TESSERA_RUNTIME_SERVE_GROUP_REGISTRY_H_
+
+// The coordinator's registry of worker groups: what each group serves (model, version), where
+// it runs (topology), what it holds (KV capacity), and its load as of its last heartbeat plus
+// the requests the coordinator has sent it since. A group that misses heartbeats is first
+// taken out of routing and then declared dead.
+//
+// Plain C++ types, no protobuf: the coordinator's gRPC service converts from worker.proto.
+// Every call takes the current time, so tests control the clock. Thread-safe.
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+
+namespace tessera::serve {
+
+// How the ranks of a group reach each other for their all-reduce; mirrors
+// tessera.v1.Interconnect value for value.
+enum class Interconnect {
+  kUnspecified = 0,
+  kSingleDevice = 1,  // TP = 1: no all-reduce
+  kNvlink = 2,        // GPUs with peer access inside one node
+  kPcie = 3,          // GPUs without peer access inside one node
+  kHostMemory = 4,    // CPU ranks inside one node
+  kMultiNode = 5,     // the group spans nodes
+};
+
+// "single-device", "nvlink", ... for logs.
+absl::string_view InterconnectName(Interconnect interconnect);
+
+struct GroupTopology {
+  std::vector<std::string> hosts;  // the hosts of the group's ranks, leader's first
+  int tp = 1;
+  std::string zone;  // a label: rack, zone, region
+  Interconnect interconnect = Interconnect::kUnspecified;
+  double allreduce_latency_seconds = 0;  // median, measured at start-up; 0 when none
+};
+
+struct KvCapacity {
+  int block_size = 16;  // tokens per block
+  int blocks = 0;
+  int64_t bytes_per_token = 0;  // per rank
+};
+
+// What a group registers with.
+struct GroupInfo {
+  std::string name;      // for logs
+  std::string endpoint;  // host:port of the leader's Worker service
+  std::string metrics_endpoint;
+  std::string model;
+  std::string version;
+  GroupTopology topology;
+  KvCapacity kv;
+  int64_t max_model_length = 0;  // 0: unknown
+  int max_running = 0;
+};
+
+// A group's load as its heartbeat reports it.
+struct GroupLoad {
+  int running = 0;
+  int queued = 0;
+  int kv_blocks_free = 0;  // free or reusable (cached and unreferenced)
+  int kv_blocks_total = 0;
+  int64_t outstanding_tokens = 0;  // prompt and output tokens still to compute
+  double output_tokens_per_second = 0;
+  // Prefix hashes (runtime/engine/prefix_hash.h) of the full blocks the group's cache holds.
+  absl::flat_hash_set<uint64_t> cached_block_hashes;
+};
+
+// What the coordinator expects a request to cost the group it sends it to.
+struct RequestCost {
+  int64_t prompt_tokens = 0;
+  int64_t max_tokens = 0;
+};
+
+// One group as of one moment. Cheap to copy: the last heartbeat's load is shared, not copied.
+struct GroupSnapshot {
+  std::string id;
+  uint64_t sequence = 0;  // registration order
+  GroupInfo info;
+  // Never null. Before the first heartbeat: idle, every KV block free.
+  std::shared_ptr<const GroupLoad> load;
+  absl::Time registered_at;
+  absl::Time last_heartbeat;  // the registration counts as the first
+  bool heartbeat_received = false;
+  // Heartbeats are recent enough to route to the group (see GroupRegistryOptions).
+  bool healthy = false;
+
+  // The coordinator's own accounting, current between heartbeats.
+  int64_t inflight_requests = 0;  // dispatched and not completed
+  int64_t inflight_tokens = 0;    // their prompt + max_tokens
+  // Dispatched after the last heartbeat was received and not completed: work the load above
+  // does not show yet. Blocks count each prompt's blocks plus one.
+  int64_t unreported_tokens = 0;
+  int64_t unreported_blocks = 0;
+
+  // Tokens the group has still to compute: the heartbeat's count plus the unreported ones.
+  int64_t EstimatedOutstandingTokens() const;
+  // KV blocks the heartbeat reported free, less those the unreported requests will take.
+  int64_t EstimatedFreeBlocks() const;
+  int64_t TotalBlocks() const;  // from the heartbeat, else from the registration
+  // Tokens the group's KV cache holds when full (at least 1).
+  int64_t KvTokenCapacity() const;
+  // The TP all-reduce crosses nodes: interconnect multi-node, or ranks on several hosts.
+  bool MultiNode() const;
+  // Leader's host; empty when the group named none.
+  absl::string_view LeaderHost() const;
+};
+
+struct VersionSummary {
+  std::string version;
+  int groups = 0;
+  int healthy_groups = 0;
+  // The smallest max_model_length among the version's healthy groups (among all its groups
+  // when none is healthy): a request that fits it fits any group. 0 when unknown.
+  int64_t max_model_length = 0;
+};
+
+struct ModelSummary {
+  std::string model;
+  std::vector<VersionSummary> versions;  // by version name
+};
+
+struct GroupRegistryOptions {
+  // The interval groups are told to send heartbeats at.
+  absl::Duration heartbeat_interval = absl::Seconds(1);
+  // A group whose last heartbeat is older than this many intervals is not routed to (it
+  // stays registered and may recover).
+  double unhealthy_after_intervals = 2;
+  // Older than this many intervals: dead; ExpireDead removes it.
+  double dead_after_intervals = 3;
+};
+
+class GroupRegistry {
+ public:
+  explicit GroupRegistry(GroupRegistryOptions options = {});
+
+  const GroupRegistryOptions& options() const { return options_; }
+
+  // Adds a group and returns its id ("g1", "g2", ...; never reused). INVALID_ARGUMENT naming
+  // the field when the model, endpoint or KV block size is missing. A group registering with
+  // the endpoint of a registered group replaces it (the process behind the endpoint restarted):
+  // the old id is reported by the next ExpireDead.
+  absl::StatusOr<std::string> Register(GroupInfo info, absl::Time now);
+
+  // Records a heartbeat. False when the id is unknown (expired or never registered): the
+  // group should register again.
+  bool Heartbeat(absl::string_view id, GroupLoad load, absl::Time now);
+
+  // Removes a group that leaves on its own; false when unknown. Its id is not reported by
+  // ExpireDead.
+  bool Deregister(absl::string_view id);
+
+  // Removes the groups whose last heartbeat is older than dead_after_intervals heartbeat
+  // intervals and returns their ids, each once: first the groups replaced since the last call,
+  // then the expired ones in registration order. The caller re-dispatches the requests it had
+  // sent them.
+  std::vector<std::string> ExpireDead(absl::Time now);
+
+  // The coordinator sent request `request_id` to group `id` / the request ended there (done,
+  // failed or cancelled). Keeps the group's load current between heartbeats. False when the
+  // group (or, for Completed, the request on it) is unknown. Dispatching an id twice to one
+  // group replaces the first.
+  bool Dispatched(absl::string_view id, absl::string_view request_id, RequestCost cost);
+  bool Completed(absl::string_view id, absl::string_view request_id);
+
+  std::optional<GroupSnapshot> Get(absl::string_view id, absl::Time now) const;
+  // Every registered group, in registration order.
+  std::vector<GroupSnapshot> Groups(absl::Time now) const;
+  // The healthy groups serving `model` at `version` (any version when empty), in
+  // registration order.
+  std::vector<GroupSnapshot> HealthyGroups(absl::string_view model, absl::string_view version,
+                                           absl::Time now) const;
+  // The versions of `model` with at least one healthy group, by name.
+  std::vector<std::string> HealthyVersions(absl::string_view model, absl::Time now) const;
+  // Every model with a registered group, by name.
+  std::vector<ModelSummary> Models(absl::Time now) const;
+
+ private:
+  struct Group {
+    std::string id;
+    uint64_t sequence = 0;
+    GroupInfo info;
+    std::shared_ptr<const GroupLoad> load;
+    absl::Time registered_at;
+    absl::Time last_heartbeat;
+    bool heartbeat_received = false;
+    uint64_t heartbeats = 0;  // received so far; tags dispatches
+    struct Inflight {
+      RequestCost cost;
+      int64_t blocks = 0;
+      uint64_t heartbeats_before = 0;  // heartbeats received before the dispatch
+    };
+    absl::flat_hash_map<std::string, Inflight> inflight;
+    int64_t inflight_tokens = 0;
+    int64_t unreported_tokens = 0;
+    int64_t unreported_blocks = 0;
+  };
+
+  bool Healthy(const Group& group, absl::Time now) const;
+  GroupSnapshot SnapshotOf(const Group& group, absl::Time now) const;
+  static void Forget(Group& group, const Group::Inflight& request);
+
+  const GroupRegistryOptions options_;
+  mutable absl::Mutex mutex_;
+  uint64_t next_sequence_ ABSL_GUARDED_BY(mutex_) = 1;
+  absl::flat_hash_map<std::string, Group> groups_ ABSL_GUARDED_BY(mutex_);
+  std::vector<std::string> replaced_ ABSL_GUARDED_BY(mutex_);  // for the next ExpireDead
+};
+
+}  // namespace tessera::serve
+
+#endif  // TESSERA_RUNTIME_SERVE_GROUP_REGISTRY_H_

@@ -1,0 +1,137 @@
+#include "runtime/serve/request_convert.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+
+namespace tessera::serve {
+
+absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request) {
+  if (request.model().empty()) return absl::InvalidArgumentError("model: required");
+  bool has_text = !request.prompt().empty();
+  bool has_tokens = request.prompt_tokens_size() > 0;
+  if (has_text == has_tokens) {
+    return absl::InvalidArgumentError(has_text
+                                          ? "prompt: give prompt or prompt_tokens, not both"
+                                          : "prompt: empty (give prompt or prompt_tokens)");
+  }
+  for (int i = 0; i < request.prompt_tokens_size(); ++i) {
+    if (request.prompt_tokens(i) < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("prompt_tokens[", i, "]: negative id ", request.prompt_tokens(i)));
+    }
+  }
+  const v1::SamplingParams& s = request.sampling();
+  if (!(s.temperature() >= 0.0f) || std::isinf(s.temperature())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sampling.temperature: must be a finite number >= 0, not ", s.temperature()));
+  }
+  if (s.top_k() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.top_k: must be >= 0, not ", s.top_k()));
+  }
+  if (s.has_top_p() && !(s.top_p() > 0.0f && s.top_p() <= 1.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.top_p: must be in (0, 1], not ", s.top_p()));
+  }
+  if (s.max_tokens() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.max_tokens: must be >= 1 (0: the default ", kDefaultMaxTokens,
+                     "), not ", s.max_tokens()));
+  }
+  for (int i = 0; i < s.stop_size(); ++i) {
+    if (s.stop(i).empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("sampling.stop[", i, "]: empty string"));
+    }
+  }
+  for (int i = 0; i < s.stop_token_ids_size(); ++i) {
+    if (s.stop_token_ids(i) < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("sampling.stop_token_ids[", i,
+                                                     "]: negative id ", s.stop_token_ids(i)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+engine::GenerationRequest ToEngineRequest(const v1::GenerateRequest& request) {
+  engine::GenerationRequest out;
+  out.id = request.request_id();
+  out.prompt = request.prompt();
+  out.prompt_tokens.assign(request.prompt_tokens().begin(), request.prompt_tokens().end());
+  const v1::SamplingParams& s = request.sampling();
+  engine::SamplingOptions& sampling = out.sampling;
+  sampling.temperature = s.temperature();
+  sampling.top_k = s.top_k();
+  sampling.top_p = s.has_top_p() ? s.top_p() : 1.0f;
+  if (s.has_seed()) sampling.seed = s.seed();
+  sampling.max_tokens = s.max_tokens() == 0 ? kDefaultMaxTokens : s.max_tokens();
+  sampling.stop_token_ids.assign(s.stop_token_ids().begin(), s.stop_token_ids().end());
+  sampling.stop.assign(s.stop().begin(), s.stop().end());
+  sampling.ignore_eos = s.ignore_eos();
+  sampling.logprobs = s.logprobs();
+  return out;
+}
+
+v1::FinishReason ToWireFinishReason(engine::FinishReason reason) {
+  switch (reason) {
+    case engine::FinishReason::kNone:
+      return v1::FINISH_REASON_UNSPECIFIED;
+    case engine::FinishReason::kLength:
+      return v1::FINISH_REASON_LENGTH;
+    case engine::FinishReason::kStop:
+      return v1::FINISH_REASON_STOP;
+    case engine::FinishReason::kEos:
+      return v1::FINISH_REASON_EOS;
+    case engine::FinishReason::kCancelled:
+      return v1::FINISH_REASON_CANCELLED;
+    case engine::FinishReason::kError:
+      return v1::FINISH_REASON_ERROR;
+  }
+  return v1::FINISH_REASON_UNSPECIFIED;
+}
+
+v1::Usage ToWireUsage(const engine::RequestUsage& usage) {
+  v1::Usage out;
+  out.set_prompt_tokens(usage.prompt_tokens);
+  out.set_completion_tokens(usage.completion_tokens);
+  out.set_cached_tokens(usage.cached_tokens);
+  return out;
+}
+
+v1::Timings ToWireTimings(const engine::RequestUsage& usage) {
+  v1::Timings out;
+  out.set_queue_seconds(absl::ToDoubleSeconds(usage.queue_time));
+  out.set_time_to_first_token_seconds(absl::ToDoubleSeconds(usage.time_to_first_token));
+  out.set_total_seconds(absl::ToDoubleSeconds(usage.total_time));
+  return out;
+}
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      std::string(status.message()));
+}
+
+absl::Status FromGrpcStatus(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                      status.error_message());
+}
+
+void AppendToResponse(const v1::GenerateStreamResponse& message, v1::GenerateResponse* response) {
+  if (response->request_id().empty()) response->set_request_id(message.request_id());
+  if (message.has_placement() && !response->has_placement()) {
+    *response->mutable_placement() = message.placement();
+  }
+  response->mutable_text()->append(message.text());
+  response->mutable_tokens()->Add(message.tokens().begin(), message.tokens().end());
+  response->mutable_logprobs()->Add(message.logprobs().begin(), message.logprobs().end());
+  if (message.final()) {
+    response->set_finish_reason(message.finish_reason());
+    *response->mutable_usage() = message.usage();
+    *response->mutable_timings() = message.timings();
+  }
+}
+
+}  // namespace tessera::serve

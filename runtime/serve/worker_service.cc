@@ -1,0 +1,195 @@
+#include "runtime/serve/worker_service.h"
+
+#include <chrono>
+#include <utility>
+#include <vector>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "runtime/serve/request_convert.h"
+
+namespace tessera::serve {
+namespace {
+
+// How often a waiting call looks at whether its client is still there.
+constexpr absl::Duration kCancelPoll = absl::Milliseconds(20);
+
+bool DeadlinePassed(const grpc::ServerContext& context) {
+  return context.deadline() <= std::chrono::system_clock::now();
+}
+
+}  // namespace
+
+WorkerService::WorkerService(engine::Engine& engine, const tokenizer::Tokenizer& tokenizer,
+                             std::string model, std::string version)
+    : engine_(engine), tokenizer_(tokenizer), model_(std::move(model)),
+      version_(std::move(version)) {}
+
+void WorkerService::set_group_id(std::string id) {
+  absl::MutexLock lock(&mutex_);
+  group_id_ = std::move(id);
+}
+
+grpc::Status WorkerService::Submit(grpc::ServerContext* context,
+                                   const v1::GenerateRequest* request,
+                                   grpc::ServerWriter<v1::GenerateStreamResponse>* writer) {
+  RequestRecord record;
+  record.request_id = request->request_id();
+  record.tenant = request->tenant();
+  {
+    absl::MutexLock lock(&mutex_);
+    record.group = group_id_;
+  }
+  absl::Time start = absl::Now();
+  grpc::Status status = Run(context, *request, writer, &record);
+  record.code = static_cast<absl::StatusCode>(status.error_code());
+  record.total_seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  if (observer_) observer_(record);
+  return status;
+}
+
+grpc::Status WorkerService::Run(grpc::ServerContext* context, const v1::GenerateRequest& request,
+                                grpc::ServerWriter<v1::GenerateStreamResponse>* writer,
+                                RequestRecord* record) {
+  if (absl::Status valid = ValidateGenerateRequest(request); !valid.ok()) {
+    return ToGrpcStatus(valid);
+  }
+  if (request.model() != model_ || (!request.version().empty() && request.version() != version_)) {
+    return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                        absl::StrCat("model: this group serves ", model_, " version ", version_,
+                                     ", not ", request.model(), " ", request.version()));
+  }
+  engine::GenerationRequest generation = ToEngineRequest(request);
+  if (generation.prompt_tokens.empty()) {
+    // Tokenized here rather than in the engine so the load report knows the prompt's length.
+    absl::StatusOr<std::vector<int32_t>> tokens =
+        tokenizer_.Encode(generation.prompt, /*add_special_tokens=*/true);
+    if (!tokens.ok()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          absl::StrCat("prompt: ", tokens.status().message()));
+    }
+    generation.prompt_tokens = *std::move(tokens);
+  }
+  const int64_t prompt_length = static_cast<int64_t>(generation.prompt_tokens.size());
+  const int64_t max_tokens = generation.sampling.max_tokens;
+  const bool logprobs = generation.sampling.logprobs;
+  absl::StatusOr<std::shared_ptr<engine::RequestStream>> submitted =
+      engine_.Submit(std::move(generation));
+  if (!submitted.ok()) return ToGrpcStatus(submitted.status());
+  engine::RequestStream& stream = **submitted;
+  const uint64_t id = stream.id();
+  int64_t generated = 0;
+  {
+    absl::MutexLock lock(&mutex_);
+    outstanding_[id] = prompt_length + max_tokens;
+  }
+  absl::Cleanup forget = [this, id] {
+    absl::MutexLock lock(&mutex_);
+    outstanding_.erase(id);
+  };
+
+  v1::Placement placement;
+  placement.set_model(model_);
+  placement.set_version(version_);
+  placement.set_group(record->group);
+  absl::Time start = absl::Now();
+  absl::Time last_write = start;
+  bool first = true;
+  engine::TokenEvent event;
+  while (true) {
+    if (context->IsCancelled()) {
+      engine_.Cancel(id);
+      return DeadlinePassed(*context)
+                 ? grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "deadline exceeded")
+                 : grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
+    }
+    if (!stream.Next(&event, kCancelPoll)) continue;
+    // Every event already waiting goes into one message.
+    v1::GenerateStreamResponse message;
+    message.set_request_id(request.request_id());
+    do {
+      if (event.token >= 0) {
+        message.add_tokens(event.token);
+        if (logprobs) message.add_logprobs(event.logprob);
+        ++generated;
+      }
+      message.mutable_text()->append(event.text);
+      if (event.final) break;
+    } while (stream.Next(&event, absl::ZeroDuration()));
+    {
+      absl::MutexLock lock(&mutex_);
+      outstanding_[id] = max_tokens - generated;
+    }
+    if (event.final && event.finish_reason == engine::FinishReason::kError) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                          absl::StrCat("the worker group failed: ", event.status.ToString()));
+    }
+    if (event.final && event.finish_reason == engine::FinishReason::kCancelled) {
+      // Not the client's doing (that returns above): the group is shutting down.
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the worker group is shutting down");
+    }
+    absl::Time now = absl::Now();
+    if (first) {
+      *message.mutable_placement() = placement;
+      record->time_to_first_token_seconds = absl::ToDoubleSeconds(now - start);
+      first = false;
+    } else {
+      record->inter_token_seconds.push_back(absl::ToDoubleSeconds(now - last_write));
+    }
+    last_write = now;
+    if (event.final) {
+      message.set_final(true);
+      message.set_finish_reason(ToWireFinishReason(event.finish_reason));
+      *message.mutable_usage() = ToWireUsage(event.usage);
+      *message.mutable_timings() = ToWireTimings(event.usage);
+      record->finish_reason = engine::FinishReasonName(event.finish_reason);
+      record->prompt_tokens = event.usage.prompt_tokens;
+      record->completion_tokens = event.usage.completion_tokens;
+      record->cached_tokens = event.usage.cached_tokens;
+    }
+    if (!writer->Write(message)) {
+      engine_.Cancel(id);
+      return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
+    }
+    if (event.final) return grpc::Status::OK;
+  }
+}
+
+grpc::Status WorkerService::Tokenize(grpc::ServerContext* /*context*/,
+                                     const v1::TokenizeRequest* request,
+                                     v1::TokenizeResponse* response) {
+  if (request->model() != model_) {
+    return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                        absl::StrCat("model: this group serves ", model_, ", not ",
+                                     request->model()));
+  }
+  absl::StatusOr<std::vector<int32_t>> tokens =
+      tokenizer_.Encode(request->text(), request->add_special_tokens());
+  if (!tokens.ok()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("text: ", tokens.status().message()));
+  }
+  response->mutable_tokens()->Add(tokens->begin(), tokens->end());
+  return grpc::Status::OK;
+}
+
+v1::GroupLoad WorkerService::Load() const {
+  engine::EngineStats stats = engine_.Stats();
+  v1::GroupLoad load;
+  load.set_running(stats.running);
+  load.set_queued(stats.queued);
+  load.set_kv_blocks_total(stats.kv_blocks_total);
+  load.set_kv_blocks_free(stats.kv_blocks_total - stats.kv_blocks_used);
+  load.set_output_tokens_per_second(stats.output_tokens_per_second);
+  int64_t outstanding = 0;
+  {
+    absl::MutexLock lock(&mutex_);
+    for (const auto& [id, tokens] : outstanding_) outstanding += tokens;
+  }
+  load.set_outstanding_tokens(outstanding);
+  for (uint64_t hash : engine_.CachedBlockHashes()) load.add_cached_block_hashes(hash);
+  return load;
+}
+
+}  // namespace tessera::serve

@@ -1,0 +1,316 @@
+// Tests of launcher/launch.h: the hostfile parser, the mapping from `tessera launch` flags to
+// the coordinator and mpirun command lines, and the validation errors, each naming its flag.
+
+#include "launcher/launch.h"
+
+#include <stdlib.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_join.h"
+#include "gtest/gtest.h"
+#include "tests/unit/status_test_util.h"
+
+namespace tessera::launcher {
+namespace {
+
+using ::tessera::testing::IsError;
+
+// Whether `args` holds `flag` immediately followed by `value`.
+::testing::AssertionResult HasPair(const std::vector<std::string>& args, const std::string& flag,
+                                   const std::string& value) {
+  for (size_t i = 0; i + 1 < args.size(); ++i) {
+    if (args[i] == flag && args[i + 1] == value) return ::testing::AssertionSuccess();
+  }
+  return ::testing::AssertionFailure()
+         << "'" << flag << " " << value << "' not in: " << absl::StrJoin(args, " ");
+}
+
+// The arguments after the worker binary: what `tessera worker` parses.
+std::vector<std::string> WorkerArgs(const LaunchCommands& commands, const std::string& binary) {
+  auto at = std::find(commands.workers.begin(), commands.workers.end(), binary);
+  EXPECT_NE(at, commands.workers.end()) << absl::StrJoin(commands.workers, " ");
+  if (at == commands.workers.end()) return {};
+  return std::vector<std::string>(at + 1, commands.workers.end());
+}
+
+class LaunchTest : public ::testing::Test {
+ protected:
+  LaunchTest() {
+    char pattern[] = "/tmp/tessera-launch-test-XXXXXX";
+    dir_ = mkdtemp(pattern);
+    config_.hostfile = Hostfile("node-a slots=8\nnode-b slots=8\n");
+    config_.tessera = "/opt/tessera/bin/tessera";
+    config_.coordinator_binary = "/usr/local/bin/tessera";
+    config_.local_host = "head";
+  }
+  ~LaunchTest() override { std::filesystem::remove_all(dir_); }
+
+  std::string Hostfile(const std::string& text) {
+    std::string path = dir_ + "/hosts" + std::to_string(files_++);
+    std::ofstream(path) << text;
+    return path;
+  }
+
+  std::string dir_;
+  int files_ = 0;
+  LaunchConfig config_;
+};
+
+TEST(ParseHostfileTest, ReadsHostsSlotsCommentsAndRepeats) {
+  ASSERT_OK_AND_ASSIGN(std::vector<HostSlots> hosts,
+                       ParseHostfile("# cluster\n\nnode-a slots=4 max_slots=8  # big\n"
+                                     "node-b\tslots=2\nnode-a slots=4\n",
+                                     "hosts"));
+  ASSERT_EQ(hosts.size(), 2u);
+  EXPECT_EQ(hosts[0].host, "node-a");
+  EXPECT_EQ(hosts[0].slots, 8);  // listed twice: added, as mpirun does
+  EXPECT_EQ(hosts[0].line, 3);
+  EXPECT_EQ(hosts[1].host, "node-b");
+  EXPECT_EQ(hosts[1].slots, 2);
+  EXPECT_EQ(hosts[1].line, 4);
+}
+
+TEST(ParseHostfileTest, ErrorsNameTheFileAndLine) {
+  EXPECT_TRUE(IsError(ParseHostfile("node-a slots=2\nnode-b\n", "hosts"),
+                      absl::StatusCode::kInvalidArgument,
+                      {"hosts line 2", "'node-b' has no slots=N"}));
+  EXPECT_TRUE(IsError(ParseHostfile("node-a slots=two\n", "hosts"),
+                      absl::StatusCode::kInvalidArgument, {"hosts line 1", "'slots=two'"}));
+  EXPECT_TRUE(IsError(ParseHostfile("node-a slots=0\n", "hosts"),
+                      absl::StatusCode::kInvalidArgument, {"line 1", "positive"}));
+  EXPECT_TRUE(IsError(ParseHostfile("\n\nnode-a cpus=4 slots=4\n", "hosts"),
+                      absl::StatusCode::kInvalidArgument, {"hosts line 3", "unknown key 'cpus'"}));
+  EXPECT_TRUE(IsError(ParseHostfile("slots=4\n", "hosts"), absl::StatusCode::kInvalidArgument,
+                      {"line 1", "not a host name"}));
+  EXPECT_TRUE(IsError(ParseHostfile("# nothing\n", "hosts"), absl::StatusCode::kInvalidArgument,
+                      {"hosts lists no host"}));
+}
+
+TEST_F(LaunchTest, DefaultsFillEverySlotAndStartTheCoordinatorHere) {
+  config_.tp = 4;
+  config_.model = "/models/glm-4-9b";
+  config_.environment_names = {"HOME", "PATH"};
+  ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
+  EXPECT_EQ(commands.np, 16);
+  EXPECT_EQ(commands.coordinator_port, 50051);
+  EXPECT_EQ(commands.coordinator, (std::vector<std::string>{"/usr/local/bin/tessera", "coordinator",
+                                                            "--listen", "0.0.0.0:50051"}));
+  EXPECT_EQ(commands.workers,
+            (std::vector<std::string>{
+                "mpirun", "--hostfile", config_.hostfile, "-np", "16", "--map-by", "slot",
+                "--bind-to", "numa", "-x", "NCCL_DEBUG=WARN", "/opt/tessera/bin/tessera", "worker",
+                "--coordinator", "head:50051", "--tp", "4", "--model", "/models/glm-4-9b"}));
+}
+
+TEST_F(LaunchTest, RanksPerNodeMapsByPprAndSetsTheDefaultNp) {
+  config_.ranks_per_node = 4;
+  config_.tp = 2;
+  ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
+  EXPECT_EQ(commands.np, 8);
+  EXPECT_TRUE(HasPair(commands.workers, "-np", "8"));
+  EXPECT_TRUE(HasPair(commands.workers, "--map-by", "ppr:4:node"));
+  EXPECT_TRUE(HasPair(commands.workers, "--bind-to", "numa"));
+}
+
+TEST_F(LaunchTest, BindToCoreReservesCoresPerRank) {
+  config_.ranks_per_node = 2;
+  config_.bind_to = "core";
+  config_.cores_per_rank = 6;
+  ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
+  EXPECT_TRUE(HasPair(commands.workers, "--map-by", "ppr:2:node:PE=6"));
+  EXPECT_TRUE(HasPair(commands.workers, "--bind-to", "core"));
+  EXPECT_TRUE(HasPair(commands.workers, "-x", "TESSERA_CPU_THREADS=6"));
+
+  config_.ranks_per_node = 0;
+  config_.cores_per_rank = 1;
+  ASSERT_OK_AND_ASSIGN(commands, BuildLaunchCommands(config_));
+  EXPECT_TRUE(HasPair(commands.workers, "--map-by", "slot:PE=1"));
+}
+
+TEST_F(LaunchTest, BindToNoneBindsNothing) {
+  config_.bind_to = "none";
+  ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
+  EXPECT_TRUE(HasPair(commands.workers, "--bind-to", "none"));
+  EXPECT_TRUE(HasPair(commands.workers, "--map-by", "slot"));
+}
+
+TEST_F(LaunchTest, NcclBackendForwardsNcclSettingsAndUserEnv) {
+  config_.environment_names = {"NCCL_SOCKET_IFNAME",   "NCCL_IB_DISABLE",  "HOME",
+                               "TESSERA_COMM_TIMEOUT", "TESSERA_HOSTNAME", "TESSERA_PARSE_ONLY"};
+  config_.env = {"FOO=bar baz", "LD_LIBRARY_PATH"};
+  ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
+  EXPECT_TRUE(HasPair(commands.workers, "-x", "NCCL_DEBUG=WARN"));
+  EXPECT_TRUE(HasPair(commands.workers, "-x", "NCCL_IB_DISABLE"));
+  EXPECT_TRUE(HasPair(commands.workers, "-x", "NCCL_SOCKET_IFNAME"));
+  EXPECT_TRUE(HasPair(commands.workers, "-x", "TESSERA_COMM_TIMEOUT"));
+  EXPECT_TRUE(HasPair(commands.workers, "-x", "FOO=bar baz"));
+  EXPECT_TRUE(HasPair(commands.workers, "-x", "LD_LIBRARY_PATH"));
+  for (const char* kept : {"HOME", "TESSERA_HOSTNAME", "TESSERA_PARSE_ONLY"}) {
+    EXPECT_FALSE(HasPair(commands.workers, "-x", kept)) << kept;
+  }
+}
+
+TEST_F(LaunchTest, UserNcclDebugReplacesTheDefault) {
+  config_.env = {"NCCL_DEBUG=INFO"};
+  ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
+  EXPECT_TRUE(HasPair(commands.workers, "-x", "NCCL_DEBUG=INFO"));
+  EXPECT_FALSE(HasPair(commands.workers, "-x", "NCCL_DEBUG=WARN"));
+
+  config_.env.clear();
+  config_.environment_names = {"NCCL_DEBUG"};
+  ASSERT_OK_AND_ASSIGN(commands, BuildLaunchCommands(config_));
+  EXPECT_TRUE(HasPair(commands.workers, "-x", "NCCL_DEBUG"));
+  EXPECT_FALSE(HasPair(commands.workers, "-x", "NCCL_DEBUG=WARN"));
+}
+
+TEST_F(LaunchTest, CpuBackendSetsNoNcclEnvironment) {
+  config_.backend = "cpu";
+  config_.environment_names = {"NCCL_IB_DISABLE", "TESSERA_CPU_THREADS"};
+  ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
+  for (const std::string& arg : commands.workers) {
+    EXPECT_EQ(arg.find("NCCL"), std::string::npos) << arg;
+  }
+  EXPECT_TRUE(HasPair(commands.workers, "-x", "TESSERA_CPU_THREADS"));
+}
+
+TEST_F(LaunchTest, WorkerFlagsAndPassThroughArguments) {
+  config_.tp = 2;
+  config_.model = "/m";
+  config_.model_name = "glm";
+  config_.version = "v2";
+  config_.zone = "rack-1";
+  config_.coordinator = "10.0.0.1:6000";
+  config_.policy = "least-load";
+  config_.coordinator_metrics_listen = "0.0.0.0:9500";
+  config_.mpirun = "/opt/ompi/bin/mpirun";
+  config_.worker_args = {"--dtype", "bf16", "--kv-cache-memory", "8G"};
+  ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
+  EXPECT_EQ(commands.workers.front(), "/opt/ompi/bin/mpirun");
+  EXPECT_EQ(commands.coordinator_port, 6000);
+  EXPECT_EQ(
+      commands.coordinator,
+      (std::vector<std::string>{"/usr/local/bin/tessera", "coordinator", "--listen", "0.0.0.0:6000",
+                                "--metrics-listen", "0.0.0.0:9500", "--policy", "least-load"}));
+  EXPECT_EQ(
+      WorkerArgs(commands, "/opt/tessera/bin/tessera"),
+      (std::vector<std::string>{"worker", "--coordinator", "10.0.0.1:6000", "--tp", "2", "--model",
+                                "/m", "--model-name", "glm", "--version", "v2", "--zone", "rack-1",
+                                "--dtype", "bf16", "--kv-cache-memory", "8G"}));
+}
+
+TEST_F(LaunchTest, NoStartCoordinatorBuildsOnlyTheWorkers) {
+  config_.start_coordinator = false;
+  config_.coordinator = "tessera-coordinator:50051";
+  ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
+  EXPECT_TRUE(commands.coordinator.empty());
+  EXPECT_TRUE(HasPair(commands.workers, "--coordinator", "tessera-coordinator:50051"));
+}
+
+TEST_F(LaunchTest, ExplicitNpFillsHostsInOrder) {
+  config_.hostfile = Hostfile("a slots=4\nb slots=4\nc slots=4\n");
+  config_.np = 6;
+  config_.tp = 2;
+  ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
+  EXPECT_TRUE(HasPair(commands.workers, "-np", "6"));
+}
+
+TEST_F(LaunchTest, TensorParallelGroupsMayNotSpanNodes) {
+  config_.ranks_per_node = 6;
+  config_.tp = 4;
+  EXPECT_TRUE(IsError(BuildLaunchCommands(config_), absl::StatusCode::kInvalidArgument,
+                      {"--tp 4 does not divide --ranks-per-node 6"}));
+
+  config_.ranks_per_node = 0;
+  config_.hostfile = Hostfile("a slots=4\nb slots=6\n");
+  EXPECT_TRUE(IsError(BuildLaunchCommands(config_), absl::StatusCode::kInvalidArgument,
+                      {"--tp 4", "host 'b'", "line 2", "would run 6 ranks"}));
+
+  config_.hostfile = Hostfile("a slots=4\nb slots=4\n");
+  config_.np = 6;  // b would run 2
+  EXPECT_TRUE(IsError(BuildLaunchCommands(config_), absl::StatusCode::kInvalidArgument,
+                      {"--tp 4", "host 'b'", "would run 2 ranks"}));
+  config_.ranks_per_node = 4;
+  EXPECT_TRUE(IsError(BuildLaunchCommands(config_), absl::StatusCode::kInvalidArgument,
+                      {"--tp 4 does not divide --np 6"}));
+}
+
+TEST_F(LaunchTest, RankCountsMustFitTheHostfile) {
+  config_.np = 17;
+  EXPECT_TRUE(IsError(BuildLaunchCommands(config_), absl::StatusCode::kInvalidArgument,
+                      {"--np 17", "room for 16 ranks"}));
+  config_.np = 0;
+  config_.ranks_per_node = 10;
+  config_.tp = 2;
+  EXPECT_TRUE(IsError(BuildLaunchCommands(config_), absl::StatusCode::kInvalidArgument,
+                      {"--ranks-per-node 10", "host 'node-a'", "line 1", "only 8 slots"}));
+}
+
+TEST_F(LaunchTest, HostfileErrorsNameTheFlagAndLine) {
+  config_.hostfile = dir_ + "/missing";
+  EXPECT_TRUE(IsError(BuildLaunchCommands(config_), absl::StatusCode::kInvalidArgument,
+                      {"--hostfile", "cannot read", "missing"}));
+  config_.hostfile = "";
+  EXPECT_TRUE(IsError(BuildLaunchCommands(config_), absl::StatusCode::kInvalidArgument,
+                      {"--hostfile: required"}));
+  config_.hostfile = dir_;
+  EXPECT_TRUE(IsError(BuildLaunchCommands(config_), absl::StatusCode::kInvalidArgument,
+                      {"--hostfile", "cannot read"}));
+  config_.hostfile = Hostfile("a slots=2\nb slots=x\n");
+  EXPECT_TRUE(IsError(BuildLaunchCommands(config_), absl::StatusCode::kInvalidArgument,
+                      {"--hostfile", "line 2", "'slots=x'"}));
+}
+
+TEST_F(LaunchTest, BadFlagValuesNameTheFlag) {
+  struct Case {
+    void (*change)(LaunchConfig&);
+    std::string flag;
+  };
+  const Case cases[] = {
+      {[](LaunchConfig& c) { c.bind_to = "socket"; }, "--bind-to: 'socket'"},
+      {[](LaunchConfig& c) { c.backend = "gloo"; }, "--backend: 'gloo'"},
+      {[](LaunchConfig& c) { c.tp = 0; }, "--tp"},
+      {[](LaunchConfig& c) { c.np = -1; }, "--np"},
+      {[](LaunchConfig& c) { c.ranks_per_node = -2; }, "--ranks-per-node"},
+      {[](LaunchConfig& c) {
+         c.bind_to = "core";
+         c.cores_per_rank = 0;
+       },
+       "--cores-per-rank"},
+      {[](LaunchConfig& c) { c.coordinator = "head"; }, "--coordinator: 'head'"},
+      {[](LaunchConfig& c) { c.coordinator = "head:99999"; }, "--coordinator"},
+      {[](LaunchConfig& c) { c.coordinator = ":50051"; }, "--coordinator"},
+      {[](LaunchConfig& c) { c.env = {"1BAD=x"}; }, "--env: '1BAD=x'"},
+      {[](LaunchConfig& c) { c.env = {"=x"}; }, "--env"},
+      {[](LaunchConfig& c) { c.tessera = ""; }, "--tessera"},
+      {[](LaunchConfig& c) { c.mpirun = ""; }, "--mpirun"},
+      {[](LaunchConfig& c) {
+         c.local_host = "";
+         c.coordinator = "";
+       },
+       "--coordinator: required"},
+  };
+  for (const Case& test : cases) {
+    LaunchConfig config = config_;
+    test.change(config);
+    EXPECT_TRUE(
+        IsError(BuildLaunchCommands(config), absl::StatusCode::kInvalidArgument, {test.flag}))
+        << test.flag;
+  }
+}
+
+TEST(ShellJoinTest, QuotesOnlyWhatNeedsIt) {
+  EXPECT_EQ(ShellJoin({"mpirun", "-x", "NCCL_DEBUG=WARN", "--map-by", "ppr:4:node:PE=2",
+                       "/a/b-c_d.e", "x@y%z+1,2"}),
+            "mpirun -x NCCL_DEBUG=WARN --map-by ppr:4:node:PE=2 /a/b-c_d.e x@y%z+1,2");
+  EXPECT_EQ(ShellJoin({"echo", "a b", "", "it's", "$HOME", "*"}),
+            "echo 'a b' '' 'it'\\''s' '$HOME' '*'");
+}
+
+}  // namespace
+}  // namespace tessera::launcher
