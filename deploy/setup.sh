@@ -12,6 +12,7 @@ packages=(
   libabsl-dev libgtest-dev libgmock-dev
   nlohmann-json3-dev libpcre2-dev libicu-dev libopenblas-dev
   libcpp-httplib-dev
+  python3-grpcio python3-grpc-tools
 )
 
 missing=()

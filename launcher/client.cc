@@ -20,7 +20,7 @@ namespace {
 
 struct ClientConfig {
   std::string target = "127.0.0.1:50051";
-  std::string service;  // health: the service to ask about ("" = the server)
+  std::string service = "tessera.v1.Inference";  // health: the service to ask about
   std::string model;    // empty: the first the coordinator lists
   std::string version;
   std::string prompt = "Hello";
@@ -186,7 +186,8 @@ int RunClient(const std::vector<std::string>& args, int* /*argc*/, char*** /*arg
   flags.String("target", &config.target, "host:port of the coordinator");
   flags.Duration("timeout", &config.timeout, "deadline of the call");
   if (action == "health") {
-    flags.String("service", &config.service, "the service to ask about (default: the server)");
+    flags.String("service", &config.service, "the service to ask about: tessera.v1.Inference (a coordinator with a healthy "
+                 "group), tessera.v1.Worker (a group leader), or \"\" (the process answers)");
   } else {
     flags.String("model", &config.model, "model name (default: the first listed)");
     flags.String("version", &config.version, "model version (default: the coordinator's pick)");

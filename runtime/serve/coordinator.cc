@@ -18,6 +18,8 @@ namespace tessera::serve {
 namespace {
 
 constexpr char kComponent[] = "coordinator";
+// Requests of one GenerateBatch in flight at once.
+constexpr int kBatchParallelism = 128;
 
 GroupInfo FromWire(const v1::RegisterRequest& request) {
   GroupInfo info;
@@ -113,12 +115,12 @@ class Coordinator::InferenceImpl final : public v1::Inference::Service {
                              v1::GenerateBatchResponse* response) override {
     const int n = batch->requests_size();
     for (int i = 0; i < n; ++i) response->add_results();
-    // Every request runs at once on a thread of its own; the router spreads them over the
-    // groups and each group's engine batches what it gets.
-    std::vector<std::thread> threads;
-    threads.reserve(n);
-    for (int i = 0; i < n; ++i) {
-      threads.emplace_back([this, context, batch, response, i] {
+    // Up to kBatchParallelism requests run at once, each on a thread that takes the next
+    // unstarted one; the router spreads them over the groups and each group's engine batches
+    // what it gets.
+    std::atomic<int> next{0};
+    auto run_next = [this, context, batch, response, &next] {
+      for (int i = next.fetch_add(1); i < batch->requests_size(); i = next.fetch_add(1)) {
         v1::BatchResult* result = response->mutable_results(i);
         RequestRecord record;
         v1::GenerateResponse* out = result->mutable_response();
@@ -133,8 +135,10 @@ class Coordinator::InferenceImpl final : public v1::Inference::Service {
           result->set_error_code(status.error_code());
           result->set_error_message(absl::StrCat("requests[", i, "]: ", status.error_message()));
         }
-      });
-    }
+      }
+    };
+    std::vector<std::thread> threads;
+    for (int t = 0; t < std::min(n, kBatchParallelism); ++t) threads.emplace_back(run_next);
     for (std::thread& thread : threads) thread.join();
     if (ClientGone(context)) return ClientEndStatus(context);
     return grpc::Status::OK;
@@ -324,6 +328,14 @@ int Coordinator::HealthyGroupCount() const {
   int healthy = 0;
   for (const GroupSnapshot& group : registry_.Groups(absl::Now())) healthy += group.healthy;
   return healthy;
+}
+
+std::vector<std::string> Coordinator::GroupEndpoints() const {
+  std::vector<std::string> endpoints;
+  for (const GroupSnapshot& group : registry_.Groups(absl::Now())) {
+    endpoints.push_back(group.info.endpoint);
+  }
+  return endpoints;
 }
 
 void Coordinator::CollectGauges() {

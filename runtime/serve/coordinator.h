@@ -15,6 +15,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -59,6 +60,9 @@ class Coordinator {
   // Some group is healthy.
   bool Healthy() const;
   int HealthyGroupCount() const;
+  // The Worker endpoints (host:port of each group's leader) of the registered groups, in
+  // registration order: for tools that compare with talking to a leader directly.
+  std::vector<std::string> GroupEndpoints() const;
 
  private:
   class InferenceImpl;

@@ -32,7 +32,7 @@ absl::StatusOr<RunningGrpcServer> StartGrpcServer(const GrpcServerOptions& optio
 void SetServing(grpc::Server& server, const std::vector<std::string>& services, bool serving) {
   grpc::HealthCheckServiceInterface* health = server.GetHealthCheckService();
   if (health == nullptr) return;
-  health->SetServingStatus(serving);
+  health->SetServingStatus("", true);
   for (const std::string& service : services) health->SetServingStatus(service, serving);
 }
 

@@ -28,7 +28,9 @@ struct RunningGrpcServer {
 absl::StatusOr<RunningGrpcServer> StartGrpcServer(const GrpcServerOptions& options,
                                                   const std::vector<grpc::Service*>& services);
 
-// Marks the whole server and each named service SERVING or NOT_SERVING for health checks.
+// Marks each named service SERVING or NOT_SERVING for health checks. The server as a whole
+// (service "") stays SERVING while it runs: it answers, so liveness probes pass, while a
+// service without a worker group behind it reports NOT_SERVING.
 void SetServing(grpc::Server& server, const std::vector<std::string>& services, bool serving);
 
 // "host:port" -> host and port. INVALID_ARGUMENT naming `flag` when malformed.
