@@ -3,9 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <filesystem>
-#include <sstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -18,6 +16,7 @@
 #include "runtime/core/status_macros.h"
 #include "runtime/engine/engine.h"
 #include "runtime/model/default_model.h"
+#include "runtime/model/json_file.h"
 #include "runtime/serve/coordinator_link.h"
 #include "runtime/serve/grpc_server.h"
 #include "runtime/serve/log.h"
@@ -92,14 +91,6 @@ void AddEngineGauges(serve::MetricsRegistry& metrics, const engine::Engine& engi
                                      : static_cast<double>(stats.prefix_hits) /
                                            static_cast<double>(stats.prefix_lookups));
   });
-}
-
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  std::ostringstream text;
-  text << file.rdbuf();
-  return text.str();
 }
 
 // host:port with the port moved by `offset` when fixed (replicas sharing a host each take
@@ -209,7 +200,7 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
   registration.set_max_model_length(engine->max_model_length());
   registration.set_max_running(config.engine.max_running);
   TESSERA_ASSIGN_OR_RETURN(*registration.mutable_tokenizer_json(),
-                           ReadFile(job.model_dir + "/tokenizer.json"));
+                           model::ReadTextFile(job.model_dir + "/tokenizer.json"));
 
   std::fprintf(stderr, "tessera worker: replica %d (tp %d) serving %s %s on %s\n",
                layout.dp_rank(), layout.tp_size(), model_name.c_str(), config.version.c_str(),

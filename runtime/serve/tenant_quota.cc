@@ -15,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "nlohmann/json.hpp"
+#include "runtime/model/json_file.h"
 
 namespace tessera::serve {
 namespace {
@@ -157,16 +158,9 @@ absl::StatusOr<TenantQuotaConfig> ParseTenantQuotaConfigJson(absl::string_view t
 }
 
 absl::StatusOr<TenantQuotaConfig> LoadTenantQuotaConfigFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    int error = errno;
-    if (error == ENOENT) return absl::NotFoundError(absl::StrCat(path, ": no such file"));
-    return absl::ErrnoToStatus(error, absl::StrCat("cannot open ", path));
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) return absl::DataLossError(absl::StrCat("error reading ", path));
-  return ParseTenantQuotaConfigJson(text.str(), path);
+  absl::StatusOr<std::string> text = model::ReadTextFile(path);
+  if (!text.ok()) return text.status();
+  return ParseTenantQuotaConfigJson(*text, path);
 }
 
 absl::Status AddTenantQuotasFromFlag(absl::string_view text, TenantQuotaConfig* config) {
