@@ -21,12 +21,12 @@
 namespace tessera::launcher {
 
 struct WorkerJobConfig {
-  int np = 2;  // worker ranks
-  int tp = 2;  // tensor-parallel degree of each group
+  int np = 2;              // worker ranks
+  int tp = 2;              // tensor-parallel degree of each group
   std::string model;       // Hugging Face model directory; empty: the built-in model
   std::string model_name;  // the name clients ask for; empty: the worker's default
   std::string mpirun = "mpirun";
-  std::string mpirun_args;  // extra arguments, split on spaces
+  std::string mpirun_args;                     // extra arguments, split on spaces
   absl::Duration timeout = absl::Seconds(10);  // deadline of each collective
   absl::Duration ready_timeout = absl::Minutes(5);
   engine::EngineOptions engine;

@@ -79,7 +79,7 @@ bool CoordinatorLink::Register() {
                       {"group", response.group_id()},
                       {"coordinator", address_}});
   if (on_registered_) on_registered_(response.group_id());
-  registered_once_.Notify();
+  if (!registered_once_.HasBeenNotified()) registered_once_.Notify();
   return true;
 }
 

@@ -9,6 +9,7 @@ shuts everything down with exit status 0.
 usage: python_client_test.py TESSERA_BINARY PROTO_DIR [unittest arguments]
 """
 
+import importlib.util
 import os
 import queue
 import re
@@ -27,7 +28,7 @@ SETUP_HINT = ("install them with deploy/setup.sh (Debian: apt-get install python
               "that has them")
 
 try:
-    import grpc  # noqa: E402
+    import grpc
 except ImportError as error:
     sys.exit(f"python_client_test: {sys.executable} cannot import grpc ({error}); {SETUP_HINT}")
 
@@ -47,48 +48,38 @@ def generate_stubs(out_dir):
     health_dir = os.path.join(PROTO_DIR, "grpc", "health", "v1")
     jobs = [(PROTO_DIR, inference), (health_dir, ["health.proto"])]
 
-    def run(command):
-        return subprocess.run(command, capture_output=True, text=True, check=False)
+    def compile_all(protoc):
+        """None when every job compiles with the command `protoc`, else the error."""
+        for include, files in jobs:
+            result = subprocess.run(protoc + [f"-I{include}", f"--python_out={out_dir}",
+                                              f"--grpc_python_out={out_dir}"] + files,
+                                    capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                return result.stderr.strip()
+        return None
 
     # grpc_tools first; Debian 12's python3-grpc-tools bundles protoc 3.5, which predates
     # proto3 `optional`, so fall back to the system protoc and gRPC's Python plugin
     # (protobuf-compiler and protobuf-compiler-grpc, which the C++ build needs anyway).
     errors = []
-    try:
-        import grpc_tools  # noqa: F401
-        have_grpc_tools = True
-    except ImportError as error:
-        have_grpc_tools = False
-        errors.append(f"grpc_tools: {error}")
-    if have_grpc_tools:
-        failed = None
-        for include, files in jobs:
-            result = run([sys.executable, "-m", "grpc_tools.protoc", f"-I{include}",
-                          f"--python_out={out_dir}", f"--grpc_python_out={out_dir}"] + files)
-            if result.returncode != 0:
-                failed = result.stderr.strip()
-                break
-        if failed is None:
+    if importlib.util.find_spec("grpc_tools") is None:
+        errors.append("grpc_tools: no such module (python3-grpc-tools)")
+    else:
+        error = compile_all([sys.executable, "-m", "grpc_tools.protoc"])
+        if error is None:
             return "python3 -m grpc_tools.protoc"
-        errors.append(f"grpc_tools.protoc: {failed}")
+        errors.append(f"grpc_tools.protoc: {error}")
     protoc = shutil.which("protoc")
     plugin = shutil.which("grpc_python_plugin")
     if protoc and plugin:
-        failed = None
-        for include, files in jobs:
-            result = run([protoc, f"-I{include}", f"--python_out={out_dir}",
-                          f"--grpc_python_out={out_dir}",
-                          f"--plugin=protoc-gen-grpc_python={plugin}"] + files)
-            if result.returncode != 0:
-                failed = result.stderr.strip()
-                break
-        if failed is None:
+        error = compile_all([protoc, f"--plugin=protoc-gen-grpc_python={plugin}"])
+        if error is None:
             return f"{protoc} with {plugin}"
-        errors.append(f"protoc: {failed}")
+        errors.append(f"protoc: {error}")
     else:
         errors.append("protoc or grpc_python_plugin not found")
-    sys.exit("python_client_test: cannot generate the Python stubs:\n  " + "\n  ".join(errors) +
-             f"\n{SETUP_HINT}")
+    raise RuntimeError("cannot generate the Python stubs:\n  " + "\n  ".join(errors) +
+                       f"\n{SETUP_HINT}")
 
 
 class Server:
@@ -110,13 +101,16 @@ class Server:
             self.lines.put((name, line.rstrip("\n")))
 
     def wait_ready(self, timeout):
-        """The gRPC and metrics ports once it prints that it serves; fails on exit or timeout."""
+        """The gRPC and metrics ports once it prints that it serves; fails on exit or timeout.
+
+        The two come on stdout and stderr, read by two threads: in either order here."""
         deadline = time.monotonic() + timeout
         grpc_port = metrics_port = None
-        while grpc_port is None:
+        while grpc_port is None or metrics_port is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"tessera serve not ready within {timeout} s")
+                raise AssertionError(f"tessera serve not ready within {timeout} s (gRPC port "
+                                     f"{grpc_port}, metrics port {metrics_port})")
             try:
                 name, line = self.lines.get(timeout=min(remaining, 1.0))
             except queue.Empty:
@@ -132,8 +126,6 @@ class Server:
             found = re.match(r"tessera serve: serving on 127\.0\.0\.1:(\d+)", line)
             if found and name == "stdout":
                 grpc_port = int(found.group(1))
-        if metrics_port is None:
-            raise AssertionError("tessera serve printed no metrics endpoint")
         return grpc_port, metrics_port
 
     def _drain(self):
@@ -148,48 +140,96 @@ class Server:
         self._drain()
         return "\n".join(self.log[-80:])
 
-    def kill(self):
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+    def stop(self):
+        """Ctrl-C, then SIGKILL for it and its worker job (a process group of its own)."""
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=SHUTDOWN_TIMEOUT_S + 10)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        groups = {process_group(pid) for pid in descendants(self.process.pid)}
+        for group in (groups - {None}) | {self.process.pid}:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait()
+
+
+def process_group(pid):
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def descendants(root):
+    """The pids below `root` in the process tree (from /proc)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 class PythonClientTest(unittest.TestCase):
     server = None
     stub_dir = None
+    channel = None
 
     @classmethod
     def setUpClass(cls):
         cls.stub_dir = tempfile.mkdtemp(prefix="tessera-pystubs-")
+        try:
+            cls.start()
+        except BaseException:
+            cls.tearDownClass()  # unittest calls it only after a setUpClass that succeeded
+            raise
+
+    @classmethod
+    def start(cls):
         how = generate_stubs(cls.stub_dir)
         print(f"python_client_test: stubs by {how}", file=sys.stderr)
         sys.path.insert(0, cls.stub_dir)
         global inference_pb2, inference_pb2_grpc, health_pb2, health_pb2_grpc
-        from tessera.v1 import inference_pb2, inference_pb2_grpc  # noqa: E402
-        import health_pb2  # noqa: E402
-        import health_pb2_grpc  # noqa: E402
+        from tessera.v1 import inference_pb2, inference_pb2_grpc
+        import health_pb2
+        import health_pb2_grpc
 
         cls.server = Server()
         try:
             cls.port, cls.metrics_port = cls.server.wait_ready(READY_TIMEOUT_S)
         except AssertionError as error:
-            cls.server.kill()
             raise AssertionError(f"{error}\n--- tessera serve output ---\n"
                                  f"{cls.server.output()}") from None
         cls.channel = grpc.insecure_channel(f"127.0.0.1:{cls.port}")
         cls.inference = inference_pb2_grpc.InferenceStub(cls.channel)
         cls.health = health_pb2_grpc.HealthStub(cls.channel)
-        models = cls.inference.ListModels(inference_pb2.ListModelsRequest(),
-                                          timeout=RPC_TIMEOUT_S)
-        cls.models = models
-        cls.model = models.models[0].name if models.models else ""
+        cls.models = cls.inference.ListModels(inference_pb2.ListModelsRequest(),
+                                              timeout=RPC_TIMEOUT_S)
+        cls.model = cls.models.models[0].name if cls.models.models else ""
 
     @classmethod
     def tearDownClass(cls):
-        if getattr(cls, "channel", None) is not None:
+        if cls.channel is not None:
             cls.channel.close()
         if cls.server is not None:
-            cls.server.kill()
+            cls.server.stop()
         if cls.stub_dir is not None:
             shutil.rmtree(cls.stub_dir, ignore_errors=True)
 
@@ -278,6 +318,8 @@ class PythonClientTest(unittest.TestCase):
 
     def test_9_sigint_stops_cleanly(self):
         process = self.server.process
+        job = descendants(process.pid)  # mpirun and the workers
+        self.assertTrue(job, "tessera serve has no worker job")
         process.send_signal(signal.SIGINT)
         try:
             code = process.wait(timeout=SHUTDOWN_TIMEOUT_S)
@@ -285,6 +327,8 @@ class PythonClientTest(unittest.TestCase):
             self.fail(f"tessera serve still running {SHUTDOWN_TIMEOUT_S} s after SIGINT\n"
                       f"{self.server.output()}")
         self.assertEqual(code, 0, self.server.output())
+        left = [pid for pid in job if process_group(pid) is not None]
+        self.assertEqual(left, [], "worker processes still running after tessera serve exited")
 
 
 def main():

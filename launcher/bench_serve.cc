@@ -1,0 +1,540 @@
+// `tessera bench serve`: the serving stack end to end over gRPC, as clients see it. N streaming
+// clients at once against the coordinator, the same one at a time, and the time to first
+// token the coordinator adds compared with asking a group leader directly.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "launcher/bench.h"
+#include "launcher/coordinator_process.h"
+#include "launcher/flags.h"
+#include "launcher/process.h"
+#include "launcher/shutdown_signal.h"
+#include "launcher/worker_job.h"
+#include "runtime/core/status_macros.h"
+#include "runtime/serve/request_convert.h"
+#include "runtime/serve/serve_metrics.h"
+#include "tessera/v1/inference.grpc.pb.h"
+#include "tessera/v1/worker.grpc.pb.h"
+
+namespace tessera::launcher {
+namespace {
+
+constexpr char kWho[] = "tessera bench serve";
+// What the figures are held against (the serving issue's acceptance targets).
+constexpr double kTargetSpeedup = 4.0;     // output tokens/s, all streams vs one
+constexpr double kTargetOverheadMs = 1.0;  // median TTFT added by the coordinator
+constexpr int kOverheadWarmupPairs = 10;   // not counted
+// Text tokenized once to learn a range of token ids the model certainly has.
+constexpr char kVocabProbe[] =
+    "The quick brown fox jumps over the lazy dog. 0123456789 !\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~ "
+    "Tessera serves and fine-tunes transformer language models across GPUs and nodes.";
+
+struct TokenRange {
+  int min = 16;
+  int max = 64;
+};
+
+struct BenchServeConfig {
+  WorkerJobConfig workers;
+  std::string target;  // empty: a coordinator and workers of our own
+  std::string leader;  // with --target: a group leader's Worker endpoint
+  int requests = 2000;
+  int concurrency = 16;
+  int baseline_requests = 50;
+  int overhead_requests = 200;
+  std::string prompt_tokens = "16:64";
+  std::string output_tokens = "16:64";
+  int seed = 1;
+  absl::Duration request_timeout = absl::Minutes(5);
+};
+
+// "MIN:MAX" (or "N" for MIN = MAX = N), both >= 1.
+absl::StatusOr<TokenRange> ParseTokenRange(const std::string& text, const std::string& flag) {
+  std::vector<std::string> parts = absl::StrSplit(text, ':');
+  TokenRange range;
+  bool ok = parts.size() == 1 ? absl::SimpleAtoi(parts[0], &range.min)
+                              : parts.size() == 2 && absl::SimpleAtoi(parts[0], &range.min) &&
+                                    absl::SimpleAtoi(parts[1], &range.max);
+  if (parts.size() == 1) range.max = range.min;
+  if (!ok || range.min < 1 || range.max < range.min) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": '", text, "' is not MIN:MAX with 1 <= MIN <= MAX"));
+  }
+  return range;
+}
+
+struct PlannedRequest {
+  std::vector<int32_t> prompt;
+  int max_tokens = 0;
+};
+
+// `count` requests with prompt and output lengths uniform in the ranges and prompt token ids
+// uniform in [0, vocab), drawn from `random`.
+std::vector<PlannedRequest> Plan(int count, TokenRange prompt, TokenRange output, int32_t vocab,
+                                 std::mt19937_64& random) {
+  std::uniform_int_distribution<int> prompt_length(prompt.min, prompt.max);
+  std::uniform_int_distribution<int> output_length(output.min, output.max);
+  std::uniform_int_distribution<int32_t> token(0, vocab - 1);
+  std::vector<PlannedRequest> plan(count);
+  for (PlannedRequest& request : plan) {
+    request.prompt.resize(prompt_length(random));
+    for (int32_t& id : request.prompt) id = token(random);
+    request.max_tokens = output_length(random);
+  }
+  return plan;
+}
+
+v1::GenerateRequest ToWire(const PlannedRequest& planned, const std::string& model) {
+  v1::GenerateRequest request;
+  request.set_model(model);
+  request.mutable_prompt_tokens()->Add(planned.prompt.begin(), planned.prompt.end());
+  v1::SamplingParams& sampling = *request.mutable_sampling();
+  sampling.set_max_tokens(planned.max_tokens);
+  sampling.set_ignore_eos(true);
+  return request;
+}
+
+// A channel of its own (its own connection), as a separate client would have.
+std::shared_ptr<grpc::Channel> Connect(const std::string& target) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  args.SetMaxReceiveMessageSize(-1);
+  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+}
+
+absl::Status WaitConnected(grpc::Channel& channel, const std::string& target) {
+  if (!channel.WaitForConnected(absl::ToChronoTime(absl::Now() + absl::Seconds(10)))) {
+    return absl::UnavailableError(absl::StrCat("cannot connect to ", target));
+  }
+  return absl::OkStatus();
+}
+
+// One streamed request as the client saw it.
+struct StreamResult {
+  grpc::Status status;
+  double ttft_seconds = -1;  // call start -> first message with a token
+  std::vector<double> inter_token_seconds;
+  int64_t output_tokens = 0;
+  int finals = 0;
+};
+
+// Reads a stream of GenerateStreamResponse to its end; `reader` was started at `start`.
+template <typename Reader>
+StreamResult ReadStream(Reader& reader, absl::Time start) {
+  StreamResult result;
+  v1::GenerateStreamResponse message;
+  absl::Time last = start;
+  while (reader.Read(&message)) {
+    absl::Time at = absl::Now();
+    result.finals += message.final() ? 1 : 0;
+    const int tokens = message.tokens_size();
+    if (tokens == 0) continue;
+    if (result.output_tokens == 0) {
+      result.ttft_seconds = absl::ToDoubleSeconds(at - start);
+    } else {
+      // A message of k tokens took k inter-token intervals.
+      const double gap = absl::ToDoubleSeconds(at - last) / tokens;
+      result.inter_token_seconds.insert(result.inter_token_seconds.end(), tokens, gap);
+    }
+    result.output_tokens += tokens;
+    last = at;
+  }
+  result.status = reader.Finish();
+  return result;
+}
+
+// Failures by what went wrong: a status code's name, or what was wrong with a stream that
+// ended OK.
+struct ErrorTally {
+  std::map<std::string, int> counts;
+  std::map<std::string, std::string> first_message;
+  int total = 0;
+
+  void Add(const std::string& what, const std::string& message) {
+    ++total;
+    if (counts[what]++ == 0) first_message[what] = message;
+  }
+  void Merge(const ErrorTally& other) {
+    for (const auto& [what, count] : other.counts) {
+      if (counts[what] == 0) first_message[what] = other.first_message.at(what);
+      counts[what] += count;
+    }
+    total += other.total;
+  }
+  std::string Summary() const {
+    if (total == 0) return "none";
+    std::vector<std::string> parts;
+    for (const auto& [what, count] : counts) {
+      parts.push_back(absl::StrCat(what, " ", count, " (first: ", first_message.at(what), ")"));
+    }
+    return absl::StrJoin(parts, "; ");
+  }
+};
+
+// An error for a stream that should have produced `expected_tokens` tokens; nullopt when
+// it did.
+std::optional<std::pair<std::string, std::string>> CheckStream(const StreamResult& result,
+                                                               int expected_tokens) {
+  if (!result.status.ok()) {
+    return std::make_pair(std::string(serve::StatusCodeName(
+                              static_cast<absl::StatusCode>(result.status.error_code()))),
+                          result.status.error_message());
+  }
+  if (result.finals != 1 || result.output_tokens != expected_tokens) {
+    return std::make_pair(
+        std::string("BAD_STREAM"),
+        absl::StrCat(result.output_tokens, " tokens and ", result.finals,
+                     " final messages; expected ", expected_tokens, " tokens and 1 final"));
+  }
+  return std::nullopt;
+}
+
+struct PhaseFigures {
+  int streams = 0;
+  int requests = 0;
+  double seconds = 0;
+  int64_t output_tokens = 0;
+  std::vector<double> ttft_seconds;
+  std::vector<double> inter_token_seconds;
+  ErrorTally errors;
+};
+
+// Runs `plan` through `concurrency` streaming clients, each on a connection of its own, each
+// taking the next request when its previous one ends. Stops taking requests on Ctrl-C.
+absl::StatusOr<PhaseFigures> RunStreams(const std::string& target, const std::string& model,
+                                        const std::vector<PlannedRequest>& plan, int concurrency,
+                                        absl::Duration timeout) {
+  PhaseFigures figures;
+  figures.streams = concurrency;
+  std::vector<std::unique_ptr<v1::Inference::Stub>> stubs;
+  for (int c = 0; c < concurrency; ++c) {
+    std::shared_ptr<grpc::Channel> channel = Connect(target);
+    TESSERA_RETURN_IF_ERROR(WaitConnected(*channel, target));
+    stubs.push_back(v1::Inference::NewStub(channel));
+  }
+  std::atomic<int> next{0};
+  absl::Mutex mutex;
+  absl::Time start = absl::Now();
+  std::vector<std::thread> clients;
+  for (int c = 0; c < concurrency; ++c) {
+    clients.emplace_back([&, c] {
+      PhaseFigures mine;
+      for (int i = next.fetch_add(1); i < static_cast<int>(plan.size()) && !ShutdownRequested();
+           i = next.fetch_add(1)) {
+        grpc::ClientContext context;
+        context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+        absl::Time begun = absl::Now();
+        auto reader = stubs[c]->GenerateStream(&context, ToWire(plan[i], model));
+        StreamResult result = ReadStream(*reader, begun);
+        ++mine.requests;
+        mine.output_tokens += result.output_tokens;
+        if (auto error = CheckStream(result, plan[i].max_tokens)) {
+          mine.errors.Add(error->first, error->second);
+          continue;
+        }
+        mine.ttft_seconds.push_back(result.ttft_seconds);
+        mine.inter_token_seconds.insert(mine.inter_token_seconds.end(),
+                                        result.inter_token_seconds.begin(),
+                                        result.inter_token_seconds.end());
+      }
+      absl::MutexLock lock(&mutex);
+      figures.requests += mine.requests;
+      figures.output_tokens += mine.output_tokens;
+      figures.ttft_seconds.insert(figures.ttft_seconds.end(), mine.ttft_seconds.begin(),
+                                  mine.ttft_seconds.end());
+      figures.inter_token_seconds.insert(figures.inter_token_seconds.end(),
+                                         mine.inter_token_seconds.begin(),
+                                         mine.inter_token_seconds.end());
+      figures.errors.Merge(mine.errors);
+    });
+  }
+  for (std::thread& client : clients) client.join();
+  figures.seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  return figures;
+}
+
+// The nearest-rank percentile `p` (0..100) of `values` in milliseconds; NaN when empty.
+double PercentileMs(std::vector<double> values, double p) {
+  if (values.empty()) return std::nan("");
+  std::sort(values.begin(), values.end());
+  size_t rank = static_cast<size_t>(std::ceil(p / 100.0 * values.size()));
+  return 1e3 * values[std::clamp<size_t>(rank, 1, values.size()) - 1];
+}
+
+struct OverheadFigures {
+  std::vector<double> coordinator_ttft_seconds;
+  std::vector<double> leader_ttft_seconds;
+  ErrorTally errors;
+};
+
+// Sequential requests of one token, alternately through the coordinator and straight to a
+// group leader's Worker/Submit (which of the two goes first alternates too). Each request has
+// a prompt of its own, so neither path finds the other's prefix in the cache.
+absl::StatusOr<OverheadFigures> MeasureOverhead(const std::string& target,
+                                                const std::string& leader, const std::string& model,
+                                                const std::vector<PlannedRequest>& plan,
+                                                absl::Duration timeout) {
+  std::shared_ptr<grpc::Channel> coordinator_channel = Connect(target);
+  std::shared_ptr<grpc::Channel> leader_channel = Connect(leader);
+  TESSERA_RETURN_IF_ERROR(WaitConnected(*coordinator_channel, target));
+  TESSERA_RETURN_IF_ERROR(WaitConnected(*leader_channel, leader));
+  auto coordinator = v1::Inference::NewStub(coordinator_channel);
+  auto worker = v1::Worker::NewStub(leader_channel);
+  OverheadFigures figures;
+  for (size_t i = 0; i + 1 < plan.size() && !ShutdownRequested(); i += 2) {
+    const bool counted = i / 2 >= kOverheadWarmupPairs;
+    for (int leg = 0; leg < 2; ++leg) {
+      const bool via_coordinator = (leg == 0) == ((i / 2) % 2 == 0);
+      const PlannedRequest& planned = plan[i + leg];
+      grpc::ClientContext context;
+      context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+      absl::Time begun = absl::Now();
+      StreamResult result;
+      if (via_coordinator) {
+        auto reader = coordinator->GenerateStream(&context, ToWire(planned, model));
+        result = ReadStream(*reader, begun);
+      } else {
+        auto reader = worker->Submit(&context, ToWire(planned, model));
+        result = ReadStream(*reader, begun);
+      }
+      if (auto error = CheckStream(result, planned.max_tokens)) {
+        figures.errors.Add(absl::StrCat(error->first, via_coordinator ? "" : " (leader)"),
+                           error->second);
+        continue;
+      }
+      if (!counted) continue;
+      (via_coordinator ? figures.coordinator_ttft_seconds : figures.leader_ttft_seconds)
+          .push_back(result.ttft_seconds);
+    }
+  }
+  return figures;
+}
+
+// The largest token id the model gives for a probe text, plus one: every id below it exists.
+absl::StatusOr<int32_t> ProbeVocab(v1::Inference::Stub& stub, const std::string& model) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  v1::TokenizeRequest request;
+  request.set_model(model);
+  request.set_text(kVocabProbe);
+  v1::TokenizeResponse response;
+  TESSERA_RETURN_IF_ERROR(serve::FromGrpcStatus(stub.Tokenize(&context, request, &response)));
+  int32_t largest = 0;
+  for (int32_t id : response.tokens()) largest = std::max(largest, id);
+  if (largest < 1) return absl::FailedPreconditionError("Tokenize gave no usable token ids");
+  return largest + 1;
+}
+
+absl::StatusOr<std::string> FirstModel(v1::Inference::Stub& stub) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  v1::ListModelsResponse models;
+  TESSERA_RETURN_IF_ERROR(
+      serve::FromGrpcStatus(stub.ListModels(&context, v1::ListModelsRequest(), &models)));
+  if (models.models_size() == 0) {
+    return absl::UnavailableError("the coordinator lists no model (no worker group yet)");
+  }
+  return models.models(0).name();
+}
+
+void PrintPhase(const char* name, const PhaseFigures& phase) {
+  std::printf("%-14s %7d %6d %6d %8.1f %8.2f %10.1f %7.1f %7.1f %7.1f %6.2f %6.2f %6.2f\n", name,
+              phase.streams, phase.requests, phase.errors.total, phase.seconds,
+              phase.requests / phase.seconds, phase.output_tokens / phase.seconds,
+              PercentileMs(phase.ttft_seconds, 50), PercentileMs(phase.ttft_seconds, 90),
+              PercentileMs(phase.ttft_seconds, 99), PercentileMs(phase.inter_token_seconds, 50),
+              PercentileMs(phase.inter_token_seconds, 90),
+              PercentileMs(phase.inter_token_seconds, 99));
+  std::fflush(stdout);
+}
+
+absl::Status Bench(const std::string& target, const std::string& leader,
+                   const BenchServeConfig& config, const std::string& setup) {
+  TESSERA_ASSIGN_OR_RETURN(TokenRange prompt_range,
+                           ParseTokenRange(config.prompt_tokens, "--prompt-tokens"));
+  TESSERA_ASSIGN_OR_RETURN(TokenRange output_range,
+                           ParseTokenRange(config.output_tokens, "--output-tokens"));
+  std::shared_ptr<grpc::Channel> channel = Connect(target);
+  TESSERA_RETURN_IF_ERROR(WaitConnected(*channel, target));
+  auto stub = v1::Inference::NewStub(channel);
+  std::string model = config.workers.model_name;
+  if (model.empty()) {
+    TESSERA_ASSIGN_OR_RETURN(model, FirstModel(*stub));
+  }
+  TESSERA_ASSIGN_OR_RETURN(int32_t vocab, ProbeVocab(*stub, model));
+
+  // One random sequence for every phase: no prompt is sent twice, so no phase gets another's
+  // prefix from the cache.
+  std::mt19937_64 random(static_cast<uint64_t>(config.seed));
+  std::vector<PlannedRequest> concurrent =
+      Plan(config.requests, prompt_range, output_range, vocab, random);
+  std::vector<PlannedRequest> alone =
+      Plan(config.baseline_requests, prompt_range, output_range, vocab, random);
+  const TokenRange one_token{1, 1};
+  std::vector<PlannedRequest> small =
+      Plan(2 * (config.overhead_requests + kOverheadWarmupPairs),
+           {prompt_range.min, prompt_range.min}, one_token, vocab, random);
+
+  std::printf(
+      "# tessera bench serve: %s; model %s at %s\n"
+      "# streaming requests (GenerateStream, greedy, ignore_eos): prompts of %d:%d random "
+      "token ids in [0, %d), %d:%d output tokens, seed %d\n"
+      "# TTFT: call start -> first token at the client; ITL: between tokens\n",
+      setup.c_str(), model.c_str(), target.c_str(), prompt_range.min, prompt_range.max, vocab,
+      output_range.min, output_range.max, config.seed);
+  std::printf("%-14s %7s %6s %6s %8s %8s %10s %7s %7s %7s %6s %6s %6s\n", "run", "streams", "reqs",
+              "errors", "seconds", "req/s", "output t/s", "TTFT50", "TTFT90", "TTFT99", "ITL50",
+              "ITL90", "ITL99");
+  std::printf("%-14s %7s %6s %6s %8s %8s %10s %7s %7s %7s %6s %6s %6s\n", "", "", "", "", "", "",
+              "", "ms", "ms", "ms", "ms", "ms", "ms");
+  std::fflush(stdout);
+
+  std::fprintf(stderr, "%s: %d requests over %d streams...\n", kWho, config.requests,
+               config.concurrency);
+  TESSERA_ASSIGN_OR_RETURN(
+      PhaseFigures many,
+      RunStreams(target, model, concurrent, config.concurrency, config.request_timeout));
+  if (ShutdownRequested()) return absl::CancelledError("interrupted");
+  PrintPhase("concurrent", many);
+  std::fprintf(stderr, "%s: %d requests one at a time...\n", kWho, config.baseline_requests);
+  TESSERA_ASSIGN_OR_RETURN(PhaseFigures one,
+                           RunStreams(target, model, alone, 1, config.request_timeout));
+  if (ShutdownRequested()) return absl::CancelledError("interrupted");
+  PrintPhase("one at a time", one);
+
+  std::optional<OverheadFigures> overhead;
+  if (!leader.empty()) {
+    std::fprintf(stderr, "%s: %d requests of 1 token each way, coordinator and leader %s...\n",
+                 kWho, config.overhead_requests, leader.c_str());
+    TESSERA_ASSIGN_OR_RETURN(overhead,
+                             MeasureOverhead(target, leader, model, small, config.request_timeout));
+    if (ShutdownRequested()) return absl::CancelledError("interrupted");
+    std::printf(
+        "\n# coordinator overhead: %d sequential requests each way, alternating (after %d "
+        "pairs of warm-up): %d prompt tokens, max_tokens 1\n",
+        config.overhead_requests, kOverheadWarmupPairs, prompt_range.min);
+    std::printf("%-34s %6s %7s %7s %7s\n", "path", "reqs", "TTFT50", "TTFT90", "TTFT99");
+    auto row = [](const char* path, const std::vector<double>& ttft) {
+      std::printf("%-34s %6zu %7.3f %7.3f %7.3f\n", path, ttft.size(), PercentileMs(ttft, 50),
+                  PercentileMs(ttft, 90), PercentileMs(ttft, 99));
+    };
+    row("client -> coordinator -> leader", overhead->coordinator_ttft_seconds);
+    row("client -> leader (Worker/Submit)", overhead->leader_ttft_seconds);
+  }
+
+  const double speedup = (many.output_tokens / many.seconds) / (one.output_tokens / one.seconds);
+  std::printf("\n%-44s %10s %10s %7s\n", "figure", "value", "target", "ratio");
+  std::printf("%-44s %9.2fx %9s %7.2f  %s\n",
+              absl::StrCat("output t/s, ", config.concurrency, " streams vs 1").c_str(), speedup,
+              absl::StrCat(">= ", kTargetSpeedup, "x").c_str(), speedup / kTargetSpeedup,
+              speedup >= kTargetSpeedup ? "met" : "MISSED");
+  if (overhead) {
+    const double added = PercentileMs(overhead->coordinator_ttft_seconds, 50) -
+                         PercentileMs(overhead->leader_ttft_seconds, 50);
+    std::printf("%-44s %8.3fms %9s %7.2f  %s\n", "median TTFT added by the coordinator", added,
+                absl::StrCat("<= ", kTargetOverheadMs, "ms").c_str(), added / kTargetOverheadMs,
+                added <= kTargetOverheadMs ? "met" : "MISSED");
+  } else {
+    std::printf("# coordinator overhead not measured: --target needs --leader HOST:PORT\n");
+  }
+  ErrorTally errors = many.errors;
+  errors.Merge(one.errors);
+  if (overhead) errors.Merge(overhead->errors);
+  std::printf("%-44s %10d %10d\n", "failed requests", errors.total, 0);
+  std::printf("# errors: %s\n", errors.Summary().c_str());
+  std::fflush(stdout);
+  if (errors.total > 0) {
+    return absl::UnknownError(absl::StrCat(errors.total, " requests failed: ", errors.Summary()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status BenchServe(const BenchServeConfig& config) {
+  if (config.requests < 1 || config.concurrency < 1 || config.baseline_requests < 1 ||
+      config.overhead_requests < 1) {
+    return absl::InvalidArgumentError(
+        "--requests, --concurrency, --baseline-requests and --overhead-requests must be >= 1");
+  }
+  TESSERA_RETURN_IF_ERROR(ParseTokenRange(config.prompt_tokens, "--prompt-tokens").status());
+  TESSERA_RETURN_IF_ERROR(ParseTokenRange(config.output_tokens, "--output-tokens").status());
+  InstallShutdownHandlers();
+  if (!config.target.empty()) {
+    return Bench(
+        config.target, config.leader, config,
+        absl::StrCat("a running coordinator (--target)",
+                     config.leader.empty() ? "" : absl::StrCat(", leader ", config.leader)));
+  }
+  TESSERA_RETURN_IF_ERROR(CheckWorkerJobConfig(config.workers));
+  CoordinatorConfig coordinator_config;
+  coordinator_config.listen = "127.0.0.1:0";
+  coordinator_config.metrics_listen = "off";
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<RunningCoordinator> running,
+                           StartCoordinator(coordinator_config));
+  std::vector<std::string> command = WorkerCommand(config.workers, running->grpc.port);
+  const int groups = config.workers.groups();
+  std::fprintf(stderr, "%s: starting %d worker group(s): %s\n", kWho, groups,
+               absl::StrJoin(command, " ").c_str());
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<WorkerJob> workers, WorkerJob::Start(command, kWho));
+  TESSERA_ASSIGN_OR_RETURN(bool ready, workers->WaitUntilHealthy(*running->coordinator, groups,
+                                                                 config.workers.ready_timeout));
+  if (!ready) return absl::CancelledError("interrupted while the workers started");
+  std::vector<std::string> leaders = running->coordinator->GroupEndpoints();
+  if (leaders.empty()) return absl::InternalError("no group endpoint registered");
+  absl::Status status =
+      Bench(absl::StrCat("127.0.0.1:", running->grpc.port), leaders.front(), config,
+            absl::StrCat("coordinator in this process, mpirun -np ", config.workers.np,
+                         " workers, ", groups, " group(s) of tp ", config.workers.tp));
+  workers->Stop();
+  return status;
+}
+
+}  // namespace
+
+int RunBenchServe(const std::vector<std::string>& args, int* /*argc*/, char*** /*argv*/) {
+  BenchServeConfig config;
+  FlagSet flags(kWho,
+                "The serving stack over gRPC: --concurrency streaming clients against the "
+                "coordinator, then one at a time (the ratio of output tokens/s), then the "
+                "median time to first token the coordinator adds over asking a group leader "
+                "directly.\nStarts a coordinator here and mpirun workers as `tessera serve` "
+                "does, or measures --target (and --leader) instead.");
+  flags.String("target", &config.target,
+               "host:port of a running coordinator to measure (default: start our own)");
+  flags.String("leader", &config.leader,
+               "with --target: host:port of a group leader's Worker service, for the "
+               "coordinator overhead");
+  flags.Int("requests", &config.requests, "requests of the concurrent run");
+  flags.Int("concurrency", &config.concurrency, "streaming clients at once");
+  flags.Int("baseline-requests", &config.baseline_requests, "requests of the one-stream run");
+  flags.Int("overhead-requests", &config.overhead_requests,
+            "requests each way for the coordinator overhead");
+  flags.String("prompt-tokens", &config.prompt_tokens, "prompt lengths, MIN:MAX (uniform)");
+  flags.String("output-tokens", &config.output_tokens,
+               "output lengths (max_tokens, ignore_eos), MIN:MAX (uniform)");
+  flags.Int("seed", &config.seed, "seed of the prompts and lengths");
+  flags.Duration("request-timeout", &config.request_timeout, "deadline of each request");
+  config.workers.engine.kv_cache_bytes = int64_t{256} << 20;
+  AddWorkerJobFlags(flags, &config.workers);
+  if (std::optional<int> done = ParseOrExit(flags, args)) return *done;
+  return ReportExit(BenchServe(config));
+}
+
+}  // namespace tessera::launcher

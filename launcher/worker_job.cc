@@ -1,0 +1,140 @@
+#include "launcher/worker_job.h"
+
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "launcher/engine_flags.h"
+#include "launcher/shutdown_signal.h"
+
+namespace tessera::launcher {
+
+void AddWorkerJobFlags(FlagSet& flags, WorkerJobConfig* config) {
+  flags.Int("np", &config->np, "worker ranks");
+  flags.Int("tp", &config->tp, "tensor-parallel degree of each group");
+  flags.String("model", &config->model, "Hugging Face model directory (default: built-in)");
+  flags.String("model-name", &config->model_name, "the name clients ask for");
+  flags.String("mpirun", &config->mpirun, "the mpirun to start the workers with");
+  flags.String("mpirun-args", &config->mpirun_args, "extra mpirun arguments");
+  flags.Duration("timeout", &config->timeout, "deadline of each collective in the workers");
+  flags.Duration("ready-timeout", &config->ready_timeout,
+                 "how long the workers may take to load and register");
+  AddEngineFlags(flags, &config->engine);
+}
+
+absl::Status CheckWorkerJobConfig(const WorkerJobConfig& config) {
+  if (config.np < 1 || config.tp < 1 || config.np % config.tp != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--np ", config.np, " must be a multiple of --tp ", config.tp));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<std::string> WorkerCommand(const WorkerJobConfig& config, int coordinator_port) {
+  std::vector<std::string> argv = {config.mpirun, "-np", absl::StrCat(config.np)};
+  if (geteuid() == 0) argv.push_back("--allow-run-as-root");
+  // More ranks than cores is fine for serving on a small machine; idle ranks then yield.
+  if (config.np > static_cast<int>(std::thread::hardware_concurrency())) {
+    argv.insert(argv.end(), {"--oversubscribe", "--mca", "mpi_yield_when_idle", "1"});
+  }
+  for (absl::string_view extra : absl::StrSplit(config.mpirun_args, ' ', absl::SkipEmpty())) {
+    argv.emplace_back(extra);
+  }
+  std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  // Kept as flag-value pairs, which clang-format would put one a line.
+  // clang-format off
+  argv.insert(argv.end(),
+              {self, "worker", "--coordinator", absl::StrCat("127.0.0.1:", coordinator_port),
+               "--tp", absl::StrCat(config.tp), "--listen", "127.0.0.1:0", "--metrics-listen",
+               "127.0.0.1:0", "--timeout", absl::FormatDuration(config.timeout),
+               "--block-size", absl::StrCat(config.engine.block_size), "--kv-cache-memory",
+               FormatBytes(config.engine.kv_cache_bytes), "--max-running",
+               absl::StrCat(config.engine.max_running), "--max-step-tokens",
+               absl::StrCat(config.engine.max_step_tokens), "--max-queued",
+               absl::StrCat(config.engine.max_queued),
+               config.engine.prefix_caching ? "--prefix-cache" : "--no-prefix-cache"});
+  // clang-format on
+  if (!config.model.empty()) argv.insert(argv.end(), {"--model", config.model});
+  if (!config.model_name.empty()) argv.insert(argv.end(), {"--model-name", config.model_name});
+  return argv;
+}
+
+absl::StatusOr<std::unique_ptr<WorkerJob>> WorkerJob::Start(const std::vector<std::string>& argv,
+                                                            const std::string& who) {
+  // Everything the child needs is made before fork: it only calls async-signal-safe functions.
+  std::vector<char*> args;
+  for (const std::string& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
+  args.push_back(nullptr);
+  std::string cannot_run = absl::StrCat(who, ": cannot run ", argv.empty() ? "" : argv[0], "\n");
+  const pid_t parent = getpid();
+  pid_t pid = fork();
+  if (pid < 0) return absl::InternalError("fork failed");
+  if (pid == 0) {
+    // Its own process group: Ctrl-C reaches the parent, which stops the job in order.
+    setpgid(0, 0);
+    // A parent killed without stopping the job (SIGKILL) still takes mpirun, and so the
+    // workers, with it.
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent) _exit(127);
+    execvp(args[0], args.data());
+    ssize_t ignored = write(STDERR_FILENO, cannot_run.data(), cannot_run.size());
+    (void)ignored;
+    _exit(127);
+  }
+  return std::unique_ptr<WorkerJob>(new WorkerJob(pid));
+}
+
+WorkerJob::~WorkerJob() { Stop(); }
+
+std::optional<int> WorkerJob::WaitExit(absl::Duration timeout) {
+  if (exit_status_) return exit_status_;
+  absl::Time until = absl::Now() + timeout;
+  while (true) {
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      exit_status_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      return exit_status_;
+    }
+    if (absl::Now() >= until) return std::nullopt;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+}
+
+void WorkerJob::Stop() {
+  if (exit_status_) return;
+  kill(-pid_, SIGTERM);
+  if (WaitExit(absl::Seconds(15))) return;
+  kill(-pid_, SIGKILL);
+  WaitExit(absl::InfiniteDuration());
+}
+
+absl::StatusOr<bool> WorkerJob::WaitUntilHealthy(const serve::Coordinator& coordinator, int groups,
+                                                 absl::Duration timeout) {
+  absl::Time deadline = absl::Now() + timeout;
+  while (coordinator.HealthyGroupCount() < groups) {
+    if (std::optional<int> code = WaitExit(absl::Milliseconds(100))) {
+      return absl::UnavailableError(
+          absl::StrCat("the workers exited (status ", *code, ") before serving"));
+    }
+    if (ShutdownRequested()) {
+      Stop();
+      return false;
+    }
+    if (absl::Now() > deadline) {
+      Stop();
+      return absl::DeadlineExceededError(
+          absl::StrCat("the workers did not all register within ", absl::FormatDuration(timeout)));
+    }
+  }
+  return true;
+}
+
+}  // namespace tessera::launcher
