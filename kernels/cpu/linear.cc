@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "kernels/cpu/check_shapes.h"
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/parallel.h"
 #include "runtime/core/status_macros.h"
 
 namespace tessera::kernels {
@@ -69,12 +71,19 @@ __attribute__((target("avx2,fma"))) float DotWidenAvx2(const float* x, const uin
   return total;
 }
 
-bool HasAvx2Fma() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
+// OpenBLAS starts one thread per core in every process; with several ranks on a node those
+// threads outnumber the cores and spin against each other. It gets the same share of the
+// node as the other CPU kernels (parallel.h), set once before the first multiply.
+void ShareCoresWithBlas() {
+  static const bool set = [] {
+    openblas_set_num_threads(CpuKernelThreads());
+    return true;
+  }();
+  (void)set;
 }
 
 void LinearF32(const float* x, const float* w, float* out, int64_t m, int64_t n, int64_t k) {
+  ShareCoresWithBlas();
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n),
               static_cast<int>(k), 1.0f, x, static_cast<int>(k), w, static_cast<int>(k), 0.0f, out,
               static_cast<int>(n));
@@ -96,6 +105,7 @@ void LinearBF16(const float* x, const BFloat16* w, float* out, int64_t m, int64_
     }
     return;
   }
+  ShareCoresWithBlas();
   std::vector<float> tile(kTileRows * k);
   for (int64_t j0 = 0; j0 < n; j0 += kTileRows) {
     int64_t rows = std::min(kTileRows, n - j0);
