@@ -63,8 +63,13 @@ bool ClientGone(grpc::ServerContext* context) {
   return context != nullptr && context->IsCancelled();
 }
 
+// A client's own timer cancels its call at its deadline, which may reach the server just
+// before the server's copy of the deadline (arrival + the timeout header) passes: a call
+// cancelled this close to its deadline ended by the deadline.
+constexpr auto kDeadlineSlack = std::chrono::milliseconds(100);
+
 grpc::Status ClientEndStatus(grpc::ServerContext* context) {
-  if (context->deadline() <= std::chrono::system_clock::now()) {
+  if (context->deadline() <= std::chrono::system_clock::now() + kDeadlineSlack) {
     return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "deadline exceeded");
   }
   return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
@@ -247,6 +252,7 @@ class Coordinator::RegistryImpl final : public v1::WorkerRegistry::Service {
                           {"model", request->model()},
                           {"version", request->version()},
                           {"endpoint", request->endpoint()},
+                          {"metrics_endpoint", request->metrics_endpoint()},
                           {"tp", absl::StrCat(request->topology().tp())},
                           {"kv_blocks", absl::StrCat(request->kv().blocks())}});
     c_.CollectGauges();
@@ -510,7 +516,11 @@ grpc::Status Coordinator::RunRequest(grpc::ServerContext* context,
   record->code = static_cast<absl::StatusCode>(status.error_code());
   record->total_seconds = absl::ToDoubleSeconds(absl::Now() - start);
   if (record->code != absl::StatusCode::kOk && record->finish_reason.empty()) {
-    record->finish_reason = "error";
+    record->finish_reason =
+        record->code == absl::StatusCode::kCancelled ||
+                record->code == absl::StatusCode::kDeadlineExceeded
+            ? "cancelled"
+            : "error";
   }
   quotas_.Charge(record->tenant, record->prompt_tokens, record->completion_tokens);
   request_metrics_.Record(*record);
