@@ -30,6 +30,7 @@
 #include "launcher/flags.h"
 #include "launcher/process.h"
 #include "runtime/core/status_macros.h"
+#include "runtime/serve/grpc_server.h"
 
 namespace tessera::launcher {
 namespace {
@@ -49,12 +50,11 @@ bool IsEnvName(absl::string_view name) {
                      [](char c) { return absl::ascii_isalnum(c) || c == '_'; });
 }
 
-// "HOST:PORT" or "[V6]:PORT" -> the port.
-absl::StatusOr<int> PortOf(absl::string_view address) {
-  size_t colon = address.rfind(':');
+// "HOST:PORT" or "[V6]:PORT" -> the port, which must be a real one (not 0).
+absl::StatusOr<int> PortOf(const std::string& address) {
+  std::string host;
   int port = 0;
-  if (colon == absl::string_view::npos || colon == 0 ||
-      !absl::SimpleAtoi(address.substr(colon + 1), &port) || port < 1 || port > 65535) {
+  if (!serve::SplitHostPort(address, "--coordinator", &host, &port).ok() || port == 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("--coordinator: '", address, "' is not HOST:PORT (example: node-a:50051)"));
   }

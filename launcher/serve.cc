@@ -17,13 +17,14 @@ namespace {
 
 void PrintEndpoints(const char* who, const RunningCoordinator& running,
                     const CoordinatorConfig& config) {
-  std::string host, unused;
-  int port = 0;
-  (void)serve::SplitHostPort(config.listen, "--listen", &host, &port);
+  // Both addresses parsed when the servers started; here only their hosts are wanted.
+  std::string host;
+  int unused_port = 0;
+  (void)serve::SplitHostPort(config.listen, "--listen", &host, &unused_port);
   std::fprintf(stderr, "%s: gRPC on %s:%d", who, host.c_str(), running.grpc.port);
   if (running.metrics_server != nullptr) {
-    std::fprintf(stderr, ", metrics on http://%s:%d/metrics",
-                 config.metrics_listen.substr(0, config.metrics_listen.rfind(':')).c_str(),
+    (void)serve::SplitHostPort(config.metrics_listen, "--metrics-listen", &host, &unused_port);
+    std::fprintf(stderr, ", metrics on http://%s:%d/metrics", host.c_str(),
                  running.metrics_server->port());
   }
   std::fprintf(stderr, "\n");

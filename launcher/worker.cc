@@ -106,10 +106,10 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
   if (config.coordinator.empty()) {
     return absl::InvalidArgumentError("--coordinator: required (host:port of the coordinator)");
   }
-  std::string listen_host, metrics_host;
+  std::string coordinator_host, listen_host, metrics_host;
   int unused_port = 0;
-  TESSERA_RETURN_IF_ERROR(
-      serve::SplitHostPort(config.coordinator, "--coordinator", &listen_host, &unused_port));
+  TESSERA_RETURN_IF_ERROR(serve::SplitHostPort(config.coordinator, "--coordinator",
+                                               &coordinator_host, &unused_port));
   TESSERA_RETURN_IF_ERROR(
       serve::SplitHostPort(config.listen, "--listen", &listen_host, &unused_port));
   if (config.metrics_listen != "off") {

@@ -263,8 +263,7 @@ class Coordinator::RegistryImpl final : public v1::WorkerRegistry::Service {
                          v1::HeartbeatResponse* response) override {
     bool known = c_.registry_.Heartbeat(request->group_id(), FromWire(request->load()),
                                         absl::Now());
-    response->set_registered(known);
-    if (known) c_.CollectGauges();
+    response->set_registered(known);  // gauges and health follow on the reaper's next tick
     return grpc::Status::OK;
   }
 
