@@ -10,7 +10,7 @@ packages=(
   openmpi-bin libopenmpi-dev
   libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
   libabsl-dev libgtest-dev libgmock-dev
-  nlohmann-json3-dev libpcre2-dev libicu-dev libopenblas-dev
+  nlohmann-json3-dev libpcre2-dev libicu-dev
   libcpp-httplib-dev
   python3-grpcio python3-grpc-tools
 )

@@ -1,12 +1,10 @@
 #include "kernels/cpu/linear.h"
 
-#include <cblas.h>
 #include <immintrin.h>
 
 #include <algorithm>
 #include <bit>
-#include <cstring>
-#include <vector>
+#include <cmath>
 
 #include "kernels/cpu/check_shapes.h"
 #include "kernels/cpu/cpu_features.h"
@@ -16,104 +14,137 @@
 namespace tessera::kernels {
 namespace {
 
-// Rows of x up to which bf16 weights are streamed row by row rather than widened into tiles.
-constexpr int64_t kStreamingRows = 8;
-// Weight rows widened per tile on the sgemm path.
-constexpr int64_t kTileRows = 128;
+// Weight rows per unit of work handed to the thread pool.
+constexpr int64_t kRowsPerTask = 48;
+// Rows of x multiplied against one block of weight rows before moving on, so that they stay
+// in L2 while the block's weights stream through L1.
+constexpr int64_t kXRowsPerPass = 64;
 
-// f32 (K) <- bf16 (K): the upper half of each float.
-void Widen(const BFloat16* __restrict in, float* __restrict out, int64_t k) {
-  const uint16_t* bits = reinterpret_cast<const uint16_t*>(in);
-  for (int64_t i = 0; i < k; ++i) {
-    out[i] = std::bit_cast<float>(static_cast<uint32_t>(bits[i]) << 16);
-  }
+inline float ToFloat(float w) { return w; }
+inline float ToFloat(uint16_t bf16_bits) {
+  return std::bit_cast<float>(static_cast<uint32_t>(bf16_bits) << 16);
 }
 
-float Dot(const float* __restrict a, const float* __restrict b, int64_t k) {
-  // Eight partial sums let the compiler keep a vector of them without reassociating.
+// Portable dot product (machines without AVX2 + FMA), in the one order every row count
+// shares: eight partial sums, combined in index order, then the tail.
+template <typename W>
+float Dot(const float* __restrict x, const W* __restrict w, int64_t k) {
   float partial[8] = {};
   int64_t i = 0;
   for (; i + 8 <= k; i += 8) {
-    for (int j = 0; j < 8; ++j) partial[j] += a[i + j] * b[i + j];
+    for (int j = 0; j < 8; ++j) partial[j] += x[i + j] * ToFloat(w[i + j]);
   }
   float sum = 0.0f;
-  for (; i < k; ++i) sum += a[i] * b[i];
   for (float p : partial) sum += p;
+  for (; i < k; ++i) sum += x[i] * ToFloat(w[i]);
   return sum;
 }
 
-// AVX2 + FMA: eight bf16 weights widened in a register (zero-extend, shift into the high
-// half) and multiplied into four independent accumulators per x row, so the FMA latency is
-// hidden and the weight row is read once per x row from L1.
-__attribute__((target("avx2,fma"))) float DotWidenAvx2(const float* x, const uint16_t* w,
-                                                       int64_t k) {
-  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                   _mm256_setzero_ps()};
-  int64_t i = 0;
-  for (; i + 32 <= k; i += 32) {
-    for (int u = 0; u < 4; ++u) {
-      __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i + 8 * u));
-      __m256 widened = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
-      acc[u] = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8 * u), widened, acc[u]);
-    }
+template <typename W>
+void RowsPortable(const float* x, const W* w, float* out, int64_t m, int64_t n, int64_t k,
+                  int64_t j_begin, int64_t j_end) {
+  for (int64_t j = j_begin; j < j_end; ++j) {
+    for (int64_t i = 0; i < m; ++i) out[i * n + j] = Dot(x + i * k, w + j * k, k);
   }
-  for (; i + 8 <= k; i += 8) {
-    __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i));
-    __m256 widened = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
-    acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), widened, acc[0]);
-  }
-  __m256 sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-  __m128 half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
+}
+
+// Eight weights as f32 lanes: loaded, or bf16 widened in the register (zero-extend, shift
+// into the high half).
+__attribute__((target("avx2,fma"))) inline __m256 LoadEight(const float* w) {
+  return _mm256_loadu_ps(w);
+}
+__attribute__((target("avx2,fma"))) inline __m256 LoadEight(const uint16_t* w) {
+  __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+}
+
+// The sum of the eight lanes, always in the same order.
+__attribute__((target("avx2,fma"))) inline float SumLanes(__m256 v) {
+  __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   half = _mm_add_ps(half, _mm_movehl_ps(half, half));
   half = _mm_add_ss(half, _mm_shuffle_ps(half, half, 1));
-  float total = _mm_cvtss_f32(half);
-  for (; i < k; ++i) total += x[i] * std::bit_cast<float>(static_cast<uint32_t>(w[i]) << 16);
-  return total;
+  return _mm_cvtss_f32(half);
 }
 
-// OpenBLAS starts one thread per core in every process; with several ranks on a node those
-// threads outnumber the cores and spin against each other. It gets the same share of the
-// node as the other CPU kernels (parallel.h), set once before the first multiply.
-void ShareCoresWithBlas() {
-  static const bool set = [] {
-    openblas_set_num_threads(CpuKernelThreads());
-    return true;
-  }();
-  (void)set;
-}
-
-void LinearF32(const float* x, const float* w, float* out, int64_t m, int64_t n, int64_t k) {
-  ShareCoresWithBlas();
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n),
-              static_cast<int>(k), 1.0f, x, static_cast<int>(k), w, static_cast<int>(k), 0.0f, out,
-              static_cast<int>(n));
-}
-
-void LinearBF16(const float* x, const BFloat16* w, float* out, int64_t m, int64_t n, int64_t k) {
-  if (m <= kStreamingRows) {
-    if (HasAvx2Fma()) {
-      const uint16_t* bits = reinterpret_cast<const uint16_t*>(w);
-      for (int64_t j = 0; j < n; ++j) {
-        for (int64_t i = 0; i < m; ++i) out[i * n + j] = DotWidenAvx2(x + i * k, bits + j * k, k);
-      }
-      return;
-    }
-    std::vector<float> row(k);
-    for (int64_t j = 0; j < n; ++j) {
-      Widen(w + j * k, row.data(), k);
-      for (int64_t i = 0; i < m; ++i) out[i * n + j] = Dot(x + i * k, row.data(), k);
-    }
-    return;
+// out (MR, NR) (row stride n) = x (MR, K) . w (NR, K)^T, AVX2 + FMA. Each output has one
+// eight-lane accumulator fed by fused multiply-adds over k in steps of 8, then SumLanes,
+// then the tail by fused multiply-adds in index order: the same operations in the same
+// order whatever MR and NR are, so an output never depends on how many rows share the
+// call. The MR x NR independent accumulators hide the FMA latency.
+template <int MR, int NR, typename W>
+__attribute__((target("avx2,fma"))) void TileAvx2(const float* x, const W* w, float* out,
+                                                  int64_t n, int64_t k) {
+  __m256 acc[MR][NR];
+  for (int r = 0; r < MR; ++r) {
+    for (int c = 0; c < NR; ++c) acc[r][c] = _mm256_setzero_ps();
   }
-  ShareCoresWithBlas();
-  std::vector<float> tile(kTileRows * k);
-  for (int64_t j0 = 0; j0 < n; j0 += kTileRows) {
-    int64_t rows = std::min(kTileRows, n - j0);
-    Widen(w + j0 * k, tile.data(), rows * k);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m),
-                static_cast<int>(rows), static_cast<int>(k), 1.0f, x, static_cast<int>(k),
-                tile.data(), static_cast<int>(k), 0.0f, out + j0, static_cast<int>(n));
+  int64_t i = 0;
+  for (; i + 8 <= k; i += 8) {
+    __m256 wv[NR];
+    for (int c = 0; c < NR; ++c) wv[c] = LoadEight(w + c * k + i);
+    for (int r = 0; r < MR; ++r) {
+      __m256 xv = _mm256_loadu_ps(x + r * k + i);
+      for (int c = 0; c < NR; ++c) acc[r][c] = _mm256_fmadd_ps(xv, wv[c], acc[r][c]);
+    }
   }
+  for (int r = 0; r < MR; ++r) {
+    for (int c = 0; c < NR; ++c) {
+      float sum = SumLanes(acc[r][c]);
+      for (int64_t t = i; t < k; ++t) sum = std::fma(x[r * k + t], ToFloat(w[c * k + t]), sum);
+      out[r * n + c] = sum;
+    }
+  }
+}
+
+// out rows [0, MR) x columns [j_begin, j_end), in tiles of 3 weight rows and smaller ones at
+// the edge.
+template <int MR, typename W>
+__attribute__((target("avx2,fma"))) void ColumnsAvx2(const float* x, const W* w, float* out,
+                                                     int64_t n, int64_t k, int64_t j_begin,
+                                                     int64_t j_end) {
+  int64_t j = j_begin;
+  for (; j + 3 <= j_end; j += 3) TileAvx2<MR, 3>(x, w + j * k, out + j, n, k);
+  if (j_end - j == 2) TileAvx2<MR, 2>(x, w + j * k, out + j, n, k);
+  if (j_end - j == 1) TileAvx2<MR, 1>(x, w + j * k, out + j, n, k);
+}
+
+// Columns [j_begin, j_end) of every row of out: kXRowsPerPass rows of x at a time against
+// kRowsPerTask weight rows, in tiles of 4 x rows (and single rows at the edge).
+template <typename W>
+__attribute__((target("avx2,fma"))) void RowsAvx2(const float* x, const W* w, float* out,
+                                                  int64_t m, int64_t n, int64_t k,
+                                                  int64_t j_begin, int64_t j_end) {
+  for (int64_t i0 = 0; i0 < m; i0 += kXRowsPerPass) {
+    const int64_t i_end = std::min(m, i0 + kXRowsPerPass);
+    for (int64_t jb = j_begin; jb < j_end; jb += kRowsPerTask) {
+      const int64_t jb_end = std::min(j_end, jb + kRowsPerTask);
+      int64_t i = i0;
+      for (; i + 4 <= i_end; i += 4) ColumnsAvx2<4>(x + i * k, w, out + i * n, n, k, jb, jb_end);
+      for (; i < i_end; ++i) ColumnsAvx2<1>(x + i * k, w, out + i * n, n, k, jb, jb_end);
+    }
+  }
+}
+
+// One kernel for every row count: each output is computed by the same code in the same
+// order however many rows x has (decode or prefill, one sequence or many), and by exactly
+// one thread, so a row's result never depends on the rest of the batch. (A BLAS sgemm
+// does not promise that: OpenBLAS picks other kernels, and other summation orders, by the
+// number of rows.) Weight rows are split over the kernel threads (parallel.h).
+template <typename W>
+void LinearRows(const float* x, const W* w, float* out, int64_t m, int64_t n, int64_t k) {
+  const int64_t tasks = (n + kRowsPerTask - 1) / kRowsPerTask;
+  // Enough work per thread to be worth waking it: about 64k multiply-adds.
+  const int64_t min_tasks = std::max<int64_t>(1, 65536 / (m * k * kRowsPerTask));
+  const bool avx2 = HasAvx2Fma();
+  ParallelFor(tasks, min_tasks, [&](int64_t t_begin, int64_t t_end) {
+    const int64_t j_begin = t_begin * kRowsPerTask;
+    const int64_t j_end = std::min(n, t_end * kRowsPerTask);
+    if (avx2) {
+      RowsAvx2(x, w, out, m, n, k, j_begin, j_end);
+    } else {
+      RowsPortable(x, w, out, m, n, k, j_begin, j_end);
+    }
+  });
 }
 
 }  // namespace
@@ -141,9 +172,10 @@ absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor
   if (k == 0) {
     std::fill(out.data<float>(), out.data<float>() + m * n, 0.0f);
   } else if (w.dtype() == DType::kF32) {
-    LinearF32(x.data<float>(), w.data<float>(), out.data<float>(), m, n, k);
+    LinearRows(x.data<float>(), w.data<float>(), out.data<float>(), m, n, k);
   } else {
-    LinearBF16(x.data<float>(), w.data<BFloat16>(), out.data<float>(), m, n, k);
+    LinearRows(x.data<float>(), reinterpret_cast<const uint16_t*>(w.data<BFloat16>()),
+               out.data<float>(), m, n, k);
   }
   if (bias.defined()) {
     float* o = out.data<float>();

@@ -3,11 +3,12 @@
 
 // The matrix multiply of every projection, in Hugging Face's Linear layout:
 //   out (M, N) = x (M, K) . w^T + bias,   w (N, K) row-major, bias (N) or none.
-// x and out are f32. f32 weights go to the BLAS (OpenBLAS sgemm). bf16 weights, which the
-// BLAS cannot take, are widened by Tessera's own kernel: for a few rows of x (decode) each
-// weight row is widened once and dotted with every x row, reading the weights once (the
-// memory-bound case); for more rows, blocks of weight rows are widened into f32 and handed
-// to sgemm.
+// x and out are f32; w is f32 or bf16 (widened in registers). Tessera's own kernel, not a
+// BLAS, so that it can promise row invariance: row i of out depends only on row i of x,
+// bitwise, never on how many other rows are in the batch, and a request's tokens are the
+// same alone or batched with others. (OpenBLAS's sgemm changes kernels, and summation
+// order, with the number of rows.) Weights are read once per 64 rows of x, so decode runs
+// at the speed of that read.
 
 #include "absl/status/status.h"
 #include "runtime/core/tensor.h"

@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <bit>
 #include <cmath>
 #include <map>
 #include <numeric>
@@ -323,6 +325,37 @@ TEST(Linear, Float32AndBFloat16WeightsMatchTheDefinition) {
   Tensor w = Random(DType::kF32, {3, 4}, 1);
   Tensor out = Zeros(DType::kF32, {2, 3});
   EXPECT_EQ(Linear(x, w, Tensor(), out).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// What batching invariance in the engine rests on: a row of out is bitwise the same whether
+// it is computed alone or among any number of other rows.
+TEST(Linear, EachRowIsBitwiseTheSameAloneAndInAnyBatch) {
+  for (int64_t k : {7, 64, 70, 300}) {
+    const int64_t n = 101, rows = 130;
+    Tensor x = Random(DType::kF32, {rows, k}, 21);
+    for (DType wtype : {DType::kF32, DType::kBF16}) {
+      Tensor w = Random(wtype, {n, k}, 22);
+      std::vector<float> alone(rows * n);
+      for (int64_t i = 0; i < rows; ++i) {
+        ASSERT_OK_AND_ASSIGN(Tensor row, x.Slice(i, i + 1));
+        Tensor out = Zeros(DType::kF32, {1, n});
+        ASSERT_OK(Linear(row, w, Tensor(), out));
+        std::copy_n(out.data<float>(), n, alone.data() + i * n);
+      }
+      for (int64_t m : {2, 3, 4, 5, 9, 64, 65, 130}) {
+        ASSERT_OK_AND_ASSIGN(Tensor batch, x.Slice(rows - m, rows));
+        Tensor out = Zeros(DType::kF32, {m, n});
+        ASSERT_OK(Linear(batch, w, Tensor(), out));
+        for (int64_t i = 0; i < m; ++i) {
+          for (int64_t j = 0; j < n; ++j) {
+            ASSERT_EQ(std::bit_cast<uint32_t>(out.data<float>()[i * n + j]),
+                      std::bit_cast<uint32_t>(alone[(rows - m + i) * n + j]))
+                << NameOf(wtype) << " k=" << k << " m=" << m << " (" << i << "," << j << ")";
+          }
+        }
+      }
+    }
+  }
 }
 
 TEST(Sampling, ShardArgmaxCombinesToTheFullArgmaxWithLowestIndexOnTies) {
