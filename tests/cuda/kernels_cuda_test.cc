@@ -27,12 +27,14 @@
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/norm_activation.h"
 #include "kernels/cpu/rotary.h"
+#include "kernels/cpu/row_ops.h"
 #include "kernels/cpu/sampling.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/elementwise_reduce.h"
 #include "kernels/cuda/linear.h"
 #include "kernels/cuda/norm_activation.h"
 #include "kernels/cuda/rotary.h"
+#include "kernels/cuda/row_ops.h"
 #include "kernels/cuda/sampling.h"
 #include "runtime/core/gpu_info.h"
 #include "runtime/core/stream.h"
@@ -325,6 +327,71 @@ TEST_F(KernelsCudaTest, AddInPlaceMatchesCpuExactly) {
       EXPECT_TRUE(AllClose(ToHost(gpu_a), a, 0, 0));
     }
   }
+}
+
+// --- row ops ---------------------------------------------------------------------------
+
+TEST_F(KernelsCudaTest, AddBiasMatchesCpuBitForBit) {
+  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 8}, {7, 37}, {33, 4096}}) {
+    for (DType btype : {DType::kF32, DType::kBF16, DType::kF16}) {
+      for (bool aligned : {true, false}) {
+        SCOPED_TRACE(std::string(NameOf(btype)) + " " + std::to_string(rows) + "x" +
+                     std::to_string(cols) + (aligned ? "" : " misaligned"));
+        Tensor x = Random(DType::kF32, {rows, cols}, 3.0);
+        Tensor bias = Random(btype, {cols});
+        Tensor gpu_x = aligned ? OnGpu(x) : OnGpuMisaligned(x);
+        ASSERT_OK(cuda::AddBias(gpu_x, aligned ? OnGpu(bias) : OnGpuMisaligned(bias), stream()));
+        ASSERT_OK(AddBias(x, ForCpu(bias)));
+        EXPECT_TRUE(BitEqual(ToHost(gpu_x), x));
+      }
+    }
+  }
+}
+
+TEST_F(KernelsCudaTest, FillColumnsMatchesCpuBitForBit) {
+  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 8}, {5, 37}, {64, 32000}}) {
+    for (auto [begin, end] : {std::pair<int64_t, int64_t>{0, 0}, {0, 1}, {3, 8}, {0, 8}}) {
+      const int64_t b = begin * cols / 8, e = end * cols / 8;  // the same bands, scaled
+      SCOPED_TRACE(std::to_string(rows) + "x" + std::to_string(cols) + " [" + std::to_string(b) +
+                   ", " + std::to_string(e) + ")");
+      Tensor x = Random(DType::kF32, {rows, cols});
+      Tensor gpu_x = OnGpu(x);
+      ASSERT_OK(cuda::FillColumns(gpu_x, b, e, -kInf, stream()));
+      ASSERT_OK(FillColumns(x, b, e, -kInf));
+      EXPECT_TRUE(BitEqual(ToHost(gpu_x), x));
+    }
+  }
+  Tensor x = GpuZeros(DType::kF32, {2, 4});
+  EXPECT_TRUE(IsError(cuda::FillColumns(x, 2, 5, 0.0f, stream()),
+                      absl::StatusCode::kInvalidArgument, {"FillColumns: columns [2, 5)"}));
+}
+
+TEST_F(KernelsCudaTest, GatherRowsMatchesCpuAndPoisonsRowsOutsideX) {
+  for (int64_t width : {8, 37, 4096}) {
+    SCOPED_TRACE("width " + std::to_string(width));
+    Tensor x = Random(DType::kF32, {9, width});
+    Tensor rows = HostI32({8, 0, 3, 3});
+    Tensor expected = Must(Tensor::Empty(DType::kF32, {4, width}));
+    ASSERT_OK(GatherRows(x, rows, expected));
+    Tensor out = GpuZeros(DType::kF32, {4, width});
+    Tensor gpu_x = OnGpuMisaligned(x);
+    ASSERT_OK(cuda::GatherRows(gpu_x, OnGpu(rows), out, stream()));
+    EXPECT_TRUE(BitEqual(ToHost(out), expected));
+
+    // A row outside x comes out as NaN, the others as asked.
+    Tensor poisoned = GpuZeros(DType::kF32, {3, width});
+    ASSERT_OK(cuda::GatherRows(gpu_x, OnGpu(HostI32({2, 9, -1})), poisoned, stream()));
+    Tensor host = ToHost(poisoned);
+    for (int64_t c = 0; c < width; ++c) {
+      EXPECT_EQ(At(host, c), At(x, 2 * width + c));
+      EXPECT_TRUE(std::isnan(At(host, width + c)));
+      EXPECT_TRUE(std::isnan(At(host, 2 * width + c)));
+    }
+  }
+  Tensor x = GpuZeros(DType::kF32, {3, 4});
+  Tensor out = GpuZeros(DType::kF32, {2, 5});
+  EXPECT_TRUE(IsError(cuda::GatherRows(x, OnGpu(HostI32({0, 1})), out, stream()),
+                      absl::StatusCode::kInvalidArgument, {"GatherRows: out"}));
 }
 
 // --- rotary ----------------------------------------------------------------------------

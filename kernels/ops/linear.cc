@@ -1,0 +1,24 @@
+#include "kernels/ops/linear.h"
+
+#include "kernels/cpu/linear.h"
+#include "kernels/ops/dispatch.h"
+#include "runtime/core/status_macros.h"
+#if TESSERA_HAVE_CUDA
+#include "kernels/cuda/linear.h"
+#endif
+
+namespace tessera::kernels::ops {
+
+using internal::Backend;
+
+absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out,
+                    Stream& stream) {
+  TESSERA_ASSIGN_OR_RETURN(Backend backend, internal::BackendFor("Linear", out, stream));
+#if TESSERA_HAVE_CUDA
+  if (backend == Backend::kCuda) return cuda::Linear(x, w, bias, out, stream);
+#endif
+  (void)backend;
+  return kernels::Linear(x, w, bias, out);
+}
+
+}  // namespace tessera::kernels::ops
