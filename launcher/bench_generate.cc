@@ -15,6 +15,7 @@
 #include "comm/topology.h"
 #include "launcher/bench.h"
 #include "launcher/flags.h"
+#include "launcher/model_job.h"
 #include "launcher/process.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/model/default_model.h"
@@ -30,6 +31,7 @@ struct BenchGenerateConfig {
   int tp = 0;
   int prompt_tokens = 128;
   int decode_tokens = 32;
+  std::string device = "cpu";
   absl::Duration timeout = absl::Minutes(5);
 };
 
@@ -62,6 +64,30 @@ absl::StatusOr<double> MeasureReadBandwidth(int threads) {
     for (std::thread& r : readers) r.join();
     double mine = static_cast<double>(threads) * kFloats * sizeof(float) / Since(start);
     if (sums[0] < 0) mine = 0;  // keeps the reads from being optimized away
+    double node = 0;
+    MPI_Allreduce(&mine, &node, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    best = std::max(best, node);
+  }
+  return best;
+}
+
+// Bandwidth of this rank's GPU memory, bytes/s: a device-to-device copy of 1 GiB moves 2 GiB
+// (read and write), on every rank at once; the node's figure is the sum over its ranks. Best
+// of three.
+absl::StatusOr<double> MeasureDeviceBandwidth(Device device) {
+  constexpr int64_t kBytes = int64_t{1} << 30;
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<Stream> stream, Stream::Create(device));
+  TESSERA_ASSIGN_OR_RETURN(Tensor from, Tensor::Empty(DType::kI8, {kBytes}, device));
+  TESSERA_ASSIGN_OR_RETURN(Tensor to, Tensor::Empty(DType::kI8, {kBytes}, device));
+  TESSERA_RETURN_IF_ERROR(to.CopyFrom(from, *stream));  // warm-up
+  TESSERA_RETURN_IF_ERROR(stream->Synchronize());
+  double best = 0;
+  for (int round = 0; round < 3; ++round) {
+    MPI_Barrier(MPI_COMM_WORLD);
+    auto start = Clock::now();
+    TESSERA_RETURN_IF_ERROR(to.CopyFrom(from, *stream));
+    TESSERA_RETURN_IF_ERROR(stream->Synchronize());
+    double mine = 2.0 * static_cast<double>(kBytes) / Since(start);
     double node = 0;
     MPI_Allreduce(&mine, &node, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
     best = std::max(best, node);
@@ -137,6 +163,14 @@ absl::Status BenchGenerate(const BenchGenerateConfig& config, int* argc, char***
   if (layout.dp_size() != 1) {
     return absl::InvalidArgumentError("bench generate runs one replica: give --tp the rank count");
   }
+  TESSERA_ASSIGN_OR_RETURN(DeviceType device, ParseDeviceFlag(config.device));
+  // On a GPU the model runs over the group's NCCL communicator; layout.tp() bootstraps it.
+  std::unique_ptr<comm::Communicator> device_tp;
+  if (device == DeviceType::kCuda) {
+    TESSERA_ASSIGN_OR_RETURN(device_tp,
+                             CreateDeviceTpCommunicator(topology, layout, world.options()));
+  }
+  comm::Communicator& model_tp = device_tp != nullptr ? *device_tp : layout.tp();
   std::vector<std::pair<std::string, std::string>> models;
   if (!config.model.empty()) {
     models.emplace_back(config.model, config.model);
@@ -153,19 +187,32 @@ absl::Status BenchGenerate(const BenchGenerateConfig& config, int* argc, char***
   }
   int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   int threads = std::max(1, cores / world.size());
-  TESSERA_ASSIGN_OR_RETURN(double bandwidth, MeasureReadBandwidth(threads));
+  double bandwidth = 0;
+  if (device_tp != nullptr) {
+    TESSERA_ASSIGN_OR_RETURN(bandwidth, MeasureDeviceBandwidth(device_tp->device()));
+  } else {
+    TESSERA_ASSIGN_OR_RETURN(bandwidth, MeasureReadBandwidth(threads));
+  }
   if (world.rank() == 0) {
-    std::printf("# tessera bench generate: batch 1, tp %d, %d prompt tokens, %d decoded\n",
-                layout.tp_size(), config.prompt_tokens, config.decode_tokens);
-    std::printf(
-        "# limit: decode reads every weight once per token; memory read bandwidth "
-        "%.2f GB/s (%d threads over %d ranks)\n",
-        bandwidth / 1e9, threads * world.size(), world.size());
+    std::printf("# tessera bench generate: batch 1, tp %d, %d prompt tokens, %d decoded, on %s\n",
+                layout.tp_size(), config.prompt_tokens, config.decode_tokens,
+                config.device.c_str());
+    if (device_tp != nullptr) {
+      std::printf(
+          "# limit: decode reads every weight once per token; GPU memory bandwidth %.2f GB/s "
+          "(device-to-device copy, read + write, %d GPUs)\n",
+          bandwidth / 1e9, world.size());
+    } else {
+      std::printf(
+          "# limit: decode reads every weight once per token; memory read bandwidth "
+          "%.2f GB/s (%d threads over %d ranks)\n",
+          bandwidth / 1e9, threads * world.size(), world.size());
+    }
     std::printf("%-28s %8s %10s %12s %12s %12s %8s\n", "model", "params", "weights", "prefill t/s",
                 "decode t/s", "limit t/s", "ratio");
   }
   for (const auto& [name, dir] : models) {
-    TESSERA_ASSIGN_OR_RETURN(Row row, BenchOne(name, dir, config, layout.tp()));
+    TESSERA_ASSIGN_OR_RETURN(Row row, BenchOne(name, dir, config, model_tp));
     if (world.rank() == 0) {
       double limit = bandwidth / row.weight_bytes;
       std::printf("%-28s %7.3fB %8.1fMB %12.1f %12.2f %12.2f %8.2f\n", row.name.c_str(),
@@ -201,6 +248,7 @@ int RunBench(const std::vector<std::string>& args, int* argc, char*** argv) {
   flags.Int("tp", &config.tp, "tensor-parallel degree (0: all ranks)");
   flags.Int("prompt-tokens", &config.prompt_tokens, "prompt length");
   flags.Int("decode-tokens", &config.decode_tokens, "tokens decoded");
+  AddDeviceFlag(flags, &config.device);
   flags.Duration("timeout", &config.timeout, "deadline of each collective");
   std::vector<std::string> rest(args.begin() + 1, args.end());
   if (std::optional<int> done = ParseOrExit(flags, rest)) return *done;

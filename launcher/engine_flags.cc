@@ -18,15 +18,23 @@ void AddEngineFlags(FlagSet& flags, engine::EngineOptions* options) {
   flags.Int("max-queued", &options->max_queued, "waiting requests before new ones are refused");
 }
 
+engine::EngineOptions EngineOptionsFor(const ModelJob& job, engine::EngineOptions options) {
+  if (job.device_tp != nullptr && options.num_blocks == 0) {
+    options.kv_cache_bytes = job.device_kv_cache_bytes;
+  }
+  return options;
+}
+
 std::string DescribeKvCache(const engine::Engine& engine, const model::Transformer& model) {
   const model::ModelConfig& config = model.config();
   const int64_t per_token = engine.kv_bytes_per_token();
   return absl::StrFormat(
-      "KV cache: %d blocks of %d tokens = %d tokens fit; %s per rank, %d bytes per token on "
-      "this rank (2 x %d layers x %d KV heads x %d head dim x 4 bytes)",
+      "KV cache: %d blocks of %d tokens = %d tokens fit; %s per rank on %s, %d bytes per token "
+      "on this rank (2 x %d layers x %d KV heads x %d head dim x 4 bytes)",
       engine.num_blocks(), engine.block_size(), engine.capacity_tokens(),
-      model::FormatBytes(static_cast<uint64_t>(per_token * engine.capacity_tokens())), per_token,
-      config.num_hidden_layers, model.plan().attention.num_kv_heads, config.head_dim);
+      model::FormatBytes(static_cast<uint64_t>(per_token * engine.capacity_tokens())),
+      model.device().ToString(), per_token, config.num_hidden_layers,
+      model.plan().attention.num_kv_heads, config.head_dim);
 }
 
 }  // namespace tessera::launcher

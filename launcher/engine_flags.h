@@ -7,6 +7,7 @@
 #include <string>
 
 #include "launcher/flags.h"
+#include "launcher/model_job.h"
 #include "runtime/engine/engine.h"
 
 namespace tessera::launcher {
@@ -16,8 +17,14 @@ namespace tessera::launcher {
 // set them first).
 void AddEngineFlags(FlagSet& flags, engine::EngineOptions* options);
 
+// `options` with the KV cache sized for the job's device: on a GPU (--device cuda) it takes
+// job.device_kv_cache_bytes (--kv-cache-memory-fraction of the memory the weights left free)
+// instead of --kv-cache-memory. An explicit block count (num_blocks > 0) stays as it is.
+engine::EngineOptions EngineOptionsFor(const ModelJob& job, engine::EngineOptions options);
+
 // "KV cache: 4096 blocks of 16 tokens = 65536 tokens, 24.0 KiB per token on this rank
-// (2 x 24 layers x 2 KV heads x 64 x 4 bytes)" for the start-up report.
+// (2 x 24 layers x 2 KV heads x 64 x 4 bytes)" for the start-up report, naming the device
+// the cache is on.
 std::string DescribeKvCache(const engine::Engine& engine, const model::Transformer& model);
 
 }  // namespace tessera::launcher

@@ -1,5 +1,6 @@
 #include "launcher/flags.h"
 
+#include <cmath>
 #include <optional>
 
 #include "absl/strings/numbers.h"
@@ -70,6 +71,20 @@ void FlagSet::Int(std::string name, int* target, std::string help, char short_na
          if (!absl::SimpleAtoi(v, &value)) {
            return absl::InvalidArgumentError(
                absl::StrCat("--", flag, ": '", v, "' is not an integer"));
+         }
+         *target = value;
+         return absl::OkStatus();
+       }});
+}
+
+void FlagSet::Double(std::string name, double* target, std::string help) {
+  std::string flag = name;
+  Add({std::move(name), 0, std::move(help), absl::StrCat(*target), false,
+       [target, flag](absl::string_view v) {
+         double value = 0;
+         if (!absl::SimpleAtod(v, &value) || !std::isfinite(value)) {
+           return absl::InvalidArgumentError(
+               absl::StrCat("--", flag, ": '", v, "' is not a number"));
          }
          *target = value;
          return absl::OkStatus();

@@ -24,6 +24,8 @@ class FlagSet {
   // Each flag writes into `target`, whose current value is the default shown by --help.
   void String(std::string name, std::string* target, std::string help, char short_name = 0);
   void Int(std::string name, int* target, std::string help, char short_name = 0);
+  // A decimal number ("0.9", "1e-3"); inf and nan are refused.
+  void Double(std::string name, double* target, std::string help);
   void Bool(std::string name, bool* target, std::string help);
   void Duration(std::string name, absl::Duration* target, std::string help);
   // A byte count with an optional K, M or G suffix (powers of 1024): "8", "64K", "256M".

@@ -40,6 +40,8 @@ struct GenerateConfig {
   int seed = 0;
   bool ignore_eos = false;
   std::string dtype = "auto";
+  std::string device = "cpu";
+  double kv_cache_memory_fraction = kDefaultKvCacheMemoryFraction;
   absl::Duration timeout = absl::Minutes(5);
   bool validate = false;
   std::string requests_file;  // set: offline generation through the engine
@@ -167,8 +169,15 @@ absl::Status Generate(const GenerateConfig& config, int* argc, char*** argv) {
       kernels::ValidateSamplingParams({config.temperature, config.top_k, config.top_p, 0}));
   if (config.max_tokens < 1) return absl::InvalidArgumentError("--max-tokens must be >= 1");
 
-  ModelJobOptions options{config.model, config.dtype, config.tp, config.allow_cross_node_tp,
-                          config.timeout, config.validate};
+  ModelJobOptions options;
+  options.model_dir = config.model;
+  options.dtype = config.dtype;
+  options.tp = config.tp;
+  options.allow_cross_node_tp = config.allow_cross_node_tp;
+  options.timeout = config.timeout;
+  options.validate = config.validate;
+  options.device = config.device;
+  options.kv_cache_memory_fraction = config.kv_cache_memory_fraction;
   TESSERA_ASSIGN_OR_RETURN(ModelJob job, StartModelJob(options, argc, argv));
   comm::MpiCommunicator* world = job.mpi.world.get();
   comm::Layout& layout = *job.layout;
@@ -177,7 +186,8 @@ absl::Status Generate(const GenerateConfig& config, int* argc, char*** argv) {
   bool leader = layout.tp_rank() == 0;
 
   if (!config.requests_file.empty()) {
-    OfflineJob offline{config.requests_file, config.output_file, config.engine};
+    OfflineJob offline{config.requests_file, config.output_file,
+                       EngineOptionsFor(job, config.engine)};
     // Rank 0 alone learns whether some requests failed; everyone still meets at the end.
     absl::Status ran = RunOfflineJob(offline, *world, layout, *model, *tok);
     absl::Status met = world->Barrier();
@@ -231,6 +241,8 @@ int RunGenerate(const std::vector<std::string>& args, int* argc, char*** argv) {
   AddEngineFlags(flags, &config.engine);
   flags.Int("max-tokens", &config.max_tokens, "tokens to generate per prompt");
   flags.String("dtype", &config.dtype, "weights in memory: auto (as stored), f32 or bf16");
+  AddDeviceFlag(flags, &config.device);
+  AddKvCacheMemoryFractionFlag(flags, &config.kv_cache_memory_fraction);
   flags.Duration("timeout", &config.timeout, "deadline of each collective");
   flags.Bool("validate", &config.validate, "ranks cross-check every collective");
   flags.Bool("ignore-eos", &config.ignore_eos, "keep generating past end-of-sequence tokens");

@@ -4,10 +4,19 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <map>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "runtime/core/gpu_info.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/model/default_model.h"
+#include "runtime/model/resident_memory.h"
+#if TESSERA_HAVE_CUDA
+#include "comm/nccl/nccl_communicator.h"
+#endif
 
 namespace tessera::launcher {
 
@@ -18,8 +27,85 @@ absl::StatusOr<std::optional<DType>> ParseDTypeFlag(const std::string& text) {
   return absl::InvalidArgumentError(absl::StrCat("--dtype: '", text, "' is not auto, f32 or bf16"));
 }
 
+absl::StatusOr<DeviceType> ParseDeviceFlag(const std::string& text) {
+  if (text == "cpu") return DeviceType::kCpu;
+  if (text != "cuda") {
+    return absl::InvalidArgumentError(absl::StrCat("--device: '", text, "' is not cpu or cuda"));
+  }
+  if (!BuiltWithCuda()) {
+    return absl::FailedPreconditionError(
+        "--device cuda: this build of Tessera has no CUDA support (TESSERA_CUDA=OFF, or CUDA "
+        "and NCCL were not found when it was configured)");
+  }
+  return DeviceType::kCuda;
+}
+
+absl::Status CheckKvCacheMemoryFraction(double fraction) {
+  if (!(fraction > 0.0 && fraction <= 1.0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--kv-cache-memory-fraction: ", fraction, " is not in (0, 1]"));
+  }
+  return absl::OkStatus();
+}
+
+void AddDeviceFlag(FlagSet& flags, std::string* device) {
+  flags.String("device", device,
+               "where the model runs: cpu, or cuda (each rank on the GPU of its local rank, "
+               "NCCL between the ranks of a tensor-parallel group)");
+}
+
+void AddKvCacheMemoryFractionFlag(FlagSet& flags, double* fraction) {
+  flags.Double("kv-cache-memory-fraction", fraction,
+               "with --device cuda: the share of the GPU memory left free by the weights that "
+               "the KV cache takes (instead of --kv-cache-memory)");
+}
+
+absl::StatusOr<std::unique_ptr<comm::Communicator>> CreateDeviceTpCommunicator(
+    const comm::Topology& topology, comm::Layout& layout, const comm::CommOptions& options) {
+#if TESSERA_HAVE_CUDA
+  // Every rank of the group sees the same table, so all of them refuse alike instead of some
+  // waiting in NCCL's initialization for a rank that gave up.
+  std::vector<std::string> problems;
+  std::map<std::pair<int, std::string>, int> users;  // (node, GPU uuid) -> first world rank
+  for (int world_rank : layout.TpGroupOf(layout.dp_rank())) {
+    const comm::RankPlacement& placement = topology.rank(world_rank);
+    if (placement.gpu < 0) {
+      problems.push_back(absl::StrCat("rank ", world_rank, " on ", placement.host, " sees no GPU"));
+      continue;
+    }
+    if (placement.gpu_uuid.empty()) continue;
+    auto [it, first] =
+        users.emplace(std::make_pair(placement.node, placement.gpu_uuid), world_rank);
+    if (!first) {
+      problems.push_back(absl::StrCat("ranks ", it->second, " and ", world_rank, " on ",
+                                      placement.host, " would share GPU ", placement.gpu));
+    }
+  }
+  if (!problems.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--device cuda needs one GPU per rank: ", absl::StrJoin(problems, "; "),
+                     " (start at most as many ranks on a host as it has GPUs, and check "
+                     "CUDA_VISIBLE_DEVICES)"));
+  }
+  const int gpu = topology.rank(layout.world_rank()).gpu;
+  TESSERA_ASSIGN_OR_RETURN(
+      std::unique_ptr<comm::NcclCommunicator> nccl,
+      comm::NcclCommunicator::Create(layout.tp(), Device::Cuda(gpu), options, layout.tp().name()));
+  return std::unique_ptr<comm::Communicator>(std::move(nccl));
+#else
+  (void)topology;
+  (void)layout;
+  (void)options;
+  return absl::FailedPreconditionError("--device cuda: this build of Tessera has no CUDA support");
+#endif
+}
+
 absl::StatusOr<ModelJob> StartModelJob(const ModelJobOptions& options, int* argc, char*** argv) {
   TESSERA_ASSIGN_OR_RETURN(std::optional<DType> dtype, ParseDTypeFlag(options.dtype));
+  TESSERA_ASSIGN_OR_RETURN(DeviceType device, ParseDeviceFlag(options.device));
+  if (device == DeviceType::kCuda) {
+    TESSERA_RETURN_IF_ERROR(CheckKvCacheMemoryFraction(options.kv_cache_memory_fraction));
+  }
   ModelJob job;
   TESSERA_ASSIGN_OR_RETURN(job.mpi, StartMpiJob(argc, argv, options.timeout, options.validate));
   comm::MpiCommunicator& world = *job.mpi.world;
@@ -52,8 +138,27 @@ absl::StatusOr<ModelJob> StartModelJob(const ModelJobOptions& options, int* argc
   // The tokenizer first: it is quick to read and a missing one should not wait for weights.
   TESSERA_ASSIGN_OR_RETURN(job.tokenizer,
                            tokenizer::Tokenizer::FromFile(job.model_dir + "/tokenizer.json"));
+  if (device == DeviceType::kCuda) {
+    TESSERA_ASSIGN_OR_RETURN(
+        job.device_tp, CreateDeviceTpCommunicator(*job.topology, *job.layout, world.options()));
+  }
   TESSERA_ASSIGN_OR_RETURN(job.model,
-                           model::Transformer::Load(job.model_dir, job.layout->tp(), load));
+                           model::Transformer::Load(job.model_dir, job.model_tp(), load));
+  if (device == DeviceType::kCuda) {
+    const Device gpu = job.model->device();
+    TESSERA_ASSIGN_OR_RETURN(GpuMemory memory, QueryGpuMemory(gpu.index));
+    job.device_kv_cache_bytes = static_cast<int64_t>(static_cast<double>(memory.free_bytes) *
+                                                     options.kv_cache_memory_fraction);
+    if (world.rank() == 0) {
+      std::fprintf(stderr,
+                   "tessera: rank 0 runs on %s: weights %s, %s of %s free after loading; the KV "
+                   "cache may take %g of it, %s\n",
+                   gpu.ToString().c_str(), model::FormatBytes(job.model->weight_bytes()).c_str(),
+                   model::FormatBytes(memory.free_bytes).c_str(),
+                   model::FormatBytes(memory.total_bytes).c_str(), options.kv_cache_memory_fraction,
+                   model::FormatBytes(static_cast<uint64_t>(job.device_kv_cache_bytes)).c_str());
+    }
+  }
   return job;
 }
 

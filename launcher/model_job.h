@@ -2,7 +2,8 @@
 #define TESSERA_LAUNCHER_MODEL_JOB_H_
 
 // What every subcommand that runs a model does first: MPI, topology and the TP x DP layout,
-// then the model directory (or the built-in default), its tokenizer and this rank's shard.
+// then the model directory (or the built-in default), its tokenizer and this rank's shard,
+// on the CPU or (--device cuda) on this rank's GPU.
 
 #include <memory>
 #include <optional>
@@ -12,6 +13,7 @@
 #include "absl/time/time.h"
 #include "comm/layout.h"
 #include "comm/topology.h"
+#include "launcher/flags.h"
 #include "launcher/process.h"
 #include "runtime/core/dtype.h"
 #include "runtime/model/transformer.h"
@@ -22,13 +24,30 @@ namespace tessera::launcher {
 // "auto" -> nullopt (as stored), "f32", "bf16". INVALID_ARGUMENT naming --dtype otherwise.
 absl::StatusOr<std::optional<DType>> ParseDTypeFlag(const std::string& text);
 
+// "cpu" or "cuda". INVALID_ARGUMENT naming --device otherwise; FAILED_PRECONDITION for
+// cuda in a build without CUDA support.
+absl::StatusOr<DeviceType> ParseDeviceFlag(const std::string& text);
+// INVALID_ARGUMENT naming --kv-cache-memory-fraction unless 0 < fraction <= 1.
+absl::Status CheckKvCacheMemoryFraction(double fraction);
+
+// Declares --device, writing into *device ("cpu" or "cuda"; its value is the default).
+void AddDeviceFlag(FlagSet& flags, std::string* device);
+// Declares --kv-cache-memory-fraction, writing into *fraction (its value is the default).
+void AddKvCacheMemoryFractionFlag(FlagSet& flags, double* fraction);
+
+inline constexpr double kDefaultKvCacheMemoryFraction = 0.9;
+
 struct ModelJobOptions {
   std::string model_dir;  // empty: the built-in default
   std::string dtype = "auto";
-  int tp = 0;             // 0: every rank in one group
+  int tp = 0;  // 0: every rank in one group
   bool allow_cross_node_tp = false;
   absl::Duration timeout = absl::Minutes(5);
   bool validate = false;
+  std::string device = "cpu";  // cpu, or cuda: each rank on the GPU of its local rank
+  // With cuda: the share of the GPU memory still free once the weights are loaded that the
+  // KV cache may take (ModelJob::device_kv_cache_bytes).
+  double kv_cache_memory_fraction = kDefaultKvCacheMemoryFraction;
 };
 
 struct ModelJob {
@@ -37,8 +56,26 @@ struct ModelJob {
   std::unique_ptr<comm::Layout> layout;
   std::string model_dir;  // the directory loaded
   std::unique_ptr<tokenizer::Tokenizer> tokenizer;
+  // With --device cuda: the tensor-parallel group's NCCL communicator on this rank's GPU,
+  // which the model runs on. layout->tp() stays the host communicator of the same ranks (the
+  // engine's step plans and other host exchanges go there). Declared before `model`, which
+  // refers to it.
+  std::unique_ptr<comm::Communicator> device_tp;
   std::unique_ptr<model::Transformer> model;
+  // With --device cuda: --kv-cache-memory-fraction of the GPU memory free after loading, the
+  // KV cache's budget on this rank. 0 on the CPU.
+  int64_t device_kv_cache_bytes = 0;
+
+  // The communicator the model runs on: device_tp, or layout->tp() on the CPU.
+  comm::Communicator& model_tp() { return device_tp ? *device_tp : layout->tp(); }
 };
+
+// With CUDA: an NCCL communicator over `layout`'s tensor-parallel group (layout.tp(), a host
+// communicator, bootstraps it) on this rank's GPU as `topology` assigns it (the GPU of its
+// local rank). Collective over the group. FAILED_PRECONDITION naming the ranks when a rank of
+// the group has no GPU or two share one, and in a build without CUDA.
+absl::StatusOr<std::unique_ptr<comm::Communicator>> CreateDeviceTpCommunicator(
+    const comm::Topology& topology, comm::Layout& layout, const comm::CommOptions& options);
 
 // Starts MPI and loads the model on every rank (collective). World rank 0 says which model
 // it uses and shows loading progress on a terminal.

@@ -124,7 +124,7 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
   TESSERA_ASSIGN_OR_RETURN(
       std::unique_ptr<engine::Engine> engine,
       engine::Engine::Create(*job.model, layout.tp(), leader ? job.tokenizer.get() : nullptr,
-                             config.engine));
+                             EngineOptionsFor(job, config.engine)));
   TESSERA_ASSIGN_OR_RETURN(double allreduce_seconds,
                            MeasureAllReduceLatency(layout.tp(), job.model->config().hidden_size));
   // Every rank: its all-reduce latencies on a Prometheus endpoint of its own.
@@ -136,7 +136,7 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
                            {"rank", "group"}, serve::ExponentialBuckets(5e-6, 2, 22)));
   serve::Histogram& allreduce_latency = allreduce->WithLabels(
       {absl::StrCat(layout.world_rank()), layout.tp().name()});
-  layout.tp().set_allreduce_observer(
+  job.model_tp().set_allreduce_observer(
       [&allreduce_latency](int64_t, double seconds) { allreduce_latency.Observe(seconds); });
   std::unique_ptr<serve::MetricsServer> metrics_server;
   if (config.metrics_listen != "off") {
@@ -257,6 +257,8 @@ int RunWorker(const std::vector<std::string>& args, int* argc, char*** argv) {
   flags.Bool("allow-cross-node-tp", &config.job.allow_cross_node_tp,
              "let a tensor-parallel group span nodes");
   flags.String("dtype", &config.job.dtype, "weights in memory: auto (as stored), f32 or bf16");
+  AddDeviceFlag(flags, &config.job.device);
+  AddKvCacheMemoryFractionFlag(flags, &config.job.kv_cache_memory_fraction);
   flags.String("zone", &config.zone, "a locality label (zone, rack) for topology-aware routing");
   flags.Duration("timeout", &config.job.timeout,
                  "deadline of each collective: a failed peer stops the group within it");

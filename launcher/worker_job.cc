@@ -22,6 +22,8 @@ void AddWorkerJobFlags(FlagSet& flags, WorkerJobConfig* config) {
   flags.Int("tp", &config->tp, "tensor-parallel degree of each group");
   flags.String("model", &config->model, "Hugging Face model directory (default: built-in)");
   flags.String("model-name", &config->model_name, "the name clients ask for");
+  AddDeviceFlag(flags, &config->device);
+  AddKvCacheMemoryFractionFlag(flags, &config->kv_cache_memory_fraction);
   flags.String("mpirun", &config->mpirun, "the mpirun to start the workers with");
   flags.String("mpirun-args", &config->mpirun_args, "extra mpirun arguments");
   flags.Duration("timeout", &config->timeout, "deadline of each collective in the workers");
@@ -34,6 +36,11 @@ absl::Status CheckWorkerJobConfig(const WorkerJobConfig& config) {
   if (config.np < 1 || config.tp < 1 || config.np % config.tp != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("--np ", config.np, " must be a multiple of --tp ", config.tp));
+  }
+  absl::StatusOr<DeviceType> device = ParseDeviceFlag(config.device);
+  if (!device.ok()) return device.status();
+  if (*device == DeviceType::kCuda) {
+    return CheckKvCacheMemoryFraction(config.kv_cache_memory_fraction);
   }
   return absl::OkStatus();
 }
@@ -64,6 +71,10 @@ std::vector<std::string> WorkerCommand(const WorkerJobConfig& config, int coordi
   // clang-format on
   if (!config.model.empty()) argv.insert(argv.end(), {"--model", config.model});
   if (!config.model_name.empty()) argv.insert(argv.end(), {"--model-name", config.model_name});
+  if (config.device != "cpu") {
+    argv.insert(argv.end(), {"--device", config.device, "--kv-cache-memory-fraction",
+                             absl::StrCat(config.kv_cache_memory_fraction)});
+  }
   return argv;
 }
 

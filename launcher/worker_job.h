@@ -15,16 +15,19 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "launcher/flags.h"
+#include "launcher/model_job.h"
 #include "runtime/engine/engine.h"
 #include "runtime/serve/coordinator.h"
 
 namespace tessera::launcher {
 
 struct WorkerJobConfig {
-  int np = 2;              // worker ranks
-  int tp = 2;              // tensor-parallel degree of each group
-  std::string model;       // Hugging Face model directory; empty: the built-in model
-  std::string model_name;  // the name clients ask for; empty: the worker's default
+  int np = 2;                  // worker ranks
+  int tp = 2;                  // tensor-parallel degree of each group
+  std::string model;           // Hugging Face model directory; empty: the built-in model
+  std::string model_name;      // the name clients ask for; empty: the worker's default
+  std::string device = "cpu";  // the workers' --device
+  double kv_cache_memory_fraction = kDefaultKvCacheMemoryFraction;
   std::string mpirun = "mpirun";
   std::string mpirun_args;                     // extra arguments, split on spaces
   absl::Duration timeout = absl::Seconds(10);  // deadline of each collective
@@ -34,12 +37,13 @@ struct WorkerJobConfig {
   int groups() const { return np / tp; }
 };
 
-// Declares --np, --tp, --model, --model-name, --mpirun, --mpirun-args, --timeout,
-// --ready-timeout and the engine's flags, writing into `config` (whose values are the
-// defaults: set them first).
+// Declares --np, --tp, --model, --model-name, --device, --kv-cache-memory-fraction, --mpirun,
+// --mpirun-args, --timeout, --ready-timeout and the engine's flags, writing into `config`
+// (whose values are the defaults: set them first).
 void AddWorkerJobFlags(FlagSet& flags, WorkerJobConfig* config);
 
-// INVALID_ARGUMENT unless --np is a positive multiple of --tp.
+// INVALID_ARGUMENT unless --np is a positive multiple of --tp, and for a bad --device or
+// --kv-cache-memory-fraction (FAILED_PRECONDITION for cuda in a build without CUDA).
 absl::Status CheckWorkerJobConfig(const WorkerJobConfig& config);
 
 // The job's command line: mpirun, its options for this machine (root, oversubscription),

@@ -4,6 +4,9 @@
 #include <cctype>
 #include <fstream>
 
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
 namespace tessera {
 
 std::vector<GpuInfo> ListGpus() {
@@ -21,6 +24,15 @@ bool CanAccessPeer(int from, int to) {
   (void)from;
   (void)to;
   return false;
+#endif
+}
+
+absl::StatusOr<GpuMemory> QueryGpuMemory(int ordinal) {
+#if TESSERA_HAVE_CUDA
+  return internal::CudaQueryGpuMemory(ordinal);
+#else
+  return absl::FailedPreconditionError(
+      absl::StrCat("cannot query cuda:", ordinal, ": this build has no CUDA support"));
 #endif
 }
 

@@ -1,8 +1,11 @@
 #ifndef TESSERA_RUNTIME_CORE_GPU_INFO_H_
 #define TESSERA_RUNTIME_CORE_GPU_INFO_H_
 
+#include <cstdint>
 #include <string>
 #include <vector>
+
+#include "absl/status/statusor.h"
 
 namespace tessera {
 
@@ -19,6 +22,14 @@ struct GpuInfo {
 // never an error, since having no GPU is a normal state for the CPU backend.
 std::vector<GpuInfo> ListGpus();
 
+// Memory of one GPU as the CUDA driver reports it (cudaMemGetInfo) at the time of the call.
+struct GpuMemory {
+  uint64_t free_bytes = 0;
+  uint64_t total_bytes = 0;
+};
+// FAILED_PRECONDITION in a build without CUDA; the CUDA error naming the GPU otherwise.
+absl::StatusOr<GpuMemory> QueryGpuMemory(int ordinal);
+
 // Whether GPU `from` can access the memory of GPU `to` directly (NVLink or PCIe P2P).
 bool CanAccessPeer(int from, int to);
 
@@ -28,6 +39,7 @@ int NumaNodeOfPciDevice(const std::string& pci_bus_id);
 namespace internal {
 std::vector<GpuInfo> CudaListGpus();
 bool CudaCanAccessPeer(int from, int to);
+absl::StatusOr<GpuMemory> CudaQueryGpuMemory(int ordinal);
 }  // namespace internal
 
 }  // namespace tessera

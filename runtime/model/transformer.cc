@@ -4,11 +4,15 @@
 #include <bit>
 #include <cmath>
 #include <limits>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/cpu/attention.h"
-#include "kernels/cpu/linear.h"
-#include "kernels/cpu/norm_activation.h"
+#include "kernels/ops/attention.h"
+#include "kernels/ops/linear.h"
+#include "kernels/ops/norm_activation.h"
+#include "kernels/ops/rotary.h"
+#include "kernels/ops/row_ops.h"
+#include "runtime/core/device_memory.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/core/stream.h"
 #include "runtime/model/safetensors.h"
@@ -16,7 +20,30 @@
 namespace tessera::model {
 namespace {
 
+namespace ops = kernels::ops;
+
 absl::StatusOr<Tensor> F32(Shape shape) { return Tensor::Empty(DType::kF32, std::move(shape)); }
+
+// The first `count` elements of `buffer` (1-D, `dtype`, on `device`), which is replaced by a
+// larger one first when it holds fewer. Growth rounds up to a multiple of `granule` elements so
+// that batches of slightly different sizes reuse one buffer. The old buffer's last use must
+// have finished (every Forward ends with its stream finished).
+absl::StatusOr<Tensor> GrowDevice(Tensor& buffer, DType dtype, Device device, int64_t count,
+                                  int64_t granule) {
+  if (!buffer.defined() || buffer.numel() < count) {
+    int64_t size = (count + granule - 1) / granule * granule;
+    buffer = Tensor();  // free the old buffer before allocating its successor
+    TESSERA_ASSIGN_OR_RETURN(buffer, Tensor::Empty(dtype, {std::max<int64_t>(size, 1)}, device));
+  }
+  return buffer.Slice(0, count);
+}
+
+// A (rows, cols) f32 view of `buffer` grown on `device` by GrowDevice.
+absl::StatusOr<Tensor> DeviceRows(Tensor& buffer, Device device, int64_t rows, int64_t cols) {
+  TESSERA_ASSIGN_OR_RETURN(Tensor flat,
+                           GrowDevice(buffer, DType::kF32, device, rows * cols, 64 * cols));
+  return flat.Reshape({rows, cols});
+}
 
 kernels::RotaryConfig RotaryOf(const ModelConfig& config) {
   kernels::RotaryConfig rotary;
@@ -79,24 +106,32 @@ ForwardBatch ForwardBatch::SingleSequence(const std::vector<int32_t>& tokens, in
 absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Load(const std::string& dir,
                                                                comm::Communicator& tp,
                                                                const LoadOptions& options) {
-  if (!tp.device().is_cpu()) {
-    return absl::UnimplementedError(
-        "the transformer's forward runs on the CPU backend; use an MPI communicator");
+  const Device device = tp.device();
+  if (!device.is_cpu() && !BuiltWithCuda()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the communicator ", tp.name(), " is on ", device.ToString(),
+                     " but this build has no CUDA support: the transformer runs on the CPU only"));
   }
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<Stream> stream, Stream::Create(device));
   TESSERA_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir));
   TESSERA_RETURN_IF_ERROR(config.CheckTensorParallel(tp.size()));
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(dir));
   TESSERA_ASSIGN_OR_RETURN(WeightPlan plan, PlanWeights(config, tp.size(), tp.rank(),
                                                         DetectWeightPlanOptions(*checkpoint)));
-  // The CPU kernels take f32 or bf16 weights: f16 checkpoints are widened to f32.
   LoadOptions load = options;
-  if (!load.dtype.has_value() && config.torch_dtype == DType::kF16) load.dtype = DType::kF32;
-  if (load.dtype == DType::kF16) {
-    return absl::InvalidArgumentError("the CPU forward takes f32 or bf16 weights, not f16");
+  if (device.is_cpu()) {
+    // The CPU kernels take f32 or bf16 weights: f16 checkpoints are widened to f32. The CUDA
+    // kernels take all three as stored.
+    if (!load.dtype.has_value() && config.torch_dtype == DType::kF16) load.dtype = DType::kF32;
+    if (load.dtype == DType::kF16) {
+      return absl::InvalidArgumentError("the CPU forward takes f32 or bf16 weights, not f16");
+    }
   }
   TESSERA_ASSIGN_OR_RETURN(RankWeights weights, LoadRankWeights(*checkpoint, plan, load));
-  std::unique_ptr<Transformer> model(new Transformer(std::move(config), std::move(plan), tp));
+  std::unique_ptr<Transformer> model(
+      new Transformer(std::move(config), std::move(plan), tp, std::move(stream)));
   TESSERA_RETURN_IF_ERROR(model->TakeWeights(std::move(weights)));
+  TESSERA_RETURN_IF_ERROR(model->MoveWeightsToDevice());
   return model;
 }
 
@@ -167,6 +202,33 @@ absl::Status Transformer::TakeWeights(RankWeights weights) {
   return absl::OkStatus();
 }
 
+absl::Status Transformer::MoveWeightsToDevice() {
+  if (device_.is_cpu()) return absl::OkStatus();
+  Stream& stream = *stream_;
+  auto move = [&](Tensor& t) -> absl::Status {
+    if (!t.defined()) return absl::OkStatus();
+    TESSERA_ASSIGN_OR_RETURN(t, t.To(device_, stream));
+    return absl::OkStatus();
+  };
+  TESSERA_RETURN_IF_ERROR(move(embed_));
+  if (plan_.tied_lm_head) {
+    lm_head_ = embed_;
+  } else {
+    TESSERA_RETURN_IF_ERROR(move(lm_head_));
+  }
+  TESSERA_RETURN_IF_ERROR(move(final_norm_));
+  for (Layer& layer : layers_) {
+    for (Tensor* t :
+         {&layer.input_norm, &layer.post_attention_norm, &layer.post_self_attn_norm,
+          &layer.post_mlp_norm, &layer.q, &layer.k, &layer.v, &layer.q_bias, &layer.k_bias,
+          &layer.v_bias, &layer.o, &layer.o_bias, &layer.gate_up, &layer.down}) {
+      TESSERA_RETURN_IF_ERROR(move(*t));
+    }
+  }
+  // The host copies go when the caller's RankWeights does: the copies must be done by then.
+  return stream.Synchronize();
+}
+
 absl::StatusOr<KvCache> Transformer::AllocateKvCache(int num_blocks, int block_size) const {
   if (num_blocks < 1 || block_size < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -179,11 +241,23 @@ absl::StatusOr<KvCache> Transformer::AllocateKvCache(int num_blocks, int block_s
   for (int l = 0; l < config_.num_hidden_layers; ++l) {
     // Zeroed, which also makes the whole cache resident now rather than page by page in
     // the middle of serving.
-    TESSERA_ASSIGN_OR_RETURN(Tensor k, Tensor::Zeros(DType::kF32, shape));
-    TESSERA_ASSIGN_OR_RETURN(Tensor v, Tensor::Zeros(DType::kF32, shape));
+    if (device_.is_cpu()) {
+      TESSERA_ASSIGN_OR_RETURN(Tensor k, Tensor::Zeros(DType::kF32, shape));
+      TESSERA_ASSIGN_OR_RETURN(Tensor v, Tensor::Zeros(DType::kF32, shape));
+      cache.k.push_back(std::move(k));
+      cache.v.push_back(std::move(v));
+      continue;
+    }
+    // On the GPU the zeroing is ordered on the model's stream (Tensor::Zeros would use the
+    // legacy default stream, which the model's non-blocking stream does not wait for).
+    TESSERA_ASSIGN_OR_RETURN(Tensor k, Tensor::Empty(DType::kF32, shape, device_));
+    TESSERA_ASSIGN_OR_RETURN(Tensor v, Tensor::Empty(DType::kF32, shape, device_));
+    TESSERA_RETURN_IF_ERROR(ZeroBytes(k.data(), device_, k.nbytes(), *stream_));
+    TESSERA_RETURN_IF_ERROR(ZeroBytes(v.data(), device_, v.nbytes(), *stream_));
     cache.k.push_back(std::move(k));
     cache.v.push_back(std::move(v));
   }
+  TESSERA_RETURN_IF_ERROR(stream_->Synchronize());
   return cache;
 }
 
@@ -194,49 +268,188 @@ int64_t Transformer::KvBytesPerToken() const {
 
 absl::Status Transformer::SumOverGroup(Tensor& partial) {
   if (tp_.size() == 1) return absl::OkStatus();
-  Stream cpu = Stream::Cpu();
-  return tp_.AllReduce(partial, comm::ReduceOp::kSum, cpu);
+  return tp_.AllReduce(partial, comm::ReduceOp::kSum, *stream_);
 }
 
-absl::Status Transformer::Attention(int layer, const Tensor& normed, const ForwardBatch& batch,
-                                    const Tensor& positions, KvCache& cache, Tensor& out) {
-  const Layer& w = layers_[layer];
-  int64_t tokens = normed.dim(0);
-  int64_t dim = config_.head_dim;
-  int64_t q_heads = plan_.attention.num_q_heads, kv_heads = plan_.attention.num_kv_heads;
-  TESSERA_ASSIGN_OR_RETURN(Tensor q, F32({tokens, q_heads * dim}));
-  TESSERA_ASSIGN_OR_RETURN(Tensor k, F32({tokens, kv_heads * dim}));
-  TESSERA_ASSIGN_OR_RETURN(Tensor v, F32({tokens, kv_heads * dim}));
-  TESSERA_RETURN_IF_ERROR(kernels::Linear(normed, w.q, w.q_bias, q));
-  TESSERA_RETURN_IF_ERROR(kernels::Linear(normed, w.k, w.k_bias, k));
-  TESSERA_RETURN_IF_ERROR(kernels::Linear(normed, w.v, w.v_bias, v));
-  TESSERA_ASSIGN_OR_RETURN(Tensor q_heads_view, q.Reshape({tokens, q_heads, dim}));
-  TESSERA_ASSIGN_OR_RETURN(Tensor k_heads_view, k.Reshape({tokens, kv_heads, dim}));
-  TESSERA_ASSIGN_OR_RETURN(Tensor v_heads_view, v.Reshape({tokens, kv_heads, dim}));
-  TESSERA_RETURN_IF_ERROR(kernels::ApplyRotary(q_heads_view, positions, inv_freq_, rotary_));
-  TESSERA_RETURN_IF_ERROR(kernels::ApplyRotary(k_heads_view, positions, inv_freq_, rotary_));
+absl::Status Transformer::AllGatherHost(const Tensor& in, Tensor& out) {
+  if (device_.is_cpu()) {
+    Stream cpu = Stream::Cpu();
+    return tp_.AllGather(in, out, cpu);
+  }
+  // NCCL moves device memory: through the GPU and back, on the model's stream.
+  Stream& stream = *stream_;
+  TESSERA_ASSIGN_OR_RETURN(Tensor device_in, in.To(device_, stream));
+  TESSERA_ASSIGN_OR_RETURN(Tensor device_out, Tensor::Empty(out.dtype(), out.shape(), device_));
+  TESSERA_RETURN_IF_ERROR(tp_.AllGather(device_in, device_out, stream));
+  TESSERA_RETURN_IF_ERROR(out.CopyFrom(device_out, stream));
+  return stream.Synchronize();
+}
 
-  int64_t sequences = batch.num_sequences();
+absl::Status Transformer::CheckBatchValues(const ForwardBatch& batch, const KvCache& cache,
+                                           bool all_positions) const {
+  // The messages are those of the CPU kernels, so that a bad batch reads the same anywhere.
+  const int64_t tokens = static_cast<int64_t>(batch.tokens.size());
+  const int64_t sequences = batch.num_sequences();
+  for (int64_t t = 0; t < tokens; ++t) {
+    if (batch.tokens[t] < 0 || batch.tokens[t] >= config_.vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("EmbeddingLookup: token id ", batch.tokens[t], " at position ", t,
+                       " is outside the vocabulary [0, ", config_.vocab_size, ")"));
+    }
+  }
+  const int64_t blocks = cache.num_blocks, block_size = cache.block_size;
+  for (int64_t t = 0; t < tokens; ++t) {
+    if (batch.slot_mapping[t] >= blocks * block_size) {
+      return absl::OutOfRangeError(absl::StrCat("WriteKvCache: slot ", batch.slot_mapping[t],
+                                                " of token ", t, " is beyond the cache's ",
+                                                blocks * block_size, " slots"));
+    }
+  }
+  const std::vector<int32_t>& starts = batch.query_starts;
+  if (starts[0] != 0 || starts[sequences] != tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "PagedAttention: query_starts must run from 0 to the ", tokens, " query rows"));
+  }
+  const int64_t max_blocks = batch.max_blocks;
+  for (int64_t s = 0; s < sequences; ++s) {
+    int64_t new_tokens = starts[s + 1] - starts[s];
+    int64_t context = batch.context_lens[s];
+    if (new_tokens < 0 || new_tokens > context || context > max_blocks * block_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "PagedAttention: sequence ", s, " has ", new_tokens, " queries over a context of ",
+          context, " tokens and room for ", max_blocks * block_size));
+    }
+    const int32_t* table = batch.block_tables.data() + s * max_blocks;
+    for (int64_t b = 0; b < (context + block_size - 1) / block_size; ++b) {
+      if (table[b] < 0 || table[b] >= blocks) {
+        return absl::OutOfRangeError(absl::StrCat("PagedAttention: sequence ", s, " block ", b,
+                                                  " is ", table[b], ", not one of the ", blocks,
+                                                  " cache blocks"));
+      }
+    }
+    if (!all_positions && starts[s + 1] < 1) {
+      return absl::InvalidArgumentError(absl::StrCat("GatherRows: rows[", s,
+                                                     "] = ", starts[s + 1] - 1, " is outside the ",
+                                                     tokens, " rows of x"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Transformer::BatchTensors> Transformer::StageBatch(
+    const ForwardBatch& batch, const std::vector<int32_t>& last_rows) {
+  const int64_t tokens = static_cast<int64_t>(batch.tokens.size());
+  const int64_t sequences = batch.num_sequences();
+  auto wrap_i32 = [](const std::vector<int32_t>& values, Shape shape) {
+    return Tensor::Wrap(const_cast<int32_t*>(values.data()), DType::kI32, std::move(shape));
+  };
   Tensor slots =
       Tensor::Wrap(const_cast<int64_t*>(batch.slot_mapping.data()), DType::kI64, {tokens});
-  TESSERA_RETURN_IF_ERROR(
-      kernels::WriteKvCache(k_heads_view, v_heads_view, slots, cache.k[layer], cache.v[layer]));
-  Tensor starts =
-      Tensor::Wrap(const_cast<int32_t*>(batch.query_starts.data()), DType::kI32, {sequences + 1});
-  Tensor lens =
-      Tensor::Wrap(const_cast<int32_t*>(batch.context_lens.data()), DType::kI32, {sequences});
-  Tensor tables = Tensor::Wrap(const_cast<int32_t*>(batch.block_tables.data()), DType::kI32,
-                               {sequences, batch.max_blocks});
+  BatchTensors in;
+  if (device_.is_cpu()) {
+    in.ids = wrap_i32(batch.tokens, {tokens});
+    in.positions = wrap_i32(batch.positions, {tokens});
+    in.slots = slots;
+    in.query_starts = wrap_i32(batch.query_starts, {sequences + 1});
+    in.context_lens = wrap_i32(batch.context_lens, {sequences});
+    in.block_tables = wrap_i32(batch.block_tables, {sequences, batch.max_blocks});
+    in.last_rows = wrap_i32(last_rows, {sequences});
+    return in;
+  }
+  // Every i32 array back to back in one buffer, then one copy of it and one of the slots.
+  const std::vector<const std::vector<int32_t>*> parts = {&batch.tokens,       &batch.positions,
+                                                          &batch.query_starts, &batch.context_lens,
+                                                          &batch.block_tables, &last_rows};
+  staged_indices_.clear();
+  for (const std::vector<int32_t>* part : parts) {
+    staged_indices_.insert(staged_indices_.end(), part->begin(), part->end());
+  }
+  const int64_t count = static_cast<int64_t>(staged_indices_.size());
+  Stream& stream = *stream_;
+  TESSERA_ASSIGN_OR_RETURN(Tensor indices,
+                           GrowDevice(device_indices_, DType::kI32, device_, count, 4096));
+  TESSERA_RETURN_IF_ERROR(indices.CopyFrom(wrap_i32(staged_indices_, {count}), stream));
+  TESSERA_ASSIGN_OR_RETURN(in.slots, GrowDevice(device_slots_, DType::kI64, device_, tokens, 1024));
+  TESSERA_RETURN_IF_ERROR(in.slots.CopyFrom(slots, stream));
+  int64_t offset = 0;
+  auto next = [&](int64_t n, Shape shape) -> absl::StatusOr<Tensor> {
+    TESSERA_ASSIGN_OR_RETURN(Tensor part, indices.Slice(offset, offset + n));
+    offset += n;
+    return part.Reshape(std::move(shape));
+  };
+  TESSERA_ASSIGN_OR_RETURN(in.ids, next(tokens, {tokens}));
+  TESSERA_ASSIGN_OR_RETURN(in.positions, next(tokens, {tokens}));
+  TESSERA_ASSIGN_OR_RETURN(in.query_starts, next(sequences + 1, {sequences + 1}));
+  TESSERA_ASSIGN_OR_RETURN(in.context_lens, next(sequences, {sequences}));
+  TESSERA_ASSIGN_OR_RETURN(in.block_tables,
+                           next(sequences * batch.max_blocks, {sequences, batch.max_blocks}));
+  TESSERA_ASSIGN_OR_RETURN(in.last_rows, next(sequences, {sequences}));
+  return in;
+}
+
+absl::StatusOr<Transformer::Activations> Transformer::ActivationsFor(int64_t tokens) {
+  const int64_t hidden = config_.hidden_size;
+  const int64_t q_rows = int64_t{plan_.attention.num_q_heads} * config_.head_dim;
+  const int64_t kv_rows = int64_t{plan_.attention.num_kv_heads} * config_.head_dim;
+  const int64_t intermediate = plan_.intermediate_size;
+  Activations a;
+  Activations& kept = device_activations_;
+  const std::vector<std::tuple<Tensor*, Tensor*, int64_t>> buffers = {
+      {&a.residual, &kept.residual, hidden},
+      {&a.pending, &kept.pending, hidden},
+      {&a.normed, &kept.normed, hidden},
+      {&a.q, &kept.q, q_rows},
+      {&a.k, &kept.k, kv_rows},
+      {&a.v, &kept.v, kv_rows},
+      {&a.attention, &kept.attention, q_rows},
+      {&a.gate_up, &kept.gate_up, 2 * intermediate},
+      {&a.activated, &kept.activated, intermediate}};
+  for (const auto& [view, buffer, width] : buffers) {
+    if (device_.is_cpu()) {
+      TESSERA_ASSIGN_OR_RETURN(*view, F32({tokens, width}));
+    } else {
+      TESSERA_ASSIGN_OR_RETURN(*view, DeviceRows(*buffer, device_, tokens, width));
+    }
+  }
+  return a;
+}
+
+absl::Status Transformer::Attention(int layer, const BatchTensors& in, Activations& a,
+                                    KvCache& cache) {
+  const Layer& w = layers_[layer];
+  Stream& stream = *stream_;
+  int64_t tokens = a.normed.dim(0);
+  int64_t dim = config_.head_dim;
+  int64_t q_heads = plan_.attention.num_q_heads, kv_heads = plan_.attention.num_kv_heads;
+  TESSERA_RETURN_IF_ERROR(ops::Linear(a.normed, w.q, w.q_bias, a.q, stream));
+  TESSERA_RETURN_IF_ERROR(ops::Linear(a.normed, w.k, w.k_bias, a.k, stream));
+  TESSERA_RETURN_IF_ERROR(ops::Linear(a.normed, w.v, w.v_bias, a.v, stream));
+  TESSERA_ASSIGN_OR_RETURN(Tensor q_heads_view, a.q.Reshape({tokens, q_heads, dim}));
+  TESSERA_ASSIGN_OR_RETURN(Tensor k_heads_view, a.k.Reshape({tokens, kv_heads, dim}));
+  TESSERA_ASSIGN_OR_RETURN(Tensor v_heads_view, a.v.Reshape({tokens, kv_heads, dim}));
+  TESSERA_RETURN_IF_ERROR(ops::ApplyRotary(q_heads_view, in.positions, inv_freq_, rotary_, stream));
+  TESSERA_RETURN_IF_ERROR(ops::ApplyRotary(k_heads_view, in.positions, inv_freq_, rotary_, stream));
+  TESSERA_RETURN_IF_ERROR(ops::WriteKvCache(k_heads_view, v_heads_view, in.slots, cache.k[layer],
+                                            cache.v[layer], stream));
   kernels::AttentionParams params;
   params.scale = 1.0f / std::sqrt(static_cast<float>(dim));
   params.sliding_window = static_cast<int>(config_.SlidingWindowFor(layer));
-  TESSERA_ASSIGN_OR_RETURN(Tensor out_heads, out.Reshape({tokens, q_heads, dim}));
-  return kernels::PagedAttention(q_heads_view, cache.k[layer], cache.v[layer], starts, lens, tables,
-                                 params, out_heads);
+  TESSERA_ASSIGN_OR_RETURN(Tensor out_heads, a.attention.Reshape({tokens, q_heads, dim}));
+  return ops::PagedAttention(q_heads_view, cache.k[layer], cache.v[layer], in.query_starts,
+                             in.context_lens, in.block_tables, params, out_heads, stream);
 }
 
 absl::StatusOr<Tensor> Transformer::Forward(const ForwardBatch& batch, KvCache& cache,
                                             bool all_positions) {
+  absl::StatusOr<Tensor> logits = RunForward(batch, cache, all_positions);
+  // A failed step may have left work queued: let it finish before the buffers it uses are
+  // reused or freed.
+  if (!logits.ok() && !device_.is_cpu()) (void)stream_->Synchronize();
+  return logits;
+}
+
+absl::StatusOr<Tensor> Transformer::RunForward(const ForwardBatch& batch, KvCache& cache,
+                                               bool all_positions) {
   int64_t tokens = static_cast<int64_t>(batch.tokens.size());
   int64_t sequences = batch.num_sequences();
   if (tokens == 0 || sequences == 0 || batch.positions.size() != batch.tokens.size() ||
@@ -246,88 +459,99 @@ absl::StatusOr<Tensor> Transformer::Forward(const ForwardBatch& batch, KvCache& 
     return absl::InvalidArgumentError(absl::StrCat("Forward: inconsistent batch of ", tokens,
                                                    " tokens and ", sequences, " sequences"));
   }
-  if (static_cast<int>(cache.k.size()) != config_.num_hidden_layers) {
+  if (static_cast<int>(cache.k.size()) != config_.num_hidden_layers ||
+      static_cast<int>(cache.v.size()) != config_.num_hidden_layers) {
     return absl::InvalidArgumentError("Forward: the KV cache was not made for this model");
   }
+  if (cache.k[0].device() != device_) {
+    return absl::InvalidArgumentError(absl::StrCat("Forward: the KV cache is on ",
+                                                   cache.k[0].device().ToString(),
+                                                   ", the model on ", device_.ToString()));
+  }
+  if (!device_.is_cpu()) TESSERA_RETURN_IF_ERROR(CheckBatchValues(batch, cache, all_positions));
+  Stream& stream = *stream_;
   int64_t hidden = config_.hidden_size;
   float eps = static_cast<float>(config_.rms_norm_eps);
-  Tensor ids = Tensor::Wrap(const_cast<int32_t*>(batch.tokens.data()), DType::kI32, {tokens});
-  Tensor positions =
-      Tensor::Wrap(const_cast<int32_t*>(batch.positions.data()), DType::kI32, {tokens});
-
+  std::vector<int32_t> last_rows(sequences);  // each sequence's last new token
+  for (int64_t s = 0; s < sequences; ++s) last_rows[s] = batch.query_starts[s + 1] - 1;
+  TESSERA_ASSIGN_OR_RETURN(BatchTensors in, StageBatch(batch, last_rows));
   // The residual stream, and the output of the previous sub-layer still to be added to it.
-  TESSERA_ASSIGN_OR_RETURN(Tensor residual, F32({tokens, hidden}));
-  TESSERA_RETURN_IF_ERROR(
-      kernels::EmbeddingLookup(ids, embed_, plan_.vocab.begin, config_.vocab_size, residual));
-  TESSERA_RETURN_IF_ERROR(SumOverGroup(residual));
-  TESSERA_ASSIGN_OR_RETURN(Tensor pending, F32({tokens, hidden}));
-  TESSERA_ASSIGN_OR_RETURN(Tensor normed, F32({tokens, hidden}));
-  int64_t q_rows = int64_t{plan_.attention.num_q_heads} * config_.head_dim;
-  TESSERA_ASSIGN_OR_RETURN(Tensor attention, F32({tokens, q_rows}));
-  TESSERA_ASSIGN_OR_RETURN(Tensor gate_up, F32({tokens, 2 * plan_.intermediate_size}));
-  TESSERA_ASSIGN_OR_RETURN(Tensor activated, F32({tokens, plan_.intermediate_size}));
+  TESSERA_ASSIGN_OR_RETURN(Activations a, ActivationsFor(tokens));
 
+  TESSERA_RETURN_IF_ERROR(ops::EmbeddingLookup(in.ids, embed_, plan_.vocab.begin,
+                                               config_.vocab_size, a.residual, stream));
+  TESSERA_RETURN_IF_ERROR(SumOverGroup(a.residual));
   for (int l = 0; l < config_.num_hidden_layers; ++l) {
     const Layer& w = layers_[l];
     if (l == 0) {
-      TESSERA_RETURN_IF_ERROR(kernels::RmsNorm(residual, w.input_norm, eps, normed));
+      TESSERA_RETURN_IF_ERROR(ops::RmsNorm(a.residual, w.input_norm, eps, a.normed, stream));
     } else {
-      TESSERA_RETURN_IF_ERROR(kernels::AddRmsNorm(residual, pending, w.input_norm, eps, normed));
+      TESSERA_RETURN_IF_ERROR(
+          ops::AddRmsNorm(a.residual, a.pending, w.input_norm, eps, a.normed, stream));
     }
-    TESSERA_RETURN_IF_ERROR(Attention(l, normed, batch, positions, cache, attention));
-    TESSERA_RETURN_IF_ERROR(kernels::Linear(attention, w.o, Tensor(), pending));
-    TESSERA_RETURN_IF_ERROR(SumOverGroup(pending));
+    TESSERA_RETURN_IF_ERROR(Attention(l, in, a, cache));
+    TESSERA_RETURN_IF_ERROR(ops::Linear(a.attention, w.o, Tensor(), a.pending, stream));
+    TESSERA_RETURN_IF_ERROR(SumOverGroup(a.pending));
     if (w.o_bias.defined()) {  // replicated: added once, after the sum
-      for (int64_t t = 0; t < tokens; ++t) {
-        float* row = pending.data<float>() + t * hidden;
-        for (int64_t i = 0; i < hidden; ++i) {
-          row[i] += w.o_bias.dtype() == DType::kF32 ? w.o_bias.data<float>()[i]
-                                                    : w.o_bias.data<BFloat16>()[i].ToFloat();
-        }
-      }
+      TESSERA_RETURN_IF_ERROR(ops::AddBias(a.pending, w.o_bias, stream));
     }
     if (w.post_self_attn_norm.defined()) {
-      TESSERA_RETURN_IF_ERROR(kernels::RmsNorm(pending, w.post_self_attn_norm, eps, pending));
+      TESSERA_RETURN_IF_ERROR(
+          ops::RmsNorm(a.pending, w.post_self_attn_norm, eps, a.pending, stream));
     }
     TESSERA_RETURN_IF_ERROR(
-        kernels::AddRmsNorm(residual, pending, w.post_attention_norm, eps, normed));
-    TESSERA_RETURN_IF_ERROR(kernels::Linear(normed, w.gate_up, Tensor(), gate_up));
-    TESSERA_RETURN_IF_ERROR(kernels::SiluMul(gate_up, activated));
-    TESSERA_RETURN_IF_ERROR(kernels::Linear(activated, w.down, Tensor(), pending));
-    TESSERA_RETURN_IF_ERROR(SumOverGroup(pending));
+        ops::AddRmsNorm(a.residual, a.pending, w.post_attention_norm, eps, a.normed, stream));
+    TESSERA_RETURN_IF_ERROR(ops::Linear(a.normed, w.gate_up, Tensor(), a.gate_up, stream));
+    TESSERA_RETURN_IF_ERROR(ops::SiluMul(a.gate_up, a.activated, stream));
+    TESSERA_RETURN_IF_ERROR(ops::Linear(a.activated, w.down, Tensor(), a.pending, stream));
+    TESSERA_RETURN_IF_ERROR(SumOverGroup(a.pending));
     if (w.post_mlp_norm.defined()) {
-      TESSERA_RETURN_IF_ERROR(kernels::RmsNorm(pending, w.post_mlp_norm, eps, pending));
+      TESSERA_RETURN_IF_ERROR(ops::RmsNorm(a.pending, w.post_mlp_norm, eps, a.pending, stream));
     }
   }
-  TESSERA_RETURN_IF_ERROR(kernels::AddRmsNorm(residual, pending, final_norm_, eps, normed));
+  TESSERA_RETURN_IF_ERROR(
+      ops::AddRmsNorm(a.residual, a.pending, final_norm_, eps, a.normed, stream));
 
   // The rows whose logits are wanted: every token, or each sequence's last.
-  Tensor rows = normed;
+  Tensor rows = a.normed;
   if (!all_positions) {
-    TESSERA_ASSIGN_OR_RETURN(rows, F32({sequences, hidden}));
-    for (int64_t s = 0; s < sequences; ++s) {
-      int64_t last = batch.query_starts[s + 1] - 1;
-      std::copy_n(normed.data<float>() + last * hidden, hidden, rows.data<float>() + s * hidden);
+    if (device_.is_cpu()) {
+      TESSERA_ASSIGN_OR_RETURN(rows, F32({sequences, hidden}));
+    } else {
+      TESSERA_ASSIGN_OR_RETURN(rows, DeviceRows(device_last_, device_, sequences, hidden));
     }
+    TESSERA_RETURN_IF_ERROR(ops::GatherRows(a.normed, in.last_rows, rows, stream));
   }
-  int64_t shard = plan_.vocab.padded_rows;
+  const int64_t shard = plan_.vocab.padded_rows;
+  const int64_t valid = plan_.vocab.end - plan_.vocab.begin;
+  if (device_.is_cpu()) {
+    TESSERA_ASSIGN_OR_RETURN(Tensor logits, F32({rows.dim(0), shard}));
+    TESSERA_RETURN_IF_ERROR(ops::Linear(rows, lm_head_, Tensor(), logits, stream));
+    TESSERA_RETURN_IF_ERROR(
+        ops::FillColumns(logits, valid, shard, -std::numeric_limits<float>::infinity(), stream));
+    return logits;
+  }
+  TESSERA_ASSIGN_OR_RETURN(Tensor device_logits,
+                           DeviceRows(device_logits_, device_, rows.dim(0), shard));
+  TESSERA_RETURN_IF_ERROR(ops::Linear(rows, lm_head_, Tensor(), device_logits, stream));
+  TESSERA_RETURN_IF_ERROR(ops::FillColumns(device_logits, valid, shard,
+                                           -std::numeric_limits<float>::infinity(), stream));
   TESSERA_ASSIGN_OR_RETURN(Tensor logits, F32({rows.dim(0), shard}));
-  TESSERA_RETURN_IF_ERROR(kernels::Linear(rows, lm_head_, Tensor(), logits));
-  int64_t valid = plan_.vocab.end - plan_.vocab.begin;
-  for (int64_t r = 0; r < rows.dim(0); ++r) {
-    float* row = logits.data<float>() + r * shard;
-    std::fill(row + valid, row + shard, -std::numeric_limits<float>::infinity());
-  }
+  TESSERA_RETURN_IF_ERROR(logits.CopyFrom(device_logits, stream));
+  TESSERA_RETURN_IF_ERROR(stream.Synchronize());
   return logits;
 }
 
 absl::StatusOr<Tensor> Transformer::GatherLogits(const Tensor& shard) {
+  if (!shard.device().is_cpu() || shard.dtype() != DType::kF32 || shard.rank() != 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "GatherLogits: the shard is ", shard.DebugString(), ", expected host f32 (rows, width)"));
+  }
   int64_t rows = shard.dim(0), width = shard.dim(1), vocab = config_.vocab_size;
   Tensor all = shard;
   if (tp_.size() > 1) {
     TESSERA_ASSIGN_OR_RETURN(all, F32({tp_.size() * rows * width}));
-    Stream cpu = Stream::Cpu();
-    TESSERA_RETURN_IF_ERROR(tp_.AllGather(shard.Flatten(), all, cpu));
+    TESSERA_RETURN_IF_ERROR(AllGatherHost(shard.Flatten(), all));
   }
   TESSERA_ASSIGN_OR_RETURN(Tensor full, F32({rows, vocab}));
   for (int r = 0; r < tp_.size(); ++r) {
@@ -380,10 +604,14 @@ double CombineLogSumExp(const std::vector<double>& parts) {
 
 absl::StatusOr<std::vector<Transformer::SampledToken>> Transformer::SampleRows(
     const Tensor& shard, const std::vector<RowSampling>& rows) {
+  if (!shard.device().is_cpu() || shard.dtype() != DType::kF32 || shard.rank() != 2) {
+    return absl::InvalidArgumentError(absl::StrCat("SampleRows: the shard is ", shard.DebugString(),
+                                                   ", expected host f32 (rows, width)"));
+  }
   int64_t count = shard.dim(0);
   if (static_cast<int64_t>(rows.size()) != count) {
-    return absl::InvalidArgumentError(absl::StrCat("SampleRows: ", rows.size(),
-                                                   " sampling choices for ", count, " rows"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("SampleRows: ", rows.size(), " sampling choices for ", count, " rows"));
   }
   bool any_sampled = false, any_logprob = false;
   for (const RowSampling& row : rows) {
@@ -401,8 +629,8 @@ absl::StatusOr<std::vector<Transformer::SampledToken>> Transformer::SampleRows(
       const float* row = full.data<float>() + i * vocab;
       const RowSampling& choice = rows[i];
       if (choice.params.temperature > 0.0f) {
-        out[i].token = kernels::SampleToken(absl::Span<const float>(row, vocab), choice.params,
-                                            choice.draw);
+        out[i].token =
+            kernels::SampleToken(absl::Span<const float>(row, vocab), choice.params, choice.draw);
       } else {
         std::vector<kernels::ArgmaxResult> best;
         Tensor view = Tensor::Wrap(const_cast<float*>(row), DType::kF32, {1, vocab});
@@ -433,8 +661,7 @@ absl::StatusOr<std::vector<Transformer::SampledToken>> Transformer::SampleRows(
   Tensor all = mine;
   if (tp_.size() > 1) {
     TESSERA_ASSIGN_OR_RETURN(all, Tensor::Empty(DType::kI64, {tp_.size() * count * width}));
-    Stream cpu = Stream::Cpu();
-    TESSERA_RETURN_IF_ERROR(tp_.AllGather(mine, all, cpu));
+    TESSERA_RETURN_IF_ERROR(AllGatherHost(mine, all));
   }
   for (int64_t i = 0; i < count; ++i) {
     kernels::ArgmaxResult best;

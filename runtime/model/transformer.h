@@ -2,7 +2,9 @@
 #define TESSERA_RUNTIME_MODEL_TRANSFORMER_H_
 
 // One tensor-parallel rank's shard of a decoder-only transformer (Llama, Mistral, Qwen2, GLM)
-// and its forward pass on the CPU (MPI communicator).
+// and its forward pass, on the device of its communicator: the CPU with an MPI communicator,
+// a GPU with an NCCL one. The same code runs on both through kernels/ops, which choose the
+// CPU or CUDA kernels by the device of the tensors.
 //
 // Megatron split: Q, K, V and gate/up are column-parallel, o_proj and down_proj
 // row-parallel with one all-reduce after each, the embedding and LM head vocab-parallel
@@ -19,6 +21,8 @@
 #include "comm/communicator.h"
 #include "kernels/cpu/rotary.h"
 #include "kernels/cpu/sampling.h"
+#include "runtime/core/device.h"
+#include "runtime/core/stream.h"
 #include "runtime/core/tensor.h"
 #include "runtime/model/model_config.h"
 #include "runtime/model/weight_loader.h"
@@ -27,7 +31,8 @@
 namespace tessera::model {
 
 // Keys and values of every layer for this rank's KV heads, in fixed-size blocks:
-// k[l], v[l] are (num_blocks, block_size, kv_heads_local, head_dim) f32.
+// k[l], v[l] are (num_blocks, block_size, kv_heads_local, head_dim) f32, on the model's
+// device.
 struct KvCache {
   int num_blocks = 0;
   int block_size = 16;
@@ -61,8 +66,11 @@ struct ForwardBatch {
 class Transformer {
  public:
   // Loads this rank's shard from a Hugging Face model directory (config.json,
-  // generation_config.json, safetensors). The rank and degree come from `tp`. Collective
-  // only in that every rank must load. Errors name the file, tensor or option at fault.
+  // generation_config.json, safetensors). The rank and degree come from `tp`, and so does
+  // the device: the weights are read into host memory and, for a GPU communicator (NCCL),
+  // copied to its GPU in their stored dtype (f32, bf16 or f16; the CPU widens f16 to f32).
+  // `tp` must outlive the model. Collective only in that every rank must load. Errors name
+  // the file, tensor or option at fault.
   static absl::StatusOr<std::unique_ptr<Transformer>> Load(const std::string& dir,
                                                            comm::Communicator& tp,
                                                            const LoadOptions& options = {});
@@ -70,19 +78,29 @@ class Transformer {
   const ModelConfig& config() const { return config_; }
   const WeightPlan& plan() const { return plan_; }
   uint64_t weight_bytes() const { return weight_bytes_; }
+  // Where the weights, the KV cache and the forward live: the communicator's device.
+  Device device() const { return device_; }
+  // The stream every op of Forward runs on, and the collectives with them (the CPU stream on
+  // the CPU, a stream of its own on a GPU).
+  Stream& stream() { return *stream_; }
 
-  // A cache of `num_blocks` blocks of `block_size` tokens for this rank's KV heads.
+  // A cache of `num_blocks` blocks of `block_size` tokens for this rank's KV heads, zeroed,
+  // on device().
   absl::StatusOr<KvCache> AllocateKvCache(int num_blocks, int block_size) const;
   // Bytes of cache one token takes on this rank: 2 * layers * kv_heads_local * head_dim * 4.
   int64_t KvBytesPerToken() const;
 
-  // Runs the batch through the model, writing its keys and values into `cache`. Returns this
-  // rank's logits shard, (rows, padded vocab shard) f32: one row per new token with
-  // `all_positions`, else one per sequence (its last token). Columns past the vocabulary's
-  // end (padding) hold -inf.
+  // Runs the batch through the model on stream(), writing its keys and values into `cache`
+  // (which AllocateKvCache made). The batch's index arrays are copied to the device once per
+  // call. Returns this rank's logits shard in host memory, (rows, padded vocab shard) f32:
+  // one row per new token with `all_positions`, else one per sequence (its last token).
+  // Columns past the vocabulary's end (padding) hold -inf. On a GPU the call returns once
+  // the stream has finished, so nothing it queued is left running. Bad token ids, slots,
+  // block tables or query ranges are INVALID_ARGUMENT or OUT_OF_RANGE on every device.
   absl::StatusOr<Tensor> Forward(const ForwardBatch& batch, KvCache& cache, bool all_positions);
 
-  // The full logits (rows, vocab_size), gathered from every rank's shard.
+  // The full logits (rows, vocab_size), gathered from every rank's shard. `shard` and the
+  // result are host tensors (as Forward returns them) on every device.
   absl::StatusOr<Tensor> GatherLogits(const Tensor& shard);
   // The next token of each row under `params`, the same on every rank and at every degree:
   // greedy rows need only each shard's maximum; sampled rows gather the full logits.
@@ -119,16 +137,57 @@ class Transformer {
     Tensor down;                                // (hidden, intermediate shard)
   };
 
-  Transformer(ModelConfig config, WeightPlan plan, comm::Communicator& tp)
-      : config_(std::move(config)), plan_(std::move(plan)), tp_(tp) {}
+  // The activations of one Forward, `tokens` rows each (views of buffers kept across calls
+  // on a GPU, fresh host memory on the CPU).
+  struct Activations {
+    Tensor residual, pending, normed;  // (tokens, hidden)
+    Tensor q;                          // (tokens, q heads of this rank * head_dim)
+    Tensor k, v;                       // (tokens, kv heads of this rank * head_dim)
+    Tensor attention;                  // (tokens, q heads of this rank * head_dim)
+    Tensor gate_up;                    // (tokens, 2 * intermediate shard)
+    Tensor activated;                  // (tokens, intermediate shard)
+  };
+  // The batch's index arrays on the model's device.
+  struct BatchTensors {
+    Tensor ids, positions;  // (T) i32
+    Tensor slots;           // (T) i64
+    Tensor query_starts;    // (S+1) i32
+    Tensor context_lens;    // (S) i32
+    Tensor block_tables;    // (S, max_blocks) i32
+    Tensor last_rows;       // (S) i32: query_starts[s+1] - 1
+  };
+
+  Transformer(ModelConfig config, WeightPlan plan, comm::Communicator& tp,
+              std::unique_ptr<Stream> stream)
+      : config_(std::move(config)),
+        plan_(std::move(plan)),
+        tp_(tp),
+        device_(tp.device()),
+        stream_(std::move(stream)) {}
   absl::Status TakeWeights(RankWeights weights);
+  // Copies every weight to device_ and waits for the copies (nothing to do on the CPU);
+  // tied tensors stay one tensor.
+  absl::Status MoveWeightsToDevice();
   absl::Status SumOverGroup(Tensor& partial);
-  absl::Status Attention(int layer, const Tensor& normed, const ForwardBatch& batch,
-                         const Tensor& positions, KvCache& cache, Tensor& out);
+  // in (n) -> out (size * n), both host tensors, over tp_ on whichever device it runs.
+  absl::Status AllGatherHost(const Tensor& in, Tensor& out);
+  // On a GPU, the checks of the batch's values that the CPU kernels make and the CUDA
+  // kernels cannot (the values are in device memory there), made on the host first.
+  absl::Status CheckBatchValues(const ForwardBatch& batch, const KvCache& cache,
+                                bool all_positions) const;
+  // The batch's arrays as tensors on device_: views of its vectors (and of `last_rows`) on
+  // the CPU, copies in the reused device buffers on a GPU.
+  absl::StatusOr<BatchTensors> StageBatch(const ForwardBatch& batch,
+                                          const std::vector<int32_t>& last_rows);
+  absl::StatusOr<Activations> ActivationsFor(int64_t tokens);
+  absl::StatusOr<Tensor> RunForward(const ForwardBatch& batch, KvCache& cache, bool all_positions);
+  absl::Status Attention(int layer, const BatchTensors& in, Activations& a, KvCache& cache);
 
   ModelConfig config_;
   WeightPlan plan_;
   comm::Communicator& tp_;
+  Device device_;
+  std::unique_ptr<Stream> stream_;
   kernels::RotaryConfig rotary_;
   std::vector<float> inv_freq_;
   Tensor embed_;    // (padded vocab shard, hidden)
@@ -136,6 +195,17 @@ class Transformer {
   Tensor final_norm_;
   std::vector<Layer> layers_;
   uint64_t weight_bytes_ = 0;
+
+  // GPU only, reused by every Forward and grown when a batch needs more (each Forward
+  // returns after its stream work has finished): the activations, the batch's index arrays
+  // packed into one i32 and one i64 buffer, the rows of each sequence's last token and the
+  // logits before their copy to the host. Each is a flat buffer.
+  Activations device_activations_;
+  std::vector<int32_t> staged_indices_;  // host side of device_indices_
+  Tensor device_indices_;                // i32
+  Tensor device_slots_;                  // i64
+  Tensor device_last_;                   // f32
+  Tensor device_logits_;                 // f32
 };
 
 }  // namespace tessera::model

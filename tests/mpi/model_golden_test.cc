@@ -1,17 +1,11 @@
-// The tensor-parallel forward against Hugging Face transformers: for every golden checkpoint
-// (tests/golden/models, made by generate.py there), the logits of every prompt position and
-// the greedy continuation must match what transformers computed, at whatever TP degree
-// mpirun gives (ctest runs 1, 2 and 4 ranks).
+// The tensor-parallel forward on the CPU against Hugging Face transformers
+// (model_golden_check.h), at whatever TP degree mpirun gives (ctest runs 1, 2 and 4 ranks).
 
 #include <gtest/gtest.h>
 
-#include <algorithm>
-#include <cmath>
-#include <fstream>
-#include <sstream>
+#include <string>
 
-#include "nlohmann/json.hpp"
-#include "runtime/model/transformer.h"
+#include "tests/mpi/model_golden_check.h"
 #include "tests/mpi/mpi_test_environment.h"
 
 namespace tessera::model {
@@ -19,91 +13,14 @@ namespace {
 
 using ::tessera::testing::World;
 
-struct Golden {
-  std::string dtype;
-  std::vector<int32_t> prompt;
-  std::vector<std::vector<float>> logits;
-  std::vector<int64_t> greedy;
-};
-
-Golden ReadGolden(const std::string& dir) {
-  std::ifstream file(dir + "/golden.json");
-  std::stringstream text;
-  text << file.rdbuf();
-  nlohmann::json json = nlohmann::json::parse(text.str());
-  Golden golden;
-  golden.dtype = json["dtype"].get<std::string>();
-  golden.prompt = json["prompt"].get<std::vector<int32_t>>();
-  golden.logits = json["logits"].get<std::vector<std::vector<float>>>();
-  golden.greedy = json["greedy"].get<std::vector<int64_t>>();
-  return golden;
-}
-
-ForwardBatch SequenceStep(const std::vector<int32_t>& tokens, int begin, int end,
-                          const KvCache& cache) {
-  return ForwardBatch::SingleSequence(tokens, begin, end, cache.num_blocks);
-}
-
 class ModelGolden : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(ModelGolden, LogitsAndGreedyTokensMatchTransformers) {
-  std::string dir = std::string(TESSERA_GOLDEN_MODELS) + "/" + GetParam();
-  Golden golden = ReadGolden(dir);
-  absl::StatusOr<std::unique_ptr<Transformer>> model = Transformer::Load(dir, World());
-  ASSERT_TRUE(model.ok()) << model.status();
-  Transformer& m = **model;
-  absl::StatusOr<KvCache> cache = m.AllocateKvCache(/*num_blocks=*/4, /*block_size=*/8);
-  ASSERT_TRUE(cache.ok()) << cache.status();
-
-  // Prefill: every position's logits. f32 must agree to 1e-4 of the row's largest logit;
-  // the bf16 checkpoint, which transformers runs in bf16 throughout and Tessera in f32 over
-  // bf16 weights, to 3e-2.
-  double tolerance = golden.dtype == "bfloat16" ? 3e-2 : 1e-4;
-  std::vector<int32_t> tokens = golden.prompt;
-  int prompt = static_cast<int>(tokens.size());
-  absl::StatusOr<Tensor> shard = m.Forward(SequenceStep(tokens, 0, prompt, *cache), *cache, true);
-  ASSERT_TRUE(shard.ok()) << shard.status();
-  absl::StatusOr<Tensor> logits = m.GatherLogits(*shard);
-  ASSERT_TRUE(logits.ok()) << logits.status();
-  int64_t vocab = m.config().vocab_size;
-  ASSERT_EQ(logits->dim(0), prompt);
-  double worst = 0;
-  for (int p = 0; p < prompt; ++p) {
-    double scale = 0, diff = 0;
-    for (int64_t v = 0; v < vocab; ++v) {
-      scale = std::max(scale, std::abs(static_cast<double>(golden.logits[p][v])));
-      diff = std::max(diff, std::abs(static_cast<double>(logits->data<float>()[p * vocab + v]) -
-                                     golden.logits[p][v]));
-    }
-    worst = std::max(worst, diff / scale);
-  }
-  EXPECT_LE(worst, tolerance) << GetParam() << " at tp " << World().size();
-  if (World().rank() == 0) {
-    std::printf("%s tp=%d: max relative logit error %.2e\n", GetParam().c_str(), World().size(),
-                worst);
-  }
-
-  // Greedy continuation, one token per step through the KV cache.
-  std::vector<int64_t> generated;
-  Tensor last;
-  absl::StatusOr<Tensor> step_logits = m.Forward(SequenceStep(tokens, 0, prompt, *cache), *cache,
-                                                 /*all_positions=*/false);
-  ASSERT_TRUE(step_logits.ok()) << step_logits.status();
-  for (size_t i = 0; i < golden.greedy.size(); ++i) {
-    absl::StatusOr<std::vector<int64_t>> next = m.NextTokens(*step_logits, {}, {i});
-    ASSERT_TRUE(next.ok()) << next.status();
-    generated.push_back((*next)[0]);
-    tokens.push_back(static_cast<int32_t>((*next)[0]));
-    int length = static_cast<int>(tokens.size());
-    step_logits = m.Forward(SequenceStep(tokens, length - 1, length, *cache), *cache, false);
-    ASSERT_TRUE(step_logits.ok()) << step_logits.status();
-  }
-  EXPECT_EQ(generated, golden.greedy) << GetParam() << " at tp " << World().size();
+  testing::ExpectMatchesGolden(std::string(TESSERA_GOLDEN_MODELS) + "/" + GetParam(), World());
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, ModelGolden,
-                         ::testing::Values("llama", "llama_tied_linear", "llama_bf16", "mistral",
-                                           "qwen2", "glm"));
+                         ::testing::ValuesIn(testing::GoldenArchitectures()));
 
 }  // namespace
 }  // namespace tessera::model

@@ -1,8 +1,10 @@
 // Tests of launcher/flags.h: FlagSet parsing of every flag kind and spelling, its errors,
-// and the byte-count helpers.
+// and the byte-count helpers; and of the device flags every model subcommand shares
+// (launcher/model_job.h, launcher/worker_job.h).
 
 #include "launcher/flags.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -11,6 +13,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
+#include "launcher/model_job.h"
+#include "launcher/worker_job.h"
+#include "runtime/core/device.h"
 #include "tests/unit/status_test_util.h"
 
 namespace tessera::launcher {
@@ -243,6 +248,97 @@ TEST(FormatBytesTest, RoundTripsThroughParseBytes) {
     ASSERT_OK(ParseBytes(FormatBytes(bytes), &parsed)) << bytes;
     EXPECT_EQ(parsed, bytes);
   }
+}
+
+TEST(DoubleFlagTest, ParsesDecimalsAndRefusesTheRest) {
+  FlagSet flags("tessera generate", "Generates.");
+  double fraction = 0.9;
+  flags.Double("fraction", &fraction, "a share");
+  bool help = false;
+  EXPECT_TRUE(Contains(flags.Usage(), "a share (default: 0.9)"));
+  ASSERT_OK(flags.Parse({"--fraction", "0.25"}, &help));
+  EXPECT_EQ(fraction, 0.25);
+  ASSERT_OK(flags.Parse({"--fraction=1e-1"}, &help));
+  EXPECT_EQ(fraction, 0.1);
+  for (const char* bad : {"", "abc", "0.5x", "inf", "nan"}) {
+    EXPECT_TRUE(
+        IsError(flags.Parse({"--fraction", bad}, &help), absl::StatusCode::kInvalidArgument,
+                {"tessera generate: --fraction", absl::StrCat("'", bad, "'"), "not a number"}))
+        << bad;
+    EXPECT_EQ(fraction, 0.1) << "a rejected value must leave the flag unchanged: " << bad;
+  }
+}
+
+TEST(DeviceFlagTest, CpuAlwaysCudaWhenBuiltWithIt) {
+  ASSERT_OK_AND_ASSIGN(DeviceType cpu, ParseDeviceFlag("cpu"));
+  EXPECT_EQ(cpu, DeviceType::kCpu);
+  if (BuiltWithCuda()) {
+    ASSERT_OK_AND_ASSIGN(DeviceType cuda, ParseDeviceFlag("cuda"));
+    EXPECT_EQ(cuda, DeviceType::kCuda);
+  } else {
+    EXPECT_TRUE(IsError(ParseDeviceFlag("cuda"), absl::StatusCode::kFailedPrecondition,
+                        {"--device cuda", "no CUDA support"}));
+  }
+  for (const char* bad : {"gpu", "CUDA", "cuda:0", ""}) {
+    EXPECT_TRUE(IsError(ParseDeviceFlag(bad), absl::StatusCode::kInvalidArgument,
+                        {"--device", absl::StrCat("'", bad, "'"), "not cpu or cuda"}))
+        << bad;
+  }
+}
+
+TEST(DeviceFlagTest, KvCacheMemoryFractionMustBeAShare) {
+  for (double good : {1e-3, 0.5, 0.9, 1.0}) EXPECT_OK(CheckKvCacheMemoryFraction(good)) << good;
+  for (double bad : {0.0, -0.5, 1.01, 2.0}) {
+    EXPECT_TRUE(IsError(CheckKvCacheMemoryFraction(bad), absl::StatusCode::kInvalidArgument,
+                        {"--kv-cache-memory-fraction", "not in (0, 1]"}))
+        << bad;
+  }
+}
+
+TEST(DeviceFlagTest, SubcommandsDeclareThemWithDefaults) {
+  FlagSet flags("tessera generate", "Generates.");
+  std::string device = "cpu";
+  double fraction = kDefaultKvCacheMemoryFraction;
+  AddDeviceFlag(flags, &device);
+  AddKvCacheMemoryFractionFlag(flags, &fraction);
+  EXPECT_TRUE(Contains(flags.Usage(), "--device"));
+  EXPECT_TRUE(Contains(flags.Usage(), "(default: cpu)"));
+  EXPECT_TRUE(Contains(flags.Usage(), "--kv-cache-memory-fraction"));
+  EXPECT_TRUE(Contains(flags.Usage(), "(default: 0.9)"));
+  bool help = false;
+  ASSERT_OK(flags.Parse({"--device", "cuda", "--kv-cache-memory-fraction=0.5"}, &help));
+  EXPECT_EQ(device, "cuda");
+  EXPECT_EQ(fraction, 0.5);
+}
+
+TEST(DeviceFlagTest, WorkerJobPassesTheDeviceToItsWorkers) {
+  WorkerJobConfig config;
+  std::vector<std::string> cpu = WorkerCommand(config, 50051);
+  EXPECT_EQ(std::find(cpu.begin(), cpu.end(), "--device"), cpu.end());
+  ASSERT_OK(CheckWorkerJobConfig(config));
+
+  config.device = "cuda";
+  config.kv_cache_memory_fraction = 0.75;
+  std::vector<std::string> cuda = WorkerCommand(config, 50051);
+  auto device = std::find(cuda.begin(), cuda.end(), "--device");
+  ASSERT_NE(device, cuda.end());
+  ASSERT_NE(device + 1, cuda.end());
+  EXPECT_EQ(*(device + 1), "cuda");
+  auto fraction = std::find(cuda.begin(), cuda.end(), "--kv-cache-memory-fraction");
+  ASSERT_NE(fraction, cuda.end());
+  ASSERT_NE(fraction + 1, cuda.end());
+  EXPECT_EQ(*(fraction + 1), "0.75");
+  if (BuiltWithCuda()) {
+    ASSERT_OK(CheckWorkerJobConfig(config));
+  } else {
+    EXPECT_TRUE(IsError(CheckWorkerJobConfig(config), absl::StatusCode::kFailedPrecondition,
+                        {"--device cuda"}));
+  }
+  config.kv_cache_memory_fraction = 1.5;
+  EXPECT_FALSE(CheckWorkerJobConfig(config).ok());
+  config.device = "tpu";
+  EXPECT_TRUE(IsError(CheckWorkerJobConfig(config), absl::StatusCode::kInvalidArgument,
+                      {"--device", "'tpu'"}));
 }
 
 }  // namespace

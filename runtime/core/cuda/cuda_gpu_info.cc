@@ -4,6 +4,7 @@
 
 #include <cstdio>
 
+#include "runtime/core/cuda/cuda_check.h"
 #include "runtime/core/gpu_info.h"
 
 namespace tessera::internal {
@@ -46,6 +47,13 @@ bool CudaCanAccessPeer(int from, int to) {
     return false;
   }
   return can != 0;
+}
+
+absl::StatusOr<GpuMemory> CudaQueryGpuMemory(int ordinal) {
+  TESSERA_CUDA_CHECK(cudaSetDevice(ordinal));
+  size_t free_bytes = 0, total_bytes = 0;
+  TESSERA_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  return GpuMemory{free_bytes, total_bytes};
 }
 
 }  // namespace tessera::internal

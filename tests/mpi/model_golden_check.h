@@ -1,0 +1,123 @@
+#ifndef TESSERA_TESTS_MPI_MODEL_GOLDEN_CHECK_H_
+#define TESSERA_TESTS_MPI_MODEL_GOLDEN_CHECK_H_
+
+// The check of the tensor-parallel forward against Hugging Face transformers, shared by the
+// CPU test (model_golden_test, MPI) and the GPU one (tests/cuda/model_golden_cuda_test,
+// NCCL): for a golden checkpoint (tests/golden/models, made by generate.py there), the logits
+// of every prompt position and the greedy continuation must match what transformers
+// computed, on whatever device and at whatever degree the communicator gives.
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "nlohmann/json.hpp"
+#include "runtime/model/transformer.h"
+
+namespace tessera::model::testing {
+
+// The checkpoints of tests/golden/models that the check runs on.
+inline const std::vector<std::string>& GoldenArchitectures() {
+  static const std::vector<std::string> names = {
+      "llama", "llama_tied_linear", "llama_bf16", "mistral", "qwen2", "glm", "glm4"};
+  return names;
+}
+
+struct Golden {
+  std::string dtype;
+  std::vector<int32_t> prompt;
+  std::vector<std::vector<float>> logits;
+  std::vector<int64_t> greedy;
+};
+
+inline Golden ReadGolden(const std::string& dir) {
+  std::ifstream file(dir + "/golden.json");
+  std::stringstream text;
+  text << file.rdbuf();
+  nlohmann::json json = nlohmann::json::parse(text.str());
+  Golden golden;
+  golden.dtype = json["dtype"].get<std::string>();
+  golden.prompt = json["prompt"].get<std::vector<int32_t>>();
+  golden.logits = json["logits"].get<std::vector<std::vector<float>>>();
+  golden.greedy = json["greedy"].get<std::vector<int64_t>>();
+  return golden;
+}
+
+inline ForwardBatch SequenceStep(const std::vector<int32_t>& tokens, int begin, int end,
+                                 const KvCache& cache) {
+  return ForwardBatch::SingleSequence(tokens, begin, end, cache.num_blocks);
+}
+
+// Loads `dir` (a golden checkpoint) over `tp`, on tp's device, and checks its prefill logits
+// and greedy tokens with gtest assertions. Collective over `tp`.
+inline void ExpectMatchesGolden(const std::string& dir, comm::Communicator& tp) {
+  const std::string name = dir.substr(dir.find_last_of('/') + 1);
+  Golden golden = ReadGolden(dir);
+  absl::StatusOr<std::unique_ptr<Transformer>> model = Transformer::Load(dir, tp);
+  ASSERT_TRUE(model.ok()) << model.status();
+  Transformer& m = **model;
+  absl::StatusOr<KvCache> cache = m.AllocateKvCache(/*num_blocks=*/4, /*block_size=*/8);
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  const std::string where = m.device().ToString() + " at tp " + std::to_string(tp.size());
+
+  // Prefill: every position's logits. f32 must agree to 1e-4 of the row's largest logit;
+  // the bf16 checkpoint, which transformers runs in bf16 throughout and Tessera in f32 over
+  // bf16 weights, to 3e-2.
+  double tolerance = golden.dtype == "bfloat16" ? 3e-2 : 1e-4;
+  std::vector<int32_t> tokens = golden.prompt;
+  int prompt = static_cast<int>(tokens.size());
+  absl::StatusOr<Tensor> shard = m.Forward(SequenceStep(tokens, 0, prompt, *cache), *cache, true);
+  ASSERT_TRUE(shard.ok()) << shard.status();
+  absl::StatusOr<Tensor> logits = m.GatherLogits(*shard);
+  ASSERT_TRUE(logits.ok()) << logits.status();
+  int64_t vocab = m.config().vocab_size;
+  ASSERT_EQ(logits->dim(0), prompt);
+  double worst = 0;
+  int64_t nans = 0;  // std::max would drop them
+  for (int p = 0; p < prompt; ++p) {
+    double scale = 0, diff = 0;
+    for (int64_t v = 0; v < vocab; ++v) {
+      scale = std::max(scale, std::abs(static_cast<double>(golden.logits[p][v])));
+      double d =
+          std::abs(static_cast<double>(logits->data<float>()[p * vocab + v]) - golden.logits[p][v]);
+      if (std::isnan(d)) {
+        ++nans;
+      } else {
+        diff = std::max(diff, d);
+      }
+    }
+    worst = std::max(worst, diff / scale);
+  }
+  EXPECT_EQ(nans, 0) << name << " on " << where;
+  EXPECT_LE(worst, tolerance) << name << " on " << where;
+  if (tp.rank() == 0) {
+    std::printf("%s on %s: max relative logit error %.2e\n", name.c_str(), where.c_str(), worst);
+  }
+
+  // Greedy continuation, one token per step through the KV cache.
+  std::vector<int64_t> generated;
+  absl::StatusOr<Tensor> step_logits = m.Forward(SequenceStep(tokens, 0, prompt, *cache), *cache,
+                                                 /*all_positions=*/false);
+  ASSERT_TRUE(step_logits.ok()) << step_logits.status();
+  for (size_t i = 0; i < golden.greedy.size(); ++i) {
+    absl::StatusOr<std::vector<int64_t>> next = m.NextTokens(*step_logits, {}, {i});
+    ASSERT_TRUE(next.ok()) << next.status();
+    generated.push_back((*next)[0]);
+    tokens.push_back(static_cast<int32_t>((*next)[0]));
+    int length = static_cast<int>(tokens.size());
+    step_logits = m.Forward(SequenceStep(tokens, length - 1, length, *cache), *cache, false);
+    ASSERT_TRUE(step_logits.ok()) << step_logits.status();
+  }
+  EXPECT_EQ(generated, golden.greedy) << name << " on " << where;
+}
+
+}  // namespace tessera::model::testing
+
+#endif  // TESSERA_TESTS_MPI_MODEL_GOLDEN_CHECK_H_
