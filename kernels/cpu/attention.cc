@@ -10,6 +10,7 @@
 
 #include "kernels/cpu/check_shapes.h"
 #include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/exp_approx.h"
 #include "kernels/cpu/parallel.h"
 #include "runtime/core/status_macros.h"
 
@@ -44,28 +45,6 @@ inline float Dot(const float* __restrict a, const float* __restrict b, int64_t n
   return (two[0] + two[1]) + tail;
 }
 
-// e^x for x <= 0 (softmax exponents): within 2.5e-7 of std::exp over [-87, 0], e^-87 below;
-// x = n ln2 + r with |r| <= ln2 / 2, e^r by its degree-6 Taylor polynomial, 2^n through the
-// exponent bits. Branch-free, so a loop of it vectorizes; the same arithmetic for every row.
-inline float ExpNonPositive(float x) {
-  x = std::max(x, -87.0f);
-  // Round to nearest by adding and removing 1.5 * 2^23 (exact in float; vectorizes).
-  constexpr float kRound = 12582912.0f;
-  const float n = (x * 1.44269504088896341f + kRound) - kRound;
-  // r = x - n ln2 in two steps (ln2 split into a short high part and the rest) keeps r exact.
-  float r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  float p = 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  return p * std::bit_cast<float>(bits);
-}
-
 // Each of `rows` rows of `span` scores becomes its softmax, in place.
 inline void SoftmaxRows(float* scores, int64_t rows, int64_t span) {
   for (int64_t h = 0; h < rows; ++h) {
@@ -97,7 +76,7 @@ struct SequenceCache {
 // never depend on the batch.
 __attribute__((target_clones("avx2", "default"))) void AttendQuery(
     const SequenceCache& cache, int64_t kv_heads, int64_t group, int64_t head_dim, int64_t first,
-    int64_t last, const float* q, float scale, float* scores, float* out) {
+    int64_t last, const float* q, float scale, float* scores, int64_t* /*rows*/, float* out) {
   const int64_t span = last - first + 1;
   const int64_t heads = kv_heads * group;
   for (int64_t p = first, j = 0; p <= last;) {
@@ -136,63 +115,99 @@ __attribute__((target_clones("avx2", "default"))) void AttendQuery(
   }
 }
 
-// AttendQuery with AVX2 and FMA, for head_dim a multiple of 8: eight lanes of each head's
-// dot products and value sums at a time. Used on every row when the machine has them.
+// The sum of v's eight lanes as ((0+1)+(2+3)) + ((4+5)+(6+7)).
+__attribute__((target("avx2,fma"))) inline float SumLanesTree(__m256 v) {
+  __m256 t = _mm256_hadd_ps(v, v);  // [01 23 01 23 | 45 67 45 67]
+  t = _mm256_hadd_ps(t, t);         // [0123 x4 | 4567 x4]
+  return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
+}
+
+// Lane i = SumLanesTree(v[i]), bitwise, for eight vectors at once.
+__attribute__((target("avx2,fma"))) inline __m256 SumLanesTree8(const __m256* v) {
+  const __m256 ab = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+  const __m256 cd = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+  // ab = [low sums of v0..v3 | high sums of v0..v3], cd the same for v4..v7.
+  return _mm256_add_ps(_mm256_permute2f128_ps(ab, cd, 0x20), _mm256_permute2f128_ps(ab, cd, 0x31));
+}
+
+// q . k over head_dim (a multiple of 8), as eight lanes still to be summed.
+__attribute__((target("avx2,fma"))) inline __m256 DotLanes(const float* q, const float* k,
+                                                          int64_t head_dim) {
+  __m256 sum = _mm256_mul_ps(_mm256_loadu_ps(q), _mm256_loadu_ps(k));
+  for (int64_t d = 8; d < head_dim; d += 8) {
+    sum = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(k + d), sum);
+  }
+  return sum;
+}
+
+// out (N x 8 floats) = sum over j of weights[j] * values[rows[j]] (N x 8 floats), in j order
+// by fused multiply-adds from zero; the N accumulators stay in registers.
+template <int N>
+__attribute__((target("avx2,fma"))) void WeightedSum(const float* weights, const float* values,
+                                                     const int64_t* rows, int64_t span,
+                                                     float* out) {
+  __m256 acc[N];
+  for (int n = 0; n < N; ++n) acc[n] = _mm256_setzero_ps();
+  for (int64_t j = 0; j < span; ++j) {
+    const __m256 w = _mm256_broadcast_ss(weights + j);
+    const float* v = values + rows[j];
+    for (int n = 0; n < N; ++n) acc[n] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 8 * n), acc[n]);
+  }
+  for (int n = 0; n < N; ++n) _mm256_storeu_ps(out + 8 * n, acc[n]);
+}
+
+// AttendQuery with AVX2 and FMA, for head_dim a multiple of 8, head by head: the scores of
+// eight cached positions are summed across lanes together (SumLanesTree8), and each head's
+// weighted sum of values is accumulated in registers. Every score is reduced in the same
+// tree whether or not it falls in a group of eight, so a query's result depends only on
+// its own position and context. rows (last - first + 1) is scratch for the cache offsets.
 __attribute__((target("avx2,fma"))) void AttendQueryAvx2(
     const SequenceCache& cache, int64_t kv_heads, int64_t group, int64_t head_dim, int64_t first,
-    int64_t last, const float* q, float scale, float* scores, float* out) {
+    int64_t last, const float* q, float scale, float* scores, int64_t* rows, float* out) {
   const int64_t span = last - first + 1;
   const int64_t heads = kv_heads * group;
-  for (int64_t p = first, j = 0; p <= last;) {
+  for (int64_t p = first, j = 0; p <= last; ++p, ++j) {
     const int64_t block = cache.table[p / cache.block_size];
-    const int64_t offset = p % cache.block_size;
-    const int64_t run = std::min(cache.block_size - offset, last - p + 1);
-    const float* key = cache.k + (block * cache.block_size + offset) * cache.kv_row;
-    for (int64_t r = 0; r < run; ++r, ++j, key += cache.kv_row) {
-      for (int64_t kv = 0, h = 0; kv < kv_heads; ++kv) {
-        const float* kh = key + kv * head_dim;
-        for (int64_t g = 0; g < group; ++g, ++h) {
-          const float* qh = q + h * head_dim;
-          __m256 sum = _mm256_mul_ps(_mm256_loadu_ps(qh), _mm256_loadu_ps(kh));
-          for (int64_t d = 8; d < head_dim; d += 8) {
-            sum = _mm256_fmadd_ps(_mm256_loadu_ps(qh + d), _mm256_loadu_ps(kh + d), sum);
-          }
-          // 8 -> 4 -> 2 -> 1 lanes, always in this order.
-          __m128 four = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
-          __m128 two = _mm_add_ps(four, _mm_movehl_ps(four, four));
-          __m128 one = _mm_add_ss(two, _mm_movehdup_ps(two));
-          scores[h * span + j] = _mm_cvtss_f32(one) * scale;
-        }
+    rows[j] = (block * cache.block_size + p % cache.block_size) * cache.kv_row;
+  }
+  const __m256 scale8 = _mm256_set1_ps(scale);
+  for (int64_t kv = 0, h = 0; kv < kv_heads; ++kv) {
+    const float* keys = cache.k + kv * head_dim;
+    for (int64_t g = 0; g < group; ++g, ++h) {
+      const float* qh = q + h * head_dim;
+      float* row = scores + h * span;
+      int64_t j = 0;
+      for (; j + 8 <= span; j += 8) {
+        __m256 lanes[8];
+        for (int i = 0; i < 8; ++i) lanes[i] = DotLanes(qh, keys + rows[j + i], head_dim);
+        _mm256_storeu_ps(row + j, _mm256_mul_ps(SumLanesTree8(lanes), scale8));
       }
+      for (; j < span; ++j) row[j] = SumLanesTree(DotLanes(qh, keys + rows[j], head_dim)) * scale;
     }
-    p += run;
   }
   SoftmaxRows(scores, heads, span);
-  std::fill(out, out + heads * head_dim, 0.0f);
-  for (int64_t p = first, j = 0; p <= last;) {
-    const int64_t block = cache.table[p / cache.block_size];
-    const int64_t offset = p % cache.block_size;
-    const int64_t run = std::min(cache.block_size - offset, last - p + 1);
-    const float* value = cache.v + (block * cache.block_size + offset) * cache.kv_row;
-    for (int64_t r = 0; r < run; ++r, ++j, value += cache.kv_row) {
-      for (int64_t kv = 0, h = 0; kv < kv_heads; ++kv) {
-        const float* v = value + kv * head_dim;
-        for (int64_t g = 0; g < group; ++g, ++h) {
-          const __m256 weight = _mm256_set1_ps(scores[h * span + j]);
-          float* o = out + h * head_dim;
-          for (int64_t d = 0; d < head_dim; d += 8) {
-            _mm256_storeu_ps(
-                o + d, _mm256_fmadd_ps(weight, _mm256_loadu_ps(v + d), _mm256_loadu_ps(o + d)));
-          }
-        }
+  for (int64_t kv = 0, h = 0; kv < kv_heads; ++kv) {
+    const float* values = cache.v + kv * head_dim;
+    for (int64_t g = 0; g < group; ++g, ++h) {
+      const float* weights = scores + h * span;
+      float* o = out + h * head_dim;
+      int64_t d = 0;
+      for (; d + 64 <= head_dim; d += 64) WeightedSum<8>(weights, values + d, rows, span, o + d);
+      if (head_dim - d >= 32) {
+        WeightedSum<4>(weights, values + d, rows, span, o + d);
+        d += 32;
       }
+      if (head_dim - d >= 16) {
+        WeightedSum<2>(weights, values + d, rows, span, o + d);
+        d += 16;
+      }
+      if (head_dim - d >= 8) WeightedSum<1>(weights, values + d, rows, span, o + d);
     }
-    p += run;
   }
 }
 
 using AttendQueryFn = void (*)(const SequenceCache&, int64_t, int64_t, int64_t, int64_t, int64_t,
-                               const float*, float, float*, float*);
+                               const float*, float, float*, int64_t*, float*);
 
 AttendQueryFn AttendQueryFor(int64_t head_dim) {
   return head_dim % 8 == 0 && HasAvx2Fma() ? AttendQueryAvx2 : AttendQuery;
@@ -306,6 +321,7 @@ absl::Status PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor
   const AttendQueryFn attend = AttendQueryFor(head_dim);
   ParallelFor(tokens, work < kParallelWork ? tokens : 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
+    std::vector<int64_t> rows;
     for (int64_t row = begin; row < end; ++row) {
       const int64_t s = row_sequence[row];
       const int64_t position = row_position[row];
@@ -314,10 +330,11 @@ absl::Status PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor
         first = std::max<int64_t>(0, position - params.sliding_window + 1);
       }
       scores.resize(heads * (position - first + 1));
+      rows.resize(position - first + 1);
       SequenceCache cache{k_data, v_data, tables + s * max_blocks, block_size, kv_row};
       const int64_t offset = row * heads * head_dim;
       attend(cache, kv_heads, group, head_dim, first, position, q_data + offset, params.scale,
-             scores.data(), out_data + offset);
+             scores.data(), rows.data(), out_data + offset);
     }
   });
   return absl::OkStatus();

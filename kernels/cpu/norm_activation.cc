@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "kernels/cpu/check_shapes.h"
+#include "kernels/cpu/exp_approx.h"
 #include "runtime/core/status_macros.h"
 
 namespace tessera::kernels {
@@ -112,7 +113,7 @@ absl::Status SiluMul(const Tensor& gate_up, Tensor& out) {
     const float* gate = in + t * 2 * inner;
     const float* up = gate + inner;
     for (int64_t i = 0; i < inner; ++i) {
-      o[t * inner + i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+      o[t * inner + i] = gate[i] * Sigmoid(gate[i]) * up[i];
     }
   }
   return absl::OkStatus();

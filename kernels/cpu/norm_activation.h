@@ -31,7 +31,7 @@ absl::Status AddRmsNorm(Tensor& residual, const Tensor& x, const Tensor& weight,
                         Tensor& out);
 
 // gate_up (T, 2I) f32 holding [gate | up] -> out (T, I) f32: out = silu(gate) * up, where
-// silu(g) = g / (1 + exp(-g)).
+// silu(g) = g / (1 + exp(-g)), the exponent within 2.5e-7 of std::exp (exp_approx.h).
 absl::Status SiluMul(const Tensor& gate_up, Tensor& out);
 
 // x (R, C) f32, in place: each row becomes softmax(row), computed with the row maximum
