@@ -66,6 +66,7 @@ struct SequenceCache {
   const int32_t* table;  // the sequence's block table
   int64_t block_size;
   int64_t kv_row;        // floats per cached token: kv_heads * head_dim
+  const int64_t* head_offsets;  // (h / group) * head_dim for each query head h
 };
 
 // One query position against cached positions [first, last], every head at once:
@@ -76,7 +77,7 @@ struct SequenceCache {
 // never depend on the batch.
 __attribute__((target_clones("avx2", "default"))) void AttendQuery(
     const SequenceCache& cache, int64_t kv_heads, int64_t group, int64_t head_dim, int64_t first,
-    int64_t last, const float* q, float scale, float* scores, int64_t* /*rows*/, float* out) {
+    int64_t last, const float* q, float scale, float* scores, float* out) {
   const int64_t span = last - first + 1;
   const int64_t heads = kv_heads * group;
   for (int64_t p = first, j = 0; p <= last;) {
@@ -115,14 +116,8 @@ __attribute__((target_clones("avx2", "default"))) void AttendQuery(
   }
 }
 
-// The sum of v's eight lanes as ((0+1)+(2+3)) + ((4+5)+(6+7)).
-__attribute__((target("avx2,fma"))) inline float SumLanesTree(__m256 v) {
-  __m256 t = _mm256_hadd_ps(v, v);  // [01 23 01 23 | 45 67 45 67]
-  t = _mm256_hadd_ps(t, t);         // [0123 x4 | 4567 x4]
-  return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
-}
-
-// Lane i = SumLanesTree(v[i]), bitwise, for eight vectors at once.
+// Lane i = the sum of v[i]'s eight lanes as ((0+1)+(2+3)) + ((4+5)+(6+7)), for eight
+// vectors at once.
 __attribute__((target("avx2,fma"))) inline __m256 SumLanesTree8(const __m256* v) {
   const __m256 ab = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
   const __m256 cd = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
@@ -140,74 +135,96 @@ __attribute__((target("avx2,fma"))) inline __m256 DotLanes(const float* q, const
   return sum;
 }
 
-// out (N x 8 floats) = sum over j of weights[j] * values[rows[j]] (N x 8 floats), in j order
-// by fused multiply-adds from zero; the N accumulators stay in registers.
-template <int N>
-__attribute__((target("avx2,fma"))) void WeightedSum(const float* weights, const float* values,
-                                                     const int64_t* rows, int64_t span,
-                                                     float* out) {
-  __m256 acc[N];
-  for (int n = 0; n < N; ++n) acc[n] = _mm256_setzero_ps();
-  for (int64_t j = 0; j < span; ++j) {
-    const __m256 w = _mm256_broadcast_ss(weights + j);
-    const float* v = values + rows[j];
-    for (int n = 0; n < N; ++n) acc[n] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 8 * n), acc[n]);
+// ExpNonPositive (exp_approx.h) on eight lanes, operation for operation.
+__attribute__((target("avx2,fma"))) inline __m256 ExpNonPositive8(__m256 x) {
+  const __m256 round = _mm256_set1_ps(12582912.0f);
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  const __m256 n = _mm256_sub_ps(
+      _mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), round), round);
+  __m256 r = _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(0.693359375f)));
+  r = _mm256_add_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(2.12194440e-4f)));
+  __m256 p = _mm256_set1_ps(1.0f / 720.0f);
+  for (float c : {1.0f / 120.0f, 1.0f / 24.0f, 1.0f / 6.0f, 0.5f, 1.0f, 1.0f}) {
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(c));
   }
-  for (int n = 0; n < N; ++n) _mm256_storeu_ps(out + 8 * n, acc[n]);
+  const __m256i bits = _mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
 }
 
-// AttendQuery with AVX2 and FMA, for head_dim a multiple of 8, head by head: the scores of
-// eight cached positions are summed across lanes together (SumLanesTree8), and each head's
-// weighted sum of values is accumulated in registers. Every score is reduced in the same
-// tree whether or not it falls in a group of eight, so a query's result depends only on
-// its own position and context. rows (last - first + 1) is scratch for the cache offsets.
+// AttendQuery with AVX2 and FMA, for head_dim a multiple of 8. Cached rows are read whole and
+// in order as there; the scores are kept position-major, (span, heads rounded up to 8), so
+// that each position's head scores are summed across lanes eight at a time (SumLanesTree8,
+// zeros standing in for missing heads) and the softmax runs eight heads per vector along the
+// positions. Every score takes the same arithmetic whatever its place, so a query's result
+// depends only on its own position and context. scores holds span * RoundUp8(heads) floats.
 __attribute__((target("avx2,fma"))) void AttendQueryAvx2(
     const SequenceCache& cache, int64_t kv_heads, int64_t group, int64_t head_dim, int64_t first,
-    int64_t last, const float* q, float scale, float* scores, int64_t* rows, float* out) {
+    int64_t last, const float* q, float scale, float* scores, float* out) {
   const int64_t span = last - first + 1;
   const int64_t heads = kv_heads * group;
-  for (int64_t p = first, j = 0; p <= last; ++p, ++j) {
-    const int64_t block = cache.table[p / cache.block_size];
-    rows[j] = (block * cache.block_size + p % cache.block_size) * cache.kv_row;
-  }
+  const int64_t stride = (heads + 7) / 8 * 8;
   const __m256 scale8 = _mm256_set1_ps(scale);
-  for (int64_t kv = 0, h = 0; kv < kv_heads; ++kv) {
-    const float* keys = cache.k + kv * head_dim;
-    for (int64_t g = 0; g < group; ++g, ++h) {
-      const float* qh = q + h * head_dim;
-      float* row = scores + h * span;
-      int64_t j = 0;
-      for (; j + 8 <= span; j += 8) {
+  for (int64_t p = first, j = 0; p <= last;) {
+    const int64_t block = cache.table[p / cache.block_size];
+    const int64_t offset = p % cache.block_size;
+    const int64_t run = std::min(cache.block_size - offset, last - p + 1);
+    const float* key = cache.k + (block * cache.block_size + offset) * cache.kv_row;
+    for (int64_t r = 0; r < run; ++r, ++j, key += cache.kv_row) {
+      for (int64_t h0 = 0; h0 < heads; h0 += 8) {
         __m256 lanes[8];
-        for (int i = 0; i < 8; ++i) lanes[i] = DotLanes(qh, keys + rows[j + i], head_dim);
-        _mm256_storeu_ps(row + j, _mm256_mul_ps(SumLanesTree8(lanes), scale8));
+        for (int64_t i = 0; i < 8; ++i) {
+          const int64_t h = h0 + i;
+          lanes[i] = h < heads ? DotLanes(q + h * head_dim, key + cache.head_offsets[h], head_dim)
+                               : _mm256_setzero_ps();
+        }
+        _mm256_storeu_ps(scores + j * stride + h0, _mm256_mul_ps(SumLanesTree8(lanes), scale8));
       }
-      for (; j < span; ++j) row[j] = SumLanesTree(DotLanes(qh, keys + rows[j], head_dim)) * scale;
+    }
+    p += run;
+  }
+  // Softmax of each head's column, eight heads at a time; sums run in position order.
+  for (int64_t h0 = 0; h0 < stride; h0 += 8) {
+    __m256 max = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int64_t j = 0; j < span; ++j) max = _mm256_max_ps(max, _mm256_loadu_ps(scores + j * stride + h0));
+    __m256 sum = _mm256_setzero_ps();
+    for (int64_t j = 0; j < span; ++j) {
+      float* s = scores + j * stride + h0;
+      const __m256 e = ExpNonPositive8(_mm256_sub_ps(_mm256_loadu_ps(s), max));
+      _mm256_storeu_ps(s, e);
+      sum = _mm256_add_ps(sum, e);
+    }
+    const __m256 inverse = _mm256_div_ps(_mm256_set1_ps(1.0f), sum);
+    for (int64_t j = 0; j < span; ++j) {
+      float* s = scores + j * stride + h0;
+      _mm256_storeu_ps(s, _mm256_mul_ps(_mm256_loadu_ps(s), inverse));
     }
   }
-  SoftmaxRows(scores, heads, span);
-  for (int64_t kv = 0, h = 0; kv < kv_heads; ++kv) {
-    const float* values = cache.v + kv * head_dim;
-    for (int64_t g = 0; g < group; ++g, ++h) {
-      const float* weights = scores + h * span;
-      float* o = out + h * head_dim;
-      int64_t d = 0;
-      for (; d + 64 <= head_dim; d += 64) WeightedSum<8>(weights, values + d, rows, span, o + d);
-      if (head_dim - d >= 32) {
-        WeightedSum<4>(weights, values + d, rows, span, o + d);
-        d += 32;
+  std::fill(out, out + heads * head_dim, 0.0f);
+  for (int64_t p = first, j = 0; p <= last;) {
+    const int64_t block = cache.table[p / cache.block_size];
+    const int64_t offset = p % cache.block_size;
+    const int64_t run = std::min(cache.block_size - offset, last - p + 1);
+    const float* value = cache.v + (block * cache.block_size + offset) * cache.kv_row;
+    for (int64_t r = 0; r < run; ++r, ++j, value += cache.kv_row) {
+      for (int64_t kv = 0, h = 0; kv < kv_heads; ++kv) {
+        const float* v = value + kv * head_dim;
+        for (int64_t g = 0; g < group; ++g, ++h) {
+          const __m256 weight = _mm256_set1_ps(scores[j * stride + h]);
+          float* o = out + h * head_dim;
+          for (int64_t d = 0; d < head_dim; d += 8) {
+            _mm256_storeu_ps(
+                o + d, _mm256_fmadd_ps(weight, _mm256_loadu_ps(v + d), _mm256_loadu_ps(o + d)));
+          }
+        }
       }
-      if (head_dim - d >= 16) {
-        WeightedSum<2>(weights, values + d, rows, span, o + d);
-        d += 16;
-      }
-      if (head_dim - d >= 8) WeightedSum<1>(weights, values + d, rows, span, o + d);
     }
+    p += run;
   }
 }
 
 using AttendQueryFn = void (*)(const SequenceCache&, int64_t, int64_t, int64_t, int64_t, int64_t,
-                               const float*, float, float*, int64_t*, float*);
+                               const float*, float, float*, float*);
 
 AttendQueryFn AttendQueryFor(int64_t head_dim) {
   return head_dim % 8 == 0 && HasAvx2Fma() ? AttendQueryAvx2 : AttendQuery;
@@ -319,9 +336,10 @@ absl::Status PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor
   const float* q_data = q.data<float>();
   float* out_data = out.data<float>();
   const AttendQueryFn attend = AttendQueryFor(head_dim);
+  std::vector<int64_t> head_offsets(heads);
+  for (int64_t h = 0; h < heads; ++h) head_offsets[h] = h / group * head_dim;
   ParallelFor(tokens, work < kParallelWork ? tokens : 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
-    std::vector<int64_t> rows;
     for (int64_t row = begin; row < end; ++row) {
       const int64_t s = row_sequence[row];
       const int64_t position = row_position[row];
@@ -329,12 +347,12 @@ absl::Status PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor
       if (params.sliding_window > 0) {
         first = std::max<int64_t>(0, position - params.sliding_window + 1);
       }
-      scores.resize(heads * (position - first + 1));
-      rows.resize(position - first + 1);
-      SequenceCache cache{k_data, v_data, tables + s * max_blocks, block_size, kv_row};
+      scores.resize((heads + 7) / 8 * 8 * (position - first + 1));
+      SequenceCache cache{k_data,     v_data, tables + s * max_blocks, block_size,
+                          kv_row,     head_offsets.data()};
       const int64_t offset = row * heads * head_dim;
       attend(cache, kv_heads, group, head_dim, first, position, q_data + offset, params.scale,
-             scores.data(), rows.data(), out_data + offset);
+             scores.data(), out_data + offset);
     }
   });
   return absl::OkStatus();
