@@ -135,23 +135,6 @@ __attribute__((target("avx2,fma"))) inline __m256 DotLanes(const float* q, const
   return sum;
 }
 
-// ExpNonPositive (exp_approx.h) on eight lanes, operation for operation.
-__attribute__((target("avx2,fma"))) inline __m256 ExpNonPositive8(__m256 x) {
-  const __m256 round = _mm256_set1_ps(12582912.0f);
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-  const __m256 n = _mm256_sub_ps(
-      _mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), round), round);
-  __m256 r = _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(0.693359375f)));
-  r = _mm256_add_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(2.12194440e-4f)));
-  __m256 p = _mm256_set1_ps(1.0f / 720.0f);
-  for (float c : {1.0f / 120.0f, 1.0f / 24.0f, 1.0f / 6.0f, 0.5f, 1.0f, 1.0f}) {
-    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(c));
-  }
-  const __m256i bits = _mm256_slli_epi32(
-      _mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
-}
-
 // AttendQuery with AVX2 and FMA, for head_dim a multiple of 8. Cached rows are read whole and
 // in order as there; the scores are kept position-major, (span, heads rounded up to 8), so
 // that each position's head scores are summed across lanes eight at a time (SumLanesTree8,

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "kernels/cpu/check_shapes.h"
+#include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/exp_approx.h"
 #include "runtime/core/status_macros.h"
 
@@ -96,6 +97,23 @@ absl::Status AddRmsNorm(Tensor& residual, const Tensor& x, const Tensor& weight,
   return absl::OkStatus();
 }
 
+namespace {
+
+// out[i] = gate[i] * sigmoid(gate[i]) * up[i] for the whole groups of eight in [0, n);
+// returns how many it did. A column always takes the same path, whatever the rows.
+__attribute__((target("avx2,fma"))) int64_t SiluMulAvx2(const float* gate, const float* up,
+                                                        float* out, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 g = _mm256_loadu_ps(gate + i);
+    _mm256_storeu_ps(out + i,
+                     _mm256_mul_ps(_mm256_mul_ps(g, Sigmoid8(g)), _mm256_loadu_ps(up + i)));
+  }
+  return i;
+}
+
+}  // namespace
+
 absl::Status SiluMul(const Tensor& gate_up, Tensor& out) {
   constexpr char kKernel[] = "SiluMul";
   TESSERA_RETURN_IF_ERROR(ExpectDType(kKernel, "gate_up", gate_up, {DType::kF32}));
@@ -109,10 +127,12 @@ absl::Status SiluMul(const Tensor& gate_up, Tensor& out) {
   TESSERA_RETURN_IF_ERROR(ExpectShape(kKernel, "out", out, {rows, inner}));
   const float* in = gate_up.data<float>();
   float* o = out.data<float>();
+  const bool avx2 = HasAvx2Fma();
   for (int64_t t = 0; t < rows; ++t) {
     const float* gate = in + t * 2 * inner;
     const float* up = gate + inner;
-    for (int64_t i = 0; i < inner; ++i) {
+    const int64_t done = avx2 ? SiluMulAvx2(gate, up, o + t * inner, inner) : 0;
+    for (int64_t i = done; i < inner; ++i) {
       o[t * inner + i] = gate[i] * Sigmoid(gate[i]) * up[i];
     }
   }
