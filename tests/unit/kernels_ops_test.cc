@@ -19,6 +19,7 @@
 #include "kernels/ops/row_ops.h"
 #include "runtime/core/stream.h"
 #include "runtime/core/tensor_values.h"
+#include "tests/unit/random_tensor.h"
 #include "tests/unit/status_test_util.h"
 
 namespace tessera::kernels {
@@ -29,12 +30,7 @@ using ::tessera::testing::IsError;
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
 Tensor Random(DType dtype, Shape shape, uint32_t seed) {
-  absl::StatusOr<Tensor> t = Tensor::Empty(dtype, std::move(shape));
-  TESSERA_CHECK(t.ok(), "allocation");
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal;
-  FillWith(*t, [&](int64_t) { return normal(rng); });
-  return *t;
+  return ::tessera::testing::RandomTensor(dtype, std::move(shape), seed);
 }
 
 Tensor Copy(const Tensor& t) {

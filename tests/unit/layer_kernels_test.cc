@@ -19,18 +19,14 @@
 #include "kernels/cpu/sampling.h"
 #include "runtime/core/stream.h"
 #include "runtime/core/tensor_values.h"
+#include "tests/unit/random_tensor.h"
 #include "tests/unit/status_test_util.h"
 
 namespace tessera::kernels {
 namespace {
 
 Tensor Random(DType dtype, Shape shape, uint32_t seed) {
-  absl::StatusOr<Tensor> t = Tensor::Empty(dtype, std::move(shape));
-  TESSERA_CHECK(t.ok(), "allocation");
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal;
-  FillWith(*t, [&](int64_t) { return normal(rng); });
-  return *t;
+  return ::tessera::testing::RandomTensor(dtype, std::move(shape), seed);
 }
 
 Tensor Zeros(DType dtype, Shape shape) {
