@@ -72,8 +72,8 @@ __attribute__((target("avx2,fma"))) inline float SumLanes(__m256 v) {
 // order whatever MR and NR are, so an output never depends on how many rows share the
 // call. The MR x NR independent accumulators hide the FMA latency.
 template <int MR, int NR, typename W>
-__attribute__((target("avx2,fma"))) void TileAvx2(const float* x, const W* w, float* out,
-                                                  int64_t n, int64_t k) {
+__attribute__((target("avx2,fma"))) void TileAvx2(const float* x, const W* w, float* out, int64_t n,
+                                                  int64_t k) {
   __m256 acc[MR][NR];
   for (int r = 0; r < MR; ++r) {
     for (int c = 0; c < NR; ++c) acc[r][c] = _mm256_setzero_ps();
@@ -96,31 +96,94 @@ __attribute__((target("avx2,fma"))) void TileAvx2(const float* x, const W* w, fl
   }
 }
 
-// out rows [0, MR) x columns [j_begin, j_end), in tiles of 3 weight rows and smaller ones at
-// the edge.
-template <int MR, typename W>
-__attribute__((target("avx2,fma"))) void ColumnsAvx2(const float* x, const W* w, float* out,
-                                                     int64_t n, int64_t k, int64_t j_begin,
-                                                     int64_t j_end) {
-  int64_t j = j_begin;
-  for (; j + 3 <= j_end; j += 3) TileAvx2<MR, 3>(x, w + j * k, out + j, n, k);
-  if (j_end - j == 2) TileAvx2<MR, 2>(x, w + j * k, out + j, n, k);
-  if (j_end - j == 1) TileAvx2<MR, 1>(x, w + j * k, out + j, n, k);
+// The same with sixteen lanes (AVX-512): out (MR, NR) = x (MR, K) . w (NR, K)^T, one
+// sixteen-lane accumulator per output over k in steps of 16, the lanes summed in a fixed
+// order, then the tail in index order. A machine with AVX-512 always takes this path, so
+// rows stay independent of the batch.
+// GCC 12's AVX-512 intrinsics start from a deliberately undefined register, which its
+// own uninitialized-variable warnings flag inside the headers.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+__attribute__((target("avx512f,avx2,fma"))) inline __m512 LoadSixteen(const float* w) {
+  return _mm512_loadu_ps(w);
 }
+__attribute__((target("avx512f,avx2,fma"))) inline __m512 LoadSixteen(const uint16_t* w) {
+  __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+__attribute__((target("avx512f,avx2,fma"))) inline float SumLanes16(__m512 v) {
+  __m256 high = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+  return SumLanes(_mm256_add_ps(_mm512_castps512_ps256(v), high));
+}
+
+template <int MR, int NR, typename W>
+__attribute__((target("avx512f,avx2,fma"))) void TileAvx512(const float* x, const W* w, float* out,
+                                                            int64_t n, int64_t k) {
+  __m512 acc[MR][NR];
+  for (int r = 0; r < MR; ++r) {
+    for (int c = 0; c < NR; ++c) acc[r][c] = _mm512_setzero_ps();
+  }
+  int64_t i = 0;
+  for (; i + 16 <= k; i += 16) {
+    __m512 wv[NR];
+    for (int c = 0; c < NR; ++c) wv[c] = LoadSixteen(w + c * k + i);
+    for (int r = 0; r < MR; ++r) {
+      __m512 xv = _mm512_loadu_ps(x + r * k + i);
+      for (int c = 0; c < NR; ++c) acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    for (int c = 0; c < NR; ++c) {
+      float sum = SumLanes16(acc[r][c]);
+      for (int64_t t = i; t < k; ++t) sum = std::fma(x[r * k + t], ToFloat(w[c * k + t]), sum);
+      out[r * n + c] = sum;
+    }
+  }
+}
+
+#pragma GCC diagnostic pop
+
+// Columns [j_begin, j_end) of rows [0, MR) of out: tiles of NR weight rows (more for a
+// single row of x, whose tile is otherwise too short to hide the FMA latency), single
+// weight rows at the edge.
+struct Avx2Tiles {
+  template <int MR, typename W>
+  static void Columns(const float* x, const W* w, float* out, int64_t n, int64_t k, int64_t j_begin,
+                      int64_t j_end) {
+    int64_t j = j_begin;
+    for (; j + 3 <= j_end; j += 3) TileAvx2<MR, 3>(x, w + j * k, out + j, n, k);
+    for (; j < j_end; ++j) TileAvx2<MR, 1>(x, w + j * k, out + j, n, k);
+  }
+};
+
+struct Avx512Tiles {
+  template <int MR, typename W>
+  static void Columns(const float* x, const W* w, float* out, int64_t n, int64_t k, int64_t j_begin,
+                      int64_t j_end) {
+    constexpr int kNR = MR == 1 ? 8 : 4;
+    int64_t j = j_begin;
+    for (; j + kNR <= j_end; j += kNR) TileAvx512<MR, kNR>(x, w + j * k, out + j, n, k);
+    for (; j < j_end; ++j) TileAvx512<MR, 1>(x, w + j * k, out + j, n, k);
+  }
+};
 
 // Columns [j_begin, j_end) of every row of out: kXRowsPerPass rows of x at a time against
 // kRowsPerTask weight rows, in tiles of 4 x rows (and single rows at the edge).
-template <typename W>
-__attribute__((target("avx2,fma"))) void RowsAvx2(const float* x, const W* w, float* out,
-                                                  int64_t m, int64_t n, int64_t k,
-                                                  int64_t j_begin, int64_t j_end) {
+template <typename Tiles, typename W>
+void RowsVector(const float* x, const W* w, float* out, int64_t m, int64_t n, int64_t k,
+                int64_t j_begin, int64_t j_end) {
   for (int64_t i0 = 0; i0 < m; i0 += kXRowsPerPass) {
     const int64_t i_end = std::min(m, i0 + kXRowsPerPass);
     for (int64_t jb = j_begin; jb < j_end; jb += kRowsPerTask) {
       const int64_t jb_end = std::min(j_end, jb + kRowsPerTask);
       int64_t i = i0;
-      for (; i + 4 <= i_end; i += 4) ColumnsAvx2<4>(x + i * k, w, out + i * n, n, k, jb, jb_end);
-      for (; i < i_end; ++i) ColumnsAvx2<1>(x + i * k, w, out + i * n, n, k, jb, jb_end);
+      for (; i + 4 <= i_end; i += 4) {
+        Tiles::template Columns<4>(x + i * k, w, out + i * n, n, k, jb, jb_end);
+      }
+      for (; i < i_end; ++i)
+        Tiles::template Columns<1>(x + i * k, w, out + i * n, n, k, jb, jb_end);
     }
   }
 }
@@ -135,14 +198,20 @@ void LinearRows(const float* x, const W* w, float* out, int64_t m, int64_t n, in
   const int64_t tasks = (n + kRowsPerTask - 1) / kRowsPerTask;
   // Enough work per thread to be worth waking it: about 64k multiply-adds.
   const int64_t min_tasks = std::max<int64_t>(1, 65536 / (m * k * kRowsPerTask));
-  const bool avx2 = HasAvx2Fma();
+  const CpuVector path = CpuVectorPath();
   ParallelFor(tasks, min_tasks, [&](int64_t t_begin, int64_t t_end) {
     const int64_t j_begin = t_begin * kRowsPerTask;
     const int64_t j_end = std::min(n, t_end * kRowsPerTask);
-    if (avx2) {
-      RowsAvx2(x, w, out, m, n, k, j_begin, j_end);
-    } else {
-      RowsPortable(x, w, out, m, n, k, j_begin, j_end);
+    switch (path) {
+      case CpuVector::kAvx512:
+        RowsVector<Avx512Tiles>(x, w, out, m, n, k, j_begin, j_end);
+        break;
+      case CpuVector::kAvx2:
+        RowsVector<Avx2Tiles>(x, w, out, m, n, k, j_begin, j_end);
+        break;
+      case CpuVector::kPortable:
+        RowsPortable(x, w, out, m, n, k, j_begin, j_end);
+        break;
     }
   });
 }

@@ -1,6 +1,8 @@
 #include "kernels/cpu/parallel.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <memory>
@@ -24,18 +26,33 @@ int ThreadsFromEnvironment() {
   return std::max(1, cores / ranks);
 }
 
-// Workers wait for a generation number to change, run their share of the current job and
-// count themselves done. One job at a time (callers are serialized by `submit_`).
+// How long a worker keeps polling for the next job before it sleeps, and how long the
+// submitting thread polls for the workers to finish before it yields between polls. A
+// forward pass runs its kernels back to back, each a few microseconds to a few
+// milliseconds; waking a sleeping thread costs tens of microseconds on a loaded or virtual
+// machine, more than a small kernel's whole share, so workers stay hot between kernels and
+// sleep only when the process stops calling (an idle engine).
+constexpr auto kWorkerSpin = std::chrono::microseconds(200);
+constexpr int kPollsBeforeYield = 4096;
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+// Workers watch a generation number, run their share of the current job and count
+// themselves done. One job at a time (callers are serialized by `submit_`). A worker that
+// has seen no new job for kWorkerSpin sleeps on `wake_`; the submitter notifies only when
+// one is asleep.
 class Pool {
  public:
   explicit Pool(int workers) {
     for (int w = 0; w < workers; ++w) threads_.emplace_back([this, w] { Work(w); });
   }
   ~Pool() {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      stop_ = true;
-    }
+    stop_.store(true);
+    { std::lock_guard<std::mutex> lock(mutex_); }
     wake_.notify_all();
     for (std::thread& t : threads_) t.join();
   }
@@ -44,19 +61,23 @@ class Pool {
 
   void Run(int64_t items, const std::function<void(int64_t, int64_t)>& fn) {
     std::lock_guard<std::mutex> serial(submit_);
-    const int parts = workers() + 1;
-    {
+    job_ = &fn;
+    items_ = items;
+    parts_ = workers() + 1;
+    pending_.store(workers());
+    generation_.fetch_add(1);  // publishes the job to the workers
+    if (sleepers_.load() > 0) {
       std::lock_guard<std::mutex> lock(mutex_);
-      job_ = &fn;
-      items_ = items;
-      parts_ = parts;
-      pending_ = workers();
-      ++generation_;
+      wake_.notify_all();
     }
-    wake_.notify_all();
     RunPart(0);
-    std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [this] { return pending_ == 0; });
+    for (int polls = 0; pending_.load(std::memory_order_acquire) != 0; ++polls) {
+      if (polls < kPollsBeforeYield) {
+        CpuRelax();
+      } else {
+        std::this_thread::yield();
+      }
+    }
     job_ = nullptr;
   }
 
@@ -67,33 +88,43 @@ class Pool {
     if (begin < end) (*job_)(begin, end);
   }
 
+  // Returns the next generation after `seen`, or `seen` when stopping.
+  uint64_t AwaitJob(uint64_t seen) {
+    const auto spin_until = std::chrono::steady_clock::now() + kWorkerSpin;
+    for (int polls = 0;; ++polls) {
+      const uint64_t now = generation_.load(std::memory_order_acquire);
+      if (now != seen || stop_.load(std::memory_order_relaxed)) return now;
+      CpuRelax();
+      if (polls % 64 == 63 && std::chrono::steady_clock::now() >= spin_until) break;
+    }
+    std::unique_lock<std::mutex> lock(mutex_);
+    sleepers_.fetch_add(1);
+    wake_.wait(lock, [&] { return stop_.load() || generation_.load() != seen; });
+    sleepers_.fetch_sub(1);
+    return generation_.load();
+  }
+
   void Work(int worker) {
     uint64_t seen = 0;
     while (true) {
-      {
-        std::unique_lock<std::mutex> lock(mutex_);
-        wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
-        if (stop_) return;
-        seen = generation_;
-      }
+      seen = AwaitJob(seen);
+      if (stop_.load()) return;
       RunPart(worker + 1);
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        --pending_;
-      }
-      done_.notify_one();
+      pending_.fetch_sub(1, std::memory_order_release);
     }
   }
 
   std::mutex submit_;
   std::mutex mutex_;
-  std::condition_variable wake_, done_;
+  std::condition_variable wake_;
+  // Written by the submitter before `generation_` moves on; read by workers after.
   const std::function<void(int64_t, int64_t)>* job_ = nullptr;
   int64_t items_ = 0;
   int parts_ = 1;
-  int pending_ = 0;
-  uint64_t generation_ = 0;
-  bool stop_ = false;
+  std::atomic<int> pending_{0};
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> sleepers_{0};
+  std::atomic<bool> stop_{false};
   std::vector<std::thread> threads_;
 };
 
