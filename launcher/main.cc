@@ -2,6 +2,9 @@
 
 #include <cstdio>
 #include <cstring>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <string>
 #include <vector>
 
@@ -26,17 +29,18 @@ struct Subcommand {
 constexpr Subcommand kSubcommands[] = {
     {"generate", "text from a Hugging Face model, tensor-parallel across MPI ranks",
      tessera::launcher::RunGenerate},
-    {"bench", "benchmarks: bench generate (batch 1), bench engine (continuous batching), bench "
-             "serve (streaming clients)",
+    {"bench",
+     "benchmarks: bench generate (batch 1), bench engine (continuous batching), bench "
+     "serve (streaming clients)",
      tessera::launcher::RunBench},
     {"serve", "serve a model on this machine: coordinator plus mpirun workers (Ctrl-C stops)",
      tessera::launcher::RunServe},
     {"coordinator", "the gRPC coordinator that worker groups register with",
      tessera::launcher::RunCoordinator},
-    {"client", "client health|generate|batch against a coordinator",
-     tessera::launcher::RunClient},
-    {"worker", "a serving worker under mpirun: engine per TP group, leader registers with the "
-               "coordinator",
+    {"client", "client health|generate|batch against a coordinator", tessera::launcher::RunClient},
+    {"worker",
+     "a serving worker under mpirun: engine per TP group, leader registers with the "
+     "coordinator",
      tessera::launcher::RunWorker},
     {"launch", "a serving job on many nodes: the coordinator here, workers by mpirun",
      tessera::launcher::RunLaunch},
@@ -61,6 +65,14 @@ int main(int argc, char** argv) {
   // The distribution's abseil checks every Mutex acquisition for lock-order cycles, which
   // costs the serving loop several percent; the tests run the same locks with it on.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+#ifdef __GLIBC__
+  // A forward pass allocates and frees activations of up to a few megabytes every step.
+  // glibc would map and unmap each of those (or trim the heap after it), and every step
+  // would fault its pages in again; keep them in the heap instead. Weights and the KV
+  // cache, far larger, are still mapped on their own.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 128 << 20);
+#endif
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0 ||
       std::strcmp(argv[1], "help") == 0) {
     PrintUsage(argc < 2 ? stderr : stdout);

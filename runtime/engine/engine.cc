@@ -26,6 +26,10 @@ constexpr int64_t kInlinePlanBytes = 4096;
 
 // Which window the recent output rate is measured over.
 constexpr absl::Duration kRateWindow = absl::Seconds(5);
+// How stale the published prefix hashes may get while the engine is busy (they go to the
+// coordinator with each heartbeat, once a second; copying them every step would cost a
+// busy engine time in proportion to its cache). An idle engine publishes them every time.
+constexpr absl::Duration kHashesRefresh = absl::Milliseconds(50);
 
 absl::Status BroadcastPlan(comm::Communicator& tp, StepPlan& plan) {
   if (tp.size() == 1) return absl::OkStatus();
@@ -37,14 +41,14 @@ absl::Status BroadcastPlan(comm::Communicator& tp, StepPlan& plan) {
   int64_t size = static_cast<int64_t>(bytes.size());
   std::memcpy(inline_buffer.data(), &size, sizeof(size));
   const int64_t inline_capacity = kInlinePlanBytes - sizeof(size);
-  if (root) std::memcpy(inline_buffer.data() + sizeof(size), bytes.data(),
-                        std::min(size, inline_capacity));
+  if (root)
+    std::memcpy(inline_buffer.data() + sizeof(size), bytes.data(), std::min(size, inline_capacity));
   Tensor head = Tensor::Wrap(inline_buffer.data(), DType::kI8, {kInlinePlanBytes});
   TESSERA_RETURN_IF_ERROR(tp.Broadcast(head, 0, cpu));
   if (root) {
     if (size > inline_capacity) {
-      Tensor rest = Tensor::Wrap(bytes.data() + inline_capacity, DType::kI8,
-                                 {size - inline_capacity});
+      Tensor rest =
+          Tensor::Wrap(bytes.data() + inline_capacity, DType::kI8, {size - inline_capacity});
       TESSERA_RETURN_IF_ERROR(tp.Broadcast(rest, 0, cpu));
     }
     return absl::OkStatus();
@@ -54,8 +58,8 @@ absl::Status BroadcastPlan(comm::Communicator& tp, StepPlan& plan) {
   bytes.resize(size);
   std::memcpy(bytes.data(), inline_buffer.data() + sizeof(size), std::min(size, inline_capacity));
   if (size > inline_capacity) {
-    Tensor rest = Tensor::Wrap(bytes.data() + inline_capacity, DType::kI8,
-                               {size - inline_capacity});
+    Tensor rest =
+        Tensor::Wrap(bytes.data() + inline_capacity, DType::kI8, {size - inline_capacity});
     TESSERA_RETURN_IF_ERROR(tp.Broadcast(rest, 0, cpu));
   }
   if (!plan.ParseFromString(bytes)) {
@@ -96,8 +100,8 @@ struct Engine::Live {
   tessera::v1::SamplingPlan plan;
   std::vector<int32_t> prompt;
   std::optional<tokenizer::StreamingDecoder> decoder;
-  std::string text;     // decoded so far (cut at a stop string)
-  size_t emitted = 0;   // bytes of `text` already sent
+  std::string text;    // decoded so far (cut at a stop string)
+  size_t emitted = 0;  // bytes of `text` already sent
   int generated = 0;
   absl::Time submitted;
   std::optional<absl::Time> scheduled;
@@ -135,6 +139,7 @@ class Engine::Loop {
   StepExecutor executor_;
   absl::flat_hash_map<uint64_t, std::unique_ptr<Live>> live_;
   std::deque<std::pair<absl::Time, int64_t>> recent_outputs_;
+  absl::Time hashes_published_ = absl::InfinitePast();
 };
 
 void Engine::Loop::TakeInbox(bool* shutdown, bool* stop_when_idle) {
@@ -236,8 +241,7 @@ void Engine::Loop::ProcessToken(Live& live, const SampledToken& sampled) {
   }
   if (finish == FinishReason::kNone &&
       (live.generated >= options.max_tokens ||
-       static_cast<int64_t>(scheduler_.tokens(live.id).size()) >=
-           engine_.max_model_length())) {
+       static_cast<int64_t>(scheduler_.tokens(live.id).size()) >= engine_.max_model_length())) {
     finish = FinishReason::kLength;
   }
   if (finish == FinishReason::kNone) {
@@ -254,8 +258,7 @@ void Engine::Loop::ProcessToken(Live& live, const SampledToken& sampled) {
   End(live.id, finish);
 }
 
-void Engine::Loop::PublishStats(double step_seconds, const StepPlan* plan,
-                                int64_t prompt_tokens) {
+void Engine::Loop::PublishStats(double step_seconds, const StepPlan* plan, int64_t prompt_tokens) {
   absl::Time now = absl::Now();
   SchedulerCounts counts = scheduler_.counts();
   absl::MutexLock lock(&engine_.mutex_);
@@ -278,9 +281,8 @@ void Engine::Loop::PublishStats(double step_seconds, const StepPlan* plan,
   }
   int64_t recent = 0;
   for (const auto& [time, outputs] : recent_outputs_) recent += outputs;
-  double window = recent_outputs_.empty()
-                      ? 0.0
-                      : absl::ToDoubleSeconds(now - recent_outputs_.front().first);
+  double window =
+      recent_outputs_.empty() ? 0.0 : absl::ToDoubleSeconds(now - recent_outputs_.front().first);
   stats.output_tokens_per_second = window > 0 ? recent / window : 0.0;
   stats.queued = counts.waiting + static_cast<int>(engine_.inbox_.size());
   stats.running = counts.running;
@@ -292,7 +294,10 @@ void Engine::Loop::PublishStats(double step_seconds, const StepPlan* plan,
   stats.prefix_lookups = pool_.stats().lookups;
   stats.prefix_hits = pool_.stats().hits;
   engine_.waiting_in_scheduler_ = counts.waiting;
-  engine_.cached_hashes_ = pool_.CachedHashes();
+  if (plan == nullptr || now - hashes_published_ >= kHashesRefresh) {
+    engine_.cached_hashes_ = pool_.CachedHashes();
+    hashes_published_ = now;
+  }
 }
 
 absl::Status Engine::Loop::Step(StepPlan& plan) {
@@ -389,13 +394,12 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(model::Transformer& model
   if (options.block_size < 1 || options.max_running < 1 || options.max_step_tokens < 1 ||
       options.max_queued < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "engine options: block_size (", options.block_size, "), max_running (",
-        options.max_running, ") and max_step_tokens (", options.max_step_tokens,
-        ") must be at least 1"));
+        "engine options: block_size (", options.block_size, "), max_running (", options.max_running,
+        ") and max_step_tokens (", options.max_step_tokens, ") must be at least 1"));
   }
   const int64_t block_bytes = int64_t{options.block_size} * model.KvBytesPerToken();
-  int64_t blocks = options.num_blocks > 0 ? options.num_blocks
-                                          : options.kv_cache_bytes / block_bytes;
+  int64_t blocks =
+      options.num_blocks > 0 ? options.num_blocks : options.kv_cache_bytes / block_bytes;
   blocks = std::min<int64_t>(blocks, std::numeric_limits<int32_t>::max());
   // Every rank must hold the same blocks: the smallest count any rank can afford.
   if (tp.size() > 1) {
@@ -404,9 +408,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(model::Transformer& model
     TESSERA_RETURN_IF_ERROR(tp.AllReduce(count, comm::ReduceOp::kMin, cpu));
   }
   if (blocks < 1) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "a KV cache of ", options.kv_cache_bytes, " bytes holds no block of ", options.block_size,
-        " tokens (", block_bytes, " bytes a block on this rank)"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("a KV cache of ", options.kv_cache_bytes, " bytes holds no block of ",
+                     options.block_size, " tokens (", block_bytes, " bytes a block on this rank)"));
   }
   TESSERA_ASSIGN_OR_RETURN(model::KvCache cache,
                            model.AllocateKvCache(static_cast<int>(blocks), options.block_size));
@@ -504,8 +508,8 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(GenerationRequest 
     return absl::UnavailableError("the engine has stopped and takes no more requests");
   }
   if (static_cast<int>(inbox_.size()) + waiting_in_scheduler_ >= options_.max_queued) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the engine's queue is full (", options_.max_queued, " requests waiting)"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the engine's queue is full (", options_.max_queued, " requests waiting)"));
   }
   live->id = next_id_++;
   plan.set_seed(live->sampling.seed.value_or(MixSeed(seed_base_, live->id)));
@@ -552,8 +556,6 @@ void Engine::Shutdown() {
   shutdown_ = true;
 }
 
-absl::Status Engine::Run() {
-  return is_leader() ? loop_->RunLeader() : loop_->RunFollower();
-}
+absl::Status Engine::Run() { return is_leader() ? loop_->RunLeader() : loop_->RunFollower(); }
 
 }  // namespace tessera::engine
