@@ -8,10 +8,12 @@ namespace tessera::launcher {
 
 // `tessera bench <what>`: throughput benchmarks that print the figure, the limit it is
 // measured against and the ratio: `generate` (prefill and decode at batch 1), `engine`
-// (offline throughput of the serving engine) and `serve` (the coordinator and worker groups
+// (offline throughput of the serving engine), `kernels` (the CPU Linear kernel against the
+// FMA peak) and `serve` (the coordinator and worker groups
 // over gRPC: concurrent streams against one, and the coordinator's added latency).
 int RunBench(const std::vector<std::string>& args, int* argc, char*** argv);
 int RunBenchEngine(const std::vector<std::string>& args, int* argc, char*** argv);
+int RunBenchKernels(const std::vector<std::string>& args);
 int RunBenchServe(const std::vector<std::string>& args, int* argc, char*** argv);
 
 }  // namespace tessera::launcher

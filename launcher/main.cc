@@ -31,7 +31,7 @@ constexpr Subcommand kSubcommands[] = {
      tessera::launcher::RunGenerate},
     {"bench",
      "benchmarks: bench generate (batch 1), bench engine (continuous batching), bench "
-     "serve (streaming clients)",
+     "kernels (CPU Linear), bench serve (streaming clients)",
      tessera::launcher::RunBench},
     {"serve", "serve a model on this machine: coordinator plus mpirun workers (Ctrl-C stops)",
      tessera::launcher::RunServe},

@@ -1,0 +1,193 @@
+// `tessera bench kernels`: the CPU Linear kernel on the projection shapes of the built-in
+// default model and of the ~0.5B model, at decode (1 row), batched decode (32 rows) and
+// prefill (512 rows), beside the fused multiply-add peak measured on this machine with
+// the same vector width and thread count. Decode shapes read every weight once per call,
+// so their figure is the weight bytes read per second.
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/linear.h"
+#include "kernels/cpu/parallel.h"
+#include "launcher/bench.h"
+#include "launcher/flags.h"
+#include "launcher/process.h"
+#include "runtime/core/status_macros.h"
+#include "runtime/core/tensor.h"
+#include "runtime/core/tensor_values.h"
+
+namespace tessera::launcher {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Independent FMA chains, enough to cover the latency of two FMA pipes. Returns a value
+// that depends on every chain, so that none is optimized away.
+constexpr int kChains = 12;
+
+__attribute__((target("avx512f,avx2,fma"))) float FmaChains512(int64_t iterations) {
+  __m512 chains[kChains];
+  for (int c = 0; c < kChains; ++c) chains[c] = _mm512_set1_ps(1.0f + c);
+  const __m512 scale = _mm512_set1_ps(0.999999f), shift = _mm512_set1_ps(1e-7f);
+  for (int64_t i = 0; i < iterations; ++i) {
+#pragma GCC unroll 16  // the chains must live in registers, not in the array
+    for (int c = 0; c < kChains; ++c) chains[c] = _mm512_fmadd_ps(chains[c], scale, shift);
+  }
+  __m512 sum = chains[0];
+  for (int c = 1; c < kChains; ++c) sum = _mm512_add_ps(sum, chains[c]);
+  float lanes[16];
+  _mm512_storeu_ps(lanes, sum);
+  float total = 0;
+  for (float lane : lanes) total += lane;
+  return total;
+}
+
+__attribute__((target("avx2,fma"))) float FmaChains256(int64_t iterations) {
+  __m256 chains[kChains];
+  for (int c = 0; c < kChains; ++c) chains[c] = _mm256_set1_ps(1.0f + c);
+  const __m256 scale = _mm256_set1_ps(0.999999f), shift = _mm256_set1_ps(1e-7f);
+  for (int64_t i = 0; i < iterations; ++i) {
+#pragma GCC unroll 16
+    for (int c = 0; c < kChains; ++c) chains[c] = _mm256_fmadd_ps(chains[c], scale, shift);
+  }
+  __m256 sum = chains[0];
+  for (int c = 1; c < kChains; ++c) sum = _mm256_add_ps(sum, chains[c]);
+  float lanes[8];
+  _mm256_storeu_ps(lanes, sum);
+  float total = 0;
+  for (float lane : lanes) total += lane;
+  return total;
+}
+
+// FLOP/s of `threads` threads running FMA chains at once on the vector path Linear takes;
+// 0 for the portable path (no peak to hold it against). Best of three.
+double MeasureFmaPeak(int threads, kernels::CpuVector path) {
+  if (path == kernels::CpuVector::kPortable) return 0;
+  const int lanes = path == kernels::CpuVector::kAvx512 ? 16 : 8;
+  constexpr int64_t kIterations = 20'000'000;
+  double best = 0;
+  for (int round = 0; round < 3; ++round) {
+    std::vector<float> sinks(threads);
+    std::vector<std::thread> workers;
+    auto start = Clock::now();
+    for (int t = 0; t < threads; ++t) {
+      workers.emplace_back([&, t] {
+        sinks[t] = path == kernels::CpuVector::kAvx512 ? FmaChains512(kIterations)
+                                                       : FmaChains256(kIterations);
+      });
+    }
+    for (std::thread& worker : workers) worker.join();
+    const double seconds = Since(start);
+    best = std::max(best, 2.0 * kIterations * kChains * lanes * threads / seconds);
+  }
+  return best;
+}
+
+struct LinearShape {
+  const char* model;
+  const char* projection;
+  int64_t n, k;
+  DType weights;
+};
+
+// Full (TP 1) projection shapes: out features n, in features k.
+constexpr LinearShape kShapes[] = {
+    {"default", "q/o", 128, 128, DType::kF32},
+    {"default", "gate/up", 352, 128, DType::kF32},
+    {"default", "down", 128, 352, DType::kF32},
+    {"llama-0.5b", "q/o", 896, 896, DType::kBF16},
+    {"llama-0.5b", "gate/up", 4864, 896, DType::kBF16},
+    {"llama-0.5b", "down", 896, 4864, DType::kBF16},
+};
+constexpr int64_t kRowCounts[] = {1, 32, 512};
+
+absl::StatusOr<Tensor> RandomTensor(DType dtype, Shape shape, uint32_t seed) {
+  TESSERA_ASSIGN_OR_RETURN(Tensor tensor, Tensor::Empty(dtype, std::move(shape)));
+  std::mt19937 random(seed);
+  std::normal_distribution<float> normal;
+  FillWith(tensor, [&](int64_t) { return normal(random); });
+  return tensor;
+}
+
+// Seconds per call: repeated for about `budget` seconds after one warm-up call.
+absl::StatusOr<double> TimeLinear(const Tensor& x, const Tensor& w, Tensor& out, double budget) {
+  TESSERA_RETURN_IF_ERROR(kernels::Linear(x, w, Tensor(), out));
+  int64_t calls = 0;
+  auto start = Clock::now();
+  do {
+    TESSERA_RETURN_IF_ERROR(kernels::Linear(x, w, Tensor(), out));
+    ++calls;
+  } while (Since(start) < budget);
+  return Since(start) / calls;
+}
+
+const char* PathName(kernels::CpuVector path) {
+  switch (path) {
+    case kernels::CpuVector::kAvx512:
+      return "avx512";
+    case kernels::CpuVector::kAvx2:
+      return "avx2";
+    case kernels::CpuVector::kPortable:
+      return "portable";
+  }
+  return "?";
+}
+
+absl::Status BenchKernels(double seconds_per_shape) {
+  const kernels::CpuVector path = kernels::CpuVectorPath();
+  const int threads = kernels::CpuKernelThreads();
+  const double peak = MeasureFmaPeak(threads, path);
+  std::printf("# tessera bench kernels: Linear (out = x . w^T), vector path %s, %d thread(s)\n",
+              PathName(path), threads);
+  std::printf("# limit: FMA peak measured here on the same path and threads: %.1f GFLOP/s\n",
+              peak / 1e9);
+  std::printf("%-11s %-8s %6s %6s %6s %5s %11s %9s %8s %10s\n", "model", "proj", "rows", "n", "k",
+              "w", "us/call", "GFLOP/s", "of peak", "w GB/s");
+  for (const LinearShape& shape : kShapes) {
+    TESSERA_ASSIGN_OR_RETURN(Tensor w, RandomTensor(shape.weights, {shape.n, shape.k}, 2));
+    for (int64_t rows : kRowCounts) {
+      TESSERA_ASSIGN_OR_RETURN(Tensor x, RandomTensor(DType::kF32, {rows, shape.k}, 1));
+      TESSERA_ASSIGN_OR_RETURN(Tensor out, Tensor::Empty(DType::kF32, {rows, shape.n}));
+      TESSERA_ASSIGN_OR_RETURN(double seconds, TimeLinear(x, w, out, seconds_per_shape));
+      const double flops = 2.0 * rows * shape.n * shape.k / seconds;
+      const double weight_bytes = static_cast<double>(w.nbytes()) / seconds;
+      std::printf("%-11s %-8s %6lld %6lld %6lld %5s %11.2f %9.1f %8.2f %10.1f\n", shape.model,
+                  shape.projection, static_cast<long long>(rows), static_cast<long long>(shape.n),
+                  static_cast<long long>(shape.k), shape.weights == DType::kF32 ? "f32" : "bf16",
+                  seconds * 1e6, flops / 1e9, peak > 0 ? flops / peak : 0.0, weight_bytes / 1e9);
+      std::fflush(stdout);
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int RunBenchKernels(const std::vector<std::string>& args) {
+  double seconds = 0.3;
+  FlagSet flags("tessera bench kernels",
+                "The CPU Linear kernel on the default and ~0.5B models' projection shapes at 1, "
+                "32 and 512 rows, beside the FMA peak measured here.\nTESSERA_CPU_THREADS and "
+                "TESSERA_CPU_VECTOR=avx2|portable choose the threads and vector path.");
+  flags.Double("seconds", &seconds, "time spent on each shape");
+  if (std::optional<int> done = ParseOrExit(flags, args)) return *done;
+  if (!(seconds > 0)) {
+    std::fprintf(stderr, "tessera bench kernels: --seconds: %g is not a positive number\n",
+                 seconds);
+    return kExitUsage;
+  }
+  return ReportExit(BenchKernels(seconds));
+}
+
+}  // namespace tessera::launcher
