@@ -65,7 +65,7 @@ struct SequenceCache {
   const float* v;
   const int32_t* table;  // the sequence's block table
   int64_t block_size;
-  int64_t kv_row;        // floats per cached token: kv_heads * head_dim
+  int64_t kv_row;               // floats per cached token: kv_heads * head_dim
   const int64_t* head_offsets;  // (h / group) * head_dim for each query head h
 };
 
@@ -127,12 +127,35 @@ __attribute__((target("avx2,fma"))) inline __m256 SumLanesTree8(const __m256* v)
 
 // q . k over head_dim (a multiple of 8), as eight lanes still to be summed.
 __attribute__((target("avx2,fma"))) inline __m256 DotLanes(const float* q, const float* k,
-                                                          int64_t head_dim) {
+                                                           int64_t head_dim) {
   __m256 sum = _mm256_mul_ps(_mm256_loadu_ps(q), _mm256_loadu_ps(k));
   for (int64_t d = 8; d < head_dim; d += 8) {
     sum = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(k + d), sum);
   }
   return sum;
+}
+
+// Softmax of each column of scores (span, stride), eight columns (heads) at a time; the
+// sums run in position order.
+__attribute__((target("avx2,fma"))) inline void SoftmaxColumnsAvx2(float* scores, int64_t span,
+                                                                   int64_t stride) {
+  for (int64_t h0 = 0; h0 < stride; h0 += 8) {
+    __m256 max = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int64_t j = 0; j < span; ++j)
+      max = _mm256_max_ps(max, _mm256_loadu_ps(scores + j * stride + h0));
+    __m256 sum = _mm256_setzero_ps();
+    for (int64_t j = 0; j < span; ++j) {
+      float* s = scores + j * stride + h0;
+      const __m256 e = ExpNonPositive8(_mm256_sub_ps(_mm256_loadu_ps(s), max));
+      _mm256_storeu_ps(s, e);
+      sum = _mm256_add_ps(sum, e);
+    }
+    const __m256 inverse = _mm256_div_ps(_mm256_set1_ps(1.0f), sum);
+    for (int64_t j = 0; j < span; ++j) {
+      float* s = scores + j * stride + h0;
+      _mm256_storeu_ps(s, _mm256_mul_ps(_mm256_loadu_ps(s), inverse));
+    }
+  }
 }
 
 // AttendQuery with AVX2 and FMA, for head_dim a multiple of 8. Cached rows are read whole and
@@ -141,9 +164,11 @@ __attribute__((target("avx2,fma"))) inline __m256 DotLanes(const float* q, const
 // zeros standing in for missing heads) and the softmax runs eight heads per vector along the
 // positions. Every score takes the same arithmetic whatever its place, so a query's result
 // depends only on its own position and context. scores holds span * RoundUp8(heads) floats.
-__attribute__((target("avx2,fma"))) void AttendQueryAvx2(
-    const SequenceCache& cache, int64_t kv_heads, int64_t group, int64_t head_dim, int64_t first,
-    int64_t last, const float* q, float scale, float* scores, float* out) {
+__attribute__((target("avx2,fma"))) void AttendQueryAvx2(const SequenceCache& cache,
+                                                         int64_t kv_heads, int64_t group,
+                                                         int64_t head_dim, int64_t first,
+                                                         int64_t last, const float* q, float scale,
+                                                         float* scores, float* out) {
   const int64_t span = last - first + 1;
   const int64_t heads = kv_heads * group;
   const int64_t stride = (heads + 7) / 8 * 8;
@@ -166,23 +191,7 @@ __attribute__((target("avx2,fma"))) void AttendQueryAvx2(
     }
     p += run;
   }
-  // Softmax of each head's column, eight heads at a time; sums run in position order.
-  for (int64_t h0 = 0; h0 < stride; h0 += 8) {
-    __m256 max = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-    for (int64_t j = 0; j < span; ++j) max = _mm256_max_ps(max, _mm256_loadu_ps(scores + j * stride + h0));
-    __m256 sum = _mm256_setzero_ps();
-    for (int64_t j = 0; j < span; ++j) {
-      float* s = scores + j * stride + h0;
-      const __m256 e = ExpNonPositive8(_mm256_sub_ps(_mm256_loadu_ps(s), max));
-      _mm256_storeu_ps(s, e);
-      sum = _mm256_add_ps(sum, e);
-    }
-    const __m256 inverse = _mm256_div_ps(_mm256_set1_ps(1.0f), sum);
-    for (int64_t j = 0; j < span; ++j) {
-      float* s = scores + j * stride + h0;
-      _mm256_storeu_ps(s, _mm256_mul_ps(_mm256_loadu_ps(s), inverse));
-    }
-  }
+  SoftmaxColumnsAvx2(scores, span, stride);
   std::fill(out, out + heads * head_dim, 0.0f);
   for (int64_t p = first, j = 0; p <= last;) {
     const int64_t block = cache.table[p / cache.block_size];
@@ -206,10 +215,141 @@ __attribute__((target("avx2,fma"))) void AttendQueryAvx2(
   }
 }
 
+// GCC 12's AVX-512 intrinsics start from a deliberately undefined register, which its
+// own uninitialized-variable warnings flag inside the headers.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// q . k over head_dim (a multiple of 16), folded to eight lanes still to be summed.
+__attribute__((target("avx512f,avx2,fma"))) inline __m256 DotLanes16(const float* q, const float* k,
+                                                                     int64_t head_dim) {
+  __m512 sum = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(k));
+  for (int64_t d = 16; d < head_dim; d += 16) {
+    sum = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(k + d), sum);
+  }
+  const __m256 high = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sum), 1));
+  return _mm256_add_ps(_mm512_castps512_ps256(sum), high);
+}
+
+// out (heads, head_dim = 16 * kVectorsPerHead) = the scores-weighted sum of the cached
+// value rows of positions [first, last], each output accumulated from 0 by fused
+// multiply-adds in position order (as the general loop below does in memory), here in
+// registers: sixteen vectors of outputs per pass over the rows.
+template <int kVectorsPerHead>
+__attribute__((target("avx512f,avx2,fma"))) void WeightedValuesAvx512(const SequenceCache& cache,
+                                                                      int64_t heads, int64_t first,
+                                                                      int64_t last,
+                                                                      const float* scores,
+                                                                      int64_t stride, float* out) {
+  constexpr int kHeadsPerPass = 16 / kVectorsPerHead;
+  constexpr int64_t kHeadDim = 16 * kVectorsPerHead;
+  for (int64_t h0 = 0; h0 < heads; h0 += kHeadsPerPass) {
+    const int64_t pass_heads = std::min<int64_t>(kHeadsPerPass, heads - h0);
+    __m512 acc[kHeadsPerPass][kVectorsPerHead];
+    for (int i = 0; i < kHeadsPerPass; ++i) {
+      for (int c = 0; c < kVectorsPerHead; ++c) acc[i][c] = _mm512_setzero_ps();
+    }
+    for (int64_t p = first, j = 0; p <= last;) {
+      const int64_t block = cache.table[p / cache.block_size];
+      const int64_t offset = p % cache.block_size;
+      const int64_t run = std::min(cache.block_size - offset, last - p + 1);
+      const float* value = cache.v + (block * cache.block_size + offset) * cache.kv_row;
+      for (int64_t r = 0; r < run; ++r, ++j, value += cache.kv_row) {
+        for (int i = 0; i < kHeadsPerPass; ++i) {
+          if (i >= pass_heads) break;
+          const int64_t h = h0 + i;
+          const __m512 weight = _mm512_set1_ps(scores[j * stride + h]);
+          const float* v = value + cache.head_offsets[h];
+          for (int c = 0; c < kVectorsPerHead; ++c) {
+            acc[i][c] = _mm512_fmadd_ps(weight, _mm512_loadu_ps(v + 16 * c), acc[i][c]);
+          }
+        }
+      }
+      p += run;
+    }
+    for (int i = 0; i < pass_heads; ++i) {
+      for (int c = 0; c < kVectorsPerHead; ++c) {
+        _mm512_storeu_ps(out + (h0 + i) * kHeadDim + 16 * c, acc[i][c]);
+      }
+    }
+  }
+}
+
+// AttendQueryAvx2 on sixteen lanes, for head_dim a multiple of 16: the same walk, scores
+// layout and softmax; each head's dot product and weighted sum of values take sixteen
+// dimensions per instruction. A machine with AVX-512 always takes it for such heads, so a
+// query's result still depends only on its own position and context.
+__attribute__((target("avx512f,avx2,fma"))) void AttendQueryAvx512(
+    const SequenceCache& cache, int64_t kv_heads, int64_t group, int64_t head_dim, int64_t first,
+    int64_t last, const float* q, float scale, float* scores, float* out) {
+  const int64_t span = last - first + 1;
+  const int64_t heads = kv_heads * group;
+  const int64_t stride = (heads + 7) / 8 * 8;
+  const __m256 scale8 = _mm256_set1_ps(scale);
+  for (int64_t p = first, j = 0; p <= last;) {
+    const int64_t block = cache.table[p / cache.block_size];
+    const int64_t offset = p % cache.block_size;
+    const int64_t run = std::min(cache.block_size - offset, last - p + 1);
+    const float* key = cache.k + (block * cache.block_size + offset) * cache.kv_row;
+    for (int64_t r = 0; r < run; ++r, ++j, key += cache.kv_row) {
+      for (int64_t h0 = 0; h0 < heads; h0 += 8) {
+        __m256 lanes[8];
+        for (int64_t i = 0; i < 8; ++i) {
+          const int64_t h = h0 + i;
+          lanes[i] = h < heads ? DotLanes16(q + h * head_dim, key + cache.head_offsets[h], head_dim)
+                               : _mm256_setzero_ps();
+        }
+        _mm256_storeu_ps(scores + j * stride + h0, _mm256_mul_ps(SumLanesTree8(lanes), scale8));
+      }
+    }
+    p += run;
+  }
+  SoftmaxColumnsAvx2(scores, span, stride);
+  switch (head_dim) {
+    case 16:
+      return WeightedValuesAvx512<1>(cache, heads, first, last, scores, stride, out);
+    case 32:
+      return WeightedValuesAvx512<2>(cache, heads, first, last, scores, stride, out);
+    case 64:
+      return WeightedValuesAvx512<4>(cache, heads, first, last, scores, stride, out);
+    case 128:
+      return WeightedValuesAvx512<8>(cache, heads, first, last, scores, stride, out);
+    case 256:
+      return WeightedValuesAvx512<16>(cache, heads, first, last, scores, stride, out);
+    default:
+      break;
+  }
+  std::fill(out, out + heads * head_dim, 0.0f);
+  for (int64_t p = first, j = 0; p <= last;) {
+    const int64_t block = cache.table[p / cache.block_size];
+    const int64_t offset = p % cache.block_size;
+    const int64_t run = std::min(cache.block_size - offset, last - p + 1);
+    const float* value = cache.v + (block * cache.block_size + offset) * cache.kv_row;
+    for (int64_t r = 0; r < run; ++r, ++j, value += cache.kv_row) {
+      for (int64_t kv = 0, h = 0; kv < kv_heads; ++kv) {
+        const float* v = value + kv * head_dim;
+        for (int64_t g = 0; g < group; ++g, ++h) {
+          const __m512 weight = _mm512_set1_ps(scores[j * stride + h]);
+          float* o = out + h * head_dim;
+          for (int64_t d = 0; d < head_dim; d += 16) {
+            _mm512_storeu_ps(
+                o + d, _mm512_fmadd_ps(weight, _mm512_loadu_ps(v + d), _mm512_loadu_ps(o + d)));
+          }
+        }
+      }
+    }
+    p += run;
+  }
+}
+
+#pragma GCC diagnostic pop
+
 using AttendQueryFn = void (*)(const SequenceCache&, int64_t, int64_t, int64_t, int64_t, int64_t,
                                const float*, float, float*, float*);
 
 AttendQueryFn AttendQueryFor(int64_t head_dim) {
+  if (head_dim % 16 == 0 && HasAvx512()) return AttendQueryAvx512;
   return head_dim % 8 == 0 && HasAvx2Fma() ? AttendQueryAvx2 : AttendQuery;
 }
 
@@ -331,8 +471,8 @@ absl::Status PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor
         first = std::max<int64_t>(0, position - params.sliding_window + 1);
       }
       scores.resize((heads + 7) / 8 * 8 * (position - first + 1));
-      SequenceCache cache{k_data,     v_data, tables + s * max_blocks, block_size,
-                          kv_row,     head_offsets.data()};
+      SequenceCache cache{k_data,     v_data, tables + s * max_blocks,
+                          block_size, kv_row, head_offsets.data()};
       const int64_t offset = row * heads * head_dim;
       attend(cache, kv_heads, group, head_dim, first, position, q_data + offset, params.scale,
              scores.data(), out_data + offset);
