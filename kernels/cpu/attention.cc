@@ -276,7 +276,7 @@ __attribute__((target("avx512f,avx2,fma"))) void WeightedValuesAvx512(const Sequ
   }
 }
 
-// AttendQueryAvx2 on sixteen lanes, for head_dim a multiple of 16: the same walk, scores
+// AttendQueryAvx2 on sixteen lanes, for head_dim 16, 32, 64, 128 or 256: the same walk, scores
 // layout and softmax; each head's dot product and weighted sum of values take sixteen
 // dimensions per instruction. A machine with AVX-512 always takes it for such heads, so a
 // query's result still depends only on its own position and context.
@@ -315,31 +315,8 @@ __attribute__((target("avx512f,avx2,fma"))) void AttendQueryAvx512(
       return WeightedValuesAvx512<4>(cache, heads, first, last, scores, stride, out);
     case 128:
       return WeightedValuesAvx512<8>(cache, heads, first, last, scores, stride, out);
-    case 256:
-      return WeightedValuesAvx512<16>(cache, heads, first, last, scores, stride, out);
     default:
-      break;
-  }
-  std::fill(out, out + heads * head_dim, 0.0f);
-  for (int64_t p = first, j = 0; p <= last;) {
-    const int64_t block = cache.table[p / cache.block_size];
-    const int64_t offset = p % cache.block_size;
-    const int64_t run = std::min(cache.block_size - offset, last - p + 1);
-    const float* value = cache.v + (block * cache.block_size + offset) * cache.kv_row;
-    for (int64_t r = 0; r < run; ++r, ++j, value += cache.kv_row) {
-      for (int64_t kv = 0, h = 0; kv < kv_heads; ++kv) {
-        const float* v = value + kv * head_dim;
-        for (int64_t g = 0; g < group; ++g, ++h) {
-          const __m512 weight = _mm512_set1_ps(scores[j * stride + h]);
-          float* o = out + h * head_dim;
-          for (int64_t d = 0; d < head_dim; d += 16) {
-            _mm512_storeu_ps(
-                o + d, _mm512_fmadd_ps(weight, _mm512_loadu_ps(v + d), _mm512_loadu_ps(o + d)));
-          }
-        }
-      }
-    }
-    p += run;
+      return WeightedValuesAvx512<16>(cache, heads, first, last, scores, stride, out);
   }
 }
 
@@ -349,7 +326,9 @@ using AttendQueryFn = void (*)(const SequenceCache&, int64_t, int64_t, int64_t, 
                                const float*, float, float*, float*);
 
 AttendQueryFn AttendQueryFor(int64_t head_dim) {
-  if (head_dim % 16 == 0 && HasAvx512()) return AttendQueryAvx512;
+  const bool register_sized =
+      head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128 || head_dim == 256;
+  if (register_sized && HasAvx512()) return AttendQueryAvx512;
   return head_dim % 8 == 0 && HasAvx2Fma() ? AttendQueryAvx2 : AttendQuery;
 }
 
