@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <random>
 #include <thread>
 #include <vector>
 
@@ -71,13 +70,13 @@ __attribute__((target("avx2,fma"))) float FmaChains256(int64_t iterations) {
 }
 
 // FLOP/s of `threads` threads running FMA chains at once on the vector path Linear takes;
-// 0 for the portable path (no peak to hold it against). Best of three.
+// 0 for the portable path (no peak to hold it against). Best of five.
 double MeasureFmaPeak(int threads, kernels::CpuVector path) {
   if (path == kernels::CpuVector::kPortable) return 0;
   const int lanes = path == kernels::CpuVector::kAvx512 ? 16 : 8;
   constexpr int64_t kIterations = 20'000'000;
   double best = 0;
-  for (int round = 0; round < 3; ++round) {
+  for (int round = 0; round < 5; ++round) {
     std::vector<float> sinks(threads);
     std::vector<std::thread> workers;
     auto start = Clock::now();
@@ -112,24 +111,19 @@ constexpr LinearShape kShapes[] = {
 };
 constexpr int64_t kRowCounts[] = {1, 32, 512};
 
-absl::StatusOr<Tensor> RandomTensor(DType dtype, Shape shape, uint32_t seed) {
-  TESSERA_ASSIGN_OR_RETURN(Tensor tensor, Tensor::Empty(dtype, std::move(shape)));
-  std::mt19937 random(seed);
-  std::normal_distribution<float> normal;
-  FillWith(tensor, [&](int64_t) { return normal(random); });
-  return tensor;
-}
-
-// Seconds per call: repeated for about `budget` seconds after one warm-up call.
+// Median seconds per call over about `budget` seconds of calls after one warm-up call (the
+// median, because a virtual machine's cores are now and then taken away for milliseconds).
 absl::StatusOr<double> TimeLinear(const Tensor& x, const Tensor& w, Tensor& out, double budget) {
   TESSERA_RETURN_IF_ERROR(kernels::Linear(x, w, Tensor(), out));
-  int64_t calls = 0;
+  std::vector<double> calls;
   auto start = Clock::now();
   do {
+    auto call = Clock::now();
     TESSERA_RETURN_IF_ERROR(kernels::Linear(x, w, Tensor(), out));
-    ++calls;
+    calls.push_back(Since(call));
   } while (Since(start) < budget);
-  return Since(start) / calls;
+  std::nth_element(calls.begin(), calls.begin() + calls.size() / 2, calls.end());
+  return calls[calls.size() / 2];
 }
 
 const char* PathName(kernels::CpuVector path) {
@@ -155,9 +149,9 @@ absl::Status BenchKernels(double seconds_per_shape) {
   std::printf("%-11s %-8s %6s %6s %6s %5s %11s %9s %8s %10s\n", "model", "proj", "rows", "n", "k",
               "w", "us/call", "GFLOP/s", "of peak", "w GB/s");
   for (const LinearShape& shape : kShapes) {
-    TESSERA_ASSIGN_OR_RETURN(Tensor w, RandomTensor(shape.weights, {shape.n, shape.k}, 2));
+    TESSERA_ASSIGN_OR_RETURN(Tensor w, RandomNormalTensor(shape.weights, {shape.n, shape.k}, 2));
     for (int64_t rows : kRowCounts) {
-      TESSERA_ASSIGN_OR_RETURN(Tensor x, RandomTensor(DType::kF32, {rows, shape.k}, 1));
+      TESSERA_ASSIGN_OR_RETURN(Tensor x, RandomNormalTensor(DType::kF32, {rows, shape.k}, 1));
       TESSERA_ASSIGN_OR_RETURN(Tensor out, Tensor::Empty(DType::kF32, {rows, shape.n}));
       TESSERA_ASSIGN_OR_RETURN(double seconds, TimeLinear(x, w, out, seconds_per_shape));
       const double flops = 2.0 * rows * shape.n * shape.k / seconds;

@@ -234,8 +234,8 @@ __attribute__((target("avx512f,avx2,fma"))) inline __m256 DotLanes16(const float
 
 // out (heads, head_dim = 16 * kVectorsPerHead) = the scores-weighted sum of the cached
 // value rows of positions [first, last], each output accumulated from 0 by fused
-// multiply-adds in position order (as the general loop below does in memory), here in
-// registers: sixteen vectors of outputs per pass over the rows.
+// multiply-adds in position order (as AttendQueryAvx2 does in memory), here in registers:
+// sixteen vectors of outputs per pass over the rows.
 template <int kVectorsPerHead>
 __attribute__((target("avx512f,avx2,fma"))) void WeightedValuesAvx512(const SequenceCache& cache,
                                                                       int64_t heads, int64_t first,

@@ -88,7 +88,8 @@ class Pool {
     if (begin < end) (*job_)(begin, end);
   }
 
-  // Returns the next generation after `seen`, or `seen` when stopping.
+  // Waits until the generation moves past `seen` or the pool stops; returns the generation
+  // then current.
   uint64_t AwaitJob(uint64_t seen) {
     const auto spin_until = std::chrono::steady_clock::now() + kWorkerSpin;
     for (int polls = 0;; ++polls) {

@@ -1,5 +1,8 @@
 #include "runtime/core/tensor_values.h"
 
+#include <random>
+#include <utility>
+
 namespace tessera {
 
 double ElementAsDouble(const Tensor& tensor, int64_t index) {
@@ -52,6 +55,15 @@ void SetElement(Tensor& tensor, int64_t index, double value) {
 
 void FillWith(Tensor& tensor, const std::function<double(int64_t)>& value_of) {
   for (int64_t i = 0; i < tensor.numel(); ++i) SetElement(tensor, i, value_of(i));
+}
+
+absl::StatusOr<Tensor> RandomNormalTensor(DType dtype, Shape shape, uint32_t seed) {
+  absl::StatusOr<Tensor> tensor = Tensor::Empty(dtype, std::move(shape));
+  if (!tensor.ok()) return tensor.status();
+  std::mt19937 random(seed);
+  std::normal_distribution<float> normal;
+  FillWith(*tensor, [&](int64_t) { return normal(random); });
+  return tensor;
 }
 
 double RoundingUnit(DType dtype) {

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 
+#include "absl/status/statusor.h"
 #include "runtime/core/tensor.h"
 
 namespace tessera {
@@ -18,6 +19,9 @@ double ElementAsDouble(const Tensor& tensor, int64_t index);
 void SetElement(Tensor& tensor, int64_t index, double value);
 // tensor[i] = value_of(i) for every element.
 void FillWith(Tensor& tensor, const std::function<double(int64_t)>& value_of);
+// A host tensor of standard-normal values (std::mt19937 seeded with `seed`), the same for
+// the same seed.
+absl::StatusOr<Tensor> RandomNormalTensor(DType dtype, Shape shape, uint32_t seed);
 
 // Largest relative error a value of this dtype can carry after one rounding (0 for integer
 // types): 2^-8 for bf16, 2^-11 for f16, 2^-24 for f32.

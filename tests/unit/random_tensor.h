@@ -4,7 +4,6 @@
 // A host tensor of standard-normal values, the same for the same seed, for kernel tests.
 
 #include <cstdint>
-#include <random>
 #include <utility>
 
 #include "runtime/core/check.h"
@@ -14,12 +13,9 @@
 namespace tessera::testing {
 
 inline Tensor RandomTensor(DType dtype, Shape shape, uint32_t seed) {
-  absl::StatusOr<Tensor> t = Tensor::Empty(dtype, std::move(shape));
+  absl::StatusOr<Tensor> t = RandomNormalTensor(dtype, std::move(shape), seed);
   TESSERA_CHECK(t.ok(), "allocation");
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal;
-  FillWith(*t, [&](int64_t) { return normal(rng); });
-  return *t;
+  return *std::move(t);
 }
 
 }  // namespace tessera::testing
