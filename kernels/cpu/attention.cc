@@ -431,8 +431,10 @@ absl::Status PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor
   }
   work *= heads * head_dim;
 
-  // Items are query rows; below about 1M multiply-adds threads do not pay.
-  constexpr int64_t kParallelWork = int64_t{1} << 20;
+  // Items are query rows, handed out one at a time (a prefill row late in a long prompt
+  // costs hundreds of times a short decode row); below about 64k multiply-adds threads do
+  // not pay.
+  constexpr int64_t kParallelWork = int64_t{1} << 16;
   const float* k_data = k_cache.data<float>();
   const float* v_data = v_cache.data<float>();
   const float* q_data = q.data<float>();
@@ -440,8 +442,9 @@ absl::Status PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor
   const AttendQueryFn attend = AttendQueryFor(head_dim);
   std::vector<int64_t> head_offsets(heads);
   for (int64_t h = 0; h < heads; ++h) head_offsets[h] = h / group * head_dim;
-  ParallelFor(tokens, work < kParallelWork ? tokens : 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores;
+  const int64_t min_rows = work < kParallelWork ? tokens : 1;
+  ParallelFor(tokens, min_rows, [&](int64_t begin, int64_t end) {
+    thread_local std::vector<float> scores;  // kept between calls: no allocation per row
     for (int64_t row = begin; row < end; ++row) {
       const int64_t s = row_sequence[row];
       const int64_t position = row_position[row];
@@ -456,7 +459,7 @@ absl::Status PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor
       attend(cache, kv_heads, group, head_dim, first, position, q_data + offset, params.scale,
              scores.data(), out_data + offset);
     }
-  });
+  }, /*grain=*/1);
   return absl::OkStatus();
 }
 

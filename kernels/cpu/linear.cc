@@ -15,7 +15,7 @@ namespace tessera::kernels {
 namespace {
 
 // Weight rows per unit of work handed to the thread pool.
-constexpr int64_t kRowsPerTask = 48;
+constexpr int64_t kRowsPerTask = 16;
 // Rows of x multiplied against one block of weight rows before moving on, so that they stay
 // in L2 while the block's weights stream through L1.
 constexpr int64_t kXRowsPerPass = 64;

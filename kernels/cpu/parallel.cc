@@ -48,7 +48,7 @@ inline void CpuRelax() {
 class Pool {
  public:
   explicit Pool(int workers) {
-    for (int w = 0; w < workers; ++w) threads_.emplace_back([this, w] { Work(w); });
+    for (int w = 0; w < workers; ++w) threads_.emplace_back([this] { Work(); });
   }
   ~Pool() {
     stop_.store(true);
@@ -59,18 +59,19 @@ class Pool {
 
   int workers() const { return static_cast<int>(threads_.size()); }
 
-  void Run(int64_t items, const std::function<void(int64_t, int64_t)>& fn) {
+  void Run(int64_t items, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
     std::lock_guard<std::mutex> serial(submit_);
     job_ = &fn;
     items_ = items;
-    parts_ = workers() + 1;
+    grain_ = grain;
+    next_.store(0, std::memory_order_relaxed);
     pending_.store(workers());
     generation_.fetch_add(1);  // publishes the job to the workers
     if (sleepers_.load() > 0) {
       std::lock_guard<std::mutex> lock(mutex_);
       wake_.notify_all();
     }
-    RunPart(0);
+    RunChunks();
     for (int polls = 0; pending_.load(std::memory_order_acquire) != 0; ++polls) {
       if (polls < kPollsBeforeYield) {
         CpuRelax();
@@ -82,10 +83,14 @@ class Pool {
   }
 
  private:
-  void RunPart(int part) {
-    const int64_t begin = items_ * part / parts_;
-    const int64_t end = items_ * (part + 1) / parts_;
-    if (begin < end) (*job_)(begin, end);
+  // Takes chunks of `grain_` items until none are left. Chunks go to whichever thread asks
+  // first, so a thread that the machine stalls (a stolen core) holds up only its chunk.
+  void RunChunks() {
+    while (true) {
+      const int64_t begin = next_.fetch_add(grain_, std::memory_order_relaxed);
+      if (begin >= items_) return;
+      (*job_)(begin, std::min(items_, begin + grain_));
+    }
   }
 
   // Waits until the generation moves past `seen` or the pool stops; returns the generation
@@ -105,12 +110,12 @@ class Pool {
     return generation_.load();
   }
 
-  void Work(int worker) {
+  void Work() {
     uint64_t seen = 0;
     while (true) {
       seen = AwaitJob(seen);
       if (stop_.load()) return;
-      RunPart(worker + 1);
+      RunChunks();
       pending_.fetch_sub(1, std::memory_order_release);
     }
   }
@@ -121,7 +126,8 @@ class Pool {
   // Written by the submitter before `generation_` moves on; read by workers after.
   const std::function<void(int64_t, int64_t)>* job_ = nullptr;
   int64_t items_ = 0;
-  int parts_ = 1;
+  int64_t grain_ = 1;
+  std::atomic<int64_t> next_{0};  // the first item no thread has taken
   std::atomic<int> pending_{0};
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> sleepers_{0};
@@ -143,13 +149,17 @@ int CpuKernelThreads() {
 }
 
 void ParallelFor(int64_t items, int64_t min_items_per_thread,
-                 const std::function<void(int64_t begin, int64_t end)>& fn) {
+                 const std::function<void(int64_t begin, int64_t end)>& fn, int64_t grain) {
   if (items <= 0) return;
-  if (CpuKernelThreads() == 1 || items < 2 * std::max<int64_t>(1, min_items_per_thread)) {
+  const int threads = CpuKernelThreads();
+  if (threads == 1 || items < 2 * std::max<int64_t>(1, min_items_per_thread)) {
     fn(0, items);
     return;
   }
-  SharedPool().Run(items, fn);
+  // About four chunks a thread by default: few enough to keep the hand-out cheap, enough to
+  // even out unequal items and a thread that starts late.
+  if (grain <= 0) grain = std::max<int64_t>(1, items / (4 * threads));
+  SharedPool().Run(items, grain, fn);
 }
 
 }  // namespace tessera::kernels

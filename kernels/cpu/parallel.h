@@ -15,11 +15,13 @@ namespace tessera::kernels {
 
 int CpuKernelThreads();
 
-// Calls fn(begin, end) on contiguous ranges covering [0, items) from the pool and the
-// calling thread, and returns when all are done. Runs inline when there are fewer than
-// 2 * min_items_per_thread items (waking threads costs more than small work).
+// Calls fn(begin, end) on contiguous chunks of `grain` items (the last may be shorter)
+// covering [0, items), from the pool and the calling thread, each chunk taken by whichever
+// thread is free first; returns when all are done. grain <= 0 picks about four chunks a
+// thread. Runs inline, as one call, when there are fewer than 2 * min_items_per_thread
+// items (waking threads costs more than small work).
 void ParallelFor(int64_t items, int64_t min_items_per_thread,
-                 const std::function<void(int64_t begin, int64_t end)>& fn);
+                 const std::function<void(int64_t begin, int64_t end)>& fn, int64_t grain = 0);
 
 }  // namespace tessera::kernels
 
