@@ -149,7 +149,10 @@ absl::Status BenchKernels(double seconds_per_shape) {
   std::printf("%-11s %-8s %6s %6s %6s %5s %11s %9s %8s %10s\n", "model", "proj", "rows", "n", "k",
               "w", "us/call", "GFLOP/s", "of peak", "w GB/s");
   for (const LinearShape& shape : kShapes) {
-    TESSERA_ASSIGN_OR_RETURN(Tensor w, RandomNormalTensor(shape.weights, {shape.n, shape.k}, 2));
+    TESSERA_ASSIGN_OR_RETURN(Tensor rows_of_w,
+                             RandomNormalTensor(shape.weights, {shape.n, shape.k}, 2));
+    // Packed once, as a model's weights are at load.
+    TESSERA_ASSIGN_OR_RETURN(Tensor w, kernels::PackLinearWeight(rows_of_w));
     for (int64_t rows : kRowCounts) {
       TESSERA_ASSIGN_OR_RETURN(Tensor x, RandomNormalTensor(DType::kF32, {rows, shape.k}, 1));
       TESSERA_ASSIGN_OR_RETURN(Tensor out, Tensor::Empty(DType::kF32, {rows, shape.n}));

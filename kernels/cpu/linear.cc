@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstring>
 
 #include "kernels/cpu/check_shapes.h"
 #include "kernels/cpu/cpu_features.h"
@@ -14,42 +15,51 @@
 namespace tessera::kernels {
 namespace {
 
-// Weight rows per unit of work handed to the thread pool.
-constexpr int64_t kRowsPerTask = 16;
-// Rows of x multiplied against one block of weight rows before moving on, so that they stay
-// in L2 while the block's weights stream through L1.
-constexpr int64_t kXRowsPerPass = 64;
+constexpr int64_t kPanel = kLinearPanel;
+// Rows of x in one tile: MR rows share every weight load.
+constexpr int kTileRows = 6;
+// Rows of x taken in one pass over a group of panels, so that they stay in L2 while the
+// group's weights stream through L1; for a large M the weights are read once a pass.
+constexpr int64_t kRowsPerPass = 64;
 
 inline float ToFloat(float w) { return w; }
 inline float ToFloat(uint16_t bf16_bits) {
   return std::bit_cast<float>(static_cast<uint32_t>(bf16_bits) << 16);
 }
 
-// Portable dot product (machines without AVX2 + FMA), in the one order every row count
-// shares: eight partial sums, combined in index order, then the tail.
+// Where a tile reads and writes: x rows (row stride k), panels (panel stride k * 16), out
+// (row stride n) from column `column`; `columns` of them are valid (n - column, which may
+// be more than the tile covers).
 template <typename W>
-float Dot(const float* __restrict x, const W* __restrict w, int64_t k) {
-  float partial[8] = {};
-  int64_t i = 0;
-  for (; i + 8 <= k; i += 8) {
-    for (int j = 0; j < 8; ++j) partial[j] += x[i + j] * ToFloat(w[i + j]);
+struct TileArgs {
+  const float* x;
+  const W* panels;
+  float* out;
+  int64_t k, n, column;
+};
+
+// The portable path (machines without AVX2 + FMA): the same chain per output as the
+// vector paths, by std::fma.
+template <int MR, int NP, typename W>
+void TilePortable(const TileArgs<W>& a) {
+  for (int r = 0; r < MR; ++r) {
+    for (int p = 0; p < NP; ++p) {
+      const W* panel = a.panels + p * a.k * kPanel;
+      const int64_t first = a.column + p * kPanel;
+      const int64_t lanes = std::min<int64_t>(kPanel, a.n - first);
+      for (int64_t l = 0; l < lanes; ++l) {
+        float sum = 0.0f;
+        for (int64_t c = 0; c < a.k; ++c) {
+          sum = std::fma(a.x[r * a.k + c], ToFloat(panel[c * kPanel + l]), sum);
+        }
+        a.out[r * a.n + first + l] = sum;
+      }
+    }
   }
-  float sum = 0.0f;
-  for (float p : partial) sum += p;
-  for (; i < k; ++i) sum += x[i] * ToFloat(w[i]);
-  return sum;
 }
 
-template <typename W>
-void RowsPortable(const float* x, const W* w, float* out, int64_t m, int64_t n, int64_t k,
-                  int64_t j_begin, int64_t j_end) {
-  for (int64_t j = j_begin; j < j_end; ++j) {
-    for (int64_t i = 0; i < m; ++i) out[i * n + j] = Dot(x + i * k, w + j * k, k);
-  }
-}
-
-// Eight weights as f32 lanes: loaded, or bf16 widened in the register (zero-extend, shift
-// into the high half).
+// Sixteen (or eight) weights as f32 lanes: loaded, or bf16 widened in the register
+// (zero-extend, shift into the high half).
 __attribute__((target("avx2,fma"))) inline __m256 LoadEight(const float* w) {
   return _mm256_loadu_ps(w);
 }
@@ -58,48 +68,41 @@ __attribute__((target("avx2,fma"))) inline __m256 LoadEight(const uint16_t* w) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
 }
 
-// The sum of the eight lanes, always in the same order.
-__attribute__((target("avx2,fma"))) inline float SumLanes(__m256 v) {
-  __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  half = _mm_add_ps(half, _mm_movehl_ps(half, half));
-  half = _mm_add_ss(half, _mm_shuffle_ps(half, half, 1));
-  return _mm_cvtss_f32(half);
-}
-
-// out (MR, NR) (row stride n) = x (MR, K) . w (NR, K)^T, AVX2 + FMA. Each output has one
-// eight-lane accumulator fed by fused multiply-adds over k in steps of 8, then SumLanes,
-// then the tail by fused multiply-adds in index order: the same operations in the same
-// order whatever MR and NR are, so an output never depends on how many rows share the
-// call. The MR x NR independent accumulators hide the FMA latency.
-template <int MR, int NR, typename W>
-__attribute__((target("avx2,fma"))) void TileAvx2(const float* x, const W* w, float* out, int64_t n,
-                                                  int64_t k) {
-  __m256 acc[MR][NR];
+// out tile (MR, 16 NP) = x (MR, K) . panels, AVX2 + FMA: each panel is two eight-lane
+// halves; one broadcast of x[r][c] feeds NP panels' fused multiply-adds.
+template <int MR, int NP, typename W>
+__attribute__((target("avx2,fma"))) void TileAvx2(const TileArgs<W>& a) {
+  __m256 acc[MR][2 * NP];
   for (int r = 0; r < MR; ++r) {
-    for (int c = 0; c < NR; ++c) acc[r][c] = _mm256_setzero_ps();
+    for (int v = 0; v < 2 * NP; ++v) acc[r][v] = _mm256_setzero_ps();
   }
-  int64_t i = 0;
-  for (; i + 8 <= k; i += 8) {
-    __m256 wv[NR];
-    for (int c = 0; c < NR; ++c) wv[c] = LoadEight(w + c * k + i);
+  const W* w = a.panels;
+  for (int64_t c = 0; c < a.k; ++c, w += kPanel) {
+    __m256 wv[2 * NP];
+    for (int p = 0; p < NP; ++p) {
+      wv[2 * p] = LoadEight(w + p * a.k * kPanel);
+      wv[2 * p + 1] = LoadEight(w + p * a.k * kPanel + 8);
+    }
     for (int r = 0; r < MR; ++r) {
-      __m256 xv = _mm256_loadu_ps(x + r * k + i);
-      for (int c = 0; c < NR; ++c) acc[r][c] = _mm256_fmadd_ps(xv, wv[c], acc[r][c]);
+      const __m256 xv = _mm256_broadcast_ss(a.x + r * a.k + c);
+      for (int v = 0; v < 2 * NP; ++v) acc[r][v] = _mm256_fmadd_ps(xv, wv[v], acc[r][v]);
     }
   }
   for (int r = 0; r < MR; ++r) {
-    for (int c = 0; c < NR; ++c) {
-      float sum = SumLanes(acc[r][c]);
-      for (int64_t t = i; t < k; ++t) sum = std::fma(x[r * k + t], ToFloat(w[c * k + t]), sum);
-      out[r * n + c] = sum;
+    for (int v = 0; v < 2 * NP; ++v) {
+      float* o = a.out + r * a.n + a.column + 8 * v;
+      const int64_t lanes = a.n - (a.column + 8 * v);
+      if (lanes >= 8) {
+        _mm256_storeu_ps(o, acc[r][v]);
+      } else if (lanes > 0) {
+        alignas(32) float lane_values[8];
+        _mm256_store_ps(lane_values, acc[r][v]);
+        std::memcpy(o, lane_values, lanes * sizeof(float));
+      }
     }
   }
 }
 
-// The same with sixteen lanes (AVX-512): out (MR, NR) = x (MR, K) . w (NR, K)^T, one
-// sixteen-lane accumulator per output over k in steps of 16, the lanes summed in a fixed
-// order, then the tail in index order. A machine with AVX-512 always takes this path, so
-// rows stay independent of the batch.
 // GCC 12's AVX-512 intrinsics start from a deliberately undefined register, which its
 // own uninitialized-variable warnings flag inside the headers.
 #pragma GCC diagnostic push
@@ -113,124 +116,178 @@ __attribute__((target("avx512f,avx2,fma"))) inline __m512 LoadSixteen(const uint
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
 
-__attribute__((target("avx512f,avx2,fma"))) inline float SumLanes16(__m512 v) {
-  __m256 high = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
-  return SumLanes(_mm256_add_ps(_mm512_castps512_ps256(v), high));
-}
-
-template <int MR, int NR, typename W>
-__attribute__((target("avx512f,avx2,fma"))) void TileAvx512(const float* x, const W* w, float* out,
-                                                            int64_t n, int64_t k) {
-  __m512 acc[MR][NR];
+// The same on sixteen lanes (AVX-512): a panel is one register; MR x NP accumulators, NP
+// weight loads and MR broadcasts per input (6 x 4 fills 29 of the 32 registers).
+template <int MR, int NP, typename W>
+__attribute__((target("avx512f,avx2,fma"))) void TileAvx512(const TileArgs<W>& a) {
+  __m512 acc[MR][NP];
   for (int r = 0; r < MR; ++r) {
-    for (int c = 0; c < NR; ++c) acc[r][c] = _mm512_setzero_ps();
+    for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_setzero_ps();
   }
-  int64_t i = 0;
-  for (; i + 16 <= k; i += 16) {
-    __m512 wv[NR];
-    for (int c = 0; c < NR; ++c) wv[c] = LoadSixteen(w + c * k + i);
+  const W* w = a.panels;
+  for (int64_t c = 0; c < a.k; ++c, w += kPanel) {
+    __m512 wv[NP];
+    for (int p = 0; p < NP; ++p) wv[p] = LoadSixteen(w + p * a.k * kPanel);
     for (int r = 0; r < MR; ++r) {
-      __m512 xv = _mm512_loadu_ps(x + r * k + i);
-      for (int c = 0; c < NR; ++c) acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
+      const __m512 xv = _mm512_set1_ps(a.x[r * a.k + c]);
+      for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_fmadd_ps(xv, wv[p], acc[r][p]);
     }
   }
   for (int r = 0; r < MR; ++r) {
-    for (int c = 0; c < NR; ++c) {
-      float sum = SumLanes16(acc[r][c]);
-      for (int64_t t = i; t < k; ++t) sum = std::fma(x[r * k + t], ToFloat(w[c * k + t]), sum);
-      out[r * n + c] = sum;
+    for (int p = 0; p < NP; ++p) {
+      const int64_t first = a.column + p * kPanel;
+      const int64_t lanes = std::min<int64_t>(kPanel, a.n - first);
+      if (lanes <= 0) continue;
+      const __mmask16 mask = lanes == kPanel ? 0xFFFF : static_cast<__mmask16>((1u << lanes) - 1);
+      _mm512_mask_storeu_ps(a.out + r * a.n + first, mask, acc[r][p]);
     }
   }
 }
-
 #pragma GCC diagnostic pop
 
-// Columns [j_begin, j_end) of rows [0, MR) of out: tiles of NR weight rows (more for a
-// single row of x, whose tile is otherwise too short to hide the FMA latency), single
-// weight rows at the edge.
-struct Avx2Tiles {
-  template <int MR, typename W>
-  static void Columns(const float* x, const W* w, float* out, int64_t n, int64_t k, int64_t j_begin,
-                      int64_t j_end) {
-    int64_t j = j_begin;
-    for (; j + 3 <= j_end; j += 3) TileAvx2<MR, 3>(x, w + j * k, out + j, n, k);
-    for (; j < j_end; ++j) TileAvx2<MR, 1>(x, w + j * k, out + j, n, k);
-  }
-};
+template <typename W>
+using TileFn = void (*)(const TileArgs<W>&);
 
-struct Avx512Tiles {
-  template <int MR, typename W>
-  static void Columns(const float* x, const W* w, float* out, int64_t n, int64_t k, int64_t j_begin,
-                      int64_t j_end) {
-    constexpr int kNR = MR == 1 ? 8 : 4;
-    int64_t j = j_begin;
-    for (; j + kNR <= j_end; j += kNR) TileAvx512<MR, kNR>(x, w + j * k, out + j, n, k);
-    for (; j < j_end; ++j) TileAvx512<MR, 1>(x, w + j * k, out + j, n, k);
+// The tile kernel of `path` for MR rows (1..kTileRows) and NP panels (1, 2 or 4).
+template <typename W, int MR>
+TileFn<W> TileWithRows(CpuVector path, int np) {
+  switch (path) {
+    case CpuVector::kAvx512:
+      return np == 4 ? TileAvx512<MR, 4, W> : np == 2 ? TileAvx512<MR, 2, W> : TileAvx512<MR, 1, W>;
+    case CpuVector::kAvx2:  // sixteen registers: one panel (two of them) per row at most
+      return TileAvx2<MR, 1, W>;
+    case CpuVector::kPortable:
+      break;
   }
-};
+  return TilePortable<MR, 1, W>;
+}
 
-// Columns [j_begin, j_end) of every row of out: kXRowsPerPass rows of x at a time against
-// kRowsPerTask weight rows, in tiles of 4 x rows (and single rows at the edge).
-template <typename Tiles, typename W>
-void RowsVector(const float* x, const W* w, float* out, int64_t m, int64_t n, int64_t k,
-                int64_t j_begin, int64_t j_end) {
-  for (int64_t i0 = 0; i0 < m; i0 += kXRowsPerPass) {
-    const int64_t i_end = std::min(m, i0 + kXRowsPerPass);
-    for (int64_t jb = j_begin; jb < j_end; jb += kRowsPerTask) {
-      const int64_t jb_end = std::min(j_end, jb + kRowsPerTask);
-      int64_t i = i0;
-      for (; i + 4 <= i_end; i += 4) {
-        Tiles::template Columns<4>(x + i * k, w, out + i * n, n, k, jb, jb_end);
-      }
-      for (; i < i_end; ++i)
-        Tiles::template Columns<1>(x + i * k, w, out + i * n, n, k, jb, jb_end);
-    }
+template <typename W>
+TileFn<W> TileFor(CpuVector path, int rows, int np) {
+  switch (rows) {
+    case 1: return TileWithRows<W, 1>(path, np);
+    case 2: return TileWithRows<W, 2>(path, np);
+    case 3: return TileWithRows<W, 3>(path, np);
+    case 4: return TileWithRows<W, 4>(path, np);
+    case 5: return TileWithRows<W, 5>(path, np);
+    default: return TileWithRows<W, 6>(path, np);
   }
 }
 
-// One kernel for every row count: each output is computed by the same code in the same
-// order however many rows x has (decode or prefill, one sequence or many), and by exactly
-// one thread, so a row's result never depends on the rest of the batch. (A BLAS sgemm
-// does not promise that: OpenBLAS picks other kernels, and other summation orders, by the
-// number of rows.) Weight rows are split over the kernel threads (parallel.h).
+// How a product is cut into work items: passes of rows times groups of panels. Items are
+// many enough to keep every kernel thread busy where the product allows, and an item is a
+// whole number of tiles; how it is cut never changes an output's chain.
+struct WorkSplit {
+  int64_t rows_per_pass, passes;
+  int64_t panels_per_group, groups;
+};
+
+WorkSplit SplitWork(int64_t m, int64_t panels, CpuVector path) {
+  const int64_t wanted = 2 * CpuKernelThreads();  // items that keep the threads busy
+  WorkSplit s;
+  // AVX-512 tiles take up to four panels; the narrower paths one at a time.
+  s.panels_per_group = path == CpuVector::kAvx512 ? 4 : 1;
+  while (s.panels_per_group > 1 && (panels + s.panels_per_group - 1) / s.panels_per_group < wanted) {
+    s.panels_per_group /= 2;
+  }
+  s.groups = (panels + s.panels_per_group - 1) / s.panels_per_group;
+  s.rows_per_pass = std::min(m, kRowsPerPass);
+  if (s.groups < wanted && m > kTileRows) {
+    // Too few panel groups (a narrow projection): cut the rows too, in whole tiles.
+    const int64_t cuts = (wanted + s.groups - 1) / s.groups;
+    const int64_t rows = (m + cuts - 1) / cuts;
+    s.rows_per_pass = std::min(s.rows_per_pass, (rows + kTileRows - 1) / kTileRows * kTileRows);
+  }
+  s.passes = (m + s.rows_per_pass - 1) / s.rows_per_pass;
+  return s;
+}
+
 template <typename W>
-void LinearRows(const float* x, const W* w, float* out, int64_t m, int64_t n, int64_t k) {
-  const int64_t tasks = (n + kRowsPerTask - 1) / kRowsPerTask;
-  // Enough work per thread to be worth waking it: about 64k multiply-adds.
-  const int64_t min_tasks = std::max<int64_t>(1, 65536 / (m * k * kRowsPerTask));
+void LinearPacked(const float* x, const W* packed, float* out, int64_t m, int64_t n, int64_t k) {
+  const int64_t panels = (n + kPanel - 1) / kPanel;
   const CpuVector path = CpuVectorPath();
-  ParallelFor(tasks, min_tasks, [&](int64_t t_begin, int64_t t_end) {
-    const int64_t j_begin = t_begin * kRowsPerTask;
-    const int64_t j_end = std::min(n, t_end * kRowsPerTask);
-    switch (path) {
-      case CpuVector::kAvx512:
-        RowsVector<Avx512Tiles>(x, w, out, m, n, k, j_begin, j_end);
-        break;
-      case CpuVector::kAvx2:
-        RowsVector<Avx2Tiles>(x, w, out, m, n, k, j_begin, j_end);
-        break;
-      case CpuVector::kPortable:
-        RowsPortable(x, w, out, m, n, k, j_begin, j_end);
-        break;
+  const WorkSplit split = SplitWork(m, panels, path);
+  // Below about 64k multiply-adds, waking threads costs more than the product.
+  const int64_t items = split.passes * split.groups;
+  const int64_t min_items = m * n * k < 65536 ? items : 1;
+  ParallelFor(
+      items, min_items,
+      [&](int64_t begin, int64_t end) {
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t group = item / split.passes, pass = item % split.passes;
+          const int64_t row_end = std::min(m, (pass + 1) * split.rows_per_pass);
+          const int64_t panel_begin = group * split.panels_per_group;
+          const int np = static_cast<int>(std::min(split.panels_per_group, panels - panel_begin));
+          for (int64_t row = pass * split.rows_per_pass; row < row_end; row += kTileRows) {
+            const int rows = static_cast<int>(std::min<int64_t>(kTileRows, row_end - row));
+            // A group has 1, 2 or 4 panels, but the last may be short: its panels one by one.
+            const int tile_np = np == split.panels_per_group ? np : 1;
+            const TileFn<W> tile = TileFor<W>(path, rows, tile_np);
+            for (int64_t p = panel_begin; p < panel_begin + np; p += tile_np) {
+              tile({x + row * k, packed + p * k * kPanel, out + row * n, k, n, p * kPanel});
+            }
+          }
+        }
+      },
+      /*grain=*/1);
+}
+
+template <typename W>
+void Pack(const W* w, W* packed, int64_t n, int64_t k) {
+  const int64_t panels = (n + kPanel - 1) / kPanel;
+  for (int64_t p = 0; p < panels; ++p) {
+    for (int64_t c = 0; c < k; ++c) {
+      W* to = packed + (p * k + c) * kPanel;
+      for (int64_t l = 0; l < kPanel; ++l) {
+        const int64_t row = p * kPanel + l;
+        to[l] = row < n ? w[row * k + c] : W{0};
+      }
     }
-  });
+  }
 }
 
 }  // namespace
+
+absl::StatusOr<Tensor> PackLinearWeight(const Tensor& w) {
+  constexpr char kKernel[] = "PackLinearWeight";
+  TESSERA_RETURN_IF_ERROR(internal::ExpectDType(kKernel, "w", w, {DType::kF32, DType::kBF16}));
+  TESSERA_RETURN_IF_ERROR(internal::ExpectRank(kKernel, "w", w, 2));
+  const int64_t n = w.dim(0), k = w.dim(1);
+  TESSERA_ASSIGN_OR_RETURN(Tensor packed,
+                           Tensor::Empty(w.dtype(), {(n + kPanel - 1) / kPanel, k, kPanel}));
+  if (w.dtype() == DType::kF32) {
+    Pack(w.data<float>(), packed.data<float>(), n, k);
+  } else {
+    Pack(reinterpret_cast<const uint16_t*>(w.data<BFloat16>()),
+         reinterpret_cast<uint16_t*>(packed.data<BFloat16>()), n, k);
+  }
+  return packed;
+}
 
 absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out) {
   constexpr char kKernel[] = "Linear";
   TESSERA_RETURN_IF_ERROR(internal::ExpectDType(kKernel, "x", x, {DType::kF32}));
   TESSERA_RETURN_IF_ERROR(internal::ExpectRank(kKernel, "x", x, 2));
   TESSERA_RETURN_IF_ERROR(internal::ExpectDType(kKernel, "w", w, {DType::kF32, DType::kBF16}));
-  TESSERA_RETURN_IF_ERROR(internal::ExpectRank(kKernel, "w", w, 2));
-  int64_t m = x.dim(0), k = x.dim(1), n = w.dim(0);
-  if (w.dim(1) != k) {
-    return absl::InvalidArgumentError(absl::StrCat(kKernel, ": x ", x.DebugString(), " and w ",
-                                                   w.DebugString(),
-                                                   " disagree on the inner dimension"));
-  }
   TESSERA_RETURN_IF_ERROR(internal::ExpectDType(kKernel, "out", out, {DType::kF32}));
+  TESSERA_RETURN_IF_ERROR(internal::ExpectRank(kKernel, "out", out, 2));
+  const int64_t m = x.dim(0), k = x.dim(1), n = out.dim(1);
+  Tensor packed = w;
+  if (w.rank() == 2) {
+    if (w.dim(1) != k) {
+      return absl::InvalidArgumentError(absl::StrCat(kKernel, ": x ", x.DebugString(), " and w ",
+                                                     w.DebugString(),
+                                                     " disagree on the inner dimension"));
+    }
+    TESSERA_RETURN_IF_ERROR(internal::ExpectShape(kKernel, "out", out, {m, w.dim(0)}));
+    TESSERA_ASSIGN_OR_RETURN(packed, PackLinearWeight(w));
+  } else if (w.rank() != 3 || w.dim(0) != (n + kPanel - 1) / kPanel || w.dim(1) != k ||
+             w.dim(2) != kPanel) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kKernel, ": w is ", w.DebugString(), ", expected (", n, ", ", k, ") or packed (",
+        (n + kPanel - 1) / kPanel, ", ", k, ", ", kPanel, ") for x ", x.DebugString(),
+        " and out ", out.DebugString()));
+  }
   TESSERA_RETURN_IF_ERROR(internal::ExpectShape(kKernel, "out", out, {m, n}));
   if (bias.defined()) {
     TESSERA_RETURN_IF_ERROR(
@@ -240,11 +297,11 @@ absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor
   if (m == 0 || n == 0) return absl::OkStatus();
   if (k == 0) {
     std::fill(out.data<float>(), out.data<float>() + m * n, 0.0f);
-  } else if (w.dtype() == DType::kF32) {
-    LinearRows(x.data<float>(), w.data<float>(), out.data<float>(), m, n, k);
+  } else if (packed.dtype() == DType::kF32) {
+    LinearPacked(x.data<float>(), packed.data<float>(), out.data<float>(), m, n, k);
   } else {
-    LinearRows(x.data<float>(), reinterpret_cast<const uint16_t*>(w.data<BFloat16>()),
-               out.data<float>(), m, n, k);
+    LinearPacked(x.data<float>(), reinterpret_cast<const uint16_t*>(packed.data<BFloat16>()),
+                 out.data<float>(), m, n, k);
   }
   if (bias.defined()) {
     float* o = out.data<float>();

@@ -7,15 +7,33 @@
 // BLAS, so that it can promise row invariance: row i of out depends only on row i of x,
 // bitwise, never on how many other rows are in the batch, and a request's tokens are the
 // same alone or batched with others. (OpenBLAS's sgemm changes kernels, and summation
-// order, with the number of rows.) Weights are read once per 64 rows of x, so decode runs
-// at the speed of that read.
+// order, with the number of rows.)
+//
+// Every output is one chain of fused multiply-adds over k in index order, starting from 0:
+//   out[i][j] = fma(x[i][K-1], w[j][K-1], ... fma(x[i][0], w[j][0], 0))
+// on the AVX-512, AVX2 and portable paths alike, so all three give the same bits.
+//
+// The kernel reads weights packed in panels of kLinearPanel output features,
+//   packed (ceil(N / 16), K, 16): packed[p][c][l] = w[16 p + l][c], zero past row N,
+// so that a vector load takes one input's weights for sixteen outputs and no lanes are ever
+// summed across. A model packs its weights once, at load (PackLinearWeight); Linear also
+// takes an unpacked w and packs it per call, which suits tests and one-off products.
+
+#include <cstdint>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "runtime/core/tensor.h"
 
 namespace tessera::kernels {
 
-// bias: f32 or bf16 (N), or a default-constructed (undefined) Tensor for none.
+inline constexpr int64_t kLinearPanel = 16;
+
+// w (N, K) f32 or bf16 -> packed (ceil(N / 16), K, 16) of the same dtype.
+absl::StatusOr<Tensor> PackLinearWeight(const Tensor& w);
+
+// w: (N, K) as stored, or packed (ceil(N / 16), K, 16) by PackLinearWeight, where N is
+// out's width. bias: f32 or bf16 (N), or a default-constructed (undefined) Tensor for none.
 absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out);
 
 }  // namespace tessera::kernels

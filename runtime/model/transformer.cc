@@ -7,6 +7,7 @@
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/linear.h"
 #include "kernels/ops/attention.h"
 #include "kernels/ops/linear.h"
 #include "kernels/ops/norm_activation.h"
@@ -202,8 +203,23 @@ absl::Status Transformer::TakeWeights(RankWeights weights) {
   return absl::OkStatus();
 }
 
+absl::Status Transformer::PackWeightsForCpu() {
+  auto pack = [](Tensor& t) -> absl::Status {
+    TESSERA_ASSIGN_OR_RETURN(t, kernels::PackLinearWeight(t));
+    return absl::OkStatus();
+  };
+  // Tied, the head gets a packed copy: the embedding lookup still reads rows of embed_.
+  TESSERA_RETURN_IF_ERROR(pack(lm_head_));
+  for (Layer& layer : layers_) {
+    for (Tensor* t : {&layer.q, &layer.k, &layer.v, &layer.o, &layer.gate_up, &layer.down}) {
+      TESSERA_RETURN_IF_ERROR(pack(*t));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Transformer::MoveWeightsToDevice() {
-  if (device_.is_cpu()) return absl::OkStatus();
+  if (device_.is_cpu()) return PackWeightsForCpu();
   Stream& stream = *stream_;
   auto move = [&](Tensor& t) -> absl::Status {
     if (!t.defined()) return absl::OkStatus();

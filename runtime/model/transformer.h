@@ -129,6 +129,7 @@ class Transformer {
   struct Layer {
     Tensor input_norm, post_attention_norm;
     Tensor post_self_attn_norm, post_mlp_norm;  // Glm4's extra norms, else undefined
+    // The projections, (N, K) as loaded; on the CPU packed (ceil(N / 16), K, 16).
     Tensor q, k, v;                             // (rows of this rank's heads, hidden)
     Tensor q_bias, k_bias, v_bias;              // or undefined
     Tensor o;                                   // (hidden, q rows)
@@ -165,9 +166,12 @@ class Transformer {
         device_(tp.device()),
         stream_(std::move(stream)) {}
   absl::Status TakeWeights(RankWeights weights);
-  // Copies every weight to device_ and waits for the copies (nothing to do on the CPU);
-  // tied tensors stay one tensor.
+  // Copies every weight to device_ and waits for the copies; tied tensors stay one tensor.
+  // On the CPU, packs the projections instead (PackWeightsForCpu).
   absl::Status MoveWeightsToDevice();
+  // Replaces each projection's (N, K) weight by its panels for the CPU Linear
+  // (kernels/cpu/linear.h), read by every Forward.
+  absl::Status PackWeightsForCpu();
   absl::Status SumOverGroup(Tensor& partial);
   // in (n) -> out (size * n), both host tensors, over tp_ on whichever device it runs.
   absl::Status AllGatherHost(const Tensor& in, Tensor& out);
@@ -191,7 +195,7 @@ class Transformer {
   kernels::RotaryConfig rotary_;
   std::vector<float> inv_freq_;
   Tensor embed_;    // (padded vocab shard, hidden)
-  Tensor lm_head_;  // same shape; the embedding itself when tied
+  Tensor lm_head_;  // same shape (packed on the CPU); the embedding itself when tied on a GPU
   Tensor final_norm_;
   std::vector<Layer> layers_;
   uint64_t weight_bytes_ = 0;
