@@ -21,197 +21,134 @@ using internal::ExpectDType;
 using internal::ExpectRank;
 using internal::ExpectShape;
 
+// k_cache (num_blocks, kv_heads, head_dim, block_size) and v_cache (num_blocks, block_size,
+// kv_heads, head_dim), both f32.
 absl::Status CheckCache(const char* kernel, const Tensor& k_cache, const Tensor& v_cache) {
-  TESSERA_RETURN_IF_ERROR(ExpectDType(kernel, "k_cache", k_cache, {DType::kF32}));
-  TESSERA_RETURN_IF_ERROR(ExpectRank(kernel, "k_cache", k_cache, 4));
   TESSERA_RETURN_IF_ERROR(ExpectDType(kernel, "v_cache", v_cache, {DType::kF32}));
-  return ExpectShape(kernel, "v_cache", v_cache, k_cache.shape());
+  TESSERA_RETURN_IF_ERROR(ExpectRank(kernel, "v_cache", v_cache, 4));
+  TESSERA_RETURN_IF_ERROR(ExpectDType(kernel, "k_cache", k_cache, {DType::kF32}));
+  return ExpectShape(kernel, "k_cache", k_cache,
+                     KeyCacheShape(v_cache.dim(0), v_cache.dim(1), v_cache.dim(2), v_cache.dim(3)));
 }
 
-// q . k over head_dim with eight partial sums in a fixed order: the compiler keeps them in
-// one vector register without reassociating, and every call sums alike.
-inline float Dot(const float* __restrict a, const float* __restrict b, int64_t n) {
-  float partial[8] = {};
-  const int64_t whole = n / 8 * 8;
-  for (int64_t d = 0; d < whole; d += 8) {
-    for (int t = 0; t < 8; ++t) partial[t] += a[d + t] * b[d + t];
-  }
-  float tail = 0.0f;
-  for (int64_t d = whole; d < n; ++d) tail += a[d] * b[d];
-  // A pairwise tree (8 -> 4 -> 2 -> 1): shuffles and adds rather than eight dependent adds.
-  float four[4], two[2];
-  for (int t = 0; t < 4; ++t) four[t] = partial[t] + partial[t + 4];
-  for (int t = 0; t < 2; ++t) two[t] = four[t] + four[t + 2];
-  return (two[0] + two[1]) + tail;
-}
-
-// Each of `rows` rows of `span` scores becomes its softmax, in place.
-inline void SoftmaxRows(float* scores, int64_t rows, int64_t span) {
-  for (int64_t h = 0; h < rows; ++h) {
-    float* row = scores + h * span;
-    float max = -std::numeric_limits<float>::infinity();
-    for (int64_t j = 0; j < span; ++j) max = std::max(max, row[j]);
-    for (int64_t j = 0; j < span; ++j) row[j] = ExpNonPositive(row[j] - max);
-    float sum = 0.0f;
-    for (int64_t j = 0; j < span; ++j) sum += row[j];
-    const float inverse = 1.0f / sum;
-    for (int64_t j = 0; j < span; ++j) row[j] *= inverse;
-  }
-}
-
-// Where one sequence's cached keys and values are.
+// Where one sequence's cached keys and values are (layouts in attention.h).
 struct SequenceCache {
   const float* k;
   const float* v;
   const int32_t* table;  // the sequence's block table
-  int64_t block_size;
-  int64_t kv_row;               // floats per cached token: kv_heads * head_dim
-  const int64_t* head_offsets;  // (h / group) * head_dim for each query head h
+  int64_t block_size, kv_heads, head_dim;
+  int64_t group;  // query heads per kv head
+
+  // The keys of kv head g, dimension d, at offsets [0, block_size) of `block`.
+  const float* Keys(int64_t block, int64_t g, int64_t d) const {
+    return k + ((block * kv_heads + g) * head_dim + d) * block_size;
+  }
+  // The value rows (kv_heads * head_dim floats) of `block` from `offset` on.
+  const float* Values(int64_t block, int64_t offset) const {
+    return v + (block * block_size + offset) * kv_heads * head_dim;
+  }
 };
 
-// One query position against cached positions [first, last], every head at once:
-//   q (heads, head_dim), out (heads, head_dim), scores scratch (heads, last - first + 1);
-// query head h reads kv head h / group. Cached rows (kv_heads * head_dim floats) are read
-// whole and in order, a block (block_size rows) at a time, so the walk streams through
-// memory. Built for AVX2 and for the baseline; the loader picks one per machine, so results
-// never depend on the batch.
-__attribute__((target_clones("avx2", "default"))) void AttendQuery(
-    const SequenceCache& cache, int64_t kv_heads, int64_t group, int64_t head_dim, int64_t first,
-    int64_t last, const float* q, float scale, float* scores, float* out) {
-  const int64_t span = last - first + 1;
-  const int64_t heads = kv_heads * group;
-  for (int64_t p = first, j = 0; p <= last;) {
-    const int64_t block = cache.table[p / cache.block_size];
-    const int64_t offset = p % cache.block_size;
-    const int64_t run = std::min(cache.block_size - offset, last - p + 1);
-    const float* key = cache.k + (block * cache.block_size + offset) * cache.kv_row;
-    for (int64_t r = 0; r < run; ++r, ++j, key += cache.kv_row) {
-      // Query head h = kv * group + g reads KV head kv (no division in the loop).
-      for (int64_t kv = 0, h = 0; kv < kv_heads; ++kv) {
-        for (int64_t g = 0; g < group; ++g, ++h) {
-          scores[h * span + j] = Dot(q + h * head_dim, key + kv * head_dim, head_dim) * scale;
-        }
-      }
-    }
-    p += run;
-  }
-  SoftmaxRows(scores, heads, span);
-  std::fill(out, out + heads * head_dim, 0.0f);
-  for (int64_t p = first, j = 0; p <= last;) {
-    const int64_t block = cache.table[p / cache.block_size];
-    const int64_t offset = p % cache.block_size;
-    const int64_t run = std::min(cache.block_size - offset, last - p + 1);
-    const float* value = cache.v + (block * cache.block_size + offset) * cache.kv_row;
-    for (int64_t r = 0; r < run; ++r, ++j, value += cache.kv_row) {
-      for (int64_t kv = 0, h = 0; kv < kv_heads; ++kv) {
-        const float* v = value + kv * head_dim;
-        for (int64_t g = 0; g < group; ++g, ++h) {
-          const float weight = scores[h * span + j];
-          float* o = out + h * head_dim;
-          for (int64_t d = 0; d < head_dim; ++d) o[d] += weight * v[d];
-        }
-      }
-    }
-    p += run;
-  }
-}
+// One query row: q (heads, head_dim) against positions [first, last] -> out (heads,
+// head_dim), through scores (heads, stride), stride >= span = last - first + 1.
+struct QueryRow {
+  const float* q;
+  float* out;
+  float* scores;
+  int64_t first, last, stride;
+  float scale;
+};
 
-// Lane i = the sum of v[i]'s eight lanes as ((0+1)+(2+3)) + ((4+5)+(6+7)), for eight
-// vectors at once.
-__attribute__((target("avx2,fma"))) inline __m256 SumLanesTree8(const __m256* v) {
-  const __m256 ab = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
-  const __m256 cd = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
-  // ab = [low sums of v0..v3 | high sums of v0..v3], cd the same for v4..v7.
-  return _mm256_add_ps(_mm256_permute2f128_ps(ab, cd, 0x20), _mm256_permute2f128_ps(ab, cd, 0x31));
-}
-
-// q . k over head_dim (a multiple of 8), as eight lanes still to be summed.
-__attribute__((target("avx2,fma"))) inline __m256 DotLanes(const float* q, const float* k,
-                                                           int64_t head_dim) {
-  __m256 sum = _mm256_mul_ps(_mm256_loadu_ps(q), _mm256_loadu_ps(k));
-  for (int64_t d = 8; d < head_dim; d += 8) {
-    sum = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(k + d), sum);
+// The runs of positions [first, last] that lie in one block, in order: `run` positions
+// from `offset` of `block`, the first of them the j-th of the span.
+//   for (BlockRuns b(cache, first, last); b.valid(); b.Next()) ... b.block, b.offset ...
+struct BlockRuns {
+  BlockRuns(const SequenceCache& cache, int64_t first, int64_t last)
+      : cache_(cache), first_(first), last_(last), next_(first) {
+    Next();
   }
-  return sum;
-}
-
-// Softmax of each column of scores (span, stride), eight columns (heads) at a time; the
-// sums run in position order.
-__attribute__((target("avx2,fma"))) inline void SoftmaxColumnsAvx2(float* scores, int64_t span,
-                                                                   int64_t stride) {
-  for (int64_t h0 = 0; h0 < stride; h0 += 8) {
-    __m256 max = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-    for (int64_t j = 0; j < span; ++j)
-      max = _mm256_max_ps(max, _mm256_loadu_ps(scores + j * stride + h0));
-    __m256 sum = _mm256_setzero_ps();
-    for (int64_t j = 0; j < span; ++j) {
-      float* s = scores + j * stride + h0;
-      const __m256 e = ExpNonPositive8(_mm256_sub_ps(_mm256_loadu_ps(s), max));
-      _mm256_storeu_ps(s, e);
-      sum = _mm256_add_ps(sum, e);
-    }
-    const __m256 inverse = _mm256_div_ps(_mm256_set1_ps(1.0f), sum);
-    for (int64_t j = 0; j < span; ++j) {
-      float* s = scores + j * stride + h0;
-      _mm256_storeu_ps(s, _mm256_mul_ps(_mm256_loadu_ps(s), inverse));
-    }
+  bool valid() const { return run > 0; }
+  void Next() {
+    run = 0;
+    if (next_ > last_) return;
+    block = cache_.table[next_ / cache_.block_size];
+    offset = next_ % cache_.block_size;
+    run = std::min(cache_.block_size - offset, last_ - next_ + 1);
+    j = next_ - first_;
+    next_ += run;
   }
-}
 
-// AttendQuery with AVX2 and FMA, for head_dim a multiple of 8. Cached rows are read whole and
-// in order as there; the scores are kept position-major, (span, heads rounded up to 8), so
-// that each position's head scores are summed across lanes eight at a time (SumLanesTree8,
-// zeros standing in for missing heads) and the softmax runs eight heads per vector along the
-// positions. Every score takes the same arithmetic whatever its place, so a query's result
-// depends only on its own position and context. scores holds span * RoundUp8(heads) floats.
-__attribute__((target("avx2,fma"))) void AttendQueryAvx2(const SequenceCache& cache,
-                                                         int64_t kv_heads, int64_t group,
-                                                         int64_t head_dim, int64_t first,
-                                                         int64_t last, const float* q, float scale,
-                                                         float* scores, float* out) {
-  const int64_t span = last - first + 1;
-  const int64_t heads = kv_heads * group;
-  const int64_t stride = (heads + 7) / 8 * 8;
-  const __m256 scale8 = _mm256_set1_ps(scale);
-  for (int64_t p = first, j = 0; p <= last;) {
-    const int64_t block = cache.table[p / cache.block_size];
-    const int64_t offset = p % cache.block_size;
-    const int64_t run = std::min(cache.block_size - offset, last - p + 1);
-    const float* key = cache.k + (block * cache.block_size + offset) * cache.kv_row;
-    for (int64_t r = 0; r < run; ++r, ++j, key += cache.kv_row) {
-      for (int64_t h0 = 0; h0 < heads; h0 += 8) {
-        __m256 lanes[8];
-        for (int64_t i = 0; i < 8; ++i) {
-          const int64_t h = h0 + i;
-          lanes[i] = h < heads ? DotLanes(q + h * head_dim, key + cache.head_offsets[h], head_dim)
-                               : _mm256_setzero_ps();
-        }
-        _mm256_storeu_ps(scores + j * stride + h0, _mm256_mul_ps(SumLanesTree8(lanes), scale8));
-      }
-    }
-    p += run;
-  }
-  SoftmaxColumnsAvx2(scores, span, stride);
-  std::fill(out, out + heads * head_dim, 0.0f);
-  for (int64_t p = first, j = 0; p <= last;) {
-    const int64_t block = cache.table[p / cache.block_size];
-    const int64_t offset = p % cache.block_size;
-    const int64_t run = std::min(cache.block_size - offset, last - p + 1);
-    const float* value = cache.v + (block * cache.block_size + offset) * cache.kv_row;
-    for (int64_t r = 0; r < run; ++r, ++j, value += cache.kv_row) {
-      for (int64_t kv = 0, h = 0; kv < kv_heads; ++kv) {
-        const float* v = value + kv * head_dim;
-        for (int64_t g = 0; g < group; ++g, ++h) {
-          const __m256 weight = _mm256_set1_ps(scores[j * stride + h]);
-          float* o = out + h * head_dim;
-          for (int64_t d = 0; d < head_dim; d += 8) {
-            _mm256_storeu_ps(
-                o + d, _mm256_fmadd_ps(weight, _mm256_loadu_ps(v + d), _mm256_loadu_ps(o + d)));
+  int64_t block = 0, offset = 0, run = 0, j = 0;
+
+ private:
+  const SequenceCache& cache_;
+  int64_t first_, last_, next_;
+};
+
+// ---- Scores: scores[h][j] = scale * (q[h] . key of position first + j) --------------------
+// Each score is one chain of fused multiply-adds over d in index order from 0, then the
+// scale, on every path alike. The keys of one head and dimension lie along the positions
+// (attention.h), so a vector takes one dimension of a head at consecutive positions and a
+// query's value of that dimension is broadcast against it: no lanes are summed across.
+
+void ScoresPortable(const SequenceCache& cache, const QueryRow& row) {
+  const int64_t hd = cache.head_dim;
+  for (BlockRuns b(cache, row.first, row.last); b.valid(); b.Next()) {
+    const int64_t block = b.block, offset = b.offset, run = b.run, j = b.j;
+    for (int64_t g = 0; g < cache.kv_heads; ++g) {
+      for (int64_t i = 0; i < cache.group; ++i) {
+        const int64_t h = g * cache.group + i;
+        for (int64_t r = 0; r < run; ++r) {
+          float sum = 0.0f;
+          for (int64_t d = 0; d < hd; ++d) {
+            sum = std::fma(row.q[h * hd + d], cache.Keys(block, g, d)[offset + r], sum);
           }
+          row.scores[h * row.stride + j + r] = sum * row.scale;
         }
       }
     }
-    p += run;
+  }
+}
+
+// kG query heads of kv head g (heads h0 .. h0 + kG - 1) at up to eight positions.
+template <int kG>
+__attribute__((target("avx2,fma"))) void ScoreLanesAvx2(const SequenceCache& cache,
+                                                        const QueryRow& row, int64_t block,
+                                                        int64_t offset, int64_t count, int64_t g,
+                                                        int64_t h0, float* scores) {
+  const int64_t hd = cache.head_dim;
+  alignas(32) static constexpr int32_t kLaneIndex[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+  const __m256i mask =
+      _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(count)),
+                         _mm256_load_si256(reinterpret_cast<const __m256i*>(kLaneIndex)));
+  __m256 acc[kG];
+  for (int i = 0; i < kG; ++i) acc[i] = _mm256_setzero_ps();
+  for (int64_t d = 0; d < hd; ++d) {
+    const __m256 key = _mm256_maskload_ps(cache.Keys(block, g, d) + offset, mask);
+    for (int i = 0; i < kG; ++i) {
+      acc[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(row.q + (h0 + i) * hd + d), key, acc[i]);
+    }
+  }
+  const __m256 scale = _mm256_set1_ps(row.scale);
+  for (int i = 0; i < kG; ++i) {
+    _mm256_maskstore_ps(scores + (h0 + i) * row.stride, mask, _mm256_mul_ps(acc[i], scale));
+  }
+}
+
+template <int kG>
+__attribute__((target("avx2,fma"))) void ScoresAvx2(const SequenceCache& cache,
+                                                    const QueryRow& row) {
+  for (BlockRuns b(cache, row.first, row.last); b.valid(); b.Next()) {
+    const int64_t block = b.block, offset = b.offset, run = b.run, j = b.j;
+    for (int64_t o = 0; o < run; o += 8) {
+      const int64_t count = std::min<int64_t>(8, run - o);
+      for (int64_t g = 0; g < cache.kv_heads; ++g) {
+        for (int64_t i = 0; i < cache.group; i += kG) {
+          ScoreLanesAvx2<kG>(cache, row, block, offset + o, count, g, g * cache.group + i,
+                             row.scores + j + o);
+        }
+      }
+    }
   }
 }
 
@@ -221,115 +158,221 @@ __attribute__((target("avx2,fma"))) void AttendQueryAvx2(const SequenceCache& ca
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
-// q . k over head_dim (a multiple of 16), folded to eight lanes still to be summed.
-__attribute__((target("avx512f,avx2,fma"))) inline __m256 DotLanes16(const float* q, const float* k,
-                                                                     int64_t head_dim) {
-  __m512 sum = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(k));
-  for (int64_t d = 16; d < head_dim; d += 16) {
-    sum = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(k + d), sum);
+// The same on sixteen positions at a time.
+template <int kG>
+__attribute__((target("avx512f,avx2,fma"))) void ScoresAvx512(const SequenceCache& cache,
+                                                              const QueryRow& row) {
+  const int64_t hd = cache.head_dim;
+  const __m512 scale = _mm512_set1_ps(row.scale);
+  for (BlockRuns b(cache, row.first, row.last); b.valid(); b.Next()) {
+    const int64_t block = b.block, offset = b.offset, run = b.run, j = b.j;
+    for (int64_t o = 0; o < run; o += 16) {
+      const int64_t count = std::min<int64_t>(16, run - o);
+      const __mmask16 mask = count == 16 ? 0xFFFF : static_cast<__mmask16>((1u << count) - 1);
+      for (int64_t g = 0; g < cache.kv_heads; ++g) {
+        for (int64_t h0 = g * cache.group; h0 < (g + 1) * cache.group; h0 += kG) {
+          __m512 acc[kG];
+          for (int i = 0; i < kG; ++i) acc[i] = _mm512_setzero_ps();
+          for (int64_t d = 0; d < hd; ++d) {
+            const __m512 key = _mm512_maskz_loadu_ps(mask, cache.Keys(block, g, d) + offset + o);
+            for (int i = 0; i < kG; ++i) {
+              acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(row.q[(h0 + i) * hd + d]), key, acc[i]);
+            }
+          }
+          for (int i = 0; i < kG; ++i) {
+            _mm512_mask_storeu_ps(row.scores + (h0 + i) * row.stride + j + o, mask,
+                                  _mm512_mul_ps(acc[i], scale));
+          }
+        }
+      }
+    }
   }
-  const __m256 high = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sum), 1));
-  return _mm256_add_ps(_mm512_castps512_ps256(sum), high);
 }
 
-// out (heads, head_dim = 16 * kVectorsPerHead) = the scores-weighted sum of the cached
-// value rows of positions [first, last], each output accumulated from 0 by fused
-// multiply-adds in position order (as AttendQueryAvx2 does in memory), here in registers:
-// sixteen vectors of outputs per pass over the rows.
+// ---- Softmax of each head's row of scores, in place ----------------------------------------
+// The maximum, then e^(s - max) summed in lanes (then the lanes in a fixed order, then the
+// tail in index order), then each times 1 / sum.
+
+void SoftmaxPortable(const SequenceCache& cache, const QueryRow& row) {
+  const int64_t span = row.last - row.first + 1;
+  for (int64_t h = 0; h < cache.kv_heads * cache.group; ++h) {
+    float* s = row.scores + h * row.stride;
+    float max = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < span; ++j) max = std::max(max, s[j]);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < span; ++j) {
+      s[j] = ExpNonPositive(s[j] - max);
+      sum += s[j];
+    }
+    const float inverse = 1.0f / sum;
+    for (int64_t j = 0; j < span; ++j) s[j] *= inverse;
+  }
+}
+
+__attribute__((target("avx512f,avx2,fma"))) void SoftmaxAvx512(const SequenceCache& cache,
+                                                               const QueryRow& row) {
+  const int64_t span = row.last - row.first + 1;
+  const int64_t whole = span / 16 * 16;
+  for (int64_t h = 0; h < cache.kv_heads * cache.group; ++h) {
+    float* s = row.scores + h * row.stride;
+    __m512 max16 = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int64_t j = 0; j < whole; j += 16) max16 = _mm512_max_ps(max16, _mm512_loadu_ps(s + j));
+    float max = _mm512_reduce_max_ps(max16);
+    for (int64_t j = whole; j < span; ++j) max = std::max(max, s[j]);
+    const __m512 max_vector = _mm512_set1_ps(max);
+    __m512 sum16 = _mm512_setzero_ps();
+    for (int64_t j = 0; j < whole; j += 16) {
+      const __m512 e = ExpNonPositive16(_mm512_sub_ps(_mm512_loadu_ps(s + j), max_vector));
+      _mm512_storeu_ps(s + j, e);
+      sum16 = _mm512_add_ps(sum16, e);
+    }
+    float sum = _mm512_reduce_add_ps(sum16);
+    for (int64_t j = whole; j < span; ++j) {
+      s[j] = ExpNonPositive(s[j] - max);
+      sum += s[j];
+    }
+    const float inverse = 1.0f / sum;
+    const __m512 inverse16 = _mm512_set1_ps(inverse);
+    for (int64_t j = 0; j < whole; j += 16) {
+      _mm512_storeu_ps(s + j, _mm512_mul_ps(_mm512_loadu_ps(s + j), inverse16));
+    }
+    for (int64_t j = whole; j < span; ++j) s[j] *= inverse;
+  }
+}
+
+// ---- Values: out[h] = sum over j of scores[h][j] * value of position first + j ------------
+// Each output accumulated from 0 by fused multiply-adds in position order.
+
+// Sixteen vectors of outputs kept in registers per pass over the rows, for head_dim =
+// 16 * kVectorsPerHead.
 template <int kVectorsPerHead>
-__attribute__((target("avx512f,avx2,fma"))) void WeightedValuesAvx512(const SequenceCache& cache,
-                                                                      int64_t heads, int64_t first,
-                                                                      int64_t last,
-                                                                      const float* scores,
-                                                                      int64_t stride, float* out) {
+__attribute__((target("avx512f,avx2,fma"))) void ValuesAvx512(const SequenceCache& cache,
+                                                              const QueryRow& row) {
   constexpr int kHeadsPerPass = 16 / kVectorsPerHead;
   constexpr int64_t kHeadDim = 16 * kVectorsPerHead;
+  const int64_t heads = cache.kv_heads * cache.group;
   for (int64_t h0 = 0; h0 < heads; h0 += kHeadsPerPass) {
     const int64_t pass_heads = std::min<int64_t>(kHeadsPerPass, heads - h0);
     __m512 acc[kHeadsPerPass][kVectorsPerHead];
+    int64_t value_offset[kHeadsPerPass];  // where head h0 + i's kv head starts in a row
     for (int i = 0; i < kHeadsPerPass; ++i) {
       for (int c = 0; c < kVectorsPerHead; ++c) acc[i][c] = _mm512_setzero_ps();
+      value_offset[i] = (h0 + i) / cache.group * kHeadDim;
     }
-    for (int64_t p = first, j = 0; p <= last;) {
-      const int64_t block = cache.table[p / cache.block_size];
-      const int64_t offset = p % cache.block_size;
-      const int64_t run = std::min(cache.block_size - offset, last - p + 1);
-      const float* value = cache.v + (block * cache.block_size + offset) * cache.kv_row;
-      for (int64_t r = 0; r < run; ++r, ++j, value += cache.kv_row) {
+    for (BlockRuns b(cache, row.first, row.last); b.valid(); b.Next()) {
+      const int64_t block = b.block, offset = b.offset, run = b.run, j0 = b.j;
+      const float* value = cache.Values(block, offset);
+      for (int64_t r = 0; r < run; ++r, value += cache.kv_heads * kHeadDim) {
         for (int i = 0; i < kHeadsPerPass; ++i) {
           if (i >= pass_heads) break;
           const int64_t h = h0 + i;
-          const __m512 weight = _mm512_set1_ps(scores[j * stride + h]);
-          const float* v = value + cache.head_offsets[h];
+          const __m512 weight = _mm512_set1_ps(row.scores[h * row.stride + j0 + r]);
+          const float* v = value + value_offset[i];
           for (int c = 0; c < kVectorsPerHead; ++c) {
             acc[i][c] = _mm512_fmadd_ps(weight, _mm512_loadu_ps(v + 16 * c), acc[i][c]);
           }
         }
       }
-      p += run;
     }
     for (int i = 0; i < pass_heads; ++i) {
       for (int c = 0; c < kVectorsPerHead; ++c) {
-        _mm512_storeu_ps(out + (h0 + i) * kHeadDim + 16 * c, acc[i][c]);
+        _mm512_storeu_ps(row.out + (h0 + i) * kHeadDim + 16 * c, acc[i][c]);
       }
     }
-  }
-}
-
-// AttendQueryAvx2 on sixteen lanes, for head_dim 16, 32, 64, 128 or 256: the same walk, scores
-// layout and softmax; each head's dot product and weighted sum of values take sixteen
-// dimensions per instruction. A machine with AVX-512 always takes it for such heads, so a
-// query's result still depends only on its own position and context.
-__attribute__((target("avx512f,avx2,fma"))) void AttendQueryAvx512(
-    const SequenceCache& cache, int64_t kv_heads, int64_t group, int64_t head_dim, int64_t first,
-    int64_t last, const float* q, float scale, float* scores, float* out) {
-  const int64_t span = last - first + 1;
-  const int64_t heads = kv_heads * group;
-  const int64_t stride = (heads + 7) / 8 * 8;
-  const __m256 scale8 = _mm256_set1_ps(scale);
-  for (int64_t p = first, j = 0; p <= last;) {
-    const int64_t block = cache.table[p / cache.block_size];
-    const int64_t offset = p % cache.block_size;
-    const int64_t run = std::min(cache.block_size - offset, last - p + 1);
-    const float* key = cache.k + (block * cache.block_size + offset) * cache.kv_row;
-    for (int64_t r = 0; r < run; ++r, ++j, key += cache.kv_row) {
-      for (int64_t h0 = 0; h0 < heads; h0 += 8) {
-        __m256 lanes[8];
-        for (int64_t i = 0; i < 8; ++i) {
-          const int64_t h = h0 + i;
-          lanes[i] = h < heads ? DotLanes16(q + h * head_dim, key + cache.head_offsets[h], head_dim)
-                               : _mm256_setzero_ps();
-        }
-        _mm256_storeu_ps(scores + j * stride + h0, _mm256_mul_ps(SumLanesTree8(lanes), scale8));
-      }
-    }
-    p += run;
-  }
-  SoftmaxColumnsAvx2(scores, span, stride);
-  switch (head_dim) {
-    case 16:
-      return WeightedValuesAvx512<1>(cache, heads, first, last, scores, stride, out);
-    case 32:
-      return WeightedValuesAvx512<2>(cache, heads, first, last, scores, stride, out);
-    case 64:
-      return WeightedValuesAvx512<4>(cache, heads, first, last, scores, stride, out);
-    case 128:
-      return WeightedValuesAvx512<8>(cache, heads, first, last, scores, stride, out);
-    default:
-      return WeightedValuesAvx512<16>(cache, heads, first, last, scores, stride, out);
   }
 }
 
 #pragma GCC diagnostic pop
 
-using AttendQueryFn = void (*)(const SequenceCache&, int64_t, int64_t, int64_t, int64_t, int64_t,
-                               const float*, float, float*, float*);
+// In memory, eight dimensions per instruction (head_dim a multiple of 8).
+__attribute__((target("avx2,fma"))) void ValuesAvx2(const SequenceCache& cache,
+                                                    const QueryRow& row) {
+  const int64_t hd = cache.head_dim, heads = cache.kv_heads * cache.group;
+  std::fill(row.out, row.out + heads * hd, 0.0f);
+  for (BlockRuns b(cache, row.first, row.last); b.valid(); b.Next()) {
+    const int64_t block = b.block, offset = b.offset, run = b.run, j0 = b.j;
+    const float* value = cache.Values(block, offset);
+    for (int64_t r = 0; r < run; ++r, value += cache.kv_heads * hd) {
+      // Query head h = g * group + i reads kv head g (no division in the loop).
+      for (int64_t g = 0, h = 0; g < cache.kv_heads; ++g) {
+        const float* v = value + g * hd;
+        for (int64_t i = 0; i < cache.group; ++i, ++h) {
+          const __m256 weight = _mm256_set1_ps(row.scores[h * row.stride + j0 + r]);
+          float* o = row.out + h * hd;
+          for (int64_t d = 0; d < hd; d += 8) {
+            _mm256_storeu_ps(
+                o + d, _mm256_fmadd_ps(weight, _mm256_loadu_ps(v + d), _mm256_loadu_ps(o + d)));
+          }
+        }
+      }
+    }
+  }
+}
 
-AttendQueryFn AttendQueryFor(int64_t head_dim) {
-  const bool register_sized =
-      head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128 || head_dim == 256;
-  if (register_sized && HasAvx512()) return AttendQueryAvx512;
-  return head_dim % 8 == 0 && HasAvx2Fma() ? AttendQueryAvx2 : AttendQuery;
+void ValuesPortable(const SequenceCache& cache, const QueryRow& row) {
+  const int64_t hd = cache.head_dim, heads = cache.kv_heads * cache.group;
+  std::fill(row.out, row.out + heads * hd, 0.0f);
+  for (BlockRuns b(cache, row.first, row.last); b.valid(); b.Next()) {
+    const int64_t block = b.block, offset = b.offset, run = b.run, j0 = b.j;
+    const float* value = cache.Values(block, offset);
+    for (int64_t r = 0; r < run; ++r, value += cache.kv_heads * hd) {
+      for (int64_t g = 0, h = 0; g < cache.kv_heads; ++g) {
+        const float* v = value + g * hd;
+        for (int64_t i = 0; i < cache.group; ++i, ++h) {
+          const float weight = row.scores[h * row.stride + j0 + r];
+          float* o = row.out + h * hd;
+          for (int64_t d = 0; d < hd; ++d) o[d] = std::fma(weight, v[d], o[d]);
+        }
+      }
+    }
+  }
+}
+
+// The three steps of a query row, chosen once per call by the machine's vector path and
+// the head shape: never by the batch, so a row's result depends only on its own context.
+struct AttendSteps {
+  void (*scores)(const SequenceCache&, const QueryRow&);
+  void (*softmax)(const SequenceCache&, const QueryRow&);
+  void (*values)(const SequenceCache&, const QueryRow&);
+};
+
+AttendSteps StepsFor(int64_t head_dim, int64_t group) {
+  const CpuVector path = CpuVectorPath();
+  AttendSteps steps{ScoresPortable, SoftmaxPortable, ValuesPortable};
+  if (path == CpuVector::kPortable) return steps;
+  // Heads sharing a kv head take its key vector together, up to four at a time.
+  const int heads_at_once = group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1;
+  if (path == CpuVector::kAvx512) {
+    steps.scores = heads_at_once == 4   ? ScoresAvx512<4>
+                   : heads_at_once == 2 ? ScoresAvx512<2>
+                                        : ScoresAvx512<1>;
+    steps.softmax = SoftmaxAvx512;
+    switch (head_dim) {
+      case 16:
+        steps.values = ValuesAvx512<1>;
+        return steps;
+      case 32:
+        steps.values = ValuesAvx512<2>;
+        return steps;
+      case 64:
+        steps.values = ValuesAvx512<4>;
+        return steps;
+      case 128:
+        steps.values = ValuesAvx512<8>;
+        return steps;
+      case 256:
+        steps.values = ValuesAvx512<16>;
+        return steps;
+      default:
+        break;
+    }
+  } else {
+    steps.scores = heads_at_once == 4   ? ScoresAvx2<4>
+                   : heads_at_once == 2 ? ScoresAvx2<2>
+                                        : ScoresAvx2<1>;
+  }
+  if (head_dim % 8 == 0) steps.values = ValuesAvx2;
+  return steps;
 }
 
 }  // namespace
@@ -338,8 +381,8 @@ absl::Status WriteKvCache(const Tensor& k, const Tensor& v, const Tensor& slot_m
                           Tensor& k_cache, Tensor& v_cache) {
   constexpr char kKernel[] = "WriteKvCache";
   TESSERA_RETURN_IF_ERROR(CheckCache(kKernel, k_cache, v_cache));
-  int64_t blocks = k_cache.dim(0), block_size = k_cache.dim(1);
-  int64_t kv_heads = k_cache.dim(2), head_dim = k_cache.dim(3);
+  int64_t blocks = v_cache.dim(0), block_size = v_cache.dim(1);
+  int64_t kv_heads = v_cache.dim(2), head_dim = v_cache.dim(3);
   TESSERA_RETURN_IF_ERROR(ExpectDType(kKernel, "k", k, {DType::kF32}));
   TESSERA_RETURN_IF_ERROR(ExpectRank(kKernel, "k", k, 3));
   int64_t tokens = k.dim(0);
@@ -357,7 +400,11 @@ absl::Status WriteKvCache(const Tensor& k, const Tensor& v, const Tensor& slot_m
                                                 " is beyond the cache's ", blocks * block_size,
                                                 " slots"));
     }
-    std::copy_n(k.data<float>() + t * row, row, k_cache.data<float>() + slots[t] * row);
+    // Keys go along the positions of their block (see KeyCacheShape), values as rows.
+    const int64_t block = slots[t] / block_size, offset = slots[t] % block_size;
+    const float* key = k.data<float>() + t * row;
+    float* keys = k_cache.data<float>() + block * row * block_size + offset;
+    for (int64_t e = 0; e < row; ++e) keys[e * block_size] = key[e];
     std::copy_n(v.data<float>() + t * row, row, v_cache.data<float>() + slots[t] * row);
   }
   return absl::OkStatus();
@@ -369,8 +416,8 @@ absl::Status PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor
                             Tensor& out) {
   constexpr char kKernel[] = "PagedAttention";
   TESSERA_RETURN_IF_ERROR(CheckCache(kKernel, k_cache, v_cache));
-  int64_t blocks = k_cache.dim(0), block_size = k_cache.dim(1);
-  int64_t kv_heads = k_cache.dim(2), head_dim = k_cache.dim(3);
+  int64_t blocks = v_cache.dim(0), block_size = v_cache.dim(1);
+  int64_t kv_heads = v_cache.dim(2), head_dim = v_cache.dim(3);
   TESSERA_RETURN_IF_ERROR(ExpectDType(kKernel, "q", q, {DType::kF32}));
   TESSERA_RETURN_IF_ERROR(ExpectRank(kKernel, "q", q, 3));
   int64_t tokens = q.dim(0), heads = q.dim(1);
@@ -402,7 +449,6 @@ absl::Status PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor
   }
 
   const int64_t group = heads / kv_heads;
-  const int64_t kv_row = kv_heads * head_dim;
   // Each query row's sequence and position, and the work of the whole call.
   std::vector<int32_t> row_sequence(tokens);
   std::vector<int64_t> row_position(tokens);
@@ -439,27 +485,33 @@ absl::Status PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor
   const float* v_data = v_cache.data<float>();
   const float* q_data = q.data<float>();
   float* out_data = out.data<float>();
-  const AttendQueryFn attend = AttendQueryFor(head_dim);
-  std::vector<int64_t> head_offsets(heads);
-  for (int64_t h = 0; h < heads; ++h) head_offsets[h] = h / group * head_dim;
+  const AttendSteps steps = StepsFor(head_dim, group);
   const int64_t min_rows = work < kParallelWork ? tokens : 1;
-  ParallelFor(tokens, min_rows, [&](int64_t begin, int64_t end) {
-    thread_local std::vector<float> scores;  // kept between calls: no allocation per row
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t s = row_sequence[row];
-      const int64_t position = row_position[row];
-      int64_t first = 0;
-      if (params.sliding_window > 0) {
-        first = std::max<int64_t>(0, position - params.sliding_window + 1);
-      }
-      scores.resize((heads + 7) / 8 * 8 * (position - first + 1));
-      SequenceCache cache{k_data,     v_data, tables + s * max_blocks,
-                          block_size, kv_row, head_offsets.data()};
-      const int64_t offset = row * heads * head_dim;
-      attend(cache, kv_heads, group, head_dim, first, position, q_data + offset, params.scale,
-             scores.data(), out_data + offset);
-    }
-  }, /*grain=*/1);
+  ParallelFor(
+      tokens, min_rows,
+      [&](int64_t begin, int64_t end) {
+        thread_local std::vector<float> scores;  // kept between calls: no allocation per row
+        for (int64_t r = begin; r < end; ++r) {
+          const int64_t s = row_sequence[r];
+          QueryRow row;
+          row.last = row_position[r];
+          row.first = params.sliding_window > 0
+                          ? std::max<int64_t>(0, row.last - params.sliding_window + 1)
+                          : 0;
+          row.stride = (row.last - row.first + 16) / 16 * 16;  // span rounded up to 16
+          scores.resize(heads * row.stride);
+          row.scores = scores.data();
+          row.q = q_data + r * heads * head_dim;
+          row.out = out_data + r * heads * head_dim;
+          row.scale = params.scale;
+          const SequenceCache cache{k_data,   v_data, tables + s * max_blocks, block_size, kv_heads,
+                                    head_dim, group};
+          steps.scores(cache, row);
+          steps.softmax(cache, row);
+          steps.values(cache, row);
+        }
+      },
+      /*grain=*/1);
   return absl::OkStatus();
 }
 

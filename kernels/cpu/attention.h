@@ -4,10 +4,14 @@
 // Causal attention over a paged KV cache, for prefill and decode alike, with grouped-query
 // heads and an optional sliding window.
 //
-// The cache of one layer is two tensors, k_cache and v_cache, each
-//   (num_blocks, block_size, kv_heads, head_dim)
-// and a sequence owns a list of blocks (its block table): token position p of the sequence
-// lives in block block_table[p / block_size] at offset p % block_size.
+// The cache of one layer is two tensors, a sequence owns a list of blocks (its block table),
+// and token position p of the sequence lives in block block_table[p / block_size] at offset
+// p % block_size:
+//   v_cache (num_blocks, block_size, kv_heads, head_dim): a row of values per position;
+//   k_cache (num_blocks, kv_heads, head_dim, block_size) on the CPU: within a block, the keys
+//     lie along the positions, so that a vector load takes one dimension of one head at
+//     consecutive positions and q . k needs no sums across lanes (KeyCacheShape). The CUDA
+//     kernels keep keys as rows, in v_cache's shape (kernels/cuda/attention.h).
 //
 // A batch holds S sequences. Sequence s contributes the query rows
 // [query_starts[s], query_starts[s+1]) of q, the newest tokens of the sequence, and has
@@ -27,6 +31,12 @@ struct AttentionParams {
   float scale = 1.0f;      // applied to q.k (1/sqrt(head_dim) for these families)
   int sliding_window = 0;  // 0: attend to the whole context
 };
+
+// The CPU k_cache's shape for a v_cache of (num_blocks, block_size, kv_heads, head_dim).
+inline Shape KeyCacheShape(int64_t num_blocks, int64_t block_size, int64_t kv_heads,
+                           int64_t head_dim) {
+  return {num_blocks, kv_heads, head_dim, block_size};
+}
 
 // k, v (T, kv_heads, head_dim) f32 -> the cache slots slot_mapping (T) i64, where a slot is
 // block * block_size + offset. A negative slot skips the token.

@@ -165,12 +165,18 @@ TileFn<W> TileWithRows(CpuVector path, int np) {
 template <typename W>
 TileFn<W> TileFor(CpuVector path, int rows, int np) {
   switch (rows) {
-    case 1: return TileWithRows<W, 1>(path, np);
-    case 2: return TileWithRows<W, 2>(path, np);
-    case 3: return TileWithRows<W, 3>(path, np);
-    case 4: return TileWithRows<W, 4>(path, np);
-    case 5: return TileWithRows<W, 5>(path, np);
-    default: return TileWithRows<W, 6>(path, np);
+    case 1:
+      return TileWithRows<W, 1>(path, np);
+    case 2:
+      return TileWithRows<W, 2>(path, np);
+    case 3:
+      return TileWithRows<W, 3>(path, np);
+    case 4:
+      return TileWithRows<W, 4>(path, np);
+    case 5:
+      return TileWithRows<W, 5>(path, np);
+    default:
+      return TileWithRows<W, 6>(path, np);
   }
 }
 
@@ -187,7 +193,8 @@ WorkSplit SplitWork(int64_t m, int64_t panels, CpuVector path) {
   WorkSplit s;
   // AVX-512 tiles take up to four panels; the narrower paths one at a time.
   s.panels_per_group = path == CpuVector::kAvx512 ? 4 : 1;
-  while (s.panels_per_group > 1 && (panels + s.panels_per_group - 1) / s.panels_per_group < wanted) {
+  while (s.panels_per_group > 1 &&
+         (panels + s.panels_per_group - 1) / s.panels_per_group < wanted) {
     s.panels_per_group /= 2;
   }
   s.groups = (panels + s.panels_per_group - 1) / s.panels_per_group;
@@ -283,10 +290,10 @@ absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor
     TESSERA_ASSIGN_OR_RETURN(packed, PackLinearWeight(w));
   } else if (w.rank() != 3 || w.dim(0) != (n + kPanel - 1) / kPanel || w.dim(1) != k ||
              w.dim(2) != kPanel) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        kKernel, ": w is ", w.DebugString(), ", expected (", n, ", ", k, ") or packed (",
-        (n + kPanel - 1) / kPanel, ", ", k, ", ", kPanel, ") for x ", x.DebugString(),
-        " and out ", out.DebugString()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(kKernel, ": w is ", w.DebugString(), ", expected (", n, ", ", k,
+                     ") or packed (", (n + kPanel - 1) / kPanel, ", ", k, ", ", kPanel, ") for x ",
+                     x.DebugString(), " and out ", out.DebugString()));
   }
   TESSERA_RETURN_IF_ERROR(internal::ExpectShape(kKernel, "out", out, {m, n}));
   if (bias.defined()) {

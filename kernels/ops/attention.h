@@ -16,7 +16,8 @@
 namespace tessera::kernels::ops {
 
 // k, v (T, kv_heads, head_dim) f32 -> the cache slots slot_mapping (T) i64 of k_cache and
-// v_cache (num_blocks, block_size, kv_heads, head_dim). A negative slot skips the token.
+// v_cache (num_blocks, block_size, kv_heads, head_dim); on the CPU k_cache is
+// KeyCacheShape(...) instead (kernels/cpu/attention.h). A negative slot skips the token.
 absl::Status WriteKvCache(const Tensor& k, const Tensor& v, const Tensor& slot_mapping,
                           Tensor& k_cache, Tensor& v_cache, Stream& stream);
 

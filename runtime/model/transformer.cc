@@ -258,7 +258,9 @@ absl::StatusOr<KvCache> Transformer::AllocateKvCache(int num_blocks, int block_s
     // Zeroed, which also makes the whole cache resident now rather than page by page in
     // the middle of serving.
     if (device_.is_cpu()) {
-      TESSERA_ASSIGN_OR_RETURN(Tensor k, Tensor::Zeros(DType::kF32, shape));
+      TESSERA_ASSIGN_OR_RETURN(
+          Tensor k, Tensor::Zeros(DType::kF32,
+                                  kernels::KeyCacheShape(shape[0], shape[1], shape[2], shape[3])));
       TESSERA_ASSIGN_OR_RETURN(Tensor v, Tensor::Zeros(DType::kF32, shape));
       cache.k.push_back(std::move(k));
       cache.v.push_back(std::move(v));

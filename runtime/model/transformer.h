@@ -33,6 +33,7 @@ namespace tessera::model {
 // Keys and values of every layer for this rank's KV heads, in fixed-size blocks:
 // k[l], v[l] are (num_blocks, block_size, kv_heads_local, head_dim) f32, on the model's
 // device.
+// One layer's keys and values per entry, in the layout of the device (kernels/ops/attention.h).
 struct KvCache {
   int num_blocks = 0;
   int block_size = 16;
@@ -130,12 +131,12 @@ class Transformer {
     Tensor input_norm, post_attention_norm;
     Tensor post_self_attn_norm, post_mlp_norm;  // Glm4's extra norms, else undefined
     // The projections, (N, K) as loaded; on the CPU packed (ceil(N / 16), K, 16).
-    Tensor q, k, v;                             // (rows of this rank's heads, hidden)
-    Tensor q_bias, k_bias, v_bias;              // or undefined
-    Tensor o;                                   // (hidden, q rows)
-    Tensor o_bias;                              // replicated, or undefined
-    Tensor gate_up;                             // (2 * intermediate shard, hidden)
-    Tensor down;                                // (hidden, intermediate shard)
+    Tensor q, k, v;                 // (rows of this rank's heads, hidden)
+    Tensor q_bias, k_bias, v_bias;  // or undefined
+    Tensor o;                       // (hidden, q rows)
+    Tensor o_bias;                  // replicated, or undefined
+    Tensor gate_up;                 // (2 * intermediate shard, hidden)
+    Tensor down;                    // (hidden, intermediate shard)
   };
 
   // The activations of one Forward, `tokens` rows each (views of buffers kept across calls

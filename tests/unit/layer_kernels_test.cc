@@ -114,13 +114,13 @@ TEST(RmsNorm, AddRmsNormUpdatesTheResidualThenNormalizes) {
 }
 
 TEST(SiluMul, StaysAccurateAndFiniteFarFromZero) {
-  std::vector<float> gates = {0.0f, 1e-8f, -1e-8f, 0.5f, -0.5f, 3.0f, -3.0f, 20.0f, -20.0f,
-                              88.0f, -88.0f, 100.0f, -100.0f, 1e4f, -1e4f, 3e38f, -3e38f};
+  std::vector<float> gates = {0.0f,  1e-8f,  -1e-8f, 0.5f,    -0.5f, 3.0f,  -3.0f, 20.0f, -20.0f,
+                              88.0f, -88.0f, 100.0f, -100.0f, 1e4f,  -1e4f, 3e38f, -3e38f};
   const int64_t n = static_cast<int64_t>(gates.size());
   std::vector<float> values(gates);
   values.insert(values.end(), gates.size(), 1.0f);  // up = 1
-  ASSERT_OK_AND_ASSIGN(Tensor gate_up, Tensor::FromValues(absl::Span<const float>(values),
-                                                          Shape{1, 2 * n}));
+  ASSERT_OK_AND_ASSIGN(Tensor gate_up,
+                       Tensor::FromValues(absl::Span<const float>(values), Shape{1, 2 * n}));
   Tensor out = Zeros(DType::kF32, {1, n});
   ASSERT_OK(SiluMul(gate_up, out));
   for (int64_t i = 0; i < n; ++i) {
@@ -256,73 +256,78 @@ std::vector<float> ContiguousAttention(const std::vector<float>& q, const std::v
 }
 
 TEST(PagedAttention, MatchesContiguousAttentionForPrefillDecodeGqaAndWindows) {
-  const int64_t heads = 4, kv_heads = 2, block_size = 4, blocks = 24;
   // Three sequences in one batch: one prefilling 6 tokens on top of 3 cached, one decoding
   // its 11th token, one prefilling 5 on top of 32 (spans beyond eight positions). Their
-  // blocks are scattered through the cache.
+  // blocks are scattered through the cache. Blocks of 4, 16 and 20 tokens: runs shorter
+  // than a vector, whole vectors, and a vector and a part.
   struct Seq {
     int64_t context, queries;
-    std::vector<int32_t> table;
   };
-  std::vector<Seq> seqs = {
-      {9, 6, {7, 2, 12}}, {11, 1, {5, 0, 9}}, {37, 5, {23, 1, 3, 22, 4, 6, 8, 10, 21, 11}}};
-  std::vector<int32_t> table_values;
-  for (const Seq& s : seqs) {
-    std::vector<int32_t> padded = s.table;
-    padded.resize(10, 0);
-    table_values.insert(table_values.end(), padded.begin(), padded.end());
-  }
-  // head_dim 8 to 136: every split of a head into 64-, 32-, 16- and 8-float pieces.
-  for (int64_t dim : {8, 16, 24, 64, 72, 136}) {
-    for (int window : {0, 4, 13}) {
-      Tensor k_cache = Zeros(DType::kF32, {blocks, block_size, kv_heads, dim});
-      Tensor v_cache = Zeros(DType::kF32, {blocks, block_size, kv_heads, dim});
-      std::vector<std::vector<float>> ks, vs;
-      std::mt19937 rng(11);
-      for (const Seq& s : seqs) {
-        // Write the whole context through WriteKvCache, slot by slot.
-        Tensor k = Random(DType::kF32, {s.context, kv_heads, dim}, rng());
-        Tensor v = Random(DType::kF32, {s.context, kv_heads, dim}, rng());
-        std::vector<int64_t> slots(s.context);
-        for (int64_t p = 0; p < s.context; ++p) {
-          slots[p] = s.table[p / block_size] * block_size + p % block_size;
+  const std::vector<Seq> seqs = {{9, 6}, {11, 1}, {37, 5}};
+  for (int64_t block_size : {4, 16, 20}) {
+    for (int64_t heads : {2, 4, 6, 8}) {  // 1 to 4 query heads per kv head
+      const int64_t kv_heads = 2, max_blocks = 10, blocks = 3 * max_blocks;
+      std::vector<int32_t> permutation(blocks);
+      std::iota(permutation.begin(), permutation.end(), 0);
+      std::shuffle(permutation.begin(), permutation.end(), std::mt19937(block_size));
+      std::vector<int32_t> table_values(permutation.begin(), permutation.end());
+      // head_dim 8 to 136: every split of a head into 64-, 32-, 16- and 8-float pieces.
+      for (int64_t dim : {8, 16, 24, 64, 72, 136}) {
+        for (int window : {0, 4, 13}) {
+          Tensor k_cache = Zeros(DType::kF32, KeyCacheShape(blocks, block_size, kv_heads, dim));
+          Tensor v_cache = Zeros(DType::kF32, {blocks, block_size, kv_heads, dim});
+          std::vector<std::vector<float>> ks, vs;
+          std::mt19937 rng(11);
+          for (size_t s = 0; s < seqs.size(); ++s) {
+            // Write the whole context through WriteKvCache, slot by slot.
+            const int64_t context = seqs[s].context;
+            Tensor k = Random(DType::kF32, {context, kv_heads, dim}, rng());
+            Tensor v = Random(DType::kF32, {context, kv_heads, dim}, rng());
+            std::vector<int64_t> slots(context);
+            for (int64_t p = 0; p < context; ++p) {
+              slots[p] =
+                  table_values[s * max_blocks + p / block_size] * block_size + p % block_size;
+            }
+            ASSERT_OK_AND_ASSIGN(Tensor slot_mapping,
+                                 Tensor::FromValues(absl::Span<const int64_t>(slots)));
+            ASSERT_OK(WriteKvCache(k, v, slot_mapping, k_cache, v_cache));
+            ks.emplace_back(k.data<float>(), k.data<float>() + k.numel());
+            vs.emplace_back(v.data<float>(), v.data<float>() + v.numel());
+          }
+          const int64_t total_queries = 12;
+          Tensor q = Random(DType::kF32, {total_queries, heads, dim}, 12);
+          Tensor out = Zeros(DType::kF32, {total_queries, heads, dim});
+          Tensor tables = I32(table_values, {3, max_blocks});
+          float scale = 1.0f / std::sqrt(static_cast<float>(dim));
+          ASSERT_OK(PagedAttention(q, k_cache, v_cache, I32({0, 6, 7, 12}), I32({9, 11, 37}),
+                                   tables, {scale, window}, out));
+          int64_t row = 0;
+          for (size_t s = 0; s < seqs.size(); ++s) {
+            std::vector<float> qs(q.data<float>() + row * heads * dim,
+                                  q.data<float>() + (row + seqs[s].queries) * heads * dim);
+            std::vector<float> expected =
+                ContiguousAttention(qs, ks[s], vs[s], seqs[s].queries, seqs[s].context, heads,
+                                    kv_heads, dim, scale, window);
+            for (size_t e = 0; e < expected.size(); ++e) {
+              ASSERT_NEAR(out.data<float>()[row * heads * dim + e], expected[e], 1e-5)
+                  << "sequence " << s << " element " << e << " window " << window << " dim " << dim
+                  << " block " << block_size << " heads " << heads;
+            }
+            row += seqs[s].queries;
+          }
         }
-        ASSERT_OK_AND_ASSIGN(Tensor slot_mapping,
-                             Tensor::FromValues(absl::Span<const int64_t>(slots)));
-        ASSERT_OK(WriteKvCache(k, v, slot_mapping, k_cache, v_cache));
-        ks.emplace_back(k.data<float>(), k.data<float>() + k.numel());
-        vs.emplace_back(v.data<float>(), v.data<float>() + v.numel());
-      }
-      const int64_t total_queries = 12;
-      Tensor q = Random(DType::kF32, {total_queries, heads, dim}, 12);
-      Tensor out = Zeros(DType::kF32, {total_queries, heads, dim});
-      Tensor tables = I32(table_values, {3, 10});
-      float scale = 1.0f / std::sqrt(static_cast<float>(dim));
-      ASSERT_OK(PagedAttention(q, k_cache, v_cache, I32({0, 6, 7, 12}), I32({9, 11, 37}),
-                               tables, {scale, window}, out));
-      int64_t row = 0;
-      for (size_t s = 0; s < seqs.size(); ++s) {
-        std::vector<float> qs(q.data<float>() + row * heads * dim,
-                              q.data<float>() + (row + seqs[s].queries) * heads * dim);
-        std::vector<float> expected =
-            ContiguousAttention(qs, ks[s], vs[s], seqs[s].queries, seqs[s].context, heads,
-                                kv_heads, dim, scale, window);
-        for (size_t e = 0; e < expected.size(); ++e) {
-          ASSERT_NEAR(out.data<float>()[row * heads * dim + e], expected[e], 1e-5)
-              << "sequence " << s << " element " << e << " window " << window << " dim " << dim;
-        }
-        row += seqs[s].queries;
       }
     }
   }
 }
 
 TEST(PagedAttention, RejectsBlocksOutsideTheCache) {
-  Tensor cache = Zeros(DType::kF32, {2, 4, 1, 8});
+  Tensor k_cache = Zeros(DType::kF32, KeyCacheShape(2, 4, 1, 8));
+  Tensor v_cache = Zeros(DType::kF32, {2, 4, 1, 8});
   Tensor q = Random(DType::kF32, {1, 1, 8}, 1);
   Tensor out = Zeros(DType::kF32, {1, 1, 8});
-  absl::Status status =
-      PagedAttention(q, cache, cache, I32({0, 1}), I32({5}), I32({0, 7}, {1, 2}), {1.0f, 0}, out);
+  absl::Status status = PagedAttention(q, k_cache, v_cache, I32({0, 1}), I32({5}),
+                                       I32({0, 7}, {1, 2}), {1.0f, 0}, out);
   EXPECT_EQ(status.code(), absl::StatusCode::kOutOfRange) << status;
 }
 
