@@ -494,19 +494,30 @@ TEST_F(KernelsCudaTest, WriteKvCacheAndPagedAttentionMatchCpu) {
 
     // The cache: f32 on the CPU; on the GPU in c.cache, which must hold the CPU's values
     // rounded to it.
-    Tensor k_cache = Must(Tensor::Zeros(DType::kF32, cache_shape));
+    // The CPU keeps keys along the positions of a block (KeyCacheShape), the GPU as rows.
+    Tensor k_cache = Must(Tensor::Zeros(
+        DType::kF32, KeyCacheShape(num_blocks, c.block_size, c.kv_heads, c.head_dim)));
     Tensor v_cache = Must(Tensor::Zeros(DType::kF32, cache_shape));
     ASSERT_OK(WriteKvCache(k, v, slot_mapping, k_cache, v_cache));
+    Tensor k_rows = Must(Tensor::Empty(DType::kF32, cache_shape));
+    for (int64_t b = 0; b < num_blocks; ++b) {
+      for (int64_t o = 0; o < c.block_size; ++o) {
+        for (int64_t e = 0; e < c.kv_heads * c.head_dim; ++e) {
+          k_rows.data<float>()[(b * c.block_size + o) * c.kv_heads * c.head_dim + e] =
+              k_cache.data<float>()[(b * c.kv_heads * c.head_dim + e) * c.block_size + o];
+        }
+      }
+    }
     Tensor gpu_k_cache = GpuZeros(c.cache, cache_shape);
     Tensor gpu_v_cache = GpuZeros(c.cache, cache_shape);
     ASSERT_OK(cuda::WriteKvCache(OnGpu(k), OnGpu(v), OnGpu(slot_mapping), gpu_k_cache, gpu_v_cache,
                                  stream()));
-    for (Tensor* cache : {&k_cache, &v_cache}) {
+    for (Tensor* cache : {&k_cache, &k_rows, &v_cache}) {
       for (int64_t i = 0; i < cache->numel(); ++i) {
         cache->data<float>()[i] = RoundThrough(c.cache, cache->data<float>()[i]);
       }
     }
-    EXPECT_TRUE(AllClose(ToHost(gpu_k_cache), k_cache, 0, 0)) << "k_cache";
+    EXPECT_TRUE(AllClose(ToHost(gpu_k_cache), k_rows, 0, 0)) << "k_cache";
     EXPECT_TRUE(AllClose(ToHost(gpu_v_cache), v_cache, 0, 0)) << "v_cache";
 
     Tensor q = Random(DType::kF32, {rows, c.heads, c.head_dim});
