@@ -18,24 +18,31 @@ namespace {
 constexpr int64_t kPanel = kLinearPanel;
 // Rows of x in one tile: MR rows share every weight load.
 constexpr int kTileRows = 6;
-// Rows of x taken in one pass over a group of panels, so that they stay in L2 while the
-// group's weights stream through L1; for a large M the weights are read once a pass.
+// Rows of x taken in one pass over a group of panels; for a large M the weights are read
+// once a pass.
 constexpr int64_t kRowsPerPass = 64;
+// Inputs taken at a time: a group's weights for them (4 panels x 256 inputs: 64 KiB in
+// f32) stay in L2 while every row tile of the pass reads them, however large K is.
+constexpr int64_t kInputsPerBlock = 256;
 
 inline float ToFloat(float w) { return w; }
 inline float ToFloat(uint16_t bf16_bits) {
   return std::bit_cast<float>(static_cast<uint32_t>(bf16_bits) << 16);
 }
 
-// Where a tile reads and writes: x rows (row stride k), panels (panel stride k * 16), out
-// (row stride n) from column `column`; `columns` of them are valid (n - column, which may
-// be more than the tile covers).
+// Where a tile reads and writes: inputs [k_begin, k_begin + k_count) of x rows (row stride
+// k) and of panels (panel stride k * 16); out (row stride n) from column `column`, of which
+// n - column are valid (which may be more than the tile covers). With `resume`, each
+// output's chain goes on from the value in out (the inputs before k_begin) instead of 0:
+// splitting k this way keeps every chain's operations and order, so the bits.
 template <typename W>
 struct TileArgs {
   const float* x;
   const W* panels;
   float* out;
   int64_t k, n, column;
+  int64_t k_begin, k_count;
+  bool resume;
 };
 
 // The portable path (machines without AVX2 + FMA): the same chain per output as the
@@ -48,8 +55,8 @@ void TilePortable(const TileArgs<W>& a) {
       const int64_t first = a.column + p * kPanel;
       const int64_t lanes = std::min<int64_t>(kPanel, a.n - first);
       for (int64_t l = 0; l < lanes; ++l) {
-        float sum = 0.0f;
-        for (int64_t c = 0; c < a.k; ++c) {
+        float sum = a.resume ? a.out[r * a.n + first + l] : 0.0f;
+        for (int64_t c = a.k_begin; c < a.k_begin + a.k_count; ++c) {
           sum = std::fma(a.x[r * a.k + c], ToFloat(panel[c * kPanel + l]), sum);
         }
         a.out[r * a.n + first + l] = sum;
@@ -74,10 +81,22 @@ template <int MR, int NP, typename W>
 __attribute__((target("avx2,fma"))) void TileAvx2(const TileArgs<W>& a) {
   __m256 acc[MR][2 * NP];
   for (int r = 0; r < MR; ++r) {
-    for (int v = 0; v < 2 * NP; ++v) acc[r][v] = _mm256_setzero_ps();
+    for (int v = 0; v < 2 * NP; ++v) {
+      acc[r][v] = _mm256_setzero_ps();
+      const int64_t lanes = a.n - (a.column + 8 * v);
+      if (!a.resume || lanes <= 0) continue;
+      const float* o = a.out + r * a.n + a.column + 8 * v;
+      if (lanes >= 8) {
+        acc[r][v] = _mm256_loadu_ps(o);
+      } else {
+        alignas(32) float lane_values[8] = {};
+        std::memcpy(lane_values, o, lanes * sizeof(float));
+        acc[r][v] = _mm256_load_ps(lane_values);
+      }
+    }
   }
-  const W* w = a.panels;
-  for (int64_t c = 0; c < a.k; ++c, w += kPanel) {
+  const W* w = a.panels + a.k_begin * kPanel;
+  for (int64_t c = a.k_begin; c < a.k_begin + a.k_count; ++c, w += kPanel) {
     __m256 wv[2 * NP];
     for (int p = 0; p < NP; ++p) {
       wv[2 * p] = LoadEight(w + p * a.k * kPanel);
@@ -121,11 +140,19 @@ __attribute__((target("avx512f,avx2,fma"))) inline __m512 LoadSixteen(const uint
 template <int MR, int NP, typename W>
 __attribute__((target("avx512f,avx2,fma"))) void TileAvx512(const TileArgs<W>& a) {
   __m512 acc[MR][NP];
-  for (int r = 0; r < MR; ++r) {
-    for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_setzero_ps();
+  __mmask16 mask[NP];  // the panels' valid lanes
+  for (int p = 0; p < NP; ++p) {
+    const int64_t lanes = std::clamp<int64_t>(a.n - (a.column + p * kPanel), 0, kPanel);
+    mask[p] = lanes == kPanel ? 0xFFFF : static_cast<__mmask16>((1u << lanes) - 1);
   }
-  const W* w = a.panels;
-  for (int64_t c = 0; c < a.k; ++c, w += kPanel) {
+  for (int r = 0; r < MR; ++r) {
+    for (int p = 0; p < NP; ++p) {
+      acc[r][p] = a.resume ? _mm512_maskz_loadu_ps(mask[p], a.out + r * a.n + a.column + p * kPanel)
+                           : _mm512_setzero_ps();
+    }
+  }
+  const W* w = a.panels + a.k_begin * kPanel;
+  for (int64_t c = a.k_begin; c < a.k_begin + a.k_count; ++c, w += kPanel) {
     __m512 wv[NP];
     for (int p = 0; p < NP; ++p) wv[p] = LoadSixteen(w + p * a.k * kPanel);
     for (int r = 0; r < MR; ++r) {
@@ -135,11 +162,7 @@ __attribute__((target("avx512f,avx2,fma"))) void TileAvx512(const TileArgs<W>& a
   }
   for (int r = 0; r < MR; ++r) {
     for (int p = 0; p < NP; ++p) {
-      const int64_t first = a.column + p * kPanel;
-      const int64_t lanes = std::min<int64_t>(kPanel, a.n - first);
-      if (lanes <= 0) continue;
-      const __mmask16 mask = lanes == kPanel ? 0xFFFF : static_cast<__mmask16>((1u << lanes) - 1);
-      _mm512_mask_storeu_ps(a.out + r * a.n + first, mask, acc[r][p]);
+      _mm512_mask_storeu_ps(a.out + r * a.n + a.column + p * kPanel, mask[p], acc[r][p]);
     }
   }
 }
@@ -225,13 +248,17 @@ void LinearPacked(const float* x, const W* packed, float* out, int64_t m, int64_
           const int64_t row_end = std::min(m, (pass + 1) * split.rows_per_pass);
           const int64_t panel_begin = group * split.panels_per_group;
           const int np = static_cast<int>(std::min(split.panels_per_group, panels - panel_begin));
-          for (int64_t row = pass * split.rows_per_pass; row < row_end; row += kTileRows) {
-            const int rows = static_cast<int>(std::min<int64_t>(kTileRows, row_end - row));
-            // A group has 1, 2 or 4 panels, but the last may be short: its panels one by one.
-            const int tile_np = np == split.panels_per_group ? np : 1;
-            const TileFn<W> tile = TileFor<W>(path, rows, tile_np);
-            for (int64_t p = panel_begin; p < panel_begin + np; p += tile_np) {
-              tile({x + row * k, packed + p * k * kPanel, out + row * n, k, n, p * kPanel});
+          // A group has 1, 2 or 4 panels, but the last may be short: its panels one by one.
+          const int tile_np = np == split.panels_per_group ? np : 1;
+          for (int64_t k_begin = 0; k_begin < k; k_begin += kInputsPerBlock) {
+            const int64_t k_count = std::min(kInputsPerBlock, k - k_begin);
+            for (int64_t row = pass * split.rows_per_pass; row < row_end; row += kTileRows) {
+              const int rows = static_cast<int>(std::min<int64_t>(kTileRows, row_end - row));
+              const TileFn<W> tile = TileFor<W>(path, rows, tile_np);
+              for (int64_t p = panel_begin; p < panel_begin + np; p += tile_np) {
+                tile({x + row * k, packed + p * k * kPanel, out + row * n, k, n, p * kPanel,
+                      k_begin, k_count, k_begin > 0});
+              }
             }
           }
         }
