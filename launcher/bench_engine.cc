@@ -12,9 +12,11 @@
 #include "absl/time/clock.h"
 #include "comm/layout.h"
 #include "comm/topology.h"
+#include "kernels/cpu/parallel.h"
 #include "launcher/bench.h"
 #include "launcher/engine_flags.h"
 #include "launcher/flags.h"
+#include "launcher/fma_peak.h"
 #include "launcher/process.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/engine/engine.h"
@@ -57,8 +59,7 @@ absl::StatusOr<RunFigures> RunRequests(model::Transformer& model, comm::Communic
     for (int i = 0; i < count; ++i) {
       engine::GenerationRequest request;
       for (int t = 0; t < config.prompt_tokens; ++t) {
-        request.prompt_tokens.push_back(
-            static_cast<int32_t>(random() % model.config().vocab_size));
+        request.prompt_tokens.push_back(static_cast<int32_t>(random() % model.config().vocab_size));
       }
       request.sampling.max_tokens = config.output_tokens;
       request.sampling.ignore_eos = true;
@@ -88,8 +89,23 @@ absl::StatusOr<RunFigures> RunRequests(model::Transformer& model, comm::Communic
   return figures;
 }
 
+// Multiply-adds x 2 of the projections (attention's and the MLP's, every layer) for one
+// token through the whole model, and of the LM head for one sampled row.
+struct ProjectionFlops {
+  double per_token = 0;
+  double per_sampled_row = 0;
+};
+
+ProjectionFlops FlopsOf(const model::ModelConfig& mc) {
+  const double hidden = static_cast<double>(mc.hidden_size);
+  const double attention = hidden * (2.0 * mc.q_size() + 2.0 * mc.kv_size());  // q, k, v, o
+  const double mlp = 3.0 * hidden * static_cast<double>(mc.intermediate_size);
+  return {2.0 * mc.num_hidden_layers * (attention + mlp), 2.0 * hidden * mc.vocab_size};
+}
+
 absl::Status BenchModel(const std::string& name, const std::string& dir,
-                        const BenchEngineConfig& config, comm::Communicator& tp, bool print) {
+                        const BenchEngineConfig& config, comm::Communicator& tp, double peak,
+                        bool print) {
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<model::Transformer> model,
                            model::Transformer::Load(dir, tp));
   const model::ModelConfig& mc = model->config();
@@ -99,17 +115,23 @@ absl::Status BenchModel(const std::string& name, const std::string& dir,
   TESSERA_ASSIGN_OR_RETURN(RunFigures alone, RunRequests(*model, tp, config, alone_count, 1));
   if (!print) return absl::OkStatus();
   const double batched_tps = batched.output_tokens / batched.seconds;
+  // Every prompt token and every output token but the last goes through the model once.
+  const ProjectionFlops flops = FlopsOf(mc);
+  const double batched_flops =
+      (batched.requests * (config.prompt_tokens + config.output_tokens - 1.0) * flops.per_token +
+       batched.output_tokens * flops.per_sampled_row) /
+      batched.seconds;
   const double alone_tps = alone.output_tokens / alone.seconds;
   // What the cache must cost: 2 (K and V) x layers x KV heads x head dim x 4 bytes, over tp
   // (or one head per rank when there are fewer KV heads than ranks).
-  const int64_t per_token = 2 * int64_t{mc.num_hidden_layers} * model->plan().attention.num_kv_heads *
-                            mc.head_dim * 4;
-  const double formula = 2.0 * mc.num_hidden_layers * mc.num_key_value_heads * mc.head_dim * 4 /
-                         tp.size();
-  std::printf("%-26s %5d %9.2f %11.1f %10.1f %11lld %10.0f %11.1f %7.2f\n", name.c_str(),
-              batched.requests, batched.requests / batched.seconds, batched_tps,
-              batched.mean_batch, static_cast<long long>(per_token), formula, alone_tps,
-              batched_tps / alone_tps);
+  const int64_t per_token =
+      2 * int64_t{mc.num_hidden_layers} * model->plan().attention.num_kv_heads * mc.head_dim * 4;
+  const double formula =
+      2.0 * mc.num_hidden_layers * mc.num_key_value_heads * mc.head_dim * 4 / tp.size();
+  std::printf("%-26s %5d %9.2f %11.1f %10.1f %8.1f %7.2f %11lld %10.0f %11.1f %7.2f\n",
+              name.c_str(), batched.requests, batched.requests / batched.seconds, batched_tps,
+              batched.mean_batch, batched_flops / 1e9, peak > 0 ? batched_flops / peak : 0.0,
+              static_cast<long long>(per_token), formula, alone_tps, batched_tps / alone_tps);
   std::fflush(stdout);
   return absl::OkStatus();
 }
@@ -144,6 +166,11 @@ absl::Status BenchEngine(const BenchEngineConfig& config, int* argc, char*** arg
         }));
     models.emplace_back("llama-0.5b (random, bf16)", big);
   }
+  // The node's FMA peak: every rank's kernel threads at once, summed.
+  MPI_Barrier(MPI_COMM_WORLD);
+  double rank_peak = MeasureFmaPeak(kernels::CpuKernelThreads(), kernels::CpuVectorPath());
+  double peak = 0;
+  MPI_Allreduce(&rank_peak, &peak, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
   const bool print = world.rank() == 0;
   if (print) {
     std::printf(
@@ -152,13 +179,19 @@ absl::Status BenchEngine(const BenchEngineConfig& config, int* argc, char*** arg
         layout.tp_size(), config.requests, config.prompt_tokens, config.output_tokens,
         std::min(config.baseline_requests, config.requests));
     std::printf(
+        "# GFLOP/s: the batched run's projections (every layer's and the LM head's "
+        "multiply-adds x 2, attention left out); of peak: against the FMA peak of these "
+        "ranks' kernel threads, measured here: %.1f GFLOP/s\n",
+        peak / 1e9);
+    std::printf(
         "# KV B/tok: this rank's cache bytes per token; formula: 2 x layers x kv_heads x "
         "head_dim x 4 / tp\n");
-    std::printf("%-26s %5s %9s %11s %10s %11s %10s %11s %7s\n", "model", "reqs", "req/s",
-                "output t/s", "mean batch", "KV B/tok", "formula", "alone t/s", "ratio");
+    std::printf("%-26s %5s %9s %11s %10s %8s %7s %11s %10s %11s %7s\n", "model", "reqs", "req/s",
+                "output t/s", "mean batch", "GFLOP/s", "of peak", "KV B/tok", "formula",
+                "alone t/s", "ratio");
   }
   for (const auto& [name, dir] : models) {
-    TESSERA_RETURN_IF_ERROR(BenchModel(name, dir, config, layout.tp(), print));
+    TESSERA_RETURN_IF_ERROR(BenchModel(name, dir, config, layout.tp(), peak, print));
   }
   return absl::OkStatus();
 }

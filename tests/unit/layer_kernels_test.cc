@@ -389,6 +389,45 @@ TEST(Linear, EachRowIsBitwiseTheSameAloneAndInAnyBatch) {
   }
 }
 
+// Every vector path (this binary runs under each, TESSERA_CPU_VECTOR) computes an output as
+// one fused multiply-add chain over k in index order from 0, so all give the same bits, and
+// a model's packed weights give those of the unpacked ones. k = 300 spans two blocks of
+// inputs; n = 37 ends in a part panel.
+TEST(Linear, EveryOutputIsTheFusedChainOverKInOrderPackedOrNot) {
+  const int64_t m = 13, n = 37, k = 300;
+  Tensor x = Random(DType::kF32, {m, k}, 31);
+  for (DType wtype : {DType::kF32, DType::kBF16}) {
+    Tensor w = Random(wtype, {n, k}, 32);
+    ASSERT_OK_AND_ASSIGN(Tensor packed, PackLinearWeight(w));
+    EXPECT_EQ(packed.shape(), Shape({3, k, kLinearPanel}));
+    Tensor out = Zeros(DType::kF32, {m, n});
+    Tensor out_packed = Zeros(DType::kF32, {m, n});
+    ASSERT_OK(Linear(x, w, Tensor(), out));
+    ASSERT_OK(Linear(x, packed, Tensor(), out_packed));
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t j = 0; j < n; ++j) {
+        float chain = 0.0f;
+        for (int64_t c = 0; c < k; ++c) {
+          chain = std::fma(x.data<float>()[i * k + c],
+                           static_cast<float>(ElementAsDouble(w, j * k + c)), chain);
+        }
+        ASSERT_EQ(std::bit_cast<uint32_t>(out.data<float>()[i * n + j]),
+                  std::bit_cast<uint32_t>(chain))
+            << NameOf(wtype) << " (" << i << "," << j << ")";
+        ASSERT_EQ(std::bit_cast<uint32_t>(out_packed.data<float>()[i * n + j]),
+                  std::bit_cast<uint32_t>(chain))
+            << "packed " << NameOf(wtype) << " (" << i << "," << j << ")";
+      }
+    }
+  }
+  // A packed weight must match out's width and x's inputs.
+  ASSERT_OK_AND_ASSIGN(Tensor packed, PackLinearWeight(Random(DType::kF32, {37, 300}, 1)));
+  Tensor wide = Zeros(DType::kF32, {m, 49});
+  absl::Status status = Linear(x, packed, Tensor(), wide);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_NE(std::string(status.message()).find("packed"), std::string::npos) << status;
+}
+
 TEST(Sampling, ShardArgmaxCombinesToTheFullArgmaxWithLowestIndexOnTies) {
   std::vector<float> row = {0.5f, 3.0f, -1.0f, 3.0f, 2.0f, 3.0f, 0.0f, 1.0f};
   ASSERT_OK_AND_ASSIGN(Tensor full, Tensor::FromValues(absl::Span<const float>(row), Shape{1, 8}));
