@@ -209,6 +209,42 @@ void SoftmaxPortable(const SequenceCache& cache, const QueryRow& row) {
   }
 }
 
+__attribute__((target("avx2,fma"))) void SoftmaxAvx2(const SequenceCache& cache,
+                                                     const QueryRow& row) {
+  const int64_t span = row.last - row.first + 1;
+  const int64_t whole = span / 8 * 8;
+  for (int64_t h = 0; h < cache.kv_heads * cache.group; ++h) {
+    float* s = row.scores + h * row.stride;
+    __m256 max8 = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int64_t j = 0; j < whole; j += 8) max8 = _mm256_max_ps(max8, _mm256_loadu_ps(s + j));
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, max8);
+    float max = lanes[0];
+    for (int l = 1; l < 8; ++l) max = std::max(max, lanes[l]);
+    for (int64_t j = whole; j < span; ++j) max = std::max(max, s[j]);
+    const __m256 max_vector = _mm256_set1_ps(max);
+    __m256 sum8 = _mm256_setzero_ps();
+    for (int64_t j = 0; j < whole; j += 8) {
+      const __m256 e = ExpNonPositive8(_mm256_sub_ps(_mm256_loadu_ps(s + j), max_vector));
+      _mm256_storeu_ps(s + j, e);
+      sum8 = _mm256_add_ps(sum8, e);
+    }
+    _mm256_store_ps(lanes, sum8);
+    float sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
+                ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+    for (int64_t j = whole; j < span; ++j) {
+      s[j] = ExpNonPositive(s[j] - max);
+      sum += s[j];
+    }
+    const float inverse = 1.0f / sum;
+    const __m256 inverse8 = _mm256_set1_ps(inverse);
+    for (int64_t j = 0; j < whole; j += 8) {
+      _mm256_storeu_ps(s + j, _mm256_mul_ps(_mm256_loadu_ps(s + j), inverse8));
+    }
+    for (int64_t j = whole; j < span; ++j) s[j] *= inverse;
+  }
+}
+
 __attribute__((target("avx512f,avx2,fma"))) void SoftmaxAvx512(const SequenceCache& cache,
                                                                const QueryRow& row) {
   const int64_t span = row.last - row.first + 1;
@@ -370,6 +406,7 @@ AttendSteps StepsFor(int64_t head_dim, int64_t group) {
     steps.scores = heads_at_once == 4   ? ScoresAvx2<4>
                    : heads_at_once == 2 ? ScoresAvx2<2>
                                         : ScoresAvx2<1>;
+    steps.softmax = SoftmaxAvx2;
   }
   if (head_dim % 8 == 0) steps.values = ValuesAvx2;
   return steps;
