@@ -1,6 +1,6 @@
 // `tessera bench generate`: prefill and decode tokens/s at batch 1, beside the memory-
-// bandwidth limit of decode (the weight bytes every token must read, over the bandwidth
-// measured on this machine).
+// bandwidth limit of decode (the bytes every token must read, every weight and the cached
+// keys and values of its context, over the bandwidth measured on this machine).
 
 #include <mpi.h>
 
@@ -99,6 +99,9 @@ struct Row {
   std::string name;
   double parameters_billion = 0;
   double weight_bytes = 0;  // all ranks
+  // Bytes a decode step reads, all ranks: the weights, and the KV cache of the mean context
+  // of the decoded tokens.
+  double decode_bytes = 0;
   double prefill_tps = 0;
   double decode_tps = 0;
 };
@@ -142,6 +145,12 @@ absl::StatusOr<Row> BenchOne(const std::string& name, const std::string& dir,
   row.parameters_billion =
       (mc.num_hidden_layers * per_layer + 2 * mc.vocab_size * mc.hidden_size) / 1e9;
   row.weight_bytes = all;
+  double kv_mine = static_cast<double>(model->KvBytesPerToken()), kv_all = 0;
+  MPI_Allreduce(&kv_mine, &kv_all, 1, MPI_DOUBLE, MPI_SUM,
+                tp.size() == 1 ? MPI_COMM_SELF : MPI_COMM_WORLD);
+  // Decode step i (0-based) reads the keys and values of prompt_tokens + i + 1 positions.
+  const double mean_context = config.prompt_tokens + (config.decode_tokens + 1) / 2.0;
+  row.decode_bytes = all + mean_context * kv_all;
   row.prefill_tps = config.prompt_tokens / prefill;
   row.decode_tps = config.decode_tokens / decode;
   return row;
@@ -199,25 +208,27 @@ absl::Status BenchGenerate(const BenchGenerateConfig& config, int* argc, char***
                 config.device.c_str());
     if (device_tp != nullptr) {
       std::printf(
-          "# limit: decode reads every weight once per token; GPU memory bandwidth %.2f GB/s "
+          "# limit: a decode step reads every weight and its context's cached keys and values "
+          "(read MB/tok); GPU memory bandwidth %.2f GB/s "
           "(device-to-device copy, read + write, %d GPUs)\n",
           bandwidth / 1e9, world.size());
     } else {
       std::printf(
-          "# limit: decode reads every weight once per token; memory read bandwidth "
+          "# limit: a decode step reads every weight and its context's cached keys and values "
+          "(read MB/tok); memory read bandwidth "
           "%.2f GB/s (%d threads over %d ranks)\n",
           bandwidth / 1e9, threads * world.size(), world.size());
     }
-    std::printf("%-28s %8s %10s %12s %12s %12s %8s\n", "model", "params", "weights", "prefill t/s",
-                "decode t/s", "limit t/s", "ratio");
+    std::printf("%-28s %8s %10s %12s %12s %12s %12s %8s\n", "model", "params", "weights",
+                "prefill t/s", "decode t/s", "read MB/tok", "limit t/s", "ratio");
   }
   for (const auto& [name, dir] : models) {
     TESSERA_ASSIGN_OR_RETURN(Row row, BenchOne(name, dir, config, model_tp));
     if (world.rank() == 0) {
-      double limit = bandwidth / row.weight_bytes;
-      std::printf("%-28s %7.3fB %8.1fMB %12.1f %12.2f %12.2f %8.2f\n", row.name.c_str(),
+      double limit = bandwidth / row.decode_bytes;
+      std::printf("%-28s %7.3fB %8.1fMB %12.1f %12.2f %12.2f %12.2f %8.2f\n", row.name.c_str(),
                   row.parameters_billion, row.weight_bytes / 1e6, row.prefill_tps, row.decode_tps,
-                  limit, row.decode_tps / limit);
+                  row.decode_bytes / 1e6, limit, row.decode_tps / limit);
       std::fflush(stdout);
     }
   }
