@@ -20,7 +20,7 @@ constexpr int64_t kPanel = kLinearPanel;
 constexpr int kTileRows = 6;
 // Rows of x taken in one pass over a group of panels; for a large M the weights are read
 // once a pass.
-constexpr int64_t kRowsPerPass = 64;
+constexpr int64_t kRowsPerPass = 10 * kTileRows;
 // Inputs taken at a time: a group's weights for them (4 panels x 256 inputs: 64 KiB in
 // f32) stay in L2 while every row tile of the pass reads them, however large K is.
 constexpr int64_t kInputsPerBlock = 256;
