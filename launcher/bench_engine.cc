@@ -42,6 +42,7 @@ struct RunFigures {
   double seconds = 0;
   int64_t output_tokens = 0;
   double mean_batch = 0;
+  double kv_bytes_per_token = 0;  // this rank's cache tensors over the tokens they hold
 };
 
 // Runs `count` requests of random prompts through a fresh engine with at most `concurrency`
@@ -83,6 +84,8 @@ absl::StatusOr<RunFigures> RunRequests(model::Transformer& model, comm::Communic
       figures.output_tokens += event.usage.completion_tokens;
     }
   }
+  figures.kv_bytes_per_token =
+      static_cast<double>(engine->kv_cache_bytes()) / engine->capacity_tokens();
   engine::EngineStats stats = engine->Stats();
   figures.mean_batch =
       stats.steps > 0 ? static_cast<double>(stats.step_sequences) / stats.steps : 0.0;
@@ -122,16 +125,14 @@ absl::Status BenchModel(const std::string& name, const std::string& dir,
        batched.output_tokens * flops.per_sampled_row) /
       batched.seconds;
   const double alone_tps = alone.output_tokens / alone.seconds;
-  // What the cache must cost: 2 (K and V) x layers x KV heads x head dim x 4 bytes, over tp
-  // (or one head per rank when there are fewer KV heads than ranks).
-  const int64_t per_token =
-      2 * int64_t{mc.num_hidden_layers} * model->plan().attention.num_kv_heads * mc.head_dim * 4;
-  const double formula =
-      2.0 * mc.num_hidden_layers * mc.num_key_value_heads * mc.head_dim * 4 / tp.size();
-  std::printf("%-26s %5d %9.2f %11.1f %10.1f %8.1f %7.2f %11lld %10.0f %11.1f %7.2f\n",
+  // What the cache must cost: 2 (K and V) x layers x KV heads x head dim x bytes (of the
+  // cache's dtype), over tp.
+  const double formula = 2.0 * mc.num_hidden_layers * mc.num_key_value_heads * mc.head_dim *
+                         StorageBytes(model->kv_cache_dtype(), 1) / tp.size();
+  std::printf("%-26s %5d %9.2f %11.1f %10.1f %8.1f %7.2f %11.0f %10.0f %11.1f %7.2f\n",
               name.c_str(), batched.requests, batched.requests / batched.seconds, batched_tps,
               batched.mean_batch, batched_flops / 1e9, peak > 0 ? batched_flops / peak : 0.0,
-              static_cast<long long>(per_token), formula, alone_tps, batched_tps / alone_tps);
+              batched.kv_bytes_per_token, formula, alone_tps, batched_tps / alone_tps);
   std::fflush(stdout);
   return absl::OkStatus();
 }
@@ -184,8 +185,9 @@ absl::Status BenchEngine(const BenchEngineConfig& config, int* argc, char*** arg
         "ranks' kernel threads, measured here: %.1f GFLOP/s\n",
         peak / 1e9);
     std::printf(
-        "# KV B/tok: this rank's cache bytes per token; formula: 2 x layers x kv_heads x "
-        "head_dim x 4 / tp\n");
+        "# KV B/tok: this rank's cache tensors' bytes over the tokens they hold; formula: 2 x "
+        "layers x kv_heads x head_dim x bytes (f32 4, bf16 2: the weights' dtype when bf16) / "
+        "tp\n");
     std::printf("%-26s %5s %9s %11s %10s %8s %7s %11s %10s %11s %7s\n", "model", "reqs", "req/s",
                 "output t/s", "mean batch", "GFLOP/s", "of peak", "KV B/tok", "formula",
                 "alone t/s", "ratio");

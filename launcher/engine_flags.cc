@@ -30,11 +30,12 @@ std::string DescribeKvCache(const engine::Engine& engine, const model::Transform
   const int64_t per_token = engine.kv_bytes_per_token();
   return absl::StrFormat(
       "KV cache: %d blocks of %d tokens = %d tokens fit; %s per rank on %s, %d bytes per token "
-      "on this rank (2 x %d layers x %d KV heads x %d head dim x 4 bytes)",
+      "on this rank (2 x %d layers x %d KV heads x %d head dim x %d bytes of %s)",
       engine.num_blocks(), engine.block_size(), engine.capacity_tokens(),
       model::FormatBytes(static_cast<uint64_t>(per_token * engine.capacity_tokens())),
       model.device().ToString(), per_token, config.num_hidden_layers,
-      model.plan().attention.num_kv_heads, config.head_dim);
+      model.plan().attention.num_kv_heads, config.head_dim,
+      static_cast<int>(StorageBytes(model.kv_cache_dtype(), 1)), NameOf(model.kv_cache_dtype()));
 }
 
 }  // namespace tessera::launcher

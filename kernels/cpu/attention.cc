@@ -12,6 +12,8 @@
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/exp_approx.h"
 #include "kernels/cpu/parallel.h"
+#include "kernels/cpu/vector_loads.h"
+#include "runtime/core/half.h"
 #include "runtime/core/status_macros.h"
 
 namespace tessera::kernels {
@@ -22,29 +24,31 @@ using internal::ExpectRank;
 using internal::ExpectShape;
 
 // k_cache (num_blocks, kv_heads, head_dim, block_size) and v_cache (num_blocks, block_size,
-// kv_heads, head_dim), both f32.
+// kv_heads, head_dim), both f32 or both bf16.
 absl::Status CheckCache(const char* kernel, const Tensor& k_cache, const Tensor& v_cache) {
-  TESSERA_RETURN_IF_ERROR(ExpectDType(kernel, "v_cache", v_cache, {DType::kF32}));
+  TESSERA_RETURN_IF_ERROR(ExpectDType(kernel, "v_cache", v_cache, {DType::kF32, DType::kBF16}));
   TESSERA_RETURN_IF_ERROR(ExpectRank(kernel, "v_cache", v_cache, 4));
-  TESSERA_RETURN_IF_ERROR(ExpectDType(kernel, "k_cache", k_cache, {DType::kF32}));
+  TESSERA_RETURN_IF_ERROR(ExpectDType(kernel, "k_cache", k_cache, {v_cache.dtype()}));
   return ExpectShape(kernel, "k_cache", k_cache,
                      KeyCacheShape(v_cache.dim(0), v_cache.dim(1), v_cache.dim(2), v_cache.dim(3)));
 }
 
-// Where one sequence's cached keys and values are (layouts in attention.h).
+// Where one sequence's cached keys and values are (layouts in attention.h); T is float, or
+// uint16_t for the bits of bf16.
+template <typename T>
 struct SequenceCache {
-  const float* k;
-  const float* v;
+  const T* k;
+  const T* v;
   const int32_t* table;  // the sequence's block table
   int64_t block_size, kv_heads, head_dim;
   int64_t group;  // query heads per kv head
 
   // The keys of kv head g, dimension d, at offsets [0, block_size) of `block`.
-  const float* Keys(int64_t block, int64_t g, int64_t d) const {
+  const T* Keys(int64_t block, int64_t g, int64_t d) const {
     return k + ((block * kv_heads + g) * head_dim + d) * block_size;
   }
-  // The value rows (kv_heads * head_dim floats) of `block` from `offset` on.
-  const float* Values(int64_t block, int64_t offset) const {
+  // The value rows (kv_heads * head_dim values) of `block` from `offset` on.
+  const T* Values(int64_t block, int64_t offset) const {
     return v + (block * block_size + offset) * kv_heads * head_dim;
   }
 };
@@ -63,17 +67,22 @@ struct QueryRow {
 // from `offset` of `block`, the first of them the j-th of the span.
 //   for (BlockRuns b(cache, first, last); b.valid(); b.Next()) ... b.block, b.offset ...
 struct BlockRuns {
-  BlockRuns(const SequenceCache& cache, int64_t first, int64_t last)
-      : cache_(cache), first_(first), last_(last), next_(first) {
+  template <typename Cache>
+  BlockRuns(const Cache& cache, int64_t first, int64_t last)
+      : table_(cache.table),
+        block_size_(cache.block_size),
+        first_(first),
+        last_(last),
+        next_(first) {
     Next();
   }
   bool valid() const { return run > 0; }
   void Next() {
     run = 0;
     if (next_ > last_) return;
-    block = cache_.table[next_ / cache_.block_size];
-    offset = next_ % cache_.block_size;
-    run = std::min(cache_.block_size - offset, last_ - next_ + 1);
+    block = table_[next_ / block_size_];
+    offset = next_ % block_size_;
+    run = std::min(block_size_ - offset, last_ - next_ + 1);
     j = next_ - first_;
     next_ += run;
   }
@@ -81,8 +90,8 @@ struct BlockRuns {
   int64_t block = 0, offset = 0, run = 0, j = 0;
 
  private:
-  const SequenceCache& cache_;
-  int64_t first_, last_, next_;
+  const int32_t* table_;
+  int64_t block_size_, first_, last_, next_;
 };
 
 // ---- Scores: scores[h][j] = scale * (q[h] . key of position first + j) --------------------
@@ -91,7 +100,40 @@ struct BlockRuns {
 // (attention.h), so a vector takes one dimension of a head at consecutive positions and a
 // query's value of that dimension is broadcast against it: no lanes are summed across.
 
-void ScoresPortable(const SequenceCache& cache, const QueryRow& row) {
+// `count` (1 to 8) keys from p as f32 lanes, zeros past them; mask holds lanes < count.
+__attribute__((target("avx2,fma"))) inline __m256 LoadKeysAvx2(const float* p, int64_t /*count*/,
+                                                               __m256i mask) {
+  return _mm256_maskload_ps(p, mask);
+}
+__attribute__((target("avx2,fma"))) inline __m256 LoadKeysAvx2(const uint16_t* p, int64_t count,
+                                                               __m256i /*mask*/) {
+  if (count == 8) return LoadEight(p);
+  alignas(16) uint16_t staged[8] = {};  // never read past the cache's last block
+  std::copy_n(p, count, staged);
+  return LoadEight(staged);
+}
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// `count` (1 to 16) keys from p as f32 lanes, zeros past them; mask holds lanes < count.
+__attribute__((target("avx512f,avx2,fma"))) inline __m512 LoadKeysAvx512(const float* p,
+                                                                         int64_t /*count*/,
+                                                                         __mmask16 mask) {
+  return _mm512_maskz_loadu_ps(mask, p);
+}
+__attribute__((target("avx512f,avx2,fma"))) inline __m512 LoadKeysAvx512(const uint16_t* p,
+                                                                         int64_t count,
+                                                                         __mmask16 /*mask*/) {
+  if (count == 16) return LoadSixteen(p);
+  alignas(32) uint16_t staged[16] = {};
+  std::copy_n(p, count, staged);
+  return LoadSixteen(staged);
+}
+#pragma GCC diagnostic pop
+
+template <typename T>
+void ScoresPortable(const SequenceCache<T>& cache, const QueryRow& row) {
   const int64_t hd = cache.head_dim;
   for (BlockRuns b(cache, row.first, row.last); b.valid(); b.Next()) {
     const int64_t block = b.block, offset = b.offset, run = b.run, j = b.j;
@@ -101,7 +143,7 @@ void ScoresPortable(const SequenceCache& cache, const QueryRow& row) {
         for (int64_t r = 0; r < run; ++r) {
           float sum = 0.0f;
           for (int64_t d = 0; d < hd; ++d) {
-            sum = std::fma(row.q[h * hd + d], cache.Keys(block, g, d)[offset + r], sum);
+            sum = std::fma(row.q[h * hd + d], ToFloat(cache.Keys(block, g, d)[offset + r]), sum);
           }
           row.scores[h * row.stride + j + r] = sum * row.scale;
         }
@@ -111,8 +153,8 @@ void ScoresPortable(const SequenceCache& cache, const QueryRow& row) {
 }
 
 // kG query heads of kv head g (heads h0 .. h0 + kG - 1) at up to eight positions.
-template <int kG>
-__attribute__((target("avx2,fma"))) void ScoreLanesAvx2(const SequenceCache& cache,
+template <int kG, typename T>
+__attribute__((target("avx2,fma"))) void ScoreLanesAvx2(const SequenceCache<T>& cache,
                                                         const QueryRow& row, int64_t block,
                                                         int64_t offset, int64_t count, int64_t g,
                                                         int64_t h0, float* scores) {
@@ -124,7 +166,7 @@ __attribute__((target("avx2,fma"))) void ScoreLanesAvx2(const SequenceCache& cac
   __m256 acc[kG];
   for (int i = 0; i < kG; ++i) acc[i] = _mm256_setzero_ps();
   for (int64_t d = 0; d < hd; ++d) {
-    const __m256 key = _mm256_maskload_ps(cache.Keys(block, g, d) + offset, mask);
+    const __m256 key = LoadKeysAvx2(cache.Keys(block, g, d) + offset, count, mask);
     for (int i = 0; i < kG; ++i) {
       acc[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(row.q + (h0 + i) * hd + d), key, acc[i]);
     }
@@ -135,8 +177,8 @@ __attribute__((target("avx2,fma"))) void ScoreLanesAvx2(const SequenceCache& cac
   }
 }
 
-template <int kG>
-__attribute__((target("avx2,fma"))) void ScoresAvx2(const SequenceCache& cache,
+template <int kG, typename T>
+__attribute__((target("avx2,fma"))) void ScoresAvx2(const SequenceCache<T>& cache,
                                                     const QueryRow& row) {
   for (BlockRuns b(cache, row.first, row.last); b.valid(); b.Next()) {
     const int64_t block = b.block, offset = b.offset, run = b.run, j = b.j;
@@ -159,8 +201,8 @@ __attribute__((target("avx2,fma"))) void ScoresAvx2(const SequenceCache& cache,
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 // The same on sixteen positions at a time.
-template <int kG>
-__attribute__((target("avx512f,avx2,fma"))) void ScoresAvx512(const SequenceCache& cache,
+template <int kG, typename T>
+__attribute__((target("avx512f,avx2,fma"))) void ScoresAvx512(const SequenceCache<T>& cache,
                                                               const QueryRow& row) {
   const int64_t hd = cache.head_dim;
   const __m512 scale = _mm512_set1_ps(row.scale);
@@ -174,7 +216,7 @@ __attribute__((target("avx512f,avx2,fma"))) void ScoresAvx512(const SequenceCach
           __m512 acc[kG];
           for (int i = 0; i < kG; ++i) acc[i] = _mm512_setzero_ps();
           for (int64_t d = 0; d < hd; ++d) {
-            const __m512 key = _mm512_maskz_loadu_ps(mask, cache.Keys(block, g, d) + offset + o);
+            const __m512 key = LoadKeysAvx512(cache.Keys(block, g, d) + offset + o, count, mask);
             for (int i = 0; i < kG; ++i) {
               acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(row.q[(h0 + i) * hd + d]), key, acc[i]);
             }
@@ -193,7 +235,8 @@ __attribute__((target("avx512f,avx2,fma"))) void ScoresAvx512(const SequenceCach
 // The maximum, then e^(s - max) summed in lanes (then the lanes in a fixed order, then the
 // tail in index order), then each times 1 / sum.
 
-void SoftmaxPortable(const SequenceCache& cache, const QueryRow& row) {
+template <typename T>
+void SoftmaxPortable(const SequenceCache<T>& cache, const QueryRow& row) {
   const int64_t span = row.last - row.first + 1;
   for (int64_t h = 0; h < cache.kv_heads * cache.group; ++h) {
     float* s = row.scores + h * row.stride;
@@ -209,7 +252,8 @@ void SoftmaxPortable(const SequenceCache& cache, const QueryRow& row) {
   }
 }
 
-__attribute__((target("avx2,fma"))) void SoftmaxAvx2(const SequenceCache& cache,
+template <typename T>
+__attribute__((target("avx2,fma"))) void SoftmaxAvx2(const SequenceCache<T>& cache,
                                                      const QueryRow& row) {
   const int64_t span = row.last - row.first + 1;
   const int64_t whole = span / 8 * 8;
@@ -245,7 +289,8 @@ __attribute__((target("avx2,fma"))) void SoftmaxAvx2(const SequenceCache& cache,
   }
 }
 
-__attribute__((target("avx512f,avx2,fma"))) void SoftmaxAvx512(const SequenceCache& cache,
+template <typename T>
+__attribute__((target("avx512f,avx2,fma"))) void SoftmaxAvx512(const SequenceCache<T>& cache,
                                                                const QueryRow& row) {
   const int64_t span = row.last - row.first + 1;
   const int64_t whole = span / 16 * 16;
@@ -281,8 +326,8 @@ __attribute__((target("avx512f,avx2,fma"))) void SoftmaxAvx512(const SequenceCac
 
 // Sixteen vectors of outputs kept in registers per pass over the rows, for head_dim =
 // 16 * kVectorsPerHead.
-template <int kVectorsPerHead>
-__attribute__((target("avx512f,avx2,fma"))) void ValuesAvx512(const SequenceCache& cache,
+template <int kVectorsPerHead, typename T>
+__attribute__((target("avx512f,avx2,fma"))) void ValuesAvx512(const SequenceCache<T>& cache,
                                                               const QueryRow& row) {
   constexpr int kHeadsPerPass = 16 / kVectorsPerHead;
   constexpr int64_t kHeadDim = 16 * kVectorsPerHead;
@@ -297,15 +342,15 @@ __attribute__((target("avx512f,avx2,fma"))) void ValuesAvx512(const SequenceCach
     }
     for (BlockRuns b(cache, row.first, row.last); b.valid(); b.Next()) {
       const int64_t block = b.block, offset = b.offset, run = b.run, j0 = b.j;
-      const float* value = cache.Values(block, offset);
+      const T* value = cache.Values(block, offset);
       for (int64_t r = 0; r < run; ++r, value += cache.kv_heads * kHeadDim) {
         for (int i = 0; i < kHeadsPerPass; ++i) {
           if (i >= pass_heads) break;
           const int64_t h = h0 + i;
           const __m512 weight = _mm512_set1_ps(row.scores[h * row.stride + j0 + r]);
-          const float* v = value + value_offset[i];
+          const T* v = value + value_offset[i];
           for (int c = 0; c < kVectorsPerHead; ++c) {
-            acc[i][c] = _mm512_fmadd_ps(weight, _mm512_loadu_ps(v + 16 * c), acc[i][c]);
+            acc[i][c] = _mm512_fmadd_ps(weight, LoadSixteen(v + 16 * c), acc[i][c]);
           }
         }
       }
@@ -321,23 +366,24 @@ __attribute__((target("avx512f,avx2,fma"))) void ValuesAvx512(const SequenceCach
 #pragma GCC diagnostic pop
 
 // In memory, eight dimensions per instruction (head_dim a multiple of 8).
-__attribute__((target("avx2,fma"))) void ValuesAvx2(const SequenceCache& cache,
+template <typename T>
+__attribute__((target("avx2,fma"))) void ValuesAvx2(const SequenceCache<T>& cache,
                                                     const QueryRow& row) {
   const int64_t hd = cache.head_dim, heads = cache.kv_heads * cache.group;
   std::fill(row.out, row.out + heads * hd, 0.0f);
   for (BlockRuns b(cache, row.first, row.last); b.valid(); b.Next()) {
     const int64_t block = b.block, offset = b.offset, run = b.run, j0 = b.j;
-    const float* value = cache.Values(block, offset);
+    const T* value = cache.Values(block, offset);
     for (int64_t r = 0; r < run; ++r, value += cache.kv_heads * hd) {
       // Query head h = g * group + i reads kv head g (no division in the loop).
       for (int64_t g = 0, h = 0; g < cache.kv_heads; ++g) {
-        const float* v = value + g * hd;
+        const T* v = value + g * hd;
         for (int64_t i = 0; i < cache.group; ++i, ++h) {
           const __m256 weight = _mm256_set1_ps(row.scores[h * row.stride + j0 + r]);
           float* o = row.out + h * hd;
           for (int64_t d = 0; d < hd; d += 8) {
-            _mm256_storeu_ps(
-                o + d, _mm256_fmadd_ps(weight, _mm256_loadu_ps(v + d), _mm256_loadu_ps(o + d)));
+            _mm256_storeu_ps(o + d,
+                             _mm256_fmadd_ps(weight, LoadEight(v + d), _mm256_loadu_ps(o + d)));
           }
         }
       }
@@ -345,19 +391,20 @@ __attribute__((target("avx2,fma"))) void ValuesAvx2(const SequenceCache& cache,
   }
 }
 
-void ValuesPortable(const SequenceCache& cache, const QueryRow& row) {
+template <typename T>
+void ValuesPortable(const SequenceCache<T>& cache, const QueryRow& row) {
   const int64_t hd = cache.head_dim, heads = cache.kv_heads * cache.group;
   std::fill(row.out, row.out + heads * hd, 0.0f);
   for (BlockRuns b(cache, row.first, row.last); b.valid(); b.Next()) {
     const int64_t block = b.block, offset = b.offset, run = b.run, j0 = b.j;
-    const float* value = cache.Values(block, offset);
+    const T* value = cache.Values(block, offset);
     for (int64_t r = 0; r < run; ++r, value += cache.kv_heads * hd) {
       for (int64_t g = 0, h = 0; g < cache.kv_heads; ++g) {
-        const float* v = value + g * hd;
+        const T* v = value + g * hd;
         for (int64_t i = 0; i < cache.group; ++i, ++h) {
           const float weight = row.scores[h * row.stride + j0 + r];
           float* o = row.out + h * hd;
-          for (int64_t d = 0; d < hd; ++d) o[d] = std::fma(weight, v[d], o[d]);
+          for (int64_t d = 0; d < hd; ++d) o[d] = std::fma(weight, ToFloat(v[d]), o[d]);
         }
       }
     }
@@ -366,50 +413,104 @@ void ValuesPortable(const SequenceCache& cache, const QueryRow& row) {
 
 // The three steps of a query row, chosen once per call by the machine's vector path and
 // the head shape: never by the batch, so a row's result depends only on its own context.
+template <typename T>
 struct AttendSteps {
-  void (*scores)(const SequenceCache&, const QueryRow&);
-  void (*softmax)(const SequenceCache&, const QueryRow&);
-  void (*values)(const SequenceCache&, const QueryRow&);
+  void (*scores)(const SequenceCache<T>&, const QueryRow&);
+  void (*softmax)(const SequenceCache<T>&, const QueryRow&);
+  void (*values)(const SequenceCache<T>&, const QueryRow&);
 };
 
-AttendSteps StepsFor(int64_t head_dim, int64_t group) {
+template <typename T>
+AttendSteps<T> StepsFor(int64_t head_dim, int64_t group) {
   const CpuVector path = CpuVectorPath();
-  AttendSteps steps{ScoresPortable, SoftmaxPortable, ValuesPortable};
+  AttendSteps<T> steps{ScoresPortable<T>, SoftmaxPortable<T>, ValuesPortable<T>};
   if (path == CpuVector::kPortable) return steps;
   // Heads sharing a kv head take its key vector together, up to four at a time.
   const int heads_at_once = group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1;
   if (path == CpuVector::kAvx512) {
-    steps.scores = heads_at_once == 4   ? ScoresAvx512<4>
-                   : heads_at_once == 2 ? ScoresAvx512<2>
-                                        : ScoresAvx512<1>;
-    steps.softmax = SoftmaxAvx512;
+    steps.scores = heads_at_once == 4   ? ScoresAvx512<4, T>
+                   : heads_at_once == 2 ? ScoresAvx512<2, T>
+                                        : ScoresAvx512<1, T>;
+    steps.softmax = SoftmaxAvx512<T>;
     switch (head_dim) {
       case 16:
-        steps.values = ValuesAvx512<1>;
+        steps.values = ValuesAvx512<1, T>;
         return steps;
       case 32:
-        steps.values = ValuesAvx512<2>;
+        steps.values = ValuesAvx512<2, T>;
         return steps;
       case 64:
-        steps.values = ValuesAvx512<4>;
+        steps.values = ValuesAvx512<4, T>;
         return steps;
       case 128:
-        steps.values = ValuesAvx512<8>;
+        steps.values = ValuesAvx512<8, T>;
         return steps;
       case 256:
-        steps.values = ValuesAvx512<16>;
+        steps.values = ValuesAvx512<16, T>;
         return steps;
       default:
         break;
     }
   } else {
-    steps.scores = heads_at_once == 4   ? ScoresAvx2<4>
-                   : heads_at_once == 2 ? ScoresAvx2<2>
-                                        : ScoresAvx2<1>;
-    steps.softmax = SoftmaxAvx2;
+    steps.scores = heads_at_once == 4   ? ScoresAvx2<4, T>
+                   : heads_at_once == 2 ? ScoresAvx2<2, T>
+                                        : ScoresAvx2<1, T>;
+    steps.softmax = SoftmaxAvx2<T>;
   }
-  if (head_dim % 8 == 0) steps.values = ValuesAvx2;
+  if (head_dim % 8 == 0) steps.values = ValuesAvx2<T>;
   return steps;
+}
+
+// Every query row of the call (see PagedAttention), T the cache's element type.
+template <typename T>
+void AttendRows(const T* k_data, const T* v_data, const float* q_data, float* out_data,
+                const int32_t* tables, int64_t max_blocks, const std::vector<int32_t>& row_sequence,
+                const std::vector<int64_t>& row_position, int64_t block_size, int64_t kv_heads,
+                int64_t group, int64_t head_dim, const AttentionParams& params, int64_t min_rows) {
+  const int64_t tokens = static_cast<int64_t>(row_sequence.size());
+  const int64_t heads = kv_heads * group;
+  const AttendSteps<T> steps = StepsFor<T>(head_dim, group);
+  ParallelFor(
+      tokens, min_rows,
+      [&](int64_t begin, int64_t end) {
+        thread_local std::vector<float> scores;  // kept between calls: no allocation per row
+        for (int64_t r = begin; r < end; ++r) {
+          const int64_t s = row_sequence[r];
+          QueryRow row;
+          row.last = row_position[r];
+          row.first = params.sliding_window > 0
+                          ? std::max<int64_t>(0, row.last - params.sliding_window + 1)
+                          : 0;
+          row.stride = (row.last - row.first + 16) / 16 * 16;  // span rounded up to 16
+          scores.resize(heads * row.stride);
+          row.scores = scores.data();
+          row.q = q_data + r * heads * head_dim;
+          row.out = out_data + r * heads * head_dim;
+          row.scale = params.scale;
+          const SequenceCache<T> cache{
+              k_data, v_data, tables + s * max_blocks, block_size, kv_heads, head_dim, group};
+          steps.scores(cache, row);
+          steps.softmax(cache, row);
+          steps.values(cache, row);
+        }
+      },
+      /*grain=*/1);
+}
+
+// A cache element from f32: itself, or bf16 rounded to nearest even.
+inline void StoreCacheValue(float value, float* to) { *to = value; }
+inline void StoreCacheValue(float value, uint16_t* to) { *to = BFloat16::FromFloat(value).bits; }
+
+// k, v rows of token t -> its slot (see WriteKvCache).
+template <typename T>
+void WriteSlot(const float* key, const float* value, int64_t slot, int64_t block_size, int64_t row,
+               T* k_cache, T* v_cache) {
+  // Keys go along the positions of their block (KeyCacheShape), values as rows.
+  const int64_t block = slot / block_size, offset = slot % block_size;
+  T* keys = k_cache + block * row * block_size + offset;
+  for (int64_t e = 0; e < row; ++e) StoreCacheValue(key[e], keys + e * block_size);
+  T* values = v_cache + slot * row;
+  for (int64_t e = 0; e < row; ++e) StoreCacheValue(value[e], values + e);
 }
 
 }  // namespace
@@ -437,12 +538,16 @@ absl::Status WriteKvCache(const Tensor& k, const Tensor& v, const Tensor& slot_m
                                                 " is beyond the cache's ", blocks * block_size,
                                                 " slots"));
     }
-    // Keys go along the positions of their block (see KeyCacheShape), values as rows.
-    const int64_t block = slots[t] / block_size, offset = slots[t] % block_size;
     const float* key = k.data<float>() + t * row;
-    float* keys = k_cache.data<float>() + block * row * block_size + offset;
-    for (int64_t e = 0; e < row; ++e) keys[e * block_size] = key[e];
-    std::copy_n(v.data<float>() + t * row, row, v_cache.data<float>() + slots[t] * row);
+    const float* value = v.data<float>() + t * row;
+    if (k_cache.dtype() == DType::kF32) {
+      WriteSlot(key, value, slots[t], block_size, row, k_cache.data<float>(),
+                v_cache.data<float>());
+    } else {
+      WriteSlot(key, value, slots[t], block_size, row,
+                reinterpret_cast<uint16_t*>(k_cache.data<BFloat16>()),
+                reinterpret_cast<uint16_t*>(v_cache.data<BFloat16>()));
+    }
   }
   return absl::OkStatus();
 }
@@ -518,37 +623,17 @@ absl::Status PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor
   // costs hundreds of times a short decode row); below about 64k multiply-adds threads do
   // not pay.
   constexpr int64_t kParallelWork = int64_t{1} << 16;
-  const float* k_data = k_cache.data<float>();
-  const float* v_data = v_cache.data<float>();
-  const float* q_data = q.data<float>();
-  float* out_data = out.data<float>();
-  const AttendSteps steps = StepsFor(head_dim, group);
   const int64_t min_rows = work < kParallelWork ? tokens : 1;
-  ParallelFor(
-      tokens, min_rows,
-      [&](int64_t begin, int64_t end) {
-        thread_local std::vector<float> scores;  // kept between calls: no allocation per row
-        for (int64_t r = begin; r < end; ++r) {
-          const int64_t s = row_sequence[r];
-          QueryRow row;
-          row.last = row_position[r];
-          row.first = params.sliding_window > 0
-                          ? std::max<int64_t>(0, row.last - params.sliding_window + 1)
-                          : 0;
-          row.stride = (row.last - row.first + 16) / 16 * 16;  // span rounded up to 16
-          scores.resize(heads * row.stride);
-          row.scores = scores.data();
-          row.q = q_data + r * heads * head_dim;
-          row.out = out_data + r * heads * head_dim;
-          row.scale = params.scale;
-          const SequenceCache cache{k_data,   v_data, tables + s * max_blocks, block_size, kv_heads,
-                                    head_dim, group};
-          steps.scores(cache, row);
-          steps.softmax(cache, row);
-          steps.values(cache, row);
-        }
-      },
-      /*grain=*/1);
+  if (v_cache.dtype() == DType::kF32) {
+    AttendRows(k_cache.data<float>(), v_cache.data<float>(), q.data<float>(), out.data<float>(),
+               tables, max_blocks, row_sequence, row_position, block_size, kv_heads, group,
+               head_dim, params, min_rows);
+  } else {
+    AttendRows(reinterpret_cast<const uint16_t*>(k_cache.data<BFloat16>()),
+               reinterpret_cast<const uint16_t*>(v_cache.data<BFloat16>()), q.data<float>(),
+               out.data<float>(), tables, max_blocks, row_sequence, row_position, block_size,
+               kv_heads, group, head_dim, params, min_rows);
+  }
   return absl::OkStatus();
 }
 

@@ -10,6 +10,7 @@
 #include "kernels/cpu/check_shapes.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/parallel.h"
+#include "kernels/cpu/vector_loads.h"
 #include "runtime/core/status_macros.h"
 
 namespace tessera::kernels {
@@ -24,11 +25,6 @@ constexpr int64_t kRowsPerPass = 10 * kTileRows;
 // Inputs taken at a time: a group's weights for them (4 panels x 256 inputs: 64 KiB in
 // f32) stay in L2 while every row tile of the pass reads them, however large K is.
 constexpr int64_t kInputsPerBlock = 256;
-
-inline float ToFloat(float w) { return w; }
-inline float ToFloat(uint16_t bf16_bits) {
-  return std::bit_cast<float>(static_cast<uint32_t>(bf16_bits) << 16);
-}
 
 // Where a tile reads and writes: inputs [k_begin, k_begin + k_count) of x rows (row stride
 // k) and of panels (panel stride k * 16); out (row stride n) from column `column`, of which
@@ -63,16 +59,6 @@ void TilePortable(const TileArgs<W>& a) {
       }
     }
   }
-}
-
-// Sixteen (or eight) weights as f32 lanes: loaded, or bf16 widened in the register
-// (zero-extend, shift into the high half).
-__attribute__((target("avx2,fma"))) inline __m256 LoadEight(const float* w) {
-  return _mm256_loadu_ps(w);
-}
-__attribute__((target("avx2,fma"))) inline __m256 LoadEight(const uint16_t* w) {
-  __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
 }
 
 // out tile (MR, 16 NP) = x (MR, K) . panels, AVX2 + FMA: each panel is two eight-lane
@@ -127,14 +113,6 @@ __attribute__((target("avx2,fma"))) void TileAvx2(const TileArgs<W>& a) {
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-__attribute__((target("avx512f,avx2,fma"))) inline __m512 LoadSixteen(const float* w) {
-  return _mm512_loadu_ps(w);
-}
-__attribute__((target("avx512f,avx2,fma"))) inline __m512 LoadSixteen(const uint16_t* w) {
-  __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-}
-
 // The same on sixteen lanes (AVX-512): a panel is one register; MR x NP accumulators, NP
 // weight loads and MR broadcasts per input (6 x 4 fills 29 of the 32 registers).
 template <int MR, int NP, typename W>

@@ -121,6 +121,7 @@ class Engine::Loop {
 
   absl::Status RunLeader();
   absl::Status RunFollower();
+  int64_t cache_bytes() const { return cache_.bytes(); }
 
  private:
   // Moves submitted requests into the scheduler and applies cancellations.
@@ -555,6 +556,8 @@ void Engine::Shutdown() {
   absl::MutexLock lock(&mutex_);
   shutdown_ = true;
 }
+
+int64_t Engine::kv_cache_bytes() const { return loop_->cache_bytes(); }
 
 absl::Status Engine::Run() { return is_leader() ? loop_->RunLeader() : loop_->RunFollower(); }
 

@@ -34,13 +34,13 @@
 namespace tessera::engine {
 
 struct EngineOptions {
-  int block_size = 16;                       // tokens per KV block
+  int block_size = 16;                        // tokens per KV block
   int64_t kv_cache_bytes = int64_t{1} << 30;  // per rank; sets the number of blocks
-  int num_blocks = 0;                        // > 0: exactly this many (overrides the bytes)
-  int max_running = 64;                      // sequences in one step at most
-  int max_step_tokens = 512;                 // tokens through the model in one step at most
+  int num_blocks = 0;                         // > 0: exactly this many (overrides the bytes)
+  int max_running = 64;                       // sequences in one step at most
+  int max_step_tokens = 512;                  // tokens through the model in one step at most
   bool prefix_caching = true;
-  int max_queued = 4096;                     // waiting requests before Submit refuses
+  int max_queued = 4096;  // waiting requests before Submit refuses
   // How long an idle leader waits before telling its peers it is alive (an empty plan);
   // well under the communicator's deadline.
   absl::Duration idle_interval = absl::Milliseconds(100);
@@ -50,19 +50,19 @@ struct EngineStats {
   int queued = 0;   // submitted, not yet admitted (including preempted ones)
   int running = 0;  // admitted and holding KV blocks
   int kv_blocks_total = 0;
-  int kv_blocks_used = 0;   // held by running sequences
-  int kv_blocks_cached = 0; // holding a known prefix (held or reusable)
+  int kv_blocks_used = 0;    // held by running sequences
+  int kv_blocks_cached = 0;  // holding a known prefix (held or reusable)
   int block_size = 0;
   int64_t prefix_lookups = 0;  // full prompt blocks looked up at admission
   int64_t prefix_hits = 0;     // ... found in the cache
   int64_t preemptions = 0;
   int64_t requests_finished = 0;
-  int64_t steps = 0;            // steps that ran the model
-  int64_t step_tokens = 0;      // tokens through the model (prompt chunks and decodes)
-  int64_t step_sequences = 0;   // sum over steps of the sequences in them (mean batch size)
-  int64_t prompt_tokens = 0;    // prompt tokens computed (cache hits excluded)
-  int64_t output_tokens = 0;    // tokens generated
-  double busy_seconds = 0;      // time spent in steps that ran the model
+  int64_t steps = 0;                    // steps that ran the model
+  int64_t step_tokens = 0;              // tokens through the model (prompt chunks and decodes)
+  int64_t step_sequences = 0;           // sum over steps of the sequences in them (mean batch size)
+  int64_t prompt_tokens = 0;            // prompt tokens computed (cache hits excluded)
+  int64_t output_tokens = 0;            // tokens generated
+  double busy_seconds = 0;              // time spent in steps that ran the model
   double output_tokens_per_second = 0;  // over the last few seconds
 };
 
@@ -84,6 +84,8 @@ class Engine {
   // Tokens the cache holds at once, and its bytes per token on this rank.
   int64_t capacity_tokens() const { return int64_t{num_blocks_} * options_.block_size; }
   int64_t kv_bytes_per_token() const { return model_.KvBytesPerToken(); }
+  // What the cache's tensors take on this rank (capacity_tokens() x kv_bytes_per_token()).
+  int64_t kv_cache_bytes() const;
   int64_t max_model_length() const { return model_.config().max_position_embeddings; }
 
   // Leader only. Queues a request and returns its stream of events. Refused at once:

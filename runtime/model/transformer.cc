@@ -200,6 +200,7 @@ absl::Status Transformer::TakeWeights(RankWeights weights) {
   }
   rotary_ = RotaryOf(config_);
   inv_freq_ = kernels::RotaryInverseFrequencies(rotary_);
+  kv_dtype_ = layers_.empty() || layers_[0].q.dtype() != DType::kBF16 ? DType::kF32 : DType::kBF16;
   return absl::OkStatus();
 }
 
@@ -259,17 +260,17 @@ absl::StatusOr<KvCache> Transformer::AllocateKvCache(int num_blocks, int block_s
     // the middle of serving.
     if (device_.is_cpu()) {
       TESSERA_ASSIGN_OR_RETURN(
-          Tensor k, Tensor::Zeros(DType::kF32,
-                                  kernels::KeyCacheShape(shape[0], shape[1], shape[2], shape[3])));
-      TESSERA_ASSIGN_OR_RETURN(Tensor v, Tensor::Zeros(DType::kF32, shape));
+          Tensor k,
+          Tensor::Zeros(kv_dtype_, kernels::KeyCacheShape(shape[0], shape[1], shape[2], shape[3])));
+      TESSERA_ASSIGN_OR_RETURN(Tensor v, Tensor::Zeros(kv_dtype_, shape));
       cache.k.push_back(std::move(k));
       cache.v.push_back(std::move(v));
       continue;
     }
     // On the GPU the zeroing is ordered on the model's stream (Tensor::Zeros would use the
     // legacy default stream, which the model's non-blocking stream does not wait for).
-    TESSERA_ASSIGN_OR_RETURN(Tensor k, Tensor::Empty(DType::kF32, shape, device_));
-    TESSERA_ASSIGN_OR_RETURN(Tensor v, Tensor::Empty(DType::kF32, shape, device_));
+    TESSERA_ASSIGN_OR_RETURN(Tensor k, Tensor::Empty(kv_dtype_, shape, device_));
+    TESSERA_ASSIGN_OR_RETURN(Tensor v, Tensor::Empty(kv_dtype_, shape, device_));
     TESSERA_RETURN_IF_ERROR(ZeroBytes(k.data(), device_, k.nbytes(), *stream_));
     TESSERA_RETURN_IF_ERROR(ZeroBytes(v.data(), device_, v.nbytes(), *stream_));
     cache.k.push_back(std::move(k));
@@ -281,7 +282,7 @@ absl::StatusOr<KvCache> Transformer::AllocateKvCache(int num_blocks, int block_s
 
 int64_t Transformer::KvBytesPerToken() const {
   return 2 * int64_t{config_.num_hidden_layers} * plan_.attention.num_kv_heads * config_.head_dim *
-         static_cast<int64_t>(sizeof(float));
+         static_cast<int64_t>(StorageBytes(kv_dtype_, 1));
 }
 
 absl::Status Transformer::SumOverGroup(Tensor& partial) {

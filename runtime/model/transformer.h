@@ -31,8 +31,8 @@
 namespace tessera::model {
 
 // Keys and values of every layer for this rank's KV heads, in fixed-size blocks:
-// k[l], v[l] are (num_blocks, block_size, kv_heads_local, head_dim) f32, on the model's
-// device.
+// k[l], v[l] are (num_blocks, block_size, kv_heads_local, head_dim) in the model's
+// kv_cache_dtype(), on its device (on the CPU, k[l] is laid out as KeyCacheShape says).
 // One layer's keys and values per entry, in the layout of the device (kernels/ops/attention.h).
 struct KvCache {
   int num_blocks = 0;
@@ -41,6 +41,13 @@ struct KvCache {
   std::vector<Tensor> v;
 
   int64_t capacity_tokens() const { return int64_t{num_blocks} * block_size; }
+  // What the tensors take, all layers.
+  int64_t bytes() const {
+    int64_t total = 0;
+    for (const Tensor& t : k) total += static_cast<int64_t>(t.nbytes());
+    for (const Tensor& t : v) total += static_cast<int64_t>(t.nbytes());
+    return total;
+  }
 };
 
 // The new tokens of a batch of sequences, back to back (see kernels/cpu/attention.h).
@@ -88,7 +95,11 @@ class Transformer {
   // A cache of `num_blocks` blocks of `block_size` tokens for this rank's KV heads, zeroed,
   // on device().
   absl::StatusOr<KvCache> AllocateKvCache(int num_blocks, int block_size) const;
-  // Bytes of cache one token takes on this rank: 2 * layers * kv_heads_local * head_dim * 4.
+  // The cache's element type: the weights' when they are bf16 (as Hugging Face keeps a bf16
+  // model's keys and values), else f32.
+  DType kv_cache_dtype() const { return kv_dtype_; }
+  // Bytes of cache one token takes on this rank:
+  // 2 * layers * kv_heads_local * head_dim * bytes of kv_cache_dtype().
   int64_t KvBytesPerToken() const;
 
   // Runs the batch through the model on stream(), writing its keys and values into `cache`
@@ -200,6 +211,7 @@ class Transformer {
   Tensor final_norm_;
   std::vector<Layer> layers_;
   uint64_t weight_bytes_ = 0;
+  DType kv_dtype_ = DType::kF32;
 
   // GPU only, reused by every Forward and grown when a batch needs more (each Forward
   // returns after its stream work has finished): the activations, the batch's index arrays

@@ -10,6 +10,7 @@
 #include <map>
 #include <numeric>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "kernels/cpu/attention.h"
@@ -17,6 +18,7 @@
 #include "kernels/cpu/norm_activation.h"
 #include "kernels/cpu/rotary.h"
 #include "kernels/cpu/sampling.h"
+#include "runtime/core/half.h"
 #include "runtime/core/stream.h"
 #include "runtime/core/tensor_values.h"
 #include "tests/unit/random_tensor.h"
@@ -271,11 +273,14 @@ TEST(PagedAttention, MatchesContiguousAttentionForPrefillDecodeGqaAndWindows) {
       std::iota(permutation.begin(), permutation.end(), 0);
       std::shuffle(permutation.begin(), permutation.end(), std::mt19937(block_size));
       std::vector<int32_t> table_values(permutation.begin(), permutation.end());
-      // head_dim 8 to 136: every split of a head into 64-, 32-, 16- and 8-float pieces.
+      // head_dim 8 to 136: every split of a head into 64-, 32-, 16- and 8-float pieces; the
+      // cache in f32 and in bf16 (the values rounded to it on the way in).
       for (int64_t dim : {8, 16, 24, 64, 72, 136}) {
-        for (int window : {0, 4, 13}) {
-          Tensor k_cache = Zeros(DType::kF32, KeyCacheShape(blocks, block_size, kv_heads, dim));
-          Tensor v_cache = Zeros(DType::kF32, {blocks, block_size, kv_heads, dim});
+        for (auto [window, cache_type] :
+             {std::pair{0, DType::kF32}, std::pair{4, DType::kF32}, std::pair{13, DType::kF32},
+              std::pair{0, DType::kBF16}, std::pair{13, DType::kBF16}}) {
+          Tensor k_cache = Zeros(cache_type, KeyCacheShape(blocks, block_size, kv_heads, dim));
+          Tensor v_cache = Zeros(cache_type, {blocks, block_size, kv_heads, dim});
           std::vector<std::vector<float>> ks, vs;
           std::mt19937 rng(11);
           for (size_t s = 0; s < seqs.size(); ++s) {
@@ -293,6 +298,11 @@ TEST(PagedAttention, MatchesContiguousAttentionForPrefillDecodeGqaAndWindows) {
             ASSERT_OK(WriteKvCache(k, v, slot_mapping, k_cache, v_cache));
             ks.emplace_back(k.data<float>(), k.data<float>() + k.numel());
             vs.emplace_back(v.data<float>(), v.data<float>() + v.numel());
+            if (cache_type == DType::kBF16) {
+              for (auto* values : {&ks.back(), &vs.back()}) {
+                for (float& value : *values) value = BFloat16::FromFloat(value).ToFloat();
+              }
+            }
           }
           const int64_t total_queries = 12;
           Tensor q = Random(DType::kF32, {total_queries, heads, dim}, 12);
