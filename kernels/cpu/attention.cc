@@ -177,17 +177,61 @@ __attribute__((target("avx2,fma"))) void ScoreLanesAvx2(const SequenceCache<T>& 
   }
 }
 
+// The query heads sharing a kv head take its key vectors together, up to this many at once
+// (their accumulators, a key and a broadcast fit the registers of either path).
+constexpr int64_t kHeadsPerKeyLoad = 8;
+
+template <typename T>
+using ScoreTileFn = void (*)(const SequenceCache<T>&, const QueryRow&, int64_t, int64_t, int64_t,
+                             int64_t, int64_t, float*);
+
+// The tile function for n (1..kHeadsPerKeyLoad) heads.
+template <template <int, typename> class Tile, typename T>
+ScoreTileFn<T> ScoreTileFor(int64_t n) {
+  switch (n) {
+    case 1:
+      return Tile<1, T>::Run;
+    case 2:
+      return Tile<2, T>::Run;
+    case 3:
+      return Tile<3, T>::Run;
+    case 4:
+      return Tile<4, T>::Run;
+    case 5:
+      return Tile<5, T>::Run;
+    case 6:
+      return Tile<6, T>::Run;
+    case 7:
+      return Tile<7, T>::Run;
+    default:
+      return Tile<8, T>::Run;
+  }
+}
+
 template <int kG, typename T>
+struct ScoreLanesAvx2Tile {
+  static void Run(const SequenceCache<T>& cache, const QueryRow& row, int64_t block, int64_t offset,
+                  int64_t count, int64_t g, int64_t h0, float* scores) {
+    ScoreLanesAvx2<kG>(cache, row, block, offset, count, g, h0, scores);
+  }
+};
+
+template <typename T>
 __attribute__((target("avx2,fma"))) void ScoresAvx2(const SequenceCache<T>& cache,
                                                     const QueryRow& row) {
+  const int64_t group = cache.group;
+  const ScoreTileFn<T> whole =
+      ScoreTileFor<ScoreLanesAvx2Tile, T>(std::min(group, kHeadsPerKeyLoad));
+  const ScoreTileFn<T> rest = ScoreTileFor<ScoreLanesAvx2Tile, T>(group % kHeadsPerKeyLoad);
   for (BlockRuns b(cache, row.first, row.last); b.valid(); b.Next()) {
     const int64_t block = b.block, offset = b.offset, run = b.run, j = b.j;
     for (int64_t o = 0; o < run; o += 8) {
       const int64_t count = std::min<int64_t>(8, run - o);
       for (int64_t g = 0; g < cache.kv_heads; ++g) {
-        for (int64_t i = 0; i < cache.group; i += kG) {
-          ScoreLanesAvx2<kG>(cache, row, block, offset + o, count, g, g * cache.group + i,
-                             row.scores + j + o);
+        for (int64_t i = 0; i < group; i += kHeadsPerKeyLoad) {
+          const ScoreTileFn<T> tile =
+              i + kHeadsPerKeyLoad <= group || group < kHeadsPerKeyLoad ? whole : rest;
+          tile(cache, row, block, offset + o, count, g, g * group + i, row.scores + j + o);
         }
       }
     }
@@ -200,31 +244,54 @@ __attribute__((target("avx2,fma"))) void ScoresAvx2(const SequenceCache<T>& cach
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
-// The same on sixteen positions at a time.
+// kG query heads of kv head g (heads h0 .. h0 + kG - 1) at up to sixteen positions.
 template <int kG, typename T>
+__attribute__((target("avx512f,avx2,fma"))) void ScoreLanesAvx512(const SequenceCache<T>& cache,
+                                                                  const QueryRow& row,
+                                                                  int64_t block, int64_t offset,
+                                                                  int64_t count, int64_t g,
+                                                                  int64_t h0, float* scores) {
+  const int64_t hd = cache.head_dim;
+  const __mmask16 mask = count == 16 ? 0xFFFF : static_cast<__mmask16>((1u << count) - 1);
+  __m512 acc[kG];
+  for (int i = 0; i < kG; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t d = 0; d < hd; ++d) {
+    const __m512 key = LoadKeysAvx512(cache.Keys(block, g, d) + offset, count, mask);
+    for (int i = 0; i < kG; ++i) {
+      acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(row.q[(h0 + i) * hd + d]), key, acc[i]);
+    }
+  }
+  const __m512 scale = _mm512_set1_ps(row.scale);
+  for (int i = 0; i < kG; ++i) {
+    _mm512_mask_storeu_ps(scores + (h0 + i) * row.stride, mask, _mm512_mul_ps(acc[i], scale));
+  }
+}
+
+template <int kG, typename T>
+struct ScoreLanesAvx512Tile {
+  static void Run(const SequenceCache<T>& cache, const QueryRow& row, int64_t block, int64_t offset,
+                  int64_t count, int64_t g, int64_t h0, float* scores) {
+    ScoreLanesAvx512<kG>(cache, row, block, offset, count, g, h0, scores);
+  }
+};
+
+// The same on sixteen positions at a time.
+template <typename T>
 __attribute__((target("avx512f,avx2,fma"))) void ScoresAvx512(const SequenceCache<T>& cache,
                                                               const QueryRow& row) {
-  const int64_t hd = cache.head_dim;
-  const __m512 scale = _mm512_set1_ps(row.scale);
+  const int64_t group = cache.group;
+  const ScoreTileFn<T> whole =
+      ScoreTileFor<ScoreLanesAvx512Tile, T>(std::min(group, kHeadsPerKeyLoad));
+  const ScoreTileFn<T> rest = ScoreTileFor<ScoreLanesAvx512Tile, T>(group % kHeadsPerKeyLoad);
   for (BlockRuns b(cache, row.first, row.last); b.valid(); b.Next()) {
     const int64_t block = b.block, offset = b.offset, run = b.run, j = b.j;
     for (int64_t o = 0; o < run; o += 16) {
       const int64_t count = std::min<int64_t>(16, run - o);
-      const __mmask16 mask = count == 16 ? 0xFFFF : static_cast<__mmask16>((1u << count) - 1);
       for (int64_t g = 0; g < cache.kv_heads; ++g) {
-        for (int64_t h0 = g * cache.group; h0 < (g + 1) * cache.group; h0 += kG) {
-          __m512 acc[kG];
-          for (int i = 0; i < kG; ++i) acc[i] = _mm512_setzero_ps();
-          for (int64_t d = 0; d < hd; ++d) {
-            const __m512 key = LoadKeysAvx512(cache.Keys(block, g, d) + offset + o, count, mask);
-            for (int i = 0; i < kG; ++i) {
-              acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(row.q[(h0 + i) * hd + d]), key, acc[i]);
-            }
-          }
-          for (int i = 0; i < kG; ++i) {
-            _mm512_mask_storeu_ps(row.scores + (h0 + i) * row.stride + j + o, mask,
-                                  _mm512_mul_ps(acc[i], scale));
-          }
+        for (int64_t i = 0; i < group; i += kHeadsPerKeyLoad) {
+          const ScoreTileFn<T> tile =
+              i + kHeadsPerKeyLoad <= group || group < kHeadsPerKeyLoad ? whole : rest;
+          tile(cache, row, block, offset + o, count, g, g * group + i, row.scores + j + o);
         }
       }
     }
@@ -412,7 +479,7 @@ void ValuesPortable(const SequenceCache<T>& cache, const QueryRow& row) {
 }
 
 // The three steps of a query row, chosen once per call by the machine's vector path and
-// the head shape: never by the batch, so a row's result depends only on its own context.
+// the head size: never by the batch, so a row's result depends only on its own context.
 template <typename T>
 struct AttendSteps {
   void (*scores)(const SequenceCache<T>&, const QueryRow&);
@@ -421,16 +488,12 @@ struct AttendSteps {
 };
 
 template <typename T>
-AttendSteps<T> StepsFor(int64_t head_dim, int64_t group) {
+AttendSteps<T> StepsFor(int64_t head_dim) {
   const CpuVector path = CpuVectorPath();
   AttendSteps<T> steps{ScoresPortable<T>, SoftmaxPortable<T>, ValuesPortable<T>};
   if (path == CpuVector::kPortable) return steps;
-  // Heads sharing a kv head take its key vector together, up to four at a time.
-  const int heads_at_once = group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1;
   if (path == CpuVector::kAvx512) {
-    steps.scores = heads_at_once == 4   ? ScoresAvx512<4, T>
-                   : heads_at_once == 2 ? ScoresAvx512<2, T>
-                                        : ScoresAvx512<1, T>;
+    steps.scores = ScoresAvx512<T>;
     steps.softmax = SoftmaxAvx512<T>;
     switch (head_dim) {
       case 16:
@@ -452,9 +515,7 @@ AttendSteps<T> StepsFor(int64_t head_dim, int64_t group) {
         break;
     }
   } else {
-    steps.scores = heads_at_once == 4   ? ScoresAvx2<4, T>
-                   : heads_at_once == 2 ? ScoresAvx2<2, T>
-                                        : ScoresAvx2<1, T>;
+    steps.scores = ScoresAvx2<T>;
     steps.softmax = SoftmaxAvx2<T>;
   }
   if (head_dim % 8 == 0) steps.values = ValuesAvx2<T>;
@@ -469,7 +530,7 @@ void AttendRows(const T* k_data, const T* v_data, const float* q_data, float* ou
                 int64_t group, int64_t head_dim, const AttentionParams& params, int64_t min_rows) {
   const int64_t tokens = static_cast<int64_t>(row_sequence.size());
   const int64_t heads = kv_heads * group;
-  const AttendSteps<T> steps = StepsFor<T>(head_dim, group);
+  const AttendSteps<T> steps = StepsFor<T>(head_dim);
   ParallelFor(
       tokens, min_rows,
       [&](int64_t begin, int64_t end) {

@@ -267,7 +267,8 @@ TEST(PagedAttention, MatchesContiguousAttentionForPrefillDecodeGqaAndWindows) {
   };
   const std::vector<Seq> seqs = {{9, 6}, {11, 1}, {37, 5}};
   for (int64_t block_size : {4, 16, 20}) {
-    for (int64_t heads : {2, 4, 6, 8}) {  // 1 to 4 query heads per kv head
+    // 1 to 4, 7 (Qwen2-0.5B) and 9 (past a tile of 8) query heads per kv head.
+    for (int64_t heads : {2, 4, 6, 8, 14, 18}) {
       const int64_t kv_heads = 2, max_blocks = 10, blocks = 3 * max_blocks;
       std::vector<int32_t> permutation(blocks);
       std::iota(permutation.begin(), permutation.end(), 0);
