@@ -332,6 +332,62 @@ TEST(PagedAttention, MatchesContiguousAttentionForPrefillDecodeGqaAndWindows) {
   }
 }
 
+// What batching invariance rests on: a query row's output is bitwise the same whether it is
+// computed alone (a decode step) or among other rows of its prompt (a prefill chunk, whose
+// rows may share key and value loads).
+TEST(PagedAttention, EachRowIsRightAndBitwiseTheSameAloneAndInAPrefillChunk) {
+  // A context past 64 positions: values are summed 64 positions at a time.
+  const int64_t heads = 14, kv_heads = 2, block_size = 16, context = 150, queries = 11;
+  for (int64_t dim : {16, 64}) {
+    for (DType cache_type : {DType::kF32, DType::kBF16}) {
+      Tensor k_cache = Zeros(cache_type, KeyCacheShape(12, block_size, kv_heads, dim));
+      Tensor v_cache = Zeros(cache_type, {12, block_size, kv_heads, dim});
+      std::vector<int64_t> slots(context);
+      const std::vector<int32_t> table = {2, 0, 3, 11, 5, 7, 1, 9, 4, 10};
+      for (int64_t p = 0; p < context; ++p) {
+        slots[p] = table[p / block_size] * block_size + p % block_size;
+      }
+      ASSERT_OK_AND_ASSIGN(Tensor slot_mapping,
+                           Tensor::FromValues(absl::Span<const int64_t>(slots)));
+      Tensor k = Random(DType::kF32, {context, kv_heads, dim}, 41);
+      Tensor v = Random(DType::kF32, {context, kv_heads, dim}, 42);
+      ASSERT_OK(WriteKvCache(k, v, slot_mapping, k_cache, v_cache));
+      std::vector<float> ks(k.data<float>(), k.data<float>() + k.numel());
+      std::vector<float> vs(v.data<float>(), v.data<float>() + v.numel());
+      if (cache_type == DType::kBF16) {
+        for (auto* values : {&ks, &vs}) {
+          for (float& value : *values) value = BFloat16::FromFloat(value).ToFloat();
+        }
+      }
+      Tensor q = Random(DType::kF32, {queries, heads, dim}, 43);
+      const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
+      Tensor chunk = Zeros(DType::kF32, {queries, heads, dim});
+      ASSERT_OK(PagedAttention(q, k_cache, v_cache, I32({0, static_cast<int32_t>(queries)}),
+                               I32({static_cast<int32_t>(context)}), I32(table, {1, 10}),
+                               {scale, 0}, chunk));
+      const int64_t row_floats = heads * dim;
+      const std::vector<float> expected =
+          ContiguousAttention(std::vector<float>(q.data<float>(), q.data<float>() + q.numel()), ks,
+                              vs, queries, context, heads, kv_heads, dim, scale, 0);
+      for (size_t e = 0; e < expected.size(); ++e) {
+        ASSERT_NEAR(chunk.data<float>()[e], expected[e], 1e-5) << "element " << e;
+      }
+      for (int64_t i = 0; i < queries; ++i) {
+        ASSERT_OK_AND_ASSIGN(Tensor one_q, q.Slice(i, i + 1));
+        Tensor alone = Zeros(DType::kF32, {1, heads, dim});
+        const int32_t row_context = static_cast<int32_t>(context - queries + i + 1);
+        ASSERT_OK(PagedAttention(one_q, k_cache, v_cache, I32({0, 1}), I32({row_context}),
+                                 I32(table, {1, 10}), {scale, 0}, alone));
+        for (int64_t e = 0; e < row_floats; ++e) {
+          ASSERT_EQ(std::bit_cast<uint32_t>(alone.data<float>()[e]),
+                    std::bit_cast<uint32_t>(chunk.data<float>()[i * row_floats + e]))
+              << "row " << i << " element " << e << " dim " << dim << " " << NameOf(cache_type);
+        }
+      }
+    }
+  }
+}
+
 TEST(PagedAttention, RejectsBlocksOutsideTheCache) {
   Tensor k_cache = Zeros(DType::kF32, KeyCacheShape(2, 4, 1, 8));
   Tensor v_cache = Zeros(DType::kF32, {2, 4, 1, 8});
