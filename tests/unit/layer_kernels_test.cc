@@ -333,10 +333,9 @@ TEST(PagedAttention, MatchesContiguousAttentionForPrefillDecodeGqaAndWindows) {
 }
 
 // What batching invariance rests on: a query row's output is bitwise the same whether it is
-// computed alone (a decode step) or among other rows of its prompt (a prefill chunk, whose
-// rows may share key and value loads).
+// computed alone (a decode step) or among other rows of its prompt (a prefill chunk).
 TEST(PagedAttention, EachRowIsRightAndBitwiseTheSameAloneAndInAPrefillChunk) {
-  // A context past 64 positions: values are summed 64 positions at a time.
+  // Many blocks of context, and 7 query heads per kv head (as Qwen2-0.5B).
   const int64_t heads = 14, kv_heads = 2, block_size = 16, context = 150, queries = 11;
   for (int64_t dim : {16, 64}) {
     for (DType cache_type : {DType::kF32, DType::kBF16}) {
