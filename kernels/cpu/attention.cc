@@ -154,28 +154,30 @@ void ScoresPortable(const SequenceCache<T>& cache, const QueryRow& row) {
 
 // kG query heads of kv head g (heads h0 .. h0 + kG - 1) at up to eight positions.
 template <int kG, typename T>
-__attribute__((target("avx2,fma"))) void ScoreLanesAvx2(const SequenceCache<T>& cache,
-                                                        const QueryRow& row, int64_t block,
-                                                        int64_t offset, int64_t count, int64_t g,
-                                                        int64_t h0, float* scores) {
-  const int64_t hd = cache.head_dim;
-  alignas(32) static constexpr int32_t kLaneIndex[8] = {0, 1, 2, 3, 4, 5, 6, 7};
-  const __m256i mask =
-      _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(count)),
-                         _mm256_load_si256(reinterpret_cast<const __m256i*>(kLaneIndex)));
-  __m256 acc[kG];
-  for (int i = 0; i < kG; ++i) acc[i] = _mm256_setzero_ps();
-  for (int64_t d = 0; d < hd; ++d) {
-    const __m256 key = LoadKeysAvx2(cache.Keys(block, g, d) + offset, count, mask);
+struct ScoreLanesAvx2 {
+  __attribute__((target("avx2,fma"))) static void Run(const SequenceCache<T>& cache,
+                                                      const QueryRow& row, int64_t block,
+                                                      int64_t offset, int64_t count, int64_t g,
+                                                      int64_t h0, float* scores) {
+    const int64_t hd = cache.head_dim;
+    alignas(32) static constexpr int32_t kLaneIndex[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    const __m256i mask =
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(count)),
+                           _mm256_load_si256(reinterpret_cast<const __m256i*>(kLaneIndex)));
+    __m256 acc[kG];
+    for (int i = 0; i < kG; ++i) acc[i] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < hd; ++d) {
+      const __m256 key = LoadKeysAvx2(cache.Keys(block, g, d) + offset, count, mask);
+      for (int i = 0; i < kG; ++i) {
+        acc[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(row.q + (h0 + i) * hd + d), key, acc[i]);
+      }
+    }
+    const __m256 scale = _mm256_set1_ps(row.scale);
     for (int i = 0; i < kG; ++i) {
-      acc[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(row.q + (h0 + i) * hd + d), key, acc[i]);
+      _mm256_maskstore_ps(scores + (h0 + i) * row.stride, mask, _mm256_mul_ps(acc[i], scale));
     }
   }
-  const __m256 scale = _mm256_set1_ps(row.scale);
-  for (int i = 0; i < kG; ++i) {
-    _mm256_maskstore_ps(scores + (h0 + i) * row.stride, mask, _mm256_mul_ps(acc[i], scale));
-  }
-}
+};
 
 // The query heads sharing a kv head take its key vectors together, up to this many at once
 // (their accumulators, a key and a broadcast fit the registers of either path).
@@ -208,36 +210,6 @@ ScoreTileFn<T> ScoreTileFor(int64_t n) {
   }
 }
 
-template <int kG, typename T>
-struct ScoreLanesAvx2Tile {
-  static void Run(const SequenceCache<T>& cache, const QueryRow& row, int64_t block, int64_t offset,
-                  int64_t count, int64_t g, int64_t h0, float* scores) {
-    ScoreLanesAvx2<kG>(cache, row, block, offset, count, g, h0, scores);
-  }
-};
-
-template <typename T>
-__attribute__((target("avx2,fma"))) void ScoresAvx2(const SequenceCache<T>& cache,
-                                                    const QueryRow& row) {
-  const int64_t group = cache.group;
-  const ScoreTileFn<T> whole =
-      ScoreTileFor<ScoreLanesAvx2Tile, T>(std::min(group, kHeadsPerKeyLoad));
-  const ScoreTileFn<T> rest = ScoreTileFor<ScoreLanesAvx2Tile, T>(group % kHeadsPerKeyLoad);
-  for (BlockRuns b(cache, row.first, row.last); b.valid(); b.Next()) {
-    const int64_t block = b.block, offset = b.offset, run = b.run, j = b.j;
-    for (int64_t o = 0; o < run; o += 8) {
-      const int64_t count = std::min<int64_t>(8, run - o);
-      for (int64_t g = 0; g < cache.kv_heads; ++g) {
-        for (int64_t i = 0; i < group; i += kHeadsPerKeyLoad) {
-          const ScoreTileFn<T> tile =
-              i + kHeadsPerKeyLoad <= group || group < kHeadsPerKeyLoad ? whole : rest;
-          tile(cache, row, block, offset + o, count, g, g * group + i, row.scores + j + o);
-        }
-      }
-    }
-  }
-}
-
 // GCC 12's AVX-512 intrinsics start from a deliberately undefined register, which its
 // own uninitialized-variable warnings flag inside the headers.
 #pragma GCC diagnostic push
@@ -246,57 +218,54 @@ __attribute__((target("avx2,fma"))) void ScoresAvx2(const SequenceCache<T>& cach
 
 // kG query heads of kv head g (heads h0 .. h0 + kG - 1) at up to sixteen positions.
 template <int kG, typename T>
-__attribute__((target("avx512f,avx2,fma"))) void ScoreLanesAvx512(const SequenceCache<T>& cache,
-                                                                  const QueryRow& row,
-                                                                  int64_t block, int64_t offset,
-                                                                  int64_t count, int64_t g,
-                                                                  int64_t h0, float* scores) {
-  const int64_t hd = cache.head_dim;
-  const __mmask16 mask = count == 16 ? 0xFFFF : static_cast<__mmask16>((1u << count) - 1);
-  __m512 acc[kG];
-  for (int i = 0; i < kG; ++i) acc[i] = _mm512_setzero_ps();
-  for (int64_t d = 0; d < hd; ++d) {
-    const __m512 key = LoadKeysAvx512(cache.Keys(block, g, d) + offset, count, mask);
-    for (int i = 0; i < kG; ++i) {
-      acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(row.q[(h0 + i) * hd + d]), key, acc[i]);
+struct ScoreLanesAvx512 {
+  __attribute__((target("avx512f,avx2,fma"))) static void Run(const SequenceCache<T>& cache,
+                                                              const QueryRow& row, int64_t block,
+                                                              int64_t offset, int64_t count,
+                                                              int64_t g, int64_t h0,
+                                                              float* scores) {
+    const int64_t hd = cache.head_dim;
+    const __mmask16 mask = count == 16 ? 0xFFFF : static_cast<__mmask16>((1u << count) - 1);
+    __m512 acc[kG];
+    for (int i = 0; i < kG; ++i) acc[i] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < hd; ++d) {
+      const __m512 key = LoadKeysAvx512(cache.Keys(block, g, d) + offset, count, mask);
+      for (int i = 0; i < kG; ++i) {
+        acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(row.q[(h0 + i) * hd + d]), key, acc[i]);
+      }
     }
-  }
-  const __m512 scale = _mm512_set1_ps(row.scale);
-  for (int i = 0; i < kG; ++i) {
-    _mm512_mask_storeu_ps(scores + (h0 + i) * row.stride, mask, _mm512_mul_ps(acc[i], scale));
-  }
-}
-
-template <int kG, typename T>
-struct ScoreLanesAvx512Tile {
-  static void Run(const SequenceCache<T>& cache, const QueryRow& row, int64_t block, int64_t offset,
-                  int64_t count, int64_t g, int64_t h0, float* scores) {
-    ScoreLanesAvx512<kG>(cache, row, block, offset, count, g, h0, scores);
+    const __m512 scale = _mm512_set1_ps(row.scale);
+    for (int i = 0; i < kG; ++i) {
+      _mm512_mask_storeu_ps(scores + (h0 + i) * row.stride, mask, _mm512_mul_ps(acc[i], scale));
+    }
   }
 };
 
-// The same on sixteen positions at a time.
-template <typename T>
-__attribute__((target("avx512f,avx2,fma"))) void ScoresAvx512(const SequenceCache<T>& cache,
-                                                              const QueryRow& row) {
+#pragma GCC diagnostic pop
+
+// Every score of the row, kLanes positions at a time by Tile (ScoreLanesAvx2 or
+// ScoreLanesAvx512), the query heads of a kv head kHeadsPerKeyLoad at a time.
+template <template <int, typename> class Tile, int kLanes, typename T>
+void ScoresByLanes(const SequenceCache<T>& cache, const QueryRow& row) {
   const int64_t group = cache.group;
-  const ScoreTileFn<T> whole =
-      ScoreTileFor<ScoreLanesAvx512Tile, T>(std::min(group, kHeadsPerKeyLoad));
-  const ScoreTileFn<T> rest = ScoreTileFor<ScoreLanesAvx512Tile, T>(group % kHeadsPerKeyLoad);
+  const ScoreTileFn<T> whole = ScoreTileFor<Tile, T>(std::min(group, kHeadsPerKeyLoad));
+  const ScoreTileFn<T> rest = ScoreTileFor<Tile, T>(group % kHeadsPerKeyLoad);
   for (BlockRuns b(cache, row.first, row.last); b.valid(); b.Next()) {
-    const int64_t block = b.block, offset = b.offset, run = b.run, j = b.j;
-    for (int64_t o = 0; o < run; o += 16) {
-      const int64_t count = std::min<int64_t>(16, run - o);
+    for (int64_t o = 0; o < b.run; o += kLanes) {
+      const int64_t count = std::min<int64_t>(kLanes, b.run - o);
       for (int64_t g = 0; g < cache.kv_heads; ++g) {
         for (int64_t i = 0; i < group; i += kHeadsPerKeyLoad) {
-          const ScoreTileFn<T> tile =
-              i + kHeadsPerKeyLoad <= group || group < kHeadsPerKeyLoad ? whole : rest;
-          tile(cache, row, block, offset + o, count, g, g * group + i, row.scores + j + o);
+          const ScoreTileFn<T> tile = group - i >= kHeadsPerKeyLoad ? whole : rest;
+          tile(cache, row, b.block, b.offset + o, count, g, g * group + i, row.scores + b.j + o);
         }
       }
     }
   }
 }
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 // ---- Softmax of each head's row of scores, in place ----------------------------------------
 // The maximum, then e^(s - max) summed in lanes (then the lanes in a fixed order, then the
@@ -493,7 +462,7 @@ AttendSteps<T> StepsFor(int64_t head_dim) {
   AttendSteps<T> steps{ScoresPortable<T>, SoftmaxPortable<T>, ValuesPortable<T>};
   if (path == CpuVector::kPortable) return steps;
   if (path == CpuVector::kAvx512) {
-    steps.scores = ScoresAvx512<T>;
+    steps.scores = ScoresByLanes<ScoreLanesAvx512, 16, T>;
     steps.softmax = SoftmaxAvx512<T>;
     switch (head_dim) {
       case 16:
@@ -515,7 +484,7 @@ AttendSteps<T> StepsFor(int64_t head_dim) {
         break;
     }
   } else {
-    steps.scores = ScoresAvx2<T>;
+    steps.scores = ScoresByLanes<ScoreLanesAvx2, 8, T>;
     steps.softmax = SoftmaxAvx2<T>;
   }
   if (head_dim % 8 == 0) steps.values = ValuesAvx2<T>;
