@@ -16,6 +16,7 @@
 #include "launcher/launch.h"
 #include "launcher/process.h"
 #include "launcher/serve.h"
+#include "launcher/train.h"
 #include "launcher/worker.h"
 
 namespace {
@@ -29,6 +30,9 @@ struct Subcommand {
 constexpr Subcommand kSubcommands[] = {
     {"generate", "text from a Hugging Face model, tensor-parallel across MPI ranks",
      tessera::launcher::RunGenerate},
+    {"train",
+     "fine-tune a model on JSONL data: tensor-parallel x data-parallel, checkpoints, export",
+     tessera::launcher::RunTrain},
     {"bench",
      "benchmarks: bench generate (batch 1), bench engine (continuous batching), bench "
      "kernels (CPU Linear), bench serve (streaming clients)",

@@ -138,6 +138,7 @@ absl::StatusOr<ModelJob> StartModelJob(const ModelJobOptions& options, int* argc
   // The tokenizer first: it is quick to read and a missing one should not wait for weights.
   TESSERA_ASSIGN_OR_RETURN(job.tokenizer,
                            tokenizer::Tokenizer::FromFile(job.model_dir + "/tokenizer.json"));
+  if (!options.load_model) return job;
   if (device == DeviceType::kCuda) {
     TESSERA_ASSIGN_OR_RETURN(
         job.device_tp, CreateDeviceTpCommunicator(*job.topology, *job.layout, world.options()));

@@ -48,6 +48,9 @@ struct ModelJobOptions {
   // With cuda: the share of the GPU memory still free once the weights are loaded that the
   // KV cache may take (ModelJob::device_kv_cache_bytes).
   double kv_cache_memory_fraction = kDefaultKvCacheMemoryFraction;
+  // False: stop after the tokenizer, leaving ModelJob::model empty (the trainer loads its
+  // own, trainable, shard).
+  bool load_model = true;
 };
 
 struct ModelJob {

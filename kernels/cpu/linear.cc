@@ -209,8 +209,11 @@ WorkSplit SplitWork(int64_t m, int64_t panels, CpuVector path) {
   return s;
 }
 
+// out (m, n) = x (m, k) . packed^T; with `accumulate`, every output's chain goes on from the
+// value already in out instead of starting from 0 (out += x . w^T).
 template <typename W>
-void LinearPacked(const float* x, const W* packed, float* out, int64_t m, int64_t n, int64_t k) {
+void LinearPacked(const float* x, const W* packed, float* out, int64_t m, int64_t n, int64_t k,
+                  bool accumulate = false) {
   const int64_t panels = (n + kPanel - 1) / kPanel;
   const CpuVector path = CpuVectorPath();
   const WorkSplit split = SplitWork(m, panels, path);
@@ -234,7 +237,7 @@ void LinearPacked(const float* x, const W* packed, float* out, int64_t m, int64_
               const TileFn<W> tile = TileFor<W>(path, rows, tile_np);
               for (int64_t p = panel_begin; p < panel_begin + np; p += tile_np) {
                 tile({x + row * k, packed + p * k * kPanel, out + row * n, k, n, p * kPanel,
-                      k_begin, k_count, k_begin > 0});
+                      k_begin, k_count, accumulate || k_begin > 0});
               }
             }
           }
@@ -255,6 +258,42 @@ void Pack(const W* w, W* packed, int64_t n, int64_t k) {
       }
     }
   }
+}
+
+// Rows of a (rows, cols) matrix as the columns of a product's packed weight: packed
+// (ceil(cols / 16), rows, 16), packed[p][r][l] = a[r][16 p + l], zero past column `cols`.
+// The packed form of a^T (cols, rows), made without transposing: every panel row is a copy of
+// sixteen consecutive elements of a row.
+template <typename W>
+void PackColumns(const W* a, W* packed, int64_t rows, int64_t cols) {
+  const int64_t panels = (cols + kPanel - 1) / kPanel;
+  ParallelFor(panels, rows * kPanel < 65536 ? panels : 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t lanes = std::min(kPanel, cols - p * kPanel);
+      for (int64_t r = 0; r < rows; ++r) {
+        W* to = packed + (p * rows + r) * kPanel;
+        std::copy_n(a + r * cols + p * kPanel, lanes, to);
+        std::fill(to + lanes, to + kPanel, W{0});
+      }
+    }
+  });
+}
+
+// to (cols, rows) = from (rows, cols)^T, in square tiles that stay in L1.
+void Transpose(const float* from, float* to, int64_t rows, int64_t cols) {
+  constexpr int64_t kTile = 32;
+  const int64_t tiles = (cols + kTile - 1) / kTile;
+  ParallelFor(tiles, rows * kTile < 65536 ? tiles : 1, [&](int64_t begin, int64_t end) {
+    for (int64_t tile = begin; tile < end; ++tile) {
+      const int64_t c0 = tile * kTile, c1 = std::min(cols, c0 + kTile);
+      for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
+        const int64_t r1 = std::min(rows, r0 + kTile);
+        for (int64_t c = c0; c < c1; ++c) {
+          for (int64_t r = r0; r < r1; ++r) to[c * rows + r] = from[r * cols + c];
+        }
+      }
+    }
+  });
 }
 
 }  // namespace
@@ -319,6 +358,92 @@ absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor
     for (int64_t i = 0; i < m; ++i) {
       for (int64_t j = 0; j < n; ++j) o[i * n + j] += internal::LoadFloat(bias, j);
     }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LinearBackwardInput(const Tensor& dy, const Tensor& w, Tensor& dx) {
+  constexpr char kKernel[] = "LinearBackwardInput";
+  TESSERA_RETURN_IF_ERROR(internal::ExpectDType(kKernel, "dy", dy, {DType::kF32}));
+  TESSERA_RETURN_IF_ERROR(internal::ExpectRank(kKernel, "dy", dy, 2));
+  const int64_t m = dy.dim(0), n = dy.dim(1);
+  TESSERA_RETURN_IF_ERROR(internal::ExpectDType(kKernel, "w", w, {DType::kF32, DType::kBF16}));
+  TESSERA_RETURN_IF_ERROR(internal::ExpectRank(kKernel, "w", w, 2));
+  if (w.dim(0) != n) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kKernel, ": w is ", w.DebugString(), ", expected ", n, " rows for dy ", dy.DebugString()));
+  }
+  const int64_t k = w.dim(1);
+  TESSERA_RETURN_IF_ERROR(internal::ExpectDType(kKernel, "dx", dx, {DType::kF32}));
+  TESSERA_RETURN_IF_ERROR(internal::ExpectShape(kKernel, "dx", dx, {m, k}));
+  if (m == 0 || k == 0) return absl::OkStatus();
+  if (n == 0) {
+    std::fill(dx.data<float>(), dx.data<float>() + m * k, 0.0f);
+    return absl::OkStatus();
+  }
+  // dx = dy . w = dy . (w^T)^T: Linear with w^T (K, N) as its weight, packed straight from w.
+  TESSERA_ASSIGN_OR_RETURN(Tensor packed,
+                           Tensor::Empty(w.dtype(), {(k + kPanel - 1) / kPanel, n, kPanel}));
+  if (w.dtype() == DType::kF32) {
+    PackColumns(w.data<float>(), packed.data<float>(), n, k);
+    LinearPacked(dy.data<float>(), packed.data<float>(), dx.data<float>(), m, k, n);
+  } else {
+    const auto* bits = reinterpret_cast<const uint16_t*>(w.data<BFloat16>());
+    auto* packed_bits = reinterpret_cast<uint16_t*>(packed.data<BFloat16>());
+    PackColumns(bits, packed_bits, n, k);
+    LinearPacked(dy.data<float>(), static_cast<const uint16_t*>(packed_bits), dx.data<float>(), m,
+                 k, n);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LinearBackwardWeight(const Tensor& dy, const Tensor& x, Tensor& dw, Tensor* dbias) {
+  constexpr char kKernel[] = "LinearBackwardWeight";
+  TESSERA_RETURN_IF_ERROR(internal::ExpectDType(kKernel, "dy", dy, {DType::kF32}));
+  TESSERA_RETURN_IF_ERROR(internal::ExpectRank(kKernel, "dy", dy, 2));
+  const int64_t m = dy.dim(0), n = dy.dim(1);
+  TESSERA_RETURN_IF_ERROR(internal::ExpectDType(kKernel, "x", x, {DType::kF32}));
+  TESSERA_RETURN_IF_ERROR(internal::ExpectRank(kKernel, "x", x, 2));
+  if (x.dim(0) != m) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kKernel, ": x is ", x.DebugString(), ", expected ", m, " rows for dy ", dy.DebugString()));
+  }
+  const int64_t k = x.dim(1);
+  TESSERA_RETURN_IF_ERROR(internal::ExpectDType(kKernel, "dw", dw, {DType::kF32}));
+  TESSERA_RETURN_IF_ERROR(internal::ExpectShape(kKernel, "dw", dw, {n, k}));
+  const bool with_bias = dbias != nullptr && dbias->defined();
+  if (with_bias) {
+    TESSERA_RETURN_IF_ERROR(internal::ExpectDType(kKernel, "dbias", *dbias, {DType::kF32}));
+    TESSERA_RETURN_IF_ERROR(internal::ExpectShape(kKernel, "dbias", *dbias, {n}));
+  }
+  if (m == 0 || n == 0) return absl::OkStatus();
+  if (k > 0) {
+    // dw += dy^T (N, M) . x = dy^T . (x^T)^T: Linear over the rows of dy^T with x^T (K, M) as
+    // its weight, packed straight from x, every chain going on from dw's value.
+    TESSERA_ASSIGN_OR_RETURN(Tensor dy_t, Tensor::Empty(DType::kF32, {n, m}));
+    TESSERA_ASSIGN_OR_RETURN(Tensor packed,
+                             Tensor::Empty(DType::kF32, {(k + kPanel - 1) / kPanel, m, kPanel}));
+    Transpose(dy.data<float>(), dy_t.data<float>(), m, n);
+    PackColumns(x.data<float>(), packed.data<float>(), m, k);
+    LinearPacked(dy_t.data<float>(), static_cast<const float*>(packed.data<float>()),
+                 dw.data<float>(), n, k, m, /*accumulate=*/true);
+  }
+  if (with_bias) {
+    // Column sums, rows in order, a block of columns per item.
+    constexpr int64_t kColumns = 256;
+    const float* g = dy.data<float>();
+    float* db = dbias->data<float>();
+    const int64_t blocks = (n + kColumns - 1) / kColumns;
+    ParallelFor(blocks, m * n < 65536 ? blocks : 1, [&](int64_t begin, int64_t end) {
+      for (int64_t block = begin; block < end; ++block) {
+        const int64_t c0 = block * kColumns, c1 = std::min(n, c0 + kColumns);
+        float sum[kColumns] = {};
+        for (int64_t r = 0; r < m; ++r) {
+          for (int64_t c = c0; c < c1; ++c) sum[c - c0] += g[r * n + c];
+        }
+        for (int64_t c = c0; c < c1; ++c) db[c] += sum[c - c0];
+      }
+    });
   }
   return absl::OkStatus();
 }

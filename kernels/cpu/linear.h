@@ -36,6 +36,19 @@ absl::StatusOr<Tensor> PackLinearWeight(const Tensor& w);
 // out's width. bias: f32 or bf16 (N), or a default-constructed (undefined) Tensor for none.
 absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out);
 
+// The backward of out = x . w^T (+ bias), for training. Both reuse Linear's kernel (and its
+// chains of fused multiply-adds) on weights packed from w and x as they are, so they are
+// deterministic, but not row invariant: an element's chain depends on the whole product.
+
+// dy (M, N) f32, w (N, K) f32 or bf16 as stored (not packed) -> dx (M, K) f32 = dy . w,
+// overwritten. The gradient of the product with respect to x.
+absl::Status LinearBackwardInput(const Tensor& dy, const Tensor& w, Tensor& dx);
+
+// dy (M, N) f32, x (M, K) f32: dw (N, K) f32 += dy^T . x, and when dbias is non-null and
+// defined, dbias (N) f32 += the sum of dy's rows. Both accumulate (gradient accumulation over
+// micro-batches relies on it); zero them first for the gradient alone.
+absl::Status LinearBackwardWeight(const Tensor& dy, const Tensor& x, Tensor& dw, Tensor* dbias);
+
 }  // namespace tessera::kernels
 
 #endif  // TESSERA_KERNELS_CPU_LINEAR_H_

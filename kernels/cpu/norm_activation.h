@@ -41,6 +41,30 @@ absl::Status SoftmaxRows(Tensor& x);
 // a (N) += b (N), f32: the residual add on its own.
 absl::Status AddInPlace(Tensor& a, const Tensor& b);
 
+// ---- Backward (training) ------------------------------------------------------------------
+// Deterministic: each output is computed by one thread in a fixed order, however many
+// threads there are.
+
+// The backward of out = RmsNorm(x, weight, eps): x (T, H) f32 is the norm's input, weight
+// (H) f32|bf16, dy (T, H) f32 the gradient of out. dx (T, H) f32 is overwritten with the
+// gradient of x; dweight (H) f32 += sum over t of dy[t] * x[t] * rstd[t] (accumulates),
+// rstd[t] = 1 / sqrt(mean(x[t]^2) + eps) computed as the forward computes it. dx may be dy.
+absl::Status RmsNormBackward(const Tensor& x, const Tensor& weight, float eps, const Tensor& dy,
+                             Tensor& dx, Tensor& dweight);
+
+// The backward of out = silu(gate) * up: gate_up (T, 2I) f32 = [gate | up] as in the forward,
+// dout (T, I) f32 -> dgate_up (T, 2I) f32 = [dout * up * silu'(gate) | dout * silu(gate)],
+// overwritten, with SiluMul's sigmoid. dgate_up may be gate_up.
+absl::Status SiluMulBackward(const Tensor& gate_up, const Tensor& dout, Tensor& dgate_up);
+
+// The backward of EmbeddingLookup: dtable (V_shard, H) f32, holding vocabulary rows
+// [vocab_begin, vocab_begin + V_shard), += row t of dout (T, H) f32 at row ids[t] -
+// vocab_begin for every t whose id ids (T) i32 lies in the shard (ids of other ranks' shards
+// are skipped). An id outside [0, vocab_size) is INVALID_ARGUMENT naming its position, and
+// dtable is left unchanged. Rows that share an id are added in token order.
+absl::Status EmbeddingBackward(const Tensor& ids, const Tensor& dout, int64_t vocab_begin,
+                               int64_t vocab_size, Tensor& dtable);
+
 }  // namespace tessera::kernels
 
 #endif  // TESSERA_KERNELS_CPU_NORM_ACTIVATION_H_

@@ -82,4 +82,43 @@ absl::Status ApplyRotary(Tensor& x, const Tensor& positions, absl::Span<const fl
   return absl::OkStatus();
 }
 
+absl::Status ApplyRotaryBackward(Tensor& dx, const Tensor& positions,
+                                 absl::Span<const float> inv_freq, const RotaryConfig& config) {
+  constexpr char kKernel[] = "ApplyRotaryBackward";
+  TESSERA_RETURN_IF_ERROR(internal::ExpectDType(kKernel, "dx", dx, {DType::kF32}));
+  TESSERA_RETURN_IF_ERROR(internal::ExpectRank(kKernel, "dx", dx, 3));
+  TESSERA_RETURN_IF_ERROR(internal::ExpectDType(kKernel, "positions", positions, {DType::kI32}));
+  TESSERA_RETURN_IF_ERROR(internal::ExpectShape(kKernel, "positions", positions, {dx.dim(0)}));
+  int64_t tokens = dx.dim(0), heads = dx.dim(1), head_dim = dx.dim(2);
+  int half = config.rotary_dim / 2;
+  if (config.rotary_dim % 2 != 0 || config.rotary_dim > head_dim ||
+      static_cast<int>(inv_freq.size()) != half) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kKernel, ": rotary_dim ", config.rotary_dim, " with ", inv_freq.size(),
+                     " frequencies does not fit heads of ", head_dim, " dimensions"));
+  }
+  std::vector<float> cos(half), sin(half);
+  const int32_t* pos = positions.data<int32_t>();
+  float* data = dx.data<float>();
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int j = 0; j < half; ++j) {
+      float angle = static_cast<float>(pos[t]) * inv_freq[j];
+      cos[j] = std::cos(angle);
+      sin[j] = std::sin(angle);
+    }
+    for (int64_t h = 0; h < heads; ++h) {
+      float* v = data + (t * heads + h) * head_dim;
+      for (int j = 0; j < half; ++j) {
+        int a = config.layout == RotaryLayout::kHalfSplit ? j : 2 * j;
+        int b = config.layout == RotaryLayout::kHalfSplit ? j + half : 2 * j + 1;
+        // The forward's [cos -sin; sin cos], transposed.
+        float g0 = v[a], g1 = v[b];
+        v[a] = g0 * cos[j] + g1 * sin[j];
+        v[b] = g1 * cos[j] - g0 * sin[j];
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace tessera::kernels

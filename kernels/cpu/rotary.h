@@ -44,6 +44,13 @@ std::vector<float> RotaryInverseFrequencies(const RotaryConfig& config);
 absl::Status ApplyRotary(Tensor& x, const Tensor& positions, absl::Span<const float> inv_freq,
                          const RotaryConfig& config);
 
+// The backward of ApplyRotary, for training: dx (T, heads, head_dim) f32, the gradient of the
+// rotated x, becomes in place the gradient of x before rotation. A rotation's transpose is the
+// rotation by the negative angle, taken with the same f32 cos and sin as the forward's;
+// dimensions past rotary_dim pass through. Arguments as for ApplyRotary.
+absl::Status ApplyRotaryBackward(Tensor& dx, const Tensor& positions,
+                                 absl::Span<const float> inv_freq, const RotaryConfig& config);
+
 }  // namespace tessera::kernels
 
 #endif  // TESSERA_KERNELS_CPU_ROTARY_H_

@@ -16,6 +16,7 @@
 #include "runtime/core/device_memory.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/core/stream.h"
+#include "runtime/model/rotary_config.h"
 #include "runtime/model/safetensors.h"
 
 namespace tessera::model {
@@ -44,31 +45,6 @@ absl::StatusOr<Tensor> DeviceRows(Tensor& buffer, Device device, int64_t rows, i
   TESSERA_ASSIGN_OR_RETURN(Tensor flat,
                            GrowDevice(buffer, DType::kF32, device, rows * cols, 64 * cols));
   return flat.Reshape({rows, cols});
-}
-
-kernels::RotaryConfig RotaryOf(const ModelConfig& config) {
-  kernels::RotaryConfig rotary;
-  rotary.rotary_dim = config.rotary_dim;
-  rotary.theta = static_cast<float>(config.rope_theta);
-  rotary.layout = config.rotary_layout == RotaryLayout::kInterleaved
-                      ? kernels::RotaryLayout::kInterleaved
-                      : kernels::RotaryLayout::kHalfSplit;
-  const RopeScaling& s = config.rope_scaling;
-  switch (s.type) {
-    case RopeScalingType::kNone:
-      break;
-    case RopeScalingType::kLinear:
-      rotary.scaling.type = kernels::RotaryScaling::Type::kLinear;
-      break;
-    case RopeScalingType::kLlama3:
-      rotary.scaling.type = kernels::RotaryScaling::Type::kLlama3;
-      break;
-  }
-  rotary.scaling.factor = static_cast<float>(s.factor);
-  rotary.scaling.low_freq_factor = static_cast<float>(s.low_freq_factor);
-  rotary.scaling.high_freq_factor = static_cast<float>(s.high_freq_factor);
-  rotary.scaling.original_max_position = static_cast<int>(s.original_max_position_embeddings);
-  return rotary;
 }
 
 // Rows [begin, end) of every tensor in `parts`, stacked: the fused [gate; up] matrix.
@@ -198,7 +174,7 @@ absl::Status Transformer::TakeWeights(RankWeights weights) {
     TESSERA_ASSIGN_OR_RETURN(layer.down, take(prefix + "mlp.down_proj.weight"));
     layers_.push_back(std::move(layer));
   }
-  rotary_ = RotaryOf(config_);
+  rotary_ = RotaryConfigOf(config_);
   inv_freq_ = kernels::RotaryInverseFrequencies(rotary_);
   kv_dtype_ = layers_.empty() || layers_[0].q.dtype() != DType::kBF16 ? DType::kF32 : DType::kBF16;
   return absl::OkStatus();

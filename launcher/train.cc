@@ -1,0 +1,339 @@
+#include "launcher/train.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <optional>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "comm/layout.h"
+#include "launcher/flags.h"
+#include "launcher/model_job.h"
+#include "launcher/process.h"
+#include "nlohmann/json.hpp"
+#include "runtime/core/status_macros.h"
+#include "runtime/model/resident_memory.h"
+#include "runtime/train/batches.h"
+#include "runtime/train/checkpoint.h"
+#include "runtime/train/data.h"
+#include "runtime/train/export.h"
+#include "runtime/train/trainable_model.h"
+#include "runtime/train/trainer.h"
+
+namespace tessera::launcher {
+namespace {
+
+struct TrainConfig {
+  std::string model;  // empty: the built-in default
+  int tp = 1;
+  std::string data;
+  std::string eval_data;
+  std::string output = "tessera-run";
+  std::string resume;
+  int seq_len = 1024;
+  int micro_batch = 4;
+  int grad_accum = 1;
+  double lr = 2e-4;
+  std::string schedule = "cosine";
+  int warmup = 0;
+  int steps = 0;  // 0: --epochs over the data
+  double epochs = 1;
+  double weight_decay = 0.0;
+  double max_grad_norm = 1.0;
+  double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
+  int save_every = 500;
+  int keep = 3;
+  int eval_every = 0;
+  int eval_rows = 0;  // 0: the whole evaluation set
+  int log_every = 1;
+  int seed = 1;
+  bool packing = true;
+  std::string on_bad_line = "stop";
+  std::string device = "cpu";
+  int lora_r = 0;
+  bool export_model = true;
+  absl::Duration timeout = absl::Minutes(5);
+};
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string FormatDuration(double seconds) {
+  const int64_t s = static_cast<int64_t>(std::max(0.0, seconds));
+  return absl::StrFormat("%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60);
+}
+
+// The id the tokenizer puts in front of a text when asked for special tokens, if any: that is
+// how the model was trained to see a document start (Llama's <s>; none for Qwen2).
+std::optional<int32_t> LeadingSpecialToken(const tokenizer::Tokenizer& tok) {
+  absl::StatusOr<std::vector<int32_t>> with = tok.Encode("a", true);
+  absl::StatusOr<std::vector<int32_t>> without = tok.Encode("a", false);
+  if (!with.ok() || !without.ok() || with->size() != without->size() + 1) return std::nullopt;
+  return with->front();
+}
+
+absl::StatusOr<train::RowStream> ReadStream(const std::string& path, const TrainConfig& config,
+                                            const model::ModelConfig& model_config,
+                                            const tokenizer::Tokenizer& tok, bool report) {
+  train::ExampleOptions options;
+  options.vocab_size = static_cast<int32_t>(model_config.vocab_size);
+  options.bos_token_id = LeadingSpecialToken(tok);
+  if (!model_config.eos_token_ids.empty()) {
+    options.eos_token_id = static_cast<int32_t>(model_config.eos_token_ids.front());
+  }
+  if (config.on_bad_line == "skip") {
+    options.on_bad_line = train::BadLinePolicy::kSkip;
+  } else if (config.on_bad_line != "stop") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--on-bad-line: '", config.on_bad_line, "' is not stop or skip"));
+  }
+  train::ReadReport read;
+  TESSERA_ASSIGN_OR_RETURN(std::vector<train::Example> examples,
+                           train::ReadExamples(path, tok, options, &read));
+  if (report) {
+    for (const std::string& warning : read.warnings) {
+      std::fprintf(stderr, "tessera train: %s\n", warning.c_str());
+    }
+  }
+  train::BatchOptions batching;
+  batching.seq_len = config.seq_len;
+  batching.packing = config.packing;
+  batching.seed = static_cast<uint64_t>(config.seed);
+  batching.pad_token_id = options.eos_token_id.value_or(0);
+  TESSERA_ASSIGN_OR_RETURN(train::RowStream stream,
+                           train::RowStream::Create(std::move(examples), batching));
+  if (report) {
+    std::fprintf(stderr,
+                 "tessera train: %s: %lld examples (%lld lines, %lld skipped, %lld truncated to "
+                 "--seq-len %d) in %lld rows, %lld target tokens an epoch\n",
+                 path.c_str(), static_cast<long long>(stream.example_count()),
+                 static_cast<long long>(read.lines), static_cast<long long>(read.skipped),
+                 static_cast<long long>(stream.truncated_examples()), config.seq_len,
+                 static_cast<long long>(stream.rows_per_epoch()),
+                 static_cast<long long>(stream.targets_per_epoch()));
+  }
+  return stream;
+}
+
+absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
+  if (config.data.empty()) {
+    return absl::InvalidArgumentError("--data: a JSONL file of training examples is required");
+  }
+  if (config.device != "cpu") {
+    return absl::UnimplementedError(absl::StrCat(
+        "--device ", config.device, ": training runs on the CPU backend for now"));
+  }
+  if (config.lora_r != 0) {
+    return absl::UnimplementedError("--lora-r: LoRA fine-tuning is not built yet; omit it for a "
+                                    "full fine-tune");
+  }
+  if (config.seq_len < 2 || config.steps < 0 || config.save_every < 0 || config.keep < 0 ||
+      config.warmup < 0 || !(config.epochs > 0) || config.log_every < 1) {
+    return absl::InvalidArgumentError(
+        "--seq-len must be at least 2, --epochs positive, --log-every at least 1, and --steps, "
+        "--save-every, --keep, --warmup not negative");
+  }
+  TESSERA_ASSIGN_OR_RETURN(train::Schedule schedule, train::ParseSchedule(config.schedule));
+  ModelJobOptions job_options;
+  job_options.model_dir = config.model;
+  job_options.tp = config.tp;
+  job_options.timeout = config.timeout;
+  job_options.load_model = false;
+  TESSERA_ASSIGN_OR_RETURN(ModelJob job, StartModelJob(job_options, argc, argv));
+  comm::MpiCommunicator& world = *job.mpi.world;
+  comm::Layout& layout = *job.layout;
+  const bool lead = world.rank() == 0;
+  std::string resume_from;
+  if (!config.resume.empty()) {
+    TESSERA_ASSIGN_OR_RETURN(resume_from, train::LatestCheckpoint(config.resume));
+  }
+
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<train::TrainableModel> model,
+                           train::TrainableModel::Load(job.model_dir, layout.tp()));
+  TESSERA_ASSIGN_OR_RETURN(train::RowStream data,
+                           ReadStream(config.data, config, model->config(), *job.tokenizer, lead));
+  std::optional<train::RowStream> eval;
+  if (!config.eval_data.empty()) {
+    TESSERA_ASSIGN_OR_RETURN(eval, ReadStream(config.eval_data, config, model->config(),
+                                              *job.tokenizer, lead));
+  }
+  train::TrainerOptions options;
+  options.micro_batch = config.micro_batch;
+  options.grad_accum = config.grad_accum;
+  options.lr = config.lr;
+  options.max_grad_norm = config.max_grad_norm;
+  options.adamw.beta1 = config.adam_beta1;
+  options.adamw.beta2 = config.adam_beta2;
+  options.adamw.eps = config.adam_eps;
+  options.adamw.weight_decay = config.weight_decay;
+  const int64_t rows_per_step =
+      int64_t{config.micro_batch} * config.grad_accum * layout.dp_size();
+  int64_t steps = config.steps;
+  if (steps == 0) {
+    steps = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(
+                                     config.epochs * static_cast<double>(data.rows_per_epoch()) /
+                                     static_cast<double>(rows_per_step))));
+  }
+  options.schedule = {schedule, config.warmup, steps};
+  TESSERA_ASSIGN_OR_RETURN(train::Trainer trainer,
+                           train::Trainer::Create(*model, layout.dp(), data, options));
+  if (!resume_from.empty()) {
+    TESSERA_RETURN_IF_ERROR(
+        train::LoadCheckpoint(resume_from, trainer, layout.tp_rank(), data.Fingerprint()));
+    if (lead) {
+      std::fprintf(stderr, "tessera train: resumed from %s at step %lld\n", resume_from.c_str(),
+                   static_cast<long long>(trainer.steps_done()));
+    }
+  }
+  const int64_t parameters_total = [&] {
+    int64_t held = 0;
+    for (const train::Parameter& p : model->parameters().all()) {
+      held += p.counted_here ? p.value.numel() : 0;
+    }
+    return held;
+  }();
+  TESSERA_ASSIGN_OR_RETURN(model::ResidentMemory memory, model::ReadResidentMemory());
+  if (lead) {
+    std::fprintf(stderr,
+                 "tessera train: full fine-tune of %s, tp %d x dp %d, %d x %d rows of %d tokens "
+                 "a step per replica, %lld steps, rank 0 holds %lld parameters and %s resident\n",
+                 job.model_dir.c_str(), layout.tp_size(), layout.dp_size(), config.micro_batch,
+                 config.grad_accum, config.seq_len, static_cast<long long>(steps),
+                 static_cast<long long>(parameters_total),
+                 model::FormatBytes(memory.peak_rss_bytes).c_str());
+  }
+  std::error_code error;
+  std::filesystem::create_directories(config.output, error);
+  if (error) {
+    return absl::InternalError(absl::StrCat("--output: cannot create ", config.output, ": ",
+                                            error.message()));
+  }
+  std::ofstream log;
+  if (lead) log.open(config.output + "/log.jsonl", std::ios::app);
+  const bool terminal = isatty(fileno(stderr));
+  auto evaluate = [&]() -> absl::Status {
+    if (!eval.has_value()) return absl::OkStatus();
+    const int64_t rows = config.eval_rows > 0
+                             ? std::min<int64_t>(config.eval_rows, eval->rows_per_epoch())
+                             : eval->rows_per_epoch();
+    TESSERA_ASSIGN_OR_RETURN(double loss, trainer.Evaluate(*eval, rows));
+    if (lead) {
+      std::fprintf(stderr, "%stessera train: step %lld eval loss %.4f perplexity %.3f\n",
+                   terminal ? "\n" : "", static_cast<long long>(trainer.steps_done()), loss,
+                   std::exp(loss));
+      nlohmann::json entry = {{"step", trainer.steps_done()},
+                              {"eval_loss", loss},
+                              {"eval_perplexity", std::exp(loss)}};
+      log << entry.dump() << "\n" << std::flush;
+    }
+    return absl::OkStatus();
+  };
+  const double start = Now();
+  const int64_t first_step = trainer.steps_done();
+  while (trainer.steps_done() < steps) {
+    TESSERA_ASSIGN_OR_RETURN(train::StepReport report, trainer.Step());
+    if (lead) {
+      const double tokens_per_s = static_cast<double>(report.tokens) / report.seconds;
+      nlohmann::json entry = {{"step", report.step},
+                              {"loss", report.loss},
+                              {"lr", report.lr},
+                              {"grad_norm", report.grad_norm},
+                              {"targets", report.targets},
+                              {"tokens", report.tokens},
+                              {"tokens_per_s", tokens_per_s},
+                              {"step_s", report.seconds},
+                              {"comm_s", report.comm_seconds}};
+      log << entry.dump() << "\n" << std::flush;
+      if (report.step % config.log_every == 0 || report.step == steps) {
+        const double elapsed = Now() - start;
+        const double eta = elapsed / static_cast<double>(report.step - first_step) *
+                           static_cast<double>(steps - report.step);
+        std::fprintf(stderr,
+                     "%sstep %lld/%lld  loss %.4f  lr %.3g  grad norm %.3g  %.0f tokens/s  "
+                     "ETA %s%s",
+                     terminal ? "\r" : "", static_cast<long long>(report.step),
+                     static_cast<long long>(steps), report.loss, report.lr, report.grad_norm,
+                     tokens_per_s, FormatDuration(eta).c_str(), terminal ? "" : "\n");
+      }
+    }
+    if (config.eval_every > 0 && trainer.steps_done() % config.eval_every == 0) {
+      TESSERA_RETURN_IF_ERROR(evaluate());
+    }
+    if ((config.save_every > 0 && trainer.steps_done() % config.save_every == 0) ||
+        trainer.steps_done() == steps) {
+      TESSERA_RETURN_IF_ERROR(train::SaveCheckpoint(config.output, trainer, world,
+                                                    layout.tp_rank(), layout.dp_rank(),
+                                                    data.Fingerprint(), config.keep));
+    }
+  }
+  if (lead && terminal) std::fprintf(stderr, "\n");
+  if (config.eval_every == 0 || steps % config.eval_every != 0) TESSERA_RETURN_IF_ERROR(evaluate());
+  if (config.export_model && layout.dp_rank() == 0) {
+    const std::string out = config.output + "/export";
+    TESSERA_RETURN_IF_ERROR(train::ExportHuggingFace(*model, job.model_dir, out));
+    if (lead) std::fprintf(stderr, "tessera train: exported the model to %s\n", out.c_str());
+  }
+  return world.Barrier();
+}
+
+}  // namespace
+
+int RunTrain(const std::vector<std::string>& args, int* argc, char*** argv) {
+  TrainConfig config;
+  FlagSet flags(
+      "tessera train",
+      "Fine-tunes a Hugging Face model on a JSONL file, tensor-parallel within groups of --tp "
+      "ranks and data-parallel across them (DP = ranks / TP):\n"
+      "  mpirun -np 4 tessera train --model DIR --tp 2 --data train.jsonl --output runs/a\n"
+      "Lines are {\"text\": ...} (every token trained), {\"prompt\": ..., \"completion\": ...} "
+      "(loss on the completion) or {\"input_ids\": [...], \"labels\": [...]} (-100 masks). "
+      "The loss is the mean over every target token of a step. Checkpoints go to "
+      "OUTPUT/checkpoints, the fine-tuned model to OUTPUT/export (a Hugging Face directory).");
+  flags.String("model", &config.model, "Hugging Face model directory (default: built-in)");
+  flags.Int("tp", &config.tp, "tensor-parallel degree; the data-parallel degree is ranks / tp");
+  flags.String("data", &config.data, "training examples, JSON Lines (required)");
+  flags.String("eval-data", &config.eval_data, "evaluation examples, JSON Lines");
+  flags.String("output", &config.output, "run directory: log.jsonl, checkpoints/, export/");
+  flags.String("resume", &config.resume,
+               "continue the run in this directory (its latest checkpoint) or from a checkpoint");
+  flags.Int("seq-len", &config.seq_len, "tokens a row; longer examples are truncated");
+  flags.Int("micro-batch", &config.micro_batch, "rows a forward/backward on each replica");
+  flags.Int("grad-accum", &config.grad_accum, "micro-batches a step on each replica");
+  flags.Double("lr", &config.lr, "peak learning rate");
+  flags.String("schedule", &config.schedule, "learning rate schedule: constant, linear, cosine");
+  flags.Int("warmup", &config.warmup, "steps of linear warm-up from 0");
+  flags.Int("steps", &config.steps, "optimizer steps (0: as many as --epochs take)");
+  flags.Double("epochs", &config.epochs, "passes over the data when --steps is 0");
+  flags.Double("weight-decay", &config.weight_decay,
+               "AdamW's decoupled weight decay (not on biases and norms)");
+  flags.Double("max-grad-norm", &config.max_grad_norm, "clip gradients to this global norm (0: off)");
+  flags.Double("adam-beta1", &config.adam_beta1, "AdamW beta1");
+  flags.Double("adam-beta2", &config.adam_beta2, "AdamW beta2");
+  flags.Double("adam-eps", &config.adam_eps, "AdamW epsilon");
+  flags.Int("save-every", &config.save_every, "checkpoint every N steps (and at the end)");
+  flags.Int("keep", &config.keep, "checkpoints kept (0: all)");
+  flags.Int("eval-every", &config.eval_every, "evaluate every N steps (0: at the end)");
+  flags.Int("eval-rows", &config.eval_rows, "rows of --eval-data evaluated (0: all)");
+  flags.Int("log-every", &config.log_every, "print progress every N steps (log.jsonl has all)");
+  flags.Int("seed", &config.seed, "data order");
+  flags.Bool("packing", &config.packing,
+             "pack several examples into a row (attention stays inside each); --no-packing: "
+             "one example a row");
+  flags.String("on-bad-line", &config.on_bad_line, "a bad data line: stop, or skip it");
+  flags.Bool("export", &config.export_model, "write OUTPUT/export at the end");
+  flags.Int("lora-r", &config.lora_r, "LoRA rank (0: full fine-tune)");
+  AddDeviceFlag(flags, &config.device);
+  flags.Duration("timeout", &config.timeout, "deadline of each collective");
+  if (std::optional<int> done = ParseOrExit(flags, args)) return *done;
+  return ReportExit(Train(config, argc, argv));
+}
+
+}  // namespace tessera::launcher

@@ -1,0 +1,99 @@
+#ifndef TESSERA_RUNTIME_TRAIN_DATA_H_
+#define TESSERA_RUNTIME_TRAIN_DATA_H_
+
+// Fine-tuning examples read from JSON Lines, one example a line (blank lines are ignored):
+//
+//   {"text": s}                             every token trained
+//   {"prompt": p, "completion": c}          loss on the completion (and eos) only
+//   {"input_ids": [...], "labels": [...]}   as given; labels optional (= input_ids), -100 masks
+//   {"messages": [...]}                     refused for now: it needs the model's chat template
+//
+// Fields of no format ("id", "source", ...) are ignored, as dataset files often carry them;
+// fields of two formats on one line are an error. Text is encoded with
+// Tokenizer::Encode(text, add_special_tokens=false); bos and eos come from ExampleOptions, not
+// from the tokenizer's post-processor, so that a prompt and its completion, encoded apart, are
+// joined without a special token between them. The prompt and the completion are encoded
+// separately: the completion's first token starts at the boundary whatever BPE would merge
+// across it (as TRL's prompt/completion datasets do). input_ids examples get no bos or eos.
+//
+// Errors. Options that cannot work (vocab_size not positive, a bos/eos id outside the
+// vocabulary) are INVALID_ARGUMENT before anything is read; an unreadable file is NOT_FOUND; a
+// "messages" line is UNIMPLEMENTED whatever on_bad_line says (skipping it would silently drop a
+// chat dataset). A bad line is INVALID_ARGUMENT "<path>:<line>: <field>: <what>", e.g.
+//   "train.jsonl:7: input_ids: id 70000 at index 3 is outside the vocabulary [0, 32000)".
+// Bad lines: not JSON or not an object; no known format or fields of two; a field of the wrong
+// type; an empty text, completion or input_ids; an id or label outside the vocabulary (labels
+// may also be -100); labels of another length than input_ids; text the tokenizer refuses
+// (invalid UTF-8); and an example with no trained token. A file without a single example is
+// INVALID_ARGUMENT too.
+//
+// Thread safety: the functions keep no state; the tokenizer is only read.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "runtime/tokenizer/tokenizer.h"
+
+namespace tessera::train {
+
+// The label of a position that carries no loss (PyTorch's cross-entropy ignore_index).
+inline constexpr int32_t kIgnoreLabel = -100;
+
+// One training example: tokens and, aligned with them, labels in Hugging Face's convention:
+// labels[t] is the id the model should predict AT position t (the trainer shifts: position
+// t-1's output is trained towards labels[t]), or kIgnoreLabel for no loss. labels[0] is
+// therefore never trained; "trained tokens" below means labels[1..] that are not kIgnoreLabel.
+struct Example {
+  std::vector<int32_t> tokens;
+  std::vector<int32_t> labels;  // same length as tokens
+  int64_t line = 0;             // 1-based line in its file
+};
+
+enum class BadLinePolicy {
+  kSkip,  // count the line, keep a warning, go on
+  kStop,  // fail with the line's error
+};
+
+struct ExampleOptions {
+  // Every id (read, encoded, bos, eos) must lie in [0, vocab_size): the model's vocabulary,
+  // which may be larger than the tokenizer's.
+  int32_t vocab_size = 0;
+  // Prepended to text and prompt/completion examples when set; its label is kIgnoreLabel.
+  std::optional<int32_t> bos_token_id;
+  // Appended after the text and after the completion when set; trained, so the model learns
+  // to stop.
+  std::optional<int32_t> eos_token_id;
+  BadLinePolicy on_bad_line = BadLinePolicy::kStop;
+};
+
+struct ReadReport {
+  int64_t lines = 0;     // non-blank lines read (= examples + skipped)
+  int64_t examples = 0;  // examples returned
+  int64_t skipped = 0;   // bad lines skipped under BadLinePolicy::kSkip
+  // The errors of the first kMaxWarnings skipped lines in full, then one line counting the
+  // rest.
+  std::vector<std::string> warnings;
+  static constexpr int kMaxWarnings = 10;
+};
+
+// Reads the JSONL file at `path` (format and errors above). `report` may be null; when given
+// it is overwritten, also when an error is returned.
+absl::StatusOr<std::vector<Example>> ReadExamples(const std::string& path,
+                                                  const tokenizer::Tokenizer& tokenizer,
+                                                  const ExampleOptions& options,
+                                                  ReadReport* report);
+
+// One line of such a file (`text` without its newline) as an example; errors are those of a
+// bad line (or UNIMPLEMENTED for "messages"), their messages starting "<source>:<line>: ".
+// Does not check `options` themselves (ReadExamples does).
+absl::StatusOr<Example> ParseExampleLine(absl::string_view text, absl::string_view source,
+                                         int64_t line, const tokenizer::Tokenizer& tokenizer,
+                                         const ExampleOptions& options);
+
+}  // namespace tessera::train
+
+#endif  // TESSERA_RUNTIME_TRAIN_DATA_H_

@@ -1,0 +1,508 @@
+#include "runtime/train/trainable_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/cross_entropy.h"
+#include "kernels/cpu/linear.h"
+#include "kernels/cpu/norm_activation.h"
+#include "kernels/cpu/row_ops.h"
+#include "kernels/cpu/training_attention.h"
+#include "runtime/core/status_macros.h"
+#include "runtime/core/stream.h"
+#include "runtime/model/rotary_config.h"
+#include "runtime/model/safetensors.h"
+#include "runtime/model/weight_loader.h"
+
+namespace tessera::train {
+namespace {
+
+absl::StatusOr<Tensor> F32(Shape shape) { return Tensor::Empty(DType::kF32, std::move(shape)); }
+
+Tensor WrapI32(const std::vector<int32_t>& values) {
+  return Tensor::Wrap(const_cast<int32_t*>(values.data()), DType::kI32,
+                      {static_cast<int64_t>(values.size())});
+}
+
+// out = a + b, elementwise, all (T, H) f32.
+absl::StatusOr<Tensor> Sum(const Tensor& a, const Tensor& b) {
+  TESSERA_ASSIGN_OR_RETURN(Tensor out, F32(a.shape()));
+  const float* x = a.data<float>();
+  const float* y = b.data<float>();
+  float* z = out.data<float>();
+  for (int64_t i = 0; i < a.numel(); ++i) z[i] = x[i] + y[i];
+  return out;
+}
+
+// grad (N) += column sums of dy (T, N).
+void AddColumnSums(const Tensor& dy, Tensor& grad) {
+  const int64_t rows = dy.dim(0), cols = dy.dim(1);
+  float* g = grad.data<float>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = dy.data<float>() + r * cols;
+    for (int64_t c = 0; c < cols; ++c) g[c] += row[c];
+  }
+}
+
+// dx += dy . w through a scratch buffer (LinearBackwardInput overwrites).
+absl::Status AddLinearBackwardInput(const Tensor& dy, const Tensor& w, Tensor& dx,
+                                    Tensor& scratch) {
+  TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardInput(dy, w, scratch));
+  return kernels::AddInPlace(dx, scratch);
+}
+
+}  // namespace
+
+// A parameter's value and gradient, as views of the parameter set's tensors; undefined for
+// a tensor the model does not have.
+struct WeightAndGrad {
+  Tensor w, g;
+  bool defined() const { return w.defined(); }
+};
+
+struct TrainableModel::LayerWeights {
+  WeightAndGrad input_norm, post_attention_norm;
+  WeightAndGrad post_self_attn_norm, post_mlp_norm;  // Glm4's extra norms, else undefined
+  WeightAndGrad q, k, v, q_bias, k_bias, v_bias, o, o_bias;
+  WeightAndGrad gate_up, down;
+};
+
+// What the backward of one layer reads, all f32 with T rows.
+struct TrainableModel::SavedLayer {
+  Tensor h_in;     // (T, H) the residual stream entering the layer
+  Tensor n1;       // (T, H) input_layernorm(h_in)
+  Tensor q, k, v;  // (T, heads, D) after rotary (q, k)
+  Tensor attn;     // (T, Hq * D)
+  Tensor lse;      // (T, Hq)
+  Tensor o_out;    // (T, H) o_proj summed over TP, bias added
+  Tensor h_mid;    // (T, H) h_in + attention block
+  Tensor n2;       // (T, H) post_attention_layernorm(h_mid)
+  Tensor gate_up;  // (T, 2 I)
+  Tensor act;      // (T, I)
+  Tensor down_out;  // (T, H) down_proj summed over TP (read only by Glm4's post_mlp_norm)
+};
+
+struct TrainableModel::Forwarded {
+  Tensor ids, positions, starts, targets;  // views of the batch's vectors
+  std::vector<SavedLayer> layers;
+  Tensor h_final;  // (T, H)
+  Tensor n_final;  // (T, H) model.norm(h_final)
+};
+
+TrainableModel::TrainableModel(model::ModelConfig config, model::WeightPlan plan,
+                               comm::Communicator& tp, ParameterSet params,
+                               TrainableModelOptions options)
+    : config_(std::move(config)),
+      plan_(std::move(plan)),
+      tp_(tp),
+      params_(std::move(params)),
+      options_(options) {}
+
+TrainableModel::~TrainableModel() = default;
+
+absl::StatusOr<std::unique_ptr<TrainableModel>> TrainableModel::Load(
+    const std::string& dir, comm::Communicator& tp, const TrainableModelOptions& options) {
+  if (!tp.device().is_cpu()) {
+    return absl::UnimplementedError(absl::StrCat(
+        "training runs on the CPU backend; the communicator ", tp.name(), " is on ",
+        tp.device().ToString()));
+  }
+  TESSERA_ASSIGN_OR_RETURN(model::ModelConfig config, model::LoadModelConfig(dir));
+  TESSERA_RETURN_IF_ERROR(config.CheckTensorParallel(tp.size()));
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<model::Checkpoint> checkpoint,
+                           model::Checkpoint::Open(dir));
+  TESSERA_ASSIGN_OR_RETURN(
+      model::WeightPlan plan,
+      model::PlanWeights(config, tp.size(), tp.rank(), model::DetectWeightPlanOptions(*checkpoint)));
+  model::LoadOptions load;
+  load.dtype = DType::kF32;  // master weights
+  TESSERA_ASSIGN_OR_RETURN(model::RankWeights weights,
+                           model::LoadRankWeights(*checkpoint, plan, load));
+  TESSERA_ASSIGN_OR_RETURN(ParameterSet params,
+                           ParameterSet::Create(config, plan, std::move(weights)));
+  std::unique_ptr<TrainableModel> m(new TrainableModel(std::move(config), std::move(plan), tp,
+                                                       std::move(params), options));
+  TESSERA_RETURN_IF_ERROR(m->BindLayers());
+  if (m->plan_.attention.kv_replicated) {
+    TESSERA_ASSIGN_OR_RETURN(
+        m->kv_sharers_,
+        tp.Split(m->plan_.attention.kv_head_begin, tp.rank(),
+                 absl::StrCat(tp.name(), ".kv", m->plan_.attention.kv_head_begin)));
+  }
+  return m;
+}
+
+absl::Status TrainableModel::BindLayers() {
+  rotary_ = model::RotaryConfigOf(config_);
+  inv_freq_ = kernels::RotaryInverseFrequencies(rotary_);
+  auto bind = [&](const std::string& name, WeightAndGrad& out) -> absl::Status {
+    Parameter* p = params_.Find(name);
+    if (p == nullptr) return absl::OkStatus();
+    out.w = p->value;
+    out.g = p->grad;
+    return absl::OkStatus();
+  };
+  auto rows = [](const WeightAndGrad& whole, int64_t begin, int64_t end,
+                 WeightAndGrad& out) -> absl::Status {
+    if (!whole.defined()) return absl::OkStatus();
+    TESSERA_ASSIGN_OR_RETURN(out.w, whole.w.Slice(begin, end));
+    TESSERA_ASSIGN_OR_RETURN(out.g, whole.g.Slice(begin, end));
+    return absl::OkStatus();
+  };
+  const int64_t q_rows = int64_t{plan_.attention.num_q_heads} * config_.head_dim;
+  const int64_t kv_rows = int64_t{plan_.attention.num_kv_heads} * config_.head_dim;
+  layers_.assign(config_.num_hidden_layers, LayerWeights{});
+  for (int l = 0; l < config_.num_hidden_layers; ++l) {
+    const std::string prefix = absl::StrCat("model.layers.", l, ".");
+    LayerWeights& w = layers_[l];
+    TESSERA_RETURN_IF_ERROR(bind(prefix + "input_layernorm.weight", w.input_norm));
+    TESSERA_RETURN_IF_ERROR(
+        bind(prefix + "post_attention_layernorm.weight", w.post_attention_norm));
+    TESSERA_RETURN_IF_ERROR(
+        bind(prefix + "post_self_attn_layernorm.weight", w.post_self_attn_norm));
+    TESSERA_RETURN_IF_ERROR(bind(prefix + "post_mlp_layernorm.weight", w.post_mlp_norm));
+    if (plan_.fused_qkv) {
+      WeightAndGrad qkv, qkv_bias;
+      TESSERA_RETURN_IF_ERROR(bind(prefix + "self_attn.qkv_proj.weight", qkv));
+      TESSERA_RETURN_IF_ERROR(bind(prefix + "self_attn.qkv_proj.bias", qkv_bias));
+      TESSERA_RETURN_IF_ERROR(rows(qkv, 0, q_rows, w.q));
+      TESSERA_RETURN_IF_ERROR(rows(qkv, q_rows, q_rows + kv_rows, w.k));
+      TESSERA_RETURN_IF_ERROR(rows(qkv, q_rows + kv_rows, q_rows + 2 * kv_rows, w.v));
+      TESSERA_RETURN_IF_ERROR(rows(qkv_bias, 0, q_rows, w.q_bias));
+      TESSERA_RETURN_IF_ERROR(rows(qkv_bias, q_rows, q_rows + kv_rows, w.k_bias));
+      TESSERA_RETURN_IF_ERROR(rows(qkv_bias, q_rows + kv_rows, q_rows + 2 * kv_rows, w.v_bias));
+    } else {
+      for (const auto& [name, slot] : {std::pair{"q", &w.q}, {"k", &w.k}, {"v", &w.v}}) {
+        TESSERA_RETURN_IF_ERROR(bind(absl::StrCat(prefix, "self_attn.", name, "_proj.weight"), *slot));
+      }
+      TESSERA_RETURN_IF_ERROR(bind(prefix + "self_attn.q_proj.bias", w.q_bias));
+      TESSERA_RETURN_IF_ERROR(bind(prefix + "self_attn.k_proj.bias", w.k_bias));
+      TESSERA_RETURN_IF_ERROR(bind(prefix + "self_attn.v_proj.bias", w.v_bias));
+    }
+    TESSERA_RETURN_IF_ERROR(bind(prefix + "self_attn.o_proj.weight", w.o));
+    TESSERA_RETURN_IF_ERROR(bind(prefix + "self_attn.o_proj.bias", w.o_bias));
+    w.gate_up.w = params_.GateUpValue(l);
+    w.gate_up.g = params_.GateUpGrad(l);
+    TESSERA_RETURN_IF_ERROR(bind(prefix + "mlp.down_proj.weight", w.down));
+    if (!w.q.defined() || !w.k.defined() || !w.v.defined() || !w.o.defined() ||
+        !w.down.defined() || !w.input_norm.defined() || !w.post_attention_norm.defined()) {
+      return absl::InternalError(absl::StrCat("layer ", l, " is missing a weight"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TrainableModel::SumOverTp(Tensor& t) {
+  if (tp_.size() == 1) return absl::OkStatus();
+  Stream cpu = Stream::Cpu();
+  return tp_.AllReduce(t, comm::ReduceOp::kSum, cpu);
+}
+
+absl::Status TrainableModel::CheckBatch(const MicroBatch& batch) const {
+  const size_t tokens = batch.tokens.size();
+  if (tokens == 0 || batch.positions.size() != tokens || batch.targets.size() != tokens ||
+      batch.sequence_starts.size() < 2 || batch.sequence_starts.front() != 0 ||
+      batch.sequence_starts.back() != static_cast<int32_t>(tokens)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "training batch: ", tokens, " tokens, ", batch.positions.size(), " positions, ",
+        batch.targets.size(), " targets and sequence_starts of ", batch.sequence_starts.size(),
+        " entries do not describe one batch (starts must run from 0 to the token count)"));
+  }
+  for (size_t s = 0; s + 1 < batch.sequence_starts.size(); ++s) {
+    if (batch.sequence_starts[s + 1] <= batch.sequence_starts[s]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "training batch: sequence_starts must increase, entry ", s + 1, " is ",
+          batch.sequence_starts[s + 1], " after ", batch.sequence_starts[s]));
+    }
+  }
+  for (size_t t = 0; t < tokens; ++t) {
+    const int32_t target = batch.targets[t];
+    if (target != kIgnoreLabel && (target < 0 || target >= config_.vocab_size)) {
+      return absl::InvalidArgumentError(absl::StrCat("training batch: target ", target,
+                                                     " at position ", t,
+                                                     " is outside the vocabulary [0, ",
+                                                     config_.vocab_size, ")"));
+    }
+    if (batch.positions[t] < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("training batch: position ", batch.positions[t], " at token ", t));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TrainableModel::Forwarded> TrainableModel::Forward(const MicroBatch& batch) {
+  TESSERA_RETURN_IF_ERROR(CheckBatch(batch));
+  const int64_t tokens = static_cast<int64_t>(batch.tokens.size());
+  const int64_t hidden = config_.hidden_size, dim = config_.head_dim;
+  const int64_t q_heads = plan_.attention.num_q_heads, kv_heads = plan_.attention.num_kv_heads;
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  Forwarded f;
+  f.ids = WrapI32(batch.tokens);
+  f.positions = WrapI32(batch.positions);
+  f.starts = WrapI32(batch.sequence_starts);
+  f.targets = WrapI32(batch.targets);
+  TESSERA_ASSIGN_OR_RETURN(Parameter * embed, [&]() -> absl::StatusOr<Parameter*> {
+    Parameter* p = params_.Find("model.embed_tokens.weight");
+    if (p == nullptr) return absl::InternalError("no embedding");
+    return p;
+  }());
+  TESSERA_ASSIGN_OR_RETURN(Tensor h, F32({tokens, hidden}));
+  TESSERA_RETURN_IF_ERROR(kernels::EmbeddingLookup(f.ids, embed->value, plan_.vocab.begin,
+                                                   config_.vocab_size, h));
+  TESSERA_RETURN_IF_ERROR(SumOverTp(h));
+  f.layers.resize(config_.num_hidden_layers);
+  for (int l = 0; l < config_.num_hidden_layers; ++l) {
+    const LayerWeights& w = layers_[l];
+    SavedLayer& s = f.layers[l];
+    s.h_in = h;
+    TESSERA_ASSIGN_OR_RETURN(s.n1, F32({tokens, hidden}));
+    TESSERA_RETURN_IF_ERROR(kernels::RmsNorm(s.h_in, w.input_norm.w, eps, s.n1));
+    TESSERA_ASSIGN_OR_RETURN(Tensor q, F32({tokens, q_heads * dim}));
+    TESSERA_ASSIGN_OR_RETURN(Tensor k, F32({tokens, kv_heads * dim}));
+    TESSERA_ASSIGN_OR_RETURN(Tensor v, F32({tokens, kv_heads * dim}));
+    TESSERA_RETURN_IF_ERROR(kernels::Linear(s.n1, w.q.w, w.q_bias.w, q));
+    TESSERA_RETURN_IF_ERROR(kernels::Linear(s.n1, w.k.w, w.k_bias.w, k));
+    TESSERA_RETURN_IF_ERROR(kernels::Linear(s.n1, w.v.w, w.v_bias.w, v));
+    TESSERA_ASSIGN_OR_RETURN(s.q, q.Reshape({tokens, q_heads, dim}));
+    TESSERA_ASSIGN_OR_RETURN(s.k, k.Reshape({tokens, kv_heads, dim}));
+    TESSERA_ASSIGN_OR_RETURN(s.v, v.Reshape({tokens, kv_heads, dim}));
+    TESSERA_RETURN_IF_ERROR(kernels::ApplyRotary(s.q, f.positions, inv_freq_, rotary_));
+    TESSERA_RETURN_IF_ERROR(kernels::ApplyRotary(s.k, f.positions, inv_freq_, rotary_));
+    kernels::AttentionParams params;
+    params.scale = 1.0f / std::sqrt(static_cast<float>(dim));
+    params.sliding_window = static_cast<int>(config_.SlidingWindowFor(l));
+    TESSERA_ASSIGN_OR_RETURN(s.attn, F32({tokens, q_heads * dim}));
+    TESSERA_ASSIGN_OR_RETURN(s.lse, F32({tokens, q_heads}));
+    TESSERA_ASSIGN_OR_RETURN(Tensor attn_heads, s.attn.Reshape({tokens, q_heads, dim}));
+    TESSERA_RETURN_IF_ERROR(
+        kernels::CausalAttention(s.q, s.k, s.v, f.starts, params, attn_heads, s.lse));
+    TESSERA_ASSIGN_OR_RETURN(s.o_out, F32({tokens, hidden}));
+    TESSERA_RETURN_IF_ERROR(kernels::Linear(s.attn, w.o.w, Tensor(), s.o_out));
+    TESSERA_RETURN_IF_ERROR(SumOverTp(s.o_out));
+    if (w.o_bias.defined()) TESSERA_RETURN_IF_ERROR(kernels::AddBias(s.o_out, w.o_bias.w));
+    Tensor attention_out = s.o_out;
+    if (w.post_self_attn_norm.defined()) {
+      TESSERA_ASSIGN_OR_RETURN(attention_out, F32({tokens, hidden}));
+      TESSERA_RETURN_IF_ERROR(
+          kernels::RmsNorm(s.o_out, w.post_self_attn_norm.w, eps, attention_out));
+    }
+    TESSERA_ASSIGN_OR_RETURN(s.h_mid, Sum(s.h_in, attention_out));
+    TESSERA_ASSIGN_OR_RETURN(s.n2, F32({tokens, hidden}));
+    TESSERA_RETURN_IF_ERROR(kernels::RmsNorm(s.h_mid, w.post_attention_norm.w, eps, s.n2));
+    TESSERA_ASSIGN_OR_RETURN(s.gate_up, F32({tokens, w.gate_up.w.dim(0)}));
+    TESSERA_RETURN_IF_ERROR(kernels::Linear(s.n2, w.gate_up.w, Tensor(), s.gate_up));
+    TESSERA_ASSIGN_OR_RETURN(s.act, F32({tokens, w.gate_up.w.dim(0) / 2}));
+    TESSERA_RETURN_IF_ERROR(kernels::SiluMul(s.gate_up, s.act));
+    TESSERA_ASSIGN_OR_RETURN(s.down_out, F32({tokens, hidden}));
+    TESSERA_RETURN_IF_ERROR(kernels::Linear(s.act, w.down.w, Tensor(), s.down_out));
+    TESSERA_RETURN_IF_ERROR(SumOverTp(s.down_out));
+    Tensor mlp_out = s.down_out;
+    if (w.post_mlp_norm.defined()) {
+      TESSERA_ASSIGN_OR_RETURN(mlp_out, F32({tokens, hidden}));
+      TESSERA_RETURN_IF_ERROR(kernels::RmsNorm(s.down_out, w.post_mlp_norm.w, eps, mlp_out));
+    }
+    TESSERA_ASSIGN_OR_RETURN(h, Sum(s.h_mid, mlp_out));
+  }
+  f.h_final = h;
+  TESSERA_ASSIGN_OR_RETURN(f.n_final, F32({tokens, hidden}));
+  TESSERA_ASSIGN_OR_RETURN(Tensor final_norm, params_.Value("model.norm.weight"));
+  TESSERA_RETURN_IF_ERROR(kernels::RmsNorm(f.h_final, final_norm, eps, f.n_final));
+  return f;
+}
+
+absl::StatusOr<LossSum> TrainableModel::LossAndHeadBackward(const Tensor& normed,
+                                                            const Tensor& targets,
+                                                            const float* loss_scale,
+                                                            Tensor* d_normed) {
+  const std::string head_name =
+      plan_.tied_lm_head ? "model.embed_tokens.weight" : "lm_head.weight";
+  const Parameter* head = params_.Find(head_name);
+  if (head == nullptr) return absl::InternalError(absl::StrCat("no ", head_name));
+  const int64_t tokens = normed.dim(0);
+  const int64_t shard = plan_.vocab.padded_rows;
+  const int64_t valid = plan_.vocab.end - plan_.vocab.begin;
+  const int tp = tp_.size();
+  const int64_t chunk = std::max<int64_t>(1, options_.loss_chunk_rows);
+  LossSum total;
+  Stream cpu = Stream::Cpu();
+  for (int64_t begin = 0; begin < tokens; begin += chunk) {
+    const int64_t end = std::min(tokens, begin + chunk), rows = end - begin;
+    TESSERA_ASSIGN_OR_RETURN(Tensor x, normed.Slice(begin, end));
+    TESSERA_ASSIGN_OR_RETURN(Tensor chunk_targets, targets.Slice(begin, end));
+    TESSERA_ASSIGN_OR_RETURN(Tensor logits, F32({rows, shard}));
+    TESSERA_RETURN_IF_ERROR(kernels::Linear(x, head->value, Tensor(), logits));
+    TESSERA_ASSIGN_OR_RETURN(Tensor stats, F32({rows, 3}));
+    TESSERA_RETURN_IF_ERROR(kernels::CrossEntropyShardStats(
+        logits, chunk_targets, plan_.vocab.begin, valid, config_.vocab_size, stats));
+    Tensor all = stats;
+    if (tp > 1) {
+      TESSERA_ASSIGN_OR_RETURN(all, F32({tp * rows * 3}));
+      TESSERA_RETURN_IF_ERROR(tp_.AllGather(stats.Flatten(), all, cpu));
+    }
+    TESSERA_ASSIGN_OR_RETURN(Tensor lse, F32({rows}));
+    TESSERA_ASSIGN_OR_RETURN(Tensor row_scale, F32({rows}));
+    for (int64_t i = 0; i < rows; ++i) {
+      float max = -std::numeric_limits<float>::infinity();
+      for (int r = 0; r < tp; ++r) max = std::max(max, all.data<float>()[(r * rows + i) * 3]);
+      double sum = 0, target_logit = 0;
+      for (int r = 0; r < tp; ++r) {
+        const float* part = all.data<float>() + (r * rows + i) * 3;
+        sum += static_cast<double>(part[1]) * std::exp(static_cast<double>(part[0]) - max);
+        target_logit += part[2];
+      }
+      const double row_lse = max + std::log(sum);
+      lse.data<float>()[i] = static_cast<float>(row_lse);
+      const bool counted = chunk_targets.data<int32_t>()[i] != kIgnoreLabel;
+      row_scale.data<float>()[i] = counted && loss_scale != nullptr ? *loss_scale : 0.0f;
+      if (counted) {
+        total.sum += row_lse - target_logit;
+        ++total.targets;
+      }
+    }
+    if (d_normed == nullptr) continue;
+    TESSERA_RETURN_IF_ERROR(kernels::CrossEntropyBackward(
+        logits, chunk_targets, plan_.vocab.begin, valid, lse, row_scale, logits));
+    TESSERA_ASSIGN_OR_RETURN(Tensor dx, d_normed->Slice(begin, end));
+    TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardInput(logits, head->value, dx));
+    Tensor head_grad = head->grad;
+    TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardWeight(logits, x, head_grad, nullptr));
+  }
+  return total;
+}
+
+absl::Status TrainableModel::LayerBackward(int l, const Tensor& positions, const Tensor& starts,
+                                           const SavedLayer& s, Tensor& d_residual) {
+  const LayerWeights& w = layers_[l];
+  const int64_t tokens = s.h_in.dim(0), hidden = config_.hidden_size, dim = config_.head_dim;
+  const int64_t q_heads = plan_.attention.num_q_heads, kv_heads = plan_.attention.num_kv_heads;
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  Tensor input_norm_g = w.input_norm.g, post_attention_norm_g = w.post_attention_norm.g;
+
+  // MLP block: h_out = h_mid + post_mlp_norm?(sum_tp(down(silu(gate) * up)(n2))).
+  Tensor d_down = d_residual;  // the gradient of down_out (replicated over TP)
+  if (w.post_mlp_norm.defined()) {
+    TESSERA_ASSIGN_OR_RETURN(d_down, F32({tokens, hidden}));
+    Tensor g = w.post_mlp_norm.g;
+    TESSERA_RETURN_IF_ERROR(
+        kernels::RmsNormBackward(s.down_out, w.post_mlp_norm.w, eps, d_residual, d_down, g));
+  }
+  TESSERA_ASSIGN_OR_RETURN(Tensor d_act, F32(s.act.shape()));
+  TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardInput(d_down, w.down.w, d_act));
+  Tensor down_g = w.down.g;
+  TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardWeight(d_down, s.act, down_g, nullptr));
+  TESSERA_ASSIGN_OR_RETURN(Tensor d_gate_up, F32(s.gate_up.shape()));
+  TESSERA_RETURN_IF_ERROR(kernels::SiluMulBackward(s.gate_up, d_act, d_gate_up));
+  TESSERA_ASSIGN_OR_RETURN(Tensor d_n2, F32({tokens, hidden}));
+  TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardInput(d_gate_up, w.gate_up.w, d_n2));
+  Tensor gate_up_g = w.gate_up.g;
+  TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardWeight(d_gate_up, s.n2, gate_up_g, nullptr));
+  TESSERA_RETURN_IF_ERROR(SumOverTp(d_n2));  // column-parallel input: the conjugate all-reduce
+  TESSERA_ASSIGN_OR_RETURN(Tensor d_h_mid, F32({tokens, hidden}));
+  TESSERA_RETURN_IF_ERROR(kernels::RmsNormBackward(s.h_mid, w.post_attention_norm.w, eps, d_n2,
+                                                   d_h_mid, post_attention_norm_g));
+  TESSERA_RETURN_IF_ERROR(kernels::AddInPlace(d_h_mid, d_residual));
+
+  // Attention block: h_mid = h_in + post_self_attn_norm?(sum_tp(o(attention(n1))) + o_bias).
+  Tensor d_o = d_h_mid;
+  if (w.post_self_attn_norm.defined()) {
+    TESSERA_ASSIGN_OR_RETURN(d_o, F32({tokens, hidden}));
+    Tensor g = w.post_self_attn_norm.g;
+    TESSERA_RETURN_IF_ERROR(
+        kernels::RmsNormBackward(s.o_out, w.post_self_attn_norm.w, eps, d_h_mid, d_o, g));
+  }
+  if (w.o_bias.defined()) {
+    Tensor g = w.o_bias.g;
+    AddColumnSums(d_o, g);
+  }
+  TESSERA_ASSIGN_OR_RETURN(Tensor d_attn, F32(s.attn.shape()));
+  TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardInput(d_o, w.o.w, d_attn));
+  Tensor o_g = w.o.g;
+  TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardWeight(d_o, s.attn, o_g, nullptr));
+  TESSERA_ASSIGN_OR_RETURN(Tensor d_q, F32({tokens, q_heads, dim}));
+  TESSERA_ASSIGN_OR_RETURN(Tensor d_k, F32({tokens, kv_heads, dim}));
+  TESSERA_ASSIGN_OR_RETURN(Tensor d_v, F32({tokens, kv_heads, dim}));
+  kernels::AttentionParams params;
+  params.scale = 1.0f / std::sqrt(static_cast<float>(dim));
+  params.sliding_window = static_cast<int>(config_.SlidingWindowFor(l));
+  TESSERA_ASSIGN_OR_RETURN(Tensor attn_heads, s.attn.Reshape({tokens, q_heads, dim}));
+  TESSERA_ASSIGN_OR_RETURN(Tensor d_attn_heads, d_attn.Reshape({tokens, q_heads, dim}));
+  TESSERA_RETURN_IF_ERROR(kernels::CausalAttentionBackward(
+      s.q, s.k, s.v, attn_heads, s.lse, d_attn_heads, starts, params, d_q, d_k, d_v));
+  TESSERA_RETURN_IF_ERROR(kernels::ApplyRotaryBackward(d_q, positions, inv_freq_, rotary_));
+  TESSERA_RETURN_IF_ERROR(kernels::ApplyRotaryBackward(d_k, positions, inv_freq_, rotary_));
+  TESSERA_ASSIGN_OR_RETURN(Tensor d_n1, F32({tokens, hidden}));
+  TESSERA_ASSIGN_OR_RETURN(Tensor scratch, F32({tokens, hidden}));
+  const std::vector<std::tuple<Tensor, const WeightAndGrad*, const WeightAndGrad*>> projections =
+      {{d_q.Flatten(), &w.q, &w.q_bias}, {d_k.Flatten(), &w.k, &w.k_bias},
+       {d_v.Flatten(), &w.v, &w.v_bias}};
+  bool first = true;
+  for (const auto& [flat, weight, bias] : projections) {
+    TESSERA_ASSIGN_OR_RETURN(Tensor dy, flat.Reshape({tokens, weight->w.dim(0)}));
+    if (first) {
+      TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardInput(dy, weight->w, d_n1));
+      first = false;
+    } else {
+      TESSERA_RETURN_IF_ERROR(AddLinearBackwardInput(dy, weight->w, d_n1, scratch));
+    }
+    Tensor g = weight->g;
+    Tensor bias_g = bias->g;
+    TESSERA_RETURN_IF_ERROR(
+        kernels::LinearBackwardWeight(dy, s.n1, g, bias->defined() ? &bias_g : nullptr));
+  }
+  TESSERA_RETURN_IF_ERROR(SumOverTp(d_n1));
+  // d_residual becomes the gradient of h_in: d_h_mid plus the input norm's share.
+  TESSERA_RETURN_IF_ERROR(
+      kernels::RmsNormBackward(s.h_in, w.input_norm.w, eps, d_n1, d_residual, input_norm_g));
+  return kernels::AddInPlace(d_residual, d_h_mid);
+}
+
+absl::StatusOr<LossSum> TrainableModel::ForwardBackward(const MicroBatch& batch,
+                                                        float loss_scale) {
+  TESSERA_ASSIGN_OR_RETURN(Forwarded f, Forward(batch));
+  const int64_t tokens = f.n_final.dim(0), hidden = config_.hidden_size;
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  TESSERA_ASSIGN_OR_RETURN(Tensor d_normed, F32({tokens, hidden}));
+  TESSERA_ASSIGN_OR_RETURN(LossSum loss,
+                           LossAndHeadBackward(f.n_final, f.targets, &loss_scale, &d_normed));
+  TESSERA_RETURN_IF_ERROR(SumOverTp(d_normed));  // the vocab-parallel head's input
+  TESSERA_ASSIGN_OR_RETURN(Parameter * final_norm, [&]() -> absl::StatusOr<Parameter*> {
+    Parameter* p = params_.Find("model.norm.weight");
+    if (p == nullptr) return absl::InternalError("no final norm");
+    return p;
+  }());
+  TESSERA_ASSIGN_OR_RETURN(Tensor d_residual, F32({tokens, hidden}));
+  TESSERA_RETURN_IF_ERROR(kernels::RmsNormBackward(f.h_final, final_norm->value, eps, d_normed,
+                                                   d_residual, final_norm->grad));
+  for (int l = config_.num_hidden_layers - 1; l >= 0; --l) {
+    TESSERA_RETURN_IF_ERROR(LayerBackward(l, f.positions, f.starts, f.layers[l], d_residual));
+    f.layers[l] = SavedLayer{};  // free what the rest of the backward no longer reads
+  }
+  Parameter* embed = params_.Find("model.embed_tokens.weight");
+  if (embed == nullptr) return absl::InternalError("no embedding");
+  TESSERA_RETURN_IF_ERROR(kernels::EmbeddingBackward(f.ids, d_residual, plan_.vocab.begin,
+                                                     config_.vocab_size, embed->grad));
+  return loss;
+}
+
+absl::StatusOr<LossSum> TrainableModel::Loss(const MicroBatch& batch) {
+  TESSERA_ASSIGN_OR_RETURN(Forwarded f, Forward(batch));
+  return LossAndHeadBackward(f.n_final, f.targets, nullptr, nullptr);
+}
+
+absl::Status TrainableModel::ReduceReplicatedKvGrads() {
+  if (kv_sharers_ == nullptr) return absl::OkStatus();
+  Stream cpu = Stream::Cpu();
+  for (Parameter& p : params_.all()) {
+    if (p.kv_rows_end <= p.kv_rows_begin) continue;
+    TESSERA_ASSIGN_OR_RETURN(Tensor rows, p.grad.Slice(p.kv_rows_begin, p.kv_rows_end));
+    TESSERA_RETURN_IF_ERROR(kv_sharers_->AllReduce(rows, comm::ReduceOp::kSum, cpu));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace tessera::train

@@ -1,0 +1,106 @@
+#ifndef TESSERA_RUNTIME_TRAIN_TRAINABLE_MODEL_H_
+#define TESSERA_RUNTIME_TRAIN_TRAINABLE_MODEL_H_
+
+// One tensor-parallel rank's shard of a decoder-only transformer for training: the forward
+// with its activations kept, and the explicit backward of every op (no autograd), on the CPU.
+//
+// The shards are the serving model's (the same weight plan and loader), held as f32 master
+// parameters (parameters.h). The tensor-parallel pattern is Megatron's conjugate pair:
+//   forward:  the row-parallel o_proj and down_proj outputs are all-reduced, the
+//             vocab-parallel embedding too; column-parallel inputs are used as they are;
+//   backward: the gradient of each column-parallel layer's input (the normed activations
+//             before Q/K/V and before gate/up, and before the LM head) is all-reduced, the
+//             row-parallel ones need nothing.
+// The loss is a vocab-parallel cross-entropy: each rank's logits shard gives its row maximum,
+// sum of exponentials and target logit, gathered over the group (3 floats a row); the full
+// logits are never gathered. KV heads replicated across ranks (tp > kv_heads) have their
+// gradients summed among the ranks that share them.
+//
+// Every call below is collective over the tensor-parallel communicator. Thread compatible.
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "comm/communicator.h"
+#include "kernels/cpu/rotary.h"
+#include "runtime/core/tensor.h"
+#include "runtime/model/model_config.h"
+#include "runtime/model/weight_plan.h"
+#include "runtime/train/batches.h"
+#include "runtime/train/parameters.h"
+
+namespace tessera::train {
+
+struct TrainableModelOptions {
+  // Rows of logits computed at a time by the loss (bounds the (rows, vocab shard) buffer).
+  int64_t loss_chunk_rows = 1024;
+};
+
+// Sum of the token losses of a micro-batch and how many targets it had.
+struct LossSum {
+  double sum = 0;
+  int64_t targets = 0;
+};
+
+class TrainableModel {
+ public:
+  // Loads this rank's shard of the Hugging Face model in `dir` as f32 parameters. `tp` must
+  // be a CPU (MPI) communicator and outlive the model. Errors name the file or tensor.
+  static absl::StatusOr<std::unique_ptr<TrainableModel>> Load(
+      const std::string& dir, comm::Communicator& tp, const TrainableModelOptions& options = {});
+  ~TrainableModel();
+
+  const model::ModelConfig& config() const { return config_; }
+  const model::WeightPlan& plan() const { return plan_; }
+  ParameterSet& parameters() { return params_; }
+  const ParameterSet& parameters() const { return params_; }
+  comm::Communicator& tp() { return tp_; }
+
+  // Forward and backward of one micro-batch. Adds loss_scale * d(sum of its token losses)/dp
+  // to every parameter's gradient, so that with loss_scale = 1 / (targets of the global
+  // batch) the gradients summed over micro-batches and data-parallel ranks are those of the
+  // mean loss over the global batch. Token ids and targets outside the vocabulary, and
+  // inconsistent batches, are INVALID_ARGUMENT naming the position.
+  absl::StatusOr<LossSum> ForwardBackward(const MicroBatch& batch, float loss_scale);
+  // The forward and the loss only (evaluation).
+  absl::StatusOr<LossSum> Loss(const MicroBatch& batch);
+
+  // After gradients of every micro-batch are in: sums the gradients of replicated KV heads
+  // over the ranks that share them (nothing when tp <= kv_heads).
+  absl::Status ReduceReplicatedKvGrads();
+
+ private:
+  struct LayerWeights;
+  struct SavedLayer;
+  struct Forwarded;
+
+  TrainableModel(model::ModelConfig config, model::WeightPlan plan, comm::Communicator& tp,
+                 ParameterSet params, TrainableModelOptions options);
+  absl::Status BindLayers();
+  absl::Status CheckBatch(const MicroBatch& batch) const;
+  absl::StatusOr<Forwarded> Forward(const MicroBatch& batch);
+  // The loss over the final normed rows, and with `loss_scale` its gradient into d_normed
+  // (before the all-reduce over TP) and into the LM head's gradient.
+  absl::StatusOr<LossSum> LossAndHeadBackward(const Tensor& normed, const Tensor& targets,
+                                              const float* loss_scale, Tensor* d_normed);
+  absl::Status LayerBackward(int l, const Tensor& positions, const Tensor& starts,
+                             const SavedLayer& s, Tensor& d_residual);
+  absl::Status SumOverTp(Tensor& t);
+
+  model::ModelConfig config_;
+  model::WeightPlan plan_;
+  comm::Communicator& tp_;
+  std::unique_ptr<comm::Communicator> kv_sharers_;  // ranks holding the same KV head, or null
+  ParameterSet params_;
+  TrainableModelOptions options_;
+  kernels::RotaryConfig rotary_;
+  std::vector<float> inv_freq_;
+  std::vector<LayerWeights> layers_;
+};
+
+}  // namespace tessera::train
+
+#endif  // TESSERA_RUNTIME_TRAIN_TRAINABLE_MODEL_H_

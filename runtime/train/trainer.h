@@ -1,0 +1,88 @@
+#ifndef TESSERA_RUNTIME_TRAIN_TRAINER_H_
+#define TESSERA_RUNTIME_TRAIN_TRAINER_H_
+
+// The optimizer step of a data-parallel x tensor-parallel fine-tune, DDP-style: every
+// replica runs its micro-batches forward and backward on its TP shards, the gradients are
+// summed over the data-parallel group, and every replica applies the same AdamW update.
+//
+// The loss is the mean over every target token of the global batch (all micro-batches of
+// all DP ranks), not a mean of per-micro-batch means: each micro-batch's gradient is scaled
+// by 1 / (targets of the whole step), which every rank computes from the shared row stream
+// (batches.h), so micro-batches with different numbers of targets give the same loss and
+// update as the same rows in one batch.
+//
+// Collective over the model's TP communicator and the DP communicator. Thread compatible.
+
+#include <cstdint>
+
+#include "absl/status/statusor.h"
+#include "comm/communicator.h"
+#include "runtime/train/batches.h"
+#include "runtime/train/optimizer.h"
+#include "runtime/train/trainable_model.h"
+
+namespace tessera::train {
+
+struct TrainerOptions {
+  int micro_batch = 4;  // rows (of seq_len tokens) per forward/backward on each rank
+  int grad_accum = 1;   // micro-batches per optimizer step on each rank
+  double lr = 2e-4;     // peak learning rate
+  ScheduleOptions schedule;
+  AdamWOptions adamw;
+  double max_grad_norm = 1.0;  // 0: no clipping
+};
+
+struct StepReport {
+  int64_t step = 0;        // the optimizer step just taken (1-based)
+  double loss = 0;         // mean over the step's targets, before the update
+  double lr = 0;           // the learning rate it used
+  double grad_norm = 0;    // before clipping
+  int64_t targets = 0;     // target tokens of the global batch
+  int64_t tokens = 0;      // non-padding tokens of the global batch
+  double seconds = 0;      // wall time of the step on this rank
+  double comm_seconds = 0;  // of which waiting for the data-parallel gradient all-reduce
+};
+
+class Trainer {
+ public:
+  // `model`, `dp` and `data` must outlive the trainer. INVALID_ARGUMENT for a micro-batch or
+  // accumulation below 1.
+  static absl::StatusOr<Trainer> Create(TrainableModel& model, comm::Communicator& dp,
+                                        const RowStream& data, const TrainerOptions& options);
+
+  absl::StatusOr<StepReport> Step();
+
+  // The mean loss over `rows` rows of `eval` from its start, `micro_batch` rows at a time,
+  // each DP rank taking its share. Collective.
+  absl::StatusOr<double> Evaluate(const RowStream& eval, int64_t rows);
+
+  int64_t steps_done() const { return optimizer_.steps_done(); }
+  DataPosition position() const { return position_; }
+  int64_t rows_per_step() const {
+    return int64_t{options_.micro_batch} * options_.grad_accum * dp_->size();
+  }
+  AdamW& optimizer() { return optimizer_; }
+  TrainableModel& model() { return *model_; }
+  const TrainerOptions& options() const { return options_; }
+  // Where a resumed run continues: the optimizer's state is restored separately.
+  void SetPosition(DataPosition position) { position_ = position; }
+
+ private:
+  Trainer(TrainableModel& model, comm::Communicator& dp, const RowStream& data,
+          TrainerOptions options, AdamW optimizer)
+      : model_(&model), dp_(&dp), data_(&data), options_(options), optimizer_(std::move(optimizer)) {}
+  absl::Status AllReduceGrads();
+  // Sums `values` over the DP group (f32 sums of a few counters).
+  absl::Status SumOverDp(std::vector<float>& values);
+
+  TrainableModel* model_;
+  comm::Communicator* dp_;
+  const RowStream* data_;
+  TrainerOptions options_;
+  AdamW optimizer_;
+  DataPosition position_;
+};
+
+}  // namespace tessera::train
+
+#endif  // TESSERA_RUNTIME_TRAIN_TRAINER_H_
