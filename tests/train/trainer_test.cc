@@ -1,0 +1,213 @@
+// The optimizer step against torch.optim.AdamW with transformers' cosine schedule and
+// clip_grad_norm_ (tests/golden/train/llama/adamw.json), at every TP degree the ranks allow;
+// and the loss's definition: a step's rows split into micro-batches, accumulation steps or
+// data-parallel ranks give the same losses and weights.
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "comm/layout.h"
+#include "comm/topology.h"
+#include "nlohmann/json.hpp"
+#include "runtime/model/safetensors.h"
+#include "runtime/train/batches.h"
+#include "runtime/train/optimizer.h"
+#include "runtime/train/trainable_model.h"
+#include "runtime/train/trainer.h"
+#include "tests/mpi/mpi_test_environment.h"
+
+namespace tessera::train {
+namespace {
+
+using ::tessera::testing::World;
+
+const std::string kModels = TESSERA_GOLDEN_MODELS;
+const std::string kTrain = TESSERA_GOLDEN_TRAIN;
+
+nlohmann::json ReadJson(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return nlohmann::json::parse(text.str());
+}
+
+MicroBatch BatchOf(const nlohmann::json& j) {
+  MicroBatch b;
+  b.tokens = j.at("tokens").get<std::vector<int32_t>>();
+  b.positions = j.at("positions").get<std::vector<int32_t>>();
+  b.sequence_starts = j.at("sequence_starts").get<std::vector<int32_t>>();
+  b.targets = j.at("targets").get<std::vector<int32_t>>();
+  for (int32_t t : b.targets) b.target_count += t != kIgnoreLabel;
+  return b;
+}
+
+TEST(AdamW, TenStepsFollowTorchWithScheduleAndClipping) {
+  comm::Communicator& world = World();
+  const nlohmann::json golden = ReadJson(kTrain + "/llama/adamw.json");
+  const nlohmann::json& hp = golden.at("hyperparameters");
+  const nlohmann::json batches = ReadJson(kTrain + "/llama/batches.json");
+  absl::StatusOr<comm::Topology> topology = comm::Topology::Discover(world);
+  ASSERT_TRUE(topology.ok()) << topology.status();
+  absl::StatusOr<std::unique_ptr<model::SafetensorsFile>> final_weights =
+      model::SafetensorsFile::Open(kTrain + "/llama/adamw_final.safetensors");
+  ASSERT_TRUE(final_weights.ok()) << final_weights.status();
+  for (int tp = 1; tp <= world.size(); tp *= 2) {
+    if (world.size() % tp != 0) continue;
+    SCOPED_TRACE(absl::StrCat("tp ", tp));
+    absl::StatusOr<comm::Layout> layout =
+        comm::Layout::Create(world, *topology, comm::LayoutOptions{.tp = tp});
+    ASSERT_TRUE(layout.ok()) << layout.status();
+    absl::StatusOr<std::unique_ptr<TrainableModel>> model =
+        TrainableModel::Load(kModels + "/llama", layout->tp());
+    ASSERT_TRUE(model.ok()) << model.status();
+    ParameterSet& params = (*model)->parameters();
+    AdamWOptions options;
+    options.beta1 = hp.at("betas")[0].get<double>();
+    options.beta2 = hp.at("betas")[1].get<double>();
+    options.eps = hp.at("eps").get<double>();
+    options.weight_decay = hp.at("weight_decay").get<double>();
+    options.decay_all = true;  // one parameter group, as the golden's optimizer
+    absl::StatusOr<AdamW> adam = AdamW::Create(params, options);
+    ASSERT_TRUE(adam.ok());
+    const ScheduleOptions schedule{Schedule::kCosine, hp.at("num_warmup_steps").get<int64_t>(),
+                                   hp.at("num_training_steps").get<int64_t>()};
+    for (const nlohmann::json& step : golden.at("steps")) {
+      const int64_t s = step.at("step").get<int64_t>();
+      SCOPED_TRACE(absl::StrCat("step ", s));
+      const MicroBatch batch = BatchOf(batches.at(step.at("batch").get<std::string>()));
+      params.ZeroGrads();
+      absl::StatusOr<LossSum> loss =
+          (*model)->ForwardBackward(batch, 1.0f / static_cast<float>(batch.target_count));
+      ASSERT_TRUE(loss.ok()) << loss.status();
+      ASSERT_TRUE((*model)->ReduceReplicatedKvGrads().ok());
+      const double expected_loss = step.at("loss").get<double>();
+      EXPECT_NEAR(loss->sum / loss->targets, expected_loss, 1e-5 * expected_loss);
+      absl::StatusOr<double> norm = GlobalGradNorm(params, layout->tp());
+      ASSERT_TRUE(norm.ok());
+      const double expected_norm = step.at("grad_norm").get<double>();
+      EXPECT_NEAR(*norm, expected_norm, 1e-4 * expected_norm);
+      ClipGrads(params, *norm, hp.at("max_grad_norm").get<double>());
+      const double lr = LearningRateAt(schedule, hp.at("lr").get<double>(), s);
+      EXPECT_NEAR(lr, step.at("lr").get<double>(), 1e-12);
+      adam->Step(lr);
+    }
+    for (const Parameter& p : params.all()) {
+      absl::StatusOr<Tensor> expected = (*final_weights)->Read(p.name, p.planned.slice);
+      ASSERT_TRUE(expected.ok()) << expected.status();
+      double diff = 0, norm = 0;
+      for (int64_t i = 0; i < expected->numel(); ++i) {
+        const double d = p.value.data<float>()[i] - expected->data<float>()[i];
+        diff += d * d;
+        norm += static_cast<double>(expected->data<float>()[i]) * expected->data<float>()[i];
+      }
+      EXPECT_LT(std::sqrt(diff / norm), 1e-4) << p.name;
+    }
+  }
+}
+
+// Examples of uneven lengths and prompt masks, so that micro-batches hold different numbers
+// of targets.
+std::vector<Example> UnevenExamples() {
+  std::vector<Example> examples;
+  uint32_t state = 12345;
+  auto next = [&]() {
+    state = state * 1664525u + 1013904223u;
+    return state >> 8;
+  };
+  for (int e = 0; e < 40; ++e) {
+    Example example;
+    const int length = 3 + static_cast<int>(next() % 14);
+    const int prompt = static_cast<int>(next() % length);
+    for (int t = 0; t < length; ++t) {
+      example.tokens.push_back(3 + static_cast<int32_t>(next() % 250));
+      example.labels.push_back(t < prompt ? kIgnoreLabel : example.tokens.back());
+    }
+    example.labels.back() = example.tokens.back();  // at least one trained token
+    examples.push_back(std::move(example));
+  }
+  return examples;
+}
+
+struct Split {
+  int micro_batch, grad_accum, dp;
+};
+
+struct TrainedRun {
+  std::vector<double> losses;
+  std::vector<std::vector<float>> weights;
+};
+
+// Three steps of `split` on the llama golden model, TP 1; `dp` ranks of `dp_comm` share them.
+TrainedRun TrainSteps(const Split& split, comm::Communicator& tp, comm::Communicator& dp) {
+  TrainedRun run;
+  BatchOptions batching;
+  batching.seq_len = 16;
+  absl::StatusOr<RowStream> data = RowStream::Create(UnevenExamples(), batching);
+  EXPECT_TRUE(data.ok()) << data.status();
+  absl::StatusOr<std::unique_ptr<TrainableModel>> model =
+      TrainableModel::Load(kModels + "/llama", tp);
+  EXPECT_TRUE(model.ok()) << model.status();
+  TrainerOptions options;
+  options.micro_batch = split.micro_batch;
+  options.grad_accum = split.grad_accum;
+  options.lr = 1e-3;
+  options.schedule = {Schedule::kConstant, 0, 3};
+  options.adamw.weight_decay = 0.01;
+  absl::StatusOr<Trainer> trainer = Trainer::Create(**model, dp, *data, options);
+  EXPECT_TRUE(trainer.ok());
+  for (int s = 0; s < 3; ++s) {
+    absl::StatusOr<StepReport> report = trainer->Step();
+    EXPECT_TRUE(report.ok()) << report.status();
+    run.losses.push_back(report->loss);
+  }
+  for (const Parameter& p : (*model)->parameters().all()) {
+    run.weights.emplace_back(p.value.data<float>(), p.value.data<float>() + p.value.numel());
+  }
+  return run;
+}
+
+TEST(Trainer, MicroBatchesAccumulationAndDataParallelGiveTheSameSteps) {
+  comm::Communicator& world = World();
+  absl::StatusOr<std::unique_ptr<comm::Communicator>> self =
+      world.Split(world.rank(), 0, absl::StrCat("self", world.rank()));
+  ASSERT_TRUE(self.ok());
+  const TrainedRun accumulated = TrainSteps({2, 4, 1}, **self, **self);
+  const TrainedRun one_batch = TrainSteps({8, 1, 1}, **self, **self);
+  std::vector<TrainedRun> others = {one_batch};
+  std::unique_ptr<comm::Communicator> pair;
+  if (world.size() % 2 == 0) {
+    absl::StatusOr<std::unique_ptr<comm::Communicator>> split =
+        world.Split(world.rank() / 2, world.rank() % 2, absl::StrCat("dp", world.rank() / 2));
+    ASSERT_TRUE(split.ok());
+    pair = std::move(*split);
+    others.push_back(TrainSteps({4, 1, 2}, **self, *pair));
+  }
+  for (const TrainedRun& other : others) {
+    ASSERT_EQ(other.losses.size(), accumulated.losses.size());
+    for (size_t s = 0; s < other.losses.size(); ++s) {
+      EXPECT_NEAR(other.losses[s], accumulated.losses[s], 1e-6 * accumulated.losses[s]);
+    }
+    // Each tensor within 1e-6 of its norm: the same sums in another order (Adam divides by
+    // the root of the second moment, so an element whose gradient nearly cancels moves by a
+    // larger share of its own update).
+    for (size_t p = 0; p < other.weights.size(); ++p) {
+      double diff = 0, norm = 0;
+      for (size_t i = 0; i < other.weights[p].size(); ++i) {
+        const double d = other.weights[p][i] - accumulated.weights[p][i];
+        diff += d * d;
+        norm += static_cast<double>(accumulated.weights[p][i]) * accumulated.weights[p][i];
+      }
+      EXPECT_LT(std::sqrt(diff / norm), 1e-6) << "tensor " << p;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace tessera::train
