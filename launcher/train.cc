@@ -3,6 +3,9 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <thread>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -10,7 +13,9 @@
 #include <memory>
 #include <optional>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/str_format.h"
 #include "comm/layout.h"
 #include "launcher/flags.h"
@@ -18,6 +23,8 @@
 #include "launcher/process.h"
 #include "nlohmann/json.hpp"
 #include "runtime/core/status_macros.h"
+#include "runtime/core/stream.h"
+#include "runtime/core/tensor.h"
 #include "runtime/model/resident_memory.h"
 #include "runtime/train/batches.h"
 #include "runtime/train/checkpoint.h"
@@ -60,6 +67,39 @@ struct TrainConfig {
   bool export_model = true;
   absl::Duration timeout = absl::Minutes(5);
 };
+
+// Test-only fault injection, TESSERA_TEST_TRAIN_FAULT=kill:RANK:STEP or stall:RANK:STEP:
+// world rank RANK kills itself with SIGKILL, or stops answering for an hour, as it is about
+// to take optimizer step STEP (1-based), while the other ranks go into that step's
+// collectives.
+void InjectFaultBefore(int64_t step, int world_rank) {
+  const char* spec = std::getenv("TESSERA_TEST_TRAIN_FAULT");
+  if (spec == nullptr) return;
+  std::vector<std::string> parts = absl::StrSplit(spec, ':');
+  int rank = -1;
+  int64_t at = -1;
+  if (parts.size() != 3 || !absl::SimpleAtoi(parts[1], &rank) ||
+      !absl::SimpleAtoi(parts[2], &at) || rank != world_rank || at != step) {
+    return;
+  }
+  if (parts[0] == "kill") raise(SIGKILL);
+  if (parts[0] == "stall") std::this_thread::sleep_for(std::chrono::hours(1));
+}
+
+// Ranks fail together where only some of them may fail (each reads its own part of a
+// checkpoint): this rank's error, or ABORTED naming what another rank was doing. Collective.
+absl::Status AgreeOnStatus(comm::Communicator& world, absl::Status mine,
+                           absl::string_view doing) {
+  int32_t failed = mine.ok() ? 0 : 1;
+  Tensor flag = Tensor::Wrap(&failed, DType::kI32, {1});
+  Stream cpu = Stream::Cpu();
+  TESSERA_RETURN_IF_ERROR(world.AllReduce(flag, comm::ReduceOp::kMax, cpu));
+  if (!mine.ok()) return mine;
+  if (failed != 0) {
+    return absl::AbortedError(absl::StrCat("another rank failed ", doing));
+  }
+  return absl::OkStatus();
+}
 
 double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
@@ -158,12 +198,16 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
 
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<train::TrainableModel> model,
                            train::TrainableModel::Load(job.model_dir, layout.tp()));
-  TESSERA_ASSIGN_OR_RETURN(train::RowStream data,
-                           ReadStream(config.data, config, model->config(), *job.tokenizer, lead));
+  // Every rank reads the data files (a node may lack them): they fail together.
+  absl::StatusOr<train::RowStream> data =
+      ReadStream(config.data, config, model->config(), *job.tokenizer, lead);
+  TESSERA_RETURN_IF_ERROR(AgreeOnStatus(world, data.status(), "reading --data"));
   std::optional<train::RowStream> eval;
   if (!config.eval_data.empty()) {
-    TESSERA_ASSIGN_OR_RETURN(eval, ReadStream(config.eval_data, config, model->config(),
-                                              *job.tokenizer, lead));
+    absl::StatusOr<train::RowStream> read =
+        ReadStream(config.eval_data, config, model->config(), *job.tokenizer, lead);
+    TESSERA_RETURN_IF_ERROR(AgreeOnStatus(world, read.status(), "reading --eval-data"));
+    eval = std::move(*read);
   }
   train::TrainerOptions options;
   options.micro_batch = config.micro_batch;
@@ -179,15 +223,16 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
   int64_t steps = config.steps;
   if (steps == 0) {
     steps = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(
-                                     config.epochs * static_cast<double>(data.rows_per_epoch()) /
+                                     config.epochs * static_cast<double>(data->rows_per_epoch()) /
                                      static_cast<double>(rows_per_step))));
   }
   options.schedule = {schedule, config.warmup, steps};
   TESSERA_ASSIGN_OR_RETURN(train::Trainer trainer,
-                           train::Trainer::Create(*model, layout.dp(), data, options));
+                           train::Trainer::Create(*model, layout.dp(), *data, options));
   if (!resume_from.empty()) {
-    TESSERA_RETURN_IF_ERROR(
-        train::LoadCheckpoint(resume_from, trainer, layout.tp_rank(), data.Fingerprint()));
+    TESSERA_RETURN_IF_ERROR(AgreeOnStatus(
+        world, train::LoadCheckpoint(resume_from, trainer, layout.tp_rank(), data->Fingerprint()),
+        "loading its part of the checkpoint"));
     if (lead) {
       std::fprintf(stderr, "tessera train: resumed from %s at step %lld\n", resume_from.c_str(),
                    static_cast<long long>(trainer.steps_done()));
@@ -239,6 +284,7 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
   const double start = Now();
   const int64_t first_step = trainer.steps_done();
   while (trainer.steps_done() < steps) {
+    InjectFaultBefore(trainer.steps_done() + 1, world.rank());
     TESSERA_ASSIGN_OR_RETURN(train::StepReport report, trainer.Step());
     if (lead) {
       const double tokens_per_s = static_cast<double>(report.tokens) / report.seconds;
@@ -271,7 +317,7 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
         trainer.steps_done() == steps) {
       TESSERA_RETURN_IF_ERROR(train::SaveCheckpoint(config.output, trainer, world,
                                                     layout.tp_rank(), layout.dp_rank(),
-                                                    data.Fingerprint(), config.keep));
+                                                    data->Fingerprint(), config.keep));
     }
   }
   if (lead && terminal) std::fprintf(stderr, "\n");

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 
 #include "kernels/cpu/check_shapes.h"
 #include "kernels/cpu/cpu_features.h"
@@ -272,24 +273,76 @@ void PackColumns(const W* a, W* packed, int64_t rows, int64_t cols) {
       const int64_t lanes = std::min(kPanel, cols - p * kPanel);
       for (int64_t r = 0; r < rows; ++r) {
         W* to = packed + (p * rows + r) * kPanel;
-        std::copy_n(a + r * cols + p * kPanel, lanes, to);
-        std::fill(to + lanes, to + kPanel, W{0});
+        const W* from = a + r * cols + p * kPanel;
+        if (lanes == kPanel) {
+          for (int64_t l = 0; l < kPanel; ++l) to[l] = from[l];  // inlined, unlike copy_n
+        } else {
+          std::copy_n(from, lanes, to);
+          std::fill(to + lanes, to + kPanel, W{0});
+        }
       }
     }
   });
+}
+
+// n elements of scratch, slot kSlot of the calling thread's, not initialized. Kept between
+// calls: training calls the same shapes layer after layer, and fresh pages cost more than the
+// copies that fill them. A slot grows to the largest call's need; it is freed when the thread
+// exits.
+template <typename T, int kSlot>
+T* ThreadScratch(int64_t n) {
+  thread_local std::unique_ptr<T[]> data;
+  thread_local int64_t size = 0;
+  if (size < n) {
+    data.reset();
+    data = std::make_unique_for_overwrite<T[]>(static_cast<size_t>(n));
+    size = n;
+  }
+  return data.get();
+}
+
+// An 8 x 8 block of from (rows from_stride apart) transposed into to (rows to_stride apart),
+// in registers: unpack pairs of rows, shuffle pairs of pairs, swap 128-bit halves.
+__attribute__((target("avx2,fma"))) void TransposeEightAvx2(const float* from, int64_t from_stride,
+                                                            float* to, int64_t to_stride) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(from + i * from_stride);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(to + i * to_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(to + (i + 4) * to_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
 }
 
 // to (cols, rows) = from (rows, cols)^T, in square tiles that stay in L1.
 void Transpose(const float* from, float* to, int64_t rows, int64_t cols) {
   constexpr int64_t kTile = 32;
   const int64_t tiles = (cols + kTile - 1) / kTile;
+  const bool avx2 = HasAvx2Fma();
   ParallelFor(tiles, rows * kTile < 65536 ? tiles : 1, [&](int64_t begin, int64_t end) {
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t c0 = tile * kTile, c1 = std::min(cols, c0 + kTile);
       for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
         const int64_t r1 = std::min(rows, r0 + kTile);
+        // Whole 8 x 8 blocks in registers, the edges element by element.
+        const int64_t c8 = avx2 ? c0 + (c1 - c0) / 8 * 8 : c0;
+        const int64_t r8 = avx2 ? r0 + (r1 - r0) / 8 * 8 : r0;
+        for (int64_t c = c0; c < c8; c += 8) {
+          for (int64_t r = r0; r < r8; r += 8) {
+            TransposeEightAvx2(from + r * cols + c, cols, to + c * rows + r, rows);
+          }
+        }
         for (int64_t c = c0; c < c1; ++c) {
-          for (int64_t r = r0; r < r1; ++r) to[c * rows + r] = from[r * cols + c];
+          for (int64_t r = c < c8 ? r8 : r0; r < r1; ++r) to[c * rows + r] = from[r * cols + c];
         }
       }
     }
@@ -382,17 +435,15 @@ absl::Status LinearBackwardInput(const Tensor& dy, const Tensor& w, Tensor& dx) 
     return absl::OkStatus();
   }
   // dx = dy . w = dy . (w^T)^T: Linear with w^T (K, N) as its weight, packed straight from w.
-  TESSERA_ASSIGN_OR_RETURN(Tensor packed,
-                           Tensor::Empty(w.dtype(), {(k + kPanel - 1) / kPanel, n, kPanel}));
+  const int64_t packed_size = (k + kPanel - 1) / kPanel * n * kPanel;
   if (w.dtype() == DType::kF32) {
-    PackColumns(w.data<float>(), packed.data<float>(), n, k);
-    LinearPacked(dy.data<float>(), packed.data<float>(), dx.data<float>(), m, k, n);
+    float* packed = ThreadScratch<float, 0>(packed_size);
+    PackColumns(w.data<float>(), packed, n, k);
+    LinearPacked(dy.data<float>(), static_cast<const float*>(packed), dx.data<float>(), m, k, n);
   } else {
-    const auto* bits = reinterpret_cast<const uint16_t*>(w.data<BFloat16>());
-    auto* packed_bits = reinterpret_cast<uint16_t*>(packed.data<BFloat16>());
-    PackColumns(bits, packed_bits, n, k);
-    LinearPacked(dy.data<float>(), static_cast<const uint16_t*>(packed_bits), dx.data<float>(), m,
-                 k, n);
+    uint16_t* packed = ThreadScratch<uint16_t, 0>(packed_size);
+    PackColumns(reinterpret_cast<const uint16_t*>(w.data<BFloat16>()), packed, n, k);
+    LinearPacked(dy.data<float>(), static_cast<const uint16_t*>(packed), dx.data<float>(), m, k, n);
   }
   return absl::OkStatus();
 }
@@ -420,12 +471,11 @@ absl::Status LinearBackwardWeight(const Tensor& dy, const Tensor& x, Tensor& dw,
   if (k > 0) {
     // dw += dy^T (N, M) . x = dy^T . (x^T)^T: Linear over the rows of dy^T with x^T (K, M) as
     // its weight, packed straight from x, every chain going on from dw's value.
-    TESSERA_ASSIGN_OR_RETURN(Tensor dy_t, Tensor::Empty(DType::kF32, {n, m}));
-    TESSERA_ASSIGN_OR_RETURN(Tensor packed,
-                             Tensor::Empty(DType::kF32, {(k + kPanel - 1) / kPanel, m, kPanel}));
-    Transpose(dy.data<float>(), dy_t.data<float>(), m, n);
-    PackColumns(x.data<float>(), packed.data<float>(), m, k);
-    LinearPacked(dy_t.data<float>(), static_cast<const float*>(packed.data<float>()),
+    float* dy_t = ThreadScratch<float, 1>(n * m);
+    float* packed = ThreadScratch<float, 0>((k + kPanel - 1) / kPanel * m * kPanel);
+    Transpose(dy.data<float>(), dy_t, m, n);
+    PackColumns(x.data<float>(), packed, m, k);
+    LinearPacked(static_cast<const float*>(dy_t), static_cast<const float*>(packed),
                  dw.data<float>(), n, k, m, /*accumulate=*/true);
   }
   if (with_bias) {

@@ -6,6 +6,7 @@
 #include <array>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -54,36 +55,54 @@ void ProductPortable(const Product& p) {
   }
 }
 
-// An MR x (8 NV) tile of C at (r0, c0), of which `cols` columns are valid; AVX2 + FMA.
-template <int MR, int NV>
+// The tiles below take an MR x (lanes NV) tile of C at (r0, c0), of which `cols` columns
+// are valid: all but the last vector whole, the last masked when kMaskLast. Each keeps its
+// MR x NV accumulators in registers through the whole inner dimension: per step NV loads of
+// B's row, MR broadcasts of A's column and MR NV fused multiply-adds.
+
+// AVX2 + FMA, 8 lanes: 6 x 2 takes 12 accumulators, 2 B vectors and a broadcast of the 16
+// registers.
+template <int MR, int NV, bool kMaskLast>
 __attribute__((target("avx2,fma"))) void TileAvx2(const Product& p, int64_t r0, int64_t c0,
                                                   int64_t cols) {
   alignas(32) static constexpr int32_t kLaneIndex[8] = {0, 1, 2, 3, 4, 5, 6, 7};
-  const __m256i lane = _mm256_load_si256(reinterpret_cast<const __m256i*>(kLaneIndex));
-  __m256i mask[NV];
-  for (int v = 0; v < NV; ++v) {
-    mask[v] = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(cols - 8 * v)), lane);
-  }
+  const __m256i last =
+      _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(cols - 8 * (NV - 1))),
+                         _mm256_load_si256(reinterpret_cast<const __m256i*>(kLaneIndex)));
+  const int64_t kk = p.kk, ldb = p.ldb, a_row = p.a_row, a_inner = p.a_inner, ldc = p.ldc;
+  float* c = p.c + r0 * ldc + c0;
   __m256 acc[MR][NV];
   for (int r = 0; r < MR; ++r) {
     for (int v = 0; v < NV; ++v) {
-      acc[r][v] = p.accumulate ? _mm256_maskload_ps(p.c + (r0 + r) * p.ldc + c0 + 8 * v, mask[v])
-                               : _mm256_setzero_ps();
+      if (!p.accumulate) {
+        acc[r][v] = _mm256_setzero_ps();
+      } else if (kMaskLast && v == NV - 1) {
+        acc[r][v] = _mm256_maskload_ps(c + r * ldc + 8 * v, last);
+      } else {
+        acc[r][v] = _mm256_loadu_ps(c + r * ldc + 8 * v);
+      }
     }
   }
-  const float* a = p.a + r0 * p.a_row;
+  const float* a = p.a + r0 * a_row;
   const float* b = p.b + c0;
-  for (int64_t i = 0; i < p.kk; ++i, a += p.a_inner, b += p.ldb) {
+  for (int64_t i = 0; i < kk; ++i, a += a_inner, b += ldb) {
     __m256 bv[NV];
-    for (int v = 0; v < NV; ++v) bv[v] = _mm256_maskload_ps(b + 8 * v, mask[v]);
+    for (int v = 0; v < NV; ++v) {
+      bv[v] = kMaskLast && v == NV - 1 ? _mm256_maskload_ps(b + 8 * v, last)
+                                       : _mm256_loadu_ps(b + 8 * v);
+    }
     for (int r = 0; r < MR; ++r) {
-      const __m256 av = _mm256_broadcast_ss(a + r * p.a_row);
+      const __m256 av = _mm256_broadcast_ss(a + r * a_row);
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_fmadd_ps(av, bv[v], acc[r][v]);
     }
   }
   for (int r = 0; r < MR; ++r) {
     for (int v = 0; v < NV; ++v) {
-      _mm256_maskstore_ps(p.c + (r0 + r) * p.ldc + c0 + 8 * v, mask[v], acc[r][v]);
+      if (kMaskLast && v == NV - 1) {
+        _mm256_maskstore_ps(c + r * ldc + 8 * v, last, acc[r][v]);
+      } else {
+        _mm256_storeu_ps(c + r * ldc + 8 * v, acc[r][v]);
+      }
     }
   }
 }
@@ -100,34 +119,46 @@ inline __mmask16 LanesBelow(int64_t lanes) {
                      : static_cast<__mmask16>((1u << std::max<int64_t>(lanes, 0)) - 1);
 }
 
-// An MR x (16 NV) tile on AVX-512: 6 x 4 takes 24 accumulators, 4 B vectors and a broadcast
-// of the 32 registers.
-template <int MR, int NV>
+// AVX-512, 16 lanes: 6 x 4 takes 24 accumulators, 4 B vectors and a broadcast of the 32
+// registers.
+template <int MR, int NV, bool kMaskLast>
 __attribute__((target("avx512f,avx2,fma"))) void TileAvx512(const Product& p, int64_t r0,
                                                             int64_t c0, int64_t cols) {
-  __mmask16 mask[NV];
-  for (int v = 0; v < NV; ++v) mask[v] = LanesBelow(cols - 16 * v);
+  const __mmask16 last = LanesBelow(cols - 16 * (NV - 1));
+  const int64_t kk = p.kk, ldb = p.ldb, a_row = p.a_row, a_inner = p.a_inner, ldc = p.ldc;
+  float* c = p.c + r0 * ldc + c0;
   __m512 acc[MR][NV];
   for (int r = 0; r < MR; ++r) {
     for (int v = 0; v < NV; ++v) {
-      acc[r][v] = p.accumulate
-                      ? _mm512_maskz_loadu_ps(mask[v], p.c + (r0 + r) * p.ldc + c0 + 16 * v)
-                      : _mm512_setzero_ps();
+      if (!p.accumulate) {
+        acc[r][v] = _mm512_setzero_ps();
+      } else if (kMaskLast && v == NV - 1) {
+        acc[r][v] = _mm512_maskz_loadu_ps(last, c + r * ldc + 16 * v);
+      } else {
+        acc[r][v] = _mm512_loadu_ps(c + r * ldc + 16 * v);
+      }
     }
   }
-  const float* a = p.a + r0 * p.a_row;
+  const float* a = p.a + r0 * a_row;
   const float* b = p.b + c0;
-  for (int64_t i = 0; i < p.kk; ++i, a += p.a_inner, b += p.ldb) {
+  for (int64_t i = 0; i < kk; ++i, a += a_inner, b += ldb) {
     __m512 bv[NV];
-    for (int v = 0; v < NV; ++v) bv[v] = _mm512_maskz_loadu_ps(mask[v], b + 16 * v);
+    for (int v = 0; v < NV; ++v) {
+      bv[v] = kMaskLast && v == NV - 1 ? _mm512_maskz_loadu_ps(last, b + 16 * v)
+                                       : _mm512_loadu_ps(b + 16 * v);
+    }
     for (int r = 0; r < MR; ++r) {
-      const __m512 av = _mm512_set1_ps(a[r * p.a_row]);
+      const __m512 av = _mm512_set1_ps(a[r * a_row]);
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
     }
   }
   for (int r = 0; r < MR; ++r) {
     for (int v = 0; v < NV; ++v) {
-      _mm512_mask_storeu_ps(p.c + (r0 + r) * p.ldc + c0 + 16 * v, mask[v], acc[r][v]);
+      if (kMaskLast && v == NV - 1) {
+        _mm512_mask_storeu_ps(c + r * ldc + 16 * v, last, acc[r][v]);
+      } else {
+        _mm512_storeu_ps(c + r * ldc + 16 * v, acc[r][v]);
+      }
     }
   }
 }
@@ -138,52 +169,81 @@ using TileFn = void (*)(const Product&, int64_t, int64_t, int64_t);
 
 constexpr int kTileRows = 6;
 
-// Tile<MR, NV> for MR in 1..6, NV in 1..kMaxVectors: table[MR - 1][NV - 1].
-template <template <int, int> class Tile, int kMaxVectors>
-struct TileTable;
-
-template <int MR, int NV>
-struct Avx2Tile {
-  static constexpr TileFn fn = TileAvx2<MR, NV>;
-};
-template <int MR, int NV>
-struct Avx512Tile {
-  static constexpr TileFn fn = TileAvx512<MR, NV>;
-};
-
-template <template <int, int> class Tile, int NV>
-constexpr std::array<TileFn, kTileRows> TileColumn() {
-  return {Tile<1, NV>::fn, Tile<2, NV>::fn, Tile<3, NV>::fn,
-          Tile<4, NV>::fn, Tile<5, NV>::fn, Tile<6, NV>::fn};
+// Tile<MR, NV, kMaskLast> for MR in 1..kTileRows.
+template <template <int, int, bool> class Tile, int NV, bool kMaskLast>
+TileFn TileWithRows(int64_t rows) {
+  switch (rows) {
+    case 1:
+      return Tile<1, NV, kMaskLast>::Run;
+    case 2:
+      return Tile<2, NV, kMaskLast>::Run;
+    case 3:
+      return Tile<3, NV, kMaskLast>::Run;
+    case 4:
+      return Tile<4, NV, kMaskLast>::Run;
+    case 5:
+      return Tile<5, NV, kMaskLast>::Run;
+    default:
+      return Tile<6, NV, kMaskLast>::Run;
+  }
 }
 
-// Tiles of kTileRows rows by `lanes * max_vectors` columns over C, columns outermost so that
+template <int MR, int NV, bool kMaskLast>
+struct Avx2Tile {
+  static constexpr TileFn Run = TileAvx2<MR, NV, kMaskLast>;
+};
+template <int MR, int NV, bool kMaskLast>
+struct Avx512Tile {
+  static constexpr TileFn Run = TileAvx512<MR, NV, kMaskLast>;
+};
+
+// Tiles of kTileRows rows by kLanes * kMaxVectors columns over C, columns outermost so that
 // a panel of B stays in L1 while every row tile reads it.
-template <int kLanes, int kMaxVectors>
-void ProductByTiles(const Product& p, const std::array<TileFn, kTileRows> (&tiles)[kMaxVectors]) {
+template <template <int, int, bool> class Tile, int kLanes, int kMaxVectors>
+void ProductByTiles(const Product& p) {
+  static_assert(kMaxVectors == 2 || kMaxVectors == 4);
   constexpr int64_t kColumns = kLanes * kMaxVectors;
   for (int64_t c0 = 0; c0 < p.n; c0 += kColumns) {
     const int64_t cols = std::min(kColumns, p.n - c0);
     const int64_t vectors = (cols + kLanes - 1) / kLanes;
+    const bool mask_last = cols % kLanes != 0;
     for (int64_t r0 = 0; r0 < p.m; r0 += kTileRows) {
       const int64_t rows = std::min<int64_t>(kTileRows, p.m - r0);
-      tiles[vectors - 1][rows - 1](p, r0, c0, cols);
+      TileFn tile;
+      switch (vectors * 2 + (mask_last ? 1 : 0)) {
+        case 2:
+          tile = TileWithRows<Tile, 1, false>(rows);
+          break;
+        case 3:
+          tile = TileWithRows<Tile, 1, true>(rows);
+          break;
+        case 4:
+          tile = TileWithRows<Tile, 2, false>(rows);
+          break;
+        case 5:
+          tile = TileWithRows<Tile, 2, true>(rows);
+          break;
+        case 6:
+          tile = TileWithRows < Tile, kMaxVectors == 4 ? 3 : 2, false > (rows);
+          break;
+        case 7:
+          tile = TileWithRows < Tile, kMaxVectors == 4 ? 3 : 2, true > (rows);
+          break;
+        case 8:
+          tile = TileWithRows<Tile, kMaxVectors, false>(rows);
+          break;
+        default:
+          tile = TileWithRows<Tile, kMaxVectors, true>(rows);
+          break;
+      }
+      tile(p, r0, c0, cols);
     }
   }
 }
 
-void ProductAvx2(const Product& p) {
-  static constexpr std::array<TileFn, kTileRows> kTiles[2] = {TileColumn<Avx2Tile, 1>(),
-                                                              TileColumn<Avx2Tile, 2>()};
-  ProductByTiles<8, 2>(p, kTiles);
-}
+void ProductAvx2(const Product& p) { ProductByTiles<Avx2Tile, 8, 2>(p); }
 
-void ProductAvx512(const Product& p) {
-  static constexpr std::array<TileFn, kTileRows> kTiles[4] = {
-      TileColumn<Avx512Tile, 1>(), TileColumn<Avx512Tile, 2>(), TileColumn<Avx512Tile, 3>(),
-      TileColumn<Avx512Tile, 4>()};
-  ProductByTiles<16, 4>(p, kTiles);
-}
+void ProductAvx512(const Product& p) { ProductByTiles<Avx512Tile, 16, 4>(p); }
 
 // ---- Row steps of the softmax and its backward ---------------------------------------------
 // For one row s[0, n) of a block's scores, with the row's attended columns [lo, hi):
@@ -335,7 +395,7 @@ Ops OpsForMachine() {
   return {ProductPortable, ScaledMaxPortable, ExpRowPortable, DsRowPortable};
 }
 
-// ---- Shapes, documents and work items ------------------------------------------------------
+// ---- Shapes, documents and staged copies ---------------------------------------------------
 
 struct Dims {
   int64_t tokens, heads, kv_heads, head_dim, group;
@@ -343,16 +403,24 @@ struct Dims {
   float scale;
 };
 
+// A document's tokens [begin, end), cut into blocks of kBlock from begin; its blocks are
+// numbered from first_block among all documents' blocks.
+struct Document {
+  int64_t begin, end, first_block;
+  int64_t blocks() const { return (end - begin + kBlock - 1) / kBlock; }
+};
+
 // q (T, Hq, D), k and v (T, Hkv, D), sequence_starts (S+1) running 0 .. T; fills dims and
-// the documents' [begin, end) pairs.
+// the non-empty documents.
 absl::Status CheckInputs(const char* kernel, const Tensor& q, const Tensor& k, const Tensor& v,
                          const Tensor& sequence_starts, const AttentionParams& params, Dims& dims,
-                         std::vector<std::pair<int64_t, int64_t>>& documents) {
+                         std::vector<Document>& documents) {
   TESSERA_RETURN_IF_ERROR(ExpectDType(kernel, "q", q, {DType::kF32}));
   TESSERA_RETURN_IF_ERROR(ExpectRank(kernel, "q", q, 3));
   TESSERA_RETURN_IF_ERROR(ExpectDType(kernel, "k", k, {DType::kF32}));
   TESSERA_RETURN_IF_ERROR(ExpectRank(kernel, "k", k, 3));
-  if (k.dim(0) != q.dim(0) || k.dim(2) != q.dim(2) || k.dim(1) == 0 || q.dim(1) % k.dim(1) != 0) {
+  if (k.dim(0) != q.dim(0) || k.dim(2) != q.dim(2) || k.dim(1) == 0 || q.dim(1) < k.dim(1) ||
+      q.dim(1) % k.dim(1) != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         kernel, ": k is ", k.DebugString(), ", expected (", q.dim(0), ", kv_heads, ", q.dim(2),
         ") with kv_heads dividing the ", q.dim(1), " query heads of q ", q.DebugString()));
@@ -375,13 +443,16 @@ absl::Status CheckInputs(const char* kernel, const Tensor& q, const Tensor& k, c
                      " must run from 0 to the ", dims.tokens, " tokens"));
   }
   documents.clear();
+  int64_t blocks = 0;
   for (int64_t s = 0; s + 1 < count; ++s) {
     if (starts[s + 1] < starts[s]) {
       return absl::InvalidArgumentError(
           absl::StrCat(kernel, ": sequence_starts[", s + 1, "] = ", starts[s + 1],
                        " is below sequence_starts[", s, "] = ", starts[s]));
     }
-    if (starts[s + 1] > starts[s]) documents.emplace_back(starts[s], starts[s + 1]);
+    if (starts[s + 1] == starts[s]) continue;
+    documents.push_back({starts[s], starts[s + 1], blocks});
+    blocks += documents.back().blocks();
   }
   return absl::OkStatus();
 }
@@ -391,29 +462,11 @@ inline int64_t KeyBegin(const Dims& dims, int64_t begin, int64_t t) {
   return dims.window > 0 ? std::max(begin, t - dims.window + 1) : begin;
 }
 
-// kv (T, Hkv, D) -> transposed (Hkv, D, T): a kv head's dimension d at consecutive tokens,
-// the layout a block of scores reads keys (and the backward values) in.
-void TransposeHeads(const float* kv, const Dims& dims, float* transposed) {
-  const int64_t t_blocks = (dims.tokens + kBlock - 1) / kBlock;
-  const int64_t d = dims.head_dim, hkv = dims.kv_heads, tokens = dims.tokens;
-  ParallelFor(hkv * t_blocks, tokens * hkv * d < 65536 ? hkv * t_blocks : 1,
-              [&](int64_t begin, int64_t end) {
-                for (int64_t item = begin; item < end; ++item) {
-                  const int64_t g = item / t_blocks, t0 = item % t_blocks * kBlock;
-                  const int64_t t1 = std::min(tokens, t0 + kBlock);
-                  for (int64_t e = 0; e < d; ++e) {
-                    float* to = transposed + (g * d + e) * tokens;
-                    for (int64_t t = t0; t < t1; ++t) to[t] = kv[(t * hkv + g) * d + e];
-                  }
-                }
-              });
-}
-
 // Work of the call in multiply-adds, for whether threads pay.
-int64_t Work(const Dims& dims, const std::vector<std::pair<int64_t, int64_t>>& documents) {
+int64_t Work(const Dims& dims, const std::vector<Document>& documents) {
   int64_t work = 0;
-  for (const auto& [begin, end] : documents) {
-    const int64_t length = end - begin;
+  for (const Document& doc : documents) {
+    const int64_t length = doc.end - doc.begin;
     const int64_t keys = dims.window > 0 ? std::min(length, dims.window) : length;
     work += length * keys;
   }
@@ -422,37 +475,127 @@ int64_t Work(const Dims& dims, const std::vector<std::pair<int64_t, int64_t>>& d
 
 constexpr int64_t kParallelWork = int64_t{1} << 16;
 
+// Scratch slots of the calling thread, kept between calls: a training step calls with the
+// same shapes layer after layer, and fresh pages cost more than the copies that fill them.
+// Each slot grows to the largest call's need and is freed when the thread exits.
+enum ScratchSlot {
+  kQueries,
+  kValuesOrOutputGradient,
+  kKeysTransposed,
+  kValuesTransposed,
+  kKeys,
+  kDelta,
+  kKeyGradients,
+  kValueGradients,
+  kScratchSlots
+};
+
+// At least n floats of `slot`, not initialized.
+float* ThreadScratch(ScratchSlot slot, int64_t n) {
+  struct Buffer {
+    std::unique_ptr<float[]> data;
+    int64_t size = 0;
+  };
+  thread_local std::array<Buffer, kScratchSlots> buffers;
+  Buffer& buffer = buffers[slot];
+  if (buffer.size < n) {
+    buffer.data.reset();
+    buffer.data = std::make_unique_for_overwrite<float[]>(static_cast<size_t>(n));
+    buffer.size = n;
+  }
+  return buffer.data.get();
+}
+
+// The products read their operands from copies laid out for them, made once a call: rows of
+// one head contiguous, and keys (and the backward's values) transposed a block at a time, so
+// that every operand of a block's product is one contiguous run of memory (strided rows of
+// (T, H, D), or a (D, T) transpose, fall on few cache sets and many pages).
+
+// x (T, H, D) -> (H, T, D).
+const float* HeadMajor(const float* x, int64_t tokens, int64_t heads, int64_t d, int64_t min_rows,
+                       ScratchSlot slot) {
+  float* out = ThreadScratch(slot, tokens * heads * d);
+  ParallelFor(tokens, min_rows, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      for (int64_t h = 0; h < heads; ++h) {
+        std::copy_n(x + (t * heads + h) * d, d, out + (h * tokens + t) * d);
+      }
+    }
+  });
+  return out;
+}
+
+// x (T, H, D) -> (H, blocks, D, kBlock): [h][b][e][j] = x[token j of block b][h][e], zero past
+// the block's document.
+const float* BlockTransposed(const float* x, int64_t heads, int64_t d,
+                             const std::vector<Document>& documents, int64_t min_items,
+                             ScratchSlot slot) {
+  const int64_t blocks =
+      documents.empty() ? 0 : documents.back().first_block + documents.back().blocks();
+  float* out = ThreadScratch(slot, heads * blocks * d * kBlock);
+  std::vector<std::pair<int64_t, int64_t>> block_tokens;  // each block's [begin, end)
+  for (const Document& doc : documents) {
+    for (int64_t t = doc.begin; t < doc.end; t += kBlock) {
+      block_tokens.emplace_back(t, std::min(doc.end, t + kBlock));
+    }
+  }
+  ParallelFor(heads * blocks, min_items, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t h = item / blocks, b = item % blocks;
+      const auto [t0, t1] = block_tokens[b];
+      float* panel = out + item * d * kBlock;
+      for (int64_t e = 0; e < d; ++e) {
+        float* row = panel + e * kBlock;
+        for (int64_t t = t0; t < t1; ++t) row[t - t0] = x[(t * heads + h) * d + e];
+        std::fill(row + (t1 - t0), row + kBlock, 0.0f);
+      }
+    }
+  });
+  return out;
+}
+
 // ---- Forward --------------------------------------------------------------------------------
 
 struct ForwardItem {
-  int64_t begin, end;  // the document
-  int64_t block;       // the query block within it
+  const Document* doc;
+  int64_t block;  // the query block within the document
   int64_t head;
   int64_t cost;  // key blocks it reads
 };
 
+struct ForwardArgs {
+  const float* q;    // (Hq, T, D)
+  const float* k_t;  // (Hkv, blocks, D, kBlock)
+  const float* v;    // (Hkv, T, D)
+  int64_t blocks;
+  float* out;  // (T, Hq, D)
+  float* lse;  // (T, Hq)
+};
+
 // One query block of one head: online softmax over its key blocks, the diagonal block first.
-void ForwardBlock(const Ops& ops, const Dims& dims, const ForwardItem& item, const float* q,
-                  const float* k_t, const float* v, float* out, float* lse) {
+void ForwardBlock(const Ops& ops, const Dims& dims, const ForwardItem& item,
+                  const ForwardArgs& args) {
   thread_local std::vector<float> buffer;
-  const int64_t d = dims.head_dim, hq = dims.heads, hkv = dims.kv_heads, tokens = dims.tokens;
+  const int64_t d = dims.head_dim, hq = dims.heads, tokens = dims.tokens;
   buffer.resize(kBlock * kBlock + kBlock * d + 2 * kBlock);
   float* scores = buffer.data();          // (kBlock, kBlock)
   float* acc = scores + kBlock * kBlock;  // (kBlock, d): unnormalized outputs
   float* row_max = acc + kBlock * d;      // running maximum of scale * score
   float* row_sum = row_max + kBlock;      // running sum of exp(scale * score - max)
-  const int64_t a = item.begin, h = item.head, g = h / dims.group;
-  const int64_t q0 = a + item.block * kBlock, q1 = std::min(item.end, q0 + kBlock);
+  const Document& doc = *item.doc;
+  const int64_t a = doc.begin, h = item.head, g = h / dims.group;
+  const int64_t q0 = a + item.block * kBlock, q1 = std::min(doc.end, q0 + kBlock);
   const int64_t nq = q1 - q0;
   std::fill(acc, acc + nq * d, 0.0f);
   std::fill(row_max, row_max + nq, -std::numeric_limits<float>::infinity());
   std::fill(row_sum, row_sum + nq, 0.0f);
+  const float* q = args.q + (h * tokens + q0) * d;
   const int64_t first_block = (KeyBegin(dims, a, q0) - a) / kBlock;
   for (int64_t kb = item.block; kb >= first_block; --kb) {
-    const int64_t k0 = a + kb * kBlock, k1 = std::min(item.end, k0 + kBlock);
+    const int64_t k0 = a + kb * kBlock, k1 = std::min(doc.end, k0 + kBlock);
     const int64_t nk = k1 - k0;
-    ops.product({q + (q0 * hq + h) * d, hq * d, 1, k_t + g * d * tokens + k0, tokens, scores,
-                 kBlock, nq, nk, d, false});
+    const float* keys = args.k_t + (g * args.blocks + doc.first_block + kb) * d * kBlock;
+    ops.product({q, d, 1, keys, kBlock, scores, kBlock, nq, nk, d, false});
     for (int64_t i = 0; i < nq; ++i) {
       const int64_t t = q0 + i;
       const int64_t lo = std::max(k0, KeyBegin(dims, a, t)) - k0;
@@ -473,32 +616,34 @@ void ForwardBlock(const Ops& ops, const Dims& dims, const ForwardItem& item, con
       }
       row_sum[i] += sum;
     }
-    ops.product({scores, kBlock, 1, v + (k0 * hkv + g) * d, hkv * d, acc, d, nq, d, nk, true});
+    ops.product({scores, kBlock, 1, args.v + (g * tokens + k0) * d, d, acc, d, nq, d, nk, true});
   }
   for (int64_t i = 0; i < nq; ++i) {
     const int64_t t = q0 + i;
     const float inverse = 1.0f / row_sum[i];
-    float* o = out + (t * hq + h) * d;
+    float* o = args.out + (t * hq + h) * d;
     for (int64_t e = 0; e < d; ++e) o[e] = acc[i * d + e] * inverse;
-    lse[t * hq + h] = row_max[i] + std::log(row_sum[i]);
+    args.lse[t * hq + h] = row_max[i] + std::log(row_sum[i]);
   }
 }
 
 // ---- Backward -------------------------------------------------------------------------------
 
 struct BackwardItem {
-  int64_t begin, end;  // the document
+  const Document* doc;
   int64_t head;
 };
 
 struct BackwardArgs {
-  const float *q, *k, *k_t, *v_t, *dout, *lse, *delta;  // delta (T, Hq): dout . out
-  float* dq;
-  // Where each query head's dk and dv go: rows dkv_stride apart, head h at column offset
-  // dkv_head(h) * D (the kv head itself when a kv head has one query head, else per query
-  // head, summed afterwards).
+  const float *q, *dout;   // (Hq, T, D)
+  const float* k;          // (Hkv, T, D)
+  const float *k_t, *v_t;  // (Hkv, blocks, D, kBlock)
+  int64_t blocks;
+  const float *lse, *delta;  // (T, Hq); delta = dout . out
+  float* dq;                 // (T, Hq, D)
+  // Where each query head's share of dk and dv goes: per query head (Hq, T, D), summed over
+  // the group afterwards, when a kv head has several; else straight to dk, dv (T, Hkv, D).
   float *dk, *dv;
-  int64_t dkv_stride;
   bool per_query_head;
 };
 
@@ -510,41 +655,44 @@ void BackwardHead(const Ops& ops, const Dims& dims, const BackwardItem& item,
   float* p = buffer.data();         // (kBlock, kBlock): probabilities
   float* ds = p + kBlock * kBlock;  // (kBlock, kBlock): dP, then scale * dS
   const int64_t d = dims.head_dim, hq = dims.heads, hkv = dims.kv_heads, tokens = dims.tokens;
-  const int64_t a = item.begin, h = item.head, g = h / dims.group;
-  const int64_t dkv_column = (args.per_query_head ? h : g) * d;
-  for (int64_t t = a; t < item.end; ++t) {
+  const Document& doc = *item.doc;
+  const int64_t a = doc.begin, h = item.head, g = h / dims.group;
+  for (int64_t t = a; t < doc.end; ++t) {
     std::fill(args.dq + (t * hq + h) * d, args.dq + (t * hq + h + 1) * d, 0.0f);
   }
-  const int64_t blocks = (item.end - a + kBlock - 1) / kBlock;
-  for (int64_t kb = 0; kb < blocks; ++kb) {
-    const int64_t k0 = a + kb * kBlock, k1 = std::min(item.end, k0 + kBlock);
+  // dk and dv rows of this head: ldc apart from `column` of the token's row.
+  const int64_t dkv_ldc = args.per_query_head ? d : hkv * d;
+  const int64_t dkv_offset = args.per_query_head ? h * tokens * d : g * d;
+  for (int64_t kb = 0; kb < doc.blocks(); ++kb) {
+    const int64_t k0 = a + kb * kBlock, k1 = std::min(doc.end, k0 + kBlock);
     const int64_t nk = k1 - k0;
+    const int64_t panel = (g * args.blocks + doc.first_block + kb) * d * kBlock;
+    const float* keys_t = args.k_t + panel;
+    const float* values_t = args.v_t + panel;
+    const float* keys = args.k + (g * tokens + k0) * d;
+    float* dk = args.dk + dkv_offset + k0 * dkv_ldc;
+    float* dv = args.dv + dkv_offset + k0 * dkv_ldc;
     // Queries past the window of the block's last key do not read it.
-    const int64_t query_end = dims.window > 0 ? std::min(item.end, k1 - 1 + dims.window) : item.end;
-    float* dk = args.dk + k0 * args.dkv_stride + dkv_column;
-    float* dv = args.dv + k0 * args.dkv_stride + dkv_column;
+    const int64_t query_end = dims.window > 0 ? std::min(doc.end, k1 - 1 + dims.window) : doc.end;
     for (int64_t qb = kb; a + qb * kBlock < query_end; ++qb) {
-      const int64_t q0 = a + qb * kBlock, q1 = std::min(item.end, q0 + kBlock);
+      const int64_t q0 = a + qb * kBlock, q1 = std::min(doc.end, q0 + kBlock);
       const int64_t nq = q1 - q0;
-      const float* q = args.q + (q0 * hq + h) * d;
-      const float* dout = args.dout + (q0 * hq + h) * d;
-      ops.product(
-          {q, hq * d, 1, args.k_t + g * d * tokens + k0, tokens, p, kBlock, nq, nk, d, false});
-      ops.product(
-          {dout, hq * d, 1, args.v_t + g * d * tokens + k0, tokens, ds, kBlock, nq, nk, d, false});
+      const float* q = args.q + (h * tokens + q0) * d;
+      const float* dout = args.dout + (h * tokens + q0) * d;
+      ops.product({q, d, 1, keys_t, kBlock, p, kBlock, nq, nk, d, false});
+      ops.product({dout, d, 1, values_t, kBlock, ds, kBlock, nq, nk, d, false});
       for (int64_t i = 0; i < nq; ++i) {
         const int64_t t = q0 + i;
-        const int64_t lo = std::max<int64_t>(0, KeyBegin(dims, a, t) - k0);
+        const int64_t lo = KeyBegin(dims, a, t) - k0;
         const int64_t hi = std::min(k1, t + 1) - k0;
         ops.exp_row(p + i * kBlock, nk, lo, hi, dims.scale, args.lse[t * hq + h]);
         ops.ds_row(p + i * kBlock, ds + i * kBlock, nk, args.delta[t * hq + h], dims.scale);
       }
       const bool first = qb == kb;
       // dv += P^T . dout, dk += dS^T . q, dq += dS . k.
-      ops.product({p, 1, kBlock, dout, hq * d, dv, args.dkv_stride, nk, d, nq, !first});
-      ops.product({ds, 1, kBlock, q, hq * d, dk, args.dkv_stride, nk, d, nq, !first});
-      ops.product({ds, kBlock, 1, args.k + (k0 * hkv + g) * d, hkv * d, args.dq + (q0 * hq + h) * d,
-                   hq * d, nq, d, nk, true});
+      ops.product({p, 1, kBlock, dout, d, dv, dkv_ldc, nk, d, nq, !first});
+      ops.product({ds, 1, kBlock, q, d, dk, dkv_ldc, nk, d, nq, !first});
+      ops.product({ds, kBlock, 1, keys, d, args.dq + (q0 * hq + h) * d, hq * d, nq, d, nk, true});
     }
   }
 }
@@ -556,7 +704,7 @@ absl::Status CausalAttention(const Tensor& q, const Tensor& k, const Tensor& v,
                              Tensor& out, Tensor& lse) {
   constexpr char kKernel[] = "CausalAttention";
   Dims dims;
-  std::vector<std::pair<int64_t, int64_t>> documents;
+  std::vector<Document> documents;
   TESSERA_RETURN_IF_ERROR(CheckInputs(kKernel, q, k, v, sequence_starts, params, dims, documents));
   TESSERA_RETURN_IF_ERROR(ExpectDType(kKernel, "out", out, {DType::kF32}));
   TESSERA_RETURN_IF_ERROR(ExpectShape(kKernel, "out", out, q.shape()));
@@ -564,32 +712,34 @@ absl::Status CausalAttention(const Tensor& q, const Tensor& k, const Tensor& v,
   TESSERA_RETURN_IF_ERROR(ExpectShape(kKernel, "lse", lse, {dims.tokens, dims.heads}));
   if (dims.tokens == 0) return absl::OkStatus();
   const Ops ops = OpsForMachine();
-  std::vector<float> k_t(k.numel());
-  TransposeHeads(k.data<float>(), dims, k_t.data());
+  const int64_t d = dims.head_dim, tokens = dims.tokens;
+  const bool parallel = Work(dims, documents) >= kParallelWork;
+  const int64_t blocks = documents.back().first_block + documents.back().blocks();
+  const float* q_h =
+      HeadMajor(q.data<float>(), tokens, dims.heads, d, parallel ? 1 : tokens, kQueries);
+  const float* v_h = HeadMajor(v.data<float>(), tokens, dims.kv_heads, d, parallel ? 1 : tokens,
+                               kValuesOrOutputGradient);
+  const float* k_t = BlockTransposed(k.data<float>(), dims.kv_heads, d, documents,
+                                     parallel ? 1 : dims.kv_heads * blocks, kKeysTransposed);
 
   // Items are (document, query block, head), the costliest first so that the last ones
   // handed out are short.
   std::vector<ForwardItem> items;
-  for (const auto& [begin, end] : documents) {
-    for (int64_t block = 0; block * kBlock < end - begin; ++block) {
-      const int64_t q0 = begin + block * kBlock;
-      const int64_t cost = block - (KeyBegin(dims, begin, q0) - begin) / kBlock + 1;
-      for (int64_t h = 0; h < dims.heads; ++h) items.push_back({begin, end, block, h, cost});
+  for (const Document& doc : documents) {
+    for (int64_t block = 0; block < doc.blocks(); ++block) {
+      const int64_t q0 = doc.begin + block * kBlock;
+      const int64_t cost = block - (KeyBegin(dims, doc.begin, q0) - doc.begin) / kBlock + 1;
+      for (int64_t h = 0; h < dims.heads; ++h) items.push_back({&doc, block, h, cost});
     }
   }
   std::stable_sort(items.begin(), items.end(),
                    [](const ForwardItem& x, const ForwardItem& y) { return x.cost > y.cost; });
+  const ForwardArgs args{q_h, k_t, v_h, blocks, out.data<float>(), lse.data<float>()};
   const int64_t count = static_cast<int64_t>(items.size());
-  const float* q_data = q.data<float>();
-  const float* v_data = v.data<float>();
-  float* out_data = out.data<float>();
-  float* lse_data = lse.data<float>();
   ParallelFor(
-      count, Work(dims, documents) < kParallelWork ? count : 1,
+      count, parallel ? 1 : count,
       [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          ForwardBlock(ops, dims, items[i], q_data, k_t.data(), v_data, out_data, lse_data);
-        }
+        for (int64_t i = begin; i < end; ++i) ForwardBlock(ops, dims, items[i], args);
       },
       /*grain=*/1);
   return absl::OkStatus();
@@ -601,7 +751,7 @@ absl::Status CausalAttentionBackward(const Tensor& q, const Tensor& k, const Ten
                                      Tensor& dq, Tensor& dk, Tensor& dv) {
   constexpr char kKernel[] = "CausalAttentionBackward";
   Dims dims;
-  std::vector<std::pair<int64_t, int64_t>> documents;
+  std::vector<Document> documents;
   TESSERA_RETURN_IF_ERROR(CheckInputs(kKernel, q, k, v, sequence_starts, params, dims, documents));
   TESSERA_RETURN_IF_ERROR(ExpectDType(kKernel, "out", out, {DType::kF32}));
   TESSERA_RETURN_IF_ERROR(ExpectShape(kKernel, "out", out, q.shape()));
@@ -618,14 +768,23 @@ absl::Status CausalAttentionBackward(const Tensor& q, const Tensor& k, const Ten
   if (dims.tokens == 0) return absl::OkStatus();
   const Ops ops = OpsForMachine();
   const int64_t d = dims.head_dim, hq = dims.heads, hkv = dims.kv_heads, tokens = dims.tokens;
-  const int64_t min_items = Work(dims, documents) < kParallelWork ? tokens * hq : 1;
-  std::vector<float> k_t(k.numel()), v_t(v.numel()), delta(tokens * hq);
-  TransposeHeads(k.data<float>(), dims, k_t.data());
-  TransposeHeads(v.data<float>(), dims, v_t.data());
+  const bool parallel = Work(dims, documents) >= kParallelWork;
+  const int64_t min_rows = parallel ? 1 : tokens;
+  const int64_t blocks = documents.back().first_block + documents.back().blocks();
+  const float* q_h = HeadMajor(q.data<float>(), tokens, hq, d, min_rows, kQueries);
+  const float* dout_h =
+      HeadMajor(dout.data<float>(), tokens, hq, d, min_rows, kValuesOrOutputGradient);
+  const float* k_h = HeadMajor(k.data<float>(), tokens, hkv, d, min_rows, kKeys);
+  const int64_t min_blocks = parallel ? 1 : hkv * blocks;
+  const float* k_t =
+      BlockTransposed(k.data<float>(), hkv, d, documents, min_blocks, kKeysTransposed);
+  const float* v_t =
+      BlockTransposed(v.data<float>(), hkv, d, documents, min_blocks, kValuesTransposed);
+  float* delta = ThreadScratch(kDelta, tokens * hq);
   const float* out_data = out.data<float>();
   const float* dout_data = dout.data<float>();
-  ParallelFor(tokens * hq, min_items, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
+  ParallelFor(tokens, min_rows, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin * hq; row < end * hq; ++row) {
       float dot = 0.0f;
       for (int64_t e = 0; e < d; ++e) dot += dout_data[row * d + e] * out_data[row * d + e];
       delta[row] = dot;
@@ -634,29 +793,33 @@ absl::Status CausalAttentionBackward(const Tensor& q, const Tensor& k, const Ten
 
   // Items are (document, query head): each owns its dq rows, and its dk and dv rows when a
   // kv head has one query head; otherwise each query head's share goes to its own rows of
-  // (T, Hq, D) buffers, summed over the group in head order afterwards.
+  // (Hq, T, D) buffers, summed over the group in head order afterwards. The longest
+  // documents first, so that the last items handed out are short.
   const bool per_query_head = dims.group > 1;
-  std::vector<float> dk_heads, dv_heads;
-  BackwardArgs args{q.data<float>(),  k.data<float>(),   k_t.data(),   v_t.data(),
-                    dout_data,        lse.data<float>(), delta.data(), dq.data<float>(),
-                    dk.data<float>(), dv.data<float>(),  hkv * d,      per_query_head};
-  if (per_query_head) {
-    dk_heads.resize(tokens * hq * d);
-    dv_heads.resize(tokens * hq * d);
-    args.dk = dk_heads.data();
-    args.dv = dv_heads.data();
-    args.dkv_stride = hq * d;
-  }
+  float* dk_heads = per_query_head ? ThreadScratch(kKeyGradients, hq * tokens * d) : nullptr;
+  float* dv_heads = per_query_head ? ThreadScratch(kValueGradients, hq * tokens * d) : nullptr;
+  const BackwardArgs args{q_h,
+                          dout_h,
+                          k_h,
+                          k_t,
+                          v_t,
+                          blocks,
+                          lse.data<float>(),
+                          delta,
+                          dq.data<float>(),
+                          per_query_head ? dk_heads : dk.data<float>(),
+                          per_query_head ? dv_heads : dv.data<float>(),
+                          per_query_head};
   std::vector<BackwardItem> items;
-  for (const auto& [begin, end] : documents) {
-    for (int64_t h = 0; h < hq; ++h) items.push_back({begin, end, h});
+  for (const Document& doc : documents) {
+    for (int64_t h = 0; h < hq; ++h) items.push_back({&doc, h});
   }
   std::stable_sort(items.begin(), items.end(), [](const BackwardItem& x, const BackwardItem& y) {
-    return x.end - x.begin > y.end - y.begin;
+    return x.doc->end - x.doc->begin > y.doc->end - y.doc->begin;
   });
   const int64_t count = static_cast<int64_t>(items.size());
   ParallelFor(
-      count, min_items == 1 ? 1 : count,
+      count, parallel ? 1 : count,
       [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) BackwardHead(ops, dims, items[i], args);
       },
@@ -664,17 +827,19 @@ absl::Status CausalAttentionBackward(const Tensor& q, const Tensor& k, const Ten
   if (per_query_head) {
     float* dk_data = dk.data<float>();
     float* dv_data = dv.data<float>();
-    ParallelFor(tokens * hkv, min_items, [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {  // row = t * hkv + g
-        const int64_t t = row / hkv, g = row % hkv;
-        const std::pair<const float*, float*> sums[2] = {{dk_heads.data(), dk_data},
-                                                         {dv_heads.data(), dv_data}};
-        for (const auto& [from, to] : sums) {
-          const float* head = from + (t * hq + g * dims.group) * d;
-          float* sum = to + row * d;
-          std::copy_n(head, d, sum);
-          for (int64_t i = 1; i < dims.group; ++i) {
-            for (int64_t e = 0; e < d; ++e) sum[e] += head[i * d + e];
+    ParallelFor(tokens, min_rows, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        for (int64_t g = 0; g < hkv; ++g) {
+          const std::pair<const float*, float*> sums[2] = {{dk_heads, dk_data},
+                                                           {dv_heads, dv_data}};
+          for (const auto& [from, to] : sums) {
+            float* sum = to + (t * hkv + g) * d;
+            const int64_t h0 = g * dims.group;
+            std::copy_n(from + (h0 * tokens + t) * d, d, sum);
+            for (int64_t h = h0 + 1; h < h0 + dims.group; ++h) {
+              const float* head = from + (h * tokens + t) * d;
+              for (int64_t e = 0; e < d; ++e) sum[e] += head[e];
+            }
           }
         }
       }

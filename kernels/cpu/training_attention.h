@@ -12,15 +12,19 @@
 // = w > 0, t - j < w; never to another document. Scores are params.scale * q_t . k_j.
 //
 // Both run flash-attention style, over blocks of 64 queries by 64 keys that stay in the
-// caches, never holding a (T, T) matrix; the forward keeps a running maximum and sum per
-// row (online softmax) and saves each row's log-sum-exp for the backward, which recomputes
-// the probabilities from it. Exponents go through ExpNonPositive (exp_approx.h).
+// caches, never holding a (T, T) matrix: the forward keeps a running maximum and sum per row
+// (online softmax) and saves each row's log-sum-exp, from which the backward recomputes the
+// probabilities. Exponents go through ExpNonPositive (exp_approx.h, within 2.5e-7 of
+// std::exp). The forward's work items are (document, query block, query head); the
+// backward's are (document, query head), so a single long document keeps at most Hq threads
+// busy.
 //
-// Deterministic: every output element is computed by one thread, in an order fixed by the
-// shapes alone, so results never depend on the number of threads. Not row invariant (a
-// block's products depend on the block's other rows' presence only through the tile shapes,
-// but no promise is made). Each call may use the kernel threads (parallel.h); do not call
-// from inside a ParallelFor.
+// Deterministic: every output element is computed by one thread in an order fixed by the
+// shapes, so results never depend on the number of threads (row invariance, as the serving
+// kernels promise it, is not promised here). Copies of the inputs laid out for the block
+// products are kept per calling thread between calls (up to (4 Hq + 3 Hkv) T D floats, for
+// the backward), since training calls the same shapes layer after layer. Thread safe; uses
+// the kernel threads (parallel.h), so not to be called from inside a ParallelFor.
 
 #include "absl/status/status.h"
 #include "kernels/cpu/attention.h"

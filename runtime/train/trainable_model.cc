@@ -111,22 +111,38 @@ absl::StatusOr<std::unique_ptr<TrainableModel>> TrainableModel::Load(
         "training runs on the CPU backend; the communicator ", tp.name(), " is on ",
         tp.device().ToString()));
   }
-  TESSERA_ASSIGN_OR_RETURN(model::ModelConfig config, model::LoadModelConfig(dir));
-  TESSERA_RETURN_IF_ERROR(config.CheckTensorParallel(tp.size()));
-  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<model::Checkpoint> checkpoint,
-                           model::Checkpoint::Open(dir));
-  TESSERA_ASSIGN_OR_RETURN(
-      model::WeightPlan plan,
-      model::PlanWeights(config, tp.size(), tp.rank(), model::DetectWeightPlanOptions(*checkpoint)));
-  model::LoadOptions load;
-  load.dtype = DType::kF32;  // master weights
-  TESSERA_ASSIGN_OR_RETURN(model::RankWeights weights,
-                           model::LoadRankWeights(*checkpoint, plan, load));
-  TESSERA_ASSIGN_OR_RETURN(ParameterSet params,
-                           ParameterSet::Create(config, plan, std::move(weights)));
-  std::unique_ptr<TrainableModel> m(new TrainableModel(std::move(config), std::move(plan), tp,
-                                                       std::move(params), options));
-  TESSERA_RETURN_IF_ERROR(m->BindLayers());
+  // Each rank reads its own slices and may fail alone (a damaged file on one node): the
+  // group agrees on the outcome before the collective split below.
+  absl::StatusOr<std::unique_ptr<TrainableModel>> loaded =
+      [&]() -> absl::StatusOr<std::unique_ptr<TrainableModel>> {
+    TESSERA_ASSIGN_OR_RETURN(model::ModelConfig config, model::LoadModelConfig(dir));
+    TESSERA_RETURN_IF_ERROR(config.CheckTensorParallel(tp.size()));
+    TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<model::Checkpoint> checkpoint,
+                             model::Checkpoint::Open(dir));
+    TESSERA_ASSIGN_OR_RETURN(model::WeightPlan plan,
+                             model::PlanWeights(config, tp.size(), tp.rank(),
+                                                model::DetectWeightPlanOptions(*checkpoint)));
+    model::LoadOptions load;
+    load.dtype = DType::kF32;  // master weights
+    TESSERA_ASSIGN_OR_RETURN(model::RankWeights weights,
+                             model::LoadRankWeights(*checkpoint, plan, load));
+    TESSERA_ASSIGN_OR_RETURN(ParameterSet params,
+                             ParameterSet::Create(config, plan, std::move(weights)));
+    std::unique_ptr<TrainableModel> m(new TrainableModel(std::move(config), std::move(plan), tp,
+                                                         std::move(params), options));
+    TESSERA_RETURN_IF_ERROR(m->BindLayers());
+    return m;
+  }();
+  int32_t failed = loaded.ok() ? 0 : 1;
+  Tensor flag = Tensor::Wrap(&failed, DType::kI32, {1});
+  Stream cpu = Stream::Cpu();
+  TESSERA_RETURN_IF_ERROR(tp.AllReduce(flag, comm::ReduceOp::kMax, cpu));
+  if (!loaded.ok()) return loaded.status();
+  if (failed != 0) {
+    return absl::AbortedError(absl::StrCat("another rank of ", tp.name(),
+                                           " could not load its shard of ", dir));
+  }
+  std::unique_ptr<TrainableModel> m = std::move(*loaded);
   if (m->plan_.attention.kv_replicated) {
     TESSERA_ASSIGN_OR_RETURN(
         m->kv_sharers_,

@@ -1,0 +1,176 @@
+// `tessera train` as a user runs it, under mpirun, on the built-in default model: a
+// fine-tune that memorizes prompt -> completion pairs and whose export `tessera generate`
+// reproduces at TP 1 and 2; a run killed with SIGKILL resumes from its latest checkpoint
+// with bitwise the losses of an uninterrupted one (TP 2 x DP 2); a stalled rank fails the job
+// within the collective deadline naming it; a corrupt checkpoint, a checkpoint of another TP
+// degree and bad data lines are refused with messages that say what is wrong.
+// TESSERA_MPIRUN_COMMAND and TESSERA_BINARY come from CMake.
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+#include "tests/mpi/process_runner.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using ::tessera::testing::ProcessOutcome;
+using ::tessera::testing::RunCommand;
+
+const std::vector<std::pair<std::string, std::string>> kPairs = {
+    {"What is the capital of France? ", "Paris"},
+    {"Two plus two is ", "four"},
+    {"The sky is ", "blue"},
+    {"Tessera runs on ", "many GPUs"}};
+
+class Train : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    char pattern[] = "/tmp/tessera-train-test-XXXXXX";
+    dir_ = mkdtemp(pattern);
+    std::ofstream data(dir_ + "/pairs.jsonl");
+    for (const auto& [prompt, completion] : kPairs) {
+      data << nlohmann::json{{"prompt", prompt}, {"completion", completion}}.dump() << "\n";
+    }
+  }
+  static void TearDownTestSuite() { fs::remove_all(dir_); }
+
+  // Runs `tessera <command>` on `ranks` ranks; its output is stdout and stderr together, or
+  // stdout alone with `stdout_only`.
+  static ProcessOutcome Run(int ranks, const std::string& command,
+                            const std::string& environment = "", bool stdout_only = false) {
+    return RunCommand(absl::StrCat(TESSERA_MPIRUN_COMMAND, " -np ", ranks,
+                                   " env TESSERA_CACHE_DIR=", dir_, "/cache ", environment, " ",
+                                   TESSERA_BINARY, " ", command,
+                                   stdout_only ? " 2>/dev/null" : " 2>&1"));
+  }
+
+  // step -> loss of a run's log.jsonl.
+  static std::map<int64_t, double> Losses(const std::string& run) {
+    std::map<int64_t, double> losses;
+    std::ifstream log(run + "/log.jsonl");
+    for (std::string line; std::getline(log, line);) {
+      nlohmann::json entry = nlohmann::json::parse(line);
+      if (entry.contains("loss")) losses[entry["step"].get<int64_t>()] = entry["loss"].get<double>();
+    }
+    return losses;
+  }
+
+  static std::string dir_;
+};
+
+std::string Train::dir_;
+
+TEST_F(Train, MemorizesCompletionsAndTheExportGeneratesThem) {
+  for (int tp : {1, 2}) {
+    SCOPED_TRACE(absl::StrCat("tp ", tp));
+    const std::string run = absl::StrCat(dir_, "/memorize-tp", tp);
+    ProcessOutcome trained =
+        Run(tp, absl::StrCat("train --tp ", tp, " --data ", dir_, "/pairs.jsonl --output ", run,
+                             " --steps 40 --lr 3e-3 --warmup 3 --seq-len 64 --micro-batch 4 "
+                             "--log-every 10"));
+    ASSERT_EQ(trained.exit_code, 0) << trained.output;
+    EXPECT_NE(trained.output.find("step 40/40"), std::string::npos) << trained.output;
+    EXPECT_NE(trained.output.find("exported the model to"), std::string::npos) << trained.output;
+    std::map<int64_t, double> losses = Losses(run);
+    ASSERT_EQ(losses.size(), 40u);
+    EXPECT_LT(losses[40], 0.01 * losses[1]);
+    EXPECT_TRUE(fs::exists(run + "/export/model.safetensors.index.json"));
+    EXPECT_TRUE(fs::exists(run + "/export/tokenizer.json"));
+    for (int serve_tp : {1, 2}) {
+      for (const auto& [prompt, completion] : kPairs) {
+        ProcessOutcome generated =
+            Run(serve_tp, absl::StrCat("generate --tp ", serve_tp, " --model ", run,
+                                       "/export --max-tokens 16 --prompt '", prompt, "'"),
+                "", /*stdout_only=*/true);
+        ASSERT_EQ(generated.exit_code, 0) << generated.output;
+        EXPECT_NE(generated.output.find(completion + "\n"), std::string::npos)
+            << "prompt '" << prompt << "' at generate tp " << serve_tp << ":\n"
+            << generated.output;
+      }
+    }
+  }
+}
+
+TEST_F(Train, AKilledRunResumesWithBitwiseTheSameLosses) {
+  const std::string flags =
+      absl::StrCat("train --tp 2 --data ", dir_,
+                   "/pairs.jsonl --steps 10 --save-every 3 --keep 1 --seq-len 64 "
+                   "--micro-batch 2 --grad-accum 2 --lr 1e-3 --timeout 20s --no-export --output ");
+  const std::string whole = dir_ + "/whole", killed = dir_ + "/killed";
+  ProcessOutcome uninterrupted = Run(4, flags + whole);
+  ASSERT_EQ(uninterrupted.exit_code, 0) << uninterrupted.output;
+  // Rank 3 is SIGKILLed as step 8 starts: the others are in its collectives.
+  ProcessOutcome crashed = Run(4, flags + killed, "TESSERA_TEST_TRAIN_FAULT=kill:3:8");
+  ASSERT_NE(crashed.exit_code, 0) << crashed.output;
+  EXPECT_TRUE(fs::exists(killed + "/checkpoints/step-00000006/trainer_state.json"));
+  EXPECT_FALSE(fs::exists(killed + "/checkpoints/step-00000003")) << "--keep 1 prunes";
+  ProcessOutcome resumed = Run(4, flags + killed + " --resume " + killed);
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("at step 6"), std::string::npos) << resumed.output;
+  const std::map<int64_t, double> expected = Losses(whole), got = Losses(killed);
+  ASSERT_EQ(expected.size(), 10u);
+  ASSERT_EQ(got.size(), 10u);  // steps 7 and more were logged again after the resume
+  for (const auto& [step, loss] : expected) {
+    EXPECT_EQ(got.at(step), loss) << "step " << step;  // bitwise
+  }
+}
+
+TEST_F(Train, AStalledRankFailsTheJobWithinTheDeadline) {
+  ProcessOutcome stalled =
+      Run(2, absl::StrCat("train --tp 1 --data ", dir_, "/pairs.jsonl --steps 4 --seq-len 64 ",
+                          "--micro-batch 2 --timeout 3s --no-export --output ", dir_, "/stalled"),
+          "TESSERA_TEST_TRAIN_FAULT=stall:1:2");
+  EXPECT_NE(stalled.exit_code, 0) << stalled.output;
+  EXPECT_LT(stalled.seconds, 120) << stalled.output;
+  EXPECT_NE(stalled.output.find("DEADLINE_EXCEEDED"), std::string::npos) << stalled.output;
+  EXPECT_NE(stalled.output.find("rank 1"), std::string::npos) << stalled.output;
+}
+
+TEST_F(Train, BadCheckpointsAndDataAreRefusedWithAReason) {
+  const std::string run = dir_ + "/refused";
+  const std::string flags = absl::StrCat("train --data ", dir_, "/pairs.jsonl --steps 2 ",
+                                         "--seq-len 64 --micro-batch 2 --no-export --output ");
+  ProcessOutcome first = Run(2, absl::StrCat(flags, run, " --tp 2"));
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  ProcessOutcome other_tp = Run(1, absl::StrCat(flags, run, " --tp 1 --resume ", run));
+  EXPECT_NE(other_tp.exit_code, 0);
+  EXPECT_NE(other_tp.output.find("tensor parallelism 2; this run has --tp 1"), std::string::npos)
+      << other_tp.output;
+  // A damaged shard: cut in half.
+  const std::string shard = run + "/checkpoints/step-00000002/model-tp0-of-2.safetensors";
+  ASSERT_TRUE(fs::exists(shard));
+  fs::resize_file(shard, fs::file_size(shard) / 2);
+  ProcessOutcome corrupt = Run(2, absl::StrCat(flags, run, " --tp 2 --steps 3 --resume ", run));
+  EXPECT_NE(corrupt.exit_code, 0);
+  EXPECT_NE(corrupt.output.find("model-tp0-of-2.safetensors"), std::string::npos)
+      << corrupt.output;
+
+  {
+    std::ofstream bad(dir_ + "/bad.jsonl");
+    bad << R"({"prompt": "a", "completion": "b"})" << "\n"
+        << R"({"prompt": "a", "completion": 7})" << "\n"
+        << R"({"text": "fine"})" << "\n";
+  }
+  const std::string bad_flags = absl::StrCat("train --data ", dir_, "/bad.jsonl --steps 1 ",
+                                             "--seq-len 32 --micro-batch 1 --no-export --output ",
+                                             dir_, "/bad");
+  ProcessOutcome stop = Run(1, bad_flags);
+  EXPECT_NE(stop.exit_code, 0);
+  EXPECT_NE(stop.output.find("bad.jsonl:2: completion"), std::string::npos) << stop.output;
+  ProcessOutcome skip = Run(1, bad_flags + " --on-bad-line skip");
+  EXPECT_EQ(skip.exit_code, 0) << skip.output;
+  EXPECT_NE(skip.output.find("2 examples (3 lines, 1 skipped"), std::string::npos) << skip.output;
+}
+
+}  // namespace
