@@ -244,13 +244,16 @@ int RunBench(const std::vector<std::string>& args, int* argc, char*** argv) {
   if (!args.empty() && args[0] == "kernels") {
     return RunBenchKernels(std::vector<std::string>(args.begin() + 1, args.end()));
   }
+  if (!args.empty() && args[0] == "train") {
+    return RunBenchTrain(std::vector<std::string>(args.begin() + 1, args.end()), argc, argv);
+  }
   if (!args.empty() && args[0] == "serve") {
     return RunBenchServe(std::vector<std::string>(args.begin() + 1, args.end()), argc, argv);
   }
   if (args.empty() || args[0] != "generate") {
     std::fprintf(
         stderr,
-        "usage: tessera bench generate|engine|kernels|serve [flags]   (tessera bench engine "
+        "usage: tessera bench generate|engine|kernels|serve|train [flags]   (tessera bench engine "
         "--help)\n");
     return args.size() == 1 && (args[0] == "--help" || args[0] == "-h") ? kExitOk : kExitUsage;
   }

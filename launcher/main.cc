@@ -35,7 +35,7 @@ constexpr Subcommand kSubcommands[] = {
      tessera::launcher::RunTrain},
     {"bench",
      "benchmarks: bench generate (batch 1), bench engine (continuous batching), bench "
-     "kernels (CPU Linear), bench serve (streaming clients)",
+     "kernels (CPU Linear), bench serve (streaming clients), bench train (fine-tuning)",
      tessera::launcher::RunBench},
     {"serve", "serve a model on this machine: coordinator plus mpirun workers (Ctrl-C stops)",
      tessera::launcher::RunServe},

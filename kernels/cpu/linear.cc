@@ -323,8 +323,10 @@ __attribute__((target("avx2,fma"))) void TransposeEightAvx2(const float* from, i
   }
 }
 
-// to (cols, rows) = from (rows, cols)^T, in square tiles that stay in L1.
-void Transpose(const float* from, float* to, int64_t rows, int64_t cols) {
+// to (cols, rows) = from (rows, cols)^T, in square tiles that stay in L1. With row_sums
+// (cols), row_sums[c] += the sum of to's row c (from's column c), taken while the row is
+// still in cache, in an order fixed by `rows`.
+void Transpose(const float* from, float* to, int64_t rows, int64_t cols, float* row_sums) {
   constexpr int64_t kTile = 32;
   const int64_t tiles = (cols + kTile - 1) / kTile;
   const bool avx2 = HasAvx2Fma();
@@ -344,6 +346,21 @@ void Transpose(const float* from, float* to, int64_t rows, int64_t cols) {
         for (int64_t c = c0; c < c1; ++c) {
           for (int64_t r = c < c8 ? r8 : r0; r < r1; ++r) to[c * rows + r] = from[r * cols + c];
         }
+      }
+      if (row_sums == nullptr) continue;
+      for (int64_t c = c0; c < c1; ++c) {
+        // Sixteen running sums (element r goes to sum r % 16), then those in a fixed order.
+        constexpr int64_t kLanes = 16;
+        const float* row = to + c * rows;
+        float lanes[kLanes] = {};
+        int64_t r = 0;
+        for (; r + kLanes <= rows; r += kLanes) {
+          for (int64_t l = 0; l < kLanes; ++l) lanes[l] += row[r + l];
+        }
+        for (; r < rows; ++r) lanes[r % kLanes] += row[r];
+        float sum = 0.0f;
+        for (int64_t l = 0; l < kLanes; ++l) sum += lanes[l];
+        row_sums[c] += sum;
       }
     }
   });
@@ -468,32 +485,16 @@ absl::Status LinearBackwardWeight(const Tensor& dy, const Tensor& x, Tensor& dw,
     TESSERA_RETURN_IF_ERROR(internal::ExpectShape(kKernel, "dbias", *dbias, {n}));
   }
   if (m == 0 || n == 0) return absl::OkStatus();
+  // dw += dy^T (N, M) . x = dy^T . (x^T)^T: Linear over the rows of dy^T with x^T (K, M) as
+  // its weight, packed straight from x, every chain going on from dw's value. dbias takes
+  // the rows of dy^T as the transpose writes them.
+  float* dy_t = ThreadScratch<float, 1>(n * m);
+  Transpose(dy.data<float>(), dy_t, m, n, with_bias ? dbias->data<float>() : nullptr);
   if (k > 0) {
-    // dw += dy^T (N, M) . x = dy^T . (x^T)^T: Linear over the rows of dy^T with x^T (K, M) as
-    // its weight, packed straight from x, every chain going on from dw's value.
-    float* dy_t = ThreadScratch<float, 1>(n * m);
     float* packed = ThreadScratch<float, 0>((k + kPanel - 1) / kPanel * m * kPanel);
-    Transpose(dy.data<float>(), dy_t, m, n);
     PackColumns(x.data<float>(), packed, m, k);
     LinearPacked(static_cast<const float*>(dy_t), static_cast<const float*>(packed),
                  dw.data<float>(), n, k, m, /*accumulate=*/true);
-  }
-  if (with_bias) {
-    // Column sums, rows in order, a block of columns per item.
-    constexpr int64_t kColumns = 256;
-    const float* g = dy.data<float>();
-    float* db = dbias->data<float>();
-    const int64_t blocks = (n + kColumns - 1) / kColumns;
-    ParallelFor(blocks, m * n < 65536 ? blocks : 1, [&](int64_t begin, int64_t end) {
-      for (int64_t block = begin; block < end; ++block) {
-        const int64_t c0 = block * kColumns, c1 = std::min(n, c0 + kColumns);
-        float sum[kColumns] = {};
-        for (int64_t r = 0; r < m; ++r) {
-          for (int64_t c = c0; c < c1; ++c) sum[c - c0] += g[r * n + c];
-        }
-        for (int64_t c = c0; c < c1; ++c) db[c] += sum[c - c0];
-      }
-    });
   }
   return absl::OkStatus();
 }

@@ -37,8 +37,10 @@ absl::StatusOr<Tensor> PackLinearWeight(const Tensor& w);
 absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out);
 
 // The backward of out = x . w^T (+ bias), for training. Both reuse Linear's kernel (and its
-// chains of fused multiply-adds) on weights packed from w and x as they are, so they are
-// deterministic, but not row invariant: an element's chain depends on the whole product.
+// chains of fused multiply-adds) on operands packed from w, x and dy, so they are
+// deterministic whatever the number of threads (and dx's rows, as Linear's, do not depend on
+// the other rows of dy). The packed copies live in scratch kept per calling thread between
+// calls (training repeats its shapes), which grows to the largest call's need.
 
 // dy (M, N) f32, w (N, K) f32 or bf16 as stored (not packed) -> dx (M, K) f32 = dy . w,
 // overwritten. The gradient of the product with respect to x.

@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <utility>
@@ -628,11 +630,15 @@ void ForwardBlock(const Ops& ops, const Dims& dims, const ForwardItem& item,
 }
 
 // ---- Backward -------------------------------------------------------------------------------
-
-struct BackwardItem {
-  const Document* doc;
-  int64_t head;
-};
+// Every (key block, query block) pair a head attends over gives P and dS, and from them
+// dv, dk of the key block and dq of the query block. In one pass, an item is a whole
+// (document, query head): it takes its key blocks in order and, for each, the query blocks
+// that read it, adding into dk, dv of the key block and into its own dq rows. In two passes
+// (when there are fewer of those items than twice the threads), the first pass's items are
+// (document, head, key block), computing dk and dv, and the second's are (document, head,
+// query block), computing P and dS again for dq. Both add every contribution in the same
+// order with the same operations, so they give the same bits: the choice (by the number of
+// threads) only changes the speed.
 
 struct BackwardArgs {
   const float *q, *dout;   // (Hq, T, D)
@@ -647,55 +653,113 @@ struct BackwardArgs {
   bool per_query_head;
 };
 
-// One head of one document: for each key block, every query block that attends to it.
-void BackwardHead(const Ops& ops, const Dims& dims, const BackwardItem& item,
-                  const BackwardArgs& args) {
+// Where one block pair's steps read and write.
+struct BlockPair {
+  const Document* doc;
+  int64_t head, kv_head;
+  int64_t k0, nk;  // the key block's tokens
+  int64_t q0, nq;  // the query block's
+};
+
+// The first query block past the window of key block kb's last key, or past the document.
+int64_t QueryBlockEnd(const Dims& dims, const Document& doc, int64_t kb) {
+  const int64_t k1 = std::min(doc.end, doc.begin + (kb + 1) * kBlock);
+  const int64_t query_end = dims.window > 0 ? std::min(doc.end, k1 - 1 + dims.window) : doc.end;
+  return (query_end - doc.begin + kBlock - 1) / kBlock;
+}
+
+BlockPair PairOf(const Dims& dims, const Document& doc, int64_t head, int64_t kb, int64_t qb) {
+  const int64_t k0 = doc.begin + kb * kBlock, q0 = doc.begin + qb * kBlock;
+  return {&doc,
+          head,
+          head / dims.group,
+          k0,
+          std::min(doc.end, k0 + kBlock) - k0,
+          q0,
+          std::min(doc.end, q0 + kBlock) - q0};
+}
+
+// p (nq, kBlock) = P of the pair, ds (nq, kBlock) = scale * dS.
+void Probabilities(const Ops& ops, const Dims& dims, const BackwardArgs& args, const BlockPair& b,
+                   int64_t kb, float* p, float* ds) {
+  const int64_t d = dims.head_dim, hq = dims.heads, tokens = dims.tokens;
+  const int64_t panel = (b.kv_head * args.blocks + b.doc->first_block + kb) * d * kBlock;
+  ops.product({args.q + (b.head * tokens + b.q0) * d, d, 1, args.k_t + panel, kBlock, p, kBlock,
+               b.nq, b.nk, d, false});
+  ops.product({args.dout + (b.head * tokens + b.q0) * d, d, 1, args.v_t + panel, kBlock, ds, kBlock,
+               b.nq, b.nk, d, false});
+  for (int64_t i = 0; i < b.nq; ++i) {
+    const int64_t t = b.q0 + i;
+    const int64_t lo = KeyBegin(dims, b.doc->begin, t) - b.k0;
+    const int64_t hi = std::min(b.k0 + b.nk, t + 1) - b.k0;
+    ops.exp_row(p + i * kBlock, b.nk, lo, hi, dims.scale, args.lse[t * hq + b.head]);
+    ops.ds_row(p + i * kBlock, ds + i * kBlock, b.nk, args.delta[t * hq + b.head], dims.scale);
+  }
+}
+
+// dq rows of the pair's query block += ds . k.
+void AddQueryGradient(const Ops& ops, const Dims& dims, const BackwardArgs& args,
+                      const BlockPair& b, const float* ds) {
+  const int64_t d = dims.head_dim, hq = dims.heads;
+  ops.product({ds, kBlock, 1, args.k + (b.kv_head * dims.tokens + b.k0) * d, d,
+               args.dq + (b.q0 * hq + b.head) * d, hq * d, b.nq, d, b.nk, true});
+}
+
+// Zeroes dq rows [t0, t1) of a head.
+void ZeroQueryGradient(const Dims& dims, const BackwardArgs& args, int64_t head, int64_t t0,
+                       int64_t t1) {
+  const int64_t d = dims.head_dim, hq = dims.heads;
+  for (int64_t t = t0; t < t1; ++t) {
+    std::fill(args.dq + (t * hq + head) * d, args.dq + (t * hq + head + 1) * d, 0.0f);
+  }
+}
+
+// dk, dv of key blocks [kb_begin, kb_end) of one head, from every query block that reads
+// them; with `with_dq`, the dq contributions too (the item then owns the head's dq rows).
+void KeyBlocks(const Ops& ops, const Dims& dims, const BackwardArgs& args, const Document& doc,
+               int64_t head, int64_t kb_begin, int64_t kb_end, bool with_dq) {
   thread_local std::vector<float> buffer;
   buffer.resize(2 * kBlock * kBlock);
-  float* p = buffer.data();         // (kBlock, kBlock): probabilities
+  float* p = buffer.data();         // (kBlock, kBlock): P
   float* ds = p + kBlock * kBlock;  // (kBlock, kBlock): dP, then scale * dS
-  const int64_t d = dims.head_dim, hq = dims.heads, hkv = dims.kv_heads, tokens = dims.tokens;
-  const Document& doc = *item.doc;
-  const int64_t a = doc.begin, h = item.head, g = h / dims.group;
-  for (int64_t t = a; t < doc.end; ++t) {
-    std::fill(args.dq + (t * hq + h) * d, args.dq + (t * hq + h + 1) * d, 0.0f);
-  }
-  // dk and dv rows of this head: ldc apart from `column` of the token's row.
-  const int64_t dkv_ldc = args.per_query_head ? d : hkv * d;
-  const int64_t dkv_offset = args.per_query_head ? h * tokens * d : g * d;
-  for (int64_t kb = 0; kb < doc.blocks(); ++kb) {
-    const int64_t k0 = a + kb * kBlock, k1 = std::min(doc.end, k0 + kBlock);
-    const int64_t nk = k1 - k0;
-    const int64_t panel = (g * args.blocks + doc.first_block + kb) * d * kBlock;
-    const float* keys_t = args.k_t + panel;
-    const float* values_t = args.v_t + panel;
-    const float* keys = args.k + (g * tokens + k0) * d;
-    float* dk = args.dk + dkv_offset + k0 * dkv_ldc;
-    float* dv = args.dv + dkv_offset + k0 * dkv_ldc;
-    // Queries past the window of the block's last key do not read it.
-    const int64_t query_end = dims.window > 0 ? std::min(doc.end, k1 - 1 + dims.window) : doc.end;
-    for (int64_t qb = kb; a + qb * kBlock < query_end; ++qb) {
-      const int64_t q0 = a + qb * kBlock, q1 = std::min(doc.end, q0 + kBlock);
-      const int64_t nq = q1 - q0;
-      const float* q = args.q + (h * tokens + q0) * d;
-      const float* dout = args.dout + (h * tokens + q0) * d;
-      ops.product({q, d, 1, keys_t, kBlock, p, kBlock, nq, nk, d, false});
-      ops.product({dout, d, 1, values_t, kBlock, ds, kBlock, nq, nk, d, false});
-      for (int64_t i = 0; i < nq; ++i) {
-        const int64_t t = q0 + i;
-        const int64_t lo = KeyBegin(dims, a, t) - k0;
-        const int64_t hi = std::min(k1, t + 1) - k0;
-        ops.exp_row(p + i * kBlock, nk, lo, hi, dims.scale, args.lse[t * hq + h]);
-        ops.ds_row(p + i * kBlock, ds + i * kBlock, nk, args.delta[t * hq + h], dims.scale);
-      }
+  const int64_t d = dims.head_dim, hkv = dims.kv_heads;
+  // The head's dk and dv rows: ldc apart from `offset`.
+  const int64_t ldc = args.per_query_head ? d : hkv * d;
+  const int64_t offset = args.per_query_head ? head * dims.tokens * d : head / dims.group * d;
+  for (int64_t kb = kb_begin; kb < kb_end; ++kb) {
+    const int64_t qb_end = QueryBlockEnd(dims, doc, kb);
+    for (int64_t qb = kb; qb < qb_end; ++qb) {
+      const BlockPair b = PairOf(dims, doc, head, kb, qb);
+      Probabilities(ops, dims, args, b, kb, p, ds);
       const bool first = qb == kb;
-      // dv += P^T . dout, dk += dS^T . q, dq += dS . k.
-      ops.product({p, 1, kBlock, dout, d, dv, dkv_ldc, nk, d, nq, !first});
-      ops.product({ds, 1, kBlock, q, d, dk, dkv_ldc, nk, d, nq, !first});
-      ops.product({ds, kBlock, 1, keys, d, args.dq + (q0 * hq + h) * d, hq * d, nq, d, nk, true});
+      // dv += P^T . dout, dk += dS^T . q.
+      ops.product({p, 1, kBlock, args.dout + (head * dims.tokens + b.q0) * d, d,
+                   args.dv + offset + b.k0 * ldc, ldc, b.nk, d, b.nq, !first});
+      ops.product({ds, 1, kBlock, args.q + (head * dims.tokens + b.q0) * d, d,
+                   args.dk + offset + b.k0 * ldc, ldc, b.nk, d, b.nq, !first});
+      if (with_dq) AddQueryGradient(ops, dims, args, b, ds);
     }
   }
 }
+
+// dq of query block qb of one head, from the key blocks it reads in order.
+void QueryBlock(const Ops& ops, const Dims& dims, const BackwardArgs& args, const Document& doc,
+                int64_t head, int64_t qb) {
+  thread_local std::vector<float> buffer;
+  buffer.resize(2 * kBlock * kBlock);
+  float* p = buffer.data();
+  float* ds = p + kBlock * kBlock;
+  const int64_t q0 = doc.begin + qb * kBlock;
+  ZeroQueryGradient(dims, args, head, q0, std::min(doc.end, q0 + kBlock));
+  for (int64_t kb = (KeyBegin(dims, doc.begin, q0) - doc.begin) / kBlock; kb <= qb; ++kb) {
+    const BlockPair b = PairOf(dims, doc, head, kb, qb);
+    Probabilities(ops, dims, args, b, kb, p, ds);
+    AddQueryGradient(ops, dims, args, b, ds);
+  }
+}
+
+// 0: by the number of threads; 1 or 2: forced (TEST_SetCausalAttentionBackwardPasses).
+std::atomic<int> forced_backward_passes{0};
 
 }  // namespace
 
@@ -791,10 +855,8 @@ absl::Status CausalAttentionBackward(const Tensor& q, const Tensor& k, const Ten
     }
   });
 
-  // Items are (document, query head): each owns its dq rows, and its dk and dv rows when a
-  // kv head has one query head; otherwise each query head's share goes to its own rows of
-  // (Hq, T, D) buffers, summed over the group in head order afterwards. The longest
-  // documents first, so that the last items handed out are short.
+  // When a kv head has several query heads, each query head's share of dk and dv goes to its
+  // own rows of (Hq, T, D) buffers, summed over the group in head order afterwards.
   const bool per_query_head = dims.group > 1;
   float* dk_heads = per_query_head ? ThreadScratch(kKeyGradients, hq * tokens * d) : nullptr;
   float* dv_heads = per_query_head ? ThreadScratch(kValueGradients, hq * tokens * d) : nullptr;
@@ -810,20 +872,60 @@ absl::Status CausalAttentionBackward(const Tensor& q, const Tensor& k, const Ten
                           per_query_head ? dk_heads : dk.data<float>(),
                           per_query_head ? dv_heads : dv.data<float>(),
                           per_query_head};
-  std::vector<BackwardItem> items;
-  for (const Document& doc : documents) {
-    for (int64_t h = 0; h < hq; ++h) items.push_back({&doc, h});
+  // Items, the costliest first so that the last ones handed out are short.
+  struct Item {
+    const Document* doc;
+    int64_t head, block;  // block: a key block (first pass), a query block (second), or -1
+    int64_t cost;         // block pairs
+  };
+  std::vector<Item> items;
+  const int forced = forced_backward_passes.load();
+  const int64_t heads_of_documents = static_cast<int64_t>(documents.size()) * hq;
+  const bool two_passes =
+      forced == 2 || (forced == 0 && heads_of_documents < 2 * CpuKernelThreads());
+  auto run = [&](const std::function<void(const Item&)>& fn) {
+    std::stable_sort(items.begin(), items.end(),
+                     [](const Item& x, const Item& y) { return x.cost > y.cost; });
+    const int64_t count = static_cast<int64_t>(items.size());
+    ParallelFor(
+        count, parallel ? 1 : count,
+        [&](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i) fn(items[i]);
+        },
+        /*grain=*/1);
+  };
+  if (!two_passes) {
+    for (const Document& doc : documents) {
+      int64_t cost = 0;
+      for (int64_t kb = 0; kb < doc.blocks(); ++kb) cost += QueryBlockEnd(dims, doc, kb) - kb;
+      for (int64_t h = 0; h < hq; ++h) items.push_back({&doc, h, -1, cost});
+    }
+    run([&](const Item& item) {
+      ZeroQueryGradient(dims, args, item.head, item.doc->begin, item.doc->end);
+      KeyBlocks(ops, dims, args, *item.doc, item.head, 0, item.doc->blocks(), /*with_dq=*/true);
+    });
+  } else {
+    for (const Document& doc : documents) {
+      for (int64_t kb = 0; kb < doc.blocks(); ++kb) {
+        for (int64_t h = 0; h < hq; ++h) {
+          items.push_back({&doc, h, kb, QueryBlockEnd(dims, doc, kb) - kb});
+        }
+      }
+    }
+    run([&](const Item& item) {
+      KeyBlocks(ops, dims, args, *item.doc, item.head, item.block, item.block + 1,
+                /*with_dq=*/false);
+    });
+    items.clear();
+    for (const Document& doc : documents) {
+      for (int64_t qb = 0; qb < doc.blocks(); ++qb) {
+        const int64_t q0 = doc.begin + qb * kBlock;
+        const int64_t cost = qb - (KeyBegin(dims, doc.begin, q0) - doc.begin) / kBlock + 1;
+        for (int64_t h = 0; h < hq; ++h) items.push_back({&doc, h, qb, cost});
+      }
+    }
+    run([&](const Item& item) { QueryBlock(ops, dims, args, *item.doc, item.head, item.block); });
   }
-  std::stable_sort(items.begin(), items.end(), [](const BackwardItem& x, const BackwardItem& y) {
-    return x.doc->end - x.doc->begin > y.doc->end - y.doc->begin;
-  });
-  const int64_t count = static_cast<int64_t>(items.size());
-  ParallelFor(
-      count, parallel ? 1 : count,
-      [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) BackwardHead(ops, dims, items[i], args);
-      },
-      /*grain=*/1);
   if (per_query_head) {
     float* dk_data = dk.data<float>();
     float* dv_data = dv.data<float>();
@@ -847,5 +949,7 @@ absl::Status CausalAttentionBackward(const Tensor& q, const Tensor& k, const Ten
   }
   return absl::OkStatus();
 }
+
+void TEST_SetCausalAttentionBackwardPasses(int passes) { forced_backward_passes.store(passes); }
 
 }  // namespace tessera::kernels

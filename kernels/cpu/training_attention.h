@@ -15,9 +15,10 @@
 // caches, never holding a (T, T) matrix: the forward keeps a running maximum and sum per row
 // (online softmax) and saves each row's log-sum-exp, from which the backward recomputes the
 // probabilities. Exponents go through ExpNonPositive (exp_approx.h, within 2.5e-7 of
-// std::exp). The forward's work items are (document, query block, query head); the
-// backward's are (document, query head), so a single long document keeps at most Hq threads
-// busy.
+// std::exp). The forward's work items are (document, query block, query head). The
+// backward's are (document, query head) when there are at least twice as many as threads;
+// else it spends 40% more arithmetic on two passes, over (document, head, key block) and
+// (document, head, query block), with the same results.
 //
 // Deterministic: every output element is computed by one thread in an order fixed by the
 // shapes, so results never depend on the number of threads (row invariance, as the serving
@@ -50,6 +51,11 @@ absl::Status CausalAttentionBackward(const Tensor& q, const Tensor& k, const Ten
                                      const Tensor& out, const Tensor& lse, const Tensor& dout,
                                      const Tensor& sequence_starts, const AttentionParams& params,
                                      Tensor& dq, Tensor& dk, Tensor& dv);
+
+// For tests: 1 or 2 makes CausalAttentionBackward take one pass or two (see
+// training_attention.cc) whatever the number of threads; 0 (the default) lets it choose.
+// Both give the same bits.
+void TEST_SetCausalAttentionBackwardPasses(int passes);
 
 }  // namespace tessera::kernels
 

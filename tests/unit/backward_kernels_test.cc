@@ -461,6 +461,32 @@ TEST(RotaryBackward, IsTheTransposeOfTheForwardInBothLayouts) {
     const double forward = Dot(rotated, b), transposed = Dot(a, back);
     EXPECT_NEAR(forward, transposed, 1e-5 * (std::abs(forward) + 1));
 
+    // Against the rotation by the negative angle in double (the angle itself in f32, as the
+    // forward takes it), and against differences of <ApplyRotary(x), b>.
+    std::vector<double> want = Values(b);
+    const int half = c.rotary_dim / 2;
+    for (int64_t t = 0; t < tokens; ++t) {
+      for (int j = 0; j < half; ++j) {
+        const double angle = static_cast<float>(positions.data<int32_t>()[t]) * inv_freq[j];
+        const int i0 = c.layout == RotaryLayout::kHalfSplit ? j : 2 * j;
+        const int i1 = c.layout == RotaryLayout::kHalfSplit ? j + half : 2 * j + 1;
+        for (int64_t h = 0; h < heads; ++h) {
+          const int64_t base = (t * heads + h) * c.head_dim;
+          const double g0 = want[base + i0], g1 = want[base + i1];
+          want[base + i0] = g0 * std::cos(angle) + g1 * std::sin(angle);
+          want[base + i1] = g1 * std::cos(angle) - g0 * std::sin(angle);
+        }
+      }
+    }
+    EXPECT_LT(RelativeError(back, want), 1e-6);
+    Tensor x = Copy(a), rotated_x = Copy(a);
+    auto loss = [&] {
+      std::copy_n(x.data<float>(), x.numel(), rotated_x.data<float>());
+      TESSERA_CHECK(ApplyRotary(rotated_x, positions, inv_freq, config).ok(), "ApplyRotary");
+      return Dot(rotated_x, b);
+    };
+    EXPECT_LT(RelativeError(back, NumericGradient(x, loss)), 1e-4);
+
     // Dimensions past rotary_dim pass through, bit for bit.
     for (int64_t row = 0; row < tokens * heads; ++row) {
       for (int64_t e = c.rotary_dim; e < c.head_dim; ++e) {
@@ -699,6 +725,32 @@ TEST(CausalAttention, RepeatedCallsAreBitwiseEqual) {
   for (auto [x, y] : {std::pair{&a.out, &b.out}, std::pair{&a.lse, &b.lse}, std::pair{&a.dq, &b.dq},
                       std::pair{&a.dk, &b.dk}, std::pair{&a.dv, &b.dv}}) {
     EXPECT_TRUE(BitwiseEqual(*x, *y));
+  }
+}
+
+TEST(CausalAttention, OneAndTwoPassBackwardsAgreeBitwise) {
+  // The backward picks one pass or two by the number of threads; either must give the same
+  // bits, so that results never depend on the machine's thread count.
+  uint32_t seed = 200;
+  for (const AttentionCase& c : AttentionCases()) {
+    SCOPED_TRACE(Describe(c));
+    const AttentionParams params = ParamsFor(c);
+    AttentionTensors one = MakeAttention(c, seed += 10);
+    ASSERT_OK(Forward(one, params));
+    AttentionTensors two = one;  // the same inputs, out and lse
+    two.dq = Random(one.dq.shape(), 1);
+    two.dk = Random(one.dk.shape(), 2);
+    two.dv = Random(one.dv.shape(), 3);
+    TEST_SetCausalAttentionBackwardPasses(1);
+    absl::Status status_one = Backward(one, params);
+    TEST_SetCausalAttentionBackwardPasses(2);
+    absl::Status status_two = Backward(two, params);
+    TEST_SetCausalAttentionBackwardPasses(0);
+    ASSERT_OK(status_one);
+    ASSERT_OK(status_two);
+    EXPECT_TRUE(BitwiseEqual(one.dq, two.dq));
+    EXPECT_TRUE(BitwiseEqual(one.dk, two.dk));
+    EXPECT_TRUE(BitwiseEqual(one.dv, two.dv));
   }
 }
 

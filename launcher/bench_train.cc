@@ -1,0 +1,209 @@
+// `tessera bench train`: fine-tuning throughput (tokens/s), its model FLOP/s against the FMA
+// peak measured on these ranks (MFU), the data-parallel all-reduce's share of a step, and,
+// with --torch, PyTorch eager (transformers) on the same model, batch and sequence length in
+// the same run.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "comm/layout.h"
+#include "comm/mpi/mpi_communicator.h"
+#include "comm/topology.h"
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/parallel.h"
+#include "launcher/bench.h"
+#include "launcher/flags.h"
+#include "launcher/fma_peak.h"
+#include "launcher/process.h"
+#include "mpi.h"
+#include "runtime/core/status_macros.h"
+#include "runtime/model/default_model.h"
+#include "runtime/train/batches.h"
+#include "runtime/train/trainable_model.h"
+#include "runtime/train/trainer.h"
+
+namespace tessera::launcher {
+namespace {
+
+struct BenchTrainConfig {
+  std::string model;  // empty: the built-in default and the ~0.5B random Llama
+  int tp = 1;
+  int seq_len = 256;
+  int micro_batch = 4;
+  int steps = 3;  // timed, after one warm-up step
+  std::string torch_python;  // set: also run PyTorch with this Python
+  absl::Duration timeout = absl::Minutes(10);
+};
+
+// Rows of random tokens, every token trained.
+absl::StatusOr<train::RowStream> RandomRows(int64_t rows, int seq_len, int64_t vocab) {
+  std::vector<train::Example> examples;
+  uint64_t state = 0x9E3779B97F4A7C15ull;
+  for (int64_t r = 0; r < rows; ++r) {
+    train::Example example;
+    for (int t = 0; t < seq_len; ++t) {
+      state = state * 6364136223846793005ull + 1442695040888963407ull;
+      example.tokens.push_back(static_cast<int32_t>((state >> 33) % vocab));
+    }
+    example.labels = example.tokens;
+    examples.push_back(std::move(example));
+  }
+  train::BatchOptions options;
+  options.seq_len = seq_len;
+  options.packing = false;
+  return train::RowStream::Create(std::move(examples), options);
+}
+
+// Parameters of the model, each tensor once (a tied embedding once), from rank 0's plan of
+// the whole model.
+int64_t ParameterCount(const model::ModelConfig& c) {
+  const int64_t h = c.hidden_size, layers = c.num_hidden_layers;
+  const int64_t attention = h * (c.q_size() + 2 * c.kv_size()) + c.q_size() * h;
+  const int64_t mlp = 3 * h * c.intermediate_size;
+  const int64_t embeddings = c.vocab_size * h * (c.tie_word_embeddings ? 1 : 2);
+  return layers * (attention + mlp + 2 * h) + embeddings + h;
+}
+
+absl::Status BenchOne(const std::string& name, const std::string& dir,
+                      const BenchTrainConfig& config, comm::Layout& layout,
+                      comm::MpiCommunicator& world, double peak) {
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<train::TrainableModel> model,
+                           train::TrainableModel::Load(dir, layout.tp()));
+  const model::ModelConfig& mc = model->config();
+  const int64_t rows_per_step = int64_t{config.micro_batch} * layout.dp_size();
+  TESSERA_ASSIGN_OR_RETURN(
+      train::RowStream data,
+      RandomRows(rows_per_step * (config.steps + 1), config.seq_len, mc.vocab_size));
+  train::TrainerOptions options;
+  options.micro_batch = config.micro_batch;
+  options.lr = 1e-5;
+  options.schedule = {train::Schedule::kConstant, 0, config.steps + 1};
+  TESSERA_ASSIGN_OR_RETURN(train::Trainer trainer,
+                           train::Trainer::Create(*model, layout.dp(), data, options));
+  TESSERA_RETURN_IF_ERROR(trainer.Step().status());  // warm-up
+  std::vector<train::StepReport> reports;
+  for (int s = 0; s < config.steps; ++s) {
+    TESSERA_ASSIGN_OR_RETURN(train::StepReport report, trainer.Step());
+    reports.push_back(report);
+  }
+  if (world.rank() != 0) return absl::OkStatus();
+  // The median step: a virtual machine's stolen cores make single steps slow now and then.
+  std::sort(reports.begin(), reports.end(),
+            [](const train::StepReport& a, const train::StepReport& b) {
+              return a.seconds < b.seconds;
+            });
+  const train::StepReport& median = reports[reports.size() / 2];
+  const double seconds = median.seconds, comm_seconds = median.comm_seconds;
+  const double tokens_per_s = static_cast<double>(median.tokens) / seconds;
+  const int64_t parameters = ParameterCount(mc);
+  const double model_flops = 6.0 * static_cast<double>(parameters) * tokens_per_s;
+  std::printf("%-26s %4d %4d %6d %5d %10.3f %11.1f %9.1f %7.3f %10.1f%%\n", name.c_str(),
+              layout.tp_size(), layout.dp_size(), config.micro_batch, config.seq_len,
+              static_cast<double>(parameters) / 1e9, tokens_per_s, model_flops / 1e9,
+              peak > 0 ? model_flops / peak : 0.0, 100.0 * comm_seconds / seconds);
+  std::fflush(stdout);
+  if (config.torch_python.empty()) return absl::OkStatus();
+  // PyTorch eager on the same model, batch (every replica's rows) and sequence length, f32,
+  // all cores; it prints its tokens/s on its last line.
+  const std::string script =
+      (std::filesystem::path(TESSERA_SOURCE_DIR) / "deploy" / "bench-train-torch.py").string();
+  const std::string command =
+      absl::StrCat(config.torch_python, " ", script, " --model ", dir, " --batch ", rows_per_step,
+                   " --seq-len ", config.seq_len, " --steps ", config.steps);
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return absl::InternalError(absl::StrCat("cannot run ", command));
+  std::string output;
+  char chunk[4096];
+  for (size_t n; (n = fread(chunk, 1, sizeof(chunk), pipe)) > 0;) output.append(chunk, n);
+  const int status = pclose(pipe);
+  const size_t last = output.find_last_of('\n', output.size() >= 2 ? output.size() - 2 : 0);
+  const std::string tail = last == std::string::npos ? output : output.substr(last + 1);
+  const double torch_tps = std::atof(tail.c_str());
+  if (status != 0 || !(torch_tps > 0)) {
+    return absl::InternalError(absl::StrCat("the PyTorch run failed (", command, "):\n", output));
+  }
+  std::printf("%-26s %4s %4s %6d %5d %10.3f %11.1f %9s %7s %11s  tessera / pytorch = %.2f\n",
+              "  pytorch eager (f32)", "-", "-", static_cast<int>(rows_per_step), config.seq_len,
+              static_cast<double>(parameters) / 1e9, torch_tps, "", "", "",
+              tokens_per_s / torch_tps);
+  std::fflush(stdout);
+  return absl::OkStatus();
+}
+
+absl::Status BenchTrain(const BenchTrainConfig& config, int* argc, char*** argv) {
+  if (config.seq_len < 2 || config.micro_batch < 1 || config.steps < 1) {
+    return absl::InvalidArgumentError(
+        "--seq-len must be at least 2, --micro-batch and --steps at least 1");
+  }
+  TESSERA_ASSIGN_OR_RETURN(MpiJob job, StartMpiJob(argc, argv, config.timeout, false));
+  comm::MpiCommunicator& world = *job.world;
+  TESSERA_ASSIGN_OR_RETURN(comm::Topology topology, comm::Topology::Discover(world));
+  TESSERA_ASSIGN_OR_RETURN(comm::Layout layout,
+                           comm::Layout::Create(world, topology, {config.tp, false}));
+  std::vector<std::pair<std::string, std::string>> models;
+  if (!config.model.empty()) {
+    std::string name = std::filesystem::path(config.model).lexically_normal().filename();
+    if (name.empty()) name = std::filesystem::path(config.model).parent_path().filename();
+    models.emplace_back(name, config.model);
+  } else {
+    TESSERA_ASSIGN_OR_RETURN(std::string tiny, model::EnsureDefaultModel());
+    models.emplace_back("default (random)", tiny);
+    TESSERA_ASSIGN_OR_RETURN(
+        std::string big,
+        model::EnsureCachedModel("tessera-llama-0.5b-random-v1", [](const std::string& dir) {
+          return model::WriteRandomLlama(dir, model::BenchModelShape());
+        }));
+    models.emplace_back("llama-0.5b (random)", big);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  double rank_peak = MeasureFmaPeak(kernels::CpuKernelThreads(), kernels::CpuVectorPath());
+  double peak = 0;
+  MPI_Allreduce(&rank_peak, &peak, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+  if (world.rank() == 0) {
+    std::printf(
+        "# tessera bench train: full fine-tune, f32 master weights and compute, AdamW; the median "
+        "of %d timed steps after one warm-up, random tokens, every token trained\n",
+        config.steps);
+    std::printf(
+        "# GFLOP/s: 6 x parameters x tokens/s; MFU: against the FMA peak of these ranks' kernel "
+        "threads, measured here: %.1f GFLOP/s; DP comm: the step's share spent in the "
+        "data-parallel gradient all-reduce (not overlapped with backward)\n",
+        peak / 1e9);
+    std::printf("%-26s %4s %4s %6s %5s %10s %11s %9s %7s %11s\n", "model", "tp", "dp", "rows",
+                "seq", "params (B)", "tokens/s", "GFLOP/s", "MFU", "DP comm");
+  }
+  for (const auto& [name, dir] : models) {
+    TESSERA_RETURN_IF_ERROR(BenchOne(name, dir, config, layout, world, peak));
+  }
+  return world.Barrier();
+}
+
+}  // namespace
+
+int RunBenchTrain(const std::vector<std::string>& args, int* argc, char*** argv) {
+  BenchTrainConfig config;
+  FlagSet flags("tessera bench train",
+                "Fine-tuning tokens/s and MFU. Without --model: the built-in default and a "
+                "~0.5B-parameter random Llama (made and cached on first use; trained in f32, "
+                "about 8 GB a replica at TP 1).\n  mpirun -np 2 tessera bench train --tp 2\n"
+                "With --torch PYTHON (a Python with torch and transformers), rank 0 also runs "
+                "PyTorch eager on the same model and batch and prints the ratio.");
+  flags.String("model", &config.model, "a Hugging Face model directory");
+  flags.Int("tp", &config.tp, "tensor-parallel degree; data-parallel over the rest");
+  flags.Int("seq-len", &config.seq_len, "tokens a row");
+  flags.Int("micro-batch", &config.micro_batch, "rows a step on each replica");
+  flags.Int("steps", &config.steps, "timed steps (after one warm-up)");
+  flags.String("torch", &config.torch_python, "a Python to run the PyTorch comparison with");
+  flags.Duration("timeout", &config.timeout, "deadline of each collective");
+  if (std::optional<int> done = ParseOrExit(flags, args)) return *done;
+  return ReportExit(BenchTrain(config, argc, argv));
+}
+
+}  // namespace tessera::launcher
