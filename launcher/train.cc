@@ -64,6 +64,9 @@ struct TrainConfig {
   std::string on_bad_line = "stop";
   std::string device = "cpu";
   int lora_r = 0;
+  double lora_alpha = 16;
+  std::string lora_targets = "q_proj,k_proj,v_proj,o_proj";
+  bool merge = false;
   bool export_model = true;
   absl::Duration timeout = absl::Minutes(5);
 };
@@ -171,10 +174,17 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
     return absl::UnimplementedError(absl::StrCat(
         "--device ", config.device, ": training runs on the CPU backend for now"));
   }
-  if (config.lora_r != 0) {
-    return absl::UnimplementedError("--lora-r: LoRA fine-tuning is not built yet; omit it for a "
-                                    "full fine-tune");
+  if (config.lora_r < 0 || !(config.lora_alpha > 0)) {
+    return absl::InvalidArgumentError("--lora-r must not be negative and --lora-alpha positive");
   }
+  if (config.merge && config.lora_r == 0) {
+    return absl::InvalidArgumentError("--merge merges LoRA adapters: give --lora-r");
+  }
+  train::TrainableModelOptions model_options;
+  model_options.lora.r = config.lora_r;
+  model_options.lora.alpha = config.lora_alpha;
+  model_options.lora.seed = static_cast<uint64_t>(config.seed);
+  TESSERA_ASSIGN_OR_RETURN(model_options.lora.targets, train::ParseLoraTargets(config.lora_targets));
   if (config.seq_len < 2 || config.steps < 0 || config.save_every < 0 || config.keep < 0 ||
       config.warmup < 0 || !(config.epochs > 0) || config.log_every < 1) {
     return absl::InvalidArgumentError(
@@ -197,7 +207,7 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
   }
 
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<train::TrainableModel> model,
-                           train::TrainableModel::Load(job.model_dir, layout.tp()));
+                           train::TrainableModel::Load(job.model_dir, layout.tp(), model_options));
   // Every rank reads the data files (a node may lack them): they fail together.
   absl::StatusOr<train::RowStream> data =
       ReadStream(config.data, config, model->config(), *job.tokenizer, lead);
@@ -238,21 +248,21 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
                    static_cast<long long>(trainer.steps_done()));
     }
   }
-  const int64_t parameters_total = [&] {
-    int64_t held = 0;
-    for (const train::Parameter& p : model->parameters().all()) {
-      held += p.counted_here ? p.value.numel() : 0;
-    }
-    return held;
-  }();
   TESSERA_ASSIGN_OR_RETURN(model::ResidentMemory memory, model::ReadResidentMemory());
   if (lead) {
+    const std::string kind =
+        config.lora_r > 0
+            ? absl::StrCat("LoRA (r ", config.lora_r, ", alpha ", config.lora_alpha, " on ",
+                           config.lora_targets, ")")
+            : "full fine-tune";
     std::fprintf(stderr,
-                 "tessera train: full fine-tune of %s, tp %d x dp %d, %d x %d rows of %d tokens "
-                 "a step per replica, %lld steps, rank 0 holds %lld parameters and %s resident\n",
-                 job.model_dir.c_str(), layout.tp_size(), layout.dp_size(), config.micro_batch,
-                 config.grad_accum, config.seq_len, static_cast<long long>(steps),
-                 static_cast<long long>(parameters_total),
+                 "tessera train: %s of %s, tp %d x dp %d, %d x %d rows of %d tokens a step per "
+                 "replica, %lld steps, %lld trainable parameters; rank 0 peak resident memory "
+                 "%s\n",
+                 kind.c_str(), job.model_dir.c_str(), layout.tp_size(), layout.dp_size(),
+                 config.micro_batch, config.grad_accum, config.seq_len,
+                 static_cast<long long>(steps),
+                 static_cast<long long>(model->parameters().TrainableElements()),
                  model::FormatBytes(memory.peak_rss_bytes).c_str());
   }
   std::error_code error;
@@ -324,7 +334,11 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
   if (config.eval_every == 0 || steps % config.eval_every != 0) TESSERA_RETURN_IF_ERROR(evaluate());
   if (config.export_model && layout.dp_rank() == 0) {
     const std::string out = config.output + "/export";
-    TESSERA_RETURN_IF_ERROR(train::ExportHuggingFace(*model, job.model_dir, out));
+    if (config.lora_r > 0 && !config.merge) {
+      TESSERA_RETURN_IF_ERROR(train::ExportPeftAdapter(*model, job.model_dir, out));
+    } else {
+      TESSERA_RETURN_IF_ERROR(train::ExportHuggingFace(*model, job.model_dir, out));
+    }
     if (lead) std::fprintf(stderr, "tessera train: exported the model to %s\n", out.c_str());
   }
   return world.Barrier();
@@ -342,7 +356,8 @@ int RunTrain(const std::vector<std::string>& args, int* argc, char*** argv) {
       "Lines are {\"text\": ...} (every token trained), {\"prompt\": ..., \"completion\": ...} "
       "(loss on the completion) or {\"input_ids\": [...], \"labels\": [...]} (-100 masks). "
       "The loss is the mean over every target token of a step. Checkpoints go to "
-      "OUTPUT/checkpoints, the fine-tuned model to OUTPUT/export (a Hugging Face directory).");
+      "OUTPUT/checkpoints, the fine-tuned model to OUTPUT/export (a Hugging Face directory; "
+      "with --lora-r a PEFT adapter directory, or merged weights with --merge).");
   flags.String("model", &config.model, "Hugging Face model directory (default: built-in)");
   flags.Int("tp", &config.tp, "tensor-parallel degree; the data-parallel degree is ranks / tp");
   flags.String("data", &config.data, "training examples, JSON Lines (required)");
@@ -375,7 +390,13 @@ int RunTrain(const std::vector<std::string>& args, int* argc, char*** argv) {
              "one example a row");
   flags.String("on-bad-line", &config.on_bad_line, "a bad data line: stop, or skip it");
   flags.Bool("export", &config.export_model, "write OUTPUT/export at the end");
-  flags.Int("lora-r", &config.lora_r, "LoRA rank (0: full fine-tune)");
+  flags.Int("lora-r", &config.lora_r, "LoRA rank (0: full fine-tune); the base is frozen");
+  flags.Double("lora-alpha", &config.lora_alpha, "LoRA alpha: adapters scale by alpha / r");
+  flags.String("lora-targets", &config.lora_targets,
+               "Linears that get adapters: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,"
+               "down_proj (gate_up_proj where the checkpoint fuses them)");
+  flags.Bool("merge", &config.merge,
+             "export a LoRA run as merged full weights instead of a PEFT adapter directory");
   AddDeviceFlag(flags, &config.device);
   flags.Duration("timeout", &config.timeout, "deadline of each collective");
   if (std::optional<int> done = ParseOrExit(flags, args)) return *done;

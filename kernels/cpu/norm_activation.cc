@@ -19,11 +19,16 @@ using internal::ExpectRank;
 using internal::ExpectShape;
 using internal::LoadFloat;
 
-// One normalized row: out = x * inverse_rms * weight. weight is f32 or bf16.
-void NormalizeRow(const float* x, const Tensor& weight, float eps, int64_t h, float* out) {
+// 1 / sqrt(mean(x^2) + eps) of a row of h (the forward's and the backward's alike).
+float InverseRms(const float* x, int64_t h, float eps) {
   float sum_squares = 0.0f;
   for (int64_t i = 0; i < h; ++i) sum_squares += x[i] * x[i];
-  float inverse_rms = 1.0f / std::sqrt(sum_squares / static_cast<float>(h) + eps);
+  return 1.0f / std::sqrt(sum_squares / static_cast<float>(h) + eps);
+}
+
+// One normalized row: out = x * inverse_rms * weight. weight is f32 or bf16.
+void NormalizeRow(const float* x, const Tensor& weight, float eps, int64_t h, float* out) {
+  float inverse_rms = InverseRms(x, h, eps);
   if (weight.dtype() == DType::kF32) {
     const float* w = weight.data<float>();
     for (int64_t i = 0; i < h; ++i) out[i] = w[i] * (x[i] * inverse_rms);
@@ -179,13 +184,6 @@ namespace {
 // that sums over rows column by column splits its work this way, so that every sum is one
 // thread's, in row order.
 constexpr int64_t kColumnBlock = 256;
-
-// 1 / sqrt(mean(x^2) + eps) of a row of h, as NormalizeRow computes it.
-float InverseRms(const float* x, int64_t h, float eps) {
-  float sum_squares = 0.0f;
-  for (int64_t i = 0; i < h; ++i) sum_squares += x[i] * x[i];
-  return 1.0f / std::sqrt(sum_squares / static_cast<float>(h) + eps);
-}
 
 }  // namespace
 

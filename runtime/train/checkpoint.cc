@@ -47,8 +47,15 @@ absl::Status WriteFileAtomically(const std::string& path, const std::string& tex
   return absl::OkStatus();
 }
 
-nlohmann::json ModelSummary(const model::ModelConfig& config) {
-  return {{"architecture", std::string(model::ArchitectureName(config.architecture))},
+nlohmann::json ModelSummary(const TrainableModel& model) {
+  const model::ModelConfig& config = model.config();
+  const LoraOptions& lora = model.options().lora;
+  nlohmann::json adapters = nullptr;
+  if (lora.enabled()) {
+    adapters = {{"r", lora.r}, {"alpha", lora.alpha}, {"targets", lora.targets}};
+  }
+  return {{"lora", adapters},
+          {"architecture", std::string(model::ArchitectureName(config.architecture))},
           {"hidden_size", config.hidden_size},
           {"num_hidden_layers", config.num_hidden_layers},
           {"num_attention_heads", config.num_attention_heads},
@@ -101,7 +108,11 @@ absl::Status SaveCheckpoint(const std::string& output, Trainer& trainer, comm::C
   absl::Status written = absl::OkStatus();
   if (dp_rank == 0) {
     std::vector<std::pair<std::string, Tensor>> values;
-    for (const Parameter& p : model.parameters().all()) values.emplace_back(p.name, p.value);
+    // What training changes: the whole model, or the adapters of a LoRA run (whose base is
+    // read from the model directory again on resume).
+    for (const Parameter& p : model.parameters().all()) {
+      if (p.trainable) values.emplace_back(p.name, p.value);
+    }
     written = model::WriteSafetensors((temporary / ShardFile("model", tp_rank, tp)).string(),
                                       values, {{"format", "pt"}});
     if (written.ok()) {
@@ -123,7 +134,7 @@ absl::Status SaveCheckpoint(const std::string& output, Trainer& trainer, comm::C
                             {"data_fingerprint", absl::StrCat(data_fingerprint)},
                             {"tp", tp},
                             {"dp", world.size() / tp},
-                            {"model", ModelSummary(model.config())}};
+                            {"model", ModelSummary(model)}};
     published = WriteFileAtomically((temporary / kStatePath).string(), state.dump(2) + "\n");
     std::error_code error;
     if (published.ok()) {
@@ -173,7 +184,7 @@ absl::Status LoadCheckpoint(const std::string& checkpoint, Trainer& trainer, int
                            model::ParseJson(text, (dir / kStatePath).string()));
   const std::string where = (dir / kStatePath).string();
   try {
-    const nlohmann::json expected = ModelSummary(model.config());
+    const nlohmann::json expected = ModelSummary(model);
     if (state.at("model") != expected) {
       return absl::FailedPreconditionError(
           absl::StrCat(where, ": the checkpoint is of the model ", state.at("model").dump(),
@@ -195,6 +206,7 @@ absl::Status LoadCheckpoint(const std::string& checkpoint, Trainer& trainer, int
                              model::SafetensorsFile::Open(model_file));
     Stream cpu = Stream::Cpu();
     for (Parameter& p : model.parameters().all()) {
+      if (!p.trainable) continue;
       TESSERA_ASSIGN_OR_RETURN(Tensor saved, values->Read(p.name));
       if (saved.shape() != p.value.shape() || saved.dtype() != DType::kF32) {
         return absl::FailedPreconditionError(absl::StrCat(model_file, ": ", p.name, " is ",

@@ -17,8 +17,16 @@
 namespace tessera::train {
 
 // Collective over the model's TP communicator; TP rank 0 writes `out_dir` (through a
-// temporary folder renamed into place). `base_dir` is the model the run started from.
+// temporary folder renamed into place). `base_dir` is the model the run started from. A
+// model with LoRA adapters is exported with them merged: W + (alpha / r) B A.
 absl::Status ExportHuggingFace(TrainableModel& model, const std::string& base_dir,
+                               const std::string& out_dir);
+
+// A LoRA run's adapters as a PEFT adapter directory (adapter_config.json and
+// adapter_model.safetensors, f32, PEFT's tensor names) that peft's PeftModel.from_pretrained
+// loads onto the base model. `base_dir` is recorded as base_model_name_or_path.
+// FAILED_PRECONDITION for a model without adapters. Collective as above.
+absl::Status ExportPeftAdapter(TrainableModel& model, const std::string& base_dir,
                                const std::string& out_dir);
 
 }  // namespace tessera::train

@@ -50,6 +50,11 @@ double LearningRateAt(const ScheduleOptions& options, double base_lr, int64_t st
 absl::StatusOr<AdamW> AdamW::Create(ParameterSet& params, const AdamWOptions& options) {
   AdamW adam(params, options);
   for (const Parameter& p : params.all()) {
+    if (!p.trainable) {  // frozen: no moments
+      adam.exp_avg_.emplace_back();
+      adam.exp_avg_sq_.emplace_back();
+      continue;
+    }
     TESSERA_ASSIGN_OR_RETURN(Tensor m, Tensor::Zeros(DType::kF32, p.value.shape()));
     TESSERA_ASSIGN_OR_RETURN(Tensor v, Tensor::Zeros(DType::kF32, p.value.shape()));
     adam.exp_avg_.push_back(std::move(m));
@@ -72,6 +77,7 @@ void AdamW::Step(double lr) {
   std::vector<Parameter>& params = params_->all();
   for (size_t i = 0; i < params.size(); ++i) {
     Parameter& p = params[i];
+    if (!p.trainable) continue;
     const bool decays = options_.decay_all || p.weight_decay;
     const float keep = static_cast<float>(1.0 - lr * (decays ? options_.weight_decay : 0.0));
     float* w = p.value.data<float>();
@@ -93,6 +99,7 @@ std::vector<std::pair<std::string, Tensor>> AdamW::State() const {
   std::vector<std::pair<std::string, Tensor>> state;
   const std::vector<Parameter>& params = params_->all();
   for (size_t i = 0; i < params.size(); ++i) {
+    if (!params[i].trainable) continue;
     state.emplace_back(params[i].name + ".exp_avg", exp_avg_[i]);
     state.emplace_back(params[i].name + ".exp_avg_sq", exp_avg_sq_[i]);
   }
@@ -110,6 +117,7 @@ absl::Status AdamW::Restore(const std::vector<std::pair<std::string, Tensor>>& s
   };
   Stream cpu = Stream::Cpu();
   for (size_t i = 0; i < params.size(); ++i) {
+    if (!params[i].trainable) continue;
     for (auto& [suffix, mine] : {std::pair<std::string, Tensor*>{".exp_avg", &exp_avg_[i]},
                                  {".exp_avg_sq", &exp_avg_sq_[i]}}) {
       const std::string name = params[i].name + suffix;
@@ -133,6 +141,7 @@ absl::Status AdamW::Restore(const std::vector<std::pair<std::string, Tensor>>& s
 absl::StatusOr<double> GlobalGradNorm(const ParameterSet& params, comm::Communicator& tp) {
   double sum = 0;
   for (const Parameter& p : params.all()) {
+    if (!p.grad.defined()) continue;
     const float* g = p.grad.data<float>();
     const int64_t n = p.grad.numel();
     const int64_t row = p.grad.rank() > 1 ? n / p.grad.dim(0) : 1;
@@ -160,6 +169,7 @@ void ClipGrads(ParameterSet& params, double norm, double max_norm) {
   if (coefficient >= 1.0) return;
   const float scale = static_cast<float>(coefficient);
   for (Parameter& p : params.all()) {
+    if (!p.grad.defined()) continue;
     float* g = p.grad.data<float>();
     for (int64_t j = 0; j < p.grad.numel(); ++j) g[j] *= scale;
   }

@@ -21,6 +21,7 @@
 #include "runtime/model/model_config.h"
 #include "runtime/model/weight_loader.h"
 #include "runtime/model/weight_plan.h"
+#include "runtime/train/lora.h"
 
 namespace tessera::train {
 
@@ -39,18 +40,28 @@ struct Parameter {
   int64_t kv_rows_begin = 0, kv_rows_end = 0;
   bool kv_rows_counted_here = true;
   bool weight_decay = true;  // false for norms and biases (as Hugging Face's Trainer)
-  Tensor value;              // f32, planned.rank_shape
-  Tensor grad;               // f32, same shape
+  // False for the frozen base of a LoRA fine-tune: no gradient is kept (grad undefined).
+  bool trainable = true;
+  // Held whole on every TP rank but with a gradient that each rank's backward yields only in
+  // part (a LoRA factor beside a split layer): summed over the group after the backward.
+  bool tp_partial_grad = false;
+  Tensor value;  // f32, planned.rank_shape
+  Tensor grad;   // f32, same shape; undefined when not trainable
 };
 
 class ParameterSet {
  public:
   // Takes this rank's f32 tensors (LoadRankWeights with dtype f32) for `plan`, stacking
   // gate_proj and up_proj of each layer into one tensor when the checkpoint stores them
-  // apart. Gradients start at zero.
+  // apart. Gradients start at zero. With `lora` enabled the base is frozen and every
+  // targeted Linear gets its two LoRA factors (lora.h) after the base tensors: A drawn as
+  // peft draws it (uniform in +-1/sqrt(in_features), the same on every rank for a given
+  // seed, whatever the TP degree), B zero. INVALID_ARGUMENT when a target names a module the
+  // checkpoint does not have.
   static absl::StatusOr<ParameterSet> Create(const model::ModelConfig& config,
                                              const model::WeightPlan& plan,
-                                             model::RankWeights weights);
+                                             model::RankWeights weights,
+                                             const LoraOptions& lora = {});
 
   std::vector<Parameter>& all() { return params_; }
   const std::vector<Parameter>& all() const { return params_; }
@@ -60,18 +71,38 @@ class ParameterSet {
   // The value (or gradient) of `name`; INTERNAL when absent (a model bug, not user input).
   absl::StatusOr<Tensor> Value(absl::string_view name) const;
   absl::StatusOr<Tensor> Grad(absl::string_view name) const;
-  // The stacked [gate; up] value and gradient of layer `layer` (2 I_shard, hidden).
+  // The LoRA factors of the Linear whose weight is `weight_name`, or nullptr.
+  const Parameter* LoraA(absl::string_view weight_name) const;
+  const Parameter* LoraB(absl::string_view weight_name) const;
+  bool has_lora() const { return has_lora_; }
+  // Replaces the LoRA factors by those of a PEFT adapter directory's
+  // adapter_model.safetensors (this rank's slices). INVALID_ARGUMENT naming the tensor when
+  // the adapter lacks one of this model's factors or holds it in another shape.
+  absl::Status LoadAdapter(const std::string& dir);
+  // The stacked [gate; up] value and gradient of layer `layer` (2 I_shard, hidden); the
+  // gradient is undefined when the base is frozen.
   const Tensor& GateUpValue(int layer) const { return gate_up_values_[layer]; }
   const Tensor& GateUpGrad(int layer) const { return gate_up_grads_[layer]; }
 
   void ZeroGrads();
   // Elements this rank holds, each once.
   int64_t NumElements() const;
+  // Elements of the whole model that training changes (from the checkpoint shapes: each
+  // tensor once however it is split or replicated).
+  int64_t TrainableElements() const;
 
  private:
+  absl::Status AddLora(const model::ModelConfig& config, const model::WeightPlan& plan,
+                       const LoraOptions& lora);
+
   std::vector<Parameter> params_;
+  bool has_lora_ = false;
   std::vector<Tensor> gate_up_values_, gate_up_grads_;
 };
+
+// `slice` of a host tensor shaped as the checkpoint tensor it was planned from, as a new
+// tensor (the part a rank holds).
+absl::StatusOr<Tensor> SliceOf(const Tensor& full, const model::TensorSlice& slice);
 
 }  // namespace tessera::train
 

@@ -64,11 +64,70 @@ struct WeightAndGrad {
   bool defined() const { return w.defined(); }
 };
 
+// A LoRA adapter's factors: A (r, K), B (N, r) as this rank holds them; undefined when the
+// Linear has none.
+struct LoraWeights {
+  WeightAndGrad a, b;
+  bool defined() const { return a.defined(); }
+};
+
+namespace {
+
+// out[:, column : column + N] += scale * (x A^T) B^T. Returns x A^T (T, r) for the backward.
+absl::StatusOr<Tensor> ApplyLora(const Tensor& x, const LoraWeights& lora, float scale,
+                                 Tensor& out, int64_t column) {
+  const int64_t tokens = x.dim(0), n = lora.b.w.dim(0), width = out.dim(1);
+  TESSERA_ASSIGN_OR_RETURN(Tensor u, F32({tokens, lora.a.w.dim(0)}));
+  TESSERA_RETURN_IF_ERROR(kernels::Linear(x, lora.a.w, Tensor(), u));
+  TESSERA_ASSIGN_OR_RETURN(Tensor v, F32({tokens, n}));
+  TESSERA_RETURN_IF_ERROR(kernels::Linear(u, lora.b.w, Tensor(), v));
+  for (int64_t t = 0; t < tokens; ++t) {
+    float* row = out.data<float>() + t * width + column;
+    const float* add = v.data<float>() + t * n;
+    for (int64_t j = 0; j < n; ++j) row[j] += scale * add[j];
+  }
+  return u;
+}
+
+// The backward of ApplyLora: dy (T, width) is the gradient of the whole output, of which the
+// adapter wrote columns [column, column + N). Adds into the factors' gradients and dx.
+absl::Status LoraBackward(const Tensor& dy, int64_t column, const Tensor& x, const Tensor& u,
+                          const LoraWeights& lora, float scale, Tensor& dx) {
+  const int64_t tokens = dy.dim(0), n = lora.b.w.dim(0), width = dy.dim(1);
+  TESSERA_ASSIGN_OR_RETURN(Tensor dv, F32({tokens, n}));
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float* row = dy.data<float>() + t * width + column;
+    float* to = dv.data<float>() + t * n;
+    for (int64_t j = 0; j < n; ++j) to[j] = scale * row[j];
+  }
+  Tensor b_grad = lora.b.g, a_grad = lora.a.g;
+  TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardWeight(dv, u, b_grad, nullptr));
+  TESSERA_ASSIGN_OR_RETURN(Tensor du, F32(u.shape()));
+  TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardInput(dv, lora.b.w, du));
+  TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardWeight(du, x, a_grad, nullptr));
+  TESSERA_ASSIGN_OR_RETURN(Tensor scratch, F32(dx.shape()));
+  return AddLinearBackwardInput(du, lora.a.w, dx, scratch);
+}
+
+// dw += dy^T x (and the bias's), unless the weight is frozen.
+absl::Status WeightGrad(const Tensor& dy, const Tensor& x, const WeightAndGrad& w,
+                        const WeightAndGrad* bias) {
+  if (!w.g.defined()) return absl::OkStatus();
+  Tensor g = w.g;
+  Tensor bias_g = bias != nullptr ? bias->g : Tensor();
+  return kernels::LinearBackwardWeight(dy, x, g, bias_g.defined() ? &bias_g : nullptr);
+}
+
+}  // namespace
+
 struct TrainableModel::LayerWeights {
   WeightAndGrad input_norm, post_attention_norm;
   WeightAndGrad post_self_attn_norm, post_mlp_norm;  // Glm4's extra norms, else undefined
   WeightAndGrad q, k, v, q_bias, k_bias, v_bias, o, o_bias;
   WeightAndGrad gate_up, down;
+  // LoRA: gate and up are column windows [0, I) and [I, 2I) of the stacked gate_up output;
+  // a checkpoint with a fused gate_up_proj has one adapter over the whole of it.
+  LoraWeights q_lora, k_lora, v_lora, o_lora, gate_lora, up_lora, gate_up_lora, down_lora;
 };
 
 // What the backward of one layer reads, all f32 with T rows.
@@ -84,6 +143,8 @@ struct TrainableModel::SavedLayer {
   Tensor gate_up;  // (T, 2 I)
   Tensor act;      // (T, I)
   Tensor down_out;  // (T, H) down_proj summed over TP (read only by Glm4's post_mlp_norm)
+  // x A^T of each LoRA adapter, (T, r).
+  Tensor q_u, k_u, v_u, o_u, gate_u, up_u, gate_up_u, down_u;
 };
 
 struct TrainableModel::Forwarded {
@@ -126,8 +187,12 @@ absl::StatusOr<std::unique_ptr<TrainableModel>> TrainableModel::Load(
     load.dtype = DType::kF32;  // master weights
     TESSERA_ASSIGN_OR_RETURN(model::RankWeights weights,
                              model::LoadRankWeights(*checkpoint, plan, load));
+    if (options.lora.enabled() && plan.fused_qkv) {
+      return absl::UnimplementedError(
+          "LoRA on a checkpoint that stores q, k and v fused (qkv_proj) is not built yet");
+    }
     TESSERA_ASSIGN_OR_RETURN(ParameterSet params,
-                             ParameterSet::Create(config, plan, std::move(weights)));
+                             ParameterSet::Create(config, plan, std::move(weights), options.lora));
     std::unique_ptr<TrainableModel> m(new TrainableModel(std::move(config), std::move(plan), tp,
                                                          std::move(params), options));
     TESSERA_RETURN_IF_ERROR(m->BindLayers());
@@ -161,6 +226,13 @@ absl::Status TrainableModel::BindLayers() {
     out.w = p->value;
     out.g = p->grad;
     return absl::OkStatus();
+  };
+  auto bind_lora = [&](const std::string& weight_name, LoraWeights& out) {
+    const Parameter* a = params_.LoraA(weight_name);
+    const Parameter* b = params_.LoraB(weight_name);
+    if (a == nullptr || b == nullptr) return;
+    out.a = {a->value, a->grad};
+    out.b = {b->value, b->grad};
   };
   auto rows = [](const WeightAndGrad& whole, int64_t begin, int64_t end,
                  WeightAndGrad& out) -> absl::Status {
@@ -204,6 +276,14 @@ absl::Status TrainableModel::BindLayers() {
     w.gate_up.w = params_.GateUpValue(l);
     w.gate_up.g = params_.GateUpGrad(l);
     TESSERA_RETURN_IF_ERROR(bind(prefix + "mlp.down_proj.weight", w.down));
+    bind_lora(prefix + "self_attn.q_proj.weight", w.q_lora);
+    bind_lora(prefix + "self_attn.k_proj.weight", w.k_lora);
+    bind_lora(prefix + "self_attn.v_proj.weight", w.v_lora);
+    bind_lora(prefix + "self_attn.o_proj.weight", w.o_lora);
+    bind_lora(prefix + "mlp.gate_proj.weight", w.gate_lora);
+    bind_lora(prefix + "mlp.up_proj.weight", w.up_lora);
+    bind_lora(prefix + "mlp.gate_up_proj.weight", w.gate_up_lora);
+    bind_lora(prefix + "mlp.down_proj.weight", w.down_lora);
     if (!w.q.defined() || !w.k.defined() || !w.v.defined() || !w.o.defined() ||
         !w.down.defined() || !w.input_norm.defined() || !w.post_attention_norm.defined()) {
       return absl::InternalError(absl::StrCat("layer ", l, " is missing a weight"));
@@ -284,6 +364,16 @@ absl::StatusOr<TrainableModel::Forwarded> TrainableModel::Forward(const MicroBat
     TESSERA_RETURN_IF_ERROR(kernels::Linear(s.n1, w.q.w, w.q_bias.w, q));
     TESSERA_RETURN_IF_ERROR(kernels::Linear(s.n1, w.k.w, w.k_bias.w, k));
     TESSERA_RETURN_IF_ERROR(kernels::Linear(s.n1, w.v.w, w.v_bias.w, v));
+    const float lora_scale = options_.lora.enabled() ? options_.lora.scale() : 0.0f;
+    if (w.q_lora.defined()) {
+      TESSERA_ASSIGN_OR_RETURN(s.q_u, ApplyLora(s.n1, w.q_lora, lora_scale, q, 0));
+    }
+    if (w.k_lora.defined()) {
+      TESSERA_ASSIGN_OR_RETURN(s.k_u, ApplyLora(s.n1, w.k_lora, lora_scale, k, 0));
+    }
+    if (w.v_lora.defined()) {
+      TESSERA_ASSIGN_OR_RETURN(s.v_u, ApplyLora(s.n1, w.v_lora, lora_scale, v, 0));
+    }
     TESSERA_ASSIGN_OR_RETURN(s.q, q.Reshape({tokens, q_heads, dim}));
     TESSERA_ASSIGN_OR_RETURN(s.k, k.Reshape({tokens, kv_heads, dim}));
     TESSERA_ASSIGN_OR_RETURN(s.v, v.Reshape({tokens, kv_heads, dim}));
@@ -299,6 +389,9 @@ absl::StatusOr<TrainableModel::Forwarded> TrainableModel::Forward(const MicroBat
         kernels::CausalAttention(s.q, s.k, s.v, f.starts, params, attn_heads, s.lse));
     TESSERA_ASSIGN_OR_RETURN(s.o_out, F32({tokens, hidden}));
     TESSERA_RETURN_IF_ERROR(kernels::Linear(s.attn, w.o.w, Tensor(), s.o_out));
+    if (w.o_lora.defined()) {  // row-parallel: its partial product joins the layer's all-reduce
+      TESSERA_ASSIGN_OR_RETURN(s.o_u, ApplyLora(s.attn, w.o_lora, lora_scale, s.o_out, 0));
+    }
     TESSERA_RETURN_IF_ERROR(SumOverTp(s.o_out));
     if (w.o_bias.defined()) TESSERA_RETURN_IF_ERROR(kernels::AddBias(s.o_out, w.o_bias.w));
     Tensor attention_out = s.o_out;
@@ -312,10 +405,26 @@ absl::StatusOr<TrainableModel::Forwarded> TrainableModel::Forward(const MicroBat
     TESSERA_RETURN_IF_ERROR(kernels::RmsNorm(s.h_mid, w.post_attention_norm.w, eps, s.n2));
     TESSERA_ASSIGN_OR_RETURN(s.gate_up, F32({tokens, w.gate_up.w.dim(0)}));
     TESSERA_RETURN_IF_ERROR(kernels::Linear(s.n2, w.gate_up.w, Tensor(), s.gate_up));
+    const int64_t intermediate = w.gate_up.w.dim(0) / 2;
+    if (w.gate_lora.defined()) {
+      TESSERA_ASSIGN_OR_RETURN(s.gate_u, ApplyLora(s.n2, w.gate_lora, lora_scale, s.gate_up, 0));
+    }
+    if (w.up_lora.defined()) {
+      TESSERA_ASSIGN_OR_RETURN(
+          s.up_u, ApplyLora(s.n2, w.up_lora, lora_scale, s.gate_up, intermediate));
+    }
+    if (w.gate_up_lora.defined()) {
+      TESSERA_ASSIGN_OR_RETURN(s.gate_up_u,
+                               ApplyLora(s.n2, w.gate_up_lora, lora_scale, s.gate_up, 0));
+    }
     TESSERA_ASSIGN_OR_RETURN(s.act, F32({tokens, w.gate_up.w.dim(0) / 2}));
     TESSERA_RETURN_IF_ERROR(kernels::SiluMul(s.gate_up, s.act));
     TESSERA_ASSIGN_OR_RETURN(s.down_out, F32({tokens, hidden}));
     TESSERA_RETURN_IF_ERROR(kernels::Linear(s.act, w.down.w, Tensor(), s.down_out));
+    if (w.down_lora.defined()) {
+      TESSERA_ASSIGN_OR_RETURN(s.down_u,
+                               ApplyLora(s.act, w.down_lora, lora_scale, s.down_out, 0));
+    }
     TESSERA_RETURN_IF_ERROR(SumOverTp(s.down_out));
     Tensor mlp_out = s.down_out;
     if (w.post_mlp_norm.defined()) {
@@ -385,8 +494,10 @@ absl::StatusOr<LossSum> TrainableModel::LossAndHeadBackward(const Tensor& normed
         logits, chunk_targets, plan_.vocab.begin, valid, lse, row_scale, logits));
     TESSERA_ASSIGN_OR_RETURN(Tensor dx, d_normed->Slice(begin, end));
     TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardInput(logits, head->value, dx));
-    Tensor head_grad = head->grad;
-    TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardWeight(logits, x, head_grad, nullptr));
+    if (head->grad.defined()) {
+      Tensor head_grad = head->grad;
+      TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardWeight(logits, x, head_grad, nullptr));
+    }
   }
   return total;
 }
@@ -397,48 +508,71 @@ absl::Status TrainableModel::LayerBackward(int l, const Tensor& positions, const
   const int64_t tokens = s.h_in.dim(0), hidden = config_.hidden_size, dim = config_.head_dim;
   const int64_t q_heads = plan_.attention.num_q_heads, kv_heads = plan_.attention.num_kv_heads;
   const float eps = static_cast<float>(config_.rms_norm_eps);
-  Tensor input_norm_g = w.input_norm.g, post_attention_norm_g = w.post_attention_norm.g;
+  const float lora_scale = options_.lora.enabled() ? options_.lora.scale() : 0.0f;
+  // A frozen norm's weight gradient goes to scratch.
+  TESSERA_ASSIGN_OR_RETURN(Tensor norm_scratch, F32({hidden}));
+  auto norm_grad = [&](const WeightAndGrad& norm) { return norm.g.defined() ? norm.g : norm_scratch; };
 
   // MLP block: h_out = h_mid + post_mlp_norm?(sum_tp(down(silu(gate) * up)(n2))).
   Tensor d_down = d_residual;  // the gradient of down_out (replicated over TP)
   if (w.post_mlp_norm.defined()) {
     TESSERA_ASSIGN_OR_RETURN(d_down, F32({tokens, hidden}));
-    Tensor g = w.post_mlp_norm.g;
+    Tensor g = norm_grad(w.post_mlp_norm);
     TESSERA_RETURN_IF_ERROR(
         kernels::RmsNormBackward(s.down_out, w.post_mlp_norm.w, eps, d_residual, d_down, g));
   }
   TESSERA_ASSIGN_OR_RETURN(Tensor d_act, F32(s.act.shape()));
   TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardInput(d_down, w.down.w, d_act));
-  Tensor down_g = w.down.g;
-  TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardWeight(d_down, s.act, down_g, nullptr));
+  TESSERA_RETURN_IF_ERROR(WeightGrad(d_down, s.act, w.down, nullptr));
+  if (w.down_lora.defined()) {
+    TESSERA_RETURN_IF_ERROR(
+        LoraBackward(d_down, 0, s.act, s.down_u, w.down_lora, lora_scale, d_act));
+  }
   TESSERA_ASSIGN_OR_RETURN(Tensor d_gate_up, F32(s.gate_up.shape()));
   TESSERA_RETURN_IF_ERROR(kernels::SiluMulBackward(s.gate_up, d_act, d_gate_up));
   TESSERA_ASSIGN_OR_RETURN(Tensor d_n2, F32({tokens, hidden}));
   TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardInput(d_gate_up, w.gate_up.w, d_n2));
-  Tensor gate_up_g = w.gate_up.g;
-  TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardWeight(d_gate_up, s.n2, gate_up_g, nullptr));
+  TESSERA_RETURN_IF_ERROR(WeightGrad(d_gate_up, s.n2, w.gate_up, nullptr));
+  const int64_t intermediate = w.gate_up.w.dim(0) / 2;
+  if (w.gate_lora.defined()) {
+    TESSERA_RETURN_IF_ERROR(
+        LoraBackward(d_gate_up, 0, s.n2, s.gate_u, w.gate_lora, lora_scale, d_n2));
+  }
+  if (w.up_lora.defined()) {
+    TESSERA_RETURN_IF_ERROR(
+        LoraBackward(d_gate_up, intermediate, s.n2, s.up_u, w.up_lora, lora_scale, d_n2));
+  }
+  if (w.gate_up_lora.defined()) {
+    TESSERA_RETURN_IF_ERROR(
+        LoraBackward(d_gate_up, 0, s.n2, s.gate_up_u, w.gate_up_lora, lora_scale, d_n2));
+  }
   TESSERA_RETURN_IF_ERROR(SumOverTp(d_n2));  // column-parallel input: the conjugate all-reduce
   TESSERA_ASSIGN_OR_RETURN(Tensor d_h_mid, F32({tokens, hidden}));
-  TESSERA_RETURN_IF_ERROR(kernels::RmsNormBackward(s.h_mid, w.post_attention_norm.w, eps, d_n2,
-                                                   d_h_mid, post_attention_norm_g));
+  {
+    Tensor g = norm_grad(w.post_attention_norm);
+    TESSERA_RETURN_IF_ERROR(
+        kernels::RmsNormBackward(s.h_mid, w.post_attention_norm.w, eps, d_n2, d_h_mid, g));
+  }
   TESSERA_RETURN_IF_ERROR(kernels::AddInPlace(d_h_mid, d_residual));
 
   // Attention block: h_mid = h_in + post_self_attn_norm?(sum_tp(o(attention(n1))) + o_bias).
   Tensor d_o = d_h_mid;
   if (w.post_self_attn_norm.defined()) {
     TESSERA_ASSIGN_OR_RETURN(d_o, F32({tokens, hidden}));
-    Tensor g = w.post_self_attn_norm.g;
+    Tensor g = norm_grad(w.post_self_attn_norm);
     TESSERA_RETURN_IF_ERROR(
         kernels::RmsNormBackward(s.o_out, w.post_self_attn_norm.w, eps, d_h_mid, d_o, g));
   }
-  if (w.o_bias.defined()) {
+  if (w.o_bias.defined() && w.o_bias.g.defined()) {
     Tensor g = w.o_bias.g;
     AddColumnSums(d_o, g);
   }
   TESSERA_ASSIGN_OR_RETURN(Tensor d_attn, F32(s.attn.shape()));
   TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardInput(d_o, w.o.w, d_attn));
-  Tensor o_g = w.o.g;
-  TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardWeight(d_o, s.attn, o_g, nullptr));
+  TESSERA_RETURN_IF_ERROR(WeightGrad(d_o, s.attn, w.o, nullptr));
+  if (w.o_lora.defined()) {
+    TESSERA_RETURN_IF_ERROR(LoraBackward(d_o, 0, s.attn, s.o_u, w.o_lora, lora_scale, d_attn));
+  }
   TESSERA_ASSIGN_OR_RETURN(Tensor d_q, F32({tokens, q_heads, dim}));
   TESSERA_ASSIGN_OR_RETURN(Tensor d_k, F32({tokens, kv_heads, dim}));
   TESSERA_ASSIGN_OR_RETURN(Tensor d_v, F32({tokens, kv_heads, dim}));
@@ -453,27 +587,37 @@ absl::Status TrainableModel::LayerBackward(int l, const Tensor& positions, const
   TESSERA_RETURN_IF_ERROR(kernels::ApplyRotaryBackward(d_k, positions, inv_freq_, rotary_));
   TESSERA_ASSIGN_OR_RETURN(Tensor d_n1, F32({tokens, hidden}));
   TESSERA_ASSIGN_OR_RETURN(Tensor scratch, F32({tokens, hidden}));
-  const std::vector<std::tuple<Tensor, const WeightAndGrad*, const WeightAndGrad*>> projections =
-      {{d_q.Flatten(), &w.q, &w.q_bias}, {d_k.Flatten(), &w.k, &w.k_bias},
-       {d_v.Flatten(), &w.v, &w.v_bias}};
+  struct Projection {
+    Tensor d_out;
+    const WeightAndGrad* weight;
+    const WeightAndGrad* bias;
+    const LoraWeights* lora;
+    const Tensor* u;
+  };
+  const Projection projections[] = {{d_q.Flatten(), &w.q, &w.q_bias, &w.q_lora, &s.q_u},
+                                    {d_k.Flatten(), &w.k, &w.k_bias, &w.k_lora, &s.k_u},
+                                    {d_v.Flatten(), &w.v, &w.v_bias, &w.v_lora, &s.v_u}};
   bool first = true;
-  for (const auto& [flat, weight, bias] : projections) {
-    TESSERA_ASSIGN_OR_RETURN(Tensor dy, flat.Reshape({tokens, weight->w.dim(0)}));
+  for (const Projection& p : projections) {
+    TESSERA_ASSIGN_OR_RETURN(Tensor dy, p.d_out.Reshape({tokens, p.weight->w.dim(0)}));
     if (first) {
-      TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardInput(dy, weight->w, d_n1));
+      TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardInput(dy, p.weight->w, d_n1));
       first = false;
     } else {
-      TESSERA_RETURN_IF_ERROR(AddLinearBackwardInput(dy, weight->w, d_n1, scratch));
+      TESSERA_RETURN_IF_ERROR(AddLinearBackwardInput(dy, p.weight->w, d_n1, scratch));
     }
-    Tensor g = weight->g;
-    Tensor bias_g = bias->g;
-    TESSERA_RETURN_IF_ERROR(
-        kernels::LinearBackwardWeight(dy, s.n1, g, bias->defined() ? &bias_g : nullptr));
+    TESSERA_RETURN_IF_ERROR(WeightGrad(dy, s.n1, *p.weight, p.bias->defined() ? p.bias : nullptr));
+    if (p.lora->defined()) {
+      TESSERA_RETURN_IF_ERROR(LoraBackward(dy, 0, s.n1, *p.u, *p.lora, lora_scale, d_n1));
+    }
   }
   TESSERA_RETURN_IF_ERROR(SumOverTp(d_n1));
   // d_residual becomes the gradient of h_in: d_h_mid plus the input norm's share.
-  TESSERA_RETURN_IF_ERROR(
-      kernels::RmsNormBackward(s.h_in, w.input_norm.w, eps, d_n1, d_residual, input_norm_g));
+  {
+    Tensor g = norm_grad(w.input_norm);
+    TESSERA_RETURN_IF_ERROR(
+        kernels::RmsNormBackward(s.h_in, w.input_norm.w, eps, d_n1, d_residual, g));
+  }
   return kernels::AddInPlace(d_residual, d_h_mid);
 }
 
@@ -492,16 +636,20 @@ absl::StatusOr<LossSum> TrainableModel::ForwardBackward(const MicroBatch& batch,
     return p;
   }());
   TESSERA_ASSIGN_OR_RETURN(Tensor d_residual, F32({tokens, hidden}));
+  TESSERA_ASSIGN_OR_RETURN(Tensor norm_scratch, F32({hidden}));
+  Tensor final_norm_grad = final_norm->grad.defined() ? final_norm->grad : norm_scratch;
   TESSERA_RETURN_IF_ERROR(kernels::RmsNormBackward(f.h_final, final_norm->value, eps, d_normed,
-                                                   d_residual, final_norm->grad));
+                                                   d_residual, final_norm_grad));
   for (int l = config_.num_hidden_layers - 1; l >= 0; --l) {
     TESSERA_RETURN_IF_ERROR(LayerBackward(l, f.positions, f.starts, f.layers[l], d_residual));
     f.layers[l] = SavedLayer{};  // free what the rest of the backward no longer reads
   }
   Parameter* embed = params_.Find("model.embed_tokens.weight");
   if (embed == nullptr) return absl::InternalError("no embedding");
-  TESSERA_RETURN_IF_ERROR(kernels::EmbeddingBackward(f.ids, d_residual, plan_.vocab.begin,
-                                                     config_.vocab_size, embed->grad));
+  if (embed->grad.defined()) {
+    TESSERA_RETURN_IF_ERROR(kernels::EmbeddingBackward(f.ids, d_residual, plan_.vocab.begin,
+                                                       config_.vocab_size, embed->grad));
+  }
   return loss;
 }
 
@@ -510,11 +658,16 @@ absl::StatusOr<LossSum> TrainableModel::Loss(const MicroBatch& batch) {
   return LossAndHeadBackward(f.n_final, f.targets, nullptr, nullptr);
 }
 
-absl::Status TrainableModel::ReduceReplicatedKvGrads() {
-  if (kv_sharers_ == nullptr) return absl::OkStatus();
+absl::Status TrainableModel::ReducePartialGrads() {
   Stream cpu = Stream::Cpu();
   for (Parameter& p : params_.all()) {
-    if (p.kv_rows_end <= p.kv_rows_begin) continue;
+    if (p.tp_partial_grad) {
+      TESSERA_RETURN_IF_ERROR(tp_.AllReduce(p.grad, comm::ReduceOp::kSum, cpu));
+    }
+  }
+  if (kv_sharers_ == nullptr) return absl::OkStatus();
+  for (Parameter& p : params_.all()) {
+    if (p.kv_rows_end <= p.kv_rows_begin || !p.grad.defined()) continue;
     TESSERA_ASSIGN_OR_RETURN(Tensor rows, p.grad.Slice(p.kv_rows_begin, p.kv_rows_end));
     TESSERA_RETURN_IF_ERROR(kv_sharers_->AllReduce(rows, comm::ReduceOp::kSum, cpu));
   }

@@ -30,6 +30,7 @@
 #include "runtime/model/model_config.h"
 #include "runtime/model/weight_plan.h"
 #include "runtime/train/batches.h"
+#include "runtime/train/lora.h"
 #include "runtime/train/parameters.h"
 
 namespace tessera::train {
@@ -37,6 +38,8 @@ namespace tessera::train {
 struct TrainableModelOptions {
   // Rows of logits computed at a time by the loss (bounds the (rows, vocab shard) buffer).
   int64_t loss_chunk_rows = 1024;
+  // Enabled: the base is frozen and only LoRA adapters on the targeted Linears train.
+  LoraOptions lora;
 };
 
 // Sum of the token losses of a micro-batch and how many targets it had.
@@ -58,6 +61,7 @@ class TrainableModel {
   ParameterSet& parameters() { return params_; }
   const ParameterSet& parameters() const { return params_; }
   comm::Communicator& tp() { return tp_; }
+  const TrainableModelOptions& options() const { return options_; }
 
   // Forward and backward of one micro-batch. Adds loss_scale * d(sum of its token losses)/dp
   // to every parameter's gradient, so that with loss_scale = 1 / (targets of the global
@@ -68,9 +72,10 @@ class TrainableModel {
   // The forward and the loss only (evaluation).
   absl::StatusOr<LossSum> Loss(const MicroBatch& batch);
 
-  // After gradients of every micro-batch are in: sums the gradients of replicated KV heads
-  // over the ranks that share them (nothing when tp <= kv_heads).
-  absl::Status ReduceReplicatedKvGrads();
+  // After gradients of every micro-batch are in: sums over the TP group the gradients that
+  // each rank holds only in part (whole LoRA factors beside split layers), and those of
+  // replicated KV heads over the ranks that share them.
+  absl::Status ReducePartialGrads();
 
  private:
   struct LayerWeights;

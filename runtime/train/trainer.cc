@@ -41,13 +41,13 @@ absl::Status Trainer::AllReduceGrads() {
   ParameterSet& params = model_->parameters();
   for (int l = 0; l < model_->config().num_hidden_layers; ++l) {
     Tensor g = params.GateUpGrad(l);
-    TESSERA_RETURN_IF_ERROR(dp_->AllReduce(g, comm::ReduceOp::kSum, cpu));
+    if (g.defined()) TESSERA_RETURN_IF_ERROR(dp_->AllReduce(g, comm::ReduceOp::kSum, cpu));
   }
   for (Parameter& p : params.all()) {
-    if (p.name.find(".mlp.gate_") != std::string::npos ||
-        p.name.find(".mlp.up_proj.") != std::string::npos) {
-      continue;
-    }
+    const bool stacked = p.name.rfind("model.", 0) == 0 &&
+                         (p.name.find(".mlp.gate_") != std::string::npos ||
+                          p.name.find(".mlp.up_proj.") != std::string::npos);
+    if (!p.grad.defined() || stacked) continue;
     TESSERA_RETURN_IF_ERROR(dp_->AllReduce(p.grad, comm::ReduceOp::kSum, cpu));
   }
   return absl::OkStatus();
@@ -78,7 +78,7 @@ absl::StatusOr<StepReport> Trainer::Step() {
     TESSERA_ASSIGN_OR_RETURN(LossSum loss, model_->ForwardBackward(batch, loss_scale));
     loss_sum += loss.sum;
   }
-  TESSERA_RETURN_IF_ERROR(model_->ReduceReplicatedKvGrads());
+  TESSERA_RETURN_IF_ERROR(model_->ReducePartialGrads());
   const double comm_start = Now();
   TESSERA_RETURN_IF_ERROR(AllReduceGrads());
   std::vector<float> sums = {static_cast<float>(loss_sum)};

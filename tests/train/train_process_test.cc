@@ -102,6 +102,33 @@ TEST_F(Train, MemorizesCompletionsAndTheExportGeneratesThem) {
   }
 }
 
+TEST_F(Train, LoraAdaptersMemorizeAndExportAsPeftOrMerged) {
+  const std::string run = dir_ + "/lora";
+  const std::string flags =
+      absl::StrCat("train --tp 2 --data ", dir_, "/pairs.jsonl --steps 60 --lr 1e-2 ",
+                   "--seq-len 64 --micro-batch 4 --log-every 30 --lora-r 8 --lora-targets ",
+                   "q_proj,v_proj,gate_proj,up_proj,down_proj --output ");
+  ProcessOutcome adapter = Run(2, flags + run + "-peft");
+  ASSERT_EQ(adapter.exit_code, 0) << adapter.output;
+  EXPECT_NE(adapter.output.find("LoRA (r 8"), std::string::npos) << adapter.output;
+  EXPECT_TRUE(fs::exists(run + "-peft/export/adapter_config.json"));
+  EXPECT_TRUE(fs::exists(run + "-peft/export/adapter_model.safetensors"));
+  ProcessOutcome merged = Run(2, flags + run + "-merged --merge");
+  ASSERT_EQ(merged.exit_code, 0) << merged.output;
+  // The same run (same seed), so the same adapters; merged into the weights, generate sees
+  // them.
+  for (const auto& [prompt, completion] : kPairs) {
+    ProcessOutcome generated = Run(1,
+                                   absl::StrCat("generate --model ", run,
+                                                "-merged/export --max-tokens 16 --prompt '",
+                                                prompt, "'"),
+                                   "", /*stdout_only=*/true);
+    ASSERT_EQ(generated.exit_code, 0) << generated.output;
+    EXPECT_NE(generated.output.find(completion + "\n"), std::string::npos)
+        << "prompt '" << prompt << "':\n" << generated.output;
+  }
+}
+
 TEST_F(Train, AKilledRunResumesWithBitwiseTheSameLosses) {
   const std::string flags =
       absl::StrCat("train --tp 2 --data ", dir_,

@@ -765,6 +765,11 @@ TEST(CausalAttention, RefusesMismatchedArguments) {
   EXPECT_TRUE(
       IsError(CausalAttention(a.q, a.k, Random({6, 2, 7}, 1), a.starts, params, a.out, a.lse),
               invalid, {"CausalAttention", "v"}));
+  Tensor no_heads = Zeros({6, 0, 8}), no_heads_lse = Zeros({6, 0});  // fewer than kv heads
+  EXPECT_TRUE(IsError(CausalAttention(no_heads, a.k, a.v, a.starts, params, no_heads, no_heads_lse),
+                      invalid, {"CausalAttention", "k"}));
+  EXPECT_TRUE(IsError(CausalAttention(a.q, a.k, a.v, Zeros({3}), params, a.out, a.lse), invalid,
+                      {"CausalAttention", "sequence_starts"}));
   EXPECT_TRUE(IsError(CausalAttention(a.q, a.k, a.v, I32({0, 4, 5}), params, a.out, a.lse), invalid,
                       {"CausalAttention", "sequence_starts"}));
   EXPECT_TRUE(IsError(CausalAttention(a.q, a.k, a.v, I32({0, 5, 4, 6}), params, a.out, a.lse),
