@@ -5,6 +5,8 @@
 #include <limits>
 #include <utility>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/cross_entropy.h"
@@ -622,7 +624,9 @@ absl::Status TrainableModel::LayerBackward(int l, const Tensor& positions, const
 }
 
 absl::StatusOr<LossSum> TrainableModel::ForwardBackward(const MicroBatch& batch,
-                                                        float loss_scale) {
+                                                        float loss_scale,
+                                                        const StageCallback& stage_done) {
+  auto done = [&](int stage) { return stage_done ? stage_done(stage) : absl::OkStatus(); };
   TESSERA_ASSIGN_OR_RETURN(Forwarded f, Forward(batch));
   const int64_t tokens = f.n_final.dim(0), hidden = config_.hidden_size;
   const float eps = static_cast<float>(config_.rms_norm_eps);
@@ -640,9 +644,11 @@ absl::StatusOr<LossSum> TrainableModel::ForwardBackward(const MicroBatch& batch,
   Tensor final_norm_grad = final_norm->grad.defined() ? final_norm->grad : norm_scratch;
   TESSERA_RETURN_IF_ERROR(kernels::RmsNormBackward(f.h_final, final_norm->value, eps, d_normed,
                                                    d_residual, final_norm_grad));
+  TESSERA_RETURN_IF_ERROR(done(0));
   for (int l = config_.num_hidden_layers - 1; l >= 0; --l) {
     TESSERA_RETURN_IF_ERROR(LayerBackward(l, f.positions, f.starts, f.layers[l], d_residual));
     f.layers[l] = SavedLayer{};  // free what the rest of the backward no longer reads
+    TESSERA_RETURN_IF_ERROR(done(config_.num_hidden_layers - l));
   }
   Parameter* embed = params_.Find("model.embed_tokens.weight");
   if (embed == nullptr) return absl::InternalError("no embedding");
@@ -650,6 +656,7 @@ absl::StatusOr<LossSum> TrainableModel::ForwardBackward(const MicroBatch& batch,
     TESSERA_RETURN_IF_ERROR(kernels::EmbeddingBackward(f.ids, d_residual, plan_.vocab.begin,
                                                        config_.vocab_size, embed->grad));
   }
+  TESSERA_RETURN_IF_ERROR(done(config_.num_hidden_layers + 1));
   return loss;
 }
 
@@ -658,18 +665,41 @@ absl::StatusOr<LossSum> TrainableModel::Loss(const MicroBatch& batch) {
   return LossAndHeadBackward(f.n_final, f.targets, nullptr, nullptr);
 }
 
-absl::Status TrainableModel::ReducePartialGrads() {
+int TrainableModel::BackwardStageOf(absl::string_view name) const {
+  const int layers = config_.num_hidden_layers;
+  if (name == "model.embed_tokens.weight") return layers + 1;  // tied: the head's too
+  for (absl::string_view prefix : {"model.layers.", "base_model.model.model.layers."}) {
+    if (absl::StartsWith(name, prefix)) {
+      int layer = 0;
+      absl::string_view rest = name.substr(prefix.size());
+      if (absl::SimpleAtoi(rest.substr(0, rest.find('.')), &layer)) return layers - layer;
+    }
+  }
+  return 0;  // the LM head and the final norm
+}
+
+absl::Status TrainableModel::ReducePartialGrads(int stage) {
   Stream cpu = Stream::Cpu();
   for (Parameter& p : params_.all()) {
-    if (p.tp_partial_grad) {
+    if (p.tp_partial_grad && BackwardStageOf(p.name) == stage) {
       TESSERA_RETURN_IF_ERROR(tp_.AllReduce(p.grad, comm::ReduceOp::kSum, cpu));
     }
   }
   if (kv_sharers_ == nullptr) return absl::OkStatus();
   for (Parameter& p : params_.all()) {
-    if (p.kv_rows_end <= p.kv_rows_begin || !p.grad.defined()) continue;
+    if (p.kv_rows_end <= p.kv_rows_begin || !p.grad.defined() ||
+        BackwardStageOf(p.name) != stage) {
+      continue;
+    }
     TESSERA_ASSIGN_OR_RETURN(Tensor rows, p.grad.Slice(p.kv_rows_begin, p.kv_rows_end));
     TESSERA_RETURN_IF_ERROR(kv_sharers_->AllReduce(rows, comm::ReduceOp::kSum, cpu));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TrainableModel::ReducePartialGrads() {
+  for (int stage = 0; stage < num_backward_stages(); ++stage) {
+    TESSERA_RETURN_IF_ERROR(ReducePartialGrads(stage));
   }
   return absl::OkStatus();
 }

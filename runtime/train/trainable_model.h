@@ -19,6 +19,7 @@
 // Every call below is collective over the tensor-parallel communicator. Thread compatible.
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -68,7 +69,17 @@ class TrainableModel {
   // batch) the gradients summed over micro-batches and data-parallel ranks are those of the
   // mean loss over the global batch. Token ids and targets outside the vocabulary, and
   // inconsistent batches, are INVALID_ARGUMENT naming the position.
-  absl::StatusOr<LossSum> ForwardBackward(const MicroBatch& batch, float loss_scale);
+  //
+  // The backward finishes the gradients stage by stage: stage 0 the LM head and final norm,
+  // stage 1 + (L - 1 - l) layer l, stage L + 1 the embedding (BackwardStageOf). When given,
+  // `stage_done` is called after each stage (the trainer starts that stage's data-parallel
+  // all-reduce there); an error it returns ends the call.
+  using StageCallback = std::function<absl::Status(int stage)>;
+  absl::StatusOr<LossSum> ForwardBackward(const MicroBatch& batch, float loss_scale,
+                                          const StageCallback& stage_done = nullptr);
+  // The stage whose backward finishes the gradient of parameter `name`.
+  int BackwardStageOf(absl::string_view name) const;
+  int num_backward_stages() const { return config_.num_hidden_layers + 2; }
   // The forward and the loss only (evaluation).
   absl::StatusOr<LossSum> Loss(const MicroBatch& batch);
 
@@ -76,6 +87,8 @@ class TrainableModel {
   // each rank holds only in part (whole LoRA factors beside split layers), and those of
   // replicated KV heads over the ranks that share them.
   absl::Status ReducePartialGrads();
+  // The same for the parameters of one backward stage only.
+  absl::Status ReducePartialGrads(int stage);
 
  private:
   struct LayerWeights;

@@ -1,6 +1,8 @@
 #include "runtime/train/trainer.h"
 
+#include <algorithm>
 #include <chrono>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "runtime/core/status_macros.h"
@@ -24,7 +26,30 @@ absl::StatusOr<Trainer> Trainer::Create(TrainableModel& model, comm::Communicato
                      options.micro_batch, " and ", options.grad_accum));
   }
   TESSERA_ASSIGN_OR_RETURN(AdamW optimizer, AdamW::Create(model.parameters(), options.adamw));
-  return Trainer(model, dp, data, options, std::move(optimizer));
+  std::unique_ptr<GradientReducer> reducer;
+  if (dp.size() > 1) {
+    // Every distinct gradient tensor once: gate and up share one stacked gradient.
+    ParameterSet& params = model.parameters();
+    std::vector<GradientReducer::Entry> entries;
+    for (int l = 0; l < model.config().num_hidden_layers; ++l) {
+      const Tensor& stacked = params.GateUpGrad(l);
+      if (stacked.defined()) {
+        entries.push_back(
+            {stacked, model.BackwardStageOf(absl::StrCat("model.layers.", l, ".mlp"))});
+      }
+    }
+    for (const Parameter& p : params.all()) {
+      const bool in_stack = p.name.rfind("model.", 0) == 0 &&
+                            (p.name.find(".mlp.gate_") != std::string::npos ||
+                             p.name.find(".mlp.up_proj.") != std::string::npos);
+      if (p.grad.defined() && !in_stack) entries.push_back({p.grad, model.BackwardStageOf(p.name)});
+    }
+    // Within a stage, the order the backward produces them: the parameters' reverse order.
+    std::reverse(entries.begin(), entries.end());
+    TESSERA_ASSIGN_OR_RETURN(reducer,
+                             GradientReducer::Create(dp, std::move(entries), options.buckets));
+  }
+  return Trainer(model, dp, data, options, std::move(optimizer), std::move(reducer));
 }
 
 absl::Status Trainer::SumOverDp(std::vector<float>& values) {
@@ -32,25 +57,6 @@ absl::Status Trainer::SumOverDp(std::vector<float>& values) {
   Tensor t = Tensor::Wrap(values.data(), DType::kF32, {static_cast<int64_t>(values.size())});
   Stream cpu = Stream::Cpu();
   return dp_->AllReduce(t, comm::ReduceOp::kSum, cpu);
-}
-
-absl::Status Trainer::AllReduceGrads() {
-  if (dp_->size() == 1) return absl::OkStatus();
-  Stream cpu = Stream::Cpu();
-  // Gate and up share one stacked gradient: reduce each distinct tensor once.
-  ParameterSet& params = model_->parameters();
-  for (int l = 0; l < model_->config().num_hidden_layers; ++l) {
-    Tensor g = params.GateUpGrad(l);
-    if (g.defined()) TESSERA_RETURN_IF_ERROR(dp_->AllReduce(g, comm::ReduceOp::kSum, cpu));
-  }
-  for (Parameter& p : params.all()) {
-    const bool stacked = p.name.rfind("model.", 0) == 0 &&
-                         (p.name.find(".mlp.gate_") != std::string::npos ||
-                          p.name.find(".mlp.up_proj.") != std::string::npos);
-    if (!p.grad.defined() || stacked) continue;
-    TESSERA_RETURN_IF_ERROR(dp_->AllReduce(p.grad, comm::ReduceOp::kSum, cpu));
-  }
-  return absl::OkStatus();
 }
 
 absl::StatusOr<StepReport> Trainer::Step() {
@@ -70,20 +76,29 @@ absl::StatusOr<StepReport> Trainer::Step() {
   const float loss_scale = 1.0f / static_cast<float>(report.targets);
   ParameterSet& params = model_->parameters();
   params.ZeroGrads();
+  if (reducer_ != nullptr) reducer_->BeginStep();
+  // On the last micro-batch each finished stage is final: its partial sums over TP, then its
+  // buckets' all-reduce over DP, while the backward goes on.
+  const TrainableModel::StageCallback stage_done = [&](int stage) -> absl::Status {
+    TESSERA_RETURN_IF_ERROR(model_->ReducePartialGrads(stage));
+    if (reducer_ != nullptr) reducer_->StageDone(stage);
+    return absl::OkStatus();
+  };
   double loss_sum = 0;
   for (int a = 0; a < options_.grad_accum; ++a) {
     DataPosition at = data_->RankMicroBatchStart(step_start, dp_->rank(), a,
                                                  options_.micro_batch, options_.grad_accum);
     TESSERA_ASSIGN_OR_RETURN(MicroBatch batch, data_->Rows(at, options_.micro_batch));
-    TESSERA_ASSIGN_OR_RETURN(LossSum loss, model_->ForwardBackward(batch, loss_scale));
+    const bool last = a + 1 == options_.grad_accum;
+    TESSERA_ASSIGN_OR_RETURN(
+        LossSum loss, model_->ForwardBackward(batch, loss_scale, last ? stage_done : nullptr));
     loss_sum += loss.sum;
   }
-  TESSERA_RETURN_IF_ERROR(model_->ReducePartialGrads());
-  const double comm_start = Now();
-  TESSERA_RETURN_IF_ERROR(AllReduceGrads());
+  if (reducer_ != nullptr) {
+    TESSERA_RETURN_IF_ERROR(reducer_->Finish(&report.exposed_comm_seconds, &report.comm_seconds));
+  }
   std::vector<float> sums = {static_cast<float>(loss_sum)};
   TESSERA_RETURN_IF_ERROR(SumOverDp(sums));
-  report.comm_seconds = Now() - comm_start;
   report.loss = sums[0] / static_cast<double>(report.targets);
   TESSERA_ASSIGN_OR_RETURN(report.grad_norm, GlobalGradNorm(params, model_->tp()));
   if (options_.max_grad_norm > 0) ClipGrads(params, report.grad_norm, options_.max_grad_norm);

@@ -14,10 +14,12 @@
 // Collective over the model's TP communicator and the DP communicator. Thread compatible.
 
 #include <cstdint>
+#include <memory>
 
 #include "absl/status/statusor.h"
 #include "comm/communicator.h"
 #include "runtime/train/batches.h"
+#include "runtime/train/grad_buckets.h"
 #include "runtime/train/optimizer.h"
 #include "runtime/train/trainable_model.h"
 
@@ -30,6 +32,8 @@ struct TrainerOptions {
   ScheduleOptions schedule;
   AdamWOptions adamw;
   double max_grad_norm = 1.0;  // 0: no clipping
+  // Data-parallel gradient buckets; overlap needs MPI_THREAD_MULTIPLE (grad_buckets.h).
+  BucketOptions buckets;
 };
 
 struct StepReport {
@@ -40,7 +44,8 @@ struct StepReport {
   int64_t targets = 0;     // target tokens of the global batch
   int64_t tokens = 0;      // non-padding tokens of the global batch
   double seconds = 0;      // wall time of the step on this rank
-  double comm_seconds = 0;  // of which waiting for the data-parallel gradient all-reduce
+  double comm_seconds = 0;     // the data-parallel gradient all-reduces, start to end
+  double exposed_comm_seconds = 0;  // of which the step waited for after its backward
 };
 
 class Trainer {
@@ -69,9 +74,13 @@ class Trainer {
 
  private:
   Trainer(TrainableModel& model, comm::Communicator& dp, const RowStream& data,
-          TrainerOptions options, AdamW optimizer)
-      : model_(&model), dp_(&dp), data_(&data), options_(options), optimizer_(std::move(optimizer)) {}
-  absl::Status AllReduceGrads();
+          TrainerOptions options, AdamW optimizer, std::unique_ptr<GradientReducer> reducer)
+      : model_(&model),
+        dp_(&dp),
+        data_(&data),
+        options_(options),
+        optimizer_(std::move(optimizer)),
+        reducer_(std::move(reducer)) {}
   // Sums `values` over the DP group (f32 sums of a few counters).
   absl::Status SumOverDp(std::vector<float>& values);
 
@@ -80,6 +89,7 @@ class Trainer {
   const RowStream* data_;
   TrainerOptions options_;
   AdamW optimizer_;
+  std::unique_ptr<GradientReducer> reducer_;  // null with one replica
   DataPosition position_;
 };
 
