@@ -4,8 +4,8 @@
 tokens with every token trained, f32 weights and compute, AdamW, all cores. Prints one line
 per timed step on stderr and tokens/s alone on the last line of stdout.
 
-Needs torch 2.x and transformers (from PyPI), e.g.
-  python3 -m venv VENV && VENV/bin/pip install torch transformers
+Needs torch 2.x and transformers (and peft for --lora-r) from PyPI, e.g.
+  python3 -m venv VENV && VENV/bin/pip install torch transformers peft
 """
 
 import argparse
@@ -23,13 +23,21 @@ def main():
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--lora-r", type=int, default=0,
+                        help="LoRA (peft) of this rank on q, k, v, o; alpha 2r; 0: full")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(args.model, torch_dtype=torch.float32,
                                                  attn_implementation="sdpa")
+    if args.lora_r > 0:
+        from peft import LoraConfig, get_peft_model
+        model = get_peft_model(model, LoraConfig(
+            r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
     vocab = model.config.vocab_size
     warmup = 2
     ids = torch.randint(0, vocab, (args.steps + warmup, args.batch, args.seq_len))
@@ -38,7 +46,7 @@ def main():
         start = time.perf_counter()
         loss = model(input_ids=ids[step], labels=ids[step]).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - start

@@ -39,6 +39,7 @@ struct BenchTrainConfig {
   int seq_len = 256;
   int micro_batch = 4;
   int steps = 3;  // timed, after one warm-up step
+  int lora_r = 0;  // > 0: LoRA on the attention projections instead of a full fine-tune
   std::string torch_python;  // set: also run PyTorch with this Python
   absl::Duration timeout = absl::Minutes(10);
 };
@@ -75,8 +76,11 @@ int64_t ParameterCount(const model::ModelConfig& c) {
 absl::Status BenchOne(const std::string& name, const std::string& dir,
                       const BenchTrainConfig& config, comm::Layout& layout,
                       comm::MpiCommunicator& world, double peak) {
+  train::TrainableModelOptions model_options;
+  model_options.lora.r = config.lora_r;
+  model_options.lora.alpha = 2.0 * config.lora_r;
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<train::TrainableModel> model,
-                           train::TrainableModel::Load(dir, layout.tp()));
+                           train::TrainableModel::Load(dir, layout.tp(), model_options));
   const model::ModelConfig& mc = model->config();
   const int64_t rows_per_step = int64_t{config.micro_batch} * layout.dp_size();
   TESSERA_ASSIGN_OR_RETURN(
@@ -109,8 +113,12 @@ absl::Status BenchOne(const std::string& name, const std::string& dir,
                             ? 1.0 - median.exposed_comm_seconds / median.comm_seconds
                             : 0.0;
   const double tokens_per_s = static_cast<double>(median.tokens) / seconds;
+  // 6 N a token: the forward (2 N) and the backward's input and weight gradients (4 N). A
+  // LoRA run computes no weight gradients of the frozen base: 4 N (the adapters' own work,
+  // r / hidden of that, is left out).
   const int64_t parameters = ParameterCount(mc);
-  const double model_flops = 6.0 * static_cast<double>(parameters) * tokens_per_s;
+  const double flops_per_token = (config.lora_r > 0 ? 4.0 : 6.0) * static_cast<double>(parameters);
+  const double model_flops = flops_per_token * tokens_per_s;
   std::string dp_column = "-";
   if (layout.dp_size() > 1) {
     dp_column = absl::StrFormat("%.0f ms, %.0f%% hidden", 1e3 * median.comm_seconds,
@@ -128,7 +136,8 @@ absl::Status BenchOne(const std::string& name, const std::string& dir,
       (std::filesystem::path(TESSERA_SOURCE_DIR) / "deploy" / "bench-train-torch.py").string();
   const std::string command =
       absl::StrCat(config.torch_python, " ", script, " --model ", dir, " --batch ", rows_per_step,
-                   " --seq-len ", config.seq_len, " --steps ", config.steps);
+                   " --seq-len ", config.seq_len, " --steps ", config.steps, " --lora-r ",
+                   config.lora_r);
   FILE* pipe = popen(command.c_str(), "r");
   if (pipe == nullptr) return absl::InternalError(absl::StrCat("cannot run ", command));
   std::string output;
@@ -180,11 +189,14 @@ absl::Status BenchTrain(const BenchTrainConfig& config, int* argc, char*** argv)
   MPI_Allreduce(&rank_peak, &peak, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
   if (world.rank() == 0) {
     std::printf(
-        "# tessera bench train: full fine-tune, f32 master weights and compute, AdamW; the median "
-        "of %d timed steps after one warm-up, random tokens, every token trained\n",
+        "# tessera bench train: %s, f32 master weights and compute, AdamW; the median of %d "
+        "timed steps after one warm-up, random tokens, every token trained\n",
+        config.lora_r > 0
+            ? absl::StrCat("LoRA r ", config.lora_r, " on q_proj,k_proj,v_proj,o_proj").c_str()
+            : "full fine-tune",
         config.steps);
     std::printf(
-        "# GFLOP/s: 6 x parameters x tokens/s; MFU: against the FMA peak of these ranks' kernel "
+        "# GFLOP/s: 6 x parameters x tokens/s (4 x for LoRA: no weight gradients of the base); MFU: against the FMA peak of these ranks' kernel "
         "threads, measured here: %.1f GFLOP/s; DP all-reduce: its time in a step and the share "
         "of it hidden behind the backward\n",
         peak / 1e9);
@@ -212,6 +224,8 @@ int RunBenchTrain(const std::vector<std::string>& args, int* argc, char*** argv)
   flags.Int("seq-len", &config.seq_len, "tokens a row");
   flags.Int("micro-batch", &config.micro_batch, "rows a step on each replica");
   flags.Int("steps", &config.steps, "timed steps (after one warm-up)");
+  flags.Int("lora-r", &config.lora_r,
+            "LoRA rank on the attention projections (alpha 2r); 0: full fine-tune");
   flags.String("torch", &config.torch_python, "a Python to run the PyTorch comparison with");
   flags.Duration("timeout", &config.timeout, "deadline of each collective");
   if (std::optional<int> done = ParseOrExit(flags, args)) return *done;
