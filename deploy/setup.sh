@@ -3,6 +3,11 @@
 # (Debian 12, Ubuntu 22.04 or newer). Safe to run again: when every package is present it
 # prints nothing and changes nothing. The CUDA toolkit and NCCL are optional and not
 # installed here; the build picks them up when present (see TESSERA_CUDA in CMakeLists.txt).
+#
+# One test reads TensorBoard event files with the `tensorboard` Python package, which the
+# distribution does not package: it goes from PyPI into a virtual environment of its own,
+# $TESSERA_PYTHON_VENV (default ~/.local/share/tessera/venv), leaving the system's Python
+# untouched. tests/train/CMakeLists.txt looks for it there.
 set -euo pipefail
 
 packages=(
@@ -12,7 +17,7 @@ packages=(
   libabsl-dev libgtest-dev libgmock-dev
   nlohmann-json3-dev libpcre2-dev libicu-dev
   libcpp-httplib-dev
-  python3-grpcio python3-grpc-tools
+  python3-grpcio python3-grpc-tools python3-venv
 )
 
 missing=()
@@ -21,14 +26,24 @@ for p in "${packages[@]}"; do
     missing+=("$p")
   fi
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
-
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null || { echo "setup.sh: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
-  sudo="sudo"
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || {
+      echo "setup.sh: need root or sudo to install: ${missing[*]}" >&2
+      exit 1
+    }
+    sudo="sudo"
+  fi
+  echo "setup.sh: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-echo "setup.sh: installing ${missing[*]}" >&2
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+
+venv="${TESSERA_PYTHON_VENV:-$HOME/.local/share/tessera/venv}"
+if ! "$venv/bin/python3" -c "import tensorboard" 2>/dev/null; then
+  echo "setup.sh: installing tensorboard (PyPI) into $venv" >&2
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/python3" -m pip install -q --disable-pip-version-check "tensorboard>=2.12,<3"
+fi

@@ -140,10 +140,7 @@ absl::StatusOr<Row> BenchOne(const std::string& name, const std::string& dir,
                 tp.size() == 1 ? MPI_COMM_SELF : MPI_COMM_WORLD);
   Row row;
   row.name = name;
-  int64_t per_layer = 2 * mc.hidden_size * mc.q_size() + 2 * mc.hidden_size * mc.kv_size() +
-                      3 * mc.hidden_size * mc.intermediate_size;
-  row.parameters_billion =
-      (mc.num_hidden_layers * per_layer + 2 * mc.vocab_size * mc.hidden_size) / 1e9;
+  row.parameters_billion = static_cast<double>(model::ParameterCount(model->plan())) / 1e9;
   row.weight_bytes = all;
   double kv_mine = static_cast<double>(model->KvBytesPerToken()), kv_all = 0;
   MPI_Allreduce(&kv_mine, &kv_all, 1, MPI_DOUBLE, MPI_SUM,

@@ -63,16 +63,6 @@ absl::StatusOr<train::RowStream> RandomRows(int64_t rows, int seq_len, int64_t v
   return train::RowStream::Create(std::move(examples), options);
 }
 
-// Parameters of the model, each tensor once (a tied embedding once), from rank 0's plan of
-// the whole model.
-int64_t ParameterCount(const model::ModelConfig& c) {
-  const int64_t h = c.hidden_size, layers = c.num_hidden_layers;
-  const int64_t attention = h * (c.q_size() + 2 * c.kv_size()) + c.q_size() * h;
-  const int64_t mlp = 3 * h * c.intermediate_size;
-  const int64_t embeddings = c.vocab_size * h * (c.tie_word_embeddings ? 1 : 2);
-  return layers * (attention + mlp + 2 * h) + embeddings + h;
-}
-
 absl::Status BenchOne(const std::string& name, const std::string& dir,
                       const BenchTrainConfig& config, comm::Layout& layout,
                       comm::MpiCommunicator& world, double peak) {
@@ -116,7 +106,7 @@ absl::Status BenchOne(const std::string& name, const std::string& dir,
   // 6 N a token: the forward (2 N) and the backward's input and weight gradients (4 N). A
   // LoRA run computes no weight gradients of the frozen base: 4 N (the adapters' own work,
   // r / hidden of that, is left out).
-  const int64_t parameters = ParameterCount(mc);
+  const int64_t parameters = model::ParameterCount(model->plan());
   const double flops_per_token = (config.lora_r > 0 ? 4.0 : 6.0) * static_cast<double>(parameters);
   const double model_flops = flops_per_token * tokens_per_s;
   std::string dp_column = "-";

@@ -138,26 +138,6 @@ absl::Status GenerateOne(model::Transformer& model, const tokenizer::Tokenizer& 
   return absl::OkStatus();
 }
 
-// Prints, on rank 0, every rank's peak resident memory beside the weights it holds: the
-// loader reads only a rank's slices, so the peak should stay near that share.
-absl::Status ReportPeakMemory(comm::MpiCommunicator& world, uint64_t weight_bytes) {
-  TESSERA_ASSIGN_OR_RETURN(model::ResidentMemory memory, model::ReadResidentMemory());
-  int64_t mine[2] = {static_cast<int64_t>(memory.peak_rss_bytes),
-                     static_cast<int64_t>(weight_bytes)};
-  TESSERA_ASSIGN_OR_RETURN(Tensor all, Tensor::Empty(DType::kI64, {2 * world.size()}));
-  Tensor local = Tensor::Wrap(mine, DType::kI64, {2});
-  Stream cpu = Stream::Cpu();
-  TESSERA_RETURN_IF_ERROR(world.AllGather(local, all, cpu));
-  if (world.rank() != 0) return absl::OkStatus();
-  for (int r = 0; r < world.size(); ++r) {
-    const int64_t* entry = all.data<int64_t>() + 2 * r;
-    std::fprintf(stderr, "tessera: rank %d peak resident memory %s (its weights: %s)\n", r,
-                 model::FormatBytes(static_cast<uint64_t>(entry[0])).c_str(),
-                 model::FormatBytes(static_cast<uint64_t>(entry[1])).c_str());
-  }
-  return absl::OkStatus();
-}
-
 absl::Status Generate(const GenerateConfig& config, int* argc, char*** argv) {
   std::vector<std::string> prompts;
   if (config.requests_file.empty()) {

@@ -100,6 +100,25 @@ absl::StatusOr<std::unique_ptr<comm::Communicator>> CreateDeviceTpCommunicator(
 #endif
 }
 
+absl::Status ReportPeakMemory(comm::MpiCommunicator& world, uint64_t held_bytes,
+                              const char* held) {
+  TESSERA_ASSIGN_OR_RETURN(model::ResidentMemory memory, model::ReadResidentMemory());
+  int64_t mine[2] = {static_cast<int64_t>(memory.peak_rss_bytes),
+                     static_cast<int64_t>(held_bytes)};
+  TESSERA_ASSIGN_OR_RETURN(Tensor all, Tensor::Empty(DType::kI64, {2 * world.size()}));
+  Tensor local = Tensor::Wrap(mine, DType::kI64, {2});
+  Stream cpu = Stream::Cpu();
+  TESSERA_RETURN_IF_ERROR(world.AllGather(local, all, cpu));
+  if (world.rank() != 0) return absl::OkStatus();
+  for (int r = 0; r < world.size(); ++r) {
+    const int64_t* entry = all.data<int64_t>() + 2 * r;
+    std::fprintf(stderr, "tessera: rank %d peak resident memory %s (%s: %s)\n", r,
+                 model::FormatBytes(static_cast<uint64_t>(entry[0])).c_str(), held,
+                 model::FormatBytes(static_cast<uint64_t>(entry[1])).c_str());
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ModelJob> StartModelJob(const ModelJobOptions& options, int* argc, char*** argv) {
   TESSERA_ASSIGN_OR_RETURN(std::optional<DType> dtype, ParseDTypeFlag(options.dtype));
   TESSERA_ASSIGN_OR_RETURN(DeviceType device, ParseDeviceFlag(options.device));

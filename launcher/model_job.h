@@ -80,6 +80,11 @@ struct ModelJob {
 absl::StatusOr<std::unique_ptr<comm::Communicator>> CreateDeviceTpCommunicator(
     const comm::Topology& topology, comm::Layout& layout, const comm::CommOptions& options);
 
+// Prints, on world rank 0, every rank's peak resident memory beside the bytes of weights (or
+// of training state) it holds. Collective over `world`.
+absl::Status ReportPeakMemory(comm::MpiCommunicator& world, uint64_t held_bytes,
+                              const char* held = "its weights");
+
 // Starts MPI and loads the model on every rank (collective). World rank 0 says which model
 // it uses and shows loading progress on a terminal.
 absl::StatusOr<ModelJob> StartModelJob(const ModelJobOptions& options, int* argc, char*** argv);

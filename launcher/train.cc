@@ -18,7 +18,10 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/str_format.h"
 #include "comm/layout.h"
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/parallel.h"
 #include "launcher/flags.h"
+#include "launcher/fma_peak.h"
 #include "launcher/model_job.h"
 #include "launcher/process.h"
 #include "mpi.h"
@@ -27,6 +30,7 @@
 #include "runtime/core/stream.h"
 #include "runtime/core/tensor.h"
 #include "runtime/model/resident_memory.h"
+#include "runtime/model/weight_plan.h"
 #include "runtime/train/batches.h"
 #include "runtime/train/checkpoint.h"
 #include "runtime/train/data.h"
@@ -254,7 +258,21 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
                    static_cast<long long>(trainer.steps_done()));
     }
   }
-  TESSERA_ASSIGN_OR_RETURN(model::ResidentMemory memory, model::ReadResidentMemory());
+  // MFU's limit: the FMA peak of every rank's kernel threads, measured at once.
+  MPI_Barrier(MPI_COMM_WORLD);
+  double rank_peak = MeasureFmaPeak(kernels::CpuKernelThreads(), kernels::CpuVectorPath());
+  double peak = 0;
+  MPI_Allreduce(&rank_peak, &peak, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+  // 6 N a token (forward 2 N, input and weight gradients 4 N); LoRA computes no weight
+  // gradients of the frozen base: 4 N.
+  const double flops_per_token = (config.lora_r > 0 ? 4.0 : 6.0) *
+                                 static_cast<double>(model::ParameterCount(model->plan()));
+  uint64_t state_bytes = 0;
+  for (const train::Parameter& p : model->parameters().all()) {
+    state_bytes += p.value.nbytes() + (p.grad.defined() ? p.grad.nbytes() : 0) +
+                   (p.trainable ? 2 * p.value.nbytes() : 0);  // + AdamW's two moments
+  }
+  TESSERA_RETURN_IF_ERROR(ReportPeakMemory(world, state_bytes, "weights, gradients, moments"));
   if (lead) {
     const std::string kind =
         config.lora_r > 0
@@ -263,13 +281,12 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
             : "full fine-tune";
     std::fprintf(stderr,
                  "tessera train: %s of %s, tp %d x dp %d, %d x %d rows of %d tokens a step per "
-                 "replica, %lld steps, %lld trainable parameters; rank 0 peak resident memory "
-                 "%s\n",
+                 "replica, %lld steps, %lld trainable parameters; FMA peak of the ranks %.1f "
+                 "GFLOP/s\n",
                  kind.c_str(), job.model_dir.c_str(), layout.tp_size(), layout.dp_size(),
                  config.micro_batch, config.grad_accum, config.seq_len,
                  static_cast<long long>(steps),
-                 static_cast<long long>(model->parameters().TrainableElements()),
-                 model::FormatBytes(memory.peak_rss_bytes).c_str());
+                 static_cast<long long>(model->parameters().TrainableElements()), peak / 1e9);
   }
   std::error_code error;
   std::filesystem::create_directories(config.output, error);
@@ -311,6 +328,7 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
                               {"targets", report.targets},
                               {"tokens", report.tokens},
                               {"tokens_per_s", tokens_per_s},
+                              {"mfu", peak > 0 ? flops_per_token * tokens_per_s / peak : 0.0},
                               {"step_s", report.seconds},
                               {"dp_allreduce_s", report.comm_seconds},
                               {"exposed_comm_s", report.exposed_comm_seconds}};

@@ -42,6 +42,36 @@ absl::Status SoftmaxRows(Tensor& x, Stream& stream);
 // a (N) += b (N), f32 (any shapes of N elements each).
 absl::Status AddInPlace(Tensor& a, const Tensor& b, Stream& stream);
 
+// ---- Backward (training) ------------------------------------------------------------------
+// The backward kernels of kernels/cpu/norm_activation.h, with the CPU's arguments and results.
+// Deterministic as the CPU's are: every output element is computed by one thread in an order
+// fixed by the shapes, never with atomics, so a rerun gives the same bits. Sums run in f32 in
+// another order than the CPU's, so results agree with the CPU to rounding, not bit for bit.
+
+// The backward of out = RmsNorm(x, weight, eps): x (T, H) f32, weight (H) f32|bf16|f16, dy
+// (T, H) f32 -> dx (T, H) f32, overwritten; dweight (H) f32 += sum over t of dy[t] * x[t] *
+// rstd[t] (accumulates), rstd[t] = 1 / sqrt(mean(x[t]^2) + eps) as the forward computes it.
+// dx may be dy. Per-row rstd and coefficients, and dweight's partial sums over chunks of rows,
+// live in stream-ordered scratch (cudaMallocAsync), released in stream order.
+absl::Status RmsNormBackward(const Tensor& x, const Tensor& weight, float eps, const Tensor& dy,
+                             Tensor& dx, Tensor& dweight, Stream& stream);
+
+// The backward of out = silu(gate) * up: gate_up (T, 2I) f32 = [gate | up], dout (T, I) f32 ->
+// dgate_up (T, 2I) f32 = [dout * up * silu'(gate) | dout * silu(gate)], overwritten, with the
+// CPU's sigmoid formula (CUDA's expf for its exponent). dgate_up may be gate_up.
+absl::Status SiluMulBackward(const Tensor& gate_up, const Tensor& dout, Tensor& dgate_up,
+                             Stream& stream);
+
+// The backward of EmbeddingLookup: dtable (V_shard, H) f32, holding vocabulary rows
+// [vocab_begin, vocab_begin + V_shard), += row t of dout (T, H) f32 at row ids[t] -
+// vocab_begin for every t whose id ids (T) i32 lies in the shard; rows that share an id are
+// added in token order (each element of dtable has one thread, which walks the tokens in
+// order). The ids are on the device, so an id outside [0, vocab_size) cannot be reported as
+// the CPU kernel reports it: it is skipped, as ids of other shards are (EmbeddingLookup has
+// already made its row NaN in the forward; validate token ids while on the host).
+absl::Status EmbeddingBackward(const Tensor& ids, const Tensor& dout, int64_t vocab_begin,
+                               int64_t vocab_size, Tensor& dtable, Stream& stream);
+
 }  // namespace tessera::kernels::cuda
 
 #endif  // TESSERA_KERNELS_CUDA_NORM_ACTIVATION_H_

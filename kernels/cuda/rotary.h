@@ -23,6 +23,14 @@ inline constexpr int kMaxRotaryFrequencies = 256;
 absl::Status ApplyRotary(Tensor& x, const Tensor& positions, absl::Span<const float> inv_freq,
                          const RotaryConfig& config, Stream& stream);
 
+// The backward of ApplyRotary, for training: dx (T, heads, head_dim) f32, the gradient of the
+// rotated x, becomes in place the gradient of x before rotation: the rotation by the negative
+// angle, with the same sincosf as the forward's; dimensions past rotary_dim pass through.
+// Arguments as for ApplyRotary.
+absl::Status ApplyRotaryBackward(Tensor& dx, const Tensor& positions,
+                                 absl::Span<const float> inv_freq, const RotaryConfig& config,
+                                 Stream& stream);
+
 }  // namespace tessera::kernels::cuda
 
 #endif  // TESSERA_KERNELS_CUDA_ROTARY_H_

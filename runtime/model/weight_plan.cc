@@ -199,4 +199,15 @@ WeightPlanOptions DetectWeightPlanOptions(const Checkpoint& checkpoint) {
   return options;
 }
 
+int64_t ParameterCount(const WeightPlan& plan) {
+  int64_t total = 0;
+  for (const PlannedTensor& tensor : plan.tensors) total += NumElements(tensor.shape);
+  return total;
+}
+
+absl::StatusOr<int64_t> ParameterCount(const ModelConfig& config) {
+  TESSERA_ASSIGN_OR_RETURN(WeightPlan plan, PlanWeights(config, 1, 0));
+  return ParameterCount(plan);
+}
+
 }  // namespace tessera::model

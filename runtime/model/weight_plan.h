@@ -106,6 +106,13 @@ struct WeightPlan {
 absl::StatusOr<WeightPlan> PlanWeights(const ModelConfig& config, int tp, int tp_rank,
                                        const WeightPlanOptions& options = {});
 
+// Parameters of the whole model: the elements of every checkpoint tensor of a plan, each
+// tensor once (a tied embedding once: the plan has no lm_head then), however it is split.
+int64_t ParameterCount(const WeightPlan& plan);
+// The same from a config alone (the tp = 1 plan; fused or separate projections hold the
+// same parameters).
+absl::StatusOr<int64_t> ParameterCount(const ModelConfig& config);
+
 // The options that match what `checkpoint` stores (fused qkv when layer 0 has qkv_proj).
 WeightPlanOptions DetectWeightPlanOptions(const Checkpoint& checkpoint);
 

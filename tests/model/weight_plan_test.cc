@@ -339,6 +339,32 @@ TEST(WeightPlanTest, LlamaLayerAtTp2) {
   EXPECT_EQ(plan.Find("model.layers.0.mlp.gate_up_proj.weight"), nullptr);
 }
 
+// Each tensor once: tied embeddings once, biases and GQA's smaller K/V counted as stored,
+// the same at every TP degree (rank shards and padding do not count).
+TEST(WeightPlanTest, ParameterCountCountsEveryTensorOnce) {
+  // Llama: 8 heads of 4 on 4 KV heads, biases on q/k/v/o, untied.
+  const int64_t h = 32, q = 32, kv = 16, i = 48, v = 50;
+  const int64_t llama_layer = (q * h + q) + 2 * (kv * h + kv) + (h * q + h) + 3 * i * h + 2 * h;
+  ASSERT_OK_AND_ASSIGN(int64_t llama, ParameterCount(MustParse(kTinyLlama)));
+  EXPECT_EQ(llama, 2 * llama_layer + 2 * v * h + h);
+  // Mistral: tied, so one embedding; no biases; 4 heads of 4 on 2 KV heads.
+  const int64_t mh = 16, mkv = 8, mi = 24, mv = 64;
+  const int64_t mistral_layer = mh * mh + 2 * mkv * mh + mh * mh + 3 * mi * mh + 2 * mh;
+  ASSERT_OK_AND_ASSIGN(int64_t mistral, ParameterCount(MustParse(kTinyMistral)));
+  EXPECT_EQ(mistral, 2 * mistral_layer + mv * mh + mh);
+  // Glm4: fused gate_up and the two extra norms per layer are counted like the others.
+  const ModelConfig glm4 = MustParse(kTinyGlm4);
+  ASSERT_OK_AND_ASSIGN(int64_t glm4_count, ParameterCount(glm4));
+  const int64_t gh = 24, gq = 32, gkv = 16, gi = 40, gv = 36;
+  const int64_t glm4_layer = (gq * gh + gq) + 2 * (gkv * gh + gkv) + gh * gq + 2 * gi * gh +
+                             gh * gi + 4 * gh;
+  EXPECT_EQ(glm4_count, 2 * glm4_layer + 2 * gv * gh + gh);
+  for (int tp : {2, 4}) {
+    ASSERT_OK_AND_ASSIGN(WeightPlan plan, PlanWeights(glm4, tp, tp - 1));
+    EXPECT_EQ(ParameterCount(plan), glm4_count) << "tp " << tp;
+  }
+}
+
 TEST(WeightPlanTest, ReplicatedKvHeadsFollowTheQueryHeads) {
   // GLM-4-9B: 32 query heads on 2 KV heads, 8 ranks: ranks 0-3 share KV head 0, 4-7 head 1.
   ModelConfig glm = MustParse(R"({"architectures": ["GlmForCausalLM"], "vocab_size": 151552,
