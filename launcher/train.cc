@@ -72,6 +72,7 @@ struct TrainConfig {
   double lora_alpha = 16;
   std::string lora_targets = "q_proj,k_proj,v_proj,o_proj";
   bool merge = false;
+  bool recompute = false;
   bool export_model = true;
   absl::Duration timeout = absl::Minutes(5);
 };
@@ -189,6 +190,7 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
   model_options.lora.r = config.lora_r;
   model_options.lora.alpha = config.lora_alpha;
   model_options.lora.seed = static_cast<uint64_t>(config.seed);
+  model_options.recompute = config.recompute;
   TESSERA_ASSIGN_OR_RETURN(model_options.lora.targets, train::ParseLoraTargets(config.lora_targets));
   if (config.seq_len < 2 || config.steps < 0 || config.save_every < 0 || config.keep < 0 ||
       config.warmup < 0 || !(config.epochs > 0) || config.log_every < 1) {
@@ -415,6 +417,9 @@ int RunTrain(const std::vector<std::string>& args, int* argc, char*** argv) {
              "one example a row");
   flags.String("on-bad-line", &config.on_bad_line, "a bad data line: stop, or skip it");
   flags.Bool("export", &config.export_model, "write OUTPUT/export at the end");
+  flags.Bool("recompute", &config.recompute,
+             "keep one layer's activations: recompute each layer in the backward (a third "
+             "more compute, the same gradients)");
   flags.Int("lora-r", &config.lora_r, "LoRA rank (0: full fine-tune); the base is frozen");
   flags.Double("lora-alpha", &config.lora_alpha, "LoRA alpha: adapters scale by alpha / r");
   flags.String("lora-targets", &config.lora_targets,

@@ -111,8 +111,8 @@ double WallTimeNow() {
 // Converting a double outside float's range is undefined behaviour; saturate instead.
 float ToFloat(double v) {
   constexpr double kMax = std::numeric_limits<float>::max();
-  if (std::isnan(v)) return std::numeric_limits<float>::quiet_NaN();
-  if (std::abs(v) > kMax) return (v > 0 ? 1 : -1) * std::numeric_limits<float>::infinity();
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  if (std::abs(v) > kMax) return v > 0 ? kInf : -kInf;  // false for NaN, which converts
   return static_cast<float>(v);
 }
 

@@ -333,11 +333,97 @@ absl::Status TrainableModel::CheckBatch(const MicroBatch& batch) const {
   return absl::OkStatus();
 }
 
+absl::StatusOr<Tensor> TrainableModel::LayerForward(int l, const Tensor& h,
+                                                    const Tensor& positions, const Tensor& starts,
+                                                    SavedLayer& s) {
+  const LayerWeights& w = layers_[l];
+  const int64_t tokens = h.dim(0);
+  const int64_t hidden = config_.hidden_size, dim = config_.head_dim;
+  const int64_t q_heads = plan_.attention.num_q_heads, kv_heads = plan_.attention.num_kv_heads;
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  s.h_in = h;
+  TESSERA_ASSIGN_OR_RETURN(s.n1, F32({tokens, hidden}));
+  TESSERA_RETURN_IF_ERROR(kernels::RmsNorm(s.h_in, w.input_norm.w, eps, s.n1));
+  TESSERA_ASSIGN_OR_RETURN(Tensor q, F32({tokens, q_heads * dim}));
+  TESSERA_ASSIGN_OR_RETURN(Tensor k, F32({tokens, kv_heads * dim}));
+  TESSERA_ASSIGN_OR_RETURN(Tensor v, F32({tokens, kv_heads * dim}));
+  TESSERA_RETURN_IF_ERROR(kernels::Linear(s.n1, w.q.w, w.q_bias.w, q));
+  TESSERA_RETURN_IF_ERROR(kernels::Linear(s.n1, w.k.w, w.k_bias.w, k));
+  TESSERA_RETURN_IF_ERROR(kernels::Linear(s.n1, w.v.w, w.v_bias.w, v));
+  const float lora_scale = options_.lora.enabled() ? options_.lora.scale() : 0.0f;
+  if (w.q_lora.defined()) {
+    TESSERA_ASSIGN_OR_RETURN(s.q_u, ApplyLora(s.n1, w.q_lora, lora_scale, q, 0));
+  }
+  if (w.k_lora.defined()) {
+    TESSERA_ASSIGN_OR_RETURN(s.k_u, ApplyLora(s.n1, w.k_lora, lora_scale, k, 0));
+  }
+  if (w.v_lora.defined()) {
+    TESSERA_ASSIGN_OR_RETURN(s.v_u, ApplyLora(s.n1, w.v_lora, lora_scale, v, 0));
+  }
+  TESSERA_ASSIGN_OR_RETURN(s.q, q.Reshape({tokens, q_heads, dim}));
+  TESSERA_ASSIGN_OR_RETURN(s.k, k.Reshape({tokens, kv_heads, dim}));
+  TESSERA_ASSIGN_OR_RETURN(s.v, v.Reshape({tokens, kv_heads, dim}));
+  TESSERA_RETURN_IF_ERROR(kernels::ApplyRotary(s.q, positions, inv_freq_, rotary_));
+  TESSERA_RETURN_IF_ERROR(kernels::ApplyRotary(s.k, positions, inv_freq_, rotary_));
+  kernels::AttentionParams params;
+  params.scale = 1.0f / std::sqrt(static_cast<float>(dim));
+  params.sliding_window = static_cast<int>(config_.SlidingWindowFor(l));
+  TESSERA_ASSIGN_OR_RETURN(s.attn, F32({tokens, q_heads * dim}));
+  TESSERA_ASSIGN_OR_RETURN(s.lse, F32({tokens, q_heads}));
+  TESSERA_ASSIGN_OR_RETURN(Tensor attn_heads, s.attn.Reshape({tokens, q_heads, dim}));
+  TESSERA_RETURN_IF_ERROR(
+      kernels::CausalAttention(s.q, s.k, s.v, starts, params, attn_heads, s.lse));
+  TESSERA_ASSIGN_OR_RETURN(s.o_out, F32({tokens, hidden}));
+  TESSERA_RETURN_IF_ERROR(kernels::Linear(s.attn, w.o.w, Tensor(), s.o_out));
+  if (w.o_lora.defined()) {  // row-parallel: its partial product joins the layer's all-reduce
+    TESSERA_ASSIGN_OR_RETURN(s.o_u, ApplyLora(s.attn, w.o_lora, lora_scale, s.o_out, 0));
+  }
+  TESSERA_RETURN_IF_ERROR(SumOverTp(s.o_out));
+  if (w.o_bias.defined()) TESSERA_RETURN_IF_ERROR(kernels::AddBias(s.o_out, w.o_bias.w));
+  Tensor attention_out = s.o_out;
+  if (w.post_self_attn_norm.defined()) {
+    TESSERA_ASSIGN_OR_RETURN(attention_out, F32({tokens, hidden}));
+    TESSERA_RETURN_IF_ERROR(
+        kernels::RmsNorm(s.o_out, w.post_self_attn_norm.w, eps, attention_out));
+  }
+  TESSERA_ASSIGN_OR_RETURN(s.h_mid, Sum(s.h_in, attention_out));
+  TESSERA_ASSIGN_OR_RETURN(s.n2, F32({tokens, hidden}));
+  TESSERA_RETURN_IF_ERROR(kernels::RmsNorm(s.h_mid, w.post_attention_norm.w, eps, s.n2));
+  TESSERA_ASSIGN_OR_RETURN(s.gate_up, F32({tokens, w.gate_up.w.dim(0)}));
+  TESSERA_RETURN_IF_ERROR(kernels::Linear(s.n2, w.gate_up.w, Tensor(), s.gate_up));
+  const int64_t intermediate = w.gate_up.w.dim(0) / 2;
+  if (w.gate_lora.defined()) {
+    TESSERA_ASSIGN_OR_RETURN(s.gate_u, ApplyLora(s.n2, w.gate_lora, lora_scale, s.gate_up, 0));
+  }
+  if (w.up_lora.defined()) {
+    TESSERA_ASSIGN_OR_RETURN(
+        s.up_u, ApplyLora(s.n2, w.up_lora, lora_scale, s.gate_up, intermediate));
+  }
+  if (w.gate_up_lora.defined()) {
+    TESSERA_ASSIGN_OR_RETURN(s.gate_up_u,
+                             ApplyLora(s.n2, w.gate_up_lora, lora_scale, s.gate_up, 0));
+  }
+  TESSERA_ASSIGN_OR_RETURN(s.act, F32({tokens, w.gate_up.w.dim(0) / 2}));
+  TESSERA_RETURN_IF_ERROR(kernels::SiluMul(s.gate_up, s.act));
+  TESSERA_ASSIGN_OR_RETURN(s.down_out, F32({tokens, hidden}));
+  TESSERA_RETURN_IF_ERROR(kernels::Linear(s.act, w.down.w, Tensor(), s.down_out));
+  if (w.down_lora.defined()) {
+    TESSERA_ASSIGN_OR_RETURN(s.down_u,
+                             ApplyLora(s.act, w.down_lora, lora_scale, s.down_out, 0));
+  }
+  TESSERA_RETURN_IF_ERROR(SumOverTp(s.down_out));
+  Tensor mlp_out = s.down_out;
+  if (w.post_mlp_norm.defined()) {
+    TESSERA_ASSIGN_OR_RETURN(mlp_out, F32({tokens, hidden}));
+    TESSERA_RETURN_IF_ERROR(kernels::RmsNorm(s.down_out, w.post_mlp_norm.w, eps, mlp_out));
+  }
+  return Sum(s.h_mid, mlp_out);
+}
+
 absl::StatusOr<TrainableModel::Forwarded> TrainableModel::Forward(const MicroBatch& batch) {
   TESSERA_RETURN_IF_ERROR(CheckBatch(batch));
   const int64_t tokens = static_cast<int64_t>(batch.tokens.size());
-  const int64_t hidden = config_.hidden_size, dim = config_.head_dim;
-  const int64_t q_heads = plan_.attention.num_q_heads, kv_heads = plan_.attention.num_kv_heads;
+  const int64_t hidden = config_.hidden_size;
   const float eps = static_cast<float>(config_.rms_norm_eps);
   Forwarded f;
   f.ids = WrapI32(batch.tokens);
@@ -355,85 +441,14 @@ absl::StatusOr<TrainableModel::Forwarded> TrainableModel::Forward(const MicroBat
   TESSERA_RETURN_IF_ERROR(SumOverTp(h));
   f.layers.resize(config_.num_hidden_layers);
   for (int l = 0; l < config_.num_hidden_layers; ++l) {
-    const LayerWeights& w = layers_[l];
-    SavedLayer& s = f.layers[l];
-    s.h_in = h;
-    TESSERA_ASSIGN_OR_RETURN(s.n1, F32({tokens, hidden}));
-    TESSERA_RETURN_IF_ERROR(kernels::RmsNorm(s.h_in, w.input_norm.w, eps, s.n1));
-    TESSERA_ASSIGN_OR_RETURN(Tensor q, F32({tokens, q_heads * dim}));
-    TESSERA_ASSIGN_OR_RETURN(Tensor k, F32({tokens, kv_heads * dim}));
-    TESSERA_ASSIGN_OR_RETURN(Tensor v, F32({tokens, kv_heads * dim}));
-    TESSERA_RETURN_IF_ERROR(kernels::Linear(s.n1, w.q.w, w.q_bias.w, q));
-    TESSERA_RETURN_IF_ERROR(kernels::Linear(s.n1, w.k.w, w.k_bias.w, k));
-    TESSERA_RETURN_IF_ERROR(kernels::Linear(s.n1, w.v.w, w.v_bias.w, v));
-    const float lora_scale = options_.lora.enabled() ? options_.lora.scale() : 0.0f;
-    if (w.q_lora.defined()) {
-      TESSERA_ASSIGN_OR_RETURN(s.q_u, ApplyLora(s.n1, w.q_lora, lora_scale, q, 0));
+    if (options_.recompute) {
+      // Keep only the layer's input: the backward runs the layer again from it.
+      SavedLayer transient;
+      f.layers[l].h_in = h;
+      TESSERA_ASSIGN_OR_RETURN(h, LayerForward(l, h, f.positions, f.starts, transient));
+    } else {
+      TESSERA_ASSIGN_OR_RETURN(h, LayerForward(l, h, f.positions, f.starts, f.layers[l]));
     }
-    if (w.k_lora.defined()) {
-      TESSERA_ASSIGN_OR_RETURN(s.k_u, ApplyLora(s.n1, w.k_lora, lora_scale, k, 0));
-    }
-    if (w.v_lora.defined()) {
-      TESSERA_ASSIGN_OR_RETURN(s.v_u, ApplyLora(s.n1, w.v_lora, lora_scale, v, 0));
-    }
-    TESSERA_ASSIGN_OR_RETURN(s.q, q.Reshape({tokens, q_heads, dim}));
-    TESSERA_ASSIGN_OR_RETURN(s.k, k.Reshape({tokens, kv_heads, dim}));
-    TESSERA_ASSIGN_OR_RETURN(s.v, v.Reshape({tokens, kv_heads, dim}));
-    TESSERA_RETURN_IF_ERROR(kernels::ApplyRotary(s.q, f.positions, inv_freq_, rotary_));
-    TESSERA_RETURN_IF_ERROR(kernels::ApplyRotary(s.k, f.positions, inv_freq_, rotary_));
-    kernels::AttentionParams params;
-    params.scale = 1.0f / std::sqrt(static_cast<float>(dim));
-    params.sliding_window = static_cast<int>(config_.SlidingWindowFor(l));
-    TESSERA_ASSIGN_OR_RETURN(s.attn, F32({tokens, q_heads * dim}));
-    TESSERA_ASSIGN_OR_RETURN(s.lse, F32({tokens, q_heads}));
-    TESSERA_ASSIGN_OR_RETURN(Tensor attn_heads, s.attn.Reshape({tokens, q_heads, dim}));
-    TESSERA_RETURN_IF_ERROR(
-        kernels::CausalAttention(s.q, s.k, s.v, f.starts, params, attn_heads, s.lse));
-    TESSERA_ASSIGN_OR_RETURN(s.o_out, F32({tokens, hidden}));
-    TESSERA_RETURN_IF_ERROR(kernels::Linear(s.attn, w.o.w, Tensor(), s.o_out));
-    if (w.o_lora.defined()) {  // row-parallel: its partial product joins the layer's all-reduce
-      TESSERA_ASSIGN_OR_RETURN(s.o_u, ApplyLora(s.attn, w.o_lora, lora_scale, s.o_out, 0));
-    }
-    TESSERA_RETURN_IF_ERROR(SumOverTp(s.o_out));
-    if (w.o_bias.defined()) TESSERA_RETURN_IF_ERROR(kernels::AddBias(s.o_out, w.o_bias.w));
-    Tensor attention_out = s.o_out;
-    if (w.post_self_attn_norm.defined()) {
-      TESSERA_ASSIGN_OR_RETURN(attention_out, F32({tokens, hidden}));
-      TESSERA_RETURN_IF_ERROR(
-          kernels::RmsNorm(s.o_out, w.post_self_attn_norm.w, eps, attention_out));
-    }
-    TESSERA_ASSIGN_OR_RETURN(s.h_mid, Sum(s.h_in, attention_out));
-    TESSERA_ASSIGN_OR_RETURN(s.n2, F32({tokens, hidden}));
-    TESSERA_RETURN_IF_ERROR(kernels::RmsNorm(s.h_mid, w.post_attention_norm.w, eps, s.n2));
-    TESSERA_ASSIGN_OR_RETURN(s.gate_up, F32({tokens, w.gate_up.w.dim(0)}));
-    TESSERA_RETURN_IF_ERROR(kernels::Linear(s.n2, w.gate_up.w, Tensor(), s.gate_up));
-    const int64_t intermediate = w.gate_up.w.dim(0) / 2;
-    if (w.gate_lora.defined()) {
-      TESSERA_ASSIGN_OR_RETURN(s.gate_u, ApplyLora(s.n2, w.gate_lora, lora_scale, s.gate_up, 0));
-    }
-    if (w.up_lora.defined()) {
-      TESSERA_ASSIGN_OR_RETURN(
-          s.up_u, ApplyLora(s.n2, w.up_lora, lora_scale, s.gate_up, intermediate));
-    }
-    if (w.gate_up_lora.defined()) {
-      TESSERA_ASSIGN_OR_RETURN(s.gate_up_u,
-                               ApplyLora(s.n2, w.gate_up_lora, lora_scale, s.gate_up, 0));
-    }
-    TESSERA_ASSIGN_OR_RETURN(s.act, F32({tokens, w.gate_up.w.dim(0) / 2}));
-    TESSERA_RETURN_IF_ERROR(kernels::SiluMul(s.gate_up, s.act));
-    TESSERA_ASSIGN_OR_RETURN(s.down_out, F32({tokens, hidden}));
-    TESSERA_RETURN_IF_ERROR(kernels::Linear(s.act, w.down.w, Tensor(), s.down_out));
-    if (w.down_lora.defined()) {
-      TESSERA_ASSIGN_OR_RETURN(s.down_u,
-                               ApplyLora(s.act, w.down_lora, lora_scale, s.down_out, 0));
-    }
-    TESSERA_RETURN_IF_ERROR(SumOverTp(s.down_out));
-    Tensor mlp_out = s.down_out;
-    if (w.post_mlp_norm.defined()) {
-      TESSERA_ASSIGN_OR_RETURN(mlp_out, F32({tokens, hidden}));
-      TESSERA_RETURN_IF_ERROR(kernels::RmsNorm(s.down_out, w.post_mlp_norm.w, eps, mlp_out));
-    }
-    TESSERA_ASSIGN_OR_RETURN(h, Sum(s.h_mid, mlp_out));
   }
   f.h_final = h;
   TESSERA_ASSIGN_OR_RETURN(f.n_final, F32({tokens, hidden}));
@@ -646,6 +661,10 @@ absl::StatusOr<LossSum> TrainableModel::ForwardBackward(const MicroBatch& batch,
                                                    d_residual, final_norm_grad));
   TESSERA_RETURN_IF_ERROR(done(0));
   for (int l = config_.num_hidden_layers - 1; l >= 0; --l) {
+    if (options_.recompute) {
+      const Tensor h_in = f.layers[l].h_in;
+      TESSERA_RETURN_IF_ERROR(LayerForward(l, h_in, f.positions, f.starts, f.layers[l]).status());
+    }
     TESSERA_RETURN_IF_ERROR(LayerBackward(l, f.positions, f.starts, f.layers[l], d_residual));
     f.layers[l] = SavedLayer{};  // free what the rest of the backward no longer reads
     TESSERA_RETURN_IF_ERROR(done(config_.num_hidden_layers - l));

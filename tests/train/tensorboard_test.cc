@@ -202,8 +202,9 @@ absl::StatusOr<std::vector<Event>> ReadEventFile(const std::string& path) {
     }
     rest.remove_prefix(length + 4);
     absl::StatusOr<Event> event = DecodeEvent(data);
-    if (!event.ok())
+    if (!event.ok()) {
       return absl::DataLossError(absl::StrCat(where, ": ", event.status().message()));
+    }
     events.push_back(*std::move(event));
   }
   return events;

@@ -112,6 +112,37 @@ TEST(AdamW, TenStepsFollowTorchWithScheduleAndClipping) {
   }
 }
 
+// Recomputing each layer in the backward gives bitwise the gradients of keeping its
+// activations, for a full fine-tune and for LoRA, at the TP degree of all ranks.
+TEST(Recompute, GivesBitwiseTheSameGradients) {
+  comm::Communicator& world = World();
+  const MicroBatch batch =
+      BatchOf(ReadJson(kTrain + "/glm4/batches.json").at("packed"));
+  for (bool lora : {false, true}) {
+    std::vector<std::vector<float>> grads[2];
+    for (bool recompute : {false, true}) {
+      TrainableModelOptions options;
+      options.recompute = recompute;
+      if (lora) options.lora.r = 4;
+      absl::StatusOr<std::unique_ptr<TrainableModel>> model =
+          TrainableModel::Load(kModels + "/glm4", world, options);
+      ASSERT_TRUE(model.ok()) << model.status();
+      ASSERT_TRUE((*model)->ForwardBackward(batch, 0.25f).ok());
+      for (const Parameter& p : (*model)->parameters().all()) {
+        if (p.grad.defined()) {
+          grads[recompute].emplace_back(p.grad.data<float>(),
+                                        p.grad.data<float>() + p.grad.numel());
+        }
+      }
+    }
+    ASSERT_EQ(grads[0].size(), grads[1].size());
+    ASSERT_FALSE(grads[0].empty());
+    for (size_t i = 0; i < grads[0].size(); ++i) {
+      EXPECT_EQ(grads[0][i], grads[1][i]) << "tensor " << i << (lora ? " (LoRA)" : "");
+    }
+  }
+}
+
 // Examples of uneven lengths and prompt masks, so that micro-batches hold different numbers
 // of targets.
 std::vector<Example> UnevenExamples() {
