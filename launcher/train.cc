@@ -35,6 +35,7 @@
 #include "runtime/train/checkpoint.h"
 #include "runtime/train/data.h"
 #include "runtime/train/export.h"
+#include "runtime/train/tensorboard.h"
 #include "runtime/train/trainable_model.h"
 #include "runtime/train/trainer.h"
 
@@ -297,7 +298,11 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
                                             error.message()));
   }
   std::ofstream log;
-  if (lead) log.open(config.output + "/log.jsonl", std::ios::app);
+  std::unique_ptr<train::TensorBoardWriter> board;
+  if (lead) {
+    log.open(config.output + "/log.jsonl", std::ios::app);
+    TESSERA_ASSIGN_OR_RETURN(board, train::TensorBoardWriter::Create(config.output + "/tensorboard"));
+  }
   const bool terminal = isatty(fileno(stderr));
   auto evaluate = [&]() -> absl::Status {
     if (!eval.has_value()) return absl::OkStatus();
@@ -313,6 +318,10 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
                               {"eval_loss", loss},
                               {"eval_perplexity", std::exp(loss)}};
       log << entry.dump() << "\n" << std::flush;
+      TESSERA_RETURN_IF_ERROR(board->AddScalar("eval/loss", loss, trainer.steps_done()));
+      TESSERA_RETURN_IF_ERROR(
+          board->AddScalar("eval/perplexity", std::exp(loss), trainer.steps_done()));
+      TESSERA_RETURN_IF_ERROR(board->Flush());
     }
     return absl::OkStatus();
   };
@@ -335,7 +344,12 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
                               {"dp_allreduce_s", report.comm_seconds},
                               {"exposed_comm_s", report.exposed_comm_seconds}};
       log << entry.dump() << "\n" << std::flush;
+      for (const char* key : {"loss", "lr", "grad_norm", "tokens_per_s", "mfu", "exposed_comm_s"}) {
+        TESSERA_RETURN_IF_ERROR(
+            board->AddScalar(absl::StrCat("train/", key), entry[key].get<double>(), report.step));
+      }
       if (report.step % config.log_every == 0 || report.step == steps) {
+        TESSERA_RETURN_IF_ERROR(board->Flush());
         const double elapsed = Now() - start;
         const double eta = elapsed / static_cast<double>(report.step - first_step) *
                            static_cast<double>(steps - report.step);

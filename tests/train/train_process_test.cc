@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "nlohmann/json.hpp"
 #include "tests/mpi/process_runner.h"
 
@@ -71,6 +72,16 @@ class Train : public ::testing::Test {
 
 std::string Train::dir_;
 
+// The first interpreter of TESSERA_TENSORBOARD_PYTHONS that has the tensorboard package.
+std::string TensorBoardPython() {
+  for (absl::string_view python : absl::StrSplit(TESSERA_TENSORBOARD_PYTHONS, ':')) {
+    if (RunCommand(absl::StrCat(python, " -c 'import tensorboard' 2>/dev/null")).exit_code == 0) {
+      return std::string(python);
+    }
+  }
+  return "";
+}
+
 TEST_F(Train, MemorizesCompletionsAndTheExportGeneratesThem) {
   for (int tp : {1, 2}) {
     SCOPED_TRACE(absl::StrCat("tp ", tp));
@@ -78,13 +89,42 @@ TEST_F(Train, MemorizesCompletionsAndTheExportGeneratesThem) {
     ProcessOutcome trained =
         Run(tp, absl::StrCat("train --tp ", tp, " --data ", dir_, "/pairs.jsonl --output ", run,
                              " --steps 40 --lr 3e-3 --warmup 3 --seq-len 64 --micro-batch 4 "
-                             "--log-every 10"));
+                             "--log-every 10 --eval-data ", dir_, "/pairs.jsonl --eval-every 20"));
     ASSERT_EQ(trained.exit_code, 0) << trained.output;
     EXPECT_NE(trained.output.find("step 40/40"), std::string::npos) << trained.output;
     EXPECT_NE(trained.output.find("exported the model to"), std::string::npos) << trained.output;
     std::map<int64_t, double> losses = Losses(run);
     ASSERT_EQ(losses.size(), 40u);
     EXPECT_LT(losses[40], 0.01 * losses[1]);
+    // Evaluations at steps 20 and 40 on the training pairs: a memorized set's loss.
+    std::vector<nlohmann::json> evaluations;
+    std::ifstream log(run + "/log.jsonl");
+    std::ofstream expected(run + "/expected-scalars.txt");
+    for (std::string line; std::getline(log, line);) {
+      nlohmann::json entry = nlohmann::json::parse(line);
+      const int64_t step = entry["step"].get<int64_t>();
+      if (entry.contains("eval_loss")) {
+        evaluations.push_back(entry);
+        expected << "eval/loss " << step << " " << entry["eval_loss"].dump() << "\n"
+                 << "eval/perplexity " << step << " " << entry["eval_perplexity"].dump() << "\n";
+        continue;
+      }
+      for (const char* key :
+           {"loss", "lr", "grad_norm", "tokens_per_s", "mfu", "exposed_comm_s"}) {
+        expected << "train/" << key << " " << step << " " << entry[key].dump() << "\n";
+      }
+    }
+    expected.close();
+    ASSERT_EQ(evaluations.size(), 2u);
+    EXPECT_EQ(evaluations[1]["step"], 40);
+    EXPECT_LT(evaluations[1]["eval_loss"].get<double>(), 0.05);
+    // The same scalars in TensorBoard's files, as the tensorboard package reads them.
+    const std::string python = TensorBoardPython();
+    ASSERT_FALSE(python.empty()) << "no Python with the tensorboard package (deploy/setup.sh)";
+    ProcessOutcome board = RunCommand(absl::StrCat(python, " ", TESSERA_READ_TENSORBOARD_SCRIPT,
+                                                   " ", run, "/tensorboard ", run,
+                                                   "/expected-scalars.txt 2>&1"));
+    EXPECT_EQ(board.exit_code, 0) << board.output;
     EXPECT_TRUE(fs::exists(run + "/export/model.safetensors.index.json"));
     EXPECT_TRUE(fs::exists(run + "/export/tokenizer.json"));
     for (int serve_tp : {1, 2}) {
