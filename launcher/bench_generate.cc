@@ -7,16 +7,17 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "comm/layout.h"
 #include "comm/topology.h"
 #include "launcher/bench.h"
 #include "launcher/flags.h"
 #include "launcher/model_job.h"
 #include "launcher/process.h"
+#include "launcher/read_bandwidth.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/model/default_model.h"
 #include "runtime/model/transformer.h"
@@ -37,38 +38,6 @@ struct BenchGenerateConfig {
 
 double Since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-// Read bandwidth of this node's memory, bytes/s: `threads` threads on every rank of the node
-// each sum their own 256 MB buffer at once; the node's figure is the sum over its ranks
-// (here all ranks, since the benchmark runs on one node). Best of three.
-absl::StatusOr<double> MeasureReadBandwidth(int threads) {
-  constexpr size_t kFloats = (size_t{256} << 20) / sizeof(float);
-  std::vector<std::vector<float>> buffers(threads, std::vector<float>(kFloats, 1.0f));
-  double best = 0;
-  for (int round = 0; round < 3; ++round) {
-    MPI_Barrier(MPI_COMM_WORLD);
-    auto start = Clock::now();
-    std::vector<std::thread> readers;
-    std::vector<float> sums(threads);
-    for (int t = 0; t < threads; ++t) {
-      readers.emplace_back([&, t] {
-        float partial[16] = {};
-        const float* data = buffers[t].data();
-        for (size_t i = 0; i < kFloats; i += 16) {
-          for (int j = 0; j < 16; ++j) partial[j] += data[i + j];
-        }
-        for (float p : partial) sums[t] += p;
-      });
-    }
-    for (std::thread& r : readers) r.join();
-    double mine = static_cast<double>(threads) * kFloats * sizeof(float) / Since(start);
-    if (sums[0] < 0) mine = 0;  // keeps the reads from being optimized away
-    double node = 0;
-    MPI_Allreduce(&mine, &node, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
-    best = std::max(best, node);
-  }
-  return best;
 }
 
 // Bandwidth of this rank's GPU memory, bytes/s: a device-to-device copy of 1 GiB moves 2 GiB
@@ -191,13 +160,14 @@ absl::Status BenchGenerate(const BenchGenerateConfig& config, int* argc, char***
         }));
     models.emplace_back("llama-0.5b (random, bf16)", big);
   }
-  int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  int threads = std::max(1, cores / world.size());
   double bandwidth = 0;
+  ReadBandwidth host_read;
   if (device_tp != nullptr) {
     TESSERA_ASSIGN_OR_RETURN(bandwidth, MeasureDeviceBandwidth(device_tp->device()));
   } else {
-    TESSERA_ASSIGN_OR_RETURN(bandwidth, MeasureReadBandwidth(threads));
+    // The benchmark runs on one node (checked above), so the world is the node.
+    host_read = MeasureNodeReadBandwidth(MPI_COMM_WORLD);
+    bandwidth = host_read.bytes_per_second;
   }
   if (world.rank() == 0) {
     std::printf("# tessera bench generate: batch 1, tp %d, %d prompt tokens, %d decoded, on %s\n",
@@ -212,23 +182,36 @@ absl::Status BenchGenerate(const BenchGenerateConfig& config, int* argc, char***
     } else {
       std::printf(
           "# limit: a decode step reads every weight and its context's cached keys and values "
-          "(read MB/tok); memory read bandwidth "
-          "%.2f GB/s (%d threads over %d ranks)\n",
-          bandwidth / 1e9, threads * world.size(), world.size());
+          "(read MB/tok); memory read bandwidth %.2f GB/s, measured here: %s\n",
+          bandwidth / 1e9, DescribeReadBandwidth(host_read).c_str());
     }
-    std::printf("%-28s %8s %10s %12s %12s %12s %12s %8s\n", "model", "params", "weights",
-                "prefill t/s", "decode t/s", "read MB/tok", "limit t/s", "ratio");
+    std::printf("# read GB/s: decode t/s x read MB/tok; ratio: decode t/s over limit t/s\n");
+    std::printf("%-28s %8s %10s %12s %12s %12s %10s %12s %8s\n", "model", "params", "weights",
+                "prefill t/s", "decode t/s", "read MB/tok", "read GB/s", "limit t/s", "ratio");
   }
+  std::vector<std::string> errors;
   for (const auto& [name, dir] : models) {
     TESSERA_ASSIGN_OR_RETURN(Row row, BenchOne(name, dir, config, model_tp));
     if (world.rank() == 0) {
-      double limit = bandwidth / row.decode_bytes;
-      std::printf("%-28s %7.3fB %8.1fMB %12.1f %12.2f %12.2f %12.2f %8.2f\n", row.name.c_str(),
-                  row.parameters_billion, row.weight_bytes / 1e6, row.prefill_tps, row.decode_tps,
-                  row.decode_bytes / 1e6, limit, row.decode_tps / limit);
+      const double limit = bandwidth / row.decode_bytes;
+      const double read = row.decode_tps * row.decode_bytes;
+      // Decode cannot read faster than the memory delivers: a faster read means the limit
+      // (or the bytes counted) is wrong, and a ratio above 1 would hide that.
+      const bool impossible = read > bandwidth;
+      std::printf("%-28s %7.3fB %8.1fMB %12.1f %12.2f %12.2f %10.2f %12.2f %8s\n",
+                  row.name.c_str(), row.parameters_billion, row.weight_bytes / 1e6,
+                  row.prefill_tps, row.decode_tps, row.decode_bytes / 1e6, read / 1e9, limit,
+                  impossible ? "error" : absl::StrFormat("%.2f", row.decode_tps / limit).c_str());
+      if (impossible) {
+        errors.push_back(absl::StrFormat(
+            "# measurement error: %s decode reads %.2f GB/s, faster than the %.2f GB/s limit: "
+            "the limit or the bytes counted per token is wrong, so no ratio is given\n",
+            row.name, read / 1e9, bandwidth / 1e9));
+      }
       std::fflush(stdout);
     }
   }
+  for (const std::string& error : errors) std::printf("%s", error.c_str());
   return absl::OkStatus();
 }
 

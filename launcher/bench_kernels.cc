@@ -1,14 +1,18 @@
 // `tessera bench kernels`: the CPU Linear kernel on the projection shapes of the built-in
 // default model and of the ~0.5B model, at decode (1 row), batched decode (32 rows) and
 // prefill (512 rows), beside the fused multiply-add peak measured on this machine with
-// the same vector width and thread count. Decode shapes read every weight once per call,
-// so their figure is the weight bytes read per second.
+// the same vector width and thread count, and beside the memory read bandwidth measured
+// here (launcher/read_bandwidth.h). Decode shapes read every weight once per call, so their
+// figure is the weight bytes read per second; weights that fit in the last-level cache are
+// read from it once warm, so only larger ones are held against memory bandwidth.
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <string>
 #include <vector>
 
+#include "absl/strings/str_format.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/parallel.h"
@@ -16,6 +20,7 @@
 #include "launcher/flags.h"
 #include "launcher/fma_peak.h"
 #include "launcher/process.h"
+#include "launcher/read_bandwidth.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/core/tensor.h"
 #include "runtime/core/tensor_values.h"
@@ -78,12 +83,20 @@ absl::Status BenchKernels(double seconds_per_shape) {
   const kernels::CpuVector path = kernels::CpuVectorPath();
   const int threads = kernels::CpuKernelThreads();
   const double peak = MeasureFmaPeak(threads, path);
+  const ReadBandwidth read = MeasureReadBandwidth(threads, path);
+  const int64_t cache = LastLevelCacheBytes();
   std::printf("# tessera bench kernels: Linear (out = x . w^T), vector path %s, %d thread(s)\n",
               PathName(path), threads);
   std::printf("# limit: FMA peak measured here on the same path and threads: %.1f GFLOP/s\n",
               peak / 1e9);
-  std::printf("%-11s %-8s %6s %6s %6s %5s %11s %9s %8s %10s\n", "model", "proj", "rows", "n", "k",
-              "w", "us/call", "GFLOP/s", "of peak", "w GB/s");
+  std::printf("# limit: memory read bandwidth %.2f GB/s, measured here: %s\n",
+              read.bytes_per_second / 1e9, DescribeReadBandwidth(read).c_str());
+  std::printf("# of bw: w GB/s over it, for weights larger than the %lld MiB cache (\"cache\": "
+              "smaller ones)\n",
+              static_cast<long long>(cache >> 20));
+  std::printf("%-11s %-8s %6s %6s %6s %5s %11s %9s %8s %10s %8s\n", "model", "proj", "rows", "n",
+              "k", "w", "us/call", "GFLOP/s", "of peak", "w GB/s", "of bw");
+  std::vector<std::string> errors;
   for (const LinearShape& shape : kShapes) {
     TESSERA_ASSIGN_OR_RETURN(Tensor rows_of_w,
                              RandomNormalTensor(shape.weights, {shape.n, shape.k}, 2));
@@ -95,13 +108,30 @@ absl::Status BenchKernels(double seconds_per_shape) {
       TESSERA_ASSIGN_OR_RETURN(double seconds, TimeLinear(x, w, out, seconds_per_shape));
       const double flops = 2.0 * rows * shape.n * shape.k / seconds;
       const double weight_bytes = static_cast<double>(w.nbytes()) / seconds;
-      std::printf("%-11s %-8s %6lld %6lld %6lld %5s %11.2f %9.1f %8.2f %10.1f\n", shape.model,
-                  shape.projection, static_cast<long long>(rows), static_cast<long long>(shape.n),
-                  static_cast<long long>(shape.k), shape.weights == DType::kF32 ? "f32" : "bf16",
-                  seconds * 1e6, flops / 1e9, peak > 0 ? flops / peak : 0.0, weight_bytes / 1e9);
+      // Weights from memory cannot arrive faster than memory delivers them: a faster figure
+      // is a measurement error, not a ratio above 1.
+      std::string of_bw = "cache";
+      if (w.nbytes() > cache && read.bytes_per_second > 0) {
+        of_bw = weight_bytes > read.bytes_per_second
+                    ? "error"
+                    : absl::StrFormat("%.2f", weight_bytes / read.bytes_per_second);
+        if (weight_bytes > read.bytes_per_second) {
+          errors.push_back(absl::StrFormat(
+              "# measurement error: %s %s at %lld rows reads its weights at %.1f GB/s, faster "
+              "than the %.2f GB/s memory read bandwidth\n",
+              shape.model, shape.projection, static_cast<long long>(rows), weight_bytes / 1e9,
+              read.bytes_per_second / 1e9));
+        }
+      }
+      std::printf("%-11s %-8s %6lld %6lld %6lld %5s %11.2f %9.1f %8.2f %10.1f %8s\n",
+                  shape.model, shape.projection, static_cast<long long>(rows),
+                  static_cast<long long>(shape.n), static_cast<long long>(shape.k),
+                  shape.weights == DType::kF32 ? "f32" : "bf16", seconds * 1e6, flops / 1e9,
+                  peak > 0 ? flops / peak : 0.0, weight_bytes / 1e9, of_bw.c_str());
       std::fflush(stdout);
     }
   }
+  for (const std::string& error : errors) std::printf("%s", error.c_str());
   return absl::OkStatus();
 }
 

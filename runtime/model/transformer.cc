@@ -16,6 +16,7 @@
 #include "runtime/core/device_memory.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/core/stream.h"
+#include "runtime/model/layer_weights.h"
 #include "runtime/model/rotary_config.h"
 #include "runtime/model/safetensors.h"
 
@@ -132,46 +133,14 @@ absl::Status Transformer::TakeWeights(RankWeights weights) {
     TESSERA_ASSIGN_OR_RETURN(lm_head_, take("lm_head.weight"));
   }
   TESSERA_ASSIGN_OR_RETURN(final_norm_, take("model.norm.weight"));
-  const AttentionShard& shard = plan_.attention;
-  int64_t q_rows = int64_t{shard.num_q_heads} * config_.head_dim;
-  int64_t kv_rows = int64_t{shard.num_kv_heads} * config_.head_dim;
+  auto rows = [](const Tensor& t, int64_t begin, int64_t end) { return t.Slice(begin, end); };
   for (int l = 0; l < config_.num_hidden_layers; ++l) {
-    std::string prefix = absl::StrCat("model.layers.", l, ".");
-    Layer layer;
-    TESSERA_ASSIGN_OR_RETURN(layer.input_norm, take(prefix + "input_layernorm.weight"));
-    TESSERA_ASSIGN_OR_RETURN(layer.post_attention_norm,
-                             take(prefix + "post_attention_layernorm.weight"));
-    layer.post_self_attn_norm = take_optional(prefix + "post_self_attn_layernorm.weight");
-    layer.post_mlp_norm = take_optional(prefix + "post_mlp_layernorm.weight");
-    if (plan_.fused_qkv) {
-      TESSERA_ASSIGN_OR_RETURN(Tensor qkv, take(prefix + "self_attn.qkv_proj.weight"));
-      TESSERA_ASSIGN_OR_RETURN(layer.q, qkv.Slice(0, q_rows));
-      TESSERA_ASSIGN_OR_RETURN(layer.k, qkv.Slice(q_rows, q_rows + kv_rows));
-      TESSERA_ASSIGN_OR_RETURN(layer.v, qkv.Slice(q_rows + kv_rows, q_rows + 2 * kv_rows));
-      Tensor bias = take_optional(prefix + "self_attn.qkv_proj.bias");
-      if (bias.defined()) {
-        TESSERA_ASSIGN_OR_RETURN(layer.q_bias, bias.Slice(0, q_rows));
-        TESSERA_ASSIGN_OR_RETURN(layer.k_bias, bias.Slice(q_rows, q_rows + kv_rows));
-        TESSERA_ASSIGN_OR_RETURN(layer.v_bias, bias.Slice(q_rows + kv_rows, q_rows + 2 * kv_rows));
-      }
-    } else {
-      TESSERA_ASSIGN_OR_RETURN(layer.q, take(prefix + "self_attn.q_proj.weight"));
-      TESSERA_ASSIGN_OR_RETURN(layer.k, take(prefix + "self_attn.k_proj.weight"));
-      TESSERA_ASSIGN_OR_RETURN(layer.v, take(prefix + "self_attn.v_proj.weight"));
-      layer.q_bias = take_optional(prefix + "self_attn.q_proj.bias");
-      layer.k_bias = take_optional(prefix + "self_attn.k_proj.bias");
-      layer.v_bias = take_optional(prefix + "self_attn.v_proj.bias");
+    TESSERA_ASSIGN_OR_RETURN(Layer layer,
+                             AssembleLayer<Tensor>(config_, plan_, l, take_optional, rows));
+    if (!layer.gate_up.defined()) {  // stored apart: one [gate; up] matrix for one product
+      TESSERA_ASSIGN_OR_RETURN(layer.gate_up, StackRows(layer.gate, layer.up));
+      layer.gate = layer.up = Tensor();
     }
-    TESSERA_ASSIGN_OR_RETURN(layer.o, take(prefix + "self_attn.o_proj.weight"));
-    layer.o_bias = take_optional(prefix + "self_attn.o_proj.bias");
-    if (config_.fused_gate_up) {
-      TESSERA_ASSIGN_OR_RETURN(layer.gate_up, take(prefix + "mlp.gate_up_proj.weight"));
-    } else {
-      TESSERA_ASSIGN_OR_RETURN(Tensor gate, take(prefix + "mlp.gate_proj.weight"));
-      TESSERA_ASSIGN_OR_RETURN(Tensor up, take(prefix + "mlp.up_proj.weight"));
-      TESSERA_ASSIGN_OR_RETURN(layer.gate_up, StackRows(gate, up));
-    }
-    TESSERA_ASSIGN_OR_RETURN(layer.down, take(prefix + "mlp.down_proj.weight"));
     layers_.push_back(std::move(layer));
   }
   rotary_ = RotaryConfigOf(config_);

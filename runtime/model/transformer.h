@@ -24,6 +24,7 @@
 #include "runtime/core/device.h"
 #include "runtime/core/stream.h"
 #include "runtime/core/tensor.h"
+#include "runtime/model/layer_weights.h"
 #include "runtime/model/model_config.h"
 #include "runtime/model/weight_loader.h"
 #include "runtime/model/weight_plan.h"
@@ -138,17 +139,10 @@ class Transformer {
                                                        const std::vector<RowSampling>& rows);
 
  private:
-  struct Layer {
-    Tensor input_norm, post_attention_norm;
-    Tensor post_self_attn_norm, post_mlp_norm;  // Glm4's extra norms, else undefined
-    // The projections, (N, K) as loaded; on the CPU packed (ceil(N / 16), K, 16).
-    Tensor q, k, v;                 // (rows of this rank's heads, hidden)
-    Tensor q_bias, k_bias, v_bias;  // or undefined
-    Tensor o;                       // (hidden, q rows)
-    Tensor o_bias;                  // replicated, or undefined
-    Tensor gate_up;                 // (2 * intermediate shard, hidden)
-    Tensor down;                    // (hidden, intermediate shard)
-  };
+  // A layer's tensors (layer_weights.h): the projections (N, K) as loaded, on the CPU packed
+  // (ceil(N / 16), K, 16); gate and up always stacked into gate_up, (2 * intermediate shard,
+  // hidden).
+  using Layer = LayerSlots<Tensor>;
 
   // The activations of one Forward, `tokens` rows each (views of buffers kept across calls
   // on a GPU, fresh host memory on the CPU).

@@ -16,6 +16,7 @@
 #include "kernels/cpu/training_attention.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/core/stream.h"
+#include "runtime/model/layer_weights.h"
 #include "runtime/model/rotary_config.h"
 #include "runtime/model/safetensors.h"
 #include "runtime/model/weight_loader.h"
@@ -122,11 +123,9 @@ absl::Status WeightGrad(const Tensor& dy, const Tensor& x, const WeightAndGrad& 
 
 }  // namespace
 
-struct TrainableModel::LayerWeights {
-  WeightAndGrad input_norm, post_attention_norm;
-  WeightAndGrad post_self_attn_norm, post_mlp_norm;  // Glm4's extra norms, else undefined
-  WeightAndGrad q, k, v, q_bias, k_bias, v_bias, o, o_bias;
-  WeightAndGrad gate_up, down;
+// The layer's weights with their gradients (layer_weights.h); gate_up is the stacked
+// [gate; up] of the parameter set whether the checkpoint stores it fused or not.
+struct TrainableModel::LayerWeights : model::LayerSlots<WeightAndGrad> {
   // LoRA: gate and up are column windows [0, I) and [I, 2I) of the stacked gate_up output;
   // a checkpoint with a fused gate_up_proj has one adapter over the whole of it.
   LoraWeights q_lora, k_lora, v_lora, o_lora, gate_lora, up_lora, gate_up_lora, down_lora;
@@ -222,12 +221,18 @@ absl::StatusOr<std::unique_ptr<TrainableModel>> TrainableModel::Load(
 absl::Status TrainableModel::BindLayers() {
   rotary_ = model::RotaryConfigOf(config_);
   inv_freq_ = kernels::RotaryInverseFrequencies(rotary_);
-  auto bind = [&](const std::string& name, WeightAndGrad& out) -> absl::Status {
-    Parameter* p = params_.Find(name);
-    if (p == nullptr) return absl::OkStatus();
-    out.w = p->value;
-    out.g = p->grad;
-    return absl::OkStatus();
+  auto find = [&](const std::string& name) {
+    const Parameter* p = params_.Find(name);
+    return p == nullptr ? WeightAndGrad{} : WeightAndGrad{p->value, p->grad};
+  };
+  auto rows = [](const WeightAndGrad& whole, int64_t begin,
+                 int64_t end) -> absl::StatusOr<WeightAndGrad> {
+    WeightAndGrad part;
+    TESSERA_ASSIGN_OR_RETURN(part.w, whole.w.Slice(begin, end));
+    if (whole.g.defined()) {
+      TESSERA_ASSIGN_OR_RETURN(part.g, whole.g.Slice(begin, end));
+    }
+    return part;
   };
   auto bind_lora = [&](const std::string& weight_name, LoraWeights& out) {
     const Parameter* a = params_.LoraA(weight_name);
@@ -236,48 +241,13 @@ absl::Status TrainableModel::BindLayers() {
     out.a = {a->value, a->grad};
     out.b = {b->value, b->grad};
   };
-  auto rows = [](const WeightAndGrad& whole, int64_t begin, int64_t end,
-                 WeightAndGrad& out) -> absl::Status {
-    if (!whole.defined()) return absl::OkStatus();
-    TESSERA_ASSIGN_OR_RETURN(out.w, whole.w.Slice(begin, end));
-    TESSERA_ASSIGN_OR_RETURN(out.g, whole.g.Slice(begin, end));
-    return absl::OkStatus();
-  };
-  const int64_t q_rows = int64_t{plan_.attention.num_q_heads} * config_.head_dim;
-  const int64_t kv_rows = int64_t{plan_.attention.num_kv_heads} * config_.head_dim;
   layers_.assign(config_.num_hidden_layers, LayerWeights{});
   for (int l = 0; l < config_.num_hidden_layers; ++l) {
-    const std::string prefix = absl::StrCat("model.layers.", l, ".");
     LayerWeights& w = layers_[l];
-    TESSERA_RETURN_IF_ERROR(bind(prefix + "input_layernorm.weight", w.input_norm));
-    TESSERA_RETURN_IF_ERROR(
-        bind(prefix + "post_attention_layernorm.weight", w.post_attention_norm));
-    TESSERA_RETURN_IF_ERROR(
-        bind(prefix + "post_self_attn_layernorm.weight", w.post_self_attn_norm));
-    TESSERA_RETURN_IF_ERROR(bind(prefix + "post_mlp_layernorm.weight", w.post_mlp_norm));
-    if (plan_.fused_qkv) {
-      WeightAndGrad qkv, qkv_bias;
-      TESSERA_RETURN_IF_ERROR(bind(prefix + "self_attn.qkv_proj.weight", qkv));
-      TESSERA_RETURN_IF_ERROR(bind(prefix + "self_attn.qkv_proj.bias", qkv_bias));
-      TESSERA_RETURN_IF_ERROR(rows(qkv, 0, q_rows, w.q));
-      TESSERA_RETURN_IF_ERROR(rows(qkv, q_rows, q_rows + kv_rows, w.k));
-      TESSERA_RETURN_IF_ERROR(rows(qkv, q_rows + kv_rows, q_rows + 2 * kv_rows, w.v));
-      TESSERA_RETURN_IF_ERROR(rows(qkv_bias, 0, q_rows, w.q_bias));
-      TESSERA_RETURN_IF_ERROR(rows(qkv_bias, q_rows, q_rows + kv_rows, w.k_bias));
-      TESSERA_RETURN_IF_ERROR(rows(qkv_bias, q_rows + kv_rows, q_rows + 2 * kv_rows, w.v_bias));
-    } else {
-      for (const auto& [name, slot] : {std::pair{"q", &w.q}, {"k", &w.k}, {"v", &w.v}}) {
-        TESSERA_RETURN_IF_ERROR(bind(absl::StrCat(prefix, "self_attn.", name, "_proj.weight"), *slot));
-      }
-      TESSERA_RETURN_IF_ERROR(bind(prefix + "self_attn.q_proj.bias", w.q_bias));
-      TESSERA_RETURN_IF_ERROR(bind(prefix + "self_attn.k_proj.bias", w.k_bias));
-      TESSERA_RETURN_IF_ERROR(bind(prefix + "self_attn.v_proj.bias", w.v_bias));
-    }
-    TESSERA_RETURN_IF_ERROR(bind(prefix + "self_attn.o_proj.weight", w.o));
-    TESSERA_RETURN_IF_ERROR(bind(prefix + "self_attn.o_proj.bias", w.o_bias));
-    w.gate_up.w = params_.GateUpValue(l);
-    w.gate_up.g = params_.GateUpGrad(l);
-    TESSERA_RETURN_IF_ERROR(bind(prefix + "mlp.down_proj.weight", w.down));
+    TESSERA_ASSIGN_OR_RETURN(static_cast<model::LayerSlots<WeightAndGrad>&>(w),
+                             model::AssembleLayer<WeightAndGrad>(config_, plan_, l, find, rows));
+    w.gate_up = {params_.GateUpValue(l), params_.GateUpGrad(l)};
+    const std::string prefix = absl::StrCat("model.layers.", l, ".");
     bind_lora(prefix + "self_attn.q_proj.weight", w.q_lora);
     bind_lora(prefix + "self_attn.k_proj.weight", w.k_lora);
     bind_lora(prefix + "self_attn.v_proj.weight", w.v_lora);
@@ -286,10 +256,6 @@ absl::Status TrainableModel::BindLayers() {
     bind_lora(prefix + "mlp.up_proj.weight", w.up_lora);
     bind_lora(prefix + "mlp.gate_up_proj.weight", w.gate_up_lora);
     bind_lora(prefix + "mlp.down_proj.weight", w.down_lora);
-    if (!w.q.defined() || !w.k.defined() || !w.v.defined() || !w.o.defined() ||
-        !w.down.defined() || !w.input_norm.defined() || !w.post_attention_norm.defined()) {
-      return absl::InternalError(absl::StrCat("layer ", l, " is missing a weight"));
-    }
   }
   return absl::OkStatus();
 }

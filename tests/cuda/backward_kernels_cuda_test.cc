@@ -27,6 +27,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -180,6 +181,10 @@ class BackwardKernelsCudaTest : public ::testing::Test {
 
   Tensor OnGpu(const Tensor& host) { return KeepAlive(Must(host.To(kGpu, stream()))); }
 
+  Tensor GpuZeros(DType dtype, Shape shape) {
+    return KeepAlive(Must(Tensor::Zeros(dtype, std::move(shape), kGpu)));
+  }
+
   // A device tensor of random values, for outputs the kernel must overwrite entirely.
   Tensor GpuGarbage(Shape shape) { return OnGpu(Random(DType::kF32, std::move(shape), 100.0)); }
 
@@ -249,35 +254,33 @@ TEST_F(BackwardKernelsCudaTest, LinearBackwardHandlesEmptyDimensions) {
   Tensor gpu_dw = OnGpu(dw);
   Tensor gpu_dbias = OnGpu(Random(DType::kF32, {4}));
   Tensor dbias_before = ToHost(gpu_dbias);
-  ASSERT_OK(cuda::LinearBackwardWeight(OnGpu(Must(Tensor::Zeros(DType::kF32, {0, 4}))),
-                                       OnGpu(Must(Tensor::Zeros(DType::kF32, {0, 3}))), gpu_dw,
-                                       &gpu_dbias, stream()));
+  ASSERT_OK(cuda::LinearBackwardWeight(GpuZeros(DType::kF32, {0, 4}), GpuZeros(DType::kF32, {0, 3}),
+                                       gpu_dw, &gpu_dbias, stream()));
   EXPECT_TRUE(BitEqual(ToHost(gpu_dw), dw));
   EXPECT_TRUE(BitEqual(ToHost(gpu_dbias), dbias_before));
 
   Tensor dx = GpuGarbage({2, 3});
-  ASSERT_OK(cuda::LinearBackwardInput(OnGpu(Must(Tensor::Zeros(DType::kF32, {2, 0}))),
-                                      OnGpu(Must(Tensor::Zeros(DType::kF32, {0, 3}))), dx,
-                                      stream()));
+  ASSERT_OK(cuda::LinearBackwardInput(GpuZeros(DType::kF32, {2, 0}), GpuZeros(DType::kF32, {0, 3}),
+                                      dx, stream()));
   EXPECT_TRUE(BitEqual(ToHost(dx), Must(Tensor::Zeros(DType::kF32, {2, 3}))));
 
   Tensor dy = Random(DType::kF32, {5, 4});
   Tensor dbias = Random(DType::kF32, {4});
   Tensor gpu_bias = OnGpu(dbias);
   Tensor no_columns = Must(Tensor::Zeros(DType::kF32, {4, 0}));
-  Tensor gpu_no_columns = OnGpu(no_columns);
+  Tensor gpu_no_columns = GpuZeros(DType::kF32, {4, 0});
   ASSERT_OK(LinearBackwardWeight(dy, Must(Tensor::Zeros(DType::kF32, {5, 0})), no_columns, &dbias));
-  ASSERT_OK(cuda::LinearBackwardWeight(OnGpu(dy), OnGpu(Must(Tensor::Zeros(DType::kF32, {5, 0}))),
-                                       gpu_no_columns, &gpu_bias, stream()));
+  ASSERT_OK(cuda::LinearBackwardWeight(OnGpu(dy), GpuZeros(DType::kF32, {5, 0}), gpu_no_columns,
+                                       &gpu_bias, stream()));
   EXPECT_TRUE(NormClose(ToHost(gpu_bias), dbias, kGemmTolerance));
 
   Tensor wrong = GpuGarbage({3, 3});
-  EXPECT_TRUE(IsError(cuda::LinearBackwardInput(OnGpu(dy), OnGpu(Random(DType::kF32, {4, 2})),
-                                                wrong, stream()),
-                      absl::StatusCode::kInvalidArgument, {"LinearBackwardInput", "dx"}));
-  EXPECT_TRUE(IsError(cuda::LinearBackwardInput(OnGpu(dy), OnGpu(Random(DType::kF32, {5, 3})),
-                                                wrong, stream()),
-                      absl::StatusCode::kInvalidArgument, {"LinearBackwardInput", "w"}));
+  EXPECT_TRUE(IsError(
+      cuda::LinearBackwardInput(OnGpu(dy), OnGpu(Random(DType::kF32, {4, 2})), wrong, stream()),
+      absl::StatusCode::kInvalidArgument, {"LinearBackwardInput", "dx"}));
+  EXPECT_TRUE(IsError(
+      cuda::LinearBackwardInput(OnGpu(dy), OnGpu(Random(DType::kF32, {5, 3})), wrong, stream()),
+      absl::StatusCode::kInvalidArgument, {"LinearBackwardInput", "w"}));
 }
 
 // --- norm_activation -------------------------------------------------------------------
@@ -299,8 +302,8 @@ TEST_F(BackwardKernelsCudaTest, RmsNormBackwardMatchesCpu) {
         ASSERT_OK(RmsNormBackward(x, ForCpu(w), 1e-6f, dy, expected, dweight));
         Tensor gpu_dy = OnGpu(dy);
         Tensor dx = in_place ? gpu_dy : GpuGarbage({rows, hidden});
-        ASSERT_OK(cuda::RmsNormBackward(OnGpu(x), OnGpu(w), 1e-6f, gpu_dy, dx, gpu_dweight,
-                                        stream()));
+        ASSERT_OK(
+            cuda::RmsNormBackward(OnGpu(x), OnGpu(w), 1e-6f, gpu_dy, dx, gpu_dweight, stream()));
         EXPECT_TRUE(NormClose(ToHost(dx), expected, kTolerance)) << "dx";
         EXPECT_TRUE(NormClose(ToHost(gpu_dweight), dweight, kTolerance)) << "dweight";
       }
@@ -363,8 +366,8 @@ TEST_F(BackwardKernelsCudaTest, EmbeddingBackwardSkipsIdsOutsideTheVocabulary) {
   Tensor dout = Random(DType::kF32, {4, hidden});
   Tensor dtable = Random(DType::kF32, {10, hidden});
   Tensor gpu_dtable = OnGpu(dtable);
-  ASSERT_OK(cuda::EmbeddingBackward(OnGpu(HostI32({3, 10, -1, 3})), OnGpu(dout), 0, 10,
-                                    gpu_dtable, stream()));
+  ASSERT_OK(cuda::EmbeddingBackward(OnGpu(HostI32({3, 10, -1, 3})), OnGpu(dout), 0, 10, gpu_dtable,
+                                    stream()));
   // As the CPU with the bad tokens' gradients zeroed.
   for (int64_t t : {1, 2}) {
     for (int64_t c = 0; c < hidden; ++c) dout.data<float>()[t * hidden + c] = 0.0f;
@@ -489,8 +492,8 @@ TEST_F(BackwardKernelsCudaTest, CausalAttentionBackwardMatchesCpu) {
     Tensor gpu_dq = GpuGarbage(q.shape()), gpu_dk = GpuGarbage(k.shape());
     Tensor gpu_dv = GpuGarbage(k.shape());
     ASSERT_OK(cuda::CausalAttentionBackward(OnGpu(q), OnGpu(k), OnGpu(v), OnGpu(out), OnGpu(lse),
-                                            OnGpu(dout), OnGpu(host_starts), params, gpu_dq,
-                                            gpu_dk, gpu_dv, stream()));
+                                            OnGpu(dout), OnGpu(host_starts), params, gpu_dq, gpu_dk,
+                                            gpu_dv, stream()));
     EXPECT_TRUE(NormClose(ToHost(gpu_dq), dq, kTolerance)) << "dq";
     EXPECT_TRUE(NormClose(ToHost(gpu_dk), dk, kTolerance)) << "dk";
     EXPECT_TRUE(NormClose(ToHost(gpu_dv), dv, kTolerance)) << "dv";
@@ -531,9 +534,9 @@ TEST_F(BackwardKernelsCudaTest, CausalAttentionPoisonsTokensNoDocumentHolds) {
       EXPECT_EQ(std::isnan(At(*x, t * row + row - 1)), poisoned);
     }
   }
-  EXPECT_TRUE(IsError(cuda::CausalAttention(q, k, v, OnGpu(Must(Tensor::Zeros(DType::kI32, {0}))),
-                                            params, out, lse, stream()),
-                      absl::StatusCode::kInvalidArgument, {"CausalAttention", "sequence_starts"}));
+  EXPECT_TRUE(IsError(
+      cuda::CausalAttention(q, k, v, GpuZeros(DType::kI32, {0}), params, out, lse, stream()),
+      absl::StatusCode::kInvalidArgument, {"CausalAttention", "sequence_starts"}));
   Tensor wide = OnGpu(Random(DType::kF32, {1, 1, 264}));
   Tensor wide_out = GpuGarbage({1, 1, 264}), wide_lse = GpuGarbage({1, 1});
   EXPECT_TRUE(IsError(cuda::CausalAttention(wide, wide, wide, OnGpu(HostI32({0, 1})), params,
@@ -575,12 +578,12 @@ TEST_F(BackwardKernelsCudaTest, CrossEntropyMatchesCpuOnEveryShard) {
     }
     shards.push_back(shard);
     Tensor stats = Must(Tensor::Empty(DType::kF32, {rows, 3}));
-    ASSERT_OK(CrossEntropyShardStats(shard, host_targets, begins.back(), valid.back(), vocab,
-                                     stats));
+    ASSERT_OK(
+        CrossEntropyShardStats(shard, host_targets, begins.back(), valid.back(), vocab, stats));
     cpu_stats.push_back(stats);
     Tensor gpu_stats = GpuGarbage({rows, 3});
-    ASSERT_OK(cuda::CrossEntropyShardStats(OnGpu(shard), gpu_targets, begins.back(),
-                                           valid.back(), vocab, gpu_stats, stream()));
+    ASSERT_OK(cuda::CrossEntropyShardStats(OnGpu(shard), gpu_targets, begins.back(), valid.back(),
+                                           vocab, gpu_stats, stream()));
     Tensor host = ToHost(gpu_stats);
     for (int64_t t = 0; t < rows; ++t) {
       SCOPED_TRACE("row " + std::to_string(t));
@@ -643,8 +646,7 @@ TEST_F(BackwardKernelsCudaTest, CrossEntropyPoisonsBadTargetsAndChecksTheShard) 
 
   Tensor dlogits = GpuGarbage({4, vocab});
   Tensor ones = OnGpu(Must(Tensor::FromValues(absl::Span<const float>({1.0f, 1.0f, 1.0f, 1.0f}))));
-  ASSERT_OK(
-      cuda::CrossEntropyBackward(logits, targets, 0, vocab, ones, ones, dlogits, stream()));
+  ASSERT_OK(cuda::CrossEntropyBackward(logits, targets, 0, vocab, ones, ones, dlogits, stream()));
   Tensor host = ToHost(dlogits);
   for (int64_t c = 0; c < vocab; ++c) {
     EXPECT_FALSE(std::isnan(At(host, c)));
@@ -653,8 +655,8 @@ TEST_F(BackwardKernelsCudaTest, CrossEntropyPoisonsBadTargetsAndChecksTheShard) 
 
   // An empty shard at the end of the vocabulary: (-inf, 0, 0) a row.
   Tensor empty_stats = GpuGarbage({4, 3});
-  ASSERT_OK(cuda::CrossEntropyShardStats(logits, OnGpu(HostI32({5, 1, 2, kIgnoreTarget})), vocab,
-                                         0, vocab, empty_stats, stream()));
+  ASSERT_OK(cuda::CrossEntropyShardStats(logits, OnGpu(HostI32({5, 1, 2, kIgnoreTarget})), vocab, 0,
+                                         vocab, empty_stats, stream()));
   Tensor host_empty = ToHost(empty_stats);
   for (int64_t t = 0; t < 4; ++t) {
     EXPECT_EQ(At(host_empty, t * 3), -std::numeric_limits<double>::infinity());
@@ -665,9 +667,9 @@ TEST_F(BackwardKernelsCudaTest, CrossEntropyPoisonsBadTargetsAndChecksTheShard) 
   EXPECT_TRUE(IsError(
       cuda::CrossEntropyShardStats(logits, targets, 5, vocab, vocab, stats, stream()),
       absl::StatusCode::kInvalidArgument, {"CrossEntropyShardStats", "outside the vocabulary"}));
-  EXPECT_TRUE(IsError(cuda::CrossEntropyBackward(logits, targets, 0, vocab + 1, ones, ones,
-                                                 dlogits, stream()),
-                      absl::StatusCode::kInvalidArgument, {"CrossEntropyBackward", "shard"}));
+  EXPECT_TRUE(IsError(
+      cuda::CrossEntropyBackward(logits, targets, 0, vocab + 1, ones, ones, dlogits, stream()),
+      absl::StatusCode::kInvalidArgument, {"CrossEntropyBackward", "shard"}));
 }
 
 // --- ops dispatch ----------------------------------------------------------------------
