@@ -168,10 +168,7 @@ absl::Status BenchEngine(const BenchEngineConfig& config, int* argc, char*** arg
     models.emplace_back("llama-0.5b (random, bf16)", big);
   }
   // The node's FMA peak: every rank's kernel threads at once, summed.
-  MPI_Barrier(MPI_COMM_WORLD);
-  double rank_peak = MeasureFmaPeak(kernels::CpuKernelThreads(), kernels::CpuVectorPath());
-  double peak = 0;
-  MPI_Allreduce(&rank_peak, &peak, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+  const double peak = MeasureJobFmaPeak();
   const bool print = world.rank() == 0;
   if (print) {
     std::printf(

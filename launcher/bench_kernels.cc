@@ -91,9 +91,10 @@ absl::Status BenchKernels(double seconds_per_shape) {
               peak / 1e9);
   std::printf("# limit: memory read bandwidth %.2f GB/s, measured here: %s\n",
               read.bytes_per_second / 1e9, DescribeReadBandwidth(read).c_str());
-  std::printf("# of bw: w GB/s over it, for weights larger than the %lld MiB cache (\"cache\": "
-              "smaller ones)\n",
-              static_cast<long long>(cache >> 20));
+  std::printf(
+      "# of bw: w GB/s over it, for weights larger than the %lld MiB cache (\"cache\": "
+      "smaller ones)\n",
+      static_cast<long long>(cache >> 20));
   std::printf("%-11s %-8s %6s %6s %6s %5s %11s %9s %8s %10s %8s\n", "model", "proj", "rows", "n",
               "k", "w", "us/call", "GFLOP/s", "of peak", "w GB/s", "of bw");
   std::vector<std::string> errors;
@@ -111,7 +112,7 @@ absl::Status BenchKernels(double seconds_per_shape) {
       // Weights from memory cannot arrive faster than memory delivers them: a faster figure
       // is a measurement error, not a ratio above 1.
       std::string of_bw = "cache";
-      if (w.nbytes() > cache && read.bytes_per_second > 0) {
+      if (static_cast<int64_t>(w.nbytes()) > cache && read.bytes_per_second > 0) {
         of_bw = weight_bytes > read.bytes_per_second
                     ? "error"
                     : absl::StrFormat("%.2f", weight_bytes / read.bytes_per_second);
@@ -123,11 +124,11 @@ absl::Status BenchKernels(double seconds_per_shape) {
               read.bytes_per_second / 1e9));
         }
       }
-      std::printf("%-11s %-8s %6lld %6lld %6lld %5s %11.2f %9.1f %8.2f %10.1f %8s\n",
-                  shape.model, shape.projection, static_cast<long long>(rows),
-                  static_cast<long long>(shape.n), static_cast<long long>(shape.k),
-                  shape.weights == DType::kF32 ? "f32" : "bf16", seconds * 1e6, flops / 1e9,
-                  peak > 0 ? flops / peak : 0.0, weight_bytes / 1e9, of_bw.c_str());
+      std::printf("%-11s %-8s %6lld %6lld %6lld %5s %11.2f %9.1f %8.2f %10.1f %8s\n", shape.model,
+                  shape.projection, static_cast<long long>(rows), static_cast<long long>(shape.n),
+                  static_cast<long long>(shape.k), shape.weights == DType::kF32 ? "f32" : "bf16",
+                  seconds * 1e6, flops / 1e9, peak > 0 ? flops / peak : 0.0, weight_bytes / 1e9,
+                  of_bw.c_str());
       std::fflush(stdout);
     }
   }

@@ -173,10 +173,7 @@ absl::Status BenchTrain(const BenchTrainConfig& config, int* argc, char*** argv)
         }));
     models.emplace_back("llama-0.5b (random)", big);
   }
-  MPI_Barrier(MPI_COMM_WORLD);
-  double rank_peak = MeasureFmaPeak(kernels::CpuKernelThreads(), kernels::CpuVectorPath());
-  double peak = 0;
-  MPI_Allreduce(&rank_peak, &peak, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+  const double peak = MeasureJobFmaPeak();
   if (world.rank() == 0) {
     std::printf(
         "# tessera bench train: %s, f32 master weights and compute, AdamW; the median of %d "

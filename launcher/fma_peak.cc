@@ -8,6 +8,9 @@
 #include <thread>
 #include <vector>
 
+#include "kernels/cpu/parallel.h"
+#include "mpi.h"
+
 namespace tessera::launcher {
 namespace {
 
@@ -73,6 +76,14 @@ double MeasureFmaPeak(int threads, kernels::CpuVector path) {
     best = std::max(best, 2.0 * kIterations * kChains * lanes * threads / seconds);
   }
   return best;
+}
+
+double MeasureJobFmaPeak() {
+  MPI_Barrier(MPI_COMM_WORLD);
+  double rank_peak = MeasureFmaPeak(kernels::CpuKernelThreads(), kernels::CpuVectorPath());
+  double peak = 0;
+  MPI_Allreduce(&rank_peak, &peak, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+  return peak;
 }
 
 }  // namespace tessera::launcher

@@ -13,6 +13,10 @@ namespace tessera::launcher {
 // about 0.1 s each.
 double MeasureFmaPeak(int threads, kernels::CpuVector path);
 
+// The peak of every rank of the MPI job at once, each with its kernel threads on its vector
+// path, summed: the limit of the job's compute. Collective over MPI_COMM_WORLD.
+double MeasureJobFmaPeak();
+
 }  // namespace tessera::launcher
 
 #endif  // TESSERA_LAUNCHER_FMA_PEAK_H_

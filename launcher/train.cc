@@ -262,10 +262,7 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
     }
   }
   // MFU's limit: the FMA peak of every rank's kernel threads, measured at once.
-  MPI_Barrier(MPI_COMM_WORLD);
-  double rank_peak = MeasureFmaPeak(kernels::CpuKernelThreads(), kernels::CpuVectorPath());
-  double peak = 0;
-  MPI_Allreduce(&rank_peak, &peak, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+  const double peak = MeasureJobFmaPeak();
   // 6 N a token (forward 2 N, input and weight gradients 4 N); LoRA computes no weight
   // gradients of the frozen base: 4 N.
   const double flops_per_token = (config.lora_r > 0 ? 4.0 : 6.0) *
@@ -368,7 +365,8 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
         trainer.steps_done() == steps) {
       TESSERA_RETURN_IF_ERROR(train::SaveCheckpoint(config.output, trainer, world,
                                                     layout.tp_rank(), layout.dp_rank(),
-                                                    data->Fingerprint(), config.keep));
+                                                    data->Fingerprint(), config.keep,
+                                                    job.model_dir));
     }
   }
   if (lead && terminal) std::fprintf(stderr, "\n");
@@ -385,9 +383,85 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
   return world.Barrier();
 }
 
+struct ExportConfig {
+  std::string checkpoint;  // a run directory (its latest checkpoint) or a checkpoint
+  std::string output;
+  std::string model;  // empty: the base model the checkpoint records
+  bool merge = false;
+};
+
+// `tessera train export`: a checkpoint as a Hugging Face directory or a PEFT adapter.
+absl::Status ExportCheckpoint(const ExportConfig& config, int* argc, char*** argv) {
+  if (config.output.empty()) return absl::InvalidArgumentError("--output: where to export");
+  TESSERA_ASSIGN_OR_RETURN(std::string checkpoint, train::LatestCheckpoint(config.checkpoint));
+  TESSERA_ASSIGN_OR_RETURN(train::CheckpointSummary summary,
+                           train::ReadCheckpointSummary(checkpoint));
+  if (config.merge && !summary.lora.enabled()) {
+    return absl::InvalidArgumentError("--merge: the checkpoint is of a full fine-tune, not LoRA");
+  }
+  ModelJobOptions job_options;
+  job_options.model_dir = config.model.empty() ? summary.base_model : config.model;
+  job_options.tp = 0;  // every rank in one group: checked against the checkpoint's below
+  job_options.load_model = false;
+  TESSERA_ASSIGN_OR_RETURN(ModelJob job, StartModelJob(job_options, argc, argv));
+  comm::MpiCommunicator& world = *job.mpi.world;
+  comm::Layout& layout = *job.layout;
+  if (layout.tp_size() != summary.tp) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the checkpoint holds TP ", summary.tp, " shards: run the export on ", summary.tp,
+        " ranks (mpirun -np ", summary.tp, "), not ", world.size()));
+  }
+  train::TrainableModelOptions options;
+  options.lora = summary.lora;
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<train::TrainableModel> model,
+                           train::TrainableModel::Load(job.model_dir, layout.tp(), options));
+  TESSERA_RETURN_IF_ERROR(AgreeOnStatus(
+      world, train::LoadCheckpointWeights(checkpoint, *model, layout.tp_rank()),
+      "loading its part of the checkpoint"));
+  if (summary.lora.enabled() && !config.merge) {
+    TESSERA_RETURN_IF_ERROR(train::ExportPeftAdapter(*model, job.model_dir, config.output));
+  } else {
+    TESSERA_RETURN_IF_ERROR(train::ExportHuggingFace(*model, job.model_dir, config.output));
+  }
+  if (world.rank() == 0) {
+    std::fprintf(stderr, "tessera train export: step %lld of %s exported to %s\n",
+                 static_cast<long long>(summary.step), checkpoint.c_str(),
+                 config.output.c_str());
+  }
+  return world.Barrier();
+}
+
+int RunTrainExport(const std::vector<std::string>& args, int* argc, char*** argv) {
+  ExportConfig config;
+  FlagSet flags("tessera train export",
+                "Exports a training checkpoint: tessera train export CKPT --output DIR, where "
+                "CKPT is a run directory (its latest checkpoint) or one checkpoint; run on as "
+                "many ranks as the checkpoint's --tp (mpirun -np TP). A full fine-tune becomes "
+                "a Hugging Face model directory, a LoRA run a PEFT adapter directory (or merged "
+                "weights with --merge).");
+  flags.String("output", &config.output, "the directory to write");
+  flags.String("model", &config.model, "the base model directory (default: as recorded)");
+  flags.Bool("merge", &config.merge, "a LoRA checkpoint as merged full weights");
+  std::vector<std::string> rest = args;
+  if (!rest.empty() && rest[0].rfind("-", 0) != 0) {
+    config.checkpoint = rest[0];
+    rest.erase(rest.begin());
+  }
+  if (std::optional<int> done = ParseOrExit(flags, rest)) return *done;
+  if (config.checkpoint.empty()) {
+    std::fprintf(stderr, "tessera train export: give the checkpoint: tessera train export CKPT "
+                         "--output DIR\n");
+    return kExitUsage;
+  }
+  return ReportExit(ExportCheckpoint(config, argc, argv));
+}
+
 }  // namespace
 
 int RunTrain(const std::vector<std::string>& args, int* argc, char*** argv) {
+  if (!args.empty() && args[0] == "export") {
+    return RunTrainExport(std::vector<std::string>(args.begin() + 1, args.end()), argc, argv);
+  }
   TrainConfig config;
   FlagSet flags(
       "tessera train",
@@ -398,7 +472,8 @@ int RunTrain(const std::vector<std::string>& args, int* argc, char*** argv) {
       "(loss on the completion) or {\"input_ids\": [...], \"labels\": [...]} (-100 masks). "
       "The loss is the mean over every target token of a step. Checkpoints go to "
       "OUTPUT/checkpoints, the fine-tuned model to OUTPUT/export (a Hugging Face directory; "
-      "with --lora-r a PEFT adapter directory, or merged weights with --merge).");
+      "with --lora-r a PEFT adapter directory, or merged weights with --merge). "
+      "'tessera train export CKPT --output DIR' exports a checkpoint.");
   flags.String("model", &config.model, "Hugging Face model directory (default: built-in)");
   flags.Int("tp", &config.tp, "tensor-parallel degree; the data-parallel degree is ranks / tp");
   flags.String("data", &config.data, "training examples, JSON Lines (required)");

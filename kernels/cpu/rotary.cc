@@ -43,19 +43,24 @@ std::vector<float> RotaryInverseFrequencies(const RotaryConfig& config) {
   return inv_freq;
 }
 
-absl::Status ApplyRotary(Tensor& x, const Tensor& positions, absl::Span<const float> inv_freq,
-                         const RotaryConfig& config) {
-  constexpr char kKernel[] = "ApplyRotary";
-  TESSERA_RETURN_IF_ERROR(internal::ExpectDType(kKernel, "x", x, {DType::kF32}));
-  TESSERA_RETURN_IF_ERROR(internal::ExpectRank(kKernel, "x", x, 3));
-  TESSERA_RETURN_IF_ERROR(internal::ExpectDType(kKernel, "positions", positions, {DType::kI32}));
-  TESSERA_RETURN_IF_ERROR(internal::ExpectShape(kKernel, "positions", positions, {x.dim(0)}));
+namespace {
+
+// Rotates x (T, heads, head_dim) in place by the angles position * inv_freq, or by their
+// negatives (the transpose, for the backward) when `transpose`. The two paths differ only in
+// the sign of the sine, so the backward uses the forward's cos and sin bit for bit.
+absl::Status Rotate(const char* kernel, const char* name, Tensor& x, const Tensor& positions,
+                    absl::Span<const float> inv_freq, const RotaryConfig& config,
+                    bool transpose) {
+  TESSERA_RETURN_IF_ERROR(internal::ExpectDType(kernel, name, x, {DType::kF32}));
+  TESSERA_RETURN_IF_ERROR(internal::ExpectRank(kernel, name, x, 3));
+  TESSERA_RETURN_IF_ERROR(internal::ExpectDType(kernel, "positions", positions, {DType::kI32}));
+  TESSERA_RETURN_IF_ERROR(internal::ExpectShape(kernel, "positions", positions, {x.dim(0)}));
   int64_t tokens = x.dim(0), heads = x.dim(1), head_dim = x.dim(2);
   int half = config.rotary_dim / 2;
   if (config.rotary_dim % 2 != 0 || config.rotary_dim > head_dim ||
       static_cast<int>(inv_freq.size()) != half) {
     return absl::InvalidArgumentError(
-        absl::StrCat(kKernel, ": rotary_dim ", config.rotary_dim, " with ", inv_freq.size(),
+        absl::StrCat(kernel, ": rotary_dim ", config.rotary_dim, " with ", inv_freq.size(),
                      " frequencies does not fit heads of ", head_dim, " dimensions"));
   }
   std::vector<float> cos(half), sin(half);
@@ -65,7 +70,7 @@ absl::Status ApplyRotary(Tensor& x, const Tensor& positions, absl::Span<const fl
     for (int j = 0; j < half; ++j) {
       float angle = static_cast<float>(pos[t]) * inv_freq[j];
       cos[j] = std::cos(angle);
-      sin[j] = std::sin(angle);
+      sin[j] = transpose ? -std::sin(angle) : std::sin(angle);
     }
     for (int64_t h = 0; h < heads; ++h) {
       float* v = data + (t * heads + h) * head_dim;
@@ -82,43 +87,17 @@ absl::Status ApplyRotary(Tensor& x, const Tensor& positions, absl::Span<const fl
   return absl::OkStatus();
 }
 
+}  // namespace
+
+absl::Status ApplyRotary(Tensor& x, const Tensor& positions, absl::Span<const float> inv_freq,
+                         const RotaryConfig& config) {
+  return Rotate("ApplyRotary", "x", x, positions, inv_freq, config, /*transpose=*/false);
+}
+
 absl::Status ApplyRotaryBackward(Tensor& dx, const Tensor& positions,
                                  absl::Span<const float> inv_freq, const RotaryConfig& config) {
-  constexpr char kKernel[] = "ApplyRotaryBackward";
-  TESSERA_RETURN_IF_ERROR(internal::ExpectDType(kKernel, "dx", dx, {DType::kF32}));
-  TESSERA_RETURN_IF_ERROR(internal::ExpectRank(kKernel, "dx", dx, 3));
-  TESSERA_RETURN_IF_ERROR(internal::ExpectDType(kKernel, "positions", positions, {DType::kI32}));
-  TESSERA_RETURN_IF_ERROR(internal::ExpectShape(kKernel, "positions", positions, {dx.dim(0)}));
-  int64_t tokens = dx.dim(0), heads = dx.dim(1), head_dim = dx.dim(2);
-  int half = config.rotary_dim / 2;
-  if (config.rotary_dim % 2 != 0 || config.rotary_dim > head_dim ||
-      static_cast<int>(inv_freq.size()) != half) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(kKernel, ": rotary_dim ", config.rotary_dim, " with ", inv_freq.size(),
-                     " frequencies does not fit heads of ", head_dim, " dimensions"));
-  }
-  std::vector<float> cos(half), sin(half);
-  const int32_t* pos = positions.data<int32_t>();
-  float* data = dx.data<float>();
-  for (int64_t t = 0; t < tokens; ++t) {
-    for (int j = 0; j < half; ++j) {
-      float angle = static_cast<float>(pos[t]) * inv_freq[j];
-      cos[j] = std::cos(angle);
-      sin[j] = std::sin(angle);
-    }
-    for (int64_t h = 0; h < heads; ++h) {
-      float* v = data + (t * heads + h) * head_dim;
-      for (int j = 0; j < half; ++j) {
-        int a = config.layout == RotaryLayout::kHalfSplit ? j : 2 * j;
-        int b = config.layout == RotaryLayout::kHalfSplit ? j + half : 2 * j + 1;
-        // The forward's [cos -sin; sin cos], transposed.
-        float g0 = v[a], g1 = v[b];
-        v[a] = g0 * cos[j] + g1 * sin[j];
-        v[b] = g1 * cos[j] - g0 * sin[j];
-      }
-    }
-  }
-  return absl::OkStatus();
+  return Rotate("ApplyRotaryBackward", "dx", dx, positions, inv_freq, config,
+                /*transpose=*/true);
 }
 
 }  // namespace tessera::kernels

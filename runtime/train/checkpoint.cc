@@ -82,7 +82,8 @@ std::vector<std::string> CompleteCheckpoints(const fs::path& root) {
 }  // namespace
 
 absl::Status SaveCheckpoint(const std::string& output, Trainer& trainer, comm::Communicator& world,
-                            int tp_rank, int dp_rank, uint64_t data_fingerprint, int keep) {
+                            int tp_rank, int dp_rank, uint64_t data_fingerprint, int keep,
+                            const std::string& base_model) {
   TrainableModel& model = trainer.model();
   const int tp = model.plan().tp;
   const fs::path root = fs::path(output) / "checkpoints";
@@ -134,7 +135,8 @@ absl::Status SaveCheckpoint(const std::string& output, Trainer& trainer, comm::C
                             {"data_fingerprint", absl::StrCat(data_fingerprint)},
                             {"tp", tp},
                             {"dp", world.size() / tp},
-                            {"model", ModelSummary(model)}};
+                            {"model", ModelSummary(model)},
+                            {"base_model", base_model}};
     published = WriteFileAtomically((temporary / kStatePath).string(), state.dump(2) + "\n");
     std::error_code error;
     if (published.ok()) {
@@ -174,15 +176,34 @@ absl::StatusOr<std::string> LatestCheckpoint(const std::string& output) {
   return (root / all.back()).string();
 }
 
-absl::Status LoadCheckpoint(const std::string& checkpoint, Trainer& trainer, int tp_rank,
-                            uint64_t data_fingerprint) {
-  TrainableModel& model = trainer.model();
+absl::StatusOr<CheckpointSummary> ReadCheckpointSummary(const std::string& checkpoint) {
+  const std::string where = (fs::path(checkpoint) / kStatePath).string();
+  TESSERA_ASSIGN_OR_RETURN(std::string text, model::ReadTextFile(where));
+  TESSERA_ASSIGN_OR_RETURN(nlohmann::json state, model::ParseJson(text, where));
+  CheckpointSummary summary;
+  try {
+    summary.step = state.at("step").get<int64_t>();
+    summary.tp = state.at("tp").get<int>();
+    summary.base_model = state.value("base_model", "");
+    const nlohmann::json& lora = state.at("model").at("lora");
+    if (!lora.is_null()) {
+      summary.lora.r = lora.at("r").get<int>();
+      summary.lora.alpha = lora.at("alpha").get<double>();
+      summary.lora.targets = lora.at("targets").get<std::vector<std::string>>();
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return absl::DataLossError(absl::StrCat(where, ": ", e.what()));
+  }
+  return summary;
+}
+
+absl::Status LoadCheckpointWeights(const std::string& checkpoint, TrainableModel& model,
+                                   int tp_rank) {
   const int tp = model.plan().tp;
   const fs::path dir(checkpoint);
-  TESSERA_ASSIGN_OR_RETURN(std::string text, model::ReadTextFile((dir / kStatePath).string()));
-  TESSERA_ASSIGN_OR_RETURN(nlohmann::json state,
-                           model::ParseJson(text, (dir / kStatePath).string()));
   const std::string where = (dir / kStatePath).string();
+  TESSERA_ASSIGN_OR_RETURN(std::string text, model::ReadTextFile(where));
+  TESSERA_ASSIGN_OR_RETURN(nlohmann::json state, model::ParseJson(text, where));
   try {
     const nlohmann::json expected = ModelSummary(model);
     if (state.at("model") != expected) {
@@ -196,24 +217,39 @@ absl::Status LoadCheckpoint(const std::string& checkpoint, Trainer& trainer, int
           state.at("tp").get<int>(), "; this run has --tp ", tp,
           " (resume at the same --tp; the data-parallel degree may change)"));
     }
+  } catch (const nlohmann::json::exception& e) {
+    return absl::DataLossError(absl::StrCat(where, ": ", e.what()));
+  }
+  const std::string model_file = (dir / ShardFile("model", tp_rank, tp)).string();
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<model::SafetensorsFile> values,
+                           model::SafetensorsFile::Open(model_file));
+  Stream cpu = Stream::Cpu();
+  for (Parameter& p : model.parameters().all()) {
+    if (!p.trainable) continue;
+    TESSERA_ASSIGN_OR_RETURN(Tensor saved, values->Read(p.name));
+    if (saved.shape() != p.value.shape() || saved.dtype() != DType::kF32) {
+      return absl::FailedPreconditionError(absl::StrCat(model_file, ": ", p.name, " is ",
+                                                        saved.DebugString(), ", this model's ",
+                                                        p.value.DebugString()));
+    }
+    TESSERA_RETURN_IF_ERROR(p.value.CopyFrom(saved, cpu));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LoadCheckpoint(const std::string& checkpoint, Trainer& trainer, int tp_rank,
+                            uint64_t data_fingerprint) {
+  TESSERA_RETURN_IF_ERROR(LoadCheckpointWeights(checkpoint, trainer.model(), tp_rank));
+  const int tp = trainer.model().plan().tp;
+  const fs::path dir(checkpoint);
+  const std::string where = (dir / kStatePath).string();
+  TESSERA_ASSIGN_OR_RETURN(std::string text, model::ReadTextFile(where));
+  TESSERA_ASSIGN_OR_RETURN(nlohmann::json state, model::ParseJson(text, where));
+  try {
     if (state.at("data_fingerprint").get<std::string>() != absl::StrCat(data_fingerprint)) {
       return absl::FailedPreconditionError(absl::StrCat(
           where, ": the checkpoint was trained on other data or batching options (--data, "
                  "--seq-len, --seed, --no-packing differ): resuming would not continue the run"));
-    }
-    const std::string model_file = (dir / ShardFile("model", tp_rank, tp)).string();
-    TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<model::SafetensorsFile> values,
-                             model::SafetensorsFile::Open(model_file));
-    Stream cpu = Stream::Cpu();
-    for (Parameter& p : model.parameters().all()) {
-      if (!p.trainable) continue;
-      TESSERA_ASSIGN_OR_RETURN(Tensor saved, values->Read(p.name));
-      if (saved.shape() != p.value.shape() || saved.dtype() != DType::kF32) {
-        return absl::FailedPreconditionError(absl::StrCat(model_file, ": ", p.name, " is ",
-                                                          saved.DebugString(), ", this model's ",
-                                                          p.value.DebugString()));
-      }
-      TESSERA_RETURN_IF_ERROR(p.value.CopyFrom(saved, cpu));
     }
     const std::string optimizer_file = (dir / ShardFile("optimizer", tp_rank, tp)).string();
     TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<model::SafetensorsFile> moments,

@@ -6,8 +6,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -20,6 +18,7 @@
 #include "runtime/train/optimizer.h"
 #include "runtime/train/trainable_model.h"
 #include "tests/mpi/mpi_test_environment.h"
+#include "tests/train/golden_batch.h"
 
 namespace tessera::train {
 namespace {
@@ -29,22 +28,8 @@ using ::tessera::testing::World;
 const std::string kModels = TESSERA_GOLDEN_MODELS;
 const std::string kTrain = TESSERA_GOLDEN_TRAIN;
 
-nlohmann::json ReadJson(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return nlohmann::json::parse(text.str());
-}
-
-MicroBatch BatchOf(const nlohmann::json& j) {
-  MicroBatch b;
-  b.tokens = j.at("tokens").get<std::vector<int32_t>>();
-  b.positions = j.at("positions").get<std::vector<int32_t>>();
-  b.sequence_starts = j.at("sequence_starts").get<std::vector<int32_t>>();
-  b.targets = j.at("targets").get<std::vector<int32_t>>();
-  for (int32_t t : b.targets) b.target_count += t != kIgnoreLabel;
-  return b;
-}
+using testing::BatchOf;
+using testing::ReadJson;
 
 // Tokens [begin, end) of `b` (on document boundaries) as a batch of their own.
 MicroBatch Part(const MicroBatch& b, int32_t begin, int32_t end) {

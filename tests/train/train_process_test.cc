@@ -8,6 +8,7 @@
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -127,6 +128,32 @@ TEST_F(Train, MemorizesCompletionsAndTheExportGeneratesThem) {
     EXPECT_EQ(board.exit_code, 0) << board.output;
     EXPECT_TRUE(fs::exists(run + "/export/model.safetensors.index.json"));
     EXPECT_TRUE(fs::exists(run + "/export/tokenizer.json"));
+    // tessera serve on the export (two ranks at TP 2) answers a gRPC client with them too.
+    const std::string target = absl::StrCat("127.0.0.1:", 20000 + getpid() % 20000 + tp);
+    std::string script = absl::StrCat(
+        "export TESSERA_CACHE_DIR=", dir_, "/cache; ", TESSERA_BINARY, " serve --model ", run,
+        "/export --np 2 --tp 2 --listen ", target, " --metrics-listen off > ", run,
+        "/serve.log 2>&1 & pid=$!; ok=1; for i in $(seq 1 600); do ", TESSERA_BINARY,
+        " client health --target ", target, " --timeout 1s >/dev/null 2>&1 && ok=0 && break; ",
+        "sleep 0.2; done; ");
+    for (const auto& [prompt, completion] : kPairs) {
+      absl::StrAppend(&script, "[ $ok = 0 ] && ", TESSERA_BINARY, " client generate --target ",
+                      target, " --max-tokens 16 --prompt '", prompt, "'; echo; ");
+    }
+    absl::StrAppend(&script, "kill -INT $pid; wait $pid; exit $ok");
+    std::ofstream(run + "/serve.sh") << script << "\n";
+    ProcessOutcome served = RunCommand(absl::StrCat("bash ", run, "/serve.sh 2>/dev/null"));
+    EXPECT_EQ(served.exit_code, 0) << served.output;
+    if (served.exit_code != 0) {
+      std::ifstream serve_log(run + "/serve.log");
+      std::stringstream text;
+      text << serve_log.rdbuf();
+      ADD_FAILURE() << "tessera serve's log:\n" << text.str();
+    }
+    for (const auto& [prompt, completion] : kPairs) {
+      EXPECT_NE(served.output.find(completion + "\n"), std::string::npos)
+          << "served, prompt '" << prompt << "':\n" << served.output;
+    }
     for (int serve_tp : {1, 2}) {
       for (const auto& [prompt, completion] : kPairs) {
         ProcessOutcome generated =
@@ -153,15 +180,21 @@ TEST_F(Train, LoraAdaptersMemorizeAndExportAsPeftOrMerged) {
   EXPECT_NE(adapter.output.find("LoRA (r 8"), std::string::npos) << adapter.output;
   EXPECT_TRUE(fs::exists(run + "-peft/export/adapter_config.json"));
   EXPECT_TRUE(fs::exists(run + "-peft/export/adapter_model.safetensors"));
-  ProcessOutcome merged = Run(2, flags + run + "-merged --merge");
+  // The run's last checkpoint exported again, merged into the base weights: generate sees
+  // the adapters. (On as many ranks as the checkpoint's TP degree; others are refused.)
+  ProcessOutcome wrong_ranks =
+      Run(1, absl::StrCat("train export ", run, "-peft --merge --output ", run, "-merged"));
+  EXPECT_NE(wrong_ranks.exit_code, 0);
+  EXPECT_NE(wrong_ranks.output.find("mpirun -np 2"), std::string::npos) << wrong_ranks.output;
+  ProcessOutcome merged =
+      Run(2, absl::StrCat("train export ", run, "-peft --merge --output ", run, "-merged"));
   ASSERT_EQ(merged.exit_code, 0) << merged.output;
-  // The same run (same seed), so the same adapters; merged into the weights, generate sees
-  // them.
+  EXPECT_TRUE(fs::exists(run + "-merged/model.safetensors.index.json"));
   for (const auto& [prompt, completion] : kPairs) {
     ProcessOutcome generated = Run(1,
                                    absl::StrCat("generate --model ", run,
-                                                "-merged/export --max-tokens 16 --prompt '",
-                                                prompt, "'"),
+                                                "-merged --max-tokens 16 --prompt '", prompt,
+                                                "'"),
                                    "", /*stdout_only=*/true);
     ASSERT_EQ(generated.exit_code, 0) << generated.output;
     EXPECT_NE(generated.output.find(completion + "\n"), std::string::npos)
