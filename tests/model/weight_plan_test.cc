@@ -363,6 +363,10 @@ TEST(WeightPlanTest, ParameterCountCountsEveryTensorOnce) {
     ASSERT_OK_AND_ASSIGN(WeightPlan plan, PlanWeights(glm4, tp, tp - 1));
     EXPECT_EQ(ParameterCount(plan), glm4_count) << "tp " << tp;
   }
+  // A checkpoint that stores q, k and v as one qkv_proj holds the same parameters.
+  ASSERT_OK_AND_ASSIGN(WeightPlan fused, PlanWeights(glm4, 2, 0, {.fused_qkv = true}));
+  ASSERT_NE(fused.Find("model.layers.0.self_attn.qkv_proj.weight"), nullptr);
+  EXPECT_EQ(ParameterCount(fused), glm4_count);
 }
 
 TEST(WeightPlanTest, ReplicatedKvHeadsFollowTheQueryHeads) {
