@@ -247,11 +247,17 @@ TEST_F(Train, BadCheckpointsAndDataAreRefusedWithAReason) {
   EXPECT_NE(other_tp.exit_code, 0);
   EXPECT_NE(other_tp.output.find("tensor parallelism 2; this run has --tp 1"), std::string::npos)
       << other_tp.output;
+  // Another data-parallel degree is fine: the same TP shards, replicated on 4 ranks.
+  ProcessOutcome more_replicas =
+      Run(4, absl::StrCat(flags, run, " --tp 2 --steps 3 --resume ", run));
+  EXPECT_EQ(more_replicas.exit_code, 0) << more_replicas.output;
+  EXPECT_NE(more_replicas.output.find("tp 2 x dp 2"), std::string::npos) << more_replicas.output;
+  EXPECT_NE(more_replicas.output.find("at step 2"), std::string::npos) << more_replicas.output;
   // A damaged shard: cut in half.
-  const std::string shard = run + "/checkpoints/step-00000002/model-tp0-of-2.safetensors";
+  const std::string shard = run + "/checkpoints/step-00000003/model-tp0-of-2.safetensors";
   ASSERT_TRUE(fs::exists(shard));
   fs::resize_file(shard, fs::file_size(shard) / 2);
-  ProcessOutcome corrupt = Run(2, absl::StrCat(flags, run, " --tp 2 --steps 3 --resume ", run));
+  ProcessOutcome corrupt = Run(2, absl::StrCat(flags, run, " --tp 2 --steps 4 --resume ", run));
   EXPECT_NE(corrupt.exit_code, 0);
   EXPECT_NE(corrupt.output.find("model-tp0-of-2.safetensors"), std::string::npos)
       << corrupt.output;
