@@ -2,16 +2,63 @@
 
 #include <mpi.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <string_view>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "comm/mpi/mpi_runtime.h"
+#include "kernels/cpu/cpu_affinity.h"
 #include "runtime/core/check.h"
 #include "runtime/core/status_macros.h"
+#include "runtime/serve/log.h"
 
 namespace tessera::launcher {
+namespace {
+
+// Counts the ranks on this node whose affinity masks overlap this one's (itself included),
+// so the kernel threads divide the shared cores exactly, then prints the setup: always at
+// TESSERA_LOG=debug, else only as a warning when the binding starves the rank. Before the
+// first kernel runs (the setup is fixed then).
+void SetUpCpuThreads() {
+  MPI_Comm node;
+  if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) !=
+      MPI_SUCCESS) {
+    return;
+  }
+  int local_size = 1;
+  MPI_Comm_size(node, &local_size);
+  const std::vector<int> cpus = kernels::AllowedCpus();
+  int top = cpus.empty() ? 0 : cpus.back(), node_top = 0;
+  MPI_Allreduce(&top, &node_top, 1, MPI_INT, MPI_MAX, node);
+  const int words = node_top / 64 + 1;
+  std::vector<uint64_t> mine(words, 0), all(static_cast<size_t>(words) * local_size, 0);
+  for (int cpu : cpus) mine[cpu / 64] |= uint64_t{1} << (cpu % 64);
+  MPI_Allgather(mine.data(), words, MPI_UINT64_T, all.data(), words, MPI_UINT64_T, node);
+  MPI_Comm_free(&node);
+  int sharing = 0;
+  for (int rank = 0; rank < local_size; ++rank) {
+    bool overlaps = false;
+    for (int w = 0; w < words; ++w) overlaps = overlaps || (mine[w] & all[rank * words + w]) != 0;
+    sharing += overlaps ? 1 : 0;
+  }
+  kernels::SetRanksSharingCpus(sharing);
+
+  const kernels::CpuSetup& setup = kernels::CurrentCpuSetup();
+  const std::string problem = kernels::CpuSetupProblem(
+      setup, setup.local.source == "slurm" || std::getenv("SLURM_JOB_ID") != nullptr);
+  if (problem.empty() && !serve::LogEnabled(serve::LogLevel::kDebug)) return;
+  ProcessIdentity id = GetProcessIdentity();
+  std::fprintf(stderr, "tessera: %srank %d on %s: %s%s%s\n",
+               problem.empty() ? "" : "warning: ", id.rank, id.host.c_str(),
+               kernels::DescribeCpuSetup(setup).c_str(), problem.empty() ? "" : "; ",
+               problem.c_str());
+}
+
+}  // namespace
 
 absl::StatusOr<MpiJob> StartMpiJob(int* argc, char*** argv, absl::Duration timeout, bool validate) {
   MpiJob job;
@@ -20,6 +67,7 @@ absl::StatusOr<MpiJob> StartMpiJob(int* argc, char*** argv, absl::Duration timeo
   options.timeout = timeout;
   options.validate = options.validate || validate;
   TESSERA_ASSIGN_OR_RETURN(job.world, comm::MpiCommunicator::CreateWorld(options));
+  SetUpCpuThreads();
   return job;
 }
 

@@ -500,7 +500,7 @@ int RunTrain(const std::vector<std::string>& args, int* argc, char*** argv) {
   flags.Int("eval-every", &config.eval_every, "evaluate every N steps (0: at the end)");
   flags.Int("eval-rows", &config.eval_rows, "rows of --eval-data evaluated (0: all)");
   flags.Int("log-every", &config.log_every, "print progress every N steps (log.jsonl has all)");
-  flags.Int("seed", &config.seed, "data order");
+  flags.Int("seed", &config.seed, "data order and the LoRA adapters' initialization");
   flags.Bool("packing", &config.packing,
              "pack several examples into a row (attention stays inside each); --no-packing: "
              "one example a row");

@@ -4,27 +4,16 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
+
+#include "kernels/cpu/cpu_affinity.h"
 
 namespace tessera::kernels {
 namespace {
-
-int ThreadsFromEnvironment() {
-  if (const char* text = std::getenv("TESSERA_CPU_THREADS")) {
-    int threads = std::atoi(text);
-    if (threads > 0) return threads;
-  }
-  int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  int ranks = 1;
-  if (const char* text = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE")) {
-    ranks = std::max(1, std::atoi(text));
-  }
-  return std::max(1, cores / ranks);
-}
 
 // How long a worker keeps polling for the next job before it sleeps, and how long the
 // submitting thread polls for the workers to finish before it yields between polls. A
@@ -45,10 +34,14 @@ inline void CpuRelax() {
 // themselves done. One job at a time (callers are serialized by `submit_`). A worker that
 // has seen no new job for kWorkerSpin sleeps on `wake_`; the submitter notifies only when
 // one is asleep.
+//
+// With `pin_cpus` given, worker w pins itself to pin_cpus[(w + 1) % size]; pin_cpus[0] is
+// left to the submitting thread, which is not pinned (threads it starts later would inherit
+// the pin) but which the scheduler places on the one core no worker holds.
 class Pool {
  public:
-  explicit Pool(int workers) {
-    for (int w = 0; w < workers; ++w) threads_.emplace_back([this] { Work(); });
+  Pool(int workers, std::vector<int> pin_cpus) : pin_cpus_(std::move(pin_cpus)) {
+    for (int w = 0; w < workers; ++w) threads_.emplace_back([this, w] { Work(w); });
   }
   ~Pool() {
     stop_.store(true);
@@ -110,7 +103,10 @@ class Pool {
     return generation_.load();
   }
 
-  void Work() {
+  void Work(int worker) {
+    if (!pin_cpus_.empty()) {
+      PinCurrentThread(pin_cpus_[(worker + 1) % pin_cpus_.size()]);  // unpinned if refused
+    }
     uint64_t seen = 0;
     while (true) {
       seen = AwaitJob(seen);
@@ -132,19 +128,23 @@ class Pool {
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> sleepers_{0};
   std::atomic<bool> stop_{false};
+  const std::vector<int> pin_cpus_;
   std::vector<std::thread> threads_;
 };
 
 Pool& SharedPool() {
   // Never destroyed: kernels may run from static destructors' time in other threads.
-  static Pool* pool = new Pool(CpuKernelThreads() - 1);
+  static Pool* pool = [] {
+    const CpuSetup& setup = CurrentCpuSetup();
+    return new Pool(setup.plan.threads - 1, setup.plan.pin ? setup.cpus : std::vector<int>());
+  }();
   return *pool;
 }
 
 }  // namespace
 
 int CpuKernelThreads() {
-  static const int threads = ThreadsFromEnvironment();
+  static const int threads = CurrentCpuSetup().plan.threads;
   return threads;
 }
 

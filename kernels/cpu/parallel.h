@@ -5,8 +5,9 @@
 // (attention over sequences and heads). Every item is computed by exactly one thread with
 // the same code, so results do not depend on how many threads there are.
 //
-// Threads per process: TESSERA_CPU_THREADS when set, else the machine's cores divided by
-// the MPI ranks on this node (OMPI_COMM_WORLD_LOCAL_SIZE), at least one.
+// Threads per process: TESSERA_CPU_THREADS when set, else the cores of the process's
+// affinity mask divided among the local ranks that share them, at least one; pinned one a
+// core when the mask is the rank's alone (kernels/cpu/cpu_affinity.h has the rule).
 
 #include <cstdint>
 #include <functional>
