@@ -38,8 +38,8 @@ struct BenchTrainConfig {
   int tp = 1;
   int seq_len = 256;
   int micro_batch = 4;
-  int steps = 3;  // timed, after one warm-up step
-  int lora_r = 0;  // > 0: LoRA on the attention projections instead of a full fine-tune
+  int steps = 3;             // timed, after one warm-up step
+  int lora_r = 0;            // > 0: LoRA on the attention projections instead of a full fine-tune
   std::string torch_python;  // set: also run PyTorch with this Python
   absl::Duration timeout = absl::Minutes(10);
 };
@@ -73,9 +73,8 @@ absl::Status BenchOne(const std::string& name, const std::string& dir,
                            train::TrainableModel::Load(dir, layout.tp(), model_options));
   const model::ModelConfig& mc = model->config();
   const int64_t rows_per_step = int64_t{config.micro_batch} * layout.dp_size();
-  TESSERA_ASSIGN_OR_RETURN(
-      train::RowStream data,
-      RandomRows(rows_per_step * (config.steps + 1), config.seq_len, mc.vocab_size));
+  TESSERA_ASSIGN_OR_RETURN(train::RowStream data, RandomRows(rows_per_step * (config.steps + 1),
+                                                             config.seq_len, mc.vocab_size));
   train::TrainerOptions options;
   options.micro_batch = config.micro_batch;
   options.lr = 1e-5;
@@ -93,15 +92,13 @@ absl::Status BenchOne(const std::string& name, const std::string& dir,
   }
   if (world.rank() != 0) return absl::OkStatus();
   // The median step: a virtual machine's stolen cores make single steps slow now and then.
-  std::sort(reports.begin(), reports.end(),
-            [](const train::StepReport& a, const train::StepReport& b) {
-              return a.seconds < b.seconds;
-            });
+  std::sort(
+      reports.begin(), reports.end(),
+      [](const train::StepReport& a, const train::StepReport& b) { return a.seconds < b.seconds; });
   const train::StepReport& median = reports[reports.size() / 2];
   const double seconds = median.seconds;
-  const double hidden = median.comm_seconds > 0
-                            ? 1.0 - median.exposed_comm_seconds / median.comm_seconds
-                            : 0.0;
+  const double hidden =
+      median.comm_seconds > 0 ? 1.0 - median.exposed_comm_seconds / median.comm_seconds : 0.0;
   const double tokens_per_s = static_cast<double>(median.tokens) / seconds;
   // 6 N a token: the forward (2 N) and the backward's input and weight gradients (4 N). A
   // LoRA run computes no weight gradients of the frozen base: 4 N (the adapters' own work,
@@ -111,8 +108,8 @@ absl::Status BenchOne(const std::string& name, const std::string& dir,
   const double model_flops = flops_per_token * tokens_per_s;
   std::string dp_column = "-";
   if (layout.dp_size() > 1) {
-    dp_column = absl::StrFormat("%.0f ms, %.0f%% hidden", 1e3 * median.comm_seconds,
-                                100.0 * hidden);
+    dp_column =
+        absl::StrFormat("%.0f ms, %.0f%% hidden", 1e3 * median.comm_seconds, 100.0 * hidden);
   }
   std::printf("%-26s %4d %4d %6d %5d %10.3f %11.1f %9.1f %7.3f  %s\n", name.c_str(),
               layout.tp_size(), layout.dp_size(), config.micro_batch, config.seq_len,
@@ -124,10 +121,9 @@ absl::Status BenchOne(const std::string& name, const std::string& dir,
   // all cores; it prints its tokens/s on its last line.
   const std::string script =
       (std::filesystem::path(TESSERA_SOURCE_DIR) / "deploy" / "bench-train-torch.py").string();
-  const std::string command =
-      absl::StrCat(config.torch_python, " ", script, " --model ", dir, " --batch ", rows_per_step,
-                   " --seq-len ", config.seq_len, " --steps ", config.steps, " --lora-r ",
-                   config.lora_r);
+  const std::string command = absl::StrCat(
+      config.torch_python, " ", script, " --model ", dir, " --batch ", rows_per_step, " --seq-len ",
+      config.seq_len, " --steps ", config.steps, " --lora-r ", config.lora_r);
   FILE* pipe = popen(command.c_str(), "r");
   if (pipe == nullptr) return absl::InternalError(absl::StrCat("cannot run ", command));
   std::string output;
@@ -183,7 +179,8 @@ absl::Status BenchTrain(const BenchTrainConfig& config, int* argc, char*** argv)
             : "full fine-tune",
         config.steps);
     std::printf(
-        "# GFLOP/s: 6 x parameters x tokens/s (4 x for LoRA: no weight gradients of the base); MFU: against the FMA peak of these ranks' kernel "
+        "# GFLOP/s: 6 x parameters x tokens/s (4 x for LoRA: no weight gradients of the base); "
+        "MFU: against the FMA peak of these ranks' kernel "
         "threads, measured here: %.1f GFLOP/s; DP all-reduce: its time in a step and the share "
         "of it hidden behind the backward\n",
         peak / 1e9);

@@ -1,6 +1,5 @@
 #include "launcher/generate.h"
 
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>

@@ -100,11 +100,9 @@ absl::StatusOr<std::unique_ptr<comm::Communicator>> CreateDeviceTpCommunicator(
 #endif
 }
 
-absl::Status ReportPeakMemory(comm::MpiCommunicator& world, uint64_t held_bytes,
-                              const char* held) {
+absl::Status ReportPeakMemory(comm::MpiCommunicator& world, uint64_t held_bytes, const char* held) {
   TESSERA_ASSIGN_OR_RETURN(model::ResidentMemory memory, model::ReadResidentMemory());
-  int64_t mine[2] = {static_cast<int64_t>(memory.peak_rss_bytes),
-                     static_cast<int64_t>(held_bytes)};
+  int64_t mine[2] = {static_cast<int64_t>(memory.peak_rss_bytes), static_cast<int64_t>(held_bytes)};
   TESSERA_ASSIGN_OR_RETURN(Tensor all, Tensor::Empty(DType::kI64, {2 * world.size()}));
   Tensor local = Tensor::Wrap(mine, DType::kI64, {2});
   Stream cpu = Stream::Cpu();

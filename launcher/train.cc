@@ -3,20 +3,20 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <csignal>
-#include <cstdlib>
-#include <thread>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
 #include <optional>
+#include <thread>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "comm/layout.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/parallel.h"
@@ -88,8 +88,8 @@ void InjectFaultBefore(int64_t step, int world_rank) {
   std::vector<std::string> parts = absl::StrSplit(spec, ':');
   int rank = -1;
   int64_t at = -1;
-  if (parts.size() != 3 || !absl::SimpleAtoi(parts[1], &rank) ||
-      !absl::SimpleAtoi(parts[2], &at) || rank != world_rank || at != step) {
+  if (parts.size() != 3 || !absl::SimpleAtoi(parts[1], &rank) || !absl::SimpleAtoi(parts[2], &at) ||
+      rank != world_rank || at != step) {
     return;
   }
   if (parts[0] == "kill") raise(SIGKILL);
@@ -98,8 +98,7 @@ void InjectFaultBefore(int64_t step, int world_rank) {
 
 // Ranks fail together where only some of them may fail (each reads its own part of a
 // checkpoint): this rank's error, or ABORTED naming what another rank was doing. Collective.
-absl::Status AgreeOnStatus(comm::Communicator& world, absl::Status mine,
-                           absl::string_view doing) {
+absl::Status AgreeOnStatus(comm::Communicator& world, absl::Status mine, absl::string_view doing) {
   int32_t failed = mine.ok() ? 0 : 1;
   Tensor flag = Tensor::Wrap(&failed, DType::kI32, {1});
   Stream cpu = Stream::Cpu();
@@ -112,8 +111,7 @@ absl::Status AgreeOnStatus(comm::Communicator& world, absl::Status mine,
 }
 
 double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 std::string FormatDuration(double seconds) {
@@ -178,8 +176,8 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
     return absl::InvalidArgumentError("--data: a JSONL file of training examples is required");
   }
   if (config.device != "cpu") {
-    return absl::UnimplementedError(absl::StrCat(
-        "--device ", config.device, ": training runs on the CPU backend for now"));
+    return absl::UnimplementedError(
+        absl::StrCat("--device ", config.device, ": training runs on the CPU backend for now"));
   }
   if (config.lora_r < 0 || !(config.lora_alpha > 0)) {
     return absl::InvalidArgumentError("--lora-r must not be negative and --lora-alpha positive");
@@ -192,7 +190,8 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
   model_options.lora.alpha = config.lora_alpha;
   model_options.lora.seed = static_cast<uint64_t>(config.seed);
   model_options.recompute = config.recompute;
-  TESSERA_ASSIGN_OR_RETURN(model_options.lora.targets, train::ParseLoraTargets(config.lora_targets));
+  TESSERA_ASSIGN_OR_RETURN(model_options.lora.targets,
+                           train::ParseLoraTargets(config.lora_targets));
   if (config.seq_len < 2 || config.steps < 0 || config.save_every < 0 || config.keep < 0 ||
       config.warmup < 0 || !(config.epochs > 0) || config.log_every < 1) {
     return absl::InvalidArgumentError(
@@ -241,13 +240,13 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
   int thread_level = MPI_THREAD_SINGLE;
   MPI_Query_thread(&thread_level);
   options.buckets.overlap = thread_level == MPI_THREAD_MULTIPLE;
-  const int64_t rows_per_step =
-      int64_t{config.micro_batch} * config.grad_accum * layout.dp_size();
+  const int64_t rows_per_step = int64_t{config.micro_batch} * config.grad_accum * layout.dp_size();
   int64_t steps = config.steps;
   if (steps == 0) {
-    steps = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(
-                                     config.epochs * static_cast<double>(data->rows_per_epoch()) /
-                                     static_cast<double>(rows_per_step))));
+    steps = std::max<int64_t>(
+        1,
+        static_cast<int64_t>(std::ceil(config.epochs * static_cast<double>(data->rows_per_epoch()) /
+                                       static_cast<double>(rows_per_step))));
   }
   options.schedule = {schedule, config.warmup, steps};
   TESSERA_ASSIGN_OR_RETURN(train::Trainer trainer,
@@ -265,8 +264,8 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
   const double peak = MeasureJobFmaPeak();
   // 6 N a token (forward 2 N, input and weight gradients 4 N); LoRA computes no weight
   // gradients of the frozen base: 4 N.
-  const double flops_per_token = (config.lora_r > 0 ? 4.0 : 6.0) *
-                                 static_cast<double>(model::ParameterCount(model->plan()));
+  const double flops_per_token =
+      (config.lora_r > 0 ? 4.0 : 6.0) * static_cast<double>(model::ParameterCount(model->plan()));
   uint64_t state_bytes = 0;
   for (const train::Parameter& p : model->parameters().all()) {
     state_bytes += p.value.nbytes() + (p.grad.defined() ? p.grad.nbytes() : 0) +
@@ -274,11 +273,10 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
   }
   TESSERA_RETURN_IF_ERROR(ReportPeakMemory(world, state_bytes, "weights, gradients, moments"));
   if (lead) {
-    const std::string kind =
-        config.lora_r > 0
-            ? absl::StrCat("LoRA (r ", config.lora_r, ", alpha ", config.lora_alpha, " on ",
-                           config.lora_targets, ")")
-            : "full fine-tune";
+    const std::string kind = config.lora_r > 0
+                                 ? absl::StrCat("LoRA (r ", config.lora_r, ", alpha ",
+                                                config.lora_alpha, " on ", config.lora_targets, ")")
+                                 : "full fine-tune";
     std::fprintf(stderr,
                  "tessera train: %s of %s, tp %d x dp %d, %d x %d rows of %d tokens a step per "
                  "replica, %lld steps, %lld trainable parameters; FMA peak of the ranks %.1f "
@@ -291,14 +289,15 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
   std::error_code error;
   std::filesystem::create_directories(config.output, error);
   if (error) {
-    return absl::InternalError(absl::StrCat("--output: cannot create ", config.output, ": ",
-                                            error.message()));
+    return absl::InternalError(
+        absl::StrCat("--output: cannot create ", config.output, ": ", error.message()));
   }
   std::ofstream log;
   std::unique_ptr<train::TensorBoardWriter> board;
   if (lead) {
     log.open(config.output + "/log.jsonl", std::ios::app);
-    TESSERA_ASSIGN_OR_RETURN(board, train::TensorBoardWriter::Create(config.output + "/tensorboard"));
+    TESSERA_ASSIGN_OR_RETURN(board,
+                             train::TensorBoardWriter::Create(config.output + "/tensorboard"));
   }
   const bool terminal = isatty(fileno(stderr));
   auto evaluate = [&]() -> absl::Status {
@@ -311,9 +310,8 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
       std::fprintf(stderr, "%stessera train: step %lld eval loss %.4f perplexity %.3f\n",
                    terminal ? "\n" : "", static_cast<long long>(trainer.steps_done()), loss,
                    std::exp(loss));
-      nlohmann::json entry = {{"step", trainer.steps_done()},
-                              {"eval_loss", loss},
-                              {"eval_perplexity", std::exp(loss)}};
+      nlohmann::json entry = {
+          {"step", trainer.steps_done()}, {"eval_loss", loss}, {"eval_perplexity", std::exp(loss)}};
       log << entry.dump() << "\n" << std::flush;
       TESSERA_RETURN_IF_ERROR(board->AddScalar("eval/loss", loss, trainer.steps_done()));
       TESSERA_RETURN_IF_ERROR(
@@ -363,10 +361,9 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
     }
     if ((config.save_every > 0 && trainer.steps_done() % config.save_every == 0) ||
         trainer.steps_done() == steps) {
-      TESSERA_RETURN_IF_ERROR(train::SaveCheckpoint(config.output, trainer, world,
-                                                    layout.tp_rank(), layout.dp_rank(),
-                                                    data->Fingerprint(), config.keep,
-                                                    job.model_dir));
+      TESSERA_RETURN_IF_ERROR(train::SaveCheckpoint(config.output, trainer, world, layout.tp_rank(),
+                                                    layout.dp_rank(), data->Fingerprint(),
+                                                    config.keep, job.model_dir));
     }
   }
   if (lead && terminal) std::fprintf(stderr, "\n");
@@ -407,17 +404,17 @@ absl::Status ExportCheckpoint(const ExportConfig& config, int* argc, char*** arg
   comm::MpiCommunicator& world = *job.mpi.world;
   comm::Layout& layout = *job.layout;
   if (layout.tp_size() != summary.tp) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the checkpoint holds TP ", summary.tp, " shards: run the export on ", summary.tp,
-        " ranks (mpirun -np ", summary.tp, "), not ", world.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the checkpoint holds TP ", summary.tp, " shards: run the export on ",
+                     summary.tp, " ranks (mpirun -np ", summary.tp, "), not ", world.size()));
   }
   train::TrainableModelOptions options;
   options.lora = summary.lora;
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<train::TrainableModel> model,
                            train::TrainableModel::Load(job.model_dir, layout.tp(), options));
-  TESSERA_RETURN_IF_ERROR(AgreeOnStatus(
-      world, train::LoadCheckpointWeights(checkpoint, *model, layout.tp_rank()),
-      "loading its part of the checkpoint"));
+  TESSERA_RETURN_IF_ERROR(
+      AgreeOnStatus(world, train::LoadCheckpointWeights(checkpoint, *model, layout.tp_rank()),
+                    "loading its part of the checkpoint"));
   if (summary.lora.enabled() && !config.merge) {
     TESSERA_RETURN_IF_ERROR(train::ExportPeftAdapter(*model, job.model_dir, config.output));
   } else {
@@ -425,8 +422,7 @@ absl::Status ExportCheckpoint(const ExportConfig& config, int* argc, char*** arg
   }
   if (world.rank() == 0) {
     std::fprintf(stderr, "tessera train export: step %lld of %s exported to %s\n",
-                 static_cast<long long>(summary.step), checkpoint.c_str(),
-                 config.output.c_str());
+                 static_cast<long long>(summary.step), checkpoint.c_str(), config.output.c_str());
   }
   return world.Barrier();
 }
@@ -449,8 +445,9 @@ int RunTrainExport(const std::vector<std::string>& args, int* argc, char*** argv
   }
   if (std::optional<int> done = ParseOrExit(flags, rest)) return *done;
   if (config.checkpoint.empty()) {
-    std::fprintf(stderr, "tessera train export: give the checkpoint: tessera train export CKPT "
-                         "--output DIR\n");
+    std::fprintf(stderr,
+                 "tessera train export: give the checkpoint: tessera train export CKPT "
+                 "--output DIR\n");
     return kExitUsage;
   }
   return ReportExit(ExportCheckpoint(config, argc, argv));
@@ -491,7 +488,8 @@ int RunTrain(const std::vector<std::string>& args, int* argc, char*** argv) {
   flags.Double("epochs", &config.epochs, "passes over the data when --steps is 0");
   flags.Double("weight-decay", &config.weight_decay,
                "AdamW's decoupled weight decay (not on biases and norms)");
-  flags.Double("max-grad-norm", &config.max_grad_norm, "clip gradients to this global norm (0: off)");
+  flags.Double("max-grad-norm", &config.max_grad_norm,
+               "clip gradients to this global norm (0: off)");
   flags.Double("adam-beta1", &config.adam_beta1, "AdamW beta1");
   flags.Double("adam-beta2", &config.adam_beta2, "AdamW beta2");
   flags.Double("adam-eps", &config.adam_eps, "AdamW epsilon");

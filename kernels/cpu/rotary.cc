@@ -49,8 +49,7 @@ namespace {
 // negatives (the transpose, for the backward) when `transpose`. The two paths differ only in
 // the sign of the sine, so the backward uses the forward's cos and sin bit for bit.
 absl::Status Rotate(const char* kernel, const char* name, Tensor& x, const Tensor& positions,
-                    absl::Span<const float> inv_freq, const RotaryConfig& config,
-                    bool transpose) {
+                    absl::Span<const float> inv_freq, const RotaryConfig& config, bool transpose) {
   TESSERA_RETURN_IF_ERROR(internal::ExpectDType(kernel, name, x, {DType::kF32}));
   TESSERA_RETURN_IF_ERROR(internal::ExpectRank(kernel, name, x, 3));
   TESSERA_RETURN_IF_ERROR(internal::ExpectDType(kernel, "positions", positions, {DType::kI32}));

@@ -170,8 +170,8 @@ absl::StatusOr<std::string> LatestCheckpoint(const std::string& output) {
   // `latest` missing or naming a removed folder: the newest complete one.
   std::vector<std::string> all = CompleteCheckpoints(root);
   if (all.empty()) {
-    return absl::NotFoundError(absl::StrCat("no complete checkpoint in ", root.string(),
-                                            " (nor a ", kStatePath, " in ", output, ")"));
+    return absl::NotFoundError(absl::StrCat("no complete checkpoint in ", root.string(), " (nor a ",
+                                            kStatePath, " in ", output, ")"));
   }
   return (root / all.back()).string();
 }
@@ -207,15 +207,15 @@ absl::Status LoadCheckpointWeights(const std::string& checkpoint, TrainableModel
   try {
     const nlohmann::json expected = ModelSummary(model);
     if (state.at("model") != expected) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(where, ": the checkpoint is of the model ", state.at("model").dump(),
-                       ", this run's is ", expected.dump()));
+      return absl::FailedPreconditionError(absl::StrCat(where, ": the checkpoint is of the model ",
+                                                        state.at("model").dump(),
+                                                        ", this run's is ", expected.dump()));
     }
     if (state.at("tp").get<int>() != tp) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          where, ": the checkpoint holds shards for tensor parallelism ",
-          state.at("tp").get<int>(), "; this run has --tp ", tp,
-          " (resume at the same --tp; the data-parallel degree may change)"));
+      return absl::FailedPreconditionError(
+          absl::StrCat(where, ": the checkpoint holds shards for tensor parallelism ",
+                       state.at("tp").get<int>(), "; this run has --tp ", tp,
+                       " (resume at the same --tp; the data-parallel degree may change)"));
     }
   } catch (const nlohmann::json::exception& e) {
     return absl::DataLossError(absl::StrCat(where, ": ", e.what()));
@@ -248,8 +248,9 @@ absl::Status LoadCheckpoint(const std::string& checkpoint, Trainer& trainer, int
   try {
     if (state.at("data_fingerprint").get<std::string>() != absl::StrCat(data_fingerprint)) {
       return absl::FailedPreconditionError(absl::StrCat(
-          where, ": the checkpoint was trained on other data or batching options (--data, "
-                 "--seq-len, --seed, --no-packing differ): resuming would not continue the run"));
+          where,
+          ": the checkpoint was trained on other data or batching options (--data, "
+          "--seq-len, --seed, --no-packing differ): resuming would not continue the run"));
     }
     const std::string optimizer_file = (dir / ShardFile("optimizer", tp_rank, tp)).string();
     TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<model::SafetensorsFile> moments,

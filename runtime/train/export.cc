@@ -102,8 +102,9 @@ absl::StatusOr<model::PlannedTensor> PlannedOn(const std::vector<model::WeightPl
 
 // The whole checkpoint tensor of `p` from every rank's `value` (its part of it), on TP rank
 // 0 (an undefined tensor elsewhere). Collective over the model's TP communicator.
-absl::StatusOr<Tensor> GatherWhole(TrainableModel& model, const std::vector<model::WeightPlan>& plans,
-                                   const Parameter& p, const Tensor& value) {
+absl::StatusOr<Tensor> GatherWhole(TrainableModel& model,
+                                   const std::vector<model::WeightPlan>& plans, const Parameter& p,
+                                   const Tensor& value) {
   comm::Communicator& tp = model.tp();
   const int size = tp.size();
   Tensor gathered = value;
@@ -117,8 +118,8 @@ absl::StatusOr<Tensor> GatherWhole(TrainableModel& model, const std::vector<mode
   const int lora_r = model.options().lora.r;
   for (int r = 0; r < size; ++r) {
     TESSERA_ASSIGN_OR_RETURN(model::PlannedTensor planned, PlannedOn(plans, r, p, lora_r));
-    TESSERA_ASSIGN_OR_RETURN(
-        Tensor part, gathered.Flatten().Slice(r * value.numel(), (r + 1) * value.numel()));
+    TESSERA_ASSIGN_OR_RETURN(Tensor part,
+                             gathered.Flatten().Slice(r * value.numel(), (r + 1) * value.numel()));
     TESSERA_ASSIGN_OR_RETURN(part, part.Reshape(planned.rank_shape));
     PlaceSlice(part, planned.slice, full);
   }
@@ -221,8 +222,7 @@ absl::Status ExportHuggingFace(TrainableModel& model, const std::string& base_di
               model::WriteSafetensors((dir / name).string(), files[f], {{"format", "pt"}}));
           for (const auto& named : files[f]) weight_map[named.first] = name;
         }
-        nlohmann::json index = {{"metadata", {{"total_size", total}}},
-                                {"weight_map", weight_map}};
+        nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
         std::ofstream((dir / "model.safetensors.index.json").string()) << index.dump(2) << "\n";
         return absl::OkStatus();
       },

@@ -67,8 +67,7 @@ class GradientReducer {
     int64_t bytes = 0;
   };
 
-  GradientReducer(comm::Communicator& dp, BucketOptions options)
-      : dp_(dp), options_(options) {}
+  GradientReducer(comm::Communicator& dp, BucketOptions options) : dp_(dp), options_(options) {}
   // Runs bucket `b`'s all-reduce to completion on the calling thread.
   absl::Status Reduce(int b);
   void ThreadMain();
@@ -80,11 +79,11 @@ class GradientReducer {
 
   std::mutex mutex_;
   std::condition_variable changed_;
-  std::deque<int> queue_;       // guarded by mutex_
-  int done_ = 0;                // guarded by mutex_: buckets completed this step
-  absl::Status status_;         // guarded by mutex_: the first error of this step
-  double comm_seconds_ = 0;     // guarded by mutex_
-  bool stopping_ = false;       // guarded by mutex_
+  std::deque<int> queue_;    // guarded by mutex_
+  int done_ = 0;             // guarded by mutex_: buckets completed this step
+  absl::Status status_;      // guarded by mutex_: the first error of this step
+  double comm_seconds_ = 0;  // guarded by mutex_
+  bool stopping_ = false;    // guarded by mutex_
   std::thread thread_;
 };
 

@@ -11,9 +11,9 @@
 namespace tessera::train {
 namespace {
 
-constexpr absl::string_view kModules[] = {"q_proj",    "k_proj",  "v_proj",       "o_proj",
-                                          "gate_proj", "up_proj", "down_proj",    "qkv_proj",
-                                          "gate_up_proj"};
+constexpr absl::string_view kModules[] = {"q_proj",    "k_proj",    "v_proj",
+                                          "o_proj",    "gate_proj", "up_proj",
+                                          "down_proj", "qkv_proj",  "gate_up_proj"};
 
 std::string ModuleOf(absl::string_view weight_name) {
   return std::string(absl::StripSuffix(weight_name, ".weight"));
@@ -26,9 +26,8 @@ absl::StatusOr<std::vector<std::string>> ParseLoraTargets(absl::string_view text
   for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
     part = absl::StripAsciiWhitespace(part);
     if (std::find(std::begin(kModules), std::end(kModules), part) == std::end(kModules)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--lora-targets: '", part, "' is not one of ",
-                       absl::StrJoin(kModules, ", ")));
+      return absl::InvalidArgumentError(absl::StrCat("--lora-targets: '", part, "' is not one of ",
+                                                     absl::StrJoin(kModules, ", ")));
     }
     if (std::find(targets.begin(), targets.end(), part) == targets.end()) {
       targets.emplace_back(part);

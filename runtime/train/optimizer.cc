@@ -123,8 +123,7 @@ absl::Status AdamW::Restore(const std::vector<std::pair<std::string, Tensor>>& s
       const std::string name = params[i].name + suffix;
       const Tensor* saved = find(name);
       if (saved == nullptr) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("the optimizer state has no ", name));
+        return absl::InvalidArgumentError(absl::StrCat("the optimizer state has no ", name));
       }
       if (saved->shape() != mine->shape() || saved->dtype() != DType::kF32) {
         return absl::InvalidArgumentError(absl::StrCat("the optimizer state's ", name, " is ",
@@ -156,7 +155,8 @@ absl::StatusOr<double> GlobalGradNorm(const ParameterSet& params, comm::Communic
   }
   if (tp.size() > 1) {
     const float mine = static_cast<float>(sum);
-    TESSERA_ASSIGN_OR_RETURN(Tensor total, Tensor::FromValues<float>(absl::MakeConstSpan(&mine, 1)));
+    TESSERA_ASSIGN_OR_RETURN(Tensor total,
+                             Tensor::FromValues<float>(absl::MakeConstSpan(&mine, 1)));
     Stream cpu = Stream::Cpu();
     TESSERA_RETURN_IF_ERROR(tp.AllReduce(total, comm::ReduceOp::kSum, cpu));
     sum = total.data<float>()[0];

@@ -31,7 +31,8 @@ std::pair<int64_t, int64_t> KvReplicatedRows(const model::ModelConfig& config,
                                              absl::string_view name) {
   if (!plan.attention.kv_replicated) return {0, 0};
   const int64_t kv_rows = int64_t{plan.attention.num_kv_heads} * config.head_dim;
-  if (absl::StrContains(name, "self_attn.k_proj.") || absl::StrContains(name, "self_attn.v_proj.")) {
+  if (absl::StrContains(name, "self_attn.k_proj.") ||
+      absl::StrContains(name, "self_attn.v_proj.")) {
     return {0, kv_rows};
   }
   if (absl::StrContains(name, "self_attn.qkv_proj.")) {
@@ -119,8 +120,8 @@ absl::StatusOr<ParameterSet> ParameterSet::Create(const model::ModelConfig& conf
   return set;
 }
 
-absl::Status ParameterSet::AddLora(const model::ModelConfig& config,
-                                   const model::WeightPlan& plan, const LoraOptions& lora) {
+absl::Status ParameterSet::AddLora(const model::ModelConfig& config, const model::WeightPlan& plan,
+                                   const LoraOptions& lora) {
   has_lora_ = true;
   for (const std::string& target : lora.targets) {
     bool found = false;
@@ -130,8 +131,8 @@ absl::Status ParameterSet::AddLora(const model::ModelConfig& config,
     if (!found) {
       return absl::InvalidArgumentError(absl::StrCat(
           "--lora-targets: this ", model::ArchitectureName(config.architecture),
-          " checkpoint has no ", target, " (its Linears: ",
-          plan.fused_qkv ? "qkv_proj" : "q_proj, k_proj, v_proj", ", o_proj, ",
+          " checkpoint has no ", target,
+          " (its Linears: ", plan.fused_qkv ? "qkv_proj" : "q_proj, k_proj, v_proj", ", o_proj, ",
           config.fused_gate_up ? "gate_up_proj" : "gate_proj, up_proj", ", down_proj)"));
     }
   }
@@ -192,9 +193,9 @@ absl::Status ParameterSet::LoadAdapter(const std::string& dir) {
     if (p.name.rfind("base_model.", 0) != 0) continue;
     const model::TensorInfo* info = file->Find(p.name);
     if (info == nullptr || info->shape != p.planned.shape) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          path, ": ", p.name, info == nullptr ? " is missing" : " has another shape",
-          " (this model's is ", ShapeToString(p.planned.shape), ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": ", p.name, info == nullptr ? " is missing" : " has another shape",
+                       " (this model's is ", ShapeToString(p.planned.shape), ")"));
     }
     TESSERA_ASSIGN_OR_RETURN(Tensor slice, file->Read(p.name, p.planned.slice, DType::kF32));
     TESSERA_RETURN_IF_ERROR(p.value.CopyFrom(slice, cpu));

@@ -26,7 +26,7 @@
 namespace tessera::train {
 
 struct Parameter {
-  std::string name;  // as in the checkpoint: "model.layers.0.self_attn.q_proj.weight"
+  std::string name;              // as in the checkpoint: "model.layers.0.self_attn.q_proj.weight"
   model::PlannedTensor planned;  // the checkpoint shape and this rank's slice of it
   // TP ranks (this one included) that hold the same values: 1 for a sharded part, tp for a
   // replicated tensor (norms, o_proj's bias), tp / kv_heads for a K or V projection whose KV

@@ -77,8 +77,8 @@ struct LoraWeights {
 namespace {
 
 // out[:, column : column + N] += scale * (x A^T) B^T. Returns x A^T (T, r) for the backward.
-absl::StatusOr<Tensor> ApplyLora(const Tensor& x, const LoraWeights& lora, float scale,
-                                 Tensor& out, int64_t column) {
+absl::StatusOr<Tensor> ApplyLora(const Tensor& x, const LoraWeights& lora, float scale, Tensor& out,
+                                 int64_t column) {
   const int64_t tokens = x.dim(0), n = lora.b.w.dim(0), width = out.dim(1);
   TESSERA_ASSIGN_OR_RETURN(Tensor u, F32({tokens, lora.a.w.dim(0)}));
   TESSERA_RETURN_IF_ERROR(kernels::Linear(x, lora.a.w, Tensor(), u));
@@ -133,16 +133,16 @@ struct TrainableModel::LayerWeights : model::LayerSlots<WeightAndGrad> {
 
 // What the backward of one layer reads, all f32 with T rows.
 struct TrainableModel::SavedLayer {
-  Tensor h_in;     // (T, H) the residual stream entering the layer
-  Tensor n1;       // (T, H) input_layernorm(h_in)
-  Tensor q, k, v;  // (T, heads, D) after rotary (q, k)
-  Tensor attn;     // (T, Hq * D)
-  Tensor lse;      // (T, Hq)
-  Tensor o_out;    // (T, H) o_proj summed over TP, bias added
-  Tensor h_mid;    // (T, H) h_in + attention block
-  Tensor n2;       // (T, H) post_attention_layernorm(h_mid)
-  Tensor gate_up;  // (T, 2 I)
-  Tensor act;      // (T, I)
+  Tensor h_in;      // (T, H) the residual stream entering the layer
+  Tensor n1;        // (T, H) input_layernorm(h_in)
+  Tensor q, k, v;   // (T, heads, D) after rotary (q, k)
+  Tensor attn;      // (T, Hq * D)
+  Tensor lse;       // (T, Hq)
+  Tensor o_out;     // (T, H) o_proj summed over TP, bias added
+  Tensor h_mid;     // (T, H) h_in + attention block
+  Tensor n2;        // (T, H) post_attention_layernorm(h_mid)
+  Tensor gate_up;   // (T, 2 I)
+  Tensor act;       // (T, I)
   Tensor down_out;  // (T, H) down_proj summed over TP (read only by Glm4's post_mlp_norm)
   // x A^T of each LoRA adapter, (T, r).
   Tensor q_u, k_u, v_u, o_u, gate_u, up_u, gate_up_u, down_u;
@@ -169,9 +169,9 @@ TrainableModel::~TrainableModel() = default;
 absl::StatusOr<std::unique_ptr<TrainableModel>> TrainableModel::Load(
     const std::string& dir, comm::Communicator& tp, const TrainableModelOptions& options) {
   if (!tp.device().is_cpu()) {
-    return absl::UnimplementedError(absl::StrCat(
-        "training runs on the CPU backend; the communicator ", tp.name(), " is on ",
-        tp.device().ToString()));
+    return absl::UnimplementedError(
+        absl::StrCat("training runs on the CPU backend; the communicator ", tp.name(), " is on ",
+                     tp.device().ToString()));
   }
   // Each rank reads its own slices and may fail alone (a damaged file on one node): the
   // group agrees on the outcome before the collective split below.
@@ -194,8 +194,8 @@ absl::StatusOr<std::unique_ptr<TrainableModel>> TrainableModel::Load(
     }
     TESSERA_ASSIGN_OR_RETURN(ParameterSet params,
                              ParameterSet::Create(config, plan, std::move(weights), options.lora));
-    std::unique_ptr<TrainableModel> m(new TrainableModel(std::move(config), std::move(plan), tp,
-                                                         std::move(params), options));
+    std::unique_ptr<TrainableModel> m(
+        new TrainableModel(std::move(config), std::move(plan), tp, std::move(params), options));
     TESSERA_RETURN_IF_ERROR(m->BindLayers());
     return m;
   }();
@@ -205,15 +205,14 @@ absl::StatusOr<std::unique_ptr<TrainableModel>> TrainableModel::Load(
   TESSERA_RETURN_IF_ERROR(tp.AllReduce(flag, comm::ReduceOp::kMax, cpu));
   if (!loaded.ok()) return loaded.status();
   if (failed != 0) {
-    return absl::AbortedError(absl::StrCat("another rank of ", tp.name(),
-                                           " could not load its shard of ", dir));
+    return absl::AbortedError(
+        absl::StrCat("another rank of ", tp.name(), " could not load its shard of ", dir));
   }
   std::unique_ptr<TrainableModel> m = std::move(*loaded);
   if (m->plan_.attention.kv_replicated) {
     TESSERA_ASSIGN_OR_RETURN(
-        m->kv_sharers_,
-        tp.Split(m->plan_.attention.kv_head_begin, tp.rank(),
-                 absl::StrCat(tp.name(), ".kv", m->plan_.attention.kv_head_begin)));
+        m->kv_sharers_, tp.Split(m->plan_.attention.kv_head_begin, tp.rank(),
+                                 absl::StrCat(tp.name(), ".kv", m->plan_.attention.kv_head_begin)));
   }
   return m;
 }
@@ -278,18 +277,17 @@ absl::Status TrainableModel::CheckBatch(const MicroBatch& batch) const {
   }
   for (size_t s = 0; s + 1 < batch.sequence_starts.size(); ++s) {
     if (batch.sequence_starts[s + 1] <= batch.sequence_starts[s]) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "training batch: sequence_starts must increase, entry ", s + 1, " is ",
-          batch.sequence_starts[s + 1], " after ", batch.sequence_starts[s]));
+      return absl::InvalidArgumentError(
+          absl::StrCat("training batch: sequence_starts must increase, entry ", s + 1, " is ",
+                       batch.sequence_starts[s + 1], " after ", batch.sequence_starts[s]));
     }
   }
   for (size_t t = 0; t < tokens; ++t) {
     const int32_t target = batch.targets[t];
     if (target != kIgnoreLabel && (target < 0 || target >= config_.vocab_size)) {
-      return absl::InvalidArgumentError(absl::StrCat("training batch: target ", target,
-                                                     " at position ", t,
-                                                     " is outside the vocabulary [0, ",
-                                                     config_.vocab_size, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("training batch: target ", target, " at position ", t,
+                       " is outside the vocabulary [0, ", config_.vocab_size, ")"));
     }
     if (batch.positions[t] < 0) {
       return absl::InvalidArgumentError(
@@ -299,9 +297,8 @@ absl::Status TrainableModel::CheckBatch(const MicroBatch& batch) const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<Tensor> TrainableModel::LayerForward(int l, const Tensor& h,
-                                                    const Tensor& positions, const Tensor& starts,
-                                                    SavedLayer& s) {
+absl::StatusOr<Tensor> TrainableModel::LayerForward(int l, const Tensor& h, const Tensor& positions,
+                                                    const Tensor& starts, SavedLayer& s) {
   const LayerWeights& w = layers_[l];
   const int64_t tokens = h.dim(0);
   const int64_t hidden = config_.hidden_size, dim = config_.head_dim;
@@ -349,8 +346,7 @@ absl::StatusOr<Tensor> TrainableModel::LayerForward(int l, const Tensor& h,
   Tensor attention_out = s.o_out;
   if (w.post_self_attn_norm.defined()) {
     TESSERA_ASSIGN_OR_RETURN(attention_out, F32({tokens, hidden}));
-    TESSERA_RETURN_IF_ERROR(
-        kernels::RmsNorm(s.o_out, w.post_self_attn_norm.w, eps, attention_out));
+    TESSERA_RETURN_IF_ERROR(kernels::RmsNorm(s.o_out, w.post_self_attn_norm.w, eps, attention_out));
   }
   TESSERA_ASSIGN_OR_RETURN(s.h_mid, Sum(s.h_in, attention_out));
   TESSERA_ASSIGN_OR_RETURN(s.n2, F32({tokens, hidden}));
@@ -362,8 +358,8 @@ absl::StatusOr<Tensor> TrainableModel::LayerForward(int l, const Tensor& h,
     TESSERA_ASSIGN_OR_RETURN(s.gate_u, ApplyLora(s.n2, w.gate_lora, lora_scale, s.gate_up, 0));
   }
   if (w.up_lora.defined()) {
-    TESSERA_ASSIGN_OR_RETURN(
-        s.up_u, ApplyLora(s.n2, w.up_lora, lora_scale, s.gate_up, intermediate));
+    TESSERA_ASSIGN_OR_RETURN(s.up_u,
+                             ApplyLora(s.n2, w.up_lora, lora_scale, s.gate_up, intermediate));
   }
   if (w.gate_up_lora.defined()) {
     TESSERA_ASSIGN_OR_RETURN(s.gate_up_u,
@@ -374,8 +370,7 @@ absl::StatusOr<Tensor> TrainableModel::LayerForward(int l, const Tensor& h,
   TESSERA_ASSIGN_OR_RETURN(s.down_out, F32({tokens, hidden}));
   TESSERA_RETURN_IF_ERROR(kernels::Linear(s.act, w.down.w, Tensor(), s.down_out));
   if (w.down_lora.defined()) {
-    TESSERA_ASSIGN_OR_RETURN(s.down_u,
-                             ApplyLora(s.act, w.down_lora, lora_scale, s.down_out, 0));
+    TESSERA_ASSIGN_OR_RETURN(s.down_u, ApplyLora(s.act, w.down_lora, lora_scale, s.down_out, 0));
   }
   TESSERA_RETURN_IF_ERROR(SumOverTp(s.down_out));
   Tensor mlp_out = s.down_out;
@@ -402,8 +397,8 @@ absl::StatusOr<TrainableModel::Forwarded> TrainableModel::Forward(const MicroBat
     return p;
   }());
   TESSERA_ASSIGN_OR_RETURN(Tensor h, F32({tokens, hidden}));
-  TESSERA_RETURN_IF_ERROR(kernels::EmbeddingLookup(f.ids, embed->value, plan_.vocab.begin,
-                                                   config_.vocab_size, h));
+  TESSERA_RETURN_IF_ERROR(
+      kernels::EmbeddingLookup(f.ids, embed->value, plan_.vocab.begin, config_.vocab_size, h));
   TESSERA_RETURN_IF_ERROR(SumOverTp(h));
   f.layers.resize(config_.num_hidden_layers);
   for (int l = 0; l < config_.num_hidden_layers; ++l) {
@@ -427,8 +422,7 @@ absl::StatusOr<LossSum> TrainableModel::LossAndHeadBackward(const Tensor& normed
                                                             const Tensor& targets,
                                                             const float* loss_scale,
                                                             Tensor* d_normed) {
-  const std::string head_name =
-      plan_.tied_lm_head ? "model.embed_tokens.weight" : "lm_head.weight";
+  const std::string head_name = plan_.tied_lm_head ? "model.embed_tokens.weight" : "lm_head.weight";
   const Parameter* head = params_.Find(head_name);
   if (head == nullptr) return absl::InternalError(absl::StrCat("no ", head_name));
   const int64_t tokens = normed.dim(0);
@@ -473,8 +467,8 @@ absl::StatusOr<LossSum> TrainableModel::LossAndHeadBackward(const Tensor& normed
       }
     }
     if (d_normed == nullptr) continue;
-    TESSERA_RETURN_IF_ERROR(kernels::CrossEntropyBackward(
-        logits, chunk_targets, plan_.vocab.begin, valid, lse, row_scale, logits));
+    TESSERA_RETURN_IF_ERROR(kernels::CrossEntropyBackward(logits, chunk_targets, plan_.vocab.begin,
+                                                          valid, lse, row_scale, logits));
     TESSERA_ASSIGN_OR_RETURN(Tensor dx, d_normed->Slice(begin, end));
     TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardInput(logits, head->value, dx));
     if (head->grad.defined()) {
@@ -494,7 +488,9 @@ absl::Status TrainableModel::LayerBackward(int l, const Tensor& positions, const
   const float lora_scale = options_.lora.enabled() ? options_.lora.scale() : 0.0f;
   // A frozen norm's weight gradient goes to scratch.
   TESSERA_ASSIGN_OR_RETURN(Tensor norm_scratch, F32({hidden}));
-  auto norm_grad = [&](const WeightAndGrad& norm) { return norm.g.defined() ? norm.g : norm_scratch; };
+  auto norm_grad = [&](const WeightAndGrad& norm) {
+    return norm.g.defined() ? norm.g : norm_scratch;
+  };
 
   // MLP block: h_out = h_mid + post_mlp_norm?(sum_tp(down(silu(gate) * up)(n2))).
   Tensor d_down = d_residual;  // the gradient of down_out (replicated over TP)
@@ -604,8 +600,7 @@ absl::Status TrainableModel::LayerBackward(int l, const Tensor& positions, const
   return kernels::AddInPlace(d_residual, d_h_mid);
 }
 
-absl::StatusOr<LossSum> TrainableModel::ForwardBackward(const MicroBatch& batch,
-                                                        float loss_scale,
+absl::StatusOr<LossSum> TrainableModel::ForwardBackward(const MicroBatch& batch, float loss_scale,
                                                         const StageCallback& stage_done) {
   auto done = [&](int stage) { return stage_done ? stage_done(stage) : absl::OkStatus(); };
   TESSERA_ASSIGN_OR_RETURN(Forwarded f, Forward(batch));
@@ -672,8 +667,7 @@ absl::Status TrainableModel::ReducePartialGrads(int stage) {
   }
   if (kv_sharers_ == nullptr) return absl::OkStatus();
   for (Parameter& p : params_.all()) {
-    if (p.kv_rows_end <= p.kv_rows_begin || !p.grad.defined() ||
-        BackwardStageOf(p.name) != stage) {
+    if (p.kv_rows_end <= p.kv_rows_begin || !p.grad.defined() || BackwardStageOf(p.name) != stage) {
       continue;
     }
     TESSERA_ASSIGN_OR_RETURN(Tensor rows, p.grad.Slice(p.kv_rows_begin, p.kv_rows_end));

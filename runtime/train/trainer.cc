@@ -12,8 +12,7 @@ namespace tessera::train {
 namespace {
 
 double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 }  // namespace
@@ -22,8 +21,8 @@ absl::StatusOr<Trainer> Trainer::Create(TrainableModel& model, comm::Communicato
                                         const RowStream& data, const TrainerOptions& options) {
   if (options.micro_batch < 1 || options.grad_accum < 1) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--micro-batch and --grad-accum must be at least 1, not ",
-                     options.micro_batch, " and ", options.grad_accum));
+        absl::StrCat("--micro-batch and --grad-accum must be at least 1, not ", options.micro_batch,
+                     " and ", options.grad_accum));
   }
   TESSERA_ASSIGN_OR_RETURN(AdamW optimizer, AdamW::Create(model.parameters(), options.adamw));
   std::unique_ptr<GradientReducer> reducer;
@@ -39,9 +38,9 @@ absl::StatusOr<Trainer> Trainer::Create(TrainableModel& model, comm::Communicato
       }
     }
     for (const Parameter& p : params.all()) {
-      const bool in_stack = p.name.rfind("model.", 0) == 0 &&
-                            (p.name.find(".mlp.gate_") != std::string::npos ||
-                             p.name.find(".mlp.up_proj.") != std::string::npos);
+      const bool in_stack =
+          p.name.rfind("model.", 0) == 0 && (p.name.find(".mlp.gate_") != std::string::npos ||
+                                             p.name.find(".mlp.up_proj.") != std::string::npos);
       if (p.grad.defined() && !in_stack) entries.push_back({p.grad, model.BackwardStageOf(p.name)});
     }
     // Within a stage, the order the backward produces them: the parameters' reverse order.
@@ -69,9 +68,9 @@ absl::StatusOr<StepReport> Trainer::Step() {
   report.targets = global.target_count;
   report.tokens = static_cast<int64_t>(global.tokens.size());
   if (report.targets == 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "optimizer step ", steps_done() + 1, " has no target tokens in its ", rows_per_step(),
-        " rows"));
+    return absl::FailedPreconditionError(absl::StrCat("optimizer step ", steps_done() + 1,
+                                                      " has no target tokens in its ",
+                                                      rows_per_step(), " rows"));
   }
   const float loss_scale = 1.0f / static_cast<float>(report.targets);
   ParameterSet& params = model_->parameters();
@@ -86,8 +85,8 @@ absl::StatusOr<StepReport> Trainer::Step() {
   };
   double loss_sum = 0;
   for (int a = 0; a < options_.grad_accum; ++a) {
-    DataPosition at = data_->RankMicroBatchStart(step_start, dp_->rank(), a,
-                                                 options_.micro_batch, options_.grad_accum);
+    DataPosition at = data_->RankMicroBatchStart(step_start, dp_->rank(), a, options_.micro_batch,
+                                                 options_.grad_accum);
     TESSERA_ASSIGN_OR_RETURN(MicroBatch batch, data_->Rows(at, options_.micro_batch));
     const bool last = a + 1 == options_.grad_accum;
     TESSERA_ASSIGN_OR_RETURN(

@@ -37,14 +37,14 @@ struct TrainerOptions {
 };
 
 struct StepReport {
-  int64_t step = 0;        // the optimizer step just taken (1-based)
-  double loss = 0;         // mean over the step's targets, before the update
-  double lr = 0;           // the learning rate it used
-  double grad_norm = 0;    // before clipping
-  int64_t targets = 0;     // target tokens of the global batch
-  int64_t tokens = 0;      // non-padding tokens of the global batch
-  double seconds = 0;      // wall time of the step on this rank
-  double comm_seconds = 0;     // the data-parallel gradient all-reduces, start to end
+  int64_t step = 0;                 // the optimizer step just taken (1-based)
+  double loss = 0;                  // mean over the step's targets, before the update
+  double lr = 0;                    // the learning rate it used
+  double grad_norm = 0;             // before clipping
+  int64_t targets = 0;              // target tokens of the global batch
+  int64_t tokens = 0;               // non-padding tokens of the global batch
+  double seconds = 0;               // wall time of the step on this rank
+  double comm_seconds = 0;          // the data-parallel gradient all-reduces, start to end
   double exposed_comm_seconds = 0;  // of which the step waited for after its backward
 };
 

@@ -356,8 +356,8 @@ TEST(WeightPlanTest, ParameterCountCountsEveryTensorOnce) {
   const ModelConfig glm4 = MustParse(kTinyGlm4);
   ASSERT_OK_AND_ASSIGN(int64_t glm4_count, ParameterCount(glm4));
   const int64_t gh = 24, gq = 32, gkv = 16, gi = 40, gv = 36;
-  const int64_t glm4_layer = (gq * gh + gq) + 2 * (gkv * gh + gkv) + gh * gq + 2 * gi * gh +
-                             gh * gi + 4 * gh;
+  const int64_t glm4_layer =
+      (gq * gh + gq) + 2 * (gkv * gh + gkv) + gh * gq + 2 * gi * gh + gh * gi + 4 * gh;
   EXPECT_EQ(glm4_count, 2 * glm4_layer + 2 * gv * gh + gh);
   for (int tp : {2, 4}) {
     ASSERT_OK_AND_ASSIGN(WeightPlan plan, PlanWeights(glm4, tp, tp - 1));

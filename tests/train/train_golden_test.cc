@@ -73,8 +73,8 @@ TEST_P(TrainGolden, LossAndEveryGradientMatchTransformers) {
   const int rows = static_cast<int>(batch.tokens.size()) / row;
   absl::StatusOr<comm::Topology> topology = comm::Topology::Discover(world);
   ASSERT_TRUE(topology.ok()) << topology.status();
-  absl::StatusOr<std::unique_ptr<model::SafetensorsFile>> golden = model::SafetensorsFile::Open(
-      kTrain + "/" + c.model + "/grads_" + c.batch + ".safetensors");
+  absl::StatusOr<std::unique_ptr<model::SafetensorsFile>> golden =
+      model::SafetensorsFile::Open(kTrain + "/" + c.model + "/grads_" + c.batch + ".safetensors");
   ASSERT_TRUE(golden.ok()) << golden.status();
   for (int tp = 1; tp <= world.size(); tp *= 2) {
     if (world.size() % tp != 0) continue;

@@ -51,10 +51,9 @@ class Train : public ::testing::Test {
   // stdout alone with `stdout_only`.
   static ProcessOutcome Run(int ranks, const std::string& command,
                             const std::string& environment = "", bool stdout_only = false) {
-    return RunCommand(absl::StrCat(TESSERA_MPIRUN_COMMAND, " -np ", ranks,
-                                   " env TESSERA_CACHE_DIR=", dir_, "/cache ", environment, " ",
-                                   TESSERA_BINARY, " ", command,
-                                   stdout_only ? " 2>/dev/null" : " 2>&1"));
+    return RunCommand(absl::StrCat(
+        TESSERA_MPIRUN_COMMAND, " -np ", ranks, " env TESSERA_CACHE_DIR=", dir_, "/cache ",
+        environment, " ", TESSERA_BINARY, " ", command, stdout_only ? " 2>/dev/null" : " 2>&1"));
   }
 
   // step -> loss of a run's log.jsonl.
@@ -63,7 +62,8 @@ class Train : public ::testing::Test {
     std::ifstream log(run + "/log.jsonl");
     for (std::string line; std::getline(log, line);) {
       nlohmann::json entry = nlohmann::json::parse(line);
-      if (entry.contains("loss")) losses[entry["step"].get<int64_t>()] = entry["loss"].get<double>();
+      if (entry.contains("loss"))
+        losses[entry["step"].get<int64_t>()] = entry["loss"].get<double>();
     }
     return losses;
   }
@@ -90,7 +90,8 @@ TEST_F(Train, MemorizesCompletionsAndTheExportGeneratesThem) {
     ProcessOutcome trained =
         Run(tp, absl::StrCat("train --tp ", tp, " --data ", dir_, "/pairs.jsonl --output ", run,
                              " --steps 40 --lr 3e-3 --warmup 3 --seq-len 64 --micro-batch 4 "
-                             "--log-every 10 --eval-data ", dir_, "/pairs.jsonl --eval-every 20"));
+                             "--log-every 10 --eval-data ",
+                             dir_, "/pairs.jsonl --eval-every 20"));
     ASSERT_EQ(trained.exit_code, 0) << trained.output;
     EXPECT_NE(trained.output.find("step 40/40"), std::string::npos) << trained.output;
     EXPECT_NE(trained.output.find("exported the model to"), std::string::npos) << trained.output;
@@ -110,8 +111,7 @@ TEST_F(Train, MemorizesCompletionsAndTheExportGeneratesThem) {
                  << "eval/perplexity " << step << " " << entry["eval_perplexity"].dump() << "\n";
         continue;
       }
-      for (const char* key :
-           {"loss", "lr", "grad_norm", "tokens_per_s", "mfu", "exposed_comm_s"}) {
+      for (const char* key : {"loss", "lr", "grad_norm", "tokens_per_s", "mfu", "exposed_comm_s"}) {
         expected << "train/" << key << " " << step << " " << entry[key].dump() << "\n";
       }
     }
@@ -122,9 +122,9 @@ TEST_F(Train, MemorizesCompletionsAndTheExportGeneratesThem) {
     // The same scalars in TensorBoard's files, as the tensorboard package reads them.
     const std::string python = TensorBoardPython();
     ASSERT_FALSE(python.empty()) << "no Python with the tensorboard package (deploy/setup.sh)";
-    ProcessOutcome board = RunCommand(absl::StrCat(python, " ", TESSERA_READ_TENSORBOARD_SCRIPT,
-                                                   " ", run, "/tensorboard ", run,
-                                                   "/expected-scalars.txt 2>&1"));
+    ProcessOutcome board =
+        RunCommand(absl::StrCat(python, " ", TESSERA_READ_TENSORBOARD_SCRIPT, " ", run,
+                                "/tensorboard ", run, "/expected-scalars.txt 2>&1"));
     EXPECT_EQ(board.exit_code, 0) << board.output;
     EXPECT_TRUE(fs::exists(run + "/export/model.safetensors.index.json"));
     EXPECT_TRUE(fs::exists(run + "/export/tokenizer.json"));
@@ -152,13 +152,15 @@ TEST_F(Train, MemorizesCompletionsAndTheExportGeneratesThem) {
     }
     for (const auto& [prompt, completion] : kPairs) {
       EXPECT_NE(served.output.find(completion + "\n"), std::string::npos)
-          << "served, prompt '" << prompt << "':\n" << served.output;
+          << "served, prompt '" << prompt << "':\n"
+          << served.output;
     }
     for (int serve_tp : {1, 2}) {
       for (const auto& [prompt, completion] : kPairs) {
         ProcessOutcome generated =
-            Run(serve_tp, absl::StrCat("generate --tp ", serve_tp, " --model ", run,
-                                       "/export --max-tokens 16 --prompt '", prompt, "'"),
+            Run(serve_tp,
+                absl::StrCat("generate --tp ", serve_tp, " --model ", run,
+                             "/export --max-tokens 16 --prompt '", prompt, "'"),
                 "", /*stdout_only=*/true);
         ASSERT_EQ(generated.exit_code, 0) << generated.output;
         EXPECT_NE(generated.output.find(completion + "\n"), std::string::npos)
@@ -191,14 +193,14 @@ TEST_F(Train, LoraAdaptersMemorizeAndExportAsPeftOrMerged) {
   ASSERT_EQ(merged.exit_code, 0) << merged.output;
   EXPECT_TRUE(fs::exists(run + "-merged/model.safetensors.index.json"));
   for (const auto& [prompt, completion] : kPairs) {
-    ProcessOutcome generated = Run(1,
-                                   absl::StrCat("generate --model ", run,
-                                                "-merged --max-tokens 16 --prompt '", prompt,
-                                                "'"),
-                                   "", /*stdout_only=*/true);
+    ProcessOutcome generated = Run(
+        1,
+        absl::StrCat("generate --model ", run, "-merged --max-tokens 16 --prompt '", prompt, "'"),
+        "", /*stdout_only=*/true);
     ASSERT_EQ(generated.exit_code, 0) << generated.output;
     EXPECT_NE(generated.output.find(completion + "\n"), std::string::npos)
-        << "prompt '" << prompt << "':\n" << generated.output;
+        << "prompt '" << prompt << "':\n"
+        << generated.output;
   }
 }
 
@@ -228,8 +230,9 @@ TEST_F(Train, AKilledRunResumesWithBitwiseTheSameLosses) {
 
 TEST_F(Train, AStalledRankFailsTheJobWithinTheDeadline) {
   ProcessOutcome stalled =
-      Run(2, absl::StrCat("train --tp 1 --data ", dir_, "/pairs.jsonl --steps 4 --seq-len 64 ",
-                          "--micro-batch 2 --timeout 3s --no-export --output ", dir_, "/stalled"),
+      Run(2,
+          absl::StrCat("train --tp 1 --data ", dir_, "/pairs.jsonl --steps 4 --seq-len 64 ",
+                       "--micro-batch 2 --timeout 3s --no-export --output ", dir_, "/stalled"),
           "TESSERA_TEST_TRAIN_FAULT=stall:1:2");
   EXPECT_NE(stalled.exit_code, 0) << stalled.output;
   EXPECT_LT(stalled.seconds, 120) << stalled.output;
@@ -259,18 +262,20 @@ TEST_F(Train, BadCheckpointsAndDataAreRefusedWithAReason) {
   fs::resize_file(shard, fs::file_size(shard) / 2);
   ProcessOutcome corrupt = Run(2, absl::StrCat(flags, run, " --tp 2 --steps 4 --resume ", run));
   EXPECT_NE(corrupt.exit_code, 0);
-  EXPECT_NE(corrupt.output.find("model-tp0-of-2.safetensors"), std::string::npos)
-      << corrupt.output;
+  EXPECT_NE(corrupt.output.find("model-tp0-of-2.safetensors"), std::string::npos) << corrupt.output;
 
   {
     std::ofstream bad(dir_ + "/bad.jsonl");
-    bad << R"({"prompt": "a", "completion": "b"})" << "\n"
-        << R"({"prompt": "a", "completion": 7})" << "\n"
-        << R"({"text": "fine"})" << "\n";
+    bad << R"({"prompt": "a", "completion": "b"})"
+        << "\n"
+        << R"({"prompt": "a", "completion": 7})"
+        << "\n"
+        << R"({"text": "fine"})"
+        << "\n";
   }
-  const std::string bad_flags = absl::StrCat("train --data ", dir_, "/bad.jsonl --steps 1 ",
-                                             "--seq-len 32 --micro-batch 1 --no-export --output ",
-                                             dir_, "/bad");
+  const std::string bad_flags =
+      absl::StrCat("train --data ", dir_, "/bad.jsonl --steps 1 ",
+                   "--seq-len 32 --micro-batch 1 --no-export --output ", dir_, "/bad");
   ProcessOutcome stop = Run(1, bad_flags);
   EXPECT_NE(stop.exit_code, 0);
   EXPECT_NE(stop.output.find("bad.jsonl:2: completion"), std::string::npos) << stop.output;

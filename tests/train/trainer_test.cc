@@ -3,6 +3,8 @@
 // and the loss's definition: a step's rows split into micro-batches, accumulation steps or
 // data-parallel ranks give the same losses and weights.
 
+#include "runtime/train/trainer.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -18,7 +20,6 @@
 #include "runtime/train/batches.h"
 #include "runtime/train/optimizer.h"
 #include "runtime/train/trainable_model.h"
-#include "runtime/train/trainer.h"
 #include "tests/mpi/mpi_test_environment.h"
 #include "tests/train/golden_batch.h"
 
@@ -101,8 +102,7 @@ TEST(AdamW, TenStepsFollowTorchWithScheduleAndClipping) {
 // activations, for a full fine-tune and for LoRA, at the TP degree of all ranks.
 TEST(Recompute, GivesBitwiseTheSameGradients) {
   comm::Communicator& world = World();
-  const MicroBatch batch =
-      BatchOf(ReadJson(kTrain + "/glm4/batches.json").at("packed"));
+  const MicroBatch batch = BatchOf(ReadJson(kTrain + "/glm4/batches.json").at("packed"));
   for (bool lora : {false, true}) {
     std::vector<std::vector<float>> grads[2];
     for (bool recompute : {false, true}) {
