@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <filesystem>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -14,13 +13,13 @@
 #include "comm/topology.h"
 #include "kernels/cpu/parallel.h"
 #include "launcher/bench.h"
+#include "launcher/bench_models.h"
 #include "launcher/engine_flags.h"
 #include "launcher/flags.h"
 #include "launcher/fma_peak.h"
 #include "launcher/process.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/engine/engine.h"
-#include "runtime/model/default_model.h"
 #include "runtime/model/transformer.h"
 
 namespace tessera::launcher {
@@ -106,9 +105,9 @@ ProjectionFlops FlopsOf(const model::ModelConfig& mc) {
   return {2.0 * mc.num_hidden_layers * (attention + mlp), 2.0 * hidden * mc.vocab_size};
 }
 
-absl::Status BenchModel(const std::string& name, const std::string& dir,
-                        const BenchEngineConfig& config, comm::Communicator& tp, double peak,
-                        bool print) {
+absl::Status BenchOneModel(const std::string& name, const std::string& dir,
+                           const BenchEngineConfig& config, comm::Communicator& tp, double peak,
+                           bool print) {
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<model::Transformer> model,
                            model::Transformer::Load(dir, tp));
   const model::ModelConfig& mc = model->config();
@@ -152,21 +151,7 @@ absl::Status BenchEngine(const BenchEngineConfig& config, int* argc, char*** arg
   if (layout.dp_size() != 1) {
     return absl::InvalidArgumentError("bench engine runs one replica: give --tp the rank count");
   }
-  std::vector<std::pair<std::string, std::string>> models;
-  if (!config.model.empty()) {
-    std::string name = std::filesystem::path(config.model).lexically_normal().filename();
-    if (name.empty()) name = std::filesystem::path(config.model).parent_path().filename();
-    models.emplace_back(name, config.model);
-  } else {
-    TESSERA_ASSIGN_OR_RETURN(std::string tiny, model::EnsureDefaultModel());
-    models.emplace_back("default (random, f32)", tiny);
-    TESSERA_ASSIGN_OR_RETURN(
-        std::string big,
-        model::EnsureCachedModel("tessera-llama-0.5b-random-v1", [](const std::string& dir) {
-          return model::WriteRandomLlama(dir, model::BenchModelShape());
-        }));
-    models.emplace_back("llama-0.5b (random, bf16)", big);
-  }
+  TESSERA_ASSIGN_OR_RETURN(std::vector<BenchModel> models, BenchModels(config.model, false));
   // The node's FMA peak: every rank's kernel threads at once, summed.
   const double peak = MeasureJobFmaPeak();
   const bool print = world.rank() == 0;
@@ -189,8 +174,8 @@ absl::Status BenchEngine(const BenchEngineConfig& config, int* argc, char*** arg
                 "output t/s", "mean batch", "GFLOP/s", "of peak", "KV B/tok", "formula",
                 "alone t/s", "ratio");
   }
-  for (const auto& [name, dir] : models) {
-    TESSERA_RETURN_IF_ERROR(BenchModel(name, dir, config, layout.tp(), peak, print));
+  for (const BenchModel& m : models) {
+    TESSERA_RETURN_IF_ERROR(BenchOneModel(m.name, m.dir, config, layout.tp(), peak, print));
   }
   return absl::OkStatus();
 }

@@ -15,12 +15,12 @@
 #include "comm/layout.h"
 #include "comm/topology.h"
 #include "launcher/bench.h"
+#include "launcher/bench_models.h"
 #include "launcher/flags.h"
 #include "launcher/model_job.h"
 #include "launcher/process.h"
 #include "launcher/read_bandwidth.h"
 #include "runtime/core/status_macros.h"
-#include "runtime/model/default_model.h"
 #include "runtime/model/transformer.h"
 
 namespace tessera::launcher {
@@ -147,20 +147,8 @@ absl::Status BenchGenerate(const BenchGenerateConfig& config, int* argc, char***
                              CreateDeviceTpCommunicator(topology, layout, world.options()));
   }
   comm::Communicator& model_tp = device_tp != nullptr ? *device_tp : layout.tp();
-  std::vector<std::pair<std::string, std::string>> models;
-  if (!config.model.empty()) {
-    models.emplace_back(config.model, config.model);
-  } else {
-    TESSERA_ASSIGN_OR_RETURN(std::string tiny, model::EnsureDefaultModel());
-    models.emplace_back("default (random, f32)", tiny);
-    if (world.rank() == 0) std::fprintf(stderr, "preparing the ~0.5B random Llama (bf16)...\n");
-    TESSERA_ASSIGN_OR_RETURN(
-        std::string big,
-        model::EnsureCachedModel("tessera-llama-0.5b-random-v1", [](const std::string& dir) {
-          return model::WriteRandomLlama(dir, model::BenchModelShape());
-        }));
-    models.emplace_back("llama-0.5b (random, bf16)", big);
-  }
+  TESSERA_ASSIGN_OR_RETURN(std::vector<BenchModel> models,
+                           BenchModels(config.model, world.rank() == 0));
   double bandwidth = 0;
   ReadBandwidth host_read;
   if (device_tp != nullptr) {
@@ -193,8 +181,8 @@ absl::Status BenchGenerate(const BenchGenerateConfig& config, int* argc, char***
                 "prefill t/s", "decode t/s", "read MB/tok", "read GB/s", "limit t/s", "ratio");
   }
   std::vector<std::string> errors;
-  for (const auto& [name, dir] : models) {
-    TESSERA_ASSIGN_OR_RETURN(Row row, BenchOne(name, dir, config, model_tp));
+  for (const BenchModel& m : models) {
+    TESSERA_ASSIGN_OR_RETURN(Row row, BenchOne(m.name, m.dir, config, model_tp));
     if (world.rank() == 0) {
       const double limit = bandwidth / row.decode_bytes;
       const double read = row.decode_tps * row.decode_bytes;

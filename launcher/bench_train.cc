@@ -20,12 +20,12 @@
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/parallel.h"
 #include "launcher/bench.h"
+#include "launcher/bench_models.h"
 #include "launcher/flags.h"
 #include "launcher/fma_peak.h"
 #include "launcher/process.h"
 #include "mpi.h"
 #include "runtime/core/status_macros.h"
-#include "runtime/model/default_model.h"
 #include "runtime/train/batches.h"
 #include "runtime/train/trainable_model.h"
 #include "runtime/train/trainer.h"
@@ -154,21 +154,8 @@ absl::Status BenchTrain(const BenchTrainConfig& config, int* argc, char*** argv)
   TESSERA_ASSIGN_OR_RETURN(comm::Topology topology, comm::Topology::Discover(world));
   TESSERA_ASSIGN_OR_RETURN(comm::Layout layout,
                            comm::Layout::Create(world, topology, {config.tp, false}));
-  std::vector<std::pair<std::string, std::string>> models;
-  if (!config.model.empty()) {
-    std::string name = std::filesystem::path(config.model).lexically_normal().filename();
-    if (name.empty()) name = std::filesystem::path(config.model).parent_path().filename();
-    models.emplace_back(name, config.model);
-  } else {
-    TESSERA_ASSIGN_OR_RETURN(std::string tiny, model::EnsureDefaultModel());
-    models.emplace_back("default (random)", tiny);
-    TESSERA_ASSIGN_OR_RETURN(
-        std::string big,
-        model::EnsureCachedModel("tessera-llama-0.5b-random-v1", [](const std::string& dir) {
-          return model::WriteRandomLlama(dir, model::BenchModelShape());
-        }));
-    models.emplace_back("llama-0.5b (random)", big);
-  }
+  TESSERA_ASSIGN_OR_RETURN(std::vector<BenchModel> models,
+                           BenchModels(config.model, world.rank() == 0));
   const double peak = MeasureJobFmaPeak();
   if (world.rank() == 0) {
     std::printf(
@@ -187,8 +174,8 @@ absl::Status BenchTrain(const BenchTrainConfig& config, int* argc, char*** argv)
     std::printf("%-26s %4s %4s %6s %5s %10s %11s %9s %7s %11s\n", "model", "tp", "dp", "rows",
                 "seq", "params (B)", "tokens/s", "GFLOP/s", "MFU", "DP all-reduce");
   }
-  for (const auto& [name, dir] : models) {
-    TESSERA_RETURN_IF_ERROR(BenchOne(name, dir, config, layout, world, peak));
+  for (const BenchModel& m : models) {
+    TESSERA_RETURN_IF_ERROR(BenchOne(m.name, m.dir, config, layout, world, peak));
   }
   return world.Barrier();
 }

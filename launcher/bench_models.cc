@@ -1,0 +1,31 @@
+#include "launcher/bench_models.h"
+
+#include <cstdio>
+#include <filesystem>
+
+#include "runtime/core/status_macros.h"
+#include "runtime/model/default_model.h"
+
+namespace tessera::launcher {
+
+absl::StatusOr<std::vector<BenchModel>> BenchModels(const std::string& model_flag, bool announce) {
+  if (!model_flag.empty()) {
+    const std::filesystem::path path = std::filesystem::path(model_flag).lexically_normal();
+    std::string name = path.filename();
+    if (name.empty()) name = path.parent_path().filename();
+    return std::vector<BenchModel>{{name, model_flag}};
+  }
+  std::vector<BenchModel> models;
+  TESSERA_ASSIGN_OR_RETURN(std::string tiny, model::EnsureDefaultModel());
+  models.push_back({"default (random, f32)", tiny});
+  if (announce) std::fprintf(stderr, "preparing the ~0.5B random Llama (bf16)...\n");
+  TESSERA_ASSIGN_OR_RETURN(
+      std::string big,
+      model::EnsureCachedModel("tessera-llama-0.5b-random-v1", [](const std::string& dir) {
+        return model::WriteRandomLlama(dir, model::BenchModelShape());
+      }));
+  models.push_back({"llama-0.5b (random, bf16)", big});
+  return models;
+}
+
+}  // namespace tessera::launcher
