@@ -279,16 +279,25 @@ absl::StatusOr<LaunchCommands> BuildLaunchCommands(const LaunchConfig& config) {
   // --ranks-per-node, `slot` fills each host's slots in hostfile order), so consecutive
   // ranks, and therefore each tensor-parallel group, share a node.
   //
-  // Binding. "numa" (the default) binds each rank to the cores of one NUMA domain: the
-  // ranks of a node are spread over its domains in order, which is how GPUs hang off the
-  // sockets (GPUs 0-3 on the first, 4-7 on the second), and the rank's CPU threads (the
-  // CPU attention kernel, the leader's gRPC server) can use every core of the domain.
+  // Binding, by backend. nccl (one rank per GPU): the hostfile's slots, or --ranks-per-node,
+  // are the GPUs of a node, and "numa" (the default) binds each rank to the cores of one
+  // NUMA domain: the ranks of a node are spread over its domains in order, which is how GPUs
+  // hang off the sockets (GPUs 0-3 on the first, 4-7 on the second), and the rank's CPU
+  // threads (the CPU attention kernel, the leader's gRPC server) can use every core of the
+  // domain. cpu: the kernels run on the rank's own cores and its memory is placed by first
+  // touch, so a rank spanning two domains would read half its weights across the socket
+  // link; "numa" therefore runs one rank per NUMA domain (`--map-by ppr:1:numa`), and the
+  // slots, or --ranks-per-node, must be the domains of each node (usually its sockets; more
+  // with sub-NUMA clustering). The ppr mapper fills a node before the next, so groups still
+  // stay inside nodes. Each rank then sizes its threads from its affinity mask
+  // (kernels/cpu/cpu_affinity.h).
   // "core" reserves k = --cores-per-rank cores for each rank with the PE=k modifier of
   // --map-by (plain --bind-to core would give each rank one core, on which all its threads
   // would queue), and caps TESSERA_CPU_THREADS at k. "none" leaves placement to the OS.
   std::string map_by = config.ranks_per_node > 0
                            ? absl::StrCat("ppr:", config.ranks_per_node, ":node")
                            : std::string("slot");
+  if (config.backend == "cpu" && config.bind_to == "numa") map_by = "ppr:1:numa";
   if (config.bind_to == "core") absl::StrAppend(&map_by, ":PE=", config.cores_per_rank);
 
   commands.workers = {
@@ -565,12 +574,15 @@ int RunLaunch(const std::vector<std::string>& args, int* /*argc*/, char*** /*arg
   flags.Int("ranks-per-node", &config.ranks_per_node,
             "ranks on each node, as --map-by ppr:N:node (0: each host's slots, in order)");
   flags.Int("tp", &config.tp, "tensor-parallel degree; divides every node's rank count");
-  flags.String("bind-to", &config.bind_to, "core (--cores-per-rank cores per rank), numa or none");
+  flags.String("bind-to", &config.bind_to,
+               "numa (with --backend cpu: one rank per NUMA domain, --map-by ppr:1:numa), core "
+               "(--cores-per-rank cores per rank) or none");
   flags.Int("cores-per-rank", &config.cores_per_rank,
             "cores reserved for each rank with "
             "--bind-to core");
   flags.String("backend", &config.backend,
-               "cpu or nccl (nccl: NCCL_DEBUG=WARN and this shell's NCCL_* reach the ranks)");
+               "nccl (one rank per GPU: slots = GPUs; NCCL_DEBUG=WARN and this shell's NCCL_* "
+               "reach the ranks) or cpu (one rank per NUMA domain: slots = domains)");
   flags.String("env", &env_flag,
                "NAME=VALUE set on every rank, or NAME to pass this shell's value (repeatable)");
   flags.String("coordinator", &config.coordinator,

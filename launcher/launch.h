@@ -2,9 +2,10 @@
 #define TESSERA_LAUNCHER_LAUNCH_H_
 
 // `tessera launch`: a serving job on many nodes from one Open MPI hostfile. It starts the
-// coordinator on this machine and the workers with mpirun, one rank per GPU, laid out so
-// that no tensor-parallel group spans two nodes. The command lines are built by a pure
-// function (BuildLaunchCommands) so that their mapping from flags can be tested.
+// coordinator on this machine and the workers with mpirun, one rank per GPU (with the CPU
+// backend, one per NUMA domain), laid out so that no tensor-parallel group spans two nodes.
+// The command lines are built by a pure function (BuildLaunchCommands) so that their
+// mapping from flags can be tested.
 
 #include <string>
 #include <vector>
@@ -39,11 +40,14 @@ struct LaunchConfig {
   int ranks_per_node = 0;
   // Tensor-parallel degree; must divide every node's rank count.
   int tp = 1;
-  // core, numa or none.
+  // numa, core or none. numa: each rank bound to one NUMA domain; with backend "cpu" also
+  // mapped one per domain (--map-by ppr:1:numa), so each node's slots (or ranks_per_node)
+  // must be its NUMA domains.
   std::string bind_to = "numa";
   // With bind_to "core": cores reserved for each rank (PE=k).
   int cores_per_rank = 1;
-  // cpu or nccl: which communicator settings go to the ranks.
+  // cpu or nccl: which communicator settings go to the ranks, and (with bind_to "numa") how
+  // ranks are mapped: nccl one per slot (a GPU), cpu one per NUMA domain.
   std::string backend = "nccl";
   // "NAME=VALUE" set on every rank, or "NAME" to forward this process's value.
   std::vector<std::string> env;

@@ -9,7 +9,6 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/attention.h"
-#include "kernels/cpu/cross_entropy.h"
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/norm_activation.h"
 #include "kernels/cpu/row_ops.h"
@@ -20,6 +19,7 @@
 #include "runtime/model/rotary_config.h"
 #include "runtime/model/safetensors.h"
 #include "runtime/model/weight_loader.h"
+#include "runtime/train/lora_layer.h"
 
 namespace tessera::train {
 namespace {
@@ -56,60 +56,6 @@ absl::Status AddLinearBackwardInput(const Tensor& dy, const Tensor& w, Tensor& d
                                     Tensor& scratch) {
   TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardInput(dy, w, scratch));
   return kernels::AddInPlace(dx, scratch);
-}
-
-}  // namespace
-
-// A parameter's value and gradient, as views of the parameter set's tensors; undefined for
-// a tensor the model does not have.
-struct WeightAndGrad {
-  Tensor w, g;
-  bool defined() const { return w.defined(); }
-};
-
-// A LoRA adapter's factors: A (r, K), B (N, r) as this rank holds them; undefined when the
-// Linear has none.
-struct LoraWeights {
-  WeightAndGrad a, b;
-  bool defined() const { return a.defined(); }
-};
-
-namespace {
-
-// out[:, column : column + N] += scale * (x A^T) B^T. Returns x A^T (T, r) for the backward.
-absl::StatusOr<Tensor> ApplyLora(const Tensor& x, const LoraWeights& lora, float scale, Tensor& out,
-                                 int64_t column) {
-  const int64_t tokens = x.dim(0), n = lora.b.w.dim(0), width = out.dim(1);
-  TESSERA_ASSIGN_OR_RETURN(Tensor u, F32({tokens, lora.a.w.dim(0)}));
-  TESSERA_RETURN_IF_ERROR(kernels::Linear(x, lora.a.w, Tensor(), u));
-  TESSERA_ASSIGN_OR_RETURN(Tensor v, F32({tokens, n}));
-  TESSERA_RETURN_IF_ERROR(kernels::Linear(u, lora.b.w, Tensor(), v));
-  for (int64_t t = 0; t < tokens; ++t) {
-    float* row = out.data<float>() + t * width + column;
-    const float* add = v.data<float>() + t * n;
-    for (int64_t j = 0; j < n; ++j) row[j] += scale * add[j];
-  }
-  return u;
-}
-
-// The backward of ApplyLora: dy (T, width) is the gradient of the whole output, of which the
-// adapter wrote columns [column, column + N). Adds into the factors' gradients and dx.
-absl::Status LoraBackward(const Tensor& dy, int64_t column, const Tensor& x, const Tensor& u,
-                          const LoraWeights& lora, float scale, Tensor& dx) {
-  const int64_t tokens = dy.dim(0), n = lora.b.w.dim(0), width = dy.dim(1);
-  TESSERA_ASSIGN_OR_RETURN(Tensor dv, F32({tokens, n}));
-  for (int64_t t = 0; t < tokens; ++t) {
-    const float* row = dy.data<float>() + t * width + column;
-    float* to = dv.data<float>() + t * n;
-    for (int64_t j = 0; j < n; ++j) to[j] = scale * row[j];
-  }
-  Tensor b_grad = lora.b.g, a_grad = lora.a.g;
-  TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardWeight(dv, u, b_grad, nullptr));
-  TESSERA_ASSIGN_OR_RETURN(Tensor du, F32(u.shape()));
-  TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardInput(dv, lora.b.w, du));
-  TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardWeight(du, x, a_grad, nullptr));
-  TESSERA_ASSIGN_OR_RETURN(Tensor scratch, F32(dx.shape()));
-  return AddLinearBackwardInput(du, lora.a.w, dx, scratch);
 }
 
 // dw += dy^T x (and the bias's), unless the weight is frozen.
@@ -423,60 +369,15 @@ absl::StatusOr<LossSum> TrainableModel::LossAndHeadBackward(const Tensor& normed
                                                             const float* loss_scale,
                                                             Tensor* d_normed) {
   const std::string head_name = plan_.tied_lm_head ? "model.embed_tokens.weight" : "lm_head.weight";
-  const Parameter* head = params_.Find(head_name);
+  Parameter* head = params_.Find(head_name);
   if (head == nullptr) return absl::InternalError(absl::StrCat("no ", head_name));
-  const int64_t tokens = normed.dim(0);
-  const int64_t shard = plan_.vocab.padded_rows;
-  const int64_t valid = plan_.vocab.end - plan_.vocab.begin;
-  const int tp = tp_.size();
-  const int64_t chunk = std::max<int64_t>(1, options_.loss_chunk_rows);
-  LossSum total;
-  Stream cpu = Stream::Cpu();
-  for (int64_t begin = 0; begin < tokens; begin += chunk) {
-    const int64_t end = std::min(tokens, begin + chunk), rows = end - begin;
-    TESSERA_ASSIGN_OR_RETURN(Tensor x, normed.Slice(begin, end));
-    TESSERA_ASSIGN_OR_RETURN(Tensor chunk_targets, targets.Slice(begin, end));
-    TESSERA_ASSIGN_OR_RETURN(Tensor logits, F32({rows, shard}));
-    TESSERA_RETURN_IF_ERROR(kernels::Linear(x, head->value, Tensor(), logits));
-    TESSERA_ASSIGN_OR_RETURN(Tensor stats, F32({rows, 3}));
-    TESSERA_RETURN_IF_ERROR(kernels::CrossEntropyShardStats(
-        logits, chunk_targets, plan_.vocab.begin, valid, config_.vocab_size, stats));
-    Tensor all = stats;
-    if (tp > 1) {
-      TESSERA_ASSIGN_OR_RETURN(all, F32({tp * rows * 3}));
-      TESSERA_RETURN_IF_ERROR(tp_.AllGather(stats.Flatten(), all, cpu));
-    }
-    TESSERA_ASSIGN_OR_RETURN(Tensor lse, F32({rows}));
-    TESSERA_ASSIGN_OR_RETURN(Tensor row_scale, F32({rows}));
-    for (int64_t i = 0; i < rows; ++i) {
-      float max = -std::numeric_limits<float>::infinity();
-      for (int r = 0; r < tp; ++r) max = std::max(max, all.data<float>()[(r * rows + i) * 3]);
-      double sum = 0, target_logit = 0;
-      for (int r = 0; r < tp; ++r) {
-        const float* part = all.data<float>() + (r * rows + i) * 3;
-        sum += static_cast<double>(part[1]) * std::exp(static_cast<double>(part[0]) - max);
-        target_logit += part[2];
-      }
-      const double row_lse = max + std::log(sum);
-      lse.data<float>()[i] = static_cast<float>(row_lse);
-      const bool counted = chunk_targets.data<int32_t>()[i] != kIgnoreLabel;
-      row_scale.data<float>()[i] = counted && loss_scale != nullptr ? *loss_scale : 0.0f;
-      if (counted) {
-        total.sum += row_lse - target_logit;
-        ++total.targets;
-      }
-    }
-    if (d_normed == nullptr) continue;
-    TESSERA_RETURN_IF_ERROR(kernels::CrossEntropyBackward(logits, chunk_targets, plan_.vocab.begin,
-                                                          valid, lse, row_scale, logits));
-    TESSERA_ASSIGN_OR_RETURN(Tensor dx, d_normed->Slice(begin, end));
-    TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardInput(logits, head->value, dx));
-    if (head->grad.defined()) {
-      Tensor head_grad = head->grad;
-      TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardWeight(logits, x, head_grad, nullptr));
-    }
-  }
-  return total;
+  VocabParallelHead vocab_head;
+  vocab_head.weight = &head->value;
+  vocab_head.grad = head->grad.defined() ? &head->grad : nullptr;
+  vocab_head.shard = plan_.vocab;
+  vocab_head.vocab_size = config_.vocab_size;
+  vocab_head.chunk_rows = options_.loss_chunk_rows;
+  return VocabParallelCrossEntropy(normed, targets, vocab_head, tp_, loss_scale, d_normed);
 }
 
 absl::Status TrainableModel::LayerBackward(int l, const Tensor& positions, const Tensor& starts,

@@ -33,6 +33,7 @@
 #include "runtime/train/batches.h"
 #include "runtime/train/lora.h"
 #include "runtime/train/parameters.h"
+#include "runtime/train/vocab_parallel_loss.h"
 
 namespace tessera::train {
 
@@ -45,12 +46,6 @@ struct TrainableModelOptions {
   // activation memory of one layer instead of all, for a third more compute. The gradients
   // are bitwise the same.
   bool recompute = false;
-};
-
-// Sum of the token losses of a micro-batch and how many targets it had.
-struct LossSum {
-  double sum = 0;
-  int64_t targets = 0;
 };
 
 class TrainableModel {

@@ -133,6 +133,50 @@ TEST_F(LaunchTest, BindToCoreReservesCoresPerRank) {
   EXPECT_TRUE(HasPair(commands.workers, "--map-by", "slot:PE=1"));
 }
 
+TEST_F(LaunchTest, GpuLayoutRunsOneRankPerGpuBoundToItsNumaDomain) {
+  // Two nodes of 8 GPUs, tensor-parallel groups of 4: 8 consecutive ranks on each node.
+  config_.ranks_per_node = 8;
+  config_.tp = 4;
+  ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
+  EXPECT_EQ(std::vector<std::string>(commands.workers.begin(), commands.workers.begin() + 9),
+            (std::vector<std::string>{"mpirun", "--hostfile", config_.hostfile, "-np", "16",
+                                      "--map-by", "ppr:8:node", "--bind-to", "numa"}));
+  EXPECT_FALSE(HasPair(commands.workers, "-x", "TESSERA_CPU_THREADS=1"));
+}
+
+TEST_F(LaunchTest, CpuLayoutRunsOneRankPerNumaDomain) {
+  // Two nodes of two NUMA domains (sockets): slots=2 each, one rank bound to each domain.
+  config_.hostfile = Hostfile("node-a slots=2\nnode-b slots=2\n");
+  config_.backend = "cpu";
+  config_.tp = 2;
+  ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
+  EXPECT_EQ(commands.np, 4);
+  EXPECT_EQ(std::vector<std::string>(commands.workers.begin(), commands.workers.begin() + 9),
+            (std::vector<std::string>{"mpirun", "--hostfile", config_.hostfile, "-np", "4",
+                                      "--map-by", "ppr:1:numa", "--bind-to", "numa"}));
+  // The threads follow the binding (kernels/cpu/cpu_affinity.h): no count is imposed.
+  for (const std::string& arg : commands.workers) {
+    EXPECT_EQ(arg.find("TESSERA_CPU_THREADS"), std::string::npos) << arg;
+  }
+
+  // --ranks-per-node gives the domains per node; the mapping is still one per domain.
+  config_.ranks_per_node = 2;
+  ASSERT_OK_AND_ASSIGN(commands, BuildLaunchCommands(config_));
+  EXPECT_TRUE(HasPair(commands.workers, "--map-by", "ppr:1:numa"));
+  EXPECT_TRUE(HasPair(commands.workers, "-np", "4"));
+
+  // An explicit core or none binding is kept as asked.
+  config_.bind_to = "core";
+  config_.cores_per_rank = 16;
+  ASSERT_OK_AND_ASSIGN(commands, BuildLaunchCommands(config_));
+  EXPECT_TRUE(HasPair(commands.workers, "--map-by", "ppr:2:node:PE=16"));
+  EXPECT_TRUE(HasPair(commands.workers, "--bind-to", "core"));
+  config_.bind_to = "none";
+  ASSERT_OK_AND_ASSIGN(commands, BuildLaunchCommands(config_));
+  EXPECT_TRUE(HasPair(commands.workers, "--map-by", "ppr:2:node"));
+  EXPECT_TRUE(HasPair(commands.workers, "--bind-to", "none"));
+}
+
 TEST_F(LaunchTest, BindToNoneBindsNothing) {
   config_.bind_to = "none";
   ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
