@@ -311,6 +311,8 @@ absl::StatusOr<LaunchCommands> BuildLaunchCommands(const LaunchConfig& config) {
   auto add = [&](const char* flag, const std::string& value) {
     if (!value.empty()) commands.workers.insert(commands.workers.end(), {flag, value});
   };
+  // The model runs where the backend's collectives do: on the GPUs with NCCL.
+  add("--device", config.backend == "nccl" ? "cuda" : "cpu");
   add("--model", config.model);
   add("--model-name", config.model_name);
   add("--version", config.version);

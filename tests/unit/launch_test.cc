@@ -101,11 +101,27 @@ TEST_F(LaunchTest, DefaultsFillEverySlotAndStartTheCoordinatorHere) {
   EXPECT_EQ(commands.coordinator_port, 50051);
   EXPECT_EQ(commands.coordinator, (std::vector<std::string>{"/usr/local/bin/tessera", "coordinator",
                                                             "--listen", "0.0.0.0:50051"}));
-  EXPECT_EQ(commands.workers,
-            (std::vector<std::string>{
-                "mpirun", "--hostfile", config_.hostfile, "-np", "16", "--map-by", "slot",
-                "--bind-to", "numa", "-x", "NCCL_DEBUG=WARN", "/opt/tessera/bin/tessera", "worker",
-                "--coordinator", "head:50051", "--tp", "4", "--model", "/models/glm-4-9b"}));
+  EXPECT_EQ(commands.workers, (std::vector<std::string>{"mpirun",
+                                                        "--hostfile",
+                                                        config_.hostfile,
+                                                        "-np",
+                                                        "16",
+                                                        "--map-by",
+                                                        "slot",
+                                                        "--bind-to",
+                                                        "numa",
+                                                        "-x",
+                                                        "NCCL_DEBUG=WARN",
+                                                        "/opt/tessera/bin/tessera",
+                                                        "worker",
+                                                        "--coordinator",
+                                                        "head:50051",
+                                                        "--tp",
+                                                        "4",
+                                                        "--device",
+                                                        "cuda",
+                                                        "--model",
+                                                        "/models/glm-4-9b"}));
 }
 
 TEST_F(LaunchTest, RanksPerNodeMapsByPprAndSetsTheDefaultNp) {
@@ -243,9 +259,9 @@ TEST_F(LaunchTest, WorkerFlagsAndPassThroughArguments) {
                                 "--metrics-listen", "0.0.0.0:9500", "--policy", "least-load"}));
   EXPECT_EQ(
       WorkerArgs(commands, "/opt/tessera/bin/tessera"),
-      (std::vector<std::string>{"worker", "--coordinator", "10.0.0.1:6000", "--tp", "2", "--model",
-                                "/m", "--model-name", "glm", "--version", "v2", "--zone", "rack-1",
-                                "--dtype", "bf16", "--kv-cache-memory", "8G"}));
+      (std::vector<std::string>{"worker", "--coordinator", "10.0.0.1:6000", "--tp", "2", "--device",
+                                "cuda", "--model", "/m", "--model-name", "glm", "--version", "v2",
+                                "--zone", "rack-1", "--dtype", "bf16", "--kv-cache-memory", "8G"}));
 }
 
 TEST_F(LaunchTest, NoStartCoordinatorBuildsOnlyTheWorkers) {
