@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "comm/agreement.h"
 #include "comm/layout.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/parallel.h"
@@ -94,20 +95,6 @@ void InjectFaultBefore(int64_t step, int world_rank) {
   }
   if (parts[0] == "kill") raise(SIGKILL);
   if (parts[0] == "stall") std::this_thread::sleep_for(std::chrono::hours(1));
-}
-
-// Ranks fail together where only some of them may fail (each reads its own part of a
-// checkpoint): this rank's error, or ABORTED naming what another rank was doing. Collective.
-absl::Status AgreeOnStatus(comm::Communicator& world, absl::Status mine, absl::string_view doing) {
-  int32_t failed = mine.ok() ? 0 : 1;
-  Tensor flag = Tensor::Wrap(&failed, DType::kI32, {1});
-  Stream cpu = Stream::Cpu();
-  TESSERA_RETURN_IF_ERROR(world.AllReduce(flag, comm::ReduceOp::kMax, cpu));
-  if (!mine.ok()) return mine;
-  if (failed != 0) {
-    return absl::AbortedError(absl::StrCat("another rank failed ", doing));
-  }
-  return absl::OkStatus();
 }
 
 double Now() {
@@ -218,12 +205,12 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
   // Every rank reads the data files (a node may lack them): they fail together.
   absl::StatusOr<train::RowStream> data =
       ReadStream(config.data, config, model->config(), *job.tokenizer, lead);
-  TESSERA_RETURN_IF_ERROR(AgreeOnStatus(world, data.status(), "reading --data"));
+  TESSERA_RETURN_IF_ERROR(comm::AgreeOnStatus(world, data.status(), "to read --data"));
   std::optional<train::RowStream> eval;
   if (!config.eval_data.empty()) {
     absl::StatusOr<train::RowStream> read =
         ReadStream(config.eval_data, config, model->config(), *job.tokenizer, lead);
-    TESSERA_RETURN_IF_ERROR(AgreeOnStatus(world, read.status(), "reading --eval-data"));
+    TESSERA_RETURN_IF_ERROR(comm::AgreeOnStatus(world, read.status(), "to read --eval-data"));
     eval = std::move(*read);
   }
   train::TrainerOptions options;
@@ -252,9 +239,9 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
   TESSERA_ASSIGN_OR_RETURN(train::Trainer trainer,
                            train::Trainer::Create(*model, layout.dp(), *data, options));
   if (!resume_from.empty()) {
-    TESSERA_RETURN_IF_ERROR(AgreeOnStatus(
+    TESSERA_RETURN_IF_ERROR(comm::AgreeOnStatus(
         world, train::LoadCheckpoint(resume_from, trainer, layout.tp_rank(), data->Fingerprint()),
-        "loading its part of the checkpoint"));
+        "to load its part of the checkpoint"));
     if (lead) {
       std::fprintf(stderr, "tessera train: resumed from %s at step %lld\n", resume_from.c_str(),
                    static_cast<long long>(trainer.steps_done()));
@@ -413,8 +400,8 @@ absl::Status ExportCheckpoint(const ExportConfig& config, int* argc, char*** arg
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<train::TrainableModel> model,
                            train::TrainableModel::Load(job.model_dir, layout.tp(), options));
   TESSERA_RETURN_IF_ERROR(
-      AgreeOnStatus(world, train::LoadCheckpointWeights(checkpoint, *model, layout.tp_rank()),
-                    "loading its part of the checkpoint"));
+      comm::AgreeOnStatus(world, train::LoadCheckpointWeights(checkpoint, *model, layout.tp_rank()),
+                          "to load its part of the checkpoint"));
   if (summary.lora.enabled() && !config.merge) {
     TESSERA_RETURN_IF_ERROR(train::ExportPeftAdapter(*model, job.model_dir, config.output));
   } else {

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "comm/agreement.h"
 #include "nlohmann/json.hpp"
 #include "runtime/core/status_macros.h"
 #include "runtime/core/stream.h"
@@ -99,12 +100,7 @@ absl::Status SaveCheckpoint(const std::string& output, Trainer& trainer, comm::C
     if (error) prepared = IoError(absl::StrCat("cannot prepare ", temporary.string()), error);
   }
   // Every rank learns whether rank 0 could prepare the directory before writing into it.
-  std::vector<int32_t> flag = {prepared.ok() ? 0 : 1};
-  Tensor flag_tensor = Tensor::Wrap(flag.data(), DType::kI32, {1});
-  Stream cpu = Stream::Cpu();
-  TESSERA_RETURN_IF_ERROR(world.AllReduce(flag_tensor, comm::ReduceOp::kMax, cpu));
-  if (!prepared.ok()) return prepared;
-  if (flag[0] != 0) return absl::InternalError("rank 0 could not prepare the checkpoint folder");
+  TESSERA_RETURN_IF_ERROR(comm::AgreeOnStatus(world, prepared, "to prepare the checkpoint folder"));
 
   absl::Status written = absl::OkStatus();
   if (dp_rank == 0) {
@@ -122,10 +118,7 @@ absl::Status SaveCheckpoint(const std::string& output, Trainer& trainer, comm::C
           {{"steps", absl::StrCat(trainer.optimizer().steps_done())}});
     }
   }
-  flag[0] = written.ok() ? 0 : 1;
-  TESSERA_RETURN_IF_ERROR(world.AllReduce(flag_tensor, comm::ReduceOp::kMax, cpu));
-  if (!written.ok()) return written;
-  if (flag[0] != 0) return absl::InternalError("another rank could not write its checkpoint part");
+  TESSERA_RETURN_IF_ERROR(comm::AgreeOnStatus(world, written, "to write its checkpoint part"));
 
   absl::Status published = absl::OkStatus();
   if (world.rank() == 0) {
@@ -150,11 +143,7 @@ absl::Status SaveCheckpoint(const std::string& output, Trainer& trainer, comm::C
       for (size_t i = 0; i + keep < all.size(); ++i) fs::remove_all(root / all[i], error);
     }
   }
-  flag[0] = published.ok() ? 0 : 1;
-  TESSERA_RETURN_IF_ERROR(world.AllReduce(flag_tensor, comm::ReduceOp::kMax, cpu));
-  if (!published.ok()) return published;
-  if (flag[0] != 0) return absl::InternalError("rank 0 could not publish the checkpoint");
-  return absl::OkStatus();
+  return comm::AgreeOnStatus(world, published, "to publish the checkpoint");
 }
 
 absl::StatusOr<std::string> LatestCheckpoint(const std::string& output) {

@@ -8,6 +8,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "comm/agreement.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/norm_activation.h"
@@ -145,15 +146,8 @@ absl::StatusOr<std::unique_ptr<TrainableModel>> TrainableModel::Load(
     TESSERA_RETURN_IF_ERROR(m->BindLayers());
     return m;
   }();
-  int32_t failed = loaded.ok() ? 0 : 1;
-  Tensor flag = Tensor::Wrap(&failed, DType::kI32, {1});
-  Stream cpu = Stream::Cpu();
-  TESSERA_RETURN_IF_ERROR(tp.AllReduce(flag, comm::ReduceOp::kMax, cpu));
-  if (!loaded.ok()) return loaded.status();
-  if (failed != 0) {
-    return absl::AbortedError(
-        absl::StrCat("another rank of ", tp.name(), " could not load its shard of ", dir));
-  }
+  TESSERA_RETURN_IF_ERROR(
+      comm::AgreeOnStatus(tp, loaded.status(), absl::StrCat("to load its shard of ", dir)));
   std::unique_ptr<TrainableModel> m = std::move(*loaded);
   if (m->plan_.attention.kv_replicated) {
     TESSERA_ASSIGN_OR_RETURN(

@@ -21,6 +21,7 @@
 #include "gtest/gtest.h"
 #include "runtime/tokenizer/tokenizer.h"
 #include "runtime/train/batches.h"
+#include "tests/model/model_test_util.h"
 #include "tests/unit/status_test_util.h"
 
 namespace tessera::train {
@@ -30,33 +31,8 @@ using ::tessera::testing::IsError;
 
 constexpr int32_t kIgnore = kIgnoreLabel;
 
-// A fresh directory under the test temp dir, removed with everything in it.
-class ScratchDir {
- public:
-  ScratchDir() {
-    std::string pattern = (std::filesystem::path(::testing::TempDir()) / "tessera_data_XXXXXX");
-    if (::mkdtemp(pattern.data()) == nullptr) ADD_FAILURE() << "mkdtemp failed for " << pattern;
-    path_ = pattern;
-  }
-  ScratchDir(const ScratchDir&) = delete;
-  ScratchDir& operator=(const ScratchDir&) = delete;
-  ~ScratchDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-
-  // Writes `contents` to path()/name and returns that path.
-  std::string Write(const std::string& name, const std::string& contents) const {
-    std::string path = (std::filesystem::path(path_) / name).string();
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out << contents;
-    EXPECT_TRUE(out.good()) << "cannot write " << path;
-    return path;
-  }
-
- private:
-  std::string path_;
-};
+using ::tessera::model::testing::ScratchDir;
+using ::tessera::model::testing::WriteBytes;
 
 std::vector<int32_t> Concat(std::initializer_list<std::vector<int32_t>> parts) {
   std::vector<int32_t> all;
@@ -97,7 +73,8 @@ class ReadExamplesTest : public ::testing::Test {
 
   absl::StatusOr<std::vector<Example>> Read(const std::string& contents,
                                             ReadReport* report = nullptr) {
-    path_ = dir_.Write("train.jsonl", contents);
+    path_ = dir_.File("train.jsonl");
+    WriteBytes(path_, contents);
     return ReadExamples(path_, *tokenizer_, options_, report);
   }
 
