@@ -749,9 +749,16 @@ class Failover : public LayoutTest<Failover> {
 TEST_F(Failover, RequestsOfADeadGroupEndOnTheOtherOrWithAClearError) {
   const std::string group_a = layout().GroupOf(0), group_b = layout().GroupOf(1);
   ASSERT_NE(group_a, group_b);
-  constexpr int kRequests = 24, kTokens = 64;
+  // Rank 1 (a TP peer) of group A is killed by the reader that sees A's first message, so
+  // that request is mid-stream when A dies (a poller could miss a short request entirely);
+  // A's other requests are still queued behind --max-running 2.
+  constexpr int kRequests = 24, kTokens = 160;
+  absl::StatusOr<pid_t> peer = layout().jobs[0]->RankPid(1);
+  ASSERT_TRUE(peer.ok()) << peer.status();
   std::vector<Streamed> results(kRequests);
   std::atomic<int> streamed_on_a{0};
+  std::atomic<int> kill_result{1};
+  absl::Time killed_at;  // written by that reader alone, read after the join
   std::vector<std::thread> threads;
   JoinAll join_all{threads};
   absl::Time start = absl::Now();
@@ -766,21 +773,19 @@ TEST_F(Failover, RequestsOfADeadGroupEndOnTheOtherOrWithAClearError) {
       auto reader = inference().GenerateStream(&context, request);
       v1::GenerateStreamResponse message;
       while (reader->Read(&message)) {
-        if (out.messages.empty() && message.placement().group() == group_a) {
-          streamed_on_a.fetch_add(1);
+        if (out.messages.empty() && message.placement().group() == group_a &&
+            streamed_on_a.fetch_add(1) == 0) {
+          killed_at = absl::Now();
+          kill_result.store(kill(*peer, SIGKILL));
         }
         out.messages.push_back(message);
       }
       out.status = reader->Finish();
     });
   }
-  // Kill rank 1 (a TP peer) of group A once A is streaming (its other requests queue).
-  EXPECT_TRUE(WaitFor([&] { return streamed_on_a.load() > 0; }, absl::Seconds(60)));
-  absl::StatusOr<pid_t> peer = layout().jobs[0]->RankPid(1);
-  ASSERT_TRUE(peer.ok()) << peer.status();
-  absl::Time killed_at = absl::Now();
-  ASSERT_EQ(kill(*peer, SIGKILL), 0);
   for (std::thread& thread : threads) thread.join();
+  ASSERT_GT(streamed_on_a.load(), 0) << "no request ran on group A";
+  ASSERT_EQ(kill_result.load(), 0) << "could not kill rank 1 of group A";
   std::fprintf(stderr, "[ info     ] all %d requests ended %.2f s after the kill (%.2f s in all)\n",
                kRequests, absl::ToDoubleSeconds(absl::Now() - killed_at),
                absl::ToDoubleSeconds(absl::Now() - start));
