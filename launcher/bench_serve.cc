@@ -2,6 +2,8 @@
 // clients at once against the coordinator, the same one at a time, and the time to first
 // token the coordinator adds compared with asking a group leader directly.
 
+#include <signal.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -19,6 +21,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
@@ -27,7 +30,7 @@
 #include "launcher/flags.h"
 #include "launcher/process.h"
 #include "launcher/shutdown_signal.h"
-#include "launcher/worker_job.h"
+#include "launcher/worker_groups.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/serve/request_convert.h"
 #include "runtime/serve/serve_metrics.h"
@@ -64,6 +67,17 @@ struct BenchServeConfig {
   std::string output_tokens = "16:64";
   int seed = 1;
   absl::Duration request_timeout = absl::Minutes(5);
+  // > 0: SIGKILL rank kill_rank of replica 0 this long into the concurrent run (failover).
+  absl::Duration kill_rank_after;
+  int kill_rank = 1;
+};
+
+// A rank killed during the concurrent run, as the supervising thread saw it.
+struct InjectedFault {
+  absl::Mutex mutex;
+  std::optional<absl::Time> killed_at ABSL_GUARDED_BY(mutex);
+  std::optional<absl::Time> serving_again_at ABSL_GUARDED_BY(mutex);
+  std::string what ABSL_GUARDED_BY(mutex);
 };
 
 // "MIN:MAX" (or "N" for MIN = MAX = N), both >= 1.
@@ -134,6 +148,8 @@ struct StreamResult {
   std::vector<double> inter_token_seconds;
   int64_t output_tokens = 0;
   int finals = 0;
+  bool resumed = false;        // a group failed under it and another continued it
+  absl::Time longest_gap_end;  // when the longest wait between two tokens ended
 };
 
 // Reads a stream of GenerateStreamResponse to its end; `reader` was started at `start`.
@@ -142,9 +158,15 @@ StreamResult ReadStream(Reader& reader, absl::Time start) {
   StreamResult result;
   v1::GenerateStreamResponse message;
   absl::Time last = start;
+  absl::Duration longest_gap;
   while (reader.Read(&message)) {
     absl::Time at = absl::Now();
     result.finals += message.final() ? 1 : 0;
+    result.resumed |= message.resumptions_size() > 0;
+    if (result.output_tokens > 0 && at - last > longest_gap) {
+      longest_gap = at - last;
+      result.longest_gap_end = at;
+    }
     const int tokens = message.tokens_size();
     if (tokens == 0) continue;
     if (result.output_tokens == 0) {
@@ -214,6 +236,7 @@ struct PhaseFigures {
   int64_t output_tokens = 0;
   std::vector<double> ttft_seconds;
   std::vector<double> inter_token_seconds;
+  std::vector<absl::Time> resumed_gap_ends;  // of the streams that were resumed
   ErrorTally errors;
 };
 
@@ -250,6 +273,7 @@ absl::StatusOr<PhaseFigures> RunStreams(const std::string& target, const std::st
           mine.errors.Add(error->first, error->second);
           continue;
         }
+        if (result.resumed) mine.resumed_gap_ends.push_back(result.longest_gap_end);
         mine.ttft_seconds.push_back(result.ttft_seconds);
         mine.inter_token_seconds.insert(mine.inter_token_seconds.end(),
                                         result.inter_token_seconds.begin(),
@@ -263,6 +287,8 @@ absl::StatusOr<PhaseFigures> RunStreams(const std::string& target, const std::st
       figures.inter_token_seconds.insert(figures.inter_token_seconds.end(),
                                          mine.inter_token_seconds.begin(),
                                          mine.inter_token_seconds.end());
+      figures.resumed_gap_ends.insert(figures.resumed_gap_ends.end(), mine.resumed_gap_ends.begin(),
+                                      mine.resumed_gap_ends.end());
       figures.errors.Merge(mine.errors);
     });
   }
@@ -366,8 +392,41 @@ void PrintPhase(const char* name, const PhaseFigures& phase) {
   std::fflush(stdout);
 }
 
+// The failover figures of a run with a rank killed (--kill-rank-after).
+// Waits up to `restart_wait` for the killed group to serve again.
+void PrintFailover(const PhaseFigures& phase, InjectedFault& fault, absl::Duration heartbeat,
+                   absl::Duration restart_wait) {
+  absl::MutexLock lock(&fault.mutex);
+  auto settled = [&fault]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(fault.mutex) {
+    return !fault.killed_at.has_value() || fault.serving_again_at.has_value();
+  };
+  fault.mutex.AwaitWithTimeout(absl::Condition(&settled), restart_wait);
+  std::printf("\n# failover: %s\n", fault.what.c_str());
+  if (!fault.killed_at.has_value()) return;
+  std::vector<double> extra;
+  for (absl::Time end : phase.resumed_gap_ends) {
+    extra.push_back(absl::ToDoubleSeconds(end - *fault.killed_at));
+  }
+  // Detection is bounded by the workers' collective deadline (a peer killed) or the
+  // heartbeat timeout (a leader lost); the target allows 2 s on top of the latter.
+  const double target = 2.0 + 3 * absl::ToDoubleSeconds(heartbeat);
+  const double worst = extra.empty() ? 0.0 : *std::max_element(extra.begin(), extra.end());
+  std::printf("%-44s %10zu\n", "streams resumed on another group", extra.size());
+  std::printf("%-44s %9.2fs %9s\n", "kill -> next token, median of those",
+              PercentileMs(extra, 50) / 1e3, "");
+  std::printf("%-44s %9.2fs %8.1fs %7.2f  %s\n", "kill -> next token, worst of those", worst,
+              target, worst / target, worst <= target ? "met" : "MISSED");
+  if (fault.serving_again_at.has_value()) {
+    std::printf("%-44s %9.2fs\n", "kill -> restarted group serving again",
+                absl::ToDoubleSeconds(*fault.serving_again_at - *fault.killed_at));
+  } else {
+    std::printf("# the killed group was not serving again by the end of the run\n");
+  }
+}
+
 absl::Status Bench(const std::string& target, const std::string& leader,
-                   const BenchServeConfig& config, const std::string& setup) {
+                   const BenchServeConfig& config, const std::string& setup,
+                   InjectedFault* fault = nullptr) {
   TESSERA_ASSIGN_OR_RETURN(TokenRange prompt_range,
                            ParseTokenRange(config.prompt_tokens, "--prompt-tokens"));
   TESSERA_ASSIGN_OR_RETURN(TokenRange output_range,
@@ -414,6 +473,9 @@ absl::Status Bench(const std::string& target, const std::string& leader,
       RunStreams(target, model, concurrent, config.concurrency, config.request_timeout));
   if (ShutdownRequested()) return absl::CancelledError("interrupted");
   PrintPhase("concurrent", many);
+  if (fault != nullptr) {
+    PrintFailover(many, *fault, absl::Seconds(1), config.workers.ready_timeout);
+  }
   std::fprintf(stderr, "%s: %d requests one at a time...\n", kWho, config.baseline_requests);
   TESSERA_ASSIGN_OR_RETURN(PhaseFigures one,
                            RunStreams(target, model, alone, 1, config.request_timeout));
@@ -421,7 +483,7 @@ absl::Status Bench(const std::string& target, const std::string& leader,
   PrintPhase("one at a time", one);
 
   std::optional<OverheadFigures> overhead;
-  if (!leader.empty()) {
+  if (!leader.empty() && fault == nullptr) {
     std::fprintf(stderr, "%s: %d requests of 1 token each way, coordinator and leader %s...\n",
                  kWho, config.overhead_requests, leader.c_str());
     TESSERA_ASSIGN_OR_RETURN(overhead,
@@ -452,6 +514,8 @@ absl::Status Bench(const std::string& target, const std::string& leader,
     std::printf("%-44s %8.3fms %9s %7.2f  %s\n", "median TTFT added by the coordinator", added,
                 absl::StrCat("<= ", kTargetOverheadMs, "ms").c_str(), added / kTargetOverheadMs,
                 added <= kTargetOverheadMs ? "met" : "MISSED");
+  } else if (fault != nullptr) {
+    std::printf("# coordinator overhead not measured in a run with a rank killed\n");
   } else {
     std::printf("# coordinator overhead not measured: --target needs --leader HOST:PORT\n");
   }
@@ -483,26 +547,73 @@ absl::Status BenchServe(const BenchServeConfig& config) {
                      config.leader.empty() ? "" : absl::StrCat(", leader ", config.leader)));
   }
   TESSERA_RETURN_IF_ERROR(CheckWorkerJobConfig(config.workers));
+  if (config.kill_rank_after > absl::ZeroDuration() &&
+      (config.kill_rank < 0 || config.kill_rank >= config.workers.tp)) {
+    return absl::InvalidArgumentError(absl::StrCat("--kill-rank: must be in [0, --tp ",
+                                                   config.workers.tp, "), not ", config.kill_rank));
+  }
+  if (config.kill_rank_after > absl::ZeroDuration() && config.workers.groups() < 2) {
+    return absl::InvalidArgumentError(
+        "--kill-rank-after: needs two groups or more (--np at least 2 x --tp), so that "
+        "requests have somewhere to go");
+  }
   CoordinatorConfig coordinator_config;
   coordinator_config.listen = "127.0.0.1:0";
   coordinator_config.metrics_listen = "off";
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<RunningCoordinator> running,
                            StartCoordinator(coordinator_config));
-  std::vector<std::string> command = WorkerCommand(config.workers, running->grpc.port);
   const int groups = config.workers.groups();
-  std::fprintf(stderr, "%s: starting %d worker group(s): %s\n", kWho, groups,
-               absl::StrJoin(command, " ").c_str());
-  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<WorkerJob> workers, WorkerJob::Start(command, kWho));
-  TESSERA_ASSIGN_OR_RETURN(bool ready, workers->WaitUntilHealthy(*running->coordinator, groups,
-                                                                 config.workers.ready_timeout));
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<WorkerGroups> workers,
+                           WorkerGroups::Start(config.workers, running->grpc.port,
+                                               *running->coordinator, nullptr, kWho));
+  TESSERA_ASSIGN_OR_RETURN(bool ready, workers->WaitUntilHealthy(config.workers.ready_timeout));
   if (!ready) return absl::CancelledError("interrupted while the workers started");
   std::vector<std::string> leaders = running->coordinator->GroupEndpoints();
   if (leaders.empty()) return absl::InternalError("no group endpoint registered");
-  absl::Status status =
-      Bench(absl::StrCat("127.0.0.1:", running->grpc.port), leaders.front(), config,
-            absl::StrCat("coordinator in this process, mpirun -np ", config.workers.np,
-                         " workers, ", groups, " group(s) of tp ", config.workers.tp));
+  std::string setup = absl::StrCat("coordinator in this process, ", groups, " mpirun job(s) of tp ",
+                                   config.workers.tp);
+  InjectedFault fault;
+  const bool inject = config.kill_rank_after > absl::ZeroDuration();
+  // The benchmark's clients run on a thread; this one supervises the groups meanwhile (and
+  // kills the rank when it is time), as tessera serve would.
+  absl::Status status;
+  absl::Notification done;
+  std::thread bench([&] {
+    status = Bench(absl::StrCat("127.0.0.1:", running->grpc.port), leaders.front(), config, setup,
+                   inject ? &fault : nullptr);
+    done.Notify();
+  });
+  const absl::Time kill_at = absl::Now() + config.kill_rank_after;
+  bool killed = false;
+  absl::Status supervised;
+  while (!done.WaitForNotificationWithTimeout(absl::Milliseconds(20))) {
+    if (inject && !killed && absl::Now() >= kill_at) {
+      killed = true;
+      absl::StatusOr<pid_t> pid = workers->RankPid(0, config.kill_rank);
+      absl::MutexLock lock(&fault.mutex);
+      if (!pid.ok()) {
+        fault.what = absl::StrCat("no rank killed: ", pid.status().ToString());
+      } else if (kill(*pid, SIGKILL) != 0) {
+        fault.what = absl::StrCat("no rank killed: kill(", *pid, ") failed");
+      } else {
+        fault.killed_at = absl::Now();
+        fault.what = absl::StrCat("SIGKILL to rank ", config.kill_rank, " of replica 0 (pid ", *pid,
+                                  ") ", absl::FormatDuration(config.kill_rank_after),
+                                  " into the run; collective deadline ",
+                                  absl::FormatDuration(config.workers.timeout));
+      }
+    }
+    if (supervised.ok()) supervised = workers->Supervise();
+    if (killed && workers->restarts(0) > 0 && workers->serving(0)) {
+      absl::MutexLock lock(&fault.mutex);
+      if (fault.killed_at.has_value() && !fault.serving_again_at.has_value()) {
+        fault.serving_again_at = absl::Now();
+      }
+    }
+  }
+  bench.join();
   workers->Stop();
+  if (!supervised.ok()) return supervised;
   return status;
 }
 
@@ -531,6 +642,10 @@ int RunBenchServe(const std::vector<std::string>& args, int* /*argc*/, char*** /
                "output lengths (max_tokens, ignore_eos), MIN:MAX (uniform)");
   flags.Int("seed", &config.seed, "seed of the prompts and lengths");
   flags.Duration("request-timeout", &config.request_timeout, "deadline of each request");
+  flags.Duration("kill-rank-after", &config.kill_rank_after,
+                 "SIGKILL one rank of replica 0 this long into the concurrent run, and report "
+                 "the failover: requests failed, the streams' extra wait, the restart time");
+  flags.Int("kill-rank", &config.kill_rank, "with --kill-rank-after: which rank of the group");
   config.workers.engine.kv_cache_bytes = int64_t{256} << 20;
   AddWorkerJobFlags(flags, &config.workers);
   if (std::optional<int> done = ParseOrExit(flags, args)) return *done;

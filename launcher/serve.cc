@@ -9,7 +9,7 @@
 #include "launcher/coordinator_process.h"
 #include "launcher/process.h"
 #include "launcher/shutdown_signal.h"
-#include "launcher/worker_job.h"
+#include "launcher/worker_groups.h"
 #include "runtime/core/status_macros.h"
 
 namespace tessera::launcher {
@@ -50,24 +50,25 @@ absl::Status Serve(const ServeConfig& config) {
   InstallShutdownHandlers();
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<RunningCoordinator> running,
                            StartCoordinator(config.coordinator));
-  std::vector<std::string> command = WorkerCommand(config.workers, running->grpc.port);
+  TESSERA_ASSIGN_OR_RETURN(
+      serve::CounterFamily * restarts,
+      running->metrics->AddCounter("tessera_worker_restarts_total",
+                                   "Times tessera serve started a replica's worker job again "
+                                   "after it exited.",
+                                   {"replica"}));
   const int groups = config.workers.groups();
-  std::fprintf(stderr, "tessera serve: starting %d worker group(s): %s\n", groups,
-               absl::StrJoin(command, " ").c_str());
-  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<WorkerJob> workers,
-                           WorkerJob::Start(command, "tessera serve"));
-  TESSERA_ASSIGN_OR_RETURN(bool ready, workers->WaitUntilHealthy(*running->coordinator, groups,
-                                                                 config.workers.ready_timeout));
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<WorkerGroups> workers,
+                           WorkerGroups::Start(config.workers, running->grpc.port,
+                                               *running->coordinator, restarts, "tessera serve"));
+  TESSERA_ASSIGN_OR_RETURN(bool ready, workers->WaitUntilHealthy(config.workers.ready_timeout));
   if (!ready) return absl::OkStatus();  // Ctrl-C while starting
   PrintEndpoints("tessera serve: ready", *running, config.coordinator);
   std::printf("tessera serve: serving on 127.0.0.1:%d (%d group(s) of tp %d); Ctrl-C stops\n",
               running->grpc.port, groups, config.workers.tp);
   std::fflush(stdout);
-  std::optional<int> exited;
-  while (!ShutdownRequested() && !(exited = workers->WaitExit(absl::Milliseconds(100)))) {
-  }
-  if (exited) {
-    return absl::UnavailableError(absl::StrCat("the workers exited (status ", *exited, ")"));
+  // A group whose job exits is started again; the coordinator and the other groups serve on.
+  while (!WaitForShutdown(absl::Milliseconds(100))) {
+    if (absl::Status supervised = workers->Supervise(); !supervised.ok()) return supervised;
   }
   std::fprintf(stderr, "tessera serve: shutting down\n");
   workers->Stop();
@@ -91,9 +92,11 @@ int RunServe(const std::vector<std::string>& args, int* /*argc*/, char*** /*argv
   config.coordinator.listen = "127.0.0.1:50051";
   config.coordinator.metrics_listen = "127.0.0.1:9400";
   FlagSet flags("tessera serve",
-                "Serves a model on this machine: the coordinator, and mpirun with --np worker "
-                "ranks in groups of --tp (defaults: CPU backend, 2 ranks, TP 2, the built-in "
-                "model). Prints the endpoint when every group is healthy; Ctrl-C stops all.");
+                "Serves a model on this machine: the coordinator, and --np worker ranks in "
+                "groups of --tp, one mpirun job per group (defaults: CPU backend, 2 ranks, TP "
+                "2, the built-in model). A group whose rank fails ends alone: its requests "
+                "continue on the others, and its job is started again. Prints the endpoint "
+                "when every group is healthy; Ctrl-C stops all.");
   AddCoordinatorFlags(flags, &config.coordinator);
   config.workers.engine.kv_cache_bytes = int64_t{256} << 20;
   AddWorkerJobFlags(flags, &config.workers);

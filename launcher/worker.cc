@@ -36,6 +36,7 @@ struct WorkerConfig {
   std::string model_name;
   std::string version = "v1";
   std::string zone;
+  int replica_offset = 0;  // the index of this job's first replica
   ModelJobOptions job;
   engine::EngineOptions engine;
 };
@@ -75,8 +76,7 @@ void AddEngineGauges(serve::MetricsRegistry& metrics, const engine::Engine& engi
   serve::GaugeFamily* running =
       *metrics.AddGauge("tessera_running_sequences", "Sequences holding KV blocks.", {});
   serve::GaugeFamily* blocks = *metrics.AddGauge(
-      "tessera_kv_blocks", "KV cache blocks: used (held by running sequences) or free.",
-      {"state"});
+      "tessera_kv_blocks", "KV cache blocks: used (held by running sequences) or free.", {"state"});
   serve::GaugeFamily* hit_rate = *metrics.AddGauge(
       "tessera_prefix_cache_hit_rate",
       "Share of full prompt blocks found in the prefix cache since the start.", {});
@@ -108,8 +108,8 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
   }
   std::string coordinator_host, listen_host, metrics_host;
   int unused_port = 0;
-  TESSERA_RETURN_IF_ERROR(serve::SplitHostPort(config.coordinator, "--coordinator",
-                                               &coordinator_host, &unused_port));
+  TESSERA_RETURN_IF_ERROR(
+      serve::SplitHostPort(config.coordinator, "--coordinator", &coordinator_host, &unused_port));
   TESSERA_RETURN_IF_ERROR(
       serve::SplitHostPort(config.listen, "--listen", &listen_host, &unused_port));
   if (config.metrics_listen != "off") {
@@ -132,18 +132,19 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
   TESSERA_ASSIGN_OR_RETURN(
       serve::HistogramFamily * allreduce,
       metrics.AddHistogram("tessera_allreduce_latency_seconds",
-                           "Latency of this rank's tensor-parallel all-reduces.",
-                           {"rank", "group"}, serve::ExponentialBuckets(5e-6, 2, 22)));
-  serve::Histogram& allreduce_latency = allreduce->WithLabels(
-      {absl::StrCat(layout.world_rank()), layout.tp().name()});
+                           "Latency of this rank's tensor-parallel all-reduces.", {"rank", "group"},
+                           serve::ExponentialBuckets(5e-6, 2, 22)));
+  serve::Histogram& allreduce_latency =
+      allreduce->WithLabels({absl::StrCat(layout.world_rank()), layout.tp().name()});
   job.model_tp().set_allreduce_observer(
       [&allreduce_latency](int64_t, double seconds) { allreduce_latency.Observe(seconds); });
   std::unique_ptr<serve::MetricsServer> metrics_server;
   if (config.metrics_listen != "off") {
-    TESSERA_ASSIGN_OR_RETURN(
-        std::string metrics_address,
-        OffsetAddress(config.metrics_listen, "--metrics-listen",
-                      job.topology->rank(layout.world_rank()).local_rank, &metrics_host));
+    TESSERA_ASSIGN_OR_RETURN(std::string metrics_address,
+                             OffsetAddress(config.metrics_listen, "--metrics-listen",
+                                           config.replica_offset * layout.world_size() +
+                                               job.topology->rank(layout.world_rank()).local_rank,
+                                           &metrics_host));
     TESSERA_ASSIGN_OR_RETURN(metrics_server,
                              serve::MetricsServer::Start(metrics_address, &metrics, nullptr));
   }
@@ -160,12 +161,13 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
                      ? std::string(model::kDefaultModelName)
                      : std::filesystem::path(config.job.model_dir).filename().string();
   }
+  const int replica = config.replica_offset + layout.dp_rank();
   serve::WorkerService service(*engine, *job.tokenizer, model_name, config.version);
   service.set_request_observer(
       [&request_metrics](const serve::RequestRecord& record) { request_metrics.Record(record); });
   serve::GrpcServerOptions grpc_options;
   TESSERA_ASSIGN_OR_RETURN(grpc_options.address,
-                           OffsetAddress(config.listen, "--listen", layout.dp_rank(), &listen_host));
+                           OffsetAddress(config.listen, "--listen", replica, &listen_host));
   TESSERA_ASSIGN_OR_RETURN(serve::RunningGrpcServer server,
                            serve::StartGrpcServer(grpc_options, {&service}));
 
@@ -182,7 +184,7 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
   if (metrics_server != nullptr) {
     registration.set_metrics_endpoint(absl::StrCat(advertise, ":", metrics_server->port()));
   }
-  registration.set_name(absl::StrCat(comm::LocalHostName(), "/replica", layout.dp_rank()));
+  registration.set_name(absl::StrCat(comm::LocalHostName(), "/replica", replica));
   v1::GroupTopology& topology = *registration.mutable_topology();
   std::vector<std::string> hosts;
   for (int world_rank : layout.TpGroupOf(layout.dp_rank())) {
@@ -202,14 +204,14 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
   TESSERA_ASSIGN_OR_RETURN(*registration.mutable_tokenizer_json(),
                            model::ReadTextFile(job.model_dir + "/tokenizer.json"));
 
-  std::fprintf(stderr, "tessera worker: replica %d (tp %d) serving %s %s on %s\n",
-               layout.dp_rank(), layout.tp_size(), model_name.c_str(), config.version.c_str(),
+  std::fprintf(stderr, "tessera worker: replica %d (tp %d) serving %s %s on %s\n", replica,
+               layout.tp_size(), model_name.c_str(), config.version.c_str(),
                registration.endpoint().c_str());
   absl::Status ran;
   {
-    serve::CoordinatorLink link(config.coordinator, registration,
-                                [&service] { return service.Load(); },
-                                [&service](const std::string& id) { service.set_group_id(id); });
+    serve::CoordinatorLink link(
+        config.coordinator, registration, [&service] { return service.Load(); },
+        [&service](const std::string& id) { service.set_group_id(id); });
     serve::SetServing(*server.server, {"tessera.v1.Worker"}, true);
     absl::Notification loop_done;
     std::thread watcher([&] {
@@ -260,12 +262,19 @@ int RunWorker(const std::vector<std::string>& args, int* argc, char*** argv) {
   AddDeviceFlag(flags, &config.job.device);
   AddKvCacheMemoryFractionFlag(flags, &config.job.kv_cache_memory_fraction);
   flags.String("zone", &config.zone, "a locality label (zone, rack) for topology-aware routing");
+  flags.Int("replica-offset", &config.replica_offset,
+            "the index of this job's first replica, when each replica is a job of its own "
+            "(tessera serve, tessera launch): it names the groups and offsets fixed ports");
   flags.Duration("timeout", &config.job.timeout,
                  "deadline of each collective: a failed peer stops the group within it");
   flags.Bool("validate", &config.job.validate, "ranks cross-check every collective");
   config.engine.kv_cache_bytes = int64_t{512} << 20;
   AddEngineFlags(flags, &config.engine);
   if (std::optional<int> done = ParseOrExit(flags, args)) return *done;
+  if (config.replica_offset < 0) {
+    return ReportExit(absl::InvalidArgumentError(
+        absl::StrCat("--replica-offset: must be >= 0, not ", config.replica_offset)));
+  }
   return ReportExit(Serve(config, argc, argv));
 }
 

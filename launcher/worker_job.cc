@@ -29,6 +29,11 @@ void AddWorkerJobFlags(FlagSet& flags, WorkerJobConfig* config) {
   flags.Duration("timeout", &config->timeout, "deadline of each collective in the workers");
   flags.Duration("ready-timeout", &config->ready_timeout,
                  "how long the workers may take to load and register");
+  flags.Duration("restart-backoff", &config->restart_backoff,
+                 "wait before a group whose job exited is started again (doubling, up to "
+                 "30 s, while it keeps failing to start)");
+  flags.Int("max-failed-starts", &config->max_failed_starts,
+            "starts in a row of one group that exit before it serves, before serving stops");
   AddEngineFlags(flags, &config->engine);
 }
 
@@ -36,6 +41,13 @@ absl::Status CheckWorkerJobConfig(const WorkerJobConfig& config) {
   if (config.np < 1 || config.tp < 1 || config.np % config.tp != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("--np ", config.np, " must be a multiple of --tp ", config.tp));
+  }
+  if (config.max_failed_starts < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max-failed-starts: must be >= 1, not ", config.max_failed_starts));
+  }
+  if (config.restart_backoff < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--restart-backoff: must not be negative");
   }
   absl::StatusOr<DeviceType> device = ParseDeviceFlag(config.device);
   if (!device.ok()) return device.status();
@@ -45,13 +57,16 @@ absl::Status CheckWorkerJobConfig(const WorkerJobConfig& config) {
   return absl::OkStatus();
 }
 
-std::vector<std::string> WorkerCommand(const WorkerJobConfig& config, int coordinator_port) {
-  std::vector<std::string> argv = {config.mpirun, "-np", absl::StrCat(config.np)};
+std::vector<std::string> WorkerCommand(const WorkerJobConfig& config, int coordinator_port,
+                                       int replica) {
+  std::vector<std::string> argv = {config.mpirun, "-np", absl::StrCat(config.tp)};
   if (geteuid() == 0) argv.push_back("--allow-run-as-root");
   // More ranks than cores is fine for serving on a small machine; idle ranks then yield.
   if (config.np > static_cast<int>(std::thread::hardware_concurrency())) {
     argv.insert(argv.end(), {"--oversubscribe", "--mca", "mpi_yield_when_idle", "1"});
   }
+  // Each job would bind its ranks to the same first cores, not knowing of the others.
+  if (config.groups() > 1) argv.insert(argv.end(), {"--bind-to", "none"});
   for (absl::string_view extra : absl::StrSplit(config.mpirun_args, ' ', absl::SkipEmpty())) {
     argv.emplace_back(extra);
   }
@@ -61,7 +76,8 @@ std::vector<std::string> WorkerCommand(const WorkerJobConfig& config, int coordi
   argv.insert(argv.end(),
               {self, "worker", "--coordinator", absl::StrCat("127.0.0.1:", coordinator_port),
                "--tp", absl::StrCat(config.tp), "--listen", "127.0.0.1:0", "--metrics-listen",
-               "127.0.0.1:0", "--timeout", absl::FormatDuration(config.timeout),
+               "127.0.0.1:0", "--replica-offset", absl::StrCat(replica),
+               "--timeout", absl::FormatDuration(config.timeout),
                "--block-size", absl::StrCat(config.engine.block_size), "--kv-cache-memory",
                FormatBytes(config.engine.kv_cache_bytes), "--max-running",
                absl::StrCat(config.engine.max_running), "--max-step-tokens",
@@ -119,33 +135,16 @@ std::optional<int> WorkerJob::WaitExit(absl::Duration timeout) {
   }
 }
 
+void WorkerJob::Terminate() {
+  if (!exit_status_) kill(-pid_, SIGTERM);
+}
+
 void WorkerJob::Stop() {
   if (exit_status_) return;
   kill(-pid_, SIGTERM);
   if (WaitExit(absl::Seconds(15))) return;
   kill(-pid_, SIGKILL);
   WaitExit(absl::InfiniteDuration());
-}
-
-absl::StatusOr<bool> WorkerJob::WaitUntilHealthy(const serve::Coordinator& coordinator, int groups,
-                                                 absl::Duration timeout) {
-  absl::Time deadline = absl::Now() + timeout;
-  while (coordinator.HealthyGroupCount() < groups) {
-    if (std::optional<int> code = WaitExit(absl::Milliseconds(100))) {
-      return absl::UnavailableError(
-          absl::StrCat("the workers exited (status ", *code, ") before serving"));
-    }
-    if (ShutdownRequested()) {
-      Stop();
-      return false;
-    }
-    if (absl::Now() > deadline) {
-      Stop();
-      return absl::DeadlineExceededError(
-          absl::StrCat("the workers did not all register within ", absl::FormatDuration(timeout)));
-    }
-  }
-  return true;
 }
 
 }  // namespace tessera::launcher

@@ -1,9 +1,9 @@
 #ifndef TESSERA_LAUNCHER_WORKER_JOB_H_
 #define TESSERA_LAUNCHER_WORKER_JOB_H_
 
-// The worker job of one machine: `mpirun ... tessera worker` started as a child process
-// beside a coordinator that runs in this process. Shared by `tessera serve` and `tessera bench
-// serve`.
+// A worker job of one machine: `mpirun ... tessera worker` for one replica, started as a
+// child process beside a coordinator that runs in this process. worker_groups.h runs one per
+// replica for `tessera serve` and `tessera bench serve`.
 
 #include <sys/types.h>
 
@@ -35,20 +35,29 @@ struct WorkerJobConfig {
   engine::EngineOptions engine;
 
   int groups() const { return np / tp; }
+  // Supervision (worker_groups.h): a job that exits is started again after a back-off that
+  // doubles from restart_backoff up to max_restart_backoff; serve gives up after
+  // max_failed_starts jobs in a row of one replica that exited before serving.
+  absl::Duration restart_backoff = absl::Seconds(1);
+  absl::Duration max_restart_backoff = absl::Seconds(30);
+  int max_failed_starts = 5;
 };
 
 // Declares --np, --tp, --model, --model-name, --device, --kv-cache-memory-fraction, --mpirun,
-// --mpirun-args, --timeout, --ready-timeout and the engine's flags, writing into `config`
-// (whose values are the defaults: set them first).
+// --mpirun-args, --timeout, --ready-timeout, --restart-backoff, --max-failed-starts and the
+// engine's flags, writing into `config` (whose values are the defaults: set them first).
 void AddWorkerJobFlags(FlagSet& flags, WorkerJobConfig* config);
 
 // INVALID_ARGUMENT unless --np is a positive multiple of --tp, and for a bad --device or
 // --kv-cache-memory-fraction (FAILED_PRECONDITION for cuda in a build without CUDA).
 absl::Status CheckWorkerJobConfig(const WorkerJobConfig& config);
 
-// The job's command line: mpirun, its options for this machine (root, oversubscription),
-// then this binary's `worker` registering with the coordinator at 127.0.0.1:coordinator_port.
-std::vector<std::string> WorkerCommand(const WorkerJobConfig& config, int coordinator_port);
+// The command line of replica `replica`'s job (one TP group: mpirun -np tp): mpirun, its
+// options for this machine (root, oversubscription, no core binding when several jobs
+// share it), then this binary's `worker` registering with the coordinator at
+// 127.0.0.1:coordinator_port.
+std::vector<std::string> WorkerCommand(const WorkerJobConfig& config, int coordinator_port,
+                                       int replica);
 
 // A running worker job: a child in its own process group, so that Ctrl-C reaches only this
 // process, which stops the job in order. Stopped when destroyed. Not thread-safe.
@@ -68,12 +77,10 @@ class WorkerJob {
   // SIGTERM to the job's process group; SIGKILL if it has not exited 15 s later. Returns once
   // it has exited. Does nothing once the job has exited.
   void Stop();
+  // SIGTERM to the job's process group, without waiting (Stop finishes the job).
+  void Terminate();
 
-  // Waits until `coordinator` counts `groups` healthy groups: true then; false when a
-  // shutdown was requested (SIGINT, SIGTERM; the job is stopped). UNAVAILABLE when the job
-  // exits first, DEADLINE_EXCEEDED (the job stopped) after `timeout`.
-  absl::StatusOr<bool> WaitUntilHealthy(const serve::Coordinator& coordinator, int groups,
-                                        absl::Duration timeout);
+  pid_t pid() const { return pid_; }
 
  private:
   explicit WorkerJob(pid_t pid) : pid_(pid) {}

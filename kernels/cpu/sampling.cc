@@ -51,12 +51,15 @@ absl::Status ValidateSamplingParams(const SamplingParams& params) {
   return absl::OkStatus();
 }
 
-double UniformFromCounter(uint64_t seed, uint64_t draw) {
-  uint64_t z = seed + (draw + 1) * 0x9E3779B97F4A7C15ull;
+uint64_t MixSeed(uint64_t base, uint64_t index) {
+  uint64_t z = base + index * 0x9E3779B97F4A7C15ull;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  z ^= z >> 31;
-  return static_cast<double>(z >> 11) * 0x1.0p-53;
+  return z ^ (z >> 31);
+}
+
+double UniformFromCounter(uint64_t seed, uint64_t draw) {
+  return static_cast<double>(MixSeed(seed, draw + 1) >> 11) * 0x1.0p-53;
 }
 
 int64_t SampleToken(absl::Span<const float> logits, const SamplingParams& params, uint64_t draw) {

@@ -49,6 +49,10 @@ int64_t SampleToken(absl::Span<const float> logits, const SamplingParams& params
 // The generator: a uniform double in [0, 1) from (seed, draw) (SplitMix64).
 double UniformFromCounter(uint64_t seed, uint64_t draw);
 
+// SplitMix64's output for counter `index` of stream `base`: well-spread 64-bit values, e.g.
+// the seeds of requests that name none, from one random base and a request counter.
+uint64_t MixSeed(uint64_t base, uint64_t index);
+
 }  // namespace tessera::kernels
 
 #endif  // TESSERA_KERNELS_CPU_SAMPLING_H_

@@ -68,13 +68,6 @@ absl::Status BroadcastPlan(comm::Communicator& tp, StepPlan& plan) {
   return absl::OkStatus();
 }
 
-uint64_t MixSeed(uint64_t base, uint64_t id) {
-  uint64_t z = base + id * 0x9e3779b97f4a7c15ULL;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
 // The length of the longest suffix of `text` that begins some stop string (text that must
 // be held back while streaming, as it may yet turn into a stop string).
 size_t HeldBackForStops(absl::string_view text, const std::vector<std::string>& stops) {
@@ -99,6 +92,7 @@ struct Engine::Live {
   SamplingOptions sampling;
   tessera::v1::SamplingPlan plan;
   std::vector<int32_t> prompt;
+  std::vector<int32_t> resumed;  // generated before, elsewhere (GenerationRequest)
   std::optional<tokenizer::StreamingDecoder> decoder;
   std::string text;    // decoded so far (cut at a stop string)
   size_t emitted = 0;  // bytes of `text` already sent
@@ -128,6 +122,13 @@ class Engine::Loop {
   void TakeInbox(bool* shutdown, bool* stop_when_idle);
   absl::Status Step(StepPlan& plan);
   void ProcessToken(Live& live, const SampledToken& sampled);
+  // Takes one generated token into `live`'s count and text; the reason it ends the request,
+  // or kNone. With `stream`, the text that can no longer turn into a stop string goes into
+  // *event (and counts as emitted) when the request goes on.
+  FinishReason Advance(Live& live, int32_t token, TokenEvent* event);
+  // A resumed request's earlier tokens, replayed without streaming them again (they were
+  // sent by the group that failed); ends the request when they already finished it.
+  void Replay(Live& live);
   void End(uint64_t id, FinishReason reason, absl::Status status = absl::OkStatus());
   void EndAll(FinishReason reason, const absl::Status& status);
   void PublishStats(double step_seconds, const StepPlan* plan, int64_t prompt_tokens);
@@ -154,8 +155,10 @@ void Engine::Loop::TakeInbox(bool* shutdown, bool* stop_when_idle) {
     *stop_when_idle = engine_.stop_when_idle_;
   }
   for (std::unique_ptr<Live>& live : added) {
-    scheduler_.Add(live->id, live->prompt, live->plan);
+    scheduler_.Add(live->id, live->prompt, live->resumed, live->plan);
+    Live& added_live = *live;
     live_[live->id] = std::move(live);
+    if (!added_live.resumed.empty()) Replay(added_live);
   }
   for (uint64_t id : cancels) {
     if (live_.contains(id)) End(id, FinishReason::kCancelled);
@@ -208,24 +211,19 @@ void Engine::Loop::EndAll(FinishReason reason, const absl::Status& status) {
   engine_.inbox_.clear();
 }
 
-void Engine::Loop::ProcessToken(Live& live, const SampledToken& sampled) {
+FinishReason Engine::Loop::Advance(Live& live, int32_t token, TokenEvent* event) {
   const SamplingOptions& options = live.sampling;
   ++live.generated;
-  if (!live.first_token.has_value()) live.first_token = absl::Now();
-  TokenEvent event;
-  event.token = sampled.token;
-  event.logprob = sampled.logprob;
-
   FinishReason finish = FinishReason::kNone;
   const std::vector<int64_t>& eos = engine_.model_.config().eos_token_ids;
-  if (!options.ignore_eos && std::find(eos.begin(), eos.end(), sampled.token) != eos.end()) {
+  if (!options.ignore_eos && std::find(eos.begin(), eos.end(), token) != eos.end()) {
     finish = FinishReason::kEos;
-  } else if (std::find(options.stop_token_ids.begin(), options.stop_token_ids.end(),
-                       sampled.token) != options.stop_token_ids.end()) {
+  } else if (std::find(options.stop_token_ids.begin(), options.stop_token_ids.end(), token) !=
+             options.stop_token_ids.end()) {
     finish = FinishReason::kStop;
   }
   if (live.decoder.has_value()) {
-    absl::StatusOr<std::string> piece = live.decoder->Add(sampled.token);
+    absl::StatusOr<std::string> piece = live.decoder->Add(token);
     if (piece.ok()) {
       const size_t before = live.text.size();
       live.text += *piece;
@@ -242,21 +240,41 @@ void Engine::Loop::ProcessToken(Live& live, const SampledToken& sampled) {
   }
   if (finish == FinishReason::kNone &&
       (live.generated >= options.max_tokens ||
-       static_cast<int64_t>(scheduler_.tokens(live.id).size()) >= engine_.max_model_length())) {
+       static_cast<int64_t>(live.prompt.size()) + live.generated >= engine_.max_model_length())) {
     finish = FinishReason::kLength;
   }
   if (finish == FinishReason::kNone) {
+    // Text that may yet become a stop string is held back. What is ready never shrinks, so
+    // a replay of the same tokens emits exactly what the first run did.
     size_t ready = live.text.size() - HeldBackForStops(live.text, options.stop);
     if (ready > live.emitted) {
-      event.text = live.text.substr(live.emitted, ready - live.emitted);
+      event->text = live.text.substr(live.emitted, ready - live.emitted);
       live.emitted = ready;
     }
-    live.stream->Push(std::move(event));
-    return;
   }
-  // The last token's event, then the final one carrying the rest of the text.
+  return finish;
+}
+
+void Engine::Loop::Replay(Live& live) {
+  for (int32_t token : live.resumed) {
+    TokenEvent unsent;
+    FinishReason finish = Advance(live, token, &unsent);
+    if (finish != FinishReason::kNone) {
+      End(live.id, finish);
+      return;
+    }
+  }
+}
+
+void Engine::Loop::ProcessToken(Live& live, const SampledToken& sampled) {
+  if (!live.first_token.has_value()) live.first_token = absl::Now();
+  TokenEvent event;
+  event.token = sampled.token;
+  event.logprob = sampled.logprob;
+  FinishReason finish = Advance(live, sampled.token, &event);
   live.stream->Push(std::move(event));
-  End(live.id, finish);
+  // The final event carries the rest of the text.
+  if (finish != FinishReason::kNone) End(live.id, finish);
 }
 
 void Engine::Loop::PublishStats(double step_seconds, const StepPlan* plan, int64_t prompt_tokens) {
@@ -445,6 +463,18 @@ absl::Status Engine::ValidateRequest(const GenerationRequest& request,
                                                      " is outside the vocabulary of ", vocab));
     }
   }
+  const std::vector<int32_t>& resumed = request.resumed_tokens;
+  for (size_t i = 0; i < resumed.size(); ++i) {
+    if (resumed[i] < 0 || resumed[i] >= vocab) {
+      return absl::InvalidArgumentError(absl::StrCat("resumed_tokens[", i, "]: id ", resumed[i],
+                                                     " is outside the vocabulary of ", vocab));
+    }
+  }
+  if (static_cast<int64_t>(resumed.size()) >= request.sampling.max_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("resumed_tokens: ", resumed.size(),
+                                                   " tokens leave nothing to generate of ",
+                                                   "max_tokens ", request.sampling.max_tokens));
+  }
   TESSERA_RETURN_IF_ERROR(kernels::ValidateSamplingParams(
       {sampling.temperature, sampling.top_k, sampling.top_p, sampling.seed.value_or(0)}));
   if (sampling.max_tokens < 1) {
@@ -496,6 +526,7 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(GenerationRequest 
   auto live = std::make_unique<Live>();
   live->sampling = std::move(request.sampling);
   live->prompt = std::move(tokens);
+  live->resumed = std::move(request.resumed_tokens);
   live->submitted = absl::Now();
   if (tokenizer_ != nullptr) live->decoder.emplace(*tokenizer_, /*skip_special_tokens=*/true);
   tessera::v1::SamplingPlan& plan = live->plan;
@@ -513,7 +544,7 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(GenerationRequest 
         absl::StrCat("the engine's queue is full (", options_.max_queued, " requests waiting)"));
   }
   live->id = next_id_++;
-  plan.set_seed(live->sampling.seed.value_or(MixSeed(seed_base_, live->id)));
+  plan.set_seed(live->sampling.seed.value_or(kernels::MixSeed(seed_base_, live->id)));
   live->stream = std::make_shared<RequestStream>(
       live->id, request.id.empty() ? absl::StrCat(live->id) : request.id);
   std::shared_ptr<RequestStream> stream = live->stream;

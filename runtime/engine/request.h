@@ -29,6 +29,11 @@ struct GenerationRequest {
   std::string id;                      // the caller's name for it; empty: the engine's number
   std::string prompt;                  // text, tokenized by the engine...
   std::vector<int32_t> prompt_tokens;  // ... unless token ids are given
+  // Tokens this request already generated elsewhere (its group failed mid-stream): they are
+  // computed after the prompt, count as output (max_tokens, stop strings, usage), are not
+  // streamed again, and sampling goes on from the draw after them, so a seeded or greedy
+  // request continues with the tokens an undisturbed run would have produced.
+  std::vector<int32_t> resumed_tokens;
   SamplingOptions sampling;
 };
 

@@ -12,12 +12,15 @@ int BlocksFor(int tokens, int block_size) { return (tokens + block_size - 1) / b
 
 }  // namespace
 
-void Scheduler::Add(uint64_t id, std::vector<int32_t> tokens,
+void Scheduler::Add(uint64_t id, const std::vector<int32_t>& prompt,
+                    const std::vector<int32_t>& generated,
                     const tessera::v1::SamplingPlan& sampling) {
   auto sequence = std::make_unique<Sequence>();
   sequence->id = id;
-  sequence->prompt_length = static_cast<int>(tokens.size());
-  sequence->tokens = std::move(tokens);
+  sequence->prompt_length = static_cast<int>(prompt.size());
+  sequence->tokens.reserve(prompt.size() + generated.size());
+  sequence->tokens.insert(sequence->tokens.end(), prompt.begin(), prompt.end());
+  sequence->tokens.insert(sequence->tokens.end(), generated.begin(), generated.end());
   sequence->sampling = sampling;
   sequence->last_hash = kPrefixHashRoot;
   waiting_.push_back(sequence.get());
@@ -214,9 +217,9 @@ void Scheduler::Completed(const tessera::v1::StepPlan& plan,
     Sequence& sequence = *it->second;
     while ((sequence.hashed_blocks + 1) * block_size <= sequence.computed) {
       const int block = sequence.hashed_blocks;
-      sequence.last_hash = BlockHash(
-          sequence.last_hash,
-          absl::MakeConstSpan(sequence.tokens).subspan(block * block_size, block_size));
+      sequence.last_hash =
+          BlockHash(sequence.last_hash,
+                    absl::MakeConstSpan(sequence.tokens).subspan(block * block_size, block_size));
       pool_.Register(sequence.blocks[block], sequence.last_hash);
       ++sequence.hashed_blocks;
     }

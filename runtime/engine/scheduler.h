@@ -44,8 +44,11 @@ class Scheduler {
  public:
   Scheduler(BlockPool& pool, SchedulerOptions options) : pool_(pool), options_(options) {}
 
-  // A new sequence at the back of the queue: its prompt tokens and how it samples.
-  void Add(uint64_t id, std::vector<int32_t> tokens, const tessera::v1::SamplingPlan& sampling);
+  // A new sequence at the back of the queue: its prompt tokens, the tokens it generated
+  // before (a request resumed from a group that failed: computed like the prompt, but its
+  // draws continue after them), and how it samples.
+  void Add(uint64_t id, const std::vector<int32_t>& prompt, const std::vector<int32_t>& generated,
+           const tessera::v1::SamplingPlan& sampling);
   // Ends a sequence (finished or cancelled): its blocks are released now, and the next plan
   // tells the ranks to forget it. Unknown ids are ignored.
   void Remove(uint64_t id);

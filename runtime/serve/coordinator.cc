@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <functional>
+#include <random>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -10,6 +11,7 @@
 #include "absl/time/clock.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
+#include "kernels/cpu/sampling.h"
 #include "runtime/serve/grpc_server.h"
 #include "runtime/serve/log.h"
 #include "runtime/serve/request_convert.h"
@@ -234,8 +236,8 @@ class Coordinator::RegistryImpl final : public v1::WorkerRegistry::Service {
     link->version = request->version();
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(-1);
-    link->channel = grpc::CreateCustomChannel(request->endpoint(),
-                                              grpc::InsecureChannelCredentials(), args);
+    link->channel =
+        grpc::CreateCustomChannel(request->endpoint(), grpc::InsecureChannelCredentials(), args);
     link->stub = v1::Worker::NewStub(link->channel);
     {
       absl::MutexLock lock(&c_.mutex_);
@@ -261,8 +263,8 @@ class Coordinator::RegistryImpl final : public v1::WorkerRegistry::Service {
 
   grpc::Status Heartbeat(grpc::ServerContext* /*context*/, const v1::HeartbeatRequest* request,
                          v1::HeartbeatResponse* response) override {
-    bool known = c_.registry_.Heartbeat(request->group_id(), FromWire(request->load()),
-                                        absl::Now());
+    bool known =
+        c_.registry_.Heartbeat(request->group_id(), FromWire(request->load()), absl::Now());
     response->set_registered(known);  // gauges and health follow on the reaper's next tick
     return grpc::Status::OK;
   }
@@ -285,14 +287,16 @@ Coordinator::Coordinator(CoordinatorOptions options, MetricsRegistry& metrics)
       router_(options_.router),
       quotas_(options_.tenants),
       request_metrics_(metrics),
+      seed_base_(std::random_device()()),
       inference_(std::make_unique<InferenceImpl>(*this)),
       registry_service_(std::make_unique<RegistryImpl>(*this)) {
   absl::Status weights = router_.SetAllVersionWeights(options_.version_weights);
-  if (!weights.ok()) LogEvent(kComponent, {{"event", "bad_weights"}, {"error", weights.ToString()}});
+  if (!weights.ok())
+    LogEvent(kComponent, {{"event", "bad_weights"}, {"error", weights.ToString()}});
   queue_depth_ = *metrics.AddGauge("tessera_queue_depth",
                                    "Requests admitted and not finished, at the coordinator.", {});
-  groups_gauge_ = *metrics.AddGauge("tessera_groups", "Registered worker groups, by health.",
-                                    {"state"});
+  groups_gauge_ =
+      *metrics.AddGauge("tessera_groups", "Registered worker groups, by health.", {"state"});
   group_running_ = *metrics.AddGauge("tessera_group_running_sequences",
                                      "Sequences running on each group (last heartbeat).",
                                      {"group", "model", "version"});
@@ -306,6 +310,11 @@ Coordinator::Coordinator(CoordinatorOptions options, MetricsRegistry& metrics)
   redispatches_ = *metrics.AddCounter(
       "tessera_redispatches_total",
       "Requests sent again to another group after theirs failed before streaming.", {});
+  resumes_ = *metrics.AddCounter(
+      "tessera_resumes_total",
+      "Requests continued on another group after theirs failed mid-stream (the tokens streamed "
+      "so far prefilled there).",
+      {});
   metrics.AddCollector([this] { CollectGauges(); });
   reaper_ = std::thread([this] { ReapLoop(); });
 }
@@ -333,6 +342,14 @@ int Coordinator::HealthyGroupCount() const {
   int healthy = 0;
   for (const GroupSnapshot& group : registry_.Groups(absl::Now())) healthy += group.healthy;
   return healthy;
+}
+
+std::vector<Coordinator::NamedGroup> Coordinator::HealthyGroupNames() const {
+  std::vector<NamedGroup> names;
+  for (const GroupSnapshot& group : registry_.Groups(absl::Now())) {
+    if (group.healthy) names.push_back({group.info.name, group.id});
+  }
+  return names;
 }
 
 std::vector<std::string> Coordinator::GroupEndpoints() const {
@@ -416,9 +433,8 @@ absl::StatusOr<std::shared_ptr<const tokenizer::Tokenizer>> Coordinator::Tokeniz
   absl::MutexLock lock(&mutex_);
   auto found = tokenizers_.find(TokenizerKey(model, version));
   if (found == tokenizers_.end()) {
-    return absl::NotFoundError(
-        absl::StrCat("model: no group serves ", model, version.empty() ? "" : " version ",
-                     version));
+    return absl::NotFoundError(absl::StrCat("model: no group serves ", model,
+                                            version.empty() ? "" : " version ", version));
   }
   return found->second;
 }
@@ -431,9 +447,9 @@ absl::Status Coordinator::AdmitToQueue(TenantPriority priority) {
   int before = in_flight_.fetch_add(1);
   if (before >= limit) {
     in_flight_.fetch_sub(1);
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "queue full: ", before, " requests in flight (limit ", limit, " for priority ",
-        TenantPriorityName(priority), "); retry later"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("queue full: ", before, " requests in flight (limit ", limit, " for priority ",
+                     TenantPriorityName(priority), "); retry later"));
   }
   return absl::OkStatus();
 }
@@ -454,6 +470,12 @@ grpc::Status Coordinator::RunRequest(grpc::ServerContext* context,
     if (absl::Status valid = ValidateGenerateRequest(forwarded); !valid.ok()) {
       return ToGrpcStatus(valid);
     }
+    // A sampled request gets its seed here, so that a group that takes it over mid-stream
+    // draws what the first would have (draws are keyed by seed and position).
+    if (forwarded.sampling().temperature() > 0 && !forwarded.sampling().has_seed()) {
+      forwarded.mutable_sampling()->set_seed(
+          kernels::MixSeed(seed_base_, next_request_.fetch_add(1)));
+    }
     TenantPriority priority = quotas_.PriorityOf(forwarded.tenant());
     if (absl::Status queued = AdmitToQueue(priority); !queued.ok()) return ToGrpcStatus(queued);
     struct Leave {
@@ -466,13 +488,14 @@ grpc::Status Coordinator::RunRequest(grpc::ServerContext* context,
     std::vector<std::string> healthy = registry_.HealthyVersions(forwarded.model(), now);
     if (healthy.empty()) {
       bool known = false;
-      for (const ModelSummary& model : registry_.Models(now)) known |= model.model == forwarded.model();
-      return known ? grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                                  absl::StrCat("no healthy worker group serves model ",
-                                               forwarded.model()))
-                   : grpc::Status(grpc::StatusCode::NOT_FOUND,
-                                  absl::StrCat("model: no worker group serves '",
-                                               forwarded.model(), "'"));
+      for (const ModelSummary& model : registry_.Models(now))
+        known |= model.model == forwarded.model();
+      return known ? grpc::Status(
+                         grpc::StatusCode::UNAVAILABLE,
+                         absl::StrCat("no healthy worker group serves model ", forwarded.model()))
+                   : grpc::Status(
+                         grpc::StatusCode::NOT_FOUND,
+                         absl::StrCat("model: no worker group serves '", forwarded.model(), "'"));
     }
     absl::StatusOr<std::string> version = router_.ChooseVersion(
         forwarded.model(), forwarded.version(), forwarded.session_id(), healthy);
@@ -481,12 +504,11 @@ grpc::Status Coordinator::RunRequest(grpc::ServerContext* context,
     absl::StatusOr<std::shared_ptr<const tokenizer::Tokenizer>> tokenizer =
         TokenizerFor(forwarded.model(), *version);
     if (!tokenizer.ok()) {
-      return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                          absl::StrCat("version: model ", forwarded.model(), " has no version '",
-                                       *version, "'"));
+      return grpc::Status(
+          grpc::StatusCode::NOT_FOUND,
+          absl::StrCat("version: model ", forwarded.model(), " has no version '", *version, "'"));
     }
-    std::vector<int32_t> prompt(forwarded.prompt_tokens().begin(),
-                                forwarded.prompt_tokens().end());
+    std::vector<int32_t> prompt(forwarded.prompt_tokens().begin(), forwarded.prompt_tokens().end());
     if (prompt.empty()) {
       absl::StatusOr<std::vector<int32_t>> encoded =
           (*tokenizer)->Encode(forwarded.prompt(), /*add_special_tokens=*/true);
@@ -515,11 +537,10 @@ grpc::Status Coordinator::RunRequest(grpc::ServerContext* context,
   record->code = static_cast<absl::StatusCode>(status.error_code());
   record->total_seconds = absl::ToDoubleSeconds(absl::Now() - start);
   if (record->code != absl::StatusCode::kOk && record->finish_reason.empty()) {
-    record->finish_reason =
-        record->code == absl::StatusCode::kCancelled ||
-                record->code == absl::StatusCode::kDeadlineExceeded
-            ? "cancelled"
-            : "error";
+    record->finish_reason = record->code == absl::StatusCode::kCancelled ||
+                                    record->code == absl::StatusCode::kDeadlineExceeded
+                                ? "cancelled"
+                                : "error";
   }
   quotas_.Charge(record->tenant, record->prompt_tokens, record->completion_tokens);
   request_metrics_.Record(*record);
@@ -536,29 +557,53 @@ grpc::Status Coordinator::RunRequest(grpc::ServerContext* context,
   return status;
 }
 
-grpc::Status Coordinator::Dispatch(grpc::ServerContext* context,
-                                   const v1::GenerateRequest& forwarded,
+std::vector<GroupSnapshot> Coordinator::Candidates(const v1::GenerateRequest& request,
+                                                   const absl::flat_hash_set<std::string>& failed) {
+  std::vector<GroupSnapshot> candidates;
+  for (GroupSnapshot& group :
+       registry_.HealthyGroups(request.model(), request.version(), absl::Now())) {
+    if (!failed.contains(group.id)) candidates.push_back(std::move(group));
+  }
+  return candidates;
+}
+
+grpc::Status Coordinator::Dispatch(grpc::ServerContext* context, const v1::GenerateRequest& request,
                                    const std::vector<int32_t>& prompt, const Sink& sink,
                                    RequestRecord* record) {
   absl::Time start = absl::Now();
   absl::Time last_message = start;
+  // What goes to the next group: after a failure mid-stream, the tokens streamed so far
+  // travel as resumed_tokens, and that group continues the stream where it broke off.
+  v1::GenerateRequest forwarded = request;
   int64_t streamed_tokens = 0;
-  bool streamed = false;
+  bool placement_sent = false;
+  std::vector<v1::Resumption> resumptions;
   absl::flat_hash_set<std::string> failed;
   std::string last_failure;
   for (int attempt = 0; attempt < options_.max_dispatch_attempts; ++attempt) {
-    absl::Time now = absl::Now();
-    std::vector<GroupSnapshot> candidates;
-    for (GroupSnapshot& group :
-         registry_.HealthyGroups(forwarded.model(), forwarded.version(), now)) {
-      if (!failed.contains(group.id)) candidates.push_back(std::move(group));
+    std::vector<GroupSnapshot> candidates = Candidates(forwarded, failed);
+    // A request a group dropped waits a while for another (one being restarted, say).
+    absl::Time wait_until = std::min(
+        absl::Now() + options_.failover_wait,
+        context != nullptr ? absl::FromChrono(context->deadline()) : absl::InfiniteFuture());
+    while (candidates.empty() && attempt > 0 && absl::Now() < wait_until && !ClientGone(context)) {
+      absl::SleepFor(absl::Milliseconds(50));
+      candidates = Candidates(forwarded, failed);
     }
+    if (ClientGone(context)) return ClientEndStatus(context);
     if (candidates.empty()) {
       return grpc::Status(
           grpc::StatusCode::UNAVAILABLE,
-          absl::StrCat("no healthy worker group serves model ", forwarded.model(), " version ",
-                       forwarded.version(),
-                       last_failure.empty() ? "" : absl::StrCat(" (", last_failure, ")")));
+          absl::StrCat(
+              "no healthy worker group serves model ", forwarded.model(), " version ",
+              forwarded.version(),
+              last_failure.empty()
+                  ? ""
+                  : absl::StrCat(" (", last_failure, "; waited ",
+                                 absl::FormatDuration(options_.failover_wait), " for another)"),
+              streamed_tokens > 0
+                  ? absl::StrCat("; the request had streamed ", streamed_tokens, " tokens")
+                  : ""));
     }
     RouteRequest route;
     route.model = forwarded.model();
@@ -572,7 +617,8 @@ grpc::Status Coordinator::Dispatch(grpc::ServerContext* context,
     if (!decision.ok()) return ToGrpcStatus(decision.status());
     if (LogEnabled(LogLevel::kDebug)) {
       Log(LogLevel::kDebug, kComponent,
-          {{"event", "route"}, {"request_id", forwarded.request_id()},
+          {{"event", "route"},
+           {"request_id", forwarded.request_id()},
            {"decision", decision->Explain()}});
     }
     std::shared_ptr<GroupLink> link;
@@ -605,22 +651,34 @@ grpc::Status Coordinator::Dispatch(grpc::ServerContext* context,
         link->stub->Submit(call.get(), forwarded);
     v1::GenerateStreamResponse message;
     bool client_left = false;
+    const int64_t streamed_before = streamed_tokens;
     while (reader->Read(&message)) {
       absl::Time at = absl::Now();
-      if (!streamed) {
+      if (streamed_tokens == 0 && !placement_sent) {
         record->time_to_first_token_seconds = absl::ToDoubleSeconds(at - start);
       } else {
         record->inter_token_seconds.push_back(absl::ToDoubleSeconds(at - last_message));
       }
       last_message = at;
-      streamed = true;
       streamed_tokens += message.tokens_size();
+      forwarded.mutable_resumed_tokens()->Add(message.tokens().begin(), message.tokens().end());
+      // The client sees one stream: one placement (the first group's), and in the end what
+      // failed on the way.
+      if (placement_sent) message.clear_placement();
+      placement_sent |= message.has_placement();
       if (message.final()) {
-        record->finish_reason = absl::AsciiStrToLower(absl::StripPrefix(
-            v1::FinishReason_Name(message.finish_reason()), "FINISH_REASON_"));
+        record->finish_reason = absl::AsciiStrToLower(
+            absl::StripPrefix(v1::FinishReason_Name(message.finish_reason()), "FINISH_REASON_"));
         record->prompt_tokens = message.usage().prompt_tokens();
         record->completion_tokens = message.usage().completion_tokens();
         record->cached_tokens = message.usage().cached_tokens();
+        if (!resumptions.empty()) {
+          message.mutable_resumptions()->Add(resumptions.begin(), resumptions.end());
+          // The last group's clock started at its resumption; the client's at its request.
+          message.mutable_timings()->set_time_to_first_token_seconds(
+              record->time_to_first_token_seconds);
+          message.mutable_timings()->set_total_seconds(absl::ToDoubleSeconds(at - start));
+        }
       }
       if (!sink(message)) {
         client_left = true;
@@ -648,22 +706,34 @@ grpc::Status Coordinator::Dispatch(grpc::ServerContext* context,
     if (!group_failed) return status;
     std::string what = gone ? absl::StrCat("group ", link->id, " went away: ", why_gone)
                             : absl::StrCat("group ", link->id, ": ", status.error_message());
-    if (streamed) {
-      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                          absl::StrCat(what, "; the request had streamed ", streamed_tokens,
-                                       " tokens and cannot be resumed"));
+    failed.insert(link->id);
+    last_failure = what;
+    if (streamed_tokens > 0) {
+      // Mid-stream: the next group prefills the prompt and the tokens sent so far.
+      v1::Resumption& resumption = resumptions.emplace_back();
+      resumption.set_failed_group(link->id);
+      resumption.set_at_token(static_cast<int32_t>(streamed_tokens));
+      LogEvent(kComponent, {{"event", "resume"},
+                            {"request_id", forwarded.request_id()},
+                            {"failed_group", link->id},
+                            {"at_token", absl::StrCat(streamed_tokens)},
+                            {"streamed_here", absl::StrCat(streamed_tokens - streamed_before)},
+                            {"why", what}});
+      resumes_->WithLabels({}).Inc();
+      continue;
     }
     LogEvent(kComponent, {{"event", "redispatch"},
                           {"request_id", forwarded.request_id()},
                           {"failed_group", link->id},
                           {"why", what}});
     redispatches_->WithLabels({}).Inc();
-    failed.insert(link->id);
-    last_failure = what;
   }
   return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                       absl::StrCat("the request failed on ", options_.max_dispatch_attempts,
-                                   " groups; last: ", last_failure));
+                                   " groups; last: ", last_failure,
+                                   streamed_tokens > 0 ? absl::StrCat("; the request had streamed ",
+                                                                      streamed_tokens, " tokens")
+                                                       : ""));
 }
 
 }  // namespace tessera::serve

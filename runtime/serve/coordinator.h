@@ -42,8 +42,12 @@ struct CoordinatorOptions {
   // Requests in flight at once (admitted, not finished). Past a share of it, lower
   // priority classes are refused first (RESOURCE_EXHAUSTED): low at 70%, normal at 90%.
   int max_queue = 1024;
-  // Groups one request is tried on before it fails (when each fails before streaming).
+  // Groups one request is tried on before it fails. A group that fails mid-stream hands its
+  // request on: the next group continues after the tokens already streamed.
   int max_dispatch_attempts = 3;
+  // After its group failed, how long a request waits for another healthy group (one that is
+  // being restarted, say) before it ends UNAVAILABLE; its own deadline comes first.
+  absl::Duration failover_wait = absl::Seconds(30);
 };
 
 class Coordinator {
@@ -60,6 +64,13 @@ class Coordinator {
   // Some group is healthy.
   bool Healthy() const;
   int HealthyGroupCount() const;
+  // The healthy groups: the names they registered with ("host/replicaN") and their ids, in
+  // registration order. A group that registers again (restarted) has a new id.
+  struct NamedGroup {
+    std::string name;
+    std::string id;
+  };
+  std::vector<NamedGroup> HealthyGroupNames() const;
   // The Worker endpoints (host:port of each group's leader) of the registered groups, in
   // registration order: for tools that compare with talking to a leader directly.
   std::vector<std::string> GroupEndpoints() const;
@@ -73,9 +84,14 @@ class Coordinator {
 
   grpc::Status RunRequest(grpc::ServerContext* context, const v1::GenerateRequest& request,
                           const Sink& sink, RequestRecord* record);
-  grpc::Status Dispatch(grpc::ServerContext* context, const v1::GenerateRequest& forwarded,
+  // Runs `request` on a group and relays its stream; when the group fails, on another
+  // (continuing after the tokens already streamed), up to max_dispatch_attempts groups.
+  grpc::Status Dispatch(grpc::ServerContext* context, const v1::GenerateRequest& request,
                         const std::vector<int32_t>& prompt, const Sink& sink,
                         RequestRecord* record);
+  // The healthy groups that serve `request`'s model and version, less `failed`.
+  std::vector<GroupSnapshot> Candidates(const v1::GenerateRequest& request,
+                                        const absl::flat_hash_set<std::string>& failed);
   absl::StatusOr<std::shared_ptr<const tokenizer::Tokenizer>> TokenizerFor(
       const std::string& model, const std::string& version) const;
   absl::Status AdmitToQueue(TenantPriority priority);
@@ -94,6 +110,8 @@ class Coordinator {
   GaugeFamily* group_outstanding_;
   GaugeFamily* group_kv_blocks_;
   CounterFamily* redispatches_;
+  CounterFamily* resumes_;
+  const uint64_t seed_base_;  // for sampled requests that name no seed
   std::unique_ptr<InferenceImpl> inference_;
   std::unique_ptr<RegistryImpl> registry_service_;
   std::atomic<int> in_flight_{0};

@@ -12,9 +12,8 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request) {
   bool has_text = !request.prompt().empty();
   bool has_tokens = request.prompt_tokens_size() > 0;
   if (has_text == has_tokens) {
-    return absl::InvalidArgumentError(has_text
-                                          ? "prompt: give prompt or prompt_tokens, not both"
-                                          : "prompt: empty (give prompt or prompt_tokens)");
+    return absl::InvalidArgumentError(has_text ? "prompt: give prompt or prompt_tokens, not both"
+                                               : "prompt: empty (give prompt or prompt_tokens)");
   }
   for (int i = 0; i < request.prompt_tokens_size(); ++i) {
     if (request.prompt_tokens(i) < 0) {
@@ -22,10 +21,16 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request) {
           absl::StrCat("prompt_tokens[", i, "]: negative id ", request.prompt_tokens(i)));
     }
   }
+  for (int i = 0; i < request.resumed_tokens_size(); ++i) {
+    if (request.resumed_tokens(i) < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("resumed_tokens[", i, "]: negative id ", request.resumed_tokens(i)));
+    }
+  }
   const v1::SamplingParams& s = request.sampling();
   if (!(s.temperature() >= 0.0f) || std::isinf(s.temperature())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "sampling.temperature: must be a finite number >= 0, not ", s.temperature()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.temperature: must be a finite number >= 0, not ", s.temperature()));
   }
   if (s.top_k() < 0) {
     return absl::InvalidArgumentError(
@@ -47,8 +52,8 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request) {
   }
   for (int i = 0; i < s.stop_token_ids_size(); ++i) {
     if (s.stop_token_ids(i) < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("sampling.stop_token_ids[", i,
-                                                     "]: negative id ", s.stop_token_ids(i)));
+      return absl::InvalidArgumentError(
+          absl::StrCat("sampling.stop_token_ids[", i, "]: negative id ", s.stop_token_ids(i)));
     }
   }
   return absl::OkStatus();
@@ -59,6 +64,7 @@ engine::GenerationRequest ToEngineRequest(const v1::GenerateRequest& request) {
   out.id = request.request_id();
   out.prompt = request.prompt();
   out.prompt_tokens.assign(request.prompt_tokens().begin(), request.prompt_tokens().end());
+  out.resumed_tokens.assign(request.resumed_tokens().begin(), request.resumed_tokens().end());
   const v1::SamplingParams& s = request.sampling();
   engine::SamplingOptions& sampling = out.sampling;
   sampling.temperature = s.temperature();
@@ -109,14 +115,12 @@ v1::Timings ToWireTimings(const engine::RequestUsage& usage) {
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      std::string(status.message()));
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {
   if (status.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                      status.error_message());
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
 }
 
 void AppendToResponse(const v1::GenerateStreamResponse& message, v1::GenerateResponse* response) {
@@ -131,6 +135,7 @@ void AppendToResponse(const v1::GenerateStreamResponse& message, v1::GenerateRes
     response->set_finish_reason(message.finish_reason());
     *response->mutable_usage() = message.usage();
     *response->mutable_timings() = message.timings();
+    *response->mutable_resumptions() = message.resumptions();
   }
 }
 

@@ -3,6 +3,8 @@
 // alone, one token per step, straight through the transformer: the engine's batching,
 // chunked prefill, prefix reuse and preemption must not change a single token.
 
+#include "runtime/engine/engine.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -10,7 +12,9 @@
 #include <random>
 #include <thread>
 
-#include "runtime/engine/engine.h"
+#include "absl/strings/str_cat.h"
+#include "runtime/core/stream.h"
+#include "runtime/core/tensor.h"
 #include "runtime/model/default_model.h"
 #include "runtime/model/transformer.h"
 #include "runtime/tokenizer/tokenizer.h"
@@ -64,8 +68,8 @@ class EngineTest : public ::testing::Test {
     int begin = 0;
     for (int i = 0; i < options.max_tokens; ++i) {
       int end = static_cast<int>(tokens.size());
-      absl::StatusOr<Tensor> shard = m.Forward(
-          model::ForwardBatch::SingleSequence(tokens, begin, end, blocks), *cache, false);
+      absl::StatusOr<Tensor> shard =
+          m.Forward(model::ForwardBatch::SingleSequence(tokens, begin, end, blocks), *cache, false);
       EXPECT_TRUE(shard.ok()) << shard.status();
       choice.draw = i;
       auto next = m.SampleRows(*shard, {choice});
@@ -90,8 +94,16 @@ class EngineTest : public ::testing::Test {
   struct Finished {
     std::vector<int32_t> tokens;
     std::vector<float> logprobs;
+    std::vector<std::string> token_texts;  // the text each token's event carried
     std::string text;
     TokenEvent final;
+
+    // The text streamed from token `k` on (the final event's included).
+    std::string TextFrom(size_t k) const {
+      std::string out;
+      for (size_t i = k; i < token_texts.size(); ++i) out += token_texts[i];
+      return out + final.text;
+    }
   };
 
   static Finished Drain(RequestStream& stream) {
@@ -105,6 +117,7 @@ class EngineTest : public ::testing::Test {
       }
       out.tokens.push_back(event.token);
       out.logprobs.push_back(event.logprob);
+      out.token_texts.push_back(event.text);
     }
     return out;
   }
@@ -178,8 +191,8 @@ class BatchingInvariance : public EngineTest, public ::testing::WithParamInterfa
     ASSERT_EQ(results.size(), requests.size());
     for (size_t i = 0; i < requests.size(); ++i) {
       const Generated& expected = references[i];
-      EXPECT_EQ(results[i].tokens, expected.tokens) << "request " << i << " at concurrency "
-                                                    << concurrency << ", tp " << World().size();
+      EXPECT_EQ(results[i].tokens, expected.tokens)
+          << "request " << i << " at concurrency " << concurrency << ", tp " << World().size();
       // Every kernel computes a row the same way whatever else is in the batch, so the
       // log-probabilities are bitwise those of the request alone. (Above two ranks the
       // all-reduce may add the ranks' parts in another order for another buffer size.)
@@ -421,6 +434,92 @@ TEST_F(EngineTest, StopsAtStopStringsStopTokensAndLength) {
             std::vector<int32_t>(plain[0].tokens.begin(), plain[0].tokens.begin() + 3));
 }
 
+// A request resumed after k of its tokens (its group failed mid-stream) continues as if
+// nothing happened: the same tokens (sampling is keyed by seed and position), log-probs,
+// streamed text (stop strings that straddle the resumption included), finish and usage.
+TEST_F(EngineTest, ResumedRequestsContinueAsIfUninterrupted) {
+  constexpr int kTokens = 24;
+  GenerationRequest sampled;
+  sampled.prompt = "Once upon a time";
+  sampled.sampling.max_tokens = kTokens;
+  sampled.sampling.ignore_eos = true;
+  sampled.sampling.temperature = 0.9f;
+  sampled.sampling.top_k = 40;
+  sampled.sampling.seed = 7;
+  sampled.sampling.logprobs = true;
+  GenerationRequest greedy = sampled;
+  greedy.sampling.temperature = 0.0f;
+  std::vector<Finished> whole = RunEngine({}, {sampled, greedy});
+  // Every rank builds the same requests; only the leader's results matter.
+  auto leader_tokens = [&](int r) {
+    return World().rank() == 0 ? whole[r].tokens : std::vector<int32_t>(kTokens, 1);
+  };
+  const std::vector<int32_t> sampled_tokens = leader_tokens(0), greedy_tokens = leader_tokens(1);
+  // A stop string of greedy's text from its 8th token's text on: resuming before, inside
+  // and after it.
+  std::string stop = "x";
+  if (World().rank() == 0) {
+    std::string from8 = whole[1].TextFrom(8);
+    ASSERT_GE(from8.size(), 4u);
+    stop = from8.substr(1, 3);
+  }
+  int stop_length = static_cast<int>(stop.size());
+  comm::Communicator& world = World();
+  Stream cpu = Stream::Cpu();
+  Tensor length = Tensor::Wrap(&stop_length, DType::kI32, {1});
+  ASSERT_TRUE(world.Broadcast(length, 0, cpu).ok());
+  stop.resize(stop_length, 'x');
+  Tensor stop_bytes = Tensor::Wrap(stop.data(), DType::kI8, {stop_length});
+  ASSERT_TRUE(world.Broadcast(stop_bytes, 0, cpu).ok());
+  GenerationRequest stopping = greedy;
+  stopping.sampling.stop = {stop};
+
+  const std::vector<int> resume_at = {1, 5, 8, 9, 10, 12, kTokens - 1};
+  std::vector<GenerationRequest> requests = {stopping};
+  for (int k : resume_at) {
+    for (const GenerationRequest* base : {&sampled, &stopping}) {
+      GenerationRequest resumed = *base;
+      const std::vector<int32_t>& tokens = base == &sampled ? sampled_tokens : greedy_tokens;
+      resumed.resumed_tokens.assign(tokens.begin(), tokens.begin() + k);
+      requests.push_back(resumed);
+    }
+  }
+  std::vector<Finished> results = RunEngine({}, requests);
+  if (World().rank() != 0) return;
+  const Finished& stopped = results[0];
+  ASSERT_EQ(stopped.final.finish_reason, FinishReason::kStop);
+  const int stopped_tokens = static_cast<int>(stopped.tokens.size());
+  for (size_t i = 0; i < resume_at.size(); ++i) {
+    const int k = resume_at[i];
+    const Finished& resumed = results[1 + 2 * i];
+    SCOPED_TRACE(absl::StrCat("resumed after ", k, " sampled tokens"));
+    EXPECT_EQ(resumed.tokens,
+              std::vector<int32_t>(whole[0].tokens.begin() + k, whole[0].tokens.end()));
+    ASSERT_EQ(resumed.logprobs.size(), static_cast<size_t>(kTokens - k));
+    for (int t = 0; t < kTokens - k; ++t) {
+      EXPECT_NEAR(resumed.logprobs[t], whole[0].logprobs[k + t], 1e-5);
+    }
+    EXPECT_EQ(resumed.text, whole[0].TextFrom(k));
+    EXPECT_EQ(resumed.final.finish_reason, FinishReason::kLength);
+    EXPECT_EQ(resumed.final.usage.completion_tokens, kTokens);
+    EXPECT_EQ(resumed.final.usage.prompt_tokens, whole[0].final.usage.prompt_tokens);
+
+    const Finished& resumed_stop = results[2 + 2 * i];
+    SCOPED_TRACE(absl::StrCat("resumed after ", k, " of the stop-string request's tokens"));
+    if (k < stopped_tokens) {
+      EXPECT_EQ(resumed_stop.tokens,
+                std::vector<int32_t>(stopped.tokens.begin() + k, stopped.tokens.end()));
+      EXPECT_EQ(resumed_stop.text, stopped.TextFrom(k));
+      EXPECT_EQ(resumed_stop.final.usage.completion_tokens, stopped_tokens);
+    } else {
+      // The tokens already sent hold the stop string: it ends at once with what was held back.
+      EXPECT_TRUE(resumed_stop.tokens.empty());
+      EXPECT_EQ(resumed_stop.final.usage.completion_tokens, stopped_tokens);
+    }
+    EXPECT_EQ(resumed_stop.final.finish_reason, FinishReason::kStop);
+  }
+}
+
 TEST_F(EngineTest, RefusesRequestsThatCanNeverRun) {
   EngineOptions options;
   options.num_blocks = 4;  // 64 tokens
@@ -451,6 +550,13 @@ TEST_F(EngineTest, RefusesRequestsThatCanNeverRun) {
     GenerationRequest too_big = request;
     too_big.sampling.max_tokens = 100;
     expect_invalid(too_big, "whole cache holds 4");
+    GenerationRequest all_resumed = request;
+    all_resumed.sampling.max_tokens = 2;
+    all_resumed.resumed_tokens = {4, 5};
+    expect_invalid(all_resumed, "resumed_tokens");
+    GenerationRequest bad_resumed = request;
+    bad_resumed.resumed_tokens = {4, 100000};
+    expect_invalid(bad_resumed, "resumed_tokens[1]");
     GenerationRequest too_long = request;
     too_long.sampling.max_tokens = static_cast<int>(engine.max_model_length());
     expect_invalid(too_long, "context");

@@ -89,7 +89,7 @@ tessera::v1::SamplingPlan Greedy() { return {}; }
 TEST(SchedulerTest, ChunksLongPromptsWithinTheBudgetAndRunsDecodesFirst) {
   BlockPool pool(64, true);
   Scheduler scheduler(pool, {/*block_size=*/4, /*max_running=*/8, /*max_step_tokens=*/10});
-  scheduler.Add(1, Iota(6), Greedy());
+  scheduler.Add(1, Iota(6), {}, Greedy());
   tessera::v1::StepPlan first = scheduler.NextPlan();
   ASSERT_EQ(first.chunks_size(), 1);
   EXPECT_EQ(first.new_sequences_size(), 1);
@@ -100,7 +100,7 @@ TEST(SchedulerTest, ChunksLongPromptsWithinTheBudgetAndRunsDecodesFirst) {
   scheduler.Completed(first, std::vector<SampledToken>{{1, 77, 0.0f}});
   EXPECT_EQ(scheduler.tokens(1).size(), 7u);
 
-  scheduler.Add(2, Iota(25, 100), Greedy());
+  scheduler.Add(2, Iota(25, 100), {}, Greedy());
   tessera::v1::StepPlan second = scheduler.NextPlan();
   // The decode of 1 comes first; 2 gets the other 9 tokens of the budget, unsampled.
   ASSERT_EQ(second.chunks_size(), 2);
@@ -122,7 +122,7 @@ TEST(SchedulerTest, ChunksLongPromptsWithinTheBudgetAndRunsDecodesFirst) {
 TEST(SchedulerTest, ReusesCachedPrefixBlocksButComputesTheLastToken) {
   BlockPool pool(64, true);
   Scheduler scheduler(pool, {4, 8, 100});
-  scheduler.Add(1, Iota(12), Greedy());
+  scheduler.Add(1, Iota(12), {}, Greedy());
   tessera::v1::StepPlan first = scheduler.NextPlan();
   scheduler.Completed(first, std::vector<SampledToken>{{1, 5, 0.0f}});
   EXPECT_EQ(pool.num_cached(), 3);  // the 12 prompt tokens fill three blocks
@@ -132,7 +132,7 @@ TEST(SchedulerTest, ReusesCachedPrefixBlocksButComputesTheLastToken) {
 
   // The same 12 tokens again: two blocks come from the cache, the third is recomputed so
   // that the last token's logits exist.
-  scheduler.Add(2, Iota(12), Greedy());
+  scheduler.Add(2, Iota(12), {}, Greedy());
   tessera::v1::StepPlan second = scheduler.NextPlan();
   ASSERT_EQ(second.chunks_size(), 1);
   EXPECT_EQ(second.chunks(0).start(), 8);
@@ -143,7 +143,7 @@ TEST(SchedulerTest, ReusesCachedPrefixBlocksButComputesTheLastToken) {
   // A longer prompt with the same start shares all three blocks, the third one computed
   // only at its first owner's first admission.
   scheduler.Completed(second, std::vector<SampledToken>{{2, 5, 0.0f}});
-  scheduler.Add(3, Iota(20), Greedy());
+  scheduler.Add(3, Iota(20), {}, Greedy());
   tessera::v1::StepPlan third = scheduler.NextPlan();
   ASSERT_EQ(third.chunks_size(), 2);
   EXPECT_EQ(third.chunks(1).id(), 3u);
@@ -153,8 +153,8 @@ TEST(SchedulerTest, ReusesCachedPrefixBlocksButComputesTheLastToken) {
 TEST(SchedulerTest, PreemptsTheNewestSequenceWhenBlocksRunOut) {
   BlockPool pool(4, false);
   Scheduler scheduler(pool, {4, 8, 100});
-  scheduler.Add(1, Iota(4), Greedy());
-  scheduler.Add(2, Iota(4), Greedy());
+  scheduler.Add(1, Iota(4), {}, Greedy());
+  scheduler.Add(2, Iota(4), {}, Greedy());
   tessera::v1::StepPlan first = scheduler.NextPlan();
   ASSERT_EQ(first.chunks_size(), 2);
   // Each sequence grows one block per four tokens; with four blocks they soon collide.

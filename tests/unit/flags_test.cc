@@ -311,15 +311,40 @@ TEST(DeviceFlagTest, SubcommandsDeclareThemWithDefaults) {
   EXPECT_EQ(fraction, 0.5);
 }
 
+// tessera serve starts one mpirun job per group: -np is the group's TP degree, and each job
+// names its replica (so groups register as host/replica0, host/replica1, ...).
+TEST(WorkerJobTest, EachReplicaIsAJobOfItsOwn) {
+  WorkerJobConfig config;
+  config.np = 4;
+  config.tp = 2;
+  ASSERT_OK(CheckWorkerJobConfig(config));
+  for (int replica : {0, 1}) {
+    std::vector<std::string> argv = WorkerCommand(config, 50051, replica);
+    auto np = std::find(argv.begin(), argv.end(), "-np");
+    ASSERT_NE(np, argv.end());
+    EXPECT_EQ(*(np + 1), "2");
+    auto offset = std::find(argv.begin(), argv.end(), "--replica-offset");
+    ASSERT_NE(offset, argv.end());
+    EXPECT_EQ(*(offset + 1), std::to_string(replica));
+    // Jobs that share a machine must not all bind to its first cores.
+    auto bind = std::find(argv.begin(), argv.end(), "--bind-to");
+    ASSERT_NE(bind, argv.end());
+    EXPECT_EQ(*(bind + 1), "none");
+  }
+  config.max_failed_starts = 0;
+  EXPECT_TRUE(IsError(CheckWorkerJobConfig(config), absl::StatusCode::kInvalidArgument,
+                      {"--max-failed-starts"}));
+}
+
 TEST(DeviceFlagTest, WorkerJobPassesTheDeviceToItsWorkers) {
   WorkerJobConfig config;
-  std::vector<std::string> cpu = WorkerCommand(config, 50051);
+  std::vector<std::string> cpu = WorkerCommand(config, 50051, 0);
   EXPECT_EQ(std::find(cpu.begin(), cpu.end(), "--device"), cpu.end());
   ASSERT_OK(CheckWorkerJobConfig(config));
 
   config.device = "cuda";
   config.kv_cache_memory_fraction = 0.75;
-  std::vector<std::string> cuda = WorkerCommand(config, 50051);
+  std::vector<std::string> cuda = WorkerCommand(config, 50051, 0);
   auto device = std::find(cuda.begin(), cuda.end(), "--device");
   ASSERT_NE(device, cuda.end());
   ASSERT_NE(device + 1, cuda.end());

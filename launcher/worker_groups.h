@@ -1,0 +1,95 @@
+#ifndef TESSERA_LAUNCHER_WORKER_GROUPS_H_
+#define TESSERA_LAUNCHER_WORKER_GROUPS_H_
+
+// The worker groups of one machine as `tessera serve` and `tessera bench serve` run them: one
+// `mpirun -np TP tessera worker` job per replica, so that a rank that fails ends only its
+// own group (its job: the launcher aborts it), while the other groups serve on; and
+// supervised: a job that exits is started again after a back-off, registers again and takes
+// traffic. A job counts as started once its group is healthy at the coordinator; one that
+// exits before that doubles the next back-off (up to the configured maximum), and too many
+// such exits in a row of one replica end supervision with an error that says so.
+//
+// Not thread-safe: one thread starts, supervises and stops the groups.
+
+#include <sys/types.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "launcher/worker_job.h"
+#include "runtime/serve/coordinator.h"
+#include "runtime/serve/metrics.h"
+
+namespace tessera::launcher {
+
+class WorkerGroups {
+ public:
+  // Starts config.groups() jobs registering with the coordinator at 127.0.0.1:port, which
+  // `coordinator` is. `restarts` (may be null) counts restarts by replica. `who` prefixes
+  // messages.
+  static absl::StatusOr<std::unique_ptr<WorkerGroups>> Start(const WorkerJobConfig& config,
+                                                             int coordinator_port,
+                                                             const serve::Coordinator& coordinator,
+                                                             serve::CounterFamily* restarts,
+                                                             const std::string& who);
+  ~WorkerGroups();  // Stop()
+  WorkerGroups(const WorkerGroups&) = delete;
+  WorkerGroups& operator=(const WorkerGroups&) = delete;
+
+  // Waits until every group is healthy at the coordinator: true then; false when a shutdown
+  // was requested (SIGINT, SIGTERM; the jobs are stopped). UNAVAILABLE when a job exits
+  // first (a bad flag or model fails every start alike), DEADLINE_EXCEEDED (the jobs
+  // stopped) after `timeout`.
+  absl::StatusOr<bool> WaitUntilHealthy(absl::Duration timeout);
+
+  // One round of supervision: notes the jobs that exited and starts those whose back-off has
+  // passed. UNAVAILABLE naming the replica once it has exited max_failed_starts times in a
+  // row before serving.
+  absl::Status Supervise();
+
+  // Replica `replica`'s current job has registered and its group is healthy.
+  bool serving(int replica) const { return replicas_[replica].served; }
+  // Restarts of replica `replica` so far.
+  int restarts(int replica) const { return replicas_[replica].restarts; }
+  int size() const { return static_cast<int>(replicas_.size()); }
+  // The pid of MPI rank `rank` of replica `replica`'s running job (a fault to inject).
+  absl::StatusOr<pid_t> RankPid(int replica, int rank) const;
+
+  // Stops every job (SIGTERM, then SIGKILL; see WorkerJob::Stop). Idempotent.
+  void Stop();
+
+ private:
+  struct Replica {
+    std::vector<std::string> command;
+    std::string name;  // the name its group registers with: host/replicaN
+    std::unique_ptr<WorkerJob> job;
+    bool served = false;   // its current (or last) job's group was healthy
+    std::string group_id;  // the coordinator's id of the group its last serving job had
+    std::optional<absl::Time> restart_at;
+    absl::Duration backoff;
+    int failed_starts = 0;  // exits in a row before serving
+    int restarts = 0;
+  };
+
+  WorkerGroups(const WorkerJobConfig& config, const serve::Coordinator& coordinator,
+               serve::CounterFamily* restarts, std::string who)
+      : config_(config), coordinator_(coordinator), restarts_(restarts), who_(std::move(who)) {}
+  absl::Status StartJob(int replica);
+  // Marks the replicas whose current job's group is healthy (a new id under their name).
+  void NoteServing();
+
+  const WorkerJobConfig config_;
+  const serve::Coordinator& coordinator_;
+  serve::CounterFamily* restarts_;
+  const std::string who_;
+  std::vector<Replica> replicas_;
+};
+
+}  // namespace tessera::launcher
+
+#endif  // TESSERA_LAUNCHER_WORKER_GROUPS_H_
