@@ -40,6 +40,7 @@ struct BenchTrainConfig {
   int micro_batch = 4;
   int steps = 3;             // timed, after one warm-up step
   int lora_r = 0;            // > 0: LoRA on the attention projections instead of a full fine-tune
+  int zero = 0;              // ZeRO stage of the optimizer (trainer.h)
   std::string torch_python;  // set: also run PyTorch with this Python
   absl::Duration timeout = absl::Minutes(10);
 };
@@ -77,6 +78,7 @@ absl::Status BenchOne(const std::string& name, const std::string& dir,
                                                              config.seq_len, mc.vocab_size));
   train::TrainerOptions options;
   options.micro_batch = config.micro_batch;
+  options.zero_stage = config.zero;
   options.lr = 1e-5;
   options.schedule = {train::Schedule::kConstant, 0, config.steps + 1};
   int thread_level = MPI_THREAD_SINGLE;
@@ -159,12 +161,12 @@ absl::Status BenchTrain(const BenchTrainConfig& config, int* argc, char*** argv)
   const double peak = MeasureJobFmaPeak();
   if (world.rank() == 0) {
     std::printf(
-        "# tessera bench train: %s, f32 master weights and compute, AdamW; the median of %d "
+        "# tessera bench train: %s, f32 master weights and compute, AdamW%s; the median of %d "
         "timed steps after one warm-up, random tokens, every token trained\n",
         config.lora_r > 0
             ? absl::StrCat("LoRA r ", config.lora_r, " on q_proj,k_proj,v_proj,o_proj").c_str()
             : "full fine-tune",
-        config.steps);
+        config.zero == 1 ? " with ZeRO-1 (moments sharded over DP)" : "", config.steps);
     std::printf(
         "# GFLOP/s: 6 x parameters x tokens/s (4 x for LoRA: no weight gradients of the base); "
         "MFU: against the FMA peak of these ranks' kernel "
@@ -198,6 +200,7 @@ int RunBenchTrain(const std::vector<std::string>& args, int* argc, char*** argv)
   flags.Int("lora-r", &config.lora_r,
             "LoRA rank on the attention projections (alpha 2r); 0: full fine-tune");
   flags.String("torch", &config.torch_python, "a Python to run the PyTorch comparison with");
+  flags.Int("zero", &config.zero, "ZeRO stage: 0, or 1 to shard AdamW's moments over DP");
   flags.Duration("timeout", &config.timeout, "deadline of each collective");
   if (std::optional<int> done = ParseOrExit(flags, args)) return *done;
   return ReportExit(BenchTrain(config, argc, argv));

@@ -184,7 +184,7 @@ absl::Status Generate(const GenerateConfig& config, int* argc, char*** argv) {
     if (leader && !stream) std::printf("[%zu] %s\n", i, text.c_str());
     std::fflush(stdout);
   }
-  TESSERA_RETURN_IF_ERROR(ReportPeakMemory(*world, model->weight_bytes()));
+  TESSERA_RETURN_IF_ERROR(ReportPeakMemory(*world, {{"its weights", model->weight_bytes()}}));
   if (world->rank() == 0) {
     std::fprintf(stderr,
                  "tessera: tp %d x dp %d; prefill %lld tokens at %.1f tokens/s, decode %lld "

@@ -100,19 +100,26 @@ absl::StatusOr<std::unique_ptr<comm::Communicator>> CreateDeviceTpCommunicator(
 #endif
 }
 
-absl::Status ReportPeakMemory(comm::MpiCommunicator& world, uint64_t held_bytes, const char* held) {
+absl::Status ReportPeakMemory(comm::MpiCommunicator& world, const std::vector<HeldMemory>& held) {
   TESSERA_ASSIGN_OR_RETURN(model::ResidentMemory memory, model::ReadResidentMemory());
-  int64_t mine[2] = {static_cast<int64_t>(memory.peak_rss_bytes), static_cast<int64_t>(held_bytes)};
-  TESSERA_ASSIGN_OR_RETURN(Tensor all, Tensor::Empty(DType::kI64, {2 * world.size()}));
-  Tensor local = Tensor::Wrap(mine, DType::kI64, {2});
+  // Per rank: the peak, then each part's bytes.
+  const int64_t per_rank = 1 + static_cast<int64_t>(held.size());
+  std::vector<int64_t> mine = {static_cast<int64_t>(memory.peak_rss_bytes)};
+  for (const HeldMemory& part : held) mine.push_back(static_cast<int64_t>(part.bytes));
+  TESSERA_ASSIGN_OR_RETURN(Tensor all, Tensor::Empty(DType::kI64, {per_rank * world.size()}));
+  Tensor local = Tensor::Wrap(mine.data(), DType::kI64, {per_rank});
   Stream cpu = Stream::Cpu();
   TESSERA_RETURN_IF_ERROR(world.AllGather(local, all, cpu));
   if (world.rank() != 0) return absl::OkStatus();
   for (int r = 0; r < world.size(); ++r) {
-    const int64_t* entry = all.data<int64_t>() + 2 * r;
-    std::fprintf(stderr, "tessera: rank %d peak resident memory %s (%s: %s)\n", r,
-                 model::FormatBytes(static_cast<uint64_t>(entry[0])).c_str(), held,
-                 model::FormatBytes(static_cast<uint64_t>(entry[1])).c_str());
+    const int64_t* entry = all.data<int64_t>() + per_rank * r;
+    std::string parts;
+    for (size_t i = 0; i < held.size(); ++i) {
+      absl::StrAppend(&parts, i > 0 ? ", " : "", held[i].what, ": ",
+                      model::FormatBytes(static_cast<uint64_t>(entry[1 + i])));
+    }
+    std::fprintf(stderr, "tessera: rank %d peak resident memory %s (%s)\n", r,
+                 model::FormatBytes(static_cast<uint64_t>(entry[0])).c_str(), parts.c_str());
   }
   return absl::OkStatus();
 }

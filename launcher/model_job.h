@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -80,10 +81,17 @@ struct ModelJob {
 absl::StatusOr<std::unique_ptr<comm::Communicator>> CreateDeviceTpCommunicator(
     const comm::Topology& topology, comm::Layout& layout, const comm::CommOptions& options);
 
-// Prints, on world rank 0, every rank's peak resident memory beside the bytes of weights (or
-// of training state) it holds. Collective over `world`.
-absl::Status ReportPeakMemory(comm::MpiCommunicator& world, uint64_t held_bytes,
-                              const char* held = "its weights");
+// Memory a rank holds for one purpose, for ReportPeakMemory: "its weights", 1.2 GB.
+struct HeldMemory {
+  std::string what;
+  uint64_t bytes = 0;
+};
+
+// Prints, on world rank 0, every rank's peak resident memory beside what it holds (its
+// weights; the weights, gradients and optimizer state of training), each rank's own figures:
+//   tessera: rank 1 peak resident memory 1.4 GiB (weights: 512 MiB, AdamW moments: 256 MiB)
+// Every rank passes the same number of parts, in the same order. Collective over `world`.
+absl::Status ReportPeakMemory(comm::MpiCommunicator& world, const std::vector<HeldMemory>& held);
 
 // Starts MPI and loads the model on every rank (collective). World rank 0 says which model
 // it uses and shows loading progress on a terminal.

@@ -76,6 +76,7 @@ struct TrainConfig {
   bool merge = false;
   bool recompute = false;
   bool export_model = true;
+  int zero = 0;
   absl::Duration timeout = absl::Minutes(5);
 };
 
@@ -186,6 +187,18 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
         "--save-every, --keep, --warmup not negative");
   }
   TESSERA_ASSIGN_OR_RETURN(train::Schedule schedule, train::ParseSchedule(config.schedule));
+  train::TrainerOptions options;
+  options.micro_batch = config.micro_batch;
+  options.grad_accum = config.grad_accum;
+  options.zero_stage = config.zero;
+  options.lr = config.lr;
+  options.max_grad_norm = config.max_grad_norm;
+  options.adamw.beta1 = config.adam_beta1;
+  options.adamw.beta2 = config.adam_beta2;
+  options.adamw.eps = config.adam_eps;
+  options.adamw.weight_decay = config.weight_decay;
+  // Before MPI starts and the model loads: a bad option fails at once.
+  TESSERA_RETURN_IF_ERROR(train::ValidateTrainerOptions(options));
   ModelJobOptions job_options;
   job_options.model_dir = config.model;
   job_options.tp = config.tp;
@@ -213,15 +226,6 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
     TESSERA_RETURN_IF_ERROR(comm::AgreeOnStatus(world, read.status(), "to read --eval-data"));
     eval = std::move(*read);
   }
-  train::TrainerOptions options;
-  options.micro_batch = config.micro_batch;
-  options.grad_accum = config.grad_accum;
-  options.lr = config.lr;
-  options.max_grad_norm = config.max_grad_norm;
-  options.adamw.beta1 = config.adam_beta1;
-  options.adamw.beta2 = config.adam_beta2;
-  options.adamw.eps = config.adam_eps;
-  options.adamw.weight_decay = config.weight_decay;
   // The DP all-reduce overlaps the backward on a thread of its own, which MPI allows while
   // the TP group's collectives run on this one only at MPI_THREAD_MULTIPLE.
   int thread_level = MPI_THREAD_SINGLE;
@@ -253,22 +257,35 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
   // gradients of the frozen base: 4 N.
   const double flops_per_token =
       (config.lora_r > 0 ? 4.0 : 6.0) * static_cast<double>(model::ParameterCount(model->plan()));
-  uint64_t state_bytes = 0;
+  uint64_t weight_bytes = 0, grad_bytes = 0, whole_moment_bytes = 0;
   for (const train::Parameter& p : model->parameters().all()) {
-    state_bytes += p.value.nbytes() + (p.grad.defined() ? p.grad.nbytes() : 0) +
-                   (p.trainable ? 2 * p.value.nbytes() : 0);  // + AdamW's two moments
+    weight_bytes += p.value.nbytes();
+    if (p.grad.defined()) grad_bytes += p.grad.nbytes();
+    if (p.trainable) whole_moment_bytes += 2 * p.value.nbytes();
   }
-  TESSERA_RETURN_IF_ERROR(ReportPeakMemory(world, state_bytes, "weights, gradients, moments"));
+  if (config.zero == 1 && layout.dp_size() == 1 && lead) {
+    std::fprintf(stderr,
+                 "tessera train: --zero 1 with one data-parallel replica has nothing to shard "
+                 "over: the AdamW moments stay whole, as with --zero 0\n");
+  }
+  TESSERA_RETURN_IF_ERROR(ReportPeakMemory(
+      world, {{"weights", weight_bytes},
+              {"gradients", grad_bytes},
+              {trainer.sharded() ? absl::StrCat("AdamW moments (ZeRO-1: 1/", layout.dp_size(),
+                                                " of ", model::FormatBytes(whole_moment_bytes), ")")
+                                 : "AdamW moments",
+               static_cast<uint64_t>(trainer.optimizer_state_bytes())}}));
   if (lead) {
     const std::string kind = config.lora_r > 0
                                  ? absl::StrCat("LoRA (r ", config.lora_r, ", alpha ",
                                                 config.lora_alpha, " on ", config.lora_targets, ")")
                                  : "full fine-tune";
     std::fprintf(stderr,
-                 "tessera train: %s of %s, tp %d x dp %d, %d x %d rows of %d tokens a step per "
-                 "replica, %lld steps, %lld trainable parameters; FMA peak of the ranks %.1f "
-                 "GFLOP/s\n",
+                 "tessera train: %s of %s, tp %d x dp %d%s, %d x %d rows of %d tokens a step "
+                 "per replica, %lld steps, %lld trainable parameters; FMA peak of the ranks "
+                 "%.1f GFLOP/s\n",
                  kind.c_str(), job.model_dir.c_str(), layout.tp_size(), layout.dp_size(),
+                 trainer.sharded() ? " (ZeRO-1: AdamW moments sharded over dp)" : "",
                  config.micro_batch, config.grad_accum, config.seq_len,
                  static_cast<long long>(steps),
                  static_cast<long long>(model->parameters().TrainableElements()), peak / 1e9);
@@ -325,6 +342,7 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
                               {"step_s", report.seconds},
                               {"dp_allreduce_s", report.comm_seconds},
                               {"exposed_comm_s", report.exposed_comm_seconds}};
+      if (trainer.sharded()) entry["dp_allgather_s"] = report.gather_seconds;
       log << entry.dump() << "\n" << std::flush;
       for (const char* key : {"loss", "lr", "grad_norm", "tokens_per_s", "mfu", "exposed_comm_s"}) {
         TESSERA_RETURN_IF_ERROR(
@@ -501,6 +519,9 @@ int RunTrain(const std::vector<std::string>& args, int* argc, char*** argv) {
                "down_proj (gate_up_proj where the checkpoint fuses them)");
   flags.Bool("merge", &config.merge,
              "export a LoRA run as merged full weights instead of a PEFT adapter directory");
+  flags.Int("zero", &config.zero,
+            "ZeRO stage: 0 keeps AdamW's moments whole on every data-parallel replica; 1 shards "
+            "them over the replicas (each keeps 1/DP; the same steps and checkpoints)");
   AddDeviceFlag(flags, &config.device);
   flags.Duration("timeout", &config.timeout, "deadline of each collective");
   if (std::optional<int> done = ParseOrExit(flags, args)) return *done;

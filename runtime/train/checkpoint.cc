@@ -102,8 +102,12 @@ absl::Status SaveCheckpoint(const std::string& output, Trainer& trainer, comm::C
   // Every rank learns whether rank 0 could prepare the directory before writing into it.
   TESSERA_RETURN_IF_ERROR(comm::AgreeOnStatus(world, prepared, "to prepare the checkpoint folder"));
 
-  absl::Status written = absl::OkStatus();
-  if (dp_rank == 0) {
+  // Replica 0 writes the whole moments; with ZeRO every replica holds a share of them, which
+  // this gathers (collective over DP).
+  absl::StatusOr<std::vector<std::pair<std::string, Tensor>>> moments =
+      trainer.OptimizerState(/*materialize=*/dp_rank == 0);
+  absl::Status written = moments.status();
+  if (written.ok() && dp_rank == 0) {
     std::vector<std::pair<std::string, Tensor>> values;
     // What training changes: the whole model, or the adapters of a LoRA run (whose base is
     // read from the model directory again on resume).
@@ -113,9 +117,8 @@ absl::Status SaveCheckpoint(const std::string& output, Trainer& trainer, comm::C
     written = model::WriteSafetensors((temporary / ShardFile("model", tp_rank, tp)).string(),
                                       values, {{"format", "pt"}});
     if (written.ok()) {
-      written = model::WriteSafetensors(
-          (temporary / ShardFile("optimizer", tp_rank, tp)).string(), trainer.optimizer().State(),
-          {{"steps", absl::StrCat(trainer.optimizer().steps_done())}});
+      written = model::WriteSafetensors((temporary / ShardFile("optimizer", tp_rank, tp)).string(),
+                                        *moments, {{"steps", absl::StrCat(trainer.steps_done())}});
     }
   }
   TESSERA_RETURN_IF_ERROR(comm::AgreeOnStatus(world, written, "to write its checkpoint part"));
@@ -249,8 +252,7 @@ absl::Status LoadCheckpoint(const std::string& checkpoint, Trainer& trainer, int
       TESSERA_ASSIGN_OR_RETURN(Tensor t, moments->Read(info.name));
       saved_state.emplace_back(info.name, std::move(t));
     }
-    absl::Status restored =
-        trainer.optimizer().Restore(saved_state, state.at("step").get<int64_t>());
+    absl::Status restored = trainer.RestoreOptimizer(saved_state, state.at("step").get<int64_t>());
     if (!restored.ok()) {
       return absl::Status(restored.code(), absl::StrCat(optimizer_file, ": ", restored.message()));
     }

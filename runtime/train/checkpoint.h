@@ -14,8 +14,11 @@
 // A checkpoint is written into step-N.tmp and renamed to step-N only once every rank's part
 // is complete on disk, then `latest` is replaced by an atomic rename: a crash at any moment
 // leaves the previous checkpoint as the latest, whole. Data-parallel replicas hold the same
-// state, so replica 0 writes it. The data order is a function of the seed and the position,
-// and nothing else in a step draws random numbers, so the position is the whole random state.
+// state, so replica 0 writes it; with ZeRO (zero_optimizer.h) the replicas' shares of the
+// AdamW moments are gathered first, so the files are the same whether the run sharded them
+// or not, and either kind of run resumes from them. The data order is a function of the seed
+// and the position, and nothing else in a step draws random numbers, so the position is the
+// whole random state.
 //
 // Resuming checks the checkpoint against this run: the model (architecture, sizes), the TP
 // degree (a checkpoint holds TP shards: another degree is refused, naming both) and the data

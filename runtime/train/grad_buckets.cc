@@ -17,8 +17,9 @@ double Now() {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<GradientReducer>> GradientReducer::Create(
-    comm::Communicator& dp, std::vector<Entry> entries, const BucketOptions& options) {
-  std::unique_ptr<GradientReducer> reducer(new GradientReducer(dp, options));
+    comm::Communicator& dp, std::vector<Entry> entries, const BucketOptions& options,
+    Reduction reduction) {
+  std::unique_ptr<GradientReducer> reducer(new GradientReducer(dp, options, reduction));
   std::stable_sort(entries.begin(), entries.end(),
                    [](const Entry& a, const Entry& b) { return a.stage < b.stage; });
   int64_t cap = options.first_bucket_bytes;
@@ -31,9 +32,22 @@ absl::StatusOr<std::unique_ptr<GradientReducer>> GradientReducer::Create(
       reducer->buckets_.emplace_back();
     }
     Bucket& bucket = reducer->buckets_.back();
+    const int64_t offset =
+        bucket.slots.empty() ? 0 : bucket.slots.back().offset + bucket.slots.back().numel;
     bucket.grads.push_back(entry.grad);
+    bucket.slots.push_back({entry.id, offset, entry.grad.numel()});
     bucket.last_stage = std::max(bucket.last_stage, entry.stage);
     bucket.bytes += static_cast<int64_t>(entry.grad.nbytes());
+  }
+  if (reduction == Reduction::kReduceScatter && !reducer->buckets_.empty()) {
+    int64_t largest = 0;
+    for (Bucket& bucket : reducer->buckets_) {
+      const int64_t elements = bucket.slots.back().offset + bucket.slots.back().numel;
+      bucket.shard_elements = (elements + dp.size() - 1) / dp.size();
+      TESSERA_ASSIGN_OR_RETURN(bucket.shard, Tensor::Zeros(DType::kF32, {bucket.shard_elements}));
+      largest = std::max(largest, bucket.shard_elements);
+    }
+    TESSERA_ASSIGN_OR_RETURN(reducer->flat_, Tensor::Zeros(DType::kF32, {dp.size() * largest}));
   }
   if (options.overlap) reducer->thread_ = std::thread([r = reducer.get()] { r->ThreadMain(); });
   return reducer;
@@ -58,8 +72,22 @@ void GradientReducer::BeginStep() {
 }
 
 absl::Status GradientReducer::Reduce(int b) {
+  const Bucket& bucket = buckets_[b];
   comm::CollectiveBatch batch;
-  for (const Tensor& grad : buckets_[b].grads) batch.AllReduce(grad, comm::ReduceOp::kSum);
+  if (reduction_ == Reduction::kAllReduce) {
+    for (const Tensor& grad : bucket.grads) batch.AllReduce(grad, comm::ReduceOp::kSum);
+  } else {
+    const int64_t padded = dp_.size() * bucket.shard_elements;
+    float* flat = flat_.data<float>();
+    for (size_t i = 0; i < bucket.grads.size(); ++i) {
+      std::copy_n(bucket.grads[i].data<float>(), bucket.slots[i].numel,
+                  flat + bucket.slots[i].offset);
+    }
+    const int64_t used = bucket.slots.back().offset + bucket.slots.back().numel;
+    std::fill(flat + used, flat + padded, 0.0f);
+    TESSERA_ASSIGN_OR_RETURN(Tensor input, flat_.Slice(0, padded));
+    batch.ReduceScatter(input, bucket.shard, comm::ReduceOp::kSum);
+  }
   Stream cpu = Stream::Cpu();
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<comm::Work> work, dp_.Start(std::move(batch), cpu));
   // Poll with short naps: the collective advances when polled, and the cores belong to the

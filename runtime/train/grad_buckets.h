@@ -12,6 +12,13 @@
 // needs an MPI library with MPI_THREAD_MULTIPLE when other communicators run collectives on
 // other threads meanwhile (without it, set overlap off: the buckets then run in Finish).
 // Thread compatible otherwise.
+//
+// In reduce-scatter mode (ZeRO, zero_optimizer.h) each bucket's gradients are laid end to end
+// in a flat buffer (slots()), padded with zeros to dp * shard_elements(), and reduce-scattered:
+// DP rank r receives the sums of elements [r * shard_elements, (r + 1) * shard_elements) of
+// the flat bucket into shard(b); the gradient tensors themselves keep this rank's own
+// contributions. The layout is a function of the entries and the DP degree only, so it is the
+// same on every rank of the group.
 
 #include <condition_variable>
 #include <cstdint>
@@ -34,6 +41,12 @@ struct BucketOptions {
   bool overlap = true;  // all-reduce on a thread while the backward goes on
 };
 
+// What a bucket's collective leaves on each rank.
+enum class Reduction {
+  kAllReduce,      // every gradient summed over the group, in place
+  kReduceScatter,  // each rank receives the sums of its shard of the flat bucket (shard())
+};
+
 class GradientReducer {
  public:
   // A gradient tensor and the backward stage that finishes it (stages are reported in
@@ -41,11 +54,19 @@ class GradientReducer {
   struct Entry {
     Tensor grad;
     int stage = 0;
+    int id = -1;  // the caller's name for it (a parameter index), reported back in slots()
+  };
+  // Where an entry's gradient lies in its bucket's flat layout: elements
+  // [offset, offset + numel).
+  struct Slot {
+    int id = -1;
+    int64_t offset = 0;
+    int64_t numel = 0;
   };
   // Buckets over `entries` (in stage order, then as given). `dp` must outlive the reducer.
-  static absl::StatusOr<std::unique_ptr<GradientReducer>> Create(comm::Communicator& dp,
-                                                                 std::vector<Entry> entries,
-                                                                 const BucketOptions& options);
+  static absl::StatusOr<std::unique_ptr<GradientReducer>> Create(
+      comm::Communicator& dp, std::vector<Entry> entries, const BucketOptions& options,
+      Reduction reduction = Reduction::kAllReduce);
   ~GradientReducer();
 
   // A new optimizer step: no bucket is ready yet.
@@ -59,22 +80,39 @@ class GradientReducer {
 
   int num_buckets() const { return static_cast<int>(buckets_.size()); }
   int64_t bucket_bytes(int b) const { return buckets_[b].bytes; }
+  Reduction reduction() const { return reduction_; }
+  // The entries of bucket `b` in its flat layout, in order, end to end from offset 0.
+  const std::vector<Slot>& slots(int b) const { return buckets_[b].slots; }
+  // Reduce-scatter mode: elements of each rank's shard of bucket `b`, (bucket elements) / dp
+  // rounded up; and this rank's shard (shard_elements), f32, which Finish fills with the
+  // summed gradients and the caller may use (and overwrite) until the next BeginStep.
+  int64_t shard_elements(int b) const { return buckets_[b].shard_elements; }
+  const Tensor& shard(int b) const { return buckets_[b].shard; }
+  Tensor& shard(int b) { return buckets_[b].shard; }
 
  private:
   struct Bucket {
     std::vector<Tensor> grads;
-    int last_stage = 0;  // the bucket is ready once this stage is done
+    std::vector<Slot> slots;  // one per grad
+    int last_stage = 0;       // the bucket is ready once this stage is done
     int64_t bytes = 0;
+    int64_t shard_elements = 0;  // reduce-scatter mode only, as shard
+    Tensor shard;
   };
 
-  GradientReducer(comm::Communicator& dp, BucketOptions options) : dp_(dp), options_(options) {}
-  // Runs bucket `b`'s all-reduce to completion on the calling thread.
+  GradientReducer(comm::Communicator& dp, BucketOptions options, Reduction reduction)
+      : dp_(dp), options_(options), reduction_(reduction) {}
+  // Runs bucket `b`'s collective to completion on the calling thread.
   absl::Status Reduce(int b);
   void ThreadMain();
 
   comm::Communicator& dp_;
   BucketOptions options_;
+  Reduction reduction_;
   std::vector<Bucket> buckets_;
+  // Reduce-scatter mode: the flat layout of the bucket being reduced (dp * the largest
+  // shard), used by one bucket at a time: by the thread, or by Finish without overlap.
+  Tensor flat_;
   int next_to_queue_ = 0;  // buckets before it have been handed to the thread (or run)
 
   std::mutex mutex_;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numbers>
 
 #include "absl/strings/str_cat.h"
@@ -63,36 +64,63 @@ absl::StatusOr<AdamW> AdamW::Create(ParameterSet& params, const AdamWOptions& op
   return adam;
 }
 
+AdamWScalars::AdamWScalars(const AdamWOptions& options, double learning_rate, int64_t step)
+    : lr(learning_rate), weight_decay(options.weight_decay) {
+  const double bias_correction1 = 1.0 - std::pow(options.beta1, static_cast<double>(step));
+  const double bias_correction2 = 1.0 - std::pow(options.beta2, static_cast<double>(step));
+  step_size = static_cast<float>(learning_rate / bias_correction1);
+  bias_correction2_sqrt = static_cast<float>(std::sqrt(bias_correction2));
+  one_minus_beta1 = static_cast<float>(1.0 - options.beta1);
+  beta2 = static_cast<float>(options.beta2);
+  one_minus_beta2 = static_cast<float>(1.0 - options.beta2);
+  eps = static_cast<float>(options.eps);
+}
+
+void AdamWUpdate(const AdamWScalars& s, bool decays, float* w, const float* g, float* m, float* v,
+                 int64_t n) {
+  const float keep = static_cast<float>(1.0 - s.lr * (decays ? s.weight_decay : 0.0));
+  for (int64_t j = 0; j < n; ++j) {
+    w[j] *= keep;
+    m[j] += s.one_minus_beta1 * (g[j] - m[j]);  // lerp towards g, as torch's for weight < 0.5
+    v[j] = v[j] * s.beta2 + s.one_minus_beta2 * g[j] * g[j];
+    const float denom = std::sqrt(v[j]) / s.bias_correction2_sqrt + s.eps;
+    w[j] += -s.step_size * (m[j] / denom);
+  }
+}
+
+absl::StatusOr<Tensor> SavedMoment(const std::vector<std::pair<std::string, Tensor>>& state,
+                                   const std::string& name, const Shape& shape) {
+  for (const auto& [saved_name, saved] : state) {
+    if (saved_name != name) continue;
+    if (saved.shape() != shape || saved.dtype() != DType::kF32) {
+      return absl::InvalidArgumentError(absl::StrCat("the optimizer state's ", name, " is ",
+                                                     saved.DebugString(), ", this model's is f32 ",
+                                                     ShapeToString(shape)));
+    }
+    return saved;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("the optimizer state has no ", name));
+}
+
 void AdamW::Step(double lr) {
   ++steps_;
-  // The scalars as torch forms them (Python floats), each op then in f32.
-  const double bias_correction1 = 1.0 - std::pow(options_.beta1, static_cast<double>(steps_));
-  const double bias_correction2 = 1.0 - std::pow(options_.beta2, static_cast<double>(steps_));
-  const float step_size = static_cast<float>(lr / bias_correction1);
-  const float bias_correction2_sqrt = static_cast<float>(std::sqrt(bias_correction2));
-  const float one_minus_beta1 = static_cast<float>(1.0 - options_.beta1);
-  const float beta2 = static_cast<float>(options_.beta2);
-  const float one_minus_beta2 = static_cast<float>(1.0 - options_.beta2);
-  const float eps = static_cast<float>(options_.eps);
+  const AdamWScalars scalars(options_, lr, steps_);
   std::vector<Parameter>& params = params_->all();
   for (size_t i = 0; i < params.size(); ++i) {
     Parameter& p = params[i];
     if (!p.trainable) continue;
-    const bool decays = options_.decay_all || p.weight_decay;
-    const float keep = static_cast<float>(1.0 - lr * (decays ? options_.weight_decay : 0.0));
-    float* w = p.value.data<float>();
-    const float* g = p.grad.data<float>();
-    float* m = exp_avg_[i].data<float>();
-    float* v = exp_avg_sq_[i].data<float>();
-    const int64_t n = p.value.numel();
-    for (int64_t j = 0; j < n; ++j) {
-      w[j] *= keep;
-      m[j] += one_minus_beta1 * (g[j] - m[j]);  // lerp towards g, as torch's for weight < 0.5
-      v[j] = v[j] * beta2 + one_minus_beta2 * g[j] * g[j];
-      const float denom = std::sqrt(v[j]) / bias_correction2_sqrt + eps;
-      w[j] += -step_size * (m[j] / denom);
-    }
+    AdamWUpdate(scalars, options_.decay_all || p.weight_decay, p.value.data<float>(),
+                p.grad.data<float>(), exp_avg_[i].data<float>(), exp_avg_sq_[i].data<float>(),
+                p.value.numel());
   }
+}
+
+int64_t AdamW::state_bytes() const {
+  int64_t bytes = 0;
+  for (size_t i = 0; i < exp_avg_.size(); ++i) {
+    if (exp_avg_[i].defined()) bytes += exp_avg_[i].nbytes() + exp_avg_sq_[i].nbytes();
+  }
+  return bytes;
 }
 
 std::vector<std::pair<std::string, Tensor>> AdamW::State() const {
@@ -109,63 +137,66 @@ std::vector<std::pair<std::string, Tensor>> AdamW::State() const {
 absl::Status AdamW::Restore(const std::vector<std::pair<std::string, Tensor>>& state,
                             int64_t steps) {
   const std::vector<Parameter>& params = params_->all();
-  auto find = [&](const std::string& name) -> const Tensor* {
-    for (const auto& [n, t] : state) {
-      if (n == name) return &t;
-    }
-    return nullptr;
-  };
   Stream cpu = Stream::Cpu();
   for (size_t i = 0; i < params.size(); ++i) {
     if (!params[i].trainable) continue;
     for (auto& [suffix, mine] : {std::pair<std::string, Tensor*>{".exp_avg", &exp_avg_[i]},
                                  {".exp_avg_sq", &exp_avg_sq_[i]}}) {
-      const std::string name = params[i].name + suffix;
-      const Tensor* saved = find(name);
-      if (saved == nullptr) {
-        return absl::InvalidArgumentError(absl::StrCat("the optimizer state has no ", name));
-      }
-      if (saved->shape() != mine->shape() || saved->dtype() != DType::kF32) {
-        return absl::InvalidArgumentError(absl::StrCat("the optimizer state's ", name, " is ",
-                                                       saved->DebugString(), ", this model's ",
-                                                       mine->DebugString()));
-      }
-      TESSERA_RETURN_IF_ERROR(mine->CopyFrom(*saved, cpu));
+      TESSERA_ASSIGN_OR_RETURN(Tensor saved,
+                               SavedMoment(state, params[i].name + suffix, mine->shape()));
+      TESSERA_RETURN_IF_ERROR(mine->CopyFrom(saved, cpu));
     }
   }
   steps_ = steps;
   return absl::OkStatus();
 }
 
+double CountedSquares(const Parameter& p, const float* g, int64_t begin, int64_t count) {
+  const int64_t n = p.value.numel();
+  const int64_t row = p.value.rank() > 1 ? n / p.value.dim(0) : 1;
+  const int64_t kv_begin = p.kv_rows_begin * row, kv_end = p.kv_rows_end * row;
+  double sum = 0;
+  for (int64_t k = 0; k < count; ++k) {
+    const int64_t j = begin + k;
+    const bool in_kv = j >= kv_begin && j < kv_end;
+    if (in_kv ? !p.kv_rows_counted_here : !p.counted_here) continue;
+    sum += static_cast<double>(g[k]) * g[k];
+  }
+  return sum;
+}
+
+absl::StatusOr<double> SumOverGroup(comm::Communicator& group, double value) {
+  if (group.size() == 1) return value;
+  // The bits of a double travel as an i64: the collectives reduce no f64.
+  int64_t mine;
+  static_assert(sizeof(mine) == sizeof(value));
+  std::memcpy(&mine, &value, sizeof(mine));
+  TESSERA_ASSIGN_OR_RETURN(Tensor all, Tensor::Empty(DType::kI64, {group.size()}));
+  Tensor local = Tensor::Wrap(&mine, DType::kI64, {1});
+  Stream cpu = Stream::Cpu();
+  TESSERA_RETURN_IF_ERROR(group.AllGather(local, all, cpu));
+  double sum = 0;
+  for (int r = 0; r < group.size(); ++r) {
+    double each;
+    std::memcpy(&each, all.data<int64_t>() + r, sizeof(each));
+    sum += each;
+  }
+  return sum;
+}
+
 absl::StatusOr<double> GlobalGradNorm(const ParameterSet& params, comm::Communicator& tp) {
   double sum = 0;
   for (const Parameter& p : params.all()) {
-    if (!p.grad.defined()) continue;
-    const float* g = p.grad.data<float>();
-    const int64_t n = p.grad.numel();
-    const int64_t row = p.grad.rank() > 1 ? n / p.grad.dim(0) : 1;
-    const int64_t kv_begin = p.kv_rows_begin * row, kv_end = p.kv_rows_end * row;
-    double tensor_sum = 0;
-    for (int64_t j = 0; j < n; ++j) {
-      const bool in_kv = j >= kv_begin && j < kv_end;
-      if (in_kv ? !p.kv_rows_counted_here : !p.counted_here) continue;
-      tensor_sum += static_cast<double>(g[j]) * g[j];
-    }
-    sum += tensor_sum;
+    if (p.grad.defined()) sum += CountedSquares(p, p.grad.data<float>(), 0, p.grad.numel());
   }
-  if (tp.size() > 1) {
-    const float mine = static_cast<float>(sum);
-    TESSERA_ASSIGN_OR_RETURN(Tensor total,
-                             Tensor::FromValues<float>(absl::MakeConstSpan(&mine, 1)));
-    Stream cpu = Stream::Cpu();
-    TESSERA_RETURN_IF_ERROR(tp.AllReduce(total, comm::ReduceOp::kSum, cpu));
-    sum = total.data<float>()[0];
-  }
+  TESSERA_ASSIGN_OR_RETURN(sum, SumOverGroup(tp, sum));
   return std::sqrt(sum);
 }
 
+double ClipCoefficient(double norm, double max_norm) { return max_norm / (norm + 1e-6); }
+
 void ClipGrads(ParameterSet& params, double norm, double max_norm) {
-  const double coefficient = max_norm / (norm + 1e-6);
+  const double coefficient = ClipCoefficient(norm, max_norm);
   if (coefficient >= 1.0) return;
   const float scale = static_cast<float>(coefficient);
   for (Parameter& p : params.all()) {

@@ -44,6 +44,32 @@ struct AdamWOptions {
   bool decay_all = false;
 };
 
+// The per-step scalars of torch's AdamW update, formed as torch forms them (Python floats),
+// each then used in f32.
+struct AdamWScalars {
+  // Step `step` (1-based) at `learning_rate`.
+  AdamWScalars(const AdamWOptions& options, double learning_rate, int64_t step);
+  double lr;
+  double weight_decay;
+  float step_size;
+  float bias_correction2_sqrt;
+  float one_minus_beta1;
+  float beta2;
+  float one_minus_beta2;
+  float eps;
+};
+
+// AdamW on `n` elements: w (values), g (gradients), m and v (the moments), all (n). `decays`:
+// whether weight decay applies to them. The one definition of the update, shared by AdamW
+// and the sharded optimizer (zero_optimizer.h) so that both give bitwise the same values.
+void AdamWUpdate(const AdamWScalars& scalars, bool decays, float* w, const float* g, float* m,
+                 float* v, int64_t n);
+
+// The saved moment `name` from `state`, checked to be f32 and `shape`: INVALID_ARGUMENT
+// naming the tensor when it is missing or of another shape.
+absl::StatusOr<Tensor> SavedMoment(const std::vector<std::pair<std::string, Tensor>>& state,
+                                   const std::string& name, const Shape& shape);
+
 class AdamW {
  public:
   // First and second moments of every parameter, zero. `params` must outlive the optimizer.
@@ -52,6 +78,8 @@ class AdamW {
   // One update of every parameter from its gradient, at learning rate `lr`.
   void Step(double lr);
   int64_t steps_done() const { return steps_; }
+  // Bytes of the two moments.
+  int64_t state_bytes() const;
 
   // The moments, named "<parameter>.exp_avg" / ".exp_avg_sq", for checkpoints; Restore
   // takes them back (shapes must match: INVALID_ARGUMENT naming the tensor otherwise).
@@ -71,7 +99,19 @@ class AdamW {
 // however many ranks hold it). Collective over `tp`; the same value on every rank.
 absl::StatusOr<double> GlobalGradNorm(const ParameterSet& params, comm::Communicator& tp);
 
-// Scales every gradient by min(1, max_norm / (norm + 1e-6)), as clip_grad_norm_.
+// The sum of g[k]^2 over the elements [begin, begin + count) of `p`'s gradient whose values
+// this TP rank counts in the global norm (Parameter::counted_here, kv_rows_counted_here);
+// g (count) holds those elements' gradients, wherever they are kept.
+double CountedSquares(const Parameter& p, const float* g, int64_t begin, int64_t count);
+
+// `value` summed over the ranks of `group` exactly as double, in rank order (every rank's
+// value is gathered): the same result on every rank. Collective over `group`.
+absl::StatusOr<double> SumOverGroup(comm::Communicator& group, double value);
+
+// The factor clip_grad_norm_ scales gradients by when it is below 1: max_norm / (norm + 1e-6).
+double ClipCoefficient(double norm, double max_norm);
+
+// Scales every gradient by min(1, ClipCoefficient(norm, max_norm)), as clip_grad_norm_.
 void ClipGrads(ParameterSet& params, double norm, double max_norm);
 
 }  // namespace tessera::train

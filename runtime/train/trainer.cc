@@ -17,18 +17,47 @@ double Now() {
 
 }  // namespace
 
-absl::StatusOr<Trainer> Trainer::Create(TrainableModel& model, comm::Communicator& dp,
-                                        const RowStream& data, const TrainerOptions& options) {
+absl::Status ValidateTrainerOptions(const TrainerOptions& options) {
   if (options.micro_batch < 1 || options.grad_accum < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("--micro-batch and --grad-accum must be at least 1, not ", options.micro_batch,
                      " and ", options.grad_accum));
   }
-  TESSERA_ASSIGN_OR_RETURN(AdamW optimizer, AdamW::Create(model.parameters(), options.adamw));
-  std::unique_ptr<GradientReducer> reducer;
+  if (options.zero_stage != 0 && options.zero_stage != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--zero ", options.zero_stage,
+                     ": the ZeRO stages are 0 (AdamW's moments whole on every data-parallel "
+                     "replica) and 1 (sharded over the replicas); gradient and parameter "
+                     "sharding (stages 2 and 3) are not built"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Trainer> Trainer::Create(TrainableModel& model, comm::Communicator& dp,
+                                        const RowStream& data, const TrainerOptions& options) {
+  TESSERA_RETURN_IF_ERROR(ValidateTrainerOptions(options));
+  Trainer trainer(model, dp, data, options);
+  ParameterSet& params = model.parameters();
+  if (dp.size() > 1 && options.zero_stage == 1) {
+    // Every trainable parameter apart (gate and up too): the shards map back to parameters.
+    std::vector<GradientReducer::Entry> entries;
+    for (size_t i = 0; i < params.all().size(); ++i) {
+      const Parameter& p = params.all()[i];
+      if (p.trainable) {
+        entries.push_back({p.grad, model.BackwardStageOf(p.name), static_cast<int>(i)});
+      }
+    }
+    std::reverse(entries.begin(), entries.end());  // the order the backward finishes them
+    TESSERA_ASSIGN_OR_RETURN(trainer.reducer_,
+                             GradientReducer::Create(dp, std::move(entries), options.buckets,
+                                                     Reduction::kReduceScatter));
+    TESSERA_ASSIGN_OR_RETURN(trainer.sharded_,
+                             ShardedAdamW::Create(params, *trainer.reducer_, dp, options.adamw));
+    return trainer;
+  }
+  TESSERA_ASSIGN_OR_RETURN(trainer.adam_, AdamW::Create(params, options.adamw));
   if (dp.size() > 1) {
     // Every distinct gradient tensor once: gate and up share one stacked gradient.
-    ParameterSet& params = model.parameters();
     std::vector<GradientReducer::Entry> entries;
     for (int l = 0; l < model.config().num_hidden_layers; ++l) {
       const Tensor& stacked = params.GateUpGrad(l);
@@ -45,10 +74,22 @@ absl::StatusOr<Trainer> Trainer::Create(TrainableModel& model, comm::Communicato
     }
     // Within a stage, the order the backward produces them: the parameters' reverse order.
     std::reverse(entries.begin(), entries.end());
-    TESSERA_ASSIGN_OR_RETURN(reducer,
+    TESSERA_ASSIGN_OR_RETURN(trainer.reducer_,
                              GradientReducer::Create(dp, std::move(entries), options.buckets));
   }
-  return Trainer(model, dp, data, options, std::move(optimizer), std::move(reducer));
+  return trainer;
+}
+
+absl::StatusOr<std::vector<std::pair<std::string, Tensor>>> Trainer::OptimizerState(
+    bool materialize) {
+  if (sharded_ != nullptr) return sharded_->State(materialize);
+  return adam_->State();
+}
+
+absl::Status Trainer::RestoreOptimizer(const std::vector<std::pair<std::string, Tensor>>& state,
+                                       int64_t steps) {
+  if (sharded_ != nullptr) return sharded_->Restore(state, steps);
+  return adam_->Restore(state, steps);
 }
 
 absl::Status Trainer::SumOverDp(std::vector<float>& values) {
@@ -99,10 +140,16 @@ absl::StatusOr<StepReport> Trainer::Step() {
   std::vector<float> sums = {static_cast<float>(loss_sum)};
   TESSERA_RETURN_IF_ERROR(SumOverDp(sums));
   report.loss = sums[0] / static_cast<double>(report.targets);
-  TESSERA_ASSIGN_OR_RETURN(report.grad_norm, GlobalGradNorm(params, model_->tp()));
-  if (options_.max_grad_norm > 0) ClipGrads(params, report.grad_norm, options_.max_grad_norm);
   report.lr = LearningRateAt(options_.schedule, options_.lr, steps_done());
-  optimizer_.Step(report.lr);
+  if (sharded_ != nullptr) {
+    TESSERA_ASSIGN_OR_RETURN(report.grad_norm, sharded_->GradNorm(model_->tp()));
+    if (options_.max_grad_norm > 0) sharded_->ClipGrads(report.grad_norm, options_.max_grad_norm);
+    TESSERA_RETURN_IF_ERROR(sharded_->Step(report.lr, &report.gather_seconds));
+  } else {
+    TESSERA_ASSIGN_OR_RETURN(report.grad_norm, GlobalGradNorm(params, model_->tp()));
+    if (options_.max_grad_norm > 0) ClipGrads(params, report.grad_norm, options_.max_grad_norm);
+    adam_->Step(report.lr);
+  }
   position_ = data_->Advance(step_start, rows_per_step());
   report.step = steps_done();
   report.seconds = Now() - start;

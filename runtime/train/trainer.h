@@ -4,6 +4,9 @@
 // The optimizer step of a data-parallel x tensor-parallel fine-tune, DDP-style: every
 // replica runs its micro-batches forward and backward on its TP shards, the gradients are
 // summed over the data-parallel group, and every replica applies the same AdamW update.
+// With ZeRO stage 1 (TrainerOptions::zero_stage) the gradients are reduce-scattered instead,
+// each replica updates the share of the parameters whose AdamW moments it keeps, and the new
+// values are all-gathered (zero_optimizer.h): the same steps for 1/dp of the moments.
 //
 // The loss is the mean over every target token of the global batch (all micro-batches of
 // all DP ranks), not a mean of per-micro-batch means: each micro-batch's gradient is scaled
@@ -15,6 +18,10 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "comm/communicator.h"
@@ -22,6 +29,7 @@
 #include "runtime/train/grad_buckets.h"
 #include "runtime/train/optimizer.h"
 #include "runtime/train/trainable_model.h"
+#include "runtime/train/zero_optimizer.h"
 
 namespace tessera::train {
 
@@ -34,7 +42,14 @@ struct TrainerOptions {
   double max_grad_norm = 1.0;  // 0: no clipping
   // Data-parallel gradient buckets; overlap needs MPI_THREAD_MULTIPLE (grad_buckets.h).
   BucketOptions buckets;
+  // ZeRO stage: 0 keeps AdamW's moments whole on every replica; 1 shards them over the
+  // data-parallel group (zero_optimizer.h). With one replica 1 is the same as 0.
+  int zero_stage = 0;
 };
+
+// INVALID_ARGUMENT naming the flag for a micro-batch or accumulation below 1 and a ZeRO stage
+// other than 0 or 1.
+absl::Status ValidateTrainerOptions(const TrainerOptions& options);
 
 struct StepReport {
   int64_t step = 0;                 // the optimizer step just taken (1-based)
@@ -44,14 +59,15 @@ struct StepReport {
   int64_t targets = 0;              // target tokens of the global batch
   int64_t tokens = 0;               // non-padding tokens of the global batch
   double seconds = 0;               // wall time of the step on this rank
-  double comm_seconds = 0;          // the data-parallel gradient all-reduces, start to end
+  double comm_seconds = 0;          // the DP gradient all-reduces (ZeRO: reduce-scatters)
   double exposed_comm_seconds = 0;  // of which the step waited for after its backward
+  double gather_seconds = 0;        // ZeRO: the all-gathers of the updated parameters
 };
 
 class Trainer {
  public:
-  // `model`, `dp` and `data` must outlive the trainer. INVALID_ARGUMENT for a micro-batch or
-  // accumulation below 1.
+  // `model`, `dp` and `data` must outlive the trainer. INVALID_ARGUMENT for options that
+  // ValidateTrainerOptions refuses.
   static absl::StatusOr<Trainer> Create(TrainableModel& model, comm::Communicator& dp,
                                         const RowStream& data, const TrainerOptions& options);
 
@@ -61,12 +77,26 @@ class Trainer {
   // each DP rank taking its share. Collective.
   absl::StatusOr<double> Evaluate(const RowStream& eval, int64_t rows);
 
-  int64_t steps_done() const { return optimizer_.steps_done(); }
+  int64_t steps_done() const {
+    return sharded_ != nullptr ? sharded_->steps_done() : adam_->steps_done();
+  }
   DataPosition position() const { return position_; }
   int64_t rows_per_step() const {
     return int64_t{options_.micro_batch} * options_.grad_accum * dp_->size();
   }
-  AdamW& optimizer() { return optimizer_; }
+  // Whether the AdamW moments are sharded over the DP group (ZeRO stage 1 with dp > 1).
+  bool sharded() const { return sharded_ != nullptr; }
+  // Bytes of the AdamW moments this rank keeps.
+  int64_t optimizer_state_bytes() const {
+    return sharded_ != nullptr ? sharded_->state_bytes() : adam_->state_bytes();
+  }
+  // The whole AdamW moments in AdamW::State's form, sharded or not, on ranks passing
+  // `materialize`; others may get an empty list. Collective over DP when sharded.
+  absl::StatusOr<std::vector<std::pair<std::string, Tensor>>> OptimizerState(bool materialize);
+  // Restores the moments from that form (saved at any DP degree, sharded or not) and the
+  // optimizer step count. INVALID_ARGUMENT naming a missing or misshapen tensor.
+  absl::Status RestoreOptimizer(const std::vector<std::pair<std::string, Tensor>>& state,
+                                int64_t steps);
   TrainableModel& model() { return *model_; }
   const TrainerOptions& options() const { return options_; }
   // Where a resumed run continues: the optimizer's state is restored separately.
@@ -74,13 +104,8 @@ class Trainer {
 
  private:
   Trainer(TrainableModel& model, comm::Communicator& dp, const RowStream& data,
-          TrainerOptions options, AdamW optimizer, std::unique_ptr<GradientReducer> reducer)
-      : model_(&model),
-        dp_(&dp),
-        data_(&data),
-        options_(options),
-        optimizer_(std::move(optimizer)),
-        reducer_(std::move(reducer)) {}
+          TrainerOptions options)
+      : model_(&model), dp_(&dp), data_(&data), options_(options) {}
   // Sums `values` over the DP group (f32 sums of a few counters).
   absl::Status SumOverDp(std::vector<float>& values);
 
@@ -88,8 +113,10 @@ class Trainer {
   comm::Communicator* dp_;
   const RowStream* data_;
   TrainerOptions options_;
-  AdamW optimizer_;
   std::unique_ptr<GradientReducer> reducer_;  // null with one replica
+  // Exactly one of the two: the whole moments, or this rank's share of them.
+  std::optional<AdamW> adam_;
+  std::unique_ptr<ShardedAdamW> sharded_;
   DataPosition position_;
 };
 

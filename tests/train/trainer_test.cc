@@ -1,7 +1,9 @@
 // The optimizer step against torch.optim.AdamW with transformers' cosine schedule and
 // clip_grad_norm_ (tests/golden/train/llama/adamw.json), at every TP degree the ranks allow;
-// and the loss's definition: a step's rows split into micro-batches, accumulation steps or
-// data-parallel ranks give the same losses and weights.
+// the loss's definition: a step's rows split into micro-batches, accumulation steps or
+// data-parallel ranks give the same losses and weights; and ZeRO-1 (moments sharded over the
+// data-parallel ranks) takes the same steps and saves the same moments as the replicated
+// optimizer at every TP x DP layout with DP >= 2.
 
 #include "runtime/train/trainer.h"
 
@@ -20,6 +22,7 @@
 #include "runtime/train/batches.h"
 #include "runtime/train/optimizer.h"
 #include "runtime/train/trainable_model.h"
+#include "runtime/train/zero_optimizer.h"
 #include "tests/mpi/mpi_test_environment.h"
 #include "tests/train/golden_batch.h"
 
@@ -223,6 +226,196 @@ TEST(Trainer, MicroBatchesAccumulationAndDataParallelGiveTheSameSteps) {
       EXPECT_LT(std::sqrt(diff / norm), 1e-6) << "tensor " << p;
     }
   }
+}
+
+// Within 1e-6 of the tensor's norm, each tensor.
+void ExpectSameWeights(const std::vector<std::vector<float>>& got,
+                       const std::vector<std::vector<float>>& expected, absl::string_view what) {
+  ASSERT_EQ(got.size(), expected.size()) << what;
+  for (size_t p = 0; p < got.size(); ++p) {
+    ASSERT_EQ(got[p].size(), expected[p].size()) << what << " tensor " << p;
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < got[p].size(); ++i) {
+      const double d = got[p][i] - expected[p][i];
+      diff += d * d;
+      norm += static_cast<double>(expected[p][i]) * expected[p][i];
+    }
+    EXPECT_LE(std::sqrt(diff), 1e-6 * std::sqrt(norm)) << what << " tensor " << p;
+  }
+}
+
+struct ZeroRun {
+  std::vector<double> losses, grad_norms;
+  std::vector<std::vector<float>> weights;
+  std::vector<std::vector<float>> moments;  // AdamW::State's order
+  int64_t state_bytes = 0;
+};
+
+// Four steps of 2 rows x 2 accumulations a replica on the llama golden model over `layout`,
+// with weight decay and clipping at a norm below every step's, and small gradient buckets so
+// that shards cut through tensors; the whole moments at the end.
+ZeroRun TrainWithZero(comm::Layout& layout, int zero_stage) {
+  ZeroRun run;
+  BatchOptions batching;
+  batching.seq_len = 16;
+  absl::StatusOr<RowStream> data = RowStream::Create(UnevenExamples(), batching);
+  EXPECT_TRUE(data.ok()) << data.status();
+  absl::StatusOr<std::unique_ptr<TrainableModel>> model =
+      TrainableModel::Load(kModels + "/llama", layout.tp());
+  EXPECT_TRUE(model.ok()) << model.status();
+  TrainerOptions options;
+  options.micro_batch = 2;
+  options.grad_accum = 2;
+  options.lr = 1e-3;
+  options.schedule = {Schedule::kCosine, 1, 4};
+  options.adamw.weight_decay = 0.01;
+  options.max_grad_norm = 0.5;
+  options.buckets.first_bucket_bytes = 1000;
+  options.buckets.bucket_bytes = 30000;
+  options.zero_stage = zero_stage;
+  absl::StatusOr<Trainer> trainer = Trainer::Create(**model, layout.dp(), *data, options);
+  EXPECT_TRUE(trainer.ok()) << trainer.status();
+  EXPECT_EQ(trainer->sharded(), zero_stage == 1);
+  run.state_bytes = trainer->optimizer_state_bytes();
+  for (int s = 0; s < 4; ++s) {
+    absl::StatusOr<StepReport> report = trainer->Step();
+    EXPECT_TRUE(report.ok()) << report.status();
+    run.losses.push_back(report->loss);
+    run.grad_norms.push_back(report->grad_norm);
+  }
+  for (const Parameter& p : (*model)->parameters().all()) {
+    run.weights.emplace_back(p.value.data<float>(), p.value.data<float>() + p.value.numel());
+  }
+  absl::StatusOr<std::vector<std::pair<std::string, Tensor>>> state =
+      trainer->OptimizerState(/*materialize=*/true);
+  EXPECT_TRUE(state.ok()) << state.status();
+  for (const auto& [name, moment] : *state) {
+    run.moments.emplace_back(moment.data<float>(), moment.data<float>() + moment.numel());
+  }
+  return run;
+}
+
+// ZeRO-1 against the replicated optimizer. Not bitwise: the reduce-scatter may sum a DP group's
+// gradients in another order than the all-reduce (at DP 4), and the grad norm adds the same
+// squares in another grouping (per owned piece, then over DP), which moves the clipping
+// factor in its last bits. So losses, norms, weights and moments agree within 1e-6 relative.
+TEST(Trainer, ZeroOneShardsTheMomentsAndTakesTheSameSteps) {
+  comm::Communicator& world = World();
+  absl::StatusOr<comm::Topology> topology = comm::Topology::Discover(world);
+  ASSERT_TRUE(topology.ok()) << topology.status();
+  if (world.size() < 2) GTEST_SKIP() << "ZeRO needs two data-parallel ranks";
+  for (int tp = 1; 2 * tp <= world.size(); tp *= 2) {
+    if (world.size() % tp != 0) continue;
+    const int dp = world.size() / tp;
+    SCOPED_TRACE(absl::StrCat("tp ", tp, " x dp ", dp));
+    absl::StatusOr<comm::Layout> layout =
+        comm::Layout::Create(world, *topology, comm::LayoutOptions{.tp = tp});
+    ASSERT_TRUE(layout.ok()) << layout.status();
+    const ZeroRun replicated = TrainWithZero(*layout, 0);
+    const ZeroRun sharded = TrainWithZero(*layout, 1);
+    ASSERT_EQ(sharded.losses.size(), replicated.losses.size());
+    for (size_t s = 0; s < replicated.losses.size(); ++s) {
+      EXPECT_NEAR(sharded.losses[s], replicated.losses[s], 1e-6 * replicated.losses[s]);
+      EXPECT_NEAR(sharded.grad_norms[s], replicated.grad_norms[s], 1e-6 * replicated.grad_norms[s]);
+      EXPECT_GT(replicated.grad_norms[s], 0.5) << "clipping is active at step " << s + 1;
+    }
+    ExpectSameWeights(sharded.weights, replicated.weights, "weights");
+    ExpectSameWeights(sharded.moments, replicated.moments, "moments");
+    // Each rank keeps 1/dp of the moments, up to the padding of each bucket to dp elements.
+    EXPECT_LE(sharded.state_bytes, replicated.state_bytes / dp + 2 * 4 * 64 * dp);
+    EXPECT_GE(sharded.state_bytes, replicated.state_bytes / dp);
+  }
+}
+
+// Moments restored from the unsharded form continue as the optimizer that saved them: a
+// replicated optimizer's state, taken by a sharded one (and back) after two steps, gives the
+// third step of an uninterrupted run.
+TEST(Trainer, ZeroOneRestoresTheReplicatedFormEitherWay) {
+  comm::Communicator& world = World();
+  absl::StatusOr<comm::Topology> topology = comm::Topology::Discover(world);
+  ASSERT_TRUE(topology.ok()) << topology.status();
+  if (world.size() < 2) GTEST_SKIP() << "ZeRO needs two data-parallel ranks";
+  absl::StatusOr<comm::Layout> layout =
+      comm::Layout::Create(world, *topology, comm::LayoutOptions{.tp = 1});
+  ASSERT_TRUE(layout.ok()) << layout.status();
+  BatchOptions batching;
+  batching.seq_len = 16;
+  absl::StatusOr<RowStream> data = RowStream::Create(UnevenExamples(), batching);
+  ASSERT_TRUE(data.ok()) << data.status();
+  TrainerOptions options;
+  options.micro_batch = 2;
+  options.lr = 1e-3;
+  options.schedule = {Schedule::kConstant, 0, 3};
+  options.adamw.weight_decay = 0.01;
+  options.buckets.first_bucket_bytes = 1000;
+  options.buckets.bucket_bytes = 30000;
+  for (int saver : {0, 1}) {
+    SCOPED_TRACE(absl::StrCat("saved with --zero ", saver));
+    std::vector<std::unique_ptr<TrainableModel>> models;
+    std::vector<Trainer> trainers;
+    for (int zero : {saver, 1 - saver}) {
+      absl::StatusOr<std::unique_ptr<TrainableModel>> model =
+          TrainableModel::Load(kModels + "/llama", layout->tp());
+      ASSERT_TRUE(model.ok()) << model.status();
+      options.zero_stage = zero;
+      absl::StatusOr<Trainer> trainer = Trainer::Create(**model, layout->dp(), *data, options);
+      ASSERT_TRUE(trainer.ok()) << trainer.status();
+      models.push_back(std::move(*model));
+      trainers.push_back(std::move(*trainer));
+    }
+    Trainer& whole = trainers[0];
+    Trainer& resumed = trainers[1];
+    for (int s = 0; s < 2; ++s) ASSERT_TRUE(whole.Step().ok());
+    // What a checkpoint holds: the weights, the whole moments, the step and the position.
+    std::vector<Parameter>& from = models[0]->parameters().all();
+    std::vector<Parameter>& to = models[1]->parameters().all();
+    Stream cpu = Stream::Cpu();
+    for (size_t i = 0; i < from.size(); ++i)
+      ASSERT_TRUE(to[i].value.CopyFrom(from[i].value, cpu).ok());
+    absl::StatusOr<std::vector<std::pair<std::string, Tensor>>> state =
+        whole.OptimizerState(/*materialize=*/true);
+    ASSERT_TRUE(state.ok()) << state.status();
+    ASSERT_TRUE(resumed.RestoreOptimizer(*state, whole.steps_done()).ok());
+    resumed.SetPosition(whole.position());
+    absl::StatusOr<StepReport> expected = whole.Step();
+    absl::StatusOr<StepReport> got = resumed.Step();
+    ASSERT_TRUE(expected.ok() && got.ok());
+    EXPECT_EQ(got->step, 3);
+    EXPECT_NEAR(got->loss, expected->loss, 1e-6 * expected->loss);
+    for (size_t i = 0; i < from.size(); ++i) {
+      std::vector<std::vector<float>> a = {std::vector<float>(
+          from[i].value.data<float>(), from[i].value.data<float>() + from[i].value.numel())};
+      std::vector<std::vector<float>> b = {std::vector<float>(
+          to[i].value.data<float>(), to[i].value.data<float>() + to[i].value.numel())};
+      ExpectSameWeights(b, a, from[i].name);
+    }
+  }
+  // A moment of another shape is refused, naming it.
+  absl::StatusOr<std::unique_ptr<TrainableModel>> model =
+      TrainableModel::Load(kModels + "/llama", layout->tp());
+  ASSERT_TRUE(model.ok());
+  options.zero_stage = 1;
+  absl::StatusOr<Trainer> trainer = Trainer::Create(**model, layout->dp(), *data, options);
+  ASSERT_TRUE(trainer.ok());
+  absl::StatusOr<std::vector<std::pair<std::string, Tensor>>> state =
+      trainer->OptimizerState(/*materialize=*/true);
+  ASSERT_TRUE(state.ok());
+  absl::StatusOr<Tensor> wrong = Tensor::Zeros(DType::kF32, {3});
+  ASSERT_TRUE(wrong.ok());
+  (*state)[0].second = *wrong;
+  absl::Status refused = trainer->RestoreOptimizer(*state, 1);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+  EXPECT_NE(refused.message().find((*state)[0].first), std::string::npos) << refused;
+}
+
+TEST(Trainer, RefusesZeroStagesBeyondOne) {
+  TrainerOptions options;
+  options.zero_stage = 2;
+  absl::Status refused = ValidateTrainerOptions(options);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.message().find("--zero 2"), std::string::npos) << refused;
+  options.zero_stage = 1;
+  EXPECT_TRUE(ValidateTrainerOptions(options).ok());
 }
 
 }  // namespace
