@@ -2,59 +2,15 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <filesystem>
-#include <fstream>
-#include <iterator>
-#include <map>
-#include <sstream>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "comm/host_name.h"
+#include "launcher/process_tree.h"
 #include "launcher/shutdown_signal.h"
 
 namespace tessera::launcher {
-namespace {
-
-std::string ReadWholeFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-// The processes below `root` (children, theirs, ...), from /proc.
-std::vector<pid_t> Descendants(pid_t root) {
-  std::multimap<pid_t, pid_t> children;  // parent -> child
-  std::error_code error;
-  for (const auto& entry : std::filesystem::directory_iterator("/proc", error)) {
-    pid_t pid = 0;
-    if (!absl::SimpleAtoi(entry.path().filename().string(), &pid)) continue;
-    // /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces and parentheses.
-    std::string stat = ReadWholeFile(absl::StrCat("/proc/", pid, "/stat"));
-    size_t close = stat.rfind(')');
-    if (close == std::string::npos) continue;
-    std::istringstream rest(stat.substr(close + 1));
-    std::string state;
-    pid_t parent = 0;
-    if (rest >> state >> parent) children.emplace(parent, pid);
-  }
-  std::vector<pid_t> found;
-  std::vector<pid_t> frontier = {root};
-  while (!frontier.empty()) {
-    pid_t parent = frontier.back();
-    frontier.pop_back();
-    auto [begin, end] = children.equal_range(parent);
-    for (auto it = begin; it != end; ++it) {
-      found.push_back(it->second);
-      frontier.push_back(it->second);
-    }
-  }
-  return found;
-}
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<WorkerGroups>> WorkerGroups::Start(
     const WorkerJobConfig& config, int coordinator_port, const serve::Coordinator& coordinator,
@@ -163,15 +119,12 @@ absl::StatusOr<pid_t> WorkerGroups::RankPid(int replica, int rank) const {
   if (replica < 0 || replica >= size() || replicas_[replica].job == nullptr) {
     return absl::NotFoundError(absl::StrCat("no replica ", replica));
   }
-  const std::string wanted = absl::StrCat("OMPI_COMM_WORLD_RANK=", rank);
-  for (pid_t pid : Descendants(replicas_[replica].job->pid())) {
-    std::string environment = ReadWholeFile(absl::StrCat("/proc/", pid, "/environ"));
-    for (absl::string_view setting : absl::StrSplit(environment, '\0')) {
-      if (setting == wanted) return pid;
-    }
+  std::optional<pid_t> pid = FindMpiRank(DescendantsOf(replicas_[replica].job->pid()), rank);
+  if (!pid.has_value()) {
+    return absl::NotFoundError(
+        absl::StrCat("no process of replica ", replica, "'s job is MPI rank ", rank));
   }
-  return absl::NotFoundError(
-      absl::StrCat("no process of replica ", replica, "'s job has ", wanted));
+  return *pid;
 }
 
 void WorkerGroups::Stop() {

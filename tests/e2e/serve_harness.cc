@@ -26,6 +26,7 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "httplib.h"
+#include "launcher/process_tree.h"
 #include "nlohmann/json.hpp"
 
 extern char** environ;
@@ -33,54 +34,10 @@ extern char** environ;
 namespace tessera::e2e {
 namespace {
 
-std::string ReadWholeFile(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  std::stringstream text;
-  text << file.rdbuf();
-  return text.str();
-}
-
-// What /proc/<pid>/stat says about a process.
-struct ProcStat {
-  pid_t ppid = 0;
-  char state = '?';
-  unsigned long long start_time = 0;  // clock ticks since boot
-};
-
-std::optional<ProcStat> ReadProcStat(pid_t pid) {
-  std::string text = ReadWholeFile(absl::StrCat("/proc/", pid, "/stat"));
-  // "pid (comm) state ppid ..."; comm may hold spaces and parentheses: split after the last ')'.
-  size_t close = text.rfind(')');
-  if (close == std::string::npos) return std::nullopt;
-  std::vector<std::string> fields = absl::StrSplit(text.substr(close + 2), ' ', absl::SkipEmpty());
-  // fields[0] is field 3 of stat (state); ppid is field 4, starttime field 22.
-  if (fields.size() < 20) return std::nullopt;
-  ProcStat stat;
-  stat.state = fields[0].empty() ? '?' : fields[0][0];
-  int ppid = 0;
-  if (!absl::SimpleAtoi(fields[1], &ppid)) return std::nullopt;
-  stat.ppid = ppid;
-  if (!absl::SimpleAtoi(fields[19], &stat.start_time)) return std::nullopt;
-  return stat;
-}
-
-// The process `pid` started at `start_time` is still there (and not a zombie).
-bool SameProcessAlive(pid_t pid, unsigned long long start_time) {
-  std::optional<ProcStat> stat = ReadProcStat(pid);
-  return stat && stat->start_time == start_time && stat->state != 'Z' && stat->state != 'X';
-}
-
-std::vector<pid_t> AllPids() {
-  std::vector<pid_t> pids;
-  DIR* proc = opendir("/proc");
-  if (proc == nullptr) return pids;
-  while (dirent* entry = readdir(proc)) {
-    int pid = 0;
-    if (absl::SimpleAtoi(entry->d_name, &pid) && pid > 0) pids.push_back(pid);
-  }
-  closedir(proc);
-  return pids;
-}
+using ::tessera::launcher::ProcStat;
+using ::tessera::launcher::ReadProcStat;
+using ::tessera::launcher::ReadWholeFile;
+using ::tessera::launcher::SameProcessAlive;
 
 // argv[0] as a path: itself when it holds a '/', else its first match in PATH.
 std::string ResolveProgram(const std::string& name) {
@@ -198,24 +155,7 @@ std::optional<int> ChildProcess::Wait(absl::Duration timeout) {
   }
 }
 
-std::vector<pid_t> ChildProcess::Descendants() const {
-  std::multimap<pid_t, pid_t> children;  // ppid -> pid
-  for (pid_t pid : AllPids()) {
-    if (std::optional<ProcStat> stat = ReadProcStat(pid)) children.emplace(stat->ppid, pid);
-  }
-  std::vector<pid_t> found;
-  std::vector<pid_t> frontier = {pid_};
-  while (!frontier.empty()) {
-    pid_t parent = frontier.back();
-    frontier.pop_back();
-    auto [begin, end] = children.equal_range(parent);
-    for (auto it = begin; it != end; ++it) {
-      found.push_back(it->second);
-      frontier.push_back(it->second);
-    }
-  }
-  return found;
-}
+std::vector<pid_t> ChildProcess::Descendants() const { return launcher::DescendantsOf(pid_); }
 
 void ChildProcess::RememberDescendants() {
   if (exit_status_) return;  // reaped: its children are no longer found through it
@@ -459,15 +399,12 @@ absl::StatusOr<std::vector<std::string>> WorkerJob::WaitForLeaders(absl::Duratio
 }
 
 absl::StatusOr<pid_t> WorkerJob::RankPid(int rank) const {
-  const std::string wanted = absl::StrCat("OMPI_COMM_WORLD_RANK=", rank);
-  for (pid_t pid : process_->Descendants()) {
-    std::string environment = ReadWholeFile(absl::StrCat("/proc/", pid, "/environ"));
-    for (absl::string_view setting : absl::StrSplit(environment, '\0')) {
-      if (setting == wanted) return pid;
-    }
+  std::optional<pid_t> pid = launcher::FindMpiRank(process_->Descendants(), rank);
+  if (!pid.has_value()) {
+    return absl::NotFoundError(
+        absl::StrCat("no process of mpirun ", process_->pid(), " is MPI rank ", rank));
   }
-  return absl::NotFoundError(
-      absl::StrCat("no process of mpirun ", process_->pid(), " has ", wanted));
+  return *pid;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <optional>
@@ -31,6 +30,7 @@
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
+#include "launcher/process_tree.h"
 #include "nlohmann/json.hpp"
 #include "tests/e2e/serve_harness.h"
 
@@ -40,10 +40,7 @@ namespace {
 constexpr int kStreams = 16;
 constexpr int kTokens = 160;
 
-std::string ReadWholeFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
+using ::tessera::launcher::ReadWholeFile;
 
 // What a client saw of one stream.
 struct Streamed {
