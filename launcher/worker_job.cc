@@ -13,6 +13,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "launcher/engine_flags.h"
+#include "launcher/process_tree.h"
 #include "launcher/shutdown_signal.h"
 
 namespace tessera::launcher {
@@ -135,16 +136,37 @@ std::optional<int> WorkerJob::WaitExit(absl::Duration timeout) {
   }
 }
 
+void WorkerJob::RememberRanks() {
+  if (exit_status_) return;  // reaped: its ranks are no longer found through it
+  for (pid_t pid : DescendantsOf(pid_)) {
+    if (std::optional<ProcStat> stat = ReadProcStat(pid)) ranks_[pid] = stat->start_time;
+  }
+}
+
 void WorkerJob::Terminate() {
+  RememberRanks();
   if (!exit_status_) kill(-pid_, SIGTERM);
 }
 
 void WorkerJob::Stop() {
-  if (exit_status_) return;
-  kill(-pid_, SIGTERM);
-  if (WaitExit(absl::Seconds(15))) return;
-  kill(-pid_, SIGKILL);
-  WaitExit(absl::InfiniteDuration());
+  RememberRanks();
+  if (!exit_status_) {
+    kill(-pid_, SIGTERM);
+    if (!WaitExit(absl::Seconds(15))) {
+      kill(-pid_, SIGKILL);
+      WaitExit(absl::InfiniteDuration());
+    }
+  }
+  // mpirun may be gone before its ranks (they run in process groups of their own): the job
+  // has stopped once they have too.
+  absl::Time until = absl::Now() + absl::Seconds(15);
+  for (const auto& [pid, start_time] : ranks_) {
+    while (SameProcessAlive(pid, start_time) && absl::Now() < until) {
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    if (SameProcessAlive(pid, start_time)) kill(pid, SIGKILL);
+  }
+  ranks_.clear();
 }
 
 }  // namespace tessera::launcher

@@ -7,6 +7,7 @@
 
 #include <sys/types.h>
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -75,7 +76,7 @@ class WorkerJob {
   std::optional<int> WaitExit(absl::Duration timeout);
 
   // SIGTERM to the job's process group; SIGKILL if it has not exited 15 s later. Returns once
-  // it has exited. Does nothing once the job has exited.
+  // it and its ranks have exited (ranks still there 15 s after mpirun get SIGKILL).
   void Stop();
   // SIGTERM to the job's process group, without waiting (Stop finishes the job).
   void Terminate();
@@ -84,9 +85,12 @@ class WorkerJob {
 
  private:
   explicit WorkerJob(pid_t pid) : pid_(pid) {}
+  // Notes the job's processes (pid and start time) while mpirun still parents them.
+  void RememberRanks();
 
   pid_t pid_;
   std::optional<int> exit_status_;
+  std::map<pid_t, unsigned long long> ranks_;  // mpirun's descendants seen when stopping
 };
 
 }  // namespace tessera::launcher
