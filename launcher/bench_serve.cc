@@ -74,6 +74,7 @@ struct BenchServeConfig {
 
 // A rank killed during the concurrent run, as the supervising thread saw it.
 struct InjectedFault {
+  absl::Duration heartbeat;  // the coordinator's heartbeat interval (3 missed: dead)
   absl::Mutex mutex;
   std::optional<absl::Time> killed_at ABSL_GUARDED_BY(mutex);
   std::optional<absl::Time> serving_again_at ABSL_GUARDED_BY(mutex);
@@ -474,7 +475,7 @@ absl::Status Bench(const std::string& target, const std::string& leader,
   if (ShutdownRequested()) return absl::CancelledError("interrupted");
   PrintPhase("concurrent", many);
   if (fault != nullptr) {
-    PrintFailover(many, *fault, absl::Seconds(1), config.workers.ready_timeout);
+    PrintFailover(many, *fault, fault->heartbeat, config.workers.ready_timeout);
   }
   std::fprintf(stderr, "%s: %d requests one at a time...\n", kWho, config.baseline_requests);
   TESSERA_ASSIGN_OR_RETURN(PhaseFigures one,
@@ -573,6 +574,7 @@ absl::Status BenchServe(const BenchServeConfig& config) {
   std::string setup = absl::StrCat("coordinator in this process, ", groups, " mpirun job(s) of tp ",
                                    config.workers.tp);
   InjectedFault fault;
+  fault.heartbeat = coordinator_config.heartbeat_interval;
   const bool inject = config.kill_rank_after > absl::ZeroDuration();
   // The benchmark's clients run on a thread; this one supervises the groups meanwhile (and
   // kills the rank when it is time), as tessera serve would.

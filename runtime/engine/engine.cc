@@ -123,8 +123,8 @@ class Engine::Loop {
   absl::Status Step(StepPlan& plan);
   void ProcessToken(Live& live, const SampledToken& sampled);
   // Takes one generated token into `live`'s count and text; the reason it ends the request,
-  // or kNone. With `stream`, the text that can no longer turn into a stop string goes into
-  // *event (and counts as emitted) when the request goes on.
+  // or kNone. When the request goes on, the text that can no longer turn into a stop string
+  // goes into event->text and counts as emitted.
   FinishReason Advance(Live& live, int32_t token, TokenEvent* event);
   // A resumed request's earlier tokens, replayed without streaming them again (they were
   // sent by the group that failed); ends the request when they already finished it.
