@@ -63,6 +63,7 @@ void SetUpCpuThreads() {
 absl::StatusOr<MpiJob> StartMpiJob(int* argc, char*** argv, absl::Duration timeout, bool validate) {
   MpiJob job;
   TESSERA_ASSIGN_OR_RETURN(job.runtime, comm::MpiRuntime::Initialize(argc, argv));
+  job.runtime->set_shutdown_timeout(timeout);
   TESSERA_ASSIGN_OR_RETURN(comm::CommOptions options, comm::CommOptions::FromEnvironment());
   options.timeout = timeout;
   options.validate = options.validate || validate;

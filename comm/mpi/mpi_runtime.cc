@@ -3,8 +3,13 @@
 #include <mpi.h>
 
 #include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "comm/comm_options.h"
 #include "comm/host_name.h"
 #include "comm/mpi/mpi_check.h"
 #include "comm/mpi/mpi_types.h"
@@ -25,6 +30,11 @@ absl::StatusOr<std::unique_ptr<MpiRuntime>> MpiRuntime::Initialize(int* argc, ch
   if (initialized) {
     return absl::FailedPreconditionError("MPI is already initialized in this process");
   }
+  // Finalize without Open MPI's exit fence (see the class comment); AllRanksReachedShutdown
+  // takes its place. A value the user set is kept.
+  setenv("OMPI_MCA_async_mpi_finalize", "1", /*overwrite=*/0);
+  absl::StatusOr<CommOptions> options = CommOptions::FromEnvironment();
+  const absl::Duration shutdown_timeout = options.ok() ? options->timeout : CommOptions{}.timeout;
   int provided = 0;
   TESSERA_MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided));
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
@@ -42,11 +52,35 @@ absl::StatusOr<std::unique_ptr<MpiRuntime>> MpiRuntime::Initialize(int* argc, ch
     MPI_Finalize();
     return s;
   }
-  return std::unique_ptr<MpiRuntime>(new MpiRuntime(rank, size));
+  return std::unique_ptr<MpiRuntime>(new MpiRuntime(rank, size, shutdown_timeout));
+}
+
+bool MpiRuntime::AllRanksReachedShutdown() const {
+  MPI_Request request;
+  if (MPI_Ibarrier(MPI_COMM_WORLD, &request) != MPI_SUCCESS) return false;
+  const auto started = std::chrono::steady_clock::now();
+  const auto deadline = started + absl::ToChronoNanoseconds(shutdown_timeout_);
+  while (true) {
+    int done = 0;
+    if (MPI_Test(&request, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) return false;
+    if (done) return true;
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= deadline) {
+      std::fprintf(stderr,
+                   "tessera: rank %d: not every rank reached shutdown within %s; exiting without "
+                   "MPI_Finalize\n",
+                   world_rank_, absl::FormatDuration(shutdown_timeout_).c_str());
+      return false;
+    }
+    // Ranks that finish early wait here, possibly for minutes: nap instead of spinning.
+    std::this_thread::sleep_for(now - started < std::chrono::milliseconds(2)
+                                    ? std::chrono::microseconds(20)
+                                    : std::chrono::milliseconds(1));
+  }
 }
 
 MpiRuntime::~MpiRuntime() {
-  if (AnyCommunicatorFailed()) return;
+  if (AnyCommunicatorFailed() || !AllRanksReachedShutdown()) return;
   FreeMpiTypes();
   MPI_Finalize();
 }

@@ -5,6 +5,9 @@
 //                        with validation on
 //   fault_probe stall-tp the world splits into groups of two (tp0, tp1, ...); rank 1
 //                        stalls before AllReduce #2 of group tp0
+//   fault_probe abort-at-exit  rank 0 fails (as after a timed-out collective) while rank 1
+//                        stalls and the others finish normally: mpirun must still end
+//                        the job promptly
 // The other ranks call AllReduce(f32 x1024, sum) #3 and must fail within the deadline
 // (TESSERA_COMM_TIMEOUT), printing the error; the process exit code is 1 then, and 0 only
 // if the collective unexpectedly succeeded.
@@ -56,6 +59,13 @@ int Run(const char* scenario, int* argc, char*** argv) {
     if (status.ok()) return 0;  // the pairs without the stalled rank finish normally
     return launcher::ReportExit(status);
   }
+  if (std::strcmp(scenario, "abort-at-exit") == 0) {
+    if (comm.rank() == 1) sleep(600);
+    if (comm.rank() != 0) return 0;
+    usleep(200 * 1000);  // the others are shutting down by now
+    MarkCommunicatorFailed();
+    return launcher::ReportExit(absl::InternalError("rank 0 fails as the others finish"));
+  }
   if (comm.rank() == 1 && std::strcmp(scenario, "exit") == 0) {
     std::_Exit(3);
   } else if (comm.rank() == 1 && std::strcmp(scenario, "stall") == 0) {
@@ -79,7 +89,7 @@ int Run(const char* scenario, int* argc, char*** argv) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: fault_probe exit|stall|mismatch\n");
+    std::fprintf(stderr, "usage: fault_probe exit|stall|mismatch|stall-tp|abort-at-exit\n");
     return 2;
   }
   return tessera::comm::Run(argv[1], &argc, &argv);

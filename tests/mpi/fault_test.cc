@@ -17,9 +17,10 @@ using ::tessera::testing::RunCommand;
 using Outcome = ProcessOutcome;
 
 Outcome RunProbe(const std::string& scenario, int ranks, const std::string& mpirun_flags) {
-  return RunCommand(absl::StrCat(TESSERA_MPIRUN_COMMAND, " ", mpirun_flags, " -np ", ranks,
-                                 " env TESSERA_COMM_TIMEOUT=2 ", TESSERA_FAULT_PROBE, " ", scenario,
-                                 " 2>&1"));
+  // A job that outlives a minute has hung: kill it so that the test fails instead of waiting.
+  return RunCommand(absl::StrCat("timeout -s KILL 60 ", TESSERA_MPIRUN_COMMAND, " ", mpirun_flags,
+                                 " -np ", ranks, " env TESSERA_COMM_TIMEOUT=2 ",
+                                 TESSERA_FAULT_PROBE, " ", scenario, " 2>&1"));
 }
 
 // mpirun normally tears the whole job down the moment a rank exits abnormally, before any
@@ -43,7 +44,8 @@ TEST(Faults, EnginePeerFailureEndsEveryRequestWithTheError) {
     for (int id = 1; id <= 4; ++id) {
       EXPECT_NE(outcome.output.find(absl::StrCat("request ", id, ": finish=error")),
                 std::string::npos)
-          << scenario << "\n" << outcome.output;
+          << scenario << "\n"
+          << outcome.output;
     }
     EXPECT_NE(outcome.output.find("DEADLINE_EXCEEDED"), std::string::npos) << outcome.output;
     EXPECT_NE(outcome.output.find(kRankOneMissing), std::string::npos) << outcome.output;
@@ -85,6 +87,21 @@ TEST(Faults, StalledRankIsNamedInItsTensorParallelGroup) {
       << outcome.output;
   EXPECT_NE(outcome.output.find(kNoAnswer), std::string::npos) << outcome.output;
   EXPECT_LT(outcome.seconds, 30) << outcome.output;
+}
+
+// Open MPI's own exit fence has no deadline, and its mpirun crashes or hangs when the job is
+// torn down while ranks wait in it. The race is timing-dependent, so the job runs several
+// times; each must end non-zero, with rank 0's error, well within the deadline.
+TEST(Faults, JobEndsWhenOneRankFailsAsTheOthersFinish) {
+  for (int attempt = 0; attempt < 6; ++attempt) {
+    Outcome outcome = RunProbe("abort-at-exit", 4, "");
+    EXPECT_NE(outcome.exit_code, 0) << outcome.output;
+    EXPECT_NE(outcome.exit_code, 128 + 9) << "mpirun hung and was killed\n" << outcome.output;
+    EXPECT_NE(outcome.output.find("rank 0 fails as the others finish"), std::string::npos)
+        << outcome.output;
+    EXPECT_EQ(outcome.output.find("Segmentation fault"), std::string::npos) << outcome.output;
+    EXPECT_LT(outcome.seconds, 30) << outcome.output;
+  }
 }
 
 TEST(Faults, MismatchedCollectiveIsReportedInValidationMode) {
