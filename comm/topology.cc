@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "comm/host_name.h"
+#include "comm/node_share.h"
 #include "runtime/core/gpu_info.h"
 #include "runtime/core/status_macros.h"
 
@@ -31,9 +32,10 @@ int CurrentCpuNumaNode() {
 
 }  // namespace
 
-v1::RankTopology Topology::LocalReport(int world_rank) {
+v1::RankTopology Topology::LocalReport(int world_rank, int node_first_slot) {
   v1::RankTopology report;
   report.set_world_rank(world_rank);
+  report.set_node_first_slot(node_first_slot);
   report.set_host(LocalHostName());
   report.set_pid(static_cast<int32_t>(getpid()));
   report.set_cpu_numa_node(CurrentCpuNumaNode());
@@ -59,8 +61,9 @@ absl::StatusOr<Topology> Topology::Discover(Communicator& world) {
     return absl::InvalidArgumentError(
         "topology discovery needs a host communicator (the MPI world)");
   }
+  TESSERA_ASSIGN_OR_RETURN(NodeShare share, NodeShare::FromEnvironment());
   std::string bytes;
-  if (!LocalReport(world.rank()).SerializeToString(&bytes)) {
+  if (!LocalReport(world.rank(), share.first_slot).SerializeToString(&bytes)) {
     return absl::InternalError("cannot serialize this rank's topology report");
   }
   Stream cpu = Stream::Cpu();
@@ -100,6 +103,10 @@ absl::StatusOr<Topology> Topology::FromReports(std::vector<v1::RankTopology> rep
     if (report.host().empty()) {
       return absl::InvalidArgumentError(absl::StrCat("rank ", r, " reported no host name"));
     }
+    if (report.node_first_slot() < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("rank ", r, " reported node_first_slot ", report.node_first_slot()));
+    }
     size_t gpus = static_cast<size_t>(report.visible_gpus_size());
     if (static_cast<size_t>(report.peer_access_size()) != gpus * gpus) {
       return absl::InvalidArgumentError(absl::StrCat("rank ", r, " reported ",
@@ -123,8 +130,8 @@ absl::StatusOr<Topology> Topology::FromReports(std::vector<v1::RankTopology> rep
     const v1::RankTopology& report = reports[placement.world_rank];
     placement.numa_node = report.cpu_numa_node();
     if (report.visible_gpus_size() > 0) {
-      const v1::GpuDevice& gpu =
-          report.visible_gpus(placement.local_rank % report.visible_gpus_size());
+      const v1::GpuDevice& gpu = report.visible_gpus(
+          (report.node_first_slot() + placement.local_rank) % report.visible_gpus_size());
       placement.gpu = gpu.ordinal();
       placement.gpu_uuid = gpu.uuid();
       placement.gpu_pci_bus_id = gpu.pci_bus_id();

@@ -25,14 +25,15 @@ struct RankPlacement {
 
 // Which rank runs where, on which GPU, and which GPUs reach each other directly. Ranks on the
 // same host name form a node (TESSERA_HOSTNAME overrides the name: see host_name.h). Each
-// rank of a node uses GPU local_rank mod (GPUs it can see).
+// rank of a node uses GPU (node_first_slot + local_rank) mod (GPUs it can see), where
+// node_first_slot counts the GPUs of the host that other jobs took (node_share.h).
 class Topology {
  public:
   // Collective over `world` (a host communicator of every rank): each rank reports what it
   // sees and all ranks derive the same Topology.
   static absl::StatusOr<Topology> Discover(Communicator& world);
-  // The report this process would send.
-  static v1::RankTopology LocalReport(int world_rank);
+  // The report this process would send; `node_first_slot` from NodeShare.
+  static v1::RankTopology LocalReport(int world_rank, int node_first_slot = 0);
   // Derives the topology from all reports (index = world rank). INVALID_ARGUMENT when a
   // report is missing or out of place.
   static absl::StatusOr<Topology> FromReports(std::vector<v1::RankTopology> reports);

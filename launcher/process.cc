@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "comm/mpi/mpi_runtime.h"
+#include "comm/node_share.h"
 #include "kernels/cpu/cpu_affinity.h"
 #include "runtime/core/check.h"
 #include "runtime/core/status_macros.h"
@@ -20,10 +21,12 @@ namespace tessera::launcher {
 namespace {
 
 // Counts the ranks on this node whose affinity masks overlap this one's (itself included),
-// so the kernel threads divide the shared cores exactly, then prints the setup: always at
+// so the kernel threads divide the shared cores exactly. Ranks of other jobs on the node
+// (`node_ranks` of them all together, comm/node_share.h) cannot be asked: they are taken to
+// overlap as this job's do. Then prints the setup: always at
 // TESSERA_LOG=debug, else only as a warning when the binding starves the rank. Before the
 // first kernel runs (the setup is fixed then).
-void SetUpCpuThreads() {
+void SetUpCpuThreads(int node_ranks) {
   MPI_Comm node;
   if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) !=
       MPI_SUCCESS) {
@@ -45,6 +48,7 @@ void SetUpCpuThreads() {
     for (int w = 0; w < words; ++w) overlaps = overlaps || (mine[w] & all[rank * words + w]) != 0;
     sharing += overlaps ? 1 : 0;
   }
+  if (node_ranks > local_size) sharing = (sharing * node_ranks + local_size - 1) / local_size;
   kernels::SetRanksSharingCpus(sharing);
 
   const kernels::CpuSetup& setup = kernels::CurrentCpuSetup();
@@ -68,7 +72,8 @@ absl::StatusOr<MpiJob> StartMpiJob(int* argc, char*** argv, absl::Duration timeo
   options.timeout = timeout;
   options.validate = options.validate || validate;
   TESSERA_ASSIGN_OR_RETURN(job.world, comm::MpiCommunicator::CreateWorld(options));
-  SetUpCpuThreads();
+  TESSERA_ASSIGN_OR_RETURN(comm::NodeShare share, comm::NodeShare::FromEnvironment());
+  SetUpCpuThreads(share.node_ranks);
   return job;
 }
 

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "comm/node_share.h"
 #include "launcher/engine_flags.h"
 #include "launcher/process_tree.h"
 #include "launcher/shutdown_signal.h"
@@ -66,8 +67,14 @@ std::vector<std::string> WorkerCommand(const WorkerJobConfig& config, int coordi
   if (config.np > static_cast<int>(std::thread::hardware_concurrency())) {
     argv.insert(argv.end(), {"--oversubscribe", "--mca", "mpi_yield_when_idle", "1"});
   }
-  // Each job would bind its ranks to the same first cores, not knowing of the others.
-  if (config.groups() > 1) argv.insert(argv.end(), {"--bind-to", "none"});
+  // Each job would bind its ranks to the same first cores, and take the same first GPUs, not
+  // knowing of the others: no binding, and each job told where its slots start
+  // (comm/node_share.h).
+  if (config.groups() > 1) {
+    argv.insert(argv.end(), {"--bind-to", "none", "-x",
+                             absl::StrCat(comm::kNodeFirstSlotVariable, "=", replica * config.tp),
+                             "-x", absl::StrCat(comm::kNodeRanksVariable, "=", config.np)});
+  }
   for (absl::string_view extra : absl::StrSplit(config.mpirun_args, ' ', absl::SkipEmpty())) {
     argv.emplace_back(extra);
   }

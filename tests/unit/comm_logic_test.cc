@@ -19,6 +19,7 @@
 #include "comm/collective_check.h"
 #include "comm/comm_options.h"
 #include "comm/layout.h"
+#include "comm/node_share.h"
 #include "comm/topology.h"
 #include "gtest/gtest.h"
 #include "runtime/core/tensor.h"
@@ -659,6 +660,43 @@ TEST(TopologyTest, PeerAccessFromMatrix) {
   EXPECT_FALSE(cpu_only.PeerAccess(0, 1));
 }
 
+// Two jobs of two ranks on one 4-GPU node (one per replica, worker_groups.h): the second
+// job's ranks start at the slot the first job's ended, so no GPU is used twice.
+TEST(TopologyTest, AJobSharingItsNodeStartsAtItsFirstSlot) {
+  for (int first_slot : {0, 2}) {
+    std::vector<v1::RankTopology> reports = {Report(0, "a", 4), Report(1, "a", 4)};
+    for (v1::RankTopology& report : reports) report.set_node_first_slot(first_slot);
+    ASSERT_OK_AND_ASSIGN(Topology topology, Topology::FromReports(reports));
+    EXPECT_EQ(topology.rank(0).local_rank, 0);
+    EXPECT_EQ(topology.rank(0).gpu, first_slot);
+    EXPECT_EQ(topology.rank(1).gpu, first_slot + 1);
+    EXPECT_EQ(topology.rank(1).gpu_uuid, absl::StrCat("GPU-a-", first_slot + 1));
+  }
+  // More slots than GPUs wrap around, as local ranks beyond the GPU count do.
+  std::vector<v1::RankTopology> wrapped = {Report(0, "a", 2)};
+  wrapped[0].set_node_first_slot(3);
+  ASSERT_OK_AND_ASSIGN(Topology topology, Topology::FromReports(wrapped));
+  EXPECT_EQ(topology.rank(0).gpu, 1);
+
+  setenv(kNodeFirstSlotVariable, "2", 1);
+  setenv(kNodeRanksVariable, "4", 1);
+  ASSERT_OK_AND_ASSIGN(NodeShare share, NodeShare::FromEnvironment());
+  EXPECT_EQ(share.first_slot, 2);
+  EXPECT_EQ(share.node_ranks, 4);
+  setenv(kNodeFirstSlotVariable, "two", 1);
+  EXPECT_TRUE(IsError(NodeShare::FromEnvironment(), absl::StatusCode::kInvalidArgument,
+                      {"TESSERA_NODE_FIRST_SLOT='two'", "non-negative integer"}));
+  setenv(kNodeFirstSlotVariable, "0", 1);
+  setenv(kNodeRanksVariable, "-1", 1);
+  EXPECT_TRUE(IsError(NodeShare::FromEnvironment(), absl::StatusCode::kInvalidArgument,
+                      {"TESSERA_NODE_RANKS='-1'"}));
+  unsetenv(kNodeFirstSlotVariable);
+  unsetenv(kNodeRanksVariable);
+  ASSERT_OK_AND_ASSIGN(share, NodeShare::FromEnvironment());
+  EXPECT_EQ(share.first_slot, 0);
+  EXPECT_EQ(share.node_ranks, 0);
+}
+
 TEST(TopologyTest, RejectsBadReports) {
   std::vector<v1::RankTopology> misplaced = {Report(0, "a"), Report(2, "a"), Report(1, "b")};
   EXPECT_TRUE(IsError(Topology::FromReports(misplaced), absl::StatusCode::kInvalidArgument,
@@ -672,6 +710,10 @@ TEST(TopologyTest, RejectsBadReports) {
   bad_matrix[0].add_peer_access(1);  // 5 entries for 2 GPUs
   EXPECT_TRUE(IsError(Topology::FromReports(bad_matrix), absl::StatusCode::kInvalidArgument,
                       {"rank 0", "5 peer-access entries for 2 GPUs"}));
+  std::vector<v1::RankTopology> negative_slot = {Report(0, "a", 2)};
+  negative_slot[0].set_node_first_slot(-1);
+  EXPECT_TRUE(IsError(Topology::FromReports(negative_slot), absl::StatusCode::kInvalidArgument,
+                      {"rank 0", "node_first_slot -1"}));
   std::vector<v1::RankTopology> no_matrix = {Report(0, "a", 2)};
   no_matrix[0].clear_peer_access();
   EXPECT_TRUE(IsError(Topology::FromReports(no_matrix), absl::StatusCode::kInvalidArgument,

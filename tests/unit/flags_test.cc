@@ -330,6 +330,11 @@ TEST(WorkerJobTest, EachReplicaIsAJobOfItsOwn) {
     auto bind = std::find(argv.begin(), argv.end(), "--bind-to");
     ASSERT_NE(bind, argv.end());
     EXPECT_EQ(*(bind + 1), "none");
+    // ... nor take the same first GPUs: replica 1's ranks start at slot 2.
+    EXPECT_NE(
+        std::find(argv.begin(), argv.end(), absl::StrCat("TESSERA_NODE_FIRST_SLOT=", 2 * replica)),
+        argv.end());
+    EXPECT_NE(std::find(argv.begin(), argv.end(), "TESSERA_NODE_RANKS=4"), argv.end());
   }
   config.max_failed_starts = 0;
   EXPECT_TRUE(IsError(CheckWorkerJobConfig(config), absl::StatusCode::kInvalidArgument,
