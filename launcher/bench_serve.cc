@@ -565,8 +565,8 @@ absl::Status BenchServe(const BenchServeConfig& config) {
                            StartCoordinator(coordinator_config));
   const int groups = config.workers.groups();
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<WorkerGroups> workers,
-                           WorkerGroups::Start(config.workers, running->grpc.port,
-                                               *running->coordinator, nullptr, kWho));
+                           WorkerGroups::StartLocal(config.workers, running->grpc.port,
+                                                    *running->coordinator, nullptr, kWho));
   TESSERA_ASSIGN_OR_RETURN(bool ready, workers->WaitUntilHealthy(config.workers.ready_timeout));
   if (!ready) return absl::CancelledError("interrupted while the workers started");
   std::vector<std::string> leaders = running->coordinator->GroupEndpoints();

@@ -27,6 +27,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "comm/node_share.h"
 #include "launcher/flags.h"
 #include "launcher/process.h"
 #include "runtime/core/status_macros.h"
@@ -61,9 +62,11 @@ absl::StatusOr<int> PortOf(const std::string& address) {
   return port;
 }
 
-// Where each hostfile entry's ranks go, to check that tensor-parallel groups stay inside
-// nodes. Without --ranks-per-node mpirun (--map-by slot) fills each host's slots in order.
-absl::Status CheckLayout(const LaunchConfig& config, const std::vector<HostSlots>& hosts, int* np) {
+// How many ranks each hostfile entry runs (in `ranks`, by host), checking that
+// tensor-parallel groups stay inside nodes. Without --ranks-per-node each host's slots are
+// filled in hostfile order; with it, every host runs that many until --np is reached.
+absl::Status CheckLayout(const LaunchConfig& config, const std::vector<HostSlots>& hosts, int* np,
+                         std::vector<int>* ranks) {
   const int tp = config.tp;
   int capacity = 0;
   if (config.ranks_per_node > 0) {
@@ -90,19 +93,20 @@ absl::Status CheckLayout(const LaunchConfig& config, const std::vector<HostSlots
                      config.ranks_per_node > 0 ? " at --ranks-per-node " : "",
                      config.ranks_per_node > 0 ? absl::StrCat(config.ranks_per_node) : ""));
   }
-  if (config.ranks_per_node == 0) {
-    int remaining = *np;
-    for (const HostSlots& host : hosts) {
-      int ranks = std::min(host.slots, remaining);
-      remaining -= ranks;
-      if (ranks % tp != 0) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "--tp ", tp, ": host '", host.host, "' (", config.hostfile, " line ", host.line,
-            ") would run ", ranks, " ranks, which ", tp,
-            " does not divide; a tensor-parallel group must stay within one node (give each "
-            "host a multiple of ",
-            tp, " slots, or set --ranks-per-node)"));
-      }
+  int remaining = *np;
+  ranks->clear();
+  for (const HostSlots& host : hosts) {
+    int on_host =
+        std::min(config.ranks_per_node > 0 ? config.ranks_per_node : host.slots, remaining);
+    remaining -= on_host;
+    ranks->push_back(on_host);
+    if (config.ranks_per_node == 0 && on_host % tp != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--tp ", tp, ": host '", host.host, "' (", config.hostfile, " line ", host.line,
+          ") would run ", on_host, " ranks, which ", tp,
+          " does not divide; a tensor-parallel group must stay within one node (give each "
+          "host a multiple of ",
+          tp, " slots, or set --ranks-per-node)"));
     }
   }
   // With --ranks-per-node a multiple of tp, every node holds whole groups when np does.
@@ -248,9 +252,11 @@ absl::StatusOr<LaunchCommands> BuildLaunchCommands(const LaunchConfig& config) {
   }
   if (config.mpirun.empty()) return absl::InvalidArgumentError("--mpirun: empty");
   if (config.tessera.empty()) return absl::InvalidArgumentError("--tessera: empty");
+  TESSERA_RETURN_IF_ERROR(CheckSupervision(config.supervision));
 
   LaunchCommands commands;
-  TESSERA_RETURN_IF_ERROR(CheckLayout(config, *hosts, &commands.np));
+  std::vector<int> ranks_on_host;
+  TESSERA_RETURN_IF_ERROR(CheckLayout(config, *hosts, &commands.np, &ranks_on_host));
 
   std::string coordinator = config.coordinator;
   if (coordinator.empty()) {
@@ -275,50 +281,70 @@ absl::StatusOr<LaunchCommands> BuildLaunchCommands(const LaunchConfig& config) {
     }
   }
 
-  // Placement. `--map-by ppr:N:node` puts exactly N consecutive ranks on each node (without
-  // --ranks-per-node, `slot` fills each host's slots in hostfile order), so consecutive
-  // ranks, and therefore each tensor-parallel group, share a node.
+  // One mpirun job per replica (a tensor-parallel group, inside one node: `--host
+  // NODE:TP -np TP`), so that a rank's failure ends only its own group; RunJob supervises
+  // the jobs.
   //
-  // Binding, by backend. nccl (one rank per GPU): the hostfile's slots, or --ranks-per-node,
-  // are the GPUs of a node, and "numa" (the default) binds each rank to the cores of one
-  // NUMA domain: the ranks of a node are spread over its domains in order, which is how GPUs
-  // hang off the sockets (GPUs 0-3 on the first, 4-7 on the second), and the rank's CPU
-  // threads (the CPU attention kernel, the leader's gRPC server) can use every core of the
-  // domain. cpu: the kernels run on the rank's own cores and its memory is placed by first
-  // touch, so a rank spanning two domains would read half its weights across the socket
-  // link; "numa" therefore runs one rank per NUMA domain (`--map-by ppr:1:numa`), and the
-  // slots, or --ranks-per-node, must be the domains of each node (usually its sockets; more
-  // with sub-NUMA clustering). The ppr mapper fills a node before the next, so groups still
-  // stay inside nodes. Each rank then sizes its threads from its affinity mask
-  // (kernels/cpu/cpu_affinity.h).
-  // "core" reserves k = --cores-per-rank cores for each rank with the PE=k modifier of
-  // --map-by (plain --bind-to core would give each rank one core, on which all its threads
-  // would queue), and caps TESSERA_CPU_THREADS at k. "none" leaves placement to the OS.
-  std::string map_by = config.ranks_per_node > 0
-                           ? absl::StrCat("ppr:", config.ranks_per_node, ":node")
-                           : std::string("slot");
-  if (config.backend == "cpu" && config.bind_to == "numa") map_by = "ppr:1:numa";
-  if (config.bind_to == "core") absl::StrAppend(&map_by, ":PE=", config.cores_per_rank);
-
-  commands.workers = {
-      config.mpirun, "--hostfile", config.hostfile, "-np",         absl::StrCat(commands.np),
-      "--map-by",    map_by,       "--bind-to",     config.bind_to};
-  for (const std::string& entry : exports) {
-    commands.workers.insert(commands.workers.end(), {"-x", entry});
+  // Binding, by backend, for a node that runs one group. nccl (one rank per GPU): the
+  // hostfile's slots, or --ranks-per-node, are the GPUs of a node, and "numa" (the default)
+  // binds each rank to the cores of one NUMA domain: the ranks of a node are spread over its
+  // domains in order, which is how GPUs hang off the sockets (GPUs 0-3 on the first, 4-7 on
+  // the second), and the rank's CPU threads (the CPU attention kernel, the leader's gRPC
+  // server) can use every core of the domain. cpu: the kernels run on the rank's own cores
+  // and its memory is placed by first touch, so a rank spanning two domains would read half
+  // its weights across the socket link; "numa" therefore runs one rank per NUMA domain
+  // (`--map-by ppr:1:numa`), and the slots, or --ranks-per-node, must be the domains of each
+  // node (usually its sockets; more with sub-NUMA clustering). Each rank then sizes its
+  // threads from its affinity mask (kernels/cpu/cpu_affinity.h). "core" reserves k =
+  // --cores-per-rank cores for each rank with the PE=k modifier of --map-by (plain --bind-to
+  // core would give each rank one core, on which all its threads would queue), and caps
+  // TESSERA_CPU_THREADS at k. "none" leaves placement to the OS.
+  //
+  // A node that runs several groups runs several jobs, and each mpirun would bind its ranks
+  // to the node's first cores not knowing of the others: those jobs are not bound, and each
+  // is told where its slots start and how many ranks share the node (comm/node_share.h), so
+  // that its ranks take the next GPUs and divide the cores with the other jobs.
+  int replica = 0;
+  for (size_t h = 0; h < hosts->size(); ++h) {
+    const int groups_on_host = ranks_on_host[h] / config.tp;
+    for (int g = 0; g < groups_on_host; ++g, ++replica) {
+      const bool alone = groups_on_host == 1;
+      std::string map_by = "slot";
+      if (alone && config.backend == "cpu" && config.bind_to == "numa") map_by = "ppr:1:numa";
+      if (alone && config.bind_to == "core") {
+        absl::StrAppend(&map_by, ":PE=", config.cores_per_rank);
+      }
+      std::vector<std::string> job = {config.mpirun,
+                                      "--host",
+                                      absl::StrCat((*hosts)[h].host, ":", config.tp),
+                                      "-np",
+                                      absl::StrCat(config.tp),
+                                      "--map-by",
+                                      map_by,
+                                      "--bind-to",
+                                      alone ? config.bind_to : std::string("none")};
+      if (!alone) {
+        job.insert(job.end(),
+                   {"-x", absl::StrCat(comm::kNodeFirstSlotVariable, "=", g * config.tp), "-x",
+                    absl::StrCat(comm::kNodeRanksVariable, "=", ranks_on_host[h])});
+      }
+      for (const std::string& entry : exports) job.insert(job.end(), {"-x", entry});
+      job.insert(job.end(), {config.tessera, "worker", "--coordinator", coordinator, "--tp",
+                             absl::StrCat(config.tp), "--replica-offset", absl::StrCat(replica)});
+      auto add = [&](const char* flag, const std::string& value) {
+        if (!value.empty()) job.insert(job.end(), {flag, value});
+      };
+      // The model runs where the backend's collectives do: on the GPUs with NCCL.
+      add("--device", config.backend == "nccl" ? "cuda" : "cpu");
+      add("--model", config.model);
+      add("--model-name", config.model_name);
+      add("--version", config.version);
+      add("--zone", config.zone);
+      job.insert(job.end(), config.worker_args.begin(), config.worker_args.end());
+      commands.replicas.push_back(
+          {absl::StrCat((*hosts)[h].host, "/replica", replica), std::move(job)});
+    }
   }
-  commands.workers.insert(commands.workers.end(), {config.tessera, "worker", "--coordinator",
-                                                   coordinator, "--tp", absl::StrCat(config.tp)});
-  auto add = [&](const char* flag, const std::string& value) {
-    if (!value.empty()) commands.workers.insert(commands.workers.end(), {flag, value});
-  };
-  // The model runs where the backend's collectives do: on the GPUs with NCCL.
-  add("--device", config.backend == "nccl" ? "cuda" : "cpu");
-  add("--model", config.model);
-  add("--model-name", config.model_name);
-  add("--version", config.version);
-  add("--zone", config.zone);
-  commands.workers.insert(commands.workers.end(), config.worker_args.begin(),
-                          config.worker_args.end());
   return commands;
 }
 
@@ -465,17 +491,18 @@ bool Listening(int port) {
   return connected;
 }
 
-int StoppedBy(int signal, Child& workers, Child& coordinator) {
+int StoppedBy(int signal, WorkerGroups* workers, Child& coordinator) {
   std::fprintf(stderr, "tessera launch: %s received; stopping the workers and the coordinator\n",
                strsignal(signal));
-  workers.Stop(kStopGrace);
+  if (workers != nullptr) workers->Stop();
   coordinator.Stop(kStopGrace);
   return 128 + signal;
 }
 
-// Runs the coordinator until it listens, then mpirun until it ends, a child fails, or
-// SIGINT/SIGTERM arrives.
-int RunJob(const LaunchCommands& commands, absl::Duration startup_timeout) {
+// Runs the coordinator until it listens, then the replicas' jobs, restarting those that
+// exit, until SIGINT/SIGTERM arrives, the coordinator fails, or a replica keeps failing.
+int RunJob(const LaunchCommands& commands, const Supervision& supervision,
+           absl::Duration startup_timeout) {
   sigset_t handled;
   sigset_t original;
   sigemptyset(&handled);
@@ -485,7 +512,6 @@ int RunJob(const LaunchCommands& commands, absl::Duration startup_timeout) {
   sigprocmask(SIG_BLOCK, &handled, &original);
 
   Child coordinator("coordinator", commands.coordinator);
-  Child workers("workers' mpirun", commands.workers);
   if (!commands.coordinator.empty()) {
     std::fprintf(stderr, "tessera launch: coordinator: %s\n",
                  ShellJoin(commands.coordinator).c_str());
@@ -506,29 +532,33 @@ int RunJob(const LaunchCommands& commands, absl::Duration startup_timeout) {
                          " within ", absl::FormatDuration(startup_timeout))));
       }
       if (int signal = WaitForSignal(handled, absl::Milliseconds(100))) {
-        return StoppedBy(signal, workers, coordinator);
+        return StoppedBy(signal, nullptr, coordinator);
       }
     }
   }
 
-  std::fprintf(stderr, "tessera launch: workers: %s\n", ShellJoin(commands.workers).c_str());
+  for (const GroupJob& replica : commands.replicas) {
+    std::fprintf(stderr, "tessera launch: %s: %s\n", replica.name.c_str(),
+                 ShellJoin(replica.command).c_str());
+  }
   std::fflush(stderr);
-  if (absl::Status started = workers.Start(original); !started.ok()) {
+  absl::StatusOr<std::unique_ptr<WorkerGroups>> workers =
+      WorkerGroups::Start(commands.replicas, supervision, nullptr, nullptr, "tessera launch");
+  if (!workers.ok()) {
     coordinator.Stop(kStopGrace);
-    return ReportExit(started);
+    return ReportExit(workers.status());
   }
   for (;;) {
     if (int signal = WaitForSignal(handled, absl::Milliseconds(200))) {
-      return StoppedBy(signal, workers, coordinator);
+      return StoppedBy(signal, workers->get(), coordinator);
     }
-    if (workers.Poll()) {
+    if (absl::Status supervised = (*workers)->Supervise(); !supervised.ok()) {
+      (*workers)->Stop();
       coordinator.Stop(kStopGrace);
-      absl::Status status = workers.Outcome();
-      if (status.ok()) status = coordinator.Outcome();
-      return ReportExit(status);
+      return ReportExit(supervised);
     }
     if (!commands.coordinator.empty() && coordinator.Poll()) {
-      workers.Stop(kStopGrace);
+      (*workers)->Stop();
       return ReportExit(absl::UnavailableError(
           absl::StrCat("the coordinator ", coordinator.Describe(), " while the workers ran")));
     }
@@ -607,6 +637,10 @@ int RunLaunch(const std::vector<std::string>& args, int* /*argc*/, char*** /*arg
                "path of the tessera binary on the nodes; empty: this binary's own path");
   flags.Duration("startup-timeout", &startup_timeout,
                  "how long the coordinator may take to listen before the launch fails");
+  AddSupervisionFlags(flags, &config.supervision);
+  flags.Duration("serving-after", &config.supervision.serving_after,
+                 "a replica's job that has run this long counts as started: its next exit "
+                 "restarts it after the first back-off, not a doubled one");
   flags.Bool("dry-run", &dry_run, "print the coordinator and mpirun commands and exit");
   if (std::optional<int> done = ParseOrExit(flags, flag_args)) return *done;
   config.env = RepeatedFlag(flag_args, "env");
@@ -631,10 +665,12 @@ int RunLaunch(const std::vector<std::string>& args, int* /*argc*/, char*** /*arg
     if (!commands->coordinator.empty()) {
       std::printf("%s\n", ShellJoin(commands->coordinator).c_str());
     }
-    std::printf("%s\n", ShellJoin(commands->workers).c_str());
+    for (const GroupJob& replica : commands->replicas) {
+      std::printf("%s\n", ShellJoin(replica.command).c_str());
+    }
     return kExitOk;
   }
-  return RunJob(*commands, startup_timeout);
+  return RunJob(*commands, config.supervision, startup_timeout);
 }
 
 }  // namespace tessera::launcher

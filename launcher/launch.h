@@ -2,10 +2,12 @@
 #define TESSERA_LAUNCHER_LAUNCH_H_
 
 // `tessera launch`: a serving job on many nodes from one Open MPI hostfile. It starts the
-// coordinator on this machine and the workers with mpirun, one rank per GPU (with the CPU
-// backend, one per NUMA domain), laid out so that no tensor-parallel group spans two nodes.
-// The command lines are built by a pure function (BuildLaunchCommands) so that their
-// mapping from flags can be tested.
+// coordinator on this machine, then one `mpirun` job per replica (a tensor-parallel group,
+// which never spans two nodes), one rank per GPU (with the CPU backend, one per NUMA
+// domain). A rank that fails ends only its replica's job, which is started again after a
+// back-off (launcher/worker_groups.h); the coordinator and the other replicas serve on. The
+// command lines are built by a pure function (BuildLaunchCommands) so that their mapping
+// from flags can be tested.
 
 #include <string>
 #include <vector>
@@ -13,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "launcher/worker_groups.h"
 
 namespace tessera::launcher {
 
@@ -69,6 +72,9 @@ struct LaunchConfig {
   std::string coordinator_binary;
   // Appended to the worker command (the arguments after "--").
   std::vector<std::string> worker_args;
+  // How the replicas' jobs are restarted. Their health is not known here (the coordinator
+  // is another process): a job that has run serving_after counts as started.
+  Supervision supervision;
 
   // From the launching process, not flags: this host's name (the default coordinator
   // host) and the names of the environment variables set here (the NCCL_* and Tessera
@@ -77,13 +83,14 @@ struct LaunchConfig {
   std::vector<std::string> environment_names;
 };
 
-// The two command lines of a launch, as argument vectors.
+// The command lines of a launch, as argument vectors.
 struct LaunchCommands {
   // `tessera coordinator --listen 0.0.0.0:PORT ...`, run on this machine; empty when
   // start_coordinator is false.
   std::vector<std::string> coordinator;
-  // `mpirun --hostfile ... tessera worker --coordinator HOST:PORT --tp T ...`.
-  std::vector<std::string> workers;
+  // One job per replica, in replica order: `mpirun --host NODE:TP -np TP ... tessera worker
+  // --coordinator HOST:PORT --tp TP --replica-offset R ...`, named NODE/replicaR.
+  std::vector<GroupJob> replicas;
   int coordinator_port = 0;
   int np = 0;  // worker ranks
 };
@@ -96,8 +103,8 @@ absl::StatusOr<LaunchCommands> BuildLaunchCommands(const LaunchConfig& config);
 // letters, digits and -_./:=@%+,.
 std::string ShellJoin(const std::vector<std::string>& args);
 
-// `tessera launch`. Returns the process exit code: 0 when mpirun and the coordinator both
-// ended well; non-zero when either failed, and 128+N after signal N stopped them.
+// `tessera launch`. Returns the process exit code: non-zero when the coordinator failed or a
+// replica kept failing to start (Supervision), and 128+N after signal N stopped the job.
 int RunLaunch(const std::vector<std::string>& args, int* argc, char*** argv);
 
 }  // namespace tessera::launcher

@@ -57,9 +57,10 @@ absl::Status Serve(const ServeConfig& config) {
                                    "after it exited.",
                                    {"replica"}));
   const int groups = config.workers.groups();
-  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<WorkerGroups> workers,
-                           WorkerGroups::Start(config.workers, running->grpc.port,
-                                               *running->coordinator, restarts, "tessera serve"));
+  TESSERA_ASSIGN_OR_RETURN(
+      std::unique_ptr<WorkerGroups> workers,
+      WorkerGroups::StartLocal(config.workers, running->grpc.port, *running->coordinator, restarts,
+                               "tessera serve"));
   TESSERA_ASSIGN_OR_RETURN(bool ready, workers->WaitUntilHealthy(config.workers.ready_timeout));
   if (!ready) return absl::OkStatus();  // Ctrl-C while starting
   PrintEndpoints("tessera serve: ready", *running, config.coordinator);

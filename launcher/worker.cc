@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "comm/host_name.h"
+#include "comm/node_share.h"
 #include "launcher/engine_flags.h"
 #include "launcher/flags.h"
 #include "launcher/model_job.h"
@@ -140,11 +141,14 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
       [&allreduce_latency](int64_t, double seconds) { allreduce_latency.Observe(seconds); });
   std::unique_ptr<serve::MetricsServer> metrics_server;
   if (config.metrics_listen != "off") {
-    TESSERA_ASSIGN_OR_RETURN(std::string metrics_address,
-                             OffsetAddress(config.metrics_listen, "--metrics-listen",
-                                           config.replica_offset * layout.world_size() +
-                                               job.topology->rank(layout.world_rank()).local_rank,
-                                           &metrics_host));
+    // Port + this rank's slot on its node, counting the slots of the node's other jobs
+    // (comm/node_share.h), so that every rank of a node has its own.
+    TESSERA_ASSIGN_OR_RETURN(comm::NodeShare share, comm::NodeShare::FromEnvironment());
+    TESSERA_ASSIGN_OR_RETURN(
+        std::string metrics_address,
+        OffsetAddress(config.metrics_listen, "--metrics-listen",
+                      share.first_slot + job.topology->rank(layout.world_rank()).local_rank,
+                      &metrics_host));
     TESSERA_ASSIGN_OR_RETURN(metrics_server,
                              serve::MetricsServer::Start(metrics_address, &metrics, nullptr));
   }
@@ -250,7 +254,8 @@ int RunWorker(const std::vector<std::string>& args, int* argc, char*** argv) {
                "name when that is a wildcard)");
   flags.String("metrics-listen", &config.metrics_listen,
                "host:port of each rank's Prometheus endpoint (port 0: any; a fixed port P: the "
-               "rank with local rank r on P + r; 'off': none)");
+               "rank in slot r of its node on P + r, slots counting the node's other jobs' "
+               "(TESSERA_NODE_FIRST_SLOT); 'off': none)");
   flags.String("model", &config.job.model_dir, "Hugging Face model directory (default: built-in)");
   flags.String("model-name", &config.model_name,
                "the name clients ask for (default: the model folder's name)");

@@ -13,39 +13,53 @@
 namespace tessera::launcher {
 
 absl::StatusOr<std::unique_ptr<WorkerGroups>> WorkerGroups::Start(
-    const WorkerJobConfig& config, int coordinator_port, const serve::Coordinator& coordinator,
-    serve::CounterFamily* restarts, const std::string& who) {
-  std::unique_ptr<WorkerGroups> groups(new WorkerGroups(config, coordinator, restarts, who));
-  const std::string host = comm::LocalHostName();
-  for (int r = 0; r < config.groups(); ++r) {
+    std::vector<GroupJob> jobs, const Supervision& supervision,
+    const serve::Coordinator* coordinator, serve::CounterFamily* restarts, const std::string& who) {
+  if (jobs.empty()) return absl::InvalidArgumentError("no worker groups to start");
+  std::unique_ptr<WorkerGroups> groups(new WorkerGroups(supervision, coordinator, restarts, who));
+  for (GroupJob& spec : jobs) {
     Replica& replica = groups->replicas_.emplace_back();
-    replica.command = WorkerCommand(config, coordinator_port, r);
-    replica.name = absl::StrCat(host, "/replica", r);
-    replica.backoff = config.restart_backoff;
+    replica.spec = std::move(spec);
+    replica.backoff = supervision.restart_backoff;
   }
   std::fprintf(stderr, "%s: starting %d worker group(s), one mpirun job each: %s\n", who.c_str(),
-               config.groups(), absl::StrJoin(groups->replicas_.front().command, " ").c_str());
+               groups->size(), absl::StrJoin(groups->replicas_.front().spec.command, " ").c_str());
   for (int r = 0; r < groups->size(); ++r) {
     if (absl::Status started = groups->StartJob(r); !started.ok()) return started;
   }
   return groups;
 }
 
+absl::StatusOr<std::unique_ptr<WorkerGroups>> WorkerGroups::StartLocal(
+    const WorkerJobConfig& config, int coordinator_port, const serve::Coordinator& coordinator,
+    serve::CounterFamily* restarts, const std::string& who) {
+  const std::string host = comm::LocalHostName();
+  std::vector<GroupJob> jobs;
+  for (int r = 0; r < config.groups(); ++r) {
+    jobs.push_back({absl::StrCat(host, "/replica", r), WorkerCommand(config, coordinator_port, r)});
+  }
+  return Start(std::move(jobs), config.supervision, &coordinator, restarts, who);
+}
+
 WorkerGroups::~WorkerGroups() { Stop(); }
 
 absl::Status WorkerGroups::StartJob(int r) {
   Replica& replica = replicas_[r];
-  absl::StatusOr<std::unique_ptr<WorkerJob>> job = WorkerJob::Start(replica.command, who_);
+  absl::StatusOr<std::unique_ptr<WorkerJob>> job = WorkerJob::Start(replica.spec.command, who_);
   if (!job.ok()) return job.status();
   replica.job = *std::move(job);
+  replica.started = absl::Now();
   replica.served = false;
   replica.restart_at.reset();
   return absl::OkStatus();
 }
 
 absl::StatusOr<bool> WorkerGroups::WaitUntilHealthy(absl::Duration timeout) {
+  if (coordinator_ == nullptr) {
+    return absl::FailedPreconditionError("no coordinator in this process to ask about health");
+  }
   absl::Time deadline = absl::Now() + timeout;
-  while (coordinator_.HealthyGroupCount() < size()) {
+  while (coordinator_->HealthyGroupCount() < size()) {
     for (int r = 0; r < size(); ++r) {
       if (std::optional<int> code = replicas_[r].job->WaitExit(absl::ZeroDuration())) {
         Stop();
@@ -68,14 +82,28 @@ absl::StatusOr<bool> WorkerGroups::WaitUntilHealthy(absl::Duration timeout) {
   return true;
 }
 
+void WorkerGroups::MarkServing(Replica& replica) {
+  replica.served = true;
+  replica.failed_starts = 0;
+  replica.backoff = supervision_.restart_backoff;
+}
+
 void WorkerGroups::NoteServing() {
-  for (const serve::Coordinator::NamedGroup& group : coordinator_.HealthyGroupNames()) {
+  if (coordinator_ == nullptr) {
+    const absl::Time now = absl::Now();
     for (Replica& replica : replicas_) {
-      if (!replica.served && group.name == replica.name && group.id != replica.group_id) {
-        replica.served = true;
+      if (!replica.served && replica.job != nullptr && !replica.restart_at.has_value() &&
+          now - replica.started >= supervision_.serving_after) {
+        MarkServing(replica);
+      }
+    }
+    return;
+  }
+  for (const serve::Coordinator::NamedGroup& group : coordinator_->HealthyGroupNames()) {
+    for (Replica& replica : replicas_) {
+      if (!replica.served && group.name == replica.spec.name && group.id != replica.group_id) {
         replica.group_id = group.id;
-        replica.failed_starts = 0;
-        replica.backoff = config_.restart_backoff;
+        MarkServing(replica);
       }
     }
   }
@@ -97,7 +125,7 @@ absl::Status WorkerGroups::Supervise() {
     }
     std::optional<int> code = replica.job->WaitExit(absl::ZeroDuration());
     if (!code.has_value()) continue;
-    if (!replica.served && ++replica.failed_starts >= config_.max_failed_starts) {
+    if (!replica.served && ++replica.failed_starts >= supervision_.max_failed_starts) {
       return absl::UnavailableError(
           absl::StrCat("replica ", r, "'s workers exited ", replica.failed_starts,
                        " times in a row before serving (last exit status ", *code, "); giving up"));
@@ -109,7 +137,7 @@ absl::Status WorkerGroups::Supervise() {
                  absl::FormatDuration(replica.backoff).c_str());
     replica.restart_at = now + replica.backoff;
     if (!replica.served) {
-      replica.backoff = std::min(2 * replica.backoff, config_.max_restart_backoff);
+      replica.backoff = std::min(2 * replica.backoff, supervision_.max_restart_backoff);
     }
   }
   return absl::OkStatus();

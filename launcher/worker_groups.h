@@ -1,13 +1,16 @@
 #ifndef TESSERA_LAUNCHER_WORKER_GROUPS_H_
 #define TESSERA_LAUNCHER_WORKER_GROUPS_H_
 
-// The worker groups of one machine as `tessera serve` and `tessera bench serve` run them: one
-// `mpirun -np TP tessera worker` job per replica, so that a rank that fails ends only its
-// own group (its job: the launcher aborts it), while the other groups serve on; and
+// Worker groups, each one `mpirun -np TP tessera worker` job, so that a rank that fails ends
+// only its own group (its job: the launcher aborts it), while the other groups serve on; and
 // supervised: a job that exits is started again after a back-off, registers again and takes
-// traffic. A job counts as started once its group is healthy at the coordinator; one that
-// exits before that doubles the next back-off (up to the configured maximum), and too many
-// such exits in a row of one replica end supervision with an error that says so.
+// traffic. `tessera serve` and `tessera bench serve` run one job per replica on this machine;
+// `tessera launch` one per replica on the nodes of a hostfile.
+//
+// A job counts as started once its group is healthy at the coordinator (when one runs in
+// this process; otherwise once it has run Supervision::serving_after). One that exits before
+// that doubles the next back-off (up to the configured maximum), and too many such exits in
+// a row of one replica end supervision with an error that says so.
 //
 // Not thread-safe: one thread starts, supervises and stops the groups.
 
@@ -27,16 +30,27 @@
 
 namespace tessera::launcher {
 
+// One replica's job: the name its group registers with (HOST/replicaN) and its command.
+struct GroupJob {
+  std::string name;
+  std::vector<std::string> command;
+};
+
 class WorkerGroups {
  public:
-  // Starts config.groups() jobs registering with the coordinator at 127.0.0.1:port, which
-  // `coordinator` is. `restarts` (may be null) counts restarts by replica. `who` prefixes
-  // messages.
-  static absl::StatusOr<std::unique_ptr<WorkerGroups>> Start(const WorkerJobConfig& config,
-                                                             int coordinator_port,
-                                                             const serve::Coordinator& coordinator,
+  // Starts one job per entry of `jobs`. `coordinator` (may be null: then a job serves once it
+  // has run supervision.serving_after) tells when a group is healthy. `restarts` (may be
+  // null) counts restarts by replica. `who` prefixes messages.
+  static absl::StatusOr<std::unique_ptr<WorkerGroups>> Start(std::vector<GroupJob> jobs,
+                                                             const Supervision& supervision,
+                                                             const serve::Coordinator* coordinator,
                                                              serve::CounterFamily* restarts,
                                                              const std::string& who);
+  // The config.groups() jobs of `tessera serve` on this machine, registering with the
+  // coordinator at 127.0.0.1:port, which `coordinator` is.
+  static absl::StatusOr<std::unique_ptr<WorkerGroups>> StartLocal(
+      const WorkerJobConfig& config, int coordinator_port, const serve::Coordinator& coordinator,
+      serve::CounterFamily* restarts, const std::string& who);
   ~WorkerGroups();  // Stop()
   WorkerGroups(const WorkerGroups&) = delete;
   WorkerGroups& operator=(const WorkerGroups&) = delete;
@@ -44,7 +58,7 @@ class WorkerGroups {
   // Waits until every group is healthy at the coordinator: true then; false when a shutdown
   // was requested (SIGINT, SIGTERM; the jobs are stopped). UNAVAILABLE when a job exits
   // first (a bad flag or model fails every start alike), DEADLINE_EXCEEDED (the jobs
-  // stopped) after `timeout`.
+  // stopped) after `timeout`. Needs the coordinator.
   absl::StatusOr<bool> WaitUntilHealthy(absl::Duration timeout);
 
   // One round of supervision: notes the jobs that exited and starts those whose back-off has
@@ -65,9 +79,9 @@ class WorkerGroups {
 
  private:
   struct Replica {
-    std::vector<std::string> command;
-    std::string name;  // the name its group registers with: host/replicaN
+    GroupJob spec;
     std::unique_ptr<WorkerJob> job;
+    absl::Time started;
     bool served = false;   // its current (or last) job's group was healthy
     std::string group_id;  // the coordinator's id of the group its last serving job had
     std::optional<absl::Time> restart_at;
@@ -76,15 +90,20 @@ class WorkerGroups {
     int restarts = 0;
   };
 
-  WorkerGroups(const WorkerJobConfig& config, const serve::Coordinator& coordinator,
+  WorkerGroups(const Supervision& supervision, const serve::Coordinator* coordinator,
                serve::CounterFamily* restarts, std::string who)
-      : config_(config), coordinator_(coordinator), restarts_(restarts), who_(std::move(who)) {}
+      : supervision_(supervision),
+        coordinator_(coordinator),
+        restarts_(restarts),
+        who_(std::move(who)) {}
   absl::Status StartJob(int replica);
-  // Marks the replicas whose current job's group is healthy (a new id under their name).
+  // Marks the replicas whose current job serves: its group is healthy under a new id at
+  // the coordinator, or (without one) it has run supervision_.serving_after.
   void NoteServing();
+  void MarkServing(Replica& replica);
 
-  const WorkerJobConfig config_;
-  const serve::Coordinator& coordinator_;
+  const Supervision supervision_;
+  const serve::Coordinator* coordinator_;
   serve::CounterFamily* restarts_;
   const std::string who_;
   std::vector<Replica> replicas_;

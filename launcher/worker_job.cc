@@ -1,5 +1,6 @@
 #include "launcher/worker_job.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -16,8 +17,28 @@
 #include "launcher/engine_flags.h"
 #include "launcher/process_tree.h"
 #include "launcher/shutdown_signal.h"
+#include "runtime/core/status_macros.h"
 
 namespace tessera::launcher {
+
+void AddSupervisionFlags(FlagSet& flags, Supervision* supervision) {
+  flags.Duration("restart-backoff", &supervision->restart_backoff,
+                 "wait before a group whose job exited is started again (doubling, up to "
+                 "30 s, while it keeps failing to start)");
+  flags.Int("max-failed-starts", &supervision->max_failed_starts,
+            "starts in a row of one group that exit before it serves, before serving stops");
+}
+
+absl::Status CheckSupervision(const Supervision& supervision) {
+  if (supervision.max_failed_starts < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max-failed-starts: must be >= 1, not ", supervision.max_failed_starts));
+  }
+  if (supervision.restart_backoff < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--restart-backoff: must not be negative");
+  }
+  return absl::OkStatus();
+}
 
 void AddWorkerJobFlags(FlagSet& flags, WorkerJobConfig* config) {
   flags.Int("np", &config->np, "worker ranks");
@@ -31,11 +52,7 @@ void AddWorkerJobFlags(FlagSet& flags, WorkerJobConfig* config) {
   flags.Duration("timeout", &config->timeout, "deadline of each collective in the workers");
   flags.Duration("ready-timeout", &config->ready_timeout,
                  "how long the workers may take to load and register");
-  flags.Duration("restart-backoff", &config->restart_backoff,
-                 "wait before a group whose job exited is started again (doubling, up to "
-                 "30 s, while it keeps failing to start)");
-  flags.Int("max-failed-starts", &config->max_failed_starts,
-            "starts in a row of one group that exit before it serves, before serving stops");
+  AddSupervisionFlags(flags, &config->supervision);
   AddEngineFlags(flags, &config->engine);
 }
 
@@ -44,13 +61,7 @@ absl::Status CheckWorkerJobConfig(const WorkerJobConfig& config) {
     return absl::InvalidArgumentError(
         absl::StrCat("--np ", config.np, " must be a multiple of --tp ", config.tp));
   }
-  if (config.max_failed_starts < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--max-failed-starts: must be >= 1, not ", config.max_failed_starts));
-  }
-  if (config.restart_backoff < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError("--restart-backoff: must not be negative");
-  }
+  TESSERA_RETURN_IF_ERROR(CheckSupervision(config.supervision));
   absl::StatusOr<DeviceType> device = ParseDeviceFlag(config.device);
   if (!device.ok()) return device.status();
   if (*device == DeviceType::kCuda) {
@@ -110,11 +121,22 @@ absl::StatusOr<std::unique_ptr<WorkerJob>> WorkerJob::Start(const std::vector<st
   args.push_back(nullptr);
   std::string cannot_run = absl::StrCat(who, ": cannot run ", argv.empty() ? "" : argv[0], "\n");
   const pid_t parent = getpid();
+  // mpirun forwards its stdin to rank 0: from a background process group reading the
+  // terminal would stop it.
+  const int null_input = open("/dev/null", O_RDONLY | O_CLOEXEC);
   pid_t pid = fork();
-  if (pid < 0) return absl::InternalError("fork failed");
+  if (pid < 0) {
+    if (null_input >= 0) close(null_input);
+    return absl::InternalError("fork failed");
+  }
   if (pid == 0) {
     // Its own process group: Ctrl-C reaches the parent, which stops the job in order.
     setpgid(0, 0);
+    if (null_input >= 0) dup2(null_input, STDIN_FILENO);
+    // The parent may block SIGINT and SIGTERM to wait for them; the job must receive them.
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
     // A parent killed without stopping the job (SIGKILL) still takes mpirun, and so the
     // workers, with it.
     prctl(PR_SET_PDEATHSIG, SIGTERM);
@@ -124,6 +146,7 @@ absl::StatusOr<std::unique_ptr<WorkerJob>> WorkerJob::Start(const std::vector<st
     (void)ignored;
     _exit(127);
   }
+  if (null_input >= 0) close(null_input);
   return std::unique_ptr<WorkerJob>(new WorkerJob(pid));
 }
 

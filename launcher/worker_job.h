@@ -22,6 +22,24 @@
 
 namespace tessera::launcher {
 
+// How worker jobs are kept running (worker_groups.h): a job that exits is started again after
+// a back-off that doubles from restart_backoff up to max_restart_backoff while the replica
+// keeps exiting before it serves; after max_failed_starts such exits in a row supervision
+// gives up with an error.
+struct Supervision {
+  absl::Duration restart_backoff = absl::Seconds(1);
+  absl::Duration max_restart_backoff = absl::Seconds(30);
+  int max_failed_starts = 5;
+  // When no coordinator runs in this process to say whether a group serves (tessera launch
+  // --no-start-coordinator), a job that has run this long counts as serving.
+  absl::Duration serving_after = absl::Minutes(2);
+};
+
+// Declares --restart-backoff and --max-failed-starts.
+void AddSupervisionFlags(FlagSet& flags, Supervision* supervision);
+// INVALID_ARGUMENT naming the flag when a value is out of range.
+absl::Status CheckSupervision(const Supervision& supervision);
+
 struct WorkerJobConfig {
   int np = 2;                  // worker ranks
   int tp = 2;                  // tensor-parallel degree of each group
@@ -35,13 +53,9 @@ struct WorkerJobConfig {
   absl::Duration ready_timeout = absl::Minutes(5);
   engine::EngineOptions engine;
 
+  Supervision supervision;
+
   int groups() const { return np / tp; }
-  // Supervision (worker_groups.h): a job that exits is started again after a back-off that
-  // doubles from restart_backoff up to max_restart_backoff; serve gives up after
-  // max_failed_starts jobs in a row of one replica that exited before serving.
-  absl::Duration restart_backoff = absl::Seconds(1);
-  absl::Duration max_restart_backoff = absl::Seconds(30);
-  int max_failed_starts = 5;
 };
 
 // Declares --np, --tp, --model, --model-name, --device, --kv-cache-memory-fraction, --mpirun,

@@ -890,7 +890,7 @@ TEST_F(LaunchTest, DryRunPrintsCommandsThatParse) {
                                    "--hostfile",       hostfile_, "--model",
                                    "/models/my model", "--env",   "FOO=bar baz"};
   for (absl::string_view flag :
-       absl::StrSplit("--ranks-per-node 4 --tp 2 --bind-to core --cores-per-rank 2 --model-name "
+       absl::StrSplit("--ranks-per-node 4 --tp 4 --bind-to core --cores-per-rank 2 --model-name "
                       "glm --version v2 --zone rack-1 --env=BAR=1 --coordinator head:6000 "
                       "--policy least-load -- --dtype bf16 --kv-cache-memory 1G",
                       ' ')) {
@@ -899,28 +899,34 @@ TEST_F(LaunchTest, DryRunPrintsCommandsThatParse) {
   Outcome outcome = RunProcess(argv);
   ASSERT_EQ(outcome.exit_code, 0) << outcome.All();
   std::vector<std::string> lines = absl::StrSplit(outcome.out, '\n', absl::SkipEmpty());
-  ASSERT_EQ(lines.size(), 2u) << outcome.out;
+  ASSERT_EQ(lines.size(), 3u) << outcome.out;  // the coordinator, one job per node
 
   std::vector<DeployCommand> coordinator = ExtractCommands(lines[0], "coordinator line");
   ASSERT_EQ(coordinator.size(), 1u) << lines[0];
   EXPECT_EQ(coordinator[0].argv[1], "coordinator");
   EXPECT_TRUE(absl::StrContains(lines[0], "--listen 0.0.0.0:6000 --policy least-load")) << lines[0];
 
-  EXPECT_TRUE(absl::StartsWith(lines[1], "mpirun --hostfile ")) << lines[1];
-  for (const char* part :
-       {"-np 8", "--map-by ppr:4:node:PE=2", "--bind-to core", "-x TESSERA_CPU_THREADS=2",
-        "-x 'FOO=bar baz'", "-x BAR=1", "--coordinator head:6000", "--tp 2",
-        "--model '/models/my model'", "--model-name glm", "--version v2", "--zone rack-1",
-        "--dtype bf16 --kv-cache-memory 1G"}) {
-    EXPECT_TRUE(absl::StrContains(lines[1], part)) << "'" << part << "' not in " << lines[1];
-  }
-  std::vector<DeployCommand> workers = ExtractCommands(lines[1], "worker line");
-  ASSERT_EQ(workers.size(), 1u) << lines[1];
-  EXPECT_EQ(workers[0].argv[1], "worker");
-  EXPECT_EQ(workers[0].argv.back(), "1G");
-
   EXPECT_TRUE(Parses(coordinator[0]));
-  EXPECT_TRUE(Parses(workers[0]));
+  for (int replica = 0; replica < 2; ++replica) {
+    const std::string& line = lines[1 + replica];
+    EXPECT_TRUE(absl::StartsWith(
+        line, absl::StrCat("mpirun --host ", replica == 0 ? "node-a" : "node-b", ":4 -np 4 ")))
+        << line;
+    for (const std::string& part :
+         {std::string("--map-by slot:PE=2"), std::string("--bind-to core"),
+          std::string("-x TESSERA_CPU_THREADS=2"), std::string("-x 'FOO=bar baz'"),
+          std::string("-x BAR=1"), std::string("--coordinator head:6000"), std::string("--tp 4"),
+          absl::StrCat("--replica-offset ", replica), std::string("--model '/models/my model'"),
+          std::string("--model-name glm"), std::string("--version v2"),
+          std::string("--zone rack-1"), std::string("--dtype bf16 --kv-cache-memory 1G")}) {
+      EXPECT_TRUE(absl::StrContains(line, part)) << "'" << part << "' not in " << line;
+    }
+    std::vector<DeployCommand> workers = ExtractCommands(line, "worker line");
+    ASSERT_EQ(workers.size(), 1u) << line;
+    EXPECT_EQ(workers[0].argv[1], "worker");
+    EXPECT_EQ(workers[0].argv.back(), "1G");
+    EXPECT_TRUE(Parses(workers[0]));
+  }
 }
 
 TEST_F(LaunchTest, ParseOnlyStopsBeforeAnyCheckOrRun) {
@@ -994,16 +1000,28 @@ std::string FakeMpirun(const std::string& dir, const std::string& args_file,
   return path;
 }
 
-TEST_F(LaunchTest, RunsTheCoordinatorThenMpirunAndReportsMpirunsFailure) {
+// Each replica's job is restarted when it exits; one that keeps exiting before it could
+// serve ends the launch with the reason.
+TEST_F(LaunchTest, RestartsAReplicaThatExitsAndGivesUpWhenItKeepsFailing) {
   int port = FreePort();
   ASSERT_GT(port, 0);
   std::string args_file = dir_ + "/args";
-  Outcome outcome =
-      RunProcess({TESSERA_BINARY, "launch", "--hostfile", hostfile_, "--tp", "2", "--coordinator",
-                  absl::StrCat("127.0.0.1:", port), "--coordinator-metrics-listen", "off",
-                  "--mpirun", FakeMpirun(dir_, args_file, "exit 3")});
+  std::string starts_file = dir_ + "/starts";
+  Outcome outcome = RunProcess(
+      {TESSERA_BINARY, "launch", "--hostfile", hostfile_, "--tp", "4", "--coordinator",
+       absl::StrCat("127.0.0.1:", port), "--coordinator-metrics-listen", "off", "--restart-backoff",
+       "0.1s", "--max-failed-starts", "3", "--mpirun",
+       FakeMpirun(dir_, args_file, absl::StrCat("echo started >> ", starts_file, "; exit 3"))});
   EXPECT_EQ(outcome.exit_code, 1) << outcome.All();
-  EXPECT_TRUE(absl::StrContains(outcome.err, "exited with status 3")) << outcome.All();
+  EXPECT_TRUE(absl::StrContains(outcome.err,
+                                "exited 3 times in a row before serving (last exit "
+                                "status 3); giving up"))
+      << outcome.All();
+  EXPECT_TRUE(absl::StrContains(outcome.err, "starting replica 0 again (restart 1)"))
+      << outcome.All();
+  // Two replicas (one per node), each started once and restarted at least once.
+  std::vector<std::string> starts = absl::StrSplit(ReadFile(starts_file), '\n', absl::SkipEmpty());
+  EXPECT_GE(starts.size(), 4u) << outcome.All();
   ASSERT_TRUE(fs::exists(args_file)) << outcome.All();
   std::string args = ReadFile(args_file);
   EXPECT_TRUE(absl::StrContains(args, absl::StrCat("worker --coordinator 127.0.0.1:", port)))

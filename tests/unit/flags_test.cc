@@ -336,7 +336,7 @@ TEST(WorkerJobTest, EachReplicaIsAJobOfItsOwn) {
         argv.end());
     EXPECT_NE(std::find(argv.begin(), argv.end(), "TESSERA_NODE_RANKS=4"), argv.end());
   }
-  config.max_failed_starts = 0;
+  config.supervision.max_failed_starts = 0;
   EXPECT_TRUE(IsError(CheckWorkerJobConfig(config), absl::StatusCode::kInvalidArgument,
                       {"--max-failed-starts"}));
 }

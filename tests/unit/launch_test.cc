@@ -1,5 +1,6 @@
 // Tests of launcher/launch.h: the hostfile parser, the mapping from `tessera launch` flags to
-// the coordinator and mpirun command lines, and the validation errors, each naming its flag.
+// the coordinator command line and the mpirun command line of each replica, and the
+// validation errors, each naming its flag.
 
 #include "launcher/launch.h"
 
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "gtest/gtest.h"
 #include "tests/unit/status_test_util.h"
@@ -31,12 +33,21 @@ using ::tessera::testing::IsError;
          << "'" << flag << " " << value << "' not in: " << absl::StrJoin(args, " ");
 }
 
-// The arguments after the worker binary: what `tessera worker` parses.
+// Replica `replica`'s mpirun command.
+const std::vector<std::string>& Job(const LaunchCommands& commands, int replica = 0) {
+  static const std::vector<std::string> kNone;
+  EXPECT_LT(replica, static_cast<int>(commands.replicas.size()));
+  if (replica >= static_cast<int>(commands.replicas.size())) return kNone;
+  return commands.replicas[replica].command;
+}
+
+// The arguments after the worker binary in replica 0's job: what `tessera worker` parses.
 std::vector<std::string> WorkerArgs(const LaunchCommands& commands, const std::string& binary) {
-  auto at = std::find(commands.workers.begin(), commands.workers.end(), binary);
-  EXPECT_NE(at, commands.workers.end()) << absl::StrJoin(commands.workers, " ");
-  if (at == commands.workers.end()) return {};
-  return std::vector<std::string>(at + 1, commands.workers.end());
+  const std::vector<std::string>& job = Job(commands);
+  auto at = std::find(job.begin(), job.end(), binary);
+  EXPECT_NE(at, job.end()) << absl::StrJoin(job, " ");
+  if (at == job.end()) return {};
+  return std::vector<std::string>(at + 1, job.end());
 }
 
 class LaunchTest : public ::testing::Test {
@@ -101,63 +112,88 @@ TEST_F(LaunchTest, DefaultsFillEverySlotAndStartTheCoordinatorHere) {
   EXPECT_EQ(commands.coordinator_port, 50051);
   EXPECT_EQ(commands.coordinator, (std::vector<std::string>{"/usr/local/bin/tessera", "coordinator",
                                                             "--listen", "0.0.0.0:50051"}));
-  EXPECT_EQ(commands.workers, (std::vector<std::string>{"mpirun",
-                                                        "--hostfile",
-                                                        config_.hostfile,
-                                                        "-np",
-                                                        "16",
-                                                        "--map-by",
-                                                        "slot",
-                                                        "--bind-to",
-                                                        "numa",
-                                                        "-x",
-                                                        "NCCL_DEBUG=WARN",
-                                                        "/opt/tessera/bin/tessera",
-                                                        "worker",
-                                                        "--coordinator",
-                                                        "head:50051",
-                                                        "--tp",
-                                                        "4",
-                                                        "--device",
-                                                        "cuda",
-                                                        "--model",
-                                                        "/models/glm-4-9b"}));
+  // One job per replica: two groups of 4 on each node of 8 slots. Jobs sharing a node are
+  // not bound, and each starts at its own GPU (comm/node_share.h).
+  ASSERT_EQ(commands.replicas.size(), 4u);
+  for (int r = 0; r < 4; ++r) {
+    const std::string host = r < 2 ? "node-a" : "node-b";
+    EXPECT_EQ(commands.replicas[r].name, absl::StrCat(host, "/replica", r));
+    EXPECT_EQ(Job(commands, r),
+              (std::vector<std::string>{"mpirun",
+                                        "--host",
+                                        host + ":4",
+                                        "-np",
+                                        "4",
+                                        "--map-by",
+                                        "slot",
+                                        "--bind-to",
+                                        "none",
+                                        "-x",
+                                        absl::StrCat("TESSERA_NODE_FIRST_SLOT=", 4 * (r % 2)),
+                                        "-x",
+                                        "TESSERA_NODE_RANKS=8",
+                                        "-x",
+                                        "NCCL_DEBUG=WARN",
+                                        "/opt/tessera/bin/tessera",
+                                        "worker",
+                                        "--coordinator",
+                                        "head:50051",
+                                        "--tp",
+                                        "4",
+                                        "--replica-offset",
+                                        absl::StrCat(r),
+                                        "--device",
+                                        "cuda",
+                                        "--model",
+                                        "/models/glm-4-9b"}));
+  }
 }
 
-TEST_F(LaunchTest, RanksPerNodeMapsByPprAndSetsTheDefaultNp) {
+TEST_F(LaunchTest, RanksPerNodeSetsTheDefaultNp) {
   config_.ranks_per_node = 4;
   config_.tp = 2;
   ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
   EXPECT_EQ(commands.np, 8);
-  EXPECT_TRUE(HasPair(commands.workers, "-np", "8"));
-  EXPECT_TRUE(HasPair(commands.workers, "--map-by", "ppr:4:node"));
-  EXPECT_TRUE(HasPair(commands.workers, "--bind-to", "numa"));
+  ASSERT_EQ(commands.replicas.size(), 4u);
+  for (int r = 0; r < 4; ++r) {
+    EXPECT_TRUE(HasPair(Job(commands, r), "--host", r < 2 ? "node-a:2" : "node-b:2"));
+    EXPECT_TRUE(HasPair(Job(commands, r), "-np", "2"));
+    EXPECT_TRUE(HasPair(Job(commands, r), "-x", "TESSERA_NODE_RANKS=4"));
+    EXPECT_TRUE(HasPair(Job(commands, r), "--replica-offset", absl::StrCat(r)));
+  }
 }
 
 TEST_F(LaunchTest, BindToCoreReservesCoresPerRank) {
   config_.ranks_per_node = 2;
+  config_.tp = 2;
   config_.bind_to = "core";
   config_.cores_per_rank = 6;
   ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
-  EXPECT_TRUE(HasPair(commands.workers, "--map-by", "ppr:2:node:PE=6"));
-  EXPECT_TRUE(HasPair(commands.workers, "--bind-to", "core"));
-  EXPECT_TRUE(HasPair(commands.workers, "-x", "TESSERA_CPU_THREADS=6"));
+  EXPECT_TRUE(HasPair(Job(commands), "--map-by", "slot:PE=6"));
+  EXPECT_TRUE(HasPair(Job(commands), "--bind-to", "core"));
+  EXPECT_TRUE(HasPair(Job(commands), "-x", "TESSERA_CPU_THREADS=6"));
 
+  // Several jobs on a node are not bound (each would take the node's first cores); the
+  // thread cap stays.
   config_.ranks_per_node = 0;
   config_.cores_per_rank = 1;
   ASSERT_OK_AND_ASSIGN(commands, BuildLaunchCommands(config_));
-  EXPECT_TRUE(HasPair(commands.workers, "--map-by", "slot:PE=1"));
+  EXPECT_TRUE(HasPair(Job(commands), "--map-by", "slot"));
+  EXPECT_TRUE(HasPair(Job(commands), "--bind-to", "none"));
+  EXPECT_TRUE(HasPair(Job(commands), "-x", "TESSERA_CPU_THREADS=1"));
 }
 
 TEST_F(LaunchTest, GpuLayoutRunsOneRankPerGpuBoundToItsNumaDomain) {
-  // Two nodes of 8 GPUs, tensor-parallel groups of 4: 8 consecutive ranks on each node.
+  // Two nodes of 8 GPUs, tensor-parallel groups of 8: one job on each node.
   config_.ranks_per_node = 8;
-  config_.tp = 4;
+  config_.tp = 8;
   ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
-  EXPECT_EQ(std::vector<std::string>(commands.workers.begin(), commands.workers.begin() + 9),
-            (std::vector<std::string>{"mpirun", "--hostfile", config_.hostfile, "-np", "16",
-                                      "--map-by", "ppr:8:node", "--bind-to", "numa"}));
-  EXPECT_FALSE(HasPair(commands.workers, "-x", "TESSERA_CPU_THREADS=1"));
+  ASSERT_EQ(commands.replicas.size(), 2u);
+  EXPECT_EQ(std::vector<std::string>(Job(commands, 1).begin(), Job(commands, 1).begin() + 9),
+            (std::vector<std::string>{"mpirun", "--host", "node-b:8", "-np", "8", "--map-by",
+                                      "slot", "--bind-to", "numa"}));
+  EXPECT_FALSE(HasPair(Job(commands), "-x", "TESSERA_CPU_THREADS=1"));
+  EXPECT_FALSE(HasPair(Job(commands), "-x", "TESSERA_NODE_FIRST_SLOT=0"));
 }
 
 TEST_F(LaunchTest, CpuLayoutRunsOneRankPerNumaDomain) {
@@ -167,37 +203,37 @@ TEST_F(LaunchTest, CpuLayoutRunsOneRankPerNumaDomain) {
   config_.tp = 2;
   ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
   EXPECT_EQ(commands.np, 4);
-  EXPECT_EQ(std::vector<std::string>(commands.workers.begin(), commands.workers.begin() + 9),
-            (std::vector<std::string>{"mpirun", "--hostfile", config_.hostfile, "-np", "4",
-                                      "--map-by", "ppr:1:numa", "--bind-to", "numa"}));
+  EXPECT_EQ(std::vector<std::string>(Job(commands).begin(), Job(commands).begin() + 9),
+            (std::vector<std::string>{"mpirun", "--host", "node-a:2", "-np", "2", "--map-by",
+                                      "ppr:1:numa", "--bind-to", "numa"}));
   // The threads follow the binding (kernels/cpu/cpu_affinity.h): no count is imposed.
-  for (const std::string& arg : commands.workers) {
+  for (const std::string& arg : Job(commands)) {
     EXPECT_EQ(arg.find("TESSERA_CPU_THREADS"), std::string::npos) << arg;
   }
 
   // --ranks-per-node gives the domains per node; the mapping is still one per domain.
   config_.ranks_per_node = 2;
   ASSERT_OK_AND_ASSIGN(commands, BuildLaunchCommands(config_));
-  EXPECT_TRUE(HasPair(commands.workers, "--map-by", "ppr:1:numa"));
-  EXPECT_TRUE(HasPair(commands.workers, "-np", "4"));
+  EXPECT_TRUE(HasPair(Job(commands, 1), "--map-by", "ppr:1:numa"));
+  EXPECT_TRUE(HasPair(Job(commands, 1), "--host", "node-b:2"));
 
   // An explicit core or none binding is kept as asked.
   config_.bind_to = "core";
   config_.cores_per_rank = 16;
   ASSERT_OK_AND_ASSIGN(commands, BuildLaunchCommands(config_));
-  EXPECT_TRUE(HasPair(commands.workers, "--map-by", "ppr:2:node:PE=16"));
-  EXPECT_TRUE(HasPair(commands.workers, "--bind-to", "core"));
+  EXPECT_TRUE(HasPair(Job(commands), "--map-by", "slot:PE=16"));
+  EXPECT_TRUE(HasPair(Job(commands), "--bind-to", "core"));
   config_.bind_to = "none";
   ASSERT_OK_AND_ASSIGN(commands, BuildLaunchCommands(config_));
-  EXPECT_TRUE(HasPair(commands.workers, "--map-by", "ppr:2:node"));
-  EXPECT_TRUE(HasPair(commands.workers, "--bind-to", "none"));
+  EXPECT_TRUE(HasPair(Job(commands), "--map-by", "slot"));
+  EXPECT_TRUE(HasPair(Job(commands), "--bind-to", "none"));
 }
 
 TEST_F(LaunchTest, BindToNoneBindsNothing) {
   config_.bind_to = "none";
   ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
-  EXPECT_TRUE(HasPair(commands.workers, "--bind-to", "none"));
-  EXPECT_TRUE(HasPair(commands.workers, "--map-by", "slot"));
+  EXPECT_TRUE(HasPair(Job(commands), "--bind-to", "none"));
+  EXPECT_TRUE(HasPair(Job(commands), "--map-by", "slot"));
 }
 
 TEST_F(LaunchTest, NcclBackendForwardsNcclSettingsAndUserEnv) {
@@ -205,38 +241,38 @@ TEST_F(LaunchTest, NcclBackendForwardsNcclSettingsAndUserEnv) {
                                "TESSERA_COMM_TIMEOUT", "TESSERA_HOSTNAME", "TESSERA_PARSE_ONLY"};
   config_.env = {"FOO=bar baz", "LD_LIBRARY_PATH"};
   ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
-  EXPECT_TRUE(HasPair(commands.workers, "-x", "NCCL_DEBUG=WARN"));
-  EXPECT_TRUE(HasPair(commands.workers, "-x", "NCCL_IB_DISABLE"));
-  EXPECT_TRUE(HasPair(commands.workers, "-x", "NCCL_SOCKET_IFNAME"));
-  EXPECT_TRUE(HasPair(commands.workers, "-x", "TESSERA_COMM_TIMEOUT"));
-  EXPECT_TRUE(HasPair(commands.workers, "-x", "FOO=bar baz"));
-  EXPECT_TRUE(HasPair(commands.workers, "-x", "LD_LIBRARY_PATH"));
+  EXPECT_TRUE(HasPair(Job(commands), "-x", "NCCL_DEBUG=WARN"));
+  EXPECT_TRUE(HasPair(Job(commands), "-x", "NCCL_IB_DISABLE"));
+  EXPECT_TRUE(HasPair(Job(commands), "-x", "NCCL_SOCKET_IFNAME"));
+  EXPECT_TRUE(HasPair(Job(commands), "-x", "TESSERA_COMM_TIMEOUT"));
+  EXPECT_TRUE(HasPair(Job(commands), "-x", "FOO=bar baz"));
+  EXPECT_TRUE(HasPair(Job(commands), "-x", "LD_LIBRARY_PATH"));
   for (const char* kept : {"HOME", "TESSERA_HOSTNAME", "TESSERA_PARSE_ONLY"}) {
-    EXPECT_FALSE(HasPair(commands.workers, "-x", kept)) << kept;
+    EXPECT_FALSE(HasPair(Job(commands), "-x", kept)) << kept;
   }
 }
 
 TEST_F(LaunchTest, UserNcclDebugReplacesTheDefault) {
   config_.env = {"NCCL_DEBUG=INFO"};
   ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
-  EXPECT_TRUE(HasPair(commands.workers, "-x", "NCCL_DEBUG=INFO"));
-  EXPECT_FALSE(HasPair(commands.workers, "-x", "NCCL_DEBUG=WARN"));
+  EXPECT_TRUE(HasPair(Job(commands), "-x", "NCCL_DEBUG=INFO"));
+  EXPECT_FALSE(HasPair(Job(commands), "-x", "NCCL_DEBUG=WARN"));
 
   config_.env.clear();
   config_.environment_names = {"NCCL_DEBUG"};
   ASSERT_OK_AND_ASSIGN(commands, BuildLaunchCommands(config_));
-  EXPECT_TRUE(HasPair(commands.workers, "-x", "NCCL_DEBUG"));
-  EXPECT_FALSE(HasPair(commands.workers, "-x", "NCCL_DEBUG=WARN"));
+  EXPECT_TRUE(HasPair(Job(commands), "-x", "NCCL_DEBUG"));
+  EXPECT_FALSE(HasPair(Job(commands), "-x", "NCCL_DEBUG=WARN"));
 }
 
 TEST_F(LaunchTest, CpuBackendSetsNoNcclEnvironment) {
   config_.backend = "cpu";
   config_.environment_names = {"NCCL_IB_DISABLE", "TESSERA_CPU_THREADS"};
   ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
-  for (const std::string& arg : commands.workers) {
+  for (const std::string& arg : Job(commands)) {
     EXPECT_EQ(arg.find("NCCL"), std::string::npos) << arg;
   }
-  EXPECT_TRUE(HasPair(commands.workers, "-x", "TESSERA_CPU_THREADS"));
+  EXPECT_TRUE(HasPair(Job(commands), "-x", "TESSERA_CPU_THREADS"));
 }
 
 TEST_F(LaunchTest, WorkerFlagsAndPassThroughArguments) {
@@ -251,17 +287,34 @@ TEST_F(LaunchTest, WorkerFlagsAndPassThroughArguments) {
   config_.mpirun = "/opt/ompi/bin/mpirun";
   config_.worker_args = {"--dtype", "bf16", "--kv-cache-memory", "8G"};
   ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
-  EXPECT_EQ(commands.workers.front(), "/opt/ompi/bin/mpirun");
+  EXPECT_EQ(Job(commands).front(), "/opt/ompi/bin/mpirun");
   EXPECT_EQ(commands.coordinator_port, 6000);
   EXPECT_EQ(
       commands.coordinator,
       (std::vector<std::string>{"/usr/local/bin/tessera", "coordinator", "--listen", "0.0.0.0:6000",
                                 "--metrics-listen", "0.0.0.0:9500", "--policy", "least-load"}));
-  EXPECT_EQ(
-      WorkerArgs(commands, "/opt/tessera/bin/tessera"),
-      (std::vector<std::string>{"worker", "--coordinator", "10.0.0.1:6000", "--tp", "2", "--device",
-                                "cuda", "--model", "/m", "--model-name", "glm", "--version", "v2",
-                                "--zone", "rack-1", "--dtype", "bf16", "--kv-cache-memory", "8G"}));
+  EXPECT_EQ(WorkerArgs(commands, "/opt/tessera/bin/tessera"),
+            (std::vector<std::string>{"worker",
+                                      "--coordinator",
+                                      "10.0.0.1:6000",
+                                      "--tp",
+                                      "2",
+                                      "--replica-offset",
+                                      "0",
+                                      "--device",
+                                      "cuda",
+                                      "--model",
+                                      "/m",
+                                      "--model-name",
+                                      "glm",
+                                      "--version",
+                                      "v2",
+                                      "--zone",
+                                      "rack-1",
+                                      "--dtype",
+                                      "bf16",
+                                      "--kv-cache-memory",
+                                      "8G"}));
 }
 
 TEST_F(LaunchTest, NoStartCoordinatorBuildsOnlyTheWorkers) {
@@ -269,7 +322,7 @@ TEST_F(LaunchTest, NoStartCoordinatorBuildsOnlyTheWorkers) {
   config_.coordinator = "tessera-coordinator:50051";
   ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
   EXPECT_TRUE(commands.coordinator.empty());
-  EXPECT_TRUE(HasPair(commands.workers, "--coordinator", "tessera-coordinator:50051"));
+  EXPECT_TRUE(HasPair(Job(commands), "--coordinator", "tessera-coordinator:50051"));
 }
 
 TEST_F(LaunchTest, ExplicitNpFillsHostsInOrder) {
@@ -277,7 +330,14 @@ TEST_F(LaunchTest, ExplicitNpFillsHostsInOrder) {
   config_.np = 6;
   config_.tp = 2;
   ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
-  EXPECT_TRUE(HasPair(commands.workers, "-np", "6"));
+  EXPECT_EQ(commands.np, 6);
+  ASSERT_EQ(commands.replicas.size(), 3u);  // two groups on a, one on b, none on c
+  EXPECT_TRUE(HasPair(Job(commands, 1), "--host", "a:2"));
+  EXPECT_TRUE(HasPair(Job(commands, 2), "--host", "b:2"));
+  EXPECT_TRUE(HasPair(Job(commands, 2), "--replica-offset", "2"));
+  // b's only group is alone on its node: bound as asked, no node share.
+  EXPECT_TRUE(HasPair(Job(commands, 2), "--bind-to", "numa"));
+  EXPECT_FALSE(HasPair(Job(commands, 2), "-x", "TESSERA_NODE_FIRST_SLOT=0"));
 }
 
 TEST_F(LaunchTest, TensorParallelGroupsMayNotSpanNodes) {
@@ -349,6 +409,7 @@ TEST_F(LaunchTest, BadFlagValuesNameTheFlag) {
       {[](LaunchConfig& c) { c.env = {"=x"}; }, "--env"},
       {[](LaunchConfig& c) { c.tessera = ""; }, "--tessera"},
       {[](LaunchConfig& c) { c.mpirun = ""; }, "--mpirun"},
+      {[](LaunchConfig& c) { c.supervision.max_failed_starts = 0; }, "--max-failed-starts"},
       {[](LaunchConfig& c) {
          c.local_host = "";
          c.coordinator = "";
