@@ -36,6 +36,7 @@
 #include "runtime/train/checkpoint.h"
 #include "runtime/train/data.h"
 #include "runtime/train/export.h"
+#include "runtime/train/sharded_data.h"
 #include "runtime/train/tensorboard.h"
 #include "runtime/train/trainable_model.h"
 #include "runtime/train/trainer.h"
@@ -116,9 +117,12 @@ std::optional<int32_t> LeadingSpecialToken(const tokenizer::Tokenizer& tok) {
   return with->front();
 }
 
+// `path` as a row stream, every rank of `world` tokenizing a share of it (sharded_data.h).
+// Collective over `world`.
 absl::StatusOr<train::RowStream> ReadStream(const std::string& path, const TrainConfig& config,
                                             const model::ModelConfig& model_config,
-                                            const tokenizer::Tokenizer& tok, bool report) {
+                                            const tokenizer::Tokenizer& tok,
+                                            comm::Communicator& world, bool report) {
   train::ExampleOptions options;
   options.vocab_size = static_cast<int32_t>(model_config.vocab_size);
   options.bos_token_id = LeadingSpecialToken(tok);
@@ -131,30 +135,29 @@ absl::StatusOr<train::RowStream> ReadStream(const std::string& path, const Train
     return absl::InvalidArgumentError(
         absl::StrCat("--on-bad-line: '", config.on_bad_line, "' is not stop or skip"));
   }
-  train::ReadReport read;
-  TESSERA_ASSIGN_OR_RETURN(std::vector<train::Example> examples,
-                           train::ReadExamples(path, tok, options, &read));
-  if (report) {
-    for (const std::string& warning : read.warnings) {
-      std::fprintf(stderr, "tessera train: %s\n", warning.c_str());
-    }
-  }
   train::BatchOptions batching;
   batching.seq_len = config.seq_len;
   batching.packing = config.packing;
   batching.seed = static_cast<uint64_t>(config.seed);
   batching.pad_token_id = options.eos_token_id.value_or(0);
-  TESSERA_ASSIGN_OR_RETURN(train::RowStream stream,
-                           train::RowStream::Create(std::move(examples), batching));
+  train::ReadReport read;
+  absl::StatusOr<train::RowStream> stream =
+      train::ReadRowStream(path, tok, options, batching, world, &read);
+  if (report) {
+    for (const std::string& warning : read.warnings) {
+      std::fprintf(stderr, "tessera train: %s\n", warning.c_str());
+    }
+  }
+  TESSERA_RETURN_IF_ERROR(stream.status());
   if (report) {
     std::fprintf(stderr,
                  "tessera train: %s: %lld examples (%lld lines, %lld skipped, %lld truncated to "
                  "--seq-len %d) in %lld rows, %lld target tokens an epoch\n",
-                 path.c_str(), static_cast<long long>(stream.example_count()),
+                 path.c_str(), static_cast<long long>(stream->example_count()),
                  static_cast<long long>(read.lines), static_cast<long long>(read.skipped),
-                 static_cast<long long>(stream.truncated_examples()), config.seq_len,
-                 static_cast<long long>(stream.rows_per_epoch()),
-                 static_cast<long long>(stream.targets_per_epoch()));
+                 static_cast<long long>(stream->truncated_examples()), config.seq_len,
+                 static_cast<long long>(stream->rows_per_epoch()),
+                 static_cast<long long>(stream->targets_per_epoch()));
   }
   return stream;
 }
@@ -215,14 +218,15 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
 
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<train::TrainableModel> model,
                            train::TrainableModel::Load(job.model_dir, layout.tp(), model_options));
-  // Every rank reads the data files (a node may lack them): they fail together.
+  // Every rank tokenizes a share of the data files and, as it trains, the examples of its own
+  // rows (sharded_data.h); every node needs the files. The ranks fail together.
   absl::StatusOr<train::RowStream> data =
-      ReadStream(config.data, config, model->config(), *job.tokenizer, lead);
+      ReadStream(config.data, config, model->config(), *job.tokenizer, world, lead);
   TESSERA_RETURN_IF_ERROR(comm::AgreeOnStatus(world, data.status(), "to read --data"));
   std::optional<train::RowStream> eval;
   if (!config.eval_data.empty()) {
     absl::StatusOr<train::RowStream> read =
-        ReadStream(config.eval_data, config, model->config(), *job.tokenizer, lead);
+        ReadStream(config.eval_data, config, model->config(), *job.tokenizer, world, lead);
     TESSERA_RETURN_IF_ERROR(comm::AgreeOnStatus(world, read.status(), "to read --eval-data"));
     eval = std::move(*read);
   }

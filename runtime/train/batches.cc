@@ -9,6 +9,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "runtime/core/status_macros.h"
 
 namespace tessera::train {
 namespace {
@@ -84,7 +85,54 @@ struct RowStream::OrderCache {
   int next ABSL_GUARDED_BY(mutex) = 0;  // the slot to replace
 };
 
+namespace {
+
+// The examples of RowStream::Create(examples, ...), kept in memory.
+class InMemorySource final : public ExampleSource {
+ public:
+  explicit InMemorySource(std::vector<Example> examples) : examples_(std::move(examples)) {}
+  absl::StatusOr<const Example*> Get(int64_t index, Example* /*scratch*/) const override {
+    return &examples_[index];
+  }
+
+ private:
+  std::vector<Example> examples_;
+};
+
+}  // namespace
+
+ExampleSummary SummarizeExample(const Example& example, int seq_len) {
+  ExampleSummary summary;
+  summary.line = example.line;
+  summary.tokens = static_cast<int64_t>(example.tokens.size());
+  const int64_t length = std::min<int64_t>(summary.tokens, seq_len);
+  summary.kept_targets = std::count_if(example.labels.begin() + std::min<int64_t>(length, 1),
+                                       example.labels.begin() + length,
+                                       [](int32_t label) { return label != kIgnoreLabel; });
+  Fingerprinter hash;
+  hash.Add(example.tokens);
+  hash.Add(example.labels);
+  summary.hash = hash.Finish();
+  return summary;
+}
+
 absl::StatusOr<RowStream> RowStream::Create(std::vector<Example> examples,
+                                            const BatchOptions& options) {
+  std::vector<ExampleSummary> summaries;
+  summaries.reserve(examples.size());
+  for (const Example& example : examples) {
+    if (example.tokens.size() != example.labels.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("example of line ", example.line, " has ",
+                                                     example.tokens.size(), " tokens but ",
+                                                     example.labels.size(), " labels"));
+    }
+    summaries.push_back(SummarizeExample(example, std::max(options.seq_len, 0)));
+  }
+  return Create(summaries, std::make_shared<InMemorySource>(std::move(examples)), options);
+}
+
+absl::StatusOr<RowStream> RowStream::Create(const std::vector<ExampleSummary>& summaries,
+                                            std::shared_ptr<const ExampleSource> source,
                                             const BatchOptions& options) {
   if (options.seq_len < 2) {
     return absl::InvalidArgumentError(
@@ -94,40 +142,39 @@ absl::StatusOr<RowStream> RowStream::Create(std::vector<Example> examples,
     return absl::InvalidArgumentError(
         absl::StrCat("pad_token_id must not be negative (is ", options.pad_token_id, ")"));
   }
-  if (examples.empty()) return absl::InvalidArgumentError("no examples to train on");
-  if (examples.size() > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
-    return absl::InvalidArgumentError(absl::StrCat("too many examples (", examples.size(), ")"));
+  if (summaries.empty()) return absl::InvalidArgumentError("no examples to train on");
+  if (summaries.size() > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
+    return absl::InvalidArgumentError(absl::StrCat("too many examples (", summaries.size(), ")"));
   }
 
   RowStream stream;
   stream.options_ = options;
+  stream.source_ = std::move(source);
   const int64_t seq_len = options.seq_len;
-  for (Example& example : examples) {
-    if (example.tokens.size() != example.labels.size()) {
-      return absl::InvalidArgumentError(absl::StrCat("example of line ", example.line, " has ",
-                                                     example.tokens.size(), " tokens but ",
-                                                     example.labels.size(), " labels"));
-    }
-    const int64_t length = std::min<int64_t>(static_cast<int64_t>(example.tokens.size()), seq_len);
-    const int64_t targets = std::count_if(example.labels.begin() + std::min<int64_t>(length, 1),
-                                          example.labels.begin() + length,
-                                          [](int32_t label) { return label != kIgnoreLabel; });
-    if (static_cast<int64_t>(example.tokens.size()) > seq_len) ++stream.truncated_examples_;
-    if (targets == 0) {
+  std::vector<int32_t> kept_lengths;
+  std::vector<int64_t> kept_targets;
+  for (size_t i = 0; i < summaries.size(); ++i) {
+    const ExampleSummary& summary = summaries[i];
+    if (summary.tokens > seq_len) ++stream.truncated_examples_;
+    if (summary.kept_targets == 0) {
       ++stream.dropped_examples_;
       continue;
     }
+    const int64_t length = std::min(summary.tokens, seq_len);
     stream.tokens_per_epoch_ += length;
-    stream.targets_per_epoch_ += targets;
-    stream.examples_.push_back(std::move(example));
+    stream.targets_per_epoch_ += summary.kept_targets;
+    stream.kept_.push_back(static_cast<int64_t>(i));
+    stream.kept_lines_.push_back(summary.line);
+    kept_lengths.push_back(static_cast<int32_t>(length));
+    kept_targets.push_back(summary.kept_targets);
   }
-  if (stream.examples_.empty()) {
+  if (stream.kept_.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("none of the ", stream.dropped_examples_,
                                                    " examples has a trained target within seq_len ",
                                                    seq_len));
   }
 
-  const int32_t count = static_cast<int32_t>(stream.examples_.size());
+  const int32_t count = static_cast<int32_t>(stream.kept_.size());
   std::vector<int32_t> packing_order(count);
   if (options.packing) {
     packing_order = ShuffledIndices(count, SplitMix64(options.seed, kPackingStream));
@@ -135,15 +182,18 @@ absl::StatusOr<RowStream> RowStream::Create(std::vector<Example> examples,
     std::iota(packing_order.begin(), packing_order.end(), 0);
   }
   stream.row_begin_.push_back(0);
+  stream.row_totals_.emplace_back();
   int64_t fill = 0;  // tokens in the current row
   for (int32_t index : packing_order) {
-    const int32_t length = static_cast<int32_t>(
-        std::min<int64_t>(static_cast<int64_t>(stream.examples_[index].tokens.size()), seq_len));
+    const int32_t length = kept_lengths[index];
     if (fill > 0 && (!options.packing || fill + length > seq_len)) {
       stream.row_begin_.push_back(static_cast<int64_t>(stream.segments_.size()));
+      stream.row_totals_.emplace_back();
       fill = 0;
     }
     stream.segments_.push_back({index, length});
+    stream.row_totals_.back().tokens += length;
+    stream.row_totals_.back().targets += kept_targets[index];
     fill += length;
   }
   stream.row_begin_.push_back(static_cast<int64_t>(stream.segments_.size()));
@@ -153,17 +203,14 @@ absl::StatusOr<RowStream> RowStream::Create(std::vector<Example> examples,
   fingerprint.Add(options.packing ? 1 : 0);
   fingerprint.Add(options.seed);
   fingerprint.Add(static_cast<uint64_t>(options.pad_token_id));
-  fingerprint.Add(stream.examples_.size());
-  for (const Example& example : stream.examples_) {
-    fingerprint.Add(example.tokens);
-    fingerprint.Add(example.labels);
-  }
+  fingerprint.Add(stream.kept_.size());
+  for (int64_t i : stream.kept_) fingerprint.Add(summaries[i].hash);
   stream.fingerprint_ = fingerprint.Finish();
   stream.cache_ = std::make_shared<OrderCache>();
   return stream;
 }
 
-int64_t RowStream::example_count() const { return static_cast<int64_t>(examples_.size()); }
+int64_t RowStream::example_count() const { return static_cast<int64_t>(kept_.size()); }
 
 std::shared_ptr<const std::vector<int32_t>> RowStream::EpochOrder(int64_t epoch) const {
   std::lock_guard<std::mutex> lock(cache_->mutex);
@@ -179,16 +226,23 @@ std::shared_ptr<const std::vector<int32_t>> RowStream::EpochOrder(int64_t epoch)
   return slot.order;
 }
 
-void RowStream::AppendRow(int32_t row, MicroBatch* batch) const {
+absl::Status RowStream::AppendRow(int32_t row, MicroBatch* batch) const {
   const int32_t row_start = static_cast<int32_t>(batch->tokens.size());
+  Example scratch;
   for (int64_t s = row_begin_[row]; s < row_begin_[row + 1]; ++s) {
     const Segment& segment = segments_[s];
-    const Example& example = examples_[segment.example];
+    TESSERA_ASSIGN_OR_RETURN(const Example* example,
+                             source_->Get(kept_[segment.example], &scratch));
+    if (static_cast<int64_t>(example->tokens.size()) < segment.length ||
+        example->labels.size() != example->tokens.size()) {
+      return absl::DataLossError(absl::StrCat("the example of line ", kept_lines_[segment.example],
+                                              " is not the one the data stream was planned with"));
+    }
     batch->sequence_starts.push_back(static_cast<int32_t>(batch->tokens.size()));
     for (int32_t t = 0; t < segment.length; ++t) {
-      batch->tokens.push_back(example.tokens[t]);
+      batch->tokens.push_back(example->tokens[t]);
       batch->positions.push_back(t);
-      const int32_t target = t + 1 < segment.length ? example.labels[t + 1] : kIgnoreLabel;
+      const int32_t target = t + 1 < segment.length ? example->labels[t + 1] : kIgnoreLabel;
       batch->targets.push_back(target);
       if (target != kIgnoreLabel) ++batch->target_count;
     }
@@ -202,9 +256,10 @@ void RowStream::AppendRow(int32_t row, MicroBatch* batch) const {
       batch->targets.push_back(kIgnoreLabel);
     }
   }
+  return absl::OkStatus();
 }
 
-absl::StatusOr<MicroBatch> RowStream::Rows(DataPosition at, int64_t count) const {
+absl::Status RowStream::CheckSpan(DataPosition at, int64_t count) const {
   if (count < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("Rows: count must be positive (is ", count, ")"));
@@ -218,11 +273,12 @@ absl::StatusOr<MicroBatch> RowStream::Rows(DataPosition at, int64_t count) const
     return absl::InvalidArgumentError(absl::StrCat("Rows: ", count, " rows of ", options_.seq_len,
                                                    " tokens are more than 2^31 - 1 tokens"));
   }
-  const size_t total = static_cast<size_t>(count) * static_cast<size_t>(options_.seq_len);
-  MicroBatch batch;
-  batch.tokens.reserve(total);
-  batch.positions.reserve(total);
-  batch.targets.reserve(total);
+  return absl::OkStatus();
+}
+
+template <typename Visit>
+absl::Status RowStream::ForEachRow(DataPosition at, int64_t count, Visit visit) const {
+  TESSERA_RETURN_IF_ERROR(CheckSpan(at, count));
   std::shared_ptr<const std::vector<int32_t>> order = EpochOrder(at.epoch);
   DataPosition position = at;
   for (int64_t i = 0; i < count; ++i) {
@@ -231,10 +287,32 @@ absl::StatusOr<MicroBatch> RowStream::Rows(DataPosition at, int64_t count) const
       position = Advance(position, 1);
       if (position.epoch != epoch) order = EpochOrder(position.epoch);
     }
-    AppendRow((*order)[position.row], &batch);
+    TESSERA_RETURN_IF_ERROR(visit((*order)[position.row]));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<MicroBatch> RowStream::Rows(DataPosition at, int64_t count) const {
+  TESSERA_RETURN_IF_ERROR(CheckSpan(at, count));
+  const size_t total = static_cast<size_t>(count) * static_cast<size_t>(options_.seq_len);
+  MicroBatch batch;
+  batch.tokens.reserve(total);
+  batch.positions.reserve(total);
+  batch.targets.reserve(total);
+  TESSERA_RETURN_IF_ERROR(
+      ForEachRow(at, count, [&](int32_t row) { return AppendRow(row, &batch); }));
   batch.sequence_starts.push_back(static_cast<int32_t>(total));
   return batch;
+}
+
+absl::StatusOr<RowTotals> RowStream::Totals(DataPosition at, int64_t count) const {
+  RowTotals totals;
+  TESSERA_RETURN_IF_ERROR(ForEachRow(at, count, [&](int32_t row) {
+    totals.tokens += row_totals_[row].tokens;
+    totals.targets += row_totals_[row].targets;
+    return absl::OkStatus();
+  }));
+  return totals;
 }
 
 DataPosition RowStream::Advance(DataPosition at, int64_t rows) const {

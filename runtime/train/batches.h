@@ -28,11 +28,19 @@
 // Resuming. A DataPosition (with the same examples and options, which Fingerprint() lets a
 // checkpoint check) gives back exactly the rows the run would have seen next.
 //
+// Where the tokens are. The stream is planned from a summary of every example (its length,
+// what it trains within seq_len, a hash: ExampleSummary) and asks an ExampleSource for an
+// example's tokens only when a row that holds it is cut. The source is the examples in memory,
+// or their file read again line by line (sharded_data.h), so that a data-parallel rank
+// tokenizes the examples of its own rows and not the whole file. Totals() counts a span of
+// rows from the summaries alone.
+//
 // Thread safety: a RowStream is immutable after Create (its cache of epoch orders locks
 // itself); its const methods may run on many threads at once. Copies share the cache.
 
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -62,6 +70,31 @@ struct BatchOptions {
   int32_t pad_token_id = 0;  // the token of padding (it has no targets); not negative
 };
 
+// What a stream needs of an example before its tokens.
+struct ExampleSummary {
+  int64_t line = 0;          // 1-based line in its file, for messages
+  int64_t tokens = 0;        // all of its tokens (a row keeps the first seq_len)
+  int64_t kept_targets = 0;  // trained labels among labels[1, min(tokens, seq_len))
+  uint64_t hash = 0;         // of its tokens and labels, the same on every build and machine
+};
+// `example`'s summary for rows of `seq_len` tokens (its tokens and labels of equal length).
+ExampleSummary SummarizeExample(const Example& example, int seq_len);
+
+// Where a stream gets an example's tokens and labels when a row needs them. Thread safe.
+class ExampleSource {
+ public:
+  virtual ~ExampleSource() = default;
+  // Example `index` (its place among the summaries the stream was made from): a pointer to one
+  // the source keeps, or to *scratch filled with it. Errors name the example's file and line.
+  virtual absl::StatusOr<const Example*> Get(int64_t index, Example* scratch) const = 0;
+};
+
+// The non-padding tokens and the targets of a span of rows.
+struct RowTotals {
+  int64_t tokens = 0;
+  int64_t targets = 0;
+};
+
 // Where a run is in its data: enough to resume exactly. `row` is the next row of `epoch`, in
 // [0, rows_per_epoch()).
 struct DataPosition {
@@ -75,6 +108,12 @@ class RowStream {
   // INVALID_ARGUMENT for seq_len < 2, a negative pad_token_id, no examples, an example whose
   // tokens and labels differ in length, or examples that all have to be left out.
   static absl::StatusOr<RowStream> Create(std::vector<Example> examples,
+                                          const BatchOptions& options);
+  // The stream of the examples that `summaries` describe (summarized for options.seq_len), whose
+  // tokens `source` gives when a row needs them. Errors as above (an example without a target
+  // within seq_len, kept_targets 0, is left out).
+  static absl::StatusOr<RowStream> Create(const std::vector<ExampleSummary>& summaries,
+                                          std::shared_ptr<const ExampleSource> source,
                                           const BatchOptions& options);
 
   int64_t rows_per_epoch() const { return static_cast<int64_t>(row_begin_.size()) - 1; }
@@ -96,8 +135,12 @@ class RowStream {
   // advance across epochs). Does not change the stream. INVALID_ARGUMENT for count < 1, a
   // position outside the stream (negative epoch, row outside [0, rows_per_epoch())), or more
   // than 2^31 - 1 tokens. Costs O(count * seq_len), plus O(rows_per_epoch()) for an epoch
-  // whose order is not among the two cached.
+  // whose order is not among the two cached. An error of the example source (a file changed
+  // under a run) is returned as it is.
   absl::StatusOr<MicroBatch> Rows(DataPosition at, int64_t count) const;
+  // The non-padding tokens and targets of those rows (Rows(at, count)'s target_count), from
+  // the summaries: no tokens are read. Errors as Rows'.
+  absl::StatusOr<RowTotals> Totals(DataPosition at, int64_t count) const;
 
   // The position `rows` rows after `at` (rows >= 0; a negative count goes back).
   DataPosition Advance(DataPosition at, int64_t rows) const;
@@ -108,7 +151,7 @@ class RowStream {
                                    int micro_batch, int grad_accum) const;
 
  private:
-  // A document of a row: the first `length` tokens of examples_[example].
+  // A document of a row: the first `length` tokens of kept example `example`.
   struct Segment {
     int32_t example = 0;
     int32_t length = 0;
@@ -116,14 +159,24 @@ class RowStream {
   struct OrderCache;
 
   RowStream() = default;
+  // Checks a span of rows as Rows documents.
+  absl::Status CheckSpan(DataPosition at, int64_t count) const;
+  // Calls visit(row) for the packed rows of `count` rows from `at` in the stream's order.
+  template <typename Visit>
+  absl::Status ForEachRow(DataPosition at, int64_t count, Visit visit) const;
   // The order of the rows in `epoch`: order[i] is the packed row visited i-th.
   std::shared_ptr<const std::vector<int32_t>> EpochOrder(int64_t epoch) const;
-  void AppendRow(int32_t row, MicroBatch* batch) const;
+  absl::Status AppendRow(int32_t row, MicroBatch* batch) const;
 
-  std::vector<Example> examples_;
+  std::shared_ptr<const ExampleSource> source_;
+  // Of the examples kept (those with a target within seq_len), in summary order: the index
+  // the source knows each by, and its line.
+  std::vector<int64_t> kept_;
+  std::vector<int64_t> kept_lines_;
   BatchOptions options_;
-  std::vector<Segment> segments_;   // the rows' documents, row by row
-  std::vector<int64_t> row_begin_;  // (rows+1): row r holds segments_[row_begin_[r], [r+1])
+  std::vector<Segment> segments_;      // the rows' documents, row by row
+  std::vector<int64_t> row_begin_;     // (rows+1): row r holds segments_[row_begin_[r], [r+1])
+  std::vector<RowTotals> row_totals_;  // (rows)
   int64_t truncated_examples_ = 0;
   int64_t dropped_examples_ = 0;
   int64_t tokens_per_epoch_ = 0;

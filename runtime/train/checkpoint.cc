@@ -22,6 +22,9 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr char kStatePath[] = "trainer_state.json";
+// What RowStream::Fingerprint hashes: 2 since it hashes each example's hash (so that ranks
+// reading shares of the data agree on it); checkpoints without the field hashed the tokens.
+constexpr int kDataFingerprintVersion = 2;
 
 std::string StepName(int64_t step) { return absl::StrFormat("step-%08d", step); }
 
@@ -129,6 +132,7 @@ absl::Status SaveCheckpoint(const std::string& output, Trainer& trainer, comm::C
                             {"epoch", trainer.position().epoch},
                             {"row", trainer.position().row},
                             {"data_fingerprint", absl::StrCat(data_fingerprint)},
+                            {"data_fingerprint_version", kDataFingerprintVersion},
                             {"tp", tp},
                             {"dp", world.size() / tp},
                             {"model", ModelSummary(model)},
@@ -238,6 +242,17 @@ absl::Status LoadCheckpoint(const std::string& checkpoint, Trainer& trainer, int
   TESSERA_ASSIGN_OR_RETURN(std::string text, model::ReadTextFile(where));
   TESSERA_ASSIGN_OR_RETURN(nlohmann::json state, model::ParseJson(text, where));
   try {
+    const int fingerprint_version = state.value("data_fingerprint_version", 1);
+    if (fingerprint_version != kDataFingerprintVersion) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          where, ": the checkpoint's data fingerprint is version ", fingerprint_version,
+          ", this Tessera's is version ", kDataFingerprintVersion,
+          " (they hash the data differently), so it cannot check that --data and the batching "
+          "options are those the checkpoint was trained on. Resume it with the Tessera version "
+          "that wrote it, or export its weights (tessera train export CHECKPOINT --output DIR, "
+          "with --merge for LoRA) and start a new run from them with --model DIR (the optimizer "
+          "state and the data position start afresh)"));
+    }
     if (state.at("data_fingerprint").get<std::string>() != absl::StrCat(data_fingerprint)) {
       return absl::FailedPreconditionError(absl::StrCat(
           where,

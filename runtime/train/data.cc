@@ -1,5 +1,10 @@
 #include "runtime/train/data.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <limits>
 #include <sstream>
@@ -133,7 +138,9 @@ void AppendOne(int32_t id, bool trained, Example* example) {
   example->labels.push_back(trained ? id : kIgnoreLabel);
 }
 
-absl::Status CheckOptions(const ExampleOptions& options) {
+}  // namespace
+
+absl::Status CheckExampleOptions(const ExampleOptions& options) {
   if (options.vocab_size <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("vocab_size must be positive (is ", options.vocab_size, ")"));
@@ -148,8 +155,6 @@ absl::Status CheckOptions(const ExampleOptions& options) {
   }
   return absl::OkStatus();
 }
-
-}  // namespace
 
 absl::StatusOr<Example> ParseExampleLine(absl::string_view text, absl::string_view source,
                                          int64_t line, const tokenizer::Tokenizer& tokenizer,
@@ -244,6 +249,34 @@ absl::StatusOr<Example> ParseExampleLine(absl::string_view text, absl::string_vi
   return example;
 }
 
+absl::Status SkipOrStop(const absl::Status& line_error, const ExampleOptions& options,
+                        ReadReport& report) {
+  if (options.on_bad_line == BadLinePolicy::kStop ||
+      line_error.code() != absl::StatusCode::kInvalidArgument) {
+    return line_error;
+  }
+  ++report.skipped;
+  if (report.skipped <= ReadReport::kMaxWarnings) {
+    report.warnings.emplace_back(line_error.message());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status FinishReadReport(const std::string& path, ReadReport& report) {
+  if (report.skipped > ReadReport::kMaxWarnings) {
+    report.warnings.push_back(absl::StrCat("... and ", report.skipped - ReadReport::kMaxWarnings,
+                                           " more bad lines skipped"));
+  }
+  if (report.examples == 0) {
+    return absl::InvalidArgumentError(
+        report.skipped > 0
+            ? absl::StrCat(path, ": no examples (all ", report.skipped,
+                           " lines skipped; the first: ", report.warnings.front(), ")")
+            : absl::StrCat(path, ": no examples (the file has no non-blank line)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<Example>> ReadExamples(const std::string& path,
                                                   const tokenizer::Tokenizer& tokenizer,
                                                   const ExampleOptions& options,
@@ -251,7 +284,7 @@ absl::StatusOr<std::vector<Example>> ReadExamples(const std::string& path,
   ReadReport local_report;
   ReadReport& counts = report != nullptr ? *report : local_report;
   counts = ReadReport();
-  TESSERA_RETURN_IF_ERROR(CheckOptions(options));
+  TESSERA_RETURN_IF_ERROR(CheckExampleOptions(options));
   std::ifstream file(path, std::ios::binary);
   if (!file) return absl::NotFoundError(absl::StrCat(path, ": cannot read"));
   std::stringstream buffer;
@@ -272,28 +305,54 @@ absl::StatusOr<std::vector<Example>> ReadExamples(const std::string& path,
       examples.push_back(*std::move(example));
       continue;
     }
-    if (options.on_bad_line == BadLinePolicy::kStop ||
-        example.status().code() != absl::StatusCode::kInvalidArgument) {
-      return example.status();
-    }
-    ++counts.skipped;
-    if (counts.skipped <= ReadReport::kMaxWarnings) {
-      counts.warnings.emplace_back(example.status().message());
-    }
-  }
-  if (counts.skipped > ReadReport::kMaxWarnings) {
-    counts.warnings.push_back(absl::StrCat("... and ", counts.skipped - ReadReport::kMaxWarnings,
-                                           " more bad lines skipped"));
+    TESSERA_RETURN_IF_ERROR(SkipOrStop(example.status(), options, counts));
   }
   counts.examples = static_cast<int64_t>(examples.size());
-  if (examples.empty()) {
-    return absl::InvalidArgumentError(
-        counts.skipped > 0
-            ? absl::StrCat(path, ": no examples (all ", counts.skipped,
-                           " lines skipped; the first: ", counts.warnings.front(), ")")
-            : absl::StrCat(path, ": no examples (the file has no non-blank line)"));
-  }
+  TESSERA_RETURN_IF_ERROR(FinishReadReport(path, counts));
   return examples;
+}
+
+absl::StatusOr<std::unique_ptr<JsonlFile>> JsonlFile::Open(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return absl::NotFoundError(absl::StrCat(path, ": cannot read"));
+  std::unique_ptr<JsonlFile> file(new JsonlFile(path, fd));
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot read"));
+  int64_t offset = 0;
+  int64_t number = 0;
+  for (std::string text; std::getline(in, text);) {
+    ++number;
+    absl::string_view line = text;
+    int64_t start = offset;
+    offset += static_cast<int64_t>(text.size()) + 1;
+    if (number == 1 && absl::ConsumePrefix(&line, "\xef\xbb\xbf")) start += 3;
+    absl::ConsumeSuffix(&line, "\r");
+    if (absl::StripAsciiWhitespace(line).empty()) continue;
+    file->lines_.push_back({number, start, static_cast<int64_t>(line.size())});
+  }
+  if (in.bad()) return absl::DataLossError(absl::StrCat(path, ": reading failed"));
+  return file;
+}
+
+JsonlFile::~JsonlFile() { ::close(fd_); }
+
+absl::StatusOr<std::string> JsonlFile::Read(int64_t i) const {
+  const Line& line = lines_[i];
+  std::string text(static_cast<size_t>(line.size), '\0');
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t got = ::pread(fd_, text.data() + done, text.size() - done,
+                                static_cast<off_t>(line.offset + static_cast<int64_t>(done)));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) {
+      return absl::DataLossError(
+          absl::StrCat(path_, ":", line.number, ": cannot be read again (",
+                       got < 0 ? std::strerror(errno) : "the file is shorter",
+                       "); was it changed during the run?"));
+    }
+    done += static_cast<size_t>(got);
+  }
+  return text;
 }
 
 }  // namespace tessera::train

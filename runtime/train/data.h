@@ -30,6 +30,7 @@
 // Thread safety: the functions keep no state; the tokenizer is only read.
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -87,12 +88,60 @@ absl::StatusOr<std::vector<Example>> ReadExamples(const std::string& path,
                                                   const ExampleOptions& options,
                                                   ReadReport* report);
 
+// The checks ReadExamples makes of `options` before it reads: INVALID_ARGUMENT for a
+// vocab_size that is not positive or a bos/eos id outside the vocabulary.
+absl::Status CheckExampleOptions(const ExampleOptions& options);
+
+// How ReadExamples handles the error of a line: returns it when the line stops the read
+// (BadLinePolicy::kStop, or an error other than INVALID_ARGUMENT), else counts the line as
+// skipped in `report` (keeping the first kMaxWarnings messages) and returns OK.
+absl::Status SkipOrStop(const absl::Status& line_error, const ExampleOptions& options,
+                        ReadReport& report);
+
+// Completes `report` after the last line (the warning that counts the skipped lines beyond
+// kMaxWarnings), and returns INVALID_ARGUMENT naming `path` when it has no examples.
+absl::Status FinishReadReport(const std::string& path, ReadReport& report);
+
 // One line of such a file (`text` without its newline) as an example; errors are those of a
 // bad line (or UNIMPLEMENTED for "messages"), their messages starting "<source>:<line>: ".
 // Does not check `options` themselves (ReadExamples does).
 absl::StatusOr<Example> ParseExampleLine(absl::string_view text, absl::string_view source,
                                          int64_t line, const tokenizer::Tokenizer& tokenizer,
                                          const ExampleOptions& options);
+
+// Random access to the non-blank lines of a JSON Lines file, for readers that parse only some
+// of them (sharded_data.h). The lines are those ReadExamples sees: the file split at '\n',
+// a trailing '\r' and a leading UTF-8 byte order mark left out, blank lines skipped, numbered
+// from 1 with the blank ones counted. Thread safe.
+class JsonlFile {
+ public:
+  // Scans the file for its lines, without parsing them; NOT_FOUND for an unreadable file.
+  static absl::StatusOr<std::unique_ptr<JsonlFile>> Open(const std::string& path);
+  ~JsonlFile();
+  JsonlFile(const JsonlFile&) = delete;
+  JsonlFile& operator=(const JsonlFile&) = delete;
+
+  const std::string& path() const { return path_; }
+  // Non-blank lines.
+  int64_t size() const { return static_cast<int64_t>(lines_.size()); }
+  // The 1-based number in the file of non-blank line `i` (0 <= i < size()).
+  int64_t number(int64_t i) const { return lines_[i].number; }
+  // The text of non-blank line `i`; DATA_LOSS naming the file and line when it can no longer
+  // be read where it was (the file was cut since Open).
+  absl::StatusOr<std::string> Read(int64_t i) const;
+
+ private:
+  struct Line {
+    int64_t number = 0;
+    int64_t offset = 0;  // bytes from the start of the file
+    int64_t size = 0;
+  };
+  JsonlFile(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+
+  std::string path_;
+  int fd_;  // read with pread: no shared file position between threads
+  std::vector<Line> lines_;
+};
 
 }  // namespace tessera::train
 

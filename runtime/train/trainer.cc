@@ -103,11 +103,11 @@ absl::StatusOr<StepReport> Trainer::Step() {
   const double start = Now();
   StepReport report;
   const DataPosition step_start = position_;
-  // Every rank sees the whole step's rows: the targets of the global batch, without a
-  // collective.
-  TESSERA_ASSIGN_OR_RETURN(MicroBatch global, data_->Rows(step_start, rows_per_step()));
-  report.targets = global.target_count;
-  report.tokens = static_cast<int64_t>(global.tokens.size());
+  // Every rank knows the whole step's targets from the stream's plan, without a collective
+  // and without the other ranks' tokens.
+  TESSERA_ASSIGN_OR_RETURN(RowTotals global, data_->Totals(step_start, rows_per_step()));
+  report.targets = global.targets;
+  report.tokens = rows_per_step() * data_->options().seq_len;
   if (report.targets == 0) {
     return absl::FailedPreconditionError(absl::StrCat("optimizer step ", steps_done() + 1,
                                                       " has no target tokens in its ",

@@ -10,9 +10,9 @@
 //
 // The loss is the mean over every target token of the global batch (all micro-batches of
 // all DP ranks), not a mean of per-micro-batch means: each micro-batch's gradient is scaled
-// by 1 / (targets of the whole step), which every rank computes from the shared row stream
-// (batches.h), so micro-batches with different numbers of targets give the same loss and
-// update as the same rows in one batch.
+// by 1 / (targets of the whole step), which every rank computes from the row stream's plan
+// (RowStream::Totals, batches.h), so micro-batches with different numbers of targets give the same
+// loss and update as the same rows in one batch.
 //
 // Collective over the model's TP communicator and the DP communicator. Thread compatible.
 
@@ -57,7 +57,7 @@ struct StepReport {
   double lr = 0;                    // the learning rate it used
   double grad_norm = 0;             // before clipping
   int64_t targets = 0;              // target tokens of the global batch
-  int64_t tokens = 0;               // non-padding tokens of the global batch
+  int64_t tokens = 0;               // tokens of the global batch, padding included
   double seconds = 0;               // wall time of the step on this rank
   double comm_seconds = 0;          // the DP gradient all-reduces (ZeRO: reduce-scatters)
   double exposed_comm_seconds = 0;  // of which the step waited for after its backward

@@ -1,7 +1,9 @@
 // Tests of the fine-tuning data pipeline (runtime/train/data.h, batches.h): every JSONL format
 // with its masks and bos/eos (through the Llama-3 test tokenizer), every kind of bad line under
-// both policies, and the row stream: shuffling, packing, truncation, epochs, positions, and the
-// data-parallel property that a step is the same rows whatever its split.
+// both policies, random access to a file's lines, and the row stream: shuffling, packing,
+// truncation, epochs, positions, the data-parallel property that a step is the same rows
+// whatever its split, and a stream planned from summaries that reads an example only for the
+// rows that hold it. (sharded_data_test reads a file over several ranks.)
 
 #include "runtime/train/data.h"
 
@@ -316,6 +318,39 @@ TEST_F(ReadExamplesTest, PromptCompletionTargetsInAMicroBatch) {
   EXPECT_EQ(batch.targets[p + c], eos_);
   EXPECT_EQ(batch.target_count, static_cast<int64_t>(c + 1));
   EXPECT_EQ(batch.sequence_starts, (std::vector<int32_t>{0, static_cast<int32_t>(p + c + 2), 64}));
+}
+
+TEST_F(ReadExamplesTest, JsonlFileHasTheLinesReadExamplesReads) {
+  const std::string contents =
+      "\xef\xbb\xbf{\"text\": \"first\"}\r\n"
+      "\n"
+      "   \t \r\n"
+      "{\"prompt\": \"a\", \"completion\": \"b\"}\n"
+      "{\"text\": \"last, no newline\"}";
+  ASSERT_OK_AND_ASSIGN(std::vector<Example> examples, Read(contents));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<JsonlFile> file, JsonlFile::Open(path_));
+  EXPECT_EQ(file->path(), path_);
+  ASSERT_EQ(file->size(), 3);
+  ASSERT_EQ(examples.size(), 3u);
+  const std::string texts[] = {"{\"text\": \"first\"}",
+                               "{\"prompt\": \"a\", \"completion\": \"b\"}",
+                               "{\"text\": \"last, no newline\"}"};
+  for (int64_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(file->number(i), examples[i].line);
+    ASSERT_OK_AND_ASSIGN(std::string text, file->Read(i));
+    EXPECT_EQ(text, texts[i]);
+    ASSERT_OK_AND_ASSIGN(Example again,
+                         ParseExampleLine(text, path_, file->number(i), *tokenizer_, options_));
+    EXPECT_EQ(again.tokens, examples[i].tokens);
+  }
+  EXPECT_EQ(file->number(1), 4);
+
+  // Cut after it was indexed: the lines beyond the cut no longer read.
+  std::filesystem::resize_file(path_, contents.size() - 5);
+  EXPECT_TRUE(IsError(file->Read(2), absl::StatusCode::kDataLoss, {"train.jsonl:5", "changed"}));
+  EXPECT_TRUE(file->Read(1).ok());
+  EXPECT_TRUE(IsError(JsonlFile::Open(dir_.File("absent.jsonl")), absl::StatusCode::kNotFound,
+                      {"absent.jsonl"}));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -664,6 +699,74 @@ TEST(RowStreamTest, BadArguments) {
   EXPECT_TRUE(IsError(stream.Rows({0, -1}, 1), absl::StatusCode::kInvalidArgument, {"outside"}));
   EXPECT_TRUE(
       IsError(stream.Rows({0, 0}, int64_t{1} << 40), absl::StatusCode::kInvalidArgument, {"2^31"}));
+}
+
+TEST(RowStreamTest, TotalsCountTheRowsWithoutTheirTokens) {
+  const std::vector<Example> examples = VariedExamples(37, 24);
+  ASSERT_OK_AND_ASSIGN(RowStream stream, RowStream::Create(examples, Options(24, true, 4)));
+  for (const auto& [at, count] : std::vector<std::pair<DataPosition, int64_t>>{
+           {{0, 0}, 1}, {{0, 3}, 5}, {{1, 2}, stream.rows_per_epoch()}, {{2, 1}, 17}}) {
+    ASSERT_OK_AND_ASSIGN(MicroBatch batch, stream.Rows(at, count));
+    ASSERT_OK_AND_ASSIGN(RowTotals totals, stream.Totals(at, count));
+    int64_t tokens = 0;
+    for (int32_t token : batch.tokens) tokens += token != kPad;
+    EXPECT_EQ(totals.targets, batch.target_count);
+    EXPECT_EQ(totals.tokens, tokens);
+  }
+  EXPECT_TRUE(IsError(stream.Totals({0, 0}, 0), absl::StatusCode::kInvalidArgument, {"count"}));
+}
+
+// Serves examples as RowStream::Create(examples, ...) would, counting what is asked for.
+class CountingSource final : public ExampleSource {
+ public:
+  explicit CountingSource(std::vector<Example> examples) : examples_(std::move(examples)) {}
+  absl::StatusOr<const Example*> Get(int64_t index, Example* scratch) const override {
+    asked_.insert(index);
+    *scratch = examples_[index];
+    return scratch;
+  }
+  mutable std::set<int64_t> asked_;
+
+ private:
+  std::vector<Example> examples_;
+};
+
+TEST(RowStreamTest, AStreamFromSummariesReadsOnlyTheExamplesOfItsRows) {
+  std::vector<Example> examples = VariedExamples(30, 16);
+  examples.push_back(MakeExample(30, 20, /*masked=*/18));  // no target within seq_len: dropped
+  std::vector<ExampleSummary> summaries;
+  for (const Example& example : examples) summaries.push_back(SummarizeExample(example, 16));
+  EXPECT_EQ(summaries.back().kept_targets, 0);
+  EXPECT_EQ(summaries[0].tokens, static_cast<int64_t>(examples[0].tokens.size()));
+  auto source = std::make_shared<CountingSource>(examples);
+  ASSERT_OK_AND_ASSIGN(RowStream planned, RowStream::Create(summaries, source, Options(16, true)));
+  ASSERT_OK_AND_ASSIGN(RowStream whole, RowStream::Create(examples, Options(16, true)));
+  EXPECT_EQ(planned.Fingerprint(), whole.Fingerprint());
+  EXPECT_EQ(planned.rows_per_epoch(), whole.rows_per_epoch());
+  EXPECT_EQ(planned.dropped_examples(), 1);
+  EXPECT_EQ(planned.truncated_examples(), whole.truncated_examples());
+  EXPECT_EQ(planned.targets_per_epoch(), whole.targets_per_epoch());
+
+  ASSERT_OK_AND_ASSIGN(RowTotals totals, planned.Totals({0, 0}, planned.rows_per_epoch()));
+  EXPECT_EQ(totals.targets, planned.targets_per_epoch());
+  EXPECT_TRUE(source->asked_.empty()) << "Totals reads no example";
+
+  ASSERT_OK_AND_ASSIGN(MicroBatch row, planned.Rows({1, 2}, 1));
+  ASSERT_OK_AND_ASSIGN(MicroBatch expected, whole.Rows({1, 2}, 1));
+  ExpectSameBatch(row, expected);
+  std::set<int64_t> in_row;
+  for (size_t s = 0; s + 1 < row.sequence_starts.size(); ++s) {
+    const int32_t token = row.tokens[row.sequence_starts[s]];
+    if (token != kPad) in_row.insert(token / 1000 - 1);  // MakeExample's tokens name it
+  }
+  EXPECT_EQ(source->asked_, in_row) << "Rows reads the examples of its rows, no others";
+
+  for (int64_t r = 0; r < 2 * planned.rows_per_epoch(); r += 3) {
+    const DataPosition at = planned.Advance({0, 0}, r);
+    ASSERT_OK_AND_ASSIGN(MicroBatch got, planned.Rows(at, 3));
+    ASSERT_OK_AND_ASSIGN(MicroBatch want, whole.Rows(at, 3));
+    ExpectSameBatch(got, want);
+  }
 }
 
 }  // namespace

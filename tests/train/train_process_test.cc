@@ -324,6 +324,24 @@ TEST_F(Train, BadCheckpointsAndDataAreRefusedWithAReason) {
   EXPECT_EQ(more_replicas.exit_code, 0) << more_replicas.output;
   EXPECT_NE(more_replicas.output.find("tp 2 x dp 2"), std::string::npos) << more_replicas.output;
   EXPECT_NE(more_replicas.output.find("at step 2"), std::string::npos) << more_replicas.output;
+  // A checkpoint whose data fingerprint is of the older kind (hashed tokens, no version).
+  const std::string state_file = run + "/checkpoints/step-00000002/trainer_state.json";
+  {
+    std::ifstream in(state_file);
+    nlohmann::json state = nlohmann::json::parse(in);
+    state.erase("data_fingerprint_version");
+    std::ofstream(state_file) << state.dump(2);
+  }
+  ProcessOutcome old_fingerprint =
+      Run(2, absl::StrCat(flags, run, "-old --tp 2 --steps 3 --resume ", run,
+                          "/checkpoints/step-00000002"));
+  EXPECT_NE(old_fingerprint.exit_code, 0);
+  EXPECT_NE(
+      old_fingerprint.output.find("data fingerprint is version 1, this Tessera's is version 2"),
+      std::string::npos)
+      << old_fingerprint.output;
+  EXPECT_NE(old_fingerprint.output.find("tessera train export"), std::string::npos)
+      << old_fingerprint.output;
   // A damaged shard: cut in half.
   const std::string shard = run + "/checkpoints/step-00000003/model-tp0-of-2.safetensors";
   ASSERT_TRUE(fs::exists(shard));
