@@ -24,6 +24,7 @@
 #include "runtime/tokenizer/tokenizer.h"
 #include "runtime/train/batches.h"
 #include "tests/model/model_test_util.h"
+#include "tests/train/batch_expectations.h"
 #include "tests/unit/status_test_util.h"
 
 namespace tessera::train {
@@ -458,14 +459,6 @@ std::vector<int> EpochDocuments(const RowStream& stream, int64_t epoch,
       CheckBatch(*batch, stream.rows_per_epoch(), stream.options().seq_len, examples);
   documents.erase(std::remove(documents.begin(), documents.end(), -1), documents.end());
   return documents;
-}
-
-void ExpectSameBatch(const MicroBatch& a, const MicroBatch& b) {
-  EXPECT_EQ(a.tokens, b.tokens);
-  EXPECT_EQ(a.positions, b.positions);
-  EXPECT_EQ(a.sequence_starts, b.sequence_starts);
-  EXPECT_EQ(a.targets, b.targets);
-  EXPECT_EQ(a.target_count, b.target_count);
 }
 
 // Micro-batches laid back to back as one.

@@ -21,6 +21,7 @@
 #include "runtime/train/data.h"
 #include "tests/model/model_test_util.h"
 #include "tests/mpi/mpi_test_environment.h"
+#include "tests/train/batch_expectations.h"
 
 namespace tessera::train {
 namespace {
@@ -81,14 +82,6 @@ class ShardedDataTest : public ::testing::Test {
   ScratchDir dir_;
   std::string path_;
 };
-
-void ExpectSameBatch(const MicroBatch& a, const MicroBatch& b) {
-  EXPECT_EQ(a.tokens, b.tokens);
-  EXPECT_EQ(a.positions, b.positions);
-  EXPECT_EQ(a.sequence_starts, b.sequence_starts);
-  EXPECT_EQ(a.targets, b.targets);
-  EXPECT_EQ(a.target_count, b.target_count);
-}
 
 TEST_F(ShardedDataTest, GivesTheStreamOfOneReaderOfTheWholeFile) {
   options_.on_bad_line = BadLinePolicy::kSkip;
