@@ -1,16 +1,12 @@
 #include "launcher/launch.h"
 
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -30,6 +26,7 @@
 #include "comm/node_share.h"
 #include "launcher/flags.h"
 #include "launcher/process.h"
+#include "launcher/worker_job.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/serve/grpc_server.h"
 
@@ -368,110 +365,6 @@ std::string ShellJoin(const std::vector<std::string>& args) {
 
 namespace {
 
-// A child process in its own process group, so that a Ctrl-C on the terminal reaches this
-// launcher alone and the children stop in order: the workers, then the coordinator.
-class Child {
- public:
-  Child(std::string name, std::vector<std::string> argv)
-      : name_(std::move(name)), argv_(std::move(argv)) {}
-
-  // Starts the child with `mask` as its signal mask and stdin from /dev/null (mpirun would
-  // otherwise read the terminal from a background process group, and stop).
-  absl::Status Start(const sigset_t& mask) {
-    std::vector<char*> argv;
-    for (std::string& arg : argv_) argv.push_back(arg.data());
-    argv.push_back(nullptr);
-    const std::string failed = absl::StrCat("tessera launch: cannot run ", argv_[0], ": ");
-    const pid_t parent = getpid();
-    pid_ = fork();
-    if (pid_ < 0) {
-      return absl::InternalError(absl::StrCat("fork for the ", name_, ": ", std::strerror(errno)));
-    }
-    if (pid_ == 0) {
-      setpgid(0, 0);
-      // If the launcher dies without stopping its children, they are told to stop too.
-      prctl(PR_SET_PDEATHSIG, SIGTERM);
-      if (getppid() != parent) _exit(kExitFailure);
-      int null = open("/dev/null", O_RDONLY);
-      if (null >= 0) {
-        dup2(null, STDIN_FILENO);
-        close(null);
-      }
-      sigprocmask(SIG_SETMASK, &mask, nullptr);
-      execvp(argv[0], argv.data());
-      const char* reason = std::strerror(errno);
-      [[maybe_unused]] ssize_t ignored = write(STDERR_FILENO, failed.data(), failed.size());
-      ignored = write(STDERR_FILENO, reason, std::strlen(reason));
-      ignored = write(STDERR_FILENO, "\n", 1);
-      _exit(127);
-    }
-    setpgid(pid_, pid_);  // also here, so that it holds before either side goes on
-    return absl::OkStatus();
-  }
-
-  bool running() const { return pid_ > 0 && !exited_; }
-  const std::string& name() const { return name_; }
-
-  // Reaps the child if it has ended; true once it has.
-  bool Poll() {
-    if (!running()) return exited_;
-    int status = 0;
-    pid_t done = waitpid(pid_, &status, WNOHANG);
-    if (done == pid_) {
-      exited_ = true;
-      status_ = status;
-    }
-    return exited_;
-  }
-
-  // SIGTERM, then SIGKILL to its whole process group after `grace`.
-  void Stop(absl::Duration grace) {
-    if (!running() || Poll()) return;
-    stopped_ = true;
-    kill(pid_, SIGTERM);
-    absl::Time deadline = absl::Now() + grace;
-    while (!Poll()) {
-      if (absl::Now() >= deadline) {
-        std::fprintf(stderr, "tessera launch: the %s did not stop within %s; killing it\n",
-                     name_.c_str(), absl::FormatDuration(grace).c_str());
-        kill(-pid_, SIGKILL);
-        waitpid(pid_, &status_, 0);
-        exited_ = true;
-        return;
-      }
-      usleep(50 * 1000);
-    }
-  }
-
-  // OK when the child exited 0, or ended by the SIGTERM that Stop sent it.
-  absl::Status Outcome() const {
-    if (WIFEXITED(status_) && WEXITSTATUS(status_) == 0) return absl::OkStatus();
-    if (stopped_ && WIFSIGNALED(status_) && WTERMSIG(status_) == SIGTERM) {
-      return absl::OkStatus();
-    }
-    return absl::UnknownError(absl::StrCat("the ", name_, " (", argv_[0], ") ", Describe()));
-  }
-
-  std::string Describe() const {
-    if (WIFEXITED(status_)) return absl::StrCat("exited with status ", WEXITSTATUS(status_));
-    if (WIFSIGNALED(status_)) {
-      return absl::StrCat("was killed by signal ", WTERMSIG(status_), " (",
-                          strsignal(WTERMSIG(status_)), ")");
-    }
-    return "ended";
-  }
-
- private:
-  std::string name_;
-  std::vector<std::string> argv_;
-  pid_t pid_ = -1;
-  bool exited_ = false;
-  bool stopped_ = false;
-  int status_ = 0;
-};
-
-constexpr absl::Duration kStopGrace = absl::Seconds(15);
-
 // Waits up to `timeout` for one of `signals` (blocked); returns it, or 0.
 int WaitForSignal(const sigset_t& signals, absl::Duration timeout) {
   timespec wait = absl::ToTimespec(timeout);
@@ -491,11 +384,26 @@ bool Listening(int port) {
   return connected;
 }
 
-int StoppedBy(int signal, WorkerGroups* workers, Child& coordinator) {
+// The coordinator runs as a child job of its own process group (worker_job.h), so that a
+// Ctrl-C on the terminal reaches this launcher alone and the children stop in order: the
+// workers, then the coordinator. Null when one already runs elsewhere.
+using CoordinatorJob = std::unique_ptr<WorkerJob>;
+
+void StopCoordinator(CoordinatorJob& coordinator) {
+  if (coordinator != nullptr) coordinator->Stop();
+}
+
+// The coordinator's exit status once it has exited.
+std::optional<int> CoordinatorExit(CoordinatorJob& coordinator) {
+  if (coordinator == nullptr) return std::nullopt;
+  return coordinator->WaitExit(absl::ZeroDuration());
+}
+
+int StoppedBy(int signal, WorkerGroups* workers, CoordinatorJob& coordinator) {
   std::fprintf(stderr, "tessera launch: %s received; stopping the workers and the coordinator\n",
                strsignal(signal));
   if (workers != nullptr) workers->Stop();
-  coordinator.Stop(kStopGrace);
+  StopCoordinator(coordinator);
   return 128 + signal;
 }
 
@@ -504,29 +412,29 @@ int StoppedBy(int signal, WorkerGroups* workers, Child& coordinator) {
 int RunJob(const LaunchCommands& commands, const Supervision& supervision,
            absl::Duration startup_timeout) {
   sigset_t handled;
-  sigset_t original;
   sigemptyset(&handled);
   sigaddset(&handled, SIGINT);
   sigaddset(&handled, SIGTERM);
   sigaddset(&handled, SIGCHLD);
-  sigprocmask(SIG_BLOCK, &handled, &original);
+  sigprocmask(SIG_BLOCK, &handled, nullptr);
 
-  Child coordinator("coordinator", commands.coordinator);
+  CoordinatorJob coordinator;
   if (!commands.coordinator.empty()) {
     std::fprintf(stderr, "tessera launch: coordinator: %s\n",
                  ShellJoin(commands.coordinator).c_str());
-    if (absl::Status started = coordinator.Start(original); !started.ok()) {
-      return ReportExit(started);
-    }
+    absl::StatusOr<CoordinatorJob> started =
+        WorkerJob::Start(commands.coordinator, "tessera launch");
+    if (!started.ok()) return ReportExit(started.status());
+    coordinator = *std::move(started);
     absl::Time deadline = absl::Now() + startup_timeout;
     while (!Listening(commands.coordinator_port)) {
-      if (coordinator.Poll()) {
+      if (std::optional<int> code = CoordinatorExit(coordinator)) {
         return ReportExit(absl::UnavailableError(
-            absl::StrCat("the coordinator ", coordinator.Describe(), " before it listened on port ",
+            absl::StrCat("the coordinator exited (status ", *code, ") before it listened on port ",
                          commands.coordinator_port)));
       }
       if (absl::Now() >= deadline) {
-        coordinator.Stop(kStopGrace);
+        StopCoordinator(coordinator);
         return ReportExit(absl::DeadlineExceededError(
             absl::StrCat("the coordinator did not listen on port ", commands.coordinator_port,
                          " within ", absl::FormatDuration(startup_timeout))));
@@ -545,7 +453,7 @@ int RunJob(const LaunchCommands& commands, const Supervision& supervision,
   absl::StatusOr<std::unique_ptr<WorkerGroups>> workers =
       WorkerGroups::Start(commands.replicas, supervision, nullptr, nullptr, "tessera launch");
   if (!workers.ok()) {
-    coordinator.Stop(kStopGrace);
+    StopCoordinator(coordinator);
     return ReportExit(workers.status());
   }
   for (;;) {
@@ -554,13 +462,13 @@ int RunJob(const LaunchCommands& commands, const Supervision& supervision,
     }
     if (absl::Status supervised = (*workers)->Supervise(); !supervised.ok()) {
       (*workers)->Stop();
-      coordinator.Stop(kStopGrace);
+      StopCoordinator(coordinator);
       return ReportExit(supervised);
     }
-    if (!commands.coordinator.empty() && coordinator.Poll()) {
+    if (std::optional<int> code = CoordinatorExit(coordinator)) {
       (*workers)->Stop();
       return ReportExit(absl::UnavailableError(
-          absl::StrCat("the coordinator ", coordinator.Describe(), " while the workers ran")));
+          absl::StrCat("the coordinator exited (status ", *code, ") while the workers ran")));
     }
   }
 }

@@ -74,8 +74,9 @@ absl::Status CheckWorkerJobConfig(const WorkerJobConfig& config);
 std::vector<std::string> WorkerCommand(const WorkerJobConfig& config, int coordinator_port,
                                        int replica);
 
-// A running worker job: a child in its own process group, so that Ctrl-C reaches only this
-// process, which stops the job in order. Stopped when destroyed. Not thread-safe.
+// A running child job (mpirun and its worker ranks; tessera launch's coordinator): a child
+// in its own process group, so that Ctrl-C reaches only this process, which stops the job in
+// order. Stopped when destroyed. Not thread-safe.
 class WorkerJob {
  public:
   // Starts `argv`; `who` prefixes the child's message when argv[0] cannot be run.
