@@ -60,26 +60,20 @@ absl::Status CheckWeights(absl::string_view model, const VersionWeights& weights
   return absl::OkStatus();
 }
 
-// `a` is a better choice than `b` under `policy`.
-bool Better(RoutingPolicy policy, const CandidateScore& a, const CandidateScore& b) {
-  if (a.kv_room != b.kv_room) return a.kv_room;
-  auto key = [policy](const CandidateScore& s) {
-    const double prefix_tokens = s.overloaded ? 0.0 : static_cast<double>(s.cached_tokens);
-    switch (policy) {
-      case RoutingPolicy::kLeastLoad:
-        return std::make_tuple(s.load_score, s.fabric_score, 0.0, 0.0);
-      case RoutingPolicy::kPrefix:
-        return std::make_tuple(prefix_tokens, s.load_score, s.fabric_score, 0.0);
-      case RoutingPolicy::kTopology:
-        return std::make_tuple(s.topology_score, s.fabric_score, s.load_score, 0.0);
-      case RoutingPolicy::kCombined:
-        break;
-    }
-    return std::make_tuple(s.total, s.fabric_score, 0.0, 0.0);
-  };
-  auto key_a = key(a), key_b = key(b);
-  if (key_a != key_b) return key_a > key_b;
-  return a.group_id < b.group_id;
+// What `policy` ranks a candidate by, best highest; the group id is not part of it.
+std::tuple<bool, double, double, double> RankKey(RoutingPolicy policy, const CandidateScore& s) {
+  const double prefix_tokens = s.overloaded ? 0.0 : static_cast<double>(s.cached_tokens);
+  switch (policy) {
+    case RoutingPolicy::kLeastLoad:
+      return {s.kv_room, s.load_score, s.fabric_score, 0.0};
+    case RoutingPolicy::kPrefix:
+      return {s.kv_room, prefix_tokens, s.load_score, s.fabric_score};
+    case RoutingPolicy::kTopology:
+      return {s.kv_room, s.topology_score, s.fabric_score, s.load_score};
+    case RoutingPolicy::kCombined:
+      break;
+  }
+  return {s.kv_room, s.total, s.fabric_score, 0.0};
 }
 
 }  // namespace
@@ -267,9 +261,23 @@ absl::StatusOr<RouteDecision> Router::Route(const RouteRequest& request,
                   options_.topology_weight * score.topology_score;
   }
 
-  std::sort(scores.begin(), scores.end(), [this](const CandidateScore& a, const CandidateScore& b) {
-    return Better(options_.policy, a, b);
-  });
+  const RoutingPolicy policy = options_.policy;
+  std::sort(scores.begin(), scores.end(),
+            [policy](const CandidateScore& a, const CandidateScore& b) {
+              const auto key_a = RankKey(policy, a), key_b = RankKey(policy, b);
+              if (key_a != key_b) return key_a > key_b;
+              return a.group_id < b.group_id;
+            });
+  // Candidates that tie for best take turns, so that requests to groups alike (say idle ones
+  // caching nothing the prompt starts with) spread over them instead of all going to the
+  // lowest id.
+  const auto best = RankKey(policy, scores.front());
+  size_t tied = 1;
+  while (tied < scores.size() && RankKey(policy, scores[tied]) == best) ++tied;
+  if (tied > 1) {
+    const size_t turn = tie_turns_.fetch_add(1, std::memory_order_relaxed) % tied;
+    std::rotate(scores.begin(), scores.begin() + turn, scores.begin() + tied);
+  }
   decision.group_id = scores.front().group_id;
   decision.candidates = std::move(scores);
   return decision;

@@ -30,6 +30,7 @@
 //
 // Thread-safe.
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -101,7 +102,8 @@ struct CandidateScore {
 struct RouteDecision {
   std::string group_id;
   RoutingPolicy policy = RoutingPolicy::kCombined;
-  // Every eligible candidate, best first; the chosen group is candidates[0].
+  // Every eligible candidate, best first; the chosen group is candidates[0]. Candidates tied
+  // for best are rotated by the router's turn among them.
   std::vector<CandidateScore> candidates;
   // Candidates passed in but not eligible (other model or version, prompt too long), by id
   // with the reason.
@@ -149,7 +151,8 @@ class Router {
   // another model, or another version when the request names one, are excluded, and so are
   // groups whose max_model_length leaves no room for one output token after the prompt.
   // UNAVAILABLE when no candidate is given or none serves the model and version;
-  // INVALID_ARGUMENT when the prompt is too long for every one of them.
+  // INVALID_ARGUMENT when the prompt is too long for every one of them. Candidates that tie
+  // for best take turns from one call to the next. Thread-safe.
   absl::StatusOr<RouteDecision> Route(const RouteRequest& request,
                                       absl::Span<const GroupSnapshot> candidates) const;
 
@@ -189,6 +192,8 @@ class Router {
   mutable absl::Mutex mutex_;
   ModelVersionWeights weights_ ABSL_GUARDED_BY(mutex_);
   absl::flat_hash_map<std::string, uint64_t> counters_ ABSL_GUARDED_BY(mutex_);
+  // Routes decided among candidates tied for best: whose turn it is among the next tie.
+  mutable std::atomic<uint64_t> tie_turns_{0};
 };
 
 }  // namespace tessera::serve

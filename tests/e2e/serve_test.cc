@@ -939,8 +939,9 @@ TEST_F(PrefixRouting, ExtendedPromptsGoWhereTheirPrefixIsCached) {
     while (prompt.size() < 220) absl::StrAppend(&prompt, " tessera", i, " prefix words");
     prompts.push_back(prompt);
   }
-  // One after another, each sent while the ones before still run: the load tells the router
-  // apart two groups that cache nothing yet, so the prompts spread over both.
+  // One after another: two groups that cache nothing of these prompts differ only in load,
+  // and when their loads tie (a short request done before the next is sent) they take turns,
+  // so the prompts spread over both.
   struct Open {
     grpc::ClientContext context;
     std::unique_ptr<grpc::ClientReader<v1::GenerateStreamResponse>> reader;

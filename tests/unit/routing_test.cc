@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <map>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -290,9 +291,28 @@ TEST(RouterTest, LeastLoadPicksTheLessLoadedGroupAndAvoidsFullKv) {
   EXPECT_EQ(Choose(router, Request(/*prompt_tokens=*/40), full), "g2");
   full[1] = Group("g2", 5000, /*free_blocks=*/0);
   EXPECT_EQ(Choose(router, Request(/*prompt_tokens=*/40), full), "g1");
+}
 
-  // Equal loads: the lower id.
-  EXPECT_EQ(Choose(router, Request(), {Group("g2", 50), Group("g1", 50)}), "g1");
+TEST(RouterTest, CandidatesTiedForBestTakeTurns) {
+  for (RoutingPolicy policy : {RoutingPolicy::kLeastLoad, RoutingPolicy::kPrefix,
+                               RoutingPolicy::kTopology, RoutingPolicy::kCombined}) {
+    SCOPED_TRACE(RoutingPolicyName(policy));
+    Router router = RouterWith(policy);
+    // g1 and g3 alike and idle, g2 busier: six requests go three to each of g1 and g3, in
+    // turn, and none to g2.
+    const std::vector<GroupSnapshot> groups = {Group("g3", 0), Group("g2", 400), Group("g1", 0)};
+    std::map<std::string, int> chosen;
+    std::string previous;
+    for (int i = 0; i < 6; ++i) {
+      ASSERT_OK_AND_ASSIGN(RouteDecision decision, router.Route(Request(), groups));
+      EXPECT_NE(decision.group_id, previous) << "request " << i;
+      EXPECT_EQ(decision.candidates.front().group_id, decision.group_id);
+      EXPECT_EQ(decision.candidates.back().group_id, "g2");
+      previous = decision.group_id;
+      ++chosen[decision.group_id];
+    }
+    EXPECT_EQ(chosen, (std::map<std::string, int>{{"g1", 3}, {"g3", 3}}));
+  }
 }
 
 TEST(RouterTest, PrefixPicksTheLongestCachedLeadingRunAndFallsBackWhenOverloaded) {
