@@ -8,6 +8,9 @@
 # distribution does not package: it goes from PyPI into a virtual environment of its own,
 # $TESSERA_PYTHON_VENV (default ~/.local/share/tessera/venv), leaving the system's Python
 # untouched. tests/train/CMakeLists.txt looks for it there.
+#
+# iproute2, util-linux and nftables build and fault the namespace cluster of the cluster test
+# (deploy/local-cluster.sh).
 set -euo pipefail
 
 packages=(
@@ -18,6 +21,7 @@ packages=(
   nlohmann-json3-dev libpcre2-dev libicu-dev
   libcpp-httplib-dev
   python3-grpcio python3-grpc-tools python3-venv
+  iproute2 util-linux nftables
 )
 
 missing=()

@@ -44,6 +44,8 @@ struct BenchConfig {
   bool check = true;
   absl::Duration timeout = absl::Minutes(5);
   bool validate = false;
+  // Also time raw MPI (backend mpi only). Raw MPI has no deadline: a lost peer hangs it.
+  bool raw_mpi = true;
 };
 
 absl::StatusOr<CollectiveKind> ParseOp(absl::string_view name) {
@@ -120,7 +122,7 @@ class Bench {
     TESSERA_ASSIGN_OR_RETURN(kind_, ParseOp(config_.op));
     TESSERA_ASSIGN_OR_RETURN(dtype_, ParseDType(config_.dtype));
     TESSERA_ASSIGN_OR_RETURN(reduce_, comm::ParseReduceOp(config_.reduce));
-    raw_ = config_.backend == "mpi";
+    raw_ = config_.backend == "mpi" && config_.raw_mpi;
     TESSERA_ASSIGN_OR_RETURN(stream_, Stream::Create(comm_.device()));
     PrintHeader();
     for (int64_t bytes = config_.min_bytes; bytes <= config_.max_bytes; bytes *= config_.factor) {
@@ -359,6 +361,9 @@ int RunCommBench(const std::vector<std::string>& args, int* argc, char*** argv) 
                  "deadline of each collective (also TESSERA_COMM_TIMEOUT)");
   flags.Bool("validate", &config.validate,
              "ranks cross-check every collective (also TESSERA_COMM_VALIDATE=1)");
+  flags.Bool("raw-mpi", &config.raw_mpi,
+             "with --backend mpi, also time raw MPI (which has no deadline: turn it off when "
+             "peers may be lost)");
   if (std::optional<int> done = ParseOrExit(flags, args)) return *done;
   if (absl::Status invalid = CheckConfig(config); !invalid.ok()) {
     std::fprintf(stderr, "tessera comm-bench: %s\n", std::string(invalid.message()).c_str());

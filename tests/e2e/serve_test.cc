@@ -29,6 +29,7 @@
 #include "grpcpp/client_context.h"
 #include "httplib.h"
 #include "nlohmann/json.hpp"
+#include "tests/e2e/inference_calls.h"
 #include "tests/e2e/serve_harness.h"
 
 namespace tessera::e2e {
@@ -67,84 +68,6 @@ class ServeEnvironment : public ::testing::Environment {
   std::string dir_;
   std::unique_ptr<ServeHarness> harness_;
 };
-
-void SetDeadline(grpc::ClientContext& context, absl::Duration timeout) {
-  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
-}
-
-v1::GenerateRequest Request(const std::string& model, const std::string& prompt, int max_tokens) {
-  v1::GenerateRequest request;
-  request.set_model(model);
-  request.set_prompt(prompt);
-  v1::SamplingParams& sampling = *request.mutable_sampling();
-  sampling.set_temperature(0);  // greedy
-  sampling.set_max_tokens(max_tokens);
-  sampling.set_ignore_eos(true);
-  return request;
-}
-
-struct Unary {
-  grpc::Status status;
-  v1::GenerateResponse response;
-};
-
-Unary Generate(v1::Inference::Stub& stub, const v1::GenerateRequest& request,
-               absl::Duration timeout = absl::Seconds(60)) {
-  grpc::ClientContext context;
-  SetDeadline(context, timeout);
-  Unary out;
-  out.status = stub.Generate(&context, request, &out.response);
-  return out;
-}
-
-// What a client saw of one stream.
-struct Streamed {
-  grpc::Status status;
-  std::vector<v1::GenerateStreamResponse> messages;
-
-  std::string Text() const {
-    std::string text;
-    for (const auto& message : messages) text += message.text();
-    return text;
-  }
-  std::vector<int32_t> Tokens() const {
-    std::vector<int32_t> tokens;
-    for (const auto& message : messages) {
-      tokens.insert(tokens.end(), message.tokens().begin(), message.tokens().end());
-    }
-    return tokens;
-  }
-  std::string Group() const { return messages.empty() ? "" : messages.front().placement().group(); }
-};
-
-Streamed Stream(v1::Inference::Stub& stub, const v1::GenerateRequest& request,
-                absl::Duration timeout = absl::Seconds(60)) {
-  grpc::ClientContext context;
-  SetDeadline(context, timeout);
-  Streamed out;
-  auto reader = stub.GenerateStream(&context, request);
-  v1::GenerateStreamResponse message;
-  while (reader->Read(&message)) out.messages.push_back(message);
-  out.status = reader->Finish();
-  return out;
-}
-
-std::string Describe(const grpc::Status& status) {
-  return absl::StrCat("code ", status.error_code(), ": ", status.error_message());
-}
-
-// The structured log lines (one JSON object each) of `log` whose event is `event`.
-std::vector<nlohmann::json> Events(const std::string& log, const std::string& event) {
-  std::vector<nlohmann::json> events;
-  for (absl::string_view line : absl::StrSplit(log, '\n')) {
-    if (!absl::StartsWith(line, "{")) continue;
-    nlohmann::json parsed = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (!parsed.is_discarded() && parsed.is_object() && parsed.value("event", "") == event) {
-      events.push_back(std::move(parsed));
-    }
-  }
-  return events;
-}
 
 // The only model the coordinator lists, once one is listed.
 absl::StatusOr<std::string> WaitForModel(CoordinatorProcess& coordinator) {

@@ -1,13 +1,17 @@
-// Topology discovery and the TP x DP layout across real ranks. Run twice by ctest: 4 ranks on
-// one host, and 2 simulated nodes x 2 ranks (mpirun MPMD with TESSERA_HOSTNAME=node-a/node-b;
-// TESSERA_TEST_NODES tells the test which).
+// Topology discovery and the TP x DP layout across real ranks. Run by ctest on 4 ranks of one
+// host, on 2 simulated nodes x 2 ranks (mpirun MPMD with TESSERA_HOSTNAME=node-a/node-b), and
+// by the cluster test on 2 real nodes (TESSERA_TEST_HOSTS names them); TESSERA_TEST_NODES
+// tells the test how many nodes there are.
 
 #include "comm/layout.h"
 
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <string>
+#include <vector>
 
+#include "absl/strings/str_split.h"
 #include "comm/host_name.h"
 #include "comm/topology.h"
 #include "tests/mpi/mpi_test_environment.h"
@@ -20,6 +24,14 @@ using ::tessera::testing::World;
 int SimulatedNodes() {
   const char* nodes = std::getenv("TESSERA_TEST_NODES");
   return nodes ? std::atoi(nodes) : 1;
+}
+
+// The host names of the two nodes: TESSERA_TEST_HOSTS ("a,b") on a real cluster, else the
+// simulated ones.
+std::vector<std::string> ExpectedHosts() {
+  const char* hosts = std::getenv("TESSERA_TEST_HOSTS");
+  if (hosts == nullptr) return {"node-a", "node-b"};
+  return absl::StrSplit(hosts, ',');
 }
 
 // Sum of the world ranks of a group, through its communicator.
@@ -48,7 +60,7 @@ TEST(Topology, DiscoversHostsAndLocalRanks) {
   }
   EXPECT_EQ(topology->rank(World().rank()).host, LocalHostName());
   if (nodes == 2) {
-    EXPECT_EQ(topology->hosts(), (std::vector<std::string>{"node-a", "node-b"}));
+    EXPECT_EQ(topology->hosts(), ExpectedHosts());
   }
 }
 
@@ -86,7 +98,8 @@ TEST(Layout, RefusesTensorParallelGroupsThatSpanNodes) {
   ASSERT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(refused.status().message().find("span nodes"), absl::string_view::npos)
       << refused.status();
-  EXPECT_NE(refused.status().message().find("node-a"), absl::string_view::npos) << refused.status();
+  EXPECT_NE(refused.status().message().find(ExpectedHosts()[0]), absl::string_view::npos)
+      << refused.status();
 
   // Allowed explicitly, the same request gives one group over both nodes.
   absl::StatusOr<Layout> allowed = Layout::Create(
