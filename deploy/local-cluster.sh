@@ -11,7 +11,8 @@
 #   local-cluster.sh rsh HOST CMD...    Open MPI's remote-launch agent (plm_rsh_agent)
 #   local-cluster.sh hostfile NAME SLOTS [NODE...]  an Open MPI hostfile of the nodes
 #   local-cluster.sh link NAME NODE up|down|loss PERCENT|delay MS|clear   fault a node's link
-#                                       (delay needs netem: CONFIG_NET_SCH_NETEM)
+#                                       (delay: netem, else $TESSERA_LINK_DELAY, the
+#                                       link_delay program, behind an NFQUEUE rule)
 #   local-cluster.sh down NAME          removes the cluster: its processes, links, names
 #   local-cluster.sh prune              removes clusters whose creating process is gone
 #   local-cluster.sh check              exit 0 when this machine can build a cluster
@@ -193,6 +194,17 @@ cmd_hostfile() {
   done
 }
 
+# Stops node INDEX's link_delay, if it runs, and its queueing rule.
+stop_delayer() {
+  local name=$1 index=$2 pidfile="$STATE_ROOT/$1/delay-n$2.pid"
+  if [[ -f "$pidfile" ]]; then
+    ip netns exec "$(netns_of "$name" "$index")" \
+      iptables -D OUTPUT -o eth0 -j NFQUEUE --queue-num 0 --queue-bypass 2>/dev/null || true
+    kill "$(cat "$pidfile")" 2>/dev/null || true
+    rm -f "$pidfile"
+  fi
+}
+
 cmd_link() {
   local name=$1 index ns
   index=$(node_index "$name" "$2")
@@ -213,15 +225,32 @@ EOF
       ;;
     delay)
       [[ "${4:-}" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "delay: expected milliseconds, got \"${4:-}\""
-      # Both ends' queues: a packet to or from the node waits DELAY once.
-      ip -n "$ns" link set eth0 qlen 1000
-      ip -n "$ns" qdisc replace dev eth0 root netem delay "${4}ms" 2>/dev/null ||
-        die "delay: this kernel has no netem queueing discipline (CONFIG_NET_SCH_NETEM)"
+      stop_delayer "$name" "$index"
+      # What the node sends waits DELAY: netem on its interface, or where the kernel has no
+      # netem, link_delay holding the packets that netfilter queues to it.
+      if ip -n "$ns" qdisc replace dev eth0 root netem delay "${4}ms" 2>/dev/null; then
+        return 0
+      fi
+      [[ -n "${TESSERA_LINK_DELAY:-}" && -x "${TESSERA_LINK_DELAY}" ]] ||
+        die "delay: this kernel has no netem queueing discipline (CONFIG_NET_SCH_NETEM); set" \
+          "TESSERA_LINK_DELAY to the link_delay program (built as tests/cluster/link_delay)"
+      command -v iptables >/dev/null || die "delay: needs iptables (for NFQUEUE)"
+      local log="$STATE_ROOT/$name/delay-n$index.log"
+      ip netns exec "$ns" "$TESSERA_LINK_DELAY" 0 "$4" >"$log" 2>&1 &
+      echo $! >"$STATE_ROOT/$name/delay-n$index.pid"
+      for _ in $(seq 50); do
+        grep -q "^link_delay: queue" "$log" && break
+        kill -0 "$!" 2>/dev/null || die "delay: link_delay failed: $(cat "$log")"
+        sleep 0.1
+      done
+      # --queue-bypass: should link_delay die, packets pass undelayed instead of vanishing.
+      ip netns exec "$ns" iptables -A OUTPUT -o eth0 -j NFQUEUE --queue-num 0 --queue-bypass
       ;;
     clear)
       ip -n "$ns" link set eth0 up
       ip -n "$ns" qdisc del dev eth0 root 2>/dev/null || true
       ip netns exec "$ns" nft delete table inet tessera_link 2>/dev/null || true
+      stop_delayer "$name" "$index"
       ;;
     *) die "link: expected up, down, loss PERCENT, delay MS or clear" ;;
   esac

@@ -9,7 +9,7 @@
 # $TESSERA_PYTHON_VENV (default ~/.local/share/tessera/venv), leaving the system's Python
 # untouched. tests/train/CMakeLists.txt looks for it there.
 #
-# iproute2, util-linux and nftables build and fault the namespace cluster of the cluster test
+# iproute2, util-linux, nftables and iptables build and fault the namespace cluster of the cluster test
 # (deploy/local-cluster.sh).
 set -euo pipefail
 
@@ -21,7 +21,7 @@ packages=(
   nlohmann-json3-dev libpcre2-dev libicu-dev
   libcpp-httplib-dev
   python3-grpcio python3-grpc-tools python3-venv
-  iproute2 util-linux nftables
+  iproute2 util-linux nftables iptables
 )
 
 missing=()

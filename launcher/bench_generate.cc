@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "comm/layout.h"
 #include "comm/topology.h"
 #include "launcher/bench.h"
@@ -35,6 +36,8 @@ struct BenchGenerateConfig {
   int decode_tokens = 32;
   std::string device = "cpu";
   absl::Duration timeout = absl::Minutes(5);
+  // Let the group span nodes, to measure what that costs.
+  bool allow_cross_node_tp = false;
 };
 
 double Since(Clock::time_point start) {
@@ -130,12 +133,15 @@ absl::Status BenchGenerate(const BenchGenerateConfig& config, int* argc, char***
   TESSERA_ASSIGN_OR_RETURN(MpiJob job, StartMpiJob(argc, argv, config.timeout, false));
   comm::MpiCommunicator& world = *job.world;
   TESSERA_ASSIGN_OR_RETURN(comm::Topology topology, comm::Topology::Discover(world));
-  if (topology.hosts().size() != 1) {
-    return absl::FailedPreconditionError("bench generate measures one node; run it on one host");
+  if (topology.hosts().size() != 1 && !config.allow_cross_node_tp) {
+    return absl::FailedPreconditionError(
+        "bench generate measures one node; run it on one host (or, to measure a group that "
+        "spans nodes, give --allow-cross-node-tp)");
   }
-  TESSERA_ASSIGN_OR_RETURN(
-      comm::Layout layout,
-      comm::Layout::Create(world, topology, {config.tp == 0 ? world.size() : config.tp, false}));
+  TESSERA_ASSIGN_OR_RETURN(comm::Layout layout,
+                           comm::Layout::Create(world, topology,
+                                                {config.tp == 0 ? world.size() : config.tp,
+                                                 config.allow_cross_node_tp}));
   if (layout.dp_size() != 1) {
     return absl::InvalidArgumentError("bench generate runs one replica: give --tp the rank count");
   }
@@ -154,14 +160,17 @@ absl::Status BenchGenerate(const BenchGenerateConfig& config, int* argc, char***
   if (device_tp != nullptr) {
     TESSERA_ASSIGN_OR_RETURN(bandwidth, MeasureDeviceBandwidth(device_tp->device()));
   } else {
-    // The benchmark runs on one node (checked above), so the world is the node.
+    // The world is one node (checked above), or with --allow-cross-node-tp the nodes of one
+    // group: every rank reads its shard from its own node's memory, all at once.
     host_read = MeasureNodeReadBandwidth(MPI_COMM_WORLD);
     bandwidth = host_read.bytes_per_second;
   }
   if (world.rank() == 0) {
-    std::printf("# tessera bench generate: batch 1, tp %d, %d prompt tokens, %d decoded, on %s\n",
-                layout.tp_size(), config.prompt_tokens, config.decode_tokens,
-                config.device.c_str());
+    std::printf(
+        "# tessera bench generate: batch 1, tp %d, %d prompt tokens, %d decoded, on %s, %zu "
+        "node(s): %s\n",
+        layout.tp_size(), config.prompt_tokens, config.decode_tokens, config.device.c_str(),
+        topology.hosts().size(), absl::StrJoin(topology.hosts(), ", ").c_str());
     if (device_tp != nullptr) {
       std::printf(
           "# limit: a decode step reads every weight and its context's cached keys and values "
@@ -246,6 +255,8 @@ int RunBench(const std::vector<std::string>& args, int* argc, char*** argv) {
   flags.Int("decode-tokens", &config.decode_tokens, "tokens decoded");
   AddDeviceFlag(flags, &config.device);
   flags.Duration("timeout", &config.timeout, "deadline of each collective");
+  flags.Bool("allow-cross-node-tp", &config.allow_cross_node_tp,
+             "let the tensor-parallel group span nodes (to measure what that costs)");
   std::vector<std::string> rest(args.begin() + 1, args.end());
   if (std::optional<int> done = ParseOrExit(flags, rest)) return *done;
   return ReportExit(BenchGenerate(config, argc, argv));
