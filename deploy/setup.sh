@@ -19,7 +19,7 @@ packages=(
   libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
   libabsl-dev libgtest-dev libgmock-dev
   nlohmann-json3-dev libpcre2-dev libicu-dev
-  libcpp-httplib-dev
+  libcpp-httplib-dev libssl-dev
   python3-grpcio python3-grpc-tools python3-venv
   iproute2 util-linux nftables iptables
 )

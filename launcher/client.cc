@@ -11,7 +11,9 @@
 #include "grpcpp/security/credentials.h"
 #include "launcher/flags.h"
 #include "launcher/process.h"
+#include "launcher/secret_file.h"
 #include "runtime/core/status_macros.h"
+#include "runtime/serve/bearer.h"
 #include "runtime/serve/request_convert.h"
 #include "tessera/v1/inference.grpc.pb.h"
 
@@ -21,7 +23,7 @@ namespace {
 struct ClientConfig {
   std::string target = "127.0.0.1:50051";
   std::string service = "tessera.v1.Inference";  // health: the service to ask about
-  std::string model;    // empty: the first the coordinator lists
+  std::string model;                             // empty: the first the coordinator lists
   std::string version;
   std::string prompt = "Hello";
   std::string prompts_file;
@@ -34,26 +36,30 @@ struct ClientConfig {
   int seed = -1;
   bool ignore_eos = false;
   absl::Duration timeout = absl::Minutes(5);
+  std::string api_key_file;  // empty: TESSERA_API_KEY
+  std::string api_key;       // read from either
 };
 
 std::shared_ptr<grpc::Channel> Connect(const ClientConfig& config) {
   return grpc::CreateChannel(config.target, grpc::InsecureChannelCredentials());
 }
 
-void SetDeadline(grpc::ClientContext& context, absl::Duration timeout) {
+// A call's deadline, and its API key when there is one.
+void PrepareCall(grpc::ClientContext& context, const ClientConfig& config, absl::Duration timeout) {
   context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  serve::AddBearerToken(context, config.api_key);
 }
 
 absl::Status Health(const ClientConfig& config) {
   auto stub = grpc::health::v1::Health::NewStub(Connect(config));
   grpc::ClientContext context;
-  SetDeadline(context, std::min(config.timeout, absl::Seconds(10)));
+  PrepareCall(context, config, std::min(config.timeout, absl::Seconds(10)));
   grpc::health::v1::HealthCheckRequest request;
   request.set_service(config.service);
   grpc::health::v1::HealthCheckResponse response;
   TESSERA_RETURN_IF_ERROR(serve::FromGrpcStatus(stub->Check(&context, request, &response)));
-  std::printf("%s\n", grpc::health::v1::HealthCheckResponse::ServingStatus_Name(
-                          response.status()).c_str());
+  std::printf("%s\n",
+              grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status()).c_str());
   if (response.status() != grpc::health::v1::HealthCheckResponse::SERVING) {
     return absl::UnavailableError(absl::StrCat(config.target, " is not serving"));
   }
@@ -67,7 +73,7 @@ absl::StatusOr<v1::GenerateRequest> MakeRequest(const ClientConfig& config,
   std::string model = config.model;
   if (model.empty()) {
     grpc::ClientContext context;
-    SetDeadline(context, absl::Seconds(10));
+    PrepareCall(context, config, absl::Seconds(10));
     v1::ListModelsResponse models;
     TESSERA_RETURN_IF_ERROR(
         serve::FromGrpcStatus(stub.ListModels(&context, v1::ListModelsRequest(), &models)));
@@ -111,10 +117,9 @@ void PrintSummary(const std::string& finish, const v1::Usage& usage, const v1::T
 
 absl::Status Generate(const ClientConfig& config) {
   auto stub = v1::Inference::NewStub(Connect(config));
-  TESSERA_ASSIGN_OR_RETURN(v1::GenerateRequest request,
-                           MakeRequest(config, *stub, config.prompt));
+  TESSERA_ASSIGN_OR_RETURN(v1::GenerateRequest request, MakeRequest(config, *stub, config.prompt));
   grpc::ClientContext context;
-  SetDeadline(context, config.timeout);
+  PrepareCall(context, config, config.timeout);
   auto reader = stub->GenerateStream(&context, request);
   v1::GenerateStreamResponse message;
   v1::Placement placement;
@@ -136,7 +141,8 @@ absl::Status Batch(const ClientConfig& config) {
     return absl::InvalidArgumentError("--prompts: required (a file of prompts, one per line)");
   }
   std::ifstream file(config.prompts_file);
-  if (!file) return absl::NotFoundError(absl::StrCat("--prompts: cannot read ", config.prompts_file));
+  if (!file)
+    return absl::NotFoundError(absl::StrCat("--prompts: cannot read ", config.prompts_file));
   auto stub = v1::Inference::NewStub(Connect(config));
   v1::GenerateBatchRequest batch;
   for (std::string line; std::getline(file, line);) {
@@ -144,7 +150,7 @@ absl::Status Batch(const ClientConfig& config) {
     TESSERA_ASSIGN_OR_RETURN(*batch.add_requests(), MakeRequest(config, *stub, line));
   }
   grpc::ClientContext context;
-  SetDeadline(context, config.timeout);
+  PrepareCall(context, config, config.timeout);
   v1::GenerateBatchResponse response;
   TESSERA_RETURN_IF_ERROR(serve::FromGrpcStatus(stub->GenerateBatch(&context, batch, &response)));
   int failed = 0;
@@ -158,8 +164,8 @@ absl::Status Batch(const ClientConfig& config) {
     }
   }
   if (failed > 0) {
-    return absl::UnknownError(absl::StrCat(failed, " of ", response.results_size(),
-                                           " requests failed"));
+    return absl::UnknownError(
+        absl::StrCat(failed, " of ", response.results_size(), " requests failed"));
   }
   return absl::OkStatus();
 }
@@ -186,12 +192,16 @@ int RunClient(const std::vector<std::string>& args, int* /*argc*/, char*** /*arg
   flags.String("target", &config.target, "host:port of the coordinator");
   flags.Duration("timeout", &config.timeout, "deadline of the call");
   if (action == "health") {
-    flags.String("service", &config.service, "the service to ask about: tessera.v1.Inference (a coordinator with a healthy "
+    flags.String("service", &config.service,
+                 "the service to ask about: tessera.v1.Inference (a coordinator with a healthy "
                  "group), tessera.v1.Worker (a group leader), or \"\" (the process answers)");
   } else {
     flags.String("model", &config.model, "model name (default: the first listed)");
     flags.String("version", &config.version, "model version (default: the coordinator's pick)");
-    flags.String("tenant", &config.tenant, "tenant the tokens are charged to");
+    flags.String("tenant", &config.tenant,
+                 "tenant the tokens are charged to (with API keys: the key's, or leave it out)");
+    flags.String("api-key-file", &config.api_key_file,
+                 "a file holding the API key (also TESSERA_API_KEY)");
     flags.String("session", &config.session, "session id (keeps one model version)");
     flags.Int("max-tokens", &config.max_tokens, "tokens to generate at most");
     flags.String("temperature", &config.temperature, "sampling temperature (0: greedy)");
@@ -207,9 +217,13 @@ int RunClient(const std::vector<std::string>& args, int* /*argc*/, char*** /*arg
   }
   std::vector<std::string> rest(args.begin() + 1, args.end());
   if (std::optional<int> done = ParseOrExit(flags, rest)) return *done;
-  absl::Status status = action == "health"     ? Health(config)
-                        : action == "generate" ? Generate(config)
-                                               : Batch(config);
+  absl::Status status = [&]() -> absl::Status {
+    TESSERA_ASSIGN_OR_RETURN(config.api_key,
+                             ReadSecret(config.api_key_file, "TESSERA_API_KEY", "--api-key-file"));
+    return action == "health"     ? Health(config)
+           : action == "generate" ? Generate(config)
+                                  : Batch(config);
+  }();
   if (!status.ok()) {
     std::fprintf(stderr, "tessera client %s: %s\n", action.c_str(), status.ToString().c_str());
     return kExitFailure;

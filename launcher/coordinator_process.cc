@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
+#include "launcher/secret_file.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/serve/log.h"
 
@@ -28,6 +29,13 @@ void AddCoordinatorFlags(FlagSet& flags, CoordinatorConfig* config) {
                  "how often groups report; a group that misses 3 is dead");
   flags.Bytes("max-message-bytes", &config->max_message_bytes,
               "largest request message accepted (RESOURCE_EXHAUSTED beyond it)");
+  flags.String("api-keys", &config->api_keys_file,
+               "a file of API keys, stored hashed, each naming its tenant (`tessera api-key` "
+               "adds one); clients then need a key, sent as \"authorization: Bearer KEY\". "
+               "Re-read when it changes");
+  flags.String("join-token-file", &config->join_token_file,
+               "a file holding the token workers must show to register (also "
+               "TESSERA_JOIN_TOKEN); empty: any worker that reaches the port may register");
 }
 
 RunningCoordinator::~RunningCoordinator() {
@@ -41,8 +49,7 @@ absl::StatusOr<std::unique_ptr<RunningCoordinator>> StartCoordinator(
     const CoordinatorConfig& config) {
   serve::CoordinatorOptions options;
   TESSERA_ASSIGN_OR_RETURN(options.router.policy, serve::ParseRoutingPolicy(config.policy));
-  absl::StatusOr<serve::ModelVersionWeights> weights =
-      serve::ParseVersionWeights(config.versions);
+  absl::StatusOr<serve::ModelVersionWeights> weights = serve::ParseVersionWeights(config.versions);
   if (!weights.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--versions: ", weights.status().message()));
   }
@@ -71,16 +78,30 @@ absl::StatusOr<std::unique_ptr<RunningCoordinator>> StartCoordinator(
   options.max_queue = config.max_queue;
   options.registry.heartbeat_interval = config.heartbeat_interval;
 
+  TESSERA_ASSIGN_OR_RETURN(
+      options.join_token,
+      ReadSecret(config.join_token_file, "TESSERA_JOIN_TOKEN", "--join-token-file"));
+
   auto running = std::make_unique<RunningCoordinator>();
+  running->join_token = options.join_token;
+  if (!config.api_keys_file.empty()) {
+    absl::StatusOr<std::unique_ptr<serve::ApiKeyStore>> keys =
+        serve::ApiKeyStore::Open(config.api_keys_file);
+    if (!keys.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--api-keys: ", keys.status().message()));
+    }
+    running->api_keys = *std::move(keys);
+    options.api_keys = running->api_keys.get();
+  }
   running->metrics = std::make_unique<serve::MetricsRegistry>();
   running->coordinator = std::make_unique<serve::Coordinator>(options, *running->metrics);
   serve::GrpcServerOptions grpc_options;
   grpc_options.address = config.listen;
   grpc_options.max_message_bytes = static_cast<int>(config.max_message_bytes);
   TESSERA_ASSIGN_OR_RETURN(
-      running->grpc, serve::StartGrpcServer(grpc_options,
-                                            {running->coordinator->inference_service(),
-                                             running->coordinator->registry_service()}));
+      running->grpc,
+      serve::StartGrpcServer(grpc_options, {running->coordinator->inference_service(),
+                                            running->coordinator->registry_service()}));
   running->coordinator->AttachHealth(running->grpc.server.get());
   if (config.metrics_listen != "off") {
     serve::Coordinator* coordinator = running->coordinator.get();

@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "launcher/flags.h"
+#include "runtime/serve/api_keys.h"
 #include "runtime/serve/coordinator.h"
 #include "runtime/serve/grpc_server.h"
 #include "runtime/serve/metrics.h"
@@ -28,16 +29,20 @@ struct CoordinatorConfig {
   int max_queue = 1024;
   absl::Duration heartbeat_interval = absl::Seconds(1);
   int64_t max_message_bytes = 4 << 20;
+  std::string api_keys_file;    // api_keys.h; empty: clients need no key
+  std::string join_token_file;  // empty: TESSERA_JOIN_TOKEN, or no token
 };
 
 // Declares the coordinator's flags, writing into `config` (whose values are the defaults).
 void AddCoordinatorFlags(FlagSet& flags, CoordinatorConfig* config);
 
 struct RunningCoordinator {
+  std::unique_ptr<serve::ApiKeyStore> api_keys;  // before the coordinator, which reads it
   std::unique_ptr<serve::MetricsRegistry> metrics;
   std::unique_ptr<serve::Coordinator> coordinator;
   serve::RunningGrpcServer grpc;
   std::unique_ptr<serve::MetricsServer> metrics_server;
+  std::string join_token;  // what registrations must show; empty: none
 
   ~RunningCoordinator();  // stops the servers before the coordinator goes
   RunningCoordinator() = default;

@@ -276,6 +276,13 @@ absl::StatusOr<LaunchCommands> BuildLaunchCommands(const LaunchConfig& config) {
     if (!config.policy.empty()) {
       commands.coordinator.insert(commands.coordinator.end(), {"--policy", config.policy});
     }
+    if (!config.join_token_file.empty()) {
+      commands.coordinator.insert(commands.coordinator.end(),
+                                  {"--join-token-file", config.join_token_file});
+    }
+    if (!config.api_keys_file.empty()) {
+      commands.coordinator.insert(commands.coordinator.end(), {"--api-keys", config.api_keys_file});
+    }
   }
 
   // One mpirun job per replica (a tensor-parallel group, inside one node: `--host
@@ -337,6 +344,7 @@ absl::StatusOr<LaunchCommands> BuildLaunchCommands(const LaunchConfig& config) {
       add("--model-name", config.model_name);
       add("--version", config.version);
       add("--zone", config.zone);
+      add("--join-token-file", config.join_token_file);
       job.insert(job.end(), config.worker_args.begin(), config.worker_args.end());
       commands.replicas.push_back(
           {absl::StrCat((*hosts)[h].host, "/replica", replica), std::move(job)});
@@ -533,6 +541,11 @@ int RunLaunch(const std::vector<std::string>& args, int* /*argc*/, char*** /*arg
   flags.String("coordinator-metrics-listen", &config.coordinator_metrics_listen,
                "the coordinator's --metrics-listen, HOST:PORT or off; empty: its "
                "default, 0.0.0.0:9400");
+  flags.String("join-token-file", &config.join_token_file,
+               "a file holding the token workers show to register: the coordinator's and every "
+               "worker's --join-token-file (the same path on every node)");
+  flags.String("api-keys", &config.api_keys_file,
+               "the coordinator's --api-keys: a file of API keys clients must send");
   flags.String("policy", &config.policy,
                "the coordinator's routing policy: combined, least-load, prefix or topology; "
                "empty: its default");

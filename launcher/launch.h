@@ -61,6 +61,10 @@ struct LaunchConfig {
   // The coordinator's --policy and --metrics-listen; empty: its defaults.
   std::string policy;
   std::string coordinator_metrics_listen;
+  // Passed as --join-token-file to the coordinator and every worker (the same path on every
+  // node); the coordinator's --api-keys.
+  std::string join_token_file;
+  std::string api_keys_file;
   // Worker flags; empty: not passed (the model: the built-in default).
   std::string model;
   std::string model_name;

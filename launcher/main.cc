@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "launcher/api_key_command.h"
 #include "launcher/bench.h"
 #include "launcher/client.h"
 #include "launcher/comm_bench.h"
@@ -42,6 +43,8 @@ constexpr Subcommand kSubcommands[] = {
     {"coordinator", "the gRPC coordinator that worker groups register with",
      tessera::launcher::RunCoordinator},
     {"client", "client health|generate|batch against a coordinator", tessera::launcher::RunClient},
+    {"api-key", "make an API key for a tenant and add its hash to a coordinator's key file",
+     tessera::launcher::RunApiKey},
     {"worker",
      "a serving worker under mpirun: engine per TP group, leader registers with the "
      "coordinator",

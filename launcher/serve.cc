@@ -1,6 +1,7 @@
 #include "launcher/serve.h"
 
 #include <cstdio>
+#include <cstdlib>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
@@ -57,9 +58,15 @@ absl::Status Serve(const ServeConfig& config) {
                                    "after it exited.",
                                    {"replica"}));
   const int groups = config.workers.groups();
+  WorkerJobConfig worker_config = config.workers;
+  if (!running->join_token.empty()) {
+    // The workers register with the token; it reaches them through the environment.
+    setenv("TESSERA_JOIN_TOKEN", running->join_token.c_str(), /*overwrite=*/1);
+    worker_config.forward_join_token = true;
+  }
   TESSERA_ASSIGN_OR_RETURN(
       std::unique_ptr<WorkerGroups> workers,
-      WorkerGroups::StartLocal(config.workers, running->grpc.port, *running->coordinator, restarts,
+      WorkerGroups::StartLocal(worker_config, running->grpc.port, *running->coordinator, restarts,
                                "tessera serve"));
   TESSERA_ASSIGN_OR_RETURN(bool ready, workers->WaitUntilHealthy(config.workers.ready_timeout));
   if (!ready) return absl::OkStatus();  // Ctrl-C while starting

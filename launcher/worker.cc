@@ -13,6 +13,7 @@
 #include "launcher/engine_flags.h"
 #include "launcher/flags.h"
 #include "launcher/model_job.h"
+#include "launcher/secret_file.h"
 #include "launcher/shutdown_signal.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/engine/engine.h"
@@ -37,7 +38,8 @@ struct WorkerConfig {
   std::string model_name;
   std::string version = "v1";
   std::string zone;
-  int replica_offset = 0;  // the index of this job's first replica
+  int replica_offset = 0;       // the index of this job's first replica
+  std::string join_token_file;  // empty: TESSERA_JOIN_TOKEN, or none
   ModelJobOptions job;
   engine::EngineOptions engine;
 };
@@ -111,6 +113,9 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
   int unused_port = 0;
   TESSERA_RETURN_IF_ERROR(
       serve::SplitHostPort(config.coordinator, "--coordinator", &coordinator_host, &unused_port));
+  TESSERA_ASSIGN_OR_RETURN(
+      const std::string join_token,
+      ReadSecret(config.join_token_file, "TESSERA_JOIN_TOKEN", "--join-token-file"));
   TESSERA_RETURN_IF_ERROR(
       serve::SplitHostPort(config.listen, "--listen", &listen_host, &unused_port));
   if (config.metrics_listen != "off") {
@@ -214,7 +219,7 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
   absl::Status ran;
   {
     serve::CoordinatorLink link(
-        config.coordinator, registration, [&service] { return service.Load(); },
+        config.coordinator, join_token, registration, [&service] { return service.Load(); },
         [&service](const std::string& id) { service.set_group_id(id); });
     serve::SetServing(*server.server, {"tessera.v1.Worker"}, true);
     absl::Notification loop_done;
@@ -267,6 +272,8 @@ int RunWorker(const std::vector<std::string>& args, int* argc, char*** argv) {
   AddDeviceFlag(flags, &config.job.device);
   AddKvCacheMemoryFractionFlag(flags, &config.job.kv_cache_memory_fraction);
   flags.String("zone", &config.zone, "a locality label (zone, rack) for topology-aware routing");
+  flags.String("join-token-file", &config.join_token_file,
+               "a file holding the coordinator's join token (also TESSERA_JOIN_TOKEN)");
   flags.Int("replica-offset", &config.replica_offset,
             "the index of this job's first replica, when each replica is a job of its own "
             "(tessera serve, tessera launch): it names the groups and offsets fixed ports");

@@ -86,6 +86,7 @@ std::vector<std::string> WorkerCommand(const WorkerJobConfig& config, int coordi
                              absl::StrCat(comm::kNodeFirstSlotVariable, "=", replica * config.tp),
                              "-x", absl::StrCat(comm::kNodeRanksVariable, "=", config.np)});
   }
+  if (config.forward_join_token) argv.insert(argv.end(), {"-x", "TESSERA_JOIN_TOKEN"});
   for (absl::string_view extra : absl::StrSplit(config.mpirun_args, ' ', absl::SkipEmpty())) {
     argv.emplace_back(extra);
   }

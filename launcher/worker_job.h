@@ -52,6 +52,9 @@ struct WorkerJobConfig {
   absl::Duration timeout = absl::Seconds(10);  // deadline of each collective
   absl::Duration ready_timeout = absl::Minutes(5);
   engine::EngineOptions engine;
+  // The workers get the coordinator's join token from this process's TESSERA_JOIN_TOKEN
+  // (mpirun -x), never on a command line.
+  bool forward_join_token = false;
 
   Supervision supervision;
 

@@ -12,9 +12,11 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "kernels/cpu/sampling.h"
+#include "runtime/serve/bearer.h"
 #include "runtime/serve/grpc_server.h"
 #include "runtime/serve/log.h"
 #include "runtime/serve/request_convert.h"
+#include "runtime/serve/secrets.h"
 
 namespace tessera::serve {
 namespace {
@@ -82,6 +84,7 @@ grpc::Status ClientEndStatus(grpc::ServerContext* context) {
 // One registered group's channel and the calls the coordinator has open on it.
 struct Coordinator::GroupLink {
   std::string id;
+  std::string secret;  // its heartbeats and deregistration carry it
   std::string model;
   std::string version;
   std::shared_ptr<grpc::Channel> channel;
@@ -98,9 +101,11 @@ class Coordinator::InferenceImpl final : public v1::Inference::Service {
 
   grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                         v1::GenerateResponse* response) override {
+    absl::StatusOr<std::string> tenant = c_.Authenticate(*context);
+    if (!tenant.ok()) return ToGrpcStatus(tenant.status());
     RequestRecord record;
     grpc::Status status = c_.RunRequest(
-        context, *request,
+        context, *request, *tenant,
         [response](const v1::GenerateStreamResponse& message) {
           AppendToResponse(message, response);
           return true;
@@ -111,28 +116,32 @@ class Coordinator::InferenceImpl final : public v1::Inference::Service {
 
   grpc::Status GenerateStream(grpc::ServerContext* context, const v1::GenerateRequest* request,
                               grpc::ServerWriter<v1::GenerateStreamResponse>* writer) override {
+    absl::StatusOr<std::string> tenant = c_.Authenticate(*context);
+    if (!tenant.ok()) return ToGrpcStatus(tenant.status());
     RequestRecord record;
     return c_.RunRequest(
-        context, *request,
+        context, *request, *tenant,
         [writer](const v1::GenerateStreamResponse& message) { return writer->Write(message); },
         &record);
   }
 
   grpc::Status GenerateBatch(grpc::ServerContext* context, const v1::GenerateBatchRequest* batch,
                              v1::GenerateBatchResponse* response) override {
+    absl::StatusOr<std::string> tenant = c_.Authenticate(*context);
+    if (!tenant.ok()) return ToGrpcStatus(tenant.status());
     const int n = batch->requests_size();
     for (int i = 0; i < n; ++i) response->add_results();
     // Up to kBatchParallelism requests run at once, each on a thread that takes the next
     // unstarted one; the router spreads them over the groups and each group's engine batches
     // what it gets.
     std::atomic<int> next{0};
-    auto run_next = [this, context, batch, response, &next] {
+    auto run_next = [this, context, batch, response, &next, &tenant] {
       for (int i = next.fetch_add(1); i < batch->requests_size(); i = next.fetch_add(1)) {
         v1::BatchResult* result = response->mutable_results(i);
         RequestRecord record;
         v1::GenerateResponse* out = result->mutable_response();
         grpc::Status status = c_.RunRequest(
-            context, batch->requests(i),
+            context, batch->requests(i), *tenant,
             [out](const v1::GenerateStreamResponse& message) {
               AppendToResponse(message, out);
               return true;
@@ -151,8 +160,11 @@ class Coordinator::InferenceImpl final : public v1::Inference::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status Tokenize(grpc::ServerContext* /*context*/, const v1::TokenizeRequest* request,
+  grpc::Status Tokenize(grpc::ServerContext* context, const v1::TokenizeRequest* request,
                         v1::TokenizeResponse* response) override {
+    if (absl::Status caller = c_.Authenticate(*context).status(); !caller.ok()) {
+      return ToGrpcStatus(caller);
+    }
     if (request->model().empty()) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "model: required");
     }
@@ -175,8 +187,11 @@ class Coordinator::InferenceImpl final : public v1::Inference::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status ListModels(grpc::ServerContext* /*context*/, const v1::ListModelsRequest*,
+  grpc::Status ListModels(grpc::ServerContext* context, const v1::ListModelsRequest*,
                           v1::ListModelsResponse* response) override {
+    if (absl::Status caller = c_.Authenticate(*context).status(); !caller.ok()) {
+      return ToGrpcStatus(caller);
+    }
     absl::Time now = absl::Now();
     for (const ModelSummary& model : c_.registry_.Models(now)) {
       v1::ModelInfo* info = response->add_models();
@@ -204,8 +219,17 @@ class Coordinator::RegistryImpl final : public v1::WorkerRegistry::Service {
  public:
   explicit RegistryImpl(Coordinator& coordinator) : c_(coordinator) {}
 
-  grpc::Status Register(grpc::ServerContext* /*context*/, const v1::RegisterRequest* request,
+  grpc::Status Register(grpc::ServerContext* context, const v1::RegisterRequest* request,
                         v1::RegisterResponse* response) override {
+    // The join token before anything else is read.
+    if (!c_.options_.join_token.empty() &&
+        !SecretsEqual(BearerToken(*context), c_.options_.join_token)) {
+      return Refuse(*context, "Register", request->name(), grpc::StatusCode::UNAUTHENTICATED,
+                    "registration needs the coordinator's join token (worker flag "
+                    "--join-token-file)");
+    }
+    absl::StatusOr<std::string> secret = RandomHex(16);
+    if (!secret.ok()) return ToGrpcStatus(secret.status());
     // The tokenizer first: a group whose tokenizer cannot be read is not routable.
     std::shared_ptr<const tokenizer::Tokenizer> tokenizer;
     {
@@ -232,6 +256,7 @@ class Coordinator::RegistryImpl final : public v1::WorkerRegistry::Service {
 
     auto link = std::make_shared<GroupLink>();
     link->id = *id;
+    link->secret = *secret;
     link->model = request->model();
     link->version = request->version();
     grpc::ChannelArguments args;
@@ -246,6 +271,7 @@ class Coordinator::RegistryImpl final : public v1::WorkerRegistry::Service {
       c_.tokenizers_[TokenizerKey(request->model(), request->version())] = tokenizer;
     }
     response->set_group_id(*id);
+    response->set_group_secret(*secret);
     response->set_heartbeat_interval_seconds(
         absl::ToDoubleSeconds(c_.registry_.options().heartbeat_interval));
     LogEvent(kComponent, {{"event", "group_registered"},
@@ -261,16 +287,25 @@ class Coordinator::RegistryImpl final : public v1::WorkerRegistry::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status Heartbeat(grpc::ServerContext* /*context*/, const v1::HeartbeatRequest* request,
+  grpc::Status Heartbeat(grpc::ServerContext* context, const v1::HeartbeatRequest* request,
                          v1::HeartbeatResponse* response) override {
+    if (!SecretMatches(request->group_id(), request->group_secret())) {
+      return Refuse(*context, "Heartbeat", request->group_id(), grpc::StatusCode::PERMISSION_DENIED,
+                    "the group secret does not match the one given at registration");
+    }
     bool known =
         c_.registry_.Heartbeat(request->group_id(), FromWire(request->load()), absl::Now());
     response->set_registered(known);  // gauges and health follow on the reaper's next tick
     return grpc::Status::OK;
   }
 
-  grpc::Status Deregister(grpc::ServerContext* /*context*/, const v1::DeregisterRequest* request,
+  grpc::Status Deregister(grpc::ServerContext* context, const v1::DeregisterRequest* request,
                           v1::DeregisterResponse* /*response*/) override {
+    if (!SecretMatches(request->group_id(), request->group_secret())) {
+      return Refuse(*context, "Deregister", request->group_id(),
+                    grpc::StatusCode::PERMISSION_DENIED,
+                    "the group secret does not match the one given at registration");
+    }
     if (c_.registry_.Deregister(request->group_id())) {
       c_.OnGroupGone(request->group_id(), "it deregistered (shutting down)");
     }
@@ -278,6 +313,27 @@ class Coordinator::RegistryImpl final : public v1::WorkerRegistry::Service {
   }
 
  private:
+  // True when `group` is unknown (nothing to protect: the call changes nothing) or `secret`
+  // is its secret.
+  bool SecretMatches(const std::string& group, const std::string& secret) const {
+    absl::MutexLock lock(&c_.mutex_);
+    auto link = c_.links_.find(group);
+    return link == c_.links_.end() || SecretsEqual(secret, link->second->secret);
+  }
+
+  // Logs a refused registry call (who called, for what) and returns its status.
+  static grpc::Status Refuse(const grpc::ServerContext& context, absl::string_view call,
+                             absl::string_view subject, grpc::StatusCode code,
+                             absl::string_view why) {
+    Log(LogLevel::kWarning, kComponent,
+        {{"event", "registry_call_refused"},
+         {"call", std::string(call)},
+         {"subject", std::string(subject)},
+         {"peer", context.peer()},
+         {"reason", std::string(why)}});
+    return grpc::Status(code, std::string(why));
+  }
+
   Coordinator& c_;
 };
 
@@ -454,13 +510,34 @@ absl::Status Coordinator::AdmitToQueue(TenantPriority priority) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::string> Coordinator::Authenticate(const grpc::ServerContext& context) const {
+  if (options_.api_keys == nullptr) return std::string();
+  const std::string key = BearerToken(context);
+  if (key.empty()) {
+    return absl::UnauthenticatedError(
+        "an API key is required: send it as metadata \"authorization: Bearer KEY\"");
+  }
+  std::optional<std::string> tenant = options_.api_keys->TenantOf(key);
+  if (!tenant.has_value()) return absl::UnauthenticatedError("the API key is not valid");
+  return *std::move(tenant);
+}
+
 grpc::Status Coordinator::RunRequest(grpc::ServerContext* context,
-                                     const v1::GenerateRequest& request, const Sink& sink,
+                                     const v1::GenerateRequest& request,
+                                     const std::string& key_tenant, const Sink& sink,
                                      RequestRecord* record) {
   absl::Time start = absl::Now();
   v1::GenerateRequest forwarded = request;
   if (forwarded.request_id().empty()) {
     forwarded.set_request_id(absl::StrCat("r-", next_request_.fetch_add(1)));
+  }
+  if (!key_tenant.empty()) {
+    if (!forwarded.tenant().empty() && forwarded.tenant() != key_tenant) {
+      return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                          absl::StrCat("tenant: the API key belongs to tenant \"", key_tenant,
+                                       "\", not \"", forwarded.tenant(), "\""));
+    }
+    forwarded.set_tenant(key_tenant);
   }
   if (forwarded.tenant().empty()) forwarded.set_tenant("default");
   record->request_id = forwarded.request_id();

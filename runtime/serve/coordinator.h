@@ -23,6 +23,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "grpcpp/server.h"
+#include "runtime/serve/api_keys.h"
 #include "runtime/serve/group_registry.h"
 #include "runtime/serve/metrics.h"
 #include "runtime/serve/router.h"
@@ -48,6 +49,11 @@ struct CoordinatorOptions {
   // After its group failed, how long a request waits for another healthy group (one that is
   // being restarted, say) before it ends UNAVAILABLE; its own deadline comes first.
   absl::Duration failover_wait = absl::Seconds(30);
+  // When set (not owned; outlives the coordinator), every client call needs a key from it and
+  // runs as the key's tenant; a request naming another tenant is PERMISSION_DENIED.
+  const ApiKeyStore* api_keys = nullptr;
+  // When not empty, Register needs it (metadata "authorization: Bearer TOKEN").
+  std::string join_token;
 };
 
 class Coordinator {
@@ -82,8 +88,12 @@ class Coordinator {
   // Where a relayed message goes; false when the client is gone.
   using Sink = std::function<bool(const v1::GenerateStreamResponse&)>;
 
+  // The tenant of the call's API key; empty when the coordinator takes no keys.
+  // UNAUTHENTICATED when a key is needed and missing or unknown.
+  absl::StatusOr<std::string> Authenticate(const grpc::ServerContext& context) const;
+  // `key_tenant`: the tenant of the caller's API key, or empty (no keys: the request's own).
   grpc::Status RunRequest(grpc::ServerContext* context, const v1::GenerateRequest& request,
-                          const Sink& sink, RequestRecord* record);
+                          const std::string& key_tenant, const Sink& sink, RequestRecord* record);
   // Runs `request` on a group and relays its stream; when the group fails, on another
   // (continuing after the tokens already streamed), up to max_dispatch_attempts groups.
   grpc::Status Dispatch(grpc::ServerContext* context, const v1::GenerateRequest& request,

@@ -5,6 +5,7 @@
 
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
+#include "runtime/serve/bearer.h"
 #include "runtime/serve/log.h"
 
 namespace tessera::serve {
@@ -21,10 +22,12 @@ void SetDeadline(grpc::ClientContext& context, absl::Duration timeout) {
 
 }  // namespace
 
-CoordinatorLink::CoordinatorLink(std::string address, v1::RegisterRequest registration,
+CoordinatorLink::CoordinatorLink(std::string address, std::string join_token,
+                                 v1::RegisterRequest registration,
                                  std::function<v1::GroupLoad()> load,
                                  std::function<void(const std::string&)> on_registered)
     : address_(std::move(address)),
+      join_token_(std::move(join_token)),
       registration_(std::move(registration)),
       load_(std::move(load)),
       on_registered_(std::move(on_registered)) {
@@ -38,12 +41,15 @@ CoordinatorLink::CoordinatorLink(std::string address, v1::RegisterRequest regist
 CoordinatorLink::~CoordinatorLink() {
   stop_.Notify();
   thread_.join();
-  std::string id = group_id();
-  if (id.empty()) return;
+  v1::DeregisterRequest request;
+  {
+    absl::MutexLock lock(&mutex_);
+    if (group_id_.empty()) return;
+    request.set_group_id(group_id_);
+    request.set_group_secret(group_secret_);
+  }
   grpc::ClientContext context;
   SetDeadline(context, kCallDeadline);
-  v1::DeregisterRequest request;
-  request.set_group_id(id);
   v1::DeregisterResponse response;
   stub_->Deregister(&context, request, &response);  // best effort: the coordinator may be gone
 }
@@ -60,6 +66,7 @@ std::string CoordinatorLink::group_id() const {
 bool CoordinatorLink::Register() {
   grpc::ClientContext context;
   SetDeadline(context, kCallDeadline);
+  AddBearerToken(context, join_token_);
   v1::RegisterResponse response;
   grpc::Status status = stub_->Register(&context, registration_, &response);
   if (!status.ok()) {
@@ -71,13 +78,13 @@ bool CoordinatorLink::Register() {
   {
     absl::MutexLock lock(&mutex_);
     group_id_ = response.group_id();
+    group_secret_ = response.group_secret();
     if (response.heartbeat_interval_seconds() > 0) {
       interval_ = absl::Seconds(response.heartbeat_interval_seconds());
     }
   }
-  LogEvent("worker", {{"event", "registered"},
-                      {"group", response.group_id()},
-                      {"coordinator", address_}});
+  LogEvent("worker",
+           {{"event", "registered"}, {"group", response.group_id()}, {"coordinator", address_}});
   if (on_registered_) on_registered_(response.group_id());
   if (!registered_once_.HasBeenNotified()) registered_once_.Notify();
   return true;
@@ -98,7 +105,11 @@ void CoordinatorLink::Loop() {
     grpc::ClientContext context;
     SetDeadline(context, kCallDeadline);
     v1::HeartbeatRequest request;
-    request.set_group_id(group_id());
+    {
+      absl::MutexLock lock(&mutex_);
+      request.set_group_id(group_id_);
+      request.set_group_secret(group_secret_);
+    }
     *request.mutable_load() = load_();
     v1::HeartbeatResponse response;
     grpc::Status status = stub_->Heartbeat(&context, request, &response);

@@ -21,9 +21,10 @@ namespace tessera::serve {
 
 class CoordinatorLink {
  public:
-  // Starts registering with the coordinator at `address` (host:port) on a thread of its own.
-  // `load` is called for every heartbeat; `on_registered` with each group id given.
-  CoordinatorLink(std::string address, v1::RegisterRequest registration,
+  // Starts registering with the coordinator at `address` (host:port) on a thread of its own,
+  // showing `join_token` when not empty. `load` is called for every heartbeat;
+  // `on_registered` with each group id given.
+  CoordinatorLink(std::string address, std::string join_token, v1::RegisterRequest registration,
                   std::function<v1::GroupLoad()> load,
                   std::function<void(const std::string&)> on_registered);
   // Deregisters (best effort) and stops.
@@ -38,6 +39,7 @@ class CoordinatorLink {
   bool Register();
 
   const std::string address_;
+  const std::string join_token_;
   const v1::RegisterRequest registration_;
   std::function<v1::GroupLoad()> load_;
   std::function<void(const std::string&)> on_registered_;
@@ -47,6 +49,7 @@ class CoordinatorLink {
 
   mutable absl::Mutex mutex_;
   std::string group_id_ ABSL_GUARDED_BY(mutex_);
+  std::string group_secret_ ABSL_GUARDED_BY(mutex_);  // what the coordinator gave with the id
   absl::Duration interval_ ABSL_GUARDED_BY(mutex_) = absl::Seconds(1);
 
   std::thread thread_;

@@ -332,6 +332,7 @@ absl::Status CoordinatorProcess::WaitForHealthyGroups(const std::string& model,
       [&] {
         grpc::ClientContext context;
         context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+        if (!api_key_.empty()) context.AddMetadata("authorization", "Bearer " + api_key_);
         v1::ListModelsResponse models;
         grpc::Status status = inference_->ListModels(&context, v1::ListModelsRequest(), &models);
         if (!status.ok()) {

@@ -130,6 +130,8 @@ class CoordinatorProcess {
   v1::Inference::Stub& inference() { return *inference_; }
   grpc::health::v1::Health::Stub& health() { return *health_; }
   absl::StatusOr<MetricsSnapshot> Metrics() const { return ScrapeMetrics(metrics_port_); }
+  // The API key the harness's own calls (WaitForHealthyGroups) send; none when empty.
+  void set_api_key(std::string key) { api_key_ = std::move(key); }
 
   // The id the coordinator gave the group whose leader serves at `endpoint` (its log's
   // group_registered event); NOT_FOUND when it has not registered (yet).
@@ -147,6 +149,7 @@ class CoordinatorProcess {
   std::unique_ptr<ChildProcess> process_;
   int grpc_port_ = 0;
   int metrics_port_ = 0;
+  std::string api_key_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Inference::Stub> inference_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;

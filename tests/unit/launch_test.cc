@@ -284,15 +284,18 @@ TEST_F(LaunchTest, WorkerFlagsAndPassThroughArguments) {
   config_.coordinator = "10.0.0.1:6000";
   config_.policy = "least-load";
   config_.coordinator_metrics_listen = "0.0.0.0:9500";
+  config_.join_token_file = "/etc/tessera/join";
+  config_.api_keys_file = "/etc/tessera/keys";
   config_.mpirun = "/opt/ompi/bin/mpirun";
   config_.worker_args = {"--dtype", "bf16", "--kv-cache-memory", "8G"};
   ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
   EXPECT_EQ(Job(commands).front(), "/opt/ompi/bin/mpirun");
   EXPECT_EQ(commands.coordinator_port, 6000);
-  EXPECT_EQ(
-      commands.coordinator,
-      (std::vector<std::string>{"/usr/local/bin/tessera", "coordinator", "--listen", "0.0.0.0:6000",
-                                "--metrics-listen", "0.0.0.0:9500", "--policy", "least-load"}));
+  EXPECT_EQ(commands.coordinator,
+            (std::vector<std::string>{"/usr/local/bin/tessera", "coordinator", "--listen",
+                                      "0.0.0.0:6000", "--metrics-listen", "0.0.0.0:9500",
+                                      "--policy", "least-load", "--join-token-file",
+                                      "/etc/tessera/join", "--api-keys", "/etc/tessera/keys"}));
   EXPECT_EQ(WorkerArgs(commands, "/opt/tessera/bin/tessera"),
             (std::vector<std::string>{"worker",
                                       "--coordinator",
@@ -311,6 +314,8 @@ TEST_F(LaunchTest, WorkerFlagsAndPassThroughArguments) {
                                       "v2",
                                       "--zone",
                                       "rack-1",
+                                      "--join-token-file",
+                                      "/etc/tessera/join",
                                       "--dtype",
                                       "bf16",
                                       "--kv-cache-memory",

@@ -1,0 +1,302 @@
+// Who may call the coordinator and who may register with it, with real processes on
+// loopback: a `tessera coordinator` with API keys (--api-keys) and a join token
+// (--join-token-file), a worker group that shows the token, and callers that do not.
+// TESSERA_BINARY and TESSERA_MPIRUN_COMMAND come from CMake.
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "tessera/v1/worker.grpc.pb.h"
+#include "tests/e2e/inference_calls.h"
+#include "tests/e2e/serve_harness.h"
+
+namespace tessera::e2e {
+namespace {
+
+using ::grpc::StatusCode;
+
+// Key files are polled every second.
+constexpr absl::Duration kKeyReload = absl::Seconds(5);
+
+class Security : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    char pattern[] = "/tmp/tessera-security-e2e-XXXXXX";
+    dir_ = mkdtemp(pattern);
+    harness_ = new ServeHarness(
+        TESSERA_BINARY,
+        std::vector<std::string>(absl::StrSplit(TESSERA_MPIRUN_COMMAND, ' ', absl::SkipEmpty())),
+        dir_);
+    keys_file_ = dir_ + "/keys";
+    acme_key_ = NewKey("acme");
+    std::ofstream(dir_ + "/join") << "join-token-of-this-test\n";
+    absl::StatusOr<std::unique_ptr<CoordinatorProcess>> coordinator =
+        harness_->StartCoordinator({"--api-keys", keys_file_, "--join-token-file", dir_ + "/join",
+                                    "--heartbeat-interval", "500ms"});
+    ASSERT_TRUE(coordinator.ok()) << coordinator.status();
+    coordinator_ = coordinator->release();
+    coordinator_->set_api_key(acme_key_);
+    WorkerJobOptions options;
+    options.extra_flags = {"--join-token-file", dir_ + "/join"};
+    absl::StatusOr<std::unique_ptr<WorkerJob>> workers =
+        harness_->StartWorkers(coordinator_->grpc_port(), options);
+    ASSERT_TRUE(workers.ok()) << workers.status();
+    workers_ = workers->release();
+    absl::StatusOr<std::vector<std::string>> leaders = workers_->WaitForLeaders(absl::Seconds(120));
+    ASSERT_TRUE(leaders.ok()) << leaders.status();
+    ASSERT_TRUE(
+        WaitFor([&] { return coordinator_->GroupIdOf(leaders->at(0)).ok(); }, absl::Seconds(30)));
+    group_ = *coordinator_->GroupIdOf(leaders->at(0));
+    absl::Status listed =
+        coordinator_->WaitForHealthyGroups(kModel, {{"v1", 1}}, absl::Seconds(30));
+    ASSERT_TRUE(listed.ok()) << listed;
+  }
+
+  static void TearDownTestSuite() {
+    delete workers_;
+    delete coordinator_;
+    delete harness_;
+    if (!::testing::UnitTest::GetInstance()->Failed()) std::filesystem::remove_all(dir_);
+  }
+
+  void TearDown() override {
+    if (HasFailure() && coordinator_ != nullptr) {
+      std::fprintf(stderr, "--- coordinator:\n%s\n--- workers:\n%s\n",
+                   Tail(coordinator_->process().Log(), 30).c_str(),
+                   Tail(workers_->process().Log(), 20).c_str());
+    }
+  }
+
+  // `tessera api-key --tenant TENANT --file KEYS`: the key it printed.
+  static std::string NewKey(const std::string& tenant) {
+    ServeHarness::Outcome made =
+        harness_->RunTessera({"api-key", "--tenant", tenant, "--file", keys_file_});
+    EXPECT_EQ(made.exit_code, 0) << made.output;
+    for (absl::string_view line : absl::StrSplit(made.output, '\n')) {
+      if (absl::StartsWith(line, "tsk-")) return std::string(line);
+    }
+    ADD_FAILURE() << "no key printed: " << made.output;
+    return "";
+  }
+
+  static v1::Inference::Stub& inference() { return coordinator_->inference(); }
+
+  // A unary call with `key` (none when empty).
+  static Unary GenerateWithKey(const std::string& key, v1::GenerateRequest request) {
+    grpc::ClientContext context;
+    SetDeadline(context, absl::Seconds(60));
+    if (!key.empty()) context.AddMetadata("authorization", "Bearer " + key);
+    Unary out;
+    out.status = inference().Generate(&context, request, &out.response);
+    return out;
+  }
+
+  static constexpr char kModel[] = "tessera-tiny-llama-random-v1";
+  static inline std::string dir_, keys_file_, acme_key_, group_;
+  static inline ServeHarness* harness_ = nullptr;
+  static inline CoordinatorProcess* coordinator_ = nullptr;
+  static inline WorkerJob* workers_ = nullptr;
+};
+
+TEST_F(Security, CallsWithoutAValidKeyAreUnauthenticated) {
+  const v1::GenerateRequest request = Request(kModel, "Who goes there?", 4);
+  for (const std::string& key : {std::string(), std::string("tsk-not-a-key"), acme_key_ + "0"}) {
+    SCOPED_TRACE(key.empty() ? "no key" : key);
+    Unary unary = GenerateWithKey(key, request);
+    EXPECT_EQ(unary.status.error_code(), StatusCode::UNAUTHENTICATED) << Describe(unary.status);
+
+    grpc::ClientContext stream_context, batch_context, list_context, tokenize_context;
+    for (grpc::ClientContext* context :
+         {&stream_context, &batch_context, &list_context, &tokenize_context}) {
+      SetDeadline(*context, absl::Seconds(30));
+      if (!key.empty()) context->AddMetadata("authorization", "Bearer " + key);
+    }
+    auto reader = inference().GenerateStream(&stream_context, request);
+    v1::GenerateStreamResponse message;
+    EXPECT_FALSE(reader->Read(&message));
+    EXPECT_EQ(reader->Finish().error_code(), StatusCode::UNAUTHENTICATED);
+    v1::GenerateBatchRequest batch;
+    *batch.add_requests() = request;
+    v1::GenerateBatchResponse batch_response;
+    EXPECT_EQ(inference().GenerateBatch(&batch_context, batch, &batch_response).error_code(),
+              StatusCode::UNAUTHENTICATED);
+    v1::ListModelsResponse models;
+    EXPECT_EQ(inference().ListModels(&list_context, {}, &models).error_code(),
+              StatusCode::UNAUTHENTICATED);
+    v1::TokenizeRequest tokenize;
+    tokenize.set_model(kModel);
+    tokenize.set_text("hello");
+    v1::TokenizeResponse tokens;
+    EXPECT_EQ(inference().Tokenize(&tokenize_context, tokenize, &tokens).error_code(),
+              StatusCode::UNAUTHENTICATED);
+  }
+  // The key itself works.
+  Unary ok = GenerateWithKey(acme_key_, request);
+  ASSERT_TRUE(ok.status.ok()) << Describe(ok.status);
+  EXPECT_EQ(ok.response.usage().completion_tokens(), 4);
+  // And the command-line client sends it.
+  std::ofstream(dir_ + "/acme.key") << acme_key_ << "\n";
+  ServeHarness::Outcome client =
+      harness_->RunTessera({"client", "generate", "--target", coordinator_->target(),
+                            "--max-tokens", "3", "--api-key-file", dir_ + "/acme.key"});
+  EXPECT_EQ(client.exit_code, 0) << client.output;
+}
+
+TEST_F(Security, TheTenantComesFromTheKey) {
+  // Naming another tenant in the request is refused; naming none runs as the key's.
+  v1::GenerateRequest spoofed = Request(kModel, "Charge it to someone else", 4);
+  spoofed.set_tenant("bigcorp");
+  Unary refused = GenerateWithKey(acme_key_, spoofed);
+  EXPECT_EQ(refused.status.error_code(), StatusCode::PERMISSION_DENIED) << Describe(refused.status);
+  EXPECT_TRUE(absl::StrContains(refused.status.error_message(), "acme"));
+
+  absl::StatusOr<MetricsSnapshot> before = coordinator_->Metrics();
+  ASSERT_TRUE(before.ok()) << before.status();
+  Unary charged = GenerateWithKey(acme_key_, Request(kModel, "Charge it to me", 5));
+  ASSERT_TRUE(charged.status.ok()) << Describe(charged.status);
+  absl::StatusOr<MetricsSnapshot> after = coordinator_->Metrics();
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(
+      after->Sum("tessera_tenant_tokens_total", {{"tenant", "acme"}, {"kind", "completion"}}) -
+          before->Sum("tessera_tenant_tokens_total", {{"tenant", "acme"}, {"kind", "completion"}}),
+      5);
+  EXPECT_FALSE(after->Has("tessera_tenant_tokens_total", {{"tenant", "bigcorp"}}));
+}
+
+TEST_F(Security, KeysAreAddedAndRevokedWithoutARestart) {
+  const std::string beta_key = NewKey("beta");
+  EXPECT_TRUE(
+      WaitFor([&] { return GenerateWithKey(beta_key, Request(kModel, "new key", 2)).status.ok(); },
+              kKeyReload, absl::Milliseconds(200)))
+      << "a key added to the file is not accepted";
+  // Revoke beta: the file without its line.
+  std::ifstream in(keys_file_);
+  std::string kept, line;
+  while (std::getline(in, line)) {
+    if (!absl::StartsWith(line, "beta ")) kept += line + "\n";
+  }
+  in.close();
+  std::ofstream(keys_file_ + ".new") << kept;
+  std::filesystem::rename(keys_file_ + ".new", keys_file_);
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        return GenerateWithKey(beta_key, Request(kModel, "revoked", 2)).status.error_code() ==
+               StatusCode::UNAUTHENTICATED;
+      },
+      kKeyReload, absl::Milliseconds(200)))
+      << "a revoked key is still accepted";
+  EXPECT_TRUE(GenerateWithKey(acme_key_, Request(kModel, "still here", 2)).status.ok());
+}
+
+TEST_F(Security, RogueRegistrationsAndForgedHeartbeatsAreRefused) {
+  auto registry = v1::WorkerRegistry::NewStub(
+      grpc::CreateChannel(coordinator_->target(), grpc::InsecureChannelCredentials()));
+  auto call = [](grpc::ClientContext& context, const std::string& token = "") {
+    SetDeadline(context, absl::Seconds(10));
+    if (!token.empty()) context.AddMetadata("authorization", "Bearer " + token);
+  };
+  // A group that would take every request: a huge KV, no token (or a wrong one).
+  v1::RegisterRequest rogue;
+  rogue.set_model(kModel);
+  rogue.set_version("v1");
+  rogue.set_endpoint("127.0.0.1:1");
+  rogue.set_name("rogue");
+  rogue.mutable_kv()->set_block_size(16);
+  rogue.mutable_kv()->set_blocks(1 << 30);
+  rogue.set_tokenizer_json("{}");
+  for (const std::string& token : {std::string(), std::string("guess")}) {
+    grpc::ClientContext context;
+    call(context, token);
+    v1::RegisterResponse response;
+    EXPECT_EQ(registry->Register(&context, rogue, &response).error_code(),
+              StatusCode::UNAUTHENTICATED);
+  }
+  // The real group's id is known (ids are sequential); its secret is not.
+  v1::HeartbeatRequest heartbeat;
+  heartbeat.set_group_id(group_);
+  heartbeat.set_group_secret("0123456789abcdef0123456789abcdef");
+  heartbeat.mutable_load()->set_kv_blocks_free(0);
+  heartbeat.mutable_load()->set_kv_blocks_total(1);
+  grpc::ClientContext heartbeat_context;
+  call(heartbeat_context);
+  v1::HeartbeatResponse heartbeat_response;
+  EXPECT_EQ(registry->Heartbeat(&heartbeat_context, heartbeat, &heartbeat_response).error_code(),
+            StatusCode::PERMISSION_DENIED);
+  v1::DeregisterRequest deregister;
+  deregister.set_group_id(group_);
+  grpc::ClientContext deregister_context;
+  call(deregister_context);
+  v1::DeregisterResponse deregister_response;
+  EXPECT_EQ(
+      registry->Deregister(&deregister_context, deregister, &deregister_response).error_code(),
+      StatusCode::PERMISSION_DENIED);
+
+  // The real group serves on, alone.
+  absl::SleepFor(absl::Seconds(2));  // past a few heartbeats
+  Unary served = GenerateWithKey(acme_key_, Request(kModel, "still served", 3));
+  ASSERT_TRUE(served.status.ok()) << Describe(served.status);
+  EXPECT_EQ(served.response.placement().group(), group_);
+  EXPECT_TRUE(coordinator_->WaitForHealthyGroups(kModel, {{"v1", 1}}, absl::Seconds(5)).ok());
+  // Each refusal is in the coordinator's log.
+  const std::string log = coordinator_->process().Log();
+  const std::vector<nlohmann::json> refused = Events(log, "registry_call_refused");
+  int registers = 0, heartbeats = 0, deregisters = 0;
+  for (const nlohmann::json& event : refused) {
+    const std::string what = event.value("call", "");
+    registers += what == "Register";
+    heartbeats += what == "Heartbeat";
+    deregisters += what == "Deregister";
+  }
+  EXPECT_EQ(registers, 2);
+  EXPECT_EQ(heartbeats, 1);
+  EXPECT_EQ(deregisters, 1);
+}
+
+// `tessera serve` with a join token hands it to the workers it starts (through the
+// environment), so they register; its client API takes the keys.
+TEST_F(Security, ServeGivesItsWorkersTheJoinToken) {
+  absl::StatusOr<std::unique_ptr<ChildProcess>> serve =
+      ChildProcess::Start({TESSERA_BINARY, "serve", "--np", "1", "--tp", "1", "--listen",
+                           "127.0.0.1:0", "--metrics-listen", "off", "--kv-cache-memory", "64M",
+                           "--join-token-file", dir_ + "/join", "--api-keys", keys_file_},
+                          harness_->NewLogPath("serve"), harness_->ChildEnvironment());
+  ASSERT_TRUE(serve.ok()) << serve.status();
+  const std::regex ready("tessera serve: ready: gRPC on 127\\.0\\.0\\.1:(\\d+)");
+  std::smatch match;
+  std::string log;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        log = (*serve)->Log();
+        return std::regex_search(log, match, ready) || !(*serve)->Running();
+      },
+      absl::Seconds(120)))
+      << Tail((*serve)->Log(), 30);
+  ASSERT_TRUE(std::regex_search(log, match, ready)) << Tail(log, 30);
+  auto stub = v1::Inference::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", match[1].str()),
+                                                         grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  SetDeadline(context, absl::Seconds(60));
+  context.AddMetadata("authorization", "Bearer " + acme_key_);
+  v1::GenerateResponse response;
+  grpc::Status status = stub->Generate(&context, Request(kModel, "served", 3), &response);
+  EXPECT_TRUE(status.ok()) << Describe(status);
+  EXPECT_FALSE(absl::StrContains((*serve)->Log(), "registry_call_refused"));
+  (*serve)->Stop();
+}
+
+}  // namespace
+}  // namespace tessera::e2e
