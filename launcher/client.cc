@@ -12,6 +12,7 @@
 #include "launcher/flags.h"
 #include "launcher/process.h"
 #include "launcher/secret_file.h"
+#include "launcher/tls_flags.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/serve/bearer.h"
 #include "runtime/serve/request_convert.h"
@@ -38,10 +39,15 @@ struct ClientConfig {
   absl::Duration timeout = absl::Minutes(5);
   std::string api_key_file;  // empty: TESSERA_API_KEY
   std::string api_key;       // read from either
+  serve::TlsFiles tls;
 };
 
 std::shared_ptr<grpc::Channel> Connect(const ClientConfig& config) {
-  return grpc::CreateChannel(config.target, grpc::InsecureChannelCredentials());
+  // The files were checked (CheckTlsFiles) before any call.
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      serve::ChannelCredentialsFor(config.tls);
+  return grpc::CreateChannel(config.target,
+                             credentials.ok() ? *credentials : grpc::InsecureChannelCredentials());
 }
 
 // A call's deadline, and its API key when there is one.
@@ -191,6 +197,7 @@ int RunClient(const std::vector<std::string>& args, int* /*argc*/, char*** /*arg
                                          "GenerateBatch; results in order.");
   flags.String("target", &config.target, "host:port of the coordinator");
   flags.Duration("timeout", &config.timeout, "deadline of the call");
+  AddTlsFlags(flags, &config.tls, /*serves=*/false);
   if (action == "health") {
     flags.String("service", &config.service,
                  "the service to ask about: tessera.v1.Inference (a coordinator with a healthy "
@@ -220,6 +227,8 @@ int RunClient(const std::vector<std::string>& args, int* /*argc*/, char*** /*arg
   absl::Status status = [&]() -> absl::Status {
     TESSERA_ASSIGN_OR_RETURN(config.api_key,
                              ReadSecret(config.api_key_file, "TESSERA_API_KEY", "--api-key-file"));
+    TESSERA_RETURN_IF_ERROR(serve::CheckTlsFiles(config.tls));
+    TESSERA_RETURN_IF_ERROR(serve::ChannelCredentialsFor(config.tls).status());
     return action == "health"     ? Health(config)
            : action == "generate" ? Generate(config)
                                   : Batch(config);

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "launcher/secret_file.h"
+#include "launcher/tls_flags.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/serve/log.h"
 
@@ -36,6 +37,7 @@ void AddCoordinatorFlags(FlagSet& flags, CoordinatorConfig* config) {
   flags.String("join-token-file", &config->join_token_file,
                "a file holding the token workers must show to register (also "
                "TESSERA_JOIN_TOKEN); empty: any worker that reaches the port may register");
+  AddTlsFlags(flags, &config->tls, /*serves=*/true);
 }
 
 RunningCoordinator::~RunningCoordinator() {
@@ -78,6 +80,8 @@ absl::StatusOr<std::unique_ptr<RunningCoordinator>> StartCoordinator(
   options.max_queue = config.max_queue;
   options.registry.heartbeat_interval = config.heartbeat_interval;
 
+  TESSERA_RETURN_IF_ERROR(serve::CheckTlsFiles(config.tls));
+  TESSERA_ASSIGN_OR_RETURN(options.worker_credentials, serve::ChannelCredentialsFor(config.tls));
   TESSERA_ASSIGN_OR_RETURN(
       options.join_token,
       ReadSecret(config.join_token_file, "TESSERA_JOIN_TOKEN", "--join-token-file"));
@@ -98,6 +102,8 @@ absl::StatusOr<std::unique_ptr<RunningCoordinator>> StartCoordinator(
   serve::GrpcServerOptions grpc_options;
   grpc_options.address = config.listen;
   grpc_options.max_message_bytes = static_cast<int>(config.max_message_bytes);
+  grpc_options.who = "tessera coordinator";
+  TESSERA_ASSIGN_OR_RETURN(grpc_options.credentials, serve::ServerCredentialsFor(config.tls));
   TESSERA_ASSIGN_OR_RETURN(
       running->grpc,
       serve::StartGrpcServer(grpc_options, {running->coordinator->inference_service(),

@@ -16,6 +16,7 @@
 #include "runtime/serve/grpc_server.h"
 #include "runtime/serve/metrics.h"
 #include "runtime/serve/metrics_http.h"
+#include "runtime/serve/tls.h"
 
 namespace tessera::launcher {
 
@@ -31,6 +32,7 @@ struct CoordinatorConfig {
   int64_t max_message_bytes = 4 << 20;
   std::string api_keys_file;    // api_keys.h; empty: clients need no key
   std::string join_token_file;  // empty: TESSERA_JOIN_TOKEN, or no token
+  serve::TlsFiles tls;          // its listener's, and how it dials the workers
 };
 
 // Declares the coordinator's flags, writing into `config` (whose values are the defaults).

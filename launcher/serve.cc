@@ -10,6 +10,7 @@
 #include "launcher/coordinator_process.h"
 #include "launcher/process.h"
 #include "launcher/shutdown_signal.h"
+#include "launcher/tls_flags.h"
 #include "launcher/worker_groups.h"
 #include "runtime/core/status_macros.h"
 
@@ -59,6 +60,10 @@ absl::Status Serve(const ServeConfig& config) {
                                    {"replica"}));
   const int groups = config.workers.groups();
   WorkerJobConfig worker_config = config.workers;
+  // The workers use this machine's TLS files: its certificate for their listeners (and as a
+  // client certificate), its CA to check the coordinator.
+  const std::vector<std::string> tls = TlsFlagArguments(config.coordinator.tls);
+  worker_config.worker_args.insert(worker_config.worker_args.end(), tls.begin(), tls.end());
   if (!running->join_token.empty()) {
     // The workers register with the token; it reaches them through the environment.
     setenv("TESSERA_JOIN_TOKEN", running->join_token.c_str(), /*overwrite=*/1);

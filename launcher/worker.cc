@@ -15,6 +15,7 @@
 #include "launcher/model_job.h"
 #include "launcher/secret_file.h"
 #include "launcher/shutdown_signal.h"
+#include "launcher/tls_flags.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/engine/engine.h"
 #include "runtime/model/default_model.h"
@@ -40,6 +41,7 @@ struct WorkerConfig {
   std::string zone;
   int replica_offset = 0;       // the index of this job's first replica
   std::string join_token_file;  // empty: TESSERA_JOIN_TOKEN, or none
+  serve::TlsFiles tls;          // its Worker listener's, and how it dials the coordinator
   ModelJobOptions job;
   engine::EngineOptions engine;
 };
@@ -116,6 +118,9 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
   TESSERA_ASSIGN_OR_RETURN(
       const std::string join_token,
       ReadSecret(config.join_token_file, "TESSERA_JOIN_TOKEN", "--join-token-file"));
+  TESSERA_RETURN_IF_ERROR(serve::CheckTlsFiles(config.tls));
+  TESSERA_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> coordinator_credentials,
+                           serve::ChannelCredentialsFor(config.tls));
   TESSERA_RETURN_IF_ERROR(
       serve::SplitHostPort(config.listen, "--listen", &listen_host, &unused_port));
   if (config.metrics_listen != "off") {
@@ -177,6 +182,8 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
   serve::GrpcServerOptions grpc_options;
   TESSERA_ASSIGN_OR_RETURN(grpc_options.address,
                            OffsetAddress(config.listen, "--listen", replica, &listen_host));
+  grpc_options.who = "tessera worker";
+  TESSERA_ASSIGN_OR_RETURN(grpc_options.credentials, serve::ServerCredentialsFor(config.tls));
   TESSERA_ASSIGN_OR_RETURN(serve::RunningGrpcServer server,
                            serve::StartGrpcServer(grpc_options, {&service}));
 
@@ -219,7 +226,8 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
   absl::Status ran;
   {
     serve::CoordinatorLink link(
-        config.coordinator, join_token, registration, [&service] { return service.Load(); },
+        config.coordinator, coordinator_credentials, join_token, registration,
+        [&service] { return service.Load(); },
         [&service](const std::string& id) { service.set_group_id(id); });
     serve::SetServing(*server.server, {"tessera.v1.Worker"}, true);
     absl::Notification loop_done;
@@ -274,6 +282,7 @@ int RunWorker(const std::vector<std::string>& args, int* argc, char*** argv) {
   flags.String("zone", &config.zone, "a locality label (zone, rack) for topology-aware routing");
   flags.String("join-token-file", &config.join_token_file,
                "a file holding the coordinator's join token (also TESSERA_JOIN_TOKEN)");
+  AddTlsFlags(flags, &config.tls, /*serves=*/true);
   flags.Int("replica-offset", &config.replica_offset,
             "the index of this job's first replica, when each replica is a job of its own "
             "(tessera serve, tessera launch): it names the groups and offsets fixed ports");

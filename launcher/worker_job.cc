@@ -111,6 +111,7 @@ std::vector<std::string> WorkerCommand(const WorkerJobConfig& config, int coordi
     argv.insert(argv.end(), {"--device", config.device, "--kv-cache-memory-fraction",
                              absl::StrCat(config.kv_cache_memory_fraction)});
   }
+  argv.insert(argv.end(), config.worker_args.begin(), config.worker_args.end());
   return argv;
 }
 

@@ -55,6 +55,7 @@ struct WorkerJobConfig {
   // The workers get the coordinator's join token from this process's TESSERA_JOIN_TOKEN
   // (mpirun -x), never on a command line.
   bool forward_join_token = false;
+  std::vector<std::string> worker_args;  // appended to each worker's flags
 
   Supervision supervision;
 

@@ -261,8 +261,11 @@ class Coordinator::RegistryImpl final : public v1::WorkerRegistry::Service {
     link->version = request->version();
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(-1);
-    link->channel =
-        grpc::CreateCustomChannel(request->endpoint(), grpc::InsecureChannelCredentials(), args);
+    link->channel = grpc::CreateCustomChannel(request->endpoint(),
+                                              c_.options_.worker_credentials != nullptr
+                                                  ? c_.options_.worker_credentials
+                                                  : grpc::InsecureChannelCredentials(),
+                                              args);
     link->stub = v1::Worker::NewStub(link->channel);
     {
       absl::MutexLock lock(&c_.mutex_);

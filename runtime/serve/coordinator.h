@@ -22,6 +22,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "grpcpp/security/credentials.h"
 #include "grpcpp/server.h"
 #include "runtime/serve/api_keys.h"
 #include "runtime/serve/group_registry.h"
@@ -54,6 +55,8 @@ struct CoordinatorOptions {
   const ApiKeyStore* api_keys = nullptr;
   // When not empty, Register needs it (metadata "authorization: Bearer TOKEN").
   std::string join_token;
+  // How the coordinator dials the groups' leaders (tls.h); null: plaintext.
+  std::shared_ptr<grpc::ChannelCredentials> worker_credentials;
 };
 
 class Coordinator {

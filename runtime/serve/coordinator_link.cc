@@ -22,8 +22,9 @@ void SetDeadline(grpc::ClientContext& context, absl::Duration timeout) {
 
 }  // namespace
 
-CoordinatorLink::CoordinatorLink(std::string address, std::string join_token,
-                                 v1::RegisterRequest registration,
+CoordinatorLink::CoordinatorLink(std::string address,
+                                 std::shared_ptr<grpc::ChannelCredentials> credentials,
+                                 std::string join_token, v1::RegisterRequest registration,
                                  std::function<v1::GroupLoad()> load,
                                  std::function<void(const std::string&)> on_registered)
     : address_(std::move(address)),
@@ -33,8 +34,8 @@ CoordinatorLink::CoordinatorLink(std::string address, std::string join_token,
       on_registered_(std::move(on_registered)) {
   grpc::ChannelArguments args;
   args.SetMaxSendMessageSize(-1);
-  stub_ = v1::WorkerRegistry::NewStub(
-      grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args));
+  stub_ = v1::WorkerRegistry::NewStub(grpc::CreateCustomChannel(
+      address_, credentials != nullptr ? credentials : grpc::InsecureChannelCredentials(), args));
   thread_ = std::thread([this] { Loop(); });
 }
 

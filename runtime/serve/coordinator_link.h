@@ -15,6 +15,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "grpcpp/security/credentials.h"
 #include "tessera/v1/worker.grpc.pb.h"
 
 namespace tessera::serve {
@@ -24,7 +25,9 @@ class CoordinatorLink {
   // Starts registering with the coordinator at `address` (host:port) on a thread of its own,
   // showing `join_token` when not empty. `load` is called for every heartbeat;
   // `on_registered` with each group id given.
-  CoordinatorLink(std::string address, std::string join_token, v1::RegisterRequest registration,
+  // `credentials`: how to dial it (tls.h); null: plaintext.
+  CoordinatorLink(std::string address, std::shared_ptr<grpc::ChannelCredentials> credentials,
+                  std::string join_token, v1::RegisterRequest registration,
                   std::function<v1::GroupLoad()> load,
                   std::function<void(const std::string&)> on_registered);
   // Deregisters (best effort) and stops.

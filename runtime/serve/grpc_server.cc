@@ -1,11 +1,14 @@
 #include "runtime/serve/grpc_server.h"
 
+#include <cstdio>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "runtime/serve/tls.h"
 
 namespace tessera::serve {
 
@@ -15,7 +18,18 @@ absl::StatusOr<RunningGrpcServer> StartGrpcServer(const GrpcServerOptions& optio
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   RunningGrpcServer running;
-  builder.AddListeningPort(options.address, grpc::InsecureServerCredentials(), &running.port);
+  std::shared_ptr<grpc::ServerCredentials> credentials = options.credentials;
+  if (credentials == nullptr) {
+    credentials = grpc::InsecureServerCredentials();
+    if (!IsLoopbackAddress(options.address)) {
+      std::fprintf(stderr,
+                   "%s: warning: serving plaintext gRPC on %s, which is not a loopback address: "
+                   "anyone who reaches it can read and send traffic (--tls-cert and --tls-key "
+                   "turn TLS on)\n",
+                   options.who.c_str(), options.address.c_str());
+    }
+  }
+  builder.AddListeningPort(options.address, credentials, &running.port);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(-1);
   // A port one process still holds must not be shared with another.

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 
 namespace tessera::serve {
@@ -17,6 +18,9 @@ namespace tessera::serve {
 struct GrpcServerOptions {
   std::string address = "0.0.0.0:0";  // host:port; port 0 picks a free one
   int max_message_bytes = 4 << 20;    // larger requests are refused (RESOURCE_EXHAUSTED)
+  // TLS (tls.h); null: plaintext, with a warning on stderr when `address` is not loopback.
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  std::string who = "tessera";  // names the process in that warning
 };
 
 struct RunningGrpcServer {

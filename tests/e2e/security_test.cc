@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -296,6 +297,107 @@ TEST_F(Security, ServeGivesItsWorkersTheJoinToken) {
   EXPECT_TRUE(status.ok()) << Describe(status);
   EXPECT_FALSE(absl::StrContains((*serve)->Log(), "registry_call_refused"));
   (*serve)->Stop();
+}
+
+// TLS on every link, with certificates made here by openssl: a coordinator and a worker group
+// that require client certificates (mutual TLS) from the test's CA, so registration, requests
+// to the group, and the client's calls all go over TLS.
+class Tls : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    char pattern[] = "/tmp/tessera-tls-e2e-XXXXXX";
+    dir_ = mkdtemp(pattern);
+    const std::string script = absl::StrCat(
+        "set -e; cd ", dir_, "; key='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'\n",
+        // Two CAs: the cluster's, and a rogue one.
+        "for ca in ca rogue; do openssl req -x509 $key -keyout $ca.key -out $ca.pem -days 2 "
+        "-subj /CN=$ca 2>/dev/null; done\n",
+        // A node certificate (servers and their clients), one client's, one from the rogue CA.
+        "sign() { openssl req $key -keyout $1.key -out $1.csr -subj /CN=$1 2>/dev/null; "
+        "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nextendedKeyUsage=serverAuth,"
+        "clientAuth\\n' > $1.ext; openssl x509 -req -in $1.csr -CA $2.pem -CAkey $2.key "
+        "-CAcreateserial -out $1.pem -days 2 -extfile $1.ext 2>/dev/null; }\n",
+        "sign node ca; sign client ca; sign intruder rogue\n");
+    ASSERT_EQ(std::system(script.c_str()), 0) << "openssl failed";
+    harness_ = new ServeHarness(
+        TESSERA_BINARY,
+        std::vector<std::string>(absl::StrSplit(TESSERA_MPIRUN_COMMAND, ' ', absl::SkipEmpty())),
+        dir_);
+    const std::vector<std::string> tls = {"--tls-cert",       dir_ + "/node.pem", "--tls-key",
+                                          dir_ + "/node.key", "--tls-ca",         dir_ + "/ca.pem",
+                                          "--tls-client-ca",  dir_ + "/ca.pem"};
+    absl::StatusOr<std::unique_ptr<CoordinatorProcess>> coordinator =
+        harness_->StartCoordinator(tls);
+    ASSERT_TRUE(coordinator.ok()) << coordinator.status();
+    coordinator_ = coordinator->release();
+    WorkerJobOptions options;
+    options.extra_flags = tls;
+    absl::StatusOr<std::unique_ptr<WorkerJob>> workers =
+        harness_->StartWorkers(coordinator_->grpc_port(), options);
+    ASSERT_TRUE(workers.ok()) << workers.status();
+    workers_ = workers->release();
+    absl::StatusOr<std::vector<std::string>> leaders = workers_->WaitForLeaders(absl::Seconds(120));
+    ASSERT_TRUE(leaders.ok()) << leaders.status();
+    // Registered: over mutual TLS, since the coordinator takes nothing else.
+    ASSERT_TRUE(
+        WaitFor([&] { return coordinator_->GroupIdOf(leaders->at(0)).ok(); }, absl::Seconds(30)))
+        << Tail(coordinator_->process().Log(), 20) << Tail(workers_->process().Log(), 20);
+  }
+
+  static void TearDownTestSuite() {
+    delete workers_;
+    delete coordinator_;
+    delete harness_;
+    if (!::testing::UnitTest::GetInstance()->Failed()) std::filesystem::remove_all(dir_);
+  }
+
+  // `tessera client generate` against the coordinator with `flags`.
+  static ServeHarness::Outcome Client(const std::vector<std::string>& flags) {
+    std::vector<std::string> args = {
+        "client",       "generate", "--target",  coordinator_->target(),
+        "--max-tokens", "4",        "--timeout", "20s"};
+    args.insert(args.end(), flags.begin(), flags.end());
+    return harness_->RunTessera(args, absl::Seconds(60));
+  }
+
+  static inline std::string dir_;
+  static inline ServeHarness* harness_ = nullptr;
+  static inline CoordinatorProcess* coordinator_ = nullptr;
+  static inline WorkerJob* workers_ = nullptr;
+};
+
+TEST_F(Tls, AClientWithACertificateFromTheClustersCaIsServed) {
+  // Through the coordinator to the group and back: every hop over TLS.
+  ServeHarness::Outcome served = Client({"--tls-ca", dir_ + "/ca.pem", "--tls-cert",
+                                         dir_ + "/client.pem", "--tls-key", dir_ + "/client.key"});
+  EXPECT_EQ(served.exit_code, 0) << served.output;
+  EXPECT_TRUE(absl::StrContains(served.output, "4 generated")) << served.output;
+}
+
+TEST_F(Tls, PlaintextMissingOrForeignCertificatesAreRefused) {
+  struct Case {
+    const char* what;
+    std::vector<std::string> flags;
+  };
+  for (const Case& c :
+       std::vector<Case>{{"plaintext", {}},
+                         {"no client certificate", {"--tls-ca", dir_ + "/ca.pem"}},
+                         {"a client certificate from another CA",
+                          {"--tls-ca", dir_ + "/ca.pem", "--tls-cert", dir_ + "/intruder.pem",
+                           "--tls-key", dir_ + "/intruder.key"}},
+                         {"a client that does not trust the server",
+                          {"--tls-ca", dir_ + "/rogue.pem", "--tls-cert", dir_ + "/client.pem",
+                           "--tls-key", dir_ + "/client.key"}}}) {
+    ServeHarness::Outcome refused = Client(c.flags);
+    EXPECT_NE(refused.exit_code, 0) << c.what << "\n" << refused.output;
+    EXPECT_TRUE(absl::StrContains(refused.output, "UNAVAILABLE")) << c.what << "\n"
+                                                                  << refused.output;
+  }
+  // A certificate without its key is a usage error, named.
+  ServeHarness::Outcome half =
+      Client({"--tls-ca", dir_ + "/ca.pem", "--tls-cert", dir_ + "/client.pem"});
+  EXPECT_NE(half.exit_code, 0);
+  EXPECT_TRUE(absl::StrContains(half.output, "--tls-cert and --tls-key")) << half.output;
 }
 
 }  // namespace
