@@ -33,46 +33,74 @@ using ::grpc::StatusCode;
 // Key files are polled every second.
 constexpr absl::Duration kKeyReload = absl::Seconds(5);
 
+// The processes of one suite: a coordinator and one single-rank worker group.
+struct Processes {
+  std::unique_ptr<ServeHarness> harness;
+  std::unique_ptr<CoordinatorProcess> coordinator;
+  std::unique_ptr<WorkerJob> workers;
+  std::string group;  // the group's id, once it registered
+};
+
+// Starts the coordinator with `coordinator_flags`, then the group with `worker_flags`, and
+// waits until the group has registered (fatal test failures otherwise).
+void StartProcesses(Processes& p, const std::string& dir,
+                    const std::vector<std::string>& coordinator_flags,
+                    const std::vector<std::string>& worker_flags) {
+  p.harness = std::make_unique<ServeHarness>(
+      TESSERA_BINARY,
+      std::vector<std::string>(absl::StrSplit(TESSERA_MPIRUN_COMMAND, ' ', absl::SkipEmpty())),
+      dir);
+  absl::StatusOr<std::unique_ptr<CoordinatorProcess>> coordinator =
+      p.harness->StartCoordinator(coordinator_flags);
+  ASSERT_TRUE(coordinator.ok()) << coordinator.status();
+  p.coordinator = *std::move(coordinator);
+  WorkerJobOptions options;
+  options.extra_flags = worker_flags;
+  absl::StatusOr<std::unique_ptr<WorkerJob>> workers =
+      p.harness->StartWorkers(p.coordinator->grpc_port(), options);
+  ASSERT_TRUE(workers.ok()) << workers.status();
+  p.workers = *std::move(workers);
+  absl::StatusOr<std::vector<std::string>> leaders = p.workers->WaitForLeaders(absl::Seconds(120));
+  ASSERT_TRUE(leaders.ok()) << leaders.status();
+  ASSERT_TRUE(
+      WaitFor([&] { return p.coordinator->GroupIdOf(leaders->at(0)).ok(); }, absl::Seconds(30)))
+      << Tail(p.coordinator->process().Log(), 20) << Tail(p.workers->process().Log(), 20);
+  p.group = *p.coordinator->GroupIdOf(leaders->at(0));
+}
+
 class Security : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     char pattern[] = "/tmp/tessera-security-e2e-XXXXXX";
     dir_ = mkdtemp(pattern);
-    harness_ = new ServeHarness(
-        TESSERA_BINARY,
-        std::vector<std::string>(absl::StrSplit(TESSERA_MPIRUN_COMMAND, ' ', absl::SkipEmpty())),
-        dir_);
     keys_file_ = dir_ + "/keys";
+    // The harness runs `tessera api-key`: made first, before the key file is needed.
+    processes_.harness =
+        std::make_unique<ServeHarness>(TESSERA_BINARY, std::vector<std::string>{}, dir_);
+    harness_ = processes_.harness.get();
     acme_key_ = NewKey("acme");
     std::ofstream(dir_ + "/join") << "join-token-of-this-test\n";
-    absl::StatusOr<std::unique_ptr<CoordinatorProcess>> coordinator =
-        harness_->StartCoordinator({"--api-keys", keys_file_, "--join-token-file", dir_ + "/join",
-                                    "--heartbeat-interval", "500ms"});
-    ASSERT_TRUE(coordinator.ok()) << coordinator.status();
-    coordinator_ = coordinator->release();
+    StartProcesses(processes_, dir_,
+                   {"--api-keys", keys_file_, "--join-token-file", dir_ + "/join",
+                    "--heartbeat-interval", "500ms"},
+                   {"--join-token-file", dir_ + "/join"});
+    if (::testing::Test::HasFatalFailure()) return;
+    harness_ = processes_.harness.get();
+    coordinator_ = processes_.coordinator.get();
+    workers_ = processes_.workers.get();
+    group_ = processes_.group;
     coordinator_->set_api_key(acme_key_);
-    WorkerJobOptions options;
-    options.extra_flags = {"--join-token-file", dir_ + "/join"};
-    absl::StatusOr<std::unique_ptr<WorkerJob>> workers =
-        harness_->StartWorkers(coordinator_->grpc_port(), options);
-    ASSERT_TRUE(workers.ok()) << workers.status();
-    workers_ = workers->release();
-    absl::StatusOr<std::vector<std::string>> leaders = workers_->WaitForLeaders(absl::Seconds(120));
-    ASSERT_TRUE(leaders.ok()) << leaders.status();
-    ASSERT_TRUE(
-        WaitFor([&] { return coordinator_->GroupIdOf(leaders->at(0)).ok(); }, absl::Seconds(30)));
-    group_ = *coordinator_->GroupIdOf(leaders->at(0));
     absl::Status listed =
         coordinator_->WaitForHealthyGroups(kModel, {{"v1", 1}}, absl::Seconds(30));
     ASSERT_TRUE(listed.ok()) << listed;
   }
 
   static void TearDownTestSuite() {
-    delete workers_;
-    delete coordinator_;
-    delete harness_;
+    processes_ = Processes();
     if (!::testing::UnitTest::GetInstance()->Failed()) std::filesystem::remove_all(dir_);
   }
+
+  void SetUp() override { ASSERT_NE(coordinator_, nullptr) << "the processes did not start"; }
 
   void TearDown() override {
     if (HasFailure() && coordinator_ != nullptr) {
@@ -107,6 +135,7 @@ class Security : public ::testing::Test {
   }
 
   static constexpr char kModel[] = "tessera-tiny-llama-random-v1";
+  static inline Processes processes_;
   static inline std::string dir_, keys_file_, acme_key_, group_;
   static inline ServeHarness* harness_ = nullptr;
   static inline CoordinatorProcess* coordinator_ = nullptr;
@@ -319,37 +348,22 @@ class Tls : public ::testing::Test {
         "-CAcreateserial -out $1.pem -days 2 -extfile $1.ext 2>/dev/null; }\n",
         "sign node ca; sign client ca; sign intruder rogue\n");
     ASSERT_EQ(std::system(script.c_str()), 0) << "openssl failed";
-    harness_ = new ServeHarness(
-        TESSERA_BINARY,
-        std::vector<std::string>(absl::StrSplit(TESSERA_MPIRUN_COMMAND, ' ', absl::SkipEmpty())),
-        dir_);
     const std::vector<std::string> tls = {"--tls-cert",       dir_ + "/node.pem", "--tls-key",
                                           dir_ + "/node.key", "--tls-ca",         dir_ + "/ca.pem",
                                           "--tls-client-ca",  dir_ + "/ca.pem"};
-    absl::StatusOr<std::unique_ptr<CoordinatorProcess>> coordinator =
-        harness_->StartCoordinator(tls);
-    ASSERT_TRUE(coordinator.ok()) << coordinator.status();
-    coordinator_ = coordinator->release();
-    WorkerJobOptions options;
-    options.extra_flags = tls;
-    absl::StatusOr<std::unique_ptr<WorkerJob>> workers =
-        harness_->StartWorkers(coordinator_->grpc_port(), options);
-    ASSERT_TRUE(workers.ok()) << workers.status();
-    workers_ = workers->release();
-    absl::StatusOr<std::vector<std::string>> leaders = workers_->WaitForLeaders(absl::Seconds(120));
-    ASSERT_TRUE(leaders.ok()) << leaders.status();
-    // Registered: over mutual TLS, since the coordinator takes nothing else.
-    ASSERT_TRUE(
-        WaitFor([&] { return coordinator_->GroupIdOf(leaders->at(0)).ok(); }, absl::Seconds(30)))
-        << Tail(coordinator_->process().Log(), 20) << Tail(workers_->process().Log(), 20);
+    // The group registers over mutual TLS, since the coordinator takes nothing else.
+    StartProcesses(processes_, dir_, tls, tls);
+    if (::testing::Test::HasFatalFailure()) return;
+    harness_ = processes_.harness.get();
+    coordinator_ = processes_.coordinator.get();
   }
 
   static void TearDownTestSuite() {
-    delete workers_;
-    delete coordinator_;
-    delete harness_;
+    processes_ = Processes();
     if (!::testing::UnitTest::GetInstance()->Failed()) std::filesystem::remove_all(dir_);
   }
+
+  void SetUp() override { ASSERT_NE(coordinator_, nullptr) << "the processes did not start"; }
 
   // `tessera client generate` against the coordinator with `flags`.
   static ServeHarness::Outcome Client(const std::vector<std::string>& flags) {
@@ -360,10 +374,10 @@ class Tls : public ::testing::Test {
     return harness_->RunTessera(args, absl::Seconds(60));
   }
 
+  static inline Processes processes_;
   static inline std::string dir_;
   static inline ServeHarness* harness_ = nullptr;
   static inline CoordinatorProcess* coordinator_ = nullptr;
-  static inline WorkerJob* workers_ = nullptr;
 };
 
 TEST_F(Tls, AClientWithACertificateFromTheClustersCaIsServed) {
