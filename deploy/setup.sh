@@ -9,8 +9,8 @@
 # $TESSERA_PYTHON_VENV (default ~/.local/share/tessera/venv), leaving the system's Python
 # untouched. tests/train/CMakeLists.txt looks for it there.
 #
-# iproute2, util-linux, nftables and iptables build and fault the namespace cluster of the cluster test
-# (deploy/local-cluster.sh).
+# iproute2, util-linux, nftables and iptables build and fault the namespace cluster of the
+# cluster test (deploy/local-cluster.sh); the security test makes its certificates with openssl.
 set -euo pipefail
 
 packages=(
@@ -21,7 +21,7 @@ packages=(
   nlohmann-json3-dev libpcre2-dev libicu-dev
   libcpp-httplib-dev libssl-dev
   python3-grpcio python3-grpc-tools python3-venv
-  iproute2 util-linux nftables iptables
+  iproute2 util-linux nftables iptables openssl
 )
 
 missing=()
