@@ -565,7 +565,7 @@ absl::Status BenchServe(const BenchServeConfig& config) {
                            StartCoordinator(coordinator_config));
   const int groups = config.workers.groups();
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<WorkerGroups> workers,
-                           WorkerGroups::StartLocal(config.workers, running->grpc.port,
+                           WorkerGroups::StartLocal(config.workers, running->registry_port(),
                                                     *running->coordinator, nullptr, kWho));
   TESSERA_ASSIGN_OR_RETURN(bool ready, workers->WaitUntilHealthy(config.workers.ready_timeout));
   if (!ready) return absl::CancelledError("interrupted while the workers started");

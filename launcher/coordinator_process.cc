@@ -1,8 +1,10 @@
 #include "launcher/coordinator_process.h"
 
+#include <algorithm>
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
+#include "launcher/request_limit_flags.h"
 #include "launcher/secret_file.h"
 #include "launcher/tls_flags.h"
 #include "runtime/core/status_macros.h"
@@ -30,6 +32,11 @@ void AddCoordinatorFlags(FlagSet& flags, CoordinatorConfig* config) {
                  "how often groups report; a group that misses 3 is dead");
   flags.Bytes("max-message-bytes", &config->max_message_bytes,
               "largest request message accepted (RESOURCE_EXHAUSTED beyond it)");
+  flags.Bytes("max-registration-bytes", &config->max_registration_bytes,
+              "largest worker registration accepted (it carries the model's tokenizer.json)");
+  flags.String("worker-listen", &config->worker_listen,
+               "host:port of a listener of its own for worker registration and heartbeats "
+               "(WorkerRegistry); empty: --listen serves them too");
   flags.String("api-keys", &config->api_keys_file,
                "a file of API keys, stored hashed, each naming its tenant (`tessera api-key` "
                "adds one); clients then need a key, sent as \"authorization: Bearer KEY\". "
@@ -38,12 +45,19 @@ void AddCoordinatorFlags(FlagSet& flags, CoordinatorConfig* config) {
                "a file holding the token workers must show to register (also "
                "TESSERA_JOIN_TOKEN); empty: any worker that reaches the port may register");
   AddTlsFlags(flags, &config->tls, /*serves=*/true);
+  AddRequestLimitFlags(flags, &config->request_limits);
+  flags.Int("max-batch-requests", &config->max_batch_requests,
+            "requests one GenerateBatch may hold (INVALID_ARGUMENT beyond)");
+  flags.Int("max-batch-threads", &config->max_batch_threads,
+            "threads all GenerateBatch calls in flight may take together");
 }
 
 RunningCoordinator::~RunningCoordinator() {
   if (metrics_server != nullptr) metrics_server->Stop();
-  if (grpc.server != nullptr) {
-    grpc.server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  for (serve::RunningGrpcServer* server : {&grpc, &worker_grpc}) {
+    if (server->server != nullptr) {
+      server->server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+    }
   }
 }
 
@@ -77,10 +91,22 @@ absl::StatusOr<std::unique_ptr<RunningCoordinator>> StartCoordinator(
   if (config.max_message_bytes < 1024 || config.max_message_bytes > (int64_t{1} << 30)) {
     return absl::InvalidArgumentError("--max-message-bytes: must be between 1K and 1G");
   }
+  if (config.max_registration_bytes < 1024 || config.max_registration_bytes > (int64_t{1} << 30)) {
+    return absl::InvalidArgumentError("--max-registration-bytes: must be between 1K and 1G");
+  }
+  options.max_request_bytes = config.worker_listen.empty() ? config.max_message_bytes : 0;
   options.max_queue = config.max_queue;
   options.registry.heartbeat_interval = config.heartbeat_interval;
 
   TESSERA_RETURN_IF_ERROR(serve::CheckTlsFiles(config.tls));
+  TESSERA_RETURN_IF_ERROR(CheckRequestLimits(config.request_limits));
+  options.request_limits = config.request_limits;
+  if (config.max_batch_requests < 1 || config.max_batch_threads < 0) {
+    return absl::InvalidArgumentError(
+        "--max-batch-requests must be >= 1 and --max-batch-threads >= 0");
+  }
+  options.max_batch_requests = config.max_batch_requests;
+  options.max_batch_threads = config.max_batch_threads;
   TESSERA_ASSIGN_OR_RETURN(options.worker_credentials, serve::ChannelCredentialsFor(config.tls));
   TESSERA_ASSIGN_OR_RETURN(
       options.join_token,
@@ -104,10 +130,26 @@ absl::StatusOr<std::unique_ptr<RunningCoordinator>> StartCoordinator(
   grpc_options.max_message_bytes = static_cast<int>(config.max_message_bytes);
   grpc_options.who = "tessera coordinator";
   TESSERA_ASSIGN_OR_RETURN(grpc_options.credentials, serve::ServerCredentialsFor(config.tls));
-  TESSERA_ASSIGN_OR_RETURN(
-      running->grpc,
-      serve::StartGrpcServer(grpc_options, {running->coordinator->inference_service(),
-                                            running->coordinator->registry_service()}));
+  if (config.worker_listen.empty()) {
+    // One listener for both: it takes registrations' size, and the client API refuses
+    // requests past --max-message-bytes itself.
+    grpc_options.max_message_bytes =
+        static_cast<int>(std::max(config.max_message_bytes, config.max_registration_bytes));
+    TESSERA_ASSIGN_OR_RETURN(
+        running->grpc,
+        serve::StartGrpcServer(grpc_options, {running->coordinator->inference_service(),
+                                              running->coordinator->registry_service()}));
+  } else {
+    TESSERA_ASSIGN_OR_RETURN(
+        running->grpc,
+        serve::StartGrpcServer(grpc_options, {running->coordinator->inference_service()}));
+    serve::GrpcServerOptions worker_options = grpc_options;
+    worker_options.address = config.worker_listen;
+    worker_options.max_message_bytes = static_cast<int>(config.max_registration_bytes);
+    TESSERA_ASSIGN_OR_RETURN(
+        running->worker_grpc,
+        serve::StartGrpcServer(worker_options, {running->coordinator->registry_service()}));
+  }
   running->coordinator->AttachHealth(running->grpc.server.get());
   if (config.metrics_listen != "off") {
     serve::Coordinator* coordinator = running->coordinator.get();

@@ -30,9 +30,14 @@ struct CoordinatorConfig {
   int max_queue = 1024;
   absl::Duration heartbeat_interval = absl::Seconds(1);
   int64_t max_message_bytes = 4 << 20;
+  int64_t max_registration_bytes = int64_t{64} << 20;
+  std::string worker_listen;    // empty: the registry shares --listen
   std::string api_keys_file;    // api_keys.h; empty: clients need no key
   std::string join_token_file;  // empty: TESSERA_JOIN_TOKEN, or no token
   serve::TlsFiles tls;          // its listener's, and how it dials the workers
+  serve::RequestLimits request_limits;
+  int max_batch_requests = 1024;
+  int max_batch_threads = 256;
 };
 
 // Declares the coordinator's flags, writing into `config` (whose values are the defaults).
@@ -42,7 +47,10 @@ struct RunningCoordinator {
   std::unique_ptr<serve::ApiKeyStore> api_keys;  // before the coordinator, which reads it
   std::unique_ptr<serve::MetricsRegistry> metrics;
   std::unique_ptr<serve::Coordinator> coordinator;
-  serve::RunningGrpcServer grpc;
+  serve::RunningGrpcServer grpc;         // the client API (and the registry, unless below)
+  serve::RunningGrpcServer worker_grpc;  // the registry, with --worker-listen
+  // The port workers register on.
+  int registry_port() const { return worker_grpc.server != nullptr ? worker_grpc.port : grpc.port; }
   std::unique_ptr<serve::MetricsServer> metrics_server;
   std::string join_token;  // what registrations must show; empty: none
 

@@ -9,6 +9,7 @@
 #include "absl/time/clock.h"
 #include "launcher/coordinator_process.h"
 #include "launcher/process.h"
+#include "launcher/request_limit_flags.h"
 #include "launcher/shutdown_signal.h"
 #include "launcher/tls_flags.h"
 #include "launcher/worker_groups.h"
@@ -24,6 +25,10 @@ void PrintEndpoints(const char* who, const RunningCoordinator& running,
   int unused_port = 0;
   (void)serve::SplitHostPort(config.listen, "--listen", &host, &unused_port);
   std::fprintf(stderr, "%s: gRPC on %s:%d", who, host.c_str(), running.grpc.port);
+  if (running.worker_grpc.server != nullptr) {
+    (void)serve::SplitHostPort(config.worker_listen, "--worker-listen", &host, &unused_port);
+    std::fprintf(stderr, ", workers register on %s:%d", host.c_str(), running.worker_grpc.port);
+  }
   if (running.metrics_server != nullptr) {
     (void)serve::SplitHostPort(config.metrics_listen, "--metrics-listen", &host, &unused_port);
     std::fprintf(stderr, ", metrics on http://%s:%d/metrics", host.c_str(),
@@ -64,6 +69,8 @@ absl::Status Serve(const ServeConfig& config) {
   // client certificate), its CA to check the coordinator.
   const std::vector<std::string> tls = TlsFlagArguments(config.coordinator.tls);
   worker_config.worker_args.insert(worker_config.worker_args.end(), tls.begin(), tls.end());
+  const std::vector<std::string> limits = RequestLimitArguments(config.coordinator.request_limits);
+  worker_config.worker_args.insert(worker_config.worker_args.end(), limits.begin(), limits.end());
   if (!running->join_token.empty()) {
     // The workers register with the token; it reaches them through the environment.
     setenv("TESSERA_JOIN_TOKEN", running->join_token.c_str(), /*overwrite=*/1);
@@ -71,8 +78,8 @@ absl::Status Serve(const ServeConfig& config) {
   }
   TESSERA_ASSIGN_OR_RETURN(
       std::unique_ptr<WorkerGroups> workers,
-      WorkerGroups::StartLocal(worker_config, running->grpc.port, *running->coordinator, restarts,
-                               "tessera serve"));
+      WorkerGroups::StartLocal(worker_config, running->registry_port(), *running->coordinator,
+                               restarts, "tessera serve"));
   TESSERA_ASSIGN_OR_RETURN(bool ready, workers->WaitUntilHealthy(config.workers.ready_timeout));
   if (!ready) return absl::OkStatus();  // Ctrl-C while starting
   PrintEndpoints("tessera serve: ready", *running, config.coordinator);

@@ -13,6 +13,7 @@
 #include "launcher/engine_flags.h"
 #include "launcher/flags.h"
 #include "launcher/model_job.h"
+#include "launcher/request_limit_flags.h"
 #include "launcher/secret_file.h"
 #include "launcher/shutdown_signal.h"
 #include "launcher/tls_flags.h"
@@ -42,6 +43,7 @@ struct WorkerConfig {
   int replica_offset = 0;       // the index of this job's first replica
   std::string join_token_file;  // empty: TESSERA_JOIN_TOKEN, or none
   serve::TlsFiles tls;          // its Worker listener's, and how it dials the coordinator
+  serve::RequestLimits request_limits;
   ModelJobOptions job;
   engine::EngineOptions engine;
 };
@@ -119,6 +121,7 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
       const std::string join_token,
       ReadSecret(config.join_token_file, "TESSERA_JOIN_TOKEN", "--join-token-file"));
   TESSERA_RETURN_IF_ERROR(serve::CheckTlsFiles(config.tls));
+  TESSERA_RETURN_IF_ERROR(CheckRequestLimits(config.request_limits));
   TESSERA_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> coordinator_credentials,
                            serve::ChannelCredentialsFor(config.tls));
   TESSERA_RETURN_IF_ERROR(
@@ -177,6 +180,7 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
   }
   const int replica = config.replica_offset + layout.dp_rank();
   serve::WorkerService service(*engine, *job.tokenizer, model_name, config.version);
+  service.set_request_limits(config.request_limits);
   service.set_request_observer(
       [&request_metrics](const serve::RequestRecord& record) { request_metrics.Record(record); });
   serve::GrpcServerOptions grpc_options;
@@ -283,6 +287,7 @@ int RunWorker(const std::vector<std::string>& args, int* argc, char*** argv) {
   flags.String("join-token-file", &config.join_token_file,
                "a file holding the coordinator's join token (also TESSERA_JOIN_TOKEN)");
   AddTlsFlags(flags, &config.tls, /*serves=*/true);
+  AddRequestLimitFlags(flags, &config.request_limits);
   flags.Int("replica-offset", &config.replica_offset,
             "the index of this job's first replica, when each replica is a job of its own "
             "(tessera serve, tessera launch): it names the groups and offsets fixed ports");

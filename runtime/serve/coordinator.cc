@@ -3,6 +3,7 @@
 #include <chrono>
 #include <functional>
 #include <random>
+#include <system_error>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -101,7 +102,7 @@ class Coordinator::InferenceImpl final : public v1::Inference::Service {
 
   grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                         v1::GenerateResponse* response) override {
-    absl::StatusOr<std::string> tenant = c_.Authenticate(*context);
+    absl::StatusOr<std::string> tenant = Admit(*context, *request);
     if (!tenant.ok()) return ToGrpcStatus(tenant.status());
     RequestRecord record;
     grpc::Status status = c_.RunRequest(
@@ -116,7 +117,7 @@ class Coordinator::InferenceImpl final : public v1::Inference::Service {
 
   grpc::Status GenerateStream(grpc::ServerContext* context, const v1::GenerateRequest* request,
                               grpc::ServerWriter<v1::GenerateStreamResponse>* writer) override {
-    absl::StatusOr<std::string> tenant = c_.Authenticate(*context);
+    absl::StatusOr<std::string> tenant = Admit(*context, *request);
     if (!tenant.ok()) return ToGrpcStatus(tenant.status());
     RequestRecord record;
     return c_.RunRequest(
@@ -127,13 +128,19 @@ class Coordinator::InferenceImpl final : public v1::Inference::Service {
 
   grpc::Status GenerateBatch(grpc::ServerContext* context, const v1::GenerateBatchRequest* batch,
                              v1::GenerateBatchResponse* response) override {
-    absl::StatusOr<std::string> tenant = c_.Authenticate(*context);
+    absl::StatusOr<std::string> tenant = Admit(*context, *batch);
     if (!tenant.ok()) return ToGrpcStatus(tenant.status());
     const int n = batch->requests_size();
+    if (n > c_.options_.max_batch_requests) {
+      return grpc::Status(
+          grpc::StatusCode::INVALID_ARGUMENT,
+          absl::StrCat("requests: ", n, " in one batch; at most ", c_.options_.max_batch_requests));
+    }
     for (int i = 0; i < n; ++i) response->add_results();
     // Up to kBatchParallelism requests run at once, each on a thread that takes the next
     // unstarted one; the router spreads them over the groups and each group's engine batches
-    // what it gets.
+    // what it gets. The threads come from a budget shared by every call in flight
+    // (max_batch_threads): a call that finds it spent runs its requests on its own thread.
     std::atomic<int> next{0};
     auto run_next = [this, context, batch, response, &next, &tenant] {
       for (int i = next.fetch_add(1); i < batch->requests_size(); i = next.fetch_add(1)) {
@@ -154,15 +161,29 @@ class Coordinator::InferenceImpl final : public v1::Inference::Service {
       }
     };
     std::vector<std::thread> threads;
-    for (int t = 0; t < std::min(n, kBatchParallelism); ++t) threads.emplace_back(run_next);
+    const int wanted = std::min(n, kBatchParallelism) - 1;  // and this thread
+    for (int t = 0; t < wanted; ++t) {
+      if (c_.batch_threads_.fetch_add(1) >= c_.options_.max_batch_threads) {
+        c_.batch_threads_.fetch_sub(1);
+        break;
+      }
+      try {
+        threads.emplace_back(run_next);
+      } catch (const std::system_error&) {  // the system has no thread to give: go on with fewer
+        c_.batch_threads_.fetch_sub(1);
+        break;
+      }
+    }
+    run_next();
     for (std::thread& thread : threads) thread.join();
+    c_.batch_threads_.fetch_sub(static_cast<int>(threads.size()));
     if (ClientGone(context)) return ClientEndStatus(context);
     return grpc::Status::OK;
   }
 
   grpc::Status Tokenize(grpc::ServerContext* context, const v1::TokenizeRequest* request,
                         v1::TokenizeResponse* response) override {
-    if (absl::Status caller = c_.Authenticate(*context).status(); !caller.ok()) {
+    if (absl::Status caller = Admit(*context, *request).status(); !caller.ok()) {
       return ToGrpcStatus(caller);
     }
     if (request->model().empty()) {
@@ -212,6 +233,19 @@ class Coordinator::InferenceImpl final : public v1::Inference::Service {
   }
 
  private:
+  // A request the client API takes: within the size limit, from a caller with a valid key
+  // (when keys are required). The caller's tenant; empty without keys.
+  absl::StatusOr<std::string> Admit(const grpc::ServerContext& context,
+                                    const google::protobuf::Message& request) const {
+    const int64_t limit = c_.options_.max_request_bytes;
+    if (limit > 0 && static_cast<int64_t>(request.ByteSizeLong()) > limit) {
+      return absl::ResourceExhaustedError(absl::StrCat("request of ", request.ByteSizeLong(),
+                                                       " bytes; at most ", limit,
+                                                       " (--max-message-bytes)"));
+    }
+    return c_.Authenticate(context);
+  }
+
   Coordinator& c_;
 };
 
@@ -547,7 +581,8 @@ grpc::Status Coordinator::RunRequest(grpc::ServerContext* context,
   record->tenant = forwarded.tenant();
 
   grpc::Status status = [&]() -> grpc::Status {
-    if (absl::Status valid = ValidateGenerateRequest(forwarded); !valid.ok()) {
+    if (absl::Status valid = ValidateGenerateRequest(forwarded, options_.request_limits);
+        !valid.ok()) {
       return ToGrpcStatus(valid);
     }
     // A sampled request gets its seed here, so that a group that takes it over mid-stream

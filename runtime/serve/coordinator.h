@@ -27,6 +27,7 @@
 #include "runtime/serve/api_keys.h"
 #include "runtime/serve/group_registry.h"
 #include "runtime/serve/metrics.h"
+#include "runtime/serve/request_convert.h"
 #include "runtime/serve/router.h"
 #include "runtime/serve/serve_metrics.h"
 #include "runtime/serve/tenant_quota.h"
@@ -55,6 +56,16 @@ struct CoordinatorOptions {
   const ApiKeyStore* api_keys = nullptr;
   // When not empty, Register needs it (metadata "authorization: Bearer TOKEN").
   std::string join_token;
+  // What one request may carry.
+  RequestLimits request_limits;
+  // Requests one GenerateBatch may hold, and the threads every GenerateBatch in flight may
+  // take together to run them (each call also runs requests on its own thread).
+  int max_batch_requests = 1024;
+  // When the client API shares a listener with registration (which takes larger messages):
+  // the largest request message the client API takes (RESOURCE_EXHAUSTED beyond); 0: the
+  // listener's own limit applies.
+  int64_t max_request_bytes = 0;
+  int max_batch_threads = 256;
   // How the coordinator dials the groups' leaders (tls.h); null: plaintext.
   std::shared_ptr<grpc::ChannelCredentials> worker_credentials;
 };
@@ -128,6 +139,7 @@ class Coordinator {
   std::unique_ptr<InferenceImpl> inference_;
   std::unique_ptr<RegistryImpl> registry_service_;
   std::atomic<int> in_flight_{0};
+  std::atomic<int> batch_threads_{0};  // GenerateBatch's helper threads, all calls
   std::atomic<uint64_t> next_request_{1};
 
   mutable absl::Mutex mutex_;

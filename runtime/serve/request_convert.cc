@@ -1,14 +1,29 @@
 #include "runtime/serve/request_convert.h"
 
 #include <cmath>
+#include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 
 namespace tessera::serve {
 
-absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request) {
+absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request,
+                                     const RequestLimits& limits) {
   if (request.model().empty()) return absl::InvalidArgumentError("model: required");
+  const std::pair<const std::string*, const char*> names[] = {
+      {&request.model(), "model"},
+      {&request.version(), "version"},
+      {&request.request_id(), "request_id"},
+      {&request.tenant(), "tenant"},
+      {&request.session_id(), "session_id"}};
+  for (const auto& [value, field] : names) {
+    if (static_cast<int64_t>(value->size()) > limits.max_name_bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": ", value->size(), " bytes; at most ", limits.max_name_bytes));
+    }
+  }
   bool has_text = !request.prompt().empty();
   bool has_tokens = request.prompt_tokens_size() > 0;
   if (has_text == has_tokens) {
@@ -45,10 +60,24 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request) {
         absl::StrCat("sampling.max_tokens: must be >= 1 (0: the default ", kDefaultMaxTokens,
                      "), not ", s.max_tokens()));
   }
+  if (s.stop_size() > limits.max_stop_strings) {
+    return absl::InvalidArgumentError(absl::StrCat("sampling.stop: ", s.stop_size(),
+                                                   " strings; at most ", limits.max_stop_strings));
+  }
   for (int i = 0; i < s.stop_size(); ++i) {
     if (s.stop(i).empty()) {
       return absl::InvalidArgumentError(absl::StrCat("sampling.stop[", i, "]: empty string"));
     }
+    if (static_cast<int64_t>(s.stop(i).size()) > limits.max_stop_string_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat("sampling.stop[", i, "]: ", s.stop(i).size(),
+                                                     " bytes; at most ",
+                                                     limits.max_stop_string_bytes));
+    }
+  }
+  if (s.stop_token_ids_size() > limits.max_stop_token_ids) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.stop_token_ids: ", s.stop_token_ids_size(), " ids; at most ",
+                     limits.max_stop_token_ids));
   }
   for (int i = 0; i < s.stop_token_ids_size(); ++i) {
     if (s.stop_token_ids(i) < 0) {

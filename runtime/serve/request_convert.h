@@ -15,10 +15,20 @@ namespace tessera::serve {
 // Tokens generated when a request sets no max_tokens.
 inline constexpr int kDefaultMaxTokens = 16;
 
+// Bounds on what one request may carry, so that no request makes the coordinator or a group
+// do unbounded work: stop strings are matched at every token on the group's engine thread.
+struct RequestLimits {
+  int max_stop_strings = 16;
+  int max_stop_string_bytes = 256;
+  int max_stop_token_ids = 256;
+  int max_name_bytes = 128;  // model, version, request_id, tenant, session_id
+};
+
 // Checks what can be checked without the model: a model name, one of prompt and
-// prompt_tokens, sampling parameters in range. INVALID_ARGUMENT naming the field
-// ("sampling.top_p: must be in (0, 1], not 1.5").
-absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request);
+// prompt_tokens, sampling parameters in range, and `limits`. INVALID_ARGUMENT naming the
+// field ("sampling.top_p: must be in (0, 1], not 1.5").
+absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request,
+                                     const RequestLimits& limits = {});
 
 // The engine's request for a validated wire request.
 engine::GenerationRequest ToEngineRequest(const v1::GenerateRequest& request);

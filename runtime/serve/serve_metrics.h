@@ -6,6 +6,11 @@
 // histograms, per-tenant tokens. Gauges of the moment (queue depth, KV blocks, group load)
 // are filled by each service's collector at scrape time.
 
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/synchronization/mutex.h"
 #include "runtime/serve/metrics.h"
 #include "runtime/serve/request_record.h"
 
@@ -13,13 +18,21 @@ namespace tessera::serve {
 
 class RequestMetrics {
  public:
-  // Adds the families to `registry`, which must outlive this.
-  explicit RequestMetrics(MetricsRegistry& registry);
+  // Adds the families to `registry`, which must outlive this. Tenant names come from clients:
+  // past `max_tenants` distinct ones, the others' tokens are counted under tenant "other", so
+  // that the series stay bounded.
+  explicit RequestMetrics(MetricsRegistry& registry, int max_tenants = 1024);
 
-  // One finished request.
+  // One finished request. Thread-safe.
   void Record(const RequestRecord& record);
 
  private:
+  // The tenant label `tenant` is counted under.
+  std::string TenantLabel(const std::string& tenant);
+
+  const int max_tenants_;
+  absl::Mutex mutex_;
+  absl::flat_hash_set<std::string> tenants_ ABSL_GUARDED_BY(mutex_);
   CounterFamily* requests_;
   CounterFamily* prompt_tokens_;
   CounterFamily* completion_tokens_;

@@ -25,7 +25,9 @@ bool DeadlinePassed(const grpc::ServerContext& context) {
 
 WorkerService::WorkerService(engine::Engine& engine, const tokenizer::Tokenizer& tokenizer,
                              std::string model, std::string version)
-    : engine_(engine), tokenizer_(tokenizer), model_(std::move(model)),
+    : engine_(engine),
+      tokenizer_(tokenizer),
+      model_(std::move(model)),
       version_(std::move(version)) {}
 
 void WorkerService::set_group_id(std::string id) {
@@ -33,8 +35,7 @@ void WorkerService::set_group_id(std::string id) {
   group_id_ = std::move(id);
 }
 
-grpc::Status WorkerService::Submit(grpc::ServerContext* context,
-                                   const v1::GenerateRequest* request,
+grpc::Status WorkerService::Submit(grpc::ServerContext* context, const v1::GenerateRequest* request,
                                    grpc::ServerWriter<v1::GenerateStreamResponse>* writer) {
   RequestRecord record;
   record.request_id = request->request_id();
@@ -54,7 +55,7 @@ grpc::Status WorkerService::Submit(grpc::ServerContext* context,
 grpc::Status WorkerService::Run(grpc::ServerContext* context, const v1::GenerateRequest& request,
                                 grpc::ServerWriter<v1::GenerateStreamResponse>* writer,
                                 RequestRecord* record) {
-  if (absl::Status valid = ValidateGenerateRequest(request); !valid.ok()) {
+  if (absl::Status valid = ValidateGenerateRequest(request, limits_); !valid.ok()) {
     return ToGrpcStatus(valid);
   }
   if (request.model() != model_ || (!request.version().empty() && request.version() != version_)) {
@@ -162,9 +163,9 @@ grpc::Status WorkerService::Tokenize(grpc::ServerContext* /*context*/,
                                      const v1::TokenizeRequest* request,
                                      v1::TokenizeResponse* response) {
   if (request->model() != model_) {
-    return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                        absl::StrCat("model: this group serves ", model_, ", not ",
-                                     request->model()));
+    return grpc::Status(
+        grpc::StatusCode::NOT_FOUND,
+        absl::StrCat("model: this group serves ", model_, ", not ", request->model()));
   }
   absl::StatusOr<std::vector<int32_t>> tokens =
       tokenizer_.Encode(request->text(), request->add_special_tokens());

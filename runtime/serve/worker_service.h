@@ -16,6 +16,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "runtime/engine/engine.h"
+#include "runtime/serve/request_convert.h"
 #include "runtime/serve/request_record.h"
 #include "runtime/tokenizer/tokenizer.h"
 #include "tessera/v1/worker.grpc.pb.h"
@@ -35,6 +36,8 @@ class WorkerService final : public v1::Worker::Service {
 
   // The group's id once the coordinator has given one (reported in placements).
   void set_group_id(std::string id);
+  // What one request may carry (default: RequestLimits' defaults). Before serving.
+  void set_request_limits(const RequestLimits& limits) { limits_ = limits; }
   // Called once for every Submit that ends (metrics, logs). Set before serving.
   void set_request_observer(std::function<void(const RequestRecord&)> observer) {
     observer_ = std::move(observer);
@@ -44,6 +47,7 @@ class WorkerService final : public v1::Worker::Service {
   v1::GroupLoad Load() const;
 
  private:
+  RequestLimits limits_;
   grpc::Status Run(grpc::ServerContext* context, const v1::GenerateRequest& request,
                    grpc::ServerWriter<v1::GenerateStreamResponse>* writer, RequestRecord* record);
 

@@ -124,6 +124,14 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> TokenizerLoader::Load(const Json& roo
   TESSERA_RETURN_IF_ERROR(LoadPreTokenizer(Field(root, "pre_tokenizer"), *t));
   TESSERA_RETURN_IF_ERROR(LoadPostProcessor(Field(root, "post_processor"), "post_processor", *t));
   TESSERA_RETURN_IF_ERROR(LoadDecoder(Field(root, "decoder")));
+  // The id tables are indexed by id: ids far past the token count would make them huge for
+  // nothing (a registering worker's tokenizer must not cost the coordinator gigabytes).
+  const int64_t tokens = static_cast<int64_t>(vocab_.size() + added_.size());
+  if (max_id_ >= 4 * tokens + 65536) {
+    return Invalid("the token ids", absl::StrCat("go up to ", max_id_, " for ", tokens,
+                                                 " tokens; ids must be dense (below 4 x the "
+                                                 "token count + 65536)"));
+  }
   BuildIdTables(*t);
   return t;
 }

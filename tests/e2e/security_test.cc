@@ -6,12 +6,17 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <iterator>
 #include <memory>
 #include <regex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -297,13 +302,14 @@ TEST_F(Security, RogueRegistrationsAndForgedHeartbeatsAreRefused) {
 }
 
 // `tessera serve` with a join token hands it to the workers it starts (through the
-// environment), so they register; its client API takes the keys.
+// environment), so they register, here on a listener of their own (--worker-listen); its
+// client API takes the keys.
 TEST_F(Security, ServeGivesItsWorkersTheJoinToken) {
-  absl::StatusOr<std::unique_ptr<ChildProcess>> serve =
-      ChildProcess::Start({TESSERA_BINARY, "serve", "--np", "1", "--tp", "1", "--listen",
-                           "127.0.0.1:0", "--metrics-listen", "off", "--kv-cache-memory", "64M",
-                           "--join-token-file", dir_ + "/join", "--api-keys", keys_file_},
-                          harness_->NewLogPath("serve"), harness_->ChildEnvironment());
+  absl::StatusOr<std::unique_ptr<ChildProcess>> serve = ChildProcess::Start(
+      {TESSERA_BINARY, "serve", "--np", "1", "--tp", "1", "--listen", "127.0.0.1:0",
+       "--metrics-listen", "off", "--kv-cache-memory", "64M", "--join-token-file", dir_ + "/join",
+       "--api-keys", keys_file_, "--worker-listen", "127.0.0.1:0"},
+      harness_->NewLogPath("serve"), harness_->ChildEnvironment());
   ASSERT_TRUE(serve.ok()) << serve.status();
   const std::regex ready("tessera serve: ready: gRPC on 127\\.0\\.0\\.1:(\\d+)");
   std::smatch match;
@@ -412,6 +418,151 @@ TEST_F(Tls, PlaintextMissingOrForeignCertificatesAreRefused) {
       Client({"--tls-ca", dir_ + "/ca.pem", "--tls-cert", dir_ + "/client.pem"});
   EXPECT_NE(half.exit_code, 0);
   EXPECT_TRUE(absl::StrContains(half.output, "--tls-cert and --tls-key")) << half.output;
+}
+
+// Limits: what one registration, request or batch may carry, with a coordinator that takes
+// no keys, and a group whose tokenizer.json is 10 MB (as Llama-3's and Qwen2's nearly are).
+class Limits : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    char pattern[] = "/tmp/tessera-limits-e2e-XXXXXX";
+    dir_ = mkdtemp(pattern);
+    // The built-in model, copied with its tokenizer.json padded to 10 MB (whitespace between
+    // JSON tokens: the same tokenizer).
+    ServeHarness maker(TESSERA_BINARY, {}, dir_);
+    ServeHarness::Outcome made =
+        maker.RunTessera({"generate", "--max-tokens", "1", "--prompt", "hi"}, absl::Seconds(120));
+    ASSERT_EQ(made.exit_code, 0) << made.output;
+    model_dir_ = dir_ + "/big-tokenizer";
+    std::filesystem::copy(dir_ + "/cache/" + kModel, model_dir_,
+                          std::filesystem::copy_options::recursive);
+    std::ifstream in(model_dir_ + "/tokenizer.json");
+    std::string json((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    in.close();
+    const size_t brace = json.rfind('}');
+    ASSERT_NE(brace, std::string::npos);
+    json.insert(brace, std::string(10 << 20, ' '));
+    std::ofstream(model_dir_ + "/tokenizer.json") << json;
+    StartProcesses(processes_, dir_, {"--max-batch-threads", "16"},
+                   {"--model", model_dir_, "--model-name", kModel});
+    if (::testing::Test::HasFatalFailure()) return;
+    coordinator_ = processes_.coordinator.get();
+  }
+
+  static void TearDownTestSuite() {
+    processes_ = Processes();
+    if (!::testing::UnitTest::GetInstance()->Failed()) std::filesystem::remove_all(dir_);
+  }
+
+  void SetUp() override { ASSERT_NE(coordinator_, nullptr) << "the processes did not start"; }
+
+  static v1::Inference::Stub& inference() { return coordinator_->inference(); }
+
+  static constexpr char kModel[] = "tessera-tiny-llama-random-v1";
+  static inline Processes processes_;
+  static inline std::string dir_, model_dir_;
+  static inline CoordinatorProcess* coordinator_ = nullptr;
+};
+
+TEST_F(Limits, AGroupWithATenMegabyteTokenizerRegistersAndServes) {
+  Unary unary = Generate(inference(), Request(kModel, "big tokenizer", 4));
+  ASSERT_TRUE(unary.status.ok()) << Describe(unary.status);
+  EXPECT_EQ(unary.response.usage().completion_tokens(), 4);
+}
+
+TEST_F(Limits, StopListsNamesAndOversizedRequestsAreRefused) {
+  struct Case {
+    const char* what;
+    std::function<void(v1::GenerateRequest&)> change;
+    StatusCode code;
+    const char* message;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"17 stop strings",
+            [](v1::GenerateRequest& r) {
+              for (int i = 0; i < 17; ++i) r.mutable_sampling()->add_stop(absl::StrCat("s", i));
+            },
+            StatusCode::INVALID_ARGUMENT, "sampling.stop: 17 strings; at most 16"},
+           {"a 3 MB stop list",
+            [](v1::GenerateRequest& r) {
+              for (int i = 0; i < 12; ++i) {
+                r.mutable_sampling()->add_stop(std::string(256 << 10, 'a' + i));
+              }
+            },
+            StatusCode::INVALID_ARGUMENT, "sampling.stop[0]: 262144 bytes; at most 256"},
+           {"a long stop string",
+            [](v1::GenerateRequest& r) { r.mutable_sampling()->add_stop(std::string(300, 'x')); },
+            StatusCode::INVALID_ARGUMENT, "sampling.stop[0]: 300 bytes; at most 256"},
+           {"a long tenant", [](v1::GenerateRequest& r) { r.set_tenant(std::string(200, 't')); },
+            StatusCode::INVALID_ARGUMENT, "tenant: 200 bytes; at most 128"},
+           {"a 5 MB prompt",
+            [](v1::GenerateRequest& r) { r.set_prompt(std::string(5 << 20, 'p')); },
+            StatusCode::RESOURCE_EXHAUSTED, "(--max-message-bytes)"}}) {
+    v1::GenerateRequest request = Request(kModel, "limits", 2);
+    c.change(request);
+    Unary refused = Generate(inference(), request);
+    EXPECT_EQ(refused.status.error_code(), c.code) << c.what << ": " << Describe(refused.status);
+    EXPECT_TRUE(absl::StrContains(refused.status.error_message(), c.message))
+        << c.what << ": " << Describe(refused.status);
+  }
+  // The group serves on.
+  EXPECT_TRUE(Generate(inference(), Request(kModel, "after", 2)).status.ok());
+}
+
+// Threads of process `pid` (its /proc status).
+int ThreadsOf(pid_t pid) {
+  std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
+  for (std::string line; std::getline(status, line);) {
+    if (absl::StartsWith(line, "Threads:")) return std::atoi(line.c_str() + 8);
+  }
+  return -1;
+}
+
+TEST_F(Limits, BatchesAreBoundedInSizeAndInThreads) {
+  v1::GenerateBatchRequest too_many;
+  for (int i = 0; i < 1025; ++i) *too_many.add_requests() = Request(kModel, "x", 1);
+  grpc::ClientContext context;
+  SetDeadline(context, absl::Seconds(30));
+  v1::GenerateBatchResponse response;
+  grpc::Status refused = inference().GenerateBatch(&context, too_many, &response);
+  EXPECT_EQ(refused.error_code(), StatusCode::INVALID_ARGUMENT) << Describe(refused);
+  EXPECT_TRUE(absl::StrContains(refused.error_message(), "1025 in one batch; at most 1024"));
+
+  // Eight batches at once, sharing 16 helper threads (--max-batch-threads): all answered,
+  // and the coordinator's threads stay near where they were (without the bound, each call
+  // would start 127).
+  const pid_t pid = coordinator_->process().pid();
+  const int before = ThreadsOf(pid);
+  std::atomic<bool> done{false};
+  std::atomic<int> most{before};
+  std::thread watcher([&] {
+    while (!done) {
+      most = std::max(most.load(), ThreadsOf(pid));
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+  });
+  std::vector<std::thread> callers;
+  std::atomic<int> answered{0};
+  for (int c = 0; c < 8; ++c) {
+    callers.emplace_back([&, c] {
+      v1::GenerateBatchRequest batch;
+      for (int i = 0; i < 200; ++i) {
+        *batch.add_requests() = Request(kModel, absl::StrCat("batch ", c, " request ", i), 2);
+      }
+      grpc::ClientContext call;
+      SetDeadline(call, absl::Seconds(120));
+      v1::GenerateBatchResponse answers;
+      if (!inference().GenerateBatch(&call, batch, &answers).ok()) return;
+      for (const v1::BatchResult& result : answers.results()) answered += result.error_code() == 0;
+    });
+  }
+  for (std::thread& caller : callers) caller.join();
+  done = true;
+  watcher.join();
+  EXPECT_EQ(answered.load(), 8 * 200);
+  std::fprintf(stderr, "[ info     ] coordinator threads: %d before, at most %d during\n", before,
+               most.load());
+  EXPECT_LE(most.load(), before + 16 + 48);  // the helpers, and gRPC's threads for 8 calls
 }
 
 }  // namespace

@@ -513,6 +513,9 @@ std::vector<BadFile> BadFiles() {
        {"added_tokens[0].id must be an id"});
   edit("added_bad_flag", [](Json& j) { j["added_tokens"][0]["lstrip"] = "yes"; },
        {"added_tokens[0].lstrip must be true or false"});
+  // One token with an id near 2^24 would make the id tables gigabytes.
+  edit("sparse_ids", [](Json& j) { j["added_tokens"][0]["id"] = (1 << 24) - 1; },
+       {"the token ids go up to 16777215", "ids must be dense"});
   return files;
 }
 
