@@ -1,7 +1,12 @@
 #include "launcher/request_file.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <type_traits>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 #include "runtime/core/status_macros.h"
@@ -15,6 +20,52 @@ absl::Status FieldError(int line, absl::string_view field, absl::string_view wha
   return absl::InvalidArgumentError(absl::StrCat("line ", line, ": ", field, ": ", what));
 }
 
+// `value` as a T, or why not: no silent casts (a fraction, a bool, an integer out of T's
+// range or a string are refused, as nlohmann's get<T>() would truncate or wrap them).
+template <typename T>
+std::string Convert(const json& value, T* out) {
+  if constexpr (std::is_same_v<T, bool>) {
+    if (!value.is_boolean()) return absl::StrCat("must be true or false, not ", value.dump());
+    *out = value.get<bool>();
+  } else if constexpr (std::is_integral_v<T>) {
+    const std::string range = absl::StrCat("must be an integer in [", std::numeric_limits<T>::min(),
+                                           ", ", std::numeric_limits<T>::max(), "]");
+    if (!value.is_number_integer()) {
+      return absl::StrCat(range, ", not ", value.is_string() ? "a string" : value.dump());
+    }
+    if (value.is_number_unsigned()) {
+      const uint64_t v = value.get<uint64_t>();
+      if (v > static_cast<uint64_t>(std::numeric_limits<T>::max())) {
+        return absl::StrCat(range, ", not ", value.dump());
+      }
+      *out = static_cast<T>(v);
+    } else {
+      const int64_t v = value.get<int64_t>();
+      if (v < static_cast<int64_t>(std::numeric_limits<T>::min()) ||
+          (v > 0 &&
+           static_cast<uint64_t>(v) > static_cast<uint64_t>(std::numeric_limits<T>::max()))) {
+        return absl::StrCat(range, ", not ", value.dump());
+      }
+      *out = static_cast<T>(v);
+    }
+  } else if constexpr (std::is_floating_point_v<T>) {
+    if (!value.is_number()) return absl::StrCat("must be a number, not ", value.dump());
+    *out = value.get<T>();
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    if (!value.is_string()) return absl::StrCat("must be a string, not ", value.dump());
+    *out = value.get<std::string>();
+  } else {  // a std::vector of one of the above
+    if (!value.is_array()) return absl::StrCat("must be a list, not ", value.dump());
+    out->assign(value.size(), typename T::value_type());
+    for (size_t i = 0; i < value.size(); ++i) {
+      if (std::string error = Convert(value[i], &(*out)[i]); !error.empty()) {
+        return absl::StrCat("[", i, "] ", error);
+      }
+    }
+  }
+  return "";
+}
+
 }  // namespace
 
 absl::StatusOr<engine::GenerationRequest> ParseRequestLine(const std::string& text, int line) {
@@ -24,20 +75,20 @@ absl::StatusOr<engine::GenerationRequest> ParseRequestLine(const std::string& te
   engine::GenerationRequest request;
   engine::SamplingOptions& sampling = request.sampling;
   static const char* const kKnown[] = {
-      "id",    "prompt", "prompt_token_ids", "max_tokens",     "temperature", "top_k",
-      "top_p", "seed",   "stop",             "stop_token_ids", "ignore_eos",  "logprobs"};
+      "id",   "prompt", "prompt_token_ids", "max_tokens", "temperature", "top_k", "top_p",
+      "seed", "stop",   "stop_token_ids",   "ignore_eos", "logprobs"};
   for (const auto& [key, value] : object.items()) {
     if (std::find(std::begin(kKnown), std::end(kKnown), key) == std::end(kKnown)) {
       return FieldError(line, key, "unknown field");
     }
   }
-  // Reads one optional field, naming it when its type is wrong.
+  // Reads one optional field, naming it (and the element of a list) when its value is not
+  // one the field takes.
   auto read = [&](const char* key, auto* target) -> absl::Status {
     if (!object.contains(key)) return absl::OkStatus();
-    try {
-      object[key].get_to(*target);
-    } catch (const json::exception&) {
-      return FieldError(line, key, absl::StrCat("wrong type (", object[key].type_name(), ")"));
+    if (std::string error = Convert(object[key], target); !error.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("line ", line, ": ", key, absl::StartsWith(error, "[") ? "" : ": ", error));
     }
     return absl::OkStatus();
   };

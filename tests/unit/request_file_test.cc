@@ -43,14 +43,30 @@ TEST(RequestFileTest, NamesTheLineAndFieldOfBadInput) {
     const char* text;
     const char* message;
   };
-  for (const Case& c : {Case{"{not json", "line 4: request: not valid JSON"},
-                        Case{"[1, 2]", "line 4: request: not a JSON object"},
-                        Case{R"({"prompt": "x", "temprature": 1})", "line 4: temprature: unknown"},
-                        Case{R"({"prompt": 5})", "line 4: prompt: not a string"},
-                        Case{R"({"max_tokens": 5})", "line 4: prompt: missing"},
-                        Case{R"({"prompt": "x", "max_tokens": "many"})",
-                             "line 4: max_tokens: wrong type (string)"},
-                        Case{R"({"prompt_token_ids": ["a"]})", "line 4: prompt_token_ids"}}) {
+  for (const Case& c :
+       {Case{"{not json", "line 4: request: not valid JSON"},
+        Case{"[1, 2]", "line 4: request: not a JSON object"},
+        Case{R"({"prompt": "x", "temprature": 1})", "line 4: temprature: unknown"},
+        Case{R"({"prompt": 5})", "line 4: prompt: not a string"},
+        Case{R"({"max_tokens": 5})", "line 4: prompt: missing"},
+        Case{R"({"prompt": "x", "max_tokens": "many"})",
+             "line 4: max_tokens: must be an integer in [-2147483648, "
+             "2147483647], not a string"},
+        // Numbers are not cast: 2^32 + 1 would wrap to 1, 1.5 truncate to 1.
+        Case{R"({"prompt": "x", "max_tokens": 4294967297})",
+             "line 4: max_tokens: must be an integer in [-2147483648, "
+             "2147483647], not 4294967297"},
+        Case{R"({"prompt": "x", "max_tokens": 1.5})", "line 4: max_tokens: must be an integer in"},
+        Case{R"({"prompt": "x", "top_k": true})", "line 4: top_k: must be an integer"},
+        Case{R"({"prompt": "x", "seed": -1})",
+             "line 4: seed: must be an integer in [0, 18446744073709551615], not -1"},
+        Case{R"({"prompt": "x", "temperature": "hot"})", "line 4: temperature: must be a number"},
+        Case{R"({"prompt": "x", "ignore_eos": 1})",
+             "line 4: ignore_eos: must be true or false, not 1"},
+        Case{R"({"prompt": "x", "stop_token_ids": [1, 3000000000]})",
+             "line 4: stop_token_ids[1] must be an integer in"},
+        Case{R"({"prompt": "x", "stop": ["a", 5]})", "line 4: stop[1] must be a string, not 5"},
+        Case{R"({"prompt_token_ids": ["a"]})", "line 4: prompt_token_ids[0]"}}) {
     absl::StatusOr<engine::GenerationRequest> request = ParseRequestLine(c.text, 4);
     ASSERT_FALSE(request.ok()) << c.text;
     EXPECT_EQ(request.status().code(), absl::StatusCode::kInvalidArgument);
