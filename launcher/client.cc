@@ -40,14 +40,11 @@ struct ClientConfig {
   std::string api_key_file;  // empty: TESSERA_API_KEY
   std::string api_key;       // read from either
   serve::TlsFiles tls;
+  std::shared_ptr<grpc::ChannelCredentials> credentials;  // made from `tls`
 };
 
 std::shared_ptr<grpc::Channel> Connect(const ClientConfig& config) {
-  // The files were checked (CheckTlsFiles) before any call.
-  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
-      serve::ChannelCredentialsFor(config.tls);
-  return grpc::CreateChannel(config.target,
-                             credentials.ok() ? *credentials : grpc::InsecureChannelCredentials());
+  return grpc::CreateChannel(config.target, config.credentials);
 }
 
 // A call's deadline, and its API key when there is one.
@@ -228,7 +225,7 @@ int RunClient(const std::vector<std::string>& args, int* /*argc*/, char*** /*arg
     TESSERA_ASSIGN_OR_RETURN(config.api_key,
                              ReadSecret(config.api_key_file, "TESSERA_API_KEY", "--api-key-file"));
     TESSERA_RETURN_IF_ERROR(serve::CheckTlsFiles(config.tls));
-    TESSERA_RETURN_IF_ERROR(serve::ChannelCredentialsFor(config.tls).status());
+    TESSERA_ASSIGN_OR_RETURN(config.credentials, serve::ChannelCredentialsFor(config.tls));
     return action == "health"     ? Health(config)
            : action == "generate" ? Generate(config)
                                   : Batch(config);

@@ -208,9 +208,9 @@ class Coordinator::InferenceImpl final : public v1::Inference::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status ListModels(grpc::ServerContext* context, const v1::ListModelsRequest*,
+  grpc::Status ListModels(grpc::ServerContext* context, const v1::ListModelsRequest* request,
                           v1::ListModelsResponse* response) override {
-    if (absl::Status caller = c_.Authenticate(*context).status(); !caller.ok()) {
+    if (absl::Status caller = Admit(*context, *request).status(); !caller.ok()) {
       return ToGrpcStatus(caller);
     }
     absl::Time now = absl::Now();
@@ -568,19 +568,20 @@ grpc::Status Coordinator::RunRequest(grpc::ServerContext* context,
   if (forwarded.request_id().empty()) {
     forwarded.set_request_id(absl::StrCat("r-", next_request_.fetch_add(1)));
   }
-  if (!key_tenant.empty()) {
-    if (!forwarded.tenant().empty() && forwarded.tenant() != key_tenant) {
-      return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
-                          absl::StrCat("tenant: the API key belongs to tenant \"", key_tenant,
-                                       "\", not \"", forwarded.tenant(), "\""));
-    }
-    forwarded.set_tenant(key_tenant);
-  }
+  // With API keys the request runs as the key's tenant; naming another is refused (and
+  // recorded as the caller's).
+  const std::string named_tenant = forwarded.tenant();
+  if (!key_tenant.empty()) forwarded.set_tenant(key_tenant);
   if (forwarded.tenant().empty()) forwarded.set_tenant("default");
   record->request_id = forwarded.request_id();
   record->tenant = forwarded.tenant();
 
   grpc::Status status = [&]() -> grpc::Status {
+    if (!key_tenant.empty() && !named_tenant.empty() && named_tenant != key_tenant) {
+      return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                          absl::StrCat("tenant: the API key belongs to tenant \"", key_tenant,
+                                       "\", not \"", named_tenant, "\""));
+    }
     if (absl::Status valid = ValidateGenerateRequest(forwarded, options_.request_limits);
         !valid.ok()) {
       return ToGrpcStatus(valid);
