@@ -13,9 +13,12 @@
 namespace tessera::launcher {
 
 void AddCoordinatorFlags(FlagSet& flags, CoordinatorConfig* config) {
-  flags.String("listen", &config->listen, "host:port of the gRPC API (Inference, WorkerRegistry)");
+  flags.String("listen", &config->listen,
+               "host:port of the gRPC API (Inference, WorkerRegistry); loopback unless given, "
+               "e.g. 0.0.0.0:50051 for every interface");
   flags.String("metrics-listen", &config->metrics_listen,
-               "host:port of the Prometheus endpoint (/metrics, /healthz); 'off' for none");
+               "host:port of the Prometheus endpoint (/metrics, /healthz), loopback unless "
+               "given; 'off' for none");
   flags.String("policy", &config->policy,
                "routing: combined (load, prefix and topology in one score), least-load, "
                "prefix or topology");
@@ -30,6 +33,16 @@ void AddCoordinatorFlags(FlagSet& flags, CoordinatorConfig* config) {
             "requests in flight at once; beyond it RESOURCE_EXHAUSTED (low priority first)");
   flags.Duration("heartbeat-interval", &config->heartbeat_interval,
                  "how often groups report; a group that misses 3 is dead");
+  flags.DurationOrOff("engine-stall-timeout", &config->engine_stall_timeout,
+                      "a group whose engine loop has not turned (stepped, or woken while idle) for "
+                      "this long is taken out of routing, and its requests move to other groups; "
+                      "longer than the longest step; off: never");
+  flags.DurationOrOff("max-request-duration", &config->max_request_duration,
+                      "the longest one request may run, whatever its client's deadline; past it "
+                      "the request ends DEADLINE_EXCEEDED; off: no limit");
+  flags.Duration("failover-wait", &config->failover_wait,
+                 "how long a request whose group failed waits for another healthy group "
+                 "(one being restarted, say) before it ends UNAVAILABLE");
   flags.Bytes("max-message-bytes", &config->max_message_bytes,
               "largest request message accepted (RESOURCE_EXHAUSTED beyond it)");
   flags.Bytes("max-registration-bytes", &config->max_registration_bytes,
@@ -95,8 +108,23 @@ absl::StatusOr<std::unique_ptr<RunningCoordinator>> StartCoordinator(
     return absl::InvalidArgumentError("--max-registration-bytes: must be between 1K and 1G");
   }
   options.max_request_bytes = config.worker_listen.empty() ? config.max_message_bytes : 0;
+  if (config.engine_stall_timeout > absl::ZeroDuration() &&
+      config.engine_stall_timeout < 2 * config.heartbeat_interval) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--engine-stall-timeout: ", absl::FormatDuration(config.engine_stall_timeout),
+        " is under two heartbeat intervals (--heartbeat-interval ",
+        absl::FormatDuration(config.heartbeat_interval), "); steps are seen only at heartbeats"));
+  }
   options.max_queue = config.max_queue;
   options.registry.heartbeat_interval = config.heartbeat_interval;
+  options.registry.engine_stall_after = config.engine_stall_timeout;
+  if (config.failover_wait < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--failover-wait: must not be negative");
+  }
+  options.failover_wait = config.failover_wait;
+  options.max_request_duration = config.max_request_duration == absl::ZeroDuration()
+                                     ? absl::InfiniteDuration()
+                                     : config.max_request_duration;
 
   TESSERA_RETURN_IF_ERROR(serve::CheckTlsFiles(config.tls));
   TESSERA_RETURN_IF_ERROR(CheckRequestLimits(config.request_limits));

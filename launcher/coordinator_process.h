@@ -21,14 +21,18 @@
 namespace tessera::launcher {
 
 struct CoordinatorConfig {
-  std::string listen = "0.0.0.0:50051";
-  std::string metrics_listen = "0.0.0.0:9400";
+  // Loopback unless told: a coordinator other machines reach is configured so on purpose.
+  std::string listen = "127.0.0.1:50051";
+  std::string metrics_listen = "127.0.0.1:9400";
   std::string policy = "combined";
   std::string versions;       // "MODEL=VER:WEIGHT,VER:WEIGHT;MODEL2=..."
   std::string tenants_file;   // JSON (tenant_quota.h)
   std::string tenant_quotas;  // "acme=high:5000:20000,..."
   int max_queue = 1024;
   absl::Duration heartbeat_interval = absl::Seconds(1);
+  absl::Duration engine_stall_timeout = absl::Minutes(2);   // zero: never stalled
+  absl::Duration max_request_duration = absl::Minutes(30);  // zero: no limit
+  absl::Duration failover_wait = absl::Seconds(30);
   int64_t max_message_bytes = 4 << 20;
   int64_t max_registration_bytes = int64_t{64} << 20;
   std::string worker_listen;    // empty: the registry shares --listen

@@ -121,6 +121,25 @@ void FlagSet::Duration(std::string name, absl::Duration* target, std::string hel
        }});
 }
 
+void FlagSet::DurationOrOff(std::string name, absl::Duration* target, std::string help) {
+  std::string flag = name;
+  Add({std::move(name), 0, std::move(help),
+       *target == absl::ZeroDuration() ? std::string("off") : absl::FormatDuration(*target), false,
+       [target, flag](absl::string_view v) {
+         if (v == "off" || v == "0") {
+           *target = absl::ZeroDuration();
+           return absl::OkStatus();
+         }
+         absl::StatusOr<absl::Duration> parsed = comm::ParseTimeout(v);
+         if (!parsed.ok()) {
+           return absl::InvalidArgumentError(
+               absl::StrCat("--", flag, ": ", parsed.status().message(), " (or off)"));
+         }
+         *target = *parsed;
+         return absl::OkStatus();
+       }});
+}
+
 void FlagSet::Bytes(std::string name, int64_t* target, std::string help, char short_name) {
   std::string flag = name;
   Add({std::move(name), short_name, std::move(help), FormatBytes(*target), false,

@@ -28,6 +28,8 @@ class FlagSet {
   void Double(std::string name, double* target, std::string help);
   void Bool(std::string name, bool* target, std::string help);
   void Duration(std::string name, absl::Duration* target, std::string help);
+  // A duration, or "off" (also "0"): zero, for a limit that may be turned off.
+  void DurationOrOff(std::string name, absl::Duration* target, std::string help);
   // A byte count with an optional K, M or G suffix (powers of 1024): "8", "64K", "256M".
   void Bytes(std::string name, int64_t* target, std::string help, char short_name = 0);
 

@@ -540,7 +540,7 @@ int RunLaunch(const std::vector<std::string>& args, int* /*argc*/, char*** /*arg
              "(--no-start-coordinator: one already runs there)");
   flags.String("coordinator-metrics-listen", &config.coordinator_metrics_listen,
                "the coordinator's --metrics-listen, HOST:PORT or off; empty: its "
-               "default, 0.0.0.0:9400");
+               "default, 127.0.0.1:9400 (loopback)");
   flags.String("join-token-file", &config.join_token_file,
                "a file holding the token workers show to register: the coordinator's and every "
                "worker's --join-token-file (the same path on every node)");

@@ -23,6 +23,7 @@
 #include "runtime/model/json_file.h"
 #include "runtime/serve/coordinator_link.h"
 #include "runtime/serve/grpc_server.h"
+#include "runtime/serve/local_address.h"
 #include "runtime/serve/log.h"
 #include "runtime/serve/metrics.h"
 #include "runtime/serve/metrics_http.h"
@@ -34,9 +35,9 @@ namespace {
 
 struct WorkerConfig {
   std::string coordinator;
-  std::string listen = "0.0.0.0:0";
+  std::string listen;  // empty: the address facing the coordinator, any port
   std::string advertise;
-  std::string metrics_listen = "0.0.0.0:0";
+  std::string metrics_listen;  // empty: as listen
   std::string model_name;
   std::string version = "v1";
   std::string zone;
@@ -114,9 +115,21 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
     return absl::InvalidArgumentError("--coordinator: required (host:port of the coordinator)");
   }
   std::string coordinator_host, listen_host, metrics_host;
-  int unused_port = 0;
-  TESSERA_RETURN_IF_ERROR(
-      serve::SplitHostPort(config.coordinator, "--coordinator", &coordinator_host, &unused_port));
+  int coordinator_port = 0, unused_port = 0;
+  TESSERA_RETURN_IF_ERROR(serve::SplitHostPort(config.coordinator, "--coordinator",
+                                               &coordinator_host, &coordinator_port));
+  // Unless told otherwise, listen only where the coordinator reaches this machine.
+  std::string listen = config.listen, metrics_listen = config.metrics_listen;
+  if (listen.empty() || metrics_listen.empty()) {
+    absl::StatusOr<std::string> facing =
+        serve::LocalAddressToward(coordinator_host, coordinator_port);
+    if (!facing.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--coordinator: ", facing.status().message(), "; give --listen HOST:PORT"));
+    }
+    if (listen.empty()) listen = absl::StrCat(*facing, ":0");
+    if (metrics_listen.empty()) metrics_listen = absl::StrCat(*facing, ":0");
+  }
   TESSERA_ASSIGN_OR_RETURN(
       const std::string join_token,
       ReadSecret(config.join_token_file, "TESSERA_JOIN_TOKEN", "--join-token-file"));
@@ -124,11 +137,10 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
   TESSERA_RETURN_IF_ERROR(CheckRequestLimits(config.request_limits));
   TESSERA_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> coordinator_credentials,
                            serve::ChannelCredentialsFor(config.tls));
-  TESSERA_RETURN_IF_ERROR(
-      serve::SplitHostPort(config.listen, "--listen", &listen_host, &unused_port));
-  if (config.metrics_listen != "off") {
-    TESSERA_RETURN_IF_ERROR(serve::SplitHostPort(config.metrics_listen, "--metrics-listen",
-                                                 &metrics_host, &unused_port));
+  TESSERA_RETURN_IF_ERROR(serve::SplitHostPort(listen, "--listen", &listen_host, &unused_port));
+  if (metrics_listen != "off") {
+    TESSERA_RETURN_IF_ERROR(
+        serve::SplitHostPort(metrics_listen, "--metrics-listen", &metrics_host, &unused_port));
   }
   InstallShutdownHandlers();
 
@@ -153,13 +165,13 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
   job.model_tp().set_allreduce_observer(
       [&allreduce_latency](int64_t, double seconds) { allreduce_latency.Observe(seconds); });
   std::unique_ptr<serve::MetricsServer> metrics_server;
-  if (config.metrics_listen != "off") {
+  if (metrics_listen != "off") {
     // Port + this rank's slot on its node, counting the slots of the node's other jobs
     // (comm/node_share.h), so that every rank of a node has its own.
     TESSERA_ASSIGN_OR_RETURN(comm::NodeShare share, comm::NodeShare::FromEnvironment());
     TESSERA_ASSIGN_OR_RETURN(
         std::string metrics_address,
-        OffsetAddress(config.metrics_listen, "--metrics-listen",
+        OffsetAddress(metrics_listen, "--metrics-listen",
                       share.first_slot + job.topology->rank(layout.world_rank()).local_rank,
                       &metrics_host));
     TESSERA_ASSIGN_OR_RETURN(metrics_server,
@@ -185,7 +197,7 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
       [&request_metrics](const serve::RequestRecord& record) { request_metrics.Record(record); });
   serve::GrpcServerOptions grpc_options;
   TESSERA_ASSIGN_OR_RETURN(grpc_options.address,
-                           OffsetAddress(config.listen, "--listen", replica, &listen_host));
+                           OffsetAddress(listen, "--listen", replica, &listen_host));
   grpc_options.who = "tessera worker";
   TESSERA_ASSIGN_OR_RETURN(grpc_options.credentials, serve::ServerCredentialsFor(config.tls));
   TESSERA_ASSIGN_OR_RETURN(serve::RunningGrpcServer server,
@@ -265,14 +277,15 @@ int RunWorker(const std::vector<std::string>& args, int* argc, char*** argv) {
   flags.String("coordinator", &config.coordinator, "host:port of the coordinator (required)");
   flags.String("listen", &config.listen,
                "host:port of the leader's Worker gRPC service (port 0: any free port; a fixed "
-               "port P: replica r listens on P + r)");
+               "port P: replica r listens on P + r); default: the address this machine reaches "
+               "the coordinator from (loopback for a coordinator on this machine), any port");
   flags.String("advertise", &config.advertise,
                "host name the coordinator dials (default: the --listen host, or this host's "
                "name when that is a wildcard)");
   flags.String("metrics-listen", &config.metrics_listen,
                "host:port of each rank's Prometheus endpoint (port 0: any; a fixed port P: the "
                "rank in slot r of its node on P + r, slots counting the node's other jobs' "
-               "(TESSERA_NODE_FIRST_SLOT); 'off': none)");
+               "(TESSERA_NODE_FIRST_SLOT); 'off': none); default: --listen's host, any port");
   flags.String("model", &config.job.model_dir, "Hugging Face model directory (default: built-in)");
   flags.String("model-name", &config.model_name,
                "the name clients ask for (default: the model folder's name)");

@@ -282,6 +282,7 @@ void Engine::Loop::PublishStats(double step_seconds, const StepPlan* plan, int64
   SchedulerCounts counts = scheduler_.counts();
   absl::MutexLock lock(&engine_.mutex_);
   EngineStats& stats = engine_.stats_;
+  ++stats.loop_turns;
   if (plan != nullptr && plan->chunks_size() > 0) {
     ++stats.steps;
     stats.step_tokens += executor_.last_step_tokens();
@@ -570,7 +571,11 @@ void Engine::Cancel(uint64_t id) {
 
 EngineStats Engine::Stats() const {
   absl::MutexLock lock(&mutex_);
-  return stats_;
+  EngineStats stats = stats_;
+  // Counted now, not as of the last step: requests wait in the inbox of a loop that does not
+  // step (a stalled engine still shows the work it holds).
+  stats.queued = waiting_in_scheduler_ + static_cast<int>(inbox_.size());
+  return stats;
 }
 
 std::vector<uint64_t> Engine::CachedBlockHashes() const {

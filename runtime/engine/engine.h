@@ -57,12 +57,13 @@ struct EngineStats {
   int64_t prefix_hits = 0;     // ... found in the cache
   int64_t preemptions = 0;
   int64_t requests_finished = 0;
-  int64_t steps = 0;                    // steps that ran the model
-  int64_t step_tokens = 0;              // tokens through the model (prompt chunks and decodes)
-  int64_t step_sequences = 0;           // sum over steps of the sequences in them (mean batch size)
-  int64_t prompt_tokens = 0;            // prompt tokens computed (cache hits excluded)
-  int64_t output_tokens = 0;            // tokens generated
-  double busy_seconds = 0;              // time spent in steps that ran the model
+  int64_t steps = 0;           // steps that ran the model
+  int64_t loop_turns = 0;      // turns of the leader's loop: steps and idle wake-ups (liveness)
+  int64_t step_tokens = 0;     // tokens through the model (prompt chunks and decodes)
+  int64_t step_sequences = 0;  // sum over steps of the sequences in them (mean batch size)
+  int64_t prompt_tokens = 0;   // prompt tokens computed (cache hits excluded)
+  int64_t output_tokens = 0;   // tokens generated
+  double busy_seconds = 0;     // time spent in steps that ran the model
   double output_tokens_per_second = 0;  // over the last few seconds
 };
 

@@ -55,6 +55,7 @@ GroupLoad FromWire(const v1::GroupLoad& wire) {
   load.kv_blocks_total = wire.kv_blocks_total();
   load.outstanding_tokens = wire.outstanding_tokens();
   load.output_tokens_per_second = wire.output_tokens_per_second();
+  load.engine_turns = wire.engine_turns();
   load.cached_block_hashes.insert(wire.cached_block_hashes().begin(),
                                   wire.cached_block_hashes().end());
   return load;
@@ -91,7 +92,8 @@ struct Coordinator::GroupLink {
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::Worker::Stub> stub;
   absl::Mutex mutex;
-  absl::flat_hash_set<grpc::ClientContext*> calls ABSL_GUARDED_BY(mutex);
+  // Each open call, with why the coordinator ended it (empty while it has not).
+  absl::flat_hash_map<grpc::ClientContext*, std::string> calls ABSL_GUARDED_BY(mutex);
   bool gone ABSL_GUARDED_BY(mutex) = false;
   std::string why_gone ABSL_GUARDED_BY(mutex);
 };
@@ -266,10 +268,10 @@ class Coordinator::RegistryImpl final : public v1::WorkerRegistry::Service {
     if (!secret.ok()) return ToGrpcStatus(secret.status());
     // The tokenizer first: a group whose tokenizer cannot be read is not routable.
     std::shared_ptr<const tokenizer::Tokenizer> tokenizer;
+    const std::string tokenizer_digest = Sha256Hex(request->tokenizer_json());
     {
-      size_t key = std::hash<std::string>()(request->tokenizer_json());
       absl::MutexLock lock(&c_.mutex_);
-      auto found = c_.parsed_.find(key);
+      auto found = c_.parsed_.find(tokenizer_digest);
       if (found != c_.parsed_.end()) tokenizer = found->second;
     }
     if (tokenizer == nullptr) {
@@ -304,8 +306,9 @@ class Coordinator::RegistryImpl final : public v1::WorkerRegistry::Service {
     {
       absl::MutexLock lock(&c_.mutex_);
       c_.links_[*id] = link;
-      c_.parsed_[std::hash<std::string>()(request->tokenizer_json())] = tokenizer;
+      c_.parsed_[tokenizer_digest] = tokenizer;
       c_.tokenizers_[TokenizerKey(request->model(), request->version())] = tokenizer;
+      c_.ReleaseUnusedTokenizers();  // the one this model and version had before, say
     }
     response->set_group_id(*id);
     response->set_group_secret(*secret);
@@ -408,6 +411,8 @@ Coordinator::Coordinator(CoordinatorOptions options, MetricsRegistry& metrics)
       "Requests continued on another group after theirs failed mid-stream (the tokens streamed "
       "so far prefilled there).",
       {});
+  tokenizers_gauge_ = *metrics.AddGauge(
+      "tessera_tokenizers", "Tokenizers the coordinator holds for its registered groups.", {});
   metrics.AddCollector([this] { CollectGauges(); });
   reaper_ = std::thread([this] { ReapLoop(); });
 }
@@ -471,6 +476,7 @@ void Coordinator::CollectGauges() {
   groups_gauge_->WithLabels({"unhealthy"}).Set(static_cast<double>(groups.size()) - healthy);
   queue_depth_->WithLabels({}).Set(in_flight_.load());
   absl::MutexLock lock(&mutex_);
+  tokenizers_gauge_->WithLabels({}).Set(static_cast<double>(parsed_.size()));
   bool now_healthy = healthy > 0;
   if (now_healthy != healthy_) {
     healthy_ = now_healthy;
@@ -488,6 +494,13 @@ void Coordinator::ReapLoop() {
     for (const std::string& id : registry_.ExpireDead(absl::Now())) {
       OnGroupGone(id, "it missed 3 heartbeats");
     }
+    for (const StalledGroup& stalled : registry_.TakeNewlyStalled()) {
+      std::string why = absl::StrCat("its engine has not stepped for ",
+                                     absl::FormatDuration(stalled.since_progress), " (stalled, ",
+                                     stalled.requests, " requests held)");
+      LogEvent(kComponent, {{"event", "group_stalled"}, {"group", stalled.id}, {"why", why}});
+      FailOpenCalls(stalled.id, why);
+    }
     CollectGauges();
   }
 }
@@ -500,13 +513,14 @@ void Coordinator::OnGroupGone(const std::string& id, const std::string& why) {
     if (found == links_.end()) return;
     link = found->second;
     links_.erase(found);
+    ReleaseUnusedTokenizers();
   }
   int cancelled = 0;
   {
     absl::MutexLock lock(&link->mutex);
     link->gone = true;
     link->why_gone = why;
-    for (grpc::ClientContext* call : link->calls) {
+    for (auto& [call, ended_because] : link->calls) {
       call->TryCancel();
       ++cancelled;
     }
@@ -519,6 +533,31 @@ void Coordinator::OnGroupGone(const std::string& id, const std::string& why) {
                         {"why", why},
                         {"open_requests", absl::StrCat(cancelled)}});
   CollectGauges();
+}
+
+void Coordinator::FailOpenCalls(const std::string& id, const std::string& why) {
+  std::shared_ptr<GroupLink> link;
+  {
+    absl::MutexLock lock(&mutex_);
+    auto found = links_.find(id);
+    if (found == links_.end()) return;
+    link = found->second;
+  }
+  absl::MutexLock lock(&link->mutex);
+  for (auto& [call, ended_because] : link->calls) {
+    if (!ended_because.empty()) continue;
+    ended_because = why;
+    call->TryCancel();
+  }
+}
+
+void Coordinator::ReleaseUnusedTokenizers() {
+  absl::flat_hash_set<std::string> served;
+  for (const auto& [id, link] : links_) served.insert(TokenizerKey(link->model, link->version));
+  absl::erase_if(tokenizers_, [&](const auto& entry) { return !served.contains(entry.first); });
+  absl::flat_hash_set<const tokenizer::Tokenizer*> used;
+  for (const auto& [key, tokenizer] : tokenizers_) used.insert(tokenizer.get());
+  absl::erase_if(parsed_, [&](const auto& entry) { return !used.contains(entry.second.get()); });
 }
 
 absl::StatusOr<std::shared_ptr<const tokenizer::Tokenizer>> Coordinator::TokenizerFor(
@@ -642,7 +681,10 @@ grpc::Status Coordinator::RunRequest(grpc::ServerContext* context,
     if (absl::Status admitted = quotas_.Admit(forwarded.tenant(), asked, now); !admitted.ok()) {
       return ToGrpcStatus(admitted);
     }
-    grpc::Status dispatched = Dispatch(context, forwarded, prompt, sink, record);
+    const absl::Time deadline = options_.max_request_duration == absl::InfiniteDuration()
+                                    ? absl::InfiniteFuture()
+                                    : start + options_.max_request_duration;
+    grpc::Status dispatched = Dispatch(context, forwarded, prompt, deadline, sink, record);
     // The quota pays for what the request used, not what it could have.
     quotas_.Refund(forwarded.tenant(),
                    asked - static_cast<int64_t>(prompt.size()) - record->completion_tokens,
@@ -684,8 +726,8 @@ std::vector<GroupSnapshot> Coordinator::Candidates(const v1::GenerateRequest& re
 }
 
 grpc::Status Coordinator::Dispatch(grpc::ServerContext* context, const v1::GenerateRequest& request,
-                                   const std::vector<int32_t>& prompt, const Sink& sink,
-                                   RequestRecord* record) {
+                                   const std::vector<int32_t>& prompt, absl::Time deadline,
+                                   const Sink& sink, RequestRecord* record) {
   absl::Time start = absl::Now();
   absl::Time last_message = start;
   // What goes to the next group: after a failure mid-stream, the tokens streamed so far
@@ -696,17 +738,25 @@ grpc::Status Coordinator::Dispatch(grpc::ServerContext* context, const v1::Gener
   std::vector<v1::Resumption> resumptions;
   absl::flat_hash_set<std::string> failed;
   std::string last_failure;
+  auto PastMaxDuration = [this](int64_t streamed) {
+    return grpc::Status(
+        grpc::StatusCode::DEADLINE_EXCEEDED,
+        absl::StrCat("the request ran for the longest this server allows, ",
+                     absl::FormatDuration(options_.max_request_duration),
+                     " (--max-request-duration), and was stopped after ", streamed, " tokens"));
+  };
   for (int attempt = 0; attempt < options_.max_dispatch_attempts; ++attempt) {
     std::vector<GroupSnapshot> candidates = Candidates(forwarded, failed);
     // A request a group dropped waits a while for another (one being restarted, say).
     absl::Time wait_until = std::min(
-        absl::Now() + options_.failover_wait,
-        context != nullptr ? absl::FromChrono(context->deadline()) : absl::InfiniteFuture());
+        {absl::Now() + options_.failover_wait, deadline,
+         context != nullptr ? absl::FromChrono(context->deadline()) : absl::InfiniteFuture()});
     while (candidates.empty() && attempt > 0 && absl::Now() < wait_until && !ClientGone(context)) {
       absl::SleepFor(absl::Milliseconds(50));
       candidates = Candidates(forwarded, failed);
     }
     if (ClientGone(context)) return ClientEndStatus(context);
+    if (absl::Now() >= deadline) return PastMaxDuration(streamed_tokens);
     if (candidates.empty()) {
       return grpc::Status(
           grpc::StatusCode::UNAVAILABLE,
@@ -754,6 +804,8 @@ grpc::Status Coordinator::Dispatch(grpc::ServerContext* context, const v1::Gener
     std::unique_ptr<grpc::ClientContext> call =
         context != nullptr ? grpc::ClientContext::FromServerContext(*context)
                            : std::make_unique<grpc::ClientContext>();
+    // The earlier of the client's deadline (propagated) and the coordinator's.
+    if (deadline != absl::InfiniteFuture()) call->set_deadline(absl::ToChronoTime(deadline));
     {
       absl::MutexLock lock(&link->mutex);
       if (link->gone) {
@@ -761,7 +813,7 @@ grpc::Status Coordinator::Dispatch(grpc::ServerContext* context, const v1::Gener
         failed.insert(link->id);
         continue;
       }
-      link->calls.insert(call.get());
+      link->calls.emplace(call.get(), std::string());
     }
     std::unique_ptr<grpc::ClientReader<v1::GenerateStreamResponse>> reader =
         link->stub->Submit(call.get(), forwarded);
@@ -804,10 +856,12 @@ grpc::Status Coordinator::Dispatch(grpc::ServerContext* context, const v1::Gener
     }
     grpc::Status status = reader->Finish();
     bool gone;
-    std::string why_gone;
+    std::string why_gone, ended_because;
     {
       absl::MutexLock lock(&link->mutex);
-      link->calls.erase(call.get());
+      auto open = link->calls.find(call.get());
+      ended_because = std::move(open->second);
+      link->calls.erase(open);
       gone = link->gone;
       why_gone = link->why_gone;
     }
@@ -817,11 +871,19 @@ grpc::Status Coordinator::Dispatch(grpc::ServerContext* context, const v1::Gener
                                 : grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
     }
     if (status.ok()) return status;
-    // The group failed, left, or refused the request.
-    bool group_failed = gone || status.error_code() == grpc::StatusCode::UNAVAILABLE;
+    // The coordinator's maximum duration, not the group's failure: the request ends here.
+    if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED &&
+        absl::Now() + absl::FromChrono(kDeadlineSlack) >= deadline) {
+      return PastMaxDuration(streamed_tokens);
+    }
+    // The group failed, left, stalled, or refused the request.
+    bool group_failed =
+        gone || !ended_because.empty() || status.error_code() == grpc::StatusCode::UNAVAILABLE;
     if (!group_failed) return status;
     std::string what = gone ? absl::StrCat("group ", link->id, " went away: ", why_gone)
-                            : absl::StrCat("group ", link->id, ": ", status.error_message());
+                       : !ended_because.empty()
+                           ? absl::StrCat("group ", link->id, ": ", ended_because)
+                           : absl::StrCat("group ", link->id, ": ", status.error_message());
     failed.insert(link->id);
     last_failure = what;
     if (streamed_tokens > 0) {

@@ -7,9 +7,11 @@
 // group (router.h), and relays the group's stream to the client.
 //
 // Failure handling: a group that misses 3 heartbeats, deregisters, or whose stream fails is
-// out; its requests that had streamed nothing are dispatched again to another group, the
-// others end with UNAVAILABLE saying what happened. A client's cancellation or deadline
-// reaches the group (the propagated call is cancelled), which frees the request's KV blocks.
+// out; a group whose engine stalls (its loop stops turning) is out of routing until it turns
+// again. Their requests are dispatched again to another group (continuing after the
+// tokens already streamed), or end with UNAVAILABLE saying what happened. A client's
+// cancellation or deadline, and the coordinator's own maximum duration of a request, reach
+// the group (the propagated call is cancelled), which frees the request's KV blocks.
 
 #include <atomic>
 #include <memory>
@@ -51,6 +53,9 @@ struct CoordinatorOptions {
   // After its group failed, how long a request waits for another healthy group (one that is
   // being restarted, say) before it ends UNAVAILABLE; its own deadline comes first.
   absl::Duration failover_wait = absl::Seconds(30);
+  // The longest a request may run, from its arrival, whatever deadline its client set (or
+  // none): past it the request ends DEADLINE_EXCEEDED. Infinite: no limit.
+  absl::Duration max_request_duration = absl::InfiniteDuration();
   // When set (not owned; outlives the coordinator), every client call needs a key from it and
   // runs as the key's tenant; a request naming another tenant is PERMISSION_DENIED.
   const ApiKeyStore* api_keys = nullptr;
@@ -110,8 +115,9 @@ class Coordinator {
                           const std::string& key_tenant, const Sink& sink, RequestRecord* record);
   // Runs `request` on a group and relays its stream; when the group fails, on another
   // (continuing after the tokens already streamed), up to max_dispatch_attempts groups.
+  // `deadline`: the coordinator's own (max_request_duration), before any client deadline.
   grpc::Status Dispatch(grpc::ServerContext* context, const v1::GenerateRequest& request,
-                        const std::vector<int32_t>& prompt, const Sink& sink,
+                        const std::vector<int32_t>& prompt, absl::Time deadline, const Sink& sink,
                         RequestRecord* record);
   // The healthy groups that serve `request`'s model and version, less `failed`.
   std::vector<GroupSnapshot> Candidates(const v1::GenerateRequest& request,
@@ -121,6 +127,11 @@ class Coordinator {
   absl::Status AdmitToQueue(TenantPriority priority);
   void ReapLoop();
   void OnGroupGone(const std::string& id, const std::string& why);
+  // Ends the calls open on a group that stays registered (its engine stalled): their requests
+  // move to other groups.
+  void FailOpenCalls(const std::string& id, const std::string& why);
+  // Drops the tokenizers no registered group uses any more.
+  void ReleaseUnusedTokenizers() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void CollectGauges();
 
   const CoordinatorOptions options_;
@@ -144,11 +155,13 @@ class Coordinator {
 
   mutable absl::Mutex mutex_;
   absl::flat_hash_map<std::string, std::shared_ptr<GroupLink>> links_ ABSL_GUARDED_BY(mutex_);
-  // Tokenizers by model and version, and by the tokenizer.json they came from (shared).
+  // Tokenizers by model and version, and by the SHA-256 of the tokenizer.json they came from
+  // (groups that send the same file share one). Held while a registered group uses them.
   absl::flat_hash_map<std::string, std::shared_ptr<const tokenizer::Tokenizer>> tokenizers_
       ABSL_GUARDED_BY(mutex_);
-  absl::flat_hash_map<size_t, std::shared_ptr<const tokenizer::Tokenizer>> parsed_
+  absl::flat_hash_map<std::string, std::shared_ptr<const tokenizer::Tokenizer>> parsed_
       ABSL_GUARDED_BY(mutex_);
+  GaugeFamily* tokenizers_gauge_;
   grpc::Server* health_server_ ABSL_GUARDED_BY(mutex_) = nullptr;
   bool healthy_ ABSL_GUARDED_BY(mutex_) = false;
 

@@ -96,17 +96,24 @@ absl::StatusOr<std::string> GroupRegistry::Register(GroupInfo info, absl::Time n
   group.info = std::move(info);
   group.registered_at = now;
   group.last_heartbeat = now;
+  group.progress_at = now;
   std::string id = group.id;
   groups_.emplace(id, std::move(group));
   return id;
 }
 
 bool GroupRegistry::Heartbeat(absl::string_view id, GroupLoad load, absl::Time now) {
+  const int64_t turns = load.engine_turns;
   auto shared = std::make_shared<const GroupLoad>(std::move(load));
   absl::MutexLock lock(&mutex_);
   auto it = groups_.find(id);
   if (it == groups_.end()) return false;
   Group& group = it->second;
+  if (turns != group.engine_turns) {
+    group.progress_at = std::max(group.progress_at, now);
+    group.stall_reported = false;
+  }
+  group.engine_turns = turns;
   group.load = std::move(shared);
   group.last_heartbeat = std::max(group.last_heartbeat, now);
   group.heartbeat_received = true;
@@ -136,6 +143,23 @@ std::vector<std::string> GroupRegistry::ExpireDead(absl::Time now) {
     dead.push_back(std::move(id));
   }
   return dead;
+}
+
+std::vector<StalledGroup> GroupRegistry::TakeNewlyStalled() {
+  absl::MutexLock lock(&mutex_);
+  std::vector<std::pair<uint64_t, StalledGroup>> stalled;
+  for (auto& [id, group] : groups_) {
+    if (group.stall_reported || !Stalled(group)) continue;
+    group.stall_reported = true;
+    stalled.push_back(
+        {group.sequence,
+         {id, group.last_heartbeat - group.progress_at, group.load->running + group.load->queued}});
+  }
+  std::sort(stalled.begin(), stalled.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::vector<StalledGroup> result;
+  for (auto& entry : stalled) result.push_back(std::move(entry.second));
+  return result;
 }
 
 void GroupRegistry::Forget(Group& group, const Group::Inflight& request) {
@@ -183,7 +207,14 @@ bool GroupRegistry::Completed(absl::string_view id, absl::string_view request_id
 
 bool GroupRegistry::Healthy(const Group& group, absl::Time now) const {
   return now - group.last_heartbeat <=
-         options_.heartbeat_interval * options_.unhealthy_after_intervals;
+             options_.heartbeat_interval * options_.unhealthy_after_intervals &&
+         !Stalled(group);
+}
+
+bool GroupRegistry::Stalled(const Group& group) const {
+  // Judged by what the heartbeats show: a group that went silent is the heartbeat rule's.
+  return options_.engine_stall_after > absl::ZeroDuration() &&
+         group.last_heartbeat - group.progress_at > options_.engine_stall_after;
 }
 
 GroupSnapshot GroupRegistry::SnapshotOf(const Group& group, absl::Time now) const {
@@ -196,6 +227,7 @@ GroupSnapshot GroupRegistry::SnapshotOf(const Group& group, absl::Time now) cons
   snapshot.last_heartbeat = group.last_heartbeat;
   snapshot.heartbeat_received = group.heartbeat_received;
   snapshot.healthy = Healthy(group, now);
+  snapshot.stalled = Stalled(group);
   snapshot.inflight_requests = static_cast<int64_t>(group.inflight.size());
   snapshot.inflight_tokens = group.inflight_tokens;
   snapshot.unreported_tokens = group.unreported_tokens;

@@ -4,7 +4,9 @@
 // The coordinator's registry of worker groups: what each group serves (model, version), where
 // it runs (topology), what it holds (KV capacity), and its load as of its last heartbeat plus
 // the requests the coordinator has sent it since. A group that misses heartbeats is first
-// taken out of routing and then declared dead.
+// taken out of routing and then declared dead. A group whose engine's loop has stood still for
+// a while (its heartbeats carry the loop's turn count) is stalled: taken out of routing until
+// the loop turns again.
 //
 // Plain C++ types, no protobuf: the coordinator's gRPC service converts from worker.proto.
 // Every call takes the current time, so tests control the clock. Thread-safe.
@@ -74,6 +76,7 @@ struct GroupLoad {
   int kv_blocks_total = 0;
   int64_t outstanding_tokens = 0;  // prompt and output tokens still to compute
   double output_tokens_per_second = 0;
+  int64_t engine_turns = 0;  // turns of the group's engine loop so far (steps, idle wake-ups)
   // Prefix hashes (runtime/engine/prefix_hash.h) of the full blocks the group's cache holds.
   absl::flat_hash_set<uint64_t> cached_block_hashes;
 };
@@ -94,8 +97,10 @@ struct GroupSnapshot {
   absl::Time registered_at;
   absl::Time last_heartbeat;  // the registration counts as the first
   bool heartbeat_received = false;
-  // Heartbeats are recent enough to route to the group (see GroupRegistryOptions).
+  // Heartbeats are recent enough and the engine is not stalled: the group is routed to (see
+  // GroupRegistryOptions).
   bool healthy = false;
+  bool stalled = false;
 
   // The coordinator's own accounting, current between heartbeats.
   int64_t inflight_requests = 0;  // dispatched and not completed
@@ -140,6 +145,17 @@ struct GroupRegistryOptions {
   double unhealthy_after_intervals = 2;
   // Older than this many intervals: dead; ExpireDead removes it.
   double dead_after_intervals = 3;
+  // A group whose heartbeats show the same engine turn count for longer than this (from the
+  // first heartbeat with that count to the last) is stalled: not routed to until its count
+  // moves. Longer than the longest step. Zero: never.
+  absl::Duration engine_stall_after = absl::ZeroDuration();
+};
+
+// A group that has just stalled (GroupRegistry::TakeNewlyStalled).
+struct StalledGroup {
+  std::string id;
+  absl::Duration since_progress;  // its heartbeats showed no turn for this long
+  int requests = 0;               // running and queued, as its last heartbeat said
 };
 
 class GroupRegistry {
@@ -167,6 +183,11 @@ class GroupRegistry {
   // then the expired ones in registration order. The caller re-dispatches the requests it had
   // sent them.
   std::vector<std::string> ExpireDead(absl::Time now);
+
+  // The groups that have stalled since they last made progress, each reported once per stall
+  // (again only after it stepped and stalled anew), in registration order. The caller ends or
+  // moves the requests it had sent them.
+  std::vector<StalledGroup> TakeNewlyStalled();
 
   // The coordinator sent request `request_id` to group `id` / the request ended there (done,
   // failed or cancelled). Keeps the group's load current between heartbeats. False when the
@@ -197,6 +218,10 @@ class GroupRegistry {
     absl::Time last_heartbeat;
     bool heartbeat_received = false;
     uint64_t heartbeats = 0;  // received so far; tags dispatches
+    // The engine's turn count as last reported, and when it last moved.
+    int64_t engine_turns = -1;
+    absl::Time progress_at;
+    bool stall_reported = false;
     struct Inflight {
       RequestCost cost;
       int64_t blocks = 0;
@@ -209,6 +234,7 @@ class GroupRegistry {
   };
 
   bool Healthy(const Group& group, absl::Time now) const;
+  bool Stalled(const Group& group) const;
   GroupSnapshot SnapshotOf(const Group& group, absl::Time now) const;
   static void Forget(Group& group, const Group::Inflight& request);
 

@@ -185,6 +185,7 @@ v1::GroupLoad WorkerService::Load() const {
   load.set_kv_blocks_total(stats.kv_blocks_total);
   load.set_kv_blocks_free(stats.kv_blocks_total - stats.kv_blocks_used);
   load.set_output_tokens_per_second(stats.output_tokens_per_second);
+  load.set_engine_turns(stats.loop_turns);
   int64_t outstanding = 0;
   {
     absl::MutexLock lock(&mutex_);

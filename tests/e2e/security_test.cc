@@ -509,6 +509,62 @@ TEST_F(Limits, StopListsNamesAndOversizedRequestsAreRefused) {
   EXPECT_TRUE(Generate(inference(), Request(kModel, "after", 2)).status.ok());
 }
 
+// The coordinator parses each distinct tokenizer.json once, shares it among the groups that
+// sent it, and lets it go when the last of them leaves: registrations that come and go do
+// not grow its memory.
+TEST_F(Limits, TokenizersOfGroupsThatLeftAreReleased) {
+  auto registry = v1::WorkerRegistry::NewStub(
+      grpc::CreateChannel(coordinator_->target(), grpc::InsecureChannelCredentials()));
+  std::ifstream in(dir_ + "/cache/" + kModel + "/tokenizer.json");
+  const std::string tokenizer((std::istreambuf_iterator<char>(in)),
+                              std::istreambuf_iterator<char>());
+  ASSERT_FALSE(tokenizer.empty());
+  auto held = [&] {
+    absl::StatusOr<MetricsSnapshot> metrics = coordinator_->Metrics();
+    EXPECT_TRUE(metrics.ok()) << metrics.status();
+    return metrics.ok() ? static_cast<int>(metrics->Sum("tessera_tokenizers")) : -1;
+  };
+  const int before = held();
+  EXPECT_EQ(before, 1);  // the real group's
+  struct Registered {
+    std::string id, secret;
+  };
+  std::vector<Registered> groups;
+  // Six versions, each with a tokenizer.json of its own (the same tokenizer, spaced
+  // differently), and a seventh group sending the sixth's file again.
+  for (int i = 0; i < 7; ++i) {
+    v1::RegisterRequest request;
+    request.set_model("short-lived");
+    request.set_version(absl::StrCat("v", std::min(i, 5)));
+    request.set_endpoint(absl::StrCat("127.0.0.1:", 1 + i));
+    request.set_name(absl::StrCat("short-lived-", i));
+    request.mutable_kv()->set_block_size(16);
+    request.mutable_kv()->set_blocks(64);
+    request.set_tokenizer_json(tokenizer + std::string(std::min(i, 5) + 1, ' '));
+    grpc::ClientContext context;
+    SetDeadline(context, absl::Seconds(30));
+    v1::RegisterResponse response;
+    grpc::Status registered = registry->Register(&context, request, &response);
+    ASSERT_TRUE(registered.ok()) << Describe(registered);
+    groups.push_back({response.group_id(), response.group_secret()});
+  }
+  EXPECT_EQ(held(), before + 6);
+  for (const Registered& group : groups) {
+    v1::DeregisterRequest request;
+    request.set_group_id(group.id);
+    request.set_group_secret(group.secret);
+    grpc::ClientContext context;
+    SetDeadline(context, absl::Seconds(10));
+    v1::DeregisterResponse response;
+    grpc::Status left = registry->Deregister(&context, request, &response);
+    ASSERT_TRUE(left.ok()) << Describe(left);
+  }
+  EXPECT_EQ(held(), before);
+  // The real group's tokenizer stays: it serves on.
+  Unary served = Generate(inference(), Request(kModel, "after the others left", 2));
+  ASSERT_TRUE(served.status.ok()) << Describe(served.status);
+}
+
 // Threads of process `pid` (its /proc status).
 int ThreadsOf(pid_t pid) {
   std::ifstream status(absl::StrCat("/proc/", pid, "/status"));

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
@@ -174,6 +175,25 @@ TEST_F(FlagSetTest, BadDurationAndBytes) {
                       {"--timeout", "'soon'"}));
   EXPECT_TRUE(
       IsError(Parse({"-b", "64Q"}), absl::StatusCode::kInvalidArgument, {"--bytes", "'64Q'"}));
+}
+
+TEST(FlagSetDurationOrOff, TakesADurationOrOff) {
+  FlagSet flags("tessera coordinator", "");
+  absl::Duration limit = absl::Minutes(30);
+  flags.DurationOrOff("limit", &limit, "a limit");
+  EXPECT_TRUE(absl::StrContains(flags.Usage(), "a limit (default: 30m)"));
+  bool help = false;
+  ASSERT_TRUE(flags.Parse({"--limit", "90s"}, &help).ok());
+  EXPECT_EQ(limit, absl::Seconds(90));
+  for (const char* off : {"off", "0"}) {
+    limit = absl::Minutes(30);
+    ASSERT_TRUE(flags.Parse({"--limit", off}, &help).ok()) << off;
+    EXPECT_EQ(limit, absl::ZeroDuration()) << off;
+  }
+  absl::Status bad = flags.Parse({"--limit", "-3s"}, &help);
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(bad.message(), "--limit")) << bad;
+  EXPECT_TRUE(absl::StrContains(bad.message(), "(or off)")) << bad;
 }
 
 TEST_F(FlagSetTest, PositionalArgumentRejected) {

@@ -184,6 +184,71 @@ TEST(GroupRegistryTest, ExpiresAfterThreeMissedIntervalsAndNotBefore) {
   EXPECT_EQ(registry.ExpireDead(kStart + absl::Seconds(24)), std::vector<std::string>{silent});
 }
 
+// An engine whose loop stops turning is taken out of routing while its heartbeats go on; it
+// comes back once the count moves.
+TEST(GroupRegistryTest, AGroupWhoseEngineLoopStandsStillStallsUntilItTurns) {
+  GroupRegistryOptions options;
+  options.heartbeat_interval = absl::Seconds(1);
+  options.engine_stall_after = absl::Seconds(5);
+  GroupRegistry registry(options);
+  ASSERT_OK_AND_ASSIGN(std::string stuck, registry.Register(Info("a:1"), kStart));
+  ASSERT_OK_AND_ASSIGN(std::string turning, registry.Register(Info("b:1"), kStart));
+  GroupLoad held;
+  held.running = 2;
+  held.queued = 1;
+  held.engine_turns = 40;
+  auto beat = [&](int second) {
+    const absl::Time at = kStart + absl::Seconds(second);
+    GroupLoad moving;
+    moving.engine_turns = 10 * second;
+    ASSERT_TRUE(registry.Heartbeat(stuck, held, at));
+    ASSERT_TRUE(registry.Heartbeat(turning, moving, at));
+  };
+  for (int second = 1; second <= 6; ++second) beat(second);
+  // The count was last seen moving at the first heartbeat (second 1): five seconds later is
+  // not yet "longer than five".
+  EXPECT_TRUE(registry.Get(stuck, kStart + absl::Seconds(6))->healthy);
+  EXPECT_TRUE(registry.TakeNewlyStalled().empty());
+  beat(7);
+  std::optional<GroupSnapshot> snapshot = registry.Get(stuck, kStart + absl::Seconds(7));
+  EXPECT_FALSE(snapshot->healthy);
+  EXPECT_TRUE(snapshot->stalled);
+  EXPECT_TRUE(registry.Get(turning, kStart + absl::Seconds(7))->healthy);
+  EXPECT_EQ(registry.HealthyGroups("tiny", "v1", kStart + absl::Seconds(7)).size(), 1u);
+  std::vector<StalledGroup> stalled = registry.TakeNewlyStalled();
+  ASSERT_EQ(stalled.size(), 1u);
+  EXPECT_EQ(stalled[0].id, stuck);
+  EXPECT_EQ(stalled[0].since_progress, absl::Seconds(6));
+  EXPECT_EQ(stalled[0].requests, 3);
+  // Reported once per stall; it stays registered (its heartbeats are on time), and an idle
+  // load does not clear it: only the count does.
+  EXPECT_TRUE(registry.TakeNewlyStalled().empty());
+  EXPECT_TRUE(registry.ExpireDead(kStart + absl::Seconds(7)).empty());
+  GroupLoad idle;
+  idle.engine_turns = 40;
+  ASSERT_TRUE(registry.Heartbeat(stuck, idle, kStart + absl::Seconds(8)));
+  EXPECT_TRUE(registry.Get(stuck, kStart + absl::Seconds(8))->stalled);
+  // A turn: routed to again, and a later stall is reported anew.
+  idle.engine_turns = 41;
+  ASSERT_TRUE(registry.Heartbeat(stuck, idle, kStart + absl::Seconds(9)));
+  EXPECT_TRUE(registry.Get(stuck, kStart + absl::Seconds(9))->healthy);
+  EXPECT_FALSE(registry.Get(stuck, kStart + absl::Seconds(9))->stalled);
+  ASSERT_TRUE(registry.Heartbeat(stuck, idle, kStart + absl::Seconds(14)));
+  EXPECT_TRUE(registry.TakeNewlyStalled().empty());
+  ASSERT_TRUE(registry.Heartbeat(stuck, idle, kStart + absl::Seconds(15)));
+  // The silent `turning` group is the heartbeat rule's (dead), not stalled.
+  std::vector<StalledGroup> again = registry.TakeNewlyStalled();
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].id, stuck);
+  // Without the option no group stalls.
+  GroupRegistry lenient;
+  ASSERT_OK_AND_ASSIGN(std::string group, lenient.Register(Info("c:1"), kStart));
+  ASSERT_TRUE(lenient.Heartbeat(group, held, kStart + absl::Hours(1)));
+  ASSERT_TRUE(lenient.Heartbeat(group, held, kStart + absl::Hours(2)));
+  EXPECT_TRUE(lenient.Get(group, kStart + absl::Hours(2))->healthy);
+  EXPECT_TRUE(lenient.TakeNewlyStalled().empty());
+}
+
 TEST(GroupRegistryTest, ARestartedEndpointReplacesItsOldGroupWhichIsReportedDeadOnce) {
   GroupRegistry registry;
   ASSERT_OK_AND_ASSIGN(std::string old_id, registry.Register(Info("a:1"), kStart));
