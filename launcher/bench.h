@@ -10,13 +10,15 @@ namespace tessera::launcher {
 // measured against and the ratio: `generate` (prefill and decode at batch 1), `engine`
 // (offline throughput of the serving engine), `kernels` (the CPU Linear kernel against the
 // FMA peak) and `serve` (the coordinator and worker groups
-// over gRPC: concurrent streams against one, and the coordinator's added latency) and `train`
-// (fine-tuning tokens/s and MFU, optionally against PyTorch).
+// over gRPC: concurrent streams against one, and the coordinator's added latency), `soak`
+// (tessera serve under a long mixed load with a group killed: right answers, none lost, no
+// crash, no leak) and `train` (fine-tuning tokens/s and MFU, optionally against PyTorch).
 int RunBench(const std::vector<std::string>& args, int* argc, char*** argv);
 int RunBenchEngine(const std::vector<std::string>& args, int* argc, char*** argv);
 int RunBenchKernels(const std::vector<std::string>& args);
 int RunBenchTrain(const std::vector<std::string>& args, int* argc, char*** argv);
 int RunBenchServe(const std::vector<std::string>& args, int* argc, char*** argv);
+int RunBenchSoak(const std::vector<std::string>& args, int* argc, char*** argv);
 
 }  // namespace tessera::launcher
 

@@ -237,11 +237,14 @@ int RunBench(const std::vector<std::string>& args, int* argc, char*** argv) {
   if (!args.empty() && args[0] == "serve") {
     return RunBenchServe(std::vector<std::string>(args.begin() + 1, args.end()), argc, argv);
   }
+  if (!args.empty() && args[0] == "soak") {
+    return RunBenchSoak(std::vector<std::string>(args.begin() + 1, args.end()), argc, argv);
+  }
   if (args.empty() || args[0] != "generate") {
     std::fprintf(
         stderr,
-        "usage: tessera bench generate|engine|kernels|serve|train [flags]   (tessera bench engine "
-        "--help)\n");
+        "usage: tessera bench generate|engine|kernels|serve|soak|train [flags]   (tessera bench "
+        "engine --help)\n");
     return args.size() == 1 && (args[0] == "--help" || args[0] == "-h") ? kExitOk : kExitUsage;
   }
   BenchGenerateConfig config;

@@ -23,16 +23,14 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
-#include "grpcpp/create_channel.h"
-#include "grpcpp/security/credentials.h"
 #include "launcher/bench.h"
+#include "launcher/bench_client.h"
 #include "launcher/coordinator_process.h"
 #include "launcher/flags.h"
 #include "launcher/process.h"
 #include "launcher/shutdown_signal.h"
 #include "launcher/worker_groups.h"
 #include "runtime/core/status_macros.h"
-#include "runtime/serve/request_convert.h"
 #include "runtime/serve/serve_metrics.h"
 #include "tessera/v1/inference.grpc.pb.h"
 #include "tessera/v1/worker.grpc.pb.h"
@@ -45,11 +43,6 @@ constexpr char kWho[] = "tessera bench serve";
 constexpr double kTargetSpeedup = 4.0;     // output tokens/s, all streams vs one
 constexpr double kTargetOverheadMs = 1.0;  // median TTFT added by the coordinator
 constexpr int kOverheadWarmupPairs = 10;   // not counted
-// Text tokenized once to learn a range of token ids the model certainly has.
-constexpr char kVocabProbe[] =
-    "The quick brown fox jumps over the lazy dog. 0123456789 !\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~ "
-    "Tessera serves and fine-tunes transformer language models across GPUs and nodes.";
-
 struct TokenRange {
   int min = 16;
   int max = 64;
@@ -125,21 +118,6 @@ v1::GenerateRequest ToWire(const PlannedRequest& planned, const std::string& mod
   sampling.set_max_tokens(planned.max_tokens);
   sampling.set_ignore_eos(true);
   return request;
-}
-
-// A channel of its own (its own connection), as a separate client would have.
-std::shared_ptr<grpc::Channel> Connect(const std::string& target) {
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  args.SetMaxReceiveMessageSize(-1);
-  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
-}
-
-absl::Status WaitConnected(grpc::Channel& channel, const std::string& target) {
-  if (!channel.WaitForConnected(absl::ToChronoTime(absl::Now() + absl::Seconds(10)))) {
-    return absl::UnavailableError(absl::StrCat("cannot connect to ", target));
-  }
-  return absl::OkStatus();
 }
 
 // One streamed request as the client saw it.
@@ -250,7 +228,7 @@ absl::StatusOr<PhaseFigures> RunStreams(const std::string& target, const std::st
   figures.streams = concurrency;
   std::vector<std::unique_ptr<v1::Inference::Stub>> stubs;
   for (int c = 0; c < concurrency; ++c) {
-    std::shared_ptr<grpc::Channel> channel = Connect(target);
+    std::shared_ptr<grpc::Channel> channel = ConnectBenchClient(target);
     TESSERA_RETURN_IF_ERROR(WaitConnected(*channel, target));
     stubs.push_back(v1::Inference::NewStub(channel));
   }
@@ -319,8 +297,8 @@ absl::StatusOr<OverheadFigures> MeasureOverhead(const std::string& target,
                                                 const std::string& leader, const std::string& model,
                                                 const std::vector<PlannedRequest>& plan,
                                                 absl::Duration timeout) {
-  std::shared_ptr<grpc::Channel> coordinator_channel = Connect(target);
-  std::shared_ptr<grpc::Channel> leader_channel = Connect(leader);
+  std::shared_ptr<grpc::Channel> coordinator_channel = ConnectBenchClient(target);
+  std::shared_ptr<grpc::Channel> leader_channel = ConnectBenchClient(leader);
   TESSERA_RETURN_IF_ERROR(WaitConnected(*coordinator_channel, target));
   TESSERA_RETURN_IF_ERROR(WaitConnected(*leader_channel, leader));
   auto coordinator = v1::Inference::NewStub(coordinator_channel);
@@ -353,33 +331,6 @@ absl::StatusOr<OverheadFigures> MeasureOverhead(const std::string& target,
     }
   }
   return figures;
-}
-
-// The largest token id the model gives for a probe text, plus one: every id below it exists.
-absl::StatusOr<int32_t> ProbeVocab(v1::Inference::Stub& stub, const std::string& model) {
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
-  v1::TokenizeRequest request;
-  request.set_model(model);
-  request.set_text(kVocabProbe);
-  v1::TokenizeResponse response;
-  TESSERA_RETURN_IF_ERROR(serve::FromGrpcStatus(stub.Tokenize(&context, request, &response)));
-  int32_t largest = 0;
-  for (int32_t id : response.tokens()) largest = std::max(largest, id);
-  if (largest < 1) return absl::FailedPreconditionError("Tokenize gave no usable token ids");
-  return largest + 1;
-}
-
-absl::StatusOr<std::string> FirstModel(v1::Inference::Stub& stub) {
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
-  v1::ListModelsResponse models;
-  TESSERA_RETURN_IF_ERROR(
-      serve::FromGrpcStatus(stub.ListModels(&context, v1::ListModelsRequest(), &models)));
-  if (models.models_size() == 0) {
-    return absl::UnavailableError("the coordinator lists no model (no worker group yet)");
-  }
-  return models.models(0).name();
 }
 
 void PrintPhase(const char* name, const PhaseFigures& phase) {
@@ -432,7 +383,7 @@ absl::Status Bench(const std::string& target, const std::string& leader,
                            ParseTokenRange(config.prompt_tokens, "--prompt-tokens"));
   TESSERA_ASSIGN_OR_RETURN(TokenRange output_range,
                            ParseTokenRange(config.output_tokens, "--output-tokens"));
-  std::shared_ptr<grpc::Channel> channel = Connect(target);
+  std::shared_ptr<grpc::Channel> channel = ConnectBenchClient(target);
   TESSERA_RETURN_IF_ERROR(WaitConnected(*channel, target));
   auto stub = v1::Inference::NewStub(channel);
   std::string model = config.workers.model_name;

@@ -1,7 +1,10 @@
 #include "launcher/coordinator_process.h"
 
+#include <malloc.h>
+
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 
 #include "absl/strings/str_cat.h"
 #include "launcher/request_limit_flags.h"
@@ -63,6 +66,11 @@ void AddCoordinatorFlags(FlagSet& flags, CoordinatorConfig* config) {
             "requests one GenerateBatch may hold (INVALID_ARGUMENT beyond)");
   flags.Int("max-batch-threads", &config->max_batch_threads,
             "threads all GenerateBatch calls in flight may take together");
+}
+
+void ConfigureCoordinatorProcess() {
+  // MALLOC_ARENA_MAX, when set, is the operator's choice.
+  if (std::getenv("MALLOC_ARENA_MAX") == nullptr) mallopt(M_ARENA_MAX, 2);
 }
 
 RunningCoordinator::~RunningCoordinator() {

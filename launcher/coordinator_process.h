@@ -63,6 +63,13 @@ struct RunningCoordinator {
   RunningCoordinator(RunningCoordinator&&) = default;
 };
 
+// Settings of a whole process that runs a coordinator, made before it starts threads. gRPC's
+// synchronous server starts and ends a thread per call in flight; glibc gives threads
+// arenas of their own, up to 8 per core, and the memory they fragment stays resident: under
+// a long mixed load the coordinator's resident memory grew by a fifth (tessera bench soak)
+// without any leak. Two arenas hold it flat and cost it nothing measurable.
+void ConfigureCoordinatorProcess();
+
 // Checks the flags (INVALID_ARGUMENT naming the flag) and starts serving.
 absl::StatusOr<std::unique_ptr<RunningCoordinator>> StartCoordinator(
     const CoordinatorConfig& config);

@@ -26,6 +26,7 @@
 #include "comm/node_share.h"
 #include "launcher/flags.h"
 #include "launcher/process.h"
+#include "launcher/tls_flags.h"
 #include "launcher/worker_job.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/serve/grpc_server.h"
@@ -283,6 +284,9 @@ absl::StatusOr<LaunchCommands> BuildLaunchCommands(const LaunchConfig& config) {
     if (!config.api_keys_file.empty()) {
       commands.coordinator.insert(commands.coordinator.end(), {"--api-keys", config.api_keys_file});
     }
+    for (const std::string& word : TlsFlagArguments(config.tls)) {
+      commands.coordinator.push_back(word);
+    }
   }
 
   // One mpirun job per replica (a tensor-parallel group, inside one node: `--host
@@ -345,6 +349,7 @@ absl::StatusOr<LaunchCommands> BuildLaunchCommands(const LaunchConfig& config) {
       add("--version", config.version);
       add("--zone", config.zone);
       add("--join-token-file", config.join_token_file);
+      for (const std::string& word : TlsFlagArguments(config.tls)) job.push_back(word);
       job.insert(job.end(), config.worker_args.begin(), config.worker_args.end());
       commands.replicas.push_back(
           {absl::StrCat((*hosts)[h].host, "/replica", replica), std::move(job)});
@@ -546,6 +551,7 @@ int RunLaunch(const std::vector<std::string>& args, int* /*argc*/, char*** /*arg
                "worker's --join-token-file (the same path on every node)");
   flags.String("api-keys", &config.api_keys_file,
                "the coordinator's --api-keys: a file of API keys clients must send");
+  AddTlsFlags(flags, &config.tls, /*serves=*/true);
   flags.String("policy", &config.policy,
                "the coordinator's routing policy: combined, least-load, prefix or topology; "
                "empty: its default");

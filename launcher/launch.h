@@ -16,6 +16,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "launcher/worker_groups.h"
+#include "runtime/serve/tls.h"
 
 namespace tessera::launcher {
 
@@ -65,6 +66,8 @@ struct LaunchConfig {
   // node); the coordinator's --api-keys.
   std::string join_token_file;
   std::string api_keys_file;
+  // The coordinator's and every worker's --tls-* files (the same paths on every node).
+  serve::TlsFiles tls;
   // Worker flags; empty: not passed (the model: the built-in default).
   std::string model;
   std::string model_name;

@@ -36,7 +36,8 @@ constexpr Subcommand kSubcommands[] = {
      tessera::launcher::RunTrain},
     {"bench",
      "benchmarks: bench generate (batch 1), bench engine (continuous batching), bench "
-     "kernels (CPU Linear), bench serve (streaming clients), bench train (fine-tuning)",
+     "kernels (CPU Linear), bench serve (streaming clients), bench soak (serving under a mixed "
+     "load with a group killed: no loss, crash or leak), bench train (fine-tuning)",
      tessera::launcher::RunBench},
     {"serve", "serve a model on this machine: coordinator plus mpirun workers (Ctrl-C stops)",
      tessera::launcher::RunServe},

@@ -53,6 +53,48 @@ std::vector<pid_t> AllPids() {
   return pids;
 }
 
+std::optional<ProcResources> ReadProcResources(pid_t pid) {
+  ProcResources resources;
+  bool rss = false, threads = false;
+  for (absl::string_view line :
+       absl::StrSplit(ReadWholeFile(absl::StrCat("/proc/", pid, "/status")), '\n')) {
+    // "VmRSS:\t  12345 kB", "Threads:\t7"
+    std::vector<absl::string_view> words =
+        absl::StrSplit(line, absl::ByAnyChar(" \t"), absl::SkipEmpty());
+    if (words.size() >= 2 && words[0] == "VmRSS:") {
+      rss = absl::SimpleAtoi(words[1], &resources.resident_bytes);
+      resources.resident_bytes *= 1024;
+    } else if (words.size() >= 2 && words[0] == "Threads:") {
+      threads = absl::SimpleAtoi(words[1], &resources.threads);
+    }
+  }
+  DIR* fds = opendir(absl::StrCat("/proc/", pid, "/fd").c_str());
+  if (!rss || !threads || fds == nullptr) {
+    if (fds != nullptr) closedir(fds);
+    return std::nullopt;
+  }
+  while (dirent* entry = readdir(fds)) {
+    if (entry->d_name[0] != '.') ++resources.open_fds;
+  }
+  closedir(fds);
+  return resources;
+}
+
+std::map<std::string, int> ThreadNames(pid_t pid) {
+  std::map<std::string, int> names;
+  const std::string tasks = absl::StrCat("/proc/", pid, "/task");
+  DIR* dir = opendir(tasks.c_str());
+  if (dir == nullptr) return names;
+  while (dirent* entry = readdir(dir)) {
+    if (entry->d_name[0] == '.') continue;
+    std::string name = ReadWholeFile(absl::StrCat(tasks, "/", entry->d_name, "/comm"));
+    if (!name.empty() && name.back() == '\n') name.pop_back();
+    if (!name.empty()) ++names[name];  // empty: the thread ended meanwhile
+  }
+  closedir(dir);
+  return names;
+}
+
 std::vector<pid_t> DescendantsOf(pid_t root) {
   std::multimap<pid_t, pid_t> children;  // ppid -> pid
   for (pid_t pid : AllPids()) {

@@ -104,13 +104,12 @@ int RunCoordinator(const std::vector<std::string>& args, int* /*argc*/, char*** 
                 "register with it (tessera worker --coordinator HOST:PORT).");
   AddCoordinatorFlags(flags, &config);
   if (std::optional<int> done = ParseOrExit(flags, args)) return *done;
+  ConfigureCoordinatorProcess();
   return ReportExit(Coordinate(config));
 }
 
 int RunServe(const std::vector<std::string>& args, int* /*argc*/, char*** /*argv*/) {
   ServeConfig config;
-  config.coordinator.listen = "127.0.0.1:50051";
-  config.coordinator.metrics_listen = "127.0.0.1:9400";
   FlagSet flags("tessera serve",
                 "Serves a model on this machine: the coordinator, and --np worker ranks in "
                 "groups of --tp, one mpirun job per group (defaults: CPU backend, 2 ranks, TP "
@@ -121,6 +120,7 @@ int RunServe(const std::vector<std::string>& args, int* /*argc*/, char*** /*argv
   config.workers.engine.kv_cache_bytes = int64_t{256} << 20;
   AddWorkerJobFlags(flags, &config.workers);
   if (std::optional<int> done = ParseOrExit(flags, args)) return *done;
+  ConfigureCoordinatorProcess();
   return ReportExit(Serve(config));
 }
 

@@ -7,16 +7,14 @@
 // group ids by endpoint (from the coordinator's log) and the pid of each MPI rank (to kill
 // one).
 //
-// Every process started here is stopped when its owner goes: SIGTERM to it, then SIGKILL to
-// it, its process group and every process it had started (the ranks of an mpirun job live in
-// process groups of their own, so they are tracked by pid). A child is also killed when the
-// test process dies (PR_SET_PDEATHSIG), so a crashed test leaves no coordinator behind.
+// Every process started here is a launcher::ChildProcess (launcher/child_process.h): stopped
+// when its owner goes, killed when the test process dies, so a crashed test leaves no
+// coordinator behind.
 //
 // Not thread-safe: one test thread drives a harness (client threads only use the stubs).
 
 #include <sys/types.h>
 
-#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -28,13 +26,11 @@
 #include "absl/time/time.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/channel.h"
+#include "launcher/child_process.h"
+#include "launcher/metrics_scrape.h"
 #include "tessera/v1/inference.grpc.pb.h"
 
 namespace tessera::e2e {
-
-// Polls `condition` every `poll` until it holds (true) or `timeout` passes (false).
-bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout,
-             absl::Duration poll = absl::Milliseconds(50));
 
 // Process `pid` exists and has not exited (a zombie has).
 bool ProcessAlive(pid_t pid);
@@ -42,79 +38,10 @@ bool ProcessAlive(pid_t pid);
 // The last `lines` lines of `text`.
 std::string Tail(const std::string& text, int lines);
 
-// A process with its stdout and stderr in one log file.
-class ChildProcess {
- public:
-  // Starts `argv` (argv[0] a path, or a name looked up in PATH) in a process group of its
-  // own, with `env` ("NAME=value") added to this process's environment, stdin from
-  // /dev/null and stdout and stderr appended to `log_path`.
-  static absl::StatusOr<std::unique_ptr<ChildProcess>> Start(
-      const std::vector<std::string>& argv, const std::string& log_path,
-      const std::vector<std::string>& env = {});
-
-  ChildProcess(const ChildProcess&) = delete;
-  ChildProcess& operator=(const ChildProcess&) = delete;
-  ~ChildProcess();  // Stop()
-
-  pid_t pid() const { return pid_; }
-  const std::string& log_path() const { return log_path_; }
-  std::string Log() const;  // the log so far
-
-  // Not exited yet.
-  bool Running();
-  // The exit status (128 + signal when killed) once it has exited, waiting up to `timeout`;
-  // nullopt while it runs.
-  std::optional<int> Wait(absl::Duration timeout);
-
-  // The processes it started, and theirs, transitively (itself not included).
-  std::vector<pid_t> Descendants() const;
-
-  // SIGKILL to it and its descendants at once (a crash, not a shutdown).
-  void KillAll();
-  // SIGTERM to its process group and its descendants, without waiting (Stop finishes the
-  // job).
-  void Terminate();
-  // Terminate(); after `grace` SIGKILL to it, its process group and every descendant seen.
-  // Idempotent.
-  void Stop(absl::Duration grace = absl::Seconds(5));
-
- private:
-  ChildProcess(pid_t pid, std::string log_path) : pid_(pid), log_path_(std::move(log_path)) {}
-  // Remembers the current descendants (pid and start time) so that they can be killed after
-  // the parent is gone, and never a process that reused one of their pids.
-  void RememberDescendants();
-
-  const pid_t pid_;
-  const std::string log_path_;
-  std::optional<int> exit_status_;
-  std::map<pid_t, unsigned long long> descendants_;  // pid -> start time (clock ticks)
-};
-
-// One Prometheus text exposition, parsed.
-class MetricsSnapshot {
- public:
-  struct Sample {
-    std::string name;
-    std::map<std::string, std::string> labels;
-    double value = 0;
-  };
-
-  static MetricsSnapshot Parse(const std::string& text);
-
-  // The sum of the samples named `name` whose labels include every pair of `labels`.
-  double Sum(const std::string& name, const std::map<std::string, std::string>& labels = {}) const;
-  // Some sample of `name` has every pair of `labels`.
-  bool Has(const std::string& name, const std::map<std::string, std::string>& labels = {}) const;
-  const std::vector<Sample>& samples() const { return samples_; }
-  const std::string& text() const { return text_; }
-
- private:
-  std::vector<Sample> samples_;
-  std::string text_;
-};
-
-// GET http://127.0.0.1:`port`/metrics.
-absl::StatusOr<MetricsSnapshot> ScrapeMetrics(int port);
+using ::tessera::launcher::ChildProcess;
+using ::tessera::launcher::MetricsSnapshot;
+using ::tessera::launcher::ScrapeMetrics;
+using ::tessera::launcher::WaitFor;
 
 // A running `tessera coordinator`.
 class CoordinatorProcess {

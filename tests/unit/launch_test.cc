@@ -286,6 +286,7 @@ TEST_F(LaunchTest, WorkerFlagsAndPassThroughArguments) {
   config_.coordinator_metrics_listen = "0.0.0.0:9500";
   config_.join_token_file = "/etc/tessera/join";
   config_.api_keys_file = "/etc/tessera/keys";
+  config_.tls = {"/etc/tessera/tls.crt", "/etc/tessera/tls.key", "/etc/tessera/ca.crt", ""};
   config_.mpirun = "/opt/ompi/bin/mpirun";
   config_.worker_args = {"--dtype", "bf16", "--kv-cache-memory", "8G"};
   ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
@@ -295,7 +296,9 @@ TEST_F(LaunchTest, WorkerFlagsAndPassThroughArguments) {
             (std::vector<std::string>{"/usr/local/bin/tessera", "coordinator", "--listen",
                                       "0.0.0.0:6000", "--metrics-listen", "0.0.0.0:9500",
                                       "--policy", "least-load", "--join-token-file",
-                                      "/etc/tessera/join", "--api-keys", "/etc/tessera/keys"}));
+                                      "/etc/tessera/join", "--api-keys", "/etc/tessera/keys",
+                                      "--tls-cert", "/etc/tessera/tls.crt", "--tls-key",
+                                      "/etc/tessera/tls.key", "--tls-ca", "/etc/tessera/ca.crt"}));
   EXPECT_EQ(WorkerArgs(commands, "/opt/tessera/bin/tessera"),
             (std::vector<std::string>{"worker",
                                       "--coordinator",
@@ -316,6 +319,12 @@ TEST_F(LaunchTest, WorkerFlagsAndPassThroughArguments) {
                                       "rack-1",
                                       "--join-token-file",
                                       "/etc/tessera/join",
+                                      "--tls-cert",
+                                      "/etc/tessera/tls.crt",
+                                      "--tls-key",
+                                      "/etc/tessera/tls.key",
+                                      "--tls-ca",
+                                      "/etc/tessera/ca.crt",
                                       "--dtype",
                                       "bf16",
                                       "--kv-cache-memory",
