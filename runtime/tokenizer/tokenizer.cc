@@ -11,6 +11,7 @@
 #include "nlohmann/json.hpp"
 #include "runtime/core/status_macros.h"
 #include "runtime/tokenizer/byte_level.h"
+#include "runtime/tokenizer/digits.h"
 #include "runtime/tokenizer/normalizer.h"
 #include "runtime/tokenizer/utf8.h"
 
@@ -429,6 +430,14 @@ absl::Status TokenizerLoader::LoadPreTokenizer(const Json* pre_tokenizer, Tokeni
       TESSERA_ASSIGN_OR_RETURN(
           b.use_regex, OptionalBool(*step, "use_regex", absl::StrCat(path, ".use_regex"), true));
       byte_level = b;
+    } else if (step_type == "Digits") {
+      // Hugging Face gives individual_digits no default: it refuses a Digits without one.
+      const std::string flag_path = absl::StrCat(path, ".individual_digits");
+      if (Field(*step, "individual_digits") == nullptr) return Invalid(flag_path, "is missing");
+      TESSERA_ASSIGN_OR_RETURN(const bool individual_digits,
+                               OptionalBool(*step, "individual_digits", flag_path, false));
+      TESSERA_ASSIGN_OR_RETURN(SplitStep split, DigitsSplit(individual_digits));
+      splits.push_back(std::move(split));
     } else {
       return Unsupported(absl::StrCat(path, ".type"), step_type);
     }

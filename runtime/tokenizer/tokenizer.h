@@ -2,7 +2,7 @@
 #define TESSERA_RUNTIME_TOKENIZER_TOKENIZER_H_
 
 // A byte-level BPE tokenizer read from a Hugging Face tokenizer.json, as the GPT-2, Llama-3,
-// Qwen2 and GLM-4 families publish them. Encode and Decode give the same ids and text as
+// Qwen2, GLM-4 and SmolLM families publish them. Encode and Decode give the same ids and text as
 // Hugging Face tokenizers' Tokenizer.encode and Tokenizer.decode.
 //
 // What a tokenizer.json may contain:
@@ -10,7 +10,8 @@
 //                   "a b" strings or [a, b] pairs; an optional unk_token.
 //   normalizer      null, NFC, or a Sequence of NFC (NFC needs a build with ICU).
 //   pre_tokenizer   ByteLevel, or a Sequence of Split steps (Regex or String patterns, any
-//                   behavior, invert) ending in ByteLevel (add_prefix_space, use_regex).
+//                   behavior, invert) and Digits steps (individual_digits) ending in ByteLevel
+//                   (add_prefix_space, use_regex).
 //   added_tokens    special or not, with lstrip, rstrip, single_word and normalized.
 //   post_processor  null, ByteLevel, TemplateProcessing (its "single" template), or a Sequence
 //                   of those.

@@ -41,14 +41,18 @@ void PrintTo(const GoldenCase& golden_case, std::ostream* os) { *os << golden_ca
 
 std::vector<GoldenCase> GoldenCases() {
   const std::string dir = TESSERA_TOKENIZER_GOLDEN_DIR;
-  // The options tokenizer removes text (a Split with behavior Removed) and adds prefix
-  // spaces, and qwen2 normalizes, so their decodes differ from the input.
+  // The options and invert tokenizers remove text (a Split with behavior Removed), options
+  // and digits add prefix spaces, and qwen2 normalizes, so their decodes differ from the
+  // input.
   std::vector<GoldenCase> cases = {
       {"gpt2", dir + "/gpt2.golden.json", dir + "/gpt2.tokenizer.json", true},
       {"llama3", dir + "/llama3.golden.json", dir + "/llama3.tokenizer.json", true},
       {"qwen2", dir + "/qwen2.golden.json", dir + "/qwen2.tokenizer.json", false},
       {"glm4", dir + "/glm4.golden.json", dir + "/glm4.tokenizer.json", true},
+      {"smollm2", dir + "/smollm2.golden.json", dir + "/smollm2.tokenizer.json", true},
       {"options", dir + "/options.golden.json", dir + "/options.tokenizer.json", false},
+      {"digits", dir + "/digits.golden.json", dir + "/digits.tokenizer.json", false},
+      {"invert", dir + "/invert.golden.json", dir + "/invert.tokenizer.json", false},
   };
   if (const char* extra = std::getenv("TESSERA_TOKENIZER_EXTRA_GOLDENS")) {
     std::vector<std::filesystem::path> files;

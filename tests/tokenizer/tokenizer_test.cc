@@ -488,6 +488,30 @@ std::vector<BadFile> BadFiles() {
                    {{"type", "ByteLevel"}}})}};
        },
        {"pre_tokenizer.pretokenizers[0].behavior 'Shuffled' is not supported"});
+  edit("metaspace_in_sequence",
+       [](Json& j) {
+         j["pre_tokenizer"] = {
+             {"type", "Sequence"},
+             {"pretokenizers", Json::array({{{"type", "Digits"}, {"individual_digits", true}},
+                                            {{"type", "Metaspace"}, {"replacement", "\u2581"}},
+                                            {{"type", "ByteLevel"}}})}};
+       },
+       {"pre_tokenizer.pretokenizers[1].type 'Metaspace' is not supported"});
+  edit("digits_without_flag",
+       [](Json& j) {
+         j["pre_tokenizer"] = {
+             {"type", "Sequence"},
+             {"pretokenizers", Json::array({{{"type", "Digits"}}, {{"type", "ByteLevel"}}})}};
+       },
+       {"pre_tokenizer.pretokenizers[0].individual_digits is missing"});
+  edit("digits_flag_not_bool",
+       [](Json& j) {
+         j["pre_tokenizer"] = {
+             {"type", "Sequence"},
+             {"pretokenizers", Json::array({{{"type", "Digits"}, {"individual_digits", "yes"}},
+                                            {{"type", "ByteLevel"}}})}};
+       },
+       {"pre_tokenizer.pretokenizers[0].individual_digits must be true or false"});
   edit("no_decoder", [](Json& j) { j.erase("decoder"); }, {"decoder is missing"});
   edit("wordpiece_decoder",
        [](Json& j) {

