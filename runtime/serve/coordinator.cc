@@ -880,6 +880,7 @@ grpc::Status Coordinator::Dispatch(grpc::ServerContext* context, const v1::Gener
     bool group_failed =
         gone || !ended_because.empty() || status.error_code() == grpc::StatusCode::UNAVAILABLE;
     if (!group_failed) return status;
+    if (!gone && ended_because.empty()) registry_.MarkFailed(link->id, absl::Now());
     std::string what = gone ? absl::StrCat("group ", link->id, " went away: ", why_gone)
                        : !ended_because.empty()
                            ? absl::StrCat("group ", link->id, ": ", ended_because)

@@ -145,6 +145,14 @@ std::vector<std::string> GroupRegistry::ExpireDead(absl::Time now) {
   return dead;
 }
 
+bool GroupRegistry::MarkFailed(absl::string_view id, absl::Time now) {
+  absl::MutexLock lock(&mutex_);
+  auto it = groups_.find(id);
+  if (it == groups_.end()) return false;
+  it->second.failed_at = std::max(it->second.failed_at, now);
+  return true;
+}
+
 std::vector<StalledGroup> GroupRegistry::TakeNewlyStalled() {
   absl::MutexLock lock(&mutex_);
   std::vector<std::pair<uint64_t, StalledGroup>> stalled;
@@ -208,7 +216,7 @@ bool GroupRegistry::Completed(absl::string_view id, absl::string_view request_id
 bool GroupRegistry::Healthy(const Group& group, absl::Time now) const {
   return now - group.last_heartbeat <=
              options_.heartbeat_interval * options_.unhealthy_after_intervals &&
-         !Stalled(group);
+         group.last_heartbeat > group.failed_at && !Stalled(group);
 }
 
 bool GroupRegistry::Stalled(const Group& group) const {

@@ -184,6 +184,11 @@ class GroupRegistry {
   // sent them.
   std::vector<std::string> ExpireDead(absl::Time now);
 
+  // A call to group `id` failed the way a dead group's does (UNAVAILABLE: refused, reset):
+  // it is not routed to until a heartbeat received after `now` shows it alive, instead of
+  // drawing requests until its heartbeats time out. False when the id is unknown.
+  bool MarkFailed(absl::string_view id, absl::Time now);
+
   // The groups that have stalled since they last made progress, each reported once per stall
   // (again only after it stepped and stalled anew), in registration order. The caller ends or
   // moves the requests it had sent them.
@@ -222,6 +227,7 @@ class GroupRegistry {
     int64_t engine_turns = -1;
     absl::Time progress_at;
     bool stall_reported = false;
+    absl::Time failed_at = absl::InfinitePast();  // MarkFailed
     struct Inflight {
       RequestCost cost;
       int64_t blocks = 0;

@@ -249,6 +249,20 @@ TEST(GroupRegistryTest, AGroupWhoseEngineLoopStandsStillStallsUntilItTurns) {
   EXPECT_TRUE(lenient.TakeNewlyStalled().empty());
 }
 
+// A group whose call failed as a dead group's does leaves routing at once, and comes back
+// with its next heartbeat.
+TEST(GroupRegistryTest, AFailedCallTakesAGroupOutOfRoutingUntilItsNextHeartbeat) {
+  GroupRegistry registry;
+  ASSERT_OK_AND_ASSIGN(std::string group, registry.Register(Info("a:1"), kStart));
+  ASSERT_TRUE(registry.Heartbeat(group, GroupLoad(), kStart + absl::Milliseconds(100)));
+  ASSERT_TRUE(registry.MarkFailed(group, kStart + absl::Milliseconds(200)));
+  EXPECT_FALSE(registry.Get(group, kStart + absl::Milliseconds(200))->healthy);
+  EXPECT_TRUE(registry.HealthyGroups("tiny", "v1", kStart + absl::Milliseconds(300)).empty());
+  ASSERT_TRUE(registry.Heartbeat(group, GroupLoad(), kStart + absl::Milliseconds(400)));
+  EXPECT_TRUE(registry.Get(group, kStart + absl::Milliseconds(400))->healthy);
+  EXPECT_FALSE(registry.MarkFailed("g404", kStart));
+}
+
 TEST(GroupRegistryTest, ARestartedEndpointReplacesItsOldGroupWhichIsReportedDeadOnce) {
   GroupRegistry registry;
   ASSERT_OK_AND_ASSIGN(std::string old_id, registry.Register(Info("a:1"), kStart));
