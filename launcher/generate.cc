@@ -100,8 +100,7 @@ absl::Status GenerateOne(model::Transformer& model, const tokenizer::Tokenizer& 
   };
   kernels::SamplingParams sampling{config.temperature, config.top_k, config.top_p,
                                    static_cast<uint64_t>(config.seed)};
-  std::vector<int64_t> stop = mc.generation.eos_token_ids;
-  if (stop.empty()) stop = mc.eos_token_ids;
+  const std::vector<int64_t>& stop = mc.generation.eos_token_ids;  // as the engine's
 
   tokenizer::StreamingDecoder decoder(tok, /*skip_special_tokens=*/true);
   auto emit = [&](const std::string& piece) {

@@ -215,7 +215,9 @@ FinishReason Engine::Loop::Advance(Live& live, int32_t token, TokenEvent* event)
   const SamplingOptions& options = live.sampling;
   ++live.generated;
   FinishReason finish = FinishReason::kNone;
-  const std::vector<int64_t>& eos = engine_.model_.config().eos_token_ids;
+  // generation_config.json's end tokens, as transformers' generate stops on (config.json's
+  // when it names none): Llama-3-Instruct and GLM-4-chat end turns with tokens only it lists.
+  const std::vector<int64_t>& eos = engine_.model_.config().generation.eos_token_ids;
   if (!options.ignore_eos && std::find(eos.begin(), eos.end(), token) != eos.end()) {
     finish = FinishReason::kEos;
   } else if (std::find(options.stop_token_ids.begin(), options.stop_token_ids.end(), token) !=

@@ -6,13 +6,17 @@
 #include "runtime/engine/engine.h"
 
 #include <gtest/gtest.h>
+#include <stdlib.h>
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <random>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
 #include "runtime/core/stream.h"
 #include "runtime/core/tensor.h"
 #include "runtime/model/default_model.h"
@@ -432,6 +436,54 @@ TEST_F(EngineTest, StopsAtStopStringsStopTokensAndLength) {
   EXPECT_EQ(results[2].final.finish_reason, FinishReason::kLength);
   EXPECT_EQ(results[2].tokens,
             std::vector<int32_t>(plain[0].tokens.begin(), plain[0].tokens.begin() + 3));
+}
+
+// The engine stops where transformers' generate does: on generation_config.json's end
+// tokens, which for Llama-3-Instruct and GLM-4-chat include tokens config.json does not name.
+// A copy of the built-in model whose generation_config.json names a token the model
+// generates mid-way (config.json's end token is left alone).
+TEST_F(EngineTest, StopsAtTheEndTokensOfGenerationConfig) {
+  GenerationRequest request;
+  request.prompt = "Once upon a time";
+  request.sampling.max_tokens = 24;
+  request.sampling.ignore_eos = true;
+  std::vector<Finished> plain = RunEngine({}, {request});
+  const int32_t end = World().rank() == 0 ? plain[0].tokens[6] : 0;
+  absl::StatusOr<std::string> dir = model::EnsureDefaultModel();
+  ASSERT_TRUE(dir.ok()) << dir.status();
+  char pattern[] = "/tmp/tessera-engine-eos-XXXXXX";
+  const std::string copy = mkdtemp(pattern);
+  std::filesystem::copy(
+      *dir, copy,
+      std::filesystem::copy_options::recursive | std::filesystem::copy_options::overwrite_existing);
+  std::ofstream(copy + "/generation_config.json")
+      << nlohmann::json({{"eos_token_id", {end}}, {"do_sample", false}}).dump();
+  absl::StatusOr<std::unique_ptr<model::Transformer>> model =
+      model::Transformer::Load(copy, World());
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ((*model)->config().eos_token_ids, model_->config().eos_token_ids);
+  EngineOptions options;
+  options.num_blocks = 64;
+  absl::StatusOr<std::unique_ptr<Engine>> engine =
+      Engine::Create(**model, World(), tokenizer_, options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  std::shared_ptr<RequestStream> stream;
+  if ((*engine)->is_leader()) {
+    request.sampling.ignore_eos = false;
+    absl::StatusOr<std::shared_ptr<RequestStream>> submitted = (*engine)->Submit(request);
+    ASSERT_TRUE(submitted.ok()) << submitted.status();
+    stream = *submitted;
+    (*engine)->StopWhenIdle();
+  }
+  ASSERT_TRUE((*engine)->Run().ok());
+  std::filesystem::remove_all(copy);
+  if (!(*engine)->is_leader()) return;
+  Finished stopped = Drain(*stream);
+  EXPECT_EQ(stopped.final.finish_reason, FinishReason::kEos);
+  const size_t first =
+      std::find(plain[0].tokens.begin(), plain[0].tokens.end(), end) - plain[0].tokens.begin();
+  EXPECT_EQ(stopped.tokens,
+            std::vector<int32_t>(plain[0].tokens.begin(), plain[0].tokens.begin() + first + 1));
 }
 
 // A request resumed after k of its tokens (its group failed mid-stream) continues as if
