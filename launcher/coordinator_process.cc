@@ -12,6 +12,7 @@
 #include "launcher/tls_flags.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/serve/log.h"
+#include "runtime/serve/openai_http.h"
 
 namespace tessera::launcher {
 
@@ -22,6 +23,9 @@ void AddCoordinatorFlags(FlagSet& flags, CoordinatorConfig* config) {
   flags.String("metrics-listen", &config->metrics_listen,
                "host:port of the Prometheus endpoint (/metrics, /healthz), loopback unless "
                "given; 'off' for none");
+  flags.String("http-listen", &config->http_listen,
+               "host:port of the OpenAI-style HTTP API (POST /v1/completions, GET /v1/models), "
+               "with the same keys, tenants and routing as gRPC; 'off' for none");
   flags.String("policy", &config->policy,
                "routing: combined (load, prefix and topology in one score), least-load, "
                "prefix or topology");
@@ -74,6 +78,7 @@ void ConfigureCoordinatorProcess() {
 }
 
 RunningCoordinator::~RunningCoordinator() {
+  if (http_server != nullptr) http_server->Stop();
   if (metrics_server != nullptr) metrics_server->Stop();
   for (serve::RunningGrpcServer* server : {&grpc, &worker_grpc}) {
     if (server->server != nullptr) {
@@ -187,6 +192,13 @@ absl::StatusOr<std::unique_ptr<RunningCoordinator>> StartCoordinator(
         serve::StartGrpcServer(worker_options, {running->coordinator->registry_service()}));
   }
   running->coordinator->AttachHealth(running->grpc.server.get());
+  if (config.http_listen != "off") {
+    serve::OpenAiHttpOptions http;
+    http.max_body_bytes = static_cast<size_t>(config.max_message_bytes);
+    TESSERA_ASSIGN_OR_RETURN(
+        running->http_server,
+        serve::StartOpenAiHttp(config.http_listen, *running->coordinator, http));
+  }
   if (config.metrics_listen != "off") {
     serve::Coordinator* coordinator = running->coordinator.get();
     TESSERA_ASSIGN_OR_RETURN(

@@ -14,6 +14,7 @@
 #include "runtime/serve/api_keys.h"
 #include "runtime/serve/coordinator.h"
 #include "runtime/serve/grpc_server.h"
+#include "runtime/serve/http_server.h"
 #include "runtime/serve/metrics.h"
 #include "runtime/serve/metrics_http.h"
 #include "runtime/serve/tls.h"
@@ -24,6 +25,7 @@ struct CoordinatorConfig {
   // Loopback unless told: a coordinator other machines reach is configured so on purpose.
   std::string listen = "127.0.0.1:50051";
   std::string metrics_listen = "127.0.0.1:9400";
+  std::string http_listen = "off";  // the OpenAI-style HTTP API (openai_http.h)
   std::string policy = "combined";
   std::string versions;       // "MODEL=VER:WEIGHT,VER:WEIGHT;MODEL2=..."
   std::string tenants_file;   // JSON (tenant_quota.h)
@@ -56,7 +58,8 @@ struct RunningCoordinator {
   // The port workers register on.
   int registry_port() const { return worker_grpc.server != nullptr ? worker_grpc.port : grpc.port; }
   std::unique_ptr<serve::MetricsServer> metrics_server;
-  std::string join_token;  // what registrations must show; empty: none
+  std::unique_ptr<serve::HttpServer> http_server;  // --http-listen
+  std::string join_token;                          // what registrations must show; empty: none
 
   ~RunningCoordinator();  // stops the servers before the coordinator goes
   RunningCoordinator() = default;

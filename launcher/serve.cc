@@ -34,6 +34,11 @@ void PrintEndpoints(const char* who, const RunningCoordinator& running,
     std::fprintf(stderr, ", metrics on http://%s:%d/metrics", host.c_str(),
                  running.metrics_server->port());
   }
+  if (running.http_server != nullptr) {
+    (void)serve::SplitHostPort(config.http_listen, "--http-listen", &host, &unused_port);
+    std::fprintf(stderr, ", OpenAI API on http://%s:%d/v1", host.c_str(),
+                 running.http_server->port());
+  }
   std::fprintf(stderr, "\n");
 }
 

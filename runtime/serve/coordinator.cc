@@ -587,8 +587,19 @@ absl::Status Coordinator::AdmitToQueue(TenantPriority priority) {
 }
 
 absl::StatusOr<std::string> Coordinator::Authenticate(const grpc::ServerContext& context) const {
+  return AuthenticateKey(BearerToken(context));
+}
+
+grpc::Status Coordinator::Generate(const v1::GenerateRequest& request,
+                                   const std::string& key_tenant, const Sink& sink) {
+  RequestRecord record;
+  return RunRequest(nullptr, request, key_tenant, sink, &record);
+}
+
+std::vector<ModelSummary> Coordinator::Models() const { return registry_.Models(absl::Now()); }
+
+absl::StatusOr<std::string> Coordinator::AuthenticateKey(const std::string& key) const {
   if (options_.api_keys == nullptr) return std::string();
-  const std::string key = BearerToken(context);
   if (key.empty()) {
     return absl::UnauthenticatedError(
         "an API key is required: send it as metadata \"authorization: Bearer KEY\"");

@@ -100,12 +100,24 @@ class Coordinator {
   // registration order: for tools that compare with talking to a leader directly.
   std::vector<std::string> GroupEndpoints() const;
 
+  // The request path of callers other than the gRPC API (the HTTP API), the same one:
+  // admission, routing, failover, quotas and metrics.
+  // The tenant of an API key; empty when the coordinator takes no keys. UNAUTHENTICATED
+  // when a key is needed and `key` is empty or unknown.
+  absl::StatusOr<std::string> AuthenticateKey(const std::string& key) const;
+  // Where a relayed message goes; false when the client is gone (the request is cancelled).
+  using Sink = std::function<bool(const v1::GenerateStreamResponse&)>;
+  // Runs `request` as the gRPC calls do, with no client deadline (the coordinator's
+  // --max-request-duration still applies). `key_tenant`: AuthenticateKey's answer.
+  grpc::Status Generate(const v1::GenerateRequest& request, const std::string& key_tenant,
+                        const Sink& sink);
+  // Every model with a registered group.
+  std::vector<ModelSummary> Models() const;
+
  private:
   class InferenceImpl;
   class RegistryImpl;
   struct GroupLink;
-  // Where a relayed message goes; false when the client is gone.
-  using Sink = std::function<bool(const v1::GenerateStreamResponse&)>;
 
   // The tenant of the call's API key; empty when the coordinator takes no keys.
   // UNAUTHENTICATED when a key is needed and missing or unknown.

@@ -10,16 +10,11 @@
 #include <functional>
 #include <memory>
 #include <string>
-#include <thread>
+#include <utility>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "runtime/serve/http_server.h"
 #include "runtime/serve/metrics.h"
-
-namespace httplib {
-class Server;
-}  // namespace httplib
 
 namespace tessera::serve {
 
@@ -36,30 +31,21 @@ class MetricsServer {
                                                               MetricsRegistry* registry,
                                                               std::function<bool()> healthy);
 
-  MetricsServer(const MetricsServer&) = delete;
-  MetricsServer& operator=(const MetricsServer&) = delete;
-  // Stops, as Stop does.
-  ~MetricsServer();
-
   // Stops listening, closes the socket and joins every server thread; when it returns no
   // handler is running and neither the registry nor the health callback will be called
   // again. A client holding an idle keep-alive connection can delay it by up to the
   // keep-alive timeout (two seconds). Safe to call more than once and from any thread.
-  void Stop();
+  void Stop() { http_->Stop(); }
 
   // The port the server is bound to (the chosen one when the address asked for port 0).
-  int port() const { return port_; }
+  int port() const { return http_->port(); }
   // The address as given to Start.
-  const std::string& address() const { return address_; }
+  const std::string& address() const { return http_->address(); }
 
  private:
-  MetricsServer(std::string address, int port, std::unique_ptr<httplib::Server> server);
+  explicit MetricsServer(std::unique_ptr<HttpServer> http) : http_(std::move(http)) {}
 
-  const std::string address_;
-  const int port_;
-  const std::unique_ptr<httplib::Server> server_;
-  absl::Mutex stop_mutex_;
-  std::thread listener_ ABSL_GUARDED_BY(stop_mutex_);
+  const std::unique_ptr<HttpServer> http_;
 };
 
 }  // namespace tessera::serve

@@ -26,6 +26,8 @@
 #include "absl/time/clock.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
+#include "httplib.h"
+#include "nlohmann/json.hpp"
 #include "tessera/v1/worker.grpc.pb.h"
 #include "tests/e2e/inference_calls.h"
 #include "tests/e2e/serve_harness.h"
@@ -87,7 +89,7 @@ class Security : public ::testing::Test {
     std::ofstream(dir_ + "/join") << "join-token-of-this-test\n";
     StartProcesses(processes_, dir_,
                    {"--api-keys", keys_file_, "--join-token-file", dir_ + "/join",
-                    "--heartbeat-interval", "500ms"},
+                    "--heartbeat-interval", "500ms", "--http-listen", "127.0.0.1:0"},
                    {"--join-token-file", dir_ + "/join"});
     if (::testing::Test::HasFatalFailure()) return;
     harness_ = processes_.harness.get();
@@ -189,6 +191,36 @@ TEST_F(Security, CallsWithoutAValidKeyAreUnauthenticated) {
       harness_->RunTessera({"client", "generate", "--target", coordinator_->target(),
                             "--max-tokens", "3", "--api-key-file", dir_ + "/acme.key"});
   EXPECT_EQ(client.exit_code, 0) << client.output;
+}
+
+// The HTTP API takes the same keys: "Authorization: Bearer KEY", 401 in OpenAI's shape without.
+TEST_F(Security, TheHttpApiNeedsAKeyToo) {
+  ASSERT_GT(coordinator_->http_port(), 0);
+  httplib::Client client("127.0.0.1", coordinator_->http_port());
+  client.set_read_timeout(60, 0);
+  const std::string body = nlohmann::json({{"model", kModel},
+                                           {"prompt", "with a key"},
+                                           {"max_tokens", 3},
+                                           {"temperature", 0}})
+                               .dump();
+  for (const std::string& header : {std::string(), std::string("Bearer tsk-guess")}) {
+    httplib::Headers headers;
+    if (!header.empty()) headers.emplace("Authorization", header);
+    httplib::Result refused = client.Post("/v1/completions", headers, body, "application/json");
+    ASSERT_TRUE(refused);
+    EXPECT_EQ(refused->status, 401) << refused->body;
+    nlohmann::json error = nlohmann::json::parse(refused->body)["error"];
+    EXPECT_EQ(error["type"], "authentication_error");
+    EXPECT_TRUE(absl::StrContains(error["message"].get<std::string>(), "API key")) << error;
+    httplib::Result models = client.Get("/v1/models", headers);
+    ASSERT_TRUE(models);
+    EXPECT_EQ(models->status, 401);
+  }
+  httplib::Result served = client.Post(
+      "/v1/completions", {{"Authorization", "Bearer " + acme_key_}}, body, "application/json");
+  ASSERT_TRUE(served);
+  EXPECT_EQ(served->status, 200) << served->body;
+  EXPECT_EQ(nlohmann::json::parse(served->body)["usage"]["completion_tokens"], 3);
 }
 
 TEST_F(Security, TheTenantComesFromTheKey) {

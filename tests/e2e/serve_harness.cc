@@ -192,6 +192,13 @@ absl::StatusOr<std::unique_ptr<CoordinatorProcess>> ServeHarness::StartCoordinat
               grpc_port > 0 && metrics_port > 0) {
             coordinator->grpc_port_ = grpc_port;
             coordinator->metrics_port_ = metrics_port;
+            constexpr absl::string_view kHttp = ", OpenAI API on http://";
+            if (size_t http = line.find(kHttp); http != absl::string_view::npos) {
+              absl::string_view address = line.substr(http + kHttp.size());
+              address = address.substr(0, address.find('/'));
+              (void)absl::SimpleAtoi(address.substr(address.rfind(':') + 1),
+                                     &coordinator->http_port_);
+            }
             return true;
           }
         }

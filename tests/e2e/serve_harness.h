@@ -51,7 +51,8 @@ class CoordinatorProcess {
 
   int grpc_port() const { return grpc_port_; }
   int metrics_port() const { return metrics_port_; }
-  std::string target() const;  // "127.0.0.1:PORT"
+  int http_port() const { return http_port_; }  // 0: started without --http-listen
+  std::string target() const;                   // "127.0.0.1:PORT"
   ChildProcess& process() { return *process_; }
 
   v1::Inference::Stub& inference() { return *inference_; }
@@ -76,6 +77,7 @@ class CoordinatorProcess {
   std::unique_ptr<ChildProcess> process_;
   int grpc_port_ = 0;
   int metrics_port_ = 0;
+  int http_port_ = 0;
   std::string api_key_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Inference::Stub> inference_;

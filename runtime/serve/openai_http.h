@@ -1,0 +1,36 @@
+#ifndef TESSERA_RUNTIME_SERVE_OPENAI_HTTP_H_
+#define TESSERA_RUNTIME_SERVE_OPENAI_HTTP_H_
+
+// The coordinator's OpenAI-style HTTP API, on a listener of its own (--http-listen):
+//   GET  /v1/models       the models some group serves;
+//   POST /v1/completions  a completion, as one JSON answer or, with "stream": true, as
+//                         server-sent events ("data: {chunk}" ... "data: [DONE]").
+// Requests take the coordinator's one request path (Coordinator::Generate): the same keys
+// ("Authorization: Bearer KEY"), tenants, quotas, routing, failover, limits and metrics as
+// the gRPC API. Errors come in OpenAI's shape with their HTTP status (openai_api.h); an
+// error before the first token is the response's status, one after it the stream's last
+// event. A streaming client that disconnects cancels its request, which frees its KV blocks.
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "runtime/serve/coordinator.h"
+#include "runtime/serve/http_server.h"
+
+namespace tessera::serve {
+
+struct OpenAiHttpOptions {
+  size_t threads = 64;              // requests in flight at once (streams hold one each)
+  size_t max_body_bytes = 4 << 20;  // larger bodies get 413
+};
+
+// Serves `coordinator` (which must outlive the server) on `address` ("host:port", port 0:
+// any free one), as HttpServer::Start does.
+absl::StatusOr<std::unique_ptr<HttpServer>> StartOpenAiHttp(std::string address,
+                                                            Coordinator& coordinator,
+                                                            const OpenAiHttpOptions& options);
+
+}  // namespace tessera::serve
+
+#endif  // TESSERA_RUNTIME_SERVE_OPENAI_HTTP_H_
