@@ -11,6 +11,9 @@
 #
 # iproute2, util-linux, nftables and iptables build and fault the namespace cluster of the
 # cluster test (deploy/local-cluster.sh); the security test makes its certificates with openssl.
+#
+# clang and its sanitizer and libFuzzer runtimes (libclang-rt-dev: the ones of the default
+# clang) build the sanitizer and fuzzing run, deploy/sanitize.sh.
 set -euo pipefail
 
 packages=(
@@ -22,6 +25,7 @@ packages=(
   libcpp-httplib-dev libssl-dev
   python3-grpcio python3-grpc-tools python3-venv
   iproute2 util-linux nftables iptables openssl
+  clang libclang-rt-dev
 )
 
 missing=()

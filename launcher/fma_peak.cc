@@ -1,7 +1,5 @@
 #include "launcher/fma_peak.h"
 
-#include <immintrin.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -10,6 +8,10 @@
 
 #include "kernels/cpu/parallel.h"
 #include "mpi.h"
+
+#if TESSERA_CPU_X86
+#include <immintrin.h>
+#endif
 
 namespace tessera::launcher {
 namespace {
@@ -20,6 +22,7 @@ using Clock = std::chrono::steady_clock;
 // that depends on every chain, so that none is optimized away.
 constexpr int kChains = 12;
 
+#if TESSERA_CPU_X86
 __attribute__((target("avx512f,avx2,fma"))) float FmaChains512(int64_t iterations) {
   __m512 chains[kChains];
   for (int c = 0; c < kChains; ++c) chains[c] = _mm512_set1_ps(1.0f + c);
@@ -53,11 +56,13 @@ __attribute__((target("avx2,fma"))) float FmaChains256(int64_t iterations) {
   for (float lane : lanes) total += lane;
   return total;
 }
+#endif  // TESSERA_CPU_X86
 
 }  // namespace
 
-double MeasureFmaPeak(int threads, kernels::CpuVector path) {
+double MeasureFmaPeak([[maybe_unused]] int threads, kernels::CpuVector path) {
   if (path == kernels::CpuVector::kPortable) return 0;
+#if TESSERA_CPU_X86
   const int lanes = path == kernels::CpuVector::kAvx512 ? 16 : 8;
   constexpr int64_t kIterations = 20'000'000;
   double best = 0;
@@ -76,6 +81,9 @@ double MeasureFmaPeak(int threads, kernels::CpuVector path) {
     best = std::max(best, 2.0 * kIterations * kChains * lanes * threads / seconds);
   }
   return best;
+#else
+  return 0;  // unreachable: other architectures have the portable path alone
+#endif
 }
 
 double MeasureJobFmaPeak() {

@@ -1,6 +1,5 @@
 #include "launcher/read_bandwidth.h"
 
-#include <immintrin.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -16,6 +15,10 @@
 
 #include "absl/strings/str_format.h"
 #include "kernels/cpu/parallel.h"
+
+#if TESSERA_CPU_X86
+#include <immintrin.h>
+#endif
 
 namespace tessera::launcher {
 namespace {
@@ -38,6 +41,7 @@ std::atomic<uint64_t> read_sink{0};
 
 // XOR of every 64-bit word of data[0, bytes), bytes a multiple of 256. Four independent
 // accumulators of one-cycle XORs keep the loads, not the arithmetic, the limit.
+#if TESSERA_CPU_X86
 __attribute__((target("avx512f"))) uint64_t ReadAvx512(const std::byte* data, int64_t bytes) {
   __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
   for (int64_t i = 0; i < bytes; i += 256) {
@@ -69,6 +73,7 @@ __attribute__((target("avx2"))) uint64_t ReadAvx2(const std::byte* data, int64_t
                      _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3)));
   return lanes[0] ^ lanes[1] ^ lanes[2] ^ lanes[3];
 }
+#endif  // TESSERA_CPU_X86
 
 uint64_t ReadPortable(const std::byte* data, int64_t bytes) {
   const uint64_t* words = reinterpret_cast<const uint64_t*>(data);
@@ -83,7 +88,8 @@ uint64_t ReadPortable(const std::byte* data, int64_t bytes) {
   return a0 ^ a1 ^ a2 ^ a3;
 }
 
-uint64_t Read(kernels::CpuVector path, const std::byte* data, int64_t bytes) {
+uint64_t Read([[maybe_unused]] kernels::CpuVector path, const std::byte* data, int64_t bytes) {
+#if TESSERA_CPU_X86
   switch (path) {
     case kernels::CpuVector::kAvx512:
       return ReadAvx512(data, bytes);
@@ -92,6 +98,7 @@ uint64_t Read(kernels::CpuVector path, const std::byte* data, int64_t bytes) {
     case kernels::CpuVector::kPortable:
       break;
   }
+#endif
   return ReadPortable(data, bytes);
 }
 

@@ -1,6 +1,7 @@
 #include "launcher/request_file.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -50,7 +51,14 @@ std::string Convert(const json& value, T* out) {
     }
   } else if constexpr (std::is_floating_point_v<T>) {
     if (!value.is_number()) return absl::StrCat("must be a number, not ", value.dump());
-    *out = value.get<T>();
+    // A double beyond T's range has no T to convert to (undefined behaviour; infinity, in
+    // practice, which sampling would then take as a temperature).
+    const double v = value.get<double>();
+    if (std::abs(v) > std::numeric_limits<T>::max()) {
+      return absl::StrCat("must be a number of magnitude at most ", std::numeric_limits<T>::max(),
+                          ", not ", value.dump());
+    }
+    *out = static_cast<T>(v);
   } else if constexpr (std::is_same_v<T, std::string>) {
     if (!value.is_string()) return absl::StrCat("must be a string, not ", value.dump());
     *out = value.get<std::string>();

@@ -1,7 +1,5 @@
 #include "kernels/cpu/attention.h"
 
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -14,6 +12,10 @@
 #include "kernels/cpu/vector_loads.h"
 #include "runtime/core/half.h"
 #include "runtime/core/status_macros.h"
+
+#if TESSERA_CPU_X86
+#include <immintrin.h>
+#endif
 
 namespace tessera::kernels {
 namespace {
@@ -99,6 +101,7 @@ struct BlockRuns {
 // (attention.h), so a vector takes one dimension of a head at consecutive positions and a
 // query's value of that dimension is broadcast against it: no lanes are summed across.
 
+#if TESSERA_CPU_X86
 // `count` (1 to 8) keys from p as f32 lanes, zeros past them; mask holds lanes < count.
 __attribute__((target("avx2,fma"))) inline __m256 LoadKeysAvx2(const float* p, int64_t /*count*/,
                                                                __m256i mask) {
@@ -130,6 +133,7 @@ __attribute__((target("avx512f,avx2,fma"))) inline __m512 LoadKeysAvx512(const u
   return LoadSixteen(staged);
 }
 #pragma GCC diagnostic pop
+#endif  // TESSERA_CPU_X86
 
 template <typename T>
 void ScoresPortable(const SequenceCache<T>& cache, const QueryRow& row) {
@@ -151,6 +155,7 @@ void ScoresPortable(const SequenceCache<T>& cache, const QueryRow& row) {
   }
 }
 
+#if TESSERA_CPU_X86
 // kG query heads of kv head g (heads h0 .. h0 + kG - 1) at up to eight positions.
 template <int kG, typename T>
 struct ScoreLanesAvx2 {
@@ -177,6 +182,7 @@ struct ScoreLanesAvx2 {
     }
   }
 };
+#endif  // TESSERA_CPU_X86
 
 // The query heads sharing a kv head take its key vectors together, up to this many at once
 // (their accumulators, a key and a broadcast fit the registers of either path).
@@ -209,6 +215,7 @@ ScoreTileFn<T> ScoreTileFor(int64_t n) {
   }
 }
 
+#if TESSERA_CPU_X86
 // GCC 12's AVX-512 intrinsics start from a deliberately undefined register, which its
 // own uninitialized-variable warnings flag inside the headers.
 #pragma GCC diagnostic push
@@ -241,6 +248,7 @@ struct ScoreLanesAvx512 {
 };
 
 #pragma GCC diagnostic pop
+#endif  // TESSERA_CPU_X86
 
 // Every score of the row, kLanes positions at a time by Tile (ScoreLanesAvx2 or
 // ScoreLanesAvx512), the query heads of a kv head kHeadsPerKeyLoad at a time.
@@ -287,6 +295,7 @@ void SoftmaxPortable(const SequenceCache<T>& cache, const QueryRow& row) {
   }
 }
 
+#if TESSERA_CPU_X86
 template <typename T>
 __attribute__((target("avx2,fma"))) void SoftmaxAvx2(const SequenceCache<T>& cache,
                                                      const QueryRow& row) {
@@ -397,9 +406,11 @@ __attribute__((target("avx512f,avx2,fma"))) void ValuesAvx512(const SequenceCach
     }
   }
 }
+#endif  // TESSERA_CPU_X86
 
 #pragma GCC diagnostic pop
 
+#if TESSERA_CPU_X86
 // In memory, eight dimensions per instruction (head_dim a multiple of 8).
 template <typename T>
 __attribute__((target("avx2,fma"))) void ValuesAvx2(const SequenceCache<T>& cache,
@@ -425,6 +436,7 @@ __attribute__((target("avx2,fma"))) void ValuesAvx2(const SequenceCache<T>& cach
     }
   }
 }
+#endif  // TESSERA_CPU_X86
 
 template <typename T>
 void ValuesPortable(const SequenceCache<T>& cache, const QueryRow& row) {
@@ -456,9 +468,10 @@ struct AttendSteps {
 };
 
 template <typename T>
-AttendSteps<T> StepsFor(int64_t head_dim) {
-  const CpuVector path = CpuVectorPath();
+AttendSteps<T> StepsFor([[maybe_unused]] int64_t head_dim) {
   AttendSteps<T> steps{ScoresPortable<T>, SoftmaxPortable<T>, ValuesPortable<T>};
+#if TESSERA_CPU_X86
+  const CpuVector path = CpuVectorPath();
   if (path == CpuVector::kPortable) return steps;
   if (path == CpuVector::kAvx512) {
     steps.scores = ScoresByLanes<ScoreLanesAvx512, 16, T>;
@@ -487,6 +500,7 @@ AttendSteps<T> StepsFor(int64_t head_dim) {
     steps.softmax = SoftmaxAvx2<T>;
   }
   if (head_dim % 8 == 0) steps.values = ValuesAvx2<T>;
+#endif  // TESSERA_CPU_X86
   return steps;
 }
 

@@ -1,7 +1,5 @@
 #include "kernels/cpu/cross_entropy.h"
 
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -12,6 +10,10 @@
 #include "kernels/cpu/exp_approx.h"
 #include "kernels/cpu/parallel.h"
 #include "runtime/core/status_macros.h"
+
+#if TESSERA_CPU_X86
+#include <immintrin.h>
+#endif
 
 namespace tessera::kernels {
 namespace {
@@ -53,6 +55,7 @@ void ScaledExpPortable(const float* x, float* out, int64_t n, float lse, float s
   for (int64_t i = 0; i < n; ++i) out[i] = scale * ExpOrZero(x[i] - lse);
 }
 
+#if TESSERA_CPU_X86
 // Lanes of x below kExpFloor as 0, the others through ExpNonPositive8.
 __attribute__((target("avx2,fma"))) inline __m256 ExpOrZero8(__m256 x) {
   return _mm256_and_ps(ExpNonPositive8(x), _mm256_cmp_ps(x, _mm256_set1_ps(kExpFloor), _CMP_GE_OQ));
@@ -153,8 +156,10 @@ __attribute__((target("avx512f,avx2,fma"))) void ScaledExpAvx512(const float* x,
 }
 
 #pragma GCC diagnostic pop
+#endif  // TESSERA_CPU_X86
 
 RowOps RowOpsForMachine() {
+#if TESSERA_CPU_X86
   switch (CpuVectorPath()) {
     case CpuVector::kAvx512:
       return {MaxAvx512, SumExpAvx512, ScaledExpAvx512};
@@ -163,6 +168,7 @@ RowOps RowOpsForMachine() {
     case CpuVector::kPortable:
       break;
   }
+#endif
   return {MaxPortable, SumExpPortable, ScaledExpPortable};
 }
 

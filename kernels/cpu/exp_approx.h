@@ -5,11 +5,15 @@
 // exponents and the SiLU gate. Within 2.5e-7 (relative) of std::exp over [-87, 0]; e^-87
 // below. The same arithmetic for every element, so results never depend on the batch.
 
-#include <immintrin.h>
-
 #include <algorithm>
 #include <bit>
 #include <cstdint>
+
+#include "kernels/cpu/cpu_features.h"
+
+#if TESSERA_CPU_X86
+#include <immintrin.h>
+#endif
 
 namespace tessera::kernels {
 
@@ -42,6 +46,7 @@ inline float Sigmoid(float x) {
   return (x >= 0.0f ? 1.0f : e) / (1.0f + e);
 }
 
+#if TESSERA_CPU_X86
 // ExpNonPositive on eight lanes, operation for operation (the same bits as the scalar one).
 __attribute__((target("avx2,fma"))) inline __m256 ExpNonPositive8(__m256 x) {
   const __m256 round = _mm256_set1_ps(12582912.0f);
@@ -91,6 +96,7 @@ __attribute__((target("avx2,fma"))) inline __m256 Sigmoid8(__m256 x) {
       _mm256_blendv_ps(e, _mm256_set1_ps(1.0f), _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GE_OQ));
   return _mm256_div_ps(numerator, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
 }
+#endif  // TESSERA_CPU_X86
 
 }  // namespace tessera::kernels
 

@@ -1,7 +1,5 @@
 #include "kernels/cpu/linear.h"
 
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -12,6 +10,10 @@
 #include "kernels/cpu/parallel.h"
 #include "kernels/cpu/vector_loads.h"
 #include "runtime/core/status_macros.h"
+
+#if TESSERA_CPU_X86
+#include <immintrin.h>
+#endif
 
 namespace tessera::kernels {
 namespace {
@@ -61,6 +63,7 @@ void TilePortable(const TileArgs<W>& a) {
   }
 }
 
+#if TESSERA_CPU_X86
 // out tile (MR, 16 NP) = x (MR, K) . panels, AVX2 + FMA: each panel is two eight-lane
 // halves; one broadcast of x[r][c] feeds NP panels' fused multiply-adds.
 template <int MR, int NP, typename W>
@@ -145,13 +148,15 @@ __attribute__((target("avx512f,avx2,fma"))) void TileAvx512(const TileArgs<W>& a
   }
 }
 #pragma GCC diagnostic pop
+#endif  // TESSERA_CPU_X86
 
 template <typename W>
 using TileFn = void (*)(const TileArgs<W>&);
 
 // The tile kernel of `path` for MR rows (1..kTileRows) and NP panels (1, 2 or 4).
 template <typename W, int MR>
-TileFn<W> TileWithRows(CpuVector path, int np) {
+TileFn<W> TileWithRows([[maybe_unused]] CpuVector path, [[maybe_unused]] int np) {
+#if TESSERA_CPU_X86
   switch (path) {
     case CpuVector::kAvx512:
       return np == 4 ? TileAvx512<MR, 4, W> : np == 2 ? TileAvx512<MR, 2, W> : TileAvx512<MR, 1, W>;
@@ -160,6 +165,7 @@ TileFn<W> TileWithRows(CpuVector path, int np) {
     case CpuVector::kPortable:
       break;
   }
+#endif
   return TilePortable<MR, 1, W>;
 }
 
@@ -301,6 +307,7 @@ T* ThreadScratch(int64_t n) {
   return data.get();
 }
 
+#if TESSERA_CPU_X86
 // An 8 x 8 block of from (rows from_stride apart) transposed into to (rows to_stride apart),
 // in registers: unpack pairs of rows, shuffle pairs of pairs, swap 128-bit halves.
 __attribute__((target("avx2,fma"))) void TransposeEightAvx2(const float* from, int64_t from_stride,
@@ -322,6 +329,7 @@ __attribute__((target("avx2,fma"))) void TransposeEightAvx2(const float* from, i
     _mm256_storeu_ps(to + (i + 4) * to_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
   }
 }
+#endif  // TESSERA_CPU_X86
 
 // to (cols, rows) = from (rows, cols)^T, in square tiles that stay in L1. With row_sums
 // (cols), row_sums[c] += the sum of to's row c (from's column c), taken while the row is
@@ -329,13 +337,16 @@ __attribute__((target("avx2,fma"))) void TransposeEightAvx2(const float* from, i
 void Transpose(const float* from, float* to, int64_t rows, int64_t cols, float* row_sums) {
   constexpr int64_t kTile = 32;
   const int64_t tiles = (cols + kTile - 1) / kTile;
+#if TESSERA_CPU_X86
   const bool avx2 = HasAvx2Fma();
+#endif
   ParallelFor(tiles, rows * kTile < 65536 ? tiles : 1, [&](int64_t begin, int64_t end) {
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t c0 = tile * kTile, c1 = std::min(cols, c0 + kTile);
       for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
         const int64_t r1 = std::min(rows, r0 + kTile);
         // Whole 8 x 8 blocks in registers, the edges element by element.
+#if TESSERA_CPU_X86
         const int64_t c8 = avx2 ? c0 + (c1 - c0) / 8 * 8 : c0;
         const int64_t r8 = avx2 ? r0 + (r1 - r0) / 8 * 8 : r0;
         for (int64_t c = c0; c < c8; c += 8) {
@@ -343,6 +354,9 @@ void Transpose(const float* from, float* to, int64_t rows, int64_t cols, float* 
             TransposeEightAvx2(from + r * cols + c, cols, to + c * rows + r, rows);
           }
         }
+#else
+        const int64_t c8 = c0, r8 = r0;
+#endif
         for (int64_t c = c0; c < c1; ++c) {
           for (int64_t r = c < c8 ? r8 : r0; r < r1; ++r) to[c * rows + r] = from[r * cols + c];
         }

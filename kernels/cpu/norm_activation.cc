@@ -104,6 +104,7 @@ absl::Status AddRmsNorm(Tensor& residual, const Tensor& x, const Tensor& weight,
   return absl::OkStatus();
 }
 
+#if TESSERA_CPU_X86
 namespace {
 
 // out[i] = gate[i] * sigmoid(gate[i]) * up[i] for the whole groups of eight in [0, n);
@@ -120,6 +121,7 @@ __attribute__((target("avx2,fma"))) int64_t SiluMulAvx2(const float* gate, const
 }
 
 }  // namespace
+#endif  // TESSERA_CPU_X86
 
 absl::Status SiluMul(const Tensor& gate_up, Tensor& out) {
   constexpr char kKernel[] = "SiluMul";
@@ -134,11 +136,17 @@ absl::Status SiluMul(const Tensor& gate_up, Tensor& out) {
   TESSERA_RETURN_IF_ERROR(ExpectShape(kKernel, "out", out, {rows, inner}));
   const float* in = gate_up.data<float>();
   float* o = out.data<float>();
+#if TESSERA_CPU_X86
   const bool avx2 = HasAvx2Fma();
+#endif
   for (int64_t t = 0; t < rows; ++t) {
     const float* gate = in + t * 2 * inner;
     const float* up = gate + inner;
+#if TESSERA_CPU_X86
     const int64_t done = avx2 ? SiluMulAvx2(gate, up, o + t * inner, inner) : 0;
+#else
+    const int64_t done = 0;
+#endif
     for (int64_t i = done; i < inner; ++i) {
       o[t * inner + i] = gate[i] * Sigmoid(gate[i]) * up[i];
     }
@@ -242,6 +250,7 @@ absl::Status RmsNormBackward(const Tensor& x, const Tensor& weight, float eps, c
   return absl::OkStatus();
 }
 
+#if TESSERA_CPU_X86
 namespace {
 
 // One row of SiluMulBackward for the whole groups of eight in [0, n); returns how many it
@@ -264,6 +273,7 @@ __attribute__((target("avx2,fma"))) int64_t SiluMulBackwardAvx2(const float* gat
 }
 
 }  // namespace
+#endif  // TESSERA_CPU_X86
 
 absl::Status SiluMulBackward(const Tensor& gate_up, const Tensor& dout, Tensor& dgate_up) {
   constexpr char kKernel[] = "SiluMulBackward";
@@ -281,7 +291,9 @@ absl::Status SiluMulBackward(const Tensor& gate_up, const Tensor& dout, Tensor& 
   const float* in = gate_up.data<float>();
   const float* d = dout.data<float>();
   float* out = dgate_up.data<float>();
+#if TESSERA_CPU_X86
   const bool avx2 = HasAvx2Fma();
+#endif
   ParallelFor(rows, rows * inner < 65536 ? rows : 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const float* gate = in + t * 2 * inner;
@@ -289,7 +301,11 @@ absl::Status SiluMulBackward(const Tensor& gate_up, const Tensor& dout, Tensor& 
       const float* dy = d + t * inner;
       float* dgate = out + t * 2 * inner;
       float* dup = dgate + inner;
+#if TESSERA_CPU_X86
       const int64_t done = avx2 ? SiluMulBackwardAvx2(gate, up, dy, dgate, dup, inner) : 0;
+#else
+      const int64_t done = 0;
+#endif
       for (int64_t i = done; i < inner; ++i) {
         const float g = gate[i], u = up[i], s = Sigmoid(g);
         dgate[i] = (dy[i] * u) * (s * (g * (1.0f - s) + 1.0f));

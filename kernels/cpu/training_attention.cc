@@ -1,7 +1,5 @@
 #include "kernels/cpu/training_attention.h"
 
-#include <immintrin.h>
-
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -18,6 +16,10 @@
 #include "kernels/cpu/exp_approx.h"
 #include "kernels/cpu/parallel.h"
 #include "runtime/core/status_macros.h"
+
+#if TESSERA_CPU_X86
+#include <immintrin.h>
+#endif
 
 namespace tessera::kernels {
 namespace {
@@ -57,6 +59,7 @@ void ProductPortable(const Product& p) {
   }
 }
 
+#if TESSERA_CPU_X86
 // The tiles below take an MR x (lanes NV) tile of C at (r0, c0), of which `cols` columns
 // are valid: all but the last vector whole, the last masked when kMaskLast. Each keeps its
 // MR x NV accumulators in registers through the whole inner dimension: per step NV loads of
@@ -246,6 +249,7 @@ void ProductByTiles(const Product& p) {
 void ProductAvx2(const Product& p) { ProductByTiles<Avx2Tile, 8, 2>(p); }
 
 void ProductAvx512(const Product& p) { ProductByTiles<Avx512Tile, 16, 4>(p); }
+#endif  // TESSERA_CPU_X86
 
 // ---- Row steps of the softmax and its backward ---------------------------------------------
 // For one row s[0, n) of a block's scores, with the row's attended columns [lo, hi):
@@ -277,6 +281,7 @@ void DsRowPortable(const float* p, float* dp, int64_t n, float d, float scale) {
   for (int64_t j = 0; j < n; ++j) dp[j] = scale * p[j] * (dp[j] - d);
 }
 
+#if TESSERA_CPU_X86
 __attribute__((target("avx2,fma"))) float ScaledMaxAvx2(const float* s, int64_t lo, int64_t hi,
                                                         float scale) {
   const __m256 scale8 = _mm256_set1_ps(scale);
@@ -376,6 +381,7 @@ __attribute__((target("avx512f,avx2,fma"))) void DsRowAvx512(const float* p, flo
 }
 
 #pragma GCC diagnostic pop
+#endif  // TESSERA_CPU_X86
 
 // The steps of one path, chosen once per call by the machine (cpu_features.h).
 struct Ops {
@@ -386,6 +392,7 @@ struct Ops {
 };
 
 Ops OpsForMachine() {
+#if TESSERA_CPU_X86
   switch (CpuVectorPath()) {
     case CpuVector::kAvx512:
       return {ProductAvx512, ScaledMaxAvx512, ExpRowAvx512, DsRowAvx512};
@@ -394,6 +401,7 @@ Ops OpsForMachine() {
     case CpuVector::kPortable:
       break;
   }
+#endif
   return {ProductPortable, ScaledMaxPortable, ExpRowPortable, DsRowPortable};
 }
 

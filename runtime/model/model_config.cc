@@ -351,10 +351,13 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const Json& root, absl::string_vie
   }
   config.num_key_value_heads = static_cast<int>(kv_heads);
 
+  // Far beyond any real head, and small enough for an int, as the kernels take it.
+  constexpr int64_t kMaxHeadDim = 65536;
   TESSERA_ASSIGN_OR_RETURN(std::optional<int64_t> head_dim, fields.OptionalInt("head_dim"));
   if (head_dim.has_value()) {
-    if (*head_dim < 1 || *head_dim > 65536) {
-      return fields.Invalid("head_dim", absl::StrCat("must be in [1, 65536], got ", *head_dim));
+    if (*head_dim < 1 || *head_dim > kMaxHeadDim) {
+      return fields.Invalid("head_dim",
+                            absl::StrCat("must be in [1, ", kMaxHeadDim, "], got ", *head_dim));
     }
   } else {
     if (config.hidden_size % heads != 0) {
@@ -363,6 +366,12 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const Json& root, absl::string_vie
                                          config.hidden_size, ") when there is no head_dim"));
     }
     head_dim = config.hidden_size / heads;
+    if (*head_dim > kMaxHeadDim) {
+      return fields.Invalid(
+          "hidden_size", absl::StrCat("(", config.hidden_size, ") / num_attention_heads (", heads,
+                                      ") gives head_dim ", *head_dim, ", above ", kMaxHeadDim,
+                                      " (set head_dim, or check both)"));
+    }
   }
   config.head_dim = static_cast<int>(*head_dim);
 

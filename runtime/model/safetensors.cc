@@ -299,7 +299,10 @@ absl::Status SafetensorsFile::ParseHeader() {
   const uint64_t data_bytes = size_ - data_start;
   // (begin, end) relative to the data, per tensor, to check for overlaps.
   std::vector<std::pair<uint64_t, uint64_t>> extents;
-  for (const auto& [name, entry] : root.items()) {
+  for (const auto& item : root.items()) {
+    // Named, not structured, bindings: the lambdas below capture them.
+    const std::string& name = item.key();
+    const Json& entry = item.value();
     if (name == "__metadata__") {
       if (!entry.is_object()) return corrupt("__metadata__ is not an object");
       for (const auto& [key, value] : entry.items()) {

@@ -525,6 +525,11 @@ TEST(ModelConfigErrorTest, InconsistentValuesAreNamed) {
   EXPECT_TRUE(IsError(ParseModelConfig(Edit(kLlama3_8B, R"("num_hidden_layers": 32)",
                                             R"("num_hidden_layers": 2000000000)")),
                       absl::StatusCode::kInvalidArgument, {"num_hidden_layers", "65536"}));
+  // Without head_dim, hidden_size / heads is the head size; 2^32 + 128 of it once became 128.
+  EXPECT_TRUE(IsError(ParseModelConfig(Edit(kLlama3_8B, R"("hidden_size": 4096)",
+                                            R"("hidden_size": 137438957568)")),
+                      absl::StatusCode::kInvalidArgument,
+                      {"hidden_size", "137438957568", "head_dim 4294967424", "65536"}));
   EXPECT_TRUE(IsError(ParseModelConfig(Edit(kLlama3_8B, "1e-05", "0")),
                       absl::StatusCode::kInvalidArgument, {"rms_norm_eps"}));
   EXPECT_TRUE(IsError(ParseModelConfig(Edit(kLlama3_8B, "500000.0", "-1")),

@@ -61,6 +61,10 @@ TEST(RequestFileTest, NamesTheLineAndFieldOfBadInput) {
         Case{R"({"prompt": "x", "seed": -1})",
              "line 4: seed: must be an integer in [0, 18446744073709551615], not -1"},
         Case{R"({"prompt": "x", "temperature": "hot"})", "line 4: temperature: must be a number"},
+        // A double past float's range once became an infinite temperature.
+        Case{R"({"prompt": "x", "temperature": 1e300})",
+             "line 4: temperature: must be a number of magnitude at most"},
+        Case{R"({"prompt": "x", "top_p": -1e39})", "line 4: top_p: must be a number of magnitude"},
         Case{R"({"prompt": "x", "ignore_eos": 1})",
              "line 4: ignore_eos: must be true or false, not 1"},
         Case{R"({"prompt": "x", "stop_token_ids": [1, 3000000000]})",
