@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "runtime/core/json_quote.h"
 
 namespace tessera::chat {
 
@@ -50,8 +51,8 @@ std::string JinjaTitle(absl::string_view text);
 std::string PyFloatRepr(double value);
 // repr(str): quoted as Python quotes it, with its escapes for unprintable characters.
 std::string PyStringRepr(absl::string_view text);
-// json.dumps of a string with ensure_ascii=False.
-std::string JsonQuote(absl::string_view text);
+// json.dumps of a string with ensure_ascii=False: tessera::JsonQuote (runtime/core).
+using ::tessera::JsonQuote;
 
 }  // namespace tessera::chat
 

@@ -23,6 +23,9 @@ using tessera::v1::StepPlan;
 // A plan travels in one broadcast of this many bytes (an 8-byte length, then the message),
 // plus a second one for the rest when it is longer: decode steps fit in the first.
 constexpr int64_t kInlinePlanBytes = 4096;
+// The most bytes one plan may take: a step's tokens (max_step_tokens) and block-table changes
+// come to kilobytes; anything near this is a broken peer, refused before it is allocated.
+constexpr int64_t kMaxPlanBytes = int64_t{64} << 20;
 
 // Which window the recent output rate is measured over.
 constexpr absl::Duration kRateWindow = absl::Seconds(5);
@@ -39,6 +42,10 @@ absl::Status BroadcastPlan(comm::Communicator& tp, StepPlan& plan) {
   if (root) plan.SerializeToString(&bytes);
   std::vector<char> inline_buffer(kInlinePlanBytes);
   int64_t size = static_cast<int64_t>(bytes.size());
+  if (root && size > kMaxPlanBytes) {
+    return absl::InternalError(
+        absl::StrCat("step plan of ", size, " bytes; at most ", kMaxPlanBytes));
+  }
   std::memcpy(inline_buffer.data(), &size, sizeof(size));
   const int64_t inline_capacity = kInlinePlanBytes - sizeof(size);
   if (root)
@@ -54,7 +61,12 @@ absl::Status BroadcastPlan(comm::Communicator& tp, StepPlan& plan) {
     return absl::OkStatus();
   }
   std::memcpy(&size, inline_buffer.data(), sizeof(size));
-  if (size < 0) return absl::DataLossError(absl::StrCat("step plan of ", size, " bytes"));
+  // A size past what any plan takes is not allocated: the peer is not an engine of this
+  // build, or the message was damaged.
+  if (size < 0 || size > kMaxPlanBytes) {
+    return absl::DataLossError(absl::StrCat(
+        "step plan of ", size, " bytes from the group's leader; at most ", kMaxPlanBytes));
+  }
   bytes.resize(size);
   std::memcpy(bytes.data(), inline_buffer.data() + sizeof(size), std::min(size, inline_capacity));
   if (size > inline_capacity) {

@@ -28,9 +28,6 @@ inline void LogEvent(const std::string& component, const LogFields& fields) {
   Log(LogLevel::kInfo, component, fields);
 }
 
-// `text` as a JSON string literal, quotes included.
-std::string JsonQuote(const std::string& text);
-
 }  // namespace tessera::serve
 
 #endif  // TESSERA_RUNTIME_SERVE_LOG_H_

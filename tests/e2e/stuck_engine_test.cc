@@ -157,13 +157,10 @@ class StuckEngine {
   std::vector<std::string> leaders_;
 };
 
-// Two groups; a stall is declared after 3 s, and a request whose group failed waits 4 s for
-// another.
-class EngineStall : public ::testing::Test {
+// A suite's processes, started by the suite's SetUpTestSuite (one set per suite).
+template <typename Suite>
+class WithProcesses : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    processes_.Start({"--engine-stall-timeout", "3s", "--failover-wait", "4s"}, 2);
-  }
   static void TearDownTestSuite() { processes_.Stop(); }
   void SetUp() override {
     ASSERT_NE(processes_.coordinator_, nullptr) << "the processes did not start";
@@ -174,6 +171,15 @@ class EngineStall : public ::testing::Test {
   static v1::Inference::Stub& inference() { return processes_.coordinator_->inference(); }
 
   static inline StuckEngine processes_;
+};
+
+// Two groups; a stall is declared after 3 s, and a request whose group failed waits 4 s for
+// another.
+class EngineStall : public WithProcesses<EngineStall> {
+ protected:
+  static void SetUpTestSuite() {
+    processes_.Start({"--engine-stall-timeout", "3s", "--failover-wait", "4s"}, 2);
+  }
 };
 
 TEST_F(EngineStall, AStalledGroupLeavesRoutingItsRequestsMoveAndItReturnsWhenItRuns) {
@@ -258,21 +264,11 @@ TEST_F(EngineStall, WithEveryGroupStalledRequestsEndUnavailableNamingTheStall) {
 }
 
 // One group, no stall detection, and requests limited to 3 s.
-class MaxRequestDuration : public ::testing::Test {
+class MaxRequestDuration : public WithProcesses<MaxRequestDuration> {
  protected:
   static void SetUpTestSuite() {
     processes_.Start({"--engine-stall-timeout", "off", "--max-request-duration", "3s"}, 1);
   }
-  static void TearDownTestSuite() { processes_.Stop(); }
-  void SetUp() override {
-    ASSERT_NE(processes_.coordinator_, nullptr) << "the processes did not start";
-  }
-  void TearDown() override {
-    if (HasFailure()) std::fprintf(stderr, "%s\n", processes_.Logs().c_str());
-  }
-  static v1::Inference::Stub& inference() { return processes_.coordinator_->inference(); }
-
-  static inline StuckEngine processes_;
 };
 
 TEST_F(MaxRequestDuration, ARequestPastItEndsDeadlineExceededAndItsGroupServesOn) {

@@ -3,6 +3,8 @@
 // requests, and 0.5 s in, rank 1 misbehaves:
 //   engine_fault_probe exit    rank 1 exits without a word
 //   engine_fault_probe stall   rank 1 stops (SIGSTOP) and never resumes
+//   engine_fault_probe huge-plan  the leader sends, instead of a plan, a header announcing
+//                              one of 2^40 bytes: its peers must refuse it, not allocate it
 // The leader's step must fail within the deadline (TESSERA_COMM_TIMEOUT); it prints each
 // request's end as "request N: finish=<reason> status=<status>" and exits through
 // ReportExit (MPI_Abort after a communicator failure).
@@ -14,10 +16,13 @@
 #include <cstdio>
 #include <cstring>
 #include <thread>
+#include <vector>
 
 #include "comm/mpi/mpi_communicator.h"
 #include "comm/mpi/mpi_runtime.h"
 #include "launcher/process.h"
+#include "runtime/core/stream.h"
+#include "runtime/core/tensor.h"
 #include "runtime/engine/engine.h"
 #include "runtime/model/default_model.h"
 
@@ -39,6 +44,22 @@ int Run(const char* scenario, int* argc, char*** argv) {
   engine_options.num_blocks = 1024;
   auto engine = Engine::Create(**model, **world, nullptr, engine_options);
   if (!engine.ok()) return launcher::ReportExit(engine.status());
+
+  if (std::strcmp(scenario, "huge-plan") == 0) {
+    if ((*engine)->is_leader()) {
+      // The first broadcast of a plan: an 8-byte length, then the start of the message.
+      std::vector<char> header(4096);
+      const int64_t size = int64_t{1} << 40;
+      std::memcpy(header.data(), &size, sizeof(size));
+      Tensor bytes = Tensor::Wrap(header.data(), DType::kI8, {4096});
+      Stream cpu = Stream::Cpu();
+      absl::Status sent = (*world)->Broadcast(bytes, 0, cpu);
+      std::printf("rank 0: sent the header: %s\n", sent.ToString().c_str());
+      std::fflush(stdout);
+      return 0;
+    }
+    return launcher::ReportExit((*engine)->Run());
+  }
 
   std::vector<std::shared_ptr<RequestStream>> streams;
   std::thread saboteur;
@@ -88,7 +109,7 @@ int Run(const char* scenario, int* argc, char*** argv) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: engine_fault_probe exit|stall\n");
+    std::fprintf(stderr, "usage: engine_fault_probe exit|stall|huge-plan\n");
     return 2;
   }
   return tessera::engine::Run(argv[1], &argc, &argv);

@@ -53,6 +53,19 @@ TEST(Faults, EnginePeerFailureEndsEveryRequestWithTheError) {
   }
 }
 
+// A plan header announcing more bytes than any plan takes is refused before anything is
+// allocated for it.
+TEST(Faults, APlanPastItsBoundIsRefusedNotAllocated) {
+  Outcome outcome = RunCommand(absl::StrCat(TESSERA_MPIRUN_COMMAND, " ", kKeepSurvivors,
+                                            " -np 2 env TESSERA_COMM_TIMEOUT=5 ",
+                                            TESSERA_ENGINE_FAULT_PROBE, " huge-plan 2>&1"));
+  EXPECT_NE(outcome.output.find("DATA_LOSS: step plan of 1099511627776 bytes from the group's "
+                                "leader; at most 67108864"),
+            std::string::npos)
+      << outcome.output;
+  EXPECT_LT(outcome.seconds, 60) << outcome.output;
+}
+
 TEST(Faults, RankThatExitsMakesSurvivorsFailWithinTheDeadline) {
   Outcome outcome = RunProbe("exit", 4, kKeepSurvivors);
   EXPECT_NE(outcome.exit_code, 0) << outcome.output;
