@@ -195,6 +195,7 @@ absl::StatusOr<std::unique_ptr<RunningCoordinator>> StartCoordinator(
   if (config.http_listen != "off") {
     serve::OpenAiHttpOptions http;
     http.max_body_bytes = static_cast<size_t>(config.max_message_bytes);
+    http.tls = config.tls;
     TESSERA_ASSIGN_OR_RETURN(
         running->http_server,
         serve::StartOpenAiHttp(config.http_listen, *running->coordinator, http));

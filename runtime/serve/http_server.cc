@@ -109,7 +109,21 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
     return resolved;
   }
 
-  auto server = std::make_unique<httplib::Server>();
+  std::unique_ptr<httplib::Server> server;
+  if (options.tls_cert.empty()) {
+    server = std::make_unique<httplib::Server>();
+  } else {
+    auto https = std::make_unique<httplib::SSLServer>(
+        options.tls_cert.c_str(), options.tls_key.c_str(),
+        options.tls_client_ca.empty() ? nullptr : options.tls_client_ca.c_str());
+    if (!https->is_valid()) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s on \"%s\": the TLS certificate \"%s\", key \"%s\" or client CA \"%s\" does not "
+          "load",
+          who, address, options.tls_cert, options.tls_key, options.tls_client_ca));
+    }
+    server = std::move(https);
+  }
   const size_t threads = options.threads;
   server->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   server->set_socket_options(SetListenSocketOptions);

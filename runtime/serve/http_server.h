@@ -27,6 +27,11 @@ struct HttpServerOptions {
   // Bounds how long an idle keep-alive connection holds a thread, and so how long Stop waits.
   time_t keep_alive_seconds = 2;
   size_t max_body_bytes = 0;  // larger request bodies get 413; 0: httplib's default
+  // PEM files; with a certificate the server speaks only HTTPS, and with a client CA it
+  // requires client certificates that CA issued (mutual TLS).
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
 };
 
 class HttpServer {
@@ -35,8 +40,8 @@ class HttpServer {
   // `address` is "host:port": "127.0.0.1:9090", "0.0.0.0:9090", ":9090" (every IPv4
   // interface), "[::1]:9090"; port 0 takes any free port (see port()). Errors name the
   // address: INVALID_ARGUMENT for an address that does not parse or a host that does not
-  // resolve; UNAVAILABLE when it cannot listen there (the port is taken, or the host is not
-  // an address of this machine).
+  // resolve, or TLS files that do not load; UNAVAILABLE when it cannot listen there (the
+  // port is taken, or the host is not an address of this machine).
   static absl::StatusOr<std::unique_ptr<HttpServer>> Start(
       std::string address, const HttpServerOptions& options,
       const std::function<void(httplib::Server&)>& add_routes);

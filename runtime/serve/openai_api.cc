@@ -15,12 +15,16 @@ absl::Status Invalid(absl::string_view param, absl::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat(param, ": ", why));
 }
 
-// A number field; nullopt when absent or null.
+// A number field that a float holds; nullopt when absent or null.
 absl::StatusOr<std::optional<double>> Number(const Json& body, const char* name) {
   auto it = body.find(name);
   if (it == body.end() || it->is_null()) return std::optional<double>();
   if (!it->is_number()) return Invalid(name, "must be a number");
-  return std::optional<double>(it->get<double>());
+  const double value = it->get<double>();
+  if (!std::isfinite(value) || std::fabs(value) > std::numeric_limits<float>::max()) {
+    return Invalid(name, "out of range");
+  }
+  return std::optional<double>(value);
 }
 
 // An integer field in [low, high]; nullopt when absent or null.
@@ -256,6 +260,10 @@ HttpError ErrorFromStatus(const grpc::Status& status) {
                   {"param", param.empty() ? Json() : Json(param)},
                   {"code", nullptr}}}};
   return error;
+}
+
+std::string JsonText(const Json& json) {
+  return json.dump(-1, ' ', /*ensure_ascii=*/false, Json::error_handler_t::replace);
 }
 
 HttpError ErrorFromStatus(const absl::Status& status) {

@@ -61,6 +61,10 @@ struct HttpError {
 HttpError ErrorFromStatus(const grpc::Status& status);
 HttpError ErrorFromStatus(const absl::Status& status);
 
+// `json` as text; bytes that are not UTF-8 (a client's, echoed in a message) replaced by
+// U+FFFD instead of failing.
+std::string JsonText(const nlohmann::json& json);
+
 }  // namespace tessera::serve
 
 #endif  // TESSERA_RUNTIME_SERVE_OPENAI_API_H_

@@ -23,7 +23,7 @@ constexpr char kJson[] = "application/json";
 
 void Reply(httplib::Response& response, int status, const Json& body) {
   response.status = status;
-  response.set_content(body.dump(), kJson);
+  response.set_content(JsonText(body), kJson);
 }
 
 void ReplyError(httplib::Response& response, const HttpError& error) {
@@ -41,7 +41,7 @@ absl::StatusOr<std::string> Authenticate(const Coordinator& coordinator,
   return coordinator.AuthenticateKey(key);
 }
 
-std::string Event(const Json& data) { return absl::StrCat("data: ", data.dump(), "\n\n"); }
+std::string Event(const Json& data) { return absl::StrCat("data: ", JsonText(data), "\n\n"); }
 
 // One streamed completion between the thread that runs it and the connection's thread.
 class StreamRelay {
@@ -202,6 +202,9 @@ absl::StatusOr<std::unique_ptr<HttpServer>> StartOpenAiHttp(std::string address,
   http.who = "HTTP API";
   http.threads = options.threads;
   http.max_body_bytes = options.max_body_bytes;
+  http.tls_cert = options.tls.cert;
+  http.tls_key = options.tls.key;
+  http.tls_client_ca = options.tls.client_ca;
   return HttpServer::Start(std::move(address), http, [&coordinator](httplib::Server& server) {
     server.Post("/v1/completions",
                 [&coordinator](const httplib::Request& request, httplib::Response& response) {
@@ -221,7 +224,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> StartOpenAiHttp(std::string address,
                      {"type", "invalid_request_error"},
                      {"param", nullptr},
                      {"code", nullptr}}}};
-      response.set_content(body.dump(), kJson);
+      response.set_content(JsonText(body), kJson);
     });
   });
 }

@@ -17,12 +17,14 @@
 #include "absl/status/statusor.h"
 #include "runtime/serve/coordinator.h"
 #include "runtime/serve/http_server.h"
+#include "runtime/serve/tls.h"
 
 namespace tessera::serve {
 
 struct OpenAiHttpOptions {
   size_t threads = 64;              // requests in flight at once (streams hold one each)
   size_t max_body_bytes = 4 << 20;  // larger bodies get 413
+  TlsFiles tls;  // the coordinator's: its certificate makes the API HTTPS (tls.h)
 };
 
 // Serves `coordinator` (which must outlive the server) on `address` ("host:port", port 0:

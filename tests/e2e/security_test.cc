@@ -198,11 +198,10 @@ TEST_F(Security, TheHttpApiNeedsAKeyToo) {
   ASSERT_GT(coordinator_->http_port(), 0);
   httplib::Client client("127.0.0.1", coordinator_->http_port());
   client.set_read_timeout(60, 0);
-  const std::string body = nlohmann::json({{"model", kModel},
-                                           {"prompt", "with a key"},
-                                           {"max_tokens", 3},
-                                           {"temperature", 0}})
-                               .dump();
+  const std::string body =
+      nlohmann::json(
+          {{"model", kModel}, {"prompt", "with a key"}, {"max_tokens", 3}, {"temperature", 0}})
+          .dump();
   for (const std::string& header : {std::string(), std::string("Bearer tsk-guess")}) {
     httplib::Headers headers;
     if (!header.empty()) headers.emplace("Authorization", header);
@@ -390,7 +389,9 @@ class Tls : public ::testing::Test {
                                           dir_ + "/node.key", "--tls-ca",         dir_ + "/ca.pem",
                                           "--tls-client-ca",  dir_ + "/ca.pem"};
     // The group registers over mutual TLS, since the coordinator takes nothing else.
-    StartProcesses(processes_, dir_, tls, tls);
+    std::vector<std::string> coordinator_flags = tls;
+    coordinator_flags.insert(coordinator_flags.end(), {"--http-listen", "127.0.0.1:0"});
+    StartProcesses(processes_, dir_, coordinator_flags, tls);
     if (::testing::Test::HasFatalFailure()) return;
     harness_ = processes_.harness.get();
     coordinator_ = processes_.coordinator.get();
@@ -417,6 +418,24 @@ class Tls : public ::testing::Test {
   static inline ServeHarness* harness_ = nullptr;
   static inline CoordinatorProcess* coordinator_ = nullptr;
 };
+
+// The HTTP API serves the same certificate and asks for the same client certificates.
+TEST_F(Tls, TheHttpApiIsHttpsWithClientCertificates) {
+  ASSERT_GT(coordinator_->http_port(), 0);
+  httplib::SSLClient client("127.0.0.1", coordinator_->http_port(), dir_ + "/client.pem",
+                            dir_ + "/client.key");
+  client.set_ca_cert_path((dir_ + "/ca.pem").c_str());
+  client.enable_server_certificate_verification(true);
+  httplib::Result models = client.Get("/v1/models");
+  ASSERT_TRUE(models) << httplib::to_string(models.error());
+  EXPECT_EQ(models->status, 200) << models->body;
+  httplib::SSLClient anonymous("127.0.0.1", coordinator_->http_port());
+  anonymous.set_ca_cert_path((dir_ + "/ca.pem").c_str());
+  EXPECT_FALSE(anonymous.Get("/v1/models")) << "served without a client certificate";
+  httplib::Client plaintext("127.0.0.1", coordinator_->http_port());
+  httplib::Result refused = plaintext.Get("/v1/models");
+  EXPECT_TRUE(!refused || refused->status != 200) << "served over plaintext";
+}
 
 TEST_F(Tls, AClientWithACertificateFromTheClustersCaIsServed) {
   // Through the coordinator to the group and back: every hop over TLS.
