@@ -1,5 +1,6 @@
 #include "runtime/serve/openai_http.h"
 
+#include <cstdio>
 #include <deque>
 #include <optional>
 #include <thread>
@@ -198,6 +199,13 @@ void Models(const Coordinator& coordinator, const httplib::Request& http, httpli
 absl::StatusOr<std::unique_ptr<HttpServer>> StartOpenAiHttp(std::string address,
                                                             Coordinator& coordinator,
                                                             const OpenAiHttpOptions& options) {
+  if (options.tls.cert.empty() && !IsLoopbackAddress(address)) {
+    std::fprintf(stderr,
+                 "tessera coordinator: warning: serving the HTTP API in plaintext on %s, which is "
+                 "not a loopback address: anyone who reaches it can read and send traffic, API "
+                 "keys included (--tls-cert and --tls-key turn HTTPS on)\n",
+                 address.c_str());
+  }
   HttpServerOptions http;
   http.who = "HTTP API";
   http.threads = options.threads;

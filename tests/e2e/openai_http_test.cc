@@ -181,6 +181,17 @@ TEST_F(OpenAiHttp, AStreamIsTheSameTextInChunksEndingWithUsageAndDone) {
   EXPECT_GT(usage["usage"]["prompt_tokens_details"]["cached_tokens"].get<int>(), 0);
 }
 
+// Plaintext is for loopback: the API on another address without a certificate is warned about.
+TEST_F(OpenAiHttp, APlaintextApiOffLoopbackIsWarnedAbout) {
+  absl::StatusOr<std::unique_ptr<CoordinatorProcess>> open =
+      harness_->StartCoordinator({"--http-listen", "0.0.0.0:0"});
+  ASSERT_TRUE(open.ok()) << open.status();
+  EXPECT_TRUE(absl::StrContains((*open)->process().Log(),
+                                "warning: serving the HTTP API in plaintext on 0.0.0.0:0"))
+      << (*open)->process().Log();
+  EXPECT_FALSE(absl::StrContains(coordinator_->process().Log(), "in plaintext"));
+}
+
 TEST_F(OpenAiHttp, ErrorsComeInOpenAisShapeWithTheirStatus) {
   struct Case {
     std::string body;
