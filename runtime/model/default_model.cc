@@ -225,13 +225,21 @@ RandomLlamaShape BenchModelShape() {
   return shape;
 }
 
+// Each turn as <|begin_of_text|>role\ncontent<|end_of_text|>\n: the two special tokens the
+// byte-level vocabulary has, so that a reply ends on the model's eos.
+constexpr char kChatTemplate[] =
+    "{% for message in messages %}{{ bos_token }}{{ message['role'] }}\n"
+    "{{ message['content'] }}{{ eos_token }}\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ bos_token }}assistant\n{% endif %}";
+
 absl::Status WriteDefaultModel(const std::string& dir) {
   fs::path root(dir);
   TESSERA_RETURN_IF_ERROR(WriteRandomLlama(dir, DefaultModelShape()));
   TESSERA_RETURN_IF_ERROR(WriteText(root / "tokenizer.json", TokenizerJson().dump()));
   nlohmann::json tokenizer_config = {{"bos_token", "<|begin_of_text|>"},
                                      {"eos_token", "<|end_of_text|>"},
-                                     {"model_max_length", 4096}};
+                                     {"model_max_length", 4096},
+                                     {"chat_template", kChatTemplate}};
   TESSERA_RETURN_IF_ERROR(WriteText(root / "tokenizer_config.json", tokenizer_config.dump(2)));
   return WriteText(root / "README.md",
                    "Tessera's built-in default model: a tiny Llama-architecture checkpoint with "

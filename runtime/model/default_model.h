@@ -17,7 +17,7 @@
 namespace tessera::model {
 
 // Bump when the recipe changes; it names the cache folder.
-inline constexpr char kDefaultModelName[] = "tessera-tiny-llama-random-v1";
+inline constexpr char kDefaultModelName[] = "tessera-tiny-llama-random-v2";
 
 // The cache folder: $TESSERA_CACHE_DIR, else $XDG_CACHE_HOME/tessera, else
 // $HOME/.cache/tessera.

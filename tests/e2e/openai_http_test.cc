@@ -26,7 +26,7 @@ namespace {
 
 using Json = nlohmann::json;
 
-constexpr char kModel[] = "tessera-tiny-llama-random-v1";
+constexpr char kModel[] = "tessera-tiny-llama-random-v2";
 
 class OpenAiHttp : public ::testing::Test {
  protected:

@@ -141,7 +141,7 @@ class Security : public ::testing::Test {
     return out;
   }
 
-  static constexpr char kModel[] = "tessera-tiny-llama-random-v1";
+  static constexpr char kModel[] = "tessera-tiny-llama-random-v2";
   static inline Processes processes_;
   static inline std::string dir_, keys_file_, acme_key_, group_;
   static inline ServeHarness* harness_ = nullptr;
@@ -509,7 +509,7 @@ class Limits : public ::testing::Test {
 
   static v1::Inference::Stub& inference() { return coordinator_->inference(); }
 
-  static constexpr char kModel[] = "tessera-tiny-llama-random-v1";
+  static constexpr char kModel[] = "tessera-tiny-llama-random-v2";
   static inline Processes processes_;
   static inline std::string dir_, model_dir_;
   static inline CoordinatorProcess* coordinator_ = nullptr;

@@ -35,7 +35,7 @@ namespace {
 
 using ::grpc::StatusCode;
 
-constexpr char kModel[] = "tessera-tiny-llama-random-v1";
+constexpr char kModel[] = "tessera-tiny-llama-random-v2";
 
 // One thread of another process, stopped (ptrace-stopped: it runs no code and gets no
 // signals) until this object goes. Only the thread that stopped it may let it go.
