@@ -4,10 +4,11 @@
 # prints nothing and changes nothing. The CUDA toolkit and NCCL are optional and not
 # installed here; the build picks them up when present (see TESSERA_CUDA in CMakeLists.txt).
 #
-# One test reads TensorBoard event files with the `tensorboard` Python package, which the
-# distribution does not package: it goes from PyPI into a virtual environment of its own,
-# $TESSERA_PYTHON_VENV (default ~/.local/share/tessera/venv), leaving the system's Python
-# untouched. tests/train/CMakeLists.txt looks for it there.
+# Two tests use Python packages that the distribution does not package: `tensorboard` (reads
+# tessera train's event files) and `openai` (the OpenAI client, against the HTTP API). They go
+# from PyPI into a virtual environment of their own, $TESSERA_PYTHON_VENV (default
+# ~/.local/share/tessera/venv), leaving the system's Python untouched; tests/train and
+# tests/e2e look for it there. curl checks the HTTP API's server-sent events.
 #
 # iproute2, util-linux, nftables and iptables build and fault the namespace cluster of the
 # cluster test (deploy/local-cluster.sh); the security test makes its certificates with openssl.
@@ -24,7 +25,7 @@ packages=(
   nlohmann-json3-dev libpcre2-dev libicu-dev
   libcpp-httplib-dev libssl-dev
   python3-grpcio python3-grpc-tools python3-venv
-  iproute2 util-linux nftables iptables openssl
+  iproute2 util-linux nftables iptables openssl curl
   clang libclang-rt-dev
 )
 
@@ -50,8 +51,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 venv="${TESSERA_PYTHON_VENV:-$HOME/.local/share/tessera/venv}"
-if ! "$venv/bin/python3" -c "import tensorboard" 2>/dev/null; then
-  echo "setup.sh: installing tensorboard (PyPI) into $venv" >&2
+if ! "$venv/bin/python3" -c "import tensorboard, openai" 2>/dev/null; then
+  echo "setup.sh: installing tensorboard and openai (PyPI) into $venv" >&2
   /usr/bin/python3 -m venv "$venv"
-  "$venv/bin/python3" -m pip install -q --disable-pip-version-check "tensorboard>=2.12,<3"
+  "$venv/bin/python3" -m pip install -q --disable-pip-version-check "tensorboard>=2.12,<3" \
+    "openai>=1.30,<2"
 fi

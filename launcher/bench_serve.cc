@@ -512,6 +512,7 @@ absl::Status BenchServe(const BenchServeConfig& config) {
   CoordinatorConfig coordinator_config;
   coordinator_config.listen = "127.0.0.1:0";
   coordinator_config.metrics_listen = "off";
+  coordinator_config.http_listen = "off";
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<RunningCoordinator> running,
                            StartCoordinator(coordinator_config));
   const int groups = config.workers.groups();

@@ -1,7 +1,10 @@
 #include "launcher/client.h"
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <fstream>
+#include <iostream>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -28,6 +31,7 @@ struct ClientConfig {
   std::string version;
   std::string prompt = "Hello";
   std::string prompts_file;
+  std::string system;  // chat: a system message first
   std::string tenant;
   std::string session;
   int max_tokens = 32;
@@ -118,16 +122,18 @@ void PrintSummary(const std::string& finish, const v1::Usage& usage, const v1::T
                placement.version().c_str(), placement.group().c_str());
 }
 
-absl::Status Generate(const ClientConfig& config) {
-  auto stub = v1::Inference::NewStub(Connect(config));
-  TESSERA_ASSIGN_OR_RETURN(v1::GenerateRequest request, MakeRequest(config, *stub, config.prompt));
+// Streams `request`'s answer to stdout, and a summary to stderr; returns the text.
+absl::StatusOr<std::string> StreamToTerminal(const ClientConfig& config, v1::Inference::Stub& stub,
+                                             const v1::GenerateRequest& request) {
   grpc::ClientContext context;
   PrepareCall(context, config, config.timeout);
-  auto reader = stub->GenerateStream(&context, request);
+  auto reader = stub.GenerateStream(&context, request);
   v1::GenerateStreamResponse message;
   v1::Placement placement;
+  std::string text;
   while (reader->Read(&message)) {
     if (message.has_placement()) placement = message.placement();
+    text += message.text();
     std::fwrite(message.text().data(), 1, message.text().size(), stdout);
     std::fflush(stdout);
     if (message.final()) {
@@ -136,7 +142,43 @@ absl::Status Generate(const ClientConfig& config) {
                    message.timings(), placement);
     }
   }
-  return serve::FromGrpcStatus(reader->Finish());
+  TESSERA_RETURN_IF_ERROR(serve::FromGrpcStatus(reader->Finish()));
+  return text;
+}
+
+absl::Status Generate(const ClientConfig& config) {
+  auto stub = v1::Inference::NewStub(Connect(config));
+  TESSERA_ASSIGN_OR_RETURN(v1::GenerateRequest request, MakeRequest(config, *stub, config.prompt));
+  return StreamToTerminal(config, *stub, request).status();
+}
+
+// A conversation: each line of stdin is the user's turn; the replies join the history that
+// the next turn sends (rendered by the model's chat template on the coordinator).
+absl::Status Chat(const ClientConfig& config) {
+  auto stub = v1::Inference::NewStub(Connect(config));
+  TESSERA_ASSIGN_OR_RETURN(v1::GenerateRequest request, MakeRequest(config, *stub, ""));
+  request.clear_prompt();
+  auto add = [&request](const char* role, const std::string& content) {
+    v1::ChatMessage& message = *request.add_messages();
+    message.set_role(role);
+    message.set_content(content);
+  };
+  if (!config.system.empty()) add("system", config.system);
+  const bool interactive = isatty(STDIN_FILENO) != 0;
+  if (interactive) std::fprintf(stderr, "chatting with %s; Ctrl-D ends\n", request.model().c_str());
+  for (;;) {
+    if (interactive) {
+      std::printf("> ");
+      std::fflush(stdout);
+    }
+    std::string line;
+    if (!std::getline(std::cin, line)) break;
+    if (line.empty()) continue;
+    add("user", line);
+    TESSERA_ASSIGN_OR_RETURN(std::string reply, StreamToTerminal(config, *stub, request));
+    add("assistant", reply);
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Batch(const ClientConfig& config) {
@@ -177,9 +219,11 @@ absl::Status Batch(const ClientConfig& config) {
 
 int RunClient(const std::vector<std::string>& args, int* /*argc*/, char*** /*argv*/) {
   const std::string usage =
-      "usage: tessera client health|generate|batch [flags]  (--help after the action for its "
+      "usage: tessera client health|generate|chat|batch [flags]  (--help after the action for "
+      "its "
       "flags)";
-  if (args.empty() || (args[0] != "health" && args[0] != "generate" && args[0] != "batch")) {
+  if (args.empty() ||
+      (args[0] != "health" && args[0] != "generate" && args[0] != "batch" && args[0] != "chat")) {
     bool help = !args.empty() && (args[0] == "--help" || args[0] == "-h");
     std::fprintf(help ? stdout : stderr, "%s\n", usage.c_str());
     return help ? kExitOk : kExitUsage;
@@ -190,8 +234,11 @@ int RunClient(const std::vector<std::string>& args, int* /*argc*/, char*** /*arg
                 action == "health"     ? "Asks a coordinator or worker whether it is serving "
                                          "(gRPC health checking); exit 0 when it is."
                 : action == "generate" ? "Streams one completion to the terminal."
-                                       : "Runs a file of prompts (one per line) as one "
-                                         "GenerateBatch; results in order.");
+                : action == "chat"
+                    ? "A conversation: each line of stdin is your turn, the model's chat "
+                      "template (on the coordinator) makes the prompt, and the replies stream."
+                    : "Runs a file of prompts (one per line) as one GenerateBatch; results in "
+                      "order.");
   flags.String("target", &config.target, "host:port of the coordinator");
   flags.Duration("timeout", &config.timeout, "deadline of the call");
   AddTlsFlags(flags, &config.tls, /*serves=*/false);
@@ -215,6 +262,8 @@ int RunClient(const std::vector<std::string>& args, int* /*argc*/, char*** /*arg
     flags.Bool("ignore-eos", &config.ignore_eos, "keep going past end-of-sequence tokens");
     if (action == "generate") {
       flags.String("prompt", &config.prompt, "the prompt");
+    } else if (action == "chat") {
+      flags.String("system", &config.system, "a system message that opens the conversation");
     } else {
       flags.String("prompts", &config.prompts_file, "a file of prompts, one per line");
     }
@@ -228,6 +277,7 @@ int RunClient(const std::vector<std::string>& args, int* /*argc*/, char*** /*arg
     TESSERA_ASSIGN_OR_RETURN(config.credentials, serve::ChannelCredentialsFor(config.tls));
     return action == "health"     ? Health(config)
            : action == "generate" ? Generate(config)
+           : action == "chat"     ? Chat(config)
                                   : Batch(config);
   }();
   if (!status.ok()) {

@@ -24,8 +24,9 @@ void AddCoordinatorFlags(FlagSet& flags, CoordinatorConfig* config) {
                "host:port of the Prometheus endpoint (/metrics, /healthz), loopback unless "
                "given; 'off' for none");
   flags.String("http-listen", &config->http_listen,
-               "host:port of the OpenAI-style HTTP API (POST /v1/completions, GET /v1/models), "
-               "with the same keys, tenants and routing as gRPC; 'off' for none");
+               "host:port of the OpenAI-style HTTP API (POST /v1/chat/completions, "
+               "/v1/completions, GET /v1/models), with the same keys, tenants and routing as "
+               "gRPC; loopback unless given; 'off' for none");
   flags.String("policy", &config->policy,
                "routing: combined (load, prefix and topology in one score), least-load, "
                "prefix or topology");

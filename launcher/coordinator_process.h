@@ -25,7 +25,7 @@ struct CoordinatorConfig {
   // Loopback unless told: a coordinator other machines reach is configured so on purpose.
   std::string listen = "127.0.0.1:50051";
   std::string metrics_listen = "127.0.0.1:9400";
-  std::string http_listen = "off";  // the OpenAI-style HTTP API (openai_http.h)
+  std::string http_listen = "127.0.0.1:8000";  // the OpenAI-style HTTP API (openai_http.h)
   std::string policy = "combined";
   std::string versions;       // "MODEL=VER:WEIGHT,VER:WEIGHT;MODEL2=..."
   std::string tenants_file;   // JSON (tenant_quota.h)

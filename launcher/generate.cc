@@ -19,6 +19,7 @@
 #include "runtime/core/status_macros.h"
 #include "runtime/model/resident_memory.h"
 #include "runtime/model/transformer.h"
+#include "runtime/serve/prompt_encoder.h"
 #include "runtime/tokenizer/tokenizer.h"
 
 namespace tessera::launcher {
@@ -32,6 +33,8 @@ struct GenerateConfig {
   bool allow_cross_node_tp = false;
   std::string prompt = "Hello";
   std::string prompts_file;
+  bool chat = false;   // each prompt is a user message, rendered with the chat template
+  std::string system;  // with chat: a system message before it
   int max_tokens = 64;
   float temperature = 0.0f;
   int top_k = 0;
@@ -77,12 +80,34 @@ double Seconds(Clock::time_point since) {
   return std::chrono::duration<double>(Clock::now() - since).count();
 }
 
+// A prompt's tokens as a server would encode it (serve/prompt_encoder.h): the text with the
+// tokenizer's special tokens, or with --chat a conversation in the model's chat template.
+absl::StatusOr<std::vector<int32_t>> PromptTokens(const serve::PromptEncoder& encoder,
+                                                  const GenerateConfig& config,
+                                                  const std::string& prompt) {
+  v1::GenerateRequest request;
+  if (!config.chat) {
+    request.set_prompt(prompt);
+    return encoder.Encode(request);
+  }
+  if (!config.system.empty()) {
+    v1::ChatMessage& system = *request.add_messages();
+    system.set_role("system");
+    system.set_content(config.system);
+  }
+  v1::ChatMessage& user = *request.add_messages();
+  user.set_role("user");
+  user.set_content(prompt);
+  return encoder.Encode(request);
+}
+
 // Generates for one prompt on this replica's group; its TP rank 0 writes the text as it
 // comes (to stdout when `stream`, else into *text).
-absl::Status GenerateOne(model::Transformer& model, const tokenizer::Tokenizer& tok,
+absl::Status GenerateOne(model::Transformer& model, const serve::PromptEncoder& encoder,
                          const GenerateConfig& config, const std::string& prompt, bool leader,
                          bool stream, std::string* text, Throughput* stats) {
-  TESSERA_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, tok.Encode(prompt, true));
+  const tokenizer::Tokenizer& tok = encoder.tokenizer();
+  TESSERA_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, PromptTokens(encoder, config, prompt));
   if (tokens.empty()) return absl::InvalidArgumentError("the prompt encodes to no tokens");
   const model::ModelConfig& mc = model.config();
   int64_t total = static_cast<int64_t>(tokens.size()) + config.max_tokens;
@@ -142,6 +167,11 @@ absl::Status Generate(const GenerateConfig& config, int* argc, char*** argv) {
     TESSERA_ASSIGN_OR_RETURN(prompts, ReadPrompts(config));
   } else if (!config.prompts_file.empty()) {
     return absl::InvalidArgumentError("--requests and --prompts: give one of them");
+  } else if (config.chat) {
+    return absl::InvalidArgumentError("--chat and --requests: give one of them");
+  }
+  if (!config.system.empty() && !config.chat) {
+    return absl::InvalidArgumentError("--system: needs --chat");
   }
   TESSERA_RETURN_IF_ERROR(
       kernels::ValidateSamplingParams({config.temperature, config.top_k, config.top_p, 0}));
@@ -172,13 +202,15 @@ absl::Status Generate(const GenerateConfig& config, int* argc, char*** argv) {
     return ran.ok() ? met : ran;
   }
 
+  const serve::PromptEncoder encoder(job.tokenizer, job.tokenizer_config);
+  if (config.chat) TESSERA_RETURN_IF_ERROR(encoder.chat_status());
   // Replicas take the prompts round robin; one replica streams, several print whole answers.
   bool stream = layout.dp_size() == 1 && prompts.size() == 1;
   Throughput stats;
   for (size_t i = layout.dp_rank(); i < prompts.size(); i += layout.dp_size()) {
     std::string text;
     TESSERA_RETURN_IF_ERROR(
-        GenerateOne(*model, *tok, config, prompts[i], leader, stream, &text, &stats));
+        GenerateOne(*model, encoder, config, prompts[i], leader, stream, &text, &stats));
     if (leader && stream) std::printf("\n");
     if (leader && !stream) std::printf("[%zu] %s\n", i, text.c_str());
     std::fflush(stdout);
@@ -211,6 +243,9 @@ int RunGenerate(const std::vector<std::string>& args, int* argc, char*** argv) {
              "let a tensor-parallel group span nodes");
   flags.String("prompt", &config.prompt, "the prompt");
   flags.String("prompts", &config.prompts_file, "a file of prompts, one per line");
+  flags.Bool("chat", &config.chat,
+             "each prompt is a user message, rendered with the model's chat template");
+  flags.String("system", &config.system, "with --chat: a system message before each prompt");
   flags.String("requests", &config.requests_file,
                "a JSON Lines file of requests, run through the serving engine (continuous "
                "batching); results in --output");

@@ -274,6 +274,10 @@ absl::StatusOr<LaunchCommands> BuildLaunchCommands(const LaunchConfig& config) {
       commands.coordinator.insert(commands.coordinator.end(),
                                   {"--metrics-listen", config.coordinator_metrics_listen});
     }
+    if (!config.coordinator_http_listen.empty()) {
+      commands.coordinator.insert(commands.coordinator.end(),
+                                  {"--http-listen", config.coordinator_http_listen});
+    }
     if (!config.policy.empty()) {
       commands.coordinator.insert(commands.coordinator.end(), {"--policy", config.policy});
     }
@@ -546,6 +550,9 @@ int RunLaunch(const std::vector<std::string>& args, int* /*argc*/, char*** /*arg
   flags.String("coordinator-metrics-listen", &config.coordinator_metrics_listen,
                "the coordinator's --metrics-listen, HOST:PORT or off; empty: its "
                "default, 127.0.0.1:9400 (loopback)");
+  flags.String("coordinator-http-listen", &config.coordinator_http_listen,
+               "the coordinator's --http-listen (the OpenAI-style API), HOST:PORT or off; "
+               "empty: its default, 127.0.0.1:8000 (loopback)");
   flags.String("join-token-file", &config.join_token_file,
                "a file holding the token workers show to register: the coordinator's and every "
                "worker's --join-token-file (the same path on every node)");

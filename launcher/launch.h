@@ -62,6 +62,7 @@ struct LaunchConfig {
   // The coordinator's --policy and --metrics-listen; empty: its defaults.
   std::string policy;
   std::string coordinator_metrics_listen;
+  std::string coordinator_http_listen;  // empty: the coordinator's default
   // Passed as --join-token-file to the coordinator and every worker (the same path on every
   // node); the coordinator's --api-keys.
   std::string join_token_file;

@@ -160,8 +160,10 @@ absl::StatusOr<ModelJob> StartModelJob(const ModelJobOptions& options, int* argc
     load.progress = model::TerminalProgress(stderr, "loading");
   }
   // The tokenizer first: it is quick to read and a missing one should not wait for weights.
-  TESSERA_ASSIGN_OR_RETURN(job.tokenizer,
-                           tokenizer::Tokenizer::FromFile(job.model_dir + "/tokenizer.json"));
+  TESSERA_ASSIGN_OR_RETURN(job.tokenizer_config, tokenizer::ReadTokenizerConfig(job.model_dir));
+  TESSERA_ASSIGN_OR_RETURN(
+      job.tokenizer,
+      tokenizer::Tokenizer::FromFile(job.model_dir + "/tokenizer.json", job.tokenizer_config));
   if (!options.load_model) return job;
   if (device == DeviceType::kCuda) {
     TESSERA_ASSIGN_OR_RETURN(

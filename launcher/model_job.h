@@ -19,6 +19,7 @@
 #include "runtime/core/dtype.h"
 #include "runtime/model/transformer.h"
 #include "runtime/tokenizer/tokenizer.h"
+#include "runtime/tokenizer/tokenizer_config.h"
 
 namespace tessera::launcher {
 
@@ -59,7 +60,9 @@ struct ModelJob {
   std::unique_ptr<comm::Topology> topology;
   std::unique_ptr<comm::Layout> layout;
   std::string model_dir;  // the directory loaded
-  std::unique_ptr<tokenizer::Tokenizer> tokenizer;
+  std::shared_ptr<tokenizer::Tokenizer> tokenizer;
+  // tokenizer_config.json and chat_template.jinja (special tokens, chat template).
+  tokenizer::TokenizerConfig tokenizer_config;
   // With --device cuda: the tensor-parallel group's NCCL communicator on this rank's GPU,
   // which the model runs on. layout->tp() stays the host communicator of the same ranks (the
   // engine's step plans and other host exchanges go there). Declared before `model`, which

@@ -36,7 +36,8 @@ void PrintEndpoints(const char* who, const RunningCoordinator& running,
   }
   if (running.http_server != nullptr) {
     (void)serve::SplitHostPort(config.http_listen, "--http-listen", &host, &unused_port);
-    std::fprintf(stderr, ", OpenAI API on http://%s:%d/v1", host.c_str(),
+    std::fprintf(stderr, ", OpenAI API on %s://%s:%d/v1",
+                 config.tls.cert.empty() ? "http" : "https", host.c_str(),
                  running.http_server->port());
   }
   std::fprintf(stderr, "\n");

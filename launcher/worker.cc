@@ -191,7 +191,12 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
                      : std::filesystem::path(config.job.model_dir).filename().string();
   }
   const int replica = config.replica_offset + layout.dp_rank();
-  serve::WorkerService service(*engine, *job.tokenizer, model_name, config.version);
+  const serve::PromptEncoder encoder(job.tokenizer, job.tokenizer_config);
+  if (!encoder.chat_status().ok()) {
+    std::fprintf(stderr, "tessera worker: chat requests will be refused: %s\n",
+                 std::string(encoder.chat_status().message()).c_str());
+  }
+  serve::WorkerService service(*engine, encoder, model_name, config.version);
   service.set_request_limits(config.request_limits);
   service.set_request_observer(
       [&request_metrics](const serve::RequestRecord& record) { request_metrics.Record(record); });
@@ -235,6 +240,7 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
   registration.set_max_running(config.engine.max_running);
   TESSERA_ASSIGN_OR_RETURN(*registration.mutable_tokenizer_json(),
                            model::ReadTextFile(job.model_dir + "/tokenizer.json"));
+  *registration.mutable_tokenizer_config() = serve::ToWire(job.tokenizer_config);
 
   std::fprintf(stderr, "tessera worker: replica %d (tp %d) serving %s %s on %s\n", replica,
                layout.tp_size(), model_name.c_str(), config.version.c_str(),

@@ -37,13 +37,16 @@ absl::Status ValidateMessages(const nlohmann::ordered_json& messages) {
   return absl::OkStatus();
 }
 
+absl::Status ChatFormat::CanRender() const {
+  if (chat_template_.has_value()) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      "the model has no chat template (neither tokenizer_config.json's chat_template nor a "
+      "chat_template.jinja file): send a prompt instead of messages");
+}
+
 absl::StatusOr<std::string> ChatFormat::Render(const nlohmann::ordered_json& messages,
                                                bool add_generation_prompt) const {
-  if (!chat_template_.has_value()) {
-    return absl::FailedPreconditionError(
-        "the model has no chat template (neither tokenizer_config.json's chat_template nor a "
-        "chat_template.jinja file): send a prompt instead of messages");
-  }
+  if (absl::Status can = CanRender(); !can.ok()) return can;
   if (absl::Status valid = ValidateMessages(messages); !valid.ok()) return valid;
   return chat_template_->RenderChat(messages, add_generation_prompt, bos_token_, eos_token_);
 }

@@ -32,6 +32,8 @@ class ChatFormat {
   static absl::StatusOr<ChatFormat> FromConfig(const tokenizer::TokenizerConfig& config);
 
   bool has_template() const { return chat_template_.has_value(); }
+  // OK with a template; FAILED_PRECONDITION saying none was found otherwise.
+  absl::Status CanRender() const;
   const std::string& bos_token() const { return bos_token_; }
   const std::string& eos_token() const { return eos_token_; }
 

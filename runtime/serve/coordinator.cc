@@ -197,11 +197,11 @@ class Coordinator::InferenceImpl final : public v1::Inference::Service {
           c_.registry_.HealthyVersions(request->model(), absl::Now());
       if (!versions.empty()) version = versions.front();
     }
-    absl::StatusOr<std::shared_ptr<const tokenizer::Tokenizer>> tokenizer =
-        c_.TokenizerFor(request->model(), version);
-    if (!tokenizer.ok()) return ToGrpcStatus(tokenizer.status());
+    absl::StatusOr<std::shared_ptr<const PromptEncoder>> encoder =
+        c_.EncoderFor(request->model(), version);
+    if (!encoder.ok()) return ToGrpcStatus(encoder.status());
     absl::StatusOr<std::vector<int32_t>> tokens =
-        (*tokenizer)->Encode(request->text(), request->add_special_tokens());
+        (*encoder)->tokenizer().Encode(request->text(), request->add_special_tokens());
     if (!tokens.ok()) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                           absl::StrCat("text: ", tokens.status().message()));
@@ -267,25 +267,33 @@ class Coordinator::RegistryImpl final : public v1::WorkerRegistry::Service {
     absl::StatusOr<std::string> secret = RandomHex(16);
     if (!secret.ok()) return ToGrpcStatus(secret.status());
     // The tokenizer first: a group whose tokenizer cannot be read is not routable.
-    std::shared_ptr<const tokenizer::Tokenizer> tokenizer;
-    const std::string tokenizer_digest = Sha256Hex(request->tokenizer_json());
+    std::shared_ptr<const PromptEncoder> encoder;
+    const std::string encoder_digest =
+        Sha256Hex(absl::StrCat(request->tokenizer_json(), std::string(1, '\0'),
+                               request->tokenizer_config().SerializeAsString()));
     {
       absl::MutexLock lock(&c_.mutex_);
-      auto found = c_.parsed_.find(tokenizer_digest);
-      if (found != c_.parsed_.end()) tokenizer = found->second;
+      auto found = c_.parsed_.find(encoder_digest);
+      if (found != c_.parsed_.end()) encoder = found->second;
     }
-    if (tokenizer == nullptr) {
+    if (encoder == nullptr) {
       if (request->tokenizer_json().empty()) {
         return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                             "tokenizer_json: required (the model's tokenizer.json)");
       }
-      absl::StatusOr<std::unique_ptr<tokenizer::Tokenizer>> parsed =
-          tokenizer::Tokenizer::FromJson(request->tokenizer_json(), "tokenizer_json");
+      absl::StatusOr<std::shared_ptr<const PromptEncoder>> parsed = PromptEncoder::Create(
+          request->tokenizer_json(), "tokenizer_json", FromWire(request->tokenizer_config()));
       if (!parsed.ok()) {
         return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                             std::string(parsed.status().message()));
       }
-      tokenizer = std::move(*parsed);
+      encoder = *std::move(parsed);
+      if (!encoder->chat_status().ok()) {
+        LogEvent(kComponent, {{"event", "chat_unavailable"},
+                              {"model", request->model()},
+                              {"version", request->version()},
+                              {"why", std::string(encoder->chat_status().message())}});
+      }
     }
     absl::StatusOr<std::string> id = c_.registry_.Register(FromWire(*request), absl::Now());
     if (!id.ok()) return ToGrpcStatus(id.status());
@@ -306,9 +314,9 @@ class Coordinator::RegistryImpl final : public v1::WorkerRegistry::Service {
     {
       absl::MutexLock lock(&c_.mutex_);
       c_.links_[*id] = link;
-      c_.parsed_[tokenizer_digest] = tokenizer;
-      c_.tokenizers_[TokenizerKey(request->model(), request->version())] = tokenizer;
-      c_.ReleaseUnusedTokenizers();  // the one this model and version had before, say
+      c_.parsed_[encoder_digest] = encoder;
+      c_.encoders_[TokenizerKey(request->model(), request->version())] = encoder;
+      c_.ReleaseUnusedEncoders();  // the one this model and version had before, say
     }
     response->set_group_id(*id);
     response->set_group_secret(*secret);
@@ -513,7 +521,7 @@ void Coordinator::OnGroupGone(const std::string& id, const std::string& why) {
     if (found == links_.end()) return;
     link = found->second;
     links_.erase(found);
-    ReleaseUnusedTokenizers();
+    ReleaseUnusedEncoders();
   }
   int cancelled = 0;
   {
@@ -551,20 +559,20 @@ void Coordinator::FailOpenCalls(const std::string& id, const std::string& why) {
   }
 }
 
-void Coordinator::ReleaseUnusedTokenizers() {
+void Coordinator::ReleaseUnusedEncoders() {
   absl::flat_hash_set<std::string> served;
   for (const auto& [id, link] : links_) served.insert(TokenizerKey(link->model, link->version));
-  absl::erase_if(tokenizers_, [&](const auto& entry) { return !served.contains(entry.first); });
-  absl::flat_hash_set<const tokenizer::Tokenizer*> used;
-  for (const auto& [key, tokenizer] : tokenizers_) used.insert(tokenizer.get());
+  absl::erase_if(encoders_, [&](const auto& entry) { return !served.contains(entry.first); });
+  absl::flat_hash_set<const PromptEncoder*> used;
+  for (const auto& [key, encoder] : encoders_) used.insert(encoder.get());
   absl::erase_if(parsed_, [&](const auto& entry) { return !used.contains(entry.second.get()); });
 }
 
-absl::StatusOr<std::shared_ptr<const tokenizer::Tokenizer>> Coordinator::TokenizerFor(
+absl::StatusOr<std::shared_ptr<const PromptEncoder>> Coordinator::EncoderFor(
     const std::string& model, const std::string& version) const {
   absl::MutexLock lock(&mutex_);
-  auto found = tokenizers_.find(TokenizerKey(model, version));
-  if (found == tokenizers_.end()) {
+  auto found = encoders_.find(TokenizerKey(model, version));
+  if (found == encoders_.end()) {
     return absl::NotFoundError(absl::StrCat("model: no group serves ", model,
                                             version.empty() ? "" : " version ", version));
   }
@@ -667,23 +675,19 @@ grpc::Status Coordinator::RunRequest(grpc::ServerContext* context,
         forwarded.model(), forwarded.version(), forwarded.session_id(), healthy);
     if (!version.ok()) return ToGrpcStatus(version.status());
     forwarded.set_version(*version);
-    absl::StatusOr<std::shared_ptr<const tokenizer::Tokenizer>> tokenizer =
-        TokenizerFor(forwarded.model(), *version);
-    if (!tokenizer.ok()) {
+    absl::StatusOr<std::shared_ptr<const PromptEncoder>> encoder =
+        EncoderFor(forwarded.model(), *version);
+    if (!encoder.ok()) {
       return grpc::Status(
           grpc::StatusCode::NOT_FOUND,
           absl::StrCat("version: model ", forwarded.model(), " has no version '", *version, "'"));
     }
-    std::vector<int32_t> prompt(forwarded.prompt_tokens().begin(), forwarded.prompt_tokens().end());
-    if (prompt.empty()) {
-      absl::StatusOr<std::vector<int32_t>> encoded =
-          (*tokenizer)->Encode(forwarded.prompt(), /*add_special_tokens=*/true);
-      if (!encoded.ok()) {
-        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                            absl::StrCat("prompt: ", encoded.status().message()));
-      }
-      prompt = *std::move(encoded);
+    absl::StatusOr<std::vector<int32_t>> encoded = (*encoder)->Encode(forwarded);
+    if (!encoded.ok()) return ToGrpcStatus(encoded.status());
+    const std::vector<int32_t> prompt = *std::move(encoded);
+    if (forwarded.prompt_tokens().empty()) {
       forwarded.clear_prompt();
+      forwarded.clear_messages();
       forwarded.mutable_prompt_tokens()->Add(prompt.begin(), prompt.end());
     }
     int max_tokens = forwarded.sampling().max_tokens() == 0 ? kDefaultMaxTokens

@@ -29,6 +29,7 @@
 #include "runtime/serve/api_keys.h"
 #include "runtime/serve/group_registry.h"
 #include "runtime/serve/metrics.h"
+#include "runtime/serve/prompt_encoder.h"
 #include "runtime/serve/request_convert.h"
 #include "runtime/serve/router.h"
 #include "runtime/serve/serve_metrics.h"
@@ -113,6 +114,10 @@ class Coordinator {
                         const Sink& sink);
   // Every model with a registered group.
   std::vector<ModelSummary> Models() const;
+  // The tokenizer and chat template of a served model version; NOT_FOUND when no group
+  // serves it.
+  absl::StatusOr<std::shared_ptr<const PromptEncoder>> EncoderFor(const std::string& model,
+                                                                  const std::string& version) const;
 
  private:
   class InferenceImpl;
@@ -134,16 +139,14 @@ class Coordinator {
   // The healthy groups that serve `request`'s model and version, less `failed`.
   std::vector<GroupSnapshot> Candidates(const v1::GenerateRequest& request,
                                         const absl::flat_hash_set<std::string>& failed);
-  absl::StatusOr<std::shared_ptr<const tokenizer::Tokenizer>> TokenizerFor(
-      const std::string& model, const std::string& version) const;
   absl::Status AdmitToQueue(TenantPriority priority);
   void ReapLoop();
   void OnGroupGone(const std::string& id, const std::string& why);
   // Ends the calls open on a group that stays registered (its engine stalled): their requests
   // move to other groups.
   void FailOpenCalls(const std::string& id, const std::string& why);
-  // Drops the tokenizers no registered group uses any more.
-  void ReleaseUnusedTokenizers() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Drops the encoders no registered group uses any more.
+  void ReleaseUnusedEncoders() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void CollectGauges();
 
   const CoordinatorOptions options_;
@@ -167,11 +170,12 @@ class Coordinator {
 
   mutable absl::Mutex mutex_;
   absl::flat_hash_map<std::string, std::shared_ptr<GroupLink>> links_ ABSL_GUARDED_BY(mutex_);
-  // Tokenizers by model and version, and by the SHA-256 of the tokenizer.json they came from
-  // (groups that send the same file share one). Held while a registered group uses them.
-  absl::flat_hash_map<std::string, std::shared_ptr<const tokenizer::Tokenizer>> tokenizers_
+  // Prompt encoders (tokenizer and chat template) by model and version, and by the SHA-256
+  // of the tokenizer.json and tokenizer configuration they came from (groups that send the
+  // same files share one). Held while a registered group uses them.
+  absl::flat_hash_map<std::string, std::shared_ptr<const PromptEncoder>> encoders_
       ABSL_GUARDED_BY(mutex_);
-  absl::flat_hash_map<std::string, std::shared_ptr<const tokenizer::Tokenizer>> parsed_
+  absl::flat_hash_map<std::string, std::shared_ptr<const PromptEncoder>> parsed_
       ABSL_GUARDED_BY(mutex_);
   GaugeFamily* tokenizers_gauge_;
   grpc::Server* health_server_ ABSL_GUARDED_BY(mutex_) = nullptr;

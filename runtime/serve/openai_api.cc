@@ -1,15 +1,22 @@
 #include "runtime/serve/openai_api.h"
 
+#include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <limits>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 
 namespace tessera::serve {
 namespace {
 
 using Json = nlohmann::json;
+
+// Choices one call may ask for (n).
+constexpr int64_t kMaxChoices = 16;
 
 absl::Status Invalid(absl::string_view param, absl::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat(param, ": ", why));
@@ -93,26 +100,27 @@ const char* ErrorType(int status) {
   }
 }
 
-}  // namespace
-
-absl::StatusOr<CompletionCall> ParseCompletionRequest(const Json& body) {
-  if (!body.is_object()) return Invalid("body", "must be a JSON object");
-  CompletionCall call;
+// The fields both endpoints take; `max_tokens_names` in order of preference.
+absl::Status ParseCommonFields(const Json& body,
+                               std::initializer_list<const char*> max_tokens_names,
+                               CompletionCall& call) {
   v1::GenerateRequest& request = call.request;
   auto model = body.find("model");
   if (model == body.end() || !model->is_string() || model->get<std::string>().empty()) {
     return Invalid("model", "required: the name of a served model (GET /v1/models)");
   }
   request.set_model(model->get<std::string>());
-  auto prompt = body.find("prompt");
-  if (prompt == body.end() || prompt->is_null()) return Invalid("prompt", "required");
-  if (absl::Status parsed = ParsePrompt(*prompt, request); !parsed.ok()) return parsed;
 
   v1::SamplingParams& sampling = *request.mutable_sampling();
-  absl::StatusOr<std::optional<int64_t>> max_tokens =
-      Integer(body, "max_tokens", 1, std::numeric_limits<int32_t>::max());
-  if (!max_tokens.ok()) return max_tokens.status();
-  if (max_tokens->has_value()) sampling.set_max_tokens(static_cast<int32_t>(**max_tokens));
+  for (const char* name : max_tokens_names) {
+    absl::StatusOr<std::optional<int64_t>> max_tokens =
+        Integer(body, name, 1, std::numeric_limits<int32_t>::max());
+    if (!max_tokens.ok()) return max_tokens.status();
+    if (max_tokens->has_value()) {
+      sampling.set_max_tokens(static_cast<int32_t>(**max_tokens));
+      break;
+    }
+  }
   absl::StatusOr<std::optional<double>> temperature = Number(body, "temperature");
   if (!temperature.ok()) return temperature.status();
   // OpenAI's default temperature is 1: sampled unless the client asks for 0.
@@ -144,14 +152,14 @@ absl::StatusOr<CompletionCall> ParseCompletionRequest(const Json& body) {
       return Invalid("stop", "must be a string or a list of strings");
     }
   }
-  absl::StatusOr<std::optional<int64_t>> n = Integer(body, "n", 1, 128);
-  if (!n.ok()) return n.status();
-  if (n->value_or(1) != 1) return Invalid("n", "only 1 is supported");
-  auto logprobs = body.find("logprobs");
-  if (logprobs != body.end() && !logprobs->is_null() &&
-      !(logprobs->is_number_integer() && logprobs->get<int64_t>() == 0)) {
-    return Invalid("logprobs", "not supported by this endpoint yet");
+  for (const char* penalty : {"presence_penalty", "frequency_penalty"}) {
+    absl::StatusOr<std::optional<double>> value = Number(body, penalty);
+    if (!value.ok()) return value.status();
+    if (value->value_or(0.0) != 0.0) return Invalid(penalty, "only 0 is supported");
   }
+  absl::StatusOr<std::optional<int64_t>> n = Integer(body, "n", 1, kMaxChoices);
+  if (!n.ok()) return n.status();
+  call.n = static_cast<int>(n->value_or(1));
   absl::StatusOr<bool> stream = Bool(body, "stream");
   if (!stream.ok()) return stream.status();
   call.stream = *stream;
@@ -162,7 +170,118 @@ absl::StatusOr<CompletionCall> ParseCompletionRequest(const Json& body) {
     if (!usage.ok()) return Invalid("stream_options.include_usage", "must be true or false");
     call.include_usage = *usage;
   }
+  return absl::OkStatus();
+}
+
+// A message's content: a string, null, or a list of {"type": "text", "text": ...} parts
+// (joined with newlines, as vLLM joins them for text-only models).
+absl::StatusOr<std::string> MessageContent(const Json& content, const std::string& where) {
+  if (content.is_null()) return std::string();
+  if (content.is_string()) return content.get<std::string>();
+  if (!content.is_array()) return Invalid(where, "must be a string or a list of text parts");
+  std::string text;
+  for (size_t i = 0; i < content.size(); ++i) {
+    const Json& part = content[i];
+    const std::string part_where = absl::StrCat(where, "[", i, "]");
+    auto type = part.is_object() ? part.find("type") : part.end();
+    if (type == part.end() || !type->is_string()) {
+      return Invalid(part_where, "must be an object with a \"type\"");
+    }
+    if (type->get<std::string>() != "text") {
+      return Invalid(absl::StrCat(part_where, ".type"),
+                     absl::StrCat("'", type->get<std::string>(),
+                                  "' parts are not supported: this model reads text"));
+    }
+    auto part_text = part.find("text");
+    if (part_text == part.end() || !part_text->is_string()) {
+      return Invalid(absl::StrCat(part_where, ".text"), "must be a string");
+    }
+    if (i > 0) text += "\n";
+    text += part_text->get<std::string>();
+  }
+  return text;
+}
+
+}  // namespace
+
+absl::StatusOr<CompletionCall> ParseCompletionRequest(const Json& body) {
+  if (!body.is_object()) return Invalid("body", "must be a JSON object");
+  CompletionCall call;
+  call.endpoint = OpenAiEndpoint::kCompletions;
+  if (absl::Status common = ParseCommonFields(body, {"max_tokens"}, call); !common.ok()) {
+    return common;
+  }
+  auto prompt = body.find("prompt");
+  if (prompt == body.end() || prompt->is_null()) return Invalid("prompt", "required");
+  if (absl::Status parsed = ParsePrompt(*prompt, call.request); !parsed.ok()) return parsed;
+  auto logprobs = body.find("logprobs");
+  if (logprobs != body.end() && !logprobs->is_null()) {
+    if (!logprobs->is_number_integer() || logprobs->get<int64_t>() < 0) {
+      return Invalid("logprobs", "must be a non-negative integer");
+    }
+    if (logprobs->get<int64_t>() > 0) {
+      return Invalid("logprobs", "only 0 is supported (the chosen tokens' log-probabilities)");
+    }
+    call.logprobs = true;
+  }
+  call.request.mutable_sampling()->set_logprobs(call.logprobs);
   return call;
+}
+
+absl::StatusOr<CompletionCall> ParseChatCompletionRequest(const Json& body) {
+  if (!body.is_object()) return Invalid("body", "must be a JSON object");
+  CompletionCall call;
+  call.endpoint = OpenAiEndpoint::kChatCompletions;
+  if (absl::Status common = ParseCommonFields(body, {"max_completion_tokens", "max_tokens"}, call);
+      !common.ok()) {
+    return common;
+  }
+  auto messages = body.find("messages");
+  if (messages == body.end() || messages->is_null()) return Invalid("messages", "required");
+  if (!messages->is_array() || messages->empty()) {
+    return Invalid("messages", "must be a non-empty list");
+  }
+  for (size_t i = 0; i < messages->size(); ++i) {
+    const Json& message = (*messages)[i];
+    const std::string where = absl::StrCat("messages[", i, "]");
+    if (!message.is_object()) return Invalid(where, "must be an object");
+    auto role = message.find("role");
+    if (role == message.end() || !role->is_string() || role->get<std::string>().empty()) {
+      return Invalid(where + ".role", "required: a string such as \"user\"");
+    }
+    v1::ChatMessage& turn = *call.request.add_messages();
+    turn.set_role(role->get<std::string>());
+    auto content = message.find("content");
+    if (content != message.end()) {
+      absl::StatusOr<std::string> text = MessageContent(*content, where + ".content");
+      if (!text.ok()) return text.status();
+      turn.set_content(*std::move(text));
+    }
+    auto name = message.find("name");
+    if (name != message.end() && !name->is_null()) {
+      if (!name->is_string()) return Invalid(where + ".name", "must be a string");
+      turn.set_name(name->get<std::string>());
+    }
+  }
+  absl::StatusOr<bool> logprobs = Bool(body, "logprobs");
+  if (!logprobs.ok()) return logprobs.status();
+  call.logprobs = *logprobs;
+  absl::StatusOr<std::optional<int64_t>> top = Integer(body, "top_logprobs", 0, 20);
+  if (!top.ok()) return top.status();
+  if (top->value_or(0) > 0) {
+    return Invalid("top_logprobs", "only 0 is supported (the chosen tokens' log-probabilities)");
+  }
+  call.request.mutable_sampling()->set_logprobs(call.logprobs);
+  return call;
+}
+
+v1::GenerateRequest ChoiceRequest(const CompletionCall& call, const std::string& id, int index) {
+  v1::GenerateRequest request = call.request;
+  request.set_request_id(call.n == 1 ? id : absl::StrCat(id, "-", index));
+  if (request.sampling().has_seed()) {
+    request.mutable_sampling()->set_seed(request.sampling().seed() + static_cast<uint64_t>(index));
+  }
+  return request;
 }
 
 std::string FinishReasonName(v1::FinishReason reason) {
@@ -184,36 +303,134 @@ Json UsageJson(const v1::Usage& usage) {
           {"prompt_tokens_details", {{"cached_tokens", usage.cached_tokens()}}}};
 }
 
-Json CompletionBody(const std::string& id, const std::string& model, int64_t created,
-                    const CompletionResult& result) {
-  return {{"id", id},
-          {"object", "text_completion"},
-          {"created", created},
-          {"model", model},
-          {"choices", Json::array({{{"index", 0},
-                                    {"text", result.text},
-                                    {"logprobs", nullptr},
-                                    {"finish_reason", FinishReasonName(result.finish_reason)}}})},
-          {"usage", UsageJson(result.usage)}};
+void ChoiceResult::Append(const v1::GenerateStreamResponse& message) {
+  text += message.text();
+  tokens.insert(tokens.end(), message.tokens().begin(), message.tokens().end());
+  logprobs.insert(logprobs.end(), message.logprobs().begin(), message.logprobs().end());
+  if (message.final()) {
+    finish_reason = message.finish_reason();
+    usage = message.usage();
+  }
 }
 
-Json CompletionChunk(const std::string& id, const std::string& model, int64_t created,
-                     const std::string& text, v1::FinishReason finish_reason) {
-  const std::string finish = FinishReasonName(finish_reason);
-  return {{"id", id},
-          {"object", "text_completion"},
-          {"created", created},
-          {"model", model},
-          {"choices", Json::array({{{"index", 0},
-                                    {"text", text},
-                                    {"logprobs", nullptr},
-                                    {"finish_reason", finish.empty() ? Json() : Json(finish)}}})}};
+v1::Usage CallUsage(const std::vector<ChoiceResult>& choices) {
+  v1::Usage usage;
+  if (choices.empty()) return usage;
+  usage.set_prompt_tokens(choices.front().usage.prompt_tokens());
+  usage.set_cached_tokens(choices.front().usage.cached_tokens());
+  int completion = 0;
+  for (const ChoiceResult& choice : choices) completion += choice.usage.completion_tokens();
+  usage.set_completion_tokens(completion);
+  return usage;
 }
 
-Json UsageChunk(const std::string& id, const std::string& model, int64_t created,
+namespace {
+
+const char* ObjectName(const CompletionCall& call, bool chunk) {
+  if (call.endpoint == OpenAiEndpoint::kCompletions) return "text_completion";
+  return chunk ? "chat.completion.chunk" : "chat.completion";
+}
+
+// The logprobs of `tokens` in the endpoint's shape, or null when not asked for.
+// Completions: {"tokens", "token_logprobs", "top_logprobs", "text_offset"}; chat:
+// {"content": [{"token", "logprob", "bytes", "top_logprobs"}]}.
+// `finished`: the tokens end the choice.
+Json LogprobsJson(const CompletionCall& call, int index, absl::Span<const int32_t> tokens,
+                  absl::Span<const float> logprobs, bool finished, const TokenBytesFn& token_bytes,
+                  int64_t text_offset) {
+  if (!call.logprobs) return nullptr;
+  const size_t count = std::min(tokens.size(), logprobs.size());
+  if (call.endpoint == OpenAiEndpoint::kCompletions) {
+    Json strings = Json::array(), values = Json::array(), offsets = Json::array();
+    for (size_t i = 0; i < count; ++i) {
+      std::string bytes = token_bytes(index, tokens[i], finished && i + 1 == count);
+      offsets.push_back(text_offset);
+      text_offset += static_cast<int64_t>(bytes.size());
+      strings.push_back(std::move(bytes));
+      values.push_back(logprobs[i]);
+    }
+    return {{"tokens", strings},
+            {"token_logprobs", values},
+            {"top_logprobs", nullptr},
+            {"text_offset", offsets}};
+  }
+  Json content = Json::array();
+  for (size_t i = 0; i < count; ++i) {
+    const std::string bytes = token_bytes(index, tokens[i], finished && i + 1 == count);
+    Json byte_values = Json::array();
+    for (unsigned char byte : bytes) byte_values.push_back(static_cast<int>(byte));
+    content.push_back({{"token", bytes},
+                       {"logprob", logprobs[i]},
+                       {"bytes", byte_values},
+                       {"top_logprobs", Json::array()}});
+  }
+  return {{"content", content}};
+}
+
+Json FinishJson(v1::FinishReason reason) {
+  const std::string finish = FinishReasonName(reason);
+  return finish.empty() ? Json() : Json(finish);
+}
+
+}  // namespace
+
+Json CompletionBody(const CompletionCall& call, const std::string& id, int64_t created,
+                    const std::vector<ChoiceResult>& choices, const TokenBytesFn& token_bytes) {
+  Json list = Json::array();
+  for (size_t i = 0; i < choices.size(); ++i) {
+    const ChoiceResult& choice = choices[i];
+    Json entry = {{"index", i}};
+    if (call.endpoint == OpenAiEndpoint::kCompletions) {
+      entry["text"] = choice.text;
+    } else {
+      entry["message"] = {{"role", "assistant"}, {"content", choice.text}};
+    }
+    entry["logprobs"] = LogprobsJson(call, static_cast<int>(i), choice.tokens, choice.logprobs,
+                                     /*finished=*/true, token_bytes, 0);
+    entry["finish_reason"] = FinishJson(choice.finish_reason);
+    list.push_back(std::move(entry));
+  }
+  return {{"id", id},
+          {"object", ObjectName(call, /*chunk=*/false)},
+          {"created", created},
+          {"model", call.request.model()},
+          {"choices", std::move(list)},
+          {"usage", UsageJson(CallUsage(choices))}};
+}
+
+Json CompletionChunk(const CompletionCall& call, const std::string& id, int64_t created, int index,
+                     const v1::GenerateStreamResponse& message, bool first, int64_t text_offset,
+                     const TokenBytesFn& token_bytes) {
+  Json entry = {{"index", index}};
+  if (call.endpoint == OpenAiEndpoint::kCompletions) {
+    entry["text"] = message.text();
+  } else {
+    Json delta = Json::object();
+    if (first) delta["role"] = "assistant";
+    if (!message.text().empty() || !message.final()) delta["content"] = message.text();
+    entry["delta"] = std::move(delta);
+  }
+  entry["logprobs"] = LogprobsJson(call, index, message.tokens(), message.logprobs(),
+                                   message.final(), token_bytes, text_offset);
+  entry["finish_reason"] =
+      FinishJson(message.final() ? message.finish_reason() : v1::FINISH_REASON_UNSPECIFIED);
+  Json chunk = {{"id", id},
+                {"object", ObjectName(call, /*chunk=*/true)},
+                {"created", created},
+                {"model", call.request.model()},
+                {"choices", Json::array({std::move(entry)})}};
+  if (call.include_usage) chunk["usage"] = nullptr;
+  return chunk;
+}
+
+Json UsageChunk(const CompletionCall& call, const std::string& id, int64_t created,
                 const v1::Usage& usage) {
-  return {{"id", id},       {"object", "text_completion"}, {"created", created},
-          {"model", model}, {"choices", Json::array()},    {"usage", UsageJson(usage)}};
+  return {{"id", id},
+          {"object", ObjectName(call, /*chunk=*/true)},
+          {"created", created},
+          {"model", call.request.model()},
+          {"choices", Json::array()},
+          {"usage", UsageJson(usage)}};
 }
 
 HttpError ErrorFromStatus(const grpc::Status& status) {

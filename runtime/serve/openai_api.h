@@ -1,13 +1,15 @@
 #ifndef TESSERA_RUNTIME_SERVE_OPENAI_API_H_
 #define TESSERA_RUNTIME_SERVE_OPENAI_API_H_
 
-// OpenAI's HTTP API in Tessera's terms: a /v1/completions body as a tessera.v1
-// GenerateRequest, Tessera's streamed messages as OpenAI's answers (one JSON object, or
-// server-sent-event chunks), and errors in OpenAI's shape with the HTTP status a client acts
-// on. Pure conversions; openai_http.h serves them.
+// OpenAI's HTTP API in Tessera's terms: a /v1/completions or /v1/chat/completions body as
+// tessera.v1 GenerateRequests (one per choice), Tessera's streamed messages as OpenAI's answers
+// (one JSON object, or server-sent-event chunks), and errors in OpenAI's shape with the HTTP status
+// a client acts on. Pure conversions; openai_http.h serves them.
 
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "grpcpp/support/status.h"
@@ -16,38 +18,75 @@
 
 namespace tessera::serve {
 
-// A parsed /v1/completions body.
+// Which of OpenAI's generation endpoints a call came to: they take the same sampling fields
+// and answer in different shapes.
+enum class OpenAiEndpoint {
+  kCompletions,      // POST /v1/completions: a prompt; choices carry "text"
+  kChatCompletions,  // POST /v1/chat/completions: messages; choices carry a message or delta
+};
+
+// A parsed body. Each of its n choices runs as a request of its own (ChoiceRequest).
 struct CompletionCall {
+  OpenAiEndpoint endpoint = OpenAiEndpoint::kCompletions;
   v1::GenerateRequest request;
+  int n = 1;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
+  bool logprobs = false;       // the log-probability of each chosen token
 };
 
 // INVALID_ARGUMENT "PARAM: why" for a field of the wrong type or value (PARAM is OpenAI's
-// name of it). Unknown fields are ignored, as OpenAI does. Supported: model, prompt (a
-// string, a list of one string, or a list of token ids), max_tokens, temperature, top_p,
-// top_k, seed, stop (a string or a list), stream, stream_options.include_usage, user (kept
-// as nothing: tenants come from API keys); n and logprobs only at their defaults.
+// name of it). Unknown fields are ignored, as OpenAI does. Both endpoints take model,
+// max_tokens, temperature, top_p, top_k, seed, stop (a string or a list), n, stream,
+// stream_options.include_usage, and user (kept as nothing: tenants come from API keys);
+// presence_penalty and frequency_penalty only at 0.
+//   /v1/completions: prompt (a string, a list of one string, or a list of token ids);
+//     logprobs 0 (the chosen tokens' log-probabilities; more alternatives are refused).
+//   /v1/chat/completions: messages (role, content as a string or a list of text parts,
+//     name); max_completion_tokens (max_tokens' newer name); logprobs true or false with
+//     top_logprobs 0.
 absl::StatusOr<CompletionCall> ParseCompletionRequest(const nlohmann::json& body);
+absl::StatusOr<CompletionCall> ParseChatCompletionRequest(const nlohmann::json& body);
+
+// Choice `index`'s request: the call's, with a request id of its own when n > 1 and, for a
+// seeded call, the seed plus the index (choices differ, and each is reproducible).
+v1::GenerateRequest ChoiceRequest(const CompletionCall& call, const std::string& id, int index);
 
 // "stop" or "length" (OpenAI's finish reasons), or "" while unfinished.
 std::string FinishReasonName(v1::FinishReason reason);
 
-// One completion's answer, gathered from its stream.
-struct CompletionResult {
+// For logprobs: the text that token `id` of choice `index` adds to the choice's text, called
+// for each choice's tokens in order (a token that ends a character split across tokens carries
+// the whole character; the ones before it carry nothing; `last`, the choice's last token,
+// carries what is still held back), so that a choice's token texts join into its text.
+using TokenBytesFn = std::function<std::string(int index, int32_t id, bool last)>;
+
+// One choice's answer, gathered from its stream.
+struct ChoiceResult {
   std::string text;
+  std::vector<int32_t> tokens;
+  std::vector<float> logprobs;  // one per token when asked for
   v1::FinishReason finish_reason = v1::FINISH_REASON_UNSPECIFIED;
   v1::Usage usage;
+  // Adds one stream message.
+  void Append(const v1::GenerateStreamResponse& message);
 };
 
-// The JSON of a finished completion ("object": "text_completion").
-nlohmann::json CompletionBody(const std::string& id, const std::string& model, int64_t created,
-                              const CompletionResult& result);
-// One streamed chunk: `text` so far and, in the last, the finish reason.
-nlohmann::json CompletionChunk(const std::string& id, const std::string& model, int64_t created,
-                               const std::string& text, v1::FinishReason finish_reason);
+// The usage of a call: the prompt once, the completions of every choice.
+v1::Usage CallUsage(const std::vector<ChoiceResult>& choices);
+
+// The JSON of a finished call ("text_completion" or "chat.completion").
+nlohmann::json CompletionBody(const CompletionCall& call, const std::string& id, int64_t created,
+                              const std::vector<ChoiceResult>& choices,
+                              const TokenBytesFn& token_bytes);
+// One streamed chunk of choice `index`: a message's text (and logprobs) and, in its last, the
+// finish reason. `first`: the choice's first chunk (a chat delta then names the role);
+// `text_offset`: the bytes of text the choice streamed before (completions' logprobs).
+nlohmann::json CompletionChunk(const CompletionCall& call, const std::string& id, int64_t created,
+                               int index, const v1::GenerateStreamResponse& message, bool first,
+                               int64_t text_offset, const TokenBytesFn& token_bytes);
 // The usage chunk that stream_options.include_usage asks for (no choices).
-nlohmann::json UsageChunk(const std::string& id, const std::string& model, int64_t created,
+nlohmann::json UsageChunk(const CompletionCall& call, const std::string& id, int64_t created,
                           const v1::Usage& usage);
 nlohmann::json UsageJson(const v1::Usage& usage);
 

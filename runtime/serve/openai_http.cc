@@ -5,6 +5,7 @@
 #include <optional>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -44,61 +45,129 @@ absl::StatusOr<std::string> Authenticate(const Coordinator& coordinator,
 
 std::string Event(const Json& data) { return absl::StrCat("data: ", JsonText(data), "\n\n"); }
 
-// One streamed completion between the thread that runs it and the connection's thread.
-class StreamRelay {
+// The choices of one call, each run as a request on a thread of its own, and the
+// connection's thread that reads their messages in the order they come.
+class ChoiceRelay {
  public:
-  // The coordinator's sink: false once the client is gone (the request is then cancelled).
-  bool Push(const v1::GenerateStreamResponse& message) {
+  struct Item {
+    int index;
+    v1::GenerateStreamResponse message;
+  };
+  explicit ChoiceRelay(int choices) : statuses_(choices) {}
+
+  // A choice's sink: false once the client is gone (the request is then cancelled).
+  bool Push(int index, const v1::GenerateStreamResponse& message) {
     absl::MutexLock lock(&mutex_);
     if (client_gone_) return false;
-    messages_.push_back(message);
+    items_.push_back({index, message});
     return true;
   }
-  void Finish(grpc::Status status) {
+  void Finish(int index, grpc::Status status) {
     absl::MutexLock lock(&mutex_);
-    status_ = std::move(status);
+    statuses_[index] = std::move(status);
+    ++finished_;
   }
   void ClientGone() {
     absl::MutexLock lock(&mutex_);
     client_gone_ = true;
   }
-  // Waits for a message or the end: the next message, or nullopt once finished (status()).
-  std::optional<v1::GenerateStreamResponse> Next() {
+  // The next message of any choice, or nullopt once every choice has finished (status()).
+  std::optional<Item> Next() {
     absl::MutexLock lock(&mutex_);
-    mutex_.Await(absl::Condition(
-        +[](StreamRelay* relay) ABSL_EXCLUSIVE_LOCKS_REQUIRED(relay->mutex_) {
-          return !relay->messages_.empty() || relay->status_.has_value();
-        },
-        this));
-    if (messages_.empty()) return std::nullopt;
-    v1::GenerateStreamResponse message = std::move(messages_.front());
-    messages_.pop_front();
-    return message;
+    mutex_.Await(absl::Condition(this, &ChoiceRelay::ReadyLocked));
+    if (items_.empty()) return std::nullopt;
+    Item item = std::move(items_.front());
+    items_.pop_front();
+    return item;
   }
-  // Whether the request ended before streaming anything (and how).
+  // Waits for the first message or the end of every choice; in the second case, the call's
+  // status (the first choice that failed).
   std::optional<grpc::Status> EndedBeforeFirstMessage() {
     absl::MutexLock lock(&mutex_);
-    mutex_.Await(absl::Condition(
-        +[](StreamRelay* relay) ABSL_EXCLUSIVE_LOCKS_REQUIRED(relay->mutex_) {
-          return !relay->messages_.empty() || relay->status_.has_value();
-        },
-        this));
-    if (messages_.empty()) return status_;
+    mutex_.Await(absl::Condition(this, &ChoiceRelay::ReadyLocked));
+    if (items_.empty()) return StatusLocked();
     return std::nullopt;
   }
   grpc::Status status() {
     absl::MutexLock lock(&mutex_);
-    return status_.value_or(grpc::Status::OK);
+    return StatusLocked();
   }
 
  private:
+  bool ReadyLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    return !items_.empty() || finished_ == static_cast<int>(statuses_.size());
+  }
+  grpc::Status StatusLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    for (const std::optional<grpc::Status>& status : statuses_) {
+      if (status.has_value() && !status->ok()) return *status;
+    }
+    return grpc::Status::OK;
+  }
+
   absl::Mutex mutex_;
-  std::deque<v1::GenerateStreamResponse> messages_ ABSL_GUARDED_BY(mutex_);
-  std::optional<grpc::Status> status_ ABSL_GUARDED_BY(mutex_);
+  std::deque<Item> items_ ABSL_GUARDED_BY(mutex_);
+  std::vector<std::optional<grpc::Status>> statuses_ ABSL_GUARDED_BY(mutex_);
+  int finished_ ABSL_GUARDED_BY(mutex_) = 0;
   bool client_gone_ ABSL_GUARDED_BY(mutex_) = false;
 };
 
-void Completions(Coordinator& coordinator, const httplib::Request& http, httplib::Response& out) {
+// Starts every choice of `call` on a thread of its own; the returned runner joins them.
+class ChoiceRunner {
+ public:
+  ChoiceRunner(Coordinator& coordinator, const CompletionCall& call, const std::string& id,
+               const std::string& tenant, std::shared_ptr<ChoiceRelay> relay) {
+    for (int index = 0; index < call.n; ++index) {
+      threads_.emplace_back(
+          [&coordinator, relay, index, tenant, request = ChoiceRequest(call, id, index)] {
+            relay->Finish(
+                index, coordinator.Generate(request, tenant,
+                                            [&relay, index](const v1::GenerateStreamResponse& m) {
+                                              return relay->Push(index, m);
+                                            }));
+          });
+    }
+  }
+  ~ChoiceRunner() {
+    for (std::thread& thread : threads_) thread.join();
+  }
+
+ private:
+  std::vector<std::thread> threads_;
+};
+
+// The text each token adds to its choice (logprobs), decoded as the stream's text is, with the
+// tokenizer of the version that served the call.
+class TokenText {
+ public:
+  TokenText(const Coordinator& coordinator, std::string model, int choices)
+      : coordinator_(coordinator), model_(std::move(model)), decoders_(choices) {}
+  // Records the version a message names (the first message of a choice does).
+  void Note(const v1::GenerateStreamResponse& message) {
+    if (encoder_ != nullptr || !message.has_placement()) return;
+    absl::StatusOr<std::shared_ptr<const PromptEncoder>> encoder =
+        coordinator_.EncoderFor(model_, message.placement().version());
+    if (encoder.ok()) encoder_ = *std::move(encoder);
+  }
+  std::string Next(int index, int32_t id, bool last) {
+    if (encoder_ == nullptr) return "";
+    std::optional<tokenizer::StreamingDecoder>& decoder = decoders_[index];
+    if (!decoder.has_value()) decoder.emplace(encoder_->tokenizer(), /*skip_special_tokens=*/true);
+    absl::StatusOr<std::string> piece = decoder->Add(id);
+    std::string text = piece.ok() ? *std::move(piece) : std::string();
+    if (last) text += decoder->Flush();
+    return text;
+  }
+
+ private:
+  const Coordinator& coordinator_;
+  const std::string model_;
+  std::shared_ptr<const PromptEncoder> encoder_;  // keeps the decoders' tokenizer alive
+  std::vector<std::optional<tokenizer::StreamingDecoder>> decoders_;
+};
+
+// POST /v1/completions and /v1/chat/completions: `parse` reads the body.
+void Completions(Coordinator& coordinator, const httplib::Request& http, httplib::Response& out,
+                 absl::StatusOr<CompletionCall> (*parse)(const Json&)) {
   absl::StatusOr<std::string> tenant = Authenticate(coordinator, http);
   if (!tenant.ok()) return ReplyError(out, ErrorFromStatus(tenant.status()));
   Json body = Json::parse(http.body, nullptr, /*allow_exceptions=*/false);
@@ -106,57 +175,60 @@ void Completions(Coordinator& coordinator, const httplib::Request& http, httplib
     return ReplyError(out, ErrorFromStatus(absl::InvalidArgumentError(
                                "body: not JSON (Content-Type application/json expected)")));
   }
-  absl::StatusOr<CompletionCall> call = ParseCompletionRequest(body);
-  if (!call.ok()) return ReplyError(out, ErrorFromStatus(call.status()));
+  absl::StatusOr<CompletionCall> parsed = parse(body);
+  if (!parsed.ok()) return ReplyError(out, ErrorFromStatus(parsed.status()));
+  auto call = std::make_shared<const CompletionCall>(*std::move(parsed));
   absl::StatusOr<std::string> suffix = RandomHex(12);
   if (!suffix.ok()) return ReplyError(out, ErrorFromStatus(suffix.status()));
-  const std::string id = absl::StrCat("cmpl-", *suffix);
-  call->request.set_request_id(id);
-  const std::string model = call->request.model();
+  const std::string id = absl::StrCat(
+      call->endpoint == OpenAiEndpoint::kChatCompletions ? "chatcmpl-" : "cmpl-", *suffix);
   const int64_t created = absl::ToUnixSeconds(absl::Now());
 
+  auto relay = std::make_shared<ChoiceRelay>(call->n);
+  auto runner = std::make_shared<ChoiceRunner>(coordinator, *call, id, *tenant, relay);
+  auto token_text = std::make_shared<TokenText>(coordinator, call->request.model(), call->n);
+  auto bytes_of = [token_text](int index, int32_t token, bool last) {
+    return token_text->Next(index, token, last);
+  };
+
   if (!call->stream) {
-    CompletionResult result;
-    grpc::Status status =
-        coordinator.Generate(call->request, *tenant, [&](const v1::GenerateStreamResponse& m) {
-          result.text += m.text();
-          if (m.final()) {
-            result.finish_reason = m.finish_reason();
-            result.usage = m.usage();
-          }
-          return true;
-        });
+    std::vector<ChoiceResult> choices(call->n);
+    while (std::optional<ChoiceRelay::Item> item = relay->Next()) {
+      token_text->Note(item->message);
+      choices[item->index].Append(item->message);
+    }
+    runner.reset();
+    grpc::Status status = relay->status();
     if (!status.ok()) return ReplyError(out, ErrorFromStatus(status));
-    return Reply(out, 200, CompletionBody(id, model, created, result));
+    return Reply(out, 200, CompletionBody(*call, id, created, choices, bytes_of));
   }
 
-  // Streaming: the request runs on a thread of its own; an error before its first message is
-  // the response's status, after it the stream's last event.
-  auto relay = std::make_shared<StreamRelay>();
-  auto runner = std::make_shared<std::thread>([&coordinator, relay, request = call->request,
-                                               tenant = *tenant] {
-    relay->Finish(coordinator.Generate(
-        request, tenant, [&relay](const v1::GenerateStreamResponse& m) { return relay->Push(m); }));
-  });
+  // Streaming: an error before the first message is the response's status, after it the
+  // stream's last event.
   if (std::optional<grpc::Status> early = relay->EndedBeforeFirstMessage(); early.has_value()) {
-    runner->join();
+    runner.reset();
     return ReplyError(out, ErrorFromStatus(*early));
   }
-  const bool include_usage = call->include_usage;
   out.set_header("Cache-Control", "no-cache");
   out.set_chunked_content_provider(
       "text/event-stream",
-      [relay, id, model, created, include_usage](size_t, httplib::DataSink& sink) {
+      [relay, call, id, created, token_text, bytes_of](size_t, httplib::DataSink& sink) {
         auto send = [&sink](const std::string& event) {
           return sink.is_writable() && sink.write(event.data(), event.size());
         };
-        v1::Usage usage;
-        while (std::optional<v1::GenerateStreamResponse> message = relay->Next()) {
-          if (message->final()) usage = message->usage();
-          if (message->text().empty() && !message->final()) continue;
-          if (!send(Event(CompletionChunk(
-                  id, model, created, message->text(),
-                  message->final() ? message->finish_reason() : v1::FINISH_REASON_UNSPECIFIED)))) {
+        std::vector<ChoiceResult> choices(call->n);
+        std::vector<bool> started(call->n, false);
+        while (std::optional<ChoiceRelay::Item> item = relay->Next()) {
+          const v1::GenerateStreamResponse& message = item->message;
+          token_text->Note(message);
+          ChoiceResult& choice = choices[item->index];
+          const int64_t offset = static_cast<int64_t>(choice.text.size());
+          choice.Append(message);
+          if (message.text().empty() && message.tokens().empty() && !message.final()) continue;
+          const bool first = !started[item->index];
+          started[item->index] = true;
+          if (!send(Event(CompletionChunk(*call, id, created, item->index, message, first, offset,
+                                          bytes_of)))) {
             relay->ClientGone();
             return false;
           }
@@ -165,21 +237,21 @@ void Completions(Coordinator& coordinator, const httplib::Request& http, httplib
         bool sent = true;
         if (!status.ok()) {
           sent = send(Event(ErrorFromStatus(status).body));
-        } else if (include_usage) {
-          sent = send(Event(UsageChunk(id, model, created, usage)));
+        } else if (call->include_usage) {
+          sent = send(Event(UsageChunk(*call, id, created, CallUsage(choices))));
         }
         if (sent) sent = send("data: [DONE]\n\n");
         if (!sent) relay->ClientGone();
         sink.done();
         return sent;
       },
-      // Runs when the response ends, or the connection does: the request ends before the
-      // thread that ran it is joined.
-      [relay, runner](bool) {
+      // Runs when the response ends, or the connection does: the requests end before the
+      // threads that ran them are joined.
+      [relay, runner](bool) mutable {
         relay->ClientGone();
         while (relay->Next().has_value()) {
         }
-        runner->join();
+        runner.reset();
       });
 }
 
@@ -216,7 +288,11 @@ absl::StatusOr<std::unique_ptr<HttpServer>> StartOpenAiHttp(std::string address,
   return HttpServer::Start(std::move(address), http, [&coordinator](httplib::Server& server) {
     server.Post("/v1/completions",
                 [&coordinator](const httplib::Request& request, httplib::Response& response) {
-                  Completions(coordinator, request, response);
+                  Completions(coordinator, request, response, &ParseCompletionRequest);
+                });
+    server.Post("/v1/chat/completions",
+                [&coordinator](const httplib::Request& request, httplib::Response& response) {
+                  Completions(coordinator, request, response, &ParseChatCompletionRequest);
                 });
     server.Get("/v1/models",
                [&coordinator](const httplib::Request& request, httplib::Response& response) {

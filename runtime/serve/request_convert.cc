@@ -24,11 +24,24 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request,
           absl::StrCat(field, ": ", value->size(), " bytes; at most ", limits.max_name_bytes));
     }
   }
-  bool has_text = !request.prompt().empty();
-  bool has_tokens = request.prompt_tokens_size() > 0;
-  if (has_text == has_tokens) {
-    return absl::InvalidArgumentError(has_text ? "prompt: give prompt or prompt_tokens, not both"
-                                               : "prompt: empty (give prompt or prompt_tokens)");
+  const int prompts = (request.prompt().empty() ? 0 : 1) +
+                      (request.prompt_tokens_size() > 0 ? 1 : 0) +
+                      (request.messages_size() > 0 ? 1 : 0);
+  if (prompts != 1) {
+    return absl::InvalidArgumentError(
+        prompts == 0 ? "prompt: empty (give prompt, prompt_tokens or messages)"
+                     : "prompt: give one of prompt, prompt_tokens and messages, not several");
+  }
+  for (int i = 0; i < request.messages_size(); ++i) {
+    const v1::ChatMessage& message = request.messages(i);
+    if (message.role().empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("messages[", i, "].role: required"));
+    }
+    if (static_cast<int64_t>(message.role().size()) > limits.max_name_bytes ||
+        static_cast<int64_t>(message.name().size()) > limits.max_name_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "messages[", i, "]: role and name may have at most ", limits.max_name_bytes, " bytes"));
+    }
   }
   for (int i = 0; i < request.prompt_tokens_size(); ++i) {
     if (request.prompt_tokens(i) < 0) {

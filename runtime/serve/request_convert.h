@@ -24,9 +24,9 @@ struct RequestLimits {
   int max_name_bytes = 128;  // model, version, request_id, tenant, session_id
 };
 
-// Checks what can be checked without the model: a model name, one of prompt and
-// prompt_tokens, sampling parameters in range, and `limits`. INVALID_ARGUMENT naming the
-// field ("sampling.top_p: must be in (0, 1], not 1.5").
+// Checks what can be checked without the model: a model name, one of prompt,
+// prompt_tokens and messages (each message with a role), sampling parameters in range, and
+// `limits`. INVALID_ARGUMENT naming the field ("sampling.top_p: must be in (0, 1], not 1.5").
 absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request,
                                      const RequestLimits& limits = {});
 

@@ -23,12 +23,9 @@ bool DeadlinePassed(const grpc::ServerContext& context) {
 
 }  // namespace
 
-WorkerService::WorkerService(engine::Engine& engine, const tokenizer::Tokenizer& tokenizer,
+WorkerService::WorkerService(engine::Engine& engine, const PromptEncoder& encoder,
                              std::string model, std::string version)
-    : engine_(engine),
-      tokenizer_(tokenizer),
-      model_(std::move(model)),
-      version_(std::move(version)) {}
+    : engine_(engine), encoder_(encoder), model_(std::move(model)), version_(std::move(version)) {}
 
 void WorkerService::set_group_id(std::string id) {
   absl::MutexLock lock(&mutex_);
@@ -66,13 +63,10 @@ grpc::Status WorkerService::Run(grpc::ServerContext* context, const v1::Generate
   engine::GenerationRequest generation = ToEngineRequest(request);
   if (generation.prompt_tokens.empty()) {
     // Tokenized here rather than in the engine so the load report knows the prompt's length.
-    absl::StatusOr<std::vector<int32_t>> tokens =
-        tokenizer_.Encode(generation.prompt, /*add_special_tokens=*/true);
-    if (!tokens.ok()) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          absl::StrCat("prompt: ", tokens.status().message()));
-    }
+    absl::StatusOr<std::vector<int32_t>> tokens = encoder_.Encode(request);
+    if (!tokens.ok()) return ToGrpcStatus(tokens.status());
     generation.prompt_tokens = *std::move(tokens);
+    generation.prompt.clear();
   }
   const int64_t prompt_length = static_cast<int64_t>(generation.prompt_tokens.size());
   const int64_t max_tokens = generation.sampling.max_tokens;
@@ -168,7 +162,7 @@ grpc::Status WorkerService::Tokenize(grpc::ServerContext* /*context*/,
         absl::StrCat("model: this group serves ", model_, ", not ", request->model()));
   }
   absl::StatusOr<std::vector<int32_t>> tokens =
-      tokenizer_.Encode(request->text(), request->add_special_tokens());
+      encoder_.tokenizer().Encode(request->text(), request->add_special_tokens());
   if (!tokens.ok()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         absl::StrCat("text: ", tokens.status().message()));

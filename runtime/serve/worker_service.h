@@ -16,9 +16,9 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "runtime/engine/engine.h"
+#include "runtime/serve/prompt_encoder.h"
 #include "runtime/serve/request_convert.h"
 #include "runtime/serve/request_record.h"
-#include "runtime/tokenizer/tokenizer.h"
 #include "tessera/v1/worker.grpc.pb.h"
 
 namespace tessera::serve {
@@ -26,7 +26,7 @@ namespace tessera::serve {
 class WorkerService final : public v1::Worker::Service {
  public:
   // `engine` must be the leader's; both outlive the service.
-  WorkerService(engine::Engine& engine, const tokenizer::Tokenizer& tokenizer, std::string model,
+  WorkerService(engine::Engine& engine, const PromptEncoder& encoder, std::string model,
                 std::string version);
 
   grpc::Status Submit(grpc::ServerContext* context, const v1::GenerateRequest* request,
@@ -52,7 +52,7 @@ class WorkerService final : public v1::Worker::Service {
                    grpc::ServerWriter<v1::GenerateStreamResponse>* writer, RequestRecord* record);
 
   engine::Engine& engine_;
-  const tokenizer::Tokenizer& tokenizer_;
+  const PromptEncoder& encoder_;
   const std::string model_;
   const std::string version_;
   std::function<void(const RequestRecord&)> observer_;

@@ -4,6 +4,9 @@
 #include <queue>
 #include <utility>
 
+#include "absl/strings/str_format.h"
+#include "runtime/tokenizer/utf8.h"
+
 namespace tessera::tokenizer {
 namespace {
 
@@ -40,16 +43,36 @@ BpeModel::BpeModel(absl::flat_hash_map<std::string, int32_t> vocab,
     merges_[PairKey(m.left, m.right)] = {static_cast<int32_t>(rank), m.merged};
   }
   for (int b = 0; b < 256; ++b) {
-    auto it = vocab_.find(absl::string_view(reinterpret_cast<const char*>(&b), 1));
+    const char byte = static_cast<char>(b);
+    auto it = vocab_.find(absl::string_view(&byte, 1));
     byte_ids_[b] = it == vocab_.end() ? -1 : it->second;
+    // Hugging Face spells the token as Rust's format!("<{b:#04X}>").
+    it = options_.byte_fallback ? vocab_.find(absl::StrFormat("<0x%02X>", b)) : vocab_.end();
+    fallback_ids_[b] = it == vocab_.end() ? -1 : it->second;
   }
+}
+
+int32_t BpeModel::SymbolId(absl::string_view symbol) const {
+  if (symbol.size() == 1) return byte_ids_[static_cast<uint8_t>(symbol[0])];
+  auto it = vocab_.find(symbol);
+  return it == vocab_.end() ? -1 : it->second;
+}
+
+bool BpeModel::HasFallback(absl::string_view symbol) const {
+  if (!options_.byte_fallback) return false;
+  for (const char c : symbol) {
+    if (fallback_ids_[static_cast<uint8_t>(c)] < 0) return false;
+  }
+  return true;
 }
 
 void BpeModel::Encode(absl::string_view piece, std::vector<int32_t>* ids) const {
   if (piece.size() == 1) {
-    const int32_t id = byte_ids_[static_cast<uint8_t>(piece[0])];
-    if (id >= 0) {
-      ids->push_back(id);
+    const auto byte = static_cast<uint8_t>(piece[0]);
+    if (byte_ids_[byte] >= 0) {
+      ids->push_back(byte_ids_[byte]);
+    } else if (HasFallback(piece)) {
+      ids->push_back(fallback_ids_[byte]);
     } else if (options_.unk_id.has_value()) {
       ids->push_back(*options_.unk_id);
     }
@@ -89,14 +112,20 @@ void BpeModel::MergeWord(absl::string_view piece, std::vector<int32_t>* ids) con
     if (!symbols.empty()) symbols.back().next = index;
     symbols.push_back({id, index - 1, -1, true});
   };
-  // Bytes without a token become the unk token (consecutive ones fused if asked), or vanish.
+  // Symbols without a token become their bytes' fallback tokens, or the unk token
+  // (consecutive ones fused if asked), or vanish. As in Hugging Face, fallback tokens do not
+  // end a run of unknown symbols: its unk token comes after them.
   bool pending_unk = false;
-  for (const char c : piece) {
-    const int32_t id = byte_ids_[static_cast<uint8_t>(c)];
-    if (id >= 0) {
+  for (size_t pos = 0; pos < piece.size();) {
+    const size_t length = options_.byte_level ? 1 : Utf8Length(piece[pos]);
+    const absl::string_view symbol = piece.substr(pos, length);
+    pos += length;
+    if (const int32_t id = SymbolId(symbol); id >= 0) {
       if (pending_unk) add(*options_.unk_id);
       pending_unk = false;
       add(id);
+    } else if (HasFallback(symbol)) {
+      for (const char c : symbol) add(fallback_ids_[static_cast<uint8_t>(c)]);
     } else if (options_.unk_id.has_value()) {
       if (pending_unk && !options_.fuse_unk) add(*options_.unk_id);
       pending_unk = true;

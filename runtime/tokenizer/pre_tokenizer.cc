@@ -106,44 +106,59 @@ absl::Status ForEachIsolated(const Regex& pattern, absl::string_view text,
 
 }  // namespace
 
-absl::StatusOr<PreTokenizer> PreTokenizer::Create(std::vector<SplitStep> splits,
-                                                  ByteLevelStep byte_level) {
+absl::StatusOr<PreTokenizer> PreTokenizer::Create(std::vector<PreTokenizerStep> steps,
+                                                  std::optional<ByteLevelStep> byte_level) {
   std::unique_ptr<Regex> gpt2;
-  if (byte_level.use_regex) {
+  if (byte_level.has_value() && byte_level->use_regex) {
     TESSERA_ASSIGN_OR_RETURN(gpt2, Regex::Compile(kGpt2Pattern));
   }
-  return PreTokenizer(std::move(splits), byte_level, std::move(gpt2));
+  return PreTokenizer(std::move(steps), byte_level, std::move(gpt2));
 }
 
-absl::Status PreTokenizer::Split(absl::string_view text,
+absl::Status PreTokenizer::Split(absl::string_view text, bool at_start,
                                  absl::FunctionRef<void(absl::string_view)> on_piece) const {
   if (text.empty()) return absl::OkStatus();
-  return SplitFrom(0, text, on_piece);
+  return SplitFrom(0, text, at_start, on_piece);
 }
 
-absl::Status PreTokenizer::SplitFrom(size_t step, absl::string_view piece,
+absl::Status PreTokenizer::SplitFrom(size_t step, absl::string_view piece, bool at_start,
                                      absl::FunctionRef<void(absl::string_view)> on_piece) const {
-  if (step == splits_.size()) return ByteLevel(piece, on_piece);
-  const SplitStep& split = splits_[step];
+  if (step == steps_.size()) return ByteLevel(piece, on_piece);
+  if (const auto* metaspace = std::get_if<Metaspace>(&steps_[step])) {
+    return MetaspaceSplit(*metaspace, piece, at_start, [&](absl::string_view sub, bool start) {
+      return SplitFrom(step + 1, sub, start, on_piece);
+    });
+  }
+  const SplitStep& split = std::get<SplitStep>(steps_[step]);
+  // A piece cut from the front of `piece` begins the input when `piece` does. (Hugging Face
+  // asks whether it starts at offset 0 of the input, which a piece after text that a
+  // normalizer inserted also does; no published tokenizer.json splits such text off before
+  // Metaspace.)
   if (split.behavior == SplitBehavior::kIsolated) {
     // The common case (every model family's split), without the spans in between.
     return ForEachIsolated(*split.pattern, piece, [&](absl::string_view sub) {
-      return SplitFrom(step + 1, sub, on_piece);
+      return SplitFrom(step + 1, sub, at_start && sub.data() == piece.data(), on_piece);
     });
   }
   std::vector<Span> spans;
   TESSERA_RETURN_IF_ERROR(FindSpans(*split.pattern, piece, split.invert, &spans));
   for (const auto& [begin, end] : ApplyBehavior(split.behavior, spans)) {
-    if (end > begin)
-      TESSERA_RETURN_IF_ERROR(SplitFrom(step + 1, piece.substr(begin, end - begin), on_piece));
+    if (end > begin) {
+      TESSERA_RETURN_IF_ERROR(
+          SplitFrom(step + 1, piece.substr(begin, end - begin), at_start && begin == 0, on_piece));
+    }
   }
   return absl::OkStatus();
 }
 
 absl::Status PreTokenizer::ByteLevel(absl::string_view piece,
                                      absl::FunctionRef<void(absl::string_view)> on_piece) const {
+  if (!byte_level_.has_value()) {
+    on_piece(piece);
+    return absl::OkStatus();
+  }
   std::string prefixed;
-  if (byte_level_.add_prefix_space && piece.front() != ' ') {
+  if (byte_level_->add_prefix_space && piece.front() != ' ') {
     prefixed.reserve(piece.size() + 1);
     prefixed.push_back(' ');
     prefixed.append(piece.data(), piece.size());

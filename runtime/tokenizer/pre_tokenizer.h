@@ -1,21 +1,26 @@
 #ifndef TESSERA_RUNTIME_TOKENIZER_PRE_TOKENIZER_H_
 #define TESSERA_RUNTIME_TOKENIZER_PRE_TOKENIZER_H_
 
-// The pre-tokenizer of a byte-level BPE tokenizer: zero or more Split steps, then ByteLevel.
-// It cuts text into the pieces ("words") that BPE merges within, never across. Pieces stay
-// raw bytes: the byte-level alphabet is applied by the BPE model's tables instead.
+// tokenizer.json's "pre_tokenizer": zero or more Split (and Digits) and Metaspace steps, then,
+// in a byte-level BPE tokenizer, ByteLevel. It cuts text into the pieces ("words") that BPE
+// merges within, never across. Pieces stay raw bytes: the byte-level alphabet is applied by the
+// BPE model's tables instead. Without steps the whole text is one piece (Llama-2's older
+// tokenizer.json, whose normalizer does Metaspace's job).
 //
 // Thread safety: immutable after construction; Split may run on many threads at once.
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "runtime/tokenizer/metaspace.h"
 #include "runtime/tokenizer/regex.h"
 
 namespace tessera::tokenizer {
@@ -41,34 +46,39 @@ struct ByteLevelStep {
   bool use_regex = true;          // split each piece with the GPT-2 pattern first
 };
 
+using PreTokenizerStep = std::variant<SplitStep, Metaspace>;
+
 class PreTokenizer {
  public:
-  // With `byte_level.use_regex`, also compiles the GPT-2 pattern.
-  static absl::StatusOr<PreTokenizer> Create(std::vector<SplitStep> splits,
-                                             ByteLevelStep byte_level);
+  // With `byte_level` and its use_regex, also compiles the GPT-2 pattern.
+  static absl::StatusOr<PreTokenizer> Create(std::vector<PreTokenizerStep> steps,
+                                             std::optional<ByteLevelStep> byte_level);
 
   // Calls `on_piece` with each piece of `text` (valid UTF-8), in order; pieces are never
-  // empty. A piece points into `text`, or into a buffer that is only valid during the call
-  // when a step made new text (a prefix space).
-  absl::Status Split(absl::string_view text,
+  // empty. `at_start` says whether `text` begins the input (no added token before it), for
+  // Metaspace's "first" prepend scheme. A piece points into `text`, or into a buffer that is
+  // only valid during the call when a step made new text (a prefix space, a "▁").
+  absl::Status Split(absl::string_view text, bool at_start,
                      absl::FunctionRef<void(absl::string_view)> on_piece) const;
 
- private:
-  PreTokenizer(std::vector<SplitStep> splits, ByteLevelStep byte_level,
-               std::unique_ptr<Regex> gpt2_pattern)
-      : splits_(std::move(splits)),
-        byte_level_(byte_level),
-        gpt2_pattern_(std::move(gpt2_pattern)) {}
+  // Whether the last step is ByteLevel, and so the model's alphabet is bytes.
+  bool byte_level() const { return byte_level_.has_value(); }
 
-  // Runs the Split steps from `step` on, then ByteLevel, on `piece`.
-  absl::Status SplitFrom(size_t step, absl::string_view piece,
+ private:
+  PreTokenizer(std::vector<PreTokenizerStep> steps, std::optional<ByteLevelStep> byte_level,
+               std::unique_ptr<Regex> gpt2_pattern)
+      : steps_(std::move(steps)), byte_level_(byte_level), gpt2_pattern_(std::move(gpt2_pattern)) {}
+
+  // Runs the steps from `step` on, then ByteLevel, on `piece` (which begins the input when
+  // `at_start`).
+  absl::Status SplitFrom(size_t step, absl::string_view piece, bool at_start,
                          absl::FunctionRef<void(absl::string_view)> on_piece) const;
   absl::Status ByteLevel(absl::string_view piece,
                          absl::FunctionRef<void(absl::string_view)> on_piece) const;
 
-  std::vector<SplitStep> splits_;
-  ByteLevelStep byte_level_;
-  std::unique_ptr<Regex> gpt2_pattern_;  // null unless byte_level_.use_regex
+  std::vector<PreTokenizerStep> steps_;
+  std::optional<ByteLevelStep> byte_level_;
+  std::unique_ptr<Regex> gpt2_pattern_;  // null unless byte_level_->use_regex
 };
 
 }  // namespace tessera::tokenizer

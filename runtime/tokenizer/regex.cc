@@ -142,6 +142,11 @@ absl::Status Regex::ForEachMatch(absl::string_view text,
   return absl::OkStatus();
 }
 
+bool Regex::MayMatchEmpty() const {
+  uint32_t min_length = 0;
+  return pcre2_pattern_info(code_, PCRE2_INFO_MINLENGTH, &min_length) != 0 || min_length == 0;
+}
+
 absl::StatusOr<bool> Regex::MatchesAt(absl::string_view text, size_t pos) const {
   pcre2_match_data* match_data = ThreadMatchData();
   const int rc = Match(code_, text, pos, PCRE2_ANCHORED, match_data);

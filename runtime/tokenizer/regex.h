@@ -43,6 +43,9 @@ class Regex {
   // Whether a match starts exactly at `pos` (a character boundary of valid UTF-8 `text`).
   absl::StatusOr<bool> MatchesAt(absl::string_view text, size_t pos) const;
 
+  // Whether a match may be empty (PCRE2's lower bound on a match's length is 0).
+  bool MayMatchEmpty() const;
+
   const std::string& pattern() const { return pattern_; }
   bool jit_compiled() const { return jit_compiled_; }
 

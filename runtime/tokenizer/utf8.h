@@ -33,6 +33,12 @@ void AppendUtf8(char32_t code_point, std::string* out);
 // Decodes the character that starts at `text[pos]` (valid UTF-8) and advances `pos` past it.
 char32_t NextCodePoint(absl::string_view text, size_t& pos);
 
+// The number of bytes of the character whose first byte is `lead`, in valid UTF-8.
+inline size_t Utf8Length(char lead) {
+  const auto b = static_cast<unsigned char>(lead);
+  return b < 0x80 ? 1 : b < 0xe0 ? 2 : b < 0xf0 ? 3 : 4;
+}
+
 }  // namespace tessera::tokenizer
 
 #endif  // TESSERA_RUNTIME_TOKENIZER_UTF8_H_

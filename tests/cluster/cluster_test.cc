@@ -181,7 +181,7 @@ class Serving {
     coordinator_ = cluster_.Start(
         0,
         absl::StrCat(cluster_.Tessera(), " coordinator --listen 0.0.0.0:", kCoordinatorPort,
-                     " --metrics-listen off --heartbeat-interval 500ms"),
+                     " --metrics-listen off --http-listen off --heartbeat-interval 500ms"),
         absl::StrCat("coordinator-", ++runs_));
     for (int node : nodes) {
       workers_.push_back(cluster_.Start(
@@ -360,12 +360,13 @@ TEST_F(ClusterTest, LaunchServesFromAHostfile) {
   std::ofstream(hostfile) << cluster().Host(1) << " slots=1\n" << cluster().Host(2) << " slots=1\n";
   std::unique_ptr<ChildProcess> launch = cluster().Start(
       0,
-      absl::StrCat(
-          "env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 ",
-          "OMPI_MCA_plm_rsh_agent=", Quote(absl::StrCat(TESSERA_CLUSTER_SCRIPT, " rsh")),
-          " TESSERA_CACHE_DIR=", cluster().dir(), "/cache ", TESSERA_BINARY, " launch --hostfile ",
-          hostfile, " --tp 1 --backend cpu --bind-to none --env TESSERA_CACHE_DIR",
-          " --coordinator-metrics-listen off -- --metrics-listen off", " --kv-cache-memory 64M"),
+      absl::StrCat("env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 ",
+                   "OMPI_MCA_plm_rsh_agent=", Quote(absl::StrCat(TESSERA_CLUSTER_SCRIPT, " rsh")),
+                   " TESSERA_CACHE_DIR=", cluster().dir(), "/cache ", TESSERA_BINARY,
+                   " launch --hostfile ", hostfile,
+                   " --tp 1 --backend cpu --bind-to none --env TESSERA_CACHE_DIR",
+                   " --coordinator-metrics-listen off --coordinator-http-listen off",
+                   " -- --metrics-listen off --kv-cache-memory 64M"),
       "launch");
   ASSERT_NE(launch, nullptr);
   auto stub = v1::Inference::NewStub(

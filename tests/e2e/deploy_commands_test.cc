@@ -1009,8 +1009,9 @@ TEST_F(LaunchTest, RestartsAReplicaThatExitsAndGivesUpWhenItKeepsFailing) {
   std::string starts_file = dir_ + "/starts";
   Outcome outcome = RunProcess(
       {TESSERA_BINARY, "launch", "--hostfile", hostfile_, "--tp", "4", "--coordinator",
-       absl::StrCat("127.0.0.1:", port), "--coordinator-metrics-listen", "off", "--restart-backoff",
-       "0.1s", "--max-failed-starts", "3", "--mpirun",
+       absl::StrCat("127.0.0.1:", port), "--coordinator-metrics-listen", "off",
+       "--coordinator-http-listen", "off", "--restart-backoff", "0.1s", "--max-failed-starts", "3",
+       "--mpirun",
        FakeMpirun(dir_, args_file, absl::StrCat("echo started >> ", starts_file, "; exit 3"))});
   EXPECT_EQ(outcome.exit_code, 1) << outcome.All();
   EXPECT_TRUE(absl::StrContains(outcome.err,
@@ -1035,7 +1036,8 @@ TEST_F(LaunchTest, SigtermStopsMpirunAndTheCoordinator) {
   std::string args_file = dir_ + "/args";
   Process launch({TESSERA_BINARY, "launch", "--hostfile", hostfile_, "--coordinator",
                   absl::StrCat("127.0.0.1:", port), "--coordinator-metrics-listen", "off",
-                  "--mpirun", FakeMpirun(dir_, args_file, "exec sleep 120")},
+                  "--coordinator-http-listen", "off", "--mpirun",
+                  FakeMpirun(dir_, args_file, "exec sleep 120")},
                  {});
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (!fs::exists(args_file) && std::chrono::steady_clock::now() < deadline) {

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -76,9 +77,9 @@ class OpenAiHttp : public ::testing::Test {
     std::string text;
     Json json;
   };
-  static Answer Post(const std::string& body) {
+  static Answer Post(const std::string& body, const std::string& path = "/v1/completions") {
     httplib::Client client = Client();
-    httplib::Result result = client.Post("/v1/completions", body, "application/json");
+    httplib::Result result = client.Post(path, body, "application/json");
     Answer answer;
     if (!result) return answer;
     answer.status = result->status;
@@ -181,6 +182,255 @@ TEST_F(OpenAiHttp, AStreamIsTheSameTextInChunksEndingWithUsageAndDone) {
   EXPECT_GT(usage["usage"]["prompt_tokens_details"]["cached_tokens"].get<int>(), 0);
 }
 
+// The default model's chat template, rendered by hand: each turn as
+// <|begin_of_text|>role\ncontent<|end_of_text|>\n, then the assistant's header.
+constexpr char kRenderedChat[] =
+    "<|begin_of_text|>system\nBe brief.<|end_of_text|>\n"
+    "<|begin_of_text|>user\nName a colour.<|end_of_text|>\n<|begin_of_text|>assistant\n";
+
+Json ChatMessages() {
+  return Json::array({{{"role", "system"}, {"content", "Be brief."}},
+                      {{"role", "user"}, {"content", "Name a colour."}}});
+}
+
+// A chat completion is the model's answer to the prompt its chat template renders (encoded
+// without the tokenizer's own special tokens), and the gRPC API's messages give the same.
+TEST_F(OpenAiHttp, AChatCompletionAnswersTheRenderedConversation) {
+  v1::TokenizeRequest tokenize;
+  tokenize.set_model(kModel);
+  tokenize.set_text(kRenderedChat);
+  tokenize.set_add_special_tokens(false);
+  v1::TokenizeResponse tokens;
+  grpc::ClientContext context;
+  ASSERT_TRUE(coordinator_->inference().Tokenize(&context, tokenize, &tokens).ok());
+  v1::GenerateRequest by_tokens;
+  by_tokens.set_model(kModel);
+  by_tokens.mutable_prompt_tokens()->CopyFrom(tokens.tokens());
+  by_tokens.mutable_sampling()->set_max_tokens(12);
+  Unary expected = Generate(coordinator_->inference(), by_tokens);
+  ASSERT_TRUE(expected.status.ok()) << Describe(expected.status);
+
+  v1::GenerateRequest by_messages;
+  by_messages.set_model(kModel);
+  for (const Json& turn : ChatMessages()) {
+    v1::ChatMessage& message = *by_messages.add_messages();
+    message.set_role(turn["role"]);
+    message.set_content(turn["content"]);
+  }
+  by_messages.mutable_sampling()->set_max_tokens(12);
+  Unary grpc_chat = Generate(coordinator_->inference(), by_messages);
+  ASSERT_TRUE(grpc_chat.status.ok()) << Describe(grpc_chat.status);
+  EXPECT_EQ(grpc_chat.response.text(), expected.response.text());
+  EXPECT_EQ(grpc_chat.response.usage().prompt_tokens(), tokens.tokens_size());
+
+  Answer answer = Post(Json({{"model", kModel},
+                             {"messages", ChatMessages()},
+                             {"max_completion_tokens", 12},
+                             {"temperature", 0}})
+                           .dump(),
+                       "/v1/chat/completions");
+  ASSERT_EQ(answer.status, 200) << answer.text;
+  EXPECT_EQ(answer.json["object"], "chat.completion");
+  EXPECT_TRUE(absl::StartsWith(answer.json["id"].get<std::string>(), "chatcmpl-"));
+  ASSERT_EQ(answer.json["choices"].size(), 1u);
+  const Json& message = answer.json["choices"][0]["message"];
+  EXPECT_EQ(message["role"], "assistant");
+  EXPECT_EQ(message["content"], expected.response.text());
+  EXPECT_EQ(answer.json["usage"]["prompt_tokens"], tokens.tokens_size());
+  EXPECT_EQ(answer.json["usage"]["completion_tokens"],
+            expected.response.usage().completion_tokens());
+}
+
+TEST_F(OpenAiHttp, AStreamedChatNamesTheRoleFirstAndAddsUpToTheWholeAnswer) {
+  const Json request = {
+      {"model", kModel}, {"messages", ChatMessages()}, {"max_tokens", 10}, {"temperature", 0}};
+  Answer whole = Post(request.dump(), "/v1/chat/completions");
+  ASSERT_EQ(whole.status, 200) << whole.text;
+  Json streamed = request;
+  streamed["stream"] = true;
+  Answer stream = Post(streamed.dump(), "/v1/chat/completions");
+  ASSERT_EQ(stream.status, 200) << stream.text;
+  std::vector<std::string> events = Events(stream.text);
+  ASSERT_GE(events.size(), 2u) << stream.text;
+  EXPECT_EQ(events.back(), "[DONE]");
+  std::string content, finish;
+  for (size_t i = 0; i + 1 < events.size(); ++i) {
+    Json chunk = Json::parse(events[i]);
+    EXPECT_EQ(chunk["object"], "chat.completion.chunk");
+    const Json& delta = chunk["choices"][0]["delta"];
+    EXPECT_EQ(delta.contains("role"), i == 0) << events[i];
+    if (delta.contains("content")) content += delta["content"].get<std::string>();
+    if (!chunk["choices"][0]["finish_reason"].is_null())
+      finish = chunk["choices"][0]["finish_reason"];
+  }
+  EXPECT_EQ(content, whole.json["choices"][0]["message"]["content"]);
+  EXPECT_EQ(finish, whole.json["choices"][0]["finish_reason"]);
+}
+
+// n choices are requests of their own: seeded, choice i draws with seed + i, so choice 0 is
+// the n = 1 answer; usage counts the prompt once and every choice's completion.
+TEST_F(OpenAiHttp, NChoicesEachDrawTheirOwnAndShareThePrompt) {
+  const Json one = {{"model", kModel},    {"prompt", "Tell me"}, {"max_tokens", 8},
+                    {"temperature", 1.0}, {"seed", 11},          {"logprobs", 0}};
+  Answer single = Post(one.dump());
+  ASSERT_EQ(single.status, 200) << single.text;
+  Json three = one;
+  three["n"] = 3;
+  Answer answer = Post(three.dump());
+  ASSERT_EQ(answer.status, 200) << answer.text;
+  const Json& choices = answer.json["choices"];
+  ASSERT_EQ(choices.size(), 3u);
+  int completion = 0;
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(choices[i]["index"], i);
+    const Json& logprobs = choices[i]["logprobs"];
+    ASSERT_TRUE(logprobs.is_object()) << answer.text;
+    const size_t count = logprobs["token_logprobs"].size();
+    EXPECT_EQ(logprobs["tokens"].size(), count);
+    EXPECT_EQ(logprobs["text_offset"].size(), count);
+    for (const Json& value : logprobs["token_logprobs"]) EXPECT_LE(value.get<double>(), 0.0);
+    completion += static_cast<int>(count);
+  }
+  EXPECT_EQ(choices[0]["text"], single.json["choices"][0]["text"]);
+  EXPECT_EQ(choices[0]["logprobs"], single.json["choices"][0]["logprobs"]);
+  EXPECT_EQ(answer.json["usage"]["completion_tokens"], completion);
+  EXPECT_EQ(answer.json["usage"]["prompt_tokens"], single.json["usage"]["prompt_tokens"]);
+
+  // Streamed, the chunks of every choice arrive, each choice ending once.
+  three["stream"] = true;
+  Answer stream = Post(three.dump());
+  ASSERT_EQ(stream.status, 200) << stream.text;
+  std::vector<std::string> texts(3);
+  std::vector<int> finishes(3, 0);
+  for (const std::string& event : Events(stream.text)) {
+    if (event == "[DONE]") continue;
+    Json chunk = Json::parse(event);
+    const int index = chunk["choices"][0]["index"];
+    texts[index] += chunk["choices"][0]["text"].get<std::string>();
+    finishes[index] += chunk["choices"][0]["finish_reason"].is_null() ? 0 : 1;
+  }
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(texts[i], choices[i]["text"]) << i;
+    EXPECT_EQ(finishes[i], 1) << i;
+  }
+}
+
+// Chat logprobs: one entry per completion token, its bytes those of the token's text, with
+// the values the gRPC API reports.
+TEST_F(OpenAiHttp, ChatLogprobsAreTheEnginesPerToken) {
+  v1::GenerateRequest request;
+  request.set_model(kModel);
+  v1::ChatMessage& turn = *request.add_messages();
+  turn.set_role("user");
+  turn.set_content("Count to three.");
+  request.mutable_sampling()->set_max_tokens(6);
+  request.mutable_sampling()->set_logprobs(true);
+  Unary grpc_answer = Generate(coordinator_->inference(), request);
+  ASSERT_TRUE(grpc_answer.status.ok()) << Describe(grpc_answer.status);
+
+  Answer answer = Post(Json({{"model", kModel},
+                             {"messages", {{{"role", "user"}, {"content", "Count to three."}}}},
+                             {"max_tokens", 6},
+                             {"temperature", 0},
+                             {"logprobs", true}})
+                           .dump(),
+                       "/v1/chat/completions");
+  ASSERT_EQ(answer.status, 200) << answer.text;
+  const Json& content = answer.json["choices"][0]["logprobs"]["content"];
+  ASSERT_EQ(content.size(), static_cast<size_t>(grpc_answer.response.logprobs_size()))
+      << answer.text;
+  std::string joined;
+  for (size_t i = 0; i < content.size(); ++i) {
+    EXPECT_FLOAT_EQ(content[i]["logprob"].get<float>(), grpc_answer.response.logprobs(i));
+    for (const Json& byte : content[i]["bytes"]) joined += static_cast<char>(byte.get<int>());
+    EXPECT_TRUE(content[i]["top_logprobs"].empty());
+  }
+  EXPECT_EQ(joined, grpc_answer.response.text());
+}
+
+TEST_F(OpenAiHttp, ChatErrorsNameTheField) {
+  struct Case {
+    Json body;
+    std::string param;
+    std::string message;
+  };
+  for (const Case& c : std::vector<Case>{
+           {{{"model", kModel}}, "messages", "required"},
+           {{{"model", kModel}, {"messages", Json::array()}}, "messages", "non-empty"},
+           {{{"model", kModel}, {"messages", {{{"content", "hi"}}}}},
+            "messages[0].role",
+            "required"},
+           {{{"model", kModel},
+             {"messages",
+              {{{"role", "user"},
+                {"content", {{{"type", "image_url"}, {"image_url", {{"url", "x"}}}}}}}}}},
+            "messages[0].content[0].type",
+            "'image_url' parts are not supported"},
+           {{{"model", kModel},
+             {"messages", {{{"role", "user"}, {"content", "hi"}}}},
+             {"logprobs", true},
+             {"top_logprobs", 2}},
+            "top_logprobs",
+            "only 0"},
+           {{{"model", kModel},
+             {"messages", {{{"role", "user"}, {"content", "hi"}}}},
+             {"presence_penalty", 0.5}},
+            "presence_penalty",
+            "only 0"}}) {
+    Answer answer = Post(c.body.dump(), "/v1/chat/completions");
+    EXPECT_EQ(answer.status, 400) << c.body.dump() << ": " << answer.text;
+    ASSERT_TRUE(answer.json.is_object()) << answer.text;
+    EXPECT_EQ(answer.json["error"]["param"], c.param) << answer.text;
+    EXPECT_TRUE(absl::StrContains(answer.json["error"]["message"].get<std::string>(), c.message))
+        << answer.text;
+  }
+}
+
+// A client that hangs up mid-stream cancels its request: the group frees its KV blocks.
+TEST_F(OpenAiHttp, AClientThatHangsUpMidStreamFreesItsBlocks) {
+  httplib::Client client = Client();
+  httplib::Request request;
+  request.method = "POST";
+  request.path = "/v1/chat/completions";
+  request.set_header("Content-Type", "application/json");
+  request.body = Json({{"model", kModel},
+                       {"messages", {{{"role", "user"}, {"content", "Write a long story."}}}},
+                       {"max_tokens", 3000},
+                       {"temperature", 1.0},
+                       {"seed", 5},
+                       {"stream", true}})
+                     .dump();
+  int events = 0;
+  request.content_receiver = [&events](const char* data, size_t length, uint64_t, uint64_t) {
+    events += static_cast<int>(std::count(data, data + length, '\n')) / 2;
+    return events < 3;  // hang up after the third event
+  };
+  httplib::Response response;
+  httplib::Error error = httplib::Error::Success;
+  client.send(request, response, error);
+  EXPECT_GE(events, 3);
+
+  // The coordinator logs the request as cancelled, and the group's heartbeats show no block
+  // in use any more.
+  absl::Time deadline = absl::Now() + absl::Seconds(20);
+  bool cancelled = false;
+  double used = -1;
+  while (absl::Now() < deadline) {
+    for (const Json& done : tessera::e2e::Events(coordinator_->process().Log(), "request_done")) {
+      if (done.value("code", "") == "CANCELLED" &&
+          absl::StartsWith(done.value("request_id", ""), "chatcmpl-")) {
+        cancelled = true;
+      }
+    }
+    absl::StatusOr<MetricsSnapshot> metrics = coordinator_->Metrics();
+    if (metrics.ok()) used = metrics->Sum("tessera_group_kv_blocks", {{"state", "used"}});
+    if (cancelled && used == 0) break;
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  EXPECT_TRUE(cancelled) << Tail(coordinator_->process().Log(), 10);
+  EXPECT_EQ(used, 0);
+}
+
 // Plaintext is for loopback: the API on another address without a certificate is warned about.
 TEST_F(OpenAiHttp, APlaintextApiOffLoopbackIsWarnedAbout) {
   absl::StatusOr<std::unique_ptr<CoordinatorProcess>> open =
@@ -207,7 +457,9 @@ TEST_F(OpenAiHttp, ErrorsComeInOpenAisShapeWithTheirStatus) {
             "sampling.top_p", "1.5"},
            {Json({{"model", kModel}, {"prompt", "hi"}, {"max_tokens", "ten"}}).dump(), 400,
             "max_tokens", "integer"},
-           {Json({{"model", kModel}, {"prompt", "hi"}, {"n", 2}}).dump(), 400, "n", "only 1"},
+           {Json({{"model", kModel}, {"prompt", "hi"}, {"n", 17}}).dump(), 400, "n", "at most 16"},
+           {Json({{"model", kModel}, {"prompt", "hi"}, {"logprobs", 3}}).dump(), 400, "logprobs",
+            "only 0"},
            {Json({{"model", "no-such-model"}, {"prompt", "hi"}}).dump(), 404, "", "no-such-model"},
            {Json({{"model", "no-such-model"}, {"prompt", "hi"}, {"stream", true}}).dump(), 404, "",
             "no-such-model"},

@@ -87,7 +87,8 @@ class Server:
 
     def __init__(self):
         command = [TESSERA, "serve", "--listen", "127.0.0.1:0", "--metrics-listen",
-                   "127.0.0.1:0", "--np", "2", "--tp", "2", "--kv-cache-memory", "64M"]
+                   "127.0.0.1:0", "--http-listen", "off", "--np", "2", "--tp", "2",
+                   "--kv-cache-memory", "64M"]
         env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         text=True, env=env, start_new_session=True)

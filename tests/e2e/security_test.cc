@@ -336,11 +336,28 @@ TEST_F(Security, RogueRegistrationsAndForgedHeartbeatsAreRefused) {
 // environment), so they register, here on a listener of their own (--worker-listen); its
 // client API takes the keys.
 TEST_F(Security, ServeGivesItsWorkersTheJoinToken) {
-  absl::StatusOr<std::unique_ptr<ChildProcess>> serve = ChildProcess::Start(
-      {TESSERA_BINARY, "serve", "--np", "1", "--tp", "1", "--listen", "127.0.0.1:0",
-       "--metrics-listen", "off", "--kv-cache-memory", "64M", "--join-token-file", dir_ + "/join",
-       "--api-keys", keys_file_, "--worker-listen", "127.0.0.1:0"},
-      harness_->NewLogPath("serve"), harness_->ChildEnvironment());
+  absl::StatusOr<std::unique_ptr<ChildProcess>> serve =
+      ChildProcess::Start({TESSERA_BINARY,
+                           "serve",
+                           "--np",
+                           "1",
+                           "--tp",
+                           "1",
+                           "--listen",
+                           "127.0.0.1:0",
+                           "--metrics-listen",
+                           "off",
+                           "--http-listen",
+                           "off",
+                           "--kv-cache-memory",
+                           "64M",
+                           "--join-token-file",
+                           dir_ + "/join",
+                           "--api-keys",
+                           keys_file_,
+                           "--worker-listen",
+                           "127.0.0.1:0"},
+                          harness_->NewLogPath("serve"), harness_->ChildEnvironment());
   ASSERT_TRUE(serve.ok()) << serve.status();
   const std::regex ready("tessera serve: ready: gRPC on 127\\.0\\.0\\.1:(\\d+)");
   std::smatch match;

@@ -1,5 +1,6 @@
 #include "tests/e2e/serve_harness.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -161,6 +162,10 @@ absl::StatusOr<std::unique_ptr<CoordinatorProcess>> ServeHarness::StartCoordinat
     const std::vector<std::string>& flags, absl::Duration timeout) {
   std::vector<std::string> argv = {tessera_,      "coordinator",      "--listen",
                                    "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"};
+  // The HTTP API's default port would collide between coordinators: off unless asked for.
+  if (std::find(flags.begin(), flags.end(), "--http-listen") == flags.end()) {
+    argv.insert(argv.end(), {"--http-listen", "off"});
+  }
   argv.insert(argv.end(), flags.begin(), flags.end());
   std::unique_ptr<CoordinatorProcess> coordinator(new CoordinatorProcess());
   absl::StatusOr<std::unique_ptr<ChildProcess>> process =
@@ -192,9 +197,11 @@ absl::StatusOr<std::unique_ptr<CoordinatorProcess>> ServeHarness::StartCoordinat
               grpc_port > 0 && metrics_port > 0) {
             coordinator->grpc_port_ = grpc_port;
             coordinator->metrics_port_ = metrics_port;
-            constexpr absl::string_view kHttp = ", OpenAI API on http://";
+            // ", OpenAI API on http://HOST:PORT/v1" (https with a certificate).
+            constexpr absl::string_view kHttp = ", OpenAI API on ";
             if (size_t http = line.find(kHttp); http != absl::string_view::npos) {
               absl::string_view address = line.substr(http + kHttp.size());
+              address = address.substr(address.find("://") + 3);
               address = address.substr(0, address.find('/'));
               (void)absl::SimpleAtoi(address.substr(address.rfind(':') + 1),
                                      &coordinator->http_port_);

@@ -85,13 +85,29 @@ class ServeSupervision : public ::testing::Test {
   void SetUp() override {
     char pattern[] = "/tmp/tessera-serve-supervision-XXXXXX";
     dir_ = mkdtemp(pattern);
-    serve_ = *ChildProcess::Start(
-        {TESSERA_BINARY, "serve", "--np", "4", "--tp", "2", "--listen", "127.0.0.1:0",
-         "--metrics-listen", "127.0.0.1:0", "--timeout", "2s", "--max-running", "4",
-         "--kv-cache-memory", "64M", "--restart-backoff", "500ms"},
-        dir_ + "/serve.log",
-        {absl::StrCat("TESSERA_CACHE_DIR=", dir_, "/cache"), "OMPI_ALLOW_RUN_AS_ROOT=1",
-         "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"});
+    serve_ = *ChildProcess::Start({TESSERA_BINARY,
+                                   "serve",
+                                   "--np",
+                                   "4",
+                                   "--tp",
+                                   "2",
+                                   "--listen",
+                                   "127.0.0.1:0",
+                                   "--metrics-listen",
+                                   "127.0.0.1:0",
+                                   "--http-listen",
+                                   "off",
+                                   "--timeout",
+                                   "2s",
+                                   "--max-running",
+                                   "4",
+                                   "--kv-cache-memory",
+                                   "64M",
+                                   "--restart-backoff",
+                                   "500ms"},
+                                  dir_ + "/serve.log",
+                                  {absl::StrCat("TESSERA_CACHE_DIR=", dir_, "/cache"),
+                                   "OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"});
     const std::regex serving("serving on 127\\.0\\.0\\.1:(\\d+)");
     const std::regex metrics("metrics on http://127\\.0\\.0\\.1:(\\d+)/metrics");
     std::smatch match;

@@ -1,24 +1,26 @@
-// Fuzzes the body of an HTTP POST /v1/completions (ParseCompletionRequest) and the answers
-// built from it: whatever the bytes, a body is refused with a 400 in OpenAI's shape naming a
-// field, or becomes a request with a model and a prompt whose numbers a float holds; every
-// answer is JSON text, client bytes that are not UTF-8 included.
+// Fuzzes the body of an HTTP POST /v1/completions and /v1/chat/completions
+// (ParseCompletionRequest, ParseChatCompletionRequest) and the answers built from them: whatever
+// the bytes, a body is refused with a 400 in OpenAI's shape naming a field, or becomes a request
+// with a model and a prompt whose numbers a float holds; every answer is JSON text, client bytes
+// that are not UTF-8 included.
 
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "nlohmann/json.hpp"
 #include "runtime/serve/openai_api.h"
 
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  using Json = nlohmann::json;
-  const std::string text(reinterpret_cast<const char*>(data), size);
-  const Json body = Json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (body.is_discarded()) return 0;
-  absl::StatusOr<tessera::serve::CompletionCall> call =
-      tessera::serve::ParseCompletionRequest(body);
+namespace {
+
+using Json = nlohmann::json;
+
+// One endpoint's parse of `body`, and the answers built from what it accepts.
+void Check(const Json& body, absl::StatusOr<tessera::serve::CompletionCall> (*parse)(const Json&)) {
+  absl::StatusOr<tessera::serve::CompletionCall> call = parse(body);
   if (!call.ok()) {
     tessera::serve::HttpError error = tessera::serve::ErrorFromStatus(call.status());
     if (error.status != 400 || error.body["error"]["param"].is_null()) {
@@ -27,19 +29,41 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       std::abort();
     }
     (void)tessera::serve::JsonText(error.body);
-    return 0;
+    return;
   }
   const tessera::v1::GenerateRequest& request = call->request;
   if (request.model().empty()) std::abort();
-  if (request.prompt_tokens_size() > 0 && !request.prompt().empty()) std::abort();
+  const int prompts = (request.prompt().empty() ? 0 : 1) + (request.prompt_tokens_size() > 0) +
+                      (request.messages_size() > 0);
+  if (prompts > 1) std::abort();
+  if (call->n < 1 || call->n > 16) std::abort();
   if (!std::isfinite(request.sampling().temperature()) ||
       (request.sampling().has_top_p() && !std::isfinite(request.sampling().top_p()))) {
     std::abort();
   }
-  tessera::serve::CompletionResult result;
-  result.text = request.prompt();  // any bytes: the answer must still be JSON text
+  // Any bytes (the prompt's, a message's) in the answer: it must still be JSON text.
+  std::vector<tessera::serve::ChoiceResult> choices(call->n);
+  choices[0].text = request.prompt();
+  for (const tessera::v1::ChatMessage& message : request.messages()) {
+    choices[0].text += message.content();
+  }
+  choices[0].tokens = {1, 2};
+  choices[0].logprobs = {-0.5f, -1.0f};
+  const auto token_bytes = [&](int, int32_t id, bool) {
+    return id == 1 ? choices[0].text : std::string();
+  };
   const std::string answer = tessera::serve::JsonText(
-      tessera::serve::CompletionBody("cmpl-x", request.model(), 0, result));
+      tessera::serve::CompletionBody(*call, "cmpl-x", 0, choices, token_bytes));
   if (Json::parse(answer, nullptr, false).is_discarded()) std::abort();
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const std::string text(reinterpret_cast<const char*>(data), size);
+  const Json body = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded()) return 0;
+  Check(body, &tessera::serve::ParseCompletionRequest);
+  Check(body, &tessera::serve::ParseChatCompletionRequest);
   return 0;
 }

@@ -109,19 +109,47 @@ TEST_F(Generate, HuggingFaceModelDirectoriesGiveTransformersText) {
   }
 }
 
+// --chat renders the conversation with the model's chat template (tokenizer_config.json):
+// the text equals transformers' greedy reply to apply_chat_template's prompt.
+TEST_F(Generate, ChatUsesTheModelsTemplateAsTransformersDoes) {
+  std::string dir = std::string(TESSERA_GOLDEN_MODELS) + "/qwen2_chat";
+  std::ifstream file(dir + "/golden_chat.json");
+  std::stringstream text;
+  text << file.rdbuf();
+  nlohmann::json golden = nlohmann::json::parse(text.str());
+  ASSERT_EQ(golden["messages"].size(), 2u);
+  for (int ranks : {1, 2}) {
+    Outcome outcome =
+        Run(ranks, absl::StrCat("--model ", dir, " --tp ", ranks, " --chat --system '",
+                                golden["messages"][0]["content"].get<std::string>(), "' --prompt '",
+                                golden["messages"][1]["content"].get<std::string>(),
+                                "' --max-tokens 12 --ignore-eos"));
+    ASSERT_EQ(outcome.exit_code, 0) << outcome.all;
+    EXPECT_EQ(outcome.out, golden["text"].get<std::string>() + "\n") << "tp " << ranks;
+  }
+  // A model without a template says so.
+  Outcome refused = Run(1, absl::StrCat("--model ", TESSERA_GOLDEN_MODELS,
+                                        "/glm_chat --chat --prompt hi --max-tokens 2"));
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_NE(refused.all.find("no chat template"), std::string::npos) << refused.all;
+}
+
 // A file of requests through the serving engine: results come back in input order, equal at
 // every layout (TP 2, and 2 replicas of TP 1) and equal to one-prompt generation; bad lines
 // get their own error and the rest still run.
 TEST_F(Generate, RequestFileRunsThroughTheEngine) {
   std::string requests = cache_ + "/requests.jsonl";
   std::ofstream(requests)
-      << R"({"id": "france", "prompt": "The capital of France is", "max_tokens": 24})" << "\n"
+      << R"({"id": "france", "prompt": "The capital of France is", "max_tokens": 24})"
+      << "\n"
       << R"({"id": "ids", "prompt_token_ids": [72, 105, 33], "max_tokens": 10, "ignore_eos": true})"
       << "\n\n"
-      << R"({"id": "bad", "prompt": "x", "top_p": 2})" << "\n"
+      << R"({"id": "bad", "prompt": "x", "top_p": 2})"
+      << "\n"
       << "not json\n"
       << R"({"id": "seeded", "prompt": "hi", "max_tokens": 8, "temperature": 0.9, "seed": 5,)"
-      << R"( "logprobs": true})" << "\n";
+      << R"( "logprobs": true})"
+      << "\n";
   auto read_lines = [](const std::string& path) {
     std::vector<nlohmann::json> lines;
     std::ifstream file(path);
@@ -154,7 +182,8 @@ TEST_F(Generate, RequestFileRunsThroughTheEngine) {
   }
   for (size_t r = 1; r < runs.size(); ++r) {
     for (size_t i : {0, 1, 4}) {
-      EXPECT_EQ(runs[r][i]["token_ids"], runs[0][i]["token_ids"]) << "layout " << r << " line " << i;
+      EXPECT_EQ(runs[r][i]["token_ids"], runs[0][i]["token_ids"])
+          << "layout " << r << " line " << i;
     }
   }
   Outcome single = Run(1, "--prompt 'The capital of France is' --max-tokens 24");

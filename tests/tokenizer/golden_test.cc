@@ -1,7 +1,8 @@
 // Token-for-token comparison with Hugging Face tokenizers: every golden file written by
 // tests/golden/tokenizer/generate_goldens.py, for the committed family tokenizers and, when
 // TESSERA_TOKENIZER_EXTRA_GOLDENS names a folder of goldens made with --extra, for the real
-// tokenizer.json files those name.
+// tokenizer.json files those name. And with transformers' LlamaTokenizerFast, on what
+// tokenizer_config.json's add_bos_token and add_eos_token do to the special tokens.
 
 #include <cstdint>
 #include <cstdlib>
@@ -19,6 +20,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "runtime/tokenizer/tokenizer.h"
+#include "runtime/tokenizer/tokenizer_config.h"
 #include "runtime/tokenizer/utf8.h"
 #include "tests/unit/status_test_util.h"
 
@@ -42,8 +44,8 @@ void PrintTo(const GoldenCase& golden_case, std::ostream* os) { *os << golden_ca
 std::vector<GoldenCase> GoldenCases() {
   const std::string dir = TESSERA_TOKENIZER_GOLDEN_DIR;
   // The options and invert tokenizers remove text (a Split with behavior Removed), options
-  // and digits add prefix spaces, and qwen2 normalizes, so their decodes differ from the
-  // input.
+  // and digits add prefix spaces, qwen2, nfkc and normalizers normalize, and the SentencePiece
+  // families add and strip "▁", so their decodes differ from the input.
   std::vector<GoldenCase> cases = {
       {"gpt2", dir + "/gpt2.golden.json", dir + "/gpt2.tokenizer.json", true},
       {"llama3", dir + "/llama3.golden.json", dir + "/llama3.tokenizer.json", true},
@@ -53,6 +55,11 @@ std::vector<GoldenCase> GoldenCases() {
       {"options", dir + "/options.golden.json", dir + "/options.tokenizer.json", false},
       {"digits", dir + "/digits.golden.json", dir + "/digits.tokenizer.json", false},
       {"invert", dir + "/invert.golden.json", dir + "/invert.tokenizer.json", false},
+      {"mistral", dir + "/mistral.golden.json", dir + "/mistral.tokenizer.json", false},
+      {"llama2", dir + "/llama2.golden.json", dir + "/llama2.tokenizer.json", false},
+      {"metaspace", dir + "/metaspace.golden.json", dir + "/metaspace.tokenizer.json", false},
+      {"nfkc", dir + "/nfkc.golden.json", dir + "/nfkc.tokenizer.json", false},
+      {"normalizers", dir + "/normalizers.golden.json", dir + "/normalizers.tokenizer.json", false},
   };
   if (const char* extra = std::getenv("TESSERA_TOKENIZER_EXTRA_GOLDENS")) {
     std::vector<std::filesystem::path> files;
@@ -210,6 +217,34 @@ TEST_P(GoldenTest, InvalidUtf8IsRefusedAndReplacementMatches) {
     ASSERT_OK_AND_ASSIGN(const std::vector<int32_t> ids, tokenizer_->Encode(replaced, false));
     EXPECT_EQ(Show(ids), Show(c.at("replaced_ids").get<std::vector<int32_t>>())) << Quote(bytes);
   }
+}
+
+TEST(TransformersGoldenTest, ConfigFlagsChooseTheSpecialTokens) {
+  const std::string dir = TESSERA_TOKENIZER_GOLDEN_DIR;
+  const Json golden = ReadJson(dir + "/transformers.golden.json");
+  int checked = 0;
+  for (const Json& c : golden.at("cases")) {
+    const std::string config_text = c.at("tokenizer_config").dump();
+    SCOPED_TRACE(c.at("tokenizer").get<std::string>() + " with " + config_text);
+    ASSERT_OK_AND_ASSIGN(const TokenizerConfig config,
+                         ParseTokenizerConfig(config_text, "tokenizer_config.json"));
+    ASSERT_OK_AND_ASSIGN(
+        const std::unique_ptr<Tokenizer> tokenizer,
+        Tokenizer::FromFile(dir + "/" + c.at("tokenizer").get<std::string>(), config));
+    int mismatches = 0;
+    for (const Json& e : c.at("encode")) {
+      const std::string text = e.at("text").get<std::string>();
+      const auto expected = e.at("ids_with_special").get<std::vector<int32_t>>();
+      ASSERT_OK_AND_ASSIGN(const std::vector<int32_t> ids, tokenizer->Encode(text, true));
+      ++checked;
+      if (ids != expected && ++mismatches <= kReportedMismatches) {
+        ADD_FAILURE() << "Encode(" << Quote(text) << ", add_special_tokens=true)\n  got      "
+                      << Show(ids) << "\n  expected " << Show(expected);
+      }
+    }
+    EXPECT_EQ(mismatches, 0);
+  }
+  EXPECT_GT(checked, 500);
 }
 
 INSTANTIATE_TEST_SUITE_P(Tokenizers, GoldenTest, ::testing::ValuesIn(GoldenCases()),

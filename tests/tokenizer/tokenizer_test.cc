@@ -1,11 +1,13 @@
 // Unit tests of runtime/tokenizer: UTF-8 handling, the byte-level alphabet, BPE merge order,
-// errors for malformed or unsupported tokenizer.json files and for bad input, the streaming
-// decoder on random ids, and concurrent encoding. Agreement with Hugging Face tokenizers is
-// golden_test.cc's job.
+// normalizers, byte fallback, tokenizer_config.json's add_bos_token and add_eos_token, errors
+// for malformed or unsupported tokenizer.json files and for bad input, the streaming decoder
+// (on random ids, and on byte-fallback runs), and concurrent encoding. Agreement with Hugging
+// Face tokenizers is golden_test.cc's job.
 
 #include "runtime/tokenizer/tokenizer.h"
 
 #include <cstdint>
+#include <cstdio>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -17,7 +19,9 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "runtime/tokenizer/byte_level.h"
+#include "runtime/tokenizer/normalizer.h"
 #include "runtime/tokenizer/regex.h"
+#include "runtime/tokenizer/tokenizer_config.h"
 #include "runtime/tokenizer/utf8.h"
 #include "tests/unit/status_test_util.h"
 
@@ -329,6 +333,201 @@ TEST(TokenizerTest, EmptyInputs) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Normalizers
+
+TEST(NormalizerTest, LowercaseIsRustsCharToLowercase) {
+  std::vector<NormalizerStep> steps(1);
+  steps[0].kind = NormalizerStep::Kind::kLowercase;
+  const Normalizer lowercase(std::move(steps));
+  std::string out;
+  // What tokenizers 0.23.3's Lowercase makes of it: İ has a two-character lowercase, and a
+  // final Σ is σ (no context).
+  ASSERT_OK(lowercase.Normalize("\xc4\xb0STANBUL \xce\xa3\xce\x91\xce\xa3 \xe2\x85\xab", &out));
+  EXPECT_EQ(out, "i\xcc\x87stanbul \xcf\x83\xce\xb1\xcf\x83 \xe2\x85\xbb");
+}
+
+TEST(NormalizerTest, StepsApplyInOrderAndPrependSkipsEmptyText) {
+  std::vector<NormalizerStep> steps(3);
+  steps[0].kind = NormalizerStep::Kind::kNfkc;
+  steps[1].kind = NormalizerStep::Kind::kReplace;
+  steps[1].text = "\xe2\x96\x81";  // "▁"
+  ASSERT_OK_AND_ASSIGN(steps[1].pattern, Regex::CompileLiteral(" "));
+  steps[2].kind = NormalizerStep::Kind::kPrepend;
+  steps[2].text = "\xe2\x96\x81";
+  const Normalizer normalizer(std::move(steps));
+  std::string out;
+  ASSERT_OK(normalizer.Normalize("\xef\xac\x81le \xe2\x91\xa0", &out));  // "ﬁle ①"
+  EXPECT_EQ(out,
+            "\xe2\x96\x81"
+            "file"
+            "\xe2\x96\x81"
+            "1");
+  ASSERT_OK(normalizer.Normalize("", &out));
+  EXPECT_EQ(out, "");
+}
+
+// ---------------------------------------------------------------------------------------------
+// SentencePiece-style BPE: a small tokenizer.json as transformers converts Llama-2's.
+
+constexpr char kSpace[] = "\xe2\x96\x81";  // "▁"
+
+// <unk> <s> </s>, the 256 byte tokens, "a", "b", "▁" and the merge "▁ a"; Metaspace with
+// `scheme`, byte fallback, Llama's decoder, <s> prepended.
+Json SentencePieceTokenizer(const std::string& scheme = "first") {
+  Json vocab = {{"<unk>", 0}, {"<s>", 1}, {"</s>", 2}};
+  for (int b = 0; b < 256; ++b) {
+    char name[8];
+    std::snprintf(name, sizeof(name), "<0x%02X>", b);
+    vocab[name] = 3 + b;
+  }
+  vocab["a"] = 259;
+  vocab["b"] = 260;
+  vocab[kSpace] = 261;
+  vocab[std::string(kSpace) + "a"] = 262;
+  auto special = [](int id, const std::string& content) {
+    return Json{{"id", id},        {"content", content},  {"single_word", false}, {"lstrip", false},
+                {"rstrip", false}, {"normalized", false}, {"special", true}};
+  };
+  auto replace = [](const std::string& from, const std::string& to) {
+    return Json{{"type", "Replace"}, {"pattern", {{"String", from}}}, {"content", to}};
+  };
+  return Json{
+      {"added_tokens", Json::array({special(0, "<unk>"), special(1, "<s>"), special(2, "</s>")})},
+      {"normalizer", nullptr},
+      {"pre_tokenizer",
+       {{"type", "Metaspace"},
+        {"replacement", kSpace},
+        {"prepend_scheme", scheme},
+        {"split", false}}},
+      {"post_processor",
+       {{"type", "TemplateProcessing"},
+        {"single", Json::array({{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
+                                {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
+        {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {1}}, {"tokens", {"<s>"}}}}}}}},
+      {"decoder",
+       {{"type", "Sequence"},
+        {"decoders",
+         Json::array({replace(kSpace, " "),
+                      {{"type", "ByteFallback"}},
+                      {{"type", "Fuse"}},
+                      {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}})}}},
+      {"model",
+       {{"type", "BPE"},
+        {"unk_token", "<unk>"},
+        {"fuse_unk", true},
+        {"byte_fallback", true},
+        {"vocab", vocab},
+        {"merges", Json::array({Json::array({kSpace, "a"})})}}},
+  };
+}
+
+int32_t ByteToken(uint8_t byte) { return 3 + byte; }
+
+TEST(SentencePieceTest, CharactersWithoutATokenBecomeTheirBytes) {
+  auto t = Load(SentencePieceTokenizer());
+  ASSERT_NE(t, nullptr);
+  // "a 中": "▁a", "▁", then 中's three bytes.
+  EXPECT_EQ(*t->Encode("a \xe4\xb8\xad", false),
+            (std::vector<int32_t>{262, 261, ByteToken(0xe4), ByteToken(0xb8), ByteToken(0xad)}));
+  EXPECT_EQ(*t->Decode(*t->Encode("a \xe4\xb8\xad", true), true), "a \xe4\xb8\xad");
+}
+
+TEST(SentencePieceTest, FirstPrependsOnlyAtTheStartOfTheText) {
+  auto first = Load(SentencePieceTokenizer("first"));
+  ASSERT_NE(first, nullptr);
+  EXPECT_EQ(*first->Encode("a<s>a", false), (std::vector<int32_t>{262, 1, 259}));
+  auto always = Load(SentencePieceTokenizer("always"));
+  ASSERT_NE(always, nullptr);
+  EXPECT_EQ(*always->Encode("a<s>a", false), (std::vector<int32_t>{262, 1, 262}));
+  auto never = Load(SentencePieceTokenizer("never"));
+  ASSERT_NE(never, nullptr);
+  EXPECT_EQ(*never->Encode("a<s>a", false), (std::vector<int32_t>{259, 1, 259}));
+}
+
+TEST(SentencePieceTest, StreamingHoldsAByteRunUntilItEnds) {
+  auto t = Load(SentencePieceTokenizer());
+  ASSERT_NE(t, nullptr);
+  StreamingDecoder decoder(*t, /*skip_special_tokens=*/false);
+  // 中 is complete after three bytes, but a fourth byte could still make the run ill-formed
+  // (and every byte of it U+FFFD), so it waits for a token that is not a byte.
+  for (const uint8_t byte : {0xe4, 0xb8, 0xad}) EXPECT_EQ(*decoder.Add(ByteToken(byte)), "");
+  EXPECT_EQ(decoder.pending_bytes(), 3u);
+  EXPECT_EQ(*decoder.Add(262), "\xe4\xb8\xad a");
+  EXPECT_EQ(decoder.Flush(), "");
+}
+
+TEST(SentencePieceTest, AnIllFormedByteRunIsOneReplacementPerByteAtOnce) {
+  auto t = Load(SentencePieceTokenizer());
+  ASSERT_NE(t, nullptr);
+  const std::string r = kReplacement;
+  StreamingDecoder decoder(*t, false);
+  EXPECT_EQ(*decoder.Add(ByteToken('A')), "");
+  EXPECT_EQ(*decoder.Add(ByteToken(0xff)), r + r);  // "A" too: the run is ill-formed
+  EXPECT_EQ(*decoder.Add(ByteToken('B')), r);
+  EXPECT_EQ(*decoder.Add(262), " a");
+  const std::vector<int32_t> ids = {ByteToken('A'), ByteToken(0xff), ByteToken('B'), 262};
+  EXPECT_EQ(*t->Decode(ids, false), r + r + r + " a");
+  // A run cut short by the end of the stream is ill-formed too.
+  EXPECT_EQ(*decoder.Add(ByteToken(0xe4)), "");
+  EXPECT_EQ(decoder.Flush(), r);
+}
+
+TEST(SentencePieceTest, StripRemovesOnlyTheFirstSpaceOfTheText) {
+  auto t = Load(SentencePieceTokenizer());
+  ASSERT_NE(t, nullptr);
+  StreamingDecoder decoder(*t, /*skip_special_tokens=*/true);
+  EXPECT_EQ(*decoder.Add(1), "");    // <s>, skipped
+  EXPECT_EQ(*decoder.Add(261), "");  // "▁": the space Strip removes
+  EXPECT_EQ(*decoder.Add(262), " a");
+  EXPECT_EQ(*decoder.Add(261), " ");
+  EXPECT_EQ(decoder.Flush(), "");
+}
+
+TEST(SentencePieceTest, MetaspaceDecoderDropsTheFirstTokensReplacements) {
+  Json json = SentencePieceTokenizer();
+  json["decoder"] = {{"type", "Sequence"},
+                     {"decoders", Json::array({{{"type", "ByteFallback"}},
+                                               {{"type", "Metaspace"},
+                                                {"replacement", kSpace},
+                                                {"prepend_scheme", "always"},
+                                                {"split", true}}})}};
+  auto t = Load(json);
+  ASSERT_NE(t, nullptr);
+  const std::vector<int32_t> ids = {261, 262, 262};  // "▁" "▁a" "▁a"
+  EXPECT_EQ(*t->Decode(ids, false), " a a");
+}
+
+// ---------------------------------------------------------------------------------------------
+// tokenizer_config.json's add_bos_token and add_eos_token
+
+TEST(ConfigTest, FlagsRebuildTheTemplateAndUnsetOnesKeepItsSide) {
+  TokenizerConfig config;
+  config.eos_token = "</s>";
+  config.add_eos_token = true;
+  ASSERT_OK_AND_ASSIGN(auto t,
+                       Tokenizer::FromJson(SentencePieceTokenizer().dump(), "t.json", config));
+  EXPECT_EQ(*t->Encode("a", true), (std::vector<int32_t>{1, 262, 2}));
+  config.bos_token = "<s>";
+  config.add_bos_token = false;
+  ASSERT_OK_AND_ASSIGN(t, Tokenizer::FromJson(SentencePieceTokenizer().dump(), "t.json", config));
+  EXPECT_EQ(*t->Encode("a", true), (std::vector<int32_t>{262, 2}));
+  EXPECT_EQ(*t->Encode("a", false), (std::vector<int32_t>{262}));
+}
+
+TEST(ConfigTest, AFlagNeedsItsTokenInTheVocabulary) {
+  TokenizerConfig config;
+  config.add_bos_token = true;
+  const std::string json = SentencePieceTokenizer().dump();
+  EXPECT_TRUE(IsError(Tokenizer::FromJson(json, "t.json", config),
+                      absl::StatusCode::kInvalidArgument,
+                      {"t.json: tokenizer_config.json's bos_token is needed and not set"}));
+  config.bos_token = "<bos>";
+  EXPECT_TRUE(IsError(Tokenizer::FromJson(json, "t.json", config),
+                      absl::StatusCode::kInvalidArgument,
+                      {"bos_token \"<bos>\" is not a token of this tokenizer"}));
+}
+
+// ---------------------------------------------------------------------------------------------
 // Streaming decoder
 
 TEST(StreamingDecoderTest, HoldsBackAnEmojiUntilItIsWhole) {
@@ -434,8 +633,8 @@ std::vector<BadFile> BadFiles() {
   edit("merge_one_token", [](Json& j) { j["model"]["merges"].push_back("abc"); },
        {"model.merges[1]", "two tokens"});
   edit("merge_number", [](Json& j) { j["model"]["merges"].push_back(7); }, {"model.merges[1]"});
-  edit("byte_fallback", [](Json& j) { j["model"]["byte_fallback"] = true; },
-       {"model.byte_fallback 'true' is not supported"});
+  edit("byte_fallback_with_byte_level", [](Json& j) { j["model"]["byte_fallback"] = true; },
+       {"model.byte_fallback true is not supported with a ByteLevel pre-tokenizer"});
   edit("dropout", [](Json& j) { j["model"]["dropout"] = 0.1; }, {"model.dropout"});
   edit("unk_not_in_vocab", [](Json& j) { j["model"]["unk_token"] = "<unk>"; },
        {"model.unk_token \"<unk>\" is not in model.vocab"});
@@ -443,31 +642,37 @@ std::vector<BadFile> BadFiles() {
        {"model.continuing_subword_prefix"});
   edit("normalizer",
        [](Json& j) {
-         j["normalizer"] = {{"type", "Lowercase"}};
+         j["normalizer"] = {{"type", "BertNormalizer"}};
        },
-       {"normalizer.type 'Lowercase' is not supported"});
+       {"normalizer.type 'BertNormalizer' is not supported"});
   edit("normalizer_sequence",
        [](Json& j) {
-         j["normalizer"] = {{"type", "Sequence"},
-                            {"normalizers", Json::array({{{"type", "NFKC"}}})}};
+         j["normalizer"] = {
+             {"type", "Sequence"},
+             {"normalizers", Json::array({{{"type", "NFKC"}}, {{"type", "Precompiled"}}})}};
        },
-       {"normalizer.normalizers[0].type 'NFKC' is not supported"});
-  edit("no_pre_tokenizer", [](Json& j) { j["pre_tokenizer"] = nullptr; },
-       {"pre_tokenizer is missing"});
+       {"normalizer.normalizers[1].type 'Precompiled' is not supported"});
+  edit("prepend_without_text",
+       [](Json& j) {
+         j["normalizer"] = {{"type", "Prepend"}};
+       },
+       {"normalizer.prepend is missing"});
+  edit("replace_matching_empty_text",
+       [](Json& j) {
+         j["normalizer"] = {{"type", "Replace"}, {"pattern", {{"Regex", "a*"}}}, {"content", "b"}};
+       },
+       {"normalizer.pattern can match empty text"});
+  edit("replace_with_group_reference",
+       [](Json& j) {
+         j["normalizer"] = {
+             {"type", "Replace"}, {"pattern", {{"Regex", "(a)"}}}, {"content", "$1$1"}};
+       },
+       {"normalizer.content with '$' after a Regex pattern is not supported"});
   edit("whitespace",
        [](Json& j) {
          j["pre_tokenizer"] = {{"type", "Whitespace"}};
        },
        {"pre_tokenizer.type 'Whitespace' is not supported"});
-  edit("no_byte_level",
-       [](Json& j) {
-         j["pre_tokenizer"] = {{"type", "Sequence"},
-                               {"pretokenizers", Json::array({{{"type", "Split"},
-                                                               {"pattern", {{"Regex", "\\s+"}}},
-                                                               {"behavior", "Isolated"},
-                                                               {"invert", false}}})}};
-       },
-       {"pre_tokenizer must end with ByteLevel"});
   edit("bad_regex",
        [](Json& j) {
          j["pre_tokenizer"] = {{"type", "Sequence"},
@@ -488,15 +693,25 @@ std::vector<BadFile> BadFiles() {
                    {{"type", "ByteLevel"}}})}};
        },
        {"pre_tokenizer.pretokenizers[0].behavior 'Shuffled' is not supported"});
-  edit("metaspace_in_sequence",
+  edit("metaspace_after_byte_level",
        [](Json& j) {
          j["pre_tokenizer"] = {
              {"type", "Sequence"},
-             {"pretokenizers", Json::array({{{"type", "Digits"}, {"individual_digits", true}},
-                                            {{"type", "Metaspace"}, {"replacement", "\u2581"}},
-                                            {{"type", "ByteLevel"}}})}};
+             {"pretokenizers", Json::array({{{"type", "ByteLevel"}},
+                                            {{"type", "Metaspace"}, {"replacement", "\u2581"}}})}};
        },
-       {"pre_tokenizer.pretokenizers[1].type 'Metaspace' is not supported"});
+       {"pre_tokenizer.pretokenizers[1] 'Metaspace' after ByteLevel is not supported"});
+  edit("metaspace_long_replacement",
+       [](Json& j) {
+         j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "__"}};
+       },
+       {"pre_tokenizer.replacement must be one character, not \"__\""});
+  edit("metaspace_scheme",
+       [](Json& j) {
+         j["pre_tokenizer"] = {
+             {"type", "Metaspace"}, {"replacement", "_"}, {"prepend_scheme", "sometimes"}};
+       },
+       {"pre_tokenizer.prepend_scheme 'sometimes' is not supported"});
   edit("digits_without_flag",
        [](Json& j) {
          j["pre_tokenizer"] = {
@@ -518,6 +733,45 @@ std::vector<BadFile> BadFiles() {
          j["decoder"] = {{"type", "WordPiece"}};
        },
        {"decoder.type 'WordPiece' is not supported"});
+  edit("nested_decoder",
+       [](Json& j) {
+         j["decoder"] = {
+             {"type", "Sequence"},
+             {"decoders", Json::array({{{"type", "Fuse"}},
+                                       {{"type", "Sequence"},
+                                        {"decoders", Json::array({{{"type", "CTC"}}})}}})}};
+       },
+       {"decoder.decoders[1].decoders[0].type 'CTC' is not supported"});
+  edit("byte_fallback_after_fuse",
+       [](Json& j) {
+         j["decoder"] = {
+             {"type", "Sequence"},
+             {"decoders", Json::array({{{"type", "Fuse"}}, {{"type", "ByteFallback"}}})}};
+       },
+       {"decoder.decoders[1] 'ByteFallback' after 'Fuse' is not supported"});
+  edit("byte_level_after_byte_level",
+       [](Json& j) {
+         j["decoder"] = {
+             {"type", "Sequence"},
+             {"decoders", Json::array({{{"type", "ByteLevel"}}, {{"type", "ByteLevel"}}})}};
+       },
+       {"decoder.decoders[1] 'ByteLevel' after 'ByteLevel' is not supported"});
+  edit("strip_stop",
+       [](Json& j) {
+         j["decoder"] = {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 1}};
+       },
+       {"decoder.stop '1' is not supported"});
+  edit("strip_without_start",
+       [](Json& j) {
+         j["decoder"] = {{"type", "Strip"}, {"content", " "}, {"stop", 0}};
+       },
+       {"decoder.start is missing"});
+  edit(
+      "regex_replace_decoder",
+      [](Json& j) {
+        j["decoder"] = {{"type", "Replace"}, {"pattern", {{"Regex", "\u2581+"}}}, {"content", " "}};
+      },
+      {"decoder.pattern must be {\"String\": ...}"});
   edit("roberta",
        [](Json& j) {
          j["post_processor"] = {{"type", "RobertaProcessing"}};
@@ -561,6 +815,17 @@ INSTANTIATE_TEST_SUITE_P(Files, BadFileTest, ::testing::ValuesIn(BadFiles()),
                          });
 
 TEST(LoadTest, TheSmallTokenizerLoads) { EXPECT_NE(Load(SmallTokenizer({"a b"})), nullptr); }
+
+TEST(LoadTest, WithoutAPreTokenizerTheTextIsOneWord) {
+  Json json = SmallTokenizer({"a b"});
+  json["pre_tokenizer"] = nullptr;
+  json["decoder"] = {{"type", "Fuse"}};
+  auto t = Load(json);
+  ASSERT_NE(t, nullptr);
+  // Characters, not bytes: "Ġ" is the token of "Ġ", and " " has none.
+  EXPECT_EQ(*t->Encode("ab\xc4\xa0", false), Ids(*t, {"ab", "\xc4\xa0"}));
+  EXPECT_EQ(*t->Decode(Ids(*t, {"ab", "\xc4\xa0"}), false), "ab\xc4\xa0");
+}
 
 TEST(LoadTest, MissingFileIsNotFound) {
   EXPECT_TRUE(IsError(Tokenizer::FromFile("/nonexistent/tokenizer.json"),

@@ -134,8 +134,8 @@ TEST_F(Train, MemorizesCompletionsAndTheExportGeneratesThem) {
     const std::string target = absl::StrCat("127.0.0.1:", 20000 + getpid() % 20000 + tp);
     std::string script = absl::StrCat(
         "export TESSERA_CACHE_DIR=", dir_, "/cache; ", TESSERA_BINARY, " serve --model ", run,
-        "/export --np 2 --tp 2 --listen ", target, " --metrics-listen off > ", run,
-        "/serve.log 2>&1 & pid=$!; ok=1; for i in $(seq 1 600); do ", TESSERA_BINARY,
+        "/export --np 2 --tp 2 --listen ", target, " --metrics-listen off --http-listen off > ",
+        run, "/serve.log 2>&1 & pid=$!; ok=1; for i in $(seq 1 600); do ", TESSERA_BINARY,
         " client health --target ", target, " --timeout 1s >/dev/null 2>&1 && ok=0 && break; ",
         "sleep 0.2; done; ");
     for (const auto& [prompt, completion] : kPairs) {

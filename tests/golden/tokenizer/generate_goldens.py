@@ -2,10 +2,10 @@
 """Writes the tokenizer goldens that tests/tokenizer checks Tessera's tokenizer against.
 
 The reference is Hugging Face `tokenizers` (the Rust library behind transformers' fast
-tokenizers). Real model tokenizer.json files are 7-11 MB each, too large to commit, so this
-script trains small byte-level BPE vocabularies (about 2,000 tokens: all the merges the corpus
-allows) on a mixed corpus and gives each one a published family's configuration, as that
-family's tokenizer.json has it:
+tokenizers). Real model tokenizer.json files are 2-11 MB each, too large to commit, so this
+script trains small BPE vocabularies (about 2,000 tokens: all the merges the corpus allows) on
+a mixed corpus and gives each one a published family's configuration, as that family's
+tokenizer.json has it:
 
   gpt2    ByteLevel pre-tokenizer with the GPT-2 regex, <|endoftext|>.
   llama3  Split on the Llama-3 regex + ByteLevel, ignore_merges (with vocabulary words that
@@ -23,12 +23,37 @@ family's tokenizer.json has it:
           steps, before ByteLevel with add_prefix_space.
   invert  Not a family: invert with the Split behaviors that the others use only without it
           (Isolated, Removed, MergedWithPrevious, MergedWithNext).
+  mistral SentencePiece-style BPE as transformers converts Llama-2 and Mistral v0.3 (legacy
+          False): <unk> <s> </s> and 256 <0xNN> byte tokens first, byte_fallback, fuse_unk,
+          Metaspace prepending "▁" to the start of the text only ("first") without split,
+          <s> prepended, the decoder Replace("▁", " "), ByteFallback, Fuse, Strip(1 space);
+          [INST] [/INST] control tokens; merges across words.
+  llama2  The older form of the same (Llama-2, TinyLlama, Mistral v0.1): no pre-tokenizer,
+          the normalizers Prepend("▁") and Replace(" ", "▁"), runs of "▁" merged first,
+          merges as "a b" strings.
+  metaspace  Not a family: Digits then Metaspace ("always", split), <0xNN> tokens for only
+          some bytes (so characters also become <unk>, not fused), the decoders ByteFallback,
+          Strip and Metaspace token by token; a normalized added token and one with "▁".
+  nfkc    NFKC before a GPT-2 style byte-level pipeline; a normalized added token ("ﬁle").
+  normalizers  Not a family: NFKD, a Regex Replace, Lowercase, NFD, NFC, a String Replace and
+          Prepend in one Sequence, Metaspace ("never", split), the decoders Metaspace, Replace
+          and Strip after Fuse.
 
 For each it writes <name>.tokenizer.json and <name>.golden.json: a few hundred strings with
 their ids from Tokenizer.encode(s, add_special_tokens=False/True) and the decodes of those ids,
 decodes of arbitrary id sequences (they split multi-byte characters, for the streaming
 decoder), and invalid UTF-8 byte strings with the offset of their first bad byte and the ids
 of their bytes.decode("utf-8", "replace") text.
+
+With --transformers it writes transformers.golden.json instead: what transformers'
+LlamaTokenizerFast encodes with add_special_tokens for the llama2 and mistral tokenizer.json
+files beside tokenizer_config.json files that set add_bos_token and add_eos_token, or not
+(TRANSFORMERS_CONFIGS). transformers 4.x rebuilds the template from those flags (an unset
+add_bos_token counts as true, an unset add_eos_token as false: for these files, the sides of
+their template as it is); transformers 5.25 ignores the flags in tokenizer_config.json, so the
+goldens need a 4.x:
+  python3 -m venv venv4 && venv4/bin/pip install transformers==4.53.3 tokenizers==0.21.4
+  venv4/bin/python tests/golden/tokenizer/generate_goldens.py --transformers
 
 With --extra NAME=PATH it also writes NAME.golden.json for a real tokenizer.json; the
 tokenizer tests run those when TESSERA_TOKENIZER_EXTRA_GOLDENS names their folder. They are
@@ -44,10 +69,12 @@ smollm2_tokenizer_json.py, which says how.
 How the committed files were made:
   python3 -m venv venv && venv/bin/pip install tokenizers==0.23.3
   venv/bin/python tests/golden/tokenizer/generate_goldens.py
-with Python 3.11.7 and tokenizers 0.23.3.
+with Python 3.11.7 and tokenizers 0.23.3, and transformers.golden.json with --transformers as
+above (transformers 4.53.3, tokenizers 0.21.4).
 """
 
 import argparse
+import collections
 import json
 import os
 import random
@@ -248,10 +275,17 @@ def byte_level_inverse():
     return {b: chr(c) for b, c in zip(bs, cs)}
 
 
-def decode_cases(tok, rng, specials):
-    """Id sequences that split multi-byte characters, with special tokens among them."""
-    byte_char = byte_level_inverse()
-    byte_ids = [tok.token_to_id(byte_char[b]) for b in range(256)]
+def byte_fallback_token(b):
+    """The token that stands for byte `b` in a byte_fallback vocabulary: <0xE4>."""
+    return f"<0x{b:02X}>"
+
+
+def decode_cases(tok, rng, specials, byte_token):
+    """Id sequences that split multi-byte characters, with special tokens among them.
+
+    `byte_token(b)` is the vocabulary's token for byte b: a byte-level character, or <0xNN>
+    for byte fallback. Sequences that need a byte without a token are left out."""
+    byte_ids = [tok.token_to_id(byte_token(b)) for b in range(256)]
     high = [i for b, i in enumerate(byte_ids) if b >= 0x80 and i is not None]
     special_ids = [tok.token_to_id(sp) for sp in specials]
     vocab = tok.get_vocab(with_added_tokens=True)
@@ -277,6 +311,21 @@ def decode_cases(tok, rng, specials):
         seqs.append([rng.choice(pool) for _ in range(rng.randint(1, 12))])
     for _ in range(15):
         seqs.append([rng.choice(all_ids) for _ in range(rng.randint(1, 20))])
+    if byte_token is byte_fallback_token:
+        # Metaspace words, whose spaces the decoders strip or keep by position, beside byte
+        # runs that make a space, a character or nothing valid.
+        spaced = sorted(i for t, i in vocab.items() if t.startswith("▁"))[:40]
+        space = byte_ids[ord(" ")]
+        seqs += [[spaced[0]], [spaced[0], spaced[1]], [space, spaced[0]], [space, space, a],
+                 z + [spaced[0]], [spaced[0]] + z[:2] + [spaced[1]] + z[2:], e[:2] + [a] + e,
+                 [byte_ids[0xFF], a], [a, byte_ids[0xC3]], [space] + z + [space]]
+        if special_ids:
+            seqs += [[special_ids[0], spaced[0]], [special_ids[0], space, a],
+                     z[:2] + [special_ids[0]] + z[2:] + [spaced[0]]]
+        for _ in range(40):
+            pool = spaced + high + [space, a] + special_ids
+            seqs.append([rng.choice(pool) for _ in range(rng.randint(1, 10))])
+    seqs = [ids for ids in seqs if None not in ids]
     cases = []
     for ids in seqs:
         cases.append({"ids": ids, "text": tok.decode(ids, skip_special_tokens=False),
@@ -286,6 +335,11 @@ def decode_cases(tok, rng, specials):
 
 def golden(tok, specials, seed):
     rng = random.Random(seed)
+    if tok.token_to_id(byte_fallback_token(ord("a"))) is not None:
+        byte_token = byte_fallback_token
+    else:
+        byte_char = byte_level_inverse()
+        byte_token = byte_char.__getitem__
     encode = []
     for text in test_strings(rng, specials):
         ids = tok.encode(text, add_special_tokens=False).ids
@@ -308,7 +362,7 @@ def golden(tok, specials, seed):
         "tokenizers_version": tokenizers.__version__,
         "vocab_size_with_added_tokens": tok.get_vocab_size(with_added_tokens=True),
         "encode": encode,
-        "decode": decode_cases(tok, rng, specials),
+        "decode": decode_cases(tok, rng, specials, byte_token),
         "invalid_utf8": invalid,
     }
 
@@ -491,9 +545,162 @@ def build_invert():
     return tok, ["<|endoftext|>"], {}
 
 
+# SentencePiece's vocabulary layout, as Llama-2, Mistral and TinyLlama publish it: <unk> <s>
+# </s>, then one <0xNN> token per byte, then the pieces.
+SENTENCEPIECE_SPECIALS = ["<unk>", "<s>", "</s>"]
+
+
+def train_sentencepiece(seed, byte_tokens=range(256), limit_alphabet=150, split=True,
+                        vocab_size=VOCAB_SIZE):
+    """A SentencePiece-style BPE vocabulary and its merges: words with their spaces as a
+    leading "▁", only the `limit_alphabet` commonest characters (the rest need byte fallback),
+    <0xNN> tokens for `byte_tokens`. With `split` false, merges may cross words (and make long
+    tokens: `vocab_size` keeps them few)."""
+    rng = random.Random(seed)
+    lines = corpus_lines(rng)
+    # The trainer's own limit_alphabet breaks ties between equally common characters
+    # differently from run to run; leaving the rare characters out of the corpus does not.
+    counts = collections.Counter("".join(lines).replace(" ", "\u2581"))
+    alphabet = set(sorted(counts, key=lambda c: (-counts[c], c))[:limit_alphabet])
+    lines = ["".join(c for c in line if c == " " or c in alphabet) for line in lines]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always",
+                                                 split=split)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False)
+    tok.train_from_iterator(lines, trainer=trainer)
+    trained = json.loads(tok.to_str())["model"]
+    vocab = {}
+    for token in SENTENCEPIECE_SPECIALS + [byte_fallback_token(b) for b in byte_tokens]:
+        vocab[token] = len(vocab)
+    for token, _ in sorted(trained["vocab"].items(), key=lambda item: item[1]):
+        vocab.setdefault(token, len(vocab))
+    return vocab, [tuple(m) for m in trained["merges"]]
+
+
+def sentencepiece_tokenizer(vocab, merges, fuse_unk=True, byte_fallback=True):
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>",
+                               fuse_unk=fuse_unk, byte_fallback=byte_fallback))
+    tok.add_special_tokens([special(s) for s in SENTENCEPIECE_SPECIALS])
+    return tok
+
+
+def llama_decoder():
+    """transformers' LlamaConverter decoder (Llama-2, Mistral, TinyLlama)."""
+    return decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                              decoders.Fuse(), decoders.Strip(content=" ", left=1, right=0)])
+
+
+def bos_template(tok):
+    return processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s>:1 $B:1",
+        special_tokens=[("<s>", tok.token_to_id("<s>"))])
+
+
+def build_mistral():
+    # transformers' LlamaConverter with legacy=False, as Mistral v0.3 publishes it: no
+    # normalizer, Metaspace prepending "▁" to the start of the text only, no split (merges
+    # may cross words). [INST] and [/INST] are control tokens.
+    vocab, merges = train_sentencepiece(seed=9, split=False, vocab_size=1500)
+    tok = sentencepiece_tokenizer(vocab, merges)
+    tok.add_special_tokens([special("[INST]"), special("[/INST]")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first",
+                                                 split=False)
+    tok.post_processor = bos_template(tok)
+    tok.decoder = llama_decoder()
+    return tok, SENTENCEPIECE_SPECIALS + ["[INST]", "[/INST]"], {}
+
+
+def build_llama2():
+    # The older form of the same conversion (Llama-2, TinyLlama, Mistral v0.1): no
+    # pre-tokenizer; the normalizer prepends "▁" to each piece between added tokens and spells
+    # spaces "▁". Like Llama-2, runs of spaces have tokens of their own, merged first, and the
+    # merges are "a b" strings.
+    vocab, merges = train_sentencepiece(seed=10, split=True)
+    runs = [("\u2581", "\u2581"), ("\u2581\u2581", "\u2581\u2581"), ("\u2581\u2581", "\u2581")]
+    for left, right in runs:
+        vocab.setdefault(left + right, len(vocab))
+    tok = sentencepiece_tokenizer(vocab, runs + merges)
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"),
+                                           normalizers.Replace(" ", "\u2581")])
+    tok.post_processor = bos_template(tok)
+    tok.decoder = llama_decoder()
+    return tok, SENTENCEPIECE_SPECIALS, {"merges_as_strings": True}
+
+
+def build_metaspace():
+    # Not a family: Metaspace prepending "▁" to every piece and splitting at each "▁", after
+    # Digits; byte fallback with <0xNN> tokens for only some bytes, so that characters also
+    # become <unk> (not fused); the decoders before any Fuse, token by token (ByteFallback, a
+    # Strip that drops a token's leading space, Metaspace). A non-special added token that is
+    # normalized, and one spelled with "▁".
+    high = [0x80, 0x98, 0x9F, 0xA9, 0xAD, 0xB8, 0xC3, 0xE4, 0xF0]
+    vocab, merges = train_sentencepiece(seed=11, byte_tokens=list(range(0x80)) + high,
+                                        limit_alphabet=100)
+    tok = sentencepiece_tokenizer(vocab, merges, fuse_unk=False)
+    tok.add_special_tokens([special("<mask>")])
+    tok.add_tokens([AddedToken("hello world", normalized=True),
+                    AddedToken("\u2581new", normalized=False)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True),
+    ])
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B:1 </s>:1",
+        special_tokens=[("</s>", tok.token_to_id("</s>"))])
+    tok.decoder = decoders.Sequence([
+        decoders.ByteFallback(),
+        decoders.Strip(content=" ", left=1, right=0),
+        decoders.Metaspace(replacement="\u2581", prepend_scheme="always", split=True),
+    ])
+    return tok, SENTENCEPIECE_SPECIALS + ["<mask>", "hello world", "\u2581new"], {}
+
+
+def build_nfkc():
+    # NFKC before a byte-level pipeline (GPT-2's regex): compatibility characters (ﬁ, ①, ＡＢＣ,
+    # ½) become their plain forms.
+    tok = train("nfkc", pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+                normalizer=normalizers.NFKC(), seed=12)
+    tok.add_special_tokens([special("<|endoftext|>")])
+    tok.add_tokens([AddedToken("ﬁle", normalized=True)])  # matched as "file" after NFKC
+    return tok, ["<|endoftext|>", "ﬁle"], {}
+
+
+def build_normalizers():
+    # Not a family: the other normalizers in one Sequence (NFKD, a Regex Replace deleting the
+    # combining marks, Lowercase, NFD, NFC, String Replace, Prepend) before Metaspace that never
+    # prepends; the decoders after Fuse (Metaspace, Replace, Strip). Strip's "stop" stays 0:
+    # tokenizers 0.23.3 panics on text shorter than it.
+    normalizer = normalizers.Sequence([
+        normalizers.NFKD(),
+        normalizers.Replace(Regex(r"\p{Mn}+"), ""),
+        normalizers.Lowercase(),
+        normalizers.NFD(),
+        normalizers.NFC(),
+        normalizers.Replace("\t", "  "),
+        normalizers.Prepend("\u2581"),
+    ])
+    vocab, merges = train_sentencepiece(seed=13, limit_alphabet=120)
+    tok = sentencepiece_tokenizer(vocab, merges)
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never",
+                                                 split=True)
+    tok.add_tokens([AddedToken("Straße", normalized=True)])  # matched as "▁straße"
+    tok.post_processor = bos_template(tok)
+    tok.decoder = decoders.Sequence([
+        decoders.ByteFallback(),
+        decoders.Fuse(),
+        decoders.Metaspace(replacement="\u2581", prepend_scheme="never", split=True),
+        decoders.Replace(" ,", ","),
+        decoders.Strip(content=" ", left=1, right=0),
+    ])
+    return tok, SENTENCEPIECE_SPECIALS + ["Straße"], {}
+
+
 BUILDERS = {"gpt2": build_gpt2, "llama3": build_llama3, "qwen2": build_qwen2,
             "glm4": build_glm4, "smollm2": build_smollm2, "options": build_options,
-            "digits": build_digits, "invert": build_invert}
+            "digits": build_digits, "invert": build_invert, "mistral": build_mistral,
+            "llama2": build_llama2, "metaspace": build_metaspace, "nfkc": build_nfkc,
+            "normalizers": build_normalizers}
 
 
 def write_json(path, obj):
@@ -502,13 +709,64 @@ def write_json(path, obj):
         f.write("\n")
 
 
+# tokenizer_config.json flags to check transformers' post-processor against: each flag set,
+# unset (the side of tokenizer.json's template it governs stays), or both.
+TRANSFORMERS_CONFIGS = [
+    {},
+    {"add_bos_token": True, "add_eos_token": False},
+    {"add_bos_token": False},
+    {"add_eos_token": True},
+    {"add_bos_token": True, "add_eos_token": True},
+    {"add_bos_token": False, "add_eos_token": True},
+]
+
+
+def transformers_goldens(folder):
+    """transformers' LlamaTokenizerFast on the llama2 and mistral tokenizer.json files beside a
+    tokenizer_config.json with each of TRANSFORMERS_CONFIGS: the ids of encode(text), whose
+    special tokens come from add_bos_token and add_eos_token."""
+    import shutil
+    import tempfile
+
+    import transformers
+    from transformers import LlamaTokenizerFast
+
+    rng = random.Random(17)
+    texts = test_strings(rng, SENTENCEPIECE_SPECIALS)[::4]
+    cases = []
+    for name in ["llama2", "mistral"]:
+        for flags in TRANSFORMERS_CONFIGS:
+            config = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+                      "tokenizer_class": "LlamaTokenizer", "legacy": name == "llama2", **flags}
+            with tempfile.TemporaryDirectory() as model_dir:
+                shutil.copy(os.path.join(folder, f"{name}.tokenizer.json"),
+                            os.path.join(model_dir, "tokenizer.json"))
+                write_json(os.path.join(model_dir, "tokenizer_config.json"), config)
+                tok = LlamaTokenizerFast.from_pretrained(model_dir)
+                encode = [{"text": text, "ids_with_special": tok.encode(text)} for text in texts]
+            cases.append({"tokenizer": f"{name}.tokenizer.json", "tokenizer_config": config,
+                          "encode": encode})
+    return {
+        "generator": "tests/golden/tokenizer/generate_goldens.py --transformers",
+        "transformers_version": transformers.__version__,
+        "cases": cases,
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=HERE, help="folder to write into")
     parser.add_argument("--extra", action="append", default=[], metavar="NAME=PATH",
                         help="also write NAME.golden.json for the tokenizer.json at PATH")
+    parser.add_argument("--transformers", action="store_true",
+                        help="write only transformers.golden.json, from the llama2 and mistral "
+                        "tokenizer.json files in --out (needs transformers 4.x)")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    if args.transformers:
+        write_json(os.path.join(args.out, "transformers.golden.json"),
+                   transformers_goldens(args.out))
+        return
 
     for name, build in BUILDERS.items():
         tok, specials, opts = build()
