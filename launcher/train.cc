@@ -27,11 +27,13 @@
 #include "launcher/process.h"
 #include "mpi.h"
 #include "nlohmann/json.hpp"
+#include "runtime/chat/chat_format.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/core/stream.h"
 #include "runtime/core/tensor.h"
 #include "runtime/model/resident_memory.h"
 #include "runtime/model/weight_plan.h"
+#include "runtime/tokenizer/tokenizer_config.h"
 #include "runtime/train/batches.h"
 #include "runtime/train/checkpoint.h"
 #include "runtime/train/data.h"
@@ -117,12 +119,13 @@ std::optional<int32_t> LeadingSpecialToken(const tokenizer::Tokenizer& tok) {
   return with->front();
 }
 
-// `path` as a row stream, every rank of `world` tokenizing a share of it (sharded_data.h).
-// Collective over `world`.
-absl::StatusOr<train::RowStream> ReadStream(const std::string& path, const TrainConfig& config,
-                                            const model::ModelConfig& model_config,
-                                            const tokenizer::Tokenizer& tok,
-                                            comm::Communicator& world, bool report) {
+// How the data files' lines become examples for this model (data.h): its vocabulary, its
+// bos and eos, and its chat format for {"messages"} lines. A chat template that cannot be
+// used fails only such lines, saying why: a dataset of text or prompt/completion trains
+// whatever the template holds.
+absl::StatusOr<train::ExampleOptions> ExampleOptionsFor(
+    const TrainConfig& config, const model::ModelConfig& model_config,
+    const tokenizer::Tokenizer& tok, const tokenizer::TokenizerConfig& tokenizer_config) {
   train::ExampleOptions options;
   options.vocab_size = static_cast<int32_t>(model_config.vocab_size);
   options.bos_token_id = LeadingSpecialToken(tok);
@@ -135,6 +138,17 @@ absl::StatusOr<train::RowStream> ReadStream(const std::string& path, const Train
     return absl::InvalidArgumentError(
         absl::StrCat("--on-bad-line: '", config.on_bad_line, "' is not stop or skip"));
   }
+  options.chat_format =
+      std::make_shared<const chat::LoadedChatFormat>(chat::LoadChatFormat(tokenizer_config));
+  return options;
+}
+
+// `path` as a row stream, every rank of `world` tokenizing a share of it (sharded_data.h).
+// Collective over `world`.
+absl::StatusOr<train::RowStream> ReadStream(const std::string& path, const TrainConfig& config,
+                                            const train::ExampleOptions& options,
+                                            const tokenizer::Tokenizer& tok,
+                                            comm::Communicator& world, bool report) {
   train::BatchOptions batching;
   batching.seq_len = config.seq_len;
   batching.packing = config.packing;
@@ -220,13 +234,17 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
                            train::TrainableModel::Load(job.model_dir, layout.tp(), model_options));
   // Every rank tokenizes a share of the data files and, as it trains, the examples of its own
   // rows (sharded_data.h); every node needs the files. The ranks fail together.
+  // (Its errors are of the flags: every rank fails alike.)
+  TESSERA_ASSIGN_OR_RETURN(
+      const train::ExampleOptions example_options,
+      ExampleOptionsFor(config, model->config(), *job.tokenizer, job.tokenizer_config));
   absl::StatusOr<train::RowStream> data =
-      ReadStream(config.data, config, model->config(), *job.tokenizer, world, lead);
+      ReadStream(config.data, config, example_options, *job.tokenizer, world, lead);
   TESSERA_RETURN_IF_ERROR(comm::AgreeOnStatus(world, data.status(), "to read --data"));
   std::optional<train::RowStream> eval;
   if (!config.eval_data.empty()) {
     absl::StatusOr<train::RowStream> read =
-        ReadStream(config.eval_data, config, model->config(), *job.tokenizer, world, lead);
+        ReadStream(config.eval_data, config, example_options, *job.tokenizer, world, lead);
     TESSERA_RETURN_IF_ERROR(comm::AgreeOnStatus(world, read.status(), "to read --eval-data"));
     eval = std::move(*read);
   }

@@ -41,7 +41,20 @@ absl::Status ChatFormat::CanRender() const {
   if (chat_template_.has_value()) return absl::OkStatus();
   return absl::FailedPreconditionError(
       "the model has no chat template (neither tokenizer_config.json's chat_template nor a "
-      "chat_template.jinja file): send a prompt instead of messages");
+      "chat_template.jinja file)");
+}
+
+LoadedChatFormat LoadChatFormat(const tokenizer::TokenizerConfig& config) {
+  LoadedChatFormat loaded;
+  absl::StatusOr<ChatFormat> format = ChatFormat::FromConfig(config);
+  if (!format.ok()) {
+    loaded.status = absl::FailedPreconditionError(
+        absl::StrCat("the model's chat template cannot be rendered: ", format.status().message()));
+    return loaded;
+  }
+  loaded.status = format->CanRender();
+  loaded.format = *std::move(format);
+  return loaded;
 }
 
 absl::StatusOr<std::string> ChatFormat::Render(const nlohmann::ordered_json& messages,

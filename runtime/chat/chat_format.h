@@ -51,6 +51,15 @@ class ChatFormat {
   std::string eos_token_;
 };
 
+// A model's chat format as its files give it, and whether it can render: OK, or
+// FAILED_PRECONDITION saying why not (no template; one that does not parse, naming the
+// construct). A model whose template cannot be used still serves and trains without chat.
+struct LoadedChatFormat {
+  ChatFormat format;
+  absl::Status status;
+};
+LoadedChatFormat LoadChatFormat(const tokenizer::TokenizerConfig& config);
+
 // INVALID_ARGUMENT "messages[i].<field>: <what>" when `messages` is not as Render takes it.
 absl::Status ValidateMessages(const nlohmann::ordered_json& messages);
 

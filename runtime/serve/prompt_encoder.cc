@@ -11,14 +11,12 @@ namespace tessera::serve {
 PromptEncoder::PromptEncoder(std::shared_ptr<const tokenizer::Tokenizer> tokenizer,
                              const tokenizer::TokenizerConfig& config)
     : tokenizer_(std::move(tokenizer)) {
-  absl::StatusOr<chat::ChatFormat> format = chat::ChatFormat::FromConfig(config);
-  if (!format.ok()) {
+  chat::LoadedChatFormat loaded = chat::LoadChatFormat(config);
+  chat_format_ = std::move(loaded.format);
+  if (!loaded.status.ok()) {
     chat_status_ = absl::FailedPreconditionError(
-        absl::StrCat("the model's chat template cannot be rendered: ", format.status().message()));
-    return;
+        absl::StrCat(loaded.status.message(), ": send a prompt instead of messages"));
   }
-  chat_status_ = format->CanRender();
-  chat_format_ = *std::move(format);
 }
 
 absl::StatusOr<std::shared_ptr<const PromptEncoder>> PromptEncoder::Create(

@@ -17,12 +17,14 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "nlohmann/json.hpp"
+#include "runtime/chat/chat_format.h"
 #include "runtime/core/status_macros.h"
 
 namespace tessera::train {
 namespace {
 
-using nlohmann::json;
+// Ordered, as chat templates see a message's fields in the order the line gives them.
+using json = nlohmann::ordered_json;
 
 // Builds the errors of one line: "<source>:<line>: <field>: <what>".
 class LineErrors {
@@ -35,8 +37,9 @@ class LineErrors {
   absl::Status BadLine(absl::string_view what) const {
     return absl::InvalidArgumentError(absl::StrCat(source_, ":", line_, ": ", what));
   }
-  absl::Status Unsupported(absl::string_view field, absl::string_view what) const {
-    return absl::UnimplementedError(absl::StrCat(source_, ":", line_, ": ", field, ": ", what));
+  absl::Status Precondition(absl::string_view field, absl::string_view what) const {
+    return absl::FailedPreconditionError(
+        absl::StrCat(source_, ":", line_, ": ", field, ": ", what));
   }
 
  private:
@@ -107,7 +110,7 @@ absl::StatusOr<std::string> ReadString(const json& object, const char* field,
 }
 
 // The ids of `text` (field `field`), checked against the vocabulary.
-absl::StatusOr<std::vector<int32_t>> EncodeField(const std::string& text, const char* field,
+absl::StatusOr<std::vector<int32_t>> EncodeField(absl::string_view text, const char* field,
                                                  const tokenizer::Tokenizer& tokenizer,
                                                  const ExampleOptions& options,
                                                  const LineErrors& errors) {
@@ -136,6 +139,81 @@ void Append(const std::vector<int32_t>& ids, bool trained, Example* example) {
 void AppendOne(int32_t id, bool trained, Example* example) {
   example->tokens.push_back(id);
   example->labels.push_back(trained ? id : kIgnoreLabel);
+}
+
+// A {"messages": [...]} line's example (data.h): the conversation rendered whole, cut where
+// each assistant turn starts and ends, each piece encoded apart; the assistant pieces trained.
+absl::StatusOr<Example> ChatExample(const json& messages, const tokenizer::Tokenizer& tokenizer,
+                                    const ExampleOptions& options, const LineErrors& errors) {
+  if (options.chat_format == nullptr || !options.chat_format->status.ok()) {
+    return errors.Precondition(
+        "messages",
+        absl::StrCat(
+            options.chat_format == nullptr ? "no chat format was given" : options.chat_format->status.message(),
+            "; convert the conversations to prompt/completion or text, or give the "
+            "model a chat template"));
+  }
+  const chat::ChatFormat* format = &options.chat_format->format;
+  if (absl::Status valid = chat::ValidateMessages(messages); !valid.ok()) {
+    return errors.BadLine(valid.message());
+  }
+  auto render = [&](size_t count, bool add_generation_prompt) -> absl::StatusOr<std::string> {
+    absl::StatusOr<std::string> text = format->Render(
+        json(messages.begin(), messages.begin() + static_cast<std::ptrdiff_t>(count)),
+        add_generation_prompt);
+    if (!text.ok()) return errors.Bad("messages", text.status().message());
+    return text;
+  };
+  TESSERA_ASSIGN_OR_RETURN(const std::string whole, render(messages.size(), false));
+
+  // The pieces of `whole`: [start, end) with whether they are trained.
+  struct Piece {
+    size_t start, end;
+    bool trained;
+  };
+  std::vector<Piece> pieces;
+  size_t cursor = 0;  // the end of the last assistant turn so far
+  for (size_t i = 0; i < messages.size(); ++i) {
+    if (messages[i]["role"] != "assistant") continue;
+    const std::string field = absl::StrCat("messages[", i, "]");
+    if (i == 0) {
+      return errors.Bad(field,
+                        "an assistant message first: nothing renders before it to prompt it "
+                        "(start with a system or user message)");
+    }
+    TESSERA_ASSIGN_OR_RETURN(const std::string before, render(i, true));
+    TESSERA_ASSIGN_OR_RETURN(const std::string through, render(i + 1, false));
+    if (!absl::StartsWith(through, before)) {
+      return errors.Bad(field,
+                        "the chat template is not incremental: the conversation rendered "
+                        "through this message does not start with the messages before it "
+                        "rendered with the generation prompt, so its reply cannot be told apart");
+    }
+    if (!absl::StartsWith(whole, through) || before.size() < cursor) {
+      return errors.Bad(field,
+                        "the chat template is not incremental: the messages around this one "
+                        "render differently in the whole conversation than up to it");
+    }
+    pieces.push_back({cursor, before.size(), false});
+    pieces.push_back({before.size(), through.size(), true});
+    cursor = through.size();
+  }
+  if (pieces.empty()) return errors.Bad("messages", "no trained token (no assistant message)");
+  pieces.push_back({cursor, whole.size(), false});
+
+  Example example;
+  for (const Piece& piece : pieces) {
+    if (piece.start == piece.end) continue;
+    TESSERA_ASSIGN_OR_RETURN(
+        std::vector<int32_t> ids,
+        EncodeField(absl::string_view(whole).substr(piece.start, piece.end - piece.start),
+                    "messages", tokenizer, options, errors));
+    Append(ids, piece.trained, &example);
+  }
+  if (!HasTrainedToken(example.labels)) {
+    return errors.Bad("messages", "no trained token (the assistant turns render as no text)");
+  }
+  return example;
 }
 
 }  // namespace
@@ -191,9 +269,9 @@ absl::StatusOr<Example> ParseExampleLine(absl::string_view text, absl::string_vi
   Example example;
   example.line = line;
   if (has_messages) {
-    return errors.Unsupported("messages",
-                              "chat conversations are not supported yet (they need the model's "
-                              "chat template); convert them to prompt/completion or text");
+    TESSERA_ASSIGN_OR_RETURN(example, ChatExample(object["messages"], tokenizer, options, errors));
+    example.line = line;
+    return example;
   }
   if (has_ids) {
     TESSERA_ASSIGN_OR_RETURN(example.tokens, ReadIds(object["input_ids"], "input_ids", errors));

@@ -6,7 +6,8 @@
 //   {"text": s}                             every token trained
 //   {"prompt": p, "completion": c}          loss on the completion (and eos) only
 //   {"input_ids": [...], "labels": [...]}   as given; labels optional (= input_ids), -100 masks
-//   {"messages": [...]}                     refused for now: it needs the model's chat template
+//   {"messages": [{"role", "content"}...]}  the model's chat template; loss on the assistant
+//                                           turns only
 //
 // Fields of no format ("id", "source", ...) are ignored, as dataset files often carry them;
 // fields of two formats on one line are an error. Text is encoded with
@@ -16,18 +17,36 @@
 // separately: the completion's first token starts at the boundary whatever BPE would merge
 // across it (as TRL's prompt/completion datasets do). input_ids examples get no bos or eos.
 //
+// A "messages" conversation is rendered with ExampleOptions::chat_format (the template writes
+// bos, eos and turn markers itself: no bos or eos of ExampleOptions is added) and trained on
+// its assistant turns, as torchtune, LLaMA-Factory and axolotl do by default: the text that
+// assistant message i adds, Render(messages[:i+1], add_generation_prompt=false) after
+// Render(messages[:i], add_generation_prompt=true), has its labels (the reply and the
+// template's end-of-turn marker); the system and user turns, each assistant header and
+// anything after the last assistant turn have kIgnoreLabel. The tokens are those of the whole
+// conversation's rendering, cut at those boundaries and each piece encoded apart (so a reply's
+// first token starts at its boundary); where BPE would not merge across a boundary they are
+// transformers' apply_chat_template(messages, tokenize=True). The template must be incremental
+// (each of those renderings a prefix of the next, and of the whole conversation's), and the
+// first message may not be the assistant's: nothing renders before it as its prompt.
+//
 // Errors. Options that cannot work (vocab_size not positive, a bos/eos id outside the
 // vocabulary) are INVALID_ARGUMENT before anything is read; an unreadable file is NOT_FOUND; a
-// "messages" line is UNIMPLEMENTED whatever on_bad_line says (skipping it would silently drop a
-// chat dataset). A bad line is INVALID_ARGUMENT "<path>:<line>: <field>: <what>", e.g.
+// "messages" line when the model has no usable chat template (ExampleOptions::chat_format) is
+// FAILED_PRECONDITION whatever on_bad_line says (skipping it would silently drop a chat
+// dataset). A bad line is INVALID_ARGUMENT "<path>:<line>: <field>: <what>", e.g.
 //   "train.jsonl:7: input_ids: id 70000 at index 3 is outside the vocabulary [0, 32000)".
 // Bad lines: not JSON or not an object; no known format or fields of two; a field of the wrong
 // type; an empty text, completion or input_ids; an id or label outside the vocabulary (labels
 // may also be -100); labels of another length than input_ids; text the tokenizer refuses
-// (invalid UTF-8); and an example with no trained token. A file without a single example is
-// INVALID_ARGUMENT too.
+// (invalid UTF-8); and an example with no trained token (a conversation without an assistant
+// message). For messages also: a malformed message ("messages[2].role: required", as
+// chat::ValidateMessages says), an error of the template's own (raise_exception, e.g. roles
+// out of order: "messages: ..."), and a template that is not incremental at an assistant
+// message or an assistant message first ("messages[3]: ..."). A file without a single example
+// is INVALID_ARGUMENT too.
 //
-// Thread safety: the functions keep no state; the tokenizer is only read.
+// Thread safety: the functions keep no state; the tokenizer and the chat format are only read.
 
 #include <cstdint>
 #include <memory>
@@ -38,6 +57,10 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "runtime/tokenizer/tokenizer.h"
+
+namespace tessera::chat {
+struct LoadedChatFormat;
+}  // namespace tessera::chat
 
 namespace tessera::train {
 
@@ -69,6 +92,11 @@ struct ExampleOptions {
   // to stop.
   std::optional<int32_t> eos_token_id;
   BadLinePolicy on_bad_line = BadLinePolicy::kStop;
+  // The model's chat format (chat/chat_format.h), which "messages" lines are rendered with;
+  // shared so that a stream that reads its lines again as it trains (sharded_data.h) keeps
+  // it. Null, or one that cannot render (its status says why: no template, or one Tessera
+  // does not render): such a line is FAILED_PRECONDITION with that reason.
+  std::shared_ptr<const chat::LoadedChatFormat> chat_format;
 };
 
 struct ReadReport {
@@ -103,7 +131,8 @@ absl::Status SkipOrStop(const absl::Status& line_error, const ExampleOptions& op
 absl::Status FinishReadReport(const std::string& path, ReadReport& report);
 
 // One line of such a file (`text` without its newline) as an example; errors are those of a
-// bad line (or UNIMPLEMENTED for "messages"), their messages starting "<source>:<line>: ".
+// bad line (or FAILED_PRECONDITION for "messages" without a chat template), their messages
+// starting "<source>:<line>: ".
 // Does not check `options` themselves (ReadExamples does).
 absl::StatusOr<Example> ParseExampleLine(absl::string_view text, absl::string_view source,
                                          int64_t line, const tokenizer::Tokenizer& tokenizer,

@@ -1,9 +1,11 @@
 // Tests of the fine-tuning data pipeline (runtime/train/data.h, batches.h): every JSONL format
-// with its masks and bos/eos (through the Llama-3 test tokenizer), every kind of bad line under
-// both policies, random access to a file's lines, and the row stream: shuffling, packing,
-// truncation, epochs, positions, the data-parallel property that a step is the same rows
-// whatever its split, and a stream planned from summaries that reads an example only for the
-// rows that hold it. (sharded_data_test reads a file over several ranks.)
+// with its masks and bos/eos (through the Llama-3 test tokenizer), chat conversations rendered
+// with a template, and against transformers (chat_examples.golden.json, made by
+// generate_chat_goldens.py), every kind of bad line under both policies, random access to a
+// file's lines, and the row stream: shuffling, packing, truncation, epochs, positions, the
+// data-parallel property that a step is the same rows whatever its split, and a stream planned
+// from summaries that reads an example only for the rows that hold it. (sharded_data_test
+// reads a file over several ranks.)
 
 #include "runtime/train/data.h"
 
@@ -14,14 +16,19 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "runtime/chat/chat_format.h"
 #include "runtime/tokenizer/tokenizer.h"
+#include "runtime/tokenizer/tokenizer_config.h"
 #include "runtime/train/batches.h"
 #include "tests/model/model_test_util.h"
 #include "tests/train/batch_expectations.h"
@@ -42,6 +49,28 @@ std::vector<int32_t> Concat(std::initializer_list<std::vector<int32_t>> parts) {
   for (const std::vector<int32_t>& part : parts) all.insert(all.end(), part.begin(), part.end());
   return all;
 }
+
+// A chat format of `source` (a Jinja chat template) and the given special token strings.
+std::shared_ptr<const chat::LoadedChatFormat> MakeChatFormat(std::optional<std::string> source,
+                                                             std::optional<std::string> bos_token,
+                                                             std::optional<std::string> eos_token) {
+  tokenizer::TokenizerConfig config;
+  config.bos_token = std::move(bos_token);
+  config.eos_token = std::move(eos_token);
+  config.chat_template = std::move(source);
+  config.chat_template_origin = "test template";
+  return std::make_shared<const chat::LoadedChatFormat>(chat::LoadChatFormat(config));
+}
+
+// Llama-3-Instruct's layout (its header and end-of-turn tokens are in the test tokenizer),
+// refusing roles it does not know.
+constexpr char kLlama3StyleTemplate[] =
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m.role not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('unknown role ' + m.role) }}{% endif %}"
+    "<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n{{ m.content }}<|eot_id|>"
+    "{% endfor %}{% if add_generation_prompt %}"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}";
 
 // ---------------------------------------------------------------------------------------------
 // Reading examples
@@ -66,6 +95,7 @@ class ReadExamplesTest : public ::testing::Test {
     options_.vocab_size = tokenizer_->vocab_size();
     options_.bos_token_id = bos_;
     options_.eos_token_id = eos_;
+    options_.chat_format = MakeChatFormat(kLlama3StyleTemplate, "<|begin_of_text|>", "<|eot_id|>");
   }
 
   std::vector<int32_t> Encode(const std::string& text) const {
@@ -155,15 +185,119 @@ TEST_F(ReadExamplesTest, BlankLinesAreIgnoredButNumberedAndOtherFieldsIgnored) {
   EXPECT_TRUE(report.warnings.empty());
 }
 
-TEST_F(ReadExamplesTest, MessagesAreRefusedEvenWhenSkipping) {
+// Each assistant reply and its end-of-turn token are trained; the system and user turns, the
+// assistant headers and a turn after the last reply are not. The template writes bos itself:
+// ExampleOptions' bos and eos are not added.
+TEST_F(ReadExamplesTest, MessagesTrainTheAssistantTurnsOnly) {
+  ASSERT_OK_AND_ASSIGN(
+      std::vector<Example> examples,
+      Read(R"({"messages": [{"role": "system", "content": "Be brief."},)"
+           R"( {"role": "user", "content": "What is 2+2?"},)"
+           R"( {"role": "assistant", "content": "Four."},)"
+           R"( {"role": "user", "content": "And 3+3?"},)"
+           R"( {"role": "assistant", "content": "Six, of course."}], "id": 7})"
+           "\n"
+           R"({"messages": [{"role": "user", "content": "Hi"},)"
+           R"( {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}]})"));
+  ASSERT_EQ(examples.size(), 2u);
+  const std::vector<int32_t> prompt1 = Encode(
+      "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+      "<|start_header_id|>user<|end_header_id|>\n\nWhat is 2+2?<|eot_id|>"
+      "<|start_header_id|>assistant<|end_header_id|>\n\n");
+  const std::vector<int32_t> reply1 = Encode("Four.<|eot_id|>");
+  const std::vector<int32_t> prompt2 = Encode(
+      "<|start_header_id|>user<|end_header_id|>\n\nAnd 3+3?<|eot_id|>"
+      "<|start_header_id|>assistant<|end_header_id|>\n\n");
+  const std::vector<int32_t> reply2 = Encode("Six, of course.<|eot_id|>");
+  const int32_t eot = *tokenizer_->TokenToId("<|eot_id|>");
+  ASSERT_EQ(prompt1.front(), bos_);
+  ASSERT_EQ(reply1.back(), eot);
+  EXPECT_EQ(examples[0].tokens, Concat({prompt1, reply1, prompt2, reply2}));
+  EXPECT_EQ(examples[0].labels, Concat({std::vector<int32_t>(prompt1.size(), kIgnore), reply1,
+                                        std::vector<int32_t>(prompt2.size(), kIgnore), reply2}));
+  EXPECT_EQ(examples[0].line, 1);
+  // The pieces joined are the whole conversation's encoding here (no BPE merge crosses a turn
+  // boundary in this template).
+  EXPECT_EQ(examples[0].tokens,
+            Encode("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief."
+                   "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nWhat is 2+2?<|eot_id|>"
+                   "<|start_header_id|>assistant<|end_header_id|>\n\nFour.<|eot_id|>"
+                   "<|start_header_id|>user<|end_header_id|>\n\nAnd 3+3?<|eot_id|>"
+                   "<|start_header_id|>assistant<|end_header_id|>\n\nSix, of course.<|eot_id|>"));
+
+  const std::vector<int32_t> prompt = Encode(
+      "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+      "<|start_header_id|>assistant<|end_header_id|>\n\n");
+  const std::vector<int32_t> reply = Encode("Hello<|eot_id|>");
+  const std::vector<int32_t> after =
+      Encode("<|start_header_id|>user<|end_header_id|>\n\nBye<|eot_id|>");
+  EXPECT_EQ(examples[1].tokens, Concat({prompt, reply, after}));
+  EXPECT_EQ(examples[1].labels, Concat({std::vector<int32_t>(prompt.size(), kIgnore), reply,
+                                        std::vector<int32_t>(after.size(), kIgnore)}));
+  EXPECT_EQ(examples[1].line, 2);
+}
+
+// Skipping a chat dataset's every line would train on nothing or on the rest alone.
+TEST_F(ReadExamplesTest, MessagesWithoutAChatTemplateFailEvenWhenSkipping) {
+  const std::string contents = R"({"text": "fine"})"
+                               "\n"
+                               R"({"messages": [{"role": "user", "content": "hi"}]})";
   for (BadLinePolicy policy : {BadLinePolicy::kStop, BadLinePolicy::kSkip}) {
     options_.on_bad_line = policy;
-    auto examples = Read(R"({"text": "fine"})"
-                         "\n"
-                         R"({"messages": [{"role": "user", "content": "hi"}]})");
-    EXPECT_TRUE(IsError(examples, absl::StatusCode::kUnimplemented,
-                        {path_ + ":2: messages: ", "chat template"}));
+    options_.chat_format = MakeChatFormat(std::nullopt, "<s>", "</s>");
+    EXPECT_TRUE(IsError(Read(contents), absl::StatusCode::kFailedPrecondition,
+                        {path_ + ":2: messages: the model has no chat template"}));
+    options_.chat_format = MakeChatFormat("{% macro m() %}x{% endmacro %}", "<s>", "</s>");
+    EXPECT_TRUE(IsError(Read(contents), absl::StatusCode::kFailedPrecondition,
+                        {path_ + ":2: messages: the model's chat template cannot be rendered",
+                         "test template:1:", "macro"}));
+    options_.chat_format = nullptr;
+    EXPECT_TRUE(IsError(Read(contents), absl::StatusCode::kFailedPrecondition,
+                        {path_ + ":2: messages: no chat format was given"}));
   }
+}
+
+// The template's own errors are the line's. A template whose earlier rendering is not a
+// prefix of a later one cannot say where a reply starts or which tokens are whose: the line
+// names the assistant message where it fails.
+TEST_F(ReadExamplesTest, TemplateErrorsAndTemplatesThatAreNotIncrementalAreBadLines) {
+  EXPECT_TRUE(IsError(Read(R"({"messages": [{"role": "user", "content": "a"},)"
+                           R"( {"role": "robot", "content": "b"}]})"),
+                      absl::StatusCode::kInvalidArgument,
+                      {path_ + ":1: messages: test template", "unknown role robot"}));
+  // The last message is marked: the prompt's rendering marks the user turn, the reply's the
+  // reply.
+  options_.chat_format = MakeChatFormat(
+      "{% for m in messages %}{% if loop.last %}[last]{% endif %}{{ m.role }}: {{ m.content }}\n"
+      "{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}",
+      std::nullopt, std::nullopt);
+  EXPECT_TRUE(IsError(Read(R"({"messages": [{"role": "user", "content": "a"},)"
+                           R"( {"role": "assistant", "content": "b"}]})"),
+                      absl::StatusCode::kInvalidArgument,
+                      {path_ + ":1: messages[1]: the chat template is not incremental"}));
+  // Earlier replies render otherwise than the last (as templates that drop earlier reasoning
+  // do): the first reply's rendering is not where the whole conversation has it.
+  options_.chat_format = MakeChatFormat(
+      "{% for m in messages %}{% if m.role == 'assistant' and not loop.last %}assistant: (...)\n"
+      "{% else %}{{ m.role }}: {{ m.content }}\n{% endif %}{% endfor %}"
+      "{% if add_generation_prompt %}assistant: {% endif %}",
+      std::nullopt, std::nullopt);
+  const std::string two_replies = R"({"messages": [{"role": "user", "content": "a"},)"
+                                  R"( {"role": "assistant", "content": "b"},)"
+                                  R"( {"role": "user", "content": "c"},)"
+                                  R"( {"role": "assistant", "content": "d"}]})";
+  EXPECT_TRUE(IsError(Read(two_replies), absl::StatusCode::kInvalidArgument,
+                      {path_ + ":1: messages[1]: the chat template is not incremental"}));
+  // Skipped as any bad line.
+  options_.on_bad_line = BadLinePolicy::kSkip;
+  ReadReport report;
+  ASSERT_OK_AND_ASSIGN(std::vector<Example> examples,
+                       Read(two_replies + "\n" +
+                                R"({"messages": [{"role": "user", "content": "a"},)"
+                                R"( {"role": "assistant", "content": "b"}]})",
+                            &report));
+  EXPECT_EQ(examples.size(), 1u);
+  EXPECT_EQ(report.skipped, 1);
 }
 
 // One kind of bad line: the line, and what the error must say after "<path>:2: ".
@@ -204,6 +338,20 @@ std::vector<BadLine> BadLines(int32_t vocab_size) {
       {absl::StrCat(R"({"input_ids": [1, 2], "labels": [1, )", vocab_size, "]}"), "labels: label"},
       {R"({"input_ids": [1, 2], "labels": [1, -100]})", "labels: no trained token"},
       {R"({"input_ids": [7]})", "input_ids: no trained token"},
+      {R"({"messages": "hi"})", "messages: must be an array"},
+      {R"({"messages": []})", "messages: must not be empty"},
+      {R"({"messages": [{"role": "user", "content": "a"}, {"content": "b"}]})",
+       "messages[1].role: required"},
+      {R"({"messages": [{"role": "user", "content": 5}]})",
+       "messages[0].content: must be a string or null"},
+      {R"({"messages": [{"role": "system", "content": "a"}, {"role": "user", "content": "b"}]})",
+       "messages: no trained token (no assistant message)"},
+      {R"({"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]})",
+       "messages[0]: an assistant message first"},
+      {R"({"messages": [{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}]})",
+       "messages: test template"},  // the template's raise_exception, with where it is
+      {R"({"messages": [{"role": "user", "content": "a"}], "text": "b"})",
+       "fields of several formats (text, messages)"},
   };
 }
 
@@ -352,6 +500,66 @@ TEST_F(ReadExamplesTest, JsonlFileHasTheLinesReadExamplesReads) {
   EXPECT_TRUE(file->Read(1).ok());
   EXPECT_TRUE(IsError(JsonlFile::Open(dir_.File("absent.jsonl")), absl::StatusCode::kNotFound,
                       {"absent.jsonl"}));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chat examples against transformers
+
+// chat_examples.golden.json (generate_chat_goldens.py): for SmolLM2's and Qwen2's templates
+// with a test tokenizer that has their special tokens, conversations as apply_chat_template
+// encodes them and the assistant mask by data.h's rule, computed with transformers.
+TEST(ChatExamplesGoldenTest, TokensAndLabelsAreTransformers) {
+  std::ifstream in(TESSERA_TRAIN_CHAT_GOLDEN);
+  ASSERT_TRUE(in) << TESSERA_TRAIN_CHAT_GOLDEN;
+  const nlohmann::ordered_json golden = nlohmann::ordered_json::parse(in);
+  ASSERT_EQ(golden["models"].size(), 2u);
+  int cases = 0;
+  for (const nlohmann::ordered_json& model : golden["models"]) {
+    SCOPED_TRACE(model["name"].get<std::string>());
+    ASSERT_OK_AND_ASSIGN(
+        std::unique_ptr<tokenizer::Tokenizer> tok,
+        tokenizer::Tokenizer::FromFile(absl::StrCat(TESSERA_TOKENIZER_GOLDEN_DIR, "/",
+                                                    model["tokenizer"].get<std::string>())));
+    std::ifstream template_file(
+        absl::StrCat(TESSERA_CHAT_TEMPLATE_DIR, "/", model["template"].get<std::string>()));
+    ASSERT_TRUE(template_file) << model["template"];
+    const std::string source((std::istreambuf_iterator<char>(template_file)),
+                             std::istreambuf_iterator<char>());
+    auto token = [&](const char* name) -> std::optional<std::string> {
+      if (model[name].is_null()) return std::nullopt;
+      return model[name].get<std::string>();
+    };
+    ExampleOptions options;
+    options.vocab_size = tok->vocab_size();
+    options.bos_token_id = 0;  // not added to chat examples
+    options.eos_token_id = 0;
+    options.chat_format = MakeChatFormat(source, token("bos_token"), token("eos_token"));
+
+    ScratchDir dir;
+    const std::string path = dir.File("chat.jsonl");
+    std::string contents;
+    for (const nlohmann::ordered_json& c : model["cases"]) {
+      contents += nlohmann::ordered_json{{"messages", c["messages"]}}.dump() + "\n";
+    }
+    WriteBytes(path, contents);
+    ASSERT_OK_AND_ASSIGN(std::vector<Example> examples,
+                         ReadExamples(path, *tok, options, /*report=*/nullptr));
+    ASSERT_EQ(examples.size(), model["cases"].size());
+    for (size_t i = 0; i < examples.size(); ++i) {
+      const nlohmann::ordered_json& c = model["cases"][i];
+      SCOPED_TRACE(c["name"].get<std::string>());
+      const auto whole = c["input_ids"].get<std::vector<int32_t>>();
+      // The pieces encoded apart; where no BPE merge crosses a boundary, transformers' own
+      // encoding of the whole conversation.
+      const auto expected = c.contains("segmented_input_ids")
+                                ? c["segmented_input_ids"].get<std::vector<int32_t>>()
+                                : whole;
+      EXPECT_EQ(examples[i].tokens, expected);
+      EXPECT_EQ(examples[i].labels, c["labels"].get<std::vector<int32_t>>());
+      ++cases;
+    }
+  }
+  EXPECT_GE(cases, 10);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 // A JSONL file read by every rank together, each tokenizing a share (runtime/train/sharded_data.h),
 // against one reader of the whole file (ReadExamples + RowStream::Create): the same stream,
-// rows, fingerprint and report at every rank count; a bad line stops the rank that reads it and
-// fails the others with it; ranks with different files refuse together; and a line changed
-// after the read fails only the row that holds it, since rows read their lines when cut.
+// rows, fingerprint and report at every rank count, chat conversations among the lines; a bad
+// line stops the rank that reads it and fails the others with it; ranks with different files
+// refuse together; and a line changed after the read fails only the row that holds it, since
+// rows read their lines when cut.
 // Each rank writes its own copy of the file (the copies are equal unless a test says not).
 
 #include "runtime/train/sharded_data.h"
@@ -16,7 +17,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
+#include "runtime/chat/chat_format.h"
 #include "runtime/tokenizer/tokenizer.h"
+#include "runtime/tokenizer/tokenizer_config.h"
 #include "runtime/train/batches.h"
 #include "runtime/train/data.h"
 #include "tests/model/model_test_util.h"
@@ -40,14 +43,23 @@ class ShardedDataTest : public ::testing::Test {
     options_.vocab_size = tokenizer_->vocab_size();
     options_.bos_token_id = *tokenizer_->TokenToId("<|begin_of_text|>");
     options_.eos_token_id = *tokenizer_->TokenToId("<|end_of_text|>");
+    tokenizer::TokenizerConfig chat_config;
+    chat_config.bos_token = "<|begin_of_text|>";
+    chat_config.chat_template =
+        "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>"
+        "\n\n{{ m.content }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}";
+    options_.chat_format =
+        std::make_shared<const chat::LoadedChatFormat>(chat::LoadChatFormat(chat_config));
+    ASSERT_TRUE(options_.chat_format->status.ok()) << options_.chat_format->status;
     batching_.seq_len = 24;
     batching_.seed = 5;
     batching_.pad_token_id = *options_.eos_token_id;
     path_ = dir_.File("train.jsonl");
   }
 
-  // 40 lines: texts and prompt/completion pairs of varied lengths (some longer than a row),
-  // blank lines, and bad lines at the (1-based) file lines in `bad`.
+  // 40 lines: texts, prompt/completion pairs and chat conversations of varied lengths (some
+  // longer than a row), blank lines, and bad lines at the (1-based) file lines in `bad`.
   static std::string Lines(const std::vector<int>& bad = {}) {
     std::string contents;
     for (int line = 1; line <= 40; ++line) {
@@ -56,6 +68,15 @@ class ShardedDataTest : public ::testing::Test {
                     "\n";
       } else if (line % 9 == 0) {
         contents += "\n";
+      } else if (line % 5 == 0) {
+        nlohmann::json messages = {
+            {{"role", "user"}, {"content", absl::StrCat("turn ", line)}},
+            {{"role", "assistant"}, {"content", std::string(line % 4, 'z')}}};
+        if (line % 10 == 0) {
+          messages.push_back({{"role", "user"}, {"content", "again"}});
+          messages.push_back({{"role", "assistant"}, {"content", "zz"}});
+        }
+        contents += nlohmann::json{{"messages", messages}}.dump() + "\n";
       } else if (line % 2 == 0) {
         contents +=
             nlohmann::json{{"text", absl::StrCat("line ", line, std::string(line % 7 * 3, 'x'),

@@ -5,7 +5,7 @@
 // within the collective deadline naming it; a corrupt checkpoint, a checkpoint of another TP
 // degree and bad data lines are refused with messages that say what is wrong; a ZeRO-1 run
 // takes the steps of a replicated one, and either's checkpoint resumes as the other, at
-// another DP degree too.
+// another DP degree too; chat conversations train through the model's chat template.
 // TESSERA_MPIRUN_COMMAND and TESSERA_BINARY come from CMake.
 
 #include <gtest/gtest.h>
@@ -306,6 +306,30 @@ TEST_F(Train, ZeroOneCheckpointsResumeWithOrWithoutIt) {
   EXPECT_EQ(alone.exit_code, 0) << alone.output;
   EXPECT_NE(alone.output.find("--zero 1 with one data-parallel replica"), std::string::npos)
       << alone.output;
+}
+
+// {"messages"} lines rendered with the default model's chat template, read by two ranks: each
+// conversation trains its reply (the template's "<reply><|end_of_text|>\n").
+TEST_F(Train, TrainsOnChatConversations) {
+  {
+    std::ofstream chat(dir_ + "/chat.jsonl");
+    for (const auto& [prompt, completion] : kPairs) {
+      chat << nlohmann::json{{"messages",
+                              {{{"role", "system"}, {"content", "Be brief."}},
+                               {{"role", "user"}, {"content", prompt}},
+                               {{"role", "assistant"}, {"content", completion}}}}}
+                  .dump()
+           << "\n";
+    }
+  }
+  const std::string run = dir_ + "/chat";
+  ProcessOutcome trained =
+      Run(2, absl::StrCat("train --tp 1 --data ", dir_, "/chat.jsonl --steps 3 --seq-len 128 ",
+                          "--micro-batch 2 --no-export --output ", run));
+  ASSERT_EQ(trained.exit_code, 0) << trained.output;
+  EXPECT_NE(trained.output.find("4 examples (4 lines, 0 skipped, 0 truncated"), std::string::npos)
+      << trained.output;
+  EXPECT_EQ(Losses(run).size(), 3u);
 }
 
 TEST_F(Train, BadCheckpointsAndDataAreRefusedWithAReason) {
