@@ -3,7 +3,8 @@
 # (launcher/read_bandwidth.h) is a limit: on the ~0.5B random Llama, the rate at which
 # `tessera bench generate` decodes reads (read GB/s) must not exceed the probe's figure
 # measured in the same run. Prints both for every run; exits 1 if any run breaks the limit.
-# On a shared or busy machine both figures swing from run to run: run it when it is quiet.
+# On a shared or busy machine both figures swing from run to run: run it when it is quiet
+# (each run prints the load averages after it).
 #   deploy/check-read-bandwidth.sh [path/to/tessera] [runs]   (defaults: build/tessera, 3)
 set -euo pipefail
 tessera=${1:-build/tessera}
@@ -20,7 +21,9 @@ for run in $(seq "$runs"); do
     exit 2
   fi
   verdict=$(awk -v p="$probe" -v d="$decode" 'BEGIN { print (d <= p) ? "ok" : "BROKEN" }')
-  echo "run $run: probe $probe GB/s, 0.5B decode reads $decode GB/s: $verdict"
+  # The 1, 5 and 15 minute load averages after the run: a busy machine disturbs both figures.
+  load=$(cut -d ' ' -f 1-3 /proc/loadavg 2>/dev/null || echo "?")
+  echo "run $run: probe $probe GB/s, 0.5B decode reads $decode GB/s: $verdict (load $load)"
   [[ "$verdict" == ok ]] || broken=1
 done
 exit "$broken"

@@ -28,7 +28,7 @@ std::shared_ptr<grpc::Channel> ConnectBenchClient(const std::string& target) {
 }
 
 absl::Status WaitConnected(grpc::Channel& channel, const std::string& target) {
-  if (!channel.WaitForConnected(absl::ToChronoTime(absl::Now() + absl::Seconds(10)))) {
+  if (!channel.WaitForConnected(absl::ToChronoTime(absl::Now() + kBenchConnectTimeout))) {
     return absl::UnavailableError(absl::StrCat("cannot connect to ", target));
   }
   return absl::OkStatus();

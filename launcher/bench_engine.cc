@@ -1,5 +1,6 @@
 // `tessera bench engine`: offline throughput of the serving engine with many requests at
-// once, against the same requests run one at a time.
+// once, against the same requests run one at a time; the batched run beside the FMA peak
+// and the memory read bandwidth measured here, and which of the two limits binds.
 
 #include <mpi.h>
 
@@ -13,11 +14,13 @@
 #include "comm/topology.h"
 #include "kernels/cpu/parallel.h"
 #include "launcher/bench.h"
+#include "launcher/bench_limit.h"
 #include "launcher/bench_models.h"
 #include "launcher/engine_flags.h"
 #include "launcher/flags.h"
 #include "launcher/fma_peak.h"
 #include "launcher/process.h"
+#include "launcher/read_bandwidth.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/engine/engine.h"
 #include "runtime/model/transformer.h"
@@ -42,6 +45,10 @@ struct RunFigures {
   int64_t output_tokens = 0;
   double mean_batch = 0;
   double kv_bytes_per_token = 0;  // this rank's cache tensors over the tokens they hold
+  int64_t steps = 0;              // steps that ran the model
+  // Over every request, the context positions its decode steps read: a request of P prompt
+  // and O output tokens feeds O - 1 of them back, the i-th reading P + i positions.
+  double decode_context_tokens = 0;
 };
 
 // Runs `count` requests of random prompts through a fresh engine with at most `concurrency`
@@ -80,7 +87,12 @@ absl::StatusOr<RunFigures> RunRequests(model::Transformer& model, comm::Communic
     while (stream->Next(&event)) {
       if (!event.final) continue;
       if (!event.status.ok()) return event.status;
+      const double output = event.usage.completion_tokens;
       figures.output_tokens += event.usage.completion_tokens;
+      if (output >= 1) {
+        figures.decode_context_tokens +=
+            (output - 1) * config.prompt_tokens + output * (output - 1) / 2;
+      }
     }
   }
   figures.kv_bytes_per_token =
@@ -88,6 +100,7 @@ absl::StatusOr<RunFigures> RunRequests(model::Transformer& model, comm::Communic
   engine::EngineStats stats = engine->Stats();
   figures.mean_batch =
       stats.steps > 0 ? static_cast<double>(stats.step_sequences) / stats.steps : 0.0;
+  figures.steps = stats.steps;
   return figures;
 }
 
@@ -105,9 +118,24 @@ ProjectionFlops FlopsOf(const model::ModelConfig& mc) {
   return {2.0 * mc.num_hidden_layers * (attention + mlp), 2.0 * hidden * mc.vocab_size};
 }
 
+// The limit a run is nearer to, of the FMA peak (FLOP/s) and the memory read bandwidth: the
+// one that leaves it the least time, that is with the larger ratio. A limit not measured (0),
+// or a memory limit whose bytes fit in the caches, takes no part; "-" where neither is left
+// or either is broken (a measurement above it).
+const char* BindingLimit(double flops, double peak, double read, double bandwidth, bool in_cache) {
+  if (HoldAgainstLimit(flops, peak).error || HoldAgainstLimit(read, bandwidth, in_cache).error) {
+    return "-";
+  }
+  const bool compute = peak > 0;
+  const bool memory = bandwidth > 0 && !in_cache;
+  if (compute && memory) return flops / peak >= read / bandwidth ? "FLOP/s" : "bandwidth";
+  if (compute) return "FLOP/s";
+  return memory ? "bandwidth" : "-";
+}
+
 absl::Status BenchOneModel(const std::string& name, const std::string& dir,
                            const BenchEngineConfig& config, comm::Communicator& tp, double peak,
-                           bool print) {
+                           const ReadBandwidth& read_limit, bool print) {
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<model::Transformer> model,
                            model::Transformer::Load(dir, tp));
   const model::ModelConfig& mc = model->config();
@@ -115,6 +143,11 @@ absl::Status BenchOneModel(const std::string& name, const std::string& dir,
                            RunRequests(*model, tp, config, config.requests, config.requests));
   const int alone_count = std::min(config.baseline_requests, config.requests);
   TESSERA_ASSIGN_OR_RETURN(RunFigures alone, RunRequests(*model, tp, config, alone_count, 1));
+  // Every rank's weights and bytes of cache per token (the group is the world: one replica).
+  double rank_bytes[2] = {static_cast<double>(model->weight_bytes()),
+                          static_cast<double>(model->KvBytesPerToken())};
+  double all_bytes[2] = {0, 0};
+  MPI_Allreduce(rank_bytes, all_bytes, 2, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
   if (!print) return absl::OkStatus();
   const double batched_tps = batched.output_tokens / batched.seconds;
   // Every prompt token and every output token but the last goes through the model once.
@@ -123,15 +156,38 @@ absl::Status BenchOneModel(const std::string& name, const std::string& dir,
       (batched.requests * (config.prompt_tokens + config.output_tokens - 1.0) * flops.per_token +
        batched.output_tokens * flops.per_sampled_row) /
       batched.seconds;
+  // What the steps read, counted as bench generate counts a decode step: every step every
+  // weight once, every decode step of a sequence its context's keys and values. Prefill's
+  // reads of the cache are left out.
+  const double steps = static_cast<double>(std::max<int64_t>(1, batched.steps));
+  const double run_bytes = steps * all_bytes[0] + batched.decode_context_tokens * all_bytes[1];
+  const double read = run_bytes / batched.seconds;
+  const HeldAgainstLimit of_peak = HoldAgainstLimit(batched_flops, peak);
+  const bool in_cache = FitsInLastLevelCaches(run_bytes / steps, tp.size());
+  const HeldAgainstLimit of_bw = HoldAgainstLimit(read, read_limit.bytes_per_second, in_cache);
   const double alone_tps = alone.output_tokens / alone.seconds;
   // What the cache must cost: 2 (K and V) x layers x KV heads x head dim x bytes (of the
   // cache's dtype), over tp.
   const double formula = 2.0 * mc.num_hidden_layers * mc.num_key_value_heads * mc.head_dim *
                          StorageBytes(model->kv_cache_dtype(), 1) / tp.size();
-  std::printf("%-26s %5d %9.2f %11.1f %10.1f %8.1f %7.2f %11.0f %10.0f %11.1f %7.2f\n",
-              name.c_str(), batched.requests, batched.requests / batched.seconds, batched_tps,
-              batched.mean_batch, batched_flops / 1e9, peak > 0 ? batched_flops / peak : 0.0,
-              batched.kv_bytes_per_token, formula, alone_tps, batched_tps / alone_tps);
+  std::printf(
+      "%-26s %5d %9.2f %11.1f %10.1f %8.2f %8.1f %7s %9.1f %9.2f %6s %9s %9.0f %8.0f %10.1f "
+      "%6.2f\n",
+      name.c_str(), batched.requests, batched.requests / batched.seconds, batched_tps,
+      batched.mean_batch, steps / batched.seconds, batched_flops / 1e9, of_peak.cell.c_str(),
+      run_bytes / steps / 1e6, read / 1e9, of_bw.cell.c_str(),
+      BindingLimit(batched_flops, peak, read, read_limit.bytes_per_second, in_cache),
+      batched.kv_bytes_per_token, formula, alone_tps, batched_tps / alone_tps);
+  if (of_peak.error) {
+    std::printf("%s", LimitErrorNote(absl::StrCat(name, " batched run's projections compute"),
+                                     batched_flops, peak, 1e9, "GFLOP/s")
+                          .c_str());
+  }
+  if (of_bw.error) {
+    std::printf("%s", LimitErrorNote(absl::StrCat(name, " batched run reads"), read,
+                                     read_limit.bytes_per_second, 1e9, "GB/s")
+                          .c_str());
+  }
   std::fflush(stdout);
   return absl::OkStatus();
 }
@@ -152,8 +208,11 @@ absl::Status BenchEngine(const BenchEngineConfig& config, int* argc, char*** arg
     return absl::InvalidArgumentError("bench engine runs one replica: give --tp the rank count");
   }
   TESSERA_ASSIGN_OR_RETURN(std::vector<BenchModel> models, BenchModels(config.model, false));
-  // The node's FMA peak: every rank's kernel threads at once, summed.
+  // The node's limits: the FMA peak of every rank's kernel threads at once, summed, and the
+  // memory read bandwidth of all of them reading at once (the world is one node: one replica
+  // whose group does not span nodes).
   const double peak = MeasureJobFmaPeak();
+  const ReadBandwidth read_limit = MeasureNodeReadBandwidth(MPI_COMM_WORLD);
   const bool print = world.rank() == 0;
   if (print) {
     std::printf(
@@ -167,15 +226,27 @@ absl::Status BenchEngine(const BenchEngineConfig& config, int* argc, char*** arg
         "ranks' kernel threads, measured here: %.1f GFLOP/s\n",
         peak / 1e9);
     std::printf(
+        "# MB/step: what a step of the batched run reads on average, every rank's: every "
+        "weight once, and for each sequence it decodes its context's cached keys and values "
+        "(prefill's reads of the cache left out); read GB/s: steps/s x MB/step; of bw: "
+        "against the memory read bandwidth %.2f GB/s, measured here: %s\n",
+        read_limit.bytes_per_second / 1e9, DescribeReadBandwidth(read_limit).c_str());
+    std::printf(
+        "# \"cache\": a step's bytes fit in the last-level caches, no memory limit applies; "
+        "\"error\": faster than the limit, a measurement error (said below the row); binds: "
+        "the limit nearer to the run (the larger of of peak and of bw)\n");
+    std::printf(
         "# KV B/tok: this rank's cache tensors' bytes over the tokens they hold; formula: 2 x "
         "layers x kv_heads x head_dim x bytes (f32 4, bf16 2: the weights' dtype when bf16) / "
         "tp\n");
-    std::printf("%-26s %5s %9s %11s %10s %8s %7s %11s %10s %11s %7s\n", "model", "reqs", "req/s",
-                "output t/s", "mean batch", "GFLOP/s", "of peak", "KV B/tok", "formula",
-                "alone t/s", "ratio");
+    std::printf("%-26s %5s %9s %11s %10s %8s %8s %7s %9s %9s %6s %9s %9s %8s %10s %6s\n", "model",
+                "reqs", "req/s", "output t/s", "mean batch", "steps/s", "GFLOP/s", "of peak",
+                "MB/step", "read GB/s", "of bw", "binds", "KV B/tok", "formula", "alone t/s",
+                "ratio");
   }
   for (const BenchModel& m : models) {
-    TESSERA_RETURN_IF_ERROR(BenchOneModel(m.name, m.dir, config, layout.tp(), peak, print));
+    TESSERA_RETURN_IF_ERROR(
+        BenchOneModel(m.name, m.dir, config, layout.tp(), peak, read_limit, print));
   }
   return absl::OkStatus();
 }

@@ -16,6 +16,7 @@
 #include "comm/layout.h"
 #include "comm/topology.h"
 #include "launcher/bench.h"
+#include "launcher/bench_limit.h"
 #include "launcher/bench_models.h"
 #include "launcher/flags.h"
 #include "launcher/model_job.h"
@@ -165,6 +166,16 @@ absl::Status BenchGenerate(const BenchGenerateConfig& config, int* argc, char***
     host_read = MeasureNodeReadBandwidth(MPI_COMM_WORLD);
     bandwidth = host_read.bytes_per_second;
   }
+  // Every model first, then the probe again: the limit is the better of the two readings.
+  std::vector<Row> rows;
+  for (const BenchModel& m : models) {
+    TESSERA_ASSIGN_OR_RETURN(Row row, BenchOne(m.name, m.dir, config, model_tp));
+    rows.push_back(std::move(row));
+  }
+  if (device_tp == nullptr) {
+    host_read = BetterReadBandwidth(host_read, MeasureNodeReadBandwidth(MPI_COMM_WORLD));
+    bandwidth = host_read.bytes_per_second;
+  }
   if (world.rank() == 0) {
     std::printf(
         "# tessera bench generate: batch 1, tp %d, %d prompt tokens, %d decoded, on %s, %zu "
@@ -180,40 +191,33 @@ absl::Status BenchGenerate(const BenchGenerateConfig& config, int* argc, char***
     } else {
       std::printf(
           "# limit: a decode step reads every weight and its context's cached keys and values "
-          "(read MB/tok); memory read bandwidth %.2f GB/s, measured here: %s\n",
+          "(read MB/tok); memory read bandwidth %.2f GB/s, measured here before and after the "
+          "models (the better of the two): %s\n",
           bandwidth / 1e9, DescribeReadBandwidth(host_read).c_str());
     }
     std::printf(
         "# read GB/s: decode t/s x read MB/tok; ratio: decode t/s over limit t/s (\"cache\": "
-        "read MB/tok fits in the last-level caches, no memory limit applies)\n");
+        "read MB/tok fits in the last-level caches, no memory limit applies; \"error\": faster "
+        "than the limit, a measurement error)\n");
     std::printf("%-28s %8s %10s %12s %12s %12s %10s %12s %8s\n", "model", "params", "weights",
                 "prefill t/s", "decode t/s", "read MB/tok", "read GB/s", "limit t/s", "ratio");
   }
   std::vector<std::string> errors;
-  for (const BenchModel& m : models) {
-    TESSERA_ASSIGN_OR_RETURN(Row row, BenchOne(m.name, m.dir, config, model_tp));
-    if (world.rank() == 0) {
+  if (world.rank() == 0) {
+    for (const Row& row : rows) {
       const double limit = bandwidth / row.decode_bytes;
       const double read = row.decode_tps * row.decode_bytes;
-      // Bytes that fit in the ranks' last-level caches are read from there once warm, not
-      // from memory: no memory limit holds them.
-      const bool cached = device_tp == nullptr &&
-                          row.decode_bytes <= static_cast<double>(world.size()) *
-                                                  static_cast<double>(LastLevelCacheBytes());
-      // Decode cannot read from memory faster than memory delivers: a faster read means the
-      // limit (or the bytes counted) is wrong, and a ratio above 1 would hide that.
-      const bool impossible = !cached && read > bandwidth;
-      std::string ratio = absl::StrFormat("%.2f", row.decode_tps / limit);
-      if (cached) ratio = "cache";
-      if (impossible) ratio = "error";
+      // Decode cannot read from memory faster than memory delivers, but bytes that fit in the
+      // ranks' last-level caches come from there once warm.
+      const HeldAgainstLimit ratio = HoldAgainstLimit(
+          read, bandwidth,
+          device_tp == nullptr && FitsInLastLevelCaches(row.decode_bytes, world.size()));
       std::printf("%-28s %7.3fB %8.1fMB %12.1f %12.2f %12.2f %10.2f %12.2f %8s\n", row.name.c_str(),
                   row.parameters_billion, row.weight_bytes / 1e6, row.prefill_tps, row.decode_tps,
-                  row.decode_bytes / 1e6, read / 1e9, limit, ratio.c_str());
-      if (impossible) {
-        errors.push_back(absl::StrFormat(
-            "# measurement error: %s decode reads %.2f GB/s, faster than the %.2f GB/s limit: "
-            "the limit or the bytes counted per token is wrong, so no ratio is given\n",
-            row.name, read / 1e9, bandwidth / 1e9));
+                  row.decode_bytes / 1e6, read / 1e9, limit, ratio.cell.c_str());
+      if (ratio.error) {
+        errors.push_back(
+            LimitErrorNote(absl::StrCat(row.name, " decode reads"), read, bandwidth, 1e9, "GB/s"));
       }
       std::fflush(stdout);
     }

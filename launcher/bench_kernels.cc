@@ -12,11 +12,13 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/parallel.h"
 #include "launcher/bench.h"
+#include "launcher/bench_limit.h"
 #include "launcher/flags.h"
 #include "launcher/fma_peak.h"
 #include "launcher/process.h"
@@ -83,7 +85,7 @@ absl::Status BenchKernels(double seconds_per_shape) {
   const kernels::CpuVector path = kernels::CpuVectorPath();
   const int threads = kernels::CpuKernelThreads();
   const double peak = MeasureFmaPeak(threads, path);
-  const ReadBandwidth read = MeasureReadBandwidth(threads, path);
+  const ReadBandwidth read = MeasureProcessReadBandwidth(threads, path);
   const int64_t cache = LastLevelCacheBytes();
   std::printf("# tessera bench kernels: Linear (out = x . w^T), vector path %s, %d thread(s)\n",
               PathName(path), threads);
@@ -109,26 +111,26 @@ absl::Status BenchKernels(double seconds_per_shape) {
       TESSERA_ASSIGN_OR_RETURN(double seconds, TimeLinear(x, w, out, seconds_per_shape));
       const double flops = 2.0 * rows * shape.n * shape.k / seconds;
       const double weight_bytes = static_cast<double>(w.nbytes()) / seconds;
-      // Weights from memory cannot arrive faster than memory delivers them: a faster figure
-      // is a measurement error, not a ratio above 1.
-      std::string of_bw = "cache";
-      if (static_cast<int64_t>(w.nbytes()) > cache && read.bytes_per_second > 0) {
-        of_bw = weight_bytes > read.bytes_per_second
-                    ? "error"
-                    : absl::StrFormat("%.2f", weight_bytes / read.bytes_per_second);
-        if (weight_bytes > read.bytes_per_second) {
-          errors.push_back(absl::StrFormat(
-              "# measurement error: %s %s at %lld rows reads its weights at %.1f GB/s, faster "
-              "than the %.2f GB/s memory read bandwidth\n",
-              shape.model, shape.projection, static_cast<long long>(rows), weight_bytes / 1e9,
-              read.bytes_per_second / 1e9));
-        }
+      const std::string what = absl::StrFormat("%s %s at %lld rows", shape.model, shape.projection,
+                                               static_cast<long long>(rows));
+      const HeldAgainstLimit of_peak = HoldAgainstLimit(flops, peak);
+      if (of_peak.error) {
+        errors.push_back(
+            LimitErrorNote(absl::StrCat(what, " computes"), flops, peak, 1e9, "GFLOP/s"));
       }
-      std::printf("%-11s %-8s %6lld %6lld %6lld %5s %11.2f %9.1f %8.2f %10.1f %8s\n", shape.model,
+      // Weights that fit in the cache are read from there once warm.
+      const HeldAgainstLimit of_bw =
+          HoldAgainstLimit(weight_bytes, read.bytes_per_second,
+                           FitsInLastLevelCaches(static_cast<double>(w.nbytes()), 1));
+      if (of_bw.error) {
+        errors.push_back(LimitErrorNote(absl::StrCat(what, " reads its weights at"), weight_bytes,
+                                        read.bytes_per_second, 1e9, "GB/s"));
+      }
+      std::printf("%-11s %-8s %6lld %6lld %6lld %5s %11.2f %9.1f %8s %10.1f %8s\n", shape.model,
                   shape.projection, static_cast<long long>(rows), static_cast<long long>(shape.n),
                   static_cast<long long>(shape.k), shape.weights == DType::kF32 ? "f32" : "bf16",
-                  seconds * 1e6, flops / 1e9, peak > 0 ? flops / peak : 0.0, weight_bytes / 1e9,
-                  of_bw.c_str());
+                  seconds * 1e6, flops / 1e9, of_peak.cell.c_str(), weight_bytes / 1e9,
+                  of_bw.cell.c_str());
       std::fflush(stdout);
     }
   }

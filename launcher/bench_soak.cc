@@ -1,9 +1,11 @@
-// `tessera bench soak`: `tessera serve` under a long mixed load over gRPC (valid requests,
-// cancellations, deadlines, invalid inputs, oversized messages: soak_mix.h), with a rank of a
-// worker group killed partway and the group restarted by serve. Checks that every request is
-// answered with a right code and none is lost, that no process crashes, and that the
-// coordinator's process holds no more memory (within --rss-tolerance), file descriptors or
-// threads after the run than after a warm-up of the same mix.
+// `tessera bench soak`: `tessera serve` under a long mixed load over gRPC and the OpenAI-style
+// HTTP API (valid requests, cancellations and hang-ups, deadlines, invalid inputs, oversized
+// messages: soak_mix.h), with a rank of a worker group killed partway and the group restarted
+// by serve. Checks that every request is answered with a right code (and, over HTTP, greedy
+// and seeded completions with the same request's answer over gRPC) and none is lost, that no
+// process crashes, and that the coordinator's process holds no more memory (within
+// --rss-tolerance), file descriptors or threads after the run than after a warm-up of the same
+// mix.
 //
 // tessera serve runs as a child process (its coordinator in its own process), so that what
 // it holds can be read from /proc before and after, and its worker ranks found and killed.
@@ -12,6 +14,7 @@
 #include <stdlib.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
@@ -37,6 +40,7 @@
 #include "launcher/child_process.h"
 #include "launcher/flags.h"
 #include "launcher/metrics_scrape.h"
+#include "launcher/openai_client.h"
 #include "launcher/process.h"
 #include "launcher/process_tree.h"
 #include "launcher/shutdown_signal.h"
@@ -57,6 +61,7 @@ struct BenchSoakConfig {
   int warmup_requests = 2000;
   int concurrency = 16;
   int seed = 1;
+  double http_share = 0.25;  // of the requests, sent over the HTTP API
   int np = 4;
   int tp = 2;
   // SIGKILL to rank kill_rank of replica 0 once this share of the requests has started;
@@ -64,6 +69,10 @@ struct BenchSoakConfig {
   double kill_at = 0.3;
   int kill_rank = 1;
   int64_t max_message_bytes = 64 << 10;
+  // KV-cache memory per rank: small enough that the warm-up fills the groups' prefix caches.
+  // The coordinator mirrors the blocks they hold (for prefix routing), so until they are full
+  // its memory grows with the requests served, with no leak.
+  int64_t kv_cache_bytes = 8 << 20;
   int max_batch_requests = 16;
   absl::Duration answer_timeout = absl::Minutes(2);
   absl::Duration settle = absl::Seconds(20);
@@ -96,30 +105,36 @@ class LogFollower {
   std::streamoff offset_ = 0;
 };
 
+// The port of the address that follows `label` in `line` ("... LABEL HOST:PORT[/path][, ...]");
+// 0 when there is none.
+int PortAfter(absl::string_view line, absl::string_view label) {
+  const size_t at = line.find(label);
+  if (at == absl::string_view::npos) return 0;
+  absl::string_view address = line.substr(at + label.size());
+  address = address.substr(0, address.find_first_of(",/"));
+  int port = 0;
+  if (!absl::SimpleAtoi(address.substr(address.rfind(':') + 1), &port)) return 0;
+  return port;
+}
+
 // What tessera serve's log says: its ports, the worker jobs that exited, the groups that
 // registered (by replica, when this process read the line).
 struct ServeLog {
   explicit ServeLog(const std::string& path) : follower(path) {}
 
   void Poll() {
-    constexpr absl::string_view kReady = "tessera serve: ready: gRPC on ";
-    constexpr absl::string_view kMetrics = ", metrics on http://";
+    // "tessera serve: ready: gRPC on HOST:PORT, metrics on http://HOST:PORT/metrics, OpenAI
+    // API on http://HOST:PORT/v1"
+    constexpr absl::string_view kReady = "tessera serve: ready: ";
     constexpr absl::string_view kExited = "tessera serve: the workers of replica ";
     const absl::Time now = absl::Now();
     for (const std::string& text : follower.NewLines()) {
       absl::string_view line = text;
       if (absl::StartsWith(line, kReady)) {
-        line.remove_prefix(kReady.size());
-        const size_t comma = line.find(kMetrics);
-        if (comma == absl::string_view::npos) continue;
-        absl::string_view grpc_address = line.substr(0, comma);
-        absl::string_view metrics_address = line.substr(comma + kMetrics.size());
-        metrics_address = metrics_address.substr(0, metrics_address.find('/'));
-        if (absl::SimpleAtoi(grpc_address.substr(grpc_address.rfind(':') + 1), &grpc_port) &&
-            absl::SimpleAtoi(metrics_address.substr(metrics_address.rfind(':') + 1),
-                             &metrics_port)) {
-          ready = grpc_port > 0 && metrics_port > 0;
-        }
+        grpc_port = PortAfter(line, "gRPC on ");
+        metrics_port = PortAfter(line, ", metrics on http://");
+        http_port = PortAfter(line, ", OpenAI API on http://");
+        ready = grpc_port > 0 && metrics_port > 0 && http_port > 0;
       } else if (absl::StartsWith(line, kExited)) {
         // "... replica R exited (status S)[ before serving]; starting them again in T"
         line.remove_prefix(kExited.size());
@@ -156,6 +171,7 @@ struct ServeLog {
   bool ready = false;
   int grpc_port = 0;
   int metrics_port = 0;
+  int http_port = 0;  // the OpenAI-style API
   std::vector<Exit> exits;
   struct Registration {
     absl::Time seen;
@@ -225,17 +241,24 @@ struct Phase {
   absl::Duration took;
 };
 
-// Requests [first, first + count) of the mix through `concurrency` clients, each on a
-// connection of its own, each taking the next request when its previous one ends. `tick`
-// runs on this thread every 20 ms meanwhile, given the number of requests started. The
-// clients' connections are closed when it returns. Stops taking requests on Ctrl-C.
-absl::StatusOr<Phase> RunPhase(const std::string& address, const SoakTarget& target, uint64_t seed,
-                               uint64_t first, int count, int concurrency,
+// Where tessera serve takes requests.
+struct Endpoints {
+  std::string grpc_address;  // "127.0.0.1:PORT"
+  int http_port = 0;         // the OpenAI-style API's, on 127.0.0.1
+};
+
+// Requests [first, first + count) of the mix through `concurrency` clients, each on a gRPC
+// connection of its own (and over HTTP a connection a call), each taking the next request
+// when its previous one ends. `tick` runs on this thread every 20 ms meanwhile, given the
+// number of requests started. The clients' connections are closed when it returns. Stops
+// taking requests on Ctrl-C.
+absl::StatusOr<Phase> RunPhase(const Endpoints& endpoints, const SoakTarget& target,
+                               const SoakMix& mix, uint64_t first, int count, int concurrency,
                                const std::function<void(int started)>& tick) {
   std::vector<std::shared_ptr<grpc::Channel>> channels;
   for (int c = 0; c < concurrency; ++c) {
-    channels.push_back(ConnectBenchClient(address));
-    TESSERA_RETURN_IF_ERROR(WaitConnected(*channels.back(), address));
+    channels.push_back(ConnectBenchClient(endpoints.grpc_address));
+    TESSERA_RETURN_IF_ERROR(WaitConnected(*channels.back(), endpoints.grpc_address));
   }
   std::atomic<int> next{0};
   std::atomic<int> running{concurrency};
@@ -245,8 +268,10 @@ absl::StatusOr<Phase> RunPhase(const std::string& address, const SoakTarget& tar
   for (int c = 0; c < concurrency; ++c) {
     clients.emplace_back([&, c] {
       std::unique_ptr<v1::Inference::Stub> stub = v1::Inference::NewStub(channels[c]);
+      OpenAiClient http("127.0.0.1", endpoints.http_port, target.answer_timeout);
+      SoakClients connections{*stub, http};
       for (int i = next.fetch_add(1); i < count && !ShutdownRequested(); i = next.fetch_add(1)) {
-        outcomes[c].push_back(RunSoakRequest(*stub, target, seed, first + i));
+        outcomes[c].push_back(RunSoakRequest(connections, target, mix, first + i));
       }
       running.fetch_sub(1);
     });
@@ -273,87 +298,139 @@ struct FaultWindow {
 };
 
 bool RightAnswer(const SoakOutcome& outcome, const FaultWindow& window) {
-  if (outcome.code < 17 && ((outcome.expected >> outcome.code) & 1) != 0) return true;
-  return outcome.code == grpc::StatusCode::UNAVAILABLE && outcome.reaches_group &&
+  if (std::find(outcome.expected.begin(), outcome.expected.end(), outcome.code) !=
+      outcome.expected.end()) {
+    return true;
+  }
+  return outcome.code == UnavailableCode(outcome.api) && outcome.reaches_group &&
          outcome.start <= window.to && outcome.end >= window.from;
 }
 
+bool Succeeded(const SoakOutcome& outcome) {
+  return outcome.code == (outcome.api == SoakApi::kGrpc ? grpc::StatusCode::OK : 200);
+}
+
+// The outcomes over one API. sent = ok + failed + wrong + lost.
 struct Tally {
-  int counts[kSoakKinds][kOutcomeCodes] = {};
-  int wrong[kSoakKinds] = {};
-  int wrong_total = 0;
-  int lost = 0;
+  int sent = 0;
+  int ok = 0;      // a right answer that succeeded
+  int failed = 0;  // a right answer that was an error: a refusal, a cancellation, ...
+  int wrong = 0;   // an answer with a wrong code or content
+  int lost = 0;    // no answer
   int unavailable_in_window = 0;
+  int matched_reference = 0;                 // HTTP answers equal to the same request's over gRPC
+  std::map<int, std::map<int, int>> counts;  // kind -> code -> requests
+  int wrong_by_kind[kSoakKinds] = {};
   // (kind, code) of wrong answers -> count and the first one's variant and message.
   std::map<std::pair<int, int>, std::pair<int, std::string>> wrong_examples;
   std::map<int, std::map<std::string, int>> variants;  // kind -> variant -> count
 };
 
-Tally Count(const std::vector<SoakOutcome>& outcomes, const FaultWindow& window) {
-  Tally tally;
+using Tallies = std::array<Tally, kSoakApis>;  // by SoakApi
+
+Tallies Count(const std::vector<SoakOutcome>& outcomes, const FaultWindow& window) {
+  Tallies tallies;
   for (const SoakOutcome& outcome : outcomes) {
+    Tally& tally = tallies[static_cast<int>(outcome.api)];
     const int kind = static_cast<int>(outcome.kind);
+    ++tally.sent;
     ++tally.counts[kind][outcome.code];
     if (!outcome.variant.empty()) ++tally.variants[kind][outcome.variant];
-    tally.lost += outcome.code == kOutcomeLost ? 1 : 0;
+    tally.matched_reference += outcome.matched_reference ? 1 : 0;
     if (RightAnswer(outcome, window)) {
-      tally.unavailable_in_window += outcome.code == grpc::StatusCode::UNAVAILABLE ? 1 : 0;
+      ++(Succeeded(outcome) ? tally.ok : tally.failed);
+      tally.unavailable_in_window += outcome.code == UnavailableCode(outcome.api) ? 1 : 0;
       continue;
     }
-    ++tally.wrong[kind];
-    ++tally.wrong_total;
+    ++(outcome.code == kOutcomeLost ? tally.lost : tally.wrong);
+    ++tally.wrong_by_kind[kind];
     auto& example = tally.wrong_examples[{kind, outcome.code}];
     if (example.first++ == 0) {
       example.second =
           absl::StrCat(outcome.variant.empty() ? "" : outcome.variant + ": ", outcome.message);
     }
   }
-  return tally;
+  return tallies;
 }
 
-void PrintTally(const Tally& tally) {
-  std::vector<int> codes;
-  for (int code = 0; code < kOutcomeCodes; ++code) {
-    for (int kind = 0; kind < kSoakKinds; ++kind) {
-      if (tally.counts[kind][code] > 0) {
-        codes.push_back(code);
-        break;
-      }
-    }
+int Total(const Tallies& tallies, int Tally::*field) {
+  int total = 0;
+  for (const Tally& tally : tallies) total += tally.*field;
+  return total;
+}
+
+// "0 (gRPC 0, HTTP 0)".
+std::string ByApi(const Tallies& tallies, int Tally::*field) {
+  std::string text = absl::StrCat(Total(tallies, field), " (");
+  for (int api = 0; api < kSoakApis; ++api) {
+    absl::StrAppend(&text, api > 0 ? ", " : "", SoakApiName(static_cast<SoakApi>(api)), " ",
+                    tallies[api].*field);
   }
-  std::printf("%-10s %8s", "kind", "requests");
+  return text + ")";
+}
+
+// The requests over `api` by kind and code, and what was wrong.
+void PrintTally(SoakApi api, const Tally& tally) {
+  std::vector<int> codes;
+  std::vector<int> kinds;
+  for (const auto& [kind, by_code] : tally.counts) {
+    kinds.push_back(kind);
+    for (const auto& [code, count] : by_code) codes.push_back(code);
+  }
+  std::sort(codes.begin(), codes.end());
+  codes.erase(std::unique(codes.begin(), codes.end()), codes.end());
+  std::printf("# over %s\n%-10s %8s", SoakApiName(api), "kind", "requests");
   for (int code : codes) {
-    std::string name = OutcomeCodeName(code);
     // Column heads short enough for the table: RESOURCE_EXHAUSTED -> RESOURCE_EXH.
-    std::printf(" %12s", name.substr(0, 12).c_str());
+    std::printf(" %12s", OutcomeCodeName(api, code).substr(0, 12).c_str());
   }
   std::printf(" %8s\n", "wrong");
-  int total_by_code[kOutcomeCodes] = {};
-  int total = 0;
-  for (int kind = 0; kind < kSoakKinds; ++kind) {
+  std::map<int, int> total_by_code;
+  for (int kind : kinds) {
+    const std::map<int, int>& by_code = tally.counts.at(kind);
     int requests = 0;
-    for (int code = 0; code < kOutcomeCodes; ++code) requests += tally.counts[kind][code];
-    total += requests;
+    for (const auto& [code, count] : by_code) requests += count;
     std::printf("%-10s %8d", SoakKindName(static_cast<SoakKind>(kind)), requests);
     for (int code : codes) {
-      total_by_code[code] += tally.counts[kind][code];
-      std::printf(" %12d", tally.counts[kind][code]);
+      auto found = by_code.find(code);
+      const int count = found == by_code.end() ? 0 : found->second;
+      total_by_code[code] += count;
+      std::printf(" %12d", count);
     }
-    std::printf(" %8d\n", tally.wrong[kind]);
+    std::printf(" %8d\n", tally.wrong_by_kind[kind]);
   }
-  std::printf("%-10s %8d", "total", total);
+  std::printf("%-10s %8d", "total", tally.sent);
   for (int code : codes) std::printf(" %12d", total_by_code[code]);
-  std::printf(" %8d\n", tally.wrong_total);
+  std::printf(" %8d\n", tally.wrong + tally.lost);
   for (const auto& [kind, variants] : tally.variants) {
     std::vector<std::string> parts;
     for (const auto& [variant, count] : variants)
       parts.push_back(absl::StrCat(variant, " ", count));
-    std::printf("# %s: %s\n", SoakKindName(static_cast<SoakKind>(kind)),
+    std::printf("# %s %s: %s\n", SoakApiName(api), SoakKindName(static_cast<SoakKind>(kind)),
                 absl::StrJoin(parts, ", ").c_str());
   }
   for (const auto& [key, example] : tally.wrong_examples) {
-    std::printf("# WRONG %s %s x%d, first: %s\n", SoakKindName(static_cast<SoakKind>(key.first)),
-                OutcomeCodeName(key.second).c_str(), example.first, example.second.c_str());
+    std::printf("# WRONG %s %s %s x%d, first: %s\n", SoakApiName(api),
+                SoakKindName(static_cast<SoakKind>(key.first)),
+                OutcomeCodeName(api, key.second).c_str(), example.first, example.second.c_str());
+  }
+}
+
+// The outcomes by API: sent, ok, failed, wrong, lost.
+void PrintApiSummary(const Tallies& tallies) {
+  std::printf(
+      "# by API: ok is a success; failed an error that was the right answer (a refusal, a "
+      "cancellation or hang-up, a deadline, UNAVAILABLE while the group was down); matched: "
+      "HTTP completions equal to the same request's answer over gRPC\n");
+  std::printf("%-6s %8s %8s %8s %8s %8s %8s\n", "api", "sent", "ok", "failed", "wrong", "lost",
+              "matched");
+  for (int api = 0; api < kSoakApis; ++api) {
+    const Tally& tally = tallies[api];
+    std::printf("%-6s %8d %8d %8d %8d %8d %8s\n", SoakApiName(static_cast<SoakApi>(api)),
+                tally.sent, tally.ok, tally.failed, tally.wrong, tally.lost,
+                api == static_cast<int>(SoakApi::kHttp)
+                    ? absl::StrCat(tally.matched_reference).c_str()
+                    : "-");
   }
   std::fflush(stdout);
 }
@@ -425,8 +502,10 @@ absl::Status Soak(const BenchSoakConfig& config, const std::string& log_dir) {
   // clang-format off
   std::vector<std::string> argv = {
       self, "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+      "--http-listen", "127.0.0.1:0",
       "--np", absl::StrCat(config.np), "--tp", absl::StrCat(config.tp),
       "--max-message-bytes", FormatBytes(config.max_message_bytes),
+      "--kv-cache-memory", FormatBytes(config.kv_cache_bytes),
       "--max-batch-requests", absl::StrCat(config.max_batch_requests),
       "--ready-timeout", absl::FormatDuration(config.ready_timeout)};
   // clang-format on
@@ -456,6 +535,8 @@ absl::Status Soak(const BenchSoakConfig& config, const std::string& log_dir) {
   }
   const pid_t serve_pid = serve_process->pid();
   const std::string address = absl::StrCat("127.0.0.1:", log.grpc_port);
+  const Endpoints endpoints{address, log.http_port};
+  const SoakMix mix{static_cast<uint64_t>(config.seed), config.http_share};
 
   SoakTarget target;
   target.max_message_bytes = config.max_message_bytes;
@@ -478,14 +559,17 @@ absl::Status Soak(const BenchSoakConfig& config, const std::string& log_dir) {
   }
 
   std::printf(
-      "# tessera bench soak: tessera serve (pid %d), %d group(s) of tp %d, model %s at %s; "
-      "--max-message-bytes %s, --max-batch-requests %d\n"
-      "# %d requests over %d clients (seed %d) after a warm-up of %d; a right answer is the "
-      "code its kind expects (UNAVAILABLE too while a group is killed and restarted); lost: "
-      "none within %s\n",
-      serve_pid, groups, config.tp, target.model.c_str(), address.c_str(),
-      FormatBytes(config.max_message_bytes).c_str(), config.max_batch_requests, config.requests,
-      config.concurrency, config.seed, config.warmup_requests,
+      "# tessera bench soak: tessera serve (pid %d), %d group(s) of tp %d, model %s at %s "
+      "(HTTP API on port %d); --max-message-bytes %s, --max-batch-requests %d, "
+      "--kv-cache-memory %s\n"
+      "# %d requests over %d clients (seed %d), %.0f%% of them over HTTP, after a warm-up of "
+      "%d; a right answer is the code its kind expects (UNAVAILABLE too while a group is "
+      "killed and restarted), and over HTTP a greedy or seeded completion is the same "
+      "request's answer over gRPC; lost: none within %s\n",
+      serve_pid, groups, config.tp, target.model.c_str(), address.c_str(), endpoints.http_port,
+      FormatBytes(config.max_message_bytes).c_str(), config.max_batch_requests,
+      FormatBytes(config.kv_cache_bytes).c_str(), config.requests, config.concurrency, config.seed,
+      100 * config.http_share, config.warmup_requests,
       absl::FormatDuration(config.answer_timeout).c_str());
   std::fflush(stdout);
 
@@ -493,10 +577,10 @@ absl::Status Soak(const BenchSoakConfig& config, const std::string& log_dir) {
   // metric series are all in use before the figures are first read.
   std::fprintf(stderr, "%s: warm-up, %d requests...\n", kWho, config.warmup_requests);
   TESSERA_ASSIGN_OR_RETURN(
-      Phase warmup, RunPhase(address, target, config.seed, uint64_t{1} << 40,
-                             config.warmup_requests, config.concurrency, [&](int) { log.Poll(); }));
+      Phase warmup, RunPhase(endpoints, target, mix, uint64_t{1} << 40, config.warmup_requests,
+                             config.concurrency, [&](int) { log.Poll(); }));
   if (ShutdownRequested()) return absl::CancelledError("interrupted");
-  const Tally warmup_tally = Count(warmup.outcomes, FaultWindow());
+  const Tallies warmup_tallies = Count(warmup.outcomes, FaultWindow());
   TESSERA_ASSIGN_OR_RETURN(Held before, SettledHeld(serve_pid, config.settle, std::nullopt));
   const std::map<pid_t, SeenProcess> processes_before = ProcessesBelow(serve_pid);
   std::fprintf(stderr,
@@ -516,25 +600,24 @@ absl::Status Soak(const BenchSoakConfig& config, const std::string& log_dir) {
   const absl::Time run_start = absl::Now();
   TESSERA_ASSIGN_OR_RETURN(
       Phase run,
-      RunPhase(address, target, config.seed, 0, config.requests, config.concurrency,
-               [&](int started) {
-                 log.Poll();
-                 if (!serve_exited) serve_exited = serve_process->Wait(absl::ZeroDuration());
-                 if (inject && !kill.has_value() && kill_error.empty() && started >= kill_after) {
-                   absl::StatusOr<Kill> killed = KillRank(serve_pid, 0, config.kill_rank);
-                   if (killed.ok()) {
-                     kill = *std::move(killed);
-                     std::fprintf(stderr, "%s: %s\n", kWho, kill->what.c_str());
-                   } else {
-                     kill_error = killed.status().ToString();
-                   }
-                 }
-                 if (started >= next_progress && next_progress > 0) {
-                   std::fprintf(stderr, "%s: %d/%d requests started, %.0f s\n", kWho, started,
-                                config.requests, absl::ToDoubleSeconds(absl::Now() - run_start));
-                   next_progress += config.requests / 10;
-                 }
-               }));
+      RunPhase(endpoints, target, mix, 0, config.requests, config.concurrency, [&](int started) {
+        log.Poll();
+        if (!serve_exited) serve_exited = serve_process->Wait(absl::ZeroDuration());
+        if (inject && !kill.has_value() && kill_error.empty() && started >= kill_after) {
+          absl::StatusOr<Kill> killed = KillRank(serve_pid, 0, config.kill_rank);
+          if (killed.ok()) {
+            kill = *std::move(killed);
+            std::fprintf(stderr, "%s: %s\n", kWho, kill->what.c_str());
+          } else {
+            kill_error = killed.status().ToString();
+          }
+        }
+        if (started >= next_progress && next_progress > 0) {
+          std::fprintf(stderr, "%s: %d/%d requests started, %.0f s\n", kWho, started,
+                       config.requests, absl::ToDoubleSeconds(absl::Now() - run_start));
+          next_progress += config.requests / 10;
+        }
+      }));
   if (ShutdownRequested()) return absl::CancelledError("interrupted");
 
   // The killed group serving again: its replica registered after the kill.
@@ -558,7 +641,8 @@ absl::Status Soak(const BenchSoakConfig& config, const std::string& log_dir) {
         serving_again.has_value() ? serving_again->seen + absl::Seconds(1) : absl::InfiniteFuture();
   }
   // The restarted group takes requests: in the run, or when the run ended before it came
-  // back, in a short run of the mix after (part of the load the figures are read after).
+  // back, in a short run of the mix after (part of the load the figures are read after). Only
+  // gRPC answers name their group, so that run is over gRPC alone.
   auto answered_by = [](const Phase& phase, const std::string& group) {
     return std::count_if(phase.outcomes.begin(), phase.outcomes.end(),
                          [&group](const SoakOutcome& outcome) { return outcome.group == group; });
@@ -568,8 +652,9 @@ absl::Status Soak(const BenchSoakConfig& config, const std::string& log_dir) {
     restarted_answered = answered_by(run, serving_again->group);
     if (restarted_answered == 0) {
       TESSERA_ASSIGN_OR_RETURN(
-          Phase probe, RunPhase(address, target, config.seed, uint64_t{2} << 40, kRestartedProbe,
-                                config.concurrency, [](int) {}));
+          Phase probe,
+          RunPhase(endpoints, target, SoakMix{mix.seed, /*http_share=*/0}, uint64_t{2} << 40,
+                   kRestartedProbe, config.concurrency, [](int) {}));
       restarted_answered_after = answered_by(probe, serving_again->group);
     }
   }
@@ -633,13 +718,17 @@ absl::Status Soak(const BenchSoakConfig& config, const std::string& log_dir) {
   serve_process->Stop();
 
   // The report.
-  const Tally tally = Count(run.outcomes, window);
+  const Tallies tallies = Count(run.outcomes, window);
   std::printf("\n# the run: %zu requests in %.1f s (%.1f requests/s)\n", run.outcomes.size(),
               absl::ToDoubleSeconds(run.took),
               run.outcomes.size() / absl::ToDoubleSeconds(run.took));
-  PrintTally(tally);
-  std::printf("# warm-up: %zu requests in %.1f s, %d wrong\n", warmup.outcomes.size(),
-              absl::ToDoubleSeconds(warmup.took), warmup_tally.wrong_total);
+  for (int api = 0; api < kSoakApis; ++api) {
+    if (tallies[api].sent > 0) PrintTally(static_cast<SoakApi>(api), tallies[api]);
+  }
+  PrintApiSummary(tallies);
+  std::printf("# warm-up: %zu requests in %.1f s, %d wrong, %d lost\n", warmup.outcomes.size(),
+              absl::ToDoubleSeconds(warmup.took), Total(warmup_tallies, &Tally::wrong),
+              Total(warmup_tallies, &Tally::lost));
   if (kill.has_value()) {
     std::printf("# failover: %s after %d requests (%.1f s into the run); ", kill->what.c_str(),
                 kill_after, absl::ToDoubleSeconds(kill->at - run_start));
@@ -650,7 +739,8 @@ absl::Status Soak(const BenchSoakConfig& config, const std::string& log_dir) {
     } else {
       std::printf("replica 0 did NOT register again\n");
     }
-    std::printf("# %d requests ended UNAVAILABLE while it was down", tally.unavailable_in_window);
+    std::printf("# %s requests ended UNAVAILABLE while it was down",
+                ByApi(tallies, &Tally::unavailable_in_window).c_str());
     if (metrics.has_value()) {
       std::printf("; redispatched %.0f, resumed mid-stream %.0f",
                   metrics->Sum("tessera_redispatches_total"),
@@ -680,9 +770,16 @@ absl::Status Soak(const BenchSoakConfig& config, const std::string& log_dir) {
   criteria.push_back({"  and gRPC core's executor and timer pools",
                       absl::StrCat(before.pool_threads, " -> ", after.pool_threads), "(bounded)",
                       true});
-  criteria.push_back({"requests lost (no answer)", absl::StrCat(tally.lost), "0", tally.lost == 0});
-  criteria.push_back({"wrong answers (code or content)", absl::StrCat(tally.wrong_total), "0",
-                      tally.wrong_total == 0});
+  criteria.push_back({"requests lost (no answer)", ByApi(tallies, &Tally::lost), "0",
+                      Total(tallies, &Tally::lost) == 0});
+  criteria.push_back({"wrong answers (code or content)", ByApi(tallies, &Tally::wrong), "0",
+                      Total(tallies, &Tally::wrong) == 0});
+  const Tally& http = tallies[static_cast<int>(SoakApi::kHttp)];
+  if (http.sent > 0) {
+    // The comparison ran: greedy and seeded completions are most of the valid ones.
+    criteria.push_back({"HTTP completions equal to their gRPC reference",
+                        absl::StrCat(http.matched_reference), ">= 1", http.matched_reference >= 1});
+  }
   criteria.push_back({"requests not run (interrupted)",
                       absl::StrCat(config.requests - static_cast<int>(run.outcomes.size())), "0",
                       static_cast<int>(run.outcomes.size()) == config.requests});
@@ -759,6 +856,9 @@ absl::Status BenchSoak(const BenchSoakConfig& config) {
         "--max-message-bytes must be >= 1K and --max-batch-requests >= 1");
   }
   if (config.rss_tolerance < 0) return absl::InvalidArgumentError("--rss-tolerance: negative");
+  if (config.http_share < 0 || config.http_share > 1) {
+    return absl::InvalidArgumentError("--http-share: must be in [0, 1]");
+  }
   InstallShutdownHandlers();
   std::string log_dir = config.log_dir;
   const bool temporary = log_dir.empty();
@@ -787,11 +887,13 @@ int RunBenchSoak(const std::vector<std::string>& args, int* /*argc*/, char*** /*
   BenchSoakConfig config;
   FlagSet flags(kWho,
                 "A soak of the serving stack: starts tessera serve (its coordinator in a "
-                "process of its own), sends --requests over gRPC from --concurrency clients, "
-                "mixing valid unary, streaming and batch requests with cancellations, tight "
+                "process of its own), sends --requests over gRPC and, --http-share of them, "
+                "over the OpenAI-style HTTP API from --concurrency clients, mixing valid unary, "
+                "streaming and batch requests with cancellations and hang-ups, tight "
                 "deadlines, invalid inputs and messages over the limits, and SIGKILLs a rank of "
                 "one group partway (serve restarts it). Fails unless every request got a right "
-                "code and none was lost, no process crashed, and the coordinator's resident "
+                "code (greedy and seeded HTTP completions the same request's answer over "
+                "gRPC) and none was lost, no process crashed, and the coordinator's resident "
                 "memory, file descriptors and threads after the run are within bounds of "
                 "what they were after a warm-up.");
   flags.Int("requests", &config.requests, "requests of the run");
@@ -799,12 +901,19 @@ int RunBenchSoak(const std::vector<std::string>& args, int* /*argc*/, char*** /*
             "requests of the same mix before the figures are first read");
   flags.Int("concurrency", &config.concurrency, "clients at once, each on its own connection");
   flags.Int("seed", &config.seed, "seed of the mix: the same requests for the same seed");
+  flags.Double("http-share", &config.http_share,
+               "share of the requests sent over the OpenAI-style HTTP API (POST "
+               "/v1/completions, JSON or server-sent events; GET /v1/models) instead of gRPC");
   flags.Int("np", &config.np, "worker ranks of tessera serve");
   flags.Int("tp", &config.tp, "tensor-parallel degree of each group");
   flags.Double("kill-at", &config.kill_at,
                "SIGKILL a rank of replica 0 once this share of the requests has started (0: "
                "none)");
   flags.Int("kill-rank", &config.kill_rank, "which rank of the group --kill-at kills");
+  flags.Bytes("kv-cache-memory", &config.kv_cache_bytes,
+              "KV-cache memory per rank of tessera serve: small, so that the warm-up fills the "
+              "groups' prefix caches and the coordinator's mirror of them before its memory is "
+              "first read");
   flags.Bytes("max-message-bytes", &config.max_message_bytes,
               "the coordinator's --max-message-bytes (oversized requests exceed it)");
   flags.Int("max-batch-requests", &config.max_batch_requests,

@@ -5,69 +5,25 @@
 #include <limits>
 #include <memory>
 #include <random>
-#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "grpcpp/client_context.h"
+#include "launcher/soak_draw.h"
+#include "launcher/soak_http_mix.h"
 #include "runtime/serve/serve_metrics.h"
 
 namespace tessera::launcher {
 namespace {
 
-// Shares of the kinds, in SoakKind order (percent).
-constexpr int kKindWeights[kSoakKinds] = {20, 20, 8, 12, 10, 20, 10};
-
-constexpr uint32_t Bit(grpc::StatusCode code) { return uint32_t{1} << static_cast<int>(code); }
-
-int32_t Draw(std::mt19937_64& random, int32_t low, int32_t high) {
-  return std::uniform_int_distribution<int32_t>(low, high)(random);
-}
-
-bool Chance(std::mt19937_64& random, double p) { return std::bernoulli_distribution(p)(random); }
-
-// The words prompts are made of: a fixed vocabulary, as real text has, so that the
-// coordinator's tokenizer cache (a bounded cache of words) settles during the warm-up and what
-// memory grows after it is a leak, not the cache filling.
-const std::vector<std::string>& Words() {
-  static const std::vector<std::string>* const words = [] {
-    auto* made = new std::vector<std::string>();
-    std::mt19937_64 random(0x50a6);
-    for (int i = 0; i < 512; ++i) {
-      std::string& word = made->emplace_back();
-      for (int length = Draw(random, 1, 9); length > 0; --length) {
-        word.push_back(static_cast<char>('a' + Draw(random, 0, 25)));
-      }
-    }
-    return made;
-  }();
-  return *words;
-}
-
-// `bytes` of words and spaces: text any byte-level tokenizer takes.
-std::string RandomText(std::mt19937_64& random, int64_t bytes) {
-  const std::vector<std::string>& words = Words();
-  std::string text;
-  text.reserve(bytes + 10);
-  while (static_cast<int64_t>(text.size()) < bytes) {
-    if (!text.empty()) text.push_back(' ');
-    text += words[Draw(random, 0, static_cast<int32_t>(words.size()) - 1)];
-  }
-  return text;
-}
+// Shares of the kinds over gRPC, in SoakKind order (percent).
+constexpr int kKindWeights[kSoakKinds] = {20, 20, 8, 12, 10, 20, 10, 0};
 
 // A request the coordinator takes and a group answers with exactly max_tokens tokens.
 v1::GenerateRequest ValidRequest(std::mt19937_64& random, const SoakTarget& target,
                                  int32_t min_tokens, int32_t max_tokens) {
   v1::GenerateRequest request;
-  request.set_model(target.model);
-  if (Chance(random, 0.5)) {
-    request.set_prompt(RandomText(random, Draw(random, 4, 48)));
-  } else {
-    const int32_t length = Draw(random, 4, 32);
-    for (int32_t i = 0; i < length; ++i)
-      request.add_prompt_tokens(Draw(random, 0, target.vocab - 1));
-  }
+  DrawPrompt(random, target.model, target.vocab, request);
   v1::SamplingParams& sampling = *request.mutable_sampling();
   sampling.set_max_tokens(Draw(random, min_tokens, max_tokens));
   sampling.set_ignore_eos(true);
@@ -314,7 +270,7 @@ void RunOversized(v1::Inference::Stub& stub, const SoakTarget& target, std::mt19
   const int64_t bytes =
       target.max_message_bytes + Draw(random, static_cast<int32_t>(target.max_message_bytes / 10),
                                       static_cast<int32_t>(3 * target.max_message_bytes));
-  outcome.expected = Bit(grpc::StatusCode::RESOURCE_EXHAUSTED);
+  outcome.expected = {grpc::StatusCode::RESOURCE_EXHAUSTED};
   v1::GenerateRequest request = ValidRequest(random, target, 1, 8);
   if (variant <= 1) {
     outcome.variant = variant == 0 ? "Generate over the limit" : "GenerateStream over the limit";
@@ -334,7 +290,7 @@ void RunOversized(v1::Inference::Stub& stub, const SoakTarget& target, std::mt19
     }
   } else {
     outcome.variant = "GenerateBatch of too many requests";
-    outcome.expected = Bit(grpc::StatusCode::INVALID_ARGUMENT);
+    outcome.expected = {grpc::StatusCode::INVALID_ARGUMENT};
     const int n = target.max_batch_requests + Draw(random, 1, target.max_batch_requests);
     for (int i = 0; i < n; ++i) *batch.add_requests() = request;
   }
@@ -342,6 +298,79 @@ void RunOversized(v1::Inference::Stub& stub, const SoakTarget& target, std::mt19
   SetDeadline(context, target.answer_timeout);
   v1::GenerateBatchResponse response;
   Record(stub.GenerateBatch(&context, batch, &response), /*generous_deadline=*/true, outcome);
+}
+
+// Draws a request of the gRPC mix from `random` and sends it through `stub`.
+void RunGrpcRequest(v1::Inference::Stub& stub, const SoakTarget& target, std::mt19937_64& random,
+                    SoakOutcome& outcome) {
+  std::discrete_distribution<int> kinds(std::begin(kKindWeights), std::end(kKindWeights));
+  outcome.kind = static_cast<SoakKind>(kinds(random));
+  const bool stream = Chance(random, 0.5);
+  switch (outcome.kind) {
+    case SoakKind::kUnary:
+    case SoakKind::kStream: {
+      outcome.expected = {grpc::StatusCode::OK};
+      outcome.reaches_group = true;
+      v1::GenerateRequest request = ValidRequest(random, target, 1, 16);
+      RunUnaryOrStream(stub, target, outcome.kind == SoakKind::kStream, request, outcome);
+      break;
+    }
+    case SoakKind::kBatch:
+      outcome.expected = {grpc::StatusCode::OK};
+      outcome.reaches_group = true;
+      RunBatch(stub, target, random, outcome);
+      break;
+    case SoakKind::kCancel: {
+      // The client's cancellation ends its call as CANCELLED whatever the server does; what
+      // this kind tests is the coordinator and the engine letting go of the request (the
+      // leak checks after the run), mid-stream or before the first token.
+      outcome.expected = {grpc::StatusCode::CANCELLED, grpc::StatusCode::OK};
+      outcome.reaches_group = true;
+      v1::GenerateRequest request = ValidRequest(random, target, 32, 64);
+      StreamCancel cancel;
+      if (Chance(random, 0.7)) {
+        cancel.after_messages = Draw(random, 1, 3);
+        outcome.variant = "after a message";
+      } else {
+        cancel.after_messages = 0;
+        cancel.before_read = absl::Milliseconds(Draw(random, 0, 20));
+        outcome.variant = "before the first message";
+      }
+      Stream(stub, request, target.answer_timeout, /*generous_deadline=*/true, cancel, outcome);
+      break;
+    }
+    case SoakKind::kDeadline: {
+      outcome.expected = {grpc::StatusCode::DEADLINE_EXCEEDED, grpc::StatusCode::OK};
+      outcome.reaches_group = true;
+      v1::GenerateRequest request = ValidRequest(random, target, 48, 64);
+      const absl::Duration deadline = absl::Milliseconds(Draw(random, 1, 40));
+      outcome.variant = stream ? "stream" : "unary";
+      if (stream) {
+        Stream(stub, request, deadline, /*generous_deadline=*/false, {}, outcome);
+      } else {
+        Unary(stub, request, deadline, /*generous_deadline=*/false, outcome);
+      }
+      break;
+    }
+    case SoakKind::kInvalid: {
+      const int variant = Draw(random, 0, kInvalidVariantCount - 1);
+      const InvalidVariant& invalid = kInvalidVariants[variant];
+      outcome.variant = invalid.name;
+      outcome.expected = {invalid.code};
+      outcome.reaches_group = invalid.reaches_group;
+      v1::GenerateRequest request = ValidRequest(random, target, 1, 8);
+      MakeInvalid(variant, random, target, request);
+      RunUnaryOrStream(stub, target, stream, request, outcome);
+      break;
+    }
+    case SoakKind::kOversized:
+      RunOversized(stub, target, random, outcome);
+      break;
+    case SoakKind::kModels:  // HTTP's alone
+      outcome.code = kOutcomeBadAnswer;
+      outcome.message = "no such kind over gRPC";
+      break;
+  }
 }
 
 }  // namespace
@@ -362,86 +391,43 @@ const char* SoakKindName(SoakKind kind) {
       return "invalid";
     case SoakKind::kOversized:
       return "oversized";
+    case SoakKind::kModels:
+      return "models";
   }
   return "?";
 }
 
-std::string OutcomeCodeName(int code) {
-  if (code == kOutcomeBadAnswer) return "BAD_ANSWER";
-  if (code == kOutcomeLost) return "LOST";
+const char* SoakApiName(SoakApi api) { return api == SoakApi::kGrpc ? "gRPC" : "HTTP"; }
+
+std::string OutcomeCodeName(SoakApi api, int code) {
+  switch (code) {
+    case kOutcomeBadAnswer:
+      return "BAD_ANSWER";
+    case kOutcomeLost:
+      return "LOST";
+    case kOutcomeBroken:
+      return "BROKEN";
+  }
+  if (api == SoakApi::kHttp) return absl::StrCat("HTTP ", code);
   return serve::StatusCodeName(static_cast<absl::StatusCode>(code));
 }
 
-SoakOutcome RunSoakRequest(v1::Inference::Stub& stub, const SoakTarget& target, uint64_t seed,
+int UnavailableCode(SoakApi api) {
+  return api == SoakApi::kGrpc ? grpc::StatusCode::UNAVAILABLE : 503;
+}
+
+SoakOutcome RunSoakRequest(SoakClients& clients, const SoakTarget& target, const SoakMix& mix,
                            uint64_t index) {
-  std::seed_seq seeds{static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32),
+  std::seed_seq seeds{static_cast<uint32_t>(mix.seed), static_cast<uint32_t>(mix.seed >> 32),
                       static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32)};
   std::mt19937_64 random(seeds);
-  std::discrete_distribution<int> kinds(std::begin(kKindWeights), std::end(kKindWeights));
   SoakOutcome outcome;
-  outcome.kind = static_cast<SoakKind>(kinds(random));
+  outcome.api = Chance(random, mix.http_share) ? SoakApi::kHttp : SoakApi::kGrpc;
   outcome.start = absl::Now();
-  const bool stream = Chance(random, 0.5);
-  switch (outcome.kind) {
-    case SoakKind::kUnary:
-    case SoakKind::kStream: {
-      outcome.expected = Bit(grpc::StatusCode::OK);
-      outcome.reaches_group = true;
-      v1::GenerateRequest request = ValidRequest(random, target, 1, 16);
-      RunUnaryOrStream(stub, target, outcome.kind == SoakKind::kStream, request, outcome);
-      break;
-    }
-    case SoakKind::kBatch:
-      outcome.expected = Bit(grpc::StatusCode::OK);
-      outcome.reaches_group = true;
-      RunBatch(stub, target, random, outcome);
-      break;
-    case SoakKind::kCancel: {
-      // The client's cancellation ends its call as CANCELLED whatever the server does; what
-      // this kind tests is the coordinator and the engine letting go of the request (the
-      // leak checks after the run), mid-stream or before the first token.
-      outcome.expected = Bit(grpc::StatusCode::CANCELLED) | Bit(grpc::StatusCode::OK);
-      outcome.reaches_group = true;
-      v1::GenerateRequest request = ValidRequest(random, target, 32, 64);
-      StreamCancel cancel;
-      if (Chance(random, 0.7)) {
-        cancel.after_messages = Draw(random, 1, 3);
-        outcome.variant = "after a message";
-      } else {
-        cancel.after_messages = 0;
-        cancel.before_read = absl::Milliseconds(Draw(random, 0, 20));
-        outcome.variant = "before the first message";
-      }
-      Stream(stub, request, target.answer_timeout, /*generous_deadline=*/true, cancel, outcome);
-      break;
-    }
-    case SoakKind::kDeadline: {
-      outcome.expected = Bit(grpc::StatusCode::DEADLINE_EXCEEDED) | Bit(grpc::StatusCode::OK);
-      outcome.reaches_group = true;
-      v1::GenerateRequest request = ValidRequest(random, target, 48, 64);
-      const absl::Duration deadline = absl::Milliseconds(Draw(random, 1, 40));
-      outcome.variant = stream ? "stream" : "unary";
-      if (stream) {
-        Stream(stub, request, deadline, /*generous_deadline=*/false, {}, outcome);
-      } else {
-        Unary(stub, request, deadline, /*generous_deadline=*/false, outcome);
-      }
-      break;
-    }
-    case SoakKind::kInvalid: {
-      const int variant = Draw(random, 0, kInvalidVariantCount - 1);
-      const InvalidVariant& invalid = kInvalidVariants[variant];
-      outcome.variant = invalid.name;
-      outcome.expected = Bit(invalid.code);
-      outcome.reaches_group = invalid.reaches_group;
-      v1::GenerateRequest request = ValidRequest(random, target, 1, 8);
-      MakeInvalid(variant, random, target, request);
-      RunUnaryOrStream(stub, target, stream, request, outcome);
-      break;
-    }
-    case SoakKind::kOversized:
-      RunOversized(stub, target, random, outcome);
-      break;
+  if (outcome.api == SoakApi::kHttp) {
+    RunHttpRequest(clients, target, random, outcome);
+  } else {
+    RunGrpcRequest(clients.grpc, target, random, outcome);
   }
   outcome.end = absl::Now();
   return outcome;
