@@ -1,6 +1,7 @@
-// `tessera bench serve`: the serving stack end to end over gRPC, as clients see it. N streaming
-// clients at once against the coordinator, the same one at a time, and the time to first
-// token the coordinator adds compared with asking a group leader directly.
+// `tessera bench serve`: the serving stack end to end, as clients see it, over gRPC or the
+// OpenAI-style HTTP API (--api). N streaming clients at once against the coordinator, the
+// same one at a time, the time to first token the coordinator adds compared with asking a
+// group leader directly, and what the HTTP layer adds compared with gRPC.
 
 #include <signal.h>
 
@@ -8,6 +9,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -20,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
@@ -27,10 +30,13 @@
 #include "launcher/bench_client.h"
 #include "launcher/coordinator_process.h"
 #include "launcher/flags.h"
+#include "launcher/openai_client.h"
 #include "launcher/process.h"
 #include "launcher/shutdown_signal.h"
 #include "launcher/worker_groups.h"
+#include "nlohmann/json.hpp"
 #include "runtime/core/status_macros.h"
+#include "runtime/serve/grpc_server.h"
 #include "runtime/serve/serve_metrics.h"
 #include "tessera/v1/inference.grpc.pb.h"
 #include "tessera/v1/worker.grpc.pb.h"
@@ -40,9 +46,11 @@ namespace {
 
 constexpr char kWho[] = "tessera bench serve";
 // What the figures are held against (the serving issue's acceptance targets).
-constexpr double kTargetSpeedup = 4.0;     // output tokens/s, all streams vs one
-constexpr double kTargetOverheadMs = 1.0;  // median TTFT added by the coordinator
-constexpr int kOverheadWarmupPairs = 10;   // not counted
+constexpr double kTargetSpeedup = 4.0;          // output tokens/s, all streams vs one
+constexpr double kTargetOverheadMs = 1.0;       // median TTFT added by the coordinator
+constexpr double kTargetHttpTtftMs = 1.0;       // median TTFT added by the HTTP layer
+constexpr double kTargetHttpThroughput = 0.95;  // output tokens/s over HTTP vs gRPC
+constexpr int kOverheadWarmupPairs = 10;        // not counted
 struct TokenRange {
   int min = 16;
   int max = 64;
@@ -50,8 +58,10 @@ struct TokenRange {
 
 struct BenchServeConfig {
   WorkerJobConfig workers;
-  std::string target;  // empty: a coordinator and workers of our own
-  std::string leader;  // with --target: a group leader's Worker endpoint
+  std::string target;        // empty: a coordinator and workers of our own
+  std::string leader;        // with --target: a group leader's Worker endpoint
+  std::string http_target;   // with --target: host:port of its HTTP API
+  std::string api = "grpc";  // grpc, http, or both
   int requests = 2000;
   int concurrency = 16;
   int baseline_requests = 50;
@@ -208,6 +218,106 @@ std::optional<std::pair<std::string, std::string>> CheckStream(const StreamResul
   return std::nullopt;
 }
 
+// One streamed request of a client, start to end.
+using StreamFn = std::function<StreamResult(const PlannedRequest&)>;
+// A new client (a connection of its own) and its StreamFn.
+using ConnectFn = std::function<absl::StatusOr<StreamFn>()>;
+
+// Streams by the streaming call `method` of `Service`'s stub at `address`.
+template <typename Service, typename Method>
+ConnectFn StubClients(const std::string& address, const std::string& model, absl::Duration timeout,
+                      Method method) {
+  return [=]() -> absl::StatusOr<StreamFn> {
+    std::shared_ptr<grpc::Channel> channel = ConnectBenchClient(address);
+    TESSERA_RETURN_IF_ERROR(WaitConnected(*channel, address));
+    std::shared_ptr<typename Service::Stub> stub = Service::NewStub(channel);
+    return StreamFn([stub, model, timeout, method](const PlannedRequest& planned) {
+      grpc::ClientContext context;
+      context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+      absl::Time begun = absl::Now();
+      auto reader = ((*stub).*method)(&context, ToWire(planned, model));
+      return ReadStream(*reader, begun);
+    });
+  };
+}
+
+// GenerateStream through the coordinator at `target`.
+ConnectFn GrpcClients(const std::string& target, const std::string& model, absl::Duration timeout) {
+  return StubClients<v1::Inference>(target, model, timeout, &v1::Inference::Stub::GenerateStream);
+}
+
+// Worker/Submit straight to a group leader at `leader`.
+ConnectFn LeaderClients(const std::string& leader, const std::string& model,
+                        absl::Duration timeout) {
+  return StubClients<v1::Worker>(leader, model, timeout, &v1::Worker::Stub::Submit);
+}
+
+// The same request as a streamed POST /v1/completions (token ids as the prompt, greedy,
+// ignore_eos, usage asked for), read as StreamResult: TTFT to the first chunk; the output
+// tokens are the usage's; the gaps between chunks (a message of the engine each) count as
+// the inter-token times, spread over the tokens when a chunk holds several.
+StreamResult ReadHttpStream(OpenAiClient& client, const PlannedRequest& planned,
+                            const std::string& model) {
+  const nlohmann::json body = {{"model", model},
+                               {"prompt", planned.prompt},
+                               {"max_tokens", planned.max_tokens},
+                               {"temperature", 0},
+                               {"ignore_eos", true},
+                               {"stream", true},
+                               {"stream_options", {{"include_usage", true}}}};
+  const absl::Time begun = absl::Now();
+  HttpAnswer answer = client.Post("/v1/completions", body.dump());
+  StreamResult result;
+  if (answer.status != 200 || !answer.transport_error.empty()) {
+    result.status = grpc::Status(grpc::StatusCode::UNKNOWN,
+                                 absl::StrCat("HTTP ", answer.status, " ", answer.transport_error,
+                                              " ", answer.body.substr(0, 200)));
+    return result;
+  }
+  std::vector<absl::Time> chunks;
+  for (size_t i = 0; i < answer.events.size(); ++i) {
+    absl::string_view data = answer.events[i];
+    if (!absl::ConsumePrefix(&data, "data: ") || data == "[DONE]") continue;
+    const nlohmann::json chunk = nlohmann::json::parse(data, nullptr, /*allow_exceptions=*/false);
+    if (!chunk.is_object() || chunk.contains("error")) {
+      result.status = grpc::Status(grpc::StatusCode::UNKNOWN, std::string(data.substr(0, 200)));
+      return result;
+    }
+    const nlohmann::json& choices = chunk.value("choices", nlohmann::json::array());
+    if (choices.empty()) {
+      result.output_tokens = chunk["usage"].value("completion_tokens", 0);
+      continue;
+    }
+    result.finals += choices[0]["finish_reason"].is_null() ? 0 : 1;
+    chunks.push_back(answer.event_times[i]);
+  }
+  if (chunks.empty()) return result;
+  result.ttft_seconds = absl::ToDoubleSeconds(chunks.front() - begun);
+  const double tokens_per_chunk =
+      std::max(1.0, static_cast<double>(result.output_tokens) / static_cast<double>(chunks.size()));
+  for (size_t i = 1; i < chunks.size(); ++i) {
+    const double gap = absl::ToDoubleSeconds(chunks[i] - chunks[i - 1]) / tokens_per_chunk;
+    result.inter_token_seconds.insert(result.inter_token_seconds.end(),
+                                      static_cast<size_t>(std::lround(tokens_per_chunk)), gap);
+  }
+  return result;
+}
+
+// Streamed POST /v1/completions to the HTTP API at `http_target` (host:port), each client on
+// a connection it keeps open, as the openai package keeps its.
+ConnectFn HttpClients(const std::string& http_target, const std::string& model,
+                      absl::Duration timeout) {
+  return [=]() -> absl::StatusOr<StreamFn> {
+    std::string host;
+    int port = 0;
+    TESSERA_RETURN_IF_ERROR(serve::SplitHostPort(http_target, "--http-target", &host, &port));
+    auto client = std::make_shared<OpenAiClient>(host, port, timeout, /*keep_alive=*/true);
+    return StreamFn([client, model](const PlannedRequest& planned) {
+      return ReadHttpStream(*client, planned, model);
+    });
+  };
+}
+
 struct PhaseFigures {
   int streams = 0;
   int requests = 0;
@@ -219,18 +329,16 @@ struct PhaseFigures {
   ErrorTally errors;
 };
 
-// Runs `plan` through `concurrency` streaming clients, each on a connection of its own, each
-// taking the next request when its previous one ends. Stops taking requests on Ctrl-C.
-absl::StatusOr<PhaseFigures> RunStreams(const std::string& target, const std::string& model,
-                                        const std::vector<PlannedRequest>& plan, int concurrency,
-                                        absl::Duration timeout) {
+// Runs `plan` through `concurrency` streaming clients (`connect` makes each), each taking the
+// next request when its previous one ends. Stops taking requests on Ctrl-C.
+absl::StatusOr<PhaseFigures> RunStreams(const ConnectFn& connect,
+                                        const std::vector<PlannedRequest>& plan, int concurrency) {
   PhaseFigures figures;
   figures.streams = concurrency;
-  std::vector<std::unique_ptr<v1::Inference::Stub>> stubs;
+  std::vector<StreamFn> streams;
   for (int c = 0; c < concurrency; ++c) {
-    std::shared_ptr<grpc::Channel> channel = ConnectBenchClient(target);
-    TESSERA_RETURN_IF_ERROR(WaitConnected(*channel, target));
-    stubs.push_back(v1::Inference::NewStub(channel));
+    TESSERA_ASSIGN_OR_RETURN(StreamFn stream, connect());
+    streams.push_back(std::move(stream));
   }
   std::atomic<int> next{0};
   absl::Mutex mutex;
@@ -241,11 +349,7 @@ absl::StatusOr<PhaseFigures> RunStreams(const std::string& target, const std::st
       PhaseFigures mine;
       for (int i = next.fetch_add(1); i < static_cast<int>(plan.size()) && !ShutdownRequested();
            i = next.fetch_add(1)) {
-        grpc::ClientContext context;
-        context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
-        absl::Time begun = absl::Now();
-        auto reader = stubs[c]->GenerateStream(&context, ToWire(plan[i], model));
-        StreamResult result = ReadStream(*reader, begun);
+        StreamResult result = streams[c](plan[i]);
         ++mine.requests;
         mine.output_tokens += result.output_tokens;
         if (auto error = CheckStream(result, plan[i].max_tokens)) {
@@ -284,49 +388,35 @@ double PercentileMs(std::vector<double> values, double p) {
   return 1e3 * values[std::clamp<size_t>(rank, 1, values.size()) - 1];
 }
 
-struct OverheadFigures {
-  std::vector<double> coordinator_ttft_seconds;
-  std::vector<double> leader_ttft_seconds;
+// The times to first token of two paths, measured in alternation.
+struct PairedTtft {
+  std::vector<double> first_ttft_seconds;
+  std::vector<double> second_ttft_seconds;
   ErrorTally errors;
 };
 
-// Sequential requests of one token, alternately through the coordinator and straight to a
-// group leader's Worker/Submit (which of the two goes first alternates too). Each request has
-// a prompt of its own, so neither path finds the other's prefix in the cache.
-absl::StatusOr<OverheadFigures> MeasureOverhead(const std::string& target,
-                                                const std::string& leader, const std::string& model,
-                                                const std::vector<PlannedRequest>& plan,
-                                                absl::Duration timeout) {
-  std::shared_ptr<grpc::Channel> coordinator_channel = ConnectBenchClient(target);
-  std::shared_ptr<grpc::Channel> leader_channel = ConnectBenchClient(leader);
-  TESSERA_RETURN_IF_ERROR(WaitConnected(*coordinator_channel, target));
-  TESSERA_RETURN_IF_ERROR(WaitConnected(*leader_channel, leader));
-  auto coordinator = v1::Inference::NewStub(coordinator_channel);
-  auto worker = v1::Worker::NewStub(leader_channel);
-  OverheadFigures figures;
+// Sequential requests of one token, alternately by `first` and by `second` (which of the two
+// goes first alternates too). Each request has a prompt of its own, so neither path finds the
+// other's prefix in the cache. `second_name` marks the second path's errors.
+absl::StatusOr<PairedTtft> MeasurePairedTtft(const ConnectFn& first, const ConnectFn& second,
+                                             const std::string& second_name,
+                                             const std::vector<PlannedRequest>& plan) {
+  TESSERA_ASSIGN_OR_RETURN(StreamFn first_stream, first());
+  TESSERA_ASSIGN_OR_RETURN(StreamFn second_stream, second());
+  PairedTtft figures;
   for (size_t i = 0; i + 1 < plan.size() && !ShutdownRequested(); i += 2) {
     const bool counted = i / 2 >= kOverheadWarmupPairs;
     for (int leg = 0; leg < 2; ++leg) {
-      const bool via_coordinator = (leg == 0) == ((i / 2) % 2 == 0);
+      const bool via_first = (leg == 0) == ((i / 2) % 2 == 0);
       const PlannedRequest& planned = plan[i + leg];
-      grpc::ClientContext context;
-      context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
-      absl::Time begun = absl::Now();
-      StreamResult result;
-      if (via_coordinator) {
-        auto reader = coordinator->GenerateStream(&context, ToWire(planned, model));
-        result = ReadStream(*reader, begun);
-      } else {
-        auto reader = worker->Submit(&context, ToWire(planned, model));
-        result = ReadStream(*reader, begun);
-      }
+      StreamResult result = via_first ? first_stream(planned) : second_stream(planned);
       if (auto error = CheckStream(result, planned.max_tokens)) {
-        figures.errors.Add(absl::StrCat(error->first, via_coordinator ? "" : " (leader)"),
+        figures.errors.Add(absl::StrCat(error->first, via_first ? "" : " (" + second_name + ")"),
                            error->second);
         continue;
       }
       if (!counted) continue;
-      (via_coordinator ? figures.coordinator_ttft_seconds : figures.leader_ttft_seconds)
+      (via_first ? figures.first_ttft_seconds : figures.second_ttft_seconds)
           .push_back(result.ttft_seconds);
     }
   }
@@ -334,7 +424,7 @@ absl::StatusOr<OverheadFigures> MeasureOverhead(const std::string& target,
 }
 
 void PrintPhase(const char* name, const PhaseFigures& phase) {
-  std::printf("%-14s %7d %6d %6d %8.1f %8.2f %10.1f %7.1f %7.1f %7.1f %6.2f %6.2f %6.2f\n", name,
+  std::printf("%-16s %7d %6d %6d %8.1f %8.2f %10.1f %7.1f %7.1f %7.1f %6.2f %6.2f %6.2f\n", name,
               phase.streams, phase.requests, phase.errors.total, phase.seconds,
               phase.requests / phase.seconds, phase.output_tokens / phase.seconds,
               PercentileMs(phase.ttft_seconds, 50), PercentileMs(phase.ttft_seconds, 90),
@@ -376,9 +466,11 @@ void PrintFailover(const PhaseFigures& phase, InjectedFault& fault, absl::Durati
   }
 }
 
+// `target`: the coordinator's gRPC address; `leader`: a group leader's, or empty;
+// `http_target`: the coordinator's HTTP API, or empty (then --api must be grpc).
 absl::Status Bench(const std::string& target, const std::string& leader,
-                   const BenchServeConfig& config, const std::string& setup,
-                   InjectedFault* fault = nullptr) {
+                   const std::string& http_target, const BenchServeConfig& config,
+                   const std::string& setup, InjectedFault* fault = nullptr) {
   TESSERA_ASSIGN_OR_RETURN(TokenRange prompt_range,
                            ParseTokenRange(config.prompt_tokens, "--prompt-tokens"));
   TESSERA_ASSIGN_OR_RETURN(TokenRange output_range,
@@ -391,6 +483,12 @@ absl::Status Bench(const std::string& target, const std::string& leader,
     TESSERA_ASSIGN_OR_RETURN(model, FirstModel(*stub));
   }
   TESSERA_ASSIGN_OR_RETURN(int32_t vocab, ProbeVocab(*stub, model));
+  const bool grpc_phases = config.api != "http";
+  const bool http_phases = config.api != "grpc";
+  const ConnectFn grpc_clients = GrpcClients(target, model, config.request_timeout);
+  const ConnectFn http_clients = HttpClients(http_target, model, config.request_timeout);
+  // The concurrent and one-at-a-time phases run over gRPC, and over HTTP too with --api both.
+  const ConnectFn& main_clients = grpc_phases ? grpc_clients : http_clients;
 
   // One random sequence for every phase: no prompt is sent twice, so no phase gets another's
   // prefix from the cache.
@@ -405,53 +503,93 @@ absl::Status Bench(const std::string& target, const std::string& leader,
            {prompt_range.min, prompt_range.min}, one_token, vocab, random);
 
   std::printf(
-      "# tessera bench serve: %s; model %s at %s\n"
-      "# streaming requests (GenerateStream, greedy, ignore_eos): prompts of %d:%d random "
+      "# tessera bench serve: %s; model %s at %s%s\n"
+      "# streaming requests (%s, greedy, ignore_eos): prompts of %d:%d random "
       "token ids in [0, %d), %d:%d output tokens, seed %d\n"
-      "# TTFT: call start -> first token at the client; ITL: between tokens\n",
-      setup.c_str(), model.c_str(), target.c_str(), prompt_range.min, prompt_range.max, vocab,
-      output_range.min, output_range.max, config.seed);
-  std::printf("%-14s %7s %6s %6s %8s %8s %10s %7s %7s %7s %6s %6s %6s\n", "run", "streams", "reqs",
+      "# TTFT: call start -> first token at the client; ITL: between tokens (over HTTP: "
+      "between chunks, spread over the tokens of each)\n",
+      setup.c_str(), model.c_str(), target.c_str(),
+      http_phases ? absl::StrCat(", HTTP API at ", http_target).c_str() : "",
+      config.api == "grpc"   ? "GenerateStream"
+      : config.api == "http" ? "POST /v1/completions, stream"
+                             : "GenerateStream, and POST /v1/completions, stream",
+      prompt_range.min, prompt_range.max, vocab, output_range.min, output_range.max, config.seed);
+  std::printf("%-16s %7s %6s %6s %8s %8s %10s %7s %7s %7s %6s %6s %6s\n", "run", "streams", "reqs",
               "errors", "seconds", "req/s", "output t/s", "TTFT50", "TTFT90", "TTFT99", "ITL50",
               "ITL90", "ITL99");
-  std::printf("%-14s %7s %6s %6s %8s %8s %10s %7s %7s %7s %6s %6s %6s\n", "", "", "", "", "", "",
+  std::printf("%-16s %7s %6s %6s %8s %8s %10s %7s %7s %7s %6s %6s %6s\n", "", "", "", "", "", "",
               "", "ms", "ms", "ms", "ms", "ms", "ms");
   std::fflush(stdout);
 
   std::fprintf(stderr, "%s: %d requests over %d streams...\n", kWho, config.requests,
                config.concurrency);
-  TESSERA_ASSIGN_OR_RETURN(
-      PhaseFigures many,
-      RunStreams(target, model, concurrent, config.concurrency, config.request_timeout));
+  TESSERA_ASSIGN_OR_RETURN(PhaseFigures many,
+                           RunStreams(main_clients, concurrent, config.concurrency));
   if (ShutdownRequested()) return absl::CancelledError("interrupted");
-  PrintPhase("concurrent", many);
+  PrintPhase(grpc_phases ? "concurrent" : "concurrent http", many);
   if (fault != nullptr) {
     PrintFailover(many, *fault, fault->heartbeat, config.workers.ready_timeout);
   }
-  std::fprintf(stderr, "%s: %d requests one at a time...\n", kWho, config.baseline_requests);
-  TESSERA_ASSIGN_OR_RETURN(PhaseFigures one,
-                           RunStreams(target, model, alone, 1, config.request_timeout));
-  if (ShutdownRequested()) return absl::CancelledError("interrupted");
-  PrintPhase("one at a time", one);
-
-  std::optional<OverheadFigures> overhead;
-  if (!leader.empty() && fault == nullptr) {
-    std::fprintf(stderr, "%s: %d requests of 1 token each way, coordinator and leader %s...\n",
-                 kWho, config.overhead_requests, leader.c_str());
-    TESSERA_ASSIGN_OR_RETURN(overhead,
-                             MeasureOverhead(target, leader, model, small, config.request_timeout));
+  // With --api both, the same load over HTTP: as many requests of the same lengths, with
+  // prompts of their own.
+  std::optional<PhaseFigures> many_http;
+  if (grpc_phases && http_phases) {
+    std::mt19937_64 http_random(static_cast<uint64_t>(config.seed) + 1);
+    std::vector<PlannedRequest> concurrent_http = concurrent;
+    std::uniform_int_distribution<int32_t> token(0, vocab - 1);
+    for (PlannedRequest& request : concurrent_http) {
+      for (int32_t& id : request.prompt) id = token(http_random);
+    }
+    std::fprintf(stderr, "%s: the same over HTTP...\n", kWho);
+    TESSERA_ASSIGN_OR_RETURN(many_http,
+                             RunStreams(http_clients, concurrent_http, config.concurrency));
     if (ShutdownRequested()) return absl::CancelledError("interrupted");
-    std::printf(
-        "\n# coordinator overhead: %d sequential requests each way, alternating (after %d "
-        "pairs of warm-up): %d prompt tokens, max_tokens 1\n",
-        config.overhead_requests, kOverheadWarmupPairs, prompt_range.min);
+    PrintPhase("concurrent http", *many_http);
+  }
+  std::fprintf(stderr, "%s: %d requests one at a time...\n", kWho, config.baseline_requests);
+  TESSERA_ASSIGN_OR_RETURN(PhaseFigures one, RunStreams(main_clients, alone, 1));
+  if (ShutdownRequested()) return absl::CancelledError("interrupted");
+  PrintPhase(grpc_phases ? "one at a time" : "one at a time http", one);
+
+  auto paired_rows = [](const char* first, const char* second, const PairedTtft& paired) {
     std::printf("%-34s %6s %7s %7s %7s\n", "path", "reqs", "TTFT50", "TTFT90", "TTFT99");
     auto row = [](const char* path, const std::vector<double>& ttft) {
       std::printf("%-34s %6zu %7.3f %7.3f %7.3f\n", path, ttft.size(), PercentileMs(ttft, 50),
                   PercentileMs(ttft, 90), PercentileMs(ttft, 99));
     };
-    row("client -> coordinator -> leader", overhead->coordinator_ttft_seconds);
-    row("client -> leader (Worker/Submit)", overhead->leader_ttft_seconds);
+    row(first, paired.first_ttft_seconds);
+    row(second, paired.second_ttft_seconds);
+  };
+  std::optional<PairedTtft> overhead;
+  if (grpc_phases && !leader.empty() && fault == nullptr) {
+    std::fprintf(stderr, "%s: %d requests of 1 token each way, coordinator and leader %s...\n",
+                 kWho, config.overhead_requests, leader.c_str());
+    TESSERA_ASSIGN_OR_RETURN(
+        overhead,
+        MeasurePairedTtft(grpc_clients, LeaderClients(leader, model, config.request_timeout),
+                          "leader", small));
+    if (ShutdownRequested()) return absl::CancelledError("interrupted");
+    std::printf(
+        "\n# coordinator overhead: %d sequential requests each way, alternating (after %d "
+        "pairs of warm-up): %d prompt tokens, max_tokens 1\n",
+        config.overhead_requests, kOverheadWarmupPairs, prompt_range.min);
+    paired_rows("client -> coordinator -> leader", "client -> leader (Worker/Submit)", *overhead);
+  }
+  std::optional<PairedTtft> http_overhead;
+  if (http_phases && fault == nullptr) {
+    std::vector<PlannedRequest> http_small =
+        Plan(2 * (config.overhead_requests + kOverheadWarmupPairs),
+             {prompt_range.min, prompt_range.min}, one_token, vocab, random);
+    std::fprintf(stderr, "%s: %d requests of 1 token each way, HTTP and gRPC...\n", kWho,
+                 config.overhead_requests);
+    TESSERA_ASSIGN_OR_RETURN(http_overhead,
+                             MeasurePairedTtft(http_clients, grpc_clients, "grpc", http_small));
+    if (ShutdownRequested()) return absl::CancelledError("interrupted");
+    std::printf(
+        "\n# HTTP layer: %d sequential requests each way, alternating (after %d pairs of "
+        "warm-up): %d prompt tokens, max_tokens 1, both through the coordinator\n",
+        config.overhead_requests, kOverheadWarmupPairs, prompt_range.min);
+    paired_rows("POST /v1/completions (stream)", "gRPC GenerateStream", *http_overhead);
   }
 
   const double speedup = (many.output_tokens / many.seconds) / (one.output_tokens / one.seconds);
@@ -461,19 +599,36 @@ absl::Status Bench(const std::string& target, const std::string& leader,
               absl::StrCat(">= ", kTargetSpeedup, "x").c_str(), speedup / kTargetSpeedup,
               speedup >= kTargetSpeedup ? "met" : "MISSED");
   if (overhead) {
-    const double added = PercentileMs(overhead->coordinator_ttft_seconds, 50) -
-                         PercentileMs(overhead->leader_ttft_seconds, 50);
+    const double added = PercentileMs(overhead->first_ttft_seconds, 50) -
+                         PercentileMs(overhead->second_ttft_seconds, 50);
     std::printf("%-44s %8.3fms %9s %7.2f  %s\n", "median TTFT added by the coordinator", added,
                 absl::StrCat("<= ", kTargetOverheadMs, "ms").c_str(), added / kTargetOverheadMs,
                 added <= kTargetOverheadMs ? "met" : "MISSED");
   } else if (fault != nullptr) {
     std::printf("# coordinator overhead not measured in a run with a rank killed\n");
-  } else {
+  } else if (grpc_phases) {
     std::printf("# coordinator overhead not measured: --target needs --leader HOST:PORT\n");
+  }
+  if (http_overhead) {
+    const double added = PercentileMs(http_overhead->first_ttft_seconds, 50) -
+                         PercentileMs(http_overhead->second_ttft_seconds, 50);
+    std::printf("%-44s %8.3fms %9s %7.2f  %s\n", "median TTFT added by HTTP (vs gRPC)", added,
+                absl::StrCat("<= ", kTargetHttpTtftMs, "ms").c_str(), added / kTargetHttpTtftMs,
+                added <= kTargetHttpTtftMs ? "met" : "MISSED");
+  }
+  if (many_http) {
+    const double ratio =
+        (many_http->output_tokens / many_http->seconds) / (many.output_tokens / many.seconds);
+    std::printf("%-44s %9.3fx %9s %7.2f  %s\n",
+                absl::StrCat("output t/s, HTTP vs gRPC, ", config.concurrency, " streams").c_str(),
+                ratio, absl::StrCat(">= ", kTargetHttpThroughput, "x").c_str(),
+                ratio / kTargetHttpThroughput, ratio >= kTargetHttpThroughput ? "met" : "MISSED");
   }
   ErrorTally errors = many.errors;
   errors.Merge(one.errors);
+  if (many_http) errors.Merge(many_http->errors);
   if (overhead) errors.Merge(overhead->errors);
+  if (http_overhead) errors.Merge(http_overhead->errors);
   std::printf("%-44s %10d %10d\n", "failed requests", errors.total, 0);
   std::printf("# errors: %s\n", errors.Summary().c_str());
   std::fflush(stdout);
@@ -491,10 +646,21 @@ absl::Status BenchServe(const BenchServeConfig& config) {
   }
   TESSERA_RETURN_IF_ERROR(ParseTokenRange(config.prompt_tokens, "--prompt-tokens").status());
   TESSERA_RETURN_IF_ERROR(ParseTokenRange(config.output_tokens, "--output-tokens").status());
+  if (config.api != "grpc" && config.api != "http" && config.api != "both") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--api: '", config.api, "' is not grpc, http or both"));
+  }
+  if (config.api != "grpc" && config.kill_rank_after > absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--kill-rank-after: measured over gRPC only (--api grpc)");
+  }
   InstallShutdownHandlers();
   if (!config.target.empty()) {
+    if (config.api != "grpc" && config.http_target.empty()) {
+      return absl::InvalidArgumentError(
+          "--api: with --target, HTTP needs --http-target HOST:PORT (its --http-listen)");
+    }
     return Bench(
-        config.target, config.leader, config,
+        config.target, config.leader, config.http_target, config,
         absl::StrCat("a running coordinator (--target)",
                      config.leader.empty() ? "" : absl::StrCat(", leader ", config.leader)));
   }
@@ -512,7 +678,7 @@ absl::Status BenchServe(const BenchServeConfig& config) {
   CoordinatorConfig coordinator_config;
   coordinator_config.listen = "127.0.0.1:0";
   coordinator_config.metrics_listen = "off";
-  coordinator_config.http_listen = "off";
+  coordinator_config.http_listen = config.api == "grpc" ? "off" : "127.0.0.1:0";
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<RunningCoordinator> running,
                            StartCoordinator(coordinator_config));
   const int groups = config.workers.groups();
@@ -533,8 +699,11 @@ absl::Status BenchServe(const BenchServeConfig& config) {
   absl::Status status;
   absl::Notification done;
   std::thread bench([&] {
-    status = Bench(absl::StrCat("127.0.0.1:", running->grpc.port), leaders.front(), config, setup,
-                   inject ? &fault : nullptr);
+    status = Bench(absl::StrCat("127.0.0.1:", running->grpc.port), leaders.front(),
+                   running->http_server != nullptr
+                       ? absl::StrCat("127.0.0.1:", running->http_server->port())
+                       : std::string(),
+                   config, setup, inject ? &fault : nullptr);
     done.Notify();
   });
   const absl::Time kill_at = absl::Now() + config.kill_rank_after;
@@ -576,16 +745,23 @@ absl::Status BenchServe(const BenchServeConfig& config) {
 int RunBenchServe(const std::vector<std::string>& args, int* /*argc*/, char*** /*argv*/) {
   BenchServeConfig config;
   FlagSet flags(kWho,
-                "The serving stack over gRPC: --concurrency streaming clients against the "
-                "coordinator, then one at a time (the ratio of output tokens/s), then the "
-                "median time to first token the coordinator adds over asking a group leader "
-                "directly.\nStarts a coordinator here and mpirun workers as `tessera serve` "
+                "The serving stack over gRPC or HTTP (--api): --concurrency streaming clients "
+                "against the coordinator, then one at a time (the ratio of output tokens/s), "
+                "then the median time to first token the coordinator adds over asking a group "
+                "leader directly, and with --api both what HTTP adds over gRPC.\nStarts a "
+                "coordinator here and mpirun workers as `tessera serve` "
                 "does, or measures --target (and --leader) instead.");
   flags.String("target", &config.target,
                "host:port of a running coordinator to measure (default: start our own)");
   flags.String("leader", &config.leader,
                "with --target: host:port of a group leader's Worker service, for the "
                "coordinator overhead");
+  flags.String("api", &config.api,
+               "grpc, http (the OpenAI-style API: POST /v1/completions, streamed), or both "
+               "(the concurrent run over each, and what HTTP adds to TTFT and takes from "
+               "output tokens/s)");
+  flags.String("http-target", &config.http_target,
+               "with --target and --api http or both: host:port of its HTTP API");
   flags.Int("requests", &config.requests, "requests of the concurrent run");
   flags.Int("concurrency", &config.concurrency, "streaming clients at once");
   flags.Int("baseline-requests", &config.baseline_requests, "requests of the one-stream run");

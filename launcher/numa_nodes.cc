@@ -7,19 +7,20 @@
 #include <iterator>
 #include <sstream>
 
+#include "absl/strings/numbers.h"
+
 namespace tessera::launcher {
 namespace {
 
 // A whole non-negative decimal number below 2^20 (more CPUs than any kernel numbers), or
 // nullopt.
 std::optional<int> ParseCpu(std::string_view text) {
-  if (text.empty() || text.size() > 7) return std::nullopt;
   int value = 0;
-  for (char c : text) {
-    if (c < '0' || c > '9') return std::nullopt;
-    value = value * 10 + (c - '0');
+  if (text.empty() || text.front() == '+' || text.front() == '-' ||
+      !absl::SimpleAtoi(absl::string_view(text.data(), text.size()), &value) || value < 0 ||
+      value >= (1 << 20)) {
+    return std::nullopt;
   }
-  if (value >= (1 << 20)) return std::nullopt;
   return value;
 }
 

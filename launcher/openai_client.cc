@@ -1,6 +1,7 @@
 #include "launcher/openai_client.h"
 
 #include <chrono>
+#include <memory>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -195,11 +196,27 @@ absl::StatusOr<OpenAiCompletion> ParseStream(const HttpAnswer& answer, bool incl
 
 }  // namespace
 
-OpenAiClient::OpenAiClient(std::string host, int port, absl::Duration read_timeout)
-    : host_(std::move(host)), port_(port), read_timeout_(read_timeout) {}
+OpenAiClient::OpenAiClient(std::string host, int port, absl::Duration read_timeout, bool keep_alive)
+    : host_(std::move(host)), port_(port), read_timeout_(read_timeout) {
+  if (keep_alive) {
+    kept_ = std::make_unique<httplib::Client>(host_, port_);
+    kept_->set_keep_alive(true);
+    kept_->set_tcp_nodelay(true);
+  }
+}
+
+OpenAiClient::~OpenAiClient() = default;
+
+httplib::Client& OpenAiClient::Connection(std::unique_ptr<httplib::Client>& fresh) {
+  if (kept_ != nullptr) return *kept_;
+  fresh = std::make_unique<httplib::Client>(host_, port_);
+  fresh->set_tcp_nodelay(true);
+  return *fresh;
+}
 
 HttpAnswer OpenAiClient::Get(const std::string& path) {
-  httplib::Client client(host_, port_);
+  std::unique_ptr<httplib::Client> fresh;
+  httplib::Client& client = Connection(fresh);
   client.set_connection_timeout(Micros(kBenchConnectTimeout));
   client.set_read_timeout(Micros(read_timeout_));
   HttpAnswer answer;
@@ -218,7 +235,8 @@ HttpAnswer OpenAiClient::Get(const std::string& path) {
 
 HttpAnswer OpenAiClient::Post(const std::string& path, const std::string& body,
                               const HttpHangUp& hang_up) {
-  httplib::Client client(host_, port_);
+  std::unique_ptr<httplib::Client> fresh;
+  httplib::Client& client = Connection(fresh);
   client.set_connection_timeout(Micros(kBenchConnectTimeout));
   const bool idle_hang_up = hang_up.when_idle > absl::ZeroDuration();
   const absl::Duration read_timeout = idle_hang_up ? hang_up.when_idle : read_timeout_;
@@ -242,6 +260,7 @@ HttpAnswer OpenAiClient::Post(const std::string& path, const std::string& body,
     for (size_t end = answer.body.find(kEventEnd, scanned); end != std::string::npos;
          end = answer.body.find(kEventEnd, scanned)) {
       answer.events.push_back(answer.body.substr(scanned, end - scanned));
+      answer.event_times.push_back(absl::Now());
       scanned = end + 2;
     }
     if (hang_up.after_events >= 0 &&

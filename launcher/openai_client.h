@@ -2,12 +2,14 @@
 #define TESSERA_LAUNCHER_OPENAI_CLIENT_H_
 
 // A client of the coordinator's OpenAI-style HTTP API (runtime/serve/openai_http.h) for the
-// serving benchmarks (`tessera bench soak`): a call on a connection of its own, as curl
-// makes one; an answer read whole or as server-sent events, or hung up on partway; and
+// serving benchmarks (`tessera bench soak`, `bench serve --api http`): a call on a connection
+// of its own, as curl makes one, or on one kept open, as the openai package keeps its; an
+// answer read whole or as server-sent events, or hung up on partway; and
 // readers that hold the answers to OpenAI's shapes. A separate client, not the server's own
 // conversions (openai_api.h), so that the answers are checked from outside.
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -16,6 +18,10 @@
 #include "absl/time/time.h"
 #include "nlohmann/json.hpp"
 #include "tessera/v1/inference.pb.h"
+
+namespace httplib {
+class Client;
+}  // namespace httplib
 
 namespace tessera::launcher {
 
@@ -28,8 +34,9 @@ struct HttpAnswer {
   std::string content_type;
   std::string body;  // as much of it as came
   // A text/event-stream's whole events as they came ("data: ..."), without the blank line
-  // that ends each.
+  // that ends each, and when each had come whole.
   std::vector<std::string> events;
+  std::vector<absl::Time> event_times;
 };
 
 // When a client hangs up on its call; the default never does.
@@ -39,22 +46,28 @@ struct HttpHangUp {
                              // between events), instead of the client's read timeout
 };
 
-// Thread-compatible: one thread at a time per client; each call opens and closes its own
-// connection.
+// Thread-compatible: one thread at a time per client.
 class OpenAiClient {
  public:
   // Calls http://`host`:`port`, connecting within kBenchConnectTimeout (bench_client.h). A
   // call on which no byte comes for `read_timeout` ends with transport_error "Read".
-  OpenAiClient(std::string host, int port, absl::Duration read_timeout);
+  // `keep_alive`: calls share one connection while the server keeps it open; otherwise
+  // each call opens and closes its own.
+  OpenAiClient(std::string host, int port, absl::Duration read_timeout, bool keep_alive = false);
+  ~OpenAiClient();
 
   HttpAnswer Get(const std::string& path);
   // POST `path` with `body` as application/json; the body goes as it is (malformed ones too).
   HttpAnswer Post(const std::string& path, const std::string& body, const HttpHangUp& hang_up = {});
 
  private:
+  // The connection of the next call: the kept one, or `fresh`.
+  httplib::Client& Connection(std::unique_ptr<httplib::Client>& fresh);
+
   const std::string host_;
   const int port_;
   const absl::Duration read_timeout_;
+  std::unique_ptr<httplib::Client> kept_;  // with keep_alive
 };
 
 // The POST /v1/completions body that asks for `request`: model, prompt (text, or token ids),

@@ -128,6 +128,9 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
   server->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   server->set_socket_options(SetListenSocketOptions);
   server->set_keep_alive_timeout(options.keep_alive_seconds);
+  // A streamed answer is many small writes: without TCP_NODELAY each could wait for the
+  // client's delayed acknowledgement of the one before (tens of milliseconds).
+  server->set_tcp_nodelay(true);
   if (options.max_body_bytes > 0) server->set_payload_max_length(options.max_body_bytes);
   add_routes(*server);
 
