@@ -82,9 +82,20 @@ absl::StatusOr<engine::GenerationRequest> ParseRequestLine(const std::string& te
   if (!object.is_object()) return FieldError(line, "request", "not a JSON object");
   engine::GenerationRequest request;
   engine::SamplingOptions& sampling = request.sampling;
-  static const char* const kKnown[] = {
-      "id",   "prompt", "prompt_token_ids", "max_tokens", "temperature", "top_k", "top_p",
-      "seed", "stop",   "stop_token_ids",   "ignore_eos", "logprobs"};
+  static const char* const kKnown[] = {"id",
+                                       "prompt",
+                                       "prompt_token_ids",
+                                       "max_tokens",
+                                       "temperature",
+                                       "top_k",
+                                       "top_p",
+                                       "seed",
+                                       "stop",
+                                       "stop_token_ids",
+                                       "ignore_eos",
+                                       "logprobs",
+                                       "presence_penalty",
+                                       "frequency_penalty"};
   for (const auto& [key, value] : object.items()) {
     if (std::find(std::begin(kKnown), std::end(kKnown), key) == std::end(kKnown)) {
       return FieldError(line, key, "unknown field");
@@ -130,6 +141,8 @@ absl::StatusOr<engine::GenerationRequest> ParseRequestLine(const std::string& te
   TESSERA_RETURN_IF_ERROR(read("stop_token_ids", &sampling.stop_token_ids));
   TESSERA_RETURN_IF_ERROR(read("ignore_eos", &sampling.ignore_eos));
   TESSERA_RETURN_IF_ERROR(read("logprobs", &sampling.logprobs));
+  TESSERA_RETURN_IF_ERROR(read("presence_penalty", &sampling.presence_penalty));
+  TESSERA_RETURN_IF_ERROR(read("frequency_penalty", &sampling.frequency_penalty));
   return request;
 }
 

@@ -6,9 +6,10 @@
 //   {"id": "q1", "prompt": "Hello",            // or "prompt_token_ids": [1, 2, 3]
 //    "max_tokens": 64, "temperature": 0.7, "top_k": 40, "top_p": 0.9, "seed": 1,
 //    "stop": ["\n\n"] (or one string), "stop_token_ids": [2], "ignore_eos": false,
-//    "logprobs": true}
+//    "logprobs": true, "presence_penalty": 0.5, "frequency_penalty": 0.2}
 // Every field but the prompt is optional (max_tokens defaults to 16, the rest as in
-// SamplingOptions). One result per request, in input order:
+// SamplingOptions); the engine checks the values (penalties in [-2, 2]) when it takes them. One
+// result per request, in input order:
 //   {"id": "q1", "text": "...", "token_ids": [...], "finish_reason": "length",
 //    "usage": {"prompt_tokens": 5, "completion_tokens": 64, "cached_tokens": 0},
 //    "logprobs": [...]}                        // when asked for

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/check_shapes.h"
@@ -40,15 +41,59 @@ absl::Status ShardArgmax(const Tensor& logits, int64_t vocab_begin,
 absl::Status ValidateSamplingParams(const SamplingParams& params) {
   if (!(params.temperature >= 0.0f) || std::isinf(params.temperature)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("temperature must be a finite number >= 0, not ", params.temperature));
+        absl::StrCat("temperature: must be a finite number >= 0, not ", params.temperature));
   }
   if (params.top_k < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("top_k must be >= 0, not ", params.top_k));
+    return absl::InvalidArgumentError(absl::StrCat("top_k: must be >= 0, not ", params.top_k));
   }
   if (!(params.top_p > 0.0f && params.top_p <= 1.0f)) {
-    return absl::InvalidArgumentError(absl::StrCat("top_p must be in (0, 1], not ", params.top_p));
+    return absl::InvalidArgumentError(absl::StrCat("top_p: must be in (0, 1], not ", params.top_p));
+  }
+  const std::pair<float, const char*> penalties[] = {
+      {params.presence_penalty, "presence_penalty"},
+      {params.frequency_penalty, "frequency_penalty"}};
+  for (const auto& [value, name] : penalties) {
+    if (!(value >= -2.0f && value <= 2.0f)) {
+      return absl::InvalidArgumentError(absl::StrCat(name, ": must be in [-2, 2], not ", value));
+    }
   }
   return absl::OkStatus();
+}
+
+void ApplyPenalties(absl::Span<float> logits, const SamplingParams& params,
+                    absl::Span<const int32_t> generated) {
+  if (!params.has_penalties() || generated.empty()) return;
+  std::vector<int32_t> sorted(generated.begin(), generated.end());
+  std::sort(sorted.begin(), sorted.end());
+  const int64_t vocab = static_cast<int64_t>(logits.size());
+  for (size_t i = 0; i < sorted.size();) {
+    size_t end = i;
+    while (end < sorted.size() && sorted[end] == sorted[i]) ++end;
+    const int32_t token = sorted[i];
+    if (token >= 0 && token < vocab) {
+      // Two float subtractions in the formula's order, as vLLM computes it.
+      logits[token] -= params.frequency_penalty * static_cast<float>(end - i);
+      logits[token] -= params.presence_penalty;
+    }
+    i = end;
+  }
+}
+
+std::vector<TokenLogprob> TopLogprobs(absl::Span<const float> logits, int k, double log_sum_exp) {
+  std::vector<int64_t> order;
+  order.reserve(logits.size());
+  for (int64_t v = 0; v < static_cast<int64_t>(logits.size()); ++v) {
+    if (!std::isnan(logits[v])) order.push_back(v);
+  }
+  const size_t keep = std::min(order.size(), static_cast<size_t>(std::max(k, 0)));
+  std::partial_sort(order.begin(), order.begin() + keep, order.end(), [&](int64_t a, int64_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  });
+  std::vector<TokenLogprob> top(keep);
+  for (size_t i = 0; i < keep; ++i) {
+    top[i] = {order[i], static_cast<float>(logits[order[i]] - log_sum_exp)};
+  }
+  return top;
 }
 
 uint64_t MixSeed(uint64_t base, uint64_t index) {

@@ -285,6 +285,7 @@ void Engine::Loop::ProcessToken(Live& live, const SampledToken& sampled) {
   TokenEvent event;
   event.token = sampled.token;
   event.logprob = sampled.logprob;
+  event.top_logprobs = sampled.top_logprobs;
   FinishReason finish = Advance(live, sampled.token, &event);
   live.stream->Push(std::move(event));
   // The final event carries the rest of the text.
@@ -490,8 +491,12 @@ absl::Status Engine::ValidateRequest(const GenerationRequest& request,
                                                    " tokens leave nothing to generate of ",
                                                    "max_tokens ", request.sampling.max_tokens));
   }
-  TESSERA_RETURN_IF_ERROR(kernels::ValidateSamplingParams(
-      {sampling.temperature, sampling.top_k, sampling.top_p, sampling.seed.value_or(0)}));
+  TESSERA_RETURN_IF_ERROR(kernels::ValidateSamplingParams(sampling.KernelParams()));
+  if (sampling.top_logprobs < 0 || sampling.top_logprobs > kernels::kMaxTopLogprobs) {
+    return absl::InvalidArgumentError(absl::StrCat("top_logprobs: must be in [0, ",
+                                                   kernels::kMaxTopLogprobs, "], not ",
+                                                   sampling.top_logprobs));
+  }
   if (sampling.max_tokens < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_tokens: must be at least 1, not ", sampling.max_tokens));
@@ -549,6 +554,9 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(GenerationRequest 
   plan.set_top_k(live->sampling.top_k);
   plan.set_top_p(live->sampling.top_p);
   plan.set_logprobs(live->sampling.logprobs);
+  plan.set_presence_penalty(live->sampling.presence_penalty);
+  plan.set_frequency_penalty(live->sampling.frequency_penalty);
+  plan.set_top_logprobs(live->sampling.top_logprobs);
 
   absl::MutexLock lock(&mutex_);
   if (stopped_ || shutdown_) {

@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "kernels/cpu/sampling.h"
 
 namespace tessera::engine {
 
@@ -23,6 +24,21 @@ struct SamplingOptions {
   std::vector<std::string> stop;        // ... or once the text contains one (not returned)
   bool ignore_eos = false;              // keep going past the model's end-of-sequence tokens
   bool logprobs = false;                // report the log-probability of each chosen token
+  // OpenAI's penalties on the tokens generated so far (resumed_tokens included, not the
+  // prompt), in [-2, 2]: kernels::ApplyPenalties.
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  int top_logprobs = 0;  // also report this many of the most likely tokens, 0..20
+
+  // The kernel's parameters (seed 0 when unset).
+  kernels::SamplingParams KernelParams() const {
+    return {.temperature = temperature,
+            .top_k = top_k,
+            .top_p = top_p,
+            .seed = seed.value_or(0),
+            .presence_penalty = presence_penalty,
+            .frequency_penalty = frequency_penalty};
+  }
 };
 
 struct GenerationRequest {
@@ -51,9 +67,9 @@ const char* FinishReasonName(FinishReason reason);
 struct RequestUsage {
   int prompt_tokens = 0;
   int completion_tokens = 0;
-  int cached_tokens = 0;       // prompt tokens whose KV came from the prefix cache
-  int preemptions = 0;         // times the request was pushed out and computed again
-  absl::Duration queue_time;   // submit -> first scheduled
+  int cached_tokens = 0;      // prompt tokens whose KV came from the prefix cache
+  int preemptions = 0;        // times the request was pushed out and computed again
+  absl::Duration queue_time;  // submit -> first scheduled
   absl::Duration time_to_first_token;
   absl::Duration total_time;
 };
@@ -62,7 +78,10 @@ struct RequestUsage {
 struct TokenEvent {
   int32_t token = -1;  // -1 in the final event
   float logprob = 0.0f;
-  std::string text;    // the text this token completes (may be empty mid-character)
+  // The most likely tokens at this position, most likely first (SamplingOptions::top_logprobs;
+  // log-probabilities as `logprob`'s: before penalties, temperature, top-k and top-p).
+  std::vector<kernels::TokenLogprob> top_logprobs;
+  std::string text;  // the text this token completes (may be empty mid-character)
   bool final = false;
   FinishReason finish_reason = FinishReason::kNone;  // set in the final event
   absl::Status status;                               // the error behind kError

@@ -29,9 +29,14 @@ absl::Status StepExecutor::Apply(const tessera::v1::StepPlan& plan) {
     Sequence sequence;
     sequence.tokens.assign(added.tokens().begin(), added.tokens().end());
     const tessera::v1::SamplingPlan& sampling = added.sampling();
-    sequence.sampling.params = {sampling.temperature(), sampling.top_k(), sampling.top_p(),
-                                sampling.seed()};
+    sequence.sampling.params = {.temperature = sampling.temperature(),
+                                .top_k = sampling.top_k(),
+                                .top_p = sampling.top_p(),
+                                .seed = sampling.seed(),
+                                .presence_penalty = sampling.presence_penalty(),
+                                .frequency_penalty = sampling.frequency_penalty()};
     sequence.sampling.logprob = sampling.logprobs();
+    sequence.sampling.top_logprobs = sampling.top_logprobs();
     if (!sequences_.try_emplace(added.id(), std::move(sequence)).second) {
       return PlanError(plan, added.id(), "added twice");
     }
@@ -42,9 +47,9 @@ absl::Status StepExecutor::Apply(const tessera::v1::StepPlan& plan) {
     if (update.reset()) it->second.blocks.clear();
     for (int32_t block : update.append()) {
       if (block < 0 || block >= cache_.num_blocks) {
-        return PlanError(plan, update.id(),
-                         absl::StrCat("block ", block, " outside the cache of ",
-                                      cache_.num_blocks, " blocks"));
+        return PlanError(
+            plan, update.id(),
+            absl::StrCat("block ", block, " outside the cache of ", cache_.num_blocks, " blocks"));
       }
       it->second.blocks.push_back(block);
     }
@@ -57,8 +62,8 @@ absl::StatusOr<model::ForwardBatch> StepExecutor::BuildBatch(
   model::ForwardBatch batch;
   const int block_size = cache_.block_size;
   for (const tessera::v1::ScheduledChunk& chunk : plan.chunks()) {
-    batch.max_blocks = std::max(
-        batch.max_blocks, static_cast<int>(sequences_.at(chunk.id()).blocks.size()));
+    batch.max_blocks =
+        std::max(batch.max_blocks, static_cast<int>(sequences_.at(chunk.id()).blocks.size()));
   }
   batch.query_starts.push_back(0);
   for (const tessera::v1::ScheduledChunk& chunk : plan.chunks()) {
@@ -93,8 +98,7 @@ absl::StatusOr<model::ForwardBatch> StepExecutor::BuildBatch(
   return batch;
 }
 
-absl::StatusOr<std::vector<SampledToken>> StepExecutor::Execute(
-    const tessera::v1::StepPlan& plan) {
+absl::StatusOr<std::vector<SampledToken>> StepExecutor::Execute(const tessera::v1::StepPlan& plan) {
   last_step_tokens_ = 0;
   TESSERA_RETURN_IF_ERROR(Apply(plan));
   std::vector<SampledToken> sampled;
@@ -113,8 +117,17 @@ absl::StatusOr<std::vector<SampledToken>> StepExecutor::Execute(
     const tessera::v1::ScheduledChunk& chunk = plan.chunks(c);
     if (!chunk.sample()) continue;
     rows.push_back(c);
-    model::Transformer::RowSampling choice = sequences_.at(chunk.id()).sampling;
+    const Sequence& sequence = sequences_.at(chunk.id());
+    model::Transformer::RowSampling choice = sequence.sampling;
     choice.draw = chunk.draw();
+    // The draw counts the tokens generated so far, which end the sequence (resumed ones
+    // included): what the penalties count.
+    if (chunk.draw() > sequence.tokens.size()) {
+      return PlanError(
+          plan, chunk.id(),
+          absl::StrCat("draw ", chunk.draw(), " past its ", sequence.tokens.size(), " tokens"));
+    }
+    choice.generated = absl::MakeConstSpan(sequence.tokens).last(chunk.draw());
     choices.push_back(choice);
   }
   if (rows.empty()) return sampled;
@@ -130,11 +143,15 @@ absl::StatusOr<std::vector<SampledToken>> StepExecutor::Execute(
   }
   TESSERA_ASSIGN_OR_RETURN(std::vector<model::Transformer::SampledToken> tokens,
                            model_.SampleRows(chosen, choices));
+  // Appended only now: `choices` view the sequences' tokens.
+  for (size_t r = 0; r < rows.size(); ++r) {
+    sequences_.at(plan.chunks(rows[r]).id())
+        .tokens.push_back(static_cast<int32_t>(tokens[r].token));
+  }
   for (size_t r = 0; r < rows.size(); ++r) {
     uint64_t id = plan.chunks(rows[r]).id();
     int32_t token = static_cast<int32_t>(tokens[r].token);
-    sequences_.at(id).tokens.push_back(token);
-    sampled.push_back({id, token, tokens[r].logprob});
+    sampled.push_back({id, token, tokens[r].logprob, std::move(tokens[r].top_logprobs)});
   }
   return sampled;
 }

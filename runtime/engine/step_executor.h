@@ -20,6 +20,7 @@ struct SampledToken {
   uint64_t id = 0;  // the sequence
   int32_t token = -1;
   float logprob = 0.0f;
+  std::vector<kernels::TokenLogprob> top_logprobs;  // when the sequence asks for them
 };
 
 class StepExecutor {

@@ -577,32 +577,38 @@ absl::StatusOr<std::vector<Transformer::SampledToken>> Transformer::SampleRows(
     return absl::InvalidArgumentError(
         absl::StrCat("SampleRows: ", rows.size(), " sampling choices for ", count, " rows"));
   }
-  bool any_sampled = false, any_logprob = false;
+  bool any_full = false, any_logprob = false;
   for (const RowSampling& row : rows) {
     TESSERA_RETURN_IF_ERROR(kernels::ValidateSamplingParams(row.params));
-    any_sampled |= row.params.temperature > 0.0f;
+    if (row.top_logprobs < 0 || row.top_logprobs > kernels::kMaxTopLogprobs) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "top_logprobs: must be in [0, ", kernels::kMaxTopLogprobs, "], not ", row.top_logprobs));
+    }
+    any_full |= row.params.temperature > 0.0f || row.params.has_penalties() || row.top_logprobs > 0;
     any_logprob |= row.logprob;
   }
   std::vector<SampledToken> out(count);
   int64_t vocab = config_.vocab_size;
-  if (any_sampled) {
-    // Sampling needs the whole row; greedy rows take the full row's argmax, which is the
-    // shard-wise choice below (lowest index on ties).
+  if (any_full) {
+    // Sampling, penalties and top log-probabilities need the whole row; plain greedy rows
+    // take the full row's argmax, which is the shard-wise choice below (lowest index on ties).
     TESSERA_ASSIGN_OR_RETURN(Tensor full, GatherLogits(shard));
+    std::vector<float> penalized;
     for (int64_t i = 0; i < count; ++i) {
       const float* row = full.data<float>() + i * vocab;
       const RowSampling& choice = rows[i];
-      if (choice.params.temperature > 0.0f) {
-        out[i].token =
-            kernels::SampleToken(absl::Span<const float>(row, vocab), choice.params, choice.draw);
-      } else {
-        std::vector<kernels::ArgmaxResult> best;
-        Tensor view = Tensor::Wrap(const_cast<float*>(row), DType::kF32, {1, vocab});
-        TESSERA_RETURN_IF_ERROR(kernels::ShardArgmax(view, 0, &best));
-        out[i].token = best[0].index;
+      absl::Span<const float> choose_from(row, vocab);
+      if (choice.params.has_penalties()) {
+        penalized.assign(row, row + vocab);
+        kernels::ApplyPenalties(absl::MakeSpan(penalized), choice.params, choice.generated);
+        choose_from = penalized;
       }
-      if (choice.logprob) {
-        out[i].logprob = static_cast<float>(row[out[i].token] - LogSumExp(row, vocab));
+      out[i].token = kernels::SampleToken(choose_from, choice.params, choice.draw);
+      if (choice.logprob || choice.top_logprobs > 0) {
+        const double log_sum_exp = LogSumExp(row, vocab);
+        if (choice.logprob) out[i].logprob = static_cast<float>(row[out[i].token] - log_sum_exp);
+        out[i].top_logprobs = kernels::TopLogprobs(absl::Span<const float>(row, vocab),
+                                                   choice.top_logprobs, log_sum_exp);
       }
     }
     return out;

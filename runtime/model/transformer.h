@@ -18,6 +18,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "comm/communicator.h"
 #include "kernels/cpu/rotary.h"
 #include "kernels/cpu/sampling.h"
@@ -127,14 +128,22 @@ class Transformer {
     kernels::SamplingParams params;
     uint64_t draw = 0;     // the request's generated-token index
     bool logprob = false;  // also compute log softmax(logits)[token]
+    int top_logprobs = 0;  // also this many of the most likely tokens, 0..kMaxTopLogprobs
+    // The tokens the request generated so far (not its prompt), which the penalties count;
+    // must stay valid during SampleRows. Only read when params has penalties.
+    absl::Span<const int32_t> generated;
   };
   struct SampledToken {
     int64_t token = -1;
-    float logprob = 0.0f;  // 0 unless asked for
+    float logprob = 0.0f;                             // 0 unless asked for
+    std::vector<kernels::TokenLogprob> top_logprobs;  // most likely first, when asked for
   };
   // NextTokens with a choice per row (rows.size() == shard.dim(0)), as the serving engine
-  // needs: the same tokens on every rank and at every degree. Log-probabilities are of the
-  // model's distribution before temperature, top-k and top-p.
+  // needs: the same tokens on every rank and at every degree. Penalties change the logits the
+  // token is chosen from; log-probabilities (the chosen token's and the top ones) are of the
+  // model's own distribution, log_softmax of the logits before penalties, temperature, top-k
+  // and top-p (vLLM's default "raw" log-probabilities). Greedy rows without penalties or top
+  // log-probabilities need only each shard's maximum; the others gather the full logits.
   absl::StatusOr<std::vector<SampledToken>> SampleRows(const Tensor& shard,
                                                        const std::vector<RowSampling>& rows);
 

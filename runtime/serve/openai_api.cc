@@ -152,14 +152,19 @@ absl::Status ParseCommonFields(const Json& body,
       return Invalid("stop", "must be a string or a list of strings");
     }
   }
-  for (const char* penalty : {"presence_penalty", "frequency_penalty"}) {
-    absl::StatusOr<std::optional<double>> value = Number(body, penalty);
-    if (!value.ok()) return value.status();
-    if (value->value_or(0.0) != 0.0) return Invalid(penalty, "only 0 is supported");
-  }
+  absl::StatusOr<std::optional<double>> presence = Number(body, "presence_penalty");
+  if (!presence.ok()) return presence.status();
+  sampling.set_presence_penalty(static_cast<float>(presence->value_or(0.0)));
+  absl::StatusOr<std::optional<double>> frequency = Number(body, "frequency_penalty");
+  if (!frequency.ok()) return frequency.status();
+  sampling.set_frequency_penalty(static_cast<float>(frequency->value_or(0.0)));
   absl::StatusOr<std::optional<int64_t>> n = Integer(body, "n", 1, kMaxChoices);
   if (!n.ok()) return n.status();
   call.n = static_cast<int>(n->value_or(1));
+  // vLLM's extension: keep generating past the end-of-sequence token (benchmarks use it).
+  absl::StatusOr<bool> ignore_eos = Bool(body, "ignore_eos");
+  if (!ignore_eos.ok()) return ignore_eos.status();
+  sampling.set_ignore_eos(*ignore_eos);
   absl::StatusOr<bool> stream = Bool(body, "stream");
   if (!stream.ok()) return stream.status();
   call.stream = *stream;
@@ -214,17 +219,13 @@ absl::StatusOr<CompletionCall> ParseCompletionRequest(const Json& body) {
   auto prompt = body.find("prompt");
   if (prompt == body.end() || prompt->is_null()) return Invalid("prompt", "required");
   if (absl::Status parsed = ParsePrompt(*prompt, call.request); !parsed.ok()) return parsed;
-  auto logprobs = body.find("logprobs");
-  if (logprobs != body.end() && !logprobs->is_null()) {
-    if (!logprobs->is_number_integer() || logprobs->get<int64_t>() < 0) {
-      return Invalid("logprobs", "must be a non-negative integer");
-    }
-    if (logprobs->get<int64_t>() > 0) {
-      return Invalid("logprobs", "only 0 is supported (the chosen tokens' log-probabilities)");
-    }
-    call.logprobs = true;
-  }
+  // The legacy API's logprobs: how many alternatives, the chosen token's always reported.
+  absl::StatusOr<std::optional<int64_t>> logprobs = Integer(body, "logprobs", 0, 5);
+  if (!logprobs.ok()) return logprobs.status();
+  call.logprobs = logprobs->has_value();
+  call.top_logprobs = static_cast<int>(logprobs->value_or(0));
   call.request.mutable_sampling()->set_logprobs(call.logprobs);
+  call.request.mutable_sampling()->set_top_logprobs(call.top_logprobs);
   return call;
 }
 
@@ -268,10 +269,12 @@ absl::StatusOr<CompletionCall> ParseChatCompletionRequest(const Json& body) {
   call.logprobs = *logprobs;
   absl::StatusOr<std::optional<int64_t>> top = Integer(body, "top_logprobs", 0, 20);
   if (!top.ok()) return top.status();
-  if (top->value_or(0) > 0) {
-    return Invalid("top_logprobs", "only 0 is supported (the chosen tokens' log-probabilities)");
+  if (top->value_or(0) > 0 && !call.logprobs) {
+    return Invalid("top_logprobs", "needs logprobs: true");
   }
+  call.top_logprobs = static_cast<int>(top->value_or(0));
   call.request.mutable_sampling()->set_logprobs(call.logprobs);
+  call.request.mutable_sampling()->set_top_logprobs(call.top_logprobs);
   return call;
 }
 
@@ -307,6 +310,7 @@ void ChoiceResult::Append(const v1::GenerateStreamResponse& message) {
   text += message.text();
   tokens.insert(tokens.end(), message.tokens().begin(), message.tokens().end());
   logprobs.insert(logprobs.end(), message.logprobs().begin(), message.logprobs().end());
+  top_logprobs.Add(message.top_logprobs().begin(), message.top_logprobs().end());
   if (message.final()) {
     finish_reason = message.finish_reason();
     usage = message.usage();
@@ -331,38 +335,70 @@ const char* ObjectName(const CompletionCall& call, bool chunk) {
   return chunk ? "chat.completion.chunk" : "chat.completion";
 }
 
+using TopLogprobsList = google::protobuf::RepeatedPtrField<v1::TopLogprobs>;
+
+Json ByteValues(const std::string& bytes) {
+  Json values = Json::array();
+  for (unsigned char byte : bytes) values.push_back(static_cast<int>(byte));
+  return values;
+}
+
 // The logprobs of `tokens` in the endpoint's shape, or null when not asked for.
-// Completions: {"tokens", "token_logprobs", "top_logprobs", "text_offset"}; chat:
-// {"content": [{"token", "logprob", "bytes", "top_logprobs"}]}.
-// `finished`: the tokens end the choice.
+// Completions: {"tokens", "token_logprobs", "top_logprobs", "text_offset"}, top_logprobs a
+// {text: logprob} object per token (the most likely of alternatives with the same text), or
+// null without alternatives; chat: {"content": [{"token", "logprob", "bytes", "top_logprobs":
+// [{"token", "logprob", "bytes"}, ...]}]}. `top` holds one entry per token when the call
+// asks for alternatives. `finished`: the tokens end the choice.
 Json LogprobsJson(const CompletionCall& call, int index, absl::Span<const int32_t> tokens,
-                  absl::Span<const float> logprobs, bool finished, const TokenBytesFn& token_bytes,
+                  absl::Span<const float> logprobs, const TopLogprobsList& top, bool finished,
+                  const TokenBytesFn& token_bytes, const TokenTextFn& token_text,
                   int64_t text_offset) {
   if (!call.logprobs) return nullptr;
   const size_t count = std::min(tokens.size(), logprobs.size());
+  const bool alternatives = call.top_logprobs > 0;
+  auto top_of = [&](size_t i) -> const v1::TopLogprobs& {
+    return i < static_cast<size_t>(top.size()) ? top[static_cast<int>(i)]
+                                               : v1::TopLogprobs::default_instance();
+  };
   if (call.endpoint == OpenAiEndpoint::kCompletions) {
     Json strings = Json::array(), values = Json::array(), offsets = Json::array();
+    Json tops = alternatives ? Json::array() : Json();
     for (size_t i = 0; i < count; ++i) {
       std::string bytes = token_bytes(index, tokens[i], finished && i + 1 == count);
       offsets.push_back(text_offset);
       text_offset += static_cast<int64_t>(bytes.size());
       strings.push_back(std::move(bytes));
       values.push_back(logprobs[i]);
+      if (!alternatives) continue;
+      const v1::TopLogprobs& entry = top_of(i);
+      Json by_text = Json::object();
+      for (int j = 0; j < std::min(entry.tokens_size(), entry.logprobs_size()); ++j) {
+        std::string text = token_text(index, entry.tokens(j));
+        if (!by_text.contains(text)) by_text[text] = entry.logprobs(j);
+      }
+      tops.push_back(std::move(by_text));
     }
     return {{"tokens", strings},
             {"token_logprobs", values},
-            {"top_logprobs", nullptr},
+            {"top_logprobs", tops},
             {"text_offset", offsets}};
   }
   Json content = Json::array();
   for (size_t i = 0; i < count; ++i) {
     const std::string bytes = token_bytes(index, tokens[i], finished && i + 1 == count);
-    Json byte_values = Json::array();
-    for (unsigned char byte : bytes) byte_values.push_back(static_cast<int>(byte));
+    Json alternatives_json = Json::array();
+    if (alternatives) {
+      const v1::TopLogprobs& entry = top_of(i);
+      for (int j = 0; j < std::min(entry.tokens_size(), entry.logprobs_size()); ++j) {
+        const std::string text = token_text(index, entry.tokens(j));
+        alternatives_json.push_back(
+            {{"token", text}, {"logprob", entry.logprobs(j)}, {"bytes", ByteValues(text)}});
+      }
+    }
     content.push_back({{"token", bytes},
                        {"logprob", logprobs[i]},
-                       {"bytes", byte_values},
-                       {"top_logprobs", Json::array()}});
+                       {"bytes", ByteValues(bytes)},
+                       {"top_logprobs", std::move(alternatives_json)}});
   }
   return {{"content", content}};
 }
@@ -375,7 +411,8 @@ Json FinishJson(v1::FinishReason reason) {
 }  // namespace
 
 Json CompletionBody(const CompletionCall& call, const std::string& id, int64_t created,
-                    const std::vector<ChoiceResult>& choices, const TokenBytesFn& token_bytes) {
+                    const std::vector<ChoiceResult>& choices, const TokenBytesFn& token_bytes,
+                    const TokenTextFn& token_text) {
   Json list = Json::array();
   for (size_t i = 0; i < choices.size(); ++i) {
     const ChoiceResult& choice = choices[i];
@@ -385,8 +422,9 @@ Json CompletionBody(const CompletionCall& call, const std::string& id, int64_t c
     } else {
       entry["message"] = {{"role", "assistant"}, {"content", choice.text}};
     }
-    entry["logprobs"] = LogprobsJson(call, static_cast<int>(i), choice.tokens, choice.logprobs,
-                                     /*finished=*/true, token_bytes, 0);
+    entry["logprobs"] =
+        LogprobsJson(call, static_cast<int>(i), choice.tokens, choice.logprobs, choice.top_logprobs,
+                     /*finished=*/true, token_bytes, token_text, 0);
     entry["finish_reason"] = FinishJson(choice.finish_reason);
     list.push_back(std::move(entry));
   }
@@ -400,7 +438,7 @@ Json CompletionBody(const CompletionCall& call, const std::string& id, int64_t c
 
 Json CompletionChunk(const CompletionCall& call, const std::string& id, int64_t created, int index,
                      const v1::GenerateStreamResponse& message, bool first, int64_t text_offset,
-                     const TokenBytesFn& token_bytes) {
+                     const TokenBytesFn& token_bytes, const TokenTextFn& token_text) {
   Json entry = {{"index", index}};
   if (call.endpoint == OpenAiEndpoint::kCompletions) {
     entry["text"] = message.text();
@@ -410,8 +448,9 @@ Json CompletionChunk(const CompletionCall& call, const std::string& id, int64_t 
     if (!message.text().empty() || !message.final()) delta["content"] = message.text();
     entry["delta"] = std::move(delta);
   }
-  entry["logprobs"] = LogprobsJson(call, index, message.tokens(), message.logprobs(),
-                                   message.final(), token_bytes, text_offset);
+  entry["logprobs"] =
+      LogprobsJson(call, index, message.tokens(), message.logprobs(), message.top_logprobs(),
+                   message.final(), token_bytes, token_text, text_offset);
   entry["finish_reason"] =
       FinishJson(message.final() ? message.finish_reason() : v1::FINISH_REASON_UNSPECIFIED);
   Json chunk = {{"id", id},

@@ -33,18 +33,22 @@ struct CompletionCall {
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
   bool logprobs = false;       // the log-probability of each chosen token
+  int top_logprobs = 0;        // and this many of the most likely tokens at each position
 };
 
 // INVALID_ARGUMENT "PARAM: why" for a field of the wrong type or value (PARAM is OpenAI's
 // name of it). Unknown fields are ignored, as OpenAI does. Both endpoints take model,
 // max_tokens, temperature, top_p, top_k, seed, stop (a string or a list), n, stream,
-// stream_options.include_usage, and user (kept as nothing: tenants come from API keys);
-// presence_penalty and frequency_penalty only at 0.
+// stream_options.include_usage, presence_penalty and frequency_penalty (their range, [-2, 2],
+// is checked with the other sampling values by ValidateGenerateRequest, which names them
+// "sampling.presence_penalty"), ignore_eos (vLLM's extension), and user (kept as nothing:
+// tenants come from API keys).
 //   /v1/completions: prompt (a string, a list of one string, or a list of token ids);
-//     logprobs 0 (the chosen tokens' log-probabilities; more alternatives are refused).
+//     logprobs 0..5: the chosen tokens' log-probabilities and that many alternatives.
 //   /v1/chat/completions: messages (role, content as a string or a list of text parts,
-//     name); max_completion_tokens (max_tokens' newer name); logprobs true or false with
-//     top_logprobs 0.
+//     name); max_completion_tokens (max_tokens' newer name); logprobs true or false, and
+//     top_logprobs 0..20 alternatives (with logprobs true only, as OpenAI requires).
+// Log-probabilities are the model's, before penalties, temperature, top-k and top-p.
 absl::StatusOr<CompletionCall> ParseCompletionRequest(const nlohmann::json& body);
 absl::StatusOr<CompletionCall> ParseChatCompletionRequest(const nlohmann::json& body);
 
@@ -60,12 +64,18 @@ std::string FinishReasonName(v1::FinishReason reason);
 // the whole character; the ones before it carry nothing; `last`, the choice's last token,
 // carries what is still held back), so that a choice's token texts join into its text.
 using TokenBytesFn = std::function<std::string(int index, int32_t id, bool last)>;
+// For top logprobs: token `id` decoded alone (special tokens kept), with the tokenizer that
+// served choice `index`. An alternative never joins the text, so it carries its own text; a
+// token that is only part of a character decodes to U+FFFD (Tokenizer::Decode), so its chat
+// "bytes" are those of U+FFFD, not the token's raw bytes.
+using TokenTextFn = std::function<std::string(int index, int32_t id)>;
 
 // One choice's answer, gathered from its stream.
 struct ChoiceResult {
   std::string text;
   std::vector<int32_t> tokens;
-  std::vector<float> logprobs;  // one per token when asked for
+  std::vector<float> logprobs;                                       // one per token when asked for
+  google::protobuf::RepeatedPtrField<v1::TopLogprobs> top_logprobs;  // likewise
   v1::FinishReason finish_reason = v1::FINISH_REASON_UNSPECIFIED;
   v1::Usage usage;
   // Adds one stream message.
@@ -78,13 +88,14 @@ v1::Usage CallUsage(const std::vector<ChoiceResult>& choices);
 // The JSON of a finished call ("text_completion" or "chat.completion").
 nlohmann::json CompletionBody(const CompletionCall& call, const std::string& id, int64_t created,
                               const std::vector<ChoiceResult>& choices,
-                              const TokenBytesFn& token_bytes);
+                              const TokenBytesFn& token_bytes, const TokenTextFn& token_text);
 // One streamed chunk of choice `index`: a message's text (and logprobs) and, in its last, the
 // finish reason. `first`: the choice's first chunk (a chat delta then names the role);
 // `text_offset`: the bytes of text the choice streamed before (completions' logprobs).
 nlohmann::json CompletionChunk(const CompletionCall& call, const std::string& id, int64_t created,
                                int index, const v1::GenerateStreamResponse& message, bool first,
-                               int64_t text_offset, const TokenBytesFn& token_bytes);
+                               int64_t text_offset, const TokenBytesFn& token_bytes,
+                               const TokenTextFn& token_text);
 // The usage chunk that stream_options.include_usage asks for (no choices).
 nlohmann::json UsageChunk(const CompletionCall& call, const std::string& id, int64_t created,
                           const v1::Usage& usage);

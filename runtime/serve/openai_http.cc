@@ -157,6 +157,13 @@ class TokenText {
     if (last) text += decoder->Flush();
     return text;
   }
+  // Token `id` decoded alone (top logprobs' alternatives). Stateless: any thread.
+  std::string Alone(int32_t id) const {
+    if (encoder_ == nullptr) return "";
+    absl::StatusOr<std::string> text =
+        encoder_->tokenizer().Decode({id}, /*skip_special_tokens=*/false);
+    return text.ok() ? *std::move(text) : std::string();
+  }
 
  private:
   const Coordinator& coordinator_;
@@ -190,6 +197,7 @@ void Completions(Coordinator& coordinator, const httplib::Request& http, httplib
   auto bytes_of = [token_text](int index, int32_t token, bool last) {
     return token_text->Next(index, token, last);
   };
+  auto text_of = [token_text](int, int32_t token) { return token_text->Alone(token); };
 
   if (!call->stream) {
     std::vector<ChoiceResult> choices(call->n);
@@ -200,7 +208,7 @@ void Completions(Coordinator& coordinator, const httplib::Request& http, httplib
     runner.reset();
     grpc::Status status = relay->status();
     if (!status.ok()) return ReplyError(out, ErrorFromStatus(status));
-    return Reply(out, 200, CompletionBody(*call, id, created, choices, bytes_of));
+    return Reply(out, 200, CompletionBody(*call, id, created, choices, bytes_of, text_of));
   }
 
   // Streaming: an error before the first message is the response's status, after it the
@@ -212,7 +220,7 @@ void Completions(Coordinator& coordinator, const httplib::Request& http, httplib
   out.set_header("Cache-Control", "no-cache");
   out.set_chunked_content_provider(
       "text/event-stream",
-      [relay, call, id, created, token_text, bytes_of](size_t, httplib::DataSink& sink) {
+      [relay, call, id, created, token_text, bytes_of, text_of](size_t, httplib::DataSink& sink) {
         auto send = [&sink](const std::string& event) {
           return sink.is_writable() && sink.write(event.data(), event.size());
         };
@@ -228,7 +236,7 @@ void Completions(Coordinator& coordinator, const httplib::Request& http, httplib
           const bool first = !started[item->index];
           started[item->index] = true;
           if (!send(Event(CompletionChunk(*call, id, created, item->index, message, first, offset,
-                                          bytes_of)))) {
+                                          bytes_of, text_of)))) {
             relay->ClientGone();
             return false;
           }

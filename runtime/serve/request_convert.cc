@@ -1,13 +1,30 @@
 #include "runtime/serve/request_convert.h"
 
-#include <cmath>
 #include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "kernels/cpu/sampling.h"
 
 namespace tessera::serve {
+
+engine::SamplingOptions ToEngineSampling(const v1::SamplingParams& s) {
+  engine::SamplingOptions sampling;
+  sampling.temperature = s.temperature();
+  sampling.top_k = s.top_k();
+  sampling.top_p = s.has_top_p() ? s.top_p() : 1.0f;
+  if (s.has_seed()) sampling.seed = s.seed();
+  sampling.max_tokens = s.max_tokens() == 0 ? kDefaultMaxTokens : s.max_tokens();
+  sampling.stop_token_ids.assign(s.stop_token_ids().begin(), s.stop_token_ids().end());
+  sampling.stop.assign(s.stop().begin(), s.stop().end());
+  sampling.ignore_eos = s.ignore_eos();
+  sampling.logprobs = s.logprobs();
+  sampling.presence_penalty = s.presence_penalty();
+  sampling.frequency_penalty = s.frequency_penalty();
+  sampling.top_logprobs = s.top_logprobs();
+  return sampling;
+}
 
 absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request,
                                      const RequestLimits& limits) {
@@ -56,17 +73,15 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request,
     }
   }
   const v1::SamplingParams& s = request.sampling();
-  if (!(s.temperature() >= 0.0f) || std::isinf(s.temperature())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("sampling.temperature: must be a finite number >= 0, not ", s.temperature()));
+  // The kernel's own checks ("top_p: must be in (0, 1], not 1.5"), under the wire's name.
+  if (absl::Status params = kernels::ValidateSamplingParams(ToEngineSampling(s).KernelParams());
+      !params.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("sampling.", params.message()));
   }
-  if (s.top_k() < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("sampling.top_k: must be >= 0, not ", s.top_k()));
-  }
-  if (s.has_top_p() && !(s.top_p() > 0.0f && s.top_p() <= 1.0f)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("sampling.top_p: must be in (0, 1], not ", s.top_p()));
+  if (s.top_logprobs() < 0 || s.top_logprobs() > kernels::kMaxTopLogprobs) {
+    return absl::InvalidArgumentError(absl::StrCat("sampling.top_logprobs: must be in [0, ",
+                                                   kernels::kMaxTopLogprobs, "], not ",
+                                                   s.top_logprobs()));
   }
   if (s.max_tokens() < 0) {
     return absl::InvalidArgumentError(
@@ -107,17 +122,7 @@ engine::GenerationRequest ToEngineRequest(const v1::GenerateRequest& request) {
   out.prompt = request.prompt();
   out.prompt_tokens.assign(request.prompt_tokens().begin(), request.prompt_tokens().end());
   out.resumed_tokens.assign(request.resumed_tokens().begin(), request.resumed_tokens().end());
-  const v1::SamplingParams& s = request.sampling();
-  engine::SamplingOptions& sampling = out.sampling;
-  sampling.temperature = s.temperature();
-  sampling.top_k = s.top_k();
-  sampling.top_p = s.has_top_p() ? s.top_p() : 1.0f;
-  if (s.has_seed()) sampling.seed = s.seed();
-  sampling.max_tokens = s.max_tokens() == 0 ? kDefaultMaxTokens : s.max_tokens();
-  sampling.stop_token_ids.assign(s.stop_token_ids().begin(), s.stop_token_ids().end());
-  sampling.stop.assign(s.stop().begin(), s.stop().end());
-  sampling.ignore_eos = s.ignore_eos();
-  sampling.logprobs = s.logprobs();
+  out.sampling = ToEngineSampling(request.sampling());
   return out;
 }
 
@@ -173,6 +178,8 @@ void AppendToResponse(const v1::GenerateStreamResponse& message, v1::GenerateRes
   response->mutable_text()->append(message.text());
   response->mutable_tokens()->Add(message.tokens().begin(), message.tokens().end());
   response->mutable_logprobs()->Add(message.logprobs().begin(), message.logprobs().end());
+  response->mutable_top_logprobs()->Add(message.top_logprobs().begin(),
+                                        message.top_logprobs().end());
   if (message.final()) {
     response->set_finish_reason(message.finish_reason());
     *response->mutable_usage() = message.usage();

@@ -30,6 +30,9 @@ struct RequestLimits {
 absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request,
                                      const RequestLimits& limits = {});
 
+// The engine's sampling options for the wire's (defaults filled in).
+engine::SamplingOptions ToEngineSampling(const v1::SamplingParams& sampling);
+
 // The engine's request for a validated wire request.
 engine::GenerationRequest ToEngineRequest(const v1::GenerateRequest& request);
 
@@ -41,7 +44,7 @@ v1::Timings ToWireTimings(const engine::RequestUsage& usage);
 grpc::Status ToGrpcStatus(const absl::Status& status);
 absl::Status FromGrpcStatus(const grpc::Status& status);
 
-// Folds one stream message into a unary response (text and tokens appended; the final
+// Folds one stream message into a unary response (text, tokens and logprobs appended; the final
 // message's finish reason, usage and timings; the first placement seen).
 void AppendToResponse(const v1::GenerateStreamResponse& message, v1::GenerateResponse* response);
 

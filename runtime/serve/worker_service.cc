@@ -71,6 +71,7 @@ grpc::Status WorkerService::Run(grpc::ServerContext* context, const v1::Generate
   const int64_t prompt_length = static_cast<int64_t>(generation.prompt_tokens.size());
   const int64_t max_tokens = generation.sampling.max_tokens;
   const bool logprobs = generation.sampling.logprobs;
+  const int top_logprobs = generation.sampling.top_logprobs;
   absl::StatusOr<std::shared_ptr<engine::RequestStream>> submitted =
       engine_.Submit(std::move(generation));
   if (!submitted.ok()) return ToGrpcStatus(submitted.status());
@@ -109,6 +110,13 @@ grpc::Status WorkerService::Run(grpc::ServerContext* context, const v1::Generate
       if (event.token >= 0) {
         message.add_tokens(event.token);
         if (logprobs) message.add_logprobs(event.logprob);
+        if (top_logprobs > 0) {
+          v1::TopLogprobs& top = *message.add_top_logprobs();
+          for (const kernels::TokenLogprob& entry : event.top_logprobs) {
+            top.add_tokens(static_cast<int32_t>(entry.token));
+            top.add_logprobs(entry.logprob);
+          }
+        }
         ++generated;
       }
       message.mutable_text()->append(event.text);

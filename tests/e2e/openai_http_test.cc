@@ -348,6 +348,106 @@ TEST_F(OpenAiHttp, ChatLogprobsAreTheEnginesPerToken) {
   EXPECT_EQ(joined, grpc_answer.response.text());
 }
 
+// Top log-probabilities: chat lists {token, logprob, bytes} alternatives, most likely first,
+// with the values the gRPC API reports (whole and streamed alike); completions give the legacy
+// {text: logprob} objects.
+TEST_F(OpenAiHttp, TopLogprobsAreTheEnginesAlternatives) {
+  v1::GenerateRequest request;
+  request.set_model(kModel);
+  v1::ChatMessage& turn = *request.add_messages();
+  turn.set_role("user");
+  turn.set_content("Count to three.");
+  request.mutable_sampling()->set_max_tokens(6);
+  request.mutable_sampling()->set_logprobs(true);
+  request.mutable_sampling()->set_top_logprobs(3);
+  Unary grpc_answer = Generate(coordinator_->inference(), request);
+  ASSERT_TRUE(grpc_answer.status.ok()) << Describe(grpc_answer.status);
+  ASSERT_EQ(grpc_answer.response.top_logprobs_size(), grpc_answer.response.tokens_size());
+
+  const Json body = {
+      {"model", kModel},  {"messages", {{{"role", "user"}, {"content", "Count to three."}}}},
+      {"max_tokens", 6},  {"temperature", 0},
+      {"logprobs", true}, {"top_logprobs", 3}};
+  Answer answer = Post(body.dump(), "/v1/chat/completions");
+  ASSERT_EQ(answer.status, 200) << answer.text;
+  const Json& content = answer.json["choices"][0]["logprobs"]["content"];
+  ASSERT_EQ(content.size(), static_cast<size_t>(grpc_answer.response.tokens_size()));
+  for (size_t i = 0; i < content.size(); ++i) {
+    const v1::TopLogprobs& expected = grpc_answer.response.top_logprobs(static_cast<int>(i));
+    const Json& top = content[i]["top_logprobs"];
+    ASSERT_EQ(top.size(), 3u) << answer.text;
+    for (int j = 0; j < 3; ++j) {
+      EXPECT_FLOAT_EQ(top[j]["logprob"].get<float>(), expected.logprobs(j));
+      EXPECT_TRUE(top[j]["token"].is_string());
+      EXPECT_TRUE(top[j]["bytes"].is_array());
+    }
+    // Greedy: the chosen token is the most likely one.
+    EXPECT_EQ(expected.tokens(0), grpc_answer.response.tokens(static_cast<int>(i)));
+    EXPECT_FLOAT_EQ(top[0]["logprob"].get<float>(), content[i]["logprob"].get<float>());
+  }
+  Json streamed_body = body;
+  streamed_body["stream"] = true;
+  Answer streamed = Post(streamed_body.dump(), "/v1/chat/completions");
+  ASSERT_EQ(streamed.status, 200) << streamed.text;
+  Json streamed_content = Json::array();
+  for (const std::string& event : Events(streamed.text)) {
+    if (event == "[DONE]") continue;
+    const Json chunk = Json::parse(event);
+    const Json& logprobs = chunk["choices"][0]["logprobs"];
+    if (logprobs.is_object()) {
+      for (const Json& entry : logprobs["content"]) streamed_content.push_back(entry);
+    }
+  }
+  EXPECT_EQ(streamed_content, content);
+
+  Answer legacy = Post(Json({{"model", kModel},
+                             {"prompt", "Once upon a time"},
+                             {"max_tokens", 5},
+                             {"temperature", 0},
+                             {"logprobs", 2}})
+                           .dump());
+  ASSERT_EQ(legacy.status, 200) << legacy.text;
+  const Json& logprobs = legacy.json["choices"][0]["logprobs"];
+  ASSERT_EQ(logprobs["top_logprobs"].size(), logprobs["tokens"].size()) << legacy.text;
+  for (size_t i = 0; i < logprobs["top_logprobs"].size(); ++i) {
+    const Json& top = logprobs["top_logprobs"][i];
+    ASSERT_TRUE(top.is_object()) << legacy.text;
+    EXPECT_GE(top.size(), 1u);
+    EXPECT_LE(top.size(), 2u);
+    double best = -1e30;
+    for (const auto& [text, value] : top.items()) best = std::max(best, value.get<double>());
+    EXPECT_FLOAT_EQ(static_cast<float>(best), logprobs["token_logprobs"][i].get<float>());
+  }
+}
+
+// Presence and frequency penalties reach the sampler: a greedy answer changes, the same as
+// over gRPC.
+TEST_F(OpenAiHttp, PenaltiesChangeTheGreedyAnswerAsOverGrpc) {
+  v1::GenerateRequest request;
+  request.set_model(kModel);
+  request.set_prompt("The list:");
+  request.mutable_sampling()->set_max_tokens(24);
+  request.mutable_sampling()->set_presence_penalty(1.5f);
+  request.mutable_sampling()->set_frequency_penalty(1.0f);
+  Unary penalized = Generate(coordinator_->inference(), request);
+  ASSERT_TRUE(penalized.status.ok()) << Describe(penalized.status);
+  request.mutable_sampling()->clear_presence_penalty();
+  request.mutable_sampling()->clear_frequency_penalty();
+  Unary plain = Generate(coordinator_->inference(), request);
+  ASSERT_TRUE(plain.status.ok()) << Describe(plain.status);
+  EXPECT_NE(penalized.response.text(), plain.response.text());
+
+  Answer answer = Post(Json({{"model", kModel},
+                             {"prompt", "The list:"},
+                             {"max_tokens", 24},
+                             {"temperature", 0},
+                             {"presence_penalty", 1.5},
+                             {"frequency_penalty", 1.0}})
+                           .dump());
+  ASSERT_EQ(answer.status, 200) << answer.text;
+  EXPECT_EQ(answer.json["choices"][0]["text"], penalized.response.text()) << answer.text;
+}
+
 TEST_F(OpenAiHttp, ChatErrorsNameTheField) {
   struct Case {
     Json body;
@@ -369,14 +469,24 @@ TEST_F(OpenAiHttp, ChatErrorsNameTheField) {
            {{{"model", kModel},
              {"messages", {{{"role", "user"}, {"content", "hi"}}}},
              {"logprobs", true},
-             {"top_logprobs", 2}},
+             {"top_logprobs", 21}},
             "top_logprobs",
-            "only 0"},
+            "at most 20"},
            {{{"model", kModel},
              {"messages", {{{"role", "user"}, {"content", "hi"}}}},
-             {"presence_penalty", 0.5}},
-            "presence_penalty",
-            "only 0"}}) {
+             {"top_logprobs", 2}},
+            "top_logprobs",
+            "needs logprobs: true"},
+           {{{"model", kModel},
+             {"messages", {{{"role", "user"}, {"content", "hi"}}}},
+             {"presence_penalty", 3}},
+            "sampling.presence_penalty",
+            "must be in [-2, 2], not 3"},
+           {{{"model", kModel},
+             {"messages", {{{"role", "user"}, {"content", "hi"}}}},
+             {"frequency_penalty", "much"}},
+            "frequency_penalty",
+            "must be a number"}}) {
     Answer answer = Post(c.body.dump(), "/v1/chat/completions");
     EXPECT_EQ(answer.status, 400) << c.body.dump() << ": " << answer.text;
     ASSERT_TRUE(answer.json.is_object()) << answer.text;
@@ -458,8 +568,10 @@ TEST_F(OpenAiHttp, ErrorsComeInOpenAisShapeWithTheirStatus) {
            {Json({{"model", kModel}, {"prompt", "hi"}, {"max_tokens", "ten"}}).dump(), 400,
             "max_tokens", "integer"},
            {Json({{"model", kModel}, {"prompt", "hi"}, {"n", 17}}).dump(), 400, "n", "at most 16"},
-           {Json({{"model", kModel}, {"prompt", "hi"}, {"logprobs", 3}}).dump(), 400, "logprobs",
-            "only 0"},
+           {Json({{"model", kModel}, {"prompt", "hi"}, {"logprobs", 6}}).dump(), 400, "logprobs",
+            "at most 5"},
+           {Json({{"model", kModel}, {"prompt", "hi"}, {"frequency_penalty", -2.5}}).dump(), 400,
+            "sampling.frequency_penalty", "must be in [-2, 2], not -2.5"},
            {Json({{"model", "no-such-model"}, {"prompt", "hi"}}).dump(), 404, "", "no-such-model"},
            {Json({{"model", "no-such-model"}, {"prompt", "hi"}, {"stream", true}}).dump(), 404, "",
             "no-such-model"},

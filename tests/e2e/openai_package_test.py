@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """The OpenAI-style HTTP API as outside clients use it: the `openai` Python package (PyPI)
-and curl, against `tessera serve --http-listen`.
+and curl, against `tessera serve --http-listen`; and `tessera client chat` against the same
+server.
 
 Checks what those clients rely on: GET /v1/models; /v1/completions and
 /v1/chat/completions, whole and streamed (the chunks add up to the whole answer); n > 1;
-logprobs; stop strings; usage (with stream_options.include_usage); errors as the package's
-exception classes with their status and field; and curl's view of the server-sent-event
-framing (data: lines, blank-line separated, ending with data: [DONE]).
+logprobs and top_logprobs; presence and frequency penalties; stop strings; usage (with
+stream_options.include_usage); errors as the package's exception classes with their status
+and field; and curl's view of the server-sent-event framing (data: lines, blank-line
+separated, ending with data: [DONE]).
 
 usage: openai_package_test.py TESSERA_BINARY [unittest arguments]
 """
@@ -57,11 +59,12 @@ class Server:
             self.lines.put(line.rstrip("\n"))
 
     def wait_ready(self, timeout):
-        """The HTTP API's base URL once serve says it serves; fails on exit or timeout."""
+        """The HTTP API's base URL and the gRPC port once serve says it serves; fails on exit
+        or timeout."""
         deadline = time.monotonic() + timeout
         base_url = None
-        serving = False
-        while base_url is None or not serving:
+        grpc_port = None
+        while base_url is None or grpc_port is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError(f"tessera serve not ready within {timeout} s:\n" +
@@ -77,8 +80,10 @@ class Server:
             found = re.search(r"OpenAI API on (http://[^ ,]+/v1)", line)
             if found:
                 base_url = found.group(1)
-            serving = serving or line.startswith("tessera serve: serving on")
-        return base_url
+            found = re.match(r"tessera serve: serving on 127\.0\.0\.1:(\d+)", line)
+            if found:
+                grpc_port = int(found.group(1))
+        return base_url, grpc_port
 
     def stop(self):
         if self.process.poll() is None:
@@ -96,13 +101,14 @@ class Server:
 class OpenAiPackageTest(unittest.TestCase):
     server = None
     base_url = None
+    grpc_port = None
     client = None
 
     @classmethod
     def setUpClass(cls):
         cls.server = Server()
         try:
-            cls.base_url = cls.server.wait_ready(READY_TIMEOUT_S)
+            cls.base_url, cls.grpc_port = cls.server.wait_ready(READY_TIMEOUT_S)
         except Exception:
             cls.server.stop()
             raise
@@ -168,6 +174,45 @@ class OpenAiPackageTest(unittest.TestCase):
                                                      max_tokens=8, temperature=1.0, seed=3)
         self.assertEqual(single.choices[0].message.content, answer.choices[0].message.content)
 
+    def test_top_logprobs_and_penalties(self):
+        answer = self.client.chat.completions.create(model=MODEL, messages=MESSAGES,
+                                                     max_tokens=8, temperature=0, logprobs=True,
+                                                     top_logprobs=4)
+        for entry in answer.choices[0].logprobs.content:
+            alternatives = entry.top_logprobs
+            self.assertEqual(len(alternatives), 4)
+            values = [alternative.logprob for alternative in alternatives]
+            self.assertEqual(values, sorted(values, reverse=True))
+            # Greedy: the chosen token is the most likely one.
+            self.assertAlmostEqual(values[0], entry.logprob, places=5)
+            for alternative in alternatives:
+                # A token alone may be part of a character: only whole text is compared.
+                try:
+                    text = bytes(alternative.bytes).decode("utf-8")
+                except UnicodeDecodeError:
+                    continue
+                self.assertEqual(text, alternative.token)
+        legacy = self.client.completions.create(model=MODEL, prompt="Once upon a time",
+                                                max_tokens=6, temperature=0, logprobs=2)
+        tops = legacy.choices[0].logprobs.top_logprobs
+        self.assertEqual(len(tops), len(legacy.choices[0].logprobs.tokens))
+        for top in tops:
+            self.assertTrue(1 <= len(top) <= 2, top)
+        plain = self.client.completions.create(model=MODEL, prompt="The list:", max_tokens=24,
+                                               temperature=0)
+        penalized = self.client.completions.create(model=MODEL, prompt="The list:",
+                                                   max_tokens=24, temperature=0,
+                                                   presence_penalty=1.5, frequency_penalty=1.0)
+        self.assertEqual(penalized.usage.completion_tokens, plain.usage.completion_tokens)
+        self.assertNotEqual(penalized.choices[0].text, plain.choices[0].text)
+        with self.assertRaises(openai.BadRequestError) as caught:
+            self.client.completions.create(model=MODEL, prompt="hi", presence_penalty=3)
+        self.assertIn("presence_penalty", str(caught.exception))
+        with self.assertRaises(openai.BadRequestError) as caught:
+            self.client.chat.completions.create(model=MODEL, messages=MESSAGES, logprobs=True,
+                                                top_logprobs=21)
+        self.assertIn("top_logprobs", str(caught.exception))
+
     def test_a_stop_string_ends_the_text_before_it(self):
         whole = self.client.completions.create(model=MODEL, prompt="The list:", max_tokens=24,
                                                temperature=0)
@@ -190,6 +235,19 @@ class OpenAiPackageTest(unittest.TestCase):
         with self.assertRaises(openai.BadRequestError) as caught:
             self.client.chat.completions.create(model=MODEL, messages=[])
         self.assertIn("messages", str(caught.exception))
+
+    def test_client_chat_carries_the_history(self):
+        """`tessera client chat` (over gRPC): each turn sends the conversation before it."""
+        result = subprocess.run(
+            [TESSERA, "client", "chat", "--target", f"127.0.0.1:{self.grpc_port}", "--system",
+             "Be brief.", "--max-tokens", "4", "--temperature", "0"],
+            input="Hi\n\nTell me more\n", capture_output=True, text=True, timeout=120,
+            check=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        prompts = [int(n) for n in re.findall(r"; (\d+) prompt tokens", result.stderr)]
+        self.assertEqual(len(prompts), 2, result.stderr)
+        # The second turn holds the first, its reply and the new message.
+        self.assertGreater(prompts[1], prompts[0] + len("Tell me more"), result.stderr)
 
     def test_curl_sees_server_sent_events(self):
         curl = shutil.which("curl")

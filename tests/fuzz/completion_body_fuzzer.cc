@@ -49,11 +49,21 @@ void Check(const Json& body, absl::StatusOr<tessera::serve::CompletionCall> (*pa
   }
   choices[0].tokens = {1, 2};
   choices[0].logprobs = {-0.5f, -1.0f};
+  for (int i = 0; i < 2; ++i) {
+    tessera::v1::TopLogprobs& top = *choices[0].top_logprobs.Add();
+    for (int j = 0; j < call->top_logprobs; ++j) {
+      top.add_tokens(j % 3);
+      top.add_logprobs(-0.5f * static_cast<float>(j));
+    }
+  }
   const auto token_bytes = [&](int, int32_t id, bool) {
     return id == 1 ? choices[0].text : std::string();
   };
+  const auto token_text = [&](int, int32_t id) {
+    return id == 1 ? choices[0].text : std::string(1, static_cast<char>(0x80 + id));
+  };
   const std::string answer = tessera::serve::JsonText(
-      tessera::serve::CompletionBody(*call, "cmpl-x", 0, choices, token_bytes));
+      tessera::serve::CompletionBody(*call, "cmpl-x", 0, choices, token_bytes, token_text));
   if (Json::parse(answer, nullptr, false).is_discarded()) std::abort();
 }
 

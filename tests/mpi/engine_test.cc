@@ -55,6 +55,7 @@ class EngineTest : public ::testing::Test {
   struct Generated {
     std::vector<int32_t> tokens;
     std::vector<float> logprobs;
+    std::vector<std::vector<kernels::TokenLogprob>> top_logprobs;
   };
 
   // The request alone: prefill, then one token per step.
@@ -67,8 +68,9 @@ class EngineTest : public ::testing::Test {
     std::vector<int32_t> tokens = prompt;
     Generated out;
     model::Transformer::RowSampling choice;
-    choice.params = {options.temperature, options.top_k, options.top_p, options.seed.value_or(0)};
+    choice.params = options.KernelParams();
     choice.logprob = true;
+    choice.top_logprobs = options.top_logprobs;
     int begin = 0;
     for (int i = 0; i < options.max_tokens; ++i) {
       int end = static_cast<int>(tokens.size());
@@ -76,11 +78,13 @@ class EngineTest : public ::testing::Test {
           m.Forward(model::ForwardBatch::SingleSequence(tokens, begin, end, blocks), *cache, false);
       EXPECT_TRUE(shard.ok()) << shard.status();
       choice.draw = i;
+      choice.generated = out.tokens;
       auto next = m.SampleRows(*shard, {choice});
       EXPECT_TRUE(next.ok()) << next.status();
       tokens.push_back(static_cast<int32_t>((*next)[0].token));
       out.tokens.push_back(tokens.back());
       out.logprobs.push_back((*next)[0].logprob);
+      out.top_logprobs.push_back((*next)[0].top_logprobs);
       begin = end;
     }
     return out;
@@ -98,6 +102,7 @@ class EngineTest : public ::testing::Test {
   struct Finished {
     std::vector<int32_t> tokens;
     std::vector<float> logprobs;
+    std::vector<std::vector<kernels::TokenLogprob>> top_logprobs;
     std::vector<std::string> token_texts;  // the text each token's event carried
     std::string text;
     TokenEvent final;
@@ -121,6 +126,7 @@ class EngineTest : public ::testing::Test {
       }
       out.tokens.push_back(event.token);
       out.logprobs.push_back(event.logprob);
+      out.top_logprobs.push_back(event.top_logprobs);
       out.token_texts.push_back(event.text);
     }
     return out;
@@ -264,6 +270,77 @@ TEST_F(EngineTest, SeededSamplingEqualsEachRequestAlone) {
       EXPECT_NEAR(results[i].logprobs[t], expected.logprobs[t], 1e-4) << "request " << i;
     }
   }
+}
+
+// Presence and frequency penalties (greedy and sampled, positive and negative) and top
+// log-probabilities: batched, chunked and with a reused prefix, each request's tokens and
+// alternatives are those of the request alone, at every TP degree.
+TEST_F(EngineTest, PenaltiesAndTopLogprobsEqualEachRequestAlone) {
+  std::vector<GenerationRequest> requests = MixedRequests(24, 13);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    SamplingOptions& sampling = requests[i].sampling;
+    sampling.max_tokens = 12 + static_cast<int>(i % 5);
+    sampling.logprobs = true;
+    sampling.top_logprobs = static_cast<int>(i % 4) * 3;  // 0, 3, 6, 9
+    switch (i % 4) {
+      case 0:  // greedy, repetition discouraged
+        sampling.presence_penalty = 0.8f;
+        sampling.frequency_penalty = 0.6f;
+        break;
+      case 1:  // greedy, repetition encouraged
+        sampling.presence_penalty = -1.5f;
+        sampling.frequency_penalty = 0.2f;
+        break;
+      case 2:  // sampled
+        sampling.temperature = 0.9f;
+        sampling.top_k = 30;
+        sampling.seed = 500 + i;
+        sampling.frequency_penalty = 1.2f;
+        break;
+      default:  // plain greedy, top log-probabilities alone
+        break;
+    }
+  }
+  EngineOptions options;
+  options.max_running = 8;
+  options.max_step_tokens = 48;
+  std::vector<Finished> results = RunEngine(options, requests);
+  std::vector<Generated> references = References(requests);
+  // Collective too: the greedy requests of the first kind without their penalties.
+  std::vector<Generated> unpenalized;
+  for (size_t i = 0; i < requests.size(); i += 4) {
+    SamplingOptions plain = requests[i].sampling;
+    plain.presence_penalty = plain.frequency_penalty = 0.0f;
+    unpenalized.push_back(Reference(requests[i].prompt_tokens, plain));
+  }
+  if (World().rank() != 0) return;
+  ASSERT_EQ(results.size(), requests.size());
+  bool penalties_changed_something = false;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    SCOPED_TRACE(absl::StrCat("request ", i, " at tp ", World().size()));
+    const Generated& expected = references[i];
+    EXPECT_EQ(results[i].tokens, expected.tokens);
+    ASSERT_EQ(results[i].top_logprobs.size(), expected.top_logprobs.size());
+    for (size_t t = 0; t < expected.top_logprobs.size(); ++t) {
+      const std::vector<kernels::TokenLogprob>& got = results[i].top_logprobs[t];
+      const std::vector<kernels::TokenLogprob>& want = expected.top_logprobs[t];
+      ASSERT_EQ(got.size(), static_cast<size_t>(requests[i].sampling.top_logprobs));
+      ASSERT_EQ(got.size(), want.size());
+      for (size_t j = 0; j < want.size(); ++j) {
+        EXPECT_EQ(got[j].token, want[j].token) << "token " << t << ", alternative " << j;
+        EXPECT_NEAR(got[j].logprob, want[j].logprob, 1e-4);
+        if (j > 0) {
+          EXPECT_LE(got[j].logprob, got[j - 1].logprob);
+        }
+      }
+      // The chosen token's log-probability is the same distribution's.
+      if (!want.empty() && got[0].token == results[i].tokens[t]) {
+        EXPECT_NEAR(got[0].logprob, results[i].logprobs[t], 1e-5);
+      }
+    }
+    if (i % 4 == 0) penalties_changed_something |= unpenalized[i / 4].tokens != expected.tokens;
+  }
+  EXPECT_TRUE(penalties_changed_something);
 }
 
 TEST_F(EngineTest, SmallCachePreemptsAndEveryRequestStillCompletes) {
@@ -487,7 +564,8 @@ TEST_F(EngineTest, StopsAtTheEndTokensOfGenerationConfig) {
 }
 
 // A request resumed after k of its tokens (its group failed mid-stream) continues as if
-// nothing happened: the same tokens (sampling is keyed by seed and position), log-probs,
+// nothing happened: the same tokens (sampling is keyed by seed and position, penalties count
+// the resumed tokens), log-probs and top log-probs,
 // streamed text (stop strings that straddle the resumption included), finish and usage.
 TEST_F(EngineTest, ResumedRequestsContinueAsIfUninterrupted) {
   constexpr int kTokens = 24;
@@ -499,14 +577,25 @@ TEST_F(EngineTest, ResumedRequestsContinueAsIfUninterrupted) {
   sampled.sampling.top_k = 40;
   sampled.sampling.seed = 7;
   sampled.sampling.logprobs = true;
+  // Penalties count the resumed tokens as generated: the continuation must match anyway.
+  sampled.sampling.presence_penalty = 0.4f;
+  sampled.sampling.frequency_penalty = 0.3f;
+  sampled.sampling.top_logprobs = 3;
   GenerationRequest greedy = sampled;
   greedy.sampling.temperature = 0.0f;
-  std::vector<Finished> whole = RunEngine({}, {sampled, greedy});
+  greedy.sampling.presence_penalty = 0.0f;
+  greedy.sampling.frequency_penalty = 0.0f;
+  greedy.sampling.top_logprobs = 0;
+  GenerationRequest penalized_greedy = greedy;
+  penalized_greedy.sampling.presence_penalty = -0.5f;
+  penalized_greedy.sampling.frequency_penalty = 0.9f;
+  std::vector<Finished> whole = RunEngine({}, {sampled, greedy, penalized_greedy});
   // Every rank builds the same requests; only the leader's results matter.
   auto leader_tokens = [&](int r) {
     return World().rank() == 0 ? whole[r].tokens : std::vector<int32_t>(kTokens, 1);
   };
-  const std::vector<int32_t> sampled_tokens = leader_tokens(0), greedy_tokens = leader_tokens(1);
+  const std::vector<int32_t> sampled_tokens = leader_tokens(0), greedy_tokens = leader_tokens(1),
+                             penalized_tokens = leader_tokens(2);
   // A stop string of greedy's text from its 8th token's text on: resuming before, inside
   // and after it.
   std::string stop = "x";
@@ -529,9 +618,11 @@ TEST_F(EngineTest, ResumedRequestsContinueAsIfUninterrupted) {
   const std::vector<int> resume_at = {1, 5, 8, 9, 10, 12, kTokens - 1};
   std::vector<GenerationRequest> requests = {stopping};
   for (int k : resume_at) {
-    for (const GenerationRequest* base : {&sampled, &stopping}) {
+    for (const GenerationRequest* base : {&sampled, &stopping, &penalized_greedy}) {
       GenerationRequest resumed = *base;
-      const std::vector<int32_t>& tokens = base == &sampled ? sampled_tokens : greedy_tokens;
+      const std::vector<int32_t>& tokens = base == &sampled    ? sampled_tokens
+                                           : base == &stopping ? greedy_tokens
+                                                               : penalized_tokens;
       resumed.resumed_tokens.assign(tokens.begin(), tokens.begin() + k);
       requests.push_back(resumed);
     }
@@ -543,20 +634,26 @@ TEST_F(EngineTest, ResumedRequestsContinueAsIfUninterrupted) {
   const int stopped_tokens = static_cast<int>(stopped.tokens.size());
   for (size_t i = 0; i < resume_at.size(); ++i) {
     const int k = resume_at[i];
-    const Finished& resumed = results[1 + 2 * i];
+    const Finished& resumed = results[1 + 3 * i];
     SCOPED_TRACE(absl::StrCat("resumed after ", k, " sampled tokens"));
     EXPECT_EQ(resumed.tokens,
               std::vector<int32_t>(whole[0].tokens.begin() + k, whole[0].tokens.end()));
     ASSERT_EQ(resumed.logprobs.size(), static_cast<size_t>(kTokens - k));
     for (int t = 0; t < kTokens - k; ++t) {
       EXPECT_NEAR(resumed.logprobs[t], whole[0].logprobs[k + t], 1e-5);
+      ASSERT_EQ(resumed.top_logprobs[t].size(), 3u);
+      for (size_t j = 0; j < 3; ++j) {
+        EXPECT_EQ(resumed.top_logprobs[t][j].token, whole[0].top_logprobs[k + t][j].token);
+        EXPECT_NEAR(resumed.top_logprobs[t][j].logprob, whole[0].top_logprobs[k + t][j].logprob,
+                    1e-5);
+      }
     }
     EXPECT_EQ(resumed.text, whole[0].TextFrom(k));
     EXPECT_EQ(resumed.final.finish_reason, FinishReason::kLength);
     EXPECT_EQ(resumed.final.usage.completion_tokens, kTokens);
     EXPECT_EQ(resumed.final.usage.prompt_tokens, whole[0].final.usage.prompt_tokens);
 
-    const Finished& resumed_stop = results[2 + 2 * i];
+    const Finished& resumed_stop = results[2 + 3 * i];
     SCOPED_TRACE(absl::StrCat("resumed after ", k, " of the stop-string request's tokens"));
     if (k < stopped_tokens) {
       EXPECT_EQ(resumed_stop.tokens,
@@ -569,7 +666,14 @@ TEST_F(EngineTest, ResumedRequestsContinueAsIfUninterrupted) {
       EXPECT_EQ(resumed_stop.final.usage.completion_tokens, stopped_tokens);
     }
     EXPECT_EQ(resumed_stop.final.finish_reason, FinishReason::kStop);
+
+    const Finished& resumed_penalized = results[3 + 3 * i];
+    SCOPED_TRACE(absl::StrCat("resumed after ", k, " penalized greedy tokens"));
+    EXPECT_EQ(resumed_penalized.tokens,
+              std::vector<int32_t>(whole[2].tokens.begin() + k, whole[2].tokens.end()));
   }
+  // The penalties changed the greedy continuation.
+  EXPECT_NE(whole[2].tokens, whole[1].tokens);
 }
 
 TEST_F(EngineTest, RefusesRequestsThatCanNeverRun) {
@@ -596,6 +700,12 @@ TEST_F(EngineTest, RefusesRequestsThatCanNeverRun) {
     GenerationRequest bad_top_p = request;
     bad_top_p.sampling.top_p = 1.5f;
     expect_invalid(bad_top_p, "top_p");
+    GenerationRequest bad_penalty = request;
+    bad_penalty.sampling.presence_penalty = 3.0f;
+    expect_invalid(bad_penalty, "presence_penalty: must be in [-2, 2], not 3");
+    GenerationRequest bad_top = request;
+    bad_top.sampling.top_logprobs = 21;
+    expect_invalid(bad_top, "top_logprobs: must be in [0, 20], not 21");
     GenerationRequest no_tokens = request;
     no_tokens.sampling.max_tokens = 0;
     expect_invalid(no_tokens, "max_tokens");

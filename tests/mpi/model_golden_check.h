@@ -118,6 +118,68 @@ inline void ExpectMatchesGolden(const std::string& dir, comm::Communicator& tp) 
   EXPECT_EQ(generated, golden.greedy) << name << " on " << where;
 }
 
+// The checkpoints that penalties.py (tests/golden/models) decoded with OpenAI's penalties.
+inline const std::vector<std::string>& PenaltyGoldenArchitectures() {
+  static const std::vector<std::string> names = {"llama", "qwen2", "mistral"};
+  return names;
+}
+
+// Greedy decoding with presence and frequency penalties (SampleRows, the serving engine's
+// sampler) against penalties.py's torch computation on transformers' logits, and each step's
+// top log-probabilities against its log_softmax. Collective over `tp`.
+inline void ExpectPenaltiesMatchGolden(const std::string& dir, comm::Communicator& tp) {
+  const std::string name = dir.substr(dir.find_last_of('/') + 1);
+  std::ifstream file(dir + "/penalties.json");
+  ASSERT_TRUE(file.good()) << dir << "/penalties.json";
+  std::stringstream text;
+  text << file.rdbuf();
+  const nlohmann::json golden = nlohmann::json::parse(text.str());
+  const std::vector<int32_t> prompt = golden["prompt"].get<std::vector<int32_t>>();
+  const int top = golden["top"].get<int>();
+  absl::StatusOr<std::unique_ptr<Transformer>> model = Transformer::Load(dir, tp);
+  ASSERT_TRUE(model.ok()) << model.status();
+  Transformer& m = **model;
+  const std::string where = m.device().ToString() + " at tp " + std::to_string(tp.size());
+  ASSERT_FALSE(golden["cases"].empty());
+  for (const nlohmann::json& c : golden["cases"]) {
+    const std::vector<int32_t> expected = c["tokens"].get<std::vector<int32_t>>();
+    Transformer::RowSampling choice;
+    choice.params.presence_penalty = c["presence_penalty"].get<float>();
+    choice.params.frequency_penalty = c["frequency_penalty"].get<float>();
+    choice.top_logprobs = top;
+    const std::string what = name + " presence " + c["presence_penalty"].dump() + " frequency " +
+                             c["frequency_penalty"].dump() + " on " + where;
+    absl::StatusOr<KvCache> cache = m.AllocateKvCache(/*num_blocks=*/8, /*block_size=*/8);
+    ASSERT_TRUE(cache.ok()) << cache.status();
+    std::vector<int32_t> tokens = prompt;
+    std::vector<int32_t> generated;
+    int begin = 0;
+    for (size_t i = 0; i < expected.size(); ++i) {
+      const int end = static_cast<int>(tokens.size());
+      absl::StatusOr<Tensor> logits =
+          m.Forward(SequenceStep(tokens, begin, end, *cache), *cache, /*all_positions=*/false);
+      ASSERT_TRUE(logits.ok()) << logits.status();
+      choice.draw = i;
+      choice.generated = generated;
+      absl::StatusOr<std::vector<Transformer::SampledToken>> next = m.SampleRows(*logits, {choice});
+      ASSERT_TRUE(next.ok()) << next.status();
+      const Transformer::SampledToken& sampled = (*next)[0];
+      const nlohmann::json& expected_top = c["top_logprobs"][i];
+      ASSERT_EQ(sampled.top_logprobs.size(), expected_top.size()) << what;
+      for (size_t j = 0; j < expected_top.size(); ++j) {
+        EXPECT_EQ(sampled.top_logprobs[j].token, expected_top[j][0].get<int64_t>())
+            << what << ", step " << i << ", alternative " << j;
+        EXPECT_NEAR(sampled.top_logprobs[j].logprob, expected_top[j][1].get<double>(), 1e-4)
+            << what << ", step " << i << ", alternative " << j;
+      }
+      generated.push_back(static_cast<int32_t>(sampled.token));
+      tokens.push_back(generated.back());
+      begin = end;
+    }
+    EXPECT_EQ(generated, expected) << what;
+  }
+}
+
 }  // namespace tessera::model::testing
 
 #endif  // TESSERA_TESTS_MPI_MODEL_GOLDEN_CHECK_H_

@@ -1,5 +1,6 @@
 // The tensor-parallel forward on the CPU against Hugging Face transformers
-// (model_golden_check.h), at whatever TP degree mpirun gives (ctest runs 1, 2 and 4 ranks).
+// (model_golden_check.h), greedy decoding with penalties against torch, at whatever TP degree
+// mpirun gives (ctest runs 1, 2 and 4 ranks).
 
 #include <gtest/gtest.h>
 
@@ -21,6 +22,18 @@ TEST_P(ModelGolden, LogitsAndGreedyTokensMatchTransformers) {
 
 INSTANTIATE_TEST_SUITE_P(Architectures, ModelGolden,
                          ::testing::ValuesIn(testing::GoldenArchitectures()));
+
+// OpenAI's presence and frequency penalties in greedy decoding, and top log-probabilities,
+// against tests/golden/models/penalties.py.
+class PenaltyGolden : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(PenaltyGolden, PenalizedGreedyTokensAndTopLogprobsMatchTorch) {
+  testing::ExpectPenaltiesMatchGolden(std::string(TESSERA_GOLDEN_MODELS) + "/" + GetParam(),
+                                      World());
+}
+
+INSTANTIATE_TEST_SUITE_P(Architectures, PenaltyGolden,
+                         ::testing::ValuesIn(testing::PenaltyGoldenArchitectures()));
 
 }  // namespace
 }  // namespace tessera::model

@@ -560,5 +560,68 @@ TEST(Sampling, DrawsFollowTheDistributionAndRepeatForTheSameSeed) {
   EXPECT_OK(ValidateSamplingParams({.temperature = 0.7f, .top_k = 50, .top_p = 0.9f}));
 }
 
+TEST(SamplingTest, PenaltiesAndTheirLimits) {
+  absl::Status status = ValidateSamplingParams({.presence_penalty = 3.0f});
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(status.message(), "presence_penalty: must be in [-2, 2], not 3");
+  status = ValidateSamplingParams({.frequency_penalty = -2.5f});
+  EXPECT_EQ(status.message(), "frequency_penalty: must be in [-2, 2], not -2.5");
+  EXPECT_FALSE(ValidateSamplingParams({.presence_penalty = std::nanf("")}).ok());
+  EXPECT_OK(ValidateSamplingParams({.presence_penalty = -2.0f, .frequency_penalty = 2.0f}));
+
+  // By hand: token 1 generated 3 times, token 3 once, token 0 never (the prompt's tokens are
+  // not in `generated`), and an id past the vocabulary ignored.
+  std::vector<float> logits = {1.0f, 2.0f, 0.5f, -1.0f, 0.25f};
+  const std::vector<int32_t> generated = {1, 3, 1, 1, 9};
+  ApplyPenalties(absl::MakeSpan(logits), {.presence_penalty = 0.5f, .frequency_penalty = 0.25f},
+                 generated);
+  EXPECT_EQ(logits,
+            (std::vector<float>{1.0f, 2.0f - 0.75f - 0.5f, 0.5f, -1.0f - 0.25f - 0.5f, 0.25f}));
+  // Negative penalties favour what was generated.
+  std::vector<float> favoured = {1.0f, 0.0f};
+  ApplyPenalties(absl::MakeSpan(favoured), {.presence_penalty = -1.5f}, std::vector<int32_t>{1});
+  EXPECT_EQ(favoured, (std::vector<float>{1.0f, 1.5f}));
+
+  // A greedy row whose argmax moves: 2.0 - 1.25 = 0.75 < 1.0, so token 0 wins.
+  std::vector<float> row = {1.0f, 2.0f, 0.5f, -1.0f, 0.25f};
+  EXPECT_EQ(SampleToken(row, {}, 0), 1);
+  EXPECT_EQ(SampleToken(logits, {}, 0), 0);
+}
+
+TEST(SamplingTest, TopLogprobsAreTheLargestOfTheLogSoftmax) {
+  std::mt19937 random(5);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::vector<float> logits(50);
+  for (float& v : logits) v = normal(random);
+  logits[7] = logits[11];  // a tie: the lower id first
+  logits[13] = std::nanf("");
+  // The reference log-softmax, in long double, over the row without NaN.
+  long double max = -INFINITY, sum = 0;
+  for (float v : logits) {
+    if (!std::isnan(v)) max = std::max<long double>(max, v);
+  }
+  for (float v : logits) {
+    if (!std::isnan(v)) sum += std::exp(static_cast<long double>(v) - max);
+  }
+  const long double log_sum_exp = max + std::log(sum);
+  std::vector<int64_t> ids;
+  for (int64_t v = 0; v < 50; ++v) {
+    if (v != 13) ids.push_back(v);
+  }
+  std::stable_sort(ids.begin(), ids.end(),
+                   [&](int64_t a, int64_t b) { return logits[a] > logits[b]; });
+  std::vector<TokenLogprob> top = TopLogprobs(logits, 20, static_cast<double>(log_sum_exp));
+  ASSERT_EQ(top.size(), 20u);
+  for (size_t i = 0; i < top.size(); ++i) {
+    EXPECT_EQ(top[i].token, ids[i]) << i;
+    EXPECT_NEAR(top[i].logprob, static_cast<double>(logits[ids[i]] - log_sum_exp), 1e-5) << i;
+    if (i > 0) {
+      EXPECT_LE(top[i].logprob, top[i - 1].logprob);
+    }
+  }
+  EXPECT_EQ(TopLogprobs(logits, 0, 0.0).size(), 0u);
+  EXPECT_EQ(TopLogprobs(std::vector<float>{0.0f, 0.0f}, 5, std::log(2.0)).size(), 2u);
+}
+
 }  // namespace
 }  // namespace tessera::kernels

@@ -14,7 +14,7 @@ TEST(RequestFileTest, ReadsEveryField) {
   absl::StatusOr<engine::GenerationRequest> request = ParseRequestLine(
       R"({"id": "q1", "prompt": "Hi", "max_tokens": 5, "temperature": 0.5, "top_k": 3,
           "top_p": 0.9, "seed": 7, "stop": "\n", "stop_token_ids": [2], "ignore_eos": true,
-          "logprobs": true})",
+          "logprobs": true, "presence_penalty": 0.5, "frequency_penalty": -1.25})",
       3);
   ASSERT_TRUE(request.ok()) << request.status();
   EXPECT_EQ(request->id, "q1");
@@ -28,6 +28,8 @@ TEST(RequestFileTest, ReadsEveryField) {
   EXPECT_EQ(request->sampling.stop_token_ids, std::vector<int32_t>{2});
   EXPECT_TRUE(request->sampling.ignore_eos);
   EXPECT_TRUE(request->sampling.logprobs);
+  EXPECT_FLOAT_EQ(request->sampling.presence_penalty, 0.5f);
+  EXPECT_FLOAT_EQ(request->sampling.frequency_penalty, -1.25f);
 
   absl::StatusOr<engine::GenerationRequest> tokens =
       ParseRequestLine(R"({"prompt_token_ids": [1, 2], "stop": ["a", "b"]})", 9);
