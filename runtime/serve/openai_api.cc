@@ -57,30 +57,47 @@ absl::StatusOr<bool> Bool(const Json& body, const char* name) {
   return it->get<bool>();
 }
 
-absl::Status ParsePrompt(const Json& prompt, v1::GenerateRequest& request) {
-  if (prompt.is_string()) {
-    request.set_prompt(prompt.get<std::string>());
-    return absl::OkStatus();
-  }
-  if (!prompt.is_array() || prompt.empty()) {
-    return Invalid("prompt", "must be a string, a list of one string, or a list of token ids");
-  }
-  if (prompt.size() == 1 && prompt[0].is_string()) {
-    request.set_prompt(prompt[0].get<std::string>());
-    return absl::OkStatus();
-  }
-  for (size_t i = 0; i < prompt.size(); ++i) {
-    const Json& id = prompt[i];
-    if (id.is_string() || id.is_array()) {
-      return Invalid("prompt", "several prompts in one request are not supported; send one each");
-    }
+// A list of token ids at `where`.
+absl::StatusOr<std::vector<int32_t>> TokenIds(const Json& ids, const std::string& where) {
+  if (ids.empty()) return Invalid(where, "an empty list of token ids");
+  std::vector<int32_t> tokens;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const Json& id = ids[i];
     if (!id.is_number_integer() || id.get<int64_t>() < 0 ||
         id.get<int64_t>() > std::numeric_limits<int32_t>::max()) {
-      return Invalid(absl::StrCat("prompt[", i, "]"), "a token id must be a non-negative integer");
+      return Invalid(absl::StrCat(where, "[", i, "]"), "a token id must be a non-negative integer");
     }
-    request.add_prompt_tokens(static_cast<int32_t>(id.get<int64_t>()));
+    tokens.push_back(static_cast<int32_t>(id.get<int64_t>()));
   }
-  return absl::OkStatus();
+  return tokens;
+}
+
+// OpenAI's prompt: a string, a list of token ids, or a list of strings or of lists of ids
+// (several prompts).
+absl::StatusOr<std::vector<CompletionPrompt>> ParsePrompts(const Json& prompt) {
+  constexpr char kShapes[] =
+      "must be a string, a list of token ids, or a list of strings or of token-id lists";
+  if (prompt.is_string()) return std::vector<CompletionPrompt>{{prompt.get<std::string>(), {}}};
+  if (!prompt.is_array() || prompt.empty()) return Invalid("prompt", kShapes);
+  if (!prompt[0].is_string() && !prompt[0].is_array()) {
+    absl::StatusOr<std::vector<int32_t>> tokens = TokenIds(prompt, "prompt");
+    if (!tokens.ok()) return tokens.status();
+    return std::vector<CompletionPrompt>{{"", *std::move(tokens)}};
+  }
+  std::vector<CompletionPrompt> prompts;
+  for (size_t i = 0; i < prompt.size(); ++i) {
+    const std::string where = absl::StrCat("prompt[", i, "]");
+    if (prompt[i].is_string()) {
+      prompts.push_back({prompt[i].get<std::string>(), {}});
+    } else if (prompt[i].is_array()) {
+      absl::StatusOr<std::vector<int32_t>> tokens = TokenIds(prompt[i], where);
+      if (!tokens.ok()) return tokens.status();
+      prompts.push_back({"", *std::move(tokens)});
+    } else {
+      return Invalid(where, "a prompt of several must be a string or a list of token ids");
+    }
+  }
+  return prompts;
 }
 
 const char* ErrorType(int status) {
@@ -218,7 +235,13 @@ absl::StatusOr<CompletionCall> ParseCompletionRequest(const Json& body) {
   }
   auto prompt = body.find("prompt");
   if (prompt == body.end() || prompt->is_null()) return Invalid("prompt", "required");
-  if (absl::Status parsed = ParsePrompt(*prompt, call.request); !parsed.ok()) return parsed;
+  absl::StatusOr<std::vector<CompletionPrompt>> prompts = ParsePrompts(*prompt);
+  if (!prompts.ok()) return prompts.status();
+  call.prompts = *std::move(prompts);
+  if (call.choices() > kMaxCallChoices) {
+    return Invalid("prompt", absl::StrCat(call.prompts.size(), " prompts x n ", call.n, " is ",
+                                          call.choices(), " choices; at most ", kMaxCallChoices));
+  }
   // The legacy API's logprobs: how many alternatives, the chosen token's always reported.
   absl::StatusOr<std::optional<int64_t>> logprobs = Integer(body, "logprobs", 0, 5);
   if (!logprobs.ok()) return logprobs.status();
@@ -280,9 +303,15 @@ absl::StatusOr<CompletionCall> ParseChatCompletionRequest(const Json& body) {
 
 v1::GenerateRequest ChoiceRequest(const CompletionCall& call, const std::string& id, int index) {
   v1::GenerateRequest request = call.request;
-  request.set_request_id(call.n == 1 ? id : absl::StrCat(id, "-", index));
+  if (!call.prompts.empty()) {
+    const CompletionPrompt& prompt = call.prompts[index / call.n];
+    request.set_prompt(prompt.text);
+    request.mutable_prompt_tokens()->Add(prompt.tokens.begin(), prompt.tokens.end());
+  }
+  request.set_request_id(call.choices() == 1 ? id : absl::StrCat(id, "-", index));
   if (request.sampling().has_seed()) {
-    request.mutable_sampling()->set_seed(request.sampling().seed() + static_cast<uint64_t>(index));
+    request.mutable_sampling()->set_seed(request.sampling().seed() +
+                                         static_cast<uint64_t>(index % call.n));
   }
   return request;
 }
@@ -317,14 +346,16 @@ void ChoiceResult::Append(const v1::GenerateStreamResponse& message) {
   }
 }
 
-v1::Usage CallUsage(const std::vector<ChoiceResult>& choices) {
+v1::Usage CallUsage(const CompletionCall& call, const std::vector<ChoiceResult>& choices) {
   v1::Usage usage;
-  if (choices.empty()) return usage;
-  usage.set_prompt_tokens(choices.front().usage.prompt_tokens());
-  usage.set_cached_tokens(choices.front().usage.cached_tokens());
-  int completion = 0;
-  for (const ChoiceResult& choice : choices) completion += choice.usage.completion_tokens();
-  usage.set_completion_tokens(completion);
+  for (size_t i = 0; i < choices.size(); ++i) {
+    const v1::Usage& choice = choices[i].usage;
+    if (i % call.n == 0) {  // each prompt once
+      usage.set_prompt_tokens(usage.prompt_tokens() + choice.prompt_tokens());
+      usage.set_cached_tokens(usage.cached_tokens() + choice.cached_tokens());
+    }
+    usage.set_completion_tokens(usage.completion_tokens() + choice.completion_tokens());
+  }
   return usage;
 }
 
@@ -433,7 +464,7 @@ Json CompletionBody(const CompletionCall& call, const std::string& id, int64_t c
           {"created", created},
           {"model", call.request.model()},
           {"choices", std::move(list)},
-          {"usage", UsageJson(CallUsage(choices))}};
+          {"usage", UsageJson(CallUsage(call, choices))}};
 }
 
 Json CompletionChunk(const CompletionCall& call, const std::string& id, int64_t created, int index,

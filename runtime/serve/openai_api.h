@@ -6,6 +6,7 @@
 // (one JSON object, or server-sent-event chunks), and errors in OpenAI's shape with the HTTP status
 // a client acts on. Pure conversions; openai_http.h serves them.
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -25,11 +26,20 @@ enum class OpenAiEndpoint {
   kChatCompletions,  // POST /v1/chat/completions: messages; choices carry a message or delta
 };
 
-// A parsed body. Each of its n choices runs as a request of its own (ChoiceRequest).
+// One prompt of a /v1/completions body: text, or token ids.
+struct CompletionPrompt {
+  std::string text;
+  std::vector<int32_t> tokens;  // set: the prompt is these ids
+};
+
+// A parsed body. Its choices, n for each prompt, run as requests of their own
+// (ChoiceRequest): choice i answers prompt i / n.
 struct CompletionCall {
   OpenAiEndpoint endpoint = OpenAiEndpoint::kCompletions;
-  v1::GenerateRequest request;
+  v1::GenerateRequest request;            // all but the prompt of a completion; a chat's messages
+  std::vector<CompletionPrompt> prompts;  // /v1/completions: one or more
   int n = 1;
+  int choices() const { return std::max<int>(1, static_cast<int>(prompts.size())) * n; }
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
   bool logprobs = false;       // the log-probability of each chosen token
@@ -43,7 +53,8 @@ struct CompletionCall {
 // is checked with the other sampling values by ValidateGenerateRequest, which names them
 // "sampling.presence_penalty"), ignore_eos (vLLM's extension), and user (kept as nothing:
 // tenants come from API keys).
-//   /v1/completions: prompt (a string, a list of one string, or a list of token ids);
+//   /v1/completions: prompt (a string, a list of token ids, or a list of either for several
+//     prompts, at most kMaxCallChoices choices in all);
 //     logprobs 0..5: the chosen tokens' log-probabilities and that many alternatives.
 //   /v1/chat/completions: messages (role, content as a string or a list of text parts,
 //     name); max_completion_tokens (max_tokens' newer name); logprobs true or false, and
@@ -52,8 +63,12 @@ struct CompletionCall {
 absl::StatusOr<CompletionCall> ParseCompletionRequest(const nlohmann::json& body);
 absl::StatusOr<CompletionCall> ParseChatCompletionRequest(const nlohmann::json& body);
 
-// Choice `index`'s request: the call's, with a request id of its own when n > 1 and, for a
-// seeded call, the seed plus the index (choices differ, and each is reproducible).
+// Choices (prompts x n) one call may run at once.
+inline constexpr int kMaxCallChoices = 64;
+
+// Choice `index`'s request: the call's with its prompt, a request id of its own when the call
+// has several choices and, for a seeded call, the seed plus the choice's index among its
+// prompt's n (choices differ, and each is reproducible).
 v1::GenerateRequest ChoiceRequest(const CompletionCall& call, const std::string& id, int index);
 
 // "stop" or "length" (OpenAI's finish reasons), or "" while unfinished.
@@ -82,8 +97,8 @@ struct ChoiceResult {
   void Append(const v1::GenerateStreamResponse& message);
 };
 
-// The usage of a call: the prompt once, the completions of every choice.
-v1::Usage CallUsage(const std::vector<ChoiceResult>& choices);
+// The usage of a call: each prompt once, the completions of every choice.
+v1::Usage CallUsage(const CompletionCall& call, const std::vector<ChoiceResult>& choices);
 
 // The JSON of a finished call ("text_completion" or "chat.completion").
 nlohmann::json CompletionBody(const CompletionCall& call, const std::string& id, int64_t created,

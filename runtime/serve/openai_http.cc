@@ -116,7 +116,7 @@ class ChoiceRunner {
  public:
   ChoiceRunner(Coordinator& coordinator, const CompletionCall& call, const std::string& id,
                const std::string& tenant, std::shared_ptr<ChoiceRelay> relay) {
-    for (int index = 0; index < call.n; ++index) {
+    for (int index = 0; index < call.choices(); ++index) {
       threads_.emplace_back(
           [&coordinator, relay, index, tenant, request = ChoiceRequest(call, id, index)] {
             relay->Finish(
@@ -191,16 +191,17 @@ void Completions(Coordinator& coordinator, const httplib::Request& http, httplib
       call->endpoint == OpenAiEndpoint::kChatCompletions ? "chatcmpl-" : "cmpl-", *suffix);
   const int64_t created = absl::ToUnixSeconds(absl::Now());
 
-  auto relay = std::make_shared<ChoiceRelay>(call->n);
+  auto relay = std::make_shared<ChoiceRelay>(call->choices());
   auto runner = std::make_shared<ChoiceRunner>(coordinator, *call, id, *tenant, relay);
-  auto token_text = std::make_shared<TokenText>(coordinator, call->request.model(), call->n);
+  auto token_text =
+      std::make_shared<TokenText>(coordinator, call->request.model(), call->choices());
   auto bytes_of = [token_text](int index, int32_t token, bool last) {
     return token_text->Next(index, token, last);
   };
   auto text_of = [token_text](int, int32_t token) { return token_text->Alone(token); };
 
   if (!call->stream) {
-    std::vector<ChoiceResult> choices(call->n);
+    std::vector<ChoiceResult> choices(call->choices());
     while (std::optional<ChoiceRelay::Item> item = relay->Next()) {
       token_text->Note(item->message);
       choices[item->index].Append(item->message);
@@ -224,8 +225,8 @@ void Completions(Coordinator& coordinator, const httplib::Request& http, httplib
         auto send = [&sink](const std::string& event) {
           return sink.is_writable() && sink.write(event.data(), event.size());
         };
-        std::vector<ChoiceResult> choices(call->n);
-        std::vector<bool> started(call->n, false);
+        std::vector<ChoiceResult> choices(call->choices());
+        std::vector<bool> started(call->choices(), false);
         while (std::optional<ChoiceRelay::Item> item = relay->Next()) {
           const v1::GenerateStreamResponse& message = item->message;
           token_text->Note(message);
@@ -246,7 +247,7 @@ void Completions(Coordinator& coordinator, const httplib::Request& http, httplib
         if (!status.ok()) {
           sent = send(Event(ErrorFromStatus(status).body));
         } else if (call->include_usage) {
-          sent = send(Event(UsageChunk(*call, id, created, CallUsage(choices))));
+          sent = send(Event(UsageChunk(*call, id, created, CallUsage(*call, choices))));
         }
         if (sent) sent = send("data: [DONE]\n\n");
         if (!sent) relay->ClientGone();

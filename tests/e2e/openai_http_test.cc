@@ -315,6 +315,26 @@ TEST_F(OpenAiHttp, NChoicesEachDrawTheirOwnAndShareThePrompt) {
   }
 }
 
+// Several prompts in one call: choice i answers prompt i, as the same prompt alone does.
+TEST_F(OpenAiHttp, SeveralPromptsAreAnsweredInOrder) {
+  const std::vector<std::string> prompts = {"Hello", "Goodbye", "Once upon"};
+  Answer answer = Post(
+      Json({{"model", kModel}, {"prompt", prompts}, {"max_tokens", 6}, {"temperature", 0}}).dump());
+  ASSERT_EQ(answer.status, 200) << answer.text;
+  ASSERT_EQ(answer.json["choices"].size(), prompts.size()) << answer.text;
+  int prompt_tokens = 0;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    Answer alone = Post(
+        Json({{"model", kModel}, {"prompt", prompts[i]}, {"max_tokens", 6}, {"temperature", 0}})
+            .dump());
+    ASSERT_EQ(alone.status, 200) << alone.text;
+    EXPECT_EQ(answer.json["choices"][i]["index"], i);
+    EXPECT_EQ(answer.json["choices"][i]["text"], alone.json["choices"][0]["text"]) << i;
+    prompt_tokens += alone.json["usage"]["prompt_tokens"].get<int>();
+  }
+  EXPECT_EQ(answer.json["usage"]["prompt_tokens"], prompt_tokens);
+}
+
 // Chat logprobs: one entry per completion token, its bytes those of the token's text, with
 // the values the gRPC API reports.
 TEST_F(OpenAiHttp, ChatLogprobsAreTheEnginesPerToken) {

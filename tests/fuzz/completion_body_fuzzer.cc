@@ -31,19 +31,29 @@ void Check(const Json& body, absl::StatusOr<tessera::serve::CompletionCall> (*pa
     (void)tessera::serve::JsonText(error.body);
     return;
   }
+  if (call->n < 1 || call->n > 16 || call->choices() > tessera::serve::kMaxCallChoices) {
+    std::abort();
+  }
+  // Every choice's request holds exactly one of prompt, prompt_tokens and messages.
+  for (int i = 0; i < call->choices(); ++i) {
+    const tessera::v1::GenerateRequest choice = tessera::serve::ChoiceRequest(*call, "x", i);
+    const int prompts = (choice.prompt().empty() ? 0 : 1) + (choice.prompt_tokens_size() > 0) +
+                        (choice.messages_size() > 0);
+    if (prompts > 1 ||
+        (prompts == 0 && !call->prompts.empty() && !call->prompts[i / call->n].text.empty())) {
+      std::abort();
+    }
+  }
   const tessera::v1::GenerateRequest& request = call->request;
   if (request.model().empty()) std::abort();
-  const int prompts = (request.prompt().empty() ? 0 : 1) + (request.prompt_tokens_size() > 0) +
-                      (request.messages_size() > 0);
-  if (prompts > 1) std::abort();
-  if (call->n < 1 || call->n > 16) std::abort();
   if (!std::isfinite(request.sampling().temperature()) ||
       (request.sampling().has_top_p() && !std::isfinite(request.sampling().top_p()))) {
     std::abort();
   }
   // Any bytes (the prompt's, a message's) in the answer: it must still be JSON text.
-  std::vector<tessera::serve::ChoiceResult> choices(call->n);
-  choices[0].text = request.prompt();
+  std::vector<tessera::serve::ChoiceResult> choices(call->choices());
+  for (const tessera::serve::CompletionPrompt& prompt : call->prompts)
+    choices[0].text += prompt.text;
   for (const tessera::v1::ChatMessage& message : request.messages()) {
     choices[0].text += message.content();
   }

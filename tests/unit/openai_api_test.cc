@@ -1,11 +1,12 @@
 // OpenAI's request bodies and answers (runtime/serve/openai_api.h) without a server: the
-// penalties and top log-probabilities of both endpoints.
+// penalties and top log-probabilities of both endpoints, and several prompts in one call.
 
 #include "runtime/serve/openai_api.h"
 
 #include <gtest/gtest.h>
 
 #include <string>
+#include <vector>
 
 namespace tessera::serve {
 namespace {
@@ -118,6 +119,48 @@ TEST(OpenAiApiTest, CompletionAnswersHaveTheLegacyDicts) {
   plain[0].top_logprobs.Clear();
   body = CompletionBody(*call, "x", 0, plain, Chosen, Alone);
   EXPECT_TRUE(body["choices"][0]["logprobs"]["top_logprobs"].is_null());
+}
+
+// Several prompts: n choices each, in prompt order, each choice its prompt's request with
+// seed + its index among the n; usage counts each prompt once.
+TEST(OpenAiApiTest, SeveralPromptsAreNChoicesEach) {
+  absl::StatusOr<CompletionCall> call = ParseCompletionRequest(
+      {{"model", "m"}, {"prompt", {"a", {7, 8}, "c"}}, {"n", 2}, {"seed", 10}});
+  ASSERT_TRUE(call.ok()) << call.status();
+  ASSERT_EQ(call->choices(), 6);
+  const v1::GenerateRequest first = ChoiceRequest(*call, "cmpl", 0);
+  EXPECT_EQ(first.prompt(), "a");
+  EXPECT_EQ(first.sampling().seed(), 10u);
+  EXPECT_EQ(first.request_id(), "cmpl-0");
+  const v1::GenerateRequest fourth = ChoiceRequest(*call, "cmpl", 3);
+  EXPECT_TRUE(fourth.prompt().empty());
+  EXPECT_EQ(std::vector<int32_t>(fourth.prompt_tokens().begin(), fourth.prompt_tokens().end()),
+            (std::vector<int32_t>{7, 8}));
+  EXPECT_EQ(fourth.sampling().seed(), 11u);
+  EXPECT_EQ(ChoiceRequest(*call, "cmpl", 5).prompt(), "c");
+
+  std::vector<ChoiceResult> choices(6);
+  for (int i = 0; i < 6; ++i) {
+    choices[i].usage.set_prompt_tokens(10 * (i / 2 + 1));
+    choices[i].usage.set_completion_tokens(i + 1);
+  }
+  const v1::Usage usage = CallUsage(*call, choices);
+  EXPECT_EQ(usage.prompt_tokens(), 10 + 20 + 30);
+  EXPECT_EQ(usage.completion_tokens(), 21);
+
+  // One prompt of token ids, and the shapes that are refused.
+  call = ParseCompletionRequest({{"model", "m"}, {"prompt", {1, 2, 3}}});
+  ASSERT_TRUE(call.ok()) << call.status();
+  EXPECT_EQ(call->choices(), 1);
+  EXPECT_EQ(ChoiceRequest(*call, "cmpl", 0).request_id(), "cmpl");
+  EXPECT_EQ(ParseCompletionRequest({{"model", "m"}, {"prompt", {"a", 3}}}).status().message(),
+            "prompt[1]: a prompt of several must be a string or a list of token ids");
+  EXPECT_EQ(ParseCompletionRequest({{"model", "m"}, {"prompt", {{1, -2}}}}).status().message(),
+            "prompt[0][1]: a token id must be a non-negative integer");
+  Json many = {{"model", "m"}, {"prompt", Json::array()}, {"n", 2}};
+  for (int i = 0; i < 33; ++i) many["prompt"].push_back("p");
+  EXPECT_EQ(ParseCompletionRequest(many).status().message(),
+            "prompt: 33 prompts x n 2 is 66 choices; at most 64");
 }
 
 }  // namespace
