@@ -498,9 +498,6 @@ absl::Status Bench(const std::string& target, const std::string& leader,
   std::vector<PlannedRequest> alone =
       Plan(config.baseline_requests, prompt_range, output_range, vocab, random);
   const TokenRange one_token{1, 1};
-  std::vector<PlannedRequest> small =
-      Plan(2 * (config.overhead_requests + kOverheadWarmupPairs),
-           {prompt_range.min, prompt_range.min}, one_token, vocab, random);
 
   std::printf(
       "# tessera bench serve: %s; model %s at %s%s\n"
@@ -551,45 +548,45 @@ absl::Status Bench(const std::string& target, const std::string& leader,
   if (ShutdownRequested()) return absl::CancelledError("interrupted");
   PrintPhase(grpc_phases ? "one at a time" : "one at a time http", one);
 
-  auto paired_rows = [](const char* first, const char* second, const PairedTtft& paired) {
+  // Sequential one-token requests alternating between two paths, and their TTFT rows.
+  auto paired_phase = [&](const ConnectFn& first, const char* first_label, const ConnectFn& second,
+                          const char* second_label, const std::string& second_name,
+                          const std::string& what) -> absl::StatusOr<PairedTtft> {
+    std::vector<PlannedRequest> plan =
+        Plan(2 * (config.overhead_requests + kOverheadWarmupPairs),
+             {prompt_range.min, prompt_range.min}, one_token, vocab, random);
+    std::fprintf(stderr, "%s: %d requests of 1 token each way, %s...\n", kWho,
+                 config.overhead_requests, what.c_str());
+    TESSERA_ASSIGN_OR_RETURN(PairedTtft paired,
+                             MeasurePairedTtft(first, second, second_name, plan));
+    if (ShutdownRequested()) return absl::CancelledError("interrupted");
+    std::printf(
+        "\n# %s: %d sequential requests each way, alternating (after %d pairs of warm-up): %d "
+        "prompt tokens, max_tokens 1\n",
+        what.c_str(), config.overhead_requests, kOverheadWarmupPairs, prompt_range.min);
     std::printf("%-34s %6s %7s %7s %7s\n", "path", "reqs", "TTFT50", "TTFT90", "TTFT99");
     auto row = [](const char* path, const std::vector<double>& ttft) {
       std::printf("%-34s %6zu %7.3f %7.3f %7.3f\n", path, ttft.size(), PercentileMs(ttft, 50),
                   PercentileMs(ttft, 90), PercentileMs(ttft, 99));
     };
-    row(first, paired.first_ttft_seconds);
-    row(second, paired.second_ttft_seconds);
+    row(first_label, paired.first_ttft_seconds);
+    row(second_label, paired.second_ttft_seconds);
+    return paired;
   };
   std::optional<PairedTtft> overhead;
   if (grpc_phases && !leader.empty() && fault == nullptr) {
-    std::fprintf(stderr, "%s: %d requests of 1 token each way, coordinator and leader %s...\n",
-                 kWho, config.overhead_requests, leader.c_str());
     TESSERA_ASSIGN_OR_RETURN(
-        overhead,
-        MeasurePairedTtft(grpc_clients, LeaderClients(leader, model, config.request_timeout),
-                          "leader", small));
-    if (ShutdownRequested()) return absl::CancelledError("interrupted");
-    std::printf(
-        "\n# coordinator overhead: %d sequential requests each way, alternating (after %d "
-        "pairs of warm-up): %d prompt tokens, max_tokens 1\n",
-        config.overhead_requests, kOverheadWarmupPairs, prompt_range.min);
-    paired_rows("client -> coordinator -> leader", "client -> leader (Worker/Submit)", *overhead);
+        overhead, paired_phase(grpc_clients, "client -> coordinator -> leader",
+                               LeaderClients(leader, model, config.request_timeout),
+                               "client -> leader (Worker/Submit)", "leader",
+                               absl::StrCat("coordinator overhead (leader ", leader, ")")));
   }
   std::optional<PairedTtft> http_overhead;
   if (http_phases && fault == nullptr) {
-    std::vector<PlannedRequest> http_small =
-        Plan(2 * (config.overhead_requests + kOverheadWarmupPairs),
-             {prompt_range.min, prompt_range.min}, one_token, vocab, random);
-    std::fprintf(stderr, "%s: %d requests of 1 token each way, HTTP and gRPC...\n", kWho,
-                 config.overhead_requests);
-    TESSERA_ASSIGN_OR_RETURN(http_overhead,
-                             MeasurePairedTtft(http_clients, grpc_clients, "grpc", http_small));
-    if (ShutdownRequested()) return absl::CancelledError("interrupted");
-    std::printf(
-        "\n# HTTP layer: %d sequential requests each way, alternating (after %d pairs of "
-        "warm-up): %d prompt tokens, max_tokens 1, both through the coordinator\n",
-        config.overhead_requests, kOverheadWarmupPairs, prompt_range.min);
-    paired_rows("POST /v1/completions (stream)", "gRPC GenerateStream", *http_overhead);
+    TESSERA_ASSIGN_OR_RETURN(
+        http_overhead,
+        paired_phase(http_clients, "POST /v1/completions (stream)", grpc_clients,
+                     "gRPC GenerateStream", "grpc", "HTTP layer (both through the coordinator)"));
   }
 
   const double speedup = (many.output_tokens / many.seconds) / (one.output_tokens / one.seconds);
