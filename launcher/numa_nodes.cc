@@ -68,6 +68,28 @@ std::vector<NumaNode> ReadNumaNodes(const std::string& sysfs_nodes) {
   return nodes;
 }
 
+std::vector<int> NumaNodesOf(const std::vector<NumaNode>& nodes, const std::vector<int>& cpus) {
+  std::vector<int> spanned;
+  for (const NumaNode& node : nodes) {
+    const bool holds = std::any_of(cpus.begin(), cpus.end(), [&node](int cpu) {
+      return std::binary_search(node.cpus.begin(), node.cpus.end(), cpu);
+    });
+    if (holds) spanned.push_back(node.id);
+  }
+  return spanned;
+}
+
+std::string NumaSpanProblem(const std::vector<int>& spanned, bool slurm) {
+  if (spanned.size() < 2) return "";
+  std::string ids;
+  for (int id : spanned) ids += (ids.empty() ? "" : ", ") + std::to_string(id);
+  return "its cores span NUMA nodes " + ids +
+         ": its memory lands on one of them and the threads on the others read it across the "
+         "interconnect; start one rank per NUMA node with " +
+         (slurm ? std::string("srun --cpu-bind=ldoms --mem-bind=local")
+                : std::string("mpirun --map-by ppr:1:numa --bind-to numa"));
+}
+
 std::vector<NodeReaders> PlaceReadersOnNodes(const std::vector<NumaNode>& nodes,
                                              const std::vector<int>& cpus, int readers,
                                              int rotation) {

@@ -29,6 +29,15 @@ struct NumaNode {
 // parse. Empty when none can be read (not Linux): the host then counts as one node.
 std::vector<NumaNode> ReadNumaNodes(const std::string& sysfs_nodes = "/sys/devices/system/node");
 
+// The ids of the nodes that hold some of `cpus`, ascending.
+std::vector<int> NumaNodesOf(const std::vector<NumaNode>& nodes, const std::vector<int>& cpus);
+
+// What is wrong with a rank whose cores lie on the NUMA nodes `spanned`, and the flags that
+// fix it ("" for one node or none): its memory, first touched by whichever thread, lands on
+// one node and the threads of the others read it across the interconnect. `slurm`: name srun's
+// flags instead of mpirun's.
+std::string NumaSpanProblem(const std::vector<int>& spanned, bool slurm);
+
 // A process's readers on one NUMA node.
 struct NodeReaders {
   int node = 0;           // NumaNode::id

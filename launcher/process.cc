@@ -13,6 +13,7 @@
 #include "comm/mpi/mpi_runtime.h"
 #include "comm/node_share.h"
 #include "kernels/cpu/cpu_affinity.h"
+#include "launcher/numa_nodes.h"
 #include "runtime/core/check.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/serve/log.h"
@@ -52,8 +53,9 @@ void SetUpCpuThreads(int node_ranks) {
   kernels::SetRanksSharingCpus(sharing);
 
   const kernels::CpuSetup& setup = kernels::CurrentCpuSetup();
-  const std::string problem = kernels::CpuSetupProblem(
-      setup, setup.local.source == "slurm" || std::getenv("SLURM_JOB_ID") != nullptr);
+  const bool slurm = setup.local.source == "slurm" || std::getenv("SLURM_JOB_ID") != nullptr;
+  std::string problem = kernels::CpuSetupProblem(setup, slurm);
+  if (problem.empty()) problem = NumaSpanProblem(NumaNodesOf(ReadNumaNodes(), setup.cpus), slurm);
   if (problem.empty() && !serve::LogEnabled(serve::LogLevel::kDebug)) return;
   ProcessIdentity id = GetProcessIdentity();
   std::fprintf(stderr, "tessera: %srank %d on %s: %s%s%s\n",

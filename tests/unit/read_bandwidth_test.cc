@@ -20,6 +20,20 @@
 namespace tessera::launcher {
 namespace {
 
+// A rank whose cores lie on two NUMA nodes is warned about, naming the flags that fix it.
+TEST(NumaSpanTest, ARankOnSeveralNodesIsNamedWithItsFix) {
+  const std::vector<NumaNode> nodes = {{0, {0, 1, 2, 3}}, {1, {4, 5, 6, 7}}, {3, {8, 9}}};
+  EXPECT_EQ(NumaNodesOf(nodes, {1, 2}), (std::vector<int>{0}));
+  EXPECT_EQ(NumaNodesOf(nodes, {3, 4, 9}), (std::vector<int>{0, 1, 3}));
+  EXPECT_EQ(NumaNodesOf(nodes, {12}), (std::vector<int>{}));
+  EXPECT_EQ(NumaSpanProblem({0}, false), "");
+  EXPECT_EQ(NumaSpanProblem({}, true), "");
+  const std::string mpirun = NumaSpanProblem({0, 1}, false);
+  EXPECT_NE(mpirun.find("span NUMA nodes 0, 1"), std::string::npos) << mpirun;
+  EXPECT_NE(mpirun.find("mpirun --map-by ppr:1:numa --bind-to numa"), std::string::npos);
+  EXPECT_NE(NumaSpanProblem({0, 3}, true).find("srun --cpu-bind=ldoms"), std::string::npos);
+}
+
 TEST(ParseCpuListTest, RangesAndSingles) {
   EXPECT_EQ(ParseCpuList("0-3,8-11"), (std::vector<int>{0, 1, 2, 3, 8, 9, 10, 11}));
   EXPECT_EQ(ParseCpuList("5"), (std::vector<int>{5}));
