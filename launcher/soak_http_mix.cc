@@ -217,7 +217,7 @@ constexpr InvalidVariant kInvalidVariants[] = {
     {"no model", 400, false},
     {"unknown model", 404, false},
     {"empty prompt", 400, false},
-    {"two prompts", 400, false},
+    {"a prompt list of text and a number", 400, false},
     {"negative token id", 400, false},
     {"token id past the vocabulary", 400, true},
     {"top_p 1.5", 400, false},
@@ -276,8 +276,9 @@ InvalidCall MakeInvalid(int variant, std::mt19937_64& random, const SoakTarget& 
       body["prompt"] = "";
       break;
     case 5:
-      call.param = "prompt";
-      body["prompt"] = Json::array({RandomText(random, 8), RandomText(random, 8)});
+      // Several prompts are strings or token-id lists; a bare number among strings is neither.
+      call.param = "prompt[1]";
+      body["prompt"] = Json::array({RandomText(random, 8), Draw(random, 0, 99)});
       break;
     case 6:
       call.param = absl::StrCat("prompt[", tokens_with(-Draw(random, 1, 1000)), "]");

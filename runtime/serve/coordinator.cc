@@ -914,6 +914,28 @@ grpc::Status Coordinator::Dispatch(grpc::ServerContext* context, const v1::Gener
                             {"streamed_here", absl::StrCat(streamed_tokens - streamed_before)},
                             {"why", what}});
       resumes_->WithLabels({}).Inc();
+      if (streamed_tokens >= route.max_tokens) {
+        // Every token had been sent; only the final message was lost with the group. Another
+        // group would have nothing to generate: the request ends here, as it would have.
+        v1::GenerateStreamResponse last;
+        last.set_request_id(forwarded.request_id());
+        last.set_final(true);
+        last.set_finish_reason(v1::FINISH_REASON_LENGTH);
+        last.mutable_usage()->set_prompt_tokens(static_cast<int32_t>(prompt.size()));
+        last.mutable_usage()->set_completion_tokens(static_cast<int32_t>(streamed_tokens));
+        last.mutable_timings()->set_time_to_first_token_seconds(
+            record->time_to_first_token_seconds);
+        last.mutable_timings()->set_total_seconds(absl::ToDoubleSeconds(absl::Now() - start));
+        last.mutable_resumptions()->Add(resumptions.begin(), resumptions.end());
+        record->finish_reason = "length";
+        record->prompt_tokens = static_cast<int>(prompt.size());
+        record->completion_tokens = static_cast<int>(streamed_tokens);
+        if (!sink(last)) {
+          return context != nullptr ? ClientEndStatus(context)
+                                    : grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
+        }
+        return grpc::Status::OK;
+      }
       continue;
     }
     LogEvent(kComponent, {{"event", "redispatch"},
