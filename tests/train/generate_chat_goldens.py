@@ -18,7 +18,7 @@ tokens (tests/golden/tokenizer), and each conversation below:
              newline after the header's); with these test vocabularies none does, and the
              generator prints which cases are equal.
 
-Run: /work/venv-torch/bin/python tests/train/generate_chat_goldens.py
+Run, in a virtual environment with transformers from PyPI: VENV/bin/python tests/train/generate_chat_goldens.py
 (made with transformers 4.53.3, tokenizers 0.21.4, jinja2 3.1.6).
 """
 
