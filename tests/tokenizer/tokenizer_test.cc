@@ -609,6 +609,8 @@ std::vector<BadFile> BadFiles() {
   };
   files.push_back({"not_json", "{\"model\": ", {"tokenizer.json: not valid JSON"}});
   files.push_back({"empty", "", {"not valid JSON"}});
+  // A number past a double's range is an error of the file, not an exception.
+  files.push_back({"huge_number", "{\"version\": 1e776}", {"not valid JSON", "1e776"}});
   files.push_back({"array", "[1, 2]", {"must be a JSON object"}});
   edit("no_model", [](Json& j) { j.erase("model"); }, {"tokenizer.json: model is missing"});
   edit("unigram", [](Json& j) { j["model"]["type"] = "Unigram"; },
