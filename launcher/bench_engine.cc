@@ -259,7 +259,7 @@ int RunBenchEngine(const std::vector<std::string>& args, int* argc, char*** argv
                 "Offline throughput of the serving engine: N requests at once against the same "
                 "requests one at a time.\nWithout --model: the built-in default and a "
                 "~0.5B-parameter random Llama in bf16 (made and cached on first use).");
-  flags.String("model", &config.model, "a Hugging Face model directory");
+  flags.String("model", &config.model, "a Hugging Face model directory or GGUF file");
   flags.Int("tp", &config.tp, "tensor-parallel degree (0: all ranks)");
   flags.Int("requests", &config.requests, "requests submitted at once (and the batch limit)");
   flags.Int("prompt-tokens", &config.prompt_tokens, "prompt length of every request");

@@ -1,6 +1,7 @@
 // `tessera bench generate`: prefill and decode tokens/s at batch 1, beside the memory-
 // bandwidth limit of decode (the bytes every token must read, every weight and the cached
-// keys and values of its context, over the bandwidth measured on this machine).
+// keys and values of its context, over the bandwidth measured on this machine), for each model
+// as stored and weight-only quantized to int8 and int4 (each against its own limit).
 
 #include <mpi.h>
 
@@ -13,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "comm/layout.h"
 #include "comm/topology.h"
 #include "launcher/bench.h"
@@ -32,6 +34,8 @@ using Clock = std::chrono::steady_clock;
 
 struct BenchGenerateConfig {
   std::string model;  // empty: the built-in default and the ~0.5B random Llama
+  // Each model is run once per entry: none (as stored), int8, int4 (--quantize's values).
+  std::string quantize = "none,int8,int4";
   int tp = 0;
   int prompt_tokens = 128;
   int decode_tokens = 32;
@@ -71,19 +75,23 @@ absl::StatusOr<double> MeasureDeviceBandwidth(Device device) {
 
 struct Row {
   std::string name;
+  std::string quantize;  // "none", "int8", "int4"
   double parameters_billion = 0;
   double weight_bytes = 0;  // all ranks
-  // Bytes a decode step reads, all ranks: the weights, and the KV cache of the mean context
-  // of the decoded tokens.
+  // Bytes a decode step reads, all ranks: the weights (quantized: codes, scales and offsets;
+  // of the embedding, one row), and the KV cache of the mean context of the decoded tokens.
   double decode_bytes = 0;
   double prefill_tps = 0;
   double decode_tps = 0;
 };
 
 absl::StatusOr<Row> BenchOne(const std::string& name, const std::string& dir,
-                             const BenchGenerateConfig& config, comm::Communicator& tp) {
+                             const std::string& quantize, const BenchGenerateConfig& config,
+                             comm::Communicator& tp) {
+  model::LoadOptions load;
+  TESSERA_ASSIGN_OR_RETURN(load.quantize, model::ParseWeightQuantization(quantize, ""));
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<model::Transformer> model,
-                           model::Transformer::Load(dir, tp));
+                           model::Transformer::Load(dir, tp, load));
   const model::ModelConfig& mc = model->config();
   int total = config.prompt_tokens + config.decode_tokens;
   constexpr int kBlock = 16;
@@ -109,11 +117,15 @@ absl::StatusOr<Row> BenchOne(const std::string& name, const std::string& dir,
     TESSERA_ASSIGN_OR_RETURN(logits, step(length - 1, length));
   }
   double decode = Since(start);
-  double mine = static_cast<double>(model->weight_bytes()), all = 0;
-  MPI_Allreduce(&mine, &all, 1, MPI_DOUBLE, MPI_SUM,
+  double mine[2] = {static_cast<double>(model->weight_bytes()),
+                    static_cast<double>(model->decode_weight_bytes())};
+  double sums[2] = {0, 0};
+  MPI_Allreduce(mine, sums, 2, MPI_DOUBLE, MPI_SUM,
                 tp.size() == 1 ? MPI_COMM_SELF : MPI_COMM_WORLD);
+  const double all = sums[0];
   Row row;
-  row.name = name;
+  row.name = load.quantize.has_value() ? absl::StrCat(name, " ", quantize) : name;
+  row.quantize = quantize;
   row.parameters_billion = static_cast<double>(model::ParameterCount(model->plan())) / 1e9;
   row.weight_bytes = all;
   double kv_mine = static_cast<double>(model->KvBytesPerToken()), kv_all = 0;
@@ -121,7 +133,7 @@ absl::StatusOr<Row> BenchOne(const std::string& name, const std::string& dir,
                 tp.size() == 1 ? MPI_COMM_SELF : MPI_COMM_WORLD);
   // Decode step i (0-based) reads the keys and values of prompt_tokens + i + 1 positions.
   const double mean_context = config.prompt_tokens + (config.decode_tokens + 1) / 2.0;
-  row.decode_bytes = all + mean_context * kv_all;
+  row.decode_bytes = sums[1] + mean_context * kv_all;
   row.prefill_tps = config.prompt_tokens / prefill;
   row.decode_tps = config.decode_tokens / decode;
   return row;
@@ -167,10 +179,17 @@ absl::Status BenchGenerate(const BenchGenerateConfig& config, int* argc, char***
     bandwidth = host_read.bytes_per_second;
   }
   // Every model first, then the probe again: the limit is the better of the two readings.
+  std::vector<std::string> variants = absl::StrSplit(config.quantize, ',', absl::SkipEmpty());
+  if (device_tp != nullptr) variants = {"none"};  // quantized weights run on the CPU only
   std::vector<Row> rows;
+  std::vector<size_t> baseline;  // per row: the row of the same model as stored
   for (const BenchModel& m : models) {
-    TESSERA_ASSIGN_OR_RETURN(Row row, BenchOne(m.name, m.dir, config, model_tp));
-    rows.push_back(std::move(row));
+    const size_t first = rows.size();
+    for (const std::string& variant : variants) {
+      TESSERA_ASSIGN_OR_RETURN(Row row, BenchOne(m.name, m.dir, variant, config, model_tp));
+      rows.push_back(std::move(row));
+      baseline.push_back(first);
+    }
   }
   if (device_tp == nullptr) {
     host_read = BetterReadBandwidth(host_read, MeasureNodeReadBandwidth(MPI_COMM_WORLD));
@@ -198,13 +217,17 @@ absl::Status BenchGenerate(const BenchGenerateConfig& config, int* argc, char***
     std::printf(
         "# read GB/s: decode t/s x read MB/tok; ratio: decode t/s over limit t/s (\"cache\": "
         "read MB/tok fits in the last-level caches, no memory limit applies; \"error\": faster "
-        "than the limit, a measurement error)\n");
-    std::printf("%-28s %8s %10s %12s %12s %12s %10s %12s %8s\n", "model", "params", "weights",
-                "prefill t/s", "decode t/s", "read MB/tok", "read GB/s", "limit t/s", "ratio");
+        "than the limit, a measurement error); x stored: prefill and decode t/s over the same "
+        "model's as stored, in this run\n");
+    std::printf("%-33s %8s %10s %12s %12s %12s %10s %12s %8s %10s %10s\n", "model", "params",
+                "weights", "prefill t/s", "decode t/s", "read MB/tok", "read GB/s", "limit t/s",
+                "ratio", "prefill x", "decode x");
   }
   std::vector<std::string> errors;
   if (world.rank() == 0) {
-    for (const Row& row : rows) {
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const Row& row = rows[i];
+      const Row& stored = rows[baseline[i]];
       const double limit = bandwidth / row.decode_bytes;
       const double read = row.decode_tps * row.decode_bytes;
       // Decode cannot read from memory faster than memory delivers, but bytes that fit in the
@@ -212,9 +235,10 @@ absl::Status BenchGenerate(const BenchGenerateConfig& config, int* argc, char***
       const HeldAgainstLimit ratio = HoldAgainstLimit(
           read, bandwidth,
           device_tp == nullptr && FitsInLastLevelCaches(row.decode_bytes, world.size()));
-      std::printf("%-28s %7.3fB %8.1fMB %12.1f %12.2f %12.2f %10.2f %12.2f %8s\n", row.name.c_str(),
-                  row.parameters_billion, row.weight_bytes / 1e6, row.prefill_tps, row.decode_tps,
-                  row.decode_bytes / 1e6, read / 1e9, limit, ratio.cell.c_str());
+      std::printf("%-33s %7.3fB %8.1fMB %12.1f %12.2f %12.2f %10.2f %12.2f %8s %9.2fx %9.2fx\n",
+                  row.name.c_str(), row.parameters_billion, row.weight_bytes / 1e6, row.prefill_tps,
+                  row.decode_tps, row.decode_bytes / 1e6, read / 1e9, limit, ratio.cell.c_str(),
+                  row.prefill_tps / stored.prefill_tps, row.decode_tps / stored.decode_tps);
       if (ratio.error) {
         errors.push_back(
             LimitErrorNote(absl::StrCat(row.name, " decode reads"), read, bandwidth, 1e9, "GB/s"));
@@ -256,7 +280,10 @@ int RunBench(const std::vector<std::string>& args, int* argc, char*** argv) {
                 "Prefill and decode tokens/s at batch 1, beside the memory-bandwidth limit of "
                 "decode.\nWithout --model: the built-in default and a ~0.5B-parameter random "
                 "Llama in bf16 (made and cached on first use, about 1 GB).");
-  flags.String("model", &config.model, "a Hugging Face model directory");
+  flags.String("model", &config.model, "a Hugging Face model directory or GGUF file");
+  flags.String("quantize", &config.quantize,
+               "comma-separated weight formats to run each model in: none (as stored), int8, "
+               "int4 (CPU; a GPU runs none)");
   flags.Int("tp", &config.tp, "tensor-parallel degree (0: all ranks)");
   flags.Int("prompt-tokens", &config.prompt_tokens, "prompt length");
   flags.Int("decode-tokens", &config.decode_tokens, "tokens decoded");

@@ -5,15 +5,14 @@
 
 #include "runtime/core/status_macros.h"
 #include "runtime/model/default_model.h"
+#include "runtime/model/gguf_model.h"
 
 namespace tessera::launcher {
 
 absl::StatusOr<std::vector<BenchModel>> BenchModels(const std::string& model_flag, bool announce) {
   if (!model_flag.empty()) {
-    const std::filesystem::path path = std::filesystem::path(model_flag).lexically_normal();
-    std::string name = path.filename();
-    if (name.empty()) name = path.parent_path().filename();
-    return std::vector<BenchModel>{{name, model_flag}};
+    TESSERA_ASSIGN_OR_RETURN(std::string dir, model::ResolveModelPath(model_flag));
+    return std::vector<BenchModel>{{model::ModelName(model_flag), dir}};
   }
   std::vector<BenchModel> models;
   TESSERA_ASSIGN_OR_RETURN(std::string tiny, model::EnsureDefaultModel());

@@ -192,7 +192,7 @@ int RunBenchTrain(const std::vector<std::string>& args, int* argc, char*** argv)
                 "about 8 GB a replica at TP 1).\n  mpirun -np 2 tessera bench train --tp 2\n"
                 "With --torch PYTHON (a Python with torch and transformers), rank 0 also runs "
                 "PyTorch eager on the same model and batch and prints the ratio.");
-  flags.String("model", &config.model, "a Hugging Face model directory");
+  flags.String("model", &config.model, "a Hugging Face model directory or GGUF file");
   flags.Int("tp", &config.tp, "tensor-parallel degree; data-parallel over the rest");
   flags.Int("seq-len", &config.seq_len, "tokens a row");
   flags.Int("micro-batch", &config.micro_batch, "rows a step on each replica");

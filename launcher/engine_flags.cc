@@ -28,14 +28,16 @@ engine::EngineOptions EngineOptionsFor(const ModelJob& job, engine::EngineOption
 std::string DescribeKvCache(const engine::Engine& engine, const model::Transformer& model) {
   const model::ModelConfig& config = model.config();
   const int64_t per_token = engine.kv_bytes_per_token();
+  const bool int8 = model.kv_cache_dtype() == DType::kI8;
   return absl::StrFormat(
       "KV cache: %d blocks of %d tokens = %d tokens fit; %s per rank on %s, %d bytes per token "
-      "on this rank (2 x %d layers x %d KV heads x %d head dim x %d bytes of %s)",
+      "on this rank (2 x %d layers x %d KV heads x (%d head dim x %d bytes of %s%s))",
       engine.num_blocks(), engine.block_size(), engine.capacity_tokens(),
       model::FormatBytes(static_cast<uint64_t>(per_token * engine.capacity_tokens())),
       model.device().ToString(), per_token, config.num_hidden_layers,
       model.plan().attention.num_kv_heads, config.head_dim,
-      static_cast<int>(StorageBytes(model.kv_cache_dtype(), 1)), NameOf(model.kv_cache_dtype()));
+      static_cast<int>(StorageBytes(model.kv_cache_dtype(), 1)), NameOf(model.kv_cache_dtype()),
+      int8 ? " + a 4-byte f32 scale" : "");
 }
 
 }  // namespace tessera::launcher

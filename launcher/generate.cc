@@ -42,6 +42,8 @@ struct GenerateConfig {
   int seed = 0;
   bool ignore_eos = false;
   std::string dtype = "auto";
+  QuantizeFlags quantize;
+  std::string kv_cache_dtype = "auto";
   std::string device = "cpu";
   double kv_cache_memory_fraction = kDefaultKvCacheMemoryFraction;
   absl::Duration timeout = absl::Minutes(5);
@@ -180,6 +182,8 @@ absl::Status Generate(const GenerateConfig& config, int* argc, char*** argv) {
   ModelJobOptions options;
   options.model_dir = config.model;
   options.dtype = config.dtype;
+  options.quantize = config.quantize;
+  options.kv_cache_dtype = config.kv_cache_dtype;
   options.tp = config.tp;
   options.allow_cross_node_tp = config.allow_cross_node_tp;
   options.timeout = config.timeout;
@@ -237,7 +241,8 @@ int RunGenerate(const std::vector<std::string>& args, int* argc, char*** argv) {
                 "tensor-parallel across the ranks:\n  mpirun -np 2 tessera generate --tp 2 "
                 "--prompt \"Hello\"\nWithout --model it uses a built-in tiny model with random "
                 "weights. Greedy unless --temperature > 0.");
-  flags.String("model", &config.model, "Hugging Face model directory (default: built-in)");
+  flags.String("model", &config.model,
+               "Hugging Face model directory or GGUF file (default: built-in)");
   flags.Int("tp", &config.tp, "tensor-parallel degree (0: all ranks in one group)");
   flags.Bool("allow-cross-node-tp", &config.allow_cross_node_tp,
              "let a tensor-parallel group span nodes");
@@ -254,6 +259,8 @@ int RunGenerate(const std::vector<std::string>& args, int* argc, char*** argv) {
   AddEngineFlags(flags, &config.engine);
   flags.Int("max-tokens", &config.max_tokens, "tokens to generate per prompt");
   flags.String("dtype", &config.dtype, "weights in memory: auto (as stored), f32 or bf16");
+  AddQuantizeFlags(flags, &config.quantize);
+  AddKvCacheDtypeFlag(flags, &config.kv_cache_dtype);
   AddDeviceFlag(flags, &config.device);
   AddKvCacheMemoryFractionFlag(flags, &config.kv_cache_memory_fraction);
   flags.Duration("timeout", &config.timeout, "deadline of each collective");

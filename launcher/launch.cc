@@ -562,7 +562,8 @@ int RunLaunch(const std::vector<std::string>& args, int* /*argc*/, char*** /*arg
   flags.String("policy", &config.policy,
                "the coordinator's routing policy: combined, least-load, prefix or topology; "
                "empty: its default");
-  flags.String("model", &config.model, "model directory on the nodes; empty: the built-in model");
+  flags.String("model", &config.model,
+               "model directory or GGUF file on the nodes; empty: the built-in model");
   flags.String("model-name", &config.model_name, "name the workers serve the model under");
   flags.String("version", &config.version, "model version the workers register");
   flags.String("zone", &config.zone, "zone label of the workers, for topology-aware routing");

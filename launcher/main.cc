@@ -15,6 +15,8 @@
 #include "launcher/comm_bench.h"
 #include "launcher/generate.h"
 #include "launcher/launch.h"
+#include "launcher/perplexity.h"
+#include "launcher/plan.h"
 #include "launcher/process.h"
 #include "launcher/serve.h"
 #include "launcher/train.h"
@@ -31,6 +33,10 @@ struct Subcommand {
 constexpr Subcommand kSubcommands[] = {
     {"generate", "text from a Hugging Face model, tensor-parallel across MPI ranks",
      tessera::launcher::RunGenerate},
+    {"plan", "what a model takes in memory on each rank, and how many sequences fit",
+     tessera::launcher::RunPlan},
+    {"perplexity", "a model's perplexity on a text file (its quality in each weight format)",
+     tessera::launcher::RunPerplexity},
     {"train",
      "fine-tune a model on JSONL data: tensor-parallel x data-parallel, checkpoints, export",
      tessera::launcher::RunTrain},

@@ -13,6 +13,8 @@
 #include "runtime/core/gpu_info.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/model/default_model.h"
+#include "runtime/model/gguf_model.h"
+#include "runtime/model/memory_plan.h"
 #include "runtime/model/resident_memory.h"
 #if TESSERA_HAVE_CUDA
 #include "comm/nccl/nccl_communicator.h"
@@ -52,6 +54,34 @@ void AddDeviceFlag(FlagSet& flags, std::string* device) {
   flags.String("device", device,
                "where the model runs: cpu, or cuda (each rank on the GPU of its local rank, "
                "NCCL between the ranks of a tensor-parallel group)");
+}
+
+void AddQuantizeFlags(FlagSet& flags, QuantizeFlags* quantize) {
+  flags.String("quantize", &quantize->quantize,
+               "weight-only quantization of the layers' projections at load: none, int8 or int4 "
+               "(CPU)");
+  flags.String("quantize-group", &quantize->group,
+               "inputs per scale: row (int8's default), 32 (int4's default) or 128");
+}
+
+std::vector<std::string> QuantizeArguments(const QuantizeFlags& quantize) {
+  if (quantize.quantize == "none" || quantize.quantize.empty()) return {};
+  std::vector<std::string> args = {"--quantize", quantize.quantize};
+  if (!quantize.group.empty()) args.insert(args.end(), {"--quantize-group", quantize.group});
+  return args;
+}
+
+absl::StatusOr<std::optional<DType>> ParseKvCacheDtypeFlag(const std::string& text) {
+  if (text == "auto") return std::nullopt;
+  if (text == "int8") return DType::kI8;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--kv-cache-dtype ", text, ": expected auto or int8"));
+}
+
+void AddKvCacheDtypeFlag(FlagSet& flags, std::string* kv_cache_dtype) {
+  flags.String("kv-cache-dtype", kv_cache_dtype,
+               "the KV cache's keys and values: auto (bf16 for bf16 weights, else f32) or int8 "
+               "(a scale per token and head: about twice bf16's tokens in the same memory)");
 }
 
 void AddKvCacheMemoryFractionFlag(FlagSet& flags, double* fraction) {
@@ -151,11 +181,13 @@ absl::StatusOr<ModelJob> StartModelJob(const ModelJobOptions& options, int* argc
                    model::kDefaultModelName, job.model_dir.c_str());
     }
   }
-  if (!std::filesystem::is_directory(job.model_dir)) {
-    return absl::NotFoundError(absl::StrCat("--model: ", job.model_dir, " is not a directory"));
-  }
+  // A .gguf file becomes a model directory in the cache (gguf_model.h).
+  TESSERA_ASSIGN_OR_RETURN(job.model_dir, model::ResolveModelPath(job.model_dir));
   model::LoadOptions load;
   load.dtype = dtype;
+  TESSERA_ASSIGN_OR_RETURN(load.quantize, model::ParseWeightQuantization(options.quantize.quantize,
+                                                                         options.quantize.group));
+  TESSERA_ASSIGN_OR_RETURN(load.kv_cache_dtype, ParseKvCacheDtypeFlag(options.kv_cache_dtype));
   if (world.rank() == 0 && isatty(fileno(stderr))) {
     load.progress = model::TerminalProgress(stderr, "loading");
   }
@@ -174,7 +206,8 @@ absl::StatusOr<ModelJob> StartModelJob(const ModelJobOptions& options, int* argc
   if (device == DeviceType::kCuda) {
     const Device gpu = job.model->device();
     TESSERA_ASSIGN_OR_RETURN(GpuMemory memory, QueryGpuMemory(gpu.index));
-    job.device_kv_cache_bytes = static_cast<int64_t>(static_cast<double>(memory.free_bytes) *
+    // As `tessera plan` computes it (memory_plan.h).
+    job.device_kv_cache_bytes = model::KvCacheBudget(static_cast<int64_t>(memory.free_bytes),
                                                      options.kv_cache_memory_fraction);
     if (world.rank() == 0) {
       std::fprintf(stderr,

@@ -34,6 +34,21 @@ absl::Status CheckKvCacheMemoryFraction(double fraction);
 
 // Declares --device, writing into *device ("cpu" or "cuda"; its value is the default).
 void AddDeviceFlag(FlagSet& flags, std::string* device);
+// --quantize and --quantize-group (runtime/model/weight_quantization.h).
+struct QuantizeFlags {
+  std::string quantize = "none";
+  std::string group;  // empty: the default of the kind
+};
+// Declares --quantize and --quantize-group, writing into *flags.
+void AddQuantizeFlags(FlagSet& flags, QuantizeFlags* quantize);
+// --kv-cache-dtype: "auto" (nullopt: the weights' bf16, else f32) or "int8" (DType::kI8).
+// INVALID_ARGUMENT naming the flag otherwise.
+absl::StatusOr<std::optional<DType>> ParseKvCacheDtypeFlag(const std::string& text);
+// Declares --kv-cache-dtype, writing into *kv_cache_dtype (its value is the default).
+void AddKvCacheDtypeFlag(FlagSet& flags, std::string* kv_cache_dtype);
+// The flags as they are passed on to another tessera command (nothing for none).
+std::vector<std::string> QuantizeArguments(const QuantizeFlags& quantize);
+
 // Declares --kv-cache-memory-fraction, writing into *fraction (its value is the default).
 void AddKvCacheMemoryFractionFlag(FlagSet& flags, double* fraction);
 
@@ -42,6 +57,8 @@ inline constexpr double kDefaultKvCacheMemoryFraction = 0.9;
 struct ModelJobOptions {
   std::string model_dir;  // empty: the built-in default
   std::string dtype = "auto";
+  QuantizeFlags quantize;
+  std::string kv_cache_dtype = "auto";
   int tp = 0;  // 0: every rank in one group
   bool allow_cross_node_tp = false;
   absl::Duration timeout = absl::Minutes(5);

@@ -1,9 +1,11 @@
 #include "launcher/serve.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
@@ -14,6 +16,7 @@
 #include "launcher/tls_flags.h"
 #include "launcher/worker_groups.h"
 #include "runtime/core/status_macros.h"
+#include "runtime/model/default_model.h"
 
 namespace tessera::launcher {
 namespace {
@@ -101,6 +104,20 @@ absl::Status Serve(const ServeConfig& config) {
   return absl::OkStatus();
 }
 
+// Without --model, the real model deploy/setup.sh put in the cache, when it is there (else
+// the workers make the built-in random one). Its 9 heads take TP 1 unless --tp says otherwise.
+void UseServeDefaultModel(const std::vector<std::string>& args, WorkerJobConfig& workers) {
+  std::optional<std::string> model = model::CachedServeDefaultModel();
+  if (!model.has_value()) return;
+  workers.model = *model;
+  const bool tp_given = std::any_of(args.begin(), args.end(), [](const std::string& arg) {
+    return arg == "--tp" || absl::StartsWith(arg, "--tp=");
+  });
+  if (!tp_given) workers.tp = 1;
+  std::fprintf(stderr, "tessera serve: no --model given: serving %s from the cache (%s), TP %d\n",
+               model::kServeDefaultModelFile, model->c_str(), workers.tp);
+}
+
 }  // namespace
 
 int RunCoordinator(const std::vector<std::string>& args, int* /*argc*/, char*** /*argv*/) {
@@ -126,6 +143,7 @@ int RunServe(const std::vector<std::string>& args, int* /*argc*/, char*** /*argv
   config.workers.engine.kv_cache_bytes = int64_t{256} << 20;
   AddWorkerJobFlags(flags, &config.workers);
   if (std::optional<int> done = ParseOrExit(flags, args)) return *done;
+  if (config.workers.model.empty()) UseServeDefaultModel(args, config.workers);
   ConfigureCoordinatorProcess();
   return ReportExit(Serve(config));
 }

@@ -463,7 +463,8 @@ int RunTrainExport(const std::vector<std::string>& args, int* argc, char*** argv
                 "a Hugging Face model directory, a LoRA run a PEFT adapter directory (or merged "
                 "weights with --merge).");
   flags.String("output", &config.output, "the directory to write");
-  flags.String("model", &config.model, "the base model directory (default: as recorded)");
+  flags.String("model", &config.model,
+               "the base model directory or GGUF file (default: as recorded)");
   flags.Bool("merge", &config.merge, "a LoRA checkpoint as merged full weights");
   std::vector<std::string> rest = args;
   if (!rest.empty() && rest[0].rfind("-", 0) != 0) {
@@ -498,7 +499,8 @@ int RunTrain(const std::vector<std::string>& args, int* argc, char*** argv) {
       "OUTPUT/checkpoints, the fine-tuned model to OUTPUT/export (a Hugging Face directory; "
       "with --lora-r a PEFT adapter directory, or merged weights with --merge). "
       "'tessera train export CKPT --output DIR' exports a checkpoint.");
-  flags.String("model", &config.model, "Hugging Face model directory (default: built-in)");
+  flags.String("model", &config.model,
+               "Hugging Face model directory or GGUF file (default: built-in)");
   flags.Int("tp", &config.tp, "tensor-parallel degree; the data-parallel degree is ranks / tp");
   flags.String("data", &config.data, "training examples, JSON Lines (required)");
   flags.String("eval-data", &config.eval_data, "evaluation examples, JSON Lines");

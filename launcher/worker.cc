@@ -20,6 +20,7 @@
 #include "runtime/core/status_macros.h"
 #include "runtime/engine/engine.h"
 #include "runtime/model/default_model.h"
+#include "runtime/model/gguf_model.h"
 #include "runtime/model/json_file.h"
 #include "runtime/serve/coordinator_link.h"
 #include "runtime/serve/grpc_server.h"
@@ -186,9 +187,8 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
 
   std::string model_name = config.model_name;
   if (model_name.empty()) {
-    model_name = config.job.model_dir.empty()
-                     ? std::string(model::kDefaultModelName)
-                     : std::filesystem::path(config.job.model_dir).filename().string();
+    model_name = config.job.model_dir.empty() ? std::string(model::kDefaultModelName)
+                                              : model::ModelName(config.job.model_dir);
   }
   const int replica = config.replica_offset + layout.dp_rank();
   const serve::PromptEncoder encoder(job.tokenizer, job.tokenizer_config);
@@ -292,7 +292,8 @@ int RunWorker(const std::vector<std::string>& args, int* argc, char*** argv) {
                "host:port of each rank's Prometheus endpoint (port 0: any; a fixed port P: the "
                "rank in slot r of its node on P + r, slots counting the node's other jobs' "
                "(TESSERA_NODE_FIRST_SLOT); 'off': none); default: --listen's host, any port");
-  flags.String("model", &config.job.model_dir, "Hugging Face model directory (default: built-in)");
+  flags.String("model", &config.job.model_dir,
+               "Hugging Face model directory or GGUF file (default: built-in)");
   flags.String("model-name", &config.model_name,
                "the name clients ask for (default: the model folder's name)");
   flags.String("version", &config.version, "the model version this group serves");
@@ -300,6 +301,8 @@ int RunWorker(const std::vector<std::string>& args, int* argc, char*** argv) {
   flags.Bool("allow-cross-node-tp", &config.job.allow_cross_node_tp,
              "let a tensor-parallel group span nodes");
   flags.String("dtype", &config.job.dtype, "weights in memory: auto (as stored), f32 or bf16");
+  AddQuantizeFlags(flags, &config.job.quantize);
+  AddKvCacheDtypeFlag(flags, &config.job.kv_cache_dtype);
   AddDeviceFlag(flags, &config.job.device);
   AddKvCacheMemoryFractionFlag(flags, &config.job.kv_cache_memory_fraction);
   flags.String("zone", &config.zone, "a locality label (zone, rack) for topology-aware routing");

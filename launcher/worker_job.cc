@@ -18,6 +18,7 @@
 #include "launcher/process_tree.h"
 #include "launcher/shutdown_signal.h"
 #include "runtime/core/status_macros.h"
+#include "runtime/model/weight_quantization.h"
 
 namespace tessera::launcher {
 
@@ -43,9 +44,12 @@ absl::Status CheckSupervision(const Supervision& supervision) {
 void AddWorkerJobFlags(FlagSet& flags, WorkerJobConfig* config) {
   flags.Int("np", &config->np, "worker ranks");
   flags.Int("tp", &config->tp, "tensor-parallel degree of each group");
-  flags.String("model", &config->model, "Hugging Face model directory (default: built-in)");
+  flags.String("model", &config->model,
+               "Hugging Face model directory or GGUF file (default: built-in)");
   flags.String("model-name", &config->model_name, "the name clients ask for");
   AddDeviceFlag(flags, &config->device);
+  AddQuantizeFlags(flags, &config->quantize);
+  AddKvCacheDtypeFlag(flags, &config->kv_cache_dtype);
   AddKvCacheMemoryFractionFlag(flags, &config->kv_cache_memory_fraction);
   flags.String("mpirun", &config->mpirun, "the mpirun to start the workers with");
   flags.String("mpirun-args", &config->mpirun_args, "extra mpirun arguments");
@@ -62,6 +66,9 @@ absl::Status CheckWorkerJobConfig(const WorkerJobConfig& config) {
         absl::StrCat("--np ", config.np, " must be a multiple of --tp ", config.tp));
   }
   TESSERA_RETURN_IF_ERROR(CheckSupervision(config.supervision));
+  TESSERA_RETURN_IF_ERROR(
+      model::ParseWeightQuantization(config.quantize.quantize, config.quantize.group).status());
+  TESSERA_RETURN_IF_ERROR(ParseKvCacheDtypeFlag(config.kv_cache_dtype).status());
   absl::StatusOr<DeviceType> device = ParseDeviceFlag(config.device);
   if (!device.ok()) return device.status();
   if (*device == DeviceType::kCuda) {
@@ -107,6 +114,11 @@ std::vector<std::string> WorkerCommand(const WorkerJobConfig& config, int coordi
   // clang-format on
   if (!config.model.empty()) argv.insert(argv.end(), {"--model", config.model});
   if (!config.model_name.empty()) argv.insert(argv.end(), {"--model-name", config.model_name});
+  const std::vector<std::string> quantize = QuantizeArguments(config.quantize);
+  argv.insert(argv.end(), quantize.begin(), quantize.end());
+  if (config.kv_cache_dtype != "auto") {
+    argv.insert(argv.end(), {"--kv-cache-dtype", config.kv_cache_dtype});
+  }
   if (config.device != "cpu") {
     argv.insert(argv.end(), {"--device", config.device, "--kv-cache-memory-fraction",
                              absl::StrCat(config.kv_cache_memory_fraction)});

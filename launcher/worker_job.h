@@ -41,11 +41,13 @@ void AddSupervisionFlags(FlagSet& flags, Supervision* supervision);
 absl::Status CheckSupervision(const Supervision& supervision);
 
 struct WorkerJobConfig {
-  int np = 2;                  // worker ranks
-  int tp = 2;                  // tensor-parallel degree of each group
-  std::string model;           // Hugging Face model directory; empty: the built-in model
-  std::string model_name;      // the name clients ask for; empty: the worker's default
-  std::string device = "cpu";  // the workers' --device
+  int np = 2;                           // worker ranks
+  int tp = 2;                           // tensor-parallel degree of each group
+  std::string model;                    // Hugging Face model directory; empty: the built-in model
+  std::string model_name;               // the name clients ask for; empty: the worker's default
+  std::string device = "cpu";           // the workers' --device
+  QuantizeFlags quantize;               // the workers' --quantize and --quantize-group
+  std::string kv_cache_dtype = "auto";  // the workers' --kv-cache-dtype
   double kv_cache_memory_fraction = kDefaultKvCacheMemoryFraction;
   std::string mpirun = "mpirun";
   std::string mpirun_args;                     // extra arguments, split on spaces
@@ -62,7 +64,9 @@ struct WorkerJobConfig {
   int groups() const { return np / tp; }
 };
 
-// Declares --np, --tp, --model, --model-name, --device, --kv-cache-memory-fraction, --mpirun,
+// Declares --np, --tp, --model, --model-name, --device, --quantize, --quantize-group,
+// --kv-cache-dtype,
+// --kv-cache-memory-fraction, --mpirun,
 // --mpirun-args, --timeout, --ready-timeout, --restart-backoff, --max-failed-starts and the
 // engine's flags, writing into `config` (whose values are the defaults: set them first).
 void AddWorkerJobFlags(FlagSet& flags, WorkerJobConfig* config);

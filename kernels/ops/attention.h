@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/kv_cache_int8.h"
 #include "runtime/core/stream.h"
 #include "runtime/core/tensor.h"
 
@@ -27,6 +28,19 @@ absl::Status PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor
                             const Tensor& query_starts, const Tensor& context_lens,
                             const Tensor& block_tables, const AttentionParams& params, Tensor& out,
                             Stream& stream);
+
+// The int8 cache (kernels/cpu/kv_cache_int8.h, kernels/cuda/kv_cache_int8.h): codes i8 and
+// scales f32 KvScaleShape(...); on the CPU k_cache is KeyCacheShape(...), on a GPU rows.
+absl::Status WriteKvCacheInt8(const Tensor& k, const Tensor& v, const Tensor& slot_mapping,
+                              Tensor& k_cache, Tensor& v_cache, Tensor& k_scale, Tensor& v_scale,
+                              Stream& stream);
+
+// PagedAttention over the int8 cache, reading its codes and scales directly.
+absl::Status PagedAttentionInt8(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                                const Tensor& k_scale, const Tensor& v_scale,
+                                const Tensor& query_starts, const Tensor& context_lens,
+                                const Tensor& block_tables, const AttentionParams& params,
+                                Tensor& out, Stream& stream);
 
 }  // namespace tessera::kernels::ops
 

@@ -21,4 +21,15 @@ absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor
   return kernels::Linear(x, w, bias, out);
 }
 
+absl::Status Linear(const Tensor& x, const ProjectionWeight& w, const Tensor& bias, Tensor& out,
+                    Stream& stream) {
+  if (!w.quantized.defined()) return Linear(x, w.dense, bias, out, stream);
+  TESSERA_ASSIGN_OR_RETURN(Backend backend, internal::BackendFor("Linear", out, stream));
+  if (backend != Backend::kCpu) {
+    return absl::UnimplementedError(
+        "weight-only quantized projections run on the CPU only so far (--device cpu)");
+  }
+  return kernels::QuantizedLinear(x, w.quantized, bias, out);
+}
+
 }  // namespace tessera::kernels::ops

@@ -7,14 +7,34 @@
 // CPU: kernels/cpu/linear.h (w f32 or bf16, as stored or packed by PackLinearWeight, as a
 // model's are). GPU: kernels/cuda/linear.h (w f32, bf16 or f16 as stored; x is rounded to a
 // 16-bit w's type before the tensor-core GEMM).
+//
+// A model's projection weight is a ProjectionWeight: dense as above, or weight-only quantized
+// (kernels/cpu/quantized_linear.h, CPU only so far).
+
+#include <cstdint>
 
 #include "absl/status/status.h"
+#include "kernels/cpu/quantized_linear.h"
 #include "runtime/core/stream.h"
 #include "runtime/core/tensor.h"
 
 namespace tessera::kernels::ops {
 
 absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out,
+                    Stream& stream);
+
+// One projection's weight as a model holds it: `dense` (Linear's w), or `quantized`.
+struct ProjectionWeight {
+  Tensor dense;
+  kernels::QuantizedWeight quantized;
+
+  bool defined() const { return dense.defined() || quantized.defined(); }
+  // What a product reads.
+  uint64_t nbytes() const { return quantized.defined() ? quantized.nbytes() : dense.nbytes(); }
+};
+
+// Linear with either form of weight. UNIMPLEMENTED for a quantized weight off the CPU.
+absl::Status Linear(const Tensor& x, const ProjectionWeight& w, const Tensor& bias, Tensor& out,
                     Stream& stream);
 
 }  // namespace tessera::kernels::ops

@@ -13,6 +13,7 @@
 #include "runtime/engine/block_pool.h"
 #include "runtime/engine/scheduler.h"
 #include "runtime/engine/step_executor.h"
+#include "runtime/model/memory_plan.h"
 #include "tessera/v1/step_plan.pb.h"
 
 namespace tessera::engine {
@@ -433,8 +434,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(model::Transformer& model
         ") and max_step_tokens (", options.max_step_tokens, ") must be at least 1"));
   }
   const int64_t block_bytes = int64_t{options.block_size} * model.KvBytesPerToken();
-  int64_t blocks =
-      options.num_blocks > 0 ? options.num_blocks : options.kv_cache_bytes / block_bytes;
+  int64_t blocks = options.num_blocks > 0
+                       ? options.num_blocks
+                       : model::KvCacheBlocks(options.kv_cache_bytes, model.KvBytesPerToken(),
+                                              options.block_size);
   blocks = std::min<int64_t>(blocks, std::numeric_limits<int32_t>::max());
   // Every rank must hold the same blocks: the smallest count any rank can afford.
   if (tp.size() > 1) {

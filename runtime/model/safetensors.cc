@@ -1,10 +1,5 @@
 #include "runtime/model/safetensors.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -17,6 +12,7 @@
 #include "nlohmann/json.hpp"
 #include "runtime/core/half.h"
 #include "runtime/core/status_macros.h"
+#include "runtime/model/gguf_checkpoint.h"
 #include "runtime/model/json_file.h"
 
 namespace tessera::model {
@@ -115,11 +111,6 @@ int64_t TrailingElements(const Shape& shape, int first) {
   int64_t n = 1;
   for (int i = first; i < static_cast<int>(shape.size()); ++i) n *= shape[i];
   return n;
-}
-
-size_t PageSize() {
-  static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  return page;
 }
 
 }  // namespace
@@ -231,62 +222,31 @@ absl::StatusOr<Tensor> ReadTensorSlice(const TensorInfo& info, const uint8_t* da
 // SafetensorsFile
 
 absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    int error = errno;
-    if (error == ENOENT) return absl::NotFoundError(absl::StrCat(path, ": no such file"));
-    return absl::ErrnoToStatus(error, absl::StrCat("cannot open ", path));
-  }
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    int error = errno;
-    ::close(fd);
-    return absl::ErrnoToStatus(error, absl::StrCat("cannot stat ", path));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
-  }
-  const uint64_t size = static_cast<uint64_t>(st.st_size);
-  const uint8_t* base = nullptr;
-  if (size > 0) {
-    void* mapping = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (mapping == MAP_FAILED) {
-      int error = errno;
-      ::close(fd);
-      return absl::ErrnoToStatus(error, absl::StrCat("cannot map ", path));
-    }
-    base = static_cast<const uint8_t*>(mapping);
-  }
-  ::close(fd);  // the mapping keeps the file open
-  std::unique_ptr<SafetensorsFile> file(new SafetensorsFile(path, base, size));
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> mapped, MappedFile::Open(path));
+  std::unique_ptr<SafetensorsFile> file(new SafetensorsFile(std::move(mapped)));
   TESSERA_RETURN_IF_ERROR(file->ParseHeader());
   return file;
 }
 
-SafetensorsFile::SafetensorsFile(std::string path, const uint8_t* base, uint64_t size)
-    : path_(std::move(path)), base_(base), size_(size) {}
-
-SafetensorsFile::~SafetensorsFile() {
-  if (base_ != nullptr) ::munmap(const_cast<uint8_t*>(base_), size_);
-}
-
 absl::Status SafetensorsFile::ParseHeader() {
+  const std::string& path = file_->path();
+  const uint8_t* base = file_->bytes().data();
+  const uint64_t size = file_->size();
   auto corrupt = [&](auto&&... parts) {
-    return absl::DataLossError(absl::StrCat(path_, ": ", parts...));
+    return absl::DataLossError(absl::StrCat(path, ": ", parts...));
   };
-  if (size_ < 8) {
-    return corrupt("file is ", size_, " bytes, too short for the 8-byte header length");
+  if (size < 8) {
+    return corrupt("file is ", size, " bytes, too short for the 8-byte header length");
   }
-  const uint64_t header_bytes = ReadLittleEndian64(base_);
-  if (header_bytes > size_ - 8) {
-    return corrupt("header length ", header_bytes, " runs past the end of the file (", size_,
+  const uint64_t header_bytes = ReadLittleEndian64(base);
+  if (header_bytes > size - 8) {
+    return corrupt("header length ", header_bytes, " runs past the end of the file (", size,
                    " bytes): truncated or not a safetensors file");
   }
   if (header_bytes > kMaxHeaderBytes) {
     return corrupt("header length ", header_bytes, " is over the ", kMaxHeaderBytes, "-byte limit");
   }
-  const char* header = reinterpret_cast<const char*>(base_ + 8);
+  const char* header = reinterpret_cast<const char*>(base + 8);
   Json root;
   try {
     root = Json::parse(header, header + header_bytes);
@@ -296,7 +256,7 @@ absl::Status SafetensorsFile::ParseHeader() {
   if (!root.is_object()) return corrupt("header is a JSON ", root.type_name(), ", not an object");
 
   const uint64_t data_start = 8 + header_bytes;
-  const uint64_t data_bytes = size_ - data_start;
+  const uint64_t data_bytes = size - data_start;
   // (begin, end) relative to the data, per tensor, to check for overlaps.
   std::vector<std::pair<uint64_t, uint64_t>> extents;
   for (const auto& item : root.items()) {
@@ -333,7 +293,7 @@ absl::Status SafetensorsFile::ParseHeader() {
       }
     }
     if (!known) {
-      return absl::InvalidArgumentError(absl::StrCat(path_, ": tensor '", name, "' has dtype '",
+      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor '", name, "' has dtype '",
                                                      dtype_name, "', which Tessera does not read (",
                                                      SupportedSafetensorsDTypes(), ")"));
     }
@@ -397,31 +357,25 @@ const TensorInfo* SafetensorsFile::Find(absl::string_view name) const {
 }
 
 absl::Span<const uint8_t> SafetensorsFile::Bytes(const TensorInfo& info) const {
-  return absl::Span<const uint8_t>(base_ + info.offset, info.nbytes);
+  return file_->bytes().subspan(info.offset, info.nbytes);
 }
 
 absl::StatusOr<Tensor> SafetensorsFile::Read(absl::string_view name, const TensorSlice& slice,
                                              std::optional<DType> dtype) const {
   const TensorInfo* info = Find(name);
   if (info == nullptr) {
-    return absl::NotFoundError(absl::StrCat(path_, " holds no tensor '", name, "'"));
+    return absl::NotFoundError(absl::StrCat(path(), " holds no tensor '", name, "'"));
   }
-  absl::StatusOr<Tensor> tensor = ReadTensorSlice(*info, base_ + info->offset, slice, dtype);
+  absl::StatusOr<Tensor> tensor = ReadTensorSlice(*info, Bytes(*info).data(), slice, dtype);
   if (!tensor.ok()) {
     return absl::Status(tensor.status().code(),
-                        absl::StrCat(path_, ": ", tensor.status().message()));
+                        absl::StrCat(path(), ": ", tensor.status().message()));
   }
   return tensor;
 }
 
 void SafetensorsFile::ReleasePages(const TensorInfo& info) const {
-  if (base_ == nullptr || info.nbytes == 0) return;
-  const size_t page = PageSize();
-  const uint64_t begin = info.offset / page * page;
-  const uint64_t end = std::min((info.offset + info.nbytes + page - 1) / page * page,
-                                (size_ + page - 1) / page * page);
-  // Advice only: a failure leaves the pages mapped, which costs memory, not correctness.
-  ::madvise(const_cast<uint8_t*>(base_) + begin, end - begin, MADV_DONTNEED);
+  file_->ReleasePages(info.offset, info.nbytes);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -438,10 +392,18 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
   const std::string index_path = (fs::path(dir) / "model.safetensors.index.json").string();
   const std::string single_path = (fs::path(dir) / "model.safetensors").string();
 
+  const std::string gguf_path = (fs::path(dir) / "model.gguf").string();
+
   if (!fs::exists(index_path, error)) {
+    if (!fs::exists(single_path, error) && fs::exists(gguf_path, error)) {
+      TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<GgufCheckpointFile> file,
+                               GgufCheckpointFile::Open(gguf_path));
+      TESSERA_RETURN_IF_ERROR(checkpoint->AddFile(std::move(file)));
+      return checkpoint;
+    }
     if (!fs::exists(single_path, error)) {
-      return absl::NotFoundError(
-          absl::StrCat(dir, " holds neither model.safetensors nor model.safetensors.index.json"));
+      return absl::NotFoundError(absl::StrCat(
+          dir, " holds none of model.safetensors, model.safetensors.index.json and model.gguf"));
     }
     TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file,
                              SafetensorsFile::Open(single_path));
@@ -482,7 +444,7 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
     TESSERA_RETURN_IF_ERROR(checkpoint->AddFile(*std::move(file)));
   }
   for (const auto& [tensor, shard] : map_it->items()) {
-    const SafetensorsFile* holder = checkpoint->FileOf(tensor);
+    const TensorSource* holder = checkpoint->FileOf(tensor);
     if (holder == nullptr || fs::path(holder->path()).filename() != shard.get<std::string>()) {
       return absl::InvalidArgumentError(absl::StrCat(index_path, " maps tensor '", tensor, "' to ",
                                                      shard.get<std::string>(),
@@ -492,7 +454,7 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
   return checkpoint;
 }
 
-absl::Status Checkpoint::AddFile(std::unique_ptr<SafetensorsFile> file) {
+absl::Status Checkpoint::AddFile(std::unique_ptr<TensorSource> file) {
   for (const TensorInfo& info : file->tensors()) {
     auto [it, inserted] = index_.emplace(info.name, file.get());
     if (!inserted) {
@@ -512,13 +474,13 @@ std::vector<std::string> Checkpoint::TensorNames() const {
   return names;
 }
 
-const SafetensorsFile* Checkpoint::FileOf(absl::string_view name) const {
+const TensorSource* Checkpoint::FileOf(absl::string_view name) const {
   auto it = index_.find(name);
   return it == index_.end() ? nullptr : it->second;
 }
 
 absl::StatusOr<TensorInfo> Checkpoint::Info(absl::string_view name) const {
-  const SafetensorsFile* file = FileOf(name);
+  const TensorSource* file = FileOf(name);
   if (file == nullptr) {
     return absl::NotFoundError(absl::StrCat("checkpoint ", dir_, " has no tensor '", name, "'"));
   }
@@ -527,7 +489,7 @@ absl::StatusOr<TensorInfo> Checkpoint::Info(absl::string_view name) const {
 
 absl::StatusOr<Tensor> Checkpoint::Read(absl::string_view name, const TensorSlice& slice,
                                         std::optional<DType> dtype) const {
-  const SafetensorsFile* file = FileOf(name);
+  const TensorSource* file = FileOf(name);
   if (file == nullptr) {
     return absl::NotFoundError(absl::StrCat("checkpoint ", dir_, " has no tensor '", name, "'"));
   }
@@ -535,7 +497,7 @@ absl::StatusOr<Tensor> Checkpoint::Read(absl::string_view name, const TensorSlic
 }
 
 void Checkpoint::ReleasePages(absl::string_view name) const {
-  if (const SafetensorsFile* file = FileOf(name)) file->ReleasePages(*file->Find(name));
+  if (const TensorSource* file = FileOf(name)) file->ReleasePages(*file->Find(name));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 #ifndef TESSERA_RUNTIME_MODEL_SAFETENSORS_H_
 #define TESSERA_RUNTIME_MODEL_SAFETENSORS_H_
 
-// Safetensors checkpoints, read through a read-only private mmap so that a rank only ever
-// touches the pages of the slices it reads.
+// Checkpoints: safetensors files (and GGUF files, gguf_checkpoint.h) read through a
+// read-only private mapping (mapped_file.h), so that a rank only ever touches the pages of
+// the slices it reads.
 //
 // File format: an 8-byte little-endian header length N, N bytes of JSON
 //   {"name": {"dtype": "BF16", "shape": [4096, 4096], "data_offsets": [begin, end]}, ...,
@@ -10,11 +11,9 @@
 // then the data; offsets are relative to the first byte after the header and every tensor is
 // dense, row-major and little-endian.
 //
-// Like any mapped file, one truncated by another process while mapped makes reads of the lost
-// pages fault (SIGBUS); everything checkable when opening is checked then.
-//
 // A checkpoint directory (Hugging Face layout) holds either model.safetensors, or
-// model.safetensors.index.json whose "weight_map" names the shard file of every tensor.
+// model.safetensors.index.json whose "weight_map" names the shard file of every tensor, or
+// model.gguf (a GGUF file's model as Tessera prepares it: gguf_model.h).
 
 #include <cstdint>
 #include <functional>
@@ -30,16 +29,17 @@
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "runtime/core/tensor.h"
+#include "runtime/model/mapped_file.h"
 
 namespace tessera::model {
 
-// One tensor of a safetensors file, as its header describes it (validated: see Open).
+// One tensor of a checkpoint file, as its header describes it (validated when opened).
 struct TensorInfo {
   std::string name;
-  DType dtype = DType::kF32;
+  DType dtype = DType::kF32;  // as stored; for a GGUF tensor, the type it reads as by default
   Shape shape;
   uint64_t offset = 0;  // of the first byte, from the start of the file
-  uint64_t nbytes = 0;  // = StorageBytes(dtype, NumElements(shape))
+  uint64_t nbytes = 0;  // stored bytes: StorageBytes(dtype, NumElements(shape)) in safetensors
 };
 
 // [begin, end) along one dimension.
@@ -91,8 +91,27 @@ absl::StatusOr<absl::string_view> SafetensorsDTypeName(DType dtype);
 absl::StatusOr<Tensor> ReadTensorSlice(const TensorInfo& info, const uint8_t* data,
                                        const TensorSlice& slice, std::optional<DType> dtype);
 
-// One safetensors file, mapped read-only. Thread compatible: concurrent reads are safe.
-class SafetensorsFile {
+// A file of named tensors that a checkpoint reads slices of. Thread compatible: concurrent
+// reads are safe.
+class TensorSource {
+ public:
+  virtual ~TensorSource() = default;
+  virtual const std::string& path() const = 0;
+  virtual const std::vector<TensorInfo>& tensors() const = 0;
+  // nullptr when there is no such tensor.
+  virtual const TensorInfo* Find(absl::string_view name) const = 0;
+  // A slice of tensor `name` as a new host tensor of `dtype` (the info's dtype when nullopt).
+  // NOT_FOUND naming the tensor and file when absent; INVALID_ARGUMENT for a slice that does
+  // not fit or a conversion not offered.
+  virtual absl::StatusOr<Tensor> Read(absl::string_view name,
+                                      const TensorSlice& slice = TensorSlice(),
+                                      std::optional<DType> dtype = std::nullopt) const = 0;
+  // Drops this process's mapping of a tensor's pages (see MappedFile::ReleasePages).
+  virtual void ReleasePages(const TensorInfo& info) const = 0;
+};
+
+// One safetensors file, mapped read-only.
+class SafetensorsFile : public TensorSource {
  public:
   // Maps the file and validates its header. Every structural problem is an error naming the
   // file (and the tensor, where one is to blame), never a crash:
@@ -106,33 +125,27 @@ class SafetensorsFile {
 
   SafetensorsFile(const SafetensorsFile&) = delete;
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;
-  ~SafetensorsFile();
+  ~SafetensorsFile() override = default;
 
-  const std::string& path() const { return path_; }
-  uint64_t file_size() const { return size_; }
+  const std::string& path() const override { return file_->path(); }
+  uint64_t file_size() const { return file_->size(); }
   // In the order of their data in the file.
-  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  const std::vector<TensorInfo>& tensors() const override { return tensors_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
-  // nullptr when there is no such tensor.
-  const TensorInfo* Find(absl::string_view name) const;
+  const TensorInfo* Find(absl::string_view name) const override;
 
-  // See ReadTensorSlice. NOT_FOUND naming the tensor and file when absent.
+  // See ReadTensorSlice.
   absl::StatusOr<Tensor> Read(absl::string_view name, const TensorSlice& slice = TensorSlice(),
-                              std::optional<DType> dtype = std::nullopt) const;
+                              std::optional<DType> dtype = std::nullopt) const override;
   // The stored bytes of a tensor, inside the mapping (valid while this object lives).
   absl::Span<const uint8_t> Bytes(const TensorInfo& info) const;
-  // Drops this process's mapping of a tensor's pages (madvise MADV_DONTNEED): they stay in
-  // the page cache but no longer count as this process's resident memory. Reading the
-  // tensor again faults them back in.
-  void ReleasePages(const TensorInfo& info) const;
+  void ReleasePages(const TensorInfo& info) const override;
 
  private:
-  SafetensorsFile(std::string path, const uint8_t* base, uint64_t size);
+  explicit SafetensorsFile(std::unique_ptr<MappedFile> file) : file_(std::move(file)) {}
   absl::Status ParseHeader();
 
-  std::string path_;
-  const uint8_t* base_ = nullptr;  // the mapping; null for an empty file
-  uint64_t size_ = 0;
+  std::unique_ptr<MappedFile> file_;
   std::vector<TensorInfo> tensors_;
   std::map<std::string, size_t, std::less<>> index_;  // name -> position in tensors_
   std::map<std::string, std::string> metadata_;
@@ -142,23 +155,23 @@ class SafetensorsFile {
 class Checkpoint {
  public:
   // Opens `dir`/model.safetensors.index.json and every shard it names, or else
-  // `dir`/model.safetensors. Errors name the file:
-  //   NOT_FOUND         neither file; a shard the index names is missing.
+  // `dir`/model.safetensors, or else `dir`/model.gguf. Errors name the file:
+  //   NOT_FOUND         none of those files; a shard the index names is missing.
   //   INVALID_ARGUMENT  an index that is not JSON, has no "weight_map", names a file outside
   //                     the directory, or names a tensor its shard lacks; a tensor stored in
   //                     two files.
-  //   and every error of SafetensorsFile::Open.
+  //   and every error of SafetensorsFile::Open and GgufCheckpointFile::Open.
   static absl::StatusOr<std::unique_ptr<Checkpoint>> Open(const std::string& dir);
 
   const std::string& directory() const { return dir_; }
-  const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
+  const std::vector<std::unique_ptr<TensorSource>>& files() const { return files_; }
   // Sorted.
   std::vector<std::string> TensorNames() const;
   bool Contains(absl::string_view name) const { return index_.find(name) != index_.end(); }
   // NOT_FOUND naming the tensor and the directory.
   absl::StatusOr<TensorInfo> Info(absl::string_view name) const;
   // The file that holds `name`, or nullptr.
-  const SafetensorsFile* FileOf(absl::string_view name) const;
+  const TensorSource* FileOf(absl::string_view name) const;
 
   absl::StatusOr<Tensor> Read(absl::string_view name, const TensorSlice& slice = TensorSlice(),
                               std::optional<DType> dtype = std::nullopt) const;
@@ -166,11 +179,11 @@ class Checkpoint {
 
  private:
   Checkpoint() = default;
-  absl::Status AddFile(std::unique_ptr<SafetensorsFile> file);
+  absl::Status AddFile(std::unique_ptr<TensorSource> file);
 
   std::string dir_;
-  std::vector<std::unique_ptr<SafetensorsFile>> files_;
-  std::map<std::string, const SafetensorsFile*, std::less<>> index_;
+  std::vector<std::unique_ptr<TensorSource>> files_;
+  std::map<std::string, const TensorSource*, std::less<>> index_;
 };
 
 // Writes host tensors (dtypes f32, bf16, f16, i8, i32, i64) to a safetensors file, in name

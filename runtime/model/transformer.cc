@@ -7,6 +7,7 @@
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/kv_cache_int8.h"
 #include "kernels/cpu/linear.h"
 #include "kernels/ops/attention.h"
 #include "kernels/ops/linear.h"
@@ -17,6 +18,7 @@
 #include "runtime/core/status_macros.h"
 #include "runtime/core/stream.h"
 #include "runtime/model/layer_weights.h"
+#include "runtime/model/memory_plan.h"
 #include "runtime/model/rotary_config.h"
 #include "runtime/model/safetensors.h"
 
@@ -97,6 +99,14 @@ absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Load(const std::string
   TESSERA_ASSIGN_OR_RETURN(WeightPlan plan, PlanWeights(config, tp.size(), tp.rank(),
                                                         DetectWeightPlanOptions(*checkpoint)));
   LoadOptions load = options;
+  if (load.quantize.has_value()) {
+    if (!device.is_cpu()) {
+      return absl::UnimplementedError(absl::StrCat("--quantize ", load.quantize->ToString(),
+                                                   " runs on the CPU only so far, not on ",
+                                                   device.ToString()));
+    }
+    TESSERA_RETURN_IF_ERROR(CheckQuantizationFits(config, plan, *load.quantize));
+  }
   if (device.is_cpu()) {
     // The CPU kernels take f32 or bf16 weights: f16 checkpoints are widened to f32. The CUDA
     // kernels take all three as stored.
@@ -108,13 +118,20 @@ absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Load(const std::string
   TESSERA_ASSIGN_OR_RETURN(RankWeights weights, LoadRankWeights(*checkpoint, plan, load));
   std::unique_ptr<Transformer> model(
       new Transformer(std::move(config), std::move(plan), tp, std::move(stream)));
+  model->quantize_ = load.quantize;
+  if (load.kv_cache_dtype.has_value() && *load.kv_cache_dtype != DType::kI8) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--kv-cache-dtype ", NameOf(*load.kv_cache_dtype), ": expected auto or int8"));
+  }
   TESSERA_RETURN_IF_ERROR(model->TakeWeights(std::move(weights)));
   TESSERA_RETURN_IF_ERROR(model->MoveWeightsToDevice());
+  TESSERA_RETURN_IF_ERROR(model->TakeProjections());
+  if (load.kv_cache_dtype.has_value()) model->kv_dtype_ = *load.kv_cache_dtype;
+  model->weight_bytes_ = model->CountWeightBytes();
   return model;
 }
 
 absl::Status Transformer::TakeWeights(RankWeights weights) {
-  weight_bytes_ = weights.bytes;
   auto take = [&](const std::string& name) -> absl::StatusOr<Tensor> {
     auto it = weights.tensors.find(name);
     if (it == weights.tensors.end()) {
@@ -149,23 +166,64 @@ absl::Status Transformer::TakeWeights(RankWeights weights) {
   return absl::OkStatus();
 }
 
-absl::Status Transformer::PackWeightsForCpu() {
-  auto pack = [](Tensor& t) -> absl::Status {
-    TESSERA_ASSIGN_OR_RETURN(t, kernels::PackLinearWeight(t));
+absl::Status Transformer::TakeProjections() {
+  auto take = [&](Tensor& from, ops::ProjectionWeight& to) -> absl::Status {
+    if (!device_.is_cpu()) {
+      to.dense = std::move(from);
+    } else if (quantize_.has_value()) {
+      TESSERA_ASSIGN_OR_RETURN(
+          to.quantized,
+          kernels::QuantizeWeight(from, quantize_->quant, quantize_->GroupFor(from.dim(1))));
+    } else {
+      TESSERA_ASSIGN_OR_RETURN(to.dense, kernels::PackLinearWeight(from));
+    }
+    from = Tensor();
     return absl::OkStatus();
   };
-  // Tied, the head gets a packed copy: the embedding lookup still reads rows of embed_.
-  TESSERA_RETURN_IF_ERROR(pack(lm_head_));
-  for (Layer& layer : layers_) {
-    for (Tensor* t : {&layer.q, &layer.k, &layer.v, &layer.o, &layer.gate_up, &layer.down}) {
-      TESSERA_RETURN_IF_ERROR(pack(*t));
-    }
+  projections_.resize(layers_.size());
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    Layer& w = layers_[l];
+    LayerProjections& p = projections_[l];
+    TESSERA_RETURN_IF_ERROR(take(w.q, p.q));
+    TESSERA_RETURN_IF_ERROR(take(w.k, p.k));
+    TESSERA_RETURN_IF_ERROR(take(w.v, p.v));
+    TESSERA_RETURN_IF_ERROR(take(w.o, p.o));
+    TESSERA_RETURN_IF_ERROR(take(w.gate_up, p.gate_up));
+    TESSERA_RETURN_IF_ERROR(take(w.down, p.down));
   }
   return absl::OkStatus();
 }
 
+uint64_t Transformer::decode_weight_bytes() const {
+  const bool head_is_embedding = plan_.tied_lm_head && !device_.is_cpu();
+  return head_is_embedding ? weight_bytes_ : weight_bytes_ - embed_.nbytes();
+}
+
+uint64_t Transformer::CountWeightBytes() const {
+  uint64_t bytes = embed_.nbytes() + final_norm_.nbytes();
+  // Tied, the head is the embedding itself, except on the CPU where it is a packed copy.
+  if (!plan_.tied_lm_head || device_.is_cpu()) bytes += lm_head_.nbytes();
+  for (const Layer& w : layers_) {
+    for (const Tensor* t : {&w.input_norm, &w.post_attention_norm, &w.post_self_attn_norm,
+                            &w.post_mlp_norm, &w.q_bias, &w.k_bias, &w.v_bias, &w.o_bias}) {
+      if (t->defined()) bytes += t->nbytes();
+    }
+  }
+  for (const LayerProjections& p : projections_) {
+    for (const ops::ProjectionWeight* w : {&p.q, &p.k, &p.v, &p.o, &p.gate_up, &p.down}) {
+      bytes += w->nbytes();
+    }
+  }
+  return bytes;
+}
+
 absl::Status Transformer::MoveWeightsToDevice() {
-  if (device_.is_cpu()) return PackWeightsForCpu();
+  if (device_.is_cpu()) {
+    // The CPU head is packed for Linear; tied, it is a packed copy and the embedding lookup
+    // still reads rows of embed_.
+    TESSERA_ASSIGN_OR_RETURN(lm_head_, kernels::PackLinearWeight(lm_head_));
+    return absl::OkStatus();
+  }
   Stream& stream = *stream_;
   auto move = [&](Tensor& t) -> absl::Status {
     if (!t.defined()) return absl::OkStatus();
@@ -200,6 +258,17 @@ absl::StatusOr<KvCache> Transformer::AllocateKvCache(int num_blocks, int block_s
   cache.num_blocks = num_blocks;
   cache.block_size = block_size;
   Shape shape{num_blocks, block_size, plan_.attention.num_kv_heads, config_.head_dim};
+  if (kv_dtype_ == DType::kI8) {
+    const Shape scales = kernels::KvScaleShape(num_blocks, block_size, shape[2]);
+    for (int l = 0; l < config_.num_hidden_layers; ++l) {
+      TESSERA_ASSIGN_OR_RETURN(Tensor k_scale, Tensor::Zeros(DType::kF32, scales));
+      TESSERA_ASSIGN_OR_RETURN(Tensor v_scale, Tensor::Zeros(DType::kF32, scales));
+      TESSERA_ASSIGN_OR_RETURN(k_scale, k_scale.To(device_, *stream_));
+      TESSERA_ASSIGN_OR_RETURN(v_scale, v_scale.To(device_, *stream_));
+      cache.k_scale.push_back(std::move(k_scale));
+      cache.v_scale.push_back(std::move(v_scale));
+    }
+  }
   for (int l = 0; l < config_.num_hidden_layers; ++l) {
     // Zeroed, which also makes the whole cache resident now rather than page by page in
     // the middle of serving.
@@ -226,8 +295,7 @@ absl::StatusOr<KvCache> Transformer::AllocateKvCache(int num_blocks, int block_s
 }
 
 int64_t Transformer::KvBytesPerToken() const {
-  return 2 * int64_t{config_.num_hidden_layers} * plan_.attention.num_kv_heads * config_.head_dim *
-         static_cast<int64_t>(StorageBytes(kv_dtype_, 1));
+  return model::KvBytesPerToken(config_, plan_.attention.num_kv_heads, kv_dtype_);
 }
 
 absl::Status Transformer::SumOverGroup(Tensor& partial) {
@@ -381,24 +449,33 @@ absl::StatusOr<Transformer::Activations> Transformer::ActivationsFor(int64_t tok
 absl::Status Transformer::Attention(int layer, const BatchTensors& in, Activations& a,
                                     KvCache& cache) {
   const Layer& w = layers_[layer];
+  const LayerProjections& p = projections_[layer];
   Stream& stream = *stream_;
   int64_t tokens = a.normed.dim(0);
   int64_t dim = config_.head_dim;
   int64_t q_heads = plan_.attention.num_q_heads, kv_heads = plan_.attention.num_kv_heads;
-  TESSERA_RETURN_IF_ERROR(ops::Linear(a.normed, w.q, w.q_bias, a.q, stream));
-  TESSERA_RETURN_IF_ERROR(ops::Linear(a.normed, w.k, w.k_bias, a.k, stream));
-  TESSERA_RETURN_IF_ERROR(ops::Linear(a.normed, w.v, w.v_bias, a.v, stream));
+  TESSERA_RETURN_IF_ERROR(ops::Linear(a.normed, p.q, w.q_bias, a.q, stream));
+  TESSERA_RETURN_IF_ERROR(ops::Linear(a.normed, p.k, w.k_bias, a.k, stream));
+  TESSERA_RETURN_IF_ERROR(ops::Linear(a.normed, p.v, w.v_bias, a.v, stream));
   TESSERA_ASSIGN_OR_RETURN(Tensor q_heads_view, a.q.Reshape({tokens, q_heads, dim}));
   TESSERA_ASSIGN_OR_RETURN(Tensor k_heads_view, a.k.Reshape({tokens, kv_heads, dim}));
   TESSERA_ASSIGN_OR_RETURN(Tensor v_heads_view, a.v.Reshape({tokens, kv_heads, dim}));
   TESSERA_RETURN_IF_ERROR(ops::ApplyRotary(q_heads_view, in.positions, inv_freq_, rotary_, stream));
   TESSERA_RETURN_IF_ERROR(ops::ApplyRotary(k_heads_view, in.positions, inv_freq_, rotary_, stream));
-  TESSERA_RETURN_IF_ERROR(ops::WriteKvCache(k_heads_view, v_heads_view, in.slots, cache.k[layer],
-                                            cache.v[layer], stream));
   kernels::AttentionParams params;
   params.scale = 1.0f / std::sqrt(static_cast<float>(dim));
   params.sliding_window = static_cast<int>(config_.SlidingWindowFor(layer));
   TESSERA_ASSIGN_OR_RETURN(Tensor out_heads, a.attention.Reshape({tokens, q_heads, dim}));
+  if (kv_dtype_ == DType::kI8) {
+    TESSERA_RETURN_IF_ERROR(
+        ops::WriteKvCacheInt8(k_heads_view, v_heads_view, in.slots, cache.k[layer], cache.v[layer],
+                              cache.k_scale[layer], cache.v_scale[layer], stream));
+    return ops::PagedAttentionInt8(q_heads_view, cache.k[layer], cache.v[layer],
+                                   cache.k_scale[layer], cache.v_scale[layer], in.query_starts,
+                                   in.context_lens, in.block_tables, params, out_heads, stream);
+  }
+  TESSERA_RETURN_IF_ERROR(ops::WriteKvCache(k_heads_view, v_heads_view, in.slots, cache.k[layer],
+                                            cache.v[layer], stream));
   return ops::PagedAttention(q_heads_view, cache.k[layer], cache.v[layer], in.query_starts,
                              in.context_lens, in.block_tables, params, out_heads, stream);
 }
@@ -447,6 +524,7 @@ absl::StatusOr<Tensor> Transformer::RunForward(const ForwardBatch& batch, KvCach
   TESSERA_RETURN_IF_ERROR(SumOverGroup(a.residual));
   for (int l = 0; l < config_.num_hidden_layers; ++l) {
     const Layer& w = layers_[l];
+    const LayerProjections& p = projections_[l];
     if (l == 0) {
       TESSERA_RETURN_IF_ERROR(ops::RmsNorm(a.residual, w.input_norm, eps, a.normed, stream));
     } else {
@@ -454,7 +532,7 @@ absl::StatusOr<Tensor> Transformer::RunForward(const ForwardBatch& batch, KvCach
           ops::AddRmsNorm(a.residual, a.pending, w.input_norm, eps, a.normed, stream));
     }
     TESSERA_RETURN_IF_ERROR(Attention(l, in, a, cache));
-    TESSERA_RETURN_IF_ERROR(ops::Linear(a.attention, w.o, Tensor(), a.pending, stream));
+    TESSERA_RETURN_IF_ERROR(ops::Linear(a.attention, p.o, Tensor(), a.pending, stream));
     TESSERA_RETURN_IF_ERROR(SumOverGroup(a.pending));
     if (w.o_bias.defined()) {  // replicated: added once, after the sum
       TESSERA_RETURN_IF_ERROR(ops::AddBias(a.pending, w.o_bias, stream));
@@ -465,9 +543,9 @@ absl::StatusOr<Tensor> Transformer::RunForward(const ForwardBatch& batch, KvCach
     }
     TESSERA_RETURN_IF_ERROR(
         ops::AddRmsNorm(a.residual, a.pending, w.post_attention_norm, eps, a.normed, stream));
-    TESSERA_RETURN_IF_ERROR(ops::Linear(a.normed, w.gate_up, Tensor(), a.gate_up, stream));
+    TESSERA_RETURN_IF_ERROR(ops::Linear(a.normed, p.gate_up, Tensor(), a.gate_up, stream));
     TESSERA_RETURN_IF_ERROR(ops::SiluMul(a.gate_up, a.activated, stream));
-    TESSERA_RETURN_IF_ERROR(ops::Linear(a.activated, w.down, Tensor(), a.pending, stream));
+    TESSERA_RETURN_IF_ERROR(ops::Linear(a.activated, p.down, Tensor(), a.pending, stream));
     TESSERA_RETURN_IF_ERROR(SumOverGroup(a.pending));
     if (w.post_mlp_norm.defined()) {
       TESSERA_RETURN_IF_ERROR(ops::RmsNorm(a.pending, w.post_mlp_norm, eps, a.pending, stream));

@@ -22,6 +22,7 @@
 #include "comm/communicator.h"
 #include "kernels/cpu/rotary.h"
 #include "kernels/cpu/sampling.h"
+#include "kernels/ops/linear.h"
 #include "runtime/core/device.h"
 #include "runtime/core/stream.h"
 #include "runtime/core/tensor.h"
@@ -36,11 +37,16 @@ namespace tessera::model {
 // k[l], v[l] are (num_blocks, block_size, kv_heads_local, head_dim) in the model's
 // kv_cache_dtype(), on its device (on the CPU, k[l] is laid out as KeyCacheShape says).
 // One layer's keys and values per entry, in the layout of the device (kernels/ops/attention.h).
+// With an int8 cache (LoadOptions::kv_cache_dtype), k and v hold i8 codes and k_scale[l],
+// v_scale[l] f32 (num_blocks, kv_heads_local, block_size) one scale per token and head
+// (kernels/cpu/kv_cache_int8.h); otherwise k_scale and v_scale are empty.
 struct KvCache {
   int num_blocks = 0;
   int block_size = 16;
   std::vector<Tensor> k;
   std::vector<Tensor> v;
+  std::vector<Tensor> k_scale;
+  std::vector<Tensor> v_scale;
 
   int64_t capacity_tokens() const { return int64_t{num_blocks} * block_size; }
   // What the tensors take, all layers.
@@ -48,6 +54,8 @@ struct KvCache {
     int64_t total = 0;
     for (const Tensor& t : k) total += static_cast<int64_t>(t.nbytes());
     for (const Tensor& t : v) total += static_cast<int64_t>(t.nbytes());
+    for (const Tensor& t : k_scale) total += static_cast<int64_t>(t.nbytes());
+    for (const Tensor& t : v_scale) total += static_cast<int64_t>(t.nbytes());
     return total;
   }
 };
@@ -88,6 +96,9 @@ class Transformer {
   const ModelConfig& config() const { return config_; }
   const WeightPlan& plan() const { return plan_; }
   uint64_t weight_bytes() const { return weight_bytes_; }
+  // The weight bytes a decode step reads: every weight but the embedding, of which it reads
+  // one row a token (unless the LM head is the embedding itself).
+  uint64_t decode_weight_bytes() const;
   // Where the weights, the KV cache and the forward live: the communicator's device.
   Device device() const { return device_; }
   // The stream every op of Forward runs on, and the collectives with them (the CPU stream on
@@ -97,11 +108,12 @@ class Transformer {
   // A cache of `num_blocks` blocks of `block_size` tokens for this rank's KV heads, zeroed,
   // on device().
   absl::StatusOr<KvCache> AllocateKvCache(int num_blocks, int block_size) const;
-  // The cache's element type: the weights' when they are bf16 (as Hugging Face keeps a bf16
-  // model's keys and values), else f32.
+  // The cache's element type: i8 when LoadOptions::kv_cache_dtype asked for it, else the
+  // weights' when they are bf16 (as Hugging Face keeps a bf16 model's keys and values), else
+  // f32.
   DType kv_cache_dtype() const { return kv_dtype_; }
-  // Bytes of cache one token takes on this rank:
-  // 2 * layers * kv_heads_local * head_dim * bytes of kv_cache_dtype().
+  // Bytes of cache one token takes on this rank: 2 * layers * kv_heads_local * head_dim *
+  // bytes of kv_cache_dtype(), and for i8 the f32 scale of each token's head.
   int64_t KvBytesPerToken() const;
 
   // Runs the batch through the model on stream(), writing its keys and values into `cache`
@@ -148,10 +160,15 @@ class Transformer {
                                                        const std::vector<RowSampling>& rows);
 
  private:
-  // A layer's tensors (layer_weights.h): the projections (N, K) as loaded, on the CPU packed
-  // (ceil(N / 16), K, 16); gate and up always stacked into gate_up, (2 * intermediate shard,
-  // hidden).
+  // A layer's tensors (layer_weights.h) as loaded: gate and up always stacked into gate_up,
+  // (2 * intermediate shard, hidden). The forward reads the norms and biases from here and the
+  // projections from LayerProjections, into which they move once loaded.
   using Layer = LayerSlots<Tensor>;
+  // A layer's projection weights as the forward multiplies by them: on the device, on the CPU
+  // packed (ceil(N / 16), K, 16) or quantized (LoadOptions::quantize).
+  struct LayerProjections {
+    kernels::ops::ProjectionWeight q, k, v, o, gate_up, down;
+  };
 
   // The activations of one Forward, `tokens` rows each (views of buffers kept across calls
   // on a GPU, fresh host memory on the CPU).
@@ -182,11 +199,13 @@ class Transformer {
         stream_(std::move(stream)) {}
   absl::Status TakeWeights(RankWeights weights);
   // Copies every weight to device_ and waits for the copies; tied tensors stay one tensor.
-  // On the CPU, packs the projections instead (PackWeightsForCpu).
+  // On the CPU, packs the LM head instead (the projections: TakeProjections).
   absl::Status MoveWeightsToDevice();
-  // Replaces each projection's (N, K) weight by its panels for the CPU Linear
-  // (kernels/cpu/linear.h), read by every Forward.
-  absl::Status PackWeightsForCpu();
+  // Moves each layer's projections into projections_: on the CPU as panels for Linear
+  // (kernels/cpu/linear.h) or quantized (quantize_), on a GPU as they are.
+  absl::Status TakeProjections();
+  // The bytes of every weight the model holds, each tied tensor once.
+  uint64_t CountWeightBytes() const;
   absl::Status SumOverGroup(Tensor& partial);
   // in (n) -> out (size * n), both host tensors, over tp_ on whichever device it runs.
   absl::Status AllGatherHost(const Tensor& in, Tensor& out);
@@ -213,6 +232,8 @@ class Transformer {
   Tensor lm_head_;  // same shape (packed on the CPU); the embedding itself when tied on a GPU
   Tensor final_norm_;
   std::vector<Layer> layers_;
+  std::vector<LayerProjections> projections_;
+  std::optional<WeightQuantization> quantize_;
   uint64_t weight_bytes_ = 0;
   DType kv_dtype_ = DType::kF32;
 

@@ -76,7 +76,7 @@ absl::Status CheckCheckpoint(const Checkpoint& checkpoint, const WeightPlan& pla
   std::set<std::string, std::less<>> planned;
   for (const PlannedTensor& tensor : plan.tensors) {
     planned.insert(tensor.name);
-    const SafetensorsFile* file = checkpoint.FileOf(tensor.name);
+    const TensorSource* file = checkpoint.FileOf(tensor.name);
     if (file == nullptr) {
       missing.push_back(tensor.name);
       continue;

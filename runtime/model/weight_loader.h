@@ -21,6 +21,7 @@
 #include "runtime/model/model_config.h"
 #include "runtime/model/safetensors.h"
 #include "runtime/model/weight_plan.h"
+#include "runtime/model/weight_quantization.h"
 
 namespace tessera::model {
 
@@ -45,6 +46,13 @@ struct LoadOptions {
   // Every tensor is converted to this dtype (f32, bf16 or f16); nullopt keeps each tensor's
   // stored dtype.
   std::optional<DType> dtype;
+  // Weight-only quantization of the layers' projections after loading (weight_quantization.h);
+  // nullopt keeps them in `dtype`.
+  std::optional<WeightQuantization> quantize;
+  // The KV cache's element type: nullopt for the weights' (bf16 or f32), or i8 (codes with a
+  // scale per token and head, kernels/cpu/kv_cache_int8.h). Not about loading weights, but
+  // chosen with them.
+  std::optional<DType> kv_cache_dtype;
   // Called once before the first tensor and after each one. May be empty.
   ProgressCallback progress;
   // Unmap each tensor's file pages once its slice is copied (see SafetensorsFile::

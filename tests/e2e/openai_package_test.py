@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -47,7 +48,11 @@ class Server:
         command = [TESSERA, "serve", "--listen", "127.0.0.1:0", "--metrics-listen",
                    "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--np", "1", "--tp", "1",
                    "--kv-cache-memory", "64M"]
-        env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+        # A cache of its own: the built-in random model, whatever real model deploy/setup.sh
+        # put in the user's cache.
+        self.cache = tempfile.TemporaryDirectory(prefix="tessera-test-cache-")
+        env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+                   TESSERA_CACHE_DIR=self.cache.name)
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         text=True, env=env, start_new_session=True)
         self.lines = queue.Queue()

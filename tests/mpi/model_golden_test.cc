@@ -23,6 +23,15 @@ TEST_P(ModelGolden, LogitsAndGreedyTokensMatchTransformers) {
 INSTANTIATE_TEST_SUITE_P(Architectures, ModelGolden,
                          ::testing::ValuesIn(testing::GoldenArchitectures()));
 
+// GGUF files, dequantized at load, against transformers loading the same files.
+class GgufGolden : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GgufGolden, DequantizedLogitsAndGreedyTokensMatchTransformers) {
+  testing::ExpectMatchesGolden(std::string(TESSERA_GOLDEN_GGUF_MODELS) + "/" + GetParam(), World());
+}
+
+INSTANTIATE_TEST_SUITE_P(Files, GgufGolden, ::testing::ValuesIn(testing::GgufGoldenModels()));
+
 // OpenAI's presence and frequency penalties in greedy decoding, and top log-probabilities,
 // against tests/golden/models/penalties.py.
 class PenaltyGolden : public ::testing::TestWithParam<std::string> {};

@@ -1,0 +1,82 @@
+#include "runtime/model/weight_quantization.h"
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace tessera::model {
+
+std::string WeightQuantization::ToString() const {
+  if (group_size == 0) return absl::StrCat(kernels::WeightQuantName(quant), " (a scale per row)");
+  return absl::StrCat(kernels::WeightQuantName(quant), " (groups of ", group_size, ")");
+}
+
+absl::StatusOr<std::optional<WeightQuantization>> ParseWeightQuantization(
+    absl::string_view quantize, absl::string_view group) {
+  WeightQuantization q;
+  if (quantize.empty() || quantize == "none") {
+    if (!group.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--quantize-group ", group, " needs --quantize int8 or int4"));
+    }
+    return std::nullopt;
+  }
+  if (quantize == "int8") {
+    q.quant = kernels::WeightQuant::kInt8;
+    q.group_size = 0;
+  } else if (quantize == "int4") {
+    q.quant = kernels::WeightQuant::kInt4;
+    q.group_size = 32;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--quantize ", quantize, ": expected none, int8 or int4"));
+  }
+  if (group.empty()) return q;
+  if (group == "row" && q.quant == kernels::WeightQuant::kInt8) {
+    q.group_size = 0;
+    return q;
+  }
+  int64_t size = 0;
+  if (!absl::SimpleAtoi(group, &size) || (size != 32 && size != 128)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--quantize-group ", group, ": expected 32 or 128",
+        q.quant == kernels::WeightQuant::kInt8 ? " (or row, the default for int8)" : ""));
+  }
+  q.group_size = size;
+  return q;
+}
+
+absl::Status CheckQuantizationFits(const ModelConfig& config, const WeightPlan& plan,
+                                   const WeightQuantization& quantization) {
+  if (quantization.group_size == 0) return absl::OkStatus();
+  const int64_t group = quantization.group_size;
+  const int64_t hidden = config.hidden_size;
+  const int64_t attention_inputs = int64_t{plan.attention.num_q_heads} * config.head_dim;
+  const int64_t mlp_inputs = plan.intermediate_size;
+  struct Inputs {
+    const char* tensor;
+    int64_t inputs;
+    bool split;  // row-parallel: the inputs are this rank's share
+  };
+  const Inputs projections[] = {
+      {"self_attn.{q,k,v}_proj.weight", hidden, false},
+      {"mlp.{gate,up}_proj.weight", hidden, false},
+      {"self_attn.o_proj.weight", attention_inputs, true},
+      {"mlp.down_proj.weight", mlp_inputs, true},
+  };
+  for (const Inputs& p : projections) {
+    if (p.inputs % group == 0) continue;
+    if (!p.split || plan.tp == 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--quantize ", quantization.ToString(), ": model.layers.*.", p.tensor,
+                       " has ", p.inputs, " inputs, not a whole number of groups of ", group));
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat("--quantize ", quantization.ToString(), ": model.layers.*.", p.tensor,
+                     " is split over ", plan.tp, " tensor-parallel ranks into ", p.inputs,
+                     " inputs each, which would cut a group of ", group,
+                     " across two ranks; use another TP degree or group size"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace tessera::model

@@ -1,0 +1,50 @@
+#ifndef TESSERA_RUNTIME_MODEL_WEIGHT_QUANTIZATION_H_
+#define TESSERA_RUNTIME_MODEL_WEIGHT_QUANTIZATION_H_
+
+// Weight-only quantization of a model's projections at load (`--quantize int8|int4`), each
+// rank quantizing only its own slice (kernels/cpu/quantized_linear.h has the formats):
+//   int8  symmetric, one scale per output row (default) or per group of 32 or 128 inputs;
+//   int4  scale and offset per group of 32 (default) or 128 inputs.
+// The projections of every layer are quantized (q, k, v, o, gate/up, down); the embedding and
+// the LM head keep the model's dtype, as vLLM and TensorRT-LLM do by default.
+//
+// Groups run along the input dimension, which the row-parallel projections (o_proj,
+// down_proj) split over the tensor-parallel ranks: a group must not straddle that split, so
+// each rank's inputs must be a whole number of groups.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "kernels/cpu/quantized_linear.h"
+#include "runtime/model/model_config.h"
+#include "runtime/model/weight_plan.h"
+
+namespace tessera::model {
+
+struct WeightQuantization {
+  kernels::WeightQuant quant = kernels::WeightQuant::kInt8;
+  int64_t group_size = 0;  // 0: one group a row (int8 only)
+
+  // "int8 (a scale per row)", "int4 (groups of 32)".
+  std::string ToString() const;
+  // The group size for a projection with `inputs` inputs on this rank.
+  int64_t GroupFor(int64_t inputs) const { return group_size == 0 ? inputs : group_size; }
+};
+
+// --quantize and --quantize-group: `quantize` is "none" (or empty: nullopt), "int8" or
+// "int4"; `group` is "" (the kind's default: a row for int8, 32 for int4), "row" (int8 only),
+// "32" or "128". INVALID_ARGUMENT naming the flag and the values accepted otherwise.
+absl::StatusOr<std::optional<WeightQuantization>> ParseWeightQuantization(
+    absl::string_view quantize, absl::string_view group);
+
+// INVALID_ARGUMENT when a projection of `plan` does not hold whole groups on this rank:
+// the message names the tensor, its inputs on each rank, the group size and the TP degree.
+absl::Status CheckQuantizationFits(const ModelConfig& config, const WeightPlan& plan,
+                                   const WeightQuantization& quantization);
+
+}  // namespace tessera::model
+
+#endif  // TESSERA_RUNTIME_MODEL_WEIGHT_QUANTIZATION_H_

@@ -1,0 +1,83 @@
+// Tests of runtime/model/weight_quantization.h: the --quantize flags, and the refusal of a
+// group that a tensor-parallel split would cut.
+
+#include "runtime/model/weight_quantization.h"
+
+#include "gtest/gtest.h"
+#include "tests/unit/status_test_util.h"
+
+namespace tessera::model {
+namespace {
+
+using ::tessera::testing::IsError;
+
+TEST(WeightQuantizationTest, ParsesTheFlags) {
+  ASSERT_OK_AND_ASSIGN(std::optional<WeightQuantization> none, ParseWeightQuantization("none", ""));
+  EXPECT_FALSE(none.has_value());
+  ASSERT_OK_AND_ASSIGN(std::optional<WeightQuantization> int8, ParseWeightQuantization("int8", ""));
+  ASSERT_TRUE(int8.has_value());
+  EXPECT_EQ(int8->quant, kernels::WeightQuant::kInt8);
+  EXPECT_EQ(int8->group_size, 0);
+  EXPECT_EQ(int8->GroupFor(576), 576);
+  EXPECT_EQ(int8->ToString(), "int8 (a scale per row)");
+  ASSERT_OK_AND_ASSIGN(std::optional<WeightQuantization> int4, ParseWeightQuantization("int4", ""));
+  EXPECT_EQ(int4->group_size, 32);
+  EXPECT_EQ(int4->ToString(), "int4 (groups of 32)");
+  ASSERT_OK_AND_ASSIGN(std::optional<WeightQuantization> int4_128,
+                       ParseWeightQuantization("int4", "128"));
+  EXPECT_EQ(int4_128->group_size, 128);
+  ASSERT_OK_AND_ASSIGN(std::optional<WeightQuantization> int8_32,
+                       ParseWeightQuantization("int8", "32"));
+  EXPECT_EQ(int8_32->group_size, 32);
+
+  EXPECT_TRUE(IsError(ParseWeightQuantization("fp8", ""), absl::StatusCode::kInvalidArgument,
+                      {"--quantize fp8", "int8 or int4"}));
+  EXPECT_TRUE(IsError(ParseWeightQuantization("int4", "row"), absl::StatusCode::kInvalidArgument,
+                      {"--quantize-group row", "32 or 128"}));
+  EXPECT_TRUE(IsError(ParseWeightQuantization("int8", "64"), absl::StatusCode::kInvalidArgument,
+                      {"--quantize-group 64"}));
+  EXPECT_TRUE(IsError(ParseWeightQuantization("none", "32"), absl::StatusCode::kInvalidArgument,
+                      {"--quantize-group 32", "needs --quantize"}));
+}
+
+// SmolLM2-135M's shape: hidden 576, 9 heads of 64, MLP 1536.
+ModelConfig SmolShape() {
+  ModelConfig config;
+  config.hidden_size = 576;
+  config.num_attention_heads = 9;
+  config.num_key_value_heads = 3;
+  config.head_dim = 64;
+  config.intermediate_size = 1536;
+  config.num_hidden_layers = 1;
+  config.vocab_size = 49152;
+  return config;
+}
+
+TEST(WeightQuantizationTest, GroupsMustNotStraddleTheTensorParallelSplit) {
+  const ModelConfig config = SmolShape();
+  ASSERT_OK_AND_ASSIGN(WeightPlan tp1, PlanWeights(config, 1, 0));
+  ASSERT_OK_AND_ASSIGN(WeightPlan tp3, PlanWeights(config, 3, 0));
+  const WeightQuantization g32{kernels::WeightQuant::kInt4, 32};
+  const WeightQuantization g128{kernels::WeightQuant::kInt4, 128};
+  const WeightQuantization row{kernels::WeightQuant::kInt8, 0};
+  EXPECT_TRUE(CheckQuantizationFits(config, tp1, g32).ok());
+  EXPECT_TRUE(CheckQuantizationFits(config, tp3, g32).ok());  // o_proj 192, down 512 a rank
+  EXPECT_TRUE(CheckQuantizationFits(config, tp3, row).ok());
+  // 576 inputs are 4.5 groups of 128, whatever the split.
+  EXPECT_TRUE(IsError(CheckQuantizationFits(config, tp1, g128), absl::StatusCode::kInvalidArgument,
+                      {"q,k,v", "576 inputs", "groups of 128"}));
+  // 10 heads of 64 at TP 2: o_proj holds 320 inputs a rank, so a group of 128 would cross
+  // from one rank to the other.
+  ModelConfig wide = config;
+  wide.hidden_size = 640;
+  wide.num_attention_heads = 10;
+  wide.num_key_value_heads = 10;
+  wide.intermediate_size = 1280;
+  ASSERT_OK_AND_ASSIGN(WeightPlan wide_tp2, PlanWeights(wide, 2, 1));
+  EXPECT_TRUE(IsError(CheckQuantizationFits(wide, wide_tp2, g128),
+                      absl::StatusCode::kInvalidArgument,
+                      {"o_proj", "2 tensor-parallel ranks", "320 inputs", "group of 128"}));
+}
+
+}  // namespace
+}  // namespace tessera::model
