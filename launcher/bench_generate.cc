@@ -35,7 +35,7 @@ using Clock = std::chrono::steady_clock;
 struct BenchGenerateConfig {
   std::string model;  // empty: the built-in default and the ~0.5B random Llama
   // Each model is run once per entry: none (as stored), int8, int4 (--quantize's values).
-  std::string quantize = "none,int8,int4";
+  std::string quantize = "none,int8,int4,int4-a8";
   int tp = 0;
   int prompt_tokens = 128;
   int decode_tokens = 32;
@@ -89,7 +89,11 @@ absl::StatusOr<Row> BenchOne(const std::string& name, const std::string& dir,
                              const std::string& quantize, const BenchGenerateConfig& config,
                              comm::Communicator& tp) {
   model::LoadOptions load;
-  TESSERA_ASSIGN_OR_RETURN(load.quantize, model::ParseWeightQuantization(quantize, ""));
+  // "int4-a8": int4 weights with int8 activations.
+  const bool int8_activations = quantize == "int4-a8";
+  TESSERA_ASSIGN_OR_RETURN(load.quantize,
+                           model::ParseWeightQuantization(int8_activations ? "int4" : quantize, "",
+                                                          int8_activations ? "int8" : "f32"));
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<model::Transformer> model,
                            model::Transformer::Load(dir, tp, load));
   const model::ModelConfig& mc = model->config();
@@ -283,7 +287,7 @@ int RunBench(const std::vector<std::string>& args, int* argc, char*** argv) {
   flags.String("model", &config.model, "a Hugging Face model directory or GGUF file");
   flags.String("quantize", &config.quantize,
                "comma-separated weight formats to run each model in: none (as stored), int8, "
-               "int4 (CPU; a GPU runs none)");
+               "int4, int4-a8 (int4 with int8 activations); CPU, a GPU runs none");
   flags.Int("tp", &config.tp, "tensor-parallel degree (0: all ranks)");
   flags.Int("prompt-tokens", &config.prompt_tokens, "prompt length");
   flags.Int("decode-tokens", &config.decode_tokens, "tokens decoded");

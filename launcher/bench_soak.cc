@@ -47,6 +47,7 @@
 #include "launcher/soak_mix.h"
 #include "nlohmann/json.hpp"
 #include "runtime/core/status_macros.h"
+#include "runtime/model/default_model.h"
 #include "runtime/serve/request_convert.h"
 
 namespace tessera::launcher {
@@ -498,6 +499,9 @@ struct Criterion {
 absl::Status Soak(const BenchSoakConfig& config, const std::string& log_dir) {
   const int groups = config.np / config.tp;
   const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  // The built-in random model, named: without --model, serve would take the real model that
+  // deploy/setup.sh fetched (--serve-args "--model ..." still chooses another).
+  TESSERA_ASSIGN_OR_RETURN(const std::string model, model::EnsureDefaultModel());
   // Kept as flag-value pairs, which clang-format would put one a line.
   // clang-format off
   std::vector<std::string> argv = {
@@ -507,7 +511,7 @@ absl::Status Soak(const BenchSoakConfig& config, const std::string& log_dir) {
       "--max-message-bytes", FormatBytes(config.max_message_bytes),
       "--kv-cache-memory", FormatBytes(config.kv_cache_bytes),
       "--max-batch-requests", absl::StrCat(config.max_batch_requests),
-      "--ready-timeout", absl::FormatDuration(config.ready_timeout)};
+      "--ready-timeout", absl::FormatDuration(config.ready_timeout), "--model", model};
   // clang-format on
   for (absl::string_view extra : absl::StrSplit(config.serve_args, ' ', absl::SkipEmpty())) {
     argv.emplace_back(extra);

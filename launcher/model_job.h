@@ -18,6 +18,7 @@
 #include "launcher/process.h"
 #include "runtime/core/dtype.h"
 #include "runtime/model/transformer.h"
+#include "runtime/model/weight_quantization.h"
 #include "runtime/tokenizer/tokenizer.h"
 #include "runtime/tokenizer/tokenizer_config.h"
 
@@ -38,14 +39,18 @@ void AddDeviceFlag(FlagSet& flags, std::string* device);
 struct QuantizeFlags {
   std::string quantize = "none";
   std::string group;  // empty: the default of the kind
+  std::string activations = "f32";
 };
-// Declares --quantize and --quantize-group, writing into *flags.
+// Declares --quantize, --quantize-group and --quantize-activations, writing into *flags.
 void AddQuantizeFlags(FlagSet& flags, QuantizeFlags* quantize);
 // --kv-cache-dtype: "auto" (nullopt: the weights' bf16, else f32) or "int8" (DType::kI8).
 // INVALID_ARGUMENT naming the flag otherwise.
 absl::StatusOr<std::optional<DType>> ParseKvCacheDtypeFlag(const std::string& text);
 // Declares --kv-cache-dtype, writing into *kv_cache_dtype (its value is the default).
 void AddKvCacheDtypeFlag(FlagSet& flags, std::string* kv_cache_dtype);
+// The quantization the flags ask for (nullopt for none); INVALID_ARGUMENT naming a bad flag.
+absl::StatusOr<std::optional<model::WeightQuantization>> ParseQuantizeFlags(
+    const QuantizeFlags& quantize);
 // The flags as they are passed on to another tessera command (nothing for none).
 std::vector<std::string> QuantizeArguments(const QuantizeFlags& quantize);
 

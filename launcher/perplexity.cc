@@ -21,6 +21,7 @@ struct PerplexityConfig {
   std::string text_file;
   int window = 512;    // tokens scored in one forward, each with the window's earlier tokens
   int max_tokens = 0;  // 0: the whole text
+  int tp = 0;          // 0: every rank
   std::string dtype = "auto";
   QuantizeFlags quantize;
   std::string kv_cache_dtype = "auto";
@@ -69,6 +70,7 @@ absl::Status Perplexity(const PerplexityConfig& config, int* argc, char*** argv)
 
   ModelJobOptions options;
   options.model_dir = config.model;
+  options.tp = config.tp;
   options.dtype = config.dtype;
   options.quantize = config.quantize;
   options.kv_cache_dtype = config.kv_cache_dtype;
@@ -114,6 +116,7 @@ int RunPerplexity(const std::vector<std::string>& args, int* argc, char*** argv)
   flags.String("text", &config.text_file, "the text file to score (UTF-8)");
   flags.Int("window", &config.window, "tokens a forward scores together");
   flags.Int("max-tokens", &config.max_tokens, "score at most this many tokens (0: all)");
+  flags.Int("tp", &config.tp, "tensor-parallel degree: the rank count (0: all ranks)");
   flags.String("dtype", &config.dtype, "weights in memory: auto (as stored), f32 or bf16");
   AddQuantizeFlags(flags, &config.quantize);
   AddKvCacheDtypeFlag(flags, &config.kv_cache_dtype);

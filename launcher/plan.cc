@@ -46,8 +46,7 @@ absl::Status Plan(const PlanConfig& config) {
   TESSERA_ASSIGN_OR_RETURN(DeviceType device, ParseDeviceFlag(config.device));
   options.gpu = device == DeviceType::kCuda;
   TESSERA_ASSIGN_OR_RETURN(options.dtype, ParseDTypeFlag(config.dtype));
-  TESSERA_ASSIGN_OR_RETURN(options.quantize, model::ParseWeightQuantization(
-                                                 config.quantize.quantize, config.quantize.group));
+  TESSERA_ASSIGN_OR_RETURN(options.quantize, ParseQuantizeFlags(config.quantize));
   TESSERA_ASSIGN_OR_RETURN(options.kv_cache_dtype, ParseKvCacheDtypeFlag(config.kv_cache_dtype));
   options.max_context = config.max_context;
   options.block_size = config.block_size;

@@ -66,8 +66,7 @@ absl::Status CheckWorkerJobConfig(const WorkerJobConfig& config) {
         absl::StrCat("--np ", config.np, " must be a multiple of --tp ", config.tp));
   }
   TESSERA_RETURN_IF_ERROR(CheckSupervision(config.supervision));
-  TESSERA_RETURN_IF_ERROR(
-      model::ParseWeightQuantization(config.quantize.quantize, config.quantize.group).status());
+  TESSERA_RETURN_IF_ERROR(ParseQuantizeFlags(config.quantize).status());
   TESSERA_RETURN_IF_ERROR(ParseKvCacheDtypeFlag(config.kv_cache_dtype).status());
   absl::StatusOr<DeviceType> device = ParseDeviceFlag(config.device);
   if (!device.ok()) return device.status();

@@ -174,6 +174,7 @@ absl::Status Transformer::TakeProjections() {
       TESSERA_ASSIGN_OR_RETURN(
           to.quantized,
           kernels::QuantizeWeight(from, quantize_->quant, quantize_->GroupFor(from.dim(1))));
+      to.quantized.activations = quantize_->activations;
     } else {
       TESSERA_ASSIGN_OR_RETURN(to.dense, kernels::PackLinearWeight(from));
     }

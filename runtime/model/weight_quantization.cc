@@ -7,12 +7,26 @@ namespace tessera::model {
 
 std::string WeightQuantization::ToString() const {
   if (group_size == 0) return absl::StrCat(kernels::WeightQuantName(quant), " (a scale per row)");
-  return absl::StrCat(kernels::WeightQuantName(quant), " (groups of ", group_size, ")");
+  return absl::StrCat(kernels::WeightQuantName(quant), " (groups of ", group_size,
+                      activations == kernels::ActivationQuant::kInt8 ? ", int8 activations" : "",
+                      ")");
 }
 
 absl::StatusOr<std::optional<WeightQuantization>> ParseWeightQuantization(
-    absl::string_view quantize, absl::string_view group) {
+    absl::string_view quantize, absl::string_view group, absl::string_view activations) {
   WeightQuantization q;
+  if (activations != "f32" && activations != "int8") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--quantize-activations ", activations, ": expected f32 or int8"));
+  }
+  if (activations == "int8") {
+    if (quantize != "int4") {
+      return absl::InvalidArgumentError(
+          "--quantize-activations int8 needs --quantize int4 (int8 weights take f32 "
+          "activations)");
+    }
+    q.activations = kernels::ActivationQuant::kInt8;
+  }
   if (quantize.empty() || quantize == "none") {
     if (!group.empty()) {
       return absl::InvalidArgumentError(

@@ -27,6 +27,10 @@ namespace tessera::model {
 struct WeightQuantization {
   kernels::WeightQuant quant = kernels::WeightQuant::kInt8;
   int64_t group_size = 0;  // 0: one group a row (int8 only)
+  // int4 only: how the products take their activations: f32 (exact: the forward equals the
+  // one on the dequantized weights to f32 rounding) or rounded to int8 per block of inputs as
+  // llama.cpp does (about twice as fast; see kernels/cpu/quantized_linear.h).
+  kernels::ActivationQuant activations = kernels::ActivationQuant::kF32;
 
   // "int8 (a scale per row)", "int4 (groups of 32)".
   std::string ToString() const;
@@ -34,11 +38,12 @@ struct WeightQuantization {
   int64_t GroupFor(int64_t inputs) const { return group_size == 0 ? inputs : group_size; }
 };
 
-// --quantize and --quantize-group: `quantize` is "none" (or empty: nullopt), "int8" or
-// "int4"; `group` is "" (the kind's default: a row for int8, 32 for int4), "row" (int8 only),
-// "32" or "128". INVALID_ARGUMENT naming the flag and the values accepted otherwise.
+// --quantize, --quantize-group and --quantize-activations: `quantize` is "none" (or empty:
+// nullopt), "int8" or "int4"; `group` is "" (the kind's default: a row for int8, 32 for int4),
+// "row" (int8 only), "32" or "128"; `activations` "f32" or "int8" (int4 only).
+// INVALID_ARGUMENT naming the flag and the values accepted otherwise.
 absl::StatusOr<std::optional<WeightQuantization>> ParseWeightQuantization(
-    absl::string_view quantize, absl::string_view group);
+    absl::string_view quantize, absl::string_view group, absl::string_view activations = "f32");
 
 // INVALID_ARGUMENT when a projection of `plan` does not hold whole groups on this rank:
 // the message names the tensor, its inputs on each rank, the group size and the TP degree.

@@ -38,6 +38,14 @@ TEST(WeightQuantizationTest, ParsesTheFlags) {
                       {"--quantize-group 64"}));
   EXPECT_TRUE(IsError(ParseWeightQuantization("none", "32"), absl::StatusCode::kInvalidArgument,
                       {"--quantize-group 32", "needs --quantize"}));
+  ASSERT_OK_AND_ASSIGN(std::optional<WeightQuantization> a8,
+                       ParseWeightQuantization("int4", "", "int8"));
+  EXPECT_EQ(a8->activations, kernels::ActivationQuant::kInt8);
+  EXPECT_EQ(a8->ToString(), "int4 (groups of 32, int8 activations)");
+  EXPECT_TRUE(IsError(ParseWeightQuantization("int8", "", "int8"),
+                      absl::StatusCode::kInvalidArgument, {"needs --quantize int4"}));
+  EXPECT_TRUE(IsError(ParseWeightQuantization("int4", "", "fp8"),
+                      absl::StatusCode::kInvalidArgument, {"--quantize-activations fp8"}));
 }
 
 // SmolLM2-135M's shape: hidden 576, 9 heads of 64, MLP 1536.
