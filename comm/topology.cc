@@ -32,6 +32,11 @@ int CurrentCpuNumaNode() {
 
 }  // namespace
 
+int VisibleGpuOfSlot(int node_first_slot, int local_rank, int visible_gpus) {
+  if (visible_gpus <= 0) return -1;
+  return (node_first_slot + local_rank) % visible_gpus;
+}
+
 v1::RankTopology Topology::LocalReport(int world_rank, int node_first_slot) {
   v1::RankTopology report;
   report.set_world_rank(world_rank);
@@ -130,8 +135,8 @@ absl::StatusOr<Topology> Topology::FromReports(std::vector<v1::RankTopology> rep
     const v1::RankTopology& report = reports[placement.world_rank];
     placement.numa_node = report.cpu_numa_node();
     if (report.visible_gpus_size() > 0) {
-      const v1::GpuDevice& gpu = report.visible_gpus(
-          (report.node_first_slot() + placement.local_rank) % report.visible_gpus_size());
+      const v1::GpuDevice& gpu = report.visible_gpus(VisibleGpuOfSlot(
+          report.node_first_slot(), placement.local_rank, report.visible_gpus_size()));
       placement.gpu = gpu.ordinal();
       placement.gpu_uuid = gpu.uuid();
       placement.gpu_pci_bus_id = gpu.pci_bus_id();

@@ -23,6 +23,12 @@ struct RankPlacement {
   int numa_node = -1;  // of its GPU if it has one, else of its CPU
 };
 
+// Which of the GPUs a rank sees it uses (an index into what it sees): the one of its node slot,
+// node_first_slot + local_rank (node_share.h), wrapping when it sees fewer GPUs than the node
+// has slots. -1 when it sees none. The rule of Topology below and of the host-thread
+// placement at start (launcher/process.cc), which runs before the topology is known.
+int VisibleGpuOfSlot(int node_first_slot, int local_rank, int visible_gpus);
+
 // Which rank runs where, on which GPU, and which GPUs reach each other directly. Ranks on the
 // same host name form a node (TESSERA_HOSTNAME overrides the name: see host_name.h). Each
 // rank of a node uses GPU (node_first_slot + local_rank) mod (GPUs it can see), where

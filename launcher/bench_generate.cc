@@ -147,7 +147,11 @@ absl::Status BenchGenerate(const BenchGenerateConfig& config, int* argc, char***
   if (config.prompt_tokens < 1 || config.decode_tokens < 1) {
     return absl::InvalidArgumentError("--prompt-tokens and --decode-tokens must be >= 1");
   }
-  TESSERA_ASSIGN_OR_RETURN(MpiJob job, StartMpiJob(argc, argv, config.timeout, false));
+  TESSERA_ASSIGN_OR_RETURN(DeviceType device, ParseDeviceFlag(config.device));
+  TESSERA_ASSIGN_OR_RETURN(
+      MpiJob job,
+      StartMpiJob(argc, argv, config.timeout, false,
+                  device == DeviceType::kCuda ? HostPlacement::kNearGpu : HostPlacement::kCpuMask));
   comm::MpiCommunicator& world = *job.world;
   TESSERA_ASSIGN_OR_RETURN(comm::Topology topology, comm::Topology::Discover(world));
   if (topology.hosts().size() != 1 && !config.allow_cross_node_tp) {
@@ -162,7 +166,6 @@ absl::Status BenchGenerate(const BenchGenerateConfig& config, int* argc, char***
   if (layout.dp_size() != 1) {
     return absl::InvalidArgumentError("bench generate runs one replica: give --tp the rank count");
   }
-  TESSERA_ASSIGN_OR_RETURN(DeviceType device, ParseDeviceFlag(config.device));
   // On a GPU the model runs over the group's NCCL communicator; layout.tp() bootstraps it.
   std::unique_ptr<comm::Communicator> device_tp;
   if (device == DeviceType::kCuda) {

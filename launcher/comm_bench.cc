@@ -320,7 +320,10 @@ absl::Status CheckConfig(const BenchConfig& config) {
 }
 
 absl::Status RunBench(const BenchConfig& config, int* argc, char*** argv) {
-  TESSERA_ASSIGN_OR_RETURN(MpiJob job, StartMpiJob(argc, argv, config.timeout, config.validate));
+  TESSERA_ASSIGN_OR_RETURN(
+      MpiJob job,
+      StartMpiJob(argc, argv, config.timeout, config.validate,
+                  config.backend == "nccl" ? HostPlacement::kNearGpu : HostPlacement::kCpuMask));
   std::unique_ptr<comm::MpiCommunicator>& world = job.world;
   std::unique_ptr<Communicator> device_comm;
   if (config.backend == "nccl") {

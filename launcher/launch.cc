@@ -25,6 +25,7 @@
 #include "absl/strings/str_split.h"
 #include "comm/node_share.h"
 #include "launcher/flags.h"
+#include "launcher/numa_placement.h"
 #include "launcher/process.h"
 #include "launcher/tls_flags.h"
 #include "launcher/worker_job.h"
@@ -299,12 +300,14 @@ absl::StatusOr<LaunchCommands> BuildLaunchCommands(const LaunchConfig& config) {
   //
   // Binding, by backend, for a node that runs one group. nccl (one rank per GPU): the
   // hostfile's slots, or --ranks-per-node, are the GPUs of a node, and "numa" (the default)
-  // binds each rank to the cores of one NUMA domain: the ranks of a node are spread over its
-  // domains in order, which is how GPUs hang off the sockets (GPUs 0-3 on the first, 4-7 on
-  // the second), and the rank's CPU threads (the CPU attention kernel, the leader's gRPC
-  // server) can use every core of the domain. cpu: the kernels run on the rank's own cores
-  // and its memory is placed by first touch, so a rank spanning two domains would read half
-  // its weights across the socket link; "numa" therefore runs one rank per NUMA domain
+  // keeps each rank on the cores and memory of its GPU's NUMA domain, so that its host threads
+  // (the CPU attention kernel, the leader's gRPC server) and pinned buffers sit beside the
+  // GPU. mpirun cannot do that: it knows neither which GPU a rank takes nor where that GPU
+  // hangs, and binding by domain in rank order would put some ranks a socket away from their
+  // GPU. So mpirun binds nothing and each rank binds itself at start, from the PCI topology
+  // (launcher/numa_placement.h: PlaceNearGpu). cpu: the kernels run on the rank's own cores
+  // and its memory is placed on its cores' node, so a rank spanning two domains would read
+  // half its weights across the socket link; "numa" therefore runs one rank per NUMA domain
   // (`--map-by ppr:1:numa`), and the slots, or --ranks-per-node, must be the domains of each
   // node (usually its sockets; more with sub-NUMA clustering). Each rank then sizes its
   // threads from its affinity mask (kernels/cpu/cpu_affinity.h). "core" reserves k =
@@ -313,9 +316,19 @@ absl::StatusOr<LaunchCommands> BuildLaunchCommands(const LaunchConfig& config) {
   // TESSERA_CPU_THREADS at k. "none" leaves placement to the OS.
   //
   // A node that runs several groups runs several jobs, and each mpirun would bind its ranks
-  // to the node's first cores not knowing of the others: those jobs are not bound, and each
-  // is told where its slots start and how many ranks share the node (comm/node_share.h), so
-  // that its ranks take the next GPUs and divide the cores with the other jobs.
+  // to the node's first cores not knowing of the others: mpirun binds none of them, and each
+  // job is told where its slots start and how many ranks share the node (comm/node_share.h),
+  // so that its ranks take the next GPUs and divide the node with the other jobs: with "core"
+  // or the cpu backend's "numa" (TESSERA_NODE_BIND, launcher/numa_placement.h: SlotCpus),
+  // each rank binds itself to the cores or NUMA domain of its own slot, disjoint from every
+  // other job's; with nccl's "numa", to its GPU's domain as above.
+  const bool gpu_numa = config.backend == "nccl" && config.bind_to == "numa";
+  std::string node_bind;  // TESSERA_NODE_BIND for jobs that share a node; empty: none
+  if (config.bind_to == "core") {
+    node_bind = absl::StrCat("core:", config.cores_per_rank);
+  } else if (config.bind_to == "numa" && !gpu_numa) {
+    node_bind = "numa";
+  }
   int replica = 0;
   for (size_t h = 0; h < hosts->size(); ++h) {
     const int groups_on_host = ranks_on_host[h] / config.tp;
@@ -334,11 +347,14 @@ absl::StatusOr<LaunchCommands> BuildLaunchCommands(const LaunchConfig& config) {
                                       "--map-by",
                                       map_by,
                                       "--bind-to",
-                                      alone ? config.bind_to : std::string("none")};
+                                      alone && !gpu_numa ? config.bind_to : std::string("none")};
       if (!alone) {
         job.insert(job.end(),
                    {"-x", absl::StrCat(comm::kNodeFirstSlotVariable, "=", g * config.tp), "-x",
                     absl::StrCat(comm::kNodeRanksVariable, "=", ranks_on_host[h])});
+        if (!node_bind.empty()) {
+          job.insert(job.end(), {"-x", absl::StrCat(kNodeBindVariable, "=", node_bind)});
+        }
       }
       for (const std::string& entry : exports) job.insert(job.end(), {"-x", entry});
       job.insert(job.end(), {config.tessera, "worker", "--coordinator", coordinator, "--tp",
@@ -532,8 +548,9 @@ int RunLaunch(const std::vector<std::string>& args, int* /*argc*/, char*** /*arg
             "ranks on each node, as --map-by ppr:N:node (0: each host's slots, in order)");
   flags.Int("tp", &config.tp, "tensor-parallel degree; divides every node's rank count");
   flags.String("bind-to", &config.bind_to,
-               "numa (with --backend cpu: one rank per NUMA domain, --map-by ppr:1:numa), core "
-               "(--cores-per-rank cores per rank) or none");
+               "numa (each rank on one NUMA domain: its GPU's, or with --backend cpu one rank "
+               "per domain, --map-by ppr:1:numa), core (--cores-per-rank cores per rank) or "
+               "none");
   flags.Int("cores-per-rank", &config.cores_per_rank,
             "cores reserved for each rank with "
             "--bind-to core");

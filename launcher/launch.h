@@ -44,9 +44,12 @@ struct LaunchConfig {
   int ranks_per_node = 0;
   // Tensor-parallel degree; must divide every node's rank count.
   int tp = 1;
-  // numa, core or none. numa: each rank bound to one NUMA domain; with backend "cpu" also
-  // mapped one per domain (--map-by ppr:1:numa), so each node's slots (or ranks_per_node)
-  // must be its NUMA domains.
+  // numa, core or none. numa: each rank bound to one NUMA domain: with backend "nccl" its
+  // GPU's, which the rank finds and binds itself to at start (mpirun binds nothing); with
+  // backend "cpu" mapped one per domain (--map-by ppr:1:numa), so each node's slots (or
+  // ranks_per_node) must be its NUMA domains. On a node that runs several groups (jobs), each
+  // rank binds itself to its own slot's domain or cores (TESSERA_NODE_BIND,
+  // launcher/numa_placement.h), so the jobs' cores are disjoint.
   std::string bind_to = "numa";
   // With bind_to "core": cores reserved for each rank (PE=k).
   int cores_per_rank = 1;

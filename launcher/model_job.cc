@@ -58,13 +58,14 @@ void AddDeviceFlag(FlagSet& flags, std::string* device) {
 
 void AddQuantizeFlags(FlagSet& flags, QuantizeFlags* quantize) {
   flags.String("quantize", &quantize->quantize,
-               "weight-only quantization of the layers' projections at load: none, int8 or int4 "
-               "(CPU)");
+               "weight-only quantization of the layers' projections at load: none, int8, int4, "
+               "or stored (a GGUF or GPTQ checkpoint's own 4- and 8-bit groups, int8 for its "
+               "other projections) (CPU)");
   flags.String("quantize-group", &quantize->group,
                "inputs per scale: row (int8's default), 32 (int4's default) or 128");
   flags.String("quantize-activations", &quantize->activations,
-               "int4's products: f32 activations (exact) or int8 (rounded as llama.cpp does, "
-               "about twice as fast)");
+               "int4's products (of int4 and stored): f32 activations (exact) or int8 (rounded "
+               "as llama.cpp does, about twice as fast)");
 }
 
 absl::StatusOr<std::optional<model::WeightQuantization>> ParseQuantizeFlags(
@@ -172,7 +173,11 @@ absl::StatusOr<ModelJob> StartModelJob(const ModelJobOptions& options, int* argc
     TESSERA_RETURN_IF_ERROR(CheckKvCacheMemoryFraction(options.kv_cache_memory_fraction));
   }
   ModelJob job;
-  TESSERA_ASSIGN_OR_RETURN(job.mpi, StartMpiJob(argc, argv, options.timeout, options.validate));
+  // On the CUDA backend the host threads and memory go to the NUMA node of the rank's GPU.
+  TESSERA_ASSIGN_OR_RETURN(
+      job.mpi,
+      StartMpiJob(argc, argv, options.timeout, options.validate,
+                  device == DeviceType::kCuda ? HostPlacement::kNearGpu : HostPlacement::kCpuMask));
   comm::MpiCommunicator& world = *job.mpi.world;
   TESSERA_ASSIGN_OR_RETURN(comm::Topology topology, comm::Topology::Discover(world));
   job.topology = std::make_unique<comm::Topology>(std::move(topology));

@@ -29,9 +29,19 @@ struct MpiJob {
   std::unique_ptr<comm::MpiCommunicator> world;
 };
 
+// Where a rank's host threads and memory go at start (launcher/numa_placement.h).
+enum class HostPlacement {
+  kCpuMask,  // where its affinity mask (and its share of a node shared by jobs) puts them
+  kNearGpu,  // the CUDA backend: also on the NUMA node of the GPU it will use
+};
+
 // Starts MPI and the world communicator with the environment's communicator settings,
-// overridden by the --timeout and --validate flags (validation is on if either asks).
-absl::StatusOr<MpiJob> StartMpiJob(int* argc, char*** argv, absl::Duration timeout, bool validate);
+// overridden by the --timeout and --validate flags (validation is on if either asks). Then
+// places the rank's threads and memory (`placement`) before any kernel or weight: its cores
+// and NUMA node, its kernel threads, and a warning on stderr naming the fix when the binding
+// is wrong.
+absl::StatusOr<MpiJob> StartMpiJob(int* argc, char*** argv, absl::Duration timeout, bool validate,
+                                   HostPlacement placement = HostPlacement::kCpuMask);
 
 // Parses flags. Returns an exit code when the subcommand should stop now: kExitOk after
 // printing --help, kExitUsage after printing a parse error. nullopt to go on.

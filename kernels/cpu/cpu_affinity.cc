@@ -72,7 +72,7 @@ std::optional<LocalRanks> SlurmLocalRanks() {
   return Valid(rank, size, "slurm");
 }
 
-CpuSetup ReadSetup(int ranks_sharing) {
+CpuSetup ReadSetup(int ranks_sharing, int node_ranks) {
   CpuSetup setup;
   setup.cpus = AllowedCpus();
   setup.local = LocalRanksFromEnvironment();
@@ -80,7 +80,7 @@ CpuSetup ReadSetup(int ranks_sharing) {
   in.allowed_cpus = static_cast<int>(setup.cpus.size());
   // A mask may name cores that sysconf does not count (offline ones come back later).
   in.node_cpus = std::max(NodeCpus(), in.allowed_cpus);
-  in.local_ranks = setup.local.size;
+  in.local_ranks = std::max(setup.local.size, node_ranks);
   in.ranks_sharing = ranks_sharing;
   if (std::optional<int> threads = EnvCount("TESSERA_CPU_THREADS"); threads && *threads > 0) {
     in.override_threads = *threads;
@@ -94,6 +94,7 @@ CpuSetup ReadSetup(int ranks_sharing) {
 struct SetupState {
   std::mutex mutex;
   int ranks_sharing = 0;  // guarded by mutex
+  int node_ranks = 0;     // guarded by mutex
   std::atomic<const CpuSetup*> setup{nullptr};
 };
 
@@ -181,16 +182,18 @@ const CpuSetup& CurrentCpuSetup() {
   if (const CpuSetup* setup = state.setup.load(std::memory_order_acquire)) return *setup;
   std::lock_guard<std::mutex> lock(state.mutex);
   if (state.setup.load(std::memory_order_relaxed) == nullptr) {
-    state.setup.store(new CpuSetup(ReadSetup(state.ranks_sharing)), std::memory_order_release);
+    state.setup.store(new CpuSetup(ReadSetup(state.ranks_sharing, state.node_ranks)),
+                      std::memory_order_release);
   }
   return *state.setup.load(std::memory_order_relaxed);
 }
 
-bool SetRanksSharingCpus(int ranks) {
+bool SetRanksSharingCpus(int ranks, int node_ranks) {
   SetupState& state = State();
   std::lock_guard<std::mutex> lock(state.mutex);
   if (state.setup.load(std::memory_order_relaxed) != nullptr) return false;
   state.ranks_sharing = std::max(0, ranks);
+  state.node_ranks = std::max(0, node_ranks);
   return true;
 }
 
@@ -210,6 +213,26 @@ std::string CpuSetupProblem(const CpuSetup& setup, bool slurm) {
     return "runs " + std::to_string(setup.plan.threads) +
            " kernel threads on one core (TESSERA_CPU_THREADS): unset it, or bind the rank to more "
            "cores";
+  }
+  if (setup.plan.ranks_sharing > in.allowed_cpus) {
+    // Each rank runs at least one kernel thread, so some core runs several ranks' threads,
+    // and a parallel kernel waits for its slowest thread: the one that shares a core.
+    const std::string sharing = std::to_string(setup.plan.ranks_sharing) +
+                                " local ranks share these " + std::to_string(in.allowed_cpus) +
+                                " core(s), so some cores run the kernel threads of several ranks";
+    if (in.local_ranks > in.node_cpus) {
+      const std::string most = std::to_string(in.node_cpus);
+      return sharing + ": the node has " + most + " cores for " + std::to_string(in.local_ranks) +
+             " ranks; start at most " + most + " ranks on it (" +
+             (slurm ? "srun --ntasks-per-node=" + most
+                    : "mpirun --map-by ppr:" + most + ":node, or fewer -np") +
+             ")";
+    }
+    const std::string share = std::to_string(fair);
+    return sharing + ": give each rank cores of its own with " +
+           (slurm ? "srun --cpu-bind=cores --cpus-per-task=" + share
+                  : "mpirun --map-by slot:PE=" + share + " --bind-to core") +
+           ", or start fewer ranks on the node";
   }
   return "";
 }

@@ -48,7 +48,7 @@ std::string FormatCpuList(const std::vector<int>& cpus);
 struct CpuThreadInputs {
   int allowed_cpus = 1;  // cores in this process's mask
   int node_cpus = 1;     // cores online on the node
-  int local_ranks = 1;   // the job's ranks on this node
+  int local_ranks = 1;   // ranks on this node: the job's, or every job's (SetRanksSharingCpus)
   // Local ranks whose masks overlap this one, this one included, when known (the launcher
   // exchanges masks: SetRanksSharingCpus); 0: estimated, as if every local rank had a mask
   // of this size and the masks tiled the node: ceil(local_ranks * allowed / node), within
@@ -80,14 +80,18 @@ struct CpuSetup {
 const CpuSetup& CurrentCpuSetup();
 
 // Tells the rule how many local ranks share this process's cores (counted exactly by the
-// launcher, which sees every rank's mask). Must come before the first kernel; returns false,
-// and changes nothing, once the setup is fixed.
-bool SetRanksSharingCpus(int ranks);
+// launcher, which sees every rank's mask), and, when other jobs run on the node too
+// (comm/node_share.h), how many ranks all of them run there (0: only this job's, from the
+// environment). Must come before the first kernel; returns false, and changes nothing, once
+// the setup is fixed.
+bool SetRanksSharingCpus(int ranks, int node_ranks = 0);
 
 // What is wrong with this setup, as one sentence that names the fix; empty when nothing is.
-// Wrong: a rank bound to fewer cores than its fair share of the node (node cores / local
-// ranks), or running several kernel threads on one core. `slurm`: the job was started by
-// srun (the fix names srun's flags rather than mpirun's).
+// Wrong, in this order: a rank bound to fewer cores than its fair share of the node (node
+// cores / local ranks); several kernel threads on one core (TESSERA_CPU_THREADS); more local
+// ranks sharing the mask than it has cores (oversubscription: the fix is fewer ranks on the
+// node when it has fewer cores than ranks, else cores of each rank's own). `slurm`: the job
+// was started by srun (the fix names srun's flags rather than mpirun's).
 std::string CpuSetupProblem(const CpuSetup& setup, bool slurm);
 
 // "cores 0-3 (4 of 8 on the node, 2 local ranks share them), 2 kernel threads, pinned".

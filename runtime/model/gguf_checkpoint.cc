@@ -249,6 +249,83 @@ absl::StatusOr<Tensor> GgufCheckpointFile::Read(absl::string_view name, const Te
   return converted;
 }
 
+std::optional<StoredGroupFormat> GgufCheckpointFile::StoredFormat(absl::string_view name) const {
+  auto it = index_.find(name);
+  if (it == index_.end() || tensors_[it->second].shape.size() != 2) return std::nullopt;
+  switch (entries_[it->second].stored->type) {
+    case GgmlType::kQ8_0:
+      return StoredGroupFormat{kernels::WeightQuant::kInt8, GgmlGroups::kGroupElements};
+    case GgmlType::kQ4_0:
+    case GgmlType::kQ4_1:
+    case GgmlType::kQ4_K:
+      return StoredGroupFormat{kernels::WeightQuant::kInt4, GgmlGroups::kGroupElements};
+    default:
+      return std::nullopt;
+  }
+}
+
+absl::StatusOr<std::optional<StoredGroups>> GgufCheckpointFile::ReadStoredGroups(
+    absl::string_view name, const TensorSlice& slice) const {
+  auto it = index_.find(name);
+  if (it == index_.end()) {
+    return absl::NotFoundError(absl::StrCat(path(), " holds no tensor '", name, "'"));
+  }
+  const TensorInfo& info = tensors_[it->second];
+  const Entry& entry = entries_[it->second];
+  const GgufTensorInfo& stored = *entry.stored;
+  const std::optional<StoredGroupFormat> format = StoredFormat(name);
+  if (!format.has_value()) return std::nullopt;
+  StoredGroups groups;
+  groups.quant = format->quant;
+  auto invalid = [&](auto&&... parts) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path(), ": tensor '", name, "' (", stored.name, "): ", parts...));
+  };
+  absl::StatusOr<Shape> shape = slice.SlicedShape(info.shape);
+  if (!shape.ok()) return invalid(shape.status().message());
+  constexpr int64_t kGroup = GgmlGroups::kGroupElements;
+  const int64_t row_length = info.shape[1];
+  std::vector<IndexRange> rows{{0, info.shape[0]}};
+  std::vector<IndexRange> columns{{0, row_length}};
+  if (slice.kind == TensorSlice::Kind::kRows) rows = slice.ranges;
+  if (slice.kind == TensorSlice::Kind::kColumns) columns = slice.ranges;
+  for (const IndexRange& range : columns) {
+    if (range.begin % kGroup != 0 || range.end % kGroup != 0) {
+      return invalid("the inputs ", slice.ToString(), " cut its groups of ", kGroup);
+    }
+  }
+  groups.rows = (*shape)[0];
+  groups.cols = (*shape)[1];
+  groups.group_size = kGroup;
+  groups.codes.reserve(groups.rows * groups.cols);
+  groups.scales.reserve(groups.rows * groups.cols / kGroup);
+  if (groups.quant == kernels::WeightQuant::kInt4) groups.offsets.reserve(groups.scales.capacity());
+
+  const uint64_t row_bytes = stored.nbytes / static_cast<uint64_t>(stored.rows());
+  const absl::Span<const uint8_t> bytes = file_->Bytes(stored);
+  for (const IndexRange& range : rows) {
+    for (int64_t row = range.begin; row < range.end; ++row) {
+      const int64_t source =
+          entry.permuted_head_rows > 0 ? StoredRow(row, entry.permuted_head_rows) : row;
+      TESSERA_ASSIGN_OR_RETURN(
+          GgmlGroups row_groups,
+          GgmlRowGroups(stored.type, bytes.subspan(source * row_bytes, row_bytes), row_length));
+      for (const IndexRange& cols : columns) {
+        groups.codes.insert(groups.codes.end(), row_groups.codes.begin() + cols.begin,
+                            row_groups.codes.begin() + cols.end);
+        groups.scales.insert(groups.scales.end(), row_groups.scales.begin() + cols.begin / kGroup,
+                             row_groups.scales.begin() + cols.end / kGroup);
+        if (groups.quant == kernels::WeightQuant::kInt4) {
+          groups.offsets.insert(groups.offsets.end(),
+                                row_groups.offsets.begin() + cols.begin / kGroup,
+                                row_groups.offsets.begin() + cols.end / kGroup);
+        }
+      }
+    }
+  }
+  return groups;
+}
+
 void GgufCheckpointFile::ReleasePages(const TensorInfo& info) const {
   if (const GgufTensorInfo* stored = Stored(info.name)) file_->ReleasePages(*stored);
 }

@@ -44,6 +44,14 @@ class GgufCheckpointFile : public TensorSource {
   absl::StatusOr<Tensor> Read(absl::string_view name, const TensorSlice& slice = TensorSlice(),
                               std::optional<DType> dtype = std::nullopt) const override;
   void ReleasePages(const TensorInfo& info) const override;
+  // The groups of 32 of a 2-D tensor stored as Q8_0 (int8), Q4_0, Q4_1 or Q4_K (int4), see
+  // GgmlRowGroups: the values DequantizeGgmlRow gives, except that a Q4_K group's scale
+  // d * sc and offset -dmin * m, which need more bits than an f16 holds, are rounded to f16
+  // where the kernels store them. nullopt for other types. Column ranges must start and end
+  // on a group.
+  absl::StatusOr<std::optional<StoredGroups>> ReadStoredGroups(
+      absl::string_view name, const TensorSlice& slice) const override;
+  std::optional<StoredGroupFormat> StoredFormat(absl::string_view name) const override;
 
   const GgufFile& file() const { return *file_; }
   // The stored tensor behind a Hugging Face name, or nullptr.

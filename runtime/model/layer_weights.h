@@ -34,6 +34,29 @@ struct LayerSlots {
   Slot down;                    // (hidden, intermediate shard)
 };
 
+// Each slot of `from` through `f` (a slot of `from` to a slot of `to`), role for role.
+template <typename To, typename From, typename F>
+LayerSlots<To> MapLayerSlots(const LayerSlots<From>& from, const F& f) {
+  LayerSlots<To> to;
+  to.input_norm = f(from.input_norm);
+  to.post_attention_norm = f(from.post_attention_norm);
+  to.post_self_attn_norm = f(from.post_self_attn_norm);
+  to.post_mlp_norm = f(from.post_mlp_norm);
+  to.q = f(from.q);
+  to.k = f(from.k);
+  to.v = f(from.v);
+  to.q_bias = f(from.q_bias);
+  to.k_bias = f(from.k_bias);
+  to.v_bias = f(from.v_bias);
+  to.o = f(from.o);
+  to.o_bias = f(from.o_bias);
+  to.gate = f(from.gate);
+  to.up = f(from.up);
+  to.gate_up = f(from.gate_up);
+  to.down = f(from.down);
+  return to;
+}
+
 // Assembles layer `layer` from `find(name)`, which gives the slot of a checkpoint tensor by
 // its name (undefined when absent), and `rows(slot, begin, end)`, which gives a view of rows
 // [begin, end) of a slot (absl::StatusOr<Slot>). INTERNAL naming the tensor when a required

@@ -47,8 +47,14 @@ absl::StatusOr<int64_t> WeightBytes(const ModelConfig& config, const Checkpoint&
     TESSERA_ASSIGN_OR_RETURN(TensorInfo info, checkpoint.Info(name));
     return info.dtype;
   };
-  // A projection's (rows, cols) as the forward multiplies by it.
-  auto projection = [&](int64_t rows, int64_t cols, DType type) -> int64_t {
+  // A projection's (rows, cols) as the forward multiplies by it; `stored`: the format of its
+  // groups in the checkpoint, which `--quantize stored` keeps.
+  auto projection = [&](int64_t rows, int64_t cols, DType type,
+                        std::optional<StoredGroupFormat> stored) -> int64_t {
+    if (options.quantize.has_value() && options.quantize->stored && stored.has_value()) {
+      return static_cast<int64_t>(
+          kernels::QuantizedWeightBytes(stored->quant, rows, cols, stored->group_size));
+    }
     if (options.quantize.has_value()) {
       return static_cast<int64_t>(kernels::QuantizedWeightBytes(options.quantize->quant, rows, cols,
                                                                 options.quantize->GroupFor(cols)));
@@ -76,15 +82,24 @@ absl::StatusOr<int64_t> WeightBytes(const ModelConfig& config, const Checkpoint&
     } else if (EndsWithAny(name, {"mlp.up_proj.weight"})) {
       continue;  // stacked under gate_proj's entry
     } else if (EndsWithAny(name, {"mlp.gate_proj.weight"})) {
-      bytes += projection(2 * rows, tensor.rank_shape[1], type);
+      // Stacked with up_proj: groups only when both are stored alike (Transformer).
+      std::optional<StoredGroupFormat> gate = checkpoint.StoredFormat(name);
+      if (gate !=
+          checkpoint.StoredFormat(absl::StrCat(
+              name.substr(0, name.size() - sizeof("gate_proj.weight") + 1), "up_proj.weight"))) {
+        gate.reset();
+      }
+      bytes += projection(2 * rows, tensor.rank_shape[1], type, gate);
     } else if (EndsWithAny(name, {"self_attn.qkv_proj.weight"})) {
       // Row views of q, k and v, each its own product.
       const int64_t q = int64_t{plan.attention.num_q_heads} * config.head_dim;
       const int64_t kv = int64_t{plan.attention.num_kv_heads} * config.head_dim;
-      for (int64_t part : {q, kv, kv}) bytes += projection(part, tensor.rank_shape[1], type);
+      for (int64_t part : {q, kv, kv}) {
+        bytes += projection(part, tensor.rank_shape[1], type, checkpoint.StoredFormat(name));
+      }
     } else if (EndsWithAny(name, {"q_proj.weight", "k_proj.weight", "v_proj.weight",
                                   "o_proj.weight", "gate_up_proj.weight", "down_proj.weight"})) {
-      bytes += projection(rows, tensor.rank_shape[1], type);
+      bytes += projection(rows, tensor.rank_shape[1], type, checkpoint.StoredFormat(name));
       if (absl::EndsWith(name, "q_proj.weight")) *projection_dtype = type;
     } else {
       bytes += static_cast<int64_t>(StorageBytes(type, numel));

@@ -13,6 +13,7 @@
 #include "runtime/core/half.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/model/gguf_checkpoint.h"
+#include "runtime/model/gptq_checkpoint.h"
 #include "runtime/model/json_file.h"
 
 namespace tessera::model {
@@ -407,6 +408,16 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
     }
     TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file,
                              SafetensorsFile::Open(single_path));
+    TESSERA_ASSIGN_OR_RETURN(std::optional<GptqConfig> gptq, LoadGptqConfig(dir));
+    if (gptq.has_value()) {
+      // A GPTQ checkpoint's quantized projections read as their dequantized weights.
+      std::vector<std::unique_ptr<SafetensorsFile>> files;
+      files.push_back(std::move(file));
+      TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<GptqCheckpoint> source,
+                               GptqCheckpoint::Open(std::move(files), *gptq, single_path));
+      TESSERA_RETURN_IF_ERROR(checkpoint->AddFile(std::move(source)));
+      return checkpoint;
+    }
     TESSERA_RETURN_IF_ERROR(checkpoint->AddFile(std::move(file)));
     return checkpoint;
   }
@@ -450,6 +461,20 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
                                                      shard.get<std::string>(),
                                                      ", which does not hold it"));
     }
+  }
+  TESSERA_ASSIGN_OR_RETURN(std::optional<GptqConfig> gptq, LoadGptqConfig(dir));
+  if (gptq.has_value()) {
+    // One source over every shard: a projection's qweight, qzeros, scales and g_idx may lie
+    // in different shards. The index was checked against the stored names above.
+    std::vector<std::unique_ptr<SafetensorsFile>> shards;
+    for (std::unique_ptr<TensorSource>& file : checkpoint->files_) {
+      shards.emplace_back(static_cast<SafetensorsFile*>(file.release()));  // all safetensors
+    }
+    checkpoint->files_.clear();
+    checkpoint->index_.clear();
+    TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<GptqCheckpoint> source,
+                             GptqCheckpoint::Open(std::move(shards), *gptq, index_path));
+    TESSERA_RETURN_IF_ERROR(checkpoint->AddFile(std::move(source)));
   }
   return checkpoint;
 }
@@ -498,6 +523,20 @@ absl::StatusOr<Tensor> Checkpoint::Read(absl::string_view name, const TensorSlic
 
 void Checkpoint::ReleasePages(absl::string_view name) const {
   if (const TensorSource* file = FileOf(name)) file->ReleasePages(*file->Find(name));
+}
+
+std::optional<StoredGroupFormat> Checkpoint::StoredFormat(absl::string_view name) const {
+  const TensorSource* file = FileOf(name);
+  return file == nullptr ? std::nullopt : file->StoredFormat(name);
+}
+
+absl::StatusOr<std::optional<StoredGroups>> Checkpoint::ReadStoredGroups(
+    absl::string_view name, const TensorSlice& slice) const {
+  const TensorSource* file = FileOf(name);
+  if (file == nullptr) {
+    return absl::NotFoundError(absl::StrCat("checkpoint ", dir_, " has no tensor '", name, "'"));
+  }
+  return file->ReadStoredGroups(name, slice);
 }
 
 // ---------------------------------------------------------------------------------------------

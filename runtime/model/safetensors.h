@@ -30,6 +30,7 @@
 #include "absl/types/span.h"
 #include "runtime/core/tensor.h"
 #include "runtime/model/mapped_file.h"
+#include "runtime/model/stored_groups.h"
 
 namespace tessera::model {
 
@@ -108,6 +109,18 @@ class TensorSource {
                                       std::optional<DType> dtype = std::nullopt) const = 0;
   // Drops this process's mapping of a tensor's pages (see MappedFile::ReleasePages).
   virtual void ReleasePages(const TensorInfo& info) const = 0;
+  // A slice (kWhole, kRows or kColumns) of a 2-D weight that the file stores quantized in
+  // groups Tessera's kernels take as they are, without dequantizing; nullopt when `name` is
+  // not stored so (then Read it). INVALID_ARGUMENT for a slice that cuts a group.
+  virtual absl::StatusOr<std::optional<StoredGroups>> ReadStoredGroups(
+      absl::string_view /*name*/, const TensorSlice& /*slice*/) const {
+    return std::nullopt;
+  }
+  // The format ReadStoredGroups gives `name` in, from the file's header alone; nullopt when
+  // it gives nullopt.
+  virtual std::optional<StoredGroupFormat> StoredFormat(absl::string_view /*name*/) const {
+    return std::nullopt;
+  }
 };
 
 // One safetensors file, mapped read-only.
@@ -155,12 +168,15 @@ class SafetensorsFile : public TensorSource {
 class Checkpoint {
  public:
   // Opens `dir`/model.safetensors.index.json and every shard it names, or else
-  // `dir`/model.safetensors, or else `dir`/model.gguf. Errors name the file:
+  // `dir`/model.safetensors, or else `dir`/model.gguf. When `dir`/config.json has a GPTQ
+  // "quantization_config", the safetensors files are read through one GptqCheckpoint
+  // (gptq_checkpoint.h: X.weight for every X.qweight quartet). Errors name the file:
   //   NOT_FOUND         none of those files; a shard the index names is missing.
   //   INVALID_ARGUMENT  an index that is not JSON, has no "weight_map", names a file outside
   //                     the directory, or names a tensor its shard lacks; a tensor stored in
   //                     two files.
-  //   and every error of SafetensorsFile::Open and GgufCheckpointFile::Open.
+  //   and every error of SafetensorsFile::Open, GgufCheckpointFile::Open, ParseGptqConfig
+  //   and GptqCheckpoint::Open.
   static absl::StatusOr<std::unique_ptr<Checkpoint>> Open(const std::string& dir);
 
   const std::string& directory() const { return dir_; }
@@ -176,6 +192,11 @@ class Checkpoint {
   absl::StatusOr<Tensor> Read(absl::string_view name, const TensorSlice& slice = TensorSlice(),
                               std::optional<DType> dtype = std::nullopt) const;
   void ReleasePages(absl::string_view name) const;
+  // See TensorSource::ReadStoredGroups; NOT_FOUND as Read.
+  absl::StatusOr<std::optional<StoredGroups>> ReadStoredGroups(absl::string_view name,
+                                                               const TensorSlice& slice) const;
+  // See TensorSource::StoredFormat; nullopt for a tensor the checkpoint lacks.
+  std::optional<StoredGroupFormat> StoredFormat(absl::string_view name) const;
 
  private:
   Checkpoint() = default;

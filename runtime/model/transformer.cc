@@ -150,15 +150,31 @@ absl::Status Transformer::TakeWeights(RankWeights weights) {
     TESSERA_ASSIGN_OR_RETURN(lm_head_, take("lm_head.weight"));
   }
   TESSERA_ASSIGN_OR_RETURN(final_norm_, take("model.norm.weight"));
-  auto rows = [](const Tensor& t, int64_t begin, int64_t end) { return t.Slice(begin, end); };
-  for (int l = 0; l < config_.num_hidden_layers; ++l) {
-    TESSERA_ASSIGN_OR_RETURN(Layer layer,
-                             AssembleLayer<Tensor>(config_, plan_, l, take_optional, rows));
-    if (!layer.gate_up.defined()) {  // stored apart: one [gate; up] matrix for one product
-      TESSERA_ASSIGN_OR_RETURN(layer.gate_up, StackRows(layer.gate, layer.up));
-      layer.gate = layer.up = Tensor();
+  auto find = [&](const std::string& name) {
+    auto stored = weights.stored_groups.find(name);
+    return stored == weights.stored_groups.end() ? LoadedWeight{take_optional(name), nullptr}
+                                                 : LoadedWeight{Tensor(), stored->second};
+  };
+  auto rows = [](const LoadedWeight& w, int64_t begin,
+                 int64_t end) -> absl::StatusOr<LoadedWeight> {
+    if (w.groups == nullptr) {
+      TESSERA_ASSIGN_OR_RETURN(Tensor part, w.tensor.Slice(begin, end));
+      return LoadedWeight{std::move(part), nullptr};
     }
-    layers_.push_back(std::move(layer));
+    TESSERA_ASSIGN_OR_RETURN(StoredGroups part, StoredGroupRows(*w.groups, begin, end));
+    return LoadedWeight{Tensor(), std::make_shared<const StoredGroups>(std::move(part))};
+  };
+  for (int l = 0; l < config_.num_hidden_layers; ++l) {
+    TESSERA_ASSIGN_OR_RETURN(LayerSlots<LoadedWeight> loaded,
+                             AssembleLayer<LoadedWeight>(config_, plan_, l, find, rows));
+    if (!loaded.gate_up.defined()) {  // stored apart: one [gate; up] matrix for one product
+      TESSERA_ASSIGN_OR_RETURN(loaded.gate_up, StackGateUp(loaded.gate, loaded.up));
+      loaded.gate = loaded.up = LoadedWeight();
+    }
+    layers_.push_back(
+        MapLayerSlots<Tensor>(loaded, [](const LoadedWeight& w) { return w.tensor; }));
+    stored_groups_.push_back({loaded.q.groups, loaded.k.groups, loaded.v.groups, loaded.o.groups,
+                              loaded.gate_up.groups, loaded.down.groups});
   }
   rotary_ = RotaryConfigOf(config_);
   inv_freq_ = kernels::RotaryInverseFrequencies(rotary_);
@@ -166,15 +182,47 @@ absl::Status Transformer::TakeWeights(RankWeights weights) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<Transformer::LoadedWeight> Transformer::StackGateUp(const LoadedWeight& gate,
+                                                                   const LoadedWeight& up) {
+  if (gate.groups != nullptr && up.groups != nullptr) {
+    absl::StatusOr<StoredGroups> stacked = StackStoredGroups(*gate.groups, *up.groups);
+    if (stacked.ok()) {
+      return LoadedWeight{Tensor(), std::make_shared<const StoredGroups>(*std::move(stacked))};
+    }
+  }
+  // Tensors, or groups of two kinds (then both are quantized to --quantize stored's int8
+  // groups).
+  auto tensor_of = [&](const LoadedWeight& w, DType dtype) -> absl::StatusOr<Tensor> {
+    if (w.groups == nullptr) return w.tensor;
+    return DequantizeStoredGroups(*w.groups, dtype);
+  };
+  const DType dtype = gate.groups == nullptr ? gate.tensor.dtype()
+                      : up.groups == nullptr ? up.tensor.dtype()
+                                             : DType::kF32;
+  TESSERA_ASSIGN_OR_RETURN(Tensor gate_tensor, tensor_of(gate, dtype));
+  TESSERA_ASSIGN_OR_RETURN(Tensor up_tensor, tensor_of(up, dtype));
+  TESSERA_ASSIGN_OR_RETURN(Tensor stacked, StackRows(gate_tensor, up_tensor));
+  return LoadedWeight{std::move(stacked), nullptr};
+}
+
 absl::Status Transformer::TakeProjections() {
-  auto take = [&](Tensor& from, ops::ProjectionWeight& to) -> absl::Status {
-    if (!device_.is_cpu()) {
+  auto take = [&](Tensor& from, std::shared_ptr<const StoredGroups>& groups,
+                  ops::ProjectionWeight& to) -> absl::Status {
+    if (groups != nullptr) {  // --quantize stored, on the CPU only (Load checks)
+      TESSERA_ASSIGN_OR_RETURN(to.quantized, ToQuantizedWeight(*groups));
+      if (to.quantized.quant == kernels::WeightQuant::kInt4) {
+        to.quantized.activations = quantize_->activations;
+      }
+      groups = nullptr;
+    } else if (!device_.is_cpu()) {
       to.dense = std::move(from);
     } else if (quantize_.has_value()) {
       TESSERA_ASSIGN_OR_RETURN(
           to.quantized,
           kernels::QuantizeWeight(from, quantize_->quant, quantize_->GroupFor(from.dim(1))));
-      to.quantized.activations = quantize_->activations;
+      if (to.quantized.quant == kernels::WeightQuant::kInt4) {
+        to.quantized.activations = quantize_->activations;
+      }
     } else {
       TESSERA_ASSIGN_OR_RETURN(to.dense, kernels::PackLinearWeight(from));
     }
@@ -184,14 +232,16 @@ absl::Status Transformer::TakeProjections() {
   projections_.resize(layers_.size());
   for (size_t l = 0; l < layers_.size(); ++l) {
     Layer& w = layers_[l];
+    StoredLayerGroups& g = stored_groups_[l];
     LayerProjections& p = projections_[l];
-    TESSERA_RETURN_IF_ERROR(take(w.q, p.q));
-    TESSERA_RETURN_IF_ERROR(take(w.k, p.k));
-    TESSERA_RETURN_IF_ERROR(take(w.v, p.v));
-    TESSERA_RETURN_IF_ERROR(take(w.o, p.o));
-    TESSERA_RETURN_IF_ERROR(take(w.gate_up, p.gate_up));
-    TESSERA_RETURN_IF_ERROR(take(w.down, p.down));
+    TESSERA_RETURN_IF_ERROR(take(w.q, g.q, p.q));
+    TESSERA_RETURN_IF_ERROR(take(w.k, g.k, p.k));
+    TESSERA_RETURN_IF_ERROR(take(w.v, g.v, p.v));
+    TESSERA_RETURN_IF_ERROR(take(w.o, g.o, p.o));
+    TESSERA_RETURN_IF_ERROR(take(w.gate_up, g.gate_up, p.gate_up));
+    TESSERA_RETURN_IF_ERROR(take(w.down, g.down, p.down));
   }
+  stored_groups_.clear();
   return absl::OkStatus();
 }
 

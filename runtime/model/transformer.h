@@ -28,6 +28,7 @@
 #include "runtime/core/tensor.h"
 #include "runtime/model/layer_weights.h"
 #include "runtime/model/model_config.h"
+#include "runtime/model/stored_groups.h"
 #include "runtime/model/weight_loader.h"
 #include "runtime/model/weight_plan.h"
 
@@ -169,6 +170,12 @@ class Transformer {
   struct LayerProjections {
     kernels::ops::ProjectionWeight q, k, v, o, gate_up, down;
   };
+  // A weight as loaded: a tensor, or (`--quantize stored`) the checkpoint's own groups.
+  struct LoadedWeight {
+    Tensor tensor;
+    std::shared_ptr<const StoredGroups> groups;
+    bool defined() const { return tensor.defined() || groups != nullptr; }
+  };
 
   // The activations of one Forward, `tokens` rows each (views of buffers kept across calls
   // on a GPU, fresh host memory on the CPU).
@@ -198,6 +205,10 @@ class Transformer {
         device_(tp.device()),
         stream_(std::move(stream)) {}
   absl::Status TakeWeights(RankWeights weights);
+  // gate and up as one [gate; up] weight: stacked groups when both are groups of one kind,
+  // else a tensor (groups of two kinds dequantized, to be quantized again as
+  // `--quantize stored` quantizes tensors).
+  static absl::StatusOr<LoadedWeight> StackGateUp(const LoadedWeight& gate, const LoadedWeight& up);
   // Copies every weight to device_ and waits for the copies; tied tensors stay one tensor.
   // On the CPU, packs the LM head instead (the projections: TakeProjections).
   absl::Status MoveWeightsToDevice();
@@ -233,6 +244,12 @@ class Transformer {
   Tensor final_norm_;
   std::vector<Layer> layers_;
   std::vector<LayerProjections> projections_;
+  // The projections loaded as the checkpoint's groups (`--quantize stored`), null elsewhere;
+  // TakeProjections packs them and empties this.
+  struct StoredLayerGroups {
+    std::shared_ptr<const StoredGroups> q, k, v, o, gate_up, down;
+  };
+  std::vector<StoredLayerGroups> stored_groups_;
   std::optional<WeightQuantization> quantize_;
   uint64_t weight_bytes_ = 0;
   DType kv_dtype_ = DType::kF32;

@@ -117,6 +117,10 @@ absl::Status CheckCheckpoint(const Checkpoint& checkpoint, const WeightPlan& pla
                    " does not match the model configuration: ", absl::StrJoin(problems, "; ")));
 }
 
+bool IsLayerProjection(absl::string_view name) {
+  return absl::StartsWith(name, "model.layers.") && absl::EndsWith(name, "_proj.weight");
+}
+
 absl::StatusOr<RankWeights> LoadRankWeights(const Checkpoint& checkpoint, const WeightPlan& plan,
                                             const LoadOptions& options) {
   if (options.dtype.has_value() && !IsFloatingPoint(*options.dtype)) {
@@ -135,17 +139,27 @@ absl::StatusOr<RankWeights> LoadRankWeights(const Checkpoint& checkpoint, const 
   }
   if (options.progress) options.progress(progress);
 
+  const bool keep_stored_groups = options.quantize.has_value() && options.quantize->stored;
   RankWeights weights;
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     const PlannedTensor& planned = plan.tensors[i];
-    TESSERA_ASSIGN_OR_RETURN(Tensor tensor,
-                             checkpoint.Read(planned.name, planned.slice, dtypes[i]));
+    std::optional<StoredGroups> groups;
+    if (keep_stored_groups && IsLayerProjection(planned.name)) {
+      TESSERA_ASSIGN_OR_RETURN(groups, checkpoint.ReadStoredGroups(planned.name, planned.slice));
+    }
+    if (groups.has_value()) {
+      weights.stored_groups.emplace(planned.name,
+                                    std::make_shared<const StoredGroups>(std::move(*groups)));
+    } else {
+      TESSERA_ASSIGN_OR_RETURN(Tensor tensor,
+                               checkpoint.Read(planned.name, planned.slice, dtypes[i]));
+      weights.bytes += tensor.nbytes();
+      weights.tensors.emplace(planned.name, std::move(tensor));
+    }
     if (options.release_pages) checkpoint.ReleasePages(planned.name);
-    weights.bytes += tensor.nbytes();
-    progress.bytes_done += tensor.nbytes();
+    progress.bytes_done += StorageBytes(dtypes[i], NumElements(planned.rank_shape));
     progress.tensors_done += 1;
     progress.current = planned.name;
-    weights.tensors.emplace(planned.name, std::move(tensor));
     if (options.progress) options.progress(progress);
   }
   for (const std::string& name : checkpoint.TensorNames()) {

@@ -11,15 +11,18 @@
 #include <cstdio>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "runtime/core/tensor.h"
 #include "runtime/model/model_config.h"
 #include "runtime/model/safetensors.h"
+#include "runtime/model/stored_groups.h"
 #include "runtime/model/weight_plan.h"
 #include "runtime/model/weight_quantization.h"
 
@@ -61,13 +64,22 @@ struct LoadOptions {
 };
 
 struct RankWeights {
-  // This rank's part of every planned tensor, by checkpoint name, shaped plan.rank_shape.
+  // This rank's part of every planned tensor, by checkpoint name, shaped plan.rank_shape;
+  // except, with LoadOptions::quantize stored, the layer projections in `stored_groups`.
   std::map<std::string, Tensor> tensors;
+  // With `--quantize stored`: this rank's part of each layer projection (model.layers.*
+  // _proj.weight) that the checkpoint stores in groups the kernels take
+  // (TensorSource::ReadStoredGroups), by checkpoint name, instead of a tensor.
+  std::map<std::string, std::shared_ptr<const StoredGroups>> stored_groups;
   // Stored tensors deliberately not loaded: rotary inv_freq buffers, and lm_head.weight of a
   // checkpoint with tied embeddings.
   std::vector<std::string> ignored;
   uint64_t bytes = 0;  // held in `tensors`
 };
+
+// A layer's projection weight, "model.layers.N.(self_attn|mlp).*_proj.weight": what
+// `--quantize` quantizes.
+bool IsLayerProjection(absl::string_view name);
 
 // Checks, before reading anything, that `checkpoint` holds exactly the tensors of `plan`
 // (apart from the ignored ones) with the planned shapes and floating-point dtypes; the error

@@ -6,6 +6,11 @@
 namespace tessera::model {
 
 std::string WeightQuantization::ToString() const {
+  if (stored) {
+    return absl::StrCat("stored (the checkpoint's own groups",
+                        activations == kernels::ActivationQuant::kInt8 ? ", int8 activations" : "",
+                        "; int8 groups of 32 for the others)");
+  }
   if (group_size == 0) return absl::StrCat(kernels::WeightQuantName(quant), " (a scale per row)");
   return absl::StrCat(kernels::WeightQuantName(quant), " (groups of ", group_size,
                       activations == kernels::ActivationQuant::kInt8 ? ", int8 activations" : "",
@@ -20,9 +25,9 @@ absl::StatusOr<std::optional<WeightQuantization>> ParseWeightQuantization(
         absl::StrCat("--quantize-activations ", activations, ": expected f32 or int8"));
   }
   if (activations == "int8") {
-    if (quantize != "int4") {
+    if (quantize != "int4" && quantize != "stored") {
       return absl::InvalidArgumentError(
-          "--quantize-activations int8 needs --quantize int4 (int8 weights take f32 "
+          "--quantize-activations int8 needs --quantize int4 or stored (int8 weights take f32 "
           "activations)");
     }
     q.activations = kernels::ActivationQuant::kInt8;
@@ -40,9 +45,20 @@ absl::StatusOr<std::optional<WeightQuantization>> ParseWeightQuantization(
   } else if (quantize == "int4") {
     q.quant = kernels::WeightQuant::kInt4;
     q.group_size = 32;
+  } else if (quantize == "stored") {
+    if (!group.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--quantize-group ", group,
+                       " does not go with --quantize stored (the groups are the "
+                       "checkpoint's)"));
+    }
+    q.quant = kernels::WeightQuant::kInt8;
+    q.group_size = 32;
+    q.stored = true;
+    return q;
   } else {
     return absl::InvalidArgumentError(
-        absl::StrCat("--quantize ", quantize, ": expected none, int8 or int4"));
+        absl::StrCat("--quantize ", quantize, ": expected none, int8, int4 or stored"));
   }
   if (group.empty()) return q;
   if (group == "row" && q.quant == kernels::WeightQuant::kInt8) {

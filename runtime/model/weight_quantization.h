@@ -1,10 +1,14 @@
 #ifndef TESSERA_RUNTIME_MODEL_WEIGHT_QUANTIZATION_H_
 #define TESSERA_RUNTIME_MODEL_WEIGHT_QUANTIZATION_H_
 
-// Weight-only quantization of a model's projections at load (`--quantize int8|int4`), each
+// Weight-only quantization of a model's projections at load (`--quantize int8|int4|stored`), each
 // rank quantizing only its own slice (kernels/cpu/quantized_linear.h has the formats):
 //   int8  symmetric, one scale per output row (default) or per group of 32 or 128 inputs;
 //   int4  scale and offset per group of 32 (default) or 128 inputs.
+//   stored  a checkpoint that is already quantized runs on its own codes, scales and offsets
+//           where the kernels take them as stored (TensorSource::ReadStoredGroups: GGUF's
+//           Q8_0, Q4_0, Q4_1 and Q4_K, GPTQ's 4-bit groups); its other projections are
+//           quantized to int8 in groups of 32.
 // The projections of every layer are quantized (q, k, v, o, gate/up, down); the embedding and
 // the LM head keep the model's dtype, as vLLM and TensorRT-LLM do by default.
 //
@@ -31,6 +35,9 @@ struct WeightQuantization {
   // one on the dequantized weights to f32 rounding) or rounded to int8 per block of inputs as
   // llama.cpp does (about twice as fast; see kernels/cpu/quantized_linear.h).
   kernels::ActivationQuant activations = kernels::ActivationQuant::kF32;
+  // `--quantize stored`: projections the checkpoint stores in groups keep them; `quant` and
+  // `group_size` (int8, 32) are for the others.
+  bool stored = false;
 
   // "int8 (a scale per row)", "int4 (groups of 32)".
   std::string ToString() const;
@@ -39,8 +46,9 @@ struct WeightQuantization {
 };
 
 // --quantize, --quantize-group and --quantize-activations: `quantize` is "none" (or empty:
-// nullopt), "int8" or "int4"; `group` is "" (the kind's default: a row for int8, 32 for int4),
-// "row" (int8 only), "32" or "128"; `activations` "f32" or "int8" (int4 only).
+// nullopt), "int8", "int4" or "stored"; `group` is "" (the kind's default: a row for int8, 32
+// for int4), "row" (int8 only), "32" or "128" (not for stored); `activations` "f32" or "int8"
+// (int4 and stored, whose int4 groups then take int8 activations).
 // INVALID_ARGUMENT naming the flag and the values accepted otherwise.
 absl::StatusOr<std::optional<WeightQuantization>> ParseWeightQuantization(
     absl::string_view quantize, absl::string_view group, absl::string_view activations = "f32");

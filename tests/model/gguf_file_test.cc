@@ -6,17 +6,21 @@
 
 #include "runtime/model/gguf_file.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "runtime/model/gguf_checkpoint.h"
 #include "runtime/model/gguf_model.h"
 #include "runtime/model/model_config.h"
+#include "runtime/model/stored_groups.h"
 #include "runtime/tokenizer/tokenizer.h"
 #include "runtime/tokenizer/tokenizer_config.h"
 #include "tests/model/model_test_util.h"
@@ -251,6 +255,84 @@ TEST(GgufCheckpointTest, SlicesAgreeWithWholeReads) {
                       {"model.layers.9.mlp.up_proj.weight"}));
   EXPECT_TRUE(IsError(file->Read("model.norm.weight", TensorSlice::Whole(), DType::kI32),
                       absl::StatusCode::kInvalidArgument, {"model.norm.weight", "i32"}));
+}
+
+// `--quantize stored` reads: the groups of Q8_0, Q4_0 and Q4_1 tensors are the values Read
+// dequantizes, of Q4_K tensors the same to f16's rounding of their scales and offsets; slices
+// are the slices of the whole; other types have none; a slice that cuts a group is refused.
+TEST(GgufCheckpointTest, StoredGroupsHoldTheDequantizedValues) {
+  struct Case {
+    const char* file;
+    kernels::WeightQuant quant;
+    double tolerance;  // of each weight, relative to its row's largest
+  };
+  for (const Case& c : {Case{"llama_q8_0", kernels::WeightQuant::kInt8, 0},
+                        Case{"llama_q4_0", kernels::WeightQuant::kInt4, 0},
+                        Case{"llama_q4_1_tied", kernels::WeightQuant::kInt4, 0},
+                        Case{"llama_k_quants", kernels::WeightQuant::kInt4, 1e-3}}) {
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<GgufCheckpointFile> file,
+                         GgufCheckpointFile::Open(Golden(c.file)));
+    int checked = 0;
+    for (const TensorInfo& info : file->tensors()) {
+      SCOPED_TRACE(absl::StrCat(c.file, " ", info.name));
+      const std::optional<StoredGroupFormat> format = file->StoredFormat(info.name);
+      ASSERT_OK_AND_ASSIGN(std::optional<StoredGroups> groups,
+                           file->ReadStoredGroups(info.name, TensorSlice::Whole()));
+      ASSERT_EQ(format.has_value(), groups.has_value());
+      if (!groups.has_value()) continue;
+      ++checked;
+      if (absl::EndsWith(info.name, "_proj.weight") &&
+          info.name.find("gate") == std::string::npos &&
+          info.name.find("v_proj") == std::string::npos) {
+        EXPECT_EQ(groups->quant, c.quant);
+      }
+      EXPECT_EQ(groups->format(), *format);
+      ASSERT_EQ(groups->rows, info.shape[0]);
+      ASSERT_EQ(groups->cols, info.shape[1]);
+      ASSERT_OK_AND_ASSIGN(Tensor values, DequantizeStoredGroups(*groups, DType::kF32));
+      ASSERT_OK_AND_ASSIGN(Tensor expected, file->Read(info.name));
+      const int64_t rows = groups->rows, cols = groups->cols;
+      for (int64_t r = 0; r < rows; ++r) {
+        float largest = 0;
+        for (int64_t i = 0; i < cols; ++i) {
+          largest = std::max(largest, std::abs(expected.data<float>()[r * cols + i]));
+        }
+        for (int64_t i = 0; i < cols; ++i) {
+          const float want = expected.data<float>()[r * cols + i];
+          const float got = values.data<float>()[r * cols + i];
+          ASSERT_LE(std::abs(got - want), c.tolerance * largest) << "row " << r << " input " << i;
+        }
+      }
+      // Rows and columns of the whole, as the tensor-parallel splits read them.
+      ASSERT_OK_AND_ASSIGN(std::optional<StoredGroups> bottom,
+                           file->ReadStoredGroups(info.name, TensorSlice::Rows(rows / 2, rows)));
+      ASSERT_OK_AND_ASSIGN(StoredGroups want_bottom, StoredGroupRows(*groups, rows / 2, rows));
+      EXPECT_EQ(bottom->codes, want_bottom.codes);
+      EXPECT_EQ(bottom->scales, want_bottom.scales);
+      EXPECT_EQ(bottom->offsets, want_bottom.offsets);
+      ASSERT_OK_AND_ASSIGN(std::optional<StoredGroups> right,
+                           file->ReadStoredGroups(info.name, TensorSlice::Columns(32, cols)));
+      ASSERT_EQ(right->cols, cols - 32);
+      for (int64_t r = 0; r < rows; ++r) {
+        ASSERT_TRUE(std::equal(right->codes.begin() + r * (cols - 32),
+                               right->codes.begin() + (r + 1) * (cols - 32),
+                               groups->codes.begin() + r * cols + 32))
+            << "row " << r;
+        ASSERT_EQ(right->scales[r * (cols / 32 - 1)], groups->scales[r * (cols / 32) + 1]);
+      }
+      EXPECT_TRUE(IsError(file->ReadStoredGroups(info.name, TensorSlice::Columns(16, cols)),
+                          absl::StatusCode::kInvalidArgument,
+                          {info.name, "columns [16,", "groups of 32"}));
+    }
+    EXPECT_GT(checked, 0) << c.file;
+  }
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<GgufCheckpointFile> f16,
+                       GgufCheckpointFile::Open(Golden("llama_f16")));
+  ASSERT_OK_AND_ASSIGN(
+      std::optional<StoredGroups> none,
+      f16->ReadStoredGroups("model.layers.0.self_attn.q_proj.weight", TensorSlice::Whole()));
+  EXPECT_FALSE(none.has_value());
+  EXPECT_FALSE(f16->StoredFormat("model.layers.0.self_attn.q_proj.weight").has_value());
 }
 
 // The f32 and f16 files hold the same model: their tensors agree to f16's rounding, which

@@ -31,7 +31,16 @@ TEST(WeightQuantizationTest, ParsesTheFlags) {
   EXPECT_EQ(int8_32->group_size, 32);
 
   EXPECT_TRUE(IsError(ParseWeightQuantization("fp8", ""), absl::StatusCode::kInvalidArgument,
-                      {"--quantize fp8", "int8 or int4"}));
+                      {"--quantize fp8", "int8, int4 or stored"}));
+  ASSERT_OK_AND_ASSIGN(std::optional<WeightQuantization> stored,
+                       ParseWeightQuantization("stored", "", "int8"));
+  EXPECT_TRUE(stored->stored);
+  EXPECT_EQ(stored->quant, kernels::WeightQuant::kInt8);  // for projections stored otherwise
+  EXPECT_EQ(stored->group_size, 32);
+  EXPECT_EQ(stored->activations, kernels::ActivationQuant::kInt8);
+  EXPECT_NE(stored->ToString().find("the checkpoint's own groups"), std::string::npos);
+  EXPECT_TRUE(IsError(ParseWeightQuantization("stored", "128"), absl::StatusCode::kInvalidArgument,
+                      {"--quantize-group 128", "--quantize stored"}));
   EXPECT_TRUE(IsError(ParseWeightQuantization("int4", "row"), absl::StatusCode::kInvalidArgument,
                       {"--quantize-group row", "32 or 128"}));
   EXPECT_TRUE(IsError(ParseWeightQuantization("int8", "64"), absl::StatusCode::kInvalidArgument,

@@ -208,6 +208,25 @@ TEST_F(Generate, PlanAndPerplexityCommands) {
   const double reduced = perplexity(1, "--quantize int4 --kv-cache-dtype int8");
   EXPECT_NE(reduced, one);
   EXPECT_NEAR(reduced, one, one * 0.2);
+
+  // --compare puts the quantized model beside the weights as stored. A GGUF file of Q4_1
+  // groups run on those groups (--quantize stored) predicts what its dequantized weights do.
+  const std::string gguf = std::string(TESSERA_GOLDEN_GGUF_MODELS) + "/llama_q4_1_tied/model.gguf";
+  Outcome stored = RunTessera(
+      2, "perplexity --model " + gguf + " --text " + text + " --tp 2 --quantize stored --compare");
+  ASSERT_EQ(stored.exit_code, 0) << stored.all;
+  const size_t at = stored.out.find("same most likely token at ");
+  ASSERT_NE(at, std::string::npos) << stored.out;
+  int same = 0, positions = 0;
+  ASSERT_EQ(
+      std::sscanf(stored.out.c_str() + at, "same most likely token at %d of %d", &same, &positions),
+      2)
+      << stored.out;
+  EXPECT_GT(positions, 10);
+  EXPECT_EQ(same, positions) << stored.out;
+  EXPECT_TRUE(stored.out.find("(+0.00%)") != std::string::npos ||
+              stored.out.find("(-0.00%)") != std::string::npos)
+      << stored.out;
 }
 
 // A file of requests through the serving engine: results come back in input order, equal at

@@ -73,7 +73,9 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"models/llama_bf16", "none", false},
                       Case{"models/llama_tied_linear", "int8", true},
                       Case{"models/glm4", "none", false}, Case{"models/qwen2", "int4", true},
-                      Case{"gguf_models/llama_q4_1_tied/model.gguf", "none", false}));
+                      Case{"gguf_models/llama_q4_1_tied/model.gguf", "none", false},
+                      Case{"gguf_models/llama_q4_1_tied/model.gguf", "stored", false},
+                      Case{"gguf_models/llama_k_quants/model.gguf", "stored", true}));
 
 // A GPU plan: the KV cache gets the fraction of what the weights and the CUDA runtime leave;
 // too little memory says so, and names what would fit.

@@ -66,16 +66,20 @@ inline ForwardBatch SequenceStep(const std::vector<int32_t>& tokens, int begin, 
   return ForwardBatch::SingleSequence(tokens, begin, end, cache.num_blocks);
 }
 
-// Loads `dir` (a golden checkpoint) over `tp`, on tp's device, and checks its prefill logits
-// and greedy tokens with gtest assertions. Collective over `tp`.
-inline void ExpectMatchesGolden(const std::string& dir, comm::Communicator& tp) {
-  const std::string name = dir.substr(dir.find_last_of('/') + 1);
+// Loads `dir` (a golden checkpoint) over `tp`, on tp's device, with `load`, and checks its
+// prefill logits and greedy tokens with gtest assertions. `tolerance`: of the logits relative
+// to each row's largest; 0 for the default (1e-4, or 3e-2 for a bf16 golden). Collective
+// over `tp`.
+inline void ExpectMatchesGolden(const std::string& dir, comm::Communicator& tp,
+                                const LoadOptions& load = {}, double tolerance = 0) {
+  std::string name = dir.substr(dir.find_last_of('/') + 1);
+  if (load.quantize.has_value()) name += " --quantize " + load.quantize->ToString();
   Golden golden = ReadGolden(dir);
   // A golden GGUF file (tests/golden/gguf_models) loads as `--model file.gguf` does.
   absl::StatusOr<std::string> model_dir =
       std::filesystem::exists(dir + "/config.json") ? dir : ResolveModelPath(dir + "/model.gguf");
   ASSERT_TRUE(model_dir.ok()) << model_dir.status();
-  absl::StatusOr<std::unique_ptr<Transformer>> model = Transformer::Load(*model_dir, tp);
+  absl::StatusOr<std::unique_ptr<Transformer>> model = Transformer::Load(*model_dir, tp, load);
   ASSERT_TRUE(model.ok()) << model.status();
   Transformer& m = **model;
   absl::StatusOr<KvCache> cache = m.AllocateKvCache(/*num_blocks=*/4, /*block_size=*/8);
@@ -85,7 +89,7 @@ inline void ExpectMatchesGolden(const std::string& dir, comm::Communicator& tp) 
   // Prefill: every position's logits. f32 must agree to 1e-4 of the row's largest logit;
   // the bf16 checkpoint, which transformers runs in bf16 throughout and Tessera in f32 over
   // bf16 weights, to 3e-2.
-  double tolerance = golden.dtype == "bfloat16" ? 3e-2 : 1e-4;
+  if (tolerance == 0) tolerance = golden.dtype == "bfloat16" ? 3e-2 : 1e-4;
   std::vector<int32_t> tokens = golden.prompt;
   int prompt = static_cast<int>(tokens.size());
   absl::StatusOr<Tensor> shard = m.Forward(SequenceStep(tokens, 0, prompt, *cache), *cache, true);

@@ -235,6 +235,29 @@ TEST(CpuAffinityTest, ProblemsNameTheFix) {
   EXPECT_NE(srun.find("srun --cpu-bind=cores --cpus-per-task=8"), std::string::npos) << srun;
   const std::string threads = CpuSetupProblem(MakeSetup({0}, 1, 1, /*override=*/4), false);
   EXPECT_NE(threads.find("4 kernel threads on one core"), std::string::npos) << threads;
+  // More local ranks than cores share one mask: oversubscribed. CI's 4 ranks on 2 cores
+  // (--bind-to none): the node is too small, so the fix is fewer ranks.
+  const std::string crowded = CpuSetupProblem(MakeSetup({0, 1}, 2, 4), false);
+  EXPECT_EQ(crowded,
+            "4 local ranks share these 2 core(s), so some cores run the kernel threads of "
+            "several ranks: the node has 2 cores for 4 ranks; start at most 2 ranks on it "
+            "(mpirun --map-by ppr:2:node, or fewer -np)");
+  EXPECT_NE(CpuSetupProblem(MakeSetup({0, 1}, 2, 4), true).find("srun --ntasks-per-node=2"),
+            std::string::npos);
+  // A big enough node whose ranks were all bound to the same 2 cores (counted exactly by the
+  // launcher): each rank needs cores of its own.
+  CpuSetup overlapping = MakeSetup({0, 1}, 16, 8);
+  overlapping.inputs.ranks_sharing = 8;
+  overlapping.plan = PlanCpuThreads(overlapping.inputs);
+  const std::string own = CpuSetupProblem(overlapping, false);
+  EXPECT_NE(own.find("8 local ranks share these 2 core(s)"), std::string::npos) << own;
+  EXPECT_NE(own.find("mpirun --map-by slot:PE=2 --bind-to core"), std::string::npos) << own;
+  EXPECT_NE(CpuSetupProblem(overlapping, true).find("srun --cpu-bind=cores --cpus-per-task=2"),
+            std::string::npos);
+  // As many ranks as cores sharing them: one thread each, nothing to say.
+  overlapping.inputs.ranks_sharing = 2;
+  overlapping.plan = PlanCpuThreads(overlapping.inputs);
+  EXPECT_EQ(CpuSetupProblem(overlapping, false), "");
   EXPECT_EQ(DescribeCpuSetup(MakeSetup({0, 1, 2, 3}, 8, 2)),
             "cores 0-3 (4 of 8 on the node, 1 local rank(s) of 2 share them), 4 kernel "
             "thread(s), pinned");

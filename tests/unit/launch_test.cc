@@ -9,7 +9,9 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -184,16 +186,77 @@ TEST_F(LaunchTest, BindToCoreReservesCoresPerRank) {
 }
 
 TEST_F(LaunchTest, GpuLayoutRunsOneRankPerGpuBoundToItsNumaDomain) {
-  // Two nodes of 8 GPUs, tensor-parallel groups of 8: one job on each node.
+  // Two nodes of 8 GPUs, tensor-parallel groups of 8: one job on each node. mpirun does not
+  // know which GPU a rank takes or where it hangs, so it binds nothing: each rank binds
+  // itself to its GPU's NUMA domain (--device cuda, launcher/numa_placement.h).
   config_.ranks_per_node = 8;
   config_.tp = 8;
   ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
   ASSERT_EQ(commands.replicas.size(), 2u);
   EXPECT_EQ(std::vector<std::string>(Job(commands, 1).begin(), Job(commands, 1).begin() + 9),
             (std::vector<std::string>{"mpirun", "--host", "node-b:8", "-np", "8", "--map-by",
-                                      "slot", "--bind-to", "numa"}));
+                                      "slot", "--bind-to", "none"}));
+  EXPECT_TRUE(HasPair(Job(commands, 1), "--device", "cuda"));
   EXPECT_FALSE(HasPair(Job(commands), "-x", "TESSERA_CPU_THREADS=1"));
   EXPECT_FALSE(HasPair(Job(commands), "-x", "TESSERA_NODE_FIRST_SLOT=0"));
+  for (const std::string& arg : Job(commands)) {
+    EXPECT_EQ(arg.find("TESSERA_NODE_BIND"), std::string::npos) << arg;
+  }
+}
+
+// The value of `-x NAME=VALUE` in `job`; "" when absent.
+std::string Exported(const std::vector<std::string>& job, const std::string& name) {
+  for (size_t i = 0; i + 1 < job.size(); ++i) {
+    if (job[i] == "-x" && job[i + 1].rfind(name + "=", 0) == 0) {
+      return job[i + 1].substr(name.size() + 1);
+    }
+  }
+  return "";
+}
+
+TEST_F(LaunchTest, JobsSharingANodeTakeDisjointSlotsOfIt) {
+  // The cpu backend on nodes of four NUMA domains, groups of two ranks: two jobs a node. Each
+  // rank binds itself to the domain of its node slot, first_slot + local rank
+  // (launcher/numa_placement.h: SlotCpus): job 0 domains 0-1, job 1 domains 2-3.
+  config_.hostfile = Hostfile("node-a slots=4\nnode-b slots=4\n");
+  config_.backend = "cpu";
+  config_.tp = 2;
+  ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
+  ASSERT_EQ(commands.replicas.size(), 4u);
+  std::set<std::pair<std::string, int>> slots;  // (node, slot) of every rank
+  for (int r = 0; r < 4; ++r) {
+    const std::vector<std::string>& job = Job(commands, r);
+    EXPECT_TRUE(HasPair(job, "--bind-to", "none"));
+    EXPECT_TRUE(HasPair(job, "--map-by", "slot"));
+    EXPECT_EQ(Exported(job, "TESSERA_NODE_BIND"), "numa");
+    EXPECT_EQ(Exported(job, "TESSERA_NODE_RANKS"), "4");
+    const int first = std::stoi(Exported(job, "TESSERA_NODE_FIRST_SLOT"));
+    for (int local = 0; local < config_.tp; ++local) {
+      EXPECT_TRUE(slots.emplace(r < 2 ? "node-a" : "node-b", first + local).second)
+          << "replica " << r << " takes slot " << first + local << " twice";
+      EXPECT_LT(first + local, 4);
+    }
+  }
+  EXPECT_EQ(slots.size(), 8u);
+
+  // --bind-to core: slots of K cores (TESSERA_NODE_BIND=core:K), threads capped at K.
+  config_.bind_to = "core";
+  config_.cores_per_rank = 6;
+  ASSERT_OK_AND_ASSIGN(commands, BuildLaunchCommands(config_));
+  EXPECT_EQ(Exported(Job(commands, 1), "TESSERA_NODE_BIND"), "core:6");
+  EXPECT_EQ(Exported(Job(commands, 1), "TESSERA_CPU_THREADS"), "6");
+  EXPECT_TRUE(HasPair(Job(commands, 1), "--bind-to", "none"));
+
+  // GPUs: each rank goes to its GPU's domain, whichever job it is in; none: nothing.
+  config_.backend = "nccl";
+  config_.bind_to = "numa";
+  ASSERT_OK_AND_ASSIGN(commands, BuildLaunchCommands(config_));
+  EXPECT_EQ(Exported(Job(commands, 1), "TESSERA_NODE_BIND"), "");
+  EXPECT_EQ(Exported(Job(commands, 1), "TESSERA_NODE_FIRST_SLOT"), "2");
+  config_.backend = "cpu";
+  config_.bind_to = "none";
+  ASSERT_OK_AND_ASSIGN(commands, BuildLaunchCommands(config_));
+  EXPECT_EQ(Exported(Job(commands, 1), "TESSERA_NODE_BIND"), "");
 }
 
 TEST_F(LaunchTest, CpuLayoutRunsOneRankPerNumaDomain) {
@@ -292,13 +355,13 @@ TEST_F(LaunchTest, WorkerFlagsAndPassThroughArguments) {
   ASSERT_OK_AND_ASSIGN(LaunchCommands commands, BuildLaunchCommands(config_));
   EXPECT_EQ(Job(commands).front(), "/opt/ompi/bin/mpirun");
   EXPECT_EQ(commands.coordinator_port, 6000);
-  EXPECT_EQ(commands.coordinator,
-            (std::vector<std::string>{"/usr/local/bin/tessera", "coordinator", "--listen",
-                                      "0.0.0.0:6000", "--metrics-listen", "0.0.0.0:9500",
-                                      "--policy", "least-load", "--join-token-file",
-                                      "/etc/tessera/join", "--api-keys", "/etc/tessera/keys",
-                                      "--tls-cert", "/etc/tessera/tls.crt", "--tls-key",
-                                      "/etc/tessera/tls.key", "--tls-ca", "/etc/tessera/ca.crt"}));
+  EXPECT_EQ(
+      commands.coordinator,
+      (std::vector<std::string>{
+          "/usr/local/bin/tessera", "coordinator", "--listen", "0.0.0.0:6000", "--metrics-listen",
+          "0.0.0.0:9500", "--policy", "least-load", "--join-token-file", "/etc/tessera/join",
+          "--api-keys", "/etc/tessera/keys", "--tls-cert", "/etc/tessera/tls.crt", "--tls-key",
+          "/etc/tessera/tls.key", "--tls-ca", "/etc/tessera/ca.crt"}));
   EXPECT_EQ(WorkerArgs(commands, "/opt/tessera/bin/tessera"),
             (std::vector<std::string>{"worker",
                                       "--coordinator",
@@ -349,8 +412,9 @@ TEST_F(LaunchTest, ExplicitNpFillsHostsInOrder) {
   EXPECT_TRUE(HasPair(Job(commands, 1), "--host", "a:2"));
   EXPECT_TRUE(HasPair(Job(commands, 2), "--host", "b:2"));
   EXPECT_TRUE(HasPair(Job(commands, 2), "--replica-offset", "2"));
-  // b's only group is alone on its node: bound as asked, no node share.
-  EXPECT_TRUE(HasPair(Job(commands, 2), "--bind-to", "numa"));
+  // b's only group is alone on its node: no node share (its ranks bind themselves to their
+  // GPUs' domains, as every GPU rank does).
+  EXPECT_TRUE(HasPair(Job(commands, 2), "--bind-to", "none"));
   EXPECT_FALSE(HasPair(Job(commands, 2), "-x", "TESSERA_NODE_FIRST_SLOT=0"));
 }
 
