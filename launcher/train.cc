@@ -78,6 +78,7 @@ struct TrainConfig {
   std::string lora_targets = "q_proj,k_proj,v_proj,o_proj";
   bool merge = false;
   bool recompute = false;
+  QuantizeFlags quantize;  // the frozen base of a LoRA fine-tune
   bool export_model = true;
   int zero = 0;
   absl::Duration timeout = absl::Minutes(5);
@@ -195,6 +196,12 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
   model_options.lora.alpha = config.lora_alpha;
   model_options.lora.seed = static_cast<uint64_t>(config.seed);
   model_options.recompute = config.recompute;
+  TESSERA_ASSIGN_OR_RETURN(model_options.quantize, ParseQuantizeFlags(config.quantize));
+  if (model_options.quantize.has_value() && config.merge) {
+    return absl::InvalidArgumentError(
+        "--merge with --quantize: the base is held quantized; export the adapter, then merge it "
+        "with `tessera train export --merge`, which loads the base unquantized");
+  }
   TESSERA_ASSIGN_OR_RETURN(model_options.lora.targets,
                            train::ParseLoraTargets(config.lora_targets));
   if (config.seq_len < 2 || config.steps < 0 || config.save_every < 0 || config.keep < 0 ||
@@ -537,6 +544,7 @@ int RunTrain(const std::vector<std::string>& args, int* argc, char*** argv) {
              "keep one layer's activations: recompute each layer in the backward (a third "
              "more compute, the same gradients)");
   flags.Int("lora-r", &config.lora_r, "LoRA rank (0: full fine-tune); the base is frozen");
+  AddQuantizeFlags(flags, &config.quantize);
   flags.Double("lora-alpha", &config.lora_alpha, "LoRA alpha: adapters scale by alpha / r");
   flags.String("lora-targets", &config.lora_targets,
                "Linears that get adapters: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,"

@@ -182,6 +182,11 @@ absl::Status WriteDirectory(const std::string& out_dir,
 
 absl::Status ExportHuggingFace(TrainableModel& model, const std::string& base_dir,
                                const std::string& out_dir) {
+  if (model.options().quantize.has_value()) {
+    return absl::FailedPreconditionError(
+        "the model holds its base quantized (--quantize): export the adapter, or merge it with "
+        "`tessera train export --merge`, which loads the base unquantized");
+  }
   comm::Communicator& tp = model.tp();
   const model::ModelConfig& config = model.config();
   TESSERA_ASSIGN_OR_RETURN(std::vector<model::WeightPlan> plans, AllPlans(model));

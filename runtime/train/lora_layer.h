@@ -8,15 +8,20 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "kernels/cpu/quantized_linear.h"
 #include "runtime/core/tensor.h"
 
 namespace tessera::train {
 
 // A parameter's value and gradient, as views of the parameter set's tensors; undefined for
-// a tensor the model does not have (and g undefined for a frozen one).
+// a tensor the model does not have (and g undefined for a frozen one). A frozen projection
+// of a LoRA fine-tune with `--quantize` is held as `q` instead of `w`.
 struct WeightAndGrad {
   Tensor w, g;
-  bool defined() const { return w.defined(); }
+  kernels::QuantizedWeight q;
+  bool defined() const { return w.defined() || q.defined(); }
+  // Outputs (rows) of a projection.
+  int64_t rows() const { return q.defined() ? q.rows : w.dim(0); }
 };
 
 // A LoRA adapter's factors: A (r, K), B (N, r) as this rank holds them; undefined when the

@@ -9,6 +9,7 @@
 #include "runtime/core/status_macros.h"
 #include "runtime/core/stream.h"
 #include "runtime/model/safetensors.h"
+#include "runtime/model/weight_loader.h"
 
 namespace tessera::train {
 namespace {
@@ -254,6 +255,15 @@ absl::StatusOr<Tensor> ParameterSet::Grad(absl::string_view name) const {
 void ParameterSet::ZeroGrads() {
   for (Parameter& p : params_) {
     if (p.grad.defined()) std::fill_n(p.grad.data<float>(), p.grad.numel(), 0.0f);
+  }
+}
+
+void ParameterSet::ReleaseFrozenProjections() {
+  for (Parameter& p : params_) {
+    if (!p.trainable && model::IsLayerProjection(p.name)) p.value = Tensor();
+  }
+  for (size_t l = 0; l < gate_up_values_.size(); ++l) {
+    if (!gate_up_grads_[l].defined()) gate_up_values_[l] = Tensor();
   }
 }
 

@@ -84,6 +84,11 @@ class ParameterSet {
   const Tensor& GateUpValue(int layer) const { return gate_up_values_[layer]; }
   const Tensor& GateUpGrad(int layer) const { return gate_up_grads_[layer]; }
 
+  // Drops the values of the frozen layer projections (a LoRA fine-tune's base, once the
+  // model holds them quantized: TrainableModelOptions::quantize); Value() of one is then
+  // undefined.
+  void ReleaseFrozenProjections();
+
   void ZeroGrads();
   // Elements this rank holds, each once.
   int64_t NumElements() const;

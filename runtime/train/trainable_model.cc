@@ -52,10 +52,24 @@ void AddColumnSums(const Tensor& dy, Tensor& grad) {
   }
 }
 
-// dx += dy . w through a scratch buffer (LinearBackwardInput overwrites).
-absl::Status AddLinearBackwardInput(const Tensor& dy, const Tensor& w, Tensor& dx,
-                                    Tensor& scratch) {
-  TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardInput(dy, w, scratch));
+// out = x . w^T + bias, with w dense or quantized (the frozen base under --quantize).
+absl::Status Project(const Tensor& x, const WeightAndGrad& w, const Tensor& bias, Tensor& out) {
+  if (w.q.defined()) return kernels::QuantizedLinear(x, w.q, bias, out);
+  return kernels::Linear(x, w.w, bias, out);
+}
+
+// dx = dy . w, overwritten. A quantized w is dequantized for the product, one projection at a
+// time: the gradient of the weights the forward multiplied by.
+absl::Status ProjectBackwardInput(const Tensor& dy, const WeightAndGrad& w, Tensor& dx) {
+  if (!w.q.defined()) return kernels::LinearBackwardInput(dy, w.w, dx);
+  TESSERA_ASSIGN_OR_RETURN(Tensor dense, kernels::DequantizeWeight(w.q));
+  return kernels::LinearBackwardInput(dy, dense, dx);
+}
+
+// dx += dy . w through a scratch buffer (ProjectBackwardInput overwrites).
+absl::Status AddProjectBackwardInput(const Tensor& dy, const WeightAndGrad& w, Tensor& dx,
+                                     Tensor& scratch) {
+  TESSERA_RETURN_IF_ERROR(ProjectBackwardInput(dy, w, scratch));
   return kernels::AddInPlace(dx, scratch);
 }
 
@@ -139,6 +153,20 @@ absl::StatusOr<std::unique_ptr<TrainableModel>> TrainableModel::Load(
       return absl::UnimplementedError(
           "LoRA on a checkpoint that stores q, k and v fused (qkv_proj) is not built yet");
     }
+    if (options.quantize.has_value()) {
+      const std::string flag = absl::StrCat("--quantize ", options.quantize->ToString());
+      if (!options.lora.enabled()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            flag,
+            ": only the frozen base of a LoRA fine-tune is quantized (give --lora-r); a "
+            "full fine-tune updates the weights"));
+      }
+      if (options.quantize->stored) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(flag, ": training quantizes its base to int8 or int4"));
+      }
+      TESSERA_RETURN_IF_ERROR(model::CheckQuantizationFits(config, plan, *options.quantize));
+    }
     TESSERA_ASSIGN_OR_RETURN(ParameterSet params,
                              ParameterSet::Create(config, plan, std::move(weights), options.lora));
     std::unique_ptr<TrainableModel> m(
@@ -196,6 +224,22 @@ absl::Status TrainableModel::BindLayers() {
     bind_lora(prefix + "mlp.gate_up_proj.weight", w.gate_up_lora);
     bind_lora(prefix + "mlp.down_proj.weight", w.down_lora);
   }
+  if (options_.quantize.has_value()) TESSERA_RETURN_IF_ERROR(QuantizeFrozenBase());
+  return absl::OkStatus();
+}
+
+absl::Status TrainableModel::QuantizeFrozenBase() {
+  const model::WeightQuantization& quantize = *options_.quantize;
+  for (LayerWeights& w : layers_) {
+    for (WeightAndGrad* slot : {&w.q, &w.k, &w.v, &w.o, &w.gate_up, &w.down}) {
+      if (slot->g.defined() || !slot->w.defined()) continue;
+      TESSERA_ASSIGN_OR_RETURN(slot->q, kernels::QuantizeWeight(slot->w, quantize.quant,
+                                                                quantize.GroupFor(slot->w.dim(1))));
+      if (slot->q.quant == kernels::WeightQuant::kInt4) slot->q.activations = quantize.activations;
+      slot->w = Tensor();
+    }
+  }
+  params_.ReleaseFrozenProjections();
   return absl::OkStatus();
 }
 
@@ -250,9 +294,9 @@ absl::StatusOr<Tensor> TrainableModel::LayerForward(int l, const Tensor& h, cons
   TESSERA_ASSIGN_OR_RETURN(Tensor q, F32({tokens, q_heads * dim}));
   TESSERA_ASSIGN_OR_RETURN(Tensor k, F32({tokens, kv_heads * dim}));
   TESSERA_ASSIGN_OR_RETURN(Tensor v, F32({tokens, kv_heads * dim}));
-  TESSERA_RETURN_IF_ERROR(kernels::Linear(s.n1, w.q.w, w.q_bias.w, q));
-  TESSERA_RETURN_IF_ERROR(kernels::Linear(s.n1, w.k.w, w.k_bias.w, k));
-  TESSERA_RETURN_IF_ERROR(kernels::Linear(s.n1, w.v.w, w.v_bias.w, v));
+  TESSERA_RETURN_IF_ERROR(Project(s.n1, w.q, w.q_bias.w, q));
+  TESSERA_RETURN_IF_ERROR(Project(s.n1, w.k, w.k_bias.w, k));
+  TESSERA_RETURN_IF_ERROR(Project(s.n1, w.v, w.v_bias.w, v));
   const float lora_scale = options_.lora.enabled() ? options_.lora.scale() : 0.0f;
   if (w.q_lora.defined()) {
     TESSERA_ASSIGN_OR_RETURN(s.q_u, ApplyLora(s.n1, w.q_lora, lora_scale, q, 0));
@@ -277,7 +321,7 @@ absl::StatusOr<Tensor> TrainableModel::LayerForward(int l, const Tensor& h, cons
   TESSERA_RETURN_IF_ERROR(
       kernels::CausalAttention(s.q, s.k, s.v, starts, params, attn_heads, s.lse));
   TESSERA_ASSIGN_OR_RETURN(s.o_out, F32({tokens, hidden}));
-  TESSERA_RETURN_IF_ERROR(kernels::Linear(s.attn, w.o.w, Tensor(), s.o_out));
+  TESSERA_RETURN_IF_ERROR(Project(s.attn, w.o, Tensor(), s.o_out));
   if (w.o_lora.defined()) {  // row-parallel: its partial product joins the layer's all-reduce
     TESSERA_ASSIGN_OR_RETURN(s.o_u, ApplyLora(s.attn, w.o_lora, lora_scale, s.o_out, 0));
   }
@@ -291,9 +335,9 @@ absl::StatusOr<Tensor> TrainableModel::LayerForward(int l, const Tensor& h, cons
   TESSERA_ASSIGN_OR_RETURN(s.h_mid, Sum(s.h_in, attention_out));
   TESSERA_ASSIGN_OR_RETURN(s.n2, F32({tokens, hidden}));
   TESSERA_RETURN_IF_ERROR(kernels::RmsNorm(s.h_mid, w.post_attention_norm.w, eps, s.n2));
-  TESSERA_ASSIGN_OR_RETURN(s.gate_up, F32({tokens, w.gate_up.w.dim(0)}));
-  TESSERA_RETURN_IF_ERROR(kernels::Linear(s.n2, w.gate_up.w, Tensor(), s.gate_up));
-  const int64_t intermediate = w.gate_up.w.dim(0) / 2;
+  TESSERA_ASSIGN_OR_RETURN(s.gate_up, F32({tokens, w.gate_up.rows()}));
+  TESSERA_RETURN_IF_ERROR(Project(s.n2, w.gate_up, Tensor(), s.gate_up));
+  const int64_t intermediate = w.gate_up.rows() / 2;
   if (w.gate_lora.defined()) {
     TESSERA_ASSIGN_OR_RETURN(s.gate_u, ApplyLora(s.n2, w.gate_lora, lora_scale, s.gate_up, 0));
   }
@@ -305,10 +349,10 @@ absl::StatusOr<Tensor> TrainableModel::LayerForward(int l, const Tensor& h, cons
     TESSERA_ASSIGN_OR_RETURN(s.gate_up_u,
                              ApplyLora(s.n2, w.gate_up_lora, lora_scale, s.gate_up, 0));
   }
-  TESSERA_ASSIGN_OR_RETURN(s.act, F32({tokens, w.gate_up.w.dim(0) / 2}));
+  TESSERA_ASSIGN_OR_RETURN(s.act, F32({tokens, w.gate_up.rows() / 2}));
   TESSERA_RETURN_IF_ERROR(kernels::SiluMul(s.gate_up, s.act));
   TESSERA_ASSIGN_OR_RETURN(s.down_out, F32({tokens, hidden}));
-  TESSERA_RETURN_IF_ERROR(kernels::Linear(s.act, w.down.w, Tensor(), s.down_out));
+  TESSERA_RETURN_IF_ERROR(Project(s.act, w.down, Tensor(), s.down_out));
   if (w.down_lora.defined()) {
     TESSERA_ASSIGN_OR_RETURN(s.down_u, ApplyLora(s.act, w.down_lora, lora_scale, s.down_out, 0));
   }
@@ -396,7 +440,7 @@ absl::Status TrainableModel::LayerBackward(int l, const Tensor& positions, const
         kernels::RmsNormBackward(s.down_out, w.post_mlp_norm.w, eps, d_residual, d_down, g));
   }
   TESSERA_ASSIGN_OR_RETURN(Tensor d_act, F32(s.act.shape()));
-  TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardInput(d_down, w.down.w, d_act));
+  TESSERA_RETURN_IF_ERROR(ProjectBackwardInput(d_down, w.down, d_act));
   TESSERA_RETURN_IF_ERROR(WeightGrad(d_down, s.act, w.down, nullptr));
   if (w.down_lora.defined()) {
     TESSERA_RETURN_IF_ERROR(
@@ -405,9 +449,9 @@ absl::Status TrainableModel::LayerBackward(int l, const Tensor& positions, const
   TESSERA_ASSIGN_OR_RETURN(Tensor d_gate_up, F32(s.gate_up.shape()));
   TESSERA_RETURN_IF_ERROR(kernels::SiluMulBackward(s.gate_up, d_act, d_gate_up));
   TESSERA_ASSIGN_OR_RETURN(Tensor d_n2, F32({tokens, hidden}));
-  TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardInput(d_gate_up, w.gate_up.w, d_n2));
+  TESSERA_RETURN_IF_ERROR(ProjectBackwardInput(d_gate_up, w.gate_up, d_n2));
   TESSERA_RETURN_IF_ERROR(WeightGrad(d_gate_up, s.n2, w.gate_up, nullptr));
-  const int64_t intermediate = w.gate_up.w.dim(0) / 2;
+  const int64_t intermediate = w.gate_up.rows() / 2;
   if (w.gate_lora.defined()) {
     TESSERA_RETURN_IF_ERROR(
         LoraBackward(d_gate_up, 0, s.n2, s.gate_u, w.gate_lora, lora_scale, d_n2));
@@ -442,7 +486,7 @@ absl::Status TrainableModel::LayerBackward(int l, const Tensor& positions, const
     AddColumnSums(d_o, g);
   }
   TESSERA_ASSIGN_OR_RETURN(Tensor d_attn, F32(s.attn.shape()));
-  TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardInput(d_o, w.o.w, d_attn));
+  TESSERA_RETURN_IF_ERROR(ProjectBackwardInput(d_o, w.o, d_attn));
   TESSERA_RETURN_IF_ERROR(WeightGrad(d_o, s.attn, w.o, nullptr));
   if (w.o_lora.defined()) {
     TESSERA_RETURN_IF_ERROR(LoraBackward(d_o, 0, s.attn, s.o_u, w.o_lora, lora_scale, d_attn));
@@ -473,12 +517,12 @@ absl::Status TrainableModel::LayerBackward(int l, const Tensor& positions, const
                                     {d_v.Flatten(), &w.v, &w.v_bias, &w.v_lora, &s.v_u}};
   bool first = true;
   for (const Projection& p : projections) {
-    TESSERA_ASSIGN_OR_RETURN(Tensor dy, p.d_out.Reshape({tokens, p.weight->w.dim(0)}));
+    TESSERA_ASSIGN_OR_RETURN(Tensor dy, p.d_out.Reshape({tokens, p.weight->rows()}));
     if (first) {
-      TESSERA_RETURN_IF_ERROR(kernels::LinearBackwardInput(dy, p.weight->w, d_n1));
+      TESSERA_RETURN_IF_ERROR(ProjectBackwardInput(dy, *p.weight, d_n1));
       first = false;
     } else {
-      TESSERA_RETURN_IF_ERROR(AddLinearBackwardInput(dy, p.weight->w, d_n1, scratch));
+      TESSERA_RETURN_IF_ERROR(AddProjectBackwardInput(dy, *p.weight, d_n1, scratch));
     }
     TESSERA_RETURN_IF_ERROR(WeightGrad(dy, s.n1, *p.weight, p.bias->defined() ? p.bias : nullptr));
     if (p.lora->defined()) {

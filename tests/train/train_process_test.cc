@@ -206,6 +206,36 @@ TEST_F(Train, LoraAdaptersMemorizeAndExportAsPeftOrMerged) {
   }
 }
 
+// QLoRA-style: the frozen base held as int8 (--quantize), the adapters learn against it;
+// merged into the unquantized base and served quantized the same way, the completions come
+// back. A merged export from the quantized run itself is refused before training starts.
+TEST_F(Train, LoraOverAQuantizedBaseMemorizes) {
+  const std::string run = dir_ + "/qlora";
+  const std::string flags =
+      absl::StrCat("train --tp 2 --data ", dir_, "/pairs.jsonl --steps 60 --lr 1e-2 ",
+                   "--seq-len 64 --micro-batch 4 --log-every 30 --lora-r 8 --lora-targets ",
+                   "q_proj,v_proj,gate_proj,up_proj,down_proj --quantize int8 --output ");
+  ProcessOutcome refused = Run(2, flags + run + "-refused --merge");
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_NE(refused.output.find("--merge with --quantize"), std::string::npos) << refused.output;
+  ProcessOutcome adapter = Run(2, flags + run);
+  ASSERT_EQ(adapter.exit_code, 0) << adapter.output;
+  ProcessOutcome merged =
+      Run(2, absl::StrCat("train export ", run, " --merge --output ", run, "-merged"));
+  ASSERT_EQ(merged.exit_code, 0) << merged.output;
+  for (const auto& [prompt, completion] : kPairs) {
+    ProcessOutcome generated =
+        Run(1,
+            absl::StrCat("generate --model ", run,
+                         "-merged --quantize int8 --max-tokens 16 --prompt '", prompt, "'"),
+            "", /*stdout_only=*/true);
+    ASSERT_EQ(generated.exit_code, 0) << generated.output;
+    EXPECT_NE(generated.output.find(completion + "\n"), std::string::npos)
+        << "prompt '" << prompt << "':\n"
+        << generated.output;
+  }
+}
+
 TEST_F(Train, AKilledRunResumesWithBitwiseTheSameLosses) {
   const std::string flags =
       absl::StrCat("train --tp 2 --data ", dir_,

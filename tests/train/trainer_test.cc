@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <string>
@@ -17,9 +18,13 @@
 #include "absl/strings/str_cat.h"
 #include "comm/layout.h"
 #include "comm/topology.h"
+#include "kernels/cpu/quantized_linear.h"
 #include "nlohmann/json.hpp"
 #include "runtime/model/safetensors.h"
+#include "runtime/model/weight_loader.h"
+#include "runtime/model/weight_quantization.h"
 #include "runtime/train/batches.h"
+#include "runtime/train/lora.h"
 #include "runtime/train/optimizer.h"
 #include "runtime/train/trainable_model.h"
 #include "runtime/train/zero_optimizer.h"
@@ -129,6 +134,98 @@ TEST(Recompute, GivesBitwiseTheSameGradients) {
       EXPECT_EQ(grads[0][i], grads[1][i]) << "tensor " << i << (lora ? " (LoRA)" : "");
     }
   }
+}
+
+// LoRA over a base quantized at load (--quantize int8 / int4): the loss and the adapters'
+// gradients are those of LoRA over the dequantized base (each rank's slice quantized as the
+// quantized model quantizes it), to f32 rounding, at the TP degree of all ranks; the base's
+// f32 values are released.
+TEST(QuantizedBase, LoraLearnsAgainstTheDequantizedWeights) {
+  comm::Communicator& world = World();
+  const MicroBatch batch = BatchOf(ReadJson(kTrain + "/llama/batches.json").at("packed"));
+  for (const char* quant : {"int8", "int4"}) {
+    SCOPED_TRACE(quant);
+    TrainableModelOptions options;
+    options.lora.r = 4;
+    absl::StatusOr<std::vector<std::string>> targets =
+        ParseLoraTargets("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj");
+    ASSERT_TRUE(targets.ok()) << targets.status();
+    options.lora.targets = *targets;
+    options.quantize = *model::ParseWeightQuantization(quant, "");
+    absl::StatusOr<std::unique_ptr<TrainableModel>> quantized =
+        TrainableModel::Load(kModels + "/llama", world, options);
+    if (world.size() == 4 && std::string(quant) == "int4") {
+      // o_proj's 64 inputs over 4 ranks would cut int4's groups of 32.
+      ASSERT_FALSE(quantized.ok());
+      EXPECT_NE(quantized.status().message().find("would cut a group of 32"), std::string::npos)
+          << quantized.status();
+      continue;
+    }
+    ASSERT_TRUE(quantized.ok()) << quantized.status();
+    TrainableModelOptions dense_options = options;
+    dense_options.quantize.reset();
+    absl::StatusOr<std::unique_ptr<TrainableModel>> dense =
+        TrainableModel::Load(kModels + "/llama", world, dense_options);
+    ASSERT_TRUE(dense.ok()) << dense.status();
+
+    int64_t frozen = 0;
+    for (const Parameter& p : (*quantized)->parameters().all()) {
+      if (!p.trainable && model::IsLayerProjection(p.name)) {
+        EXPECT_FALSE(p.value.defined()) << p.name;
+        ++frozen;
+      }
+    }
+    EXPECT_EQ(frozen, 7 * (*quantized)->config().num_hidden_layers);
+    // The dense model's base becomes the quantized weights' values; B gets values (it starts
+    // at zero, which would leave A without a gradient).
+    for (TrainableModel* m : {quantized->get(), dense->get()}) {
+      for (Parameter& p : m->parameters().all()) {
+        if (p.name.find("lora_B") != std::string::npos) {
+          for (int64_t i = 0; i < p.value.numel(); ++i) {
+            p.value.data<float>()[i] = 0.02f * std::sin(0.7f * static_cast<float>(i) + 1.0f);
+          }
+        } else if (m == dense->get() && !p.trainable && model::IsLayerProjection(p.name)) {
+          absl::StatusOr<kernels::QuantizedWeight> q = kernels::QuantizeWeight(
+              p.value, options.quantize->quant, options.quantize->GroupFor(p.value.dim(1)));
+          ASSERT_TRUE(q.ok()) << q.status();
+          absl::StatusOr<Tensor> values = kernels::DequantizeWeight(*q);
+          ASSERT_TRUE(values.ok()) << values.status();
+          std::copy_n(values->data<float>(), p.value.numel(), p.value.data<float>());
+        }
+      }
+    }
+    absl::StatusOr<LossSum> loss_q = (*quantized)->ForwardBackward(batch, 0.25f);
+    absl::StatusOr<LossSum> loss_d = (*dense)->ForwardBackward(batch, 0.25f);
+    ASSERT_TRUE(loss_q.ok()) << loss_q.status();
+    ASSERT_TRUE(loss_d.ok()) << loss_d.status();
+    EXPECT_NEAR(loss_q->sum, loss_d->sum, 1e-5 * std::abs(loss_d->sum));
+    int compared = 0;
+    for (const Parameter& p : (*dense)->parameters().all()) {
+      if (!p.grad.defined()) continue;
+      const Parameter* q = (*quantized)->parameters().Find(p.name);
+      ASSERT_NE(q, nullptr) << p.name;
+      ASSERT_EQ(q->grad.numel(), p.grad.numel()) << p.name;
+      float largest = 0;
+      for (int64_t i = 0; i < p.grad.numel(); ++i) {
+        largest = std::max(largest, std::abs(p.grad.data<float>()[i]));
+      }
+      EXPECT_GT(largest, 0.0f) << p.name;
+      for (int64_t i = 0; i < p.grad.numel(); ++i) {
+        ASSERT_NEAR(q->grad.data<float>()[i], p.grad.data<float>()[i], 1e-4 * largest)
+            << p.name << " element " << i;
+      }
+      ++compared;
+    }
+    EXPECT_EQ(compared, 2 * 7 * (*dense)->config().num_hidden_layers);
+  }
+  TrainableModelOptions full;
+  full.quantize = *model::ParseWeightQuantization("int8", "");
+  absl::StatusOr<std::unique_ptr<TrainableModel>> refused =
+      TrainableModel::Load(kModels + "/llama", world, full);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("only the frozen base of a LoRA fine-tune"),
+            std::string::npos)
+      << refused.status();
 }
 
 // Examples of uneven lengths and prompt masks, so that micro-batches hold different numbers
