@@ -5,6 +5,7 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/cpu/attention_rows.h"
 #include "kernels/cpu/check_shapes.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/exp_approx.h"
@@ -54,46 +55,8 @@ struct SequenceCache {
   }
 };
 
-// One query row: q (heads, head_dim) against positions [first, last] -> out (heads,
-// head_dim), through scores (heads, stride), stride >= span = last - first + 1.
-struct QueryRow {
-  const float* q;
-  float* out;
-  float* scores;
-  int64_t first, last, stride;
-  float scale;
-};
-
-// The runs of positions [first, last] that lie in one block, in order: `run` positions
-// from `offset` of `block`, the first of them the j-th of the span.
-//   for (BlockRuns b(cache, first, last); b.valid(); b.Next()) ... b.block, b.offset ...
-struct BlockRuns {
-  template <typename Cache>
-  BlockRuns(const Cache& cache, int64_t first, int64_t last)
-      : table_(cache.table),
-        block_size_(cache.block_size),
-        first_(first),
-        last_(last),
-        next_(first) {
-    Next();
-  }
-  bool valid() const { return run > 0; }
-  void Next() {
-    run = 0;
-    if (next_ > last_) return;
-    block = table_[next_ / block_size_];
-    offset = next_ % block_size_;
-    run = std::min(block_size_ - offset, last_ - next_ + 1);
-    j = next_ - first_;
-    next_ += run;
-  }
-
-  int64_t block = 0, offset = 0, run = 0, j = 0;
-
- private:
-  const int32_t* table_;
-  int64_t block_size_, first_, last_, next_;
-};
+using internal::BlockRuns;
+using internal::QueryRow;
 
 // ---- Scores: scores[h][j] = scale * (q[h] . key of position first + j) --------------------
 // Each score is one chain of fused multiply-adds over d in index order from 0, then the
@@ -274,95 +237,22 @@ void ScoresByLanes(const SequenceCache<T>& cache, const QueryRow& row) {
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
-// ---- Softmax of each head's row of scores, in place ----------------------------------------
-// The maximum, then e^(s - max) summed in lanes (then the lanes in a fixed order, then the
-// tail in index order), then each times 1 / sum.
+// ---- Softmax of each head's row of scores, in place (attention_rows.h) ---------------------
 
 template <typename T>
 void SoftmaxPortable(const SequenceCache<T>& cache, const QueryRow& row) {
-  const int64_t span = row.last - row.first + 1;
-  for (int64_t h = 0; h < cache.kv_heads * cache.group; ++h) {
-    float* s = row.scores + h * row.stride;
-    float max = -std::numeric_limits<float>::infinity();
-    for (int64_t j = 0; j < span; ++j) max = std::max(max, s[j]);
-    float sum = 0.0f;
-    for (int64_t j = 0; j < span; ++j) {
-      s[j] = ExpNonPositive(s[j] - max);
-      sum += s[j];
-    }
-    const float inverse = 1.0f / sum;
-    for (int64_t j = 0; j < span; ++j) s[j] *= inverse;
-  }
+  internal::SoftmaxRowsPortable(cache.kv_heads * cache.group, row);
 }
 
 #if TESSERA_CPU_X86
 template <typename T>
-__attribute__((target("avx2,fma"))) void SoftmaxAvx2(const SequenceCache<T>& cache,
-                                                     const QueryRow& row) {
-  const int64_t span = row.last - row.first + 1;
-  const int64_t whole = span / 8 * 8;
-  for (int64_t h = 0; h < cache.kv_heads * cache.group; ++h) {
-    float* s = row.scores + h * row.stride;
-    __m256 max8 = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-    for (int64_t j = 0; j < whole; j += 8) max8 = _mm256_max_ps(max8, _mm256_loadu_ps(s + j));
-    alignas(32) float lanes[8];
-    _mm256_store_ps(lanes, max8);
-    float max = lanes[0];
-    for (int l = 1; l < 8; ++l) max = std::max(max, lanes[l]);
-    for (int64_t j = whole; j < span; ++j) max = std::max(max, s[j]);
-    const __m256 max_vector = _mm256_set1_ps(max);
-    __m256 sum8 = _mm256_setzero_ps();
-    for (int64_t j = 0; j < whole; j += 8) {
-      const __m256 e = ExpNonPositive8(_mm256_sub_ps(_mm256_loadu_ps(s + j), max_vector));
-      _mm256_storeu_ps(s + j, e);
-      sum8 = _mm256_add_ps(sum8, e);
-    }
-    _mm256_store_ps(lanes, sum8);
-    float sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
-                ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
-    for (int64_t j = whole; j < span; ++j) {
-      s[j] = ExpNonPositive(s[j] - max);
-      sum += s[j];
-    }
-    const float inverse = 1.0f / sum;
-    const __m256 inverse8 = _mm256_set1_ps(inverse);
-    for (int64_t j = 0; j < whole; j += 8) {
-      _mm256_storeu_ps(s + j, _mm256_mul_ps(_mm256_loadu_ps(s + j), inverse8));
-    }
-    for (int64_t j = whole; j < span; ++j) s[j] *= inverse;
-  }
+void SoftmaxAvx2(const SequenceCache<T>& cache, const QueryRow& row) {
+  internal::SoftmaxRowsAvx2(cache.kv_heads * cache.group, row);
 }
 
 template <typename T>
-__attribute__((target("avx512f,avx2,fma"))) void SoftmaxAvx512(const SequenceCache<T>& cache,
-                                                               const QueryRow& row) {
-  const int64_t span = row.last - row.first + 1;
-  const int64_t whole = span / 16 * 16;
-  for (int64_t h = 0; h < cache.kv_heads * cache.group; ++h) {
-    float* s = row.scores + h * row.stride;
-    __m512 max16 = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-    for (int64_t j = 0; j < whole; j += 16) max16 = _mm512_max_ps(max16, _mm512_loadu_ps(s + j));
-    float max = _mm512_reduce_max_ps(max16);
-    for (int64_t j = whole; j < span; ++j) max = std::max(max, s[j]);
-    const __m512 max_vector = _mm512_set1_ps(max);
-    __m512 sum16 = _mm512_setzero_ps();
-    for (int64_t j = 0; j < whole; j += 16) {
-      const __m512 e = ExpNonPositive16(_mm512_sub_ps(_mm512_loadu_ps(s + j), max_vector));
-      _mm512_storeu_ps(s + j, e);
-      sum16 = _mm512_add_ps(sum16, e);
-    }
-    float sum = _mm512_reduce_add_ps(sum16);
-    for (int64_t j = whole; j < span; ++j) {
-      s[j] = ExpNonPositive(s[j] - max);
-      sum += s[j];
-    }
-    const float inverse = 1.0f / sum;
-    const __m512 inverse16 = _mm512_set1_ps(inverse);
-    for (int64_t j = 0; j < whole; j += 16) {
-      _mm512_storeu_ps(s + j, _mm512_mul_ps(_mm512_loadu_ps(s + j), inverse16));
-    }
-    for (int64_t j = whole; j < span; ++j) s[j] *= inverse;
-  }
+void SoftmaxAvx512(const SequenceCache<T>& cache, const QueryRow& row) {
+  internal::SoftmaxRowsAvx512(cache.kv_heads * cache.group, row);
 }
 
 // ---- Values: out[h] = sum over j of scores[h][j] * value of position first + j ------------
@@ -507,37 +397,18 @@ AttendSteps<T> StepsFor([[maybe_unused]] int64_t head_dim) {
 // Every query row of the call (see PagedAttention), T the cache's element type.
 template <typename T>
 void AttendRows(const T* k_data, const T* v_data, const float* q_data, float* out_data,
-                const int32_t* tables, int64_t max_blocks, const std::vector<int32_t>& row_sequence,
-                const std::vector<int64_t>& row_position, int64_t block_size, int64_t kv_heads,
-                int64_t group, int64_t head_dim, const AttentionParams& params, int64_t min_rows) {
-  const int64_t tokens = static_cast<int64_t>(row_sequence.size());
-  const int64_t heads = kv_heads * group;
+                const internal::QueryRows& rows, int64_t block_size, int64_t kv_heads,
+                int64_t head_dim, const AttentionParams& params) {
   const AttendSteps<T> steps = StepsFor<T>(head_dim);
-  ParallelFor(
-      tokens, min_rows,
-      [&](int64_t begin, int64_t end) {
-        thread_local std::vector<float> scores;  // kept between calls: no allocation per row
-        for (int64_t r = begin; r < end; ++r) {
-          const int64_t s = row_sequence[r];
-          QueryRow row;
-          row.last = row_position[r];
-          row.first = params.sliding_window > 0
-                          ? std::max<int64_t>(0, row.last - params.sliding_window + 1)
-                          : 0;
-          row.stride = (row.last - row.first + 16) / 16 * 16;  // span rounded up to 16
-          scores.resize(heads * row.stride);
-          row.scores = scores.data();
-          row.q = q_data + r * heads * head_dim;
-          row.out = out_data + r * heads * head_dim;
-          row.scale = params.scale;
-          const SequenceCache<T> cache{
-              k_data, v_data, tables + s * max_blocks, block_size, kv_heads, head_dim, group};
-          steps.scores(cache, row);
-          steps.softmax(cache, row);
-          steps.values(cache, row);
-        }
-      },
-      /*grain=*/1);
+  internal::ForEachQueryRow(
+      rows, q_data, out_data, params, head_dim, [&](int64_t s, const QueryRow& row) {
+        const SequenceCache<T> cache{k_data,     v_data,   rows.tables + s * rows.max_blocks,
+                                     block_size, kv_heads, head_dim,
+                                     rows.group};
+        steps.scores(cache, row);
+        steps.softmax(cache, row);
+        steps.values(cache, row);
+      });
 }
 
 // A cache element from f32: itself, or bf16 rounded to nearest even.
@@ -601,81 +472,19 @@ absl::Status PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor
                             Tensor& out) {
   constexpr char kKernel[] = "PagedAttention";
   TESSERA_RETURN_IF_ERROR(CheckCache(kKernel, k_cache, v_cache));
-  int64_t blocks = v_cache.dim(0), block_size = v_cache.dim(1);
-  int64_t kv_heads = v_cache.dim(2), head_dim = v_cache.dim(3);
-  TESSERA_RETURN_IF_ERROR(ExpectDType(kKernel, "q", q, {DType::kF32}));
-  TESSERA_RETURN_IF_ERROR(ExpectRank(kKernel, "q", q, 3));
-  int64_t tokens = q.dim(0), heads = q.dim(1);
-  if (q.dim(2) != head_dim || heads % kv_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(kKernel, ": q ", q.DebugString(),
-                                                   " does not match a cache of ", kv_heads,
-                                                   " kv heads of ", head_dim, " dimensions"));
-  }
-  TESSERA_RETURN_IF_ERROR(ExpectDType(kKernel, "out", out, {DType::kF32}));
-  TESSERA_RETURN_IF_ERROR(ExpectShape(kKernel, "out", out, q.shape()));
-  TESSERA_RETURN_IF_ERROR(ExpectDType(kKernel, "context_lens", context_lens, {DType::kI32}));
-  TESSERA_RETURN_IF_ERROR(ExpectRank(kKernel, "context_lens", context_lens, 1));
-  int64_t sequences = context_lens.dim(0);
-  TESSERA_RETURN_IF_ERROR(ExpectDType(kKernel, "query_starts", query_starts, {DType::kI32}));
-  TESSERA_RETURN_IF_ERROR(ExpectShape(kKernel, "query_starts", query_starts, {sequences + 1}));
-  TESSERA_RETURN_IF_ERROR(ExpectDType(kKernel, "block_tables", block_tables, {DType::kI32}));
-  TESSERA_RETURN_IF_ERROR(ExpectRank(kKernel, "block_tables", block_tables, 2));
-  if (block_tables.dim(0) != sequences) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        kKernel, ": block_tables ", block_tables.DebugString(), " for ", sequences, " sequences"));
-  }
-  int64_t max_blocks = block_tables.dim(1);
-  const int32_t* starts = query_starts.data<int32_t>();
-  const int32_t* lens = context_lens.data<int32_t>();
-  const int32_t* tables = block_tables.data<int32_t>();
-  if (starts[0] != 0 || starts[sequences] != tokens) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(kKernel, ": query_starts must run from 0 to the ", tokens, " query rows"));
-  }
-
-  const int64_t group = heads / kv_heads;
-  // Each query row's sequence and position, and the work of the whole call.
-  std::vector<int32_t> row_sequence(tokens);
-  std::vector<int64_t> row_position(tokens);
-  int64_t work = 0;
-  for (int64_t s = 0; s < sequences; ++s) {
-    int64_t new_tokens = starts[s + 1] - starts[s];
-    int64_t context = lens[s];
-    if (new_tokens < 0 || new_tokens > context || context > max_blocks * block_size) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          kKernel, ": sequence ", s, " has ", new_tokens, " queries over a context of ", context,
-          " tokens and room for ", max_blocks * block_size));
-    }
-    const int32_t* table = tables + s * max_blocks;
-    for (int64_t b = 0; b < (context + block_size - 1) / block_size; ++b) {
-      if (table[b] < 0 || table[b] >= blocks) {
-        return absl::OutOfRangeError(absl::StrCat(kKernel, ": sequence ", s, " block ", b, " is ",
-                                                  table[b], ", not one of the ", blocks,
-                                                  " cache blocks"));
-      }
-    }
-    for (int64_t i = 0; i < new_tokens; ++i) {
-      row_sequence[starts[s] + i] = static_cast<int32_t>(s);
-      row_position[starts[s] + i] = context - new_tokens + i;
-      work += context - new_tokens + i + 1;
-    }
-  }
-  work *= heads * head_dim;
-
-  // Items are query rows, handed out one at a time (a prefill row late in a long prompt
-  // costs hundreds of times a short decode row); below about 64k multiply-adds threads do
-  // not pay.
-  constexpr int64_t kParallelWork = int64_t{1} << 16;
-  const int64_t min_rows = work < kParallelWork ? tokens : 1;
+  const int64_t blocks = v_cache.dim(0), block_size = v_cache.dim(1);
+  const int64_t kv_heads = v_cache.dim(2), head_dim = v_cache.dim(3);
+  TESSERA_ASSIGN_OR_RETURN(
+      const internal::QueryRows rows,
+      internal::PlanQueryRows(kKernel, q, out, query_starts, context_lens, block_tables, blocks,
+                              block_size, kv_heads, head_dim));
   if (v_cache.dtype() == DType::kF32) {
     AttendRows(k_cache.data<float>(), v_cache.data<float>(), q.data<float>(), out.data<float>(),
-               tables, max_blocks, row_sequence, row_position, block_size, kv_heads, group,
-               head_dim, params, min_rows);
+               rows, block_size, kv_heads, head_dim, params);
   } else {
     AttendRows(reinterpret_cast<const uint16_t*>(k_cache.data<BFloat16>()),
                reinterpret_cast<const uint16_t*>(v_cache.data<BFloat16>()), q.data<float>(),
-               out.data<float>(), tables, max_blocks, row_sequence, row_position, block_size,
-               kv_heads, group, head_dim, params, min_rows);
+               out.data<float>(), rows, block_size, kv_heads, head_dim, params);
   }
   return absl::OkStatus();
 }

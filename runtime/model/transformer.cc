@@ -497,7 +497,8 @@ absl::StatusOr<Transformer::Activations> Transformer::ActivationsFor(int64_t tok
   return a;
 }
 
-absl::Status Transformer::Attention(int layer, const BatchTensors& in, Activations& a,
+absl::Status Transformer::Attention(int layer, const BatchTensors& in,
+                                    const std::vector<AdapterRows>& adapted, Activations& a,
                                     KvCache& cache) {
   const Layer& w = layers_[layer];
   const LayerProjections& p = projections_[layer];
@@ -508,6 +509,9 @@ absl::Status Transformer::Attention(int layer, const BatchTensors& in, Activatio
   TESSERA_RETURN_IF_ERROR(ops::Linear(a.normed, p.q, w.q_bias, a.q, stream));
   TESSERA_RETURN_IF_ERROR(ops::Linear(a.normed, p.k, w.k_bias, a.k, stream));
   TESSERA_RETURN_IF_ERROR(ops::Linear(a.normed, p.v, w.v_bias, a.v, stream));
+  TESSERA_RETURN_IF_ERROR(AddAdapters(adapted, layer, {LoraModule::kQ}, a.normed, a.q));
+  TESSERA_RETURN_IF_ERROR(AddAdapters(adapted, layer, {LoraModule::kK}, a.normed, a.k));
+  TESSERA_RETURN_IF_ERROR(AddAdapters(adapted, layer, {LoraModule::kV}, a.normed, a.v));
   TESSERA_ASSIGN_OR_RETURN(Tensor q_heads_view, a.q.Reshape({tokens, q_heads, dim}));
   TESSERA_ASSIGN_OR_RETURN(Tensor k_heads_view, a.k.Reshape({tokens, kv_heads, dim}));
   TESSERA_ASSIGN_OR_RETURN(Tensor v_heads_view, a.v.Reshape({tokens, kv_heads, dim}));
@@ -529,6 +533,73 @@ absl::Status Transformer::Attention(int layer, const BatchTensors& in, Activatio
                                             cache.v[layer], stream));
   return ops::PagedAttention(q_heads_view, cache.k[layer], cache.v[layer], in.query_starts,
                              in.context_lens, in.block_tables, params, out_heads, stream);
+}
+
+absl::StatusOr<int> Transformer::LoadAdapter(const std::string& dir) {
+  if (!device_.is_cpu()) {
+    return absl::UnimplementedError(absl::StrCat(
+        "LoRA adapters (", dir, ") run on the CPU only so far, not on ", device_.ToString()));
+  }
+  TESSERA_ASSIGN_OR_RETURN(RankAdapter adapter, LoadRankAdapter(dir, config_, plan_));
+  auto free = std::find(adapters_.begin(), adapters_.end(), nullptr);
+  const int slot = static_cast<int>(free - adapters_.begin());
+  if (free == adapters_.end()) adapters_.emplace_back();
+  adapters_[slot] = std::make_unique<const RankAdapter>(std::move(adapter));
+  return slot;
+}
+
+absl::Status Transformer::UnloadAdapter(int slot) {
+  if (!HasAdapter(slot)) {
+    return absl::NotFoundError(absl::StrCat("UnloadAdapter: no adapter in slot ", slot));
+  }
+  adapters_[slot] = nullptr;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<AdapterRows>> Transformer::AdapterRowsOf(
+    const ForwardBatch& batch) const {
+  if (batch.adapters.empty()) return std::vector<AdapterRows>();
+  const int sequences = batch.num_sequences();
+  if (static_cast<int>(batch.adapters.size()) != sequences) {
+    return absl::InvalidArgumentError(absl::StrCat("Forward: ", batch.adapters.size(),
+                                                   " adapters for ", sequences, " sequences"));
+  }
+  for (int s = 0; s < sequences; ++s) {
+    const int slot = batch.adapters[s];
+    if (slot == -1) continue;
+    if (!device_.is_cpu()) {
+      return absl::UnimplementedError(absl::StrCat(
+          "Forward: LoRA adapters run on the CPU only so far, not on ", device_.ToString()));
+    }
+    if (!HasAdapter(slot)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Forward: sequence ", s, " asks for adapter slot ", slot,
+                       ", which holds no adapter (-1 runs the base model alone)"));
+    }
+  }
+  // The rows of a sequence are [query_starts[s], query_starts[s+1]). The CPU attention kernel
+  // checks them only when it runs, after the first adapter product has used them.
+  for (int s = 0; s < sequences; ++s) {
+    if (batch.query_starts[s] < 0 || batch.query_starts[s] > batch.query_starts[s + 1] ||
+        batch.query_starts[s + 1] > static_cast<int32_t>(batch.tokens.size())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Forward: sequence ", s, "'s rows [", batch.query_starts[s], ", ",
+          batch.query_starts[s + 1], ") are not rows of the batch's ", batch.tokens.size()));
+    }
+  }
+  return GroupRowsByAdapter(batch.adapters, batch.query_starts);
+}
+
+absl::Status Transformer::AddAdapters(const std::vector<AdapterRows>& adapted, int layer,
+                                      std::initializer_list<LoraModule> modules, const Tensor& x,
+                                      Tensor& out) {
+  for (const AdapterRows& group : adapted) {
+    for (LoraModule module : modules) {
+      const RankLoraFactors& f = adapters_[group.slot]->layers[layer][static_cast<int>(module)];
+      if (f.defined()) TESSERA_RETURN_IF_ERROR(AddLoraRows(x, group.rows, f, out));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Tensor> Transformer::Forward(const ForwardBatch& batch, KvCache& cache,
@@ -567,6 +638,7 @@ absl::StatusOr<Tensor> Transformer::RunForward(const ForwardBatch& batch, KvCach
   std::vector<int32_t> last_rows(sequences);  // each sequence's last new token
   for (int64_t s = 0; s < sequences; ++s) last_rows[s] = batch.query_starts[s + 1] - 1;
   TESSERA_ASSIGN_OR_RETURN(BatchTensors in, StageBatch(batch, last_rows));
+  TESSERA_ASSIGN_OR_RETURN(const std::vector<AdapterRows> adapted, AdapterRowsOf(batch));
   // The residual stream, and the output of the previous sub-layer still to be added to it.
   TESSERA_ASSIGN_OR_RETURN(Activations a, ActivationsFor(tokens));
 
@@ -582,8 +654,10 @@ absl::StatusOr<Tensor> Transformer::RunForward(const ForwardBatch& batch, KvCach
       TESSERA_RETURN_IF_ERROR(
           ops::AddRmsNorm(a.residual, a.pending, w.input_norm, eps, a.normed, stream));
     }
-    TESSERA_RETURN_IF_ERROR(Attention(l, in, a, cache));
+    TESSERA_RETURN_IF_ERROR(Attention(l, in, adapted, a, cache));
     TESSERA_RETURN_IF_ERROR(ops::Linear(a.attention, p.o, Tensor(), a.pending, stream));
+    // Row-parallel: each rank adds its partial adapter product before the all-reduce.
+    TESSERA_RETURN_IF_ERROR(AddAdapters(adapted, l, {LoraModule::kO}, a.attention, a.pending));
     TESSERA_RETURN_IF_ERROR(SumOverGroup(a.pending));
     if (w.o_bias.defined()) {  // replicated: added once, after the sum
       TESSERA_RETURN_IF_ERROR(ops::AddBias(a.pending, w.o_bias, stream));
@@ -595,8 +669,12 @@ absl::StatusOr<Tensor> Transformer::RunForward(const ForwardBatch& batch, KvCach
     TESSERA_RETURN_IF_ERROR(
         ops::AddRmsNorm(a.residual, a.pending, w.post_attention_norm, eps, a.normed, stream));
     TESSERA_RETURN_IF_ERROR(ops::Linear(a.normed, p.gate_up, Tensor(), a.gate_up, stream));
+    TESSERA_RETURN_IF_ERROR(AddAdapters(adapted, l,
+                                        {LoraModule::kGate, LoraModule::kUp, LoraModule::kGateUp},
+                                        a.normed, a.gate_up));
     TESSERA_RETURN_IF_ERROR(ops::SiluMul(a.gate_up, a.activated, stream));
     TESSERA_RETURN_IF_ERROR(ops::Linear(a.activated, p.down, Tensor(), a.pending, stream));
+    TESSERA_RETURN_IF_ERROR(AddAdapters(adapted, l, {LoraModule::kDown}, a.activated, a.pending));
     TESSERA_RETURN_IF_ERROR(SumOverGroup(a.pending));
     if (w.post_mlp_norm.defined()) {
       TESSERA_RETURN_IF_ERROR(ops::RmsNorm(a.pending, w.post_mlp_norm, eps, a.pending, stream));

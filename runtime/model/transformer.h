@@ -12,6 +12,7 @@
 // step, so every call below is collective over the tensor-parallel group.
 
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,8 +27,10 @@
 #include "runtime/core/device.h"
 #include "runtime/core/stream.h"
 #include "runtime/core/tensor.h"
+#include "runtime/model/adapter_forward.h"
 #include "runtime/model/layer_weights.h"
 #include "runtime/model/model_config.h"
+#include "runtime/model/rank_adapter.h"
 #include "runtime/model/stored_groups.h"
 #include "runtime/model/weight_loader.h"
 #include "runtime/model/weight_plan.h"
@@ -64,7 +67,9 @@ struct KvCache {
 // The new tokens of a batch of sequences, back to back (see kernels/cpu/attention.h).
 // Sequence s owns rows [query_starts[s], query_starts[s+1]) and has context_lens[s] tokens
 // in the cache once they are written; block_tables is (S, max_blocks) and slot_mapping
-// gives each new token's cache slot (block * block_size + offset).
+// gives each new token's cache slot (block * block_size + offset). adapters[s] is the slot of
+// the LoRA adapter sequence s runs with (Transformer::LoadAdapter), -1 for the base model
+// alone; empty runs every sequence on the base.
 struct ForwardBatch {
   std::vector<int32_t> tokens;
   std::vector<int32_t> positions;
@@ -73,6 +78,7 @@ struct ForwardBatch {
   std::vector<int32_t> block_tables;
   int max_blocks = 0;
   std::vector<int64_t> slot_mapping;
+  std::vector<int32_t> adapters;
 
   int num_sequences() const { return static_cast<int>(context_lens.size()); }
 
@@ -125,6 +131,20 @@ class Transformer {
   // the stream has finished, so nothing it queued is left running. Bad token ids, slots,
   // block tables or query ranges are INVALID_ARGUMENT or OUT_OF_RANGE on every device.
   absl::StatusOr<Tensor> Forward(const ForwardBatch& batch, KvCache& cache, bool all_positions);
+
+  // LoRA adapters served beside the base (PEFT format: lora_adapter.h), any number of them in
+  // one batch (ForwardBatch::adapters); CPU only so far. Every rank must load and unload the
+  // same adapters in the same order, so that a slot means the same adapter on every rank.
+  //
+  // Loads this rank's part of the PEFT adapter directory `dir` (LoadRankAdapter says what it
+  // refuses, and how) into the lowest free slot, which it returns. UNIMPLEMENTED on a GPU.
+  // Not collective, but every rank must call it.
+  absl::StatusOr<int> LoadAdapter(const std::string& dir);
+  // Frees `slot` for a later LoadAdapter; NOT_FOUND when no adapter is loaded there.
+  absl::Status UnloadAdapter(int slot);
+  bool HasAdapter(int slot) const {
+    return slot >= 0 && slot < static_cast<int>(adapters_.size()) && adapters_[slot] != nullptr;
+  }
 
   // The full logits (rows, vocab_size), gathered from every rank's shard. `shard` and the
   // result are host tensors (as Forward returns them) on every device.
@@ -230,7 +250,15 @@ class Transformer {
                                           const std::vector<int32_t>& last_rows);
   absl::StatusOr<Activations> ActivationsFor(int64_t tokens);
   absl::StatusOr<Tensor> RunForward(const ForwardBatch& batch, KvCache& cache, bool all_positions);
-  absl::Status Attention(int layer, const BatchTensors& in, Activations& a, KvCache& cache);
+  absl::Status Attention(int layer, const BatchTensors& in, const std::vector<AdapterRows>& adapted,
+                         Activations& a, KvCache& cache);
+  // The batch's rows grouped by adapter; INVALID_ARGUMENT for a slot that holds none,
+  // UNIMPLEMENTED for adapters off the CPU.
+  absl::StatusOr<std::vector<AdapterRows>> AdapterRowsOf(const ForwardBatch& batch) const;
+  // Adds each group's adapter product for `modules` of layer `layer` (input x, output out:
+  // adapter_forward.h) to its rows of out.
+  absl::Status AddAdapters(const std::vector<AdapterRows>& adapted, int layer,
+                           std::initializer_list<LoraModule> modules, const Tensor& x, Tensor& out);
 
   ModelConfig config_;
   WeightPlan plan_;
@@ -251,6 +279,8 @@ class Transformer {
   };
   std::vector<StoredLayerGroups> stored_groups_;
   std::optional<WeightQuantization> quantize_;
+  // The LoRA adapters by slot; null where a slot is free.
+  std::vector<std::unique_ptr<const RankAdapter>> adapters_;
   uint64_t weight_bytes_ = 0;
   DType kv_dtype_ = DType::kF32;
 

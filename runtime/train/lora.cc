@@ -11,10 +11,6 @@
 namespace tessera::train {
 namespace {
 
-constexpr absl::string_view kModules[] = {"q_proj",    "k_proj",    "v_proj",
-                                          "o_proj",    "gate_proj", "up_proj",
-                                          "down_proj", "qkv_proj",  "gate_up_proj"};
-
 std::string ModuleOf(absl::string_view weight_name) {
   return std::string(absl::StripSuffix(weight_name, ".weight"));
 }
@@ -25,9 +21,10 @@ absl::StatusOr<std::vector<std::string>> ParseLoraTargets(absl::string_view text
   std::vector<std::string> targets;
   for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
     part = absl::StripAsciiWhitespace(part);
-    if (std::find(std::begin(kModules), std::end(kModules), part) == std::end(kModules)) {
+    const absl::Span<const absl::string_view> modules = model::LoraModuleNames();
+    if (std::find(modules.begin(), modules.end(), part) == modules.end()) {
       return absl::InvalidArgumentError(absl::StrCat("--lora-targets: '", part, "' is not one of ",
-                                                     absl::StrJoin(kModules, ", ")));
+                                                     absl::StrJoin(modules, ", ")));
     }
     if (std::find(targets.begin(), targets.end(), part) == targets.end()) {
       targets.emplace_back(part);
@@ -35,44 +32,6 @@ absl::StatusOr<std::vector<std::string>> ParseLoraTargets(absl::string_view text
   }
   if (targets.empty()) return absl::InvalidArgumentError("--lora-targets names no module");
   return targets;
-}
-
-std::string LoraAName(absl::string_view weight_name) {
-  return absl::StrCat("base_model.model.", ModuleOf(weight_name), ".lora_A.weight");
-}
-
-std::string LoraBName(absl::string_view weight_name) {
-  return absl::StrCat("base_model.model.", ModuleOf(weight_name), ".lora_B.weight");
-}
-
-model::PlannedTensor PlanLoraA(const model::PlannedTensor& weight, int r) {
-  model::PlannedTensor a;
-  a.name = LoraAName(weight.name);
-  a.shape = {r, weight.shape[1]};
-  if (weight.kind == model::ShardKind::kRowParallel) {
-    a.kind = model::ShardKind::kRowParallel;
-    a.slice = weight.slice;  // the same input columns
-    a.rank_shape = {r, weight.rank_shape[1]};
-  } else {
-    a.kind = model::ShardKind::kReplicated;
-    a.rank_shape = a.shape;
-  }
-  return a;
-}
-
-model::PlannedTensor PlanLoraB(const model::PlannedTensor& weight, int r) {
-  model::PlannedTensor b;
-  b.name = LoraBName(weight.name);
-  b.shape = {weight.shape[0], r};
-  if (weight.kind == model::ShardKind::kColumnParallel) {
-    b.kind = model::ShardKind::kColumnParallel;
-    b.slice = weight.slice;  // the same output rows
-    b.rank_shape = {weight.rank_shape[0], r};
-  } else {
-    b.kind = model::ShardKind::kReplicated;
-    b.rank_shape = b.shape;
-  }
-  return b;
 }
 
 bool IsLoraTarget(const LoraOptions& options, absl::string_view weight_name) {

@@ -1,15 +1,11 @@
 #ifndef TESSERA_RUNTIME_TRAIN_LORA_H_
 #define TESSERA_RUNTIME_TRAIN_LORA_H_
 
-// LoRA adapters (Hu et al.) in the form the `peft` package reads and writes: for a target
-// Linear y = x W^T of W (N, K), y += (alpha / r) * (x A^T) B^T with A (r, K) and B (N, r),
-// named "base_model.model.<module>.lora_A.weight" / ".lora_B.weight" where <module> is the
-// Linear's name in the checkpoint ("model.layers.0.self_attn.q_proj").
-//
-// Tensor-parallel like their layer: on a column-parallel layer (output features split) B is
-// split as W's rows and A is whole on every rank; on a row-parallel layer (input features
-// split) A is split as W's columns and B is whole. The whole factor's gradient comes out of
-// each rank's backward as a partial sum, which the trainer sums over the group.
+// LoRA fine-tuning options. The adapters are those of the `peft` package: for a target Linear
+// y = x W^T of W (N, K), y += (alpha / r) * (x A^T) B^T with A (r, K) and B (N, r); their
+// names and tensor-parallel split are runtime/model/lora_adapter.h's, shared with serving.
+// The whole factor beside a split layer gets its gradient out of each rank's backward as a
+// partial sum, which the trainer sums over the group.
 
 #include <cstdint>
 #include <string>
@@ -17,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "runtime/model/lora_adapter.h"
 #include "runtime/model/weight_plan.h"
 
 namespace tessera::train {
@@ -37,14 +34,12 @@ struct LoraOptions {
 // gate_up_proj of checkpoints that store them so).
 absl::StatusOr<std::vector<std::string>> ParseLoraTargets(absl::string_view text);
 
-// PEFT's names of the two factors of the Linear whose weight is `weight_name`
-// ("model.layers.0.self_attn.q_proj.weight").
-std::string LoraAName(absl::string_view weight_name);
-std::string LoraBName(absl::string_view weight_name);
-
-// The plans of A and B for a target Linear planned as `weight` with rank `r`.
-model::PlannedTensor PlanLoraA(const model::PlannedTensor& weight, int r);
-model::PlannedTensor PlanLoraB(const model::PlannedTensor& weight, int r);
+// PEFT's naming and the tensor-parallel plan of the factors: one definition, shared with the
+// serving model (runtime/model/lora_adapter.h).
+using model::LoraAName;
+using model::LoraBName;
+using model::PlanLoraA;
+using model::PlanLoraB;
 
 // Whether `weight_name` is a Linear weight that `options` targets.
 bool IsLoraTarget(const LoraOptions& options, absl::string_view weight_name);

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/core/stream.h"
+#include "runtime/model/lora_adapter.h"
 #include "runtime/model/safetensors.h"
 #include "runtime/model/weight_loader.h"
 
@@ -192,13 +193,7 @@ absl::Status ParameterSet::LoadAdapter(const std::string& dir) {
   Stream cpu = Stream::Cpu();
   for (Parameter& p : params_) {
     if (p.name.rfind("base_model.", 0) != 0) continue;
-    const model::TensorInfo* info = file->Find(p.name);
-    if (info == nullptr || info->shape != p.planned.shape) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ": ", p.name, info == nullptr ? " is missing" : " has another shape",
-                       " (this model's is ", ShapeToString(p.planned.shape), ")"));
-    }
-    TESSERA_ASSIGN_OR_RETURN(Tensor slice, file->Read(p.name, p.planned.slice, DType::kF32));
+    TESSERA_ASSIGN_OR_RETURN(Tensor slice, model::ReadLoraFactor(*file, p.planned));
     TESSERA_RETURN_IF_ERROR(p.value.CopyFrom(slice, cpu));
   }
   return absl::OkStatus();

@@ -19,6 +19,7 @@
 #include "runtime/model/safetensors.h"
 #include "runtime/model/transformer.h"
 #include "runtime/model/weight_quantization.h"
+#include "tests/mpi/dequantized_checkpoint.h"
 #include "tests/mpi/mpi_test_environment.h"
 
 namespace tessera::model {
@@ -26,49 +27,7 @@ namespace {
 
 using ::tessera::testing::World;
 
-bool IsProjection(const std::string& name) {
-  for (const char* role :
-       {"q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "qkv_proj.weight",
-        "gate_proj.weight", "up_proj.weight", "gate_up_proj.weight", "down_proj.weight"}) {
-    if (absl::EndsWith(name, role)) return true;
-  }
-  return false;
-}
-
-// A copy of the model directory `from` whose projections are the weights `quantization`
-// makes of them, dequantized; written by rank 0, in a folder every rank sees.
-std::string DequantizedCopy(const std::string& from, const WeightQuantization& quantization,
-                            const std::string& name) {
-  const std::string dir = (std::filesystem::path(::testing::TempDir()) / name).string();
-  if (World().rank() == 0) {
-    std::filesystem::remove_all(dir);
-    std::filesystem::create_directories(dir);
-    for (const char* file : {"config.json", "generation_config.json"}) {
-      if (std::filesystem::exists(from + "/" + file)) {
-        std::filesystem::copy_file(from + "/" + file, dir + "/" + file);
-      }
-    }
-    absl::StatusOr<std::unique_ptr<Checkpoint>> checkpoint = Checkpoint::Open(from);
-    EXPECT_TRUE(checkpoint.ok()) << checkpoint.status();
-    std::vector<std::pair<std::string, Tensor>> tensors;
-    for (const std::string& tensor : (*checkpoint)->TensorNames()) {
-      absl::StatusOr<Tensor> value = (*checkpoint)->Read(tensor);
-      EXPECT_TRUE(value.ok()) << value.status();
-      if (IsProjection(tensor)) {
-        absl::StatusOr<kernels::QuantizedWeight> quantized = kernels::QuantizeWeight(
-            *value, quantization.quant, quantization.GroupFor(value->dim(1)));
-        EXPECT_TRUE(quantized.ok()) << tensor << ": " << quantized.status();
-        absl::StatusOr<Tensor> dequantized = kernels::DequantizeWeight(*quantized);
-        EXPECT_TRUE(dequantized.ok()) << dequantized.status();
-        value = std::move(dequantized);
-      }
-      tensors.emplace_back(tensor, *std::move(value));
-    }
-    EXPECT_TRUE(WriteSafetensors(dir + "/model.safetensors", tensors).ok());
-  }
-  EXPECT_TRUE(World().Barrier().ok());
-  return dir;
-}
+using testing::DequantizedCheckpoint;
 
 // Every position's logits of a fixed prompt, gathered.
 std::vector<float> PromptLogits(Transformer& model) {
@@ -121,7 +80,7 @@ TEST_P(QuantizedModel, EqualsTheModelOfItsDequantizedWeights) {
     GTEST_SKIP() << "a scale per row depends on the TP split";
   }
   ASSERT_TRUE(quantized.ok()) << quantized.status();
-  const std::string reference_dir = DequantizedCopy(
+  const std::string reference_dir = DequantizedCheckpoint(
       golden, **quantization, std::string("dequantized_") + c.model + "_" + c.quantize + c.group);
   absl::StatusOr<std::unique_ptr<Transformer>> reference =
       Transformer::Load(reference_dir, World());
