@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "runtime/model/resident_memory.h"
 
 namespace tessera::launcher {
@@ -16,6 +17,21 @@ void AddEngineFlags(FlagSet& flags, engine::EngineOptions* options) {
   flags.Bool("prefix-cache", &options->prefix_caching,
              "reuse the KV blocks of shared prompt prefixes (--no-prefix-cache to turn off)");
   flags.Int("max-queued", &options->max_queued, "waiting requests before new ones are refused");
+}
+
+absl::StatusOr<std::vector<engine::AdapterSpec>> ParseAdapterList(absl::string_view text) {
+  std::vector<engine::AdapterSpec> adapters;
+  if (text.empty()) return adapters;
+  for (absl::string_view entry : absl::StrSplit(text, ',')) {
+    std::pair<absl::string_view, absl::string_view> parts =
+        absl::StrSplit(entry, absl::MaxSplits('=', 1));
+    if (parts.first.empty() || parts.second.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--adapters: \"", entry, "\" is not name=DIR (a PEFT adapter directory)"));
+    }
+    adapters.push_back({std::string(parts.first), std::string(parts.second)});
+  }
+  return adapters;
 }
 
 engine::EngineOptions EngineOptionsFor(const ModelJob& job, engine::EngineOptions options) {

@@ -5,7 +5,10 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "launcher/flags.h"
 #include "launcher/model_job.h"
 #include "runtime/engine/engine.h"
@@ -16,6 +19,12 @@ namespace tessera::launcher {
 // --prefix-cache and --max-queued, writing into `options` (whose values are the defaults:
 // set them first).
 void AddEngineFlags(FlagSet& flags, engine::EngineOptions* options);
+
+// The value of --adapters (tessera generate), "name=DIR[,name=DIR...]", as the engine's
+// adapters in that order;
+// INVALID_ARGUMENT naming the entry that is not name=DIR (an empty name or directory).
+// Names must be distinct, which Engine::Create checks.
+absl::StatusOr<std::vector<engine::AdapterSpec>> ParseAdapterList(absl::string_view text);
 
 // `options` with the KV cache sized for the job's device: on a GPU (--device cuda) it takes
 // job.device_kv_cache_bytes (--kv-cache-memory-fraction of the memory the weights left free)

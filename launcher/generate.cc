@@ -50,6 +50,7 @@ struct GenerateConfig {
   bool validate = false;
   std::string requests_file;  // set: offline generation through the engine
   std::string output_file;
+  std::string adapters;  // --adapters: name=DIR,... for the requests' "adapter" field
   engine::EngineOptions engine;
 };
 
@@ -175,6 +176,12 @@ absl::Status Generate(const GenerateConfig& config, int* argc, char*** argv) {
   if (!config.system.empty() && !config.chat) {
     return absl::InvalidArgumentError("--system: needs --chat");
   }
+  // Adapters serve the engine's requests; one-prompt generation runs the base model alone.
+  TESSERA_ASSIGN_OR_RETURN(std::vector<engine::AdapterSpec> adapters,
+                           ParseAdapterList(config.adapters));
+  if (!adapters.empty() && config.requests_file.empty()) {
+    return absl::InvalidArgumentError("--adapters: needs --requests (each line names its adapter)");
+  }
   TESSERA_RETURN_IF_ERROR(
       kernels::ValidateSamplingParams({config.temperature, config.top_k, config.top_p, 0}));
   if (config.max_tokens < 1) return absl::InvalidArgumentError("--max-tokens must be >= 1");
@@ -200,6 +207,7 @@ absl::Status Generate(const GenerateConfig& config, int* argc, char*** argv) {
   if (!config.requests_file.empty()) {
     OfflineJob offline{config.requests_file, config.output_file,
                        EngineOptionsFor(job, config.engine)};
+    offline.engine.adapters = std::move(adapters);
     // Rank 0 alone learns whether some requests failed; everyone still meets at the end.
     absl::Status ran = RunOfflineJob(offline, *world, layout, *model, *tok);
     absl::Status met = world->Barrier();
@@ -257,6 +265,9 @@ int RunGenerate(const std::vector<std::string>& args, int* argc, char*** argv) {
   flags.String("output", &config.output_file, "where --requests writes results (default: stdout)");
   config.engine.kv_cache_bytes = int64_t{512} << 20;
   AddEngineFlags(flags, &config.engine);
+  flags.String("adapters", &config.adapters,
+               "LoRA adapters (PEFT directories) served beside the model with --requests, "
+               "name=DIR[,name=DIR...]; a request line names one in its \"adapter\" field");
   flags.Int("max-tokens", &config.max_tokens, "tokens to generate per prompt");
   flags.String("dtype", &config.dtype, "weights in memory: auto (as stored), f32 or bf16");
   AddQuantizeFlags(flags, &config.quantize);

@@ -95,7 +95,8 @@ absl::StatusOr<engine::GenerationRequest> ParseRequestLine(const std::string& te
                                        "ignore_eos",
                                        "logprobs",
                                        "presence_penalty",
-                                       "frequency_penalty"};
+                                       "frequency_penalty",
+                                       "adapter"};
   for (const auto& [key, value] : object.items()) {
     if (std::find(std::begin(kKnown), std::end(kKnown), key) == std::end(kKnown)) {
       return FieldError(line, key, "unknown field");
@@ -143,6 +144,8 @@ absl::StatusOr<engine::GenerationRequest> ParseRequestLine(const std::string& te
   TESSERA_RETURN_IF_ERROR(read("logprobs", &sampling.logprobs));
   TESSERA_RETURN_IF_ERROR(read("presence_penalty", &sampling.presence_penalty));
   TESSERA_RETURN_IF_ERROR(read("frequency_penalty", &sampling.frequency_penalty));
+  // Whether the engine serves it is the engine's to say (Engine::Submit names the loaded ones).
+  TESSERA_RETURN_IF_ERROR(read("adapter", &request.adapter));
   return request;
 }
 

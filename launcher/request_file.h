@@ -6,7 +6,8 @@
 //   {"id": "q1", "prompt": "Hello",            // or "prompt_token_ids": [1, 2, 3]
 //    "max_tokens": 64, "temperature": 0.7, "top_k": 40, "top_p": 0.9, "seed": 1,
 //    "stop": ["\n\n"] (or one string), "stop_token_ids": [2], "ignore_eos": false,
-//    "logprobs": true, "presence_penalty": 0.5, "frequency_penalty": 0.2}
+//    "logprobs": true, "presence_penalty": 0.5, "frequency_penalty": 0.2,
+//    "adapter": "sql"}                         // a LoRA adapter of --adapters; absent: the base
 // Every field but the prompt is optional (max_tokens defaults to 16, the rest as in
 // SamplingOptions); the engine checks the values (penalties in [-2, 2]) when it takes them. One
 // result per request, in input order:

@@ -6,11 +6,14 @@
 #include <optional>
 #include <random>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "kernels/cpu/sampling.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/core/stream.h"
 #include "runtime/engine/block_pool.h"
+#include "runtime/engine/prefix_hash.h"
 #include "runtime/engine/scheduler.h"
 #include "runtime/engine/step_executor.h"
 #include "runtime/model/memory_plan.h"
@@ -96,6 +99,68 @@ size_t HeldBackForStops(absl::string_view text, const std::vector<std::string>& 
   return held;
 }
 
+// Loads `adapters` into `model` in order and returns their slots. Collective over `tp`: the
+// ranks agree that every rank loaded every adapter into the same slots, or all fail (the
+// ranks that loaded theirs name the ranks that did not) with nothing left loaded.
+absl::StatusOr<std::vector<int>> LoadAdapters(model::Transformer& model, comm::Communicator& tp,
+                                              const std::vector<AdapterSpec>& adapters) {
+  std::vector<int> slots;
+  absl::Status loaded;
+  for (const AdapterSpec& adapter : adapters) {
+    absl::StatusOr<int> slot = model.LoadAdapter(adapter.dir);
+    if (!slot.ok()) {
+      loaded = absl::Status(slot.status().code(),
+                            absl::StrCat("adapter \"", adapter.name, "\" (", adapter.dir,
+                                         ") on rank ", tp.rank(), ": ", slot.status().message()));
+      break;
+    }
+    slots.push_back(*slot);
+  }
+  auto unload = [&] {
+    for (int slot : slots) model.UnloadAdapter(slot).IgnoreError();
+  };
+  if (tp.size() == 1 || adapters.empty()) {
+    if (loaded.ok()) return slots;
+    unload();
+    return loaded;
+  }
+  // One minimum over [loaded, slots..., -slots...]: whether every rank loaded every adapter,
+  // and each slot's smallest and largest value across the ranks.
+  const size_t n = adapters.size();
+  std::vector<int64_t> agree(1 + 2 * n, 0);
+  agree[0] = loaded.ok() ? 1 : 0;
+  for (size_t i = 0; i < slots.size(); ++i) {
+    agree[1 + i] = slots[i];
+    agree[1 + n + i] = -slots[i];
+  }
+  Tensor view = Tensor::Wrap(agree.data(), DType::kI64, {static_cast<int64_t>(agree.size())});
+  Stream cpu = Stream::Cpu();
+  if (absl::Status reduced = tp.AllReduce(view, comm::ReduceOp::kMin, cpu); !reduced.ok()) {
+    unload();
+    return reduced;
+  }
+  if (!loaded.ok()) {
+    unload();
+    return loaded;
+  }
+  if (agree[0] == 0) {
+    unload();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "adapters: another rank of the group failed to load one (its error names it); rank ",
+        tp.rank(), " unloaded its own"));
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (agree[1 + i] != -agree[1 + n + i]) {
+      unload();
+      return absl::FailedPreconditionError(
+          absl::StrCat("adapter \"", adapters[i].name, "\" went into slots ", agree[1 + i], " to ",
+                       -agree[1 + n + i],
+                       " on different ranks: the ranks' models loaded different adapters before"));
+    }
+  }
+  return slots;
+}
+
 }  // namespace
 
 // A request the leader is serving.
@@ -106,6 +171,8 @@ struct Engine::Live {
   tessera::v1::SamplingPlan plan;
   std::vector<int32_t> prompt;
   std::vector<int32_t> resumed;  // generated before, elsewhere (GenerationRequest)
+  int adapter = -1;              // the model's adapter slot; -1: the base
+  uint64_t prefix_root = kPrefixHashRoot;
   std::optional<tokenizer::StreamingDecoder> decoder;
   std::string text;    // decoded so far (cut at a stop string)
   size_t emitted = 0;  // bytes of `text` already sent
@@ -168,7 +235,8 @@ void Engine::Loop::TakeInbox(bool* shutdown, bool* stop_when_idle) {
     *stop_when_idle = engine_.stop_when_idle_;
   }
   for (std::unique_ptr<Live>& live : added) {
-    scheduler_.Add(live->id, live->prompt, live->resumed, live->plan);
+    scheduler_.Add(live->id, live->prompt, live->resumed, live->plan, live->adapter,
+                   live->prefix_root);
     Live& added_live = *live;
     live_[live->id] = std::move(live);
     if (!added_live.resumed.empty()) Replay(added_live);
@@ -433,6 +501,20 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(model::Transformer& model
         "engine options: block_size (", options.block_size, "), max_running (", options.max_running,
         ") and max_step_tokens (", options.max_step_tokens, ") must be at least 1"));
   }
+  absl::flat_hash_set<std::string> names;
+  for (size_t i = 0; i < options.adapters.size(); ++i) {
+    const std::string& name = options.adapters[i].name;
+    if (name.empty() || !names.insert(name).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("engine options: adapters[", i, "] (", options.adapters[i].dir, ") has ",
+                       name.empty() ? "no name" : absl::StrCat("the name \"", name, "\" twice")));
+    }
+  }
+  TESSERA_ASSIGN_OR_RETURN(std::vector<int> slots, LoadAdapters(model, tp, options.adapters));
+  // From here an error leaves no adapter behind.
+  auto unload = [&model, &slots] {
+    for (int slot : slots) model.UnloadAdapter(slot).IgnoreError();
+  };
   const int64_t block_bytes = int64_t{options.block_size} * model.KvBytesPerToken();
   int64_t blocks = options.num_blocks > 0
                        ? options.num_blocks
@@ -443,33 +525,70 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(model::Transformer& model
   if (tp.size() > 1) {
     Tensor count = Tensor::Wrap(&blocks, DType::kI64, {1});
     Stream cpu = Stream::Cpu();
-    TESSERA_RETURN_IF_ERROR(tp.AllReduce(count, comm::ReduceOp::kMin, cpu));
+    if (absl::Status reduced = tp.AllReduce(count, comm::ReduceOp::kMin, cpu); !reduced.ok()) {
+      unload();
+      return reduced;
+    }
   }
   if (blocks < 1) {
+    unload();
     return absl::ResourceExhaustedError(
         absl::StrCat("a KV cache of ", options.kv_cache_bytes, " bytes holds no block of ",
                      options.block_size, " tokens (", block_bytes, " bytes a block on this rank)"));
   }
-  TESSERA_ASSIGN_OR_RETURN(model::KvCache cache,
-                           model.AllocateKvCache(static_cast<int>(blocks), options.block_size));
-  return std::unique_ptr<Engine>(new Engine(model, tp, tokenizer, options, std::move(cache)));
+  absl::StatusOr<model::KvCache> cache =
+      model.AllocateKvCache(static_cast<int>(blocks), options.block_size);
+  if (!cache.ok()) {
+    unload();
+    return cache.status();
+  }
+  return std::unique_ptr<Engine>(
+      new Engine(model, tp, tokenizer, options, *std::move(cache), std::move(slots)));
 }
 
 Engine::Engine(model::Transformer& model, comm::Communicator& tp,
                const tokenizer::Tokenizer* tokenizer, const EngineOptions& options,
-               model::KvCache cache)
+               model::KvCache cache, std::vector<int> adapter_slots)
     : model_(model),
       tp_(tp),
       tokenizer_(tokenizer),
       options_(options),
       num_blocks_(cache.num_blocks),
-      seed_base_(std::random_device()()) {
+      seed_base_(std::random_device()()),
+      adapter_slots_(std::move(adapter_slots)) {
+  for (size_t i = 0; i < adapter_slots_.size(); ++i) {
+    adapter_by_name_[options_.adapters[i].name] = adapter_slots_[i];
+  }
   loop_ = std::make_unique<Loop>(*this, std::move(cache));
   stats_.kv_blocks_total = num_blocks_;
   stats_.block_size = options_.block_size;
 }
 
-Engine::~Engine() = default;
+// Every rank destroys its engine, so every rank unloads the same slots: the model's slots
+// stay the same on every rank for a later engine.
+Engine::~Engine() {
+  loop_.reset();
+  for (int slot : adapter_slots_) model_.UnloadAdapter(slot).IgnoreError();
+}
+
+std::vector<std::string> Engine::adapter_names() const {
+  std::vector<std::string> names;
+  for (const AdapterSpec& adapter : options_.adapters) names.push_back(adapter.name);
+  return names;
+}
+
+absl::StatusOr<int> Engine::AdapterSlot(const std::string& name) const {
+  if (name.empty()) return -1;
+  auto it = adapter_by_name_.find(name);
+  if (it != adapter_by_name_.end()) return it->second;
+  if (adapter_by_name_.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("adapter: \"", name, "\" is not loaded; this engine serves no adapters"));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("adapter: \"", name,
+                   "\" is not loaded; loaded adapters: ", absl::StrJoin(adapter_names(), ", ")));
+}
 
 absl::Status Engine::ValidateRequest(const GenerationRequest& request,
                                      const std::vector<int32_t>& tokens) const {
@@ -545,8 +664,11 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(GenerationRequest 
     tokens = *std::move(encoded);
   }
   TESSERA_RETURN_IF_ERROR(ValidateRequest(request, tokens));
+  TESSERA_ASSIGN_OR_RETURN(const int adapter, AdapterSlot(request.adapter));
 
   auto live = std::make_unique<Live>();
+  live->adapter = adapter;
+  live->prefix_root = PrefixHashRoot(request.adapter);
   live->sampling = std::move(request.sampling);
   live->prompt = std::move(tokens);
   live->resumed = std::move(request.resumed_tokens);

@@ -33,6 +33,13 @@
 
 namespace tessera::engine {
 
+// A LoRA adapter the engine serves beside the base model: requests name it
+// (GenerationRequest::adapter); `dir` is a PEFT adapter directory (Transformer::LoadAdapter).
+struct AdapterSpec {
+  std::string name;
+  std::string dir;
+};
+
 struct EngineOptions {
   int block_size = 16;                        // tokens per KV block
   int64_t kv_cache_bytes = int64_t{1} << 30;  // per rank; sets the number of blocks
@@ -44,6 +51,10 @@ struct EngineOptions {
   // How long an idle leader waits before telling its peers it is alive (an empty plan);
   // well under the communicator's deadline.
   absl::Duration idle_interval = absl::Milliseconds(100);
+  // Loaded into the model by Create, on every rank in this order (so that a slot names the
+  // same adapter on every rank: the options must be the same on every rank), and unloaded
+  // when the engine is destroyed. Names must be non-empty and distinct.
+  std::vector<AdapterSpec> adapters;
 };
 
 struct EngineStats {
@@ -69,10 +80,13 @@ struct EngineStats {
 
 class Engine {
  public:
-  // Sizes the KV cache from `options` (the same on every rank: the smallest any rank can
-  // hold) and allocates it. Collective over `tp`, which must be `model`'s group. `tokenizer`
-  // (for text prompts, output text and stop strings) may be null on ranks other than the
-  // leader, and on the leader when requests carry token ids and nobody reads text.
+  // Loads options.adapters into `model` on every rank, sizes the KV cache from `options`
+  // (the same on every rank: the smallest any rank can hold) and allocates it. Collective
+  // over `tp`, which must be `model`'s group. `tokenizer` (for text prompts, output text and
+  // stop strings) may be null on ranks other than the leader, and on the leader when
+  // requests carry token ids and nobody reads text. An adapter that any rank fails to load
+  // fails Create on every rank (the failing rank's error names the adapter and directory;
+  // INVALID_ARGUMENT for an empty or repeated name), with nothing left loaded.
   static absl::StatusOr<std::unique_ptr<Engine>> Create(model::Transformer& model,
                                                         comm::Communicator& tp,
                                                         const tokenizer::Tokenizer* tokenizer,
@@ -88,11 +102,14 @@ class Engine {
   // What the cache's tensors take on this rank (capacity_tokens() x kv_bytes_per_token()).
   int64_t kv_cache_bytes() const;
   int64_t max_model_length() const { return model_.config().max_position_embeddings; }
+  // The names of the adapters requests may name, in load order.
+  std::vector<std::string> adapter_names() const;
 
   // Leader only. Queues a request and returns its stream of events. Refused at once:
   // INVALID_ARGUMENT naming the field (an empty prompt, a token outside the vocabulary, bad
-  // sampling options, or a request that can never fit: prompt + max_tokens beyond the
-  // model's context or the whole cache), RESOURCE_EXHAUSTED when the queue is full,
+  // sampling options, an adapter the engine did not load, or a request that can never fit:
+  // prompt + max_tokens beyond the model's context or the whole cache), RESOURCE_EXHAUSTED
+  // when the queue is full,
   // UNAVAILABLE once the engine has stopped or failed.
   absl::StatusOr<std::shared_ptr<RequestStream>> Submit(GenerationRequest request);
   // Ends a request (finish reason cancelled) at the next step boundary, releasing its
@@ -122,9 +139,12 @@ class Engine {
   class Loop;
 
   Engine(model::Transformer& model, comm::Communicator& tp, const tokenizer::Tokenizer* tokenizer,
-         const EngineOptions& options, model::KvCache cache);
+         const EngineOptions& options, model::KvCache cache, std::vector<int> adapter_slots);
   absl::Status ValidateRequest(const GenerationRequest& request,
                                const std::vector<int32_t>& tokens) const;
+  // The slot of the adapter `name` ("" : -1, the base), or INVALID_ARGUMENT naming it and the
+  // loaded ones.
+  absl::StatusOr<int> AdapterSlot(const std::string& name) const;
 
   model::Transformer& model_;
   comm::Communicator& tp_;
@@ -132,6 +152,9 @@ class Engine {
   const EngineOptions options_;
   const int num_blocks_;
   const uint64_t seed_base_;  // for requests that name no seed
+  // The model's slot of options_.adapters[i], the same on every rank.
+  const std::vector<int> adapter_slots_;
+  absl::flat_hash_map<std::string, int> adapter_by_name_;  // -> slot
   std::unique_ptr<Loop> loop_;
   std::function<void(const EngineStats&)> step_observer_;
 

@@ -23,6 +23,16 @@ uint64_t SplitMix64(uint64_t z) {
 
 }  // namespace
 
+uint64_t PrefixHashRoot(absl::string_view adapter) {
+  if (adapter.empty()) return kPrefixHashRoot;
+  // The base's root, then the name's length and bytes: distinct names give distinct roots
+  // (up to 64-bit collisions).
+  uint64_t hash = FnvBytes(kFnvOffset, kPrefixHashRoot, 8);
+  hash = FnvBytes(hash, adapter.size(), 8);
+  for (char c : adapter) hash = FnvBytes(hash, static_cast<uint8_t>(c), 1);
+  return SplitMix64(hash);
+}
+
 uint64_t BlockHash(uint64_t parent, absl::Span<const int32_t> block_tokens) {
   uint64_t hash = FnvBytes(kFnvOffset, parent, 8);
   hash = FnvBytes(hash, block_tokens.size(), 4);
@@ -30,9 +40,10 @@ uint64_t BlockHash(uint64_t parent, absl::Span<const int32_t> block_tokens) {
   return SplitMix64(hash);
 }
 
-std::vector<uint64_t> PrefixBlockHashes(absl::Span<const int32_t> tokens, int block_size) {
+std::vector<uint64_t> PrefixBlockHashes(absl::Span<const int32_t> tokens, int block_size,
+                                        uint64_t root) {
   std::vector<uint64_t> hashes;
-  uint64_t parent = kPrefixHashRoot;
+  uint64_t parent = root;
   for (size_t begin = 0; begin + block_size <= tokens.size(); begin += block_size) {
     parent = BlockHash(parent, tokens.subspan(begin, block_size));
     hashes.push_back(parent);

@@ -51,6 +51,9 @@ struct GenerationRequest {
   // request continues with the tokens an undisturbed run would have produced.
   std::vector<int32_t> resumed_tokens;
   SamplingOptions sampling;
+  // The LoRA adapter to run with, by the name the engine loaded it under
+  // (EngineOptions::adapters); empty: the base model alone.
+  std::string adapter;
 };
 
 enum class FinishReason {

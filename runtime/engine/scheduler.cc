@@ -14,7 +14,7 @@ int BlocksFor(int tokens, int block_size) { return (tokens + block_size - 1) / b
 
 void Scheduler::Add(uint64_t id, const std::vector<int32_t>& prompt,
                     const std::vector<int32_t>& generated,
-                    const tessera::v1::SamplingPlan& sampling) {
+                    const tessera::v1::SamplingPlan& sampling, int adapter, uint64_t prefix_root) {
   auto sequence = std::make_unique<Sequence>();
   sequence->id = id;
   sequence->prompt_length = static_cast<int>(prompt.size());
@@ -22,7 +22,9 @@ void Scheduler::Add(uint64_t id, const std::vector<int32_t>& prompt,
   sequence->tokens.insert(sequence->tokens.end(), prompt.begin(), prompt.end());
   sequence->tokens.insert(sequence->tokens.end(), generated.begin(), generated.end());
   sequence->sampling = sampling;
-  sequence->last_hash = kPrefixHashRoot;
+  sequence->adapter = adapter;
+  sequence->prefix_root = prefix_root;
+  sequence->last_hash = prefix_root;
   waiting_.push_back(sequence.get());
   sequences_[id] = std::move(sequence);
 }
@@ -71,7 +73,7 @@ void Scheduler::ReleaseBlocks(Sequence& sequence) {
   sequence.blocks.clear();
   sequence.computed = 0;
   sequence.hashed_blocks = 0;
-  sequence.last_hash = kPrefixHashRoot;
+  sequence.last_hash = sequence.prefix_root;
 }
 
 void Scheduler::Preempt(Sequence& sequence, tessera::v1::StepPlan& plan) {
@@ -99,8 +101,8 @@ bool Scheduler::Admit(Sequence& sequence, int& budget, tessera::v1::StepPlan& pl
   const int length = static_cast<int>(sequence.tokens.size());
   // The last token is always computed (its logits choose the next one), so at most the full
   // blocks before it come from the cache.
-  std::vector<uint64_t> hashes =
-      PrefixBlockHashes(absl::MakeConstSpan(sequence.tokens).first((length - 1)), block_size);
+  std::vector<uint64_t> hashes = PrefixBlockHashes(
+      absl::MakeConstSpan(sequence.tokens).first((length - 1)), block_size, sequence.prefix_root);
   std::vector<int> cached = pool_.AcquireCachedPrefix(hashes);
   const int start = static_cast<int>(cached.size()) * block_size;
   const int count = std::min(length - start, budget);
@@ -115,6 +117,7 @@ bool Scheduler::Admit(Sequence& sequence, int& budget, tessera::v1::StepPlan& pl
     added->set_id(sequence.id);
     added->mutable_tokens()->Assign(sequence.tokens.begin(), sequence.tokens.end());
     *added->mutable_sampling() = sequence.sampling;
+    if (sequence.adapter >= 0) added->set_adapter(sequence.adapter);
     sequence.known_to_ranks = true;
   }
   if (sequence.first_admission) {
@@ -123,7 +126,7 @@ bool Scheduler::Admit(Sequence& sequence, int& budget, tessera::v1::StepPlan& pl
   }
   sequence.blocks.assign(cached.begin(), cached.end());
   sequence.hashed_blocks = static_cast<int>(cached.size());
-  sequence.last_hash = cached.empty() ? kPrefixHashRoot : hashes[cached.size() - 1];
+  sequence.last_hash = cached.empty() ? sequence.prefix_root : hashes[cached.size() - 1];
   sequence.computed = start;
   if (!cached.empty()) {
     tessera::v1::BlockTableUpdate& update = UpdateFor(sequence.id, plan);

@@ -23,6 +23,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/types/span.h"
 #include "runtime/engine/block_pool.h"
+#include "runtime/engine/prefix_hash.h"
 #include "runtime/engine/step_executor.h"
 #include "tessera/v1/step_plan.pb.h"
 
@@ -46,9 +47,12 @@ class Scheduler {
 
   // A new sequence at the back of the queue: its prompt tokens, the tokens it generated
   // before (a request resumed from a group that failed: computed like the prompt, but its
-  // draws continue after them), and how it samples.
+  // draws continue after them), how it samples, the slot of the LoRA adapter it runs with
+  // (-1: the base model) and the root of its prefix-hash chain (PrefixHashRoot of the
+  // adapter's name), which keeps its cached blocks apart from other adapters'.
   void Add(uint64_t id, const std::vector<int32_t>& prompt, const std::vector<int32_t>& generated,
-           const tessera::v1::SamplingPlan& sampling);
+           const tessera::v1::SamplingPlan& sampling, int adapter = -1,
+           uint64_t prefix_root = kPrefixHashRoot);
   // Ends a sequence (finished or cancelled): its blocks are released now, and the next plan
   // tells the ranks to forget it. Unknown ids are ignored.
   void Remove(uint64_t id);
@@ -79,11 +83,13 @@ class Scheduler {
     std::vector<int32_t> tokens;
     int prompt_length = 0;
     tessera::v1::SamplingPlan sampling;
-    int computed = 0;             // tokens whose KV is in the cache
-    std::vector<int32_t> blocks;  // the block table
-    int hashed_blocks = 0;        // leading blocks registered in the prefix cache
-    uint64_t last_hash = 0;       // hash of block hashed_blocks - 1
-    bool known_to_ranks = false;  // sent in a plan's new_sequences
+    int adapter = -1;                        // Transformer::LoadAdapter's slot; -1: the base model
+    uint64_t prefix_root = kPrefixHashRoot;  // the parent of its first block's hash
+    int computed = 0;                        // tokens whose KV is in the cache
+    std::vector<int32_t> blocks;             // the block table
+    int hashed_blocks = 0;                   // leading blocks registered in the prefix cache
+    uint64_t last_hash = 0;                  // hash of block hashed_blocks - 1
+    bool known_to_ranks = false;             // sent in a plan's new_sequences
     bool first_admission = true;
     int cached_prompt_tokens = 0;
     int preemptions = 0;

@@ -37,6 +37,16 @@ absl::Status StepExecutor::Apply(const tessera::v1::StepPlan& plan) {
                                 .frequency_penalty = sampling.frequency_penalty()};
     sequence.sampling.logprob = sampling.logprobs();
     sequence.sampling.top_logprobs = sampling.top_logprobs();
+    if (added.has_adapter()) {
+      // A slot this rank never filled would make Forward refuse the whole step; a peer's bad
+      // plan is refused here, naming the sequence, before anything runs.
+      if (!model_.HasAdapter(added.adapter())) {
+        return PlanError(
+            plan, added.id(),
+            absl::StrCat("adapter slot ", added.adapter(), " holds no adapter on this rank"));
+      }
+      sequence.adapter = added.adapter();
+    }
     if (!sequences_.try_emplace(added.id(), std::move(sequence)).second) {
       return PlanError(plan, added.id(), "added twice");
     }
@@ -61,9 +71,18 @@ absl::StatusOr<model::ForwardBatch> StepExecutor::BuildBatch(
     const tessera::v1::StepPlan& plan) const {
   model::ForwardBatch batch;
   const int block_size = cache_.block_size;
+  bool any_adapter = false;
   for (const tessera::v1::ScheduledChunk& chunk : plan.chunks()) {
-    batch.max_blocks =
-        std::max(batch.max_blocks, static_cast<int>(sequences_.at(chunk.id()).blocks.size()));
+    const Sequence& sequence = sequences_.at(chunk.id());
+    batch.max_blocks = std::max(batch.max_blocks, static_cast<int>(sequence.blocks.size()));
+    any_adapter = any_adapter || sequence.adapter >= 0;
+  }
+  // Left empty when every sequence runs on the base: Forward then takes no adapter path (and
+  // a GPU, which runs no adapters yet, serves base requests as before).
+  if (any_adapter) {
+    for (const tessera::v1::ScheduledChunk& chunk : plan.chunks()) {
+      batch.adapters.push_back(sequences_.at(chunk.id()).adapter);
+    }
   }
   batch.query_starts.push_back(0);
   for (const tessera::v1::ScheduledChunk& chunk : plan.chunks()) {

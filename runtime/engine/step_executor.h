@@ -31,7 +31,8 @@ class StepExecutor {
   // Applies `plan` and runs its chunks. Returns, in chunk order, the token sampled for every
   // chunk that asks for one (and appends it to that sequence). A plan that does not fit what
   // this rank holds (unknown sequence, a chunk past the known tokens or not covered by its
-  // blocks, a block outside the cache) is FAILED_PRECONDITION naming the step and sequence;
+  // blocks, a block outside the cache, an adapter slot that holds no adapter on this rank) is
+  // FAILED_PRECONDITION naming the step and sequence;
   // a failed collective is returned as it came.
   absl::StatusOr<std::vector<SampledToken>> Execute(const tessera::v1::StepPlan& plan);
 
@@ -43,6 +44,7 @@ class StepExecutor {
     std::vector<int32_t> tokens;
     std::vector<int32_t> blocks;
     model::Transformer::RowSampling sampling;
+    int adapter = -1;  // NewSequence.adapter; -1: the base model
   };
 
   absl::Status Apply(const tessera::v1::StepPlan& plan);

@@ -168,14 +168,19 @@ const GgufTensorInfo* GgufCheckpointFile::Stored(absl::string_view name) const {
   return it == index_.end() ? nullptr : entries_[it->second].stored;
 }
 
-absl::StatusOr<Tensor> GgufCheckpointFile::Read(absl::string_view name, const TensorSlice& slice,
-                                                std::optional<DType> dtype) const {
+absl::StatusOr<size_t> GgufCheckpointFile::IndexOf(absl::string_view name) const {
   auto it = index_.find(name);
   if (it == index_.end()) {
     return absl::NotFoundError(absl::StrCat(path(), " holds no tensor '", name, "'"));
   }
-  const TensorInfo& info = tensors_[it->second];
-  const Entry& entry = entries_[it->second];
+  return it->second;
+}
+
+absl::StatusOr<Tensor> GgufCheckpointFile::Read(absl::string_view name, const TensorSlice& slice,
+                                                std::optional<DType> dtype) const {
+  TESSERA_ASSIGN_OR_RETURN(const size_t at, IndexOf(name));
+  const TensorInfo& info = tensors_[at];
+  const Entry& entry = entries_[at];
   const GgufTensorInfo& stored = *entry.stored;
   const DType to = dtype.value_or(info.dtype);
   auto invalid = [&](auto&&... parts) {
@@ -266,12 +271,9 @@ std::optional<StoredGroupFormat> GgufCheckpointFile::StoredFormat(absl::string_v
 
 absl::StatusOr<std::optional<StoredGroups>> GgufCheckpointFile::ReadStoredGroups(
     absl::string_view name, const TensorSlice& slice) const {
-  auto it = index_.find(name);
-  if (it == index_.end()) {
-    return absl::NotFoundError(absl::StrCat(path(), " holds no tensor '", name, "'"));
-  }
-  const TensorInfo& info = tensors_[it->second];
-  const Entry& entry = entries_[it->second];
+  TESSERA_ASSIGN_OR_RETURN(const size_t at, IndexOf(name));
+  const TensorInfo& info = tensors_[at];
+  const Entry& entry = entries_[at];
   const GgufTensorInfo& stored = *entry.stored;
   const std::optional<StoredGroupFormat> format = StoredFormat(name);
   if (!format.has_value()) return std::nullopt;

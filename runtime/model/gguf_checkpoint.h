@@ -64,6 +64,8 @@ class GgufCheckpointFile : public TensorSource {
   };
   explicit GgufCheckpointFile(std::unique_ptr<GgufFile> file) : file_(std::move(file)) {}
   absl::Status NameTensors();
+  // The position of `name` in tensors_; NOT_FOUND naming it and the file.
+  absl::StatusOr<size_t> IndexOf(absl::string_view name) const;
 
   std::unique_ptr<GgufFile> file_;
   std::vector<TensorInfo> tensors_;

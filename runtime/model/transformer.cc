@@ -99,6 +99,10 @@ absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Load(const std::string
   TESSERA_ASSIGN_OR_RETURN(WeightPlan plan, PlanWeights(config, tp.size(), tp.rank(),
                                                         DetectWeightPlanOptions(*checkpoint)));
   LoadOptions load = options;
+  if (load.kv_cache_dtype.has_value() && *load.kv_cache_dtype != DType::kI8) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--kv-cache-dtype ", NameOf(*load.kv_cache_dtype), ": expected auto or int8"));
+  }
   if (load.quantize.has_value()) {
     if (!device.is_cpu()) {
       return absl::UnimplementedError(absl::StrCat("--quantize ", load.quantize->ToString(),
@@ -119,10 +123,6 @@ absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Load(const std::string
   std::unique_ptr<Transformer> model(
       new Transformer(std::move(config), std::move(plan), tp, std::move(stream)));
   model->quantize_ = load.quantize;
-  if (load.kv_cache_dtype.has_value() && *load.kv_cache_dtype != DType::kI8) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--kv-cache-dtype ", NameOf(*load.kv_cache_dtype), ": expected auto or int8"));
-  }
   TESSERA_RETURN_IF_ERROR(model->TakeWeights(std::move(weights)));
   TESSERA_RETURN_IF_ERROR(model->MoveWeightsToDevice());
   TESSERA_RETURN_IF_ERROR(model->TakeProjections());

@@ -1,10 +1,11 @@
 // Fuzzes what a tensor-parallel rank does with the StepPlans its leader broadcasts: parse the
 // bytes (as the engine's follower loop does) and execute them with StepExecutor over a real
-// model (tests/golden/models/llama, 2 layers, vocab 256) and a KV cache of 8 blocks of 4
-// tokens. Input: plans one after another, each behind a 2-byte little-endian length (the last
-// one may run to the end), executed in order by one executor, so that later plans meet the
-// sequences, blocks and sampled tokens of earlier ones. A plan the rank refuses ends the input,
-// as it ends a real rank's step loop.
+// model (tests/golden/models/llama, 2 layers, vocab 256) with one LoRA adapter in slot 0
+// (tests/golden/lora_serving/a; NewSequence.adapter) and a KV cache of 8 blocks of 4 tokens. Input:
+// plans one after another, each behind a 2-byte little-endian length (the last one may run to the
+// end), executed in order by one executor, so that later plans meet the sequences, blocks and
+// sampled tokens of earlier ones. A plan the rank refuses ends the input, as it ends a real rank's
+// step loop.
 
 #include <algorithm>
 #include <cstdint>
@@ -52,6 +53,10 @@ extern "C" int LLVMFuzzerInitialize(int* argc, char*** argv) {
                               "world communicator");
   world->model = OrDie(
       tessera::model::Transformer::Load(TESSERA_FUZZ_MODEL_DIR, *world->communicator), "model");
+  if (OrDie(world->model->LoadAdapter(TESSERA_FUZZ_ADAPTER_DIR), "adapter") != 0) {
+    std::fprintf(stderr, "step_plan_fuzzer: the adapter did not go into slot 0\n");
+    std::exit(1);
+  }
   // MPI is finalized at exit, after the fuzzing loop, in the order the objects were made.
   std::atexit([] {
     world->model.reset();

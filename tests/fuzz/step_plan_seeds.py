@@ -5,7 +5,8 @@ after a change to proto/tessera/v1/step_plan.proto; it needs protoc.
 
   tests/fuzz/step_plan_seeds.py proto tests/fuzz/corpus/step_plan
 
-The plans fit the fuzzer's model and cache (vocab 256; 8 blocks of 4 tokens).
+The plans fit the fuzzer's model and cache (vocab 256; 8 blocks of 4 tokens; one LoRA adapter,
+in slot 0).
 """
 import struct
 import subprocess
@@ -30,6 +31,12 @@ SEEDS = {
 'preempt_and_recompute': [
  'version: STEP_PLAN_VERSION_1 step: 1 new_sequences { id: 3 tokens: [5, 6, 7, 8] sampling { temperature: 0 } } block_tables { id: 3 append: [0] } chunks { id: 3 start: 0 count: 4 sample: true }',
  'version: STEP_PLAN_VERSION_1 step: 2 block_tables { id: 3 reset: true append: [6, 7] } chunks { id: 3 start: 0 count: 5 sample: true draw: 1 }'],
+'adapter_beside_base': [
+ 'version: STEP_PLAN_VERSION_1 step: 1 new_sequences { id: 1 tokens: [1, 17, 200, 35, 99] sampling { temperature: 0 } adapter: 0 } new_sequences { id: 2 tokens: [1, 17, 200, 35, 99] sampling { temperature: 0 } } block_tables { id: 1 append: [0, 1] } block_tables { id: 2 append: [2, 3] } chunks { id: 1 start: 0 count: 5 sample: true } chunks { id: 2 start: 0 count: 5 sample: true }',
+ 'version: STEP_PLAN_VERSION_1 step: 2 chunks { id: 1 start: 5 count: 1 sample: true draw: 1 } chunks { id: 2 start: 5 count: 1 sample: true draw: 1 }',
+ 'version: STEP_PLAN_VERSION_1 step: 3 removed: [1, 2]'],
+'adapter_slot_out_of_range': [
+ 'version: STEP_PLAN_VERSION_1 step: 1 new_sequences { id: 4 tokens: [9, 8, 7] sampling { temperature: 0 } adapter: 7 } block_tables { id: 4 append: [0] } chunks { id: 4 start: 0 count: 3 sample: true }'],
 'shutdown': ['version: STEP_PLAN_VERSION_1 step: 4 shutdown: true'],
 }
 

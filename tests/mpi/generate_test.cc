@@ -305,4 +305,78 @@ TEST_F(Generate, BadInputFailsWithAMessage) {
       << long_request.all;
 }
 
+// --adapters serves PEFT adapters (tests/golden/lora_serving) beside the base model
+// (tests/golden/models/llama, with the default model's byte-level tokenizer beside it) for
+// request lines that name one: an adapter's line differs from the base's, equals the same
+// line run alone, and does so at TP 1 and 2; a line naming an unknown adapter gets an error
+// that names the loaded ones, and the rest still run.
+TEST_F(Generate, RequestFileServesLoraAdapters) {
+  const std::string model = cache_ + "/llama_with_tokenizer";
+  std::filesystem::create_directories(model);
+  ASSERT_TRUE(tessera::model::WriteDefaultModel(model).ok());
+  for (const char* file : {"config.json", "generation_config.json", "model.safetensors"}) {
+    std::filesystem::copy_file(std::string(TESSERA_GOLDEN_MODELS) + "/llama/" + file,
+                               model + "/" + file,
+                               std::filesystem::copy_options::overwrite_existing);
+  }
+  const std::string adapters = TESSERA_GOLDEN_LORA;
+  const std::string flags = absl::StrCat("--model ", model, " --adapters a=", adapters,
+                                         "/a,b=", adapters, "/b --block-size 8");
+  const std::string prompt =
+      R"("prompt_token_ids": [1, 17, 200, 35, 99, 4, 250, 63, 128, 7, 42, 3])";
+  auto line = [&](const std::string& id, const std::string& adapter) {
+    return absl::StrCat(R"({"id": ")", id, R"(", )", prompt,
+                        R"(, "max_tokens": 12, "ignore_eos": true, "logprobs": true)",
+                        adapter.empty() ? "" : absl::StrCat(R"(, "adapter": ")", adapter, "\""),
+                        "}\n");
+  };
+  auto read_lines = [](const std::string& path) {
+    std::vector<nlohmann::json> lines;
+    std::ifstream file(path);
+    for (std::string text; std::getline(file, text);) lines.push_back(nlohmann::json::parse(text));
+    return lines;
+  };
+  const std::string requests = cache_ + "/adapter_requests.jsonl";
+  std::ofstream(requests) << line("base", "") << line("a", "a") << line("b", "b")
+                          << line("unknown", "sql");
+  const std::string alone = cache_ + "/adapter_alone.jsonl";
+  std::ofstream(alone) << line("a", "a");
+  const std::string output = cache_ + "/adapter_out.jsonl";
+
+  std::filesystem::remove(output);
+  Outcome single = Run(1, absl::StrCat(flags, " --requests ", alone, " --output ", output));
+  ASSERT_EQ(single.exit_code, 0) << single.all;
+  std::vector<nlohmann::json> by_itself = read_lines(output);
+  ASSERT_EQ(by_itself.size(), 1u);
+
+  for (int ranks : {1, 2}) {
+    std::filesystem::remove(output);
+    Outcome outcome = Run(ranks, absl::StrCat(flags, " --tp ", ranks, " --requests ", requests,
+                                              " --output ", output));
+    EXPECT_EQ(outcome.exit_code, 1) << outcome.all;  // the unknown adapter's line
+    EXPECT_NE(outcome.all.find("1 of 4 requests failed"), std::string::npos) << outcome.all;
+    std::vector<nlohmann::json> lines = read_lines(output);
+    ASSERT_EQ(lines.size(), 4u) << "tp " << ranks;
+    for (size_t i = 0; i < 3; ++i) {
+      EXPECT_EQ(lines[i]["token_ids"].size(), 12u) << lines[i] << " at tp " << ranks;
+    }
+    EXPECT_NE(lines[1]["token_ids"], lines[0]["token_ids"]) << "adapter a and the base";
+    EXPECT_NE(lines[2]["token_ids"], lines[1]["token_ids"]) << "adapters a and b";
+    EXPECT_EQ(lines[1]["token_ids"], by_itself[0]["token_ids"]) << "adapter a at tp " << ranks;
+    EXPECT_NE(lines[3]["error"].get<std::string>().find(
+                  R"(line 4: adapter: "sql" is not loaded; loaded adapters: a, b)"),
+              std::string::npos)
+        << lines[3];
+  }
+
+  Outcome without_requests = Run(1, flags);
+  EXPECT_NE(without_requests.exit_code, 0);
+  EXPECT_NE(without_requests.all.find("--adapters: needs --requests"), std::string::npos)
+      << without_requests.all;
+  Outcome malformed = Run(1, absl::StrCat("--model ", model, " --adapters a --requests ", alone));
+  EXPECT_NE(malformed.exit_code, 0);
+  EXPECT_NE(malformed.all.find(R"(--adapters: "a" is not name=DIR)"), std::string::npos)
+      << malformed.all;
+}
+
 }  // namespace
