@@ -848,6 +848,9 @@ grpc::Status Coordinator::Dispatch(grpc::ServerContext* context, const v1::Gener
       // The client sees one stream: one placement (the first group's), and in the end what
       // failed on the way.
       if (placement_sent) message.clear_placement();
+      // The group as the coordinator names it: a worker learns its own id only when its
+      // registration returns, and may already be sent requests before that.
+      if (message.has_placement()) message.mutable_placement()->set_group(link->id);
       placement_sent |= message.has_placement();
       if (message.final()) {
         record->finish_reason = absl::AsciiStrToLower(
