@@ -12,9 +12,12 @@ namespace tessera::launcher {
 // FMA peak) and `serve` (the coordinator and worker groups
 // over gRPC: concurrent streams against one, and the coordinator's added latency), `soak`
 // (tessera serve under a long mixed load with a group killed: right answers, none lost, no
-// crash, no leak) and `train` (fine-tuning tokens/s and MFU, optionally against PyTorch).
+// crash, no leak), `train` (fine-tuning tokens/s and MFU, optionally against PyTorch) and
+// `adapters` (the engine's output tokens/s with a batch spread over N LoRA adapters against
+// the base alone).
 int RunBench(const std::vector<std::string>& args, int* argc, char*** argv);
 int RunBenchEngine(const std::vector<std::string>& args, int* argc, char*** argv);
+int RunBenchAdapters(const std::vector<std::string>& args, int* argc, char*** argv);
 int RunBenchKernels(const std::vector<std::string>& args);
 int RunBenchTrain(const std::vector<std::string>& args, int* argc, char*** argv);
 int RunBenchServe(const std::vector<std::string>& args, int* argc, char*** argv);

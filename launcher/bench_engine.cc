@@ -6,14 +6,13 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <random>
 
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
 #include "comm/layout.h"
 #include "comm/topology.h"
 #include "kernels/cpu/parallel.h"
 #include "launcher/bench.h"
+#include "launcher/bench_engine_run.h"
 #include "launcher/bench_limit.h"
 #include "launcher/bench_models.h"
 #include "launcher/engine_flags.h"
@@ -39,69 +38,17 @@ struct BenchEngineConfig {
   engine::EngineOptions engine;
 };
 
-struct RunFigures {
-  int requests = 0;
-  double seconds = 0;
-  int64_t output_tokens = 0;
-  double mean_batch = 0;
-  double kv_bytes_per_token = 0;  // this rank's cache tensors over the tokens they hold
-  int64_t steps = 0;              // steps that ran the model
-  // Over every request, the context positions its decode steps read: a request of P prompt
-  // and O output tokens feeds O - 1 of them back, the i-th reading P + i positions.
-  double decode_context_tokens = 0;
-};
-
 // Runs `count` requests of random prompts through a fresh engine with at most `concurrency`
 // sequences per step. Collective over `tp`; the leader's figures are returned.
-absl::StatusOr<RunFigures> RunRequests(model::Transformer& model, comm::Communicator& tp,
-                                       const BenchEngineConfig& config, int count,
-                                       int concurrency) {
+absl::StatusOr<EngineRunFigures> RunRequests(model::Transformer& model, comm::Communicator& tp,
+                                             const BenchEngineConfig& config, int count,
+                                             int concurrency) {
   engine::EngineOptions options = config.engine;
   options.max_running = concurrency;
-  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<engine::Engine> engine,
-                           engine::Engine::Create(model, tp, nullptr, options));
-  std::vector<std::shared_ptr<engine::RequestStream>> streams;
-  if (engine->is_leader()) {
-    std::mt19937 random(1234);
-    for (int i = 0; i < count; ++i) {
-      engine::GenerationRequest request;
-      for (int t = 0; t < config.prompt_tokens; ++t) {
-        request.prompt_tokens.push_back(static_cast<int32_t>(random() % model.config().vocab_size));
-      }
-      request.sampling.max_tokens = config.output_tokens;
-      request.sampling.ignore_eos = true;
-      TESSERA_ASSIGN_OR_RETURN(std::shared_ptr<engine::RequestStream> stream,
-                               engine->Submit(std::move(request)));
-      streams.push_back(std::move(stream));
-    }
-    engine->StopWhenIdle();
-  }
-  MPI_Barrier(MPI_COMM_WORLD);
-  absl::Time start = absl::Now();
-  TESSERA_RETURN_IF_ERROR(engine->Run());
-  RunFigures figures;
-  figures.requests = count;
-  figures.seconds = absl::ToDoubleSeconds(absl::Now() - start);
-  for (auto& stream : streams) {
-    engine::TokenEvent event;
-    while (stream->Next(&event)) {
-      if (!event.final) continue;
-      if (!event.status.ok()) return event.status;
-      const double output = event.usage.completion_tokens;
-      figures.output_tokens += event.usage.completion_tokens;
-      if (output >= 1) {
-        figures.decode_context_tokens +=
-            (output - 1) * config.prompt_tokens + output * (output - 1) / 2;
-      }
-    }
-  }
-  figures.kv_bytes_per_token =
-      static_cast<double>(engine->kv_cache_bytes()) / engine->capacity_tokens();
-  engine::EngineStats stats = engine->Stats();
-  figures.mean_batch =
-      stats.steps > 0 ? static_cast<double>(stats.step_sequences) / stats.steps : 0.0;
-  figures.steps = stats.steps;
-  return figures;
+  return RunRandomRequests(model, tp, options,
+                           {.count = count,
+                            .prompt_tokens = config.prompt_tokens,
+                            .output_tokens = config.output_tokens});
 }
 
 // Multiply-adds x 2 of the projections (attention's and the MLP's, every layer) for one
@@ -139,10 +86,10 @@ absl::Status BenchOneModel(const std::string& name, const std::string& dir,
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<model::Transformer> model,
                            model::Transformer::Load(dir, tp));
   const model::ModelConfig& mc = model->config();
-  TESSERA_ASSIGN_OR_RETURN(RunFigures batched,
+  TESSERA_ASSIGN_OR_RETURN(EngineRunFigures batched,
                            RunRequests(*model, tp, config, config.requests, config.requests));
   const int alone_count = std::min(config.baseline_requests, config.requests);
-  TESSERA_ASSIGN_OR_RETURN(RunFigures alone, RunRequests(*model, tp, config, alone_count, 1));
+  TESSERA_ASSIGN_OR_RETURN(EngineRunFigures alone, RunRequests(*model, tp, config, alone_count, 1));
   // Every rank's weights and bytes of cache per token (the group is the world: one replica).
   double rank_bytes[2] = {static_cast<double>(model->weight_bytes()),
                           static_cast<double>(model->KvBytesPerToken())};

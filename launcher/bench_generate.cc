@@ -263,6 +263,9 @@ int RunBench(const std::vector<std::string>& args, int* argc, char*** argv) {
   if (!args.empty() && args[0] == "engine") {
     return RunBenchEngine(std::vector<std::string>(args.begin() + 1, args.end()), argc, argv);
   }
+  if (!args.empty() && args[0] == "adapters") {
+    return RunBenchAdapters(std::vector<std::string>(args.begin() + 1, args.end()), argc, argv);
+  }
   if (!args.empty() && args[0] == "kernels") {
     return RunBenchKernels(std::vector<std::string>(args.begin() + 1, args.end()));
   }
@@ -278,8 +281,8 @@ int RunBench(const std::vector<std::string>& args, int* argc, char*** argv) {
   if (args.empty() || args[0] != "generate") {
     std::fprintf(
         stderr,
-        "usage: tessera bench generate|engine|kernels|serve|soak|train [flags]   (tessera bench "
-        "engine --help)\n");
+        "usage: tessera bench generate|engine|adapters|kernels|serve|soak|train [flags]   (tessera "
+        "bench engine --help)\n");
     return args.size() == 1 && (args[0] == "--help" || args[0] == "-h") ? kExitOk : kExitUsage;
   }
   BenchGenerateConfig config;

@@ -9,14 +9,19 @@
 
 namespace tessera::launcher {
 
-absl::StatusOr<std::vector<BenchModel>> BenchModels(const std::string& model_flag, bool announce) {
+absl::StatusOr<BenchModel> BenchModelOrDefault(const std::string& model_flag) {
   if (!model_flag.empty()) {
     TESSERA_ASSIGN_OR_RETURN(std::string dir, model::ResolveModelPath(model_flag));
-    return std::vector<BenchModel>{{model::ModelName(model_flag), dir}};
+    return BenchModel{model::ModelName(model_flag), dir};
   }
-  std::vector<BenchModel> models;
   TESSERA_ASSIGN_OR_RETURN(std::string tiny, model::EnsureDefaultModel());
-  models.push_back({"default (random, f32)", tiny});
+  return BenchModel{"default (random, f32)", tiny};
+}
+
+absl::StatusOr<std::vector<BenchModel>> BenchModels(const std::string& model_flag, bool announce) {
+  TESSERA_ASSIGN_OR_RETURN(BenchModel first, BenchModelOrDefault(model_flag));
+  std::vector<BenchModel> models = {first};
+  if (!model_flag.empty()) return models;
   if (announce) std::fprintf(stderr, "preparing the ~0.5B random Llama (bf16)...\n");
   TESSERA_ASSIGN_OR_RETURN(
       std::string big,

@@ -18,6 +18,10 @@ struct BenchModel {
 // first use, about 1 GB; `announce` says so on stderr first).
 absl::StatusOr<std::vector<BenchModel>> BenchModels(const std::string& model_flag, bool announce);
 
+// The one model of a benchmark too slow for the ~0.5B one on a few cores: the directory of
+// --model (named as above), or without it the built-in default.
+absl::StatusOr<BenchModel> BenchModelOrDefault(const std::string& model_flag);
+
 }  // namespace tessera::launcher
 
 #endif  // TESSERA_LAUNCHER_BENCH_MODELS_H_

@@ -19,6 +19,15 @@ void AddEngineFlags(FlagSet& flags, engine::EngineOptions* options) {
   flags.Int("max-queued", &options->max_queued, "waiting requests before new ones are refused");
 }
 
+void AddAdapterFlags(FlagSet& flags, std::string* list, engine::EngineOptions* options) {
+  flags.String("adapters", list,
+               "LoRA adapters (PEFT directories) served beside the model, name=DIR[,name=DIR...]; "
+               "a request names one in its \"adapter\" field (more can be loaded while serving)");
+  flags.Int("max-adapters", &options->max_adapters,
+            "adapters held in memory at once (0: no limit); past it the least recently used "
+            "one is unloaded, and read again when a request names it");
+}
+
 absl::StatusOr<std::vector<engine::AdapterSpec>> ParseAdapterList(absl::string_view text) {
   std::vector<engine::AdapterSpec> adapters;
   if (text.empty()) return adapters;

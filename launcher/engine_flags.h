@@ -20,8 +20,11 @@ namespace tessera::launcher {
 // set them first).
 void AddEngineFlags(FlagSet& flags, engine::EngineOptions* options);
 
-// The value of --adapters (tessera generate), "name=DIR[,name=DIR...]", as the engine's
-// adapters in that order;
+// Declares --adapters (into `*list`, for ParseAdapterList) and --max-adapters (into
+// options->max_adapters).
+void AddAdapterFlags(FlagSet& flags, std::string* list, engine::EngineOptions* options);
+
+// The value of --adapters, "name=DIR[,name=DIR...]", as the engine's adapters in that order;
 // INVALID_ARGUMENT naming the entry that is not name=DIR (an empty name or directory).
 // Names must be distinct, which Engine::Create checks.
 absl::StatusOr<std::vector<engine::AdapterSpec>> ParseAdapterList(absl::string_view text);

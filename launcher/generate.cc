@@ -265,9 +265,7 @@ int RunGenerate(const std::vector<std::string>& args, int* argc, char*** argv) {
   flags.String("output", &config.output_file, "where --requests writes results (default: stdout)");
   config.engine.kv_cache_bytes = int64_t{512} << 20;
   AddEngineFlags(flags, &config.engine);
-  flags.String("adapters", &config.adapters,
-               "LoRA adapters (PEFT directories) served beside the model with --requests, "
-               "name=DIR[,name=DIR...]; a request line names one in its \"adapter\" field");
+  AddAdapterFlags(flags, &config.adapters, &config.engine);
   flags.Int("max-tokens", &config.max_tokens, "tokens to generate per prompt");
   flags.String("dtype", &config.dtype, "weights in memory: auto (as stored), f32 or bf16");
   AddQuantizeFlags(flags, &config.quantize);

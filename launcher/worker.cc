@@ -48,6 +48,7 @@ struct WorkerConfig {
   serve::RequestLimits request_limits;
   ModelJobOptions job;
   engine::EngineOptions engine;
+  std::string adapters;  // --adapters: name=DIR,...
 };
 
 // The median time of an all-reduce of one f32 activation row of the model (hidden_size
@@ -145,13 +146,15 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
   }
   InstallShutdownHandlers();
 
+  engine::EngineOptions engine_options = config.engine;
+  TESSERA_ASSIGN_OR_RETURN(engine_options.adapters, ParseAdapterList(config.adapters));
   TESSERA_ASSIGN_OR_RETURN(ModelJob job, StartModelJob(config.job, argc, argv));
   comm::Layout& layout = *job.layout;
   const bool leader = layout.tp_rank() == 0;
   TESSERA_ASSIGN_OR_RETURN(
       std::unique_ptr<engine::Engine> engine,
       engine::Engine::Create(*job.model, layout.tp(), leader ? job.tokenizer.get() : nullptr,
-                             EngineOptionsFor(job, config.engine)));
+                             EngineOptionsFor(job, engine_options)));
   TESSERA_ASSIGN_OR_RETURN(double allreduce_seconds,
                            MeasureAllReduceLatency(layout.tp(), job.model->config().hidden_size));
   // Every rank: its all-reduce latencies on a Prometheus endpoint of its own.
@@ -250,7 +253,7 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
     serve::CoordinatorLink link(
         config.coordinator, coordinator_credentials, join_token, registration,
         [&service] { return service.Load(); },
-        [&service](const std::string& id) { service.set_group_id(id); });
+        [&service](const v1::RegisterResponse& response) { service.Registered(response); });
     serve::SetServing(*server.server, {"tessera.v1.Worker"}, true);
     absl::Notification loop_done;
     std::thread watcher([&] {
@@ -318,6 +321,7 @@ int RunWorker(const std::vector<std::string>& args, int* argc, char*** argv) {
   flags.Bool("validate", &config.job.validate, "ranks cross-check every collective");
   config.engine.kv_cache_bytes = int64_t{512} << 20;
   AddEngineFlags(flags, &config.engine);
+  AddAdapterFlags(flags, &config.adapters, &config.engine);
   if (std::optional<int> done = ParseOrExit(flags, args)) return *done;
   if (config.replica_offset < 0) {
     return ReportExit(absl::InvalidArgumentError(

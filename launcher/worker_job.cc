@@ -58,6 +58,7 @@ void AddWorkerJobFlags(FlagSet& flags, WorkerJobConfig* config) {
                  "how long the workers may take to load and register");
   AddSupervisionFlags(flags, &config->supervision);
   AddEngineFlags(flags, &config->engine);
+  AddAdapterFlags(flags, &config->adapters, &config->engine);
 }
 
 absl::Status CheckWorkerJobConfig(const WorkerJobConfig& config) {
@@ -66,6 +67,7 @@ absl::Status CheckWorkerJobConfig(const WorkerJobConfig& config) {
         absl::StrCat("--np ", config.np, " must be a multiple of --tp ", config.tp));
   }
   TESSERA_RETURN_IF_ERROR(CheckSupervision(config.supervision));
+  TESSERA_RETURN_IF_ERROR(ParseAdapterList(config.adapters).status());
   TESSERA_RETURN_IF_ERROR(ParseQuantizeFlags(config.quantize).status());
   TESSERA_RETURN_IF_ERROR(ParseKvCacheDtypeFlag(config.kv_cache_dtype).status());
   absl::StatusOr<DeviceType> device = ParseDeviceFlag(config.device);
@@ -113,6 +115,10 @@ std::vector<std::string> WorkerCommand(const WorkerJobConfig& config, int coordi
   // clang-format on
   if (!config.model.empty()) argv.insert(argv.end(), {"--model", config.model});
   if (!config.model_name.empty()) argv.insert(argv.end(), {"--model-name", config.model_name});
+  if (!config.adapters.empty()) argv.insert(argv.end(), {"--adapters", config.adapters});
+  if (config.engine.max_adapters > 0) {
+    argv.insert(argv.end(), {"--max-adapters", absl::StrCat(config.engine.max_adapters)});
+  }
   const std::vector<std::string> quantize = QuantizeArguments(config.quantize);
   argv.insert(argv.end(), quantize.begin(), quantize.end());
   if (config.kv_cache_dtype != "auto") {

@@ -54,6 +54,7 @@ struct WorkerJobConfig {
   absl::Duration timeout = absl::Seconds(10);  // deadline of each collective
   absl::Duration ready_timeout = absl::Minutes(5);
   engine::EngineOptions engine;
+  std::string adapters;  // the workers' --adapters (name=DIR,...); --max-adapters is engine's
   // The workers get the coordinator's join token from this process's TESSERA_JOIN_TOKEN
   // (mpirun -x), never on a command line.
   bool forward_join_token = false;
@@ -67,11 +68,13 @@ struct WorkerJobConfig {
 // Declares --np, --tp, --model, --model-name, --device, --quantize, --quantize-group,
 // --kv-cache-dtype,
 // --kv-cache-memory-fraction, --mpirun,
-// --mpirun-args, --timeout, --ready-timeout, --restart-backoff, --max-failed-starts and the
-// engine's flags, writing into `config` (whose values are the defaults: set them first).
+// --mpirun-args, --timeout, --ready-timeout, --restart-backoff, --max-failed-starts, the
+// engine's flags, --adapters and --max-adapters, writing into `config` (whose values are the
+// defaults: set them first).
 void AddWorkerJobFlags(FlagSet& flags, WorkerJobConfig* config);
 
-// INVALID_ARGUMENT unless --np is a positive multiple of --tp, and for a bad --device or
+// INVALID_ARGUMENT unless --np is a positive multiple of --tp, and for a bad --adapters,
+// --device or
 // --kv-cache-memory-fraction (FAILED_PRECONDITION for cuda in a build without CUDA).
 absl::Status CheckWorkerJobConfig(const WorkerJobConfig& config);
 

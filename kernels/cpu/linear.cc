@@ -220,13 +220,13 @@ WorkSplit SplitWork(int64_t m, int64_t panels, CpuVector path) {
 // value already in out instead of starting from 0 (out += x . w^T).
 template <typename W>
 void LinearPacked(const float* x, const W* packed, float* out, int64_t m, int64_t n, int64_t k,
-                  bool accumulate = false) {
+                  bool accumulate = false, bool use_pool = true) {
   const int64_t panels = (n + kPanel - 1) / kPanel;
   const CpuVector path = CpuVectorPath();
   const WorkSplit split = SplitWork(m, panels, path);
   // Below about 64k multiply-adds, waking threads costs more than the product.
   const int64_t items = split.passes * split.groups;
-  const int64_t min_items = m * n * k < 65536 ? items : 1;
+  const int64_t min_items = !use_pool || m * n * k < 65536 ? items : 1;
   ParallelFor(
       items, min_items,
       [&](int64_t begin, int64_t end) {
@@ -444,6 +444,17 @@ absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor
     }
   }
   return absl::OkStatus();
+}
+
+void LinearPackedOnThisThread(const float* x, const Tensor& packed, float* out, int64_t m,
+                              int64_t n, int64_t k) {
+  if (m == 0 || n == 0) return;
+  if (packed.dtype() == DType::kF32) {
+    LinearPacked(x, packed.data<float>(), out, m, n, k, /*accumulate=*/false, /*use_pool=*/false);
+  } else {
+    LinearPacked(x, reinterpret_cast<const uint16_t*>(packed.data<BFloat16>()), out, m, n, k,
+                 /*accumulate=*/false, /*use_pool=*/false);
+  }
 }
 
 absl::Status LinearBackwardInput(const Tensor& dy, const Tensor& w, Tensor& dx) {

@@ -36,6 +36,12 @@ absl::StatusOr<Tensor> PackLinearWeight(const Tensor& w);
 // out's width. bias: f32 or bf16 (N), or a default-constructed (undefined) Tensor for none.
 absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out);
 
+// out (m, n) = x (m, k) . w^T on the calling thread alone, with w packed by PackLinearWeight
+// (f32 or bf16, k > 0): Linear's kernel and bits, for callers that split many small products
+// over the threads themselves. Unchecked: the caller owns the shapes.
+void LinearPackedOnThisThread(const float* x, const Tensor& packed, float* out, int64_t m,
+                              int64_t n, int64_t k);
+
 // The backward of out = x . w^T (+ bias), for training. Both reuse Linear's kernel (and its
 // chains of fused multiply-adds) on operands packed from w, x and dy, so they are
 // deterministic whatever the number of threads (and dx's rows, as Linear's, do not depend on

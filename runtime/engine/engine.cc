@@ -99,68 +99,6 @@ size_t HeldBackForStops(absl::string_view text, const std::vector<std::string>& 
   return held;
 }
 
-// Loads `adapters` into `model` in order and returns their slots. Collective over `tp`: the
-// ranks agree that every rank loaded every adapter into the same slots, or all fail (the
-// ranks that loaded theirs name the ranks that did not) with nothing left loaded.
-absl::StatusOr<std::vector<int>> LoadAdapters(model::Transformer& model, comm::Communicator& tp,
-                                              const std::vector<AdapterSpec>& adapters) {
-  std::vector<int> slots;
-  absl::Status loaded;
-  for (const AdapterSpec& adapter : adapters) {
-    absl::StatusOr<int> slot = model.LoadAdapter(adapter.dir);
-    if (!slot.ok()) {
-      loaded = absl::Status(slot.status().code(),
-                            absl::StrCat("adapter \"", adapter.name, "\" (", adapter.dir,
-                                         ") on rank ", tp.rank(), ": ", slot.status().message()));
-      break;
-    }
-    slots.push_back(*slot);
-  }
-  auto unload = [&] {
-    for (int slot : slots) model.UnloadAdapter(slot).IgnoreError();
-  };
-  if (tp.size() == 1 || adapters.empty()) {
-    if (loaded.ok()) return slots;
-    unload();
-    return loaded;
-  }
-  // One minimum over [loaded, slots..., -slots...]: whether every rank loaded every adapter,
-  // and each slot's smallest and largest value across the ranks.
-  const size_t n = adapters.size();
-  std::vector<int64_t> agree(1 + 2 * n, 0);
-  agree[0] = loaded.ok() ? 1 : 0;
-  for (size_t i = 0; i < slots.size(); ++i) {
-    agree[1 + i] = slots[i];
-    agree[1 + n + i] = -slots[i];
-  }
-  Tensor view = Tensor::Wrap(agree.data(), DType::kI64, {static_cast<int64_t>(agree.size())});
-  Stream cpu = Stream::Cpu();
-  if (absl::Status reduced = tp.AllReduce(view, comm::ReduceOp::kMin, cpu); !reduced.ok()) {
-    unload();
-    return reduced;
-  }
-  if (!loaded.ok()) {
-    unload();
-    return loaded;
-  }
-  if (agree[0] == 0) {
-    unload();
-    return absl::FailedPreconditionError(absl::StrCat(
-        "adapters: another rank of the group failed to load one (its error names it); rank ",
-        tp.rank(), " unloaded its own"));
-  }
-  for (size_t i = 0; i < n; ++i) {
-    if (agree[1 + i] != -agree[1 + n + i]) {
-      unload();
-      return absl::FailedPreconditionError(
-          absl::StrCat("adapter \"", adapters[i].name, "\" went into slots ", agree[1 + i], " to ",
-                       -agree[1 + n + i],
-                       " on different ranks: the ranks' models loaded different adapters before"));
-    }
-  }
-  return slots;
-}
-
 }  // namespace
 
 // A request the leader is serving.
@@ -171,7 +109,7 @@ struct Engine::Live {
   tessera::v1::SamplingPlan plan;
   std::vector<int32_t> prompt;
   std::vector<int32_t> resumed;  // generated before, elsewhere (GenerationRequest)
-  int adapter = -1;              // the model's adapter slot; -1: the base
+  AdapterHold adapter;           // the adapter version it runs with; empty: the base
   uint64_t prefix_root = kPrefixHashRoot;
   std::optional<tokenizer::StreamingDecoder> decoder;
   std::string text;    // decoded so far (cut at a stop string)
@@ -198,8 +136,20 @@ class Engine::Loop {
   int64_t cache_bytes() const { return cache_.bytes(); }
 
  private:
-  // Moves submitted requests into the scheduler and applies cancellations.
+  // Moves submitted requests into the scheduler (or, while their adapter is not resident,
+  // into parked_), takes LoadAdapter calls, and applies cancellations.
   void TakeInbox(bool* shutdown, bool* stop_when_idle);
+  // A live request into the scheduler, on its adapter's slot.
+  void Start(Live& live);
+  // Parked requests whose adapter is resident now go to the scheduler.
+  void StartParked();
+  bool has_adapter_work() const;
+  // Adds the catalog's loads and unloads to `plan`, before it is broadcast.
+  AdapterCatalog::Changes PlanAdapters(StepPlan& plan, size_t* fresh_count);
+  // After every rank applied them: answers LoadAdapter calls, and ends the parked requests
+  // whose adapter failed to load.
+  void AdaptersApplied(const AdapterCatalog::Changes& changes,
+                       const std::vector<absl::StatusOr<int>>& loaded, size_t fresh_count);
   absl::Status Step(StepPlan& plan);
   void ProcessToken(Live& live, const SampledToken& sampled);
   // Takes one generated token into `live`'s count and text; the reason it ends the request,
@@ -220,6 +170,8 @@ class Engine::Loop {
   Scheduler scheduler_;
   StepExecutor executor_;
   absl::flat_hash_map<uint64_t, std::unique_ptr<Live>> live_;
+  std::vector<uint64_t> parked_;    // live, waiting for their adapter to be loaded
+  std::vector<PendingLoad> loads_;  // LoadAdapter calls for the next plan
   std::deque<std::pair<absl::Time, int64_t>> recent_outputs_;
   absl::Time hashes_published_ = absl::InfinitePast();
 };
@@ -231,18 +183,91 @@ void Engine::Loop::TakeInbox(bool* shutdown, bool* stop_when_idle) {
     absl::MutexLock lock(&engine_.mutex_);
     added.swap(engine_.inbox_);
     cancels.swap(engine_.cancels_);
+    for (PendingLoad& load : engine_.adapter_loads_) loads_.push_back(std::move(load));
+    engine_.adapter_loads_.clear();
+    engine_.adapters_removed_ = false;
     *shutdown = engine_.shutdown_;
     *stop_when_idle = engine_.stop_when_idle_;
   }
   for (std::unique_ptr<Live>& live : added) {
-    scheduler_.Add(live->id, live->prompt, live->resumed, live->plan, live->adapter,
-                   live->prefix_root);
+    const uint64_t id = live->id;
     Live& added_live = *live;
-    live_[live->id] = std::move(live);
+    live_[id] = std::move(live);
     if (!added_live.resumed.empty()) Replay(added_live);
+    if (!live_.contains(id)) continue;  // the resumed tokens had finished it
+    if (engine_.catalog_.SlotOf(added_live.adapter) >= 0 || added_live.adapter.is_base()) {
+      Start(added_live);
+    } else {
+      parked_.push_back(id);
+    }
   }
   for (uint64_t id : cancels) {
     if (live_.contains(id)) End(id, FinishReason::kCancelled);
+  }
+}
+
+void Engine::Loop::Start(Live& live) {
+  engine_.catalog_.Touch(live.adapter);
+  scheduler_.Add(live.id, live.prompt, live.resumed, live.plan,
+                 engine_.catalog_.SlotOf(live.adapter), live.prefix_root);
+}
+
+void Engine::Loop::StartParked() {
+  std::vector<uint64_t> still;
+  for (uint64_t id : parked_) {
+    auto it = live_.find(id);
+    if (it == live_.end()) continue;  // ended while parked
+    if (engine_.catalog_.SlotOf(it->second->adapter) >= 0) {
+      Start(*it->second);
+    } else {
+      still.push_back(id);
+    }
+  }
+  parked_.swap(still);
+}
+
+bool Engine::Loop::has_adapter_work() const {
+  return !loads_.empty() || !parked_.empty() || engine_.catalog_.HasUnloadsDue();
+}
+
+AdapterCatalog::Changes Engine::Loop::PlanAdapters(StepPlan& plan, size_t* fresh_count) {
+  std::vector<std::shared_ptr<AdapterVersion>> fresh, wanted;
+  for (const PendingLoad& load : loads_) fresh.push_back(engine_.catalog_.NewVersion(load.adapter));
+  for (uint64_t id : parked_) {
+    auto it = live_.find(id);
+    if (it != live_.end()) wanted.push_back(it->second->adapter.shared_version());
+  }
+  AdapterCatalog::Changes changes = engine_.catalog_.Plan(fresh, wanted);
+  *fresh_count = fresh.size();
+  plan.mutable_unload_adapters()->Assign(changes.unload_slots.begin(), changes.unload_slots.end());
+  for (const auto& version : changes.loads) {
+    tessera::v1::AdapterLoad* load = plan.add_load_adapters();
+    load->set_name(version->name);
+    load->set_dir(version->dir);
+  }
+  return changes;
+}
+
+void Engine::Loop::AdaptersApplied(const AdapterCatalog::Changes& changes,
+                                   const std::vector<absl::StatusOr<int>>& loaded,
+                                   size_t fresh_count) {
+  engine_.catalog_.Applied(changes, loaded, fresh_count);
+  for (size_t i = 0; i < fresh_count; ++i) {
+    loads_[i].outcome->status = loaded[i].status();
+    loads_[i].outcome->done.Notify();
+  }
+  loads_.erase(loads_.begin(), loads_.begin() + fresh_count);
+  for (size_t i = fresh_count; i < changes.loads.size(); ++i) {
+    if (loaded[i].ok()) continue;
+    // The adapter's directory no longer loads (deleted or changed since it was first read):
+    // the requests waiting for it fail, not the group.
+    const AdapterVersion* failed = changes.loads[i].get();
+    for (uint64_t id : parked_) {
+      auto it = live_.find(id);
+      if (it != live_.end() && it->second->adapter.version() == failed) {
+        End(id, FinishReason::kError, loaded[i].status());
+      }
+    }
   }
 }
 
@@ -261,12 +286,15 @@ void Engine::Loop::End(uint64_t id, FinishReason reason, absl::Status status) {
   RequestUsage& usage = event.usage;
   usage.prompt_tokens = static_cast<int>(live.prompt.size());
   usage.completion_tokens = live.generated;
-  usage.cached_tokens = scheduler_.cached_prompt_tokens(id);
-  usage.preemptions = scheduler_.preemptions(id);
+  if (scheduler_.contains(id)) {  // not while parked
+    usage.cached_tokens = scheduler_.cached_prompt_tokens(id);
+    usage.preemptions = scheduler_.preemptions(id);
+  }
   absl::Time now = absl::Now();
   usage.queue_time = live.scheduled.value_or(now) - live.submitted;
   usage.time_to_first_token = live.first_token.value_or(now) - live.submitted;
   usage.total_time = now - live.submitted;
+  engine_.catalog_.CountFinished(live.adapter, live.generated);  // before the reader wakes
   live.stream->Push(std::move(event));
   scheduler_.Remove(id);
   live_.erase(it);
@@ -279,8 +307,20 @@ void Engine::Loop::EndAll(FinishReason reason, const absl::Status& status) {
   for (const auto& [id, live] : live_) ids.push_back(id);
   std::sort(ids.begin(), ids.end());
   for (uint64_t id : ids) End(id, reason, status);
+  for (PendingLoad& load : loads_) {
+    load.outcome->status = status;
+    load.outcome->done.Notify();
+  }
+  loads_.clear();
   absl::MutexLock lock(&engine_.mutex_);
   engine_.stopped_ = true;
+  for (PendingLoad& load : engine_.adapter_loads_) {
+    load.outcome->status =
+        absl::UnavailableError(absl::StrCat("the engine stopped before loading adapter \"",
+                                            load.adapter.name, "\": ", status.message()));
+    load.outcome->done.Notify();
+  }
+  engine_.adapter_loads_.clear();
   for (std::unique_ptr<Live>& live : engine_.inbox_) {
     TokenEvent event;
     event.final = true;
@@ -397,7 +437,7 @@ void Engine::Loop::PublishStats(double step_seconds, const StepPlan* plan, int64
   stats.block_size = engine_.options_.block_size;
   stats.prefix_lookups = pool_.stats().lookups;
   stats.prefix_hits = pool_.stats().hits;
-  engine_.waiting_in_scheduler_ = counts.waiting;
+  engine_.waiting_in_scheduler_ = counts.waiting + static_cast<int>(parked_.size());
   if (plan == nullptr || now - hashes_published_ >= kHashesRefresh) {
     engine_.cached_hashes_ = pool_.CachedHashes();
     hashes_published_ = now;
@@ -406,7 +446,12 @@ void Engine::Loop::PublishStats(double step_seconds, const StepPlan* plan, int64
 
 absl::Status Engine::Loop::Step(StepPlan& plan) {
   absl::Time start = absl::Now();
+  size_t fresh_count = 0;
+  const AdapterCatalog::Changes adapter_changes = PlanAdapters(plan, &fresh_count);
   TESSERA_RETURN_IF_ERROR(BroadcastPlan(engine_.tp_, plan));
+  std::vector<absl::StatusOr<int>> loaded;
+  TESSERA_RETURN_IF_ERROR(engine_.slots_->Apply(plan, &loaded));
+  if (!adapter_changes.empty()) AdaptersApplied(adapter_changes, loaded, fresh_count);
   TESSERA_ASSIGN_OR_RETURN(std::vector<SampledToken> sampled, executor_.Execute(plan));
   scheduler_.Completed(plan, sampled);
   int64_t prompt_tokens = 0;  // rows of this step inside their sequence's prompt
@@ -442,11 +487,12 @@ absl::Status Engine::Loop::RunLeader() {
       EndAll(FinishReason::kCancelled, absl::CancelledError("the engine shut down"));
       return SendShutdown();
     }
-    if (!scheduler_.has_work() && !scheduler_.has_pending_removals()) {
+    StartParked();
+    if (!scheduler_.has_work() && !scheduler_.has_pending_removals() && !has_adapter_work()) {
       PublishStats(0, nullptr, 0);
       if (stop_when_idle) {
         absl::MutexLock lock(&engine_.mutex_);
-        if (engine_.inbox_.empty()) {
+        if (engine_.inbox_.empty() && engine_.adapter_loads_.empty()) {
           engine_.stopped_ = true;
           break;
         }
@@ -456,7 +502,8 @@ absl::Status Engine::Loop::RunLeader() {
       {
         absl::MutexLock lock(&engine_.mutex_);
         auto has_news = [](Engine* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e->mutex_) {
-          return !e->inbox_.empty() || !e->cancels_.empty() || e->shutdown_ || e->stop_when_idle_;
+          return !e->inbox_.empty() || !e->cancels_.empty() || !e->adapter_loads_.empty() ||
+                 e->adapters_removed_ || e->shutdown_ || e->stop_when_idle_;
         };
         woken = engine_.mutex_.AwaitWithTimeout(absl::Condition(+has_news, &engine_),
                                                 engine_.options_.idle_interval);
@@ -487,6 +534,8 @@ absl::Status Engine::Loop::RunFollower() {
     StepPlan plan;
     TESSERA_RETURN_IF_ERROR(BroadcastPlan(engine_.tp_, plan));
     if (plan.shutdown()) return absl::OkStatus();
+    std::vector<absl::StatusOr<int>> loaded;  // the leader answers for them
+    TESSERA_RETURN_IF_ERROR(engine_.slots_->Apply(plan, &loaded));
     TESSERA_RETURN_IF_ERROR(executor_.Execute(plan).status());
   }
 }
@@ -501,20 +550,24 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(model::Transformer& model
         "engine options: block_size (", options.block_size, "), max_running (", options.max_running,
         ") and max_step_tokens (", options.max_step_tokens, ") must be at least 1"));
   }
+  if (options.max_adapters < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "engine options: max_adapters must be 0 (no limit) or more, not ", options.max_adapters));
+  }
   absl::flat_hash_set<std::string> names;
   for (size_t i = 0; i < options.adapters.size(); ++i) {
     const std::string& name = options.adapters[i].name;
-    if (name.empty() || !names.insert(name).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("engine options: adapters[", i, "] (", options.adapters[i].dir, ") has ",
-                       name.empty() ? "no name" : absl::StrCat("the name \"", name, "\" twice")));
+    if (!names.insert(name).second) {
+      return absl::InvalidArgumentError(absl::StrCat("engine options: adapters[", i, "] (",
+                                                     options.adapters[i].dir, ") has the name \"",
+                                                     name, "\" twice"));
     }
+    TESSERA_RETURN_IF_ERROR(CheckAdapterName(
+        name, absl::StrCat("engine options: adapters[", i, "] (", options.adapters[i].dir, ")")));
   }
-  TESSERA_ASSIGN_OR_RETURN(std::vector<int> slots, LoadAdapters(model, tp, options.adapters));
-  // From here an error leaves no adapter behind.
-  auto unload = [&model, &slots] {
-    for (int slot : slots) model.UnloadAdapter(slot).IgnoreError();
-  };
+  // From here an error leaves no adapter behind (the slots unload theirs).
+  auto slots = std::make_unique<AdapterSlots>(model, tp);
+  TESSERA_ASSIGN_OR_RETURN(std::vector<int> adapter_slots, slots->LoadAll(options.adapters));
   const int64_t block_bytes = int64_t{options.block_size} * model.KvBytesPerToken();
   int64_t blocks = options.num_blocks > 0
                        ? options.num_blocks
@@ -525,69 +578,71 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(model::Transformer& model
   if (tp.size() > 1) {
     Tensor count = Tensor::Wrap(&blocks, DType::kI64, {1});
     Stream cpu = Stream::Cpu();
-    if (absl::Status reduced = tp.AllReduce(count, comm::ReduceOp::kMin, cpu); !reduced.ok()) {
-      unload();
-      return reduced;
-    }
+    TESSERA_RETURN_IF_ERROR(tp.AllReduce(count, comm::ReduceOp::kMin, cpu));
   }
   if (blocks < 1) {
-    unload();
     return absl::ResourceExhaustedError(
         absl::StrCat("a KV cache of ", options.kv_cache_bytes, " bytes holds no block of ",
                      options.block_size, " tokens (", block_bytes, " bytes a block on this rank)"));
   }
-  absl::StatusOr<model::KvCache> cache =
-      model.AllocateKvCache(static_cast<int>(blocks), options.block_size);
-  if (!cache.ok()) {
-    unload();
-    return cache.status();
-  }
+  TESSERA_ASSIGN_OR_RETURN(model::KvCache cache,
+                           model.AllocateKvCache(static_cast<int>(blocks), options.block_size));
   return std::unique_ptr<Engine>(
-      new Engine(model, tp, tokenizer, options, *std::move(cache), std::move(slots)));
+      new Engine(model, tp, tokenizer, options, std::move(cache), std::move(slots), adapter_slots));
 }
 
 Engine::Engine(model::Transformer& model, comm::Communicator& tp,
                const tokenizer::Tokenizer* tokenizer, const EngineOptions& options,
-               model::KvCache cache, std::vector<int> adapter_slots)
+               model::KvCache cache, std::unique_ptr<AdapterSlots> slots,
+               const std::vector<int>& adapter_slots)
     : model_(model),
       tp_(tp),
       tokenizer_(tokenizer),
       options_(options),
       num_blocks_(cache.num_blocks),
       seed_base_(std::random_device()()),
-      adapter_slots_(std::move(adapter_slots)) {
-  for (size_t i = 0; i < adapter_slots_.size(); ++i) {
-    adapter_by_name_[options_.adapters[i].name] = adapter_slots_[i];
-  }
+      slots_(std::move(slots)),
+      catalog_(options.max_adapters) {
+  catalog_.AddResident(options_.adapters, adapter_slots);
   loop_ = std::make_unique<Loop>(*this, std::move(cache));
   stats_.kv_blocks_total = num_blocks_;
   stats_.block_size = options_.block_size;
 }
 
-// Every rank destroys its engine, so every rank unloads the same slots: the model's slots
-// stay the same on every rank for a later engine.
-Engine::~Engine() {
-  loop_.reset();
-  for (int slot : adapter_slots_) model_.UnloadAdapter(slot).IgnoreError();
-}
+// Every rank destroys its engine, so every rank unloads the same slots (slots_): the model's
+// slots stay the same on every rank for a later engine.
+Engine::~Engine() { loop_.reset(); }
 
-std::vector<std::string> Engine::adapter_names() const {
-  std::vector<std::string> names;
-  for (const AdapterSpec& adapter : options_.adapters) names.push_back(adapter.name);
-  return names;
-}
-
-absl::StatusOr<int> Engine::AdapterSlot(const std::string& name) const {
-  if (name.empty()) return -1;
-  auto it = adapter_by_name_.find(name);
-  if (it != adapter_by_name_.end()) return it->second;
-  if (adapter_by_name_.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("adapter: \"", name, "\" is not loaded; this engine serves no adapters"));
+absl::Status Engine::LoadAdapter(AdapterSpec adapter) {
+  if (!is_leader()) {
+    return absl::FailedPreconditionError("LoadAdapter: only the group leader (TP rank 0) loads");
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat("adapter: \"", name,
-                   "\" is not loaded; loaded adapters: ", absl::StrJoin(adapter_names(), ", ")));
+  TESSERA_RETURN_IF_ERROR(CheckAdapterName(adapter.name, "adapter name"));
+  if (adapter.dir.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("adapter \"", adapter.name, "\": no directory given"));
+  }
+  auto outcome = std::make_shared<PendingLoad::Outcome>();
+  {
+    absl::MutexLock lock(&mutex_);
+    if (stopped_ || shutdown_) {
+      return absl::UnavailableError("the engine has stopped and loads no more adapters");
+    }
+    adapter_loads_.push_back({std::move(adapter), outcome});
+  }
+  outcome->done.WaitForNotification();
+  return outcome->status;
+}
+
+absl::Status Engine::UnloadAdapter(const std::string& name) {
+  if (!is_leader()) {
+    return absl::FailedPreconditionError(
+        "UnloadAdapter: only the group leader (TP rank 0) unloads");
+  }
+  TESSERA_RETURN_IF_ERROR(catalog_.Remove(name));
+  absl::MutexLock lock(&mutex_);
+  adapters_removed_ = true;
+  return absl::OkStatus();
 }
 
 absl::Status Engine::ValidateRequest(const GenerationRequest& request,
@@ -664,11 +719,11 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(GenerationRequest 
     tokens = *std::move(encoded);
   }
   TESSERA_RETURN_IF_ERROR(ValidateRequest(request, tokens));
-  TESSERA_ASSIGN_OR_RETURN(const int adapter, AdapterSlot(request.adapter));
+  TESSERA_ASSIGN_OR_RETURN(AdapterHold adapter, catalog_.Hold(request.adapter));
 
   auto live = std::make_unique<Live>();
-  live->adapter = adapter;
-  live->prefix_root = PrefixHashRoot(request.adapter);
+  live->prefix_root = adapter.is_base() ? kPrefixHashRoot : adapter.version()->prefix_root;
+  live->adapter = std::move(adapter);
   live->sampling = std::move(request.sampling);
   live->prompt = std::move(tokens);
   live->resumed = std::move(request.resumed_tokens);

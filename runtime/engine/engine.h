@@ -10,8 +10,9 @@
 // (step_executor.h), and turns the sampled tokens into each request's stream of events. On
 // the other ranks Run() executes the plans it receives until the leader shuts down.
 //
-// Thread safety: Submit, Cancel, Stats, CachedBlockHashes, StopWhenIdle and Shutdown may be
-// called from any thread of the leader's process while Run() loops on another. Only the
+// Thread safety: Submit, Cancel, Stats, CachedBlockHashes, Adapters, LoadAdapter,
+// UnloadAdapter, StopWhenIdle and Shutdown may be called from any thread of the leader's
+// process while Run() loops on another. Only the
 // thread in Run() touches the communicator.
 
 #include <cstdint>
@@ -24,21 +25,17 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "comm/communicator.h"
+#include "runtime/engine/adapter_catalog.h"
+#include "runtime/engine/adapter_slots.h"
 #include "runtime/engine/request.h"
 #include "runtime/engine/request_stream.h"
 #include "runtime/model/transformer.h"
 #include "runtime/tokenizer/tokenizer.h"
 
 namespace tessera::engine {
-
-// A LoRA adapter the engine serves beside the base model: requests name it
-// (GenerationRequest::adapter); `dir` is a PEFT adapter directory (Transformer::LoadAdapter).
-struct AdapterSpec {
-  std::string name;
-  std::string dir;
-};
 
 struct EngineOptions {
   int block_size = 16;                        // tokens per KV block
@@ -53,8 +50,13 @@ struct EngineOptions {
   absl::Duration idle_interval = absl::Milliseconds(100);
   // Loaded into the model by Create, on every rank in this order (so that a slot names the
   // same adapter on every rank: the options must be the same on every rank), and unloaded
-  // when the engine is destroyed. Names must be non-empty and distinct.
+  // when the engine is destroyed. Names must be non-empty and distinct. More can be loaded
+  // while the engine runs (LoadAdapter).
   std::vector<AdapterSpec> adapters;
+  // Adapters held in memory at once; 0: no limit. Past it, the least recently used adapter
+  // that no request is running on is unloaded, and loaded again from its directory when a
+  // request names it (the request waits for that step).
+  int max_adapters = 0;
 };
 
 struct EngineStats {
@@ -102,8 +104,19 @@ class Engine {
   // What the cache's tensors take on this rank (capacity_tokens() x kv_bytes_per_token()).
   int64_t kv_cache_bytes() const;
   int64_t max_model_length() const { return model_.config().max_position_embeddings; }
-  // The names of the adapters requests may name, in load order.
-  std::vector<std::string> adapter_names() const;
+  // The adapters requests may name, in the order they were first loaded.
+  std::vector<AdapterState> Adapters() const { return catalog_.States(); }
+
+  // Leader only, while Run() loops. Loads a PEFT adapter on every rank under `adapter.name`
+  // and returns once the group has it (or has failed to: the error names the adapter, the
+  // directory and the rank; nothing is left loaded). A name already served is replaced:
+  // requests running on the old adapter finish on it, and it is unloaded after them; later
+  // requests get the new one. INVALID_ARGUMENT for a name that is empty or has characters
+  // other than letters, digits and "._-"; UNAVAILABLE once the engine has stopped.
+  absl::Status LoadAdapter(AdapterSpec adapter);
+  // Leader only. Requests naming `name` are refused from now on; running ones finish, and
+  // the adapter is unloaded after them. NOT_FOUND naming the served ones for an unknown name.
+  absl::Status UnloadAdapter(const std::string& name);
 
   // Leader only. Queues a request and returns its stream of events. Refused at once:
   // INVALID_ARGUMENT naming the field (an empty prompt, a token outside the vocabulary, bad
@@ -138,13 +151,21 @@ class Engine {
   struct Live;
   class Loop;
 
+  // A LoadAdapter call waiting for the step loop.
+  struct PendingLoad {
+    AdapterSpec adapter;
+    struct Outcome {
+      absl::Notification done;
+      absl::Status status;
+    };
+    std::shared_ptr<Outcome> outcome;
+  };
+
   Engine(model::Transformer& model, comm::Communicator& tp, const tokenizer::Tokenizer* tokenizer,
-         const EngineOptions& options, model::KvCache cache, std::vector<int> adapter_slots);
+         const EngineOptions& options, model::KvCache cache, std::unique_ptr<AdapterSlots> slots,
+         const std::vector<int>& adapter_slots);
   absl::Status ValidateRequest(const GenerationRequest& request,
                                const std::vector<int32_t>& tokens) const;
-  // The slot of the adapter `name` ("" : -1, the base), or INVALID_ARGUMENT naming it and the
-  // loaded ones.
-  absl::StatusOr<int> AdapterSlot(const std::string& name) const;
 
   model::Transformer& model_;
   comm::Communicator& tp_;
@@ -152,9 +173,10 @@ class Engine {
   const EngineOptions options_;
   const int num_blocks_;
   const uint64_t seed_base_;  // for requests that name no seed
-  // The model's slot of options_.adapters[i], the same on every rank.
-  const std::vector<int> adapter_slots_;
-  absl::flat_hash_map<std::string, int> adapter_by_name_;  // -> slot
+  // The adapters in the model's slots (every rank), and which names they serve (the leader);
+  // before the loop and the requests that hold their versions, which go first.
+  std::unique_ptr<AdapterSlots> slots_;
+  AdapterCatalog catalog_;
   std::unique_ptr<Loop> loop_;
   std::function<void(const EngineStats&)> step_observer_;
 
@@ -162,7 +184,9 @@ class Engine {
   mutable absl::Mutex mutex_;
   std::vector<std::unique_ptr<Live>> inbox_ ABSL_GUARDED_BY(mutex_);
   std::vector<uint64_t> cancels_ ABSL_GUARDED_BY(mutex_);
-  int waiting_in_scheduler_ ABSL_GUARDED_BY(mutex_) = 0;  // as of the last step
+  std::vector<PendingLoad> adapter_loads_ ABSL_GUARDED_BY(mutex_);
+  bool adapters_removed_ ABSL_GUARDED_BY(mutex_) = false;  // wakes the loop to unload
+  int waiting_in_scheduler_ ABSL_GUARDED_BY(mutex_) = 0;   // as of the last step
   uint64_t next_id_ ABSL_GUARDED_BY(mutex_) = 1;
   bool stop_when_idle_ ABSL_GUARDED_BY(mutex_) = false;
   bool shutdown_ ABSL_GUARDED_BY(mutex_) = false;

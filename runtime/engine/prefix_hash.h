@@ -19,12 +19,13 @@
 
 namespace tessera::engine {
 
-// Seed of the chain: the "parent" of a sequence's first block.
 // Seed of the chain: the "parent" of a sequence's first block on the base model.
 inline constexpr uint64_t kPrefixHashRoot = 0x7465737365726131ULL;
 
 // The root of the chain of a sequence that runs with the adapter named `adapter` (its name,
 // not its slot, so that every process and group agrees); kPrefixHashRoot for "" (the base).
+// An adapter replaced under the same name (a new version) roots its chains at
+// PrefixHashRoot("NAME#2"), "NAME#3", ... (adapter_catalog.h): names cannot hold '#'.
 uint64_t PrefixHashRoot(absl::string_view adapter);
 
 uint64_t BlockHash(uint64_t parent, absl::Span<const int32_t> block_tokens);

@@ -67,6 +67,7 @@ class Scheduler {
   void Completed(const tessera::v1::StepPlan& plan, absl::Span<const SampledToken> sampled);
 
   bool has_work() const { return !waiting_.empty() || !running_.empty(); }
+  bool contains(uint64_t id) const { return sequences_.contains(id); }
   bool has_pending_removals() const { return !removed_.empty(); }
   SchedulerCounts counts() const;
 

@@ -5,9 +5,10 @@
 // once over every row, then for each adapter present its rows are gathered, multiplied by its
 // low-rank factors and added back into their rows of the projection's output.
 //
-// Row invariant, bitwise: both products are kernels::Linear (cpu/linear.h) over the gathered
-// rows, whose row i depends only on input row i, so a row's result never depends on which
-// other rows or adapters share the batch. CPU only so far.
+// Row invariant, bitwise: both products are kernels::Linear's kernel (cpu/linear.h) over the
+// gathered rows, whose row i depends only on input row i, so a row's result never depends on
+// which other rows or adapters share the batch, nor on how the rows are split into blocks.
+// CPU only so far.
 
 #include <cstdint>
 #include <vector>
@@ -32,11 +33,21 @@ struct AdapterRows {
 std::vector<AdapterRows> GroupRowsByAdapter(absl::Span<const int32_t> adapters,
                                             absl::Span<const int32_t> query_starts);
 
-// x (T, K) f32, out (T, width) f32 on the CPU; for each row i of `rows`:
+// One adapter's product on some rows of a projection: for each row i of `rows`,
 //   out[i, f.column : f.column + f.outputs] += f.scale * ((x[i] A^T) B^T)
 // with u = x[rows] A^T (M, r) and v = u B^T (M, outputs) computed on the gathered rows.
-absl::Status AddLoraRows(const Tensor& x, absl::Span<const int32_t> rows, const RankLoraFactors& f,
-                         Tensor& out);
+struct LoraProduct {
+  absl::Span<const int32_t> rows;
+  const RankLoraFactors* factors = nullptr;
+  Tensor* out = nullptr;  // (T, width) f32
+};
+
+// Every product of `products`, over x (T, K) f32 on the CPU, in one pass over the threads:
+// the work is split by product and by blocks of rows, each block on one thread with Linear's
+// kernel (LinearPackedOnThisThread), so that many adapters with a few rows each cost one
+// dispatch rather than two products apiece. Products that write the same out must use
+// disjoint rows or columns.
+absl::Status AddLoraProducts(const Tensor& x, absl::Span<const LoraProduct> products);
 
 }  // namespace tessera::model
 

@@ -80,7 +80,8 @@ PlannedTensor PlanLoraB(const PlannedTensor& weight, int r) {
   return b;
 }
 
-absl::StatusOr<Tensor> ReadLoraFactor(const SafetensorsFile& file, const PlannedTensor& planned) {
+absl::StatusOr<Tensor> ReadLoraFactor(const SafetensorsFile& file, const PlannedTensor& planned,
+                                      DType dtype) {
   const TensorInfo* info = file.Find(planned.name);
   if (info == nullptr || info->shape != planned.shape) {
     return absl::InvalidArgumentError(
@@ -88,7 +89,7 @@ absl::StatusOr<Tensor> ReadLoraFactor(const SafetensorsFile& file, const Planned
                      info == nullptr ? " is missing" : " has shape " + ShapeToString(info->shape),
                      " (this model's is ", ShapeToString(planned.shape), ")"));
   }
-  return file.Read(planned.name, planned.slice, DType::kF32);
+  return file.Read(planned.name, planned.slice, dtype);
 }
 
 int LoraAdapterConfig::RankOf(absl::string_view module) const {

@@ -46,10 +46,11 @@ std::string LoraBName(absl::string_view weight_name);
 PlannedTensor PlanLoraA(const PlannedTensor& weight, int r);
 PlannedTensor PlanLoraB(const PlannedTensor& weight, int r);
 
-// This rank's slice of the factor `planned` (PlanLoraA / PlanLoraB) from `file`, as f32.
-// INVALID_ARGUMENT naming the file and the tensor when the file lacks it or holds it in
-// another shape.
-absl::StatusOr<Tensor> ReadLoraFactor(const SafetensorsFile& file, const PlannedTensor& planned);
+// This rank's slice of the factor `planned` (PlanLoraA / PlanLoraB) from `file`, as `dtype`
+// (f32 or bf16). INVALID_ARGUMENT naming the file and the tensor when the file lacks it or
+// holds it in another shape.
+absl::StatusOr<Tensor> ReadLoraFactor(const SafetensorsFile& file, const PlannedTensor& planned,
+                                      DType dtype = DType::kF32);
 
 // What adapter_config.json says about the arithmetic of a LoRA adapter.
 struct LoraAdapterConfig {

@@ -68,7 +68,7 @@ std::string WhyNotAFactor(absl::string_view name) {
 }  // namespace
 
 absl::StatusOr<RankAdapter> LoadRankAdapter(const std::string& dir, const ModelConfig& config,
-                                            const WeightPlan& plan) {
+                                            const WeightPlan& plan, DType factor_dtype) {
   TESSERA_ASSIGN_OR_RETURN(LoraAdapterConfig adapter, ReadLoraAdapterConfig(dir));
   const std::string config_path = dir + "/adapter_config.json";
   // The modules this checkpoint's layers have, for target_modules and the messages.
@@ -133,8 +133,8 @@ absl::StatusOr<RankAdapter> LoadRankAdapter(const std::string& dir, const ModelC
       return absl::InvalidArgumentError(absl::StrCat(
           path, ": ", a_info->name, ": adapters on a fused qkv_proj are not supported yet"));
     }
-    TESSERA_ASSIGN_OR_RETURN(Tensor a, ReadLoraFactor(*file, PlanLoraA(planned, r)));
-    TESSERA_ASSIGN_OR_RETURN(Tensor b, ReadLoraFactor(*file, PlanLoraB(planned, r)));
+    TESSERA_ASSIGN_OR_RETURN(Tensor a, ReadLoraFactor(*file, PlanLoraA(planned, r), factor_dtype));
+    TESSERA_ASSIGN_OR_RETURN(Tensor b, ReadLoraFactor(*file, PlanLoraB(planned, r), factor_dtype));
     RankLoraFactors& f = out.layers[p->layer][static_cast<int>(*which)];
     f.r = r;
     f.outputs = b.dim(0);

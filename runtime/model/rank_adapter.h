@@ -26,8 +26,10 @@ inline constexpr int kLoraModuleCount = 8;
 // j < outputs, where out is the serving forward's output of that projection (gate and up
 // share the stacked [gate; up] output: up's column is this rank's intermediate size).
 struct RankLoraFactors {
-  Tensor a;  // A (r, K of this rank) f32, packed for kernels::Linear: (ceil(r/16), K, 16)
-  Tensor b;  // B (outputs, r) f32, packed: (ceil(outputs/16), r, 16)
+  // f32, or bf16 beside a bf16 base (as the base's weights, the factors' reads dominate a
+  // step with many adapters); the products accumulate in f32 either way.
+  Tensor a;  // A (r, K of this rank), packed for kernels::Linear: (ceil(r/16), K, 16)
+  Tensor b;  // B (outputs, r), packed: (ceil(outputs/16), r, 16)
   int64_t r = 0;
   int64_t outputs = 0;  // N of this rank
   int64_t column = 0;
@@ -44,7 +46,8 @@ struct RankAdapter {
 };
 
 // Reads this rank's part of the PEFT adapter directory `dir` (adapter_config.json and
-// adapter_model.safetensors) for the model `config` planned as `plan`. INVALID_ARGUMENT naming
+// adapter_model.safetensors) for the model `config` planned as `plan`, its factors held as
+// `factor_dtype` (f32 or bf16). INVALID_ARGUMENT naming
 // the file and the field or tensor for: what ReadLoraAdapterConfig refuses; a target module
 // this checkpoint does not have (lm_head, embed_tokens, a gate_proj of a checkpoint that fuses
 // gate_up_proj); a tensor that is not a LoRA factor of one of its layer projections (DoRA's
@@ -53,7 +56,8 @@ struct RankAdapter {
 // module; adapters on a fused qkv_proj (not supported yet); and a file with no factors at all.
 // NOT_FOUND when a file is absent.
 absl::StatusOr<RankAdapter> LoadRankAdapter(const std::string& dir, const ModelConfig& config,
-                                            const WeightPlan& plan);
+                                            const WeightPlan& plan,
+                                            DType factor_dtype = DType::kF32);
 
 }  // namespace tessera::model
 

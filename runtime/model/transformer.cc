@@ -509,9 +509,9 @@ absl::Status Transformer::Attention(int layer, const BatchTensors& in,
   TESSERA_RETURN_IF_ERROR(ops::Linear(a.normed, p.q, w.q_bias, a.q, stream));
   TESSERA_RETURN_IF_ERROR(ops::Linear(a.normed, p.k, w.k_bias, a.k, stream));
   TESSERA_RETURN_IF_ERROR(ops::Linear(a.normed, p.v, w.v_bias, a.v, stream));
-  TESSERA_RETURN_IF_ERROR(AddAdapters(adapted, layer, {LoraModule::kQ}, a.normed, a.q));
-  TESSERA_RETURN_IF_ERROR(AddAdapters(adapted, layer, {LoraModule::kK}, a.normed, a.k));
-  TESSERA_RETURN_IF_ERROR(AddAdapters(adapted, layer, {LoraModule::kV}, a.normed, a.v));
+  TESSERA_RETURN_IF_ERROR(AddAdapters(
+      adapted, layer, {{LoraModule::kQ, &a.q}, {LoraModule::kK, &a.k}, {LoraModule::kV, &a.v}},
+      a.normed));
   TESSERA_ASSIGN_OR_RETURN(Tensor q_heads_view, a.q.Reshape({tokens, q_heads, dim}));
   TESSERA_ASSIGN_OR_RETURN(Tensor k_heads_view, a.k.Reshape({tokens, kv_heads, dim}));
   TESSERA_ASSIGN_OR_RETURN(Tensor v_heads_view, a.v.Reshape({tokens, kv_heads, dim}));
@@ -540,7 +540,13 @@ absl::StatusOr<int> Transformer::LoadAdapter(const std::string& dir) {
     return absl::UnimplementedError(absl::StrCat(
         "LoRA adapters (", dir, ") run on the CPU only so far, not on ", device_.ToString()));
   }
-  TESSERA_ASSIGN_OR_RETURN(RankAdapter adapter, LoadRankAdapter(dir, config_, plan_));
+  // Factors in the base's dtype when it is bf16 (as vLLM holds them): with many adapters in a
+  // step, reading them costs about as much as their products.
+  const bool bf16_base =
+      !layers_.empty() && layers_[0].q.defined() && layers_[0].q.dtype() == DType::kBF16;
+  TESSERA_ASSIGN_OR_RETURN(
+      RankAdapter adapter,
+      LoadRankAdapter(dir, config_, plan_, bf16_base ? DType::kBF16 : DType::kF32));
   auto free = std::find(adapters_.begin(), adapters_.end(), nullptr);
   const int slot = static_cast<int>(free - adapters_.begin());
   if (free == adapters_.end()) adapters_.emplace_back();
@@ -591,15 +597,18 @@ absl::StatusOr<std::vector<AdapterRows>> Transformer::AdapterRowsOf(
 }
 
 absl::Status Transformer::AddAdapters(const std::vector<AdapterRows>& adapted, int layer,
-                                      std::initializer_list<LoraModule> modules, const Tensor& x,
-                                      Tensor& out) {
+                                      std::initializer_list<AdaptedOutput> outputs,
+                                      const Tensor& x) {
+  if (adapted.empty()) return absl::OkStatus();
+  std::vector<LoraProduct> products;
   for (const AdapterRows& group : adapted) {
-    for (LoraModule module : modules) {
-      const RankLoraFactors& f = adapters_[group.slot]->layers[layer][static_cast<int>(module)];
-      if (f.defined()) TESSERA_RETURN_IF_ERROR(AddLoraRows(x, group.rows, f, out));
+    for (const AdaptedOutput& output : outputs) {
+      const RankLoraFactors& f =
+          adapters_[group.slot]->layers[layer][static_cast<int>(output.module)];
+      if (f.defined()) products.push_back({group.rows, &f, output.out});
     }
   }
-  return absl::OkStatus();
+  return AddLoraProducts(x, products);
 }
 
 absl::StatusOr<Tensor> Transformer::Forward(const ForwardBatch& batch, KvCache& cache,
@@ -657,7 +666,7 @@ absl::StatusOr<Tensor> Transformer::RunForward(const ForwardBatch& batch, KvCach
     TESSERA_RETURN_IF_ERROR(Attention(l, in, adapted, a, cache));
     TESSERA_RETURN_IF_ERROR(ops::Linear(a.attention, p.o, Tensor(), a.pending, stream));
     // Row-parallel: each rank adds its partial adapter product before the all-reduce.
-    TESSERA_RETURN_IF_ERROR(AddAdapters(adapted, l, {LoraModule::kO}, a.attention, a.pending));
+    TESSERA_RETURN_IF_ERROR(AddAdapters(adapted, l, {{LoraModule::kO, &a.pending}}, a.attention));
     TESSERA_RETURN_IF_ERROR(SumOverGroup(a.pending));
     if (w.o_bias.defined()) {  // replicated: added once, after the sum
       TESSERA_RETURN_IF_ERROR(ops::AddBias(a.pending, w.o_bias, stream));
@@ -670,11 +679,14 @@ absl::StatusOr<Tensor> Transformer::RunForward(const ForwardBatch& batch, KvCach
         ops::AddRmsNorm(a.residual, a.pending, w.post_attention_norm, eps, a.normed, stream));
     TESSERA_RETURN_IF_ERROR(ops::Linear(a.normed, p.gate_up, Tensor(), a.gate_up, stream));
     TESSERA_RETURN_IF_ERROR(AddAdapters(adapted, l,
-                                        {LoraModule::kGate, LoraModule::kUp, LoraModule::kGateUp},
-                                        a.normed, a.gate_up));
+                                        {{LoraModule::kGate, &a.gate_up},
+                                         {LoraModule::kUp, &a.gate_up},
+                                         {LoraModule::kGateUp, &a.gate_up}},
+                                        a.normed));
     TESSERA_RETURN_IF_ERROR(ops::SiluMul(a.gate_up, a.activated, stream));
     TESSERA_RETURN_IF_ERROR(ops::Linear(a.activated, p.down, Tensor(), a.pending, stream));
-    TESSERA_RETURN_IF_ERROR(AddAdapters(adapted, l, {LoraModule::kDown}, a.activated, a.pending));
+    TESSERA_RETURN_IF_ERROR(
+        AddAdapters(adapted, l, {{LoraModule::kDown, &a.pending}}, a.activated));
     TESSERA_RETURN_IF_ERROR(SumOverGroup(a.pending));
     if (w.post_mlp_norm.defined()) {
       TESSERA_RETURN_IF_ERROR(ops::RmsNorm(a.pending, w.post_mlp_norm, eps, a.pending, stream));

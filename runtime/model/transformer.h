@@ -255,10 +255,15 @@ class Transformer {
   // The batch's rows grouped by adapter; INVALID_ARGUMENT for a slot that holds none,
   // UNIMPLEMENTED for adapters off the CPU.
   absl::StatusOr<std::vector<AdapterRows>> AdapterRowsOf(const ForwardBatch& batch) const;
-  // Adds each group's adapter product for `modules` of layer `layer` (input x, output out:
-  // adapter_forward.h) to its rows of out.
+  // A projection output that adapters add to, and the module whose factors they use.
+  struct AdaptedOutput {
+    LoraModule module;
+    Tensor* out;
+  };
+  // Adds each group's adapter products for `outputs` of layer `layer`, all taking input x
+  // (adapter_forward.h), to its rows of each output, in one pass over the threads.
   absl::Status AddAdapters(const std::vector<AdapterRows>& adapted, int layer,
-                           std::initializer_list<LoraModule> modules, const Tensor& x, Tensor& out);
+                           std::initializer_list<AdaptedOutput> outputs, const Tensor& x);
 
   ModelConfig config_;
   WeightPlan plan_;

@@ -58,6 +58,9 @@ GroupLoad FromWire(const v1::GroupLoad& wire) {
   load.engine_turns = wire.engine_turns();
   load.cached_block_hashes.insert(wire.cached_block_hashes().begin(),
                                   wire.cached_block_hashes().end());
+  for (const v1::GroupAdapter& adapter : wire.adapters()) {
+    load.adapters.push_back({adapter.name(), adapter.dir(), adapter.resident()});
+  }
   return load;
 }
 
@@ -81,22 +84,26 @@ grpc::Status ClientEndStatus(grpc::ServerContext* context) {
   return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
 }
 
-}  // namespace
+// Logs a refused call (who called, for what) as `event` and returns its status.
+grpc::Status Refuse(const grpc::ServerContext& context, absl::string_view event,
+                    absl::string_view call, absl::string_view subject, grpc::StatusCode code,
+                    absl::string_view why) {
+  Log(LogLevel::kWarning, kComponent,
+      {{"event", std::string(event)},
+       {"call", std::string(call)},
+       {"subject", std::string(subject)},
+       {"peer", context.peer()},
+       {"reason", std::string(why)}});
+  return grpc::Status(code, std::string(why));
+}
 
-// One registered group's channel and the calls the coordinator has open on it.
-struct Coordinator::GroupLink {
-  std::string id;
-  std::string secret;  // its heartbeats and deregistration carry it
-  std::string model;
-  std::string version;
-  std::shared_ptr<grpc::Channel> channel;
-  std::unique_ptr<v1::Worker::Stub> stub;
-  absl::Mutex mutex;
-  // Each open call, with why the coordinator ended it (empty while it has not).
-  absl::flat_hash_map<grpc::ClientContext*, std::string> calls ABSL_GUARDED_BY(mutex);
-  bool gone ABSL_GUARDED_BY(mutex) = false;
-  std::string why_gone ABSL_GUARDED_BY(mutex);
-};
+grpc::Status RefuseRegistryCall(const grpc::ServerContext& context, absl::string_view call,
+                                absl::string_view subject, grpc::StatusCode code,
+                                absl::string_view why) {
+  return Refuse(context, "registry_call_refused", call, subject, code, why);
+}
+
+}  // namespace
 
 class Coordinator::InferenceImpl final : public v1::Inference::Service {
  public:
@@ -210,6 +217,47 @@ class Coordinator::InferenceImpl final : public v1::Inference::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status LoadAdapter(grpc::ServerContext* context, const v1::LoadAdapterRequest* request,
+                           v1::LoadAdapterResponse* response) override {
+    if (absl::Status caller = AdmitOperator(*context, *request, "LoadAdapter"); !caller.ok()) {
+      return Refuse(*context, "operator_call_refused", "LoadAdapter", request->adapter().name(),
+                    static_cast<grpc::StatusCode>(caller.code()), caller.message());
+    }
+    return c_.LoadAdapter(*request, response);
+  }
+
+  grpc::Status UnloadAdapter(grpc::ServerContext* context, const v1::UnloadAdapterRequest* request,
+                             v1::UnloadAdapterResponse* response) override {
+    if (absl::Status caller = AdmitOperator(*context, *request, "UnloadAdapter"); !caller.ok()) {
+      return Refuse(*context, "operator_call_refused", "UnloadAdapter", request->name(),
+                    static_cast<grpc::StatusCode>(caller.code()), caller.message());
+    }
+    return c_.UnloadAdapter(*request, response);
+  }
+
+  grpc::Status ListAdapters(grpc::ServerContext* context, const v1::ListAdaptersRequest* request,
+                            v1::ListAdaptersResponse* response) override {
+    if (absl::Status caller = Admit(*context, *request).status(); !caller.ok()) {
+      return ToGrpcStatus(caller);
+    }
+    std::vector<AdapterListing> adapters = c_.Adapters(request->model());
+    if (adapters.empty() && !request->model().empty() &&
+        !c_.RegisteredGroups(request->model(), "").ok()) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                          absl::StrCat("model: no worker group serves '", request->model(), "'"));
+    }
+    for (const AdapterListing& adapter : adapters) {
+      v1::AdapterInfo* info = response->add_adapters();
+      info->set_model(adapter.model);
+      info->set_version(adapter.version);
+      info->set_name(adapter.name);
+      info->set_dir(adapter.dir);
+      info->set_groups(adapter.groups);
+      info->set_resident(adapter.resident);
+    }
+    return grpc::Status::OK;
+  }
+
   grpc::Status ListModels(grpc::ServerContext* context, const v1::ListModelsRequest* request,
                           v1::ListModelsResponse* response) override {
     if (absl::Status caller = Admit(*context, *request).status(); !caller.ok()) {
@@ -239,13 +287,26 @@ class Coordinator::InferenceImpl final : public v1::Inference::Service {
   // (when keys are required). The caller's tenant; empty without keys.
   absl::StatusOr<std::string> Admit(const grpc::ServerContext& context,
                                     const google::protobuf::Message& request) const {
+    if (absl::Status size = CheckSize(request); !size.ok()) return size;
+    return c_.Authenticate(context);
+  }
+
+  // An operator's call (`call`, for messages): within the size limit, from an operator.
+  absl::Status AdmitOperator(const grpc::ServerContext& context,
+                             const google::protobuf::Message& request,
+                             absl::string_view call) const {
+    if (absl::Status size = CheckSize(request); !size.ok()) return size;
+    return c_.AuthorizeOperator(context, call);
+  }
+
+  absl::Status CheckSize(const google::protobuf::Message& request) const {
     const int64_t limit = c_.options_.max_request_bytes;
     if (limit > 0 && static_cast<int64_t>(request.ByteSizeLong()) > limit) {
       return absl::ResourceExhaustedError(absl::StrCat("request of ", request.ByteSizeLong(),
                                                        " bytes; at most ", limit,
                                                        " (--max-message-bytes)"));
     }
-    return c_.Authenticate(context);
+    return absl::OkStatus();
   }
 
   Coordinator& c_;
@@ -258,11 +319,11 @@ class Coordinator::RegistryImpl final : public v1::WorkerRegistry::Service {
   grpc::Status Register(grpc::ServerContext* context, const v1::RegisterRequest* request,
                         v1::RegisterResponse* response) override {
     // The join token before anything else is read.
-    if (!c_.options_.join_token.empty() &&
-        !SecretsEqual(BearerToken(*context), c_.options_.join_token)) {
-      return Refuse(*context, "Register", request->name(), grpc::StatusCode::UNAUTHENTICATED,
-                    "registration needs the coordinator's join token (worker flag "
-                    "--join-token-file)");
+    if (!c_.ShowsJoinToken(*context)) {
+      return RefuseRegistryCall(*context, "Register", request->name(),
+                                grpc::StatusCode::UNAUTHENTICATED,
+                                "registration needs the coordinator's join token (worker flag "
+                                "--join-token-file)");
     }
     absl::StatusOr<std::string> secret = RandomHex(16);
     if (!secret.ok()) return ToGrpcStatus(secret.status());
@@ -320,6 +381,13 @@ class Coordinator::RegistryImpl final : public v1::WorkerRegistry::Service {
     }
     response->set_group_id(*id);
     response->set_group_secret(*secret);
+    // Read after the group joined the registry: an adapter loaded from now on reaches it
+    // through LoadAdapter's calls, one loaded before through this answer.
+    for (const auto& [name, dir] : c_.adapters_.For(request->model(), request->version())) {
+      v1::AdapterSource* adapter = response->add_adapters();
+      adapter->set_name(name);
+      adapter->set_dir(dir);
+    }
     response->set_heartbeat_interval_seconds(
         absl::ToDoubleSeconds(c_.registry_.options().heartbeat_interval));
     LogEvent(kComponent, {{"event", "group_registered"},
@@ -338,8 +406,9 @@ class Coordinator::RegistryImpl final : public v1::WorkerRegistry::Service {
   grpc::Status Heartbeat(grpc::ServerContext* context, const v1::HeartbeatRequest* request,
                          v1::HeartbeatResponse* response) override {
     if (!SecretMatches(request->group_id(), request->group_secret())) {
-      return Refuse(*context, "Heartbeat", request->group_id(), grpc::StatusCode::PERMISSION_DENIED,
-                    "the group secret does not match the one given at registration");
+      return RefuseRegistryCall(*context, "Heartbeat", request->group_id(),
+                                grpc::StatusCode::PERMISSION_DENIED,
+                                "the group secret does not match the one given at registration");
     }
     bool known =
         c_.registry_.Heartbeat(request->group_id(), FromWire(request->load()), absl::Now());
@@ -350,9 +419,9 @@ class Coordinator::RegistryImpl final : public v1::WorkerRegistry::Service {
   grpc::Status Deregister(grpc::ServerContext* context, const v1::DeregisterRequest* request,
                           v1::DeregisterResponse* /*response*/) override {
     if (!SecretMatches(request->group_id(), request->group_secret())) {
-      return Refuse(*context, "Deregister", request->group_id(),
-                    grpc::StatusCode::PERMISSION_DENIED,
-                    "the group secret does not match the one given at registration");
+      return RefuseRegistryCall(*context, "Deregister", request->group_id(),
+                                grpc::StatusCode::PERMISSION_DENIED,
+                                "the group secret does not match the one given at registration");
     }
     if (c_.registry_.Deregister(request->group_id())) {
       c_.OnGroupGone(request->group_id(), "it deregistered (shutting down)");
@@ -369,19 +438,6 @@ class Coordinator::RegistryImpl final : public v1::WorkerRegistry::Service {
     return link == c_.links_.end() || SecretsEqual(secret, link->second->secret);
   }
 
-  // Logs a refused registry call (who called, for what) and returns its status.
-  static grpc::Status Refuse(const grpc::ServerContext& context, absl::string_view call,
-                             absl::string_view subject, grpc::StatusCode code,
-                             absl::string_view why) {
-    Log(LogLevel::kWarning, kComponent,
-        {{"event", "registry_call_refused"},
-         {"call", std::string(call)},
-         {"subject", std::string(subject)},
-         {"peer", context.peer()},
-         {"reason", std::string(why)}});
-    return grpc::Status(code, std::string(why));
-  }
-
   Coordinator& c_;
 };
 
@@ -391,6 +447,7 @@ Coordinator::Coordinator(CoordinatorOptions options, MetricsRegistry& metrics)
       router_(options_.router),
       quotas_(options_.tenants),
       request_metrics_(metrics),
+      adapter_metrics_(metrics),
       seed_base_(std::random_device()()),
       inference_(std::make_unique<InferenceImpl>(*this)),
       registry_service_(std::make_unique<RegistryImpl>(*this)) {
@@ -598,6 +655,31 @@ absl::StatusOr<std::string> Coordinator::Authenticate(const grpc::ServerContext&
   return AuthenticateKey(BearerToken(context));
 }
 
+bool Coordinator::ShowsJoinToken(const grpc::ServerContext& context) const {
+  return options_.join_token.empty() || SecretsEqual(BearerToken(context), options_.join_token);
+}
+
+absl::Status Coordinator::AuthorizeOperator(const grpc::ServerContext& context,
+                                            absl::string_view call) const {
+  if (!options_.join_token.empty()) {
+    if (ShowsJoinToken(context)) return absl::OkStatus();
+    const std::string why = absl::StrCat(
+        call,
+        " is an operator's call: it needs the coordinator's join token (the token of its "
+        "--join-token-file) as metadata \"authorization: Bearer TOKEN\"");
+    return BearerToken(context).empty()
+               ? absl::UnauthenticatedError(why)
+               : absl::PermissionDeniedError(absl::StrCat(why, "; the token sent is not it"));
+  }
+  if (options_.api_keys != nullptr) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        call,
+        " is an operator's call, and this coordinator takes API keys but has no join token "
+        "to tell an operator by: start it with --join-token-file"));
+  }
+  return absl::OkStatus();
+}
+
 grpc::Status Coordinator::Generate(const v1::GenerateRequest& request,
                                    const std::string& key_tenant, const Sink& sink) {
   RequestRecord record;
@@ -671,6 +753,14 @@ grpc::Status Coordinator::RunRequest(grpc::ServerContext* context,
                          grpc::StatusCode::NOT_FOUND,
                          absl::StrCat("model: no worker group serves '", forwarded.model(), "'"));
     }
+    // A request naming an adapter draws among the versions that can run it.
+    if (!forwarded.adapter().empty()) {
+      healthy = registry_.HealthyVersions(forwarded.model(), now, forwarded.adapter());
+      if (healthy.empty()) {
+        return ToGrpcStatus(AdapterNotLoaded(forwarded.model(), forwarded.adapter(),
+                                             registry_.HealthyGroups(forwarded.model(), "", now)));
+      }
+    }
     absl::StatusOr<std::string> version = router_.ChooseVersion(
         forwarded.model(), forwarded.version(), forwarded.session_id(), healthy);
     if (!version.ok()) return ToGrpcStatus(version.status());
@@ -717,6 +807,7 @@ grpc::Status Coordinator::RunRequest(grpc::ServerContext* context,
   }
   quotas_.Charge(record->tenant, record->prompt_tokens, record->completion_tokens);
   request_metrics_.Record(*record);
+  adapter_metrics_.Record(forwarded.model(), forwarded.adapter(), *record);
   if (!status.ok() || LogEnabled(LogLevel::kDebug)) {
     Log(status.ok() ? LogLevel::kDebug : LogLevel::kInfo, kComponent,
         {{"event", "request_done"},
@@ -793,6 +884,7 @@ grpc::Status Coordinator::Dispatch(grpc::ServerContext* context, const v1::Gener
                                                               : forwarded.sampling().max_tokens();
     route.locality = {forwarded.locality().zone(), forwarded.locality().node()};
     route.session_id = forwarded.session_id();
+    route.adapter = forwarded.adapter();
     route.HashPrompt(prompt, candidates);
     absl::StatusOr<RouteDecision> decision = router_.Route(route, candidates);
     if (!decision.ok()) return ToGrpcStatus(decision.status());
@@ -850,7 +942,10 @@ grpc::Status Coordinator::Dispatch(grpc::ServerContext* context, const v1::Gener
       if (placement_sent) message.clear_placement();
       // The group as the coordinator names it: a worker learns its own id only when its
       // registration returns, and may already be sent requests before that.
-      if (message.has_placement()) message.mutable_placement()->set_group(link->id);
+      if (message.has_placement()) {
+        message.mutable_placement()->set_group(link->id);
+        message.mutable_placement()->set_adapter(forwarded.adapter());
+      }
       placement_sent |= message.has_placement();
       if (message.final()) {
         record->finish_reason = absl::AsciiStrToLower(

@@ -6,6 +6,11 @@
 // tokenizer (sent at registration), picks a version (weighted, sticky per session) and a
 // group (router.h), and relays the group's stream to the client.
 //
+// LoRA adapters: operators load them on every group of a model through the coordinator
+// (LoadAdapter, UnloadAdapter; coordinator_adapters.cc), which records them for groups that
+// register later (adapter_registry.h); a request naming an adapter goes to a group that can run
+// it (router.h).
+//
 // Failure handling: a group that misses 3 heartbeats, deregisters, or whose stream fails is
 // out; a group whose engine stalls (its loop stops turning) is out of routing until it turns
 // again. Their requests are dispatched again to another group (continuing after the
@@ -26,6 +31,7 @@
 #include "absl/synchronization/notification.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/server.h"
+#include "runtime/serve/adapter_registry.h"
 #include "runtime/serve/api_keys.h"
 #include "runtime/serve/group_registry.h"
 #include "runtime/serve/metrics.h"
@@ -60,7 +66,9 @@ struct CoordinatorOptions {
   // When set (not owned; outlives the coordinator), every client call needs a key from it and
   // runs as the key's tenant; a request naming another tenant is PERMISSION_DENIED.
   const ApiKeyStore* api_keys = nullptr;
-  // When not empty, Register needs it (metadata "authorization: Bearer TOKEN").
+  // When not empty, Register needs it (metadata "authorization: Bearer TOKEN"), and so do the
+  // operators' calls (LoadAdapter, UnloadAdapter). Without it those are open to anyone when
+  // the coordinator takes no API keys, and refused when it does.
   std::string join_token;
   // What one request may carry.
   RequestLimits request_limits;
@@ -74,6 +82,9 @@ struct CoordinatorOptions {
   int max_batch_threads = 256;
   // How the coordinator dials the groups' leaders (tls.h); null: plaintext.
   std::shared_ptr<grpc::ChannelCredentials> worker_credentials;
+  // The longest a group may take to load or unload an adapter (Worker.LoadAdapter): reading
+  // its weights from the directory on every rank.
+  absl::Duration adapter_call_timeout = absl::Seconds(60);
 };
 
 class Coordinator {
@@ -118,11 +129,53 @@ class Coordinator {
   // serves it.
   absl::StatusOr<std::shared_ptr<const PromptEncoder>> EncoderFor(const std::string& model,
                                                                   const std::string& version) const;
+  // The adapters of `model` (every model when empty), as ListAdapters reports them.
+  std::vector<AdapterListing> Adapters(const std::string& model) const;
 
  private:
   class InferenceImpl;
   class RegistryImpl;
-  struct GroupLink;
+
+  // One registered group's channel and the calls the coordinator has open on it.
+  struct GroupLink {
+    std::string id;
+    std::string secret;  // its heartbeats and deregistration carry it
+    std::string model;
+    std::string version;
+    std::shared_ptr<grpc::Channel> channel;
+    std::unique_ptr<v1::Worker::Stub> stub;
+    absl::Mutex mutex;
+    // Each open call, with why the coordinator ended it (empty while it has not).
+    absl::flat_hash_map<grpc::ClientContext*, std::string> calls ABSL_GUARDED_BY(mutex);
+    bool gone ABSL_GUARDED_BY(mutex) = false;
+    std::string why_gone ABSL_GUARDED_BY(mutex);
+  };
+
+  // One Worker.LoadAdapter or UnloadAdapter call to one group.
+  struct AdapterCall {
+    GroupSnapshot group;
+    std::string name;
+    std::string dir;  // load the adapter from it; empty: unload it
+  };
+
+  // The call shows the coordinator's join token, or the coordinator has none.
+  bool ShowsJoinToken(const grpc::ServerContext& context) const;
+  // May the caller of an operator's call (`call`, for messages) make it? UNAUTHENTICATED
+  // without the join token, PERMISSION_DENIED with another token, or when the coordinator
+  // takes API keys but has no join token to tell an operator by.
+  absl::Status AuthorizeOperator(const grpc::ServerContext& context, absl::string_view call) const;
+  // The operators' adapter calls (coordinator_adapters.cc), once authorized: every group of
+  // the model loads it, or none keeps it; unloading drops it from every group that holds it.
+  grpc::Status LoadAdapter(const v1::LoadAdapterRequest& request,
+                           v1::LoadAdapterResponse* response);
+  grpc::Status UnloadAdapter(const v1::UnloadAdapterRequest& request,
+                             v1::UnloadAdapterResponse* response);
+  // Every call at once, each within adapter_call_timeout; each call's status, in order.
+  std::vector<grpc::Status> CallGroups(const std::vector<AdapterCall>& calls);
+  // The registered groups of `model` at `version` (any when empty); NOT_FOUND naming the
+  // field when there are none.
+  absl::StatusOr<std::vector<GroupSnapshot>> RegisteredGroups(const std::string& model,
+                                                              const std::string& version) const;
 
   // The tenant of the call's API key; empty when the coordinator takes no keys.
   // UNAUTHENTICATED when a key is needed and missing or unknown.
@@ -153,7 +206,9 @@ class Coordinator {
   GroupRegistry registry_;
   Router router_;
   TenantQuotas quotas_;
+  AdapterRegistry adapters_;
   RequestMetrics request_metrics_;
+  AdapterMetrics adapter_metrics_;
   GaugeFamily* queue_depth_;
   GaugeFamily* groups_gauge_;
   GaugeFamily* group_running_;
@@ -167,6 +222,10 @@ class Coordinator {
   std::atomic<int> in_flight_{0};
   std::atomic<int> batch_threads_{0};  // GenerateBatch's helper threads, all calls
   std::atomic<uint64_t> next_request_{1};
+
+  // Operators' adapter calls run one at a time: each reads the record and the groups, and
+  // changes both.
+  absl::Mutex adapter_calls_mutex_;
 
   mutable absl::Mutex mutex_;
   absl::flat_hash_map<std::string, std::shared_ptr<GroupLink>> links_ ABSL_GUARDED_BY(mutex_);

@@ -26,7 +26,7 @@ CoordinatorLink::CoordinatorLink(std::string address,
                                  std::shared_ptr<grpc::ChannelCredentials> credentials,
                                  std::string join_token, v1::RegisterRequest registration,
                                  std::function<v1::GroupLoad()> load,
-                                 std::function<void(const std::string&)> on_registered)
+                                 std::function<void(const v1::RegisterResponse&)> on_registered)
     : address_(std::move(address)),
       join_token_(std::move(join_token)),
       registration_(std::move(registration)),
@@ -86,7 +86,7 @@ bool CoordinatorLink::Register() {
   }
   LogEvent("worker",
            {{"event", "registered"}, {"group", response.group_id()}, {"coordinator", address_}});
-  if (on_registered_) on_registered_(response.group_id());
+  if (on_registered_) on_registered_(response);
   if (!registered_once_.HasBeenNotified()) registered_once_.Notify();
   return true;
 }

@@ -24,12 +24,12 @@ class CoordinatorLink {
  public:
   // Starts registering with the coordinator at `address` (host:port) on a thread of its own,
   // showing `join_token` when not empty. `load` is called for every heartbeat;
-  // `on_registered` with each group id given.
+  // `on_registered` with each registration's answer (the group id, the adapters to load).
   // `credentials`: how to dial it (tls.h); null: plaintext.
   CoordinatorLink(std::string address, std::shared_ptr<grpc::ChannelCredentials> credentials,
                   std::string join_token, v1::RegisterRequest registration,
                   std::function<v1::GroupLoad()> load,
-                  std::function<void(const std::string&)> on_registered);
+                  std::function<void(const v1::RegisterResponse&)> on_registered);
   // Deregisters (best effort) and stops.
   ~CoordinatorLink();
 
@@ -45,7 +45,7 @@ class CoordinatorLink {
   const std::string join_token_;
   const v1::RegisterRequest registration_;
   std::function<v1::GroupLoad()> load_;
-  std::function<void(const std::string&)> on_registered_;
+  std::function<void(const v1::RegisterResponse&)> on_registered_;
   std::unique_ptr<v1::WorkerRegistry::Stub> stub_;
   absl::Notification stop_;
   absl::Notification registered_once_;

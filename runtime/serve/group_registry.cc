@@ -14,7 +14,38 @@ bool BySequence(const GroupSnapshot& a, const GroupSnapshot& b) { return a.seque
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// `adapters` with adapter `name` as `change` says: loaded (in its place, else at the end) or,
+// for none, unloaded.
+void ApplyAdapterChange(std::vector<GroupAdapter>& adapters, const std::string& name,
+                        const std::optional<GroupAdapter>& change) {
+  auto held = std::find_if(adapters.begin(), adapters.end(),
+                           [&](const GroupAdapter& adapter) { return adapter.name == name; });
+  if (!change.has_value()) {
+    if (held != adapters.end()) adapters.erase(held);
+  } else if (held != adapters.end()) {
+    *held = *change;
+  } else {
+    adapters.push_back(*change);
+  }
+}
+
+// `adapters` (a heartbeat's) already show `change` to adapter `name`.
+bool ShowsAdapterChange(const std::vector<GroupAdapter>& adapters, const std::string& name,
+                        const std::optional<GroupAdapter>& change) {
+  auto held = std::find_if(adapters.begin(), adapters.end(),
+                           [&](const GroupAdapter& adapter) { return adapter.name == name; });
+  if (!change.has_value()) return held == adapters.end();
+  return held != adapters.end() && held->dir == change->dir;
+}
+
 }  // namespace
+
+const GroupAdapter* GroupLoad::FindAdapter(absl::string_view name) const {
+  for (const GroupAdapter& adapter : adapters) {
+    if (adapter.name == name) return &adapter;
+  }
+  return nullptr;
+}
 
 absl::string_view InterconnectName(Interconnect interconnect) {
   switch (interconnect) {
@@ -104,11 +135,17 @@ absl::StatusOr<std::string> GroupRegistry::Register(GroupInfo info, absl::Time n
 
 bool GroupRegistry::Heartbeat(absl::string_view id, GroupLoad load, absl::Time now) {
   const int64_t turns = load.engine_turns;
-  auto shared = std::make_shared<const GroupLoad>(std::move(load));
   absl::MutexLock lock(&mutex_);
   auto it = groups_.find(id);
   if (it == groups_.end()) return false;
   Group& group = it->second;
+  absl::erase_if(group.adapter_changes, [&load](const auto& change) {
+    return ShowsAdapterChange(load.adapters, change.first, change.second);
+  });
+  for (const auto& [name, change] : group.adapter_changes) {
+    ApplyAdapterChange(load.adapters, name, change);
+  }
+  auto shared = std::make_shared<const GroupLoad>(std::move(load));
   if (turns != group.engine_turns) {
     group.progress_at = std::max(group.progress_at, now);
     group.stall_reported = false;
@@ -213,6 +250,31 @@ bool GroupRegistry::Completed(absl::string_view id, absl::string_view request_id
   return true;
 }
 
+void GroupRegistry::NoteAdapterChange(Group& group, const std::string& name,
+                                      std::optional<GroupAdapter> adapter) {
+  auto load = std::make_shared<GroupLoad>(*group.load);
+  ApplyAdapterChange(load->adapters, name, adapter);
+  group.load = std::move(load);
+  group.adapter_changes[name] = std::move(adapter);
+}
+
+bool GroupRegistry::NoteAdapterLoaded(absl::string_view id, GroupAdapter adapter) {
+  absl::MutexLock lock(&mutex_);
+  auto it = groups_.find(id);
+  if (it == groups_.end()) return false;
+  const std::string name = adapter.name;
+  NoteAdapterChange(it->second, name, std::move(adapter));
+  return true;
+}
+
+bool GroupRegistry::NoteAdapterUnloaded(absl::string_view id, absl::string_view name) {
+  absl::MutexLock lock(&mutex_);
+  auto it = groups_.find(id);
+  if (it == groups_.end()) return false;
+  NoteAdapterChange(it->second, std::string(name), std::nullopt);
+  return true;
+}
+
 bool GroupRegistry::Healthy(const Group& group, absl::Time now) const {
   return now - group.last_heartbeat <=
              options_.heartbeat_interval * options_.unhealthy_after_intervals &&
@@ -278,13 +340,15 @@ std::vector<GroupSnapshot> GroupRegistry::HealthyGroups(absl::string_view model,
   return result;
 }
 
-std::vector<std::string> GroupRegistry::HealthyVersions(absl::string_view model,
-                                                        absl::Time now) const {
+std::vector<std::string> GroupRegistry::HealthyVersions(absl::string_view model, absl::Time now,
+                                                        absl::string_view adapter) const {
   std::vector<std::string> versions;
   {
     absl::MutexLock lock(&mutex_);
     for (const auto& [id, group] : groups_) {
-      if (group.info.model == model && Healthy(group, now)) versions.push_back(group.info.version);
+      if (group.info.model != model || !Healthy(group, now)) continue;
+      if (!adapter.empty() && group.load->FindAdapter(adapter) == nullptr) continue;
+      versions.push_back(group.info.version);
     }
   }
   std::sort(versions.begin(), versions.end());

@@ -2,11 +2,12 @@
 #define TESSERA_RUNTIME_SERVE_GROUP_REGISTRY_H_
 
 // The coordinator's registry of worker groups: what each group serves (model, version), where
-// it runs (topology), what it holds (KV capacity), and its load as of its last heartbeat plus
-// the requests the coordinator has sent it since. A group that misses heartbeats is first
-// taken out of routing and then declared dead. A group whose engine's loop has stood still for
-// a while (its heartbeats carry the loop's turn count) is stalled: taken out of routing until
-// the loop turns again.
+// it runs (topology), what it holds (KV capacity), its load as of its last heartbeat plus
+// the requests the coordinator has sent it since, and the LoRA adapters it can run (as of its
+// last heartbeat, plus those the coordinator has loaded or unloaded on it since). A group that
+// misses heartbeats is first taken out of routing and then declared dead. A group whose
+// engine's loop has stood still for a while (its heartbeats carry the loop's turn count) is
+// stalled: taken out of routing until the loop turns again.
 //
 // Plain C++ types, no protobuf: the coordinator's gRPC service converts from worker.proto.
 // Every call takes the current time, so tests control the clock. Thread-safe.
@@ -68,6 +69,13 @@ struct GroupInfo {
   int max_running = 0;
 };
 
+// An adapter a group can run requests with.
+struct GroupAdapter {
+  std::string name;
+  std::string dir;
+  bool resident = false;  // in memory now; otherwise loaded when a request needs it
+};
+
 // A group's load as its heartbeat reports it.
 struct GroupLoad {
   int running = 0;
@@ -79,6 +87,12 @@ struct GroupLoad {
   int64_t engine_turns = 0;  // turns of the group's engine loop so far (steps, idle wake-ups)
   // Prefix hashes (runtime/engine/prefix_hash.h) of the full blocks the group's cache holds.
   absl::flat_hash_set<uint64_t> cached_block_hashes;
+  // The LoRA adapters it can run, with what the coordinator has loaded and unloaded on it
+  // since (GroupRegistry::NoteAdapterLoaded).
+  std::vector<GroupAdapter> adapters;
+
+  // The adapter named `name`; null when the group cannot run it.
+  const GroupAdapter* FindAdapter(absl::string_view name) const;
 };
 
 // What the coordinator expects a request to cost the group it sends it to.
@@ -201,6 +215,12 @@ class GroupRegistry {
   bool Dispatched(absl::string_view id, absl::string_view request_id, RequestCost cost);
   bool Completed(absl::string_view id, absl::string_view request_id);
 
+  // The coordinator loaded `adapter` on group `id` / unloaded adapter `name` from it. Its
+  // load shows the change at once, and so do its later heartbeats until one shows it too: a
+  // heartbeat sent before the call may arrive after it. False when the group is unknown.
+  bool NoteAdapterLoaded(absl::string_view id, GroupAdapter adapter);
+  bool NoteAdapterUnloaded(absl::string_view id, absl::string_view name);
+
   std::optional<GroupSnapshot> Get(absl::string_view id, absl::Time now) const;
   // Every registered group, in registration order.
   std::vector<GroupSnapshot> Groups(absl::Time now) const;
@@ -208,8 +228,10 @@ class GroupRegistry {
   // registration order.
   std::vector<GroupSnapshot> HealthyGroups(absl::string_view model, absl::string_view version,
                                            absl::Time now) const;
-  // The versions of `model` with at least one healthy group, by name.
-  std::vector<std::string> HealthyVersions(absl::string_view model, absl::Time now) const;
+  // The versions of `model` with at least one healthy group (one that can run `adapter`, when
+  // named), by name.
+  std::vector<std::string> HealthyVersions(absl::string_view model, absl::Time now,
+                                           absl::string_view adapter = "") const;
   // Every model with a registered group, by name.
   std::vector<ModelSummary> Models(absl::Time now) const;
 
@@ -228,6 +250,9 @@ class GroupRegistry {
     absl::Time progress_at;
     bool stall_reported = false;
     absl::Time failed_at = absl::InfinitePast();  // MarkFailed
+    // Adapters loaded (a value) or unloaded (none) by the coordinator that no heartbeat has
+    // shown yet, by name.
+    absl::flat_hash_map<std::string, std::optional<GroupAdapter>> adapter_changes;
     struct Inflight {
       RequestCost cost;
       int64_t blocks = 0;
@@ -243,6 +268,9 @@ class GroupRegistry {
   bool Stalled(const Group& group) const;
   GroupSnapshot SnapshotOf(const Group& group, absl::Time now) const;
   static void Forget(Group& group, const Group::Inflight& request);
+  // Records a change of one adapter on `group` and applies it to its load.
+  static void NoteAdapterChange(Group& group, const std::string& name,
+                                std::optional<GroupAdapter> adapter);
 
   const GroupRegistryOptions options_;
   mutable absl::Mutex mutex_;

@@ -5,6 +5,8 @@
 #include <initializer_list>
 #include <limits>
 #include <optional>
+#include <set>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
@@ -126,7 +128,8 @@ absl::Status ParseCommonFields(const Json& body,
   if (model == body.end() || !model->is_string() || model->get<std::string>().empty()) {
     return Invalid("model", "required: the name of a served model (GET /v1/models)");
   }
-  request.set_model(model->get<std::string>());
+  call.model = model->get<std::string>();
+  request.set_model(call.model);
 
   v1::SamplingParams& sampling = *request.mutable_sampling();
   for (const char* name : max_tokens_names) {
@@ -301,6 +304,36 @@ absl::StatusOr<CompletionCall> ParseChatCompletionRequest(const Json& body) {
   return call;
 }
 
+ModelAndAdapter SplitModelName(absl::string_view name,
+                               const std::function<bool(absl::string_view)>& served) {
+  if (served(name)) return {std::string(name), ""};
+  const size_t colon = name.rfind(':');
+  if (colon != absl::string_view::npos && colon > 0 &&
+      CheckAdapterName(name.substr(colon + 1), "adapter").ok()) {
+    return {std::string(name.substr(0, colon)), std::string(name.substr(colon + 1))};
+  }
+  return {std::string(name), ""};
+}
+
+Json ModelsBody(const std::vector<ModelSummary>& models,
+                const std::vector<AdapterListing>& adapters) {
+  auto card = [](const std::string& id, const Json& parent) {
+    return Json{{"id", id},
+                {"object", "model"},
+                {"created", 0},
+                {"owned_by", "tessera"},
+                {"parent", parent}};
+  };
+  Json data = Json::array();
+  for (const ModelSummary& model : models) data.push_back(card(model.model, nullptr));
+  std::set<std::pair<std::string, std::string>> listed;
+  for (const AdapterListing& adapter : adapters) {
+    if (adapter.groups == 0 || !listed.insert({adapter.model, adapter.name}).second) continue;
+    data.push_back(card(absl::StrCat(adapter.model, ":", adapter.name), adapter.model));
+  }
+  return {{"object", "list"}, {"data", std::move(data)}};
+}
+
 v1::GenerateRequest ChoiceRequest(const CompletionCall& call, const std::string& id, int index) {
   v1::GenerateRequest request = call.request;
   if (!call.prompts.empty()) {
@@ -462,7 +495,7 @@ Json CompletionBody(const CompletionCall& call, const std::string& id, int64_t c
   return {{"id", id},
           {"object", ObjectName(call, /*chunk=*/false)},
           {"created", created},
-          {"model", call.request.model()},
+          {"model", call.model},
           {"choices", std::move(list)},
           {"usage", UsageJson(CallUsage(call, choices))}};
 }
@@ -487,7 +520,7 @@ Json CompletionChunk(const CompletionCall& call, const std::string& id, int64_t 
   Json chunk = {{"id", id},
                 {"object", ObjectName(call, /*chunk=*/true)},
                 {"created", created},
-                {"model", call.request.model()},
+                {"model", call.model},
                 {"choices", Json::array({std::move(entry)})}};
   if (call.include_usage) chunk["usage"] = nullptr;
   return chunk;
@@ -498,7 +531,7 @@ Json UsageChunk(const CompletionCall& call, const std::string& id, int64_t creat
   return {{"id", id},
           {"object", ObjectName(call, /*chunk=*/true)},
           {"created", created},
-          {"model", call.request.model()},
+          {"model", call.model},
           {"choices", Json::array()},
           {"usage", UsageJson(usage)}};
 }

@@ -13,8 +13,11 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "grpcpp/support/status.h"
 #include "nlohmann/json.hpp"
+#include "runtime/serve/adapter_registry.h"
+#include "runtime/serve/group_registry.h"
 #include "tessera/v1/inference.pb.h"
 
 namespace tessera::serve {
@@ -36,6 +39,9 @@ struct CompletionPrompt {
 // (ChoiceRequest): choice i answers prompt i / n.
 struct CompletionCall {
   OpenAiEndpoint endpoint = OpenAiEndpoint::kCompletions;
+  // "model" as the client sent it, which every answer echoes; request.model is the same until
+  // SplitModelName has taken an adapter off it.
+  std::string model;
   v1::GenerateRequest request;            // all but the prompt of a completion; a chat's messages
   std::vector<CompletionPrompt> prompts;  // /v1/completions: one or more
   int n = 1;
@@ -62,6 +68,25 @@ struct CompletionCall {
 // Log-probabilities are the model's, before penalties, temperature, top-k and top-p.
 absl::StatusOr<CompletionCall> ParseCompletionRequest(const nlohmann::json& body);
 absl::StatusOr<CompletionCall> ParseChatCompletionRequest(const nlohmann::json& body);
+
+// An OpenAI "model": a served model, or "base:adapter" for a LoRA adapter loaded on model
+// base (as GET /v1/models lists it). A name that is itself served is that model: model names
+// may hold ':' ("llama3:8b"), adapter names may not, so "llama3:8b:sql" is adapter sql of
+// llama3:8b. Otherwise, when what follows the last ':' is a well-formed adapter name
+// (CheckAdapterName) and what precedes it is not empty, it is that model and adapter; and
+// anything else is the model as named, which the coordinator then reports unknown.
+// `served(name)`: some group serves model `name`.
+struct ModelAndAdapter {
+  std::string model;
+  std::string adapter;  // empty: the base model
+};
+ModelAndAdapter SplitModelName(absl::string_view name,
+                               const std::function<bool(absl::string_view)>& served);
+// The body of GET /v1/models: each model, then each adapter that some healthy group can run
+// as "base:adapter" with "parent": base, as vLLM lists LoRA modules (once, whatever versions
+// hold it).
+nlohmann::json ModelsBody(const std::vector<ModelSummary>& models,
+                          const std::vector<AdapterListing>& adapters);
 
 // Choices (prompts x n) one call may run at once.
 inline constexpr int kMaxCallChoices = 64;

@@ -1,5 +1,6 @@
 #include "runtime/serve/openai_http.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <deque>
 #include <optional>
@@ -184,6 +185,13 @@ void Completions(Coordinator& coordinator, const httplib::Request& http, httplib
   }
   absl::StatusOr<CompletionCall> parsed = parse(body);
   if (!parsed.ok()) return ReplyError(out, ErrorFromStatus(parsed.status()));
+  const std::vector<ModelSummary> models = coordinator.Models();
+  ModelAndAdapter target = SplitModelName(parsed->model, [&models](absl::string_view name) {
+    return std::any_of(models.begin(), models.end(),
+                       [name](const ModelSummary& model) { return model.model == name; });
+  });
+  parsed->request.set_model(std::move(target.model));
+  parsed->request.set_adapter(std::move(target.adapter));
   auto call = std::make_shared<const CompletionCall>(*std::move(parsed));
   absl::StatusOr<std::string> suffix = RandomHex(12);
   if (!suffix.ok()) return ReplyError(out, ErrorFromStatus(suffix.status()));
@@ -267,12 +275,7 @@ void Completions(Coordinator& coordinator, const httplib::Request& http, httplib
 void Models(const Coordinator& coordinator, const httplib::Request& http, httplib::Response& out) {
   absl::StatusOr<std::string> tenant = Authenticate(coordinator, http);
   if (!tenant.ok()) return ReplyError(out, ErrorFromStatus(tenant.status()));
-  Json data = Json::array();
-  for (const ModelSummary& model : coordinator.Models()) {
-    data.push_back(
-        {{"id", model.model}, {"object", "model"}, {"created", 0}, {"owned_by", "tessera"}});
-  }
-  Reply(out, 200, {{"object", "list"}, {"data", data}});
+  Reply(out, 200, ModelsBody(coordinator.Models(), coordinator.Adapters("")));
 }
 
 }  // namespace

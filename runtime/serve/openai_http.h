@@ -2,9 +2,13 @@
 #define TESSERA_RUNTIME_SERVE_OPENAI_HTTP_H_
 
 // The coordinator's OpenAI-style HTTP API, on a listener of its own (--http-listen):
-//   GET  /v1/models       the models some group serves;
+//   GET  /v1/models       the models some group serves, and their loaded LoRA adapters as
+//                         "base:adapter";
 //   POST /v1/completions  a completion, as one JSON answer or, with "stream": true, as
-//                         server-sent events ("data: {chunk}" ... "data: [DONE]").
+//                         server-sent events ("data: {chunk}" ... "data: [DONE]");
+//   POST /v1/chat/completions  likewise for a conversation.
+// A "model" of "base:adapter" runs on model base with that adapter (SplitModelName); answers
+// echo the "model" the client sent.
 // Requests take the coordinator's one request path (Coordinator::Generate): the same keys
 // ("Authorization: Bearer KEY"), tenants, quotas, routing, failover, limits and metrics as
 // the gRPC API. Errors come in OpenAI's shape with their HTTP status (openai_api.h); an

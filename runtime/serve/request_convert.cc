@@ -30,11 +30,9 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request,
                                      const RequestLimits& limits) {
   if (request.model().empty()) return absl::InvalidArgumentError("model: required");
   const std::pair<const std::string*, const char*> names[] = {
-      {&request.model(), "model"},
-      {&request.version(), "version"},
-      {&request.request_id(), "request_id"},
-      {&request.tenant(), "tenant"},
-      {&request.session_id(), "session_id"}};
+      {&request.model(), "model"},           {&request.version(), "version"},
+      {&request.request_id(), "request_id"}, {&request.tenant(), "tenant"},
+      {&request.session_id(), "session_id"}, {&request.adapter(), "adapter"}};
   for (const auto& [value, field] : names) {
     if (static_cast<int64_t>(value->size()) > limits.max_name_bytes) {
       return absl::InvalidArgumentError(
@@ -123,6 +121,7 @@ engine::GenerationRequest ToEngineRequest(const v1::GenerateRequest& request) {
   out.prompt_tokens.assign(request.prompt_tokens().begin(), request.prompt_tokens().end());
   out.resumed_tokens.assign(request.resumed_tokens().begin(), request.resumed_tokens().end());
   out.sampling = ToEngineSampling(request.sampling());
+  out.adapter = request.adapter();
   return out;
 }
 

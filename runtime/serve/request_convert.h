@@ -21,7 +21,7 @@ struct RequestLimits {
   int max_stop_strings = 16;
   int max_stop_string_bytes = 256;
   int max_stop_token_ids = 256;
-  int max_name_bytes = 128;  // model, version, request_id, tenant, session_id
+  int max_name_bytes = 128;  // model, version, request_id, tenant, session_id, adapter
 };
 
 // Checks what can be checked without the model: a model name, one of prompt,

@@ -13,6 +13,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "runtime/engine/prefix_hash.h"
+#include "runtime/serve/adapter_registry.h"
 
 namespace tessera::serve {
 namespace {
@@ -61,19 +62,20 @@ absl::Status CheckWeights(absl::string_view model, const VersionWeights& weights
 }
 
 // What `policy` ranks a candidate by, best highest; the group id is not part of it.
-std::tuple<bool, double, double, double> RankKey(RoutingPolicy policy, const CandidateScore& s) {
+std::tuple<bool, double, double, double, double> RankKey(RoutingPolicy policy,
+                                                         const CandidateScore& s) {
   const double prefix_tokens = s.overloaded ? 0.0 : static_cast<double>(s.cached_tokens);
   switch (policy) {
     case RoutingPolicy::kLeastLoad:
-      return {s.kv_room, s.load_score, s.fabric_score, 0.0};
+      return {s.kv_room, s.load_score, s.fabric_score, 0.0, 0.0};
     case RoutingPolicy::kPrefix:
-      return {s.kv_room, prefix_tokens, s.load_score, s.fabric_score};
+      return {s.kv_room, prefix_tokens, s.adapter_score, s.load_score, s.fabric_score};
     case RoutingPolicy::kTopology:
-      return {s.kv_room, s.topology_score, s.fabric_score, s.load_score};
+      return {s.kv_room, s.topology_score, s.fabric_score, s.load_score, 0.0};
     case RoutingPolicy::kCombined:
       break;
   }
-  return {s.kv_room, s.total, s.fabric_score, 0.0};
+  return {s.kv_room, s.total, s.fabric_score, 0.0, 0.0};
 }
 
 }  // namespace
@@ -108,18 +110,20 @@ void RouteRequest::HashPrompt(absl::Span<const int32_t> prompt,
   for (const GroupSnapshot& group : groups) {
     const int block_size = group.info.kv.block_size;
     if (block_size <= 0 || block_hashes.contains(block_size)) continue;
-    block_hashes[block_size] = engine::PrefixBlockHashes(prompt, block_size);
+    block_hashes[block_size] =
+        engine::PrefixBlockHashes(prompt, block_size, engine::PrefixHashRoot(adapter));
   }
 }
 
 std::string CandidateScore::DebugString() const {
   return absl::StrFormat(
       "%s[total=%.3f load=%.3f (f=%.3f, kv %s%s) prefix=%.3f (%d/%d blocks) topology=%.3f "
-      "(zone %s, node %s) fabric=%.3f (%s, all-reduce %.1fus)]",
+      "(zone %s, node %s) fabric=%.3f (%s, all-reduce %.1fus) adapter=%.3f%s]",
       group_id, total, load_score, load_fraction, kv_room ? "room" : "full",
       overloaded ? ", overloaded" : "", prefix_score, cached_blocks, prompt_blocks, topology_score,
       zone_match ? "yes" : "no", node_match ? "yes" : "no", fabric_score,
-      multi_node ? "multi-node" : "one node", allreduce_latency_seconds * 1e6);
+      multi_node ? "multi-node" : "one node", allreduce_latency_seconds * 1e6, adapter_score,
+      adapter_resident ? " (resident)" : "");
 }
 
 std::string RouteDecision::Explain() const {
@@ -180,11 +184,16 @@ absl::StatusOr<RouteDecision> Router::Route(const RouteRequest& request,
   decision.policy = options_.policy;
   std::vector<const GroupSnapshot*> eligible;
   int too_long = 0;
+  int without_adapter = 0;
   for (const GroupSnapshot& group : candidates) {
     if (group.info.model != request.model) {
       decision.excluded.emplace_back(group.id, absl::StrCat("serves model ", group.info.model));
     } else if (!request.version.empty() && group.info.version != request.version) {
       decision.excluded.emplace_back(group.id, absl::StrCat("serves version ", group.info.version));
+    } else if (!request.adapter.empty() && group.load->FindAdapter(request.adapter) == nullptr) {
+      ++without_adapter;
+      decision.excluded.emplace_back(group.id,
+                                     absl::StrCat("adapter ", request.adapter, " not loaded"));
     } else if (group.info.max_model_length > 0 &&
                request.prompt_tokens >= group.info.max_model_length) {
       ++too_long;
@@ -202,6 +211,15 @@ absl::StatusOr<RouteDecision> Router::Route(const RouteRequest& request,
       return absl::InvalidArgumentError(
           absl::StrCat("prompt of ", request.prompt_tokens,
                        " tokens leaves no room for output in any group serving ", what));
+    }
+    if (without_adapter > 0) {
+      std::vector<GroupSnapshot> version_groups;
+      for (const GroupSnapshot& group : candidates) {
+        if (request.version.empty() || group.info.version == request.version) {
+          version_groups.push_back(group);
+        }
+      }
+      return AdapterNotLoaded(request.model, request.adapter, version_groups);
     }
     return absl::UnavailableError(absl::StrCat("no healthy worker group serves ", what));
   }
@@ -242,6 +260,9 @@ absl::StatusOr<RouteDecision> Router::Route(const RouteRequest& request,
                              : 100e-6;
     score.fabric_score =
         (score.multi_node ? 0.0 : 0.5) + 0.5 / (1.0 + score.allreduce_latency_seconds / scale);
+    if (!request.adapter.empty()) {
+      score.adapter_resident = group->load->FindAdapter(request.adapter)->resident;
+    }
   }
 
   double least_fraction = std::numeric_limits<double>::infinity();
@@ -256,9 +277,11 @@ absl::StatusOr<RouteDecision> Router::Route(const RouteRequest& request,
       score.prefix_score =
           static_cast<double>(score.cached_tokens) / static_cast<double>(request.prompt_tokens);
     }
+    score.adapter_score = !score.overloaded && score.adapter_resident ? 1.0 : 0.0;
     score.total = options_.load_weight * score.load_score +
                   options_.prefix_weight * score.prefix_score +
-                  options_.topology_weight * score.topology_score;
+                  options_.topology_weight * score.topology_score +
+                  options_.adapter_weight * score.adapter_score;
   }
 
   const RoutingPolicy policy = options_.policy;

@@ -4,7 +4,10 @@
 // The coordinator's routing decisions: which version of a model a request goes to (weighted
 // canary roll-out, sticky per session) and which of that version's worker groups runs it.
 //
-// Group choice scores every candidate on three parts, each in [0, 1], higher is better:
+// A request that names a LoRA adapter has as candidates only the groups that can run it (their
+// latest load lists it); NOT_FOUND naming the ones loaded when none can.
+//
+// Group choice scores every candidate on four parts, each in [0, 1], higher is better:
 //   load      1 / (1 + f), where f = (estimated outstanding tokens + this request's prompt and
 //             max_tokens) / the group's KV capacity in tokens. A group is "without KV room"
 //             when its estimated free blocks are fewer than the prompt needs (its blocks not
@@ -14,18 +17,24 @@
 //             the group is overloaded: without KV room, or f > overload_factor * (the least f
 //             among groups with KV room) + overload_slack;
 //   topology  0.6 when the group's zone is the request's, plus 0.4 when its leader runs on
-//             the request's node; 0 without a locality hint.
+//             the request's node; 0 without a locality hint;
+//   adapter   1 when the request's adapter is resident on the group (in memory), 0 when the
+//             group must load it from its directory first (a step's wait), when the group is
+//             overloaded (as prefix: a hot adapter must not pin its requests to one group), or
+//             for a request on the base model.
 // and on `fabric`, a property of the group alone: 0.5 when its all-reduce stays inside a node,
 // plus 0.5 / (1 + all-reduce latency / allreduce_latency_scale_seconds).
 //
 // Every policy prefers groups with KV room; a group without is chosen only when none has
 // room. Among them:
 //   least-load  highest load, then fabric, then id;
-//   prefix      most cached prompt tokens (0 when overloaded), then load, then fabric, id;
+//   prefix      most cached prompt tokens (0 when overloaded), then adapter, then load, then
+//               fabric, id (a resident adapter is cached weights);
 //   topology    highest topology, then fabric, then load, then id;
 //   combined    highest total = load_weight * load + prefix_weight * prefix +
-//               topology_weight * topology, then fabric, then id. With no locality hint and
-//               no cached prefix it is least-load.
+//               topology_weight * topology + adapter_weight * adapter, then fabric, then id.
+//               With no locality hint, no cached prefix and no adapter it is least-load.
+// least-load and topology do not look at the adapter part.
 // Ties end on the group id (string order), so a decision is deterministic.
 //
 // Thread-safe.
@@ -70,8 +79,12 @@ struct RouteRequest {
   absl::flat_hash_map<int, std::vector<uint64_t>> block_hashes;
   Locality locality;
   std::string session_id;
+  // The LoRA adapter the request runs with; empty: the base model.
+  std::string adapter;
 
-  // Sets prompt_tokens and the block hashes for every block size among `groups`.
+  // Sets prompt_tokens and the block hashes for every block size among `groups`, chained from
+  // the root of `adapter` (engine::PrefixHashRoot: the groups' caches key an adapter's blocks
+  // so), which must be set first.
   void HashPrompt(absl::Span<const int32_t> prompt, absl::Span<const GroupSnapshot> groups);
 };
 
@@ -82,6 +95,7 @@ struct CandidateScore {
   double prefix_score = 0;
   double topology_score = 0;
   double fabric_score = 0;
+  double adapter_score = 0;
   double total = 0;  // the combined policy's weighted sum (computed under every policy)
 
   // What the parts were made from.
@@ -95,6 +109,7 @@ struct CandidateScore {
   bool node_match = false;
   bool multi_node = false;
   double allreduce_latency_seconds = 0;
+  bool adapter_resident = false;  // the request names an adapter, in memory on the group
 
   std::string DebugString() const;
 };
@@ -105,8 +120,8 @@ struct RouteDecision {
   // Every eligible candidate, best first; the chosen group is candidates[0]. Candidates tied
   // for best are rotated by the router's turn among them.
   std::vector<CandidateScore> candidates;
-  // Candidates passed in but not eligible (other model or version, prompt too long), by id
-  // with the reason.
+  // Candidates passed in but not eligible (other model or version, prompt too long, the
+  // request's adapter not loaded), by id with the reason.
   std::vector<std::pair<std::string, std::string>> excluded;
 
   // One line: the policy, the choice, and each candidate's parts.
@@ -133,6 +148,9 @@ struct RouterOptions {
   double load_weight = 1.0;
   double prefix_weight = 0.5;
   double topology_weight = 0.5;
+  // A resident adapter is worth going from an idle group to one at f = 0.33: loading one from
+  // its directory takes a step, a queue takes many.
+  double adapter_weight = 0.25;
   // A group is overloaded when its load fraction exceeds
   // overload_factor * least load fraction + overload_slack (or when it has no KV room).
   double overload_factor = 2.0;
@@ -149,10 +167,11 @@ class Router {
 
   // Chooses one of `candidates` for `request` under the configured policy. Candidates of
   // another model, or another version when the request names one, are excluded, and so are
-  // groups whose max_model_length leaves no room for one output token after the prompt.
-  // UNAVAILABLE when no candidate is given or none serves the model and version;
-  // INVALID_ARGUMENT when the prompt is too long for every one of them. Candidates that tie
-  // for best take turns from one call to the next. Thread-safe.
+  // groups that cannot run the request's adapter and groups whose max_model_length leaves no
+  // room for one output token after the prompt. UNAVAILABLE when no candidate is given or none
+  // serves the model and version; NOT_FOUND when none of those can run the adapter
+  // (AdapterNotLoaded); INVALID_ARGUMENT when the prompt is too long for every one of them.
+  // Candidates that tie for best take turns from one call to the next. Thread-safe.
   absl::StatusOr<RouteDecision> Route(const RouteRequest& request,
                                       absl::Span<const GroupSnapshot> candidates) const;
 

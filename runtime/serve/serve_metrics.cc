@@ -104,6 +104,24 @@ void RequestMetrics::Record(const RequestRecord& record) {
   end_to_end_->WithLabels({}).Observe(record.total_seconds);
 }
 
+AdapterMetrics::AdapterMetrics(MetricsRegistry& registry)
+    : requests_(Must(registry.AddCounter(
+          "tessera_adapter_requests_total",
+          "Requests that ran on a worker group, by model and LoRA adapter (\"\" for the base "
+          "model), whatever their outcome.",
+          {"model", "adapter"}))),
+      completion_tokens_(Must(registry.AddCounter(
+          "tessera_adapter_completion_tokens_total",
+          "Tokens generated, by model and LoRA adapter (\"\" for the base model).",
+          {"model", "adapter"}))) {}
+
+void AdapterMetrics::Record(const std::string& model, const std::string& adapter,
+                            const RequestRecord& record) {
+  if (record.group.empty()) return;  // never ran: the names may be anything a client sent
+  requests_->WithLabels({model, adapter}).Inc();
+  completion_tokens_->WithLabels({model, adapter}).Add(record.completion_tokens);
+}
+
 std::string RequestMetrics::TenantLabel(const std::string& tenant) {
   absl::MutexLock lock(&mutex_);
   if (tenants_.contains(tenant)) return tenant;

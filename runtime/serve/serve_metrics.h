@@ -3,8 +3,8 @@
 
 // The metrics the coordinator and the group leaders export (same names in both; Prometheus
 // tells them apart by the scrape target): requests by outcome, tokens in and out, latency
-// histograms, per-tenant tokens. Gauges of the moment (queue depth, KV blocks, group load)
-// are filled by each service's collector at scrape time.
+// histograms, per-tenant tokens; and the coordinator's per-adapter counts. Gauges of the moment
+// (queue depth, KV blocks, group load) are filled by each service's collector at scrape time.
 
 #include <string>
 
@@ -41,6 +41,23 @@ class RequestMetrics {
   HistogramFamily* time_to_first_token_;
   HistogramFamily* inter_token_;
   HistogramFamily* end_to_end_;
+};
+
+// Requests and their output tokens by model and LoRA adapter ("" for the base model), at the
+// coordinator. Only requests that ran on a group are counted: their model and adapter are ones
+// a group serves, so a client naming others adds no series (tessera_requests_total counts
+// those by status code).
+class AdapterMetrics {
+ public:
+  // Adds the families to `registry`, which must outlive this.
+  explicit AdapterMetrics(MetricsRegistry& registry);
+
+  // One finished request of `model` that ran with `adapter`. Thread-safe.
+  void Record(const std::string& model, const std::string& adapter, const RequestRecord& record);
+
+ private:
+  CounterFamily* requests_;
+  CounterFamily* completion_tokens_;
 };
 
 // "OK", "INVALID_ARGUMENT", ... as gRPC names status codes.

@@ -7,6 +7,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "runtime/serve/log.h"
 #include "runtime/serve/request_convert.h"
 
 namespace tessera::serve {
@@ -27,9 +28,76 @@ WorkerService::WorkerService(engine::Engine& engine, const PromptEncoder& encode
                              std::string model, std::string version)
     : engine_(engine), encoder_(encoder), model_(std::move(model)), version_(std::move(version)) {}
 
-void WorkerService::set_group_id(std::string id) {
+WorkerService::~WorkerService() {
+  std::vector<std::thread> loaders;
+  {
+    absl::MutexLock lock(&mutex_);
+    loaders.swap(adapter_loaders_);
+  }
+  for (std::thread& loader : loaders) loader.join();
+}
+
+void WorkerService::Registered(const v1::RegisterResponse& response) {
+  std::vector<engine::AdapterSpec> missing;
+  const std::vector<engine::AdapterState> served = engine_.Adapters();
+  for (const v1::AdapterSource& adapter : response.adapters()) {
+    bool same = false;
+    for (const engine::AdapterState& state : served) {
+      same = same || (state.name == adapter.name() && state.dir == adapter.dir());
+    }
+    if (!same) missing.push_back({adapter.name(), adapter.dir()});
+  }
   absl::MutexLock lock(&mutex_);
-  group_id_ = std::move(id);
+  group_id_ = response.group_id();
+  if (missing.empty()) return;
+  adapter_loaders_.emplace_back([this, missing = std::move(missing)] {
+    for (const engine::AdapterSpec& adapter : missing) {
+      absl::Status loaded = engine_.LoadAdapter(adapter);
+      LogEvent("worker", {{"event", loaded.ok() ? "adapter loaded" : "adapter load failed"},
+                          {"adapter", adapter.name},
+                          {"dir", adapter.dir},
+                          {"error", std::string(loaded.message())}});
+    }
+  });
+}
+
+grpc::Status WorkerService::CheckModel(const std::string& model, const std::string& version) const {
+  if (model != model_ || (!version.empty() && version != version_)) {
+    return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                        absl::StrCat("model: this group serves ", model_, " version ", version_,
+                                     ", not ", model, " ", version));
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::LoadAdapter(grpc::ServerContext* /*context*/,
+                                        const v1::LoadAdapterRequest* request,
+                                        v1::LoadAdapterResponse* response) {
+  grpc::Status model = CheckModel(request->model(), request->version());
+  if (!model.ok()) return model;
+  absl::Status loaded = engine_.LoadAdapter({request->adapter().name(), request->adapter().dir()});
+  LogEvent("worker", {{"event", loaded.ok() ? "adapter loaded" : "adapter load failed"},
+                      {"adapter", request->adapter().name()},
+                      {"dir", request->adapter().dir()},
+                      {"error", std::string(loaded.message())}});
+  if (!loaded.ok()) return ToGrpcStatus(loaded);
+  absl::MutexLock lock(&mutex_);
+  response->add_groups(group_id_);
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::UnloadAdapter(grpc::ServerContext* /*context*/,
+                                          const v1::UnloadAdapterRequest* request,
+                                          v1::UnloadAdapterResponse* response) {
+  grpc::Status model = CheckModel(request->model(), request->version());
+  if (!model.ok()) return model;
+  if (absl::Status removed = engine_.UnloadAdapter(request->name()); !removed.ok()) {
+    return ToGrpcStatus(removed);
+  }
+  LogEvent("worker", {{"event", "adapter unloaded"}, {"adapter", request->name()}});
+  absl::MutexLock lock(&mutex_);
+  response->add_groups(group_id_);
+  return grpc::Status::OK;
 }
 
 grpc::Status WorkerService::Submit(grpc::ServerContext* context, const v1::GenerateRequest* request,
@@ -55,10 +123,8 @@ grpc::Status WorkerService::Run(grpc::ServerContext* context, const v1::Generate
   if (absl::Status valid = ValidateGenerateRequest(request, limits_); !valid.ok()) {
     return ToGrpcStatus(valid);
   }
-  if (request.model() != model_ || (!request.version().empty() && request.version() != version_)) {
-    return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                        absl::StrCat("model: this group serves ", model_, " version ", version_,
-                                     ", not ", request.model(), " ", request.version()));
+  if (grpc::Status model = CheckModel(request.model(), request.version()); !model.ok()) {
+    return model;
   }
   engine::GenerationRequest generation = ToEngineRequest(request);
   if (generation.prompt_tokens.empty()) {
@@ -195,6 +261,12 @@ v1::GroupLoad WorkerService::Load() const {
   }
   load.set_outstanding_tokens(outstanding);
   for (uint64_t hash : engine_.CachedBlockHashes()) load.add_cached_block_hashes(hash);
+  for (const engine::AdapterState& state : engine_.Adapters()) {
+    v1::GroupAdapter* adapter = load.add_adapters();
+    adapter->set_name(state.name);
+    adapter->set_dir(state.dir);
+    adapter->set_resident(state.resident);
+  }
   return load;
 }
 

@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -33,9 +35,18 @@ class WorkerService final : public v1::Worker::Service {
                       grpc::ServerWriter<v1::GenerateStreamResponse>* writer) override;
   grpc::Status Tokenize(grpc::ServerContext* context, const v1::TokenizeRequest* request,
                         v1::TokenizeResponse* response) override;
+  // Loads (or replaces) an adapter on the group's engine, and answers once every rank has it.
+  grpc::Status LoadAdapter(grpc::ServerContext* context, const v1::LoadAdapterRequest* request,
+                           v1::LoadAdapterResponse* response) override;
+  grpc::Status UnloadAdapter(grpc::ServerContext* context, const v1::UnloadAdapterRequest* request,
+                             v1::UnloadAdapterResponse* response) override;
 
-  // The group's id once the coordinator has given one (reported in placements).
-  void set_group_id(std::string id);
+  // The coordinator's answer to a registration: the group's id (reported in placements), and
+  // the adapters loaded on the coordinator for this model version, which the group loads (on
+  // a thread of its own, so that heartbeats go on) unless it serves them from that directory.
+  void Registered(const v1::RegisterResponse& response);
+  // Waits for the adapter loads Registered started. Before the engine stops looping.
+  ~WorkerService() override;
   // What one request may carry (default: RequestLimits' defaults). Before serving.
   void set_request_limits(const RequestLimits& limits) { limits_ = limits; }
   // Called once for every Submit that ends (metrics, logs). Set before serving.
@@ -50,6 +61,8 @@ class WorkerService final : public v1::Worker::Service {
   RequestLimits limits_;
   grpc::Status Run(grpc::ServerContext* context, const v1::GenerateRequest& request,
                    grpc::ServerWriter<v1::GenerateStreamResponse>* writer, RequestRecord* record);
+  // NOT_FOUND unless `model` is this group's and `version` empty or this group's.
+  grpc::Status CheckModel(const std::string& model, const std::string& version) const;
 
   engine::Engine& engine_;
   const PromptEncoder& encoder_;
@@ -62,6 +75,7 @@ class WorkerService final : public v1::Worker::Service {
   // Tokens each request in flight still has to compute (prompt until its first token, then
   // the rest of max_tokens), by engine id.
   absl::flat_hash_map<uint64_t, int64_t> outstanding_ ABSL_GUARDED_BY(mutex_);
+  std::vector<std::thread> adapter_loaders_ ABSL_GUARDED_BY(mutex_);  // Registered's
 };
 
 }  // namespace tessera::serve

@@ -3,14 +3,19 @@
 // the tiny model tests/golden/models/llama with the PEFT adapters a, b and c of
 // tests/golden/lora_serving: requests of different adapters and of none in one engine give
 // each the tokens and log-probabilities it gets alone; the prefix cache never hands one
-// adapter's blocks to another (or to the base); unknown adapters are refused by name; and a
-// rank refuses a plan naming a slot it never filled.
+// adapter's blocks to another (or to the base); unknown adapters are refused by name; a rank
+// refuses a plan naming a slot it never filled. While the engine runs: adapters load and
+// unload beside running requests, a bounded set of resident adapters unloads the least
+// recently used and reloads it on demand, and an adapter replaced under its name keeps its
+// running requests on the old version.
 
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "runtime/engine/engine.h"
@@ -82,6 +87,45 @@ class AdapterEngineTest : public ::testing::Test {
     std::vector<Finished> results;
     for (auto& stream : streams) results.push_back(Drain(*stream));
     return results;
+  }
+
+  // A new engine on every rank; the leader runs `script` on a thread of its own while Run()
+  // loops (then stops the engine once idle).
+  static void RunWithScript(const EngineOptions& options,
+                            const std::function<void(Engine&)>& script) {
+    absl::StatusOr<std::unique_ptr<Engine>> engine =
+        Engine::Create(*model_, World(), /*tokenizer=*/nullptr, options);
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    std::thread leader;
+    if ((*engine)->is_leader()) {
+      leader = std::thread([&] {
+        script(**engine);
+        (*engine)->StopWhenIdle();
+      });
+    }
+    absl::Status run = (*engine)->Run();
+    if (leader.joinable()) leader.join();
+    EXPECT_TRUE(run.ok()) << run;
+  }
+
+  static Finished Submit(Engine& engine, const GenerationRequest& request) {
+    absl::StatusOr<std::shared_ptr<RequestStream>> stream = engine.Submit(request);
+    EXPECT_TRUE(stream.ok()) << stream.status();
+    return stream.ok() ? Drain(**stream) : Finished{};
+  }
+
+  // What `request` gives on an engine that serves every golden adapter from the start.
+  static Finished Reference(const GenerationRequest& request) {
+    std::vector<Finished> results = RunEngine(Options(), {request});
+    return results.empty() ? Finished{} : results[0];
+  }
+
+  static const AdapterState* StateOf(const std::vector<AdapterState>& states,
+                                     const std::string& name) {
+    for (const AdapterState& state : states) {
+      if (state.name == name) return &state;
+    }
+    return nullptr;
   }
 
   static EngineOptions Options() {
@@ -240,6 +284,139 @@ TEST_F(AdapterEngineTest, RankRefusesAPlanNamingAnEmptySlot) {
                 "step plan #1, sequence 5: adapter slot 3 holds no adapter on this rank"),
             std::string::npos)
       << executed.status();
+}
+
+std::vector<int32_t> Prompt(int length, int salt) {
+  std::vector<int32_t> prompt(length);
+  for (int i = 0; i < length; ++i) prompt[i] = static_cast<int32_t>((i * 31 + salt * 7 + 3) % 256);
+  return prompt;
+}
+
+TEST_F(AdapterEngineTest, LoadsAndUnloadsWhileRequestsRun) {
+  const GenerationRequest on_base = Request(Prompt(12, 1), "", 24);
+  const GenerationRequest on_b = Request(Prompt(9, 2), "b", 6);
+  // References first: every rank runs them (collective), the leader keeps the results.
+  const Finished base_alone = Reference(on_base);
+  const Finished b_alone = Reference(on_b);
+
+  EngineOptions options = Options();
+  options.adapters = {{"a", kAdapters + "/a"}};
+  RunWithScript(options, [&](Engine& engine) {
+    absl::StatusOr<std::shared_ptr<RequestStream>> running = engine.Submit(on_base);
+    ASSERT_TRUE(running.ok()) << running.status();
+    TokenEvent first;
+    ASSERT_TRUE((*running)->Next(&first));  // the base request is under way
+    ASSERT_TRUE(engine.LoadAdapter({"b", kAdapters + "/b"}).ok());
+    const std::vector<AdapterState> loaded = engine.Adapters();
+    ASSERT_EQ(loaded.size(), 2u);
+    EXPECT_EQ(loaded[1].name, "b");
+    EXPECT_TRUE(loaded[1].resident);
+
+    Finished with_b = Submit(engine, on_b);
+    EXPECT_EQ(with_b.tokens, b_alone.tokens) << Where();
+    EXPECT_EQ(with_b.logprobs, b_alone.logprobs) << Where();
+
+    EXPECT_TRUE(engine.UnloadAdapter("b").ok());
+    absl::StatusOr<std::shared_ptr<RequestStream>> refused = engine.Submit(on_b);
+    ASSERT_FALSE(refused.ok());
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+    absl::Status again = engine.UnloadAdapter("b");
+    EXPECT_EQ(again.code(), absl::StatusCode::kNotFound) << again;
+    EXPECT_NE(again.message().find("loaded adapters: a"), std::string::npos) << again;
+
+    // A directory that does not load fails its call, on every rank, and nothing else.
+    absl::Status missing = engine.LoadAdapter({"gone", "/nonexistent-adapter-dir"});
+    EXPECT_FALSE(missing.ok());
+    EXPECT_NE(missing.message().find("adapter \"gone\" (/nonexistent-adapter-dir)"),
+              std::string::npos)
+        << missing;
+    EXPECT_EQ(engine.LoadAdapter({"bad/name", kAdapters + "/b"}).code(),
+              absl::StatusCode::kInvalidArgument);
+
+    Finished rest = Drain(**running);
+    rest.tokens.insert(rest.tokens.begin(), first.token);
+    rest.logprobs.insert(rest.logprobs.begin(), first.logprob);
+    EXPECT_EQ(rest.tokens, base_alone.tokens) << Where();
+    EXPECT_EQ(rest.logprobs, base_alone.logprobs) << Where();
+    EXPECT_EQ(rest.final.finish_reason, FinishReason::kLength);
+  });
+  for (int slot = 0; slot < 8; ++slot) EXPECT_FALSE(model_->HasAdapter(slot)) << "slot " << slot;
+}
+
+TEST_F(AdapterEngineTest, BoundedResidentAdaptersUnloadTheLeastRecentlyUsedAndReload) {
+  const char* const kOrder[] = {"a", "b", "c", "a", "", "c", "b", "a"};
+  std::vector<GenerationRequest> requests;
+  for (int i = 0; i < 8; ++i) requests.push_back(Request(Prompt(6 + i, i), kOrder[i], 3));
+  std::vector<Finished> expected;
+  for (const GenerationRequest& request : requests) expected.push_back(Reference(request));
+
+  EngineOptions options = Options();  // a, b and c
+  options.max_adapters = 1;
+  RunWithScript(options, [&](Engine& engine) {
+    // One after another, so that each needs the adapter the one before pushed out.
+    for (size_t i = 0; i < requests.size(); ++i) {
+      Finished got = Submit(engine, requests[i]);
+      EXPECT_EQ(got.tokens, expected[i].tokens) << "request " << i << Where();
+      EXPECT_EQ(got.logprobs, expected[i].logprobs) << "request " << i << Where();
+      int resident = 0;
+      for (const AdapterState& state : engine.Adapters()) resident += state.resident ? 1 : 0;
+      EXPECT_LE(resident, 1) << "after request " << i;
+    }
+    std::vector<AdapterState> states = engine.Adapters();
+    ASSERT_EQ(states.size(), 3u);
+    // a: at start (b and c were unloaded to keep 1), then for requests 3 and 7.
+    EXPECT_GE(StateOf(states, "a")->loads, 3);
+    EXPECT_EQ(StateOf(states, "a")->requests, 3);
+    EXPECT_EQ(StateOf(states, "a")->output_tokens, 9);
+    EXPECT_TRUE(StateOf(states, "a")->resident);
+    EXPECT_FALSE(StateOf(states, "b")->resident);
+  });
+  // All at once: more adapters wanted than may be resident; each request waits its turn.
+  RunWithScript(options, [&](Engine& engine) {
+    std::vector<std::shared_ptr<RequestStream>> streams;
+    for (const GenerationRequest& request : requests) {
+      absl::StatusOr<std::shared_ptr<RequestStream>> stream = engine.Submit(request);
+      ASSERT_TRUE(stream.ok()) << stream.status();
+      streams.push_back(*stream);
+    }
+    for (size_t i = 0; i < streams.size(); ++i) {
+      Finished got = Drain(*streams[i]);
+      EXPECT_EQ(got.tokens, expected[i].tokens) << "request " << i << Where();
+      EXPECT_EQ(got.logprobs, expected[i].logprobs) << "request " << i << Where();
+    }
+  });
+}
+
+TEST_F(AdapterEngineTest, ReplacedAdapterKeepsRunningRequestsOnTheOldVersion) {
+  const std::vector<int32_t> prompt = Prompt(33, 5);
+  const Finished as_a = Reference(Request(prompt, "a", 20));
+  const Finished as_c = Reference(Request(prompt, "c", 4));
+
+  EngineOptions options = Options();
+  options.adapters = {{"live", kAdapters + "/a"}};
+  RunWithScript(options, [&](Engine& engine) {
+    absl::StatusOr<std::shared_ptr<RequestStream>> old_version =
+        engine.Submit(Request(prompt, "live", 20));
+    ASSERT_TRUE(old_version.ok()) << old_version.status();
+    TokenEvent first;
+    ASSERT_TRUE((*old_version)->Next(&first));
+    // "live" becomes adapter c's weights while a request runs on a's.
+    ASSERT_TRUE(engine.LoadAdapter({"live", kAdapters + "/c"}).ok());
+    Finished new_version = Submit(engine, Request(prompt, "live", 4));
+    EXPECT_EQ(new_version.tokens, as_c.tokens) << Where();
+    EXPECT_EQ(new_version.logprobs, as_c.logprobs) << Where();
+    // The old version's cached blocks are not the new one's.
+    EXPECT_EQ(new_version.final.usage.cached_tokens, 0) << Where();
+
+    Finished rest = Drain(**old_version);
+    rest.tokens.insert(rest.tokens.begin(), first.token);
+    EXPECT_EQ(rest.tokens, as_a.tokens) << Where();
+    const std::vector<AdapterState> states = engine.Adapters();
+    ASSERT_EQ(states.size(), 1u);
+    EXPECT_EQ(states[0].dir, kAdapters + "/c");
+    EXPECT_EQ(states[0].requests, 2);
+  });
+  for (int slot = 0; slot < 8; ++slot) EXPECT_FALSE(model_->HasAdapter(slot)) << "slot " << slot;
 }
 
 }  // namespace
