@@ -2,12 +2,19 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstddef>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <optional>
+#include <string>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/create_channel.h"
@@ -29,6 +36,7 @@ struct ClientConfig {
   std::string service = "tessera.v1.Inference";  // health: the service to ask about
   std::string model;                             // empty: the first the coordinator lists
   std::string version;
+  std::string adapter;  // a LoRA adapter to run with; empty: the base model
   std::string prompt = "Hello";
   std::string prompts_file;
   std::string system;  // chat: a system message first
@@ -41,8 +49,13 @@ struct ClientConfig {
   int seed = -1;
   bool ignore_eos = false;
   absl::Duration timeout = absl::Minutes(5);
-  std::string api_key_file;  // empty: TESSERA_API_KEY
-  std::string api_key;       // read from either
+  std::string adapter_name;     // adapters load, unload
+  std::string adapter_dir;      // adapters load
+  std::string api_key_file;     // empty: TESSERA_API_KEY
+  std::string join_token_file;  // empty: TESSERA_JOIN_TOKEN
+  // What the calls carry as "authorization: Bearer": the API key, or for the operators'
+  // calls (adapters load, unload) the coordinator's join token.
+  std::string bearer;
   serve::TlsFiles tls;
   std::shared_ptr<grpc::ChannelCredentials> credentials;  // made from `tls`
 };
@@ -51,10 +64,10 @@ std::shared_ptr<grpc::Channel> Connect(const ClientConfig& config) {
   return grpc::CreateChannel(config.target, config.credentials);
 }
 
-// A call's deadline, and its API key when there is one.
+// A call's deadline, and its API key or join token when there is one.
 void PrepareCall(grpc::ClientContext& context, const ClientConfig& config, absl::Duration timeout) {
   context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
-  serve::AddBearerToken(context, config.api_key);
+  serve::AddBearerToken(context, config.bearer);
 }
 
 absl::Status Health(const ClientConfig& config) {
@@ -91,6 +104,7 @@ absl::StatusOr<v1::GenerateRequest> MakeRequest(const ClientConfig& config,
   }
   request.set_model(model);
   request.set_version(config.version);
+  request.set_adapter(config.adapter);
   request.set_prompt(prompt);
   request.set_tenant(config.tenant);
   request.set_session_id(config.session);
@@ -113,13 +127,15 @@ absl::StatusOr<v1::GenerateRequest> MakeRequest(const ClientConfig& config,
 
 void PrintSummary(const std::string& finish, const v1::Usage& usage, const v1::Timings& timings,
                   const v1::Placement& placement) {
+  const std::string adapter =
+      placement.adapter().empty() ? "" : absl::StrCat(" (adapter ", placement.adapter(), ")");
   std::fprintf(stderr,
                "finish %s; %d prompt tokens (%d cached), %d generated; first token after "
-               "%.1f ms, %.1f ms in all; model %s %s on group %s\n",
+               "%.1f ms, %.1f ms in all; model %s %s%s on group %s\n",
                finish.c_str(), usage.prompt_tokens(), usage.cached_tokens(),
                usage.completion_tokens(), 1e3 * timings.time_to_first_token_seconds(),
                1e3 * timings.total_seconds(), placement.model().c_str(),
-               placement.version().c_str(), placement.group().c_str());
+               placement.version().c_str(), adapter.c_str(), placement.group().c_str());
 }
 
 // Streams `request`'s answer to stdout, and a summary to stderr; returns the text.
@@ -215,73 +231,245 @@ absl::Status Batch(const ClientConfig& config) {
   return absl::OkStatus();
 }
 
+// "version V", or "(every version)" when --version was left out.
+std::string VersionText(const ClientConfig& config) {
+  return config.version.empty() ? "(every version)" : absl::StrCat("version ", config.version);
+}
+
+// `adapters load`: the adapter into the model's groups (those of --version alone, when
+// given), and into its groups that register later.
+absl::Status LoadAdapter(const ClientConfig& config) {
+  if (config.model.empty()) return absl::InvalidArgumentError("--model: required");
+  if (config.adapter_name.empty()) {
+    return absl::InvalidArgumentError("--name: required (the name requests will use)");
+  }
+  if (config.adapter_dir.empty()) {
+    return absl::InvalidArgumentError(
+        "--dir: required (the PEFT adapter's directory, as the workers' hosts see it)");
+  }
+  auto stub = v1::Inference::NewStub(Connect(config));
+  v1::LoadAdapterRequest request;
+  request.set_model(config.model);
+  request.set_version(config.version);
+  request.mutable_adapter()->set_name(config.adapter_name);
+  request.mutable_adapter()->set_dir(config.adapter_dir);
+  grpc::ClientContext context;
+  PrepareCall(context, config, config.timeout);
+  v1::LoadAdapterResponse response;
+  TESSERA_RETURN_IF_ERROR(serve::FromGrpcStatus(stub->LoadAdapter(&context, request, &response)));
+  std::printf("loaded adapter %s of %s %s from %s on groups %s\n", config.adapter_name.c_str(),
+              config.model.c_str(), VersionText(config).c_str(), config.adapter_dir.c_str(),
+              absl::StrJoin(response.groups(), ", ").c_str());
+  return absl::OkStatus();
+}
+
+// `adapters unload`: requests running on it finish; later ones naming it are refused.
+absl::Status UnloadAdapter(const ClientConfig& config) {
+  if (config.model.empty()) return absl::InvalidArgumentError("--model: required");
+  if (config.adapter_name.empty()) return absl::InvalidArgumentError("--name: required");
+  auto stub = v1::Inference::NewStub(Connect(config));
+  v1::UnloadAdapterRequest request;
+  request.set_model(config.model);
+  request.set_version(config.version);
+  request.set_name(config.adapter_name);
+  grpc::ClientContext context;
+  PrepareCall(context, config, config.timeout);
+  v1::UnloadAdapterResponse response;
+  TESSERA_RETURN_IF_ERROR(serve::FromGrpcStatus(stub->UnloadAdapter(&context, request, &response)));
+  // No group: it was loaded for groups yet to register only, and is no longer.
+  const std::string from = response.groups().empty()
+                               ? "no group"
+                               : absl::StrCat("groups ", absl::StrJoin(response.groups(), ", "));
+  std::printf("unloaded adapter %s of %s %s from %s\n", config.adapter_name.c_str(),
+              config.model.c_str(), VersionText(config).c_str(), from.c_str());
+  return absl::OkStatus();
+}
+
+// `adapters list`: a table, a row per adapter and model version.
+absl::Status ListAdapters(const ClientConfig& config) {
+  auto stub = v1::Inference::NewStub(Connect(config));
+  v1::ListAdaptersRequest request;
+  request.set_model(config.model);
+  grpc::ClientContext context;
+  PrepareCall(context, config, std::min(config.timeout, absl::Seconds(30)));
+  v1::ListAdaptersResponse response;
+  TESSERA_RETURN_IF_ERROR(serve::FromGrpcStatus(stub->ListAdapters(&context, request, &response)));
+  std::vector<std::vector<std::string>> rows = {
+      {"MODEL", "VERSION", "NAME", "DIR", "GROUPS", "RESIDENT"}};
+  for (const v1::AdapterInfo& info : response.adapters()) {
+    // "-" for an empty version keeps every row's columns in place for scripts.
+    rows.push_back({info.model(), info.version().empty() ? "-" : info.version(), info.name(),
+                    info.dir(), absl::StrCat(info.groups()), absl::StrCat(info.resident())});
+  }
+  std::vector<size_t> widths(rows.front().size(), 0);
+  for (const auto& row : rows) {
+    for (size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], row[i].size());
+  }
+  for (const auto& row : rows) {
+    std::string line;
+    for (size_t i = 0; i < row.size(); ++i) {
+      if (i + 1 == row.size()) {
+        absl::StrAppend(&line, row[i]);
+      } else {
+        absl::StrAppend(&line, row[i], std::string(widths[i] - row[i].size() + 2, ' '));
+      }
+    }
+    std::printf("%s\n", line.c_str());
+  }
+  return absl::OkStatus();
+}
+
+// What an action's calls carry as "authorization: Bearer".
+enum class Credential {
+  kApiKey,     // a client's: --api-key-file or TESSERA_API_KEY
+  kJoinToken,  // an operator's: --join-token-file or TESSERA_JOIN_TOKEN
+};
+
+// The flags of generate, chat and batch: the request's model, adapter and sampling.
+void AddRequestFlags(FlagSet& flags, ClientConfig& config) {
+  flags.String("model", &config.model, "model name (default: the first listed)");
+  flags.String("version", &config.version, "model version (default: the coordinator's pick)");
+  flags.String("adapter", &config.adapter,
+               "a LoRA adapter loaded for the model to run with (default: the base model)");
+  flags.String("tenant", &config.tenant,
+               "tenant the tokens are charged to (with API keys: the key's, or leave it out)");
+  flags.String("session", &config.session, "session id (keeps one model version)");
+  flags.Int("max-tokens", &config.max_tokens, "tokens to generate at most");
+  flags.String("temperature", &config.temperature, "sampling temperature (0: greedy)");
+  flags.Int("top-k", &config.top_k, "sample among the k most likely tokens (0: all)");
+  flags.String("top-p", &config.top_p, "nucleus sampling mass in (0, 1]");
+  flags.Int("seed", &config.seed, "sampler seed (-1: the engine's choice)");
+  flags.Bool("ignore-eos", &config.ignore_eos, "keep going past end-of-sequence tokens");
+}
+
+// The model, version and name flags of adapters load and unload.
+void AddAdapterNameFlags(FlagSet& flags, ClientConfig& config) {
+  flags.String("model", &config.model, "the model whose groups get it (required)");
+  flags.String("version", &config.version, "only this version of the model (default: every one)");
+  flags.String("name", &config.adapter_name, "the adapter's name, as requests give it (required)");
+}
+
+// One action of `tessera client`: the words that name it, what its --help says, the flags it
+// takes beside --target, --timeout, the TLS flags and its credential's, and what it does.
+struct Action {
+  const char* name;
+  const char* summary;
+  Credential credential;
+  void (*add_flags)(FlagSet& flags, ClientConfig& config);
+  absl::Status (*run)(const ClientConfig& config);
+};
+
+constexpr Action kActions[] = {
+    {"health",
+     "Asks a coordinator or worker whether it is serving (gRPC health checking); exit 0 when it "
+     "is.",
+     Credential::kApiKey,
+     [](FlagSet& flags, ClientConfig& config) {
+       flags.String("service", &config.service,
+                    "the service to ask about: tessera.v1.Inference (a coordinator with a healthy "
+                    "group), tessera.v1.Worker (a group leader), or \"\" (the process answers)");
+     },
+     Health},
+    {"generate", "Streams one completion to the terminal.", Credential::kApiKey,
+     [](FlagSet& flags, ClientConfig& config) {
+       AddRequestFlags(flags, config);
+       flags.String("prompt", &config.prompt, "the prompt");
+     },
+     Generate},
+    {"chat",
+     "A conversation: each line of stdin is your turn, the model's chat template (on the "
+     "coordinator) makes the prompt, and the replies stream.",
+     Credential::kApiKey,
+     [](FlagSet& flags, ClientConfig& config) {
+       AddRequestFlags(flags, config);
+       flags.String("system", &config.system, "a system message that opens the conversation");
+     },
+     Chat},
+    {"batch", "Runs a file of prompts (one per line) as one GenerateBatch; results in order.",
+     Credential::kApiKey,
+     [](FlagSet& flags, ClientConfig& config) {
+       AddRequestFlags(flags, config);
+       flags.String("prompts", &config.prompts_file, "a file of prompts, one per line");
+     },
+     Batch},
+    {"adapters list",
+     "The LoRA adapters the coordinator's groups can run: model, version, name, directory, "
+     "groups that can run it and groups that hold it in memory.",
+     Credential::kApiKey,
+     [](FlagSet& flags, ClientConfig& config) {
+       flags.String("model", &config.model, "only this model's (default: every model's)");
+     },
+     ListAdapters},
+    {"adapters load",
+     "Loads a PEFT adapter into every group of the model (and those that register later); a "
+     "name already loaded is replaced. Prints the groups that loaded it.",
+     Credential::kJoinToken,
+     [](FlagSet& flags, ClientConfig& config) {
+       AddAdapterNameFlags(flags, config);
+       flags.String("dir", &config.adapter_dir,
+                    "the PEFT adapter's directory, as the workers' hosts see it (required)");
+     },
+     LoadAdapter},
+    {"adapters unload",
+     "Unloads an adapter from the model's groups: requests running on it finish, later ones "
+     "naming it are refused. Prints the groups that held it.",
+     Credential::kJoinToken, AddAdapterNameFlags, UnloadAdapter},
+};
+
+// The action `args` begin with, and the number of words that named it; null when none does.
+const Action* FindAction(const std::vector<std::string>& args, size_t* words) {
+  for (const Action& action : kActions) {
+    std::vector<std::string> name = absl::StrSplit(action.name, ' ');
+    if (args.size() >= name.size() && std::equal(name.begin(), name.end(), args.begin())) {
+      *words = name.size();
+      return &action;
+    }
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 int RunClient(const std::vector<std::string>& args, int* /*argc*/, char*** /*argv*/) {
-  const std::string usage =
-      "usage: tessera client health|generate|chat|batch [flags]  (--help after the action for "
-      "its "
-      "flags)";
-  if (args.empty() ||
-      (args[0] != "health" && args[0] != "generate" && args[0] != "batch" && args[0] != "chat")) {
-    bool help = !args.empty() && (args[0] == "--help" || args[0] == "-h");
-    std::fprintf(help ? stdout : stderr, "%s\n", usage.c_str());
+  size_t words = 0;
+  const Action* action = FindAction(args, &words);
+  if (action == nullptr) {
+    // "tessera client --help", and "tessera client adapters --help" too.
+    const bool help = !args.empty() && (args.back() == "--help" || args.back() == "-h");
+    FILE* out = help ? stdout : stderr;
+    std::fprintf(out,
+                 "usage: tessera client ACTION [flags]  (ACTION --help for its flags)\n\n"
+                 "actions:\n");
+    for (const Action& each : kActions) std::fprintf(out, "  %s\n", each.name);
     return help ? kExitOk : kExitUsage;
   }
-  const std::string action = args[0];
   ClientConfig config;
-  FlagSet flags("tessera client " + action,
-                action == "health"     ? "Asks a coordinator or worker whether it is serving "
-                                         "(gRPC health checking); exit 0 when it is."
-                : action == "generate" ? "Streams one completion to the terminal."
-                : action == "chat"
-                    ? "A conversation: each line of stdin is your turn, the model's chat "
-                      "template (on the coordinator) makes the prompt, and the replies stream."
-                    : "Runs a file of prompts (one per line) as one GenerateBatch; results in "
-                      "order.");
+  FlagSet flags(absl::StrCat("tessera client ", action->name), action->summary);
   flags.String("target", &config.target, "host:port of the coordinator");
   flags.Duration("timeout", &config.timeout, "deadline of the call");
   AddTlsFlags(flags, &config.tls, /*serves=*/false);
-  if (action == "health") {
-    flags.String("service", &config.service,
-                 "the service to ask about: tessera.v1.Inference (a coordinator with a healthy "
-                 "group), tessera.v1.Worker (a group leader), or \"\" (the process answers)");
-  } else {
-    flags.String("model", &config.model, "model name (default: the first listed)");
-    flags.String("version", &config.version, "model version (default: the coordinator's pick)");
-    flags.String("tenant", &config.tenant,
-                 "tenant the tokens are charged to (with API keys: the key's, or leave it out)");
+  if (action->credential == Credential::kApiKey) {
     flags.String("api-key-file", &config.api_key_file,
                  "a file holding the API key (also TESSERA_API_KEY)");
-    flags.String("session", &config.session, "session id (keeps one model version)");
-    flags.Int("max-tokens", &config.max_tokens, "tokens to generate at most");
-    flags.String("temperature", &config.temperature, "sampling temperature (0: greedy)");
-    flags.Int("top-k", &config.top_k, "sample among the k most likely tokens (0: all)");
-    flags.String("top-p", &config.top_p, "nucleus sampling mass in (0, 1]");
-    flags.Int("seed", &config.seed, "sampler seed (-1: the engine's choice)");
-    flags.Bool("ignore-eos", &config.ignore_eos, "keep going past end-of-sequence tokens");
-    if (action == "generate") {
-      flags.String("prompt", &config.prompt, "the prompt");
-    } else if (action == "chat") {
-      flags.String("system", &config.system, "a system message that opens the conversation");
-    } else {
-      flags.String("prompts", &config.prompts_file, "a file of prompts, one per line");
-    }
+  } else {
+    flags.String("join-token-file", &config.join_token_file,
+                 "a file holding the coordinator's join token (also TESSERA_JOIN_TOKEN)");
   }
-  std::vector<std::string> rest(args.begin() + 1, args.end());
+  action->add_flags(flags, config);
+  std::vector<std::string> rest(args.begin() + static_cast<std::ptrdiff_t>(words), args.end());
   if (std::optional<int> done = ParseOrExit(flags, rest)) return *done;
   absl::Status status = [&]() -> absl::Status {
-    TESSERA_ASSIGN_OR_RETURN(config.api_key,
-                             ReadSecret(config.api_key_file, "TESSERA_API_KEY", "--api-key-file"));
+    TESSERA_ASSIGN_OR_RETURN(
+        config.bearer,
+        action->credential == Credential::kApiKey
+            ? ReadSecret(config.api_key_file, "TESSERA_API_KEY", "--api-key-file")
+            : ReadSecret(config.join_token_file, "TESSERA_JOIN_TOKEN", "--join-token-file"));
     TESSERA_RETURN_IF_ERROR(serve::CheckTlsFiles(config.tls));
     TESSERA_ASSIGN_OR_RETURN(config.credentials, serve::ChannelCredentialsFor(config.tls));
-    return action == "health"     ? Health(config)
-           : action == "generate" ? Generate(config)
-           : action == "chat"     ? Chat(config)
-                                  : Batch(config);
+    return action->run(config);
   }();
   if (!status.ok()) {
-    std::fprintf(stderr, "tessera client %s: %s\n", action.c_str(), status.ToString().c_str());
+    std::fprintf(stderr, "tessera client %s: %s\n", action->name, status.ToString().c_str());
     return kExitFailure;
   }
   return kExitOk;

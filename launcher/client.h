@@ -6,7 +6,8 @@
 
 namespace tessera::launcher {
 
-// `tessera client health|generate|batch`: the client API from the command line. Exit code.
+// `tessera client health|generate|chat|batch|adapters`: the client API from the command line.
+// Exit code.
 int RunClient(const std::vector<std::string>& args, int* argc, char*** argv);
 
 }  // namespace tessera::launcher

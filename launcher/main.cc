@@ -49,7 +49,10 @@ constexpr Subcommand kSubcommands[] = {
      tessera::launcher::RunServe},
     {"coordinator", "the gRPC coordinator that worker groups register with",
      tessera::launcher::RunCoordinator},
-    {"client", "client health|generate|batch against a coordinator", tessera::launcher::RunClient},
+    {"client",
+     "client health|generate|chat|batch against a coordinator, and client adapters "
+     "list|load|unload (LoRA adapters)",
+     tessera::launcher::RunClient},
     {"api-key", "make an API key for a tenant and add its hash to a coordinator's key file",
      tessera::launcher::RunApiKey},
     {"worker",

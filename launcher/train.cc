@@ -25,6 +25,7 @@
 #include "launcher/fma_peak.h"
 #include "launcher/model_job.h"
 #include "launcher/process.h"
+#include "launcher/train_data.h"
 #include "mpi.h"
 #include "nlohmann/json.hpp"
 #include "runtime/chat/chat_format.h"
@@ -111,70 +112,13 @@ std::string FormatDuration(double seconds) {
   return absl::StrFormat("%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60);
 }
 
-// The id the tokenizer puts in front of a text when asked for special tokens, if any: that is
-// how the model was trained to see a document start (Llama's <s>; none for Qwen2).
-std::optional<int32_t> LeadingSpecialToken(const tokenizer::Tokenizer& tok) {
-  absl::StatusOr<std::vector<int32_t>> with = tok.Encode("a", true);
-  absl::StatusOr<std::vector<int32_t>> without = tok.Encode("a", false);
-  if (!with.ok() || !without.ok() || with->size() != without->size() + 1) return std::nullopt;
-  return with->front();
-}
-
-// How the data files' lines become examples for this model (data.h): its vocabulary, its
-// bos and eos, and its chat format for {"messages"} lines. A chat template that cannot be
-// used fails only such lines, saying why: a dataset of text or prompt/completion trains
-// whatever the template holds.
-absl::StatusOr<train::ExampleOptions> ExampleOptionsFor(
-    const TrainConfig& config, const model::ModelConfig& model_config,
-    const tokenizer::Tokenizer& tok, const tokenizer::TokenizerConfig& tokenizer_config) {
-  train::ExampleOptions options;
-  options.vocab_size = static_cast<int32_t>(model_config.vocab_size);
-  options.bos_token_id = LeadingSpecialToken(tok);
-  if (!model_config.eos_token_ids.empty()) {
-    options.eos_token_id = static_cast<int32_t>(model_config.eos_token_ids.front());
-  }
-  if (config.on_bad_line == "skip") {
-    options.on_bad_line = train::BadLinePolicy::kSkip;
-  } else if (config.on_bad_line != "stop") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--on-bad-line: '", config.on_bad_line, "' is not stop or skip"));
-  }
-  options.chat_format =
-      std::make_shared<const chat::LoadedChatFormat>(chat::LoadChatFormat(tokenizer_config));
-  return options;
-}
-
-// `path` as a row stream, every rank of `world` tokenizing a share of it (sharded_data.h).
-// Collective over `world`.
-absl::StatusOr<train::RowStream> ReadStream(const std::string& path, const TrainConfig& config,
-                                            const train::ExampleOptions& options,
-                                            const tokenizer::Tokenizer& tok,
-                                            comm::Communicator& world, bool report) {
+// How --seq-len, --packing and --seed batch the data (train_data.h).
+train::BatchOptions BatchingOf(const TrainConfig& config) {
   train::BatchOptions batching;
   batching.seq_len = config.seq_len;
   batching.packing = config.packing;
   batching.seed = static_cast<uint64_t>(config.seed);
-  batching.pad_token_id = options.eos_token_id.value_or(0);
-  train::ReadReport read;
-  absl::StatusOr<train::RowStream> stream =
-      train::ReadRowStream(path, tok, options, batching, world, &read);
-  if (report) {
-    for (const std::string& warning : read.warnings) {
-      std::fprintf(stderr, "tessera train: %s\n", warning.c_str());
-    }
-  }
-  TESSERA_RETURN_IF_ERROR(stream.status());
-  if (report) {
-    std::fprintf(stderr,
-                 "tessera train: %s: %lld examples (%lld lines, %lld skipped, %lld truncated to "
-                 "--seq-len %d) in %lld rows, %lld target tokens an epoch\n",
-                 path.c_str(), static_cast<long long>(stream->example_count()),
-                 static_cast<long long>(read.lines), static_cast<long long>(read.skipped),
-                 static_cast<long long>(stream->truncated_examples()), config.seq_len,
-                 static_cast<long long>(stream->rows_per_epoch()),
-                 static_cast<long long>(stream->targets_per_epoch()));
-  }
-  return stream;
+  return batching;
 }
 
 absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
@@ -244,14 +188,16 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
   // (Its errors are of the flags: every rank fails alike.)
   TESSERA_ASSIGN_OR_RETURN(
       const train::ExampleOptions example_options,
-      ExampleOptionsFor(config, model->config(), *job.tokenizer, job.tokenizer_config));
+      ExampleOptionsFor(config.on_bad_line, model->config(), *job.tokenizer, job.tokenizer_config));
   absl::StatusOr<train::RowStream> data =
-      ReadStream(config.data, config, example_options, *job.tokenizer, world, lead);
+      ReadTrainRows(config.data, BatchingOf(config), example_options, *job.tokenizer, world,
+                    lead ? "tessera train" : "");
   TESSERA_RETURN_IF_ERROR(comm::AgreeOnStatus(world, data.status(), "to read --data"));
   std::optional<train::RowStream> eval;
   if (!config.eval_data.empty()) {
     absl::StatusOr<train::RowStream> read =
-        ReadStream(config.eval_data, config, example_options, *job.tokenizer, world, lead);
+        ReadTrainRows(config.eval_data, BatchingOf(config), example_options, *job.tokenizer, world,
+                      lead ? "tessera train" : "");
     TESSERA_RETURN_IF_ERROR(comm::AgreeOnStatus(world, read.status(), "to read --eval-data"));
     eval = std::move(*read);
   }

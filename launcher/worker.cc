@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "comm/agreement.h"
 #include "comm/host_name.h"
 #include "comm/node_share.h"
 #include "launcher/engine_flags.h"
@@ -15,6 +16,7 @@
 #include "launcher/model_job.h"
 #include "launcher/request_limit_flags.h"
 #include "launcher/secret_file.h"
+#include "launcher/serving_finetune.h"
 #include "launcher/shutdown_signal.h"
 #include "launcher/tls_flags.h"
 #include "runtime/core/status_macros.h"
@@ -48,7 +50,9 @@ struct WorkerConfig {
   serve::RequestLimits request_limits;
   ModelJobOptions job;
   engine::EngineOptions engine;
-  std::string adapters;  // --adapters: name=DIR,...
+  std::string adapters;      // --adapters: name=DIR,...
+  std::string train_config;  // --train-config: a fine-tune inside the group
+  double train_share = 0.25;
 };
 
 // The median time of an all-reduce of one f32 activation row of the model (hidden_size
@@ -148,13 +152,34 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
 
   engine::EngineOptions engine_options = config.engine;
   TESSERA_ASSIGN_OR_RETURN(engine_options.adapters, ParseAdapterList(config.adapters));
+  std::optional<ServingFineTuneConfig> finetune_config;
+  if (!config.train_config.empty()) {
+    TESSERA_ASSIGN_OR_RETURN(finetune_config, ReadServingFineTuneConfig(config.train_config));
+    if (!(config.train_share > 0 && config.train_share <= 1)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--train-share: must be in (0, 1], not ", config.train_share));
+    }
+  }
+  TESSERA_ASSIGN_OR_RETURN(std::optional<model::WeightQuantization> quantize,
+                           ParseQuantizeFlags(config.job.quantize));
   TESSERA_ASSIGN_OR_RETURN(ModelJob job, StartModelJob(config.job, argc, argv));
   comm::Layout& layout = *job.layout;
   const bool leader = layout.tp_rank() == 0;
+  std::unique_ptr<ServingFineTune> finetune;
+  if (finetune_config.has_value()) {
+    absl::StatusOr<std::unique_ptr<ServingFineTune>> created =
+        ServingFineTune::Create(*finetune_config, job, quantize);
+    TESSERA_RETURN_IF_ERROR(
+        comm::AgreeOnStatus(layout.tp(), created.status(), "to start the fine-tune"));
+    finetune = *std::move(created);
+    engine_options.interleaved = finetune.get();
+    engine_options.interleaved_share = config.train_share;
+  }
   TESSERA_ASSIGN_OR_RETURN(
       std::unique_ptr<engine::Engine> engine,
       engine::Engine::Create(*job.model, layout.tp(), leader ? job.tokenizer.get() : nullptr,
                              EngineOptionsFor(job, engine_options)));
+  if (finetune != nullptr && leader) finetune->set_engine(engine.get());
   TESSERA_ASSIGN_OR_RETURN(double allreduce_seconds,
                            MeasureAllReduceLatency(layout.tp(), job.model->config().hidden_size));
   // Every rank: its all-reduce latencies on a Prometheus endpoint of its own.
@@ -322,6 +347,12 @@ int RunWorker(const std::vector<std::string>& args, int* argc, char*** argv) {
   config.engine.kv_cache_bytes = int64_t{512} << 20;
   AddEngineFlags(flags, &config.engine);
   AddAdapterFlags(flags, &config.adapters, &config.engine);
+  flags.String("train-config", &config.train_config,
+               "a JSON file of a LoRA fine-tune to run inside this serving group, between its "
+               "serving steps, publishing the adapter as it learns (launcher/serving_finetune.h)");
+  flags.Double("train-share", &config.train_share,
+               "with --train-config: the share of the group's busy time the fine-tune takes "
+               "while requests are served (all of it while none are)");
   if (std::optional<int> done = ParseOrExit(flags, args)) return *done;
   if (config.replica_offset < 0) {
     return ReportExit(absl::InvalidArgumentError(

@@ -59,6 +59,12 @@ void AddWorkerJobFlags(FlagSet& flags, WorkerJobConfig* config) {
   AddSupervisionFlags(flags, &config->supervision);
   AddEngineFlags(flags, &config->engine);
   AddAdapterFlags(flags, &config->adapters, &config->engine);
+  flags.String("train-config", &config->train_config,
+               "a JSON file of a LoRA fine-tune run inside the first worker group between its "
+               "serving steps, its adapter served as it learns (tessera worker --train-config)");
+  flags.Double("train-share", &config->train_share,
+               "with --train-config: the share of the group's busy time the fine-tune takes "
+               "while requests are served");
 }
 
 absl::Status CheckWorkerJobConfig(const WorkerJobConfig& config) {
@@ -118,6 +124,10 @@ std::vector<std::string> WorkerCommand(const WorkerJobConfig& config, int coordi
   if (!config.adapters.empty()) argv.insert(argv.end(), {"--adapters", config.adapters});
   if (config.engine.max_adapters > 0) {
     argv.insert(argv.end(), {"--max-adapters", absl::StrCat(config.engine.max_adapters)});
+  }
+  if (!config.train_config.empty() && replica == 0) {
+    argv.insert(argv.end(), {"--train-config", config.train_config, "--train-share",
+                             absl::StrCat(config.train_share)});
   }
   const std::vector<std::string> quantize = QuantizeArguments(config.quantize);
   argv.insert(argv.end(), quantize.begin(), quantize.end());

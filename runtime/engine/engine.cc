@@ -6,6 +6,7 @@
 #include <optional>
 #include <random>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -151,6 +152,11 @@ class Engine::Loop {
   void AdaptersApplied(const AdapterCatalog::Changes& changes,
                        const std::vector<absl::StatusOr<int>>& loaded, size_t fresh_count);
   absl::Status Step(StepPlan& plan);
+  // Whether the next plan runs a unit of the interleaved work: while `serving`, when its
+  // units have had less than their share of the busy time; otherwise whenever one is left.
+  bool InterleavedUnitDue(bool serving) const;
+  // Every rank, after a plan's serving work.
+  void RunInterleavedUnit();
   void ProcessToken(Live& live, const SampledToken& sampled);
   // Takes one generated token into `live`'s count and text; the reason it ends the request,
   // or kNone. When the request goes on, the text that can no longer turn into a stop string
@@ -170,8 +176,9 @@ class Engine::Loop {
   Scheduler scheduler_;
   StepExecutor executor_;
   absl::flat_hash_map<uint64_t, std::unique_ptr<Live>> live_;
-  std::vector<uint64_t> parked_;    // live, waiting for their adapter to be loaded
-  std::vector<PendingLoad> loads_;  // LoadAdapter calls for the next plan
+  std::vector<uint64_t> parked_;     // live, waiting for their adapter to be loaded
+  std::vector<PendingLoad> loads_;   // LoadAdapter calls for the next plan
+  bool interleaved_failed_ = false;  // a unit failed: no more are scheduled
   std::deque<std::pair<absl::Time, int64_t>> recent_outputs_;
   absl::Time hashes_published_ = absl::InfinitePast();
 };
@@ -253,8 +260,7 @@ void Engine::Loop::AdaptersApplied(const AdapterCatalog::Changes& changes,
                                    size_t fresh_count) {
   engine_.catalog_.Applied(changes, loaded, fresh_count);
   for (size_t i = 0; i < fresh_count; ++i) {
-    loads_[i].outcome->status = loaded[i].status();
-    loads_[i].outcome->done.Notify();
+    loads_[i].done(loaded[i].status());
   }
   loads_.erase(loads_.begin(), loads_.begin() + fresh_count);
   for (size_t i = fresh_count; i < changes.loads.size(); ++i) {
@@ -307,20 +313,18 @@ void Engine::Loop::EndAll(FinishReason reason, const absl::Status& status) {
   for (const auto& [id, live] : live_) ids.push_back(id);
   std::sort(ids.begin(), ids.end());
   for (uint64_t id : ids) End(id, reason, status);
-  for (PendingLoad& load : loads_) {
-    load.outcome->status = status;
-    load.outcome->done.Notify();
-  }
+  for (PendingLoad& load : loads_) load.done(status);
   loads_.clear();
+  std::vector<PendingLoad> unanswered;
+  absl::Cleanup answer = [&] {  // outside the lock: a callback may call the engine
+    for (PendingLoad& load : unanswered) {
+      load.done(absl::UnavailableError(absl::StrCat("the engine stopped before loading adapter \"",
+                                                    load.adapter.name, "\": ", status.message())));
+    }
+  };
   absl::MutexLock lock(&engine_.mutex_);
   engine_.stopped_ = true;
-  for (PendingLoad& load : engine_.adapter_loads_) {
-    load.outcome->status =
-        absl::UnavailableError(absl::StrCat("the engine stopped before loading adapter \"",
-                                            load.adapter.name, "\": ", status.message()));
-    load.outcome->done.Notify();
-  }
-  engine_.adapter_loads_.clear();
+  unanswered.swap(engine_.adapter_loads_);
   for (std::unique_ptr<Live>& live : engine_.inbox_) {
     TokenEvent event;
     event.final = true;
@@ -467,11 +471,35 @@ absl::Status Engine::Loop::Step(StepPlan& plan) {
     auto it = live_.find(token.id);
     if (it != live_.end()) ProcessToken(*it->second, token);
   }
-  PublishStats(absl::ToDoubleSeconds(absl::Now() - start), &plan, prompt_tokens);
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  if (plan.chunks_size() > 0) engine_.serve_seconds_ += seconds;
+  PublishStats(seconds, &plan, prompt_tokens);
   if (plan.chunks_size() > 0 && engine_.step_observer_) {
     engine_.step_observer_(engine_.Stats());
   }
+  if (plan.interleaved_unit()) RunInterleavedUnit();
   return absl::OkStatus();
+}
+
+bool Engine::Loop::InterleavedUnitDue(bool serving) const {
+  InterleavedWork* work = engine_.options_.interleaved;
+  if (work == nullptr || interleaved_failed_ || work->finished()) return false;
+  if (!serving) return true;
+  return engine_.interleaved_seconds_ <=
+         engine_.options_.interleaved_share *
+             (engine_.serve_seconds_ + engine_.interleaved_seconds_);
+}
+
+void Engine::Loop::RunInterleavedUnit() {
+  const absl::Time start = absl::Now();
+  // Its error is the work's to keep and report; every rank stops scheduling it (the leader
+  // decides), and the serving goes on.
+  if (!engine_.options_.interleaved->RunUnit().ok()) interleaved_failed_ = true;
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  engine_.interleaved_seconds_ += seconds;
+  absl::MutexLock lock(&engine_.mutex_);
+  ++engine_.stats_.interleaved_units;
+  engine_.stats_.interleaved_seconds += seconds;
 }
 
 absl::Status Engine::Loop::SendShutdown() {
@@ -488,7 +516,10 @@ absl::Status Engine::Loop::RunLeader() {
       return SendShutdown();
     }
     StartParked();
-    if (!scheduler_.has_work() && !scheduler_.has_pending_removals() && !has_adapter_work()) {
+    const bool serving =
+        scheduler_.has_work() || scheduler_.has_pending_removals() || has_adapter_work();
+    const bool unit_due = InterleavedUnitDue(serving);
+    if (!serving && !unit_due) {
       PublishStats(0, nullptr, 0);
       if (stop_when_idle) {
         absl::MutexLock lock(&engine_.mutex_);
@@ -520,6 +551,7 @@ absl::Status Engine::Loop::RunLeader() {
       continue;
     }
     StepPlan plan = scheduler_.NextPlan();
+    plan.set_interleaved_unit(unit_due);
     absl::Status status = Step(plan);
     if (!status.ok()) {
       EndAll(FinishReason::kError, status);
@@ -537,6 +569,7 @@ absl::Status Engine::Loop::RunFollower() {
     std::vector<absl::StatusOr<int>> loaded;  // the leader answers for them
     TESSERA_RETURN_IF_ERROR(engine_.slots_->Apply(plan, &loaded));
     TESSERA_RETURN_IF_ERROR(executor_.Execute(plan).status());
+    if (plan.interleaved_unit()) RunInterleavedUnit();
   }
 }
 
@@ -549,6 +582,11 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(model::Transformer& model
     return absl::InvalidArgumentError(absl::StrCat(
         "engine options: block_size (", options.block_size, "), max_running (", options.max_running,
         ") and max_step_tokens (", options.max_step_tokens, ") must be at least 1"));
+  }
+  if (options.interleaved != nullptr &&
+      !(options.interleaved_share > 0 && options.interleaved_share <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "engine options: interleaved_share must be in (0, 1], not ", options.interleaved_share));
   }
   if (options.max_adapters < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -614,6 +652,18 @@ Engine::Engine(model::Transformer& model, comm::Communicator& tp,
 Engine::~Engine() { loop_.reset(); }
 
 absl::Status Engine::LoadAdapter(AdapterSpec adapter) {
+  TESSERA_RETURN_IF_ERROR(CheckLoad(adapter));
+  absl::Notification done;
+  absl::Status outcome;
+  LoadAdapterAsync(std::move(adapter), [&](absl::Status status) {
+    outcome = std::move(status);
+    done.Notify();
+  });
+  done.WaitForNotification();
+  return outcome;
+}
+
+absl::Status Engine::CheckLoad(const AdapterSpec& adapter) const {
   if (!is_leader()) {
     return absl::FailedPreconditionError("LoadAdapter: only the group leader (TP rank 0) loads");
   }
@@ -622,16 +672,22 @@ absl::Status Engine::LoadAdapter(AdapterSpec adapter) {
     return absl::InvalidArgumentError(
         absl::StrCat("adapter \"", adapter.name, "\": no directory given"));
   }
-  auto outcome = std::make_shared<PendingLoad::Outcome>();
+  return absl::OkStatus();
+}
+
+void Engine::LoadAdapterAsync(AdapterSpec adapter, std::function<void(absl::Status)> done) {
+  if (absl::Status valid = CheckLoad(adapter); !valid.ok()) {
+    done(valid);
+    return;
+  }
   {
     absl::MutexLock lock(&mutex_);
-    if (stopped_ || shutdown_) {
-      return absl::UnavailableError("the engine has stopped and loads no more adapters");
+    if (!stopped_ && !shutdown_) {
+      adapter_loads_.push_back({std::move(adapter), std::move(done)});
+      return;
     }
-    adapter_loads_.push_back({std::move(adapter), outcome});
   }
-  outcome->done.WaitForNotification();
-  return outcome->status;
+  done(absl::UnavailableError("the engine has stopped and loads no more adapters"));
 }
 
 absl::Status Engine::UnloadAdapter(const std::string& name) {

@@ -30,6 +30,7 @@
 #include "comm/communicator.h"
 #include "runtime/engine/adapter_catalog.h"
 #include "runtime/engine/adapter_slots.h"
+#include "runtime/engine/interleaved_work.h"
 #include "runtime/engine/request.h"
 #include "runtime/engine/request_stream.h"
 #include "runtime/model/transformer.h"
@@ -57,6 +58,12 @@ struct EngineOptions {
   // that no request is running on is unloaded, and loaded again from its directory when a
   // request names it (the request waits for that step).
   int max_adapters = 0;
+  // Work every rank runs between serving steps (interleaved_work.h); not owned, outlives the
+  // engine; null on every rank, or not null on every rank. Its units take about
+  // `interleaved_share` of the group's busy time while requests are served, and run back to
+  // back while none are.
+  InterleavedWork* interleaved = nullptr;
+  double interleaved_share = 0.25;
 };
 
 struct EngineStats {
@@ -78,6 +85,8 @@ struct EngineStats {
   int64_t output_tokens = 0;   // tokens generated
   double busy_seconds = 0;     // time spent in steps that ran the model
   double output_tokens_per_second = 0;  // over the last few seconds
+  int64_t interleaved_units = 0;        // of EngineOptions::interleaved, run so far
+  double interleaved_seconds = 0;       // ... and the time they took
 };
 
 class Engine {
@@ -114,6 +123,10 @@ class Engine {
   // requests get the new one. INVALID_ARGUMENT for a name that is empty or has characters
   // other than letters, digits and "._-"; UNAVAILABLE once the engine has stopped.
   absl::Status LoadAdapter(AdapterSpec adapter);
+  // LoadAdapter without waiting: `done` is called with its outcome on the engine's loop
+  // thread (or on this one, when the engine has stopped). For the loop's own thread (an
+  // interleaved fine-tune publishing its adapter), where LoadAdapter would wait forever.
+  void LoadAdapterAsync(AdapterSpec adapter, std::function<void(absl::Status)> done);
   // Leader only. Requests naming `name` are refused from now on; running ones finish, and
   // the adapter is unloaded after them. NOT_FOUND naming the served ones for an unknown name.
   absl::Status UnloadAdapter(const std::string& name);
@@ -154,11 +167,7 @@ class Engine {
   // A LoadAdapter call waiting for the step loop.
   struct PendingLoad {
     AdapterSpec adapter;
-    struct Outcome {
-      absl::Notification done;
-      absl::Status status;
-    };
-    std::shared_ptr<Outcome> outcome;
+    std::function<void(absl::Status)> done;
   };
 
   Engine(model::Transformer& model, comm::Communicator& tp, const tokenizer::Tokenizer* tokenizer,
@@ -166,6 +175,8 @@ class Engine {
          const std::vector<int>& adapter_slots);
   absl::Status ValidateRequest(const GenerationRequest& request,
                                const std::vector<int32_t>& tokens) const;
+  // LoadAdapter's checks before anything is queued.
+  absl::Status CheckLoad(const AdapterSpec& adapter) const;
 
   model::Transformer& model_;
   comm::Communicator& tp_;
@@ -192,6 +203,8 @@ class Engine {
   bool shutdown_ ABSL_GUARDED_BY(mutex_) = false;
   bool stopped_ ABSL_GUARDED_BY(mutex_) = false;
   EngineStats stats_ ABSL_GUARDED_BY(mutex_);
+  double serve_seconds_ = 0;        // the loop's: time in serving steps
+  double interleaved_seconds_ = 0;  // ... and in units of interleaved work
   std::vector<uint64_t> cached_hashes_ ABSL_GUARDED_BY(mutex_);
 };
 

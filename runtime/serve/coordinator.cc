@@ -5,6 +5,7 @@
 #include <random>
 #include <system_error>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -47,6 +48,15 @@ GroupInfo FromWire(const v1::RegisterRequest& request) {
   return info;
 }
 
+std::vector<GroupAdapter> FromWire(
+    const google::protobuf::RepeatedPtrField<v1::GroupAdapter>& wire) {
+  std::vector<GroupAdapter> adapters;
+  for (const v1::GroupAdapter& adapter : wire) {
+    adapters.push_back({adapter.name(), adapter.dir(), adapter.resident()});
+  }
+  return adapters;
+}
+
 GroupLoad FromWire(const v1::GroupLoad& wire) {
   GroupLoad load;
   load.running = wire.running();
@@ -58,9 +68,7 @@ GroupLoad FromWire(const v1::GroupLoad& wire) {
   load.engine_turns = wire.engine_turns();
   load.cached_block_hashes.insert(wire.cached_block_hashes().begin(),
                                   wire.cached_block_hashes().end());
-  for (const v1::GroupAdapter& adapter : wire.adapters()) {
-    load.adapters.push_back({adapter.name(), adapter.dir(), adapter.resident()});
-  }
+  load.adapters = FromWire(wire.adapters());
   return load;
 }
 
@@ -356,7 +364,8 @@ class Coordinator::RegistryImpl final : public v1::WorkerRegistry::Service {
                               {"why", std::string(encoder->chat_status().message())}});
       }
     }
-    absl::StatusOr<std::string> id = c_.registry_.Register(FromWire(*request), absl::Now());
+    absl::StatusOr<std::string> id =
+        c_.registry_.Register(FromWire(*request), absl::Now(), FromWire(request->adapters()));
     if (!id.ok()) return ToGrpcStatus(id.status());
 
     auto link = std::make_shared<GroupLink>();

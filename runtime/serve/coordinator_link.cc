@@ -68,8 +68,12 @@ bool CoordinatorLink::Register() {
   grpc::ClientContext context;
   SetDeadline(context, kCallDeadline);
   AddBearerToken(context, join_token_);
+  // The adapters as the group holds them now (loaded or unloaded since an earlier
+  // registration), so that they are routable from this registration on.
+  v1::RegisterRequest registration = registration_;
+  *registration.mutable_adapters() = load_().adapters();
   v1::RegisterResponse response;
-  grpc::Status status = stub_->Register(&context, registration_, &response);
+  grpc::Status status = stub_->Register(&context, registration, &response);
   if (!status.ok()) {
     LogEvent("worker", {{"event", "register_failed"},
                         {"coordinator", address_},

@@ -23,7 +23,8 @@ namespace tessera::serve {
 class CoordinatorLink {
  public:
   // Starts registering with the coordinator at `address` (host:port) on a thread of its own,
-  // showing `join_token` when not empty. `load` is called for every heartbeat;
+  // showing `join_token` when not empty. `load` is called for every heartbeat and
+  // registration (whose adapters it gives);
   // `on_registered` with each registration's answer (the group id, the adapters to load).
   // `credentials`: how to dial it (tls.h); null: plaintext.
   CoordinatorLink(std::string address, std::shared_ptr<grpc::ChannelCredentials> credentials,

@@ -94,7 +94,8 @@ absl::string_view GroupSnapshot::LeaderHost() const {
 
 GroupRegistry::GroupRegistry(GroupRegistryOptions options) : options_(options) {}
 
-absl::StatusOr<std::string> GroupRegistry::Register(GroupInfo info, absl::Time now) {
+absl::StatusOr<std::string> GroupRegistry::Register(GroupInfo info, absl::Time now,
+                                                    std::vector<GroupAdapter> adapters) {
   if (info.model.empty()) return absl::InvalidArgumentError("register: model is empty");
   if (info.endpoint.empty()) {
     return absl::InvalidArgumentError(
@@ -123,6 +124,7 @@ absl::StatusOr<std::string> GroupRegistry::Register(GroupInfo info, absl::Time n
   auto load = std::make_shared<GroupLoad>();
   load->kv_blocks_free = info.kv.blocks;
   load->kv_blocks_total = info.kv.blocks;
+  load->adapters = std::move(adapters);
   group.load = std::move(load);
   group.info = std::move(info);
   group.registered_at = now;

@@ -4,10 +4,10 @@
 // The coordinator's registry of worker groups: what each group serves (model, version), where
 // it runs (topology), what it holds (KV capacity), its load as of its last heartbeat plus
 // the requests the coordinator has sent it since, and the LoRA adapters it can run (as of its
-// last heartbeat, plus those the coordinator has loaded or unloaded on it since). A group that
-// misses heartbeats is first taken out of routing and then declared dead. A group whose
-// engine's loop has stood still for a while (its heartbeats carry the loop's turn count) is
-// stalled: taken out of routing until the loop turns again.
+// last heartbeat, or its registration before the first, plus those the coordinator has loaded
+// or unloaded on it since). A group that misses heartbeats is first taken out of routing and
+// then declared dead. A group whose engine's loop has stood still for a while (its heartbeats
+// carry the loop's turn count) is stalled: taken out of routing until the loop turns again.
 //
 // Plain C++ types, no protobuf: the coordinator's gRPC service converts from worker.proto.
 // Every call takes the current time, so tests control the clock. Thread-safe.
@@ -106,7 +106,8 @@ struct GroupSnapshot {
   std::string id;
   uint64_t sequence = 0;  // registration order
   GroupInfo info;
-  // Never null. Before the first heartbeat: idle, every KV block free.
+  // Never null. Before the first heartbeat: idle, every KV block free, the adapters it
+  // registered with.
   std::shared_ptr<const GroupLoad> load;
   absl::Time registered_at;
   absl::Time last_heartbeat;  // the registration counts as the first
@@ -181,8 +182,10 @@ class GroupRegistry {
   // Adds a group and returns its id ("g1", "g2", ...; never reused). INVALID_ARGUMENT naming
   // the field when the model, endpoint or KV block size is missing. A group registering with
   // the endpoint of a registered group replaces it (the process behind the endpoint restarted):
-  // the old id is reported by the next ExpireDead.
-  absl::StatusOr<std::string> Register(GroupInfo info, absl::Time now);
+  // the old id is reported by the next ExpireDead. `adapters`: those it registers with (its
+  // own), its load's until its first heartbeat says otherwise.
+  absl::StatusOr<std::string> Register(GroupInfo info, absl::Time now,
+                                       std::vector<GroupAdapter> adapters = {});
 
   // Records a heartbeat. False when the id is unknown (expired or never registered): the
   // group should register again.

@@ -6,7 +6,8 @@
 // The references are outside the serving path: `tessera generate --adapters` (the offline
 // engine, started with both adapters) for whole generations, and transformers + peft (the
 // goldens' logits at the prompt's last position) for the first token. The worker starts with
-// b (--adapters); a arrives through the coordinator's LoadAdapter. A second job, of another
+// b (--adapters), which its registration reports before any heartbeat; a arrives through the
+// coordinator's LoadAdapter, or `tessera client adapters load`. A second job, of another
 // version and at TP 2, registers after the load and must get a from its registration.
 // TESSERA_BINARY, TESSERA_MPIRUN_COMMAND, TESSERA_GOLDEN_MODELS and TESSERA_GOLDEN_LORA come
 // from CMake.
@@ -96,6 +97,12 @@ class AdapterServing : public ::testing::Test {
     std::filesystem::create_directories(model_dir_);
     absl::Status written = model::WriteDefaultModel(model_dir_);
     ASSERT_TRUE(written.ok()) << written;
+    // Text prompts (the command-line client's) without the tokenizer's BOS, id 256: the
+    // checkpoint's vocabulary is the 256 bytes alone.
+    const std::string tokenizer_config = model_dir_ + "/tokenizer_config.json";
+    Json config = Json::parse(std::ifstream(tokenizer_config));
+    config["add_bos_token"] = false;
+    std::ofstream(tokenizer_config) << config.dump(2);
     for (const char* file : {"config.json", "generation_config.json", "model.safetensors"}) {
       std::filesystem::copy_file(std::string(TESSERA_GOLDEN_MODELS) + "/llama/" + file,
                                  model_dir_ + "/" + file,
@@ -120,14 +127,11 @@ class AdapterServing : public ::testing::Test {
     ASSERT_TRUE(healthy.ok()) << healthy << Logs();
     absl::StatusOr<std::string> group = coordinator_->GroupIdOf(leaders->at(0));
     ASSERT_TRUE(group.ok()) << group.status();
-    // Adapters a worker starts with reach the coordinator with its heartbeats.
-    ASSERT_TRUE(WaitFor(
-        [] {
-          std::map<std::string, v1::AdapterInfo> listed = Listed();
-          return listed.contains("v1/b") && listed["v1/b"].groups() == 1;
-        },
-        absl::Seconds(10), absl::Milliseconds(100)))
-        << Names(Listed()) << Logs();
+    // The adapters a worker starts with come with its registration: listed at once, with no
+    // heartbeat awaited (AWorkersOwnAdaptersAreServedBeforeItsFirstHeartbeat).
+    std::map<std::string, v1::AdapterInfo> listed = Listed();
+    ASSERT_TRUE(listed.contains("v1/b")) << Names(listed) << Logs();
+    ASSERT_EQ(listed["v1/b"].groups(), 1);
     group_ = *group;
   }
 
@@ -413,6 +417,21 @@ TEST_F(AdapterServing, OperatorsCallsNeedTheJoinTokenWhereThereIsOne) {
   // The token lets the call through to its checks: no group serves the model there.
   grpc::Status through = load(**guarded, "join-token-of-this-test");
   EXPECT_EQ(through.error_code(), StatusCode::NOT_FOUND) << Describe(through);
+  // The command-line client shows it from --join-token-file.
+  auto client_load = [&](std::vector<std::string> flags) {
+    std::vector<std::string> args = {
+        "client", "adapters", "load", "--target", (*guarded)->target(), "--model",
+        kModel,   "--name",   "a",    "--dir",    kAdapters + "/a"};
+    args.insert(args.end(), flags.begin(), flags.end());
+    return harness_->RunTessera(args);
+  };
+  ServeHarness::Outcome without = client_load({});
+  EXPECT_NE(without.exit_code, 0) << without.output;
+  EXPECT_TRUE(absl::StrContains(without.output, "UNAUTHENTICATED")) << without.output;
+  ServeHarness::Outcome with = client_load({"--join-token-file", dir_ + "/join"});
+  EXPECT_NE(with.exit_code, 0) << with.output;
+  EXPECT_TRUE(absl::StrContains(with.output, "NOT_FOUND: model: no worker group serves"))
+      << with.output;
 
   // API keys without a join token: no one is an operator.
   ServeHarness::Outcome key =
@@ -475,6 +494,114 @@ TEST_F(AdapterServing, OpenAiModelBaseColonAdapter) {
 
   status = Unload("a");
   EXPECT_TRUE(status.ok()) << Describe(status);
+}
+
+// A coordinator of its own whose groups send their first heartbeat only after ten minutes:
+// what it knows of a new group's adapters is what the registration said.
+TEST_F(AdapterServing, AWorkersOwnAdaptersAreServedBeforeItsFirstHeartbeat) {
+  absl::StatusOr<std::unique_ptr<CoordinatorProcess>> quiet =
+      harness_->StartCoordinator({"--heartbeat-interval", "10m", "--engine-stall-timeout", "off"});
+  ASSERT_TRUE(quiet.ok()) << quiet.status();
+  WorkerJobOptions job;
+  job.extra_flags = WorkerFlags({"--adapters", "b=" + kAdapters + "/b"});
+  absl::StatusOr<std::unique_ptr<WorkerJob>> workers =
+      harness_->StartWorkers((*quiet)->grpc_port(), job);
+  ASSERT_TRUE(workers.ok()) << workers.status();
+  absl::StatusOr<std::vector<std::string>> leaders = (*workers)->WaitForLeaders(kStartTimeout);
+  ASSERT_TRUE(leaders.ok()) << leaders.status();
+  absl::Status healthy = (*quiet)->WaitForHealthyGroups(kModel, {{"v1", 1}}, kStartTimeout);
+  ASSERT_TRUE(healthy.ok()) << healthy << Tail((*workers)->process().Log(), 30);
+
+  Unary with_b = Generate((*quiet)->inference(), PromptRequest("b"));
+  ASSERT_TRUE(with_b.status.ok()) << Describe(with_b.status) << Tail((*quiet)->process().Log(), 30);
+  EXPECT_EQ(Tokens(with_b.response), reference_["b"]);
+  EXPECT_EQ(with_b.response.placement().adapter(), "b");
+  v1::ListAdaptersRequest request;
+  v1::ListAdaptersResponse response;
+  grpc::ClientContext context;
+  SetDeadline(context, absl::Seconds(10));
+  grpc::Status status = (*quiet)->inference().ListAdapters(&context, request, &response);
+  ASSERT_TRUE(status.ok()) << Describe(status);
+  ASSERT_EQ(response.adapters_size(), 1) << response.ShortDebugString();
+  EXPECT_EQ(response.adapters(0).name(), "b");
+  EXPECT_EQ(response.adapters(0).dir(), kAdapters + "/b");
+  EXPECT_EQ(response.adapters(0).groups(), 1);
+  // An adapter the worker does not have is still refused.
+  EXPECT_EQ(Generate((*quiet)->inference(), PromptRequest("a")).status.error_code(),
+            StatusCode::NOT_FOUND);
+  (*workers)->process().Terminate();
+  (*workers)->process().Stop(absl::Seconds(10));
+  (*quiet)->process().Stop(absl::Seconds(5));
+}
+
+// `tessera client adapters load|list|unload` and `tessera client generate --adapter`.
+TEST_F(AdapterServing, TheCommandLineClientLoadsListsUnloadsAndNamesAdapters) {
+  const std::string target = coordinator_->target();
+  auto client = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), "client");
+    args.insert(args.end(), {"--target", target, "--timeout", "60s"});
+    return harness_->RunTessera(args, absl::Seconds(90));
+  };
+  // The rows of `adapters list`, split at their spaces, by "version/name".
+  auto table = [&]() {
+    ServeHarness::Outcome listed = client({"adapters", "list", "--model", kModel});
+    EXPECT_EQ(listed.exit_code, 0) << listed.output;
+    std::map<std::string, std::vector<std::string>> rows;
+    for (absl::string_view line : absl::StrSplit(listed.output, '\n', absl::SkipEmpty())) {
+      std::vector<std::string> cells = absl::StrSplit(line, ' ', absl::SkipEmpty());
+      if (cells.size() == 6 && cells[0] == kModel) rows[cells[1] + "/" + cells[2]] = cells;
+    }
+    return rows;
+  };
+
+  ServeHarness::Outcome loaded = client({"adapters", "load", "--model", kModel, "--version", "v1",
+                                         "--name", "a", "--dir", kAdapters + "/a"});
+  ASSERT_EQ(loaded.exit_code, 0) << loaded.output;
+  EXPECT_TRUE(absl::StrContains(loaded.output, "on groups " + group_)) << loaded.output;
+
+  std::map<std::string, std::vector<std::string>> rows = table();
+  ASSERT_TRUE(rows.contains("v1/a")) << Names(Listed());
+  EXPECT_EQ(rows["v1/a"],
+            (std::vector<std::string>{kModel, "v1", "a", kAdapters + "/a", "1", "1"}));
+  ASSERT_TRUE(rows.contains("v1/b"));  // the worker's own
+  EXPECT_EQ(rows["v1/b"][3], kAdapters + "/b");
+
+  // The client's text is that of a gRPC request naming a (which differs from the base's).
+  v1::GenerateRequest request = Request(kModel, "Hello", kMaxTokens);
+  request.set_adapter("a");
+  Unary with_a = Generate(inference(), request);
+  ASSERT_TRUE(with_a.status.ok()) << Describe(with_a.status);
+  ASSERT_FALSE(with_a.response.text().empty());
+  request.clear_adapter();
+  Unary base = Generate(inference(), request);
+  ASSERT_TRUE(base.status.ok()) << Describe(base.status);
+  EXPECT_NE(with_a.response.text(), base.response.text());
+  ServeHarness::Outcome generated =
+      client({"generate", "--model", kModel, "--adapter", "a", "--prompt", "Hello", "--max-tokens",
+              absl::StrCat(kMaxTokens), "--ignore-eos"});
+  ASSERT_EQ(generated.exit_code, 0) << generated.output;
+  // Streamed to stdout (flushed as it comes), then the summary on stderr.
+  EXPECT_TRUE(absl::StartsWith(generated.output, with_a.response.text())) << generated.output;
+  EXPECT_TRUE(absl::StrContains(generated.output, "(adapter a) on group " + group_))
+      << generated.output;
+
+  ServeHarness::Outcome unloaded =
+      client({"adapters", "unload", "--model", kModel, "--version", "v1", "--name", "a"});
+  ASSERT_EQ(unloaded.exit_code, 0) << unloaded.output;
+  EXPECT_TRUE(absl::StrContains(unloaded.output, "from groups " + group_)) << unloaded.output;
+  EXPECT_FALSE(table().contains("v1/a"));
+
+  // Refusals: the coordinator's message, and a failing exit status.
+  ServeHarness::Outcome again = client({"adapters", "unload", "--model", kModel, "--name", "a"});
+  EXPECT_NE(again.exit_code, 0) << again.output;
+  EXPECT_TRUE(absl::StrContains(again.output, "NOT_FOUND")) << again.output;
+  ServeHarness::Outcome refused =
+      client({"generate", "--model", kModel, "--adapter", "a", "--max-tokens", "2"});
+  EXPECT_NE(refused.exit_code, 0) << refused.output;
+  EXPECT_TRUE(absl::StrContains(refused.output, "\"a\" is not loaded")) << refused.output;
+  ServeHarness::Outcome no_dir = client({"adapters", "load", "--model", kModel, "--name", "a"});
+  EXPECT_NE(no_dir.exit_code, 0) << no_dir.output;
+  EXPECT_TRUE(absl::StrContains(no_dir.output, "--dir: required")) << no_dir.output;
 }
 
 TEST_F(AdapterServing, AGroupRegisteringLaterLoadsTheAdaptersLoadedBefore) {

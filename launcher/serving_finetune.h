@@ -1,0 +1,106 @@
+#ifndef TESSERA_LAUNCHER_SERVING_FINETUNE_H_
+#define TESSERA_LAUNCHER_SERVING_FINETUNE_H_
+
+// A LoRA fine-tune inside a serving group (`tessera worker --train-config FILE`): the
+// group's ranks, on its tensor-parallel communicator, run the trainer's optimizer steps
+// between their serving steps (the engine interleaves them: engine/interleaved_work.h), and
+// every `publish_every` steps the adapter is exported and served under its name as a new
+// version (requests already running finish on the version they started with).
+//
+// The trainer holds its own f32 copy of the frozen base (TrainableModel), beside the serving
+// model's shards: memory for the base twice.
+//
+// The configuration file is JSON:
+//   {"data": "pairs.jsonl", "adapter": "tuned", "output": "runs/tuned", "steps": 60,
+//    "publish_every": 20, "seq_len": 64, "micro_batch": 4, "grad_accum": 1, "lr": 1e-2,
+//    "warmup": 0, "schedule": "cosine", "lora_r": 8, "lora_alpha": 16,
+//    "lora_targets": "q_proj,v_proj", "seed": 1}
+// `data` (a JSONL file as `tessera train --data` reads), `adapter` and `output` are required;
+// the rest default as `tessera train`'s flags do (publish_every 0: at the end only). Published
+// versions are OUTPUT/step-N, PEFT adapter directories.
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "launcher/model_job.h"
+#include "runtime/engine/engine.h"
+#include "runtime/engine/interleaved_work.h"
+#include "runtime/train/batches.h"
+#include "runtime/train/trainable_model.h"
+#include "runtime/train/trainer.h"
+
+namespace tessera::launcher {
+
+struct ServingFineTuneConfig {
+  std::string data;
+  std::string adapter;
+  std::string output;
+  int64_t steps = 100;
+  int64_t publish_every = 0;
+  int seq_len = 1024;
+  int micro_batch = 4;
+  int grad_accum = 1;
+  double lr = 2e-4;
+  int64_t warmup = 0;
+  std::string schedule = "cosine";
+  int lora_r = 8;
+  double lora_alpha = 16;
+  std::string lora_targets = "q_proj,k_proj,v_proj,o_proj";
+  int seed = 1;
+};
+
+// The file at `path`; INVALID_ARGUMENT naming the file and the key for an unknown key, a
+// value of the wrong type or out of range, or a required key missing.
+absl::StatusOr<ServingFineTuneConfig> ReadServingFineTuneConfig(const std::string& path);
+
+// Where a fine-tune stands, for logs and status calls.
+struct FineTuneProgress {
+  int64_t steps_done = 0;
+  int64_t steps = 0;
+  double loss = 0;             // of the last step
+  int64_t published_step = 0;  // the step of the version served now; 0: none yet
+  std::string published_dir;
+  absl::Status error;  // what ended it early
+};
+
+class ServingFineTune final : public engine::InterleavedWork {
+ public:
+  // Collective over the job's tensor-parallel group: loads the trainable copy of the model
+  // and reads the data. The job must have one data-parallel replica (one serving group).
+  static absl::StatusOr<std::unique_ptr<ServingFineTune>> Create(
+      const ServingFineTuneConfig& config, ModelJob& job,
+      const std::optional<model::WeightQuantization>& quantize);
+
+  // The leader's engine, where versions are published; before the engine runs.
+  void set_engine(engine::Engine* engine) { engine_ = engine; }
+
+  absl::Status RunUnit() override;
+  bool finished() const override;
+  FineTuneProgress progress() const;
+
+ private:
+  ServingFineTune(ServingFineTuneConfig config, ModelJob& job,
+                  std::unique_ptr<train::TrainableModel> model, train::RowStream data);
+  absl::Status Step();
+  // Exports the adapter as it stands and has the engine serve it (the leader).
+  absl::Status Publish(int64_t step);
+
+  const ServingFineTuneConfig config_;
+  ModelJob& job_;
+  std::unique_ptr<train::TrainableModel> model_;
+  train::RowStream data_;
+  std::optional<train::Trainer> trainer_;
+  engine::Engine* engine_ = nullptr;
+
+  mutable absl::Mutex mutex_;
+  FineTuneProgress progress_ ABSL_GUARDED_BY(mutex_);
+};
+
+}  // namespace tessera::launcher
+
+#endif  // TESSERA_LAUNCHER_SERVING_FINETUNE_H_
