@@ -1,15 +1,23 @@
 // `tessera bench serve`: the serving stack end to end, as clients see it, over gRPC or the
 // OpenAI-style HTTP API (--api). N streaming clients at once against the coordinator, the
 // same one at a time, the time to first token the coordinator adds compared with asking a
-// group leader directly, and what the HTTP layer adds compared with gRPC.
+// group leader directly, and what the HTTP layer adds compared with gRPC. With --train, the
+// cost of a LoRA fine-tune inside the serving job to each side: the concurrent run served
+// alone and with the fine-tune in the first group, and the fine-tune's tokens/s there
+// against the same fine-tune alone (`tessera train`).
 
 #include <signal.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <optional>
@@ -28,10 +36,13 @@
 #include "absl/time/clock.h"
 #include "launcher/bench.h"
 #include "launcher/bench_client.h"
+#include "launcher/child_process.h"
 #include "launcher/coordinator_process.h"
 #include "launcher/flags.h"
+#include "launcher/model_job.h"
 #include "launcher/openai_client.h"
 #include "launcher/process.h"
+#include "launcher/serving_finetune.h"
 #include "launcher/shutdown_signal.h"
 #include "launcher/worker_groups.h"
 #include "nlohmann/json.hpp"
@@ -51,6 +62,9 @@ constexpr double kTargetOverheadMs = 1.0;       // median TTFT added by the coor
 constexpr double kTargetHttpTtftMs = 1.0;       // median TTFT added by the HTTP layer
 constexpr double kTargetHttpThroughput = 0.95;  // output tokens/s over HTTP vs gRPC
 constexpr int kOverheadWarmupPairs = 10;        // not counted
+// --train: the fine-tune-inside-serving issue's targets, at the concurrent run's streams.
+constexpr double kTargetTrainItlP99 = 1.5;      // ITL P99 with the fine-tune vs serving alone
+constexpr double kTargetTrainThroughput = 0.5;  // fine-tune tokens/s inside serving vs alone
 struct TokenRange {
   int min = 16;
   int max = 64;
@@ -73,6 +87,10 @@ struct BenchServeConfig {
   // > 0: SIGKILL rank kill_rank of replica 0 this long into the concurrent run (failover).
   absl::Duration kill_rank_after;
   int kill_rank = 1;
+  // The concurrent run twice, serving alone and with a fine-tune inside the first group (the
+  // workers' --train-config, or one written here), then that fine-tune alone for train_steps.
+  bool train = false;
+  int train_steps = 100;
 };
 
 // A rank killed during the concurrent run, as the supervising thread saw it.
@@ -380,12 +398,17 @@ absl::StatusOr<PhaseFigures> RunStreams(const ConnectFn& connect,
   return figures;
 }
 
-// The nearest-rank percentile `p` (0..100) of `values` in milliseconds; NaN when empty.
-double PercentileMs(std::vector<double> values, double p) {
+// The nearest-rank percentile `p` (0..100) of `values`; NaN when empty.
+double Percentile(std::vector<double> values, double p) {
   if (values.empty()) return std::nan("");
   std::sort(values.begin(), values.end());
   size_t rank = static_cast<size_t>(std::ceil(p / 100.0 * values.size()));
-  return 1e3 * values[std::clamp<size_t>(rank, 1, values.size()) - 1];
+  return values[std::clamp<size_t>(rank, 1, values.size()) - 1];
+}
+
+// The same of seconds, in milliseconds.
+double PercentileMs(std::vector<double> values, double p) {
+  return 1e3 * Percentile(std::move(values), p);
 }
 
 // The times to first token of two paths, measured in alternation.
@@ -635,6 +658,367 @@ absl::Status Bench(const std::string& target, const std::string& leader,
   return absl::OkStatus();
 }
 
+// The fine-tune --train writes when the workers are given none: LoRA on prompt -> completion
+// pairs of random words, packed into rows of kBenchTuneSeqLen tokens, with steps enough to
+// outlast any run, so that it never publishes (an adapter load would be measured with it).
+constexpr int kBenchTunePairs = 64;
+constexpr int kBenchTuneSeqLen = 128;
+constexpr int kBenchTuneMicroBatch = 4;
+constexpr int kBenchTuneLoraR = 8;
+constexpr int64_t kBenchTuneSteps = 1'000'000;
+
+// Writes the fine-tune's pairs and config file (serving_finetune.h) into `dir`; the file's
+// path.
+absl::StatusOr<std::string> WriteBenchFineTune(const std::string& dir, int seed) {
+  static const char* const kWords[] = {"river",  "stone",   "cloud",  "paper",  "seven",  "orange",
+                                       "quiet",  "north",   "lamp",   "garden", "window", "silver",
+                                       "letter", "morning", "engine", "forest"};
+  std::mt19937_64 random(static_cast<uint64_t>(seed));
+  std::uniform_int_distribution<size_t> word(0, std::size(kWords) - 1);
+  std::uniform_int_distribution<int> length(4, 12);
+  auto words = [&] {
+    std::vector<std::string> picked(length(random));
+    for (std::string& w : picked) w = kWords[word(random)];
+    return absl::StrJoin(picked, " ");
+  };
+  const std::string data = dir + "/pairs.jsonl";
+  const std::string path = dir + "/finetune.json";
+  std::ofstream pairs(data);
+  for (int i = 0; i < kBenchTunePairs; ++i) {
+    const std::string prompt = words() + " ";
+    pairs << nlohmann::json{{"prompt", prompt}, {"completion", words()}}.dump() << "\n";
+  }
+  std::ofstream file(path);
+  file << nlohmann::json{{"data", data},
+                         {"adapter", "bench-tune"},
+                         {"output", dir + "/tuned"},
+                         {"steps", kBenchTuneSteps},
+                         {"publish_every", 0},
+                         {"seq_len", kBenchTuneSeqLen},
+                         {"micro_batch", kBenchTuneMicroBatch},
+                         {"lora_r", kBenchTuneLoraR},
+                         {"seed", seed}}
+              .dump()
+       << "\n";
+  pairs.close();
+  file.close();
+  if (!pairs || !file) {
+    return absl::InternalError(absl::StrCat("cannot write ", data, " and ", path));
+  }
+  return path;
+}
+
+// A string field of a log line's JSON object; empty when absent or not a string.
+std::string LogField(const nlohmann::json& event, const char* key) {
+  auto it = event.find(key);
+  return it != event.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+// What a serving fine-tune's leader logged (serving_finetune.cc: {"component":"finetune",
+// "event":"step","step":"N/M","seconds":S,...}, each line with its "ts") of the steps that
+// ended between `from` and `to`.
+struct LoggedSteps {
+  int64_t steps = 0;  // ended in [from, to]
+  std::vector<double> step_seconds;
+  int64_t last_step = 0;    // the last that ended by `to`
+  int64_t total_steps = 0;  // of the fine-tune's
+  std::string failure;      // its error, when it failed
+};
+
+LoggedSteps StepsLogged(const std::string& log, absl::Time from, absl::Time to) {
+  LoggedSteps logged;
+  for (absl::string_view line : absl::StrSplit(log, '\n')) {
+    if (!absl::StartsWith(line, "{")) continue;
+    const nlohmann::json event = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!event.is_object() || LogField(event, "component") != "finetune") continue;
+    const std::string what = LogField(event, "event");
+    if (what == "fine-tune failed") logged.failure = LogField(event, "error");
+    absl::Time at;
+    std::string unused;
+    if (what != "step" ||
+        !absl::ParseTime("%Y-%m-%dT%H:%M:%E*SZ", LogField(event, "ts"), &at, &unused) || at > to) {
+      continue;
+    }
+    const std::vector<std::string> step = absl::StrSplit(LogField(event, "step"), '/');
+    if (step.size() == 2) {
+      (void)absl::SimpleAtoi(step[0], &logged.last_step);
+      (void)absl::SimpleAtoi(step[1], &logged.total_steps);
+    }
+    if (at < from) continue;
+    ++logged.steps;
+    double seconds = 0;
+    if (absl::SimpleAtod(LogField(event, "seconds"), &seconds)) {
+      logged.step_seconds.push_back(seconds);
+    }
+  }
+  return logged;
+}
+
+// A concurrent run of --train against a coordinator of its own and worker jobs as `workers`
+// says, started for it and stopped after it.
+struct ServingRun {
+  std::string model;
+  int32_t vocab = 0;
+  PhaseFigures figures;
+  absl::Time end;               // when its last stream ended
+  std::string first_group_log;  // the output of replica 0's job (where a fine-tune runs)
+  std::string first_group_log_path;
+};
+
+// The jobs' output goes to `log_prefix`-replicaR.log. Every run makes the same requests (from
+// --seed), each to workers of its own, so none finds another's prefixes in a cache.
+absl::StatusOr<ServingRun> RunServing(const BenchServeConfig& config,
+                                      const WorkerJobConfig& workers,
+                                      const std::string& log_prefix) {
+  CoordinatorConfig coordinator_config;
+  coordinator_config.listen = "127.0.0.1:0";
+  coordinator_config.metrics_listen = "off";
+  coordinator_config.http_listen = "off";
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<RunningCoordinator> running,
+                           StartCoordinator(coordinator_config));
+  // The jobs as tessera serve starts them, but each with its output in a file; declared after
+  // the coordinator, so stopped before it.
+  std::vector<std::unique_ptr<ChildProcess>> jobs;
+  for (int r = 0; r < workers.groups(); ++r) {
+    TESSERA_ASSIGN_OR_RETURN(
+        std::unique_ptr<ChildProcess> job,
+        ChildProcess::Start(WorkerCommand(workers, running->registry_port(), r),
+                            absl::StrCat(log_prefix, "-replica", r, ".log")));
+    jobs.push_back(std::move(job));
+  }
+  std::string exited;
+  WaitFor(
+      [&] {
+        for (const std::unique_ptr<ChildProcess>& job : jobs) {
+          if (std::optional<int> status = job->Wait(absl::ZeroDuration())) {
+            exited = absl::StrCat("a worker job exited (status ", *status,
+                                  ") before serving; its log: ", job->log_path());
+          }
+        }
+        return !exited.empty() || ShutdownRequested() ||
+               running->coordinator->HealthyGroupCount() >= workers.groups();
+      },
+      workers.ready_timeout, absl::Milliseconds(100));
+  if (ShutdownRequested()) return absl::CancelledError("interrupted while the workers started");
+  if (!exited.empty()) return absl::UnavailableError(exited);
+  if (running->coordinator->HealthyGroupCount() < workers.groups()) {
+    return absl::DeadlineExceededError(absl::StrCat("the workers did not all register within ",
+                                                    absl::FormatDuration(workers.ready_timeout),
+                                                    "; their logs: ", log_prefix, "-replica*.log"));
+  }
+  const std::string target = absl::StrCat("127.0.0.1:", running->grpc.port);
+  std::shared_ptr<grpc::Channel> channel = ConnectBenchClient(target);
+  TESSERA_RETURN_IF_ERROR(WaitConnected(*channel, target));
+  auto stub = v1::Inference::NewStub(channel);
+  ServingRun run;
+  run.model = workers.model_name;
+  if (run.model.empty()) {
+    TESSERA_ASSIGN_OR_RETURN(run.model, FirstModel(*stub));
+  }
+  TESSERA_ASSIGN_OR_RETURN(run.vocab, ProbeVocab(*stub, run.model));
+  TESSERA_ASSIGN_OR_RETURN(TokenRange prompt_range,
+                           ParseTokenRange(config.prompt_tokens, "--prompt-tokens"));
+  TESSERA_ASSIGN_OR_RETURN(TokenRange output_range,
+                           ParseTokenRange(config.output_tokens, "--output-tokens"));
+  std::mt19937_64 random(static_cast<uint64_t>(config.seed));
+  const std::vector<PlannedRequest> plan =
+      Plan(config.requests, prompt_range, output_range, run.vocab, random);
+  TESSERA_ASSIGN_OR_RETURN(
+      run.figures,
+      RunStreams(GrpcClients(target, run.model, config.request_timeout), plan, config.concurrency));
+  run.end = absl::Now();
+  if (ShutdownRequested()) return absl::CancelledError("interrupted");
+  run.first_group_log = jobs.front()->Log();
+  run.first_group_log_path = jobs.front()->log_path();
+  return run;
+}
+
+// The steps of a fine-tune alone, from its log.jsonl.
+struct StandaloneSteps {
+  std::vector<double> tokens_per_s;  // rows x seq_len (padding included) / step time
+  std::vector<double> step_seconds;
+};
+
+// `tune` as `tessera train` runs it on one group of the workers' tp (mpirun as for them), for
+// --train-steps steps, writing into `dir`/alone.
+absl::StatusOr<StandaloneSteps> RunFineTuneAlone(const BenchServeConfig& config,
+                                                 const ServingFineTuneConfig& tune,
+                                                 const std::string& dir) {
+  const WorkerJobConfig& workers = config.workers;
+  std::vector<std::string> argv = {workers.mpirun, "-np", absl::StrCat(workers.tp)};
+  if (geteuid() == 0) argv.push_back("--allow-run-as-root");
+  if (workers.tp > static_cast<int>(std::thread::hardware_concurrency())) {
+    argv.insert(argv.end(), {"--oversubscribe", "--mca", "mpi_yield_when_idle", "1"});
+  }
+  for (absl::string_view extra : absl::StrSplit(workers.mpirun_args, ' ', absl::SkipEmpty())) {
+    argv.emplace_back(extra);
+  }
+  const std::string output = dir + "/alone";
+  // Kept as flag-value pairs, which clang-format would put one a line.
+  // clang-format off
+  argv.insert(argv.end(), {
+      std::filesystem::read_symlink("/proc/self/exe").string(), "train",
+      "--tp", absl::StrCat(workers.tp), "--data", tune.data, "--output", output,
+      "--steps", absl::StrCat(config.train_steps), "--seq-len", absl::StrCat(tune.seq_len),
+      "--micro-batch", absl::StrCat(tune.micro_batch),
+      "--grad-accum", absl::StrCat(tune.grad_accum), "--lr", absl::StrCat(tune.lr),
+      "--warmup", absl::StrCat(tune.warmup), "--schedule", tune.schedule,
+      "--lora-r", absl::StrCat(tune.lora_r), "--lora-alpha", absl::StrCat(tune.lora_alpha),
+      "--lora-targets", tune.lora_targets, "--seed", absl::StrCat(tune.seed),
+      "--save-every", "0", "--no-export", "--timeout", absl::FormatDuration(workers.timeout)});
+  // clang-format on
+  if (!workers.model.empty()) argv.insert(argv.end(), {"--model", workers.model});
+  const std::vector<std::string> quantize = QuantizeArguments(workers.quantize);
+  argv.insert(argv.end(), quantize.begin(), quantize.end());
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<ChildProcess> train,
+                           ChildProcess::Start(argv, dir + "/alone.log"));
+  std::optional<int> status;
+  WaitFor(
+      [&] {
+        status = train->Wait(absl::ZeroDuration());
+        return status.has_value() || ShutdownRequested();
+      },
+      absl::InfiniteDuration(), absl::Milliseconds(100));
+  if (!status.has_value()) return absl::CancelledError("interrupted");
+  if (*status != 0) {
+    return absl::UnknownError(absl::StrCat("tessera train exited with status ", *status,
+                                           "; its log: ", train->log_path()));
+  }
+  StandaloneSteps steps;
+  std::ifstream log(output + "/log.jsonl");
+  for (std::string line; std::getline(log, line);) {
+    const nlohmann::json entry = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!entry.is_object() || !entry.contains("tokens_per_s") || !entry.contains("step_s")) {
+      continue;  // an evaluation's line
+    }
+    steps.tokens_per_s.push_back(entry["tokens_per_s"].get<double>());
+    steps.step_seconds.push_back(entry["step_s"].get<double>());
+  }
+  if (steps.tokens_per_s.empty()) {
+    return absl::InternalError(absl::StrCat("no step in ", output, "/log.jsonl"));
+  }
+  return steps;
+}
+
+// --train, its files in `dir`.
+absl::Status BenchTrainIn(const BenchServeConfig& config, const std::string& dir) {
+  std::string tune_path = config.workers.train_config;
+  if (tune_path.empty()) {
+    TESSERA_ASSIGN_OR_RETURN(tune_path, WriteBenchFineTune(dir, config.seed));
+  }
+  TESSERA_ASSIGN_OR_RETURN(const ServingFineTuneConfig tune, ReadServingFineTuneConfig(tune_path));
+  // As the trainer counts a step's tokens (its rows, padding included), in both places.
+  const int64_t tokens_per_step = int64_t{tune.micro_batch} * tune.grad_accum * tune.seq_len;
+  WorkerJobConfig alone_workers = config.workers;
+  alone_workers.train_config.clear();
+  WorkerJobConfig with_workers = config.workers;
+  with_workers.train_config = tune_path;
+
+  std::fprintf(stderr, "%s: %d requests over %d streams, serving alone...\n", kWho, config.requests,
+               config.concurrency);
+  TESSERA_ASSIGN_OR_RETURN(ServingRun alone, RunServing(config, alone_workers, dir + "/alone"));
+  std::fprintf(stderr, "%s: the same with the fine-tune inside the first group...\n", kWho);
+  TESSERA_ASSIGN_OR_RETURN(ServingRun with, RunServing(config, with_workers, dir + "/with"));
+  const absl::Time with_start = with.end - absl::Seconds(with.figures.seconds);
+  const LoggedSteps inside = StepsLogged(with.first_group_log, with_start, with.end);
+  if (!inside.failure.empty()) {
+    return absl::UnknownError(
+        absl::StrCat("the fine-tune failed inside the serving group: ", inside.failure,
+                     " (log: ", with.first_group_log_path, ")"));
+  }
+  if (inside.total_steps > 0 && inside.last_step >= inside.total_steps) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--train-config: the fine-tune's ", inside.total_steps,
+                     " steps ended before the run with it did; give it more \"steps\""));
+  }
+  std::fprintf(stderr, "%s: the fine-tune alone (tessera train, %d steps)...\n", kWho,
+               config.train_steps);
+  TESSERA_ASSIGN_OR_RETURN(const StandaloneSteps standalone, RunFineTuneAlone(config, tune, dir));
+
+  const PhaseFigures& served_alone = alone.figures;
+  const PhaseFigures& served_with = with.figures;
+  std::printf(
+      "# tessera bench serve --train: coordinator in this process, %d mpirun job(s) of tp %d "
+      "started afresh for each run; model %s\n"
+      "# streaming requests (GenerateStream, greedy, ignore_eos), the same in both runs: "
+      "prompts of %s random token ids in [0, %d), %s output tokens, seed %d\n"
+      "# fine-tune (%s): LoRA r %d on %s, %d x %d rows of %d tokens a step (%lld tokens); "
+      "inside serving: in the first group, --train-share %g; alone: tessera train, %d steps\n",
+      config.workers.groups(), config.workers.tp, alone.model.c_str(), config.prompt_tokens.c_str(),
+      alone.vocab, config.output_tokens.c_str(), config.seed,
+      config.workers.train_config.empty() ? "written by the bench" : tune_path.c_str(), tune.lora_r,
+      tune.lora_targets.c_str(), tune.micro_batch, tune.grad_accum, tune.seq_len,
+      static_cast<long long>(tokens_per_step), config.workers.train_share, config.train_steps);
+  std::printf("%-16s %7s %6s %6s %8s %8s %10s %7s %7s %7s %6s %6s %6s\n", "run", "streams", "reqs",
+              "errors", "seconds", "req/s", "output t/s", "TTFT50", "TTFT90", "TTFT99", "ITL50",
+              "ITL90", "ITL99");
+  std::printf("%-16s %7s %6s %6s %8s %8s %10s %7s %7s %7s %6s %6s %6s\n", "", "", "", "", "", "",
+              "", "ms", "ms", "ms", "ms", "ms", "ms");
+  PrintPhase("serving alone", served_alone);
+  PrintPhase("with fine-tune", served_with);
+
+  const double inside_tokens_per_s =
+      static_cast<double>(inside.steps * tokens_per_step) / served_with.seconds;
+  const double alone_tokens_per_s = Percentile(standalone.tokens_per_s, 50);
+  std::printf(
+      "\n# fine-tune steps: inside serving, %lld ended in the %.1f s of the run with it (median "
+      "%.1f ms a step); alone, %zu (median %.1f ms a step)\n",
+      static_cast<long long>(inside.steps), served_with.seconds,
+      PercentileMs(inside.step_seconds, 50), standalone.tokens_per_s.size(),
+      PercentileMs(standalone.step_seconds, 50));
+  std::printf("%-28s %12s %12s %8s\n", "", "alone", "together", "ratio");
+  auto compare = [](const char* what, double alone_value, double together) {
+    std::printf("%-28s %12.2f %12.2f %7.2fx\n", what, alone_value, together,
+                together / alone_value);
+  };
+  const double p99_alone = PercentileMs(served_alone.inter_token_seconds, 99);
+  const double p99_with = PercentileMs(served_with.inter_token_seconds, 99);
+  compare("ITL P50 ms", PercentileMs(served_alone.inter_token_seconds, 50),
+          PercentileMs(served_with.inter_token_seconds, 50));
+  compare("ITL P99 ms", p99_alone, p99_with);
+  compare("output tokens/s", served_alone.output_tokens / served_alone.seconds,
+          served_with.output_tokens / served_with.seconds);
+  compare("fine-tune tokens/s", alone_tokens_per_s, inside_tokens_per_s);
+
+  const double itl_ratio = p99_with / p99_alone;
+  const double train_ratio = inside_tokens_per_s / alone_tokens_per_s;
+  std::printf("\n%-44s %10s %10s %7s\n", "figure", "value", "target", "ratio");
+  std::printf("%-44s %9.2fx %9s %7.2f  %s\n", "ITL P99 with the fine-tune vs serving alone",
+              itl_ratio, absl::StrCat("<= ", kTargetTrainItlP99, "x").c_str(),
+              itl_ratio / kTargetTrainItlP99, itl_ratio <= kTargetTrainItlP99 ? "met" : "MISSED");
+  std::printf("%-44s %9.2fx %9s %7.2f  %s\n", "fine-tune tokens/s inside serving vs alone",
+              train_ratio, absl::StrCat(">= ", kTargetTrainThroughput, "x").c_str(),
+              train_ratio / kTargetTrainThroughput,
+              train_ratio >= kTargetTrainThroughput ? "met" : "MISSED");
+  ErrorTally errors = served_alone.errors;
+  errors.Merge(served_with.errors);
+  std::printf("%-44s %10d %10d\n", "failed requests", errors.total, 0);
+  std::printf("# errors: %s\n", errors.Summary().c_str());
+  std::fflush(stdout);
+  if (errors.total > 0) {
+    return absl::UnknownError(absl::StrCat(errors.total, " requests failed: ", errors.Summary()));
+  }
+  return absl::OkStatus();
+}
+
+// --train in a temporary folder of its own, removed after a run that passes and named in the
+// error of one that does not.
+absl::Status BenchTrain(const BenchServeConfig& config) {
+  char pattern[] = "/tmp/tessera-bench-serve-XXXXXX";
+  if (mkdtemp(pattern) == nullptr) {
+    return absl::InternalError("cannot create a temporary folder in /tmp");
+  }
+  const std::string dir = pattern;
+  absl::Status status = BenchTrainIn(config, dir);
+  if (status.ok()) {
+    std::error_code ignored;
+    std::filesystem::remove_all(dir, ignored);
+    return status;
+  }
+  return absl::Status(status.code(),
+                      absl::StrCat(status.message(), " (the runs' files are in ", dir, ")"));
+}
+
 absl::Status BenchServe(const BenchServeConfig& config) {
   if (config.requests < 1 || config.concurrency < 1 || config.baseline_requests < 1 ||
       config.overhead_requests < 1) {
@@ -651,6 +1035,22 @@ absl::Status BenchServe(const BenchServeConfig& config) {
     return absl::InvalidArgumentError("--kill-rank-after: measured over gRPC only (--api grpc)");
   }
   InstallShutdownHandlers();
+  if (config.train) {
+    if (!config.target.empty()) {
+      return absl::InvalidArgumentError(
+          "--train: measures serving that it starts itself, with and without the fine-tune; "
+          "not a running coordinator (--target)");
+    }
+    if (config.api != "grpc") return absl::InvalidArgumentError("--api: --train runs over gRPC");
+    if (config.kill_rank_after > absl::ZeroDuration()) {
+      return absl::InvalidArgumentError("--kill-rank-after: not with --train");
+    }
+    if (config.train_steps < 1) {
+      return absl::InvalidArgumentError("--train-steps: must be >= 1");
+    }
+    TESSERA_RETURN_IF_ERROR(CheckWorkerJobConfig(config.workers));
+    return BenchTrain(config);
+  }
   if (!config.target.empty()) {
     if (config.api != "grpc" && config.http_target.empty()) {
       return absl::InvalidArgumentError(
@@ -745,8 +1145,9 @@ int RunBenchServe(const std::vector<std::string>& args, int* /*argc*/, char*** /
                 "The serving stack over gRPC or HTTP (--api): --concurrency streaming clients "
                 "against the coordinator, then one at a time (the ratio of output tokens/s), "
                 "then the median time to first token the coordinator adds over asking a group "
-                "leader directly, and with --api both what HTTP adds over gRPC.\nStarts a "
-                "coordinator here and mpirun workers as `tessera serve` "
+                "leader directly, and with --api both what HTTP adds over gRPC; with --train, "
+                "what a fine-tune inside the serving job costs serving and what serving costs "
+                "it.\nStarts a coordinator here and mpirun workers as `tessera serve` "
                 "does, or measures --target (and --leader) instead.");
   flags.String("target", &config.target,
                "host:port of a running coordinator to measure (default: start our own)");
@@ -773,6 +1174,12 @@ int RunBenchServe(const std::vector<std::string>& args, int* /*argc*/, char*** /
                  "SIGKILL one rank of replica 0 this long into the concurrent run, and report "
                  "the failover: requests failed, the streams' extra wait, the restart time");
   flags.Int("kill-rank", &config.kill_rank, "with --kill-rank-after: which rank of the group");
+  flags.Bool("train", &config.train,
+             "instead of the one-at-a-time and overhead runs: the concurrent run served alone "
+             "and with a LoRA fine-tune inside the first group (--train-config, or a small one "
+             "written here), its inter-token latency and output tokens/s, and the fine-tune's "
+             "tokens/s there against the same fine-tune alone (tessera train)");
+  flags.Int("train-steps", &config.train_steps, "with --train: steps of the fine-tune alone");
   config.workers.engine.kv_cache_bytes = int64_t{256} << 20;
   AddWorkerJobFlags(flags, &config.workers);
   if (std::optional<int> done = ParseOrExit(flags, args)) return *done;

@@ -7,12 +7,15 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
@@ -51,10 +54,12 @@ struct ClientConfig {
   absl::Duration timeout = absl::Minutes(5);
   std::string adapter_name;     // adapters load, unload
   std::string adapter_dir;      // adapters load
+  std::string group;            // training start, stop: a group id ("g1"); empty: the default
+  std::string train_config;     // training start: the --train-config file to send
   std::string api_key_file;     // empty: TESSERA_API_KEY
   std::string join_token_file;  // empty: TESSERA_JOIN_TOKEN
   // What the calls carry as "authorization: Bearer": the API key, or for the operators'
-  // calls (adapters load, unload) the coordinator's join token.
+  // calls (adapters load, unload, training start, stop) the coordinator's join token.
   std::string bearer;
   serve::TlsFiles tls;
   std::shared_ptr<grpc::ChannelCredentials> credentials;  // made from `tls`
@@ -285,21 +290,13 @@ absl::Status UnloadAdapter(const ClientConfig& config) {
   return absl::OkStatus();
 }
 
-// `adapters list`: a table, a row per adapter and model version.
-absl::Status ListAdapters(const ClientConfig& config) {
-  auto stub = v1::Inference::NewStub(Connect(config));
-  v1::ListAdaptersRequest request;
-  request.set_model(config.model);
-  grpc::ClientContext context;
-  PrepareCall(context, config, std::min(config.timeout, absl::Seconds(30)));
-  v1::ListAdaptersResponse response;
-  TESSERA_RETURN_IF_ERROR(serve::FromGrpcStatus(stub->ListAdapters(&context, request, &response)));
-  std::vector<std::vector<std::string>> rows = {
-      {"MODEL", "VERSION", "NAME", "DIR", "GROUPS", "RESIDENT"}};
-  for (const v1::AdapterInfo& info : response.adapters()) {
-    // "-" for an empty version keeps every row's columns in place for scripts.
-    rows.push_back({info.model(), info.version().empty() ? "-" : info.version(), info.name(),
-                    info.dir(), absl::StrCat(info.groups()), absl::StrCat(info.resident())});
+// `rows` (the first the header) in columns two spaces apart. An empty cell prints as "-",
+// which keeps every row's columns in place for scripts that split lines on whitespace.
+void PrintTable(std::vector<std::vector<std::string>> rows) {
+  for (auto& row : rows) {
+    for (std::string& cell : row) {
+      if (cell.empty()) cell = "-";
+    }
   }
   std::vector<size_t> widths(rows.front().size(), 0);
   for (const auto& row : rows) {
@@ -316,6 +313,102 @@ absl::Status ListAdapters(const ClientConfig& config) {
     }
     std::printf("%s\n", line.c_str());
   }
+}
+
+// `adapters list`: a table, a row per adapter and model version.
+absl::Status ListAdapters(const ClientConfig& config) {
+  auto stub = v1::Inference::NewStub(Connect(config));
+  v1::ListAdaptersRequest request;
+  request.set_model(config.model);
+  grpc::ClientContext context;
+  PrepareCall(context, config, std::min(config.timeout, absl::Seconds(30)));
+  v1::ListAdaptersResponse response;
+  TESSERA_RETURN_IF_ERROR(serve::FromGrpcStatus(stub->ListAdapters(&context, request, &response)));
+  std::vector<std::vector<std::string>> rows = {
+      {"MODEL", "VERSION", "NAME", "DIR", "GROUPS", "RESIDENT"}};
+  for (const v1::AdapterInfo& info : response.adapters()) {
+    rows.push_back({info.model(), info.version(), info.name(), info.dir(),
+                    absl::StrCat(info.groups()), absl::StrCat(info.resident())});
+  }
+  PrintTable(std::move(rows));
+  return absl::OkStatus();
+}
+
+// `training start`: a LoRA fine-tune inside one of the model's serving groups, from a
+// --train-config file (launcher/serving_finetune.h) sent as it is.
+absl::Status StartTraining(const ClientConfig& config) {
+  if (config.model.empty()) return absl::InvalidArgumentError("--model: required");
+  if (config.train_config.empty()) {
+    return absl::InvalidArgumentError(
+        "--config: required (a JSON fine-tune configuration, as `tessera worker "
+        "--train-config` reads)");
+  }
+  std::ifstream file(config.train_config, std::ios::binary);
+  if (!file) {
+    return absl::NotFoundError(absl::StrCat("--config: cannot read ", config.train_config));
+  }
+  const std::string json((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  auto stub = v1::Inference::NewStub(Connect(config));
+  v1::StartTrainingRequest request;
+  request.set_model(config.model);
+  request.set_version(config.version);
+  request.set_group(config.group);
+  request.set_config_json(json);
+  grpc::ClientContext context;
+  PrepareCall(context, config, config.timeout);
+  v1::StartTrainingResponse response;
+  TESSERA_RETURN_IF_ERROR(serve::FromGrpcStatus(stub->StartTraining(&context, request, &response)));
+  std::printf(
+      "started the fine-tune of %s on group %s (`tessera client training status` "
+      "follows it)\n",
+      config.model.c_str(), response.group().c_str());
+  return absl::OkStatus();
+}
+
+// `training status`: a table, a row per group that has run a fine-tune, and why each failed
+// one did.
+absl::Status TrainingStatus(const ClientConfig& config) {
+  auto stub = v1::Inference::NewStub(Connect(config));
+  v1::TrainingStatusRequest request;
+  request.set_model(config.model);
+  grpc::ClientContext context;
+  PrepareCall(context, config, std::min(config.timeout, absl::Seconds(30)));
+  v1::TrainingStatusResponse response;
+  TESSERA_RETURN_IF_ERROR(
+      serve::FromGrpcStatus(stub->TrainingStatus(&context, request, &response)));
+  std::vector<std::vector<std::string>> rows = {
+      {"MODEL", "VERSION", "GROUP", "ADAPTER", "STATE", "STEP", "LOSS", "PUBLISHED", "TOKENS/S"}};
+  for (const v1::TrainingState& state : response.trainings()) {
+    // No loss before the first step, no published step before the first version.
+    rows.push_back({state.model(), state.version(), state.group(), state.adapter(), state.state(),
+                    absl::StrCat(state.steps_done(), "/", state.steps()),
+                    state.steps_done() > 0 ? absl::StrFormat("%.4g", state.loss()) : "",
+                    state.published_step() > 0 ? absl::StrCat(state.published_step()) : "",
+                    absl::StrFormat("%.1f", state.train_tokens_per_second())});
+  }
+  PrintTable(std::move(rows));
+  for (const v1::TrainingState& state : response.trainings()) {
+    if (!state.error().empty()) {
+      std::printf("group %s: %s\n", state.group().c_str(), state.error().c_str());
+    }
+  }
+  return absl::OkStatus();
+}
+
+// `training stop`: the fine-tune of the named group, or of every group of the model.
+absl::Status StopTraining(const ClientConfig& config) {
+  if (config.model.empty()) return absl::InvalidArgumentError("--model: required");
+  auto stub = v1::Inference::NewStub(Connect(config));
+  v1::StopTrainingRequest request;
+  request.set_model(config.model);
+  request.set_version(config.version);
+  request.set_group(config.group);
+  grpc::ClientContext context;
+  PrepareCall(context, config, config.timeout);
+  v1::StopTrainingResponse response;
+  TESSERA_RETURN_IF_ERROR(serve::FromGrpcStatus(stub->StopTraining(&context, request, &response)));
+  std::printf("stopped the fine-tune of %s on groups %s\n", config.model.c_str(),
+              absl::StrJoin(response.groups(), ", ").c_str());
   return absl::OkStatus();
 }
 
@@ -347,6 +440,15 @@ void AddAdapterNameFlags(FlagSet& flags, ClientConfig& config) {
   flags.String("model", &config.model, "the model whose groups get it (required)");
   flags.String("version", &config.version, "only this version of the model (default: every one)");
   flags.String("name", &config.adapter_name, "the adapter's name, as requests give it (required)");
+}
+
+// The model, version and group flags of training start and stop.
+void AddTrainingGroupFlags(FlagSet& flags, ClientConfig& config) {
+  flags.String("model", &config.model, "the model whose group trains (required)");
+  flags.String("version", &config.version, "only this version's groups (default: any)");
+  flags.String("group", &config.group,
+               "a group id, as `training status` and the coordinator's log show it (default: "
+               "start on the model's first group; stop on every group of the model)");
 }
 
 // One action of `tessera client`: the words that name it, what its --help says, the flags it
@@ -414,6 +516,29 @@ constexpr Action kActions[] = {
      "Unloads an adapter from the model's groups: requests running on it finish, later ones "
      "naming it are refused. Prints the groups that held it.",
      Credential::kJoinToken, AddAdapterNameFlags, UnloadAdapter},
+    {"training start",
+     "Starts a LoRA fine-tune inside one of the model's serving groups, between its serving "
+     "steps, from a --train-config file (its paths are the workers' hosts'); the adapter is "
+     "served under its name as it learns. Prints the group.",
+     Credential::kJoinToken,
+     [](FlagSet& flags, ClientConfig& config) {
+       AddTrainingGroupFlags(flags, config);
+       flags.String("config", &config.train_config,
+                    "the fine-tune's JSON configuration file, sent as it is (required)");
+     },
+     StartTraining},
+    {"training status",
+     "The fine-tunes of the coordinator's groups: model, version, group, adapter, state, steps "
+     "done, last loss, the step of the version served and training tokens/s.",
+     Credential::kApiKey,
+     [](FlagSet& flags, ClientConfig& config) {
+       flags.String("model", &config.model, "only this model's (default: every model's)");
+     },
+     TrainingStatus},
+    {"training stop",
+     "Stops the fine-tune of a group, or of every group of the model; the versions it "
+     "published stay served. Prints the groups whose fine-tune stopped.",
+     Credential::kJoinToken, AddTrainingGroupFlags, StopTraining},
 };
 
 // The action `args` begin with, and the number of words that named it; null when none does.

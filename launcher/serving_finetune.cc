@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -39,7 +40,14 @@ absl::Status Read(const nlohmann::json& object, const char* key, const std::stri
 absl::StatusOr<ServingFineTuneConfig> ReadServingFineTuneConfig(const std::string& path) {
   std::ifstream file(path);
   if (!file) return absl::NotFoundError(absl::StrCat("--train-config: cannot read ", path));
-  nlohmann::json object = nlohmann::json::parse(file, nullptr, /*allow_exceptions=*/false);
+  std::stringstream text;
+  text << file.rdbuf();
+  return ParseServingFineTuneConfig(text.str(), path);
+}
+
+absl::StatusOr<ServingFineTuneConfig> ParseServingFineTuneConfig(const std::string& text,
+                                                                 const std::string& path) {
+  nlohmann::json object = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (!object.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
   }
@@ -92,7 +100,21 @@ ServingFineTune::ServingFineTune(ServingFineTuneConfig config, ModelJob& job,
                                  std::unique_ptr<train::TrainableModel> model,
                                  train::RowStream data)
     : config_(std::move(config)), job_(job), model_(std::move(model)), data_(std::move(data)) {
-  progress_.steps = config_.steps;
+  Update([&](FineTuneProgress& progress) {
+    progress.adapter = config_.adapter;
+    progress.steps = config_.steps;
+  });
+}
+
+void ServingFineTune::Update(const std::function<void(FineTuneProgress&)>& change) {
+  absl::MutexLock lock(&board_->mutex);
+  change(board_->progress);
+}
+
+void ServingFineTune::Stop() {
+  Update([](FineTuneProgress& progress) {
+    if (progress.state == "running") progress.state = "stopped";
+  });
 }
 
 absl::StatusOr<std::unique_ptr<ServingFineTune>> ServingFineTune::Create(
@@ -144,13 +166,8 @@ absl::StatusOr<std::unique_ptr<ServingFineTune>> ServingFineTune::Create(
 }
 
 bool ServingFineTune::finished() const {
-  absl::MutexLock lock(&mutex_);
-  return !progress_.error.ok() || progress_.steps_done >= progress_.steps;
-}
-
-FineTuneProgress ServingFineTune::progress() const {
-  absl::MutexLock lock(&mutex_);
-  return progress_;
+  absl::MutexLock lock(&board_->mutex);
+  return board_->progress.state != "running";
 }
 
 absl::Status ServingFineTune::RunUnit() {
@@ -159,19 +176,22 @@ absl::Status ServingFineTune::RunUnit() {
     serve::LogEvent(kComponent, {{"event", "fine-tune failed"},
                                  {"adapter", config_.adapter},
                                  {"error", std::string(stepped.message())}});
-    absl::MutexLock lock(&mutex_);
-    progress_.error = stepped;
+    Update([&](FineTuneProgress& progress) {
+      progress.state = "failed";
+      progress.error = std::string(stepped.message());
+    });
   }
   return stepped;
 }
 
 absl::Status ServingFineTune::Step() {
   TESSERA_ASSIGN_OR_RETURN(train::StepReport report, trainer_->Step());
-  {
-    absl::MutexLock lock(&mutex_);
-    progress_.steps_done = report.step;
-    progress_.loss = report.loss;
-  }
+  Update([&](FineTuneProgress& progress) {
+    progress.steps_done = report.step;
+    progress.loss = report.loss;
+    progress.tokens += report.tokens;
+    progress.step_seconds += report.seconds;
+  });
   if (job_.layout->tp_rank() == 0) {
     serve::LogEvent(kComponent, {{"event", "step"},
                                  {"adapter", config_.adapter},
@@ -183,6 +203,11 @@ absl::Status ServingFineTune::Step() {
   if (last || (config_.publish_every > 0 && report.step % config_.publish_every == 0)) {
     TESSERA_RETURN_IF_ERROR(Publish(report.step));
   }
+  if (last) {
+    Update([](FineTuneProgress& progress) {
+      if (progress.state == "running") progress.state = "finished";
+    });
+  }
   return absl::OkStatus();
 }
 
@@ -191,19 +216,84 @@ absl::Status ServingFineTune::Publish(int64_t step) {
   // Collective: TP rank 0 writes the whole adapter before its step loop goes on, so the plan
   // that loads it reaches every rank after it is complete.
   TESSERA_RETURN_IF_ERROR(train::ExportPeftAdapter(*model_, job_.model_dir, dir));
-  if (engine_ == nullptr) return absl::OkStatus();  // not the leader
+  if (!publish_) return absl::OkStatus();  // not the leader
   // Served from the next step on; this runs on the engine's loop, which cannot wait for it.
-  engine_->LoadAdapterAsync({config_.adapter, dir}, [this, step, dir](absl::Status loaded) {
-    serve::LogEvent(kComponent, {{"event", loaded.ok() ? "published" : "publish failed"},
-                                 {"adapter", config_.adapter},
-                                 {"step", absl::StrCat(step)},
-                                 {"dir", dir},
-                                 {"error", std::string(loaded.message())}});
-    if (!loaded.ok()) return;
+  // The answer may come after the engine dropped this fine-tune: it goes to the board.
+  publish_({config_.adapter, dir},
+           [board = board_, adapter = config_.adapter, step, dir](absl::Status loaded) {
+             serve::LogEvent(kComponent, {{"event", loaded.ok() ? "published" : "publish failed"},
+                                          {"adapter", adapter},
+                                          {"step", absl::StrCat(step)},
+                                          {"dir", dir},
+                                          {"error", std::string(loaded.message())}});
+             if (!loaded.ok()) return;
+             absl::MutexLock lock(&board->mutex);
+             board->progress.published_step = step;
+             board->progress.published_dir = dir;
+           });
+  return absl::OkStatus();
+}
+
+engine::InterleavedWorkFactory FineTuneControl::Factory() {
+  return
+      [this](const std::string& spec) -> absl::StatusOr<std::shared_ptr<engine::InterleavedWork>> {
+        TESSERA_ASSIGN_OR_RETURN(ServingFineTuneConfig config,
+                                 ParseServingFineTuneConfig(spec, "the fine-tune's configuration"));
+        TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<ServingFineTune> made,
+                                 ServingFineTune::Create(config, job_, quantize_));
+        std::shared_ptr<ServingFineTune> tune = std::move(made);
+        if (job_.layout->tp_rank() == 0) {
+          tune->set_publisher(
+              [this](engine::AdapterSpec adapter, std::function<void(absl::Status)> done) {
+                engine_->LoadAdapterAsync(std::move(adapter), std::move(done));
+              });
+        }
+        absl::MutexLock lock(&mutex_);
+        board_ = tune->board();
+        running_ = tune;
+        return std::shared_ptr<engine::InterleavedWork>(tune);
+      };
+}
+
+absl::Status FineTuneControl::Start(const std::string& config_json) {
+  // Refused here before every rank parses it.
+  TESSERA_RETURN_IF_ERROR(ParseServingFineTuneConfig(config_json, "config_json").status());
+  if (engine_ == nullptr) return absl::FailedPreconditionError("the group is not serving yet");
+  return engine_->StartInterleaved(config_json);
+}
+
+std::optional<v1::TrainingState> FineTuneControl::State() const {
+  std::shared_ptr<FineTuneBoard> board;
+  {
     absl::MutexLock lock(&mutex_);
-    progress_.published_step = step;
-    progress_.published_dir = dir;
-  });
+    board = board_;
+  }
+  if (board == nullptr) return std::nullopt;
+  absl::MutexLock lock(&board->mutex);
+  const FineTuneProgress& p = board->progress;
+  v1::TrainingState state;
+  state.set_adapter(p.adapter);
+  state.set_state(p.state);
+  state.set_steps_done(p.steps_done);
+  state.set_steps(p.steps);
+  state.set_loss(p.loss);
+  state.set_published_step(p.published_step);
+  state.set_published_dir(p.published_dir);
+  state.set_error(p.error);
+  state.set_train_tokens_per_second(p.step_seconds > 0 ? p.tokens / p.step_seconds : 0);
+  return state;
+}
+
+absl::Status FineTuneControl::Stop() {
+  std::shared_ptr<ServingFineTune> running;
+  {
+    absl::MutexLock lock(&mutex_);
+    running = running_.lock();
+  }
+  if (running == nullptr || running->finished()) {
+    return absl::NotFoundError("no fine-tune is running in this group");
+  }
+  running->Stop();
   return absl::OkStatus();
 }
 

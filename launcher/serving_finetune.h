@@ -1,11 +1,12 @@
 #ifndef TESSERA_LAUNCHER_SERVING_FINETUNE_H_
 #define TESSERA_LAUNCHER_SERVING_FINETUNE_H_
 
-// A LoRA fine-tune inside a serving group (`tessera worker --train-config FILE`): the
-// group's ranks, on its tensor-parallel communicator, run the trainer's optimizer steps
-// between their serving steps (the engine interleaves them: engine/interleaved_work.h), and
-// every `publish_every` steps the adapter is exported and served under its name as a new
-// version (requests already running finish on the version they started with).
+// A LoRA fine-tune inside a serving group (`tessera worker --train-config FILE`, or the
+// coordinator's StartTraining): the group's ranks, on its tensor-parallel communicator, run
+// the trainer's optimizer steps between their serving steps (the engine interleaves them:
+// engine/interleaved_work.h), and every `publish_every` steps the adapter is exported and
+// served under its name as a new version (requests already running finish on the version
+// they started with).
 //
 // The trainer holds its own f32 copy of the frozen base (TrainableModel), beside the serving
 // model's shards: memory for the base twice.
@@ -19,6 +20,7 @@
 // the rest default as `tessera train`'s flags do (publish_every 0: at the end only). Published
 // versions are OUTPUT/step-N, PEFT adapter directories.
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -30,6 +32,7 @@
 #include "launcher/model_job.h"
 #include "runtime/engine/engine.h"
 #include "runtime/engine/interleaved_work.h"
+#include "runtime/serve/training_control.h"
 #include "runtime/train/batches.h"
 #include "runtime/train/trainable_model.h"
 #include "runtime/train/trainer.h"
@@ -54,18 +57,31 @@ struct ServingFineTuneConfig {
   int seed = 1;
 };
 
-// The file at `path`; INVALID_ARGUMENT naming the file and the key for an unknown key, a
-// value of the wrong type or out of range, or a required key missing.
+// The JSON `text`; INVALID_ARGUMENT naming `where` (the file, or the call's field) and the key
+// for text that is not a JSON object, an unknown key, a value of the wrong type or out of
+// range, or a required key missing.
+absl::StatusOr<ServingFineTuneConfig> ParseServingFineTuneConfig(const std::string& text,
+                                                                 const std::string& where);
+// The file at `path`, as ParseServingFineTuneConfig; NOT_FOUND when it cannot be read.
 absl::StatusOr<ServingFineTuneConfig> ReadServingFineTuneConfig(const std::string& path);
 
 // Where a fine-tune stands, for logs and status calls.
 struct FineTuneProgress {
+  std::string adapter;
+  std::string state = "running";  // "running", "finished", "failed" or "stopped"
   int64_t steps_done = 0;
   int64_t steps = 0;
   double loss = 0;             // of the last step
   int64_t published_step = 0;  // the step of the version served now; 0: none yet
   std::string published_dir;
-  absl::Status error;  // what ended it early
+  std::string error;        // what ended it early
+  int64_t tokens = 0;       // through its steps so far
+  double step_seconds = 0;  // ... and their time
+};
+// Shared by the fine-tune, which writes it, and whoever asks; outlives the fine-tune.
+struct FineTuneBoard {
+  mutable absl::Mutex mutex;
+  FineTuneProgress progress ABSL_GUARDED_BY(mutex);
 };
 
 class ServingFineTune final : public engine::InterleavedWork {
@@ -76,16 +92,21 @@ class ServingFineTune final : public engine::InterleavedWork {
       const ServingFineTuneConfig& config, ModelJob& job,
       const std::optional<model::WeightQuantization>& quantize);
 
-  // The leader's engine, where versions are published; before the engine runs.
-  void set_engine(engine::Engine* engine) { engine_ = engine; }
+  // How the leader serves a version (Engine::LoadAdapterAsync); unset on the other ranks.
+  using Publisher =
+      std::function<void(engine::AdapterSpec adapter, std::function<void(absl::Status)> done)>;
+  void set_publisher(Publisher publisher) { publish_ = std::move(publisher); }
+  // Stops after the current step: finished() from then on, state "stopped".
+  void Stop();
+  const std::shared_ptr<FineTuneBoard>& board() const { return board_; }
 
   absl::Status RunUnit() override;
   bool finished() const override;
-  FineTuneProgress progress() const;
 
  private:
   ServingFineTune(ServingFineTuneConfig config, ModelJob& job,
                   std::unique_ptr<train::TrainableModel> model, train::RowStream data);
+  void Update(const std::function<void(FineTuneProgress&)>& change);
   absl::Status Step();
   // Exports the adapter as it stands and has the engine serve it (the leader).
   absl::Status Publish(int64_t step);
@@ -95,10 +116,34 @@ class ServingFineTune final : public engine::InterleavedWork {
   std::unique_ptr<train::TrainableModel> model_;
   train::RowStream data_;
   std::optional<train::Trainer> trainer_;
-  engine::Engine* engine_ = nullptr;
+  Publisher publish_;
+  const std::shared_ptr<FineTuneBoard> board_ = std::make_shared<FineTuneBoard>();
+};
 
+// A worker group's fine-tunes: the engine's factory of them (every rank) and the Worker
+// service's handle (the leader). One runs at a time.
+class FineTuneControl final : public serve::TrainingControl {
+ public:
+  FineTuneControl(ModelJob& job, std::optional<model::WeightQuantization> quantize)
+      : job_(job), quantize_(std::move(quantize)) {}
+
+  // Makes a fine-tune from a JSON configuration on this rank (EngineOptions).
+  engine::InterleavedWorkFactory Factory();
+  // The leader's engine, once made (a fine-tune may be made with it, before this); before
+  // it runs.
+  void set_engine(engine::Engine* engine) { engine_ = engine; }
+
+  absl::Status Start(const std::string& config_json) override;
+  std::optional<v1::TrainingState> State() const override;
+  absl::Status Stop() override;
+
+ private:
+  ModelJob& job_;
+  const std::optional<model::WeightQuantization> quantize_;
+  engine::Engine* engine_ = nullptr;
   mutable absl::Mutex mutex_;
-  FineTuneProgress progress_ ABSL_GUARDED_BY(mutex_);
+  std::shared_ptr<FineTuneBoard> board_ ABSL_GUARDED_BY(mutex_);  // the last one's
+  std::weak_ptr<ServingFineTune> running_ ABSL_GUARDED_BY(mutex_);
 };
 
 }  // namespace tessera::launcher

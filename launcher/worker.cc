@@ -152,34 +152,31 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
 
   engine::EngineOptions engine_options = config.engine;
   TESSERA_ASSIGN_OR_RETURN(engine_options.adapters, ParseAdapterList(config.adapters));
-  std::optional<ServingFineTuneConfig> finetune_config;
+  std::string train_config_json;
   if (!config.train_config.empty()) {
-    TESSERA_ASSIGN_OR_RETURN(finetune_config, ReadServingFineTuneConfig(config.train_config));
-    if (!(config.train_share > 0 && config.train_share <= 1)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--train-share: must be in (0, 1], not ", config.train_share));
-    }
+    TESSERA_RETURN_IF_ERROR(ReadServingFineTuneConfig(config.train_config).status());
+    TESSERA_ASSIGN_OR_RETURN(train_config_json, model::ReadTextFile(config.train_config));
+  }
+  if (!(config.train_share > 0 && config.train_share <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--train-share: must be in (0, 1], not ", config.train_share));
   }
   TESSERA_ASSIGN_OR_RETURN(std::optional<model::WeightQuantization> quantize,
                            ParseQuantizeFlags(config.job.quantize));
   TESSERA_ASSIGN_OR_RETURN(ModelJob job, StartModelJob(config.job, argc, argv));
   comm::Layout& layout = *job.layout;
   const bool leader = layout.tp_rank() == 0;
-  std::unique_ptr<ServingFineTune> finetune;
-  if (finetune_config.has_value()) {
-    absl::StatusOr<std::unique_ptr<ServingFineTune>> created =
-        ServingFineTune::Create(*finetune_config, job, quantize);
-    TESSERA_RETURN_IF_ERROR(
-        comm::AgreeOnStatus(layout.tp(), created.status(), "to start the fine-tune"));
-    finetune = *std::move(created);
-    engine_options.interleaved = finetune.get();
-    engine_options.interleaved_share = config.train_share;
-  }
+  // Fine-tunes inside the group: --train-config's from the start, the coordinator's later.
+  FineTuneControl training(job, quantize);
+  engine_options.interleaved_factory = training.Factory();
+  engine_options.interleaved_spec = train_config_json;
+  engine_options.interleaved_share = config.train_share;
   TESSERA_ASSIGN_OR_RETURN(
       std::unique_ptr<engine::Engine> engine,
       engine::Engine::Create(*job.model, layout.tp(), leader ? job.tokenizer.get() : nullptr,
                              EngineOptionsFor(job, engine_options)));
-  if (finetune != nullptr && leader) finetune->set_engine(engine.get());
+  // The leader's fine-tunes publish their adapters into its engine (from its first step).
+  if (leader) training.set_engine(engine.get());
   TESSERA_ASSIGN_OR_RETURN(double allreduce_seconds,
                            MeasureAllReduceLatency(layout.tp(), job.model->config().hidden_size));
   // Every rank: its all-reduce latencies on a Prometheus endpoint of its own.
@@ -226,6 +223,7 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
   }
   serve::WorkerService service(*engine, encoder, model_name, config.version);
   service.set_request_limits(config.request_limits);
+  service.set_training(&training);
   service.set_request_observer(
       [&request_metrics](const serve::RequestRecord& record) { request_metrics.Record(record); });
   serve::GrpcServerOptions grpc_options;

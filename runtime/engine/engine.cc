@@ -10,6 +10,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "comm/agreement.h"
 #include "kernels/cpu/sampling.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/core/stream.h"
@@ -134,6 +135,7 @@ class Engine::Loop {
 
   absl::Status RunLeader();
   absl::Status RunFollower();
+  void set_work(std::shared_ptr<InterleavedWork> work) { work_ = std::move(work); }
   int64_t cache_bytes() const { return cache_.bytes(); }
 
  private:
@@ -157,6 +159,14 @@ class Engine::Loop {
   bool InterleavedUnitDue(bool serving) const;
   // Every rank, after a plan's serving work.
   void RunInterleavedUnit();
+  // Leader, before the plan goes out: drops a finished work, and starts the next one asked
+  // for (or refuses it while one runs).
+  void PlanInterleaved(StepPlan& plan);
+  // Every rank, after the broadcast: the plan's drop and start.
+  void ApplyInterleaved(const StepPlan& plan);
+  bool interleaved_done() const {
+    return work_ != nullptr && (interleaved_failed_ || work_->finished());
+  }
   void ProcessToken(Live& live, const SampledToken& sampled);
   // Takes one generated token into `live`'s count and text; the reason it ends the request,
   // or kNone. When the request goes on, the text that can no longer turn into a stop string
@@ -176,9 +186,12 @@ class Engine::Loop {
   Scheduler scheduler_;
   StepExecutor executor_;
   absl::flat_hash_map<uint64_t, std::unique_ptr<Live>> live_;
-  std::vector<uint64_t> parked_;     // live, waiting for their adapter to be loaded
-  std::vector<PendingLoad> loads_;   // LoadAdapter calls for the next plan
-  bool interleaved_failed_ = false;  // a unit failed: no more are scheduled
+  std::vector<uint64_t> parked_;           // live, waiting for their adapter to be loaded
+  std::vector<PendingLoad> loads_;         // LoadAdapter calls for the next plan
+  std::shared_ptr<InterleavedWork> work_;  // every rank's part of the interleaved work
+  bool interleaved_failed_ = false;        // a unit failed: no more are scheduled
+  bool unit_while_serving_ = false;        // the leader's next unit runs beside requests
+  std::vector<PendingStart> starts_;       // StartInterleaved calls taken from the engine
   std::deque<std::pair<absl::Time, int64_t>> recent_outputs_;
   absl::Time hashes_published_ = absl::InfinitePast();
 };
@@ -192,6 +205,8 @@ void Engine::Loop::TakeInbox(bool* shutdown, bool* stop_when_idle) {
     cancels.swap(engine_.cancels_);
     for (PendingLoad& load : engine_.adapter_loads_) loads_.push_back(std::move(load));
     engine_.adapter_loads_.clear();
+    for (PendingStart& start : engine_.interleaved_starts_) starts_.push_back(std::move(start));
+    engine_.interleaved_starts_.clear();
     engine_.adapters_removed_ = false;
     *shutdown = engine_.shutdown_;
     *stop_when_idle = engine_.stop_when_idle_;
@@ -315,16 +330,24 @@ void Engine::Loop::EndAll(FinishReason reason, const absl::Status& status) {
   for (uint64_t id : ids) End(id, reason, status);
   for (PendingLoad& load : loads_) load.done(status);
   loads_.clear();
+  for (PendingStart& start : starts_) start.done(status);
+  starts_.clear();
   std::vector<PendingLoad> unanswered;
+  std::vector<PendingStart> unstarted;
   absl::Cleanup answer = [&] {  // outside the lock: a callback may call the engine
     for (PendingLoad& load : unanswered) {
       load.done(absl::UnavailableError(absl::StrCat("the engine stopped before loading adapter \"",
                                                     load.adapter.name, "\": ", status.message())));
     }
+    for (PendingStart& start : unstarted) {
+      start.done(absl::UnavailableError(
+          absl::StrCat("the engine stopped before starting the work: ", status.message())));
+    }
   };
   absl::MutexLock lock(&engine_.mutex_);
   engine_.stopped_ = true;
   unanswered.swap(engine_.adapter_loads_);
+  unstarted.swap(engine_.interleaved_starts_);
   for (std::unique_ptr<Live>& live : engine_.inbox_) {
     TokenEvent event;
     event.final = true;
@@ -452,10 +475,12 @@ absl::Status Engine::Loop::Step(StepPlan& plan) {
   absl::Time start = absl::Now();
   size_t fresh_count = 0;
   const AdapterCatalog::Changes adapter_changes = PlanAdapters(plan, &fresh_count);
+  PlanInterleaved(plan);
   TESSERA_RETURN_IF_ERROR(BroadcastPlan(engine_.tp_, plan));
   std::vector<absl::StatusOr<int>> loaded;
   TESSERA_RETURN_IF_ERROR(engine_.slots_->Apply(plan, &loaded));
   if (!adapter_changes.empty()) AdaptersApplied(adapter_changes, loaded, fresh_count);
+  ApplyInterleaved(plan);
   TESSERA_ASSIGN_OR_RETURN(std::vector<SampledToken> sampled, executor_.Execute(plan));
   scheduler_.Completed(plan, sampled);
   int64_t prompt_tokens = 0;  // rows of this step inside their sequence's prompt
@@ -482,8 +507,7 @@ absl::Status Engine::Loop::Step(StepPlan& plan) {
 }
 
 bool Engine::Loop::InterleavedUnitDue(bool serving) const {
-  InterleavedWork* work = engine_.options_.interleaved;
-  if (work == nullptr || interleaved_failed_ || work->finished()) return false;
+  if (work_ == nullptr || interleaved_done()) return false;
   if (!serving) return true;
   return engine_.interleaved_seconds_ <=
          engine_.options_.interleaved_share *
@@ -491,15 +515,54 @@ bool Engine::Loop::InterleavedUnitDue(bool serving) const {
 }
 
 void Engine::Loop::RunInterleavedUnit() {
+  if (work_ == nullptr) return;
   const absl::Time start = absl::Now();
-  // Its error is the work's to keep and report; every rank stops scheduling it (the leader
-  // decides), and the serving goes on.
-  if (!engine_.options_.interleaved->RunUnit().ok()) interleaved_failed_ = true;
+  // Its error is the work's to keep and report; the leader schedules no more units and drops
+  // it, and the serving goes on.
+  if (!work_->RunUnit().ok()) interleaved_failed_ = true;
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
-  engine_.interleaved_seconds_ += seconds;
+  // Only units beside requests count against the share: work done while the group was idle
+  // must not hold the next units back once requests come.
+  if (unit_while_serving_) engine_.interleaved_seconds_ += seconds;
   absl::MutexLock lock(&engine_.mutex_);
   ++engine_.stats_.interleaved_units;
   engine_.stats_.interleaved_seconds += seconds;
+}
+
+void Engine::Loop::PlanInterleaved(StepPlan& plan) {
+  if (interleaved_done()) plan.set_drop_interleaved(true);
+  if (starts_.empty()) return;
+  absl::Status refused;
+  if (!engine_.options_.interleaved_factory) {
+    refused = absl::FailedPreconditionError("this engine was made without interleaved work");
+  } else if (work_ != nullptr && !plan.drop_interleaved()) {
+    refused = absl::FailedPreconditionError(
+        "interleaved work (a fine-tune) is running in this group; stop it or wait for it");
+  }
+  if (!refused.ok()) {
+    for (PendingStart& start : starts_) start.done(refused);
+    starts_.clear();
+    return;
+  }
+  plan.set_start_interleaved(starts_.front().spec);
+}
+
+void Engine::Loop::ApplyInterleaved(const StepPlan& plan) {
+  if (plan.drop_interleaved()) {
+    work_.reset();
+    interleaved_failed_ = false;
+  }
+  if (plan.start_interleaved().empty()) return;
+  absl::StatusOr<std::shared_ptr<InterleavedWork>> made =
+      engine_.options_.interleaved_factory
+          ? engine_.options_.interleaved_factory(plan.start_interleaved())
+          : absl::FailedPreconditionError("this engine was made without interleaved work");
+  absl::Status agreed = comm::AgreeOnStatus(engine_.tp_, made.status(), "to start the work");
+  if (agreed.ok()) work_ = *std::move(made);
+  if (!starts_.empty()) {  // the leader answers its caller
+    starts_.front().done(agreed);
+    starts_.erase(starts_.begin());
+  }
 }
 
 absl::Status Engine::Loop::SendShutdown() {
@@ -516,14 +579,15 @@ absl::Status Engine::Loop::RunLeader() {
       return SendShutdown();
     }
     StartParked();
-    const bool serving =
-        scheduler_.has_work() || scheduler_.has_pending_removals() || has_adapter_work();
+    const bool serving = scheduler_.has_work() || scheduler_.has_pending_removals() ||
+                         has_adapter_work() || !starts_.empty() || interleaved_done();
     const bool unit_due = InterleavedUnitDue(serving);
     if (!serving && !unit_due) {
       PublishStats(0, nullptr, 0);
       if (stop_when_idle) {
         absl::MutexLock lock(&engine_.mutex_);
-        if (engine_.inbox_.empty() && engine_.adapter_loads_.empty()) {
+        if (engine_.inbox_.empty() && engine_.adapter_loads_.empty() &&
+            engine_.interleaved_starts_.empty()) {
           engine_.stopped_ = true;
           break;
         }
@@ -534,7 +598,8 @@ absl::Status Engine::Loop::RunLeader() {
         absl::MutexLock lock(&engine_.mutex_);
         auto has_news = [](Engine* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e->mutex_) {
           return !e->inbox_.empty() || !e->cancels_.empty() || !e->adapter_loads_.empty() ||
-                 e->adapters_removed_ || e->shutdown_ || e->stop_when_idle_;
+                 !e->interleaved_starts_.empty() || e->adapters_removed_ || e->shutdown_ ||
+                 e->stop_when_idle_;
         };
         woken = engine_.mutex_.AwaitWithTimeout(absl::Condition(+has_news, &engine_),
                                                 engine_.options_.idle_interval);
@@ -552,6 +617,7 @@ absl::Status Engine::Loop::RunLeader() {
     }
     StepPlan plan = scheduler_.NextPlan();
     plan.set_interleaved_unit(unit_due);
+    unit_while_serving_ = serving;
     absl::Status status = Step(plan);
     if (!status.ok()) {
       EndAll(FinishReason::kError, status);
@@ -568,6 +634,7 @@ absl::Status Engine::Loop::RunFollower() {
     if (plan.shutdown()) return absl::OkStatus();
     std::vector<absl::StatusOr<int>> loaded;  // the leader answers for them
     TESSERA_RETURN_IF_ERROR(engine_.slots_->Apply(plan, &loaded));
+    ApplyInterleaved(plan);
     TESSERA_RETURN_IF_ERROR(executor_.Execute(plan).status());
     if (plan.interleaved_unit()) RunInterleavedUnit();
   }
@@ -583,7 +650,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(model::Transformer& model
         "engine options: block_size (", options.block_size, "), max_running (", options.max_running,
         ") and max_step_tokens (", options.max_step_tokens, ") must be at least 1"));
   }
-  if (options.interleaved != nullptr &&
+  if (options.interleaved_factory &&
       !(options.interleaved_share > 0 && options.interleaved_share <= 1)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "engine options: interleaved_share must be in (0, 1], not ", options.interleaved_share));
@@ -625,8 +692,21 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(model::Transformer& model
   }
   TESSERA_ASSIGN_OR_RETURN(model::KvCache cache,
                            model.AllocateKvCache(static_cast<int>(blocks), options.block_size));
-  return std::unique_ptr<Engine>(
+  std::shared_ptr<InterleavedWork> work;
+  if (!options.interleaved_spec.empty()) {
+    if (!options.interleaved_factory) {
+      return absl::InvalidArgumentError(
+          "engine options: interleaved_spec without an interleaved_factory");
+    }
+    absl::StatusOr<std::shared_ptr<InterleavedWork>> made =
+        options.interleaved_factory(options.interleaved_spec);
+    TESSERA_RETURN_IF_ERROR(comm::AgreeOnStatus(tp, made.status(), "to start the work"));
+    work = *std::move(made);
+  }
+  auto engine = std::unique_ptr<Engine>(
       new Engine(model, tp, tokenizer, options, std::move(cache), std::move(slots), adapter_slots));
+  engine->loop_->set_work(std::move(work));
+  return engine;
 }
 
 Engine::Engine(model::Transformer& model, comm::Communicator& tp,
@@ -688,6 +768,29 @@ void Engine::LoadAdapterAsync(AdapterSpec adapter, std::function<void(absl::Stat
     }
   }
   done(absl::UnavailableError("the engine has stopped and loads no more adapters"));
+}
+
+absl::Status Engine::StartInterleaved(const std::string& spec) {
+  if (!is_leader()) {
+    return absl::FailedPreconditionError("StartInterleaved: only the group leader (TP rank 0)");
+  }
+  if (!options_.interleaved_factory) {
+    return absl::FailedPreconditionError("this engine was made without interleaved work");
+  }
+  absl::Notification done;
+  absl::Status outcome;
+  {
+    absl::MutexLock lock(&mutex_);
+    if (stopped_ || shutdown_) {
+      return absl::UnavailableError("the engine has stopped and starts no more work");
+    }
+    interleaved_starts_.push_back({spec, [&](absl::Status status) {
+                                     outcome = std::move(status);
+                                     done.Notify();
+                                   }});
+  }
+  done.WaitForNotification();
+  return outcome;
 }
 
 absl::Status Engine::UnloadAdapter(const std::string& name) {

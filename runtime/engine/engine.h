@@ -58,11 +58,14 @@ struct EngineOptions {
   // that no request is running on is unloaded, and loaded again from its directory when a
   // request names it (the request waits for that step).
   int max_adapters = 0;
-  // Work every rank runs between serving steps (interleaved_work.h); not owned, outlives the
-  // engine; null on every rank, or not null on every rank. Its units take about
+  // Makes work every rank runs between serving steps (interleaved_work.h) from a spec, on
+  // every rank (collective over the group: the ranks agree that all made it). Set on every
+  // rank or on none. `interleaved_spec`, when not empty, starts one with the engine; more
+  // start with StartInterleaved once one has finished. Its units take about
   // `interleaved_share` of the group's busy time while requests are served, and run back to
-  // back while none are.
-  InterleavedWork* interleaved = nullptr;
+  // back while none are; a finished work is dropped on every rank.
+  InterleavedWorkFactory interleaved_factory;
+  std::string interleaved_spec;
   double interleaved_share = 0.25;
 };
 
@@ -127,6 +130,11 @@ class Engine {
   // thread (or on this one, when the engine has stopped). For the loop's own thread (an
   // interleaved fine-tune publishing its adapter), where LoadAdapter would wait forever.
   void LoadAdapterAsync(AdapterSpec adapter, std::function<void(absl::Status)> done);
+
+  // Leader only, while Run() loops. Starts interleaved work made from `spec` on every rank
+  // and returns once all made it, or with the error the failing rank's factory gave (every
+  // rank fails alike). FAILED_PRECONDITION while a work is running or without a factory.
+  absl::Status StartInterleaved(const std::string& spec);
   // Leader only. Requests naming `name` are refused from now on; running ones finish, and
   // the adapter is unloaded after them. NOT_FOUND naming the served ones for an unknown name.
   absl::Status UnloadAdapter(const std::string& name);
@@ -164,6 +172,11 @@ class Engine {
   struct Live;
   class Loop;
 
+  // A StartInterleaved call waiting for the step loop.
+  struct PendingStart {
+    std::string spec;
+    std::function<void(absl::Status)> done;
+  };
   // A LoadAdapter call waiting for the step loop.
   struct PendingLoad {
     AdapterSpec adapter;
@@ -196,6 +209,7 @@ class Engine {
   std::vector<std::unique_ptr<Live>> inbox_ ABSL_GUARDED_BY(mutex_);
   std::vector<uint64_t> cancels_ ABSL_GUARDED_BY(mutex_);
   std::vector<PendingLoad> adapter_loads_ ABSL_GUARDED_BY(mutex_);
+  std::vector<PendingStart> interleaved_starts_ ABSL_GUARDED_BY(mutex_);
   bool adapters_removed_ ABSL_GUARDED_BY(mutex_) = false;  // wakes the loop to unload
   int waiting_in_scheduler_ ABSL_GUARDED_BY(mutex_) = 0;   // as of the last step
   uint64_t next_id_ ABSL_GUARDED_BY(mutex_) = 1;

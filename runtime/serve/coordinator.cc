@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <functional>
+#include <memory>
 #include <random>
 #include <system_error>
 #include <utility>
@@ -264,6 +265,33 @@ class Coordinator::InferenceImpl final : public v1::Inference::Service {
       info->set_resident(adapter.resident);
     }
     return grpc::Status::OK;
+  }
+
+  grpc::Status StartTraining(grpc::ServerContext* context, const v1::StartTrainingRequest* request,
+                             v1::StartTrainingResponse* response) override {
+    if (absl::Status caller = AdmitOperator(*context, *request, "StartTraining"); !caller.ok()) {
+      return Refuse(*context, "operator_call_refused", "StartTraining", request->model(),
+                    static_cast<grpc::StatusCode>(caller.code()), caller.message());
+    }
+    return c_.StartTraining(*request, response);
+  }
+
+  grpc::Status TrainingStatus(grpc::ServerContext* context,
+                              const v1::TrainingStatusRequest* request,
+                              v1::TrainingStatusResponse* response) override {
+    if (absl::Status caller = Admit(*context, *request).status(); !caller.ok()) {
+      return ToGrpcStatus(caller);
+    }
+    return c_.TrainingStatus(*request, response);
+  }
+
+  grpc::Status StopTraining(grpc::ServerContext* context, const v1::StopTrainingRequest* request,
+                            v1::StopTrainingResponse* response) override {
+    if (absl::Status caller = AdmitOperator(*context, *request, "StopTraining"); !caller.ok()) {
+      return Refuse(*context, "operator_call_refused", "StopTraining", request->model(),
+                    static_cast<grpc::StatusCode>(caller.code()), caller.message());
+    }
+    return c_.StopTraining(*request, response);
   }
 
   grpc::Status ListModels(grpc::ServerContext* context, const v1::ListModelsRequest* request,
@@ -687,6 +715,56 @@ absl::Status Coordinator::AuthorizeOperator(const grpc::ServerContext& context,
         "to tell an operator by: start it with --join-token-file"));
   }
   return absl::OkStatus();
+}
+
+grpc::Status Coordinator::GroupError(const GroupSnapshot& group, const grpc::Status& status) {
+  return grpc::Status(status.error_code(), absl::StrCat("group ", group.id, " (", group.info.name,
+                                                        "): ", status.error_message()));
+}
+
+std::vector<grpc::Status> Coordinator::CallGroups(const std::vector<GroupSnapshot>& groups,
+                                                  absl::Duration timeout, const GroupCall& call) {
+  // Shared with the calls' callbacks, which may still be returning when the wait below ends.
+  struct Pending {
+    grpc::ClientContext context;
+    grpc::Status status;
+  };
+  struct Wait {
+    absl::Mutex mutex;
+    int outstanding ABSL_GUARDED_BY(mutex) = 0;
+  };
+  auto wait = std::make_shared<Wait>();
+  std::vector<std::shared_ptr<Pending>> pending;
+  for (size_t i = 0; i < groups.size(); ++i) {
+    auto one = pending.emplace_back(std::make_shared<Pending>());
+    std::shared_ptr<GroupLink> link;
+    {
+      absl::MutexLock lock(&mutex_);
+      auto found = links_.find(groups[i].id);
+      if (found != links_.end()) link = found->second;
+    }
+    if (link == nullptr) {
+      one->status = grpc::Status(grpc::StatusCode::UNAVAILABLE, "it left the coordinator");
+      continue;
+    }
+    one->context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+    {
+      absl::MutexLock lock(&wait->mutex);
+      ++wait->outstanding;
+    }
+    call(i, *link->stub, &one->context, [wait, one](grpc::Status result) {
+      absl::MutexLock lock(&wait->mutex);
+      one->status = std::move(result);
+      --wait->outstanding;
+    });
+  }
+  std::vector<grpc::Status> statuses;
+  absl::MutexLock lock(&wait->mutex);
+  wait->mutex.Await(absl::Condition(
+      +[](Wait* w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(w->mutex) { return w->outstanding == 0; },
+      wait.get()));
+  for (const auto& one : pending) statuses.push_back(one->status);
+  return statuses;
 }
 
 grpc::Status Coordinator::Generate(const v1::GenerateRequest& request,

@@ -11,6 +11,11 @@
 // register later (adapter_registry.h); a request naming an adapter goes to a group that can run
 // it (router.h).
 //
+// Fine-tunes inside serving groups (StartTraining, TrainingStatus, StopTraining;
+// coordinator_training.cc): the coordinator picks the group and relays the call to its leader,
+// which runs the fine-tune and publishes its adapter; the coordinator keeps no record of them
+// (a group's status is asked of the group).
+//
 // Failure handling: a group that misses 3 heartbeats, deregisters, or whose stream fails is
 // out; a group whose engine stalls (its loop stops turning) is out of routing until it turns
 // again. Their requests are dispatched again to another group (continuing after the
@@ -19,6 +24,7 @@
 // the group (the propagated call is cancelled), which frees the request's KV blocks.
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -67,8 +73,8 @@ struct CoordinatorOptions {
   // runs as the key's tenant; a request naming another tenant is PERMISSION_DENIED.
   const ApiKeyStore* api_keys = nullptr;
   // When not empty, Register needs it (metadata "authorization: Bearer TOKEN"), and so do the
-  // operators' calls (LoadAdapter, UnloadAdapter). Without it those are open to anyone when
-  // the coordinator takes no API keys, and refused when it does.
+  // operators' calls (LoadAdapter, UnloadAdapter, StartTraining, StopTraining). Without it
+  // those are open to anyone when the coordinator takes no API keys, and refused when it does.
   std::string join_token;
   // What one request may carry.
   RequestLimits request_limits;
@@ -85,6 +91,10 @@ struct CoordinatorOptions {
   // The longest a group may take to load or unload an adapter (Worker.LoadAdapter): reading
   // its weights from the directory on every rank.
   absl::Duration adapter_call_timeout = absl::Seconds(60);
+  // The longest a group may take to start or stop a fine-tune (Worker.StartTraining,
+  // StopTraining): starting loads the trainable copy of the base and reads the data on every
+  // rank; stopping waits for the optimizer step in progress.
+  absl::Duration training_call_timeout = absl::Minutes(5);
 };
 
 class Coordinator {
@@ -151,6 +161,13 @@ class Coordinator {
     std::string why_gone ABSL_GUARDED_BY(mutex);
   };
 
+  // Starts one call to a group's Worker service: the `index`-th of CallGroups' groups, on
+  // `stub`, with `context` (its deadline set), ending with `done`. The call's request and
+  // response must outlive CallGroups.
+  using GroupCall =
+      std::function<void(size_t index, v1::Worker::Stub& stub, grpc::ClientContext* context,
+                         std::function<void(grpc::Status)> done)>;
+
   // One Worker.LoadAdapter or UnloadAdapter call to one group.
   struct AdapterCall {
     GroupSnapshot group;
@@ -171,7 +188,22 @@ class Coordinator {
   grpc::Status UnloadAdapter(const v1::UnloadAdapterRequest& request,
                              v1::UnloadAdapterResponse* response);
   // Every call at once, each within adapter_call_timeout; each call's status, in order.
-  std::vector<grpc::Status> CallGroups(const std::vector<AdapterCall>& calls);
+  std::vector<grpc::Status> CallAdapters(const std::vector<AdapterCall>& calls);
+  // Calls every group of `groups` at once (`call` starts each), each within `timeout`, and
+  // waits for all; each call's status, in order: UNAVAILABLE for a group that has left.
+  std::vector<grpc::Status> CallGroups(const std::vector<GroupSnapshot>& groups,
+                                       absl::Duration timeout, const GroupCall& call);
+  // A group's error, its code kept, its message naming the group: "group g3 (host/replica0):
+  // message".
+  static grpc::Status GroupError(const GroupSnapshot& group, const grpc::Status& status);
+  // The operators' fine-tune calls (coordinator_training.cc), once authorized, and the status
+  // call: see inference.proto.
+  grpc::Status StartTraining(const v1::StartTrainingRequest& request,
+                             v1::StartTrainingResponse* response);
+  grpc::Status TrainingStatus(const v1::TrainingStatusRequest& request,
+                              v1::TrainingStatusResponse* response);
+  grpc::Status StopTraining(const v1::StopTrainingRequest& request,
+                            v1::StopTrainingResponse* response);
   // The registered groups of `model` at `version` (any when empty); NOT_FOUND naming the
   // field when there are none.
   absl::StatusOr<std::vector<GroupSnapshot>> RegisteredGroups(const std::string& model,

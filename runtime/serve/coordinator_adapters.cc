@@ -8,7 +8,7 @@
 // twice changes nothing). An adapter that fails to load is taken back from the groups called;
 // a group that registered during that call keeps it (logged by the group's own load).
 
-#include <memory>
+#include <functional>
 #include <set>
 #include <string>
 #include <utility>
@@ -27,12 +27,6 @@ namespace {
 constexpr char kComponent[] = "coordinator";
 // The longest adapter directory a call may name: it reaches every group's file system.
 constexpr size_t kMaxAdapterDirBytes = 4096;
-
-// A group's error, named: "group g3 (host/replica0): message".
-grpc::Status GroupError(const GroupSnapshot& group, const grpc::Status& status) {
-  return grpc::Status(status.error_code(), absl::StrCat("group ", group.id, " (", group.info.name,
-                                                        "): ", status.error_message()));
-}
 
 }  // namespace
 
@@ -60,65 +54,33 @@ absl::StatusOr<std::vector<GroupSnapshot>> Coordinator::RegisteredGroups(
   return groups;
 }
 
-std::vector<grpc::Status> Coordinator::CallGroups(const std::vector<AdapterCall>& calls) {
-  // Shared with the calls' callbacks, which may still be returning when the wait below ends.
-  struct Pending {
-    grpc::ClientContext context;
-    v1::LoadAdapterRequest load;
-    v1::LoadAdapterResponse loaded;
-    v1::UnloadAdapterRequest unload;
-    v1::UnloadAdapterResponse unloaded;
-    grpc::Status status;
-  };
-  struct Wait {
-    absl::Mutex mutex;
-    int outstanding ABSL_GUARDED_BY(mutex) = 0;
-  };
-  auto wait = std::make_shared<Wait>();
-  std::vector<std::shared_ptr<Pending>> pending;
-  for (const AdapterCall& call : calls) {
-    auto one = pending.emplace_back(std::make_shared<Pending>());
-    std::shared_ptr<GroupLink> link;
-    {
-      absl::MutexLock lock(&mutex_);
-      auto found = links_.find(call.group.id);
-      if (found != links_.end()) link = found->second;
-    }
-    if (link == nullptr) {
-      one->status = grpc::Status(grpc::StatusCode::UNAVAILABLE, "it left the coordinator");
-      continue;
-    }
-    one->context.set_deadline(absl::ToChronoTime(absl::Now() + options_.adapter_call_timeout));
-    {
-      absl::MutexLock lock(&wait->mutex);
-      ++wait->outstanding;
-    }
-    auto done = [wait, one](grpc::Status result) {
-      absl::MutexLock lock(&wait->mutex);
-      one->status = std::move(result);
-      --wait->outstanding;
-    };
-    // The worker's model and version are the group's own, whatever the operator named.
-    if (!call.dir.empty()) {
-      one->load.set_model(call.group.info.model);
-      one->load.set_version(call.group.info.version);
-      one->load.mutable_adapter()->set_name(call.name);
-      one->load.mutable_adapter()->set_dir(call.dir);
-      link->stub->async()->LoadAdapter(&one->context, &one->load, &one->loaded, done);
-    } else {
-      one->unload.set_model(call.group.info.model);
-      one->unload.set_version(call.group.info.version);
-      one->unload.set_name(call.name);
-      link->stub->async()->UnloadAdapter(&one->context, &one->unload, &one->unloaded, done);
-    }
-  }
-  std::vector<grpc::Status> statuses;
-  absl::MutexLock lock(&wait->mutex);
-  wait->mutex.Await(absl::Condition(
-      +[](Wait* w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(w->mutex) { return w->outstanding == 0; },
-      wait.get()));
-  for (const auto& one : pending) statuses.push_back(one->status);
-  return statuses;
+std::vector<grpc::Status> Coordinator::CallAdapters(const std::vector<AdapterCall>& calls) {
+  std::vector<GroupSnapshot> groups;
+  for (const AdapterCall& call : calls) groups.push_back(call.group);
+  std::vector<v1::LoadAdapterRequest> loads(calls.size());
+  std::vector<v1::LoadAdapterResponse> loaded(calls.size());
+  std::vector<v1::UnloadAdapterRequest> unloads(calls.size());
+  std::vector<v1::UnloadAdapterResponse> unloaded(calls.size());
+  return CallGroups(groups, options_.adapter_call_timeout,
+                    [&](size_t i, v1::Worker::Stub& stub, grpc::ClientContext* context,
+                        std::function<void(grpc::Status)> done) {
+                      // The worker's model and version are the group's own, whatever the operator
+                      // named.
+                      const AdapterCall& call = calls[i];
+                      if (!call.dir.empty()) {
+                        loads[i].set_model(call.group.info.model);
+                        loads[i].set_version(call.group.info.version);
+                        loads[i].mutable_adapter()->set_name(call.name);
+                        loads[i].mutable_adapter()->set_dir(call.dir);
+                        stub.async()->LoadAdapter(context, &loads[i], &loaded[i], std::move(done));
+                      } else {
+                        unloads[i].set_model(call.group.info.model);
+                        unloads[i].set_version(call.group.info.version);
+                        unloads[i].set_name(call.name);
+                        stub.async()->UnloadAdapter(context, &unloads[i], &unloaded[i],
+                                                    std::move(done));
+                      }
+                    });
 }
 
 grpc::Status Coordinator::LoadAdapter(const v1::LoadAdapterRequest& request,
@@ -153,7 +115,7 @@ grpc::Status Coordinator::LoadAdapter(const v1::LoadAdapterRequest& request,
   }
   std::vector<AdapterCall> loads;
   for (const GroupSnapshot& group : *groups) loads.push_back({group, name, dir});
-  std::vector<grpc::Status> loaded = CallGroups(loads);
+  std::vector<grpc::Status> loaded = CallAdapters(loads);
 
   grpc::Status first_error = grpc::Status::OK;
   for (size_t i = 0; i < loads.size() && first_error.ok(); ++i) {
@@ -182,7 +144,7 @@ grpc::Status Coordinator::LoadAdapter(const v1::LoadAdapterRequest& request,
     const GroupAdapter* had = loads[i].group.load->FindAdapter(name);
     undo.push_back({loads[i].group, name, had != nullptr ? had->dir : std::string()});
   }
-  std::vector<grpc::Status> undone = CallGroups(undo);
+  std::vector<grpc::Status> undone = CallAdapters(undo);
   for (size_t i = 0; i < undo.size(); ++i) {
     const std::string& group = undo[i].group.id;
     if (!undone[i].ok()) {  // it runs the new adapter still
@@ -227,7 +189,7 @@ grpc::Status Coordinator::UnloadAdapter(const v1::UnloadAdapterRequest& request,
   // a moment ago may be loading it from its registration.
   std::vector<AdapterCall> unloads;
   for (const GroupSnapshot& group : *groups) unloads.push_back({group, name, ""});
-  std::vector<grpc::Status> unloaded = CallGroups(unloads);
+  std::vector<grpc::Status> unloaded = CallAdapters(unloads);
   grpc::Status first_error = grpc::Status::OK;
   for (size_t i = 0; i < unloads.size(); ++i) {
     const grpc::Status& status = unloaded[i];

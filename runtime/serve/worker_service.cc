@@ -245,6 +245,55 @@ grpc::Status WorkerService::Tokenize(grpc::ServerContext* /*context*/,
   return grpc::Status::OK;
 }
 
+grpc::Status WorkerService::StartTraining(grpc::ServerContext* /*context*/,
+                                          const v1::StartTrainingRequest* request,
+                                          v1::StartTrainingResponse* response) {
+  grpc::Status model = CheckModel(request->model(), request->version());
+  if (!model.ok()) return model;
+  if (training_ == nullptr) {
+    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this group runs no fine-tunes");
+  }
+  absl::Status started = training_->Start(request->config_json());
+  LogEvent("worker", {{"event", started.ok() ? "training started" : "training refused"},
+                      {"error", std::string(started.message())}});
+  if (!started.ok()) return ToGrpcStatus(started);
+  absl::MutexLock lock(&mutex_);
+  response->set_group(group_id_);
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::TrainingStatus(grpc::ServerContext* /*context*/,
+                                           const v1::TrainingStatusRequest* request,
+                                           v1::TrainingStatusResponse* response) {
+  if (!request->model().empty() && request->model() != model_) return grpc::Status::OK;
+  if (training_ == nullptr) return grpc::Status::OK;
+  std::optional<v1::TrainingState> state = training_->State();
+  if (!state.has_value()) return grpc::Status::OK;
+  state->set_model(model_);
+  state->set_version(version_);
+  {
+    absl::MutexLock lock(&mutex_);
+    state->set_group(group_id_);
+  }
+  *response->add_trainings() = *std::move(state);
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::StopTraining(grpc::ServerContext* /*context*/,
+                                         const v1::StopTrainingRequest* request,
+                                         v1::StopTrainingResponse* response) {
+  grpc::Status model = CheckModel(request->model(), request->version());
+  if (!model.ok()) return model;
+  if (training_ == nullptr) {
+    return grpc::Status(grpc::StatusCode::NOT_FOUND, "no fine-tune is running in this group");
+  }
+  if (absl::Status stopped = training_->Stop(); !stopped.ok()) return ToGrpcStatus(stopped);
+  LogEvent("worker", {{"event", "training stopped"}});
+  absl::MutexLock lock(&mutex_);
+  response->add_groups(group_id_);
+  return grpc::Status::OK;
+}
+
 v1::GroupLoad WorkerService::Load() const {
   engine::EngineStats stats = engine_.Stats();
   v1::GroupLoad load;

@@ -21,6 +21,7 @@
 #include "runtime/serve/prompt_encoder.h"
 #include "runtime/serve/request_convert.h"
 #include "runtime/serve/request_record.h"
+#include "runtime/serve/training_control.h"
 #include "tessera/v1/worker.grpc.pb.h"
 
 namespace tessera::serve {
@@ -40,6 +41,16 @@ class WorkerService final : public v1::Worker::Service {
                            v1::LoadAdapterResponse* response) override;
   grpc::Status UnloadAdapter(grpc::ServerContext* context, const v1::UnloadAdapterRequest* request,
                              v1::UnloadAdapterResponse* response) override;
+  // The group's fine-tune (training_control.h); UNIMPLEMENTED without set_training.
+  grpc::Status StartTraining(grpc::ServerContext* context, const v1::StartTrainingRequest* request,
+                             v1::StartTrainingResponse* response) override;
+  grpc::Status TrainingStatus(grpc::ServerContext* context,
+                              const v1::TrainingStatusRequest* request,
+                              v1::TrainingStatusResponse* response) override;
+  grpc::Status StopTraining(grpc::ServerContext* context, const v1::StopTrainingRequest* request,
+                            v1::StopTrainingResponse* response) override;
+  // Before serving; outlives the service.
+  void set_training(TrainingControl* training) { training_ = training; }
 
   // The coordinator's answer to a registration: the group's id (reported in placements), and
   // the adapters loaded on the coordinator for this model version, which the group loads (on
@@ -69,6 +80,7 @@ class WorkerService final : public v1::Worker::Service {
   const std::string model_;
   const std::string version_;
   std::function<void(const RequestRecord&)> observer_;
+  TrainingControl* training_ = nullptr;
 
   mutable absl::Mutex mutex_;
   std::string group_id_ ABSL_GUARDED_BY(mutex_);

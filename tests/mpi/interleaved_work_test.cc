@@ -8,6 +8,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <thread>
@@ -54,7 +55,8 @@ class CountingWork final : public InterleavedWork {
     }
     return absl::OkStatus();
   }
-  bool finished() const override { return failed_ || ran_ >= units_; }
+  bool finished() const override { return failed_ || stopped_ || ran_ >= units_; }
+  void Stop() { stopped_ = true; }
 
   int ran() const { return ran_; }
   bool sums_ok() const { return sums_ok_; }
@@ -66,6 +68,7 @@ class CountingWork final : public InterleavedWork {
   int ran_ = 0;
   bool sums_ok_ = true;
   bool failed_ = false;
+  std::atomic<bool> stopped_{false};
   absl::Status published_ = absl::UnknownError("not published");
 };
 
@@ -95,14 +98,20 @@ class InterleavedWorkTest : public ::testing::Test {
     return tokens;
   }
 
-  // The requests' tokens through an engine with `work` (may be null); every rank calls it.
-  static std::vector<std::vector<int32_t>> Serve(CountingWork* work,
+  // The requests' tokens through an engine that starts `work` (every rank's own); every rank
+  // calls it.
+  static std::vector<std::vector<int32_t>> Serve(std::shared_ptr<CountingWork> work,
                                                  const std::vector<GenerationRequest>& requests,
                                                  EngineStats* stats) {
     EngineOptions options;
     options.block_size = 8;
     options.num_blocks = 64;
-    options.interleaved = work;
+    options.interleaved_factory =
+        [work](const std::string& spec) -> absl::StatusOr<std::shared_ptr<InterleavedWork>> {
+      if (spec != "count") return absl::InvalidArgumentError("unknown work: " + spec);
+      return work;
+    };
+    options.interleaved_spec = "count";
     options.interleaved_share = 0.5;
     absl::StatusOr<std::unique_ptr<Engine>> engine =
         Engine::Create(*model_, World(), nullptr, options);
@@ -111,7 +120,7 @@ class InterleavedWorkTest : public ::testing::Test {
     std::vector<std::vector<int32_t>> results;
     std::thread leader;
     if ((*engine)->is_leader()) {
-      if (work != nullptr) work->set_engine(engine->get());
+      work->set_engine(engine->get());
       leader = std::thread([&] {
         for (const GenerationRequest& request : requests) {
           // Adapter requests wait for the work to publish it.
@@ -162,13 +171,13 @@ TEST_F(InterleavedWorkTest, EveryRankRunsEveryUnitBesideServingAndAUnitPublishes
     for (auto& stream : streams) expected.push_back(Drain(*stream));
   }
 
-  CountingWork work(/*units=*/40, /*publish_at=*/5, /*fail_at=*/-1);
-  std::vector<std::vector<int32_t>> served = Serve(&work, requests, &stats);
+  auto work = std::make_shared<CountingWork>(/*units=*/40, /*publish_at=*/5, /*fail_at=*/-1);
+  std::vector<std::vector<int32_t>> served = Serve(work, requests, &stats);
   // Run() returned on every rank once the work was done and the requests served.
-  EXPECT_EQ(work.ran(), 40) << "rank " << World().rank();
-  EXPECT_TRUE(work.sums_ok());
+  EXPECT_EQ(work->ran(), 40) << "rank " << World().rank();
+  EXPECT_TRUE(work->sums_ok());
   if (World().rank() != 0) return;
-  EXPECT_TRUE(work.published().ok()) << work.published();
+  EXPECT_TRUE(work->published().ok()) << work->published();
   EXPECT_EQ(stats.interleaved_units, 40);
   ASSERT_EQ(served.size(), expected.size());
   for (size_t i = 0; i < served.size(); ++i) {
@@ -178,14 +187,67 @@ TEST_F(InterleavedWorkTest, EveryRankRunsEveryUnitBesideServingAndAUnitPublishes
 }
 
 TEST_F(InterleavedWorkTest, AFailedUnitEndsTheWorkNotTheServing) {
-  CountingWork work(/*units=*/40, /*publish_at=*/-1, /*fail_at=*/3);
+  auto work = std::make_shared<CountingWork>(/*units=*/40, /*publish_at=*/-1, /*fail_at=*/3);
   EngineStats stats;
-  std::vector<std::vector<int32_t>> served = Serve(&work, {Request(1), Request(2)}, &stats);
-  EXPECT_EQ(work.ran(), 3) << "rank " << World().rank();
+  std::vector<std::vector<int32_t>> served = Serve(work, {Request(1), Request(2)}, &stats);
+  EXPECT_EQ(work->ran(), 3) << "rank " << World().rank();
   if (World().rank() != 0) return;
   ASSERT_EQ(served.size(), 2u);
   EXPECT_EQ(served[0].size(), 6u);
   EXPECT_EQ(served[1].size(), 6u);
+}
+
+TEST_F(InterleavedWorkTest, StartsOneWorkAtATimeAndRefusesBadSpecsOnEveryRank) {
+  auto first = std::make_shared<CountingWork>(/*units=*/2000000, -1, -1);
+  auto second = std::make_shared<CountingWork>(/*units=*/5, -1, -1);
+  int made = 0;
+  EngineOptions options;
+  options.block_size = 8;
+  options.num_blocks = 64;
+  options.interleaved_factory =
+      [&](const std::string& spec) -> absl::StatusOr<std::shared_ptr<InterleavedWork>> {
+    if (spec == "first") return first;
+    if (spec == "second") return second;
+    return absl::InvalidArgumentError("unknown work: " + spec);
+  };
+  absl::StatusOr<std::unique_ptr<Engine>> engine =
+      Engine::Create(*model_, World(), nullptr, options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  std::thread leader;
+  if ((*engine)->is_leader()) {
+    leader = std::thread([&] {
+      Engine& e = **engine;
+      absl::Status bad = e.StartInterleaved("nonsense");
+      EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument) << bad;
+      EXPECT_NE(bad.message().find("unknown work: nonsense"), std::string::npos) << bad;
+      EXPECT_TRUE(e.StartInterleaved("first").ok());
+      ++made;
+      absl::Status busy = e.StartInterleaved("second");
+      EXPECT_EQ(busy.code(), absl::StatusCode::kFailedPrecondition) << busy;
+      // Served beside it.
+      absl::StatusOr<std::shared_ptr<RequestStream>> stream = e.Submit(Request(3));
+      ASSERT_TRUE(stream.ok()) << stream.status();
+      EXPECT_EQ(Drain(**stream).size(), 6u);
+      first->Stop();
+      // Once the first is dropped, the second starts.
+      absl::Status started = absl::UnknownError("not tried");
+      for (int tries = 0; tries < 1000; ++tries) {
+        started = e.StartInterleaved("second");
+        if (started.ok()) break;
+        absl::SleepFor(absl::Milliseconds(2));
+      }
+      EXPECT_TRUE(started.ok()) << started;
+      e.StopWhenIdle();
+    });
+  }
+  absl::Status run = (*engine)->Run();
+  if (leader.joinable()) leader.join();
+  EXPECT_TRUE(run.ok()) << run;
+  // Both ran on every rank the same units; the second to its end.
+  EXPECT_EQ(second->ran(), 5) << "rank " << World().rank();
+  EXPECT_GT(first->ran(), 0);
+  EXPECT_TRUE(first->sums_ok());
+  EXPECT_TRUE(second->sums_ok());
 }
 
 }  // namespace
