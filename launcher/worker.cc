@@ -154,8 +154,10 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
   TESSERA_ASSIGN_OR_RETURN(engine_options.adapters, ParseAdapterList(config.adapters));
   std::string train_config_json;
   if (!config.train_config.empty()) {
-    TESSERA_RETURN_IF_ERROR(ReadServingFineTuneConfig(config.train_config).status());
+    // Read once; checked here, before MPI starts, as every rank will parse it again.
     TESSERA_ASSIGN_OR_RETURN(train_config_json, model::ReadTextFile(config.train_config));
+    TESSERA_RETURN_IF_ERROR(
+        ParseServingFineTuneConfig(train_config_json, config.train_config).status());
   }
   if (!(config.train_share > 0 && config.train_share <= 1)) {
     return absl::InvalidArgumentError(

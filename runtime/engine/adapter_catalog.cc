@@ -148,11 +148,6 @@ std::vector<AdapterState> AdapterCatalog::States() const {
   return states;
 }
 
-std::vector<std::string> AdapterCatalog::Names() const {
-  absl::MutexLock lock(&mutex_);
-  return order_;
-}
-
 bool AdapterCatalog::HasUnloadsDue() const {
   absl::MutexLock lock(&mutex_);
   const bool over = max_resident_ > 0 && static_cast<int>(resident_.size()) > max_resident_;
@@ -227,7 +222,7 @@ void AdapterCatalog::Applied(const Changes& changes, const std::vector<absl::Sta
     version->slot = *loaded[i];
     version->last_used = ++clock_;
     resident_.push_back(version);
-    if (i < fresh_count && !version->retired) {
+    if (i < fresh_count) {
       auto [it, added] = names_.try_emplace(version->name);
       if (added) order_.push_back(version->name);
       if (it->second.current != nullptr) it->second.current->retired = true;

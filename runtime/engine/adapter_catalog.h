@@ -103,7 +103,6 @@ class AdapterCatalog {
   absl::Status Remove(const std::string& name);
   // The names requests may use, in the order they were first loaded.
   std::vector<AdapterState> States() const;
-  std::vector<std::string> Names() const;
 
   // A version of `adapter` that is not yet served: LoadAdapter's, published once it loaded.
   std::shared_ptr<AdapterVersion> NewVersion(const AdapterSpec& adapter);
