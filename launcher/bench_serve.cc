@@ -663,7 +663,10 @@ absl::Status Bench(const std::string& target, const std::string& leader,
 // outlast any run, so that it never publishes (an adapter load would be measured with it).
 constexpr int kBenchTunePairs = 64;
 constexpr int kBenchTuneSeqLen = 128;
-constexpr int kBenchTuneMicroBatch = 4;
+// Rows of a step, taken one a micro-batch: the finer the pieces of a step that run between
+// serving steps, the less each adds to the serving step before it.
+constexpr int kBenchTuneMicroBatch = 1;
+constexpr int kBenchTuneGradAccum = 4;
 constexpr int kBenchTuneLoraR = 8;
 constexpr int64_t kBenchTuneSteps = 1'000'000;
 
@@ -696,6 +699,7 @@ absl::StatusOr<std::string> WriteBenchFineTune(const std::string& dir, int seed)
                          {"publish_every", 0},
                          {"seq_len", kBenchTuneSeqLen},
                          {"micro_batch", kBenchTuneMicroBatch},
+                         {"grad_accum", kBenchTuneGradAccum},
                          {"lora_r", kBenchTuneLoraR},
                          {"seed", seed}}
               .dump()
@@ -935,6 +939,12 @@ absl::Status BenchTrainIn(const BenchServeConfig& config, const std::string& dir
                config.train_steps);
   TESSERA_ASSIGN_OR_RETURN(const StandaloneSteps standalone, RunFineTuneAlone(config, tune, dir));
 
+  const engine::EngineOptions& engine = config.workers.engine;
+  const std::string schedule =
+      engine.interleaved_target_step > absl::ZeroDuration()
+          ? absl::StrCat("--train-target-itl ",
+                         absl::FormatDuration(engine.interleaved_target_step))
+          : absl::StrCat("--train-share ", engine.interleaved_share);
   const PhaseFigures& served_alone = alone.figures;
   const PhaseFigures& served_with = with.figures;
   std::printf(
@@ -943,12 +953,12 @@ absl::Status BenchTrainIn(const BenchServeConfig& config, const std::string& dir
       "# streaming requests (GenerateStream, greedy, ignore_eos), the same in both runs: "
       "prompts of %s random token ids in [0, %d), %s output tokens, seed %d\n"
       "# fine-tune (%s): LoRA r %d on %s, %d x %d rows of %d tokens a step (%lld tokens); "
-      "inside serving: in the first group, --train-share %g; alone: tessera train, %d steps\n",
+      "inside serving: in the first group, %s; alone: tessera train, %d steps\n",
       config.workers.groups(), config.workers.tp, alone.model.c_str(), config.prompt_tokens.c_str(),
       alone.vocab, config.output_tokens.c_str(), config.seed,
       config.workers.train_config.empty() ? "written by the bench" : tune_path.c_str(), tune.lora_r,
       tune.lora_targets.c_str(), tune.micro_batch, tune.grad_accum, tune.seq_len,
-      static_cast<long long>(tokens_per_step), config.workers.train_share, config.train_steps);
+      static_cast<long long>(tokens_per_step), schedule.c_str(), config.train_steps);
   std::printf("%-16s %7s %6s %6s %8s %8s %10s %7s %7s %7s %6s %6s %6s\n", "run", "streams", "reqs",
               "errors", "seconds", "req/s", "output t/s", "TTFT50", "TTFT90", "TTFT99", "ITL50",
               "ITL90", "ITL99");

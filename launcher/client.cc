@@ -380,11 +380,13 @@ absl::Status TrainingStatus(const ClientConfig& config) {
       {"MODEL", "VERSION", "GROUP", "ADAPTER", "STATE", "STEP", "LOSS", "PUBLISHED", "TOKENS/S"}};
   for (const v1::TrainingState& state : response.trainings()) {
     // No loss before the first step, no published step before the first version.
-    rows.push_back({state.model(), state.version(), state.group(), state.adapter(), state.state(),
-                    absl::StrCat(state.steps_done(), "/", state.steps()),
-                    state.steps_done() > 0 ? absl::StrFormat("%.4g", state.loss()) : "",
-                    state.published_step() > 0 ? absl::StrCat(state.published_step()) : "",
-                    absl::StrFormat("%.1f", state.train_tokens_per_second())});
+    std::string step = absl::StrCat(state.steps_done(), "/", state.steps());
+    if (state.resumed_step() > 0) absl::StrAppend(&step, " (from ", state.resumed_step(), ")");
+    rows.push_back(
+        {state.model(), state.version(), state.group(), state.adapter(), state.state(), step,
+         state.steps_done() > state.resumed_step() ? absl::StrFormat("%.4g", state.loss()) : "",
+         state.published_step() > 0 ? absl::StrCat(state.published_step()) : "",
+         absl::StrFormat("%.1f", state.train_tokens_per_second())});
   }
   PrintTable(std::move(rows));
   for (const v1::TrainingState& state : response.trainings()) {

@@ -28,6 +28,39 @@ void AddAdapterFlags(FlagSet& flags, std::string* list, engine::EngineOptions* o
             "one is unloaded, and read again when a request names it");
 }
 
+void AddTrainScheduleFlags(FlagSet& flags, engine::EngineOptions* options) {
+  flags.Double("train-share", &options->interleaved_share,
+               "with a fine-tune inside the group: the share of the group's busy time it takes "
+               "while requests are served, spread over every serving step (all of the time "
+               "while none are)");
+  flags.Duration("train-target-itl", &options->interleaved_target_step,
+                 "with a fine-tune inside the group: instead of --train-share, the inter-token "
+                 "latency to keep: after each serving step the fine-tune takes what the step "
+                 "left of it (none when the step took it all); unset: --train-share");
+}
+
+absl::Status CheckTrainScheduleFlags(const engine::EngineOptions& options) {
+  if (!(options.interleaved_share > 0 && options.interleaved_share <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--train-share: must be in (0, 1], not ", options.interleaved_share));
+  }
+  if (options.interleaved_target_step < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--train-target-itl: must not be negative, not ",
+                     absl::FormatDuration(options.interleaved_target_step)));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<std::string> TrainScheduleArguments(const engine::EngineOptions& options) {
+  std::vector<std::string> arguments = {"--train-share", absl::StrCat(options.interleaved_share)};
+  if (options.interleaved_target_step > absl::ZeroDuration()) {
+    arguments.insert(arguments.end(),
+                     {"--train-target-itl", absl::FormatDuration(options.interleaved_target_step)});
+  }
+  return arguments;
+}
+
 absl::StatusOr<std::vector<engine::AdapterSpec>> ParseAdapterList(absl::string_view text) {
   std::vector<engine::AdapterSpec> adapters;
   if (text.empty()) return adapters;

@@ -24,6 +24,15 @@ void AddEngineFlags(FlagSet& flags, engine::EngineOptions* options);
 // options->max_adapters).
 void AddAdapterFlags(FlagSet& flags, std::string* list, engine::EngineOptions* options);
 
+// Declares --train-share (into options->interleaved_share) and --train-target-itl (into
+// options->interleaved_target_step): how a fine-tune inside a serving group shares the
+// group's time with serving (engine/interleaved_budget.h).
+void AddTrainScheduleFlags(FlagSet& flags, engine::EngineOptions* options);
+// INVALID_ARGUMENT naming the flag: a share outside (0, 1], a negative target.
+absl::Status CheckTrainScheduleFlags(const engine::EngineOptions& options);
+// Those two flags with `options`' values, for a worker's command line.
+std::vector<std::string> TrainScheduleArguments(const engine::EngineOptions& options);
+
 // The value of --adapters, "name=DIR[,name=DIR...]", as the engine's adapters in that order;
 // INVALID_ARGUMENT naming the entry that is not name=DIR (an empty name or directory).
 // Names must be distinct, which Engine::Create checks.

@@ -6,10 +6,14 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "comm/agreement.h"
 #include "launcher/train_data.h"
+#include "launcher/train_fault.h"
 #include "nlohmann/json.hpp"
 #include "runtime/core/status_macros.h"
+#include "runtime/core/stream.h"
 #include "runtime/serve/log.h"
+#include "runtime/train/checkpoint.h"
 #include "runtime/train/export.h"
 #include "runtime/train/lora.h"
 #include "runtime/train/optimizer.h"
@@ -18,6 +22,7 @@ namespace tessera::launcher {
 namespace {
 
 constexpr char kComponent[] = "finetune";
+constexpr int kCheckpointsKept = 2;
 
 // Reads `key` of `object` into `*value` when present; INVALID_ARGUMENT naming the file and
 // key when it has another type.
@@ -52,9 +57,9 @@ absl::StatusOr<ServingFineTuneConfig> ParseServingFineTuneConfig(const std::stri
     return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
   }
   static const char* const kKeys[] = {
-      "data",     "adapter",     "output",     "steps",        "publish_every",
-      "seq_len",  "micro_batch", "grad_accum", "lr",           "warmup",
-      "schedule", "lora_r",      "lora_alpha", "lora_targets", "seed"};
+      "data",    "adapter",     "output",       "steps", "publish_every", "checkpoint_every",
+      "seq_len", "micro_batch", "grad_accum",   "lr",    "warmup",        "schedule",
+      "lora_r",  "lora_alpha",  "lora_targets", "seed"};
   for (const auto& [key, value] : object.items()) {
     if (std::find(std::begin(kKeys), std::end(kKeys), key) == std::end(kKeys)) {
       return absl::InvalidArgumentError(absl::StrCat(path, ": unknown key \"", key, "\""));
@@ -66,6 +71,7 @@ absl::StatusOr<ServingFineTuneConfig> ParseServingFineTuneConfig(const std::stri
   TESSERA_RETURN_IF_ERROR(Read(object, "output", path, &config.output));
   TESSERA_RETURN_IF_ERROR(Read(object, "steps", path, &config.steps));
   TESSERA_RETURN_IF_ERROR(Read(object, "publish_every", path, &config.publish_every));
+  TESSERA_RETURN_IF_ERROR(Read(object, "checkpoint_every", path, &config.checkpoint_every));
   TESSERA_RETURN_IF_ERROR(Read(object, "seq_len", path, &config.seq_len));
   TESSERA_RETURN_IF_ERROR(Read(object, "micro_batch", path, &config.micro_batch));
   TESSERA_RETURN_IF_ERROR(Read(object, "grad_accum", path, &config.grad_accum));
@@ -84,12 +90,13 @@ absl::StatusOr<ServingFineTuneConfig> ParseServingFineTuneConfig(const std::stri
     }
   }
   TESSERA_RETURN_IF_ERROR(engine::CheckAdapterName(config.adapter, path + ": \"adapter\""));
-  if (config.steps < 1 || config.publish_every < 0 || config.seq_len < 2 || config.lora_r < 1 ||
-      !(config.lora_alpha > 0) || !(config.lr > 0) || config.warmup < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path,
-                     ": \"steps\", \"lora_r\", \"lora_alpha\" and \"lr\" must be positive, "
-                     "\"seq_len\" at least 2, \"publish_every\" and \"warmup\" not negative"));
+  if (config.steps < 1 || config.publish_every < 0 || config.checkpoint_every < 0 ||
+      config.seq_len < 2 || config.lora_r < 1 || !(config.lora_alpha > 0) || !(config.lr > 0) ||
+      config.warmup < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path,
+        ": \"steps\", \"lora_r\", \"lora_alpha\" and \"lr\" must be positive, \"seq_len\" at "
+        "least 2, \"publish_every\", \"checkpoint_every\" and \"warmup\" not negative"));
   }
   TESSERA_RETURN_IF_ERROR(train::ParseSchedule(config.schedule).status());
   TESSERA_RETURN_IF_ERROR(train::ParseLoraTargets(config.lora_targets).status());
@@ -162,7 +169,49 @@ absl::StatusOr<std::unique_ptr<ServingFineTune>> ServingFineTune::Create(
       train::Trainer trainer,
       train::Trainer::Create(*tune->model_, layout.dp(), tune->data_, options));
   tune->trainer_.emplace(std::move(trainer));
+  TESSERA_RETURN_IF_ERROR(tune->ResumeIfCheckpointed());
   return tune;
+}
+
+absl::Status ServingFineTune::ResumeIfCheckpointed() {
+  comm::Communicator& tp = job_.layout->tp();
+  absl::StatusOr<std::string> latest = train::LatestCheckpoint(config_.output);
+  if (!latest.ok() && !absl::IsNotFound(latest.status())) return latest.status();
+  // Every rank must see the same output (one host, or a shared file system): count the ranks
+  // that found a checkpoint.
+  int64_t found = latest.ok() ? 1 : 0;
+  Tensor count = Tensor::Wrap(&found, DType::kI64, {1});
+  Stream cpu = Stream::Cpu();
+  TESSERA_RETURN_IF_ERROR(tp.AllReduce(count, comm::ReduceOp::kSum, cpu));
+  if (found == 0) return absl::OkStatus();
+  if (found != tp.size()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "\"output\" ", config_.output, ": ", found, " of the group's ", tp.size(),
+        " ranks find a checkpoint there; it must be on a file system that every rank sees"));
+  }
+  TESSERA_RETURN_IF_ERROR(comm::AgreeOnStatus(
+      tp, train::LoadCheckpoint(*latest, *trainer_, job_.layout->tp_rank(), data_.Fingerprint()),
+      "to load its part of the fine-tune's checkpoint"));
+  const int64_t step = trainer_->steps_done();
+  Update([&](FineTuneProgress& progress) {
+    progress.steps_done = step;
+    progress.resumed_step = step;
+  });
+  publish_resumed_ = true;
+  if (job_.layout->tp_rank() == 0) {
+    serve::LogEvent(kComponent, {{"event", "resumed"},
+                                 {"adapter", config_.adapter},
+                                 {"step", absl::StrCat(step, "/", config_.steps)},
+                                 {"checkpoint", *latest}});
+  }
+  return absl::OkStatus();
+}
+
+void ServingFineTune::FinishIfDone() {
+  if (trainer_->steps_done() < config_.steps) return;
+  Update([](FineTuneProgress& progress) {
+    if (progress.state == "running") progress.state = "finished";
+  });
 }
 
 bool ServingFineTune::finished() const {
@@ -170,22 +219,40 @@ bool ServingFineTune::finished() const {
   return board_->progress.state != "running";
 }
 
-absl::Status ServingFineTune::RunUnit() {
-  absl::Status stepped = Step();
-  if (!stepped.ok()) {
+absl::Status ServingFineTune::RunPiece() {
+  absl::Status status;
+  if (publish_resumed_) {
+    // The first piece after a resume serves the checkpoint's adapter again (this group's
+    // earlier run served it, and the group forgot it when it failed).
+    publish_resumed_ = false;
+    status = Publish(trainer_->steps_done());
+    FinishIfDone();
+  }
+  if (status.ok() && trainer_->steps_done() < config_.steps) {  // the same on every rank
+    if (!trainer_->step_under_way()) {
+      InjectTrainFaultBefore(trainer_->steps_done() + 1, job_.mpi.world->rank());
+    }
+    absl::StatusOr<std::optional<train::StepReport>> piece = trainer_->StepPiece();
+    status = piece.status();
+    if (status.ok() && piece->has_value()) status = StepDone(**piece);
+  }
+  if (!status.ok()) {
     serve::LogEvent(kComponent, {{"event", "fine-tune failed"},
                                  {"adapter", config_.adapter},
-                                 {"error", std::string(stepped.message())}});
+                                 {"error", std::string(status.message())}});
     Update([&](FineTuneProgress& progress) {
       progress.state = "failed";
-      progress.error = std::string(stepped.message());
+      progress.error = std::string(status.message());
     });
   }
-  return stepped;
+  return status;
 }
 
-absl::Status ServingFineTune::Step() {
-  TESSERA_ASSIGN_OR_RETURN(train::StepReport report, trainer_->Step());
+std::optional<double> ServingFineTune::ExpectedPieceSeconds(int ahead) const {
+  return trainer_->ExpectedPieceSeconds(ahead);
+}
+
+absl::Status ServingFineTune::StepDone(const train::StepReport& report) {
   Update([&](FineTuneProgress& progress) {
     progress.steps_done = report.step;
     progress.loss = report.loss;
@@ -200,14 +267,16 @@ absl::Status ServingFineTune::Step() {
                                  {"seconds", absl::StrCat(report.seconds)}});
   }
   const bool last = report.step >= config_.steps;
-  if (last || (config_.publish_every > 0 && report.step % config_.publish_every == 0)) {
-    TESSERA_RETURN_IF_ERROR(Publish(report.step));
+  const bool publish =
+      last || (config_.publish_every > 0 && report.step % config_.publish_every == 0);
+  // Before the version it publishes: a resume never serves a version older than one served.
+  if (publish || (config_.checkpoint_every > 0 && report.step % config_.checkpoint_every == 0)) {
+    TESSERA_RETURN_IF_ERROR(train::SaveCheckpoint(
+        config_.output, *trainer_, *job_.mpi.world, job_.layout->tp_rank(),
+        /*dp_rank=*/0, data_.Fingerprint(), kCheckpointsKept, job_.model_dir));
   }
-  if (last) {
-    Update([](FineTuneProgress& progress) {
-      if (progress.state == "running") progress.state = "finished";
-    });
-  }
+  if (publish) TESSERA_RETURN_IF_ERROR(Publish(report.step));
+  FinishIfDone();
   return absl::OkStatus();
 }
 
@@ -281,6 +350,7 @@ std::optional<v1::TrainingState> FineTuneControl::State() const {
   state.set_published_dir(p.published_dir);
   state.set_error(p.error);
   state.set_train_tokens_per_second(p.step_seconds > 0 ? p.tokens / p.step_seconds : 0);
+  state.set_resumed_step(p.resumed_step);
   return state;
 }
 

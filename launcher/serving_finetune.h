@@ -3,22 +3,29 @@
 
 // A LoRA fine-tune inside a serving group (`tessera worker --train-config FILE`, or the
 // coordinator's StartTraining): the group's ranks, on its tensor-parallel communicator, run
-// the trainer's optimizer steps between their serving steps (the engine interleaves them:
-// engine/interleaved_work.h), and every `publish_every` steps the adapter is exported and
-// served under its name as a new version (requests already running finish on the version
-// they started with).
+// the trainer's optimizer steps a piece at a time between their serving steps (the engine
+// interleaves them: engine/interleaved_work.h), and every `publish_every` steps the adapter
+// is exported and served under its name as a new version (requests already running finish
+// on the version they started with).
 //
 // The trainer holds its own f32 copy of the frozen base (TrainableModel), beside the serving
 // model's shards: memory for the base twice.
 //
 // The configuration file is JSON:
 //   {"data": "pairs.jsonl", "adapter": "tuned", "output": "runs/tuned", "steps": 60,
-//    "publish_every": 20, "seq_len": 64, "micro_batch": 4, "grad_accum": 1, "lr": 1e-2,
-//    "warmup": 0, "schedule": "cosine", "lora_r": 8, "lora_alpha": 16,
-//    "lora_targets": "q_proj,v_proj", "seed": 1}
+//    "publish_every": 20, "checkpoint_every": 0, "seq_len": 64, "micro_batch": 4,
+//    "grad_accum": 1, "lr": 1e-2, "warmup": 0, "schedule": "cosine", "lora_r": 8,
+//    "lora_alpha": 16, "lora_targets": "q_proj,v_proj", "seed": 1}
 // `data` (a JSONL file as `tessera train --data` reads), `adapter` and `output` are required;
 // the rest default as `tessera train`'s flags do (publish_every 0: at the end only). Published
 // versions are OUTPUT/step-N, PEFT adapter directories.
+//
+// Checkpoints (runtime/train/checkpoint.h, the newest two kept) go to OUTPUT/checkpoints
+// before every published version, at the end, and every `checkpoint_every` steps when it is
+// above 0. A fine-tune whose output already holds one continues from it: when the group
+// failed (a rank lost) and its job was started again with the same --train-config, it
+// serves the checkpoint's adapter again at once and takes the same steps from there that it
+// would have taken (the data order is a function of the seed and the position).
 
 #include <functional>
 #include <memory>
@@ -45,6 +52,7 @@ struct ServingFineTuneConfig {
   std::string output;
   int64_t steps = 100;
   int64_t publish_every = 0;
+  int64_t checkpoint_every = 0;
   int seq_len = 1024;
   int micro_batch = 4;
   int grad_accum = 1;
@@ -74,9 +82,10 @@ struct FineTuneProgress {
   double loss = 0;             // of the last step
   int64_t published_step = 0;  // the step of the version served now; 0: none yet
   std::string published_dir;
-  std::string error;        // what ended it early
-  int64_t tokens = 0;       // through its steps so far
-  double step_seconds = 0;  // ... and their time
+  int64_t resumed_step = 0;  // the checkpoint's step it continued from; 0: from the start
+  std::string error;         // what ended it early
+  int64_t tokens = 0;        // through its steps so far
+  double step_seconds = 0;   // ... and their time
 };
 // Shared by the fine-tune, which writes it, and whoever asks; outlives the fine-tune.
 struct FineTuneBoard {
@@ -96,20 +105,27 @@ class ServingFineTune final : public engine::InterleavedWork {
   using Publisher =
       std::function<void(engine::AdapterSpec adapter, std::function<void(absl::Status)> done)>;
   void set_publisher(Publisher publisher) { publish_ = std::move(publisher); }
-  // Stops after the current step: finished() from then on, state "stopped".
+  // Stops at once (a step under way is dropped): finished() from then on, state "stopped".
   void Stop();
   const std::shared_ptr<FineTuneBoard>& board() const { return board_; }
 
-  absl::Status RunUnit() override;
+  // A piece of the trainer's optimizer step (Trainer::StepPiece); the step's last one logs
+  // it, and publishes the adapter when it is due.
+  absl::Status RunPiece() override;
+  std::optional<double> ExpectedPieceSeconds(int ahead) const override;
   bool finished() const override;
 
  private:
   ServingFineTune(ServingFineTuneConfig config, ModelJob& job,
                   std::unique_ptr<train::TrainableModel> model, train::RowStream data);
   void Update(const std::function<void(FineTuneProgress&)>& change);
-  absl::Status Step();
+  absl::Status StepDone(const train::StepReport& report);
   // Exports the adapter as it stands and has the engine serve it (the leader).
   absl::Status Publish(int64_t step);
+  // Continues from the newest checkpoint under the output, when there is one; collective.
+  absl::Status ResumeIfCheckpointed();
+  // Marks the fine-tune finished once its last step is done.
+  void FinishIfDone();
 
   const ServingFineTuneConfig config_;
   ModelJob& job_;
@@ -117,6 +133,7 @@ class ServingFineTune final : public engine::InterleavedWork {
   train::RowStream data_;
   std::optional<train::Trainer> trainer_;
   Publisher publish_;
+  bool publish_resumed_ = false;  // the resumed step's adapter is served at the first piece
   const std::shared_ptr<FineTuneBoard> board_ = std::make_shared<FineTuneBoard>();
 };
 

@@ -4,19 +4,15 @@
 
 #include <chrono>
 #include <cmath>
-#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
 #include <optional>
-#include <thread>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_split.h"
 #include "comm/agreement.h"
 #include "comm/layout.h"
 #include "kernels/cpu/cpu_features.h"
@@ -26,6 +22,7 @@
 #include "launcher/model_job.h"
 #include "launcher/process.h"
 #include "launcher/train_data.h"
+#include "launcher/train_fault.h"
 #include "mpi.h"
 #include "nlohmann/json.hpp"
 #include "runtime/chat/chat_format.h"
@@ -84,24 +81,6 @@ struct TrainConfig {
   int zero = 0;
   absl::Duration timeout = absl::Minutes(5);
 };
-
-// Test-only fault injection, TESSERA_TEST_TRAIN_FAULT=kill:RANK:STEP or stall:RANK:STEP:
-// world rank RANK kills itself with SIGKILL, or stops answering for an hour, as it is about
-// to take optimizer step STEP (1-based), while the other ranks go into that step's
-// collectives.
-void InjectFaultBefore(int64_t step, int world_rank) {
-  const char* spec = std::getenv("TESSERA_TEST_TRAIN_FAULT");
-  if (spec == nullptr) return;
-  std::vector<std::string> parts = absl::StrSplit(spec, ':');
-  int rank = -1;
-  int64_t at = -1;
-  if (parts.size() != 3 || !absl::SimpleAtoi(parts[1], &rank) || !absl::SimpleAtoi(parts[2], &at) ||
-      rank != world_rank || at != step) {
-    return;
-  }
-  if (parts[0] == "kill") raise(SIGKILL);
-  if (parts[0] == "stall") std::this_thread::sleep_for(std::chrono::hours(1));
-}
 
 double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -302,7 +281,7 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
   const double start = Now();
   const int64_t first_step = trainer.steps_done();
   while (trainer.steps_done() < steps) {
-    InjectFaultBefore(trainer.steps_done() + 1, world.rank());
+    InjectTrainFaultBefore(trainer.steps_done() + 1, world.rank());
     TESSERA_ASSIGN_OR_RETURN(train::StepReport report, trainer.Step());
     if (lead) {
       const double tokens_per_s = static_cast<double>(report.tokens) / report.seconds;

@@ -52,7 +52,6 @@ struct WorkerConfig {
   engine::EngineOptions engine;
   std::string adapters;      // --adapters: name=DIR,...
   std::string train_config;  // --train-config: a fine-tune inside the group
-  double train_share = 0.25;
 };
 
 // The median time of an all-reduce of one f32 activation row of the model (hidden_size
@@ -159,10 +158,7 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
     TESSERA_RETURN_IF_ERROR(
         ParseServingFineTuneConfig(train_config_json, config.train_config).status());
   }
-  if (!(config.train_share > 0 && config.train_share <= 1)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--train-share: must be in (0, 1], not ", config.train_share));
-  }
+  TESSERA_RETURN_IF_ERROR(CheckTrainScheduleFlags(engine_options));
   TESSERA_ASSIGN_OR_RETURN(std::optional<model::WeightQuantization> quantize,
                            ParseQuantizeFlags(config.job.quantize));
   TESSERA_ASSIGN_OR_RETURN(ModelJob job, StartModelJob(config.job, argc, argv));
@@ -172,7 +168,6 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
   FineTuneControl training(job, quantize);
   engine_options.interleaved_factory = training.Factory();
   engine_options.interleaved_spec = train_config_json;
-  engine_options.interleaved_share = config.train_share;
   TESSERA_ASSIGN_OR_RETURN(
       std::unique_ptr<engine::Engine> engine,
       engine::Engine::Create(*job.model, layout.tp(), leader ? job.tokenizer.get() : nullptr,
@@ -350,9 +345,7 @@ int RunWorker(const std::vector<std::string>& args, int* argc, char*** argv) {
   flags.String("train-config", &config.train_config,
                "a JSON file of a LoRA fine-tune to run inside this serving group, between its "
                "serving steps, publishing the adapter as it learns (launcher/serving_finetune.h)");
-  flags.Double("train-share", &config.train_share,
-               "with --train-config: the share of the group's busy time the fine-tune takes "
-               "while requests are served (all of it while none are)");
+  AddTrainScheduleFlags(flags, &config.engine);
   if (std::optional<int> done = ParseOrExit(flags, args)) return *done;
   if (config.replica_offset < 0) {
     return ReportExit(absl::InvalidArgumentError(

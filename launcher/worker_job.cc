@@ -62,9 +62,7 @@ void AddWorkerJobFlags(FlagSet& flags, WorkerJobConfig* config) {
   flags.String("train-config", &config->train_config,
                "a JSON file of a LoRA fine-tune run inside the first worker group between its "
                "serving steps, its adapter served as it learns (tessera worker --train-config)");
-  flags.Double("train-share", &config->train_share,
-               "with --train-config: the share of the group's busy time the fine-tune takes "
-               "while requests are served");
+  AddTrainScheduleFlags(flags, &config->engine);
 }
 
 absl::Status CheckWorkerJobConfig(const WorkerJobConfig& config) {
@@ -74,6 +72,7 @@ absl::Status CheckWorkerJobConfig(const WorkerJobConfig& config) {
   }
   TESSERA_RETURN_IF_ERROR(CheckSupervision(config.supervision));
   TESSERA_RETURN_IF_ERROR(ParseAdapterList(config.adapters).status());
+  TESSERA_RETURN_IF_ERROR(CheckTrainScheduleFlags(config.engine));
   TESSERA_RETURN_IF_ERROR(ParseQuantizeFlags(config.quantize).status());
   TESSERA_RETURN_IF_ERROR(ParseKvCacheDtypeFlag(config.kv_cache_dtype).status());
   absl::StatusOr<DeviceType> device = ParseDeviceFlag(config.device);
@@ -126,8 +125,9 @@ std::vector<std::string> WorkerCommand(const WorkerJobConfig& config, int coordi
     argv.insert(argv.end(), {"--max-adapters", absl::StrCat(config.engine.max_adapters)});
   }
   if (!config.train_config.empty() && replica == 0) {
-    argv.insert(argv.end(), {"--train-config", config.train_config, "--train-share",
-                             absl::StrCat(config.train_share)});
+    argv.insert(argv.end(), {"--train-config", config.train_config});
+    const std::vector<std::string> schedule = TrainScheduleArguments(config.engine);
+    argv.insert(argv.end(), schedule.begin(), schedule.end());
   }
   const std::vector<std::string> quantize = QuantizeArguments(config.quantize);
   argv.insert(argv.end(), quantize.begin(), quantize.end());

@@ -56,7 +56,6 @@ struct WorkerJobConfig {
   engine::EngineOptions engine;
   std::string adapters;      // the workers' --adapters (name=DIR,...); --max-adapters is engine's
   std::string train_config;  // the first group's --train-config (a fine-tune inside it)
-  double train_share = 0.25;
   // The workers get the coordinator's join token from this process's TESSERA_JOIN_TOKEN
   // (mpirun -x), never on a command line.
   bool forward_join_token = false;
@@ -71,7 +70,8 @@ struct WorkerJobConfig {
 // --kv-cache-dtype,
 // --kv-cache-memory-fraction, --mpirun,
 // --mpirun-args, --timeout, --ready-timeout, --restart-backoff, --max-failed-starts, the
-// engine's flags, --adapters, --max-adapters, --train-config and --train-share, writing into
+// engine's flags, --adapters, --max-adapters, --train-config, --train-share and
+// --train-target-itl, writing into
 // `config` (whose values are the defaults: set them first).
 void AddWorkerJobFlags(FlagSet& flags, WorkerJobConfig* config);
 

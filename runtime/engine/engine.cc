@@ -15,6 +15,7 @@
 #include "runtime/core/status_macros.h"
 #include "runtime/core/stream.h"
 #include "runtime/engine/block_pool.h"
+#include "runtime/engine/interleaved_budget.h"
 #include "runtime/engine/prefix_hash.h"
 #include "runtime/engine/scheduler.h"
 #include "runtime/engine/step_executor.h"
@@ -131,7 +132,8 @@ class Engine::Loop {
         pool_(cache_.num_blocks, engine.options_.prefix_caching),
         scheduler_(pool_, {engine.options_.block_size, engine.options_.max_running,
                            engine.options_.max_step_tokens}),
-        executor_(engine.model_, cache_) {}
+        executor_(engine.model_, cache_),
+        budget_(engine.options_.interleaved_share, engine.options_.interleaved_target_step) {}
 
   absl::Status RunLeader();
   absl::Status RunFollower();
@@ -154,11 +156,11 @@ class Engine::Loop {
   void AdaptersApplied(const AdapterCatalog::Changes& changes,
                        const std::vector<absl::StatusOr<int>>& loaded, size_t fresh_count);
   absl::Status Step(StepPlan& plan);
-  // Whether the next plan runs a unit of the interleaved work: while `serving`, when its
-  // units have had less than their share of the busy time; otherwise whenever one is left.
-  bool InterleavedUnitDue(bool serving) const;
-  // Every rank, after a plan's serving work.
-  void RunInterleavedUnit();
+  // Leader: the pieces of interleaved work the next plan runs (budget_), beside requests
+  // (`serving`) or not.
+  int InterleavedPiecesDue(bool serving) const;
+  // Every rank, after a plan's serving work: its pieces.
+  void RunInterleavedPieces(int pieces);
   // Leader, before the plan goes out: drops a finished work, and starts the next one asked
   // for (or refuses it while one runs).
   void PlanInterleaved(StepPlan& plan);
@@ -189,8 +191,9 @@ class Engine::Loop {
   std::vector<uint64_t> parked_;           // live, waiting for their adapter to be loaded
   std::vector<PendingLoad> loads_;         // LoadAdapter calls for the next plan
   std::shared_ptr<InterleavedWork> work_;  // every rank's part of the interleaved work
-  bool interleaved_failed_ = false;        // a unit failed: no more are scheduled
-  bool unit_while_serving_ = false;        // the leader's next unit runs beside requests
+  bool interleaved_failed_ = false;        // a piece failed: no more are planned
+  InterleavedBudget budget_;               // the leader's
+  bool pieces_while_serving_ = false;      // the leader's next pieces run beside requests
   std::vector<PendingStart> starts_;       // StartInterleaved calls taken from the engine
   std::deque<std::pair<absl::Time, int64_t>> recent_outputs_;
   absl::Time hashes_published_ = absl::InfinitePast();
@@ -497,35 +500,37 @@ absl::Status Engine::Loop::Step(StepPlan& plan) {
     if (it != live_.end()) ProcessToken(*it->second, token);
   }
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
-  if (plan.chunks_size() > 0) engine_.serve_seconds_ += seconds;
+  if (plan.chunks_size() > 0) budget_.ServingStepRan(seconds);
   PublishStats(seconds, &plan, prompt_tokens);
   if (plan.chunks_size() > 0 && engine_.step_observer_) {
     engine_.step_observer_(engine_.Stats());
   }
-  if (plan.interleaved_unit()) RunInterleavedUnit();
+  RunInterleavedPieces(plan.interleaved_pieces());
   return absl::OkStatus();
 }
 
-bool Engine::Loop::InterleavedUnitDue(bool serving) const {
-  if (work_ == nullptr || interleaved_done()) return false;
-  if (!serving) return true;
-  return engine_.interleaved_seconds_ <=
-         engine_.options_.interleaved_share *
-             (engine_.serve_seconds_ + engine_.interleaved_seconds_);
+int Engine::Loop::InterleavedPiecesDue(bool serving) const {
+  if (work_ == nullptr || interleaved_done()) return 0;
+  return budget_.Pieces(serving, [&](int k) { return work_->ExpectedPieceSeconds(k); });
 }
 
-void Engine::Loop::RunInterleavedUnit() {
-  if (work_ == nullptr) return;
+void Engine::Loop::RunInterleavedPieces(int pieces) {
+  if (work_ == nullptr || pieces <= 0) return;
   const absl::Time start = absl::Now();
-  // Its error is the work's to keep and report; the leader schedules no more units and drops
-  // it, and the serving goes on.
-  if (!work_->RunUnit().ok()) interleaved_failed_ = true;
+  int ran = 0;
+  while (ran < pieces) {
+    ++ran;
+    // Its error is the work's to keep and report; the leader plans no more pieces and drops
+    // it, and the serving goes on.
+    if (!work_->RunPiece().ok()) {
+      interleaved_failed_ = true;
+      break;
+    }
+  }
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
-  // Only units beside requests count against the share: work done while the group was idle
-  // must not hold the next units back once requests come.
-  if (unit_while_serving_) engine_.interleaved_seconds_ += seconds;
+  budget_.PiecesRan(seconds, pieces_while_serving_);
   absl::MutexLock lock(&engine_.mutex_);
-  ++engine_.stats_.interleaved_units;
+  engine_.stats_.interleaved_pieces += ran;
   engine_.stats_.interleaved_seconds += seconds;
 }
 
@@ -552,6 +557,7 @@ void Engine::Loop::ApplyInterleaved(const StepPlan& plan) {
     work_.reset();
     interleaved_failed_ = false;
   }
+  if (!plan.start_interleaved().empty()) budget_.Reset();
   if (plan.start_interleaved().empty()) return;
   absl::StatusOr<std::shared_ptr<InterleavedWork>> made =
       engine_.options_.interleaved_factory
@@ -581,8 +587,8 @@ absl::Status Engine::Loop::RunLeader() {
     StartParked();
     const bool serving = scheduler_.has_work() || scheduler_.has_pending_removals() ||
                          has_adapter_work() || !starts_.empty() || interleaved_done();
-    const bool unit_due = InterleavedUnitDue(serving);
-    if (!serving && !unit_due) {
+    const int pieces_due = InterleavedPiecesDue(serving);
+    if (!serving && pieces_due == 0) {
       PublishStats(0, nullptr, 0);
       if (stop_when_idle) {
         absl::MutexLock lock(&engine_.mutex_);
@@ -616,8 +622,8 @@ absl::Status Engine::Loop::RunLeader() {
       continue;
     }
     StepPlan plan = scheduler_.NextPlan();
-    plan.set_interleaved_unit(unit_due);
-    unit_while_serving_ = serving;
+    plan.set_interleaved_pieces(pieces_due);
+    pieces_while_serving_ = serving;
     absl::Status status = Step(plan);
     if (!status.ok()) {
       EndAll(FinishReason::kError, status);
@@ -636,7 +642,7 @@ absl::Status Engine::Loop::RunFollower() {
     TESSERA_RETURN_IF_ERROR(engine_.slots_->Apply(plan, &loaded));
     ApplyInterleaved(plan);
     TESSERA_RETURN_IF_ERROR(executor_.Execute(plan).status());
-    if (plan.interleaved_unit()) RunInterleavedUnit();
+    RunInterleavedPieces(plan.interleaved_pieces());
   }
 }
 
@@ -654,6 +660,11 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(model::Transformer& model
       !(options.interleaved_share > 0 && options.interleaved_share <= 1)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "engine options: interleaved_share must be in (0, 1], not ", options.interleaved_share));
+  }
+  if (options.interleaved_target_step < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("engine options: interleaved_target_step must not be negative, not ",
+                     absl::FormatDuration(options.interleaved_target_step)));
   }
   if (options.max_adapters < 0) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -61,12 +61,15 @@ struct EngineOptions {
   // Makes work every rank runs between serving steps (interleaved_work.h) from a spec, on
   // every rank (collective over the group: the ranks agree that all made it). Set on every
   // rank or on none. `interleaved_spec`, when not empty, starts one with the engine; more
-  // start with StartInterleaved once one has finished. Its units take about
-  // `interleaved_share` of the group's busy time while requests are served, and run back to
-  // back while none are; a finished work is dropped on every rank.
+  // start with StartInterleaved once one has finished. A finished work is dropped on every
+  // rank. Its pieces run after serving steps (interleaved_budget.h): while requests are
+  // served, about `interleaved_share` of the group's busy time, or, with
+  // `interleaved_target_step` above zero, what each serving step leaves of that time between
+  // two tokens; while none are, in bursts.
   InterleavedWorkFactory interleaved_factory;
   std::string interleaved_spec;
   double interleaved_share = 0.25;
+  absl::Duration interleaved_target_step = absl::ZeroDuration();
 };
 
 struct EngineStats {
@@ -88,7 +91,7 @@ struct EngineStats {
   int64_t output_tokens = 0;   // tokens generated
   double busy_seconds = 0;     // time spent in steps that ran the model
   double output_tokens_per_second = 0;  // over the last few seconds
-  int64_t interleaved_units = 0;        // of EngineOptions::interleaved, run so far
+  int64_t interleaved_pieces = 0;       // of the interleaved work, run so far
   double interleaved_seconds = 0;       // ... and the time they took
 };
 
@@ -217,8 +220,6 @@ class Engine {
   bool shutdown_ ABSL_GUARDED_BY(mutex_) = false;
   bool stopped_ ABSL_GUARDED_BY(mutex_) = false;
   EngineStats stats_ ABSL_GUARDED_BY(mutex_);
-  double serve_seconds_ = 0;        // the loop's: time in serving steps
-  double interleaved_seconds_ = 0;  // ... and in units of interleaved work
   std::vector<uint64_t> cached_hashes_ ABSL_GUARDED_BY(mutex_);
 };
 

@@ -2,13 +2,15 @@
 #define TESSERA_RUNTIME_ENGINE_INTERLEAVED_WORK_H_
 
 // Work that a serving group does between its serving steps, on the same ranks, shards and
-// communicator: a fine-tune inside the serving job. The leader's loop decides when a unit
-// runs (a share of the group's busy time, and whenever it is idle) and says so in the step
-// plan, so that every rank runs the unit at the same point of its step loop, after that
-// step's serving work; the unit's collectives then line up on every rank.
+// communicator: a fine-tune inside the serving job. The work comes in pieces (for a fine-tune
+// a layer of a micro-batch's forward or backward, or an optimizer update), a few of which
+// run after a serving step. The leader's loop decides how many (interleaved_budget.h) and
+// says so in the step plan, so that every rank runs the same pieces at the same point of its
+// step loop, after that step's serving work; their collectives then line up on every rank.
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -20,11 +22,16 @@ class InterleavedWork {
  public:
   virtual ~InterleavedWork() = default;
 
-  // Collective over the group, on every rank's step loop: one unit of the work (one
-  // optimizer step of a fine-tune). An error ends the work on every rank (no more units are
-  // scheduled) but not the serving; the work keeps it for whoever asks.
-  virtual absl::Status RunUnit() = 0;
-  // Leader: no unit is left (the work finished, failed, or was stopped). The engine then
+  // Collective over the group, on every rank's step loop: the next piece of the work. Once
+  // the work has no piece left by its own count (the same on every rank: a plan may name more
+  // pieces than are left) it returns at once, without a collective. An error ends the work
+  // on every rank (no more pieces are planned) but not the serving; the work keeps it for
+  // whoever asks.
+  virtual absl::Status RunPiece() = 0;
+  // Leader: the seconds that the piece `ahead` places after the next one (0: the next) is
+  // expected to take; nullopt when not known (it then runs alone).
+  virtual std::optional<double> ExpectedPieceSeconds(int ahead) const = 0;
+  // Leader: no piece is left (the work finished, failed, or was stopped). The engine then
   // drops it on every rank.
   virtual bool finished() const = 0;
 };

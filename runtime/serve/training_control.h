@@ -24,8 +24,8 @@ class TrainingControl {
   // The last fine-tune's state (adapter, state, steps, loss, published version); nullopt
   // when the group never ran one. Model, version and group are the caller's to fill in.
   virtual std::optional<v1::TrainingState> State() const = 0;
-  // Stops the running fine-tune after its current step (its last published version stays
-  // served); NOT_FOUND when none runs.
+  // Stops the running fine-tune at once, dropping a step under way (its last published
+  // version stays served); NOT_FOUND when none runs.
   virtual absl::Status Stop() = 0;
 };
 

@@ -365,43 +365,6 @@ absl::StatusOr<Tensor> TrainableModel::LayerForward(int l, const Tensor& h, cons
   return Sum(s.h_mid, mlp_out);
 }
 
-absl::StatusOr<TrainableModel::Forwarded> TrainableModel::Forward(const MicroBatch& batch) {
-  TESSERA_RETURN_IF_ERROR(CheckBatch(batch));
-  const int64_t tokens = static_cast<int64_t>(batch.tokens.size());
-  const int64_t hidden = config_.hidden_size;
-  const float eps = static_cast<float>(config_.rms_norm_eps);
-  Forwarded f;
-  f.ids = WrapI32(batch.tokens);
-  f.positions = WrapI32(batch.positions);
-  f.starts = WrapI32(batch.sequence_starts);
-  f.targets = WrapI32(batch.targets);
-  TESSERA_ASSIGN_OR_RETURN(Parameter * embed, [&]() -> absl::StatusOr<Parameter*> {
-    Parameter* p = params_.Find("model.embed_tokens.weight");
-    if (p == nullptr) return absl::InternalError("no embedding");
-    return p;
-  }());
-  TESSERA_ASSIGN_OR_RETURN(Tensor h, F32({tokens, hidden}));
-  TESSERA_RETURN_IF_ERROR(
-      kernels::EmbeddingLookup(f.ids, embed->value, plan_.vocab.begin, config_.vocab_size, h));
-  TESSERA_RETURN_IF_ERROR(SumOverTp(h));
-  f.layers.resize(config_.num_hidden_layers);
-  for (int l = 0; l < config_.num_hidden_layers; ++l) {
-    if (options_.recompute) {
-      // Keep only the layer's input: the backward runs the layer again from it.
-      SavedLayer transient;
-      f.layers[l].h_in = h;
-      TESSERA_ASSIGN_OR_RETURN(h, LayerForward(l, h, f.positions, f.starts, transient));
-    } else {
-      TESSERA_ASSIGN_OR_RETURN(h, LayerForward(l, h, f.positions, f.starts, f.layers[l]));
-    }
-  }
-  f.h_final = h;
-  TESSERA_ASSIGN_OR_RETURN(f.n_final, F32({tokens, hidden}));
-  TESSERA_ASSIGN_OR_RETURN(Tensor final_norm, params_.Value("model.norm.weight"));
-  TESSERA_RETURN_IF_ERROR(kernels::RmsNorm(f.h_final, final_norm, eps, f.n_final));
-  return f;
-}
-
 absl::StatusOr<LossSum> TrainableModel::LossAndHeadBackward(const Tensor& normed,
                                                             const Tensor& targets,
                                                             const float* loss_scale,
@@ -539,49 +502,148 @@ absl::Status TrainableModel::LayerBackward(int l, const Tensor& positions, const
   return kernels::AddInPlace(d_residual, d_h_mid);
 }
 
-absl::StatusOr<LossSum> TrainableModel::ForwardBackward(const MicroBatch& batch, float loss_scale,
-                                                        const StageCallback& stage_done) {
-  auto done = [&](int stage) { return stage_done ? stage_done(stage) : absl::OkStatus(); };
-  TESSERA_ASSIGN_OR_RETURN(Forwarded f, Forward(batch));
-  const int64_t tokens = f.n_final.dim(0), hidden = config_.hidden_size;
+// The pass's pieces, by index k: 0 the embedding; 1..L layer k-1's forward; L+1 the final
+// norm and the loss, with the head's and the final norm's backward; L+2..2L+1 layer 2L+1-k's
+// backward; 2L+2 the embedding's backward.
+struct TrainableModel::PassState {
+  MicroBatch batch;
+  std::optional<float> loss_scale;  // unset: forward and loss only
+  StageCallback stage_done;
+  Forwarded f;
+  Tensor h;           // (T, H) the residual stream through the forward
+  Tensor d_residual;  // (T, H) its gradient through the backward
+  LossSum loss;
+};
+
+TrainableModel::Pass::Pass(TrainableModel& model, std::unique_ptr<PassState> state)
+    : model_(model), state_(std::move(state)) {}
+TrainableModel::Pass::~Pass() = default;
+
+int TrainableModel::Pass::pieces() const {
+  const int layers = model_.config_.num_hidden_layers;
+  return state_->loss_scale.has_value() ? 2 * layers + 3 : layers + 2;
+}
+
+absl::Status TrainableModel::Pass::RunPiece() {
+  if (done()) return absl::FailedPreconditionError("the pass is done");
+  absl::Status ran = model_.RunPassPiece(next_, *state_);
+  next_ = ran.ok() ? next_ + 1 : pieces();
+  if (ran.ok() && done()) loss_ = state_->loss;
+  return ran;
+}
+
+absl::StatusOr<std::unique_ptr<TrainableModel::Pass>> TrainableModel::BeginPass(
+    MicroBatch batch, std::optional<float> loss_scale, StageCallback stage_done) {
+  TESSERA_RETURN_IF_ERROR(CheckBatch(batch));
+  auto state = std::make_unique<PassState>();
+  state->batch = std::move(batch);
+  state->loss_scale = loss_scale;
+  state->stage_done = std::move(stage_done);
+  Forwarded& f = state->f;
+  f.ids = WrapI32(state->batch.tokens);
+  f.positions = WrapI32(state->batch.positions);
+  f.starts = WrapI32(state->batch.sequence_starts);
+  f.targets = WrapI32(state->batch.targets);
+  return std::unique_ptr<Pass>(new Pass(*this, std::move(state)));
+}
+
+absl::StatusOr<std::unique_ptr<TrainableModel::Pass>> TrainableModel::BeginForwardBackward(
+    MicroBatch batch, float loss_scale, StageCallback stage_done) {
+  return BeginPass(std::move(batch), loss_scale, std::move(stage_done));
+}
+
+absl::Status TrainableModel::RunPassPiece(int k, PassState& s) {
+  const int layers = config_.num_hidden_layers;
+  Forwarded& f = s.f;
+  const int64_t tokens = f.ids.dim(0), hidden = config_.hidden_size;
   const float eps = static_cast<float>(config_.rms_norm_eps);
-  TESSERA_ASSIGN_OR_RETURN(Tensor d_normed, F32({tokens, hidden}));
-  TESSERA_ASSIGN_OR_RETURN(LossSum loss,
-                           LossAndHeadBackward(f.n_final, f.targets, &loss_scale, &d_normed));
-  TESSERA_RETURN_IF_ERROR(SumOverTp(d_normed));  // the vocab-parallel head's input
-  TESSERA_ASSIGN_OR_RETURN(Parameter * final_norm, [&]() -> absl::StatusOr<Parameter*> {
-    Parameter* p = params_.Find("model.norm.weight");
-    if (p == nullptr) return absl::InternalError("no final norm");
-    return p;
-  }());
-  TESSERA_ASSIGN_OR_RETURN(Tensor d_residual, F32({tokens, hidden}));
-  TESSERA_ASSIGN_OR_RETURN(Tensor norm_scratch, F32({hidden}));
-  Tensor final_norm_grad = final_norm->grad.defined() ? final_norm->grad : norm_scratch;
-  TESSERA_RETURN_IF_ERROR(kernels::RmsNormBackward(f.h_final, final_norm->value, eps, d_normed,
-                                                   d_residual, final_norm_grad));
-  TESSERA_RETURN_IF_ERROR(done(0));
-  for (int l = config_.num_hidden_layers - 1; l >= 0; --l) {
+  auto done = [&](int stage) { return s.stage_done ? s.stage_done(stage) : absl::OkStatus(); };
+  if (k == 0) {
+    TESSERA_ASSIGN_OR_RETURN(Parameter * embed, [&]() -> absl::StatusOr<Parameter*> {
+      Parameter* p = params_.Find("model.embed_tokens.weight");
+      if (p == nullptr) return absl::InternalError("no embedding");
+      return p;
+    }());
+    TESSERA_ASSIGN_OR_RETURN(s.h, F32({tokens, hidden}));
+    TESSERA_RETURN_IF_ERROR(
+        kernels::EmbeddingLookup(f.ids, embed->value, plan_.vocab.begin, config_.vocab_size, s.h));
+    TESSERA_RETURN_IF_ERROR(SumOverTp(s.h));
+    f.layers.resize(layers);
+    return absl::OkStatus();
+  }
+  if (k <= layers) {
+    const int l = k - 1;
+    if (options_.recompute) {
+      // Keep only the layer's input: the backward runs the layer again from it.
+      SavedLayer transient;
+      f.layers[l].h_in = s.h;
+      TESSERA_ASSIGN_OR_RETURN(s.h, LayerForward(l, s.h, f.positions, f.starts, transient));
+    } else {
+      TESSERA_ASSIGN_OR_RETURN(s.h, LayerForward(l, s.h, f.positions, f.starts, f.layers[l]));
+    }
+    return absl::OkStatus();
+  }
+  if (k == layers + 1) {
+    f.h_final = std::move(s.h);
+    TESSERA_ASSIGN_OR_RETURN(f.n_final, F32({tokens, hidden}));
+    TESSERA_ASSIGN_OR_RETURN(Tensor final_norm_value, params_.Value("model.norm.weight"));
+    TESSERA_RETURN_IF_ERROR(kernels::RmsNorm(f.h_final, final_norm_value, eps, f.n_final));
+    if (!s.loss_scale.has_value()) {
+      TESSERA_ASSIGN_OR_RETURN(s.loss, LossAndHeadBackward(f.n_final, f.targets, nullptr, nullptr));
+      return absl::OkStatus();
+    }
+    TESSERA_ASSIGN_OR_RETURN(Tensor d_normed, F32({tokens, hidden}));
+    const float loss_scale = *s.loss_scale;
+    TESSERA_ASSIGN_OR_RETURN(s.loss,
+                             LossAndHeadBackward(f.n_final, f.targets, &loss_scale, &d_normed));
+    TESSERA_RETURN_IF_ERROR(SumOverTp(d_normed));  // the vocab-parallel head's input
+    TESSERA_ASSIGN_OR_RETURN(Parameter * final_norm, [&]() -> absl::StatusOr<Parameter*> {
+      Parameter* p = params_.Find("model.norm.weight");
+      if (p == nullptr) return absl::InternalError("no final norm");
+      return p;
+    }());
+    TESSERA_ASSIGN_OR_RETURN(s.d_residual, F32({tokens, hidden}));
+    TESSERA_ASSIGN_OR_RETURN(Tensor norm_scratch, F32({hidden}));
+    Tensor final_norm_grad = final_norm->grad.defined() ? final_norm->grad : norm_scratch;
+    TESSERA_RETURN_IF_ERROR(kernels::RmsNormBackward(f.h_final, final_norm->value, eps, d_normed,
+                                                     s.d_residual, final_norm_grad));
+    return done(0);
+  }
+  if (k <= 2 * layers + 1) {
+    const int l = 2 * layers + 1 - k;
     if (options_.recompute) {
       const Tensor h_in = f.layers[l].h_in;
       TESSERA_RETURN_IF_ERROR(LayerForward(l, h_in, f.positions, f.starts, f.layers[l]).status());
     }
-    TESSERA_RETURN_IF_ERROR(LayerBackward(l, f.positions, f.starts, f.layers[l], d_residual));
+    TESSERA_RETURN_IF_ERROR(LayerBackward(l, f.positions, f.starts, f.layers[l], s.d_residual));
     f.layers[l] = SavedLayer{};  // free what the rest of the backward no longer reads
-    TESSERA_RETURN_IF_ERROR(done(config_.num_hidden_layers - l));
+    return done(layers - l);
   }
   Parameter* embed = params_.Find("model.embed_tokens.weight");
   if (embed == nullptr) return absl::InternalError("no embedding");
   if (embed->grad.defined()) {
-    TESSERA_RETURN_IF_ERROR(kernels::EmbeddingBackward(f.ids, d_residual, plan_.vocab.begin,
+    TESSERA_RETURN_IF_ERROR(kernels::EmbeddingBackward(f.ids, s.d_residual, plan_.vocab.begin,
                                                        config_.vocab_size, embed->grad));
   }
-  TESSERA_RETURN_IF_ERROR(done(config_.num_hidden_layers + 1));
-  return loss;
+  return done(layers + 1);
+}
+
+absl::StatusOr<LossSum> TrainableModel::RunWholePass(MicroBatch batch,
+                                                     std::optional<float> loss_scale,
+                                                     StageCallback stage_done) {
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<Pass> pass,
+                           BeginPass(std::move(batch), loss_scale, std::move(stage_done)));
+  while (!pass->done()) TESSERA_RETURN_IF_ERROR(pass->RunPiece());
+  return pass->loss();
+}
+
+absl::StatusOr<LossSum> TrainableModel::ForwardBackward(const MicroBatch& batch, float loss_scale,
+                                                        const StageCallback& stage_done) {
+  return RunWholePass(batch, loss_scale, stage_done);
 }
 
 absl::StatusOr<LossSum> TrainableModel::Loss(const MicroBatch& batch) {
-  TESSERA_ASSIGN_OR_RETURN(Forwarded f, Forward(batch));
-  return LossAndHeadBackward(f.n_final, f.targets, nullptr, nullptr);
+  return RunWholePass(batch, std::nullopt, nullptr);
 }
 
 int TrainableModel::BackwardStageOf(absl::string_view name) const {

@@ -84,6 +84,12 @@ class TrainableModel {
   using StageCallback = std::function<absl::Status(int stage)>;
   absl::StatusOr<LossSum> ForwardBackward(const MicroBatch& batch, float loss_scale,
                                           const StageCallback& stage_done = nullptr);
+  // The same work run a piece at a time (Pass); `batch` is taken.
+  class Pass;
+  absl::StatusOr<std::unique_ptr<Pass>> BeginForwardBackward(MicroBatch batch, float loss_scale,
+                                                             StageCallback stage_done = nullptr);
+  // The pieces of a ForwardBackward pass.
+  int pieces_per_pass() const { return 2 * config_.num_hidden_layers + 3; }
   // The stage whose backward finishes the gradient of parameter `name`.
   int BackwardStageOf(absl::string_view name) const;
   int num_backward_stages() const { return config_.num_hidden_layers + 2; }
@@ -101,6 +107,7 @@ class TrainableModel {
   struct LayerWeights;
   struct SavedLayer;
   struct Forwarded;
+  struct PassState;
 
   TrainableModel(model::ModelConfig config, model::WeightPlan plan, comm::Communicator& tp,
                  ParameterSet params, TrainableModelOptions options);
@@ -109,7 +116,13 @@ class TrainableModel {
   // values released.
   absl::Status QuantizeFrozenBase();
   absl::Status CheckBatch(const MicroBatch& batch) const;
-  absl::StatusOr<Forwarded> Forward(const MicroBatch& batch);
+  // A pass over `batch`: with `loss_scale` forward and backward, without it forward and loss.
+  absl::StatusOr<std::unique_ptr<Pass>> BeginPass(MicroBatch batch, std::optional<float> loss_scale,
+                                                  StageCallback stage_done);
+  absl::StatusOr<LossSum> RunWholePass(MicroBatch batch, std::optional<float> loss_scale,
+                                       StageCallback stage_done);
+  // Piece `k` of a pass (the order is at PassState in the .cc).
+  absl::Status RunPassPiece(int k, PassState& state);
   // Layer l on the residual stream h (T, H): the layer's output, its activations in `saved`.
   absl::StatusOr<Tensor> LayerForward(int l, const Tensor& h, const Tensor& positions,
                                       const Tensor& starts, SavedLayer& saved);
@@ -130,6 +143,36 @@ class TrainableModel {
   kernels::RotaryConfig rotary_;
   std::vector<float> inv_freq_;
   std::vector<LayerWeights> layers_;
+};
+
+// One micro-batch's forward and backward run a piece at a time, every piece collective over
+// the TP group: the embedding, each layer's forward, the loss with the LM head's and final
+// norm's backward, each layer's backward, and the embedding's backward (2L + 3 pieces; the
+// evaluation's forward-only pass ends at the loss). A fine-tune inside a serving group runs
+// a few pieces between two serving steps; ForwardBackward and Loss run them all at once. The
+// model must outlive the pass, and no other pass of the model may run between its pieces.
+class TrainableModel::Pass {
+ public:
+  ~Pass();
+  Pass(const Pass&) = delete;
+  Pass& operator=(const Pass&) = delete;
+
+  int pieces() const;
+  int pieces_done() const { return next_; }
+  bool done() const { return next_ >= pieces(); }
+  // The next piece; after an error the pass is done (and its gradients incomplete).
+  absl::Status RunPiece();
+  // Once done without error: the micro-batch's loss.
+  const LossSum& loss() const { return loss_; }
+
+ private:
+  friend class TrainableModel;
+  Pass(TrainableModel& model, std::unique_ptr<PassState> state);
+
+  TrainableModel& model_;
+  std::unique_ptr<PassState> state_;
+  int next_ = 0;
+  LossSum loss_;
 };
 
 }  // namespace tessera::train

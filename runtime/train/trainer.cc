@@ -100,47 +100,116 @@ absl::Status Trainer::SumOverDp(std::vector<float>& values) {
 }
 
 absl::StatusOr<StepReport> Trainer::Step() {
+  while (true) {
+    TESSERA_ASSIGN_OR_RETURN(std::optional<StepReport> report, StepPiece());
+    if (report.has_value()) return *std::move(report);
+  }
+}
+
+absl::StatusOr<std::optional<StepReport>> Trainer::StepPiece() {
   const double start = Now();
-  StepReport report;
-  const DataPosition step_start = position_;
+  const int kind = PieceKind(0);
+  absl::StatusOr<std::optional<StepReport>> ran = RunStepPiece();
+  const double seconds = Now() - start;
+  if (!ran.ok()) {
+    step_.reset();
+    return ran.status();
+  }
+  if (piece_seconds_.empty()) piece_seconds_.resize(model_->pieces_per_pass() + 1);
+  std::vector<double>& runs = piece_seconds_[kind];
+  if (runs.size() == 3) runs.erase(runs.begin());
+  runs.push_back(seconds);
+  if (ran->has_value()) {
+    (*ran)->seconds += seconds;
+  } else {
+    step_->report.seconds += seconds;
+  }
+  return ran;
+}
+
+int Trainer::PieceKind(int ahead) const {
+  const int per_pass = model_->pieces_per_pass();
+  const int per_step = options_.grad_accum * per_pass + 1;
+  int at = 0;  // the next piece's place in its step
+  if (step_.has_value()) {
+    at = step_->micro * per_pass + (step_->pass != nullptr ? step_->pass->pieces_done() : 0);
+  }
+  at = (at + ahead) % per_step;
+  return at == per_step - 1 ? per_pass : at % per_pass;
+}
+
+std::optional<double> Trainer::ExpectedPieceSeconds(int ahead) const {
+  if (piece_seconds_.empty()) return std::nullopt;
+  std::vector<double> runs = piece_seconds_[PieceKind(ahead)];
+  if (runs.empty()) return std::nullopt;
+  std::sort(runs.begin(), runs.end());
+  return runs[runs.size() / 2];
+}
+
+absl::Status Trainer::BeginStep() {
+  StepInProgress s;
+  s.start = position_;
   // Every rank knows the whole step's targets from the stream's plan, without a collective
   // and without the other ranks' tokens.
-  TESSERA_ASSIGN_OR_RETURN(RowTotals global, data_->Totals(step_start, rows_per_step()));
-  report.targets = global.targets;
-  report.tokens = rows_per_step() * data_->options().seq_len;
-  if (report.targets == 0) {
+  TESSERA_ASSIGN_OR_RETURN(RowTotals global, data_->Totals(s.start, rows_per_step()));
+  s.report.targets = global.targets;
+  s.report.tokens = rows_per_step() * data_->options().seq_len;
+  if (s.report.targets == 0) {
     return absl::FailedPreconditionError(absl::StrCat("optimizer step ", steps_done() + 1,
                                                       " has no target tokens in its ",
                                                       rows_per_step(), " rows"));
   }
-  const float loss_scale = 1.0f / static_cast<float>(report.targets);
-  ParameterSet& params = model_->parameters();
-  params.ZeroGrads();
+  s.loss_scale = 1.0f / static_cast<float>(s.report.targets);
+  model_->parameters().ZeroGrads();
   if (reducer_ != nullptr) reducer_->BeginStep();
+  step_ = std::move(s);
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::BeginMicroBatch() {
+  StepInProgress& s = *step_;
+  DataPosition at = data_->RankMicroBatchStart(s.start, dp_->rank(), s.micro, options_.micro_batch,
+                                               options_.grad_accum);
+  TESSERA_ASSIGN_OR_RETURN(MicroBatch batch, data_->Rows(at, options_.micro_batch));
   // On the last micro-batch each finished stage is final: its partial sums over TP, then its
   // buckets' all-reduce over DP, while the backward goes on.
-  const TrainableModel::StageCallback stage_done = [&](int stage) -> absl::Status {
-    TESSERA_RETURN_IF_ERROR(model_->ReducePartialGrads(stage));
-    if (reducer_ != nullptr) reducer_->StageDone(stage);
-    return absl::OkStatus();
-  };
-  double loss_sum = 0;
-  for (int a = 0; a < options_.grad_accum; ++a) {
-    DataPosition at = data_->RankMicroBatchStart(step_start, dp_->rank(), a, options_.micro_batch,
-                                                 options_.grad_accum);
-    TESSERA_ASSIGN_OR_RETURN(MicroBatch batch, data_->Rows(at, options_.micro_batch));
-    const bool last = a + 1 == options_.grad_accum;
-    TESSERA_ASSIGN_OR_RETURN(
-        LossSum loss, model_->ForwardBackward(batch, loss_scale, last ? stage_done : nullptr));
-    loss_sum += loss.sum;
+  TrainableModel::StageCallback stage_done;
+  if (s.micro + 1 == options_.grad_accum) {
+    stage_done = [this](int stage) -> absl::Status {
+      TESSERA_RETURN_IF_ERROR(model_->ReducePartialGrads(stage));
+      if (reducer_ != nullptr) reducer_->StageDone(stage);
+      return absl::OkStatus();
+    };
   }
+  TESSERA_ASSIGN_OR_RETURN(
+      s.pass, model_->BeginForwardBackward(std::move(batch), s.loss_scale, std::move(stage_done)));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<StepReport>> Trainer::RunStepPiece() {
+  if (!step_.has_value()) TESSERA_RETURN_IF_ERROR(BeginStep());
+  StepInProgress& s = *step_;
+  if (s.micro == options_.grad_accum) return FinishStep();
+  if (s.pass == nullptr) TESSERA_RETURN_IF_ERROR(BeginMicroBatch());
+  TESSERA_RETURN_IF_ERROR(s.pass->RunPiece());
+  if (s.pass->done()) {
+    s.loss_sum += s.pass->loss().sum;
+    s.pass.reset();
+    ++s.micro;
+  }
+  return std::nullopt;
+}
+
+absl::StatusOr<StepReport> Trainer::FinishStep() {
+  StepReport report = step_->report;
   if (reducer_ != nullptr) {
     TESSERA_RETURN_IF_ERROR(reducer_->Finish(&report.exposed_comm_seconds, &report.comm_seconds));
   }
-  std::vector<float> sums = {static_cast<float>(loss_sum)};
+  std::vector<float> sums = {static_cast<float>(step_->loss_sum)};
   TESSERA_RETURN_IF_ERROR(SumOverDp(sums));
   report.loss = sums[0] / static_cast<double>(report.targets);
   report.lr = LearningRateAt(options_.schedule, options_.lr, steps_done());
+  ParameterSet& params = model_->parameters();
   if (sharded_ != nullptr) {
     TESSERA_ASSIGN_OR_RETURN(report.grad_norm, sharded_->GradNorm(model_->tp()));
     if (options_.max_grad_norm > 0) sharded_->ClipGrads(report.grad_norm, options_.max_grad_norm);
@@ -150,9 +219,9 @@ absl::StatusOr<StepReport> Trainer::Step() {
     if (options_.max_grad_norm > 0) ClipGrads(params, report.grad_norm, options_.max_grad_norm);
     adam_->Step(report.lr);
   }
-  position_ = data_->Advance(step_start, rows_per_step());
+  position_ = data_->Advance(step_->start, rows_per_step());
   report.step = steps_done();
-  report.seconds = Now() - start;
+  step_.reset();
   return report;
 }
 

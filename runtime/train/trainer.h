@@ -72,6 +72,21 @@ class Trainer {
                                         const RowStream& data, const TrainerOptions& options);
 
   absl::StatusOr<StepReport> Step();
+  // The same step a piece at a time, for a fine-tune inside a serving group that runs a few
+  // pieces between two serving steps: each piece is one of a micro-batch's pass
+  // (TrainableModel::Pass: a layer's forward or backward, the loss, the embedding), and the
+  // step's last piece is the update, which returns the step's report (its `seconds` the sum
+  // of its pieces'). Collective as Step. Between the pieces of a step the trainer must not be
+  // moved nor its model, data or optimizer used otherwise. A piece that fails abandons the
+  // step: the next piece begins it again.
+  absl::StatusOr<std::optional<StepReport>> StepPiece();
+  // The seconds that the piece `ahead` places after the next one (0: the next) is expected to
+  // take on this rank: the median of the same piece's (of any micro-batch, or the update's)
+  // last three runs, so that one run slowed by something else does not count; nullopt before
+  // it ran.
+  std::optional<double> ExpectedPieceSeconds(int ahead) const;
+  // Whether a step's pieces have begun and its update has not run yet.
+  bool step_under_way() const { return step_.has_value(); }
 
   // The mean loss over `rows` rows of `eval` from its start, `micro_batch` rows at a time,
   // each DP rank taking its share. Collective.
@@ -109,6 +124,23 @@ class Trainer {
   // Sums `values` over the DP group (f32 sums of a few counters).
   absl::Status SumOverDp(std::vector<float>& values);
 
+  // An optimizer step under way, between its pieces.
+  struct StepInProgress {
+    DataPosition start;
+    StepReport report;  // its seconds so far
+    float loss_scale = 0;
+    double loss_sum = 0;
+    int micro = 0;  // the micro-batch whose pass runs; grad_accum: the update is next
+    std::unique_ptr<TrainableModel::Pass> pass;  // null before the micro-batch's first piece
+  };
+  absl::Status BeginStep();
+  absl::Status BeginMicroBatch();
+  absl::StatusOr<std::optional<StepReport>> RunStepPiece();
+  absl::StatusOr<StepReport> FinishStep();
+  // What the piece `ahead` places after the next one is: its index in its micro-batch's pass,
+  // or pieces_per_pass() for the update.
+  int PieceKind(int ahead) const;
+
   TrainableModel* model_;
   comm::Communicator* dp_;
   const RowStream* data_;
@@ -118,6 +150,9 @@ class Trainer {
   std::optional<AdamW> adam_;
   std::unique_ptr<ShardedAdamW> sharded_;
   DataPosition position_;
+  std::optional<StepInProgress> step_;
+  // By PieceKind, the seconds of its last runs, the newest last (at most three).
+  std::vector<std::vector<double>> piece_seconds_;
 };
 
 }  // namespace tessera::train

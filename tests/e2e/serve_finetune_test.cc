@@ -3,7 +3,10 @@
 // built-in model while it learns four prompt -> completion pairs between its serving steps.
 // Clients stream requests the whole time, on the base and, once it is published, on the
 // adapter; none may fail. Each published version (every 100 steps) is served under the
-// adapter's name, and the last one answers every prompt with its completion.
+// adapter's name, and the last one answers every prompt with its completion. A group that
+// loses a rank while it trains ends; started again with the same configuration, it resumes
+// from its last checkpoint, serves that version again, and takes the same steps the first
+// run took from there.
 //
 // TESSERA_BINARY and TESSERA_MPIRUN_COMMAND come from CMake.
 
@@ -13,12 +16,14 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
@@ -41,6 +46,28 @@ const std::vector<std::pair<std::string, std::string>> kPairs = {
     {"The sky is ", "blue"},
     {"Tessera runs on ", "many GPUs"}};
 
+// The fine-tune's configuration file in `dir`, training on kPairs (written there too).
+std::string WriteFineTune(const std::string& dir, int steps, int publish_every) {
+  std::ofstream data(dir + "/pairs.jsonl");
+  for (const auto& [prompt, completion] : kPairs) {
+    data << nlohmann::json{{"prompt", prompt}, {"completion", completion}}.dump() << "\n";
+  }
+  const std::string path = dir + "/train.json";
+  std::ofstream(path) << nlohmann::json{{"data", dir + "/pairs.jsonl"},
+                                        {"adapter", "tuned"},
+                                        {"output", dir + "/tuned"},
+                                        {"steps", steps},
+                                        {"publish_every", publish_every},
+                                        {"seq_len", 64},
+                                        {"micro_batch", 4},
+                                        {"lr", 1e-2},
+                                        {"lora_r", 8},
+                                        {"lora_targets",
+                                         "q_proj,v_proj,gate_proj,up_proj,down_proj"}}
+                             .dump();
+  return path;
+}
+
 // What ListAdapters says of `name`; an empty dir when it is not listed.
 v1::AdapterInfo Listed(v1::Inference::Stub& stub, const std::string& name) {
   grpc::ClientContext context;
@@ -61,31 +88,14 @@ TEST(ServeFinetune, LearnsWhileServingAndServesEachPublishedVersion) {
       TESSERA_BINARY,
       std::vector<std::string>(absl::StrSplit(TESSERA_MPIRUN_COMMAND, ' ', absl::SkipEmpty())),
       dir);
-  {
-    std::ofstream data(dir + "/pairs.jsonl");
-    for (const auto& [prompt, completion] : kPairs) {
-      data << nlohmann::json{{"prompt", prompt}, {"completion", completion}}.dump() << "\n";
-    }
-    std::ofstream(dir + "/train.json")
-        << nlohmann::json{{"data", dir + "/pairs.jsonl"},
-                          {"adapter", "tuned"},
-                          {"output", dir + "/tuned"},
-                          {"steps", kSteps},
-                          {"publish_every", kPublishEvery},
-                          {"seq_len", 64},
-                          {"micro_batch", 4},
-                          {"lr", 1e-2},
-                          {"lora_r", 8},
-                          {"lora_targets", "q_proj,v_proj,gate_proj,up_proj,down_proj"}}
-               .dump();
-  }
+  const std::string config = WriteFineTune(dir, kSteps, kPublishEvery);
   absl::StatusOr<std::unique_ptr<CoordinatorProcess>> coordinator =
       harness.StartCoordinator({"--heartbeat-interval", "500ms"});
   ASSERT_TRUE(coordinator.ok()) << coordinator.status();
   WorkerJobOptions job;
   job.np = 2;
   job.tp = 2;
-  job.extra_flags = {"--train-config", dir + "/train.json", "--train-share", "0.5"};
+  job.extra_flags = {"--train-config", config, "--train-share", "0.5"};
   absl::StatusOr<std::unique_ptr<WorkerJob>> workers =
       harness.StartWorkers((*coordinator)->grpc_port(), job);
   ASSERT_TRUE(workers.ok()) << workers.status();
@@ -163,6 +173,93 @@ TEST(ServeFinetune, LearnsWhileServingAndServesEachPublishedVersion) {
     EXPECT_FALSE(absl::StartsWith(base.response.text(), completion)) << prompt;
   }
   workers.value()->process().Stop(absl::Seconds(10));
+  (*coordinator)->process().Stop(absl::Seconds(5));
+  std::filesystem::remove_all(dir);
+}
+
+// The loss each "step" event of a fine-tune's log gives, by step, as logged.
+std::map<int, std::string> LossesLogged(const std::string& log) {
+  std::map<int, std::string> losses;
+  for (const nlohmann::json& event : Events(log, "step")) {
+    if (event.value("component", "") != "finetune") continue;
+    int step = 0;
+    const std::string at = event.value("step", "");
+    if (absl::SimpleAtoi(at.substr(0, at.find('/')), &step)) losses[step] = event.value("loss", "");
+  }
+  return losses;
+}
+
+TEST(ServeFinetune, AGroupStartedAgainAfterALostRankResumesFromItsLastCheckpoint) {
+  constexpr int kShortSteps = 30, kShortPublishEvery = 10, kKilledBefore = 15;
+  char pattern[] = "/tmp/tessera-finetune-resume-e2e-XXXXXX";
+  const std::string dir = mkdtemp(pattern);
+  ServeHarness harness(
+      TESSERA_BINARY,
+      std::vector<std::string>(absl::StrSplit(TESSERA_MPIRUN_COMMAND, ' ', absl::SkipEmpty())),
+      dir);
+  const std::string config = WriteFineTune(dir, kShortSteps, kShortPublishEvery);
+  absl::StatusOr<std::unique_ptr<CoordinatorProcess>> coordinator =
+      harness.StartCoordinator({"--heartbeat-interval", "500ms"});
+  ASSERT_TRUE(coordinator.ok()) << coordinator.status();
+  WorkerJobOptions job;
+  job.np = 2;
+  job.tp = 2;
+  job.collective_timeout = "5s";
+  job.extra_flags = {"--train-config", config};
+  // Rank 1 dies as the group is about to take step 15: checkpoint and version 10 are out.
+  job.environment = {absl::StrCat("TESSERA_TEST_TRAIN_FAULT=kill:1:", kKilledBefore)};
+  absl::StatusOr<std::unique_ptr<WorkerJob>> first =
+      harness.StartWorkers((*coordinator)->grpc_port(), job);
+  ASSERT_TRUE(first.ok()) << first.status();
+  const std::optional<int> ended = (*first)->process().Wait(kStartTimeout);
+  const std::string first_log = (*first)->process().Log();
+  ASSERT_TRUE(ended.has_value()) << "the job did not end; its log:\n" << Tail(first_log, 40);
+  EXPECT_NE(*ended, 0);
+  const std::map<int, std::string> before = LossesLogged(first_log);
+  ASSERT_EQ(before.size(), static_cast<size_t>(kKilledBefore - 1)) << Tail(first_log, 40);
+
+  // The same job again, without the fault: it goes on from step 10.
+  job.environment.clear();
+  absl::StatusOr<std::unique_ptr<WorkerJob>> second =
+      harness.StartWorkers((*coordinator)->grpc_port(), job);
+  ASSERT_TRUE(second.ok()) << second.status();
+  v1::Inference::Stub& stub = (*coordinator)->inference();
+  const std::string last = absl::StrCat(dir, "/tuned/step-", kShortSteps);
+  const absl::Time deadline = absl::Now() + kStartTimeout;
+  while (absl::Now() < deadline && Listed(stub, "tuned").dir() != last) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  const std::string second_log = (*second)->process().Log();
+  ASSERT_EQ(Listed(stub, "tuned").dir(), last) << Tail(second_log, 40);
+
+  std::vector<nlohmann::json> resumed = Events(second_log, "resumed");
+  ASSERT_EQ(resumed.size(), 1u) << Tail(second_log, 40);
+  EXPECT_EQ(resumed[0]["step"], absl::StrCat(kShortPublishEvery, "/", kShortSteps));
+  // The checkpoint's version is served again first, then the new ones.
+  std::vector<nlohmann::json> published = Events(second_log, "published");
+  ASSERT_EQ(published.size(), 3u) << Tail(second_log, 40);
+  for (int v = 0; v < 3; ++v) {
+    EXPECT_EQ(published[v]["step"], absl::StrCat((v + 1) * kShortPublishEvery));
+  }
+  // Steps 11 to 14 again, bitwise as the first run took them.
+  const std::map<int, std::string> after = LossesLogged(second_log);
+  ASSERT_EQ(after.size(), static_cast<size_t>(kShortSteps - kShortPublishEvery));
+  EXPECT_EQ(after.begin()->first, kShortPublishEvery + 1);
+  for (int step = kShortPublishEvery + 1; step < kKilledBefore; ++step) {
+    EXPECT_EQ(after.at(step), before.at(step)) << "step " << step;
+  }
+  // The coordinator's status says where it came from.
+  grpc::ClientContext context;
+  SetDeadline(context, absl::Seconds(10));
+  v1::TrainingStatusRequest request;
+  request.set_model(model::kDefaultModelName);
+  v1::TrainingStatusResponse status;
+  ASSERT_TRUE(stub.TrainingStatus(&context, request, &status).ok());
+  ASSERT_EQ(status.trainings_size(), 1);
+  EXPECT_EQ(status.trainings(0).state(), "finished");
+  EXPECT_EQ(status.trainings(0).steps_done(), kShortSteps);
+  EXPECT_EQ(status.trainings(0).resumed_step(), kShortPublishEvery);
+  (*second)->process().Stop(absl::Seconds(10));
   (*coordinator)->process().Stop(absl::Seconds(5));
   std::filesystem::remove_all(dir);
 }

@@ -245,8 +245,10 @@ absl::StatusOr<std::unique_ptr<WorkerJob>> ServeHarness::StartWorkers(
   job->options_ = options;
   std::string stem = absl::StrCat("workers-np", options.np, "-tp", options.tp,
                                   options.version.empty() ? "" : "-", options.version);
+  std::vector<std::string> environment = ChildEnvironment();
+  environment.insert(environment.end(), options.environment.begin(), options.environment.end());
   absl::StatusOr<std::unique_ptr<ChildProcess>> process =
-      ChildProcess::Start(argv, NewLogPath(stem), ChildEnvironment());
+      ChildProcess::Start(argv, NewLogPath(stem), environment);
   if (!process.ok()) return process.status();
   job->process_ = *std::move(process);
   return job;

@@ -92,6 +92,7 @@ struct WorkerJobOptions {
   std::string collective_timeout;  // --timeout; empty: the worker's default
   std::string kv_cache_memory = "64M";
   std::vector<std::string> extra_flags;  // more `tessera worker` flags
+  std::vector<std::string> environment;  // more of the job's environment, VAR=value
 };
 
 // A running `mpirun -np N tessera worker ...` job: N / tp groups.

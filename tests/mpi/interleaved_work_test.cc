@@ -36,7 +36,8 @@ class CountingWork final : public InterleavedWork {
 
   void set_engine(Engine* engine) { engine_ = engine; }
 
-  absl::Status RunUnit() override {
+  absl::Status RunPiece() override {
+    if (ran_ >= units_) return absl::OkStatus();  // none left: no collective
     ++ran_;
     int64_t one = 1;
     Tensor view = Tensor::Wrap(&one, DType::kI64, {1});
@@ -55,6 +56,7 @@ class CountingWork final : public InterleavedWork {
     }
     return absl::OkStatus();
   }
+  std::optional<double> ExpectedPieceSeconds(int) const override { return std::nullopt; }
   bool finished() const override { return failed_ || stopped_ || ran_ >= units_; }
   void Stop() { stopped_ = true; }
 
@@ -178,7 +180,7 @@ TEST_F(InterleavedWorkTest, EveryRankRunsEveryUnitBesideServingAndAUnitPublishes
   EXPECT_TRUE(work->sums_ok());
   if (World().rank() != 0) return;
   EXPECT_TRUE(work->published().ok()) << work->published();
-  EXPECT_EQ(stats.interleaved_units, 40);
+  EXPECT_EQ(stats.interleaved_pieces, 40);
   ASSERT_EQ(served.size(), expected.size());
   for (size_t i = 0; i < served.size(); ++i) {
     EXPECT_EQ(served[i], expected[i])

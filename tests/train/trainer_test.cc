@@ -3,7 +3,8 @@
 // the loss's definition: a step's rows split into micro-batches, accumulation steps or
 // data-parallel ranks give the same losses and weights; and ZeRO-1 (moments sharded over the
 // data-parallel ranks) takes the same steps and saves the same moments as the replicated
-// optimizer at every TP x DP layout with DP >= 2.
+// optimizer at every TP x DP layout with DP >= 2; a step taken a piece at a time between
+// other collectives is bitwise the step taken at once.
 
 #include "runtime/train/trainer.h"
 
@@ -12,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -20,6 +22,7 @@
 #include "comm/topology.h"
 #include "kernels/cpu/quantized_linear.h"
 #include "nlohmann/json.hpp"
+#include "runtime/core/stream.h"
 #include "runtime/model/safetensors.h"
 #include "runtime/model/weight_loader.h"
 #include "runtime/model/weight_quantization.h"
@@ -260,8 +263,11 @@ struct TrainedRun {
   std::vector<std::vector<float>> weights;
 };
 
-// Three steps of `split` on the llama golden model, TP 1; `dp` ranks of `dp_comm` share them.
-TrainedRun TrainSteps(const Split& split, comm::Communicator& tp, comm::Communicator& dp) {
+// Three steps of `split` on the llama golden model over `tp`; the ranks of `dp` share them.
+// `in_pieces`: each step a piece at a time (Trainer::StepPiece), with an all-reduce of
+// another tensor over `tp` between two pieces, as serving steps run between them.
+TrainedRun TrainSteps(const Split& split, comm::Communicator& tp, comm::Communicator& dp,
+                      bool in_pieces = false) {
   TrainedRun run;
   BatchOptions batching;
   batching.seq_len = 16;
@@ -278,10 +284,34 @@ TrainedRun TrainSteps(const Split& split, comm::Communicator& tp, comm::Communic
   options.adamw.weight_decay = 0.01;
   absl::StatusOr<Trainer> trainer = Trainer::Create(**model, dp, *data, options);
   EXPECT_TRUE(trainer.ok());
+  const int pieces_per_step = split.grad_accum * (*model)->pieces_per_pass() + 1;
   for (int s = 0; s < 3; ++s) {
-    absl::StatusOr<StepReport> report = trainer->Step();
-    EXPECT_TRUE(report.ok()) << report.status();
-    run.losses.push_back(report->loss);
+    if (!in_pieces) {
+      absl::StatusOr<StepReport> report = trainer->Step();
+      EXPECT_TRUE(report.ok()) << report.status();
+      run.losses.push_back(report->loss);
+      continue;
+    }
+    for (int piece = 1;; ++piece) {
+      // Known once the same piece of an earlier micro-batch (or the update) ran.
+      const int per_pass = (*model)->pieces_per_pass();
+      EXPECT_EQ(trainer->ExpectedPieceSeconds(0).has_value(),
+                s > 0 || (piece > per_pass && piece < pieces_per_step))
+          << "step " << s << " piece " << piece;
+      absl::StatusOr<std::optional<StepReport>> ran = trainer->StepPiece();
+      EXPECT_TRUE(ran.ok()) << ran.status();
+      if (!ran.ok()) return run;
+      std::vector<float> other = {1.0f, static_cast<float>(piece)};
+      Tensor view = Tensor::Wrap(other.data(), DType::kF32, {2});
+      Stream cpu = Stream::Cpu();
+      EXPECT_TRUE(tp.AllReduce(view, comm::ReduceOp::kSum, cpu).ok());
+      EXPECT_EQ(other[0], static_cast<float>(tp.size()));
+      if (!ran->has_value()) continue;
+      EXPECT_EQ(piece, pieces_per_step);
+      EXPECT_EQ((*ran)->step, s + 1);
+      run.losses.push_back((*ran)->loss);
+      break;
+    }
   }
   for (const Parameter& p : (*model)->parameters().all()) {
     run.weights.emplace_back(p.value.data<float>(), p.value.data<float>() + p.value.numel());
@@ -322,6 +352,23 @@ TEST(Trainer, MicroBatchesAccumulationAndDataParallelGiveTheSameSteps) {
       }
       EXPECT_LT(std::sqrt(diff / norm), 1e-6) << "tensor " << p;
     }
+  }
+}
+
+TEST(Trainer, StepsTakenAPieceAtATimeBesideOtherCollectivesAreBitwiseTheSame) {
+  comm::Communicator& world = World();
+  absl::StatusOr<std::unique_ptr<comm::Communicator>> self =
+      world.Split(world.rank(), 0, absl::StrCat("self", world.rank()));
+  ASSERT_TRUE(self.ok());
+  const TrainedRun whole = TrainSteps({2, 3, 1}, world, **self);
+  const TrainedRun pieces = TrainSteps({2, 3, 1}, world, **self, /*in_pieces=*/true);
+  ASSERT_EQ(pieces.losses.size(), whole.losses.size());
+  for (size_t s = 0; s < whole.losses.size(); ++s) {
+    EXPECT_EQ(pieces.losses[s], whole.losses[s]) << "step " << s;
+  }
+  ASSERT_EQ(pieces.weights.size(), whole.weights.size());
+  for (size_t p = 0; p < whole.weights.size(); ++p) {
+    EXPECT_EQ(pieces.weights[p], whole.weights[p]) << "tensor " << p;
   }
 }
 

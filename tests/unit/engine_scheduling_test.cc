@@ -1,11 +1,13 @@
 // The engine's bookkeeping without a model: KV blocks with prefix caching, the stable
-// prefix hash the coordinator relies on, and the scheduler's step plans.
+// prefix hash the coordinator relies on, the scheduler's step plans, and how many pieces of
+// interleaved work (a fine-tune) run after a serving step.
 
 #include <gtest/gtest.h>
 
 #include <numeric>
 
 #include "runtime/engine/block_pool.h"
+#include "runtime/engine/interleaved_budget.h"
 #include "runtime/engine/prefix_hash.h"
 #include "runtime/engine/scheduler.h"
 
@@ -179,6 +181,102 @@ TEST(SchedulerTest, PreemptsTheNewestSequenceWhenBlocksRunOut) {
   EXPECT_EQ(scheduler.counts().preemptions, 1);
   EXPECT_EQ(scheduler.preemptions(2), 1);
   EXPECT_EQ(scheduler.counts().waiting, 1);
+}
+
+// Pieces whose expected seconds are `seconds`, repeating; nullopt past them when `known` is
+// shorter.
+InterleavedBudget::ExpectedSeconds Pieces(std::vector<double> seconds, size_t known = 1000) {
+  return [seconds, known](int k) -> std::optional<double> {
+    if (static_cast<size_t>(k) >= known) return std::nullopt;
+    return seconds[k % seconds.size()];
+  };
+}
+
+TEST(InterleavedBudgetTest, AShareSpreadsPiecesOverEveryServingStep) {
+  InterleavedBudget budget(0.25, absl::ZeroDuration());
+  EXPECT_EQ(budget.Pieces(/*serving=*/true, Pieces({0.0004})), 0);  // nothing earned yet
+  budget.ServingStepRan(0.003);                                     // earns 0.25 / 0.75 of it: 1 ms
+  EXPECT_NEAR(budget.earned(), 0.001, 1e-12);
+  EXPECT_EQ(budget.Pieces(true, Pieces({0.0004})), 2);
+  budget.PiecesRan(0.0008, /*serving=*/true);
+  EXPECT_NEAR(budget.earned(), 0.0002, 1e-12);
+  // Pieces of different sizes: as many of the next ones as fit.
+  budget.ServingStepRan(0.003);
+  EXPECT_EQ(budget.Pieces(true, Pieces({0.0005, 0.0001, 0.002})), 2);
+  // Over many steps the pieces take the share of the busy time.
+  InterleavedBudget steady(0.25, absl::ZeroDuration());
+  double serving = 0, pieces = 0;
+  for (int step = 0; step < 1000; ++step) {
+    steady.ServingStepRan(0.002);
+    serving += 0.002;
+    const int due = steady.Pieces(true, Pieces({0.0003}));
+    steady.PiecesRan(due * 0.0003, true);
+    pieces += due * 0.0003;
+  }
+  EXPECT_NEAR(pieces / (serving + pieces), 0.25, 0.005);
+}
+
+TEST(InterleavedBudgetTest, ALargePieceWaitsForTheStepsThatEarnIt) {
+  InterleavedBudget budget(0.25, absl::ZeroDuration());
+  int steps = 0;
+  while (budget.Pieces(true, Pieces({0.005})) == 0) {
+    budget.ServingStepRan(0.003);
+    ++steps;
+  }
+  EXPECT_EQ(steps, 5);  // 1 ms a step
+  // What a share earns ahead is bounded; a share of 1 earns the bound at once.
+  for (int step = 0; step < 1000; ++step) budget.ServingStepRan(0.003);
+  EXPECT_EQ(budget.earned(), InterleavedBudget::kMaxEarned);
+  // A piece larger than a share ever earns runs alone after kMaxWaitSteps steps without one.
+  InterleavedBudget starved(0.25, absl::ZeroDuration());
+  for (int step = 1; step <= InterleavedBudget::kMaxWaitSteps; ++step) {
+    EXPECT_EQ(starved.Pieces(true, Pieces({1.0})), 0) << step;
+    starved.ServingStepRan(0.003);
+  }
+  EXPECT_EQ(starved.Pieces(true, Pieces({1.0})), 1);
+  starved.PiecesRan(1.0, true);
+  starved.ServingStepRan(0.003);
+  EXPECT_EQ(starved.Pieces(true, Pieces({1.0})), 0);
+  InterleavedBudget all(1.0, absl::ZeroDuration());
+  all.ServingStepRan(0.001);
+  EXPECT_EQ(all.earned(), InterleavedBudget::kMaxEarned);
+  all.Reset();
+  EXPECT_EQ(all.earned(), 0);
+}
+
+TEST(InterleavedBudgetTest, ATargetStepTakesWhatTheServingStepLeft) {
+  InterleavedBudget budget(0.25, absl::Milliseconds(7));
+  budget.ServingStepRan(0.003);
+  EXPECT_EQ(budget.Pieces(true, Pieces({0.00045})), 8);  // 4 ms left
+  budget.PiecesRan(0.004, true);
+  budget.ServingStepRan(0.0065);
+  EXPECT_EQ(budget.Pieces(true, Pieces({0.00045})), 1);
+  budget.ServingStepRan(0.008);  // over the target: none
+  EXPECT_EQ(budget.Pieces(true, Pieces({0.00045})), 0);
+  // A piece larger than the target leaves runs alone after kMaxWaitSteps steps without one.
+  budget.PiecesRan(0.0005, true);
+  for (int step = 1; step < InterleavedBudget::kMaxWaitSteps; ++step) {
+    budget.ServingStepRan(0.003);
+    EXPECT_EQ(budget.Pieces(true, Pieces({0.005})), 0) << step;
+  }
+  budget.ServingStepRan(0.003);
+  EXPECT_EQ(budget.Pieces(true, Pieces({0.005})), 1);
+  // Idle: a burst of the target.
+  EXPECT_EQ(budget.Pieces(false, Pieces({0.00045})), 15);
+}
+
+TEST(InterleavedBudgetTest, IdleBurstsAndPiecesOfUnknownTime) {
+  InterleavedBudget budget(0.25, absl::ZeroDuration());
+  EXPECT_EQ(budget.Pieces(false, Pieces({0.00045})), 22);  // kIdleBurst, 10 ms
+  EXPECT_EQ(budget.Pieces(false, Pieces({0.5})), 1);       // one, however long
+  EXPECT_EQ(budget.Pieces(false, Pieces({0.00001})), InterleavedBudget::kMaxPieces);
+  // A piece not measured yet runs alone: while idle, or beside requests once anything is
+  // earned.
+  EXPECT_EQ(budget.Pieces(false, Pieces({0.0004}, /*known=*/0)), 1);
+  EXPECT_EQ(budget.Pieces(false, Pieces({0.0004}, /*known=*/3)), 3);
+  EXPECT_EQ(budget.Pieces(true, Pieces({0.0004}, /*known=*/0)), 0);
+  budget.ServingStepRan(0.001);
+  EXPECT_EQ(budget.Pieces(true, Pieces({0.0004}, /*known=*/0)), 1);
 }
 
 }  // namespace
