@@ -415,6 +415,11 @@ class Coordinator::RegistryImpl final : public v1::WorkerRegistry::Service {
       c_.parsed_[encoder_digest] = encoder;
       c_.encoders_[TokenizerKey(request->model(), request->version())] = encoder;
       c_.ReleaseUnusedEncoders();  // the one this model and version had before, say
+      auto training =
+          c_.trainings_by_name_.find(Coordinator::TrainingKey(request->model(), request->name()));
+      if (training != c_.trainings_by_name_.end()) {
+        response->set_training_config_json(training->second);
+      }
     }
     response->set_group_id(*id);
     response->set_group_secret(*secret);

@@ -13,8 +13,10 @@
 //
 // Fine-tunes inside serving groups (StartTraining, TrainingStatus, StopTraining;
 // coordinator_training.cc): the coordinator picks the group and relays the call to its leader,
-// which runs the fine-tune and publishes its adapter; the coordinator keeps no record of them
-// (a group's status is asked of the group).
+// which runs the fine-tune and publishes its adapter. A group's status is asked of the group;
+// the coordinator records only which configuration it started on a group name, until it is
+// stopped there, so that the group registering again under that name (it failed and was
+// started again) starts it again and resumes from its last checkpoint.
 //
 // Failure handling: a group that misses 3 heartbeats, deregisters, or whose stream fails is
 // out; a group whose engine stalls (its loop stops turning) is out of routing until it turns
@@ -231,6 +233,8 @@ class Coordinator {
   // move to other groups.
   void FailOpenCalls(const std::string& id, const std::string& why);
   // Drops the encoders no registered group uses any more.
+  // trainings_by_name_'s key of a group name serving `model`.
+  static std::string TrainingKey(const std::string& model, const std::string& name);
   void ReleaseUnusedEncoders() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void CollectGauges();
 
@@ -271,6 +275,9 @@ class Coordinator {
   GaugeFamily* tokenizers_gauge_;
   grpc::Server* health_server_ ABSL_GUARDED_BY(mutex_) = nullptr;
   bool healthy_ ABSL_GUARDED_BY(mutex_) = false;
+  // The configuration StartTraining started on each group name (by TrainingKey), until
+  // StopTraining stops it there: RegisterResponse.training_config_json.
+  absl::flat_hash_map<std::string, std::string> trainings_by_name_ ABSL_GUARDED_BY(mutex_);
 
   absl::Notification stop_;
   std::thread reaper_;

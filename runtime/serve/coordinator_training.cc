@@ -3,10 +3,12 @@
 // groups it is about (the Worker calls of the same names), which run the fine-tune between
 // their serving steps (launcher/serving_finetune.h) and publish its adapter versions.
 //
-// The coordinator keeps no record of a fine-tune: a status is asked of the groups, and a
-// published version reaches routing through the group's heartbeats, as any adapter the group
-// holds. So nothing here needs undoing when a group leaves, and a restarted coordinator
-// sees the fine-tunes its groups run.
+// A status is asked of the groups, and a published version reaches routing through the
+// group's heartbeats, as any adapter the group holds; so nothing here needs undoing when a
+// group leaves, and a restarted coordinator sees the fine-tunes its groups run. The one record
+// kept is the configuration started on a group name (until it is stopped there): a group that
+// registers again under that name (it failed, and its job was started again) gets it in its
+// RegisterResponse and starts it again, resuming from the fine-tune's last checkpoint.
 
 #include <functional>
 #include <string>
@@ -122,8 +124,16 @@ grpc::Status Coordinator::StartTraining(const v1::StartTrainingRequest& request,
                         {"group", group->id},
                         {"why", status.error_message()}});
   if (!status.ok()) return GroupError(*group, status);
+  {
+    absl::MutexLock lock(&mutex_);
+    trainings_by_name_[TrainingKey(group->info.model, group->info.name)] = request.config_json();
+  }
   response->set_group(group->id);
   return grpc::Status::OK;
+}
+
+std::string Coordinator::TrainingKey(const std::string& model, const std::string& name) {
+  return absl::StrCat(model, "\n", name);
 }
 
 grpc::Status Coordinator::TrainingStatus(const v1::TrainingStatusRequest& request,
@@ -200,6 +210,8 @@ grpc::Status Coordinator::StopTraining(const v1::StopTrainingRequest& request,
     const grpc::Status& status = statuses[i];
     if (status.ok()) {
       response->add_groups((*groups)[i].id);
+      absl::MutexLock lock(&mutex_);
+      trainings_by_name_.erase(TrainingKey((*groups)[i].info.model, (*groups)[i].info.name));
       continue;
     }
     // NOT_FOUND: it runs none, which is what was asked. A group the operator did not name

@@ -29,12 +29,12 @@ WorkerService::WorkerService(engine::Engine& engine, const PromptEncoder& encode
     : engine_(engine), encoder_(encoder), model_(std::move(model)), version_(std::move(version)) {}
 
 WorkerService::~WorkerService() {
-  std::vector<std::thread> loaders;
+  std::vector<std::thread> work;
   {
     absl::MutexLock lock(&mutex_);
-    loaders.swap(adapter_loaders_);
+    work.swap(registration_work_);
   }
-  for (std::thread& loader : loaders) loader.join();
+  for (std::thread& thread : work) thread.join();
 }
 
 void WorkerService::Registered(const v1::RegisterResponse& response) {
@@ -47,10 +47,21 @@ void WorkerService::Registered(const v1::RegisterResponse& response) {
     }
     if (!same) missing.push_back({adapter.name(), adapter.dir()});
   }
+  const bool restart_training = !response.training_config_json().empty() && training_ != nullptr &&
+                                !training_->State().has_value();
   absl::MutexLock lock(&mutex_);
   group_id_ = response.group_id();
+  if (restart_training) {
+    // Loading the trainable model takes a while: not on the registration's thread.
+    registration_work_.emplace_back([this, config = response.training_config_json()] {
+      absl::Status started = training_->Start(config);
+      LogEvent("worker", {{"event", started.ok() ? "fine-tune started again"
+                                                 : "fine-tune start again failed"},
+                          {"error", std::string(started.message())}});
+    });
+  }
   if (missing.empty()) return;
-  adapter_loaders_.emplace_back([this, missing = std::move(missing)] {
+  registration_work_.emplace_back([this, missing = std::move(missing)] {
     for (const engine::AdapterSpec& adapter : missing) {
       absl::Status loaded = engine_.LoadAdapter(adapter);
       LogEvent("worker", {{"event", loaded.ok() ? "adapter loaded" : "adapter load failed"},

@@ -87,7 +87,8 @@ class WorkerService final : public v1::Worker::Service {
   // Tokens each request in flight still has to compute (prompt until its first token, then
   // the rest of max_tokens), by engine id.
   absl::flat_hash_map<uint64_t, int64_t> outstanding_ ABSL_GUARDED_BY(mutex_);
-  std::vector<std::thread> adapter_loaders_ ABSL_GUARDED_BY(mutex_);  // Registered's
+  // Registered's: adapter loads, and a fine-tune started again.
+  std::vector<std::thread> registration_work_ ABSL_GUARDED_BY(mutex_);
 };
 
 }  // namespace tessera::serve

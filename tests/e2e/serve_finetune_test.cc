@@ -4,9 +4,10 @@
 // Clients stream requests the whole time, on the base and, once it is published, on the
 // adapter; none may fail. Each published version (every 100 steps) is served under the
 // adapter's name, and the last one answers every prompt with its completion. A group that
-// loses a rank while it trains ends; started again with the same configuration, it resumes
-// from its last checkpoint, serves that version again, and takes the same steps the first
-// run took from there.
+// loses a rank during a fine-tune started through the coordinator ends; its job started
+// again registers under the same name, gets the fine-tune back, resumes from its last
+// checkpoint, serves that version again, and takes the same steps the first run took from
+// there.
 //
 // TESSERA_BINARY and TESSERA_MPIRUN_COMMAND come from CMake.
 
@@ -18,6 +19,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -81,28 +83,54 @@ v1::AdapterInfo Listed(v1::Inference::Stub& stub, const std::string& name) {
   return {};
 }
 
-TEST(ServeFinetune, LearnsWhileServingAndServesEachPublishedVersion) {
-  char pattern[] = "/tmp/tessera-finetune-e2e-XXXXXX";
-  const std::string dir = mkdtemp(pattern);
-  ServeHarness harness(
-      TESSERA_BINARY,
-      std::vector<std::string>(absl::StrSplit(TESSERA_MPIRUN_COMMAND, ' ', absl::SkipEmpty())),
-      dir);
-  const std::string config = WriteFineTune(dir, kSteps, kPublishEvery);
-  absl::StatusOr<std::unique_ptr<CoordinatorProcess>> coordinator =
-      harness.StartCoordinator({"--heartbeat-interval", "500ms"});
-  ASSERT_TRUE(coordinator.ok()) << coordinator.status();
-  WorkerJobOptions job;
-  job.np = 2;
-  job.tp = 2;
-  job.extra_flags = {"--train-config", config, "--train-share", "0.5"};
-  absl::StatusOr<std::unique_ptr<WorkerJob>> workers =
-      harness.StartWorkers((*coordinator)->grpc_port(), job);
+// A coordinator, its folder, and the fine-tune's files there.
+class ServeFinetune : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char pattern[] = "/tmp/tessera-finetune-e2e-XXXXXX";
+    dir_ = mkdtemp(pattern);
+    harness_ = std::make_unique<ServeHarness>(
+        TESSERA_BINARY,
+        std::vector<std::string>(absl::StrSplit(TESSERA_MPIRUN_COMMAND, ' ', absl::SkipEmpty())),
+        dir_);
+    absl::StatusOr<std::unique_ptr<CoordinatorProcess>> started =
+        harness_->StartCoordinator({"--heartbeat-interval", "500ms"});
+    ASSERT_TRUE(started.ok()) << started.status();
+    coordinator_ = *std::move(started);
+  }
+  void TearDown() override {
+    if (coordinator_ != nullptr) coordinator_->process().Stop(absl::Seconds(5));
+    if (!HasFailure()) std::filesystem::remove_all(dir_);  // kept to look into
+  }
+
+  // A TP 2 group running the fine-tune of `steps` steps, a version every `publish_every`.
+  WorkerJobOptions FineTuneJob(int steps, int publish_every) {
+    WorkerJobOptions job;
+    job.np = 2;
+    job.tp = 2;
+    job.extra_flags = {"--train-config", WriteFineTune(dir_, steps, publish_every)};
+    return job;
+  }
+  absl::StatusOr<std::unique_ptr<WorkerJob>> StartWorkers(const WorkerJobOptions& job) {
+    return harness_->StartWorkers(coordinator_->grpc_port(), job);
+  }
+
+  std::string dir_;
+  std::unique_ptr<ServeHarness> harness_;
+  std::unique_ptr<CoordinatorProcess> coordinator_;
+};
+
+TEST_F(ServeFinetune, LearnsWhileServingAndServesEachPublishedVersion) {
+  const std::string dir = dir_;
+  WorkerJobOptions job = FineTuneJob(kSteps, kPublishEvery);
+  job.extra_flags.insert(job.extra_flags.end(), {"--train-share", "0.5"});
+  absl::StatusOr<std::unique_ptr<WorkerJob>> workers = StartWorkers(job);
   ASSERT_TRUE(workers.ok()) << workers.status();
+  CoordinatorProcess* coordinator = coordinator_.get();
   const std::string model = model::kDefaultModelName;
-  absl::Status healthy = (*coordinator)->WaitForHealthyGroups(model, {{"v1", 1}}, kStartTimeout);
+  absl::Status healthy = coordinator->WaitForHealthyGroups(model, {{"v1", 1}}, kStartTimeout);
   ASSERT_TRUE(healthy.ok()) << healthy;
-  v1::Inference::Stub& stub = (*coordinator)->inference();
+  v1::Inference::Stub& stub = coordinator->inference();
 
   // Clients stream while the group trains: on the base from the start, on the adapter from
   // its first version on.
@@ -173,8 +201,6 @@ TEST(ServeFinetune, LearnsWhileServingAndServesEachPublishedVersion) {
     EXPECT_FALSE(absl::StartsWith(base.response.text(), completion)) << prompt;
   }
   workers.value()->process().Stop(absl::Seconds(10));
-  (*coordinator)->process().Stop(absl::Seconds(5));
-  std::filesystem::remove_all(dir);
 }
 
 // The loss each "step" event of a fine-tune's log gives, by step, as logged.
@@ -189,28 +215,36 @@ std::map<int, std::string> LossesLogged(const std::string& log) {
   return losses;
 }
 
-TEST(ServeFinetune, AGroupStartedAgainAfterALostRankResumesFromItsLastCheckpoint) {
+TEST_F(ServeFinetune, AGroupStartedAgainAfterALostRankResumesFromItsLastCheckpoint) {
   constexpr int kShortSteps = 30, kShortPublishEvery = 10, kKilledBefore = 15;
-  char pattern[] = "/tmp/tessera-finetune-resume-e2e-XXXXXX";
-  const std::string dir = mkdtemp(pattern);
-  ServeHarness harness(
-      TESSERA_BINARY,
-      std::vector<std::string>(absl::StrSplit(TESSERA_MPIRUN_COMMAND, ' ', absl::SkipEmpty())),
-      dir);
-  const std::string config = WriteFineTune(dir, kShortSteps, kShortPublishEvery);
-  absl::StatusOr<std::unique_ptr<CoordinatorProcess>> coordinator =
-      harness.StartCoordinator({"--heartbeat-interval", "500ms"});
-  ASSERT_TRUE(coordinator.ok()) << coordinator.status();
+  const std::string dir = dir_;
   WorkerJobOptions job;
   job.np = 2;
   job.tp = 2;
   job.collective_timeout = "5s";
-  job.extra_flags = {"--train-config", config};
   // Rank 1 dies as the group is about to take step 15: checkpoint and version 10 are out.
   job.environment = {absl::StrCat("TESSERA_TEST_TRAIN_FAULT=kill:1:", kKilledBefore)};
-  absl::StatusOr<std::unique_ptr<WorkerJob>> first =
-      harness.StartWorkers((*coordinator)->grpc_port(), job);
+  absl::StatusOr<std::unique_ptr<WorkerJob>> first = StartWorkers(job);
   ASSERT_TRUE(first.ok()) << first.status();
+  const std::string model = model::kDefaultModelName;
+  absl::Status healthy = coordinator_->WaitForHealthyGroups(model, {{"v1", 1}}, kStartTimeout);
+  ASSERT_TRUE(healthy.ok()) << healthy;
+  v1::Inference::Stub& stub = coordinator_->inference();
+  {
+    // Started through the coordinator, which gives it back to the group when it registers
+    // again.
+    std::ifstream file(WriteFineTune(dir, kShortSteps, kShortPublishEvery));
+    std::stringstream config;
+    config << file.rdbuf();
+    grpc::ClientContext context;
+    SetDeadline(context, kStartTimeout);
+    v1::StartTrainingRequest request;
+    request.set_model(model);
+    request.set_config_json(config.str());
+    v1::StartTrainingResponse response;
+    const grpc::Status started = stub.StartTraining(&context, request, &response);
+    ASSERT_TRUE(started.ok()) << started.error_message();
+  }
   const std::optional<int> ended = (*first)->process().Wait(kStartTimeout);
   const std::string first_log = (*first)->process().Log();
   ASSERT_TRUE(ended.has_value()) << "the job did not end; its log:\n" << Tail(first_log, 40);
@@ -218,12 +252,11 @@ TEST(ServeFinetune, AGroupStartedAgainAfterALostRankResumesFromItsLastCheckpoint
   const std::map<int, std::string> before = LossesLogged(first_log);
   ASSERT_EQ(before.size(), static_cast<size_t>(kKilledBefore - 1)) << Tail(first_log, 40);
 
-  // The same job again, without the fault: it goes on from step 10.
+  // The same job again, without the fault: it registers under the same name, gets the
+  // fine-tune back from the coordinator, and goes on from step 10.
   job.environment.clear();
-  absl::StatusOr<std::unique_ptr<WorkerJob>> second =
-      harness.StartWorkers((*coordinator)->grpc_port(), job);
+  absl::StatusOr<std::unique_ptr<WorkerJob>> second = StartWorkers(job);
   ASSERT_TRUE(second.ok()) << second.status();
-  v1::Inference::Stub& stub = (*coordinator)->inference();
   const std::string last = absl::StrCat(dir, "/tuned/step-", kShortSteps);
   const absl::Time deadline = absl::Now() + kStartTimeout;
   while (absl::Now() < deadline && Listed(stub, "tuned").dir() != last) {
@@ -232,6 +265,7 @@ TEST(ServeFinetune, AGroupStartedAgainAfterALostRankResumesFromItsLastCheckpoint
   const std::string second_log = (*second)->process().Log();
   ASSERT_EQ(Listed(stub, "tuned").dir(), last) << Tail(second_log, 40);
 
+  EXPECT_EQ(Events(second_log, "fine-tune started again").size(), 1u) << Tail(second_log, 40);
   std::vector<nlohmann::json> resumed = Events(second_log, "resumed");
   ASSERT_EQ(resumed.size(), 1u) << Tail(second_log, 40);
   EXPECT_EQ(resumed[0]["step"], absl::StrCat(kShortPublishEvery, "/", kShortSteps));
@@ -252,7 +286,7 @@ TEST(ServeFinetune, AGroupStartedAgainAfterALostRankResumesFromItsLastCheckpoint
   grpc::ClientContext context;
   SetDeadline(context, absl::Seconds(10));
   v1::TrainingStatusRequest request;
-  request.set_model(model::kDefaultModelName);
+  request.set_model(model);
   v1::TrainingStatusResponse status;
   ASSERT_TRUE(stub.TrainingStatus(&context, request, &status).ok());
   ASSERT_EQ(status.trainings_size(), 1);
@@ -260,8 +294,6 @@ TEST(ServeFinetune, AGroupStartedAgainAfterALostRankResumesFromItsLastCheckpoint
   EXPECT_EQ(status.trainings(0).steps_done(), kShortSteps);
   EXPECT_EQ(status.trainings(0).resumed_step(), kShortPublishEvery);
   (*second)->process().Stop(absl::Seconds(10));
-  (*coordinator)->process().Stop(absl::Seconds(5));
-  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

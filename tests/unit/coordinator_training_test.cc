@@ -2,8 +2,8 @@
 // MPI: a real Coordinator on loopback in front of fake group leaders whose Worker services
 // answer the fine-tune calls as each test sets them (or not at all: a worker older than the
 // calls). What is checked is the coordinator's own part: the request's checks, the group a
-// fine-tune goes to, the fan-out and what it gathers or skips, errors naming the group, and
-// the operators' token.
+// fine-tune goes to, the fan-out and what it gathers or skips, errors naming the group, the
+// operators' token, and the fine-tune a group registering again under its name gets back.
 
 #include <gtest/gtest.h>
 
@@ -151,18 +151,24 @@ class CoordinatorTrainingTest : public ::testing::Test {
   // test failure when registration fails).
   std::string AddGroup(grpc::Service* worker, const std::string& model = "tiny",
                        const std::string& version = "v1") {
+    return Register(worker, model, version, absl::StrCat("host/replica", workers_.size()))
+        .group_id();
+  }
+  // The same under the group name `name`; the coordinator's answer.
+  v1::RegisterResponse Register(grpc::Service* worker, const std::string& model,
+                                const std::string& version, const std::string& name) {
     GrpcServerOptions options;
     options.address = "127.0.0.1:0";
     absl::StatusOr<RunningGrpcServer> running = StartGrpcServer(options, {worker});
     EXPECT_TRUE(running.ok()) << running.status();
-    if (!running.ok()) return "";
+    if (!running.ok()) return {};
     const std::string endpoint = absl::StrCat("127.0.0.1:", running->port);
     workers_.push_back(*std::move(running));
     v1::RegisterRequest request;
     request.set_model(model);
     request.set_version(version);
     request.set_endpoint(endpoint);
-    request.set_name(absl::StrCat("host/replica", workers_.size() - 1));
+    request.set_name(name);
     request.mutable_kv()->set_block_size(16);
     request.mutable_kv()->set_blocks(64);
     request.set_tokenizer_json(kTokenizerJson);
@@ -171,7 +177,7 @@ class CoordinatorTrainingTest : public ::testing::Test {
     v1::RegisterResponse response;
     grpc::Status status = registry_->Register(&context, request, &response);
     EXPECT_TRUE(status.ok()) << status.error_message();
-    return response.group_id();
+    return response;
   }
 
   static v1::StartTrainingRequest Start(const std::string& model, const std::string& version = "",
@@ -375,6 +381,23 @@ TEST_F(CoordinatorTrainingTest, StopTrainingAnswersTheGroupsThatStopped) {
   ASSERT_OK_AND_ASSIGN(stopped, StopTraining("tiny", "", g2));
   EXPECT_EQ(stopped, std::vector<std::string>{g2});
   EXPECT_TRUE(IsError(StopTraining("tiny"), absl::StatusCode::kNotFound));
+}
+
+TEST_F(CoordinatorTrainingTest, AGroupRegisteringAgainUnderItsNameGetsItsFineTuneBack) {
+  StartCoordinator();
+  const std::string g1 = AddGroup(&NewTrainer());  // host/replica0
+  AddGroup(&NewTrainer());                         // host/replica1
+  ASSERT_OK(StartTraining(Start("tiny", "", g1)));
+  // host/replica0 failed and was started again: it gets the configuration to start again.
+  // Another name, or the same name serving another model, gets none.
+  const v1::RegisterResponse again = Register(&NewTrainer(), "tiny", "v2", "host/replica0");
+  EXPECT_EQ(again.training_config_json(), kConfig);
+  EXPECT_EQ(Register(&NewTrainer(), "tiny", "v1", "host/replica1").training_config_json(), "");
+  EXPECT_EQ(Register(&NewTrainer(), "other", "v1", "host/replica0").training_config_json(), "");
+  // Stopped there, it is not started again.
+  ASSERT_OK_AND_ASSIGN(std::vector<std::string> stopped, StopTraining("tiny", "", g1));
+  EXPECT_EQ(stopped, std::vector<std::string>{g1});
+  EXPECT_EQ(Register(&NewTrainer(), "tiny", "v1", "host/replica0").training_config_json(), "");
 }
 
 TEST_F(CoordinatorTrainingTest, StartingAndStoppingNeedTheJoinTokenTheStatusDoesNot) {
