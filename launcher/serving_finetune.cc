@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <utility>
 
@@ -119,8 +120,65 @@ void ServingFineTune::Update(const std::function<void(FineTuneProgress&)>& chang
 }
 
 void ServingFineTune::Stop() {
+  if (job_.layout->dp_size() > 1) {
+    stop_requested_ = true;  // said at the next meeting, which stops every group
+    return;
+  }
   Update([](FineTuneProgress& progress) {
     if (progress.state == "running") progress.state = "stopped";
+  });
+}
+
+int ServingFineTune::PiecesReady() {
+  if (job_.layout->dp_size() == 1 || publish_resumed_ || trainer_->steps_done() >= config_.steps) {
+    return std::numeric_limits<int>::max();
+  }
+  const int before = trainer_->PiecesBeforeUpdate();
+  if (before > 0) return before;
+  if (met_) return std::numeric_limits<int>::max();
+  if (meeting_ == nullptr) {
+    meeting_sum_ = stop_requested_ ? 1 : 0;
+    Tensor sum = Tensor::Wrap(&meeting_sum_, DType::kI64, {1});
+    Stream cpu = Stream::Cpu();
+    comm::CollectiveBatch batch;
+    batch.AllReduce(sum, comm::ReduceOp::kSum);
+    absl::StatusOr<std::unique_ptr<comm::Work>> started =
+        job_.layout->dp().Start(std::move(batch), cpu);
+    if (!started.ok()) {
+      Fail(started.status());
+      return 0;
+    }
+    meeting_ = *std::move(started);
+  }
+  absl::StatusOr<bool> done = meeting_->Poll();
+  if (!done.ok()) {
+    // Another group never came (its deadline): this fine-tune ends here.
+    meeting_.reset();
+    Fail(absl::Status(
+        done.status().code(),
+        absl::StrCat("waiting for the other groups before step ", trainer_->steps_done() + 1,
+                     "'s update: ", done.status().message())));
+    return 0;
+  }
+  if (!*done) return 0;
+  meeting_.reset();
+  if (meeting_sum_ > 0) {
+    Update([](FineTuneProgress& progress) {
+      if (progress.state == "running") progress.state = "stopped";
+    });
+    return 0;
+  }
+  met_ = true;
+  return std::numeric_limits<int>::max();
+}
+
+void ServingFineTune::Fail(const absl::Status& status) {
+  serve::LogEvent(kComponent, {{"event", "fine-tune failed"},
+                               {"adapter", config_.adapter},
+                               {"error", std::string(status.message())}});
+  Update([&](FineTuneProgress& progress) {
+    progress.state = "failed";
+    progress.error = std::string(status.message());
   });
 }
 
@@ -128,12 +186,6 @@ absl::StatusOr<std::unique_ptr<ServingFineTune>> ServingFineTune::Create(
     const ServingFineTuneConfig& config, ModelJob& job,
     const std::optional<model::WeightQuantization>& quantize) {
   comm::Layout& layout = *job.layout;
-  if (layout.dp_size() != 1) {
-    return absl::UnimplementedError(absl::StrCat(
-        "--train-config: the job has ", layout.dp_size(),
-        " serving groups; a fine-tune runs inside one (give each group a job of its own, as "
-        "tessera serve does, and the config to one of them)"));
-  }
   if (job.device_tp != nullptr) {
     return absl::UnimplementedError("--train-config: fine-tuning runs on the CPU backend for now");
   }
@@ -164,6 +216,8 @@ absl::StatusOr<std::unique_ptr<ServingFineTune>> ServingFineTune::Create(
   options.lr = config.lr;
   TESSERA_ASSIGN_OR_RETURN(train::Schedule schedule, train::ParseSchedule(config.schedule));
   options.schedule = {schedule, config.warmup, config.steps};
+  // The DP all-reduce runs in the update, on the engine's loop (no thread of its own).
+  options.buckets.overlap = false;
   TESSERA_RETURN_IF_ERROR(train::ValidateTrainerOptions(options));
   TESSERA_ASSIGN_OR_RETURN(
       train::Trainer trainer,
@@ -174,7 +228,7 @@ absl::StatusOr<std::unique_ptr<ServingFineTune>> ServingFineTune::Create(
 }
 
 absl::Status ServingFineTune::ResumeIfCheckpointed() {
-  comm::Communicator& tp = job_.layout->tp();
+  comm::Communicator& world = *job_.mpi.world;
   absl::StatusOr<std::string> latest = train::LatestCheckpoint(config_.output);
   if (!latest.ok() && !absl::IsNotFound(latest.status())) return latest.status();
   // Every rank must see the same output (one host, or a shared file system): count the ranks
@@ -182,15 +236,15 @@ absl::Status ServingFineTune::ResumeIfCheckpointed() {
   int64_t found = latest.ok() ? 1 : 0;
   Tensor count = Tensor::Wrap(&found, DType::kI64, {1});
   Stream cpu = Stream::Cpu();
-  TESSERA_RETURN_IF_ERROR(tp.AllReduce(count, comm::ReduceOp::kSum, cpu));
+  TESSERA_RETURN_IF_ERROR(world.AllReduce(count, comm::ReduceOp::kSum, cpu));
   if (found == 0) return absl::OkStatus();
-  if (found != tp.size()) {
+  if (found != world.size()) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "\"output\" ", config_.output, ": ", found, " of the group's ", tp.size(),
+        "\"output\" ", config_.output, ": ", found, " of the job's ", world.size(),
         " ranks find a checkpoint there; it must be on a file system that every rank sees"));
   }
   TESSERA_RETURN_IF_ERROR(comm::AgreeOnStatus(
-      tp, train::LoadCheckpoint(*latest, *trainer_, job_.layout->tp_rank(), data_.Fingerprint()),
+      world, train::LoadCheckpoint(*latest, *trainer_, job_.layout->tp_rank(), data_.Fingerprint()),
       "to load its part of the fine-tune's checkpoint"));
   const int64_t step = trainer_->steps_done();
   Update([&](FineTuneProgress& progress) {
@@ -198,7 +252,7 @@ absl::Status ServingFineTune::ResumeIfCheckpointed() {
     progress.resumed_step = step;
   });
   publish_resumed_ = true;
-  if (job_.layout->tp_rank() == 0) {
+  if (world.rank() == 0) {
     serve::LogEvent(kComponent, {{"event", "resumed"},
                                  {"adapter", config_.adapter},
                                  {"step", absl::StrCat(step, "/", config_.steps)},
@@ -234,17 +288,12 @@ absl::Status ServingFineTune::RunPiece() {
     }
     absl::StatusOr<std::optional<train::StepReport>> piece = trainer_->StepPiece();
     status = piece.status();
-    if (status.ok() && piece->has_value()) status = StepDone(**piece);
+    if (status.ok() && piece->has_value()) {
+      met_ = false;  // the next update waits for the other groups again
+      status = StepDone(**piece);
+    }
   }
-  if (!status.ok()) {
-    serve::LogEvent(kComponent, {{"event", "fine-tune failed"},
-                                 {"adapter", config_.adapter},
-                                 {"error", std::string(status.message())}});
-    Update([&](FineTuneProgress& progress) {
-      progress.state = "failed";
-      progress.error = std::string(status.message());
-    });
-  }
+  if (!status.ok()) Fail(status);
   return status;
 }
 
@@ -259,7 +308,7 @@ absl::Status ServingFineTune::StepDone(const train::StepReport& report) {
     progress.tokens += report.tokens;
     progress.step_seconds += report.seconds;
   });
-  if (job_.layout->tp_rank() == 0) {
+  if (job_.mpi.world->rank() == 0) {  // one line a step, whatever the groups
     serve::LogEvent(kComponent, {{"event", "step"},
                                  {"adapter", config_.adapter},
                                  {"step", absl::StrCat(report.step, "/", config_.steps)},
@@ -272,8 +321,8 @@ absl::Status ServingFineTune::StepDone(const train::StepReport& report) {
   // Before the version it publishes: a resume never serves a version older than one served.
   if (publish || (config_.checkpoint_every > 0 && report.step % config_.checkpoint_every == 0)) {
     TESSERA_RETURN_IF_ERROR(train::SaveCheckpoint(
-        config_.output, *trainer_, *job_.mpi.world, job_.layout->tp_rank(),
-        /*dp_rank=*/0, data_.Fingerprint(), kCheckpointsKept, job_.model_dir));
+        config_.output, *trainer_, *job_.mpi.world, job_.layout->tp_rank(), job_.layout->dp_rank(),
+        data_.Fingerprint(), kCheckpointsKept, job_.model_dir));
   }
   if (publish) TESSERA_RETURN_IF_ERROR(Publish(report.step));
   FinishIfDone();
@@ -282,9 +331,14 @@ absl::Status ServingFineTune::StepDone(const train::StepReport& report) {
 
 absl::Status ServingFineTune::Publish(int64_t step) {
   const std::string dir = absl::StrCat(config_.output, "/step-", step);
-  // Collective: TP rank 0 writes the whole adapter before its step loop goes on, so the plan
-  // that loads it reaches every rank after it is complete.
-  TESSERA_RETURN_IF_ERROR(train::ExportPeftAdapter(*model_, job_.model_dir, dir));
+  // Collective over the job: the first group's TP rank 0 writes the whole adapter (the groups
+  // hold the same one) before any step loop goes on, so the plans that load it reach every
+  // rank after it is complete.
+  absl::Status exported = job_.layout->dp_rank() == 0
+                              ? train::ExportPeftAdapter(*model_, job_.model_dir, dir)
+                              : absl::OkStatus();
+  TESSERA_RETURN_IF_ERROR(
+      comm::AgreeOnStatus(*job_.mpi.world, exported, "to export the fine-tune's adapter"));
   if (!publish_) return absl::OkStatus();  // not the leader
   // Served from the next step on; this runs on the engine's loop, which cannot wait for it.
   // The answer may come after the engine dropped this fine-tune: it goes to the board.
@@ -328,6 +382,13 @@ absl::Status FineTuneControl::Start(const std::string& config_json) {
   // Refused here before every rank parses it.
   TESSERA_RETURN_IF_ERROR(ParseServingFineTuneConfig(config_json, "config_json").status());
   if (engine_ == nullptr) return absl::FailedPreconditionError("the group is not serving yet");
+  if (job_.layout->dp_size() > 1) {
+    // Every group of the job must start it at once: only at the job's start.
+    return absl::FailedPreconditionError(
+        absl::StrCat("this group's job runs ", job_.layout->dp_size(),
+                     " groups, over which a fine-tune is data-parallel: start it with the job "
+                     "(tessera worker --train-config)"));
+  }
   return engine_->StartInterleaved(config_json);
 }
 

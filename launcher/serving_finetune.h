@@ -8,6 +8,15 @@
 // is exported and served under its name as a new version (requests already running finish
 // on the version they started with).
 //
+// In a worker job of several groups (`tessera worker --np 4 --tp 2 --train-config FILE`) the
+// fine-tune is data-parallel over them, as `tessera train` is over its replicas: each group
+// takes its share of a step's rows and the adapter's gradients are summed over the job's DP
+// communicator in the step's update. The groups' step loops run apart, so before the update
+// each group's leader waits (without holding up its serving: the engine plans no piece
+// meanwhile) until every group has reached it; the update, checkpoints and the export of a
+// published version then run as one collective step over the job, and every group serves
+// the version. Stopping one group stops them all, at that meeting point.
+//
 // The trainer holds its own f32 copy of the frozen base (TrainableModel), beside the serving
 // model's shards: memory for the base twice.
 //
@@ -27,6 +36,7 @@
 // serves the checkpoint's adapter again at once and takes the same steps from there that it
 // would have taken (the data order is a function of the seed and the position).
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -95,8 +105,8 @@ struct FineTuneBoard {
 
 class ServingFineTune final : public engine::InterleavedWork {
  public:
-  // Collective over the job's tensor-parallel group: loads the trainable copy of the model
-  // and reads the data. The job must have one data-parallel replica (one serving group).
+  // Collective over the job (every group): loads the trainable copy of the model and reads
+  // the data.
   static absl::StatusOr<std::unique_ptr<ServingFineTune>> Create(
       const ServingFineTuneConfig& config, ModelJob& job,
       const std::optional<model::WeightQuantization>& quantize);
@@ -106,6 +116,7 @@ class ServingFineTune final : public engine::InterleavedWork {
       std::function<void(engine::AdapterSpec adapter, std::function<void(absl::Status)> done)>;
   void set_publisher(Publisher publisher) { publish_ = std::move(publisher); }
   // Stops at once (a step under way is dropped): finished() from then on, state "stopped".
+  // Data-parallel over several groups: at the next update, on every group.
   void Stop();
   const std::shared_ptr<FineTuneBoard>& board() const { return board_; }
 
@@ -113,6 +124,9 @@ class ServingFineTune final : public engine::InterleavedWork {
   // it, and publishes the adapter when it is due.
   absl::Status RunPiece() override;
   std::optional<double> ExpectedPieceSeconds(int ahead) const override;
+  // Data-parallel over several groups, before the update: 0 until every group's leader has
+  // reached it.
+  int PiecesReady() override;
   bool finished() const override;
 
  private:
@@ -122,6 +136,8 @@ class ServingFineTune final : public engine::InterleavedWork {
   absl::Status StepDone(const train::StepReport& report);
   // Exports the adapter as it stands and has the engine serve it (the leader).
   absl::Status Publish(int64_t step);
+  // Logs `status` and marks the fine-tune failed.
+  void Fail(const absl::Status& status);
   // Continues from the newest checkpoint under the output, when there is one; collective.
   absl::Status ResumeIfCheckpointed();
   // Marks the fine-tune finished once its last step is done.
@@ -134,6 +150,12 @@ class ServingFineTune final : public engine::InterleavedWork {
   std::optional<train::Trainer> trainer_;
   Publisher publish_;
   bool publish_resumed_ = false;  // the resumed step's adapter is served at the first piece
+  // Data-parallel over several groups, the leader's meeting before an update: the sum over
+  // the DP group of the groups' stop requests, under way or done.
+  std::atomic<bool> stop_requested_{false};
+  int64_t meeting_sum_ = 0;
+  std::unique_ptr<comm::Work> meeting_;
+  bool met_ = false;  // the meeting before the next update is done
   const std::shared_ptr<FineTuneBoard> board_ = std::make_shared<FineTuneBoard>();
 };
 

@@ -123,6 +123,9 @@ struct Engine::Live {
   std::optional<absl::Time> first_token;
 };
 
+// How often an idle leader asks interleaved work waiting for other groups again.
+constexpr absl::Duration kInterleavedWaitPoll = absl::Milliseconds(1);
+
 // What the thread in Run() owns.
 class Engine::Loop {
  public:
@@ -158,7 +161,7 @@ class Engine::Loop {
   absl::Status Step(StepPlan& plan);
   // Leader: the pieces of interleaved work the next plan runs (budget_), beside requests
   // (`serving`) or not.
-  int InterleavedPiecesDue(bool serving) const;
+  int InterleavedPiecesDue(bool serving);
   // Every rank, after a plan's serving work: its pieces.
   void RunInterleavedPieces(int pieces);
   // Leader, before the plan goes out: drops a finished work, and starts the next one asked
@@ -194,6 +197,7 @@ class Engine::Loop {
   bool interleaved_failed_ = false;        // a piece failed: no more are planned
   InterleavedBudget budget_;               // the leader's
   bool pieces_while_serving_ = false;      // the leader's next pieces run beside requests
+  bool interleaved_waiting_ = false;       // its next piece waits for something outside
   std::vector<PendingStart> starts_;       // StartInterleaved calls taken from the engine
   std::deque<std::pair<absl::Time, int64_t>> recent_outputs_;
   absl::Time hashes_published_ = absl::InfinitePast();
@@ -509,9 +513,14 @@ absl::Status Engine::Loop::Step(StepPlan& plan) {
   return absl::OkStatus();
 }
 
-int Engine::Loop::InterleavedPiecesDue(bool serving) const {
+int Engine::Loop::InterleavedPiecesDue(bool serving) {
+  interleaved_waiting_ = false;
   if (work_ == nullptr || interleaved_done()) return 0;
-  return budget_.Pieces(serving, [&](int k) { return work_->ExpectedPieceSeconds(k); });
+  const int ready = work_->PiecesReady();
+  interleaved_waiting_ = ready == 0 && !interleaved_done();
+  if (ready == 0) return 0;
+  return std::min(ready,
+                  budget_.Pieces(serving, [&](int k) { return work_->ExpectedPieceSeconds(k); }));
 }
 
 void Engine::Loop::RunInterleavedPieces(int pieces) {
@@ -607,8 +616,10 @@ absl::Status Engine::Loop::RunLeader() {
                  !e->interleaved_starts_.empty() || e->adapters_removed_ || e->shutdown_ ||
                  e->stop_when_idle_;
         };
-        woken = engine_.mutex_.AwaitWithTimeout(absl::Condition(+has_news, &engine_),
-                                                engine_.options_.idle_interval);
+        // Interleaved work waiting for other groups is asked again soon.
+        woken = engine_.mutex_.AwaitWithTimeout(
+            absl::Condition(+has_news, &engine_),
+            interleaved_waiting_ ? kInterleavedWaitPoll : engine_.options_.idle_interval);
       }
       if (!woken && engine_.tp_.size() > 1) {
         // Tell the peers the leader is alive before their deadline runs out.

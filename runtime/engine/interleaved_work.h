@@ -9,6 +9,7 @@
 // step loop, after that step's serving work; their collectives then line up on every rank.
 
 #include <functional>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -31,6 +32,10 @@ class InterleavedWork {
   // Leader: the seconds that the piece `ahead` places after the next one (0: the next) is
   // expected to take; nullopt when not known (it then runs alone).
   virtual std::optional<double> ExpectedPieceSeconds(int ahead) const = 0;
+  // Leader: how many of the next pieces may run now; the engine plans no more than that. A
+  // work whose next piece waits for something outside the group (a fine-tune's update for
+  // the other groups of a data-parallel fine-tune to reach it) says 0 until it may run.
+  virtual int PiecesReady() { return std::numeric_limits<int>::max(); }
   // Leader: no piece is left (the work finished, failed, or was stopped). The engine then
   // drops it on every rank.
   virtual bool finished() const = 0;

@@ -138,6 +138,12 @@ int Trainer::PieceKind(int ahead) const {
   return at == per_step - 1 ? per_pass : at % per_pass;
 }
 
+int Trainer::PiecesBeforeUpdate() const {
+  for (int ahead = 0;; ++ahead) {
+    if (PieceKind(ahead) == model_->pieces_per_pass()) return ahead;
+  }
+}
+
 std::optional<double> Trainer::ExpectedPieceSeconds(int ahead) const {
   if (piece_seconds_.empty()) return std::nullopt;
   std::vector<double> runs = piece_seconds_[PieceKind(ahead)];

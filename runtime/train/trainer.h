@@ -87,6 +87,8 @@ class Trainer {
   std::optional<double> ExpectedPieceSeconds(int ahead) const;
   // Whether a step's pieces have begun and its update has not run yet.
   bool step_under_way() const { return step_.has_value(); }
+  // The pieces before the next update (0: the next piece is the update).
+  int PiecesBeforeUpdate() const;
 
   // The mean loss over `rows` rows of `eval` from its start, `micro_batch` rows at a time,
   // each DP rank taking its share. Collective.

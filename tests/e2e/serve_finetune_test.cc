@@ -296,5 +296,65 @@ TEST_F(ServeFinetune, AGroupStartedAgainAfterALostRankResumesFromItsLastCheckpoi
   (*second)->process().Stop(absl::Seconds(10));
 }
 
+TEST_F(ServeFinetune, OverTwoGroupsOfAJobItIsDataParallelAndTakesTesseraTrainsSteps) {
+  constexpr int kDpSteps = 20, kDpPublishEvery = 10;
+  WorkerJobOptions job = FineTuneJob(kDpSteps, kDpPublishEvery);
+  job.np = 4;  // two groups of TP 2
+  absl::StatusOr<std::unique_ptr<WorkerJob>> workers = StartWorkers(job);
+  ASSERT_TRUE(workers.ok()) << workers.status();
+  const std::string model = model::kDefaultModelName;
+  absl::Status healthy = coordinator_->WaitForHealthyGroups(model, {{"v1", 2}}, kStartTimeout);
+  ASSERT_TRUE(healthy.ok()) << healthy;
+  v1::Inference::Stub& stub = coordinator_->inference();
+  // A client streams meanwhile: the groups' step loops run apart (each request runs on one of
+  // them), and meet at each update.
+  const std::string last = absl::StrCat(dir_, "/tuned/step-", kDpSteps);
+  const absl::Time deadline = absl::Now() + kStartTimeout;
+  int served = 0;
+  while (absl::Now() < deadline && Listed(stub, "tuned").dir() != last) {
+    Streamed streamed = Stream(stub, Request(model, kPairs[served % kPairs.size()].first, 8));
+    EXPECT_TRUE(streamed.status.ok()) << Describe(streamed.status);
+    ++served;
+  }
+  const std::string log = (*workers)->process().Log();
+  ASSERT_EQ(Listed(stub, "tuned").dir(), last) << Tail(log, 40);
+  // Both groups served each version.
+  EXPECT_EQ(Events(log, "published").size(), 2u * kDpSteps / kDpPublishEvery) << Tail(log, 40);
+
+  // The same fine-tune as `tessera train` runs it over 2 replicas of TP 2.
+  std::vector<std::string> argv(absl::StrSplit(TESSERA_MPIRUN_COMMAND, ' ', absl::SkipEmpty()));
+  // clang-format off
+  argv.insert(argv.end(), {
+      "-np", "4", TESSERA_BINARY, "train", "--tp", "2", "--data", dir_ + "/pairs.jsonl",
+      "--output", dir_ + "/alone", "--steps", absl::StrCat(kDpSteps), "--seq-len", "64",
+      "--micro-batch", "4", "--grad-accum", "1", "--lr", "0.01", "--warmup", "0",
+      "--schedule", "cosine", "--lora-r", "8", "--lora-alpha", "16",
+      "--lora-targets", "q_proj,v_proj,gate_proj,up_proj,down_proj", "--seed", "1",
+      "--save-every", "0", "--no-export"});
+  // clang-format on
+  absl::StatusOr<std::unique_ptr<ChildProcess>> train =
+      ChildProcess::Start(argv, dir_ + "/alone.log", harness_->ChildEnvironment());
+  ASSERT_TRUE(train.ok()) << train.status();
+  const std::optional<int> code = (*train)->Wait(kStartTimeout);
+  ASSERT_EQ(code, std::optional<int>(0)) << Tail((*train)->Log(), 40);
+  std::map<int, double> alone;
+  std::ifstream steps(dir_ + "/alone/log.jsonl");
+  for (std::string line; std::getline(steps, line);) {
+    const nlohmann::json entry = nlohmann::json::parse(line, nullptr, false);
+    if (entry.is_object() && entry.contains("step") && entry.contains("tokens_per_s")) {
+      alone[entry["step"].get<int>()] = entry["loss"].get<double>();
+    }
+  }
+  const std::map<int, std::string> inside = LossesLogged(log);
+  ASSERT_EQ(inside.size(), static_cast<size_t>(kDpSteps));
+  ASSERT_EQ(alone.size(), static_cast<size_t>(kDpSteps));
+  for (const auto& [step, loss] : inside) {
+    double value = 0;
+    ASSERT_TRUE(absl::SimpleAtod(loss, &value)) << loss;
+    EXPECT_NEAR(value, alone[step], 1e-5 * alone[step]) << "step " << step;
+  }
+  (*workers)->process().Stop(absl::Seconds(10));
+}
+
 }  // namespace
 }  // namespace tessera::e2e
