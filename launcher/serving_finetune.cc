@@ -129,31 +129,46 @@ void ServingFineTune::Stop() {
   });
 }
 
+ServingFineTune::~ServingFineTune() {
+  if (job_.layout->dp_size() == 1 || job_.layout->tp_rank() != 0 || !trainer_.has_value() ||
+      meetings_over_ || met_ || trainer_->steps_done() >= config_.steps) {
+    return;
+  }
+  stop_requested_ = true;
+  if (meeting_ == nullptr && !StartMeeting().ok()) return;
+  (void)meeting_->Wait();
+}
+
+absl::Status ServingFineTune::StartMeeting() {
+  meeting_sum_ = stop_requested_ ? 1 : 0;
+  Tensor sum = Tensor::Wrap(&meeting_sum_, DType::kI64, {1});
+  Stream cpu = Stream::Cpu();
+  comm::CollectiveBatch batch;
+  batch.AllReduce(sum, comm::ReduceOp::kSum);
+  TESSERA_ASSIGN_OR_RETURN(meeting_, job_.layout->dp().Start(std::move(batch), cpu));
+  return absl::OkStatus();
+}
+
 int ServingFineTune::PiecesReady() {
-  if (job_.layout->dp_size() == 1 || publish_resumed_ || trainer_->steps_done() >= config_.steps) {
+  if (job_.layout->dp_size() == 1 || publish_resumed_ || meetings_over_ ||
+      trainer_->steps_done() >= config_.steps) {
     return std::numeric_limits<int>::max();
   }
   const int before = trainer_->PiecesBeforeUpdate();
   if (before > 0) return before;
   if (met_) return std::numeric_limits<int>::max();
   if (meeting_ == nullptr) {
-    meeting_sum_ = stop_requested_ ? 1 : 0;
-    Tensor sum = Tensor::Wrap(&meeting_sum_, DType::kI64, {1});
-    Stream cpu = Stream::Cpu();
-    comm::CollectiveBatch batch;
-    batch.AllReduce(sum, comm::ReduceOp::kSum);
-    absl::StatusOr<std::unique_ptr<comm::Work>> started =
-        job_.layout->dp().Start(std::move(batch), cpu);
-    if (!started.ok()) {
-      Fail(started.status());
+    if (absl::Status started = StartMeeting(); !started.ok()) {
+      meetings_over_ = true;
+      Fail(started);
       return 0;
     }
-    meeting_ = *std::move(started);
   }
   absl::StatusOr<bool> done = meeting_->Poll();
   if (!done.ok()) {
     // Another group never came (its deadline): this fine-tune ends here.
     meeting_.reset();
+    meetings_over_ = true;
     Fail(absl::Status(
         done.status().code(),
         absl::StrCat("waiting for the other groups before step ", trainer_->steps_done() + 1,
@@ -163,6 +178,7 @@ int ServingFineTune::PiecesReady() {
   if (!*done) return 0;
   meeting_.reset();
   if (meeting_sum_ > 0) {
+    meetings_over_ = true;
     Update([](FineTuneProgress& progress) {
       if (progress.state == "running") progress.state = "stopped";
     });

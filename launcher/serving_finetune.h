@@ -111,6 +111,11 @@ class ServingFineTune final : public engine::InterleavedWork {
       const ServingFineTuneConfig& config, ModelJob& job,
       const std::optional<model::WeightQuantization>& quantize);
 
+  // Data-parallel over several groups, a leader that leaves with the fine-tune unfinished
+  // (it failed, or the job shuts down) meets the other groups' leaders once more, asking them
+  // to stop, rather than leave them waiting out their deadline.
+  ~ServingFineTune() override;
+
   // How the leader serves a version (Engine::LoadAdapterAsync); unset on the other ranks.
   using Publisher =
       std::function<void(engine::AdapterSpec adapter, std::function<void(absl::Status)> done)>;
@@ -136,6 +141,8 @@ class ServingFineTune final : public engine::InterleavedWork {
   absl::Status StepDone(const train::StepReport& report);
   // Exports the adapter as it stands and has the engine serve it (the leader).
   absl::Status Publish(int64_t step);
+  // The leader's meeting with the other groups' leaders (meeting_), saying stop_requested_.
+  absl::Status StartMeeting();
   // Logs `status` and marks the fine-tune failed.
   void Fail(const absl::Status& status);
   // Continues from the newest checkpoint under the output, when there is one; collective.
@@ -155,7 +162,8 @@ class ServingFineTune final : public engine::InterleavedWork {
   std::atomic<bool> stop_requested_{false};
   int64_t meeting_sum_ = 0;
   std::unique_ptr<comm::Work> meeting_;
-  bool met_ = false;  // the meeting before the next update is done
+  bool met_ = false;            // the meeting before the next update is done
+  bool meetings_over_ = false;  // a meeting stopped the fine-tune, or failed
   const std::shared_ptr<FineTuneBoard> board_ = std::make_shared<FineTuneBoard>();
 };
 

@@ -356,5 +356,77 @@ TEST_F(ServeFinetune, OverTwoGroupsOfAJobItIsDataParallelAndTakesTesseraTrainsSt
   (*workers)->process().Stop(absl::Seconds(10));
 }
 
+TEST_F(ServeFinetune, StoppingADataParallelFineTuneStopsEveryGroupAtTheSameStep) {
+  WorkerJobOptions job = FineTuneJob(/*steps=*/1000000, /*publish_every=*/0);
+  job.np = 4;
+  absl::StatusOr<std::unique_ptr<WorkerJob>> workers = StartWorkers(job);
+  ASSERT_TRUE(workers.ok()) << workers.status();
+  const std::string model = model::kDefaultModelName;
+  absl::Status healthy = coordinator_->WaitForHealthyGroups(model, {{"v1", 2}}, kStartTimeout);
+  ASSERT_TRUE(healthy.ok()) << healthy;
+  v1::Inference::Stub& stub = coordinator_->inference();
+  auto status = [&] {
+    grpc::ClientContext context;
+    SetDeadline(context, absl::Seconds(10));
+    v1::TrainingStatusRequest request;
+    request.set_model(model);
+    v1::TrainingStatusResponse response;
+    EXPECT_TRUE(stub.TrainingStatus(&context, request, &response).ok());
+    return response;
+  };
+  const absl::Time deadline = absl::Now() + kStartTimeout;
+  while (absl::Now() < deadline &&
+         (status().trainings_size() < 1 || status().trainings(0).steps_done() < 3)) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  {
+    // One group asked: both stop, at the next update.
+    grpc::ClientContext context;
+    SetDeadline(context, absl::Seconds(30));
+    v1::StopTrainingRequest request;
+    request.set_model(model);
+    request.set_group(status().trainings(0).group());
+    v1::StopTrainingResponse response;
+    const grpc::Status stopped = stub.StopTraining(&context, request, &response);
+    ASSERT_TRUE(stopped.ok()) << stopped.error_message();
+  }
+  v1::TrainingStatusResponse stopped;
+  while (absl::Now() < deadline) {
+    stopped = status();
+    if (stopped.trainings_size() == 2 && stopped.trainings(0).state() == "stopped" &&
+        stopped.trainings(1).state() == "stopped") {
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_EQ(stopped.trainings_size(), 2) << Tail((*workers)->process().Log(), 40);
+  EXPECT_EQ(stopped.trainings(0).state(), "stopped");
+  EXPECT_EQ(stopped.trainings(1).state(), "stopped");
+  EXPECT_EQ(stopped.trainings(0).steps_done(), stopped.trainings(1).steps_done());
+  // Serving goes on.
+  Streamed streamed = Stream(stub, Request(model, kPairs[0].first, 8));
+  EXPECT_TRUE(streamed.status.ok()) << Describe(streamed.status);
+  (*workers)->process().Stop(absl::Seconds(10));
+}
+
+TEST_F(ServeFinetune, AJobOfADataParallelFineTuneShutsDownPromptlyMidStep) {
+  WorkerJobOptions job = FineTuneJob(/*steps=*/1000000, /*publish_every=*/0);
+  job.np = 4;
+  absl::StatusOr<std::unique_ptr<WorkerJob>> workers = StartWorkers(job);
+  ASSERT_TRUE(workers.ok()) << workers.status();
+  const absl::Time deadline = absl::Now() + kStartTimeout;
+  while (absl::Now() < deadline && LossesLogged((*workers)->process().Log()).size() < 3) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_GE(LossesLogged((*workers)->process().Log()).size(), 3u);
+  // Whatever piece each group is in, its leader meets the other's once more on the way out
+  // instead of leaving it to wait out its deadline.
+  const absl::Time stop = absl::Now();
+  (*workers)->process().Terminate();
+  const std::optional<int> code = (*workers)->process().Wait(absl::Seconds(30));
+  EXPECT_TRUE(code.has_value()) << Tail((*workers)->process().Log(), 40);
+  EXPECT_LT(absl::Now() - stop, absl::Seconds(20));
+}
+
 }  // namespace
 }  // namespace tessera::e2e
