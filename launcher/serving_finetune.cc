@@ -199,8 +199,7 @@ void ServingFineTune::Fail(const absl::Status& status) {
 }
 
 absl::StatusOr<std::unique_ptr<ServingFineTune>> ServingFineTune::Create(
-    const ServingFineTuneConfig& config, ModelJob& job,
-    const std::optional<model::WeightQuantization>& quantize) {
+    const ServingFineTuneConfig& config, ModelJob& job) {
   comm::Layout& layout = *job.layout;
   if (job.device_tp != nullptr) {
     return absl::UnimplementedError("--train-config: fine-tuning runs on the CPU backend for now");
@@ -209,7 +208,8 @@ absl::StatusOr<std::unique_ptr<ServingFineTune>> ServingFineTune::Create(
   model_options.lora.r = config.lora_r;
   model_options.lora.alpha = config.lora_alpha;
   model_options.lora.seed = static_cast<uint64_t>(config.seed);
-  model_options.quantize = quantize;
+  // The serving model's projections are the frozen base (as quantized as it serves them).
+  model_options.frozen_base = job.model.get();
   TESSERA_ASSIGN_OR_RETURN(model_options.lora.targets,
                            train::ParseLoraTargets(config.lora_targets));
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<train::TrainableModel> model,
@@ -379,7 +379,7 @@ engine::InterleavedWorkFactory FineTuneControl::Factory() {
         TESSERA_ASSIGN_OR_RETURN(ServingFineTuneConfig config,
                                  ParseServingFineTuneConfig(spec, "the fine-tune's configuration"));
         TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<ServingFineTune> made,
-                                 ServingFineTune::Create(config, job_, quantize_));
+                                 ServingFineTune::Create(config, job_));
         std::shared_ptr<ServingFineTune> tune = std::move(made);
         if (job_.layout->tp_rank() == 0) {
           tune->set_publisher(

@@ -17,8 +17,9 @@
 // published version then run as one collective step over the job, and every group serves
 // the version. Stopping one group stops them all, at that meeting point.
 //
-// The trainer holds its own f32 copy of the frozen base (TrainableModel), beside the serving
-// model's shards: memory for the base twice.
+// The frozen base is the serving model's own projections (TrainableModelOptions::frozen_base:
+// shared, not copied, as quantized as they are served); the trainer keeps its own f32 copy of
+// the rest (the embedding, the LM head, the norms).
 //
 // The configuration file is JSON:
 //   {"data": "pairs.jsonl", "adapter": "tuned", "output": "runs/tuned", "steps": 60,
@@ -108,8 +109,7 @@ class ServingFineTune final : public engine::InterleavedWork {
   // Collective over the job (every group): loads the trainable copy of the model and reads
   // the data.
   static absl::StatusOr<std::unique_ptr<ServingFineTune>> Create(
-      const ServingFineTuneConfig& config, ModelJob& job,
-      const std::optional<model::WeightQuantization>& quantize);
+      const ServingFineTuneConfig& config, ModelJob& job);
 
   // Data-parallel over several groups, a leader that leaves with the fine-tune unfinished
   // (it failed, or the job shuts down) meets the other groups' leaders once more, asking them
@@ -171,8 +171,7 @@ class ServingFineTune final : public engine::InterleavedWork {
 // service's handle (the leader). One runs at a time.
 class FineTuneControl final : public serve::TrainingControl {
  public:
-  FineTuneControl(ModelJob& job, std::optional<model::WeightQuantization> quantize)
-      : job_(job), quantize_(std::move(quantize)) {}
+  explicit FineTuneControl(ModelJob& job) : job_(job) {}
 
   // Makes a fine-tune from a JSON configuration on this rank (EngineOptions).
   engine::InterleavedWorkFactory Factory();
@@ -186,7 +185,6 @@ class FineTuneControl final : public serve::TrainingControl {
 
  private:
   ModelJob& job_;
-  const std::optional<model::WeightQuantization> quantize_;
   engine::Engine* engine_ = nullptr;
   mutable absl::Mutex mutex_;
   std::shared_ptr<FineTuneBoard> board_ ABSL_GUARDED_BY(mutex_);  // the last one's

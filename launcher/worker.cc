@@ -159,13 +159,12 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
         ParseServingFineTuneConfig(train_config_json, config.train_config).status());
   }
   TESSERA_RETURN_IF_ERROR(CheckTrainScheduleFlags(engine_options));
-  TESSERA_ASSIGN_OR_RETURN(std::optional<model::WeightQuantization> quantize,
-                           ParseQuantizeFlags(config.job.quantize));
+  TESSERA_RETURN_IF_ERROR(ParseQuantizeFlags(config.job.quantize).status());
   TESSERA_ASSIGN_OR_RETURN(ModelJob job, StartModelJob(config.job, argc, argv));
   comm::Layout& layout = *job.layout;
   const bool leader = layout.tp_rank() == 0;
   // Fine-tunes inside the group: --train-config's from the start, the coordinator's later.
-  FineTuneControl training(job, quantize);
+  FineTuneControl training(job);
   engine_options.interleaved_factory = training.Factory();
   engine_options.interleaved_spec = train_config_json;
   TESSERA_ASSIGN_OR_RETURN(

@@ -398,6 +398,32 @@ absl::StatusOr<Tensor> PackLinearWeight(const Tensor& w) {
   return packed;
 }
 
+absl::StatusOr<Tensor> UnpackLinearWeight(const Tensor& packed, int64_t rows) {
+  constexpr char kKernel[] = "UnpackLinearWeight";
+  TESSERA_RETURN_IF_ERROR(
+      internal::ExpectDType(kKernel, "packed", packed, {DType::kF32, DType::kBF16}));
+  TESSERA_RETURN_IF_ERROR(internal::ExpectRank(kKernel, "packed", packed, 3));
+  const int64_t panels = packed.dim(0), k = packed.dim(1);
+  if (packed.dim(2) != kPanel || rows < 0 || rows > panels * kPanel) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kKernel, ": ", rows, " rows from packed ", packed.DebugString()));
+  }
+  TESSERA_ASSIGN_OR_RETURN(Tensor w, Tensor::Empty(packed.dtype(), {rows, k}));
+  const size_t element = packed.dtype() == DType::kF32 ? sizeof(float) : sizeof(uint16_t);
+  const auto* from = static_cast<const uint8_t*>(packed.data());
+  auto* to = static_cast<uint8_t*>(w.data());
+  ParallelFor(rows, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t p = row / kPanel, l = row % kPanel;
+      for (int64_t c = 0; c < k; ++c) {
+        std::memcpy(to + (row * k + c) * element, from + ((p * k + c) * kPanel + l) * element,
+                    element);
+      }
+    }
+  });
+  return w;
+}
+
 absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out) {
   constexpr char kKernel[] = "Linear";
   TESSERA_RETURN_IF_ERROR(internal::ExpectDType(kKernel, "x", x, {DType::kF32}));

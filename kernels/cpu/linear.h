@@ -32,6 +32,11 @@ inline constexpr int64_t kLinearPanel = 16;
 // w (N, K) f32 or bf16 -> packed (ceil(N / 16), K, 16) of the same dtype.
 absl::StatusOr<Tensor> PackLinearWeight(const Tensor& w);
 
+// PackLinearWeight undone: packed (ceil(N / 16), K, 16) -> (rows, K) of the same dtype, rows
+// <= 16 * ceil(N / 16) (the padding rows dropped). For callers that hold only the packed form
+// and need w as stored (LinearBackwardInput).
+absl::StatusOr<Tensor> UnpackLinearWeight(const Tensor& packed, int64_t rows);
+
 // w: (N, K) as stored, or packed (ceil(N / 16), K, 16) by PackLinearWeight, where N is
 // out's width. bias: f32 or bf16 (N), or a default-constructed (undefined) Tensor for none.
 absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out);

@@ -180,16 +180,20 @@ class Transformer {
   absl::StatusOr<std::vector<SampledToken>> SampleRows(const Tensor& shard,
                                                        const std::vector<RowSampling>& rows);
 
- private:
-  // A layer's tensors (layer_weights.h) as loaded: gate and up always stacked into gate_up,
-  // (2 * intermediate shard, hidden). The forward reads the norms and biases from here and the
-  // projections from LayerProjections, into which they move once loaded.
-  using Layer = LayerSlots<Tensor>;
   // A layer's projection weights as the forward multiplies by them: on the device, on the CPU
   // packed (ceil(N / 16), K, 16) or quantized (LoadOptions::quantize).
   struct LayerProjections {
     kernels::ops::ProjectionWeight q, k, v, o, gate_up, down;
   };
+  // Layer `l`'s projections, for a trainer that multiplies by this model's frozen base instead
+  // of a copy of its own (train/trainable_model.h): shared, not copied.
+  const LayerProjections& projections(int l) const { return projections_[l]; }
+
+ private:
+  // A layer's tensors (layer_weights.h) as loaded: gate and up always stacked into gate_up,
+  // (2 * intermediate shard, hidden). The forward reads the norms and biases from here and the
+  // projections from LayerProjections, into which they move once loaded.
+  using Layer = LayerSlots<Tensor>;
   // A weight as loaded: a tensor, or (`--quantize stored`) the checkpoint's own groups.
   struct LoadedWeight {
     Tensor tensor;

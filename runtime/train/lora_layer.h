@@ -19,9 +19,13 @@ namespace tessera::train {
 struct WeightAndGrad {
   Tensor w, g;
   kernels::QuantizedWeight q;
-  bool defined() const { return w.defined() || q.defined(); }
+  // A frozen weight shared with a serving model, packed as its forward reads it
+  // (kernels::PackLinearWeight), f32 or bf16; `packed_rows` is N.
+  Tensor packed;
+  int64_t packed_rows = 0;
+  bool defined() const { return w.defined() || q.defined() || packed.defined(); }
   // Outputs (rows) of a projection.
-  int64_t rows() const { return q.defined() ? q.rows : w.dim(0); }
+  int64_t rows() const { return q.defined() ? q.rows : packed.defined() ? packed_rows : w.dim(0); }
 };
 
 // A LoRA adapter's factors: A (r, K), B (N, r) as this rank holds them; undefined when the

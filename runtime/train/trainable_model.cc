@@ -52,18 +52,25 @@ void AddColumnSums(const Tensor& dy, Tensor& grad) {
   }
 }
 
-// out = x . w^T + bias, with w dense or quantized (the frozen base under --quantize).
+// out = x . w^T + bias, with w dense, packed (shared with a serving model) or quantized (the
+// frozen base under --quantize, or a quantized serving model's).
 absl::Status Project(const Tensor& x, const WeightAndGrad& w, const Tensor& bias, Tensor& out) {
   if (w.q.defined()) return kernels::QuantizedLinear(x, w.q, bias, out);
-  return kernels::Linear(x, w.w, bias, out);
+  return kernels::Linear(x, w.packed.defined() ? w.packed : w.w, bias, out);
 }
 
-// dx = dy . w, overwritten. A quantized w is dequantized for the product, one projection at a
-// time: the gradient of the weights the forward multiplied by.
+// dx = dy . w, overwritten. A quantized or packed w is made dense for the product, one
+// projection at a time: the gradient of the weights the forward multiplied by.
 absl::Status ProjectBackwardInput(const Tensor& dy, const WeightAndGrad& w, Tensor& dx) {
-  if (!w.q.defined()) return kernels::LinearBackwardInput(dy, w.w, dx);
-  TESSERA_ASSIGN_OR_RETURN(Tensor dense, kernels::DequantizeWeight(w.q));
-  return kernels::LinearBackwardInput(dy, dense, dx);
+  if (w.q.defined()) {
+    TESSERA_ASSIGN_OR_RETURN(Tensor dense, kernels::DequantizeWeight(w.q));
+    return kernels::LinearBackwardInput(dy, dense, dx);
+  }
+  if (w.packed.defined()) {
+    TESSERA_ASSIGN_OR_RETURN(Tensor dense, kernels::UnpackLinearWeight(w.packed, w.packed_rows));
+    return kernels::LinearBackwardInput(dy, dense, dx);
+  }
+  return kernels::LinearBackwardInput(dy, w.w, dx);
 }
 
 // dx += dy . w through a scratch buffer (ProjectBackwardInput overwrites).
@@ -153,7 +160,11 @@ absl::StatusOr<std::unique_ptr<TrainableModel>> TrainableModel::Load(
       return absl::UnimplementedError(
           "LoRA on a checkpoint that stores q, k and v fused (qkv_proj) is not built yet");
     }
-    if (options.quantize.has_value()) {
+    if (options.frozen_base != nullptr && !options.lora.enabled()) {
+      return absl::InvalidArgumentError(
+          "a serving model's frozen base is shared only with a LoRA fine-tune");
+    }
+    if (options.quantize.has_value() && options.frozen_base == nullptr) {
       const std::string flag = absl::StrCat("--quantize ", options.quantize->ToString());
       if (!options.lora.enabled()) {
         return absl::InvalidArgumentError(absl::StrCat(
@@ -224,7 +235,44 @@ absl::Status TrainableModel::BindLayers() {
     bind_lora(prefix + "mlp.gate_up_proj.weight", w.gate_up_lora);
     bind_lora(prefix + "mlp.down_proj.weight", w.down_lora);
   }
+  if (options_.frozen_base != nullptr) return ShareFrozenBase();
   if (options_.quantize.has_value()) TESSERA_RETURN_IF_ERROR(QuantizeFrozenBase());
+  return absl::OkStatus();
+}
+
+absl::Status TrainableModel::ShareFrozenBase() {
+  const model::Transformer& serving = *options_.frozen_base;
+  if (serving.config().num_hidden_layers != config_.num_hidden_layers ||
+      serving.config().hidden_size != config_.hidden_size) {
+    return absl::FailedPreconditionError(
+        "the serving model whose frozen base the fine-tune shares is another model");
+  }
+  for (int l = 0; l < config_.num_hidden_layers; ++l) {
+    LayerWeights& w = layers_[l];
+    const model::Transformer::LayerProjections& p = serving.projections(l);
+    const std::pair<WeightAndGrad*, const kernels::ops::ProjectionWeight*> slots[] = {
+        {&w.q, &p.q},      {&w.k, &p.k}, {&w.v, &p.v}, {&w.o, &p.o}, {&w.gate_up, &p.gate_up},
+        {&w.down, &p.down}};
+    for (const auto& [slot, from] : slots) {
+      if (slot->g.defined() || !slot->w.defined()) continue;
+      const int64_t n = slot->w.dim(0), k = slot->w.dim(1);
+      const int64_t panels = (n + kernels::kLinearPanel - 1) / kernels::kLinearPanel;
+      if (from->quantized.defined() && from->quantized.rows == n && from->quantized.cols == k) {
+        slot->q = from->quantized;
+      } else if (from->dense.defined() && from->dense.device().is_cpu() &&
+                 from->dense.rank() == 3 && from->dense.dim(0) == panels &&
+                 from->dense.dim(1) == k && from->dense.dim(2) == kernels::kLinearPanel) {
+        slot->packed = from->dense;
+        slot->packed_rows = n;
+      } else {
+        return absl::FailedPreconditionError(
+            absl::StrCat("layer ", l, ": the serving model's projection is not the (", n, ", ", k,
+                         ") weight this rank's fine-tune expects, packed on the CPU or quantized"));
+      }
+      slot->w = Tensor();
+    }
+  }
+  params_.ReleaseFrozenProjections();
   return absl::OkStatus();
 }
 

@@ -30,6 +30,7 @@
 #include "kernels/cpu/rotary.h"
 #include "runtime/core/tensor.h"
 #include "runtime/model/model_config.h"
+#include "runtime/model/transformer.h"
 #include "runtime/model/weight_plan.h"
 #include "runtime/model/weight_quantization.h"
 #include "runtime/train/batches.h"
@@ -50,6 +51,12 @@ struct TrainableModelOptions {
   // (kernels::QuantizedLinear, as `generate --quantize` does), the backward by their
   // dequantized values, so the adapter learns against the weights it will be served with.
   std::optional<model::WeightQuantization> quantize;
+  // With LoRA: the layer projections of this serving model (the same checkpoint, at this TP
+  // degree and rank) are the frozen base, shared instead of copied: the forward multiplies by
+  // them as the serving model does (packed, bf16 or quantized as it holds them), the backward
+  // by their dense values, one projection at a time. `quantize` is then the serving model's.
+  // It must outlive the trainable model. CPU only.
+  const model::Transformer* frozen_base = nullptr;
   // Keep only each layer's input in the forward and run the layer again in the backward:
   // activation memory of one layer instead of all, for a third more compute. The gradients
   // are bitwise the same.
@@ -115,6 +122,8 @@ class TrainableModel {
   // options_.quantize: the frozen projections of every layer into LayerWeights::q, their f32
   // values released.
   absl::Status QuantizeFrozenBase();
+  // options_.frozen_base: its projections into LayerWeights, the f32 copies released.
+  absl::Status ShareFrozenBase();
   absl::Status CheckBatch(const MicroBatch& batch) const;
   // A pass over `batch`: with `loss_scale` forward and backward, without it forward and loss.
   absl::StatusOr<std::unique_ptr<Pass>> BeginPass(MicroBatch batch, std::optional<float> loss_scale,

@@ -114,6 +114,18 @@ class ServeFinetune : public ::testing::Test {
   absl::StatusOr<std::unique_ptr<WorkerJob>> StartWorkers(const WorkerJobOptions& job) {
     return harness_->StartWorkers(coordinator_->grpc_port(), job);
   }
+  // Two groups of TP 2 in one job running the fine-tune (data-parallel over them), once both
+  // serve.
+  absl::StatusOr<std::unique_ptr<WorkerJob>> StartDataParallel(int steps, int publish_every) {
+    WorkerJobOptions job = FineTuneJob(steps, publish_every);
+    job.np = 4;
+    absl::StatusOr<std::unique_ptr<WorkerJob>> workers = StartWorkers(job);
+    if (!workers.ok()) return workers.status();
+    absl::Status healthy =
+        coordinator_->WaitForHealthyGroups(model::kDefaultModelName, {{"v1", 2}}, kStartTimeout);
+    if (!healthy.ok()) return healthy;
+    return workers;
+  }
 
   std::string dir_;
   std::unique_ptr<ServeHarness> harness_;
@@ -298,13 +310,9 @@ TEST_F(ServeFinetune, AGroupStartedAgainAfterALostRankResumesFromItsLastCheckpoi
 
 TEST_F(ServeFinetune, OverTwoGroupsOfAJobItIsDataParallelAndTakesTesseraTrainsSteps) {
   constexpr int kDpSteps = 20, kDpPublishEvery = 10;
-  WorkerJobOptions job = FineTuneJob(kDpSteps, kDpPublishEvery);
-  job.np = 4;  // two groups of TP 2
-  absl::StatusOr<std::unique_ptr<WorkerJob>> workers = StartWorkers(job);
+  absl::StatusOr<std::unique_ptr<WorkerJob>> workers = StartDataParallel(kDpSteps, kDpPublishEvery);
   ASSERT_TRUE(workers.ok()) << workers.status();
   const std::string model = model::kDefaultModelName;
-  absl::Status healthy = coordinator_->WaitForHealthyGroups(model, {{"v1", 2}}, kStartTimeout);
-  ASSERT_TRUE(healthy.ok()) << healthy;
   v1::Inference::Stub& stub = coordinator_->inference();
   // A client streams meanwhile: the groups' step loops run apart (each request runs on one of
   // them), and meet at each update.
@@ -357,13 +365,10 @@ TEST_F(ServeFinetune, OverTwoGroupsOfAJobItIsDataParallelAndTakesTesseraTrainsSt
 }
 
 TEST_F(ServeFinetune, StoppingADataParallelFineTuneStopsEveryGroupAtTheSameStep) {
-  WorkerJobOptions job = FineTuneJob(/*steps=*/1000000, /*publish_every=*/0);
-  job.np = 4;
-  absl::StatusOr<std::unique_ptr<WorkerJob>> workers = StartWorkers(job);
+  absl::StatusOr<std::unique_ptr<WorkerJob>> workers =
+      StartDataParallel(/*steps=*/1000000, /*publish_every=*/0);
   ASSERT_TRUE(workers.ok()) << workers.status();
   const std::string model = model::kDefaultModelName;
-  absl::Status healthy = coordinator_->WaitForHealthyGroups(model, {{"v1", 2}}, kStartTimeout);
-  ASSERT_TRUE(healthy.ok()) << healthy;
   v1::Inference::Stub& stub = coordinator_->inference();
   auto status = [&] {
     grpc::ClientContext context;
@@ -410,9 +415,8 @@ TEST_F(ServeFinetune, StoppingADataParallelFineTuneStopsEveryGroupAtTheSameStep)
 }
 
 TEST_F(ServeFinetune, AJobOfADataParallelFineTuneShutsDownPromptlyMidStep) {
-  WorkerJobOptions job = FineTuneJob(/*steps=*/1000000, /*publish_every=*/0);
-  job.np = 4;
-  absl::StatusOr<std::unique_ptr<WorkerJob>> workers = StartWorkers(job);
+  absl::StatusOr<std::unique_ptr<WorkerJob>> workers =
+      StartDataParallel(/*steps=*/1000000, /*publish_every=*/0);
   ASSERT_TRUE(workers.ok()) << workers.status();
   const absl::Time deadline = absl::Now() + kStartTimeout;
   while (absl::Now() < deadline && LossesLogged((*workers)->process().Log()).size() < 3) {

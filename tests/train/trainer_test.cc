@@ -24,6 +24,7 @@
 #include "nlohmann/json.hpp"
 #include "runtime/core/stream.h"
 #include "runtime/model/safetensors.h"
+#include "runtime/model/transformer.h"
 #include "runtime/model/weight_loader.h"
 #include "runtime/model/weight_quantization.h"
 #include "runtime/train/batches.h"
@@ -228,6 +229,84 @@ TEST(QuantizedBase, LoraLearnsAgainstTheDequantizedWeights) {
   ASSERT_FALSE(refused.ok());
   EXPECT_NE(refused.status().message().find("only the frozen base of a LoRA fine-tune"),
             std::string::npos)
+      << refused.status();
+}
+
+// A serving model's projections as the frozen base (TrainableModelOptions::frozen_base): the
+// trainable model keeps no copy of them, and its loss and adapter gradients are bitwise those
+// of the same fine-tune on its own copy (f32, or quantized to int8 as the serving model is:
+// the same values, multiplied by the same kernels).
+TEST(SharedFrozenBase, LoraOnTheServingModelsProjectionsIsBitwiseItsOwnCopys) {
+  comm::Communicator& world = World();
+  const MicroBatch batch = BatchOf(ReadJson(kTrain + "/llama/batches.json").at("packed"));
+  // The serving model as loaded (packed f32), and quantized to int8 at load.
+  for (const char* quant : {"none", "int8"}) {
+    SCOPED_TRACE(quant);
+    model::LoadOptions load;
+    if (std::string(quant) != "none") load.quantize = *model::ParseWeightQuantization(quant, "");
+    absl::StatusOr<std::unique_ptr<model::Transformer>> serving =
+        model::Transformer::Load(kModels + "/llama", world, load);
+    ASSERT_TRUE(serving.ok()) << serving.status();
+    TrainableModelOptions options;
+    options.lora.r = 4;
+    absl::StatusOr<std::vector<std::string>> targets =
+        ParseLoraTargets("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj");
+    ASSERT_TRUE(targets.ok()) << targets.status();
+    options.lora.targets = *targets;
+    options.quantize = load.quantize;  // its own copy, quantized as the serving model is
+    absl::StatusOr<std::unique_ptr<TrainableModel>> own =
+        TrainableModel::Load(kModels + "/llama", world, options);
+    ASSERT_TRUE(own.ok()) << own.status();
+    options.quantize.reset();
+    options.frozen_base = serving->get();
+    absl::StatusOr<std::unique_ptr<TrainableModel>> shared =
+        TrainableModel::Load(kModels + "/llama", world, options);
+    ASSERT_TRUE(shared.ok()) << shared.status();
+    int64_t released = 0;
+    for (const Parameter& p : (*shared)->parameters().all()) {
+      if (!p.trainable && model::IsLayerProjection(p.name)) {
+        EXPECT_FALSE(p.value.defined()) << p.name;
+        ++released;
+      }
+    }
+    EXPECT_EQ(released, 7 * (*shared)->config().num_hidden_layers);
+    // B gets values (it starts at zero, which would leave A without a gradient).
+    for (TrainableModel* m : {own->get(), shared->get()}) {
+      for (Parameter& p : m->parameters().all()) {
+        if (p.name.find("lora_B") == std::string::npos) continue;
+        for (int64_t i = 0; i < p.value.numel(); ++i) {
+          p.value.data<float>()[i] = 0.02f * std::sin(0.7f * static_cast<float>(i) + 1.0f);
+        }
+      }
+    }
+    absl::StatusOr<LossSum> loss_own = (*own)->ForwardBackward(batch, 0.25f);
+    absl::StatusOr<LossSum> loss_shared = (*shared)->ForwardBackward(batch, 0.25f);
+    ASSERT_TRUE(loss_own.ok()) << loss_own.status();
+    ASSERT_TRUE(loss_shared.ok()) << loss_shared.status();
+    EXPECT_EQ(loss_shared->sum, loss_own->sum);
+    int compared = 0;
+    for (const Parameter& p : (*own)->parameters().all()) {
+      if (!p.grad.defined()) continue;
+      const Parameter* q = (*shared)->parameters().Find(p.name);
+      ASSERT_NE(q, nullptr) << p.name;
+      ASSERT_EQ(q->grad.numel(), p.grad.numel()) << p.name;
+      EXPECT_TRUE(std::equal(p.grad.data<float>(), p.grad.data<float>() + p.grad.numel(),
+                             q->grad.data<float>()))
+          << p.name;
+      ++compared;
+    }
+    EXPECT_EQ(compared, 2 * 7 * (*own)->config().num_hidden_layers);
+  }
+  absl::StatusOr<std::unique_ptr<model::Transformer>> serving =
+      model::Transformer::Load(kModels + "/llama", world);
+  ASSERT_TRUE(serving.ok()) << serving.status();
+  // A full fine-tune updates its weights: it cannot share them.
+  TrainableModelOptions full;
+  full.frozen_base = serving->get();
+  absl::StatusOr<std::unique_ptr<TrainableModel>> refused =
+      TrainableModel::Load(kModels + "/llama", world, full);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("shared only with a LoRA fine-tune"), std::string::npos)
       << refused.status();
 }
 

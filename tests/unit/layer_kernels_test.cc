@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <numeric>
 #include <random>
@@ -492,6 +493,22 @@ TEST(Linear, EveryOutputIsTheFusedChainOverKInOrderPackedOrNot) {
   absl::Status status = Linear(x, packed, Tensor(), wide);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
   EXPECT_NE(std::string(status.message()).find("packed"), std::string::npos) << status;
+}
+
+// What a trainer sharing a serving model's packed weights multiplies by in its backward.
+TEST(Linear, UnpackingAPackedWeightGivesItBackBitForBit) {
+  for (DType wtype : {DType::kF32, DType::kBF16}) {
+    Tensor w = Random(wtype, {37, 300}, 33);
+    ASSERT_OK_AND_ASSIGN(Tensor packed, PackLinearWeight(w));
+    ASSERT_OK_AND_ASSIGN(Tensor back, UnpackLinearWeight(packed, 37));
+    ASSERT_EQ(back.shape(), w.shape());
+    ASSERT_EQ(back.dtype(), wtype);
+    EXPECT_EQ(std::memcmp(back.data(), w.data(), w.nbytes()), 0) << NameOf(wtype);
+  }
+  ASSERT_OK_AND_ASSIGN(Tensor packed, PackLinearWeight(Random(DType::kF32, {37, 300}, 1)));
+  EXPECT_EQ(UnpackLinearWeight(packed, 49).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(UnpackLinearWeight(Random(DType::kF32, {37, 300}, 1), 37).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(Sampling, ShardArgmaxCombinesToTheFullArgmaxWithLowestIndexOnTies) {
