@@ -215,6 +215,18 @@ TEST_F(ServeFinetune, LearnsWhileServingAndServesEachPublishedVersion) {
   workers.value()->process().Stop(absl::Seconds(10));
 }
 
+// What TrainingStatus says of `model`'s fine-tunes (empty when the call fails).
+v1::TrainingStatusResponse TrainingStatusOf(v1::Inference::Stub& stub, const std::string& model) {
+  grpc::ClientContext context;
+  SetDeadline(context, absl::Seconds(10));
+  v1::TrainingStatusRequest request;
+  request.set_model(model);
+  v1::TrainingStatusResponse response;
+  const grpc::Status status = stub.TrainingStatus(&context, request, &response);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  return response;
+}
+
 // The loss each "step" event of a fine-tune's log gives, by step, as logged.
 std::map<int, std::string> LossesLogged(const std::string& log) {
   std::map<int, std::string> losses;
@@ -295,12 +307,7 @@ TEST_F(ServeFinetune, AGroupStartedAgainAfterALostRankResumesFromItsLastCheckpoi
     EXPECT_EQ(after.at(step), before.at(step)) << "step " << step;
   }
   // The coordinator's status says where it came from.
-  grpc::ClientContext context;
-  SetDeadline(context, absl::Seconds(10));
-  v1::TrainingStatusRequest request;
-  request.set_model(model);
-  v1::TrainingStatusResponse status;
-  ASSERT_TRUE(stub.TrainingStatus(&context, request, &status).ok());
+  const v1::TrainingStatusResponse status = TrainingStatusOf(stub, model);
   ASSERT_EQ(status.trainings_size(), 1);
   EXPECT_EQ(status.trainings(0).state(), "finished");
   EXPECT_EQ(status.trainings(0).steps_done(), kShortSteps);
@@ -370,15 +377,7 @@ TEST_F(ServeFinetune, StoppingADataParallelFineTuneStopsEveryGroupAtTheSameStep)
   ASSERT_TRUE(workers.ok()) << workers.status();
   const std::string model = model::kDefaultModelName;
   v1::Inference::Stub& stub = coordinator_->inference();
-  auto status = [&] {
-    grpc::ClientContext context;
-    SetDeadline(context, absl::Seconds(10));
-    v1::TrainingStatusRequest request;
-    request.set_model(model);
-    v1::TrainingStatusResponse response;
-    EXPECT_TRUE(stub.TrainingStatus(&context, request, &response).ok());
-    return response;
-  };
+  auto status = [&] { return TrainingStatusOf(stub, model); };
   const absl::Time deadline = absl::Now() + kStartTimeout;
   while (absl::Now() < deadline &&
          (status().trainings_size() < 1 || status().trainings(0).steps_done() < 3)) {

@@ -144,6 +144,30 @@ TEST(Recompute, GivesBitwiseTheSameGradients) {
 // gradients are those of LoRA over the dequantized base (each rank's slice quantized as the
 // quantized model quantizes it), to f32 rounding, at the TP degree of all ranks; the base's
 // f32 values are released.
+// The frozen layer projections `m` holds no values of (quantized, or shared with a serving
+// model): every one of them, 7 a layer.
+void ExpectFrozenProjectionsReleased(const TrainableModel& m) {
+  int64_t released = 0;
+  for (const Parameter& p : m.parameters().all()) {
+    if (!p.trainable && model::IsLayerProjection(p.name)) {
+      EXPECT_FALSE(p.value.defined()) << p.name;
+      ++released;
+    }
+  }
+  EXPECT_EQ(released, 7 * m.config().num_hidden_layers);
+}
+
+// Values for the LoRA B factors (they start at zero, which would leave A without a
+// gradient).
+void GiveLoraBValues(TrainableModel& m) {
+  for (Parameter& p : m.parameters().all()) {
+    if (p.name.find("lora_B") == std::string::npos) continue;
+    for (int64_t i = 0; i < p.value.numel(); ++i) {
+      p.value.data<float>()[i] = 0.02f * std::sin(0.7f * static_cast<float>(i) + 1.0f);
+    }
+  }
+}
+
 TEST(QuantizedBase, LoraLearnsAgainstTheDequantizedWeights) {
   comm::Communicator& world = World();
   const MicroBatch batch = BatchOf(ReadJson(kTrain + "/llama/batches.json").at("packed"));
@@ -172,31 +196,18 @@ TEST(QuantizedBase, LoraLearnsAgainstTheDequantizedWeights) {
         TrainableModel::Load(kModels + "/llama", world, dense_options);
     ASSERT_TRUE(dense.ok()) << dense.status();
 
-    int64_t frozen = 0;
-    for (const Parameter& p : (*quantized)->parameters().all()) {
-      if (!p.trainable && model::IsLayerProjection(p.name)) {
-        EXPECT_FALSE(p.value.defined()) << p.name;
-        ++frozen;
-      }
-    }
-    EXPECT_EQ(frozen, 7 * (*quantized)->config().num_hidden_layers);
-    // The dense model's base becomes the quantized weights' values; B gets values (it starts
-    // at zero, which would leave A without a gradient).
-    for (TrainableModel* m : {quantized->get(), dense->get()}) {
-      for (Parameter& p : m->parameters().all()) {
-        if (p.name.find("lora_B") != std::string::npos) {
-          for (int64_t i = 0; i < p.value.numel(); ++i) {
-            p.value.data<float>()[i] = 0.02f * std::sin(0.7f * static_cast<float>(i) + 1.0f);
-          }
-        } else if (m == dense->get() && !p.trainable && model::IsLayerProjection(p.name)) {
-          absl::StatusOr<kernels::QuantizedWeight> q = kernels::QuantizeWeight(
-              p.value, options.quantize->quant, options.quantize->GroupFor(p.value.dim(1)));
-          ASSERT_TRUE(q.ok()) << q.status();
-          absl::StatusOr<Tensor> values = kernels::DequantizeWeight(*q);
-          ASSERT_TRUE(values.ok()) << values.status();
-          std::copy_n(values->data<float>(), p.value.numel(), p.value.data<float>());
-        }
-      }
+    ExpectFrozenProjectionsReleased(**quantized);
+    GiveLoraBValues(**quantized);
+    GiveLoraBValues(**dense);
+    // The dense model's base becomes the quantized weights' values.
+    for (Parameter& p : (*dense)->parameters().all()) {
+      if (p.trainable || !model::IsLayerProjection(p.name)) continue;
+      absl::StatusOr<kernels::QuantizedWeight> q = kernels::QuantizeWeight(
+          p.value, options.quantize->quant, options.quantize->GroupFor(p.value.dim(1)));
+      ASSERT_TRUE(q.ok()) << q.status();
+      absl::StatusOr<Tensor> values = kernels::DequantizeWeight(*q);
+      ASSERT_TRUE(values.ok()) << values.status();
+      std::copy_n(values->data<float>(), p.value.numel(), p.value.data<float>());
     }
     absl::StatusOr<LossSum> loss_q = (*quantized)->ForwardBackward(batch, 0.25f);
     absl::StatusOr<LossSum> loss_d = (*dense)->ForwardBackward(batch, 0.25f);
@@ -262,23 +273,9 @@ TEST(SharedFrozenBase, LoraOnTheServingModelsProjectionsIsBitwiseItsOwnCopys) {
     absl::StatusOr<std::unique_ptr<TrainableModel>> shared =
         TrainableModel::Load(kModels + "/llama", world, options);
     ASSERT_TRUE(shared.ok()) << shared.status();
-    int64_t released = 0;
-    for (const Parameter& p : (*shared)->parameters().all()) {
-      if (!p.trainable && model::IsLayerProjection(p.name)) {
-        EXPECT_FALSE(p.value.defined()) << p.name;
-        ++released;
-      }
-    }
-    EXPECT_EQ(released, 7 * (*shared)->config().num_hidden_layers);
-    // B gets values (it starts at zero, which would leave A without a gradient).
-    for (TrainableModel* m : {own->get(), shared->get()}) {
-      for (Parameter& p : m->parameters().all()) {
-        if (p.name.find("lora_B") == std::string::npos) continue;
-        for (int64_t i = 0; i < p.value.numel(); ++i) {
-          p.value.data<float>()[i] = 0.02f * std::sin(0.7f * static_cast<float>(i) + 1.0f);
-        }
-      }
-    }
+    ExpectFrozenProjectionsReleased(**shared);
+    GiveLoraBValues(**own);
+    GiveLoraBValues(**shared);
     absl::StatusOr<LossSum> loss_own = (*own)->ForwardBackward(batch, 0.25f);
     absl::StatusOr<LossSum> loss_shared = (*shared)->ForwardBackward(batch, 0.25f);
     ASSERT_TRUE(loss_own.ok()) << loss_own.status();
