@@ -25,7 +25,11 @@
 #include "launcher/process.h"
 #include "launcher/read_bandwidth.h"
 #include "runtime/core/status_macros.h"
+#include "runtime/model/model_config.h"
+#include "runtime/model/safetensors.h"
 #include "runtime/model/transformer.h"
+#include "runtime/model/weight_plan.h"
+#include "runtime/model/weight_quantization.h"
 
 namespace tessera::launcher {
 namespace {
@@ -83,6 +87,7 @@ struct Row {
   double decode_bytes = 0;
   double prefill_tps = 0;
   double decode_tps = 0;
+  std::string not_run;  // why the variant cannot run on this model at this TP degree
 };
 
 absl::StatusOr<Row> BenchOne(const std::string& name, const std::string& dir,
@@ -94,6 +99,23 @@ absl::StatusOr<Row> BenchOne(const std::string& name, const std::string& dir,
   TESSERA_ASSIGN_OR_RETURN(load.quantize,
                            model::ParseWeightQuantization(int8_activations ? "int4" : quantize, "",
                                                           int8_activations ? "int8" : "f32"));
+  if (load.quantize.has_value()) {
+    // A layout whose TP split would cut a quantization group is refused: say so, and go on
+    // with the other variants.
+    TESSERA_ASSIGN_OR_RETURN(model::ModelConfig mc, model::LoadModelConfig(dir));
+    TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<model::Checkpoint> checkpoint,
+                             model::Checkpoint::Open(dir));
+    TESSERA_ASSIGN_OR_RETURN(
+        model::WeightPlan plan,
+        model::PlanWeights(mc, tp.size(), tp.rank(), model::DetectWeightPlanOptions(*checkpoint)));
+    if (absl::Status fits = model::CheckQuantizationFits(mc, plan, *load.quantize); !fits.ok()) {
+      Row row;
+      row.name = absl::StrCat(name, " ", quantize);
+      row.quantize = quantize;
+      row.not_run = std::string(fits.message());
+      return row;
+    }
+  }
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<model::Transformer> model,
                            model::Transformer::Load(dir, tp, load));
   const model::ModelConfig& mc = model->config();
@@ -235,6 +257,10 @@ absl::Status BenchGenerate(const BenchGenerateConfig& config, int* argc, char***
     for (size_t i = 0; i < rows.size(); ++i) {
       const Row& row = rows[i];
       const Row& stored = rows[baseline[i]];
+      if (!row.not_run.empty()) {
+        std::printf("%-33s not run: %s\n", row.name.c_str(), row.not_run.c_str());
+        continue;
+      }
       const double limit = bandwidth / row.decode_bytes;
       const double read = row.decode_tps * row.decode_bytes;
       // Decode cannot read from memory faster than memory delivers, but bytes that fit in the
