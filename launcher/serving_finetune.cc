@@ -150,10 +150,10 @@ absl::Status ServingFineTune::StartMeeting() {
 }
 
 int ServingFineTune::PiecesReady() {
-  if (job_.layout->dp_size() == 1 || publish_resumed_ || meetings_over_ ||
-      trainer_->steps_done() >= config_.steps) {
+  if (job_.layout->dp_size() == 1 || meetings_over_ || trainer_->steps_done() >= config_.steps) {
     return std::numeric_limits<int>::max();
   }
+  if (publish_resumed_) return 1;  // the publish, with the step's first piece
   const int before = trainer_->PiecesBeforeUpdate();
   if (before > 0) return before;
   if (met_) return std::numeric_limits<int>::max();
