@@ -489,6 +489,17 @@ void PrintFailover(const PhaseFigures& phase, InjectedFault& fault, absl::Durati
   }
 }
 
+// The failed requests' line of the table and its reasons; UNKNOWN when any failed.
+absl::Status ReportFailedRequests(const ErrorTally& errors) {
+  std::printf("%-44s %10d %10d\n", "failed requests", errors.total, 0);
+  std::printf("# errors: %s\n", errors.Summary().c_str());
+  std::fflush(stdout);
+  if (errors.total > 0) {
+    return absl::UnknownError(absl::StrCat(errors.total, " requests failed: ", errors.Summary()));
+  }
+  return absl::OkStatus();
+}
+
 // `target`: the coordinator's gRPC address; `leader`: a group leader's, or empty;
 // `http_target`: the coordinator's HTTP API, or empty (then --api must be grpc).
 absl::Status Bench(const std::string& target, const std::string& leader,
@@ -649,13 +660,7 @@ absl::Status Bench(const std::string& target, const std::string& leader,
   if (many_http) errors.Merge(many_http->errors);
   if (overhead) errors.Merge(overhead->errors);
   if (http_overhead) errors.Merge(http_overhead->errors);
-  std::printf("%-44s %10d %10d\n", "failed requests", errors.total, 0);
-  std::printf("# errors: %s\n", errors.Summary().c_str());
-  std::fflush(stdout);
-  if (errors.total > 0) {
-    return absl::UnknownError(absl::StrCat(errors.total, " requests failed: ", errors.Summary()));
-  }
-  return absl::OkStatus();
+  return ReportFailedRequests(errors);
 }
 
 // The fine-tune --train writes when the workers are given none: LoRA on prompt -> completion
@@ -1002,13 +1007,7 @@ absl::Status BenchTrainIn(const BenchServeConfig& config, const std::string& dir
               train_ratio >= kTargetTrainThroughput ? "met" : "MISSED");
   ErrorTally errors = served_alone.errors;
   errors.Merge(served_with.errors);
-  std::printf("%-44s %10d %10d\n", "failed requests", errors.total, 0);
-  std::printf("# errors: %s\n", errors.Summary().c_str());
-  std::fflush(stdout);
-  if (errors.total > 0) {
-    return absl::UnknownError(absl::StrCat(errors.total, " requests failed: ", errors.Summary()));
-  }
-  return absl::OkStatus();
+  return ReportFailedRequests(errors);
 }
 
 // --train in a temporary folder of its own, removed after a run that passes and named in the

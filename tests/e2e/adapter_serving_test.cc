@@ -136,16 +136,8 @@ class AdapterServing : public ::testing::Test {
   }
 
   static void TearDownTestSuite() {
-    if (workers_ != nullptr) workers_->process().Stop(absl::Seconds(10));
-    workers_.reset();
-    if (coordinator_ != nullptr) coordinator_->process().Stop(absl::Seconds(5));
-    coordinator_.reset();
-    harness_.reset();
-    if (::testing::UnitTest::GetInstance()->Failed()) {
-      std::fprintf(stderr, "adapter_serving_test: logs kept in %s\n", dir_.c_str());
-    } else {
-      std::filesystem::remove_all(dir_);
-    }
+    EndSuite("adapter_serving_test", ::testing::UnitTest::GetInstance()->Failed(), workers_,
+             coordinator_, harness_, dir_);
   }
 
   void SetUp() override {
@@ -156,16 +148,7 @@ class AdapterServing : public ::testing::Test {
     if (HasFailure()) std::fprintf(stderr, "%s", Logs().c_str());
   }
 
-  static std::string Logs() {
-    std::string text;
-    if (coordinator_ != nullptr) {
-      absl::StrAppend(&text, "--- coordinator:\n", Tail(coordinator_->process().Log(), 40), "\n");
-    }
-    if (workers_ != nullptr) {
-      absl::StrAppend(&text, "--- workers:\n", Tail(workers_->process().Log(), 40), "\n");
-    }
-    return text;
-  }
+  static std::string Logs() { return SuiteLogs(coordinator_.get(), workers_.get()); }
 
   // The model, a small cache of blocks of 8 (a prompt of 12 tokens fills one), and `more`.
   static std::vector<std::string> WorkerFlags(std::vector<std::string> more = {}) {

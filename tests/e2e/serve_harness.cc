@@ -1,6 +1,8 @@
 #include "tests/e2e/serve_harness.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <filesystem>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -270,6 +272,32 @@ ServeHarness::Outcome ServeHarness::RunTessera(const std::vector<std::string>& a
   outcome.exit_code = code ? *code : (*process)->Wait(absl::ZeroDuration()).value_or(-1);
   outcome.output = (*process)->Log();
   return outcome;
+}
+
+std::string SuiteLogs(CoordinatorProcess* coordinator, WorkerJob* workers) {
+  std::string text;
+  if (coordinator != nullptr) {
+    absl::StrAppend(&text, "--- coordinator:\n", Tail(coordinator->process().Log(), 40), "\n");
+  }
+  if (workers != nullptr) {
+    absl::StrAppend(&text, "--- workers:\n", Tail(workers->process().Log(), 40), "\n");
+  }
+  return text;
+}
+
+void EndSuite(const char* suite, bool failed, std::unique_ptr<WorkerJob>& workers,
+              std::unique_ptr<CoordinatorProcess>& coordinator,
+              std::unique_ptr<ServeHarness>& harness, const std::string& dir) {
+  if (workers != nullptr) workers->process().Stop(absl::Seconds(10));
+  workers.reset();
+  if (coordinator != nullptr) coordinator->process().Stop(absl::Seconds(5));
+  coordinator.reset();
+  harness.reset();
+  if (failed) {
+    std::fprintf(stderr, "%s: logs kept in %s\n", suite, dir.c_str());
+  } else {
+    std::filesystem::remove_all(dir);
+  }
 }
 
 }  // namespace tessera::e2e

@@ -159,6 +159,16 @@ class ServeHarness {
   int next_log_ = 0;
 };
 
+// For a test suite that shares one coordinator and one worker job: the tail of each one's log
+// (either may be null).
+std::string SuiteLogs(CoordinatorProcess* coordinator, WorkerJob* workers);
+// Stops the suite's workers, then its coordinator, then drops the harness; removes `dir`
+// unless `failed` (a test of the suite failed), when it says on stderr where `suite`'s logs
+// are kept.
+void EndSuite(const char* suite, bool failed, std::unique_ptr<WorkerJob>& workers,
+              std::unique_ptr<CoordinatorProcess>& coordinator,
+              std::unique_ptr<ServeHarness>& harness, const std::string& dir);
+
 }  // namespace tessera::e2e
 
 #endif  // TESSERA_TESTS_E2E_SERVE_HARNESS_H_

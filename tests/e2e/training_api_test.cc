@@ -88,16 +88,8 @@ class TrainingApi : public ::testing::Test {
   }
 
   static void TearDownTestSuite() {
-    if (workers_ != nullptr) workers_->process().Stop(absl::Seconds(10));
-    workers_.reset();
-    if (coordinator_ != nullptr) coordinator_->process().Stop(absl::Seconds(5));
-    coordinator_.reset();
-    harness_.reset();
-    if (::testing::UnitTest::GetInstance()->Failed()) {
-      std::fprintf(stderr, "training_api_test: logs kept in %s\n", dir_.c_str());
-    } else {
-      std::filesystem::remove_all(dir_);
-    }
+    EndSuite("training_api_test", ::testing::UnitTest::GetInstance()->Failed(), workers_,
+             coordinator_, harness_, dir_);
   }
 
   void SetUp() override {
@@ -108,16 +100,7 @@ class TrainingApi : public ::testing::Test {
     if (HasFailure()) std::fprintf(stderr, "%s", Logs().c_str());
   }
 
-  static std::string Logs() {
-    std::string text;
-    if (coordinator_ != nullptr) {
-      absl::StrAppend(&text, "--- coordinator:\n", Tail(coordinator_->process().Log(), 30));
-    }
-    if (workers_ != nullptr) {
-      absl::StrAppend(&text, "\n--- workers:\n", Tail(workers_->process().Log(), 40), "\n");
-    }
-    return text;
-  }
+  static std::string Logs() { return SuiteLogs(coordinator_.get(), workers_.get()); }
 
   // A fine-tune configuration of the pairs: `adapter` under dir_, with `overrides` on top.
   static Json Config(const std::string& adapter, int steps, Json overrides = Json::object()) {
