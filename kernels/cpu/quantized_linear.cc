@@ -562,6 +562,203 @@ TESSERA_AVX2 void TileQ8Avx2(const TileArgs& a) {
     });
   }
 }
+
+// GCC 12's AVX-512 intrinsics start from a deliberately undefined register, which its
+// own uninitialized-variable warnings flag inside the headers.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#define TESSERA_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
+#define TESSERA_AVX512_VNNI __attribute__((target("avx512f,avx512vnni,avx2,fma,f16c")))
+
+// Eight scales of one panel (lanes 0..7) and eight of another (8..15), as f32.
+TESSERA_AVX512 inline __m512 LoadScalePair(const float* first, const float* second) {
+  return _mm512_castpd_ps(
+      _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(_mm256_loadu_ps(first))),
+                         _mm256_castps_pd(_mm256_loadu_ps(second)), 1));
+}
+TESSERA_AVX512 inline __m512 LoadScalePair(const Half* first, const Half* second) {
+  return _mm512_cvtph_ps(_mm256_inserti128_si256(
+      _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(first))),
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(second)), 1));
+}
+
+// f32 activations on AVX-512: TileF32Avx2's arithmetic with two panels in one register (lanes
+// 0..7 panel 2 Q, 8..15 panel 2 Q + 1), so that each conversion and fused multiply-add takes
+// sixteen outputs; every output's chain is the same as there, so are its bits. NQ pairs of
+// panels; an odd panel left over takes TileF32Avx2.
+template <Arithmetic A, typename S, int MR, int NQ>
+TESSERA_AVX512 void TileF32Avx512(const TileArgs& a) {
+  const S* scales = static_cast<const S*>(a.scales);
+  for (int64_t c = a.k_begin; c < a.k_end;) {
+    const int64_t g = c / a.group_size;
+    const int64_t end = std::min(a.k_end, (g + 1) * a.group_size);
+    __m512 dot[MR][NQ];
+    const bool resume = c % a.group_size != 0;
+    ForEach<MR * NQ>([&]<int I>() TESSERA_AVX512 {
+      dot[I / NQ][I % NQ] =
+          resume ? _mm512_loadu_ps(a.carry + (I / NQ) * a.acc_stride + (I % NQ) * 2 * kLanes)
+                 : _mm512_setzero_ps();
+    });
+    if constexpr (A == Arithmetic::kInt8) {
+      const int8_t* codes = static_cast<const int8_t*>(a.codes);
+      for (; c < end; ++c) {
+        __m512 wv[NQ];
+        ForEach<NQ>([&]<int Q>() TESSERA_AVX512 {
+          const int8_t* first = codes + (2 * Q * a.k + c) * kLanes;
+          const __m128i q = _mm_castps_si128(_mm_loadh_pi(
+              _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(first))),
+              reinterpret_cast<const __m64*>(first + a.k * kLanes)));
+          wv[Q] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
+        });
+        ForEach<MR>([&]<int R>() TESSERA_AVX512 {
+          const __m512 xv = _mm512_set1_ps(a.x[R * a.k + c]);
+          ForEach<NQ>([&]<int Q>()
+                          TESSERA_AVX512 { dot[R][Q] = _mm512_fmadd_ps(xv, wv[Q], dot[R][Q]); });
+        });
+      }
+    } else {
+      const int32_t* words = static_cast<const int32_t*>(a.codes);
+      for (; c < end; c += 8) {
+        __m512i packed[NQ];
+        ForEach<NQ>([&]<int Q>() TESSERA_AVX512 {
+          const int32_t* first = words + 2 * Q * a.k + c;
+          packed[Q] = _mm512_inserti64x4(
+              _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(first))),
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(first + a.k)), 1);
+        });
+        ForEach<8>([&]<int I>() TESSERA_AVX512 {
+          __m512 wv[NQ];
+          ForEach<NQ>([&]<int Q>() TESSERA_AVX512 {
+            if constexpr (I == 7) {
+              wv[Q] = _mm512_cvtepi32_ps(_mm512_srli_epi32(packed[Q], 28));
+            } else {
+              constexpr int kShift = I < 4 ? 8 * I : 8 * (I - 4) + 4;
+              wv[Q] =
+                  _mm512_cvtepi32_ps(_mm512_and_si512(packed[Q], _mm512_set1_epi32(0xF << kShift)));
+            }
+          });
+          ForEach<MR>([&]<int R>() TESSERA_AVX512 {
+            const __m512 xv = _mm512_set1_ps(a.x[R * a.k + c + I]);
+            ForEach<NQ>([&]<int Q>()
+                            TESSERA_AVX512 { dot[R][Q] = _mm512_fmadd_ps(xv, wv[Q], dot[R][Q]); });
+          });
+        });
+      }
+    }
+    if (end % a.group_size != 0) {
+      ForEach<MR * NQ>([&]<int I>() TESSERA_AVX512 {
+        _mm512_storeu_ps(a.carry + (I / NQ) * a.acc_stride + (I % NQ) * 2 * kLanes,
+                         dot[I / NQ][I % NQ]);
+      });
+      break;
+    }
+    ForEach<NQ>([&]<int Q>() TESSERA_AVX512 {
+      const int64_t at = (2 * Q * a.groups + g) * kLanes;
+      const int64_t next = at + a.groups * kLanes;  // panel 2 Q + 1's
+      const __m512 scale = LoadScalePair(scales + at, scales + next);
+      [[maybe_unused]] __m512 offset;
+      if constexpr (A == Arithmetic::kInt4)
+        offset = LoadScalePair(a.offsets + at, a.offsets + next);
+      ForEach<MR>([&]<int R>() TESSERA_AVX512 {
+        float* acc = a.acc + R * a.acc_stride + 2 * Q * kLanes;
+        __m512 out = _mm512_fmadd_ps(dot[R][Q], scale, _mm512_loadu_ps(acc));
+        if constexpr (A == Arithmetic::kInt4) {
+          out = _mm512_fmadd_ps(_mm512_set1_ps(a.sums[R * a.groups + g]), offset, out);
+        }
+        _mm512_storeu_ps(acc, out);
+      });
+    });
+  }
+}
+
+// int4 weights and int8 activations on AVX-512 VNNI: TileQ8Avx2's sums with
+// _mm512_dpbusd_epi32, which takes 64 products of unsigned bytes (the codes) and signed bytes
+// (the activations) an instruction, four into each 32-bit lane. One register holds sixteen of
+// a panel's words: octet t of inputs in lanes 0..7 and octet t + 1 in lanes 8..15, so the
+// activations broadcast to each half differ (a permutation of the block's 32 bytes gives
+// them). A lane's sum over a block is at most 32 x 15 x 127 in magnitude and exact, the two
+// halves' sums are added exactly, and from there the arithmetic is TileQ8Avx2's, two panels
+// a register (lanes 0..7 panel 2 Q, 8..15 panel 2 Q + 1): the same bits. The outputs stay in
+// registers over [k_begin, k_end). NP even; an odd panel takes TileQ8Avx2.
+template <int MR, int NP>
+TESSERA_AVX512_VNNI void TileQ8Avx512Vnni(const TileArgs& a) {
+  static_assert(NP % 2 == 0);
+  constexpr int NQ = NP / 2;
+  const Half* scales = static_cast<const Half*>(a.scales);
+  const int32_t* words = static_cast<const int32_t*>(a.codes);
+  const int64_t blocks = a.k / kActivationBlock;
+  const int64_t panel_scales = a.groups * kLanes;
+  const __m512i low4 = _mm512_set1_epi32(0x0F0F0F0F);
+  // For the sixteen inputs 16 j.. of a block: the activations of the low nibbles (inputs
+  // 0..3 of each octet) are 32-bit words 4 j (octet 2 j) and 4 j + 2 (octet 2 j + 1) of the
+  // block's bytes; of the high nibbles (inputs 4..7), words 4 j + 1 and 4 j + 3.
+  const __m512i low_words[2] = {_mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0),
+                                _mm512_set_epi32(6, 6, 6, 6, 6, 6, 6, 6, 4, 4, 4, 4, 4, 4, 4, 4)};
+  const __m512i high_words[2] = {_mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),
+                                 _mm512_set_epi32(7, 7, 7, 7, 7, 7, 7, 7, 5, 5, 5, 5, 5, 5, 5, 5)};
+  __m512 out[MR][NQ];
+  ForEach<MR * NQ>([&]<int I>() TESSERA_AVX512_VNNI {
+    out[I / NQ][I % NQ] = _mm512_loadu_ps(a.acc + (I / NQ) * a.acc_stride + (I % NQ) * 2 * kLanes);
+  });
+  for (int64_t c = a.k_begin, g = a.k_begin / a.group_size; c < a.k_end; ++g) {
+    const int64_t group_end = (g + 1) * a.group_size;
+    for (; c < std::min(a.k_end, group_end); c += kActivationBlock) {
+      __m512i sum[MR][NP];
+      ForEach<MR * NP>([&]<int I>()
+                           TESSERA_AVX512_VNNI { sum[I / NP][I % NP] = _mm512_setzero_si512(); });
+      __m512i block[MR];
+      ForEach<MR>([&]<int R>() TESSERA_AVX512_VNNI {
+        block[R] = _mm512_zextsi256_si512(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + R * a.k + c)));
+      });
+      ForEach<2>([&]<int J>() TESSERA_AVX512_VNNI {
+        __m512i low_x[MR], high_x[MR];
+        ForEach<MR>([&]<int R>() TESSERA_AVX512_VNNI {
+          low_x[R] = _mm512_permutexvar_epi32(low_words[J], block[R]);
+          high_x[R] = _mm512_permutexvar_epi32(high_words[J], block[R]);
+        });
+        ForEach<NP>([&]<int P>() TESSERA_AVX512_VNNI {
+          const __m512i packed = _mm512_loadu_si512(words + P * a.k + c + 16 * J);
+          const __m512i low = _mm512_and_si512(packed, low4);
+          const __m512i high = _mm512_and_si512(_mm512_srli_epi32(packed, 4), low4);
+          ForEach<MR>([&]<int R>() TESSERA_AVX512_VNNI {
+            sum[R][P] = _mm512_dpbusd_epi32(sum[R][P], low, low_x[R]);
+            sum[R][P] = _mm512_dpbusd_epi32(sum[R][P], high, high_x[R]);
+          });
+        });
+      });
+      const bool group_ends = c + kActivationBlock == group_end;
+      ForEach<NQ>([&]<int Q>() TESSERA_AVX512_VNNI {
+        const Half* scale_at = scales + 2 * Q * panel_scales + g * kLanes;
+        const __m512 scale = LoadScalePair(scale_at, scale_at + panel_scales);
+        ForEach<MR>([&]<int R>() TESSERA_AVX512_VNNI {
+          // Lanes 0..7: panel 2 Q's octets t and t + 1 added; 8..15: panel 2 Q + 1's.
+          const __m512i first = sum[R][2 * Q], second = sum[R][2 * Q + 1];
+          const __m512i lanes = _mm512_add_epi32(_mm512_shuffle_i64x2(first, second, 0x44),
+                                                 _mm512_shuffle_i64x2(first, second, 0xEE));
+          const __m512 both =
+              _mm512_mul_ps(scale, _mm512_set1_ps(a.xd[R * blocks + c / kActivationBlock]));
+          out[R][Q] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lanes), both, out[R][Q]);
+        });
+        if (group_ends) {
+          const Half* offset_at = a.offsets + 2 * Q * panel_scales + g * kLanes;
+          const __m512 offset = LoadScalePair(offset_at, offset_at + panel_scales);
+          ForEach<MR>([&]<int R>() TESSERA_AVX512_VNNI {
+            out[R][Q] =
+                _mm512_fmadd_ps(_mm512_set1_ps(a.sums[R * a.groups + g]), offset, out[R][Q]);
+          });
+        }
+      });
+    }
+  }
+  ForEach<MR * NQ>([&]<int I>() TESSERA_AVX512_VNNI {
+    _mm512_storeu_ps(a.acc + (I / NQ) * a.acc_stride + (I % NQ) * 2 * kLanes, out[I / NQ][I % NQ]);
+  });
+}
+#undef TESSERA_AVX512_VNNI
+#undef TESSERA_AVX512
+#pragma GCC diagnostic pop
 #undef TESSERA_AVX2
 #endif  // TESSERA_CPU_X86
 
@@ -582,35 +779,77 @@ bool HasF16c() {
 #endif
 }
 
+// Whether the processor has AVX-512 VNNI (CPUID leaf 7, ECX bit 11), for int8 activations.
+bool HasAvx512Vnni() {
+#if TESSERA_CPU_X86
+  static const bool vnni = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    return __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) != 0 && (ecx & (1u << 11)) != 0;
+  }();
+  return vnni;
+#else
+  return false;
+#endif
+}
+
+// The tiles a product takes: every path gives the same bits (the header's arithmetic).
+enum class TilePath { kPortable, kAvx2, kAvx512 };
+
+TilePath ChooseTilePath(Arithmetic arithmetic) {
+  if (!HasAvx2Fma() || !HasF16c()) return TilePath::kPortable;
+  if (HasAvx512() && (arithmetic != Arithmetic::kInt4Q8 || HasAvx512Vnni())) {
+    return TilePath::kAvx512;
+  }
+  return TilePath::kAvx2;
+}
+
 template <int MR, int NP, Arithmetic A, typename S>
-TileFn VectorTile() {
+TileFn VectorTile(TilePath path) {
 #if TESSERA_CPU_X86
   if constexpr (A == Arithmetic::kInt4Q8) {
+    if constexpr (NP % 2 == 0) {
+      if (path == TilePath::kAvx512) return TileQ8Avx512Vnni<MR, NP>;
+    }
     return TileQ8Avx2<MR, NP>;
+  } else if constexpr (NP % 2 == 0) {
+    return path == TilePath::kAvx512 ? TileF32Avx512<A, S, MR, NP / 2> : TileF32Avx2<A, S, MR, NP>;
   } else {
     return TileF32Avx2<A, S, MR, NP>;
   }
 #else
+  (void)path;
   return TilePortable<A, S>;
 #endif
 }
 
-// The tile kernel for `rows` rows (1..kTileRows) and np panels (1, 2, or 4 or 6 for one row).
+// The widest tile, in panels, for one row and for several (the tiles below).
+int MaxTilePanels(TilePath path, int rows) {
+  return rows == 1 ? 6 : path == TilePath::kAvx512 ? 4 : 2;
+}
+
+// The tile kernel for `rows` rows (1..kTileRows) and np panels (1, 2, 4 or 6 for one row; 1, 2
+// or 4 (AVX-512) for several).
 template <Arithmetic A, typename S>
-TileFn TileFor(bool avx2, int rows, int np) {
-  if (!avx2) return TilePortable<A, S>;
+TileFn TileFor(TilePath path, int rows, int np) {
+  if (path == TilePath::kPortable) return TilePortable<A, S>;
   switch (rows) {
     case 1:
-      return np == 6   ? VectorTile<1, 6, A, S>()
-             : np == 4 ? VectorTile<1, 4, A, S>()
-             : np == 2 ? VectorTile<1, 2, A, S>()
-                       : VectorTile<1, 1, A, S>();
+      return np == 6   ? VectorTile<1, 6, A, S>(path)
+             : np == 4 ? VectorTile<1, 4, A, S>(path)
+             : np == 2 ? VectorTile<1, 2, A, S>(path)
+                       : VectorTile<1, 1, A, S>(path);
     case 2:
-      return np == 2 ? VectorTile<2, 2, A, S>() : VectorTile<2, 1, A, S>();
+      return np == 4   ? VectorTile<2, 4, A, S>(path)
+             : np == 2 ? VectorTile<2, 2, A, S>(path)
+                       : VectorTile<2, 1, A, S>(path);
     case 3:
-      return np == 2 ? VectorTile<3, 2, A, S>() : VectorTile<3, 1, A, S>();
+      return np == 4   ? VectorTile<3, 4, A, S>(path)
+             : np == 2 ? VectorTile<3, 2, A, S>(path)
+                       : VectorTile<3, 1, A, S>(path);
     default:
-      return np == 2 ? VectorTile<4, 2, A, S>() : VectorTile<4, 1, A, S>();
+      return np == 4   ? VectorTile<4, 4, A, S>(path)
+             : np == 2 ? VectorTile<4, 2, A, S>(path)
+                       : VectorTile<4, 1, A, S>(path);
   }
 }
 
@@ -648,7 +887,7 @@ void Product(const float* x, const int8_t* xq, const float* xd, const float* sum
   const int64_t n = w.rows, k = w.cols, groups = k / w.group_size;
   const int64_t panels = (n + kLanes - 1) / kLanes;
   const WorkSplit split = SplitWork(m, panels);
-  const bool avx2 = HasAvx2Fma() && HasF16c();
+  const TilePath path = ChooseTilePath(A);
   // A panel's codes: k int8 values, or k / 8 words of eight int4 codes, for each of 8 lanes.
   const int64_t panel_bytes = A == Arithmetic::kInt8 ? k * kLanes : k / 8 * kLanes * 4;
   const int64_t scale_stride = w.scales.dim(1) * kLanes;
@@ -678,7 +917,7 @@ void Product(const float* x, const int8_t* xq, const float* xd, const float* sum
             for (int64_t row = row_begin; row < row_end; row += kTileRows) {
               const int rows = static_cast<int>(std::min<int64_t>(kTileRows, row_end - row));
               for (int64_t p = panel_begin; p < panel_end;) {
-                int np = rows == 1 ? 6 : 2;
+                int np = MaxTilePanels(path, rows);
                 while (np > panel_end - p) np = np == 6 ? 4 : np / 2;
                 const int64_t a_at = (row - row_begin) * lanes + (p - panel_begin) * kLanes;
                 const bool q8 = A == Arithmetic::kInt4Q8;
@@ -699,7 +938,7 @@ void Product(const float* x, const int8_t* xq, const float* xd, const float* sum
                                     k_end,
                                     rows,
                                     np};
-                TileFor<A, S>(avx2, rows, np)(args);
+                TileFor<A, S>(path, rows, np)(args);
                 p += np;
               }
             }

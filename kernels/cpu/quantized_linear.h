@@ -17,9 +17,10 @@
 //         once to f16.
 // K must be a multiple of the group size.
 //
-// The arithmetic, the same on the AVX-512 (when added), AVX2 and portable paths
-// (kernels/cpu/cpu_features.h), so all give the same bits. For output (i, j), over the groups
-// of inputs g in order, with out starting from 0:
+// The arithmetic, the same on the AVX-512, AVX2 and portable paths
+// (kernels/cpu/cpu_features.h), so all give the same bits. The AVX-512 path takes int8
+// activations with AVX-512 VNNI where the processor has it (else AVX2's tiles). For output (i, j),
+// over the groups of inputs g in order, with out starting from 0:
 //   f32 activations (int8 weights, and int4 by default):
 //     dot = fma(x[i][c_last], code[j][c_last], ... fma(x[i][c_first], code[j][c_first], 0))
 //                                                      over the inputs c of g in index order
@@ -51,8 +52,8 @@
 // eight weights, which on an AVX2 machine of few cores keeps int4 decode well short of the
 // bytes per second memory delivers (int4 holds two weights a byte), while
 // _mm256_maddubs_epi16 takes 32 int4 x int8 products an instruction (decode takes about two
-// thirds of the time). int8 weights read their bytes as fast as memory gives them with f32
-// activations, and have no int8-activation form.
+// thirds of the time) and AVX-512 VNNI's _mm512_dpbusd_epi32 64, and adds them. int8 weights read
+// their bytes as fast as memory gives them with f32 activations, and have no int8-activation form.
 //
 // Thread safety: all functions are safe to call concurrently; a product runs on the shared
 // kernel thread pool (kernels/cpu/parallel.h), split over output columns, so decode (M = 1)
