@@ -29,6 +29,9 @@ constexpr int64_t kLanes = kQuantizedPanel;
 // 8 accumulators, the codes and their widened lanes within AVX2's sixteen registers; one row
 // takes six panels (decode: more independent chains, and memory streams, in flight).
 constexpr int kTileRows = 4;
+// With f32 activations on AVX-512 (thirty-two registers), eight rows of four panels: sixteen
+// accumulators, and two fused multiply-adds for each widened register of codes instead of one.
+constexpr int kWideTileRows = 8;
 // Rows of x taken in one pass over a group of panels; a large M reads the codes once a pass.
 constexpr int64_t kRowsPerPass = 15 * kTileRows;
 // Panels a work item covers at most.
@@ -827,11 +830,37 @@ int MaxTilePanels(TilePath path, int rows) {
   return rows == 1 ? 6 : path == TilePath::kAvx512 ? 4 : 2;
 }
 
-// The tile kernel for `rows` rows (1..kTileRows) and np panels (1, 2, 4 or 6 for one row; 1, 2
+// Rows of x a tile takes at most.
+int TileRows(TilePath path, Arithmetic arithmetic) {
+  return path == TilePath::kAvx512 && arithmetic != Arithmetic::kInt4Q8 ? kWideTileRows : kTileRows;
+}
+
+template <int MR, Arithmetic A, typename S>
+TileFn SeveralRowsTile(TilePath path, int np) {
+  return np == 4   ? VectorTile<MR, 4, A, S>(path)
+         : np == 2 ? VectorTile<MR, 2, A, S>(path)
+                   : VectorTile<MR, 1, A, S>(path);
+}
+
+// The tile kernel for `rows` rows (1..TileRows) and np panels (1, 2, 4 or 6 for one row; 1, 2
 // or 4 (AVX-512) for several).
 template <Arithmetic A, typename S>
 TileFn TileFor(TilePath path, int rows, int np) {
   if (path == TilePath::kPortable) return TilePortable<A, S>;
+  if constexpr (A != Arithmetic::kInt4Q8) {
+    switch (rows) {
+      case 5:
+        return SeveralRowsTile<5, A, S>(path, np);
+      case 6:
+        return SeveralRowsTile<6, A, S>(path, np);
+      case 7:
+        return SeveralRowsTile<7, A, S>(path, np);
+      case 8:
+        return SeveralRowsTile<8, A, S>(path, np);
+      default:
+        break;
+    }
+  }
   switch (rows) {
     case 1:
       return np == 6   ? VectorTile<1, 6, A, S>(path)
@@ -839,17 +868,11 @@ TileFn TileFor(TilePath path, int rows, int np) {
              : np == 2 ? VectorTile<1, 2, A, S>(path)
                        : VectorTile<1, 1, A, S>(path);
     case 2:
-      return np == 4   ? VectorTile<2, 4, A, S>(path)
-             : np == 2 ? VectorTile<2, 2, A, S>(path)
-                       : VectorTile<2, 1, A, S>(path);
+      return SeveralRowsTile<2, A, S>(path, np);
     case 3:
-      return np == 4   ? VectorTile<3, 4, A, S>(path)
-             : np == 2 ? VectorTile<3, 2, A, S>(path)
-                       : VectorTile<3, 1, A, S>(path);
+      return SeveralRowsTile<3, A, S>(path, np);
     default:
-      return np == 4   ? VectorTile<4, 4, A, S>(path)
-             : np == 2 ? VectorTile<4, 2, A, S>(path)
-                       : VectorTile<4, 1, A, S>(path);
+      return SeveralRowsTile<4, A, S>(path, np);
   }
 }
 
@@ -888,6 +911,7 @@ void Product(const float* x, const int8_t* xq, const float* xd, const float* sum
   const int64_t panels = (n + kLanes - 1) / kLanes;
   const WorkSplit split = SplitWork(m, panels);
   const TilePath path = ChooseTilePath(A);
+  const int64_t tile_rows = TileRows(path, A);
   // A panel's codes: k int8 values, or k / 8 words of eight int4 codes, for each of 8 lanes.
   const int64_t panel_bytes = A == Arithmetic::kInt8 ? k * kLanes : k / 8 * kLanes * 4;
   const int64_t scale_stride = w.scales.dim(1) * kLanes;
@@ -911,11 +935,11 @@ void Product(const float* x, const int8_t* xq, const float* xd, const float* sum
           float* carry = ThreadScratch<float, 1>(item_rows * lanes);
           std::fill(acc, acc + item_rows * lanes, 0.0f);
           // One row tile reads each code once whatever the block; several read a block each.
-          const int64_t block = item_rows <= kTileRows ? std::max<int64_t>(k, 1) : kInputsPerBlock;
+          const int64_t block = item_rows <= tile_rows ? std::max<int64_t>(k, 1) : kInputsPerBlock;
           for (int64_t k_begin = 0; k_begin < k; k_begin += block) {
             const int64_t k_end = std::min(k, k_begin + block);
-            for (int64_t row = row_begin; row < row_end; row += kTileRows) {
-              const int rows = static_cast<int>(std::min<int64_t>(kTileRows, row_end - row));
+            for (int64_t row = row_begin; row < row_end; row += tile_rows) {
+              const int rows = static_cast<int>(std::min<int64_t>(tile_rows, row_end - row));
               for (int64_t p = panel_begin; p < panel_end;) {
                 int np = MaxTilePanels(path, rows);
                 while (np > panel_end - p) np = np == 6 ? 4 : np / 2;
