@@ -188,6 +188,11 @@ int ServingFineTune::PiecesReady() {
   return std::numeric_limits<int>::max();
 }
 
+int ServingFineTune::PiecesBeforeLeaving() {
+  // met_ is set only when the update is the next piece (PiecesReady).
+  return job_.layout->dp_size() > 1 && met_ && !meetings_over_ ? 1 : 0;
+}
+
 void ServingFineTune::Fail(const absl::Status& status) {
   serve::LogEvent(kComponent, {{"event", "fine-tune failed"},
                                {"adapter", config_.adapter},

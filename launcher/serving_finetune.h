@@ -132,6 +132,9 @@ class ServingFineTune final : public engine::InterleavedWork {
   // Data-parallel over several groups, before the update: 0 until every group's leader has
   // reached it.
   int PiecesReady() override;
+  // Data-parallel over several groups, once the leaders have met before an update: that update
+  // (the other groups wait for this one's gradients in it).
+  int PiecesBeforeLeaving() override;
   bool finished() const override;
 
  private:

@@ -183,6 +183,8 @@ class Engine::Loop {
   void End(uint64_t id, FinishReason reason, absl::Status status = absl::OkStatus());
   void EndAll(FinishReason reason, const absl::Status& status);
   void PublishStats(double step_seconds, const StepPlan* plan, int64_t prompt_tokens);
+  // Runs the pieces the interleaved work must finish first (PiecesBeforeLeaving), then tells
+  // the followers to stop.
   absl::Status SendShutdown();
 
   Engine& engine_;
@@ -581,6 +583,13 @@ void Engine::Loop::ApplyInterleaved(const StepPlan& plan) {
 }
 
 absl::Status Engine::Loop::SendShutdown() {
+  // What the interleaved work must finish before the group leaves, in one last step.
+  const int leaving = work_ != nullptr && !interleaved_done() ? work_->PiecesBeforeLeaving() : 0;
+  if (leaving > 0) {
+    StepPlan last = scheduler_.NextPlan();
+    last.set_interleaved_pieces(leaving);
+    TESSERA_RETURN_IF_ERROR(Step(last));
+  }
   StepPlan plan = scheduler_.ShutdownPlan();
   return BroadcastPlan(engine_.tp_, plan);
 }

@@ -36,6 +36,12 @@ class InterleavedWork {
   // work whose next piece waits for something outside the group (a fine-tune's update for
   // the other groups of a data-parallel fine-tune to reach it) says 0 until it may run.
   virtual int PiecesReady() { return std::numeric_limits<int>::max(); }
+  // Leader, when the engine shuts down with the work unfinished: how many of the next pieces
+  // must still run first, because something outside the group already waits in them (a
+  // data-parallel fine-tune's update, once the other groups' leaders have met this one before
+  // it: their all-reduce of the gradients would wait out its deadline). The engine runs them
+  // on every rank, after ending the requests, then stops.
+  virtual int PiecesBeforeLeaving() { return 0; }
   // Leader: no piece is left (the work finished, failed, or was stopped). The engine then
   // drops it on every rank.
   virtual bool finished() const = 0;

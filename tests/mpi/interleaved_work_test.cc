@@ -28,11 +28,11 @@ const std::string kBase = std::string(TESSERA_GOLDEN_MODELS) + "/llama";
 const std::string kAdapters = TESSERA_GOLDEN_LORA;
 
 // Units of an all-reduce each; at unit `publish_at` the leader publishes adapter a; unit
-// `fail_at` fails on every rank.
+// `fail_at` fails on every rank; `leaving` units must run before the group stops.
 class CountingWork final : public InterleavedWork {
  public:
-  CountingWork(int units, int publish_at, int fail_at)
-      : units_(units), publish_at_(publish_at), fail_at_(fail_at) {}
+  CountingWork(int units, int publish_at, int fail_at, int leaving = 0)
+      : units_(units), publish_at_(publish_at), fail_at_(fail_at), leaving_(leaving) {}
 
   void set_engine(Engine* engine) { engine_ = engine; }
 
@@ -57,17 +57,24 @@ class CountingWork final : public InterleavedWork {
     return absl::OkStatus();
   }
   std::optional<double> ExpectedPieceSeconds(int) const override { return std::nullopt; }
+  int PiecesBeforeLeaving() override {
+    ran_when_leaving_ = ran_.load();
+    return leaving_;
+  }
   bool finished() const override { return failed_ || stopped_ || ran_ >= units_; }
   void Stop() { stopped_ = true; }
 
   int ran() const { return ran_; }
+  // The units run when the engine asked PiecesBeforeLeaving (the leader); -1: never asked.
+  int ran_when_leaving() const { return ran_when_leaving_; }
   bool sums_ok() const { return sums_ok_; }
   const absl::Status& published() const { return published_; }
 
  private:
-  const int units_, publish_at_, fail_at_;
+  const int units_, publish_at_, fail_at_, leaving_;
   Engine* engine_ = nullptr;
-  int ran_ = 0;
+  std::atomic<int> ran_{0};  // read by the test's thread while the engine runs units
+  std::atomic<int> ran_when_leaving_{-1};
   bool sums_ok_ = true;
   bool failed_ = false;
   std::atomic<bool> stopped_{false};
@@ -250,6 +257,44 @@ TEST_F(InterleavedWorkTest, StartsOneWorkAtATimeAndRefusesBadSpecsOnEveryRank) {
   EXPECT_GT(first->ran(), 0);
   EXPECT_TRUE(first->sums_ok());
   EXPECT_TRUE(second->sums_ok());
+}
+
+// A shutdown with the work unfinished first runs, on every rank, the units the work says
+// must finish before the group leaves (as a data-parallel fine-tune's update, which the other
+// groups wait in), then stops.
+TEST_F(InterleavedWorkTest, AShutdownFirstRunsTheUnitsTheWorkMustFinish) {
+  auto work = std::make_shared<CountingWork>(/*units=*/2000000, -1, -1, /*leaving=*/3);
+  EngineOptions options;
+  options.block_size = 8;
+  options.num_blocks = 64;
+  options.interleaved_factory =
+      [work](const std::string&) -> absl::StatusOr<std::shared_ptr<InterleavedWork>> {
+    return work;
+  };
+  options.interleaved_spec = "count";
+  absl::StatusOr<std::unique_ptr<Engine>> engine =
+      Engine::Create(*model_, World(), nullptr, options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  std::thread leader;
+  if ((*engine)->is_leader()) {
+    leader = std::thread([&] {
+      while (work->ran() < 5) absl::SleepFor(absl::Milliseconds(1));  // units run while idle
+      (*engine)->Shutdown();
+    });
+  }
+  absl::Status run = (*engine)->Run();
+  if (leader.joinable()) leader.join();
+  EXPECT_TRUE(run.ok()) << run;
+  EXPECT_TRUE(work->sums_ok());
+  // Every rank ran the same units (each an all-reduce).
+  int64_t ran = work->ran();
+  Tensor sum = Tensor::Wrap(&ran, DType::kI64, {1});
+  Stream cpu = Stream::Cpu();
+  ASSERT_TRUE(World().AllReduce(sum, comm::ReduceOp::kSum, cpu).ok());
+  EXPECT_EQ(ran, static_cast<int64_t>(work->ran()) * World().size());
+  if (World().rank() != 0) return;
+  ASSERT_GE(work->ran_when_leaving(), 5);
+  EXPECT_EQ(work->ran(), work->ran_when_leaving() + 3);
 }
 
 }  // namespace
