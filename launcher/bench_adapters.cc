@@ -52,15 +52,10 @@ constexpr const char* kTargets[] = {"q_proj",    "k_proj",  "v_proj",   "o_proj"
                                     "gate_proj", "up_proj", "down_proj"};
 
 struct BenchAdaptersConfig {
-  std::string model;  // empty: the built-in default
-  int tp = 0;
-  int requests = 32;
-  int prompt_tokens = 32;
-  int output_tokens = 256;
+  OfflineBenchBasics basics = {.prompt_tokens = 32, .output_tokens = 256};  // model: built-in
   std::string adapter_counts = "1,8,32";
   int lora_r = 16;
   int rounds = 5;
-  absl::Duration timeout = absl::Minutes(5);
   engine::EngineOptions engine;
 };
 
@@ -211,23 +206,24 @@ struct Row {
 };
 
 absl::Status BenchAdapters(const BenchAdaptersConfig& config, int* argc, char*** argv) {
-  if (config.requests < 1 || config.prompt_tokens < 1 || config.output_tokens < 1 ||
-      config.lora_r < 1 || config.rounds < 1) {
+  if (config.basics.requests < 1 || config.basics.prompt_tokens < 1 ||
+      config.basics.output_tokens < 1 || config.lora_r < 1 || config.rounds < 1) {
     return absl::InvalidArgumentError(
         "--requests, --prompt-tokens, --output-tokens, --lora-r and --rounds must be >= 1");
   }
   TESSERA_ASSIGN_OR_RETURN(std::vector<int> counts,
-                           ParseAdapterCounts(config.adapter_counts, config.requests));
-  TESSERA_ASSIGN_OR_RETURN(MpiJob job, StartMpiJob(argc, argv, config.timeout, false));
+                           ParseAdapterCounts(config.adapter_counts, config.basics.requests));
+  TESSERA_ASSIGN_OR_RETURN(MpiJob job, StartMpiJob(argc, argv, config.basics.timeout, false));
   comm::MpiCommunicator& world = *job.world;
   TESSERA_ASSIGN_OR_RETURN(comm::Topology topology, comm::Topology::Discover(world));
   TESSERA_ASSIGN_OR_RETURN(
       comm::Layout layout,
-      comm::Layout::Create(world, topology, {config.tp == 0 ? world.size() : config.tp, false}));
+      comm::Layout::Create(world, topology,
+                           {config.basics.tp == 0 ? world.size() : config.basics.tp, false}));
   if (layout.dp_size() != 1) {
     return absl::InvalidArgumentError("bench adapters runs one replica: give --tp the rank count");
   }
-  TESSERA_ASSIGN_OR_RETURN(BenchModel bench_model, BenchModelOrDefault(config.model));
+  TESSERA_ASSIGN_OR_RETURN(BenchModel bench_model, BenchModelOrDefault(config.basics.model));
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<model::Transformer> model,
                            model::Transformer::Load(bench_model.dir, layout.tp()));
   const int most = *std::max_element(counts.begin(), counts.end());
@@ -247,9 +243,9 @@ absl::Status BenchAdapters(const BenchAdaptersConfig& config, int* argc, char***
   // base alone, with no adapter loaded).
   auto run = [&](int adapters, int output_tokens) {
     engine::EngineOptions options = config.engine;
-    options.max_running = config.requests;
-    RandomRequests requests{.count = config.requests,
-                            .prompt_tokens = config.prompt_tokens,
+    options.max_running = config.basics.requests;
+    RandomRequests requests{.count = config.basics.requests,
+                            .prompt_tokens = config.basics.prompt_tokens,
                             .output_tokens = output_tokens};
     for (int i = 0; i < adapters; ++i) {
       const std::string name = absl::StrCat("adapter-", i);
@@ -260,14 +256,15 @@ absl::Status BenchAdapters(const BenchAdaptersConfig& config, int* argc, char***
   };
   // Untimed, so that the first row does not pay for paging the weights in and starting the
   // kernel threads.
-  TESSERA_RETURN_IF_ERROR(run(0, std::min(config.output_tokens, 4)).status());
+  TESSERA_RETURN_IF_ERROR(run(0, std::min(config.basics.output_tokens, 4)).status());
   std::vector<Row> rows = {{0, {}}};
   for (int count : counts) rows.push_back({count, {}});
   // Rounds go over every row in turn, so that a slow moment of the machine does not fall on
   // one row alone; each row keeps its fastest round.
   for (int round = 0; round < config.rounds; ++round) {
     for (Row& row : rows) {
-      TESSERA_ASSIGN_OR_RETURN(EngineRunFigures figures, run(row.adapters, config.output_tokens));
+      TESSERA_ASSIGN_OR_RETURN(EngineRunFigures figures,
+                               run(row.adapters, config.basics.output_tokens));
       if (round == 0 || figures.seconds < row.best.seconds) row.best = figures;
     }
   }
@@ -279,8 +276,8 @@ absl::Status BenchAdapters(const BenchAdaptersConfig& config, int* argc, char***
       "# tessera bench adapters: %s, tp %d; %d requests of %d prompt + %d output tokens at once "
       "(random prompts, greedy, ignore_eos), on the base alone, then spread round robin over N "
       "adapters; best of %d rounds\n",
-      bench_model.name.c_str(), layout.tp_size(), config.requests, config.prompt_tokens,
-      config.output_tokens, config.rounds);
+      bench_model.name.c_str(), layout.tp_size(), config.basics.requests,
+      config.basics.prompt_tokens, config.basics.output_tokens, config.rounds);
   std::printf(
       "# adapters: random PEFT LoRA, r %d, alpha %d, on %s of every layer, %.1f MB of f32 "
       "factors each\n",
@@ -315,16 +312,11 @@ int RunBenchAdapters(const std::vector<std::string>& args, int* argc, char*** ar
                 "over N distinct random LoRA adapters, against the base model alone (target: "
                 ">= 0.8x the base at 8 adapters of rank 16).\nWithout --model: the built-in "
                 "default.\n  mpirun -np 2 tessera bench adapters --tp 2 --model DIR");
-  flags.String("model", &config.model, "a Hugging Face model directory or GGUF file");
-  flags.Int("tp", &config.tp, "tensor-parallel degree (0: all ranks)");
-  flags.Int("requests", &config.requests, "requests submitted at once (and the batch limit)");
-  flags.Int("prompt-tokens", &config.prompt_tokens, "prompt length of every request");
-  flags.Int("output-tokens", &config.output_tokens, "tokens generated by every request");
+  AddOfflineBenchFlags(flags, &config.basics);
   flags.String("adapter-counts", &config.adapter_counts,
                "distinct adapters in the batch, one run each (comma-separated)");
   flags.Int("lora-r", &config.lora_r, "rank of every adapter (alpha 2r)");
   flags.Int("rounds", &config.rounds, "runs of every row; the fastest is reported");
-  flags.Duration("timeout", &config.timeout, "deadline of each collective");
   AddEngineFlags(flags, &config.engine);
   if (std::optional<int> done = ParseOrExit(flags, args)) return *done;
   return ReportExit(BenchAdapters(config, argc, argv));

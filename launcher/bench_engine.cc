@@ -28,13 +28,8 @@ namespace tessera::launcher {
 namespace {
 
 struct BenchEngineConfig {
-  std::string model;  // empty: the built-in default and the ~0.5B random Llama
-  int tp = 0;
-  int requests = 32;
-  int prompt_tokens = 128;
-  int output_tokens = 128;
+  OfflineBenchBasics basics;  // model: the built-in default and the ~0.5B random Llama
   int baseline_requests = 4;  // run one at a time for the baseline
-  absl::Duration timeout = absl::Minutes(5);
   engine::EngineOptions engine;
 };
 
@@ -47,8 +42,8 @@ absl::StatusOr<EngineRunFigures> RunRequests(model::Transformer& model, comm::Co
   options.max_running = concurrency;
   return RunRandomRequests(model, tp, options,
                            {.count = count,
-                            .prompt_tokens = config.prompt_tokens,
-                            .output_tokens = config.output_tokens});
+                            .prompt_tokens = config.basics.prompt_tokens,
+                            .output_tokens = config.basics.output_tokens});
 }
 
 // Multiply-adds x 2 of the projections (attention's and the MLP's, every layer) for one
@@ -86,9 +81,10 @@ absl::Status BenchOneModel(const std::string& name, const std::string& dir,
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<model::Transformer> model,
                            model::Transformer::Load(dir, tp));
   const model::ModelConfig& mc = model->config();
-  TESSERA_ASSIGN_OR_RETURN(EngineRunFigures batched,
-                           RunRequests(*model, tp, config, config.requests, config.requests));
-  const int alone_count = std::min(config.baseline_requests, config.requests);
+  TESSERA_ASSIGN_OR_RETURN(
+      EngineRunFigures batched,
+      RunRequests(*model, tp, config, config.basics.requests, config.basics.requests));
+  const int alone_count = std::min(config.baseline_requests, config.basics.requests);
   TESSERA_ASSIGN_OR_RETURN(EngineRunFigures alone, RunRequests(*model, tp, config, alone_count, 1));
   // Every rank's weights and bytes of cache per token (the group is the world: one replica).
   double rank_bytes[2] = {static_cast<double>(model->weight_bytes()),
@@ -100,7 +96,8 @@ absl::Status BenchOneModel(const std::string& name, const std::string& dir,
   // Every prompt token and every output token but the last goes through the model once.
   const ProjectionFlops flops = FlopsOf(mc);
   const double batched_flops =
-      (batched.requests * (config.prompt_tokens + config.output_tokens - 1.0) * flops.per_token +
+      (batched.requests * (config.basics.prompt_tokens + config.basics.output_tokens - 1.0) *
+           flops.per_token +
        batched.output_tokens * flops.per_sampled_row) /
       batched.seconds;
   // What the steps read, counted as bench generate counts a decode step: every step every
@@ -140,21 +137,22 @@ absl::Status BenchOneModel(const std::string& name, const std::string& dir,
 }
 
 absl::Status BenchEngine(const BenchEngineConfig& config, int* argc, char*** argv) {
-  if (config.requests < 1 || config.prompt_tokens < 1 || config.output_tokens < 1 ||
-      config.baseline_requests < 1) {
+  if (config.basics.requests < 1 || config.basics.prompt_tokens < 1 ||
+      config.basics.output_tokens < 1 || config.baseline_requests < 1) {
     return absl::InvalidArgumentError(
         "--requests, --prompt-tokens, --output-tokens and --baseline-requests must be >= 1");
   }
-  TESSERA_ASSIGN_OR_RETURN(MpiJob job, StartMpiJob(argc, argv, config.timeout, false));
+  TESSERA_ASSIGN_OR_RETURN(MpiJob job, StartMpiJob(argc, argv, config.basics.timeout, false));
   comm::MpiCommunicator& world = *job.world;
   TESSERA_ASSIGN_OR_RETURN(comm::Topology topology, comm::Topology::Discover(world));
   TESSERA_ASSIGN_OR_RETURN(
       comm::Layout layout,
-      comm::Layout::Create(world, topology, {config.tp == 0 ? world.size() : config.tp, false}));
+      comm::Layout::Create(world, topology,
+                           {config.basics.tp == 0 ? world.size() : config.basics.tp, false}));
   if (layout.dp_size() != 1) {
     return absl::InvalidArgumentError("bench engine runs one replica: give --tp the rank count");
   }
-  TESSERA_ASSIGN_OR_RETURN(std::vector<BenchModel> models, BenchModels(config.model, false));
+  TESSERA_ASSIGN_OR_RETURN(std::vector<BenchModel> models, BenchModels(config.basics.model, false));
   // The node's limits: the FMA peak of every rank's kernel threads at once, summed, and the
   // memory read bandwidth of all of them reading at once (the world is one node: one replica
   // whose group does not span nodes).
@@ -165,8 +163,8 @@ absl::Status BenchEngine(const BenchEngineConfig& config, int* argc, char*** arg
     std::printf(
         "# tessera bench engine: tp %d, %d requests of %d prompt + %d output tokens at once "
         "(ignore_eos), greedy; baseline: %d of them one at a time\n",
-        layout.tp_size(), config.requests, config.prompt_tokens, config.output_tokens,
-        std::min(config.baseline_requests, config.requests));
+        layout.tp_size(), config.basics.requests, config.basics.prompt_tokens,
+        config.basics.output_tokens, std::min(config.baseline_requests, config.basics.requests));
     std::printf(
         "# GFLOP/s: the batched run's projections (every layer's and the LM head's "
         "multiply-adds x 2, attention left out); of peak: against the FMA peak of these "
@@ -206,14 +204,9 @@ int RunBenchEngine(const std::vector<std::string>& args, int* argc, char*** argv
                 "Offline throughput of the serving engine: N requests at once against the same "
                 "requests one at a time.\nWithout --model: the built-in default and a "
                 "~0.5B-parameter random Llama in bf16 (made and cached on first use).");
-  flags.String("model", &config.model, "a Hugging Face model directory or GGUF file");
-  flags.Int("tp", &config.tp, "tensor-parallel degree (0: all ranks)");
-  flags.Int("requests", &config.requests, "requests submitted at once (and the batch limit)");
-  flags.Int("prompt-tokens", &config.prompt_tokens, "prompt length of every request");
-  flags.Int("output-tokens", &config.output_tokens, "tokens generated by every request");
+  AddOfflineBenchFlags(flags, &config.basics);
   flags.Int("baseline-requests", &config.baseline_requests,
             "how many of the requests run one at a time for the baseline");
-  flags.Duration("timeout", &config.timeout, "deadline of each collective");
   // Room for 32 requests of 256 tokens of the ~0.5B model (96 KiB a token) without waiting.
   config.engine.kv_cache_bytes = int64_t{2} << 30;
   AddEngineFlags(flags, &config.engine);

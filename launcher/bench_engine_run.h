@@ -9,11 +9,27 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "comm/communicator.h"
+#include "launcher/flags.h"
 #include "runtime/engine/engine.h"
 #include "runtime/model/transformer.h"
 
 namespace tessera::launcher {
+
+// What the offline engine benchmarks take alike: the model, the group, the requests' shape
+// (each bench its own defaults) and the collectives' deadline.
+struct OfflineBenchBasics {
+  std::string model;  // empty: the bench's built-in choice
+  int tp = 0;         // 0: all ranks
+  int requests = 32;  // submitted at once (and the batch limit)
+  int prompt_tokens = 128;
+  int output_tokens = 128;
+  absl::Duration timeout = absl::Minutes(5);
+};
+
+// --model, --tp, --requests, --prompt-tokens, --output-tokens and --timeout into `basics`.
+void AddOfflineBenchFlags(FlagSet& flags, OfflineBenchBasics* basics);
 
 struct RandomRequests {
   int count = 0;
