@@ -117,22 +117,16 @@ class AdapterServing : public ::testing::Test {
     coordinator_ = *std::move(coordinator);
     WorkerJobOptions job;
     job.extra_flags = WorkerFlags({"--adapters", "b=" + kAdapters + "/b"});
-    absl::StatusOr<std::unique_ptr<WorkerJob>> workers =
-        harness_->StartWorkers(coordinator_->grpc_port(), job);
-    ASSERT_TRUE(workers.ok()) << workers.status();
-    workers_ = *std::move(workers);
-    absl::StatusOr<std::vector<std::string>> leaders = workers_->WaitForLeaders(kStartTimeout);
-    ASSERT_TRUE(leaders.ok()) << leaders.status();
-    absl::Status healthy = coordinator_->WaitForHealthyGroups(kModel, {{"v1", 1}}, kStartTimeout);
-    ASSERT_TRUE(healthy.ok()) << healthy << Logs();
-    absl::StatusOr<std::string> group = coordinator_->GroupIdOf(leaders->at(0));
-    ASSERT_TRUE(group.ok()) << group.status();
+    absl::StatusOr<ServingGroup> serving =
+        StartServingGroup(*harness_, *coordinator_, job, kModel, kStartTimeout);
+    ASSERT_TRUE(serving.ok()) << serving.status();
+    workers_ = std::move(serving->workers);
     // The adapters a worker starts with come with its registration: listed at once, with no
     // heartbeat awaited (AWorkersOwnAdaptersAreServedBeforeItsFirstHeartbeat).
     std::map<std::string, v1::AdapterInfo> listed = Listed();
     ASSERT_TRUE(listed.contains("v1/b")) << Names(listed) << Logs();
     ASSERT_EQ(listed["v1/b"].groups(), 1);
-    group_ = *group;
+    group_ = serving->group;
   }
 
   static void TearDownTestSuite() {
@@ -487,13 +481,10 @@ TEST_F(AdapterServing, AWorkersOwnAdaptersAreServedBeforeItsFirstHeartbeat) {
   ASSERT_TRUE(quiet.ok()) << quiet.status();
   WorkerJobOptions job;
   job.extra_flags = WorkerFlags({"--adapters", "b=" + kAdapters + "/b"});
-  absl::StatusOr<std::unique_ptr<WorkerJob>> workers =
-      harness_->StartWorkers((*quiet)->grpc_port(), job);
-  ASSERT_TRUE(workers.ok()) << workers.status();
-  absl::StatusOr<std::vector<std::string>> leaders = (*workers)->WaitForLeaders(kStartTimeout);
-  ASSERT_TRUE(leaders.ok()) << leaders.status();
-  absl::Status healthy = (*quiet)->WaitForHealthyGroups(kModel, {{"v1", 1}}, kStartTimeout);
-  ASSERT_TRUE(healthy.ok()) << healthy << Tail((*workers)->process().Log(), 30);
+  absl::StatusOr<ServingGroup> serving =
+      StartServingGroup(*harness_, **quiet, job, kModel, kStartTimeout);
+  ASSERT_TRUE(serving.ok()) << serving.status();
+  std::unique_ptr<WorkerJob>& workers = serving->workers;
 
   Unary with_b = Generate((*quiet)->inference(), PromptRequest("b"));
   ASSERT_TRUE(with_b.status.ok()) << Describe(with_b.status) << Tail((*quiet)->process().Log(), 30);
@@ -512,8 +503,8 @@ TEST_F(AdapterServing, AWorkersOwnAdaptersAreServedBeforeItsFirstHeartbeat) {
   // An adapter the worker does not have is still refused.
   EXPECT_EQ(Generate((*quiet)->inference(), PromptRequest("a")).status.error_code(),
             StatusCode::NOT_FOUND);
-  (*workers)->process().Terminate();
-  (*workers)->process().Stop(absl::Seconds(10));
+  workers->process().Terminate();
+  workers->process().Stop(absl::Seconds(10));
   (*quiet)->process().Stop(absl::Seconds(5));
 }
 

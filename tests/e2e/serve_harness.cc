@@ -17,6 +17,7 @@
 #include "grpcpp/security/credentials.h"
 #include "launcher/process_tree.h"
 #include "nlohmann/json.hpp"
+#include "runtime/core/status_macros.h"
 
 namespace tessera::e2e {
 namespace {
@@ -272,6 +273,31 @@ ServeHarness::Outcome ServeHarness::RunTessera(const std::vector<std::string>& a
   outcome.exit_code = code ? *code : (*process)->Wait(absl::ZeroDuration()).value_or(-1);
   outcome.output = (*process)->Log();
   return outcome;
+}
+
+absl::StatusOr<ServingGroup> StartServingGroup(ServeHarness& harness,
+                                               CoordinatorProcess& coordinator,
+                                               const WorkerJobOptions& job,
+                                               const std::string& model, absl::Duration timeout) {
+  if (job.np != job.tp) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("StartServingGroup: np ", job.np, " and tp ", job.tp, " are not one group"));
+  }
+  ServingGroup serving;
+  TESSERA_ASSIGN_OR_RETURN(serving.workers, harness.StartWorkers(coordinator.grpc_port(), job));
+  const auto failed = [&](absl::string_view waiting, const absl::Status& status) {
+    return absl::Status(status.code(),
+                        absl::StrCat(waiting, ": ", status.message(), "\n",
+                                     SuiteLogs(&coordinator, serving.workers.get())));
+  };
+  absl::StatusOr<std::vector<std::string>> leaders = serving.workers->WaitForLeaders(timeout);
+  if (!leaders.ok()) return failed("waiting for the leader", leaders.status());
+  absl::Status healthy = coordinator.WaitForHealthyGroups(model, {{"v1", 1}}, timeout);
+  if (!healthy.ok()) return failed("waiting for the group to be healthy", healthy);
+  absl::StatusOr<std::string> group = coordinator.GroupIdOf(leaders->at(0));
+  if (!group.ok()) return failed("the group's id", group.status());
+  serving.group = *std::move(group);
+  return serving;
 }
 
 std::string SuiteLogs(CoordinatorProcess* coordinator, WorkerJob* workers) {

@@ -159,6 +159,19 @@ class ServeHarness {
   int next_log_ = 0;
 };
 
+// A worker job of one group, serving: its leader printed its endpoint and `coordinator`
+// lists the group healthy for `model` at version v1.
+struct ServingGroup {
+  std::unique_ptr<WorkerJob> workers;
+  std::string group;  // the coordinator's id of the group
+};
+// Starts `job` (np = tp: one group) for `coordinator` and waits up to `timeout` until it
+// serves; an error says which wait failed, with the tail of both logs.
+absl::StatusOr<ServingGroup> StartServingGroup(ServeHarness& harness,
+                                               CoordinatorProcess& coordinator,
+                                               const WorkerJobOptions& job,
+                                               const std::string& model, absl::Duration timeout);
+
 // For a test suite that shares one coordinator and one worker job: the tail of each one's log
 // (either may be null).
 std::string SuiteLogs(CoordinatorProcess* coordinator, WorkerJob* workers);

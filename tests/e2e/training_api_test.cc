@@ -74,17 +74,11 @@ class TrainingApi : public ::testing::Test {
     job.np = 2;
     job.tp = 2;
     job.extra_flags = {"--join-token-file", dir_ + "/join"};
-    absl::StatusOr<std::unique_ptr<WorkerJob>> workers =
-        harness_->StartWorkers(coordinator_->grpc_port(), job);
-    ASSERT_TRUE(workers.ok()) << workers.status();
-    workers_ = *std::move(workers);
-    absl::StatusOr<std::vector<std::string>> leaders = workers_->WaitForLeaders(kStartTimeout);
-    ASSERT_TRUE(leaders.ok()) << leaders.status() << Logs();
-    absl::Status healthy = coordinator_->WaitForHealthyGroups(kModel, {{"v1", 1}}, kStartTimeout);
-    ASSERT_TRUE(healthy.ok()) << healthy << Logs();
-    absl::StatusOr<std::string> group = coordinator_->GroupIdOf(leaders->at(0));
-    ASSERT_TRUE(group.ok()) << group.status();
-    group_ = *group;
+    absl::StatusOr<ServingGroup> serving =
+        StartServingGroup(*harness_, *coordinator_, job, kModel, kStartTimeout);
+    ASSERT_TRUE(serving.ok()) << serving.status();
+    workers_ = std::move(serving->workers);
+    group_ = serving->group;
   }
 
   static void TearDownTestSuite() {
