@@ -100,6 +100,14 @@ class InterleavedWorkTest : public ::testing::Test {
     return request;
   }
 
+  // Engine options of a small cache (64 blocks of 8).
+  static EngineOptions SmallCache() {
+    EngineOptions options;
+    options.block_size = 8;
+    options.num_blocks = 64;
+    return options;
+  }
+
   static std::vector<int32_t> Drain(RequestStream& stream) {
     std::vector<int32_t> tokens;
     TokenEvent event;
@@ -112,9 +120,7 @@ class InterleavedWorkTest : public ::testing::Test {
   static std::vector<std::vector<int32_t>> Serve(std::shared_ptr<CountingWork> work,
                                                  const std::vector<GenerationRequest>& requests,
                                                  EngineStats* stats) {
-    EngineOptions options;
-    options.block_size = 8;
-    options.num_blocks = 64;
+    EngineOptions options = SmallCache();
     options.interleaved_factory =
         [work](const std::string& spec) -> absl::StatusOr<std::shared_ptr<InterleavedWork>> {
       if (spec != "count") return absl::InvalidArgumentError("unknown work: " + spec);
@@ -163,9 +169,7 @@ TEST_F(InterleavedWorkTest, EveryRankRunsEveryUnitBesideServingAndAUnitPublishes
   EngineStats stats;
   std::vector<std::vector<int32_t>> expected;
   {
-    EngineOptions options;
-    options.block_size = 8;
-    options.num_blocks = 64;
+    EngineOptions options = SmallCache();
     options.adapters = {{"a", kAdapters + "/a"}};
     absl::StatusOr<std::unique_ptr<Engine>> engine =
         Engine::Create(*model_, World(), nullptr, options);
@@ -210,9 +214,7 @@ TEST_F(InterleavedWorkTest, StartsOneWorkAtATimeAndRefusesBadSpecsOnEveryRank) {
   auto first = std::make_shared<CountingWork>(/*units=*/2000000, -1, -1);
   auto second = std::make_shared<CountingWork>(/*units=*/5, -1, -1);
   int made = 0;
-  EngineOptions options;
-  options.block_size = 8;
-  options.num_blocks = 64;
+  EngineOptions options = SmallCache();
   options.interleaved_factory =
       [&](const std::string& spec) -> absl::StatusOr<std::shared_ptr<InterleavedWork>> {
     if (spec == "first") return first;
@@ -264,9 +266,7 @@ TEST_F(InterleavedWorkTest, StartsOneWorkAtATimeAndRefusesBadSpecsOnEveryRank) {
 // groups wait in), then stops.
 TEST_F(InterleavedWorkTest, AShutdownFirstRunsTheUnitsTheWorkMustFinish) {
   auto work = std::make_shared<CountingWork>(/*units=*/2000000, -1, -1, /*leaving=*/3);
-  EngineOptions options;
-  options.block_size = 8;
-  options.num_blocks = 64;
+  EngineOptions options = SmallCache();
   options.interleaved_factory =
       [work](const std::string&) -> absl::StatusOr<std::shared_ptr<InterleavedWork>> {
     return work;
