@@ -70,6 +70,7 @@ absl::Status BenchOne(const std::string& name, const std::string& dir,
   train::TrainableModelOptions model_options;
   model_options.lora.r = config.lora_r;
   model_options.lora.alpha = 2.0 * config.lora_r;
+  model_options.pack_frozen_base = config.lora_r > 0;
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<train::TrainableModel> model,
                            train::TrainableModel::Load(dir, layout.tp(), model_options));
   const model::ModelConfig& mc = model->config();

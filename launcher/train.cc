@@ -119,6 +119,8 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
   model_options.lora.alpha = config.lora_alpha;
   model_options.lora.seed = static_cast<uint64_t>(config.seed);
   model_options.recompute = config.recompute;
+  // Packed once, not at every product; --merge needs the dense base at the end.
+  model_options.pack_frozen_base = config.lora_r > 0 && !config.merge;
   TESSERA_ASSIGN_OR_RETURN(model_options.quantize, ParseQuantizeFlags(config.quantize));
   if (model_options.quantize.has_value() && config.merge) {
     return absl::InvalidArgumentError(

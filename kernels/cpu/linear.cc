@@ -291,6 +291,28 @@ void PackColumns(const W* a, W* packed, int64_t rows, int64_t cols) {
   });
 }
 
+// PackColumns of w (rows, cols) from w's PackLinearWeight form, packed_w (ceil(rows / 16), cols,
+// 16): the same values, moved a 16 x 16 block at a time (a block of 16 of w's rows and 16 of
+// its columns is contiguous in both forms, transposed).
+template <typename W>
+void PackColumnsOfPacked(const W* packed_w, W* packed, int64_t rows, int64_t cols) {
+  const int64_t panels = (cols + kPanel - 1) / kPanel;
+  ParallelFor(panels, rows * kPanel < 65536 ? panels : 1, [&](int64_t begin, int64_t end) {
+    for (int64_t q = begin; q < end; ++q) {
+      const int64_t lanes = std::min(kPanel, cols - q * kPanel);
+      for (int64_t r0 = 0; r0 < rows; r0 += kPanel) {
+        const W* from = packed_w + ((r0 / kPanel) * cols + q * kPanel) * kPanel;
+        const int64_t block_rows = std::min(kPanel, rows - r0);
+        for (int64_t r = 0; r < block_rows; ++r) {
+          W* to = packed + (q * rows + r0 + r) * kPanel;
+          for (int64_t l = 0; l < lanes; ++l) to[l] = from[l * kPanel + r];
+          for (int64_t l = lanes; l < kPanel; ++l) to[l] = W{0};
+        }
+      }
+    }
+  });
+}
+
 // n elements of scratch, slot kSlot of the calling thread's, not initialized. Kept between
 // calls: training calls the same shapes layer after layer, and fresh pages cost more than the
 // copies that fill them. A slot grows to the largest call's need; it is freed when the thread
@@ -489,10 +511,12 @@ absl::Status LinearBackwardInput(const Tensor& dy, const Tensor& w, Tensor& dx) 
   TESSERA_RETURN_IF_ERROR(internal::ExpectRank(kKernel, "dy", dy, 2));
   const int64_t m = dy.dim(0), n = dy.dim(1);
   TESSERA_RETURN_IF_ERROR(internal::ExpectDType(kKernel, "w", w, {DType::kF32, DType::kBF16}));
-  TESSERA_RETURN_IF_ERROR(internal::ExpectRank(kKernel, "w", w, 2));
-  if (w.dim(0) != n) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        kKernel, ": w is ", w.DebugString(), ", expected ", n, " rows for dy ", dy.DebugString()));
+  const int64_t panels_of_n = (n + kPanel - 1) / kPanel;
+  const bool packed_w = w.rank() == 3;
+  if (packed_w ? w.dim(0) != panels_of_n || w.dim(2) != kPanel : w.rank() != 2 || w.dim(0) != n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kKernel, ": w is ", w.DebugString(), ", expected ", n, " rows, or packed (",
+                     panels_of_n, ", K, ", kPanel, "), for dy ", dy.DebugString()));
   }
   const int64_t k = w.dim(1);
   TESSERA_RETURN_IF_ERROR(internal::ExpectDType(kKernel, "dx", dx, {DType::kF32}));
@@ -506,11 +530,20 @@ absl::Status LinearBackwardInput(const Tensor& dy, const Tensor& w, Tensor& dx) 
   const int64_t packed_size = (k + kPanel - 1) / kPanel * n * kPanel;
   if (w.dtype() == DType::kF32) {
     float* packed = ThreadScratch<float, 0>(packed_size);
-    PackColumns(w.data<float>(), packed, n, k);
+    if (packed_w) {
+      PackColumnsOfPacked(w.data<float>(), packed, n, k);
+    } else {
+      PackColumns(w.data<float>(), packed, n, k);
+    }
     LinearPacked(dy.data<float>(), static_cast<const float*>(packed), dx.data<float>(), m, k, n);
   } else {
     uint16_t* packed = ThreadScratch<uint16_t, 0>(packed_size);
-    PackColumns(reinterpret_cast<const uint16_t*>(w.data<BFloat16>()), packed, n, k);
+    const uint16_t* from = reinterpret_cast<const uint16_t*>(w.data<BFloat16>());
+    if (packed_w) {
+      PackColumnsOfPacked(from, packed, n, k);
+    } else {
+      PackColumns(from, packed, n, k);
+    }
     LinearPacked(dy.data<float>(), static_cast<const uint16_t*>(packed), dx.data<float>(), m, k, n);
   }
   return absl::OkStatus();

@@ -34,7 +34,7 @@ absl::StatusOr<Tensor> PackLinearWeight(const Tensor& w);
 
 // PackLinearWeight undone: packed (ceil(N / 16), K, 16) -> (rows, K) of the same dtype, rows
 // <= 16 * ceil(N / 16) (the padding rows dropped). For callers that hold only the packed form
-// and need w as stored (LinearBackwardInput).
+// and need w as stored.
 absl::StatusOr<Tensor> UnpackLinearWeight(const Tensor& packed, int64_t rows);
 
 // w: (N, K) as stored, or packed (ceil(N / 16), K, 16) by PackLinearWeight, where N is
@@ -53,8 +53,9 @@ void LinearPackedOnThisThread(const float* x, const Tensor& packed, float* out, 
 // the other rows of dy). The packed copies live in scratch kept per calling thread between
 // calls (training repeats its shapes), which grows to the largest call's need.
 
-// dy (M, N) f32, w (N, K) f32 or bf16 as stored (not packed) -> dx (M, K) f32 = dy . w,
-// overwritten. The gradient of the product with respect to x.
+// dy (M, N) f32, w (N, K) f32 or bf16 as stored, or packed (ceil(N / 16), K, 16) by
+// PackLinearWeight (the same bits) -> dx (M, K) f32 = dy . w, overwritten. The gradient of the
+// product with respect to x.
 absl::Status LinearBackwardInput(const Tensor& dy, const Tensor& w, Tensor& dx);
 
 // dy (M, N) f32, x (M, K) f32: dw (N, K) f32 += dy^T . x, and when dbias is non-null and

@@ -187,6 +187,11 @@ absl::Status ExportHuggingFace(TrainableModel& model, const std::string& base_di
         "the model holds its base quantized (--quantize): export the adapter, or merge it with "
         "`tessera train export --merge`, which loads the base unquantized");
   }
+  if (model.options().pack_frozen_base || model.options().frozen_base != nullptr) {
+    return absl::FailedPreconditionError(
+        "the model holds its frozen base packed or shared, not as parameters: export the "
+        "adapter, or merge it with `tessera train export --merge`, which loads the base");
+  }
   comm::Communicator& tp = model.tp();
   const model::ModelConfig& config = model.config();
   TESSERA_ASSIGN_OR_RETURN(std::vector<model::WeightPlan> plans, AllPlans(model));

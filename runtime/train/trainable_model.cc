@@ -59,18 +59,14 @@ absl::Status Project(const Tensor& x, const WeightAndGrad& w, const Tensor& bias
   return kernels::Linear(x, w.packed.defined() ? w.packed : w.w, bias, out);
 }
 
-// dx = dy . w, overwritten. A quantized or packed w is made dense for the product, one
-// projection at a time: the gradient of the weights the forward multiplied by.
+// dx = dy . w, overwritten: the gradient of the weights the forward multiplied by. A quantized
+// w is made dense for the product, one projection at a time.
 absl::Status ProjectBackwardInput(const Tensor& dy, const WeightAndGrad& w, Tensor& dx) {
   if (w.q.defined()) {
     TESSERA_ASSIGN_OR_RETURN(Tensor dense, kernels::DequantizeWeight(w.q));
     return kernels::LinearBackwardInput(dy, dense, dx);
   }
-  if (w.packed.defined()) {
-    TESSERA_ASSIGN_OR_RETURN(Tensor dense, kernels::UnpackLinearWeight(w.packed, w.packed_rows));
-    return kernels::LinearBackwardInput(dy, dense, dx);
-  }
-  return kernels::LinearBackwardInput(dy, w.w, dx);
+  return kernels::LinearBackwardInput(dy, w.packed.defined() ? w.packed : w.w, dx);
 }
 
 // dx += dy . w through a scratch buffer (ProjectBackwardInput overwrites).
@@ -236,7 +232,8 @@ absl::Status TrainableModel::BindLayers() {
     bind_lora(prefix + "mlp.down_proj.weight", w.down_lora);
   }
   if (options_.frozen_base != nullptr) return ShareFrozenBase();
-  if (options_.quantize.has_value()) TESSERA_RETURN_IF_ERROR(QuantizeFrozenBase());
+  if (options_.quantize.has_value()) return QuantizeFrozenBase();
+  if (options_.pack_frozen_base) return PackFrozenBase();
   return absl::OkStatus();
 }
 
@@ -284,6 +281,19 @@ absl::Status TrainableModel::QuantizeFrozenBase() {
       TESSERA_ASSIGN_OR_RETURN(slot->q, kernels::QuantizeWeight(slot->w, quantize.quant,
                                                                 quantize.GroupFor(slot->w.dim(1))));
       if (slot->q.quant == kernels::WeightQuant::kInt4) slot->q.activations = quantize.activations;
+      slot->w = Tensor();
+    }
+  }
+  params_.ReleaseFrozenProjections();
+  return absl::OkStatus();
+}
+
+absl::Status TrainableModel::PackFrozenBase() {
+  for (LayerWeights& w : layers_) {
+    for (WeightAndGrad* slot : {&w.q, &w.k, &w.v, &w.o, &w.gate_up, &w.down}) {
+      if (slot->g.defined() || !slot->w.defined()) continue;
+      TESSERA_ASSIGN_OR_RETURN(slot->packed, kernels::PackLinearWeight(slot->w));
+      slot->packed_rows = slot->w.dim(0);
       slot->w = Tensor();
     }
   }

@@ -57,6 +57,11 @@ struct TrainableModelOptions {
   // by their dense values, one projection at a time. `quantize` is then the serving model's.
   // It must outlive the trainable model. CPU only.
   const model::Transformer* frozen_base = nullptr;
+  // With LoRA, neither `quantize` nor `frozen_base`: the frozen base's layer projections packed
+  // once at load as the forward's product takes them (kernels::PackLinearWeight; the backward
+  // reads them packed too) instead of at every product, their dense copies released. The same
+  // bits. ExportHuggingFace then cannot merge the adapters (it needs the dense base).
+  bool pack_frozen_base = false;
   // Keep only each layer's input in the forward and run the layer again in the backward:
   // activation memory of one layer instead of all, for a third more compute. The gradients
   // are bitwise the same.
@@ -122,6 +127,7 @@ class TrainableModel {
   // options_.quantize: the frozen projections of every layer into LayerWeights::q, their f32
   // values released.
   absl::Status QuantizeFrozenBase();
+  absl::Status PackFrozenBase();
   // options_.frozen_base: its projections into LayerWeights, the f32 copies released.
   absl::Status ShareFrozenBase();
   absl::Status CheckBatch(const MicroBatch& batch) const;

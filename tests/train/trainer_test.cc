@@ -246,7 +246,8 @@ TEST(QuantizedBase, LoraLearnsAgainstTheDequantizedWeights) {
 // A serving model's projections as the frozen base (TrainableModelOptions::frozen_base): the
 // trainable model keeps no copy of them, and its loss and adapter gradients are bitwise those
 // of the same fine-tune on its own copy (f32, or quantized to int8 as the serving model is:
-// the same values, multiplied by the same kernels).
+// the same values, multiplied by the same kernels). So are those of its own copy packed once
+// at load (pack_frozen_base).
 TEST(SharedFrozenBase, LoraOnTheServingModelsProjectionsIsBitwiseItsOwnCopys) {
   comm::Communicator& world = World();
   const MicroBatch batch = BatchOf(ReadJson(kTrain + "/llama/batches.json").at("packed"));
@@ -275,24 +276,38 @@ TEST(SharedFrozenBase, LoraOnTheServingModelsProjectionsIsBitwiseItsOwnCopys) {
     ASSERT_TRUE(shared.ok()) << shared.status();
     ExpectFrozenProjectionsReleased(**shared);
     GiveLoraBValues(**own);
-    GiveLoraBValues(**shared);
-    absl::StatusOr<LossSum> loss_own = (*own)->ForwardBackward(batch, 0.25f);
-    absl::StatusOr<LossSum> loss_shared = (*shared)->ForwardBackward(batch, 0.25f);
-    ASSERT_TRUE(loss_own.ok()) << loss_own.status();
-    ASSERT_TRUE(loss_shared.ok()) << loss_shared.status();
-    EXPECT_EQ(loss_shared->sum, loss_own->sum);
-    int compared = 0;
-    for (const Parameter& p : (*own)->parameters().all()) {
-      if (!p.grad.defined()) continue;
-      const Parameter* q = (*shared)->parameters().Find(p.name);
-      ASSERT_NE(q, nullptr) << p.name;
-      ASSERT_EQ(q->grad.numel(), p.grad.numel()) << p.name;
-      EXPECT_TRUE(std::equal(p.grad.data<float>(), p.grad.data<float>() + p.grad.numel(),
-                             q->grad.data<float>()))
-          << p.name;
-      ++compared;
+    std::vector<std::unique_ptr<TrainableModel>> others;
+    others.push_back(*std::move(shared));
+    if (!load.quantize.has_value()) {
+      // Its own copy packed once at load (pack_frozen_base), as `tessera train` holds it.
+      options.frozen_base = nullptr;
+      options.pack_frozen_base = true;
+      absl::StatusOr<std::unique_ptr<TrainableModel>> packed =
+          TrainableModel::Load(kModels + "/llama", world, options);
+      ASSERT_TRUE(packed.ok()) << packed.status();
+      ExpectFrozenProjectionsReleased(**packed);
+      others.push_back(*std::move(packed));
     }
-    EXPECT_EQ(compared, 2 * 7 * (*own)->config().num_hidden_layers);
+    absl::StatusOr<LossSum> loss_own = (*own)->ForwardBackward(batch, 0.25f);
+    ASSERT_TRUE(loss_own.ok()) << loss_own.status();
+    for (const std::unique_ptr<TrainableModel>& other : others) {
+      GiveLoraBValues(*other);
+      absl::StatusOr<LossSum> loss_other = other->ForwardBackward(batch, 0.25f);
+      ASSERT_TRUE(loss_other.ok()) << loss_other.status();
+      EXPECT_EQ(loss_other->sum, loss_own->sum);
+      int compared = 0;
+      for (const Parameter& p : (*own)->parameters().all()) {
+        if (!p.grad.defined()) continue;
+        const Parameter* q = other->parameters().Find(p.name);
+        ASSERT_NE(q, nullptr) << p.name;
+        ASSERT_EQ(q->grad.numel(), p.grad.numel()) << p.name;
+        EXPECT_TRUE(std::equal(p.grad.data<float>(), p.grad.data<float>() + p.grad.numel(),
+                               q->grad.data<float>()))
+            << p.name;
+        ++compared;
+      }
+      EXPECT_EQ(compared, 2 * 7 * (*own)->config().num_hidden_layers);
+    }
   }
   absl::StatusOr<std::unique_ptr<model::Transformer>> serving =
       model::Transformer::Load(kModels + "/llama", world);

@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -145,6 +146,15 @@ TEST(LinearBackward, MatchesTheDoubleProductsAtOddShapes) {
       Tensor w = Random({s.n, s.k}, 3, wtype);
       Tensor dx = Random({s.m, s.k}, 4);  // overwritten
       ASSERT_OK(LinearBackwardInput(dy, w, dx));
+      // w packed as the forward takes it gives the same bits.
+      ASSERT_OK_AND_ASSIGN(Tensor packed, PackLinearWeight(w));
+      Tensor dx_of_packed = Random({s.m, s.k}, 7);
+      ASSERT_OK(LinearBackwardInput(dy, packed, dx_of_packed));
+      for (int64_t i = 0; i < s.m * s.k; ++i) {
+        ASSERT_EQ(std::bit_cast<uint32_t>(dx_of_packed.data<float>()[i]),
+                  std::bit_cast<uint32_t>(dx.data<float>()[i]))
+            << "dx[" << i << "] of the packed w";
+      }
       std::vector<double> want_dx(s.m * s.k, 0.0);
       for (int64_t i = 0; i < s.m; ++i) {
         for (int64_t j = 0; j < s.n; ++j) {
