@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -38,8 +39,9 @@ using Clock = std::chrono::steady_clock;
 
 struct BenchGenerateConfig {
   std::string model;  // empty: the built-in default and the ~0.5B random Llama
-  // Each model is run once per entry: none (as stored), int8, int4 (--quantize's values).
-  std::string quantize = "none,int8,int4,int4-a8";
+  // Each model is run once per entry: none (as stored), int8, int4 (--quantize's values),
+  // int8-a8, int4-a8 (with int8 activations).
+  std::string quantize = "none,int8,int8-a8,int4,int4-a8";
   int tp = 0;
   int prompt_tokens = 128;
   int decode_tokens = 32;
@@ -79,7 +81,7 @@ absl::StatusOr<double> MeasureDeviceBandwidth(Device device) {
 
 struct Row {
   std::string name;
-  std::string quantize;  // "none", "int8", "int4"
+  std::string quantize;  // "none", "int8", "int4", "int8-a8", "int4-a8"
   double parameters_billion = 0;
   double weight_bytes = 0;  // all ranks
   // Bytes a decode step reads, all ranks: the weights (quantized: codes, scales and offsets;
@@ -94,11 +96,11 @@ absl::StatusOr<Row> BenchOne(const std::string& name, const std::string& dir,
                              const std::string& quantize, const BenchGenerateConfig& config,
                              comm::Communicator& tp) {
   model::LoadOptions load;
-  // "int4-a8": int4 weights with int8 activations.
-  const bool int8_activations = quantize == "int4-a8";
-  TESSERA_ASSIGN_OR_RETURN(load.quantize,
-                           model::ParseWeightQuantization(int8_activations ? "int4" : quantize, "",
-                                                          int8_activations ? "int8" : "f32"));
+  // "int8-a8", "int4-a8": the weights with int8 activations.
+  const bool int8_activations = absl::EndsWith(quantize, "-a8");
+  const std::string weights = int8_activations ? quantize.substr(0, quantize.size() - 3) : quantize;
+  TESSERA_ASSIGN_OR_RETURN(load.quantize, model::ParseWeightQuantization(
+                                              weights, "", int8_activations ? "int8" : "f32"));
   if (load.quantize.has_value()) {
     // A layout whose TP split would cut a quantization group is refused: say so, and go on
     // with the other variants.
@@ -248,7 +250,7 @@ absl::Status BenchGenerate(const BenchGenerateConfig& config, int* argc, char***
         "read MB/tok fits in the last-level caches, no memory limit applies; \"error\": faster "
         "than the limit, a measurement error); x stored: prefill and decode t/s over the same "
         "model's as stored, in this run\n");
-    std::printf("%-33s %8s %10s %12s %12s %12s %10s %12s %8s %10s %10s\n", "model", "params",
+    std::printf("%-37s %8s %10s %12s %12s %12s %10s %12s %8s %10s %10s\n", "model", "params",
                 "weights", "prefill t/s", "decode t/s", "read MB/tok", "read GB/s", "limit t/s",
                 "ratio", "prefill x", "decode x");
   }
@@ -258,7 +260,7 @@ absl::Status BenchGenerate(const BenchGenerateConfig& config, int* argc, char***
       const Row& row = rows[i];
       const Row& stored = rows[baseline[i]];
       if (!row.not_run.empty()) {
-        std::printf("%-33s not run: %s\n", row.name.c_str(), row.not_run.c_str());
+        std::printf("%-37s not run: %s\n", row.name.c_str(), row.not_run.c_str());
         continue;
       }
       const double limit = bandwidth / row.decode_bytes;
@@ -268,7 +270,7 @@ absl::Status BenchGenerate(const BenchGenerateConfig& config, int* argc, char***
       const HeldAgainstLimit ratio = HoldAgainstLimit(
           read, bandwidth,
           device_tp == nullptr && FitsInLastLevelCaches(row.decode_bytes, world.size()));
-      std::printf("%-33s %7.3fB %8.1fMB %12.1f %12.2f %12.2f %10.2f %12.2f %8s %9.2fx %9.2fx\n",
+      std::printf("%-37s %7.3fB %8.1fMB %12.1f %12.2f %12.2f %10.2f %12.2f %8s %9.2fx %9.2fx\n",
                   row.name.c_str(), row.parameters_billion, row.weight_bytes / 1e6, row.prefill_tps,
                   row.decode_tps, row.decode_bytes / 1e6, read / 1e9, limit, ratio.cell.c_str(),
                   row.prefill_tps / stored.prefill_tps, row.decode_tps / stored.decode_tps);
@@ -319,7 +321,7 @@ int RunBench(const std::vector<std::string>& args, int* argc, char*** argv) {
   flags.String("model", &config.model, "a Hugging Face model directory or GGUF file");
   flags.String("quantize", &config.quantize,
                "comma-separated weight formats to run each model in: none (as stored), int8, "
-               "int4, int4-a8 (int4 with int8 activations); CPU, a GPU runs none");
+               "int4, and int8-a8 and int4-a8 (with int8 activations); CPU, a GPU runs none");
   flags.Int("tp", &config.tp, "tensor-parallel degree (0: all ranks)");
   flags.Int("prompt-tokens", &config.prompt_tokens, "prompt length");
   flags.Int("decode-tokens", &config.decode_tokens, "tokens decoded");

@@ -14,6 +14,7 @@
 #include "launcher/process.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/model/transformer.h"
+#include "runtime/model/weight_quantization.h"
 
 namespace tessera::launcher {
 namespace {
@@ -143,15 +144,16 @@ absl::Status Perplexity(const PerplexityConfig& config, int* argc, char*** argv)
   }
   TESSERA_ASSIGN_OR_RETURN(Scores scores,
                            ScoreWindows(*job.model, reference.get(), tokens, window));
+  TESSERA_ASSIGN_OR_RETURN(const std::optional<model::WeightQuantization> quantization,
+                           ParseQuantizeFlags(options.quantize));
   if (job.mpi.world->rank() == 0) {
     const double count = static_cast<double>(scores.scored);
     const double mean = scores.nll / count;
+    const std::string weights = quantization.has_value() ? quantization->ToString() : options.dtype;
     std::printf(
         "perplexity %.4f  (mean NLL %.5f nats over %lld tokens, windows of %d; weights %s, KV "
         "cache %s, TP %d)\n",
-        std::exp(mean), mean, static_cast<long long>(scores.scored), window,
-        options.quantize.quantize != "none" ? options.quantize.quantize.c_str()
-                                            : options.dtype.c_str(),
+        std::exp(mean), mean, static_cast<long long>(scores.scored), window, weights.c_str(),
         std::string(NameOf(job.model->kv_cache_dtype())).c_str(), job.layout->tp_size());
     if (reference != nullptr) {
       const double reference_ppl = std::exp(scores.reference_nll / count);

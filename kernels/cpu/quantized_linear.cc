@@ -197,18 +197,22 @@ absl::Status CheckPacked(absl::string_view kernel, const QuantizedWeight& w) {
   const int64_t groups = w.cols / w.group_size;
   const bool row_scale = OneGroupARow(w.quant, w.cols, w.group_size);
   const bool int8 = w.quant == WeightQuant::kInt8;
+  const bool q8 = w.activations == ActivationQuant::kInt8;
+  if (q8 && w.cols % kActivationBlock != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kernel, ": w has ", w.cols, " inputs; int8 activations take blocks of ", kActivationBlock));
+  }
+  const Shape codes_shape = !int8 ? Shape({panels, w.cols / 8, kLanes})
+                            : q8  ? Shape({panels, w.cols / 4, kLanes, 4})
+                                  : Shape({panels, w.cols, kLanes});
   const bool ok = w.rows >= 0 && w.codes.device().is_cpu() && w.scales.device().is_cpu() &&
                   w.codes.dtype() == (int8 ? DType::kI8 : DType::kI32) &&
-                  w.codes.shape() == Shape({panels, int8 ? w.cols : w.cols / 8, kLanes}) &&
+                  w.codes.shape() == codes_shape &&
                   w.scales.dtype() == (row_scale ? DType::kF32 : DType::kF16) &&
                   w.scales.shape() == Shape({panels, row_scale ? 1 : groups, kLanes}) &&
                   (int8 ? !w.offsets.defined()
                         : w.offsets.dtype() == DType::kF16 && w.offsets.device().is_cpu() &&
                               w.offsets.shape() == w.scales.shape());
-  if (int8 && w.activations != ActivationQuant::kF32) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(kernel, ": w is int8, whose products take f32 activations only"));
-  }
   if (!ok) {
     return absl::InvalidArgumentError(absl::StrCat(
         kernel, ": w (", WeightQuantName(w.quant), ", ", w.rows, " x ", w.cols, ", group size ",
@@ -245,12 +249,14 @@ void GroupSums(const float* x, int64_t m, int64_t k, int64_t group_size, float* 
   }
 }
 
-// Activations for int4 as the header defines them: for each block of 32 inputs of each row,
+// int8 activations as the header defines them: for each block of 32 inputs of each row,
 // d = max |x| / 127 and q = x (1 / d) rounded to nearest even (0 where d = 0; a block with a
-// value that is not finite gets d = NaN). The rounding converts the product itself (SSE2's
-// cvtps2dq under the default rounding mode on x86, std::nearbyint elsewhere), so that no
-// compiler can fuse it with anything and every build rounds the same products.
-void QuantizeActivations(const float* x, int64_t m, int64_t k, int8_t* q, float* d) {
+// value that is not finite gets d = NaN), and q_sum the block's sum of q. The rounding
+// converts the product itself (SSE2's cvtps2dq under the default rounding mode on x86,
+// std::nearbyint elsewhere), so that no compiler can fuse it with anything and every build
+// rounds the same products.
+void QuantizeActivations(const float* x, int64_t m, int64_t k, int8_t* q, float* d,
+                         int32_t* q_sum) {
   for (int64_t b = 0; b < m * k / kActivationBlock; ++b) {
     const float* from = x + b * kActivationBlock;
     int8_t* to = q + b * kActivationBlock;
@@ -262,6 +268,7 @@ void QuantizeActivations(const float* x, int64_t m, int64_t k, int8_t* q, float*
     if (largest_bits >= 0x7f800000) {
       d[b] = std::numeric_limits<float>::quiet_NaN();
       std::fill(to, to + kActivationBlock, int8_t{0});
+      q_sum[b] = 0;
       continue;
     }
     const float largest = std::bit_cast<float>(largest_bits);
@@ -280,22 +287,28 @@ void QuantizeActivations(const float* x, int64_t m, int64_t k, int8_t* q, float*
       rounded[c] = static_cast<int32_t>(std::nearbyint(from[c] * inverse));
     }
 #endif
-    for (int64_t c = 0; c < kActivationBlock; ++c) to[c] = static_cast<int8_t>(rounded[c]);
+    int32_t sum = 0;
+    for (int64_t c = 0; c < kActivationBlock; ++c) {
+      to[c] = static_cast<int8_t>(rounded[c]);
+      sum += rounded[c];
+    }
+    q_sum[b] = sum;
   }
 }
 
 // What a tile reads and writes: rows [0, rows) of x from `x` (row stride k; int4 with f32
-// activations: x'; with int8 activations: xq, row stride k, and their block scales xd, row
-// stride k / 32, instead), panels [0, panels) of the codes, scales and offsets from the given
-// ones (panel strides: codes k values (int8) or k words' worth (int4: k / 8 * 8), scales
-// groups * 8), inputs [k_begin, k_end). acc holds the outputs' chains (row stride acc_stride,
-// panel p at 8 p); carry the dots of a group that k_end cuts, to go on from when the next
-// block starts inside that group (int8 with one group a row only: kInputsPerBlock is a
+// activations: x'; with int8 activations: xq, row stride k, and their block scales xd and sums
+// xq_sum, row stride k / 32, instead), panels [0, panels) of the codes, scales and offsets from
+// the given ones (panel strides: codes k values (int8) or k words' worth (int4: k / 8 * 8),
+// scales groups * 8), inputs [k_begin, k_end). acc holds the outputs' chains (row stride
+// acc_stride, panel p at 8 p); carry the dots of a group that k_end cuts, to go on from when the
+// next block starts inside that group (int8 with one group a row only: kInputsPerBlock is a
 // multiple of 32 and 128).
 struct TileArgs {
   const float* x;
   const int8_t* xq;
   const float* xd;
+  const int32_t* xq_sum;
   const float* sums;  // int4: sum[r][g] at sums[r * groups + g]
   const void* codes;
   const void* scales;
@@ -311,14 +324,21 @@ struct TileArgs {
 inline float ScaleValue(float s) { return s; }
 inline float ScaleValue(Half s) { return s.ToFloat(); }
 
-// The arithmetic of a product (the header's): int8 weights, int4 weights with f32
-// activations, or int4 weights with activations quantized to int8.
-enum class Arithmetic { kInt8, kInt4, kInt4Q8 };
+// The arithmetic of a product (the header's): int8 or int4 weights, with f32 activations or
+// with activations quantized to int8 (Q8).
+enum class Arithmetic { kInt8, kInt4, kInt8Q8, kInt4Q8 };
+
+constexpr bool TakesInt8Activations(Arithmetic a) {
+  return a == Arithmetic::kInt8Q8 || a == Arithmetic::kInt4Q8;
+}
 
 template <Arithmetic A>
 inline int Code(const void* codes, int64_t k, int p, int64_t c, int l) {
   if constexpr (A == Arithmetic::kInt8) {
     return static_cast<const int8_t*>(codes)[(p * k + c) * kLanes + l];
+  } else if constexpr (A == Arithmetic::kInt8Q8) {
+    const uint8_t* bytes = static_cast<const uint8_t*>(codes);
+    return static_cast<int>(bytes[((p * (k / 4) + c / 4) * kLanes + l) * 4 + c % 4]) - 128;
   } else {
     const uint32_t word =
         static_cast<const uint32_t*>(codes)[p * k + (c / 8) * kLanes + l];  // k / 8 * 8 = k
@@ -357,7 +377,7 @@ void TilePortable(const TileArgs& a) {
     for (int p = 0; p < a.panels; ++p) {
       for (int l = 0; l < kLanes; ++l) {
         float& acc = a.acc[r * a.acc_stride + p * kLanes + l];
-        if constexpr (A == Arithmetic::kInt4Q8) {
+        if constexpr (TakesInt8Activations(A)) {
           for (int64_t c = a.k_begin; c < a.k_end; c += kActivationBlock) {
             const int64_t g = c / a.group_size;
             const int64_t at = (p * a.groups + g) * kLanes + l;
@@ -366,9 +386,9 @@ void TilePortable(const TileArgs& a) {
               sum += Code<A>(a.codes, a.k, p, e, l) * a.xq[r * a.k + e];
             }
             const float scale =
-                scales[at].ToFloat() * a.xd[r * (a.k / kActivationBlock) + c / kActivationBlock];
+                ScaleValue(scales[at]) * a.xd[r * (a.k / kActivationBlock) + c / kActivationBlock];
             acc = std::fma(static_cast<float>(sum), scale, acc);
-            if ((c + kActivationBlock) % a.group_size == 0) {
+            if (A == Arithmetic::kInt4Q8 && (c + kActivationBlock) % a.group_size == 0) {
               acc = std::fma(a.sums[r * a.groups + g], a.offsets[at].ToFloat(), acc);
             }
           }
@@ -566,6 +586,60 @@ TESSERA_AVX2 void TileQ8Avx2(const TileArgs& a) {
   }
 }
 
+// Four int8 activations as 16-bit values, the four repeated in each 64-bit quarter.
+TESSERA_AVX2 inline __m256i BroadcastFourWide(const int8_t* q) {
+  int32_t four;
+  std::memcpy(&four, q, sizeof(four));
+  return _mm256_broadcastq_epi64(_mm_cvtepi8_epi16(_mm_cvtsi32_si128(four)));
+}
+
+// int8 weights and int8 activations, AVX2 (+ FMA, F16C): a panel's 32 bytes for four inputs
+// hold four consecutive codes (+ 128) of each row; widened to 16 bits by halves (rows 0..3,
+// 4..7), _mm256_madd_epi16 multiplies them by the four activations and adds pairs (exact:
+// at most 2 x 255 x 127), and _mm256_hadd_epi32 the pairs of the two halves, leaving rows
+// 0 1 4 5 | 2 3 6 7 in the lanes. Over a block the sums are exact; taking 128 x the block's
+// sum of xq off leaves the header's integer sum.
+template <typename S, int MR, int NP>
+TESSERA_AVX2 void TileQ8Int8Avx2(const TileArgs& a) {
+  const S* scales = static_cast<const S*>(a.scales);
+  const uint8_t* bytes = static_cast<const uint8_t*>(a.codes);
+  const int64_t blocks = a.k / kActivationBlock;
+  for (int64_t c = a.k_begin; c < a.k_end; c += kActivationBlock) {
+    __m256i sum[MR][NP];
+    ForEach<MR * NP>([&]<int I>() TESSERA_AVX2 { sum[I / NP][I % NP] = _mm256_setzero_si256(); });
+#pragma GCC unroll 1
+    for (int64_t e = c; e < c + kActivationBlock; e += 4) {
+      __m256i xv[MR];
+      ForEach<MR>([&]<int R>() TESSERA_AVX2 { xv[R] = BroadcastFourWide(a.xq + R * a.k + e); });
+      ForEach<NP>([&]<int P>() TESSERA_AVX2 {
+        const uint8_t* four = bytes + P * a.k * kLanes + e * kLanes;  // (e / 4) * 8 lanes * 4
+        const __m256i low =
+            _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(four)));
+        const __m256i high =
+            _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(four + 16)));
+        ForEach<MR>([&]<int R>() TESSERA_AVX2 {
+          sum[R][P] = _mm256_add_epi32(
+              sum[R][P],
+              _mm256_hadd_epi32(_mm256_madd_epi16(low, xv[R]), _mm256_madd_epi16(high, xv[R])));
+        });
+      });
+    }
+    const int64_t g = c / a.group_size;
+    ForEach<NP>([&]<int P>() TESSERA_AVX2 {
+      const __m256 scale = LoadScales(scales + (P * a.groups + g) * kLanes);
+      ForEach<MR>([&]<int R>() TESSERA_AVX2 {
+        float* acc = a.acc + R * a.acc_stride + P * kLanes;
+        const int64_t b = R * blocks + c / kActivationBlock;
+        const __m256i rows = _mm256_permute4x64_epi64(sum[R][P], 0xD8);  // rows 0..7
+        const __m256 dot =
+            _mm256_cvtepi32_ps(_mm256_sub_epi32(rows, _mm256_set1_epi32(128 * a.xq_sum[b])));
+        const __m256 both = _mm256_mul_ps(scale, _mm256_broadcast_ss(a.xd + b));
+        _mm256_storeu_ps(acc, _mm256_fmadd_ps(dot, both, _mm256_loadu_ps(acc)));
+      });
+    });
+  }
+}
+
 // GCC 12's AVX-512 intrinsics start from a deliberately undefined register, which its
 // own uninitialized-variable warnings flag inside the headers.
 #pragma GCC diagnostic push
@@ -675,21 +749,25 @@ TESSERA_AVX512 void TileF32Avx512(const TileArgs& a) {
   }
 }
 
-// int4 weights and int8 activations on AVX-512 VNNI: TileQ8Avx2's sums with
-// _mm512_dpbusd_epi32, which takes 64 products of unsigned bytes (the codes) and signed bytes
-// (the activations) an instruction, four into each 32-bit lane. One register holds sixteen of
-// a panel's words: octet t of inputs in lanes 0..7 and octet t + 1 in lanes 8..15, so the
-// activations broadcast to each half differ (a permutation of the block's 32 bytes gives
-// them). A lane's sum over a block is at most 32 x 15 x 127 in magnitude and exact, the two
-// halves' sums are added exactly, and from there the arithmetic is TileQ8Avx2's, two panels
-// a register (lanes 0..7 panel 2 Q, 8..15 panel 2 Q + 1): the same bits. The outputs stay in
-// registers over [k_begin, k_end). NP even; an odd panel takes TileQ8Avx2.
-template <int MR, int NP>
+// int8 activations on AVX-512 VNNI: the sums of TileQ8Avx2 (int4) and TileQ8Int8Avx2 (int8)
+// by _mm512_dpbusd_epi32, which takes 64 products of unsigned bytes (the codes) and signed
+// bytes (the activations) an instruction, four into each 32-bit lane. One register holds a
+// panel's codes of eight inputs in lanes 0..7 and of the next eight in lanes 8..15 (int4:
+// octets t and t + 1 of sixteen words, their low nibbles then their high ones; int8: quads t
+// and t + 1), so the activations broadcast to each half differ (a permutation of the block's
+// 32 bytes gives them). A lane's sum over a block is at most 32 x 255 x 127 in magnitude and
+// exact, the two halves' sums are added exactly, and from there the arithmetic is the AVX2
+// tiles', two panels a register (lanes 0..7 panel 2 Q, 8..15 panel 2 Q + 1): the same bits.
+// The outputs stay in registers over [k_begin, k_end). NP even; an odd panel takes AVX2's.
+template <Arithmetic A, typename S, int MR, int NP>
 TESSERA_AVX512_VNNI void TileQ8Avx512Vnni(const TileArgs& a) {
-  static_assert(NP % 2 == 0);
+  static_assert(NP % 2 == 0 && TakesInt8Activations(A));
+  constexpr bool kInt4 = A == Arithmetic::kInt4Q8;
   constexpr int NQ = NP / 2;
-  const Half* scales = static_cast<const Half*>(a.scales);
-  const int32_t* words = static_cast<const int32_t*>(a.codes);
+  const S* scales = static_cast<const S*>(a.scales);
+  const int32_t* words = static_cast<const int32_t*>(a.codes);  // int8: four codes a word
+  // A panel's words: k / 8 * 8 of eight int4 codes, or k / 4 * 8 of four int8 codes.
+  const int64_t panel_words = kInt4 ? a.k : 2 * a.k;
   const int64_t blocks = a.k / kActivationBlock;
   const int64_t panel_scales = a.groups * kLanes;
   const __m512i low4 = _mm512_set1_epi32(0x0F0F0F0F);
@@ -715,36 +793,58 @@ TESSERA_AVX512_VNNI void TileQ8Avx512Vnni(const TileArgs& a) {
         block[R] = _mm512_zextsi256_si512(
             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + R * a.k + c)));
       });
-      ForEach<2>([&]<int J>() TESSERA_AVX512_VNNI {
-        __m512i low_x[MR], high_x[MR];
-        ForEach<MR>([&]<int R>() TESSERA_AVX512_VNNI {
-          low_x[R] = _mm512_permutexvar_epi32(low_words[J], block[R]);
-          high_x[R] = _mm512_permutexvar_epi32(high_words[J], block[R]);
-        });
-        ForEach<NP>([&]<int P>() TESSERA_AVX512_VNNI {
-          const __m512i packed = _mm512_loadu_si512(words + P * a.k + c + 16 * J);
-          const __m512i low = _mm512_and_si512(packed, low4);
-          const __m512i high = _mm512_and_si512(_mm512_srli_epi32(packed, 4), low4);
+      if constexpr (kInt4) {
+        ForEach<2>([&]<int J>() TESSERA_AVX512_VNNI {
+          __m512i low_x[MR], high_x[MR];
           ForEach<MR>([&]<int R>() TESSERA_AVX512_VNNI {
-            sum[R][P] = _mm512_dpbusd_epi32(sum[R][P], low, low_x[R]);
-            sum[R][P] = _mm512_dpbusd_epi32(sum[R][P], high, high_x[R]);
+            low_x[R] = _mm512_permutexvar_epi32(low_words[J], block[R]);
+            high_x[R] = _mm512_permutexvar_epi32(high_words[J], block[R]);
+          });
+          ForEach<NP>([&]<int P>() TESSERA_AVX512_VNNI {
+            const __m512i packed = _mm512_loadu_si512(words + P * panel_words + c + 16 * J);
+            const __m512i low = _mm512_and_si512(packed, low4);
+            const __m512i high = _mm512_and_si512(_mm512_srli_epi32(packed, 4), low4);
+            ForEach<MR>([&]<int R>() TESSERA_AVX512_VNNI {
+              sum[R][P] = _mm512_dpbusd_epi32(sum[R][P], low, low_x[R]);
+              sum[R][P] = _mm512_dpbusd_epi32(sum[R][P], high, high_x[R]);
+            });
           });
         });
-      });
+      } else {
+        // Quads 2 J and 2 J + 1 of the block: its words 2 J and 2 J + 1.
+        ForEach<4>([&]<int J>() TESSERA_AVX512_VNNI {
+          __m512i xv[MR];
+          ForEach<MR>([&]<int R>() TESSERA_AVX512_VNNI {
+            xv[R] = _mm512_permutexvar_epi32(
+                _mm512_set_epi32(2 * J + 1, 2 * J + 1, 2 * J + 1, 2 * J + 1, 2 * J + 1, 2 * J + 1,
+                                 2 * J + 1, 2 * J + 1, 2 * J, 2 * J, 2 * J, 2 * J, 2 * J, 2 * J,
+                                 2 * J, 2 * J),
+                block[R]);
+          });
+          ForEach<NP>([&]<int P>() TESSERA_AVX512_VNNI {
+            const __m512i codes = _mm512_loadu_si512(words + P * panel_words + 2 * c + 16 * J);
+            ForEach<MR>([&]<int R>() TESSERA_AVX512_VNNI {
+              sum[R][P] = _mm512_dpbusd_epi32(sum[R][P], codes, xv[R]);
+            });
+          });
+        });
+      }
       const bool group_ends = c + kActivationBlock == group_end;
       ForEach<NQ>([&]<int Q>() TESSERA_AVX512_VNNI {
-        const Half* scale_at = scales + 2 * Q * panel_scales + g * kLanes;
+        const S* scale_at = scales + 2 * Q * panel_scales + g * kLanes;
         const __m512 scale = LoadScalePair(scale_at, scale_at + panel_scales);
         ForEach<MR>([&]<int R>() TESSERA_AVX512_VNNI {
-          // Lanes 0..7: panel 2 Q's octets t and t + 1 added; 8..15: panel 2 Q + 1's.
+          // Lanes 0..7: panel 2 Q's two halves added; 8..15: panel 2 Q + 1's.
           const __m512i first = sum[R][2 * Q], second = sum[R][2 * Q + 1];
-          const __m512i lanes = _mm512_add_epi32(_mm512_shuffle_i64x2(first, second, 0x44),
-                                                 _mm512_shuffle_i64x2(first, second, 0xEE));
-          const __m512 both =
-              _mm512_mul_ps(scale, _mm512_set1_ps(a.xd[R * blocks + c / kActivationBlock]));
+          __m512i lanes = _mm512_add_epi32(_mm512_shuffle_i64x2(first, second, 0x44),
+                                           _mm512_shuffle_i64x2(first, second, 0xEE));
+          const int64_t b = R * blocks + c / kActivationBlock;
+          if constexpr (!kInt4)
+            lanes = _mm512_sub_epi32(lanes, _mm512_set1_epi32(128 * a.xq_sum[b]));
+          const __m512 both = _mm512_mul_ps(scale, _mm512_set1_ps(a.xd[b]));
           out[R][Q] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lanes), both, out[R][Q]);
         });
-        if (group_ends) {
+        if (kInt4 && group_ends) {
           const Half* offset_at = a.offsets + 2 * Q * panel_scales + g * kLanes;
           const __m512 offset = LoadScalePair(offset_at, offset_at + panel_scales);
           ForEach<MR>([&]<int R>() TESSERA_AVX512_VNNI {
@@ -800,7 +900,7 @@ enum class TilePath { kPortable, kAvx2, kAvx512 };
 
 TilePath ChooseTilePath(Arithmetic arithmetic) {
   if (!HasAvx2Fma() || !HasF16c()) return TilePath::kPortable;
-  if (HasAvx512() && (arithmetic != Arithmetic::kInt4Q8 || HasAvx512Vnni())) {
+  if (HasAvx512() && (!TakesInt8Activations(arithmetic) || HasAvx512Vnni())) {
     return TilePath::kAvx512;
   }
   return TilePath::kAvx2;
@@ -809,11 +909,12 @@ TilePath ChooseTilePath(Arithmetic arithmetic) {
 template <int MR, int NP, Arithmetic A, typename S>
 TileFn VectorTile(TilePath path) {
 #if TESSERA_CPU_X86
-  if constexpr (A == Arithmetic::kInt4Q8) {
+  if constexpr (TakesInt8Activations(A)) {
     if constexpr (NP % 2 == 0) {
-      if (path == TilePath::kAvx512) return TileQ8Avx512Vnni<MR, NP>;
+      if (path == TilePath::kAvx512) return TileQ8Avx512Vnni<A, S, MR, NP>;
     }
-    return TileQ8Avx2<MR, NP>;
+    if constexpr (A == Arithmetic::kInt4Q8) return TileQ8Avx2<MR, NP>;
+    return TileQ8Int8Avx2<S, MR, NP>;
   } else if constexpr (NP % 2 == 0) {
     return path == TilePath::kAvx512 ? TileF32Avx512<A, S, MR, NP / 2> : TileF32Avx2<A, S, MR, NP>;
   } else {
@@ -832,7 +933,7 @@ int MaxTilePanels(TilePath path, int rows) {
 
 // Rows of x a tile takes at most.
 int TileRows(TilePath path, Arithmetic arithmetic) {
-  return path == TilePath::kAvx512 && arithmetic != Arithmetic::kInt4Q8 ? kWideTileRows : kTileRows;
+  return path == TilePath::kAvx512 && !TakesInt8Activations(arithmetic) ? kWideTileRows : kTileRows;
 }
 
 template <int MR, Arithmetic A, typename S>
@@ -847,7 +948,7 @@ TileFn SeveralRowsTile(TilePath path, int np) {
 template <Arithmetic A, typename S>
 TileFn TileFor(TilePath path, int rows, int np) {
   if (path == TilePath::kPortable) return TilePortable<A, S>;
-  if constexpr (A != Arithmetic::kInt4Q8) {
+  if constexpr (!TakesInt8Activations(A)) {
     switch (rows) {
       case 5:
         return SeveralRowsTile<5, A, S>(path, np);
@@ -902,18 +1003,29 @@ WorkSplit SplitWork(int64_t m, int64_t panels) {
   return s;
 }
 
-// out (m, n) = x (m, k) . dequant(w)^T + bias; x is x' for kInt4, and for kInt4Q8 xq (m, k)
-// and xd (m, k / 32) (QuantizeActivations) stand for it; int4 takes x's group sums (m, groups).
+// What stands for x in a product (the header's arithmetic): x itself (kInt8), x' (kInt4), or
+// xq (m, k) with xd and xq_sum (m, k / 32) (QuantizeActivations); and int4's group sums of x
+// (m, groups).
+struct ProductInput {
+  const float* x = nullptr;
+  const int8_t* xq = nullptr;
+  const float* xd = nullptr;
+  const int32_t* xq_sum = nullptr;
+  const float* sums = nullptr;
+};
+
+// out (m, n) = x (m, k) . dequant(w)^T + bias.
 template <Arithmetic A, typename S>
-void Product(const float* x, const int8_t* xq, const float* xd, const float* sums,
-             const QuantizedWeight& w, const Tensor& bias, float* out, int64_t m) {
+void Product(const ProductInput& in, const QuantizedWeight& w, const Tensor& bias, float* out,
+             int64_t m) {
   const int64_t n = w.rows, k = w.cols, groups = k / w.group_size;
   const int64_t panels = (n + kLanes - 1) / kLanes;
   const WorkSplit split = SplitWork(m, panels);
   const TilePath path = ChooseTilePath(A);
   const int64_t tile_rows = TileRows(path, A);
   // A panel's codes: k int8 values, or k / 8 words of eight int4 codes, for each of 8 lanes.
-  const int64_t panel_bytes = A == Arithmetic::kInt8 ? k * kLanes : k / 8 * kLanes * 4;
+  const bool int8 = A == Arithmetic::kInt8 || A == Arithmetic::kInt8Q8;
+  const int64_t panel_bytes = int8 ? k * kLanes : k / 8 * kLanes * 4;
   const int64_t scale_stride = w.scales.dim(1) * kLanes;
   const char* codes = static_cast<const char*>(w.codes.data());
   const S* scales = static_cast<const S*>(w.scales.data());
@@ -944,11 +1056,13 @@ void Product(const float* x, const int8_t* xq, const float* xd, const float* sum
                 int np = MaxTilePanels(path, rows);
                 while (np > panel_end - p) np = np == 6 ? 4 : np / 2;
                 const int64_t a_at = (row - row_begin) * lanes + (p - panel_begin) * kLanes;
-                const bool q8 = A == Arithmetic::kInt4Q8;
-                const TileArgs args{x == nullptr ? nullptr : x + row * k,
-                                    q8 ? xq + row * k : nullptr,
-                                    q8 ? xd + row * (k / kActivationBlock) : nullptr,
-                                    sums == nullptr ? nullptr : sums + row * groups,
+                const bool q8 = TakesInt8Activations(A);
+                const int64_t block_at = row * (k / kActivationBlock);
+                const TileArgs args{in.x == nullptr ? nullptr : in.x + row * k,
+                                    q8 ? in.xq + row * k : nullptr,
+                                    q8 ? in.xd + block_at : nullptr,
+                                    q8 ? in.xq_sum + block_at : nullptr,
+                                    in.sums == nullptr ? nullptr : in.sums + row * groups,
                                     codes + p * panel_bytes,
                                     scales + p * scale_stride,
                                     offsets == nullptr ? nullptr : offsets + p * scale_stride,
@@ -1091,6 +1205,44 @@ absl::StatusOr<QuantizedWeight> QuantizedWeightFromGroups(WeightQuant quant, int
   return Pack(quant, rows, cols, group_size, codes, scales, offsets);
 }
 
+absl::StatusOr<QuantizedWeight> WithActivations(const QuantizedWeight& w,
+                                                ActivationQuant activations) {
+  constexpr char kKernel[] = "WithActivations";
+  TESSERA_RETURN_IF_ERROR(CheckPacked(kKernel, w));
+  QuantizedWeight to = w;
+  to.activations = activations;
+  if (w.quant == WeightQuant::kInt4 || w.activations == activations) return to;
+  const int64_t k = w.cols, panels = w.codes.dim(0);
+  const bool q8 = activations == ActivationQuant::kInt8;
+  if (q8 && k % kActivationBlock != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kKernel, ": w (int8, ", w.rows, " x ", k, ") has ", k,
+                     " inputs; int8 activations take blocks of ", kActivationBlock));
+  }
+  TESSERA_ASSIGN_OR_RETURN(to.codes, q8 ? Tensor::Empty(DType::kI8, {panels, k / 4, kLanes, 4})
+                                        : Tensor::Empty(DType::kI8, {panels, k, kLanes}));
+  // Input c of row l of panel p: at (p k + c) 8 + l as q, at ((p k / 4 + c / 4) 8 + l) 4 + c % 4
+  // as q + 128; flipping the top bit converts one to the other.
+  const uint8_t* from = static_cast<const uint8_t*>(w.codes.data());
+  uint8_t* bytes = static_cast<uint8_t*>(to.codes.data());
+  ParallelFor(panels, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      for (int64_t c = 0; c < k; ++c) {
+        for (int64_t l = 0; l < kLanes; ++l) {
+          const int64_t plain = (p * k + c) * kLanes + l;
+          const int64_t quads = ((p * (k / 4) + c / 4) * kLanes + l) * 4 + c % 4;
+          if (q8) {
+            bytes[quads] = from[plain] ^ 0x80;
+          } else {
+            bytes[plain] = from[quads] ^ 0x80;
+          }
+        }
+      }
+    }
+  });
+  return to;
+}
+
 absl::StatusOr<Tensor> DequantizeWeight(const QuantizedWeight& w) {
   TESSERA_RETURN_IF_ERROR(CheckPacked("DequantizeWeight", w));
   const int64_t n = w.rows, k = w.cols, groups = w.scales.dim(1);
@@ -1103,8 +1255,10 @@ absl::StatusOr<Tensor> DequantizeWeight(const QuantizedWeight& w) {
       if (w.quant == WeightQuant::kInt8) {
         const float scale = w.scales.dtype() == DType::kF32 ? w.scales.data<float>()[at]
                                                             : w.scales.data<Half>()[at].ToFloat();
-        to[r * k + c] =
-            scale * static_cast<float>(Code<Arithmetic::kInt8>(w.codes.data(), k, p, c, l));
+        const int code = w.activations == ActivationQuant::kInt8
+                             ? Code<Arithmetic::kInt8Q8>(w.codes.data(), k, p, c, l)
+                             : Code<Arithmetic::kInt8>(w.codes.data(), k, p, c, l);
+        to[r * k + c] = scale * static_cast<float>(code);
       } else {
         to[r * k + c] =
             std::fma(w.scales.data<Half>()[at].ToFloat(),
@@ -1138,35 +1292,49 @@ absl::Status QuantizedLinear(const Tensor& x, const QuantizedWeight& w, const Te
   if (m == 0 || n == 0) return absl::OkStatus();
   const float* xs = x.data<float>();
   float* o = out.data<float>();
-  if (w.quant == WeightQuant::kInt8) {
-    if (w.scales.dtype() == DType::kF32) {
-      Product<Arithmetic::kInt8, float>(xs, nullptr, nullptr, nullptr, w, bias, o, m);
+  const bool int8 = w.quant == WeightQuant::kInt8;
+  const bool row_scale = w.scales.dtype() == DType::kF32;
+  const bool q8 = w.activations == ActivationQuant::kInt8;
+  if (int8 && !q8) {
+    if (row_scale) {
+      Product<Arithmetic::kInt8, float>({.x = xs}, w, bias, o, m);
     } else {
-      Product<Arithmetic::kInt8, Half>(xs, nullptr, nullptr, nullptr, w, bias, o, m);
+      Product<Arithmetic::kInt8, Half>({.x = xs}, w, bias, o, m);
     }
     return absl::OkStatus();
   }
-  // What stands for x, row by row (a prefill's rows in parallel): its group sums, and x' or
-  // its int8 blocks.
+  // What stands for x, row by row (a prefill's rows in parallel): int4's group sums, and x' or
+  // the int8 blocks.
   const int64_t groups = k / w.group_size, blocks = k / kActivationBlock;
-  const bool q8 = w.activations == ActivationQuant::kInt8;
-  float* sums = ThreadScratch<float, 2>(m * groups);
+  float* sums = int8 ? nullptr : ThreadScratch<float, 2>(m * groups);
   int8_t* xq = q8 ? ThreadScratch<int8_t, 3>(m * k) : nullptr;
   float* xd = q8 ? ThreadScratch<float, 4>(m * blocks) : nullptr;
+  int32_t* xq_sum = q8 ? ThreadScratch<int32_t, 6>(m * blocks) : nullptr;
   float* scaled = q8 ? nullptr : ThreadScratch<float, 5>(m * k);
   ParallelFor(m, m * k < 65536 ? m : 8, [&](int64_t begin, int64_t end) {
     const int64_t rows = end - begin;
-    GroupSums(xs + begin * k, rows, k, w.group_size, sums + begin * groups);
+    if (sums != nullptr) {
+      GroupSums(xs + begin * k, rows, k, w.group_size, sums + begin * groups);
+    }
     if (q8) {
-      QuantizeActivations(xs + begin * k, rows, k, xq + begin * k, xd + begin * blocks);
+      QuantizeActivations(xs + begin * k, rows, k, xq + begin * k, xd + begin * blocks,
+                          xq_sum + begin * blocks);
     } else {
       ScaleForNibbles(xs + begin * k, rows, k, scaled + begin * k);
     }
   });
-  if (q8) {
-    Product<Arithmetic::kInt4Q8, Half>(nullptr, xq, xd, sums, w, bias, o, m);
+  if (int8) {
+    const ProductInput in8{.xq = xq, .xd = xd, .xq_sum = xq_sum};
+    if (row_scale) {
+      Product<Arithmetic::kInt8Q8, float>(in8, w, bias, o, m);
+    } else {
+      Product<Arithmetic::kInt8Q8, Half>(in8, w, bias, o, m);
+    }
+  } else if (q8) {
+    Product<Arithmetic::kInt4Q8, Half>({.xq = xq, .xd = xd, .xq_sum = xq_sum, .sums = sums}, w,
+                                       bias, o, m);
   } else {
-    Product<Arithmetic::kInt4, Half>(scaled, nullptr, nullptr, sums, w, bias, o, m);
+    Product<Arithmetic::kInt4, Half>({.x = scaled, .sums = sums}, w, bias, o, m);
   }
   return absl::OkStatus();
 }

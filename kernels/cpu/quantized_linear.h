@@ -21,21 +21,21 @@
 // (kernels/cpu/cpu_features.h), so all give the same bits. The AVX-512 path takes int8
 // activations with AVX-512 VNNI where the processor has it (else AVX2's tiles). For output (i, j),
 // over the groups of inputs g in order, with out starting from 0:
-//   f32 activations (int8 weights, and int4 by default):
+//   f32 activations (the default):
 //     dot = fma(x[i][c_last], code[j][c_last], ... fma(x[i][c_first], code[j][c_first], 0))
 //                                                      over the inputs c of g in index order
 //     (code: q for int8), every product of an activation and a code exact (int4: for
 //     activations of magnitude 2^-102 or more, which the kernel scales by up to 2^-24 first),
 //       out = fma(dot, scale[j][g], out)
 //       out = fma(sum[i][g], offset[j][g], out)                                (int4)
-//   int8 activations (int4 weights with activations = ActivationQuant::kInt8), llama.cpp's
-//   Q8 blocks: for each block b of 32 inputs of row i, d[i][b] = max |x[i][c]| / 127 over b
+//   int8 activations (ActivationQuant::kInt8; K a multiple of 32), llama.cpp's Q8 blocks:
+//   for each block b of 32 inputs of row i, d[i][b] = max |x[i][c]| / 127 over b
 //   and xq[i][c] = x[i][c] * (1 / d[i][b]) rounded to nearest, ties to even (0 where d is 0),
 //   in [-127, 127] (a block with an activation that is not finite gets d = NaN, so its
 //   outputs are NaN); then for each block b of g in order
 //       out = fma(float(sum over c in b of code[j][c] * xq[i][c]), scale[j][g] * d[i][b], out)
-//     (the integer sum exact, the product of the two scales rounded to f32), and at the end of
-//     the group
+//     (code: q for int8; the integer sum exact, the product of the two scales rounded to f32),
+//     and, int4 only, at the end of the group
 //       out = fma(sum[i][g], offset[j][g], out)
 // where sum[i][g] is x[i]'s own sum over g (never quantized), taken as eight running sums
 // (input c into sum c % 8, each in index order from 0) added in order 0..7. Then
@@ -48,12 +48,13 @@
 // outputs (root mean square, relative), 3e-2 where one activation in 97 is twenty times the
 // others; f32 activations stay within 1e-6.
 //
-// Why int4 offers int8 activations: widening codes to f32 costs about three instructions per
-// eight weights, which on an AVX2 machine of few cores keeps int4 decode well short of the
-// bytes per second memory delivers (int4 holds two weights a byte), while
-// _mm256_maddubs_epi16 takes 32 int4 x int8 products an instruction (decode takes about two
-// thirds of the time) and AVX-512 VNNI's _mm512_dpbusd_epi32 64, and adds them. int8 weights read
-// their bytes as fast as memory gives them with f32 activations, and have no int8-activation form.
+// Why int8 activations: widening codes to f32 costs about three instructions per eight
+// weights, which on a machine of few cores keeps decode short of the bytes per second memory
+// delivers (int4 most: it holds two weights a byte), while _mm256_maddubs_epi16 takes 32 int4 x
+// int8 products an instruction (decode takes about two thirds of the time) and AVX-512 VNNI's
+// _mm512_dpbusd_epi32 64, and adds them. int8 codes take _mm256_madd_epi16 (16 products) or
+// _mm512_dpbusd_epi32, stored as q + 128 (unsigned) in an order of their own
+// (WithActivations), the 128 x the block's sum of xq taken off each integer sum.
 //
 // Thread safety: all functions are safe to call concurrently; a product runs on the shared
 // kernel thread pool (kernels/cpu/parallel.h), split over output columns, so decode (M = 1)
@@ -74,8 +75,8 @@ enum class WeightQuant { kInt8, kInt4 };
 // "int8", "int4".
 absl::string_view WeightQuantName(WeightQuant quant);
 
-// How QuantizedLinear takes the activations of an int4 weight (int8 weights take kF32 only):
-// kF32 exactly, kInt8 rounded to int8 in blocks of 32 (faster; the arithmetic above).
+// How QuantizedLinear takes the activations: kF32 exactly, kInt8 rounded to int8 in blocks of
+// 32 (faster; the arithmetic above).
 enum class ActivationQuant { kF32, kInt8 };
 
 // Output rows a panel of the packed codes holds: one AVX2 register of f32 lanes.
@@ -84,6 +85,9 @@ inline constexpr int64_t kQuantizedPanel = 8;
 // One (N, K) weight, quantized, packed for QuantizedLinear in panels of 8 output rows
 // (P = ceil(N / 8) panels, G = K / group_size groups a row), zero past row N:
 //   int8 codes:  i8 (P, K, 8):      codes[p][c][l] = q[8 p + l][c]
+//                with int8 activations, i8 (P, K / 4, 8, 4): codes[p][t][l][j] holds
+//                q[8 p + l][4 t + j] + 128 as an unsigned byte, so that a 32-bit lane holds four
+//                consecutive inputs of one row
 //   int4 codes:  i32 (P, K / 8, 8), eight codes of row 8 p + l a word: byte j (0..3) of
 //                codes[p][t][l] holds code[8 p + l][8 t + j] in its low nibble and
 //                code[8 p + l][8 t + 4 + j] in its high one
@@ -98,8 +102,8 @@ struct QuantizedWeight {
   int64_t cols = 0;  // K, input features
   int64_t group_size = 0;
   Tensor codes, scales, offsets;
-  // Not part of the weight's values: how a product takes x (int4 only). A model chooses it
-  // once, after QuantizeWeight or QuantizedWeightFromGroups (which leave it kF32).
+  // Not part of the weight's values: how a product takes x, and for int8 the order of the
+  // codes. QuantizeWeight and QuantizedWeightFromGroups make kF32; WithActivations changes it.
   ActivationQuant activations = ActivationQuant::kF32;
 
   // The bytes a product reads: codes + scales + offsets (as packed, with the last panel's
@@ -140,6 +144,12 @@ absl::StatusOr<QuantizedWeight> QuantizedWeightFromGroups(WeightQuant quant, int
                                                           absl::Span<const float> scales,
                                                           absl::Span<const float> offsets);
 
+// w, the same values, with its products taking x as `activations` says: int8 codes are
+// reordered for it (the packing above), int4's stay as they are (and are shared). INVALID_ARGUMENT
+// for int8 activations where K is not a multiple of 32, or an undefined w.
+absl::StatusOr<QuantizedWeight> WithActivations(const QuantizedWeight& w,
+                                                ActivationQuant activations);
+
 // w as f32 (N, K), each weight the f32 nearest scale * code + offset (int8: scale * q)
 // computed with the stored scale and offset: the weight the product multiplies by. The
 // reference its tests check it against.
@@ -148,7 +158,7 @@ absl::StatusOr<Tensor> DequantizeWeight(const QuantizedWeight& w);
 // out (M, N) f32 = x (M, K) f32 . dequant(w)^T + bias, overwritten; bias f32 or bf16 (N), or
 // a default-constructed (undefined) Tensor for none. The arithmetic is the one above, with x
 // taken as w.activations says. INVALID_ARGUMENT naming the argument for another dtype or
-// shape, an undefined w, or int8 activations asked of an int8 weight.
+// shape, or an undefined w.
 absl::Status QuantizedLinear(const Tensor& x, const QuantizedWeight& w, const Tensor& bias,
                              Tensor& out);
 

@@ -209,20 +209,18 @@ absl::Status Transformer::TakeProjections() {
   auto take = [&](Tensor& from, std::shared_ptr<const StoredGroups>& groups,
                   ops::ProjectionWeight& to) -> absl::Status {
     if (groups != nullptr) {  // --quantize stored, on the CPU only (Load checks)
-      TESSERA_ASSIGN_OR_RETURN(to.quantized, ToQuantizedWeight(*groups));
-      if (to.quantized.quant == kernels::WeightQuant::kInt4) {
-        to.quantized.activations = quantize_->activations;
-      }
+      TESSERA_ASSIGN_OR_RETURN(const kernels::QuantizedWeight stored, ToQuantizedWeight(*groups));
+      TESSERA_ASSIGN_OR_RETURN(to.quantized,
+                               kernels::WithActivations(stored, quantize_->activations));
       groups = nullptr;
     } else if (!device_.is_cpu()) {
       to.dense = std::move(from);
     } else if (quantize_.has_value()) {
       TESSERA_ASSIGN_OR_RETURN(
-          to.quantized,
+          const kernels::QuantizedWeight quantized,
           kernels::QuantizeWeight(from, quantize_->quant, quantize_->GroupFor(from.dim(1))));
-      if (to.quantized.quant == kernels::WeightQuant::kInt4) {
-        to.quantized.activations = quantize_->activations;
-      }
+      TESSERA_ASSIGN_OR_RETURN(to.quantized,
+                               kernels::WithActivations(quantized, quantize_->activations));
     } else {
       TESSERA_ASSIGN_OR_RETURN(to.dense, kernels::PackLinearWeight(from));
     }

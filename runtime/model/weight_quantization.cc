@@ -11,9 +11,13 @@ std::string WeightQuantization::ToString() const {
                         activations == kernels::ActivationQuant::kInt8 ? ", int8 activations" : "",
                         "; int8 groups of 32 for the others)");
   }
-  if (group_size == 0) return absl::StrCat(kernels::WeightQuantName(quant), " (a scale per row)");
-  return absl::StrCat(kernels::WeightQuantName(quant), " (groups of ", group_size,
-                      activations == kernels::ActivationQuant::kInt8 ? ", int8 activations" : "",
+  const char* int8_activations =
+      activations == kernels::ActivationQuant::kInt8 ? ", int8 activations" : "";
+  if (group_size == 0) {
+    return absl::StrCat(kernels::WeightQuantName(quant), " (a scale per row", int8_activations,
+                        ")");
+  }
+  return absl::StrCat(kernels::WeightQuantName(quant), " (groups of ", group_size, int8_activations,
                       ")");
 }
 
@@ -25,10 +29,9 @@ absl::StatusOr<std::optional<WeightQuantization>> ParseWeightQuantization(
         absl::StrCat("--quantize-activations ", activations, ": expected f32 or int8"));
   }
   if (activations == "int8") {
-    if (quantize != "int4" && quantize != "stored") {
+    if (quantize.empty() || quantize == "none") {
       return absl::InvalidArgumentError(
-          "--quantize-activations int8 needs --quantize int4 or stored (int8 weights take f32 "
-          "activations)");
+          "--quantize-activations int8 needs --quantize int8, int4 or stored");
     }
     q.activations = kernels::ActivationQuant::kInt8;
   }
@@ -77,8 +80,14 @@ absl::StatusOr<std::optional<WeightQuantization>> ParseWeightQuantization(
 
 absl::Status CheckQuantizationFits(const ModelConfig& config, const WeightPlan& plan,
                                    const WeightQuantization& quantization) {
-  if (quantization.group_size == 0) return absl::OkStatus();
-  const int64_t group = quantization.group_size;
+  // int8 activations are rounded in blocks of 32 inputs, which must not straddle a split
+  // either (groups of 32 and 128 are whole blocks).
+  const bool int8_activations = quantization.activations == kernels::ActivationQuant::kInt8;
+  if (quantization.group_size == 0 && !int8_activations) return absl::OkStatus();
+  const int64_t group = quantization.group_size != 0 ? quantization.group_size : 32;
+  const bool groups = quantization.group_size != 0;
+  const char* whole = groups ? "groups" : "int8 activation blocks";
+  const char* one = groups ? "a group" : "an int8 activation block";
   const int64_t hidden = config.hidden_size;
   const int64_t attention_inputs = int64_t{plan.attention.num_q_heads} * config.head_dim;
   const int64_t mlp_inputs = plan.intermediate_size;
@@ -98,13 +107,13 @@ absl::Status CheckQuantizationFits(const ModelConfig& config, const WeightPlan& 
     if (!p.split || plan.tp == 1) {
       return absl::InvalidArgumentError(
           absl::StrCat("--quantize ", quantization.ToString(), ": model.layers.*.", p.tensor,
-                       " has ", p.inputs, " inputs, not a whole number of groups of ", group));
+                       " has ", p.inputs, " inputs, not a whole number of ", whole, " of ", group));
     }
-    return absl::InvalidArgumentError(
-        absl::StrCat("--quantize ", quantization.ToString(), ": model.layers.*.", p.tensor,
-                     " is split over ", plan.tp, " tensor-parallel ranks into ", p.inputs,
-                     " inputs each, which would cut a group of ", group,
-                     " across two ranks; use another TP degree or group size"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--quantize ", quantization.ToString(), ": model.layers.*.", p.tensor, " is split over ",
+        plan.tp, " tensor-parallel ranks into ", p.inputs, " inputs each, which would cut ", one,
+        " of ", group, " across two ranks; use another TP degree",
+        groups ? " or group size" : " or f32 activations"));
   }
   return absl::OkStatus();
 }

@@ -31,9 +31,10 @@ namespace tessera::model {
 struct WeightQuantization {
   kernels::WeightQuant quant = kernels::WeightQuant::kInt8;
   int64_t group_size = 0;  // 0: one group a row (int8 only)
-  // int4 only: how the products take their activations: f32 (exact: the forward equals the
-  // one on the dequantized weights to f32 rounding) or rounded to int8 per block of inputs as
-  // llama.cpp does (about twice as fast; see kernels/cpu/quantized_linear.h).
+  // How the products take their activations: f32 (exact: the forward equals the one on the
+  // dequantized weights to f32 rounding) or rounded to int8 per block of 32 inputs as llama.cpp
+  // does (faster; see kernels/cpu/quantized_linear.h), which each rank's inputs must hold whole
+  // (CheckQuantizationFits).
   kernels::ActivationQuant activations = kernels::ActivationQuant::kF32;
   // `--quantize stored`: projections the checkpoint stores in groups keep them; `quant` and
   // `group_size` (int8, 32) are for the others.
@@ -48,12 +49,13 @@ struct WeightQuantization {
 // --quantize, --quantize-group and --quantize-activations: `quantize` is "none" (or empty:
 // nullopt), "int8", "int4" or "stored"; `group` is "" (the kind's default: a row for int8, 32
 // for int4), "row" (int8 only), "32" or "128" (not for stored); `activations` "f32" or "int8"
-// (int4 and stored, whose int4 groups then take int8 activations).
+// (with a quantize other than none).
 // INVALID_ARGUMENT naming the flag and the values accepted otherwise.
 absl::StatusOr<std::optional<WeightQuantization>> ParseWeightQuantization(
     absl::string_view quantize, absl::string_view group, absl::string_view activations = "f32");
 
-// INVALID_ARGUMENT when a projection of `plan` does not hold whole groups on this rank:
+// INVALID_ARGUMENT when a projection of `plan` does not hold whole groups on this rank (with
+// int8 activations, whole blocks of 32 inputs):
 // the message names the tensor, its inputs on each rank, the group size and the TP degree.
 absl::Status CheckQuantizationFits(const ModelConfig& config, const WeightPlan& plan,
                                    const WeightQuantization& quantization);

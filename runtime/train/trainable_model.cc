@@ -278,9 +278,10 @@ absl::Status TrainableModel::QuantizeFrozenBase() {
   for (LayerWeights& w : layers_) {
     for (WeightAndGrad* slot : {&w.q, &w.k, &w.v, &w.o, &w.gate_up, &w.down}) {
       if (slot->g.defined() || !slot->w.defined()) continue;
-      TESSERA_ASSIGN_OR_RETURN(slot->q, kernels::QuantizeWeight(slot->w, quantize.quant,
-                                                                quantize.GroupFor(slot->w.dim(1))));
-      if (slot->q.quant == kernels::WeightQuant::kInt4) slot->q.activations = quantize.activations;
+      TESSERA_ASSIGN_OR_RETURN(
+          const kernels::QuantizedWeight q,
+          kernels::QuantizeWeight(slot->w, quantize.quant, quantize.GroupFor(slot->w.dim(1))));
+      TESSERA_ASSIGN_OR_RETURN(slot->q, kernels::WithActivations(q, quantize.activations));
       slot->w = Tensor();
     }
   }

@@ -51,8 +51,12 @@ TEST(WeightQuantizationTest, ParsesTheFlags) {
                        ParseWeightQuantization("int4", "", "int8"));
   EXPECT_EQ(a8->activations, kernels::ActivationQuant::kInt8);
   EXPECT_EQ(a8->ToString(), "int4 (groups of 32, int8 activations)");
-  EXPECT_TRUE(IsError(ParseWeightQuantization("int8", "", "int8"),
-                      absl::StatusCode::kInvalidArgument, {"needs --quantize int4"}));
+  ASSERT_OK_AND_ASSIGN(std::optional<WeightQuantization> int8_a8,
+                       ParseWeightQuantization("int8", "", "int8"));
+  EXPECT_EQ(int8_a8->activations, kernels::ActivationQuant::kInt8);
+  EXPECT_EQ(int8_a8->ToString(), "int8 (a scale per row, int8 activations)");
+  EXPECT_TRUE(IsError(ParseWeightQuantization("none", "", "int8"),
+                      absl::StatusCode::kInvalidArgument, {"needs --quantize int8, int4"}));
   EXPECT_TRUE(IsError(ParseWeightQuantization("int4", "", "fp8"),
                       absl::StatusCode::kInvalidArgument, {"--quantize-activations fp8"}));
 }
@@ -94,6 +98,18 @@ TEST(WeightQuantizationTest, GroupsMustNotStraddleTheTensorParallelSplit) {
   EXPECT_TRUE(IsError(CheckQuantizationFits(wide, wide_tp2, g128),
                       absl::StatusCode::kInvalidArgument,
                       {"o_proj", "2 tensor-parallel ranks", "320 inputs", "group of 128"}));
+  // int8 activations are rounded in blocks of 32 inputs, so even int8's one scale a row needs
+  // whole blocks on each rank: down_proj's 1536 inputs at TP 3 leave 512 a rank (16 blocks);
+  // the model below has 1392 inputs, 464 a rank at TP 3 (14.5 blocks).
+  const WeightQuantization row_a8{kernels::WeightQuant::kInt8, 0, kernels::ActivationQuant::kInt8};
+  EXPECT_TRUE(CheckQuantizationFits(config, tp3, row_a8).ok());
+  ModelConfig odd = config;
+  odd.intermediate_size = 1392;
+  ASSERT_OK_AND_ASSIGN(WeightPlan odd_tp3, PlanWeights(odd, 3, 2));
+  EXPECT_TRUE(CheckQuantizationFits(odd, odd_tp3, row).ok());
+  EXPECT_TRUE(
+      IsError(CheckQuantizationFits(odd, odd_tp3, row_a8), absl::StatusCode::kInvalidArgument,
+              {"down_proj", "464 inputs", "int8 activation block of 32", "f32 activations"}));
 }
 
 }  // namespace

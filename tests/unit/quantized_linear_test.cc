@@ -61,14 +61,16 @@ constexpr Format kFormats[] = {{WeightQuant::kInt8, 0},
                                {WeightQuant::kInt8, 128},
                                {WeightQuant::kInt4, 32},
                                {WeightQuant::kInt4, 128},
+                               {WeightQuant::kInt8, 0, ActivationQuant::kInt8},
+                               {WeightQuant::kInt8, 32, ActivationQuant::kInt8},
                                {WeightQuant::kInt4, 32, ActivationQuant::kInt8},
                                {WeightQuant::kInt4, 128, ActivationQuant::kInt8}};
 
 // QuantizeWeight, products taking the format's activations.
 absl::StatusOr<QuantizedWeight> Quantize(const Tensor& w, const Format& format) {
   absl::StatusOr<QuantizedWeight> q = QuantizeWeight(w, format.quant, format.GroupSize(w.dim(1)));
-  if (q.ok()) q->activations = format.activations;
-  return q;
+  if (!q.ok()) return q;
+  return WithActivations(*q, format.activations);
 }
 
 // Row-major groups as a checkpoint holds them, and the values the weight stores: scales and
@@ -114,11 +116,11 @@ Groups RandomGroups(Format format, int64_t rows, int64_t cols, uint32_t seed) {
 absl::StatusOr<QuantizedWeight> FromGroups(Format format, const Groups& g) {
   absl::StatusOr<QuantizedWeight> w = QuantizedWeightFromGroups(
       format.quant, g.rows, g.cols, g.group_size, g.codes, g.scales, g.offsets);
-  if (w.ok()) w->activations = format.activations;
-  return w;
+  if (!w.ok()) return w;
+  return WithActivations(*w, format.activations);
 }
 
-// The activations int4 multiplies by, as the header defines them: for each block of 32 inputs
+// int8 activations, as the header defines them: for each block of 32 inputs
 // of a row, d = max |x| / 127 and q = x (1 / d) rounded to nearest even.
 struct QuantizedActivations {
   std::vector<int8_t> q;
@@ -263,21 +265,27 @@ TEST(QuantizedLinear, EveryOutputIsTheDocumentedArithmetic) {
   }
 }
 
-// int4's 16-bit partial sums at their largest (every code 15, every activation +-127: x of one
-// magnitude, of each sign and alternating) stay exact: the documented arithmetic's bits, and
+// The integer sums at their largest stay exact: int4's 16-bit partial sums (every code 15),
+// and int8's codes at either end (-128 and 127, 255 and 0 as stored), every activation +-127
+// (x of one magnitude, of each sign and alternating): the documented arithmetic's bits, and
 // near x . dequant(w)^T (x's activations are exact here but for d's rounding).
-TEST(QuantizedLinear, Int4SumsAtTheirLargestStayExact) {
-  const int64_t n = 9, k = 128;
+TEST(QuantizedLinear, IntegerSumsAtTheirLargestStayExact) {
+  const int64_t n = 9, k = 256;  // not 128: int8 would keep an f16 scale for its one group
   Tensor x = Zeros(DType::kF32, {3, k});
   for (int64_t c = 0; c < k; ++c) {
     x.data<float>()[c] = 1.5f;
     x.data<float>()[k + c] = -1.5f;
     x.data<float>()[2 * k + c] = c % 2 == 0 ? 2.0f : -2.0f;
   }
-  for (int64_t group : {32, 128}) {
-    const Format format{WeightQuant::kInt4, group, ActivationQuant::kInt8};
+  const Format formats[] = {{WeightQuant::kInt4, 32, ActivationQuant::kInt8},
+                            {WeightQuant::kInt4, 128, ActivationQuant::kInt8},
+                            {WeightQuant::kInt8, 0, ActivationQuant::kInt8},
+                            {WeightQuant::kInt8, 32, ActivationQuant::kInt8}};
+  for (const Format& format : formats) {
     Groups g = RandomGroups(format, n, k, 15);
-    std::fill(g.codes.begin(), g.codes.end(), int8_t{15});
+    for (int64_t i = 0; i < n * k; ++i) {
+      g.codes[i] = format.quant == WeightQuant::kInt4 ? 15 : (i / k) % 2 == 0 ? -128 : 127;
+    }
     ASSERT_OK_AND_ASSIGN(QuantizedWeight w, FromGroups(format, g));
     ASSERT_OK_AND_ASSIGN(Tensor dequant, DequantizeWeight(w));
     const std::vector<float> expected = DocumentedProduct(g, format, x, Tensor());
@@ -435,6 +443,30 @@ TEST(QuantizedWeightFromGroups, ReproducesTheGroupsExactly) {
   }
 }
 
+// int8 activations reorder int8 codes, never their values: the same weight dequantized, the
+// same bytes read, and back to f32 activations the very codes QuantizeWeight packed.
+TEST(WithActivations, ReordersInt8CodesAndKeepsTheirValues) {
+  for (int64_t group : {32, 0}) {
+    const Format format{WeightQuant::kInt8, group};
+    ASSERT_OK_AND_ASSIGN(QuantizedWeight plain,
+                         Quantize(Random(DType::kF32, {37, 96}, 53), format));
+    ASSERT_OK_AND_ASSIGN(QuantizedWeight q8, WithActivations(plain, ActivationQuant::kInt8));
+    EXPECT_EQ(q8.activations, ActivationQuant::kInt8);
+    EXPECT_EQ(q8.nbytes(), plain.nbytes());
+    ASSERT_OK_AND_ASSIGN(Tensor plain_values, DequantizeWeight(plain));
+    ASSERT_OK_AND_ASSIGN(Tensor q8_values, DequantizeWeight(q8));
+    ASSERT_EQ(q8_values.span<float>().size(), plain_values.span<float>().size());
+    for (size_t i = 0; i < plain_values.span<float>().size(); ++i) {
+      ASSERT_EQ(q8_values.span<float>()[i], plain_values.span<float>()[i]) << format.Name() << i;
+    }
+    ASSERT_OK_AND_ASSIGN(QuantizedWeight back, WithActivations(q8, ActivationQuant::kF32));
+    ASSERT_EQ(back.codes.shape(), plain.codes.shape());
+    EXPECT_TRUE(std::equal(back.codes.span<int8_t>().begin(), back.codes.span<int8_t>().end(),
+                           plain.codes.span<int8_t>().begin()))
+        << format.Name();
+  }
+}
+
 TEST(QuantizedWeight, BytesAreCodesScalesAndOffsets) {
   Tensor w = Random(DType::kF32, {64, 256}, 51);
   ASSERT_OK_AND_ASSIGN(QuantizedWeight int4, QuantizeWeight(w, WeightQuant::kInt4, 32));
@@ -530,9 +562,14 @@ TEST(QuantizedLinear, RefusesMismatchedArguments) {
       IsError(QuantizedLinear(x, QuantizedWeight(), Tensor(), out), kInvalid, {"w is undefined"}));
   ASSERT_OK_AND_ASSIGN(QuantizedWeight int8,
                        QuantizeWeight(Random(DType::kF32, {n, k}, 85), WeightQuant::kInt8, 32));
-  int8.activations = ActivationQuant::kInt8;
-  EXPECT_TRUE(IsError(QuantizedLinear(x, int8, Tensor(), out), kInvalid,
-                      {"w is int8", "f32 activations only"}));
+  int8.activations = ActivationQuant::kInt8;  // without WithActivations's order of the codes
+  EXPECT_TRUE(IsError(QuantizedLinear(x, int8, Tensor(), out), kInvalid, {"packing"}));
+  ASSERT_OK_AND_ASSIGN(QuantizedWeight int8_48,
+                       QuantizeWeight(Random(DType::kF32, {n, 48}, 86), WeightQuant::kInt8, 48));
+  EXPECT_TRUE(IsError(WithActivations(int8_48, ActivationQuant::kInt8), kInvalid,
+                      {"48 inputs", "blocks of 32"}));
+  EXPECT_TRUE(IsError(WithActivations(QuantizedWeight(), ActivationQuant::kInt8), kInvalid,
+                      {"w is undefined"}));
   QuantizedWeight relabeled = w;
   relabeled.quant = WeightQuant::kInt8;
   EXPECT_TRUE(IsError(QuantizedLinear(x, relabeled, Tensor(), out), kInvalid, {"packing"}));
