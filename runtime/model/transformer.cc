@@ -495,44 +495,6 @@ absl::StatusOr<Transformer::Activations> Transformer::ActivationsFor(int64_t tok
   return a;
 }
 
-absl::Status Transformer::Attention(int layer, const BatchTensors& in,
-                                    const std::vector<AdapterRows>& adapted, Activations& a,
-                                    KvCache& cache) {
-  const Layer& w = layers_[layer];
-  const LayerProjections& p = projections_[layer];
-  Stream& stream = *stream_;
-  int64_t tokens = a.normed.dim(0);
-  int64_t dim = config_.head_dim;
-  int64_t q_heads = plan_.attention.num_q_heads, kv_heads = plan_.attention.num_kv_heads;
-  TESSERA_RETURN_IF_ERROR(ops::Linear(a.normed, p.q, w.q_bias, a.q, stream));
-  TESSERA_RETURN_IF_ERROR(ops::Linear(a.normed, p.k, w.k_bias, a.k, stream));
-  TESSERA_RETURN_IF_ERROR(ops::Linear(a.normed, p.v, w.v_bias, a.v, stream));
-  TESSERA_RETURN_IF_ERROR(AddAdapters(
-      adapted, layer, {{LoraModule::kQ, &a.q}, {LoraModule::kK, &a.k}, {LoraModule::kV, &a.v}},
-      a.normed));
-  TESSERA_ASSIGN_OR_RETURN(Tensor q_heads_view, a.q.Reshape({tokens, q_heads, dim}));
-  TESSERA_ASSIGN_OR_RETURN(Tensor k_heads_view, a.k.Reshape({tokens, kv_heads, dim}));
-  TESSERA_ASSIGN_OR_RETURN(Tensor v_heads_view, a.v.Reshape({tokens, kv_heads, dim}));
-  TESSERA_RETURN_IF_ERROR(ops::ApplyRotary(q_heads_view, in.positions, inv_freq_, rotary_, stream));
-  TESSERA_RETURN_IF_ERROR(ops::ApplyRotary(k_heads_view, in.positions, inv_freq_, rotary_, stream));
-  kernels::AttentionParams params;
-  params.scale = 1.0f / std::sqrt(static_cast<float>(dim));
-  params.sliding_window = static_cast<int>(config_.SlidingWindowFor(layer));
-  TESSERA_ASSIGN_OR_RETURN(Tensor out_heads, a.attention.Reshape({tokens, q_heads, dim}));
-  if (kv_dtype_ == DType::kI8) {
-    TESSERA_RETURN_IF_ERROR(
-        ops::WriteKvCacheInt8(k_heads_view, v_heads_view, in.slots, cache.k[layer], cache.v[layer],
-                              cache.k_scale[layer], cache.v_scale[layer], stream));
-    return ops::PagedAttentionInt8(q_heads_view, cache.k[layer], cache.v[layer],
-                                   cache.k_scale[layer], cache.v_scale[layer], in.query_starts,
-                                   in.context_lens, in.block_tables, params, out_heads, stream);
-  }
-  TESSERA_RETURN_IF_ERROR(ops::WriteKvCache(k_heads_view, v_heads_view, in.slots, cache.k[layer],
-                                            cache.v[layer], stream));
-  return ops::PagedAttention(q_heads_view, cache.k[layer], cache.v[layer], in.query_starts,
-                             in.context_lens, in.block_tables, params, out_heads, stream);
-}
-
 absl::StatusOr<int> Transformer::LoadAdapter(const std::string& dir) {
   if (!device_.is_cpu()) {
     return absl::UnimplementedError(absl::StrCat(
@@ -595,15 +557,14 @@ absl::StatusOr<std::vector<AdapterRows>> Transformer::AdapterRowsOf(
 }
 
 absl::Status Transformer::AddAdapters(const std::vector<AdapterRows>& adapted, int layer,
-                                      std::initializer_list<AdaptedOutput> outputs,
-                                      const Tensor& x) {
+                                      std::initializer_list<LoraModule> modules, const Tensor& x,
+                                      Tensor& out) {
   if (adapted.empty()) return absl::OkStatus();
   std::vector<LoraProduct> products;
   for (const AdapterRows& group : adapted) {
-    for (const AdaptedOutput& output : outputs) {
-      const RankLoraFactors& f =
-          adapters_[group.slot]->layers[layer][static_cast<int>(output.module)];
-      if (f.defined()) products.push_back({group.rows, &f, output.out});
+    for (const LoraModule module : modules) {
+      const RankLoraFactors& f = adapters_[group.slot]->layers[layer][static_cast<int>(module)];
+      if (f.defined()) products.push_back({group.rows, &f, &out});
     }
   }
   return AddLoraProducts(x, products);
@@ -652,46 +613,16 @@ absl::StatusOr<Tensor> Transformer::RunForward(const ForwardBatch& batch, KvCach
   TESSERA_RETURN_IF_ERROR(ops::EmbeddingLookup(in.ids, embed_, plan_.vocab.begin,
                                                config_.vocab_size, a.residual, stream));
   TESSERA_RETURN_IF_ERROR(SumOverGroup(a.residual));
+  bool pending = false;  // whether a.pending holds a sub-layer output to add to the stream
   for (int l = 0; l < config_.num_hidden_layers; ++l) {
-    const Layer& w = layers_[l];
-    const LayerProjections& p = projections_[l];
-    if (l == 0) {
-      TESSERA_RETURN_IF_ERROR(ops::RmsNorm(a.residual, w.input_norm, eps, a.normed, stream));
-    } else {
-      TESSERA_RETURN_IF_ERROR(
-          ops::AddRmsNorm(a.residual, a.pending, w.input_norm, eps, a.normed, stream));
-    }
-    TESSERA_RETURN_IF_ERROR(Attention(l, in, adapted, a, cache));
-    TESSERA_RETURN_IF_ERROR(ops::Linear(a.attention, p.o, Tensor(), a.pending, stream));
-    // Row-parallel: each rank adds its partial adapter product before the all-reduce.
-    TESSERA_RETURN_IF_ERROR(AddAdapters(adapted, l, {{LoraModule::kO, &a.pending}}, a.attention));
-    TESSERA_RETURN_IF_ERROR(SumOverGroup(a.pending));
-    if (w.o_bias.defined()) {  // replicated: added once, after the sum
-      TESSERA_RETURN_IF_ERROR(ops::AddBias(a.pending, w.o_bias, stream));
-    }
-    if (w.post_self_attn_norm.defined()) {
-      TESSERA_RETURN_IF_ERROR(
-          ops::RmsNorm(a.pending, w.post_self_attn_norm, eps, a.pending, stream));
-    }
-    TESSERA_RETURN_IF_ERROR(
-        ops::AddRmsNorm(a.residual, a.pending, w.post_attention_norm, eps, a.normed, stream));
-    TESSERA_RETURN_IF_ERROR(ops::Linear(a.normed, p.gate_up, Tensor(), a.gate_up, stream));
-    TESSERA_RETURN_IF_ERROR(AddAdapters(adapted, l,
-                                        {{LoraModule::kGate, &a.gate_up},
-                                         {LoraModule::kUp, &a.gate_up},
-                                         {LoraModule::kGateUp, &a.gate_up}},
-                                        a.normed));
-    TESSERA_RETURN_IF_ERROR(ops::SiluMul(a.gate_up, a.activated, stream));
-    TESSERA_RETURN_IF_ERROR(ops::Linear(a.activated, p.down, Tensor(), a.pending, stream));
-    TESSERA_RETURN_IF_ERROR(
-        AddAdapters(adapted, l, {{LoraModule::kDown, &a.pending}}, a.activated));
-    TESSERA_RETURN_IF_ERROR(SumOverGroup(a.pending));
-    if (w.post_mlp_norm.defined()) {
-      TESSERA_RETURN_IF_ERROR(ops::RmsNorm(a.pending, w.post_mlp_norm, eps, a.pending, stream));
-    }
+    TESSERA_RETURN_IF_ERROR(ForwardLayer(l, in, adapted, a, cache, pending));
   }
-  TESSERA_RETURN_IF_ERROR(
-      ops::AddRmsNorm(a.residual, a.pending, final_norm_, eps, a.normed, stream));
+  if (pending) {
+    TESSERA_RETURN_IF_ERROR(
+        ops::AddRmsNorm(a.residual, a.pending, final_norm_, eps, a.normed, stream));
+  } else {
+    TESSERA_RETURN_IF_ERROR(ops::RmsNorm(a.residual, final_norm_, eps, a.normed, stream));
+  }
 
   // The rows whose logits are wanted: every token, or each sequence's last.
   Tensor rows = a.normed;

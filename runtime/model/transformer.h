@@ -4,7 +4,8 @@
 // One tensor-parallel rank's shard of a decoder-only transformer (Llama, Mistral, Qwen2, GLM)
 // and its forward pass, on the device of its communicator: the CPU with an MPI communicator,
 // a GPU with an NCCL one. The same code runs on both through kernels/ops, which choose the
-// CPU or CUDA kernels by the device of the tensors.
+// CPU or CUDA kernels by the device of the tensors. Each layer's forward is the one
+// decoder_layer.h defines for serving and training alike.
 //
 // Megatron split: Q, K, V and gate/up are column-parallel, o_proj and down_proj
 // row-parallel with one all-reduce after each, the embedding and LM head vocab-parallel
@@ -254,20 +255,19 @@ class Transformer {
                                           const std::vector<int32_t>& last_rows);
   absl::StatusOr<Activations> ActivationsFor(int64_t tokens);
   absl::StatusOr<Tensor> RunForward(const ForwardBatch& batch, KvCache& cache, bool all_positions);
-  absl::Status Attention(int layer, const BatchTensors& in, const std::vector<AdapterRows>& adapted,
-                         Activations& a, KvCache& cache);
+  // Layer `layer` of a Forward (decoder_layer.h, serving_layer.cc): the stream in a.residual,
+  // `pending` whether a.pending holds a sub-layer output still to be added to it.
+  class ServingLayer;
+  absl::Status ForwardLayer(int layer, const BatchTensors& in,
+                            const std::vector<AdapterRows>& adapted, Activations& a, KvCache& cache,
+                            bool& pending);
   // The batch's rows grouped by adapter; INVALID_ARGUMENT for a slot that holds none,
   // UNIMPLEMENTED for adapters off the CPU.
   absl::StatusOr<std::vector<AdapterRows>> AdapterRowsOf(const ForwardBatch& batch) const;
-  // A projection output that adapters add to, and the module whose factors they use.
-  struct AdaptedOutput {
-    LoraModule module;
-    Tensor* out;
-  };
-  // Adds each group's adapter products for `outputs` of layer `layer`, all taking input x
-  // (adapter_forward.h), to its rows of each output, in one pass over the threads.
+  // Adds each group's adapter products of `modules` of layer `layer`, taking input x
+  // (adapter_forward.h), to its rows of out, in one pass over the threads.
   absl::Status AddAdapters(const std::vector<AdapterRows>& adapted, int layer,
-                           std::initializer_list<AdaptedOutput> outputs, const Tensor& x);
+                           std::initializer_list<LoraModule> modules, const Tensor& x, Tensor& out);
 
   ModelConfig config_;
   WeightPlan plan_;

@@ -16,6 +16,7 @@
 #include "kernels/cpu/training_attention.h"
 #include "runtime/core/status_macros.h"
 #include "runtime/core/stream.h"
+#include "runtime/model/decoder_layer.h"
 #include "runtime/model/layer_weights.h"
 #include "runtime/model/rotary_config.h"
 #include "runtime/model/safetensors.h"
@@ -54,7 +55,8 @@ void AddColumnSums(const Tensor& dy, Tensor& grad) {
 
 // out = x . w^T + bias, with w dense, packed (shared with a serving model) or quantized (the
 // frozen base under --quantize, or a quantized serving model's).
-absl::Status Project(const Tensor& x, const WeightAndGrad& w, const Tensor& bias, Tensor& out) {
+absl::Status ProjectForward(const Tensor& x, const WeightAndGrad& w, const Tensor& bias,
+                            Tensor& out) {
   if (w.q.defined()) return kernels::QuantizedLinear(x, w.q, bias, out);
   return kernels::Linear(x, w.packed.defined() ? w.packed : w.w, bias, out);
 }
@@ -340,88 +342,176 @@ absl::Status TrainableModel::CheckBatch(const MicroBatch& batch) const {
   return absl::OkStatus();
 }
 
+// One layer's forward (model/decoder_layer.h) on the CPU, each activation fresh and kept in
+// the SavedLayer for the backward, the LoRA adapters' x A^T with them.
+class TrainableModel::TrainingLayer final : public model::DecoderLayerRunner {
+ public:
+  TrainingLayer(TrainableModel& model, int layer, const Tensor& positions, const Tensor& starts,
+                SavedLayer& s)
+      : model_(model),
+        layer_(layer),
+        w_(model.layers_[layer]),
+        positions_(positions),
+        starts_(starts),
+        s_(s),
+        tokens_(s.h_in.dim(0)),
+        eps_(static_cast<float>(model.config_.rms_norm_eps)),
+        lora_scale_(model.options_.lora.enabled() ? model.options_.lora.scale() : 0.0f) {}
+
+  // The stream leaving the layer, once AddToStream has run.
+  const Tensor& stream_out() const { return stream_out_; }
+
+  absl::StatusOr<Tensor> NormStream(model::LayerNorm norm) override {
+    TESSERA_ASSIGN_OR_RETURN(s_.n1, F32(s_.h_in.shape()));
+    TESSERA_RETURN_IF_ERROR(kernels::RmsNorm(s_.h_in, NormWeight(norm), eps_, s_.n1));
+    return s_.n1;
+  }
+
+  absl::StatusOr<Tensor> Project(model::LayerProjection projection, const Tensor& x) override {
+    const int64_t hidden = model_.config_.hidden_size;
+    const int64_t q_rows = int64_t{model_.plan_.attention.num_q_heads} * model_.config_.head_dim;
+    const int64_t kv_rows = int64_t{model_.plan_.attention.num_kv_heads} * model_.config_.head_dim;
+    switch (projection) {
+      case model::LayerProjection::kQ:
+        return Projected(x, w_.q, w_.q_bias.w, q_rows, {{&w_.q_lora, &s_.q_u, 0}});
+      case model::LayerProjection::kK:
+        return Projected(x, w_.k, w_.k_bias.w, kv_rows, {{&w_.k_lora, &s_.k_u, 0}});
+      case model::LayerProjection::kV:
+        return Projected(x, w_.v, w_.v_bias.w, kv_rows, {{&w_.v_lora, &s_.v_u, 0}});
+      case model::LayerProjection::kO: {
+        TESSERA_ASSIGN_OR_RETURN(s_.o_out,
+                                 Projected(x, w_.o, Tensor(), hidden, {{&w_.o_lora, &s_.o_u, 0}}));
+        return s_.o_out;
+      }
+      case model::LayerProjection::kGateUp: {
+        // gate and up are column windows [0, I) and [I, 2I) of the stacked output.
+        const int64_t intermediate = w_.gate_up.rows() / 2;
+        TESSERA_ASSIGN_OR_RETURN(s_.gate_up, Projected(x, w_.gate_up, Tensor(), 2 * intermediate,
+                                                       {{&w_.gate_lora, &s_.gate_u, 0},
+                                                        {&w_.up_lora, &s_.up_u, intermediate},
+                                                        {&w_.gate_up_lora, &s_.gate_up_u, 0}}));
+        return s_.gate_up;
+      }
+      case model::LayerProjection::kDown: {
+        TESSERA_ASSIGN_OR_RETURN(
+            s_.down_out, Projected(x, w_.down, Tensor(), hidden, {{&w_.down_lora, &s_.down_u, 0}}));
+        return s_.down_out;
+      }
+    }
+    return absl::InternalError("Project: no such projection");
+  }
+
+  absl::StatusOr<Tensor> Attention(const Tensor& q, const Tensor& k, const Tensor& v) override {
+    const int64_t dim = model_.config_.head_dim;
+    const int64_t q_heads = model_.plan_.attention.num_q_heads;
+    const int64_t kv_heads = model_.plan_.attention.num_kv_heads;
+    TESSERA_ASSIGN_OR_RETURN(s_.q, q.Reshape({tokens_, q_heads, dim}));
+    TESSERA_ASSIGN_OR_RETURN(s_.k, k.Reshape({tokens_, kv_heads, dim}));
+    TESSERA_ASSIGN_OR_RETURN(s_.v, v.Reshape({tokens_, kv_heads, dim}));
+    TESSERA_RETURN_IF_ERROR(
+        kernels::ApplyRotary(s_.q, positions_, model_.inv_freq_, model_.rotary_));
+    TESSERA_RETURN_IF_ERROR(
+        kernels::ApplyRotary(s_.k, positions_, model_.inv_freq_, model_.rotary_));
+    kernels::AttentionParams params;
+    params.scale = 1.0f / std::sqrt(static_cast<float>(dim));
+    params.sliding_window = static_cast<int>(model_.config_.SlidingWindowFor(layer_));
+    TESSERA_ASSIGN_OR_RETURN(s_.attn, F32({tokens_, q_heads * dim}));
+    TESSERA_ASSIGN_OR_RETURN(s_.lse, F32({tokens_, q_heads}));
+    TESSERA_ASSIGN_OR_RETURN(Tensor attn_heads, s_.attn.Reshape({tokens_, q_heads, dim}));
+    TESSERA_RETURN_IF_ERROR(
+        kernels::CausalAttention(s_.q, s_.k, s_.v, starts_, params, attn_heads, s_.lse));
+    return s_.attn;
+  }
+
+  absl::Status SumOverTp(Tensor& partial) override { return model_.SumOverTp(partial); }
+
+  absl::Status AddReplicatedBias(model::LayerProjection projection, Tensor& out) override {
+    if (projection != model::LayerProjection::kO || !w_.o_bias.defined()) {
+      return absl::OkStatus();
+    }
+    return kernels::AddBias(out, w_.o_bias.w);
+  }
+
+  absl::StatusOr<Tensor> NormSubLayer(model::LayerNorm norm, const Tensor& x) override {
+    const Tensor& weight = NormWeight(norm);
+    if (!weight.defined()) return x;
+    TESSERA_ASSIGN_OR_RETURN(Tensor out, F32(x.shape()));  // x is kept for the backward
+    TESSERA_RETURN_IF_ERROR(kernels::RmsNorm(x, weight, eps_, out));
+    return out;
+  }
+
+  absl::StatusOr<Tensor> AddToStreamAndNorm(const Tensor& sub, model::LayerNorm norm) override {
+    TESSERA_ASSIGN_OR_RETURN(s_.h_mid, Sum(s_.h_in, sub));
+    TESSERA_ASSIGN_OR_RETURN(s_.n2, F32(s_.h_mid.shape()));
+    TESSERA_RETURN_IF_ERROR(kernels::RmsNorm(s_.h_mid, NormWeight(norm), eps_, s_.n2));
+    return s_.n2;
+  }
+
+  absl::StatusOr<Tensor> SiluMul(const Tensor& gate_up) override {
+    TESSERA_ASSIGN_OR_RETURN(s_.act, F32({tokens_, gate_up.dim(1) / 2}));
+    TESSERA_RETURN_IF_ERROR(kernels::SiluMul(gate_up, s_.act));
+    return s_.act;
+  }
+
+  absl::Status AddToStream(const Tensor& sub) override {
+    TESSERA_ASSIGN_OR_RETURN(stream_out_, Sum(s_.h_mid, sub));
+    return absl::OkStatus();
+  }
+
+ private:
+  // A LoRA adapter on a projection: its weights, where its x A^T is kept, and the first
+  // column of the projection's output it adds to.
+  struct Adapter {
+    const LoraWeights* lora;
+    Tensor* u;
+    int64_t column;
+  };
+
+  const Tensor& NormWeight(model::LayerNorm norm) const {
+    switch (norm) {
+      case model::LayerNorm::kInput:
+        return w_.input_norm.w;
+      case model::LayerNorm::kPostSelfAttention:
+        return w_.post_self_attn_norm.w;
+      case model::LayerNorm::kPostAttention:
+        return w_.post_attention_norm.w;
+      case model::LayerNorm::kPostMlp:
+        return w_.post_mlp_norm.w;
+    }
+    return w_.input_norm.w;
+  }
+
+  // x weight^T + bias (T, outputs), plus each defined adapter's product.
+  absl::StatusOr<Tensor> Projected(const Tensor& x, const WeightAndGrad& weight, const Tensor& bias,
+                                   int64_t outputs, std::initializer_list<Adapter> adapters) {
+    TESSERA_ASSIGN_OR_RETURN(Tensor out, F32({tokens_, outputs}));
+    TESSERA_RETURN_IF_ERROR(ProjectForward(x, weight, bias, out));
+    for (const Adapter& adapter : adapters) {
+      if (!adapter.lora->defined()) continue;
+      TESSERA_ASSIGN_OR_RETURN(*adapter.u,
+                               ApplyLora(x, *adapter.lora, lora_scale_, out, adapter.column));
+    }
+    return out;
+  }
+
+  TrainableModel& model_;
+  const int layer_;
+  const LayerWeights& w_;
+  const Tensor& positions_;
+  const Tensor& starts_;
+  SavedLayer& s_;
+  const int64_t tokens_;
+  const float eps_;
+  const float lora_scale_;
+  Tensor stream_out_;
+};
+
 absl::StatusOr<Tensor> TrainableModel::LayerForward(int l, const Tensor& h, const Tensor& positions,
                                                     const Tensor& starts, SavedLayer& s) {
-  const LayerWeights& w = layers_[l];
-  const int64_t tokens = h.dim(0);
-  const int64_t hidden = config_.hidden_size, dim = config_.head_dim;
-  const int64_t q_heads = plan_.attention.num_q_heads, kv_heads = plan_.attention.num_kv_heads;
-  const float eps = static_cast<float>(config_.rms_norm_eps);
   s.h_in = h;
-  TESSERA_ASSIGN_OR_RETURN(s.n1, F32({tokens, hidden}));
-  TESSERA_RETURN_IF_ERROR(kernels::RmsNorm(s.h_in, w.input_norm.w, eps, s.n1));
-  TESSERA_ASSIGN_OR_RETURN(Tensor q, F32({tokens, q_heads * dim}));
-  TESSERA_ASSIGN_OR_RETURN(Tensor k, F32({tokens, kv_heads * dim}));
-  TESSERA_ASSIGN_OR_RETURN(Tensor v, F32({tokens, kv_heads * dim}));
-  TESSERA_RETURN_IF_ERROR(Project(s.n1, w.q, w.q_bias.w, q));
-  TESSERA_RETURN_IF_ERROR(Project(s.n1, w.k, w.k_bias.w, k));
-  TESSERA_RETURN_IF_ERROR(Project(s.n1, w.v, w.v_bias.w, v));
-  const float lora_scale = options_.lora.enabled() ? options_.lora.scale() : 0.0f;
-  if (w.q_lora.defined()) {
-    TESSERA_ASSIGN_OR_RETURN(s.q_u, ApplyLora(s.n1, w.q_lora, lora_scale, q, 0));
-  }
-  if (w.k_lora.defined()) {
-    TESSERA_ASSIGN_OR_RETURN(s.k_u, ApplyLora(s.n1, w.k_lora, lora_scale, k, 0));
-  }
-  if (w.v_lora.defined()) {
-    TESSERA_ASSIGN_OR_RETURN(s.v_u, ApplyLora(s.n1, w.v_lora, lora_scale, v, 0));
-  }
-  TESSERA_ASSIGN_OR_RETURN(s.q, q.Reshape({tokens, q_heads, dim}));
-  TESSERA_ASSIGN_OR_RETURN(s.k, k.Reshape({tokens, kv_heads, dim}));
-  TESSERA_ASSIGN_OR_RETURN(s.v, v.Reshape({tokens, kv_heads, dim}));
-  TESSERA_RETURN_IF_ERROR(kernels::ApplyRotary(s.q, positions, inv_freq_, rotary_));
-  TESSERA_RETURN_IF_ERROR(kernels::ApplyRotary(s.k, positions, inv_freq_, rotary_));
-  kernels::AttentionParams params;
-  params.scale = 1.0f / std::sqrt(static_cast<float>(dim));
-  params.sliding_window = static_cast<int>(config_.SlidingWindowFor(l));
-  TESSERA_ASSIGN_OR_RETURN(s.attn, F32({tokens, q_heads * dim}));
-  TESSERA_ASSIGN_OR_RETURN(s.lse, F32({tokens, q_heads}));
-  TESSERA_ASSIGN_OR_RETURN(Tensor attn_heads, s.attn.Reshape({tokens, q_heads, dim}));
-  TESSERA_RETURN_IF_ERROR(
-      kernels::CausalAttention(s.q, s.k, s.v, starts, params, attn_heads, s.lse));
-  TESSERA_ASSIGN_OR_RETURN(s.o_out, F32({tokens, hidden}));
-  TESSERA_RETURN_IF_ERROR(Project(s.attn, w.o, Tensor(), s.o_out));
-  if (w.o_lora.defined()) {  // row-parallel: its partial product joins the layer's all-reduce
-    TESSERA_ASSIGN_OR_RETURN(s.o_u, ApplyLora(s.attn, w.o_lora, lora_scale, s.o_out, 0));
-  }
-  TESSERA_RETURN_IF_ERROR(SumOverTp(s.o_out));
-  if (w.o_bias.defined()) TESSERA_RETURN_IF_ERROR(kernels::AddBias(s.o_out, w.o_bias.w));
-  Tensor attention_out = s.o_out;
-  if (w.post_self_attn_norm.defined()) {
-    TESSERA_ASSIGN_OR_RETURN(attention_out, F32({tokens, hidden}));
-    TESSERA_RETURN_IF_ERROR(kernels::RmsNorm(s.o_out, w.post_self_attn_norm.w, eps, attention_out));
-  }
-  TESSERA_ASSIGN_OR_RETURN(s.h_mid, Sum(s.h_in, attention_out));
-  TESSERA_ASSIGN_OR_RETURN(s.n2, F32({tokens, hidden}));
-  TESSERA_RETURN_IF_ERROR(kernels::RmsNorm(s.h_mid, w.post_attention_norm.w, eps, s.n2));
-  TESSERA_ASSIGN_OR_RETURN(s.gate_up, F32({tokens, w.gate_up.rows()}));
-  TESSERA_RETURN_IF_ERROR(Project(s.n2, w.gate_up, Tensor(), s.gate_up));
-  const int64_t intermediate = w.gate_up.rows() / 2;
-  if (w.gate_lora.defined()) {
-    TESSERA_ASSIGN_OR_RETURN(s.gate_u, ApplyLora(s.n2, w.gate_lora, lora_scale, s.gate_up, 0));
-  }
-  if (w.up_lora.defined()) {
-    TESSERA_ASSIGN_OR_RETURN(s.up_u,
-                             ApplyLora(s.n2, w.up_lora, lora_scale, s.gate_up, intermediate));
-  }
-  if (w.gate_up_lora.defined()) {
-    TESSERA_ASSIGN_OR_RETURN(s.gate_up_u,
-                             ApplyLora(s.n2, w.gate_up_lora, lora_scale, s.gate_up, 0));
-  }
-  TESSERA_ASSIGN_OR_RETURN(s.act, F32({tokens, w.gate_up.rows() / 2}));
-  TESSERA_RETURN_IF_ERROR(kernels::SiluMul(s.gate_up, s.act));
-  TESSERA_ASSIGN_OR_RETURN(s.down_out, F32({tokens, hidden}));
-  TESSERA_RETURN_IF_ERROR(Project(s.act, w.down, Tensor(), s.down_out));
-  if (w.down_lora.defined()) {
-    TESSERA_ASSIGN_OR_RETURN(s.down_u, ApplyLora(s.act, w.down_lora, lora_scale, s.down_out, 0));
-  }
-  TESSERA_RETURN_IF_ERROR(SumOverTp(s.down_out));
-  Tensor mlp_out = s.down_out;
-  if (w.post_mlp_norm.defined()) {
-    TESSERA_ASSIGN_OR_RETURN(mlp_out, F32({tokens, hidden}));
-    TESSERA_RETURN_IF_ERROR(kernels::RmsNorm(s.down_out, w.post_mlp_norm.w, eps, mlp_out));
-  }
-  return Sum(s.h_mid, mlp_out);
+  TrainingLayer layer(*this, l, positions, starts, s);
+  TESSERA_RETURN_IF_ERROR(model::DecoderLayerForward(layer));
+  return layer.stream_out();
 }
 
 absl::StatusOr<LossSum> TrainableModel::LossAndHeadBackward(const Tensor& normed,

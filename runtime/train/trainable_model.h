@@ -3,6 +3,7 @@
 
 // One tensor-parallel rank's shard of a decoder-only transformer for training: the forward
 // with its activations kept, and the explicit backward of every op (no autograd), on the CPU.
+// A layer's forward is the serving model's (model/decoder_layer.h), run by TrainingLayer.
 //
 // The shards are the serving model's (the same weight plan and loader), held as f32 master
 // parameters (parameters.h). The tensor-parallel pattern is Megatron's conjugate pair:
@@ -138,6 +139,8 @@ class TrainableModel {
                                        StageCallback stage_done);
   // Piece `k` of a pass (the order is at PassState in the .cc).
   absl::Status RunPassPiece(int k, PassState& state);
+  // How one layer's forward runs (model/decoder_layer.h), keeping what the backward reads.
+  class TrainingLayer;
   // Layer l on the residual stream h (T, H): the layer's output, its activations in `saved`.
   absl::StatusOr<Tensor> LayerForward(int l, const Tensor& h, const Tensor& positions,
                                       const Tensor& starts, SavedLayer& saved);
