@@ -27,6 +27,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "runtime/core/tensor.h"
+#include "runtime/model/layer_weights.h"
 
 namespace tessera::model {
 
@@ -59,6 +60,22 @@ class DecoderLayerRunner {
   // h'' = h' + sub: the stream leaving the layer.
   virtual absl::Status AddToStream(const Tensor& sub) = 0;
 };
+
+// The slot of `norm` in a layer's tensors.
+template <typename Slot>
+const Slot& NormSlot(const LayerSlots<Slot>& layer, LayerNorm norm) {
+  switch (norm) {
+    case LayerNorm::kInput:
+      return layer.input_norm;
+    case LayerNorm::kPostSelfAttention:
+      return layer.post_self_attn_norm;
+    case LayerNorm::kPostAttention:
+      return layer.post_attention_norm;
+    case LayerNorm::kPostMlp:
+      return layer.post_mlp_norm;
+  }
+  return layer.input_norm;
+}
 
 // Runs one layer's forward through `run`, in the order above.
 absl::Status DecoderLayerForward(DecoderLayerRunner& run);

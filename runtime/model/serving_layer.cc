@@ -141,19 +141,7 @@ class Transformer::ServingLayer final : public DecoderLayerRunner {
   }
 
  private:
-  const Tensor& NormWeight(LayerNorm norm) const {
-    switch (norm) {
-      case LayerNorm::kInput:
-        return w_.input_norm;
-      case LayerNorm::kPostSelfAttention:
-        return w_.post_self_attn_norm;
-      case LayerNorm::kPostAttention:
-        return w_.post_attention_norm;
-      case LayerNorm::kPostMlp:
-        return w_.post_mlp_norm;
-    }
-    return w_.input_norm;
-  }
+  const Tensor& NormWeight(LayerNorm norm) const { return NormSlot(w_, norm); }
 
   // out = x weight^T + bias, plus the adapters' products of `modules`.
   absl::StatusOr<Tensor> Projected(const Tensor& x, const kernels::ops::ProjectionWeight& weight,

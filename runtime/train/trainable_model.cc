@@ -468,17 +468,7 @@ class TrainableModel::TrainingLayer final : public model::DecoderLayerRunner {
   };
 
   const Tensor& NormWeight(model::LayerNorm norm) const {
-    switch (norm) {
-      case model::LayerNorm::kInput:
-        return w_.input_norm.w;
-      case model::LayerNorm::kPostSelfAttention:
-        return w_.post_self_attn_norm.w;
-      case model::LayerNorm::kPostAttention:
-        return w_.post_attention_norm.w;
-      case model::LayerNorm::kPostMlp:
-        return w_.post_mlp_norm.w;
-    }
-    return w_.input_norm.w;
+    return model::NormSlot<WeightAndGrad>(w_, norm).w;
   }
 
   // x weight^T + bias (T, outputs), plus each defined adapter's product.
