@@ -788,11 +788,12 @@ absl::StatusOr<ServingRun> RunServing(const BenchServeConfig& config,
   // The jobs as tessera serve starts them, but each with its output in a file; declared after
   // the coordinator, so stopped before it.
   std::vector<std::unique_ptr<ChildProcess>> jobs;
-  for (int r = 0; r < workers.groups(); ++r) {
+  for (const JobGroups& job_groups : LocalJobs(workers)) {
     TESSERA_ASSIGN_OR_RETURN(
         std::unique_ptr<ChildProcess> job,
-        ChildProcess::Start(WorkerCommand(workers, running->registry_port(), r),
-                            absl::StrCat(log_prefix, "-replica", r, ".log")));
+        ChildProcess::Start(
+            WorkerCommand(workers, running->registry_port(), job_groups),
+            absl::StrCat(log_prefix, "-replica", job_groups.first_replica, ".log")));
     jobs.push_back(std::move(job));
   }
   std::string exited;

@@ -372,7 +372,7 @@ absl::StatusOr<LaunchCommands> BuildLaunchCommands(const LaunchConfig& config) {
       for (const std::string& word : TlsFlagArguments(config.tls)) job.push_back(word);
       job.insert(job.end(), config.worker_args.begin(), config.worker_args.end());
       commands.replicas.push_back(
-          {absl::StrCat((*hosts)[h].host, "/replica", replica), std::move(job)});
+          {{absl::StrCat((*hosts)[h].host, "/replica", replica)}, std::move(job)});
     }
   }
   return commands;
@@ -479,7 +479,7 @@ int RunJob(const LaunchCommands& commands, const Supervision& supervision,
   }
 
   for (const GroupJob& replica : commands.replicas) {
-    std::fprintf(stderr, "tessera launch: %s: %s\n", replica.name.c_str(),
+    std::fprintf(stderr, "tessera launch: %s: %s\n", replica.groups.front().c_str(),
                  ShellJoin(replica.command).c_str());
   }
   std::fflush(stderr);

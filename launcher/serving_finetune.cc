@@ -156,7 +156,9 @@ int ServingFineTune::PiecesReady() {
   if (publish_resumed_) return 1;  // the publish, with the step's first piece
   const int before = trainer_->PiecesBeforeUpdate();
   if (before > 0) return before;
-  if (met_) return std::numeric_limits<int>::max();
+  // The update alone: the pieces after it lead to the next update, which waits for the next
+  // meeting (a budget that fits a whole step must not run past it).
+  if (met_) return 1;
   if (meeting_ == nullptr) {
     if (absl::Status started = StartMeeting(); !started.ok()) {
       meetings_over_ = true;
@@ -185,7 +187,7 @@ int ServingFineTune::PiecesReady() {
     return 0;
   }
   met_ = true;
-  return std::numeric_limits<int>::max();
+  return 1;
 }
 
 int ServingFineTune::PiecesBeforeLeaving() {

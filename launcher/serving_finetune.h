@@ -129,8 +129,8 @@ class ServingFineTune final : public engine::InterleavedWork {
   // it, and publishes the adapter when it is due.
   absl::Status RunPiece() override;
   std::optional<double> ExpectedPieceSeconds(int ahead) const override;
-  // Data-parallel over several groups, before the update: 0 until every group's leader has
-  // reached it.
+  // Data-parallel over several groups: the pieces before the next update; then 0 until every
+  // group's leader has reached it, and then 1 (the update alone).
   int PiecesReady() override;
   // Data-parallel over several groups, once the leaders have met before an update: that update
   // (the other groups wait for this one's gradients in it).

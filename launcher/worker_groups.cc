@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <map>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -22,8 +23,15 @@ absl::StatusOr<std::unique_ptr<WorkerGroups>> WorkerGroups::Start(
     replica.spec = std::move(spec);
     replica.backoff = supervision.restart_backoff;
   }
-  std::fprintf(stderr, "%s: starting %d worker group(s), one mpirun job each: %s\n", who.c_str(),
-               groups->size(), absl::StrJoin(groups->replicas_.front().spec.command, " ").c_str());
+  if (groups->group_count() == groups->size()) {
+    std::fprintf(stderr, "%s: starting %d worker group(s), one mpirun job each: %s\n", who.c_str(),
+                 groups->size(),
+                 absl::StrJoin(groups->replicas_.front().spec.command, " ").c_str());
+  } else {
+    std::fprintf(stderr, "%s: starting %d worker group(s) in %d mpirun job(s), the first: %s\n",
+                 who.c_str(), groups->group_count(), groups->size(),
+                 absl::StrJoin(groups->replicas_.front().spec.command, " ").c_str());
+  }
   for (int r = 0; r < groups->size(); ++r) {
     if (absl::Status started = groups->StartJob(r); !started.ok()) return started;
   }
@@ -35,8 +43,12 @@ absl::StatusOr<std::unique_ptr<WorkerGroups>> WorkerGroups::StartLocal(
     serve::CounterFamily* restarts, const std::string& who) {
   const std::string host = comm::LocalHostName();
   std::vector<GroupJob> jobs;
-  for (int r = 0; r < config.groups(); ++r) {
-    jobs.push_back({absl::StrCat(host, "/replica", r), WorkerCommand(config, coordinator_port, r)});
+  for (const JobGroups& job : LocalJobs(config)) {
+    GroupJob& spec = jobs.emplace_back();
+    for (int r = job.first_replica; r < job.first_replica + job.groups; ++r) {
+      spec.groups.push_back(absl::StrCat(host, "/replica", r));
+    }
+    spec.command = WorkerCommand(config, coordinator_port, job);
   }
   return Start(std::move(jobs), config.supervision, &coordinator, restarts, who);
 }
@@ -59,7 +71,7 @@ absl::StatusOr<bool> WorkerGroups::WaitUntilHealthy(absl::Duration timeout) {
     return absl::FailedPreconditionError("no coordinator in this process to ask about health");
   }
   absl::Time deadline = absl::Now() + timeout;
-  while (coordinator_->HealthyGroupCount() < size()) {
+  while (coordinator_->HealthyGroupCount() < group_count()) {
     for (int r = 0; r < size(); ++r) {
       if (std::optional<int> code = replicas_[r].job->WaitExit(absl::ZeroDuration())) {
         Stop();
@@ -99,14 +111,31 @@ void WorkerGroups::NoteServing() {
     }
     return;
   }
-  for (const serve::Coordinator::NamedGroup& group : coordinator_->HealthyGroupNames()) {
-    for (Replica& replica : replicas_) {
-      if (!replica.served && group.name == replica.spec.name && group.id != replica.group_id) {
-        replica.group_id = group.id;
-        MarkServing(replica);
+  // A job serves once each of its groups is healthy under an id its last serving job's group
+  // of that name did not have (the coordinator may not have dropped that one yet).
+  const std::vector<serve::Coordinator::NamedGroup> healthy = coordinator_->HealthyGroupNames();
+  for (Replica& replica : replicas_) {
+    if (replica.served) continue;
+    std::map<std::string, std::string> ids;
+    for (const serve::Coordinator::NamedGroup& group : healthy) {
+      const auto last = replica.group_ids.find(group.name);
+      if (std::find(replica.spec.groups.begin(), replica.spec.groups.end(), group.name) !=
+              replica.spec.groups.end() &&
+          (last == replica.group_ids.end() || last->second != group.id)) {
+        ids[group.name] = group.id;
       }
     }
+    if (ids.size() == replica.spec.groups.size()) {
+      replica.group_ids = std::move(ids);
+      MarkServing(replica);
+    }
   }
+}
+
+int WorkerGroups::group_count() const {
+  int count = 0;
+  for (const Replica& replica : replicas_) count += static_cast<int>(replica.spec.groups.size());
+  return count;
 }
 
 absl::Status WorkerGroups::Supervise() {

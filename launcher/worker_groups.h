@@ -16,6 +16,7 @@
 
 #include <sys/types.h>
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -30,9 +31,10 @@
 
 namespace tessera::launcher {
 
-// One replica's job: the name its group registers with (HOST/replicaN) and its command.
+// One job: the names its groups register with (HOST/replicaN; one group, or the groups of a
+// data-parallel fine-tune) and its command.
 struct GroupJob {
-  std::string name;
+  std::vector<std::string> groups;
   std::vector<std::string> command;
 };
 
@@ -40,13 +42,14 @@ class WorkerGroups {
  public:
   // Starts one job per entry of `jobs`. `coordinator` (may be null: then a job serves once it
   // has run supervision.serving_after) tells when a group is healthy. `restarts` (may be
-  // null) counts restarts by replica. `who` prefixes messages.
+  // null) counts restarts by job. `who` prefixes messages. Below, `replica` is the index of
+  // a job in `jobs` (the same as its group's, unless a job runs several).
   static absl::StatusOr<std::unique_ptr<WorkerGroups>> Start(std::vector<GroupJob> jobs,
                                                              const Supervision& supervision,
                                                              const serve::Coordinator* coordinator,
                                                              serve::CounterFamily* restarts,
                                                              const std::string& who);
-  // The config.groups() jobs of `tessera serve` on this machine, registering with the
+  // The jobs of `tessera serve` on this machine (LocalJobs(config)), registering with the
   // coordinator at 127.0.0.1:port, which `coordinator` is.
   static absl::StatusOr<std::unique_ptr<WorkerGroups>> StartLocal(
       const WorkerJobConfig& config, int coordinator_port, const serve::Coordinator& coordinator,
@@ -55,8 +58,8 @@ class WorkerGroups {
   WorkerGroups(const WorkerGroups&) = delete;
   WorkerGroups& operator=(const WorkerGroups&) = delete;
 
-  // Waits until every group is healthy at the coordinator: true then; false when a shutdown
-  // was requested (SIGINT, SIGTERM; the jobs are stopped). UNAVAILABLE when a job exits
+  // Waits until every group of every job is healthy at the coordinator: true then; false when a
+  // shutdown was requested (SIGINT, SIGTERM; the jobs are stopped). UNAVAILABLE when a job exits
   // first (a bad flag or model fails every start alike), DEADLINE_EXCEEDED (the jobs
   // stopped) after `timeout`. Needs the coordinator.
   absl::StatusOr<bool> WaitUntilHealthy(absl::Duration timeout);
@@ -66,7 +69,7 @@ class WorkerGroups {
   // row before serving.
   absl::Status Supervise();
 
-  // Replica `replica`'s current job has registered and its group is healthy.
+  // Replica `replica`'s current job has registered and its groups are healthy.
   bool serving(int replica) const { return replicas_[replica].served; }
   // Restarts of replica `replica` so far.
   int restarts(int replica) const { return replicas_[replica].restarts; }
@@ -82,8 +85,9 @@ class WorkerGroups {
     GroupJob spec;
     std::unique_ptr<WorkerJob> job;
     absl::Time started;
-    bool served = false;   // its current (or last) job's group was healthy
-    std::string group_id;  // the coordinator's id of the group its last serving job had
+    bool served = false;  // its current (or last) job's groups were healthy
+    // The coordinator's id of each of its groups (by name) when its job last served.
+    std::map<std::string, std::string> group_ids;
     std::optional<absl::Time> restart_at;
     absl::Duration backoff;
     int failed_starts = 0;  // exits in a row before serving
@@ -101,6 +105,8 @@ class WorkerGroups {
   // the coordinator, or (without one) it has run supervision_.serving_after.
   void NoteServing();
   void MarkServing(Replica& replica);
+  // Groups over every job.
+  int group_count() const;
 
   const Supervision supervision_;
   const serve::Coordinator* coordinator_;

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <thread>
@@ -62,6 +63,10 @@ void AddWorkerJobFlags(FlagSet& flags, WorkerJobConfig* config) {
   flags.String("train-config", &config->train_config,
                "a JSON file of a LoRA fine-tune run inside the first worker group between its "
                "serving steps, its adapter served as it learns (tessera worker --train-config)");
+  flags.Int("train-groups", &config->train_groups,
+            "groups the --train-config fine-tune is data-parallel over (the first ones; they "
+            "run as one mpirun job, so a rank lost in one restarts them all, and the fine-tune "
+            "resumes from its last checkpoint)");
   AddTrainScheduleFlags(flags, &config->engine);
 }
 
@@ -71,6 +76,16 @@ absl::Status CheckWorkerJobConfig(const WorkerJobConfig& config) {
         absl::StrCat("--np ", config.np, " must be a multiple of --tp ", config.tp));
   }
   TESSERA_RETURN_IF_ERROR(CheckSupervision(config.supervision));
+  if (config.train_groups < 1 || config.train_groups > config.groups()) {
+    return absl::InvalidArgumentError(absl::StrCat("--train-groups ", config.train_groups,
+                                                   ": must be between 1 and the ", config.groups(),
+                                                   " group(s) of --np / --tp"));
+  }
+  if (config.train_groups > 1 && config.train_config.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--train-groups ", config.train_groups,
+                     ": needs --train-config (the fine-tune that is data-parallel over them)"));
+  }
   TESSERA_RETURN_IF_ERROR(ParseAdapterList(config.adapters).status());
   TESSERA_RETURN_IF_ERROR(CheckTrainScheduleFlags(config.engine));
   TESSERA_RETURN_IF_ERROR(ParseQuantizeFlags(config.quantize).status());
@@ -83,9 +98,19 @@ absl::Status CheckWorkerJobConfig(const WorkerJobConfig& config) {
   return absl::OkStatus();
 }
 
+std::vector<JobGroups> LocalJobs(const WorkerJobConfig& config) {
+  const int together = config.train_config.empty() ? 1 : std::max(1, config.train_groups);
+  std::vector<JobGroups> jobs = {{.first_replica = 0, .groups = together}};
+  for (int r = together; r < config.groups(); ++r) {
+    jobs.push_back({.first_replica = r, .groups = 1});
+  }
+  return jobs;
+}
+
 std::vector<std::string> WorkerCommand(const WorkerJobConfig& config, int coordinator_port,
-                                       int replica) {
-  std::vector<std::string> argv = {config.mpirun, "-np", absl::StrCat(config.tp)};
+                                       JobGroups job) {
+  const int replica = job.first_replica;
+  std::vector<std::string> argv = {config.mpirun, "-np", absl::StrCat(job.groups * config.tp)};
   if (geteuid() == 0) argv.push_back("--allow-run-as-root");
   // More ranks than cores is fine for serving on a small machine; idle ranks then yield.
   if (config.np > static_cast<int>(std::thread::hardware_concurrency())) {
@@ -94,7 +119,7 @@ std::vector<std::string> WorkerCommand(const WorkerJobConfig& config, int coordi
   // Each job would bind its ranks to the same first cores, and take the same first GPUs, not
   // knowing of the others: no binding, and each job told where its slots start
   // (comm/node_share.h).
-  if (config.groups() > 1) {
+  if (job.groups < config.groups()) {
     argv.insert(argv.end(), {"--bind-to", "none", "-x",
                              absl::StrCat(comm::kNodeFirstSlotVariable, "=", replica * config.tp),
                              "-x", absl::StrCat(comm::kNodeRanksVariable, "=", config.np)});

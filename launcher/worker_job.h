@@ -56,6 +56,9 @@ struct WorkerJobConfig {
   engine::EngineOptions engine;
   std::string adapters;      // the workers' --adapters (name=DIR,...); --max-adapters is engine's
   std::string train_config;  // the first group's --train-config (a fine-tune inside it)
+  // Groups the --train-config fine-tune is data-parallel over: the first ones, which then run
+  // as one job (they share its DP communicator, and start and stop together).
+  int train_groups = 1;
   // The workers get the coordinator's join token from this process's TESSERA_JOIN_TOKEN
   // (mpirun -x), never on a command line.
   bool forward_join_token = false;
@@ -67,25 +70,32 @@ struct WorkerJobConfig {
 };
 
 // Declares --np, --tp, --model, --model-name, --device, --quantize, --quantize-group,
-// --kv-cache-dtype,
-// --kv-cache-memory-fraction, --mpirun,
-// --mpirun-args, --timeout, --ready-timeout, --restart-backoff, --max-failed-starts, the
-// engine's flags, --adapters, --max-adapters, --train-config, --train-share and
-// --train-target-itl, writing into
-// `config` (whose values are the defaults: set them first).
+// --kv-cache-dtype, --kv-cache-memory-fraction, --mpirun, --mpirun-args, --timeout,
+// --ready-timeout, --restart-backoff, --max-failed-starts, the engine's flags, --adapters,
+// --max-adapters, --train-config, --train-groups, --train-share and --train-target-itl,
+// writing into `config` (whose values are the defaults: set them first).
 void AddWorkerJobFlags(FlagSet& flags, WorkerJobConfig* config);
 
-// INVALID_ARGUMENT unless --np is a positive multiple of --tp, and for a bad --adapters,
-// --device or
-// --kv-cache-memory-fraction (FAILED_PRECONDITION for cuda in a build without CUDA).
+// INVALID_ARGUMENT unless --np is a positive multiple of --tp, for a bad --adapters,
+// --device, --kv-cache-memory-fraction (FAILED_PRECONDITION for cuda in a build without
+// CUDA), and for --train-groups outside 1..groups or above 1 without --train-config.
 absl::Status CheckWorkerJobConfig(const WorkerJobConfig& config);
 
-// The command line of replica `replica`'s job (one TP group: mpirun -np tp): mpirun, its
-// options for this machine (root, oversubscription, no core binding when several jobs
-// share it), then this binary's `worker` registering with the coordinator at
-// 127.0.0.1:coordinator_port.
+// The groups one mpirun job runs: replicas [first_replica, first_replica + groups).
+struct JobGroups {
+  int first_replica = 0;
+  int groups = 1;
+};
+// The jobs of `config` on one machine, in order: the first --train-groups groups together
+// (the fine-tune's job; one group when it is 1), then one job per group.
+std::vector<JobGroups> LocalJobs(const WorkerJobConfig& config);
+
+// The command line of `job` (mpirun -np groups x tp): mpirun, its options for this machine
+// (root, oversubscription, no core binding when several jobs share it), then this binary's
+// `worker` registering with the coordinator at 127.0.0.1:coordinator_port; the job of
+// replica 0 runs the --train-config fine-tune.
 std::vector<std::string> WorkerCommand(const WorkerJobConfig& config, int coordinator_port,
-                                       int replica);
+                                       JobGroups job);
 
 // A running child job (mpirun and its worker ranks; tessera launch's coordinator): a child
 // in its own process group, so that Ctrl-C reaches only this process, which stops the job in

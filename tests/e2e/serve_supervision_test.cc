@@ -10,9 +10,11 @@
 #include <signal.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <optional>
@@ -82,30 +84,35 @@ v1::GenerateRequest RequestOf(const std::string& model, int i,
 
 class ServeSupervision : public ::testing::Test {
  protected:
+  // Flags added to serve's (the directory dir_ is made by then).
+  virtual std::vector<std::string> ExtraServeFlags() { return {}; }
+
   void SetUp() override {
     char pattern[] = "/tmp/tessera-serve-supervision-XXXXXX";
     dir_ = mkdtemp(pattern);
-    serve_ = *ChildProcess::Start({TESSERA_BINARY,
-                                   "serve",
-                                   "--np",
-                                   "4",
-                                   "--tp",
-                                   "2",
-                                   "--listen",
-                                   "127.0.0.1:0",
-                                   "--metrics-listen",
-                                   "127.0.0.1:0",
-                                   "--http-listen",
-                                   "off",
-                                   "--timeout",
-                                   "2s",
-                                   "--max-running",
-                                   "4",
-                                   "--kv-cache-memory",
-                                   "64M",
-                                   "--restart-backoff",
-                                   "500ms"},
-                                  dir_ + "/serve.log",
+    std::vector<std::string> argv = {TESSERA_BINARY,
+                                     "serve",
+                                     "--np",
+                                     "4",
+                                     "--tp",
+                                     "2",
+                                     "--listen",
+                                     "127.0.0.1:0",
+                                     "--metrics-listen",
+                                     "127.0.0.1:0",
+                                     "--http-listen",
+                                     "off",
+                                     "--timeout",
+                                     "2s",
+                                     "--max-running",
+                                     "4",
+                                     "--kv-cache-memory",
+                                     "64M",
+                                     "--restart-backoff",
+                                     "500ms"};
+    const std::vector<std::string> extra = ExtraServeFlags();
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    serve_ = *ChildProcess::Start(argv, dir_ + "/serve.log",
                                   {absl::StrCat("TESSERA_CACHE_DIR=", dir_, "/cache"),
                                    "OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"});
     const std::regex serving("serving on 127\\.0\\.0\\.1:(\\d+)");
@@ -339,6 +346,113 @@ TEST_F(ServeSupervision, ARankKilledMidStreamEndsOnlyItsGroupAndTheGroupComesBac
       },
       absl::Seconds(20)))
       << "processes of tessera serve outlived it";
+}
+
+// tessera serve --train-config F --train-groups 2: the fine-tune is data-parallel over both
+// groups, which serve's supervision runs as one mpirun job. Both take every step with the same
+// loss and publish each version. A rank killed in either ends both; the job started again
+// registers both groups, and each resumes the fine-tune from its last checkpoint.
+class ServeSupervisionOfAFineTune : public ServeSupervision {
+ protected:
+  static constexpr int kSteps = 12;
+  static constexpr int kPublishEvery = 6;
+
+  std::vector<std::string> ExtraServeFlags() override {
+    std::ofstream data(dir_ + "/pairs.jsonl");
+    for (int i = 0; i < 8; ++i) {
+      data << nlohmann::json{{"prompt", absl::StrCat("Question ", i, ": ")},
+                             {"completion", absl::StrCat("answer ", i)}}
+                  .dump()
+           << "\n";
+    }
+    const std::string config = dir_ + "/train.json";
+    std::ofstream(config) << nlohmann::json{
+        {"data", dir_ + "/pairs.jsonl"},
+        {"adapter", "tuned"},
+        {"output", dir_ + "/tuned"},
+        {"steps", kSteps},
+        {"publish_every", kPublishEvery},
+        {"seq_len", 32},
+        {"micro_batch", 2},
+        {"lr", 1e-2},
+        {"lora_r", 4}}.dump();
+    return {"--train-config", config, "--train-groups", "2"};
+  }
+
+  // The fine-tunes the coordinator reports (one per group that runs one).
+  std::vector<v1::TrainingState> Trainings() {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    v1::TrainingStatusRequest request;
+    request.set_model(model_);
+    v1::TrainingStatusResponse response;
+    if (!inference_->TrainingStatus(&context, request, &response).ok()) return {};
+    return {response.trainings().begin(), response.trainings().end()};
+  }
+  // Where the coordinator routes adapter `name` from (its directory); empty while it routes
+  // none (a published version reaches routing with the group's next heartbeat).
+  std::string RoutedAdapterDir(const std::string& name) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    v1::ListAdaptersResponse response;
+    if (!inference_->ListAdapters(&context, v1::ListAdaptersRequest(), &response).ok()) return "";
+    for (const v1::AdapterInfo& adapter : response.adapters()) {
+      if (adapter.name() == name) return adapter.dir();
+    }
+    return "";
+  }
+  // Both groups report the fine-tune finished (resumed from `resumed_step`).
+  bool BothFinished(int64_t resumed_step) {
+    std::vector<v1::TrainingState> trainings = Trainings();
+    return trainings.size() == 2 &&
+           std::all_of(trainings.begin(), trainings.end(), [&](const v1::TrainingState& t) {
+             return t.state() == "finished" && t.resumed_step() == resumed_step;
+           });
+  }
+};
+
+TEST_F(ServeSupervisionOfAFineTune, ItsGroupsAreOneJobThatRestartsAndResumesTogether) {
+  EXPECT_TRUE(absl::StrContains(serve_->Log(), "2 worker group(s) in 1 mpirun job(s)"))
+      << Tail(serve_->Log(), 20);
+  // Both groups serve while they learn.
+  ASSERT_TRUE(Stream(RequestOf(model_, 0)).status.ok());
+  ASSERT_TRUE(WaitFor([&] { return BothFinished(0); }, absl::Seconds(120)))
+      << Tail(serve_->Log(), 40);
+  std::vector<v1::TrainingState> first = Trainings();
+  ASSERT_EQ(first.size(), 2u);
+  EXPECT_NE(first[0].group(), first[1].group());
+  for (const v1::TrainingState& training : first) {
+    EXPECT_EQ(training.steps_done(), kSteps);
+    EXPECT_EQ(training.published_step(), kSteps);
+    // Data-parallel: the loss is the global batch's, the same on both.
+    EXPECT_EQ(training.loss(), first[0].loss());
+  }
+  const std::string last = absl::StrCat(dir_, "/tuned/step-", kSteps);
+  ASSERT_TRUE(WaitFor([&] { return RoutedAdapterDir("tuned") == last; }, absl::Seconds(30)));
+  v1::GenerateRequest tuned = RequestOf(model_, 0);
+  tuned.set_adapter("tuned");
+  Streamed answered = Stream(tuned);
+  ASSERT_TRUE(answered.status.ok()) << answered.status.error_message();
+
+  // A rank of the second group killed: the job ends, and both groups come back from it.
+  const std::string group_a = GroupOfReplica(0), group_b = GroupOfReplica(1);
+  std::optional<pid_t> rank = RankPid(0, 3);
+  ASSERT_TRUE(rank.has_value()) << "no rank 3 in the job of --replica-offset 0";
+  ASSERT_EQ(kill(*rank, SIGKILL), 0);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return Restarts(0) == 1 && HealthyGroups() == 2 && GroupOfReplica(0) != group_a &&
+               GroupOfReplica(1) != group_b;
+      },
+      absl::Seconds(90)))
+      << Tail(serve_->Log(), 40);
+  // Each group resumed from the last checkpoint (the end), and serves its adapter again.
+  ASSERT_TRUE(WaitFor([&] { return BothFinished(kSteps); }, absl::Seconds(60)))
+      << Tail(serve_->Log(), 40);
+  ASSERT_TRUE(WaitFor([&] { return RoutedAdapterDir("tuned") == last; }, absl::Seconds(30)));
+  Streamed again = Stream(tuned);
+  ASSERT_TRUE(again.status.ok()) << again.status.error_message();
+  EXPECT_EQ(again.Tokens(), answered.Tokens());
 }
 
 }  // namespace

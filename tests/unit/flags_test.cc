@@ -339,7 +339,7 @@ TEST(WorkerJobTest, EachReplicaIsAJobOfItsOwn) {
   config.tp = 2;
   ASSERT_OK(CheckWorkerJobConfig(config));
   for (int replica : {0, 1}) {
-    std::vector<std::string> argv = WorkerCommand(config, 50051, replica);
+    std::vector<std::string> argv = WorkerCommand(config, 50051, {.first_replica = replica});
     auto np = std::find(argv.begin(), argv.end(), "-np");
     ASSERT_NE(np, argv.end());
     EXPECT_EQ(*(np + 1), "2");
@@ -361,15 +361,70 @@ TEST(WorkerJobTest, EachReplicaIsAJobOfItsOwn) {
                       {"--max-failed-starts"}));
 }
 
+// With --train-groups N the fine-tune's first N groups are one job (mpirun -np N x tp), which
+// alone runs --train-config; the other groups keep a job each.
+TEST(WorkerJobTest, TheGroupsOfADataParallelFineTuneAreOneJob) {
+  WorkerJobConfig config;
+  config.np = 6;
+  config.tp = 2;
+  config.train_config = "train.json";
+  config.train_groups = 2;
+  ASSERT_OK(CheckWorkerJobConfig(config));
+  const std::vector<JobGroups> jobs = LocalJobs(config);
+  ASSERT_EQ(jobs.size(), 2u);
+  EXPECT_EQ(jobs[0].first_replica, 0);
+  EXPECT_EQ(jobs[0].groups, 2);
+  EXPECT_EQ(jobs[1].first_replica, 2);
+  EXPECT_EQ(jobs[1].groups, 1);
+  auto value_of = [](const std::vector<std::string>& argv, const std::string& flag) {
+    auto at = std::find(argv.begin(), argv.end(), flag);
+    return at == argv.end() || at + 1 == argv.end() ? std::string("(absent)") : *(at + 1);
+  };
+  auto has = [](const std::vector<std::string>& argv, const std::string& word) {
+    return std::find(argv.begin(), argv.end(), word) != argv.end();
+  };
+  const std::vector<std::string> tune = WorkerCommand(config, 50051, jobs[0]);
+  EXPECT_EQ(value_of(tune, "-np"), "4");
+  EXPECT_EQ(value_of(tune, "--tp"), "2");
+  EXPECT_EQ(value_of(tune, "--replica-offset"), "0");
+  EXPECT_EQ(value_of(tune, "--train-config"), "train.json");
+  EXPECT_TRUE(has(tune, "TESSERA_NODE_FIRST_SLOT=0"));
+  EXPECT_TRUE(has(tune, "TESSERA_NODE_RANKS=6"));
+  const std::vector<std::string> other = WorkerCommand(config, 50051, jobs[1]);
+  EXPECT_EQ(value_of(other, "-np"), "2");
+  EXPECT_EQ(value_of(other, "--replica-offset"), "2");
+  EXPECT_FALSE(has(other, "--train-config"));
+  EXPECT_TRUE(has(other, "TESSERA_NODE_FIRST_SLOT=4"));
+
+  // Every group in the fine-tune: one job, which binds its ranks as mpirun does.
+  config.train_groups = 3;
+  ASSERT_OK(CheckWorkerJobConfig(config));
+  ASSERT_EQ(LocalJobs(config).size(), 1u);
+  const std::vector<std::string> all = WorkerCommand(config, 50051, LocalJobs(config)[0]);
+  EXPECT_EQ(value_of(all, "-np"), "6");
+  EXPECT_FALSE(has(all, "--bind-to"));
+
+  config.train_groups = 4;
+  EXPECT_TRUE(IsError(CheckWorkerJobConfig(config), absl::StatusCode::kInvalidArgument,
+                      {"--train-groups 4", "3 group(s)"}));
+  config.train_groups = 0;
+  EXPECT_TRUE(IsError(CheckWorkerJobConfig(config), absl::StatusCode::kInvalidArgument,
+                      {"--train-groups 0"}));
+  config.train_groups = 2;
+  config.train_config.clear();
+  EXPECT_TRUE(IsError(CheckWorkerJobConfig(config), absl::StatusCode::kInvalidArgument,
+                      {"--train-groups 2", "--train-config"}));
+}
+
 TEST(DeviceFlagTest, WorkerJobPassesTheDeviceToItsWorkers) {
   WorkerJobConfig config;
-  std::vector<std::string> cpu = WorkerCommand(config, 50051, 0);
+  std::vector<std::string> cpu = WorkerCommand(config, 50051, {});
   EXPECT_EQ(std::find(cpu.begin(), cpu.end(), "--device"), cpu.end());
   ASSERT_OK(CheckWorkerJobConfig(config));
 
   config.device = "cuda";
   config.kv_cache_memory_fraction = 0.75;
-  std::vector<std::string> cuda = WorkerCommand(config, 50051, 0);
+  std::vector<std::string> cuda = WorkerCommand(config, 50051, {});
   auto device = std::find(cuda.begin(), cuda.end(), "--device");
   ASSERT_NE(device, cuda.end());
   ASSERT_NE(device + 1, cuda.end());

@@ -119,7 +119,8 @@ TEST_F(LaunchTest, DefaultsFillEverySlotAndStartTheCoordinatorHere) {
   ASSERT_EQ(commands.replicas.size(), 4u);
   for (int r = 0; r < 4; ++r) {
     const std::string host = r < 2 ? "node-a" : "node-b";
-    EXPECT_EQ(commands.replicas[r].name, absl::StrCat(host, "/replica", r));
+    EXPECT_EQ(commands.replicas[r].groups,
+              std::vector<std::string>{absl::StrCat(host, "/replica", r)});
     EXPECT_EQ(Job(commands, r),
               (std::vector<std::string>{"mpirun",
                                         "--host",
