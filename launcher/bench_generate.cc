@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -39,9 +40,10 @@ using Clock = std::chrono::steady_clock;
 
 struct BenchGenerateConfig {
   std::string model;  // empty: the built-in default and the ~0.5B random Llama
-  // Each model is run once per entry: none (as stored), int8, int4 (--quantize's values),
-  // int8-a8, int4-a8 (with int8 activations).
-  std::string quantize = "none,int8,int8-a8,int4,int4-a8";
+  // Each model is run once per entry: none (as stored), int8, int4 (--quantize's values, with
+  // its default activations: f32 for int8, int8 for int4), or one of them with -a8 (int8
+  // activations) or -f32 (f32 activations).
+  std::string quantize = "none,int8,int8-a8,int4-f32,int4";
   int tp = 0;
   int prompt_tokens = 128;
   int decode_tokens = 32;
@@ -81,7 +83,7 @@ absl::StatusOr<double> MeasureDeviceBandwidth(Device device) {
 
 struct Row {
   std::string name;
-  std::string quantize;  // "none", "int8", "int4", "int8-a8", "int4-a8"
+  std::string quantize;  // an entry of --quantize: "none", "int8", "int4-f32", ...
   double parameters_billion = 0;
   double weight_bytes = 0;  // all ranks
   // Bytes a decode step reads, all ranks: the weights (quantized: codes, scales and offsets;
@@ -96,11 +98,15 @@ absl::StatusOr<Row> BenchOne(const std::string& name, const std::string& dir,
                              const std::string& quantize, const BenchGenerateConfig& config,
                              comm::Communicator& tp) {
   model::LoadOptions load;
-  // "int8-a8", "int4-a8": the weights with int8 activations.
-  const bool int8_activations = absl::EndsWith(quantize, "-a8");
-  const std::string weights = int8_activations ? quantize.substr(0, quantize.size() - 3) : quantize;
-  TESSERA_ASSIGN_OR_RETURN(load.quantize, model::ParseWeightQuantization(
-                                              weights, "", int8_activations ? "int8" : "f32"));
+  // "int8-a8": int8 weights with int8 activations; "int4-f32": int4 weights with f32 ones.
+  std::string weights = quantize, activations = "auto";
+  for (const char* suffix : {"-a8", "-f32"}) {
+    if (absl::EndsWith(quantize, suffix)) {
+      weights = quantize.substr(0, quantize.size() - std::strlen(suffix));
+      activations = std::string(suffix) == "-a8" ? "int8" : "f32";
+    }
+  }
+  TESSERA_ASSIGN_OR_RETURN(load.quantize, model::ParseWeightQuantization(weights, "", activations));
   if (load.quantize.has_value()) {
     // A layout whose TP split would cut a quantization group is refused: say so, and go on
     // with the other variants.
@@ -321,7 +327,8 @@ int RunBench(const std::vector<std::string>& args, int* argc, char*** argv) {
   flags.String("model", &config.model, "a Hugging Face model directory or GGUF file");
   flags.String("quantize", &config.quantize,
                "comma-separated weight formats to run each model in: none (as stored), int8, "
-               "int4, and int8-a8 and int4-a8 (with int8 activations); CPU, a GPU runs none");
+               "int4 (--quantize's values, with --quantize-activations auto), each with -a8 "
+               "(int8 activations) or -f32 (f32 activations); CPU, a GPU runs none");
   flags.Int("tp", &config.tp, "tensor-parallel degree (0: all ranks)");
   flags.Int("prompt-tokens", &config.prompt_tokens, "prompt length");
   flags.Int("decode-tokens", &config.decode_tokens, "tokens decoded");

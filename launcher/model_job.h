@@ -39,7 +39,7 @@ void AddDeviceFlag(FlagSet& flags, std::string* device);
 struct QuantizeFlags {
   std::string quantize = "none";
   std::string group;  // empty: the default of the kind
-  std::string activations = "f32";
+  std::string activations = "auto";
 };
 // Declares --quantize, --quantize-group and --quantize-activations, writing into *flags.
 void AddQuantizeFlags(FlagSet& flags, QuantizeFlags* quantize);

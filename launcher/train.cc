@@ -121,7 +121,11 @@ absl::Status Train(const TrainConfig& config, int* argc, char*** argv) {
   model_options.recompute = config.recompute;
   // Packed once, not at every product; --merge needs the dense base at the end.
   model_options.pack_frozen_base = config.lora_r > 0 && !config.merge;
-  TESSERA_ASSIGN_OR_RETURN(model_options.quantize, ParseQuantizeFlags(config.quantize));
+  // The frozen base's forward takes f32 activations unless asked otherwise: its backward
+  // multiplies by the dequantized weights, and the forward should be that same product.
+  QuantizeFlags quantize = config.quantize;
+  if (quantize.activations == "auto") quantize.activations = "f32";
+  TESSERA_ASSIGN_OR_RETURN(model_options.quantize, ParseQuantizeFlags(quantize));
   if (model_options.quantize.has_value() && config.merge) {
     return absl::InvalidArgumentError(
         "--merge with --quantize: the base is held quantized; export the adapter, then merge it "

@@ -24,10 +24,11 @@ std::string WeightQuantization::ToString() const {
 absl::StatusOr<std::optional<WeightQuantization>> ParseWeightQuantization(
     absl::string_view quantize, absl::string_view group, absl::string_view activations) {
   WeightQuantization q;
-  if (activations != "f32" && activations != "int8") {
+  if (activations != "f32" && activations != "int8" && activations != "auto") {
     return absl::InvalidArgumentError(
-        absl::StrCat("--quantize-activations ", activations, ": expected f32 or int8"));
+        absl::StrCat("--quantize-activations ", activations, ": expected auto, f32 or int8"));
   }
+  if (activations == "auto") activations = quantize == "int4" ? "int8" : "f32";
   if (activations == "int8") {
     if (quantize.empty() || quantize == "none") {
       return absl::InvalidArgumentError(

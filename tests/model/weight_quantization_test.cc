@@ -59,6 +59,18 @@ TEST(WeightQuantizationTest, ParsesTheFlags) {
                       absl::StatusCode::kInvalidArgument, {"needs --quantize int8, int4"}));
   EXPECT_TRUE(IsError(ParseWeightQuantization("int4", "", "fp8"),
                       absl::StatusCode::kInvalidArgument, {"--quantize-activations fp8"}));
+  // auto (the flag's default): int8 activations for int4 weights, f32 for the others.
+  ASSERT_OK_AND_ASSIGN(std::optional<WeightQuantization> int4_auto,
+                       ParseWeightQuantization("int4", "128", "auto"));
+  EXPECT_EQ(int4_auto->activations, kernels::ActivationQuant::kInt8);
+  for (const char* kind : {"int8", "stored"}) {
+    ASSERT_OK_AND_ASSIGN(std::optional<WeightQuantization> other,
+                         ParseWeightQuantization(kind, "", "auto"));
+    EXPECT_EQ(other->activations, kernels::ActivationQuant::kF32) << kind;
+  }
+  ASSERT_OK_AND_ASSIGN(std::optional<WeightQuantization> none_auto,
+                       ParseWeightQuantization("none", "", "auto"));
+  EXPECT_FALSE(none_auto.has_value());
 }
 
 // SmolLM2-135M's shape: hidden 576, 9 heads of 64, MLP 1536.

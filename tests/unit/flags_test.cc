@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -414,6 +415,28 @@ TEST(WorkerJobTest, TheGroupsOfADataParallelFineTuneAreOneJob) {
   config.train_config.clear();
   EXPECT_TRUE(IsError(CheckWorkerJobConfig(config), absl::StatusCode::kInvalidArgument,
                       {"--train-groups 2", "--train-config"}));
+}
+
+// --quantize-activations defaults to auto: int8 activations for int4 weights, f32 for int8
+// ones; a job passes the flag on only when it was given, so its workers resolve auto alike.
+TEST(QuantizeFlagsTest, ActivationsFollowTheWeightsUnlessGiven) {
+  QuantizeFlags quantize;
+  FlagSet flags("test", "test");
+  AddQuantizeFlags(flags, &quantize);
+  bool help = false;
+  ASSERT_OK(flags.Parse({"--quantize", "int4"}, &help));
+  ASSERT_OK_AND_ASSIGN(std::optional<model::WeightQuantization> int4, ParseQuantizeFlags(quantize));
+  EXPECT_EQ(int4->activations, kernels::ActivationQuant::kInt8);
+  EXPECT_EQ(QuantizeArguments(quantize), (std::vector<std::string>{"--quantize", "int4"}));
+  ASSERT_OK(flags.Parse({"--quantize", "int8"}, &help));
+  ASSERT_OK_AND_ASSIGN(std::optional<model::WeightQuantization> int8, ParseQuantizeFlags(quantize));
+  EXPECT_EQ(int8->activations, kernels::ActivationQuant::kF32);
+  ASSERT_OK(flags.Parse({"--quantize", "int4", "--quantize-activations", "f32"}, &help));
+  ASSERT_OK_AND_ASSIGN(std::optional<model::WeightQuantization> exact,
+                       ParseQuantizeFlags(quantize));
+  EXPECT_EQ(exact->activations, kernels::ActivationQuant::kF32);
+  EXPECT_EQ(QuantizeArguments(quantize),
+            (std::vector<std::string>{"--quantize", "int4", "--quantize-activations", "f32"}));
 }
 
 TEST(DeviceFlagTest, WorkerJobPassesTheDeviceToItsWorkers) {
