@@ -3,8 +3,8 @@
 // same one at a time, the time to first token the coordinator adds compared with asking a
 // group leader directly, and what the HTTP layer adds compared with gRPC. With --train, the
 // cost of a LoRA fine-tune inside the serving job to each side: the concurrent run served
-// alone and with the fine-tune in the first group, and the fine-tune's tokens/s there
-// against the same fine-tune alone (`tessera train`).
+// alone and with the fine-tune in the first group (or the first --train-groups, data-parallel),
+// and the fine-tune's tokens/s there against the same fine-tune alone (`tessera train`).
 
 #include <signal.h>
 #include <stdlib.h>
@@ -87,8 +87,9 @@ struct BenchServeConfig {
   // > 0: SIGKILL rank kill_rank of replica 0 this long into the concurrent run (failover).
   absl::Duration kill_rank_after;
   int kill_rank = 1;
-  // The concurrent run twice, serving alone and with a fine-tune inside the first group (the
-  // workers' --train-config, or one written here), then that fine-tune alone for train_steps.
+  // The concurrent run twice, serving alone and with a fine-tune inside the first
+  // --train-groups groups (the workers' --train-config, or one written here), then that
+  // fine-tune alone for train_steps.
   bool train = false;
   int train_steps = 100;
 };
@@ -849,15 +850,17 @@ struct StandaloneSteps {
   std::vector<double> step_seconds;
 };
 
-// `tune` as `tessera train` runs it on one group of the workers' tp (mpirun as for them), for
-// --train-steps steps, writing into `dir`/alone.
+// `tune` as `tessera train` runs it on --train-groups groups of the workers' tp (data-parallel
+// over them, as inside serving; mpirun as for them), for --train-steps steps, writing into
+// `dir`/alone.
 absl::StatusOr<StandaloneSteps> RunFineTuneAlone(const BenchServeConfig& config,
                                                  const ServingFineTuneConfig& tune,
                                                  const std::string& dir) {
   const WorkerJobConfig& workers = config.workers;
-  std::vector<std::string> argv = {workers.mpirun, "-np", absl::StrCat(workers.tp)};
+  const int ranks = workers.train_groups * workers.tp;
+  std::vector<std::string> argv = {workers.mpirun, "-np", absl::StrCat(ranks)};
   if (geteuid() == 0) argv.push_back("--allow-run-as-root");
-  if (workers.tp > static_cast<int>(std::thread::hardware_concurrency())) {
+  if (ranks > static_cast<int>(std::thread::hardware_concurrency())) {
     argv.insert(argv.end(), {"--oversubscribe", "--mca", "mpi_yield_when_idle", "1"});
   }
   for (absl::string_view extra : absl::StrSplit(workers.mpirun_args, ' ', absl::SkipEmpty())) {
@@ -917,8 +920,11 @@ absl::Status BenchTrainIn(const BenchServeConfig& config, const std::string& dir
     TESSERA_ASSIGN_OR_RETURN(tune_path, WriteBenchFineTune(dir, config.seed));
   }
   TESSERA_ASSIGN_OR_RETURN(const ServingFineTuneConfig tune, ReadServingFineTuneConfig(tune_path));
-  // As the trainer counts a step's tokens (its rows, padding included), in both places.
-  const int64_t tokens_per_step = int64_t{tune.micro_batch} * tune.grad_accum * tune.seq_len;
+  // As the trainer counts a step's tokens (its rows over every group, padding included), in
+  // both places.
+  const int groups = config.workers.train_groups;
+  const int64_t tokens_per_step =
+      int64_t{tune.micro_batch} * tune.grad_accum * tune.seq_len * groups;
   WorkerJobConfig alone_workers = config.workers;
   alone_workers.train_config.clear();
   WorkerJobConfig with_workers = config.workers;
@@ -927,7 +933,8 @@ absl::Status BenchTrainIn(const BenchServeConfig& config, const std::string& dir
   std::fprintf(stderr, "%s: %d requests over %d streams, serving alone...\n", kWho, config.requests,
                config.concurrency);
   TESSERA_ASSIGN_OR_RETURN(ServingRun alone, RunServing(config, alone_workers, dir + "/alone"));
-  std::fprintf(stderr, "%s: the same with the fine-tune inside the first group...\n", kWho);
+  std::fprintf(stderr, "%s: the same with the fine-tune inside the first %d group(s)...\n", kWho,
+               groups);
   TESSERA_ASSIGN_OR_RETURN(ServingRun with, RunServing(config, with_workers, dir + "/with"));
   const absl::Time with_start = with.end - absl::Seconds(with.figures.seconds);
   const LoggedSteps inside = StepsLogged(with.first_group_log, with_start, with.end);
@@ -954,17 +961,18 @@ absl::Status BenchTrainIn(const BenchServeConfig& config, const std::string& dir
   const PhaseFigures& served_alone = alone.figures;
   const PhaseFigures& served_with = with.figures;
   std::printf(
-      "# tessera bench serve --train: coordinator in this process, %d mpirun job(s) of tp %d "
+      "# tessera bench serve --train: coordinator in this process, %d group(s) of tp %d "
       "started afresh for each run; model %s\n"
       "# streaming requests (GenerateStream, greedy, ignore_eos), the same in both runs: "
       "prompts of %s random token ids in [0, %d), %s output tokens, seed %d\n"
-      "# fine-tune (%s): LoRA r %d on %s, %d x %d rows of %d tokens a step (%lld tokens); "
-      "inside serving: in the first group, %s; alone: tessera train, %d steps\n",
+      "# fine-tune (%s): LoRA r %d on %s, %d x %d x %d group(s) rows of %d tokens a step (%lld "
+      "tokens); inside serving: in the first %d group(s), %s; alone: tessera train on as many, "
+      "%d steps\n",
       config.workers.groups(), config.workers.tp, alone.model.c_str(), config.prompt_tokens.c_str(),
       alone.vocab, config.output_tokens.c_str(), config.seed,
       config.workers.train_config.empty() ? "written by the bench" : tune_path.c_str(), tune.lora_r,
-      tune.lora_targets.c_str(), tune.micro_batch, tune.grad_accum, tune.seq_len,
-      static_cast<long long>(tokens_per_step), schedule.c_str(), config.train_steps);
+      tune.lora_targets.c_str(), tune.micro_batch, tune.grad_accum, groups, tune.seq_len,
+      static_cast<long long>(tokens_per_step), groups, schedule.c_str(), config.train_steps);
   std::printf("%-16s %7s %6s %6s %8s %8s %10s %7s %7s %7s %6s %6s %6s\n", "run", "streams", "reqs",
               "errors", "seconds", "req/s", "output t/s", "TTFT50", "TTFT90", "TTFT99", "ITL50",
               "ITL90", "ITL99");
@@ -1058,7 +1066,10 @@ absl::Status BenchServe(const BenchServeConfig& config) {
     if (config.train_steps < 1) {
       return absl::InvalidArgumentError("--train-steps: must be >= 1");
     }
-    TESSERA_RETURN_IF_ERROR(CheckWorkerJobConfig(config.workers));
+    // Without --train-config the bench writes a fine-tune of its own (for --train-groups too).
+    WorkerJobConfig with_fine_tune = config.workers;
+    if (with_fine_tune.train_config.empty()) with_fine_tune.train_config = "(the bench's own)";
+    TESSERA_RETURN_IF_ERROR(CheckWorkerJobConfig(with_fine_tune));
     return BenchTrain(config);
   }
   if (!config.target.empty()) {
@@ -1186,8 +1197,9 @@ int RunBenchServe(const std::vector<std::string>& args, int* /*argc*/, char*** /
   flags.Int("kill-rank", &config.kill_rank, "with --kill-rank-after: which rank of the group");
   flags.Bool("train", &config.train,
              "instead of the one-at-a-time and overhead runs: the concurrent run served alone "
-             "and with a LoRA fine-tune inside the first group (--train-config, or a small one "
-             "written here), its inter-token latency and output tokens/s, and the fine-tune's "
+             "and with a LoRA fine-tune inside the first --train-groups group(s) (--train-config, "
+             "or a small one written here), its inter-token latency and output tokens/s, and the "
+             "fine-tune's "
              "tokens/s there against the same fine-tune alone (tessera train)");
   flags.Int("train-steps", &config.train_steps, "with --train: steps of the fine-tune alone");
   config.workers.engine.kv_cache_bytes = int64_t{256} << 20;
