@@ -7,9 +7,9 @@
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/attention.h"
 #include "kernels/cpu/kv_cache_int8.h"
 #include "kernels/cpu/linear.h"
-#include "kernels/ops/attention.h"
 #include "kernels/ops/linear.h"
 #include "kernels/ops/norm_activation.h"
 #include "kernels/ops/rotary.h"
