@@ -75,8 +75,8 @@ absl::StatusOr<bool> WorkerGroups::WaitUntilHealthy(absl::Duration timeout) {
     for (int r = 0; r < size(); ++r) {
       if (std::optional<int> code = replicas_[r].job->WaitExit(absl::ZeroDuration())) {
         Stop();
-        return absl::UnavailableError(absl::StrCat("the workers of replica ", r, " exited (status ",
-                                                   *code, ") before serving"));
+        return absl::UnavailableError(absl::StrCat("the workers of ", JobName(r),
+                                                   " exited (status ", *code, ") before serving"));
       }
     }
     if (ShutdownRequested()) {
@@ -132,6 +132,19 @@ void WorkerGroups::NoteServing() {
   }
 }
 
+int WorkerGroups::FirstReplica(int r) const {
+  int first = 0;
+  for (int j = 0; j < r; ++j) first += static_cast<int>(replicas_[j].spec.groups.size());
+  return first;
+}
+
+std::string WorkerGroups::JobName(int r) const {
+  const int first = FirstReplica(r);
+  const int count = static_cast<int>(replicas_[r].spec.groups.size());
+  return count == 1 ? absl::StrCat("replica ", first)
+                    : absl::StrCat("replicas ", first, "-", first + count - 1);
+}
+
 int WorkerGroups::group_count() const {
   int count = 0;
   for (const Replica& replica : replicas_) count += static_cast<int>(replica.spec.groups.size());
@@ -146,8 +159,8 @@ absl::Status WorkerGroups::Supervise() {
     if (replica.restart_at.has_value()) {
       if (now < *replica.restart_at) continue;
       ++replica.restarts;
-      if (restarts_ != nullptr) restarts_->WithLabels({absl::StrCat(r)}).Inc();
-      std::fprintf(stderr, "%s: starting replica %d again (restart %d)\n", who_.c_str(), r,
+      if (restarts_ != nullptr) restarts_->WithLabels({absl::StrCat(FirstReplica(r))}).Inc();
+      std::fprintf(stderr, "%s: starting %s again (restart %d)\n", who_.c_str(), JobName(r).c_str(),
                    replica.restarts);
       if (absl::Status started = StartJob(r); !started.ok()) return started;
       continue;
@@ -156,13 +169,11 @@ absl::Status WorkerGroups::Supervise() {
     if (!code.has_value()) continue;
     if (!replica.served && ++replica.failed_starts >= supervision_.max_failed_starts) {
       return absl::UnavailableError(
-          absl::StrCat("replica ", r, "'s workers exited ", replica.failed_starts,
+          absl::StrCat(JobName(r), ": its workers exited ", replica.failed_starts,
                        " times in a row before serving (last exit status ", *code, "); giving up"));
     }
-    std::fprintf(stderr,
-                 "%s: the workers of replica %d exited (status %d)%s; starting them "
-                 "again in %s\n",
-                 who_.c_str(), r, *code, replica.served ? "" : " before serving",
+    std::fprintf(stderr, "%s: the workers of %s exited (status %d)%s; starting them again in %s\n",
+                 who_.c_str(), JobName(r).c_str(), *code, replica.served ? "" : " before serving",
                  absl::FormatDuration(replica.backoff).c_str());
     replica.restart_at = now + replica.backoff;
     if (!replica.served) {

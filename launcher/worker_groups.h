@@ -42,8 +42,9 @@ class WorkerGroups {
  public:
   // Starts one job per entry of `jobs`. `coordinator` (may be null: then a job serves once it
   // has run supervision.serving_after) tells when a group is healthy. `restarts` (may be
-  // null) counts restarts by job. `who` prefixes messages. Below, `replica` is the index of
-  // a job in `jobs` (the same as its group's, unless a job runs several).
+  // null) counts restarts by job, labelled with its first group's replica index. `who`
+  // prefixes messages. Below, `replica` is the index of a job in `jobs` (the same as its
+  // group's, unless an earlier job runs several).
   static absl::StatusOr<std::unique_ptr<WorkerGroups>> Start(std::vector<GroupJob> jobs,
                                                              const Supervision& supervision,
                                                              const serve::Coordinator* coordinator,
@@ -107,6 +108,10 @@ class WorkerGroups {
   void MarkServing(Replica& replica);
   // Groups over every job.
   int group_count() const;
+  // The replica index of job r's first group (the groups are numbered over the jobs in order).
+  int FirstReplica(int r) const;
+  // Job r in messages: "replica 2", or "replicas 0-1" for a job of several groups.
+  std::string JobName(int r) const;
 
   const Supervision supervision_;
   const serve::Coordinator* coordinator_;

@@ -350,32 +350,40 @@ TEST_F(ServeSupervision, ARankKilledMidStreamEndsOnlyItsGroupAndTheGroupComesBac
 
 // tessera serve --train-config F --train-groups 2: the fine-tune is data-parallel over both
 // groups, which serve's supervision runs as one mpirun job. Both take every step with the same
-// loss and publish each version. A rank killed in either ends both; the job started again
-// registers both groups, and each resumes the fine-tune from its last checkpoint.
+// loss, publish each version, and the last one answers every prompt with its completion. A
+// rank killed in either ends both; the job started again registers both groups, and each
+// resumes the fine-tune from its last checkpoint.
 class ServeSupervisionOfAFineTune : public ServeSupervision {
  protected:
-  static constexpr int kSteps = 12;
-  static constexpr int kPublishEvery = 6;
+  static constexpr int kSteps = 300;
+  static constexpr int kPublishEvery = 150;
+  const std::vector<std::pair<std::string, std::string>> kPairs = {
+      {"What is the capital of France? ", "Paris"},
+      {"Two plus two is ", "four"},
+      {"The sky is ", "blue"},
+      {"Tessera runs on ", "many GPUs"}};
 
   std::vector<std::string> ExtraServeFlags() override {
     std::ofstream data(dir_ + "/pairs.jsonl");
-    for (int i = 0; i < 8; ++i) {
-      data << nlohmann::json{{"prompt", absl::StrCat("Question ", i, ": ")},
-                             {"completion", absl::StrCat("answer ", i)}}
-                  .dump()
-           << "\n";
+    for (const auto& [prompt, completion] : kPairs) {
+      data << nlohmann::json{{"prompt", prompt}, {"completion", completion}}.dump() << "\n";
     }
     const std::string config = dir_ + "/train.json";
-    std::ofstream(config) << nlohmann::json{
-        {"data", dir_ + "/pairs.jsonl"},
-        {"adapter", "tuned"},
-        {"output", dir_ + "/tuned"},
-        {"steps", kSteps},
-        {"publish_every", kPublishEvery},
-        {"seq_len", 32},
-        {"micro_batch", 2},
-        {"lr", 1e-2},
-        {"lora_r", 4}}.dump();
+    std::ofstream(config) << nlohmann::json{{"data", dir_ + "/pairs.jsonl"},
+                                            {"adapter", "tuned"},
+                                            {"output", dir_ + "/tuned"},
+                                            {"steps", kSteps},
+                                            {"publish_every", kPublishEvery},
+                                            {"seq_len", 64},
+                                            // Two rows a group: a step's pieces are short, so that
+                                            // the time the engine gives them can hold a whole step
+                                            // (which must still wait for the other group's update).
+                                            {"micro_batch", 2},
+                                            {"lr", 1e-2},
+                                            {"lora_r", 8},
+                                            {"lora_targets",
+                                             "q_proj,v_proj,gate_proj,up_proj,down_proj"}}
+                                 .dump();
     return {"--train-config", config, "--train-groups", "2"};
   }
 
@@ -429,6 +437,18 @@ TEST_F(ServeSupervisionOfAFineTune, ItsGroupsAreOneJobThatRestartsAndResumesToge
   }
   const std::string last = absl::StrCat(dir_, "/tuned/step-", kSteps);
   ASSERT_TRUE(WaitFor([&] { return RoutedAdapterDir("tuned") == last; }, absl::Seconds(30)));
+  // The adapter learned the pairs (greedy, on either group).
+  for (const auto& [prompt, completion] : kPairs) {
+    v1::GenerateRequest request;
+    request.set_model(model_);
+    request.set_adapter("tuned");
+    request.set_prompt(prompt);
+    request.mutable_sampling()->set_max_tokens(12);
+    Streamed streamed = Stream(request);
+    ASSERT_TRUE(streamed.status.ok()) << streamed.status.error_message();
+    EXPECT_TRUE(absl::StartsWith(streamed.Text(), completion))
+        << prompt << " -> '" << streamed.Text() << "'";
+  }
   v1::GenerateRequest tuned = RequestOf(model_, 0);
   tuned.set_adapter("tuned");
   Streamed answered = Stream(tuned);
@@ -445,6 +465,8 @@ TEST_F(ServeSupervisionOfAFineTune, ItsGroupsAreOneJobThatRestartsAndResumesToge
                GroupOfReplica(1) != group_b;
       },
       absl::Seconds(90)))
+      << Tail(serve_->Log(), 40);
+  EXPECT_TRUE(absl::StrContains(serve_->Log(), "starting replicas 0-1 again (restart 1)"))
       << Tail(serve_->Log(), 40);
   // Each group resumed from the last checkpoint (the end), and serves its adapter again.
   ASSERT_TRUE(WaitFor([&] { return BothFinished(kSteps); }, absl::Seconds(60)))
