@@ -358,10 +358,13 @@ absl::Status StartTraining(const ClientConfig& config) {
   PrepareCall(context, config, config.timeout);
   v1::StartTrainingResponse response;
   TESSERA_RETURN_IF_ERROR(serve::FromGrpcStatus(stub->StartTraining(&context, request, &response)));
-  std::printf(
-      "started the fine-tune of %s on group %s (`tessera client training status` "
-      "follows it)\n",
-      config.model.c_str(), response.group().c_str());
+  // A job of several groups runs it on all of them, data-parallel.
+  const std::string where =
+      response.groups_size() > 1
+          ? absl::StrCat("groups ", absl::StrJoin(response.groups(), ", "), " (data-parallel)")
+          : absl::StrCat("group ", response.group());
+  std::printf("started the fine-tune of %s on %s (`tessera client training status` follows it)\n",
+              config.model.c_str(), where.c_str());
   return absl::OkStatus();
 }
 

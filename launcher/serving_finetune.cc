@@ -207,10 +207,21 @@ void ServingFineTune::Fail(const absl::Status& status) {
 
 absl::StatusOr<std::unique_ptr<ServingFineTune>> ServingFineTune::Create(
     const ServingFineTuneConfig& config, ModelJob& job) {
-  comm::Layout& layout = *job.layout;
   if (job.device_tp != nullptr) {
     return absl::UnimplementedError("--train-config: fine-tuning runs on the CPU backend for now");
   }
+  absl::StatusOr<std::unique_ptr<ServingFineTune>> tune = Prepare(config, job);
+  // Before the job's first collective: a rank that failed (its data unreadable, say) fails
+  // every rank of every group now, rather than leaving them to wait out a deadline.
+  TESSERA_RETURN_IF_ERROR(
+      comm::AgreeOnStatus(*job.mpi.world, tune.status(), "to prepare the fine-tune"));
+  TESSERA_RETURN_IF_ERROR((*tune)->ResumeIfCheckpointed());
+  return tune;
+}
+
+absl::StatusOr<std::unique_ptr<ServingFineTune>> ServingFineTune::Prepare(
+    const ServingFineTuneConfig& config, ModelJob& job) {
+  comm::Layout& layout = *job.layout;
   train::TrainableModelOptions model_options;
   model_options.lora.r = config.lora_r;
   model_options.lora.alpha = config.lora_alpha;
@@ -246,7 +257,6 @@ absl::StatusOr<std::unique_ptr<ServingFineTune>> ServingFineTune::Create(
       train::Trainer trainer,
       train::Trainer::Create(*tune->model_, layout.dp(), tune->data_, options));
   tune->trainer_.emplace(std::move(trainer));
-  TESSERA_RETURN_IF_ERROR(tune->ResumeIfCheckpointed());
   return tune;
 }
 
@@ -401,16 +411,17 @@ engine::InterleavedWorkFactory FineTuneControl::Factory() {
       };
 }
 
-absl::Status FineTuneControl::Start(const std::string& config_json) {
+absl::Status FineTuneControl::Start(const std::string& config_json, bool job_wide) {
   // Refused here before every rank parses it.
   TESSERA_RETURN_IF_ERROR(ParseServingFineTuneConfig(config_json, "config_json").status());
   if (engine_ == nullptr) return absl::FailedPreconditionError("the group is not serving yet");
-  if (job_.layout->dp_size() > 1) {
-    // Every group of the job must start it at once: only at the job's start.
-    return absl::FailedPreconditionError(
-        absl::StrCat("this group's job runs ", job_.layout->dp_size(),
-                     " groups, over which a fine-tune is data-parallel: start it with the job "
-                     "(tessera worker --train-config)"));
+  if (job_.layout->dp_size() > 1 && !job_wide) {
+    // Every group of the job must start it at once (it is created collectively over the job).
+    return absl::FailedPreconditionError(absl::StrCat(
+        "this group's job runs ", job_.layout->dp_size(),
+        " groups, over which a fine-tune is data-parallel: start it on all of them at once "
+        "(the coordinator's StartTraining does), or with the job (tessera worker "
+        "--train-config)"));
   }
   return engine_->StartInterleaved(config_json);
 }

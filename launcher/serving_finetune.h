@@ -8,7 +8,8 @@
 // is exported and served under its name as a new version (requests already running finish
 // on the version they started with).
 //
-// In a worker job of several groups (`tessera worker --np 4 --tp 2 --train-config FILE`) the
+// In a worker job of several groups (`tessera worker --np 4 --tp 2 --train-config FILE`, or
+// the coordinator's StartTraining, which it sends to every group of the job at once) the
 // fine-tune is data-parallel over them, as `tessera train` is over its replicas: each group
 // takes its share of a step's rows and the adapter's gradients are summed over the job's DP
 // communicator in the step's update. The groups' step loops run apart, so before the update
@@ -140,6 +141,9 @@ class ServingFineTune final : public engine::InterleavedWork {
  private:
   ServingFineTune(ServingFineTuneConfig config, ModelJob& job,
                   std::unique_ptr<train::TrainableModel> model, train::RowStream data);
+  // Create's part on this rank alone: the trainable model, the data, the trainer.
+  static absl::StatusOr<std::unique_ptr<ServingFineTune>> Prepare(
+      const ServingFineTuneConfig& config, ModelJob& job);
   void Update(const std::function<void(FineTuneProgress&)>& change);
   absl::Status StepDone(const train::StepReport& report);
   // Exports the adapter as it stands and has the engine serve it (the leader).
@@ -182,7 +186,7 @@ class FineTuneControl final : public serve::TrainingControl {
   // it runs.
   void set_engine(engine::Engine* engine) { engine_ = engine; }
 
-  absl::Status Start(const std::string& config_json) override;
+  absl::Status Start(const std::string& config_json, bool job_wide) override;
   std::optional<v1::TrainingState> State() const override;
   absl::Status Stop() override;
 

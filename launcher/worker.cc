@@ -4,9 +4,11 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <random>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/synchronization/notification.h"
 #include "comm/agreement.h"
 #include "comm/host_name.h"
@@ -20,6 +22,8 @@
 #include "launcher/shutdown_signal.h"
 #include "launcher/tls_flags.h"
 #include "runtime/core/status_macros.h"
+#include "runtime/core/stream.h"
+#include "runtime/core/tensor.h"
 #include "runtime/engine/engine.h"
 #include "runtime/model/default_model.h"
 #include "runtime/model/gguf_model.h"
@@ -115,6 +119,20 @@ absl::StatusOr<std::string> OffsetAddress(const std::string& address, const std:
   return absl::StrCat(*host, ":", port == 0 ? 0 : port + offset);
 }
 
+// An id that every group of this job shares and no other job has: world rank 0's random
+// draw. Collective over the job.
+absl::StatusOr<std::string> SharedJobId(comm::Communicator& world) {
+  uint64_t words[2] = {0, 0};
+  if (world.rank() == 0) {
+    std::random_device random;
+    for (uint64_t& word : words) word = (uint64_t{random()} << 32) ^ random();
+  }
+  Tensor shared = Tensor::Wrap(words, DType::kI64, {2});
+  Stream cpu = Stream::Cpu();
+  TESSERA_RETURN_IF_ERROR(world.Broadcast(shared, 0, cpu));
+  return absl::StrFormat("%016x%016x", words[0], words[1]);
+}
+
 absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
   if (config.coordinator.empty()) {
     return absl::InvalidArgumentError("--coordinator: required (host:port of the coordinator)");
@@ -175,6 +193,12 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
   if (leader) training.set_engine(engine.get());
   TESSERA_ASSIGN_OR_RETURN(double allreduce_seconds,
                            MeasureAllReduceLatency(layout.tp(), job.model->config().hidden_size));
+  // The groups of a job of several register as such: the coordinator starts a fine-tune on
+  // all of them at once (it is data-parallel over them).
+  std::string job_id;
+  if (layout.dp_size() > 1) {
+    TESSERA_ASSIGN_OR_RETURN(job_id, SharedJobId(*job.mpi.world));
+  }
   // Every rank: its all-reduce latencies on a Prometheus endpoint of its own.
   serve::MetricsRegistry metrics;
   TESSERA_ASSIGN_OR_RETURN(
@@ -244,6 +268,10 @@ absl::Status Serve(const WorkerConfig& config, int* argc, char*** argv) {
     registration.set_metrics_endpoint(absl::StrCat(advertise, ":", metrics_server->port()));
   }
   registration.set_name(absl::StrCat(comm::LocalHostName(), "/replica", replica));
+  if (!job_id.empty()) {
+    registration.mutable_job()->set_id(job_id);
+    registration.mutable_job()->set_groups(layout.dp_size());
+  }
   v1::GroupTopology& topology = *registration.mutable_topology();
   std::vector<std::string> hosts;
   for (int world_rank : layout.TpGroupOf(layout.dp_rank())) {

@@ -64,9 +64,9 @@ void AddWorkerJobFlags(FlagSet& flags, WorkerJobConfig* config) {
                "a JSON file of a LoRA fine-tune run inside the first worker group between its "
                "serving steps, its adapter served as it learns (tessera worker --train-config)");
   flags.Int("train-groups", &config->train_groups,
-            "groups the --train-config fine-tune is data-parallel over (the first ones; they "
-            "run as one mpirun job, so a rank lost in one restarts them all, and the fine-tune "
-            "resumes from its last checkpoint)");
+            "groups a fine-tune is data-parallel over, --train-config's or one that "
+            "StartTraining starts (the first ones; they run as one mpirun job, so a rank lost "
+            "in one restarts them all, and the fine-tune resumes from its last checkpoint)");
   AddTrainScheduleFlags(flags, &config->engine);
 }
 
@@ -81,11 +81,6 @@ absl::Status CheckWorkerJobConfig(const WorkerJobConfig& config) {
                                                    ": must be between 1 and the ", config.groups(),
                                                    " group(s) of --np / --tp"));
   }
-  if (config.train_groups > 1 && config.train_config.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--train-groups ", config.train_groups,
-                     ": needs --train-config (the fine-tune that is data-parallel over them)"));
-  }
   TESSERA_RETURN_IF_ERROR(ParseAdapterList(config.adapters).status());
   TESSERA_RETURN_IF_ERROR(CheckTrainScheduleFlags(config.engine));
   TESSERA_RETURN_IF_ERROR(ParseQuantizeFlags(config.quantize).status());
@@ -99,7 +94,7 @@ absl::Status CheckWorkerJobConfig(const WorkerJobConfig& config) {
 }
 
 std::vector<JobGroups> LocalJobs(const WorkerJobConfig& config) {
-  const int together = config.train_config.empty() ? 1 : std::max(1, config.train_groups);
+  const int together = std::max(1, config.train_groups);
   std::vector<JobGroups> jobs = {{.first_replica = 0, .groups = together}};
   for (int r = together; r < config.groups(); ++r) {
     jobs.push_back({.first_replica = r, .groups = 1});
@@ -151,9 +146,10 @@ std::vector<std::string> WorkerCommand(const WorkerJobConfig& config, int coordi
   }
   if (!config.train_config.empty() && replica == 0) {
     argv.insert(argv.end(), {"--train-config", config.train_config});
-    const std::vector<std::string> schedule = TrainScheduleArguments(config.engine);
-    argv.insert(argv.end(), schedule.begin(), schedule.end());
   }
+  // Every group: StartTraining may start a fine-tune on any.
+  const std::vector<std::string> schedule = TrainScheduleArguments(config.engine);
+  argv.insert(argv.end(), schedule.begin(), schedule.end());
   const std::vector<std::string> quantize = QuantizeArguments(config.quantize);
   argv.insert(argv.end(), quantize.begin(), quantize.end());
   if (config.kv_cache_dtype != "auto") {

@@ -56,8 +56,9 @@ struct WorkerJobConfig {
   engine::EngineOptions engine;
   std::string adapters;      // the workers' --adapters (name=DIR,...); --max-adapters is engine's
   std::string train_config;  // the first group's --train-config (a fine-tune inside it)
-  // Groups the --train-config fine-tune is data-parallel over: the first ones, which then run
-  // as one job (they share its DP communicator, and start and stop together).
+  // Groups a fine-tune is data-parallel over (--train-config's, or one the coordinator's
+  // StartTraining starts on them): the first ones, which then run as one job (they share its
+  // DP communicator, and start and stop together).
   int train_groups = 1;
   // The workers get the coordinator's join token from this process's TESSERA_JOIN_TOKEN
   // (mpirun -x), never on a command line.
@@ -78,7 +79,7 @@ void AddWorkerJobFlags(FlagSet& flags, WorkerJobConfig* config);
 
 // INVALID_ARGUMENT unless --np is a positive multiple of --tp, for a bad --adapters,
 // --device, --kv-cache-memory-fraction (FAILED_PRECONDITION for cuda in a build without
-// CUDA), and for --train-groups outside 1..groups or above 1 without --train-config.
+// CUDA), and for --train-groups outside 1..groups.
 absl::Status CheckWorkerJobConfig(const WorkerJobConfig& config);
 
 // The groups one mpirun job runs: replicas [first_replica, first_replica + groups).
@@ -87,7 +88,7 @@ struct JobGroups {
   int groups = 1;
 };
 // The jobs of `config` on one machine, in order: the first --train-groups groups together
-// (the fine-tune's job; one group when it is 1), then one job per group.
+// (a data-parallel fine-tune's job; one group when it is 1), then one job per group.
 std::vector<JobGroups> LocalJobs(const WorkerJobConfig& config);
 
 // The command line of `job` (mpirun -np groups x tp): mpirun, its options for this machine

@@ -46,6 +46,10 @@ GroupInfo FromWire(const v1::RegisterRequest& request) {
   info.kv.bytes_per_token = request.kv().bytes_per_token();
   info.max_model_length = request.max_model_length();
   info.max_running = request.max_running();
+  if (request.job().groups() > 1) {
+    info.job_id = request.job().id();
+    info.job_groups = request.job().groups();
+  }
   return info;
 }
 

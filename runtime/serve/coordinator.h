@@ -202,6 +202,13 @@ class Coordinator {
   // call: see inference.proto.
   grpc::Status StartTraining(const v1::StartTrainingRequest& request,
                              v1::StartTrainingResponse* response);
+  // FAILED_PRECONDITION naming the first of `groups` that runs a fine-tune (or the error of
+  // one that cannot say).
+  grpc::Status CheckNoneTrains(const std::vector<GroupSnapshot>& groups);
+  // Worker.TrainingStatus of every group of `groups` at once: each call's status, and its
+  // answer in (*answers)[i].
+  std::vector<grpc::Status> AskTrainingStates(const std::vector<GroupSnapshot>& groups,
+                                              std::vector<v1::TrainingStatusResponse>* answers);
   grpc::Status TrainingStatus(const v1::TrainingStatusRequest& request,
                               v1::TrainingStatusResponse* response);
   grpc::Status StopTraining(const v1::StopTrainingRequest& request,
@@ -262,6 +269,9 @@ class Coordinator {
   // Operators' adapter calls run one at a time: each reads the record and the groups, and
   // changes both.
   absl::Mutex adapter_calls_mutex_;
+  // ... and so do fine-tune starts: a start on a job of several groups reaches them all, and
+  // two must not reach them in different orders.
+  absl::Mutex training_starts_mutex_;
 
   mutable absl::Mutex mutex_;
   absl::flat_hash_map<std::string, std::shared_ptr<GroupLink>> links_ ABSL_GUARDED_BY(mutex_);

@@ -85,6 +85,36 @@ absl::StatusOr<GroupSnapshot> TrainingGroup(const std::vector<GroupSnapshot>& gr
   return groups.front();
 }
 
+// The groups a fine-tune started on `group` runs on: `group` alone, or every group of its job
+// when the job runs several. The fine-tune is then data-parallel over them and their ranks
+// create it together, so all must be registered and healthy, and none may run one (a group
+// that refused would leave the others waiting out their collectives' deadline).
+// `groups`: the registered groups of the model.
+absl::StatusOr<std::vector<GroupSnapshot>> TrainingJob(const std::vector<GroupSnapshot>& groups,
+                                                       const GroupSnapshot& group) {
+  if (group.info.job_groups <= 1) return std::vector<GroupSnapshot>{group};
+  std::vector<GroupSnapshot> job;
+  for (const GroupSnapshot& other : groups) {
+    if (other.info.job_id == group.info.job_id) job.push_back(other);
+  }
+  const std::string what =
+      absl::StrCat("group ", group.id, " (", group.info.name, ") runs in a job of ",
+                   group.info.job_groups, " groups, over which its fine-tune is data-parallel");
+  if (static_cast<int>(job.size()) != group.info.job_groups) {
+    return absl::FailedPreconditionError(absl::StrCat(what, "; ", job.size(),
+                                                      " of them are registered (", GroupIds(job),
+                                                      "): start it once all are"));
+  }
+  for (const GroupSnapshot& member : job) {
+    if (!member.healthy) {
+      return absl::FailedPreconditionError(absl::StrCat(what, "; its group ", member.id, " (",
+                                                        member.info.name,
+                                                        ") is not healthy: start it once it is"));
+    }
+  }
+  return job;
+}
+
 // A worker's refusal as the caller sees it: the UNIMPLEMENTED of a worker that predates the
 // calls comes from gRPC, with no message.
 grpc::Status WorkerStatus(const grpc::Status& status) {
@@ -100,35 +130,81 @@ grpc::Status WorkerStatus(const grpc::Status& status) {
 grpc::Status Coordinator::StartTraining(const v1::StartTrainingRequest& request,
                                         v1::StartTrainingResponse* response) {
   if (absl::Status valid = CheckStartTraining(request); !valid.ok()) return ToGrpcStatus(valid);
+  // One start at a time: a job's groups must not take two starts in different orders.
+  absl::MutexLock starting(&training_starts_mutex_);
   absl::StatusOr<std::vector<GroupSnapshot>> groups =
       RegisteredGroups(request.model(), request.version());
   if (!groups.ok()) return ToGrpcStatus(groups.status());
   absl::StatusOr<GroupSnapshot> group = TrainingGroup(*groups, request);
   if (!group.ok()) return ToGrpcStatus(group.status());
+  absl::StatusOr<std::vector<GroupSnapshot>> job = TrainingJob(*groups, *group);
+  if (!job.ok()) return ToGrpcStatus(job.status());
+  const bool job_wide = job->size() > 1;
+  if (job_wide) {
+    // A group that refused the start (one runs) would leave the others waiting for it.
+    if (grpc::Status idle = CheckNoneTrains(*job); !idle.ok()) return idle;
+  }
 
   // The worker's model and version are the group's own, whatever the operator named.
-  v1::StartTrainingRequest forwarded = request;
-  forwarded.set_version(group->info.version);
-  forwarded.set_group(group->id);
-  v1::StartTrainingResponse started;
-  const grpc::Status status = WorkerStatus(
-      CallGroups({*group}, options_.training_call_timeout,
-                 [&](size_t, v1::Worker::Stub& stub, grpc::ClientContext* context,
-                     std::function<void(grpc::Status)> done) {
-                   stub.async()->StartTraining(context, &forwarded, &started, std::move(done));
-                 })
-          .front());
-  LogEvent(kComponent, {{"event", status.ok() ? "training_started" : "training_start_failed"},
+  std::vector<v1::StartTrainingRequest> forwarded(job->size(), request);
+  std::vector<v1::StartTrainingResponse> started(job->size());
+  const std::vector<grpc::Status> statuses = CallGroups(
+      *job, options_.training_call_timeout,
+      [&](size_t i, v1::Worker::Stub& stub, grpc::ClientContext* context,
+          std::function<void(grpc::Status)> done) {
+        forwarded[i].set_version((*job)[i].info.version);
+        forwarded[i].set_group((*job)[i].id);
+        forwarded[i].set_job_wide(job_wide);
+        stub.async()->StartTraining(context, &forwarded[i], &started[i], std::move(done));
+      });
+  grpc::Status failed = grpc::Status::OK;
+  for (size_t i = 0; i < job->size() && failed.ok(); ++i) {
+    if (!statuses[i].ok()) failed = GroupError((*job)[i], WorkerStatus(statuses[i]));
+  }
+  LogEvent(kComponent, {{"event", failed.ok() ? "training_started" : "training_start_failed"},
                         {"model", request.model()},
                         {"version", group->info.version},
-                        {"group", group->id},
-                        {"why", status.error_message()}});
-  if (!status.ok()) return GroupError(*group, status);
+                        {"groups", GroupIds(*job)},
+                        {"why", failed.error_message()}});
+  if (!failed.ok()) return failed;
   {
     absl::MutexLock lock(&mutex_);
-    trainings_by_name_[TrainingKey(group->info.model, group->info.name)] = request.config_json();
+    for (const GroupSnapshot& member : *job) {
+      trainings_by_name_[TrainingKey(member.info.model, member.info.name)] = request.config_json();
+    }
   }
   response->set_group(group->id);
+  for (const GroupSnapshot& member : *job) response->add_groups(member.id);
+  return grpc::Status::OK;
+}
+
+std::vector<grpc::Status> Coordinator::AskTrainingStates(
+    const std::vector<GroupSnapshot>& groups, std::vector<v1::TrainingStatusResponse>* answers) {
+  std::vector<v1::TrainingStatusRequest> asks(groups.size());
+  answers->assign(groups.size(), {});
+  return CallGroups(groups, kStatusCallTimeout,
+                    [&](size_t i, v1::Worker::Stub& stub, grpc::ClientContext* context,
+                        std::function<void(grpc::Status)> done) {
+                      asks[i].set_model(groups[i].info.model);
+                      stub.async()->TrainingStatus(context, &asks[i], &(*answers)[i],
+                                                   std::move(done));
+                    });
+}
+
+grpc::Status Coordinator::CheckNoneTrains(const std::vector<GroupSnapshot>& groups) {
+  std::vector<v1::TrainingStatusResponse> answers;
+  const std::vector<grpc::Status> statuses = AskTrainingStates(groups, &answers);
+  for (size_t i = 0; i < groups.size(); ++i) {
+    if (!statuses[i].ok()) return GroupError(groups[i], WorkerStatus(statuses[i]));
+    for (const v1::TrainingState& state : answers[i].trainings()) {
+      if (state.state() != "running") continue;
+      return GroupError(groups[i],
+                        grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                                     absl::StrCat("its fine-tune of adapter ", state.adapter(),
+                                                  " is running (step ", state.steps_done(), "/",
+                                                  state.steps(), "); stop it or wait for it")));
+    }
+  }
   return grpc::Status::OK;
 }
 
@@ -146,15 +222,8 @@ grpc::Status Coordinator::TrainingStatus(const v1::TrainingStatusRequest& reques
     if (!of_model.ok()) return ToGrpcStatus(of_model.status());
     groups = *std::move(of_model);
   }
-  std::vector<v1::TrainingStatusRequest> asks(groups.size());
-  std::vector<v1::TrainingStatusResponse> answers(groups.size());
-  const std::vector<grpc::Status> statuses =
-      CallGroups(groups, kStatusCallTimeout,
-                 [&](size_t i, v1::Worker::Stub& stub, grpc::ClientContext* context,
-                     std::function<void(grpc::Status)> done) {
-                   asks[i].set_model(groups[i].info.model);
-                   stub.async()->TrainingStatus(context, &asks[i], &answers[i], std::move(done));
-                 });
+  std::vector<v1::TrainingStatusResponse> answers;
+  const std::vector<grpc::Status> statuses = AskTrainingStates(groups, &answers);
   for (size_t i = 0; i < groups.size(); ++i) {
     const GroupSnapshot& group = groups[i];
     if (!statuses[i].ok()) {
@@ -191,7 +260,15 @@ grpc::Status Coordinator::StopTraining(const v1::StopTrainingRequest& request,
     absl::StatusOr<GroupSnapshot> group =
         GroupWithId(*groups, request.group(), request.model(), request.version());
     if (!group.ok()) return ToGrpcStatus(group.status());
-    *groups = {*std::move(group)};
+    // The group's job's others with it: their fine-tune is one (each stops at its next update).
+    std::vector<GroupSnapshot> job = {*group};
+    for (const GroupSnapshot& other : *groups) {
+      if (group->info.job_groups > 1 && other.id != group->id &&
+          other.info.job_id == group->info.job_id) {
+        job.push_back(other);
+      }
+    }
+    *groups = std::move(job);
   }
   std::vector<v1::StopTrainingRequest> stops(groups->size());
   std::vector<v1::StopTrainingResponse> stopped(groups->size());

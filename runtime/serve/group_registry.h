@@ -67,6 +67,10 @@ struct GroupInfo {
   KvCapacity kv;
   int64_t max_model_length = 0;  // 0: unknown
   int max_running = 0;
+  // The job (one mpirun) it runs in with others, whose groups start a fine-tune together;
+  // empty (and 1) when it is its job's only group.
+  std::string job_id;
+  int job_groups = 1;
 };
 
 // An adapter a group can run requests with.

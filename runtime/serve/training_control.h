@@ -19,8 +19,10 @@ class TrainingControl {
 
   // Starts a fine-tune of the JSON configuration `config_json` on every rank of the group and
   // returns once it runs. INVALID_ARGUMENT naming the key of a bad configuration;
-  // FAILED_PRECONDITION while one runs.
-  virtual absl::Status Start(const std::string& config_json) = 0;
+  // FAILED_PRECONDITION while one runs. In a job of several groups the fine-tune is
+  // data-parallel over them and all create it together: `job_wide` says the same start
+  // reaches every group of the job at once (FAILED_PRECONDITION there without it).
+  virtual absl::Status Start(const std::string& config_json, bool job_wide) = 0;
   // The last fine-tune's state (adapter, state, steps, loss, published version); nullopt
   // when the group never ran one. Model, version and group are the caller's to fill in.
   virtual std::optional<v1::TrainingState> State() const = 0;

@@ -54,7 +54,9 @@ void WorkerService::Registered(const v1::RegisterResponse& response) {
   if (restart_training) {
     // Loading the trainable model takes a while: not on the registration's thread.
     registration_work_.emplace_back([this, config = response.training_config_json()] {
-      absl::Status started = training_->Start(config);
+      // The coordinator keeps it for each group it started on: in a job of several groups,
+      // every one of them (they register again together) starts it again.
+      absl::Status started = training_->Start(config, /*job_wide=*/true);
       LogEvent("worker", {{"event", started.ok() ? "fine-tune started again"
                                                  : "fine-tune start again failed"},
                           {"error", std::string(started.message())}});
@@ -264,7 +266,7 @@ grpc::Status WorkerService::StartTraining(grpc::ServerContext* /*context*/,
   if (training_ == nullptr) {
     return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this group runs no fine-tunes");
   }
-  absl::Status started = training_->Start(request->config_json());
+  absl::Status started = training_->Start(request->config_json(), request->job_wide());
   LogEvent("worker", {{"event", started.ok() ? "training started" : "training refused"},
                       {"error", std::string(started.message())}});
   if (!started.ok()) return ToGrpcStatus(started);

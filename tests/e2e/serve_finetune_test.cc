@@ -7,7 +7,9 @@
 // loses a rank during a fine-tune started through the coordinator ends; its job started
 // again registers under the same name, gets the fine-tune back, resumes from its last
 // checkpoint, serves that version again, and takes the same steps the first run took from
-// there.
+// there. Over a job of two groups the fine-tune is data-parallel, whether it starts with the
+// job or through the coordinator (which starts it on both at once), and takes the steps
+// `tessera train` takes over as many replicas.
 //
 // TESSERA_BINARY and TESSERA_MPIRUN_COMMAND come from CMake.
 
@@ -83,6 +85,30 @@ v1::AdapterInfo Listed(v1::Inference::Stub& stub, const std::string& name) {
   return {};
 }
 
+// What TrainingStatus says of `model`'s fine-tunes (empty when the call fails).
+v1::TrainingStatusResponse TrainingStatusOf(v1::Inference::Stub& stub, const std::string& model) {
+  grpc::ClientContext context;
+  SetDeadline(context, absl::Seconds(10));
+  v1::TrainingStatusRequest request;
+  request.set_model(model);
+  v1::TrainingStatusResponse response;
+  const grpc::Status status = stub.TrainingStatus(&context, request, &response);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  return response;
+}
+
+// The loss each "step" event of a fine-tune's log gives, by step, as logged.
+std::map<int, std::string> LossesLogged(const std::string& log) {
+  std::map<int, std::string> losses;
+  for (const nlohmann::json& event : Events(log, "step")) {
+    if (event.value("component", "") != "finetune") continue;
+    int step = 0;
+    const std::string at = event.value("step", "");
+    if (absl::SimpleAtoi(at.substr(0, at.find('/')), &step)) losses[step] = event.value("loss", "");
+  }
+  return losses;
+}
+
 // A coordinator, its folder, and the fine-tune's files there.
 class ServeFinetune : public ::testing::Test {
  protected:
@@ -125,6 +151,70 @@ class ServeFinetune : public ::testing::Test {
         coordinator_->WaitForHealthyGroups(model::kDefaultModelName, {{"v1", 2}}, kStartTimeout);
     if (!healthy.ok()) return healthy;
     return workers;
+  }
+
+  // The coordinator's StartTraining on the default model (no group named) of WriteFineTune's
+  // fine-tune of `steps` steps.
+  grpc::Status StartThroughCoordinator(int steps, int publish_every,
+                                       v1::StartTrainingResponse* response) {
+    std::ifstream file(WriteFineTune(dir_, steps, publish_every));
+    std::stringstream config;
+    config << file.rdbuf();
+    grpc::ClientContext context;
+    SetDeadline(context, kStartTimeout);
+    v1::StartTrainingRequest request;
+    request.set_model(model::kDefaultModelName);
+    request.set_config_json(config.str());
+    return coordinator_->inference().StartTraining(&context, request, response);
+  }
+
+  // A client streams requests on the base until the adapter "tuned" is served from `dir` (or
+  // kStartTimeout passes); none may fail. The groups' step loops run apart meanwhile (each
+  // request runs on one of them).
+  void StreamUntilServed(const std::string& dir) {
+    v1::Inference::Stub& stub = coordinator_->inference();
+    const absl::Time deadline = absl::Now() + kStartTimeout;
+    for (int served = 0; absl::Now() < deadline && Listed(stub, "tuned").dir() != dir; ++served) {
+      Streamed streamed =
+          Stream(stub, Request(model::kDefaultModelName, kPairs[served % kPairs.size()].first, 8));
+      EXPECT_TRUE(streamed.status.ok()) << Describe(streamed.status);
+    }
+  }
+
+  // The losses each step of `log` (a worker job's) logged are those of the same fine-tune
+  // (WriteFineTune's) as `tessera train` runs it over 2 replicas of TP 2.
+  void ExpectTesseraTrainsLosses(const std::string& log, int steps) {
+    std::vector<std::string> argv(absl::StrSplit(TESSERA_MPIRUN_COMMAND, ' ', absl::SkipEmpty()));
+    // clang-format off
+  argv.insert(argv.end(), {
+      "-np", "4", TESSERA_BINARY, "train", "--tp", "2", "--data", dir_ + "/pairs.jsonl",
+      "--output", dir_ + "/alone", "--steps", absl::StrCat(steps), "--seq-len", "64",
+      "--micro-batch", "4", "--grad-accum", "1", "--lr", "0.01", "--warmup", "0",
+      "--schedule", "cosine", "--lora-r", "8", "--lora-alpha", "16",
+      "--lora-targets", "q_proj,v_proj,gate_proj,up_proj,down_proj", "--seed", "1",
+      "--save-every", "0", "--no-export"});
+    // clang-format on
+    absl::StatusOr<std::unique_ptr<ChildProcess>> train =
+        ChildProcess::Start(argv, dir_ + "/alone.log", harness_->ChildEnvironment());
+    ASSERT_TRUE(train.ok()) << train.status();
+    const std::optional<int> code = (*train)->Wait(kStartTimeout);
+    ASSERT_EQ(code, std::optional<int>(0)) << Tail((*train)->Log(), 40);
+    std::map<int, double> alone;
+    std::ifstream logged(dir_ + "/alone/log.jsonl");
+    for (std::string line; std::getline(logged, line);) {
+      const nlohmann::json entry = nlohmann::json::parse(line, nullptr, false);
+      if (entry.is_object() && entry.contains("step") && entry.contains("tokens_per_s")) {
+        alone[entry["step"].get<int>()] = entry["loss"].get<double>();
+      }
+    }
+    const std::map<int, std::string> inside = LossesLogged(log);
+    ASSERT_EQ(inside.size(), static_cast<size_t>(steps));
+    ASSERT_EQ(alone.size(), static_cast<size_t>(steps));
+    for (const auto& [step, loss] : inside) {
+      double value = 0;
+      ASSERT_TRUE(absl::SimpleAtod(loss, &value)) << loss;
+      EXPECT_NEAR(value, alone[step], 1e-5 * alone[step]) << "step " << step;
+    }
   }
 
   std::string dir_;
@@ -215,30 +305,6 @@ TEST_F(ServeFinetune, LearnsWhileServingAndServesEachPublishedVersion) {
   workers.value()->process().Stop(absl::Seconds(10));
 }
 
-// What TrainingStatus says of `model`'s fine-tunes (empty when the call fails).
-v1::TrainingStatusResponse TrainingStatusOf(v1::Inference::Stub& stub, const std::string& model) {
-  grpc::ClientContext context;
-  SetDeadline(context, absl::Seconds(10));
-  v1::TrainingStatusRequest request;
-  request.set_model(model);
-  v1::TrainingStatusResponse response;
-  const grpc::Status status = stub.TrainingStatus(&context, request, &response);
-  EXPECT_TRUE(status.ok()) << status.error_message();
-  return response;
-}
-
-// The loss each "step" event of a fine-tune's log gives, by step, as logged.
-std::map<int, std::string> LossesLogged(const std::string& log) {
-  std::map<int, std::string> losses;
-  for (const nlohmann::json& event : Events(log, "step")) {
-    if (event.value("component", "") != "finetune") continue;
-    int step = 0;
-    const std::string at = event.value("step", "");
-    if (absl::SimpleAtoi(at.substr(0, at.find('/')), &step)) losses[step] = event.value("loss", "");
-  }
-  return losses;
-}
-
 TEST_F(ServeFinetune, AGroupStartedAgainAfterALostRankResumesFromItsLastCheckpoint) {
   constexpr int kShortSteps = 30, kShortPublishEvery = 10, kKilledBefore = 15;
   const std::string dir = dir_;
@@ -257,16 +323,9 @@ TEST_F(ServeFinetune, AGroupStartedAgainAfterALostRankResumesFromItsLastCheckpoi
   {
     // Started through the coordinator, which gives it back to the group when it registers
     // again.
-    std::ifstream file(WriteFineTune(dir, kShortSteps, kShortPublishEvery));
-    std::stringstream config;
-    config << file.rdbuf();
-    grpc::ClientContext context;
-    SetDeadline(context, kStartTimeout);
-    v1::StartTrainingRequest request;
-    request.set_model(model);
-    request.set_config_json(config.str());
     v1::StartTrainingResponse response;
-    const grpc::Status started = stub.StartTraining(&context, request, &response);
+    const grpc::Status started =
+        StartThroughCoordinator(kShortSteps, kShortPublishEvery, &response);
     ASSERT_TRUE(started.ok()) << started.error_message();
   }
   const std::optional<int> ended = (*first)->process().Wait(kStartTimeout);
@@ -319,55 +378,61 @@ TEST_F(ServeFinetune, OverTwoGroupsOfAJobItIsDataParallelAndTakesTesseraTrainsSt
   constexpr int kDpSteps = 20, kDpPublishEvery = 10;
   absl::StatusOr<std::unique_ptr<WorkerJob>> workers = StartDataParallel(kDpSteps, kDpPublishEvery);
   ASSERT_TRUE(workers.ok()) << workers.status();
-  const std::string model = model::kDefaultModelName;
   v1::Inference::Stub& stub = coordinator_->inference();
-  // A client streams meanwhile: the groups' step loops run apart (each request runs on one of
-  // them), and meet at each update.
+  // A client streams meanwhile: the groups' step loops run apart, and meet at each update.
   const std::string last = absl::StrCat(dir_, "/tuned/step-", kDpSteps);
-  const absl::Time deadline = absl::Now() + kStartTimeout;
-  int served = 0;
-  while (absl::Now() < deadline && Listed(stub, "tuned").dir() != last) {
-    Streamed streamed = Stream(stub, Request(model, kPairs[served % kPairs.size()].first, 8));
-    EXPECT_TRUE(streamed.status.ok()) << Describe(streamed.status);
-    ++served;
-  }
+  StreamUntilServed(last);
   const std::string log = (*workers)->process().Log();
   ASSERT_EQ(Listed(stub, "tuned").dir(), last) << Tail(log, 40);
   // Both groups served each version.
   EXPECT_EQ(Events(log, "published").size(), 2u * kDpSteps / kDpPublishEvery) << Tail(log, 40);
 
-  // The same fine-tune as `tessera train` runs it over 2 replicas of TP 2.
-  std::vector<std::string> argv(absl::StrSplit(TESSERA_MPIRUN_COMMAND, ' ', absl::SkipEmpty()));
-  // clang-format off
-  argv.insert(argv.end(), {
-      "-np", "4", TESSERA_BINARY, "train", "--tp", "2", "--data", dir_ + "/pairs.jsonl",
-      "--output", dir_ + "/alone", "--steps", absl::StrCat(kDpSteps), "--seq-len", "64",
-      "--micro-batch", "4", "--grad-accum", "1", "--lr", "0.01", "--warmup", "0",
-      "--schedule", "cosine", "--lora-r", "8", "--lora-alpha", "16",
-      "--lora-targets", "q_proj,v_proj,gate_proj,up_proj,down_proj", "--seed", "1",
-      "--save-every", "0", "--no-export"});
-  // clang-format on
-  absl::StatusOr<std::unique_ptr<ChildProcess>> train =
-      ChildProcess::Start(argv, dir_ + "/alone.log", harness_->ChildEnvironment());
-  ASSERT_TRUE(train.ok()) << train.status();
-  const std::optional<int> code = (*train)->Wait(kStartTimeout);
-  ASSERT_EQ(code, std::optional<int>(0)) << Tail((*train)->Log(), 40);
-  std::map<int, double> alone;
-  std::ifstream steps(dir_ + "/alone/log.jsonl");
-  for (std::string line; std::getline(steps, line);) {
-    const nlohmann::json entry = nlohmann::json::parse(line, nullptr, false);
-    if (entry.is_object() && entry.contains("step") && entry.contains("tokens_per_s")) {
-      alone[entry["step"].get<int>()] = entry["loss"].get<double>();
-    }
+  ExpectTesseraTrainsLosses(log, kDpSteps);
+  (*workers)->process().Stop(absl::Seconds(10));
+}
+
+// A job of two groups started without --train-config: the coordinator's StartTraining, named
+// on either group, starts the fine-tune on both at once, and it runs as --train-config's
+// does (the same steps as tessera train's); a second start is refused while it runs.
+TEST_F(ServeFinetune, StartedThroughTheCoordinatorOnAJobOfTwoGroupsItRunsOnBoth) {
+  constexpr int kDpSteps = 20, kDpPublishEvery = 10;
+  WorkerJobOptions job;
+  job.np = 4;
+  job.tp = 2;
+  absl::StatusOr<std::unique_ptr<WorkerJob>> workers = StartWorkers(job);
+  ASSERT_TRUE(workers.ok()) << workers.status();
+  const std::string model = model::kDefaultModelName;
+  const absl::Status healthy =
+      coordinator_->WaitForHealthyGroups(model, {{"v1", 2}}, kStartTimeout);
+  ASSERT_TRUE(healthy.ok()) << healthy;
+  v1::Inference::Stub& stub = coordinator_->inference();
+  auto start = [&](v1::StartTrainingResponse* response) {
+    return StartThroughCoordinator(kDpSteps, kDpPublishEvery, response);
+  };
+  v1::StartTrainingResponse started;
+  const grpc::Status status = start(&started);
+  ASSERT_TRUE(status.ok()) << status.error_message() << "\n"
+                           << Tail((*workers)->process().Log(), 40);
+  ASSERT_EQ(started.groups_size(), 2);
+  EXPECT_EQ(started.groups(0), started.group());
+  v1::StartTrainingResponse again;
+  const grpc::Status second = start(&again);
+  EXPECT_EQ(second.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_TRUE(absl::StrContains(second.error_message(), "is running")) << second.error_message();
+
+  const std::string last = absl::StrCat(dir_, "/tuned/step-", kDpSteps);
+  StreamUntilServed(last);
+  const std::string log = (*workers)->process().Log();
+  ASSERT_EQ(Listed(stub, "tuned").dir(), last) << Tail(log, 40);
+  EXPECT_EQ(Events(log, "published").size(), 2u * kDpSteps / kDpPublishEvery) << Tail(log, 40);
+  const v1::TrainingStatusResponse states = TrainingStatusOf(stub, model);
+  ASSERT_EQ(states.trainings_size(), 2);
+  for (const v1::TrainingState& state : states.trainings()) {
+    EXPECT_EQ(state.state(), "finished") << state.error();
+    EXPECT_EQ(state.steps_done(), kDpSteps);
+    EXPECT_EQ(state.loss(), states.trainings(0).loss());
   }
-  const std::map<int, std::string> inside = LossesLogged(log);
-  ASSERT_EQ(inside.size(), static_cast<size_t>(kDpSteps));
-  ASSERT_EQ(alone.size(), static_cast<size_t>(kDpSteps));
-  for (const auto& [step, loss] : inside) {
-    double value = 0;
-    ASSERT_TRUE(absl::SimpleAtod(loss, &value)) << loss;
-    EXPECT_NEAR(value, alone[step], 1e-5 * alone[step]) << "step " << step;
-  }
+  ExpectTesseraTrainsLosses(log, kDpSteps);
   (*workers)->process().Stop(absl::Seconds(10));
 }
 

@@ -2,8 +2,9 @@
 // MPI: a real Coordinator on loopback in front of fake group leaders whose Worker services
 // answer the fine-tune calls as each test sets them (or not at all: a worker older than the
 // calls). What is checked is the coordinator's own part: the request's checks, the group a
-// fine-tune goes to, the fan-out and what it gathers or skips, errors naming the group, the
-// operators' token, and the fine-tune a group registering again under its name gets back.
+// fine-tune goes to (every group of a job of several), the fan-out and what it gathers or
+// skips, errors naming the group, the operators' token, and the fine-tune a group
+// registering again under its name gets back.
 
 #include <gtest/gtest.h>
 
@@ -154,9 +155,11 @@ class CoordinatorTrainingTest : public ::testing::Test {
     return Register(worker, model, version, absl::StrCat("host/replica", workers_.size()))
         .group_id();
   }
-  // The same under the group name `name`; the coordinator's answer.
+  // The same under the group name `name`, in `job` (unset: its job's only group); the
+  // coordinator's answer.
   v1::RegisterResponse Register(grpc::Service* worker, const std::string& model,
-                                const std::string& version, const std::string& name) {
+                                const std::string& version, const std::string& name,
+                                const v1::WorkerJob& job = {}) {
     GrpcServerOptions options;
     options.address = "127.0.0.1:0";
     absl::StatusOr<RunningGrpcServer> running = StartGrpcServer(options, {worker});
@@ -169,6 +172,7 @@ class CoordinatorTrainingTest : public ::testing::Test {
     request.set_version(version);
     request.set_endpoint(endpoint);
     request.set_name(name);
+    *request.mutable_job() = job;
     request.mutable_kv()->set_block_size(16);
     request.mutable_kv()->set_blocks(64);
     request.set_tokenizer_json(kTokenizerJson);
@@ -398,6 +402,68 @@ TEST_F(CoordinatorTrainingTest, AGroupRegisteringAgainUnderItsNameGetsItsFineTun
   ASSERT_OK_AND_ASSIGN(std::vector<std::string> stopped, StopTraining("tiny", "", g1));
   EXPECT_EQ(stopped, std::vector<std::string>{g1});
   EXPECT_EQ(Register(&NewTrainer(), "tiny", "v1", "host/replica0").training_config_json(), "");
+}
+
+// A group of a job of several (tessera worker --np 4 --tp 2) runs a fine-tune data-parallel
+// over the job's groups, which create it together: a start named on any of them goes to
+// every one at once, marked job-wide, once all are registered and none runs one; a stop goes
+// to them all; and each name gets the fine-tune back when the job registers again.
+TEST_F(CoordinatorTrainingTest, AJobOfSeveralGroupsStartsAndStopsItsFineTuneTogether) {
+  StartCoordinator();
+  v1::WorkerJob job;
+  job.set_id("job-a");
+  job.set_groups(2);
+  FakeTrainer& alone = NewTrainer();
+  FakeTrainer& first = NewTrainer();
+  FakeTrainer& second = NewTrainer();
+  const std::string g1 = AddGroup(&alone);  // host/replica0, a job of its own
+  const std::string g2 = Register(&first, "tiny", "v1", "host/replica1", job).group_id();
+
+  // Half of the job is registered: refused, nothing sent.
+  EXPECT_TRUE(IsError(StartTraining(Start("tiny", "", g2)), absl::StatusCode::kFailedPrecondition,
+                      {"group ", g2, " (host/replica1) runs in a job of 2 groups",
+                       "1 of them are registered (", g2, "): start it once all are"}));
+  EXPECT_TRUE(first.started().empty());
+
+  const std::string g3 = Register(&second, "tiny", "v1", "host/replica2", job).group_id();
+  ASSERT_OK_AND_ASSIGN(v1::StartTrainingResponse started, StartTraining(Start("tiny", "", g3)));
+  EXPECT_EQ(started.group(), g3);
+  EXPECT_EQ(std::vector<std::string>(started.groups().begin(), started.groups().end()),
+            (std::vector<std::string>{g2, g3}));
+  for (FakeTrainer* member : {&first, &second}) {
+    ASSERT_EQ(member->started().size(), 1u);
+    EXPECT_TRUE(member->started()[0].job_wide());
+    EXPECT_EQ(member->started()[0].config_json(), kConfig);
+  }
+  EXPECT_TRUE(alone.started().empty());
+  // A group of its own job is started alone, not job-wide.
+  ASSERT_OK_AND_ASSIGN(started, StartTraining(Start("tiny", "", g1)));
+  EXPECT_EQ(std::vector<std::string>(started.groups().begin(), started.groups().end()),
+            std::vector<std::string>{g1});
+  ASSERT_EQ(alone.started().size(), 1u);
+  EXPECT_FALSE(alone.started()[0].job_wide());
+
+  // One runs there: refused before any group of the job is asked to start.
+  EXPECT_TRUE(IsError(StartTraining(Start("tiny", "", g2)), absl::StatusCode::kFailedPrecondition,
+                      {"group ", g2,
+                       " (host/replica1): its fine-tune of adapter tuned is running "
+                       "(step 12/300)"}));
+  EXPECT_EQ(first.started().size(), 1u);
+  EXPECT_EQ(second.started().size(), 1u);
+
+  // The job started again (a new job, under the same names): each name gets it back.
+  v1::WorkerJob again = job;
+  again.set_id("job-b");
+  EXPECT_EQ(Register(&NewTrainer(), "tiny", "v1", "host/replica1", again).training_config_json(),
+            kConfig);
+  EXPECT_EQ(Register(&NewTrainer(), "tiny", "v1", "host/replica2", again).training_config_json(),
+            kConfig);
+
+  // A stop named on one group stops the job's others with it, and forgets them all.
+  ASSERT_OK_AND_ASSIGN(std::vector<std::string> stopped, StopTraining("tiny", "", g2));
+  EXPECT_EQ(stopped, (std::vector<std::string>{g2, g3}));
+  EXPECT_EQ(Register(&NewTrainer(), "tiny", "v1", "host/replica1").training_config_json(), "");
+  EXPECT_EQ(Register(&NewTrainer(), "tiny", "v1", "host/replica2").training_config_json(), "");
 }
 
 TEST_F(CoordinatorTrainingTest, StartingAndStoppingNeedTheJoinTokenTheStatusDoesNot) {

@@ -362,8 +362,8 @@ TEST(WorkerJobTest, EachReplicaIsAJobOfItsOwn) {
                       {"--max-failed-starts"}));
 }
 
-// With --train-groups N the fine-tune's first N groups are one job (mpirun -np N x tp), which
-// alone runs --train-config; the other groups keep a job each.
+// With --train-groups N the first N groups are one job (mpirun -np N x tp), which alone runs
+// --train-config; the other groups keep a job each.
 TEST(WorkerJobTest, TheGroupsOfADataParallelFineTuneAreOneJob) {
   WorkerJobConfig config;
   config.np = 6;
@@ -411,10 +411,15 @@ TEST(WorkerJobTest, TheGroupsOfADataParallelFineTuneAreOneJob) {
   config.train_groups = 0;
   EXPECT_TRUE(IsError(CheckWorkerJobConfig(config), absl::StatusCode::kInvalidArgument,
                       {"--train-groups 0"}));
+
+  // Without --train-config the groups still run as one job, for a fine-tune that the
+  // coordinator's StartTraining starts on them; no worker runs one from the start.
   config.train_groups = 2;
   config.train_config.clear();
-  EXPECT_TRUE(IsError(CheckWorkerJobConfig(config), absl::StatusCode::kInvalidArgument,
-                      {"--train-groups 2", "--train-config"}));
+  ASSERT_OK(CheckWorkerJobConfig(config));
+  ASSERT_EQ(LocalJobs(config).size(), 2u);
+  EXPECT_EQ(LocalJobs(config)[0].groups, 2);
+  EXPECT_FALSE(has(WorkerCommand(config, 50051, LocalJobs(config)[0]), "--train-config"));
 }
 
 // --quantize-activations defaults to auto: int8 activations for int4 weights, f32 for int8
