@@ -217,7 +217,17 @@ absl::Status BenchGenerate(const BenchGenerateConfig& config, int* argc, char***
   }
   // Every model first, then the probe again: the limit is the better of the two readings.
   std::vector<std::string> variants = absl::StrSplit(config.quantize, ',', absl::SkipEmpty());
-  if (device_tp != nullptr) variants = {"none"};  // quantized weights run on the CPU only
+  if (device_tp != nullptr) {
+    // A GPU takes f32 activations whatever the variant says: the weight formats once each.
+    std::vector<std::string> formats;
+    for (const std::string& variant : variants) {
+      const std::string weights = variant.substr(0, variant.find('-'));
+      if (std::find(formats.begin(), formats.end(), weights) == formats.end()) {
+        formats.push_back(weights);
+      }
+    }
+    variants = formats;
+  }
   std::vector<Row> rows;
   std::vector<size_t> baseline;  // per row: the row of the same model as stored
   for (const BenchModel& m : models) {
@@ -328,7 +338,8 @@ int RunBench(const std::vector<std::string>& args, int* argc, char*** argv) {
   flags.String("quantize", &config.quantize,
                "comma-separated weight formats to run each model in: none (as stored), int8, "
                "int4 (--quantize's values, with --quantize-activations auto), each with -a8 "
-               "(int8 activations) or -f32 (f32 activations); CPU, a GPU runs none");
+               "(int8 activations) or -f32 (f32 activations); a GPU runs each weight format once, "
+               "with f32 activations");
   flags.Int("tp", &config.tp, "tensor-parallel degree (0: all ranks)");
   flags.Int("prompt-tokens", &config.prompt_tokens, "prompt length");
   flags.Int("decode-tokens", &config.decode_tokens, "tokens decoded");

@@ -189,8 +189,9 @@ absl::Status QuantizeRow(const Tensor& w, WeightQuant quant, int64_t group_size,
   return absl::OkStatus();
 }
 
-// Whether w's tensors are the ones Pack makes for its quant and shape.
-absl::Status CheckPacked(absl::string_view kernel, const QuantizedWeight& w) {
+}  // namespace
+
+absl::Status CheckPacked(absl::string_view kernel, const QuantizedWeight& w, Device device) {
   if (!w.defined()) return absl::InvalidArgumentError(absl::StrCat(kernel, ": w is undefined"));
   TESSERA_RETURN_IF_ERROR(CheckGroupSize(kernel, w.quant, w.cols, w.group_size));
   const int64_t panels = (w.rows + kLanes - 1) / kLanes;
@@ -205,22 +206,25 @@ absl::Status CheckPacked(absl::string_view kernel, const QuantizedWeight& w) {
   const Shape codes_shape = !int8 ? Shape({panels, w.cols / 8, kLanes})
                             : q8  ? Shape({panels, w.cols / 4, kLanes, 4})
                                   : Shape({panels, w.cols, kLanes});
-  const bool ok = w.rows >= 0 && w.codes.device().is_cpu() && w.scales.device().is_cpu() &&
+  const bool ok = w.rows >= 0 && w.codes.device() == device && w.scales.device() == device &&
                   w.codes.dtype() == (int8 ? DType::kI8 : DType::kI32) &&
                   w.codes.shape() == codes_shape &&
                   w.scales.dtype() == (row_scale ? DType::kF32 : DType::kF16) &&
                   w.scales.shape() == Shape({panels, row_scale ? 1 : groups, kLanes}) &&
                   (int8 ? !w.offsets.defined()
-                        : w.offsets.dtype() == DType::kF16 && w.offsets.device().is_cpu() &&
+                        : w.offsets.dtype() == DType::kF16 && w.offsets.device() == device &&
                               w.offsets.shape() == w.scales.shape());
   if (!ok) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        kernel, ": w (", WeightQuantName(w.quant), ", ", w.rows, " x ", w.cols, ", group size ",
-        w.group_size, ") has codes ", w.codes.DebugString(), ", scales ", w.scales.DebugString(),
-        " and offsets ", w.offsets.DebugString(), ", not the packing QuantizeWeight makes"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(kernel, ": w (", WeightQuantName(w.quant), ", ", w.rows, " x ", w.cols,
+                     ", group size ", w.group_size, ") has codes ", w.codes.DebugString(),
+                     ", scales ", w.scales.DebugString(), " and offsets ", w.offsets.DebugString(),
+                     ", not the packing QuantizeWeight makes on ", device.ToString()));
   }
   return absl::OkStatus();
 }
+
+namespace {
 
 // n values of the calling thread's scratch slot kSlot; kept between calls (it grows to the
 // largest call's need).
@@ -1208,7 +1212,7 @@ absl::StatusOr<QuantizedWeight> QuantizedWeightFromGroups(WeightQuant quant, int
 absl::StatusOr<QuantizedWeight> WithActivations(const QuantizedWeight& w,
                                                 ActivationQuant activations) {
   constexpr char kKernel[] = "WithActivations";
-  TESSERA_RETURN_IF_ERROR(CheckPacked(kKernel, w));
+  TESSERA_RETURN_IF_ERROR(CheckPacked(kKernel, w, Device::Cpu()));
   QuantizedWeight to = w;
   to.activations = activations;
   if (w.quant == WeightQuant::kInt4 || w.activations == activations) return to;
@@ -1243,8 +1247,18 @@ absl::StatusOr<QuantizedWeight> WithActivations(const QuantizedWeight& w,
   return to;
 }
 
+absl::StatusOr<QuantizedWeight> QuantizedWeightTo(const QuantizedWeight& w, Device device,
+                                                  Stream& stream) {
+  QuantizedWeight moved = w;
+  for (Tensor* t : {&moved.codes, &moved.scales, &moved.offsets}) {
+    if (!t->defined()) continue;
+    TESSERA_ASSIGN_OR_RETURN(*t, t->To(device, stream));
+  }
+  return moved;
+}
+
 absl::StatusOr<Tensor> DequantizeWeight(const QuantizedWeight& w) {
-  TESSERA_RETURN_IF_ERROR(CheckPacked("DequantizeWeight", w));
+  TESSERA_RETURN_IF_ERROR(CheckPacked("DequantizeWeight", w, Device::Cpu()));
   const int64_t n = w.rows, k = w.cols, groups = w.scales.dim(1);
   TESSERA_ASSIGN_OR_RETURN(Tensor out, Tensor::Empty(DType::kF32, {n, k}));
   float* to = out.data<float>();
@@ -1273,7 +1287,7 @@ absl::StatusOr<Tensor> DequantizeWeight(const QuantizedWeight& w) {
 absl::Status QuantizedLinear(const Tensor& x, const QuantizedWeight& w, const Tensor& bias,
                              Tensor& out) {
   constexpr char kKernel[] = "QuantizedLinear";
-  TESSERA_RETURN_IF_ERROR(CheckPacked(kKernel, w));
+  TESSERA_RETURN_IF_ERROR(CheckPacked(kKernel, w, Device::Cpu()));
   TESSERA_RETURN_IF_ERROR(internal::ExpectDType(kKernel, "x", x, {DType::kF32}));
   TESSERA_RETURN_IF_ERROR(internal::ExpectRank(kKernel, "x", x, 2));
   const int64_t m = x.dim(0), k = w.cols, n = w.rows;

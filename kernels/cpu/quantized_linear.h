@@ -66,6 +66,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "runtime/core/device.h"
+#include "runtime/core/stream.h"
 #include "runtime/core/tensor.h"
 
 namespace tessera::kernels {
@@ -149,6 +151,16 @@ absl::StatusOr<QuantizedWeight> QuantizedWeightFromGroups(WeightQuant quant, int
 // for int8 activations where K is not a multiple of 32, or an undefined w.
 absl::StatusOr<QuantizedWeight> WithActivations(const QuantizedWeight& w,
                                                 ActivationQuant activations);
+
+// OK when w's tensors are the ones QuantizeWeight packs for its quant, shape and activations
+// and live on `device`; INVALID_ARGUMENT naming `kernel` and what differs otherwise. The
+// check of every device's product.
+absl::Status CheckPacked(absl::string_view kernel, const QuantizedWeight& w, Device device);
+
+// w with its tensors copied to `device`, ordered on `stream` (a GPU's product reads the same
+// packing: kernels/cuda/quantized_linear.h).
+absl::StatusOr<QuantizedWeight> QuantizedWeightTo(const QuantizedWeight& w, Device device,
+                                                  Stream& stream);
 
 // w as f32 (N, K), each weight the f32 nearest scale * code + offset (int8: scale * q)
 // computed with the stored scale and offset: the weight the product multiplies by. The

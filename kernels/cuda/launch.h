@@ -23,6 +23,7 @@
 #include "kernels/cpu/check_shapes.h"
 #include "runtime/core/check.h"
 #include "runtime/core/cuda/cuda_check.h"
+#include "runtime/core/status_macros.h"
 #include "runtime/core/stream.h"
 #include "runtime/core/tensor.h"
 
@@ -80,6 +81,15 @@ inline unsigned int GridStrideBlocks(int64_t count, int threads) {
   constexpr int64_t kMaxBlocks = 65536;
   int64_t blocks = (count + threads - 1) / threads;
   return static_cast<unsigned int>(blocks < 1 ? 1 : (blocks > kMaxBlocks ? kMaxBlocks : blocks));
+}
+
+// bias is undefined (none), or (n) f32, bf16 or f16 on `device`.
+inline absl::Status ExpectBias(absl::string_view kernel, const Tensor& bias, int64_t n,
+                               Device device) {
+  if (!bias.defined()) return absl::OkStatus();
+  TESSERA_RETURN_IF_ERROR(
+      ExpectDType(kernel, "bias", bias, {DType::kF32, DType::kBF16, DType::kF16}, device));
+  return ExpectShape(kernel, "bias", bias, {n});
 }
 
 // Whether `p` may be read as float4 / written as 16-byte vectors.

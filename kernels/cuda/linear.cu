@@ -106,11 +106,7 @@ absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor
   }
   TESSERA_RETURN_IF_ERROR(ExpectDType(kKernel, "out", out, {DType::kF32}, device));
   TESSERA_RETURN_IF_ERROR(ExpectShape(kKernel, "out", out, {m, n}));
-  if (bias.defined()) {
-    TESSERA_RETURN_IF_ERROR(
-        ExpectDType(kKernel, "bias", bias, {DType::kF32, DType::kBF16, DType::kF16}, device));
-    TESSERA_RETURN_IF_ERROR(ExpectShape(kKernel, "bias", bias, {n}));
-  }
+  TESSERA_RETURN_IF_ERROR(internal::ExpectBias(kKernel, bias, n, device));
   // cuBLAS takes int dimensions.
   constexpr int64_t kMaxDim = std::numeric_limits<int>::max();
   TESSERA_RETURN_IF_ERROR(ExpectAtMost(kKernel, "rows of x", m, kMaxDim));

@@ -5,6 +5,7 @@
 #include "runtime/core/status_macros.h"
 #if TESSERA_HAVE_CUDA
 #include "kernels/cuda/linear.h"
+#include "kernels/cuda/quantized_linear.h"
 #endif
 
 namespace tessera::kernels::ops {
@@ -25,10 +26,10 @@ absl::Status Linear(const Tensor& x, const ProjectionWeight& w, const Tensor& bi
                     Stream& stream) {
   if (!w.quantized.defined()) return Linear(x, w.dense, bias, out, stream);
   TESSERA_ASSIGN_OR_RETURN(Backend backend, internal::BackendFor("Linear", out, stream));
-  if (backend != Backend::kCpu) {
-    return absl::UnimplementedError(
-        "weight-only quantized projections run on the CPU only so far (--device cpu)");
-  }
+#if TESSERA_HAVE_CUDA
+  if (backend == Backend::kCuda) return cuda::QuantizedLinear(x, w.quantized, bias, out, stream);
+#endif
+  (void)backend;
   return kernels::QuantizedLinear(x, w.quantized, bias, out);
 }
 

@@ -33,7 +33,8 @@ struct ProjectionWeight {
   uint64_t nbytes() const { return quantized.defined() ? quantized.nbytes() : dense.nbytes(); }
 };
 
-// Linear with either form of weight. UNIMPLEMENTED for a quantized weight off the CPU.
+// Linear with either form of weight (a quantized one: kernels/cpu/quantized_linear.h, or
+// kernels/cuda/quantized_linear.h with its tensors on the GPU).
 absl::Status Linear(const Tensor& x, const ProjectionWeight& w, const Tensor& bias, Tensor& out,
                     Stream& stream);
 

@@ -104,11 +104,6 @@ absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Load(const std::string
         absl::StrCat("--kv-cache-dtype ", NameOf(*load.kv_cache_dtype), ": expected auto or int8"));
   }
   if (load.quantize.has_value()) {
-    if (!device.is_cpu()) {
-      return absl::UnimplementedError(absl::StrCat("--quantize ", load.quantize->ToString(),
-                                                   " runs on the CPU only so far, not on ",
-                                                   device.ToString()));
-    }
     TESSERA_RETURN_IF_ERROR(CheckQuantizationFits(config, plan, *load.quantize));
   }
   if (device.is_cpu()) {
@@ -206,21 +201,29 @@ absl::StatusOr<Transformer::LoadedWeight> Transformer::StackGateUp(const LoadedW
 }
 
 absl::Status Transformer::TakeProjections() {
+  // Quantized on the host (MoveWeightsToDevice left them there), then moved; on a GPU the
+  // activations stay f32 (kernels/cuda/quantized_linear.h).
+  auto quantized_for_device =
+      [&](const kernels::QuantizedWeight& host) -> absl::StatusOr<kernels::QuantizedWeight> {
+    if (device_.is_cpu()) return kernels::WithActivations(host, quantize_->activations);
+    TESSERA_ASSIGN_OR_RETURN(kernels::QuantizedWeight moved,
+                             kernels::QuantizedWeightTo(host, device_, *stream_));
+    TESSERA_RETURN_IF_ERROR(stream_->Synchronize());  // the host copy goes on return
+    return moved;
+  };
   auto take = [&](Tensor& from, std::shared_ptr<const StoredGroups>& groups,
                   ops::ProjectionWeight& to) -> absl::Status {
-    if (groups != nullptr) {  // --quantize stored, on the CPU only (Load checks)
+    if (groups != nullptr) {  // --quantize stored
       TESSERA_ASSIGN_OR_RETURN(const kernels::QuantizedWeight stored, ToQuantizedWeight(*groups));
-      TESSERA_ASSIGN_OR_RETURN(to.quantized,
-                               kernels::WithActivations(stored, quantize_->activations));
+      TESSERA_ASSIGN_OR_RETURN(to.quantized, quantized_for_device(stored));
       groups = nullptr;
-    } else if (!device_.is_cpu()) {
-      to.dense = std::move(from);
     } else if (quantize_.has_value()) {
       TESSERA_ASSIGN_OR_RETURN(
           const kernels::QuantizedWeight quantized,
           kernels::QuantizeWeight(from, quantize_->quant, quantize_->GroupFor(from.dim(1))));
-      TESSERA_ASSIGN_OR_RETURN(to.quantized,
-                               kernels::WithActivations(quantized, quantize_->activations));
+      TESSERA_ASSIGN_OR_RETURN(to.quantized, quantized_for_device(quantized));
+    } else if (!device_.is_cpu()) {
+      to.dense = std::move(from);
     } else {
       TESSERA_ASSIGN_OR_RETURN(to.dense, kernels::PackLinearWeight(from));
     }
@@ -289,8 +292,12 @@ absl::Status Transformer::MoveWeightsToDevice() {
   for (Layer& layer : layers_) {
     for (Tensor* t :
          {&layer.input_norm, &layer.post_attention_norm, &layer.post_self_attn_norm,
-          &layer.post_mlp_norm, &layer.q, &layer.k, &layer.v, &layer.q_bias, &layer.k_bias,
-          &layer.v_bias, &layer.o, &layer.o_bias, &layer.gate_up, &layer.down}) {
+          &layer.post_mlp_norm, &layer.q_bias, &layer.k_bias, &layer.v_bias, &layer.o_bias}) {
+      TESSERA_RETURN_IF_ERROR(move(*t));
+    }
+    // Quantized projections are quantized on the host first (TakeProjections).
+    if (quantize_.has_value()) continue;
+    for (Tensor* t : {&layer.q, &layer.k, &layer.v, &layer.o, &layer.gate_up, &layer.down}) {
       TESSERA_RETURN_IF_ERROR(move(*t));
     }
   }

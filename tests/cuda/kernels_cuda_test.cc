@@ -26,6 +26,7 @@
 #include "kernels/cpu/elementwise_reduce.h"
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/norm_activation.h"
+#include "kernels/cpu/quantized_linear.h"
 #include "kernels/cpu/rotary.h"
 #include "kernels/cpu/row_ops.h"
 #include "kernels/cpu/sampling.h"
@@ -33,6 +34,7 @@
 #include "kernels/cuda/elementwise_reduce.h"
 #include "kernels/cuda/linear.h"
 #include "kernels/cuda/norm_activation.h"
+#include "kernels/cuda/quantized_linear.h"
 #include "kernels/cuda/rotary.h"
 #include "kernels/cuda/row_ops.h"
 #include "kernels/cuda/sampling.h"
@@ -633,6 +635,76 @@ TEST_F(KernelsCudaTest, LinearMatchesCpuForEveryWeightType) {
       }
     }
   }
+}
+
+// Each weight format's product against the CPU's (f32 activations), decode rows (the codes
+// widened in registers) and prefill rows (widened to bf16, then the tensor cores), with and
+// without bias. Bounds, over the scale sum_k |x w| + |bias| of each element: decode 1e-5
+// (f32 rounding); prefill the two bf16 roundings, of w and of x, 2^-7.
+TEST_F(KernelsCudaTest, QuantizedLinearMatchesCpuForEveryFormat) {
+  struct Format {
+    WeightQuant quant;
+    int64_t group;  // 0: one group a row
+  };
+  struct Shape3 {
+    int64_t m, k, n;
+  };
+  for (Format f : {Format{WeightQuant::kInt8, 0}, Format{WeightQuant::kInt8, 32},
+                   Format{WeightQuant::kInt4, 32}, Format{WeightQuant::kInt4, 128}}) {
+    for (Shape3 s :
+         {Shape3{1, 256, 40}, {3, 1024, 517}, {8, 128, 64}, {9, 512, 100}, {40, 256, 24}}) {
+      for (bool with_bias : {false, true}) {
+        SCOPED_TRACE(std::string(WeightQuantName(f.quant)) + " group " + std::to_string(f.group) +
+                     " m " + std::to_string(s.m) + " k " + std::to_string(s.k) + " n " +
+                     std::to_string(s.n) + (with_bias ? " bias" : ""));
+        Tensor x = Random(DType::kF32, {s.m, s.k});
+        const QuantizedWeight w = Must(QuantizeWeight(Random(DType::kF32, {s.n, s.k}, 0.05),
+                                                      f.quant, f.group == 0 ? s.k : f.group));
+        Tensor bias = with_bias ? Random(DType::kBF16, {s.n}) : Tensor();
+        Tensor expected = Must(Tensor::Empty(DType::kF32, {s.m, s.n}));
+        ASSERT_OK(QuantizedLinear(x, w, bias, expected));
+        Tensor out = GpuZeros(DType::kF32, {s.m, s.n});
+        const QuantizedWeight on_gpu = Must(QuantizedWeightTo(w, kGpu, stream()));
+        ASSERT_OK(cuda::QuantizedLinear(OnGpu(x), on_gpu, with_bias ? OnGpu(bias) : Tensor(), out,
+                                        stream()));
+        Tensor actual = ToHost(out);
+        const Tensor dequantized = Must(DequantizeWeight(w));
+        const double unit = s.m <= cuda::kQuantizedDecodeRows ? 0.0 : 0x1p-7;
+        int64_t wrong = 0;
+        for (int64_t i = 0; i < s.m; ++i) {
+          for (int64_t j = 0; j < s.n; ++j) {
+            double scale = with_bias ? std::abs(At(bias, j)) : 0.0;
+            for (int64_t c = 0; c < s.k; ++c) {
+              scale += std::abs(static_cast<double>(x.data<float>()[i * s.k + c]) *
+                                dequantized.data<float>()[j * s.k + c]);
+            }
+            const float got = actual.data<float>()[i * s.n + j];
+            const float want = expected.data<float>()[i * s.n + j];
+            if (std::abs(static_cast<double>(got) - want) > (unit + 1e-5) * scale + 1e-7 &&
+                ++wrong <= 5) {
+              ADD_FAILURE() << "(" << i << "," << j << "): " << got << " vs " << want << ", scale "
+                            << scale;
+            }
+          }
+        }
+        EXPECT_EQ(wrong, 0);
+      }
+    }
+  }
+}
+
+// A weight packed for int8 activations (the CPU's), or left on the host, is refused by name.
+TEST_F(KernelsCudaTest, QuantizedLinearRefusesWeightsNotPackedForTheGpu) {
+  const QuantizedWeight w =
+      Must(QuantizeWeight(Random(DType::kF32, {16, 64}), WeightQuant::kInt4, 32));
+  Tensor x = OnGpu(Random(DType::kF32, {1, 64}));
+  Tensor out = GpuZeros(DType::kF32, {1, 16});
+  EXPECT_TRUE(IsError(cuda::QuantizedLinear(x, w, Tensor(), out, stream()),
+                      absl::StatusCode::kInvalidArgument, {"QuantizedLinear", "cuda"}));
+  const QuantizedWeight int8_activations =
+      Must(QuantizedWeightTo(Must(WithActivations(w, ActivationQuant::kInt8)), kGpu, stream()));
+  EXPECT_TRUE(IsError(cuda::QuantizedLinear(x, int8_activations, Tensor(), out, stream()),
+                      absl::StatusCode::kInvalidArgument, {"int8 activations"}));
 }
 
 // --- sampling --------------------------------------------------------------------------

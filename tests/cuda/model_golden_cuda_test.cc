@@ -15,6 +15,7 @@
 #include "runtime/core/gpu_info.h"
 #include "runtime/engine/engine.h"
 #include "runtime/model/default_model.h"
+#include "runtime/model/weight_quantization.h"
 #include "tests/mpi/model_golden_check.h"
 #include "tests/mpi/mpi_test_environment.h"
 
@@ -100,10 +101,14 @@ std::vector<std::vector<int32_t>> GenerateWithEngine(
   return results;
 }
 
-TEST_F(OnGpus, EngineGeneratesTheCpuEnginesGreedyTokens) {
+// The default model loaded with `options` on the CPU and on `gpus`: the GPU engine
+// generates the CPU engine's greedy tokens for four random prompts (up to 62 tokens, so that
+// prefills take many rows at once).
+void ExpectGpuGeneratesTheCpusTokens(comm::Communicator& gpus, const LoadOptions& options,
+                                     uint32_t seed) {
   absl::StatusOr<std::string> dir = EnsureDefaultModel();
   ASSERT_TRUE(dir.ok()) << dir.status();
-  std::mt19937 random(5);
+  std::mt19937 random(seed);
   std::vector<engine::GenerationRequest> requests(4);
   for (size_t i = 0; i < requests.size(); ++i) {
     int length = 3 + static_cast<int>(random() % 60);
@@ -113,9 +118,9 @@ TEST_F(OnGpus, EngineGeneratesTheCpuEnginesGreedyTokens) {
     requests[i].sampling.max_tokens = 8;
     requests[i].sampling.ignore_eos = true;
   }
-  absl::StatusOr<std::unique_ptr<Transformer>> on_cpu = Transformer::Load(*dir, World());
+  absl::StatusOr<std::unique_ptr<Transformer>> on_cpu = Transformer::Load(*dir, World(), options);
   ASSERT_TRUE(on_cpu.ok()) << on_cpu.status();
-  absl::StatusOr<std::unique_ptr<Transformer>> on_gpu = Transformer::Load(*dir, Gpus());
+  absl::StatusOr<std::unique_ptr<Transformer>> on_gpu = Transformer::Load(*dir, gpus, options);
   ASSERT_TRUE(on_gpu.ok()) << on_gpu.status();
   ASSERT_TRUE((*on_gpu)->device().is_cuda());
   std::vector<std::vector<int32_t>> expected = GenerateWithEngine(**on_cpu, requests);
@@ -127,6 +132,21 @@ TEST_F(OnGpus, EngineGeneratesTheCpuEnginesGreedyTokens) {
     EXPECT_EQ(actual[i].size(), 8u) << "request " << i;
     EXPECT_EQ(actual[i], expected[i]) << "request " << i << " at tp " << World().size();
   }
+}
+
+TEST_F(OnGpus, EngineGeneratesTheCpuEnginesGreedyTokens) {
+  ExpectGpuGeneratesTheCpusTokens(Gpus(), LoadOptions(), 5);
+}
+
+// Weights quantized at load (int8, a scale a row): the GPU widens the same codes
+// (kernels/cuda/quantized_linear.h), f32 activations on both.
+TEST_F(OnGpus, QuantizedEngineGeneratesTheCpuEnginesGreedyTokens) {
+  absl::StatusOr<std::optional<WeightQuantization>> int8 =
+      ParseWeightQuantization("int8", "", "f32");
+  ASSERT_TRUE(int8.ok()) << int8.status();
+  LoadOptions options;
+  options.quantize = *int8;
+  ExpectGpuGeneratesTheCpusTokens(Gpus(), options, 7);
 }
 
 TEST_F(OnGpus, ForwardRefusesBadBatchValuesAsTheCpuDoes) {
