@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "runtime/core/half.h"
 #include "runtime/core/tensor.h"
 
 namespace tessera::kernels::internal {
@@ -50,9 +51,16 @@ inline absl::Status ExpectRank(absl::string_view kernel, absl::string_view name,
   return absl::OkStatus();
 }
 
-// Element i of a host f32 or bf16 tensor.
+// Element i of a host f32, bf16 or f16 tensor.
 inline float LoadFloat(const Tensor& t, int64_t i) {
-  return t.dtype() == DType::kBF16 ? t.data<BFloat16>()[i].ToFloat() : t.data<float>()[i];
+  switch (t.dtype()) {
+    case DType::kBF16:
+      return t.data<BFloat16>()[i].ToFloat();
+    case DType::kF16:
+      return t.data<Half>()[i].ToFloat();
+    default:
+      return t.data<float>()[i];
+  }
 }
 
 }  // namespace tessera::kernels::internal

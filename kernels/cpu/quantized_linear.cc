@@ -1132,7 +1132,7 @@ uint64_t QuantizedWeightBytes(WeightQuant quant, int64_t rows, int64_t cols, int
 absl::StatusOr<QuantizedWeight> QuantizeWeight(const Tensor& w, WeightQuant quant,
                                                int64_t group_size) {
   TESSERA_RETURN_IF_ERROR(
-      internal::ExpectDType(kQuantizeWeight, "w", w, {DType::kF32, DType::kBF16}));
+      internal::ExpectDType(kQuantizeWeight, "w", w, {DType::kF32, DType::kBF16, DType::kF16}));
   TESSERA_RETURN_IF_ERROR(internal::ExpectRank(kQuantizeWeight, "w", w, 2));
   const int64_t rows = w.dim(0), cols = w.dim(1);
   TESSERA_RETURN_IF_ERROR(CheckGroupSize(kQuantizeWeight, quant, cols, group_size));

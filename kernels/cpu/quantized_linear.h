@@ -119,7 +119,7 @@ struct QuantizedWeight {
 // `group_size` (cols for one group a row), without making it: for memory plans.
 uint64_t QuantizedWeightBytes(WeightQuant quant, int64_t rows, int64_t cols, int64_t group_size);
 
-// Quantizes w (N, K) f32 or bf16, each group rounded to nearest:
+// Quantizes w (N, K) f32, bf16 or f16 (a GPU's checkpoint), each group rounded to nearest:
 //   int8: scale = max |w| / 127, q = round(w / scale) in [-127, 127];
 //   int4: scale = (max - min) / 15, offset = min, code = round((w - offset) / scale) clamped
 //         to 0..15.

@@ -12,6 +12,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <string>
@@ -402,6 +403,29 @@ TEST(QuantizeWeight, ZeroAndConstantGroups) {
       if (format.quant == WeightQuant::kInt4) {
         EXPECT_EQ(dequant.data<float>()[k + c], RoundToHalf(0.3f)) << format.Name();
       }
+    }
+  }
+}
+
+// An f16 weight (a GPU keeps f16 checkpoints as they are) quantizes as its values widened to
+// f32 do: the same codes, scales and offsets.
+TEST(QuantizeWeight, TakesF16AsItsValuesInF32) {
+  const int64_t n = 9, k = 256;
+  const Tensor f16 = Random(DType::kF16, {n, k}, 31);
+  Tensor f32 = Zeros(DType::kF32, {n, k});
+  for (int64_t i = 0; i < n * k; ++i) f32.data<float>()[i] = f16.data<Half>()[i].ToFloat();
+  for (const Format& format : kFormats) {
+    ASSERT_OK_AND_ASSIGN(QuantizedWeight from_f16,
+                         QuantizeWeight(f16, format.quant, format.GroupSize(k)));
+    ASSERT_OK_AND_ASSIGN(QuantizedWeight from_f32,
+                         QuantizeWeight(f32, format.quant, format.GroupSize(k)));
+    for (const auto& [a, b] : {std::pair{&from_f16.codes, &from_f32.codes},
+                               std::pair{&from_f16.scales, &from_f32.scales},
+                               std::pair{&from_f16.offsets, &from_f32.offsets}}) {
+      ASSERT_EQ(a->defined(), b->defined()) << format.Name();
+      if (!a->defined()) continue;
+      ASSERT_EQ(a->nbytes(), b->nbytes()) << format.Name();
+      EXPECT_EQ(std::memcmp(a->data(), b->data(), a->nbytes()), 0) << format.Name();
     }
   }
 }
