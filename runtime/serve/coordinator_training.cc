@@ -10,6 +10,7 @@
 // registers again under that name (it failed, and its job was started again) gets it in its
 // RegisterResponse and starts it again, resuming from the fine-tune's last checkpoint.
 
+#include <algorithm>
 #include <functional>
 #include <string>
 #include <utility>
@@ -85,6 +86,18 @@ absl::StatusOr<GroupSnapshot> TrainingGroup(const std::vector<GroupSnapshot>& gr
   return groups.front();
 }
 
+// The groups of `groups` in `group`'s job, in their order (`group` alone when it is its job's
+// only group).
+std::vector<GroupSnapshot> JobOf(const std::vector<GroupSnapshot>& groups,
+                                 const GroupSnapshot& group) {
+  if (group.info.job_groups <= 1) return {group};
+  std::vector<GroupSnapshot> job;
+  for (const GroupSnapshot& other : groups) {
+    if (other.info.job_id == group.info.job_id) job.push_back(other);
+  }
+  return job;
+}
+
 // The groups a fine-tune started on `group` runs on: `group` alone, or every group of its job
 // when the job runs several. The fine-tune is then data-parallel over them and their ranks
 // create it together, so all must be registered and healthy, and none may run one (a group
@@ -93,10 +106,7 @@ absl::StatusOr<GroupSnapshot> TrainingGroup(const std::vector<GroupSnapshot>& gr
 absl::StatusOr<std::vector<GroupSnapshot>> TrainingJob(const std::vector<GroupSnapshot>& groups,
                                                        const GroupSnapshot& group) {
   if (group.info.job_groups <= 1) return std::vector<GroupSnapshot>{group};
-  std::vector<GroupSnapshot> job;
-  for (const GroupSnapshot& other : groups) {
-    if (other.info.job_id == group.info.job_id) job.push_back(other);
-  }
+  const std::vector<GroupSnapshot> job = JobOf(groups, group);
   const std::string what =
       absl::StrCat("group ", group.id, " (", group.info.name, ") runs in a job of ",
                    group.info.job_groups, " groups, over which its fine-tune is data-parallel");
@@ -261,14 +271,10 @@ grpc::Status Coordinator::StopTraining(const v1::StopTrainingRequest& request,
         GroupWithId(*groups, request.group(), request.model(), request.version());
     if (!group.ok()) return ToGrpcStatus(group.status());
     // The group's job's others with it: their fine-tune is one (each stops at its next update).
-    std::vector<GroupSnapshot> job = {*group};
-    for (const GroupSnapshot& other : *groups) {
-      if (group->info.job_groups > 1 && other.id != group->id &&
-          other.info.job_id == group->info.job_id) {
-        job.push_back(other);
-      }
-    }
-    *groups = std::move(job);
+    *groups = JobOf(*groups, *group);
+    // The named one first: its refusal is the one reported when none stops.
+    std::stable_partition(groups->begin(), groups->end(),
+                          [&](const GroupSnapshot& g) { return g.id == group->id; });
   }
   std::vector<v1::StopTrainingRequest> stops(groups->size());
   std::vector<v1::StopTrainingResponse> stopped(groups->size());
